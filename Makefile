@@ -1,0 +1,114 @@
+# loco: one entry point for build, test, run, bench and fixtures.
+#   make            build libloco.a, the CLI (build/loco) and the daemon (build/locod)
+#   make test       install what is missing, build, run every test that needs no GPU
+#   make run        start the daemon on the bundled demo model
+#   make fixtures   regenerate tests/fixtures with diffusers/transformers (needs PyPI torch)
+#   make bench      CPU benchmarks (bench/)
+#   make asan       build everything with AddressSanitizer + UBSan into build-asan/
+
+BUILD     ?= build
+CC        ?= gcc
+NVCC      ?= nvcc
+PYTHON    ?= .venv/bin/python
+SANITIZE  ?=
+OPT       ?= -O2
+
+PKGS      := jansson libmicrohttpd libuv sqlite3 spng libutf8proc openssl
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+
+CFLAGS    ?= $(OPT) -g
+CFLAGS    += -std=c17 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -fopenmp -pthread \
+             -I. -Ikernels -Iengine -Iproto -Iserver $(PKG_CFLAGS) $(SANITIZE)
+LDLIBS    := $(PKG_LIBS) -lopenblas -lm -lpthread -fopenmp $(SANITIZE)
+
+# CUDA is compiled whenever nvcc exists (it must compile and link in `make test` even with no
+# GPU); LOCO_CUDA=0 builds kernels/cuda_stub.c instead.
+LOCO_CUDA ?= $(shell command -v $(NVCC) >/dev/null 2>&1 && echo 1 || echo 0)
+CUDA_HOME ?= $(shell dirname $$(dirname $$(command -v $(NVCC) 2>/dev/null)) 2>/dev/null)
+CUDA_ARCHS ?= -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90
+NVCCFLAGS ?= -O3 -std=c++17 --expt-relaxed-constexpr -Xcompiler -fPIC,-Wall -Ikernels -I.
+
+ENGINE_SRC  := $(sort $(wildcard engine/*.c))
+KERNELS_SRC := $(sort $(wildcard kernels/*.c kernels/cpu/*.c))
+PROTO_SRC   := $(sort $(wildcard proto/*.c))
+SERVER_SRC  := $(sort $(filter-out server/locod_main.c,$(wildcard server/*.c)))
+CLI_SRC     := $(sort $(wildcard engine/cli/*.c))
+ifeq ($(LOCO_CUDA),1)
+CUDA_SRC    := $(sort $(wildcard kernels/cuda/*.cu))
+CUDA_LIBS   := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart -lcublasLt -lcublas -lstdc++
+else
+KERNELS_SRC += kernels/cuda_stub.c
+CUDA_SRC    :=
+CUDA_LIBS   :=
+endif
+KERNELS_SRC := $(filter-out kernels/cuda_stub.c,$(KERNELS_SRC)) $(if $(CUDA_SRC),,kernels/cuda_stub.c)
+
+LIB_OBJ   := $(patsubst %.c,$(BUILD)/%.o,$(ENGINE_SRC) $(KERNELS_SRC) $(PROTO_SRC)) \
+             $(patsubst %.cu,$(BUILD)/%.cu.o,$(CUDA_SRC))
+SRV_OBJ   := $(patsubst %.c,$(BUILD)/%.o,$(SERVER_SRC))
+CLI_OBJ   := $(patsubst %.c,$(BUILD)/%.o,$(CLI_SRC))
+TEST_SRC  := $(sort $(wildcard tests/unit/test_*.c))
+TEST_BIN  := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(TEST_SRC))
+BENCH_SRC := $(sort $(wildcard bench/*.c))
+BENCH_BIN := $(patsubst bench/%.c,$(BUILD)/bench/%,$(BENCH_SRC))
+
+LOCOD_MAIN := $(wildcard server/locod_main.c)
+
+.PHONY: all test unit-tests deps run fixtures bench asan clean
+
+all: $(BUILD)/libloco.a $(BUILD)/loco $(if $(LOCOD_MAIN),$(BUILD)/locod) $(TEST_BIN)
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
+
+$(BUILD)/%.cu.o: %.cu
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCCFLAGS) $(CUDA_ARCHS) -MMD -MP -c $< -o $@
+
+$(BUILD)/libloco.a: $(LIB_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/loco: $(CLI_OBJ) $(BUILD)/libloco.a
+	$(CC) $(CFLAGS) -o $@ $(CLI_OBJ) $(BUILD)/libloco.a $(CUDA_LIBS) $(LDLIBS)
+
+$(BUILD)/locod: $(BUILD)/server/locod_main.o $(SRV_OBJ) $(BUILD)/libloco.a
+	$(CC) $(CFLAGS) -o $@ $^ $(CUDA_LIBS) $(LDLIBS)
+
+$(BUILD)/tests/%: tests/unit/%.c tests/unit/loco_test.h $(SRV_OBJ) $(BUILD)/libloco.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -Itests/unit -o $@ $< $(SRV_OBJ) $(BUILD)/libloco.a $(CUDA_LIBS) $(LDLIBS)
+
+$(BUILD)/bench/%: bench/%.c $(BUILD)/libloco.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libloco.a $(CUDA_LIBS) $(LDLIBS)
+
+deps:
+	scripts/install-deps.sh
+
+# The whole suite: C unit tests (each test case one pytest item), fixture parity, CLI and
+# HTTP tests against real processes. GPU-only tests are reported as skipped without a GPU.
+test: deps all
+	LOCO_BUILD=$(BUILD) $(PYTHON) -m pytest -q -p no:cacheprovider tests
+
+unit-tests: all
+	@for t in $(TEST_BIN); do $$t || exit 1; done
+
+run: all
+	scripts/run-daemon.sh
+
+fixtures:
+	tools/make_fixtures.sh
+
+bench: $(BENCH_BIN)
+	bench/run-cpu.sh
+
+asan:
+	$(MAKE) BUILD=build-asan OPT=-O1 SANITIZE="-fsanitize=address,undefined -fno-omit-frame-pointer" all
+
+clean:
+	rm -rf build build-asan
+
+-include $(LIB_OBJ:.o=.d) $(SRV_OBJ:.o=.d) $(CLI_OBJ:.o=.d)

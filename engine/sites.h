@@ -1,0 +1,54 @@
+/* sites.h: named places inside a model where an intervention can act.
+ *
+ * A site is a module whose output a PyTorch forward hook on the same diffusers/transformers
+ * module would see: a ResNet block's output (after its skip add), an attention module's output
+ * (after to_out, before the residual add of the transformer block), a feed-forward output, a
+ * projection output (attn2.to_k / attn2.to_v / text out_proj), a text-encoder layer's
+ * self-attention or MLP output. Each model publishes its sites in EXECUTION order with their
+ * diffusers module paths, so interventions (record, restore, ablate, corrupt) are data:
+ * a hook gets the site and the output tensor and may read or overwrite it in place.
+ *
+ * Cross-attention layers additionally carry `cross_index`, their position in execution order
+ * (down, mid, up): 0..15 for SD 1.x/2.x, 0..69 for SD-XL. Registration order in diffusers
+ * (down, up, mid) differs; loco never uses it. */
+#ifndef LOCO_SITES_H
+#define LOCO_SITES_H
+
+#include "backend.h"
+
+typedef enum loco_site_kind {
+    LOCO_SITE_RESNET = 0,     /* UNet/VAE ResnetBlock2D output [B, C, H, W] */
+    LOCO_SITE_SELF_ATTN,      /* UNet attn1 output [B, HW, C] */
+    LOCO_SITE_CROSS_ATTN,     /* UNet attn2 output [B, HW, C] */
+    LOCO_SITE_FF,             /* UNet feed-forward output [B, HW, C] */
+    LOCO_SITE_CROSS_K,        /* attn2.to_k output on the text [Bt, L, C] (computed once per text) */
+    LOCO_SITE_CROSS_V,        /* attn2.to_v output on the text [Bt, L, C] */
+    LOCO_SITE_TEXT_EMBED,     /* text encoder embeddings output (token + position) [B, L, D] */
+    LOCO_SITE_TEXT_SELF_ATTN, /* text layer i self_attn output (after out_proj) [B, L, D] */
+    LOCO_SITE_TEXT_MLP,       /* text layer i mlp output [B, L, D] */
+    LOCO_SITE_TEXT_OUT_PROJ_IN, /* input of text layer i self_attn.out_proj [B, L, D] (Diff-QuickFix keys) */
+    LOCO_SITE_KIND_COUNT
+} loco_site_kind;
+
+const char *loco_site_kind_name(loco_site_kind k); /* "resnet", "self_attn", "cross_attn", ... */
+int loco_site_kind_from_name(const char *name, loco_site_kind *out);
+
+typedef struct loco_site {
+    int id;              /* index in the model's site table (execution order) */
+    loco_site_kind kind;
+    const char *name;    /* diffusers/transformers module path, e.g.
+                            "up_blocks.1.attentions.1.transformer_blocks.0.attn2" */
+    int cross_index;     /* execution-order index of the cross-attention layer, else -1 */
+    int layer;           /* text encoder layer index, else -1 */
+} loco_site;
+
+/* Called after a site's output is computed. `out` may be modified in place (same shape).
+ * Returning non-OK aborts the forward pass with that error. */
+typedef loco_status (*loco_site_fn)(void *ctx, const loco_site *site, loco_tensor *out, loco_err *err);
+
+typedef struct loco_site_hooks {
+    loco_site_fn after;
+    void *ctx;
+} loco_site_hooks;
+
+#endif

@@ -1,0 +1,190 @@
+/* backend.h: the compute backend interface. Every engine model (CLIP, UNet, VAE) is written
+ * once against these calls; kernels/cpu/ implements them with C + OpenBLAS and kernels/cuda/
+ * with CUDA C + cuBLAS(Lt). The CPU backend is the reference the CUDA one is tested against.
+ *
+ * Conventions
+ * - Tensors are dense, row-major (C order), and live in the backend's memory. A tensor value
+ *   is a small struct passed by pointer; a view shares data and does not own it.
+ * - Activations use the backend's activation dtype (loco_backend_act_dtype: F32 on the CPU,
+ *   F16 or BF16 on CUDA). Weights are uploaded once with loco_tensor_upload, which converts
+ *   from the file dtype. Reductions (norms, softmax) accumulate in fp32 on every backend.
+ * - Image activations are NCHW; token activations are [batch, tokens, channels].
+ * - Outputs are allocated by the caller; an op never allocates its output. Ops check shapes
+ *   and return LOCO_EINVAL with a message naming the op and the mismatch.
+ * - Ops are asynchronous on devices that are; loco_backend_sync waits. Downloads sync.
+ */
+#ifndef LOCO_BACKEND_H
+#define LOCO_BACKEND_H
+
+#include "base.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define LOCO_MAX_DIMS 6
+
+typedef struct loco_backend loco_backend;
+
+typedef enum loco_device {
+    LOCO_DEVICE_CPU = 0,
+    LOCO_DEVICE_CUDA,
+    LOCO_DEVICE_AUTO, /* CUDA when a usable GPU is present, else CPU */
+    LOCO_DEVICE_COUNT
+} loco_device;
+
+const char *loco_device_name(loco_device d); /* "cpu", "cuda", "auto" */
+int loco_device_from_name(const char *name, loco_device *out);
+
+typedef struct loco_backend_opts {
+    loco_device device;
+    int num_threads;      /* CPU: 0 = all cores */
+    int cuda_device;      /* CUDA: ordinal, default 0 */
+    loco_dtype act_dtype; /* CUDA: F16 (default) or BF16 or F32; CPU always F32 */
+} loco_backend_opts;
+
+void loco_backend_opts_init(loco_backend_opts *o); /* fills defaults: AUTO, all threads, F16 */
+
+loco_status loco_backend_create(const loco_backend_opts *opts, loco_backend **out, loco_err *err);
+void loco_backend_destroy(loco_backend *be);
+loco_device loco_backend_device(const loco_backend *be);
+const char *loco_backend_describe(const loco_backend *be); /* "cpu (2 threads, OpenBLAS ...)" */
+loco_dtype loco_backend_act_dtype(const loco_backend *be);
+loco_status loco_backend_sync(loco_backend *be, loco_err *err);
+/* Bytes currently allocated and the peak since creation (device memory for CUDA). */
+void loco_backend_memory(const loco_backend *be, size_t *current, size_t *peak);
+
+/* ---- tensors ----------------------------------------------------------------------------- */
+
+typedef struct loco_tensor {
+    loco_dtype dtype;
+    int ndim;
+    int64_t shape[LOCO_MAX_DIMS];
+    void *data;       /* backend memory; host memory for the CPU backend */
+    loco_backend *be;
+    int owns;         /* 1: loco_tensor_free releases data; 0: a view */
+} loco_tensor;
+
+int64_t loco_tensor_numel(const loco_tensor *t);
+size_t loco_tensor_nbytes(const loco_tensor *t);
+/* Writes "[2, 4, 8, 8] F32" into buf. */
+const char *loco_tensor_shape_str(const loco_tensor *t, char *buf, size_t n);
+int loco_tensor_same_shape(const loco_tensor *a, const loco_tensor *b);
+
+loco_status loco_tensor_alloc(loco_backend *be, loco_dtype dtype, int ndim, const int64_t *shape,
+                              loco_tensor *out, loco_err *err);
+/* Allocate in the backend's activation dtype. */
+loco_status loco_tensor_alloc_act(loco_backend *be, int ndim, const int64_t *shape, loco_tensor *out,
+                                  loco_err *err);
+void loco_tensor_free(loco_tensor *t); /* safe on zeroed structs and views; zeroes *t */
+
+/* A view of `src` starting `offset` elements in, with a new shape of equal or smaller size. */
+loco_status loco_tensor_view(const loco_tensor *src, int64_t offset, int ndim, const int64_t *shape,
+                             loco_tensor *out, loco_err *err);
+/* View of rows [start, start+count) of the leading dimension. */
+loco_status loco_tensor_slice0(const loco_tensor *src, int64_t start, int64_t count, loco_tensor *out,
+                               loco_err *err);
+
+/* Host -> tensor, converting from src_dtype (F32/F16/BF16/F64 to any float tensor dtype). */
+loco_status loco_tensor_upload(loco_tensor *dst, const void *src, loco_dtype src_dtype, loco_err *err);
+/* Tensor -> host f32 (syncs). dst holds numel floats. */
+loco_status loco_tensor_download_f32(const loco_tensor *src, float *dst, loco_err *err);
+
+/* ---- ops ------------------------------------------------------------------------------------- */
+
+typedef enum loco_act {
+    LOCO_ACT_NONE = 0,
+    LOCO_ACT_SILU,       /* x * sigmoid(x) */
+    LOCO_ACT_GELU,       /* exact erf GELU */
+    LOCO_ACT_GELU_TANH,  /* tanh approximation (T5 gelu_new) */
+    LOCO_ACT_QUICK_GELU, /* x * sigmoid(1.702 x) (OpenAI CLIP) */
+    LOCO_ACT_COUNT
+} loco_act;
+const char *loco_act_name(loco_act a); /* "none", "silu", "gelu", "gelu_tanh", "quick_gelu" */
+int loco_act_from_name(const char *name, loco_act *out); /* also accepts transformers' spellings */
+
+/* y[..., N] = act(x[..., K] · w[N, K]ᵀ + bias[N]); bias may be NULL. */
+loco_status loco_linear(loco_backend *be, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
+                        const loco_tensor *bias, loco_act act, loco_err *err);
+
+/* 2-D convolution, NCHW. w [Cout, Cin, kh, kw]; bias [Cout] or NULL. pad = {top, bottom, left,
+ * right} (asymmetric padding is needed by the VAE encoder's downsampler). */
+typedef struct loco_conv2d_params {
+    int stride;
+    int pad[4];
+} loco_conv2d_params;
+loco_status loco_conv2d(loco_backend *be, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
+                        const loco_tensor *bias, const loco_conv2d_params *p, loco_err *err);
+
+/* GroupNorm over x [N, C, *]: groups of C/groups channels; gamma/beta [C]; optional SiLU after. */
+loco_status loco_group_norm(loco_backend *be, loco_tensor *y, const loco_tensor *x, int groups,
+                            const loco_tensor *gamma, const loco_tensor *beta, float eps, int fuse_silu,
+                            loco_err *err);
+
+/* LayerNorm over the last dimension; gamma/beta [C] (beta may be NULL). */
+loco_status loco_layer_norm(loco_backend *be, loco_tensor *y, const loco_tensor *x, const loco_tensor *gamma,
+                            const loco_tensor *beta, float eps, loco_err *err);
+
+/* Multi-head attention.
+ *   q   [B, Lq, H*D]     out [B, Lq, H*D]
+ *   k,v [Bk, Lk, H*D]    (Lk may differ from Lq: cross-attention)
+ * kv_index (host array of B ints, or NULL for the identity with Bk == B) selects, for each
+ * query sample b, the K/V sample it attends to: samples of one batch can attend to different
+ * text (LocoGen windows, causal-tracing variants) without copying K/V.
+ * scale multiplies q·kᵀ; causal masks key j > query i (CLIP text). Scores and softmax are fp32. */
+typedef struct loco_attention_params {
+    int heads;
+    float scale;
+    int causal;
+    const int *kv_index;
+} loco_attention_params;
+loco_status loco_attention(loco_backend *be, loco_tensor *out, const loco_tensor *q, const loco_tensor *k,
+                           const loco_tensor *v, const loco_attention_params *p, loco_err *err);
+
+/* y = act(x), elementwise, same shape (in place allowed: y == x). */
+loco_status loco_activation(loco_backend *be, loco_tensor *y, const loco_tensor *x, loco_act act, loco_err *err);
+
+/* GEGLU: x [..., 2N] -> y [..., N] = x[..., :N] * gelu(x[..., N:]) (first half is the value). */
+loco_status loco_geglu(loco_backend *be, loco_tensor *y, const loco_tensor *x, loco_err *err);
+
+/* y = a + b, same shapes (in place allowed). */
+loco_status loco_add(loco_backend *be, loco_tensor *y, const loco_tensor *a, const loco_tensor *b, loco_err *err);
+
+/* y[n, c, ...] = x[n, c, ...] + bias[n, c] : bias [N, C] broadcast over the trailing dims
+ * (the ResNet time-embedding add). In place allowed. */
+loco_status loco_add_channel_bias(loco_backend *be, loco_tensor *y, const loco_tensor *x, const loco_tensor *bias,
+                                  loco_err *err);
+
+/* y = Σ_i coef[i] · x[i], same shapes, accumulated in fp32 in the order given. y may alias x[i]. */
+loco_status loco_lincomb(loco_backend *be, loco_tensor *y, int n, const loco_tensor *const *x, const float *coef,
+                         loco_err *err);
+
+/* y = x, converting dtype when they differ; same numel. */
+loco_status loco_copy(loco_backend *be, loco_tensor *y, const loco_tensor *x, loco_err *err);
+
+/* Fill with a constant. */
+loco_status loco_fill(loco_backend *be, loco_tensor *y, float value, loco_err *err);
+
+/* Swap the last two logical axes of [N, A, B] -> [N, B, A]: NCHW <-> NLC with A=C, B=H*W. */
+loco_status loco_transpose12(loco_backend *be, loco_tensor *y, const loco_tensor *x, loco_err *err);
+
+/* Concatenate along `axis` (all other dims equal): channels of NCHW (axis 1), features (last). */
+loco_status loco_concat(loco_backend *be, loco_tensor *y, const loco_tensor *a, const loco_tensor *b, int axis,
+                        loco_err *err);
+
+/* Nearest-neighbour upsampling of NCHW by 2 in H and W. */
+loco_status loco_upsample_nearest2x(loco_backend *be, loco_tensor *y, const loco_tensor *x, loco_err *err);
+
+/* y[i, :] = table[ids[i], :]; ids is a host array of n ids, y [n, C] (any leading shape with
+ * numel n*C), table [V, C]. An id outside [0, V) is LOCO_EINVAL. */
+loco_status loco_embedding(loco_backend *be, loco_tensor *y, const loco_tensor *table, const int32_t *ids, int64_t n,
+                           loco_err *err);
+
+/* y[..., c] = values[j] for c = channels[j] (host arrays of n): neuron-level ablation. */
+loco_status loco_set_channels(loco_backend *be, loco_tensor *y, const int32_t *channels, const float *values, int n,
+                              loco_err *err);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,33 @@
+"""Runs the C unit-test binaries (tests/unit/test_*.c), one pytest item per C test case.
+
+A C test that calls SKIP() exits with 77 and is reported as skipped (GPU tests on machines
+without a GPU), never as passed."""
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BUILD = ROOT / os.environ.get("LOCO_BUILD", "build")
+
+
+def _cases():
+    out = []
+    for src in sorted((ROOT / "tests" / "unit").glob("test_*.c")):
+        binary = BUILD / "tests" / src.stem
+        if not binary.exists():
+            out.append(pytest.param(str(binary), "<missing>", id=f"{src.stem}::<not built>"))
+            continue
+        names = subprocess.run([str(binary), "--list"], capture_output=True, text=True, check=True).stdout.split()
+        out += [pytest.param(str(binary), n, id=f"{src.stem}::{n}") for n in names]
+    return out
+
+
+@pytest.mark.parametrize("binary,name", _cases())
+def test_c(binary, name):
+    assert name != "<missing>", f"{binary} was not built: run make"
+    r = subprocess.run([binary, name], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    if r.returncode == 77:
+        pytest.skip(r.stderr.strip().splitlines()[-1] if r.stderr.strip() else "skipped")
+    assert r.returncode == 0, f"{name} failed:\n{r.stdout}\n{r.stderr}"
