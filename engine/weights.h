@@ -2,9 +2,10 @@
  *
  * A weight set hides where tensors come from: one safetensors file, a sharded set with an
  * index file, or a slice of a single-file (LDM/CompVis/sgm) checkpoint whose keys were mapped
- * to diffusers names (engine/ldm_mapping.c). Tensors that the mapping had to derive (q/k/v
- * split of OpenCLIP's in_proj, a transposed text_projection, squeezed 1×1 convs) are owned by
- * the set; all others point into the file mappings. Model builders call loco_weights_require
+ * to diffusers names (engine/ldm_mapping.c). Only tensors whose bytes the mapping had to
+ * change (OpenCLIP's transposed text_projection) are owned by the set; all others, including
+ * the q/k/v row slices of OpenCLIP's in_proj and the VAE's squeezed 1×1 convs (a shape change
+ * only), point into the file mappings. Model builders call loco_weights_require
  * with the shape they expect, so a wrong file gives an error naming the tensor, the expected
  * and the actual shape, and the file. */
 #ifndef LOCO_WEIGHTS_H
@@ -27,6 +28,8 @@ void loco_weights_free(loco_weights *w);
 /* A description of where the tensors came from, for error messages ("unet/diffusion_pytorch_model.safetensors"). */
 const char *loco_weights_source(const loco_weights *w);
 size_t loco_weights_count(const loco_weights *w);
+/* In insertion order (each file's tensors sorted by name). Returned pointers stay valid until
+ * the set is freed, also while more tensors are added. */
 const loco_stored_tensor *loco_weights_at(const loco_weights *w, size_t i);
 const loco_stored_tensor *loco_weights_get(const loco_weights *w, const char *name); /* NULL if absent */
 
@@ -43,5 +46,12 @@ loco_status loco_weights_add(loco_weights *w, const char *name, const loco_store
                              loco_err *err);
 /* Keep a file mapping alive as long as the set (the set takes ownership). */
 void loco_weights_adopt_file(loco_weights *w, loco_safetensors *f);
+
+/* Rename tensors in place (name normalisation, e.g. adding transformers' "text_model." prefix):
+ * fn writes the new name of `name` into buf (size n) and returns 1, returns 0 to keep the name,
+ * or -1 when buf is too small. Two tensors ending up with one name is LOCO_EFORMAT. Pointers
+ * from get/at stay valid; their names change. */
+typedef int (*loco_weights_rename_fn)(const char *name, char *buf, size_t n, void *ctx);
+loco_status loco_weights_rename(loco_weights *w, loco_weights_rename_fn fn, void *ctx, loco_err *err);
 
 #endif

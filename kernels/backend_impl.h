@@ -7,10 +7,14 @@
 #include "backend.h"
 
 typedef struct loco_backend_ops {
+    /* Releases everything the backend holds, `be` itself included (the constructor allocated it). */
     void (*destroy)(loco_backend *be);
+    /* Tensor memory. backend.c keeps mem_current/mem_peak from these calls (bytes of live
+     * tensors), so the hooks leave those fields alone. Never called with 0 bytes. */
     loco_status (*alloc)(loco_backend *be, size_t bytes, void **out, loco_err *err);
     void (*release)(loco_backend *be, void *p, size_t bytes);
-    /* n elements from host src (src_dtype) into device dst (dst_dtype). */
+    /* n elements from host src (src_dtype) into device dst (dst_dtype): float dtypes
+     * (F32/F16/BF16/F64) convert; otherwise src_dtype == dst_dtype and the bytes are copied. */
     loco_status (*upload)(loco_backend *be, void *dst, loco_dtype dst_dtype, const void *src, loco_dtype src_dtype,
                           size_t n, loco_err *err);
     loco_status (*download_f32)(loco_backend *be, float *dst, const void *src, loco_dtype src_dtype, size_t n,
@@ -52,8 +56,12 @@ struct loco_backend {
     loco_device device;
     loco_dtype act_dtype;
     char desc[256];
-    size_t mem_current;
+    size_t mem_current; /* maintained by backend.c */
     size_t mem_peak;
+    /* Dtypes the ops accept, as a bit mask (1u << dtype); 0 means act_dtype only. A CUDA
+     * backend with F16 activations may add F32 so that a VAE can run in fp32. Every tensor of
+     * one op call has the same dtype (loco_copy converts). */
+    unsigned op_dtypes;
     void *impl; /* the backend's own state */
 };
 

@@ -1,0 +1,231 @@
+/* op_bench.c: times loco's CUDA ops on the shapes listed in bench/gpu/ops.txt and prints one
+ * line per op: "name ms rate unit". bench/gpu-check.sh runs it next to torch_ops.py (the same
+ * shapes in PyTorch) and joins the two tables.
+ *
+ * Timing: inputs are random (never zeros), three warm-up calls, then five batches of `reps`
+ * calls each between two loco_backend_sync; the median batch gives the time per call. Conv
+ * shapes are also timed on a second backend created with LOCO_CUDA_CONV=im2col, so the two
+ * convolution routes can be compared on the same GPU ("name@im2col" rows).
+ *
+ * Build: make build/bench/gpu/op_bench. Usage: op_bench [ops.txt] [reps]. */
+#include "backend.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define MAX_T 6
+
+typedef struct bench_op {
+    char kind[16], name[64];
+    long a[9];
+    int na;
+    char act[16];
+} bench_op;
+
+static double now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* A tensor of the backend's activation dtype filled with uniform values in [-scale, scale). */
+static int rand_tensor(loco_backend *be, int nd, const int64_t *shape, float scale, uint64_t *seed, loco_tensor *t) {
+    loco_err err;
+    if (loco_tensor_alloc_act(be, nd, shape, t, &err) != LOCO_OK) {
+        fprintf(stderr, "alloc: %s\n", err.msg);
+        return -1;
+    }
+    size_t n = (size_t)loco_tensor_numel(t);
+    float *h = malloc(n * sizeof(float));
+    if (!h) return -1;
+    for (size_t i = 0; i < n; i++) {
+        *seed = *seed * 6364136223846793005ull + 1442695040888963407ull;
+        h[i] = ((float)(*seed >> 40) / 16777216.0f * 2.0f - 1.0f) * scale;
+    }
+    loco_status st = loco_tensor_upload(t, h, LOCO_F32, &err);
+    free(h);
+    if (st != LOCO_OK) fprintf(stderr, "upload: %s\n", err.msg);
+    return st == LOCO_OK ? 0 : -1;
+}
+
+static loco_act act_of(const char *s) {
+    loco_act a = LOCO_ACT_NONE;
+    loco_act_from_name(s, &a);
+    return a;
+}
+
+/* Runs op once; the tensors t[] were prepared by setup(). */
+static loco_status run_op(loco_backend *be, const bench_op *op, loco_tensor *t, loco_err *err) {
+    const long *a = op->a;
+    if (!strcmp(op->kind, "conv")) {
+        loco_conv2d_params p = {(int)a[6], {(int)a[7], (int)a[7], (int)a[7], (int)a[7]}};
+        return loco_conv2d(be, &t[3], &t[0], &t[1], &t[2], &p, err);
+    }
+    if (!strcmp(op->kind, "linear")) return loco_linear(be, &t[3], &t[0], &t[1], &t[2], act_of(op->act), err);
+    if (!strcmp(op->kind, "attn")) {
+        loco_attention_params p = {(int)a[3], 1.0f / sqrtf((float)a[4]), (int)a[5], NULL};
+        return loco_attention(be, &t[3], &t[0], &t[1], &t[2], &p, err);
+    }
+    if (!strcmp(op->kind, "gn")) return loco_group_norm(be, &t[3], &t[0], (int)a[4], &t[1], &t[2], 1e-5f, (int)a[5], err);
+    if (!strcmp(op->kind, "ln")) return loco_layer_norm(be, &t[3], &t[0], &t[1], &t[2], 1e-5f, err);
+    return loco_geglu(be, &t[3], &t[0], err);
+}
+
+/* Allocates inputs t[0..2] and the output t[3]; returns the work in flop (or bytes, *is_bytes). */
+static int setup(loco_backend *be, const bench_op *op, loco_tensor *t, double *work, int *is_bytes) {
+    const long *a = op->a;
+    uint64_t seed = 12345;
+    *is_bytes = 0;
+    memset(t, 0, MAX_T * sizeof *t);
+    if (!strcmp(op->kind, "conv")) {
+        long N = a[0], Ci = a[1], H = a[2], W = a[3], Co = a[4], k = a[5], s = a[6], p = a[7];
+        long Ho = (H + 2 * p - k) / s + 1, Wo = (W + 2 * p - k) / s + 1;
+        int64_t xs[4] = {N, Ci, H, W}, ws[4] = {Co, Ci, k, k}, bs[1] = {Co}, ys[4] = {N, Co, Ho, Wo};
+        if (rand_tensor(be, 4, xs, 1.0f, &seed, &t[0]) || rand_tensor(be, 4, ws, 0.05f, &seed, &t[1]) ||
+            rand_tensor(be, 1, bs, 0.1f, &seed, &t[2]) || rand_tensor(be, 4, ys, 0.0f, &seed, &t[3]))
+            return -1;
+        *work = 2.0 * N * Co * Ho * Wo * Ci * k * k;
+    } else if (!strcmp(op->kind, "linear")) {
+        long M = a[0], K = a[1], Nn = a[2];
+        int64_t xs[2] = {M, K}, ws[2] = {Nn, K}, bs[1] = {Nn}, ys[2] = {M, Nn};
+        if (rand_tensor(be, 2, xs, 1.0f, &seed, &t[0]) || rand_tensor(be, 2, ws, 0.05f, &seed, &t[1]) ||
+            rand_tensor(be, 1, bs, 0.1f, &seed, &t[2]) || rand_tensor(be, 2, ys, 0.0f, &seed, &t[3]))
+            return -1;
+        *work = 2.0 * M * K * Nn;
+    } else if (!strcmp(op->kind, "attn")) {
+        long B = a[0], Lq = a[1], Lk = a[2], H = a[3], D = a[4];
+        int64_t qs[3] = {B, Lq, H * D}, ks[3] = {B, Lk, H * D};
+        if (rand_tensor(be, 3, qs, 1.0f, &seed, &t[0]) || rand_tensor(be, 3, ks, 1.0f, &seed, &t[1]) ||
+            rand_tensor(be, 3, ks, 1.0f, &seed, &t[2]) || rand_tensor(be, 3, qs, 0.0f, &seed, &t[3]))
+            return -1;
+        *work = 4.0 * B * H * Lq * Lk * D * (a[5] ? 0.5 : 1.0);
+    } else if (!strcmp(op->kind, "gn")) {
+        long N = a[0], C = a[1], H = a[2], W = a[3];
+        int64_t xs[4] = {N, C, H, W}, cs[1] = {C};
+        if (rand_tensor(be, 4, xs, 1.0f, &seed, &t[0]) || rand_tensor(be, 1, cs, 1.0f, &seed, &t[1]) ||
+            rand_tensor(be, 1, cs, 0.1f, &seed, &t[2]) || rand_tensor(be, 4, xs, 0.0f, &seed, &t[3]))
+            return -1;
+        *work = 3.0 * N * C * H * W * 2; /* read twice, write once, f16 */
+        *is_bytes = 1;
+    } else if (!strcmp(op->kind, "ln")) {
+        int64_t xs[2] = {a[0], a[1]}, cs[1] = {a[1]};
+        if (rand_tensor(be, 2, xs, 1.0f, &seed, &t[0]) || rand_tensor(be, 1, cs, 1.0f, &seed, &t[1]) ||
+            rand_tensor(be, 1, cs, 0.1f, &seed, &t[2]) || rand_tensor(be, 2, xs, 0.0f, &seed, &t[3]))
+            return -1;
+        *work = 2.0 * a[0] * a[1] * 2;
+        *is_bytes = 1;
+    } else if (!strcmp(op->kind, "geglu")) {
+        int64_t xs[2] = {a[0], 2 * a[1]}, ys[2] = {a[0], a[1]};
+        if (rand_tensor(be, 2, xs, 1.0f, &seed, &t[0]) || rand_tensor(be, 2, ys, 0.0f, &seed, &t[3])) return -1;
+        *work = 3.0 * a[0] * a[1] * 2;
+        *is_bytes = 1;
+    } else {
+        fprintf(stderr, "unknown op kind %s\n", op->kind);
+        return -1;
+    }
+    return 0;
+}
+
+static int time_op(loco_backend *be, const bench_op *op, int reps, const char *suffix) {
+    loco_tensor t[MAX_T];
+    double work;
+    int is_bytes, rc = 0;
+    loco_err err;
+    if (setup(be, op, t, &work, &is_bytes) != 0) {
+        rc = -1;
+        goto done;
+    }
+    for (int i = 0; i < 3; i++)
+        if (run_op(be, op, t, &err) != LOCO_OK) {
+            fprintf(stderr, "%s: %s\n", op->name, err.msg);
+            rc = -1;
+            goto done;
+        }
+    if (loco_backend_sync(be, &err) != LOCO_OK) {
+        fprintf(stderr, "%s: %s\n", op->name, err.msg);
+        rc = -1;
+        goto done;
+    }
+    double ms[5];
+    for (int b = 0; b < 5; b++) {
+        double t0 = now_ms();
+        for (int i = 0; i < reps; i++) run_op(be, op, t, &err);
+        if (loco_backend_sync(be, &err) != LOCO_OK) {
+            fprintf(stderr, "%s: %s\n", op->name, err.msg);
+            rc = -1;
+            goto done;
+        }
+        ms[b] = (now_ms() - t0) / reps;
+    }
+    qsort(ms, 5, sizeof ms[0], cmp_double);
+    printf("%s%s %.4f %.1f %s\n", op->name, suffix, ms[2], work / (ms[2] * 1e-3) / (is_bytes ? 1e9 : 1e12),
+           is_bytes ? "GB/s" : "TFLOP/s");
+    fflush(stdout);
+done:
+    for (int i = 0; i < MAX_T; i++) loco_tensor_free(&t[i]);
+    return rc;
+}
+
+static loco_backend *cuda_backend(void) {
+    loco_backend_opts o;
+    loco_backend_opts_init(&o);
+    o.device = LOCO_DEVICE_CUDA;
+    o.act_dtype = LOCO_F16;
+    loco_backend *be = NULL;
+    loco_err err;
+    if (loco_backend_create(&o, &be, &err) != LOCO_OK) {
+        fprintf(stderr, "op_bench: %s\n", err.msg);
+        return NULL;
+    }
+    return be;
+}
+
+int main(int argc, char **argv) {
+    const char *path = argc > 1 ? argv[1] : "bench/gpu/ops.txt";
+    int reps = argc > 2 ? atoi(argv[2]) : 10;
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        fprintf(stderr, "op_bench: cannot open %s\n", path);
+        return 2;
+    }
+    loco_backend *be = cuda_backend();
+    setenv("LOCO_CUDA_CONV", "im2col", 1); /* read once, when a backend is created */
+    loco_backend *be_im2col = be ? cuda_backend() : NULL;
+    if (!be || !be_im2col) return 2;
+    fprintf(stderr, "op_bench on %s\n", loco_backend_describe(be));
+    char line[512];
+    int failures = 0;
+    while (fgets(line, sizeof line, f)) {
+        bench_op op;
+        memset(&op, 0, sizeof op);
+        char *s = line;
+        while (*s == ' ' || *s == '\t') s++;
+        if (*s == '#' || *s == '\n' || !*s) continue;
+        int used = 0;
+        if (sscanf(s, "%15s %63s%n", op.kind, op.name, &used) != 2) continue;
+        s += used;
+        while (op.na < 9) {
+            char tok[32];
+            if (sscanf(s, "%31s%n", tok, &used) != 1) break;
+            s += used;
+            if (!strcmp(op.kind, "linear") && op.na == 3)
+                snprintf(op.act, sizeof op.act, "%s", tok);
+            else
+                op.a[op.na++] = atol(tok);
+        }
+        if (time_op(be, &op, reps, "") != 0) failures++;
+        if (!strcmp(op.kind, "conv") && op.a[5] > 1 && time_op(be_im2col, &op, reps, "@im2col") != 0) failures++;
+    }
+    fclose(f);
+    loco_backend_destroy(be_im2col);
+    loco_backend_destroy(be);
+    return failures ? 1 : 0;
+}

@@ -1,0 +1,97 @@
+"""Times the ops of bench/gpu/ops.txt in PyTorch (fp16, CUDA), the way diffusers runs them:
+NCHW convolutions, F.scaled_dot_product_attention on [B, H, L, D] views of [B, L, H*D],
+GroupNorm followed by a separate SiLU, GEGLU as chunk + gelu + mul. Prints one line per op,
+"name ms", for bench/gpu-check.sh to join with op_bench's table.
+
+Timing: random inputs, three warm-up calls, five batches of `reps` calls timed with CUDA
+events; the median batch gives the time per call.
+
+Usage: python3 bench/gpu/torch_ops.py [ops.txt] [reps]"""
+import sys
+
+import torch
+import torch.nn.functional as F
+
+ACTS = {
+    "none": lambda x: x,
+    "gelu": F.gelu,
+    "silu": F.silu,
+    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "quick_gelu": lambda x: x * torch.sigmoid(1.702 * x),
+}
+
+
+def make(op, args):
+    dev, dt = "cuda", torch.float16
+    r = lambda *s: torch.randn(*s, device=dev, dtype=dt)
+    if op == "conv":
+        n, ci, h, w, co, k, s, p = map(int, args)
+        x, wt, b = r(n, ci, h, w), r(co, ci, k, k) * 0.05, r(co) * 0.1
+        return lambda: F.conv2d(x, wt, b, stride=s, padding=p)
+    if op == "linear":
+        m, k, n = map(int, args[:3])
+        act = ACTS[args[3]]
+        x, wt, b = r(m, k), r(n, k) * 0.05, r(n) * 0.1
+        return lambda: act(F.linear(x, wt, b))
+    if op == "attn":
+        b, lq, lk, h, d, causal = map(int, args)
+        q = r(b, lq, h * d).view(b, lq, h, d).transpose(1, 2)
+        k = r(b, lk, h * d).view(b, lk, h, d).transpose(1, 2)
+        v = r(b, lk, h * d).view(b, lk, h, d).transpose(1, 2)
+        return lambda: F.scaled_dot_product_attention(q, k, v, is_causal=bool(causal)).transpose(1, 2).reshape(
+            b, lq, h * d)
+    if op == "gn":
+        n, c, h, w, g, silu = map(int, args)
+        x, gamma, beta = r(n, c, h, w), r(c), r(c)
+        if silu:
+            return lambda: F.silu(F.group_norm(x, g, gamma, beta, 1e-5))
+        return lambda: F.group_norm(x, g, gamma, beta, 1e-5)
+    if op == "ln":
+        rows, c = map(int, args)
+        x, gamma, beta = r(rows, c), r(c), r(c)
+        return lambda: F.layer_norm(x, (c,), gamma, beta, 1e-5)
+    if op == "geglu":
+        rows, n = map(int, args)
+        x = r(rows, 2 * n)
+
+        def geglu():
+            h, gate = x.chunk(2, dim=-1)
+            return h * F.gelu(gate)
+
+        return geglu
+    raise ValueError(f"unknown op kind {op}")
+
+
+def time_ms(fn, reps):
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(5):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        for _ in range(reps):
+            fn()
+        b.record()
+        torch.cuda.synchronize()
+        times.append(a.elapsed_time(b) / reps)
+    return sorted(times)[2]
+
+
+def main():
+    path = sys.argv[1] if len(sys.argv) > 1 else "bench/gpu/ops.txt"
+    reps = int(sys.argv[2]) if len(sys.argv) > 2 else 10
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.benchmark = True
+    print(f"torch {torch.__version__} on {torch.cuda.get_device_name()}", file=sys.stderr)
+    with torch.inference_mode():
+        for line in open(path):
+            parts = line.split()
+            if not parts or parts[0].startswith("#"):
+                continue
+            kind, name, args = parts[0], parts[1], parts[2:]
+            print(f"{name} {time_ms(make(kind, args), reps):.4f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,175 @@
+/* pipeline_load.c: loading a text-to-image pipeline's components onto a backend. */
+#include <jansson.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "pipeline_impl.h"
+
+void loco_pipeline_opts_init(loco_pipeline_opts *o) {
+    memset(o, 0, sizeof *o);
+    o->family = LOCO_FAMILY_UNKNOWN;
+}
+
+/* model_files hands out parsed JSON; the text encoder parses text, so round-trip it. */
+static loco_status load_text_encoder(loco_pipeline *p, const char *component, loco_clip_text **out, loco_err *err) {
+    const json_t *cfg_json = loco_model_files_config(p->files, component);
+    if (!cfg_json) return loco_err_set(err, LOCO_ENOTFOUND, "%s: the model has no %s", p->path, component);
+    char *text = json_dumps(cfg_json, JSON_COMPACT);
+    if (!text) return loco_err_set(err, LOCO_ENOMEM, "%s: cannot serialise the %s config", p->path, component);
+    loco_clip_text_config cfg;
+    char source[64];
+    snprintf(source, sizeof source, "%s/config.json", component);
+    loco_status st = loco_clip_text_config_parse(text, strlen(text), source, &cfg, err);
+    free(text);
+    if (st) return st;
+    loco_weights *w = NULL;
+    st = loco_model_files_weights(p->files, component, &w, err);
+    if (st) return st;
+    st = loco_clip_text_create(p->be, &cfg, w, out, err);
+    loco_weights_free(w);
+    if (st) loco_err_prefix(err, "loading %s", component);
+    return st;
+}
+
+static loco_status load_tokenizer(loco_pipeline *p, const char *component, loco_clip_tokenizer **out,
+                                  loco_err *err) {
+    const char *dir = loco_model_files_tokenizer_dir(p->files, component);
+    if (!dir) return loco_err_set(err, LOCO_ENOTFOUND, "%s: the model has no %s", p->path, component);
+    loco_status st = loco_clip_tokenizer_load(dir, out, err);
+    if (st) loco_err_prefix(err, "loading %s", component);
+    return st;
+}
+
+static loco_status load_unet(loco_pipeline *p, loco_err *err) {
+    const json_t *cfg_json = loco_model_files_config(p->files, "unet");
+    if (!cfg_json) return loco_err_set(err, LOCO_ENOTFOUND, "%s: the model has no unet", p->path);
+    loco_unet_config cfg;
+    loco_status st = loco_unet_config_from_json(cfg_json, "unet/config.json", &cfg, err);
+    if (st) return st;
+    loco_weights *w = NULL;
+    if ((st = loco_model_files_weights(p->files, "unet", &w, err))) return st;
+    st = loco_unet_create(p->be, &cfg, w, &p->unet, err);
+    loco_weights_free(w);
+    if (st) loco_err_prefix(err, "loading unet");
+    return st;
+}
+
+static loco_status load_vae(loco_pipeline *p, loco_err *err) {
+    const json_t *cfg_json = loco_model_files_config(p->files, "vae");
+    if (!cfg_json) return loco_err_set(err, LOCO_ENOTFOUND, "%s: the model has no vae", p->path);
+    loco_vae_config cfg;
+    loco_status st = loco_vae_config_from_json(cfg_json, "vae/config.json", &cfg, err);
+    if (st) return st;
+    loco_weights *w = NULL;
+    if ((st = loco_model_files_weights(p->files, "vae", &w, err))) return st;
+    st = loco_vae_create(p->be, &cfg, w, &p->vae, err);
+    loco_weights_free(w);
+    if (st) loco_err_prefix(err, "loading vae");
+    return st;
+}
+
+static loco_status load_scheduler_config(loco_pipeline *p, loco_err *err) {
+    loco_scheduler_config_init(&p->sched_cfg);
+    const json_t *cfg_json = loco_model_files_config(p->files, "scheduler");
+    if (!cfg_json) return loco_err_set(err, LOCO_ENOTFOUND, "%s: the model has no scheduler config", p->path);
+    loco_status st = loco_scheduler_config_from_json(cfg_json, &p->sched_cfg, err);
+    if (st) return loco_err_prefix(err, "scheduler/scheduler_config.json");
+    if (p->sched_cfg.has_class_kind) {
+        p->default_scheduler = p->sched_cfg.class_kind;
+    } else {
+        const char *cls = loco_model_files_class(p->files, "scheduler");
+        if (!cls || loco_scheduler_kind_from_name(cls, &p->default_scheduler))
+            return loco_err_set(err, LOCO_EUNSUPPORTED,
+                                "scheduler/scheduler_config.json: scheduler class '%s' is not one loco implements "
+                                "(pndm, ddim, euler, euler_a, dpmpp_2m, ddpm); choose one with --scheduler",
+                                cls ? cls : p->sched_cfg.class_name);
+    }
+    return LOCO_OK;
+}
+
+loco_status loco_pipeline_load(loco_backend *be, const loco_pipeline_opts *opts, loco_pipeline **out,
+                               loco_err *err) {
+    *out = NULL;
+    if (!be || !opts || !opts->model_path || !*opts->model_path)
+        return loco_err_set(err, LOCO_EINVAL, "loading a pipeline needs a backend and a model path");
+    loco_pipeline *p = calloc(1, sizeof *p);
+    if (!p) return loco_err_set(err, LOCO_ENOMEM, "out of memory");
+    p->be = be;
+    p->path = strdup(opts->model_path);
+    loco_model_files_opts mo;
+    loco_model_files_opts_init(&mo);
+    mo.variant = opts->variant;
+    mo.config_dir = opts->config_dir;
+    mo.family = opts->family;
+    loco_status st = p->path ? loco_model_files_open(opts->model_path, &mo, &p->files, err)
+                             : loco_err_set(err, LOCO_ENOMEM, "out of memory");
+    if (st) goto fail;
+    p->family = loco_model_files_family(p->files);
+    if (p->family == LOCO_FAMILY_UNKNOWN) {
+        st = loco_err_set(err, LOCO_EUNSUPPORTED,
+                          "%s: not a Stable Diffusion 1.x, 2.x or SD-XL model (model_index.json _class_name)",
+                          opts->model_path);
+        goto fail;
+    }
+    if ((st = load_scheduler_config(p, err))) goto fail;
+    if (p->family == LOCO_FAMILY_SDXL) {
+        if (loco_model_files_has(p->files, "text_encoder")) {
+            if ((st = load_tokenizer(p, "tokenizer", &p->tokenizer, err))) goto fail;
+            if ((st = load_text_encoder(p, "text_encoder", &p->text_encoder, err))) goto fail;
+        }
+        if ((st = load_tokenizer(p, "tokenizer_2", &p->tokenizer_2, err))) goto fail;
+        if ((st = load_text_encoder(p, "text_encoder_2", &p->text_encoder_2, err))) goto fail;
+    } else {
+        if ((st = load_tokenizer(p, "tokenizer", &p->tokenizer, err))) goto fail;
+        if ((st = load_text_encoder(p, "text_encoder", &p->text_encoder, err))) goto fail;
+    }
+    if ((st = load_unet(p, err))) goto fail;
+    if ((st = load_vae(p, err))) goto fail;
+    p->force_zeros_for_empty_prompt = loco_model_files_flag(p->files, "force_zeros_for_empty_prompt", 1);
+    const loco_vae_config *vc = loco_vae_get_config(p->vae);
+    p->vae_scale = 1 << (vc->n_blocks - 1);
+    const loco_unet_config *uc = loco_unet_get_config(p->unet);
+    if (uc->in_channels != vc->latent_channels) {
+        st = loco_err_set(err, LOCO_EFORMAT, "%s: unet in_channels %d != vae latent_channels %d", opts->model_path,
+                          uc->in_channels, vc->latent_channels);
+        goto fail;
+    }
+    *out = p;
+    return LOCO_OK;
+fail:
+    loco_pipeline_free(p);
+    return st;
+}
+
+void loco_pipeline_free(loco_pipeline *p) {
+    if (!p) return;
+    loco_clip_tokenizer_free(p->tokenizer);
+    loco_clip_tokenizer_free(p->tokenizer_2);
+    loco_clip_text_free(p->text_encoder);
+    loco_clip_text_free(p->text_encoder_2);
+    loco_unet_free(p->unet);
+    loco_vae_free(p->vae);
+    loco_scheduler_config_release(&p->sched_cfg);
+    loco_model_files_close(p->files);
+    free(p->path);
+    free(p);
+}
+
+loco_model_family loco_pipeline_family(const loco_pipeline *p) { return p->family; }
+loco_backend *loco_pipeline_backend(const loco_pipeline *p) { return p->be; }
+const loco_model_files *loco_pipeline_files(const loco_pipeline *p) { return p->files; }
+loco_unet *loco_pipeline_unet(const loco_pipeline *p) { return p->unet; }
+loco_vae *loco_pipeline_vae(const loco_pipeline *p) { return p->vae; }
+const loco_clip_text *loco_pipeline_text_encoder(const loco_pipeline *p, int which) {
+    return which == 2 ? p->text_encoder_2 : p->text_encoder;
+}
+const loco_clip_tokenizer *loco_pipeline_tokenizer(const loco_pipeline *p, int which) {
+    return which == 2 ? p->tokenizer_2 : p->tokenizer;
+}
+const loco_scheduler_config *loco_pipeline_scheduler_config(const loco_pipeline *p) { return &p->sched_cfg; }
+loco_scheduler_kind loco_pipeline_default_scheduler(const loco_pipeline *p) { return p->default_scheduler; }
+int loco_pipeline_vae_scale(const loco_pipeline *p) { return p->vae_scale; }
+int loco_pipeline_default_size(const loco_pipeline *p) {
+    int s = loco_unet_get_config(p->unet)->sample_size;
+    return (s > 0 ? s : 64) * p->vae_scale;
+}

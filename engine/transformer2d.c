@@ -1,0 +1,291 @@
+/* transformer2d.c: diffusers Transformer2DModel (continuous input) and BasicTransformerBlock
+ * as used by the SD UNets: GroupNorm(eps 1e-6) -> proj_in -> blocks -> proj_out -> + input.
+ * Every attention output (after to_out) and FF output is a site: hooks see it before the
+ * residual add, as a PyTorch forward hook on attn1/attn2/ff would. */
+#include "unet_impl.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* diffusers hard-codes these for the SD transformer: GroupNorm eps in Transformer2DModel,
+ * LayerNorm eps of BasicTransformerBlock (norm_eps default) and FeedForward's mult. */
+#define T2D_GN_EPS 1e-6f
+#define TBLOCK_LN_EPS 1e-5f
+#define FF_MULT 4
+
+static loco_status load_ln(const loco_loader *ld, const char *prefix, const char *name, int dim, loco_tensor *w,
+                           loco_tensor *b, loco_err *err) {
+    char p[512];
+    snprintf(p, sizeof p, "%s.%s", prefix, name);
+    loco_status s = loco_load_tensor(ld, p, "weight", 1, (int64_t[]){dim}, w, err);
+    if (!s) s = loco_load_tensor(ld, p, "bias", 1, (int64_t[]){dim}, b, err);
+    return s;
+}
+
+static loco_status load_lin(const loco_loader *ld, const char *prefix, const char *name, int in_f, int out_f,
+                            int bias, loco_lin *l, loco_err *err) {
+    char p[512];
+    snprintf(p, sizeof p, "%s.%s", prefix, name);
+    return loco_lin_load(ld, p, in_f, out_f, bias, l, err);
+}
+
+static loco_status tblock_load(loco_unet *u, const loco_loader *ld, const char *prefix, int dim, int heads,
+                               int cross_dim, int only_cross, unet_tblock *tb, loco_err *err) {
+    memset(tb, 0, sizeof *tb);
+    tb->dim = dim;
+    tb->heads = heads;
+    tb->cross_dim = cross_dim;
+    tb->only_cross = only_cross;
+    const int kv1_in = only_cross ? cross_dim : dim;
+    loco_status s;
+    if ((s = load_ln(ld, prefix, "norm1", dim, &tb->norm1_w, &tb->norm1_b, err))) return s;
+    if ((s = load_lin(ld, prefix, "attn1.to_q", dim, dim, 0, &tb->a1_q, err))) return s;
+    if ((s = load_lin(ld, prefix, "attn1.to_k", kv1_in, dim, 0, &tb->a1_k, err))) return s;
+    if ((s = load_lin(ld, prefix, "attn1.to_v", kv1_in, dim, 0, &tb->a1_v, err))) return s;
+    if ((s = load_lin(ld, prefix, "attn1.to_out.0", dim, dim, 1, &tb->a1_o, err))) return s;
+    if ((s = load_ln(ld, prefix, "norm2", dim, &tb->norm2_w, &tb->norm2_b, err))) return s;
+    if ((s = load_lin(ld, prefix, "attn2.to_q", dim, dim, 0, &tb->a2_q, err))) return s;
+    if ((s = load_lin(ld, prefix, "attn2.to_k", cross_dim, dim, 0, &tb->a2_k, err))) return s;
+    if ((s = load_lin(ld, prefix, "attn2.to_v", cross_dim, dim, 0, &tb->a2_v, err))) return s;
+    if ((s = load_lin(ld, prefix, "attn2.to_out.0", dim, dim, 1, &tb->a2_o, err))) return s;
+    if ((s = load_ln(ld, prefix, "norm3", dim, &tb->norm3_w, &tb->norm3_b, err))) return s;
+    if ((s = load_lin(ld, prefix, "ff.net.0.proj", dim, 2 * FF_MULT * dim, 1, &tb->ff_in, err))) return s;
+    if ((s = load_lin(ld, prefix, "ff.net.2", FF_MULT * dim, dim, 1, &tb->ff_out, err))) return s;
+
+    /* sites in execution order: attn1, the text projections of attn2, attn2, ff */
+    char name[512];
+    if ((s = unet_register_cross(u, tb, err))) return s;
+    snprintf(name, sizeof name, "%s.attn1", prefix);
+    if ((s = unet_add_site(u, LOCO_SITE_SELF_ATTN, name, -1, &tb->site_attn1, err))) return s;
+    snprintf(name, sizeof name, "%s.attn2.to_k", prefix);
+    if ((s = unet_add_site(u, LOCO_SITE_CROSS_K, name, tb->cross_index, &tb->site_k, err))) return s;
+    snprintf(name, sizeof name, "%s.attn2.to_v", prefix);
+    if ((s = unet_add_site(u, LOCO_SITE_CROSS_V, name, tb->cross_index, &tb->site_v, err))) return s;
+    snprintf(name, sizeof name, "%s.attn2", prefix);
+    if ((s = unet_add_site(u, LOCO_SITE_CROSS_ATTN, name, tb->cross_index, &tb->site_attn2, err))) return s;
+    snprintf(name, sizeof name, "%s.ff", prefix);
+    return unet_add_site(u, LOCO_SITE_FF, name, -1, &tb->site_ff, err);
+}
+
+loco_status unet_transformer_load(loco_unet *u, const loco_loader *ld, const char *prefix, int channels, int heads,
+                                  int cross_dim, int n_blocks, int only_cross, unet_transformer *t, loco_err *err) {
+    memset(t, 0, sizeof *t);
+    t->channels = channels;
+    t->heads = heads;
+    t->linear_proj = u->cfg.use_linear_projection;
+    if (heads <= 0 || channels % heads != 0)
+        return loco_err_set(err, LOCO_EINVAL, "%s: %d channels are not divisible into %d heads", prefix, channels,
+                            heads);
+    char p[256];
+    snprintf(p, sizeof p, "%s.norm", prefix);
+    loco_status s = loco_gnorm_load(ld, p, channels, u->cfg.norm_num_groups, T2D_GN_EPS, &t->norm, err);
+    if (s) return s;
+    /* inner_dim = heads * head_dim = channels for every SD UNet */
+    for (int which = 0; which < 2; which++) {
+        loco_lin *l = which ? &t->proj_out : &t->proj_in;
+        snprintf(p, sizeof p, "%s.%s", prefix, which ? "proj_out" : "proj_in");
+        if (t->linear_proj) {
+            s = loco_lin_load(ld, p, channels, channels, 1, l, err);
+        } else {
+            l->in_f = l->out_f = channels;
+            s = loco_load_tensor(ld, p, "weight", 4, (int64_t[]){channels, channels, 1, 1}, &l->w, err);
+            if (!s) s = loco_load_tensor(ld, p, "bias", 1, (int64_t[]){channels}, &l->b, err);
+        }
+        if (s) return s;
+    }
+    t->blocks = calloc((size_t)n_blocks, sizeof *t->blocks);
+    if (!t->blocks) return loco_err_set(err, LOCO_ENOMEM, "%s: out of memory", prefix);
+    t->n_blocks = n_blocks;
+    for (int i = 0; i < n_blocks; i++) {
+        snprintf(p, sizeof p, "%s.transformer_blocks.%d", prefix, i);
+        if ((s = tblock_load(u, ld, p, channels, heads, cross_dim, only_cross, &t->blocks[i], err))) return s;
+    }
+    return LOCO_OK;
+}
+
+void unet_transformer_free(unet_transformer *t) {
+    /* tensors belong to the parameter table */
+    free(t->blocks);
+    memset(t, 0, sizeof *t);
+}
+
+/* A projection over tokens: the Linear form directly, the 1x1-conv form through a [C, C] view
+ * of its weight (a 1x1 conv on NCHW equals a GEMM on the NLC tokens). */
+static loco_status proj_forward(loco_backend *be, const loco_lin *l, int conv_form, const loco_tensor *x,
+                                loco_tensor *out, loco_err *err) {
+    if (!conv_form) return loco_lin_forward(be, l, x, LOCO_ACT_NONE, out, err);
+    loco_lin v = *l;
+    loco_status s = loco_reshape_view(&l->w, 2, (int64_t[]){l->out_f, l->in_f}, &v.w, err);
+    if (s) return s;
+    return loco_lin_forward(be, &v, x, LOCO_ACT_NONE, out, err);
+}
+
+loco_status unet_text_proj(loco_backend *be, const unet_tblock *tb, int attn, int which, const loco_tensor *ehs,
+                           loco_tensor *out, loco_err *err) {
+    const loco_lin *l = attn == 1 ? (which ? &tb->a1_v : &tb->a1_k) : (which ? &tb->a2_v : &tb->a2_k);
+    if (ehs->ndim != 3 || ehs->shape[2] != l->in_f)
+        return loco_err_set(err, LOCO_EINVAL,
+                            "encoder_hidden_states must be [batch, tokens, %d] for cross-attention layer %d", l->in_f,
+                            tb->cross_index);
+    return loco_lin_forward(be, l, ehs, LOCO_ACT_NONE, out, err);
+}
+
+/* to_out(attention(to_q(n), k, v)) with per-sample K/V rows. */
+static loco_status attention(loco_backend *be, const unet_tblock *tb, const loco_lin *q_l, const loco_lin *o_l,
+                             const loco_tensor *n, const loco_tensor *k, const loco_tensor *v, const int *kv_index,
+                             loco_tensor *out, loco_err *err) {
+    loco_tensor q = {0}, o = {0};
+    loco_status s = loco_lin_forward(be, q_l, n, LOCO_ACT_NONE, &q, err);
+    if (!s) s = loco_tensor_alloc_act(be, 3, q.shape, &o, err);
+    if (!s) {
+        loco_attention_params ap = {.heads = tb->heads,
+                                    .scale = (float)(1.0 / sqrt((double)(tb->dim / tb->heads))),
+                                    .causal = 0,
+                                    .kv_index = kv_index};
+        s = loco_attention(be, &o, &q, k, v, &ap, err);
+    }
+    loco_tensor_free(&q);
+    if (!s) s = loco_lin_forward(be, o_l, &o, LOCO_ACT_NONE, out, err);
+    loco_tensor_free(&o);
+    return s;
+}
+
+/* Text K/V of one attention of a block: precomputed, or projected here (calling the K/V hooks
+ * for attn2 as the precompute does). *owned tells the caller to free them. */
+static loco_status text_kv(const unet_run *r, const unet_tblock *tb, int attn, loco_tensor *k, loco_tensor *v,
+                           int *owned, loco_err *err) {
+    const int ci = tb->cross_index;
+    if (r->kv) {
+        *k = attn == 1 ? r->kv->k1[ci] : r->kv->k[ci];
+        *v = attn == 1 ? r->kv->v1[ci] : r->kv->v[ci];
+        k->owns = v->owns = 0;
+        *owned = 0;
+        if (!k->data || !v->data)
+            return loco_err_set(err, LOCO_EINVAL, "text K/V: layer %d has no attn%d projections", ci, attn);
+        return LOCO_OK;
+    }
+    *owned = 1;
+    loco_status s = unet_text_proj(r->be, tb, attn, 0, r->ehs, k, err);
+    if (!s && attn == 2) s = unet_call_hook(r, tb->site_k, k, err);
+    if (!s) s = unet_text_proj(r->be, tb, attn, 1, r->ehs, v, err);
+    if (!s && attn == 2) s = unet_call_hook(r, tb->site_v, v, err);
+    if (s) {
+        loco_tensor_free(k);
+        loco_tensor_free(v);
+    }
+    return s;
+}
+
+/* h = h + x, in place, with x the site output (after its hook ran). */
+static loco_status residual(const unet_run *r, int site, loco_tensor *x, loco_tensor *h, loco_err *err) {
+    loco_status s = unet_call_hook(r, site, x, err);
+    if (!s) s = loco_add(r->be, h, x, h, err);
+    loco_tensor_free(x);
+    return s;
+}
+
+static loco_status tblock_forward(const unet_run *r, const unet_tblock *tb, loco_tensor *h, loco_err *err) {
+    loco_backend *be = r->be;
+    const int ci = tb->cross_index;
+    const int *kv_index = r->text_index;
+    if (r->kv_index_per_layer && r->kv_index_per_layer[ci]) kv_index = r->kv_index_per_layer[ci];
+    loco_tensor n = {0}, a = {0}, k = {0}, v = {0}, f = {0};
+    int owned = 0;
+    loco_status s = loco_tensor_alloc_act(be, 3, h->shape, &n, err);
+    if (s) return s;
+
+    /* attn1: self-attention, or attention to the text when only_cross_attention */
+    if ((s = loco_layer_norm(be, &n, h, &tb->norm1_w, &tb->norm1_b, TBLOCK_LN_EPS, err))) goto done;
+    if (tb->only_cross) {
+        if ((s = text_kv(r, tb, 1, &k, &v, &owned, err))) goto done;
+        s = attention(be, tb, &tb->a1_q, &tb->a1_o, &n, &k, &v, kv_index, &a, err);
+    } else {
+        owned = 1;
+        if ((s = loco_lin_forward(be, &tb->a1_k, &n, LOCO_ACT_NONE, &k, err))) goto done;
+        if ((s = loco_lin_forward(be, &tb->a1_v, &n, LOCO_ACT_NONE, &v, err))) goto done;
+        s = attention(be, tb, &tb->a1_q, &tb->a1_o, &n, &k, &v, NULL, &a, err);
+    }
+    if (owned) {
+        loco_tensor_free(&k);
+        loco_tensor_free(&v);
+    }
+    memset(&k, 0, sizeof k);
+    memset(&v, 0, sizeof v);
+    if (s || (s = residual(r, tb->site_attn1, &a, h, err))) goto done;
+
+    /* attn2: cross-attention to the text rows chosen per sample */
+    if ((s = loco_layer_norm(be, &n, h, &tb->norm2_w, &tb->norm2_b, TBLOCK_LN_EPS, err))) goto done;
+    if ((s = text_kv(r, tb, 2, &k, &v, &owned, err))) goto done;
+    s = attention(be, tb, &tb->a2_q, &tb->a2_o, &n, &k, &v, kv_index, &a, err);
+    if (owned) {
+        loco_tensor_free(&k);
+        loco_tensor_free(&v);
+    }
+    memset(&k, 0, sizeof k);
+    memset(&v, 0, sizeof v);
+    if (s || (s = residual(r, tb->site_attn2, &a, h, err))) goto done;
+
+    /* feed-forward: GEGLU(ff.net.0.proj) -> ff.net.2 */
+    if ((s = loco_layer_norm(be, &n, h, &tb->norm3_w, &tb->norm3_b, TBLOCK_LN_EPS, err))) goto done;
+    {
+        loco_tensor g = {0}, gl = {0};
+        s = loco_lin_forward(be, &tb->ff_in, &n, LOCO_ACT_NONE, &g, err);
+        if (!s) {
+            int64_t shape[3] = {g.shape[0], g.shape[1], g.shape[2] / 2};
+            s = loco_tensor_alloc_act(be, 3, shape, &gl, err);
+        }
+        if (!s) s = loco_geglu(be, &gl, &g, err);
+        loco_tensor_free(&g);
+        if (!s) s = loco_lin_forward(be, &tb->ff_out, &gl, LOCO_ACT_NONE, &f, err);
+        loco_tensor_free(&gl);
+    }
+    if (s || (s = residual(r, tb->site_ff, &f, h, err))) goto done;
+done:
+    loco_tensor_free(&n);
+    loco_tensor_free(&a);
+    loco_tensor_free(&f);
+    if (owned) {
+        loco_tensor_free(&k);
+        loco_tensor_free(&v);
+    }
+    return s;
+}
+
+loco_status unet_transformer_forward(const unet_run *r, const unet_transformer *t, const loco_tensor *x,
+                                     loco_tensor *out, loco_err *err) {
+    loco_backend *be = r->be;
+    if (x->ndim != 4 || x->shape[1] != t->channels)
+        return loco_err_set(err, LOCO_EINVAL, "transformer: input must have %d channels", t->channels);
+    const int64_t B = x->shape[0], C = t->channels, L = x->shape[2] * x->shape[3];
+    const int64_t tok[3] = {B, L, C}, chw[3] = {B, C, L};
+    loco_tensor gn = {0}, view = {0}, tk = {0}, h = {0}, p = {0}, y = {0};
+    const int conv_form = !t->linear_proj;
+    loco_status s;
+    if ((s = loco_gnorm_forward(be, &t->norm, x, 0, &gn, err))) goto done;
+    if ((s = loco_reshape_view(&gn, 3, chw, &view, err))) goto done;
+    if ((s = loco_tensor_alloc_act(be, 3, tok, &tk, err))) goto done;
+    if ((s = loco_transpose12(be, &tk, &view, err))) goto done;
+    loco_tensor_free(&gn);
+    if ((s = proj_forward(be, &t->proj_in, conv_form, &tk, &h, err))) goto done;
+    loco_tensor_free(&tk);
+    for (int i = 0; i < t->n_blocks; i++)
+        if ((s = tblock_forward(r, &t->blocks[i], &h, err))) goto done;
+    if ((s = proj_forward(be, &t->proj_out, conv_form, &h, &p, err))) goto done;
+    loco_tensor_free(&h);
+    if ((s = loco_tensor_alloc_act(be, 4, x->shape, &y, err))) goto done;
+    if ((s = loco_reshape_view(&y, 3, chw, &view, err))) goto done;
+    if ((s = loco_transpose12(be, &view, &p, err))) goto done;
+    loco_tensor_free(&p);
+    if ((s = loco_add(be, &y, &y, x, err))) goto done;
+    *out = y;
+    memset(&y, 0, sizeof y);
+done:
+    loco_tensor_free(&gn);
+    loco_tensor_free(&tk);
+    loco_tensor_free(&h);
+    loco_tensor_free(&p);
+    loco_tensor_free(&y);
+    return s;
+}

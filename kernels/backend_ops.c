@@ -1,0 +1,534 @@
+/* backend_ops.c: argument validation for every op of backend.h, done once here for all
+ * backends, then dispatch to the backend's hook. The rules: every tensor belongs to the
+ * backend and holds data; all tensors of one call share a dtype the backend computes in;
+ * shapes agree as documented in backend.h; an output may alias an input only where backend.h
+ * allows in-place operation, and then exactly (same address and element count), never a
+ * partial overlap. Calls whose output is empty return LOCO_OK without reaching the hook. */
+#include "backend_impl.h"
+
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+#define SHAPE_BUF 128
+
+/* Shape strings for messages; one buffer per argument so several fit in one message. */
+typedef struct shapes {
+    char s[4][SHAPE_BUF];
+} shapes;
+
+static const char *shp(shapes *b, int i, const loco_tensor *t) {
+    return loco_tensor_shape_str(t, b->s[i], SHAPE_BUF);
+}
+
+static int op_dtype_ok(const loco_backend *be, loco_dtype t) {
+    if (t == be->act_dtype) return 1;
+    return (unsigned)t < 32 && (be->op_dtypes >> t & 1u) && loco_dtype_is_float(t);
+}
+
+/* Backend membership, data presence and dtype of one tensor argument. */
+static loco_status check_tensor(loco_backend *be, const char *op, const char *name, const loco_tensor *t,
+                                loco_err *err) {
+    if (!t) return loco_err_set(err, LOCO_EINVAL, "%s: %s is NULL", op, name);
+    if (t->be != be)
+        return loco_err_set(err, LOCO_EINVAL, "%s: %s belongs to %s", op, name,
+                            t->be ? "another backend" : "no backend (never allocated?)");
+    if (t->ndim < 0 || t->ndim > LOCO_MAX_DIMS)
+        return loco_err_set(err, LOCO_EINVAL, "%s: %s has ndim %d", op, name, t->ndim);
+    for (int i = 0; i < t->ndim; i++)
+        if (t->shape[i] < 0)
+            return loco_err_set(err, LOCO_EINVAL, "%s: %s has a negative dimension", op, name);
+    if (!t->data && loco_tensor_numel(t) > 0)
+        return loco_err_set(err, LOCO_EINVAL, "%s: %s has no data (freed or never allocated)", op, name);
+    if (!op_dtype_ok(be, t->dtype)) {
+        shapes b;
+        return loco_err_set(err, LOCO_EINVAL, "%s: %s %s has dtype %s, but this %s backend computes in %s", op, name,
+                            shp(&b, 0, t), loco_dtype_name(t->dtype), loco_device_name(be->device),
+                            loco_dtype_name(be->act_dtype));
+    }
+    return LOCO_OK;
+}
+
+static loco_status check_backend(loco_backend *be, const char *op, loco_err *err) {
+    if (!be) return loco_err_set(err, LOCO_EINVAL, "%s: backend is NULL", op);
+    return LOCO_OK;
+}
+
+static loco_status same_dtype(const char *op, const char *an, const loco_tensor *a, const char *bn,
+                              const loco_tensor *b, loco_err *err) {
+    if (a->dtype == b->dtype) return LOCO_OK;
+    return loco_err_set(err, LOCO_EINVAL, "%s: %s is %s but %s is %s (one call computes in one dtype)", op, an,
+                        loco_dtype_name(a->dtype), bn, loco_dtype_name(b->dtype));
+}
+
+static loco_status same_shape(const char *op, const char *an, const loco_tensor *a, const char *bn,
+                              const loco_tensor *b, loco_err *err) {
+    if (loco_tensor_same_shape(a, b)) return LOCO_OK;
+    shapes s;
+    return loco_err_set(err, LOCO_EINVAL, "%s: %s %s and %s %s must have the same shape", op, an, shp(&s, 0, a), bn,
+                        shp(&s, 1, b));
+}
+
+/* Byte ranges of two tensors intersect. */
+static int overlaps(const loco_tensor *a, const loco_tensor *b) {
+    size_t na = loco_tensor_nbytes(a), nb = loco_tensor_nbytes(b);
+    if (!na || !nb || !a->data || !b->data) return 0;
+    uintptr_t a0 = (uintptr_t)a->data, b0 = (uintptr_t)b->data;
+    return a0 < b0 + nb && b0 < a0 + na;
+}
+
+/* Output y may not share memory with input x. */
+static loco_status no_alias(const char *op, const char *yn, const loco_tensor *y, const char *xn,
+                            const loco_tensor *x, loco_err *err) {
+    if (!overlaps(y, x)) return LOCO_OK;
+    return loco_err_set(err, LOCO_EINVAL, "%s: output %s overlaps input %s; this op cannot run in place", op, yn,
+                        xn);
+}
+
+/* Output y may be x itself (in place) or disjoint from it, but not partly overlapping. */
+static loco_status inplace_or_disjoint(const char *op, const char *yn, const loco_tensor *y, const char *xn,
+                                       const loco_tensor *x, loco_err *err) {
+    if (!overlaps(y, x)) return LOCO_OK;
+    if (y->data == x->data && loco_tensor_numel(y) == loco_tensor_numel(x) && y->dtype == x->dtype) return LOCO_OK;
+    return loco_err_set(err, LOCO_EINVAL,
+                        "%s: output %s partly overlaps input %s; in place means the very same memory", op, yn, xn);
+}
+
+static loco_status check_act(const char *op, loco_act act, loco_err *err) {
+    if ((unsigned)act < LOCO_ACT_COUNT) return LOCO_OK;
+    return loco_err_set(err, LOCO_EINVAL, "%s: unknown activation %d", op, (int)act);
+}
+
+#define TRY(expr)                                                                                                  \
+    do {                                                                                                           \
+        loco_status st_ = (expr);                                                                                  \
+        if (st_ != LOCO_OK) return st_;                                                                            \
+    } while (0)
+
+/* ---- linear, conv ------------------------------------------------------------------------------ */
+
+loco_status loco_linear(loco_backend *be, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
+                        const loco_tensor *bias, loco_act act, loco_err *err) {
+    const char *op = "linear";
+    shapes s;
+    TRY(check_backend(be, op, err));
+    TRY(check_tensor(be, op, "y", y, err));
+    TRY(check_tensor(be, op, "x", x, err));
+    TRY(check_tensor(be, op, "w", w, err));
+    TRY(same_dtype(op, "y", y, "x", x, err));
+    TRY(same_dtype(op, "w", w, "x", x, err));
+    TRY(check_act(op, act, err));
+    if (x->ndim < 1) return loco_err_set(err, LOCO_EINVAL, "linear: x must have at least one dimension");
+    if (w->ndim != 2)
+        return loco_err_set(err, LOCO_EINVAL, "linear: w %s must be [out_features, in_features]", shp(&s, 0, w));
+    int64_t K = w->shape[1], N = w->shape[0];
+    if (x->shape[x->ndim - 1] != K)
+        return loco_err_set(err, LOCO_EINVAL, "linear: x %s has %lld features but w %s expects %lld", shp(&s, 0, x),
+                            (long long)x->shape[x->ndim - 1], shp(&s, 1, w), (long long)K);
+    int shape_ok = y->ndim == x->ndim && y->shape[y->ndim - 1] == N;
+    for (int i = 0; shape_ok && i < x->ndim - 1; i++) shape_ok = y->shape[i] == x->shape[i];
+    if (!shape_ok)
+        return loco_err_set(err, LOCO_EINVAL, "linear: y %s must be x %s with the last dimension %lld (w %s)",
+                            shp(&s, 0, y), shp(&s, 1, x), (long long)N, shp(&s, 2, w));
+    if (bias) {
+        TRY(check_tensor(be, op, "bias", bias, err));
+        TRY(same_dtype(op, "bias", bias, "x", x, err));
+        if (bias->ndim != 1 || bias->shape[0] != N)
+            return loco_err_set(err, LOCO_EINVAL, "linear: bias %s must be [%lld] (w %s)", shp(&s, 0, bias),
+                                (long long)N, shp(&s, 1, w));
+        TRY(no_alias(op, "y", y, "bias", bias, err));
+    }
+    TRY(no_alias(op, "y", y, "x", x, err));
+    TRY(no_alias(op, "y", y, "w", w, err));
+    if (loco_tensor_numel(y) == 0) return LOCO_OK;
+    return be->ops->linear(be, y, x, w, bias, act, err);
+}
+
+loco_status loco_conv2d(loco_backend *be, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
+                        const loco_tensor *bias, const loco_conv2d_params *p, loco_err *err) {
+    const char *op = "conv2d";
+    shapes s;
+    TRY(check_backend(be, op, err));
+    TRY(check_tensor(be, op, "y", y, err));
+    TRY(check_tensor(be, op, "x", x, err));
+    TRY(check_tensor(be, op, "w", w, err));
+    TRY(same_dtype(op, "y", y, "x", x, err));
+    TRY(same_dtype(op, "w", w, "x", x, err));
+    if (!p) return loco_err_set(err, LOCO_EINVAL, "conv2d: params are NULL");
+    if (p->stride < 1) return loco_err_set(err, LOCO_EINVAL, "conv2d: stride must be >= 1, got %d", p->stride);
+    for (int i = 0; i < 4; i++)
+        if (p->pad[i] < 0)
+            return loco_err_set(err, LOCO_EINVAL, "conv2d: padding {top %d, bottom %d, left %d, right %d} is negative",
+                                p->pad[0], p->pad[1], p->pad[2], p->pad[3]);
+    if (x->ndim != 4) return loco_err_set(err, LOCO_EINVAL, "conv2d: x %s must be NCHW", shp(&s, 0, x));
+    if (w->ndim != 4) return loco_err_set(err, LOCO_EINVAL, "conv2d: w %s must be [Cout, Cin, kh, kw]", shp(&s, 0, w));
+    if (w->shape[1] != x->shape[1])
+        return loco_err_set(err, LOCO_EINVAL, "conv2d: x %s has %lld channels but w %s expects %lld", shp(&s, 0, x),
+                            (long long)x->shape[1], shp(&s, 1, w), (long long)w->shape[1]);
+    int64_t kh = w->shape[2], kw = w->shape[3];
+    int64_t hp = x->shape[2] + p->pad[0] + p->pad[1], wp = x->shape[3] + p->pad[2] + p->pad[3];
+    if (kh < 1 || kw < 1 || hp < kh || wp < kw)
+        return loco_err_set(err, LOCO_EINVAL, "conv2d: kernel %lldx%lld does not fit the padded input %lldx%lld (x %s)",
+                            (long long)kh, (long long)kw, (long long)hp, (long long)wp, shp(&s, 0, x));
+    int64_t ho = (hp - kh) / p->stride + 1, wo = (wp - kw) / p->stride + 1;
+    if (y->ndim != 4 || y->shape[0] != x->shape[0] || y->shape[1] != w->shape[0] || y->shape[2] != ho ||
+        y->shape[3] != wo)
+        return loco_err_set(err, LOCO_EINVAL, "conv2d: y %s must be [%lld, %lld, %lld, %lld] for x %s, w %s, stride %d",
+                            shp(&s, 0, y), (long long)x->shape[0], (long long)w->shape[0], (long long)ho,
+                            (long long)wo, shp(&s, 1, x), shp(&s, 2, w), p->stride);
+    if (bias) {
+        TRY(check_tensor(be, op, "bias", bias, err));
+        TRY(same_dtype(op, "bias", bias, "x", x, err));
+        if (bias->ndim != 1 || bias->shape[0] != w->shape[0])
+            return loco_err_set(err, LOCO_EINVAL, "conv2d: bias %s must be [%lld]", shp(&s, 0, bias),
+                                (long long)w->shape[0]);
+        TRY(no_alias(op, "y", y, "bias", bias, err));
+    }
+    TRY(no_alias(op, "y", y, "x", x, err));
+    TRY(no_alias(op, "y", y, "w", w, err));
+    if (loco_tensor_numel(y) == 0) return LOCO_OK;
+    return be->ops->conv2d(be, y, x, w, bias, p, err);
+}
+
+/* ---- norms ------------------------------------------------------------------------------------ */
+
+static loco_status check_eps(const char *op, float eps, loco_err *err) {
+    if (eps >= 0 && isfinite(eps)) return LOCO_OK;
+    return loco_err_set(err, LOCO_EINVAL, "%s: eps must be finite and >= 0, got %g", op, (double)eps);
+}
+
+/* gamma/beta of a norm: [C] in the op's dtype, not written by the op. */
+static loco_status check_affine(loco_backend *be, const char *op, const char *name, const loco_tensor *t, int64_t C,
+                                const loco_tensor *x, const loco_tensor *y, loco_err *err) {
+    shapes s;
+    TRY(check_tensor(be, op, name, t, err));
+    TRY(same_dtype(op, name, t, "x", x, err));
+    if (t->ndim != 1 || t->shape[0] != C)
+        return loco_err_set(err, LOCO_EINVAL, "%s: %s %s must be [%lld] for x %s", op, name, shp(&s, 0, t),
+                            (long long)C, shp(&s, 1, x));
+    return no_alias(op, "y", y, name, t, err);
+}
+
+loco_status loco_group_norm(loco_backend *be, loco_tensor *y, const loco_tensor *x, int groups,
+                            const loco_tensor *gamma, const loco_tensor *beta, float eps, int fuse_silu,
+                            loco_err *err) {
+    const char *op = "group_norm";
+    shapes s;
+    TRY(check_backend(be, op, err));
+    TRY(check_tensor(be, op, "y", y, err));
+    TRY(check_tensor(be, op, "x", x, err));
+    TRY(same_dtype(op, "y", y, "x", x, err));
+    TRY(same_shape(op, "y", y, "x", x, err));
+    if (x->ndim < 2) return loco_err_set(err, LOCO_EINVAL, "group_norm: x %s must be [N, C, ...]", shp(&s, 0, x));
+    int64_t C = x->shape[1];
+    if (groups < 1 || C % groups != 0)
+        return loco_err_set(err, LOCO_EINVAL, "group_norm: %lld channels of x %s do not split into %d groups",
+                            (long long)C, shp(&s, 0, x), groups);
+    TRY(check_eps(op, eps, err));
+    if (!gamma || !beta)
+        return loco_err_set(err, LOCO_EINVAL, "group_norm: %s is NULL (GroupNorm is always affine)",
+                            gamma ? "beta" : "gamma");
+    TRY(check_affine(be, op, "gamma", gamma, C, x, y, err));
+    TRY(check_affine(be, op, "beta", beta, C, x, y, err));
+    TRY(inplace_or_disjoint(op, "y", y, "x", x, err));
+    if (loco_tensor_numel(y) == 0) return LOCO_OK;
+    return be->ops->group_norm(be, y, x, groups, gamma, beta, eps, fuse_silu ? 1 : 0, err);
+}
+
+loco_status loco_layer_norm(loco_backend *be, loco_tensor *y, const loco_tensor *x, const loco_tensor *gamma,
+                            const loco_tensor *beta, float eps, loco_err *err) {
+    const char *op = "layer_norm";
+    TRY(check_backend(be, op, err));
+    TRY(check_tensor(be, op, "y", y, err));
+    TRY(check_tensor(be, op, "x", x, err));
+    TRY(same_dtype(op, "y", y, "x", x, err));
+    TRY(same_shape(op, "y", y, "x", x, err));
+    if (x->ndim < 1) return loco_err_set(err, LOCO_EINVAL, "layer_norm: x must have at least one dimension");
+    TRY(check_eps(op, eps, err));
+    int64_t C = x->shape[x->ndim - 1];
+    if (!gamma) return loco_err_set(err, LOCO_EINVAL, "layer_norm: gamma is NULL");
+    TRY(check_affine(be, op, "gamma", gamma, C, x, y, err));
+    if (beta) TRY(check_affine(be, op, "beta", beta, C, x, y, err));
+    TRY(inplace_or_disjoint(op, "y", y, "x", x, err));
+    if (loco_tensor_numel(y) == 0) return LOCO_OK;
+    return be->ops->layer_norm(be, y, x, gamma, beta, eps, err);
+}
+
+/* ---- attention ----------------------------------------------------------------------------------- */
+
+loco_status loco_attention(loco_backend *be, loco_tensor *out, const loco_tensor *q, const loco_tensor *k,
+                           const loco_tensor *v, const loco_attention_params *p, loco_err *err) {
+    const char *op = "attention";
+    shapes s;
+    TRY(check_backend(be, op, err));
+    TRY(check_tensor(be, op, "out", out, err));
+    TRY(check_tensor(be, op, "q", q, err));
+    TRY(check_tensor(be, op, "k", k, err));
+    TRY(check_tensor(be, op, "v", v, err));
+    TRY(same_dtype(op, "out", out, "q", q, err));
+    TRY(same_dtype(op, "k", k, "q", q, err));
+    TRY(same_dtype(op, "v", v, "q", q, err));
+    if (!p) return loco_err_set(err, LOCO_EINVAL, "attention: params are NULL");
+    if (q->ndim != 3) return loco_err_set(err, LOCO_EINVAL, "attention: q %s must be [B, Lq, H*D]", shp(&s, 0, q));
+    if (k->ndim != 3) return loco_err_set(err, LOCO_EINVAL, "attention: k %s must be [Bk, Lk, H*D]", shp(&s, 0, k));
+    TRY(same_shape(op, "k", k, "v", v, err));
+    TRY(same_shape(op, "out", out, "q", q, err));
+    int64_t B = q->shape[0], HD = q->shape[2], Bk = k->shape[0];
+    if (k->shape[2] != HD)
+        return loco_err_set(err, LOCO_EINVAL, "attention: q %s and k %s differ in width (H*D)", shp(&s, 0, q),
+                            shp(&s, 1, k));
+    if (p->heads < 1 || HD % p->heads != 0)
+        return loco_err_set(err, LOCO_EINVAL, "attention: width %lld of q %s does not split into %d heads",
+                            (long long)HD, shp(&s, 0, q), p->heads);
+    if (!isfinite(p->scale))
+        return loco_err_set(err, LOCO_EINVAL, "attention: scale must be finite, got %g", (double)p->scale);
+    if (k->shape[1] < 1 && q->shape[1] > 0)
+        return loco_err_set(err, LOCO_EINVAL, "attention: k %s has no keys to attend to", shp(&s, 0, k));
+    if (p->kv_index) {
+        for (int64_t b = 0; b < B; b++)
+            if (p->kv_index[b] < 0 || p->kv_index[b] >= Bk)
+                return loco_err_set(err, LOCO_EINVAL, "attention: kv_index[%lld] = %d is outside the %lld K/V samples",
+                                    (long long)b, p->kv_index[b], (long long)Bk);
+    } else if (Bk != B) {
+        return loco_err_set(err, LOCO_EINVAL,
+                            "attention: q %s and k %s differ in batch size and no kv_index maps one to the other",
+                            shp(&s, 0, q), shp(&s, 1, k));
+    }
+    TRY(no_alias(op, "out", out, "q", q, err));
+    TRY(no_alias(op, "out", out, "k", k, err));
+    TRY(no_alias(op, "out", out, "v", v, err));
+    if (loco_tensor_numel(out) == 0) return LOCO_OK;
+    return be->ops->attention(be, out, q, k, v, p, err);
+}
+
+/* ---- elementwise ------------------------------------------------------------------------------------ */
+
+loco_status loco_activation(loco_backend *be, loco_tensor *y, const loco_tensor *x, loco_act act, loco_err *err) {
+    const char *op = "activation";
+    TRY(check_backend(be, op, err));
+    TRY(check_tensor(be, op, "y", y, err));
+    TRY(check_tensor(be, op, "x", x, err));
+    TRY(same_dtype(op, "y", y, "x", x, err));
+    TRY(same_shape(op, "y", y, "x", x, err));
+    TRY(check_act(op, act, err));
+    TRY(inplace_or_disjoint(op, "y", y, "x", x, err));
+    if (loco_tensor_numel(y) == 0) return LOCO_OK;
+    return be->ops->activation(be, y, x, act, err);
+}
+
+loco_status loco_geglu(loco_backend *be, loco_tensor *y, const loco_tensor *x, loco_err *err) {
+    const char *op = "geglu";
+    shapes s;
+    TRY(check_backend(be, op, err));
+    TRY(check_tensor(be, op, "y", y, err));
+    TRY(check_tensor(be, op, "x", x, err));
+    TRY(same_dtype(op, "y", y, "x", x, err));
+    int ok = x->ndim >= 1 && y->ndim == x->ndim && x->shape[x->ndim - 1] == 2 * y->shape[y->ndim - 1];
+    for (int i = 0; ok && i < x->ndim - 1; i++) ok = x->shape[i] == y->shape[i];
+    if (!ok)
+        return loco_err_set(err, LOCO_EINVAL, "geglu: y %s must be x %s with the last dimension halved", shp(&s, 0, y),
+                            shp(&s, 1, x));
+    TRY(no_alias(op, "y", y, "x", x, err));
+    if (loco_tensor_numel(y) == 0) return LOCO_OK;
+    return be->ops->geglu(be, y, x, err);
+}
+
+loco_status loco_add(loco_backend *be, loco_tensor *y, const loco_tensor *a, const loco_tensor *b, loco_err *err) {
+    const char *op = "add";
+    TRY(check_backend(be, op, err));
+    TRY(check_tensor(be, op, "y", y, err));
+    TRY(check_tensor(be, op, "a", a, err));
+    TRY(check_tensor(be, op, "b", b, err));
+    TRY(same_dtype(op, "y", y, "a", a, err));
+    TRY(same_dtype(op, "b", b, "a", a, err));
+    TRY(same_shape(op, "a", a, "b", b, err));
+    TRY(same_shape(op, "y", y, "a", a, err));
+    TRY(inplace_or_disjoint(op, "y", y, "a", a, err));
+    TRY(inplace_or_disjoint(op, "y", y, "b", b, err));
+    if (loco_tensor_numel(y) == 0) return LOCO_OK;
+    return be->ops->add(be, y, a, b, err);
+}
+
+loco_status loco_add_channel_bias(loco_backend *be, loco_tensor *y, const loco_tensor *x, const loco_tensor *bias,
+                                  loco_err *err) {
+    const char *op = "add_channel_bias";
+    shapes s;
+    TRY(check_backend(be, op, err));
+    TRY(check_tensor(be, op, "y", y, err));
+    TRY(check_tensor(be, op, "x", x, err));
+    TRY(check_tensor(be, op, "bias", bias, err));
+    TRY(same_dtype(op, "y", y, "x", x, err));
+    TRY(same_dtype(op, "bias", bias, "x", x, err));
+    TRY(same_shape(op, "y", y, "x", x, err));
+    if (x->ndim < 2)
+        return loco_err_set(err, LOCO_EINVAL, "add_channel_bias: x %s must be [N, C, ...]", shp(&s, 0, x));
+    if (bias->ndim != 2 || bias->shape[0] != x->shape[0] || bias->shape[1] != x->shape[1])
+        return loco_err_set(err, LOCO_EINVAL, "add_channel_bias: bias %s must be [%lld, %lld] for x %s",
+                            shp(&s, 0, bias), (long long)x->shape[0], (long long)x->shape[1], shp(&s, 1, x));
+    TRY(inplace_or_disjoint(op, "y", y, "x", x, err));
+    TRY(no_alias(op, "y", y, "bias", bias, err));
+    if (loco_tensor_numel(y) == 0) return LOCO_OK;
+    return be->ops->add_channel_bias(be, y, x, bias, err);
+}
+
+loco_status loco_lincomb(loco_backend *be, loco_tensor *y, int n, const loco_tensor *const *x, const float *coef,
+                         loco_err *err) {
+    const char *op = "lincomb";
+    TRY(check_backend(be, op, err));
+    TRY(check_tensor(be, op, "y", y, err));
+    if (n < 1) return loco_err_set(err, LOCO_EINVAL, "lincomb: needs at least one term, got n = %d", n);
+    if (!x || !coef) return loco_err_set(err, LOCO_EINVAL, "lincomb: %s is NULL", x ? "coef" : "x");
+    for (int i = 0; i < n; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "x[%d]", i);
+        TRY(check_tensor(be, op, name, x[i], err));
+        TRY(same_dtype(op, "y", y, name, x[i], err));
+        TRY(same_shape(op, "y", y, name, x[i], err));
+        TRY(inplace_or_disjoint(op, "y", y, name, x[i], err));
+        if (!isfinite(coef[i]))
+            return loco_err_set(err, LOCO_EINVAL, "lincomb: coef[%d] = %g is not finite", i, (double)coef[i]);
+    }
+    if (loco_tensor_numel(y) == 0) return LOCO_OK;
+    return be->ops->lincomb(be, y, n, x, coef, err);
+}
+
+/* copy converts between dtypes, so it checks storage dtypes itself rather than op dtypes. */
+static loco_status check_copy_tensor(loco_backend *be, const char *name, const loco_tensor *t, loco_err *err) {
+    if (!t) return loco_err_set(err, LOCO_EINVAL, "copy: %s is NULL", name);
+    if (t->be != be) return loco_err_set(err, LOCO_EINVAL, "copy: %s belongs to another backend", name);
+    if (!t->data && loco_tensor_numel(t) > 0)
+        return loco_err_set(err, LOCO_EINVAL, "copy: %s has no data (freed or never allocated)", name);
+    if (t->dtype != LOCO_F32 && t->dtype != LOCO_F16 && t->dtype != LOCO_BF16 && !op_dtype_ok(be, t->dtype))
+        return loco_err_set(err, LOCO_EINVAL, "copy: %s has dtype %s; copy converts between F32, F16 and BF16", name,
+                            loco_dtype_name(t->dtype));
+    return LOCO_OK;
+}
+
+loco_status loco_copy(loco_backend *be, loco_tensor *y, const loco_tensor *x, loco_err *err) {
+    const char *op = "copy";
+    shapes s;
+    TRY(check_backend(be, op, err));
+    TRY(check_copy_tensor(be, "y", y, err));
+    TRY(check_copy_tensor(be, "x", x, err));
+    if (loco_tensor_numel(y) != loco_tensor_numel(x))
+        return loco_err_set(err, LOCO_EINVAL, "copy: y %s and x %s differ in element count", shp(&s, 0, y),
+                            shp(&s, 1, x));
+    TRY(inplace_or_disjoint(op, "y", y, "x", x, err));
+    if (loco_tensor_numel(y) == 0 || y->data == x->data) return LOCO_OK;
+    return be->ops->copy(be, y, x, err);
+}
+
+loco_status loco_fill(loco_backend *be, loco_tensor *y, float value, loco_err *err) {
+    TRY(check_backend(be, "fill", err));
+    TRY(check_tensor(be, "fill", "y", y, err));
+    if (loco_tensor_numel(y) == 0) return LOCO_OK;
+    return be->ops->fill(be, y, value, err);
+}
+
+/* ---- layout ------------------------------------------------------------------------------------------ */
+
+loco_status loco_transpose12(loco_backend *be, loco_tensor *y, const loco_tensor *x, loco_err *err) {
+    const char *op = "transpose12";
+    shapes s;
+    TRY(check_backend(be, op, err));
+    TRY(check_tensor(be, op, "y", y, err));
+    TRY(check_tensor(be, op, "x", x, err));
+    TRY(same_dtype(op, "y", y, "x", x, err));
+    if (x->ndim != 3 || y->ndim != 3 || y->shape[0] != x->shape[0] || y->shape[1] != x->shape[2] ||
+        y->shape[2] != x->shape[1])
+        return loco_err_set(err, LOCO_EINVAL,
+                            "transpose12: x %s and y %s must be [N, A, B] and [N, B, A] (view NCHW as [N, C, H*W])",
+                            shp(&s, 0, x), shp(&s, 1, y));
+    TRY(no_alias(op, "y", y, "x", x, err));
+    if (loco_tensor_numel(y) == 0) return LOCO_OK;
+    return be->ops->transpose12(be, y, x, err);
+}
+
+loco_status loco_concat(loco_backend *be, loco_tensor *y, const loco_tensor *a, const loco_tensor *b, int axis,
+                        loco_err *err) {
+    const char *op = "concat";
+    shapes s;
+    TRY(check_backend(be, op, err));
+    TRY(check_tensor(be, op, "y", y, err));
+    TRY(check_tensor(be, op, "a", a, err));
+    TRY(check_tensor(be, op, "b", b, err));
+    TRY(same_dtype(op, "y", y, "a", a, err));
+    TRY(same_dtype(op, "b", b, "a", a, err));
+    int nd = a->ndim;
+    if (nd < 1 || b->ndim != nd || y->ndim != nd)
+        return loco_err_set(err, LOCO_EINVAL, "concat: a %s, b %s and y %s must have the same rank (>= 1)",
+                            shp(&s, 0, a), shp(&s, 1, b), shp(&s, 2, y));
+    int ax = axis < 0 ? axis + nd : axis; /* -1 is the last axis, as in torch.cat */
+    if (ax < 0 || ax >= nd)
+        return loco_err_set(err, LOCO_EINVAL, "concat: axis %d is out of range for rank %d", axis, nd);
+    for (int i = 0; i < nd; i++) {
+        int64_t want = i == ax ? a->shape[i] + b->shape[i] : a->shape[i];
+        if ((i != ax && b->shape[i] != a->shape[i]) || y->shape[i] != want)
+            return loco_err_set(err, LOCO_EINVAL, "concat: a %s and b %s cannot be joined on axis %d into y %s",
+                                shp(&s, 0, a), shp(&s, 1, b), ax, shp(&s, 2, y));
+    }
+    TRY(no_alias(op, "y", y, "a", a, err));
+    TRY(no_alias(op, "y", y, "b", b, err));
+    if (loco_tensor_numel(y) == 0) return LOCO_OK;
+    return be->ops->concat(be, y, a, b, ax, err);
+}
+
+loco_status loco_upsample_nearest2x(loco_backend *be, loco_tensor *y, const loco_tensor *x, loco_err *err) {
+    const char *op = "upsample_nearest2x";
+    shapes s;
+    TRY(check_backend(be, op, err));
+    TRY(check_tensor(be, op, "y", y, err));
+    TRY(check_tensor(be, op, "x", x, err));
+    TRY(same_dtype(op, "y", y, "x", x, err));
+    if (x->ndim != 4 || y->ndim != 4 || y->shape[0] != x->shape[0] || y->shape[1] != x->shape[1] ||
+        y->shape[2] != 2 * x->shape[2] || y->shape[3] != 2 * x->shape[3])
+        return loco_err_set(err, LOCO_EINVAL, "upsample_nearest2x: y %s must be x %s (NCHW) with H and W doubled",
+                            shp(&s, 0, y), shp(&s, 1, x));
+    TRY(no_alias(op, "y", y, "x", x, err));
+    if (loco_tensor_numel(y) == 0) return LOCO_OK;
+    return be->ops->upsample_nearest2x(be, y, x, err);
+}
+
+loco_status loco_embedding(loco_backend *be, loco_tensor *y, const loco_tensor *table, const int32_t *ids, int64_t n,
+                           loco_err *err) {
+    const char *op = "embedding";
+    shapes s;
+    TRY(check_backend(be, op, err));
+    TRY(check_tensor(be, op, "y", y, err));
+    TRY(check_tensor(be, op, "table", table, err));
+    TRY(same_dtype(op, "y", y, "table", table, err));
+    if (table->ndim != 2) return loco_err_set(err, LOCO_EINVAL, "embedding: table %s must be [V, C]", shp(&s, 0, table));
+    int64_t V = table->shape[0], C = table->shape[1];
+    if (n < 0) return loco_err_set(err, LOCO_EINVAL, "embedding: n = %lld is negative", (long long)n);
+    if (y->ndim < 1 || y->shape[y->ndim - 1] != C || loco_tensor_numel(y) != n * C)
+        return loco_err_set(err, LOCO_EINVAL, "embedding: y %s must hold %lld rows of %lld (table %s)", shp(&s, 0, y),
+                            (long long)n, (long long)C, shp(&s, 1, table));
+    if (n > 0 && !ids) return loco_err_set(err, LOCO_EINVAL, "embedding: ids is NULL");
+    for (int64_t i = 0; i < n; i++)
+        if (ids[i] < 0 || ids[i] >= V)
+            return loco_err_set(err, LOCO_EINVAL, "embedding: ids[%lld] = %d is outside the table's %lld rows",
+                                (long long)i, ids[i], (long long)V);
+    TRY(no_alias(op, "y", y, "table", table, err));
+    if (loco_tensor_numel(y) == 0) return LOCO_OK;
+    return be->ops->embedding(be, y, table, ids, n, err);
+}
+
+loco_status loco_set_channels(loco_backend *be, loco_tensor *y, const int32_t *channels, const float *values, int n,
+                              loco_err *err) {
+    const char *op = "set_channels";
+    shapes s;
+    TRY(check_backend(be, op, err));
+    TRY(check_tensor(be, op, "y", y, err));
+    if (y->ndim < 1) return loco_err_set(err, LOCO_EINVAL, "set_channels: y must have at least one dimension");
+    if (n < 0) return loco_err_set(err, LOCO_EINVAL, "set_channels: n = %d is negative", n);
+    if (n > 0 && (!channels || !values))
+        return loco_err_set(err, LOCO_EINVAL, "set_channels: %s is NULL", channels ? "values" : "channels");
+    int64_t C = y->shape[y->ndim - 1];
+    for (int i = 0; i < n; i++)
+        if (channels[i] < 0 || channels[i] >= C)
+            return loco_err_set(err, LOCO_EINVAL, "set_channels: channels[%d] = %d is outside the %lld channels of y %s",
+                                i, channels[i], (long long)C, shp(&s, 0, y));
+    if (n == 0 || loco_tensor_numel(y) == 0) return LOCO_OK;
+    return be->ops->set_channels(be, y, channels, values, n, err);
+}

@@ -1,0 +1,198 @@
+/* alloc.cu: the CUDA backend's caching device allocator.
+ *
+ * Why cache: cudaFree synchronises the whole device and cudaMalloc takes tens of microseconds,
+ * while a UNet call allocates and frees hundreds of activations; reusing freed blocks keeps
+ * the stream busy and makes a second call of the same shape allocation-free (which CUDA graph
+ * capture will need). Plain cudaMalloc only: never managed memory (it can hang a shared GPU
+ * when oversubscribed).
+ *
+ * Policy: sizes are rounded (512 B below 1 MiB, 64 KiB above) and a request takes the
+ * smallest cached block that is large enough and wastes at most a quarter of the request (or
+ * 64 KiB). No splitting or coalescing: model shapes repeat, so exact-ish reuse is the common
+ * case. When cudaMalloc fails the cache is released and the allocation tried once more. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "cuda_internal.h"
+
+#define SMALL_LIMIT ((size_t)1 << 20)
+#define SMALL_ROUND ((size_t)512)
+#define LARGE_ROUND ((size_t)64 << 10)
+#define KEY_EMPTY ((uintptr_t)0)
+#define KEY_DELETED ((uintptr_t)1)
+
+static size_t round_size(size_t b) {
+    if (b == 0) b = 1;
+    size_t r = b < SMALL_LIMIT ? SMALL_ROUND : LARGE_ROUND;
+    return (b + r - 1) / r * r;
+}
+
+static size_t max_slack(size_t want) {
+    size_t q = want / 4;
+    return q > ((size_t)64 << 10) ? q : ((size_t)64 << 10);
+}
+
+static size_t hash_slot(uintptr_t k, size_t cap) {
+    uint64_t h = (uint64_t)(k >> 8) * 0x9E3779B97F4A7C15ull;
+    return (size_t)(h >> 17) & (cap - 1);
+}
+
+/* Rebuild the live-block table with `cap` slots (a power of two), dropping deleted marks. */
+static int hash_resize(cuda_allocator *a, size_t cap) {
+    uintptr_t *keys = (uintptr_t *)calloc(cap, sizeof *keys);
+    size_t *sizes = (size_t *)calloc(cap, sizeof *sizes);
+    if (!keys || !sizes) {
+        free(keys);
+        free(sizes);
+        return -1;
+    }
+    for (size_t i = 0; i < a->hcap; i++) {
+        if (a->keys[i] <= KEY_DELETED) continue;
+        size_t j = hash_slot(a->keys[i], cap);
+        while (keys[j] != KEY_EMPTY) j = (j + 1) & (cap - 1);
+        keys[j] = a->keys[i];
+        sizes[j] = a->sizes[i];
+    }
+    free(a->keys);
+    free(a->sizes);
+    a->keys = keys;
+    a->sizes = sizes;
+    a->hcap = cap;
+    a->hused = a->hlive;
+    return 0;
+}
+
+static int hash_insert(cuda_allocator *a, void *p, size_t size) {
+    if ((a->hused + 1) * 2 > a->hcap) {
+        size_t cap = 64;
+        while (cap < (a->hlive + 1) * 4) cap *= 2;
+        if (hash_resize(a, cap) != 0) return -1;
+    }
+    uintptr_t k = (uintptr_t)p;
+    size_t j = hash_slot(k, a->hcap);
+    while (a->keys[j] > KEY_DELETED) j = (j + 1) & (a->hcap - 1);
+    if (a->keys[j] == KEY_EMPTY) a->hused++;
+    a->keys[j] = k;
+    a->sizes[j] = size;
+    a->hlive++;
+    return 0;
+}
+
+/* Removes p from the live table; returns its block size, 0 when p is not live. */
+static size_t hash_remove(cuda_allocator *a, void *p) {
+    if (a->hcap == 0) return 0;
+    uintptr_t k = (uintptr_t)p;
+    size_t j = hash_slot(k, a->hcap);
+    while (a->keys[j] != KEY_EMPTY) {
+        if (a->keys[j] == k) {
+            a->keys[j] = KEY_DELETED;
+            a->hlive--;
+            return a->sizes[j];
+        }
+        j = (j + 1) & (a->hcap - 1);
+    }
+    return 0;
+}
+
+loco_status cuda_alloc_init(cuda_allocator *a, loco_err *err) {
+    memset(a, 0, sizeof *a);
+    if (hash_resize(a, 256) != 0) return loco_err_set(err, LOCO_ENOMEM, "cuda allocator: out of host memory");
+    return LOCO_OK;
+}
+
+/* Give every cached block back to the driver (after the stream has drained, since a block
+ * freed by the engine may still be read by an enqueued kernel). */
+static void release_cached(cuda_impl *c) {
+    cuda_allocator *a = &c->alloc;
+    if (a->nfree == 0) return;
+    cudaStreamSynchronize(c->stream);
+    for (size_t i = 0; i < a->nfree; i++) {
+        cudaFree(a->free_blocks[i].ptr);
+        a->reserved -= a->free_blocks[i].size;
+    }
+    a->nfree = 0;
+    a->cached = 0;
+}
+
+void cuda_alloc_destroy(cuda_allocator *a) {
+    for (size_t i = 0; i < a->nfree; i++) cudaFree(a->free_blocks[i].ptr);
+    for (size_t i = 0; i < a->hcap; i++)
+        if (a->keys[i] > KEY_DELETED) cudaFree((void *)a->keys[i]);
+    free(a->free_blocks);
+    free(a->keys);
+    free(a->sizes);
+    memset(a, 0, sizeof *a);
+}
+
+static double mib(size_t b) { return (double)b / (1024.0 * 1024.0); }
+
+loco_status cuda_alloc_get(cuda_impl *c, size_t bytes, void **out, loco_err *err) {
+    cuda_allocator *a = &c->alloc;
+    size_t want = round_size(bytes);
+    *out = NULL;
+
+    size_t best = (size_t)-1;
+    for (size_t i = 0; i < a->nfree; i++) {
+        size_t s = a->free_blocks[i].size;
+        if (s < want || s - want > max_slack(want)) continue;
+        if (best == (size_t)-1 || s < a->free_blocks[best].size) best = i;
+    }
+    if (best != (size_t)-1) {
+        cuda_block b = a->free_blocks[best];
+        if (hash_insert(a, b.ptr, b.size) != 0)
+            return loco_err_set(err, LOCO_ENOMEM, "cuda allocator: out of host memory");
+        a->free_blocks[best] = a->free_blocks[--a->nfree];
+        a->cached -= b.size;
+        *out = b.ptr;
+        return LOCO_OK;
+    }
+
+    void *p = NULL;
+    cudaError_t e = cudaMalloc(&p, want);
+    if (e == cudaErrorMemoryAllocation) {
+        cudaGetLastError(); /* not sticky: clear it before retrying */
+        release_cached(c);
+        e = cudaMalloc(&p, want);
+    }
+    if (e == cudaErrorMemoryAllocation) {
+        cudaGetLastError();
+        size_t fr = 0, tot = 0;
+        cudaMemGetInfo(&fr, &tot);
+        return loco_err_set(err, LOCO_EDEVICE_OOM,
+                            "out of GPU memory: cudaMalloc of %.1f MiB failed (%.1f MiB free of %.1f MiB; "
+                            "this backend holds %.1f MiB)",
+                            mib(want), mib(fr), mib(tot), mib(a->reserved));
+    }
+    if (e != cudaSuccess) return cuda_check(e, "cudaMalloc", err);
+    if (hash_insert(a, p, want) != 0) {
+        cudaFree(p);
+        return loco_err_set(err, LOCO_ENOMEM, "cuda allocator: out of host memory");
+    }
+    a->reserved += want;
+    if (a->reserved > a->peak_reserved) a->peak_reserved = a->reserved;
+    *out = p;
+    return LOCO_OK;
+}
+
+void cuda_alloc_put(cuda_impl *c, void *p) {
+    cuda_allocator *a = &c->alloc;
+    if (!p) return;
+    size_t size = hash_remove(a, p);
+    if (size == 0) return; /* not ours: nothing safe to do with it */
+    if (a->nfree == a->capfree) {
+        size_t cap = a->capfree ? a->capfree * 2 : 64;
+        cuda_block *nb = (cuda_block *)realloc(a->free_blocks, cap * sizeof *nb);
+        if (!nb) { /* cannot cache it: hand it back to the driver instead */
+            cudaStreamSynchronize(c->stream);
+            cudaFree(p);
+            a->reserved -= size;
+            return;
+        }
+        a->free_blocks = nb;
+        a->capfree = cap;
+    }
+    a->free_blocks[a->nfree].ptr = p;
+    a->free_blocks[a->nfree].size = size;
+    a->nfree++;
+    a->cached += size;
+}

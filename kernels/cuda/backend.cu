@@ -1,0 +1,271 @@
+/* backend.cu: the CUDA backend's life cycle and data movement: device pick, stream, cuBLASLt
+ * handle and workspace, the vtable, upload (converting on the device), download to f32, sync,
+ * and the error helpers every other file uses.
+ *
+ * Without a driver or GPU (build machines, CI) creation fails cleanly with LOCO_EDEVICE and
+ * "no CUDA device: cudaGetDeviceCount: ..."; nothing here aborts or prints. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cuda_internal.h"
+
+#define LT_WORKSPACE ((size_t)32 << 20) /* what cuBLASLt asks for on Hopper */
+#define STAGE_BYTES ((size_t)16 << 20)  /* chunk of converting uploads/downloads */
+
+/* The engine's backend struct plus this backend's state and its vtable in one allocation. */
+typedef struct cuda_backend {
+    loco_backend be;
+    loco_backend_ops ops;
+    cuda_impl impl;
+} cuda_backend;
+
+/* ---- errors ------------------------------------------------------------------------------ */
+
+loco_status cuda_check(cudaError_t e, const char *what, loco_err *err) {
+    if (e == cudaSuccess) return LOCO_OK;
+    loco_status code = e == cudaErrorMemoryAllocation ? LOCO_EDEVICE_OOM : LOCO_EDEVICE;
+    return loco_err_set(err, code, "%s: %s (%s)", what, cudaGetErrorString(e), cudaGetErrorName(e));
+}
+
+loco_status cuda_check_launch(const char *kernel, loco_err *err) {
+    cudaError_t e = cudaGetLastError();
+    if (e == cudaSuccess) return LOCO_OK;
+    return loco_err_set(err, LOCO_EDEVICE, "%s launch: %s (%s)", kernel, cudaGetErrorString(e), cudaGetErrorName(e));
+}
+
+loco_status cuda_check_lt(cublasStatus_t s, const char *what, loco_err *err) {
+    if (s == CUBLAS_STATUS_SUCCESS) return LOCO_OK;
+    loco_status code = s == CUBLAS_STATUS_ALLOC_FAILED ? LOCO_EDEVICE_OOM
+                       : s == CUBLAS_STATUS_NOT_SUPPORTED ? LOCO_EUNSUPPORTED
+                                                          : LOCO_EDEVICE;
+    return loco_err_set(err, code, "%s: %s (%s)", what, cublasLtGetStatusString(s), cublasLtGetStatusName(s));
+}
+
+loco_status cuda_enter(loco_backend *be, loco_err *err) {
+    cuda_impl *c = cuda_of(be);
+    int cur = -1;
+    if (cudaGetDevice(&cur) == cudaSuccess && cur == c->device) return LOCO_OK;
+    return cuda_check(cudaSetDevice(c->device), "cudaSetDevice", err);
+}
+
+/* ---- vtable hooks: memory and transfers ------------------------------------------------------ */
+
+static void cuda_destroy(loco_backend *be) {
+    if (!be) return;
+    cuda_backend *cb = (cuda_backend *)be;
+    cuda_impl *c = &cb->impl;
+    cudaSetDevice(c->device);
+    if (c->stream) cudaStreamSynchronize(c->stream);
+    cuda_gemm_plans_destroy(c);
+    if (c->lt) cublasLtDestroy(c->lt);
+    cuda_alloc_destroy(&c->alloc); /* also frees the workspace, a block like any other */
+    if (c->stream) cudaStreamDestroy(c->stream);
+    free(cb);
+}
+
+static loco_status cuda_alloc_hook(loco_backend *be, size_t bytes, void **out, loco_err *err) {
+    CUDA_TRY(cuda_enter(be, err));
+    return cuda_alloc_get(cuda_of(be), bytes, out, err);
+}
+
+static void cuda_release_hook(loco_backend *be, void *p, size_t bytes) {
+    (void)bytes; /* the allocator knows the block's real size */
+    if (cuda_enter(be, NULL) != LOCO_OK) return;
+    cuda_alloc_put(cuda_of(be), p);
+}
+
+static int is_float_transfer_dtype(loco_dtype t) {
+    return t == LOCO_F32 || t == LOCO_F16 || t == LOCO_BF16 || t == LOCO_F64;
+}
+
+/* Host -> device. Equal dtypes are one copy; otherwise the raw host bytes go to a device
+ * staging buffer chunk by chunk and a kernel converts them into dst, so a f32 checkpoint
+ * becomes f16 weights without a host-side conversion pass. Synchronises at the end: the
+ * caller may free or reuse `src` as soon as this returns. */
+static loco_status cuda_upload(loco_backend *be, void *dst, loco_dtype dst_dtype, const void *src,
+                               loco_dtype src_dtype, size_t n, loco_err *err) {
+    cuda_impl *c = cuda_of(be);
+    CUDA_TRY(cuda_enter(be, err));
+    if (n == 0) return LOCO_OK;
+    if (dst_dtype == src_dtype) { /* any dtype, integer tables included: bytes as they are */
+        CUDA_TRY(cuda_check(cudaMemcpyAsync(dst, src, n * loco_dtype_size(src_dtype), cudaMemcpyHostToDevice,
+                                            c->stream),
+                            "cuda upload: cudaMemcpyAsync", err));
+        return cuda_check(cudaStreamSynchronize(c->stream), "cuda upload: cudaStreamSynchronize", err);
+    }
+    if (!is_float_transfer_dtype(dst_dtype) || !is_float_transfer_dtype(src_dtype))
+        return loco_err_set(err, LOCO_EUNSUPPORTED, "cuda upload: %s -> %s is not supported (float dtypes only)",
+                            cuda_dt(src_dtype), cuda_dt(dst_dtype));
+    size_t ses = loco_dtype_size(src_dtype), des = loco_dtype_size(dst_dtype);
+    size_t chunk = STAGE_BYTES / ses;
+    if (chunk > n) chunk = n;
+    void *stage = NULL;
+    CUDA_TRY(cuda_alloc_get(c, chunk * ses, &stage, err));
+    loco_status st = LOCO_OK;
+    for (size_t off = 0; off < n && st == LOCO_OK; off += chunk) {
+        size_t cnt = n - off < chunk ? n - off : chunk;
+        /* the copy into `stage` is ordered after the previous chunk's conversion kernel */
+        st = cuda_check(cudaMemcpyAsync(stage, (const char *)src + off * ses, cnt * ses, cudaMemcpyHostToDevice,
+                                        c->stream),
+                        "cuda upload: cudaMemcpyAsync", err);
+        if (st == LOCO_OK)
+            st = cuda_convert(c, (char *)dst + off * des, dst_dtype, stage, src_dtype, (int64_t)cnt, err);
+    }
+    loco_status sync = cuda_check(cudaStreamSynchronize(c->stream), "cuda upload: cudaStreamSynchronize", err);
+    cuda_alloc_put(c, stage);
+    return st != LOCO_OK ? st : sync;
+}
+
+/* Device -> host f32 (synchronous). Non-f32 data is converted on the device into a staging
+ * buffer first, chunk by chunk. */
+static loco_status cuda_download_f32(loco_backend *be, float *dst, const void *src, loco_dtype src_dtype, size_t n,
+                                     loco_err *err) {
+    cuda_impl *c = cuda_of(be);
+    CUDA_TRY(cuda_enter(be, err));
+    if (n == 0) return cuda_check(cudaStreamSynchronize(c->stream), "cuda download: cudaStreamSynchronize", err);
+    if (!is_float_transfer_dtype(src_dtype))
+        return loco_err_set(err, LOCO_EUNSUPPORTED, "cuda download: %s is not supported (float dtypes only)",
+                            cuda_dt(src_dtype));
+    if (src_dtype == LOCO_F32) {
+        CUDA_TRY(cuda_check(cudaMemcpyAsync(dst, src, n * 4, cudaMemcpyDeviceToHost, c->stream),
+                            "cuda download: cudaMemcpyAsync", err));
+        return cuda_check(cudaStreamSynchronize(c->stream), "cuda download: cudaStreamSynchronize", err);
+    }
+    size_t ses = loco_dtype_size(src_dtype);
+    size_t chunk = STAGE_BYTES / 4;
+    if (chunk > n) chunk = n;
+    void *stage = NULL;
+    CUDA_TRY(cuda_alloc_get(c, chunk * 4, &stage, err));
+    loco_status st = LOCO_OK;
+    for (size_t off = 0; off < n && st == LOCO_OK; off += chunk) {
+        size_t cnt = n - off < chunk ? n - off : chunk;
+        st = cuda_convert(c, stage, LOCO_F32, (const char *)src + off * ses, src_dtype, (int64_t)cnt, err);
+        if (st == LOCO_OK)
+            st = cuda_check(cudaMemcpyAsync(dst + off, stage, cnt * 4, cudaMemcpyDeviceToHost, c->stream),
+                            "cuda download: cudaMemcpyAsync", err);
+    }
+    loco_status sync = cuda_check(cudaStreamSynchronize(c->stream), "cuda download: cudaStreamSynchronize", err);
+    cuda_alloc_put(c, stage);
+    return st != LOCO_OK ? st : sync;
+}
+
+static loco_status cuda_sync(loco_backend *be, loco_err *err) {
+    CUDA_TRY(cuda_enter(be, err));
+    return cuda_check(cudaStreamSynchronize(cuda_of(be)->stream), "cudaStreamSynchronize", err);
+}
+
+/* ---- creation ----------------------------------------------------------------------------------- */
+
+static void fill_ops(loco_backend_ops *o) {
+    memset(o, 0, sizeof *o);
+    o->destroy = cuda_destroy;
+    o->alloc = cuda_alloc_hook;
+    o->release = cuda_release_hook;
+    o->upload = cuda_upload;
+    o->download_f32 = cuda_download_f32;
+    o->sync = cuda_sync;
+    o->linear = cuda_op_linear;
+    o->conv2d = cuda_op_conv2d;
+    o->group_norm = cuda_op_group_norm;
+    o->layer_norm = cuda_op_layer_norm;
+    o->attention = cuda_op_attention;
+    o->activation = cuda_op_activation;
+    o->geglu = cuda_op_geglu;
+    o->add = cuda_op_add;
+    o->add_channel_bias = cuda_op_add_channel_bias;
+    o->lincomb = cuda_op_lincomb;
+    o->copy = cuda_op_copy;
+    o->fill = cuda_op_fill;
+    o->transpose12 = cuda_op_transpose12;
+    o->concat = cuda_op_concat;
+    o->upsample_nearest2x = cuda_op_upsample_nearest2x;
+    o->embedding = cuda_op_embedding;
+    o->set_channels = cuda_op_set_channels;
+}
+
+/* A short reason for the two failures users meet most, then CUDA's own words. */
+static const char *count_reason(cudaError_t e) {
+    switch (e) {
+    case cudaErrorInsufficientDriver: return "insufficient driver";
+    case cudaErrorNoDevice: return "no device";
+    default: return cudaGetErrorName(e);
+    }
+}
+
+extern "C" loco_status loco_backend_cuda_create(const loco_backend_opts *opts, loco_backend **out, loco_err *err) {
+    if (out) *out = NULL;
+    if (!opts || !out) return loco_err_set(err, LOCO_EINVAL, "cuda backend: opts and out must not be NULL");
+
+    int count = 0;
+    cudaError_t e = cudaGetDeviceCount(&count);
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        return loco_err_set(err, LOCO_EDEVICE, "no CUDA device: cudaGetDeviceCount: %s (%s)", count_reason(e),
+                            cudaGetErrorString(e));
+    }
+    if (count <= 0) return loco_err_set(err, LOCO_EDEVICE, "no CUDA device: cudaGetDeviceCount found none");
+    int ordinal = opts->cuda_device;
+    if (ordinal < 0 || ordinal >= count)
+        return loco_err_set(err, LOCO_EINVAL, "cuda_device %d is out of range: %d CUDA device%s present", ordinal,
+                            count, count == 1 ? "" : "s");
+    loco_dtype act = opts->act_dtype;
+    if (act != LOCO_F16 && act != LOCO_BF16 && act != LOCO_F32)
+        return loco_err_set(err, LOCO_EINVAL, "cuda backend: act_dtype must be F16, BF16 or F32, not %s",
+                            cuda_dt(act));
+
+    cudaDeviceProp prop;
+    CUDA_TRY(cuda_check(cudaGetDeviceProperties(&prop, ordinal), "cudaGetDeviceProperties", err));
+    if (prop.major < 8)
+        return loco_err_set(err, LOCO_EDEVICE,
+                            "CUDA device %d (%s) has compute capability %d.%d; loco needs 8.0 or newer "
+                            "(bf16 and the tensor-core kernels)",
+                            ordinal, prop.name, prop.major, prop.minor);
+    CUDA_TRY(cuda_check(cudaSetDevice(ordinal), "cudaSetDevice", err));
+
+    cuda_backend *cb = (cuda_backend *)calloc(1, sizeof *cb);
+    if (!cb) return loco_err_set(err, LOCO_ENOMEM, "cuda backend: out of host memory");
+    cuda_impl *c = &cb->impl;
+    c->device = ordinal;
+    c->cc_major = prop.major;
+    c->cc_minor = prop.minor;
+    c->sm_count = prop.multiProcessorCount;
+    c->total_mem = prop.totalGlobalMem;
+    snprintf(c->name, sizeof c->name, "%s", prop.name);
+    const char *conv = getenv("LOCO_CUDA_CONV");
+    c->conv_algo = conv && strcmp(conv, "im2col") == 0 ? CUDA_CONV_IM2COL : CUDA_CONV_IMPLICIT;
+    fill_ops(&cb->ops);
+    cb->be.ops = &cb->ops;
+    cb->be.device = LOCO_DEVICE_CUDA;
+    cb->be.act_dtype = act;
+    /* every op has f32, f16 and bf16 kernels: a model may run in another dtype than the
+     * activations' default (an SD-XL VAE in f32 on an f16 backend) */
+    cb->be.op_dtypes = (1u << LOCO_F32) | (1u << LOCO_F16) | (1u << LOCO_BF16);
+    cb->be.impl = c;
+
+    loco_status st = cuda_alloc_init(&c->alloc, err);
+    if (st == LOCO_OK)
+        st = cuda_check(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking), "cudaStreamCreateWithFlags",
+                        err);
+    if (st == LOCO_OK) st = cuda_check_lt(cublasLtCreate(&c->lt), "cublasLtCreate", err);
+    if (st == LOCO_OK) {
+        c->plans = (cuda_gemm_plan *)calloc(CUDA_GEMM_PLANS, sizeof *c->plans);
+        if (!c->plans) st = loco_err_set(err, LOCO_ENOMEM, "cuda backend: out of host memory");
+    }
+    if (st == LOCO_OK) {
+        c->lt_ws_size = LT_WORKSPACE;
+        st = cuda_alloc_get(c, c->lt_ws_size, &c->lt_ws, err);
+    }
+    if (st == LOCO_OK) st = cuda_attention_setup(c, err);
+    if (st != LOCO_OK) {
+        loco_err_prefix(err, "creating the CUDA backend on device %d (%s)", ordinal, prop.name);
+        cuda_destroy(&cb->be);
+        return st;
+    }
+    snprintf(cb->be.desc, sizeof cb->be.desc, "cuda:%d %.100s (sm_%d%d, %d SMs, %.1f GiB, %s activations%s)", ordinal,
+             prop.name, prop.major, prop.minor, prop.multiProcessorCount,
+             (double)prop.totalGlobalMem / (1024.0 * 1024.0 * 1024.0), cuda_dt(act),
+             c->conv_algo == CUDA_CONV_IM2COL ? ", im2col conv" : "");
+    *out = &cb->be;
+    return LOCO_OK;
+}

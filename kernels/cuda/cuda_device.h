@@ -1,0 +1,100 @@
+/* cuda_device.h: device-side helpers shared by the kernel files: float conversion for the
+ * three activation dtypes, loads/stores whose dtype is only known at run time (for the small,
+ * non-hot kernels, so they need one instantiation instead of nine), 16-byte vectors, warp
+ * reductions and the host-side dtype switch that picks a kernel instantiation. */
+#ifndef LOCO_CUDA_DEVICE_H
+#define LOCO_CUDA_DEVICE_H
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "cuda_internal.h"
+
+/* ---- scalar conversion ------------------------------------------------------------------- */
+
+__device__ __forceinline__ float to_f32(float x) { return x; }
+__device__ __forceinline__ float to_f32(__half x) { return __half2float(x); }
+__device__ __forceinline__ float to_f32(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+template <typename T> __device__ __forceinline__ T from_f32(float x);
+template <> __device__ __forceinline__ float from_f32<float>(float x) { return x; }
+template <> __device__ __forceinline__ __half from_f32<__half>(float x) { return __float2half_rn(x); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float x) {
+    return __float2bfloat16_rn(x);
+}
+
+/* Run-time dtype: F32/F16/BF16/F64 (the only ones upload/copy accept). The switch is uniform
+ * across a launch, so it costs a branch, not divergence. */
+__device__ __forceinline__ float ld_dyn(const void *p, int dtype, int64_t i) {
+    switch (dtype) {
+    case LOCO_F16: return __half2float(((const __half *)p)[i]);
+    case LOCO_BF16: return __bfloat162float(((const __nv_bfloat16 *)p)[i]);
+    case LOCO_F64: return (float)((const double *)p)[i];
+    default: return ((const float *)p)[i];
+    }
+}
+
+__device__ __forceinline__ void st_dyn(void *p, int dtype, int64_t i, float v) {
+    switch (dtype) {
+    case LOCO_F16: ((__half *)p)[i] = __float2half_rn(v); break;
+    case LOCO_BF16: ((__nv_bfloat16 *)p)[i] = __float2bfloat16_rn(v); break;
+    case LOCO_F64: ((double *)p)[i] = (double)v; break;
+    default: ((float *)p)[i] = v; break;
+    }
+}
+
+/* ---- 16-byte vectors: 8 halves or 4 floats per access -------------------------------------- */
+
+template <typename T> struct __align__(16) vec16 {
+    T v[16 / sizeof(T)];
+};
+
+/* ---- activations (the CPU backend's definitions) ------------------------------------------ */
+
+__device__ __forceinline__ float act_apply(float x, int act) {
+    switch (act) {
+    case LOCO_ACT_SILU: return x / (1.0f + expf(-x));
+    case LOCO_ACT_GELU: return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
+    case LOCO_ACT_GELU_TANH: {
+        float u = 0.79788456080286536f * (x + 0.044715f * x * x * x);
+        return 0.5f * x * (1.0f + tanhf(u));
+    }
+    case LOCO_ACT_QUICK_GELU: return x / (1.0f + expf(-1.702f * x));
+    default: return x;
+    }
+}
+
+/* ---- warp reductions ------------------------------------------------------------------------ */
+
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+/* ---- host: pick the instantiation for an activation dtype ---------------------------------- */
+
+#define CUDA_DISPATCH(dtype, T, what, err, ...)                                                     \
+    switch (dtype) {                                                                                \
+    case LOCO_F32: {                                                                                \
+        typedef float T;                                                                            \
+        __VA_ARGS__;                                                                                \
+    } break;                                                                                        \
+    case LOCO_F16: {                                                                                \
+        typedef __half T;                                                                           \
+        __VA_ARGS__;                                                                                \
+    } break;                                                                                        \
+    case LOCO_BF16: {                                                                               \
+        typedef __nv_bfloat16 T;                                                                    \
+        __VA_ARGS__;                                                                                \
+    } break;                                                                                        \
+    default:                                                                                        \
+        return loco_err_set(err, LOCO_EUNSUPPORTED, "cuda %s: dtype %s is not supported (F32, F16 " \
+                            "or BF16)", what, loco_dtype_name(dtype));                              \
+    }
+
+#endif

@@ -1,0 +1,223 @@
+/* cuda_internal.h: what the .cu files of kernels/cuda/ share and nothing else includes: the
+ * backend's state (one struct per backend, no globals), error helpers that turn CUDA and
+ * cuBLASLt failures into loco_err messages naming the call, the caching allocator, the
+ * cuBLASLt GEMM wrapper, and the entry points each .cu file implements for the vtable.
+ *
+ * Everything runs on the backend's one stream, so a whole model call can later be captured
+ * into a CUDA graph; scratch buffers go back to the allocator right after the launches that
+ * use them are enqueued, which is safe because the next user is ordered on the same stream. */
+#ifndef LOCO_CUDA_INTERNAL_H
+#define LOCO_CUDA_INTERNAL_H
+
+#include <cublasLt.h>
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+/* backend_impl.h declares the constructors without extern "C"; give them C linkage here so
+ * backend.c (compiled as C) links against the definition in backend.cu. */
+extern "C" {
+#include "backend_impl.h"
+}
+
+/* ---- caching allocator (alloc.cu) -------------------------------------------------------- */
+
+typedef struct cuda_block {
+    void *ptr;
+    size_t size;
+} cuda_block;
+
+/* Freed blocks are kept in `free_blocks` and reused (best fit, bounded slack) instead of going
+ * back to cudaFree, which synchronises the device. Live blocks sit in an open-addressing hash
+ * table (pointer -> size) because release() gets the caller's size, not the block's. */
+typedef struct cuda_allocator {
+    cuda_block *free_blocks;
+    size_t nfree, capfree;
+    uintptr_t *keys; /* 0 = empty, 1 = deleted */
+    size_t *sizes;
+    size_t hcap, hused, hlive;
+    size_t reserved; /* bytes held from cudaMalloc: live + cached */
+    size_t cached;   /* bytes in free_blocks */
+    size_t peak_reserved;
+} cuda_allocator;
+
+/* ---- cuBLASLt plans (gemm.cu) ------------------------------------------------------------ */
+
+/* One GEMM in cuBLASLt's column-major terms: D[m x n] = alpha * op(A)[m x k] * op(B)[k x n],
+ * then bias[m] (per row of D) and GELU(tanh) when asked. `batch` > 1 repeats it with the given
+ * element strides. A and B share ab_dtype; D has d_dtype. */
+typedef struct cuda_gemm {
+    int transa, transb;
+    int64_t m, n, k;
+    int64_t lda, ldb, ldd;
+    int batch;
+    int64_t stride_a, stride_b, stride_d;
+    loco_dtype ab_dtype, d_dtype;
+    const void *a, *b;
+    void *d;
+    const void *bias; /* d_dtype, length m, or NULL */
+    int gelu_tanh;
+    float alpha;
+} cuda_gemm;
+
+typedef struct cuda_gemm_key {
+    int64_t m, n, k, lda, ldb, ldd, stride_a, stride_b, stride_d;
+    int32_t transa, transb, batch, ab_dtype, d_dtype, epilogue;
+    int32_t align_a, align_b, align_d;
+} cuda_gemm_key;
+
+typedef struct cuda_gemm_plan {
+    cuda_gemm_key key;
+    int valid;
+    cublasLtMatmulDesc_t op;
+    cublasLtMatrixLayout_t la, lb, ld;
+    cublasLtMatmulAlgo_t algo;
+} cuda_gemm_plan;
+
+#define CUDA_GEMM_PLANS 512
+
+/* ---- the backend's state ----------------------------------------------------------------- */
+
+typedef enum cuda_conv_algo {
+    CUDA_CONV_IMPLICIT = 0, /* tensor-core implicit GEMM (f16/bf16), im2col + cuBLASLt otherwise */
+    CUDA_CONV_IM2COL,       /* always im2col + cuBLASLt (LOCO_CUDA_CONV=im2col, for comparisons) */
+} cuda_conv_algo;
+
+typedef struct cuda_impl {
+    int device;
+    int cc_major, cc_minor;
+    int sm_count;
+    size_t total_mem;
+    char name[256];
+    cudaStream_t stream;
+    cublasLtHandle_t lt;
+    void *lt_ws;
+    size_t lt_ws_size;
+    cuda_allocator alloc;
+    cuda_gemm_plan *plans; /* CUDA_GEMM_PLANS entries */
+    int plan_next;         /* round-robin eviction */
+    cuda_conv_algo conv_algo;
+} cuda_impl;
+
+static inline cuda_impl *cuda_of(loco_backend *be) { return (cuda_impl *)be->impl; }
+
+/* ---- errors ------------------------------------------------------------------------------ */
+
+/* LOCO_OK for cudaSuccess; otherwise LOCO_EDEVICE_OOM for allocation failures, LOCO_EDEVICE
+ * for the rest, with "<what>: <CUDA's message> (<error name>)". */
+loco_status cuda_check(cudaError_t e, const char *what, loco_err *err);
+/* The launch status of the kernel just enqueued ("<kernel> launch: ..."). */
+loco_status cuda_check_launch(const char *kernel, loco_err *err);
+loco_status cuda_check_lt(cublasStatus_t s, const char *what, loco_err *err);
+/* Make the backend's device current for this host thread (the engine may call from a worker
+ * thread that never selected it). */
+loco_status cuda_enter(loco_backend *be, loco_err *err);
+
+#define CUDA_TRY(call)                                                                   \
+    do {                                                                                 \
+        loco_status st_ = (call);                                                        \
+        if (st_ != LOCO_OK) return st_;                                                  \
+    } while (0)
+
+/* ---- allocator (alloc.cu) ---------------------------------------------------------------- */
+
+loco_status cuda_alloc_init(cuda_allocator *a, loco_err *err);
+/* Frees every block, live or cached (the caller has synchronised). */
+void cuda_alloc_destroy(cuda_allocator *a);
+loco_status cuda_alloc_get(cuda_impl *c, size_t bytes, void **out, loco_err *err);
+void cuda_alloc_put(cuda_impl *c, void *p);
+
+/* ---- shared launch helpers ----------------------------------------------------------------- */
+
+/* Blocks for a grid-stride loop over `items` with `threads` per block: enough to fill the
+ * GPU a few times over, never more than the work needs. */
+static inline unsigned cuda_grid(const cuda_impl *c, int64_t items, int threads) {
+    int64_t want = (items + threads - 1) / threads;
+    int64_t cap = (int64_t)c->sm_count * 16;
+    if (want > cap) want = cap;
+    return want < 1 ? 1u : (unsigned)want;
+}
+
+static inline int cuda_aligned(const void *p, size_t a) { return ((uintptr_t)p % a) == 0; }
+
+/* Converts n elements between float dtypes (F32/F16/BF16/F64) on the stream (convert.cu). */
+loco_status cuda_convert(cuda_impl *c, void *dst, loco_dtype dst_dtype, const void *src, loco_dtype src_dtype,
+                         int64_t n, loco_err *err);
+/* A temporary copy of t converted to `dtype` (from the allocator; *out == t->data and *owned
+ * == 0 when no conversion is needed). Release with cuda_alloc_put when *owned. */
+loco_status cuda_as_dtype(cuda_impl *c, const loco_tensor *t, loco_dtype dtype, const void **out, void **owned,
+                          loco_err *err);
+
+/* y[i] += bias[(i / inner) % period] for i < n: per-channel bias over NCHW (period C) and
+ * the [N, C] time-embedding bias (period N*C). y and x may alias. (elementwise.cu) */
+loco_status cuda_channel_bias(cuda_impl *c, void *y, const void *x, loco_dtype dtype, const void *bias,
+                              loco_dtype bias_dtype, int64_t n, int64_t inner, int64_t period, loco_err *err);
+/* y = act(x) over n elements of dtype (in place allowed). (elementwise.cu) */
+loco_status cuda_act_apply(cuda_impl *c, void *y, const void *x, loco_dtype dtype, int64_t n, loco_act act,
+                           loco_err *err);
+
+/* ---- GEMM (gemm.cu) ------------------------------------------------------------------------ */
+
+void cuda_gemm_plans_destroy(cuda_impl *c);
+/* Runs g; LOCO_EUNSUPPORTED when cuBLASLt has no algorithm for it (the caller may retry
+ * without the fused epilogue). */
+loco_status cuda_gemm_run(cuda_impl *c, const cuda_gemm *g, loco_err *err);
+
+/* ---- one-time kernel setup (attention.cu) ---------------------------------------------------- */
+
+/* Raises the dynamic shared-memory limit of the attention kernels that need more than 48 KB
+ * and checks that this build has machine code for the device. */
+loco_status cuda_attention_setup(cuda_impl *c, loco_err *err);
+loco_status cuda_attention_gemm(cuda_impl *c, loco_tensor *out, const loco_tensor *q, const loco_tensor *k,
+                                const loco_tensor *v, const loco_attention_params *p, loco_err *err);
+/* Tensor-core implicit-GEMM convolution for F16/BF16 (conv_igemm.cu). */
+/* The caller has checked: F16/BF16, Cin*H*W < 2^31, w converted to y's dtype in wdata. */
+loco_status cuda_conv_igemm(cuda_impl *c, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
+                            const void *wdata, const loco_tensor *bias, const loco_conv2d_params *p, loco_err *err);
+
+/* ---- vtable hooks, one group per file --------------------------------------------------------- */
+
+extern "C" {
+/* gemm.cu */
+loco_status cuda_op_linear(loco_backend *be, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
+                           const loco_tensor *bias, loco_act act, loco_err *err);
+/* conv.cu */
+loco_status cuda_op_conv2d(loco_backend *be, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
+                           const loco_tensor *bias, const loco_conv2d_params *p, loco_err *err);
+/* norm.cu */
+loco_status cuda_op_group_norm(loco_backend *be, loco_tensor *y, const loco_tensor *x, int groups,
+                               const loco_tensor *gamma, const loco_tensor *beta, float eps, int fuse_silu,
+                               loco_err *err);
+loco_status cuda_op_layer_norm(loco_backend *be, loco_tensor *y, const loco_tensor *x, const loco_tensor *gamma,
+                               const loco_tensor *beta, float eps, loco_err *err);
+/* attention.cu */
+loco_status cuda_op_attention(loco_backend *be, loco_tensor *out, const loco_tensor *q, const loco_tensor *k,
+                              const loco_tensor *v, const loco_attention_params *p, loco_err *err);
+/* elementwise.cu */
+loco_status cuda_op_activation(loco_backend *be, loco_tensor *y, const loco_tensor *x, loco_act act, loco_err *err);
+loco_status cuda_op_geglu(loco_backend *be, loco_tensor *y, const loco_tensor *x, loco_err *err);
+loco_status cuda_op_add(loco_backend *be, loco_tensor *y, const loco_tensor *a, const loco_tensor *b, loco_err *err);
+loco_status cuda_op_add_channel_bias(loco_backend *be, loco_tensor *y, const loco_tensor *x, const loco_tensor *bias,
+                                     loco_err *err);
+loco_status cuda_op_lincomb(loco_backend *be, loco_tensor *y, int n, const loco_tensor *const *x, const float *coef,
+                            loco_err *err);
+loco_status cuda_op_fill(loco_backend *be, loco_tensor *y, float value, loco_err *err);
+/* convert.cu */
+loco_status cuda_op_copy(loco_backend *be, loco_tensor *y, const loco_tensor *x, loco_err *err);
+/* layout.cu */
+loco_status cuda_op_transpose12(loco_backend *be, loco_tensor *y, const loco_tensor *x, loco_err *err);
+loco_status cuda_op_concat(loco_backend *be, loco_tensor *y, const loco_tensor *a, const loco_tensor *b, int axis,
+                           loco_err *err);
+loco_status cuda_op_upsample_nearest2x(loco_backend *be, loco_tensor *y, const loco_tensor *x, loco_err *err);
+loco_status cuda_op_embedding(loco_backend *be, loco_tensor *y, const loco_tensor *table, const int32_t *ids,
+                              int64_t n, loco_err *err);
+loco_status cuda_op_set_channels(loco_backend *be, loco_tensor *y, const int32_t *channels, const float *values,
+                                 int n, loco_err *err);
+}
+
+/* Name of a dtype for messages ("F16"). */
+static inline const char *cuda_dt(loco_dtype t) { return loco_dtype_name(t); }
+
+/* The three activation dtypes the kernels are instantiated for. */
+static inline int cuda_is_act_dtype(loco_dtype t) { return t == LOCO_F32 || t == LOCO_F16 || t == LOCO_BF16; }
+
+#endif

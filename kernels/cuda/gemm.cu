@@ -1,0 +1,270 @@
+/* gemm.cu: every matrix product goes through cuBLASLt here (linear layers, 1x1 and im2col
+ * convolutions, the materialised attention path), plus the loco_linear hook.
+ *
+ * cuBLASLt needs a descriptor set and an algorithm choice per shape; building them costs tens
+ * of microseconds, so they are cached per exact problem (shape, strides, dtypes, epilogue and
+ * pointer alignment) in a small hash table in the backend's state. A model's GEMM shapes
+ * repeat every step, so after the first step every call is a lookup.
+ *
+ * Precision: f16/bf16 operands accumulate in fp32 (CUBLAS_COMPUTE_32F). f32 activations use
+ * TF32 tensor cores (10-bit mantissa like f16 but f32 range): that mode exists for models
+ * that overflow f16 (SD-XL's VAE), where range matters and 1e-3 relative error does not. */
+#include <string.h>
+
+#include "cuda_internal.h"
+
+#define PLAN_PROBE 8
+
+static cudaDataType_t lt_type(loco_dtype t) {
+    switch (t) {
+    case LOCO_F16: return CUDA_R_16F;
+    case LOCO_BF16: return CUDA_R_16BF;
+    default: return CUDA_R_32F;
+    }
+}
+
+/* Largest power of two (<= 256) dividing the address, the batch stride and the leading
+ * dimension in bytes: what the chosen kernel may assume for vector loads. */
+static int32_t alignment(const void *p, int64_t ld, int64_t stride, int batch, size_t es) {
+    uintptr_t v = (uintptr_t)p | (uintptr_t)(ld * (int64_t)es);
+    if (batch > 1) v |= (uintptr_t)(stride * (int64_t)es);
+    int32_t a = 256;
+    while (a > 1 && v % (uintptr_t)a) a >>= 1;
+    return a;
+}
+
+static uint64_t key_hash(const cuda_gemm_key *k) {
+    const unsigned char *p = (const unsigned char *)k;
+    uint64_t h = 1469598103934665603ull; /* FNV-1a */
+    for (size_t i = 0; i < sizeof *k; i++) h = (h ^ p[i]) * 1099511628211ull;
+    return h;
+}
+
+static void plan_free(cuda_gemm_plan *p) {
+    if (!p->valid) return;
+    cublasLtMatrixLayoutDestroy(p->la);
+    cublasLtMatrixLayoutDestroy(p->lb);
+    cublasLtMatrixLayoutDestroy(p->ld);
+    cublasLtMatmulDescDestroy(p->op);
+    memset(p, 0, sizeof *p);
+}
+
+void cuda_gemm_plans_destroy(cuda_impl *c) {
+    if (!c->plans) return;
+    for (int i = 0; i < CUDA_GEMM_PLANS; i++) plan_free(&c->plans[i]);
+    free(c->plans);
+    c->plans = NULL;
+}
+
+static loco_status layout(cublasLtMatrixLayout_t *l, cudaDataType_t t, int64_t rows, int64_t cols, int64_t ld,
+                          int batch, int64_t stride, loco_err *err) {
+    CUDA_TRY(cuda_check_lt(cublasLtMatrixLayoutCreate(l, t, (uint64_t)rows, (uint64_t)cols, ld),
+                           "cublasLtMatrixLayoutCreate", err));
+    if (batch > 1) {
+        int32_t b = batch;
+        CUDA_TRY(cuda_check_lt(cublasLtMatrixLayoutSetAttribute(*l, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &b, sizeof b),
+                               "cublasLtMatrixLayoutSetAttribute(BATCH_COUNT)", err));
+        CUDA_TRY(cuda_check_lt(cublasLtMatrixLayoutSetAttribute(*l, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET,
+                                                                &stride, sizeof stride),
+                               "cublasLtMatrixLayoutSetAttribute(STRIDED_BATCH_OFFSET)", err));
+    }
+    return LOCO_OK;
+}
+
+static loco_status plan_build(cuda_impl *c, const cuda_gemm *g, const cuda_gemm_key *key, cuda_gemm_plan *p,
+                              loco_err *err) {
+    memset(p, 0, sizeof *p);
+    p->key = *key;
+    cublasComputeType_t compute = g->ab_dtype == LOCO_F32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+    cudaDataType_t tab = lt_type(g->ab_dtype), td = lt_type(g->d_dtype);
+    loco_status st = cuda_check_lt(cublasLtMatmulDescCreate(&p->op, compute, CUDA_R_32F), "cublasLtMatmulDescCreate",
+                                   err);
+    if (st != LOCO_OK) return st;
+    int32_t ta = g->transa ? CUBLAS_OP_T : CUBLAS_OP_N, tb = g->transb ? CUBLAS_OP_T : CUBLAS_OP_N;
+    uint32_t epi = (uint32_t)key->epilogue;
+    cublasLtMatmulPreference_t pref = NULL;
+    cublasLtMatmulHeuristicResult_t res;
+    int found = 0;
+    uint64_t ws = c->lt_ws_size;
+    uint32_t al_a = (uint32_t)key->align_a, al_b = (uint32_t)key->align_b, al_d = (uint32_t)key->align_d;
+    if (st == LOCO_OK)
+        st = cuda_check_lt(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta),
+                           "cublasLtMatmulDescSetAttribute(TRANSA)", err);
+    if (st == LOCO_OK)
+        st = cuda_check_lt(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb),
+                           "cublasLtMatmulDescSetAttribute(TRANSB)", err);
+    if (st == LOCO_OK)
+        st = cuda_check_lt(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi),
+                           "cublasLtMatmulDescSetAttribute(EPILOGUE)", err);
+    /* stored (pre-op) shapes: op(A) is m x k, op(B) is k x n */
+    if (st == LOCO_OK)
+        st = layout(&p->la, tab, g->transa ? g->k : g->m, g->transa ? g->m : g->k, g->lda, g->batch, g->stride_a, err);
+    if (st == LOCO_OK)
+        st = layout(&p->lb, tab, g->transb ? g->n : g->k, g->transb ? g->k : g->n, g->ldb, g->batch, g->stride_b, err);
+    if (st == LOCO_OK) st = layout(&p->ld, td, g->m, g->n, g->ldd, g->batch, g->stride_d, err);
+    if (st == LOCO_OK)
+        st = cuda_check_lt(cublasLtMatmulPreferenceCreate(&pref), "cublasLtMatmulPreferenceCreate", err);
+    if (st == LOCO_OK)
+        st = cuda_check_lt(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws,
+                                                                sizeof ws),
+                           "cublasLtMatmulPreferenceSetAttribute", err);
+    if (st == LOCO_OK)
+        st = cuda_check_lt(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
+                                                                &al_a, sizeof al_a),
+                           "cublasLtMatmulPreferenceSetAttribute", err);
+    if (st == LOCO_OK)
+        st = cuda_check_lt(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+                                                                &al_b, sizeof al_b),
+                           "cublasLtMatmulPreferenceSetAttribute", err);
+    if (st == LOCO_OK)
+        st = cuda_check_lt(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
+                                                                &al_d, sizeof al_d),
+                           "cublasLtMatmulPreferenceSetAttribute", err);
+    if (st == LOCO_OK)
+        st = cuda_check_lt(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
+                                                                &al_d, sizeof al_d),
+                           "cublasLtMatmulPreferenceSetAttribute", err);
+    if (st == LOCO_OK) {
+        cublasStatus_t s = cublasLtMatmulAlgoGetHeuristic(c->lt, p->op, p->la, p->lb, p->ld, p->ld, pref, 1, &res,
+                                                          &found);
+        if (s == CUBLAS_STATUS_SUCCESS && found > 0 && res.state == CUBLAS_STATUS_SUCCESS) {
+            p->algo = res.algo;
+        } else if (s == CUBLAS_STATUS_SUCCESS || s == CUBLAS_STATUS_NOT_SUPPORTED) {
+            st = loco_err_set(err, LOCO_EUNSUPPORTED,
+                              "cuBLASLt has no algorithm for a %s x %s -> %s GEMM m=%lld n=%lld k=%lld "
+                              "(epilogue %u, batch %d)",
+                              cuda_dt(g->ab_dtype), cuda_dt(g->ab_dtype), cuda_dt(g->d_dtype), (long long)g->m,
+                              (long long)g->n, (long long)g->k, epi, g->batch);
+        } else {
+            st = cuda_check_lt(s, "cublasLtMatmulAlgoGetHeuristic", err);
+        }
+    }
+    if (pref) cublasLtMatmulPreferenceDestroy(pref);
+    p->valid = 1; /* so plan_free releases whatever was created */
+    if (st != LOCO_OK) {
+        if (p->la) cublasLtMatrixLayoutDestroy(p->la);
+        if (p->lb) cublasLtMatrixLayoutDestroy(p->lb);
+        if (p->ld) cublasLtMatrixLayoutDestroy(p->ld);
+        if (p->op) cublasLtMatmulDescDestroy(p->op);
+        memset(p, 0, sizeof *p);
+    }
+    return st;
+}
+
+loco_status cuda_gemm_run(cuda_impl *c, const cuda_gemm *g, loco_err *err) {
+    if (g->m <= 0 || g->n <= 0 || g->batch <= 0) return LOCO_OK;
+    size_t esab = loco_dtype_size(g->ab_dtype), esd = loco_dtype_size(g->d_dtype);
+    cuda_gemm_key key;
+    memset(&key, 0, sizeof key); /* padding takes part in hashing and comparison */
+    key.m = g->m;
+    key.n = g->n;
+    key.k = g->k;
+    key.lda = g->lda;
+    key.ldb = g->ldb;
+    key.ldd = g->ldd;
+    key.batch = g->batch > 1 ? g->batch : 1;
+    if (key.batch > 1) {
+        key.stride_a = g->stride_a;
+        key.stride_b = g->stride_b;
+        key.stride_d = g->stride_d;
+    }
+    key.transa = g->transa;
+    key.transb = g->transb;
+    key.ab_dtype = g->ab_dtype;
+    key.d_dtype = g->d_dtype;
+    key.epilogue = g->bias ? (g->gelu_tanh ? CUBLASLT_EPILOGUE_GELU_BIAS : CUBLASLT_EPILOGUE_BIAS)
+                           : (g->gelu_tanh ? CUBLASLT_EPILOGUE_GELU : CUBLASLT_EPILOGUE_DEFAULT);
+    key.align_a = alignment(g->a, g->lda, g->stride_a, key.batch, esab);
+    key.align_b = alignment(g->b, g->ldb, g->stride_b, key.batch, esab);
+    key.align_d = alignment(g->d, g->ldd, g->stride_d, key.batch, esd);
+
+    uint64_t h = key_hash(&key);
+    cuda_gemm_plan *plan = NULL;
+    for (int i = 0; i < PLAN_PROBE && !plan; i++) {
+        cuda_gemm_plan *p = &c->plans[(h + (uint64_t)i) % CUDA_GEMM_PLANS];
+        if (p->valid && memcmp(&p->key, &key, sizeof key) == 0) plan = p;
+    }
+    if (!plan) {
+        cuda_gemm_plan *slot = NULL;
+        for (int i = 0; i < PLAN_PROBE && !slot; i++) {
+            cuda_gemm_plan *p = &c->plans[(h + (uint64_t)i) % CUDA_GEMM_PLANS];
+            if (!p->valid) slot = p;
+        }
+        if (!slot) { /* all probed slots taken: evict one, round-robin */
+            slot = &c->plans[(h + (uint64_t)(c->plan_next++ % PLAN_PROBE)) % CUDA_GEMM_PLANS];
+            plan_free(slot);
+        }
+        CUDA_TRY(plan_build(c, g, &key, slot, err));
+        plan = slot;
+    }
+    if (g->bias)
+        CUDA_TRY(cuda_check_lt(cublasLtMatmulDescSetAttribute(plan->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &g->bias,
+                                                              sizeof g->bias),
+                               "cublasLtMatmulDescSetAttribute(BIAS_POINTER)", err));
+    float alpha = g->alpha, beta = 0.0f;
+    return cuda_check_lt(cublasLtMatmul(c->lt, plan->op, &alpha, g->a, plan->la, g->b, plan->lb, &beta, g->d, plan->ld,
+                                        g->d, plan->ld, &plan->algo, c->lt_ws, c->lt_ws_size, c->stream),
+                         "cublasLtMatmul", err);
+}
+
+/* ---- loco_linear: y[M, N] = act(x[M, K] w[N, K]^T + bias) -------------------------------------- */
+
+/* Row-major y = x w^T is, in cuBLASLt's column-major terms, D[N x M] = op(A = w)^T . B (= x):
+ * A is w read as a K x N column-major matrix (transposed), B is x as K x M, D is y as N x M.
+ * The bias then runs along D's rows (length N), which is what the BIAS epilogue adds. GELU
+ * (tanh) is fused when asked; other activations run as one in-place pass afterwards. */
+extern "C" loco_status cuda_op_linear(loco_backend *be, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
+                                      const loco_tensor *bias, loco_act act, loco_err *err) {
+    CUDA_TRY(cuda_enter(be, err));
+    cuda_impl *c = cuda_of(be);
+    if (x->dtype != y->dtype || !cuda_is_act_dtype(y->dtype))
+        return loco_err_set(err, LOCO_EUNSUPPORTED, "cuda linear: input %s, output %s (both must be the activation "
+                            "dtype)", cuda_dt(x->dtype), cuda_dt(y->dtype));
+    int64_t N = w->shape[0], K = w->shape[1];
+    int64_t M = K > 0 ? loco_tensor_numel(x) / K : 0;
+    if (M <= 0 || N <= 0) return LOCO_OK;
+    if (K <= 0) return loco_err_set(err, LOCO_EINVAL, "cuda linear: K must be positive");
+
+    const void *wp, *bp = NULL;
+    void *w_tmp = NULL, *b_tmp = NULL;
+    CUDA_TRY(cuda_as_dtype(c, w, y->dtype, &wp, &w_tmp, err));
+    loco_status st = LOCO_OK;
+    if (bias) st = cuda_as_dtype(c, bias, y->dtype, &bp, &b_tmp, err);
+
+    cuda_gemm g;
+    memset(&g, 0, sizeof g);
+    g.transa = 1;
+    g.transb = 0;
+    g.m = N;
+    g.n = M;
+    g.k = K;
+    g.lda = K;
+    g.ldb = K;
+    g.ldd = N;
+    g.batch = 1;
+    g.ab_dtype = y->dtype;
+    g.d_dtype = y->dtype;
+    g.a = wp;
+    g.b = x->data;
+    g.d = y->data;
+    g.bias = bp;
+    g.gelu_tanh = act == LOCO_ACT_GELU_TANH;
+    g.alpha = 1.0f;
+    int fused_act = g.gelu_tanh;
+    if (st == LOCO_OK) {
+        st = cuda_gemm_run(c, &g, err);
+        if (st == LOCO_EUNSUPPORTED && (g.bias || g.gelu_tanh)) { /* no fused kernel: plain GEMM + passes */
+            g.bias = NULL;
+            g.gelu_tanh = 0;
+            fused_act = 0;
+            st = cuda_gemm_run(c, &g, err);
+            if (st == LOCO_OK && bp)
+                st = cuda_channel_bias(c, y->data, y->data, y->dtype, bp, y->dtype, M * N, 1, N, err);
+        }
+    }
+    if (st == LOCO_OK && act != LOCO_ACT_NONE && !fused_act)
+        st = cuda_act_apply(c, y->data, y->data, y->dtype, M * N, act, err);
+    cuda_alloc_put(c, w_tmp);
+    cuda_alloc_put(c, b_tmp);
+    return st;
+}

@@ -1,0 +1,280 @@
+/* norm.cu: GroupNorm (+ fused SiLU) and LayerNorm, statistics in fp32.
+ *
+ * GroupNorm: a group of sample n is a contiguous run of (C/G)*HW elements in NCHW, often too
+ * few groups (N*32) to fill the GPU with one block each. So each group is split into chunks:
+ * pass 1 computes (count, mean, M2) per chunk, pass 2 merges a group's chunk statistics
+ * (Chan et al.'s parallel update) and normalises its own chunk, applying gamma/beta and SiLU
+ * in the same write. Within a chunk the sums are taken around a shift (the chunk's first
+ * element) so that E[x^2] - E[x]^2 does not cancel catastrophically when |mean| >> std.
+ * The second pass usually reads from L2 (UNet activations are a few MB).
+ *
+ * LayerNorm: one warp per row, two passes over the row (the second from L1/L2). */
+#include "cuda_device.h"
+
+#define GN_THREADS 256
+#define GN_MAX_CHUNKS 64
+#define GN_MIN_CHUNK 4096
+#define LN_THREADS 256
+
+/* Merge statistics (nb, mb, qb) into (n, m, q). */
+__device__ __forceinline__ void stat_merge(float &n, float &m, float &q, float nb, float mb, float qb) {
+    float nn = n + nb;
+    if (nn <= 0.0f) return;
+    float d = mb - m, fb = nb / nn;
+    m += d * fb;
+    q += qb + d * d * n * fb;
+    n = nn;
+}
+
+__device__ __forceinline__ void warp_stat_merge(float &n, float &m, float &q) {
+    for (int o = 16; o > 0; o >>= 1) {
+        float nb = __shfl_xor_sync(0xffffffffu, n, o);
+        float mb = __shfl_xor_sync(0xffffffffu, m, o);
+        float qb = __shfl_xor_sync(0xffffffffu, q, o);
+        stat_merge(n, m, q, nb, mb, qb);
+    }
+}
+
+/* Pass 1: statistics of chunk blockIdx.x of group g0 + blockIdx.y; writes (n, mean, M2). */
+template <typename T>
+__global__ void __launch_bounds__(GN_THREADS) gn_stats_kernel(const T *x, float *part, int64_t glen,
+                                                              int64_t chunk_len, int nchunk, int g0, int vec) {
+    const int V = 16 / sizeof(T);
+    int64_t grp = (int64_t)g0 + blockIdx.y;
+    const T *xg = x + grp * glen;
+    int64_t s0 = (int64_t)blockIdx.x * chunk_len, s1 = s0 + chunk_len < glen ? s0 + chunk_len : glen;
+    float shift = to_f32(xg[s0]);
+    float s = 0.0f, q = 0.0f;
+    int cnt = 0;
+    if (vec) { /* s0, s1 and glen are multiples of V */
+        for (int64_t i = s0 / V + threadIdx.x; i < s1 / V; i += blockDim.x) {
+            vec16<T> u = ((const vec16<T> *)xg)[i];
+#pragma unroll
+            for (int j = 0; j < V; j++) {
+                float d = to_f32(u.v[j]) - shift;
+                s += d;
+                q += d * d;
+            }
+            cnt += V;
+        }
+    } else {
+        for (int64_t i = s0 + threadIdx.x; i < s1; i += blockDim.x) {
+            float d = to_f32(xg[i]) - shift;
+            s += d;
+            q += d * d;
+            cnt++;
+        }
+    }
+    float n = (float)cnt, m = cnt ? s / cnt : 0.0f, m2 = cnt ? fmaxf(q - s * m, 0.0f) : 0.0f;
+    m += shift; /* absolute mean: pass 2 must not re-read x, which may already be overwritten */
+    warp_stat_merge(n, m, m2);
+    __shared__ float sh[3][GN_THREADS / 32];
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    if (lane == 0) {
+        sh[0][warp] = n;
+        sh[1][warp] = m;
+        sh[2][warp] = m2;
+    }
+    __syncthreads();
+    if (warp == 0) {
+        int nw = blockDim.x >> 5;
+        n = lane < nw ? sh[0][lane] : 0.0f;
+        m = lane < nw ? sh[1][lane] : 0.0f;
+        m2 = lane < nw ? sh[2][lane] : 0.0f;
+        warp_stat_merge(n, m, m2);
+        if (lane == 0) {
+            float *o = part + (grp * nchunk + blockIdx.x) * 3;
+            o[0] = n;
+            o[1] = m;
+            o[2] = m2;
+        }
+    }
+}
+
+/* Pass 2: merge the group's chunk statistics, normalise this block's chunk. */
+template <typename T>
+__global__ void __launch_bounds__(GN_THREADS)
+    gn_apply_kernel(T *y, const T *x, const float *part, const void *gamma, int gdt, const void *beta, int bdt,
+                    int64_t glen, int64_t S, int cpg, int groups, int64_t chunk_len, int nchunk, int g0, float eps,
+                    int silu, int vec) {
+    const int V = 16 / sizeof(T);
+    __shared__ float sh_mean, sh_rstd;
+    int64_t grp = (int64_t)g0 + blockIdx.y;
+    if (threadIdx.x < 32) {
+        float n = 0.0f, m = 0.0f, q = 0.0f;
+        for (int i = threadIdx.x; i < nchunk; i += 32) {
+            const float *p = part + (grp * nchunk + i) * 3;
+            stat_merge(n, m, q, p[0], p[1], p[2]);
+        }
+        warp_stat_merge(n, m, q);
+        if (threadIdx.x == 0) {
+            sh_mean = m;
+            sh_rstd = rsqrtf((n > 0.0f ? q / n : 0.0f) + eps);
+        }
+    }
+    __syncthreads();
+    float mean = sh_mean, rstd = sh_rstd;
+    int c0 = (int)(grp % groups) * cpg;
+    const T *xg = x + grp * glen;
+    T *yg = y + grp * glen;
+    int64_t s0 = (int64_t)blockIdx.x * chunk_len, s1 = s0 + chunk_len < glen ? s0 + chunk_len : glen;
+    if (vec) { /* S % V == 0 as well: a vector lies inside one channel */
+        for (int64_t i = s0 / V + threadIdx.x; i < s1 / V; i += blockDim.x) {
+            int c = c0 + (int)(i * V / S);
+            float a = rstd * ld_dyn(gamma, gdt, c);
+            float b = (beta ? ld_dyn(beta, bdt, c) : 0.0f) - mean * a;
+            vec16<T> u = ((const vec16<T> *)xg)[i];
+#pragma unroll
+            for (int j = 0; j < V; j++) {
+                float v = to_f32(u.v[j]) * a + b;
+                if (silu) v = v / (1.0f + __expf(-v));
+                u.v[j] = from_f32<T>(v);
+            }
+            ((vec16<T> *)yg)[i] = u;
+        }
+        return;
+    }
+    for (int64_t i = s0 + threadIdx.x; i < s1; i += blockDim.x) {
+        int c = c0 + (int)(i / S);
+        float a = rstd * ld_dyn(gamma, gdt, c);
+        float b = (beta ? ld_dyn(beta, bdt, c) : 0.0f) - mean * a;
+        float v = to_f32(xg[i]) * a + b;
+        if (silu) v = v / (1.0f + __expf(-v));
+        yg[i] = from_f32<T>(v);
+    }
+}
+
+extern "C" loco_status cuda_op_group_norm(loco_backend *be, loco_tensor *y, const loco_tensor *x, int groups,
+                                          const loco_tensor *gamma, const loco_tensor *beta, float eps, int fuse_silu,
+                                          loco_err *err) {
+    CUDA_TRY(cuda_enter(be, err));
+    cuda_impl *c = cuda_of(be);
+    if (x->dtype != y->dtype)
+        return loco_err_set(err, LOCO_EUNSUPPORTED, "cuda group_norm: input %s, output %s", cuda_dt(x->dtype),
+                            cuda_dt(y->dtype));
+    if (!cuda_is_act_dtype(gamma->dtype) || (beta && !cuda_is_act_dtype(beta->dtype)))
+        return loco_err_set(err, LOCO_EUNSUPPORTED, "cuda group_norm: gamma/beta must be F32, F16 or BF16");
+    int64_t N = x->shape[0], C = x->shape[1];
+    int64_t numel = loco_tensor_numel(x);
+    if (numel <= 0) return LOCO_OK;
+    int64_t S = numel / (N * C);
+    int cpg = (int)(C / groups);
+    int64_t glen = (int64_t)cpg * S, ngroups = N * groups;
+
+    /* chunks per group: enough blocks to fill the GPU a few times, but chunks of at least
+     * GN_MIN_CHUNK elements, a multiple of 8 so vectors never straddle chunks */
+    int64_t want = (4 * (int64_t)c->sm_count + ngroups - 1) / ngroups;
+    int64_t most = (glen + GN_MIN_CHUNK - 1) / GN_MIN_CHUNK;
+    int64_t nchunk = want < most ? want : most;
+    if (nchunk > GN_MAX_CHUNKS) nchunk = GN_MAX_CHUNKS;
+    if (nchunk < 1) nchunk = 1;
+    int64_t chunk_len = (glen + nchunk - 1) / nchunk;
+    chunk_len = (chunk_len + 7) / 8 * 8;
+    nchunk = (glen + chunk_len - 1) / chunk_len;
+
+    float *part = NULL;
+    CUDA_TRY(cuda_alloc_get(c, (size_t)(ngroups * nchunk * 3) * sizeof(float), (void **)&part, err));
+    loco_status st = LOCO_OK;
+    const void *bptr = beta ? beta->data : NULL;
+    int bdt = beta ? (int)beta->dtype : 0;
+    for (int64_t g0 = 0; g0 < ngroups && st == LOCO_OK; g0 += 65535) {
+        int64_t ng = ngroups - g0 < 65535 ? ngroups - g0 : 65535;
+        dim3 grid((unsigned)nchunk, (unsigned)ng);
+        CUDA_DISPATCH(x->dtype, T, "group_norm", err, {
+            const int V = 16 / sizeof(T);
+            int base_ok = glen % V == 0 && cuda_aligned(x->data, 16) && cuda_aligned(y->data, 16);
+            gn_stats_kernel<T><<<grid, GN_THREADS, 0, c->stream>>>((const T *)x->data, part, glen, chunk_len,
+                                                                   (int)nchunk, (int)g0, base_ok);
+            st = cuda_check_launch("gn_stats_kernel", err);
+            if (st == LOCO_OK) {
+                gn_apply_kernel<T><<<grid, GN_THREADS, 0, c->stream>>>(
+                    (T *)y->data, (const T *)x->data, part, gamma->data, (int)gamma->dtype, bptr, bdt, glen, S, cpg,
+                    groups, chunk_len, (int)nchunk, (int)g0, eps, fuse_silu, base_ok && S % V == 0);
+                st = cuda_check_launch("gn_apply_kernel", err);
+            }
+        });
+    }
+    cuda_alloc_put(c, part);
+    return st;
+}
+
+/* ---- LayerNorm over the last dimension ------------------------------------------------------------ */
+
+template <typename T>
+__global__ void __launch_bounds__(LN_THREADS) ln_kernel(T *y, const T *x, const void *gamma, int gdt,
+                                                        const void *beta, int bdt, int64_t rows, int64_t C,
+                                                        float eps, int vec) {
+    const int V = 16 / sizeof(T);
+    int lane = threadIdx.x & 31;
+    int64_t warps = (int64_t)gridDim.x * (blockDim.x >> 5);
+    for (int64_t row = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5; row < rows; row += warps) {
+        const T *xr = x + row * C;
+        T *yr = y + row * C;
+        float shift = to_f32(xr[0]);
+        float s = 0.0f, q = 0.0f;
+        if (vec) {
+            for (int64_t i = lane; i < C / V; i += 32) {
+                vec16<T> u = ((const vec16<T> *)xr)[i];
+#pragma unroll
+                for (int j = 0; j < V; j++) {
+                    float d = to_f32(u.v[j]) - shift;
+                    s += d;
+                    q += d * d;
+                }
+            }
+        } else {
+            for (int64_t i = lane; i < C; i += 32) {
+                float d = to_f32(xr[i]) - shift;
+                s += d;
+                q += d * d;
+            }
+        }
+        s = warp_sum(s);
+        q = warp_sum(q); /* also orders every lane's reads before any write (in place) */
+        float ms = s / (float)C;
+        float mean = shift + ms, rstd = rsqrtf(fmaxf(q / (float)C - ms * ms, 0.0f) + eps);
+        if (vec) {
+            for (int64_t i = lane; i < C / V; i += 32) {
+                vec16<T> u = ((const vec16<T> *)xr)[i];
+#pragma unroll
+                for (int j = 0; j < V; j++) {
+                    int64_t cidx = i * V + j;
+                    float v = (to_f32(u.v[j]) - mean) * rstd * ld_dyn(gamma, gdt, cidx);
+                    if (beta) v += ld_dyn(beta, bdt, cidx);
+                    u.v[j] = from_f32<T>(v);
+                }
+                ((vec16<T> *)yr)[i] = u;
+            }
+        } else {
+            for (int64_t i = lane; i < C; i += 32) {
+                float v = (to_f32(xr[i]) - mean) * rstd * ld_dyn(gamma, gdt, i);
+                if (beta) v += ld_dyn(beta, bdt, i);
+                yr[i] = from_f32<T>(v);
+            }
+        }
+    }
+}
+
+extern "C" loco_status cuda_op_layer_norm(loco_backend *be, loco_tensor *y, const loco_tensor *x,
+                                          const loco_tensor *gamma, const loco_tensor *beta, float eps,
+                                          loco_err *err) {
+    CUDA_TRY(cuda_enter(be, err));
+    cuda_impl *c = cuda_of(be);
+    if (x->dtype != y->dtype)
+        return loco_err_set(err, LOCO_EUNSUPPORTED, "cuda layer_norm: input %s, output %s", cuda_dt(x->dtype),
+                            cuda_dt(y->dtype));
+    if (!cuda_is_act_dtype(gamma->dtype) || (beta && !cuda_is_act_dtype(beta->dtype)))
+        return loco_err_set(err, LOCO_EUNSUPPORTED, "cuda layer_norm: gamma/beta must be F32, F16 or BF16");
+    int64_t C = x->shape[x->ndim - 1];
+    if (C <= 0) return LOCO_OK;
+    int64_t rows = loco_tensor_numel(x) / C;
+    if (rows <= 0) return LOCO_OK;
+    CUDA_DISPATCH(x->dtype, T, "layer_norm", err, {
+        const int V = 16 / sizeof(T);
+        int vec = C % V == 0 && cuda_aligned(x->data, 16) && cuda_aligned(y->data, 16);
+        ln_kernel<T><<<cuda_grid(c, rows * 32, LN_THREADS), LN_THREADS, 0, c->stream>>>(
+            (T *)y->data, (const T *)x->data, gamma->data, (int)gamma->dtype, beta ? beta->data : NULL,
+            beta ? (int)beta->dtype : 0, rows, C, eps, vec);
+    });
+    return cuda_check_launch("ln_kernel", err);
+}

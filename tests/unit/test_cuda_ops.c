@@ -1,0 +1,628 @@
+/* test_cuda_ops.c: every op of the CUDA backend against the CPU backend on random inputs.
+ *
+ * The inputs are rounded to the GPU's activation dtype before both backends get them, so
+ * the comparison measures the kernels, not the input quantisation: relative L2 error <= 1e-2
+ * for f16 (and for f32 activations, which multiply in TF32), <= 3e-2 for bf16 (8-bit
+ * mantissa), never a NaN. GPU outputs are poisoned with NaN before each op, so an element a
+ * kernel forgets to write fails the test. Shapes are odd and cross the kernels' tile edges
+ * (128-wide conv tiles, 64-row attention tiles, 16-byte vector tails), and the
+ * tensor-core kernels run twice to catch races (results must be bit-identical).
+ *
+ * Without a GPU (build machines, CI) every test reports skipped, except
+ * cuda_create_without_gpu_fails_cleanly, which checks that asking for the CUDA backend then
+ * fails with a message instead of crashing. On a GPU machine bench/gpu-check.sh runs this
+ * binary and treats any skip as a failure. */
+#include "cpu_test_util.h"
+#include "loco_test.h"
+
+/* ---- environment: a CPU and a CUDA backend side by side ------------------------------------------ */
+
+typedef struct genv {
+    loco_backend *cpu, *gpu;
+    loco_dtype dt;
+    trng r;
+    loco_err errc, errg;
+} genv;
+
+static double tol_for(loco_dtype dt) { return dt == LOCO_BF16 ? 3e-2 : 1e-2; }
+
+/* 1: both backends ready; 0: no usable GPU (why says so); -1: a failure that must not pass
+ * as a skip (a GPU is there but the backend does not come up). */
+static int genv_open(genv *e, loco_dtype dt, uint64_t seed, char *why, size_t n) {
+    memset(e, 0, sizeof *e);
+    e->dt = dt;
+    e->r.s = seed * 0x9E3779B97F4A7C15ull + 1;
+    loco_backend_opts o;
+    loco_backend_opts_init(&o);
+    o.device = LOCO_DEVICE_CUDA;
+    o.act_dtype = dt;
+    loco_err err;
+    loco_status st = loco_backend_create(&o, &e->gpu, &err);
+    if (st != LOCO_OK) {
+        const char *m = strstr(err.msg, "no CUDA device");
+        if (!m) m = strstr(err.msg, "built without CUDA");
+        snprintf(why, n, "%s", m ? m : err.msg);
+        return m && (st == LOCO_EDEVICE || st == LOCO_EUNSUPPORTED) ? 0 : -1;
+    }
+    e->cpu = cpu_backend(0);
+    if (!e->cpu) {
+        snprintf(why, n, "cpu backend did not start");
+        loco_backend_destroy(e->gpu);
+        return -1;
+    }
+    return 1;
+}
+
+static void genv_close(genv *e) {
+    loco_backend_destroy(e->gpu);
+    loco_backend_destroy(e->cpu);
+}
+
+#define GPU_ENV(e, dt, seed)                                                                                       \
+    genv e;                                                                                                        \
+    do {                                                                                                           \
+        char why_[1100];                                                                                           \
+        int r_ = genv_open(&e, dt, seed, why_, sizeof why_);                                                       \
+        if (r_ == 0) SKIP("%s", why_);                                                                             \
+        CHECK_MSG(r_ == 1, "%s", why_);                                                                            \
+    } while (0)
+
+static float round_to(loco_dtype dt, float v) {
+    if (dt == LOCO_F16) return loco_f16_to_f32(loco_f32_to_f16(v));
+    if (dt == LOCO_BF16) return loco_bf16_to_f32(loco_f32_to_bf16(v));
+    return v;
+}
+
+/* ---- twin tensors: the same values on both backends ---------------------------------------------- */
+
+typedef struct twin {
+    loco_tensor c, g;
+} twin;
+
+/* host is rounded to the GPU dtype in place, then uploaded to both. */
+static int twin_up(genv *e, int nd, const int64_t *shape, float *host, twin *t) {
+    size_t n = shape_numel(nd, shape);
+    for (size_t i = 0; i < n; i++) host[i] = round_to(e->dt, host[i]);
+    if (loco_tensor_alloc(e->cpu, LOCO_F32, nd, shape, &t->c, &e->errc) != LOCO_OK ||
+        loco_tensor_upload(&t->c, host, LOCO_F32, &e->errc) != LOCO_OK) {
+        fprintf(stderr, "cpu tensor: %s\n", e->errc.msg);
+        return 0;
+    }
+    if (loco_tensor_alloc(e->gpu, e->dt, nd, shape, &t->g, &e->errg) != LOCO_OK ||
+        loco_tensor_upload(&t->g, host, LOCO_F32, &e->errg) != LOCO_OK) {
+        fprintf(stderr, "gpu tensor: %s\n", e->errg.msg);
+        return 0;
+    }
+    return 1;
+}
+
+static int twin_rand(genv *e, int nd, const int64_t *shape, float scale, float offset, twin *t) {
+    float *h = rand_buf(&e->r, shape_numel(nd, shape), scale, offset);
+    int ok = twin_up(e, nd, shape, h, t);
+    free(h);
+    return ok;
+}
+
+/* An output pair: zeros on the CPU, NaN on the GPU (so unwritten elements show). */
+static int twin_out(genv *e, int nd, const int64_t *shape, twin *t) {
+    if (loco_tensor_alloc(e->cpu, LOCO_F32, nd, shape, &t->c, &e->errc) != LOCO_OK ||
+        loco_fill(e->cpu, &t->c, 0.0f, &e->errc) != LOCO_OK) {
+        fprintf(stderr, "cpu output: %s\n", e->errc.msg);
+        return 0;
+    }
+    if (loco_tensor_alloc(e->gpu, e->dt, nd, shape, &t->g, &e->errg) != LOCO_OK ||
+        loco_fill(e->gpu, &t->g, NAN, &e->errg) != LOCO_OK) {
+        fprintf(stderr, "gpu output: %s\n", e->errg.msg);
+        return 0;
+    }
+    return 1;
+}
+
+static void twin_free(twin *t) {
+    loco_tensor_free(&t->c);
+    loco_tensor_free(&t->g);
+}
+
+static int both_ok(genv *e, loco_status sc, loco_status sg, const char *what) {
+    if (sc != LOCO_OK) fprintf(stderr, "%s on cpu: %s\n", what, e->errc.msg);
+    if (sg != LOCO_OK) fprintf(stderr, "%s on cuda: %s\n", what, e->errg.msg);
+    return sc == LOCO_OK && sg == LOCO_OK;
+}
+
+/* GPU result vs CPU result: no NaN, relative L2 error within tol. */
+static int twin_close(const twin *t, double tol, const char *what) {
+    float *c = download(&t->c), *g = download(&t->g);
+    int ok = c && g;
+    size_t n = (size_t)loco_tensor_numel(&t->c);
+    if (ok) {
+        size_t nan = 0, first = 0;
+        for (size_t i = 0; i < n; i++)
+            if (isnan(g[i]) && nan++ == 0) first = i;
+        double e = loco_rel_l2(g, c, n);
+        if (nan) fprintf(stderr, "%s: %zu NaN on the GPU, first at %zu (cpu %g)\n", what, nan, first, c[first]);
+        if (!(e <= tol)) fprintf(stderr, "%s: relative error %.3g > %.1g\n", what, e, tol);
+        ok = nan == 0 && e <= tol;
+    }
+    free(c);
+    free(g);
+    return ok;
+}
+
+/* Two GPU results must be bit-identical (a moving result is a race). */
+static int same_bits(const loco_tensor *a, const loco_tensor *b, const char *what) {
+    float *x = download(a), *y = download(b);
+    int ok = x && y && memcmp(x, y, (size_t)loco_tensor_numel(a) * sizeof(float)) == 0;
+    if (x && y && !ok) fprintf(stderr, "%s: two runs on the same input differ\n", what);
+    free(x);
+    free(y);
+    return ok;
+}
+
+/* ---- creation ------------------------------------------------------------------------------------- */
+
+TEST(cuda_create_without_gpu_fails_cleanly) {
+    loco_backend_opts o;
+    loco_backend_opts_init(&o);
+    o.device = LOCO_DEVICE_CUDA;
+    loco_backend *be = NULL;
+    loco_err err;
+    memset(&err, 0, sizeof err);
+    loco_status st = loco_backend_create(&o, &be, &err);
+    if (st == LOCO_OK) { /* a GPU machine: the backend describes itself and works */
+        CHECK(be != NULL);
+        CHECK(loco_backend_device(be) == LOCO_DEVICE_CUDA);
+        CHECK_MSG(strstr(loco_backend_describe(be), "cuda:") != NULL, "%s", loco_backend_describe(be));
+        CHECK(loco_backend_sync(be, &err) == LOCO_OK);
+        loco_backend_destroy(be);
+        return;
+    }
+    CHECK(be == NULL);
+    CHECK_MSG(st == LOCO_EDEVICE || st == LOCO_EUNSUPPORTED, "%s: %s", loco_status_name(st), err.msg);
+    CHECK_MSG(strstr(err.msg, "no CUDA device") || strstr(err.msg, "built without CUDA"), "%s", err.msg);
+    /* AUTO falls back to the CPU and says why in the description */
+    o.device = LOCO_DEVICE_AUTO;
+    CHECK(loco_backend_create(&o, &be, &err) == LOCO_OK);
+    CHECK(loco_backend_device(be) == LOCO_DEVICE_CPU);
+    loco_backend_destroy(be);
+}
+
+TEST(cuda_bad_ordinal_is_invalid) {
+    GPU_ENV(e, LOCO_F16, 1);
+    loco_backend_opts o;
+    loco_backend_opts_init(&o);
+    o.device = LOCO_DEVICE_CUDA;
+    o.cuda_device = 4096;
+    loco_backend *be = NULL;
+    loco_err err;
+    CHECK(loco_backend_create(&o, &be, &err) == LOCO_EINVAL && be == NULL);
+    CHECK_MSG(strstr(err.msg, "out of range") != NULL, "%s", err.msg);
+    genv_close(&e);
+}
+
+TEST(cuda_oom_is_reported_with_sizes) {
+    GPU_ENV(e, LOCO_F16, 2);
+    int64_t shape[1] = {(int64_t)1 << 46}; /* 128 TiB of f16 */
+    loco_tensor t;
+    loco_err err;
+    CHECK(loco_tensor_alloc(e.gpu, LOCO_F16, 1, shape, &t, &err) == LOCO_EDEVICE_OOM);
+    CHECK_MSG(strstr(err.msg, "MiB free") != NULL, "%s", err.msg);
+    /* the device is still usable afterwards */
+    int64_t small[1] = {1000};
+    CHECK(loco_tensor_alloc(e.gpu, LOCO_F16, 1, small, &t, &err) == LOCO_OK);
+    CHECK(loco_fill(e.gpu, &t, 1.0f, &err) == LOCO_OK && loco_backend_sync(e.gpu, &err) == LOCO_OK);
+    loco_tensor_free(&t);
+    genv_close(&e);
+}
+
+/* ---- transfers ------------------------------------------------------------------------------------ */
+
+TEST(cuda_upload_converts_every_float_dtype) {
+    GPU_ENV(e, LOCO_F16, 3);
+    const size_t n = 5u << 20; /* 20 MB of f32: more than one staging chunk */
+    int64_t shape[1] = {(int64_t)n};
+    float *h = rand_buf(&e.r, n, 3.0f, 0.5f), *got = malloc(n * sizeof(float));
+    uint16_t *h16 = malloc(n * 2), *hb16 = malloc(n * 2);
+    double *h64 = malloc(n * 8);
+    for (size_t i = 0; i < n; i++) {
+        h16[i] = loco_f32_to_f16(h[i]);
+        hb16[i] = loco_f32_to_bf16(h[i]);
+        h64[i] = h[i];
+    }
+    loco_tensor t;
+    loco_err err;
+    CHECK(loco_tensor_alloc(e.gpu, LOCO_F16, 1, shape, &t, &err) == LOCO_OK);
+    const void *srcs[4] = {h, h16, hb16, h64};
+    loco_dtype sdt[4] = {LOCO_F32, LOCO_F16, LOCO_BF16, LOCO_F64};
+    for (int s = 0; s < 4; s++) {
+        CHECK_MSG(loco_tensor_upload(&t, srcs[s], sdt[s], &err) == LOCO_OK, "%s", err.msg);
+        CHECK_MSG(loco_tensor_download_f32(&t, got, &err) == LOCO_OK, "%s", err.msg);
+        for (size_t i = 0; i < n; i += 997) {
+            float want = sdt[s] == LOCO_BF16 ? loco_f16_to_f32(loco_f32_to_f16(loco_bf16_to_f32(hb16[i])))
+                                             : loco_f16_to_f32(h16[i]);
+            CHECK_MSG(got[i] == want, "from %s at %zu: %g != %g", loco_dtype_name(sdt[s]), i, got[i], want);
+        }
+    }
+    loco_tensor_free(&t);
+    /* integer tables travel verbatim */
+    int32_t ids[5] = {7, -1, 3, 1 << 30, 0};
+    int64_t is[1] = {5};
+    CHECK(loco_tensor_alloc(e.gpu, LOCO_I32, 1, is, &t, &err) == LOCO_OK);
+    CHECK_MSG(loco_tensor_upload(&t, ids, LOCO_I32, &err) == LOCO_OK, "%s", err.msg);
+    loco_tensor_free(&t);
+    free(h), free(got), free(h16), free(hb16), free(h64);
+    genv_close(&e);
+}
+
+/* ---- linear --------------------------------------------------------------------------------------- */
+
+static int check_linear(loco_dtype dt, int64_t M0, int64_t M1, int64_t K, int64_t N, int with_bias, loco_act act,
+                        uint64_t seed) {
+    char why[1100];
+    genv e;
+    if (genv_open(&e, dt, seed, why, sizeof why) != 1) return fprintf(stderr, "%s\n", why), 0;
+    int64_t xs[3] = {M0, M1, K}, ws[2] = {N, K}, bs[1] = {N}, ys[3] = {M0, M1, N};
+    twin x, w, b, y;
+    int ok = twin_rand(&e, 3, xs, 1.0f, 0.0f, &x) && twin_rand(&e, 2, ws, 1.0f / sqrtf((float)K), 0.0f, &w) &&
+             twin_rand(&e, 1, bs, 0.5f, 0.0f, &b) && twin_out(&e, 3, ys, &y);
+    ok = ok && both_ok(&e, loco_linear(e.cpu, &y.c, &x.c, &w.c, with_bias ? &b.c : NULL, act, &e.errc),
+                       loco_linear(e.gpu, &y.g, &x.g, &w.g, with_bias ? &b.g : NULL, act, &e.errg), "linear");
+    ok = ok && twin_close(&y, tol_for(dt), "linear");
+    twin_free(&x), twin_free(&w), twin_free(&b), twin_free(&y);
+    genv_close(&e);
+    return ok;
+}
+
+TEST(cuda_linear_every_activation) {
+    GPU_ENV(e, LOCO_F16, 10);
+    genv_close(&e);
+    for (int a = 0; a < LOCO_ACT_COUNT; a++) CHECK_MSG(check_linear(LOCO_F16, 2, 77, 96, 200, 1, (loco_act)a, 11 + a),
+                                                         "act %s", loco_act_name((loco_act)a));
+}
+
+TEST(cuda_linear_odd_sizes_no_bias) {
+    GPU_ENV(e, LOCO_F16, 20);
+    genv_close(&e);
+    CHECK(check_linear(LOCO_F16, 3, 7, 29, 23, 0, LOCO_ACT_NONE, 21));
+    CHECK(check_linear(LOCO_F16, 1, 1, 768, 1000, 1, LOCO_ACT_GELU_TANH, 22));
+}
+
+TEST(cuda_linear_sd_sizes_bf16_and_f32) {
+    GPU_ENV(e, LOCO_F16, 30);
+    genv_close(&e);
+    CHECK(check_linear(LOCO_F16, 2, 1024, 320, 1280, 1, LOCO_ACT_NONE, 31));
+    CHECK(check_linear(LOCO_BF16, 2, 1024, 320, 1280, 1, LOCO_ACT_GELU, 32));
+    CHECK(check_linear(LOCO_F32, 2, 300, 320, 640, 1, LOCO_ACT_SILU, 33));
+}
+
+/* ---- conv2d --------------------------------------------------------------------------------------- */
+
+static int check_conv(loco_dtype dt, int64_t N, int64_t Cin, int64_t H, int64_t W, int64_t Cout, int64_t kh,
+                      int64_t kw, int stride, int pt, int pb, int pl, int pr, int with_bias, uint64_t seed) {
+    char why[1100];
+    genv e;
+    if (genv_open(&e, dt, seed, why, sizeof why) != 1) return fprintf(stderr, "%s\n", why), 0;
+    loco_conv2d_params p = {stride, {pt, pb, pl, pr}};
+    int64_t Ho = (H + pt + pb - kh) / stride + 1, Wo = (W + pl + pr - kw) / stride + 1;
+    int64_t xs[4] = {N, Cin, H, W}, ws[4] = {Cout, Cin, kh, kw}, bs[1] = {Cout}, ys[4] = {N, Cout, Ho, Wo};
+    twin x, w, b, y, y2;
+    int ok = twin_rand(&e, 4, xs, 1.0f, 0.0f, &x) &&
+             twin_rand(&e, 4, ws, 1.0f / sqrtf((float)(Cin * kh * kw)), 0.0f, &w) &&
+             twin_rand(&e, 1, bs, 0.5f, 0.0f, &b) && twin_out(&e, 4, ys, &y) && twin_out(&e, 4, ys, &y2);
+    ok = ok && both_ok(&e, loco_conv2d(e.cpu, &y.c, &x.c, &w.c, with_bias ? &b.c : NULL, &p, &e.errc),
+                       loco_conv2d(e.gpu, &y.g, &x.g, &w.g, with_bias ? &b.g : NULL, &p, &e.errg), "conv2d");
+    ok = ok && both_ok(&e, LOCO_OK, loco_conv2d(e.gpu, &y2.g, &x.g, &w.g, with_bias ? &b.g : NULL, &p, &e.errg),
+                       "conv2d (again)");
+    ok = ok && twin_close(&y, tol_for(dt), "conv2d") && same_bits(&y.g, &y2.g, "conv2d");
+    twin_free(&x), twin_free(&w), twin_free(&b), twin_free(&y), twin_free(&y2);
+    genv_close(&e);
+    return ok;
+}
+
+TEST(cuda_conv2d_3x3_implicit_gemm) {
+    GPU_ENV(e, LOCO_F16, 40);
+    genv_close(&e);
+    CHECK(check_conv(LOCO_F16, 2, 32, 16, 16, 64, 3, 3, 1, 1, 1, 1, 1, 1, 41));
+    CHECK(check_conv(LOCO_F16, 1, 40, 13, 11, 200, 3, 3, 1, 1, 1, 1, 1, 1, 42)); /* Cout and pixels off-tile */
+    CHECK(check_conv(LOCO_F16, 2, 320, 8, 8, 320, 3, 3, 1, 1, 1, 1, 1, 1, 43));
+}
+
+TEST(cuda_conv2d_odd_cin_and_stride2_asymmetric_pad) {
+    GPU_ENV(e, LOCO_F16, 50);
+    genv_close(&e);
+    CHECK(check_conv(LOCO_F16, 2, 4, 17, 19, 32, 3, 3, 1, 1, 1, 1, 1, 1, 51)); /* K = 36: scalar weight loads */
+    CHECK(check_conv(LOCO_F16, 1, 3, 20, 20, 16, 3, 3, 1, 1, 1, 1, 1, 0, 52));
+    CHECK(check_conv(LOCO_F16, 2, 16, 16, 16, 16, 3, 3, 2, 0, 1, 0, 1, 1, 53)); /* VAE encoder downsampler */
+    CHECK(check_conv(LOCO_F16, 1, 8, 9, 10, 5, 4, 2, 1, 2, 0, 1, 3, 1, 54));
+}
+
+TEST(cuda_conv2d_1x1_and_im2col_paths) {
+    GPU_ENV(e, LOCO_F16, 60);
+    genv_close(&e);
+    CHECK(check_conv(LOCO_F16, 2, 64, 9, 7, 48, 1, 1, 1, 0, 0, 0, 0, 1, 61));   /* plain GEMM */
+    CHECK(check_conv(LOCO_F16, 1, 6, 5, 7, 3, 1, 1, 2, 1, 1, 1, 1, 1, 62));     /* strided 1x1 */
+    CHECK(check_conv(LOCO_F32, 2, 16, 12, 12, 24, 3, 3, 1, 1, 1, 1, 1, 1, 63)); /* im2col + TF32 */
+    CHECK(check_conv(LOCO_BF16, 1, 32, 10, 10, 40, 3, 3, 1, 1, 1, 1, 1, 1, 64));
+}
+
+/* ---- norms --------------------------------------------------------------------------------------- */
+
+static int check_group_norm(loco_dtype dt, int nd, const int64_t *shape, int groups, int silu, float offset,
+                            int inplace, uint64_t seed) {
+    char why[1100];
+    genv e;
+    if (genv_open(&e, dt, seed, why, sizeof why) != 1) return fprintf(stderr, "%s\n", why), 0;
+    int64_t cs[1] = {shape[1]};
+    twin x, g, b, y;
+    int ok = twin_rand(&e, nd, shape, 2.0f, offset, &x) && twin_rand(&e, 1, cs, 0.5f, 1.0f, &g) &&
+             twin_rand(&e, 1, cs, 0.5f, 0.0f, &b) && (inplace || twin_out(&e, nd, shape, &y));
+    twin *out = inplace ? &x : &y;
+    ok = ok && both_ok(&e, loco_group_norm(e.cpu, &out->c, &x.c, groups, &g.c, &b.c, 1e-5f, silu, &e.errc),
+                       loco_group_norm(e.gpu, &out->g, &x.g, groups, &g.g, &b.g, 1e-5f, silu, &e.errg),
+                       "group_norm");
+    ok = ok && twin_close(out, tol_for(dt), "group_norm");
+    twin_free(&x), twin_free(&g), twin_free(&b);
+    if (!inplace) twin_free(&y);
+    genv_close(&e);
+    return ok;
+}
+
+TEST(cuda_group_norm_silu_chunks_and_in_place) {
+    GPU_ENV(e, LOCO_F16, 70);
+    genv_close(&e);
+    int64_t a[4] = {2, 64, 32, 32}, b[4] = {1, 128, 96, 96}, c[4] = {2, 12, 7, 7}, d[3] = {3, 6, 33};
+    CHECK(check_group_norm(LOCO_F16, 4, a, 32, 1, 0.0f, 0, 71));
+    CHECK(check_group_norm(LOCO_F16, 4, b, 32, 0, 0.0f, 1, 72)); /* many chunks per group, in place */
+    CHECK(check_group_norm(LOCO_F16, 4, c, 4, 1, 0.0f, 0, 73));  /* HW = 49: scalar path */
+    CHECK(check_group_norm(LOCO_F16, 3, d, 3, 0, 0.0f, 0, 74));
+    CHECK(check_group_norm(LOCO_BF16, 4, a, 32, 1, 0.0f, 0, 75));
+}
+
+TEST(cuda_group_norm_large_mean) {
+    GPU_ENV(e, LOCO_F16, 80);
+    genv_close(&e);
+    int64_t a[4] = {1, 32, 64, 64};
+    CHECK(check_group_norm(LOCO_F16, 4, a, 32, 0, 60.0f, 0, 81));
+    CHECK(check_group_norm(LOCO_F32, 4, a, 32, 0, 1000.0f, 0, 82));
+}
+
+static int check_layer_norm(loco_dtype dt, int64_t rows, int64_t C, int with_beta, float offset, uint64_t seed) {
+    char why[1100];
+    genv e;
+    if (genv_open(&e, dt, seed, why, sizeof why) != 1) return fprintf(stderr, "%s\n", why), 0;
+    int64_t xs[2] = {rows, C}, cs[1] = {C};
+    twin x, g, b, y;
+    int ok = twin_rand(&e, 2, xs, 2.0f, offset, &x) && twin_rand(&e, 1, cs, 0.5f, 1.0f, &g) &&
+             twin_rand(&e, 1, cs, 0.5f, 0.0f, &b) && twin_out(&e, 2, xs, &y);
+    ok = ok && both_ok(&e, loco_layer_norm(e.cpu, &y.c, &x.c, &g.c, with_beta ? &b.c : NULL, 1e-5f, &e.errc),
+                       loco_layer_norm(e.gpu, &y.g, &x.g, &g.g, with_beta ? &b.g : NULL, 1e-5f, &e.errg),
+                       "layer_norm");
+    ok = ok && twin_close(&y, tol_for(dt), "layer_norm");
+    twin_free(&x), twin_free(&g), twin_free(&b), twin_free(&y);
+    genv_close(&e);
+    return ok;
+}
+
+TEST(cuda_layer_norm) {
+    GPU_ENV(e, LOCO_F16, 90);
+    genv_close(&e);
+    CHECK(check_layer_norm(LOCO_F16, 2 * 77, 768, 1, 0.0f, 91));
+    CHECK(check_layer_norm(LOCO_F16, 33, 77, 0, 0.0f, 92)); /* C not a multiple of 8 */
+    CHECK(check_layer_norm(LOCO_F16, 4096, 320, 1, 20.0f, 93));
+    CHECK(check_layer_norm(LOCO_BF16, 100, 1280, 1, 0.0f, 94));
+}
+
+/* ---- attention ------------------------------------------------------------------------------------- */
+
+static int check_attention_view(loco_dtype dt, int64_t B, int64_t Bk, int64_t Lq, int64_t Lk, int H, int64_t D,
+                                int causal, const int *kv, int64_t q_offset, uint64_t seed) {
+    char why[1100];
+    genv e;
+    if (genv_open(&e, dt, seed, why, sizeof why) != 1) return fprintf(stderr, "%s\n", why), 0;
+    int64_t qs[3] = {B, Lq, H * D}, ks[3] = {Bk, Lk, H * D}, qbig[1] = {B * Lq * H * D + q_offset};
+    twin qb, k, v, o, o2;
+    int ok = twin_rand(&e, 1, qbig, 1.5f, 0.0f, &qb) && twin_rand(&e, 3, ks, 1.5f, 0.0f, &k) &&
+             twin_rand(&e, 3, ks, 1.0f, 0.0f, &v) && twin_out(&e, 3, qs, &o) && twin_out(&e, 3, qs, &o2);
+    /* q as a view q_offset elements into a bigger tensor: misaligned views take the general path */
+    twin q;
+    ok = ok && loco_tensor_view(&qb.c, q_offset, 3, qs, &q.c, &e.errc) == LOCO_OK &&
+         loco_tensor_view(&qb.g, q_offset, 3, qs, &q.g, &e.errg) == LOCO_OK;
+    loco_attention_params p = {H, 1.0f / sqrtf((float)D), causal, kv};
+    ok = ok && both_ok(&e, loco_attention(e.cpu, &o.c, &q.c, &k.c, &v.c, &p, &e.errc),
+                       loco_attention(e.gpu, &o.g, &q.g, &k.g, &v.g, &p, &e.errg), "attention");
+    ok = ok && both_ok(&e, LOCO_OK, loco_attention(e.gpu, &o2.g, &q.g, &k.g, &v.g, &p, &e.errg), "attention again");
+    char what[96];
+    snprintf(what, sizeof what, "attention D=%lld Lq=%lld Lk=%lld%s", (long long)D, (long long)Lq, (long long)Lk,
+             causal ? " causal" : "");
+    ok = ok && twin_close(&o, tol_for(dt), what) && same_bits(&o.g, &o2.g, what);
+    twin_free(&qb), twin_free(&k), twin_free(&v), twin_free(&o), twin_free(&o2);
+    genv_close(&e);
+    return ok;
+}
+
+static int check_attention(loco_dtype dt, int64_t B, int64_t Bk, int64_t Lq, int64_t Lk, int H, int64_t D,
+                           int causal, const int *kv, uint64_t seed) {
+    return check_attention_view(dt, B, Bk, Lq, Lk, H, D, causal, kv, 0, seed);
+}
+
+TEST(cuda_attention_flash_head_dims) {
+    GPU_ENV(e, LOCO_F16, 100);
+    genv_close(&e);
+    CHECK(check_attention(LOCO_F16, 2, 2, 100, 100, 8, 40, 0, NULL, 101));  /* SD1.x level 1 */
+    CHECK(check_attention(LOCO_F16, 2, 2, 130, 77, 8, 80, 0, NULL, 102));   /* cross-attention, 77 tokens */
+    CHECK(check_attention(LOCO_F16, 1, 1, 64, 200, 4, 160, 0, NULL, 103));
+    CHECK(check_attention(LOCO_F16, 2, 2, 257, 257, 5, 64, 0, NULL, 104));
+    CHECK(check_attention(LOCO_BF16, 2, 2, 300, 77, 10, 64, 0, NULL, 105));
+}
+
+TEST(cuda_attention_causal_and_kv_index) {
+    GPU_ENV(e, LOCO_F16, 110);
+    genv_close(&e);
+    CHECK(check_attention(LOCO_F16, 2, 2, 77, 77, 12, 64, 1, NULL, 111)); /* CLIP text */
+    CHECK(check_attention(LOCO_F16, 1, 1, 150, 150, 2, 40, 1, NULL, 112));
+    static const int kv[4] = {1, 0, 1, 1};
+    CHECK(check_attention(LOCO_F16, 4, 2, 96, 77, 8, 40, 0, kv, 113));
+    CHECK(check_attention(LOCO_F16, 4, 2, 50, 50, 2, 48, 1, kv, 114)); /* general path with kv_index */
+}
+
+TEST(cuda_attention_general_path) {
+    GPU_ENV(e, LOCO_F16, 120);
+    genv_close(&e);
+    CHECK(check_attention(LOCO_F16, 1, 1, 256, 256, 1, 512, 0, NULL, 121)); /* VAE mid-block */
+    CHECK(check_attention(LOCO_F16, 2, 2, 33, 17, 3, 24, 0, NULL, 122));
+    CHECK(check_attention(LOCO_F32, 2, 2, 70, 77, 4, 64, 0, NULL, 123));
+    CHECK(check_attention_view(LOCO_F16, 2, 2, 70, 77, 4, 64, 0, NULL, 3, 124)); /* unaligned q view */
+}
+
+/* ---- elementwise and layout ------------------------------------------------------------------------- */
+
+TEST(cuda_activation_every_kind_and_in_place) {
+    GPU_ENV(e, LOCO_F16, 130);
+    int64_t s[2] = {37, 1001};
+    for (int a = 0; a < LOCO_ACT_COUNT; a++) {
+        twin x, y;
+        CHECK(twin_rand(&e, 2, s, 4.0f, 0.0f, &x) && twin_out(&e, 2, s, &y));
+        CHECK(both_ok(&e, loco_activation(e.cpu, &y.c, &x.c, (loco_act)a, &e.errc),
+                      loco_activation(e.gpu, &y.g, &x.g, (loco_act)a, &e.errg), "activation"));
+        CHECK(twin_close(&y, 1e-2, loco_act_name((loco_act)a)));
+        CHECK(both_ok(&e, loco_activation(e.cpu, &x.c, &x.c, (loco_act)a, &e.errc),
+                      loco_activation(e.gpu, &x.g, &x.g, (loco_act)a, &e.errg), "activation in place"));
+        CHECK(twin_close(&x, 1e-2, "activation in place"));
+        twin_free(&x), twin_free(&y);
+    }
+    genv_close(&e);
+}
+
+TEST(cuda_geglu_add_channel_bias_add) {
+    GPU_ENV(e, LOCO_F16, 140);
+    int64_t xs[3] = {2, 65, 2 * 120}, ys[3] = {2, 65, 120}, odd[2] = {7, 2 * 13}, oddy[2] = {7, 13};
+    twin x, y, xo, yo;
+    CHECK(twin_rand(&e, 3, xs, 3.0f, 0.0f, &x) && twin_out(&e, 3, ys, &y));
+    CHECK(both_ok(&e, loco_geglu(e.cpu, &y.c, &x.c, &e.errc), loco_geglu(e.gpu, &y.g, &x.g, &e.errg), "geglu"));
+    CHECK(twin_close(&y, 1e-2, "geglu"));
+    CHECK(twin_rand(&e, 2, odd, 3.0f, 0.0f, &xo) && twin_out(&e, 2, oddy, &yo));
+    CHECK(both_ok(&e, loco_geglu(e.cpu, &yo.c, &xo.c, &e.errc), loco_geglu(e.gpu, &yo.g, &xo.g, &e.errg), "geglu"));
+    CHECK(twin_close(&yo, 1e-2, "geglu odd"));
+
+    int64_t is[4] = {2, 24, 9, 11}, bs[2] = {2, 24};
+    twin a, b, bias, o;
+    CHECK(twin_rand(&e, 4, is, 1.0f, 0.0f, &a) && twin_rand(&e, 4, is, 1.0f, 0.0f, &b) &&
+          twin_rand(&e, 2, bs, 1.0f, 0.0f, &bias) && twin_out(&e, 4, is, &o));
+    CHECK(both_ok(&e, loco_add(e.cpu, &o.c, &a.c, &b.c, &e.errc), loco_add(e.gpu, &o.g, &a.g, &b.g, &e.errg), "add"));
+    CHECK(twin_close(&o, 1e-2, "add"));
+    CHECK(both_ok(&e, loco_add_channel_bias(e.cpu, &a.c, &a.c, &bias.c, &e.errc),
+                  loco_add_channel_bias(e.gpu, &a.g, &a.g, &bias.g, &e.errg), "add_channel_bias"));
+    CHECK(twin_close(&a, 1e-2, "add_channel_bias in place"));
+    int64_t vs[4] = {2, 16, 8, 8}; /* HW = 64: vector path */
+    twin c, cb;
+    CHECK(twin_rand(&e, 4, vs, 1.0f, 0.0f, &c) && twin_rand(&e, 2, (int64_t[2]){2, 16}, 1.0f, 0.0f, &cb));
+    CHECK(both_ok(&e, loco_add_channel_bias(e.cpu, &c.c, &c.c, &cb.c, &e.errc),
+                  loco_add_channel_bias(e.gpu, &c.g, &c.g, &cb.g, &e.errg), "add_channel_bias"));
+    CHECK(twin_close(&c, 1e-2, "add_channel_bias vector"));
+    twin_free(&x), twin_free(&y), twin_free(&xo), twin_free(&yo), twin_free(&a), twin_free(&b);
+    twin_free(&bias), twin_free(&o), twin_free(&c), twin_free(&cb);
+    genv_close(&e);
+}
+
+TEST(cuda_lincomb_few_and_many_terms_aliasing) {
+    GPU_ENV(e, LOCO_F16, 150);
+    int64_t s[2] = {3, 4099};
+    enum { NT = 11 };
+    twin x[NT];
+    const loco_tensor *xc[NT], *xg[NT];
+    float coef[NT];
+    for (int i = 0; i < NT; i++) {
+        CHECK(twin_rand(&e, 2, s, 1.0f, 0.0f, &x[i]));
+        xc[i] = &x[i].c;
+        xg[i] = &x[i].g;
+        coef[i] = 0.1f * (float)(i + 1) * (i % 2 ? -1.0f : 1.0f);
+    }
+    twin y;
+    CHECK(twin_out(&e, 2, s, &y));
+    CHECK(both_ok(&e, loco_lincomb(e.cpu, &y.c, 3, xc, coef, &e.errc), loco_lincomb(e.gpu, &y.g, 3, xg, coef, &e.errg),
+                  "lincomb"));
+    CHECK(twin_close(&y, 1e-2, "lincomb 3 terms"));
+    /* 11 terms (more than one launch) written over the last input */
+    CHECK(both_ok(&e, loco_lincomb(e.cpu, &x[NT - 1].c, NT, xc, coef, &e.errc),
+                  loco_lincomb(e.gpu, &x[NT - 1].g, NT, xg, coef, &e.errg), "lincomb"));
+    CHECK(twin_close(&x[NT - 1], 1e-2, "lincomb 11 terms in place"));
+    for (int i = 0; i < NT; i++) twin_free(&x[i]);
+    twin_free(&y);
+    genv_close(&e);
+}
+
+TEST(cuda_copy_fill_convert) {
+    GPU_ENV(e, LOCO_F16, 160);
+    int64_t s[1] = {10007};
+    twin x;
+    CHECK(twin_rand(&e, 1, s, 5.0f, 0.0f, &x));
+    loco_tensor f32, back;
+    loco_err err;
+    CHECK(loco_tensor_alloc(e.gpu, LOCO_F32, 1, s, &f32, &err) == LOCO_OK);
+    CHECK(loco_tensor_alloc(e.gpu, LOCO_F16, 1, s, &back, &err) == LOCO_OK);
+    CHECK_MSG(loco_copy(e.gpu, &f32, &x.g, &err) == LOCO_OK, "%s", err.msg);
+    CHECK_MSG(loco_copy(e.gpu, &back, &f32, &err) == LOCO_OK, "%s", err.msg);
+    CHECK(same_bits(&back, &x.g, "copy f16 -> f32 -> f16"));
+    CHECK(same_bits(&f32, &x.c, "copy f16 -> f32")); /* the values are exactly representable */
+    CHECK(loco_fill(e.gpu, &back, -2.5f, &err) == LOCO_OK);
+    float *h = download(&back);
+    CHECK(h != NULL);
+    for (int64_t i = 0; i < s[0]; i++) CHECK_MSG(h[i] == -2.5f, "fill at %lld: %g", (long long)i, h[i]);
+    free(h);
+    loco_tensor_free(&f32), loco_tensor_free(&back), twin_free(&x);
+    genv_close(&e);
+}
+
+TEST(cuda_transpose_concat_upsample) {
+    GPU_ENV(e, LOCO_F16, 170);
+    int64_t xs[3] = {2, 45, 67}, ys[3] = {2, 67, 45};
+    twin x, y;
+    CHECK(twin_rand(&e, 3, xs, 1.0f, 0.0f, &x) && twin_out(&e, 3, ys, &y));
+    CHECK(both_ok(&e, loco_transpose12(e.cpu, &y.c, &x.c, &e.errc), loco_transpose12(e.gpu, &y.g, &x.g, &e.errg),
+                  "transpose12"));
+    CHECK(twin_close(&y, 0.0, "transpose12"));
+
+    int64_t as[4] = {2, 5, 6, 7}, bs[4] = {2, 3, 6, 7}, cs[4] = {2, 8, 6, 7};
+    twin a, b, c;
+    CHECK(twin_rand(&e, 4, as, 1.0f, 0.0f, &a) && twin_rand(&e, 4, bs, 1.0f, 0.0f, &b) && twin_out(&e, 4, cs, &c));
+    CHECK(both_ok(&e, loco_concat(e.cpu, &c.c, &a.c, &b.c, 1, &e.errc), loco_concat(e.gpu, &c.g, &a.g, &b.g, 1, &e.errg),
+                  "concat"));
+    CHECK(twin_close(&c, 0.0, "concat axis 1"));
+    int64_t ls[2] = {5, 3}, rs[2] = {5, 4}, os[2] = {5, 7};
+    twin l, r, o;
+    CHECK(twin_rand(&e, 2, ls, 1.0f, 0.0f, &l) && twin_rand(&e, 2, rs, 1.0f, 0.0f, &r) && twin_out(&e, 2, os, &o));
+    CHECK(both_ok(&e, loco_concat(e.cpu, &o.c, &l.c, &r.c, -1, &e.errc),
+                  loco_concat(e.gpu, &o.g, &l.g, &r.g, -1, &e.errg), "concat"));
+    CHECK(twin_close(&o, 0.0, "concat last axis"));
+
+    int64_t us[4] = {2, 3, 5, 7}, uo[4] = {2, 3, 10, 14};
+    twin u, uy;
+    CHECK(twin_rand(&e, 4, us, 1.0f, 0.0f, &u) && twin_out(&e, 4, uo, &uy));
+    CHECK(both_ok(&e, loco_upsample_nearest2x(e.cpu, &uy.c, &u.c, &e.errc),
+                  loco_upsample_nearest2x(e.gpu, &uy.g, &u.g, &e.errg), "upsample"));
+    CHECK(twin_close(&uy, 0.0, "upsample_nearest2x"));
+    twin_free(&x), twin_free(&y), twin_free(&a), twin_free(&b), twin_free(&c);
+    twin_free(&l), twin_free(&r), twin_free(&o), twin_free(&u), twin_free(&uy);
+    genv_close(&e);
+}
+
+TEST(cuda_embedding_and_set_channels) {
+    GPU_ENV(e, LOCO_F16, 180);
+    int64_t ts[2] = {1000, 96}, n = 2 * 77 + 500; /* more ids than one launch carries */
+    int32_t *ids = malloc((size_t)n * sizeof(int32_t));
+    for (int64_t i = 0; i < n; i++) ids[i] = (int32_t)((i * 7919) % 1000);
+    int64_t ys[2] = {n, 96};
+    twin t, y;
+    CHECK(twin_rand(&e, 2, ts, 1.0f, 0.0f, &t) && twin_out(&e, 2, ys, &y));
+    CHECK(both_ok(&e, loco_embedding(e.cpu, &y.c, &t.c, ids, n, &e.errc),
+                  loco_embedding(e.gpu, &y.g, &t.g, ids, n, &e.errg), "embedding"));
+    CHECK(twin_close(&y, 0.0, "embedding"));
+    /* set_channels, with channel 5 named twice: the later value wins */
+    int32_t ch[4] = {5, 0, 95, 5};
+    float val[4] = {1.0f, -3.0f, 0.25f, 7.0f};
+    CHECK(both_ok(&e, loco_set_channels(e.cpu, &y.c, ch, val, 4, &e.errc),
+                  loco_set_channels(e.gpu, &y.g, ch, val, 4, &e.errg), "set_channels"));
+    CHECK(twin_close(&y, 0.0, "set_channels"));
+    free(ids);
+    twin_free(&t), twin_free(&y);
+    genv_close(&e);
+}
