@@ -96,7 +96,7 @@ test: deps all
 unit-tests: all
 	@for t in $(TEST_BIN); do $$t || exit 1; done
 
-run: all
+run: deps all
 	scripts/run-daemon.sh
 
 fixtures:

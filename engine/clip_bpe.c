@@ -389,6 +389,7 @@ static cand heap_pop(cand *h, size_t *n) {
 /* Where new candidates go: everything into the heap (short words), or ranks above the rank
  * being swept into buckets and the rest into the heap (long words). */
 typedef struct queue {
+    loco_bpe_scratch *s; /* owns the heap's memory */
     cand *heap;
     size_t hn;
     bucket *bk; /* NULL: heap only */
@@ -397,6 +398,13 @@ typedef struct queue {
 
 static int queue_push(queue *q, cand c) {
     if (!q->bk || c.rank <= q->cur) {
+        if (q->hn == q->s->heap_cap) {
+            size_t cap = q->s->heap_cap ? 2 * q->s->heap_cap : 256;
+            cand *h = realloc(q->s->heap, cap * sizeof(cand));
+            if (!h) return -1;
+            q->s->heap = q->heap = h;
+            q->s->heap_cap = cap;
+        }
         heap_push(q->heap, &q->hn, c);
         return 0;
     }
@@ -485,16 +493,16 @@ loco_status loco_bpe_encode_word(const loco_bpe *b, const uint8_t *bytes, size_t
     if (n == 0) return LOCO_OK;
     if (n > INT32_MAX / 4) return loco_err_set(err, LOCO_EINVAL, "clip_bpe.c: pre-token of %zu bytes too long", n);
     int long_word = n >= LOCO_BPE_LONG_WORD && b->merge_count > 0;
-    /* Every merge removes one symbol and queues at most two candidates, so the heap never holds
-     * more than 3n entries (on the long-word path most of them wait in the buckets instead). */
-    size_t heap_need = 3 * n;
+    /* Short words fill the heap with all initial candidates at once (fewer than n); it grows in
+     * queue_push from there. Long words keep most candidates in the buckets. */
+    size_t heap_need = long_word ? 0 : n;
     if (s->sym_cap < n) {
         void *p = realloc(s->sym, n * sizeof(symbol));
         if (!p) return loco_err_set(err, LOCO_ENOMEM, "clip_bpe.c: out of memory for a %zu-byte word", n);
         s->sym = p;
         s->sym_cap = n;
     }
-    if (s->heap_cap < heap_need) {
+    if (heap_need && s->heap_cap < heap_need) {
         void *p = realloc(s->heap, heap_need * sizeof(cand));
         if (!p) return loco_err_set(err, LOCO_ENOMEM, "clip_bpe.c: out of memory for a %zu-byte word", n);
         s->heap = p;
@@ -520,7 +528,7 @@ loco_status loco_bpe_encode_word(const loco_bpe *b, const uint8_t *bytes, size_t
         }
         sym[i] = (symbol){id, (int32_t)i - 1, i + 1 == n ? -1 : (int32_t)i + 1, 1};
     }
-    queue q = {.heap = s->heap, .hn = 0, .bk = long_word ? s->buckets : NULL, .cur = 0};
+    queue q = {.s = s, .heap = s->heap, .hn = 0, .bk = long_word ? s->buckets : NULL, .cur = 0};
     int rc = 0;
     if (long_word) {
         rc = merge_long(b, sym, n, &q);

@@ -241,8 +241,10 @@ static loco_status resolve_added_tokens(loco_clip_tokenizer *t, json_t *tc, json
     json_t *decoder = tc ? json_object_get(tc, "added_tokens_decoder") : NULL;
     char what[160];
 
+    int set_null[N_NAMED] = {0}; /* the name was given, as JSON null: no such token */
     for (int k = 0; k < N_NAMED; k++) {
         json_t *v = tc ? json_object_get(tc, k_named[k]) : NULL;
+        set_null[k] = json_is_null(v);
         if ((st = parse_spec(v, 0, &named[k], tc_path, k_named[k], err))) goto done;
     }
     /* Extra special tokens (lists of strings or objects): tokenizer_config.json's
@@ -313,18 +315,17 @@ static loco_status resolve_added_tokens(loco_clip_tokenizer *t, json_t *tc, json
         for (int k = 0; k < N_NAMED; k++) {
             json_t *v = json_object_get(stm, k_named[k]);
             if (!v) continue;
+            set_null[k] = json_is_null(v);
             spec_free(&named[k]);
             if ((st = parse_spec(v, 1, &named[k], stm_path, k_named[k], err))) goto done;
         }
     }
     for (int k = 0; k < N_NAMED; k++) {
         if (named[k].content || !k_clip_default[k]) continue;
-        if (tc && json_is_null(json_object_get(tc, k_named[k])) && !(stm && json_object_get(stm, k_named[k]))) {
-            if (k == BOS || k == EOS || k == UNK || k == PAD) {
-                st = loco_err_set(err, LOCO_EFORMAT, "%s: %s is null; CLIP needs it", tc_path, k_named[k]);
-                goto done;
-            }
-            continue;
+        if (set_null[k]) {
+            st = loco_err_set(err, LOCO_EFORMAT, "%s: %s is null; CLIP needs it", decoder || !stm ? tc_path : stm_path,
+                              k_named[k]);
+            goto done;
         }
         if (!(named[k].content = strdup(k_clip_default[k]))) {
             st = loco_err_set(err, LOCO_ENOMEM, "clip_tokenizer.c: out of memory");
@@ -539,9 +540,10 @@ static loco_status on_raw_text(enc_ctx *c, const int32_t *v, size_t n) {
     return st;
 }
 
-static loco_status encode(const loco_clip_tokenizer *t, const char *text, size_t limit, loco_id_buf *out,
-                          loco_err *err) {
-    size_t len = strlen(text);
+static loco_status encode(const loco_clip_tokenizer *t, const char *text, size_t len, size_t limit,
+                          loco_id_buf *out, loco_err *err) {
+    if (len > SIZE_MAX / sizeof(int32_t) - 1)
+        return loco_err_set(err, LOCO_EINVAL, "clip_tokenizer.c: prompt of %zu bytes too long", len);
     int32_t *cps = malloc((len + 1) * sizeof(int32_t));
     if (!cps) return loco_err_set(err, LOCO_ENOMEM, "clip_tokenizer.c: out of memory for a %zu-byte prompt", len);
     size_t n = loco_utf8_decode_lossy((const uint8_t *)text, len, cps);
@@ -645,10 +647,16 @@ const char *loco_clip_tokenizer_token(const loco_clip_tokenizer *t, int32_t id) 
 
 loco_status loco_clip_tokenize(const loco_clip_tokenizer *t, const char *text, int32_t *ids_out, int *n_content,
                                loco_err *err) {
-    if (!t || !text || !ids_out) return loco_err_set(err, LOCO_EINVAL, "clip_tokenizer.c: NULL argument");
+    if (!text) return loco_err_set(err, LOCO_EINVAL, "clip_tokenizer.c: NULL prompt");
+    return loco_clip_tokenize_n(t, text, strlen(text), ids_out, n_content, err);
+}
+
+loco_status loco_clip_tokenize_n(const loco_clip_tokenizer *t, const char *text, size_t len, int32_t *ids_out,
+                                 int *n_content, loco_err *err) {
+    if (!t || (!text && len) || !ids_out) return loco_err_set(err, LOCO_EINVAL, "clip_tokenizer.c: NULL argument");
     size_t keep = (size_t)t->max_length - 2;
     loco_id_buf ids = {0};
-    loco_status st = encode(t, text, keep, &ids, err);
+    loco_status st = encode(t, text ? text : "", len, keep, &ids, err);
     if (st) { loco_id_buf_free(&ids); return st; }
     size_t n = ids.n < keep ? ids.n : keep;
     ids_out[0] = t->bos;
@@ -662,11 +670,17 @@ loco_status loco_clip_tokenize(const loco_clip_tokenizer *t, const char *text, i
 
 loco_status loco_clip_tokenize_raw(const loco_clip_tokenizer *t, const char *text, int32_t **ids, int *n,
                                    loco_err *err) {
-    if (!t || !text || !ids || !n) return loco_err_set(err, LOCO_EINVAL, "clip_tokenizer.c: NULL argument");
+    if (!text) return loco_err_set(err, LOCO_EINVAL, "clip_tokenizer.c: NULL prompt");
+    return loco_clip_tokenize_raw_n(t, text, strlen(text), ids, n, err);
+}
+
+loco_status loco_clip_tokenize_raw_n(const loco_clip_tokenizer *t, const char *text, size_t len, int32_t **ids,
+                                     int *n, loco_err *err) {
+    if (!t || (!text && len) || !ids || !n) return loco_err_set(err, LOCO_EINVAL, "clip_tokenizer.c: NULL argument");
     *ids = NULL;
     *n = 0;
     loco_id_buf b = {0};
-    loco_status st = encode(t, text, (size_t)INT32_MAX, &b, err);
+    loco_status st = encode(t, text ? text : "", len, (size_t)INT32_MAX, &b, err);
     if (st) { loco_id_buf_free(&b); return st; }
     if (!b.v && !(b.v = malloc(sizeof(int32_t)))) /* an empty result is still a valid pointer */
         return loco_err_set(err, LOCO_ENOMEM, "clip_tokenizer.c: out of memory");

@@ -33,6 +33,13 @@ loco_status loco_clip_tokenize(const loco_clip_tokenizer *t, const char *text, i
 loco_status loco_clip_tokenize_raw(const loco_clip_tokenizer *t, const char *text, int32_t **ids, int *n,
                                    loco_err *err);
 
+/* The same for text of a given byte length, which may contain NUL bytes (JSON prompts can hold
+ * \u0000; transformers turns it into a byte token like any other control character). */
+loco_status loco_clip_tokenize_n(const loco_clip_tokenizer *t, const char *text, size_t len, int32_t *ids_out,
+                                 int *n_content, loco_err *err);
+loco_status loco_clip_tokenize_raw_n(const loco_clip_tokenizer *t, const char *text, size_t len, int32_t **ids,
+                                     int *n, loco_err *err);
+
 /* The text of one id as stored in vocab.json ("painting</w>"), or NULL if out of range. */
 const char *loco_clip_tokenizer_token(const loco_clip_tokenizer *t, int32_t id);
 

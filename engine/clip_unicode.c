@@ -297,8 +297,10 @@ loco_status loco_clip_normalize(const int32_t *in, size_t n, loco_cp_buf *out, l
     loco_status st = nfc(in, n, &c, err);
     if (st != LOCO_OK) { loco_cp_buf_free(&c); return st; }
     out->n = 0;
-    /* lowercase can double a character (U+0130); whitespace collapsing only shrinks */
-    if (c.n > SIZE_MAX / 2 / sizeof(int32_t) || cp_reserve(out, 2 * c.n)) {
+    /* lowercase turns U+0130 into two code points; whitespace collapsing only shrinks */
+    size_t need = c.n;
+    for (size_t i = 0; i < c.n; i++) need += c.v[i] == 0x130;
+    if (cp_reserve(out, need)) {
         loco_cp_buf_free(&c);
         return loco_err_set(err, LOCO_ENOMEM, "clip_unicode.c: out of memory normalising %zu code points", n);
     }

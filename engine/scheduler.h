@@ -2,14 +2,14 @@
  *
  * Kinds: PNDM (PLMS, with or without the Runge-Kutta warm-up), DDIM, EulerDiscrete,
  * EulerAncestralDiscrete, DPMSolverMultistep (DPM-Solver++ 2M and its relatives) and DDPM.
- * Each follows the diffusers 0.3x/0.4x class of the same name: the same timestep list, the same
+ * Each follows the diffusers (0.42) class of the same name: the same timestep list, the same
  * sigma table, the same number of model calls, and the same update, so a fixture recorded from
  * diffusers replays here within fp32 rounding.
  *
  * How it is computed: every scalar (alphas_cumprod, sigmas, the solver coefficients) is computed
  * on the host the way diffusers computes it (fp32 where diffusers uses fp32 tensors, float64 where
- * it uses numpy), and the tensor work is one loco_lincomb per step on the backend, so the same
- * scheduler runs on the CPU and the GPU. History (PNDM's stored model outputs, DPM-Solver's
+ * it uses numpy), and the tensor work is a loco_lincomb or two per step on the backend (plus
+ * copies into the history), so the same scheduler runs on the CPU and the GPU. History (PNDM's stored model outputs, DPM-Solver's
  * previous data predictions) lives in backend tensors owned by the scheduler. The rare nonlinear
  * options (clip_sample, dynamic thresholding, DDPM learned_range variance) round-trip through the
  * host, which is cheap at the sizes they are used at (DeepFloyd IF stage I is 64x64x3).
@@ -220,6 +220,12 @@ loco_status loco_scheduler_config_set_trained_betas(loco_scheduler_config *cfg, 
 loco_status loco_scheduler_config_from_json(const json_t *scheduler_config_json, loco_scheduler_config *cfg,
                                             loco_err *err);
 
+/* The same from the text of a scheduler_config.json as diffusers writes it, including Python's
+ * bare -Infinity / Infinity / NaN tokens (read as the strings "-inf", "inf", "nan"). `source`
+ * (may be NULL) prefixes error messages, e.g. the file's path. Malformed JSON is LOCO_EFORMAT. */
+loco_status loco_scheduler_config_from_text(const char *text, size_t len, const char *source,
+                                            loco_scheduler_config *cfg, loco_err *err);
+
 /* ---- the scheduler --------------------------------------------------------------------------- */
 
 typedef struct loco_scheduler loco_scheduler;
@@ -259,7 +265,9 @@ loco_status loco_scheduler_scale_model_input(loco_scheduler *s, int i, const loc
                                              loco_err *err);
 
 /* One scheduler.step for call i: sample <- prev_sample. Calls must come in order 0, 1, 2, ...
- * (the multistep kinds keep history); call loco_scheduler_reset to start over. model_output has
+ * (the multistep kinds keep history); call loco_scheduler_reset to start over, and after a failed
+ * step. Tensors live on the scheduler's backend. A step whose coefficients are not finite (where
+ * diffusers would produce NaN) is LOCO_EINVAL, never NaN output. model_output has
  * sample's shape and dtype, or twice its channels (dim 1) for the learned variance types.
  * rng is the generator diffusers would be given: the ancestral kinds (Euler a, DDPM at t > 0,
  * DDIM with eta > 0, the SDE DPM-Solvers) draw one torch.randn of the sample's shape from it per

@@ -224,7 +224,6 @@ static loco_status get_enum(const json_t *j, const char *key, from_name_fn parse
     static int fn##_any(const char *name, void *out) { return fn(name, (type *)out); }
 PARSER(loco_beta_schedule_from_name, loco_beta_schedule)
 PARSER(loco_prediction_type_from_name, loco_prediction_type)
-PARSER(loco_variance_type_from_name, loco_variance_type)
 PARSER(loco_interpolation_type_from_name, loco_interpolation_type)
 PARSER(loco_final_sigmas_type_from_name, loco_final_sigmas_type)
 PARSER(loco_dpm_algorithm_from_name, loco_dpm_algorithm)
@@ -387,4 +386,55 @@ loco_status loco_scheduler_config_from_json(const json_t *j, loco_scheduler_conf
                             c->num_train_timesteps);
     }
     return LOCO_OK;
+}
+
+/* Python's json module writes float('inf') as the bare tokens Infinity / -Infinity (NaN as NaN),
+ * which JSON and jansson reject; DPMSolverMultistepScheduler configs saved by diffusers carry
+ * "lambda_min_clipped": -Infinity. Outside strings they become the strings "inf", "-inf", "nan". */
+static char *quote_python_floats(const char *text, size_t len) {
+    char *out = malloc(len * 2 + 1), *o = out;
+    if (!out) return NULL;
+    int in_str = 0;
+    for (size_t i = 0; i < len;) {
+        char ch = text[i];
+        if (in_str) {
+            *o++ = ch;
+            i++;
+            if (ch == '\\' && i < len) *o++ = text[i++];
+            else if (ch == '"') in_str = 0;
+            continue;
+        }
+        if (ch == '"') in_str = 1;
+        const char *word = NULL, *as = NULL;
+        if (len - i >= 9 && strncmp(text + i, "-Infinity", 9) == 0) word = "-Infinity", as = "\"-inf\"";
+        else if (len - i >= 8 && strncmp(text + i, "Infinity", 8) == 0) word = "Infinity", as = "\"inf\"";
+        else if (len - i >= 3 && strncmp(text + i, "NaN", 3) == 0) word = "NaN", as = "\"nan\"";
+        if (word) {
+            size_t n = strlen(as);
+            memcpy(o, as, n);
+            o += n;
+            i += strlen(word);
+            continue;
+        }
+        *o++ = ch;
+        i++;
+    }
+    *o = 0;
+    return out;
+}
+
+loco_status loco_scheduler_config_from_text(const char *text, size_t len, const char *source,
+                                            loco_scheduler_config *cfg, loco_err *err) {
+    loco_scheduler_config_init(cfg);
+    const char *src = source ? source : "scheduler config";
+    char *fixed = quote_python_floats(text, len);
+    if (!fixed) return loco_err_set(err, LOCO_ENOMEM, "%s: out of memory", src);
+    json_error_t je;
+    json_t *j = json_loads(fixed, 0, &je);
+    free(fixed);
+    if (!j) return loco_err_set(err, LOCO_EFORMAT, "%s: line %d: %s", src, je.line, je.text);
+    loco_status st = loco_scheduler_config_from_json(j, cfg, err);
+    json_decref(j);
+    if (st != LOCO_OK && source) loco_err_prefix(err, "%s", source);
+    return st;
 }

@@ -111,6 +111,20 @@ loco_backend *loco_unet_backend(const loco_unet *u);
 /* All parameters by diffusers name (edits read and replace tensors through these). */
 const loco_params *loco_unet_params(const loco_unet *u);
 
+/* ---- variants (engine/unet_variant.c) ----
+ * A variant shares every tensor of its base (nothing is copied: its tensors are views) until
+ * loco_unet_set_param gives it its own copy of one; edits therefore never touch the base, and a
+ * variant costs only the tensors it replaced. The base must outlive its variants. A UNet that
+ * has had a variant made from it is frozen: set_param on it is refused, because its tensors are
+ * seen by the variant (edit a variant instead). */
+loco_status loco_unet_variant(loco_unet *base, loco_unet **out, loco_err *err);
+/* Replace parameter `name` (diffusers name, e.g. "up_blocks.1.attentions.1.transformer_blocks.0
+ * .attn2.to_k.weight") with host data of its shape (F32/F16/BF16/F64). */
+loco_status loco_unet_set_param(loco_unet *u, const char *name, const void *data, loco_dtype src_dtype,
+                                loco_err *err);
+/* Whether this UNet owns the tensor of `name` (0: shared with its base, or no such tensor). */
+int loco_unet_param_is_owned(const loco_unet *u, const char *name);
+
 /* Sites in execution order; the table lives as long as the UNet. */
 const loco_site *loco_unet_sites(const loco_unet *u, int *n);
 /* Site by diffusers module path, or NULL. */

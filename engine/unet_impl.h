@@ -54,6 +54,7 @@ struct loco_unet {
     int n_sites, cap_sites;
     unet_tblock **cross; /* cross layer i -> its transformer block */
     int n_cross, cap_cross;
+    int frozen;          /* a variant shares these tensors: no in-place edits (unet_variant.c) */
 };
 
 /* What one forward pass needs below the top level. */

@@ -1,6 +1,7 @@
 /* weights.c: a named set of stored tensors with hashed lookup, opened from a component folder
  * (plain, variant or sharded files) or built entry by entry by the single-file mapper. */
 #include "weights.h"
+#include "random_weights.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -26,6 +27,10 @@ struct loco_weights {
     size_t nslots;   /* a power of two, kept at least twice n */
     loco_safetensors **files;
     size_t nfiles, capfiles;
+    /* Synthetic sets (benchmarks): a required tensor that is absent is made on the spot with
+     * deterministic random values (engine/random_weights.h), so real-size models need no files. */
+    int random;
+    uint64_t random_seed;
 };
 
 static uint64_t hash_name(const char *s) {
@@ -180,11 +185,44 @@ loco_status loco_weights_rename(loco_weights *w, loco_weights_rename_fn fn, void
     return st;
 }
 
+static loco_status synthesize(loco_weights *w, const char *name, int ndim, const int64_t *shape, loco_err *err) {
+    loco_stored_tensor t;
+    memset(&t, 0, sizeof t);
+    t.name = name;
+    t.dtype = LOCO_F16; /* half the host memory of f32 for SD-XL-size sets */
+    t.ndim = ndim;
+    size_t numel = 1;
+    for (int i = 0; i < ndim; i++) {
+        t.shape[i] = shape[i];
+        numel *= (size_t)shape[i];
+    }
+    t.nbytes = numel * 2;
+    void *data = malloc(t.nbytes ? t.nbytes : 1);
+    if (!data) return loco_err_set(err, LOCO_ENOMEM, "%s: out of memory for random tensor '%s'", w->source, name);
+    loco_random_weights_fill(name, w->random_seed, ndim, shape, data);
+    t.data = data;
+    return loco_weights_add(w, name, &t, data, err);
+}
+
+loco_status loco_weights_new_random(const char *source, uint64_t seed, loco_weights **out, loco_err *err) {
+    loco_status st = loco_weights_new_empty(source, out, err);
+    if (st) return st;
+    (*out)->random = 1;
+    (*out)->random_seed = seed;
+    return LOCO_OK;
+}
+
 loco_status loco_weights_require(const loco_weights *w, const char *name, int ndim, const int64_t *shape,
                                  const loco_stored_tensor **out, loco_err *err) {
     if (out) *out = NULL;
     if (!w || !name) return loco_err_set(err, LOCO_EINVAL, "weights_require: NULL argument");
     const loco_stored_tensor *t = loco_weights_get(w, name);
+    if (!t && w->random && ndim >= 0) {
+        /* The set is logically the function name -> tensor; filling its cache is not a change. */
+        loco_status st = synthesize((loco_weights *)w, name, ndim, shape, err);
+        if (st) return st;
+        t = loco_weights_get(w, name);
+    }
     if (!t) return loco_err_set(err, LOCO_ENOTFOUND, "%s: tensor '%s' is missing", w->source, name);
     if (ndim >= 0) {
         int same = t->ndim == ndim;

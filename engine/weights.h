@@ -54,4 +54,10 @@ void loco_weights_adopt_file(loco_weights *w, loco_safetensors *f);
 typedef int (*loco_weights_rename_fn)(const char *name, char *buf, size_t n, void *ctx);
 loco_status loco_weights_rename(loco_weights *w, loco_weights_rename_fn fn, void *ctx, loco_err *err);
 
+/* A synthetic set for benchmarks and memory checks of real-size architectures: every tensor a
+ * model builder requires is created on first request with deterministic random values
+ * (engine/random_weights.h); nothing is read from disk. Optional lookups (loco_weights_get of an
+ * absent name) still return NULL. */
+loco_status loco_weights_new_random(const char *source, uint64_t seed, loco_weights **out, loco_err *err);
+
 #endif

@@ -149,8 +149,8 @@ loco_status loco_backend_sync(loco_backend *be, loco_err *err) {
 }
 
 void loco_backend_memory(const loco_backend *be, size_t *current, size_t *peak) {
-    if (current) *current = be ? be->mem_current : 0;
-    if (peak) *peak = be ? be->mem_peak : 0;
+    if (current) *current = be ? __atomic_load_n(&be->mem_current, __ATOMIC_RELAXED) : 0;
+    if (peak) *peak = be ? __atomic_load_n(&be->mem_peak, __ATOMIC_RELAXED) : 0;
 }
 
 /* ---- tensors ------------------------------------------------------------------------------- */
@@ -190,6 +190,20 @@ int loco_tensor_same_shape(const loco_tensor *a, const loco_tensor *b) {
     return 1;
 }
 
+/* Live tensor bytes and their peak. Atomic, because tensors may be freed on another thread
+ * than the one that runs the ops (the CPU allocator itself is thread-safe). */
+static void account(loco_backend *be, size_t bytes, int add) {
+    if (!add) {
+        __atomic_fetch_sub(&be->mem_current, bytes, __ATOMIC_RELAXED);
+        return;
+    }
+    size_t now = __atomic_add_fetch(&be->mem_current, bytes, __ATOMIC_RELAXED);
+    size_t peak = __atomic_load_n(&be->mem_peak, __ATOMIC_RELAXED);
+    while (now > peak &&
+           !__atomic_compare_exchange_n(&be->mem_peak, &peak, now, 1, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
+    }
+}
+
 /* Validates a shape and its element count; the limit keeps byte counts far from overflow. */
 static loco_status check_shape(const char *op, int ndim, const int64_t *shape, int64_t *numel, loco_err *err) {
     if (ndim < 0 || ndim > LOCO_MAX_DIMS)
@@ -226,8 +240,7 @@ loco_status loco_tensor_alloc(loco_backend *be, loco_dtype dtype, int ndim, cons
             loco_err_prefix(err, "tensor_alloc of %zu bytes", bytes);
             return st; /* not prefix's result: it is LOCO_OK when err is NULL */
         }
-        be->mem_current += bytes;
-        if (be->mem_current > be->mem_peak) be->mem_peak = be->mem_current;
+        account(be, bytes, 1);
     }
     out->dtype = dtype;
     out->ndim = ndim;
@@ -252,7 +265,7 @@ void loco_tensor_free(loco_tensor *t) {
     if (t->owns && t->data && t->be) {
         size_t bytes = loco_tensor_nbytes(t);
         t->be->ops->release(t->be, t->data, bytes);
-        t->be->mem_current = t->be->mem_current >= bytes ? t->be->mem_current - bytes : 0;
+        account(t->be, bytes, 0);
     }
     memset(t, 0, sizeof *t);
 }

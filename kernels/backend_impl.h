@@ -1,10 +1,19 @@
 /* backend_impl.h: what a backend implements. Only kernels/ includes this.
  * kernels/backend.c validates arguments (dtypes, shapes, ranks) once for every backend and
- * then calls these hooks, so a hook may assume its inputs are consistent. */
+ * then calls these hooks, so a hook may assume its inputs are consistent.
+ * (The validation is in kernels/backend_ops.c.) What a hook may rely on: every tensor belongs
+ * to `be` and has data; all tensors of a call share one dtype from op_dtypes (copy excepted);
+ * the output is never empty; an output aliases an input only where backend.h allows in-place
+ * operation, and then exactly (same address, same element count), never partly; kv_index,
+ * embedding ids and set_channels channels are in range; concat's axis is non-negative. */
 #ifndef LOCO_BACKEND_IMPL_H
 #define LOCO_BACKEND_IMPL_H
 
 #include "backend.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
 
 typedef struct loco_backend_ops {
     /* Releases everything the backend holds, `be` itself included (the constructor allocated it). */
@@ -69,5 +78,9 @@ struct loco_backend {
  * LOCO_EDEVICE with a clear message when no usable GPU or driver is present. */
 loco_status loco_backend_cpu_create(const loco_backend_opts *opts, loco_backend **out, loco_err *err);
 loco_status loco_backend_cuda_create(const loco_backend_opts *opts, loco_backend **out, loco_err *err);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -27,9 +27,9 @@ static int op_dtype_ok(const loco_backend *be, loco_dtype t) {
     return (unsigned)t < 32 && (be->op_dtypes >> t & 1u) && loco_dtype_is_float(t);
 }
 
-/* Backend membership, data presence and dtype of one tensor argument. */
-static loco_status check_tensor(loco_backend *be, const char *op, const char *name, const loco_tensor *t,
-                                loco_err *err) {
+/* Backend membership, a sane shape and data presence of one tensor argument. */
+static loco_status check_meta(loco_backend *be, const char *op, const char *name, const loco_tensor *t,
+                              loco_err *err) {
     if (!t) return loco_err_set(err, LOCO_EINVAL, "%s: %s is NULL", op, name);
     if (t->be != be)
         return loco_err_set(err, LOCO_EINVAL, "%s: %s belongs to %s", op, name,
@@ -41,6 +41,14 @@ static loco_status check_tensor(loco_backend *be, const char *op, const char *na
             return loco_err_set(err, LOCO_EINVAL, "%s: %s has a negative dimension", op, name);
     if (!t->data && loco_tensor_numel(t) > 0)
         return loco_err_set(err, LOCO_EINVAL, "%s: %s has no data (freed or never allocated)", op, name);
+    return LOCO_OK;
+}
+
+/* check_meta, and the dtype is one the backend computes in. */
+static loco_status check_tensor(loco_backend *be, const char *op, const char *name, const loco_tensor *t,
+                                loco_err *err) {
+    loco_status st = check_meta(be, op, name, t, err);
+    if (st != LOCO_OK) return st;
     if (!op_dtype_ok(be, t->dtype)) {
         shapes b;
         return loco_err_set(err, LOCO_EINVAL, "%s: %s %s has dtype %s, but this %s backend computes in %s", op, name,
@@ -395,10 +403,8 @@ loco_status loco_lincomb(loco_backend *be, loco_tensor *y, int n, const loco_ten
 
 /* copy converts between dtypes, so it checks storage dtypes itself rather than op dtypes. */
 static loco_status check_copy_tensor(loco_backend *be, const char *name, const loco_tensor *t, loco_err *err) {
-    if (!t) return loco_err_set(err, LOCO_EINVAL, "copy: %s is NULL", name);
-    if (t->be != be) return loco_err_set(err, LOCO_EINVAL, "copy: %s belongs to another backend", name);
-    if (!t->data && loco_tensor_numel(t) > 0)
-        return loco_err_set(err, LOCO_EINVAL, "copy: %s has no data (freed or never allocated)", name);
+    loco_status st = check_meta(be, "copy", name, t, err);
+    if (st != LOCO_OK) return st;
     if (t->dtype != LOCO_F32 && t->dtype != LOCO_F16 && t->dtype != LOCO_BF16 && !op_dtype_ok(be, t->dtype))
         return loco_err_set(err, LOCO_EINVAL, "copy: %s has dtype %s; copy converts between F32, F16 and BF16", name,
                             loco_dtype_name(t->dtype));

@@ -18,9 +18,12 @@ Usage: python tools/clip_unicode_tables.py [path/to/libutf8proc.so]
 import ctypes
 import ctypes.util
 import sys
-import unicodedata
 
 from tokenizers import Regex, normalizers, pre_tokenizers
+
+# The White_Space property, as clip_unicode.c hard-codes it (stable since Unicode 6.2).
+WHITE_SPACE = set(range(0x9, 0xE)) | {0x20, 0x85, 0xA0, 0x1680} | set(range(0x2000, 0x200B)) | {
+    0x2028, 0x2029, 0x202F, 0x205F, 0x3000}
 
 CLIP_SPLIT = r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
 
@@ -80,6 +83,8 @@ def main():
         p1 = split.pre_tokenize_str("a" + c)
         p2 = split.pre_tokenize_str(c + c)
         tok = "S" if (len(p1) == 1 and p1[0][0] == "a") else "L" if len(p1) == 1 else "N" if len(p2) == 2 else "P"
+        if (tok == "S") != (cp in WHITE_SPACE):
+            raise SystemExit(f"U+{cp:04X}: \\s disagrees with the White_Space list")
         cat = u.category(cp)
         mine = "L" if 1 <= cat <= 5 else "N" if 9 <= cat <= 11 else "P"
         if tok in "LN" and mine != tok:

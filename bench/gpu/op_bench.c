@@ -4,8 +4,9 @@
  *
  * Timing: inputs are random (never zeros), three warm-up calls, then five batches of `reps`
  * calls each between two loco_backend_sync; the median batch gives the time per call. Conv
- * shapes are also timed on a second backend created with LOCO_CUDA_CONV=im2col, so the two
- * convolution routes can be compared on the same GPU ("name@im2col" rows).
+ * shapes are also timed on backends created with LOCO_CUDA_CONV=implicit and =im2col, so the
+ * routes the default picks between can be compared on the same GPU ("name@implicit" and
+ * "name@im2col" rows).
  *
  * Build: make build/bench/gpu/op_bench. Usage: op_bench [ops.txt] [reps]. */
 #include "backend.h"
@@ -197,9 +198,11 @@ int main(int argc, char **argv) {
         return 2;
     }
     loco_backend *be = cuda_backend();
-    setenv("LOCO_CUDA_CONV", "im2col", 1); /* read once, when a backend is created */
-    loco_backend *be_im2col = be ? cuda_backend() : NULL;
-    if (!be || !be_im2col) return 2;
+    setenv("LOCO_CUDA_CONV", "implicit", 1); /* read once, when a backend is created */
+    loco_backend *be_implicit = be ? cuda_backend() : NULL;
+    setenv("LOCO_CUDA_CONV", "im2col", 1);
+    loco_backend *be_im2col = be_implicit ? cuda_backend() : NULL;
+    if (!be || !be_implicit || !be_im2col) return 2;
     fprintf(stderr, "op_bench on %s\n", loco_backend_describe(be));
     char line[512];
     int failures = 0;
@@ -217,15 +220,19 @@ int main(int argc, char **argv) {
             if (sscanf(s, "%31s%n", tok, &used) != 1) break;
             s += used;
             if (!strcmp(op.kind, "linear") && op.na == 3)
-                snprintf(op.act, sizeof op.act, "%s", tok);
+                snprintf(op.act, sizeof op.act, "%.15s", tok);
             else
                 op.a[op.na++] = atol(tok);
         }
         if (time_op(be, &op, reps, "") != 0) failures++;
-        if (!strcmp(op.kind, "conv") && op.a[5] > 1 && time_op(be_im2col, &op, reps, "@im2col") != 0) failures++;
+        if (!strcmp(op.kind, "conv") && op.a[5] > 1) {
+            if (time_op(be_implicit, &op, reps, "@implicit") != 0) failures++;
+            if (time_op(be_im2col, &op, reps, "@im2col") != 0) failures++;
+        }
     }
     fclose(f);
     loco_backend_destroy(be_im2col);
+    loco_backend_destroy(be_implicit);
     loco_backend_destroy(be);
     return failures ? 1 : 0;
 }

@@ -51,9 +51,8 @@ CPU_MULTIVERSION static void scale_row(float *o, int n, float f) {
     for (int i = 0; i < n; i++) o[i] *= f;
 }
 
-static void attn_range(void *ctx, size_t b, size_t e) {
+static void attn_range(void *ctx, size_t b, size_t e, int tid) {
     const attn_job *j = ctx;
-    int tid = omp_get_thread_num();
     float *S = j->scores + (size_t)tid * j->tq * j->Lk;
     float *inv = j->inv + (size_t)tid * j->tq;
     for (size_t t = b; t < e; t++) {

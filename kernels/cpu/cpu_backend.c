@@ -108,14 +108,14 @@ void cpu_parallel_for(loco_backend *be, size_t n, size_t grain, cpu_range_fn fn,
     if (grain < 1) grain = 1;
     size_t chunks = (n + grain - 1) / grain;
     if (nt <= 1 || chunks <= 1) {
-        if (n) fn(ctx, 0, n);
+        if (n) fn(ctx, 0, n, 0);
         return;
     }
     /* dynamic: the box is shared, and a thread that loses its core should not hold the rest up */
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
     for (size_t ch = 0; ch < chunks; ch++) {
         size_t b = ch * grain, e = b + grain < n ? b + grain : n;
-        fn(ctx, b, e);
+        fn(ctx, b, e, omp_get_thread_num());
     }
 }
 
@@ -134,7 +134,7 @@ typedef struct convert_job {
     loco_dtype src_dtype;
 } convert_job;
 
-static void convert_range(void *ctx, size_t b, size_t e) {
+static void convert_range(void *ctx, size_t b, size_t e, int tid) {
     const convert_job *j = ctx;
     size_t ds = loco_dtype_size(j->dst_dtype), ss = loco_dtype_size(j->src_dtype);
     char *dst = (char *)j->dst + b * ds;

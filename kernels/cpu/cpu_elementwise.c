@@ -66,7 +66,7 @@ typedef struct unary_job {
     loco_act act;
 } unary_job;
 
-static void activation_range(void *ctx, size_t b, size_t e) {
+static void activation_range(void *ctx, size_t b, size_t e, int tid) {
     const unary_job *j = ctx;
     cpu_act_row(j->y + b, j->x + b, NULL, e - b, j->act);
 }
@@ -85,7 +85,7 @@ typedef struct geglu_job {
     size_t n; /* output width; input rows are 2n */
 } geglu_job;
 
-static void geglu_range(void *ctx, size_t b, size_t e) {
+static void geglu_range(void *ctx, size_t b, size_t e, int tid) {
     const geglu_job *j = ctx;
     for (size_t r = b; r < e; r++) {
         const float *xr = j->x + r * 2 * j->n;
@@ -109,7 +109,7 @@ typedef struct binary_job {
     size_t inner; /* add_channel_bias: elements per (n, c) */
 } binary_job;
 
-static void add_range(void *ctx, size_t b, size_t e) {
+static void add_range(void *ctx, size_t b, size_t e, int tid) {
     const binary_job *j = ctx;
     add_row(j->y + b, j->a + b, j->b + b, e - b);
 }
@@ -121,7 +121,7 @@ loco_status cpu_add(loco_backend *be, loco_tensor *y, const loco_tensor *a, cons
     return LOCO_OK;
 }
 
-static void channel_bias_range(void *ctx, size_t b, size_t e) {
+static void channel_bias_range(void *ctx, size_t b, size_t e, int tid) {
     const binary_job *j = ctx;
     for (size_t r = b; r < e; r++) add_scalar_row(j->y + r * j->inner, j->a + r * j->inner, j->b[r], j->inner);
 }
@@ -142,7 +142,7 @@ typedef struct lincomb_job {
     const float *coef;
 } lincomb_job;
 
-CPU_MULTIVERSION static void lincomb_range(void *ctx, size_t b, size_t e) {
+CPU_MULTIVERSION static void lincomb_range(void *ctx, size_t b, size_t e, int tid) {
     const lincomb_job *j = ctx;
     float acc[1024];
     /* Sums a piece at a time into acc and only then writes y, so y may be one of the x[i]. */
@@ -179,7 +179,7 @@ typedef struct copy_job {
     loco_dtype xt;
 } copy_job;
 
-static void copy_range(void *ctx, size_t b, size_t e) {
+static void copy_range(void *ctx, size_t b, size_t e, int tid) {
     const copy_job *j = ctx;
     size_t ys = loco_dtype_size(j->yt), xs = loco_dtype_size(j->xt);
     char *y = (char *)j->y + b * ys;
@@ -212,7 +212,7 @@ typedef struct fill_job {
     float v;
 } fill_job;
 
-CPU_MULTIVERSION static void fill_range(void *ctx, size_t b, size_t e) {
+CPU_MULTIVERSION static void fill_range(void *ctx, size_t b, size_t e, int tid) {
     const fill_job *j = ctx;
     float *y = j->y;
     float v = j->v;
@@ -237,7 +237,7 @@ typedef struct transpose_job {
     size_t A, B, tiles_a; /* x [N, A, B]; work items are (n, row of tiles) */
 } transpose_job;
 
-static void transpose_range(void *ctx, size_t b, size_t e) {
+static void transpose_range(void *ctx, size_t b, size_t e, int tid) {
     const transpose_job *j = ctx;
     for (size_t item = b; item < e; item++) {
         size_t n = item / j->tiles_a, a0 = (item % j->tiles_a) * TILE;
@@ -267,7 +267,7 @@ typedef struct concat_job {
     size_t ia, ib; /* bytes of a and b per outer index */
 } concat_job;
 
-static void concat_range(void *ctx, size_t b, size_t e) {
+static void concat_range(void *ctx, size_t b, size_t e, int tid) {
     const concat_job *j = ctx;
     for (size_t o = b; o < e; o++) {
         char *y = j->y + o * (j->ia + j->ib);
@@ -294,7 +294,7 @@ typedef struct upsample_job {
     size_t W; /* input rows of W become two output rows of 2W */
 } upsample_job;
 
-CPU_MULTIVERSION static void upsample_range(void *ctx, size_t b, size_t e) {
+CPU_MULTIVERSION static void upsample_range(void *ctx, size_t b, size_t e, int tid) {
     const upsample_job *j = ctx;
     size_t W = j->W;
     for (size_t r = b; r < e; r++) {
@@ -320,7 +320,7 @@ typedef struct gather_job {
     size_t C;
 } gather_job;
 
-static void gather_range(void *ctx, size_t b, size_t e) {
+static void gather_range(void *ctx, size_t b, size_t e, int tid) {
     const gather_job *j = ctx;
     for (size_t i = b; i < e; i++) memcpy(j->y + i * j->C, j->table + (size_t)j->ids[i] * j->C, j->C * sizeof(float));
 }
@@ -341,7 +341,7 @@ typedef struct set_job {
     int n;
 } set_job;
 
-static void set_range(void *ctx, size_t b, size_t e) {
+static void set_range(void *ctx, size_t b, size_t e, int tid) {
     const set_job *j = ctx;
     for (size_t r = b; r < e; r++) {
         float *y = j->y + r * j->C;

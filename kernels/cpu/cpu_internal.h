@@ -51,9 +51,20 @@ void cpu_scratch_put(loco_backend *be, void *p, size_t bytes);
 /* y[i] = act(x[i] + (bias ? bias[i] : 0)) for i < n; y may equal x. */
 void cpu_act_row(float *y, const float *x, const float *bias, size_t n, loco_act act);
 
-/* Run fn(ctx, begin, end) over [0, n) in chunks of about `grain`, on the backend's threads. */
-typedef void (*cpu_range_fn)(void *ctx, size_t begin, size_t end);
+/* Run fn(ctx, begin, end, tid) over [0, n) in chunks of about `grain`, on the backend's
+ * threads; tid in [0, threads) names the thread, for per-thread scratch. (Not
+ * omp_get_thread_num(): called from inside a caller's own parallel region, that is the
+ * caller's thread number.) */
+typedef void (*cpu_range_fn)(void *ctx, size_t begin, size_t end, int tid);
 void cpu_parallel_for(loco_backend *be, size_t n, size_t grain, cpu_range_fn fn, void *ctx);
+
+/* A count of equal tasks to cut work into: when there are few, round up to a multiple of the
+ * threads, so that no thread idles while another finishes the last one (11 blocks on 2
+ * threads lose 8% to the tail, 12 lose nothing). */
+static inline long cpu_balance(long parts, int threads) {
+    if (threads > 1 && parts < 8L * threads && parts % threads) parts += threads - parts % threads;
+    return parts;
+}
 
 /* ---- op hooks ------------------------------------------------------------------------------- */
 

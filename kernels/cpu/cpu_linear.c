@@ -23,7 +23,7 @@ typedef struct linear_job {
     loco_act act;
 } linear_job;
 
-static void linear_range(void *ctx, size_t b, size_t e) {
+static void linear_range(void *ctx, size_t b, size_t e, int tid) {
     const linear_job *j = ctx;
     for (size_t t = b; t < e; t++) {
         int m0 = (int)(t / (size_t)j->tiles_n) * j->mb, n0 = (int)(t % (size_t)j->tiles_n) * j->nb;
@@ -43,30 +43,31 @@ static void linear_range(void *ctx, size_t b, size_t e) {
     }
 }
 
-/* Splits n into equal parts of at most `most`, rounded up to a multiple of 16 (the width of
- * the sgemm micro-kernels) but never past n. */
-static int even_part(int n, int most) {
-    int parts = (n + most - 1) / most;
-    int w = (n + parts - 1) / parts;
+/* n split into `parts` equal pieces, rounded up to a multiple of 16 (the width of the sgemm
+ * micro-kernels) but never past n. */
+static int piece(int n, long parts) {
+    long w = (n + parts - 1) / parts;
     w = (w + 15) / 16 * 16;
-    return w < n ? w : n;
+    return w < n ? (int)w : n;
 }
 
-/* Tile shape; then, while there are fewer tiles than twice the threads (CLIP's 77-token and
- * the time embedding's 2-row calls), halve the wider side so that every thread gets work. */
+/* Tile shape: ROWS_TARGET x COLS_MAX at most; while there are fewer tiles than twice the
+ * threads (CLIP's 77-token and the time embedding's 2-row calls), cut the wider side further;
+ * then balance the count over the threads. */
 static void choose_tiles(int M, int N, int threads, int *mb, int *nb) {
-    *mb = even_part(M, ROWS_TARGET);
-    *nb = even_part(N, COLS_MAX);
-    for (;;) {
-        long tiles = (long)((M + *mb - 1) / *mb) * ((N + *nb - 1) / *nb);
-        if (tiles >= 2 * threads) break;
-        if (*nb >= 128 && *nb >= *mb)
-            *nb = even_part(*nb, (*nb + 1) / 2);
-        else if (*mb >= 32)
-            *mb = even_part(*mb, (*mb + 1) / 2);
+    long rp = (M + ROWS_TARGET - 1) / ROWS_TARGET, cp = (N + COLS_MAX - 1) / COLS_MAX;
+    while (rp * cp < 2L * threads) {
+        if (N / (cp + 1) >= 64 && N / cp >= M / rp)
+            cp++;
+        else if (M / (rp + 1) >= 16)
+            rp++;
         else
             break;
     }
+    long want = cpu_balance(rp * cp, threads);
+    while (rp * cp < want && M / (rp + 1) >= 16) rp++;
+    *mb = piece(M, rp);
+    *nb = piece(N, cp);
 }
 
 loco_status cpu_linear(loco_backend *be, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,

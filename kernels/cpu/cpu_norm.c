@@ -69,7 +69,7 @@ typedef struct gn_job {
     int silu;
 } gn_job;
 
-static void gn_range(void *ctx, size_t b, size_t e) {
+static void gn_range(void *ctx, size_t b, size_t e, int tid) {
     const gn_job *j = ctx;
     for (size_t item = b; item < e; item++) { /* item = n * groups + g */
         size_t n = item / j->groups, g = item % j->groups;
@@ -105,7 +105,7 @@ typedef struct ln_job {
     float eps;
 } ln_job;
 
-static void ln_range(void *ctx, size_t b, size_t e) {
+static void ln_range(void *ctx, size_t b, size_t e, int tid) {
     const ln_job *j = ctx;
     for (size_t r = b; r < e; r++) {
         const float *x = j->x + r * j->C;

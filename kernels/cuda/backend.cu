@@ -233,7 +233,10 @@ extern "C" loco_status loco_backend_cuda_create(const loco_backend_opts *opts, l
     c->total_mem = prop.totalGlobalMem;
     snprintf(c->name, sizeof c->name, "%s", prop.name);
     const char *conv = getenv("LOCO_CUDA_CONV");
-    c->conv_algo = conv && strcmp(conv, "im2col") == 0 ? CUDA_CONV_IM2COL : CUDA_CONV_IMPLICIT;
+    c->conv_algo = !conv                          ? CUDA_CONV_AUTO
+                   : strcmp(conv, "im2col") == 0   ? CUDA_CONV_IM2COL
+                   : strcmp(conv, "implicit") == 0 ? CUDA_CONV_IMPLICIT
+                                                   : CUDA_CONV_AUTO;
     fill_ops(&cb->ops);
     cb->be.ops = &cb->ops;
     cb->be.device = LOCO_DEVICE_CUDA;
@@ -265,7 +268,9 @@ extern "C" loco_status loco_backend_cuda_create(const loco_backend_opts *opts, l
     snprintf(cb->be.desc, sizeof cb->be.desc, "cuda:%d %.100s (sm_%d%d, %d SMs, %.1f GiB, %s activations%s)", ordinal,
              prop.name, prop.major, prop.minor, prop.multiProcessorCount,
              (double)prop.totalGlobalMem / (1024.0 * 1024.0 * 1024.0), cuda_dt(act),
-             c->conv_algo == CUDA_CONV_IM2COL ? ", im2col conv" : "");
+             c->conv_algo == CUDA_CONV_IM2COL     ? ", conv: im2col"
+             : c->conv_algo == CUDA_CONV_IMPLICIT ? ", conv: implicit GEMM"
+                                                  : "");
     *out = &cb->be;
     return LOCO_OK;
 }

@@ -3,11 +3,13 @@
  *  - 1x1, stride 1, no padding (ResNet shortcuts, SD1.x attention proj_in/out): a plain GEMM
  *    per sample, y[n] (Cout x HW) = w (Cout x Cin) . x[n] (Cin x HW), through cuBLASLt.
  *  - f16/bf16 otherwise: the tensor-core implicit GEMM of conv_igemm.cu (no im2col buffer,
- *    bias fused in its epilogue).
- *  - f32 activations (and LOCO_CUDA_CONV=im2col, kept for speed comparisons on a GPU box):
- *    im2col of a slice of output pixels into a bounded scratch buffer, then a cuBLASLt GEMM
- *    (TF32 for f32) writing straight into y; slices keep the buffer under 64 MiB even for
- *    VAE decoders at 1024^2.
+ *    bias fused in its epilogue), when its 128x128 tiles give at least one block per SM.
+ *  - small images with many channels (on a 132-SM H100 the UNet's levels of 32x32 and below
+ *    at batch 2) and f32 activations: im2col of a slice of output pixels into a bounded scratch buffer,
+ *    then a cuBLASLt GEMM (TF32 for f32) writing straight into y. cuBLASLt splits K and picks
+ *    small tiles where the implicit kernel would leave most SMs idle. Slices keep the buffer
+ *    under 64 MiB even for VAE decoders at 1024^2.
+ *  LOCO_CUDA_CONV=implicit|im2col forces one of the two (benchmarks compare them).
  *
  * In NCHW the per-channel bias runs along the GEMM's n dimension, which cuBLASLt's bias
  * epilogue (per row of D) cannot express, so the GEMM routes add it in one extra pass. */
@@ -138,7 +140,10 @@ extern "C" loco_status cuda_op_conv2d(loco_backend *be, loco_tensor *y, const lo
                    Cout < ((int64_t)1 << 31);
     if (pointwise) {
         st = conv_pointwise(c, y, x, w, wp, err);
-    } else if (y->dtype != LOCO_F32 && c->conv_algo == CUDA_CONV_IMPLICIT && fits_int) {
+    } else if (y->dtype != LOCO_F32 && fits_int &&
+               (c->conv_algo == CUDA_CONV_IMPLICIT ||
+                (c->conv_algo == CUDA_CONV_AUTO &&
+                 cuda_conv_igemm_blocks(x->shape[0] * P, Cout) >= (int64_t)c->sm_count))) {
         st = cuda_conv_igemm(c, y, x, w, wp, bias, p, err);
         bias_done = 1;
     } else {

@@ -219,6 +219,10 @@ __global__ void __launch_bounds__(IG_THREADS) conv_igemm_kernel(const ig_params 
         }
 }
 
+int64_t cuda_conv_igemm_blocks(int64_t npix, int64_t cout) {
+    return ((npix + IG_BN - 1) / IG_BN) * ((cout + IG_BM - 1) / IG_BM);
+}
+
 loco_status cuda_conv_igemm(cuda_impl *c, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
                             const void *wdata, const loco_tensor *bias, const loco_conv2d_params *cp, loco_err *err) {
     ig_params p;

@@ -13,11 +13,7 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
-/* backend_impl.h declares the constructors without extern "C"; give them C linkage here so
- * backend.c (compiled as C) links against the definition in backend.cu. */
-extern "C" {
-#include "backend_impl.h"
-}
+#include "backend_impl.h" /* C linkage for the vtable and constructors */
 
 /* ---- caching allocator (alloc.cu) -------------------------------------------------------- */
 
@@ -77,9 +73,12 @@ typedef struct cuda_gemm_plan {
 
 /* ---- the backend's state ----------------------------------------------------------------- */
 
+/* How conv2d picks its route; LOCO_CUDA_CONV=implicit|im2col at backend creation forces one
+ * (benchmarks and tests compare them), anything else means AUTO. */
 typedef enum cuda_conv_algo {
-    CUDA_CONV_IMPLICIT = 0, /* tensor-core implicit GEMM (f16/bf16), im2col + cuBLASLt otherwise */
-    CUDA_CONV_IM2COL,       /* always im2col + cuBLASLt (LOCO_CUDA_CONV=im2col, for comparisons) */
+    CUDA_CONV_AUTO = 0, /* implicit GEMM when its grid fills the GPU, else im2col + cuBLASLt */
+    CUDA_CONV_IMPLICIT, /* tensor-core implicit GEMM for every f16/bf16 conv that is not 1x1 */
+    CUDA_CONV_IM2COL,   /* im2col + cuBLASLt for every conv that is not 1x1 */
 } cuda_conv_algo;
 
 typedef struct cuda_impl {
@@ -170,6 +169,8 @@ loco_status cuda_attention_setup(cuda_impl *c, loco_err *err);
 loco_status cuda_attention_gemm(cuda_impl *c, loco_tensor *out, const loco_tensor *q, const loco_tensor *k,
                                 const loco_tensor *v, const loco_attention_params *p, loco_err *err);
 /* Tensor-core implicit-GEMM convolution for F16/BF16 (conv_igemm.cu). */
+/* Blocks the implicit-GEMM kernel launches for this convolution. */
+int64_t cuda_conv_igemm_blocks(int64_t npix, int64_t cout);
 /* The caller has checked: F16/BF16, Cin*H*W < 2^31, w converted to y's dtype in wdata. */
 loco_status cuda_conv_igemm(cuda_impl *c, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
                             const void *wdata, const loco_tensor *bias, const loco_conv2d_params *p, loco_err *err);

@@ -211,8 +211,10 @@ loco_status cuda_gemm_run(cuda_impl *c, const cuda_gemm *g, loco_err *err) {
 
 /* Row-major y = x w^T is, in cuBLASLt's column-major terms, D[N x M] = op(A = w)^T . B (= x):
  * A is w read as a K x N column-major matrix (transposed), B is x as K x M, D is y as N x M.
- * The bias then runs along D's rows (length N), which is what the BIAS epilogue adds. GELU
- * (tanh) is fused when asked; other activations run as one in-place pass afterwards. */
+ * The bias then runs along D's rows (length N), which is what the BIAS epilogue adds.
+ * cuBLASLt's GELU epilogue is the tanh form (the one PyTorch fuses for gelu(approximate=
+ * "tanh")), so only LOCO_ACT_GELU_TANH is fused; exact GELU, SiLU and quick GELU run as one
+ * in-place pass afterwards, and so does everything when cuBLASLt offers no fused kernel. */
 extern "C" loco_status cuda_op_linear(loco_backend *be, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
                                       const loco_tensor *bias, loco_act act, loco_err *err) {
     CUDA_TRY(cuda_enter(be, err));

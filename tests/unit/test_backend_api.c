@@ -414,3 +414,105 @@ TEST(validation_every_op_names_itself) {
     loco_backend_destroy(be);
     loco_backend_destroy(other);
 }
+
+/* The remaining checks of backend_ops.c, one call each. */
+TEST(validation_rank_alias_and_range_checks) {
+    loco_backend *be = cpu_backend(0);
+    CHECK(be);
+    loco_err err;
+    loco_tensor x3, w2, w3, y3, x4, w4, q, k2, kw, o, s0, i32;
+    int64_t s3[3] = {2, 5, 8}, sw2[2] = {6, 8}, sw3[3] = {6, 8, 1}, sy3[3] = {2, 5, 6};
+    int64_t s4[4] = {1, 2, 3, 3}, sw4[4] = {2, 2, 5, 5}, sq[3] = {2, 4, 8}, sk2[2] = {4, 8};
+    int64_t skw[3] = {2, 4, 6}, sk0[3] = {2, 0, 8};
+    make_tensor(be, 3, s3, NULL, &x3);
+    make_tensor(be, 2, sw2, NULL, &w2);
+    make_tensor(be, 3, sw3, NULL, &w3);
+    make_tensor(be, 3, sy3, NULL, &y3);
+    make_tensor(be, 4, s4, NULL, &x4);
+    make_tensor(be, 4, sw4, NULL, &w4);
+    make_tensor(be, 3, sq, NULL, &q);
+    make_tensor(be, 2, sk2, NULL, &k2);
+    make_tensor(be, 3, skw, NULL, &kw);
+    make_tensor(be, 3, sq, NULL, &o);
+    make_tensor(be, 0, NULL, NULL, &s0);
+    CHECK(loco_tensor_alloc(be, LOCO_I32, 3, s3, &i32, &err) == LOCO_OK);
+#define BAD(call, op) CHECK_MSG(fails_with((call), &err, LOCO_EINVAL, op), "%s", #call)
+    BAD(loco_linear(be, &y3, &x3, &w3, NULL, LOCO_ACT_NONE, &err), "linear"); /* w not 2-D */
+    {
+        loco_tensor yb; /* y overlapping the bias */
+        int64_t one[1] = {6};
+        CHECK(loco_tensor_view(&y3, 0, 1, one, &yb, &err) == LOCO_OK);
+        BAD(loco_linear(be, &y3, &x3, &w2, &yb, LOCO_ACT_NONE, &err), "linear");
+    }
+    loco_conv2d_params p = {1, {0, 0, 0, 0}};
+    BAD(loco_conv2d(be, &x4, &x4, &w3, NULL, &p, &err), "conv2d"); /* w not 4-D */
+    BAD(loco_conv2d(be, &o, &x4, &w4, NULL, &p, &err), "conv2d");  /* 5x5 kernel, 3x3 input */
+    CHECK(strstr(err.msg, "does not fit") != NULL);
+    BAD(loco_group_norm(be, &k2, &k2, 1, &w2, &w2, 1e-5f, 0, &err), "group_norm"); /* gamma not [C] */
+    {
+        loco_tensor v1, v2;
+        int64_t one[1] = {5};
+        make_tensor(be, 1, one, NULL, &v1);
+        make_tensor(be, 1, one, NULL, &v2);
+        BAD(loco_group_norm(be, &v1, &v2, 1, &v1, &v1, 1e-5f, 0, &err), "group_norm"); /* x [C] only */
+        loco_tensor_free(&v1), loco_tensor_free(&v2);
+    }
+    {
+        loco_tensor g8;
+        int64_t c8[1] = {8};
+        make_tensor(be, 1, c8, NULL, &g8);
+        BAD(loco_layer_norm(be, &x3, &x3, &g8, NULL, NAN, &err), "layer_norm");
+        BAD(loco_layer_norm(be, &s0, &s0, &g8, NULL, 1e-5f, &err), "layer_norm"); /* scalar x */
+        CHECK(loco_layer_norm(be, &x3, &x3, &g8, &g8, 1e-5f, &err) == LOCO_OK); /* in place; gamma may be beta */
+        loco_tensor_free(&g8);
+    }
+    loco_attention_params ap = {2, 1.0f, 0, NULL};
+    BAD(loco_attention(be, &o, &k2, &kw, &kw, &ap, &err), "attention"); /* q not 3-D */
+    BAD(loco_attention(be, &o, &q, &k2, &k2, &ap, &err), "attention"); /* k not 3-D */
+    BAD(loco_attention(be, &o, &q, &kw, &kw, &ap, &err), "attention"); /* width 6 vs 8 */
+    {
+        loco_tensor k0;
+        CHECK(loco_tensor_alloc(be, LOCO_F32, 3, sk0, &k0, &err) == LOCO_OK);
+        BAD(loco_attention(be, &o, &q, &k0, &k0, &ap, &err), "attention"); /* no keys */
+        loco_tensor_free(&k0);
+        loco_tensor kq;
+        CHECK(loco_tensor_view(&o, 0, 3, sq, &kq, &err) == LOCO_OK); /* k is out itself */
+        BAD(loco_attention(be, &o, &q, &kq, &q, &ap, &err), "attention");
+    }
+    {
+        loco_tensor part; /* a view starting inside x3: partial overlap with x3 */
+        int64_t sm[3] = {1, 5, 8};
+        CHECK(loco_tensor_view(&x3, 8, 3, sm, &part, &err) == LOCO_OK);
+        loco_tensor x3h;
+        CHECK(loco_tensor_view(&x3, 0, 3, sm, &x3h, &err) == LOCO_OK);
+        BAD(loco_add(be, &part, &x3h, &x3h, &err), "add");
+    }
+    BAD(loco_add_channel_bias(be, &k2, &k2, &w2, &err), "add_channel_bias"); /* x [4,8] wants bias [4,8] */
+    BAD(loco_add_channel_bias(be, &s0, &s0, &w2, &err), "add_channel_bias"); /* x scalar */
+    {
+        const loco_tensor *terms[1] = {&x3};
+        float c[1] = {1};
+        BAD(loco_lincomb(be, &x3, 1, NULL, c, &err), "lincomb");
+        BAD(loco_lincomb(be, &i32, 1, terms, c, &err), "lincomb");
+    }
+    BAD(loco_copy(be, &x3, &i32, &err), "copy");
+    BAD(loco_concat(be, &x3, &x3, &w2, 0, &err), "concat"); /* ranks differ */
+    BAD(loco_concat(be, &x3, &x3, &x3, -4, &err), "concat");
+    BAD(loco_upsample_nearest2x(be, &x4, &x4, &err), "upsample_nearest2x");
+    BAD(loco_transpose12(be, &x3, &x3, &err), "transpose12"); /* [2,5,8] wants y [2,8,5] */
+    {
+        int32_t ids[10] = {0};
+        BAD(loco_embedding(be, &y3, &w2, ids, -1, &err), "embedding");
+        BAD(loco_embedding(be, &y3, &w2, ids, 10, &err), "embedding"); /* rows of 6, table rows of 8 */
+    }
+    {
+        int32_t ch[1] = {0};
+        float v[1] = {0};
+        BAD(loco_set_channels(be, &x3, ch, v, -1, &err), "set_channels");
+        BAD(loco_set_channels(be, &s0, ch, v, 1, &err), "set_channels");
+    }
+#undef BAD
+    loco_tensor *all[] = {&x3, &w2, &w3, &y3, &x4, &w4, &q, &k2, &kw, &o, &s0, &i32};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) loco_tensor_free(all[i]);
+    loco_backend_destroy(be);
+}

@@ -120,6 +120,13 @@ TEST(conv2d_small_image_channel_blocks) {
     CHECK(check_conv(1, 16, 4, 4, 70, 3, 3, 1, 1, 1, 1, 1, 1, 4, 30));
 }
 
+TEST(conv2d_column_blocks_span_images) {
+    /* 3 images of 930 pixels in blocks of ~700 columns: some blocks cover two images */
+    CHECK(check_conv(3, 8, 30, 31, 24, 3, 3, 1, 1, 1, 1, 1, 1, 0, 32));
+    CHECK(check_conv(3, 4, 30, 31, 5, 1, 1, 1, 0, 0, 0, 0, 1, 0, 33)); /* 1x1 direct and gathered */
+    CHECK(check_conv(4, 32, 4, 4, 48, 3, 3, 1, 1, 1, 1, 1, 0, 2, 34)); /* small images share a block */
+}
+
 TEST(conv2d_kernel_larger_than_image_with_pad) { CHECK(check_conv(1, 2, 2, 3, 3, 5, 5, 1, 2, 2, 2, 2, 1, 0, 31)); }
 
 /* ---- norms ------------------------------------------------------------------------------------------ */

@@ -296,11 +296,20 @@ TEST(cuda_linear_sd_sizes_bf16_and_f32) {
 
 /* ---- conv2d --------------------------------------------------------------------------------------- */
 
-static int check_conv(loco_dtype dt, int64_t N, int64_t Cin, int64_t H, int64_t W, int64_t Cout, int64_t kh,
-                      int64_t kw, int stride, int pt, int pb, int pl, int pr, int with_bias, uint64_t seed) {
+/* algo: "implicit" or "im2col" forces that route (LOCO_CUDA_CONV, read when the backend is
+ * created), NULL lets the backend choose. */
+static int check_conv(const char *algo, loco_dtype dt, int64_t N, int64_t Cin, int64_t H, int64_t W, int64_t Cout,
+                      int64_t kh, int64_t kw, int stride, int pt, int pb, int pl, int pr, int with_bias,
+                      uint64_t seed) {
     char why[1100];
     genv e;
-    if (genv_open(&e, dt, seed, why, sizeof why) != 1) return fprintf(stderr, "%s\n", why), 0;
+    if (algo)
+        setenv("LOCO_CUDA_CONV", algo, 1);
+    else
+        unsetenv("LOCO_CUDA_CONV");
+    int opened = genv_open(&e, dt, seed, why, sizeof why);
+    unsetenv("LOCO_CUDA_CONV");
+    if (opened != 1) return fprintf(stderr, "%s\n", why), 0;
     loco_conv2d_params p = {stride, {pt, pb, pl, pr}};
     int64_t Ho = (H + pt + pb - kh) / stride + 1, Wo = (W + pl + pr - kw) / stride + 1;
     int64_t xs[4] = {N, Cin, H, W}, ws[4] = {Cout, Cin, kh, kw}, bs[1] = {Cout}, ys[4] = {N, Cout, Ho, Wo};
@@ -321,27 +330,33 @@ static int check_conv(loco_dtype dt, int64_t N, int64_t Cin, int64_t H, int64_t 
 TEST(cuda_conv2d_3x3_implicit_gemm) {
     GPU_ENV(e, LOCO_F16, 40);
     genv_close(&e);
-    CHECK(check_conv(LOCO_F16, 2, 32, 16, 16, 64, 3, 3, 1, 1, 1, 1, 1, 1, 41));
-    CHECK(check_conv(LOCO_F16, 1, 40, 13, 11, 200, 3, 3, 1, 1, 1, 1, 1, 1, 42)); /* Cout and pixels off-tile */
-    CHECK(check_conv(LOCO_F16, 2, 320, 8, 8, 320, 3, 3, 1, 1, 1, 1, 1, 1, 43));
+    const char *ig = "implicit";
+    CHECK(check_conv(ig, LOCO_F16, 2, 32, 16, 16, 64, 3, 3, 1, 1, 1, 1, 1, 1, 41));
+    CHECK(check_conv(ig, LOCO_F16, 1, 40, 13, 11, 200, 3, 3, 1, 1, 1, 1, 1, 1, 42)); /* Cout, pixels off-tile */
+    CHECK(check_conv(ig, LOCO_F16, 2, 320, 8, 8, 320, 3, 3, 1, 1, 1, 1, 1, 1, 43));
+    CHECK(check_conv(ig, LOCO_BF16, 1, 32, 10, 10, 40, 3, 3, 1, 1, 1, 1, 1, 1, 44));
 }
 
-TEST(cuda_conv2d_odd_cin_and_stride2_asymmetric_pad) {
+TEST(cuda_conv2d_implicit_odd_cin_and_strides) {
     GPU_ENV(e, LOCO_F16, 50);
     genv_close(&e);
-    CHECK(check_conv(LOCO_F16, 2, 4, 17, 19, 32, 3, 3, 1, 1, 1, 1, 1, 1, 51)); /* K = 36: scalar weight loads */
-    CHECK(check_conv(LOCO_F16, 1, 3, 20, 20, 16, 3, 3, 1, 1, 1, 1, 1, 0, 52));
-    CHECK(check_conv(LOCO_F16, 2, 16, 16, 16, 16, 3, 3, 2, 0, 1, 0, 1, 1, 53)); /* VAE encoder downsampler */
-    CHECK(check_conv(LOCO_F16, 1, 8, 9, 10, 5, 4, 2, 1, 2, 0, 1, 3, 1, 54));
+    const char *ig = "implicit";
+    CHECK(check_conv(ig, LOCO_F16, 2, 4, 17, 19, 32, 3, 3, 1, 1, 1, 1, 1, 1, 51)); /* K = 36: scalar weight loads */
+    CHECK(check_conv(ig, LOCO_F16, 1, 3, 20, 20, 16, 3, 3, 1, 1, 1, 1, 1, 0, 52));
+    CHECK(check_conv(ig, LOCO_F16, 2, 16, 16, 16, 16, 3, 3, 2, 0, 1, 0, 1, 1, 53)); /* VAE encoder downsampler */
+    CHECK(check_conv(ig, LOCO_F16, 1, 8, 9, 10, 5, 4, 2, 1, 2, 0, 1, 3, 1, 54));
 }
 
-TEST(cuda_conv2d_1x1_and_im2col_paths) {
+TEST(cuda_conv2d_1x1_im2col_and_auto) {
     GPU_ENV(e, LOCO_F16, 60);
     genv_close(&e);
-    CHECK(check_conv(LOCO_F16, 2, 64, 9, 7, 48, 1, 1, 1, 0, 0, 0, 0, 1, 61));   /* plain GEMM */
-    CHECK(check_conv(LOCO_F16, 1, 6, 5, 7, 3, 1, 1, 2, 1, 1, 1, 1, 1, 62));     /* strided 1x1 */
-    CHECK(check_conv(LOCO_F32, 2, 16, 12, 12, 24, 3, 3, 1, 1, 1, 1, 1, 1, 63)); /* im2col + TF32 */
-    CHECK(check_conv(LOCO_BF16, 1, 32, 10, 10, 40, 3, 3, 1, 1, 1, 1, 1, 1, 64));
+    CHECK(check_conv(NULL, LOCO_F16, 2, 64, 9, 7, 48, 1, 1, 1, 0, 0, 0, 0, 1, 61));       /* plain GEMM */
+    CHECK(check_conv(NULL, LOCO_F16, 1, 6, 5, 7, 3, 1, 1, 2, 1, 1, 1, 1, 1, 62));         /* strided 1x1 */
+    CHECK(check_conv(NULL, LOCO_F32, 2, 16, 12, 12, 24, 3, 3, 1, 1, 1, 1, 1, 1, 63));     /* im2col + TF32 */
+    CHECK(check_conv("im2col", LOCO_F16, 2, 4, 17, 19, 32, 3, 3, 1, 1, 1, 1, 1, 1, 64));  /* odd K, odd ld */
+    CHECK(check_conv("im2col", LOCO_F16, 2, 16, 16, 16, 16, 3, 3, 2, 0, 1, 0, 1, 1, 65));
+    CHECK(check_conv(NULL, LOCO_F16, 2, 64, 64, 64, 64, 3, 3, 1, 1, 1, 1, 1, 1, 66));     /* auto: large */
+    CHECK(check_conv(NULL, LOCO_BF16, 2, 128, 8, 8, 256, 3, 3, 1, 1, 1, 1, 1, 1, 67));    /* auto: small */
 }
 
 /* ---- norms --------------------------------------------------------------------------------------- */

@@ -1,0 +1,391 @@
+/* pipeline_variant.c: edited pipelines sharing their base's components (see pipeline_variant.h). */
+#include "pipeline_variant.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "denoise.h"
+#include "pipeline_impl.h"
+#include "text_conditioning.h"
+
+typedef struct change_rec {
+    loco_variant_change pub;
+    char *name;
+    float *data;
+} change_rec;
+
+typedef struct ablation_rec {
+    loco_neuron_ablation pub;
+    int32_t *channels;
+    float *values;
+} ablation_rec;
+
+struct loco_pipeline_variant {
+    loco_pipeline view; /* the base's struct with this variant's UNet and text encoders */
+    loco_pipeline *base;
+    loco_unet *unet;
+    loco_clip_text *te, *te2;
+    change_rec *changes;
+    int n_changes, cap_changes;
+    ablation_rec *abl;
+    int n_abl, cap_abl;
+    json_t *edits; /* array of edit descriptions */
+};
+
+static const char *const component_names[LOCO_COMPONENT_COUNT] = {"unet", "text_encoder", "text_encoder_2"};
+
+const char *loco_component_name(loco_component c) {
+    return (unsigned)c < LOCO_COMPONENT_COUNT ? component_names[c] : "unknown";
+}
+
+int loco_component_from_name(const char *name, loco_component *out) {
+    for (int i = 0; name && i < LOCO_COMPONENT_COUNT; i++)
+        if (strcmp(name, component_names[i]) == 0) {
+            *out = (loco_component)i;
+            return 0;
+        }
+    return -1;
+}
+
+loco_status loco_pipeline_variant_create(loco_pipeline *base, loco_pipeline_variant **out, loco_err *err) {
+    *out = NULL;
+    if (!base) return loco_err_set(err, LOCO_EINVAL, "pipeline variant: no base pipeline");
+    loco_pipeline_variant *v = calloc(1, sizeof *v);
+    if (!v) return loco_err_set(err, LOCO_ENOMEM, "pipeline variant: out of memory");
+    v->base = base;
+    loco_status st = LOCO_OK;
+    if (!(v->edits = json_array())) {
+        st = loco_err_set(err, LOCO_ENOMEM, "pipeline variant: out of memory");
+        goto fail;
+    }
+    if ((st = loco_unet_variant(base->unet, &v->unet, err))) goto fail;
+    if (base->text_encoder && (st = loco_clip_text_variant(base->text_encoder, &v->te, err))) goto fail;
+    if (base->text_encoder_2 && (st = loco_clip_text_variant(base->text_encoder_2, &v->te2, err))) goto fail;
+    v->view = *base;
+    v->view.unet = v->unet;
+    v->view.text_encoder = v->te;
+    v->view.text_encoder_2 = v->te2;
+    *out = v;
+    return LOCO_OK;
+fail:
+    loco_pipeline_variant_free(v);
+    return loco_err_prefix(err, "creating a variant of %s", base->path ? base->path : "the model");
+}
+
+void loco_pipeline_variant_free(loco_pipeline_variant *v) {
+    if (!v) return;
+    loco_unet_free(v->unet);
+    loco_clip_text_free(v->te);
+    loco_clip_text_free(v->te2);
+    for (int i = 0; i < v->n_changes; i++) {
+        free(v->changes[i].name);
+        free(v->changes[i].data);
+    }
+    free(v->changes);
+    for (int i = 0; i < v->n_abl; i++) {
+        free(v->abl[i].channels);
+        free(v->abl[i].values);
+    }
+    free(v->abl);
+    json_decref(v->edits);
+    free(v);
+}
+
+const loco_pipeline *loco_pipeline_variant_base(const loco_pipeline_variant *v) { return v->base; }
+loco_pipeline *loco_pipeline_variant_pipeline(loco_pipeline_variant *v) { return &v->view; }
+
+/* The resident tensor of a parameter, or NULL with the error set. */
+static const loco_tensor *param_tensor(const loco_pipeline_variant *v, loco_component c, const char *name,
+                                       loco_err *err) {
+    const loco_tensor *t = NULL;
+    if (c == LOCO_COMPONENT_UNET) {
+        t = loco_params_find(loco_unet_params(v->unet), name);
+    } else if (c == LOCO_COMPONENT_TEXT_ENCODER || c == LOCO_COMPONENT_TEXT_ENCODER_2) {
+        const loco_clip_text *te = c == LOCO_COMPONENT_TEXT_ENCODER ? v->te : v->te2;
+        if (!te) {
+            loco_err_set(err, LOCO_ENOTFOUND, "the model has no %s", loco_component_name(c));
+            return NULL;
+        }
+        t = loco_clip_text_param(te, name);
+    } else {
+        loco_err_set(err, LOCO_EINVAL, "unknown component %d", (int)c);
+        return NULL;
+    }
+    if (!t) loco_err_set(err, LOCO_ENOTFOUND, "%s has no parameter named '%s'", loco_component_name(c), name ? name : "(null)");
+    return t;
+}
+
+loco_status loco_pipeline_variant_read_param(const loco_pipeline_variant *v, loco_component component,
+                                             const char *name, float **data, int64_t *numel, int *ndim,
+                                             int64_t shape[2], loco_err *err) {
+    *data = NULL;
+    const loco_tensor *t = param_tensor(v, component, name, err);
+    if (!t) return err ? err->code : LOCO_ENOTFOUND;
+    const int64_t n = loco_tensor_numel(t);
+    float *buf = malloc((size_t)(n ? n : 1) * sizeof *buf);
+    if (!buf) return loco_err_set(err, LOCO_ENOMEM, "out of memory reading '%s'", name);
+    loco_status st = loco_tensor_download_f32(t, buf, err);
+    if (st) {
+        free(buf);
+        return loco_err_prefix(err, "reading %s '%s'", loco_component_name(component), name);
+    }
+    *data = buf;
+    if (numel) *numel = n;
+    if (ndim) *ndim = t->ndim;
+    if (shape) {
+        shape[0] = t->ndim > 0 ? t->shape[0] : 1;
+        shape[1] = t->ndim > 1 ? t->shape[1] : 1;
+    }
+    return LOCO_OK;
+}
+
+static change_rec *find_change(const loco_pipeline_variant *v, loco_component c, const char *name) {
+    for (int i = 0; i < v->n_changes; i++)
+        if (v->changes[i].pub.component == c && strcmp(v->changes[i].name, name) == 0) return &v->changes[i];
+    return NULL;
+}
+
+loco_status loco_pipeline_variant_set_param(loco_pipeline_variant *v, loco_component component, const char *name,
+                                            const void *data, loco_dtype src_dtype, loco_err *err) {
+    const loco_tensor *t = param_tensor(v, component, name, err);
+    if (!t) return err ? err->code : LOCO_ENOTFOUND;
+    if (!data) return loco_err_set(err, LOCO_EINVAL, "no data for '%s'", name);
+    if (src_dtype != LOCO_F32 && src_dtype != LOCO_F64)
+        return loco_err_set(err, LOCO_EINVAL, "variant parameters take F32 or F64 data, got %s", loco_dtype_name(src_dtype));
+    if (t->ndim > 4) return loco_err_set(err, LOCO_EUNSUPPORTED, "'%s' has %d dimensions", name, t->ndim);
+    const int64_t n = loco_tensor_numel(t);
+    float *rec = malloc((size_t)(n ? n : 1) * sizeof *rec);
+    if (!rec) return loco_err_set(err, LOCO_ENOMEM, "out of memory recording '%s'", name);
+    if (src_dtype == LOCO_F64)
+        for (int64_t i = 0; i < n; i++) rec[i] = (float)((const double *)data)[i];
+    else
+        memcpy(rec, data, (size_t)n * sizeof *rec);
+    /* the float32 record is what gets uploaded, so exports hold exactly what the variant uses */
+    loco_status st;
+    if (component == LOCO_COMPONENT_UNET)
+        st = loco_unet_set_param(v->unet, name, rec, LOCO_F32, err);
+    else
+        st = loco_clip_text_set_param(component == LOCO_COMPONENT_TEXT_ENCODER ? v->te : v->te2, name, rec, LOCO_F32,
+                                      err);
+    if (st) {
+        free(rec);
+        return st;
+    }
+    change_rec *c = find_change(v, component, name);
+    if (c) {
+        free(c->data);
+        c->data = rec;
+        c->pub.data = rec;
+        return LOCO_OK;
+    }
+    if (v->n_changes == v->cap_changes) {
+        int cap = v->cap_changes ? 2 * v->cap_changes : 8;
+        change_rec *nc = realloc(v->changes, (size_t)cap * sizeof *nc);
+        if (!nc) {
+            free(rec);
+            return loco_err_set(err, LOCO_ENOMEM, "out of memory recording '%s'", name);
+        }
+        v->changes = nc;
+        v->cap_changes = cap;
+    }
+    c = &v->changes[v->n_changes];
+    memset(c, 0, sizeof *c);
+    if (!(c->name = strdup(name))) {
+        free(rec);
+        return loco_err_set(err, LOCO_ENOMEM, "out of memory recording '%s'", name);
+    }
+    c->data = rec;
+    c->pub.component = component;
+    c->pub.name = c->name;
+    c->pub.ndim = t->ndim;
+    for (int d = 0; d < t->ndim; d++) c->pub.shape[d] = t->shape[d];
+    c->pub.data = rec;
+    v->n_changes++;
+    return LOCO_OK;
+}
+
+int loco_pipeline_variant_num_changes(const loco_pipeline_variant *v) { return v->n_changes; }
+
+const loco_variant_change *loco_pipeline_variant_change(const loco_pipeline_variant *v, int i) {
+    return i >= 0 && i < v->n_changes ? &v->changes[i].pub : NULL;
+}
+
+size_t loco_pipeline_variant_owned_bytes(const loco_pipeline_variant *v) {
+    size_t total = 0;
+    for (int i = 0; i < v->n_changes; i++) {
+        const loco_tensor *t = param_tensor(v, v->changes[i].pub.component, v->changes[i].name, NULL);
+        if (t) total += loco_tensor_nbytes(t);
+    }
+    return total;
+}
+
+/* ---- ablations ------------------------------------------------------------------------------- */
+
+loco_status loco_pipeline_variant_add_ablation(loco_pipeline_variant *v, const loco_neuron_ablation *a,
+                                               loco_err *err) {
+    if (!a || a->n < 0 || (a->n > 0 && (!a->channels || !a->values)))
+        return loco_err_set(err, LOCO_EINVAL, "neuron ablation: channels and values are required");
+    if (a->kind != LOCO_SITE_CROSS_K && a->kind != LOCO_SITE_CROSS_V)
+        return loco_err_set(err, LOCO_EINVAL, "neuron ablation: site kind must be cross_k or cross_v, got %s",
+                            loco_site_kind_name(a->kind));
+    const int n_cross = loco_unet_n_cross(v->unet);
+    if (a->cross_index < 0 || a->cross_index >= n_cross)
+        return loco_err_set(err, LOCO_EINVAL, "neuron ablation: cross-attention layer %d is outside 0..%d",
+                            a->cross_index, n_cross - 1);
+    ablation_rec *r = NULL;
+    for (int i = 0; i < v->n_abl; i++)
+        if (v->abl[i].pub.cross_index == a->cross_index && v->abl[i].pub.kind == a->kind) r = &v->abl[i];
+    int32_t *ch = malloc((size_t)(a->n ? a->n : 1) * sizeof *ch);
+    float *val = malloc((size_t)(a->n ? a->n : 1) * sizeof *val);
+    if (!ch || !val) {
+        free(ch);
+        free(val);
+        return loco_err_set(err, LOCO_ENOMEM, "neuron ablation: out of memory");
+    }
+    if (a->n) {
+        memcpy(ch, a->channels, (size_t)a->n * sizeof *ch);
+        memcpy(val, a->values, (size_t)a->n * sizeof *val);
+    }
+    if (!r) {
+        if (v->n_abl == v->cap_abl) {
+            int cap = v->cap_abl ? 2 * v->cap_abl : 8;
+            ablation_rec *na = realloc(v->abl, (size_t)cap * sizeof *na);
+            if (!na) {
+                free(ch);
+                free(val);
+                return loco_err_set(err, LOCO_ENOMEM, "neuron ablation: out of memory");
+            }
+            v->abl = na;
+            v->cap_abl = cap;
+        }
+        r = &v->abl[v->n_abl++];
+        memset(r, 0, sizeof *r);
+    }
+    free(r->channels);
+    free(r->values);
+    r->channels = ch;
+    r->values = val;
+    r->pub = *a;
+    r->pub.channels = ch;
+    r->pub.values = val;
+    return LOCO_OK;
+}
+
+int loco_pipeline_variant_num_ablations(const loco_pipeline_variant *v) { return v->n_abl; }
+
+const loco_neuron_ablation *loco_pipeline_variant_ablation(const loco_pipeline_variant *v, int i) {
+    return i >= 0 && i < v->n_abl ? &v->abl[i].pub : NULL;
+}
+
+static loco_status ablation_hook(void *vctx, const loco_site *site, loco_tensor *out, loco_err *err) {
+    const loco_ablation_ctx *c = vctx;
+    if (site->kind != LOCO_SITE_CROSS_K && site->kind != LOCO_SITE_CROSS_V) return LOCO_OK;
+    for (int i = 0; i < c->v->n_abl; i++) {
+        const loco_neuron_ablation *a = &c->v->abl[i].pub;
+        if (a->cross_index != site->cross_index || a->kind != site->kind || a->n == 0) continue;
+        if (out->ndim != 3 || c->cond_first < 0 || c->cond_first + c->cond_count > out->shape[0])
+            return loco_err_set(err, LOCO_EINVAL,
+                                "neuron ablation: conditional rows [%d, %d) are outside the %lld text rows",
+                                c->cond_first, c->cond_first + c->cond_count, (long long)(out->ndim ? out->shape[0] : 0));
+        loco_tensor rows;
+        loco_status st = loco_tensor_slice0(out, c->cond_first, c->cond_count, &rows, err);
+        if (!st) st = loco_set_channels(out->be, &rows, a->channels, a->values, a->n, err);
+        if (st) return st;
+    }
+    return LOCO_OK;
+}
+
+loco_site_hooks loco_pipeline_variant_ablation_hooks(const loco_pipeline_variant *v, int cond_first, int cond_count,
+                                                     loco_ablation_ctx *ctx) {
+    ctx->v = v;
+    ctx->cond_first = cond_first;
+    ctx->cond_count = cond_count;
+    loco_site_hooks h = {.after = ablation_hook, .ctx = ctx};
+    return h;
+}
+
+/* ---- description ----------------------------------------------------------------------------- */
+
+loco_status loco_pipeline_variant_note_edit(loco_pipeline_variant *v, json_t *edit, loco_err *err) {
+    if (!edit || json_array_append(v->edits, edit))
+        return loco_err_set(err, LOCO_ENOMEM, "pipeline variant: cannot record the edit description");
+    return LOCO_OK;
+}
+
+const json_t *loco_pipeline_variant_edits(const loco_pipeline_variant *v) { return v->edits; }
+
+/* ---- generation ------------------------------------------------------------------------------ */
+
+loco_status loco_pipeline_variant_generate(loco_pipeline_variant *v, const loco_generate_params *g,
+                                           loco_generate_result *out, loco_err *err) {
+    loco_pipeline *p = &v->view;
+    if (v->n_abl == 0) return loco_generate(p, g, out, err);
+    /* loco_generate with the ablation hooks on the text K/V projection: the same validation,
+     * encode_prompt rows [uncond b | cond b] and one seeded generator for the whole batch */
+    memset(out, 0, sizeof *out);
+    loco_status st = loco_generate_validate(p, g, err);
+    if (st) return st;
+    const float gs = !isnan(g->guidance_scale) ? g->guidance_scale : (p->family == LOCO_FAMILY_SDXL ? 5.0f : 7.5f);
+    const int cfg = gs > 1.0f;
+    const int def = loco_pipeline_default_size(p);
+    const int b = g->n_prompts * g->num_images_per_prompt;
+    loco_text_encoders enc;
+    loco_text_encoders_init(&enc);
+    enc.family = p->family;
+    enc.tokenizer = p->tokenizer;
+    enc.text_encoder = p->text_encoder;
+    enc.tokenizer_2 = p->tokenizer_2;
+    enc.text_encoder_2 = p->text_encoder_2;
+    enc.force_zeros_for_empty_prompt = p->force_zeros_for_empty_prompt;
+    loco_encode_prompt_opts eo;
+    loco_encode_prompt_opts_init(&eo);
+    eo.n_prompts = g->n_prompts;
+    eo.prompts = g->prompts;
+    eo.prompts_2 = g->prompts_2;
+    eo.negative_prompts = g->negative_prompts;
+    eo.negative_prompts_2 = g->negative_prompts_2;
+    eo.num_images_per_prompt = g->num_images_per_prompt;
+    eo.do_classifier_free_guidance = cfg;
+    eo.clip_skip = g->clip_skip;
+    loco_prompt_embeds pe;
+    memset(&pe, 0, sizeof pe);
+    int *rows = malloc((size_t)(2 * b) * sizeof *rows);
+    if (!rows) return loco_err_set(err, LOCO_ENOMEM, "out of memory");
+    if ((st = loco_encode_prompt(&enc, &eo, &pe, err))) {
+        loco_err_prefix(err, "encoding the prompt");
+        goto done;
+    }
+    for (int k = 0; k < b; k++) {
+        rows[k] = k;
+        rows[b + k] = cfg ? b + k : k;
+    }
+    loco_ablation_ctx actx;
+    loco_site_hooks kvh = loco_pipeline_variant_ablation_hooks(v, cfg ? b : 0, b, &actx);
+    loco_denoise_params d;
+    loco_denoise_params_init(&d);
+    d.n_samples = b;
+    d.text = &pe.embeds;
+    d.pooled = p->family == LOCO_FAMILY_SDXL ? &pe.pooled : NULL;
+    d.kv_hooks = &kvh;
+    d.cond_row = rows + b;
+    d.uncond_row = cfg ? rows : NULL;
+    d.n_groups = 0;
+    d.group_seed = &g->seed;
+    d.latents = g->latents;
+    d.width = g->width ? g->width : def;
+    d.height = g->height ? g->height : def;
+    d.steps = g->steps ? g->steps : 50;
+    d.guidance_scale = gs;
+    d.has_scheduler = g->has_scheduler;
+    d.scheduler = g->scheduler;
+    d.use_karras_sigmas = g->use_karras_sigmas;
+    d.progress = g->progress;
+    d.progress_ctx = g->progress_ctx;
+    d.skip_decode = g->skip_decode;
+    st = loco_denoise(p, &d, out, err);
+done:
+    loco_prompt_embeds_free(&pe);
+    free(rows);
+    return st;
+}

@@ -1,0 +1,211 @@
+/* request_research.c: params of the research kinds (trace, localize, edit), after
+ * shared/reference/methods.md §2 (causal tracing), §4 (LocoGen), §3/§5/§6 (Diff-QuickFix,
+ * LocoEdit, neuron edits). Only the model-independent checks live here. */
+#include "request.h"
+
+#include <ctype.h>
+#include <stdio.h>
+#include <string.h>
+
+#define SAMPLER_KEYS "seed", "steps", "guidance_scale", "scheduler", "karras", "width", "height", "clip_skip"
+
+/* Every item of array `a` (at ptr/key) must be a string of 1..max_chars characters. */
+static int string_items(const json_t *a, const char *ptr, const char *key, size_t min_chars, size_t max_chars,
+                        loco_proto_error *e) {
+    size_t i;
+    const json_t *v;
+    json_array_foreach(a, i, v) {
+        char p[200];
+        snprintf(p, sizeof p, "%s/%s/%zu", ptr, key, i);
+        if (!json_is_string(v)) return loco_proto_fail(e, 422, "invalid_type", p, "items of '%s' must be strings", key);
+        size_t n = loco_utf8_length(json_string_value(v));
+        if (strlen(json_string_value(v)) != json_string_length(v))
+            return loco_proto_fail(e, 422, "invalid_value", p, "items of '%s' must not contain NUL characters", key);
+        if (n < min_chars || n > max_chars)
+            return loco_proto_fail(e, 422, "out_of_range", p, "items of '%s' must have %zu to %zu characters (this has %zu)",
+                                   key, min_chars, max_chars, n);
+    }
+    return 0;
+}
+
+/* Every item an integer in lo..hi, no duplicates. */
+static int int_items(const json_t *a, const char *ptr, const char *key, int64_t lo, int64_t hi, loco_proto_error *e) {
+    size_t i, j;
+    const json_t *v;
+    json_array_foreach(a, i, v) {
+        char p[200];
+        snprintf(p, sizeof p, "%s/%s/%zu", ptr, key, i);
+        if (!json_is_integer(v)) return loco_proto_fail(e, 422, "invalid_type", p, "items of '%s' must be integers", key);
+        json_int_t x = json_integer_value(v);
+        if (x < lo || x > hi)
+            return loco_proto_fail(e, 422, "out_of_range", p, "items of '%s' must be between %lld and %lld (got %lld)",
+                                   key, (long long)lo, (long long)hi, (long long)x);
+        for (j = 0; j < i; j++)
+            if (json_integer_value(json_array_get(a, j)) == x)
+                return loco_proto_fail(e, 422, "invalid_value", p, "'%s' lists %lld twice", key, (long long)x);
+    }
+    return 0;
+}
+
+static int contains_ci(const char *hay, const char *needle) {
+    size_t n = strlen(needle);
+    if (n == 0) return 0;
+    for (; *hay; hay++)
+        if (strncasecmp(hay, needle, n) == 0) return 1;
+    return 0;
+}
+
+int loco_params_trace(const json_t *p, const char *ptr, const loco_proto_limits *lim, uint64_t random_seed,
+                      json_t **out, loco_proto_error *e) {
+    static const char *const keys[] = {"prompt", "subject", "target", "components", "positions", "noise_scale",
+                                       "noise_seed", "score_prompt", SAMPLER_KEYS, NULL};
+    static const char *const targets[] = {"unet", "text_encoder", NULL};
+    const char *prompt = NULL, *subject = NULL, *target = "unet", *score = NULL;
+    const json_t *components = NULL, *positions = NULL;
+    double noise = 3.0;
+    int64_t noise_seed = 0;
+    int has_ns = 0, has_score = 0;
+    size_t maxc = (size_t)lim->max_prompt_chars;
+    if (loco_pf_object(p, ptr, keys, e) || loco_pf_string(p, ptr, "prompt", 1, 1, maxc, &prompt, NULL, e) ||
+        loco_pf_string(p, ptr, "subject", 1, 1, maxc, &subject, NULL, e) ||
+        loco_pf_enum(p, ptr, "target", 0, targets, &target, NULL, e) ||
+        loco_pf_array(p, ptr, "components", 0, 1, (size_t)lim->max_items, &components, NULL, e) ||
+        loco_pf_array(p, ptr, "positions", 0, 1, 77, &positions, NULL, e) ||
+        loco_pf_number(p, ptr, "noise_scale", 0, 0.0, 100.0, &noise, NULL, e) ||
+        loco_pf_int(p, ptr, "noise_seed", 0, 0, INT64_MAX, &noise_seed, &has_ns, e) ||
+        loco_pf_string(p, ptr, "score_prompt", 0, 1, maxc, &score, &has_score, e))
+        return -1;
+    if (components && string_items(components, ptr, "components", 1, 200, e)) return -1;
+    if (positions && int_items(positions, ptr, "positions", 0, 76, e)) return -1;
+    char pp[200];
+    if (!contains_ci(prompt, subject)) {
+        snprintf(pp, sizeof pp, "%s/subject", ptr);
+        return loco_proto_fail(e, 422, "invalid_value", pp,
+                               "'subject' must occur in 'prompt' (its tokens are the ones corrupted)");
+    }
+    if (positions && strcmp(target, "text_encoder") != 0) {
+        snprintf(pp, sizeof pp, "%s/positions", ptr);
+        return loco_proto_fail(e, 422, "invalid_value", pp, "'positions' applies only to target 'text_encoder'");
+    }
+    json_t *o = json_object();
+    json_object_set_new(o, "prompt", json_string(prompt));
+    json_object_set_new(o, "subject", json_string(subject));
+    json_object_set_new(o, "target", json_string(target));
+    if (components) json_object_set_new(o, "components", json_deep_copy(components));
+    if (positions) json_object_set_new(o, "positions", json_deep_copy(positions));
+    json_object_set_new(o, "noise_scale", json_real(noise));
+    if (has_score) json_object_set_new(o, "score_prompt", json_string(score));
+    if (loco_params_sampler(p, ptr, lim, random_seed, 1, o, e)) {
+        json_decref(o);
+        return -1;
+    }
+    json_object_set_new(o, "noise_seed", has_ns ? json_integer(noise_seed) : json_incref(json_object_get(o, "seed")));
+    *out = o;
+    return 0;
+}
+
+int loco_params_localize(const json_t *p, const char *ptr, const loco_proto_limits *lim, uint64_t random_seed,
+                         json_t **out, loco_proto_error *e) {
+    static const char *const keys[] = {"prompts", "altered_prompts", "window", "starts", "attribute", "seeds",
+                                       SAMPLER_KEYS, NULL};
+    static const char *const attrs[] = {"style", "objects", "facts", NULL};
+    const json_t *prompts = NULL, *altered = NULL, *starts = NULL, *seeds = NULL;
+    const char *attribute = "style";
+    int64_t window = 2;
+    size_t maxc = (size_t)lim->max_prompt_chars;
+    if (loco_pf_object(p, ptr, keys, e) ||
+        loco_pf_array(p, ptr, "prompts", 1, 1, (size_t)lim->max_prompts, &prompts, NULL, e) ||
+        loco_pf_array(p, ptr, "altered_prompts", 1, 1, (size_t)lim->max_prompts, &altered, NULL, e) ||
+        loco_pf_int(p, ptr, "window", 0, 1, 128, &window, NULL, e) ||
+        loco_pf_array(p, ptr, "starts", 0, 1, (size_t)lim->max_items, &starts, NULL, e) ||
+        loco_pf_enum(p, ptr, "attribute", 0, attrs, &attribute, NULL, e) ||
+        loco_pf_array(p, ptr, "seeds", 0, 1, 64, &seeds, NULL, e))
+        return -1;
+    if (string_items(prompts, ptr, "prompts", 1, maxc, e) || string_items(altered, ptr, "altered_prompts", 1, maxc, e))
+        return -1;
+    if (starts && int_items(starts, ptr, "starts", 0, 1023, e)) return -1;
+    if (seeds && int_items(seeds, ptr, "seeds", 0, INT64_MAX, e)) return -1;
+    if (json_array_size(prompts) != json_array_size(altered)) {
+        char pp[200];
+        snprintf(pp, sizeof pp, "%s/altered_prompts", ptr);
+        return loco_proto_fail(e, 422, "invalid_value", pp,
+                               "'altered_prompts' must have one entry per prompt (%zu prompts, %zu altered)",
+                               json_array_size(prompts), json_array_size(altered));
+    }
+    json_t *o = json_object();
+    json_object_set_new(o, "prompts", json_deep_copy(prompts));
+    json_object_set_new(o, "altered_prompts", json_deep_copy(altered));
+    json_object_set_new(o, "window", json_integer(window));
+    if (starts) json_object_set_new(o, "starts", json_deep_copy(starts));
+    json_object_set_new(o, "attribute", json_string(attribute));
+    if (loco_params_sampler(p, ptr, lim, random_seed, 1, o, e)) {
+        json_decref(o);
+        return -1;
+    }
+    json_object_set_new(o, "seeds", seeds ? json_deep_copy(seeds) : json_pack("[O]", json_object_get(o, "seed")));
+    *out = o;
+    return 0;
+}
+
+int loco_params_edit(const json_t *p, const char *ptr, const loco_proto_limits *lim, uint64_t random_seed,
+                     json_t **out, loco_proto_error *e) {
+    static const char *const keys[] = {"method", "concept", "target", "layers", "lambda", "templates", "neurons",
+                                       "prompts", "normal_prompts", "variant", "export", NULL};
+    static const char *const methods[] = {"locoedit", "diff_quickfix", "neuron", NULL};
+    static const char *const templates[] = {"style", "object", "none", NULL};
+    static const char *const exports[] = {"delta", "none", NULL};
+    const char *method = NULL, *concept = NULL, *target = NULL, *tmpl = "style", *variant = NULL, *exp = "delta";
+    const json_t *layers = NULL, *prompts = NULL, *normal = NULL;
+    double lambda = 0.01;
+    int64_t neurons = 50;
+    int has_variant = 0, has_neurons = 0;
+    size_t maxc = (size_t)lim->max_prompt_chars;
+    (void)random_seed;
+    if (loco_pf_object(p, ptr, keys, e) || loco_pf_enum(p, ptr, "method", 1, methods, &method, NULL, e) ||
+        loco_pf_string(p, ptr, "concept", 1, 1, maxc, &concept, NULL, e) ||
+        loco_pf_string(p, ptr, "target", 1, 0, maxc, &target, NULL, e) ||
+        loco_pf_array(p, ptr, "layers", 0, 1, 128, &layers, NULL, e) ||
+        loco_pf_number(p, ptr, "lambda", 0, 1e-12, 1e6, &lambda, NULL, e) ||
+        loco_pf_enum(p, ptr, "templates", 0, templates, &tmpl, NULL, e) ||
+        loco_pf_int(p, ptr, "neurons", 0, 1, lim->max_items, &neurons, &has_neurons, e) ||
+        loco_pf_array(p, ptr, "prompts", 0, 1, (size_t)lim->max_prompts, &prompts, NULL, e) ||
+        loco_pf_array(p, ptr, "normal_prompts", 0, 1, (size_t)lim->max_prompts, &normal, NULL, e) ||
+        loco_pf_string(p, ptr, "variant", 0, 1, LOCO_MODEL_NAME_MAX, &variant, &has_variant, e) ||
+        loco_pf_enum(p, ptr, "export", 0, exports, &exp, NULL, e))
+        return -1;
+    if (layers && int_items(layers, ptr, "layers", 0, 1023, e)) return -1;
+    if (prompts && string_items(prompts, ptr, "prompts", 1, maxc, e)) return -1;
+    if (normal && string_items(normal, ptr, "normal_prompts", 1, maxc, e)) return -1;
+    char pp[200];
+    if (has_variant && !loco_name_valid(variant)) {
+        snprintf(pp, sizeof pp, "%s/variant", ptr);
+        return loco_proto_fail(e, 422, "invalid_value", pp,
+                               "'variant' must be a model name (letters, digits, '.', '_', '+', '-')");
+    }
+    if (strcmp(method, "neuron") == 0 && (!prompts || !normal)) {
+        snprintf(pp, sizeof pp, "%s/%s", ptr, prompts ? "normal_prompts" : "prompts");
+        return loco_proto_fail(e, 422, "missing_field", pp,
+                               "the neuron method needs 'prompts' (with the concept) and 'normal_prompts' (without it) "
+                               "to rank neurons");
+    }
+    if (strcmp(method, "diff_quickfix") == 0 && layers) {
+        snprintf(pp, sizeof pp, "%s/layers", ptr);
+        return loco_proto_fail(e, 422, "invalid_value", pp,
+                               "'layers' does not apply to diff_quickfix (it edits the text encoder's layer-0 "
+                               "self-attention out_proj)");
+    }
+    json_t *o = json_object();
+    json_object_set_new(o, "method", json_string(method));
+    json_object_set_new(o, "concept", json_string(concept));
+    json_object_set_new(o, "target", json_string(target));
+    if (layers) json_object_set_new(o, "layers", json_deep_copy(layers));
+    json_object_set_new(o, "lambda", json_real(lambda));
+    json_object_set_new(o, "templates", json_string(tmpl));
+    if (strcmp(method, "neuron") == 0) json_object_set_new(o, "neurons", json_integer(neurons));
+    if (prompts) json_object_set_new(o, "prompts", json_deep_copy(prompts));
+    if (normal) json_object_set_new(o, "normal_prompts", json_deep_copy(normal));
+    if (has_variant) json_object_set_new(o, "variant", json_string(variant));
+    json_object_set_new(o, "export", json_string(exp));
+    *out = o;
+    return 0;
+}

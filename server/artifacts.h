@@ -1,0 +1,32 @@
+/* artifacts.h: content-addressed result files. An artifact is named by the SHA-256 of its
+ * bytes (64 lowercase hex) and lives at <root>/<first two hex>/<sha256>. It is written to a
+ * temporary file in <root>/tmp, fsync'ed, then renamed into place (and the folder fsync'ed), so
+ * a reader never sees half a file and a crash leaves at most a stray temporary. Used by the
+ * worker (which writes) and the daemon (which serves and deletes); no state beyond the path. */
+#ifndef LOCOD_ARTIFACTS_H
+#define LOCOD_ARTIFACTS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "base.h"
+
+/* 64 lowercase hex characters and nothing else. */
+int locod_artifact_id_valid(const char *id);
+
+/* Create <root> and <root>/tmp; clear stale temporaries. */
+loco_status locod_artifacts_init(const char *root, loco_err *err);
+/* <root>/<aa>/<sha256> into buf. */
+void locod_artifact_path(const char *root, const char *sha, char *buf, size_t n);
+/* A fresh temporary path in <root>/tmp for a writer that needs a file name (safetensors). */
+void locod_artifact_tmp_path(const char *root, const char *suffix, char *buf, size_t n);
+
+/* Store bytes; *sha gets the id (65 bytes). Existing identical content is kept. */
+loco_status locod_artifact_put(const char *root, const void *data, size_t n, char sha[65], loco_err *err);
+/* Hash a finished temporary file and move it into place (the temporary is consumed). */
+loco_status locod_artifact_put_file(const char *root, const char *tmp_path, char sha[65], uint64_t *size,
+                                    loco_err *err);
+/* Remove an artifact (missing is fine). */
+void locod_artifact_remove(const char *root, const char *sha);
+
+#endif

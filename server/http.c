@@ -1,0 +1,222 @@
+/* http.c: libmicrohttpd glue (see http.h). A thread per connection: simple, and an event
+ * stream may block its own thread waiting for news without busy-waiting the others. */
+#include "http.h"
+
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+
+#include "auth.h"
+
+const char *locod_req_header(locod_req *r, const char *name) {
+    return MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, name);
+}
+
+const char *locod_req_arg(locod_req *r, const char *name) {
+    return MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, name);
+}
+
+void locod_add_common_headers(locod_req *r, struct MHD_Response *resp) {
+    MHD_add_response_header(resp, "X-Content-Type-Options", "nosniff");
+    if (r->origin) MHD_add_response_header(resp, "Vary", "Origin");
+    if (r->cors_allowed) {
+        MHD_add_response_header(resp, "Access-Control-Allow-Origin", r->origin);
+        MHD_add_response_header(resp, "Access-Control-Expose-Headers",
+                                "Location, ETag, Retry-After, Content-Range, Accept-Ranges, Idempotent-Replayed");
+    }
+}
+
+enum MHD_Result locod_send(locod_req *r, int status, struct MHD_Response *resp) {
+    locod_add_common_headers(r, resp);
+    r->status = status;
+    locod_metrics_http(r->srv->metrics, status);
+    enum MHD_Result res = MHD_queue_response(r->conn, (unsigned)status, resp);
+    MHD_destroy_response(resp);
+    return res;
+}
+
+enum MHD_Result locod_reply(locod_req *r, int status, const char *ct, const void *body, size_t len,
+                            const char *const *headers) {
+    struct MHD_Response *resp = MHD_create_response_from_buffer(len, (void *)body, MHD_RESPMEM_MUST_COPY);
+    if (!resp) return MHD_NO;
+    if (ct) MHD_add_response_header(resp, "Content-Type", ct);
+    if (status >= 200 && strncmp(r->url, "/v1/artifacts/", 14) != 0) MHD_add_response_header(resp, "Cache-Control", "no-store");
+    for (int i = 0; headers && headers[i]; i += 2) MHD_add_response_header(resp, headers[i], headers[i + 1]);
+    return locod_send(r, status, resp);
+}
+
+enum MHD_Result locod_reply_json(locod_req *r, int status, json_t *j, const char *const *headers) {
+    char *s = json_dumps(j, JSON_COMPACT);
+    json_decref(j);
+    if (!s) return locod_problem(r, 500, "internal_error", NULL, NULL, "cannot encode the answer");
+    size_t n = strlen(s);
+    enum MHD_Result res = locod_reply(r, status, "application/json", s, n, headers);
+    free(s);
+    return res;
+}
+
+static int origin_allowed(const locod_config *cfg, const char *origin) {
+    for (int i = 0; origin && i < cfg->n_cors_origins; i++)
+        if (strcmp(cfg->cors_origins[i], "*") == 0 || strcmp(cfg->cors_origins[i], origin) == 0) return 1;
+    return 0;
+}
+
+static enum MHD_Result preflight(locod_req *r) {
+    if (!r->cors_allowed)
+        return locod_problem(r, 403, "cors_origin_not_allowed", NULL, NULL,
+                             "origin '%s' is not in this server's cors_origins; add it to the config to let a "
+                             "dashboard there call the API",
+                             r->origin ? r->origin : "(none)");
+    static const char *const h[] = {"Access-Control-Allow-Methods", "GET, HEAD, POST, OPTIONS",
+                                    "Access-Control-Allow-Headers",
+                                    "Authorization, Content-Type, Idempotency-Key, Last-Event-ID, Range, If-None-Match, If-Range",
+                                    "Access-Control-Max-Age", "600", NULL};
+    return locod_reply(r, 204, NULL, "", 0, h);
+}
+
+/* The auth and CORS gate in front of the router. */
+static enum MHD_Result handle(locod_req *r) {
+    locod_server *srv = r->srv;
+    const locod_config *cfg = srv->cfg;
+    r->origin = locod_req_header(r, "Origin");
+    r->cors_allowed = origin_allowed(cfg, r->origin);
+    if (strcmp(r->method, "OPTIONS") == 0 && r->origin && locod_req_header(r, "Access-Control-Request-Method"))
+        return preflight(r);
+    if (r->too_large)
+        return locod_problem(r, 413, "body_too_large", NULL, NULL,
+                             "the request body is larger than this server's limit of %lld bytes (limits.max_body_bytes)",
+                             (long long)cfg->max_body_bytes);
+    int api = strncmp(r->url, "/v1/", 4) == 0 || strcmp(r->url, "/v1") == 0;
+    if (api) {
+        /* Browsers: a page from an origin not in cors_origins must not drive the API (a
+         * loopback daemon without keys would otherwise be open to any web page). */
+        if (r->origin && !r->cors_allowed && strcmp(r->method, "GET") != 0 && strcmp(r->method, "HEAD") != 0)
+            return locod_problem(r, 403, "cors_origin_not_allowed", NULL, NULL,
+                                 "requests from origin '%s' are not allowed; add it to cors_origins in the config",
+                                 r->origin);
+        const locod_key *key = NULL;
+        locod_auth_result ar = locod_auth_check(cfg, locod_req_header(r, "Authorization"), &key);
+        static const char *const www[] = {"WWW-Authenticate", "Bearer realm=\"locod\"", NULL};
+        switch (ar) {
+        case LOCOD_AUTH_OK: break;
+        case LOCOD_AUTH_MISSING:
+            return locod_problem(r, 401, "missing_api_key", NULL, www,
+                                 "this server requires an API key: send 'Authorization: Bearer <key>'");
+        case LOCOD_AUTH_MALFORMED:
+            return locod_problem(r, 401, "malformed_authorization", NULL, www,
+                                 "the Authorization header must be 'Bearer <key>'");
+        default:
+            return locod_problem(r, 401, "invalid_api_key", NULL, www,
+                                 "the API key is not valid for this server; ask its operator for a key");
+        }
+        r->key = key;
+        r->key_id = key ? key->id : "anonymous";
+        r->admin = key ? key->admin : 1;
+    }
+    return locod_route(r);
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url, const char *method,
+                                  const char *version, const char *upload_data, size_t *upload_data_size,
+                                  void **con_cls) {
+    locod_server *srv = cls;
+    locod_req *r = *con_cls;
+    if (!r) {
+        r = calloc(1, sizeof *r);
+        if (!r) return MHD_NO;
+        r->srv = srv;
+        r->conn = conn;
+        r->method = method;
+        r->url = url;
+        r->t0_ms = locod_now_ms();
+        *con_cls = r;
+        const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Length");
+        if (cl && strtoll(cl, NULL, 10) > srv->cfg->max_body_bytes) r->too_large = 1;
+        return MHD_YES;
+    }
+    if (*upload_data_size) {
+        if (!r->too_large) {
+            if (r->body_len + *upload_data_size > (size_t)srv->cfg->max_body_bytes) {
+                r->too_large = 1;
+            } else {
+                if (r->body_len + *upload_data_size + 1 > r->body_cap) {
+                    size_t cap = r->body_cap ? r->body_cap : 4096;
+                    while (cap < r->body_len + *upload_data_size + 1) cap *= 2;
+                    char *nb = realloc(r->body, cap);
+                    if (!nb) return MHD_NO;
+                    r->body = nb;
+                    r->body_cap = cap;
+                }
+                memcpy(r->body + r->body_len, upload_data, *upload_data_size);
+                r->body_len += *upload_data_size;
+                r->body[r->body_len] = 0;
+            }
+        }
+        *upload_data_size = 0;
+        return MHD_YES;
+    }
+    return handle(r);
+}
+
+static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls, enum MHD_RequestTerminationCode t) {
+    locod_server *srv = cls;
+    locod_req *r = *con_cls;
+    if (!r) return;
+    if (r->status)
+        LOG_DEBUG(srv->log, "%s %s -> %d (%lld ms, key %s)", r->method, r->url, r->status,
+                  (long long)(locod_now_ms() - r->t0_ms), r->key_id ? r->key_id : "-");
+    free(r->body);
+    free(r);
+    *con_cls = NULL;
+}
+
+static void mhd_log(void *cls, const char *fmt, va_list ap) {
+    locod_server *srv = cls;
+    char buf[1024];
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    size_t n = strlen(buf);
+    while (n && (buf[n - 1] == '\n' || buf[n - 1] == '\r')) buf[--n] = 0;
+    LOG_DEBUG(srv->log, "http: %s", buf);
+}
+
+loco_status locod_http_start(locod_server *srv, loco_err *err) {
+    const locod_config *cfg = srv->cfg;
+    struct addrinfo hints, *ai = NULL;
+    memset(&hints, 0, sizeof hints);
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+    char port[16];
+    snprintf(port, sizeof port, "%d", cfg->listen_port);
+    const char *host = srv->open_mode && !locod_host_is_loopback(cfg->listen_host) ? "127.0.0.1" : cfg->listen_host;
+    int rc = getaddrinfo(host, port, &hints, &ai);
+    if (rc) return loco_err_set(err, LOCO_EINVAL, "listen address %s:%s: %s", host, port, gai_strerror(rc));
+    unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL |
+                     MHD_USE_ERROR_LOG;
+    if (ai->ai_family == AF_INET6) flags |= MHD_USE_IPv6;
+    srv->mhd = MHD_start_daemon(flags, 0, NULL, NULL, on_request, srv,
+                                MHD_OPTION_EXTERNAL_LOGGER, mhd_log, srv,
+                                MHD_OPTION_SOCK_ADDR, ai->ai_addr,
+                                MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv,
+                                MHD_OPTION_CONNECTION_LIMIT, (unsigned)cfg->max_connections,
+                                MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120,
+                                MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(64 * 1024),
+                                MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned)1024,
+                                MHD_OPTION_END);
+    freeaddrinfo(ai);
+    if (!srv->mhd)
+        return loco_err_set(err, LOCO_EIO, "cannot listen on %s:%d (address in use, or not an address of this machine)",
+                            host, cfg->listen_port);
+    const union MHD_DaemonInfo *info = MHD_get_daemon_info(srv->mhd, MHD_DAEMON_INFO_BIND_PORT);
+    srv->port = info ? info->port : cfg->listen_port;
+    return LOCO_OK;
+}
+
+void locod_http_stop(locod_server *srv) {
+    if (!srv->mhd) return;
+    MHD_stop_daemon(srv->mhd);
+    srv->mhd = NULL;
+}

@@ -1,0 +1,64 @@
+/* models.h: the models a daemon may load. A model is only ever named by clients: its path
+ * comes from the config (explicit "models" entries, or an entry of a configured model root:
+ * a diffusers folder with model_index.json, or a single-file .safetensors, named by its file
+ * name without the extension). Variants are models created by edit jobs on the worker; they
+ * live while the worker keeps them. Not thread-safe (the server's lock). */
+#ifndef LOCOD_MODELS_H
+#define LOCOD_MODELS_H
+
+#include <jansson.h>
+#include <stdint.h>
+
+#include "base.h"
+#include "config.h"
+#include "request.h"
+
+typedef enum locod_model_state {
+    LOCOD_MODEL_AVAILABLE = 0, /* on disk, not resident */
+    LOCOD_MODEL_LOADING,
+    LOCOD_MODEL_LOADED,
+    LOCOD_MODEL_UNLOADING,
+    LOCOD_MODEL_FAILED,        /* the last load failed (error says why); loading again is allowed */
+    LOCOD_MODEL_STATE_COUNT
+} locod_model_state;
+
+const char *locod_model_state_name(locod_model_state s);
+int locod_model_state_from_name(const char *name, locod_model_state *out);
+
+typedef enum locod_model_source { LOCOD_SRC_CONFIG = 0, LOCOD_SRC_ROOT, LOCOD_SRC_VARIANT } locod_model_source;
+
+typedef struct locod_model {
+    char name[LOCO_MODEL_NAME_MAX + 1];
+    char *path;
+    char *config_dir;
+    char *variant;           /* weight variant */
+    locod_model_source source;
+    char base[LOCO_MODEL_NAME_MAX + 1]; /* variants: the model they were edited from */
+    char created_by_job[40];            /* variants: the edit job */
+    locod_model_state state;
+    char *error;             /* last load error, or NULL */
+    json_t *info;            /* from the worker at load: family, sizes, sites, memory, ... */
+    int op_pending;          /* 1 load / 2 unload waiting for the worker */
+    int64_t loaded_ms;
+} locod_model;
+
+typedef struct locod_models locod_models;
+
+locod_models *locod_models_create(const locod_config *cfg);
+void locod_models_destroy(locod_models *m);
+/* Re-read the model roots (new folders dropped in become loadable). */
+void locod_models_rescan(locod_models *m);
+locod_model *locod_models_find(locod_models *m, const char *name);
+int locod_models_count(const locod_models *m);
+locod_model *locod_models_at(locod_models *m, int i);
+int locod_models_loaded_count(const locod_models *m);
+/* Register a variant produced by an edit (state loaded). */
+locod_model *locod_models_add_variant(locod_models *m, const char *name, const char *base, const char *job_id,
+                                      json_t *info);
+void locod_models_remove(locod_models *m, const char *name);
+
+/* JSON for GET /v1/models (summary) or GET /v1/models/{name} (full: configs and sites, read from
+ * the model's files when it is not resident). New reference. */
+json_t *locod_model_to_json(const locod_model *md, int full);
+
+#endif

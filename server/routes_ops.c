@@ -1,0 +1,60 @@
+/* routes_ops.c: /healthz (the process answers), /readyz (worker up, start-up models resident,
+ * queue not full) and /metrics (Prometheus text). Open without a key, like a load balancer or
+ * Prometheus expects. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "http.h"
+
+static void gauges(locod_server *srv, locod_gauges *g) {
+    memset(g, 0, sizeof *g);
+    g->queued = locod_queue_size(srv->queue);
+    g->running = srv->run.active;
+    g->worker_up = srv->worker_ready;
+    g->models_loaded = locod_models_loaded_count(srv->models);
+    g->sse_streams = srv->sse_streams;
+    g->device_memory_bytes = srv->device_memory;
+    g->device_memory_peak_bytes = srv->device_memory_peak;
+    locod_store_count_states(srv->store, g->jobs_by_state);
+}
+
+enum MHD_Result locod_route_ops(locod_req *r, const char *what) {
+    locod_server *srv = r->srv;
+    if (strcmp(what, "healthz") == 0)
+        return locod_reply(r, 200, "application/json", "{\"status\":\"ok\"}", 15, NULL);
+    if (strcmp(what, "metrics") == 0) {
+        locod_gauges g;
+        pthread_mutex_lock(&srv->mu);
+        gauges(srv, &g);
+        pthread_mutex_unlock(&srv->mu);
+        size_t len;
+        char *text = locod_metrics_render(srv->metrics, &g, &len);
+        enum MHD_Result res = locod_reply(r, 200, "text/plain; version=0.0.4; charset=utf-8", text, len, NULL);
+        free(text);
+        return res;
+    }
+    /* readyz */
+    pthread_mutex_lock(&srv->mu);
+    json_t *reasons = json_array();
+    if (!srv->worker_ready) json_array_append_new(reasons, json_string("the GPU worker is starting or restarting"));
+    for (int i = 0; i < locod_models_count(srv->models); i++) {
+        locod_model *md = locod_models_at(srv->models, i);
+        if (md->state == LOCOD_MODEL_LOADING) {
+            char s[200];
+            snprintf(s, sizeof s, "model %s is loading", md->name);
+            json_array_append_new(reasons, json_string(s));
+        }
+    }
+    int queued = locod_queue_size(srv->queue);
+    if (queued >= srv->cfg->max_queue) json_array_append_new(reasons, json_string("the queue is full"));
+    json_t *o = json_pack("{s:s, s:b, s:i, s:i, s:s}", "status", json_array_size(reasons) ? "not_ready" : "ready",
+                          "worker", srv->worker_ready, "queued", queued, "models_loaded",
+                          locod_models_loaded_count(srv->models), "device", srv->device);
+    pthread_mutex_unlock(&srv->mu);
+    int ready = json_array_size(reasons) == 0;
+    json_object_set_new(o, "reasons", reasons);
+    char ra[16];
+    snprintf(ra, sizeof ra, "%d", srv->cfg->retry_after_s);
+    const char *const h[] = {"Retry-After", ra, NULL};
+    return locod_reply_json(r, ready ? 200 : 503, o, ready ? NULL : h);
+}

@@ -1,0 +1,242 @@
+/* server.c: the daemon's lifecycle and shared bookkeeping (see server.h, server_impl.h). */
+#include <errno.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "artifacts.h"
+#include "server_impl.h"
+
+int64_t locod_now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+void locod_server_changed(locod_server *srv) {
+    srv->version++;
+    pthread_cond_broadcast(&srv->changed);
+}
+
+void locod_server_kick(locod_server *srv) { uv_async_send(&srv->kick); }
+
+static locod_key_count *key_count(locod_server *srv, const char *key, int create) {
+    for (int i = 0; i < srv->n_key_counts; i++)
+        if (strcmp(srv->key_counts[i].key, key) == 0) return &srv->key_counts[i];
+    if (!create) return NULL;
+    if (srv->n_key_counts == srv->cap_key_counts) {
+        srv->cap_key_counts = srv->cap_key_counts ? srv->cap_key_counts * 2 : 8;
+        srv->key_counts = realloc(srv->key_counts, (size_t)srv->cap_key_counts * sizeof *srv->key_counts);
+    }
+    locod_key_count *k = &srv->key_counts[srv->n_key_counts++];
+    memset(k, 0, sizeof *k);
+    snprintf(k->key, sizeof k->key, "%s", key);
+    return k;
+}
+
+int locod_key_pending(locod_server *srv, const char *key) {
+    locod_key_count *k = key_count(srv, key, 0);
+    return k ? k->pending : 0;
+}
+
+void locod_key_pending_add(locod_server *srv, const char *key, int delta) {
+    locod_key_count *k = key_count(srv, key, 1);
+    k->pending += delta;
+    if (k->pending < 0) k->pending = 0;
+}
+
+int locod_finish_job(locod_server *srv, const char *id, loco_job_kind kind, const char *key_id, loco_job_state state,
+                     int64_t started_ms, const char *code, const char *message, int retryable, const json_t *result,
+                     const json_t *artifacts) {
+    int64_t now = locod_now_ms();
+    loco_err err;
+    loco_err_clear(&err);
+    int moved = locod_store_finish(srv->store, id, state, now, now + srv->cfg->job_retention_s * 1000, code, message,
+                                   retryable, result, artifacts, &err);
+    if (moved < 0) LOG_ERROR(srv->log, "cannot record the end of job %s: %s", id, err.msg);
+    if (moved == 1) {
+        locod_key_pending_add(srv, key_id, -1);
+        locod_metrics_job_finished(srv->metrics, kind, state, started_ms ? (double)(now - started_ms) / 1000.0 : -1);
+        LOG_INFO(srv->log, "job %s (%s, key %s) %s%s%s", id, loco_job_kind_name(kind), key_id,
+                 loco_job_state_name(state), code ? ": " : "", code ? code : "");
+    }
+    locod_server_changed(srv);
+    return moved;
+}
+
+/* ---- loop callbacks ---------------------------------------------------------------------- */
+
+static void on_kick(uv_async_t *a) { locod_worker_pump(a->data); }
+
+static void artifact_gone(void *ctx, const char *sha) {
+    locod_server *srv = ctx;
+    locod_artifact_remove(srv->artifacts_root, sha);
+}
+
+static void on_tick(uv_timer_t *t) {
+    locod_server *srv = t->data;
+    locod_worker_tick(srv);
+    int64_t now = locod_now_ms();
+    if (now >= srv->next_sweep_ms) {
+        srv->next_sweep_ms = now + (int64_t)srv->cfg->retention_sweep_s * 1000;
+        loco_err err;
+        loco_err_clear(&err);
+        pthread_mutex_lock(&srv->mu);
+        int n = locod_store_purge(srv->store, now, artifact_gone, srv, &err);
+        if (n > 0) {
+            LOG_INFO(srv->log, "retention: purged %d finished job(s)", n);
+            locod_server_changed(srv);
+        } else if (n < 0) {
+            LOG_ERROR(srv->log, "retention sweep failed: %s", err.msg);
+        }
+        pthread_mutex_unlock(&srv->mu);
+    }
+}
+
+static void on_signal(uv_signal_t *s, int signum) {
+    locod_server *srv = s->data;
+    LOG_INFO(srv->log, "signal %d: stopping", signum);
+    pthread_mutex_lock(&srv->mu);
+    srv->stopping = 1;
+    locod_server_changed(srv);
+    pthread_mutex_unlock(&srv->mu);
+    uv_stop(&srv->loop);
+}
+
+/* ---- lifecycle ------------------------------------------------------------------------------ */
+
+static int mkdir_p(const char *path) {
+    char buf[PATH_MAX];
+    snprintf(buf, sizeof buf, "%s", path);
+    for (char *p = buf + 1; *p; p++)
+        if (*p == '/') {
+            *p = 0;
+            if (mkdir(buf, 0755) && errno != EEXIST) return -1;
+            *p = '/';
+        }
+    return mkdir(buf, 0755) && errno != EEXIST ? -1 : 0;
+}
+
+static void requeue_row(void *ctx, const locod_job_row *row) {
+    locod_server *srv = ctx;
+    locod_queue_push(srv->queue, row->id, row->key_id);
+}
+
+static void pending_row(void *ctx, const char *key, int count) {
+    locod_server *srv = ctx;
+    locod_key_pending_add(srv, key, count);
+}
+
+loco_status locod_server_create(const locod_config *cfg, loco_log *log, const char *self_exe, locod_server **out,
+                                loco_err *err) {
+    locod_server *srv = calloc(1, sizeof *srv);
+    if (!srv) return loco_err_set(err, LOCO_ENOMEM, "out of memory");
+    srv->cfg = cfg;
+    srv->log = log;
+    snprintf(srv->self_exe, sizeof srv->self_exe, "%s", self_exe);
+    pthread_mutex_init(&srv->mu, NULL);
+    pthread_cond_init(&srv->changed, NULL);
+    srv->metrics = locod_metrics_create();
+    srv->queue = locod_queue_create();
+    srv->models = locod_models_create(cfg);
+    srv->open_mode = cfg->n_keys == 0;
+    loco_status st;
+    if (mkdir_p(cfg->data_dir)) {
+        st = loco_err_set(err, LOCO_EIO, "cannot create data directory %s: %s", cfg->data_dir, strerror(errno));
+        goto fail;
+    }
+    snprintf(srv->artifacts_root, sizeof srv->artifacts_root, "%s/artifacts", cfg->data_dir);
+    if ((st = locod_artifacts_init(srv->artifacts_root, err))) goto fail;
+    char db[PATH_MAX];
+    snprintf(db, sizeof db, "%s/jobs.sqlite3", cfg->data_dir);
+    if ((st = locod_store_open(db, &srv->store, err))) goto fail;
+    int requeued = 0;
+    int recovered = locod_store_recover(srv->store, locod_now_ms(), cfg->job_retention_s * 1000, &requeued, err);
+    if (recovered < 0) {
+        st = err->code;
+        goto fail;
+    }
+    if (recovered)
+        LOG_WARN(log, "recovered %d job(s) left running by the previous process: %d re-queued (retry_on_restart), "
+                      "%d failed with server_restart",
+                 recovered, requeued, recovered - requeued);
+    if (locod_store_each_queued(srv->store, requeue_row, srv, err) < 0 ||
+        locod_store_pending_per_key(srv->store, pending_row, srv) < 0) {
+        st = err->code ? err->code : LOCO_EIO;
+        goto fail;
+    }
+    if (locod_queue_size(srv->queue)) LOG_INFO(log, "%d queued job(s) resume", locod_queue_size(srv->queue));
+    for (int i = 0; i < cfg->n_load_at_start; i++) {
+        locod_model *md = locod_models_find(srv->models, cfg->load_at_start[i]);
+        if (!md) {
+            st = loco_err_set(err, LOCO_ENOTFOUND,
+                              "load_at_start names model '%s', which is neither in 'models' nor in a model root",
+                              cfg->load_at_start[i]);
+            goto fail;
+        }
+        md->state = LOCOD_MODEL_LOADING;
+        md->op_pending = 1;
+    }
+    if ((st = locod_http_start(srv, err))) goto fail;
+    *out = srv;
+    return LOCO_OK;
+fail:
+    locod_server_destroy(srv);
+    return st;
+}
+
+int locod_server_port(const locod_server *srv) { return srv->port; }
+
+loco_status locod_server_run(locod_server *srv, loco_err *err) {
+    uv_loop_init(&srv->loop);
+    uv_async_init(&srv->loop, &srv->kick, on_kick);
+    srv->kick.data = srv;
+    uv_timer_init(&srv->loop, &srv->tick);
+    srv->tick.data = srv;
+    uv_signal_init(&srv->loop, &srv->sigint);
+    uv_signal_init(&srv->loop, &srv->sigterm);
+    srv->sigint.data = srv->sigterm.data = srv;
+    uv_signal_start(&srv->sigint, on_signal, SIGINT);
+    uv_signal_start(&srv->sigterm, on_signal, SIGTERM);
+    loco_status st = locod_worker_init(srv, err);
+    if (st) return st;
+    srv->next_sweep_ms = locod_now_ms() + 1000;
+    uv_timer_start(&srv->tick, on_tick, 200, 200);
+    locod_worker_pump(srv);
+    uv_run(&srv->loop, UV_RUN_DEFAULT);
+    /* stopping: wake event streams, stop HTTP, stop the worker */
+    pthread_mutex_lock(&srv->mu);
+    srv->stopping = 1;
+    locod_server_changed(srv);
+    pthread_mutex_unlock(&srv->mu);
+    locod_http_stop(srv);
+    locod_worker_shutdown(srv);
+    uv_timer_stop(&srv->tick);
+    uv_signal_stop(&srv->sigint);
+    uv_signal_stop(&srv->sigterm);
+    uv_close((uv_handle_t *)&srv->tick, NULL);
+    uv_close((uv_handle_t *)&srv->kick, NULL);
+    uv_close((uv_handle_t *)&srv->sigint, NULL);
+    uv_close((uv_handle_t *)&srv->sigterm, NULL);
+    uv_run(&srv->loop, UV_RUN_DEFAULT); /* until the worker's handles are closed */
+    uv_loop_close(&srv->loop);
+    locod_worker_free(srv);
+    return LOCO_OK;
+}
+
+void locod_server_destroy(locod_server *srv) {
+    if (!srv) return;
+    locod_http_stop(srv);
+    locod_store_close(srv->store);
+    locod_queue_destroy(srv->queue);
+    locod_models_destroy(srv->models);
+    locod_metrics_destroy(srv->metrics);
+    free(srv->key_counts);
+    pthread_cond_destroy(&srv->changed);
+    pthread_mutex_destroy(&srv->mu);
+    free(srv);
+}

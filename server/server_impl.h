@@ -1,0 +1,106 @@
+/* server_impl.h: the server's shared state, for the files of server/ only (see server.h for threads).
+ * Every field below `mu` is guarded by it unless marked otherwise. */
+#ifndef LOCOD_SERVER_IMPL_H
+#define LOCOD_SERVER_IMPL_H
+
+#include <jansson.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "config.h"
+#include "job.h"
+#include "log.h"
+#include "metrics.h"
+#include "models.h"
+#include "queue.h"
+#include "request.h"
+#include "server.h"
+#include "store.h"
+
+struct MHD_Daemon;
+typedef struct locod_worker locod_worker;
+
+typedef struct locod_key_count {
+    char key[64];
+    int pending; /* queued + running */
+} locod_key_count;
+
+/* The job on the worker, if any. */
+typedef struct locod_running {
+    int active;
+    char id[LOCO_JOB_ID_LEN + 1];
+    loco_job_kind kind;
+    char model[LOCO_MODEL_NAME_MAX + 1];
+    char key_id[64];
+    int64_t started_ms;
+    char phase[32];
+    int step, total;
+    int cancel_requested;
+    int cancel_sent;
+    int64_t cancel_deadline_ms; /* kill the worker when the job ignores cancel */
+    int64_t timeout_ms;         /* 0: none */
+} locod_running;
+
+struct locod_server {
+    /* immutable after create */
+    const locod_config *cfg;
+    loco_log *log;
+    locod_metrics *metrics; /* own lock */
+    char self_exe[PATH_MAX];
+    char artifacts_root[PATH_MAX];
+    int port;
+    struct MHD_Daemon *mhd;
+    int open_mode; /* no keys configured: loopback only, everyone is admin */
+
+    /* libuv: only the loop thread touches these (kick is thread-safe) */
+    uv_loop_t loop;
+    uv_async_t kick;
+    uv_timer_t tick;
+    uv_signal_t sigint, sigterm;
+    int64_t next_sweep_ms;
+    locod_worker *worker;
+
+    pthread_mutex_t mu;
+    pthread_cond_t changed; /* broadcast on any job / model change (event streams wait on it) */
+    uint64_t version;
+    int stopping;
+    locod_store *store;
+    locod_queue *queue;
+    locod_models *models;
+    locod_key_count *key_counts;
+    int n_key_counts, cap_key_counts;
+    locod_running run;
+    int worker_ready;
+    int sse_streams;
+    int64_t device_memory, device_memory_peak;
+    char device[256];
+};
+
+int64_t locod_now_ms(void);
+/* Under mu: note a change and wake event streams. */
+void locod_server_changed(locod_server *srv);
+/* Any thread: ask the loop to dispatch / send cancels. */
+void locod_server_kick(locod_server *srv);
+/* Under mu: pending-count bookkeeping per key. */
+int locod_key_pending(locod_server *srv, const char *key);
+void locod_key_pending_add(locod_server *srv, const char *key, int delta);
+/* Under mu: finish a job (store + counters + metrics + wake). Returns 1 when it moved. */
+int locod_finish_job(locod_server *srv, const char *id, loco_job_kind kind, const char *key_id,
+                     loco_job_state state, int64_t started_ms, const char *code, const char *message, int retryable,
+                     const json_t *result, const json_t *artifacts);
+
+/* ---- the worker supervisor (worker_supervisor.c); loop thread only ------------------------ */
+loco_status locod_worker_init(locod_server *srv, loco_err *err);
+void locod_worker_pump(locod_server *srv);   /* dispatch model ops and jobs if the worker is idle */
+void locod_worker_tick(locod_server *srv);   /* deadlines, restarts */
+void locod_worker_shutdown(locod_server *srv);
+int locod_worker_alive(locod_server *srv);
+void locod_worker_free(locod_server *srv);
+
+/* ---- HTTP (http.c) --------------------------------------------------------------------------- */
+loco_status locod_http_start(locod_server *srv, loco_err *err);
+void locod_http_stop(locod_server *srv);
+
+#endif

@@ -1,0 +1,110 @@
+/* store.h: the durable job store (SQLite in WAL mode, synchronous=FULL: a job is accepted only
+ * once its INSERT is committed to disk).
+ *
+ * The jobs table is shaped to move to PostgreSQL unchanged: a surrogate `seq` for ordering
+ * and cursors, the owner key, state, attempts and lease columns (worker_id, lease_until_ms).
+ * Several GPU boxes would claim work with
+ *     UPDATE jobs SET state='running', worker_id=$1, lease_until_ms=$2, attempts=attempts+1
+ *     WHERE id = (SELECT id FROM jobs WHERE state='queued' AND model = ANY($3)
+ *                 ORDER BY <fair-share rank>, seq FOR UPDATE SKIP LOCKED LIMIT 1)
+ *     RETURNING *;
+ * and a janitor would re-queue or fail rows whose lease expired. On one box the fair-share
+ * order is kept in memory (server/queue.c) and the claim is `UPDATE ... WHERE state='queued'`.
+ *
+ * Rules enforced here, not by callers: terminal states never change (every finishing UPDATE
+ * carries `WHERE state IN ('queued','running')`); a purged job leaves a tombstone so its id
+ * answers 410, not 404. Not thread-safe: the server serialises calls under its lock. */
+#ifndef LOCOD_STORE_H
+#define LOCOD_STORE_H
+
+#include <jansson.h>
+#include <stdint.h>
+
+#include "base.h"
+#include "job.h"
+#include "request.h"
+
+typedef struct locod_store locod_store;
+
+typedef struct locod_job_row {
+    char id[LOCO_JOB_ID_LEN + 1];
+    int64_t seq;
+    loco_job_kind kind;
+    loco_job_state state;
+    char model[LOCO_MODEL_NAME_MAX + 1];
+    char key_id[64];
+    json_t *params;    /* owned */
+    json_t *result;    /* owned, NULL until succeeded */
+    json_t *artifacts; /* owned array, NULL when none */
+    char error_code[48];
+    char *error_message; /* owned */
+    int error_retryable;
+    int retry_on_restart;
+    int attempts;
+    int cancel_requested;
+    int64_t created_ms, started_ms, finished_ms, expires_ms;
+    char idem_key[256];
+    char req_hash[65];
+} locod_job_row;
+
+void locod_job_row_free(locod_job_row *r); /* frees owned members, keeps the struct */
+
+loco_status locod_store_open(const char *path, locod_store **out, loco_err *err);
+void locod_store_close(locod_store *s);
+
+/* Insert a queued job (row->seq is set). Durable on return. */
+loco_status locod_store_insert(locod_store *s, locod_job_row *row, loco_err *err);
+/* 1 found (row filled), 0 not found, -1 error. */
+int locod_store_get(locod_store *s, const char *id, locod_job_row *row, loco_err *err);
+int locod_store_find_idempotent(locod_store *s, const char *key_id, const char *idem_key, locod_job_row *row,
+                                loco_err *err);
+/* 1 if the id belonged to a job that was purged after its retention. */
+int locod_store_is_expired(locod_store *s, const char *id);
+
+/* queued -> running. Returns 1 when the row moved, 0 when it was not queued. */
+int locod_store_mark_running(locod_store *s, const char *id, int64_t now_ms, loco_err *err);
+int locod_store_set_cancel_requested(locod_store *s, const char *id, loco_err *err);
+/* queued|running -> terminal. Returns 1 when the row moved, 0 when it was already terminal.
+ * result / artifacts may be NULL; artifacts entries are objects with "sha256". */
+int locod_store_finish(locod_store *s, const char *id, loco_job_state state, int64_t now_ms, int64_t expires_ms,
+                       const char *error_code, const char *error_message, int retryable, const json_t *result,
+                       const json_t *artifacts, loco_err *err);
+
+typedef struct locod_job_filter {
+    int has_state;
+    loco_job_state state;
+    int has_kind;
+    loco_job_kind kind;
+    const char *key_id; /* NULL: any */
+    int64_t before_seq; /* 0: from the newest */
+    int limit;
+} locod_job_filter;
+
+/* Newest first. Calls fn for each row (row owned by the store; copy what you keep). Returns the
+ * number of rows or -1. *more = 1 when further rows exist. */
+typedef void (*locod_row_fn)(void *ctx, const locod_job_row *row);
+int locod_store_list(locod_store *s, const locod_job_filter *f, locod_row_fn fn, void *ctx, int *more,
+                     loco_err *err);
+/* Every queued job, oldest first (to rebuild the queue at start). */
+int locod_store_each_queued(locod_store *s, locod_row_fn fn, void *ctx, loco_err *err);
+
+/* Start-up recovery: running jobs become failed/server_restart, or queued again (attempts kept)
+ * where the client asked for retry_on_restart. Returns how many rows changed (*requeued of them
+ * re-queued) or -1. */
+int locod_store_recover(locod_store *s, int64_t now_ms, int64_t retention_ms, int *requeued, loco_err *err);
+
+/* Purge terminal jobs whose expires_ms <= now: leave tombstones, drop their artifact links,
+ * and call gone(ctx, sha) for each artifact no longer linked to any job. Returns jobs purged. */
+typedef void (*locod_sha_fn)(void *ctx, const char *sha);
+int locod_store_purge(locod_store *s, int64_t now_ms, locod_sha_fn gone, void *ctx, loco_err *err);
+
+/* Artifact metadata: 1 found, 0 not found. media_type: >= 64 bytes. */
+int locod_store_artifact(locod_store *s, const char *sha, uint64_t *size, char *media_type, size_t mt_len);
+
+/* Counts per state (array of LOCO_JOB_STATE_COUNT). */
+int locod_store_count_states(locod_store *s, int64_t counts[LOCO_JOB_STATE_COUNT]);
+/* Pending (queued + running) jobs per key: calls fn(ctx, key_id, count). */
+typedef void (*locod_key_count_fn)(void *ctx, const char *key_id, int count);
+int locod_store_pending_per_key(locod_store *s, locod_key_count_fn fn, void *ctx);
+
+#endif

@@ -1,0 +1,494 @@
+/* store_sqlite.c: the job store on SQLite (see store.h for the contract and the PostgreSQL
+ * mapping). */
+#include "store.h"
+
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct locod_store {
+    sqlite3 *db;
+};
+
+static const char *const schema =
+    "CREATE TABLE IF NOT EXISTS jobs ("
+    "  seq INTEGER PRIMARY KEY AUTOINCREMENT,"   /* PostgreSQL: BIGSERIAL */
+    "  id TEXT NOT NULL UNIQUE,"
+    "  kind TEXT NOT NULL,"
+    "  state TEXT NOT NULL,"
+    "  model TEXT NOT NULL,"
+    "  key_id TEXT NOT NULL,"
+    "  params TEXT NOT NULL,"                     /* PostgreSQL: JSONB */
+    "  result TEXT,"
+    "  artifacts TEXT,"
+    "  error_code TEXT,"
+    "  error_message TEXT,"
+    "  error_retryable INTEGER NOT NULL DEFAULT 0,"
+    "  retry_on_restart INTEGER NOT NULL DEFAULT 0,"
+    "  attempts INTEGER NOT NULL DEFAULT 0,"
+    "  cancel_requested INTEGER NOT NULL DEFAULT 0,"
+    "  created_ms INTEGER NOT NULL,"
+    "  started_ms INTEGER,"
+    "  finished_ms INTEGER,"
+    "  expires_ms INTEGER,"
+    "  idem_key TEXT,"
+    "  req_hash TEXT,"
+    "  worker_id TEXT,"                           /* lease columns for several boxes */
+    "  lease_until_ms INTEGER"
+    ");"
+    "CREATE UNIQUE INDEX IF NOT EXISTS jobs_idem ON jobs(key_id, idem_key) WHERE idem_key IS NOT NULL;"
+    "CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, seq);"
+    "CREATE INDEX IF NOT EXISTS jobs_key ON jobs(key_id, seq);"
+    "CREATE INDEX IF NOT EXISTS jobs_expires ON jobs(expires_ms) WHERE expires_ms IS NOT NULL;"
+    "CREATE TABLE IF NOT EXISTS expired_jobs (id TEXT PRIMARY KEY, expired_ms INTEGER NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS artifacts ("
+    "  sha256 TEXT PRIMARY KEY, size INTEGER NOT NULL, media_type TEXT NOT NULL, created_ms INTEGER NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS job_artifacts ("
+    "  job_id TEXT NOT NULL, sha256 TEXT NOT NULL, PRIMARY KEY (job_id, sha256));"
+    "CREATE INDEX IF NOT EXISTS job_artifacts_sha ON job_artifacts(sha256);";
+
+static loco_status db_err(locod_store *s, loco_err *err, const char *what) {
+    return loco_err_set(err, LOCO_EIO, "job store: %s: %s", what, sqlite3_errmsg(s->db));
+}
+
+loco_status locod_store_open(const char *path, locod_store **out, loco_err *err) {
+    locod_store *s = calloc(1, sizeof *s);
+    if (!s) return loco_err_set(err, LOCO_ENOMEM, "out of memory");
+    if (sqlite3_open_v2(path, &s->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL) !=
+        SQLITE_OK) {
+        loco_err_set(err, LOCO_EIO, "job store: cannot open %s: %s", path, s->db ? sqlite3_errmsg(s->db) : "?");
+        sqlite3_close(s->db);
+        free(s);
+        return LOCO_EIO;
+    }
+    sqlite3_busy_timeout(s->db, 5000);
+    char *msg = NULL;
+    if (sqlite3_exec(s->db, "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;", NULL, NULL, &msg) != SQLITE_OK ||
+        sqlite3_exec(s->db, schema, NULL, NULL, &msg) != SQLITE_OK) {
+        loco_err_set(err, LOCO_EIO, "job store %s: %s", path, msg ? msg : "?");
+        sqlite3_free(msg);
+        sqlite3_close(s->db);
+        free(s);
+        return LOCO_EIO;
+    }
+    *out = s;
+    return LOCO_OK;
+}
+
+void locod_store_close(locod_store *s) {
+    if (!s) return;
+    sqlite3_close(s->db);
+    free(s);
+}
+
+void locod_job_row_free(locod_job_row *r) {
+    if (!r) return;
+    json_decref(r->params);
+    json_decref(r->result);
+    json_decref(r->artifacts);
+    free(r->error_message);
+    r->params = r->result = r->artifacts = NULL;
+    r->error_message = NULL;
+}
+
+static void bind_text_or_null(sqlite3_stmt *st, int i, const char *s) {
+    if (s && *s) sqlite3_bind_text(st, i, s, -1, SQLITE_TRANSIENT);
+    else sqlite3_bind_null(st, i);
+}
+
+static void bind_json(sqlite3_stmt *st, int i, const json_t *j) {
+    if (!j) {
+        sqlite3_bind_null(st, i);
+        return;
+    }
+    char *t = json_dumps(j, JSON_COMPACT);
+    sqlite3_bind_text(st, i, t, -1, SQLITE_TRANSIENT);
+    free(t);
+}
+
+loco_status locod_store_insert(locod_store *s, locod_job_row *r, loco_err *err) {
+    sqlite3_stmt *st;
+    const char *sql = "INSERT INTO jobs (id, kind, state, model, key_id, params, retry_on_restart, created_ms, "
+                      "idem_key, req_hash) VALUES (?,?,?,?,?,?,?,?,?,?)";
+    if (sqlite3_prepare_v2(s->db, sql, -1, &st, NULL) != SQLITE_OK) return db_err(s, err, "insert");
+    sqlite3_bind_text(st, 1, r->id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, loco_job_kind_name(r->kind), -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, loco_job_state_name(r->state), -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 4, r->model, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 5, r->key_id, -1, SQLITE_STATIC);
+    bind_json(st, 6, r->params);
+    sqlite3_bind_int(st, 7, r->retry_on_restart);
+    sqlite3_bind_int64(st, 8, r->created_ms);
+    bind_text_or_null(st, 9, r->idem_key);
+    bind_text_or_null(st, 10, r->req_hash);
+    int rc = sqlite3_step(st);
+    sqlite3_finalize(st);
+    if (rc != SQLITE_DONE) return db_err(s, err, "insert");
+    r->seq = sqlite3_last_insert_rowid(s->db);
+    return LOCO_OK;
+}
+
+#define COLS                                                                                               \
+    "seq, id, kind, state, model, key_id, params, result, artifacts, error_code, error_message, "          \
+    "error_retryable, retry_on_restart, attempts, cancel_requested, created_ms, started_ms, finished_ms, " \
+    "expires_ms, idem_key, req_hash"
+
+static json_t *col_json(sqlite3_stmt *st, int i) {
+    const unsigned char *t = sqlite3_column_text(st, i);
+    return t ? json_loads((const char *)t, 0, NULL) : NULL;
+}
+
+static void col_str(sqlite3_stmt *st, int i, char *dst, size_t n) {
+    const unsigned char *t = sqlite3_column_text(st, i);
+    snprintf(dst, n, "%s", t ? (const char *)t : "");
+}
+
+static void read_row(sqlite3_stmt *st, locod_job_row *r) {
+    memset(r, 0, sizeof *r);
+    r->seq = sqlite3_column_int64(st, 0);
+    col_str(st, 1, r->id, sizeof r->id);
+    loco_job_kind_from_name((const char *)sqlite3_column_text(st, 2), &r->kind);
+    loco_job_state_from_name((const char *)sqlite3_column_text(st, 3), &r->state);
+    col_str(st, 4, r->model, sizeof r->model);
+    col_str(st, 5, r->key_id, sizeof r->key_id);
+    r->params = col_json(st, 6);
+    r->result = col_json(st, 7);
+    r->artifacts = col_json(st, 8);
+    col_str(st, 9, r->error_code, sizeof r->error_code);
+    const unsigned char *m = sqlite3_column_text(st, 10);
+    r->error_message = m ? strdup((const char *)m) : NULL;
+    r->error_retryable = sqlite3_column_int(st, 11);
+    r->retry_on_restart = sqlite3_column_int(st, 12);
+    r->attempts = sqlite3_column_int(st, 13);
+    r->cancel_requested = sqlite3_column_int(st, 14);
+    r->created_ms = sqlite3_column_int64(st, 15);
+    r->started_ms = sqlite3_column_int64(st, 16);
+    r->finished_ms = sqlite3_column_int64(st, 17);
+    r->expires_ms = sqlite3_column_int64(st, 18);
+    col_str(st, 19, r->idem_key, sizeof r->idem_key);
+    col_str(st, 20, r->req_hash, sizeof r->req_hash);
+}
+
+static int get_one(locod_store *s, sqlite3_stmt *st, locod_job_row *r, loco_err *err) {
+    int rc = sqlite3_step(st);
+    int found = 0;
+    if (rc == SQLITE_ROW) {
+        read_row(st, r);
+        found = 1;
+    } else if (rc != SQLITE_DONE) {
+        db_err(s, err, "select");
+        found = -1;
+    }
+    sqlite3_finalize(st);
+    return found;
+}
+
+int locod_store_get(locod_store *s, const char *id, locod_job_row *r, loco_err *err) {
+    sqlite3_stmt *st;
+    if (sqlite3_prepare_v2(s->db, "SELECT " COLS " FROM jobs WHERE id = ?", -1, &st, NULL) != SQLITE_OK) {
+        db_err(s, err, "get");
+        return -1;
+    }
+    sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+    return get_one(s, st, r, err);
+}
+
+int locod_store_find_idempotent(locod_store *s, const char *key_id, const char *idem, locod_job_row *r,
+                                loco_err *err) {
+    sqlite3_stmt *st;
+    if (sqlite3_prepare_v2(s->db, "SELECT " COLS " FROM jobs WHERE key_id = ? AND idem_key = ?", -1, &st, NULL) !=
+        SQLITE_OK) {
+        db_err(s, err, "idempotency lookup");
+        return -1;
+    }
+    sqlite3_bind_text(st, 1, key_id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, idem, -1, SQLITE_STATIC);
+    return get_one(s, st, r, err);
+}
+
+int locod_store_is_expired(locod_store *s, const char *id) {
+    sqlite3_stmt *st;
+    if (sqlite3_prepare_v2(s->db, "SELECT 1 FROM expired_jobs WHERE id = ?", -1, &st, NULL) != SQLITE_OK) return 0;
+    sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+    int found = sqlite3_step(st) == SQLITE_ROW;
+    sqlite3_finalize(st);
+    return found;
+}
+
+static int exec_changes(locod_store *s, sqlite3_stmt *st, loco_err *err, const char *what) {
+    int rc = sqlite3_step(st);
+    sqlite3_finalize(st);
+    if (rc != SQLITE_DONE) {
+        db_err(s, err, what);
+        return -1;
+    }
+    return sqlite3_changes(s->db) > 0;
+}
+
+int locod_store_mark_running(locod_store *s, const char *id, int64_t now, loco_err *err) {
+    sqlite3_stmt *st;
+    if (sqlite3_prepare_v2(s->db,
+                           "UPDATE jobs SET state='running', started_ms=?, attempts=attempts+1 "
+                           "WHERE id=? AND state='queued'",
+                           -1, &st, NULL) != SQLITE_OK)
+        return db_err(s, err, "mark running"), -1;
+    sqlite3_bind_int64(st, 1, now);
+    sqlite3_bind_text(st, 2, id, -1, SQLITE_STATIC);
+    return exec_changes(s, st, err, "mark running");
+}
+
+int locod_store_set_cancel_requested(locod_store *s, const char *id, loco_err *err) {
+    sqlite3_stmt *st;
+    if (sqlite3_prepare_v2(s->db, "UPDATE jobs SET cancel_requested=1 WHERE id=? AND state='running'", -1, &st,
+                           NULL) != SQLITE_OK)
+        return db_err(s, err, "cancel"), -1;
+    sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+    return exec_changes(s, st, err, "cancel");
+}
+
+static int exec_simple(locod_store *s, const char *sql, loco_err *err) {
+    char *msg = NULL;
+    if (sqlite3_exec(s->db, sql, NULL, NULL, &msg) != SQLITE_OK) {
+        loco_err_set(err, LOCO_EIO, "job store: %s: %s", sql, msg ? msg : "?");
+        sqlite3_free(msg);
+        return -1;
+    }
+    return 0;
+}
+
+int locod_store_finish(locod_store *s, const char *id, loco_job_state state, int64_t now, int64_t expires,
+                       const char *code, const char *message, int retryable, const json_t *result,
+                       const json_t *artifacts, loco_err *err) {
+    if (exec_simple(s, "BEGIN IMMEDIATE", err)) return -1;
+    sqlite3_stmt *st;
+    if (sqlite3_prepare_v2(s->db,
+                           "UPDATE jobs SET state=?, finished_ms=?, expires_ms=?, error_code=?, error_message=?, "
+                           "error_retryable=?, result=?, artifacts=? WHERE id=? AND state IN ('queued','running')",
+                           -1, &st, NULL) != SQLITE_OK) {
+        db_err(s, err, "finish");
+        exec_simple(s, "ROLLBACK", NULL);
+        return -1;
+    }
+    sqlite3_bind_text(st, 1, loco_job_state_name(state), -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, now);
+    sqlite3_bind_int64(st, 3, expires);
+    bind_text_or_null(st, 4, code);
+    bind_text_or_null(st, 5, message);
+    sqlite3_bind_int(st, 6, retryable);
+    bind_json(st, 7, result);
+    bind_json(st, 8, artifacts && json_array_size(artifacts) ? artifacts : NULL);
+    sqlite3_bind_text(st, 9, id, -1, SQLITE_STATIC);
+    int moved = exec_changes(s, st, err, "finish");
+    if (moved == 1 && artifacts) {
+        size_t i;
+        json_t *a;
+        json_array_foreach((json_t *)artifacts, i, a) {
+            const char *sha = json_string_value(json_object_get(a, "sha256"));
+            const char *mt = json_string_value(json_object_get(a, "media_type"));
+            json_int_t size = json_integer_value(json_object_get(a, "size"));
+            if (!sha) continue;
+            sqlite3_stmt *a1, *a2;
+            sqlite3_prepare_v2(s->db,
+                               "INSERT OR IGNORE INTO artifacts (sha256, size, media_type, created_ms) VALUES (?,?,?,?)",
+                               -1, &a1, NULL);
+            sqlite3_bind_text(a1, 1, sha, -1, SQLITE_STATIC);
+            sqlite3_bind_int64(a1, 2, size);
+            sqlite3_bind_text(a1, 3, mt ? mt : "application/octet-stream", -1, SQLITE_STATIC);
+            sqlite3_bind_int64(a1, 4, now);
+            sqlite3_step(a1);
+            sqlite3_finalize(a1);
+            sqlite3_prepare_v2(s->db, "INSERT OR IGNORE INTO job_artifacts (job_id, sha256) VALUES (?,?)", -1, &a2,
+                               NULL);
+            sqlite3_bind_text(a2, 1, id, -1, SQLITE_STATIC);
+            sqlite3_bind_text(a2, 2, sha, -1, SQLITE_STATIC);
+            sqlite3_step(a2);
+            sqlite3_finalize(a2);
+        }
+    }
+    if (moved < 0) {
+        exec_simple(s, "ROLLBACK", NULL);
+        return -1;
+    }
+    if (exec_simple(s, "COMMIT", err)) {
+        exec_simple(s, "ROLLBACK", NULL);
+        return -1;
+    }
+    return moved;
+}
+
+int locod_store_list(locod_store *s, const locod_job_filter *f, locod_row_fn fn, void *ctx, int *more,
+                     loco_err *err) {
+    char sql[512];
+    snprintf(sql, sizeof sql,
+             "SELECT " COLS " FROM jobs WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR kind = ?2) "
+             "AND (?3 IS NULL OR key_id = ?3) AND (?4 = 0 OR seq < ?4) ORDER BY seq DESC LIMIT ?5");
+    sqlite3_stmt *st;
+    if (sqlite3_prepare_v2(s->db, sql, -1, &st, NULL) != SQLITE_OK) return db_err(s, err, "list"), -1;
+    if (f->has_state) sqlite3_bind_text(st, 1, loco_job_state_name(f->state), -1, SQLITE_STATIC);
+    if (f->has_kind) sqlite3_bind_text(st, 2, loco_job_kind_name(f->kind), -1, SQLITE_STATIC);
+    if (f->key_id) sqlite3_bind_text(st, 3, f->key_id, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 4, f->before_seq);
+    sqlite3_bind_int(st, 5, f->limit + 1);
+    int n = 0, rc;
+    *more = 0;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (n == f->limit) {
+            *more = 1;
+            break;
+        }
+        locod_job_row r;
+        read_row(st, &r);
+        fn(ctx, &r);
+        locod_job_row_free(&r);
+        n++;
+    }
+    sqlite3_finalize(st);
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE) return db_err(s, err, "list"), -1;
+    return n;
+}
+
+int locod_store_each_queued(locod_store *s, locod_row_fn fn, void *ctx, loco_err *err) {
+    sqlite3_stmt *st;
+    if (sqlite3_prepare_v2(s->db, "SELECT " COLS " FROM jobs WHERE state='queued' ORDER BY seq", -1, &st, NULL) !=
+        SQLITE_OK)
+        return db_err(s, err, "queued"), -1;
+    int n = 0, rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        locod_job_row r;
+        read_row(st, &r);
+        fn(ctx, &r);
+        locod_job_row_free(&r);
+        n++;
+    }
+    sqlite3_finalize(st);
+    return rc == SQLITE_DONE ? n : (db_err(s, err, "queued"), -1);
+}
+
+int locod_store_recover(locod_store *s, int64_t now, int64_t retention_ms, int *requeued, loco_err *err) {
+    if (exec_simple(s, "BEGIN IMMEDIATE", err)) return -1;
+    sqlite3_stmt *a, *b;
+    sqlite3_prepare_v2(s->db,
+                       "UPDATE jobs SET state='queued', started_ms=NULL, cancel_requested=0, worker_id=NULL "
+                       "WHERE state='running' AND retry_on_restart=1 AND cancel_requested=0",
+                       -1, &a, NULL);
+    int r1 = exec_changes(s, a, err, "recover");
+    int n1 = r1 > 0 ? sqlite3_changes(s->db) : 0;
+    sqlite3_prepare_v2(s->db,
+                       "UPDATE jobs SET state=CASE WHEN cancel_requested=1 THEN 'cancelled' ELSE 'failed' END, "
+                       "error_code=CASE WHEN cancel_requested=1 THEN 'cancelled' ELSE 'server_restart' END, "
+                       "error_message=CASE WHEN cancel_requested=1 THEN 'cancelled at the client''s request; the "
+                       "server restarted before the job stopped' ELSE 'the server stopped while this job was "
+                       "running; it was not retried because retry_on_restart was false: submit it again (or set "
+                       "retry_on_restart to have such jobs re-queued)' END, "
+                       "error_retryable=1, finished_ms=?1, expires_ms=?1 + ?2 WHERE state='running'",
+                       -1, &b, NULL);
+    sqlite3_bind_int64(b, 1, now);
+    sqlite3_bind_int64(b, 2, retention_ms);
+    int r2 = exec_changes(s, b, err, "recover");
+    int n2 = r2 > 0 ? sqlite3_changes(s->db) : 0;
+    if (r1 < 0 || r2 < 0 || exec_simple(s, "COMMIT", err)) {
+        exec_simple(s, "ROLLBACK", NULL);
+        return -1;
+    }
+    if (requeued) *requeued = n1;
+    return n1 + n2;
+}
+
+int locod_store_purge(locod_store *s, int64_t now, locod_sha_fn gone, void *ctx, loco_err *err) {
+    if (exec_simple(s, "BEGIN IMMEDIATE", err)) return -1;
+    sqlite3_stmt *st;
+    int n = 0;
+    /* artifacts linked only to expiring jobs */
+    sqlite3_prepare_v2(s->db,
+                       "SELECT DISTINCT ja.sha256 FROM job_artifacts ja JOIN jobs j ON j.id = ja.job_id "
+                       "WHERE j.expires_ms IS NOT NULL AND j.expires_ms <= ?1 AND NOT EXISTS ("
+                       "  SELECT 1 FROM job_artifacts jb JOIN jobs k ON k.id = jb.job_id WHERE jb.sha256 = ja.sha256 "
+                       "  AND (k.expires_ms IS NULL OR k.expires_ms > ?1))",
+                       -1, &st, NULL);
+    sqlite3_bind_int64(st, 1, now);
+    char (*shas)[65] = NULL;
+    size_t nsha = 0;
+    while (sqlite3_step(st) == SQLITE_ROW) {
+        shas = realloc(shas, (nsha + 1) * sizeof *shas);
+        snprintf(shas[nsha++], 65, "%s", (const char *)sqlite3_column_text(st, 0));
+    }
+    sqlite3_finalize(st);
+    const char *stmts[] = {
+        "INSERT OR IGNORE INTO expired_jobs (id, expired_ms) SELECT id, ?1 FROM jobs "
+        "WHERE expires_ms IS NOT NULL AND expires_ms <= ?1 AND state IN ('succeeded','failed','cancelled')",
+        "DELETE FROM job_artifacts WHERE job_id IN (SELECT id FROM jobs WHERE expires_ms IS NOT NULL AND "
+        "expires_ms <= ?1 AND state IN ('succeeded','failed','cancelled'))",
+        "DELETE FROM jobs WHERE expires_ms IS NOT NULL AND expires_ms <= ?1 AND "
+        "state IN ('succeeded','failed','cancelled')",
+    };
+    for (int i = 0; i < 3; i++) {
+        sqlite3_prepare_v2(s->db, stmts[i], -1, &st, NULL);
+        sqlite3_bind_int64(st, 1, now);
+        if (sqlite3_step(st) != SQLITE_DONE) {
+            db_err(s, err, "purge");
+            sqlite3_finalize(st);
+            exec_simple(s, "ROLLBACK", NULL);
+            free(shas);
+            return -1;
+        }
+        if (i == 2) n = sqlite3_changes(s->db);
+        sqlite3_finalize(st);
+    }
+    for (size_t i = 0; i < nsha; i++) {
+        sqlite3_prepare_v2(s->db, "DELETE FROM artifacts WHERE sha256 = ?", -1, &st, NULL);
+        sqlite3_bind_text(st, 1, shas[i], -1, SQLITE_STATIC);
+        sqlite3_step(st);
+        sqlite3_finalize(st);
+    }
+    if (exec_simple(s, "COMMIT", err)) {
+        exec_simple(s, "ROLLBACK", NULL);
+        free(shas);
+        return -1;
+    }
+    for (size_t i = 0; i < nsha && gone; i++) gone(ctx, shas[i]);
+    free(shas);
+    return n;
+}
+
+int locod_store_artifact(locod_store *s, const char *sha, uint64_t *size, char *mt, size_t mt_len) {
+    sqlite3_stmt *st;
+    if (sqlite3_prepare_v2(s->db, "SELECT size, media_type FROM artifacts WHERE sha256 = ?", -1, &st, NULL) !=
+        SQLITE_OK)
+        return 0;
+    sqlite3_bind_text(st, 1, sha, -1, SQLITE_STATIC);
+    int found = 0;
+    if (sqlite3_step(st) == SQLITE_ROW) {
+        *size = (uint64_t)sqlite3_column_int64(st, 0);
+        snprintf(mt, mt_len, "%s", (const char *)sqlite3_column_text(st, 1));
+        found = 1;
+    }
+    sqlite3_finalize(st);
+    return found;
+}
+
+int locod_store_count_states(locod_store *s, int64_t counts[LOCO_JOB_STATE_COUNT]) {
+    memset(counts, 0, sizeof(int64_t) * LOCO_JOB_STATE_COUNT);
+    sqlite3_stmt *st;
+    if (sqlite3_prepare_v2(s->db, "SELECT state, COUNT(*) FROM jobs GROUP BY state", -1, &st, NULL) != SQLITE_OK)
+        return -1;
+    while (sqlite3_step(st) == SQLITE_ROW) {
+        loco_job_state js;
+        if (loco_job_state_from_name((const char *)sqlite3_column_text(st, 0), &js) == 0)
+            counts[js] = sqlite3_column_int64(st, 1);
+    }
+    sqlite3_finalize(st);
+    return 0;
+}
+
+int locod_store_pending_per_key(locod_store *s, locod_key_count_fn fn, void *ctx) {
+    sqlite3_stmt *st;
+    if (sqlite3_prepare_v2(s->db,
+                           "SELECT key_id, COUNT(*) FROM jobs WHERE state IN ('queued','running') GROUP BY key_id",
+                           -1, &st, NULL) != SQLITE_OK)
+        return -1;
+    while (sqlite3_step(st) == SQLITE_ROW)
+        fn(ctx, (const char *)sqlite3_column_text(st, 0), sqlite3_column_int(st, 1));
+    sqlite3_finalize(st);
+    return 0;
+}

@@ -1,0 +1,354 @@
+/* worker_main.c: the GPU worker process (see worker_proto.h for its messages, worker.h for
+ * its state). It owns the backend and the resident pipelines; the daemon owns everything
+ * durable. A sticky device error ends the process after the job is reported, so the next job
+ * gets a fresh CUDA context. */
+#include <errno.h>
+#include <getopt.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "artifacts.h"
+#include "worker.h"
+
+static int read_some(wk_ctx *w, int timeout_ms) {
+    struct pollfd pfd = {.fd = 0, .events = POLLIN};
+    int r = poll(&pfd, 1, timeout_ms);
+    if (r <= 0) return 0;
+    char buf[65536];
+    ssize_t n = read(0, buf, sizeof buf);
+    if (n == 0 || (n < 0 && errno != EINTR && errno != EAGAIN)) {
+        w->in_eof = 1;
+        return -1;
+    }
+    if (n > 0 && locod_linebuf_append(&w->in, buf, (size_t)n)) {
+        w->in_eof = 1;
+        return -1;
+    }
+    return (int)n;
+}
+
+static void pending_push(wk_ctx *w, json_t *m) {
+    if (w->pending.n == w->pending.cap) {
+        w->pending.cap = w->pending.cap ? w->pending.cap * 2 : 8;
+        w->pending.v = realloc(w->pending.v, (size_t)w->pending.cap * sizeof(json_t *));
+    }
+    w->pending.v[w->pending.n++] = m;
+}
+
+/* Drain complete lines: cancels for the running job act now, the rest wait. */
+static void drain(wk_ctx *w) {
+    json_t *m;
+    int bad;
+    while ((m = locod_linebuf_next(&w->in, &bad)) || bad) {
+        if (!m) continue;
+        const char *op = json_string_value(json_object_get(m, "op"));
+        const char *job = json_string_value(json_object_get(m, "job"));
+        if (op && strcmp(op, "cancel") == 0) {
+            if (job && w->job[0] && strcmp(job, w->job) == 0) w->cancel = 1;
+            json_decref(m);
+            continue;
+        }
+        pending_push(w, m);
+    }
+}
+
+static int fault(wk_ctx *w, const char *what) {
+    return w->test_faults && w->job[0] && w->cur_prompt && strcmp(w->cur_prompt, what) == 0;
+}
+
+int wk_progress(wk_ctx *w, const char *phase, int step, int total) {
+    json_t *m = json_pack("{s:s, s:s, s:s, s:i, s:i}", "ev", "progress", "job", w->job, "phase", phase, "step", step,
+                          "total", total);
+    locod_send_json(w->out_fd, m);
+    json_decref(m);
+    if (fault(w, "__loco_test_crash__") && step >= 1) abort();
+    if (fault(w, "__loco_test_hang__") && step >= 1)
+        for (;;) sleep(1); /* ignores cancel: the daemon must kill us */
+    if (fault(w, "__loco_test_slow__")) {
+        struct timespec ts = {0, 200 * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+    while (read_some(w, 0) > 0) {
+    }
+    drain(w);
+    return w->cancel || w->in_eof;
+}
+
+loco_status wk_put_artifact(wk_ctx *w, const void *data, size_t n, const char *name, const char *mt,
+                            json_t *artifacts, char *sha, loco_err *err) {
+    loco_status st = locod_artifact_put(w->artifacts, data, n, sha, err);
+    if (st) return st;
+    char url[128];
+    snprintf(url, sizeof url, "/v1/artifacts/%s", sha);
+    json_array_append_new(artifacts, json_pack("{s:s, s:I, s:s, s:s, s:s}", "sha256", sha, "size", (json_int_t)n,
+                                               "media_type", mt, "name", name, "url", url));
+    return LOCO_OK;
+}
+
+loco_status wk_put_artifact_file(wk_ctx *w, const char *tmp, const char *name, const char *mt, json_t *artifacts,
+                                 char *sha, loco_err *err) {
+    uint64_t size = 0;
+    loco_status st = locod_artifact_put_file(w->artifacts, tmp, sha, &size, err);
+    if (st) return st;
+    char url[128];
+    snprintf(url, sizeof url, "/v1/artifacts/%s", sha);
+    json_array_append_new(artifacts, json_pack("{s:s, s:I, s:s, s:s, s:s}", "sha256", sha, "size",
+                                               (json_int_t)size, "media_type", mt, "name", name, "url", url));
+    return LOCO_OK;
+}
+
+static wk_model *find_model(wk_ctx *w, const char *name) {
+    for (int i = 0; i < w->n_models; i++)
+        if (strcmp(w->models[i].name, name) == 0) return &w->models[i];
+    return NULL;
+}
+
+static json_t *memory_json(wk_ctx *w) {
+    size_t cur = 0, peak = 0;
+    loco_backend_memory(w->be, &cur, &peak);
+    return json_pack("{s:I, s:I}", "current", (json_int_t)cur, "peak", (json_int_t)peak);
+}
+
+static json_t *sites_json(loco_pipeline *p) {
+    json_t *arr = json_array();
+    int n = 0;
+    const loco_site *s = loco_unet_sites(loco_pipeline_unet(p), &n);
+    for (int i = 0; i < n; i++) {
+        json_t *o = json_pack("{s:s, s:s, s:s, s:i}", "component", "unet", "name", s[i].name, "kind",
+                              loco_site_kind_name(s[i].kind), "index", s[i].id);
+        json_object_set_new(o, "cross_index", s[i].cross_index >= 0 ? json_integer(s[i].cross_index) : json_null());
+        json_array_append_new(arr, o);
+    }
+    for (int which = 1; which <= 2; which++) {
+        const loco_clip_text *t = loco_pipeline_text_encoder(p, which);
+        if (!t) continue;
+        int nt = loco_clip_text_num_sites(t);
+        for (int i = 0; i < nt; i++) {
+            const loco_site *ts = loco_clip_text_site(t, i);
+            json_t *o = json_pack("{s:s, s:s, s:s, s:i}", "component", which == 1 ? "text_encoder" : "text_encoder_2",
+                                  "name", ts->name, "kind", loco_site_kind_name(ts->kind), "index", ts->id);
+            json_object_set_new(o, "layer", ts->layer >= 0 ? json_integer(ts->layer) : json_null());
+            json_array_append_new(arr, o);
+        }
+    }
+    return arr;
+}
+
+static void do_load(wk_ctx *w, const json_t *m) {
+    const char *name = json_string_value(json_object_get(m, "model"));
+    const char *path = json_string_value(json_object_get(m, "path"));
+    loco_err err;
+    loco_err_clear(&err);
+    json_t *reply = json_pack("{s:s, s:s}", "ev", "loaded", "model", name ? name : "");
+    if (!name || !path) {
+        loco_err_set(&err, LOCO_EINVAL, "load needs model and path");
+    } else if (find_model(w, name)) {
+        /* already resident: report again */
+    } else if (w->n_models == LOCOD_WORKER_MAX_MODELS) {
+        loco_err_set(&err, LOCO_EUNSUPPORTED, "at most %d models can be resident at once; unload one first",
+                     LOCOD_WORKER_MAX_MODELS);
+    } else {
+        loco_pipeline_opts o;
+        loco_pipeline_opts_init(&o);
+        o.model_path = path;
+        o.config_dir = json_string_value(json_object_get(m, "config_dir"));
+        o.variant = json_string_value(json_object_get(m, "variant"));
+        size_t before = 0, peak = 0, after = 0;
+        loco_backend_memory(w->be, &before, &peak);
+        loco_pipeline *p = NULL;
+        LOG_INFO(w->log, "loading model %s from %s", name, path);
+        if (loco_pipeline_load(w->be, &o, &p, &err) == LOCO_OK) {
+            loco_backend_memory(w->be, &after, &peak);
+            wk_model *wm = &w->models[w->n_models++];
+            snprintf(wm->name, sizeof wm->name, "%s", name);
+            wm->p = p;
+            wm->bytes = after > before ? after - before : 0;
+        } else if (err.code == LOCO_EDEVICE) {
+            w->restart_after = 1;
+        }
+    }
+    wk_model *wm = name ? find_model(w, name) : NULL;
+    if (wm) {
+        loco_pipeline *p = wm->p;
+        const loco_unet_config *uc = loco_unet_get_config(loco_pipeline_unet(p));
+        json_t *info = json_object();
+        json_object_set_new(info, "family", json_string(loco_model_family_name(loco_pipeline_family(p))));
+        json_object_set_new(info, "default_size", json_integer(loco_pipeline_default_size(p)));
+        json_object_set_new(info, "size_multiple", json_integer(loco_pipeline_vae_scale(p) << (uc->n_blocks - 1)));
+        json_object_set_new(info, "default_scheduler",
+                            json_string(loco_scheduler_kind_name(loco_pipeline_default_scheduler(p))));
+        json_object_set_new(info, "cross_attention_layers", json_integer(loco_unet_n_cross(loco_pipeline_unet(p))));
+        json_object_set_new(info, "device", json_string(loco_backend_describe(w->be)));
+        json_object_set_new(info, "memory", json_pack("{s:I}", "bytes", (json_int_t)wm->bytes));
+        json_object_set_new(info, "sites", sites_json(p));
+        json_object_set_new(reply, "ok", json_true());
+        json_object_set_new(reply, "info", info);
+    } else {
+        json_object_set_new(reply, "ok", json_false());
+        json_object_set_new(reply, "error",
+                            json_pack("{s:s, s:s}", "code", loco_status_name(err.code), "message", err.msg));
+    }
+    json_object_set_new(reply, "memory", memory_json(w));
+    locod_send_json(w->out_fd, reply);
+    json_decref(reply);
+}
+
+static void do_unload(wk_ctx *w, const json_t *m) {
+    const char *name = json_string_value(json_object_get(m, "model"));
+    for (int i = 0; name && i < w->n_models; i++)
+        if (strcmp(w->models[i].name, name) == 0) {
+            loco_pipeline_free(w->models[i].p);
+            memmove(&w->models[i], &w->models[i + 1], (size_t)(w->n_models - i - 1) * sizeof *w->models);
+            w->n_models--;
+            break;
+        }
+    json_t *reply = json_pack("{s:s, s:s}", "ev", "unloaded", "model", name ? name : "");
+    json_object_set_new(reply, "memory", memory_json(w));
+    locod_send_json(w->out_fd, reply);
+    json_decref(reply);
+}
+
+static const char *error_code(loco_status st) {
+    switch (st) {
+    case LOCO_ECANCELLED: return "cancelled";
+    case LOCO_EDEVICE_OOM: return "gpu_oom";
+    case LOCO_EDEVICE: return "gpu_error";
+    case LOCO_EINVAL: return "invalid_request";
+    case LOCO_EUNSUPPORTED: return "unsupported";
+    case LOCO_ENOMEM: return "out_of_memory";
+    case LOCO_EIO: return "io_error";
+    default: return "job_error";
+    }
+}
+
+static void do_run(wk_ctx *w, const json_t *m) {
+    const char *job = json_string_value(json_object_get(m, "job"));
+    const char *kind = json_string_value(json_object_get(m, "kind"));
+    const char *model = json_string_value(json_object_get(m, "model"));
+    const json_t *params = json_object_get(m, "params");
+    snprintf(w->job, sizeof w->job, "%s", job ? job : "");
+    w->cancel = 0;
+    w->cur_prompt = json_string_value(json_object_get(params, "prompt"));
+    loco_err err;
+    loco_err_clear(&err);
+    json_t *result = json_object(), *artifacts = json_array();
+    wk_model *wm = model ? find_model(w, model) : NULL;
+    loco_status st;
+    if (!wm) {
+        st = loco_err_set(&err, LOCO_ENOTFOUND, "model '%s' is not resident on the worker; load it again",
+                          model ? model : "");
+    } else if (fault(w, "__loco_test_device_fault__")) {
+        st = loco_err_set(&err, LOCO_EDEVICE, "injected device fault (LOCOD_TEST_FAULTS)");
+    } else if (kind && strcmp(kind, "generate") == 0) {
+        st = wk_run_generate(w, wm->p, params, result, artifacts, &err);
+    } else {
+        st = loco_err_set(&err, LOCO_EUNSUPPORTED, "job kind '%s' is not wired to the engine in this build",
+                          kind ? kind : "");
+    }
+    if (st == LOCO_OK && w->cancel) st = loco_err_set(&err, LOCO_ECANCELLED, "cancelled at the client's request");
+    json_t *reply = json_pack("{s:s, s:s}", "ev", "done", "job", w->job);
+    if (st == LOCO_OK) {
+        json_object_set_new(reply, "ok", json_true());
+        json_object_set(reply, "result", result);
+        json_object_set(reply, "artifacts", artifacts);
+    } else {
+        if (st == LOCO_EDEVICE) w->restart_after = 1;
+        json_object_set_new(reply, "ok", json_false());
+        json_object_set_new(reply, "error", json_pack("{s:s, s:s, s:b}", "code", error_code(st), "message", err.msg,
+                                                      "retryable", st == LOCO_EDEVICE || st == LOCO_EDEVICE_OOM));
+        json_object_set_new(reply, "restart", json_boolean(w->restart_after));
+    }
+    json_object_set_new(reply, "memory", memory_json(w));
+    locod_send_json(w->out_fd, reply);
+    json_decref(reply);
+    json_decref(result);
+    json_decref(artifacts);
+    w->job[0] = 0;
+    w->cur_prompt = NULL;
+    w->cancel = 0;
+}
+
+static json_t *next_message(wk_ctx *w) {
+    for (;;) {
+        if (w->pending.n) {
+            json_t *m = w->pending.v[0];
+            memmove(w->pending.v, w->pending.v + 1, (size_t)(w->pending.n - 1) * sizeof(json_t *));
+            w->pending.n--;
+            return m;
+        }
+        drain(w);
+        if (w->pending.n) continue;
+        if (w->in_eof) return NULL;
+        read_some(w, -1);
+    }
+}
+
+int locod_worker_main(int argc, char **argv) {
+    static const struct option opts[] = {{"worker", no_argument, 0, 'w'},       {"device", required_argument, 0, 'd'},
+                                         {"threads", required_argument, 0, 't'}, {"artifacts", required_argument, 0, 'a'},
+                                         {"test-faults", no_argument, 0, 'f'},   {0}};
+    wk_ctx w;
+    memset(&w, 0, sizeof w);
+    loco_backend_opts bo;
+    loco_backend_opts_init(&bo);
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (c) {
+        case 'w': break;
+        case 'd':
+            if (loco_device_from_name(optarg, &bo.device)) return 2;
+            break;
+        case 't': bo.num_threads = atoi(optarg); break;
+        case 'a': snprintf(w.artifacts, sizeof w.artifacts, "%s", optarg); break;
+        case 'f': w.test_faults = 1; break;
+        default: return 2;
+        }
+    }
+    prctl(PR_SET_PDEATHSIG, SIGKILL); /* never outlive the daemon */
+    signal(SIGPIPE, SIG_IGN);
+    signal(SIGINT, SIG_IGN); /* the daemon decides when we stop (it closes our stdin) */
+    dup2(2, 1); /* anything printed on stdout must not corrupt the message pipe */
+    w.out_fd = LOCOD_WORKER_MSG_FD;
+    w.log = loco_log_create(stderr, LOCO_LOG_INFO, "locod-worker");
+    loco_err err;
+    loco_err_clear(&err);
+    if (loco_backend_create(&bo, &w.be, &err)) {
+        json_t *m = json_pack("{s:s, s:s}", "ev", "fatal", "message", err.msg);
+        locod_send_json(w.out_fd, m);
+        json_decref(m);
+        loco_log_destroy(w.log);
+        return 3;
+    }
+    json_t *ready = json_pack("{s:s, s:s}", "ev", "ready", "device", loco_backend_describe(w.be));
+    locod_send_json(w.out_fd, ready);
+    json_decref(ready);
+    json_t *m;
+    while (!w.restart_after && (m = next_message(&w))) {
+        const char *op = json_string_value(json_object_get(m, "op"));
+        if (!op) {
+        } else if (strcmp(op, "load") == 0) {
+            do_load(&w, m);
+        } else if (strcmp(op, "unload") == 0) {
+            do_unload(&w, m);
+        } else if (strcmp(op, "run") == 0) {
+            do_run(&w, m);
+        }
+        json_decref(m);
+    }
+    for (int i = 0; i < w.n_models; i++) loco_pipeline_free(w.models[i].p);
+    for (int i = 0; i < w.pending.n; i++) json_decref(w.pending.v[i]);
+    free(w.pending.v);
+    locod_linebuf_free(&w.in);
+    loco_backend_destroy(w.be);
+    int rc = w.restart_after ? 4 : 0;
+    if (rc) LOG_WARN(w.log, "exiting after a device error so the next job gets a fresh device context");
+    loco_log_destroy(w.log);
+    return rc;
+}
