@@ -2,9 +2,10 @@
  * side by side with a plain sgemm of the same FLOPs in the same run, so the printed ratio says
  * how close each op gets to the machine's sgemm rate. Memory-bound ops print GB/s instead.
  * Not a test: numbers depend on the machine.
- * Usage: cpu_ops_rate [threads] [--cpu-time]
- * --cpu-time measures process CPU time instead of wall time: on a shared, busy machine it
- * compares variants fairly with one thread (with several it sums their time). */
+ * Usage: cpu_ops_rate [threads] [--cpu-time] [--reps N]
+ * Each number is the best of N runs (default 3) after a warm-up run. --cpu-time measures
+ * process CPU time instead of wall time: on a shared, busy machine it compares variants fairly
+ * with one thread (with several it sums their time). */
 #include "backend.h"
 
 #include <cblas.h>
@@ -35,12 +36,12 @@ static loco_tensor tensor(loco_backend *be, int nd, const int64_t *shape, float 
     return t;
 }
 
-/* Best of a few runs of one op call (the first run warms caches and the allocator), timed on
- * the clock `clk` in scope. */
+/* Best of `reps` runs of one op call after a warm-up run (caches, allocator), timed on the
+ * clock `clk`; both are variables in scope. */
 #define TIME_BEST(best, stmt)                                                                                      \
     do {                                                                                                           \
         best = 1e30;                                                                                               \
-        for (int rep_ = 0; rep_ < 4; rep_++) {                                                                     \
+        for (int rep_ = 0; rep_ <= reps; rep_++) {                                                                 \
             double t0_ = now_s(clk);                                                                                  \
             stmt;                                                                                                  \
             double t_ = now_s(clk) - t0_;                                                                             \
@@ -50,7 +51,7 @@ static loco_tensor tensor(loco_backend *be, int nd, const int64_t *shape, float 
 
 /* The yardstick: a 2048^3 sgemm with OpenBLAS's own threading (as bench/cpu_sgemm_rate
  * measures it). The backend runs OpenBLAS single-threaded, so the setting is restored after. */
-static double sgemm_rate(int threads, clockid_t clk) {
+static double sgemm_rate(int threads, clockid_t clk, int reps) {
     int n = 2048;
     float *a = malloc(sizeof(float) * n * n), *b = malloc(sizeof(float) * n * n), *c = malloc(sizeof(float) * n * n);
     for (long i = 0; i < (long)n * n; i++) a[i] = b[i] = (float)(i % 7) * 0.1f;
@@ -63,7 +64,7 @@ static double sgemm_rate(int threads, clockid_t clk) {
 }
 
 /* The same problem through the backend's loco_linear. */
-static double linear_rate(loco_backend *be, clockid_t clk) {
+static double linear_rate(loco_backend *be, clockid_t clk, int reps) {
     int64_t xs[2] = {2048, 2048}, ws[2] = {2048, 2048};
     loco_tensor x = tensor(be, 2, xs, 1), w = tensor(be, 2, ws, 1), y = tensor(be, 2, xs, 0);
     loco_err err;
@@ -78,7 +79,13 @@ int main(int argc, char **argv) {
     loco_backend_opts_init(&o);
     o.device = LOCO_DEVICE_CPU;
     o.num_threads = argc > 1 ? atoi(argv[1]) : 0;
-    clockid_t clk = argc > 2 && strcmp(argv[2], "--cpu-time") == 0 ? CLOCK_PROCESS_CPUTIME_ID : CLOCK_MONOTONIC;
+    clockid_t clk = CLOCK_MONOTONIC;
+    int reps = 3;
+    for (int i = 2; i < argc; i++) {
+        if (strcmp(argv[i], "--cpu-time") == 0) clk = CLOCK_PROCESS_CPUTIME_ID;
+        if (strcmp(argv[i], "--reps") == 0 && i + 1 < argc) reps = atoi(argv[++i]);
+    }
+    if (reps < 1) reps = 1;
     loco_backend *be;
     loco_err err;
     if (loco_backend_create(&o, &be, &err) != LOCO_OK) {
@@ -87,9 +94,9 @@ int main(int argc, char **argv) {
     }
     printf("%s\n", loco_backend_describe(be));
     int threads = o.num_threads > 0 ? o.num_threads : openblas_get_num_procs();
-    double ref = sgemm_rate(threads, clk);
+    double ref = sgemm_rate(threads, clk, reps);
     printf("%-58s %8.1f GFLOP/s\n", "OpenBLAS sgemm 2048^3, its own threads (yardstick)", ref);
-    double lin = linear_rate(be, clk);
+    double lin = linear_rate(be, clk, reps);
     printf("%-58s %8.1f GFLOP/s  %5.1f%% of yardstick\n", "loco_linear 2048^3", lin, 100 * lin / ref);
     double best;
 

@@ -76,8 +76,7 @@ static loco_status get_triplet(const json_t *root, const char *key, float *out, 
     return LOCO_OK;
 }
 
-loco_status loco_clip_preprocess_config_from_json(const json_t *root, const char *source,
-                                                  loco_clip_preprocess_config *c, loco_err *err) {
+static loco_status parse_pre(const json_t *root, const char *source, loco_clip_preprocess_config *c, loco_err *err) {
     const char *src = source ? source : "preprocessor_config.json";
     if (!json_is_object(root)) return loco_err_set(err, LOCO_EFORMAT, "%s: expected a JSON object", src);
     loco_status st;
@@ -132,6 +131,14 @@ loco_status loco_clip_preprocess_config_from_json(const json_t *root, const char
         c->rescale_factor = json_number_value(v);
     }
     return LOCO_OK;
+}
+
+loco_status loco_clip_preprocess_config_from_json(const json_t *root, const char *source,
+                                                  loco_clip_preprocess_config *c, loco_err *err) {
+    loco_clip_preprocess_config tmp = *c; /* on error *c stays as it was */
+    loco_status st = parse_pre(root, source, &tmp, err);
+    if (!st) *c = tmp;
+    return st;
 }
 
 /* transformers' get_resize_output_image_size(default_to_square=False): shortest side to `size`,

@@ -182,10 +182,10 @@ static int decoder_cmp(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
-static int32_t added_id_of(const loco_clip_tokenizer *t, const char *content) {
+static int32_t token_id(const loco_clip_tokenizer *t, const char *content) {
     for (size_t i = 0; i < t->n_added; i++)
         if (strcmp(t->added[i].content, content) == 0) return t->added[i].id;
-    return -1;
+    return loco_bpe_id(t->bpe, content, strlen(content));
 }
 
 /* tokenizers' AddedVocabulary::add_tokens for one token: an identical token (text and flags) is
@@ -603,13 +603,20 @@ loco_status loco_clip_tokenizer_load(const char *dir, loco_clip_tokenizer **out,
 
     if ((st = resolve_added_tokens(t, tc, stm, tc_path, stm_path, named, err))) goto fail;
     if ((st = build_patterns(t, err))) goto fail;
-    t->bos = added_id_of(t, named[BOS].content);
-    t->eos = added_id_of(t, named[EOS].content);
-    t->pad = added_id_of(t, named[PAD].content);
+    /* transformers' convert_tokens_to_ids: added tokens, then the vocabulary, else the unknown
+     * token's id (a named token whose text is empty is never added and ends up there) */
+    int32_t unk = token_id(t, named[UNK].content);
+    t->bos = token_id(t, named[BOS].content);
+    t->eos = token_id(t, named[EOS].content);
+    t->pad = token_id(t, named[PAD].content);
+    t->bos = t->bos < 0 ? unk : t->bos;
+    t->eos = t->eos < 0 ? unk : t->eos;
+    t->pad = t->pad < 0 ? unk : t->pad;
     /* the BPE model's own unknown token: looked up in vocab.json only */
     t->unk_model = loco_bpe_id(t->bpe, named[UNK].content, strlen(named[UNK].content));
     if (t->bos < 0 || t->eos < 0 || t->pad < 0) {
-        st = loco_err_set(err, LOCO_EFORMAT, "%s: bos/eos/pad tokens could not be resolved", dir);
+        st = loco_err_set(err, LOCO_EFORMAT, "%s: bos/eos/pad tokens have no id (neither added nor in vocab.json)",
+                          dir);
         goto fail;
     }
     t->vocab_size = loco_bpe_max_id(t->bpe) + 1;

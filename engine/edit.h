@@ -63,6 +63,19 @@ typedef enum loco_edit_templates {
 const char *loco_edit_templates_name(loco_edit_templates t); /* "style", "object", "none" */
 int loco_edit_templates_from_name(const char *name, loco_edit_templates *out);
 
+/* How the text rows of an edit are evaluated. F64: the text encoder run in float64 on the host
+ * from the model's weights (exact; the edit systems are ill-conditioned, so fp32 rows would move
+ * the edited weights by ~1e-5 relative, see engine/edit_text64.c); sequences are cut after the
+ * last needed position, which causal attention makes exact. BACKEND: the model's own encoder on
+ * its backend (fp32 on the CPU, fp16/bf16 on a GPU), as the released code ran it. */
+typedef enum loco_edit_precision {
+    LOCO_EDIT_PRECISION_F64 = 0,
+    LOCO_EDIT_PRECISION_BACKEND,
+    LOCO_EDIT_PRECISION_COUNT
+} loco_edit_precision;
+const char *loco_edit_precision_name(loco_edit_precision p); /* "f64", "backend" */
+int loco_edit_precision_from_name(const char *name, loco_edit_precision *out);
+
 /* Family defaults of the localized window (methods.md §4.4, §5.2): start 8, m 2 for SD 1.x/2.x
  * (the released LocoEdit code); start 45, m 3 for SD-XL (the project figure; m = 3 is [U]). */
 void loco_edit_default_window(loco_model_family f, int *start, int *m);
@@ -81,6 +94,7 @@ typedef struct loco_locoedit_opts {
     int edit_k, edit_v;            /* 1, 1 */
     loco_solve_form form;          /* AUTO */
     int clip_skip;                 /* 0: the embeddings the pipeline conditions on */
+    loco_edit_precision precision; /* F64 */
 } loco_locoedit_opts;
 
 void loco_locoedit_opts_init(loco_locoedit_opts *o);
@@ -131,6 +145,9 @@ typedef struct loco_neuron_opts {
     int position;                      /* token position of the statistics; 76 (released code) or EOS */
     int edit_k, edit_v;                /* 1, 1 */
     int clip_skip;
+    /* BACKEND: z-scores are well conditioned, and position 76 needs every token of every prompt
+     * through every layer, which float64 on the host would make slow for large prompt sets */
+    loco_edit_precision precision;
 } loco_neuron_opts;
 
 void loco_neuron_opts_init(loco_neuron_opts *o);
@@ -147,17 +164,18 @@ loco_status loco_edit_subject_span(const loco_clip_tokenizer *tok, const char *p
 /* The position of a prompt's last content token (the token before its EOS). */
 loco_status loco_edit_last_token(const loco_clip_tokenizer *tok, const char *prompt, int *pos, loco_err *err);
 
-/* The conditioning embedding (what the pipeline feeds the UNet) of n prompts at one position
- * each: out [n, D] float64, D the UNet's cross_attention_dim. */
+/* The conditioning embedding (what the pipeline feeds the UNet: SD 1.x/2.x last_hidden_state,
+ * SD-XL both encoders' penultimate states concatenated) of n prompts at one position each:
+ * out [n, D] float64, D the UNet's cross_attention_dim. */
 loco_status loco_edit_embed_rows(const loco_pipeline *p, const char *const *prompts, const int *positions, int n,
-                                 int clip_skip, double *out, loco_err *err);
+                                 int clip_skip, loco_edit_precision precision, double *out, loco_err *err);
 
 /* One matrix: W' from the resident tensor `w` ([d_out, d_in]) for keys [n, d_in] and either values
  * [n, d_out] or, when targets_are_inputs, target inputs [n, d_in] whose values are W x (LocoEdit).
- * w_new receives d_out * d_in doubles. */
+ * Solved in float64; w_new receives d_out * d_in floats (W' rounded once, as it is stored). */
 loco_status loco_edit_solve_tensor(const loco_tensor *w, const double *keys, const double *values, int n,
                                    int targets_are_inputs, double lambda, loco_solve_form form, const char *what,
-                                   double *w_new, loco_ridge_info *info, loco_err *err);
+                                   float *w_new, loco_ridge_info *info, loco_err *err);
 
 /* The report entry of one edited matrix. */
 json_t *loco_edit_matrix_json(const char *component, const char *name, int cross_index, int64_t rows, int64_t cols,

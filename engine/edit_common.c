@@ -45,6 +45,19 @@ int loco_edit_templates_from_name(const char *name, loco_edit_templates *out) {
     return 0;
 }
 
+static const char *const precision_names[LOCO_EDIT_PRECISION_COUNT] = {"f64", "backend"};
+
+const char *loco_edit_precision_name(loco_edit_precision p) {
+    return (unsigned)p < LOCO_EDIT_PRECISION_COUNT ? precision_names[p] : "unknown";
+}
+
+int loco_edit_precision_from_name(const char *name, loco_edit_precision *out) {
+    int i = lookup(precision_names, LOCO_EDIT_PRECISION_COUNT, name);
+    if (i < 0) return -1;
+    *out = (loco_edit_precision)i;
+    return 0;
+}
+
 const char *loco_value_bias_name(loco_value_bias b) {
     return (unsigned)b < LOCO_VALUE_BIAS_COUNT ? bias_names[b] : "unknown";
 }
@@ -159,10 +172,9 @@ loco_status edit_prompt_span(const loco_pipeline *p, const char *prompt, const c
 
 /* ---- rows ------------------------------------------------------------------------------------ */
 
-loco_status loco_edit_embed_rows(const loco_pipeline *p, const char *const *prompts, const int *positions, int n,
-                                 int clip_skip, double *out, loco_err *err) {
-    if (n <= 0 || !prompts || !positions || !out)
-        return loco_err_set(err, LOCO_EINVAL, "edit: no prompts to embed");
+/* The rows through the pipeline's own encode_prompt on the backend. */
+static loco_status rows_backend(const loco_pipeline *p, const char *const *prompts, const int *positions, int n,
+                                int clip_skip, double *out, loco_err *err) {
     loco_text_encoders enc;
     loco_text_encoders_init(&enc);
     enc.family = p->family;
@@ -180,7 +192,7 @@ loco_status loco_edit_embed_rows(const loco_pipeline *p, const char *const *prom
     loco_prompt_embeds pe;
     memset(&pe, 0, sizeof pe);
     loco_status st = loco_encode_prompt(&enc, &eo, &pe, err);
-    if (st) return loco_err_prefix(err, "edit: encoding the prompts");
+    if (st) return st;
     const int64_t L = pe.embeds.shape[1], D = pe.embeds.shape[2];
     float *host = malloc((size_t)(n * L * D) * sizeof *host);
     if (!host) {
@@ -202,24 +214,40 @@ loco_status loco_edit_embed_rows(const loco_pipeline *p, const char *const *prom
     return st;
 }
 
+loco_status loco_edit_embed_rows(const loco_pipeline *p, const char *const *prompts, const int *positions, int n,
+                                 int clip_skip, loco_edit_precision precision, double *out, loco_err *err) {
+    if (n <= 0 || !prompts || !positions || !out)
+        return loco_err_set(err, LOCO_EINVAL, "edit: no prompts to embed");
+    if (clip_skip < 0) return loco_err_set(err, LOCO_EINVAL, "edit: clip_skip must be >= 0, got %d", clip_skip);
+    if ((unsigned)precision >= LOCO_EDIT_PRECISION_COUNT) return loco_err_set(err, LOCO_EINVAL, "edit: unknown precision");
+    for (int i = 0; i < n; i++)
+        if (!prompts[i]) return loco_err_set(err, LOCO_EINVAL, "edit: prompt %d is missing", i);
+    const int D = loco_unet_get_config(p->unet)->cross_attention_dim[0];
+    loco_status st = precision == LOCO_EDIT_PRECISION_F64
+                         ? edit_condition_rows64(p, prompts, positions, n, clip_skip, out, D, err)
+                         : rows_backend(p, prompts, positions, n, clip_skip, out, err);
+    return st ? loco_err_prefix(err, "edit: encoding the prompts") : LOCO_OK;
+}
+
 /* ---- one matrix ------------------------------------------------------------------------------ */
 
 loco_status loco_edit_solve_tensor(const loco_tensor *w, const double *keys, const double *values, int n,
                                    int targets_are_inputs, double lambda, loco_solve_form form, const char *what,
-                                   double *w_new, loco_ridge_info *info, loco_err *err) {
+                                   float *w_new, loco_ridge_info *info, loco_err *err) {
     if (!w || w->ndim != 2) return loco_err_set(err, LOCO_EINVAL, "%s: the weight must be a matrix", what ? what : "edit");
     const int d_out = (int)w->shape[0], d_in = (int)w->shape[1];
     const size_t nw = (size_t)d_out * d_in;
-    float *wf = malloc(nw * sizeof *wf);
+    /* W comes over as float32 into w_new (the output buffer doubles as the download buffer) and is
+     * solved in place in float64: few passes over the big matrix, since they dominate the time */
     double *wd = malloc(nw * sizeof *wd);
     double *vals = targets_are_inputs ? malloc((size_t)(n > 0 ? n : 1) * d_out * sizeof *vals) : NULL;
     loco_status st = LOCO_OK;
-    if (!wf || !wd || (targets_are_inputs && !vals)) {
+    if (!wd || (targets_are_inputs && !vals)) {
         st = loco_err_set(err, LOCO_ENOMEM, "%s: out of memory", what ? what : "edit");
         goto done;
     }
-    if ((st = loco_tensor_download_f32(w, wf, err))) goto done;
-    for (size_t i = 0; i < nw; i++) wd[i] = wf[i];
+    if ((st = loco_tensor_download_f32(w, w_new, err))) goto done;
+    for (size_t i = 0; i < nw; i++) wd[i] = w_new[i];
     if (targets_are_inputs && n > 0) loco_edit_project_rows(wd, d_out, d_in, values, n, vals);
     loco_ridge_problem pr = {.d_out = d_out,
                              .d_in = d_in,
@@ -230,9 +258,9 @@ loco_status loco_edit_solve_tensor(const loco_tensor *w, const double *keys, con
                              .lambda = lambda,
                              .form = form,
                              .what = what};
-    st = loco_ridge_solve(&pr, w_new, info, err);
+    if ((st = loco_ridge_solve(&pr, wd, info, err))) goto done;
+    for (size_t i = 0; i < nw; i++) w_new[i] = (float)wd[i];
 done:
-    free(wf);
     free(wd);
     free(vals);
     return st;

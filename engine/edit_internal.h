@@ -21,6 +21,24 @@ const loco_clip_tokenizer *edit_main_tokenizer(const loco_pipeline *p);
  * UNet's site table. LOCO_EINVAL when the layer is outside 0..n_cross-1. */
 loco_status edit_cross_param(const loco_unet *u, int cross_index, int which, char *buf, size_t n, loco_err *err);
 
+/* Float64 evaluation of a CLIP text encoder (engine/edit_text64.c). hidden_index counts as
+ * Python does on hidden_states (0 = embeddings, -1 = last layer); out [n, L, D] (or NULL), with
+ * the final LayerNorm when final_ln. capture_layer >= 0 also fills proj_in / proj_out (either may
+ * be NULL) with that layer's self_attn.out_proj input and output. */
+typedef struct edit_text64_req {
+    int hidden_index;
+    int final_ln;
+    double *out;
+    int capture_layer;
+    double *proj_in, *proj_out;
+} edit_text64_req;
+loco_status edit_text64_forward(const loco_clip_text *te, const int32_t *ids, int n, int L, const edit_text64_req *rq,
+                                loco_err *err);
+/* The pipeline's conditioning rows (SD 1.x/2.x: last_hidden_state; SD-XL: both encoders'
+ * penultimate states concatenated) of n prompts at one position each, in float64: out [n, D_total]. */
+loco_status edit_condition_rows64(const loco_pipeline *p, const char *const *prompts, const int *positions, int n,
+                                  int clip_skip, double *out, int D_total, loco_err *err);
+
 /* Add an array of strings / ints to a JSON object. */
 void edit_json_strings(json_t *o, const char *key, const char *const *s, int n);
 void edit_json_ints(json_t *o, const char *key, const int *v, int n);

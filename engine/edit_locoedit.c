@@ -60,7 +60,7 @@ static loco_status build_prompts(const loco_locoedit_opts *o, char ***out, int *
 /* One solved matrix, written back once all are solved. */
 typedef struct solved {
     char name[320];
-    double *w;
+    float *w;
     loco_ridge_info info;
 } solved;
 
@@ -77,6 +77,7 @@ static json_t *opts_json(const loco_locoedit_opts *o, int start, int m) {
     json_object_set_new(j, "edit_v", json_boolean(o->edit_v));
     json_object_set_new(j, "solver", json_string(loco_solve_form_name(o->form)));
     json_object_set_new(j, "clip_skip", json_integer(o->clip_skip));
+    json_object_set_new(j, "precision", json_string(loco_edit_precision_name(o->precision)));
     return j;
 }
 
@@ -133,7 +134,7 @@ loco_status loco_edit_locoedit(loco_pipeline_variant *v, const loco_locoedit_opt
         loco_err_prefix(err, "locoedit target");
         goto done;
     }
-    if ((st = loco_edit_embed_rows(p, all, pos, n + 1, o->clip_skip, rows, err))) goto done;
+    if ((st = loco_edit_embed_rows(p, all, pos, n + 1, o->clip_skip, o->precision, rows, err))) goto done;
     /* X_target: the target's row repeated once per original prompt (§5.2) */
     for (int i = 0; i < n; i++) memcpy(targets + (size_t)i * D, rows + (size_t)n * D, (size_t)D * sizeof *targets);
     clock_gettime(CLOCK_MONOTONIC, &t1);
@@ -177,7 +178,7 @@ loco_status loco_edit_locoedit(loco_pipeline_variant *v, const loco_locoedit_opt
         }
     }
     for (int i = 0; i < n_sol; i++)
-        if ((st = loco_pipeline_variant_set_param(v, LOCO_COMPONENT_UNET, sol[i].name, sol[i].w, LOCO_F64, err)))
+        if ((st = loco_pipeline_variant_set_param(v, LOCO_COMPONENT_UNET, sol[i].name, sol[i].w, LOCO_F32, err)))
             goto done;
     clock_gettime(CLOCK_MONOTONIC, &t2);
     json_object_set_new(rep, "matrices", mats);

@@ -119,55 +119,91 @@ static double fit(const loco_ridge_problem *p, const double *w, double *scratch)
     return s;
 }
 
-static loco_status solve_full(const loco_ridge_problem *p, double *w_out, double *rcond, loco_err *err) {
+static double sumsq(const double *x, size_t n) {
+    double s = 0;
+    for (size_t i = 0; i < n; i++) s += x[i] * x[i];
+    return s;
+}
+
+/* Full form. W' is formed in its own buffer, so the diagnostics can still read W (w_out may
+ * alias it: it is written last). */
+static loco_status solve_full(const loco_ridge_problem *p, double *w_out, loco_ridge_info *info, loco_err *err) {
     const int d = p->d_in, o = p->d_out, n = p->n;
+    const size_t nw = (size_t)o * d;
     double *A = malloc((size_t)d * d * sizeof *A);
-    double *B = malloc((size_t)o * d * sizeof *B);
+    double *B = malloc(nw * sizeof *B);
+    double *scratch = malloc((size_t)n * o * sizeof *scratch);
     loco_status st = LOCO_OK;
-    if (!A || !B) {
+    if (!A || !B || !scratch) {
         st = loco_err_set(err, LOCO_ENOMEM, "edit solve: out of memory for a %d x %d system", d, d);
         goto done;
     }
+    info->fit_before = fit(p, p->w, scratch);
     /* A = λ I + KᵀK (lower triangle) */
     cblas_dsyrk(CblasRowMajor, CblasLower, CblasTrans, d, n, 1.0, p->keys, d, 0.0, A, d);
     for (int i = 0; i < d; i++) A[(size_t)i * d + i] += p->lambda;
     /* B = λ W + VᵀK */
-    memcpy(B, p->w, (size_t)o * d * sizeof *B);
+    memcpy(B, p->w, nw * sizeof *B);
     cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, o, d, n, 1.0, p->values, o, p->keys, d, p->lambda, B, d);
-    if ((st = factor(A, d, "lambda I + K^T K", p->what, rcond, err))) goto done;
+    if ((st = factor(A, d, "lambda I + K^T K", p->what, &info->rcond, err))) goto done;
     /* W' A = B with A = L Lᵀ: solve Y Lᵀ = B, then W' L = Y */
     cblas_dtrsm(CblasRowMajor, CblasRight, CblasLower, CblasTrans, CblasNonUnit, o, d, 1.0, A, d, B, d);
     cblas_dtrsm(CblasRowMajor, CblasRight, CblasLower, CblasNoTrans, CblasNonUnit, o, d, 1.0, A, d, B, d);
-    memcpy(w_out, B, (size_t)o * d * sizeof *B);
+    info->fit_after = fit(p, B, scratch);
+    double dn = 0;
+    for (size_t i = 0; i < nw; i++) dn += (B[i] - p->w[i]) * (B[i] - p->w[i]);
+    info->delta_sq = dn;
+    memcpy(w_out, B, nw * sizeof *B);
 done:
     free(A);
     free(B);
+    free(scratch);
     return st;
 }
 
-static loco_status solve_push_through(const loco_ridge_problem *p, double *w_out, double *rcond, loco_err *err) {
+/* Push-through form: only n × n and n × d_out systems besides two passes over W (E = V − K Wᵀ
+ * and the rank-n update), so the diagnostics come from small matrices too:
+ *   residuals after:  W'K ᵀ − Vᵀ  ->  rows R = S Z − E  with S = K Kᵀ
+ *   ‖W' − W‖²        =  ‖Zᵀ K‖²  =  trace((Z Zᵀ) S). */
+static loco_status solve_push_through(const loco_ridge_problem *p, double *w_out, loco_ridge_info *info,
+                                      loco_err *err) {
     const int d = p->d_in, o = p->d_out, n = p->n;
-    double *G = malloc((size_t)n * n * sizeof *G);
-    double *E = malloc((size_t)n * o * sizeof *E);
+    double *S = malloc((size_t)n * n * sizeof *S), *G = malloc((size_t)n * n * sizeof *G);
+    double *E = malloc((size_t)n * o * sizeof *E), *Z = malloc((size_t)n * o * sizeof *Z);
+    double *ZZ = malloc((size_t)n * n * sizeof *ZZ);
     loco_status st = LOCO_OK;
-    if (!G || !E) {
+    if (!S || !G || !E || !Z || !ZZ) {
         st = loco_err_set(err, LOCO_ENOMEM, "edit solve: out of memory for a %d x %d system", n, n);
         goto done;
     }
-    /* G = K Kᵀ + λ I_n; E = V − K Wᵀ (the residuals of the old weight) */
-    cblas_dsyrk(CblasRowMajor, CblasLower, CblasNoTrans, n, d, 1.0, p->keys, d, 0.0, G, n);
+    /* S = K Kᵀ (full, for the diagnostics), G = S + λ I_n; E = V − K Wᵀ (the old weight's residuals) */
+    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, n, d, 1.0, p->keys, d, p->keys, d, 0.0, S, n);
+    memcpy(G, S, (size_t)n * n * sizeof *G);
     for (int i = 0; i < n; i++) G[(size_t)i * n + i] += p->lambda;
     memcpy(E, p->values, (size_t)n * o * sizeof *E);
     cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, o, d, -1.0, p->keys, d, p->w, d, 1.0, E, o);
-    if ((st = factor(G, n, "K K^T + lambda I", p->what, rcond, err))) goto done;
-    /* Z = G⁻¹ E, then W' = W + Zᵀ K */
-    cblas_dtrsm(CblasRowMajor, CblasLeft, CblasLower, CblasNoTrans, CblasNonUnit, n, o, 1.0, G, n, E, o);
-    cblas_dtrsm(CblasRowMajor, CblasLeft, CblasLower, CblasTrans, CblasNonUnit, n, o, 1.0, G, n, E, o);
+    info->fit_before = sumsq(E, (size_t)n * o);
+    if ((st = factor(G, n, "K K^T + lambda I", p->what, &info->rcond, err))) goto done;
+    /* Z = G⁻¹ E */
+    memcpy(Z, E, (size_t)n * o * sizeof *Z);
+    cblas_dtrsm(CblasRowMajor, CblasLeft, CblasLower, CblasNoTrans, CblasNonUnit, n, o, 1.0, G, n, Z, o);
+    cblas_dtrsm(CblasRowMajor, CblasLeft, CblasLower, CblasTrans, CblasNonUnit, n, o, 1.0, G, n, Z, o);
+    /* diagnostics before W is overwritten (w_out may alias it) */
+    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, o, n, 1.0, S, n, Z, o, -1.0, E, o); /* E := S Z − E */
+    info->fit_after = sumsq(E, (size_t)n * o);
+    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, n, o, 1.0, Z, o, Z, o, 0.0, ZZ, n);
+    double dn = 0;
+    for (size_t i = 0; i < (size_t)n * n; i++) dn += ZZ[i] * S[i];
+    info->delta_sq = dn > 0 ? dn : 0;
+    /* W' = W + Zᵀ K */
     if (w_out != p->w) memcpy(w_out, p->w, (size_t)o * d * sizeof *w_out);
-    cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, o, d, n, 1.0, E, o, p->keys, d, 1.0, w_out, d);
+    cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, o, d, n, 1.0, Z, o, p->keys, d, 1.0, w_out, d);
 done:
+    free(S);
     free(G);
     free(E);
+    free(Z);
+    free(ZZ);
     return st;
 }
 
@@ -183,41 +219,20 @@ loco_status loco_ridge_solve(const loco_ridge_problem *p, double *w_out, loco_ri
     if ((unsigned)p->form >= LOCO_SOLVE_FORM_COUNT) return loco_err_set(err, LOCO_EINVAL, "%s: unknown solver form", what);
     if (!all_finite(p->keys, (size_t)p->n * p->d_in) || !all_finite(p->values, (size_t)p->n * p->d_out))
         return loco_err_set(err, LOCO_EINVAL, "%s: the keys or values contain NaN or Inf", what);
-    if (!all_finite(p->w, (size_t)p->d_out * p->d_in))
-        return loco_err_set(err, LOCO_EINVAL, "%s: the weight contains NaN or Inf", what);
-
-    const loco_solve_form form = loco_solve_form_pick(p->form, p->n, p->d_in);
-    double *scratch = NULL;
     const size_t nw = (size_t)p->d_out * p->d_in;
-    double before = 0, wnorm = 0, *w_copy = NULL;
-    if (info) {
-        scratch = malloc((size_t)p->n * p->d_out * sizeof *scratch);
-        w_copy = w_out == p->w ? malloc(nw * sizeof *w_copy) : NULL;
-        if (!scratch || (w_out == p->w && !w_copy)) {
-            free(scratch);
-            free(w_copy);
-            return loco_err_set(err, LOCO_ENOMEM, "%s: out of memory", what);
-        }
-        before = fit(p, p->w, scratch);
-        for (size_t i = 0; i < nw; i++) wnorm += p->w[i] * p->w[i];
-        if (w_copy) memcpy(w_copy, p->w, nw * sizeof *w_copy);
-    }
-    double rcond = 0;
-    loco_status st = form == LOCO_SOLVE_FULL ? solve_full(p, w_out, &rcond, err)
-                                             : solve_push_through(p, w_out, &rcond, err);
-    if (!st && !all_finite(w_out, nw))
-        st = loco_err_set(err, LOCO_EINVAL, "%s: the solution is not finite (system too ill-conditioned)", what);
-    if (!st && info) {
-        const double *w_old = w_copy ? w_copy : p->w;
-        double dn = 0;
-        for (size_t i = 0; i < nw; i++) dn += (w_out[i] - w_old[i]) * (w_out[i] - w_old[i]);
-        info->form = form;
-        info->rcond = rcond;
-        info->fit_before = before;
-        info->fit_after = fit(p, w_out, scratch);
-        info->rel_change = wnorm > 0 ? sqrt(dn / wnorm) : sqrt(dn);
-    }
-    free(scratch);
-    free(w_copy);
-    return st;
+    /* one pass over W: finiteness and its norm */
+    double wnorm = 0;
+    for (size_t i = 0; i < nw; i++) wnorm += p->w[i] * p->w[i];
+    if (!isfinite(wnorm)) return loco_err_set(err, LOCO_EINVAL, "%s: the weight contains NaN or Inf", what);
+    loco_ridge_info local;
+    if (!info) info = &local;
+    memset(info, 0, sizeof *info);
+    info->form = loco_solve_form_pick(p->form, p->n, p->d_in);
+    loco_status st = info->form == LOCO_SOLVE_FULL ? solve_full(p, w_out, info, err)
+                                                   : solve_push_through(p, w_out, info, err);
+    if (st) return st;
+    if (!isfinite(info->fit_after) || !isfinite(info->delta_sq))
+        return loco_err_set(err, LOCO_EINVAL, "%s: the solution is not finite (system too ill-conditioned)", what);
+    info->rel_change = wnorm > 0 ? sqrt(info->delta_sq / wnorm) : sqrt(info->delta_sq);
+    return LOCO_OK;
 }

@@ -53,10 +53,12 @@ typedef struct loco_ridge_info {
     double fit_before;    /* Σ ‖W k_i − v_i‖² */
     double fit_after;     /* Σ ‖W' k_i − v_i‖² */
     double rel_change;    /* ‖W' − W‖_F / ‖W‖_F */
+    double delta_sq;      /* ‖W' − W‖_F² */
 } loco_ridge_info;
 
-/* Write W' ([d_out, d_in]) to w_out (may equal p->w only if the caller no longer needs W;
- * it is read before w_out is written). info may be NULL. */
+/* Write W' ([d_out, d_in]) to w_out, which may be p->w itself (solved in place, saving a copy of
+ * W). info may be NULL. The W' finiteness check is a cheap proxy: the fit and the change, which
+ * are finite exactly when the update is. */
 loco_status loco_ridge_solve(const loco_ridge_problem *p, double *w_out, loco_ridge_info *info, loco_err *err);
 
 /* y[r] = W x[r] for n rows: W [d_out, d_in], x [n, d_in], y [n, d_out] (LocoEdit's values). */

@@ -1,6 +1,7 @@
 /* model_files.c: open a diffusers folder or a single-file checkpoint and serve its configs,
  * weights (under diffusers names) and tokenizer folders. See model_files.h. */
 #include "model_files.h"
+#include "json_util.h"
 
 #include <limits.h>
 #include <stdio.h>
@@ -90,7 +91,7 @@ static loco_status check_index(const json_t *index, const char *source, loco_err
 
 static loco_status load_json_file(const char *path, json_t **out, loco_err *err) {
     json_error_t jerr;
-    *out = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
+    *out = loco_json_load_python_file(path, JSON_REJECT_DUPLICATES, &jerr);
     if (!*out) {
         if (!is_file(path)) return loco_err_set(err, LOCO_ENOTFOUND, "%s: file not found", path);
         return loco_err_set(err, LOCO_EFORMAT, "%s: invalid JSON (%s, line %d)", path, jerr.text, jerr.line);

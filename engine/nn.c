@@ -86,6 +86,14 @@ loco_status loco_reshape_view(const loco_tensor *src, int ndim, const int64_t *s
     return loco_tensor_view(src, 0, ndim, shape, out, err);
 }
 
+/* Activations of a block are allocated in the dtype of its input: a model computes in the dtype
+ * it was loaded in (loco_loader.dtype) and its input arrives in that dtype, so the same blocks
+ * serve an F16 UNet and an F32 VAE on one backend. */
+static loco_status alloc_like(loco_backend *be, const loco_tensor *x, int ndim, const int64_t *shape,
+                              loco_tensor *out, loco_err *err) {
+    return loco_tensor_alloc(be, x->dtype, ndim, shape, out, err);
+}
+
 /* ---- small holders --------------------------------------------------------------------------- */
 
 loco_status loco_conv_load(const loco_loader *ld, const char *prefix, int in_ch, int out_ch, int k, loco_conv *c,
@@ -102,7 +110,7 @@ loco_status loco_conv_forward(loco_backend *be, const loco_conv *c, const loco_t
                               loco_err *err) {
     int p = (c->k - 1) / 2;
     int64_t h = x->shape[2] + 2 * p - c->k + 1, w = x->shape[3] + 2 * p - c->k + 1;
-    loco_status s = loco_tensor_alloc_act(be, 4, (int64_t[]){x->shape[0], c->out_ch, h, w}, out, err);
+    loco_status s = alloc_like(be, x, 4, (int64_t[]){x->shape[0], c->out_ch, h, w}, out, err);
     if (s) return s;
     loco_conv2d_params cp = {.stride = 1, .pad = {p, p, p, p}};
     s = loco_conv2d(be, out, x, &c->w, &c->b, &cp, err);
@@ -125,7 +133,7 @@ loco_status loco_gnorm_load(const loco_loader *ld, const char *prefix, int chann
 
 loco_status loco_gnorm_forward(loco_backend *be, const loco_gnorm *g, const loco_tensor *x, int fuse_silu,
                                loco_tensor *out, loco_err *err) {
-    loco_status s = loco_tensor_alloc_act(be, x->ndim, x->shape, out, err);
+    loco_status s = alloc_like(be, x, x->ndim, x->shape, out, err);
     if (s) return s;
     s = loco_group_norm(be, out, x, g->groups, &g->w, &g->b, g->eps, fuse_silu, err);
     if (s) loco_tensor_free(out);
@@ -146,7 +154,7 @@ loco_status loco_lin_forward(loco_backend *be, const loco_lin *l, const loco_ten
     int64_t shape[LOCO_MAX_DIMS];
     memcpy(shape, x->shape, sizeof shape);
     shape[x->ndim - 1] = l->out_f;
-    loco_status s = loco_tensor_alloc_act(be, x->ndim, shape, out, err);
+    loco_status s = alloc_like(be, x, x->ndim, shape, out, err);
     if (s) return s;
     s = loco_linear(be, out, x, &l->w, l->b.data ? &l->b : NULL, act, err);
     if (s) loco_tensor_free(out);
@@ -219,22 +227,22 @@ loco_status loco_resnet_forward(loco_backend *be, const loco_resnet *r, const lo
     loco_status s;
 
     /* norm1 + SiLU, conv1 */
-    if ((s = loco_tensor_alloc_act(be, 4, x->shape, &n1, err))) goto done;
+    if ((s = alloc_like(be, x, 4, x->shape, &n1, err))) goto done;
     if ((s = loco_group_norm(be, &n1, x, r->groups, &r->norm1_w, &r->norm1_b, r->eps, 1, err))) goto done;
-    if ((s = loco_tensor_alloc_act(be, 4, oshape, &h, err))) goto done;
+    if ((s = alloc_like(be, x, 4, oshape, &h, err))) goto done;
     if ((s = loco_conv2d(be, &h, &n1, &r->conv1_w, &r->conv1_b, &p3, err))) goto done;
     loco_tensor_free(&n1);
 
     /* + time_emb_proj(SiLU(temb)) broadcast over H, W */
     if (r->temb_ch > 0) {
-        if ((s = loco_tensor_alloc_act(be, 2, (int64_t[]){B, r->out_ch}, &tp, err))) goto done;
+        if ((s = alloc_like(be, x, 2, (int64_t[]){B, r->out_ch}, &tp, err))) goto done;
         if ((s = loco_linear(be, &tp, temb_act, &r->temb_w, &r->temb_b, LOCO_ACT_NONE, err))) goto done;
         if ((s = loco_add_channel_bias(be, &h, &h, &tp, err))) goto done;
         loco_tensor_free(&tp);
     }
 
     /* norm2 + SiLU (dropout is the identity at inference), conv2 into a fresh output */
-    if ((s = loco_tensor_alloc_act(be, 4, oshape, &n2, err))) goto done;
+    if ((s = alloc_like(be, x, 4, oshape, &n2, err))) goto done;
     if ((s = loco_group_norm(be, &n2, &h, r->groups, &r->norm2_w, &r->norm2_b, r->eps, 1, err))) goto done;
     if ((s = loco_conv2d(be, &h, &n2, &r->conv2_w, &r->conv2_b, &p3, err))) goto done;
     loco_tensor_free(&n2);
@@ -242,7 +250,7 @@ loco_status loco_resnet_forward(loco_backend *be, const loco_resnet *r, const lo
     /* (shortcut(x) + h) / output_scale_factor */
     if (r->has_shortcut) {
         const loco_conv2d_params p1 = {.stride = 1, .pad = {0, 0, 0, 0}};
-        if ((s = loco_tensor_alloc_act(be, 4, oshape, &sc, err))) goto done;
+        if ((s = alloc_like(be, x, 4, oshape, &sc, err))) goto done;
         if ((s = loco_conv2d(be, &sc, x, &r->short_w, &r->short_b, &p1, err))) goto done;
         if ((s = loco_add(be, &h, &sc, &h, err))) goto done;
         loco_tensor_free(&sc);
@@ -300,20 +308,20 @@ loco_status loco_spatial_attn_forward(loco_backend *be, const loco_spatial_attn 
     const int64_t tok[3] = {B, L, C}, chw[3] = {B, C, L};
     loco_tensor gn = {0}, gv = {0}, t = {0}, q = {0}, k = {0}, v = {0}, o = {0}, p = {0}, y = {0}, yv = {0};
     loco_status s;
-    if ((s = loco_tensor_alloc_act(be, 4, x->shape, &gn, err))) goto done;
+    if ((s = alloc_like(be, x, 4, x->shape, &gn, err))) goto done;
     if ((s = loco_group_norm(be, &gn, x, a->groups, &a->gn_w, &a->gn_b, a->eps, 0, err))) goto done;
     if ((s = loco_reshape_view(&gn, 3, chw, &gv, err))) goto done;
-    if ((s = loco_tensor_alloc_act(be, 3, tok, &t, err))) goto done;
+    if ((s = alloc_like(be, x, 3, tok, &t, err))) goto done;
     if ((s = loco_transpose12(be, &t, &gv, err))) goto done;
     loco_tensor_free(&gn);
-    if ((s = loco_tensor_alloc_act(be, 3, tok, &q, err))) goto done;
-    if ((s = loco_tensor_alloc_act(be, 3, tok, &k, err))) goto done;
-    if ((s = loco_tensor_alloc_act(be, 3, tok, &v, err))) goto done;
+    if ((s = alloc_like(be, x, 3, tok, &q, err))) goto done;
+    if ((s = alloc_like(be, x, 3, tok, &k, err))) goto done;
+    if ((s = alloc_like(be, x, 3, tok, &v, err))) goto done;
     if ((s = loco_linear(be, &q, &t, &a->q_w, &a->q_b, LOCO_ACT_NONE, err))) goto done;
     if ((s = loco_linear(be, &k, &t, &a->k_w, &a->k_b, LOCO_ACT_NONE, err))) goto done;
     if ((s = loco_linear(be, &v, &t, &a->v_w, &a->v_b, LOCO_ACT_NONE, err))) goto done;
     loco_tensor_free(&t);
-    if ((s = loco_tensor_alloc_act(be, 3, tok, &o, err))) goto done;
+    if ((s = alloc_like(be, x, 3, tok, &o, err))) goto done;
     {
         loco_attention_params ap = {
             .heads = a->heads, .scale = (float)(1.0 / sqrt((double)(C / a->heads))), .causal = 0, .kv_index = NULL};
@@ -322,10 +330,10 @@ loco_status loco_spatial_attn_forward(loco_backend *be, const loco_spatial_attn 
     loco_tensor_free(&q);
     loco_tensor_free(&k);
     loco_tensor_free(&v);
-    if ((s = loco_tensor_alloc_act(be, 3, tok, &p, err))) goto done;
+    if ((s = alloc_like(be, x, 3, tok, &p, err))) goto done;
     if ((s = loco_linear(be, &p, &o, &a->o_w, &a->o_b, LOCO_ACT_NONE, err))) goto done;
     loco_tensor_free(&o);
-    if ((s = loco_tensor_alloc_act(be, 4, x->shape, &y, err))) goto done;
+    if ((s = alloc_like(be, x, 4, x->shape, &y, err))) goto done;
     if ((s = loco_reshape_view(&y, 3, chw, &yv, err))) goto done;
     if ((s = loco_transpose12(be, &yv, &p, err))) goto done;
     loco_tensor_free(&p);
@@ -373,7 +381,7 @@ loco_status loco_downsample_forward(loco_backend *be, const loco_downsample *d, 
     }
     int64_t h = (x->shape[2] + cp.pad[0] + cp.pad[1] - 3) / 2 + 1;
     int64_t w = (x->shape[3] + cp.pad[2] + cp.pad[3] - 3) / 2 + 1;
-    loco_status s = loco_tensor_alloc_act(be, 4, (int64_t[]){x->shape[0], d->out_channels, h, w}, out, err);
+    loco_status s = alloc_like(be, x, 4, (int64_t[]){x->shape[0], d->out_channels, h, w}, out, err);
     if (s) return s;
     s = loco_conv2d(be, out, x, &d->conv_w, &d->conv_b, &cp, err);
     if (s) loco_tensor_free(out);
@@ -397,9 +405,9 @@ loco_status loco_upsample_forward(loco_backend *be, const loco_upsample *u, cons
                                   loco_tensor *out, loco_err *err) {
     const int64_t B = x->shape[0], H = x->shape[2] * 2, W = x->shape[3] * 2;
     loco_tensor up = {0};
-    loco_status s = loco_tensor_alloc_act(be, 4, (int64_t[]){B, x->shape[1], H, W}, &up, err);
+    loco_status s = alloc_like(be, x, 4, (int64_t[]){B, x->shape[1], H, W}, &up, err);
     if (!s) s = loco_upsample_nearest2x(be, &up, x, err);
-    if (!s) s = loco_tensor_alloc_act(be, 4, (int64_t[]){B, u->out_channels, H, W}, out, err);
+    if (!s) s = alloc_like(be, x, 4, (int64_t[]){B, u->out_channels, H, W}, out, err);
     if (!s) {
         const loco_conv2d_params cp = {.stride = 1, .pad = {1, 1, 1, 1}};
         s = loco_conv2d(be, out, &up, &u->conv_w, &u->conv_b, &cp, err);

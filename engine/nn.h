@@ -6,7 +6,9 @@
  *
  * Forward functions take their input by const pointer and allocate their output (`out` is
  * overwritten; the caller frees it with loco_tensor_free). Intermediates are freed before
- * returning, so peak memory is the input, the output and one or two temporaries. */
+ * returning, so peak memory is the input, the output and one or two temporaries. Outputs and
+ * intermediates take the input's dtype, which must be the dtype the block's weights were loaded
+ * in (loco_loader.dtype): that is how one backend runs an F16 UNet next to an F32 VAE. */
 #ifndef LOCO_NN_H
 #define LOCO_NN_H
 
@@ -35,7 +37,10 @@ typedef struct loco_loader {
     loco_backend *be;
     const loco_weights *w; /* NULL: build the structure only, load nothing (site tables) */
     loco_params *params;
-    loco_dtype dtype; /* dtype the weights are stored in on the backend (its activation dtype) */
+    /* dtype the weights are stored in on the backend, i.e. the model's compute dtype: the
+     * activation dtype (loco_loader_init), unless the model asks for another that the backend
+     * accepts (loco_backend_accepts_dtype), e.g. an SD-XL VAE in F32 on an F16 backend */
+    loco_dtype dtype;
 } loco_loader;
 
 void loco_loader_init(loco_loader *ld, loco_backend *be, const loco_weights *w, loco_params *params);

@@ -2,7 +2,8 @@
  * resampler), so that loco's CLIP preprocessing gives the same pixels as PIL's Image.resize.
  * Every constant and rounding step below is Pillow's: the filters in double precision, weights
  * normalised per output pixel and converted to PRECISION_BITS fixed point with round-half-away,
- * accumulation in int starting at one half, arithmetic shift and clip to [0, 255]. */
+ * accumulation in int starting at one half, arithmetic shift and clip to [0, 255]; and the
+ * pass order of Pillow 13.0 (the version pinned for the references). */
 #include "pil_resample.h"
 
 #include <limits.h>
@@ -195,39 +196,48 @@ loco_status loco_pil_resize(const loco_image *src, int width, int height, loco_p
         return st;
     }
     const int need_h = width != sw, need_v = height != sh;
+    /* Pillow 13: when the height shrinks by more than twice as many pixels as the width, the
+     * vertical pass runs first (Pillow <= 12 always ran the horizontal pass first; the two orders
+     * differ by the uint8 rounding of the intermediate image) */
+    const int h_first = !((sh - height) > 0 && (sh - height) > (sw - width) * 2);
     int *bv = NULL, *bh = NULL;
     int32_t *kv = NULL, *kh = NULL;
     uint8_t *tmp = NULL;
     loco_status st = LOCO_OK;
-    const int ksv = precompute(sh, 0.0f, (float)sh, height, &f, &bv, &kv);
-    if (!ksv) return loco_err_set(err, LOCO_ENOMEM, "resize: out of memory");
-    const int ybox_first = bv[0], ybox_last = bv[height * 2 - 2] + bv[height * 2 - 1];
-    const uint8_t *cur = src->data;
-    int cur_w = sw;
-    if (need_h) {
-        const int ksh = precompute(sw, 0.0f, (float)sw, width, &f, &bh, &kh);
-        if (!ksh) {
-            st = loco_err_set(err, LOCO_ENOMEM, "resize: out of memory");
-            goto done;
-        }
+    int ksv = 0, ksh = 0;
+    if ((need_v || (need_h && h_first)) && !(ksv = precompute(sh, 0.0f, (float)sh, height, &f, &bv, &kv)))
+        return loco_err_set(err, LOCO_ENOMEM, "resize: out of memory");
+    if (need_h && !(ksh = precompute(sw, 0.0f, (float)sw, width, &f, &bh, &kh))) {
+        st = loco_err_set(err, LOCO_ENOMEM, "resize: out of memory");
+        goto done;
+    }
+    if ((st = loco_image_alloc(width, height, ch, out, err))) goto done;
+    if (!need_h || !need_v) {
+        if (need_h)
+            pass_h(src->data, sw, ch, 0, out->data, width, height, ksh, bh, kh);
+        else
+            pass_v(src->data, sw, ch, out->data, height, ksv, bv, kv);
+    } else if (h_first) {
         /* only the rows the vertical pass reads are resampled horizontally */
+        const int ybox_first = bv[0], ybox_last = bv[height * 2 - 2] + bv[height * 2 - 1];
         for (int i = 0; i < height; i++) bv[i * 2] -= ybox_first;
         const int th = ybox_last - ybox_first;
-        tmp = malloc((size_t)width * th * ch);
-        if (!tmp) {
+        if (!(tmp = malloc((size_t)width * th * ch))) {
             st = loco_err_set(err, LOCO_ENOMEM, "resize: out of memory");
             goto done;
         }
         pass_h(src->data, sw, ch, ybox_first, tmp, width, th, ksh, bh, kh);
-        cur = tmp;
-        cur_w = width;
+        pass_v(tmp, width, ch, out->data, height, ksv, bv, kv);
+    } else {
+        if (!(tmp = malloc((size_t)sw * height * ch))) {
+            st = loco_err_set(err, LOCO_ENOMEM, "resize: out of memory");
+            goto done;
+        }
+        pass_v(src->data, sw, ch, tmp, height, ksv, bv, kv);
+        pass_h(tmp, sw, ch, 0, out->data, width, height, ksh, bh, kh);
     }
-    if ((st = loco_image_alloc(width, height, ch, out, err))) goto done;
-    if (need_v)
-        pass_v(cur, cur_w, ch, out->data, height, ksv, bv, kv);
-    else
-        memcpy(out->data, cur, (size_t)width * height * ch);
 done:
+    if (st) loco_image_free(out);
     free(bv);
     free(kv);
     free(bh);

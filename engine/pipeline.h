@@ -37,17 +37,28 @@ typedef struct loco_pipeline_opts {
     const char *config_dir;   /* single files: a diffusers folder to take configs and tokenizers from */
     const char *variant;      /* weight variant ("fp16"), or NULL */
     loco_model_family family; /* UNKNOWN: detect */
+    /* The dtype a VAE with force_upcast (SD-XL's) computes in on a backend with F16 activations:
+     * LOCO_F32 (the zero value; what diffusers does) or LOCO_BF16 (fp32's range, half the
+     * memory traffic, small differences from diffusers). Other VAEs use the activation dtype. */
+    loco_dtype vae_upcast_dtype;
 } loco_pipeline_opts;
 
 void loco_pipeline_opts_init(loco_pipeline_opts *o);
 
 /* Load every component onto `be` (not owned; it must outlive the pipeline). */
 loco_status loco_pipeline_load(loco_backend *be, const loco_pipeline_opts *opts, loco_pipeline **out, loco_err *err);
+/* A pipeline of a family's real architecture (the embedded configs of engine/builtin_configs.h:
+ * SD 1.5, SD 2.1 768-v or SD-XL base at full size) with deterministic random weights
+ * (loco_weights_new_random) and the bundled CLIP tokenizers: for benchmarks and memory checks,
+ * never for images anyone should look at. opts may be NULL; only vae_upcast_dtype is read.
+ * Such a pipeline has no model files (loco_pipeline_files returns NULL). */
+loco_status loco_pipeline_load_random(loco_backend *be, loco_model_family family, uint64_t seed,
+                                      const loco_pipeline_opts *opts, loco_pipeline **out, loco_err *err);
 void loco_pipeline_free(loco_pipeline *p);
 
 loco_model_family loco_pipeline_family(const loco_pipeline *p);
 loco_backend *loco_pipeline_backend(const loco_pipeline *p);
-const loco_model_files *loco_pipeline_files(const loco_pipeline *p);
+const loco_model_files *loco_pipeline_files(const loco_pipeline *p); /* NULL: random weights */
 loco_unet *loco_pipeline_unet(const loco_pipeline *p);
 loco_vae *loco_pipeline_vae(const loco_pipeline *p);
 const loco_clip_text *loco_pipeline_text_encoder(const loco_pipeline *p, int which); /* 1 or 2 */

@@ -54,7 +54,7 @@ static loco_status load_unet(loco_pipeline *p, loco_err *err) {
     return st;
 }
 
-static loco_status load_vae(loco_pipeline *p, loco_err *err) {
+static loco_status load_vae(loco_pipeline *p, loco_dtype upcast, loco_err *err) {
     const json_t *cfg_json = loco_model_files_config(p->files, "vae");
     if (!cfg_json) return loco_err_set(err, LOCO_ENOTFOUND, "%s: the model has no vae", p->path);
     loco_vae_config cfg;
@@ -62,7 +62,7 @@ static loco_status load_vae(loco_pipeline *p, loco_err *err) {
     if (st) return st;
     loco_weights *w = NULL;
     if ((st = loco_model_files_weights(p->files, "vae", &w, err))) return st;
-    st = loco_vae_create(p->be, &cfg, w, &p->vae, err);
+    st = loco_vae_create_dtype(p->be, &cfg, w, loco_vae_compute_dtype(p->be, &cfg, upcast), &p->vae, err);
     loco_weights_free(w);
     if (st) loco_err_prefix(err, "loading vae");
     return st;
@@ -124,7 +124,7 @@ loco_status loco_pipeline_load(loco_backend *be, const loco_pipeline_opts *opts,
         if ((st = load_text_encoder(p, "text_encoder", &p->text_encoder, err))) goto fail;
     }
     if ((st = load_unet(p, err))) goto fail;
-    if ((st = load_vae(p, err))) goto fail;
+    if ((st = load_vae(p, opts->vae_upcast_dtype, err))) goto fail;
     p->force_zeros_for_empty_prompt = loco_model_files_flag(p->files, "force_zeros_for_empty_prompt", 1);
     const loco_vae_config *vc = loco_vae_get_config(p->vae);
     p->vae_scale = 1 << (vc->n_blocks - 1);

@@ -1,6 +1,7 @@
 /* scheduler_config.c: scheduler enums (string round trips) and loco_scheduler_config, including
  * reading a diffusers scheduler_config.json. */
 #include "scheduler.h"
+#include "json_util.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -388,46 +389,11 @@ loco_status loco_scheduler_config_from_json(const json_t *j, loco_scheduler_conf
     return LOCO_OK;
 }
 
-/* Python's json module writes float('inf') as the bare tokens Infinity / -Infinity (NaN as NaN),
- * which JSON and jansson reject; DPMSolverMultistepScheduler configs saved by diffusers carry
- * "lambda_min_clipped": -Infinity. Outside strings they become the strings "inf", "-inf", "nan". */
-static char *quote_python_floats(const char *text, size_t len) {
-    char *out = malloc(len * 2 + 1), *o = out;
-    if (!out) return NULL;
-    int in_str = 0;
-    for (size_t i = 0; i < len;) {
-        char ch = text[i];
-        if (in_str) {
-            *o++ = ch;
-            i++;
-            if (ch == '\\' && i < len) *o++ = text[i++];
-            else if (ch == '"') in_str = 0;
-            continue;
-        }
-        if (ch == '"') in_str = 1;
-        const char *word = NULL, *as = NULL;
-        if (len - i >= 9 && strncmp(text + i, "-Infinity", 9) == 0) word = "-Infinity", as = "\"-inf\"";
-        else if (len - i >= 8 && strncmp(text + i, "Infinity", 8) == 0) word = "Infinity", as = "\"inf\"";
-        else if (len - i >= 3 && strncmp(text + i, "NaN", 3) == 0) word = "NaN", as = "\"nan\"";
-        if (word) {
-            size_t n = strlen(as);
-            memcpy(o, as, n);
-            o += n;
-            i += strlen(word);
-            continue;
-        }
-        *o++ = ch;
-        i++;
-    }
-    *o = 0;
-    return out;
-}
-
 loco_status loco_scheduler_config_from_text(const char *text, size_t len, const char *source,
                                             loco_scheduler_config *cfg, loco_err *err) {
     loco_scheduler_config_init(cfg);
     const char *src = source ? source : "scheduler config";
-    char *fixed = quote_python_floats(text, len);
+    char *fixed = loco_json_quote_python_floats(text, len);
     if (!fixed) return loco_err_set(err, LOCO_ENOMEM, "%s: out of memory", src);
     json_error_t je;
     json_t *j = json_loads(fixed, 0, &je);

@@ -72,6 +72,7 @@ const loco_params *loco_unet_params(const loco_unet *u) { return &u->params; }
 
 void loco_unet_free(loco_unet *u) {
     if (!u) return;
+    unet_graphs_free(u); /* first: recorded graphs read the weights until they are gone */
     loco_params_free(&u->params); /* first: the table points into the block holders */
     unet_blocks_free(u);
     for (int i = 0; i < u->n_sites; i++) free((char *)u->sites[i].name);
@@ -352,7 +353,7 @@ loco_status loco_unet_forward(loco_unet *u, const loco_unet_inputs *in, loco_ten
     for (int i = 0; !s && in->kv_index_per_layer && i < u->n_cross; i++)
         if (in->kv_index_per_layer[i]) s = check_index(in->kv_index_per_layer[i], B, Bt, "kv_index_per_layer", i, err);
 
-    loco_tensor temb_act = {0}, h0 = {0}, h = {0}, n = {0};
+    loco_tensor temb_act = {0};
     if (!s) s = time_embedding(u, in, B, &temb_act, err);
     unet_run r = {.u = u,
                   .be = u->be,
@@ -364,16 +365,30 @@ loco_status loco_unet_forward(loco_unet *u, const loco_unet_inputs *in, loco_ten
                   .kv = in->text_kv,
                   .kv_index_per_layer = in->kv_index_per_layer,
                   .temb_act = &temb_act};
-    if (!s) s = loco_conv_forward(u->be, &u->conv_in, x, &h0, err);
-    if (!s && in->probe) s = in->probe(in->probe_ctx, "conv_in", &h0, err);
-    if (!s) s = unet_blocks_forward(&r, &h0, in->probe, in->probe_ctx, &h, err);
+    if (!s) {
+        /* the time embedding stays outside any recorded graph: it uploads host data (a sync) */
+        if (unet_graph_eligible(u, in))
+            s = unet_graph_forward(&r, x, out, err);
+        else
+            s = unet_body(&r, x, in->probe, in->probe_ctx, out, err);
+    }
+    loco_tensor_free(&temb_act);
+    free(tidx);
+    return s;
+}
+
+loco_status unet_body(const unet_run *r, const loco_tensor *x, loco_probe_fn probe, void *probe_ctx,
+                      loco_tensor *out, loco_err *err) {
+    loco_unet *u = r->u;
+    loco_tensor h0 = {0}, h = {0}, n = {0};
+    loco_status s = loco_conv_forward(u->be, &u->conv_in, x, &h0, err);
+    if (!s && probe) s = probe(probe_ctx, "conv_in", &h0, err);
+    if (!s) s = unet_blocks_forward(r, &h0, probe, probe_ctx, &h, err);
     loco_tensor_free(&h0);
     if (!s) s = loco_gnorm_forward(u->be, &u->norm_out, &h, 1, &n, err);
     loco_tensor_free(&h);
-    if (!s && in->probe) s = in->probe(in->probe_ctx, "conv_act", &n, err);
+    if (!s && probe) s = probe(probe_ctx, "conv_act", &n, err);
     if (!s) s = loco_conv_forward(u->be, &u->conv_out, &n, out, err);
     loco_tensor_free(&n);
-    loco_tensor_free(&temb_act);
-    free(tidx);
     return s;
 }

@@ -179,6 +179,29 @@ void loco_unet_inputs_init(loco_unet_inputs *in);
 /* out is allocated here: [B, out_channels, H, W] in the backend's activation dtype. */
 loco_status loco_unet_forward(loco_unet *u, const loco_unet_inputs *in, loco_tensor *out, loco_err *err);
 
+/* ---- graphs (engine/unet_graph.c) ----
+ * On a backend with graphs (CUDA, backend.h), a forward call with no hooks, no probe and
+ * precomputed text K/V (what every denoising step of loco_generate is) is recorded once per
+ * (sample shape, text batch) and replayed: the first call of a shape runs normally while the
+ * graph's private memory pool learns the call's allocations, the second records and replays,
+ * later ones replay (the text K/V addresses, kv_index tables and weight addresses are checked
+ * on every call; a change re-records, which costs host time only). Results equal the normal
+ * path's (the same kernels run). On by default where the backend has graphs; the backend turns
+ * them off for everything with LOCO_CUDA_GRAPHS=0. Each recorded shape keeps its pool (the
+ * call's peak activation memory) until the UNet is freed, graphs are turned off, or it is
+ * evicted by a newer shape (at most 4 are kept). */
+void loco_unet_set_graphs(loco_unet *u, int on); /* off also frees the recorded graphs */
+
+typedef struct loco_unet_graph_stats {
+    int shapes;           /* shapes with a recorded graph now */
+    long captures;        /* recordings made (first and re-recordings) */
+    long replays;         /* calls served by a replay */
+    long eager_calls;     /* eligible calls that ran normally (warm-up, fallbacks) */
+    size_t pool_bytes;    /* device memory the graphs' pools hold */
+    char last_error[256]; /* why recording last failed, "" when it never did */
+} loco_unet_graph_stats;
+void loco_unet_graph_stats_get(const loco_unet *u, loco_unet_graph_stats *st);
+
 /* The sinusoidal timestep embedding diffusers computes (get_timestep_embedding, fp32):
  * dst [n, dim] from n values. Exposed for the schedulers' tests and SD-XL time ids. */
 void loco_timestep_embedding(const float *t, int n, int dim, int flip_sin_to_cos, float freq_shift, float *dst);

@@ -55,6 +55,8 @@ struct loco_unet {
     unet_tblock **cross; /* cross layer i -> its transformer block */
     int n_cross, cap_cross;
     int frozen;          /* a variant shares these tensors: no in-place edits (unet_variant.c) */
+    int graphs_off;      /* loco_unet_set_graphs(u, 0) */
+    struct unet_graphs *graphs; /* recorded UNet calls (unet_graph.c); owned, never shared with a variant */
 };
 
 /* What one forward pass needs below the top level. */
@@ -88,6 +90,20 @@ loco_status unet_transformer_forward(const unet_run *r, const unet_transformer *
 /* Text K (which=0) or V (which=1) of a block's attn2 (attn=2) or attn1 (attn=1) for the text batch. */
 loco_status unet_text_proj(loco_backend *be, const unet_tblock *tb, int attn, int which, const loco_tensor *ehs,
                            loco_tensor *out, loco_err *err);
+
+/* ---- unet.c ---- */
+/* conv_in, the blocks, conv_norm_out + SiLU and conv_out on sample x, with r->temb_act already
+ * computed: everything a UNet call does after its time embedding (what a graph records). */
+loco_status unet_body(const unet_run *r, const loco_tensor *x, loco_probe_fn probe, void *probe_ctx,
+                      loco_tensor *out, loco_err *err);
+
+/* ---- unet_graph.c ---- */
+/* Whether this call may run as a recorded graph: graphs on for the UNet and its backend, no
+ * hooks, no probe, precomputed text K/V. */
+int unet_graph_eligible(const loco_unet *u, const loco_unet_inputs *in);
+/* unet_body through the graph cache (falls back to unet_body whenever recording fails). */
+loco_status unet_graph_forward(const unet_run *r, const loco_tensor *x, loco_tensor *out, loco_err *err);
+void unet_graphs_free(loco_unet *u);
 
 /* ---- unet_blocks.c ---- */
 /* Build every block (down, mid, up) in execution order. */

@@ -99,6 +99,7 @@ loco_status loco_unet_variant(loco_unet *base, loco_unet **out, loco_err *err) {
     v->cross = NULL;
     v->n_cross = v->cap_cross = 0;
     v->frozen = 0;
+    v->graphs = NULL; /* recorded graphs are the base's; a variant records its own */
     for (int i = 0; i < LOCO_UNET_MAX_BLOCKS; i++) {
         v->down[i].resnets = v->up[i].resnets = NULL;
         v->down[i].resnet_site = v->up[i].resnet_site = NULL;

@@ -25,6 +25,7 @@ typedef struct vae_mid {
 
 struct loco_vae {
     loco_backend *be;
+    loco_dtype dtype; /* compute dtype: weights and activations (vae.h) */
     loco_vae_config cfg;
     loco_params params;
     /* encoder */
@@ -42,6 +43,7 @@ struct loco_vae {
 };
 
 const loco_vae_config *loco_vae_get_config(const loco_vae *v) { return &v->cfg; }
+loco_dtype loco_vae_dtype(const loco_vae *v) { return v->dtype; }
 const loco_params *loco_vae_params(const loco_vae *v) { return &v->params; }
 
 void loco_vae_free(loco_vae *v) {
@@ -138,17 +140,36 @@ static loco_status load_decoder(loco_vae *v, const loco_loader *ld, loco_err *er
     return loco_conv_load(ld, "decoder.conv_out", out_ch, c->out_channels, 3, &v->dec_out, err);
 }
 
+loco_dtype loco_vae_compute_dtype(const loco_backend *be, const loco_vae_config *cfg, loco_dtype upcast) {
+    loco_dtype act = loco_backend_act_dtype(be);
+    /* fp16's range is what overflows; bf16 activations already have fp32's range */
+    if (cfg && cfg->force_upcast && act == LOCO_F16 && (upcast == LOCO_F32 || upcast == LOCO_BF16) &&
+        loco_backend_accepts_dtype(be, upcast))
+        return upcast;
+    return act;
+}
+
 loco_status loco_vae_create(loco_backend *be, const loco_vae_config *cfg, const loco_weights *w, loco_vae **out,
                             loco_err *err) {
+    return loco_vae_create_dtype(be, cfg, w, loco_vae_compute_dtype(be, cfg, LOCO_F32), out, err);
+}
+
+loco_status loco_vae_create_dtype(loco_backend *be, const loco_vae_config *cfg, const loco_weights *w,
+                                  loco_dtype dtype, loco_vae **out, loco_err *err) {
     *out = NULL;
     if (cfg->n_blocks < 1 || cfg->n_blocks > LOCO_VAE_MAX_BLOCKS)
         return loco_err_set(err, LOCO_EINVAL, "vae: %d blocks (1..%d supported)", cfg->n_blocks, LOCO_VAE_MAX_BLOCKS);
+    if ((dtype != LOCO_F32 && dtype != LOCO_F16 && dtype != LOCO_BF16) || !loco_backend_accepts_dtype(be, dtype))
+        return loco_err_set(err, LOCO_EUNSUPPORTED, "vae: the %s backend cannot compute in %s",
+                            loco_device_name(loco_backend_device(be)), loco_dtype_name(dtype));
     loco_vae *v = calloc(1, sizeof *v);
     if (!v) return loco_err_set(err, LOCO_ENOMEM, "vae: out of memory");
     v->be = be;
+    v->dtype = dtype;
     v->cfg = *cfg;
     loco_loader ld;
     loco_loader_init(&ld, be, w, &v->params);
+    ld.dtype = dtype;
     const int lc = cfg->latent_channels;
     loco_status s;
     if ((s = load_encoder(v, &ld, err))) goto fail;
@@ -238,17 +259,20 @@ static loco_status decode(loco_vae *v, const loco_tensor *latents, int unscale, 
                             c->latent_channels);
     loco_tensor z = {0}, h = {0};
     char name[64];
-    loco_status s = loco_tensor_alloc_act(be, 4, latents->shape, &z, err);
-    if (!s && !unscale) s = loco_copy(be, &z, latents, err);
+    /* into the VAE's dtype first when the denoiser's differs (an F16 UNet feeding an F32 VAE):
+     * the unscaling then already runs in the VAE's precision */
+    const int convert = latents->dtype != v->dtype;
+    loco_status s = loco_tensor_alloc(be, v->dtype, 4, latents->shape, &z, err);
+    if (!s && (convert || !unscale)) s = loco_copy(be, &z, latents, err);
     if (!s && unscale) {
         /* latents / scaling_factor (+ shift_factor), as the pipelines do before vae.decode */
-        const loco_tensor *xs[1] = {latents};
+        const loco_tensor *xs[1] = {convert ? &z : latents};
         const float coef = 1.0f / c->scaling_factor;
         s = loco_lincomb(be, &z, 1, xs, &coef, err);
     }
     if (!s && unscale && c->has_shift_factor) {
         loco_tensor sh = {0};
-        s = loco_tensor_alloc_act(be, 4, latents->shape, &sh, err);
+        s = loco_tensor_alloc(be, v->dtype, 4, latents->shape, &sh, err);
         if (!s) s = loco_fill(be, &sh, c->shift_factor, err);
         if (!s) s = loco_add(be, &z, &z, &sh, err);
         loco_tensor_free(&sh);
@@ -296,9 +320,16 @@ loco_status loco_vae_encode(loco_vae *v, const loco_tensor *image, loco_probe_fn
     memset(logvar, 0, sizeof *logvar);
     if (!image || image->ndim != 4 || image->shape[1] != c->in_channels)
         return loco_err_set(err, LOCO_EINVAL, "vae encode: image must be [batch, %d, height, width]", c->in_channels);
-    loco_tensor h = {0}, moments = {0};
+    loco_tensor h = {0}, moments = {0}, conv_img = {0};
     char name[64];
-    loco_status s = loco_conv_forward(be, &v->enc_in, image, &h, err);
+    loco_status s = LOCO_OK;
+    if (image->dtype != v->dtype) { /* the blocks compute in the input's dtype: make it the VAE's */
+        s = loco_tensor_alloc(be, v->dtype, 4, image->shape, &conv_img, err);
+        if (!s) s = loco_copy(be, &conv_img, image, err);
+        if (!s) image = &conv_img;
+    }
+    if (!s) s = loco_conv_forward(be, &v->enc_in, image, &h, err);
+    loco_tensor_free(&conv_img); /* conv_in's output is all that needs it; safe while enqueued */
     if (!s) s = probe(pfn, pctx, "encoder.conv_in", &h, err);
     for (int i = 0; !s && i < c->n_blocks; i++) {
         const vae_level *l = &v->enc[i];
@@ -327,7 +358,7 @@ loco_status loco_vae_encode(loco_vae *v, const loco_tensor *image, loco_probe_fn
             /* no quant_conv: copy each sample's half of the channels */
             const int64_t B = moments.shape[0], hw = moments.shape[2] * moments.shape[3];
             const int64_t shape[4] = {B, lc, moments.shape[2], moments.shape[3]};
-            s = loco_tensor_alloc_act(be, 4, shape, dst, err);
+            s = loco_tensor_alloc(be, v->dtype, 4, shape, dst, err);
             for (int64_t b = 0; !s && b < B; b++) {
                 loco_tensor src = {0}, d = {0};
                 s = loco_tensor_view(&moments, (b * 2 + half) * lc * hw, 1, (int64_t[]){lc * hw}, &src, err);

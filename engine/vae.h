@@ -10,9 +10,14 @@
  *         before handing it to the denoiser). logvar is returned as computed; diffusers'
  *         DiagonalGaussianDistribution clamps it to [-30, 20] when sampling.
  *
- * force_upcast (SD-XL) is recorded in the config: such a VAE must run on an fp32 backend to
- * match diffusers (fp16 activations overflow); the caller picks the backend. Deprecated
- * attention tensor names (query/key/value/proj_attn) are mapped by the weights layer. */
+ * Compute dtype: a VAE may compute in another float dtype than the backend's activations. With
+ * force_upcast in its config (SD-XL: its activations overflow fp16 and give NaN/black images)
+ * loco_vae_create picks F32 on a backend with F16 activations, as diffusers decodes in fp32;
+ * loco_vae_create_dtype takes an explicit dtype (BF16 has fp32's range at half the bytes, with
+ * small differences from diffusers). Inputs of another dtype are converted on entry; outputs
+ * come out in the VAE's dtype (loco_vae_dtype), which callers convert with loco_copy or read with
+ * loco_tensor_download_f32. Deprecated attention tensor names (query/key/value/proj_attn) are
+ * mapped by the weights layer. */
 #ifndef LOCO_VAE_H
 #define LOCO_VAE_H
 
@@ -50,8 +55,16 @@ loco_status loco_vae_config_load(const char *path, loco_vae_config *c, loco_err 
 
 typedef struct loco_vae loco_vae;
 
+/* The dtype a VAE of this config computes in on `be`: the activation dtype, except `upcast`
+ * (F32 or BF16) when the config has force_upcast, the activations are F16 and the backend
+ * accepts `upcast`. loco_vae_create uses upcast F32. */
+loco_dtype loco_vae_compute_dtype(const loco_backend *be, const loco_vae_config *cfg, loco_dtype upcast);
 loco_status loco_vae_create(loco_backend *be, const loco_vae_config *cfg, const loco_weights *w, loco_vae **out,
                             loco_err *err);
+/* The same with an explicit compute dtype: F32, F16 or BF16, one the backend accepts. */
+loco_status loco_vae_create_dtype(loco_backend *be, const loco_vae_config *cfg, const loco_weights *w,
+                                  loco_dtype dtype, loco_vae **out, loco_err *err);
+loco_dtype loco_vae_dtype(const loco_vae *v);
 /* `<dir>/config.json` + `<dir>/diffusion_pytorch_model[.<variant>].safetensors`. */
 loco_status loco_vae_load_dir(loco_backend *be, const char *dir, const char *variant, loco_vae **out, loco_err *err);
 void loco_vae_free(loco_vae *v);
@@ -59,8 +72,8 @@ void loco_vae_free(loco_vae *v);
 const loco_vae_config *loco_vae_get_config(const loco_vae *v);
 const loco_params *loco_vae_params(const loco_vae *v);
 
-/* latents [B, latent_channels, h, w] (scaled, as the denoiser works) -> *image [B, out_channels,
- * h * 2^(levels-1), w * 2^(levels-1)], allocated here. probe (may be NULL) sees "post_quant_conv",
+/* latents [B, latent_channels, h, w] (scaled, as the denoiser works; any float dtype) -> *image
+ * [B, out_channels, h * 2^(levels-1), w * 2^(levels-1)] in the VAE's dtype, allocated here. probe (may be NULL) sees "post_quant_conv",
  * "decoder.conv_in", "decoder.mid_block", "decoder.up_blocks.i", "decoder.conv_act" (GroupNorm and
  * SiLU are fused, so conv_norm_out alone is not observable). */
 loco_status loco_vae_decode(loco_vae *v, const loco_tensor *latents, loco_probe_fn probe, void *probe_ctx,
@@ -70,8 +83,8 @@ loco_status loco_vae_decode(loco_vae *v, const loco_tensor *latents, loco_probe_
 loco_status loco_vae_decode_raw(loco_vae *v, const loco_tensor *z, loco_probe_fn probe, void *probe_ctx,
                                 loco_tensor *image, loco_err *err);
 
-/* image [B, in_channels, H, W] -> *mean and *logvar [B, latent_channels, H', W'], allocated
- * here. probe sees "encoder.conv_in", "encoder.down_blocks.i", "encoder.mid_block", "encoder.conv_act". */
+/* image [B, in_channels, H, W] (any float dtype) -> *mean and *logvar [B, latent_channels, H', W']
+ * in the VAE's dtype, allocated here. probe sees "encoder.conv_in", "encoder.down_blocks.i", "encoder.mid_block", "encoder.conv_act". */
 loco_status loco_vae_encode(loco_vae *v, const loco_tensor *image, loco_probe_fn probe, void *probe_ctx,
                             loco_tensor *mean, loco_tensor *logvar, loco_err *err);
 

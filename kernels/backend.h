@@ -50,6 +50,9 @@ void loco_backend_destroy(loco_backend *be);
 loco_device loco_backend_device(const loco_backend *be);
 const char *loco_backend_describe(const loco_backend *be); /* "cpu (2 threads, OpenBLAS ...)" */
 loco_dtype loco_backend_act_dtype(const loco_backend *be);
+/* Whether the ops take tensors of dtype t (always the activation dtype; CUDA with F16 or BF16
+ * activations also F32 and the other half type, so one model can compute in another dtype). */
+int loco_backend_accepts_dtype(const loco_backend *be, loco_dtype t);
 loco_status loco_backend_sync(loco_backend *be, loco_err *err);
 /* Bytes currently allocated and the peak since creation (device memory for CUDA). */
 void loco_backend_memory(const loco_backend *be, size_t *current, size_t *peak);
@@ -183,6 +186,53 @@ loco_status loco_embedding(loco_backend *be, loco_tensor *y, const loco_tensor *
 /* y[..., c] = values[j] for c = channels[j] (host arrays of n): neuron-level ablation. */
 loco_status loco_set_channels(loco_backend *be, loco_tensor *y, const int32_t *channels, const float *values, int n,
                               loco_err *err);
+
+/* ---- graphs ------------------------------------------------------------------------------------
+ * A graph records the ops this thread enqueues between loco_graph_capture_begin and
+ * loco_graph_capture_end and replays them with loco_graph_launch: one launch instead of the
+ * ~1000 of a UNet call (CUDA graphs). The CPU backend has none: loco_graph_new returns
+ * LOCO_EUNSUPPORTED there, and so does CUDA when LOCO_CUDA_GRAPHS=0 was set when the backend
+ * was created (the switch for debugging and for timing with and without graphs).
+ *
+ * A replay reads and writes exactly the addresses the captured ops used, so:
+ *   - every tensor the captured ops touch must stay allocated at its address for as long as the
+ *     graph is launched; callers copy varying inputs into fixed tensors before a launch and copy
+ *     results out after it;
+ *   - host arrays given to ops during capture (attention kv_index, embedding ids, coefficients)
+ *     are baked into the graph: a change needs a new capture;
+ *   - no upload, download, sync or allocation from outside the pool between begin and end.
+ * Memory: while the graph's pool is active (pool_begin..pool_end, and during a capture) every
+ * tensor allocation on the backend comes from a pool the graph owns, so the blocks its captured
+ * ops use are never handed to anyone else; freeing a tensor that came from the pool gives its
+ * block back to the pool, inside the period or after it. A capture never allocates device
+ * memory (not allowed while capturing): run the same ops inside pool_begin/pool_end first, so
+ * that the pool holds what they ask for; a capture whose ops ask for more than the pool holds
+ * free fails with LOCO_EUNSUPPORTED and leaves the backend usable (run the ops in a pool period
+ * once more, then capture again). One pool may be active per backend at a time. Free graphs
+ * before their backend. */
+typedef struct loco_graph loco_graph;
+
+/* 1 when loco_graph_new can succeed on this backend. */
+int loco_backend_has_graphs(const loco_backend *be);
+loco_status loco_graph_new(loco_backend *be, loco_graph **out, loco_err *err);
+/* Waits for the backend's queued work, then releases the graph and its pool. NULL is a no-op. */
+void loco_graph_free(loco_graph *g);
+loco_status loco_graph_pool_begin(loco_graph *g, loco_err *err);
+/* Ends the pool's active period; returns how many device allocations the pool had to add
+ * during it (0 for a period that began with all of the pool free: the ops fitted in what it
+ * holds, so a capture of the same ops will fit too). */
+size_t loco_graph_pool_end(loco_graph *g);
+size_t loco_graph_pool_bytes(const loco_graph *g); /* device memory the pool holds */
+/* Begin recording (the pool becomes active and may not grow). Every successful begin must be
+ * followed by capture_end, or by capture_abort when an op in between failed. */
+loco_status loco_graph_capture_begin(loco_graph *g, loco_err *err);
+/* Stop recording and make the recorded ops launchable (replacing an earlier capture). On
+ * failure the graph holds no launchable capture. */
+loco_status loco_graph_capture_end(loco_graph *g, loco_err *err);
+/* Stop recording and drop what was recorded; the graph holds no launchable capture. */
+void loco_graph_capture_abort(loco_graph *g);
+int loco_graph_ready(const loco_graph *g); /* a capture_end succeeded since the last failure */
+loco_status loco_graph_launch(loco_graph *g, loco_err *err);
 
 #ifdef __cplusplus
 }

@@ -58,6 +58,22 @@ typedef struct loco_backend_ops {
                              int64_t n, loco_err *err);
     loco_status (*set_channels)(loco_backend *be, loco_tensor *y, const int32_t *channels, const float *values,
                                 int n, loco_err *err);
+
+    /* Graphs (backend.h, "graphs"); all NULL on a backend without them (the CPU one, or CUDA
+     * with LOCO_CUDA_GRAPHS=0). kernels/backend_graph.c checks the call order (one pool active
+     * per backend, capture only inside no other capture) before calling these. `g` is the
+     * backend's own graph state made by graph_new. */
+    loco_status (*graph_new)(loco_backend *be, void **g, loco_err *err);
+    void (*graph_free)(loco_backend *be, void *g);
+    /* While a pool is active, alloc takes memory from g's private pool (growing it only when
+     * !frozen); release of a pool block returns it to that pool whether or not it is active. */
+    loco_status (*graph_pool_begin)(loco_backend *be, void *g, int frozen, loco_err *err);
+    size_t (*graph_pool_end)(loco_backend *be, void *g); /* device allocations added since begin */
+    size_t (*graph_pool_bytes)(const loco_backend *be, const void *g);
+    loco_status (*graph_capture_begin)(loco_backend *be, void *g, loco_err *err);
+    /* keep 0: end the capture and drop it (an op failed while recording) */
+    loco_status (*graph_capture_end)(loco_backend *be, void *g, int keep, loco_err *err);
+    loco_status (*graph_launch)(loco_backend *be, void *g, loco_err *err);
 } loco_backend_ops;
 
 struct loco_backend {

@@ -27,6 +27,8 @@ static int op_dtype_ok(const loco_backend *be, loco_dtype t) {
     return (unsigned)t < 32 && (be->op_dtypes >> t & 1u) && loco_dtype_is_float(t);
 }
 
+int loco_backend_accepts_dtype(const loco_backend *be, loco_dtype t) { return be && op_dtype_ok(be, t); }
+
 /* Backend membership, a sane shape and data presence of one tensor argument. */
 static loco_status check_meta(loco_backend *be, const char *op, const char *name, const loco_tensor *t,
                               loco_err *err) {

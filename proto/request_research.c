@@ -83,6 +83,12 @@ int loco_params_trace(const json_t *p, const char *ptr, const loco_proto_limits 
         return loco_proto_fail(e, 422, "invalid_value", pp,
                                "'subject' must occur in 'prompt' (its tokens are the ones corrupted)");
     }
+    if (components && strcmp(target, "unet") != 0) {
+        snprintf(pp, sizeof pp, "%s/components", ptr);
+        return loco_proto_fail(e, 422, "invalid_value", pp,
+                               "'components' applies only to target 'unet' (text-encoder states are chosen by "
+                               "'positions')");
+    }
     if (positions && strcmp(target, "text_encoder") != 0) {
         snprintf(pp, sizeof pp, "%s/positions", ptr);
         return loco_proto_fail(e, 422, "invalid_value", pp, "'positions' applies only to target 'text_encoder'");

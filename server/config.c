@@ -43,6 +43,7 @@ void locod_config_free(locod_config *c) {
     free(c->device);
     free(c->log_level);
     free(c->port_file);
+    free(c->clip_scorer);
     free(c->config_dir);
     free_list(c->model_roots, c->n_model_roots);
     free_list(c->load_at_start, c->n_load_at_start);
@@ -252,7 +253,7 @@ static loco_status parse_models(locod_config *c, const json_t *v, const char *ba
 loco_status locod_config_parse(locod_config *c, const char *text, const char *base, loco_err *err) {
     static const char *const top[] = {"listen", "data_dir", "device", "threads", "model_roots", "models",
                                       "load_at_start", "keys", "cors_origins", "limits", "queue", "retention",
-                                      "worker", "sse", "log_level", "port_file", "$comment", NULL};
+                                      "worker", "sse", "log_level", "port_file", "clip_scorer", "$comment", NULL};
     static const char *const limits[] = {"max_body_bytes", "max_prompt_chars", "max_side", "max_pixels", "max_steps",
                                          "default_steps", "max_batch", "max_prompts", "max_items",
                                          "max_connections", "max_sse_streams", NULL};
@@ -280,8 +281,14 @@ loco_status locod_config_parse(locod_config *c, const char *text, const char *ba
         if (locod_config_set_listen(c, json_string_value(v), err)) goto out;
     }
     if (get_str(root, "", "data_dir", &c->data_dir, err) || get_str(root, "", "device", &c->device, err) ||
-        get_str(root, "", "log_level", &c->log_level, err) || get_str(root, "", "port_file", &c->port_file, err))
+        get_str(root, "", "log_level", &c->log_level, err) || get_str(root, "", "port_file", &c->port_file, err) ||
+        get_str(root, "", "clip_scorer", &c->clip_scorer, err))
         goto out;
+    if (c->clip_scorer && c->clip_scorer[0] != '/') {
+        char *abs = resolve(base, c->clip_scorer);
+        free(c->clip_scorer);
+        c->clip_scorer = abs;
+    }
     if (!c->data_dir || !c->device || !c->log_level) {
         loco_err_set(err, LOCO_EINVAL, "config: data_dir, device and log_level cannot be null");
         goto out;

@@ -54,6 +54,7 @@ typedef struct locod_config {
     int job_timeout_s;        /* 0: none */
     int sse_keepalive_ms;
     int retry_after_s;        /* the Retry-After value of 503/429 answers */
+    char *clip_scorer;        /* CLIP model folder scoring trace / localize images, or NULL */
     char *log_level;
     char *port_file;          /* write the bound port here after start (tests), or NULL */
     char *config_dir;         /* folder of the config file (relative paths), or "." */

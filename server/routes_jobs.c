@@ -10,9 +10,12 @@
 #include "auth.h"
 #include "http.h"
 
-/* Which kinds the worker can run in this build. The others are validated fully and then
- * answered 501, never accepted and failed later. */
-static int kind_wired(loco_job_kind k) { return k == LOCO_JOB_GENERATE; }
+/* Which kinds the worker can run here: generate and edit always; trace and localize score
+ * their images with CLIP, so they need a scorer in the config. The others are validated fully
+ * and then answered 501, never accepted and failed later. */
+static int kind_wired(const locod_config *cfg, loco_job_kind k) {
+    return k == LOCO_JOB_GENERATE || k == LOCO_JOB_EDIT || cfg->clip_scorer != NULL;
+}
 
 int locod_req_may_see(locod_req *r, const char *key_id) { return r->admin || strcmp(r->key_id, key_id) == 0; }
 
@@ -63,13 +66,18 @@ static void new_job_id(char *out) {
     locod_hex(b, sizeof b, out);
 }
 
-static int site_known(const json_t *sites, const char *name, const char *component) {
+/* A UNet component causal tracing can restore: a resnet, attn1, attn2 or ff output. */
+static int site_known(const json_t *sites, const char *name) {
+    static const char *const kinds[] = {"resnet", "self_attn", "cross_attn", "ff", NULL};
     size_t i;
     json_t *s;
     json_array_foreach(sites, i, s) {
         const char *n = json_string_value(json_object_get(s, "name"));
         const char *c = json_string_value(json_object_get(s, "component"));
-        if (n && strcmp(n, name) == 0 && (!component || (c && strncmp(c, component, strlen(component)) == 0))) return 1;
+        const char *k = json_string_value(json_object_get(s, "kind"));
+        if (!n || !c || !k || strcmp(n, name) != 0 || strcmp(c, "unet") != 0) continue;
+        for (int j = 0; kinds[j]; j++)
+            if (strcmp(k, kinds[j]) == 0) return 1;
     }
     return 0;
 }
@@ -101,14 +109,14 @@ static int check_model(const locod_model *md, loco_job_request *req, loco_proto_
     size_t i;
     json_t *v;
     if (req->kind == LOCO_JOB_TRACE && json_is_array(sites)) {
-        const char *target = json_string_value(json_object_get(p, "target"));
         json_array_foreach(json_object_get(p, "components"), i, v) {
-            if (!site_known(sites, json_string_value(v), target && strcmp(target, "text_encoder") == 0 ? "text_encoder" : "unet")) {
+            if (!site_known(sites, json_string_value(v))) {
                 char ptr[64];
                 snprintf(ptr, sizeof ptr, "/params/components/%zu", i);
                 return loco_proto_fail(e, 422, "unknown_site", ptr,
-                                       "model '%s' has no %s site named '%.120s'; GET /v1/models/%s lists its sites",
-                                       md->name, target ? target : "unet", json_string_value(v), md->name);
+                                       "model '%s' has no UNet component '%.120s' to restore (components are the "
+                                       "resnet, self_attn, cross_attn and ff sites GET /v1/models/%s lists)",
+                                       md->name, json_string_value(v), md->name);
             }
         }
     }
@@ -189,14 +197,6 @@ static enum MHD_Result create(locod_req *r) {
         return locod_problem(r, pe.status ? pe.status : 422, pe.code[0] ? pe.code : "invalid_request", pe.pointer, NULL,
                              "%s", pe.detail);
     }
-    if (!kind_wired(req.kind)) {
-        loco_job_request_release(&req);
-        json_decref(body);
-        return locod_problem(r, 501, "kind_not_implemented", "/kind", NULL,
-                             "job kind '%s' is part of the API (see openapi.yaml) but this build of locod does not run "
-                             "it yet: its engine method is not wired to the worker. Only 'generate' jobs run here.",
-                             loco_job_kind_name(req.kind));
-    }
     char hash[65] = "";
     if (idem) {
         char *canon = json_dumps(body, JSON_COMPACT | JSON_SORT_KEYS);
@@ -260,6 +260,24 @@ static enum MHD_Result create(locod_req *r) {
         loco_job_request_release(&req);
         return res;
     }
+    if (!kind_wired(cfg, req.kind)) {
+        pthread_mutex_unlock(&srv->mu);
+        res = locod_problem(r, 501, "kind_not_implemented", "/kind", NULL,
+                            "job kind '%s' is valid but this server cannot run it: it scores images with CLIP and the "
+                            "config names no CLIP model (clip_scorer); generate and edit jobs run here",
+                            loco_job_kind_name(req.kind));
+        loco_job_request_release(&req);
+        return res;
+    }
+    if (req.kind == LOCO_JOB_EDIT && json_object_get(req.params, "variant") &&
+        locod_models_find(srv->models, json_string_value(json_object_get(req.params, "variant")))) {
+        pthread_mutex_unlock(&srv->mu);
+        res = locod_problem(r, 409, "variant_exists", "/params/variant", NULL,
+                            "a model named '%s' already exists; choose another variant name (or unload that variant)",
+                            json_string_value(json_object_get(req.params, "variant")));
+        loco_job_request_release(&req);
+        return res;
+    }
     if (req.kind != LOCO_JOB_EDIT && md->info) {
         int def = (int)json_integer_value(json_object_get(md->info, "default_size"));
         if (def > 0 && !json_object_get(req.params, "width")) json_object_set_new(req.params, "width", json_integer(def));
@@ -294,7 +312,9 @@ static enum MHD_Result create(locod_req *r) {
         snprintf(row.idem_key, sizeof row.idem_key, "%s", idem);
         snprintf(row.req_hash, sizeof row.req_hash, "%s", hash);
     }
-    if (locod_store_insert(srv->store, &row, &err)) {
+    if (locod_store_group_begin(srv->store, &err) || locod_store_insert(srv->store, &row, &err) ||
+        locod_store_wait_durable(srv)) {
+        if (!err.msg[0]) loco_err_set(&err, LOCO_EIO, "the commit failed");
         pthread_mutex_unlock(&srv->mu);
         LOG_ERROR(srv->log, "job store insert failed: %s", err.msg);
         locod_job_row_free(&row);
@@ -438,6 +458,7 @@ static enum MHD_Result cancel(locod_req *r, const char *id) {
     } else if (row.state == LOCO_JOB_RUNNING) {
         if (srv->run.active && strcmp(srv->run.id, row.id) == 0) srv->run.cancel_requested = 1;
         locod_store_set_cancel_requested(srv->store, row.id, NULL);
+        locod_store_touched(srv);
         status = 202;
     } else {
         char st[16];

@@ -24,6 +24,44 @@ void locod_server_changed(locod_server *srv) {
 
 void locod_server_kick(locod_server *srv) { uv_async_send(&srv->kick); }
 
+void locod_store_touched(locod_server *srv) {
+    if (!locod_store_in_group(srv->store)) return;
+    srv->txn_dirty = 1;
+    pthread_cond_signal(&srv->commit_cv);
+}
+
+int locod_store_wait_durable(locod_server *srv) {
+    if (!locod_store_in_group(srv->store)) return 0;
+    uint64_t gen = srv->txn_gen;
+    srv->txn_dirty = 1;
+    pthread_cond_signal(&srv->commit_cv);
+    while (srv->durable_gen < gen) pthread_cond_wait(&srv->durable_cv, &srv->mu);
+    return srv->failed_gen == gen ? -1 : 0;
+}
+
+/* One COMMIT (one fsync) for every creation that joined the open transaction. */
+static void *committer_main(void *arg) {
+    locod_server *srv = arg;
+    pthread_mutex_lock(&srv->mu);
+    for (;;) {
+        while (!srv->txn_dirty && !srv->committer_stop) pthread_cond_wait(&srv->commit_cv, &srv->mu);
+        if (!srv->txn_dirty && srv->committer_stop) break;
+        uint64_t gen = srv->txn_gen;
+        loco_err err;
+        loco_err_clear(&err);
+        if (locod_store_group_commit(srv->store, &err)) {
+            LOG_ERROR(srv->log, "job store commit failed: %s", err.msg);
+            srv->failed_gen = gen;
+        }
+        srv->txn_gen++;
+        srv->txn_dirty = 0;
+        srv->durable_gen = gen;
+        pthread_cond_broadcast(&srv->durable_cv);
+    }
+    pthread_mutex_unlock(&srv->mu);
+    return NULL;
+}
+
 static locod_key_count *key_count(locod_server *srv, const char *key, int create) {
     for (int i = 0; i < srv->n_key_counts; i++)
         if (strcmp(srv->key_counts[i].key, key) == 0) return &srv->key_counts[i];
@@ -58,6 +96,7 @@ int locod_finish_job(locod_server *srv, const char *id, loco_job_kind kind, cons
     int moved = locod_store_finish(srv->store, id, state, now, now + srv->cfg->job_retention_s * 1000, code, message,
                                    retryable, result, artifacts, &err);
     if (moved < 0) LOG_ERROR(srv->log, "cannot record the end of job %s: %s", id, err.msg);
+    locod_store_touched(srv);
     if (moved == 1) {
         locod_key_pending_add(srv, key_id, -1);
         locod_metrics_job_finished(srv->metrics, kind, state, started_ms ? (double)(now - started_ms) / 1000.0 : -1);
@@ -87,6 +126,7 @@ static void on_tick(uv_timer_t *t) {
         loco_err_clear(&err);
         pthread_mutex_lock(&srv->mu);
         int n = locod_store_purge(srv->store, now, artifact_gone, srv, &err);
+        locod_store_touched(srv);
         if (n > 0) {
             LOG_INFO(srv->log, "retention: purged %d finished job(s)", n);
             locod_server_changed(srv);
@@ -140,6 +180,9 @@ loco_status locod_server_create(const locod_config *cfg, loco_log *log, const ch
     snprintf(srv->self_exe, sizeof srv->self_exe, "%s", self_exe);
     pthread_mutex_init(&srv->mu, NULL);
     pthread_cond_init(&srv->changed, NULL);
+    pthread_cond_init(&srv->commit_cv, NULL);
+    pthread_cond_init(&srv->durable_cv, NULL);
+    srv->txn_gen = 1;
     srv->metrics = locod_metrics_create();
     srv->queue = locod_queue_create();
     srv->models = locod_models_create(cfg);
@@ -181,6 +224,11 @@ loco_status locod_server_create(const locod_config *cfg, loco_log *log, const ch
         md->state = LOCOD_MODEL_LOADING;
         md->op_pending = 1;
     }
+    if (pthread_create(&srv->committer, NULL, committer_main, srv)) {
+        st = loco_err_set(err, LOCO_ENOMEM, "cannot start the store committer thread");
+        goto fail;
+    }
+    srv->committer_started = 1;
     if ((st = locod_http_start(srv, err))) goto fail;
     *out = srv;
     return LOCO_OK;
@@ -231,12 +279,22 @@ loco_status locod_server_run(locod_server *srv, loco_err *err) {
 void locod_server_destroy(locod_server *srv) {
     if (!srv) return;
     locod_http_stop(srv);
+    if (srv->committer_started) {
+        pthread_mutex_lock(&srv->mu);
+        srv->committer_stop = 1;
+        pthread_cond_signal(&srv->commit_cv);
+        pthread_mutex_unlock(&srv->mu);
+        pthread_join(srv->committer, NULL);
+    }
+    if (srv->store && locod_store_in_group(srv->store)) locod_store_group_commit(srv->store, NULL);
     locod_store_close(srv->store);
     locod_queue_destroy(srv->queue);
     locod_models_destroy(srv->models);
     locod_metrics_destroy(srv->metrics);
     free(srv->key_counts);
     pthread_cond_destroy(&srv->changed);
+    pthread_cond_destroy(&srv->commit_cv);
+    pthread_cond_destroy(&srv->durable_cv);
     pthread_mutex_destroy(&srv->mu);
     free(srv);
 }

@@ -76,11 +76,21 @@ struct locod_server {
     int sse_streams;
     int64_t device_memory, device_memory_peak;
     char device[256];
+    /* group commit of the store (server.c): creations wait until durable_gen >= their gen */
+    pthread_t committer;
+    int committer_started, committer_stop;
+    pthread_cond_t commit_cv, durable_cv;
+    uint64_t txn_gen, durable_gen, failed_gen;
+    int txn_dirty;
 };
 
 int64_t locod_now_ms(void);
 /* Under mu: note a change and wake event streams. */
 void locod_server_changed(locod_server *srv);
+/* Under mu: after writing to the store, have an open group transaction committed soon. */
+void locod_store_touched(locod_server *srv);
+/* Under mu (released while waiting): make the caller's writes durable. 0 ok, -1 failed. */
+int locod_store_wait_durable(locod_server *srv);
 /* Any thread: ask the loop to dispatch / send cancels. */
 void locod_server_kick(locod_server *srv);
 /* Under mu: pending-count bookkeeping per key. */

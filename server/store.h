@@ -107,4 +107,11 @@ int locod_store_count_states(locod_store *s, int64_t counts[LOCO_JOB_STATE_COUNT
 typedef void (*locod_key_count_fn)(void *ctx, const char *key_id, int count);
 int locod_store_pending_per_key(locod_store *s, locod_key_count_fn fn, void *ctx);
 
+/* Group commit: job creations open one transaction that several requests share; a committer
+ * commits it (one fsync for the whole group) and only then are their 202s sent. Statements
+ * run while a group is open join it (finish/recover/purge use savepoints, so they nest). */
+int locod_store_group_begin(locod_store *s, loco_err *err);
+int locod_store_in_group(const locod_store *s);
+int locod_store_group_commit(locod_store *s, loco_err *err);
+
 #endif

@@ -9,6 +9,7 @@
 
 struct locod_store {
     sqlite3 *db;
+    int grouped; /* a group-commit transaction is open */
 };
 
 static const char *const schema =
@@ -260,14 +261,14 @@ static int exec_simple(locod_store *s, const char *sql, loco_err *err) {
 int locod_store_finish(locod_store *s, const char *id, loco_job_state state, int64_t now, int64_t expires,
                        const char *code, const char *message, int retryable, const json_t *result,
                        const json_t *artifacts, loco_err *err) {
-    if (exec_simple(s, "BEGIN IMMEDIATE", err)) return -1;
+    if (exec_simple(s, "SAVEPOINT finish", err)) return -1;
     sqlite3_stmt *st;
     if (sqlite3_prepare_v2(s->db,
                            "UPDATE jobs SET state=?, finished_ms=?, expires_ms=?, error_code=?, error_message=?, "
                            "error_retryable=?, result=?, artifacts=? WHERE id=? AND state IN ('queued','running')",
                            -1, &st, NULL) != SQLITE_OK) {
         db_err(s, err, "finish");
-        exec_simple(s, "ROLLBACK", NULL);
+        exec_simple(s, "ROLLBACK TO finish; RELEASE finish", NULL);
         return -1;
     }
     sqlite3_bind_text(st, 1, loco_job_state_name(state), -1, SQLITE_STATIC);
@@ -307,11 +308,11 @@ int locod_store_finish(locod_store *s, const char *id, loco_job_state state, int
         }
     }
     if (moved < 0) {
-        exec_simple(s, "ROLLBACK", NULL);
+        exec_simple(s, "ROLLBACK TO finish; RELEASE finish", NULL);
         return -1;
     }
-    if (exec_simple(s, "COMMIT", err)) {
-        exec_simple(s, "ROLLBACK", NULL);
+    if (exec_simple(s, "RELEASE finish", err)) {
+        exec_simple(s, "ROLLBACK TO finish; RELEASE finish", NULL);
         return -1;
     }
     return moved;
@@ -366,7 +367,7 @@ int locod_store_each_queued(locod_store *s, locod_row_fn fn, void *ctx, loco_err
 }
 
 int locod_store_recover(locod_store *s, int64_t now, int64_t retention_ms, int *requeued, loco_err *err) {
-    if (exec_simple(s, "BEGIN IMMEDIATE", err)) return -1;
+    if (exec_simple(s, "SAVEPOINT recover", err)) return -1;
     sqlite3_stmt *a, *b;
     sqlite3_prepare_v2(s->db,
                        "UPDATE jobs SET state='queued', started_ms=NULL, cancel_requested=0, worker_id=NULL "
@@ -387,8 +388,8 @@ int locod_store_recover(locod_store *s, int64_t now, int64_t retention_ms, int *
     sqlite3_bind_int64(b, 2, retention_ms);
     int r2 = exec_changes(s, b, err, "recover");
     int n2 = r2 > 0 ? sqlite3_changes(s->db) : 0;
-    if (r1 < 0 || r2 < 0 || exec_simple(s, "COMMIT", err)) {
-        exec_simple(s, "ROLLBACK", NULL);
+    if (r1 < 0 || r2 < 0 || exec_simple(s, "RELEASE recover", err)) {
+        exec_simple(s, "ROLLBACK TO recover; RELEASE recover", NULL);
         return -1;
     }
     if (requeued) *requeued = n1;
@@ -396,7 +397,7 @@ int locod_store_recover(locod_store *s, int64_t now, int64_t retention_ms, int *
 }
 
 int locod_store_purge(locod_store *s, int64_t now, locod_sha_fn gone, void *ctx, loco_err *err) {
-    if (exec_simple(s, "BEGIN IMMEDIATE", err)) return -1;
+    if (exec_simple(s, "SAVEPOINT purge", err)) return -1;
     sqlite3_stmt *st;
     int n = 0;
     /* artifacts linked only to expiring jobs */
@@ -428,7 +429,7 @@ int locod_store_purge(locod_store *s, int64_t now, locod_sha_fn gone, void *ctx,
         if (sqlite3_step(st) != SQLITE_DONE) {
             db_err(s, err, "purge");
             sqlite3_finalize(st);
-            exec_simple(s, "ROLLBACK", NULL);
+            exec_simple(s, "ROLLBACK TO purge; RELEASE purge", NULL);
             free(shas);
             return -1;
         }
@@ -441,8 +442,8 @@ int locod_store_purge(locod_store *s, int64_t now, locod_sha_fn gone, void *ctx,
         sqlite3_step(st);
         sqlite3_finalize(st);
     }
-    if (exec_simple(s, "COMMIT", err)) {
-        exec_simple(s, "ROLLBACK", NULL);
+    if (exec_simple(s, "RELEASE purge", err)) {
+        exec_simple(s, "ROLLBACK TO purge; RELEASE purge", NULL);
         free(shas);
         return -1;
     }
@@ -490,5 +491,26 @@ int locod_store_pending_per_key(locod_store *s, locod_key_count_fn fn, void *ctx
     while (sqlite3_step(st) == SQLITE_ROW)
         fn(ctx, (const char *)sqlite3_column_text(st, 0), sqlite3_column_int(st, 1));
     sqlite3_finalize(st);
+    return 0;
+}
+
+/* ---- group commit ------------------------------------------------------------------------- */
+
+int locod_store_group_begin(locod_store *s, loco_err *err) {
+    if (s->grouped) return 0;
+    if (exec_simple(s, "BEGIN IMMEDIATE", err)) return -1;
+    s->grouped = 1;
+    return 0;
+}
+
+int locod_store_in_group(const locod_store *s) { return s->grouped; }
+
+int locod_store_group_commit(locod_store *s, loco_err *err) {
+    if (!s->grouped) return 0;
+    s->grouped = 0;
+    if (exec_simple(s, "COMMIT", err)) {
+        exec_simple(s, "ROLLBACK", NULL);
+        return -1;
+    }
     return 0;
 }

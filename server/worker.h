@@ -8,8 +8,10 @@
 #include <jansson.h>
 #include <limits.h>
 
+#include "clip_score.h"
 #include "log.h"
 #include "pipeline.h"
+#include "pipeline_variant.h"
 #include "request.h"
 #include "worker_proto.h"
 
@@ -17,7 +19,9 @@
 
 typedef struct wk_model {
     char name[LOCO_MODEL_NAME_MAX + 1];
-    loco_pipeline *p;
+    loco_pipeline *p;               /* for a variant: loco_pipeline_variant_pipeline(variant) */
+    loco_pipeline_variant *variant; /* an edit's result, or NULL */
+    char base[LOCO_MODEL_NAME_MAX + 1];
     size_t bytes;
 } wk_model;
 
@@ -41,6 +45,9 @@ typedef struct wk_ctx {
     const char *cur_prompt; /* the running job's prompt (test hooks) */
     int test_faults;    /* test hooks on magic prompts (LOCOD_TEST_FAULTS) */
     int restart_after;  /* exit after reporting (sticky device error) */
+    char scorer_path[PATH_MAX]; /* CLIP model for trace / localize scores, or "" */
+    loco_clip_scorer *scorer;   /* loaded on first use */
+    char phase[32];
 } wk_ctx;
 
 /* Send a progress event for the running job; returns non-zero when it should stop (cancel). */
@@ -50,8 +57,15 @@ int wk_progress(wk_ctx *w, const char *phase, int step, int total);
 typedef loco_status (*wk_runner)(wk_ctx *w, loco_pipeline *p, const json_t *params, json_t *result,
                                  json_t *artifacts, loco_err *err);
 
-loco_status wk_run_generate(wk_ctx *w, loco_pipeline *p, const json_t *params, json_t *result, json_t *artifacts,
+loco_status wk_run_generate(wk_ctx *w, wk_model *m, const json_t *params, json_t *result, json_t *artifacts,
                             loco_err *err);
+loco_status wk_run_trace(wk_ctx *w, loco_pipeline *p, const json_t *params, json_t *result, json_t *artifacts,
+                         loco_err *err);
+loco_status wk_run_localize(wk_ctx *w, loco_pipeline *p, const json_t *params, json_t *result, json_t *artifacts,
+                            loco_err *err);
+/* On success *out is the new variant (not yet registered). */
+loco_status wk_run_edit(wk_ctx *w, wk_model *base, const json_t *params, const char *variant_name, json_t *result,
+                        json_t *artifacts, loco_pipeline_variant **out, loco_err *err);
 
 /* Store bytes / a finished temp file as an artifact and append its entry to `artifacts`.
  * *sha (65 bytes) gets the id. */

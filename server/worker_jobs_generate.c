@@ -40,8 +40,9 @@ static loco_status write_latents(wk_ctx *w, const loco_generate_result *r, json_
     return wk_put_artifact_file(w, tmp, "latents.safetensors", "application/octet-stream", artifacts, sha, err);
 }
 
-loco_status wk_run_generate(wk_ctx *w, loco_pipeline *p, const json_t *params, json_t *result, json_t *artifacts,
+loco_status wk_run_generate(wk_ctx *w, wk_model *m, const json_t *params, json_t *result, json_t *artifacts,
                             loco_err *err) {
+    loco_pipeline *p = m->p;
     loco_proto_error pe;
     loco_generate_spec spec;
     if (loco_generate_spec_from_json(params, &spec, &pe)) return loco_err_set(err, LOCO_EINVAL, "%s", pe.detail);
@@ -75,7 +76,7 @@ loco_status wk_run_generate(wk_ctx *w, loco_pipeline *p, const json_t *params, j
     clock_gettime(CLOCK_MONOTONIC, &t0);
     loco_generate_result r;
     memset(&r, 0, sizeof r);
-    st = loco_generate(p, &g, &r, err);
+    st = m->variant ? loco_pipeline_variant_generate(m->variant, &g, &r, err) : loco_generate(p, &g, &r, err);
     if (st) {
         loco_generate_result_free(&r);
         return st;

@@ -3,6 +3,7 @@
  * durable. A sticky device error ends the process after the job is reported, so the next job
  * gets a fresh CUDA context. */
 #include <errno.h>
+#include <execinfo.h>
 #include <getopt.h>
 #include <poll.h>
 #include <signal.h>
@@ -140,6 +141,22 @@ static json_t *sites_json(loco_pipeline *p) {
     return arr;
 }
 
+static json_t *model_info(wk_ctx *w, const wk_model *wm) {
+    loco_pipeline *p = wm->p;
+    const loco_unet_config *uc = loco_unet_get_config(loco_pipeline_unet(p));
+    json_t *info = json_object();
+    json_object_set_new(info, "family", json_string(loco_model_family_name(loco_pipeline_family(p))));
+    json_object_set_new(info, "default_size", json_integer(loco_pipeline_default_size(p)));
+    json_object_set_new(info, "size_multiple", json_integer(loco_pipeline_vae_scale(p) << (uc->n_blocks - 1)));
+    json_object_set_new(info, "default_scheduler",
+                        json_string(loco_scheduler_kind_name(loco_pipeline_default_scheduler(p))));
+    json_object_set_new(info, "cross_attention_layers", json_integer(loco_unet_n_cross(loco_pipeline_unet(p))));
+    json_object_set_new(info, "device", json_string(loco_backend_describe(w->be)));
+    json_object_set_new(info, "memory", json_pack("{s:I}", "bytes", (json_int_t)wm->bytes));
+    json_object_set_new(info, "sites", sites_json(p));
+    return info;
+}
+
 static void do_load(wk_ctx *w, const json_t *m) {
     const char *name = json_string_value(json_object_get(m, "model"));
     const char *path = json_string_value(json_object_get(m, "path"));
@@ -166,6 +183,7 @@ static void do_load(wk_ctx *w, const json_t *m) {
         if (loco_pipeline_load(w->be, &o, &p, &err) == LOCO_OK) {
             loco_backend_memory(w->be, &after, &peak);
             wk_model *wm = &w->models[w->n_models++];
+            memset(wm, 0, sizeof *wm); /* the slot may still hold a freed variant's fields */
             snprintf(wm->name, sizeof wm->name, "%s", name);
             wm->p = p;
             wm->bytes = after > before ? after - before : 0;
@@ -175,20 +193,8 @@ static void do_load(wk_ctx *w, const json_t *m) {
     }
     wk_model *wm = name ? find_model(w, name) : NULL;
     if (wm) {
-        loco_pipeline *p = wm->p;
-        const loco_unet_config *uc = loco_unet_get_config(loco_pipeline_unet(p));
-        json_t *info = json_object();
-        json_object_set_new(info, "family", json_string(loco_model_family_name(loco_pipeline_family(p))));
-        json_object_set_new(info, "default_size", json_integer(loco_pipeline_default_size(p)));
-        json_object_set_new(info, "size_multiple", json_integer(loco_pipeline_vae_scale(p) << (uc->n_blocks - 1)));
-        json_object_set_new(info, "default_scheduler",
-                            json_string(loco_scheduler_kind_name(loco_pipeline_default_scheduler(p))));
-        json_object_set_new(info, "cross_attention_layers", json_integer(loco_unet_n_cross(loco_pipeline_unet(p))));
-        json_object_set_new(info, "device", json_string(loco_backend_describe(w->be)));
-        json_object_set_new(info, "memory", json_pack("{s:I}", "bytes", (json_int_t)wm->bytes));
-        json_object_set_new(info, "sites", sites_json(p));
         json_object_set_new(reply, "ok", json_true());
-        json_object_set_new(reply, "info", info);
+        json_object_set_new(reply, "info", model_info(w, wm));
     } else {
         json_object_set_new(reply, "ok", json_false());
         json_object_set_new(reply, "error",
@@ -199,19 +205,52 @@ static void do_load(wk_ctx *w, const json_t *m) {
     json_decref(reply);
 }
 
-static void do_unload(wk_ctx *w, const json_t *m) {
-    const char *name = json_string_value(json_object_get(m, "model"));
-    for (int i = 0; name && i < w->n_models; i++)
-        if (strcmp(w->models[i].name, name) == 0) {
-            loco_pipeline_free(w->models[i].p);
-            memmove(&w->models[i], &w->models[i + 1], (size_t)(w->n_models - i - 1) * sizeof *w->models);
-            w->n_models--;
-            break;
-        }
-    json_t *reply = json_pack("{s:s, s:s}", "ev", "unloaded", "model", name ? name : "");
+static void free_model_at(wk_ctx *w, int i) {
+    if (w->models[i].variant) loco_pipeline_variant_free(w->models[i].variant);
+    else loco_pipeline_free(w->models[i].p);
+    memmove(&w->models[i], &w->models[i + 1], (size_t)(w->n_models - i - 1) * sizeof *w->models);
+    w->n_models--;
+    memset(&w->models[w->n_models], 0, sizeof w->models[0]);
+}
+
+static void send_unloaded(wk_ctx *w, const char *name) {
+    json_t *reply = json_pack("{s:s, s:s}", "ev", "unloaded", "model", name);
     json_object_set_new(reply, "memory", memory_json(w));
     locod_send_json(w->out_fd, reply);
     json_decref(reply);
+}
+
+static void do_unload(wk_ctx *w, const json_t *m) {
+    const char *name = json_string_value(json_object_get(m, "model"));
+    char nm[LOCO_MODEL_NAME_MAX + 1];
+    snprintf(nm, sizeof nm, "%s", name ? name : "");
+    /* variants first: a base must outlive its variants */
+    for (int i = 0; i < w->n_models; i++)
+        if (w->models[i].variant && strcmp(w->models[i].base, nm) == 0) {
+            char vn[LOCO_MODEL_NAME_MAX + 1];
+            snprintf(vn, sizeof vn, "%s", w->models[i].name);
+            free_model_at(w, i--);
+            send_unloaded(w, vn);
+        }
+    for (int i = 0; i < w->n_models; i++)
+        if (strcmp(w->models[i].name, nm) == 0) {
+            free_model_at(w, i);
+            break;
+        }
+    send_unloaded(w, nm);
+}
+
+static int ensure_scorer(wk_ctx *w, loco_err *err) {
+    if (w->scorer) return 1;
+    if (!w->scorer_path[0]) {
+        loco_err_set(err, LOCO_EUNSUPPORTED, "this server has no CLIP scorer (config key clip_scorer)");
+        return 0;
+    }
+    if (loco_clip_scorer_load(w->be, w->scorer_path, &w->scorer, err)) {
+        loco_err_prefix(err, "loading the CLIP scorer %s: ", w->scorer_path);
+        return 0;
+    }
+    return 1;
 }
 
 static const char *error_code(loco_status st) {
@@ -237,7 +276,7 @@ static void do_run(wk_ctx *w, const json_t *m) {
     w->cur_prompt = json_string_value(json_object_get(params, "prompt"));
     loco_err err;
     loco_err_clear(&err);
-    json_t *result = json_object(), *artifacts = json_array();
+    json_t *result = json_object(), *artifacts = json_array(), *variant_info = NULL;
     wk_model *wm = model ? find_model(w, model) : NULL;
     loco_status st;
     if (!wm) {
@@ -246,7 +285,37 @@ static void do_run(wk_ctx *w, const json_t *m) {
     } else if (fault(w, "__loco_test_device_fault__")) {
         st = loco_err_set(&err, LOCO_EDEVICE, "injected device fault (LOCOD_TEST_FAULTS)");
     } else if (kind && strcmp(kind, "generate") == 0) {
-        st = wk_run_generate(w, wm->p, params, result, artifacts, &err);
+        st = wk_run_generate(w, wm, params, result, artifacts, &err);
+    } else if (kind && (strcmp(kind, "trace") == 0 || strcmp(kind, "localize") == 0) && !ensure_scorer(w, &err)) {
+        st = err.code;
+    } else if (kind && strcmp(kind, "trace") == 0) {
+        st = wk_run_trace(w, wm->p, params, result, artifacts, &err);
+    } else if (kind && strcmp(kind, "localize") == 0) {
+        st = wk_run_localize(w, wm->p, params, result, artifacts, &err);
+    } else if (kind && strcmp(kind, "edit") == 0) {
+        const char *vn = json_string_value(json_object_get(params, "variant"));
+        char vname[LOCO_MODEL_NAME_MAX + 1];
+        if (vn) snprintf(vname, sizeof vname, "%s", vn);
+        else snprintf(vname, sizeof vname, "%.80s+%.8s", wm->name, w->job);
+        loco_pipeline_variant *v = NULL;
+        if (find_model(w, vname)) st = loco_err_set(&err, LOCO_EINVAL, "a model named '%s' already exists; choose another 'variant'", vname);
+        else if (w->n_models == LOCOD_WORKER_MAX_MODELS) st = loco_err_set(&err, LOCO_EUNSUPPORTED, "too many resident models and variants; unload some");
+        else st = wk_run_edit(w, wm, params, vname, result, artifacts, &v, &err);
+        if (st == LOCO_OK && w->cancel) {
+            loco_pipeline_variant_free(v);
+            v = NULL;
+        } else if (st == LOCO_OK) {
+            char base[LOCO_MODEL_NAME_MAX + 1];
+            snprintf(base, sizeof base, "%s", wm->name);
+            wk_model *nm = &w->models[w->n_models++];
+            memset(nm, 0, sizeof *nm);
+            snprintf(nm->name, sizeof nm->name, "%s", vname);
+            snprintf(nm->base, sizeof nm->base, "%s", base);
+            nm->variant = v;
+            nm->p = loco_pipeline_variant_pipeline(v);
+            nm->bytes = loco_pipeline_variant_owned_bytes(v);
+            variant_info = json_pack("{s:s, s:s, s:o}", "name", vname, "base", base, "info", model_info(w, nm));
+        }
     } else {
         st = loco_err_set(&err, LOCO_EUNSUPPORTED, "job kind '%s' is not wired to the engine in this build",
                           kind ? kind : "");
@@ -257,6 +326,7 @@ static void do_run(wk_ctx *w, const json_t *m) {
         json_object_set_new(reply, "ok", json_true());
         json_object_set(reply, "result", result);
         json_object_set(reply, "artifacts", artifacts);
+        if (variant_info) json_object_set(reply, "variant", variant_info);
     } else {
         if (st == LOCO_EDEVICE) w->restart_after = 1;
         json_object_set_new(reply, "ok", json_false());
@@ -269,6 +339,7 @@ static void do_run(wk_ctx *w, const json_t *m) {
     json_decref(reply);
     json_decref(result);
     json_decref(artifacts);
+    json_decref(variant_info);
     w->job[0] = 0;
     w->cur_prompt = NULL;
     w->cancel = 0;
@@ -289,10 +360,24 @@ static json_t *next_message(wk_ctx *w) {
     }
 }
 
+/* A crash in the engine: leave a backtrace in the daemon's log, then die of the same signal so
+ * the supervisor reports it on the job. */
+static void on_fatal(int sig) {
+    void *frames[64];
+    int n = backtrace(frames, 64);
+    static const char msg[] = "locod-worker: fatal signal, backtrace:\n";
+    ssize_t wr = write(2, msg, sizeof msg - 1);
+    (void)wr;
+    backtrace_symbols_fd(frames, n, 2);
+    signal(sig, SIG_DFL);
+    raise(sig);
+}
+
 int locod_worker_main(int argc, char **argv) {
     static const struct option opts[] = {{"worker", no_argument, 0, 'w'},       {"device", required_argument, 0, 'd'},
                                          {"threads", required_argument, 0, 't'}, {"artifacts", required_argument, 0, 'a'},
-                                         {"test-faults", no_argument, 0, 'f'},   {0}};
+                                         {"test-faults", no_argument, 0, 'f'},   {"clip-scorer", required_argument, 0, 's'},
+                                         {0}};
     wk_ctx w;
     memset(&w, 0, sizeof w);
     loco_backend_opts bo;
@@ -308,10 +393,17 @@ int locod_worker_main(int argc, char **argv) {
         case 't': bo.num_threads = atoi(optarg); break;
         case 'a': snprintf(w.artifacts, sizeof w.artifacts, "%s", optarg); break;
         case 'f': w.test_faults = 1; break;
+        case 's': snprintf(w.scorer_path, sizeof w.scorer_path, "%s", optarg); break;
         default: return 2;
         }
     }
     prctl(PR_SET_PDEATHSIG, SIGKILL); /* never outlive the daemon */
+    if (!getenv("LOCOD_NO_BACKTRACE")) {
+        void *warm[1];
+        backtrace(warm, 1); /* load libgcc now, not inside the handler */
+        int sigs[] = {SIGSEGV, SIGFPE, SIGBUS, SIGILL};
+        for (size_t i = 0; i < sizeof sigs / sizeof *sigs; i++) signal(sigs[i], on_fatal);
+    }
     signal(SIGPIPE, SIG_IGN);
     signal(SIGINT, SIG_IGN); /* the daemon decides when we stop (it closes our stdin) */
     dup2(2, 1); /* anything printed on stdout must not corrupt the message pipe */
@@ -342,7 +434,11 @@ int locod_worker_main(int argc, char **argv) {
         }
         json_decref(m);
     }
-    for (int i = 0; i < w.n_models; i++) loco_pipeline_free(w.models[i].p);
+    for (int i = w.n_models - 1; i >= 0; i--) /* variants were added after their bases */
+        if (w.models[i].variant) loco_pipeline_variant_free(w.models[i].variant);
+    for (int i = 0; i < w.n_models; i++)
+        if (!w.models[i].variant) loco_pipeline_free(w.models[i].p);
+    loco_clip_scorer_free(w.scorer);
     for (int i = 0; i < w.pending.n; i++) json_decref(w.pending.v[i]);
     free(w.pending.v);
     locod_linebuf_free(&w.in);

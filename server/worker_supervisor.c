@@ -213,7 +213,7 @@ static void spawn(locod_worker *w) {
     if (w->handles_open) return; /* previous handles still closing */
     char threads[16];
     snprintf(threads, sizeof threads, "%d", srv->cfg->threads);
-    char *args[12];
+    char *args[16];
     int a = 0;
     args[a++] = srv->self_exe;
     args[a++] = "--worker";
@@ -225,6 +225,10 @@ static void spawn(locod_worker *w) {
     args[a++] = srv->artifacts_root;
     const char *tf = getenv("LOCOD_TEST_FAULTS");
     if (tf && strcmp(tf, "1") == 0) args[a++] = "--test-faults";
+    if (srv->cfg->clip_scorer) {
+        args[a++] = "--clip-scorer";
+        args[a++] = srv->cfg->clip_scorer;
+    }
     args[a] = NULL;
     uv_pipe_init(&srv->loop, &w->to, 0);
     uv_pipe_init(&srv->loop, &w->from, 0);
@@ -287,6 +291,15 @@ static void on_done(locod_worker *w, json_t *m) {
         int valid = json_is_array(arts);
         json_array_foreach(arts, i, a) valid = valid && locod_artifact_id_valid(json_string_value(json_object_get(a, "sha256")));
         if (valid) {
+            json_t *var = json_object_get(m, "variant");
+            const char *vn = json_string_value(json_object_get(var, "name"));
+            const char *vb = json_string_value(json_object_get(var, "base"));
+            if (vn && vb && loco_name_valid(vn)) {
+                if (locod_models_add_variant(srv->models, vn, vb, r->id, json_object_get(var, "info")))
+                    LOG_INFO(srv->log, "variant %s of %s created by job %s", vn, vb, r->id);
+                else
+                    LOG_WARN(srv->log, "variant %s clashes with a configured model; not listed", vn);
+            }
             locod_finish_job(srv, r->id, r->kind, r->key_id, LOCO_JOB_SUCCEEDED, r->started_ms, NULL, NULL, 0,
                              json_object_get(m, "result"), arts);
         } else {
@@ -438,7 +451,9 @@ static void dispatch_job(locod_worker *w) {
             continue;
         }
         int64_t now = locod_now_ms();
-        if (locod_store_mark_running(srv->store, row.id, now, &err) != 1) {
+        int marked = locod_store_mark_running(srv->store, row.id, now, &err);
+        locod_store_touched(srv);
+        if (marked != 1) {
             LOG_ERROR(srv->log, "cannot mark job %s running: %s", row.id, err.msg);
             locod_job_row_free(&row);
             continue;

@@ -194,3 +194,18 @@ def test_huge_prompt_is_handled(tmp_path):
                        timeout=120, cwd=ROOT)
     # Either it runs (truncation) or the OS refuses the argument length; it never crashes.
     assert r.returncode in (0, 1, 2, 126, 127), r.stderr[-300:]
+
+
+def test_python_infinity_in_scheduler_config(tmp_path):
+    # diffusers saves DPMSolverMultistepScheduler configs with a bare -Infinity (not JSON).
+    m = copy_model(tmp_path)
+    cfg_path = m / "scheduler" / "scheduler_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg.update({"_class_name": "DPMSolverMultistepScheduler", "algorithm_type": "dpmsolver++", "solver_order": 2})
+    cfg_path.write_text(json.dumps(cfg)[:-1] + ', "lambda_min_clipped": -Infinity}')
+    idx_path = m / "model_index.json"
+    idx = json.loads(idx_path.read_text())
+    idx["scheduler"] = ["diffusers", "DPMSolverMultistepScheduler"]
+    idx_path.write_text(json.dumps(idx))
+    r = run("generate", "--model", m, "--prompt", "x", "--steps", "2", "--output", tmp_path / "o.png", "--quiet")
+    assert r.returncode == 0, r.stderr

@@ -4,7 +4,7 @@
   tools/make_fixtures.sh                      # the usual entry (creates .venv-tools, then runs this)
   python tools/make_fixtures.py [--stages a,b] [--bpe PATH]
 
-Stages, in order: vocab models ldm noise tokenizer text unet vae schedulers pipelines manifest.
+Stages, in order: vocab models ldm noise tokenizer text unet vae schedulers pipelines clip methods edits manifest.
 Running all stages wipes tests/fixtures/{models,refs} first so no stale file survives. Deterministic: the same
 versions (tools/requirements.txt) give byte-identical files.
 """
@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fixtures import common  # noqa: E402  (sets HF_HUB_OFFLINE etc. before torch/diffusers import)
 
 STAGES = ["vocab", "models", "ldm", "noise", "tokenizer", "text", "unet", "vae", "schedulers", "pipelines",
-          "manifest"]
+          "clip", "methods", "edits", "manifest"]
 WHEEL = "open_clip_torch-3.3.0-py3-none-any.whl"
 
 
@@ -62,8 +62,8 @@ def main() -> None:
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
 
-    from fixtures import (ldm_export, manifest, refs_noise, refs_pipelines, refs_schedulers, refs_text,
-                          refs_tokenizer, refs_unet_vae, tiny_models, vocab)
+    from fixtures import (ldm_export, manifest, refs_edits, refs_methods, refs_noise, refs_pipelines, refs_schedulers,
+                          refs_text, refs_tokenizer, refs_unet_vae, tiny_clip, tiny_models, vocab)
 
     common.deterministic()
     if set(stages) == set(STAGES):
@@ -123,6 +123,9 @@ def main() -> None:
     stage("vae", lambda: [refs_unet_vae.make_vae(n) for n in common.MODEL_NAMES] and "ok")
     stage("schedulers", lambda: f"{len(refs_schedulers.make())} trajectories")
     stage("pipelines", lambda: f"{len(refs_pipelines.make())} pipelines")
+    stage("clip", tiny_clip.make)
+    stage("methods", refs_methods.make)
+    stage("edits", lambda: ", ".join(x for n in common.MODEL_NAMES for x in refs_edits.make(n)))
     stage("manifest", manifest.write)
     print("done")
 

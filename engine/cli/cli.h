@@ -9,6 +9,9 @@
 int loco_cmd_noise(int argc, char **argv);
 int loco_cmd_generate(int argc, char **argv);
 int loco_cmd_inspect(int argc, char **argv);
+int loco_cmd_trace(int argc, char **argv);
+int loco_cmd_localize(int argc, char **argv);
+int loco_cmd_edit(int argc, char **argv);
 
 /* Print "loco <cmd>: <err->msg>" and return exit code 1 (2 for usage errors). */
 int loco_cli_fail(const char *cmd, const loco_err *err);

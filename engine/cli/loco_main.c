@@ -12,6 +12,9 @@ static const struct {
     {"generate", loco_cmd_generate, "text to image with a Stable Diffusion model (CPU or GPU)"},
     {"noise", loco_cmd_noise, "print torch-compatible initial noise for a seed and shape as JSON"},
     {"inspect", loco_cmd_inspect, "print a model's components, configs and intervention sites"},
+    {"trace", loco_cmd_trace, "causal tracing: which UNet components / text-encoder states restore an attribute"},
+    {"localize", loco_cmd_localize, "LocoGen: the window of cross-attention layers that controls an attribute"},
+    {"edit", loco_cmd_edit, "closed-form edits (locoedit, quickfix, neurons): JSON result, delta, images"},
 };
 
 static void usage(FILE *f) {

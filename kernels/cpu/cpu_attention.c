@@ -13,7 +13,6 @@
 #include <cblas.h>
 #include <limits.h>
 #include <math.h>
-#include <omp.h>
 
 #define SCORE_FLOATS (1 << 20) /* per-thread score tile target: 512 KiB */
 #define MAX_TILE 512

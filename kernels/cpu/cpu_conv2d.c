@@ -14,7 +14,6 @@
 
 #include <cblas.h>
 #include <limits.h>
-#include <omp.h>
 #include <string.h>
 
 /* Columns per block. sgemm packs all of w on every call, so a block must be wide enough to

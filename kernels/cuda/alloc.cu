@@ -127,6 +127,7 @@ void cuda_alloc_destroy(cuda_allocator *a) {
 static double mib(size_t b) { return (double)b / (1024.0 * 1024.0); }
 
 loco_status cuda_alloc_get(cuda_impl *c, size_t bytes, void **out, loco_err *err) {
+    if (c->active_pool) return cuda_pool_get(c, c->active_pool, bytes, out, err);
     cuda_allocator *a = &c->alloc;
     size_t want = round_size(bytes);
     *out = NULL;
@@ -178,7 +179,17 @@ void cuda_alloc_put(cuda_impl *c, void *p) {
     cuda_allocator *a = &c->alloc;
     if (!p) return;
     size_t size = hash_remove(a, p);
-    if (size == 0) return; /* not ours: nothing safe to do with it */
+    if (size == 0) {
+        /* a graph pool's block (during or after the pool's active period), or not ours at all:
+         * then there is nothing safe to do with it */
+        for (cuda_graph_pool *gp = c->pools; gp; gp = gp->next)
+            for (size_t i = 0; i < gp->n; i++)
+                if (gp->blocks[i].ptr == p) {
+                    gp->used[i] = 0;
+                    return;
+                }
+        return;
+    }
     if (a->nfree == a->capfree) {
         size_t cap = a->capfree ? a->capfree * 2 : 64;
         cuda_block *nb = (cuda_block *)realloc(a->free_blocks, cap * sizeof *nb);
@@ -195,4 +206,75 @@ void cuda_alloc_put(cuda_impl *c, void *p) {
     a->free_blocks[a->nfree].size = size;
     a->nfree++;
     a->cached += size;
+}
+
+/* ---- graph pools ------------------------------------------------------------------------------ */
+
+/* Same fit rule as the main cache, so a pool warmed up by running the ops once serves the same
+ * request sequence again. Linear scans: a UNet call's pool holds a few hundred blocks at most,
+ * and the scans run only in warm-up and capture, never in a replay. */
+loco_status cuda_pool_get(cuda_impl *c, cuda_graph_pool *p, size_t bytes, void **out, loco_err *err) {
+    size_t want = round_size(bytes);
+    *out = NULL;
+    size_t best = (size_t)-1;
+    for (size_t i = 0; i < p->n; i++) {
+        size_t s = p->blocks[i].size;
+        if (p->used[i] || s < want || s - want > max_slack(want)) continue;
+        if (best == (size_t)-1 || s < p->blocks[best].size) best = i;
+    }
+    if (best != (size_t)-1) {
+        p->used[best] = 1;
+        *out = p->blocks[best].ptr;
+        return LOCO_OK;
+    }
+    if (p->frozen)
+        return loco_err_set(err, LOCO_EUNSUPPORTED,
+                            "graph capture asked for %.1f MiB that its pool (%.1f MiB in %zu blocks) does not hold "
+                            "free; it must be warmed up with the same ops first",
+                            mib(want), mib(p->bytes), p->n);
+    if (p->n == p->cap) {
+        size_t cap = p->cap ? p->cap * 2 : 64;
+        cuda_block *nb = (cuda_block *)realloc(p->blocks, cap * sizeof *nb);
+        if (!nb) return loco_err_set(err, LOCO_ENOMEM, "graph pool: out of host memory");
+        p->blocks = nb;
+        unsigned char *nu = (unsigned char *)realloc(p->used, cap);
+        if (!nu) return loco_err_set(err, LOCO_ENOMEM, "graph pool: out of host memory");
+        p->used = nu;
+        p->cap = cap;
+    }
+    void *ptr = NULL;
+    cudaError_t e = cudaMalloc(&ptr, want);
+    if (e == cudaErrorMemoryAllocation) {
+        /* the main cache's idle blocks are the first thing to give up for a graph */
+        cudaGetLastError();
+        release_cached(c);
+        e = cudaMalloc(&ptr, want);
+    }
+    if (e == cudaErrorMemoryAllocation) {
+        cudaGetLastError();
+        size_t fr = 0, tot = 0;
+        cudaMemGetInfo(&fr, &tot);
+        return loco_err_set(err, LOCO_EDEVICE_OOM,
+                            "out of GPU memory: cudaMalloc of %.1f MiB for a graph pool failed (%.1f MiB free of "
+                            "%.1f MiB; this backend's cache holds %.1f MiB, this graph's pool %.1f MiB)",
+                            mib(want), mib(fr), mib(tot), mib(c->alloc.reserved), mib(p->bytes));
+    }
+    if (e != cudaSuccess) return cuda_check(e, "cudaMalloc (graph pool)", err);
+    p->blocks[p->n].ptr = ptr;
+    p->blocks[p->n].size = want;
+    p->used[p->n] = 1;
+    p->n++;
+    p->bytes += want;
+    p->grew++;
+    *out = ptr;
+    return LOCO_OK;
+}
+
+void cuda_pool_release(cuda_graph_pool *p) {
+    for (size_t i = 0; i < p->n; i++) cudaFree(p->blocks[i].ptr);
+    free(p->blocks);
+    free(p->used);
+    p->blocks = NULL;
+    p->used = NULL;
+    p->n = p->cap = p->bytes = 0;
 }

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "cuda_internal.h"
 
@@ -59,6 +60,7 @@ static void cuda_destroy(loco_backend *be) {
     if (c->stream) cudaStreamSynchronize(c->stream);
     cuda_gemm_plans_destroy(c);
     if (c->lt) cublasLtDestroy(c->lt);
+    cuda_graph_pools_destroy(c);
     cuda_alloc_destroy(&c->alloc); /* also frees the workspace, a block like any other */
     if (c->stream) cudaStreamDestroy(c->stream);
     free(cb);
@@ -157,7 +159,14 @@ static loco_status cuda_sync(loco_backend *be, loco_err *err) {
 
 /* ---- creation ----------------------------------------------------------------------------------- */
 
-static void fill_ops(loco_backend_ops *o) {
+/* Graphs are on unless LOCO_CUDA_GRAPHS is "0", "off", "no" or "false" when the backend is
+ * created: the switch to rule graphs out when a result looks wrong, and to time without them. */
+static int graphs_wanted(void) {
+    const char *v = getenv("LOCO_CUDA_GRAPHS");
+    return !(v && (!strcmp(v, "0") || !strcasecmp(v, "off") || !strcasecmp(v, "no") || !strcasecmp(v, "false")));
+}
+
+static void fill_ops(loco_backend_ops *o, int graphs) {
     memset(o, 0, sizeof *o);
     o->destroy = cuda_destroy;
     o->alloc = cuda_alloc_hook;
@@ -182,6 +191,16 @@ static void fill_ops(loco_backend_ops *o) {
     o->upsample_nearest2x = cuda_op_upsample_nearest2x;
     o->embedding = cuda_op_embedding;
     o->set_channels = cuda_op_set_channels;
+    if (graphs) {
+        o->graph_new = cuda_graph_new;
+        o->graph_free = cuda_graph_free;
+        o->graph_pool_begin = cuda_graph_pool_begin;
+        o->graph_pool_end = cuda_graph_pool_end;
+        o->graph_pool_bytes = cuda_graph_pool_bytes;
+        o->graph_capture_begin = cuda_graph_capture_begin;
+        o->graph_capture_end = cuda_graph_capture_end;
+        o->graph_launch = cuda_graph_launch;
+    }
 }
 
 /* A short reason for the two failures users meet most, then CUDA's own words. */
@@ -237,7 +256,8 @@ extern "C" loco_status loco_backend_cuda_create(const loco_backend_opts *opts, l
                    : strcmp(conv, "im2col") == 0   ? CUDA_CONV_IM2COL
                    : strcmp(conv, "implicit") == 0 ? CUDA_CONV_IMPLICIT
                                                    : CUDA_CONV_AUTO;
-    fill_ops(&cb->ops);
+    const int graphs = graphs_wanted();
+    fill_ops(&cb->ops, graphs);
     cb->be.ops = &cb->ops;
     cb->be.device = LOCO_DEVICE_CUDA;
     cb->be.act_dtype = act;
@@ -265,12 +285,13 @@ extern "C" loco_status loco_backend_cuda_create(const loco_backend_opts *opts, l
         cuda_destroy(&cb->be);
         return st;
     }
-    snprintf(cb->be.desc, sizeof cb->be.desc, "cuda:%d %.100s (sm_%d%d, %d SMs, %.1f GiB, %s activations%s)", ordinal,
+    snprintf(cb->be.desc, sizeof cb->be.desc, "cuda:%d %.100s (sm_%d%d, %d SMs, %.1f GiB, %s activations%s%s)", ordinal,
              prop.name, prop.major, prop.minor, prop.multiProcessorCount,
              (double)prop.totalGlobalMem / (1024.0 * 1024.0 * 1024.0), cuda_dt(act),
              c->conv_algo == CUDA_CONV_IM2COL     ? ", conv: im2col"
              : c->conv_algo == CUDA_CONV_IMPLICIT ? ", conv: implicit GEMM"
-                                                  : "");
+                                                  : "",
+             graphs ? "" : ", graphs off");
     *out = &cb->be;
     return LOCO_OK;
 }

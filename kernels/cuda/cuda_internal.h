@@ -36,6 +36,21 @@ typedef struct cuda_allocator {
     size_t peak_reserved;
 } cuda_allocator;
 
+/* A graph's private memory (backend.h, "graphs"): every block it ever got from cudaMalloc,
+ * with a flag per block saying whether a tensor holds it now. While the pool is active, the
+ * allocator serves requests from it (best fit, as the main cache) and grows it with cudaMalloc
+ * unless it is frozen (during a capture, where cudaMalloc is not allowed); its blocks never go
+ * to the main cache, so a captured graph's addresses stay its own until the graph is freed. */
+typedef struct cuda_graph_pool {
+    cuda_block *blocks;
+    unsigned char *used;
+    size_t n, cap;
+    size_t bytes;  /* sum of block sizes */
+    size_t grew;   /* cudaMallocs since the pool became active */
+    int frozen;
+    struct cuda_graph_pool *next; /* the backend's list of pools (cuda_impl.pools) */
+} cuda_graph_pool;
+
 /* ---- cuBLASLt plans (gemm.cu) ------------------------------------------------------------ */
 
 /* One GEMM in cuBLASLt's column-major terms: D[m x n] = alpha * op(A)[m x k] * op(B)[k x n],
@@ -95,6 +110,8 @@ typedef struct cuda_impl {
     cuda_gemm_plan *plans; /* CUDA_GEMM_PLANS entries */
     int plan_next;         /* round-robin eviction */
     cuda_conv_algo conv_algo;
+    cuda_graph_pool *active_pool; /* allocations come from here while not NULL (graph.cu) */
+    cuda_graph_pool *pools;       /* every live graph's pool: frees of their blocks go back there */
 } cuda_impl;
 
 static inline cuda_impl *cuda_of(loco_backend *be) { return (cuda_impl *)be->impl; }
@@ -124,6 +141,11 @@ loco_status cuda_alloc_init(cuda_allocator *a, loco_err *err);
 void cuda_alloc_destroy(cuda_allocator *a);
 loco_status cuda_alloc_get(cuda_impl *c, size_t bytes, void **out, loco_err *err);
 void cuda_alloc_put(cuda_impl *c, void *p);
+/* A block of pool `p` (which is active); LOCO_EUNSUPPORTED when `p` is frozen and holds no
+ * free block that fits. */
+loco_status cuda_pool_get(cuda_impl *c, cuda_graph_pool *p, size_t bytes, void **out, loco_err *err);
+/* Give every block of `p` back to the driver (the caller has synchronised) and empty it. */
+void cuda_pool_release(cuda_graph_pool *p);
 
 /* ---- shared launch helpers ----------------------------------------------------------------- */
 
@@ -213,6 +235,17 @@ loco_status cuda_op_embedding(loco_backend *be, loco_tensor *y, const loco_tenso
                               int64_t n, loco_err *err);
 loco_status cuda_op_set_channels(loco_backend *be, loco_tensor *y, const int32_t *channels, const float *values,
                                  int n, loco_err *err);
+/* graph.cu */
+loco_status cuda_graph_new(loco_backend *be, void **g, loco_err *err);
+void cuda_graph_free(loco_backend *be, void *g);
+loco_status cuda_graph_pool_begin(loco_backend *be, void *g, int frozen, loco_err *err);
+size_t cuda_graph_pool_end(loco_backend *be, void *g);
+size_t cuda_graph_pool_bytes(const loco_backend *be, const void *g);
+loco_status cuda_graph_capture_begin(loco_backend *be, void *g, loco_err *err);
+loco_status cuda_graph_capture_end(loco_backend *be, void *g, int keep, loco_err *err);
+loco_status cuda_graph_launch(loco_backend *be, void *g, loco_err *err);
+/* Backend teardown: frees the blocks of pools whose graphs were never freed. */
+void cuda_graph_pools_destroy(cuda_impl *c);
 }
 
 /* Name of a dtype for messages ("F16"). */

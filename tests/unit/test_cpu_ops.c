@@ -298,3 +298,16 @@ TEST(attention_kv_index_shares_kv) {
 TEST(attention_many_query_tiles) { CHECK(check_attention(1, 1, 600, 1100, 2, 5, 0, NULL, 0, 66)); }
 
 TEST(attention_single_thread) { CHECK(check_attention(2, 2, 40, 77, 8, 8, 0, NULL, 1, 67)); }
+
+/* Ops called from the caller's own OpenMP threads: per-thread scratch must follow the
+ * backend's threads, not the caller's thread numbers. */
+TEST(ops_from_inside_a_callers_parallel_region) {
+    int ok = 1;
+#pragma omp parallel num_threads(3) reduction(&& : ok)
+    {
+        ok = check_conv(1, 4, 6, 5, 3, 3, 3, 1, 1, 1, 1, 1, 1, 2, 90) &&
+             check_attention(1, 1, 9, 7, 2, 4, 0, NULL, 2, 91) && check_conv(2, 3, 4, 4, 8, 3, 3, 1, 1, 1, 1, 1, 1, 2, 92) &&
+             check_conv(1, 2, 3, 3, 4, 3, 3, 1, 1, 1, 1, 1, 1, 2, 93); /* one task: runs on the calling thread */
+    }
+    CHECK(ok);
+}

@@ -1,0 +1,318 @@
+"""locod: the whole life of jobs against a real daemon (tiny fixture models on the CPU)."""
+import json
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "integration"))
+from locod_harness import SLOW, Daemon, problem, tiny_generate  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def d(tmp_path_factory):
+    with Daemon(tmp_path_factory.mktemp("jobs"), load=("sd1-tiny",)) as daemon:
+        yield daemon
+
+
+def test_generate_life(d):
+    r = d.post("/v1/jobs", tiny_generate(steps=3))
+    assert r.status_code == 202, r.text
+    job = r.json()
+    assert r.headers["Location"] == f"/v1/jobs/{job['id']}"
+    assert job["state"] in ("queued", "running") and job["kind"] == "generate"
+    assert job["params"]["width"] == 64 and job["params"]["seed"] == 1
+    done = d.wait(job["id"])
+    assert done["state"] == "succeeded", done
+    assert done["attempts"] == 1 and done["error"] is None
+    assert done["started_at"] and done["finished_at"] and done["expires_at"]
+    images = done["result"]["images"]
+    assert len(images) == 1 and images[0]["width"] == 64
+    art = d.get(images[0]["url"])
+    assert art.status_code == 200 and art.content[:8] == b"\x89PNG\r\n\x1a\n"
+    assert art.headers["ETag"] == f'"{images[0]["sha256"]}"'
+    assert art.headers["Accept-Ranges"] == "bytes"
+    listed = [a for a in done["artifacts"] if a["sha256"] == images[0]["sha256"]]
+    assert listed and listed[0]["media_type"] == "image/png" and listed[0]["size"] == len(art.content)
+
+
+def test_same_seed_same_image_and_batch(d):
+    a = d.wait(d.submit(tiny_generate(steps=2, seed=5))["id"])
+    b = d.wait(d.submit(tiny_generate(steps=2, seed=5))["id"])
+    assert a["result"]["images"][0]["sha256"] == b["result"]["images"][0]["sha256"]
+    c = d.wait(d.submit(tiny_generate(steps=2, seed=5, batch=2, negative_prompt="blurry",
+                                      scheduler="euler", guidance_scale=5.0))["id"])
+    assert c["state"] == "succeeded" and len(c["result"]["images"]) == 2
+    assert c["result"]["scheduler"] == "euler"
+
+
+def test_return_latents(d):
+    j = d.wait(d.submit(tiny_generate(steps=1, return_latents=True))["id"])
+    lat = j["result"]["latents"]
+    r = d.get(lat["url"])
+    assert r.status_code == 200
+    header_len = int.from_bytes(r.content[:8], "little")
+    header = json.loads(r.content[8:8 + header_len])
+    assert header["latents"]["shape"] == [1, 4, 8, 8] and header["initial_latents"]["dtype"] == "F32"
+
+
+def test_artifact_range_etag_head(d):
+    j = d.wait(d.submit(tiny_generate(steps=1))["id"])
+    sha = j["result"]["images"][0]["sha256"]
+    full = d.get(f"/v1/artifacts/{sha}").content
+    r = d.get(f"/v1/artifacts/{sha}", headers={"Range": "bytes=0-9"})
+    assert r.status_code == 206 and r.content == full[:10]
+    assert r.headers["Content-Range"] == f"bytes 0-9/{len(full)}"
+    r = d.get(f"/v1/artifacts/{sha}", headers={"Range": "bytes=-5"})
+    assert r.status_code == 206 and r.content == full[-5:]
+    r = d.get(f"/v1/artifacts/{sha}", headers={"Range": "bytes=100-"})
+    assert r.status_code == 206 and r.content == full[100:]
+    problem(d.get(f"/v1/artifacts/{sha}", headers={"Range": f"bytes={len(full)}-"}), 416, "range_not_satisfiable")
+    r = d.get(f"/v1/artifacts/{sha}", headers={"Range": "bytes=0-9", "If-Range": '"other"'})
+    assert r.status_code == 200 and r.content == full
+    r = d.get(f"/v1/artifacts/{sha}", headers={"If-None-Match": f'"{sha}"'})
+    assert r.status_code == 304 and r.content == b""
+    h = d.s.head(d.url(f"/v1/artifacts/{sha}"))
+    assert h.status_code == 200 and int(h.headers["Content-Length"]) == len(full) and h.content == b""
+
+
+def test_events_stream(d):
+    job = d.submit(tiny_generate(prompt=SLOW, steps=4))
+    events = []
+    with requests.get(d.url(f"/v1/jobs/{job['id']}/events"), stream=True, timeout=60) as r:
+        assert r.status_code == 200 and r.headers["Content-Type"].startswith("text/event-stream")
+        name = None
+        for line in r.iter_lines(decode_unicode=True):
+            if line.startswith("event: "):
+                name = line[7:]
+            elif line.startswith("data: "):
+                events.append((name, json.loads(line[6:])))
+    names = [e[0] for e in events]
+    assert names[-1] == "finished" and events[-1][1]["state"] == "succeeded"
+    denoise = [e[1] for e in events if e[0] == "progress" and e[1]["phase"] == "denoise"]
+    steps = [e["step"] for e in denoise]
+    # PNDM makes one model call more than its steps (the PLMS warm-up): total counts calls
+    assert steps and max(steps) == denoise[-1]["total"] >= 4 and steps == sorted(steps), events
+
+
+def test_events_of_finished_job_end_at_once(d):
+    j = d.wait(d.submit(tiny_generate(steps=1))["id"])
+    r = requests.get(d.url(f"/v1/jobs/{j['id']}/events"), timeout=10)
+    assert "event: finished" in r.text
+
+
+def test_queue_position_and_cancel_queued(d):
+    blocker = d.submit(tiny_generate(prompt=SLOW, steps=10))
+    queued = [d.submit(tiny_generate(steps=1, seed=i)) for i in range(3)]
+    d.wait_running(blocker["id"])
+    positions = [d.job(q["id"])["queue_position"] for q in queued]
+    assert positions == [0, 1, 2], positions
+    r = d.post(f"/v1/jobs/{queued[1]['id']}/cancel")
+    assert r.status_code == 200 and r.json()["state"] == "cancelled", r.text
+    assert r.json()["error"]["code"] == "cancelled"
+    assert d.job(queued[2]["id"])["queue_position"] == 1
+    problem(d.post(f"/v1/jobs/{queued[1]['id']}/cancel"), 409, "job_finished")
+    # running cancel: stops between two model calls
+    r = d.post(f"/v1/jobs/{blocker['id']}/cancel")
+    assert r.status_code == 202 and r.json()["cancel_requested"] is True, r.text
+    b = d.wait(blocker["id"])
+    assert b["state"] == "cancelled" and b["result"] is None
+    assert b["progress"] is None and b["error"]["code"] == "cancelled"
+    for q in (queued[0], queued[2]):
+        assert d.wait(q["id"])["state"] == "succeeded"
+    # terminal states never change
+    assert d.job(blocker["id"])["state"] == "cancelled"
+
+
+def test_list_filters_and_cursor(d):
+    ids = {d.submit(tiny_generate(steps=1, seed=100 + i))["id"] for i in range(5)}
+    for i in ids:
+        d.wait(i)
+    seen, cursor, pages = [], None, 0
+    while True:
+        q = "?kind=generate&state=succeeded&limit=2" + (f"&cursor={cursor}" if cursor else "")
+        r = d.get("/v1/jobs" + q)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert len(body["jobs"]) <= 2
+        seen += [j["id"] for j in body["jobs"]]
+        assert all(j["state"] == "succeeded" and j["kind"] == "generate" for j in body["jobs"])
+        pages += 1
+        cursor = body["next_cursor"]
+        if not cursor:
+            break
+    assert ids <= set(seen) and len(seen) == len(set(seen)) and pages >= 3
+    created = [d.job(i)["created_at"] for i in seen]
+    assert created == sorted(created, reverse=True)  # newest first
+    assert d.get("/v1/jobs?state=cancelled").json()["jobs"] is not None
+    assert d.get("/v1/jobs?key=anonymous&limit=1").status_code == 200
+
+
+def test_idempotency_key(d):
+    body = tiny_generate(steps=1, seed=77)
+    h = {"Idempotency-Key": "run-42-a"}
+    a = d.post("/v1/jobs", body, headers=h)
+    assert a.status_code == 202
+    b = d.post("/v1/jobs", body, headers=h)
+    assert b.status_code == 200 and b.json()["id"] == a.json()["id"], b.text
+    assert b.headers["Location"] == a.headers["Location"] and b.headers["Idempotent-Replayed"] == "true"
+    other = tiny_generate(steps=1, seed=78)
+    problem(d.post("/v1/jobs", other, headers=h), 422, "idempotency_key_reused")
+    c = d.post("/v1/jobs", body, headers={"Idempotency-Key": "run-42-b"})
+    assert c.status_code == 202 and c.json()["id"] != a.json()["id"]
+
+
+def unet_components(d, n=3):
+    sites = d.get("/v1/models/sd1-tiny").json()["sites"]
+    return [s["name"] for s in sites if s["component"] == "unet" and s["kind"] in ("resnet", "cross_attn")][:n]
+
+
+def test_trace_unet_life(d):
+    comps = unet_components(d)
+    j = d.wait(d.submit({"kind": "trace", "model": "sd1-tiny",
+                         "params": {"prompt": "a house in the style of van gogh", "subject": "van gogh",
+                                    "components": comps, "steps": 2, "width": 64, "height": 64}})["id"],
+               timeout=120)
+    assert j["state"] == "succeeded", j
+    res = j["result"]
+    table = d.get(res["table"]["url"])
+    assert table.status_code == 200 and table.headers["Content-Type"] == "application/json"
+    assert json.loads(table.content) == res["report"]
+    restored = [i for i in res["images"] if i.get("site")]
+    assert [i["site"] for i in restored] == comps
+    assert {i["name"] for i in res["images"]} >= {"clean.png", "corrupted.png"}
+    png = d.get(restored[0]["url"]).content
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_trace_text_encoder_heatmaps(d):
+    j = d.wait(d.submit({"kind": "trace", "model": "sd1-tiny",
+                         "params": {"prompt": "a house in the style of van gogh", "subject": "van gogh",
+                                    "target": "text_encoder", "positions": [1, 6], "steps": 1, "width": 64,
+                                    "height": 64}})["id"], timeout=120)
+    assert j["state"] == "succeeded", j
+    assert [h["name"] for h in j["result"]["heatmaps"]] == ["heatmap-self_attn.png", "heatmap-mlp.png"]
+
+
+def test_localize_life(d):
+    j = d.wait(d.submit({"kind": "localize", "model": "sd1-tiny",
+                         "params": {"prompts": ["a house in the style of van gogh"],
+                                    "altered_prompts": ["a painting of a house"], "window": 2, "starts": [0, 4, 8],
+                                    "steps": 2, "width": 64, "height": 64}})["id"], timeout=120)
+    assert j["state"] == "succeeded", j
+    best = j["result"]["best_window"]
+    assert best["start"] in (0, 4, 8) and best["end"] == best["start"] + 2
+    assert d.get(j["result"]["grid"]["url"]).content[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("method,extra", [
+    ("locoedit", {"layers": [4, 5]}),
+    ("diff_quickfix", {}),
+    ("neuron", {"layers": [4, 5], "neurons": 4, "prompts": ["a house by van gogh", "a tree by van gogh"],
+                "normal_prompts": ["a house", "a tree"]}),
+])
+def test_edit_life_and_generate_from_variant(d, method, extra):
+    name = f"sd1-tiny+{method.replace('_', '-')}"
+    j = d.wait(d.submit({"kind": "edit", "model": "sd1-tiny",
+                         "params": {"method": method, "concept": "van gogh", "target": "a painting",
+                                    "variant": name, **extra}})["id"], timeout=120)
+    assert j["state"] == "succeeded", j
+    assert j["result"]["variant"] == name and j["result"]["base"] == "sd1-tiny"
+    delta = d.get(j["result"]["delta"]["url"]).content
+    header = json.loads(delta[8:8 + int.from_bytes(delta[:8], "little")])
+    assert len([k for k in header if k != "__metadata__"]) >= 1
+    v = d.get(f"/v1/models/{name}").json()
+    assert v["state"] == "loaded" and v["source"] == "variant" and v["base"] == "sd1-tiny"
+    assert name in [m["name"] for m in d.get("/v1/models/sd1-tiny/variants").json()["variants"]]
+    problem(d.post("/v1/jobs", {"kind": "edit", "model": "sd1-tiny",
+                                "params": {"method": method, "concept": "van gogh", "target": "x", "variant": name,
+                                           **extra}}), 409, "variant_exists")
+    g = d.wait(d.submit({**tiny_generate(prompt="a house by van gogh", steps=2, seed=3), "model": name})["id"])
+    base = d.wait(d.submit(tiny_generate(prompt="a house by van gogh", steps=2, seed=3))["id"])
+    assert g["state"] == "succeeded" and base["state"] == "succeeded"
+    assert g["result"]["images"][0]["sha256"] != base["result"]["images"][0]["sha256"], "the edit changed nothing"
+    assert d.post(f"/v1/models/{name}/unload").status_code in (200, 202)
+    deadline = time.time() + 30
+    while d.get(f"/v1/models/{name}").status_code != 404:
+        assert time.time() < deadline
+        time.sleep(0.05)
+
+
+def test_research_kinds_validate_before_running(d):
+    problem(d.post("/v1/jobs", {"kind": "trace", "model": "sd1-tiny", "params": {"prompt": "a cat"}}), 422,
+            "missing_field")
+    problem(d.post("/v1/jobs", {"kind": "trace", "model": "sd1-tiny",
+                                "params": {"prompt": "a cat", "subject": "dog"}}), 422)
+    problem(d.post("/v1/jobs", {"kind": "localize", "model": "sd1-tiny",
+                                "params": {"prompts": ["a"], "altered_prompts": ["b"], "window": 99}}), 422,
+            "out_of_range")
+
+
+def test_without_clip_scorer_trace_is_501(tmp_path):
+    with Daemon(tmp_path, "noscorer", extra={"clip_scorer": None}) as d:
+        p = problem(d.post("/v1/jobs", {"kind": "trace", "model": "sd1-tiny",
+                                        "params": {"prompt": "a cat by monet", "subject": "monet"}}), 501,
+                    "kind_not_implemented")
+        assert "clip_scorer" in p["detail"]
+        assert d.get("/v1/jobs").json()["jobs"] == []  # never accepted
+
+
+def test_models_list_show_load_unload(d):
+    models = d.get("/v1/models").json()["models"]
+    names = {m["name"]: m for m in models}
+    assert names["sd1-tiny"]["state"] == "loaded" and names["sd2-tiny"]["state"] == "available"
+    show = d.get("/v1/models/sd1-tiny").json()
+    assert show["family"] == "sd1" and show["configs"]["unet"]["_class_name"] == "UNet2DConditionModel"
+    cross = [s for s in show["sites"] if s["kind"] == "cross_attn"]
+    assert cross and [s["cross_index"] for s in cross] == list(range(len(cross)))
+    assert any(s["component"] == "text_encoder" for s in show["sites"])
+    assert show["runtime"]["size_multiple"] > 0 and show["memory"]["bytes"] > 0
+    # an unloaded model still shows its configs and UNet sites (read from the files)
+    sd2 = d.get("/v1/models/sd2-tiny").json()
+    assert sd2["state"] == "available" and sd2["family"] == "sd2" and sd2["sites"]
+    problem(d.post("/v1/jobs", {**tiny_generate(), "model": "sd2-tiny"}), 409, "model_not_loaded")
+    r = d.post("/v1/models/sd2-tiny/load")
+    assert r.status_code in (200, 202), r.text
+    deadline = time.time() + 60
+    while d.get("/v1/models/sd2-tiny").json()["state"] != "loaded":
+        assert time.time() < deadline
+        time.sleep(0.05)
+    j = d.wait(d.submit({**tiny_generate(steps=1), "model": "sd2-tiny"})["id"])
+    assert j["state"] == "succeeded", j["error"]
+    assert d.post("/v1/models/sd2-tiny/unload").status_code in (200, 202)
+    deadline = time.time() + 60
+    while d.get("/v1/models/sd2-tiny").json()["state"] != "available":
+        assert time.time() < deadline
+        time.sleep(0.05)
+    assert d.get("/v1/models/sd1-tiny/variants").json() == {"variants": []}
+
+
+def test_metrics(d):
+    r = d.get("/metrics")
+    assert r.status_code == 200 and r.headers["Content-Type"].startswith("text/plain")
+    t = r.text
+    for name in ("loco_queue_depth", "loco_job_wait_seconds_bucket", "loco_job_run_seconds_count",
+                 "loco_device_memory_bytes", "loco_errors_total", "loco_worker_up 1",
+                 'loco_jobs_finished_total{kind="generate",state="succeeded"}'):
+        assert name in t, name
+
+
+def test_health_and_ready(d):
+    assert d.get("/healthz").json() == {"status": "ok"}
+    r = d.get("/readyz")
+    assert r.status_code == 200 and r.json()["worker"] is True
+
+
+def test_retention_gone(tmp_path):
+    with Daemon(tmp_path, "ret", extra={"retention": {"jobs_s": 1, "sweep_interval_s": 1}}) as d:
+        j = d.wait(d.submit(tiny_generate(steps=1))["id"])
+        sha = j["result"]["images"][0]["sha256"]
+        deadline = time.time() + 20
+        while d.get(f"/v1/jobs/{j['id']}").status_code != 410:
+            assert time.time() < deadline
+            time.sleep(0.2)
+        problem(d.get(f"/v1/jobs/{j['id']}"), 410, "job_expired")
+        problem(d.get(f"/v1/artifacts/{sha}"), 404, "unknown_artifact")
+        problem(d.get("/v1/jobs/" + "0" * 32), 404, "unknown_job")

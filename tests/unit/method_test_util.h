@@ -1,0 +1,107 @@
+/* method_test_util.h: shared helpers of test_trace.c, test_locogen.c and test_intervention.c:
+ * loading a tiny pipeline and the tiny CLIP scorer, and reading reference metadata. */
+#ifndef LOCO_METHOD_TEST_UTIL_H
+#define LOCO_METHOD_TEST_UTIL_H
+
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "clip_score.h"
+#include "loco_test.h"
+#include "pipeline.h"
+#include "safetensors.h"
+
+typedef struct mt_env {
+    loco_backend *be;
+    loco_pipeline *p;
+    loco_clip_scorer *sc;
+    loco_safetensors *ref;
+} mt_env;
+
+/* model: "sd1-tiny"...; ref: path under refs/ or NULL. Returns 0 on success (messages printed). */
+static inline int mt_open(mt_env *e, const char *model, const char *ref) {
+    memset(e, 0, sizeof *e);
+    loco_backend_opts bo;
+    loco_backend_opts_init(&bo);
+    bo.device = LOCO_DEVICE_CPU;
+    bo.num_threads = 2;
+    loco_err err = {0};
+    char path[1024];
+    if (loco_backend_create(&bo, &e->be, &err)) goto fail;
+    loco_pipeline_opts po;
+    loco_pipeline_opts_init(&po);
+    snprintf(path, sizeof path, "%s/models/%s", loco_fixtures_dir(), model);
+    po.model_path = path;
+    if (loco_pipeline_load(e->be, &po, &e->p, &err)) goto fail;
+    snprintf(path, sizeof path, "%s/models/clip-tiny", loco_fixtures_dir());
+    if (loco_clip_scorer_load(e->be, path, &e->sc, &err)) goto fail;
+    if (ref) {
+        snprintf(path, sizeof path, "%s/refs/%s", loco_fixtures_dir(), ref);
+        if (loco_safetensors_open(path, &e->ref, &err)) goto fail;
+    }
+    return 0;
+fail:
+    fprintf(stderr, "%s\n", err.msg);
+    return -1;
+}
+
+static inline void mt_close(mt_env *e) {
+    loco_safetensors_close(e->ref);
+    loco_clip_scorer_free(e->sc);
+    loco_pipeline_free(e->p);
+    loco_backend_destroy(e->be);
+    memset(e, 0, sizeof *e);
+}
+
+/* Metadata value parsed as JSON (strings that are not JSON come back as JSON strings). */
+static inline json_t *mt_meta(const loco_safetensors *f, const char *key) {
+    const char *v = loco_safetensors_metadata(f, key);
+    if (!v) return NULL;
+    json_t *j = json_loads(v, JSON_DECODE_ANY, NULL);
+    return j ? j : json_string(v);
+}
+
+static inline double mt_meta_num(const loco_safetensors *f, const char *key) {
+    json_t *j = mt_meta(f, key);
+    double v = j && json_is_number(j) ? json_number_value(j) : NAN;
+    json_decref(j);
+    return v;
+}
+
+/* A JSON array of strings as a NULL-terminated malloc'ed array of strdup'ed strings. */
+static inline char **mt_strings(const json_t *a, int *n) {
+    *n = json_is_array(a) ? (int)json_array_size(a) : 0;
+    char **out = calloc((size_t)*n + 1, sizeof *out);
+    for (int i = 0; out && i < *n; i++) out[i] = strdup(json_string_value(json_array_get(a, (size_t)i)));
+    return out;
+}
+
+static inline void mt_strings_free(char **s) {
+    for (int i = 0; s && s[i]; i++) free(s[i]);
+    free(s);
+}
+
+static inline const float *mt_f32(const loco_safetensors *f, const char *name, int64_t *numel) {
+    const loco_stored_tensor *t = loco_safetensors_find(f, name);
+    if (!t || t->dtype != LOCO_F32) {
+        fprintf(stderr, "reference tensor %s missing or not F32\n", name);
+        return NULL;
+    }
+    if (numel) *numel = loco_stored_numel(t);
+    return t->data;
+}
+
+/* Largest per-byte difference of an image against n bytes of a uint8 reference. */
+static inline int mt_max_px(const loco_image *img, const uint8_t *want, size_t n) {
+    if (!img->data || (size_t)img->width * img->height * img->channels != n) return 256;
+    int m = 0;
+    for (size_t i = 0; i < n; i++) {
+        int d = abs((int)img->data[i] - (int)want[i]);
+        if (d > m) m = d;
+    }
+    return m;
+}
+
+#endif

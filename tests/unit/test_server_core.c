@@ -1,0 +1,317 @@
+/* Unit tests of the daemon's pieces that need no HTTP: the fair-share queue, the job store,
+ * request parsing, API keys, config parsing and the artifact store. */
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "artifacts.h"
+#include "auth.h"
+#include "config.h"
+#include "job.h"
+#include "loco_test.h"
+#include "queue.h"
+#include "request.h"
+#include "store.h"
+
+TEST(queue_round_robin_between_keys) {
+    locod_queue *q = locod_queue_create();
+    char id[48];
+    locod_queue_push(q, "a1", "alice");
+    locod_queue_push(q, "a2", "alice");
+    locod_queue_push(q, "a3", "alice");
+    locod_queue_push(q, "b1", "bob");
+    locod_queue_push(q, "c1", "carol");
+    CHECK(locod_queue_size(q) == 5);
+    CHECK(locod_queue_position(q, "a1") == 0);
+    CHECK(locod_queue_position(q, "b1") == 1);
+    CHECK(locod_queue_position(q, "c1") == 2);
+    CHECK(locod_queue_position(q, "a2") == 3);
+    CHECK(locod_queue_position(q, "a3") == 4);
+    const char *want[] = {"a1", "b1", "c1", "a2", "a3"};
+    for (int i = 0; i < 5; i++) {
+        CHECK(locod_queue_pop(q, id) == 1);
+        CHECK_MSG(strcmp(id, want[i]) == 0, "pop %d gave %s", i, id);
+    }
+    CHECK(locod_queue_pop(q, id) == 0);
+    locod_queue_destroy(q);
+}
+
+TEST(queue_positions_match_dispatch_order) {
+    locod_queue *q = locod_queue_create();
+    const char *keys[] = {"k0", "k1", "k2"};
+    char ids[30][8];
+    for (int i = 0; i < 30; i++) {
+        snprintf(ids[i], sizeof ids[i], "j%d", i);
+        locod_queue_push(q, ids[i], keys[(i * 7 + i / 5) % 3]);
+    }
+    char id[48];
+    CHECK(locod_queue_pop(q, id) == 1); /* move the ring pointer */
+    int pos[30];
+    for (int i = 0; i < 30; i++) pos[i] = locod_queue_position(q, ids[i]);
+    for (int n = 0; locod_queue_pop(q, id); n++) {
+        int i = atoi(id + 1);
+        CHECK_MSG(pos[i] == n, "%s predicted %d, dispatched %d", id, pos[i], n);
+    }
+    locod_queue_destroy(q);
+}
+
+TEST(queue_remove) {
+    locod_queue *q = locod_queue_create();
+    locod_queue_push(q, "x", "k");
+    locod_queue_push(q, "y", "k");
+    CHECK(locod_queue_remove(q, "x") == 1);
+    CHECK(locod_queue_remove(q, "x") == 0);
+    CHECK(locod_queue_position(q, "y") == 0);
+    CHECK(locod_queue_key_size(q, "k") == 1);
+    locod_queue_destroy(q);
+}
+
+static int parse(const char *text, loco_job_request *req, loco_proto_error *e) {
+    json_t *j = json_loads(text, 0, NULL);
+    if (!j) return -2;
+    loco_proto_limits lim;
+    loco_proto_limits_init(&lim);
+    lim.max_steps = 50;
+    lim.max_prompt_chars = 20;
+    int rc = loco_job_request_parse(j, &lim, 42, req, e);
+    json_decref(j);
+    return rc;
+}
+
+TEST(request_generate_defaults_and_normalisation) {
+    loco_job_request r;
+    loco_proto_error e;
+    CHECK(parse("{\"kind\":\"generate\",\"model\":\"sd1-tiny\",\"params\":{\"prompt\":\"a cat\"}}", &r, &e) == 0);
+    CHECK(r.kind == LOCO_JOB_GENERATE && strcmp(r.model, "sd1-tiny") == 0);
+    CHECK(json_integer_value(json_object_get(r.params, "seed")) == 42);
+    CHECK(json_integer_value(json_object_get(r.params, "steps")) == 50);
+    CHECK(json_integer_value(json_object_get(r.params, "batch")) == 1);
+    loco_generate_spec g;
+    CHECK(loco_generate_spec_from_json(r.params, &g, &e) == 0);
+    CHECK(strcmp(g.prompt, "a cat") == 0 && g.seed == 42 && g.width == 0 && g.karras == -1);
+    loco_job_request_release(&r);
+}
+
+TEST(request_errors_name_the_field) {
+    loco_job_request r;
+    loco_proto_error e;
+    struct {
+        const char *body, *pointer, *code;
+    } cases[] = {
+        {"{\"kind\":\"generate\",\"model\":\"m\",\"params\":{\"prompt\":\"a\",\"steps\":\"4\"}}", "/params/steps",
+         "invalid_type"},
+        {"{\"kind\":\"generate\",\"model\":\"m\",\"params\":{\"prompt\":\"a\",\"steps\":51}}", "/params/steps",
+         "out_of_range"},
+        {"{\"kind\":\"generate\",\"model\":\"m\",\"params\":{\"prompt\":\"a\",\"width\":12}}", "/params/width",
+         "invalid_value"},
+        {"{\"kind\":\"generate\",\"model\":\"m\",\"params\":{\"prompt\":\"aaaaaaaaaaaaaaaaaaaaaaaaa\"}}",
+         "/params/prompt", "out_of_range"},
+        {"{\"kind\":\"generate\",\"model\":\"m\",\"params\":{}}", "/params/prompt", "missing_field"},
+        {"{\"kind\":\"generate\",\"model\":\"../x\"}", "/model", "invalid_value"},
+        {"{\"kind\":\"nope\",\"model\":\"m\"}", "/kind", "invalid_value"},
+        {"{\"kind\":\"generate\",\"model\":\"m\",\"x\":1}", "/x", "unknown_field"},
+        {"{\"kind\":\"trace\",\"model\":\"m\",\"params\":{\"prompt\":\"a cat\",\"subject\":\"dog\"}}",
+         "/params/subject", "invalid_value"},
+        {"{\"kind\":\"localize\",\"model\":\"m\",\"params\":{\"prompts\":[\"a\"],\"altered_prompts\":[\"b\",\"c\"]}}",
+         "/params/altered_prompts", "invalid_value"},
+        {"{\"kind\":\"edit\",\"model\":\"m\",\"params\":{\"method\":\"neuron\",\"concept\":\"x\",\"target\":\"y\"}}",
+         "/params/prompts", "missing_field"},
+        {"{\"kind\":\"edit\",\"model\":\"m\",\"params\":{\"method\":\"locoedit\",\"concept\":\"x\",\"target\":\"y\","
+         "\"layers\":[1,1]}}",
+         "/params/layers/1", "invalid_value"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        loco_proto_error_clear(&e);
+        int rc = parse(cases[i].body, &r, &e);
+        loco_job_request_release(&r);
+        CHECK_MSG(rc == -1, "case %zu accepted", i);
+        CHECK_MSG(strcmp(e.pointer, cases[i].pointer) == 0, "case %zu pointer %s", i, e.pointer);
+        CHECK_MSG(strcmp(e.code, cases[i].code) == 0, "case %zu code %s (%s)", i, e.code, e.detail);
+        CHECK(e.detail[0] != 0);
+    }
+}
+
+TEST(names_reject_paths) {
+    CHECK(loco_name_valid("sd1-tiny"));
+    CHECK(loco_name_valid("sd-xl_1.0+edit"));
+    CHECK(!loco_name_valid(""));
+    CHECK(!loco_name_valid("../etc"));
+    CHECK(!loco_name_valid("a/b"));
+    CHECK(!loco_name_valid(".hidden"));
+    CHECK(!loco_name_valid("a..b"));
+}
+
+TEST(job_enums_round_trip) {
+    for (int k = 0; k < LOCO_JOB_KIND_COUNT; k++) {
+        loco_job_kind o;
+        CHECK(loco_job_kind_from_name(loco_job_kind_name((loco_job_kind)k), &o) == 0 && o == (loco_job_kind)k);
+    }
+    for (int s = 0; s < LOCO_JOB_STATE_COUNT; s++) {
+        loco_job_state o;
+        CHECK(loco_job_state_from_name(loco_job_state_name((loco_job_state)s), &o) == 0 && o == (loco_job_state)s);
+    }
+    CHECK(loco_job_state_is_terminal(LOCO_JOB_CANCELLED) && !loco_job_state_is_terminal(LOCO_JOB_RUNNING));
+}
+
+TEST(auth_hashed_keys) {
+    locod_config c;
+    locod_config_init(&c);
+    const locod_key *k = NULL;
+    CHECK(locod_auth_check(&c, NULL, &k) == LOCOD_AUTH_OK && k == NULL); /* open mode */
+    locod_key keys[2];
+    memset(keys, 0, sizeof keys);
+    snprintf(keys[0].id, sizeof keys[0].id, "alice");
+    snprintf(keys[1].id, sizeof keys[1].id, "bob");
+    locod_sha256("alice-key", 9, keys[0].sha256);
+    locod_sha256("bob-key", 7, keys[1].sha256);
+    c.keys = keys;
+    c.n_keys = 2;
+    CHECK(locod_auth_check(&c, NULL, &k) == LOCOD_AUTH_MISSING);
+    CHECK(locod_auth_check(&c, "Basic abc", &k) == LOCOD_AUTH_MALFORMED);
+    CHECK(locod_auth_check(&c, "Bearer ", &k) == LOCOD_AUTH_MALFORMED);
+    CHECK(locod_auth_check(&c, "Bearer alice-kez", &k) == LOCOD_AUTH_INVALID);
+    CHECK(locod_auth_check(&c, "Bearer bob-key", &k) == LOCOD_AUTH_OK && strcmp(k->id, "bob") == 0);
+    CHECK(locod_auth_check(&c, "bearer alice-key", &k) == LOCOD_AUTH_OK && strcmp(k->id, "alice") == 0);
+    c.keys = NULL;
+    c.n_keys = 0;
+    locod_config_free(&c);
+}
+
+TEST(config_parse_and_errors) {
+    locod_config c;
+    locod_config_init(&c);
+    loco_err err;
+    const char *good = "{\"listen\":\"[::1]:9000\",\"data_dir\":\"d\",\"model_roots\":[\"m\"],"
+                       "\"models\":{\"x\":{\"path\":\"/abs/x\"}},\"load_at_start\":[\"x\"],"
+                       "\"keys\":[{\"id\":\"k\",\"sha256\":\"" "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+                       "\",\"admin\":true}],\"limits\":{\"max_steps\":20},\"queue\":{\"max_queued\":7}}";
+    CHECK(locod_config_parse(&c, good, "/etc/loco", &err) == LOCO_OK);
+    CHECK(strcmp(c.listen_host, "::1") == 0 && c.listen_port == 9000);
+    CHECK(strcmp(c.data_dir, "/etc/loco/d") == 0 && strcmp(c.model_roots[0], "/etc/loco/m") == 0);
+    CHECK(strcmp(c.models[0].path, "/abs/x") == 0 && c.keys[0].admin == 1 && c.max_queue == 7);
+    CHECK(c.limits.max_steps == 20 && c.limits.default_steps == 20);
+    CHECK(locod_config_set_listen(&c, "127.0.0.1:0", &err) == LOCO_OK && c.listen_port == 0);
+    CHECK(locod_config_set_listen(&c, "nohost", &err) != LOCO_OK);
+    locod_config_free(&c);
+    const char *bad[] = {"{\"lisen\":\"x\"}", "{\"limits\":{\"max_steps\":0}}", "{\"keys\":[{\"id\":\"k\",\"sha256\":\"zz\"}]}",
+                         "{\"device\":\"tpu\"}", "[1]", "{\"models\":{\"../x\":{\"path\":\"p\"}}}"};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        locod_config_init(&c);
+        CHECK_MSG(locod_config_parse(&c, bad[i], ".", &err) != LOCO_OK, "accepted %s", bad[i]);
+        CHECK(strstr(err.msg, "config") != NULL);
+        locod_config_free(&c);
+    }
+}
+
+static char tmpdir[256];
+
+static void make_tmp(void) {
+    snprintf(tmpdir, sizeof tmpdir, "/tmp/loco-unit-XXXXXX");
+    if (!mkdtemp(tmpdir)) abort();
+}
+
+static void count_key(void *ctx, const char *key, int n) { *(int *)ctx += n; }
+
+TEST(store_lifecycle_and_terminal_states) {
+    make_tmp();
+    char db[300];
+    snprintf(db, sizeof db, "%s/jobs.sqlite3", tmpdir);
+    locod_store *s = NULL;
+    loco_err err;
+    CHECK(locod_store_open(db, &s, &err) == LOCO_OK);
+    locod_job_row r;
+    memset(&r, 0, sizeof r);
+    snprintf(r.id, sizeof r.id, "%032x", 1);
+    r.kind = LOCO_JOB_GENERATE;
+    r.state = LOCO_JOB_QUEUED;
+    snprintf(r.model, sizeof r.model, "m");
+    snprintf(r.key_id, sizeof r.key_id, "alice");
+    r.params = json_pack("{s:s}", "prompt", "a cat");
+    r.created_ms = 1000;
+    snprintf(r.idem_key, sizeof r.idem_key, "idem-1");
+    snprintf(r.req_hash, sizeof r.req_hash, "h");
+    CHECK(locod_store_insert(s, &r, &err) == LOCO_OK && r.seq > 0);
+    CHECK(locod_store_insert(s, &r, &err) != LOCO_OK); /* same id */
+    locod_job_row g;
+    CHECK(locod_store_find_idempotent(s, "alice", "idem-1", &g, &err) == 1 && strcmp(g.id, r.id) == 0);
+    locod_job_row_free(&g);
+    CHECK(locod_store_find_idempotent(s, "bob", "idem-1", &g, &err) == 0);
+    CHECK(locod_store_mark_running(s, r.id, 2000, &err) == 1);
+    CHECK(locod_store_mark_running(s, r.id, 2000, &err) == 0);
+    int pending = 0;
+    locod_store_pending_per_key(s, count_key, &pending);
+    CHECK(pending == 1);
+    json_t *arts = json_pack("[{s:s, s:i, s:s}]", "sha256", "ab", "size", 3, "media_type", "image/png");
+    CHECK(locod_store_finish(s, r.id, LOCO_JOB_SUCCEEDED, 3000, 5000, NULL, NULL, 0, json_object(), arts, &err) == 1);
+    CHECK(locod_store_finish(s, r.id, LOCO_JOB_FAILED, 3500, 5000, "x", "y", 0, NULL, NULL, &err) == 0);
+    CHECK(locod_store_get(s, r.id, &g, &err) == 1 && g.state == LOCO_JOB_SUCCEEDED && g.attempts == 1);
+    locod_job_row_free(&g);
+    uint64_t size;
+    char mt[64];
+    CHECK(locod_store_artifact(s, "ab", &size, mt, sizeof mt) == 1 && size == 3 && strcmp(mt, "image/png") == 0);
+    CHECK(locod_store_purge(s, 4000, NULL, NULL, &err) == 0);
+    CHECK(locod_store_purge(s, 6000, NULL, NULL, &err) == 1);
+    CHECK(locod_store_get(s, r.id, &g, &err) == 0 && locod_store_is_expired(s, r.id));
+    CHECK(locod_store_artifact(s, "ab", &size, mt, sizeof mt) == 0);
+    json_decref(arts);
+    locod_job_row_free(&r);
+    locod_store_close(s);
+}
+
+TEST(store_recover_running_jobs) {
+    make_tmp();
+    char db[300];
+    snprintf(db, sizeof db, "%s/jobs.sqlite3", tmpdir);
+    locod_store *s = NULL;
+    loco_err err;
+    CHECK(locod_store_open(db, &s, &err) == LOCO_OK);
+    for (int i = 0; i < 3; i++) {
+        locod_job_row r;
+        memset(&r, 0, sizeof r);
+        snprintf(r.id, sizeof r.id, "%032x", 10 + i);
+        r.state = LOCO_JOB_QUEUED;
+        snprintf(r.model, sizeof r.model, "m");
+        snprintf(r.key_id, sizeof r.key_id, "k");
+        r.params = json_object();
+        r.retry_on_restart = i == 1;
+        CHECK(locod_store_insert(s, &r, &err) == LOCO_OK);
+        if (i < 2) CHECK(locod_store_mark_running(s, r.id, 10, &err) == 1);
+        locod_job_row_free(&r);
+    }
+    locod_store_close(s);
+    CHECK(locod_store_open(db, &s, &err) == LOCO_OK);
+    int requeued = -1;
+    CHECK(locod_store_recover(s, 100, 1000, &requeued, &err) == 2 && requeued == 1);
+    locod_job_row g;
+    char id[40];
+    snprintf(id, sizeof id, "%032x", 10);
+    CHECK(locod_store_get(s, id, &g, &err) == 1 && g.state == LOCO_JOB_FAILED);
+    CHECK(strcmp(g.error_code, "server_restart") == 0);
+    locod_job_row_free(&g);
+    snprintf(id, sizeof id, "%032x", 11);
+    CHECK(locod_store_get(s, id, &g, &err) == 1 && g.state == LOCO_JOB_QUEUED && g.attempts == 1);
+    locod_job_row_free(&g);
+    locod_store_close(s);
+}
+
+TEST(artifacts_content_addressed) {
+    make_tmp();
+    char root[300], path[400];
+    snprintf(root, sizeof root, "%s/artifacts", tmpdir);
+    loco_err err;
+    CHECK(locod_artifacts_init(root, &err) == LOCO_OK);
+    char sha[65];
+    CHECK(locod_artifact_put(root, "abc", 3, sha, &err) == LOCO_OK);
+    CHECK(strcmp(sha, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad") == 0);
+    CHECK(locod_artifact_id_valid(sha));
+    locod_artifact_path(root, sha, path, sizeof path);
+    struct stat st;
+    CHECK(stat(path, &st) == 0 && st.st_size == 3);
+    CHECK(locod_artifact_put(root, "abc", 3, sha, &err) == LOCO_OK); /* same content again */
+    CHECK(!locod_artifact_id_valid("BA7816BF8F01CFEA414140DE5DAE2223B00361A396177A9CB410FF61F20015AD"));
+    CHECK(!locod_artifact_id_valid("../../../../etc/passwd"));
+    CHECK(!locod_artifact_id_valid("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad0"));
+    locod_artifact_remove(root, sha);
+    CHECK(stat(path, &st) != 0);
+}

@@ -1,0 +1,168 @@
+/* test_trace.c: causal tracing against the Python reference (tests/fixtures/refs/methods/
+ * trace_sd1.safetensors, tools/fixtures/refs_methods.py: one diffusers pipeline call per restored
+ * component with forward hooks): the corruption noise, every UNet component's and every text
+ * state's CLIP score within 1e-4, the trajectories' final latents within 1e-4; the heatmap and the
+ * JSON; invalid requests fail with a clear message. */
+#include <math.h>
+
+#include "method_test_util.h"
+#include "trace.h"
+
+static void params_from_ref(const loco_safetensors *f, loco_trace_params *t, char **strs) {
+    loco_trace_params_init(t);
+    json_t *j;
+    const char *keys[3] = {"prompt", "subject", "attribute"};
+    for (int i = 0; i < 3; i++) {
+        j = mt_meta(f, keys[i]);
+        strs[i] = strdup(j && json_is_string(j) ? json_string_value(j) : "");
+        json_decref(j);
+    }
+    t->prompt = strs[0];
+    t->subject = strs[1];
+    t->attribute = strs[2];
+    t->seed = (uint64_t)mt_meta_num(f, "seed");
+    t->noise_seed = (uint64_t)mt_meta_num(f, "noise_seed");
+    t->noise_scale = (float)mt_meta_num(f, "scale");
+    t->sampler.steps = (int)mt_meta_num(f, "steps");
+    t->sampler.guidance_scale = (float)mt_meta_num(f, "guidance");
+    t->sampler.width = (int)mt_meta_num(f, "width");
+    t->sampler.height = (int)mt_meta_num(f, "height");
+}
+
+TEST(sd1_matches_diffusers_hooks) {
+    mt_env e;
+    if (mt_open(&e, "sd1-tiny", "methods/trace_sd1.safetensors")) {
+        mt_close(&e);
+        CHECK_MSG(0, "fixtures missing (make fixtures)");
+    }
+    char *strs[3];
+    loco_trace_params t;
+    params_from_ref(e.ref, &t, strs);
+    t.keep_latents = 1;
+    t.max_batch = 24;
+    loco_trace_result r;
+    loco_err err = {0};
+    CHECK_MSG(loco_trace_run(e.p, e.sc, &t, &r, &err) == LOCO_OK, "%s", err.msg);
+
+    /* subject tokens, std and the component list in the reference's execution order */
+    const loco_stored_tensor *sp = loco_safetensors_find(e.ref, "subject_positions");
+    const loco_stored_tensor *sd = loco_safetensors_find(e.ref, "token_embedding_std");
+    CHECK(sp && sd && sp->shape[0] == r.n_subject);
+    for (int i = 0; i < r.n_subject; i++) CHECK(((const int64_t *)sp->data)[i] == r.subject_positions[i]);
+    CHECK(fabs(((const double *)sd->data)[0] - r.embed_std) <= 1e-12 * r.embed_std);
+    json_t *comps = mt_meta(e.ref, "components");
+    CHECK((int)json_array_size(comps) == r.n_unet);
+    for (int i = 0; i < r.n_unet; i++) CHECK(strcmp(r.unet[i].site, json_string_value(json_array_get(comps, (size_t)i))) == 0);
+    json_decref(comps);
+    CHECK((int)mt_meta_num(e.ref, "eos_position") == r.eos_position);
+
+    int64_t n = 0, numel = 0;
+    const float *ucos = mt_f32(e.ref, "unet_cosine", &n), *ulat = mt_f32(e.ref, "unet_latents", NULL),
+                *tcos = mt_f32(e.ref, "text_cosine", NULL), *tlat = mt_f32(e.ref, "text_latents", NULL),
+                *clean_lat = mt_f32(e.ref, "clean_latents", &numel), *corr_lat = mt_f32(e.ref, "corrupted_latents", NULL),
+                *cc = mt_f32(e.ref, "clean_cosine", NULL), *kc = mt_f32(e.ref, "corrupted_cosine", NULL);
+    CHECK(ucos && ulat && tcos && tlat && clean_lat && corr_lat && cc && kc && n == r.n_unet && numel == r.latent_numel);
+    double worst_cos = fmax(fabs(r.clean.cosine - cc[0]), fabs(r.corrupted.cosine - kc[0]));
+    double worst_lat = fmax(loco_rel_l2(r.clean_latents, clean_lat, (size_t)numel),
+                            loco_rel_l2(r.corrupted_latents, corr_lat, (size_t)numel));
+    for (int i = 0; i < r.n_unet; i++) {
+        worst_cos = fmax(worst_cos, fabs(r.unet[i].score.cosine - ucos[i]));
+        worst_lat = fmax(worst_lat, loco_rel_l2(r.unet[i].latents, ulat + (size_t)i * numel, (size_t)numel));
+    }
+    CHECK(r.n_layers == 3 && r.n_positions == r.eos_position + 1);
+    for (int l = 0; l < r.n_layers; l++)
+        for (int m = 0; m < LOCO_TRACE_MOD_COUNT; m++)
+            for (int q = 0; q < r.n_positions; q++) {
+                const loco_trace_entry *en = loco_trace_text_entry(&r, l, (loco_trace_module)m, q);
+                const size_t k = ((size_t)l * 2 + (size_t)m) * (size_t)r.n_positions + (size_t)q;
+                worst_cos = fmax(worst_cos, fabs(en->score.cosine - tcos[k]));
+                worst_lat = fmax(worst_lat, loco_rel_l2(en->latents, tlat + k * (size_t)numel, (size_t)numel));
+            }
+    /* corruption matters: the clean and corrupted images differ */
+    const double moved = loco_rel_l2(r.corrupted_latents, r.clean_latents, (size_t)numel);
+    fprintf(stderr,
+            "trace: %d components + %dx2x%d text states; worst |cos diff| %.3g, worst final-latent rel err %.3g; "
+            "clean %.4f corrupted %.4f (latents moved %.3g); %.2fs\n",
+            r.n_unet, r.n_layers, r.n_positions, worst_cos, worst_lat, r.clean.cosine, r.corrupted.cosine, moved,
+            r.seconds);
+
+    loco_image h = {0};
+    CHECK_MSG(loco_trace_heatmap(&r, LOCO_TRACE_MOD_MLP, 8, &h, &err) == LOCO_OK, "%s", err.msg);
+    CHECK(h.width == 8 * r.n_positions && h.height == 8 * r.n_layers);
+    loco_image_free(&h);
+    json_t *j = NULL;
+    CHECK_MSG(loco_trace_result_json(&r, &t, &j, &err) == LOCO_OK, "%s", err.msg);
+    CHECK(json_array_size(json_object_get(j, "unet")) == (size_t)r.n_unet);
+    CHECK(json_array_size(json_object_get(json_object_get(j, "text_encoder"), "mlp")) == (size_t)r.n_layers);
+    json_decref(j);
+    loco_trace_result_free(&r);
+    for (int i = 0; i < 3; i++) free(strs[i]);
+    mt_close(&e);
+    CHECK(worst_cos <= 1e-4);
+    CHECK(worst_lat <= 1e-4);
+    CHECK(moved > 1e-3);
+}
+
+TEST(invalid_requests_fail_clearly) {
+    mt_env e;
+    if (mt_open(&e, "sd1-tiny", NULL)) {
+        mt_close(&e);
+        CHECK_MSG(0, "fixtures missing (make fixtures)");
+    }
+    loco_trace_params t;
+    loco_trace_params_init(&t);
+    t.prompt = "a house by van gogh";
+    t.subject = "van gogh";
+    t.sampler.steps = 2;
+    t.sampler.width = t.sampler.height = 64;
+    loco_err err = {0};
+    CHECK(loco_trace_validate(e.p, &t, &err) == LOCO_OK);
+
+    loco_trace_params b = t;
+    b.subject = "monet";
+    CHECK(loco_trace_validate(e.p, &b, &err) == LOCO_EINVAL);
+    CHECK(strstr(err.msg, "subject tokens are not in the prompt") != NULL && strstr(err.msg, "monet") != NULL);
+    b = t;
+    b.prompt = "";
+    CHECK(loco_trace_validate(e.p, &b, &err) == LOCO_EINVAL);
+    CHECK(strstr(err.msg, "prompt is empty") != NULL);
+    const char *bad_site[1] = {"down_blocks.7.resnets.0"};
+    b = t;
+    b.components = bad_site;
+    b.n_components = 1;
+    CHECK(loco_trace_validate(e.p, &b, &err) == LOCO_ENOTFOUND);
+    CHECK(strstr(err.msg, "unknown UNet site 'down_blocks.7.resnets.0'") != NULL);
+    const char *kv_site[1] = {"down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k"};
+    b.components = kv_site;
+    CHECK(loco_trace_validate(e.p, &b, &err) == LOCO_EINVAL);
+    const int pos[1] = {77};
+    b = t;
+    b.positions = pos;
+    b.n_positions = 1;
+    CHECK(loco_trace_validate(e.p, &b, &err) == LOCO_EINVAL);
+    CHECK(strstr(err.msg, "outside") != NULL);
+    b = t;
+    b.max_batch = 2;
+    CHECK(loco_trace_validate(e.p, &b, &err) == LOCO_EINVAL);
+    loco_trace_scope s;
+    CHECK(loco_trace_scope_from_name("text", &s) == 0 && s == LOCO_TRACE_TEXT);
+    CHECK(strcmp(loco_trace_scope_name(LOCO_TRACE_UNET), "unet") == 0 && loco_trace_scope_from_name("x", &s) == -1);
+
+    /* a small valid run: two named components, scope unet, small batches */
+    const char *two[2] = {"mid_block.resnets.1", "up_blocks.1.attentions.0.transformer_blocks.0.attn1"};
+    b = t;
+    b.scope = LOCO_TRACE_UNET;
+    b.components = two;
+    b.n_components = 2;
+    b.max_batch = 3;
+    b.keep_images = 1;
+    loco_trace_result r;
+    CHECK_MSG(loco_trace_run(e.p, e.sc, &b, &r, &err) == LOCO_OK, "%s", err.msg);
+    CHECK(r.n_unet == 2 && r.n_layers == 0 && strcmp(r.unet[1].site, two[1]) == 0);
+    CHECK(r.unet[0].image.width == 64 && r.clean_image.width == 64);
+    CHECK(fabs(r.unet[0].indirect_effect - (r.unet[0].score.cosine - r.corrupted.cosine)) < 1e-12);
+    loco_image h;
+    CHECK(loco_trace_heatmap(&r, LOCO_TRACE_MOD_MLP, 8, &h, &err) == LOCO_EINVAL);
+    loco_trace_result_free(&r);
+    mt_close(&e);
+}
