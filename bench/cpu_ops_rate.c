@@ -75,6 +75,7 @@ static double linear_rate(loco_backend *be, clockid_t clk, int reps) {
 }
 
 int main(int argc, char **argv) {
+    loco_backend_prepare_process(argc, argv);
     loco_backend_opts o;
     loco_backend_opts_init(&o);
     o.device = LOCO_DEVICE_CPU;

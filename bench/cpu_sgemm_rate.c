@@ -3,6 +3,8 @@
  * Prints GFLOP/s for a few large shapes, including the shapes a UNet actually issues. Not a
  * test: it asserts nothing and its numbers depend on the machine. */
 #include <cblas.h>
+
+#include "backend.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
@@ -35,7 +37,8 @@ static double rate(int M, int N, int K, int tb, int reps) {
     return 2.0 * M * N * K / best * 1e-9;
 }
 
-int main(void) {
+int main(int argc, char **argv) {
+    loco_backend_prepare_process(argc, argv);
     static const struct {
         int M, N, K, tb;
         const char *what;

@@ -1,18 +1,30 @@
 #!/usr/bin/env bash
-# bench/gpu-check.sh: the one command to run on a GPU machine.
+# bench/gpu-check.sh: the one command to run on a GPU machine (fits in 8 minutes on an H100).
 #
-#   1. builds the library, the CUDA parity tests and the op benchmark;
+#   1. builds the library, the CUDA parity tests and the benchmarks (make), or, on a machine
+#      without the build's C libraries (a lent GPU machine), unpacks the kit that
+#      bench/gpu/prepare.sh made from this same source tree (.gpu/, see bench/gpu/README.md);
 #   2. stops here, with exit 0, on a machine without a usable GPU (build machines, CI);
-#   3. runs every CUDA op against the CPU backend (tests/unit/test_cuda_ops.c): all must pass,
-#      none may be skipped;
-#   4. times loco's ops on SD-sized shapes (bench/gpu/ops.txt) next to PyTorch on the same GPU
-#      (bench/gpu/torch_ops.py, when torch with CUDA is importable) and prints both;
-#   5. (TODO) times whole models against diffusers.
+#   3. parity: every CUDA op (tests/unit/test_cuda_ops.c) and every pipeline stage
+#      (tests/unit/test_cuda_pipeline.c: text encoder, UNet call with its CUDA graph, VAE decode,
+#      whole tiny pipelines, out-of-memory handling) against the CPU backend: all must pass,
+#      none may be skipped. A failure is reported and the timings still run (one GPU run should
+#      tell as much as it can); the exit code is then 1;
+#   4. times loco's ops on SD-sized shapes next to PyTorch (bench/gpu/ops.txt);
+#   5. times full-size random-weight SD 1.5 (512^2, 50 steps) and SD-XL (1024^2, 50 steps) at
+#      batch 1 and 8: loco (bench/gpu/pipeline_bench.c) and diffusers (bench/gpu/diffusers_bench.py,
+#      fp16, SDPA; installed from .whl/ when the machine lacks it) on the same GPU in the same run,
+#      with the card's fp16 matrix rate measured by torch.matmul, and prints seconds per image,
+#      loco/diffusers and the fraction of that rate (bench/gpu/report.py). Large configurations
+#      time only some of the 50 steps and extrapolate from the median UNet call; the table says
+#      which (T/N).
 #
 # Logs and tables go to $GPU_CHECK_DIR (default: $OUT when set, else build/gpu-check).
 # Usage: bench/gpu-check.sh [--quick]   (--quick: parity only, no timings)
+# Environment: GPU_CHECK_BUDGET_S (default 470): the phases after parity are skipped, with a
+#   message, when less time than they need is left; PYTHON (default python3).
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 
 QUICK=0
 [ "${1:-}" = "--quick" ] && QUICK=1
@@ -20,76 +32,196 @@ DIR="${GPU_CHECK_DIR:-${OUT:-build/gpu-check}}"
 mkdir -p "$DIR"
 JOBS="$(nproc 2>/dev/null || echo 2)"
 PY="${PYTHON:-python3}"
+BUDGET="${GPU_CHECK_BUDGET_S:-470}"
+START=$(date +%s)
+FAILED=0
 
-say() { printf 'gpu-check: %s\n' "$*"; }
+elapsed() { echo $(($(date +%s) - START)); }
+left() { echo $((BUDGET - $(elapsed))); }
+say() { printf 'gpu-check [%3ds]: %s\n' "$(elapsed)" "$*"; }
 
-# ---- 1. build ---------------------------------------------------------------------------------
-say "building (make -j$JOBS)"
-if ! make -j"$JOBS" build/libloco.a build/tests/test_cuda_ops build/bench/gpu/op_bench >"$DIR/build.log" 2>&1; then
-    tail -40 "$DIR/build.log"
-    say "FAILED: build (full log: $DIR/build.log)"
-    exit 1
+# ---- 1. build (or the prepared kit) ---------------------------------------------------------
+BIN_TESTS=build/tests
+BIN_BENCH=build/bench/gpu
+TARGETS="build/libloco.a build/tests/test_cuda_ops build/tests/test_cuda_pipeline build/bench/gpu/op_bench \
+build/bench/gpu/pipeline_bench"
+kit_used=0
+use_kit() { # unpack .gpu/kit.tar.xz, refusing one built from other sources
+    local want have
+    want="$(cat .gpu/SOURCE_HASH 2>/dev/null)"
+    have="$(bench/gpu/prepare.sh --hash)"
+    if [ "$want" != "$have" ]; then
+        say "FAILED: .gpu/ was prepared from other sources than these ($want != $have): rerun bench/gpu/prepare.sh"
+        exit 1
+    fi
+    KIT=/tmp/loco-gpu-kit
+    if ! (rm -rf "$KIT" && mkdir -p "$KIT" && tar -xJf .gpu/kit.tar.xz -C "$KIT"); then
+        say "FAILED: unpacking .gpu/kit.tar.xz"
+        exit 1
+    fi
+    BIN_TESTS="$KIT/bin"
+    BIN_BENCH="$KIT/bin"
+    local cuda_lib=""
+    command -v nvcc >/dev/null 2>&1 && cuda_lib="$(dirname "$(dirname "$(command -v nvcc)")")/lib64"
+    LOCO_KIT_LD="$KIT/lib${cuda_lib:+:$cuda_lib}:/usr/local/cuda/lib64"
+    kit_used=1
+    say "using the prebuilt kit .gpu/ (sources match; built $(cat .gpu/BUILT 2>/dev/null))"
+}
+if [ -f .gpu/kit.tar.xz ] && ! pkg-config --exists jansson libmicrohttpd libuv sqlite3 spng libutf8proc 2>/dev/null; then
+    # a lent GPU machine: no C libraries to build against; use the binaries built from this tree
+    use_kit
+else
+    say "building (make -j$JOBS)"
+    # shellcheck disable=SC2086
+    if ! make -j"$JOBS" $TARGETS >"$DIR/build.log" 2>&1; then
+        tail -20 "$DIR/build.log"
+        if [ -f .gpu/kit.tar.xz ]; then
+            say "the build failed (log: $DIR/build.log); trying the prepared kit"
+            use_kit
+        else
+            say "FAILED: build (full log: $DIR/build.log; on a machine without the C libraries, prepare .gpu/"
+            say "        with bench/gpu/prepare.sh where they are and carry it: bench/gpu/README.md)"
+            exit 1
+        fi
+    fi
 fi
+# the Python halves must at least compile wherever the C half does
+if command -v "$PY" >/dev/null 2>&1; then
+    for f in bench/gpu/diffusers_bench.py bench/gpu/report.py bench/gpu/torch_ops.py; do
+        "$PY" -c "import ast, sys; ast.parse(open(sys.argv[1]).read(), sys.argv[1])" "$f" ||
+            { say "FAILED: $f does not parse"; exit 1; }
+    done
+fi
+# binaries of the kit find their libraries through this prefix; Python never gets the path (it
+# would load the kit's libz/libssl instead of its own)
+RUN=(env)
+[ $kit_used -eq 1 ] && RUN=(env "LD_LIBRARY_PATH=$LOCO_KIT_LD${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}")
+export LOCO_DATA_DIR="${LOCO_DATA_DIR:-$PWD/config}"
 
 # ---- 2. is there a GPU? --------------------------------------------------------------------------
 # Asking the backend itself is the test that matters (driver, device, this build's kernels).
-probe="$(build/tests/test_cuda_ops cuda_bad_ordinal_is_invalid 2>&1 >/dev/null)"
+probe="$("${RUN[@]}" "$BIN_TESTS/test_cuda_ops" cuda_bad_ordinal_is_invalid 2>&1 >/dev/null)"
 rc=$?
 if [ $rc -eq 77 ]; then
     say "no GPU: ${probe##*SKIP: }"
     say "built only; nothing to check on this machine"
     exit 0
 fi
+if [ $rc -ne 0 ]; then
+    echo "$probe" | tail -5
+    say "FAILED: the CUDA backend probe exited with $rc"
+    exit 1
+fi
 if command -v nvidia-smi >/dev/null 2>&1; then
     nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader | sed 's/^/gpu-check: gpu: /'
 fi
 
 # ---- 3. parity ------------------------------------------------------------------------------------
-say "parity: every CUDA op against the CPU backend"
-build/tests/test_cuda_ops >"$DIR/parity.log" 2>&1
-prc=$?
-summary="$(grep -E '^[0-9]+ passed' "$DIR/parity.log" | tail -1)"
-grep -E '^(FAIL|skip) ' "$DIR/parity.log" | sed 's/^/gpu-check:   /'
-if [ $prc -ne 0 ] || ! grep -qE ' 0 failed, 0 skipped$' <<<"$summary"; then
-    grep -vE '^(ok|FAIL|skip) ' "$DIR/parity.log" | head -60
-    say "FAILED: parity ($summary; full log: $DIR/parity.log)"
-    exit 1
-fi
-say "parity: $summary"
-[ $QUICK -eq 1 ] && exit 0
+parity() { # name binary
+    say "parity: $1"
+    "${RUN[@]}" "$2" >"$DIR/$1.log" 2>&1
+    local prc=$? summary
+    summary="$(grep -E '^[0-9]+ passed' "$DIR/$1.log" | tail -1)"
+    grep -E '^(FAIL|skip) ' "$DIR/$1.log" | sed 's/^/gpu-check:   /'
+    # the numbers the tests print (errors against the CPU, graph counts)
+    grep -E 'rel err|graphs|huge request' "$DIR/$1.log" | sed 's/^/gpu-check:     /' | head -40
+    if [ $prc -ne 0 ] || ! grep -qE ' 0 failed, 0 skipped$' <<<"$summary"; then
+        grep -vE '^(ok|FAIL|skip) ' "$DIR/$1.log" | grep -vE 'rel err|graphs' | head -40
+        say "FAILED: $1 (${summary:-crashed, exit $prc}; full log: $DIR/$1.log)"
+        FAILED=1
+    else
+        say "parity: $1: $summary"
+    fi
+}
+parity cuda_ops "$BIN_TESTS/test_cuda_ops"
+parity cuda_pipeline "$BIN_TESTS/test_cuda_pipeline"
+[ $QUICK -eq 1 ] && exit $FAILED
 
 # ---- 4. op timings: loco vs PyTorch on the same GPU ------------------------------------------------
-say "timing ops of bench/gpu/ops.txt (loco: median of 5 batches of 10 calls)"
-build/bench/gpu/op_bench bench/gpu/ops.txt 10 >"$DIR/ops_loco.txt" 2>"$DIR/ops_loco.err" || {
-    cat "$DIR/ops_loco.err"
-    say "op_bench reported failures (see $DIR/ops_loco.err)"
-}
 have_torch=0
-if "$PY" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' >/dev/null 2>&1; then
-    have_torch=1
-    "$PY" bench/gpu/torch_ops.py bench/gpu/ops.txt 10 >"$DIR/ops_torch.txt" 2>"$DIR/ops_torch.err" || {
-        tail -20 "$DIR/ops_torch.err"
-        say "torch_ops.py failed (see $DIR/ops_torch.err)"
-    }
+"$PY" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' >/dev/null 2>&1 && have_torch=1
+if [ "$(left)" -lt 300 ]; then
+    say "skipping the op table: $(left) s of the budget left, the model timings come first"
 else
-    say "PyTorch with CUDA is not importable by $PY: loco's times only"
-    : >"$DIR/ops_torch.txt"
+    say "timing ops of bench/gpu/ops.txt (loco: median of 5 batches of 10 calls)"
+    timeout 90 "${RUN[@]}" "$BIN_BENCH/op_bench" bench/gpu/ops.txt 10 >"$DIR/ops_loco.txt" 2>"$DIR/ops_loco.err" || {
+        tail -5 "$DIR/ops_loco.err"
+        say "op_bench reported failures (see $DIR/ops_loco.err)"
+    }
+    if [ $have_torch -eq 1 ]; then
+        timeout 90 "$PY" bench/gpu/torch_ops.py bench/gpu/ops.txt 10 >"$DIR/ops_torch.txt" 2>"$DIR/ops_torch.err" || {
+            tail -5 "$DIR/ops_torch.err"
+            say "torch_ops.py failed (see $DIR/ops_torch.err)"
+        }
+    else
+        say "PyTorch with CUDA is not importable by $PY: loco's times only"
+        : >"$DIR/ops_torch.txt"
+    fi
+    # join on the op name; "x" is torch time / loco time (> 1: loco is faster)
+    awk 'FILENAME == ARGV[1] { torch[$1] = $2; next }
+         FNR == 1 { printf "%-30s %10s %12s %10s %8s\n", "op", "loco ms", "rate", "torch ms", "x" }
+         { base = $1; sub(/@.*/, "", base); t = (base in torch) ? torch[base] : "";
+           printf "%-30s %10.4f %7.1f %-5s %10s %8s\n", $1, $2, $3, $4, t, t == "" ? "" : sprintf("%.2f", t / $2) }' \
+        "$DIR/ops_torch.txt" "$DIR/ops_loco.txt" | tee "$DIR/ops_table.txt"
 fi
-# join on the op name; "x" is torch time / loco time (> 1: loco is faster)
-awk 'FILENAME == ARGV[1] { torch[$1] = $2; next }
-     FNR == 1 { printf "%-30s %10s %12s %10s %8s\n", "op", "loco ms", "rate", "torch ms", "x" }
-     { base = $1; sub(/@.*/, "", base); t = (base in torch) ? torch[base] : "";
-       printf "%-30s %10.4f %7.1f %-5s %10s %8s\n", $1, $2, $3, $4, t, t == "" ? "" : sprintf("%.2f", t / $2) }' \
-    "$DIR/ops_torch.txt" "$DIR/ops_loco.txt" | tee "$DIR/ops_table.txt"
-[ $have_torch -eq 1 ] && head -1 "$DIR/ops_torch.err" | sed 's/^/gpu-check: baseline: /'
 
-# ---- 5. TODO: whole models against diffusers ---------------------------------------------------------
-# TODO(model timings): once the engine's SD 1.5 / SD-XL pipelines run on the CUDA backend:
-#   - build/loco generate with random-weight full-size configs (SD 1.5 512^2, 50 steps, CFG;
-#     SD-XL 1024^2, 30 steps), seconds per image, median of 3 after one warm-up;
-#   - the same configs in diffusers (fp16, SDPA) on this GPU, in the same run;
-#   - UNet-call time alone (the floor of perf-anchors.md: 0.8 TFLOP per SD 1.5 call);
-#   - peak GPU memory of both.
-# The goal the backend is measured against: twice as fast as diffusers per image.
-say "TODO: model timings against diffusers (engine pipelines on CUDA not ready yet)"
-say "done; logs in $DIR"
+# ---- 5. whole models: loco vs diffusers on the same GPU ----------------------------------------------
+RESULTS="$DIR/models.txt"
+: >"$RESULTS"
+have_diffusers=0
+if [ $have_torch -eq 1 ]; then
+    if ls .whl/*.whl >/dev/null 2>&1 && ! "$PY" -c 'import diffusers' >/dev/null 2>&1; then
+        say "installing the carried wheels (.whl/) into /tmp/gpu-check-site"
+        "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/gpu-check-site \
+            .whl/*.whl >"$DIR/pip.log" 2>&1 || { tail -5 "$DIR/pip.log"; say "pip install from .whl/ failed"; }
+        export PYTHONPATH="/tmp/gpu-check-site${PYTHONPATH:+:$PYTHONPATH}"
+    fi
+    if "$PY" -c 'import diffusers' >"$DIR/diffusers_import.log" 2>&1; then
+        have_diffusers=1
+        "$PY" bench/gpu/diffusers_bench.py --matmul >>"$RESULTS" 2>"$DIR/matmul.err" || tail -3 "$DIR/matmul.err"
+    else
+        tail -2 "$DIR/diffusers_import.log"
+        say "diffusers is not importable: loco's times only (carry the wheel: bench/gpu/README.md)"
+    fi
+fi
+
+# family size batches timed-steps (per batch) minimum-seconds-needed
+# Budget on an H100 (estimates before any run): SD 1.5 about 40 s per side, SD-XL about 90 s per
+# side, most of it building random weights (loco fills 3.5 G values on the host for SD-XL).
+model() { # family size batches timed need
+    local fam=$1 size=$2 batches=$3 timed=$4 need=$5 t
+    t=$(left)
+    if [ "$t" -lt "$need" ]; then
+        say "skipping $fam ${size}px: $t s of the budget left, about $need s needed"
+        return
+    fi
+    say "$fam ${size}px batch $batches, 50 steps (timed steps $timed): loco"
+    timeout $((t - 10)) "${RUN[@]}" "$BIN_BENCH/pipeline_bench" --device cuda --family "$fam" --size "$size" \
+        --batch "$batches" --steps 50 --timed-steps "$timed" >>"$RESULTS" 2>"$DIR/loco_$fam.err"
+    local lrc=$?
+    grep -v '^$' "$DIR/loco_$fam.err" | sed 's/^/gpu-check:   /' | tail -4
+    [ $lrc -eq 124 ] && say "loco $fam ran out of the budget"
+    [ $have_diffusers -eq 1 ] || return
+    t=$(left)
+    if [ "$t" -lt 30 ]; then
+        say "skipping diffusers $fam: $t s left"
+        return
+    fi
+    say "$fam ${size}px batch $batches, 50 steps (timed steps $timed): diffusers"
+    timeout $((t - 5)) "$PY" bench/gpu/diffusers_bench.py --family "$fam" --size "$size" --batch "$batches" \
+        --steps 50 --timed-steps "$timed" >>"$RESULTS" 2>"$DIR/diffusers_$fam.err"
+    [ $? -eq 124 ] && say "diffusers $fam ran out of the budget"
+    grep -E '^diffusers_bench|Error' "$DIR/diffusers_$fam.err" | sed 's/^/gpu-check:   /' | tail -4
+}
+model sd1 512 1,8 50,10 60
+model sdxl 1024 1,8 10,4 150
+
+say "seconds per image (N=50 steps, guidance on; T/N: T steps timed, the rest extrapolated)"
+if command -v "$PY" >/dev/null 2>&1; then
+    "$PY" bench/gpu/report.py "$RESULTS" | tee "$DIR/report.txt"
+else
+    cat "$RESULTS"
+fi
+grep -q 'error=' "$RESULTS" && { say "some model timings failed (see $DIR/*.err)"; FAILED=1; }
+say "done in $(elapsed) s; logs in $DIR"
+exit $FAILED

@@ -8,10 +8,9 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "clip_text.h"
+#include "clip_score_impl.h"
 #include "clip_tokenizer.h"
-#include "clip_vision.h"
-#include "weights.h"
+#include "data_dir.h"
 
 /* Images per vision-tower call: bounds activation memory for large score batches. */
 #define SCORE_CHUNK 16
@@ -191,10 +190,17 @@ loco_status loco_clip_preprocess(const loco_clip_preprocess_config *c, const loc
         if ((st = loco_pil_resize(cur, rw, rh, c->resample, &rs, err))) goto done;
         cur = &rs;
     }
-    /* center crop as transformers' center_crop: floor offsets, zero padding around a smaller image */
     const int H = cur->height, W = cur->width;
     int ch = H, cw = W, top = 0, left = 0;
-    if (c->do_center_crop) {
+    if (c->do_center_crop && c->crop_round) {
+        /* torchvision CenterCrop: pad a smaller side (left = (crop - size) // 2), else
+         * offset = round((size - crop) / 2) with Python's half-to-even round */
+        ch = c->crop_height;
+        cw = c->crop_width;
+        top = ch > H ? -((ch - H) / 2) : (int)nearbyint((H - ch) / 2.0);
+        left = cw > W ? -((cw - W) / 2) : (int)nearbyint((W - cw) / 2.0);
+    } else if (c->do_center_crop) {
+        /* transformers' center_crop: floor offsets, zero padding around a smaller image */
         ch = c->crop_height;
         cw = c->crop_width;
         top = floordiv(H - ch, 2);
@@ -222,8 +228,9 @@ loco_status loco_clip_preprocess(const loco_clip_preprocess_config *c, const loc
                 const int sy = y + top, sx = x + left;
                 const uint8_t u = (sy >= 0 && sy < H && sx >= 0 && sx < W) ? cur->data[((size_t)sy * W + sx) * 3 + k] : 0;
                 float v = (float)u;
-                /* rescale: float64 multiply, then float32 (transformers' rescale) */
-                if (c->do_rescale) v = (float)((double)u * c->rescale_factor);
+                /* rescale: float64 multiply, then float32 (transformers' rescale); ToTensor divides in float32 */
+                if (c->do_rescale)
+                    v = c->rescale_by_division ? (float)u / 255.0f : (float)((double)u * c->rescale_factor);
                 if (c->do_normalize) v = (v - c->image_mean[k]) / c->image_std[k];
                 dst[((size_t)k * ch + y) * cw + x] = v;
             }
@@ -255,41 +262,84 @@ static json_t *load_json(const char *path, loco_status *st, loco_err *err) {
     return j;
 }
 
+static int exists(const char *path) {
+    struct stat sb;
+    return stat(path, &sb) == 0;
+}
+
+/* transformers' CLIPModel folder: configs, weights and preprocessing. */
+static loco_status load_hf(const char *dir, loco_clip_text_config *tc, loco_clip_vision_config *vc,
+                           loco_clip_preprocess_config *pc, loco_weights **w, loco_err *err) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    loco_status st = LOCO_OK;
+    json_t *cfg = load_json(path, &st, err), *pre = NULL;
+    if (!cfg) return st;
+    if (!json_is_object(json_object_get(cfg, "text_config")) || !json_is_object(json_object_get(cfg, "vision_config"))) {
+        st = loco_err_set(err, LOCO_EFORMAT, "%s: not a CLIPModel config (text_config and vision_config are required)",
+                          path);
+        goto done;
+    }
+    if ((st = loco_clip_text_config_from_json(cfg, path, tc, err)) ||
+        (st = loco_clip_vision_config_from_json(cfg, path, vc, err)))
+        goto done;
+    tc->with_projection = 1; /* CLIPModel always has text_projection */
+    /* CLIPModel sizes both projections with the top-level projection_dim; the sub-configs may
+     * carry their own class defaults (transformers writes 512 there), which the model ignores */
+    const json_t *pd = json_object_get(cfg, "projection_dim");
+    if (json_is_integer(pd) && json_integer_value(pd) > 0 && json_integer_value(pd) < (1 << 20))
+        tc->projection_dim = vc->projection_dim = (int)json_integer_value(pd);
+    loco_clip_preprocess_config_init(pc, vc->image_size);
+    snprintf(path, sizeof path, "%s/preprocessor_config.json", dir);
+    if (exists(path) &&
+        (!(pre = load_json(path, &st, err)) || (st = loco_clip_preprocess_config_from_json(pre, path, pc, err))))
+        goto done;
+    st = loco_weights_open_dir(dir, "model", NULL, w, err);
+done:
+    json_decref(cfg);
+    json_decref(pre);
+    return st;
+}
+
+static loco_status load_openclip(const char *dir, loco_clip_text_config *tc, loco_clip_vision_config *vc,
+                                 loco_clip_preprocess_config *pc, loco_weights **w, loco_err *err) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/open_clip_config.json", dir);
+    loco_status st = LOCO_OK;
+    json_t *cfg = load_json(path, &st, err);
+    if (!cfg) return st;
+    st = loco_openclip_configs(cfg, path, tc, vc, pc, err);
+    json_decref(cfg);
+    if (st) return st;
+    snprintf(path, sizeof path, "%s/open_clip_model.safetensors", dir);
+    if (!exists(path))
+        return loco_err_set(err, LOCO_ENOTFOUND,
+                            "%s: no open_clip_model.safetensors (pickled .bin/.pt checkpoints are not read; convert them "
+                            "to safetensors)",
+                            dir);
+    return loco_openclip_weights(path, tc->num_hidden_layers, w, err);
+}
+
 loco_status loco_clip_scorer_load(loco_backend *be, const char *dir, loco_clip_scorer **out, loco_err *err) {
     *out = NULL;
     if (!be || !dir) return loco_err_set(err, LOCO_EINVAL, "clip scorer: backend and folder are required");
     char path[4096];
-    if (snprintf(path, sizeof path, "%s/config.json", dir) >= (int)sizeof path)
+    if (snprintf(path, sizeof path, "%s/open_clip_config.json", dir) >= (int)sizeof path - 32)
         return loco_err_set(err, LOCO_EINVAL, "clip scorer: folder path too long");
+    const int openclip = exists(path);
     loco_status st = LOCO_OK;
-    json_t *cfg = load_json(path, &st, err);
-    if (!cfg) return loco_err_prefix(err, "clip scorer");
     loco_clip_scorer *s = calloc(1, sizeof *s);
     loco_weights *w = NULL;
-    json_t *pre = NULL;
     if (!s || !(s->path = strdup(dir))) {
         st = loco_err_set(err, LOCO_ENOMEM, "clip scorer: out of memory");
         goto fail;
     }
     s->be = be;
-    if (!json_is_object(json_object_get(cfg, "text_config")) || !json_is_object(json_object_get(cfg, "vision_config"))) {
-        st = loco_err_set(err, LOCO_EFORMAT, "%s: not a CLIPModel config (text_config and vision_config are required)",
-                          path);
-        goto fail;
-    }
     loco_clip_text_config tc;
     loco_clip_vision_config vc;
-    if ((st = loco_clip_text_config_from_json(cfg, path, &tc, err)) ||
-        (st = loco_clip_vision_config_from_json(cfg, path, &vc, err)))
+    if ((st = openclip ? load_openclip(dir, &tc, &vc, &s->pre, &w, err) : load_hf(dir, &tc, &vc, &s->pre, &w, err)))
         goto fail;
-    tc.with_projection = 1; /* CLIPModel always has text_projection */
-    /* CLIPModel sizes both projections with the top-level projection_dim; the sub-configs may
-     * carry their own class defaults (transformers writes 512 there), which the model ignores */
-    const json_t *pd = json_object_get(cfg, "projection_dim");
-    if (json_is_integer(pd) && json_integer_value(pd) > 0 && json_integer_value(pd) < (1 << 20))
-        tc.projection_dim = vc.projection_dim = (int)json_integer_value(pd);
-    if ((st = loco_weights_open_dir(dir, "model", NULL, &w, err)) ||
-        (st = loco_clip_text_create(be, &tc, w, &s->text, err)) ||
+    if ((st = loco_clip_text_create(be, &tc, w, &s->text, err)) ||
         (st = loco_clip_vision_create(be, &vc, w, 1, &s->vision, err)))
         goto fail;
     s->dim = loco_clip_text_get_config(s->text)->projection_dim;
@@ -298,16 +348,19 @@ loco_status loco_clip_scorer_load(loco_backend *be, const char *dir, loco_clip_s
                           s->dim, loco_clip_vision_get_config(s->vision)->projection_dim);
         goto fail;
     }
-    if ((st = loco_clip_tokenizer_load(dir, &s->tok, err))) {
+    /* the tokenizer: the folder's own, else (open_clip folders often have none) the bundled CLIP one */
+    snprintf(path, sizeof path, "%s/vocab.json", dir);
+    if (exists(path)) {
+        st = loco_clip_tokenizer_load(dir, &s->tok, err);
+    } else if (openclip) {
+        char tdir[4096];
+        if (!(st = loco_data_path("tokenizers/clip", tdir, sizeof tdir, err))) st = loco_clip_tokenizer_load(tdir, &s->tok, err);
+    } else {
+        st = loco_err_set(err, LOCO_ENOTFOUND, "%s: no vocab.json / merges.txt for the tokenizer", dir);
+    }
+    if (st) {
         loco_err_prefix(err, "clip scorer tokenizer");
         goto fail;
-    }
-    loco_clip_preprocess_config_init(&s->pre, vc.image_size);
-    snprintf(path, sizeof path, "%s/preprocessor_config.json", dir);
-    struct stat sb;
-    if (stat(path, &sb) == 0) {
-        if (!(pre = load_json(path, &st, err)) || (st = loco_clip_preprocess_config_from_json(pre, path, &s->pre, err)))
-            goto fail;
     }
     if (s->pre.crop_height != vc.image_size || s->pre.crop_width != vc.image_size ||
         (!s->pre.do_center_crop && (!s->pre.do_resize || s->pre.shortest_edge != vc.image_size))) {
@@ -315,14 +368,10 @@ loco_status loco_clip_scorer_load(loco_backend *be, const char *dir, loco_clip_s
                           vc.image_size, vc.image_size);
         goto fail;
     }
-    json_decref(cfg);
-    json_decref(pre);
     loco_weights_free(w);
     *out = s;
     return LOCO_OK;
 fail:
-    json_decref(cfg);
-    json_decref(pre);
     loco_weights_free(w);
     loco_clip_scorer_free(s);
     return st;

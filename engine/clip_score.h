@@ -2,7 +2,11 @@
  * with transformers' CLIPModel + CLIPImageProcessor.
  *
  * A scorer is loaded from a CLIPModel folder as transformers saves it (save_pretrained of the
- * model and its processor, e.g. openai/clip-vit-large-patch14):
+ * model and its processor, e.g. openai/clip-vit-large-patch14), or from an open_clip folder
+ * (open_clip_config.json + open_clip_model.safetensors, as the laion/ repositories ship them;
+ * the tokenizer from the folder's vocab.json/merges.txt, else loco's bundled CLIP vocabulary; the
+ * eval transform of open_clip: same PIL bicubic resize, rounded crop offsets, ToTensor, Normalize).
+ * The transformers layout:
  *   config.json             CLIPConfig with text_config and vision_config (+ projection_dim)
  *   model.safetensors       text_model.*, vision_model.*, text_projection, visual_projection
  *   vocab.json, merges.txt, tokenizer_config.json, special_tokens_map.json   the BPE tokenizer
@@ -37,6 +41,11 @@ typedef struct loco_clip_preprocess_config {
     double rescale_factor; /* 1/255 */
     int do_normalize;
     float image_mean[3], image_std[3]; /* OpenAI CLIP's */
+    /* open_clip's torchvision transform instead of transformers': center-crop offsets rounded
+     * (half to even) instead of floored, and ToTensor's u8 / 255 in float32 instead of
+     * float32(u8 * rescale_factor in float64). 0 for CLIPImageProcessor. */
+    int crop_round;
+    int rescale_by_division;
 } loco_clip_preprocess_config;
 
 /* CLIPImageProcessor's defaults with size and crop = image_size. */

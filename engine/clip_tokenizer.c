@@ -22,8 +22,14 @@
 typedef struct tok_spec {
     char *content; /* NULL: none */
     int is_obj;    /* an AddedToken (flags below) rather than a plain string */
-    int single_word, lstrip, rstrip, normalized, special;
+    int single_word, lstrip, rstrip, special;
+    int normalized; /* -1: not given, which means !special at the time the token is used */
 } tok_spec;
+
+/* tokenizers' AddedToken resolves an unset "normalized" from "special" only when the token is
+ * read, so a token later marked special (transformers does that to named tokens) becomes
+ * non-normalized. */
+static int spec_normalized(const tok_spec *s) { return s->normalized >= 0 ? s->normalized : !s->special; }
 
 typedef struct pattern {
     int32_t *cp;
@@ -79,7 +85,7 @@ static int spec_equal(const tok_spec *a, const tok_spec *b) {
     if (a->is_obj != b->is_obj || strcmp(a->content, b->content) != 0) return 0;
     if (!a->is_obj) return 1;
     return a->single_word == b->single_word && a->lstrip == b->lstrip && a->rstrip == b->rstrip &&
-           a->normalized == b->normalized && a->special == b->special;
+           spec_normalized(a) == spec_normalized(b) && a->special == b->special;
 }
 
 static loco_status json_open(const char *path, int required, json_t **out, loco_err *err) {
@@ -116,8 +122,7 @@ static loco_status get_flag(json_t *obj, const char *name, int dflt, int *out, c
 
 /* A token value: a string, or an AddedToken object {"content": ..., flags}. force_special is
  * how transformers reads legacy special_tokens_map.json entries (AddedToken(**v, special=True));
- * otherwise "special" comes from the object (default false). An unset "normalized" defaults to
- * !special, as tokenizers' AddedToken does. */
+ * otherwise "special" comes from the object (default false). */
 static loco_status parse_spec(json_t *v, int force_special, tok_spec *out, const char *file, const char *what,
                               loco_err *err) {
     memset(out, 0, sizeof *out);
@@ -138,7 +143,7 @@ static loco_status parse_spec(json_t *v, int force_special, tok_spec *out, const
             (st = get_flag(v, "special", 0, &out->special, file, what, err)))
             return st;
         if (force_special) out->special = 1;
-        if ((st = get_flag(v, "normalized", !out->special, &out->normalized, file, what, err))) return st;
+        if ((st = get_flag(v, "normalized", -1, &out->normalized, file, what, err))) return st;
     } else {
         return loco_err_set(err, LOCO_EFORMAT, "%s: %s must be a string or an added-token object", file, what);
     }
@@ -193,17 +198,13 @@ static int32_t token_id(const loco_clip_tokenizer *t, const char *content) {
  * else the next free id) and takes the new flags. */
 static loco_status add_token(loco_clip_tokenizer *t, const tok_spec *s, loco_err *err) {
     if (!s->content[0]) return LOCO_OK;
-    for (size_t i = 0; i < t->n_added; i++) {
-        added_token *a = &t->added[i];
-        if (strcmp(a->content, s->content) == 0 && a->single_word == s->single_word && a->lstrip == s->lstrip &&
-            a->rstrip == s->rstrip && a->normalized == s->normalized && a->special == s->special)
-            return LOCO_OK;
-    }
+    int normalized = spec_normalized(s);
     for (size_t i = 0; i < t->n_added; i++) {
         added_token *a = &t->added[i];
         if (strcmp(a->content, s->content) == 0) {
+            /* identical: skipped; same text, other flags: the new flags win */
             a->single_word = s->single_word, a->lstrip = s->lstrip, a->rstrip = s->rstrip;
-            a->normalized = s->normalized, a->special = s->special;
+            a->normalized = normalized, a->special = s->special;
             return LOCO_OK;
         }
     }
@@ -219,7 +220,7 @@ static loco_status add_token(loco_clip_tokenizer *t, const tok_spec *s, loco_err
     t->added = v;
     char *c = strdup(s->content);
     if (!c) return loco_err_set(err, LOCO_ENOMEM, "clip_tokenizer.c: out of memory");
-    t->added[t->n_added++] = (added_token){c, id, s->single_word, s->lstrip, s->rstrip, s->normalized, s->special};
+    t->added[t->n_added++] = (added_token){c, id, s->single_word, s->lstrip, s->rstrip, normalized, s->special};
     return LOCO_OK;
 }
 
@@ -349,7 +350,7 @@ static loco_status resolve_added_tokens(loco_clip_tokenizer *t, json_t *tc, json
     for (size_t i = 0; i < order.n; i++) {
         tok_spec *s = &order.v[i];
         if (!s->is_obj) {
-            s->is_obj = 1, s->special = 1, s->normalized = 0, s->single_word = s->lstrip = s->rstrip = 0;
+            s->is_obj = 1, s->special = 1, s->normalized = -1, s->single_word = s->lstrip = s->rstrip = 0;
         } else if (!s->special) {
             for (int k = 0; k < N_NAMED; k++)
                 if (named[k].content && strcmp(named[k].content, s->content) == 0) s->special = 1;
@@ -570,6 +571,7 @@ void loco_clip_tokenizer_free(loco_clip_tokenizer *t) {
 }
 
 loco_status loco_clip_tokenizer_load(const char *dir, loco_clip_tokenizer **out, loco_err *err) {
+    if (!out) return loco_err_set(err, LOCO_EINVAL, "clip_tokenizer.c: no output pointer given");
     *out = NULL;
     if (!dir) return loco_err_set(err, LOCO_EINVAL, "clip_tokenizer.c: no tokenizer folder given");
     size_t dl = strlen(dir);

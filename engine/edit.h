@@ -172,10 +172,11 @@ loco_status loco_edit_embed_rows(const loco_pipeline *p, const char *const *prom
 
 /* One matrix: W' from the resident tensor `w` ([d_out, d_in]) for keys [n, d_in] and either values
  * [n, d_out] or, when targets_are_inputs, target inputs [n, d_in] whose values are W x (LocoEdit).
- * Solved in float64; w_new receives d_out * d_in floats (W' rounded once, as it is stored). */
+ * Solved in float64; w_new receives d_out * d_in floats (W' rounded once, as it is stored). work:
+ * NULL, or d_out * d_in doubles reused across calls (saves first-touch page faults per matrix). */
 loco_status loco_edit_solve_tensor(const loco_tensor *w, const double *keys, const double *values, int n,
                                    int targets_are_inputs, double lambda, loco_solve_form form, const char *what,
-                                   float *w_new, loco_ridge_info *info, loco_err *err);
+                                   float *w_new, double *work, loco_ridge_info *info, loco_err *err);
 
 /* The report entry of one edited matrix. */
 json_t *loco_edit_matrix_json(const char *component, const char *name, int cross_index, int64_t rows, int64_t cols,

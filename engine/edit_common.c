@@ -233,36 +233,47 @@ loco_status loco_edit_embed_rows(const loco_pipeline *p, const char *const *prom
 
 loco_status loco_edit_solve_tensor(const loco_tensor *w, const double *keys, const double *values, int n,
                                    int targets_are_inputs, double lambda, loco_solve_form form, const char *what,
-                                   float *w_new, loco_ridge_info *info, loco_err *err) {
+                                   float *w_new, double *work, loco_ridge_info *info, loco_err *err) {
     if (!w || w->ndim != 2) return loco_err_set(err, LOCO_EINVAL, "%s: the weight must be a matrix", what ? what : "edit");
     const int d_out = (int)w->shape[0], d_in = (int)w->shape[1];
     const size_t nw = (size_t)d_out * d_in;
     /* W comes over as float32 into w_new (the output buffer doubles as the download buffer) and is
-     * solved in place in float64: few passes over the big matrix, since they dominate the time */
-    double *wd = malloc(nw * sizeof *wd);
-    double *vals = targets_are_inputs ? malloc((size_t)(n > 0 ? n : 1) * d_out * sizeof *vals) : NULL;
+     * solved in place in float64. Passes over the big matrix (and first touches of fresh memory)
+     * are what the time goes to, so: one conversion pass that also takes the norm, LocoEdit's
+     * values from the same GEMM as the keys' outputs, an in-place update, one pass back. */
+    /* a float32 tensor of the CPU backend is host memory already: read it in place (no copy of the
+     * biggest array there is); elsewhere download into w_new, which the result overwrites */
     loco_status st = LOCO_OK;
-    if (!wd || (targets_are_inputs && !vals)) {
-        st = loco_err_set(err, LOCO_ENOMEM, "%s: out of memory", what ? what : "edit");
-        goto done;
-    }
-    if ((st = loco_tensor_download_f32(w, w_new, err))) goto done;
-    for (size_t i = 0; i < nw; i++) wd[i] = w_new[i];
-    if (targets_are_inputs && n > 0) loco_edit_project_rows(wd, d_out, d_in, values, n, vals);
+    const float *src = w_new;
+    if (w->be && loco_backend_device(w->be) == LOCO_DEVICE_CPU && w->dtype == LOCO_F32 && w->data)
+        src = w->data;
+    else if ((st = loco_tensor_download_f32(w, w_new, err)))
+        return st;
     loco_ridge_problem pr = {.d_out = d_out,
                              .d_in = d_in,
                              .n = n,
-                             .w = wd,
                              .keys = keys,
-                             .values = targets_are_inputs ? vals : values,
+                             .values = targets_are_inputs ? NULL : values,
+                             .targets = targets_are_inputs ? values : NULL,
                              .lambda = lambda,
                              .form = form,
                              .what = what};
+    /* few pairs (LocoEdit): straight from float32, no float64 copy of W at all */
+    if (loco_solve_form_pick(form, n, d_in) == LOCO_SOLVE_PUSH_THROUGH && n <= LOCO_SOLVE_F32_MAX_PAIRS)
+        return loco_ridge_solve_f32(&pr, src, w_new, info, err);
+    double *wd = work ? work : malloc(nw * sizeof *wd);
+    if (!wd) return loco_err_set(err, LOCO_ENOMEM, "%s: out of memory", what ? what : "edit");
+    double ss = 0;
+    for (size_t i = 0; i < nw; i++) {
+        wd[i] = src[i];
+        ss += wd[i] * wd[i];
+    }
+    pr.w = wd;
+    pr.w_sumsq = ss;
     if ((st = loco_ridge_solve(&pr, wd, info, err))) goto done;
     for (size_t i = 0; i < nw; i++) w_new[i] = (float)wd[i];
 done:
-    free(wd);
-    free(vals);
+    if (wd != work) free(wd);
     return st;
 }
 

@@ -110,15 +110,23 @@ static loco_status apply_ablation(loco_pipeline_variant *v, const loco_safetenso
                             loco_safetensors_path(f), ch->name, vname);
     const int n = (int)ch->shape[0];
     float *vals = malloc((size_t)(n ? n : 1) * sizeof *vals);
-    if (!vals) return loco_err_set(err, LOCO_ENOMEM, "delta: out of memory");
+    int32_t *chan = malloc((size_t)(n ? n : 1) * sizeof *chan); /* aligned copy: files need not align data */
+    if (!vals || !chan) {
+        free(vals);
+        free(chan);
+        return loco_err_set(err, LOCO_ENOMEM, "delta: out of memory");
+    }
+    memcpy(chan, ch->data, (size_t)n * sizeof *chan);
     loco_status st = loco_convert_to_f32(vals, vt->data, vt->dtype, (size_t)n);
     if (st) {
         free(vals);
+        free(chan);
         return loco_err_set(err, LOCO_EFORMAT, "%s: '%s' is not a float tensor", loco_safetensors_path(f), vname);
     }
-    loco_neuron_ablation a = {.cross_index = layer, .kind = kind, .n = n, .channels = ch->data, .values = vals};
+    loco_neuron_ablation a = {.cross_index = layer, .kind = kind, .n = n, .channels = chan, .values = vals};
     st = loco_pipeline_variant_add_ablation(v, &a, err);
     free(vals);
+    free(chan);
     return st;
 }
 

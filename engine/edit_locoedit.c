@@ -60,7 +60,8 @@ static loco_status build_prompts(const loco_locoedit_opts *o, char ***out, int *
 /* One solved matrix, written back once all are solved. */
 typedef struct solved {
     char name[320];
-    float *w;
+    loco_tensor t; /* the new tensor, adopted by the variant once every matrix is solved */
+    float *rec;    /* its float32 record when the tensor is not float32 host memory */
     loco_ridge_info info;
 } solved;
 
@@ -120,6 +121,8 @@ loco_status loco_edit_locoedit(loco_pipeline_variant *v, const loco_locoedit_opt
     double *targets = malloc((size_t)n * D * sizeof *targets);
     solved *sol = calloc((size_t)2 * m, sizeof *sol);
     int n_sol = 0;
+    double *work = NULL; /* the float64 copy of each matrix, reused */
+    size_t work_n = 0;
     json_t *rep = NULL, *mats = NULL;
     if (!all || !pos || !first || !rows || !targets || !sol) {
         st = loco_err_set(err, LOCO_ENOMEM, "locoedit: out of memory");
@@ -165,21 +168,38 @@ loco_status loco_edit_locoedit(loco_pipeline_variant *v, const loco_locoedit_opt
                 st = loco_err_set(err, LOCO_EINVAL, "locoedit: '%s' does not take %d-d text embeddings", sv->name, D);
                 goto done;
             }
-            if (!(sv->w = malloc((size_t)(w->shape[0] * w->shape[1]) * sizeof *sv->w))) {
+            /* the variant's new tensor, written in place where it is float32 host memory (CPU
+             * backend); elsewhere the result goes to a host record and is uploaded into it */
+            if ((st = loco_tensor_alloc(w->be, w->dtype, 2, w->shape, &sv->t, err))) goto done;
+            n_sol++;
+            const int host_f32 = loco_backend_device(w->be) == LOCO_DEVICE_CPU && w->dtype == LOCO_F32;
+            if (!host_f32 && !(sv->rec = malloc((size_t)(w->shape[0] * w->shape[1]) * sizeof *sv->rec))) {
                 st = loco_err_set(err, LOCO_ENOMEM, "locoedit: out of memory");
                 goto done;
             }
-            n_sol++;
+            float *out = host_f32 ? sv->t.data : sv->rec;
+            const size_t numel = (size_t)(w->shape[0] * w->shape[1]);
+            if (numel > work_n) {
+                free(work);
+                work_n = 0;
+                if (!(work = malloc(numel * sizeof *work))) {
+                    st = loco_err_set(err, LOCO_ENOMEM, "locoedit: out of memory");
+                    goto done;
+                }
+                work_n = numel;
+            }
             if ((st = loco_edit_solve_tensor(w, rows, targets, n, 1, which ? o->lambda_v : o->lambda_k, o->form,
-                                             sv->name, sv->w, &sv->info, err)))
+                                             sv->name, out, work, &sv->info, err)))
                 goto done;
+            if (!host_f32 && (st = loco_tensor_upload(&sv->t, sv->rec, LOCO_F32, err))) goto done;
             json_array_append_new(mats, loco_edit_matrix_json("unet", sv->name, layer, w->shape[0], w->shape[1], n,
                                                               &sv->info));
         }
     }
-    for (int i = 0; i < n_sol; i++)
-        if ((st = loco_pipeline_variant_set_param(v, LOCO_COMPONENT_UNET, sol[i].name, sol[i].w, LOCO_F32, err)))
-            goto done;
+    for (int i = 0; i < n_sol; i++) {
+        if ((st = loco_pipeline_variant_adopt_param(v, sol[i].name, &sol[i].t, sol[i].rec, err))) goto done;
+        sol[i].rec = NULL; /* the variant's now, as is the tensor */
+    }
     clock_gettime(CLOCK_MONOTONIC, &t2);
     json_object_set_new(rep, "matrices", mats);
     mats = NULL;
@@ -200,7 +220,11 @@ done:
     free(first);
     free(rows);
     free(targets);
-    for (int i = 0; sol && i < n_sol; i++) free(sol[i].w);
+    for (int i = 0; sol && i < n_sol; i++) {
+        loco_tensor_free(&sol[i].t);
+        free(sol[i].rec);
+    }
     free(sol);
+    free(work);
     return st;
 }

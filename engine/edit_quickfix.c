@@ -183,7 +183,7 @@ static loco_status run_encoder(const loco_quickfix_opts *o, const captions *cap,
     }
     char what[200];
     snprintf(what, sizeof what, "%s %s", loco_component_name(j->comp), j->name);
-    st = loco_edit_solve_tensor(w, j->keys, j->values, n, 0, o->lambda, o->form, what, j->w_new, &j->info, err);
+    st = loco_edit_solve_tensor(w, j->keys, j->values, n, 0, o->lambda, o->form, what, j->w_new, NULL, &j->info, err);
 done:
     free(ids);
     free(pin);
@@ -250,7 +250,8 @@ loco_status loco_edit_quickfix(loco_pipeline_variant *v, const loco_quickfix_opt
     /* every system solved: write the new weights */
     for (int i = 0; i < nj; i++) {
         enc_job *j = &jobs[i];
-        if ((st = loco_pipeline_variant_set_param(v, j->comp, j->name, j->w_new, LOCO_F32, err))) goto done;
+        if ((st = loco_pipeline_variant_set_param_take(v, j->comp, j->name, j->w_new, err))) goto done;
+        j->w_new = NULL; /* the variant's record now */
         const int D = loco_clip_text_get_config(j->te)->hidden_size;
         json_array_append_new(mats, loco_edit_matrix_json(loco_component_name(j->comp), j->name, -1, D, D, j->n_pairs,
                                                           &j->info));

@@ -39,12 +39,14 @@ loco_solve_form loco_solve_form_pick(loco_solve_form f, int n, int d_in);
 
 typedef struct loco_ridge_problem {
     int d_out, d_in, n;
-    const double *w;      /* [d_out, d_in] */
-    const double *keys;   /* [n, d_in], one key per row */
-    const double *values; /* [n, d_out], one value per row */
-    double lambda;        /* >= 0 */
+    const double *w;       /* [d_out, d_in] */
+    const double *keys;    /* [n, d_in], one key per row */
+    const double *values;  /* [n, d_out], one value per row; or NULL with targets: */
+    const double *targets; /* [n, d_in]: v_i = W t_i (LocoEdit), computed with the same pass over W */
+    double lambda;         /* >= 0 */
     loco_solve_form form;
-    const char *what;     /* names the weight in error messages ("...attn2.to_k.weight"); may be NULL */
+    const char *what;      /* names the weight in error messages ("...attn2.to_k.weight"); may be NULL */
+    double w_sumsq;        /* ‖W‖² when the caller has it (> 0, W checked finite); 0: computed here */
 } loco_ridge_problem;
 
 typedef struct loco_ridge_info {
@@ -60,6 +62,15 @@ typedef struct loco_ridge_info {
  * W). info may be NULL. The W' finiteness check is a cheap proxy: the fit and the change, which
  * are finite exactly when the update is. */
 loco_status loco_ridge_solve(const loco_ridge_problem *p, double *w_out, loco_ridge_info *info, loco_err *err);
+
+/* The same for a float32 W in and W' out, for the push-through form with few pairs (LocoEdit's
+ * rows): two passes over W in float32 storage with every sum in float64, and no float64 copy of
+ * W. Equal to loco_ridge_solve on the float64 copy of W, rounded once (p->w is ignored; w_out may
+ * equal w). LOCO_EINVAL when the form is not push-through or n > LOCO_SOLVE_F32_MAX_PAIRS, where
+ * the BLAS path of loco_ridge_solve is the faster one. */
+#define LOCO_SOLVE_F32_MAX_PAIRS 32
+loco_status loco_ridge_solve_f32(const loco_ridge_problem *p, const float *w, float *w_out, loco_ridge_info *info,
+                                 loco_err *err);
 
 /* y[r] = W x[r] for n rows: W [d_out, d_in], x [n, d_in], y [n, d_out] (LocoEdit's values). */
 void loco_edit_project_rows(const double *w, int d_out, int d_in, const double *x, int n, double *y);

@@ -18,25 +18,38 @@
 
 #include "edit_internal.h"
 
-/* A parameter of the encoder as host doubles. */
-static loco_status get_param(const loco_clip_text *te, const char *name, int64_t numel, double **out, loco_err *err) {
-    *out = NULL;
+/* A parameter of the encoder widened to float64 into dst. A float32 tensor of the CPU backend is
+ * read in place; others are downloaded through `stage` (numel floats, may be NULL for CPU). */
+static loco_status fill_param(const loco_clip_text *te, const char *name, int64_t numel, double *dst, float *stage,
+                              loco_err *err) {
     const loco_tensor *t = loco_clip_text_param(te, name);
     if (!t) return loco_err_set(err, LOCO_ENOTFOUND, "text encoder: no parameter '%s'", name);
     if (loco_tensor_numel(t) != numel)
         return loco_err_set(err, LOCO_EINVAL, "text encoder: '%s' has %lld elements, expected %lld", name,
                             (long long)loco_tensor_numel(t), (long long)numel);
-    float *f = malloc((size_t)numel * sizeof *f);
-    double *d = malloc((size_t)numel * sizeof *d);
-    loco_status st = (!f || !d) ? loco_err_set(err, LOCO_ENOMEM, "text encoder: out of memory for '%s'", name)
-                                : loco_tensor_download_f32(t, f, err);
-    if (!st) {
-        for (int64_t i = 0; i < numel; i++) d[i] = f[i];
-        *out = d;
-        d = NULL;
+    const float *src = NULL;
+    if (loco_backend_device(t->be) == LOCO_DEVICE_CPU && t->dtype == LOCO_F32) {
+        src = t->data;
+    } else {
+        if (!stage) return loco_err_set(err, LOCO_EINVAL, "text encoder: no staging buffer for '%s'", name);
+        loco_status st = loco_tensor_download_f32(t, stage, err);
+        if (st) return st;
+        src = stage;
     }
+    for (int64_t i = 0; i < numel; i++) dst[i] = src[i];
+    return LOCO_OK;
+}
+
+/* A parameter as a fresh float64 array (the small ones: embeddings, final norm). */
+static loco_status get_param(const loco_clip_text *te, const char *name, int64_t numel, double **out, loco_err *err) {
+    *out = NULL;
+    double *d = malloc((size_t)numel * sizeof *d);
+    float *f = malloc((size_t)numel * sizeof *f);
+    loco_status st = (!f || !d) ? loco_err_set(err, LOCO_ENOMEM, "text encoder: out of memory for '%s'", name)
+                                : fill_param(te, name, numel, d, f, err);
     free(f);
-    free(d);
+    if (st) free(d);
+    else *out = d;
     return st;
 }
 
@@ -96,32 +109,38 @@ static void attention(const double *q, const double *k, const double *v, int L, 
     }
 }
 
+/* One layer's parameters in float64, pointing into an arena made once per forward pass: the
+ * layers are widened one after another into the same memory (no fresh pages per layer). */
 typedef struct layer_w {
     double *ln1_w, *ln1_b, *q_w, *q_b, *k_w, *k_b, *v_w, *v_b, *o_w, *o_b, *ln2_w, *ln2_b, *fc1_w, *fc1_b, *fc2_w, *fc2_b;
 } layer_w;
 
-static void layer_w_free(layer_w *l) {
-    double **all = (double **)l;
-    for (size_t i = 0; i < sizeof *l / sizeof(double *); i++) free(all[i]);
-    memset(l, 0, sizeof *l);
+#define LAYER_PARAMS 16
+
+static void layer_sizes(const loco_clip_text_config *c, int64_t sizes[LAYER_PARAMS]) {
+    const int64_t D = c->hidden_size, F = c->intermediate_size;
+    const int64_t s[LAYER_PARAMS] = {D, D, D * D, D, D * D, D, D * D, D, D * D, D, D, D, F * D, F, D * F, D};
+    memcpy(sizes, s, sizeof s);
 }
 
-static loco_status layer_w_load(const loco_clip_text *te, int i, int need_mlp, layer_w *l, loco_err *err) {
-    const loco_clip_text_config *c = loco_clip_text_get_config(te);
-    const int64_t D = c->hidden_size, F = c->intermediate_size;
-    static const char *const sfx[] = {"layer_norm1.weight", "layer_norm1.bias", "self_attn.q_proj.weight",
-                                      "self_attn.q_proj.bias", "self_attn.k_proj.weight", "self_attn.k_proj.bias",
-                                      "self_attn.v_proj.weight", "self_attn.v_proj.bias", "self_attn.out_proj.weight",
-                                      "self_attn.out_proj.bias", "layer_norm2.weight", "layer_norm2.bias",
-                                      "mlp.fc1.weight", "mlp.fc1.bias", "mlp.fc2.weight", "mlp.fc2.bias"};
-    const int64_t sizes[] = {D, D, D * D, D, D * D, D, D * D, D, D * D, D, D, D, F * D, F, D * F, D};
+static loco_status layer_w_load(const loco_clip_text *te, int i, int need_mlp, double *arena, float *stage, layer_w *l,
+                                loco_err *err) {
+    static const char *const sfx[LAYER_PARAMS] = {
+        "layer_norm1.weight", "layer_norm1.bias", "self_attn.q_proj.weight", "self_attn.q_proj.bias",
+        "self_attn.k_proj.weight", "self_attn.k_proj.bias", "self_attn.v_proj.weight", "self_attn.v_proj.bias",
+        "self_attn.out_proj.weight", "self_attn.out_proj.bias", "layer_norm2.weight", "layer_norm2.bias",
+        "mlp.fc1.weight", "mlp.fc1.bias", "mlp.fc2.weight", "mlp.fc2.bias"};
+    int64_t sizes[LAYER_PARAMS];
+    layer_sizes(loco_clip_text_get_config(te), sizes);
     double **dst = (double **)l;
-    const int n = need_mlp ? 16 : 10;
+    const int n = need_mlp ? LAYER_PARAMS : 10;
     for (int k = 0; k < n; k++) {
         char name[160];
         snprintf(name, sizeof name, "text_model.encoder.layers.%d.%s", i, sfx[k]);
-        loco_status st = get_param(te, name, sizes[k], &dst[k], err);
+        dst[k] = arena;
+        loco_status st = fill_param(te, name, sizes[k], arena, stage, err);
         if (st) return st;
+        arena += sizes[k];
     }
     return LOCO_OK;
 }
@@ -147,10 +166,20 @@ loco_status edit_text64_forward(const loco_clip_text *te, const int32_t *ids, in
            *o = malloc(NLD * sizeof *o), *sc = malloc((size_t)L * sizeof *sc);
     double *f = malloc((size_t)n * L * F * sizeof *f), *pos = NULL, *lnf_w = NULL, *lnf_b = NULL;
     float *tok = malloc(NLD * sizeof *tok);
+    int64_t sizes[LAYER_PARAMS], arena_n = 0, largest = 0;
+    layer_sizes(c, sizes);
+    for (int i = 0; i < LAYER_PARAMS; i++) {
+        arena_n += sizes[i];
+        if (sizes[i] > largest) largest = sizes[i];
+    }
+    double *arena = malloc((size_t)arena_n * sizeof *arena);
+    const loco_tensor *probe = loco_clip_text_param(te, "text_model.encoder.layers.0.self_attn.q_proj.weight");
+    const int host_f32 = probe && loco_backend_device(probe->be) == LOCO_DEVICE_CPU && probe->dtype == LOCO_F32;
+    float *stage = host_f32 ? NULL : malloc((size_t)largest * sizeof *stage);
     loco_tensor gathered = {0};
     layer_w lw = {0};
     loco_status st = LOCO_OK;
-    if (!x || !h || !q || !k || !v || !a || !o || !sc || !f || !tok) {
+    if (!x || !h || !q || !k || !v || !a || !o || !sc || !f || !tok || !arena || (!host_f32 && !stage)) {
         st = loco_err_set(err, LOCO_ENOMEM, "text encoder (float64): out of memory");
         goto done;
     }
@@ -176,7 +205,7 @@ loco_status edit_text64_forward(const loco_clip_text *te, const int32_t *ids, in
     if (want == 0) memcpy(rq->out, x, NLD * sizeof *x);
     for (int i = 0; i < last; i++) {
         const int full = i < last - 1 || want > i; /* the captured layer past the request stops after attention */
-        if ((st = layer_w_load(te, i, full, &lw, err))) goto done;
+        if ((st = layer_w_load(te, i, full, arena, stage, &lw, err))) goto done;
         layer_norm(x, n * L, D, lw.ln1_w, lw.ln1_b, c->layer_norm_eps, h);
         linear(h, n * L, D, lw.q_w, lw.q_b, D, q);
         linear(h, n * L, D, lw.k_w, lw.k_b, D, k);
@@ -199,7 +228,6 @@ loco_status edit_text64_forward(const loco_clip_text *te, const int32_t *ids, in
             for (size_t j = 0; j < NLD; j++) x[j] += o[j];
             if (want == i + 1) memcpy(rq->out, x, NLD * sizeof *x);
         }
-        layer_w_free(&lw);
     }
     if (rq->out && rq->final_ln) {
         if ((st = get_param(te, "text_model.final_layer_norm.weight", D, &lnf_w, err)) ||
@@ -209,8 +237,9 @@ loco_status edit_text64_forward(const loco_clip_text *te, const int32_t *ids, in
         layer_norm(h, n * L, D, lnf_w, lnf_b, c->layer_norm_eps, rq->out);
     }
 done:
-    layer_w_free(&lw);
     loco_tensor_free(&gathered);
+    free(arena);
+    free(stage);
     free(x), free(h), free(q), free(k), free(v), free(a), free(o), free(sc), free(f), free(pos), free(tok);
     free(lnf_w), free(lnf_b);
     return st;

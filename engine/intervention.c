@@ -191,9 +191,8 @@ static loco_status check_index(int v, int n, int idx, const char *act, const cha
 }
 
 /* Scaled corruption noise for one encoder, uploaded once. */
-static loco_status make_noise(const loco_clip_text *t, const civ *c, loco_tensor *out, loco_err *err) {
-    double std;
-    loco_status st = loco_token_embedding_std(t, &std, err);
+static loco_status make_noise(const loco_clip_text *t, double std, const civ *c, loco_tensor *out, loco_err *err) {
+    loco_status st = std > 0 ? LOCO_OK : loco_token_embedding_std(t, &std, err);
     if (st) return st;
     const int D = loco_clip_text_get_config(t)->hidden_size, np = c->iv.n_positions;
     float *h = malloc((size_t)np * D * sizeof *h);
@@ -263,7 +262,8 @@ static loco_status check_one(loco_iv_program *p, int idx, civ *c, loco_err *err)
                 if (iv->positions[j] < 0 || iv->positions[j] >= maxpos)
                     return loco_err_set(err, LOCO_EINVAL, "intervention %d (corrupt): token position %d is outside 0..%d",
                                         idx, iv->positions[j], maxpos - 1);
-            if ((st = make_noise(t, c, &c->noise[which[k] == M_TEXT2], err))) return st;
+            const double std = which[k] == M_TEXT2 ? p->models.text_2_std : p->models.text_std;
+            if ((st = make_noise(t, std, c, &c->noise[which[k] == M_TEXT2], err))) return st;
         }
         if (!p->models.text) return loco_err_set(err, LOCO_EINVAL, "intervention %d (corrupt): no text encoder", idx);
         c->model = M_TEXT;

@@ -30,7 +30,7 @@
  * A plan is checked and compiled against the loaded models (loco_iv_compile); the compiled
  * program hands out the hooks for the text encoder(s) and the UNet, the K/V row tables, and the
  * recordings. Errors name the intervention and what is wrong with it ("intervention 3 (restore):
- * unknown site 'down_blocks.9.resnets.0'; `loco inspect` lists the sites"). */
+ * unknown site 'down_blocks.9.resnets.0'; `loco inspect MODEL --all-sites` lists them"). */
 #ifndef LOCO_INTERVENTION_H
 #define LOCO_INTERVENTION_H
 
@@ -85,6 +85,9 @@ typedef struct loco_iv_models {
     const loco_unet *unet;
     const loco_clip_text *text;
     const loco_clip_text *text_2;
+    /* token-embedding std of text / text_2 when the caller has it (loco_token_embedding_std);
+     * 0: computed at compile time when a corrupt needs it (a download of the whole matrix) */
+    double text_std, text_2_std;
 } loco_iv_models;
 
 typedef struct loco_iv_program loco_iv_program;

@@ -2,17 +2,19 @@
 #include "pipeline_variant.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "denoise.h"
+#include "method_util.h"
 #include "pipeline_impl.h"
 #include "text_conditioning.h"
 
 typedef struct change_rec {
     loco_variant_change pub;
     char *name;
-    float *data;
+    float *data; /* owned record, or NULL when pub.data reads the variant's own float32 host tensor */
 } change_rec;
 
 typedef struct ablation_rec {
@@ -146,6 +148,9 @@ static change_rec *find_change(const loco_pipeline_variant *v, loco_component c,
     return NULL;
 }
 
+static loco_status record(loco_pipeline_variant *v, loco_component component, const char *name, const loco_tensor *t,
+                          float *owned, const float *view, loco_err *err);
+
 loco_status loco_pipeline_variant_set_param(loco_pipeline_variant *v, loco_component component, const char *name,
                                             const void *data, loco_dtype src_dtype, loco_err *err) {
     const loco_tensor *t = param_tensor(v, component, name, err);
@@ -153,7 +158,6 @@ loco_status loco_pipeline_variant_set_param(loco_pipeline_variant *v, loco_compo
     if (!data) return loco_err_set(err, LOCO_EINVAL, "no data for '%s'", name);
     if (src_dtype != LOCO_F32 && src_dtype != LOCO_F64)
         return loco_err_set(err, LOCO_EINVAL, "variant parameters take F32 or F64 data, got %s", loco_dtype_name(src_dtype));
-    if (t->ndim > 4) return loco_err_set(err, LOCO_EUNSUPPORTED, "'%s' has %d dimensions", name, t->ndim);
     const int64_t n = loco_tensor_numel(t);
     float *rec = malloc((size_t)(n ? n : 1) * sizeof *rec);
     if (!rec) return loco_err_set(err, LOCO_ENOMEM, "out of memory recording '%s'", name);
@@ -161,6 +165,17 @@ loco_status loco_pipeline_variant_set_param(loco_pipeline_variant *v, loco_compo
         for (int64_t i = 0; i < n; i++) rec[i] = (float)((const double *)data)[i];
     else
         memcpy(rec, data, (size_t)n * sizeof *rec);
+    loco_status st = loco_pipeline_variant_set_param_take(v, component, name, rec, err);
+    if (st) free(rec);
+    return st;
+}
+
+loco_status loco_pipeline_variant_set_param_take(loco_pipeline_variant *v, loco_component component,
+                                                 const char *name, float *rec, loco_err *err) {
+    const loco_tensor *t = param_tensor(v, component, name, err);
+    if (!t) return err ? err->code : LOCO_ENOTFOUND;
+    if (!rec) return loco_err_set(err, LOCO_EINVAL, "no data for '%s'", name);
+    if (t->ndim > 4) return loco_err_set(err, LOCO_EUNSUPPORTED, "'%s' has %d dimensions", name, t->ndim);
     /* the float32 record is what gets uploaded, so exports hold exactly what the variant uses */
     loco_status st;
     if (component == LOCO_COMPONENT_UNET)
@@ -168,41 +183,58 @@ loco_status loco_pipeline_variant_set_param(loco_pipeline_variant *v, loco_compo
     else
         st = loco_clip_text_set_param(component == LOCO_COMPONENT_TEXT_ENCODER ? v->te : v->te2, name, rec, LOCO_F32,
                                       err);
-    if (st) {
-        free(rec);
-        return st;
-    }
+    if (st) return st; /* rec stays the caller's */
+    return record(v, component, name, t, rec, rec, err);
+}
+
+/* Note a change: `owned` (may be NULL) becomes the record, `view` is what pub.data shows. */
+static loco_status record(loco_pipeline_variant *v, loco_component component, const char *name, const loco_tensor *t,
+                          float *owned, const float *view, loco_err *err) {
     change_rec *c = find_change(v, component, name);
     if (c) {
         free(c->data);
-        c->data = rec;
-        c->pub.data = rec;
+        c->data = owned;
+        c->pub.data = view;
         return LOCO_OK;
     }
     if (v->n_changes == v->cap_changes) {
         int cap = v->cap_changes ? 2 * v->cap_changes : 8;
         change_rec *nc = realloc(v->changes, (size_t)cap * sizeof *nc);
-        if (!nc) {
-            free(rec);
-            return loco_err_set(err, LOCO_ENOMEM, "out of memory recording '%s'", name);
-        }
+        if (!nc) return loco_err_set(err, LOCO_ENOMEM, "out of memory recording '%s'", name);
         v->changes = nc;
         v->cap_changes = cap;
     }
     c = &v->changes[v->n_changes];
     memset(c, 0, sizeof *c);
-    if (!(c->name = strdup(name))) {
-        free(rec);
-        return loco_err_set(err, LOCO_ENOMEM, "out of memory recording '%s'", name);
-    }
-    c->data = rec;
+    if (!(c->name = strdup(name))) return loco_err_set(err, LOCO_ENOMEM, "out of memory recording '%s'", name);
+    c->data = owned;
     c->pub.component = component;
     c->pub.name = c->name;
     c->pub.ndim = t->ndim;
     for (int d = 0; d < t->ndim; d++) c->pub.shape[d] = t->shape[d];
-    c->pub.data = rec;
+    c->pub.data = view;
     v->n_changes++;
     return LOCO_OK;
+}
+
+loco_status loco_pipeline_variant_adopt_param(loco_pipeline_variant *v, const char *name, loco_tensor *t, float *rec,
+                                              loco_err *err) {
+    if (!t) return loco_err_set(err, LOCO_EINVAL, "no tensor for '%s'", name ? name : "(null)");
+    const int host_f32 = t->be && loco_backend_device(t->be) == LOCO_DEVICE_CPU && t->dtype == LOCO_F32;
+    if (!rec && !host_f32)
+        return loco_err_set(err, LOCO_EINVAL, "'%s': a record is required unless the tensor is float32 host memory", name);
+    const float *host = host_f32 ? t->data : rec;
+    loco_status st = loco_unet_adopt_param(v->unet, name, t, err);
+    if (st) return st;
+    /* the tensor now lives in the UNet's holder; the record (or the tensor itself) describes it */
+    const loco_tensor *now = loco_params_find(loco_unet_params(v->unet), name);
+    if (host_f32) {
+        free(rec);
+        rec = NULL;
+    }
+    st = record(v, LOCO_COMPONENT_UNET, name, now, rec, host, err);
+    if (st) free(rec);
+    return st;
 }
 
 int loco_pipeline_variant_num_changes(const loco_pipeline_variant *v) { return v->n_changes; }
@@ -233,6 +265,27 @@ loco_status loco_pipeline_variant_add_ablation(loco_pipeline_variant *v, const l
     if (a->cross_index < 0 || a->cross_index >= n_cross)
         return loco_err_set(err, LOCO_EINVAL, "neuron ablation: cross-attention layer %d is outside 0..%d",
                             a->cross_index, n_cross - 1);
+    /* channels must exist in the projection's output (a delta file may say anything) */
+    int ns = 0;
+    const loco_site *sites = loco_unet_sites(v->unet, &ns);
+    int64_t C = -1;
+    for (int s = 0; s < ns && C < 0; s++)
+        if (sites[s].kind == a->kind && sites[s].cross_index == a->cross_index) {
+            char pname[400];
+            snprintf(pname, sizeof pname, "%s.weight", sites[s].name);
+            const loco_tensor *w = loco_params_find(loco_unet_params(v->unet), pname);
+            if (w && w->ndim == 2) C = w->shape[0];
+        }
+    if (C < 0)
+        return loco_err_set(err, LOCO_ENOTFOUND, "neuron ablation: cross-attention layer %d has no %s weight",
+                            a->cross_index, loco_site_kind_name(a->kind));
+    for (int k = 0; k < a->n; k++)
+        if (a->channels[k] < 0 || a->channels[k] >= C || !isfinite(a->values[k]))
+            return loco_err_set(err, LOCO_EINVAL,
+                                "neuron ablation: layer %d %s: channel %d (value %g) is not one of its %lld channels "
+                                "or not finite",
+                                a->cross_index, loco_site_kind_name(a->kind), (int)a->channels[k], (double)a->values[k],
+                                (long long)C);
     ablation_rec *r = NULL;
     for (int i = 0; i < v->n_abl; i++)
         if (v->abl[i].pub.cross_index == a->cross_index && v->abl[i].pub.kind == a->kind) r = &v->abl[i];
@@ -278,31 +331,40 @@ const loco_neuron_ablation *loco_pipeline_variant_ablation(const loco_pipeline_v
     return i >= 0 && i < v->n_abl ? &v->abl[i].pub : NULL;
 }
 
-static loco_status ablation_hook(void *vctx, const loco_site *site, loco_tensor *out, loco_err *err) {
-    const loco_ablation_ctx *c = vctx;
-    if (site->kind != LOCO_SITE_CROSS_K && site->kind != LOCO_SITE_CROSS_V) return LOCO_OK;
-    for (int i = 0; i < c->v->n_abl; i++) {
-        const loco_neuron_ablation *a = &c->v->abl[i].pub;
-        if (a->cross_index != site->cross_index || a->kind != site->kind || a->n == 0) continue;
-        if (out->ndim != 3 || c->cond_first < 0 || c->cond_first + c->cond_count > out->shape[0])
-            return loco_err_set(err, LOCO_EINVAL,
-                                "neuron ablation: conditional rows [%d, %d) are outside the %lld text rows",
-                                c->cond_first, c->cond_first + c->cond_count, (long long)(out->ndim ? out->shape[0] : 0));
-        loco_tensor rows;
-        loco_status st = loco_tensor_slice0(out, c->cond_first, c->cond_count, &rows, err);
-        if (!st) st = loco_set_channels(out->be, &rows, a->channels, a->values, a->n, err);
-        if (st) return st;
+loco_status loco_pipeline_variant_ablation_plan(const loco_pipeline_variant *v, int n_text_rows,
+                                                loco_intervention **plan, int *n, loco_err *err) {
+    *plan = NULL;
+    *n = 0;
+    if (n_text_rows < 1) return loco_err_set(err, LOCO_EINVAL, "neuron ablation: no text rows");
+    loco_intervention *iv = calloc((size_t)v->n_abl * n_text_rows + 1, sizeof *iv);
+    if (!iv) return loco_err_set(err, LOCO_ENOMEM, "neuron ablation: out of memory");
+    int ns = 0, k = 0;
+    const loco_site *sites = loco_unet_sites(v->unet, &ns);
+    for (int i = 0; i < v->n_abl; i++) {
+        const loco_neuron_ablation *a = &v->abl[i].pub;
+        const char *site = NULL;
+        for (int s = 0; s < ns && !site; s++)
+            if (sites[s].kind == a->kind && sites[s].cross_index == a->cross_index) site = sites[s].name;
+        if (!site) {
+            free(iv);
+            return loco_err_set(err, LOCO_ENOTFOUND, "neuron ablation: cross-attention layer %d has no %s site",
+                                a->cross_index, loco_site_kind_name(a->kind));
+        }
+        /* every conditional text row, every token position (positions NULL) */
+        for (int r = 0; r < n_text_rows; r++) {
+            loco_intervention *x = &iv[k++];
+            loco_intervention_init(x);
+            x->action = LOCO_IV_ABLATE;
+            x->target = r;
+            x->site = site; /* the UNet's site table lives as long as v */
+            x->channels = a->channels;
+            x->values = a->values;
+            x->n_channels = a->n;
+        }
     }
+    *plan = iv;
+    *n = k;
     return LOCO_OK;
-}
-
-loco_site_hooks loco_pipeline_variant_ablation_hooks(const loco_pipeline_variant *v, int cond_first, int cond_count,
-                                                     loco_ablation_ctx *ctx) {
-    ctx->v = v;
-    ctx->cond_first = cond_first;
-    ctx->cond_count = cond_count;
-    loco_site_hooks h = {.after = ablation_hook, .ctx = ctx};
-    return h;
 }
 
 /* ---- description ----------------------------------------------------------------------------- */
@@ -317,12 +379,23 @@ const json_t *loco_pipeline_variant_edits(const loco_pipeline_variant *v) { retu
 
 /* ---- generation ------------------------------------------------------------------------------ */
 
+/* Rows [first, first + n) of src into rows [at, at + n) of dst. */
+static loco_status copy_rows(loco_backend *be, loco_tensor *dst, int64_t at, const loco_tensor *src, int64_t first,
+                             int64_t n, loco_err *err) {
+    loco_tensor a, b;
+    loco_status st = loco_tensor_slice0(dst, at, n, &a, err);
+    if (!st) st = loco_tensor_slice0(src, first, n, &b, err);
+    if (!st) st = loco_copy(be, &a, &b, err);
+    return st;
+}
+
 loco_status loco_pipeline_variant_generate(loco_pipeline_variant *v, const loco_generate_params *g,
                                            loco_generate_result *out, loco_err *err) {
     loco_pipeline *p = &v->view;
     if (v->n_abl == 0) return loco_generate(p, g, out, err);
-    /* loco_generate with the ablation hooks on the text K/V projection: the same validation,
-     * encode_prompt rows [uncond b | cond b] and one seeded generator for the whole batch */
+    /* loco_generate with the ablations as an intervention plan (engine/intervention.h): the same
+     * validation, prompt encoding and one seeded generator for the whole batch, but the text batch
+     * laid out as the intervention engine wants it, conditional rows first */
     memset(out, 0, sizeof *out);
     loco_status st = loco_generate_validate(p, g, err);
     if (st) return st;
@@ -350,26 +423,39 @@ loco_status loco_pipeline_variant_generate(loco_pipeline_variant *v, const loco_
     eo.clip_skip = g->clip_skip;
     loco_prompt_embeds pe;
     memset(&pe, 0, sizeof pe);
+    loco_tensor text = {0}, pooled = {0};
+    loco_intervention *plan = NULL;
+    loco_iv_program *prog = NULL;
+    int np = 0;
     int *rows = malloc((size_t)(2 * b) * sizeof *rows);
     if (!rows) return loco_err_set(err, LOCO_ENOMEM, "out of memory");
     if ((st = loco_encode_prompt(&enc, &eo, &pe, err))) {
         loco_err_prefix(err, "encoding the prompt");
         goto done;
     }
-    for (int k = 0; k < b; k++) {
-        rows[k] = k;
-        rows[b + k] = cfg ? b + k : k;
+    /* encode_prompt gives [uncond b | cond b]; the plan's text rows are [cond b | uncond b] */
+    const int xl = p->family == LOCO_FAMILY_SDXL;
+    if (cfg) {
+        if ((st = loco_tensor_alloc_act(p->be, pe.embeds.ndim, pe.embeds.shape, &text, err)) ||
+            (st = copy_rows(p->be, &text, 0, &pe.embeds, b, b, err)) ||
+            (st = copy_rows(p->be, &text, b, &pe.embeds, 0, b, err)))
+            goto done;
+        if (xl && ((st = loco_tensor_alloc_act(p->be, pe.pooled.ndim, pe.pooled.shape, &pooled, err)) ||
+                   (st = copy_rows(p->be, &pooled, 0, &pe.pooled, b, b, err)) ||
+                   (st = copy_rows(p->be, &pooled, b, &pe.pooled, 0, b, err))))
+            goto done;
     }
-    loco_ablation_ctx actx;
-    loco_site_hooks kvh = loco_pipeline_variant_ablation_hooks(v, cfg ? b : 0, b, &actx);
+    for (int k = 0; k < b; k++) {
+        rows[k] = k;         /* conditional */
+        rows[b + k] = b + k; /* unconditional */
+    }
     loco_denoise_params d;
     loco_denoise_params_init(&d);
     d.n_samples = b;
-    d.text = &pe.embeds;
-    d.pooled = p->family == LOCO_FAMILY_SDXL ? &pe.pooled : NULL;
-    d.kv_hooks = &kvh;
-    d.cond_row = rows + b;
-    d.uncond_row = cfg ? rows : NULL;
+    d.text = cfg ? &text : &pe.embeds;
+    d.pooled = xl ? (cfg ? &pooled : &pe.pooled) : NULL;
+    d.cond_row = rows;
+    d.uncond_row = cfg ? rows + b : NULL;
     d.n_groups = 0;
     d.group_seed = &g->seed;
     d.latents = g->latents;
@@ -383,8 +469,18 @@ loco_status loco_pipeline_variant_generate(loco_pipeline_variant *v, const loco_
     d.progress = g->progress;
     d.progress_ctx = g->progress_ctx;
     d.skip_decode = g->skip_decode;
+    loco_iv_layout lay = {.n_samples = b, .n_text_rows = b, .cfg = cfg};
+    const loco_iv_models models = {.unet = p->unet, .text = p->text_encoder, .text_2 = p->text_encoder_2};
+    if ((st = loco_sampler_n_calls(p, &d, &lay.n_calls, err)) ||
+        (st = loco_pipeline_variant_ablation_plan(v, b, &plan, &np, err)) ||
+        (st = loco_iv_compile(plan, np, &lay, &models, &prog, err)) || (st = loco_iv_apply(prog, &d, err)))
+        goto done;
     st = loco_denoise(p, &d, out, err);
 done:
+    loco_iv_program_free(prog);
+    free(plan);
+    loco_tensor_free(&text);
+    loco_tensor_free(&pooled);
     loco_prompt_embeds_free(&pe);
     free(rows);
     return st;

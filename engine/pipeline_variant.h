@@ -21,6 +21,7 @@
 
 #include <jansson.h>
 
+#include "intervention.h"
 #include "pipeline.h"
 
 typedef struct loco_pipeline_variant loco_pipeline_variant;
@@ -54,6 +55,17 @@ loco_status loco_pipeline_variant_read_param(const loco_pipeline_variant *v, loc
 loco_status loco_pipeline_variant_set_param(loco_pipeline_variant *v, loco_component component, const char *name,
                                             const void *data, loco_dtype src_dtype, loco_err *err);
 
+/* The same, taking ownership of `data` (malloc'ed float32 of the parameter's size) on success:
+ * no copy of the edited tensor is made besides the upload. On failure the caller keeps it. */
+loco_status loco_pipeline_variant_set_param_take(loco_pipeline_variant *v, loco_component component,
+                                                 const char *name, float *data, loco_err *err);
+
+/* Replace a UNet parameter with a filled tensor on the UNet's backend (loco_unet_adopt_param),
+ * taken over with `rec` (malloc'ed float32 of its value, taken over too) as the record; rec may be
+ * NULL when the tensor is float32 host memory (CPU backend): the record then reads the tensor. */
+loco_status loco_pipeline_variant_adopt_param(loco_pipeline_variant *v, const char *name, loco_tensor *t, float *rec,
+                                              loco_err *err);
+
 /* ---- changed tensors ---- */
 typedef struct loco_variant_change {
     loco_component component;
@@ -82,15 +94,11 @@ loco_status loco_pipeline_variant_add_ablation(loco_pipeline_variant *v, const l
                                                loco_err *err);
 int loco_pipeline_variant_num_ablations(const loco_pipeline_variant *v);
 const loco_neuron_ablation *loco_pipeline_variant_ablation(const loco_pipeline_variant *v, int i);
-/* Hooks that apply the ablations to a text-K/V projection (engine/unet.h compute_text_kv,
- * engine/denoise.h kv_hooks) whose conditional rows are [cond_first, cond_first + cond_count).
- * The returned hooks point into *ctx, which the caller keeps alive while they are used. */
-typedef struct loco_ablation_ctx {
-    const loco_pipeline_variant *v;
-    int cond_first, cond_count;
-} loco_ablation_ctx;
-loco_site_hooks loco_pipeline_variant_ablation_hooks(const loco_pipeline_variant *v, int cond_first, int cond_count,
-                                                     loco_ablation_ctx *ctx);
+/* The ablations as an intervention plan (engine/intervention.h): one `ablate` of the layer's
+ * cross_k / cross_v site per ablation and conditional text row 0..n_text_rows-1, every position.
+ * The plan points into v (channels, values, site names); free(*plan) when done. */
+loco_status loco_pipeline_variant_ablation_plan(const loco_pipeline_variant *v, int n_text_rows,
+                                                loco_intervention **plan, int *n, loco_err *err);
 
 /* ---- description ---- */
 /* A JSON object describing the edits (method, options, report), stored into exports. The variant
@@ -99,7 +107,8 @@ loco_status loco_pipeline_variant_note_edit(loco_pipeline_variant *v, json_t *ed
 const json_t *loco_pipeline_variant_edits(const loco_pipeline_variant *v);
 
 /* ---- generation ---- */
-/* loco_generate on the variant, with its ablations applied to the conditional branch. */
+/* loco_generate on the variant; its ablations (if any) run through the intervention engine on
+ * the conditional branch, every step. */
 loco_status loco_pipeline_variant_generate(loco_pipeline_variant *v, const loco_generate_params *g,
                                            loco_generate_result *out, loco_err *err);
 

@@ -6,8 +6,10 @@
 
 #include "base.h"
 
-static uint64_t splitmix64(uint64_t *s) {
-    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+/* Counter-based (splitmix64's finaliser of base + i): element i does not depend on element
+ * i-1, so large tensors fill in parallel with the same values on any thread count. */
+static uint64_t mix_at(uint64_t base, uint64_t i) {
+    uint64_t z = base + (i + 1) * 0x9e3779b97f4a7c15ull;
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
     z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
     return z ^ (z >> 31);
@@ -32,12 +34,14 @@ void loco_random_weights_fill(const char *name, uint64_t seed, int ndim, const i
             return;
         }
         for (uint64_t i = 0; i < numel; i++)
-            dst[i] = loco_f32_to_f16(0.02f * ((float)(splitmix64(&state) >> 40) / 16777216.0f - 0.5f));
+            dst[i] = loco_f32_to_f16(0.02f * ((float)(mix_at(state, i) >> 40) / 16777216.0f - 0.5f));
         return;
     }
     float bound = 1.0f / sqrtf((float)fan_in);
-    for (uint64_t i = 0; i < numel; i++) {
-        float u = (float)(splitmix64(&state) >> 40) / 16777216.0f; /* [0, 1) */
+    const int64_t n = (int64_t)numel;
+#pragma omp parallel for schedule(static) if (n > (1 << 16))
+    for (int64_t i = 0; i < n; i++) {
+        float u = (float)(mix_at(state, (uint64_t)i) >> 40) / 16777216.0f; /* [0, 1) */
         dst[i] = loco_f32_to_f16(bound * (2.0f * u - 1.0f));
     }
 }

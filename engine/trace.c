@@ -122,6 +122,12 @@ typedef struct run_ctx {
     float *attr_embed; /* the attribute caption, normalised */
     int dim;
     int done, total;
+    double std2;       /* token-embedding std of SD-XL's text_encoder_2 */
+    /* batches without text-encoder variants all use the rows [clean, corrupted, uncond]: encoded
+     * and projected to K/V once, then reused */
+    loco_text_batch base_tb;
+    loco_unet_text_kv base_kv;
+    int have_base;
 } run_ctx;
 
 /* One denoise batch of variants v[0..n): text rows, the plan, the run, the scores. */
@@ -208,19 +214,34 @@ static loco_status run_batch(run_ctx *c, const variant *v, int n, loco_err *err)
     loco_denoise_params d = c->base;
     const loco_iv_layout lay = {.n_samples = n, .n_text_rows = n_rows, .cfg = d.guidance_scale > 1.0f,
                                 .n_calls = r->n_calls};
-    const loco_iv_models models = {.unet = p->unet, .text = p->text_encoder, .text_2 = p->text_encoder_2};
+    const loco_iv_models models = {.unet = p->unet, .text = p->text_encoder, .text_2 = p->text_encoder_2,
+                                   .text_std = p->text_encoder ? r->embed_std : 0, .text_2_std = c->std2};
     if ((st = loco_iv_compile(plan, np, &lay, &models, &prog, err))) goto done;
-    loco_site_hooks h1 = loco_iv_text_hooks(prog), h2 = loco_iv_text_2_hooks(prog);
-    if ((st = loco_text_batch_encode(p, prompts, n_rows, &h1, &h2, &tb, err))) goto done;
+    const loco_text_batch *text = &tb;
+    if (n_rows == 2 && c->have_base) {
+        text = &c->base_tb;
+        d.text_kv = &c->base_kv;
+    } else {
+        loco_site_hooks h1 = loco_iv_text_hooks(prog), h2 = loco_iv_text_2_hooks(prog);
+        if ((st = loco_text_batch_encode(p, prompts, n_rows, &h1, &h2, &tb, err))) goto done;
+        if (n_rows == 2) {
+            if ((st = loco_unet_compute_text_kv(p->unet, &tb.embeds, NULL, &c->base_kv, err))) goto done;
+            c->base_tb = tb;
+            memset(&tb, 0, sizeof tb);
+            c->have_base = 1;
+            text = &c->base_tb;
+            d.text_kv = &c->base_kv;
+        }
+    }
     int *un = malloc((size_t)n * sizeof *un); /* every sample's unconditional row is the batch's one */
     if (!un) {
         st = loco_err_set(err, LOCO_ENOMEM, "trace: out of memory");
         goto done;
     }
-    for (int i = 0; i < n; i++) un[i] = tb.uncond_row;
+    for (int i = 0; i < n; i++) un[i] = text->uncond_row;
     d.n_samples = n;
-    d.text = &tb.embeds;
-    d.pooled = tb.pooled.ndim ? &tb.pooled : NULL;
+    d.text = &text->embeds;
+    d.pooled = text->pooled.ndim ? &text->pooled : NULL;
     d.cond_row = row;
     d.uncond_row = un;
     d.n_groups = n;
@@ -364,6 +385,8 @@ loco_status loco_trace_run(loco_pipeline *p, const loco_clip_scorer *sc, const l
         goto done;
     if ((st = loco_token_embedding_std(p->text_encoder ? p->text_encoder : p->text_encoder_2, &r->embed_std, err)))
         goto done;
+    if (p->text_encoder && p->text_encoder_2 && (st = loco_token_embedding_std(p->text_encoder_2, &c.std2, err)))
+        goto done;
     if ((st = plan_variants(p, t, r, &v, &nv, err))) goto done;
     c.dim = loco_clip_scorer_embed_dim(sc);
     if (!(c.attr_embed = malloc((size_t)c.dim * sizeof *c.attr_embed))) {
@@ -404,6 +427,8 @@ done:
     r->seconds = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
     free(v);
     free(c.attr_embed);
+    loco_text_batch_free(&c.base_tb);
+    if (c.have_base) loco_unet_text_kv_free(&c.base_kv);
     if (st) loco_trace_result_free(r);
     return st;
 }

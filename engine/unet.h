@@ -122,6 +122,10 @@ loco_status loco_unet_variant(loco_unet *base, loco_unet **out, loco_err *err);
  * .attn2.to_k.weight") with host data of its shape (F32/F16/BF16/F64). */
 loco_status loco_unet_set_param(loco_unet *u, const char *name, const void *data, loco_dtype src_dtype,
                                 loco_err *err);
+/* Replace parameter `name` with a tensor the caller allocated on this UNet's backend with the
+ * same shape and dtype, and filled (e.g. an edit written straight into its host memory on the
+ * CPU backend: no upload copy). The UNet takes it over and *t is zeroed. */
+loco_status loco_unet_adopt_param(loco_unet *u, const char *name, loco_tensor *t, loco_err *err);
 /* Whether this UNet owns the tensor of `name` (0: shared with its base, or no such tensor). */
 int loco_unet_param_is_owned(const loco_unet *u, const char *name);
 

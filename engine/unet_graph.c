@@ -255,6 +255,17 @@ static void give_up(struct unet_graphs *gs, ug_entry *e, const char *what, const
     e->state = UG_EAGER;
 }
 
+/* Out of device memory inside a pool period: the pool and the main cache hold memory apart, so
+ * give the pool's back and let the plain path try with everything. The shape is forgotten, not
+ * marked plain: with more memory free later (a smaller request before it, a freed model) it gets
+ * a graph again. */
+static loco_status oom_retry(struct unet_graphs *gs, ug_entry *e, const unet_run *r, const loco_tensor *x,
+                             loco_tensor *out, loco_err *err) {
+    note_failure(gs, "out of memory", err);
+    entry_clear(e);
+    return unet_body(r, x, NULL, NULL, out, err);
+}
+
 loco_status unet_graph_forward(const unet_run *r, const loco_tensor *x, loco_tensor *out, loco_err *err) {
     loco_unet *u = r->u;
     memset(out, 0, sizeof *out);
@@ -277,12 +288,7 @@ loco_status unet_graph_forward(const unet_run *r, const loco_tensor *x, loco_ten
     if (e->state == UG_WARMUP) {
         gs->eager_calls++;
         loco_status s = pooled_call(e, r, x, out, err);
-        if (s == LOCO_EDEVICE_OOM) {
-            /* the pool and the main cache hold memory apart: give the pool's back and let the
-             * plain path try with everything */
-            give_up(gs, e, "warm-up", err);
-            return unet_body(r, x, NULL, NULL, out, err);
-        }
+        if (s == LOCO_EDEVICE_OOM) return oom_retry(gs, e, r, x, out, err);
         if (!s) e->state = UG_RECORD;
         return s;
     }
@@ -313,9 +319,6 @@ loco_status unet_graph_forward(const unet_run *r, const loco_tensor *x, loco_ten
     note_failure(gs, "recording", &gerr);
     /* run normally in the pool period: whatever the recording lacked, the pool gets now */
     s = pooled_call(e, r, x, out, err);
-    if (s == LOCO_EDEVICE_OOM) {
-        give_up(gs, e, "warm-up", err);
-        return unet_body(r, x, NULL, NULL, out, err);
-    }
+    if (s == LOCO_EDEVICE_OOM) return oom_retry(gs, e, r, x, out, err);
     return s;
 }

@@ -214,3 +214,20 @@ loco_status loco_unet_set_param(loco_unet *u, const char *name, const void *data
     *t = nt;
     return LOCO_OK;
 }
+
+loco_status loco_unet_adopt_param(loco_unet *u, const char *name, loco_tensor *t, loco_err *err) {
+    loco_param *p = find_param(u, name);
+    if (!p) return loco_err_set(err, LOCO_ENOTFOUND, "unet: no parameter named '%s'", name ? name : "(null)");
+    loco_tensor *cur = p->t;
+    if (!t || !t->owns || t->be != u->be || t->dtype != cur->dtype || !loco_tensor_same_shape(t, cur))
+        return loco_err_set(err, LOCO_EINVAL,
+                            "unet: the tensor for '%s' must be owned, on the UNet's backend, with its shape and dtype",
+                            name);
+    if (cur->owns && u->frozen)
+        return loco_err_set(err, LOCO_EINVAL,
+                            "unet: '%s' is shared with a variant made from this UNet; edit a variant instead", name);
+    loco_tensor_free(cur); /* a view (shared with the base) frees nothing */
+    *cur = *t;
+    memset(t, 0, sizeof *t);
+    return LOCO_OK;
+}

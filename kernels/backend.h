@@ -46,6 +46,13 @@ typedef struct loco_backend_opts {
 void loco_backend_opts_init(loco_backend_opts *o); /* fills defaults: AUTO, all threads, F16 */
 
 loco_status loco_backend_create(const loco_backend_opts *opts, loco_backend **out, loco_err *err);
+
+/* Call first in main(): when OpenBLAS would run its generic kernels on a CPU it can serve far
+ * better (it does not recognise recent Xeons), re-executes the program once with
+ * OPENBLAS_CORETYPE set. Does nothing when OPENBLAS_CORETYPE is already set. */
+void loco_backend_prepare_process(int argc, char **argv);
+/* The OPENBLAS_CORETYPE that would serve this CPU better than the kernels in use, or NULL. */
+const char *loco_blas_better_coretype(void);
 void loco_backend_destroy(loco_backend *be);
 loco_device loco_backend_device(const loco_backend *be);
 const char *loco_backend_describe(const loco_backend *be); /* "cpu (2 threads, OpenBLAS ...)" */
@@ -56,6 +63,30 @@ int loco_backend_accepts_dtype(const loco_backend *be, loco_dtype t);
 loco_status loco_backend_sync(loco_backend *be, loco_err *err);
 /* Bytes currently allocated and the peak since creation (device memory for CUDA). */
 void loco_backend_memory(const loco_backend *be, size_t *current, size_t *peak);
+
+/* ---- op profiling ---------------------------------------------------------------------- */
+
+/* Where a model's time goes, per kind of op: benchmarks report the share of time in GEMM-like
+ * ops and their FLOP rate. While profiling, every op is followed by a sync so device time is
+ * attributed to the op that spent it (slower; never on in production paths). */
+typedef enum loco_op_kind {
+    LOCO_OP_LINEAR = 0,
+    LOCO_OP_CONV2D,
+    LOCO_OP_ATTENTION,
+    LOCO_OP_NORM,        /* group norm, layer norm */
+    LOCO_OP_ELEMENTWISE, /* everything else: activations, adds, copies, layout */
+    LOCO_OP_KIND_COUNT
+} loco_op_kind;
+const char *loco_op_kind_name(loco_op_kind k); /* "linear", "conv2d", "attention", "norm", "elementwise" */
+
+typedef struct loco_op_profile {
+    int64_t calls[LOCO_OP_KIND_COUNT];
+    double seconds[LOCO_OP_KIND_COUNT];
+    double flops[LOCO_OP_KIND_COUNT]; /* multiply-adds count 2 */
+} loco_op_profile;
+
+void loco_backend_profile_start(loco_backend *be);                    /* zero the counters and enable */
+void loco_backend_profile_stop(loco_backend *be, loco_op_profile *out); /* disable; out may be NULL */
 
 /* ---- tensors ----------------------------------------------------------------------------- */
 

@@ -87,6 +87,9 @@ struct loco_backend {
      * backend with F16 activations may add F32 so that a VAE can run in fp32. Every tensor of
      * one op call has the same dtype (loco_copy converts). */
     unsigned op_dtypes;
+    /* Op profiling (loco_backend_profile_start/stop): maintained by backend_ops.c. */
+    int profiling;
+    loco_op_profile profile;
     void *impl; /* the backend's own state */
 };
 

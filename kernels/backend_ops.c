@@ -10,6 +10,49 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
+
+/* ---- profiling ---------------------------------------------------------------------------- */
+
+static const char *const op_kind_names[LOCO_OP_KIND_COUNT] = {"linear", "conv2d", "attention", "norm", "elementwise"};
+
+const char *loco_op_kind_name(loco_op_kind k) { return (unsigned)k < LOCO_OP_KIND_COUNT ? op_kind_names[k] : "?"; }
+
+static double prof_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+void loco_backend_profile_start(loco_backend *be) {
+    if (!be) return;
+    memset(&be->profile, 0, sizeof be->profile);
+    be->profiling = 1;
+}
+
+void loco_backend_profile_stop(loco_backend *be, loco_op_profile *out) {
+    if (!be) return;
+    be->profiling = 0;
+    if (out) *out = be->profile;
+}
+
+/* Called before an op is dispatched: the start time (0 when not profiling). Syncing first keeps
+ * earlier asynchronous work out of this op's time. */
+static double prof_begin(loco_backend *be) {
+    if (!be->profiling) return 0;
+    if (be->ops->sync) be->ops->sync(be, NULL);
+    return prof_now();
+}
+
+/* Called with the op's result: attributes its time and FLOPs, then passes the status through. */
+static loco_status prof_end(loco_backend *be, loco_op_kind kind, double flops, double t0, loco_status st) {
+    if (!be->profiling) return st;
+    if (be->ops->sync) be->ops->sync(be, NULL);
+    be->profile.calls[kind]++;
+    be->profile.seconds[kind] += prof_now() - t0;
+    be->profile.flops[kind] += flops;
+    return st;
+}
 
 #define SHAPE_BUF 128
 
@@ -152,7 +195,8 @@ loco_status loco_linear(loco_backend *be, loco_tensor *y, const loco_tensor *x, 
     TRY(no_alias(op, "y", y, "x", x, err));
     TRY(no_alias(op, "y", y, "w", w, err));
     if (loco_tensor_numel(y) == 0) return LOCO_OK;
-    return be->ops->linear(be, y, x, w, bias, act, err);
+    double t0 = prof_begin(be);
+    return prof_end(be, LOCO_OP_LINEAR, 2.0 * (double)loco_tensor_numel(y) * (double)K, t0, be->ops->linear(be, y, x, w, bias, act, err));
 }
 
 loco_status loco_conv2d(loco_backend *be, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
@@ -198,7 +242,8 @@ loco_status loco_conv2d(loco_backend *be, loco_tensor *y, const loco_tensor *x, 
     TRY(no_alias(op, "y", y, "x", x, err));
     TRY(no_alias(op, "y", y, "w", w, err));
     if (loco_tensor_numel(y) == 0) return LOCO_OK;
-    return be->ops->conv2d(be, y, x, w, bias, p, err);
+    double t0 = prof_begin(be);
+    return prof_end(be, LOCO_OP_CONV2D, 2.0 * (double)loco_tensor_numel(y) * (double)(w->shape[1] * w->shape[2] * w->shape[3]), t0, be->ops->conv2d(be, y, x, w, bias, p, err));
 }
 
 /* ---- norms ------------------------------------------------------------------------------------ */
@@ -243,7 +288,8 @@ loco_status loco_group_norm(loco_backend *be, loco_tensor *y, const loco_tensor 
     TRY(check_affine(be, op, "beta", beta, C, x, y, err));
     TRY(inplace_or_disjoint(op, "y", y, "x", x, err));
     if (loco_tensor_numel(y) == 0) return LOCO_OK;
-    return be->ops->group_norm(be, y, x, groups, gamma, beta, eps, fuse_silu ? 1 : 0, err);
+    double t0 = prof_begin(be);
+    return prof_end(be, LOCO_OP_NORM, 0, t0, be->ops->group_norm(be, y, x, groups, gamma, beta, eps, fuse_silu ? 1 : 0, err));
 }
 
 loco_status loco_layer_norm(loco_backend *be, loco_tensor *y, const loco_tensor *x, const loco_tensor *gamma,
@@ -262,7 +308,8 @@ loco_status loco_layer_norm(loco_backend *be, loco_tensor *y, const loco_tensor 
     if (beta) TRY(check_affine(be, op, "beta", beta, C, x, y, err));
     TRY(inplace_or_disjoint(op, "y", y, "x", x, err));
     if (loco_tensor_numel(y) == 0) return LOCO_OK;
-    return be->ops->layer_norm(be, y, x, gamma, beta, eps, err);
+    double t0 = prof_begin(be);
+    return prof_end(be, LOCO_OP_NORM, 0, t0, be->ops->layer_norm(be, y, x, gamma, beta, eps, err));
 }
 
 /* ---- attention ----------------------------------------------------------------------------------- */
@@ -309,7 +356,8 @@ loco_status loco_attention(loco_backend *be, loco_tensor *out, const loco_tensor
     TRY(no_alias(op, "out", out, "k", k, err));
     TRY(no_alias(op, "out", out, "v", v, err));
     if (loco_tensor_numel(out) == 0) return LOCO_OK;
-    return be->ops->attention(be, out, q, k, v, p, err);
+    double t0 = prof_begin(be);
+    return prof_end(be, LOCO_OP_ATTENTION, 4.0 * (double)q->shape[0] * (double)q->shape[1] * (double)k->shape[1] * (double)q->shape[2], t0, be->ops->attention(be, out, q, k, v, p, err));
 }
 
 /* ---- elementwise ------------------------------------------------------------------------------------ */
@@ -324,7 +372,8 @@ loco_status loco_activation(loco_backend *be, loco_tensor *y, const loco_tensor 
     TRY(check_act(op, act, err));
     TRY(inplace_or_disjoint(op, "y", y, "x", x, err));
     if (loco_tensor_numel(y) == 0) return LOCO_OK;
-    return be->ops->activation(be, y, x, act, err);
+    double t0 = prof_begin(be);
+    return prof_end(be, LOCO_OP_ELEMENTWISE, 0, t0, be->ops->activation(be, y, x, act, err));
 }
 
 loco_status loco_geglu(loco_backend *be, loco_tensor *y, const loco_tensor *x, loco_err *err) {
@@ -341,7 +390,8 @@ loco_status loco_geglu(loco_backend *be, loco_tensor *y, const loco_tensor *x, l
                             shp(&s, 1, x));
     TRY(no_alias(op, "y", y, "x", x, err));
     if (loco_tensor_numel(y) == 0) return LOCO_OK;
-    return be->ops->geglu(be, y, x, err);
+    double t0 = prof_begin(be);
+    return prof_end(be, LOCO_OP_ELEMENTWISE, 0, t0, be->ops->geglu(be, y, x, err));
 }
 
 loco_status loco_add(loco_backend *be, loco_tensor *y, const loco_tensor *a, const loco_tensor *b, loco_err *err) {
@@ -357,7 +407,8 @@ loco_status loco_add(loco_backend *be, loco_tensor *y, const loco_tensor *a, con
     TRY(inplace_or_disjoint(op, "y", y, "a", a, err));
     TRY(inplace_or_disjoint(op, "y", y, "b", b, err));
     if (loco_tensor_numel(y) == 0) return LOCO_OK;
-    return be->ops->add(be, y, a, b, err);
+    double t0 = prof_begin(be);
+    return prof_end(be, LOCO_OP_ELEMENTWISE, 0, t0, be->ops->add(be, y, a, b, err));
 }
 
 loco_status loco_add_channel_bias(loco_backend *be, loco_tensor *y, const loco_tensor *x, const loco_tensor *bias,
@@ -379,7 +430,8 @@ loco_status loco_add_channel_bias(loco_backend *be, loco_tensor *y, const loco_t
     TRY(inplace_or_disjoint(op, "y", y, "x", x, err));
     TRY(no_alias(op, "y", y, "bias", bias, err));
     if (loco_tensor_numel(y) == 0) return LOCO_OK;
-    return be->ops->add_channel_bias(be, y, x, bias, err);
+    double t0 = prof_begin(be);
+    return prof_end(be, LOCO_OP_ELEMENTWISE, 0, t0, be->ops->add_channel_bias(be, y, x, bias, err));
 }
 
 loco_status loco_lincomb(loco_backend *be, loco_tensor *y, int n, const loco_tensor *const *x, const float *coef,
@@ -400,7 +452,8 @@ loco_status loco_lincomb(loco_backend *be, loco_tensor *y, int n, const loco_ten
             return loco_err_set(err, LOCO_EINVAL, "lincomb: coef[%d] = %g is not finite", i, (double)coef[i]);
     }
     if (loco_tensor_numel(y) == 0) return LOCO_OK;
-    return be->ops->lincomb(be, y, n, x, coef, err);
+    double t0 = prof_begin(be);
+    return prof_end(be, LOCO_OP_ELEMENTWISE, 0, t0, be->ops->lincomb(be, y, n, x, coef, err));
 }
 
 /* copy converts between dtypes, so it checks storage dtypes itself rather than op dtypes. */
@@ -424,14 +477,16 @@ loco_status loco_copy(loco_backend *be, loco_tensor *y, const loco_tensor *x, lo
                             shp(&s, 1, x));
     TRY(inplace_or_disjoint(op, "y", y, "x", x, err));
     if (loco_tensor_numel(y) == 0 || y->data == x->data) return LOCO_OK;
-    return be->ops->copy(be, y, x, err);
+    double t0 = prof_begin(be);
+    return prof_end(be, LOCO_OP_ELEMENTWISE, 0, t0, be->ops->copy(be, y, x, err));
 }
 
 loco_status loco_fill(loco_backend *be, loco_tensor *y, float value, loco_err *err) {
     TRY(check_backend(be, "fill", err));
     TRY(check_tensor(be, "fill", "y", y, err));
     if (loco_tensor_numel(y) == 0) return LOCO_OK;
-    return be->ops->fill(be, y, value, err);
+    double t0 = prof_begin(be);
+    return prof_end(be, LOCO_OP_ELEMENTWISE, 0, t0, be->ops->fill(be, y, value, err));
 }
 
 /* ---- layout ------------------------------------------------------------------------------------------ */
@@ -450,7 +505,8 @@ loco_status loco_transpose12(loco_backend *be, loco_tensor *y, const loco_tensor
                             shp(&s, 0, x), shp(&s, 1, y));
     TRY(no_alias(op, "y", y, "x", x, err));
     if (loco_tensor_numel(y) == 0) return LOCO_OK;
-    return be->ops->transpose12(be, y, x, err);
+    double t0 = prof_begin(be);
+    return prof_end(be, LOCO_OP_ELEMENTWISE, 0, t0, be->ops->transpose12(be, y, x, err));
 }
 
 loco_status loco_concat(loco_backend *be, loco_tensor *y, const loco_tensor *a, const loco_tensor *b, int axis,
@@ -479,7 +535,8 @@ loco_status loco_concat(loco_backend *be, loco_tensor *y, const loco_tensor *a, 
     TRY(no_alias(op, "y", y, "a", a, err));
     TRY(no_alias(op, "y", y, "b", b, err));
     if (loco_tensor_numel(y) == 0) return LOCO_OK;
-    return be->ops->concat(be, y, a, b, ax, err);
+    double t0 = prof_begin(be);
+    return prof_end(be, LOCO_OP_ELEMENTWISE, 0, t0, be->ops->concat(be, y, a, b, ax, err));
 }
 
 loco_status loco_upsample_nearest2x(loco_backend *be, loco_tensor *y, const loco_tensor *x, loco_err *err) {
@@ -495,7 +552,8 @@ loco_status loco_upsample_nearest2x(loco_backend *be, loco_tensor *y, const loco
                             shp(&s, 0, y), shp(&s, 1, x));
     TRY(no_alias(op, "y", y, "x", x, err));
     if (loco_tensor_numel(y) == 0) return LOCO_OK;
-    return be->ops->upsample_nearest2x(be, y, x, err);
+    double t0 = prof_begin(be);
+    return prof_end(be, LOCO_OP_ELEMENTWISE, 0, t0, be->ops->upsample_nearest2x(be, y, x, err));
 }
 
 loco_status loco_embedding(loco_backend *be, loco_tensor *y, const loco_tensor *table, const int32_t *ids, int64_t n,
@@ -519,7 +577,8 @@ loco_status loco_embedding(loco_backend *be, loco_tensor *y, const loco_tensor *
                                 (long long)i, ids[i], (long long)V);
     TRY(no_alias(op, "y", y, "table", table, err));
     if (loco_tensor_numel(y) == 0) return LOCO_OK;
-    return be->ops->embedding(be, y, table, ids, n, err);
+    double t0 = prof_begin(be);
+    return prof_end(be, LOCO_OP_ELEMENTWISE, 0, t0, be->ops->embedding(be, y, table, ids, n, err));
 }
 
 loco_status loco_set_channels(loco_backend *be, loco_tensor *y, const int32_t *channels, const float *values, int n,
@@ -538,5 +597,6 @@ loco_status loco_set_channels(loco_backend *be, loco_tensor *y, const int32_t *c
             return loco_err_set(err, LOCO_EINVAL, "set_channels: channels[%d] = %d is outside the %lld channels of y %s",
                                 i, channels[i], (long long)C, shp(&s, 0, y));
     if (n == 0 || loco_tensor_numel(y) == 0) return LOCO_OK;
-    return be->ops->set_channels(be, y, channels, values, n, err);
+    double t0 = prof_begin(be);
+    return prof_end(be, LOCO_OP_ELEMENTWISE, 0, t0, be->ops->set_channels(be, y, channels, values, n, err));
 }

@@ -9,6 +9,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "backend.h"
+
 #include "auth.h"
 #include "config.h"
 #include "log.h"
@@ -41,6 +43,7 @@ static int hash_key(void) {
 }
 
 int main(int argc, char **argv) {
+    loco_backend_prepare_process(argc, argv);
     if (argc > 1 && strcmp(argv[1], "--worker") == 0) return locod_worker_main(argc, argv);
     if (argc > 1 && strcmp(argv[1], "--hash-key") == 0) return hash_key();
     static const struct option opts[] = {{"config", required_argument, 0, 'c'}, {"listen", required_argument, 0, 'l'},

@@ -327,6 +327,8 @@ static void on_done(locod_worker *w, json_t *m) {
     w->busy = OP_NONE;
     w->failures_in_row = 0;
     memory_from(srv, m);
+    /* a sticky device error: the worker exits now; nothing more goes to it */
+    if (json_is_true(json_object_get(m, "restart"))) w->dying = 1;
 }
 
 static void on_loaded(locod_worker *w, json_t *m) {

@@ -119,4 +119,7 @@ def test_many_event_streams_and_pollers(tmp_path):
         for t in threads:
             t.join(180)
         assert sorted(finished) == sorted(jobs)
-        assert "loco_sse_streams 0" in d.get("/metrics").text
+        deadline = time.time() + 10  # a stream is released just after its last bytes are sent
+        while "loco_sse_streams 0" not in d.get("/metrics").text:
+            assert time.time() < deadline, "event streams were not released"
+            time.sleep(0.05)

@@ -120,7 +120,9 @@ def main() -> None:
     import transformers
 
     diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
     with tempfile.TemporaryDirectory() as tmp:
         recs = [run_case(Path(args.loco), c, Path(tmp)) for c in CASES]
     doc = {"what": "diffusers loads loco's exported diffusers folders and reproduces loco's edited images "

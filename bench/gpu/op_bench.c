@@ -190,6 +190,7 @@ static loco_backend *cuda_backend(void) {
 }
 
 int main(int argc, char **argv) {
+    loco_backend_prepare_process(argc, argv);
     const char *path = argc > 1 ? argv[1] : "bench/gpu/ops.txt";
     int reps = argc > 2 ? atoi(argv[2]) : 10;
     FILE *f = fopen(path, "r");

@@ -132,6 +132,7 @@ static void usage(void) {
 }
 
 int main(int argc, char **argv) {
+    loco_backend_prepare_process(argc, argv);
     const char *device = "cuda", *family_name = "sd1", *vae_dtype = "f32";
     int size = 0, steps = 50, graphs = 1, batches[MAX_BATCHES] = {1}, nb = 1, timed[MAX_BATCHES] = {0}, nt = 0;
     unsigned long long seed = 1;

@@ -221,21 +221,13 @@ static const loco_backend_ops cpu_ops = {
     .set_channels = cpu_set_channels,
 };
 
-/* OpenBLAS 0.3.21 falls back to its generic Prescott kernels on CPUs newer than it knows
- * (Sapphire/Emerald Rapids), about 7x slower than its AVX-512 ones. The core type is fixed when
- * the library loads, so all the backend can do is say so, with the remedy. */
+/* A remedy to print when OpenBLAS runs its generic kernels on a CPU it could serve better
+ * (see blas_env.c); "" when all is well. */
 static const char *blas_hint(void) {
-#if defined(__x86_64__) && defined(__GNUC__)
-    const char *core = openblas_get_corename();
-    if (core && (strcasecmp(core, "prescott") == 0 || strcasecmp(core, "core2") == 0 ||
-                 strcasecmp(core, "nehalem") == 0)) {
-        __builtin_cpu_init();
-        if (__builtin_cpu_supports("avx512f"))
-            return "; slow generic OpenBLAS kernels: start with OPENBLAS_CORETYPE=SkylakeX";
-        if (__builtin_cpu_supports("avx2")) return "; slow generic OpenBLAS kernels: start with OPENBLAS_CORETYPE=Haswell";
-    }
-#endif
-    return "";
+    const char *better = loco_blas_better_coretype();
+    if (!better) return "";
+    return strcmp(better, "SkylakeX") == 0 ? "; slow generic OpenBLAS kernels: start with OPENBLAS_CORETYPE=SkylakeX"
+                                           : "; slow generic OpenBLAS kernels: start with OPENBLAS_CORETYPE=Haswell";
 }
 
 loco_status loco_backend_cpu_create(const loco_backend_opts *opts, loco_backend **out, loco_err *err) {

@@ -36,9 +36,22 @@ typedef struct conv_job {
     int direct;    /* 1x1, stride 1, no padding: x[n] is its own column matrix */
 } conv_job;
 
+/* d[0, lo) = 0, d[lo, hi) = s[off + i], d[hi, n) = 0: one output row's run of im2col at
+ * stride 1. Inline vector loops: the runs are short (a 64-wide image row, with one zero at
+ * each padded edge), where calls to memcpy/memset cost more than the copying. */
+static inline void run_copy(float *d, const float *s, int off, int lo, int hi, int n) {
+#pragma omp simd
+    for (int i = 0; i < lo; i++) d[i] = 0.0f;
+#pragma omp simd
+    for (int i = lo; i < hi; i++) d[i] = s[off + i];
+#pragma omp simd
+    for (int i = hi; i < n; i++) d[i] = 0.0f;
+}
+
 /* Rows (ci, ky, kx) x output pixels [p0, p0+pn) of one image's im2col matrix into col, whose
- * rows are ld floats apart. */
-static void im2col_block(const conv_job *j, const float *x, float *col, int ld, int p0, int pn) {
+ * rows are ld floats apart. (Loop-to-memset rewriting off: it would turn run_copy's one-float
+ * edge zeroing back into library calls.) */
+CPU_MULTIVERSION __attribute__((optimize("no-tree-loop-distribute-patterns"))) static void im2col_block(const conv_job *j, const float *x, float *col, int ld, int p0, int pn) {
     size_t hw = (size_t)j->H * j->W;
     int r = 0;
     for (int ci = 0; ci < j->Cin; ci++)
@@ -53,16 +66,14 @@ static void im2col_block(const conv_job *j, const float *x, float *col, int ld, 
                     int iw0 = ow * j->stride - j->pl + kx;
                     float *d = dst + (p - p0);
                     if (ih < 0 || ih >= j->H) {
-                        memset(d, 0, (size_t)run * sizeof(float));
+                        run_copy(d, d, 0, 0, 0, run);
                     } else if (j->stride == 1) { /* contiguous: zeros, a copy, zeros */
-                        const float *s = src + (size_t)ih * j->W;
                         int lo = iw0 < 0 ? -iw0 : 0;
                         int hi = j->W - iw0 < run ? j->W - iw0 : run;
                         if (hi < lo) hi = lo;
                         if (lo > run) lo = hi = run;
-                        memset(d, 0, (size_t)lo * sizeof(float));
-                        if (hi > lo) memcpy(d + lo, s + iw0 + lo, (size_t)(hi - lo) * sizeof(float));
-                        memset(d + hi, 0, (size_t)(run - hi) * sizeof(float));
+                        /* input pixel iw0 + i feeds output column i; only [lo, hi) is read */
+                        run_copy(d, src + (size_t)ih * j->W, iw0, lo, hi, run);
                     } else {
                         const float *s = src + (size_t)ih * j->W;
                         for (int i = 0; i < run; i++) {
@@ -149,18 +160,22 @@ loco_status cpu_conv2d(loco_backend *be, loco_tensor *y, const loco_tensor *x, c
     j.total = (long)x->shape[0] * j.P;
     j.direct = j.kh == 1 && j.kw == 1 && j.stride == 1 && !p->pad[0] && !p->pad[1] && !p->pad[2] && !p->pad[3];
 
-    /* Column blocks: equal widths near the target, multiples of 16 (the micro-kernel width). */
+    /* Column blocks: equal widths near the target, multiples of 16 (the micro-kernel width),
+     * balanced over the threads when there are enough of them. */
     int target = COL_BLOCK_FLOATS / j.K < COLS_TARGET ? COL_BLOCK_FLOATS / j.K : COLS_TARGET;
     if (target < 64) target = 64;
-    long nblk = cpu_balance((j.total + target - 1) / target, threads);
+    long nblk = (j.total + target - 1) / target;
+    if (nblk >= threads) nblk = cpu_balance(nblk, threads);
     long pb = (j.total + nblk - 1) / nblk;
     pb = (pb + 15) / 16 * 16;
     j.pb = (int)(pb < j.total ? pb : j.total);
     j.nblk = (int)((j.total + j.pb - 1) / j.pb);
-    /* Output-channel blocks only when there are fewer blocks than twice the threads. */
+    /* Fewer blocks than threads (small images, 8x8x1280 at a UNet's bottom): split the output
+     * channels instead of narrowing the blocks. Each part packs only its rows of w, where
+     * narrower blocks would each pack all of w (59 MB there) again. */
     j.cb = j.Cout;
-    if (j.nblk < 2 * threads && j.Cout >= 32) {
-        int split = (int)cpu_balance((2 * threads + j.nblk - 1) / j.nblk * j.nblk, threads) / j.nblk;
+    if (j.nblk < threads && j.Cout >= 32) {
+        int split = (int)(cpu_balance((threads + j.nblk - 1) / j.nblk * j.nblk, threads) / j.nblk);
         int h = (j.Cout + split - 1) / split;
         j.cb = (h + 15) / 16 * 16;
     }

@@ -21,8 +21,8 @@
  * Re-capture: when the caller captures again into a graph that already has an executable one
  * (new text K/V addresses, new kv_index tables), cudaGraphExecUpdate patches the executable
  * graph in place (same topology, new kernel arguments), which is far cheaper than a new
- * instantiation and, as CUDA documents, does not affect launches already enqueued; if the update
- * is refused, the old executable graph is destroyed after the stream drains and a new one is
+ * instantiation (the stream is drained first, so no enqueued launch can see a half-updated
+ * graph); if the update is refused, the old executable graph is destroyed and a new one is
  * instantiated. */
 #include <stdlib.h>
 #include <string.h>
@@ -140,6 +140,10 @@ extern "C" loco_status cuda_graph_capture_end(loco_backend *be, void *gp, int ke
                             cudaGetErrorString(e), cudaGetErrorName(e));
     }
     if (g->exec) {
+        /* CUDA documents that node updates do not affect launches already enqueued; waiting
+         * for them anyway costs little (a re-record happens once per new text batch, after the
+         * previous run's results were downloaded) and leaves no doubt */
+        cudaStreamSynchronize(c->stream);
         cudaGraphExecUpdateResultInfo info;
         memset(&info, 0, sizeof info);
         if (cudaGraphExecUpdate(g->exec, graph, &info) == cudaSuccess) {
@@ -148,7 +152,6 @@ extern "C" loco_status cuda_graph_capture_end(loco_backend *be, void *gp, int ke
             return LOCO_OK;
         }
         cudaGetLastError(); /* the refusal is reported as an error; it is not one for us */
-        cudaStreamSynchronize(c->stream);
         cudaGraphExecDestroy(g->exec);
         g->exec = NULL;
     }

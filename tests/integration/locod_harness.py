@@ -75,7 +75,7 @@ class Daemon:
         self.config = self.dir / "locod.json"
         self.config.write_text(json.dumps(cfg, indent=2))
         self.env = dict(os.environ, LOCOD_TEST_FAULTS="1", OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
-        self.env.setdefault("ASAN_OPTIONS", "detect_leaks=0:abort_on_error=0")
+        self.env.setdefault("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0")
         self.env.update(env or {})
         self.proc = None
         self.port = None
@@ -137,7 +137,8 @@ class Daemon:
 
     def check_sanitizers(self):
         text = self.log()
-        assert "ERROR: AddressSanitizer" not in text and "runtime error:" not in text, text[-6000:]
+        for bad in ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:"):
+            assert bad not in text, text[text.find(bad) - 200:][:6000]
 
     def alive(self):
         return self.proc.poll() is None and self.get("/healthz").status_code == 200

@@ -100,7 +100,11 @@ static int loco_test_run_one_(const loco_test_case *t) {
     return loco_test_failed_ ? 1 : 0;
 }
 
+/* kernels/backend.h: re-executes with faster BLAS kernels where OpenBLAS misdetects the CPU. */
+void loco_backend_prepare_process(int argc, char **argv);
+
 int main(int argc, char **argv) {
+    loco_backend_prepare_process(argc, argv);
     if (argc > 1 && strcmp(argv[1], "--list") == 0) {
         for (int i = 0; i < loco_ntests_; i++) printf("%s\n", loco_tests_[i].name);
         return 0;

@@ -258,3 +258,69 @@ TEST(clear_errors) {
     CHECK(strcmp(loco_pil_filter_name(LOCO_PIL_LANCZOS), "lanczos") == 0);
     CHECK(loco_pil_filter_from_name("cubic", &pf) == -1);
 }
+
+/* The same model in open_clip's layout (open_clip_config.json + open_clip_model.safetensors with fused in_proj and
+ * [width, embed] projections) and open_clip's eval transform (rounded crop offsets, ToTensor's float32 division). */
+TEST(open_clip_folder_and_transform) {
+    fx f;
+    if (fx_open(&f)) {
+        fx_close(&f);
+        CHECK_MSG(0, "fixtures missing (make fixtures)");
+    }
+    char dir[1024];
+    snprintf(dir, sizeof dir, "%s/models/clip-tiny-openclip", loco_fixtures_dir());
+    loco_clip_scorer *oc = NULL;
+    loco_err e = {0};
+    if (loco_clip_scorer_load(f.be, dir, &oc, &e) != LOCO_OK) {
+        fx_close(&f);
+        CHECK_MSG(0, "%s", e.msg);
+    }
+    const loco_clip_preprocess_config *pc = loco_clip_scorer_preprocess_config(oc);
+    CHECK(pc->crop_round && pc->rescale_by_division && pc->resample == LOCO_PIL_BICUBIC);
+    const int n = n_images(&f), dim = loco_clip_scorer_embed_dim(oc);
+    loco_image *imgs = calloc((size_t)n, sizeof *imgs);
+    double worst_px = 0;
+    for (int i = 0; i < n; i++) {
+        CHECK(load_image(&f, i, &imgs[i]) == 0);
+        float *px = malloc((size_t)3 * 32 * 32 * sizeof *px);
+        CHECK_MSG(loco_clip_preprocess(pc, &imgs[i], px, &e) == LOCO_OK, "%s", e.msg);
+        char name[64];
+        snprintf(name, sizeof name, "openclip_pixel_values.%d", i);
+        int64_t k = 0;
+        float *want = mr_ref_f32(f.ref, name, &k);
+        CHECK(want && k == 3 * 32 * 32);
+        worst_px = fmax(worst_px, loco_rel_l2(px, want, (size_t)k));
+        free(px);
+        free(want);
+    }
+    json_t *caps = meta_json(f.ref, "captions");
+    const int nc = (int)json_array_size(caps);
+    const char **texts = calloc((size_t)nc, sizeof *texts);
+    for (int j = 0; j < nc; j++) texts[j] = json_string_value(json_array_get(caps, (size_t)j));
+    float *ie = malloc((size_t)n * dim * sizeof *ie), *te = malloc((size_t)nc * dim * sizeof *te);
+    CHECK_MSG(loco_clip_scorer_image_embeds(oc, imgs, n, ie, &e) == LOCO_OK, "%s", e.msg);
+    CHECK_MSG(loco_clip_scorer_text_embeds(oc, texts, nc, te, &e) == LOCO_OK, "%s", e.msg);
+    float *wi = mr_ref_f32(f.ref, "openclip_image_embeds", NULL), *wc = mr_ref_f32(f.ref, "openclip_cosine", NULL),
+          *wt = mr_ref_f32(f.ref, "text_embeds", NULL);
+    CHECK(wi && wc && wt);
+    double worst = 0;
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < nc; j++)
+            worst = fmax(worst, fabs(loco_clip_cosine(ie + (size_t)i * dim, te + (size_t)j * dim, dim) - wc[i * nc + j]));
+    const double ei = loco_rel_l2(ie, wi, (size_t)n * dim), et = loco_rel_l2(te, wt, (size_t)nc * dim);
+    fprintf(stderr, "open_clip folder: pixel_values worst %.3g, image embeds %.3g, text embeds %.3g, |cos diff| %.3g\n",
+            worst_px, ei, et, worst);
+    for (int i = 0; i < n; i++) loco_image_free(&imgs[i]);
+    free(imgs);
+    free(texts);
+    free(ie);
+    free(te);
+    free(wi);
+    free(wc);
+    free(wt);
+    json_decref(caps);
+    loco_clip_scorer_free(oc);
+    fx_close(&f);
+    CHECK(worst_px <= 1e-7);
+    CHECK(ei <= 1e-5 && et <= 1e-5 && worst <= 1e-5);
+}

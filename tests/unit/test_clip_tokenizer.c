@@ -174,6 +174,89 @@ TEST(special_ids_lengths_and_token_text) {
     CHECK(bang_ok);
 }
 
+/* ---- how folders are read ------------------------------------------------------------------ */
+
+/* A folder with the real vocabulary (linked) and the given configs (stm NULL: none). */
+static int make_config_dir(char *dir, size_t n, const char *tc, const char *stm) {
+    char clip[PATH_MAX], src[PATH_MAX * 2], abs[PATH_MAX], dst[PATH_MAX * 2];
+    config_tokenizer_dir(clip, sizeof clip, "clip");
+    snprintf(dir, n, "/tmp/loco_tok_cfg_XXXXXX");
+    if (!mkdtemp(dir)) return -1;
+    static const char *const names[2] = {"vocab.json", "merges.txt"};
+    for (int i = 0; i < 2; i++) {
+        snprintf(src, sizeof src, "%s/%s", clip, names[i]);
+        snprintf(dst, sizeof dst, "%s/%s", dir, names[i]);
+        if (!realpath(src, abs) || symlink(abs, dst) != 0) { remove_dir(dir); return -1; }
+    }
+    if (write_file(dir, "tokenizer_config.json", tc) || (stm && write_file(dir, "special_tokens_map.json", stm))) {
+        remove_dir(dir);
+        return -1;
+    }
+    return 0;
+}
+
+/* Folder layouts other than the fixture's, with the ids transformers 5.23 gives for them:
+ * legacy configs (no added_tokens_decoder: special_tokens_map.json decides, and a plain-string
+ * pad "<|endoftext|>" added last makes that token non-normalized), a decoder entry without
+ * "normalized" (which becomes non-normalized once the token is named), and lstrip/rstrip plus a
+ * normalized multi-word added token outside the vocabulary. */
+TEST(config_resolution_follows_transformers) {
+    static const char legacy_tc[] =
+        "{\"bos_token\": {\"__type\": \"AddedToken\", \"content\": \"<|startoftext|>\", \"lstrip\": false, "
+        "\"normalized\": true, \"rstrip\": false, \"single_word\": false}, \"eos_token\": {\"__type\": \"AddedToken\", "
+        "\"content\": \"<|endoftext|>\", \"lstrip\": false, \"normalized\": true, \"rstrip\": false, \"single_word\": "
+        "false}, \"model_max_length\": 77, \"pad_token\": \"<|endoftext|>\", \"unk_token\": {\"__type\": "
+        "\"AddedToken\", \"content\": \"<|endoftext|>\", \"lstrip\": false, \"normalized\": true, \"rstrip\": false, "
+        "\"single_word\": false}}";
+    static const char legacy_stm_fmt[] =
+        "{\"bos_token\": {\"content\": \"<|startoftext|>\", \"lstrip\": false, \"normalized\": true, \"rstrip\": "
+        "false, \"single_word\": false}, \"eos_token\": {\"content\": \"<|endoftext|>\", \"lstrip\": false, "
+        "\"normalized\": true, \"rstrip\": false, \"single_word\": false}, \"pad_token\": \"%s\", \"unk_token\": "
+        "{\"content\": \"<|endoftext|>\", \"lstrip\": false, \"normalized\": true, \"rstrip\": false, "
+        "\"single_word\": false}}";
+    char stm_sd1[1024], stm_sd2[1024];
+    snprintf(stm_sd1, sizeof stm_sd1, legacy_stm_fmt, "<|endoftext|>");
+    snprintf(stm_sd2, sizeof stm_sd2, legacy_stm_fmt, "!");
+    static const struct {
+        const char *tc, *prompt;
+        int which_stm; /* 0 none, 1 SD 1.x legacy, 2 SD 2.x legacy */
+        int32_t pad;
+        int max_length, n;
+        int32_t want[12];
+    } cases[] = {
+        {legacy_tc, "a <|ENDOFTEXT|> b <|endoftext|> <|STARTOFTEXT|>", 1, 49407, 77, 10,
+         {320, 27, 347, 40786, 4160, 91, 285, 321, 49407, 49406}},
+        {legacy_tc, "hi!! <|ENDOFTEXT|>", 2, 0, 77, 4, {1883, 0, 0, 49407}},
+        {"{\"model_max_length\": 77, \"added_tokens_decoder\": {\"0\": {\"content\": \"<|endoftext|>\", \"lstrip\": "
+         "true, \"rstrip\": true, \"special\": false}}}",
+         "x <|ENDOFTEXT|> y <|endoftext|>z", 0, 49407, 77, 10, {343, 27, 347, 40786, 4160, 91, 285, 344, 49407, 345}},
+        {"{\"model_max_length\": 12, \"added_tokens_decoder\": {\"0\": {\"content\": \"!\", \"lstrip\": true, "
+         "\"rstrip\": true, \"normalized\": false, \"special\": true}, \"49408\": {\"content\": \"HeLLo W\xc3\xb6rld\", "
+         "\"rstrip\": true, \"normalized\": true, \"special\": false}}, \"pad_token\": \"!\"}",
+         "a ! b HELLO   W\xc3\x96RLD  c!", 0, 0, 12, 6, {320, 0, 321, 49408, 322, 0}},
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        char dir[64];
+        const char *stm = cases[c].which_stm == 1 ? stm_sd1 : cases[c].which_stm == 2 ? stm_sd2 : NULL;
+        CHECK(make_config_dir(dir, sizeof dir, cases[c].tc, stm) == 0);
+        loco_err err = {0};
+        loco_clip_tokenizer *t = NULL;
+        loco_status st = loco_clip_tokenizer_load(dir, &t, &err);
+        remove_dir(dir);
+        CHECK_MSG(st == LOCO_OK, "case %zu: %s", c, err.msg);
+        int32_t *raw = NULL, pad[77];
+        int n = 0, nc = 0;
+        int ok = loco_clip_tokenize_raw(t, cases[c].prompt, &raw, &n, &err) == LOCO_OK && n == cases[c].n &&
+                 memcmp(raw, cases[c].want, (size_t)n * sizeof(int32_t)) == 0 &&
+                 loco_clip_tokenizer_pad(t) == cases[c].pad && loco_clip_tokenizer_max_length(t) == cases[c].max_length &&
+                 loco_clip_tokenize(t, cases[c].prompt, pad, &nc, &err) == LOCO_OK && nc == n &&
+                 pad[nc + 1] == 49407 && pad[cases[c].max_length - 1] == cases[c].pad;
+        free(raw);
+        loco_clip_tokenizer_free(t);
+        CHECK_MSG(ok, "case %zu (\"%s\"): %d ids", c, cases[c].prompt, n);
+    }
+}
+
 /* ---- tiny model tokenizers against the text references -------------------------------------- */
 
 static int check_tiny(const char *model, const char *tok_dir, const char *ids_name, const char *neg_ids_name,

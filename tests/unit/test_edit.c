@@ -60,17 +60,81 @@ static void check_forms(int d_out, int d_in, int n, double lambda, double tol) {
     p.form = LOCO_SOLVE_PUSH_THROUGH;
     ok = ok && loco_ridge_solve(&p, b, &ib, &e) == LOCO_OK;
     if (!ok) fprintf(stderr, "%s\n", e.msg);
+    /* targets instead of values: v_i = W t_i taken in the same pass over W, for both forms */
+    double *t = rnd((size_t)n * d_in), *tv = malloc((size_t)n * d_out * sizeof *tv);
+    double *c = malloc((size_t)d_out * d_in * sizeof *c), *c2 = malloc((size_t)d_out * d_in * sizeof *c2);
+    loco_edit_project_rows(w, d_out, d_in, t, n, tv);
+    loco_ridge_problem pv = p, pt = p;
+    pv.values = tv;
+    pt.values = NULL;
+    pt.targets = t;
+    double tdiff = 1;
+    for (int f = LOCO_SOLVE_FULL; ok && f <= LOCO_SOLVE_PUSH_THROUGH; f++) {
+        pv.form = pt.form = (loco_solve_form)f;
+        ok = loco_ridge_solve(&pv, c, NULL, &e) == LOCO_OK && loco_ridge_solve(&pt, c2, NULL, &e) == LOCO_OK;
+        tdiff = ok ? rel_diff(c2, c, (size_t)d_out * d_in) : 1;
+        ok = ok && tdiff < tol;
+    }
+    free(t), free(tv), free(c), free(c2);
     double diff = ok ? rel_diff(a, b, (size_t)d_out * d_in) : 1;
     double g = ok ? kkt(&p, a) : 1;
-    fprintf(stderr, "  d_out %d d_in %d n %d: full vs push-through %.2e, gradient %.2e, fit %.3g -> %.3g\n", d_out,
-            d_in, n, diff, g, ia.fit_before, ia.fit_after);
+    fprintf(stderr, "  d_out %d d_in %d n %d: full vs push-through %.2e, targets vs values %.2e, gradient %.2e, fit %.3g -> %.3g\n",
+            d_out, d_in, n, diff, tdiff, g, ia.fit_before, ia.fit_after);
     free(w), free(k), free(v), free(a), free(b);
     CHECK(ok);
     CHECK(ia.form == LOCO_SOLVE_FULL && ib.form == LOCO_SOLVE_PUSH_THROUGH);
     CHECK_MSG(diff < tol, "forms differ by %.3g", diff);
     CHECK_MSG(g < 1e-10, "gradient %.3g", g);
     CHECK(ia.fit_after < ia.fit_before);
+    /* the push-through form's diagnostics come from identities of its small system: they must agree
+     * with the full form's direct ones */
+    CHECK_MSG(fabs(ib.fit_before - ia.fit_before) <= 1e-10 * ia.fit_before, "fit before %.12g vs %.12g", ib.fit_before, ia.fit_before);
+    CHECK_MSG(fabs(ib.fit_after - ia.fit_after) <= 1e-6 * ia.fit_after + 1e-12, "fit after %.12g vs %.12g", ib.fit_after, ia.fit_after);
+    CHECK_MSG(fabs(ib.rel_change - ia.rel_change) <= 1e-8 * ia.rel_change, "change %.12g vs %.12g", ib.rel_change, ia.rel_change);
     CHECK(loco_solve_form_pick(LOCO_SOLVE_AUTO, n, d_in) == (n < d_in ? LOCO_SOLVE_PUSH_THROUGH : LOCO_SOLVE_FULL));
+}
+
+/* The float32-storage path against the float64 one on the same (float32-representable) W. */
+static void check_f32_path(int d_out, int d_in, int n, int targets) {
+    lcg_state = (uint64_t)(7 * d_out + n);
+    const size_t nw = (size_t)d_out * d_in;
+    double *w = rnd(nw), *k = rnd((size_t)n * d_in), *v = rnd((size_t)n * (targets ? d_in : d_out));
+    float *wf = malloc(nw * sizeof *wf), *of = malloc(nw * sizeof *of);
+    for (size_t i = 0; i < nw; i++) w[i] = wf[i] = (float)w[i];
+    loco_ridge_problem p = {.d_out = d_out, .d_in = d_in, .n = n, .w = w, .keys = k, .lambda = 0.01,
+                            .values = targets ? NULL : v, .targets = targets ? v : NULL};
+    loco_ridge_info i64, i32;
+    loco_err e = {0};
+    double *o64 = malloc(nw * sizeof *o64);
+    int ok = loco_ridge_solve(&p, o64, &i64, &e) == LOCO_OK && loco_ridge_solve_f32(&p, wf, of, &i32, &e) == LOCO_OK;
+    double num = 0, den = 0;
+    for (size_t i = 0; ok && i < nw; i++) {
+        double r = (float)o64[i];
+        num += (of[i] - r) * (of[i] - r);
+        den += r * r;
+    }
+    fprintf(stderr, "  float32 path %dx%d n %d (%s): %.2e from the float64 path, fit %.3g vs %.3g\n", d_out, d_in, n,
+            targets ? "targets" : "values", ok ? sqrt(num / den) : -1.0, i32.fit_after, i64.fit_after);
+    free(w), free(k), free(v), free(wf), free(of), free(o64);
+    CHECK(ok);
+    CHECK(sqrt(num / den) < 1e-7);
+    CHECK(fabs(i32.fit_after - i64.fit_after) <= 1e-9 * (1 + i64.fit_after));
+    CHECK(fabs(i32.rel_change - i64.rel_change) <= 1e-9 * i64.rel_change);
+}
+
+TEST(solve_f32_path) {
+    check_f32_path(40, 64, 4, 1);
+    check_f32_path(96, 80, 12, 0);
+    /* outside its domain it says so rather than solving slowly or wrongly */
+    double k[2 * 3] = {1, 2, 3, 4, 5, 6}, v[2 * 3] = {0};
+    float w[9] = {0}, o[9];
+    loco_err e = {0};
+    loco_ridge_problem p = {.d_out = 3, .d_in = 3, .n = 2, .keys = k, .values = v, .lambda = 0.1,
+                            .form = LOCO_SOLVE_FULL};
+    CHECK(loco_ridge_solve_f32(&p, w, o, NULL, &e) == LOCO_EINVAL && strstr(e.msg, "push-through"));
+    w[4] = NAN;
+    p.form = LOCO_SOLVE_PUSH_THROUGH;
+    CHECK(loco_ridge_solve_f32(&p, w, o, NULL, &e) == LOCO_EINVAL && strstr(e.msg, "NaN"));
 }
 
 TEST(solve_forms_agree) {
@@ -143,7 +207,7 @@ TEST(solve_matches_reference_inputs) {
     CHECK(err < 1e-10);
     /* the engine's per-matrix path (resident tensor in, float32 out), both forms */
     for (int f = LOCO_SOLVE_FULL; f <= LOCO_SOLVE_PUSH_THROUGH; f++) {
-        CHECK(loco_edit_solve_tensor(w, k, v, pr.n, 0, 0.01, (loco_solve_form)f, name, got32, &info, &e) == LOCO_OK);
+        CHECK(loco_edit_solve_tensor(w, k, v, pr.n, 0, 0.01, (loco_solve_form)f, name, got32, NULL, &info, &e) == LOCO_OK);
         for (int64_t i = 0; i < nw; i++) got[i] = got32[i];
         err = rel_diff(got, want, (size_t)nw);
         fprintf(stderr, "  %s form, float32 result: %.3g\n", loco_solve_form_name(info.form), err);

@@ -243,7 +243,9 @@ TEST(store_lifecycle_and_terminal_states) {
     locod_store_pending_per_key(s, count_key, &pending);
     CHECK(pending == 1);
     json_t *arts = json_pack("[{s:s, s:i, s:s}]", "sha256", "ab", "size", 3, "media_type", "image/png");
-    CHECK(locod_store_finish(s, r.id, LOCO_JOB_SUCCEEDED, 3000, 5000, NULL, NULL, 0, json_object(), arts, &err) == 1);
+    json_t *res = json_object();
+    CHECK(locod_store_finish(s, r.id, LOCO_JOB_SUCCEEDED, 3000, 5000, NULL, NULL, 0, res, arts, &err) == 1);
+    json_decref(res);
     CHECK(locod_store_finish(s, r.id, LOCO_JOB_FAILED, 3500, 5000, "x", "y", 0, NULL, NULL, &err) == 0);
     CHECK(locod_store_get(s, r.id, &g, &err) == 1 && g.state == LOCO_JOB_SUCCEEDED && g.attempts == 1);
     locod_job_row_free(&g);
