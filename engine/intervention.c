@@ -174,8 +174,10 @@ static loco_status resolve_site(const loco_iv_program *p, int idx, civ *c, loco_
     int id = find_text_site(t, name);
     if (id < 0)
         return loco_err_set(err, LOCO_ENOTFOUND,
-                            "intervention %d (%s): unknown site '%s'%s; `loco inspect MODEL --all-sites` lists them", idx, act,
-                            iv->site, m == M_TEXT2 && !t ? " (the model has no text_encoder_2)" : "");
+                            "intervention %d (%s): unknown site '%s'%s; UNet sites are listed by `loco inspect MODEL "
+                            "--all-sites`, text-encoder sites are text_model.embeddings and "
+                            "text_model.encoder.layers.N.{self_attn,self_attn.out_proj,mlp}",
+                            idx, act, iv->site, m == M_TEXT2 && !t ? " (the model has no text_encoder_2)" : "");
     c->model = m;
     c->site = id;
     c->kind = loco_clip_text_site(t, id)->kind;

@@ -29,7 +29,7 @@ void loco_generate_result_free(loco_generate_result *r) {
     memset(r, 0, sizeof *r);
 }
 
-static float effective_guidance(const loco_pipeline *p, const loco_generate_params *g) {
+float loco_pipeline_guidance(const loco_pipeline *p, const loco_generate_params *g) {
     if (!isnan(g->guidance_scale)) return g->guidance_scale;
     return p->family == LOCO_FAMILY_SDXL ? 5.0f : 7.5f;
 }
@@ -48,7 +48,7 @@ loco_status loco_generate_validate(const loco_pipeline *p, const loco_generate_p
                             (long)g->n_prompts * g->num_images_per_prompt, GEN_MAX_BATCH);
     if (g->steps < 0 || g->steps > GEN_MAX_STEPS)
         return loco_err_set(err, LOCO_EINVAL, "steps must be between 1 and %d, got %d", GEN_MAX_STEPS, g->steps);
-    float gs = effective_guidance(p, g);
+    float gs = loco_pipeline_guidance(p, g);
     if (!isfinite(gs) || gs < 0 || gs > 100)
         return loco_err_set(err, LOCO_EINVAL, "guidance_scale must be a number in [0, 100], got %g", (double)gs);
     int def = loco_pipeline_default_size(p), m = loco_pipeline_size_multiple(p);
@@ -63,8 +63,8 @@ loco_status loco_generate_validate(const loco_pipeline *p, const loco_generate_p
     return LOCO_OK;
 }
 
-static loco_status encode_text(loco_pipeline *p, const loco_generate_params *g, int cfg, loco_prompt_embeds *pe,
-                               loco_err *err) {
+loco_status loco_pipeline_encode_prompts(loco_pipeline *p, const loco_generate_params *g, int cfg, loco_prompt_embeds *pe,
+                                         loco_err *err) {
     loco_text_encoders enc;
     loco_text_encoders_init(&enc);
     enc.family = p->family;
@@ -88,46 +88,50 @@ static loco_status encode_text(loco_pipeline *p, const loco_generate_params *g, 
     return st;
 }
 
+void loco_pipeline_denoise_params(const loco_pipeline *p, const loco_generate_params *g, loco_denoise_params *d) {
+    const int def = loco_pipeline_default_size(p);
+    loco_denoise_params_init(d);
+    d->n_samples = g->n_prompts * g->num_images_per_prompt;
+    /* one generator for the whole batch: one torch.randn of [b, C, h, w], as the pipeline draws it */
+    d->n_groups = 0;
+    d->group_seed = &g->seed;
+    d->latents = g->latents;
+    d->width = g->width ? g->width : def;
+    d->height = g->height ? g->height : def;
+    d->steps = g->steps ? g->steps : 50;
+    d->guidance_scale = loco_pipeline_guidance(p, g);
+    d->has_scheduler = g->has_scheduler;
+    d->scheduler = g->scheduler;
+    d->use_karras_sigmas = g->use_karras_sigmas;
+    d->progress = g->progress;
+    d->progress_ctx = g->progress_ctx;
+    d->skip_decode = g->skip_decode;
+}
+
 loco_status loco_generate(loco_pipeline *p, const loco_generate_params *g, loco_generate_result *out,
                           loco_err *err) {
     memset(out, 0, sizeof *out);
     loco_status st = loco_generate_validate(p, g, err);
     if (st) return st;
-    const float gs = effective_guidance(p, g);
+    const float gs = loco_pipeline_guidance(p, g);
     const int cfg = gs > 1.0f;
-    const int def = loco_pipeline_default_size(p);
     const int b = g->n_prompts * g->num_images_per_prompt;
     loco_prompt_embeds pe;
     memset(&pe, 0, sizeof pe);
     int *rows = malloc((size_t)(2 * b) * sizeof *rows);
     if (!rows) return loco_err_set(err, LOCO_ENOMEM, "out of memory");
-    if ((st = encode_text(p, g, cfg, &pe, err))) goto done;
+    if ((st = loco_pipeline_encode_prompts(p, g, cfg, &pe, err))) goto done;
     /* encode_prompt's rows are [uncond b | cond b]: sample k takes row k and b + k */
     for (int k = 0; k < b; k++) {
         rows[k] = k;
         rows[b + k] = cfg ? b + k : k;
     }
     loco_denoise_params d;
-    loco_denoise_params_init(&d);
-    d.n_samples = b;
+    loco_pipeline_denoise_params(p, g, &d);
     d.text = &pe.embeds;
     d.pooled = p->family == LOCO_FAMILY_SDXL ? &pe.pooled : NULL;
     d.cond_row = rows + b;
     d.uncond_row = cfg ? rows : NULL;
-    /* one generator for the whole batch: one torch.randn of [b, C, h, w], as the pipeline draws it */
-    d.n_groups = 0;
-    d.group_seed = &g->seed;
-    d.latents = g->latents;
-    d.width = g->width ? g->width : def;
-    d.height = g->height ? g->height : def;
-    d.steps = g->steps ? g->steps : 50;
-    d.guidance_scale = gs;
-    d.has_scheduler = g->has_scheduler;
-    d.scheduler = g->scheduler;
-    d.use_karras_sigmas = g->use_karras_sigmas;
-    d.progress = g->progress;
-    d.progress_ctx = g->progress_ctx;
-    d.skip_decode = g->skip_decode;
     st = loco_denoise(p, &d, out, err);
 done:
     loco_prompt_embeds_free(&pe);

@@ -5,6 +5,7 @@
 #include <stdio.h>
 
 #include "pipeline.h"
+#include "denoise.h"
 #include "text_conditioning.h"
 
 struct loco_pipeline {
@@ -21,5 +22,13 @@ struct loco_pipeline {
     int force_zeros_for_empty_prompt;
     int vae_scale;
 };
+
+/* Shared by loco_generate and the variants' generate (pipeline_generate.c). */
+float loco_pipeline_guidance(const loco_pipeline *p, const loco_generate_params *g); /* the default filled in */
+loco_status loco_pipeline_encode_prompts(loco_pipeline *p, const loco_generate_params *g, int cfg, loco_prompt_embeds *pe,
+                                         loco_err *err);
+/* Everything of a denoise run that comes from the generate params (size, steps, guidance,
+ * scheduler, seed, latents, progress); the caller sets the text rows. */
+void loco_pipeline_denoise_params(const loco_pipeline *p, const loco_generate_params *g, loco_denoise_params *d);
 
 #endif

@@ -399,28 +399,9 @@ loco_status loco_pipeline_variant_generate(loco_pipeline_variant *v, const loco_
     memset(out, 0, sizeof *out);
     loco_status st = loco_generate_validate(p, g, err);
     if (st) return st;
-    const float gs = !isnan(g->guidance_scale) ? g->guidance_scale : (p->family == LOCO_FAMILY_SDXL ? 5.0f : 7.5f);
+    const float gs = loco_pipeline_guidance(p, g);
     const int cfg = gs > 1.0f;
-    const int def = loco_pipeline_default_size(p);
     const int b = g->n_prompts * g->num_images_per_prompt;
-    loco_text_encoders enc;
-    loco_text_encoders_init(&enc);
-    enc.family = p->family;
-    enc.tokenizer = p->tokenizer;
-    enc.text_encoder = p->text_encoder;
-    enc.tokenizer_2 = p->tokenizer_2;
-    enc.text_encoder_2 = p->text_encoder_2;
-    enc.force_zeros_for_empty_prompt = p->force_zeros_for_empty_prompt;
-    loco_encode_prompt_opts eo;
-    loco_encode_prompt_opts_init(&eo);
-    eo.n_prompts = g->n_prompts;
-    eo.prompts = g->prompts;
-    eo.prompts_2 = g->prompts_2;
-    eo.negative_prompts = g->negative_prompts;
-    eo.negative_prompts_2 = g->negative_prompts_2;
-    eo.num_images_per_prompt = g->num_images_per_prompt;
-    eo.do_classifier_free_guidance = cfg;
-    eo.clip_skip = g->clip_skip;
     loco_prompt_embeds pe;
     memset(&pe, 0, sizeof pe);
     loco_tensor text = {0}, pooled = {0};
@@ -429,10 +410,7 @@ loco_status loco_pipeline_variant_generate(loco_pipeline_variant *v, const loco_
     int np = 0;
     int *rows = malloc((size_t)(2 * b) * sizeof *rows);
     if (!rows) return loco_err_set(err, LOCO_ENOMEM, "out of memory");
-    if ((st = loco_encode_prompt(&enc, &eo, &pe, err))) {
-        loco_err_prefix(err, "encoding the prompt");
-        goto done;
-    }
+    if ((st = loco_pipeline_encode_prompts(p, g, cfg, &pe, err))) goto done;
     /* encode_prompt gives [uncond b | cond b]; the plan's text rows are [cond b | uncond b] */
     const int xl = p->family == LOCO_FAMILY_SDXL;
     if (cfg) {
@@ -450,25 +428,11 @@ loco_status loco_pipeline_variant_generate(loco_pipeline_variant *v, const loco_
         rows[b + k] = b + k; /* unconditional */
     }
     loco_denoise_params d;
-    loco_denoise_params_init(&d);
-    d.n_samples = b;
+    loco_pipeline_denoise_params(p, g, &d);
     d.text = cfg ? &text : &pe.embeds;
     d.pooled = xl ? (cfg ? &pooled : &pe.pooled) : NULL;
     d.cond_row = rows;
     d.uncond_row = cfg ? rows + b : NULL;
-    d.n_groups = 0;
-    d.group_seed = &g->seed;
-    d.latents = g->latents;
-    d.width = g->width ? g->width : def;
-    d.height = g->height ? g->height : def;
-    d.steps = g->steps ? g->steps : 50;
-    d.guidance_scale = gs;
-    d.has_scheduler = g->has_scheduler;
-    d.scheduler = g->scheduler;
-    d.use_karras_sigmas = g->use_karras_sigmas;
-    d.progress = g->progress;
-    d.progress_ctx = g->progress_ctx;
-    d.skip_decode = g->skip_decode;
     loco_iv_layout lay = {.n_samples = b, .n_text_rows = b, .cfg = cfg};
     const loco_iv_models models = {.unet = p->unet, .text = p->text_encoder, .text_2 = p->text_encoder_2};
     if ((st = loco_sampler_n_calls(p, &d, &lay.n_calls, err)) ||

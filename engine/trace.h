@@ -16,6 +16,10 @@
  * much of the attribute that one state brings back ([P1] uses CLIP(restored) itself; the indirect
  * effect CLIP(restored) - CLIP(corrupted) is reported as well).
  *
+ * SD-XL: the corruption hits both text encoders' subject embeddings; text states are those of
+ * text_encoder (CLIP-L), whose last layer the pipeline never reads (it conditions on the
+ * penultimate one), so that layer's row of the grid shows no effect by construction.
+ *
  * Batching: restored variants share denoise batches (max_batch samples each, every UNet batch
  * carrying its own clean trajectory to restore from); text K/V are projected once per batch. */
 #ifndef LOCO_TRACE_H

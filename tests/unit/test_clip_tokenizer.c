@@ -518,3 +518,22 @@ TEST(broken_folders_fail_with_clear_errors) {
                          LOCO_EUNSUPPORTED, "single_word", msg, sizeof msg),
               "%s", msg);
 }
+
+/* The bundled SD 2.x / SD-XL tokenizer_2 folder (used for single-file checkpoints) shares the
+ * vocabulary with config/tokenizers/clip/ through links; it must load and pad with "!" (id 0). */
+TEST(bundled_pad_bang_folder_loads) {
+    loco_clip_tokenizer *t = NULL;
+    loco_err err;
+    CHECK_MSG(loco_clip_tokenizer_load("config/tokenizers/clip-pad-bang", &t, &err) == LOCO_OK, "%s", err.msg);
+    int32_t ids[77];
+    int n = 0;
+    loco_status st = loco_clip_tokenize(t, "a photo of a cat!", ids, &n, &err);
+    int32_t pad = loco_clip_tokenizer_pad(t);
+    loco_clip_tokenizer_free(t);
+    CHECK(st == LOCO_OK);
+    CHECK(pad == 0);
+    /* "!" is a special token there: split out and encoded as 0, then EOS, then "!" padding */
+    const int32_t want[8] = {49406, 320, 1125, 539, 320, 2368, 0, 49407};
+    for (int i = 0; i < 8; i++) CHECK(ids[i] == want[i]);
+    CHECK(ids[8] == 0 && ids[76] == 0);
+}
