@@ -134,6 +134,22 @@ loco_status loco_pipeline_load(loco_backend *be, const loco_pipeline_opts *opts,
                           uc->in_channels, vc->latent_channels);
         goto fail;
     }
+    if (p->family == LOCO_FAMILY_SDXL) {
+        /* The UNet reads (P - pooled) / addition_time_embed_dim time ids per sample and the SD-XL
+         * pipeline passes exactly 6 (original size, crop, target size): refuse other layouts (the
+         * refiner's 5 ids with an aesthetic score is not supported) instead of reading past them. */
+        int pooled = loco_clip_text_get_config(p->text_encoder_2)->projection_dim;
+        int want = pooled + 6 * uc->addition_time_embed_dim;
+        if (uc->addition_embed_type != LOCO_UNET_ADD_TEXT_TIME || uc->projection_class_embeddings_input_dim != want) {
+            st = loco_err_set(err, LOCO_EUNSUPPORTED,
+                              "%s: unet/config.json: an SD-XL UNet needs addition_embed_type \"text_time\" and "
+                              "projection_class_embeddings_input_dim = text_encoder_2 projection_dim (%d) + 6 x "
+                              "addition_time_embed_dim (%d) = %d, got %d",
+                              opts->model_path, pooled, uc->addition_time_embed_dim, want,
+                              uc->projection_class_embeddings_input_dim);
+            goto fail;
+        }
+    }
     *out = p;
     return LOCO_OK;
 fail:

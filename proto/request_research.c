@@ -47,6 +47,15 @@ static int int_items(const json_t *a, const char *ptr, const char *key, int64_t 
     return 0;
 }
 
+/* trace and localize score with their own text-encoder path: clip_skip would be silently ignored. */
+static int no_clip_skip(const json_t *p, const char *ptr, const char *kind, loco_proto_error *e) {
+    if (!json_is_object(p) || !json_object_get(p, "clip_skip")) return 0;
+    char pp[200];
+    snprintf(pp, sizeof pp, "%s/clip_skip", ptr);
+    return loco_proto_fail(e, 422, "unknown_field", pp,
+                           "clip_skip is not supported for trace/localize jobs (this is a %s job); remove it", kind);
+}
+
 static int contains_ci(const char *hay, const char *needle) {
     size_t n = strlen(needle);
     if (n == 0) return 0;
@@ -66,7 +75,8 @@ int loco_params_trace(const json_t *p, const char *ptr, const loco_proto_limits 
     int64_t noise_seed = 0;
     int has_ns = 0, has_score = 0;
     size_t maxc = (size_t)lim->max_prompt_chars;
-    if (loco_pf_object(p, ptr, keys, e) || loco_pf_string(p, ptr, "prompt", 1, 1, maxc, &prompt, NULL, e) ||
+    if (no_clip_skip(p, ptr, "trace", e) || loco_pf_object(p, ptr, keys, e) ||
+        loco_pf_string(p, ptr, "prompt", 1, 1, maxc, &prompt, NULL, e) ||
         loco_pf_string(p, ptr, "subject", 1, 1, maxc, &subject, NULL, e) ||
         loco_pf_enum(p, ptr, "target", 0, targets, &target, NULL, e) ||
         loco_pf_array(p, ptr, "components", 0, 1, (size_t)lim->max_items, &components, NULL, e) ||
@@ -119,7 +129,7 @@ int loco_params_localize(const json_t *p, const char *ptr, const loco_proto_limi
     const char *attribute = "style";
     int64_t window = 2;
     size_t maxc = (size_t)lim->max_prompt_chars;
-    if (loco_pf_object(p, ptr, keys, e) ||
+    if (no_clip_skip(p, ptr, "localize", e) || loco_pf_object(p, ptr, keys, e) ||
         loco_pf_array(p, ptr, "prompts", 1, 1, (size_t)lim->max_prompts, &prompts, NULL, e) ||
         loco_pf_array(p, ptr, "altered_prompts", 1, 1, (size_t)lim->max_prompts, &altered, NULL, e) ||
         loco_pf_int(p, ptr, "window", 0, 1, 128, &window, NULL, e) ||

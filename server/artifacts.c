@@ -81,11 +81,8 @@ static loco_status place(const char *root, const char *tmp, const char *sha, loc
     if (mkdir(dir, 0755) && errno != EEXIST)
         return loco_err_set(err, LOCO_EIO, "cannot create %s: %s", dir, strerror(errno));
     locod_artifact_path(root, sha, dst, sizeof dst);
-    struct stat st;
-    if (stat(dst, &st) == 0) { /* same content already stored */
-        unlink(tmp);
-        return LOCO_OK;
-    }
+    /* Always replace (same content if it exists): atomic, and the file's mtime says it was just
+     * placed, which the retention sweep honours (locod_artifact_remove). */
     if (rename(tmp, dst)) {
         loco_err_set(err, LOCO_EIO, "cannot move artifact into %s: %s", dst, strerror(errno));
         unlink(tmp);
@@ -151,9 +148,20 @@ loco_status locod_artifact_put_file(const char *root, const char *tmp, char sha[
     return place(root, tmp, sha, err);
 }
 
-void locod_artifact_remove(const char *root, const char *sha) {
-    if (!locod_artifact_id_valid(sha)) return;
-    char p[4200];
+int locod_artifact_remove(const char *root, const char *sha, int64_t keep_since_ms) {
+    if (!locod_artifact_id_valid(sha)) return 0;
+    char p[4200], aside[4096];
     locod_artifact_path(root, sha, p, sizeof p);
-    unlink(p);
+    if (keep_since_ms <= 0) return unlink(p) == 0 ? 1 : -1;
+    /* Move it aside first (atomic), then look: a worker placing the same content concurrently
+     * either lands before the move (fresh mtime: put it back) or after it (a new file). */
+    locod_artifact_tmp_path(root, ".gone", aside, sizeof aside);
+    if (rename(p, aside)) return -1;
+    struct stat st;
+    if (stat(aside, &st) == 0 &&
+        (int64_t)st.st_mtim.tv_sec * 1000 + st.st_mtim.tv_nsec / 1000000 >= keep_since_ms) {
+        if (rename(aside, p) == 0) return 0; /* same content whichever file wins */
+    }
+    unlink(aside);
+    return 1;
 }

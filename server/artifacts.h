@@ -27,6 +27,9 @@ loco_status locod_artifact_put(const char *root, const void *data, size_t n, cha
 loco_status locod_artifact_put_file(const char *root, const char *tmp_path, char sha[65], uint64_t *size,
                                     loco_err *err);
 /* Remove an artifact (missing is fine). */
-void locod_artifact_remove(const char *root, const char *sha);
+/* Removes the stored artifact, unless keep_since_ms > 0 and the file was placed at or after
+ * keep_since_ms (wall-clock ms): then a running job may have just produced the same content and
+ * will link it when it finishes, so it stays. Returns 1: removed, 0: kept, -1: not there. */
+int locod_artifact_remove(const char *root, const char *sha, int64_t keep_since_ms);
 
 #endif

@@ -89,6 +89,12 @@ static enum MHD_Result handle(locod_req *r) {
         return locod_problem(r, 413, "body_too_large", NULL, NULL,
                              "the request body is larger than this server's limit of %lld bytes (limits.max_body_bytes)",
                              (long long)cfg->max_body_bytes);
+    /* An empty path segment ("//", a trailing '/') would let the auth test below and the router
+     * (which skips empty segments) disagree about the path ("//v1/jobs"): no such paths exist. */
+    size_t ulen = strlen(r->url);
+    if (r->url[0] != '/' || strstr(r->url, "//") || (ulen > 1 && r->url[ulen - 1] == '/'))
+        return locod_problem(r, 404, "not_found", NULL, NULL,
+                             "no such resource: paths have no empty segments ('//' or a trailing '/')");
     int api = strncmp(r->url, "/v1/", 4) == 0 || strcmp(r->url, "/v1") == 0;
     if (api) {
         /* Browsers: a page from an origin not in cors_origins must not drive the API (a

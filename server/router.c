@@ -30,6 +30,10 @@ enum MHD_Result locod_route(locod_req *r) {
         }
         return locod_route_ops(r, seg[0]);
     }
+    if (n >= 1 && strcmp(seg[0], "v1") == 0 && (!r->key_id || (!r->srv->open_mode && !r->key)))
+        /* defence in depth: the auth gate in http.c must have passed this request */
+        return locod_problem(r, 401, "missing_api_key", NULL, NULL,
+                             "this server requires an API key: send 'Authorization: Bearer <key>'");
     if (n >= 2 && strcmp(seg[0], "v1") == 0) {
         if (strcmp(seg[1], "models") == 0) return locod_routes_models(r, n - 2, seg + 2);
         if (strcmp(seg[1], "jobs") == 0) return locod_routes_jobs(r, n - 2, seg + 2);

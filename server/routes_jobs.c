@@ -283,6 +283,20 @@ static enum MHD_Result create(locod_req *r) {
         if (def > 0 && !json_object_get(req.params, "width")) json_object_set_new(req.params, "width", json_integer(def));
         if (def > 0 && !json_object_get(req.params, "height")) json_object_set_new(req.params, "height", json_integer(def));
     }
+    /* The request check (loco_params_sampler) sees only the sizes the client gave: check again
+     * with the model's defaults filled in. */
+    json_int_t pw = json_integer_value(json_object_get(req.params, "width")),
+               ph = json_integer_value(json_object_get(req.params, "height")),
+               pb = json_integer_value(json_object_get(req.params, "batch"));
+    if (pw > 0 && ph > 0 && (int64_t)pw * ph * (pb > 0 ? pb : 1) > cfg->limits.max_pixels) {
+        pthread_mutex_unlock(&srv->mu);
+        res = locod_problem(r, 422, "too_large", "/params", NULL,
+                            "width x height x batch = %lld pixels (with the model's default size for what the request "
+                            "left out) exceeds this server's limit of %lld; give a smaller width/height or batch",
+                            (long long)(pw * ph * (pb > 0 ? pb : 1)), (long long)cfg->limits.max_pixels);
+        loco_job_request_release(&req);
+        return res;
+    }
     int quota = r->key && r->key->max_pending ? r->key->max_pending : cfg->max_pending_per_key;
     if (locod_queue_size(srv->queue) >= cfg->max_queue) {
         pthread_mutex_unlock(&srv->mu);

@@ -5,8 +5,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "artifacts.h"
 #include "server_impl.h"
@@ -113,7 +116,12 @@ static void on_kick(uv_async_t *a) { locod_worker_pump(a->data); }
 
 static void artifact_gone(void *ctx, const char *sha) {
     locod_server *srv = ctx;
-    locod_artifact_remove(srv->artifacts_root, sha);
+    /* A job running now may have placed this same content (place() refreshes the mtime) and
+     * links it only when it finishes: keep files placed since it started (2 s of slack for
+     * timestamp granularity). Jobs run one at a time, so this is the oldest running job. */
+    int64_t keep = srv->run.active ? srv->run.started_ms - 2000 : 0;
+    if (locod_artifact_remove(srv->artifacts_root, sha, keep) == 0)
+        LOG_DEBUG(srv->log, "retention: kept artifact %s (placed by the running job %s)", sha, srv->run.id);
 }
 
 static void on_tick(uv_timer_t *t) {
@@ -175,6 +183,7 @@ loco_status locod_server_create(const locod_config *cfg, loco_log *log, const ch
                                 loco_err *err) {
     locod_server *srv = calloc(1, sizeof *srv);
     if (!srv) return loco_err_set(err, LOCO_ENOMEM, "out of memory");
+    srv->lock_fd = -1;
     srv->cfg = cfg;
     srv->log = log;
     snprintf(srv->self_exe, sizeof srv->self_exe, "%s", self_exe);
@@ -192,6 +201,31 @@ loco_status locod_server_create(const locod_config *cfg, loco_log *log, const ch
         st = loco_err_set(err, LOCO_EIO, "cannot create data directory %s: %s", cfg->data_dir, strerror(errno));
         goto fail;
     }
+    /* One daemon per data dir, for the life of the process (O_CLOEXEC: workers do not hold it). */
+    char lockp[PATH_MAX];
+    snprintf(lockp, sizeof lockp, "%s/lock", cfg->data_dir);
+    srv->lock_fd = open(lockp, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (srv->lock_fd < 0) {
+        st = loco_err_set(err, LOCO_EIO, "cannot open %s: %s", lockp, strerror(errno));
+        goto fail;
+    }
+    if (flock(srv->lock_fd, LOCK_EX | LOCK_NB)) {
+        int e = errno;
+        char pid[32] = "";
+        ssize_t k = pread(srv->lock_fd, pid, sizeof pid - 1, 0);
+        pid[k > 0 ? k : 0] = 0;
+        pid[strcspn(pid, "\r\n")] = 0;
+        if (e == EWOULDBLOCK)
+            st = loco_err_set(err, LOCO_EIO, "data dir %s is in use by another locod (pid %s)", cfg->data_dir,
+                              pid[0] ? pid : "unknown");
+        else
+            st = loco_err_set(err, LOCO_EIO, "cannot lock %s: %s", lockp, strerror(e));
+        goto fail;
+    }
+    char pid[32];
+    int pn = snprintf(pid, sizeof pid, "%d\n", (int)getpid());
+    if (ftruncate(srv->lock_fd, 0) == 0 && pwrite(srv->lock_fd, pid, (size_t)pn, 0) != pn)
+        LOG_WARN(log, "cannot write the pid to %s", lockp);
     snprintf(srv->artifacts_root, sizeof srv->artifacts_root, "%s/artifacts", cfg->data_dir);
     if ((st = locod_artifacts_init(srv->artifacts_root, err))) goto fail;
     char db[PATH_MAX];
@@ -229,6 +263,12 @@ loco_status locod_server_create(const locod_config *cfg, loco_log *log, const ch
         goto fail;
     }
     srv->committer_started = 1;
+    /* The loop and its kick handle exist before HTTP starts: a request may arrive (and kick the
+     * loop) before locod_server_run; the kick then waits in the loop until it runs. */
+    uv_loop_init(&srv->loop);
+    uv_async_init(&srv->loop, &srv->kick, on_kick);
+    srv->kick.data = srv;
+    srv->loop_open = 1;
     if ((st = locod_http_start(srv, err))) goto fail;
     *out = srv;
     return LOCO_OK;
@@ -240,9 +280,6 @@ fail:
 int locod_server_port(const locod_server *srv) { return srv->port; }
 
 loco_status locod_server_run(locod_server *srv, loco_err *err) {
-    uv_loop_init(&srv->loop);
-    uv_async_init(&srv->loop, &srv->kick, on_kick);
-    srv->kick.data = srv;
     uv_timer_init(&srv->loop, &srv->tick);
     srv->tick.data = srv;
     uv_signal_init(&srv->loop, &srv->sigint);
@@ -272,13 +309,24 @@ loco_status locod_server_run(locod_server *srv, loco_err *err) {
     uv_close((uv_handle_t *)&srv->sigterm, NULL);
     uv_run(&srv->loop, UV_RUN_DEFAULT); /* until the worker's handles are closed */
     uv_loop_close(&srv->loop);
+    srv->loop_open = 0;
     locod_worker_free(srv);
     return LOCO_OK;
+}
+
+static void close_handle(uv_handle_t *h, void *arg) {
+    if (!uv_is_closing(h)) uv_close(h, NULL);
 }
 
 void locod_server_destroy(locod_server *srv) {
     if (!srv) return;
     locod_http_stop(srv);
+    if (srv->loop_open) { /* created but never run (or run failed early) */
+        uv_walk(&srv->loop, close_handle, NULL);
+        uv_run(&srv->loop, UV_RUN_DEFAULT);
+        uv_loop_close(&srv->loop);
+        srv->loop_open = 0;
+    }
     if (srv->committer_started) {
         pthread_mutex_lock(&srv->mu);
         srv->committer_stop = 1;
@@ -292,6 +340,7 @@ void locod_server_destroy(locod_server *srv) {
     locod_models_destroy(srv->models);
     locod_metrics_destroy(srv->metrics);
     free(srv->key_counts);
+    if (srv->lock_fd >= 0) close(srv->lock_fd); /* releases the data dir lock */
     pthread_cond_destroy(&srv->changed);
     pthread_cond_destroy(&srv->commit_cv);
     pthread_cond_destroy(&srv->durable_cv);

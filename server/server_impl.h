@@ -53,9 +53,11 @@ struct locod_server {
     int port;
     struct MHD_Daemon *mhd;
     int open_mode; /* no keys configured: loopback only, everyone is admin */
+    int lock_fd;   /* flock on <data_dir>/lock, held for the process life */
 
     /* libuv: only the loop thread touches these (kick is thread-safe) */
     uv_loop_t loop;
+    int loop_open; /* loop and kick initialised (create), not yet closed (end of run) */
     uv_async_t kick;
     uv_timer_t tick;
     uv_signal_t sigint, sigterm;

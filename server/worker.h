@@ -44,6 +44,7 @@ typedef struct wk_ctx {
     int cancel;         /* a cancel for it arrived */
     const char *cur_prompt; /* the running job's prompt (test hooks) */
     int test_faults;    /* test hooks on magic prompts (LOCOD_TEST_FAULTS) */
+    int64_t max_pixels; /* limits.max_pixels (--max-pixels); 0: no check */
     int restart_after;  /* exit after reporting (sticky device error) */
     char scorer_path[PATH_MAX]; /* CLIP model for trace / localize scores, or "" */
     loco_clip_scorer *scorer;   /* loaded on first use */

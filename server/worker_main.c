@@ -42,6 +42,21 @@ static void pending_push(wk_ctx *w, json_t *m) {
     w->pending.v[w->pending.n++] = m;
 }
 
+/* The daemon checks limits.max_pixels at submit time; check again with the sizes this job will
+ * really use (0 or absent: the model's default size), so nothing slips past that check. */
+static int over_max_pixels(wk_ctx *w, wk_model *wm, const char *kind, const json_t *params, loco_err *err) {
+    if (w->max_pixels <= 0 || !kind || strcmp(kind, "edit") == 0) return 0;
+    int64_t def = loco_pipeline_default_size(wm->p);
+    int64_t pw = json_integer_value(json_object_get(params, "width")),
+            ph = json_integer_value(json_object_get(params, "height")),
+            pb = json_integer_value(json_object_get(params, "batch"));
+    int64_t px = (pw > 0 ? pw : def) * (ph > 0 ? ph : def) * (pb > 0 ? pb : 1);
+    if (px <= w->max_pixels) return 0;
+    loco_err_set(err, LOCO_EINVAL, "width x height x batch = %lld pixels exceeds this server's limit of %lld",
+                 (long long)px, (long long)w->max_pixels);
+    return 1;
+}
+
 /* Drain complete lines: cancels for the running job act now, the rest wait. */
 static void drain(wk_ctx *w) {
     json_t *m;
@@ -282,6 +297,8 @@ static void do_run(wk_ctx *w, const json_t *m) {
     if (!wm) {
         st = loco_err_set(&err, LOCO_ENOTFOUND, "model '%s' is not resident on the worker; load it again",
                           model ? model : "");
+    } else if (over_max_pixels(w, wm, kind, params, &err)) {
+        st = err.code;
     } else if (fault(w, "__loco_test_device_fault__")) {
         st = loco_err_set(&err, LOCO_EDEVICE, "injected device fault (LOCOD_TEST_FAULTS)");
     } else if (kind && strcmp(kind, "generate") == 0) {
@@ -377,7 +394,7 @@ int locod_worker_main(int argc, char **argv) {
     static const struct option opts[] = {{"worker", no_argument, 0, 'w'},       {"device", required_argument, 0, 'd'},
                                          {"threads", required_argument, 0, 't'}, {"artifacts", required_argument, 0, 'a'},
                                          {"test-faults", no_argument, 0, 'f'},   {"clip-scorer", required_argument, 0, 's'},
-                                         {0}};
+                                         {"max-pixels", required_argument, 0, 'p'}, {0}};
     wk_ctx w;
     memset(&w, 0, sizeof w);
     loco_backend_opts bo;
@@ -393,6 +410,7 @@ int locod_worker_main(int argc, char **argv) {
         case 't': bo.num_threads = atoi(optarg); break;
         case 'a': snprintf(w.artifacts, sizeof w.artifacts, "%s", optarg); break;
         case 'f': w.test_faults = 1; break;
+        case 'p': w.max_pixels = strtoll(optarg, NULL, 10); break;
         case 's': snprintf(w.scorer_path, sizeof w.scorer_path, "%s", optarg); break;
         default: return 2;
         }

@@ -225,6 +225,10 @@ static void spawn(locod_worker *w) {
     args[a++] = srv->artifacts_root;
     const char *tf = getenv("LOCOD_TEST_FAULTS");
     if (tf && strcmp(tf, "1") == 0) args[a++] = "--test-faults";
+    char maxpx[32];
+    snprintf(maxpx, sizeof maxpx, "%lld", (long long)srv->cfg->limits.max_pixels);
+    args[a++] = "--max-pixels";
+    args[a++] = maxpx;
     if (srv->cfg->clip_scorer) {
         args[a++] = "--clip-scorer";
         args[a++] = srv->cfg->clip_scorer;

@@ -1,5 +1,6 @@
 """Bad requests each get the right 4xx as application/problem+json, and the daemon stays
 healthy after every one."""
+import http.client
 import json
 import socket
 import sys
@@ -86,6 +87,12 @@ CASES = [
     ("localize-mismatched-lists", "POST", "/v1/jobs", {"kind": "localize", "model": "sd1-tiny",
                                                       "params": {"prompts": ["a", "b"], "altered_prompts": ["c"]}},
      {}, KEY, 422, "invalid_value"),
+    ("trace-clip-skip", "POST", "/v1/jobs", {"kind": "trace", "model": "sd1-tiny",
+                                            "params": {"prompt": "a cat by Monet", "subject": "Monet", "clip_skip": 1}},
+     {}, KEY, 422, "unknown_field"),
+    ("localize-clip-skip", "POST", "/v1/jobs", {"kind": "localize", "model": "sd1-tiny",
+                                               "params": {"prompts": ["a"], "altered_prompts": ["b"], "clip_skip": 1}},
+     {}, KEY, 422, "unknown_field"),
     ("edit-layer-out-of-range", "POST", "/v1/jobs", {"kind": "edit", "model": "sd1-tiny",
                                                     "params": {"method": "locoedit", "concept": "Monet",
                                                                "target": "a painting", "layers": [999]}}, {}, KEY,
@@ -189,3 +196,53 @@ def test_no_keys_means_loopback_only(tmp_path):
         assert d.get("/v1/models").status_code == 200
     finally:
         d.stop()
+
+
+def raw_get(d, path, key=None):
+    """GET with the path sent verbatim (no client-side normalisation of '//')."""
+    c = http.client.HTTPConnection("127.0.0.1", d.port, timeout=30)
+    try:
+        c.request("GET", path, headers={"Authorization": f"Bearer {key}"} if key else {})
+        r = c.getresponse()
+        return r.status, r.read()
+    finally:
+        c.close()
+
+
+def test_empty_path_segments_never_bypass_auth(d):
+    job = d.submit(tiny_generate(steps=1), key=KEY)
+    jid = job["id"]
+    paths = ["//v1/jobs", f"//v1/jobs/{jid}", "/v1//jobs", f"/v1//jobs/{jid}", "/v1/jobs/", f"/v1/jobs/{jid}/",
+             f"/v1/jobs//{jid}", "///v1/jobs", "//v1/models", "//v1/artifacts/" + SHA, "//healthz"]
+    for path in paths:
+        for key in (None, "wrong-key-000000", KEY):
+            status, body = raw_get(d, path, key)
+            assert status in (401, 404), (path, key, status, body[:300])
+            assert json.loads(body)["type"].startswith("/problems/"), (path, key, body[:300])
+        assert d.alive(), path
+    assert raw_get(d, f"/v1/jobs/{jid}", KEY)[0] == 200
+    assert raw_get(d, f"/v1/jobs/{jid}", None)[0] == 401
+
+
+def test_clip_skip_rejected_for_research_kinds(d):
+    for kind, params in (("trace", {"prompt": "a cat by Monet", "subject": "Monet"}),
+                         ("localize", {"prompts": ["a"], "altered_prompts": ["b"]})):
+        p = problem(d.post("/v1/jobs", {"kind": kind, "model": "sd1-tiny", "params": {**params, "clip_skip": 1}},
+                           key=KEY), 422)
+        assert "clip_skip is not supported for trace/localize jobs" in p["detail"], p
+    assert d.alive()
+
+
+def test_max_pixels_counts_the_model_default_size(tmp_path):
+    # sd1-tiny's default size is 64: 64 x 64 = 4096 pixels
+    with Daemon(tmp_path, "px", extra={"limits": {"max_pixels": 4096}}) as dd:
+        b = tiny_generate(steps=1)
+        del b["params"]["width"]
+        b["params"]["height"] = 128
+        problem(dd.post("/v1/jobs", b), 422, "too_large")
+        b = tiny_generate(steps=1, batch=2)
+        del b["params"]["width"], b["params"]["height"]
+        problem(dd.post("/v1/jobs", b), 422, "too_large")
+        assert dd.get("/v1/jobs").json()["jobs"] == []  # never accepted
+        b["params"]["batch"] = 1
+        assert dd.wait(dd.submit(b)["id"])["state"] == "succeeded"

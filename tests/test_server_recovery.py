@@ -95,3 +95,21 @@ def test_graceful_stop_and_restart_keeps_queue(tmp_path):
     for q in queued:
         assert d.wait(q)["state"] == "succeeded"
     d.stop()
+
+
+def test_second_daemon_on_same_data_dir_refuses(tmp_path):
+    with Daemon(tmp_path, "first") as d:
+        job = d.submit(tiny_generate(prompt=SLOW, steps=8))
+        d.wait_running(job["id"])
+        d2 = Daemon(tmp_path, "second", extra={"data_dir": str(d.data)})
+        try:
+            d2.start()
+            raise AssertionError("a second locod started on the same data dir:\n" + d2.log())
+        except RuntimeError:
+            pass
+        assert d2.proc.returncode != 0
+        assert f"data dir {d.data} is in use by another locod (pid {d.proc.pid})" in d2.log(), d2.log()
+        d2.logf.close()
+        j = d.wait(job["id"])
+        assert j["state"] == "succeeded", j
+        assert d.get(j["result"]["images"][0]["url"]).status_code == 200

@@ -1,5 +1,6 @@
 /* Unit tests of the daemon's pieces that need no HTTP: the fair-share queue, the job store,
  * request parsing, API keys, config parsing and the artifact store. */
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -314,6 +315,20 @@ TEST(artifacts_content_addressed) {
     CHECK(!locod_artifact_id_valid("BA7816BF8F01CFEA414140DE5DAE2223B00361A396177A9CB410FF61F20015AD"));
     CHECK(!locod_artifact_id_valid("../../../../etc/passwd"));
     CHECK(!locod_artifact_id_valid("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad0"));
-    locod_artifact_remove(root, sha);
+    /* placing the same content again refreshes the file (a fresh mtime), and the retention
+     * sweep keeps a file placed since the running job started */
+    struct timespec old[2] = {{1000, 0}, {1000, 0}};
+    CHECK(utimensat(AT_FDCWD, path, old, 0) == 0);
+    CHECK(locod_artifact_put(root, "abc", 3, sha, &err) == LOCO_OK);
+    CHECK(stat(path, &st) == 0 && st.st_mtim.tv_sec > 1000);
+    int64_t started = (int64_t)st.st_mtim.tv_sec * 1000 - 5000;
+    CHECK(locod_artifact_remove(root, sha, started) == 0); /* kept */
+    CHECK(stat(path, &st) == 0 && st.st_size == 3);
+    CHECK(utimensat(AT_FDCWD, path, old, 0) == 0);
+    CHECK(locod_artifact_remove(root, sha, started) == 1); /* older than the running job: removed */
     CHECK(stat(path, &st) != 0);
+    CHECK(locod_artifact_put(root, "abc", 3, sha, &err) == LOCO_OK);
+    CHECK(locod_artifact_remove(root, sha, 0) == 1);
+    CHECK(stat(path, &st) != 0);
+    CHECK(locod_artifact_remove(root, sha, 0) == -1);
 }
