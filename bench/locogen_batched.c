@@ -11,11 +11,14 @@
  *               K/V row per layer (`context` interventions);
  *   one by one  max_batch 1: one denoise run per image, as a researcher's loop over windows would.
  * Both arms share the job's text encoding and text K/V (projected once per job either way; that
- * part is cheap next to the UNet). Images are scored with the tiny CLIP fixture
+ * part is cheap next to the UNet). The arms alternate prompt by prompt (prompt 0 batched, prompt 0
+ * one by one, prompt 1 batched, ...) so that load from other processes on a shared machine hits
+ * both alike; wall and process CPU time are reported for each. Images are scored with the tiny CLIP fixture
  * (tests/fixtures/models/clip-tiny): scoring is not what is compared, and a random CLIP-L would
  * only add the same constant to both arms. The run also checks that both arms give the same images.
  *
  * Prints the CPU, the settings, both times, the ratio and the image agreement. */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -49,6 +52,12 @@ static void cpu_name(char *buf, size_t n) {
     }
     fclose(f);
     snprintf(buf, n, "%s, %d logical CPUs", model, cores);
+}
+
+static double cpu_seconds(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
 static int progress(void *ctx, int done, int total) {
@@ -111,41 +120,48 @@ int main(int argc, char **argv) {
            n_prompts, per_set - 1, window, n_prompts * per_set, size, size, steps);
     fflush(stdout);
 
-    loco_locogen_result a, b;
-    g.max_batch = 0; /* one batch per prompt: every window of it */
-    g.progress_ctx = (void *)"batched";
-    if (loco_locogen_run(p, sc, &g, &a, &err)) DIE("batched: %s", err.msg);
-    g.max_batch = 1;
-    g.progress_ctx = (void *)"one by one";
-    if (loco_locogen_run(p, sc, &g, &b, &err)) DIE("one by one: %s", err.msg);
-
-    int max_px = 0;
+    double wall[2] = {0, 0}, cpu_s[2] = {0, 0};
+    int max_px = 0, same_best = 1;
     double worst_lat = 0;
-    const int total = n_prompts * per_set;
-    for (int i = 0; i < total; i++) {
-        const loco_image *x = &a.images[i], *y = &b.images[i];
-        for (size_t k = 0; k < (size_t)x->width * x->height * 3; k++) {
-            int d = abs((int)x->data[k] - (int)y->data[k]);
-            if (d > max_px) max_px = d;
+    for (int i = 0; i < n_prompts; i++) {
+        loco_locogen_result r[2];
+        loco_locogen_params one = g;
+        one.n_prompts = 1;
+        one.prompts = &prompts[i];
+        one.altered = &altered[i];
+        for (int arm = 0; arm < 2; arm++) {
+            one.max_batch = arm ? 1 : 0; /* 0: every window of the prompt in one batch */
+            one.progress_ctx = (void *)(arm ? "one by one" : "batched");
+            const double c0 = cpu_seconds();
+            if (loco_locogen_run(p, sc, &one, &r[arm], &err)) DIE("%s: %s", arm ? "one by one" : "batched", err.msg);
+            cpu_s[arm] += cpu_seconds() - c0;
+            wall[arm] += r[arm].seconds;
         }
-        double num = 0, den = 0;
-        for (int64_t k = 0; k < a.latent_numel; k++) {
-            double d = (double)a.latents[i * a.latent_numel + k] - b.latents[i * a.latent_numel + k];
-            num += d * d;
-            den += (double)b.latents[i * a.latent_numel + k] * b.latents[i * a.latent_numel + k];
+        for (int k = 0; k < per_set; k++) {
+            const loco_image *x = &r[0].images[k], *y = &r[1].images[k];
+            for (size_t q = 0; q < (size_t)x->width * x->height * 3; q++) {
+                int d = abs((int)x->data[q] - (int)y->data[q]);
+                if (d > max_px) max_px = d;
+            }
+            double num = 0, den = 0;
+            for (int64_t q = 0; q < r[0].latent_numel; q++) {
+                const double u = r[0].latents[k * r[0].latent_numel + q], v = r[1].latents[k * r[1].latent_numel + q];
+                num += (u - v) * (u - v);
+                den += v * v;
+            }
+            const double rel = den > 0 ? sqrt(num / den) : sqrt(num);
+            if (rel > worst_lat) worst_lat = rel;
         }
-        double r = den > 0 ? num / den : num;
-        if (r > worst_lat) worst_lat = r;
+        same_best &= r[0].best == r[1].best;
+        loco_locogen_result_free(&r[0]);
+        loco_locogen_result_free(&r[1]);
     }
-    printf("batched:    %8.1f s  (%.2f s per image)\n", a.seconds, a.seconds / total);
-    printf("one by one: %8.1f s  (%.2f s per image)\n", b.seconds, b.seconds / total);
-    printf("ratio one-by-one / batched: %.2fx\n", b.seconds / a.seconds);
-    printf("same images: max pixel difference %d/255, worst final-latent relative L2 %.3g\n", max_px,
-           worst_lat > 0 ? __builtin_sqrt(worst_lat) : 0.0);
-    printf("localized window (random weights, so only a smoke check): batched %d, one by one %d\n",
-           a.windows[a.best].start, b.windows[b.best].start);
-    loco_locogen_result_free(&a);
-    loco_locogen_result_free(&b);
+    const int total = n_prompts * per_set;
+    printf("batched:    wall %8.1f s (%.2f s per image), cpu %8.1f s\n", wall[0], wall[0] / total, cpu_s[0]);
+    printf("one by one: wall %8.1f s (%.2f s per image), cpu %8.1f s\n", wall[1], wall[1] / total, cpu_s[1]);
+    printf("ratio one-by-one / batched: wall %.2fx, cpu %.2fx\n", wall[1] / wall[0], cpu_s[1] / cpu_s[0]);
+    printf("same images: max pixel difference %d/255, worst final-latent relative L2 %.3g; same best window: %s\n",
+           max_px, worst_lat, same_best ? "yes" : "no");
     loco_clip_scorer_free(sc);
     loco_pipeline_free(p);
     loco_backend_destroy(be);

@@ -86,7 +86,8 @@ TEST(context_on_every_layer_is_the_other_prompt) {
     fprintf(stderr, "context everywhere vs the other prompt: %.3g (unedited: %.3g)\n", same, plain);
     run_free(&r);
     mt_close(&e);
-    CHECK(same <= 1e-6);
+    /* two samples of one batch through a whole denoising run: equal up to fp32 summation order */
+    CHECK(same <= 1e-5);
     CHECK(plain > 1e-3);
 }
 

@@ -166,7 +166,9 @@ TEST(batched_equals_one_by_one) {
     loco_locogen_result_free(&a);
     loco_locogen_result_free(&b);
     mt_close(&e);
-    CHECK(worst <= 1e-5 && px <= 1 && worst_cos <= 1e-5);
+    /* batch shape changes GEMM blocking, so fp32 sums differ slightly: latents within the per-component
+     * tolerance, CLIP scores within the issue's 1e-4 */
+    CHECK(worst <= 1e-5 && px <= 1 && worst_cos <= 1e-4);
     CHECK(moved > 1e-3);
 }
 
