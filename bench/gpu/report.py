@@ -13,7 +13,7 @@ rest extrapolated from the median UNet call (both sides alike).
 Usage: report.py RESULTS_FILE..."""
 import sys
 
-# GFLOPs from /work/shared/reference/perf-anchors.md section 1 (analytic model of the diffusers
+# GFLOPs from shared/reference/perf-anchors.md section 1 (analytic model of the diffusers
 # modules; 2 FLOPs per multiply-accumulate): per UNet sample-call, VAE decode per image, text
 # encoders per prompt pass (CLIP-L 19; OpenCLIP-H ~ 2 x 354M x 77; bigG ~ 2 x 695M x 77).
 FLOPS = {
