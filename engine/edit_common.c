@@ -176,13 +176,7 @@ loco_status edit_prompt_span(const loco_pipeline *p, const char *prompt, const c
 static loco_status rows_backend(const loco_pipeline *p, const char *const *prompts, const int *positions, int n,
                                 int clip_skip, double *out, loco_err *err) {
     loco_text_encoders enc;
-    loco_text_encoders_init(&enc);
-    enc.family = p->family;
-    enc.tokenizer = p->tokenizer;
-    enc.text_encoder = p->text_encoder;
-    enc.tokenizer_2 = p->tokenizer_2;
-    enc.text_encoder_2 = p->text_encoder_2;
-    enc.force_zeros_for_empty_prompt = p->force_zeros_for_empty_prompt;
+    loco_pipeline_text_encoders(p, &enc);
     loco_encode_prompt_opts eo;
     loco_encode_prompt_opts_init(&eo);
     eo.n_prompts = n;

@@ -58,16 +58,6 @@ void loco_text_batch_free(loco_text_batch *t) {
     memset(t, 0, sizeof *t);
 }
 
-static void encoders_of(const loco_pipeline *p, loco_text_encoders *e) {
-    loco_text_encoders_init(e);
-    e->family = p->family;
-    e->tokenizer = p->tokenizer;
-    e->text_encoder = p->text_encoder;
-    e->tokenizer_2 = p->tokenizer_2;
-    e->text_encoder_2 = p->text_encoder_2;
-    e->force_zeros_for_empty_prompt = p->force_zeros_for_empty_prompt;
-}
-
 /* dst rows [at, at + n) = src rows [from, from + n). */
 static loco_status copy_rows(loco_backend *be, loco_tensor *dst, int64_t at, const loco_tensor *src, int64_t from,
                              int64_t n, loco_err *err) {
@@ -83,7 +73,7 @@ loco_status loco_text_batch_encode(loco_pipeline *p, const char *const *prompts,
     memset(out, 0, sizeof *out);
     if (n < 1 || !prompts) return loco_err_set(err, LOCO_EINVAL, "at least one prompt is required");
     loco_text_encoders enc;
-    encoders_of(p, &enc);
+    loco_pipeline_text_encoders(p, &enc);
     loco_encode_prompt_opts o;
     loco_encode_prompt_opts_init(&o);
     o.n_prompts = n;

@@ -110,6 +110,8 @@ typedef struct loco_generate_result {
 } loco_generate_result;
 
 void loco_generate_result_free(loco_generate_result *r);
+/* initial_latents and latents [B, C, h, w] f32 as one safetensors file (atomic write). */
+loco_status loco_generate_result_write_latents(const loco_generate_result *r, const char *path, loco_err *err);
 
 /* Check params against the model and the limits (sizes multiple of 8·2^(levels-1), at least one
  * prompt, steps within the scheduler's range, ...) without running anything. */

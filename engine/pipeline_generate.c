@@ -6,6 +6,7 @@
 
 #include "denoise.h"
 #include "pipeline_impl.h"
+#include "safetensors.h"
 
 /* Limits that keep one request from taking the process down; the server applies its own
  * (usually tighter) limits before a job reaches here. */
@@ -66,13 +67,7 @@ loco_status loco_generate_validate(const loco_pipeline *p, const loco_generate_p
 loco_status loco_pipeline_encode_prompts(loco_pipeline *p, const loco_generate_params *g, int cfg, loco_prompt_embeds *pe,
                                          loco_err *err) {
     loco_text_encoders enc;
-    loco_text_encoders_init(&enc);
-    enc.family = p->family;
-    enc.tokenizer = p->tokenizer;
-    enc.text_encoder = p->text_encoder;
-    enc.tokenizer_2 = p->tokenizer_2;
-    enc.text_encoder_2 = p->text_encoder_2;
-    enc.force_zeros_for_empty_prompt = p->force_zeros_for_empty_prompt;
+    loco_pipeline_text_encoders(p, &enc);
     loco_encode_prompt_opts eo;
     loco_encode_prompt_opts_init(&eo);
     eo.n_prompts = g->n_prompts;
@@ -137,4 +132,31 @@ done:
     loco_prompt_embeds_free(&pe);
     free(rows);
     return st;
+}
+
+loco_status loco_generate_result_write_latents(const loco_generate_result *r, const char *path, loco_err *err) {
+    loco_stored_tensor t[2];
+    memset(t, 0, sizeof t);
+    const char *names[2] = {"initial_latents", "latents"};
+    const float *data[2] = {r->initial_latents, r->latents};
+    size_t numel = (size_t)(r->latent_shape[0] * r->latent_shape[1] * r->latent_shape[2] * r->latent_shape[3]);
+    for (int i = 0; i < 2; i++) {
+        t[i].name = names[i];
+        t[i].dtype = LOCO_F32;
+        t[i].ndim = 4;
+        memcpy(t[i].shape, r->latent_shape, sizeof r->latent_shape);
+        t[i].data = data[i];
+        t[i].nbytes = numel * sizeof(float);
+    }
+    return loco_safetensors_write(path, t, 2, NULL, err);
+}
+
+void loco_pipeline_text_encoders(const loco_pipeline *p, loco_text_encoders *enc) {
+    loco_text_encoders_init(enc);
+    enc->family = p->family;
+    enc->tokenizer = p->tokenizer;
+    enc->text_encoder = p->text_encoder;
+    enc->tokenizer_2 = p->tokenizer_2;
+    enc->text_encoder_2 = p->text_encoder_2;
+    enc->force_zeros_for_empty_prompt = p->force_zeros_for_empty_prompt;
 }

@@ -24,6 +24,7 @@ struct loco_pipeline {
 };
 
 /* Shared by loco_generate and the variants' generate (pipeline_generate.c). */
+void loco_pipeline_text_encoders(const loco_pipeline *p, loco_text_encoders *enc); /* the resident text side */
 float loco_pipeline_guidance(const loco_pipeline *p, const loco_generate_params *g); /* the default filled in */
 loco_status loco_pipeline_encode_prompts(loco_pipeline *p, const loco_generate_params *g, int cfg, loco_prompt_embeds *pe,
                                          loco_err *err);

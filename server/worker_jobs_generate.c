@@ -20,22 +20,9 @@ static int on_step(void *ctx, int step, int total) {
 
 static loco_status write_latents(wk_ctx *w, const loco_generate_result *r, json_t *artifacts, char *sha,
                                  loco_err *err) {
-    loco_stored_tensor t[2];
-    memset(t, 0, sizeof t);
-    const char *names[2] = {"initial_latents", "latents"};
-    const float *data[2] = {r->initial_latents, r->latents};
-    size_t numel = (size_t)(r->latent_shape[0] * r->latent_shape[1] * r->latent_shape[2] * r->latent_shape[3]);
-    for (int i = 0; i < 2; i++) {
-        t[i].name = names[i];
-        t[i].dtype = LOCO_F32;
-        t[i].ndim = 4;
-        memcpy(t[i].shape, r->latent_shape, sizeof r->latent_shape);
-        t[i].data = data[i];
-        t[i].nbytes = numel * sizeof(float);
-    }
     char tmp[PATH_MAX];
     locod_artifact_tmp_path(w->artifacts, ".safetensors", tmp, sizeof tmp);
-    loco_status st = loco_safetensors_write(tmp, t, 2, NULL, err);
+    loco_status st = loco_generate_result_write_latents(r, tmp, err);
     if (st) return st;
     return wk_put_artifact_file(w, tmp, "latents.safetensors", "application/octet-stream", artifacts, sha, err);
 }

@@ -163,23 +163,6 @@ static void image_path(const char *output, int index, int n, char *buf, size_t l
         snprintf(buf, len, "%s-%d", output, index);
 }
 
-static loco_status write_latents(const char *path, const loco_generate_result *r, loco_err *err) {
-    loco_stored_tensor t[2];
-    memset(t, 0, sizeof t);
-    const char *names[2] = {"initial_latents", "latents"};
-    const float *data[2] = {r->initial_latents, r->latents};
-    size_t numel = (size_t)(r->latent_shape[0] * r->latent_shape[1] * r->latent_shape[2] * r->latent_shape[3]);
-    for (int i = 0; i < 2; i++) {
-        t[i].name = names[i];
-        t[i].dtype = LOCO_F32;
-        t[i].ndim = 4;
-        memcpy(t[i].shape, r->latent_shape, sizeof r->latent_shape);
-        t[i].data = data[i];
-        t[i].nbytes = numel * sizeof(float);
-    }
-    return loco_safetensors_write(path, t, 2, NULL, err);
-}
-
 int loco_cmd_generate(int argc, char **argv) {
     gen_args a;
     memset(&a, 0, sizeof a);
@@ -220,7 +203,7 @@ int loco_cmd_generate(int argc, char **argv) {
         }
         if (!a.quiet) fprintf(stderr, "wrote %s (%dx%d)\n", path, res.width, res.height);
     }
-    if (a.latents_out && write_latents(a.latents_out, &res, &err)) {
+    if (a.latents_out && loco_generate_result_write_latents(&res, a.latents_out, &err)) {
         rc = loco_cli_fail("generate", &err);
         goto done;
     }
