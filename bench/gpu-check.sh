@@ -22,7 +22,9 @@
 # Logs and tables go to $GPU_CHECK_DIR (default: $OUT when set, else build/gpu-check).
 # Usage: bench/gpu-check.sh [--quick]   (--quick: parity only, no timings)
 # Environment: GPU_CHECK_BUDGET_S (default 470): the phases after parity are skipped, with a
-#   message, when less time than they need is left; PYTHON (default python3).
+#   message, when less time than they need is left; PYTHON (default python3);
+#   GPU_CHECK_PLUMBING=1 goes on past the "no GPU" stop, to test this script on a build machine
+#   (every parity test then fails as skipped).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 
@@ -64,6 +66,19 @@ use_kit() { # unpack .gpu/kit.tar.xz, refusing one built from other sources
     local cuda_lib=""
     command -v nvcc >/dev/null 2>&1 && cuda_lib="$(dirname "$(dirname "$(command -v nvcc)")")/lib64"
     LOCO_KIT_LD="$KIT/lib${cuda_lib:+:$cuda_lib}:/usr/local/cuda/lib64"
+    # CUDA's libraries may live elsewhere (pip's nvidia-* packages beside PyTorch): look for
+    # whatever the loader still cannot find
+    local missing lib dir
+    missing="$(LD_LIBRARY_PATH="$LOCO_KIT_LD" ldd "$KIT"/bin/* 2>/dev/null | awk '/not found/ { print $1 }' | sort -u)"
+    for lib in $missing; do
+        dir="$(find /usr/local /usr/lib /opt -name "$lib" 2>/dev/null | head -1)"
+        if [ -n "$dir" ]; then
+            LOCO_KIT_LD="$LOCO_KIT_LD:$(dirname "$dir")"
+        else
+            say "WARNING: $lib is not on this machine"
+        fi
+    done
+    [ -n "$missing" ] && say "libraries found by search: $(echo $missing) (LD_LIBRARY_PATH=$LOCO_KIT_LD)"
     kit_used=1
     say "using the prebuilt kit .gpu/ (sources match; built $(cat .gpu/BUILT 2>/dev/null))"
 }
@@ -102,12 +117,12 @@ export LOCO_DATA_DIR="${LOCO_DATA_DIR:-$PWD/config}"
 # Asking the backend itself is the test that matters (driver, device, this build's kernels).
 probe="$("${RUN[@]}" "$BIN_TESTS/test_cuda_ops" cuda_bad_ordinal_is_invalid 2>&1 >/dev/null)"
 rc=$?
-if [ $rc -eq 77 ]; then
+if [ $rc -eq 77 ] && [ -z "${GPU_CHECK_PLUMBING:-}" ]; then
     say "no GPU: ${probe##*SKIP: }"
     say "built only; nothing to check on this machine"
     exit 0
 fi
-if [ $rc -ne 0 ]; then
+if [ $rc -ne 0 ] && [ -z "${GPU_CHECK_PLUMBING:-}" ]; then
     echo "$probe" | tail -5
     say "FAILED: the CUDA backend probe exited with $rc"
     exit 1
@@ -117,20 +132,65 @@ if command -v nvidia-smi >/dev/null 2>&1; then
 fi
 
 # ---- 3. parity ------------------------------------------------------------------------------------
+# Each test runs in a process of its own (6 at a time): a CUDA fault makes the whole context
+# unusable, and one bad kernel must not hide what every other test would have said. A test that
+# fails is run once more under compute-sanitizer (memcheck) when the machine has it and time is
+# left, so one GPU run also says where a bad access happens.
+SANITIZED=0
+run_one_test() { # binary test -> prints "<rc> <test> <seconds>"
+    local t0 rc
+    t0=$(date +%s)
+    timeout 150 "${RUN[@]}" "$1" "$2" >"$DIR/t_$2.log" 2>&1
+    rc=$?
+    echo "$rc $2 $(($(date +%s) - t0))"
+}
+export -f run_one_test
+export DIR
 parity() { # name binary
-    say "parity: $1"
-    "${RUN[@]}" "$2" >"$DIR/$1.log" 2>&1
-    local prc=$? summary
-    summary="$(grep -E '^[0-9]+ passed' "$DIR/$1.log" | tail -1)"
-    grep -E '^(FAIL|skip) ' "$DIR/$1.log" | sed 's/^/gpu-check:   /'
-    # the numbers the tests print (errors against the CPU, graph counts)
-    grep -E 'rel err|graphs|huge request' "$DIR/$1.log" | sed 's/^/gpu-check:     /' | head -40
-    if [ $prc -ne 0 ] || ! grep -qE ' 0 failed, 0 skipped$' <<<"$summary"; then
-        grep -vE '^(ok|FAIL|skip) ' "$DIR/$1.log" | grep -vE 'rel err|graphs' | head -40
-        say "FAILED: $1 (${summary:-crashed, exit $prc}; full log: $DIR/$1.log)"
+    say "parity: $1 (one process per test)"
+    local names n_pass=0 n_fail=0 failed_names="" line rc name secs
+    names="$("${RUN[@]}" "$2" --list 2>/dev/null)"
+    if [ -z "$names" ]; then
+        say "FAILED: $1: '$2 --list' printed nothing"
         FAILED=1
+        return
+    fi
+    : >"$DIR/$1.log"
+    while read -r rc name secs; do
+        cat "$DIR/t_$name.log" >>"$DIR/$1.log"
+        if [ "$rc" = 0 ]; then
+            n_pass=$((n_pass + 1))
+            printf 'gpu-check:   ok   %-48s %3ss\n' "$name" "$secs"
+        else
+            n_fail=$((n_fail + 1))
+            failed_names="$failed_names $name"
+            local why="exit $rc"
+            [ "$rc" = 77 ] && why="skipped on a GPU machine"
+            [ "$rc" = 124 ] && why="timed out (150 s)"
+            printf 'gpu-check:   FAIL %-48s %3ss (%s)\n' "$name" "$secs" "$why"
+            grep -vE '^(ok|skip) |^[0-9]+ passed' "$DIR/t_$name.log" | head -12 | sed 's/^/gpu-check:        /'
+        fi
+    done < <(printf '%s\n' $names | RUN_PREFIX="${RUN[*]}" xargs -P 6 -I{} bash -c \
+        'RUN=($RUN_PREFIX); run_one_test "$0" "$1"' "$2" {} | sort -k2)
+    # the numbers the tests print (errors against the CPU, graph counts)
+    grep -hE 'rel err|graphs|huge request' "$DIR/$1.log" | sed 's/^/gpu-check:     /' | head -60
+    if [ $n_fail -ne 0 ]; then
+        say "FAILED: $1: $n_pass passed, $n_fail failed:$failed_names (logs: $DIR/t_<test>.log)"
+        FAILED=1
+        if command -v compute-sanitizer >/dev/null 2>&1; then
+            for name in $failed_names; do
+                [ $SANITIZED -ge 4 ] && break
+                [ "$(left)" -lt 200 ] && break
+                SANITIZED=$((SANITIZED + 1))
+                say "compute-sanitizer memcheck: $1 $name"
+                timeout 120 "${RUN[@]}" compute-sanitizer --tool memcheck --print-limit 8 "$2" "$name" \
+                    >"$DIR/san_$name.log" 2>&1
+                grep -E '^=+ (Invalid|Address|Saved|Program hit|ERROR SUMMARY)|^=+ +at |^(FAIL|ok) ' \
+                    "$DIR/san_$name.log" | head -16 | sed 's/^/gpu-check:     /'
+            done
+        fi
     else
-        say "parity: $1: $summary"
+        say "parity: $1: $n_pass passed, 0 failed"
     fi
 }
 parity cuda_ops "$BIN_TESTS/test_cuda_ops"

@@ -210,20 +210,56 @@ void cuda_alloc_put(cuda_impl *c, void *p) {
 
 /* ---- graph pools ------------------------------------------------------------------------------ */
 
-/* Same fit rule as the main cache, so a pool warmed up by running the ops once serves the same
- * request sequence again. Linear scans: a UNet call's pool holds a few hundred blocks at most,
- * and the scans run only in warm-up and capture, never in a replay. */
+/* Growing period: remember which block this request got. Losing a step to host OOM only
+ * costs the capture its exact replay (it falls back to best fit). */
+static void trace_add(cuda_graph_pool *p, size_t want, size_t block) {
+    if (p->ntrace == p->captrace) {
+        size_t cap = p->captrace ? p->captrace * 2 : 256;
+        cuda_pool_step *nt = (cuda_pool_step *)realloc(p->trace, cap * sizeof *nt);
+        if (!nt) return;
+        p->trace = nt;
+        p->captrace = cap;
+    }
+    p->trace[p->ntrace].want = want;
+    p->trace[p->ntrace].block = block;
+    p->ntrace++;
+}
+
+/* Frozen period (a capture): the block the last growing period gave this request. Best fit
+ * alone is not enough: during warm-up the pool grew as requests came, so an early request
+ * could only pick among the blocks that existed then, while the capture sees every block from
+ * the start; its best fit can take a block a later request needs and leave that one without a
+ * fit (common over a UNet's thousands of requests). Replaying the warm-up's choices instead
+ * always fits: the capture makes the same requests and frees in the same order, so each block
+ * is free again when its step comes. A few steps of look-ahead absorb requests the warm-up made
+ * and the capture does not (a cache created on the first call). */
+#define TRACE_WINDOW 8
+static size_t trace_pick(cuda_graph_pool *p, size_t want) {
+    for (size_t k = p->cursor; k < p->ntrace && k < p->cursor + TRACE_WINDOW; k++) {
+        const cuda_pool_step *st = &p->trace[k];
+        if (st->want == want && st->block < p->n && !p->used[st->block]) {
+            p->cursor = k + 1;
+            return st->block;
+        }
+    }
+    return (size_t)-1;
+}
+
+/* Same fit rule as the main cache. Linear scans: a UNet call's pool holds a few hundred blocks
+ * at most, and the scans run only in warm-up and capture, never in a replay. */
 loco_status cuda_pool_get(cuda_impl *c, cuda_graph_pool *p, size_t bytes, void **out, loco_err *err) {
     size_t want = round_size(bytes);
     *out = NULL;
-    size_t best = (size_t)-1;
-    for (size_t i = 0; i < p->n; i++) {
-        size_t s = p->blocks[i].size;
-        if (p->used[i] || s < want || s - want > max_slack(want)) continue;
-        if (best == (size_t)-1 || s < p->blocks[best].size) best = i;
-    }
+    size_t best = p->frozen ? trace_pick(p, want) : (size_t)-1;
+    if (best == (size_t)-1)
+        for (size_t i = 0; i < p->n; i++) {
+            size_t s = p->blocks[i].size;
+            if (p->used[i] || s < want || s - want > max_slack(want)) continue;
+            if (best == (size_t)-1 || s < p->blocks[best].size) best = i;
+        }
     if (best != (size_t)-1) {
         p->used[best] = 1;
+        if (!p->frozen) trace_add(p, want, best);
         *out = p->blocks[best].ptr;
         return LOCO_OK;
     }
@@ -266,6 +302,7 @@ loco_status cuda_pool_get(cuda_impl *c, cuda_graph_pool *p, size_t bytes, void *
     p->n++;
     p->bytes += want;
     p->grew++;
+    trace_add(p, want, p->n - 1);
     *out = ptr;
     return LOCO_OK;
 }
@@ -274,7 +311,10 @@ void cuda_pool_release(cuda_graph_pool *p) {
     for (size_t i = 0; i < p->n; i++) cudaFree(p->blocks[i].ptr);
     free(p->blocks);
     free(p->used);
+    free(p->trace);
     p->blocks = NULL;
     p->used = NULL;
+    p->trace = NULL;
     p->n = p->cap = p->bytes = 0;
+    p->ntrace = p->captrace = p->cursor = 0;
 }

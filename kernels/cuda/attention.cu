@@ -205,7 +205,7 @@ template <typename T, int D> __global__ void __launch_bounds__(FA_THREADS) flash
                 mma16816<T>(o[2 * dp], pa, vf);
                 mma16816<T>(o[2 * dp + 1], pa, vf + 2);
             }
-            if (NDT & 1) { /* head dims 40 and 80: an odd number of 8-wide tiles */
+            if (NDT & 1) { /* head dim 40: an odd number (5) of 8-wide tiles (80 has 10) */
                 uint32_t vf[2];
                 ldmatrix_x2_trans(vf, vrow + (NDT - 1) * 8);
                 mma16816<T>(o[NDT - 1], pa, vf);

@@ -25,6 +25,10 @@ typedef struct cuda_backend {
 
 loco_status cuda_check(cudaError_t e, const char *what, loco_err *err) {
     if (e == cudaSuccess) return LOCO_OK;
+    /* the failed call also left e as the thread's last error: consume it, or the next
+     * cuda_check_launch would report it again and fail an unrelated kernel (e.g. the eager
+     * fallback after a failed cudaGraphUpload). Sticky errors stay regardless. */
+    cudaGetLastError();
     loco_status code = e == cudaErrorMemoryAllocation ? LOCO_EDEVICE_OOM : LOCO_EDEVICE;
     return loco_err_set(err, code, "%s: %s (%s)", what, cudaGetErrorString(e), cudaGetErrorName(e));
 }

@@ -36,11 +36,20 @@ typedef struct cuda_allocator {
     size_t peak_reserved;
 } cuda_allocator;
 
+/* One request of a growing pool period: its rounded size and the block it was given. */
+typedef struct cuda_pool_step {
+    size_t want;
+    size_t block; /* index into cuda_graph_pool.blocks */
+} cuda_pool_step;
+
 /* A graph's private memory (backend.h, "graphs"): every block it ever got from cudaMalloc,
  * with a flag per block saying whether a tensor holds it now. While the pool is active, the
  * allocator serves requests from it (best fit, as the main cache) and grows it with cudaMalloc
  * unless it is frozen (during a capture, where cudaMalloc is not allowed); its blocks never go
- * to the main cache, so a captured graph's addresses stay its own until the graph is freed. */
+ * to the main cache, so a captured graph's addresses stay its own until the graph is freed.
+ * A growing period records which block each request got (`trace`); a frozen period (capture)
+ * hands out the same blocks again, because best fit over the full pool can pick differently
+ * from best fit over the pool as it grew, and then run out (alloc.cu, cuda_pool_get). */
 typedef struct cuda_graph_pool {
     cuda_block *blocks;
     unsigned char *used;
@@ -48,6 +57,9 @@ typedef struct cuda_graph_pool {
     size_t bytes;  /* sum of block sizes */
     size_t grew;   /* cudaMallocs since the pool became active */
     int frozen;
+    cuda_pool_step *trace; /* the last growing period's requests, in order */
+    size_t ntrace, captrace;
+    size_t cursor; /* frozen period: the next trace step expected */
     struct cuda_graph_pool *next; /* the backend's list of pools (cuda_impl.pools) */
 } cuda_graph_pool;
 

@@ -14,6 +14,8 @@
 #include "cuda_internal.h"
 
 #define PLAN_PROBE 8
+#define EPI_BIAS_SHIFT 16 /* cuda_gemm_key.epilogue: cublasLtEpilogue_t below, bias alignment above */
+#define EPI_MASK ((1u << EPI_BIAS_SHIFT) - 1)
 
 static cudaDataType_t lt_type(loco_dtype t) {
     switch (t) {
@@ -81,7 +83,7 @@ static loco_status plan_build(cuda_impl *c, const cuda_gemm *g, const cuda_gemm_
                                    err);
     if (st != LOCO_OK) return st;
     int32_t ta = g->transa ? CUBLAS_OP_T : CUBLAS_OP_N, tb = g->transb ? CUBLAS_OP_T : CUBLAS_OP_N;
-    uint32_t epi = (uint32_t)key->epilogue;
+    uint32_t epi = (uint32_t)key->epilogue & EPI_MASK; /* the bits above hold the bias alignment */
     cublasLtMatmulPreference_t pref = NULL;
     cublasLtMatmulHeuristicResult_t res;
     int found = 0;
@@ -96,6 +98,14 @@ static loco_status plan_build(cuda_impl *c, const cuda_gemm *g, const cuda_gemm_
     if (st == LOCO_OK)
         st = cuda_check_lt(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi),
                            "cublasLtMatmulDescSetAttribute(EPILOGUE)", err);
+    /* The heuristic reads the bias pointer's value to learn its alignment (cublasLt.h, BIAS_POINTER):
+     * left NULL it would assume a perfectly aligned bias and could pick a kernel that faults on
+     * the real one. The key holds the bias alignment, so every later user of the plan has a bias
+     * at least as aligned as this one. */
+    if (st == LOCO_OK && g->bias)
+        st = cuda_check_lt(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &g->bias,
+                                                          sizeof g->bias),
+                           "cublasLtMatmulDescSetAttribute(BIAS_POINTER)", err);
     /* stored (pre-op) shapes: op(A) is m x k, op(B) is k x n */
     if (st == LOCO_OK)
         st = layout(&p->la, tab, g->transa ? g->k : g->m, g->transa ? g->m : g->k, g->lda, g->batch, g->stride_a, err);
@@ -129,12 +139,13 @@ static loco_status plan_build(cuda_impl *c, const cuda_gemm *g, const cuda_gemm_
                                                           &found);
         if (s == CUBLAS_STATUS_SUCCESS && found > 0 && res.state == CUBLAS_STATUS_SUCCESS) {
             p->algo = res.algo;
-        } else if (s == CUBLAS_STATUS_SUCCESS || s == CUBLAS_STATUS_NOT_SUPPORTED) {
+        } else if (s == CUBLAS_STATUS_SUCCESS || s == CUBLAS_STATUS_NOT_SUPPORTED ||
+                   s == CUBLAS_STATUS_INVALID_VALUE) { /* INVALID_VALUE: how some versions refuse a combination */
             st = loco_err_set(err, LOCO_EUNSUPPORTED,
                               "cuBLASLt has no algorithm for a %s x %s -> %s GEMM m=%lld n=%lld k=%lld "
-                              "(epilogue %u, batch %d)",
+                              "(epilogue %u, batch %d, %s)",
                               cuda_dt(g->ab_dtype), cuda_dt(g->ab_dtype), cuda_dt(g->d_dtype), (long long)g->m,
-                              (long long)g->n, (long long)g->k, epi, g->batch);
+                              (long long)g->n, (long long)g->k, epi, g->batch, cublasLtGetStatusName(s));
         } else {
             st = cuda_check_lt(s, "cublasLtMatmulAlgoGetHeuristic", err);
         }
@@ -174,6 +185,9 @@ loco_status cuda_gemm_run(cuda_impl *c, const cuda_gemm *g, loco_err *err) {
     key.d_dtype = g->d_dtype;
     key.epilogue = g->bias ? (g->gelu_tanh ? CUBLASLT_EPILOGUE_GELU_BIAS : CUBLASLT_EPILOGUE_BIAS)
                            : (g->gelu_tanh ? CUBLASLT_EPILOGUE_GELU : CUBLASLT_EPILOGUE_DEFAULT);
+    /* the bias pointer's alignment decides the kernel too (plan_build): it rides in the key's
+     * epilogue field above EPI_MASK (cuda_gemm_key has no field of its own for it) */
+    if (g->bias) key.epilogue |= alignment(g->bias, 0, 0, 1, esd) << EPI_BIAS_SHIFT;
     key.align_a = alignment(g->a, g->lda, g->stride_a, key.batch, esab);
     key.align_b = alignment(g->b, g->ldb, g->stride_b, key.batch, esab);
     key.align_d = alignment(g->d, g->ldd, g->stride_d, key.batch, esd);
@@ -223,9 +237,16 @@ extern "C" loco_status cuda_op_linear(loco_backend *be, loco_tensor *y, const lo
         return loco_err_set(err, LOCO_EUNSUPPORTED, "cuda linear: input %s, output %s (both must be the activation "
                             "dtype)", cuda_dt(x->dtype), cuda_dt(y->dtype));
     int64_t N = w->shape[0], K = w->shape[1];
-    int64_t M = K > 0 ? loco_tensor_numel(x) / K : 0;
+    int64_t M = N > 0 ? loco_tensor_numel(y) / N : 0; /* from y: x is empty when K == 0 */
     if (M <= 0 || N <= 0) return LOCO_OK;
-    if (K <= 0) return loco_err_set(err, LOCO_EINVAL, "cuda linear: K must be positive");
+    if (K <= 0) { /* an empty sum, as on the CPU: y = act(0 + bias) */
+        CUDA_TRY(cuda_check(cudaMemsetAsync(y->data, 0, loco_tensor_nbytes(y), c->stream),
+                            "cuda linear: cudaMemsetAsync", err));
+        if (bias)
+            CUDA_TRY(cuda_channel_bias(c, y->data, y->data, y->dtype, bias->data, bias->dtype, M * N, 1, N, err));
+        if (act != LOCO_ACT_NONE) CUDA_TRY(cuda_act_apply(c, y->data, y->data, y->dtype, M * N, act, err));
+        return LOCO_OK;
+    }
 
     const void *wp, *bp = NULL;
     void *w_tmp = NULL, *b_tmp = NULL;
@@ -255,7 +276,10 @@ extern "C" loco_status cuda_op_linear(loco_backend *be, loco_tensor *y, const lo
     int fused_act = g.gelu_tanh;
     if (st == LOCO_OK) {
         st = cuda_gemm_run(c, &g, err);
-        if (st == LOCO_EUNSUPPORTED && (g.bias || g.gelu_tanh)) { /* no fused kernel: plain GEMM + passes */
+        /* no fused kernel: plain GEMM + passes. Not only on EUNSUPPORTED: cuBLASLt versions also
+         * answer INVALID_VALUE for epilogue combinations they lack; a real device fault fails the
+         * retry as well and is reported from there. */
+        if (st != LOCO_OK && st != LOCO_EDEVICE_OOM && (g.bias || g.gelu_tanh)) {
             g.bias = NULL;
             g.gelu_tanh = 0;
             fused_act = 0;

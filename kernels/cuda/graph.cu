@@ -10,9 +10,10 @@
  *
  * Why warm-up: cudaMalloc is not allowed while a stream captures (and cudaFree would sync), so
  * a capture allocates only from blocks the pool already holds. The caller runs the same ops in a
- * pool period first; the allocator's fit rule is deterministic and depends only on block sizes,
- * so when a period that started with every pool block free needed no new block, a capture of
- * the same request sequence (which also starts with every block free) needs none either.
+ * pool period first, which records the block each request got; the capture hands out the same
+ * blocks in the same order (alloc.cu, trace_pick), so one warm-up is enough even when it grew
+ * the pool. (Best fit over the full pool alone would not do: it can choose differently from
+ * best fit over the pool as it grew, and come up short.)
  *
  * Capture mode is thread-local: a call that is illegal during capture made by this thread (a
  * sync, a cudaMalloc) invalidates the capture and cudaStreamEndCapture reports it; other
@@ -88,6 +89,9 @@ extern "C" loco_status cuda_graph_pool_begin(loco_backend *be, void *gp, int fro
                             "cuda graph: another graph's memory pool is active (pool periods do not nest)");
     g->pool.frozen = frozen;
     g->pool.grew = 0;
+    /* a growing period (warm-up) records a new trace; a frozen one (capture) replays it */
+    if (!frozen) g->pool.ntrace = 0;
+    g->pool.cursor = 0;
     c->active_pool = &g->pool;
     return LOCO_OK;
 }

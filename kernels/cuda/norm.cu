@@ -4,11 +4,12 @@
  * few groups (N*32) to fill the GPU with one block each. So each group is split into chunks:
  * pass 1 computes (count, mean, M2) per chunk, pass 2 merges a group's chunk statistics
  * (Chan et al.'s parallel update) and normalises its own chunk, applying gamma/beta and SiLU
- * in the same write. Within a chunk the sums are taken around a shift (the chunk's first
- * element) so that E[x^2] - E[x]^2 does not cancel catastrophically when |mean| >> std.
- * The second pass usually reads from L2 (UNet activations are a few MB).
+ * in the same write. Threads accumulate (count, mean, M2) too, never E[x^2] - E[x]^2, so
+ * nothing cancels when |mean| >> std. The second pass usually reads from L2 (UNet
+ * activations are a few MB).
  *
- * LayerNorm: one warp per row, two passes over the row (the second from L1/L2). */
+ * LayerNorm: one warp per row; the mean, then sum (x - mean)^2, then the output, each a pass
+ * over the row (the later ones from L1/L2). */
 #include "cuda_device.h"
 
 #define GN_THREADS 256
@@ -35,7 +36,12 @@ __device__ __forceinline__ void warp_stat_merge(float &n, float &m, float &q) {
     }
 }
 
-/* Pass 1: statistics of chunk blockIdx.x of group g0 + blockIdx.y; writes (n, mean, M2). */
+/* Pass 1: statistics of chunk blockIdx.x of group g0 + blockIdx.y; writes (n, mean, M2).
+ * Each thread keeps (count, mean, M2) of what it has read and merges every vector's exact
+ * (V, mean, M2) into it (Chan), or updates per element (Welford) on the scalar path: no
+ * E[x^2] - E[x]^2 anywhere, so the variance stays accurate whatever the data (a shift by one
+ * sample element cancels catastrophically when that element is an outlier, e.g. 30 sigma
+ * out, which the VAE's large activations make plausible). */
 template <typename T>
 __global__ void __launch_bounds__(GN_THREADS) gn_stats_kernel(const T *x, float *part, int64_t glen,
                                                               int64_t chunk_len, int nchunk, int g0, int vec) {
@@ -43,30 +49,33 @@ __global__ void __launch_bounds__(GN_THREADS) gn_stats_kernel(const T *x, float 
     int64_t grp = (int64_t)g0 + blockIdx.y;
     const T *xg = x + grp * glen;
     int64_t s0 = (int64_t)blockIdx.x * chunk_len, s1 = s0 + chunk_len < glen ? s0 + chunk_len : glen;
-    float shift = to_f32(xg[s0]);
-    float s = 0.0f, q = 0.0f;
-    int cnt = 0;
+    float n = 0.0f, m = 0.0f, m2 = 0.0f;
     if (vec) { /* s0, s1 and glen are multiples of V */
         for (int64_t i = s0 / V + threadIdx.x; i < s1 / V; i += blockDim.x) {
             vec16<T> u = ((const vec16<T> *)xg)[i];
+            float f[16 / sizeof(T)], vs = 0.0f, vq = 0.0f;
 #pragma unroll
             for (int j = 0; j < V; j++) {
-                float d = to_f32(u.v[j]) - shift;
-                s += d;
-                q += d * d;
+                f[j] = to_f32(u.v[j]);
+                vs += f[j];
             }
-            cnt += V;
+            float vm = vs * (1.0f / V);
+#pragma unroll
+            for (int j = 0; j < V; j++) {
+                float d = f[j] - vm;
+                vq += d * d;
+            }
+            stat_merge(n, m, m2, (float)V, vm, vq);
         }
     } else {
         for (int64_t i = s0 + threadIdx.x; i < s1; i += blockDim.x) {
-            float d = to_f32(xg[i]) - shift;
-            s += d;
-            q += d * d;
-            cnt++;
+            float v = to_f32(xg[i]);
+            n += 1.0f;
+            float d = v - m;
+            m += d / n;
+            m2 += d * (v - m);
         }
     }
-    float n = (float)cnt, m = cnt ? s / cnt : 0.0f, m2 = cnt ? fmaxf(q - s * m, 0.0f) : 0.0f;
-    m += shift; /* absolute mean: pass 2 must not re-read x, which may already be overwritten */
     warp_stat_merge(n, m, m2);
     __shared__ float sh[3][GN_THREADS / 32];
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -152,6 +161,8 @@ extern "C" loco_status cuda_op_group_norm(loco_backend *be, loco_tensor *y, cons
     if (x->dtype != y->dtype)
         return loco_err_set(err, LOCO_EUNSUPPORTED, "cuda group_norm: input %s, output %s", cuda_dt(x->dtype),
                             cuda_dt(y->dtype));
+    if (!cuda_is_act_dtype(x->dtype)) /* here, not in the dispatch below, which would leak `part` */
+        return loco_err_set(err, LOCO_EUNSUPPORTED, "cuda group_norm: dtype %s", cuda_dt(x->dtype));
     if (!cuda_is_act_dtype(gamma->dtype) || (beta && !cuda_is_act_dtype(beta->dtype)))
         return loco_err_set(err, LOCO_EUNSUPPORTED, "cuda group_norm: gamma/beta must be F32, F16 or BF16");
     int64_t N = x->shape[0], C = x->shape[1];
@@ -210,29 +221,38 @@ __global__ void __launch_bounds__(LN_THREADS) ln_kernel(T *y, const T *x, const 
     for (int64_t row = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5; row < rows; row += warps) {
         const T *xr = x + row * C;
         T *yr = y + row * C;
+        /* Sum around x[0] for an accurate mean, then a true second pass for the variance:
+         * q/C - (s/C)^2 around x[0] cancels catastrophically when x[0] is an outlier feature
+         * (CLIP's and transformers' LayerNorm inputs have a few channels at 100x the rest). */
         float shift = to_f32(xr[0]);
         float s = 0.0f, q = 0.0f;
         if (vec) {
             for (int64_t i = lane; i < C / V; i += 32) {
                 vec16<T> u = ((const vec16<T> *)xr)[i];
 #pragma unroll
+                for (int j = 0; j < V; j++) s += to_f32(u.v[j]) - shift;
+            }
+        } else {
+            for (int64_t i = lane; i < C; i += 32) s += to_f32(xr[i]) - shift;
+        }
+        float mean = shift + warp_sum(s) / (float)C;
+        if (vec) {
+            for (int64_t i = lane; i < C / V; i += 32) {
+                vec16<T> u = ((const vec16<T> *)xr)[i];
+#pragma unroll
                 for (int j = 0; j < V; j++) {
-                    float d = to_f32(u.v[j]) - shift;
-                    s += d;
+                    float d = to_f32(u.v[j]) - mean;
                     q += d * d;
                 }
             }
         } else {
             for (int64_t i = lane; i < C; i += 32) {
-                float d = to_f32(xr[i]) - shift;
-                s += d;
+                float d = to_f32(xr[i]) - mean;
                 q += d * d;
             }
         }
-        s = warp_sum(s);
         q = warp_sum(q); /* also orders every lane's reads before any write (in place) */
-        float ms = s / (float)C;
-        float mean = shift + ms, rstd = rsqrtf(fmaxf(q / (float)C - ms * ms, 0.0f) + eps);
+        float rstd = rsqrtf(q / (float)C + eps);
         if (vec) {
             for (int64_t i = lane; i < C / V; i += 32) {
                 vec16<T> u = ((const vec16<T> *)xr)[i];
