@@ -24,7 +24,8 @@
 # Environment: GPU_CHECK_BUDGET_S (default 470): the phases after parity are skipped, with a
 #   message, when less time than they need is left; PYTHON (default python3);
 #   GPU_CHECK_PLUMBING=1 goes on past the "no GPU" stop, to test this script on a build machine
-#   (every parity test then fails as skipped).
+#   (every parity test then fails as skipped); GPU_CHECK_PROFILE_ROWS (default 14): lines of
+#   loco's per-op profile (pipeline_bench --profile) shown per model; all are in loco_<family>.out.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 
@@ -173,7 +174,12 @@ parity() { # name binary
     done < <(printf '%s\n' $names | RUN_PREFIX="${RUN[*]}" xargs -P 6 -I{} bash -c \
         'RUN=($RUN_PREFIX); run_one_test "$0" "$1"' "$2" {} | sort -k2)
     # the numbers the tests print (errors against the CPU, graph counts)
-    grep -hE 'rel err|graphs|huge request' "$DIR/$1.log" | sed 's/^/gpu-check:     /' | head -60
+    # (op checks print one "<op>: rel err E (tol T)" line each: shown as the worst per op)
+    awk '/: rel err [0-9.e+-]+ \(tol/ { i = index($0, ": rel err "); w = substr($0, 1, i - 1);
+                                        split(substr($0, i + 10), f, " "); n[w]++; if (f[1] + 0 > m[w]) m[w] = f[1] + 0; next }
+         /rel err|graphs|huge request/ { print }
+         END { for (w in n) printf "%s: worst rel err %.3g over %d checks\n", w, m[w], n[w] }' "$DIR/$1.log" |
+        sed 's/^/gpu-check:     /' | head -60
     if [ $n_fail -ne 0 ]; then
         say "FAILED: $1: $n_pass passed, $n_fail failed:$failed_names (logs: $DIR/t_<test>.log)"
         FAILED=1
@@ -200,7 +206,7 @@ parity cuda_pipeline "$BIN_TESTS/test_cuda_pipeline"
 # ---- 4. op timings: loco vs PyTorch on the same GPU ------------------------------------------------
 have_torch=0
 "$PY" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' >/dev/null 2>&1 && have_torch=1
-if [ "$(left)" -lt 300 ]; then
+if [ "$(left)" -lt 240 ]; then
     say "skipping the op table: $(left) s of the budget left, the model timings come first"
 else
     say "timing ops of bench/gpu/ops.txt (loco: median of 5 batches of 10 calls)"
@@ -257,9 +263,13 @@ model() { # family size batches timed need
     fi
     say "$fam ${size}px batch $batches, 50 steps (timed steps $timed): loco"
     timeout $((t - 10)) "${RUN[@]}" "$BIN_BENCH/pipeline_bench" --device cuda --family "$fam" --size "$size" \
-        --batch "$batches" --steps 50 --timed-steps "$timed" >>"$RESULTS" 2>"$DIR/loco_$fam.err"
+        --batch "$batches" --steps 50 --timed-steps "$timed" --profile "${batches##*,}" >"$DIR/loco_$fam.out" \
+        2>"$DIR/loco_$fam.err"
     local lrc=$?
+    grep '^RESULT' "$DIR/loco_$fam.out" >>"$RESULTS"
     grep -v '^$' "$DIR/loco_$fam.err" | sed 's/^/gpu-check:   /' | tail -4
+    # where loco's time goes at the largest batch (every op synchronised: a breakdown, not a timing)
+    grep '^PROFILE' "$DIR/loco_$fam.out" | head -"${GPU_CHECK_PROFILE_ROWS:-14}" | sed 's/^PROFILE/gpu-check:   profile/' 
     [ $lrc -eq 124 ] && say "loco $fam ran out of the budget"
     [ $have_diffusers -eq 1 ] || return
     t=$(left)

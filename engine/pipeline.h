@@ -39,7 +39,8 @@ typedef struct loco_pipeline_opts {
     loco_model_family family; /* UNKNOWN: detect */
     /* The dtype a VAE with force_upcast (SD-XL's) computes in on a backend with F16 activations:
      * LOCO_F32 (the zero value; what diffusers does) or LOCO_BF16 (fp32's range, half the
-     * memory traffic, small differences from diffusers). Other VAEs use the activation dtype. */
+     * memory traffic, small differences from diffusers). SD 1.x/2.x pipelines decode in the
+     * activation dtype whatever their VAE's config says, as diffusers' pipelines for them do. */
     loco_dtype vae_upcast_dtype;
 } loco_pipeline_opts;
 

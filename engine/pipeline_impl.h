@@ -26,6 +26,10 @@ struct loco_pipeline {
 /* Shared by loco_generate and the variants' generate (pipeline_generate.c). */
 void loco_pipeline_text_encoders(const loco_pipeline *p, loco_text_encoders *enc); /* the resident text side */
 float loco_pipeline_guidance(const loco_pipeline *p, const loco_generate_params *g); /* the default filled in */
+/* The `upcast` dtype to build p's VAE with (loco_vae_compute_dtype): diffusers' SD-XL pipeline
+ * decodes a force_upcast VAE in fp32; its SD 1.x/2.x pipelines never upcast, whatever the VAE's
+ * config says, so those decode in the activation dtype, as they do there. */
+loco_dtype loco_pipeline_vae_upcast(const loco_pipeline *p, loco_dtype requested);
 loco_status loco_pipeline_encode_prompts(loco_pipeline *p, const loco_generate_params *g, int cfg, loco_prompt_embeds *pe,
                                          loco_err *err);
 /* Everything of a denoise run that comes from the generate params (size, steps, guidance,

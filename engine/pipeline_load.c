@@ -54,6 +54,10 @@ static loco_status load_unet(loco_pipeline *p, loco_err *err) {
     return st;
 }
 
+loco_dtype loco_pipeline_vae_upcast(const loco_pipeline *p, loco_dtype requested) {
+    return p->family == LOCO_FAMILY_SDXL ? requested : loco_backend_act_dtype(p->be);
+}
+
 static loco_status load_vae(loco_pipeline *p, loco_dtype upcast, loco_err *err) {
     const json_t *cfg_json = loco_model_files_config(p->files, "vae");
     if (!cfg_json) return loco_err_set(err, LOCO_ENOTFOUND, "%s: the model has no vae", p->path);
@@ -62,7 +66,8 @@ static loco_status load_vae(loco_pipeline *p, loco_dtype upcast, loco_err *err) 
     if (st) return st;
     loco_weights *w = NULL;
     if ((st = loco_model_files_weights(p->files, "vae", &w, err))) return st;
-    st = loco_vae_create_dtype(p->be, &cfg, w, loco_vae_compute_dtype(p->be, &cfg, upcast), &p->vae, err);
+    st = loco_vae_create_dtype(p->be, &cfg, w, loco_vae_compute_dtype(p->be, &cfg, loco_pipeline_vae_upcast(p, upcast)),
+                               &p->vae, err);
     loco_weights_free(w);
     if (st) loco_err_prefix(err, "loading vae");
     return st;

@@ -98,7 +98,8 @@ static loco_status load_vae(loco_pipeline *p, const char *fam, uint64_t seed, lo
     if (st) return st;
     loco_weights *w = NULL;
     if ((st = random_weights(fam, "vae", seed, &w, err))) return st;
-    st = loco_vae_create_dtype(p->be, &cfg, w, loco_vae_compute_dtype(p->be, &cfg, upcast), &p->vae, err);
+    st = loco_vae_create_dtype(p->be, &cfg, w, loco_vae_compute_dtype(p->be, &cfg, loco_pipeline_vae_upcast(p, upcast)),
+                               &p->vae, err);
     loco_weights_free(w);
     if (st) loco_err_prefix(err, "building vae");
     return st;

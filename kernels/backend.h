@@ -88,6 +88,19 @@ typedef struct loco_op_profile {
 void loco_backend_profile_start(loco_backend *be);                    /* zero the counters and enable */
 void loco_backend_profile_stop(loco_backend *be, loco_op_profile *out); /* disable; out may be NULL */
 
+/* The same profile split by op and shape: one row per distinct `what` ("conv2d y[16,320,64,64]
+ * w[320,320,3,3]"), so a benchmark can say which shapes cost the time. Rows beyond
+ * LOCO_PROFILE_ROWS distinct shapes are summed into a last "(other)" row of their kind. */
+#define LOCO_PROFILE_ROWS 256
+typedef struct loco_op_profile_row {
+    loco_op_kind kind;
+    char what[120];
+    int64_t calls;
+    double seconds, flops;
+} loco_op_profile_row;
+/* The rows of the last profile, in first-seen order; valid until the next profile_start. */
+int loco_backend_profile_rows(const loco_backend *be, const loco_op_profile_row **rows);
+
 /* ---- tensors ----------------------------------------------------------------------------- */
 
 typedef struct loco_tensor {

@@ -90,6 +90,8 @@ struct loco_backend {
     /* Op profiling (loco_backend_profile_start/stop): maintained by backend_ops.c. */
     int profiling;
     loco_op_profile profile;
+    loco_op_profile_row profile_rows[LOCO_PROFILE_ROWS];
+    int profile_nrows;
     void *impl; /* the backend's own state */
 };
 

@@ -27,6 +27,7 @@ static double prof_now(void) {
 void loco_backend_profile_start(loco_backend *be) {
     if (!be) return;
     memset(&be->profile, 0, sizeof be->profile);
+    be->profile_nrows = 0;
     be->profiling = 1;
 }
 
@@ -34,6 +35,11 @@ void loco_backend_profile_stop(loco_backend *be, loco_op_profile *out) {
     if (!be) return;
     be->profiling = 0;
     if (out) *out = be->profile;
+}
+
+int loco_backend_profile_rows(const loco_backend *be, const loco_op_profile_row **rows) {
+    *rows = be ? be->profile_rows : NULL;
+    return be ? be->profile_nrows : 0;
 }
 
 /* Called before an op is dispatched: the start time (0 when not profiling). Syncing first keeps
@@ -44,13 +50,51 @@ static double prof_begin(loco_backend *be) {
     return prof_now();
 }
 
-/* Called with the op's result: attributes its time and FLOPs, then passes the status through. */
-static loco_status prof_end(loco_backend *be, loco_op_kind kind, double flops, double t0, loco_status st) {
+static int prof_dims(char *b, size_t n, const char *tag, const loco_tensor *t) {
+    if (!t || n < 4) return 0;
+    int o = snprintf(b, n, " %s[", tag);
+    for (int i = 0; i < t->ndim && o > 0 && (size_t)o < n; i++)
+        o += snprintf(b + o, n - (size_t)o, i ? ",%lld" : "%lld", (long long)t->shape[i]);
+    if (o > 0 && (size_t)o < n) o += snprintf(b + o, n - (size_t)o, "]");
+    return o > 0 && (size_t)o < n ? o : (int)n - 1;
+}
+
+/* Called with the op's result: attributes its time and FLOPs to its kind and to the row of
+ * (name, shapes of a and b), then passes the status through. The row text is only built
+ * while profiling. */
+static loco_status prof_end(loco_backend *be, loco_op_kind kind, const char *name, const loco_tensor *a,
+                            const loco_tensor *b, double flops, double t0, loco_status st) {
     if (!be->profiling) return st;
     if (be->ops->sync) be->ops->sync(be, NULL);
+    const double dt = prof_now() - t0;
     be->profile.calls[kind]++;
-    be->profile.seconds[kind] += prof_now() - t0;
+    be->profile.seconds[kind] += dt;
     be->profile.flops[kind] += flops;
+    char what[sizeof be->profile_rows[0].what];
+    int o = snprintf(what, sizeof what, "%s", name);
+    const int att = kind == LOCO_OP_ATTENTION, weights = kind == LOCO_OP_LINEAR || kind == LOCO_OP_CONV2D;
+    o += prof_dims(what + o, sizeof what - (size_t)o, att ? "q" : "y", a);
+    prof_dims(what + o, sizeof what - (size_t)o, att ? "k" : weights ? "w" : "x", b);
+    loco_op_profile_row *row = NULL;
+    for (int i = 0; i < be->profile_nrows && !row; i++)
+        if (be->profile_rows[i].kind == kind && !strcmp(be->profile_rows[i].what, what)) row = &be->profile_rows[i];
+    if (!row && be->profile_nrows < LOCO_PROFILE_ROWS - LOCO_OP_KIND_COUNT) {
+        row = &be->profile_rows[be->profile_nrows++];
+        memset(row, 0, sizeof *row);
+        row->kind = kind;
+        snprintf(row->what, sizeof row->what, "%s", what);
+    }
+    for (int i = 0; i < be->profile_nrows && !row; i++) /* the table is full: an "(other)" row per kind */
+        if (be->profile_rows[i].kind == kind && !strcmp(be->profile_rows[i].what, "(other)")) row = &be->profile_rows[i];
+    if (!row) {
+        row = &be->profile_rows[be->profile_nrows++];
+        memset(row, 0, sizeof *row);
+        row->kind = kind;
+        snprintf(row->what, sizeof row->what, "(other)");
+    }
+    row->calls++;
+    row->seconds += dt;
+    row->flops += flops;
     return st;
 }
 
@@ -196,7 +240,7 @@ loco_status loco_linear(loco_backend *be, loco_tensor *y, const loco_tensor *x, 
     TRY(no_alias(op, "y", y, "w", w, err));
     if (loco_tensor_numel(y) == 0) return LOCO_OK;
     double t0 = prof_begin(be);
-    return prof_end(be, LOCO_OP_LINEAR, 2.0 * (double)loco_tensor_numel(y) * (double)K, t0, be->ops->linear(be, y, x, w, bias, act, err));
+    return prof_end(be, LOCO_OP_LINEAR, "linear", y, w, 2.0 * (double)loco_tensor_numel(y) * (double)K, t0, be->ops->linear(be, y, x, w, bias, act, err));
 }
 
 loco_status loco_conv2d(loco_backend *be, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
@@ -243,7 +287,7 @@ loco_status loco_conv2d(loco_backend *be, loco_tensor *y, const loco_tensor *x, 
     TRY(no_alias(op, "y", y, "w", w, err));
     if (loco_tensor_numel(y) == 0) return LOCO_OK;
     double t0 = prof_begin(be);
-    return prof_end(be, LOCO_OP_CONV2D, 2.0 * (double)loco_tensor_numel(y) * (double)(w->shape[1] * w->shape[2] * w->shape[3]), t0, be->ops->conv2d(be, y, x, w, bias, p, err));
+    return prof_end(be, LOCO_OP_CONV2D, "conv2d", y, w, 2.0 * (double)loco_tensor_numel(y) * (double)(w->shape[1] * w->shape[2] * w->shape[3]), t0, be->ops->conv2d(be, y, x, w, bias, p, err));
 }
 
 /* ---- norms ------------------------------------------------------------------------------------ */
@@ -289,7 +333,7 @@ loco_status loco_group_norm(loco_backend *be, loco_tensor *y, const loco_tensor 
     TRY(inplace_or_disjoint(op, "y", y, "x", x, err));
     if (loco_tensor_numel(y) == 0) return LOCO_OK;
     double t0 = prof_begin(be);
-    return prof_end(be, LOCO_OP_NORM, 0, t0, be->ops->group_norm(be, y, x, groups, gamma, beta, eps, fuse_silu ? 1 : 0, err));
+    return prof_end(be, LOCO_OP_NORM, "group_norm", y, NULL, 0, t0, be->ops->group_norm(be, y, x, groups, gamma, beta, eps, fuse_silu ? 1 : 0, err));
 }
 
 loco_status loco_layer_norm(loco_backend *be, loco_tensor *y, const loco_tensor *x, const loco_tensor *gamma,
@@ -309,7 +353,7 @@ loco_status loco_layer_norm(loco_backend *be, loco_tensor *y, const loco_tensor 
     TRY(inplace_or_disjoint(op, "y", y, "x", x, err));
     if (loco_tensor_numel(y) == 0) return LOCO_OK;
     double t0 = prof_begin(be);
-    return prof_end(be, LOCO_OP_NORM, 0, t0, be->ops->layer_norm(be, y, x, gamma, beta, eps, err));
+    return prof_end(be, LOCO_OP_NORM, "layer_norm", y, NULL, 0, t0, be->ops->layer_norm(be, y, x, gamma, beta, eps, err));
 }
 
 /* ---- attention ----------------------------------------------------------------------------------- */
@@ -357,7 +401,7 @@ loco_status loco_attention(loco_backend *be, loco_tensor *out, const loco_tensor
     TRY(no_alias(op, "out", out, "v", v, err));
     if (loco_tensor_numel(out) == 0) return LOCO_OK;
     double t0 = prof_begin(be);
-    return prof_end(be, LOCO_OP_ATTENTION, 4.0 * (double)q->shape[0] * (double)q->shape[1] * (double)k->shape[1] * (double)q->shape[2], t0, be->ops->attention(be, out, q, k, v, p, err));
+    return prof_end(be, LOCO_OP_ATTENTION, "attention", q, k, 4.0 * (double)q->shape[0] * (double)q->shape[1] * (double)k->shape[1] * (double)q->shape[2], t0, be->ops->attention(be, out, q, k, v, p, err));
 }
 
 /* ---- elementwise ------------------------------------------------------------------------------------ */
@@ -373,7 +417,7 @@ loco_status loco_activation(loco_backend *be, loco_tensor *y, const loco_tensor 
     TRY(inplace_or_disjoint(op, "y", y, "x", x, err));
     if (loco_tensor_numel(y) == 0) return LOCO_OK;
     double t0 = prof_begin(be);
-    return prof_end(be, LOCO_OP_ELEMENTWISE, 0, t0, be->ops->activation(be, y, x, act, err));
+    return prof_end(be, LOCO_OP_ELEMENTWISE, "activation", y, NULL, 0, t0, be->ops->activation(be, y, x, act, err));
 }
 
 loco_status loco_geglu(loco_backend *be, loco_tensor *y, const loco_tensor *x, loco_err *err) {
@@ -391,7 +435,7 @@ loco_status loco_geglu(loco_backend *be, loco_tensor *y, const loco_tensor *x, l
     TRY(no_alias(op, "y", y, "x", x, err));
     if (loco_tensor_numel(y) == 0) return LOCO_OK;
     double t0 = prof_begin(be);
-    return prof_end(be, LOCO_OP_ELEMENTWISE, 0, t0, be->ops->geglu(be, y, x, err));
+    return prof_end(be, LOCO_OP_ELEMENTWISE, "geglu", y, NULL, 0, t0, be->ops->geglu(be, y, x, err));
 }
 
 loco_status loco_add(loco_backend *be, loco_tensor *y, const loco_tensor *a, const loco_tensor *b, loco_err *err) {
@@ -408,7 +452,7 @@ loco_status loco_add(loco_backend *be, loco_tensor *y, const loco_tensor *a, con
     TRY(inplace_or_disjoint(op, "y", y, "b", b, err));
     if (loco_tensor_numel(y) == 0) return LOCO_OK;
     double t0 = prof_begin(be);
-    return prof_end(be, LOCO_OP_ELEMENTWISE, 0, t0, be->ops->add(be, y, a, b, err));
+    return prof_end(be, LOCO_OP_ELEMENTWISE, "add", y, NULL, 0, t0, be->ops->add(be, y, a, b, err));
 }
 
 loco_status loco_add_channel_bias(loco_backend *be, loco_tensor *y, const loco_tensor *x, const loco_tensor *bias,
@@ -431,7 +475,7 @@ loco_status loco_add_channel_bias(loco_backend *be, loco_tensor *y, const loco_t
     TRY(no_alias(op, "y", y, "bias", bias, err));
     if (loco_tensor_numel(y) == 0) return LOCO_OK;
     double t0 = prof_begin(be);
-    return prof_end(be, LOCO_OP_ELEMENTWISE, 0, t0, be->ops->add_channel_bias(be, y, x, bias, err));
+    return prof_end(be, LOCO_OP_ELEMENTWISE, "add_channel_bias", y, NULL, 0, t0, be->ops->add_channel_bias(be, y, x, bias, err));
 }
 
 loco_status loco_lincomb(loco_backend *be, loco_tensor *y, int n, const loco_tensor *const *x, const float *coef,
@@ -453,7 +497,7 @@ loco_status loco_lincomb(loco_backend *be, loco_tensor *y, int n, const loco_ten
     }
     if (loco_tensor_numel(y) == 0) return LOCO_OK;
     double t0 = prof_begin(be);
-    return prof_end(be, LOCO_OP_ELEMENTWISE, 0, t0, be->ops->lincomb(be, y, n, x, coef, err));
+    return prof_end(be, LOCO_OP_ELEMENTWISE, "lincomb", y, NULL, 0, t0, be->ops->lincomb(be, y, n, x, coef, err));
 }
 
 /* copy converts between dtypes, so it checks storage dtypes itself rather than op dtypes. */
@@ -478,7 +522,7 @@ loco_status loco_copy(loco_backend *be, loco_tensor *y, const loco_tensor *x, lo
     TRY(inplace_or_disjoint(op, "y", y, "x", x, err));
     if (loco_tensor_numel(y) == 0 || y->data == x->data) return LOCO_OK;
     double t0 = prof_begin(be);
-    return prof_end(be, LOCO_OP_ELEMENTWISE, 0, t0, be->ops->copy(be, y, x, err));
+    return prof_end(be, LOCO_OP_ELEMENTWISE, "copy", y, x, 0, t0, be->ops->copy(be, y, x, err));
 }
 
 loco_status loco_fill(loco_backend *be, loco_tensor *y, float value, loco_err *err) {
@@ -486,7 +530,7 @@ loco_status loco_fill(loco_backend *be, loco_tensor *y, float value, loco_err *e
     TRY(check_tensor(be, "fill", "y", y, err));
     if (loco_tensor_numel(y) == 0) return LOCO_OK;
     double t0 = prof_begin(be);
-    return prof_end(be, LOCO_OP_ELEMENTWISE, 0, t0, be->ops->fill(be, y, value, err));
+    return prof_end(be, LOCO_OP_ELEMENTWISE, "fill", y, NULL, 0, t0, be->ops->fill(be, y, value, err));
 }
 
 /* ---- layout ------------------------------------------------------------------------------------------ */
@@ -506,7 +550,7 @@ loco_status loco_transpose12(loco_backend *be, loco_tensor *y, const loco_tensor
     TRY(no_alias(op, "y", y, "x", x, err));
     if (loco_tensor_numel(y) == 0) return LOCO_OK;
     double t0 = prof_begin(be);
-    return prof_end(be, LOCO_OP_ELEMENTWISE, 0, t0, be->ops->transpose12(be, y, x, err));
+    return prof_end(be, LOCO_OP_ELEMENTWISE, "transpose12", y, NULL, 0, t0, be->ops->transpose12(be, y, x, err));
 }
 
 loco_status loco_concat(loco_backend *be, loco_tensor *y, const loco_tensor *a, const loco_tensor *b, int axis,
@@ -536,7 +580,7 @@ loco_status loco_concat(loco_backend *be, loco_tensor *y, const loco_tensor *a, 
     TRY(no_alias(op, "y", y, "b", b, err));
     if (loco_tensor_numel(y) == 0) return LOCO_OK;
     double t0 = prof_begin(be);
-    return prof_end(be, LOCO_OP_ELEMENTWISE, 0, t0, be->ops->concat(be, y, a, b, ax, err));
+    return prof_end(be, LOCO_OP_ELEMENTWISE, "concat", y, NULL, 0, t0, be->ops->concat(be, y, a, b, ax, err));
 }
 
 loco_status loco_upsample_nearest2x(loco_backend *be, loco_tensor *y, const loco_tensor *x, loco_err *err) {
@@ -553,7 +597,7 @@ loco_status loco_upsample_nearest2x(loco_backend *be, loco_tensor *y, const loco
     TRY(no_alias(op, "y", y, "x", x, err));
     if (loco_tensor_numel(y) == 0) return LOCO_OK;
     double t0 = prof_begin(be);
-    return prof_end(be, LOCO_OP_ELEMENTWISE, 0, t0, be->ops->upsample_nearest2x(be, y, x, err));
+    return prof_end(be, LOCO_OP_ELEMENTWISE, "upsample", y, NULL, 0, t0, be->ops->upsample_nearest2x(be, y, x, err));
 }
 
 loco_status loco_embedding(loco_backend *be, loco_tensor *y, const loco_tensor *table, const int32_t *ids, int64_t n,
@@ -578,7 +622,7 @@ loco_status loco_embedding(loco_backend *be, loco_tensor *y, const loco_tensor *
     TRY(no_alias(op, "y", y, "table", table, err));
     if (loco_tensor_numel(y) == 0) return LOCO_OK;
     double t0 = prof_begin(be);
-    return prof_end(be, LOCO_OP_ELEMENTWISE, 0, t0, be->ops->embedding(be, y, table, ids, n, err));
+    return prof_end(be, LOCO_OP_ELEMENTWISE, "embedding", y, NULL, 0, t0, be->ops->embedding(be, y, table, ids, n, err));
 }
 
 loco_status loco_set_channels(loco_backend *be, loco_tensor *y, const int32_t *channels, const float *values, int n,
@@ -598,5 +642,5 @@ loco_status loco_set_channels(loco_backend *be, loco_tensor *y, const int32_t *c
                                 i, channels[i], (long long)C, shp(&s, 0, y));
     if (n == 0 || loco_tensor_numel(y) == 0) return LOCO_OK;
     double t0 = prof_begin(be);
-    return prof_end(be, LOCO_OP_ELEMENTWISE, 0, t0, be->ops->set_channels(be, y, channels, values, n, err));
+    return prof_end(be, LOCO_OP_ELEMENTWISE, "set_channels", y, NULL, 0, t0, be->ops->set_channels(be, y, channels, values, n, err));
 }

@@ -6,7 +6,9 @@
  * calls each between two loco_backend_sync; the median batch gives the time per call. Conv
  * shapes are also timed on backends created with LOCO_CUDA_CONV=implicit and =im2col, so the
  * routes the default picks between can be compared on the same GPU ("name@implicit" and
- * "name@im2col" rows).
+ * "name@im2col" rows), and f16 ones on the implicit route without its row-gather kernel
+ * (LOCO_CUDA_IGEMM_ROWS=0: "name@implicit_generic"). Attention shapes whose head dim has both flash-attention block heights
+ * (40, 64, 80) are also timed with LOCO_CUDA_FLASH=64 and =128 ("name@fa64", "name@fa128").
  *
  * Build: make build/bench/gpu/op_bench. Usage: op_bench [ops.txt] [reps]. */
 #include "backend.h"
@@ -37,10 +39,11 @@ static int cmp_double(const void *a, const void *b) {
     return x < y ? -1 : x > y;
 }
 
-/* A tensor of the backend's activation dtype filled with uniform values in [-scale, scale). */
-static int rand_tensor(loco_backend *be, int nd, const int64_t *shape, float scale, uint64_t *seed, loco_tensor *t) {
+/* A tensor of dtype dt filled with uniform values in [-scale, scale). */
+static int rand_tensor_dt(loco_backend *be, loco_dtype dt, int nd, const int64_t *shape, float scale, uint64_t *seed,
+                          loco_tensor *t) {
     loco_err err;
-    if (loco_tensor_alloc_act(be, nd, shape, t, &err) != LOCO_OK) {
+    if (loco_tensor_alloc(be, dt, nd, shape, t, &err) != LOCO_OK) {
         fprintf(stderr, "alloc: %s\n", err.msg);
         return -1;
     }
@@ -57,6 +60,11 @@ static int rand_tensor(loco_backend *be, int nd, const int64_t *shape, float sca
     return st == LOCO_OK ? 0 : -1;
 }
 
+/* The same in the backend's activation dtype. */
+static int rand_tensor(loco_backend *be, int nd, const int64_t *shape, float scale, uint64_t *seed, loco_tensor *t) {
+    return rand_tensor_dt(be, loco_backend_act_dtype(be), nd, shape, scale, seed, t);
+}
+
 static loco_act act_of(const char *s) {
     loco_act a = LOCO_ACT_NONE;
     loco_act_from_name(s, &a);
@@ -66,7 +74,7 @@ static loco_act act_of(const char *s) {
 /* Runs op once; the tensors t[] were prepared by setup(). */
 static loco_status run_op(loco_backend *be, const bench_op *op, loco_tensor *t, loco_err *err) {
     const long *a = op->a;
-    if (!strcmp(op->kind, "conv")) {
+    if (!strcmp(op->kind, "conv") || !strcmp(op->kind, "conv32")) {
         loco_conv2d_params p = {(int)a[6], {(int)a[7], (int)a[7], (int)a[7], (int)a[7]}};
         return loco_conv2d(be, &t[3], &t[0], &t[1], &t[2], &p, err);
     }
@@ -86,12 +94,14 @@ static int setup(loco_backend *be, const bench_op *op, loco_tensor *t, double *w
     uint64_t seed = 12345;
     *is_bytes = 0;
     memset(t, 0, MAX_T * sizeof *t);
-    if (!strcmp(op->kind, "conv")) {
+    if (!strcmp(op->kind, "conv") || !strcmp(op->kind, "conv32")) {
         long N = a[0], Ci = a[1], H = a[2], W = a[3], Co = a[4], k = a[5], s = a[6], p = a[7];
         long Ho = (H + 2 * p - k) / s + 1, Wo = (W + 2 * p - k) / s + 1;
         int64_t xs[4] = {N, Ci, H, W}, ws[4] = {Co, Ci, k, k}, bs[1] = {Co}, ys[4] = {N, Co, Ho, Wo};
-        if (rand_tensor(be, 4, xs, 1.0f, &seed, &t[0]) || rand_tensor(be, 4, ws, 0.05f, &seed, &t[1]) ||
-            rand_tensor(be, 1, bs, 0.1f, &seed, &t[2]) || rand_tensor(be, 4, ys, 0.0f, &seed, &t[3]))
+        /* conv32: F32 activations on the F16 backend, as SD-XL's upcast VAE runs */
+        const loco_dtype dt = !strcmp(op->kind, "conv32") ? LOCO_F32 : loco_backend_act_dtype(be);
+        if (rand_tensor_dt(be, dt, 4, xs, 1.0f, &seed, &t[0]) || rand_tensor_dt(be, dt, 4, ws, 0.05f, &seed, &t[1]) ||
+            rand_tensor_dt(be, dt, 1, bs, 0.1f, &seed, &t[2]) || rand_tensor_dt(be, dt, 4, ys, 0.0f, &seed, &t[3]))
             return -1;
         *work = 2.0 * N * Co * Ho * Wo * Ci * k * k;
     } else if (!strcmp(op->kind, "linear")) {
@@ -201,9 +211,18 @@ int main(int argc, char **argv) {
     loco_backend *be = cuda_backend();
     setenv("LOCO_CUDA_CONV", "implicit", 1); /* read once, when a backend is created */
     loco_backend *be_implicit = be ? cuda_backend() : NULL;
+    setenv("LOCO_CUDA_IGEMM_ROWS", "0", 1);
+    loco_backend *be_generic = be_implicit ? cuda_backend() : NULL;
+    unsetenv("LOCO_CUDA_IGEMM_ROWS");
     setenv("LOCO_CUDA_CONV", "im2col", 1);
-    loco_backend *be_im2col = be_implicit ? cuda_backend() : NULL;
-    if (!be || !be_implicit || !be_im2col) return 2;
+    loco_backend *be_im2col = be_generic ? cuda_backend() : NULL;
+    unsetenv("LOCO_CUDA_CONV");
+    setenv("LOCO_CUDA_FLASH", "64", 1);
+    loco_backend *be_fa64 = be_im2col ? cuda_backend() : NULL;
+    setenv("LOCO_CUDA_FLASH", "128", 1);
+    loco_backend *be_fa128 = be_fa64 ? cuda_backend() : NULL;
+    unsetenv("LOCO_CUDA_FLASH");
+    if (!be || !be_implicit || !be_generic || !be_im2col || !be_fa64 || !be_fa128) return 2;
     fprintf(stderr, "op_bench on %s\n", loco_backend_describe(be));
     char line[512];
     int failures = 0;
@@ -226,13 +245,21 @@ int main(int argc, char **argv) {
                 op.a[op.na++] = atol(tok);
         }
         if (time_op(be, &op, reps, "") != 0) failures++;
-        if (!strcmp(op.kind, "conv") && op.a[5] > 1) {
+        if ((!strcmp(op.kind, "conv") || !strcmp(op.kind, "conv32")) && op.a[5] > 1) {
             if (time_op(be_implicit, &op, reps, "@implicit") != 0) failures++;
+            if (!strcmp(op.kind, "conv") && time_op(be_generic, &op, reps, "@implicit_generic") != 0) failures++;
             if (time_op(be_im2col, &op, reps, "@im2col") != 0) failures++;
+        }
+        if (!strcmp(op.kind, "attn") && (op.a[4] == 40 || op.a[4] == 64 || op.a[4] == 80)) {
+            if (time_op(be_fa64, &op, reps, "@fa64") != 0) failures++;
+            if (time_op(be_fa128, &op, reps, "@fa128") != 0) failures++;
         }
     }
     fclose(f);
+    loco_backend_destroy(be_fa128);
+    loco_backend_destroy(be_fa64);
     loco_backend_destroy(be_im2col);
+    loco_backend_destroy(be_generic);
     loco_backend_destroy(be_implicit);
     loco_backend_destroy(be);
     return failures ? 1 : 0;

@@ -15,7 +15,10 @@
  *
  * Usage: pipeline_bench [--device cuda|cpu|auto] [--family sd1|sd2|sdxl] [--size PX]
  *                       [--batch B[,B...]] [--steps N] [--timed-steps T[,T...]] [--graphs 0|1]
- *                       [--vae-dtype f32|bf16] [--seed S]
+ *                       [--vae-dtype f32|bf16] [--seed S] [--profile B]
+ * --profile B: after the timings, one 2-step generate of batch B with graphs off and every op
+ * synchronised and timed (loco_backend_profile_rows); prints "PROFILE" lines: time per op kind,
+ * then the 40 costliest (op, shape) rows with their rate.
  * (one timed-steps value per batch, or one for all). Output:
  *   RESULT impl=loco family=sd1 size=512 batch=1 steps=50 timed_steps=50 calls=51 total_s=...
  *          s_per_image=... call_ms=... text_s=... decode_s=... graphs=... */
@@ -125,10 +128,52 @@ static loco_status run(loco_pipeline *p, int size, int batch, int steps, timer_c
     return st;
 }
 
+static int cmp_row_seconds(const void *a, const void *b) {
+    const loco_op_profile_row *x = a, *y = b;
+    return x->seconds < y->seconds ? 1 : x->seconds > y->seconds ? -1 : 0;
+}
+
+/* One 2-step generate with graphs off and every op timed on its own; prints PROFILE lines. */
+static loco_status profile(loco_pipeline *p, loco_backend *be, int size, int batch, loco_err *err) {
+    loco_unet *u = loco_pipeline_unet(p);
+    loco_unet_set_graphs(u, 0);
+    timer_ctx tc = {.be = be, .cap = 16};
+    double t[16], t0, t1;
+    tc.t = t;
+    loco_status st = run(p, size, batch, 2, &tc, &t0, &t1, err); /* warm-up without graphs */
+    if (st) return st;
+    loco_backend_profile_start(be);
+    st = run(p, size, batch, 2, &tc, &t0, &t1, err);
+    loco_op_profile prof;
+    loco_backend_profile_stop(be, &prof);
+    if (st) return st;
+    double total = 0;
+    for (int k = 0; k < LOCO_OP_KIND_COUNT; k++) total += prof.seconds[k];
+    printf("PROFILE batch=%d steps=2 (text encoding, %d UNet calls, VAE decode; graphs off, every op synchronised): "
+           "%.1f ms in ops, %.1f ms wall\n", batch, tc.n, total * 1e3, (t1 - t0) * 1e3);
+    for (int k = 0; k < LOCO_OP_KIND_COUNT; k++)
+        printf("PROFILE kind %-12s %6lld calls %9.2f ms %5.1f%% %8.1f TFLOP/s\n", loco_op_kind_name((loco_op_kind)k),
+               (long long)prof.calls[k], prof.seconds[k] * 1e3, total > 0 ? 100.0 * prof.seconds[k] / total : 0.0,
+               prof.seconds[k] > 0 ? prof.flops[k] / prof.seconds[k] * 1e-12 : 0.0);
+    const loco_op_profile_row *rows;
+    int n = loco_backend_profile_rows(be, &rows);
+    loco_op_profile_row *sorted = malloc((size_t)(n > 0 ? n : 1) * sizeof *sorted);
+    if (!sorted) return loco_err_set(err, LOCO_ENOMEM, "out of memory");
+    memcpy(sorted, rows, (size_t)n * sizeof *sorted);
+    qsort(sorted, (size_t)n, sizeof *sorted, cmp_row_seconds);
+    for (int i = 0; i < n && i < 40; i++)
+        printf("PROFILE row %8.2f ms %5.1f%% %5lld calls %7.1f TFLOP/s  %s\n", sorted[i].seconds * 1e3,
+               total > 0 ? 100.0 * sorted[i].seconds / total : 0.0, (long long)sorted[i].calls,
+               sorted[i].seconds > 0 ? sorted[i].flops / sorted[i].seconds * 1e-12 : 0.0, sorted[i].what);
+    free(sorted);
+    fflush(stdout);
+    return LOCO_OK;
+}
+
 static void usage(void) {
     fprintf(stderr, "usage: pipeline_bench [--device cuda|cpu|auto] [--family sd1|sd2|sdxl] [--size PX] "
                     "[--batch B[,B..]] [--steps N] [--timed-steps T[,T..]] [--graphs 0|1] [--vae-dtype f32|bf16] "
-                    "[--seed S]\n");
+                    "[--seed S] [--profile B]\n");
 }
 
 int main(int argc, char **argv) {
@@ -136,6 +181,7 @@ int main(int argc, char **argv) {
     const char *device = "cuda", *family_name = "sd1", *vae_dtype = "f32";
     int size = 0, steps = 50, graphs = 1, batches[MAX_BATCHES] = {1}, nb = 1, timed[MAX_BATCHES] = {0}, nt = 0;
     unsigned long long seed = 1;
+    int profile_batch = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!v) {
@@ -149,6 +195,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--steps")) steps = atoi(v);
         else if (!strcmp(a, "--timed-steps")) nt = parse_list(v, timed, MAX_BATCHES);
         else if (!strcmp(a, "--graphs")) graphs = atoi(v);
+        else if (!strcmp(a, "--profile")) profile_batch = atoi(v);
         else if (!strcmp(a, "--vae-dtype")) vae_dtype = v;
         else if (!strcmp(a, "--seed")) seed = strtoull(v, NULL, 10);
         else {
@@ -239,6 +286,10 @@ int main(int argc, char **argv) {
     }
     if (calls_n <= 0) {
         fprintf(stderr, "pipeline_bench: %s\n", err.msg);
+        rc = 1;
+    }
+    if (calls_n > 0 && profile_batch > 0 && profile(p, be, size, profile_batch, &err) != LOCO_OK) {
+        fprintf(stderr, "pipeline_bench: profile: %s\n", err.msg);
         rc = 1;
     }
     loco_pipeline_free(p);

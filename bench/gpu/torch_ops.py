@@ -24,7 +24,10 @@ ACTS = {
 def make(op, args):
     dev, dt = "cuda", torch.float16
     r = lambda *s: torch.randn(*s, device=dev, dtype=dt)
-    if op == "conv":
+    if op in ("conv", "conv32"):
+        # conv32: fp32 (TF32 in cuDNN, PyTorch's default), as diffusers decodes SD-XL's upcast VAE
+        if op == "conv32":
+            r = lambda *s: torch.randn(*s, device=dev, dtype=torch.float32)
         n, ci, h, w, co, k, s, p = map(int, args)
         x, wt, b = r(n, ci, h, w), r(co, ci, k, k) * 0.05, r(co) * 0.1
         return lambda: F.conv2d(x, wt, b, stride=s, padding=p)

@@ -1,6 +1,8 @@
 /* attention.cu: fused multi-head attention (flash-attention style) on tensor cores.
  *
- * One block = 64 query rows of one head of one sample, 4 warps of 16 rows. K/V tiles of 64
+ * One block = 128 query rows of one head of one sample, 4 warps of 32 rows (two m16 tiles that
+ * share every K/V fragment a warp loads from shared memory); head dim 160, whose registers do
+ * not allow two tiles, and LOCO_CUDA_FLASH=64 use 64-row blocks of 4 x 16 rows. K/V tiles of 64
  * keys (32 for head dim 160, to bound registers and shared memory) stream through shared
  * memory with cp.async, double-buffered so the next tile loads while this one is used.
  * S = Q K^T and O += P V run as m16n8k16 mma.sync with fp32 accumulators; the softmax is
@@ -23,12 +25,12 @@
 #include "mma.h"
 
 #define FA_THREADS 128
-#define FA_BR 64       /* query rows per block */
 #define FA_KV_MAX 256  /* samples per launch (kernel argument table) */
+#define FA_BR(MT) (64 * (MT))           /* query rows per block: 4 warps of MT m16 tiles */
 #define FA_DK(D) (((D) + 15) / 16 * 16) /* head dim rounded up for the k-steps of Q K^T */
 #define FA_BC(D) ((D) > 128 ? 32 : 64)   /* keys per tile */
 #define FA_LDS(D) (FA_DK(D) + 8)         /* smem row pitch: ldmatrix rows in distinct banks */
-#define FA_SMEM(D) ((FA_BR + 4 * FA_BC(D)) * FA_LDS(D) * 2)
+#define FA_SMEM(D, MT) ((FA_BR(MT) + 4 * FA_BC(D)) * FA_LDS(D) * 2)
 
 typedef struct fa_params {
     const void *q, *k, *v;
@@ -55,19 +57,25 @@ __device__ __forceinline__ void fa_load_kv(T *skb, T *svb, const T *kg, const T 
     }
 }
 
-template <typename T, int D> __global__ void __launch_bounds__(FA_THREADS) flash_attn_kernel(const fa_params p) {
-    constexpr int DK = FA_DK(D), BC = FA_BC(D), LDS = FA_LDS(D);
+/* MT = m16 tiles per warp (1 or 2). Each K fragment (Q K^T) and V fragment (P V) that a warp
+ * loads from shared memory with ldmatrix feeds MT mma's, so MT = 2 halves the shared-memory
+ * traffic per flop, which bounds the 16-row form; it costs registers (Q fragments, O and S
+ * accumulators all double), so head dim 160 keeps MT = 1. Warp w owns rows
+ * [16 (w MT + mt), +16) of the block, mt < MT. */
+template <typename T, int D, int MT>
+__global__ void __launch_bounds__(FA_THREADS) flash_attn_kernel(const fa_params p) {
+    constexpr int BR = FA_BR(MT), DK = FA_DK(D), BC = FA_BC(D), LDS = FA_LDS(D);
     constexpr int NKS = DK / 16; /* k-steps of Q K^T */
     constexpr int NST = BC / 8;  /* score tiles of 8 keys */
     constexpr int NDT = D / 8;   /* output tiles of 8 dims */
     constexpr int DV = D / 8;    /* 16-byte vectors per row */
     extern __shared__ __align__(16) unsigned char fa_smem[];
-    T *sq = (T *)fa_smem;       /* [FA_BR][LDS] */
-    T *sk = sq + FA_BR * LDS;   /* [2][BC][LDS] */
+    T *sq = (T *)fa_smem;       /* [BR][LDS] */
+    T *sk = sq + BR * LDS;      /* [2][BC][LDS] */
     T *sv = sk + 2 * BC * LDS;  /* [2][BC][LDS] */
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const int q0 = blockIdx.x * FA_BR, h = blockIdx.y;
+    const int q0 = blockIdx.x * BR, h = blockIdx.y;
     const int64_t b = (int64_t)p.b0 + blockIdx.z, kb = p.kv[blockIdx.z];
     const T *qg = (const T *)p.q + b * p.q_bs + (int64_t)h * D;
     const T *kg = (const T *)p.k + kb * p.kv_bs + (int64_t)h * D;
@@ -78,35 +86,42 @@ template <typename T, int D> __global__ void __launch_bounds__(FA_THREADS) flash
     if (DK > D) {
         constexpr int PADC = DK > D ? DK - D : 1; /* (1 only keeps the dead branch compilable) */
         const T z = from_f32<T>(0.0f);
-        for (int i = tid; i < (FA_BR + 2 * BC) * PADC; i += FA_THREADS) {
+        for (int i = tid; i < (BR + 2 * BC) * PADC; i += FA_THREADS) {
             int r = i / PADC, cc = D + i % PADC;
-            if (r < FA_BR)
+            if (r < BR)
                 sq[r * LDS + cc] = z;
             else
-                sk[(r - FA_BR) * LDS + cc] = z;
+                sk[(r - BR) * LDS + cc] = z;
         }
     }
-    for (int i = tid; i < FA_BR * DV; i += FA_THREADS) {
+    for (int i = tid; i < BR * DV; i += FA_THREADS) {
         int r = i / DV, cv = i - r * DV, qr = q0 + r;
         bool ok = qr < p.lq;
         cp_async16(sq + r * LDS + cv * 8, qg + (ok ? (int64_t)qr * p.rs + cv * 8 : 0), ok ? 16 : 0);
     }
     int kend = p.lk;
     if (p.causal) {
-        int last_q = (q0 + FA_BR < p.lq ? q0 + FA_BR : p.lq) - 1;
+        int last_q = (q0 + BR < p.lq ? q0 + BR : p.lq) - 1;
         if (last_q + 1 < kend) kend = last_q + 1;
     }
     const int ntiles = (kend + BC - 1) / BC;
     if (ntiles > 0) fa_load_kv<T, D>(sk, sv, kg, vg, 0, p.lk, p.rs, tid);
     cp_async_commit(); /* group 0: Q and K/V tile 0 */
 
-    uint32_t qf[NKS][4];
-    float o[NDT][4];
+    /* per m-tile state; index [mt][0] is row g of the tile, [mt][1] row g + 8 */
+    uint32_t qf[MT][NKS][4];
+    float o[MT][NDT][4];
+    float mr[MT][2], l[MT][2];
 #pragma unroll
-    for (int d = 0; d < NDT; d++) o[d][0] = o[d][1] = o[d][2] = o[d][3] = 0.0f;
-    float mr0 = -INFINITY, mr1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
+    for (int mt = 0; mt < MT; mt++) {
+#pragma unroll
+        for (int d = 0; d < NDT; d++) o[mt][d][0] = o[mt][d][1] = o[mt][d][2] = o[mt][d][3] = 0.0f;
+        mr[mt][0] = mr[mt][1] = -INFINITY;
+        l[mt][0] = l[mt][1] = 0.0f;
+    }
     const int tq = lane & 3;
-    const int row0 = q0 + warp * 16 + (lane >> 2), row1 = row0 + 8;
+    const int wrow = warp * MT * 16;               /* first row of this warp within the block */
+    const int row0 = q0 + wrow + (lane >> 2);      /* row g of m-tile 0; m-tile mt adds 16 mt */
 
     for (int j = 0; j < ntiles; j++) {
         const int buf = j & 1;
@@ -119,17 +134,21 @@ template <typename T, int D> __global__ void __launch_bounds__(FA_THREADS) flash
             cp_async_wait<0>();
         }
         __syncthreads();
-        if (j == 0) {
+        if (j == 0) { /* Q stays in registers for the whole key loop */
 #pragma unroll
-            for (int ks = 0; ks < NKS; ks++)
-                ldmatrix_x4(qf[ks], sq + (warp * 16 + (lane & 15)) * LDS + ks * 16 + (lane >> 4) * 8);
+            for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+                for (int ks = 0; ks < NKS; ks++)
+                    ldmatrix_x4(qf[mt][ks], sq + (wrow + mt * 16 + (lane & 15)) * LDS + ks * 16 + (lane >> 4) * 8);
         }
         const T *skb = sk + buf * BC * LDS, *svb = sv + buf * BC * LDS;
 
-        /* S = Q K^T for this warp's 16 rows and the tile's BC keys */
-        float s[NST][4];
+        /* S = Q K^T for this warp's 16 MT rows and the tile's BC keys */
+        float s[MT][NST][4];
 #pragma unroll
-        for (int nt = 0; nt < NST; nt++) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+        for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+            for (int nt = 0; nt < NST; nt++) s[mt][nt][0] = s[mt][nt][1] = s[mt][nt][2] = s[mt][nt][3] = 0.0f;
 #pragma unroll
         for (int ks = 0; ks < NKS; ks++)
 #pragma unroll
@@ -137,78 +156,92 @@ template <typename T, int D> __global__ void __launch_bounds__(FA_THREADS) flash
                 uint32_t kf[4];
                 ldmatrix_x4(kf, skb + (np * 16 + (lane & 7) + ((lane >> 4) << 3)) * LDS + ks * 16 +
                                     ((lane >> 3) & 1) * 8);
-                mma16816<T>(s[2 * np], qf[ks], kf);
-                mma16816<T>(s[2 * np + 1], qf[ks], kf + 2);
-            }
-
-        /* scale (base 2), mask, online softmax */
-        const int key0 = j * BC;
-        const bool edge = key0 + BC > p.lk || (p.causal && key0 + BC - 1 > q0 + warp * 16);
 #pragma unroll
-        for (int nt = 0; nt < NST; nt++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                s[nt][e] *= p.scale_log2;
-                if (edge) {
-                    int key = key0 + nt * 8 + 2 * tq + (e & 1), row = e < 2 ? row0 : row1;
-                    if (key >= p.lk || (p.causal && key > row)) s[nt][e] = -INFINITY;
+                for (int mt = 0; mt < MT; mt++) {
+                    mma16816<T>(s[mt][2 * np], qf[mt][ks], kf);
+                    mma16816<T>(s[mt][2 * np + 1], qf[mt][ks], kf + 2);
                 }
             }
-        float mx0 = mr0, mx1 = mr1;
+
+        /* scale (base 2), mask, online softmax; each m-tile on its own */
+        const int key0 = j * BC;
+        uint32_t pa[MT][BC / 16][4]; /* P as the A operands of P V, two score tiles (16 keys) each */
 #pragma unroll
-        for (int nt = 0; nt < NST; nt++) {
-            mx0 = fmaxf(mx0, fmaxf(s[nt][0], s[nt][1]));
-            mx1 = fmaxf(mx1, fmaxf(s[nt][2], s[nt][3]));
-        }
-        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
-        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
-        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
-        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
-        /* a row with every key masked so far keeps max -inf; use 0 as its reference so that
-         * no -inf - -inf appears */
-        const float base0 = mx0 == -INFINITY ? 0.0f : mx0, base1 = mx1 == -INFINITY ? 0.0f : mx1;
-        const float c0 = exp2f(mr0 - base0), c1 = exp2f(mr1 - base1);
-        mr0 = mx0;
-        mr1 = mx1;
-        l0 *= c0;
-        l1 *= c1;
+        for (int mt = 0; mt < MT; mt++) {
+            const int r0 = row0 + mt * 16, r1 = r0 + 8;
+            const bool edge = key0 + BC > p.lk || (p.causal && key0 + BC - 1 > q0 + wrow + mt * 16);
 #pragma unroll
-        for (int d = 0; d < NDT; d++) {
-            o[d][0] *= c0;
-            o[d][1] *= c0;
-            o[d][2] *= c1;
-            o[d][3] *= c1;
-        }
+            for (int nt = 0; nt < NST; nt++)
 #pragma unroll
-        for (int nt = 0; nt < NST; nt++) {
-            s[nt][0] = exp2f(s[nt][0] - base0);
-            s[nt][1] = exp2f(s[nt][1] - base0);
-            s[nt][2] = exp2f(s[nt][2] - base1);
-            s[nt][3] = exp2f(s[nt][3] - base1);
-            l0 += s[nt][0] + s[nt][1];
-            l1 += s[nt][2] + s[nt][3];
+                for (int e = 0; e < 4; e++) {
+                    s[mt][nt][e] *= p.scale_log2;
+                    if (edge) {
+                        int key = key0 + nt * 8 + 2 * tq + (e & 1), row = e < 2 ? r0 : r1;
+                        if (key >= p.lk || (p.causal && key > row)) s[mt][nt][e] = -INFINITY;
+                    }
+                }
+            float mx0 = mr[mt][0], mx1 = mr[mt][1];
+#pragma unroll
+            for (int nt = 0; nt < NST; nt++) {
+                mx0 = fmaxf(mx0, fmaxf(s[mt][nt][0], s[mt][nt][1]));
+                mx1 = fmaxf(mx1, fmaxf(s[mt][nt][2], s[mt][nt][3]));
+            }
+            mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+            mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+            mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+            mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+            /* a row with every key masked so far keeps max -inf; use 0 as its reference so
+             * that no -inf - -inf appears */
+            const float base0 = mx0 == -INFINITY ? 0.0f : mx0, base1 = mx1 == -INFINITY ? 0.0f : mx1;
+            const float c0 = exp2f(mr[mt][0] - base0), c1 = exp2f(mr[mt][1] - base1);
+            mr[mt][0] = mx0;
+            mr[mt][1] = mx1;
+            l[mt][0] *= c0;
+            l[mt][1] *= c1;
+#pragma unroll
+            for (int d = 0; d < NDT; d++) {
+                o[mt][d][0] *= c0;
+                o[mt][d][1] *= c0;
+                o[mt][d][2] *= c1;
+                o[mt][d][3] *= c1;
+            }
+#pragma unroll
+            for (int nt = 0; nt < NST; nt++) {
+                s[mt][nt][0] = exp2f(s[mt][nt][0] - base0);
+                s[mt][nt][1] = exp2f(s[mt][nt][1] - base0);
+                s[mt][nt][2] = exp2f(s[mt][nt][2] - base1);
+                s[mt][nt][3] = exp2f(s[mt][nt][3] - base1);
+                l[mt][0] += s[mt][nt][0] + s[mt][nt][1];
+                l[mt][1] += s[mt][nt][2] + s[mt][nt][3];
+            }
+#pragma unroll
+            for (int kk = 0; kk < BC / 16; kk++) {
+                pa[mt][kk][0] = pack2<T>(s[mt][2 * kk][0], s[mt][2 * kk][1]);
+                pa[mt][kk][1] = pack2<T>(s[mt][2 * kk][2], s[mt][2 * kk][3]);
+                pa[mt][kk][2] = pack2<T>(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
+                pa[mt][kk][3] = pack2<T>(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
+            }
         }
 
-        /* O += P V: two score tiles (16 keys) form one A operand in registers */
+        /* O += P V: each V fragment serves every m-tile */
 #pragma unroll
         for (int kk = 0; kk < BC / 16; kk++) {
-            uint32_t pa[4];
-            pa[0] = pack2<T>(s[2 * kk][0], s[2 * kk][1]);
-            pa[1] = pack2<T>(s[2 * kk][2], s[2 * kk][3]);
-            pa[2] = pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-            pa[3] = pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3]);
             const T *vrow = svb + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LDS;
 #pragma unroll
             for (int dp = 0; dp < NDT / 2; dp++) {
                 uint32_t vf[4];
                 ldmatrix_x4_trans(vf, vrow + dp * 16 + (lane >> 4) * 8);
-                mma16816<T>(o[2 * dp], pa, vf);
-                mma16816<T>(o[2 * dp + 1], pa, vf + 2);
+#pragma unroll
+                for (int mt = 0; mt < MT; mt++) {
+                    mma16816<T>(o[mt][2 * dp], pa[mt][kk], vf);
+                    mma16816<T>(o[mt][2 * dp + 1], pa[mt][kk], vf + 2);
+                }
             }
             if (NDT & 1) { /* head dim 40: an odd number (5) of 8-wide tiles (80 has 10) */
                 uint32_t vf[2];
                 ldmatrix_x2_trans(vf, vrow + (NDT - 1) * 8);
-                mma16816<T>(o[NDT - 1], pa, vf);
+#pragma unroll
+                for (int mt = 0; mt < MT; mt++) mma16816<T>(o[mt][NDT - 1], pa[mt][kk], vf);
             }
         }
         __syncthreads(); /* the next iteration's prefetch overwrites this buffer */
@@ -216,38 +249,59 @@ template <typename T, int D> __global__ void __launch_bounds__(FA_THREADS) flash
     cp_async_wait<0>();
 
     /* each quad of lanes holds partial row sums: combine, normalise, store */
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
-    const float inv0 = l0 > 0.0f ? 1.0f / l0 : 0.0f, inv1 = l1 > 0.0f ? 1.0f / l1 : 0.0f;
     T *og = (T *)p.o + b * p.q_bs + (int64_t)h * D + 2 * tq;
-    if (row0 < p.lq) {
-        T *orow = og + (int64_t)row0 * p.rs;
 #pragma unroll
-        for (int d = 0; d < NDT; d++) *(uint32_t *)(orow + d * 8) = pack2<T>(o[d][0] * inv0, o[d][1] * inv0);
-    }
-    if (row1 < p.lq) {
-        T *orow = og + (int64_t)row1 * p.rs;
+    for (int mt = 0; mt < MT; mt++) {
+        float l0 = l[mt][0], l1 = l[mt][1];
+        l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+        l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+        l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+        l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+        const float inv0 = l0 > 0.0f ? 1.0f / l0 : 0.0f, inv1 = l1 > 0.0f ? 1.0f / l1 : 0.0f;
+        const int r0 = row0 + mt * 16, r1 = r0 + 8;
+        if (r0 < p.lq) {
+            T *orow = og + (int64_t)r0 * p.rs;
 #pragma unroll
-        for (int d = 0; d < NDT; d++) *(uint32_t *)(orow + d * 8) = pack2<T>(o[d][2] * inv1, o[d][3] * inv1);
+            for (int d = 0; d < NDT; d++)
+                *(uint32_t *)(orow + d * 8) = pack2<T>(o[mt][d][0] * inv0, o[mt][d][1] * inv0);
+        }
+        if (r1 < p.lq) {
+            T *orow = og + (int64_t)r1 * p.rs;
+#pragma unroll
+            for (int d = 0; d < NDT; d++)
+                *(uint32_t *)(orow + d * 8) = pack2<T>(o[mt][d][2] * inv1, o[mt][d][3] * inv1);
+        }
     }
 }
 
 /* ---- host side ------------------------------------------------------------------------------ */
 
-#define FA_FOR_EACH(X) X(__half, 40) X(__half, 64) X(__half, 80) X(__half, 160) \
-    X(__nv_bfloat16, 40) X(__nv_bfloat16, 64) X(__nv_bfloat16, 80) X(__nv_bfloat16, 160)
+/* Every instantiation: (dtype, head dim, m-tiles per warp). Head dim 160 has only MT = 1: with
+ * MT = 2 its Q fragments and O accumulators alone would take 2 x (40 + 80) registers. */
+#define FA_FOR_EACH(X)                                                                                 \
+    X(__half, 40, 1) X(__half, 64, 1) X(__half, 80, 1) X(__half, 160, 1) X(__half, 40, 2) X(__half, 64, 2) \
+    X(__half, 80, 2) X(__nv_bfloat16, 40, 1) X(__nv_bfloat16, 64, 1) X(__nv_bfloat16, 80, 1)             \
+    X(__nv_bfloat16, 160, 1) X(__nv_bfloat16, 40, 2) X(__nv_bfloat16, 64, 2) X(__nv_bfloat16, 80, 2)
 
 static int fa_has_dim(int64_t d) { return d == 40 || d == 64 || d == 80 || d == 160; }
 
+/* m16 tiles per warp for head dim D: 2 (128-row blocks) unless LOCO_CUDA_FLASH=64 asked for the
+ * 64-row form, D has no MT = 2 instantiation, or (auto) there are fewer than 128 query rows
+ * (CLIP's 77 tokens: 6.5 us in 64-row blocks, 7.2 in one 128-row block that is 40% padding). Measured on an H200
+ * (bench/gpu/runs/2026-11-27-h200-run3): 128 rows are as fast or faster everywhere else, even
+ * on grids of fewer blocks than 2 per SM (SD 1.5's 1024-token level at batch 2: 35.6 vs 37.7 us). */
+static int fa_mtiles(const cuda_impl *c, int D, int64_t Lq) {
+    if (D > 80 || c->flash_rows == 64) return 1;
+    if (c->flash_rows == 128) return 2;
+    return Lq >= 128 ? 2 : 1;
+}
+
 loco_status cuda_attention_setup(cuda_impl *c, loco_err *err) {
-    (void)c;
     cudaError_t e = cudaSuccess;
-#define FA_SET(T, D)                                                                                     \
-    if (e == cudaSuccess)                                                                                \
-        e = cudaFuncSetAttribute(flash_attn_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize, \
-                                 FA_SMEM(D));
+#define FA_SET(T, D, MT)                                                                                   \
+    if (e == cudaSuccess)                                                                                  \
+        e = cudaFuncSetAttribute(flash_attn_kernel<T, D, MT>, cudaFuncAttributeMaxDynamicSharedMemorySize, \
+                                 FA_SMEM(D, MT));
     FA_FOR_EACH(FA_SET)
 #undef FA_SET
     if (e == cudaErrorInvalidDeviceFunction || e == cudaErrorNoKernelImageForDevice) {
@@ -260,23 +314,21 @@ loco_status cuda_attention_setup(cuda_impl *c, loco_err *err) {
     return cuda_check(e, "cudaFuncSetAttribute(flash_attn_kernel)", err);
 }
 
-static loco_status flash_launch(cuda_impl *c, loco_dtype dt, int D, dim3 grid, const fa_params *fp, loco_err *err) {
-    if (dt == LOCO_F16) {
-        switch (D) {
-        case 40: flash_attn_kernel<__half, 40><<<grid, FA_THREADS, FA_SMEM(40), c->stream>>>(*fp); break;
-        case 64: flash_attn_kernel<__half, 64><<<grid, FA_THREADS, FA_SMEM(64), c->stream>>>(*fp); break;
-        case 80: flash_attn_kernel<__half, 80><<<grid, FA_THREADS, FA_SMEM(80), c->stream>>>(*fp); break;
-        default: flash_attn_kernel<__half, 160><<<grid, FA_THREADS, FA_SMEM(160), c->stream>>>(*fp); break;
-        }
-    } else {
-        switch (D) {
-        case 40: flash_attn_kernel<__nv_bfloat16, 40><<<grid, FA_THREADS, FA_SMEM(40), c->stream>>>(*fp); break;
-        case 64: flash_attn_kernel<__nv_bfloat16, 64><<<grid, FA_THREADS, FA_SMEM(64), c->stream>>>(*fp); break;
-        case 80: flash_attn_kernel<__nv_bfloat16, 80><<<grid, FA_THREADS, FA_SMEM(80), c->stream>>>(*fp); break;
-        default: flash_attn_kernel<__nv_bfloat16, 160><<<grid, FA_THREADS, FA_SMEM(160), c->stream>>>(*fp); break;
-        }
+/* The loco dtype of a kernel element type, to match an instantiation to a call. */
+template <typename T> static loco_dtype fa_dtype(void);
+template <> loco_dtype fa_dtype<__half>(void) { return LOCO_F16; }
+template <> loco_dtype fa_dtype<__nv_bfloat16>(void) { return LOCO_BF16; }
+
+static loco_status flash_launch(cuda_impl *c, loco_dtype dt, int D, int MT, dim3 grid, const fa_params *fp,
+                                loco_err *err) {
+#define FA_CASE(T, DD, MM)                                                                   \
+    if (dt == fa_dtype<T>() && D == DD && MT == MM) {                                        \
+        flash_attn_kernel<T, DD, MM><<<grid, FA_THREADS, FA_SMEM(DD, MM), c->stream>>>(*fp); \
+        return cuda_check_launch("flash_attn_kernel", err);                                  \
     }
-    return cuda_check_launch("flash_attn_kernel", err);
+    FA_FOR_EACH(FA_CASE)
+#undef FA_CASE
+    return loco_err_set(err, LOCO_EINVAL, "cuda attention: no flash kernel for head dim %d with %d m-tiles", D, MT);
 }
 
 extern "C" loco_status cuda_op_attention(loco_backend *be, loco_tensor *out, const loco_tensor *q,
@@ -322,12 +374,13 @@ extern "C" loco_status cuda_op_attention(loco_backend *be, loco_tensor *out, con
     fp.kv_bs = Lk * HD;
     fp.scale_log2 = p->scale * 1.4426950408889634f;
     fp.causal = p->causal != 0;
+    const int mt = fa_mtiles(c, (int)D, Lq);
     for (int64_t b0 = 0; b0 < B; b0 += FA_KV_MAX) {
         int nb = (int)(B - b0 < FA_KV_MAX ? B - b0 : FA_KV_MAX);
         fp.b0 = (int)b0;
         for (int i = 0; i < nb; i++) fp.kv[i] = p->kv_index ? p->kv_index[b0 + i] : (int)(b0 + i);
-        dim3 grid((unsigned)((Lq + FA_BR - 1) / FA_BR), (unsigned)H, (unsigned)nb);
-        CUDA_TRY(flash_launch(c, dt, (int)D, grid, &fp, err));
+        dim3 grid((unsigned)((Lq + FA_BR(mt) - 1) / FA_BR(mt)), (unsigned)H, (unsigned)nb);
+        CUDA_TRY(flash_launch(c, dt, (int)D, mt, grid, &fp, err));
     }
     return LOCO_OK;
 }

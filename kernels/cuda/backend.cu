@@ -260,6 +260,18 @@ extern "C" loco_status loco_backend_cuda_create(const loco_backend_opts *opts, l
                    : strcmp(conv, "im2col") == 0   ? CUDA_CONV_IM2COL
                    : strcmp(conv, "implicit") == 0 ? CUDA_CONV_IMPLICIT
                                                    : CUDA_CONV_AUTO;
+    const char *flash = getenv("LOCO_CUDA_FLASH"); /* 64|128 forces a flash-attention block height */
+    c->flash_rows = !flash                        ? 0
+                    : strcmp(flash, "64") == 0  ? 64
+                    : strcmp(flash, "128") == 0 ? 128
+                                                : 0;
+    /* 256 MiB holds a whole UNet level at batch 16 in a few chunks (SD 1.5's 64x64 level: 23.6 MB
+     * per sample) and is small next to the card; VAE decoders at 1024^2 go in slices */
+    const char *igemm_rows = getenv("LOCO_CUDA_IGEMM_ROWS");
+    c->igemm_rows = !(igemm_rows && igemm_rows[0] == '0');
+    const char *im2col_kb = getenv("LOCO_CUDA_IM2COL_KB");
+    const long kb = im2col_kb ? atol(im2col_kb) : 0;
+    c->im2col_budget = kb > 0 ? (size_t)kb << 10 : (size_t)256 << 20;
     const int graphs = graphs_wanted();
     fill_ops(&cb->ops, graphs);
     cb->be.ops = &cb->ops;
@@ -284,17 +296,22 @@ extern "C" loco_status loco_backend_cuda_create(const loco_backend_opts *opts, l
         st = cuda_alloc_get(c, c->lt_ws_size, &c->lt_ws, err);
     }
     if (st == LOCO_OK) st = cuda_attention_setup(c, err);
+    if (st == LOCO_OK) st = cuda_conv_igemm_tf32_setup(c, err);
+    if (st == LOCO_OK) st = cuda_conv_igemm_setup(c, err);
     if (st != LOCO_OK) {
         loco_err_prefix(err, "creating the CUDA backend on device %d (%s)", ordinal, prop.name);
         cuda_destroy(&cb->be);
         return st;
     }
-    snprintf(cb->be.desc, sizeof cb->be.desc, "cuda:%d %.100s (sm_%d%d, %d SMs, %.1f GiB, %s activations%s%s)", ordinal,
-             prop.name, prop.major, prop.minor, prop.multiProcessorCount,
+    snprintf(cb->be.desc, sizeof cb->be.desc, "cuda:%d %.100s (sm_%d%d, %d SMs, %.1f GiB, %s activations%s%s%s)",
+             ordinal, prop.name, prop.major, prop.minor, prop.multiProcessorCount,
              (double)prop.totalGlobalMem / (1024.0 * 1024.0 * 1024.0), cuda_dt(act),
              c->conv_algo == CUDA_CONV_IM2COL     ? ", conv: im2col"
              : c->conv_algo == CUDA_CONV_IMPLICIT ? ", conv: implicit GEMM"
                                                   : "",
+             c->flash_rows == 64    ? ", flash: 64 rows"
+             : c->flash_rows == 128 ? ", flash: 128 rows"
+                                    : "",
              graphs ? "" : ", graphs off");
     *out = &cb->be;
     return LOCO_OK;

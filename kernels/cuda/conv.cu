@@ -1,15 +1,16 @@
-/* conv.cu: loco_conv2d on the GPU, NCHW. Three routes:
+/* conv.cu: loco_conv2d on the GPU, NCHW. Three routes (conv_route_for says which, and why):
  *
- *  - 1x1, stride 1, no padding (ResNet shortcuts, SD1.x attention proj_in/out): a plain GEMM
- *    per sample, y[n] (Cout x HW) = w (Cout x Cin) . x[n] (Cin x HW), through cuBLASLt.
- *  - f16/bf16 otherwise: the tensor-core implicit GEMM of conv_igemm.cu (no im2col buffer,
- *    bias fused in its epilogue), when its 128x128 tiles give at least one block per SM.
- *  - small images with many channels (on a 132-SM H100 the UNet's levels of 32x32 and below
- *    at batch 2) and f32 activations: im2col of a slice of output pixels into a bounded scratch buffer,
- *    then a cuBLASLt GEMM (TF32 for f32) writing straight into y. cuBLASLt splits K and picks
- *    small tiles where the implicit kernel would leave most SMs idle. Slices keep the buffer
- *    under 64 MiB even for VAE decoders at 1024^2.
- *  LOCO_CUDA_CONV=implicit|im2col forces one of the two (benchmarks compare them).
+ *  - 1x1, stride 1, no padding (ResNet shortcuts, SD1.x attention proj_in/out): one strided
+ *    batched cuBLASLt GEMM, y[n] (Cout x HW) = w (Cout x Cin) . x[n] (Cin x HW) for every n.
+ *  - the tensor-core implicit GEMM (no im2col buffer, bias fused in its epilogue):
+ *    conv_igemm.cu for f16/bf16, conv_igemm_tf32.cu for f32 (TF32 operands, as cuDNN runs
+ *    PyTorch's fp32 convs).
+ *  - im2col of whole samples (or, for VAE decoders at 1024^2, of
+ *    slices of one sample's pixels) into a bounded scratch buffer, then one cuBLASLt GEMM per
+ *    chunk (TF32 for f32) writing straight into y. cuBLASLt splits K and picks small tiles
+ *    where the implicit kernel would leave most SMs idle.
+ *  LOCO_CUDA_CONV=implicit|im2col forces one of the last two for every conv that is not 1x1
+ *  (benchmarks and tests compare them).
  *
  * In NCHW the per-channel bias runs along the GEMM's n dimension, which cuBLASLt's bias
  * epilogue (per row of D) cannot express, so the GEMM routes add it in one extra pass. */
@@ -17,56 +18,115 @@
 
 #include "cuda_device.h"
 
-#define IM2COL_BUDGET ((size_t)64 << 20)
 
-/* col[k][pi] (row-major K x pc) = x[ci, oh*s - pt + r, ow*s - pl + s'] for output pixel
- * p0 + pi of one sample; zero outside the image. Element-size typed: it only moves data. */
-template <typename U>
-__global__ void im2col_kernel(U *col, const U *x, int h, int wd, int kh, int kw, int stride, int pt, int pl, int wo,
-                              int64_t p0, int64_t pc, int64_t K) {
-    int64_t total = K * pc, step = (int64_t)gridDim.x * blockDim.x;
-    int khw = kh * kw;
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += step) {
-        int64_t k = i / pc, pi = i - k * pc, pp = p0 + pi;
-        int oh = (int)(pp / wo), ow = (int)(pp - (int64_t)oh * wo);
-        int ci = (int)(k / khw), rs = (int)(k - (int64_t)ci * khw);
-        int r = rs / kw, s = rs - r * kw;
-        int iy = oh * stride - pt + r, ix = ow * stride - pl + s;
-        col[i] = ((unsigned)iy < (unsigned)h && (unsigned)ix < (unsigned)wd) ? x[((int64_t)ci * h + iy) * wd + ix]
-                                                                              : (U)0;
+/* col[z][k][pi] (for sample z of the chunk: row-major K x pc) = x[z][ci, oh*st - pt + r,
+ * ow*st - pl + s] for output pixel p0 + pi, zero outside the image.
+ * Each thread writes V consecutive pixels of one row k as one store (V = 16 bytes' worth when
+ * the caller checked that groups of V pixels never straddle an output row and that rows stay
+ * 16-byte aligned; V = 1 otherwise). Blocks are 64 pixel groups x 4 rows k, so a row's tap
+ * (ci, r, s) is decoded once per thread and reused over the grid-stride loop. The first
+ * version (one element per thread, 64-bit divisions, ~100k blocks of 256 for one UNet conv) ran
+ * at the rate of the block scheduler, slower than the GEMM it feeds. All per-element index math
+ * is 32-bit (the caller checked that one sample's image and a slice fit in int). The kernel only
+ * moves data, so it is typed by element size. */
+#define IM2COL_TX 64
+#define IM2COL_TY 4
+template <int BYTES> struct im2col_vec;
+template <> struct im2col_vec<2> { typedef uint16_t type; };
+template <> struct im2col_vec<4> { typedef uint32_t type; };
+template <> struct im2col_vec<16> { typedef uint4 type; };
+
+template <typename U, int V>
+__global__ void __launch_bounds__(IM2COL_TX *IM2COL_TY)
+    im2col_kernel(U *col, const U *x, int h, int wd, int kh, int kw, int stride, int pt, int pl, int wo, int p0,
+                  int pc, int K, int64_t x_sample, int64_t col_sample) {
+    typedef typename im2col_vec<V * sizeof(U)>::type VT;
+    const U *xs = x + (int64_t)blockIdx.z * x_sample;
+    U *cs = col + (int64_t)blockIdx.z * col_sample;
+    const int khw = kh * kw, ng = pc / V;
+    for (int k = blockIdx.y * IM2COL_TY + threadIdx.y; k < K; k += gridDim.y * IM2COL_TY) {
+        const int ci = k / khw, rs = k - ci * khw, r = rs / kw, s = rs - r * kw;
+        const U *xc = xs + (int64_t)ci * h * wd;
+        VT *row = (VT *)(cs + (int64_t)k * pc);
+        for (int g = blockIdx.x * IM2COL_TX + threadIdx.x; g < ng; g += gridDim.x * IM2COL_TX) {
+            const int pp = p0 + g * V, oh = pp / wo, ow0 = pp - oh * wo;
+            const int iy = oh * stride - pt + r;
+            union {
+                U e[V];
+                VT v;
+            } u;
+            if ((unsigned)iy < (unsigned)h) {
+                const U *xr = xc + iy * wd;
+#pragma unroll
+                for (int v = 0; v < V; v++) {
+                    const int ix = (ow0 + v) * stride - pl + s;
+                    u.e[v] = (unsigned)ix < (unsigned)wd ? xr[ix] : (U)0;
+                }
+            } else {
+#pragma unroll
+                for (int v = 0; v < V; v++) u.e[v] = (U)0;
+            }
+            row[g] = u.v;
+        }
     }
 }
 
+template <typename U, int V>
+static void im2col_launch(cuda_impl *c, void *col, const void *x, int64_t z, int64_t H, int64_t W, int64_t kh,
+                          int64_t kw, const loco_conv2d_params *p, int64_t Wo, int64_t p0, int64_t n, int64_t K,
+                          int64_t x_sample) {
+    int64_t gx = (n / V + IM2COL_TX - 1) / IM2COL_TX, gy = (K + IM2COL_TY - 1) / IM2COL_TY;
+    const dim3 grid((unsigned)(gx < 65535 ? gx : 65535), (unsigned)(gy < 65535 ? gy : 65535), (unsigned)z);
+    im2col_kernel<U, V><<<grid, dim3(IM2COL_TX, IM2COL_TY), 0, c->stream>>>(
+        (U *)col, (const U *)x, (int)H, (int)W, (int)kh, (int)kw, p->stride, p->pad[0], p->pad[2], (int)Wo, (int)p0,
+        (int)n, (int)K, x_sample, K * n);
+}
+
+/* im2col + one cuBLASLt GEMM per chunk. A chunk is either several whole samples (pc == P: one
+ * batched GEMM over them, weights shared with batch stride 0) or a slice of one sample's
+ * pixels (VAE decoders at 1024^2, where one sample's buffer alone exceeds the budget). */
 static loco_status conv_im2col(cuda_impl *c, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
                                const void *wp, const loco_conv2d_params *p, loco_err *err) {
-    int64_t Nb = x->shape[0], Cin = x->shape[1], H = x->shape[2], W = x->shape[3];
-    int64_t Cout = w->shape[0], kh = w->shape[2], kw = w->shape[3];
-    int64_t Wo = y->shape[3], P = y->shape[2] * Wo, K = Cin * kh * kw;
-    size_t es = loco_dtype_size(y->dtype);
-    int64_t pc = (int64_t)(IM2COL_BUDGET / ((size_t)K * es));
+    const int64_t Nb = x->shape[0], Cin = x->shape[1], H = x->shape[2], W = x->shape[3];
+    const int64_t Cout = w->shape[0], kh = w->shape[2], kw = w->shape[3];
+    const int64_t Wo = y->shape[3], P = y->shape[2] * Wo, K = Cin * kh * kw;
+    const size_t es = loco_dtype_size(y->dtype);
+    if (H * W >= ((int64_t)1 << 31) || P >= ((int64_t)1 << 31) || K >= ((int64_t)1 << 31))
+        return loco_err_set(err, LOCO_EUNSUPPORTED, "cuda conv2d: image of %lldx%lld (%lld taps) is too large",
+                            (long long)H, (long long)W, (long long)K);
+    int64_t pc = (int64_t)(c->im2col_budget / ((size_t)K * es));
     if (pc > 64) pc = pc / 64 * 64; /* slices start on aligned pixels */
     if (pc < 1) pc = 1;
     if (pc > P) pc = P;
+    if (pc * K >= ((int64_t)1 << 31)) pc = (((int64_t)1 << 31) - 1) / K; /* row offsets stay in int64, pi in int */
+    int64_t nz = pc == P ? (int64_t)(c->im2col_budget / ((size_t)(K * P) * es)) : 1; /* samples per chunk */
+    if (nz < 1) nz = 1;
+    if (nz > Nb) nz = Nb;
+    if (nz > 65535) nz = 65535;
     void *col = NULL;
-    CUDA_TRY(cuda_alloc_get(c, (size_t)(K * pc) * es, &col, err));
+    CUDA_TRY(cuda_alloc_get(c, (size_t)(K * pc * nz) * es, &col, err));
     loco_status st = LOCO_OK;
-    for (int64_t nb = 0; nb < Nb && st == LOCO_OK; nb++) {
+    for (int64_t nb = 0; nb < Nb && st == LOCO_OK; nb += nz) {
+        const int64_t z = Nb - nb < nz ? Nb - nb : nz;
         const char *xs = (const char *)x->data + (size_t)(nb * Cin * H * W) * es;
         char *ys = (char *)y->data + (size_t)(nb * Cout * P) * es;
         for (int64_t p0 = 0; p0 < P && st == LOCO_OK; p0 += pc) {
-            int64_t n = P - p0 < pc ? P - p0 : pc;
-            unsigned grid = cuda_grid(c, K * n, 256);
-            if (es == 2)
-                im2col_kernel<uint16_t><<<grid, 256, 0, c->stream>>>(
-                    (uint16_t *)col, (const uint16_t *)xs, (int)H, (int)W, (int)kh, (int)kw, p->stride, p->pad[0],
-                    p->pad[2], (int)Wo, p0, n, K);
+            const int64_t n = P - p0 < pc ? P - p0 : pc;
+            /* 16-byte groups when no group of V pixels straddles an output row (p0 and n are
+             * multiples of pc's 64 or the whole image) */
+            const int v16 = Wo % 8 == 0 && p0 % 8 == 0 && n % 8 == 0;
+            if (es == 2 && v16)
+                im2col_launch<uint16_t, 8>(c, col, xs, z, H, W, kh, kw, p, Wo, p0, n, K, Cin * H * W);
+            else if (es == 2)
+                im2col_launch<uint16_t, 1>(c, col, xs, z, H, W, kh, kw, p, Wo, p0, n, K, Cin * H * W);
+            else if (v16)
+                im2col_launch<uint32_t, 4>(c, col, xs, z, H, W, kh, kw, p, Wo, p0, n, K, Cin * H * W);
             else
-                im2col_kernel<uint32_t><<<grid, 256, 0, c->stream>>>(
-                    (uint32_t *)col, (const uint32_t *)xs, (int)H, (int)W, (int)kh, (int)kw, p->stride, p->pad[0],
-                    p->pad[2], (int)Wo, p0, n, K);
+                im2col_launch<uint32_t, 1>(c, col, xs, z, H, W, kh, kw, p, Wo, p0, n, K, Cin * H * W);
             st = cuda_check_launch("im2col_kernel", err);
             if (st != LOCO_OK) break;
-            /* D (n x Cout, ld P) = col (n x K, ld n) . w (K x Cout, ld K), all column-major */
+            /* per sample: D (n x Cout, ld P) = col (n x K, ld n) . w (K x Cout, ld K), all
+             * column-major; the samples of a chunk are one strided batch */
             cuda_gemm g;
             memset(&g, 0, sizeof g);
             g.m = n;
@@ -75,7 +135,10 @@ static loco_status conv_im2col(cuda_impl *c, loco_tensor *y, const loco_tensor *
             g.lda = n;
             g.ldb = K;
             g.ldd = P;
-            g.batch = 1;
+            g.batch = (int)z;
+            g.stride_a = K * n;
+            g.stride_b = 0;
+            g.stride_d = Cout * P;
             g.ab_dtype = y->dtype;
             g.d_dtype = y->dtype;
             g.a = col;
@@ -89,11 +152,14 @@ static loco_status conv_im2col(cuda_impl *c, loco_tensor *y, const loco_tensor *
     return st;
 }
 
+/* 1x1, stride 1, no padding: per sample y[n] (Cout x P) = w (Cout x Cin) . x[n] (Cin x P); the
+ * samples are one strided-batched GEMM with the weights shared (batch stride 0). */
 static loco_status conv_pointwise(cuda_impl *c, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
                                   const void *wp, loco_err *err) {
-    int64_t Nb = x->shape[0], Cin = x->shape[1], P = x->shape[2] * x->shape[3], Cout = w->shape[0];
-    size_t es = loco_dtype_size(y->dtype);
-    for (int64_t nb = 0; nb < Nb; nb++) {
+    const int64_t Nb = x->shape[0], Cin = x->shape[1], P = x->shape[2] * x->shape[3], Cout = w->shape[0];
+    const size_t es = loco_dtype_size(y->dtype);
+    for (int64_t nb = 0; nb < Nb; nb += 65535) {
+        const int64_t z = Nb - nb < 65535 ? Nb - nb : 65535;
         /* D (P x Cout, ld P) = x[nb] (P x Cin, ld P) . w (Cin x Cout, ld Cin), column-major */
         cuda_gemm g;
         memset(&g, 0, sizeof g);
@@ -103,7 +169,10 @@ static loco_status conv_pointwise(cuda_impl *c, loco_tensor *y, const loco_tenso
         g.lda = P;
         g.ldb = Cin;
         g.ldd = P;
-        g.batch = 1;
+        g.batch = (int)z;
+        g.stride_a = Cin * P;
+        g.stride_b = 0;
+        g.stride_d = Cout * P;
         g.ab_dtype = y->dtype;
         g.d_dtype = y->dtype;
         g.a = (const char *)x->data + (size_t)(nb * Cin * P) * es;
@@ -113,6 +182,28 @@ static loco_status conv_pointwise(cuda_impl *c, loco_tensor *y, const loco_tenso
         CUDA_TRY(cuda_gemm_run(c, &g, err));
     }
     return LOCO_OK;
+}
+
+typedef enum conv_route { CONV_POINTWISE, CONV_IMPLICIT, CONV_IM2COL } conv_route;
+
+/* The route for a conv that is not 1x1 (measured on an H200, bench/gpu/runs/2026-11-27-h200-run3,
+ * fp16 unless said): im2col + cuBLASLt wins wherever one sample's im2col buffer is moderate,
+ * because cuBLASLt's wgmma GEMMs run at 250-510 TFLOP/s on the UNet's shapes against 190-290
+ * for the mma.sync implicit kernel (320ch 64x64 x16: 0.42 vs 0.45 ms, 1280ch 16x16 x16: 0.24
+ * vs 0.52 ms); the implicit kernel wins at large images, where the buffer's traffic dominates
+ * (VAE 256ch 256x256: 0.27 vs 0.32 ms, 128ch 512x512: 0.28 vs 0.59 ms), for tiny K (the UNet's
+ * conv_in, K = 36) and for few output channels (a GEMM with n = 3 or 4 runs cuBLASLt at a
+ * crawl). F32 (SD-XL's upcast VAE) has the same shape of rule with the TF32 kernels: im2col up
+ * to 512x512 (256ch: 2.45 vs 3.07 ms), the implicit TF32 kernel at 1024x1024 (128ch: 3.1 vs
+ * 4.1 ms) and for conv_out. Otherwise implicit only when its 128x128 tiles give every SM a
+ * block. LOCO_CUDA_CONV=implicit|im2col forces a route. */
+static conv_route conv_route_for(const cuda_impl *c, loco_dtype dt, int64_t n, int64_t P, int64_t K, int64_t Cout,
+                                 int fits_int) {
+    if (!fits_int || c->conv_algo == CUDA_CONV_IM2COL) return CONV_IM2COL;
+    if (c->conv_algo == CUDA_CONV_IMPLICIT) return CONV_IMPLICIT;
+    const int64_t im2col_max_pixels = dt == LOCO_F32 ? 512 * 512 : 32768;
+    if (K >= 128 && Cout >= 64 && P <= im2col_max_pixels) return CONV_IM2COL;
+    return cuda_conv_igemm_blocks(n * P, Cout) >= (int64_t)c->sm_count ? CONV_IMPLICIT : CONV_IM2COL;
 }
 
 extern "C" loco_status cuda_op_conv2d(loco_backend *be, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
@@ -138,12 +229,16 @@ extern "C" loco_status cuda_op_conv2d(loco_backend *be, loco_tensor *y, const lo
     int pointwise = kh == 1 && kw == 1 && p->stride == 1 && !p->pad[0] && !p->pad[1] && !p->pad[2] && !p->pad[3];
     int fits_int = Cin * H * W < ((int64_t)1 << 31) && P < ((int64_t)1 << 31) && Cin * kh * kw < ((int64_t)1 << 31) &&
                    Cout < ((int64_t)1 << 31);
-    if (pointwise) {
+    const conv_route route = pointwise ? CONV_POINTWISE : conv_route_for(c, y->dtype, x->shape[0], P, Cin * kh * kw, Cout, fits_int);
+    if (route == CONV_POINTWISE) {
         st = conv_pointwise(c, y, x, w, wp, err);
-    } else if (y->dtype != LOCO_F32 && fits_int &&
-               (c->conv_algo == CUDA_CONV_IMPLICIT ||
-                (c->conv_algo == CUDA_CONV_AUTO &&
-                 cuda_conv_igemm_blocks(x->shape[0] * P, Cout) >= (int64_t)c->sm_count))) {
+    } else if (route == CONV_IMPLICIT && y->dtype == LOCO_F32) {
+        loco_tensor wv = *w; /* the weights as y's dtype (converted above when they were not) */
+        wv.data = (void *)wp;
+        wv.dtype = y->dtype;
+        st = cuda_conv_igemm_tf32(c, y, x, &wv, bias, p, err);
+        bias_done = 1;
+    } else if (route == CONV_IMPLICIT) {
         st = cuda_conv_igemm(c, y, x, w, wp, bias, p, err);
         bias_done = 1;
     } else {

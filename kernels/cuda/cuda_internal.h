@@ -122,6 +122,11 @@ typedef struct cuda_impl {
     cuda_gemm_plan *plans; /* CUDA_GEMM_PLANS entries */
     int plan_next;         /* round-robin eviction */
     cuda_conv_algo conv_algo;
+    int flash_rows; /* flash-attention block rows, LOCO_CUDA_FLASH=64|128; 0 = auto (attention.cu,
+                     * fa_mtiles) */
+    int igemm_rows; /* 1: conv_igemm.cu's row-gather kernel where it applies; LOCO_CUDA_IGEMM_ROWS=0 turns it off */
+    size_t im2col_budget; /* bytes of one im2col buffer (conv.cu): 256 MiB, or LOCO_CUDA_IM2COL_KB
+                           * (tests shrink it to reach the sliced and chunked paths) */
     cuda_graph_pool *active_pool; /* allocations come from here while not NULL (graph.cu) */
     cuda_graph_pool *pools;       /* every live graph's pool: frees of their blocks go back there */
 } cuda_impl;
@@ -208,6 +213,14 @@ int64_t cuda_conv_igemm_blocks(int64_t npix, int64_t cout);
 /* The caller has checked: F16/BF16, Cin*H*W < 2^31, w converted to y's dtype in wdata. */
 loco_status cuda_conv_igemm(cuda_impl *c, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
                             const void *wdata, const loco_tensor *bias, const loco_conv2d_params *p, loco_err *err);
+/* TF32 tensor-core implicit-GEMM convolution for F32 x, w, y (conv_igemm_tf32.cu); bias F32
+ * (any float dtype) or NULL. The caller has checked Cin*H*W < 2^31 and that
+ * cuda_conv_igemm_tf32_setup ran (backend creation): the kernel needs 70 KB of shared memory. */
+loco_status cuda_conv_igemm_tf32_setup(cuda_impl *c, loco_err *err);
+/* Shared-memory opt-in of conv_igemm.cu's row-gather kernel (backend creation). */
+loco_status cuda_conv_igemm_setup(cuda_impl *c, loco_err *err);
+loco_status cuda_conv_igemm_tf32(cuda_impl *c, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
+                                 const loco_tensor *bias, const loco_conv2d_params *p, loco_err *err);
 
 /* ---- vtable hooks, one group per file --------------------------------------------------------- */
 

@@ -141,6 +141,7 @@ static int twin_close(const twin *t, double tol, const char *what) {
         double e = loco_rel_l2(g, c, n);
         if (nan) fprintf(stderr, "%s: %zu NaN on the GPU, first at %zu (cpu %g)\n", what, nan, first, c[first]);
         if (!(e <= tol)) fprintf(stderr, "%s: relative error %.3g > %.1g\n", what, e, tol);
+        else fprintf(stderr, "%s: rel err %.3g (tol %.1g)\n", what, e, tol); /* the record a GPU run keeps */
         ok = nan == 0 && e <= tol;
     }
     free(c);
@@ -347,6 +348,20 @@ TEST(cuda_conv2d_implicit_odd_cin_and_strides) {
     CHECK(check_conv(ig, LOCO_F16, 1, 8, 9, 10, 5, 4, 2, 1, 2, 0, 1, 3, 1, 54));
 }
 
+/* F32 convolutions on the TF32 implicit-GEMM kernel (conv_igemm_tf32.cu): 128 x 128 tiles,
+ * K tiles of 32, 16-byte weight vectors when K % 4 == 0 and scalar loads otherwise. */
+TEST(cuda_conv2d_implicit_tf32) {
+    GPU_ENV(e, LOCO_F32, 70);
+    genv_close(&e);
+    const char *ig = "implicit";
+    CHECK(check_conv(ig, LOCO_F32, 2, 4, 17, 19, 130, 3, 3, 1, 1, 1, 1, 1, 1, 71));   /* K 36; Cout, pixels off-tile */
+    CHECK(check_conv(ig, LOCO_F32, 2, 128, 12, 11, 256, 3, 3, 1, 1, 1, 1, 1, 1, 72)); /* P 132: 2 x 2 tiles */
+    CHECK(check_conv(ig, LOCO_F32, 1, 257, 9, 10, 9, 3, 3, 1, 1, 1, 1, 1, 0, 73));   /* K 2313: scalar, K tail */
+    CHECK(check_conv(ig, LOCO_F32, 2, 128, 16, 15, 130, 3, 3, 2, 0, 1, 0, 1, 1, 74)); /* VAE downsampler, odd P */
+    CHECK(check_conv(ig, LOCO_F32, 2, 3, 20, 20, 130, 3, 3, 1, 1, 1, 1, 1, 1, 75));   /* K 27, scalar */
+    CHECK(check_conv(ig, LOCO_F32, 2, 257, 7, 9, 3, 3, 3, 1, 1, 1, 1, 1, 1, 76));     /* Cout 3 (routed elsewhere) */
+}
+
 TEST(cuda_conv2d_1x1_im2col_and_auto) {
     GPU_ENV(e, LOCO_F16, 60);
     genv_close(&e);
@@ -357,6 +372,36 @@ TEST(cuda_conv2d_1x1_im2col_and_auto) {
     CHECK(check_conv("im2col", LOCO_F16, 2, 16, 16, 16, 16, 3, 3, 2, 0, 1, 0, 1, 1, 65));
     CHECK(check_conv(NULL, LOCO_F16, 2, 64, 64, 64, 64, 3, 3, 1, 1, 1, 1, 1, 1, 66));     /* auto: large */
     CHECK(check_conv(NULL, LOCO_BF16, 2, 128, 8, 8, 256, 3, 3, 1, 1, 1, 1, 1, 1, 67));    /* auto: small */
+}
+
+/* im2col's 16-byte path (output width a multiple of 8: groups of 8 pixels never straddle a
+ * row), in both element sizes, and the direct kernel for convs with few output channels. */
+TEST(cuda_conv2d_im2col_vector_and_few_channels) {
+    GPU_ENV(e, LOCO_F16, 70);
+    genv_close(&e);
+    CHECK(check_conv("im2col", LOCO_F16, 3, 24, 16, 16, 40, 3, 3, 1, 1, 1, 1, 1, 1, 71));  /* 16-byte groups */
+    CHECK(check_conv("im2col", LOCO_BF16, 2, 8, 15, 32, 24, 3, 3, 1, 1, 1, 1, 1, 0, 72));  /* W 32, H odd */
+    CHECK(check_conv(NULL, LOCO_F32, 2, 8, 16, 24, 20, 3, 3, 1, 1, 1, 1, 1, 1, 73));      /* F32, 4 per group */
+    CHECK(check_conv("im2col", LOCO_F16, 2, 16, 32, 32, 16, 3, 3, 2, 0, 1, 0, 1, 1, 74)); /* stride 2, Wo 16 */
+    CHECK(check_conv(NULL, LOCO_F16, 2, 64, 20, 20, 4, 3, 3, 1, 1, 1, 1, 1, 1, 75));      /* UNet conv_out */
+    CHECK(check_conv(NULL, LOCO_F32, 1, 32, 24, 17, 3, 3, 3, 1, 1, 1, 1, 1, 1, 76));      /* VAE conv_out, F32 */
+    CHECK(check_conv(NULL, LOCO_BF16, 2, 5, 9, 11, 1, 3, 3, 2, 1, 0, 1, 0, 0, 77));       /* 1 channel, no bias */
+    CHECK(check_conv(NULL, LOCO_F16, 1, 12, 10, 10, 8, 5, 5, 1, 2, 2, 2, 2, 1, 78));      /* 8 channels, 5x5 */
+}
+
+/* A small im2col budget (LOCO_CUDA_IM2COL_KB, read at backend creation) reaches the paths that
+ * full-size models take: several samples per batched GEMM with a partial last chunk, and one
+ * sample's pixels in slices (VAE decoders at 1024^2). K = 288, one sample's buffer 576 KiB. */
+TEST(cuda_conv2d_im2col_chunks_and_slices) {
+    GPU_ENV(e, LOCO_F16, 80);
+    genv_close(&e);
+    setenv("LOCO_CUDA_IM2COL_KB", "1200", 1); /* 2 samples per chunk: chunks of 2 and 1 */
+    CHECK(check_conv("im2col", LOCO_F16, 3, 32, 32, 32, 64, 3, 3, 1, 1, 1, 1, 1, 1, 81));
+    CHECK(check_conv("im2col", LOCO_F32, 3, 32, 16, 16, 40, 3, 3, 1, 1, 1, 1, 1, 1, 82));
+    setenv("LOCO_CUDA_IM2COL_KB", "256", 1); /* slices of 448 pixels: 448, 448, 128 */
+    CHECK(check_conv("im2col", LOCO_F16, 2, 32, 32, 32, 64, 3, 3, 1, 1, 1, 1, 1, 1, 83));
+    CHECK(check_conv("im2col", LOCO_BF16, 1, 32, 30, 30, 24, 3, 3, 1, 1, 1, 1, 1, 0, 84)); /* Wo 30: scalar */
+    unsetenv("LOCO_CUDA_IM2COL_KB");
 }
 
 /* ---- norms --------------------------------------------------------------------------------------- */
@@ -477,6 +522,20 @@ TEST(cuda_attention_causal_and_kv_index) {
     static const int kv[4] = {1, 0, 1, 1};
     CHECK(check_attention(LOCO_F16, 4, 2, 96, 77, 8, 40, 0, kv, 113));
     CHECK(check_attention(LOCO_F16, 4, 2, 50, 50, 2, 48, 1, kv, 114)); /* general path with kv_index */
+}
+
+/* The default flash kernel for head dims 40/64/80 has 128-row blocks; LOCO_CUDA_FLASH=64 (read
+ * when the backend is created) forces the 64-row form, which must stay correct as a fallback. */
+TEST(cuda_attention_flash_64_rows) {
+    GPU_ENV(e, LOCO_F16, 130);
+    genv_close(&e);
+    static const int kv[2] = {1, 0};
+    setenv("LOCO_CUDA_FLASH", "64", 1);
+    int ok = check_attention(LOCO_F16, 2, 2, 130, 77, 8, 80, 0, kv, 131) &&
+             check_attention(LOCO_F16, 1, 1, 150, 150, 2, 40, 1, NULL, 132) &&
+             check_attention(LOCO_BF16, 2, 2, 257, 257, 5, 64, 0, NULL, 133);
+    unsetenv("LOCO_CUDA_FLASH");
+    CHECK(ok);
 }
 
 TEST(cuda_attention_general_path) {

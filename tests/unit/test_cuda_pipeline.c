@@ -343,7 +343,9 @@ static void vae_parity(const char *model) {
     if (ok) ok = loco_vae_decode(e.pc->vae, &lc, NULL, NULL, &ic, &err) == LOCO_OK;
     if (ok) ok = loco_vae_decode(e.pg->vae, &lg, NULL, NULL, &ig, &err) == LOCO_OK;
     double r = ok ? rel_err(&ig, &ic) : 2;
-    const loco_dtype want = loco_vae_get_config(e.pg->vae)->force_upcast ? LOCO_F32 : LOCO_F16;
+    /* as in diffusers: only the SD-XL pipeline upcasts a force_upcast VAE */
+    const loco_dtype want =
+        e.pg->family == LOCO_FAMILY_SDXL && loco_vae_get_config(e.pg->vae)->force_upcast ? LOCO_F32 : LOCO_F16;
     const loco_dtype got = loco_vae_dtype(e.pg->vae);
     fprintf(stderr, "%s vae decode: rel err %.3g, GPU VAE computes in %s\n", model, r, loco_dtype_name(got));
     loco_tensor_free(&lc);
