@@ -7,6 +7,7 @@
  * pairs with the left and right neighbours are pushed. A duplicated pair in merges.txt takes the
  * rank of its last line, as the reference's hash map does. */
 #include "clip_bpe.h"
+#include "keyed_hash.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -41,16 +42,16 @@ struct loco_bpe {
     size_t merge_count;
     int32_t byte_id[256];     /* symbol of a byte inside a word */
     int32_t byte_end_id[256]; /* symbol of a byte ending a word (with the suffix) */
+    loco_hash_key key;        /* of both hash tables, drawn per tokenizer */
 };
 
-static uint64_t hash_bytes(const void *p, size_t n) {
-    const uint8_t *s = p;
-    uint64_t h = UINT64_C(0xcbf29ce484222325);
-    for (size_t i = 0; i < n; i++) { h ^= s[i]; h *= UINT64_C(0x100000001b3); }
-    return h ^ (h >> 29);
-}
+/* Tokens and merge pairs come from files users supply (vocab.json, merges.txt): both tables are
+ * keyed per loaded tokenizer (engine/keyed_hash.h), so no file can be made whose entries all
+ * collide. */
+static uint64_t hash_bytes(const loco_bpe *b, const void *p, size_t n) { return loco_siphash(&b->key, p, n); }
 
-static uint64_t hash_pair(uint64_t k) {
+static uint64_t hash_pair(const loco_bpe *b, uint64_t k) {
+    k ^= b->key.k1; /* a secret offset before a bijective mix: buckets cannot be chosen from outside */
     k ^= k >> 33; k *= UINT64_C(0xff51afd7ed558ccd);
     k ^= k >> 33; k *= UINT64_C(0xc4ceb9fe1a85ec53);
     return k ^ (k >> 33);
@@ -58,7 +59,7 @@ static uint64_t hash_pair(uint64_t k) {
 
 int32_t loco_bpe_id(const loco_bpe *b, const char *token, size_t len) {
     if (!b->slots) return -1;
-    for (size_t i = hash_bytes(token, len) & b->slot_mask;; i = (i + 1) & b->slot_mask) {
+    for (size_t i = hash_bytes(b, token, len) & b->slot_mask;; i = (i + 1) & b->slot_mask) {
         const str_slot *s = &b->slots[i];
         if (s->off == UINT32_MAX) return -1;
         if (s->len == len && memcmp(b->arena + s->off, token, len) == 0) return s->id;
@@ -77,7 +78,7 @@ size_t loco_bpe_merge_count(const loco_bpe *b) { return b->merge_count; }
 static const pair_slot *pair_find(const loco_bpe *b, int32_t l, int32_t r) {
     if (!b->pairs) return NULL;
     uint64_t key = ((uint64_t)(uint32_t)l << 32) | (uint32_t)r;
-    for (size_t i = hash_pair(key) & b->pair_mask;; i = (i + 1) & b->pair_mask) {
+    for (size_t i = hash_pair(b, key) & b->pair_mask;; i = (i + 1) & b->pair_mask) {
         if (b->pairs[i].key == UINT64_MAX) return NULL;
         if (b->pairs[i].key == key) return &b->pairs[i];
     }
@@ -100,6 +101,17 @@ static size_t pow2_at_least(size_t n) {
     return c;
 }
 
+/* Ids index a dense table of (max id + 1) entries, so one huge id in a hostile or broken
+ * vocab.json would cost gigabytes (or overflow). Real vocabularies are dense (CLIP: 49408 tokens,
+ * ids 0..49407); allow gaps up to 4x the entry count (at least 1024, for small hand-written
+ * files) and never more than 2^24 ids (64 MB of table). */
+#define BPE_MAX_IDS ((json_int_t)1 << 24)
+static json_int_t id_limit(size_t n_entries) {
+    if (n_entries >= (size_t)(BPE_MAX_IDS / 4)) return BPE_MAX_IDS;
+    json_int_t lim = (json_int_t)n_entries * 4;
+    return lim < 1024 ? 1024 : lim;
+}
+
 static loco_status load_vocab(loco_bpe *b, const char *path, loco_err *err) {
     FILE *probe = fopen(path, "rb");
     if (!probe)
@@ -117,13 +129,21 @@ static loco_status load_vocab(loco_bpe *b, const char *path, loco_err *err) {
         goto done;
     }
     size_t n = json_object_size(root), bytes = 0;
+    const json_int_t limit = id_limit(n);
     const char *key;
     json_t *val;
     json_object_foreach(root, key, val) {
-        json_int_t id = json_is_integer(val) ? json_integer_value(val) : -1;
-        if (id < 0 || id > INT32_MAX - 1) {
+        if (!json_is_integer(val) || json_integer_value(val) < 0) {
             st = loco_err_set(err, LOCO_EFORMAT, "%s: token \"%.80s\" has no valid id (non-negative integer)", path,
                               key);
+            goto done;
+        }
+        json_int_t id = json_integer_value(val);
+        if (id >= limit) {
+            st = loco_err_set(err, LOCO_EFORMAT,
+                              "%s: token \"%.80s\" has id %lld, too large for a vocabulary of %zu tokens (ids must "
+                              "be below %lld)",
+                              path, key, (long long)id, n, (long long)limit);
             goto done;
         }
         bytes += strlen(key) + 1;
@@ -150,7 +170,7 @@ static loco_status load_vocab(loco_bpe *b, const char *path, loco_err *err) {
         uint32_t off = (uint32_t)b->arena_len;
         memcpy(b->arena + off, key, len + 1);
         b->arena_len += len + 1;
-        size_t i = hash_bytes(key, len) & b->slot_mask;
+        size_t i = hash_bytes(b, key, len) & b->slot_mask;
         while (b->slots[i].off != UINT32_MAX) i = (i + 1) & b->slot_mask; /* keys are unique in jansson */
         b->slots[i] = (str_slot){off, (uint32_t)len, id};
         /* two tokens sharing an id: either may name it (the reference's reverse map is as arbitrary) */
@@ -238,7 +258,7 @@ static loco_status load_merges(loco_bpe *b, const char *path, loco_err *err) {
             break;
         }
         uint64_t key = ((uint64_t)(uint32_t)ia << 32) | (uint32_t)ib;
-        size_t i = hash_pair(key) & b->pair_mask;
+        size_t i = hash_pair(b, key) & b->pair_mask;
         while (b->pairs[i].key != UINT64_MAX && b->pairs[i].key != key) i = (i + 1) & b->pair_mask;
         b->pairs[i] = (pair_slot){key, rank, ic}; /* a repeated pair keeps its last rank */
         rank++;
@@ -272,6 +292,7 @@ loco_status loco_bpe_load(const char *vocab_path, const char *merges_path, const
     loco_bpe *b = calloc(1, sizeof *b);
     if (!b) return loco_err_set(err, LOCO_ENOMEM, "clip_bpe.c: out of memory");
     b->max_id = -1;
+    loco_hash_key_random(&b->key, b);
     loco_status st = load_vocab(b, vocab_path, err);
     if (st == LOCO_OK) st = load_merges(b, merges_path, err);
     if (st != LOCO_OK) { loco_bpe_free(b); return st; }

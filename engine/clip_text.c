@@ -104,12 +104,34 @@ void loco_clip_text_free(loco_clip_text *m) {
     free(m);
 }
 
+/* Site s of the table (clip_text.h lists the layout); its module path goes to buf. One
+ * function for the model's own table and for loco_clip_text_config_sites, so the names
+ * `loco inspect` prints are the names interventions resolve. */
+static void describe_site(int s, loco_site *site, char *buf, size_t n) {
+    site->id = s;
+    site->cross_index = -1;
+    if (s == 0) {
+        site->kind = LOCO_SITE_TEXT_EMBED;
+        site->layer = -1;
+        snprintf(buf, n, "text_model.embeddings");
+        return;
+    }
+    static const loco_site_kind kinds[3] = {LOCO_SITE_TEXT_OUT_PROJ_IN, LOCO_SITE_TEXT_SELF_ATTN, LOCO_SITE_TEXT_MLP};
+    static const char *const mods[3] = {"self_attn.out_proj", "self_attn", "mlp"};
+    int layer = (s - 1) / 3, which = (s - 1) % 3;
+    site->layer = layer;
+    site->kind = kinds[which];
+    snprintf(buf, n, "text_model.encoder.layers.%d.%s", layer, mods[which]);
+}
+
+static int n_sites(const loco_clip_text_config *c) { return 1 + 3 * c->num_hidden_layers; }
+
 /* Names and the site table: derived from the config only, so every model builds its own. */
 static loco_status build_tables(loco_clip_text *m, loco_err *err) {
     const loco_clip_text_config *c = &m->cfg;
     m->nparams = p_final_w(c) + 2 + (m->has_projection ? 1 : 0);
     m->names = calloc((size_t)m->nparams, sizeof *m->names);
-    m->nsites = 1 + 3 * c->num_hidden_layers;
+    m->nsites = n_sites(c);
     m->sites = calloc((size_t)m->nsites, sizeof *m->sites);
     m->site_names = calloc((size_t)m->nsites, sizeof *m->site_names);
     if (!m->names || !m->sites || !m->site_names) goto oom;
@@ -117,28 +139,43 @@ static loco_status build_tables(loco_clip_text *m, loco_err *err) {
         if (!(m->names[i] = param_name(c, i))) goto oom;
     for (int s = 0; s < m->nsites; s++) {
         char buf[128];
-        loco_site *site = &m->sites[s];
-        site->id = s;
-        site->cross_index = -1;
-        if (s == 0) {
-            site->kind = LOCO_SITE_TEXT_EMBED;
-            site->layer = -1;
-            snprintf(buf, sizeof buf, "text_model.embeddings");
-        } else {
-            int layer = (s - 1) / 3, which = (s - 1) % 3;
-            site->layer = layer;
-            static const loco_site_kind kinds[3] = {LOCO_SITE_TEXT_OUT_PROJ_IN, LOCO_SITE_TEXT_SELF_ATTN,
-                                                    LOCO_SITE_TEXT_MLP};
-            static const char *const mods[3] = {"self_attn.out_proj", "self_attn", "mlp"};
-            site->kind = kinds[which];
-            snprintf(buf, sizeof buf, "text_model.encoder.layers.%d.%s", layer, mods[which]);
-        }
+        describe_site(s, &m->sites[s], buf, sizeof buf);
         if (!(m->site_names[s] = strdup(buf))) goto oom;
-        site->name = m->site_names[s];
+        m->sites[s].name = m->site_names[s];
     }
     return LOCO_OK;
 oom:
     return loco_err_set(err, LOCO_ENOMEM, "clip_text: out of memory building the parameter table");
+}
+
+loco_status loco_clip_text_config_sites(const loco_clip_text_config *cfg, loco_site **sites, int *n, loco_err *err) {
+    *sites = NULL;
+    *n = 0;
+    if (!cfg) return loco_err_set(err, LOCO_EINVAL, "clip_text: a config is required");
+    /* Listing runs on configs nobody has loaded weights for yet (`loco inspect`), so a config
+     * claiming 2^30 layers must not turn into billions of names. */
+    if (cfg->num_hidden_layers < 0 || cfg->num_hidden_layers > LOCO_CLIP_TEXT_MAX_LIST_LAYERS)
+        return loco_err_set(err, LOCO_EFORMAT, "clip_text: num_hidden_layers %d is outside 0..%d",
+                            cfg->num_hidden_layers, LOCO_CLIP_TEXT_MAX_LIST_LAYERS);
+    const int ns = n_sites(cfg);
+    loco_site *t = calloc((size_t)ns, sizeof *t);
+    if (!t) return loco_err_set(err, LOCO_ENOMEM, "clip_text: out of memory listing sites");
+    for (int s = 0; s < ns; s++) {
+        char buf[128];
+        describe_site(s, &t[s], buf, sizeof buf);
+        if (!(t[s].name = strdup(buf))) {
+            loco_clip_text_sites_free(t, s);
+            return loco_err_set(err, LOCO_ENOMEM, "clip_text: out of memory listing sites");
+        }
+    }
+    *sites = t;
+    *n = ns;
+    return LOCO_OK;
+}
+
+void loco_clip_text_sites_free(loco_site *sites, int n) {
+    for (int i = 0; sites && i < n; i++) free((char *)sites[i].name);
+    free(sites);
 }
 
 static loco_status upload_param(loco_backend *be, const loco_stored_tensor *st, param_ref **out, loco_err *err) {

@@ -84,6 +84,13 @@ int loco_clip_text_has_projection(const loco_clip_text *m);
 int loco_clip_text_num_sites(const loco_clip_text *m);
 const loco_site *loco_clip_text_site(const loco_clip_text *m, int id);
 const loco_site *loco_clip_text_find_site(const loco_clip_text *m, const char *name, loco_site_kind kind);
+/* The site table a text encoder of this config would publish, without loading anything (lists
+ * the sites of a model before it is resident; names carry no component prefix). Free with
+ * loco_clip_text_sites_free. Configs of more than LOCO_CLIP_TEXT_MAX_LIST_LAYERS layers (real
+ * CLIP encoders have at most 32) are LOCO_EFORMAT. */
+#define LOCO_CLIP_TEXT_MAX_LIST_LAYERS 1024
+loco_status loco_clip_text_config_sites(const loco_clip_text_config *cfg, loco_site **sites, int *n, loco_err *err);
+void loco_clip_text_sites_free(loco_site *sites, int n);
 
 /* ---- forward ------------------------------------------------------------------------------ */
 

@@ -34,7 +34,6 @@ void loco_intervention_init(loco_intervention *iv) {
 }
 
 enum { M_UNET = 0, M_TEXT, M_TEXT2, M_COUNT };
-#define TEXT2_PREFIX "text_encoder_2."
 
 /* One compiled intervention. */
 typedef struct civ {
@@ -166,17 +165,17 @@ static loco_status resolve_site(const loco_iv_program *p, int idx, civ *c, loco_
     }
     int m = M_TEXT;
     const char *name = iv->site;
-    if (strncmp(name, TEXT2_PREFIX, strlen(TEXT2_PREFIX)) == 0) {
+    if (strncmp(name, LOCO_IV_TEXT2_PREFIX, strlen(LOCO_IV_TEXT2_PREFIX)) == 0) {
         m = M_TEXT2;
-        name += strlen(TEXT2_PREFIX);
+        name += strlen(LOCO_IV_TEXT2_PREFIX);
     }
     const loco_clip_text *t = text_model(p, m);
     int id = find_text_site(t, name);
     if (id < 0)
         return loco_err_set(err, LOCO_ENOTFOUND,
                             "intervention %d (%s): unknown site '%s'%s; UNet sites are listed by `loco inspect MODEL "
-                            "--all-sites`, text-encoder sites are text_model.embeddings and "
-                            "text_model.encoder.layers.N.{self_attn,self_attn.out_proj,mlp}",
+                            "--all-sites`, text-encoder sites (text_model.embeddings and "
+                            "text_model.encoder.layers.N.{self_attn,self_attn.out_proj,mlp}) by `loco inspect MODEL`",
                             idx, act, iv->site, m == M_TEXT2 && !t ? " (the model has no text_encoder_2)" : "");
     c->model = m;
     c->site = id;
@@ -545,10 +544,23 @@ loco_status loco_iv_kv_rows(loco_iv_program *p, const int *row_of_sample, const 
     return LOCO_OK;
 }
 
+/* Context actions are compiled into per-layer K/V rows (loco_iv_kv_rows), so their site hook
+ * does nothing; every other UNet action needs the hooks. */
+static int needs_unet_hooks(const loco_iv_program *p) {
+    for (int i = 0; i < p->n; i++)
+        if (p->ivs[i].model == M_UNET && p->ivs[i].iv.action != LOCO_IV_CONTEXT) return 1;
+    return 0;
+}
+
 loco_status loco_iv_apply(loco_iv_program *p, loco_denoise_params *d, loco_err *err) {
-    p->unet_hooks = loco_iv_unet_hooks(p);
-    d->hooks = p->unet_hooks;
-    d->kv_hooks = &p->unet_hooks; /* cross_k / cross_v sites run in the text K/V projection */
+    /* A plan of context actions only (LocoGen's window sweeps) installs no hook: a UNet call
+     * with hooks runs op by op, one without stays eligible for CUDA graph replay
+     * (engine/unet_graph.c), which records the K/V rows with the graph. */
+    if (needs_unet_hooks(p)) {
+        p->unet_hooks = loco_iv_unet_hooks(p);
+        d->hooks = p->unet_hooks;
+        d->kv_hooks = &p->unet_hooks; /* cross_k / cross_v sites run in the text K/V projection */
+    }
     d->before_call = loco_iv_before_call;
     d->call_ctx = p;
     return loco_iv_kv_rows(p, d->cond_row, &d->cond_kv_row, err);

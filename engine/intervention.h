@@ -47,6 +47,11 @@ typedef enum loco_iv_action {
     LOCO_IV_ACTION_COUNT
 } loco_iv_action;
 
+/* Text-encoder sites are transformers module paths ("text_model.encoder.layers.3.mlp"); those of
+ * the second encoder (SD-XL) carry this prefix ("text_encoder_2.text_model.embeddings"). Shared
+ * with `loco inspect`, which lists the names exactly as plans must spell them. */
+#define LOCO_IV_TEXT2_PREFIX "text_encoder_2."
+
 const char *loco_iv_action_name(loco_iv_action a);
 int loco_iv_action_from_name(const char *name, loco_iv_action *out); /* 0 ok, -1 unknown */
 
@@ -109,8 +114,9 @@ loco_site_hooks loco_iv_unet_hooks(loco_iv_program *p);
 loco_status loco_iv_kv_rows(loco_iv_program *p, const int *row_of_sample, const int *const **out, loco_err *err);
 /* Plug into loco_denoise_params.before_call (ctx = the program): tells UNet hooks the step. */
 loco_status loco_iv_before_call(void *program, int call, int n_calls, loco_err *err);
-/* Fill the denoise fields an intervention program drives: hooks, kv_hooks, before_call,
- * cond_kv_row (from loco_iv_kv_rows with d->cond_row). */
+/* Fill the denoise fields an intervention program drives: hooks and kv_hooks (only when the
+ * plan has UNet actions other than context, so context-only plans keep CUDA graph replay),
+ * before_call, cond_kv_row (from loco_iv_kv_rows with d->cond_row). */
 loco_status loco_iv_apply(loco_iv_program *p, loco_denoise_params *d, loco_err *err);
 
 /* A recording: the plan's intervention `index` (a record). For UNet sites steps = n_calls and

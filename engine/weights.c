@@ -1,6 +1,7 @@
 /* weights.c: a named set of stored tensors with hashed lookup, opened from a component folder
  * (plain, variant or sharded files) or built entry by entry by the single-file mapper. */
 #include "weights.h"
+#include "keyed_hash.h"
 #include "random_weights.h"
 
 #include <dirent.h>
@@ -25,6 +26,9 @@ struct loco_weights {
     size_t n, cap;
     uint32_t *slots; /* open addressing: entry index + 1, 0 = empty */
     size_t nslots;   /* a power of two, kept at least twice n */
+    /* Names come from file headers anyone can write; a secret per-set key keeps them from being
+     * chosen to share one probe chain (engine/keyed_hash.h). */
+    loco_hash_key key;
     loco_safetensors **files;
     size_t nfiles, capfiles;
     /* Synthetic sets (benchmarks): a required tensor that is absent is made on the spot with
@@ -33,15 +37,9 @@ struct loco_weights {
     uint64_t random_seed;
 };
 
-static uint64_t hash_name(const char *s) {
-    uint64_t h = 1469598103934665603ull; /* FNV-1a */
-    for (; *s; s++) h = (h ^ (uint8_t)*s) * 1099511628211ull;
-    return h;
-}
-
 /* The slot holding `name`, or the empty slot where it would go. */
 static size_t find_slot(const loco_weights *w, const char *name) {
-    size_t mask = w->nslots - 1, i = (size_t)hash_name(name) & mask;
+    size_t mask = w->nslots - 1, i = (size_t)loco_siphash(&w->key, name, strlen(name)) & mask;
     while (w->slots[i] && strcmp(w->e[w->slots[i] - 1]->name, name) != 0) i = (i + 1) & mask;
     return i;
 }
@@ -59,6 +57,7 @@ static int rehash(loco_weights *w, size_t nslots) {
 loco_status loco_weights_new_empty(const char *source, loco_weights **out, loco_err *err) {
     *out = NULL;
     loco_weights *w = calloc(1, sizeof *w);
+    if (w) loco_hash_key_random(&w->key, w);
     if (!w || !(w->source = strdup(source ? source : "(weights)")) || rehash(w, 64) != 0) {
         if (w) free(w->source);
         free(w);

@@ -85,7 +85,8 @@ static loco_status prof_end(loco_backend *be, loco_op_kind kind, const char *nam
         snprintf(row->what, sizeof row->what, "%s", what);
     }
     for (int i = 0; i < be->profile_nrows && !row; i++) /* the table is full: an "(other)" row per kind */
-        if (be->profile_rows[i].kind == kind && !strcmp(be->profile_rows[i].what, "(other)")) row = &be->profile_rows[i];
+        if (be->profile_rows[i].kind == kind && !strcmp(be->profile_rows[i].what, "(other)"))
+            row = &be->profile_rows[i];
     if (!row) {
         row = &be->profile_rows[be->profile_nrows++];
         memset(row, 0, sizeof *row);
@@ -240,7 +241,8 @@ loco_status loco_linear(loco_backend *be, loco_tensor *y, const loco_tensor *x, 
     TRY(no_alias(op, "y", y, "w", w, err));
     if (loco_tensor_numel(y) == 0) return LOCO_OK;
     double t0 = prof_begin(be);
-    return prof_end(be, LOCO_OP_LINEAR, "linear", y, w, 2.0 * (double)loco_tensor_numel(y) * (double)K, t0, be->ops->linear(be, y, x, w, bias, act, err));
+    const loco_status op_st = be->ops->linear(be, y, x, w, bias, act, err);
+    return prof_end(be, LOCO_OP_LINEAR, "linear", y, w, 2.0 * (double)loco_tensor_numel(y) * (double)K, t0, op_st);
 }
 
 loco_status loco_conv2d(loco_backend *be, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
@@ -287,7 +289,9 @@ loco_status loco_conv2d(loco_backend *be, loco_tensor *y, const loco_tensor *x, 
     TRY(no_alias(op, "y", y, "w", w, err));
     if (loco_tensor_numel(y) == 0) return LOCO_OK;
     double t0 = prof_begin(be);
-    return prof_end(be, LOCO_OP_CONV2D, "conv2d", y, w, 2.0 * (double)loco_tensor_numel(y) * (double)(w->shape[1] * w->shape[2] * w->shape[3]), t0, be->ops->conv2d(be, y, x, w, bias, p, err));
+    const loco_status op_st = be->ops->conv2d(be, y, x, w, bias, p, err);
+    const double flops = 2.0 * (double)loco_tensor_numel(y) * (double)(w->shape[1] * w->shape[2] * w->shape[3]);
+    return prof_end(be, LOCO_OP_CONV2D, "conv2d", y, w, flops, t0, op_st);
 }
 
 /* ---- norms ------------------------------------------------------------------------------------ */
@@ -333,7 +337,8 @@ loco_status loco_group_norm(loco_backend *be, loco_tensor *y, const loco_tensor 
     TRY(inplace_or_disjoint(op, "y", y, "x", x, err));
     if (loco_tensor_numel(y) == 0) return LOCO_OK;
     double t0 = prof_begin(be);
-    return prof_end(be, LOCO_OP_NORM, "group_norm", y, NULL, 0, t0, be->ops->group_norm(be, y, x, groups, gamma, beta, eps, fuse_silu ? 1 : 0, err));
+    const loco_status op_st = be->ops->group_norm(be, y, x, groups, gamma, beta, eps, fuse_silu ? 1 : 0, err);
+    return prof_end(be, LOCO_OP_NORM, "group_norm", y, NULL, 0, t0, op_st);
 }
 
 loco_status loco_layer_norm(loco_backend *be, loco_tensor *y, const loco_tensor *x, const loco_tensor *gamma,
@@ -353,7 +358,8 @@ loco_status loco_layer_norm(loco_backend *be, loco_tensor *y, const loco_tensor 
     TRY(inplace_or_disjoint(op, "y", y, "x", x, err));
     if (loco_tensor_numel(y) == 0) return LOCO_OK;
     double t0 = prof_begin(be);
-    return prof_end(be, LOCO_OP_NORM, "layer_norm", y, NULL, 0, t0, be->ops->layer_norm(be, y, x, gamma, beta, eps, err));
+    const loco_status op_st = be->ops->layer_norm(be, y, x, gamma, beta, eps, err);
+    return prof_end(be, LOCO_OP_NORM, "layer_norm", y, NULL, 0, t0, op_st);
 }
 
 /* ---- attention ----------------------------------------------------------------------------------- */
@@ -401,7 +407,9 @@ loco_status loco_attention(loco_backend *be, loco_tensor *out, const loco_tensor
     TRY(no_alias(op, "out", out, "v", v, err));
     if (loco_tensor_numel(out) == 0) return LOCO_OK;
     double t0 = prof_begin(be);
-    return prof_end(be, LOCO_OP_ATTENTION, "attention", q, k, 4.0 * (double)q->shape[0] * (double)q->shape[1] * (double)k->shape[1] * (double)q->shape[2], t0, be->ops->attention(be, out, q, k, v, p, err));
+    const loco_status op_st = be->ops->attention(be, out, q, k, v, p, err);
+    const double flops = 4.0 * (double)q->shape[0] * (double)q->shape[1] * (double)k->shape[1] * (double)q->shape[2];
+    return prof_end(be, LOCO_OP_ATTENTION, "attention", q, k, flops, t0, op_st);
 }
 
 /* ---- elementwise ------------------------------------------------------------------------------------ */
@@ -417,7 +425,8 @@ loco_status loco_activation(loco_backend *be, loco_tensor *y, const loco_tensor 
     TRY(inplace_or_disjoint(op, "y", y, "x", x, err));
     if (loco_tensor_numel(y) == 0) return LOCO_OK;
     double t0 = prof_begin(be);
-    return prof_end(be, LOCO_OP_ELEMENTWISE, "activation", y, NULL, 0, t0, be->ops->activation(be, y, x, act, err));
+    const loco_status op_st = be->ops->activation(be, y, x, act, err);
+    return prof_end(be, LOCO_OP_ELEMENTWISE, "activation", y, NULL, 0, t0, op_st);
 }
 
 loco_status loco_geglu(loco_backend *be, loco_tensor *y, const loco_tensor *x, loco_err *err) {
@@ -435,7 +444,8 @@ loco_status loco_geglu(loco_backend *be, loco_tensor *y, const loco_tensor *x, l
     TRY(no_alias(op, "y", y, "x", x, err));
     if (loco_tensor_numel(y) == 0) return LOCO_OK;
     double t0 = prof_begin(be);
-    return prof_end(be, LOCO_OP_ELEMENTWISE, "geglu", y, NULL, 0, t0, be->ops->geglu(be, y, x, err));
+    const loco_status op_st = be->ops->geglu(be, y, x, err);
+    return prof_end(be, LOCO_OP_ELEMENTWISE, "geglu", y, NULL, 0, t0, op_st);
 }
 
 loco_status loco_add(loco_backend *be, loco_tensor *y, const loco_tensor *a, const loco_tensor *b, loco_err *err) {
@@ -452,7 +462,8 @@ loco_status loco_add(loco_backend *be, loco_tensor *y, const loco_tensor *a, con
     TRY(inplace_or_disjoint(op, "y", y, "b", b, err));
     if (loco_tensor_numel(y) == 0) return LOCO_OK;
     double t0 = prof_begin(be);
-    return prof_end(be, LOCO_OP_ELEMENTWISE, "add", y, NULL, 0, t0, be->ops->add(be, y, a, b, err));
+    const loco_status op_st = be->ops->add(be, y, a, b, err);
+    return prof_end(be, LOCO_OP_ELEMENTWISE, "add", y, NULL, 0, t0, op_st);
 }
 
 loco_status loco_add_channel_bias(loco_backend *be, loco_tensor *y, const loco_tensor *x, const loco_tensor *bias,
@@ -475,7 +486,8 @@ loco_status loco_add_channel_bias(loco_backend *be, loco_tensor *y, const loco_t
     TRY(no_alias(op, "y", y, "bias", bias, err));
     if (loco_tensor_numel(y) == 0) return LOCO_OK;
     double t0 = prof_begin(be);
-    return prof_end(be, LOCO_OP_ELEMENTWISE, "add_channel_bias", y, NULL, 0, t0, be->ops->add_channel_bias(be, y, x, bias, err));
+    const loco_status op_st = be->ops->add_channel_bias(be, y, x, bias, err);
+    return prof_end(be, LOCO_OP_ELEMENTWISE, "add_channel_bias", y, NULL, 0, t0, op_st);
 }
 
 loco_status loco_lincomb(loco_backend *be, loco_tensor *y, int n, const loco_tensor *const *x, const float *coef,
@@ -497,7 +509,8 @@ loco_status loco_lincomb(loco_backend *be, loco_tensor *y, int n, const loco_ten
     }
     if (loco_tensor_numel(y) == 0) return LOCO_OK;
     double t0 = prof_begin(be);
-    return prof_end(be, LOCO_OP_ELEMENTWISE, "lincomb", y, NULL, 0, t0, be->ops->lincomb(be, y, n, x, coef, err));
+    const loco_status op_st = be->ops->lincomb(be, y, n, x, coef, err);
+    return prof_end(be, LOCO_OP_ELEMENTWISE, "lincomb", y, NULL, 0, t0, op_st);
 }
 
 /* copy converts between dtypes, so it checks storage dtypes itself rather than op dtypes. */
@@ -522,7 +535,8 @@ loco_status loco_copy(loco_backend *be, loco_tensor *y, const loco_tensor *x, lo
     TRY(inplace_or_disjoint(op, "y", y, "x", x, err));
     if (loco_tensor_numel(y) == 0 || y->data == x->data) return LOCO_OK;
     double t0 = prof_begin(be);
-    return prof_end(be, LOCO_OP_ELEMENTWISE, "copy", y, x, 0, t0, be->ops->copy(be, y, x, err));
+    const loco_status op_st = be->ops->copy(be, y, x, err);
+    return prof_end(be, LOCO_OP_ELEMENTWISE, "copy", y, x, 0, t0, op_st);
 }
 
 loco_status loco_fill(loco_backend *be, loco_tensor *y, float value, loco_err *err) {
@@ -530,7 +544,8 @@ loco_status loco_fill(loco_backend *be, loco_tensor *y, float value, loco_err *e
     TRY(check_tensor(be, "fill", "y", y, err));
     if (loco_tensor_numel(y) == 0) return LOCO_OK;
     double t0 = prof_begin(be);
-    return prof_end(be, LOCO_OP_ELEMENTWISE, "fill", y, NULL, 0, t0, be->ops->fill(be, y, value, err));
+    const loco_status op_st = be->ops->fill(be, y, value, err);
+    return prof_end(be, LOCO_OP_ELEMENTWISE, "fill", y, NULL, 0, t0, op_st);
 }
 
 /* ---- layout ------------------------------------------------------------------------------------------ */
@@ -550,7 +565,8 @@ loco_status loco_transpose12(loco_backend *be, loco_tensor *y, const loco_tensor
     TRY(no_alias(op, "y", y, "x", x, err));
     if (loco_tensor_numel(y) == 0) return LOCO_OK;
     double t0 = prof_begin(be);
-    return prof_end(be, LOCO_OP_ELEMENTWISE, "transpose12", y, NULL, 0, t0, be->ops->transpose12(be, y, x, err));
+    const loco_status op_st = be->ops->transpose12(be, y, x, err);
+    return prof_end(be, LOCO_OP_ELEMENTWISE, "transpose12", y, NULL, 0, t0, op_st);
 }
 
 loco_status loco_concat(loco_backend *be, loco_tensor *y, const loco_tensor *a, const loco_tensor *b, int axis,
@@ -580,7 +596,8 @@ loco_status loco_concat(loco_backend *be, loco_tensor *y, const loco_tensor *a, 
     TRY(no_alias(op, "y", y, "b", b, err));
     if (loco_tensor_numel(y) == 0) return LOCO_OK;
     double t0 = prof_begin(be);
-    return prof_end(be, LOCO_OP_ELEMENTWISE, "concat", y, NULL, 0, t0, be->ops->concat(be, y, a, b, ax, err));
+    const loco_status op_st = be->ops->concat(be, y, a, b, ax, err);
+    return prof_end(be, LOCO_OP_ELEMENTWISE, "concat", y, NULL, 0, t0, op_st);
 }
 
 loco_status loco_upsample_nearest2x(loco_backend *be, loco_tensor *y, const loco_tensor *x, loco_err *err) {
@@ -597,7 +614,8 @@ loco_status loco_upsample_nearest2x(loco_backend *be, loco_tensor *y, const loco
     TRY(no_alias(op, "y", y, "x", x, err));
     if (loco_tensor_numel(y) == 0) return LOCO_OK;
     double t0 = prof_begin(be);
-    return prof_end(be, LOCO_OP_ELEMENTWISE, "upsample", y, NULL, 0, t0, be->ops->upsample_nearest2x(be, y, x, err));
+    const loco_status op_st = be->ops->upsample_nearest2x(be, y, x, err);
+    return prof_end(be, LOCO_OP_ELEMENTWISE, "upsample", y, NULL, 0, t0, op_st);
 }
 
 loco_status loco_embedding(loco_backend *be, loco_tensor *y, const loco_tensor *table, const int32_t *ids, int64_t n,
@@ -622,7 +640,8 @@ loco_status loco_embedding(loco_backend *be, loco_tensor *y, const loco_tensor *
     TRY(no_alias(op, "y", y, "table", table, err));
     if (loco_tensor_numel(y) == 0) return LOCO_OK;
     double t0 = prof_begin(be);
-    return prof_end(be, LOCO_OP_ELEMENTWISE, "embedding", y, NULL, 0, t0, be->ops->embedding(be, y, table, ids, n, err));
+    const loco_status op_st = be->ops->embedding(be, y, table, ids, n, err);
+    return prof_end(be, LOCO_OP_ELEMENTWISE, "embedding", y, NULL, 0, t0, op_st);
 }
 
 loco_status loco_set_channels(loco_backend *be, loco_tensor *y, const int32_t *channels, const float *values, int n,
@@ -642,5 +661,6 @@ loco_status loco_set_channels(loco_backend *be, loco_tensor *y, const int32_t *c
                                 i, channels[i], (long long)C, shp(&s, 0, y));
     if (n == 0 || loco_tensor_numel(y) == 0) return LOCO_OK;
     double t0 = prof_begin(be);
-    return prof_end(be, LOCO_OP_ELEMENTWISE, "set_channels", y, NULL, 0, t0, be->ops->set_channels(be, y, channels, values, n, err));
+    const loco_status op_st = be->ops->set_channels(be, y, channels, values, n, err);
+    return prof_end(be, LOCO_OP_ELEMENTWISE, "set_channels", y, NULL, 0, t0, op_st);
 }

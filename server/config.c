@@ -22,11 +22,12 @@ void locod_config_init(locod_config *c) {
     c->max_body_bytes = 1 << 20;
     c->max_queue = 1024;
     c->max_pending_per_key = 256;
-    c->max_sse_streams = 256;
     c->max_connections = 1024;
+    c->max_sse_streams = c->max_connections / 2;
     c->http_threads = 4;
     c->job_retention_s = 7 * 24 * 3600;
     c->retention_sweep_s = 60;
+    c->tombstone_retention_s = 30 * 24 * 3600;
     c->worker_restart_backoff_ms = 500;
     c->cancel_grace_ms = 30000;
     c->sse_keepalive_ms = 15000;
@@ -250,6 +251,22 @@ static loco_status parse_models(locod_config *c, const json_t *v, const char *ba
     return LOCO_OK;
 }
 
+/* Each event stream holds a connection (and its thread) for as long as the job runs, so streams
+ * alone must never be able to take every connection: without an explicit value the cap follows
+ * max_connections (half of it), and an explicit one must leave connections for other requests. */
+static loco_status sse_streams_within_connections(locod_config *c, int explicit_value, loco_err *err) {
+    if (!explicit_value) {
+        c->max_sse_streams = c->max_connections / 2;
+        return LOCO_OK;
+    }
+    if (c->max_sse_streams >= c->max_connections)
+        return loco_err_set(err, LOCO_EINVAL,
+                            "config: 'limits.max_sse_streams' (%d) must be below 'limits.max_connections' (%d), so "
+                            "event streams cannot take every connection; leave it out for max_connections / 2",
+                            c->max_sse_streams, c->max_connections);
+    return LOCO_OK;
+}
+
 loco_status locod_config_parse(locod_config *c, const char *text, const char *base, loco_err *err) {
     static const char *const top[] = {"listen", "data_dir", "device", "threads", "model_roots", "models",
                                       "load_at_start", "keys", "cors_origins", "limits", "queue", "retention",
@@ -258,7 +275,7 @@ loco_status locod_config_parse(locod_config *c, const char *text, const char *ba
                                          "default_steps", "max_batch", "max_prompts", "max_items",
                                          "max_connections", "max_sse_streams", NULL};
     static const char *const queue[] = {"max_queued", "max_pending_per_key", "retry_after_s", NULL};
-    static const char *const retention[] = {"jobs_s", "sweep_interval_s", NULL};
+    static const char *const retention[] = {"jobs_s", "sweep_interval_s", "tombstones_s", NULL};
     static const char *const worker[] = {"restart_backoff_ms", "cancel_grace_ms", "job_timeout_s", NULL};
     static const char *const sse[] = {"keepalive_ms", NULL};
     json_error_t je;
@@ -339,6 +356,7 @@ loco_status locod_config_parse(locod_config *c, const char *text, const char *ba
         LIM("max_connections", 4, 100000, c->max_connections)
         LIM("max_sse_streams", 0, 100000, c->max_sse_streams)
 #undef LIM
+        if (sse_streams_within_connections(c, json_object_get(v, "max_sse_streams") != NULL, err)) goto out;
     }
     if ((v = json_object_get(root, "queue"))) {
         if (!json_is_object(v) || check_keys(v, "queue", queue, err)) {
@@ -361,7 +379,8 @@ loco_status locod_config_parse(locod_config *c, const char *text, const char *ba
         }
         int64_t s = c->retention_sweep_s;
         if (get_int(v, "retention", "jobs_s", 1, 100LL * 365 * 86400, &c->job_retention_s, err) ||
-            get_int(v, "retention", "sweep_interval_s", 1, 86400, &s, err))
+            get_int(v, "retention", "sweep_interval_s", 1, 86400, &s, err) ||
+            get_int(v, "retention", "tombstones_s", 1, 100LL * 365 * 86400, &c->tombstone_retention_s, err))
             goto out;
         c->retention_sweep_s = (int)s;
     }

@@ -44,11 +44,12 @@ typedef struct locod_config {
     int64_t max_body_bytes;
     int max_queue;            /* queued jobs, all keys: beyond -> 503 + Retry-After */
     int max_pending_per_key;  /* queued + running per key: beyond -> 429 + Retry-After */
-    int max_sse_streams;
+    int max_sse_streams;      /* event streams (503 beyond); default max_connections / 2 */
     int max_connections;
     int http_threads;         /* unused with thread-per-connection; kept for the pool mode */
     int64_t job_retention_s;  /* finished jobs (and their artifacts) are kept this long, then 410 */
     int retention_sweep_s;
+    int64_t tombstone_retention_s; /* a purged job's id answers 410 this long, then 404 */
     int worker_restart_backoff_ms;
     int cancel_grace_ms;      /* a running job that ignores cancel this long gets its worker killed */
     int job_timeout_s;        /* 0: none */

@@ -160,15 +160,15 @@ void locod_models_remove(locod_models *m, const char *name) {
 static const char *const source_names[] = {"config", "model_root", "variant"};
 
 /* Configs and UNet sites straight from the files (no weights are read). */
-static json_t *describe_files(const locod_model *md) {
+static json_t *describe_files(const char *path, const char *config_dir, const char *variant) {
     loco_model_files_opts o;
     loco_model_files_opts_init(&o);
-    o.config_dir = md->config_dir;
-    o.variant = md->variant;
+    o.config_dir = config_dir;
+    o.variant = variant;
     loco_model_files *mf = NULL;
     loco_err err;
     loco_err_clear(&err);
-    if (loco_model_files_open(md->path, &o, &mf, &err)) return json_pack("{s:s}", "files_error", err.msg);
+    if (loco_model_files_open(path, &o, &mf, &err)) return json_pack("{s:s}", "files_error", err.msg);
     json_t *out = json_object();
     json_object_set_new(out, "family", json_string(loco_model_family_name(loco_model_files_family(mf))));
     json_object_set_new(out, "single_file", json_boolean(loco_model_files_is_single_file(mf)));
@@ -202,7 +202,7 @@ static json_t *describe_files(const locod_model *md) {
     return out;
 }
 
-json_t *locod_model_to_json(const locod_model *md, int full) {
+static json_t *summary_json(const locod_model *md) {
     json_t *o = json_object();
     json_object_set_new(o, "name", json_string(md->name));
     json_object_set_new(o, "state", json_string(locod_model_state_name(md->state)));
@@ -217,12 +217,48 @@ json_t *locod_model_to_json(const locod_model *md, int full) {
     char url[160];
     snprintf(url, sizeof url, "/v1/models/%s", md->name);
     json_object_set_new(o, "url", json_string(url));
-    if (!full) return o;
-    json_t *files = NULL;
-    if (md->path && md->source != LOCOD_SRC_VARIANT) files = describe_files(md);
+    return o;
+}
+
+static void view_clear(locod_model_view *v) {
+    json_decref(v->summary);
+    json_decref(v->info);
+    free(v->path);
+    free(v->config_dir);
+    free(v->variant);
+    memset(v, 0, sizeof *v);
+}
+
+int locod_model_view_take(const locod_model *md, locod_model_view *v) {
+    memset(v, 0, sizeof *v);
+    v->summary = summary_json(md);
+    /* a deep copy: md->info may be replaced by the loop thread once the lock is released */
+    v->info = md->info ? json_deep_copy(md->info) : NULL;
+    v->is_variant = md->source == LOCOD_SRC_VARIANT;
+    snprintf(v->created_by_job, sizeof v->created_by_job, "%s", md->created_by_job);
+    int ok = v->summary && (!md->info || v->info);
+    if (md->path && !v->is_variant) {
+        ok = ok && (v->path = strdup(md->path));
+        ok = ok && (!md->config_dir || (v->config_dir = strdup(md->config_dir)));
+        ok = ok && (!md->variant || (v->variant = strdup(md->variant)));
+    }
+    if (!ok) view_clear(v);
+    return ok ? 0 : -1;
+}
+
+/* The members' order matches what clients have always seen (summary first). */
+json_t *locod_model_view_json(locod_model_view *v) {
+    json_t *o = v->summary;
+    v->summary = NULL;
+    if (!o) {
+        view_clear(v);
+        return NULL;
+    }
+    const json_t *info = v->info;
+    json_t *files = v->path ? describe_files(v->path, v->config_dir, v->variant) : NULL;
     if (files && json_object_get(files, "files_error"))
         json_object_set(o, "files_error", json_object_get(files, "files_error"));
-    if (!fam && files && json_object_get(files, "family"))
+    if (!(info && json_object_get(info, "family")) && files && json_object_get(files, "family"))
         json_object_set(o, "family", json_object_get(files, "family"));
     json_object_set_new(o, "configs", files && json_object_get(files, "configs")
                                           ? json_incref(json_object_get(files, "configs"))
@@ -232,8 +268,14 @@ json_t *locod_model_to_json(const locod_model *md, int full) {
     json_object_set_new(o, "sites", sites ? json_incref(sites) : json_array());
     json_object_set_new(o, "runtime", info ? json_deep_copy(info) : json_null());
     if (json_is_object(json_object_get(o, "runtime"))) json_object_del(json_object_get(o, "runtime"), "sites");
-    if (md->source == LOCOD_SRC_VARIANT)
-        json_object_set_new(o, "created_by_job", json_string(md->created_by_job));
+    if (v->is_variant) json_object_set_new(o, "created_by_job", json_string(v->created_by_job));
     json_decref(files);
+    view_clear(v);
     return o;
+}
+
+json_t *locod_model_to_json(const locod_model *md, int full) {
+    if (!full) return summary_json(md);
+    locod_model_view v;
+    return locod_model_view_take(md, &v) ? NULL : locod_model_view_json(&v);
 }

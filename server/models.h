@@ -58,7 +58,25 @@ locod_model *locod_models_add_variant(locod_models *m, const char *name, const c
 void locod_models_remove(locod_models *m, const char *name);
 
 /* JSON for GET /v1/models (summary) or GET /v1/models/{name} (full: configs and sites, read from
- * the model's files when it is not resident). New reference. */
+ * the model's files when it is not resident). New reference. full = 1 reads files: callers that
+ * hold the server's lock use a locod_model_view instead. */
 json_t *locod_model_to_json(const locod_model *md, int full);
+
+/* What the full JSON needs, copied out of the registry so the model's files (configs, safetensors
+ * headers: slow on a slow disk) are read without the server's lock. Take it under the lock, build
+ * the JSON after unlocking; the result is identical to locod_model_to_json(md, 1). */
+typedef struct locod_model_view {
+    json_t *summary;    /* locod_model_to_json(md, 0) */
+    json_t *info;       /* deep copy of md->info, or NULL */
+    char *path;         /* files to read, or NULL (variants have none) */
+    char *config_dir, *variant;
+    int is_variant;
+    char created_by_job[40];
+} locod_model_view;
+
+/* 0 ok, -1 out of memory (v is then empty). */
+int locod_model_view_take(const locod_model *md, locod_model_view *v);
+/* Reads the files, frees the view's members. New reference (NULL only when out of memory). */
+json_t *locod_model_view_json(locod_model_view *v);
 
 #endif

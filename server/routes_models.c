@@ -106,9 +106,14 @@ enum MHD_Result locod_routes_models(locod_req *r, int n, char **seg) {
             locod_models_rescan(srv->models);
             md = locod_models_find(srv->models, name);
         }
-        json_t *j = md ? locod_model_to_json(md, 1) : NULL;
+        /* copy under the lock, read the model's files after it: a slow disk must not stall
+         * every other request */
+        locod_model_view v;
+        int taken = md ? locod_model_view_take(md, &v) : -1;
         pthread_mutex_unlock(&srv->mu);
-        if (!j) return not_found(r, name);
+        if (!md) return not_found(r, name);
+        json_t *j = taken == 0 ? locod_model_view_json(&v) : NULL;
+        if (!j) return locod_problem(r, 500, "internal_error", NULL, NULL, "out of memory describing model '%s'", name);
         return locod_reply_json(r, 200, j, NULL);
     }
     if (strcmp(seg[1], "variants") == 0) {

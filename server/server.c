@@ -124,6 +124,16 @@ static void artifact_gone(void *ctx, const char *sha) {
         LOG_DEBUG(srv->log, "retention: kept artifact %s (placed by the running job %s)", sha, srv->run.id);
 }
 
+/* Under mu. Tombstones only turn 404 into a clearer 410 for clients that still poll a purged
+ * id; ids are random, so dropping old ones loses nothing else, and keeps expired_jobs bounded. */
+static void prune_tombstones(locod_server *srv, int64_t now) {
+    loco_err err;
+    loco_err_clear(&err);
+    int n = locod_store_prune_tombstones(srv->store, now - srv->cfg->tombstone_retention_s * 1000, &err);
+    if (n > 0) LOG_INFO(srv->log, "retention: dropped %d tombstone(s) of jobs purged long ago", n);
+    else if (n < 0) LOG_ERROR(srv->log, "retention: tombstone pruning failed: %s", err.msg);
+}
+
 static void on_tick(uv_timer_t *t) {
     locod_server *srv = t->data;
     locod_worker_tick(srv);
@@ -134,6 +144,7 @@ static void on_tick(uv_timer_t *t) {
         loco_err_clear(&err);
         pthread_mutex_lock(&srv->mu);
         int n = locod_store_purge(srv->store, now, artifact_gone, srv, &err);
+        prune_tombstones(srv, now);
         locod_store_touched(srv);
         if (n > 0) {
             LOG_INFO(srv->log, "retention: purged %d finished job(s)", n);

@@ -97,6 +97,10 @@ int locod_store_recover(locod_store *s, int64_t now_ms, int64_t retention_ms, in
  * and call gone(ctx, sha) for each artifact no longer linked to any job. Returns jobs purged. */
 typedef void (*locod_sha_fn)(void *ctx, const char *sha);
 int locod_store_purge(locod_store *s, int64_t now_ms, locod_sha_fn gone, void *ctx, loco_err *err);
+/* Drop the tombstones of jobs purged before before_ms (those ids then answer 404, not 410), so
+ * the expired_jobs table stays bounded by the purge rate x retention.tombstones_s. Returns how
+ * many were dropped or -1. */
+int locod_store_prune_tombstones(locod_store *s, int64_t before_ms, loco_err *err);
 
 /* Artifact metadata: 1 found, 0 not found. media_type: >= 64 bytes. */
 int locod_store_artifact(locod_store *s, const char *sha, uint64_t *size, char *media_type, size_t mt_len);

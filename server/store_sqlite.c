@@ -43,6 +43,7 @@ static const char *const schema =
     "CREATE INDEX IF NOT EXISTS jobs_key ON jobs(key_id, seq);"
     "CREATE INDEX IF NOT EXISTS jobs_expires ON jobs(expires_ms) WHERE expires_ms IS NOT NULL;"
     "CREATE TABLE IF NOT EXISTS expired_jobs (id TEXT PRIMARY KEY, expired_ms INTEGER NOT NULL);"
+    "CREATE INDEX IF NOT EXISTS expired_jobs_ms ON expired_jobs(expired_ms);" /* tombstone pruning */
     "CREATE TABLE IF NOT EXISTS artifacts ("
     "  sha256 TEXT PRIMARY KEY, size INTEGER NOT NULL, media_type TEXT NOT NULL, created_ms INTEGER NOT NULL);"
     "CREATE TABLE IF NOT EXISTS job_artifacts ("
@@ -450,6 +451,19 @@ int locod_store_purge(locod_store *s, int64_t now, locod_sha_fn gone, void *ctx,
     for (size_t i = 0; i < nsha && gone; i++) gone(ctx, shas[i]);
     free(shas);
     return n;
+}
+
+int locod_store_prune_tombstones(locod_store *s, int64_t before_ms, loco_err *err) {
+    sqlite3_stmt *st;
+    if (sqlite3_prepare_v2(s->db, "DELETE FROM expired_jobs WHERE expired_ms < ?", -1, &st, NULL) != SQLITE_OK) {
+        db_err(s, err, "tombstone pruning");
+        return -1;
+    }
+    sqlite3_bind_int64(st, 1, before_ms);
+    int rc = sqlite3_step(st) == SQLITE_DONE ? sqlite3_changes(s->db) : -1;
+    if (rc < 0) db_err(s, err, "tombstone pruning");
+    sqlite3_finalize(st);
+    return rc;
 }
 
 int locod_store_artifact(locod_store *s, const char *sha, uint64_t *size, char *mt, size_t mt_len) {

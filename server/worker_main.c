@@ -57,7 +57,27 @@ static int over_max_pixels(wk_ctx *w, wk_model *wm, const char *kind, const json
     return 1;
 }
 
-/* Drain complete lines: cancels for the running job act now, the rest wait. */
+/* Marks a run still waiting in `pending` as cancelled (the member name is private to the worker:
+ * the daemon never sends it). Returns 1 when such a run was found. */
+#define WK_CANCELLED_EARLY "_wk_cancelled"
+static int cancel_pending_run(wk_ctx *w, const char *job) {
+    for (int i = 0; i < w->pending.n; i++) {
+        json_t *m = w->pending.v[i];
+        const char *op = json_string_value(json_object_get(m, "op"));
+        const char *id = json_string_value(json_object_get(m, "job"));
+        if (op && id && strcmp(op, "run") == 0 && strcmp(id, job) == 0) {
+            json_object_set_new(m, WK_CANCELLED_EARLY, json_true());
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* Drain complete lines: cancels for the running job act now, the rest wait. The daemon may send
+ * a cancel right behind its run, so both can arrive in one read before the run has started: the
+ * cancel then marks the waiting run instead of being dropped (else the job would run on until the
+ * daemon kills the worker after cancel_grace_ms). A cancel for a job that is neither running nor
+ * waiting is for a job already reported and is dropped. */
 static void drain(wk_ctx *w) {
     json_t *m;
     int bad;
@@ -67,6 +87,7 @@ static void drain(wk_ctx *w) {
         const char *job = json_string_value(json_object_get(m, "job"));
         if (op && strcmp(op, "cancel") == 0) {
             if (job && w->job[0] && strcmp(job, w->job) == 0) w->cancel = 1;
+            else if (job) cancel_pending_run(w, job);
             json_decref(m);
             continue;
         }
@@ -287,14 +308,16 @@ static void do_run(wk_ctx *w, const json_t *m) {
     const char *model = json_string_value(json_object_get(m, "model"));
     const json_t *params = json_object_get(m, "params");
     snprintf(w->job, sizeof w->job, "%s", job ? job : "");
-    w->cancel = 0;
+    w->cancel = json_is_true(json_object_get(m, WK_CANCELLED_EARLY));
     w->cur_prompt = json_string_value(json_object_get(params, "prompt"));
     loco_err err;
     loco_err_clear(&err);
     json_t *result = json_object(), *artifacts = json_array(), *variant_info = NULL;
     wk_model *wm = model ? find_model(w, model) : NULL;
     loco_status st;
-    if (!wm) {
+    if (w->cancel) {
+        st = loco_err_set(&err, LOCO_ECANCELLED, "cancelled at the client's request");
+    } else if (!wm) {
         st = loco_err_set(&err, LOCO_ENOTFOUND, "model '%s' is not resident on the worker; load it again",
                           model ? model : "");
     } else if (over_max_pixels(w, wm, kind, params, &err)) {

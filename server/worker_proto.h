@@ -4,7 +4,8 @@
  *   {"op":"load","model":N,"path":P,"config_dir":C|null,"variant":V|null}
  *   {"op":"unload","model":N}
  *   {"op":"run","job":ID,"kind":"generate","model":N,"params":{...}}
- *   {"op":"cancel","job":ID}             (honoured between two model calls)
+ *   {"op":"cancel","job":ID}             (honoured between two model calls, or before the
+ *                                        job starts when it arrives while its run waits)
  * worker -> daemon (a pipe on fd 3; the worker's stdout goes to stderr):
  *   {"ev":"ready","device":"cpu (...)"}  or {"ev":"fatal","message":...} before exiting
  *   {"ev":"loaded","model":N,"ok":true,"info":{...}} / {"ok":false,"error":{"code","message"}}

@@ -99,6 +99,25 @@ def test_inspect_lists_cross_attention_in_execution_order():
     assert all(n.startswith("down_blocks") for n in names[:first_mid])
     assert all(n.startswith("up_blocks") for n in names[first_mid + 2 :])
     assert "text_encoder_2" in info["components"]
+    # text-encoder sites: their own group, one list per encoder, named as plans spell them
+    text = info["text_encoder_sites"]
+    assert sorted(text) == ["text_encoder", "text_encoder_2"]
+    for comp, prefix in [("text_encoder", ""), ("text_encoder_2", "text_encoder_2.")]:
+        layers = info["components"][comp]["config"]["num_hidden_layers"]
+        listed = text[comp]
+        assert [s["id"] for s in listed] == list(range(1 + 3 * layers))
+        assert listed[0] == {"id": 0, "kind": "text_embed", "name": prefix + "text_model.embeddings"}
+        want = [(k, f"{prefix}text_model.encoder.layers.{i}.{m}", i) for i in range(layers)
+                for k, m in [("text_out_proj_in", "self_attn.out_proj"), ("text_self_attn", "self_attn"),
+                             ("text_mlp", "mlp")]]
+        assert [(s["kind"], s["name"], s["layer"]) for s in listed[1:]] == want
+    # and kept apart from the UNet's sites
+    assert not any(n.startswith(("text_model", "text_encoder")) for n in names)
+    r = run("inspect", FIX / "models" / "sdxl-tiny", "--all-sites")
+    assert r.returncode == 0, r.stderr
+    every = json.loads(r.stdout)
+    assert every["text_encoder_sites"] == text
+    assert not any(s["kind"].startswith("text_") for s in every["sites"])
 
 
 def test_inspect_single_file_uses_embedded_configs():
@@ -106,6 +125,10 @@ def test_inspect_single_file_uses_embedded_configs():
     assert r.returncode == 0, r.stderr
     info = json.loads(r.stdout)
     assert info["single_file"] is True and info["family"] == "sd1"
+    # one text encoder (SD 1.x): its sites are listed from the embedded config, without a prefix
+    assert list(info["text_encoder_sites"]) == ["text_encoder"]
+    names = [s["name"] for s in info["text_encoder_sites"]["text_encoder"]]
+    assert names[0] == "text_model.embeddings" and names[-1].endswith(".mlp")
 
 
 # ---- bad input: one line, names the problem, non-zero exit ---------------------------------------
@@ -141,6 +164,20 @@ def copy_model(tmp_path):
     dst = tmp_path / "model"
     shutil.copytree(SD1, dst)
     return dst
+
+
+def test_inspect_bad_text_encoder_config(tmp_path):
+    """A text-encoder config that cannot describe its sites fails inspect with one line naming the
+    file, instead of printing a partial site list (or listing 2^30 layers)."""
+    m = copy_model(tmp_path)
+    cfg_path = m / "text_encoder" / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["num_hidden_layers"] = 1 << 30
+    cfg_path.write_text(json.dumps(cfg))
+    one_line_error(run("inspect", m), "text_encoder/config.json", "num_hidden_layers")
+    cfg["num_hidden_layers"] = "three"
+    cfg_path.write_text(json.dumps(cfg))
+    one_line_error(run("inspect", m), "text_encoder/config.json", "num_hidden_layers")
 
 
 def test_corrupt_safetensors_header(tmp_path):

@@ -123,3 +123,53 @@ def test_many_event_streams_and_pollers(tmp_path):
         while "loco_sse_streams 0" not in d.get("/metrics").text:
             assert time.time() < deadline, "event streams were not released"
             time.sleep(0.05)
+
+
+def test_event_streams_capped_below_max_connections(tmp_path):
+    """Each event stream holds a connection for the whole job, so streams alone must not take every
+    connection: without limits.max_sse_streams the cap is half of limits.max_connections, and a
+    stream beyond it gets 503 + Retry-After with a problem naming the limit, while ordinary
+    requests still get through."""
+    with Daemon(tmp_path, "sse-cap", extra={"limits": {"max_connections": 8}}) as d:
+        blocker = d.submit(tiny_generate(prompt=SLOW, steps=40))
+        d.wait_running(blocker["id"])
+        url = d.url(f"/v1/jobs/{blocker['id']}/events")
+        held = []
+        try:
+            for _ in range(4):  # 8 / 2
+                r = requests.get(url, stream=True, timeout=30)
+                assert r.status_code == 200, r.text
+                held.append(r)
+            deadline = time.time() + 10
+            while "loco_sse_streams 4" not in d.get("/metrics").text:
+                assert time.time() < deadline, d.get("/metrics").text
+                time.sleep(0.05)
+            r = requests.get(url, stream=True, timeout=30)
+            if r.status_code != 503:
+                held.append(r)
+                raise AssertionError(f"stream 5 of a cap of 4 was served ({r.status_code})")
+            p = problem(r, 503, "too_many_streams")
+            assert int(r.headers["Retry-After"]) > 0 and "limits.max_sse_streams" in p["detail"], p
+            assert d.job(blocker["id"])["state"] == "running"  # polling still answers
+            held.pop().close()
+            deadline = time.time() + 15  # the daemon notices the closed stream at its next keepalive
+            while True:
+                r = requests.get(url, stream=True, timeout=30)
+                if r.status_code == 200:
+                    held.append(r)
+                    break
+                r.close()
+                assert time.time() < deadline, "a closed stream's slot was never freed"
+                time.sleep(0.2)
+        finally:
+            for r in held:
+                r.close()
+        assert d.post(f"/v1/jobs/{blocker['id']}/cancel").status_code == 202
+        assert d.wait(blocker["id"])["state"] == "cancelled"
+
+
+def test_explicit_stream_cap_must_leave_connections(tmp_path):
+    d = Daemon(tmp_path, "sse-bad", extra={"limits": {"max_connections": 8, "max_sse_streams": 8}})
+    with pytest.raises(RuntimeError, match="max_sse_streams"):
+        d.start()
+    d.logf.close()

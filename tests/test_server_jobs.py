@@ -1,6 +1,11 @@
 """locod: the whole life of jobs against a real daemon (tiny fixture models on the CPU)."""
+import fcntl
 import json
+import os
+import signal
+import sqlite3
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -8,7 +13,7 @@ import pytest
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "integration"))
-from locod_harness import SLOW, Daemon, problem, tiny_generate  # noqa: E402
+from locod_harness import MODELS, SLOW, Daemon, problem, tiny_generate  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -289,6 +294,53 @@ def test_models_list_show_load_unload(d):
     assert d.get("/v1/models/sd1-tiny/variants").json() == {"variants": []}
 
 
+def test_model_show_reads_files_outside_the_lock(tmp_path):
+    """GET /v1/models/{name} reads the model's files (configs, safetensors headers); on a slow disk
+    that must not stall other requests. The test holds a write lease on the model's
+    model_index.json, so the daemon's open() of it blocks (like a slow disk) until the lease is
+    released: meanwhile requests that take the server's lock must still answer, and the answer,
+    once the file opens, is the one the same files give."""
+    root = tmp_path / "slow-root"
+    slow = root / "slow-tiny"
+    slow.mkdir(parents=True)
+    src = MODELS / "sd1-tiny"
+    for entry in src.iterdir():
+        if entry.name != "model_index.json":
+            (slow / entry.name).symlink_to(entry)
+    index = slow / "model_index.json"
+    index.write_bytes((src / "model_index.json").read_bytes())
+    opened = threading.Event()
+    old_sigio = signal.signal(signal.SIGIO, lambda *_: opened.set())  # the lease holder is told of the open
+    lease_fd = os.open(index, os.O_RDONLY)
+    try:
+        with Daemon(tmp_path, "slowdisk", extra={"model_roots": [str(MODELS), str(root)]}) as d:
+            fcntl.fcntl(lease_fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
+            box = {}
+            t = threading.Thread(target=lambda: box.setdefault("r", d.s.get(d.url("/v1/models/slow-tiny"),
+                                                                             timeout=60)))
+            t.start()
+            try:
+                assert opened.wait(20), "the show request never opened the model's files"
+                for path in ("/readyz", "/v1/models", "/v1/models/sd1-tiny"):
+                    r = requests.get(d.url(path), timeout=5)  # ReadTimeout while the lock is held
+                    assert r.status_code == 200, (path, r.text)
+                assert t.is_alive(), "the show request did not wait for the file"
+            finally:
+                fcntl.fcntl(lease_fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+                t.join(60)
+            shown = box["r"].json()
+            assert box["r"].status_code == 200, shown
+            ref = d.get("/v1/models/sd1-tiny").json()  # the same files, resident (runtime sites)
+            assert shown["name"] == "slow-tiny" and shown["state"] == "available" and shown["family"] == "sd1"
+            assert list(shown) == ["name", "state", "source", "base", "error", "family", "memory", "url",
+                                   "configs", "sites", "runtime"]
+            assert shown["configs"] == ref["configs"] and shown["runtime"] is None
+            assert shown["sites"] == [s for s in ref["sites"] if s["component"] == "unet"]
+    finally:
+        os.close(lease_fd)
+        signal.signal(signal.SIGIO, old_sigio)
+
+
 def test_metrics(d):
     r = d.get("/metrics")
     assert r.status_code == 200 and r.headers["Content-Type"].startswith("text/plain")
@@ -316,3 +368,24 @@ def test_retention_gone(tmp_path):
         problem(d.get(f"/v1/jobs/{j['id']}"), 410, "job_expired")
         problem(d.get(f"/v1/artifacts/{sha}"), 404, "unknown_artifact")
         problem(d.get("/v1/jobs/" + "0" * 32), 404, "unknown_job")
+
+
+def test_retention_prunes_tombstones(tmp_path):
+    """expired_jobs (the tombstones behind 410) is pruned after retention.tombstones_s: the id
+    then answers 404 and the table does not grow forever."""
+    extra = {"retention": {"jobs_s": 1, "sweep_interval_s": 1, "tombstones_s": 2}}
+    with Daemon(tmp_path, "tomb", extra=extra) as d:
+        j = d.wait(d.submit(tiny_generate(steps=1))["id"])
+        deadline = time.time() + 20
+        while d.get(f"/v1/jobs/{j['id']}").status_code != 410:
+            assert time.time() < deadline
+            time.sleep(0.2)
+        while d.get(f"/v1/jobs/{j['id']}").status_code != 404:
+            assert time.time() < deadline, "the tombstone was never pruned"
+            time.sleep(0.2)
+        problem(d.get(f"/v1/jobs/{j['id']}"), 404, "unknown_job")
+        db = sqlite3.connect(f"file:{d.data / 'jobs.sqlite3'}?mode=ro", uri=True)
+        try:
+            assert db.execute("SELECT COUNT(*) FROM expired_jobs").fetchone()[0] == 0
+        finally:
+            db.close()

@@ -1,7 +1,9 @@
 /* cmd_inspect.c: `loco inspect MODEL` prints, as JSON, what loco makes of a model on disk:
  * its family, components and their classes, each component's config (resolved: single files
  * show the embedded or --config-dir configs), the UNet's resolved architecture and its
- * intervention sites in EXECUTION order (down, mid, up) with diffusers module paths. No
+ * intervention sites in EXECUTION order (down, mid, up) with diffusers module paths, and the
+ * text encoders' sites under "text_encoder_sites", one list per encoder, named exactly as
+ * intervention plans spell them (the second encoder's with the "text_encoder_2." prefix). No
  * weights are loaded except the tensor headers. */
 #include <getopt.h>
 #include <jansson.h>
@@ -10,6 +12,8 @@
 #include <string.h>
 
 #include "cli.h"
+#include "clip_text.h"
+#include "intervention.h"
 #include "model_files.h"
 #include "unet.h"
 
@@ -18,8 +22,9 @@ static const char *const components[] = {"unet",      "vae",         "text_encod
 
 static void help(void) {
     printf("usage: loco inspect MODEL [--config-dir DIR] [--variant NAME] [--family sd1|sd2|sdxl] [--all-sites]\n"
-           "  Prints the model's components, configs and cross-attention sites (execution order) as JSON.\n"
-           "  --all-sites also lists every ResNet, self-attention, feed-forward and K/V projection site.\n");
+           "  Prints the model's components, configs, cross-attention sites (execution order) and\n"
+           "  text-encoder sites (per encoder, as intervention plans name them) as JSON.\n"
+           "  --all-sites also lists every UNet ResNet, self-attention, feed-forward and K/V projection site.\n");
 }
 
 static json_t *unet_summary(const loco_unet_config *c) {
@@ -80,6 +85,63 @@ static loco_status add_sites(json_t *root, const loco_model_files *m, int all_si
     return LOCO_OK;
 }
 
+/* The text encoders whose sites interventions accept, and how plans prefix their names. */
+static const struct {
+    const char *component, *prefix;
+} text_encoders[] = {{"text_encoder", ""}, {"text_encoder_2", LOCO_IV_TEXT2_PREFIX}};
+
+static json_t *text_site_json(const loco_site *s, const char *prefix) {
+    json_t *e = json_object();
+    char name[256];
+    snprintf(name, sizeof name, "%s%s", prefix, s->name);
+    json_object_set_new(e, "id", json_integer(s->id));
+    json_object_set_new(e, "kind", json_string(loco_site_kind_name(s->kind)));
+    json_object_set_new(e, "name", json_string(name));
+    if (s->layer >= 0) json_object_set_new(e, "layer", json_integer(s->layer));
+    return e;
+}
+
+/* One encoder's site list (execution order), or *out NULL when the model has no such encoder. */
+static loco_status text_sites_of(const loco_model_files *m, const char *component, const char *prefix, json_t **out,
+                                 loco_err *err) {
+    *out = NULL;
+    const json_t *cj = loco_model_files_config(m, component);
+    if (!cj) return LOCO_OK;
+    char src[64];
+    snprintf(src, sizeof src, "%s/config.json", component);
+    loco_clip_text_config cfg;
+    loco_site *sites = NULL;
+    int n = 0;
+    loco_status st = loco_clip_text_config_from_json(cj, src, &cfg, err);
+    if (st) return st;
+    if ((st = loco_clip_text_config_sites(&cfg, &sites, &n, err))) return loco_err_prefix(err, "%s", src);
+    json_t *list = json_array();
+    for (int i = 0; i < n; i++) json_array_append_new(list, text_site_json(&sites[i], prefix));
+    loco_clip_text_sites_free(sites, n);
+    *out = list;
+    return LOCO_OK;
+}
+
+/* "text_encoder_sites": {"text_encoder": [...], "text_encoder_2": [...]}, kept apart from the
+ * UNet's lists because text sites act per text row and take token positions. */
+static loco_status add_text_sites(json_t *root, const loco_model_files *m, loco_err *err) {
+    json_t *group = json_object();
+    for (size_t i = 0; i < sizeof text_encoders / sizeof text_encoders[0]; i++) {
+        json_t *list = NULL;
+        loco_status st = text_sites_of(m, text_encoders[i].component, text_encoders[i].prefix, &list, err);
+        if (st) {
+            json_decref(group);
+            return st;
+        }
+        if (list) json_object_set_new(group, text_encoders[i].component, list);
+    }
+    if (json_object_size(group) > 0)
+        json_object_set_new(root, "text_encoder_sites", group);
+    else
+        json_decref(group);
+    return LOCO_OK;
+}
+
 int loco_cmd_inspect(int argc, char **argv) {
     static const struct option opts[] = {{"config-dir", required_argument, 0, 'C'}, {"variant", required_argument, 0, 'V'},
                                          {"family", required_argument, 0, 'F'},     {"all-sites", no_argument, 0, 'a'},
@@ -126,7 +188,7 @@ int loco_cmd_inspect(int argc, char **argv) {
     }
     json_object_set_new(root, "components", comps);
     int rc = 0;
-    if (add_sites(root, m, all_sites, &err)) {
+    if (add_sites(root, m, all_sites, &err) || add_text_sites(root, m, &err)) {
         rc = loco_cli_fail("inspect", &err);
     } else {
         char *s = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER);

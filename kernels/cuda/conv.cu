@@ -229,7 +229,8 @@ extern "C" loco_status cuda_op_conv2d(loco_backend *be, loco_tensor *y, const lo
     int pointwise = kh == 1 && kw == 1 && p->stride == 1 && !p->pad[0] && !p->pad[1] && !p->pad[2] && !p->pad[3];
     int fits_int = Cin * H * W < ((int64_t)1 << 31) && P < ((int64_t)1 << 31) && Cin * kh * kw < ((int64_t)1 << 31) &&
                    Cout < ((int64_t)1 << 31);
-    const conv_route route = pointwise ? CONV_POINTWISE : conv_route_for(c, y->dtype, x->shape[0], P, Cin * kh * kw, Cout, fits_int);
+    const conv_route route =
+        pointwise ? CONV_POINTWISE : conv_route_for(c, y->dtype, x->shape[0], P, Cin * kh * kw, Cout, fits_int);
     if (route == CONV_POINTWISE) {
         st = conv_pointwise(c, y, x, w, wp, err);
     } else if (route == CONV_IMPLICIT && y->dtype == LOCO_F32) {

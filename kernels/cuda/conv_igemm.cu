@@ -17,8 +17,8 @@
  * per tile by one warp into a small table, so the gather costs two adds and a compare per
  * element instead of three integer divisions. */
 #include <stdlib.h>
-#include <string.h>
 
+#include "conv_igemm_common.cuh"
 #include "mma.h"
 
 #define IG_BM 128
@@ -39,19 +39,6 @@ typedef struct ig_params {
     int a_vec;  /* K % 8 == 0 and w 16-byte aligned: weight rows load as 16-byte vectors */
     int y_pair; /* P even and y 4-byte aligned: neighbouring pixels store as one 32-bit word */
 } ig_params;
-
-/* Decode k-tile kt into tab[0..31] = {x offset of (ci, r, s), r, s, valid}; run by one warp. */
-__device__ __forceinline__ void ig_decode(int4 *tab, int kt, const ig_params &p, int lane) {
-    int k = kt * IG_BK + lane;
-    int4 d = make_int4(0, 0, 0, 0);
-    if (k < p.K) {
-        int khw = p.kh * p.kw;
-        int ci = k / khw, rs = k - ci * khw;
-        int r = rs / p.kw, s = rs - r * p.kw;
-        d = make_int4(ci * p.h * p.wd + r * p.wd + s, r, s, 1);
-    }
-    tab[lane] = d;
-}
 
 template <typename T>
 __device__ __forceinline__ void ig_load_a(T *as, int kt, int m0, const T *w, const ig_params &p, int tid) {
@@ -75,42 +62,33 @@ __device__ __forceinline__ void ig_load_a(T *as, int kt, int m0, const T *w, con
     }
 }
 
-/* epilogue: + bias, convert, store along pixel rows (warp (wm, wn) holds rows wm*64.., pixels wn*32..) */
+/* The A and B fragments of k-step kk (16 deep) of the staged tiles, for the warp's 64 x 32 block:
+ * as is the A stage (LDA pitch), bs the B stage (IG_LDB pitch). */
+template <typename T, int LDA>
+__device__ __forceinline__ void ig_frags(uint32_t (&af)[4][4], uint32_t (&bf)[4][2], const T *as, const T *bs, int kk,
+                                         int wm, int wn, int lane) {
+#pragma unroll
+    for (int mt = 0; mt < 4; mt++)
+        ldmatrix_x4(af[mt], as + (wm * 64 + mt * 16 + (lane & 15)) * LDA + kk * 16 + (lane >> 4) * 8);
+#pragma unroll
+    for (int np = 0; np < 2; np++) {
+        uint32_t t4[4];
+        ldmatrix_x4_trans(t4, bs + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * IG_LDB + wn * 32 + np * 16 +
+                                  (lane >> 4) * 8);
+        bf[2 * np][0] = t4[0];
+        bf[2 * np][1] = t4[1];
+        bf[2 * np + 1][0] = t4[2];
+        bf[2 * np + 1][1] = t4[3];
+    }
+}
+
+/* acc += af * bf over the warp's 4 x 4 m16n8k16 tiles. */
 template <typename T>
-__device__ __forceinline__ void ig_epilogue(float (&acc)[4][4][4], const ig_params &p, int m0, int64_t n0, int wm, int wn,
-                                            int lane) {
-    const int g = lane >> 2, t = lane & 3;
-    int64_t obase[4][2];
-    bool nok[4][2];
-#pragma unroll
-    for (int nt = 0; nt < 4; nt++)
-#pragma unroll
-        for (int e = 0; e < 2; e++) {
-            int64_t n = n0 + wn * 32 + nt * 8 + 2 * t + e;
-            nok[nt][e] = n < p.npix;
-            int64_t nb = nok[nt][e] ? n / p.P : 0;
-            obase[nt][e] = nb * (int64_t)p.cout * p.P + (n - nb * p.P);
-        }
-    T *y = (T *)p.y;
+__device__ __forceinline__ void ig_mma(float (&acc)[4][4][4], const uint32_t (&af)[4][4], const uint32_t (&bf)[4][2]) {
 #pragma unroll
     for (int mt = 0; mt < 4; mt++)
 #pragma unroll
-        for (int hf = 0; hf < 2; hf++) {
-            int m = m0 + wm * 64 + mt * 16 + g + hf * 8;
-            if (m >= p.cout) continue;
-            float bv = p.has_bias ? ld_dyn(p.bias, p.bias_dtype, m) : 0.0f;
-            int64_t mo = (int64_t)m * p.P;
-#pragma unroll
-            for (int nt = 0; nt < 4; nt++) {
-                float v0 = acc[mt][nt][hf * 2] + bv, v1 = acc[mt][nt][hf * 2 + 1] + bv;
-                if (p.y_pair && nok[nt][1]) { /* even pixel, same image: one 32-bit store */
-                    *(uint32_t *)(y + obase[nt][0] + mo) = pack2<T>(v0, v1);
-                } else {
-                    if (nok[nt][0]) y[obase[nt][0] + mo] = from_f32<T>(v0);
-                    if (nok[nt][1]) y[obase[nt][1] + mo] = from_f32<T>(v1);
-                }
-            }
-        }
+        for (int nt = 0; nt < 4; nt++) mma16816<T>(acc[mt][nt], af[mt], bf[nt]);
 }
 
 template <typename T>
@@ -130,44 +108,21 @@ __global__ void __launch_bounds__(IG_THREADS) conv_igemm_kernel(const ig_params 
 
     /* this thread's B column (one output pixel) for the whole K loop, and its k-rows */
     const int bcol = tid & (IG_BN - 1), brow0 = tid >> 7;
-    const int64_t pix = n0 + bcol;
-    const bool pix_ok = pix < p.npix;
-    int ih0 = 0, iw0 = 0;
-    const T *xs = x;
-    if (pix_ok) {
-        int64_t nb = pix / p.P;
-        int pp = (int)(pix - nb * p.P);
-        int oh = pp / p.wo, ow = pp - oh * p.wo;
-        ih0 = oh * p.stride - p.pad_t;
-        iw0 = ow * p.stride - p.pad_l;
-        xs = x + nb * (int64_t)p.cin * p.h * p.wd;
-    }
-    const int pix_off = ih0 * p.wd + iw0; /* only used where the tap is inside the image */
+    const igc_pixel<T> px = igc_pixel_at(x, n0 + bcol, p);
 
     T breg[IG_BROWS];
     float acc[4][4][4];
-#pragma unroll
-    for (int i = 0; i < 4; i++)
-#pragma unroll
-        for (int j = 0; j < 4; j++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) acc[i][j][e] = 0.0f;
+    igc_zero(acc);
 
     /* prologue: decode tiles 0 and 1, stage tile 0 */
     if (warp == 0) {
-        ig_decode(kdec[0], 0, p, lane);
-        if (nk > 1) ig_decode(kdec[1], 1, p, lane);
+        igc_decode<IG_BK>(kdec[0], 0, p, lane);
+        if (nk > 1) igc_decode<IG_BK>(kdec[1], 1, p, lane);
     }
     __syncthreads();
     ig_load_a<T>(As[0], 0, m0, w, p, tid);
     cp_async_commit();
-#pragma unroll
-    for (int i = 0; i < IG_BROWS; i++) {
-        int4 d = kdec[0][brow0 + 2 * i];
-        int iy = ih0 + d.y, ix = iw0 + d.z;
-        bool ok = pix_ok && d.w && (unsigned)iy < (unsigned)p.h && (unsigned)ix < (unsigned)p.wd;
-        breg[i] = ok ? xs[d.x + pix_off] : zero;
-    }
+    igc_gather(breg, kdec[0], brow0, px, p, zero);
 #pragma unroll
     for (int i = 0; i < IG_BROWS; i++) Bs[0][(brow0 + 2 * i) * IG_LDB + bcol] = breg[i];
     cp_async_wait<0>();
@@ -179,38 +134,16 @@ __global__ void __launch_bounds__(IG_THREADS) conv_igemm_kernel(const ig_params 
         if (more) { /* start tile kt+1: weights by cp.async, the gather into registers */
             ig_load_a<T>(As[cur ^ 1], kt + 1, m0, w, p, tid);
             cp_async_commit();
-            const int4 *tab = kdec[(kt + 1) & 1];
-#pragma unroll
-            for (int i = 0; i < IG_BROWS; i++) {
-                int4 d = tab[brow0 + 2 * i];
-                int iy = ih0 + d.y, ix = iw0 + d.z;
-                bool ok = pix_ok && d.w && (unsigned)iy < (unsigned)p.h && (unsigned)ix < (unsigned)p.wd;
-                breg[i] = ok ? xs[d.x + pix_off] : zero;
-            }
+            igc_gather(breg, kdec[(kt + 1) & 1], brow0, px, p, zero);
         }
 
-        const T *as = As[cur];
-        const T *bs = Bs[cur];
+        /* the k-step loop stays here, not in a helper: written inside a function it changes the
+         * accumulators' register assignment and (row kernel) the instruction count */
 #pragma unroll
         for (int kk = 0; kk < IG_BK / 16; kk++) {
             uint32_t af[4][4], bf[4][2];
-#pragma unroll
-            for (int mt = 0; mt < 4; mt++)
-                ldmatrix_x4(af[mt], as + (wm * 64 + mt * 16 + (lane & 15)) * IG_LDA + kk * 16 + (lane >> 4) * 8);
-#pragma unroll
-            for (int np = 0; np < 2; np++) {
-                uint32_t t4[4];
-                ldmatrix_x4_trans(t4, bs + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * IG_LDB + wn * 32 +
-                                          np * 16 + (lane >> 4) * 8);
-                bf[2 * np][0] = t4[0];
-                bf[2 * np][1] = t4[1];
-                bf[2 * np + 1][0] = t4[2];
-                bf[2 * np + 1][1] = t4[3];
-            }
-#pragma unroll
-            for (int mt = 0; mt < 4; mt++)
-#pragma unroll
-                for (int nt = 0; nt < 4; nt++) mma16816<T>(acc[mt][nt], af[mt], bf[nt]);
+            ig_frags<T, IG_LDA>(af, bf, As[cur], Bs[cur], kk, wm, wn, lane);
+            ig_mma<T>(acc, af, bf);
         }
 
         if (more) {
@@ -218,12 +151,12 @@ __global__ void __launch_bounds__(IG_THREADS) conv_igemm_kernel(const ig_params 
             for (int i = 0; i < IG_BROWS; i++) Bs[cur ^ 1][(brow0 + 2 * i) * IG_LDB + bcol] = breg[i];
         }
         /* tile kt's table slot is free now (its gather happened last iteration): decode kt+2 */
-        if (warp == 0 && kt + 2 < nk) ig_decode(kdec[kt & 1], kt + 2, p, lane);
+        if (warp == 0 && kt + 2 < nk) igc_decode<IG_BK>(kdec[kt & 1], kt + 2, p, lane);
         cp_async_wait<0>();
         __syncthreads();
     }
 
-    ig_epilogue<T>(acc, p, m0, n0, wm, wn, lane);
+    igc_epilogue<T>(acc, p, m0, n0, wm, wn, lane);
 }
 
 /* ---- stride-1, 3-wide, "same" width convs (every 3x3 conv of the UNet and VAE) --------------
@@ -329,12 +262,7 @@ __global__ void __launch_bounds__(IG_THREADS) conv_igemm3_kernel(const ig_params
     T *const bdst = Bs + (3 * j) * IG_LDB + q * 8;
 
     float acc[4][4][4];
-#pragma unroll
-    for (int i = 0; i < 4; i++)
-#pragma unroll
-        for (int jj = 0; jj < 4; jj++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) acc[i][jj][e] = 0.0f;
+    igc_zero(acc);
 
     ig3_load_a<T>(As, 0, m0, w, p, tid);
     cp_async_commit();
@@ -366,23 +294,8 @@ __global__ void __launch_bounds__(IG_THREADS) conv_igemm3_kernel(const ig_params
 #pragma unroll
         for (int kk = 0; kk < IG3_BK / 16; kk++) {
             uint32_t af[4][4], bf[4][2];
-#pragma unroll
-            for (int mt = 0; mt < 4; mt++)
-                ldmatrix_x4(af[mt], as + (wm * 64 + mt * 16 + (lane & 15)) * IG3_LDA + kk * 16 + (lane >> 4) * 8);
-#pragma unroll
-            for (int np = 0; np < 2; np++) {
-                uint32_t t4[4];
-                ldmatrix_x4_trans(t4, bs + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * IG_LDB + wn * 32 +
-                                          np * 16 + (lane >> 4) * 8);
-                bf[2 * np][0] = t4[0];
-                bf[2 * np][1] = t4[1];
-                bf[2 * np + 1][0] = t4[2];
-                bf[2 * np + 1][1] = t4[3];
-            }
-#pragma unroll
-            for (int mt = 0; mt < 4; mt++)
-#pragma unroll
-                for (int nt = 0; nt < 4; nt++) mma16816<T>(acc[mt][nt], af[mt], bf[nt]);
+            ig_frags<T, IG3_LDA>(af, bf, as, bs, kk, wm, wn, lane);
+            ig_mma<T>(acc, af, bf);
         }
 
         if (more) ig3_store<T>(bdst + (cur ^ 1) * IG3_B_ELEMS, v);
@@ -390,7 +303,7 @@ __global__ void __launch_bounds__(IG_THREADS) conv_igemm3_kernel(const ig_params
         __syncthreads();
     }
 
-    ig_epilogue<T>(acc, p, m0, n0, wm, wn, lane);
+    igc_epilogue<T>(acc, p, m0, n0, wm, wn, lane);
 }
 
 /* The row-gather kernel applies: stride 1, 3 taps wide, pad 1 left and right (Wo = W), W a
@@ -425,27 +338,10 @@ int64_t cuda_conv_igemm_blocks(int64_t npix, int64_t cout) {
 loco_status cuda_conv_igemm(cuda_impl *c, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
                             const void *wdata, const loco_tensor *bias, const loco_conv2d_params *cp, loco_err *err) {
     ig_params p;
-    memset(&p, 0, sizeof p);
+    igc_params_init(&p, y, x, w, bias, cp);
     p.x = x->data;
     p.w = wdata;
     p.y = y->data;
-    p.bias = bias ? bias->data : NULL;
-    p.has_bias = bias != NULL;
-    p.bias_dtype = bias ? (int)bias->dtype : 0;
-    p.cin = (int)x->shape[1];
-    p.h = (int)x->shape[2];
-    p.wd = (int)x->shape[3];
-    p.cout = (int)w->shape[0];
-    p.kh = (int)w->shape[2];
-    p.kw = (int)w->shape[3];
-    p.stride = cp->stride;
-    p.pad_t = cp->pad[0];
-    p.pad_l = cp->pad[2];
-    p.ho = (int)y->shape[2];
-    p.wo = (int)y->shape[3];
-    p.K = p.cin * p.kh * p.kw;
-    p.P = p.ho * p.wo;
-    p.npix = x->shape[0] * (int64_t)p.P;
     p.a_vec = p.K % 8 == 0 && cuda_aligned(wdata, 16);
     p.y_pair = p.P % 2 == 0 && cuda_aligned(y->data, 4);
     if (p.npix <= 0 || p.cout <= 0) return LOCO_OK;

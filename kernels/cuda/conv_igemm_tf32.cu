@@ -23,8 +23,7 @@
  * Shared-memory pitches make these loads conflict-free: A rows are 36 floats apart, so the
  * 8 rows g x 4 columns t of a[i] fall in banks 4g + t (all 32 distinct); B k-rows are 136
  * floats apart, so the 4 k-rows t x 8 columns g of b[i] fall in banks 8t + g. */
-#include <string.h>
-
+#include "conv_igemm_common.cuh"
 #include "mma.h"
 
 /* x rounded to TF32 (low 13 bits zero), as the bits mma's .tf32 operands take. */
@@ -42,7 +41,7 @@ __device__ __forceinline__ void mma_tf32_16808(float c[4], const uint32_t a[4], 
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
 
-/* ---- kernel (tests/emu builds everything from here to the host section on the CPU) ---------- */
+/* ---- kernel (the host emulator builds this part, and conv_igemm_common.cuh, on the CPU) -------- */
 
 #define T32_BM 128
 #define T32_BN 128
@@ -68,19 +67,6 @@ typedef struct t32_params {
     int a_vec;  /* K % 4 == 0 and w 16-byte aligned: weight rows load as 16-byte cp.async */
     int y_pair; /* P even and y 8-byte aligned: neighbouring pixels store as one float2 */
 } t32_params;
-
-/* Decode k-tile kt into tab[0..31] = {x offset of (ci, r, s), r, s, valid}; run by one warp. */
-__device__ __forceinline__ void t32_decode(int4 *tab, int kt, const t32_params &p, int lane) {
-    int k = kt * T32_BK + lane;
-    int4 d = make_int4(0, 0, 0, 0);
-    if (k < p.K) {
-        int khw = p.kh * p.kw;
-        int ci = k / khw, rs = k - ci * khw;
-        int r = rs / p.kw, s = rs - r * p.kw;
-        d = make_int4(ci * p.h * p.wd + r * p.wd + s, r, s, 1);
-    }
-    tab[lane] = d;
-}
 
 /* Stage weight tile kt: cp.async (rounded later by t32_round_a, after the copy lands) or, for
  * K % 4 != 0, plain loads rounded on the way. Out-of-range rows and k are zeros. */
@@ -138,44 +124,21 @@ __global__ void __launch_bounds__(T32_THREADS) conv_igemm_tf32_kernel(const t32_
 
     /* this thread's B column (one output pixel) for the whole K loop, and its k-rows */
     const int bcol = tid & (T32_BN - 1), brow0 = tid >> 7;
-    const int64_t pix = n0 + bcol;
-    const bool pix_ok = pix < p.npix;
-    int ih0 = 0, iw0 = 0;
-    const float *xs = x;
-    if (pix_ok) {
-        int64_t nb = pix / p.P;
-        int pp = (int)(pix - nb * p.P);
-        int oh = pp / p.wo, ow = pp - oh * p.wo;
-        ih0 = oh * p.stride - p.pad_t;
-        iw0 = ow * p.stride - p.pad_l;
-        xs = x + nb * (int64_t)p.cin * p.h * p.wd;
-    }
-    const int pix_off = ih0 * p.wd + iw0; /* only used where the tap is inside the image */
+    const igc_pixel<float> px = igc_pixel_at(x, n0 + bcol, p);
 
     float breg[T32_BROWS];
     float acc[4][4][4];
-#pragma unroll
-    for (int i = 0; i < 4; i++)
-#pragma unroll
-        for (int j = 0; j < 4; j++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) acc[i][j][e] = 0.0f;
+    igc_zero(acc);
 
     /* prologue: decode tiles 0 and 1, stage tile 0 */
     if (warp == 0) {
-        t32_decode(kdec, 0, p, lane);
-        if (nk > 1) t32_decode(kdec + T32_BK, 1, p, lane);
+        igc_decode<T32_BK>(kdec, 0, p, lane);
+        if (nk > 1) igc_decode<T32_BK>(kdec + T32_BK, 1, p, lane);
     }
     __syncthreads();
     t32_load_a(As0, 0, m0, p, tid);
     cp_async_commit();
-#pragma unroll
-    for (int i = 0; i < T32_BROWS; i++) {
-        int4 d = kdec[brow0 + 2 * i];
-        int iy = ih0 + d.y, ix = iw0 + d.z;
-        bool ok = pix_ok && d.w && (unsigned)iy < (unsigned)p.h && (unsigned)ix < (unsigned)p.wd;
-        breg[i] = ok ? xs[d.x + pix_off] : 0.0f;
-    }
+    igc_gather(breg, kdec, brow0, px, p, 0.0f);
 #pragma unroll
     for (int i = 0; i < T32_BROWS; i++) Bs0[(brow0 + 2 * i) * T32_LDB + bcol] = tf32_rna(breg[i]);
     cp_async_wait<0>();
@@ -189,14 +152,7 @@ __global__ void __launch_bounds__(T32_THREADS) conv_igemm_tf32_kernel(const t32_
         if (more) { /* start tile kt+1: weights by cp.async, the gather into registers */
             t32_load_a(an, kt + 1, m0, p, tid);
             cp_async_commit();
-            const int4 *tab = kdec + ((kt + 1) & 1) * T32_BK;
-#pragma unroll
-            for (int i = 0; i < T32_BROWS; i++) {
-                int4 d = tab[brow0 + 2 * i];
-                int iy = ih0 + d.y, ix = iw0 + d.z;
-                bool ok = pix_ok && d.w && (unsigned)iy < (unsigned)p.h && (unsigned)ix < (unsigned)p.wd;
-                breg[i] = ok ? xs[d.x + pix_off] : 0.0f;
-            }
+            igc_gather(breg, kdec + ((kt + 1) & 1) * T32_BK, brow0, px, p, 0.0f);
         }
 
         const uint32_t *as = (cur ? As1 : As0) + (wm * 64 + g) * T32_LDA + t;
@@ -229,44 +185,18 @@ __global__ void __launch_bounds__(T32_THREADS) conv_igemm_tf32_kernel(const t32_
             for (int i = 0; i < T32_BROWS; i++) bn[(brow0 + 2 * i) * T32_LDB + bcol] = tf32_rna(breg[i]);
         }
         /* tile kt's table slot is free now (its gather happened last iteration): decode kt+2 */
-        if (warp == 0 && kt + 2 < nk) t32_decode(kdec + (kt & 1) * T32_BK, kt + 2, p, lane);
+        if (warp == 0 && kt + 2 < nk) igc_decode<T32_BK>(kdec + (kt & 1) * T32_BK, kt + 2, p, lane);
         cp_async_wait<0>();
         if (more) t32_round_a(an, p, tid);
         __syncthreads();
     }
 
-    /* epilogue: + bias, store along pixel rows (two neighbouring pixels per float2) */
+    /* epilogue: + bias, store along pixel rows (two neighbouring pixels per float2); obase / nok
+     * live here, not in igc_epilogue (see conv_igemm_common.cuh) */
     int64_t obase[4][2];
     bool nok[4][2];
-#pragma unroll
-    for (int nt = 0; nt < 4; nt++)
-#pragma unroll
-        for (int e = 0; e < 2; e++) {
-            int64_t n = n0 + wn * 32 + nt * 8 + 2 * t + e;
-            nok[nt][e] = n < p.npix;
-            int64_t nb = nok[nt][e] ? n / p.P : 0;
-            obase[nt][e] = nb * (int64_t)p.cout * p.P + (n - nb * p.P);
-        }
-    float *y = p.y;
-#pragma unroll
-    for (int mt = 0; mt < 4; mt++)
-#pragma unroll
-        for (int hf = 0; hf < 2; hf++) {
-            int m = m0 + wm * 64 + mt * 16 + g + hf * 8;
-            if (m >= p.cout) continue;
-            float bv = p.has_bias ? ld_dyn(p.bias, p.bias_dtype, m) : 0.0f;
-            int64_t mo = (int64_t)m * p.P;
-#pragma unroll
-            for (int nt = 0; nt < 4; nt++) {
-                float v0 = acc[mt][nt][hf * 2] + bv, v1 = acc[mt][nt][hf * 2 + 1] + bv;
-                if (p.y_pair && nok[nt][1]) { /* even pixel, same image (P even): one 8-byte store */
-                    *(float2 *)(y + obase[nt][0] + mo) = make_float2(v0, v1);
-                } else {
-                    if (nok[nt][0]) y[obase[nt][0] + mo] = v0;
-                    if (nok[nt][1]) y[obase[nt][1] + mo] = v1;
-                }
-            }
-        }
+    igc_out_pixels(obase, nok, p, n0, wn, lane);
+    igc_store_acc<float>(acc, obase, nok, p, m0, wm, lane);
 }
 
 /* ---- host ------------------------------------------------------------------------------------ */
@@ -284,27 +214,10 @@ loco_status cuda_conv_igemm_tf32(cuda_impl *c, loco_tensor *y, const loco_tensor
                             "cuda conv2d: the TF32 implicit-GEMM kernel takes F32 x, w and y, not %s, %s, %s",
                             cuda_dt(x->dtype), cuda_dt(w->dtype), cuda_dt(y->dtype));
     t32_params p;
-    memset(&p, 0, sizeof p);
+    igc_params_init(&p, y, x, w, bias, cp);
     p.x = (const float *)x->data;
     p.w = (const float *)w->data;
     p.y = (float *)y->data;
-    p.bias = bias ? bias->data : NULL;
-    p.has_bias = bias != NULL;
-    p.bias_dtype = bias ? (int)bias->dtype : 0;
-    p.cin = (int)x->shape[1];
-    p.h = (int)x->shape[2];
-    p.wd = (int)x->shape[3];
-    p.cout = (int)w->shape[0];
-    p.kh = (int)w->shape[2];
-    p.kw = (int)w->shape[3];
-    p.stride = cp->stride;
-    p.pad_t = cp->pad[0];
-    p.pad_l = cp->pad[2];
-    p.ho = (int)y->shape[2];
-    p.wo = (int)y->shape[3];
-    p.K = p.cin * p.kh * p.kw;
-    p.P = p.ho * p.wo;
-    p.npix = x->shape[0] * (int64_t)p.P;
     p.a_vec = p.K % 4 == 0 && cuda_aligned(w->data, 16);
     p.y_pair = p.P % 2 == 0 && cuda_aligned(y->data, 8);
     if (p.npix <= 0 || p.cout <= 0) return LOCO_OK;

@@ -55,6 +55,16 @@ static inline void mt_close(mt_env *e) {
     memset(e, 0, sizeof *e);
 }
 
+/* Opens a fixture model in a test, failing the test (never skipping it) when the fixtures are
+ * missing. */
+#define MT_OPEN(e, model, ref)                                          \
+    do {                                                                \
+        if (mt_open(&(e), (model), (ref))) {                            \
+            mt_close(&(e));                                             \
+            CHECK_MSG(0, "fixtures missing (make fixtures)");           \
+        }                                                               \
+    } while (0)
+
 /* Metadata value parsed as JSON (strings that are not JSON come back as JSON strings). */
 static inline json_t *mt_meta(const loco_safetensors *f, const char *key) {
     const char *v = loco_safetensors_metadata(f, key);

@@ -364,6 +364,35 @@ TEST(site_table) {
     poke_close(&p);
 }
 
+/* The table `loco inspect` lists (from the config alone) is the one a loaded model publishes,
+ * entry by entry, so every listed name resolves in an intervention plan. */
+TEST(config_site_table_matches_the_model) {
+    poke p;
+    POKE_OR_SKIP(&p);
+    loco_site *sites = NULL;
+    int n = 0;
+    loco_err err = {0};
+    CHECK_MSG(loco_clip_text_config_sites(loco_clip_text_get_config(p.m), &sites, &n, &err) == LOCO_OK, "%s",
+              err.msg);
+    int same = n == loco_clip_text_num_sites(p.m);
+    for (int i = 0; same && i < n; i++) {
+        const loco_site *m = loco_clip_text_site(p.m, i);
+        same = sites[i].id == m->id && sites[i].kind == m->kind && sites[i].layer == m->layer &&
+               sites[i].cross_index == m->cross_index && strcmp(sites[i].name, m->name) == 0 &&
+               sites[i].name != m->name; /* the list owns its own copies */
+    }
+    loco_clip_text_sites_free(sites, n);
+    poke_close(&p);
+    CHECK(same);
+    /* a config claiming absurdly many layers is refused, not listed */
+    loco_clip_text_config big;
+    loco_clip_text_config_init(&big);
+    big.num_hidden_layers = 1 << 30;
+    CHECK(loco_clip_text_config_sites(&big, &sites, &n, &err) == LOCO_EFORMAT && sites == NULL && n == 0);
+    CHECK(strstr(err.msg, "num_hidden_layers") != NULL);
+    loco_clip_text_sites_free(NULL, 0);
+}
+
 /* Hook state for corruption/recording/restoring at the embedding site. */
 typedef struct embed_hook {
     int mode; /* 0 record, 1 corrupt, 2 corrupt then restore */

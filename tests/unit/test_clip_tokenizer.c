@@ -519,6 +519,52 @@ TEST(broken_folders_fail_with_clear_errors) {
               "%s", msg);
 }
 
+/* k_vocab with one more token "c" of the given id (as JSON text). */
+static void vocab_with_id(char *out, size_t n, const char *id) {
+    snprintf(out, n, "%.*s, \"c\": %s}", (int)(sizeof k_vocab - 2), k_vocab, id);
+}
+
+/* One huge id must not size the id table (2^31 ids = 8 GB): it is refused with one line naming
+ * the file, the token and the id, before anything is allocated. */
+TEST(vocab_ids_out_of_range_are_refused) {
+    static const char *const bad[] = {"2147483648", "2147483647", "16777216", "1000000000000000000", "1024"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char vocab[512], dir[64];
+        vocab_with_id(vocab, sizeof vocab, bad[i]);
+        CHECK(make_dir(dir, sizeof dir, "vocab.json", vocab) == 0);
+        loco_err err = {0};
+        loco_clip_tokenizer *t = NULL;
+        loco_status st = loco_clip_tokenizer_load(dir, &t, &err);
+        char path[128];
+        snprintf(path, sizeof path, "%s/vocab.json", dir);
+        remove_dir(dir);
+        CHECK_MSG(st == LOCO_EFORMAT && t == NULL, "id %s: got %s \"%s\"", bad[i], loco_status_name(st), err.msg);
+        CHECK_MSG(strstr(err.msg, path) && strstr(err.msg, "\"c\"") && strstr(err.msg, bad[i]) &&
+                      !strchr(err.msg, '\n'),
+                  "id %s: %s", bad[i], err.msg);
+        loco_clip_tokenizer_free(t);
+    }
+    /* negative and non-integer ids keep their own message */
+    char msg[1200];
+    CHECK_MSG(load_fails("vocab.json", "{\"a\": -2147483649}", LOCO_EFORMAT, "no valid id", msg, sizeof msg), "%s",
+              msg);
+    CHECK_MSG(load_fails("vocab.json", "{\"a\": 1.5}", LOCO_EFORMAT, "no valid id", msg, sizeof msg), "%s", msg);
+}
+
+/* Gaps in the ids are fine up to the limit: a small hand-written vocabulary may use id 1023. */
+TEST(sparse_vocab_ids_within_the_limit_load) {
+    char vocab[512], dir[64];
+    vocab_with_id(vocab, sizeof vocab, "1023");
+    CHECK(make_dir(dir, sizeof dir, "vocab.json", vocab) == 0);
+    loco_err err = {0};
+    loco_clip_tokenizer *t = NULL;
+    loco_status st = loco_clip_tokenizer_load(dir, &t, &err);
+    remove_dir(dir);
+    CHECK_MSG(st == LOCO_OK, "%s", err.msg);
+    CHECK(loco_clip_tokenizer_vocab_size(t) == 1024);
+    loco_clip_tokenizer_free(t);
+}
+
 /* The bundled SD 2.x / SD-XL tokenizer_2 folder (used for single-file checkpoints) shares the
  * vocabulary with config/tokenizers/clip/ through links; it must load and pad with "!" (id 0). */
 TEST(bundled_pad_bang_folder_loads) {

@@ -61,10 +61,7 @@ static const char *const PROMPTS[2] = {"a photo of a house", "a town in the styl
 
 TEST(context_on_every_layer_is_the_other_prompt) {
     mt_env e;
-    if (mt_open(&e, "sd1-tiny", NULL)) {
-        mt_close(&e);
-        CHECK_MSG(0, "fixtures missing (make fixtures)");
-    }
+    MT_OPEN(e, "sd1-tiny", NULL);
     /* sample 0: prompt 0 with prompt 1's K/V in every layer; sample 1: prompt 1 itself. SD 1.x sees
      * the text only through cross-attention K/V, so the two trajectories must be the same. */
     const int nc = loco_unet_n_cross(loco_pipeline_unet(e.p));
@@ -93,10 +90,7 @@ TEST(context_on_every_layer_is_the_other_prompt) {
 
 TEST(restore_ablate_record_act_on_the_conditional_branch) {
     mt_env e;
-    if (mt_open(&e, "sd1-tiny", NULL)) {
-        mt_close(&e);
-        CHECK_MSG(0, "fixtures missing (make fixtures)");
-    }
+    MT_OPEN(e, "sd1-tiny", NULL);
     const char *site = "up_blocks.1.attentions.0.transformer_blocks.0.attn2";
     const int32_t ch[2] = {1, 5};
     const float val[2] = {0.25f, -3.0f};
@@ -142,12 +136,53 @@ TEST(restore_ablate_record_act_on_the_conditional_branch) {
     CHECK(differs > 1e-3);
 }
 
+/* A plan of context actions only installs no UNet hook (its K/V rows do all the work), so its
+ * UNet calls stay eligible for CUDA graph replay; a plan with any other UNet action installs
+ * them. (Whether a call without hooks replays a graph is test_unet_graph's concern.) */
+TEST(context_only_plans_install_no_unet_hooks) {
+    mt_env e;
+    MT_OPEN(e, "sd1-tiny", NULL);
+    const loco_iv_layout lay = {.n_samples = 2, .n_text_rows = 2, .cfg = 1, .n_calls = 3};
+    const loco_iv_models models = {.unet = loco_pipeline_unet(e.p), .text = loco_pipeline_text_encoder(e.p, 1)};
+    loco_intervention plan[2];
+    for (int i = 0; i < 2; i++) loco_intervention_init(&plan[i]);
+    plan[0].action = LOCO_IV_CONTEXT;
+    plan[0].target = 0;
+    plan[0].source = 1;
+    plan[0].cross_index = 0;
+    plan[1].action = LOCO_IV_ABLATE;
+    plan[1].target = 1;
+    plan[1].site = "up_blocks.1.attentions.0.transformer_blocks.0.attn2";
+    plan[1].cross_index = -1;
+    static const int32_t ch[1] = {0};
+    static const float val[1] = {0.0f};
+    plan[1].channels = ch;
+    plan[1].values = val;
+    plan[1].n_channels = 1;
+    const int cond[2] = {0, 1};
+    loco_err err = {0};
+    int hooks[2] = {-1, -1}, kv_rows[2] = {-1, -1};
+    for (int k = 0; k < 2; k++) { /* k = 0: context only; k = 1: context + ablate */
+        loco_iv_program *prog = NULL;
+        loco_denoise_params d;
+        loco_denoise_params_init(&d);
+        d.n_samples = 2;
+        d.cond_row = cond;
+        loco_status st = loco_iv_compile(plan, 1 + k, &lay, &models, &prog, &err);
+        if (!st) st = loco_iv_apply(prog, &d, &err);
+        CHECK_MSG(st == LOCO_OK, "%s", err.msg);
+        hooks[k] = d.hooks.after != NULL && d.kv_hooks != NULL;
+        kv_rows[k] = d.cond_kv_row != NULL && d.cond_kv_row[0] != NULL && d.cond_kv_row[0][0] == 1;
+        loco_iv_program_free(prog);
+    }
+    mt_close(&e);
+    CHECK(hooks[0] == 0 && kv_rows[0] == 1);
+    CHECK(hooks[1] == 1 && kv_rows[1] == 1);
+}
+
 TEST(corruption_noise_matches_torch) {
     mt_env e;
-    if (mt_open(&e, "sd1-tiny", "methods/trace_sd1.safetensors")) {
-        mt_close(&e);
-        CHECK_MSG(0, "fixtures missing (make fixtures)");
-    }
+    MT_OPEN(e, "sd1-tiny", "methods/trace_sd1.safetensors");
     json_t *pj = mt_meta(e.ref, "prompt"), *sj = mt_meta(e.ref, "subject");
     const char *prompt = json_string_value(pj);
     int *pos = NULL, np = 0, eos = 0;
@@ -188,10 +223,7 @@ TEST(corruption_noise_matches_torch) {
 
 TEST(bad_plans_fail_clearly) {
     mt_env e;
-    if (mt_open(&e, "sd1-tiny", NULL)) {
-        mt_close(&e);
-        CHECK_MSG(0, "fixtures missing (make fixtures)");
-    }
+    MT_OPEN(e, "sd1-tiny", NULL);
     const loco_iv_layout lay = {.n_samples = 2, .n_text_rows = 2, .cfg = 1, .n_calls = 3};
     const loco_iv_models models = {.unet = loco_pipeline_unet(e.p), .text = loco_pipeline_text_encoder(e.p, 1)};
     const int nc = loco_unet_n_cross(models.unet);
@@ -269,6 +301,21 @@ TEST(bad_plans_fail_clearly) {
     ok[1].n_channels = 1;
     CHECK_MSG(loco_iv_compile(ok, 2, &lay, &models, &prog, &err) == LOCO_OK, "%s", err.msg);
     loco_iv_program_free(prog);
+    /* every text-encoder site `loco inspect` lists (the config-only table) is accepted by name */
+    loco_site *listed = NULL;
+    int nl = 0;
+    CHECK(loco_clip_text_config_sites(loco_clip_text_get_config(models.text), &listed, &nl, &err) == LOCO_OK);
+    int bad = -1;
+    for (int i = 0; i < nl && bad < 0; i++) {
+        loco_intervention_init(&ok[0]);
+        ok[0].action = LOCO_IV_RECORD;
+        ok[0].site = listed[i].name;
+        if (loco_iv_compile(ok, 1, &lay, &models, &prog, &err) != LOCO_OK) bad = i;
+        loco_iv_program_free(prog);
+        prog = NULL;
+    }
+    CHECK_MSG(bad < 0, "listed site '%s' refused: %s", listed[bad].name, err.msg);
+    loco_clip_text_sites_free(listed, nl);
     loco_iv_action a;
     for (int i = 0; i < LOCO_IV_ACTION_COUNT; i++)
         CHECK(loco_iv_action_from_name(loco_iv_action_name((loco_iv_action)i), &a) == 0 && a == (loco_iv_action)i);

@@ -53,10 +53,7 @@ static void ref_cfg_free(ref_cfg *c) {
 
 static void parity(const char *model, const char *ref) {
     mt_env e;
-    if (mt_open(&e, model, ref)) {
-        mt_close(&e);
-        CHECK_MSG(0, "fixtures missing (make fixtures)");
-    }
+    MT_OPEN(e, model, ref);
     ref_cfg c;
     CHECK(ref_cfg_load(e.ref, &c) == 0);
     /* the cross-attention layers in the same (execution) order as the reference found them */
@@ -128,10 +125,7 @@ TEST(sdxl_fact) { parity("sdxl-tiny", "methods/locogen_sdxl.safetensors"); }
 /* All windows in one batch give the images each window gives generated alone. */
 TEST(batched_equals_one_by_one) {
     mt_env e;
-    if (mt_open(&e, "sd1-tiny", NULL)) {
-        mt_close(&e);
-        CHECK_MSG(0, "fixtures missing (make fixtures)");
-    }
+    MT_OPEN(e, "sd1-tiny", NULL);
     static const char *const pr[1] = {"a town in the style of monet"}, *const al[1] = {"a painting of a town"};
     static const uint64_t seeds[1] = {11};
     loco_locogen_params g;
@@ -174,10 +168,7 @@ TEST(batched_equals_one_by_one) {
 
 TEST(invalid_requests_fail_clearly) {
     mt_env e;
-    if (mt_open(&e, "sd1-tiny", NULL)) {
-        mt_close(&e);
-        CHECK_MSG(0, "fixtures missing (make fixtures)");
-    }
+    MT_OPEN(e, "sd1-tiny", NULL);
     static const char *const pr[1] = {"a house"}, *const al[1] = {"a painting"};
     static const uint64_t seeds[1] = {0};
     loco_locogen_params g;

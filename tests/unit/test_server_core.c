@@ -192,10 +192,22 @@ TEST(config_parse_and_errors) {
     CHECK(strcmp(c.data_dir, "/etc/loco/d") == 0 && strcmp(c.model_roots[0], "/etc/loco/m") == 0);
     CHECK(strcmp(c.models[0].path, "/abs/x") == 0 && c.keys[0].admin == 1 && c.max_queue == 7);
     CHECK(c.limits.max_steps == 20 && c.limits.default_steps == 20);
+    CHECK(c.tombstone_retention_s == 30 * 24 * 3600); /* the documented default */
+    CHECK(c.max_connections == 1024 && c.max_sse_streams == 512); /* derived: half the connections */
     CHECK(locod_config_set_listen(&c, "127.0.0.1:0", &err) == LOCO_OK && c.listen_port == 0);
     CHECK(locod_config_set_listen(&c, "nohost", &err) != LOCO_OK);
     locod_config_free(&c);
-    const char *bad[] = {"{\"lisen\":\"x\"}", "{\"limits\":{\"max_steps\":0}}", "{\"keys\":[{\"id\":\"k\",\"sha256\":\"zz\"}]}",
+    /* the stream cap follows max_connections unless given, and must stay below it */
+    locod_config_init(&c);
+    CHECK(locod_config_parse(&c, "{\"limits\":{\"max_connections\":10}}", ".", &err) == LOCO_OK);
+    CHECK(c.max_sse_streams == 5);
+    locod_config_free(&c);
+    locod_config_init(&c);
+    CHECK(locod_config_parse(&c, "{\"limits\":{\"max_connections\":10,\"max_sse_streams\":9}}", ".", &err) == LOCO_OK);
+    CHECK(c.max_sse_streams == 9);
+    locod_config_free(&c);
+    const char *bad[] = {"{\"limits\":{\"max_connections\":10,\"max_sse_streams\":10}}",
+                         "{\"limits\":{\"max_sse_streams\":1024}}", "{\"lisen\":\"x\"}", "{\"limits\":{\"max_steps\":0}}", "{\"keys\":[{\"id\":\"k\",\"sha256\":\"zz\"}]}",
                          "{\"device\":\"tpu\"}", "[1]", "{\"models\":{\"../x\":{\"path\":\"p\"}}}"};
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
         locod_config_init(&c);
@@ -259,6 +271,41 @@ TEST(store_lifecycle_and_terminal_states) {
     CHECK(locod_store_artifact(s, "ab", &size, mt, sizeof mt) == 0);
     json_decref(arts);
     locod_job_row_free(&r);
+    locod_store_close(s);
+}
+
+/* expired_jobs must not grow forever: tombstones older than the bound are dropped, newer ones
+ * still answer "expired". */
+TEST(store_prunes_old_tombstones) {
+    make_tmp();
+    char db[300];
+    snprintf(db, sizeof db, "%s/jobs.sqlite3", tmpdir);
+    locod_store *s = NULL;
+    loco_err err;
+    CHECK(locod_store_open(db, &s, &err) == LOCO_OK);
+    char ids[2][LOCO_JOB_ID_LEN + 1];
+    for (int i = 0; i < 2; i++) {
+        locod_job_row r;
+        memset(&r, 0, sizeof r);
+        snprintf(r.id, sizeof r.id, "%032x", 40 + i);
+        snprintf(ids[i], sizeof ids[i], "%s", r.id);
+        r.kind = LOCO_JOB_GENERATE;
+        r.state = LOCO_JOB_QUEUED;
+        snprintf(r.model, sizeof r.model, "m");
+        snprintf(r.key_id, sizeof r.key_id, "k");
+        r.params = json_object();
+        r.created_ms = 1000;
+        CHECK(locod_store_insert(s, &r, &err) == LOCO_OK);
+        CHECK(locod_store_finish(s, r.id, LOCO_JOB_FAILED, 2000, 3000 + i * 10000, "x", "y", 0, NULL, NULL, &err) == 1);
+        locod_job_row_free(&r);
+    }
+    CHECK(locod_store_purge(s, 5000, NULL, NULL, &err) == 1);   /* ids[0], tombstone at 5000 */
+    CHECK(locod_store_purge(s, 20000, NULL, NULL, &err) == 1);  /* ids[1], tombstone at 20000 */
+    CHECK(locod_store_is_expired(s, ids[0]) && locod_store_is_expired(s, ids[1]));
+    CHECK(locod_store_prune_tombstones(s, 5000, &err) == 0);    /* strictly older only */
+    CHECK(locod_store_prune_tombstones(s, 5001, &err) == 1);
+    CHECK(!locod_store_is_expired(s, ids[0]) && locod_store_is_expired(s, ids[1]));
+    CHECK(locod_store_prune_tombstones(s, 5001, &err) == 0);
     locod_store_close(s);
 }
 

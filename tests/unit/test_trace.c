@@ -31,10 +31,7 @@ static void params_from_ref(const loco_safetensors *f, loco_trace_params *t, cha
 
 TEST(sd1_matches_diffusers_hooks) {
     mt_env e;
-    if (mt_open(&e, "sd1-tiny", "methods/trace_sd1.safetensors")) {
-        mt_close(&e);
-        CHECK_MSG(0, "fixtures missing (make fixtures)");
-    }
+    MT_OPEN(e, "sd1-tiny", "methods/trace_sd1.safetensors");
     char *strs[3];
     loco_trace_params t;
     params_from_ref(e.ref, &t, strs);
@@ -105,10 +102,7 @@ TEST(sd1_matches_diffusers_hooks) {
 
 TEST(invalid_requests_fail_clearly) {
     mt_env e;
-    if (mt_open(&e, "sd1-tiny", NULL)) {
-        mt_close(&e);
-        CHECK_MSG(0, "fixtures missing (make fixtures)");
-    }
+    MT_OPEN(e, "sd1-tiny", NULL);
     loco_trace_params t;
     loco_trace_params_init(&t);
     t.prompt = "a house by van gogh";
@@ -171,10 +165,7 @@ TEST(invalid_requests_fail_clearly) {
  * both encoders' subject embeddings; text states are text_encoder's) run end to end. */
 static void small_run(const char *model) {
     mt_env e;
-    if (mt_open(&e, model, NULL)) {
-        mt_close(&e);
-        CHECK_MSG(0, "fixtures missing (make fixtures)");
-    }
+    MT_OPEN(e, model, NULL);
     loco_trace_params t;
     loco_trace_params_init(&t);
     t.prompt = "a town in the style of monet";

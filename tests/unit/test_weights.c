@@ -282,3 +282,73 @@ TEST(corrupt_file_in_folder_names_the_file) {
     CHECK(strstr(err.msg, p) != NULL);
     st_rm_tree(dir);
 }
+
+/* The old unkeyed table hash (FNV-1a 64), kept here only to build names that collided under it. */
+static uint64_t fnv1a(const char *s) {
+    uint64_t h = UINT64_C(1469598103934665603);
+    for (; *s; s++) h = (h ^ (uint8_t)*s) * UINT64_C(1099511628211);
+    return h;
+}
+
+enum { MANY = 3000 };
+
+/* A header with MANY one-float tensors (value = index) whose names all shared one bucket of a
+ * 1024-slot table under the old hash: the kind of file that made loading quadratic. The keyed
+ * table must still load it completely and answer every lookup correctly. */
+static int write_many(const char *path, char names[][32], loco_err *err) {
+    static float vals[MANY];
+    loco_stored_tensor *ts = calloc(MANY, sizeof *ts);
+    if (!ts) return -1;
+    for (unsigned cand = 0, k = 0; k < MANY; cand++) {
+        snprintf(names[k], 32, "blk.%u.w", cand);
+        if (fnv1a(names[k]) & 1023) continue;
+        vals[k] = (float)k;
+        ts[k] = (loco_stored_tensor){
+            .name = names[k], .dtype = LOCO_F32, .ndim = 1, .shape = {1}, .data = &vals[k], .nbytes = 4};
+        k++;
+    }
+    loco_status st = loco_safetensors_write(path, ts, MANY, NULL, err);
+    free(ts);
+    return st == LOCO_OK ? 0 : -1;
+}
+
+TEST(header_with_many_colliding_names_loads_correctly) {
+    char dir[256];
+    CHECK(st_tmpdir(dir, sizeof dir));
+    char p[1024];
+    snprintf(p, sizeof p, "%s/diffusion_pytorch_model.safetensors", dir);
+    static char names[MANY][32];
+    loco_err err = {0};
+    CHECK_MSG(write_many(p, names, &err) == 0, "%s", err.msg);
+    loco_weights *a = NULL, *b = NULL;
+    CHECK_MSG(loco_weights_open_dir(dir, "diffusion_pytorch_model", NULL, &a, &err) == LOCO_OK, "%s", err.msg);
+    CHECK_MSG(loco_weights_open_files((const char *const[]){p}, 1, &b, &err) == LOCO_OK, "%s", err.msg);
+    CHECK(loco_weights_count(a) == MANY && loco_weights_count(b) == MANY);
+    for (int k = 0; k < MANY; k++) {
+        /* two sets have different keys; both must find every name with its own data */
+        const loco_stored_tensor *ta = loco_weights_get(a, names[k]), *tb = loco_weights_get(b, names[k]);
+        CHECK_MSG(ta && tb, "'%s' not found", names[k]);
+        CHECK(strcmp(ta->name, names[k]) == 0 && ((const float *)ta->data)[0] == (float)k);
+        CHECK(strcmp(tb->name, names[k]) == 0 && ((const float *)tb->data)[0] == (float)k);
+    }
+    /* absent names (a prefix, an extension, a near miss) are absent */
+    CHECK(loco_weights_get(a, "blk.") == NULL && loco_weights_get(a, "blk.0.wx") == NULL);
+    char skipped[32];
+    for (unsigned cand = 0;; cand++) { /* a candidate write_many left out */
+        snprintf(skipped, sizeof skipped, "blk.%u.w", cand);
+        if (fnv1a(skipped) & 1023) break;
+    }
+    CHECK(loco_weights_get(a, skipped) == NULL && loco_weights_get(b, skipped) == NULL);
+    /* insertion order is the file's (sorted by name), independent of the key */
+    for (size_t i = 1; i < MANY; i++)
+        CHECK(strcmp(loco_weights_at(a, i - 1)->name, loco_weights_at(a, i)->name) < 0);
+    /* a rename rebuilds the index under the same key; every entry stays reachable */
+    CHECK(loco_weights_rename(a, strip_prefix, "blk.", &err) == LOCO_OK);
+    for (int k = 0; k < MANY; k += 7) {
+        const loco_stored_tensor *t = loco_weights_get(a, names[k] + 4);
+        CHECK_MSG(t && ((const float *)t->data)[0] == (float)k, "'%s' lost after renaming", names[k] + 4);
+    }
+    loco_weights_free(a);
+    loco_weights_free(b);
+    st_rm_tree(dir);
+}

@@ -1,0 +1,184 @@
+/* conv_igemm_common.cuh: the pieces the implicit-GEMM convolution kernels share:
+ * conv_igemm.cu (f16/bf16, mma m16n8k16; the generic and the row-gather kernel) and
+ * conv_igemm_tf32.cu (f32 as TF32, mma m16n8k8).
+ *
+ * All of them tile 128 (Cout) x 128 (output pixels) per block of 256 threads = 2 x 4 warps of
+ * 64 rows x 32 pixels, with fp32 accumulators acc[4][4][4] = [m16 tile][n8 tile][C fragment]
+ * in the m16n8 C layout (the same for k16 and k8). The generic kernels gather one B column
+ * (one output pixel) per thread over the whole K loop, k-rows brow0, brow0 + 2, ... (256
+ * threads over 128 columns), through a per-tile (ci, r, s) table decoded by one warp.
+ *
+ * The helpers take the kernel's parameter struct as a template argument (ig_params and
+ * t32_params have the same field names) and are all forced inline. With them the kernels
+ * compiled to byte-identical sm_80 / sm_90 code (compared when they were introduced), which
+ * holds only while the accumulators stay where the kernels had them: a helper holding the
+ * k-step loop, or one function holding the whole TF32 epilogue (its obase / nok arrays in the
+ * helper's frame, where that kernel had them in its own), changed the accumulators' register
+ * assignment, and on sm_80 the schedule and instruction count. Hence the epilogue in two parts
+ * (igc_epilogue is the function conv_igemm.cu always had; the TF32 kernel calls the parts) and
+ * the k-step loops left in the kernels. The host emulators of both files compile everything
+ * here above the host section on the CPU. */
+#ifndef LOCO_CUDA_CONV_IGEMM_COMMON_CUH
+#define LOCO_CUDA_CONV_IGEMM_COMMON_CUH
+
+#include <string.h>
+
+#include "mma.h"
+
+/* Decode k-tile kt into tab[0..31] = {x offset of (ci, r, s), r, s, valid}; run by one warp. */
+template <int BK, typename P> __device__ __forceinline__ void igc_decode(int4 *tab, int kt, const P &p, int lane) {
+    int k = kt * BK + lane;
+    int4 d = make_int4(0, 0, 0, 0);
+    if (k < p.K) {
+        int khw = p.kh * p.kw;
+        int ci = k / khw, rs = k - ci * khw;
+        int r = rs / p.kw, s = rs - r * p.kw;
+        d = make_int4(ci * p.h * p.wd + r * p.wd + s, r, s, 1);
+    }
+    tab[lane] = d;
+}
+
+/* One thread's B column (output pixel pix) for the whole K loop: its image in x and its
+ * top-left input tap. */
+template <typename T> struct igc_pixel {
+    const T *xs; /* image nb of x (x itself when the pixel is out of range) */
+    int ih0, iw0;
+    int off; /* ih0 * W + iw0: only used where the tap is inside the image */
+    bool ok; /* pix < npix */
+};
+
+template <typename T, typename P>
+__device__ __forceinline__ igc_pixel<T> igc_pixel_at(const T *x, int64_t pix, const P &p) {
+    igc_pixel<T> px;
+    px.ok = pix < p.npix;
+    px.ih0 = 0;
+    px.iw0 = 0;
+    px.xs = x;
+    if (px.ok) {
+        int64_t nb = pix / p.P;
+        int pp = (int)(pix - nb * p.P);
+        int oh = pp / p.wo, ow = pp - oh * p.wo;
+        px.ih0 = oh * p.stride - p.pad_t;
+        px.iw0 = ow * p.stride - p.pad_l;
+        px.xs = x + nb * (int64_t)p.cin * p.h * p.wd;
+    }
+    px.off = px.ih0 * p.wd + px.iw0;
+    return px;
+}
+
+/* Gather this thread's ROWS elements of a B tile (k-rows brow0 + 2i of the decoded table tab)
+ * into registers; taps outside the image, k past K and pixels past npix read as zero. */
+template <int ROWS, typename T, typename P>
+__device__ __forceinline__ void igc_gather(T (&breg)[ROWS], const int4 *tab, int brow0, const igc_pixel<T> &px,
+                                           const P &p, T zero) {
+#pragma unroll
+    for (int i = 0; i < ROWS; i++) {
+        int4 d = tab[brow0 + 2 * i];
+        int iy = px.ih0 + d.y, ix = px.iw0 + d.z;
+        bool ok = px.ok && d.w && (unsigned)iy < (unsigned)p.h && (unsigned)ix < (unsigned)p.wd;
+        breg[i] = ok ? px.xs[d.x + px.off] : zero;
+    }
+}
+
+__device__ __forceinline__ void igc_zero(float (&acc)[4][4][4]) {
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) acc[i][j][e] = 0.0f;
+}
+
+/* Output stores of the epilogue, by element type: 16-bit types rounded to nearest, two
+ * neighbouring pixels as one 32-bit word; f32 as it is, two pixels as one float2. */
+template <typename T> __device__ __forceinline__ void igc_st1(T *y, float v) { *y = from_f32<T>(v); }
+template <typename T> __device__ __forceinline__ void igc_st2(T *y, float v0, float v1) {
+    *(uint32_t *)y = pack2<T>(v0, v1);
+}
+__device__ __forceinline__ void igc_st1(float *y, float v) { *y = v; }
+__device__ __forceinline__ void igc_st2(float *y, float v0, float v1) { *(float2 *)y = make_float2(v0, v1); }
+
+/* Epilogue, part 1: where the 8 output pixels of this lane's C columns (4 n8 tiles x 2) start in
+ * y [N, Cout, P] (row 0), and whether they exist (pixel < npix). */
+template <typename P>
+__device__ __forceinline__ void igc_out_pixels(int64_t (&obase)[4][2], bool (&nok)[4][2], const P &p, int64_t n0,
+                                               int wn, int lane) {
+    const int t = lane & 3;
+#pragma unroll
+    for (int nt = 0; nt < 4; nt++)
+#pragma unroll
+        for (int e = 0; e < 2; e++) {
+            int64_t n = n0 + wn * 32 + nt * 8 + 2 * t + e;
+            nok[nt][e] = n < p.npix;
+            int64_t nb = nok[nt][e] ? n / p.P : 0;
+            obase[nt][e] = nb * (int64_t)p.cout * p.P + (n - nb * p.P);
+        }
+}
+
+/* Epilogue, part 2: + bias (f32), convert, store along pixel rows (warp (wm, wn) holds rows
+ * wm*64.., pixels wn*32..). p.y_pair says P is even and y aligned for a two-pixel store. */
+template <typename T, typename P>
+__device__ __forceinline__ void igc_store_acc(float (&acc)[4][4][4], const int64_t (&obase)[4][2],
+                                              const bool (&nok)[4][2], const P &p, int m0, int wm, int lane) {
+    const int g = lane >> 2;
+    T *y = (T *)p.y;
+#pragma unroll
+    for (int mt = 0; mt < 4; mt++)
+#pragma unroll
+        for (int hf = 0; hf < 2; hf++) {
+            int m = m0 + wm * 64 + mt * 16 + g + hf * 8;
+            if (m >= p.cout) continue;
+            float bv = p.has_bias ? ld_dyn(p.bias, p.bias_dtype, m) : 0.0f;
+            int64_t mo = (int64_t)m * p.P;
+#pragma unroll
+            for (int nt = 0; nt < 4; nt++) {
+                float v0 = acc[mt][nt][hf * 2] + bv, v1 = acc[mt][nt][hf * 2 + 1] + bv;
+                if (p.y_pair && nok[nt][1]) { /* even pixel, same image (P even): one store */
+                    igc_st2(y + obase[nt][0] + mo, v0, v1);
+                } else {
+                    if (nok[nt][0]) igc_st1(&y[obase[nt][0] + mo], v0);
+                    if (nok[nt][1]) igc_st1(&y[obase[nt][1] + mo], v1);
+                }
+            }
+        }
+}
+
+/* The whole epilogue. */
+template <typename T, typename P>
+__device__ __forceinline__ void igc_epilogue(float (&acc)[4][4][4], const P &p, int m0, int64_t n0, int wm, int wn,
+                                             int lane) {
+    int64_t obase[4][2];
+    bool nok[4][2];
+    igc_out_pixels(obase, nok, p, n0, wn, lane);
+    igc_store_acc<T>(acc, obase, nok, p, m0, wm, lane);
+}
+
+/* ---- host ------------------------------------------------------------------------------------ */
+
+/* Zero *p and set the fields both parameter structs share from x [N, Cin, H, W],
+ * w [Cout, Cin, kh, kw], y [N, Cout, Ho, Wo] and the bias; the caller sets the typed x, w, y
+ * pointers and a_vec / y_pair (their vector widths differ). */
+template <typename P>
+static void igc_params_init(P *p, const loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
+                            const loco_tensor *bias, const loco_conv2d_params *cp) {
+    memset(p, 0, sizeof *p);
+    p->bias = bias ? bias->data : NULL;
+    p->has_bias = bias != NULL;
+    p->bias_dtype = bias ? (int)bias->dtype : 0;
+    p->cin = (int)x->shape[1];
+    p->h = (int)x->shape[2];
+    p->wd = (int)x->shape[3];
+    p->cout = (int)w->shape[0];
+    p->kh = (int)w->shape[2];
+    p->kw = (int)w->shape[3];
+    p->stride = cp->stride;
+    p->pad_t = cp->pad[0];
+    p->pad_l = cp->pad[2];
+    p->ho = (int)y->shape[2];
+    p->wo = (int)y->shape[3];
+    p->K = p->cin * p->kh * p->kw;
+    p->P = p->ho * p->wo;
+    p->npix = x->shape[0] * (int64_t)p->P;
+}
+
+#endif
