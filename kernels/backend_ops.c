@@ -160,6 +160,16 @@ static loco_status same_dtype(const char *op, const char *an, const loco_tensor 
                         loco_dtype_name(a->dtype), bn, loco_dtype_name(b->dtype));
 }
 
+/* The prologue most ops share: a backend, an output and an input it computes in, of one dtype. */
+static loco_status check_pair(loco_backend *be, const char *op, const char *yn, const loco_tensor *y, const char *xn,
+                              const loco_tensor *x, loco_err *err) {
+    loco_status st = check_backend(be, op, err);
+    if (st == LOCO_OK) st = check_tensor(be, op, yn, y, err);
+    if (st == LOCO_OK) st = check_tensor(be, op, xn, x, err);
+    if (st == LOCO_OK) st = same_dtype(op, yn, y, xn, x, err);
+    return st;
+}
+
 static loco_status same_shape(const char *op, const char *an, const loco_tensor *a, const char *bn,
                               const loco_tensor *b, loco_err *err) {
     if (loco_tensor_same_shape(a, b)) return LOCO_OK;
@@ -210,11 +220,8 @@ loco_status loco_linear(loco_backend *be, loco_tensor *y, const loco_tensor *x, 
                         const loco_tensor *bias, loco_act act, loco_err *err) {
     const char *op = "linear";
     shapes s;
-    TRY(check_backend(be, op, err));
-    TRY(check_tensor(be, op, "y", y, err));
-    TRY(check_tensor(be, op, "x", x, err));
+    TRY(check_pair(be, op, "y", y, "x", x, err));
     TRY(check_tensor(be, op, "w", w, err));
-    TRY(same_dtype(op, "y", y, "x", x, err));
     TRY(same_dtype(op, "w", w, "x", x, err));
     TRY(check_act(op, act, err));
     if (x->ndim < 1) return loco_err_set(err, LOCO_EINVAL, "linear: x must have at least one dimension");
@@ -249,11 +256,8 @@ loco_status loco_conv2d(loco_backend *be, loco_tensor *y, const loco_tensor *x, 
                         const loco_tensor *bias, const loco_conv2d_params *p, loco_err *err) {
     const char *op = "conv2d";
     shapes s;
-    TRY(check_backend(be, op, err));
-    TRY(check_tensor(be, op, "y", y, err));
-    TRY(check_tensor(be, op, "x", x, err));
+    TRY(check_pair(be, op, "y", y, "x", x, err));
     TRY(check_tensor(be, op, "w", w, err));
-    TRY(same_dtype(op, "y", y, "x", x, err));
     TRY(same_dtype(op, "w", w, "x", x, err));
     if (!p) return loco_err_set(err, LOCO_EINVAL, "conv2d: params are NULL");
     if (p->stride < 1) return loco_err_set(err, LOCO_EINVAL, "conv2d: stride must be >= 1, got %d", p->stride);
@@ -318,10 +322,7 @@ loco_status loco_group_norm(loco_backend *be, loco_tensor *y, const loco_tensor 
                             loco_err *err) {
     const char *op = "group_norm";
     shapes s;
-    TRY(check_backend(be, op, err));
-    TRY(check_tensor(be, op, "y", y, err));
-    TRY(check_tensor(be, op, "x", x, err));
-    TRY(same_dtype(op, "y", y, "x", x, err));
+    TRY(check_pair(be, op, "y", y, "x", x, err));
     TRY(same_shape(op, "y", y, "x", x, err));
     if (x->ndim < 2) return loco_err_set(err, LOCO_EINVAL, "group_norm: x %s must be [N, C, ...]", shp(&s, 0, x));
     int64_t C = x->shape[1];
@@ -344,10 +345,7 @@ loco_status loco_group_norm(loco_backend *be, loco_tensor *y, const loco_tensor 
 loco_status loco_layer_norm(loco_backend *be, loco_tensor *y, const loco_tensor *x, const loco_tensor *gamma,
                             const loco_tensor *beta, float eps, loco_err *err) {
     const char *op = "layer_norm";
-    TRY(check_backend(be, op, err));
-    TRY(check_tensor(be, op, "y", y, err));
-    TRY(check_tensor(be, op, "x", x, err));
-    TRY(same_dtype(op, "y", y, "x", x, err));
+    TRY(check_pair(be, op, "y", y, "x", x, err));
     TRY(same_shape(op, "y", y, "x", x, err));
     if (x->ndim < 1) return loco_err_set(err, LOCO_EINVAL, "layer_norm: x must have at least one dimension");
     TRY(check_eps(op, eps, err));
@@ -416,10 +414,7 @@ loco_status loco_attention(loco_backend *be, loco_tensor *out, const loco_tensor
 
 loco_status loco_activation(loco_backend *be, loco_tensor *y, const loco_tensor *x, loco_act act, loco_err *err) {
     const char *op = "activation";
-    TRY(check_backend(be, op, err));
-    TRY(check_tensor(be, op, "y", y, err));
-    TRY(check_tensor(be, op, "x", x, err));
-    TRY(same_dtype(op, "y", y, "x", x, err));
+    TRY(check_pair(be, op, "y", y, "x", x, err));
     TRY(same_shape(op, "y", y, "x", x, err));
     TRY(check_act(op, act, err));
     TRY(inplace_or_disjoint(op, "y", y, "x", x, err));
@@ -432,10 +427,7 @@ loco_status loco_activation(loco_backend *be, loco_tensor *y, const loco_tensor 
 loco_status loco_geglu(loco_backend *be, loco_tensor *y, const loco_tensor *x, loco_err *err) {
     const char *op = "geglu";
     shapes s;
-    TRY(check_backend(be, op, err));
-    TRY(check_tensor(be, op, "y", y, err));
-    TRY(check_tensor(be, op, "x", x, err));
-    TRY(same_dtype(op, "y", y, "x", x, err));
+    TRY(check_pair(be, op, "y", y, "x", x, err));
     int ok = x->ndim >= 1 && y->ndim == x->ndim && x->shape[x->ndim - 1] == 2 * y->shape[y->ndim - 1];
     for (int i = 0; ok && i < x->ndim - 1; i++) ok = x->shape[i] == y->shape[i];
     if (!ok)
@@ -450,11 +442,8 @@ loco_status loco_geglu(loco_backend *be, loco_tensor *y, const loco_tensor *x, l
 
 loco_status loco_add(loco_backend *be, loco_tensor *y, const loco_tensor *a, const loco_tensor *b, loco_err *err) {
     const char *op = "add";
-    TRY(check_backend(be, op, err));
-    TRY(check_tensor(be, op, "y", y, err));
-    TRY(check_tensor(be, op, "a", a, err));
+    TRY(check_pair(be, op, "y", y, "a", a, err));
     TRY(check_tensor(be, op, "b", b, err));
-    TRY(same_dtype(op, "y", y, "a", a, err));
     TRY(same_dtype(op, "b", b, "a", a, err));
     TRY(same_shape(op, "a", a, "b", b, err));
     TRY(same_shape(op, "y", y, "a", a, err));
@@ -470,11 +459,8 @@ loco_status loco_add_channel_bias(loco_backend *be, loco_tensor *y, const loco_t
                                   loco_err *err) {
     const char *op = "add_channel_bias";
     shapes s;
-    TRY(check_backend(be, op, err));
-    TRY(check_tensor(be, op, "y", y, err));
-    TRY(check_tensor(be, op, "x", x, err));
+    TRY(check_pair(be, op, "y", y, "x", x, err));
     TRY(check_tensor(be, op, "bias", bias, err));
-    TRY(same_dtype(op, "y", y, "x", x, err));
     TRY(same_dtype(op, "bias", bias, "x", x, err));
     TRY(same_shape(op, "y", y, "x", x, err));
     if (x->ndim < 2)
@@ -553,10 +539,7 @@ loco_status loco_fill(loco_backend *be, loco_tensor *y, float value, loco_err *e
 loco_status loco_transpose12(loco_backend *be, loco_tensor *y, const loco_tensor *x, loco_err *err) {
     const char *op = "transpose12";
     shapes s;
-    TRY(check_backend(be, op, err));
-    TRY(check_tensor(be, op, "y", y, err));
-    TRY(check_tensor(be, op, "x", x, err));
-    TRY(same_dtype(op, "y", y, "x", x, err));
+    TRY(check_pair(be, op, "y", y, "x", x, err));
     if (x->ndim != 3 || y->ndim != 3 || y->shape[0] != x->shape[0] || y->shape[1] != x->shape[2] ||
         y->shape[2] != x->shape[1])
         return loco_err_set(err, LOCO_EINVAL,
@@ -573,11 +556,8 @@ loco_status loco_concat(loco_backend *be, loco_tensor *y, const loco_tensor *a, 
                         loco_err *err) {
     const char *op = "concat";
     shapes s;
-    TRY(check_backend(be, op, err));
-    TRY(check_tensor(be, op, "y", y, err));
-    TRY(check_tensor(be, op, "a", a, err));
+    TRY(check_pair(be, op, "y", y, "a", a, err));
     TRY(check_tensor(be, op, "b", b, err));
-    TRY(same_dtype(op, "y", y, "a", a, err));
     TRY(same_dtype(op, "b", b, "a", a, err));
     int nd = a->ndim;
     if (nd < 1 || b->ndim != nd || y->ndim != nd)
@@ -603,10 +583,7 @@ loco_status loco_concat(loco_backend *be, loco_tensor *y, const loco_tensor *a, 
 loco_status loco_upsample_nearest2x(loco_backend *be, loco_tensor *y, const loco_tensor *x, loco_err *err) {
     const char *op = "upsample_nearest2x";
     shapes s;
-    TRY(check_backend(be, op, err));
-    TRY(check_tensor(be, op, "y", y, err));
-    TRY(check_tensor(be, op, "x", x, err));
-    TRY(same_dtype(op, "y", y, "x", x, err));
+    TRY(check_pair(be, op, "y", y, "x", x, err));
     if (x->ndim != 4 || y->ndim != 4 || y->shape[0] != x->shape[0] || y->shape[1] != x->shape[1] ||
         y->shape[2] != 2 * x->shape[2] || y->shape[3] != 2 * x->shape[3])
         return loco_err_set(err, LOCO_EINVAL, "upsample_nearest2x: y %s must be x %s (NCHW) with H and W doubled",
@@ -622,10 +599,7 @@ loco_status loco_embedding(loco_backend *be, loco_tensor *y, const loco_tensor *
                            loco_err *err) {
     const char *op = "embedding";
     shapes s;
-    TRY(check_backend(be, op, err));
-    TRY(check_tensor(be, op, "y", y, err));
-    TRY(check_tensor(be, op, "table", table, err));
-    TRY(same_dtype(op, "y", y, "table", table, err));
+    TRY(check_pair(be, op, "y", y, "table", table, err));
     if (table->ndim != 2) return loco_err_set(err, LOCO_EINVAL, "embedding: table %s must be [V, C]", shp(&s, 0, table));
     int64_t V = table->shape[0], C = table->shape[1];
     if (n < 0) return loco_err_set(err, LOCO_EINVAL, "embedding: n = %lld is negative", (long long)n);

@@ -114,6 +114,7 @@ static void model_free(locod_model *md) {
     free(md->variant);
     free(md->error);
     json_decref(md->info);
+    json_decref(md->edit);
 }
 
 void locod_models_destroy(locod_models *m) {
@@ -132,16 +133,20 @@ int locod_models_loaded_count(const locod_models *m) {
     return n;
 }
 
-locod_model *locod_models_add_variant(locod_models *m, const char *name, const char *base, const char *job_id,
+locod_model *locod_models_add_variant(locod_models *m, const locod_variant_row *row, locod_model_state state,
                                       json_t *info) {
-    locod_model *md = locod_models_find(m, name);
+    locod_model *md = locod_models_find(m, row->name);
     if (md && md->source != LOCOD_SRC_VARIANT) return NULL;
-    if (!md) md = append(m, name);
+    if (!md) md = append(m, row->name);
     if (!md) return NULL;
     md->source = LOCOD_SRC_VARIANT;
-    snprintf(md->base, sizeof md->base, "%s", base);
-    snprintf(md->created_by_job, sizeof md->created_by_job, "%s", job_id);
-    md->state = LOCOD_MODEL_LOADED;
+    snprintf(md->base, sizeof md->base, "%s", row->base);
+    snprintf(md->created_by_job, sizeof md->created_by_job, "%s", row->job_id);
+    snprintf(md->delta_sha, sizeof md->delta_sha, "%s", row->delta_sha256);
+    json_decref(md->edit);
+    md->edit = row->edit ? json_deep_copy(row->edit) : NULL;
+    md->created_ms = row->created_ms;
+    md->state = state;
     json_decref(md->info);
     md->info = info ? json_incref(info) : NULL;
     return md;
@@ -202,6 +207,23 @@ static json_t *describe_files(const char *path, const char *config_dir, const ch
     return out;
 }
 
+/* What a variant is made of, so a client can tell whether it survives restarts and fetch its
+ * delta. */
+static json_t *variant_json(const locod_model *md) {
+    json_t *v = json_object();
+    int durable = md->delta_sha[0] != 0;
+    json_object_set_new(v, "durable", json_boolean(durable));
+    json_object_set_new(v, "delta_sha256", durable ? json_string(md->delta_sha) : json_null());
+    char buf[128];
+    snprintf(buf, sizeof buf, "/v1/artifacts/%s", md->delta_sha);
+    json_object_set_new(v, "delta_url", durable ? json_string(buf) : json_null());
+    json_object_set_new(v, "job", json_string(md->created_by_job));
+    json_object_set_new(v, "created_at", md->created_ms ? json_string(loco_format_time_ms(md->created_ms, buf, sizeof buf))
+                                                        : json_null());
+    json_object_set_new(v, "edit", md->edit ? json_deep_copy(md->edit) : json_object());
+    return v;
+}
+
 static json_t *summary_json(const locod_model *md) {
     json_t *o = json_object();
     json_object_set_new(o, "name", json_string(md->name));
@@ -217,6 +239,7 @@ static json_t *summary_json(const locod_model *md) {
     char url[160];
     snprintf(url, sizeof url, "/v1/models/%s", md->name);
     json_object_set_new(o, "url", json_string(url));
+    if (md->source == LOCOD_SRC_VARIANT) json_object_set_new(o, "variant", variant_json(md));
     return o;
 }
 

@@ -1,8 +1,10 @@
 /* models.h: the models a daemon may load. A model is only ever named by clients: its path
  * comes from the config (explicit "models" entries, or an entry of a configured model root:
  * a diffusers folder with model_index.json, or a single-file .safetensors, named by its file
- * name without the extension). Variants are models created by edit jobs on the worker; they
- * live while the worker keeps them. Not thread-safe (the server's lock). */
+ * name without the extension). Variants are models created by edit jobs on the worker. One
+ * whose edit exported a delta is durable: its row in the store (store.h) brings it back after a
+ * worker or daemon restart, re-created from its base and the delta whenever the base is
+ * resident. Not thread-safe (the server's lock). */
 #ifndef LOCOD_MODELS_H
 #define LOCOD_MODELS_H
 
@@ -12,6 +14,7 @@
 #include "base.h"
 #include "config.h"
 #include "request.h"
+#include "store.h"
 
 typedef enum locod_model_state {
     LOCOD_MODEL_AVAILABLE = 0, /* on disk, not resident */
@@ -35,6 +38,9 @@ typedef struct locod_model {
     locod_model_source source;
     char base[LOCO_MODEL_NAME_MAX + 1]; /* variants: the model they were edited from */
     char created_by_job[40];            /* variants: the edit job */
+    char delta_sha[65];                 /* variants: the delta artifact, "" when not durable */
+    json_t *edit;                       /* variants: summary of the edit's params, or NULL */
+    int64_t created_ms;                 /* variants: when the edit finished */
     locod_model_state state;
     char *error;             /* last load error, or NULL */
     json_t *info;            /* from the worker at load: family, sizes, sites, memory, ... */
@@ -52,8 +58,9 @@ locod_model *locod_models_find(locod_models *m, const char *name);
 int locod_models_count(const locod_models *m);
 locod_model *locod_models_at(locod_models *m, int i);
 int locod_models_loaded_count(const locod_models *m);
-/* Register a variant produced by an edit (state loaded). */
-locod_model *locod_models_add_variant(locod_models *m, const char *name, const char *base, const char *job_id,
+/* Register a variant (row->delta_sha256 "" for one that cannot be re-created) in `state`.
+ * NULL when the name belongs to a model that is not a variant, or out of memory. */
+locod_model *locod_models_add_variant(locod_models *m, const locod_variant_row *row, locod_model_state state,
                                       json_t *info);
 void locod_models_remove(locod_models *m, const char *name);
 

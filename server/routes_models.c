@@ -2,6 +2,7 @@
  * GET .../variants. Models are named, never given as paths: a name must be one the config
  * lists or an entry of a configured model root. Loading and unloading need an admin key. */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "http.h"
@@ -27,6 +28,22 @@ static enum MHD_Result not_found(locod_req *r, const char *name) {
                          name);
 }
 
+/* Under mu: a variant is re-created on top of its resident base, so loading one loads its base
+ * too (the worker supervisor sends the variant's load once the base is resident). */
+static void load_base_first(locod_server *srv, locod_model *v) {
+    locod_model *b = locod_models_find(srv->models, v->base);
+    if (!b || b->state == LOCOD_MODEL_LOADED || b->state == LOCOD_MODEL_LOADING) return;
+    if (b->state == LOCOD_MODEL_UNLOADING && b->op_pending == 2) {
+        b->op_pending = 0; /* its unload was not sent yet: keep it resident */
+        b->state = LOCOD_MODEL_LOADED;
+        return;
+    }
+    b->state = LOCOD_MODEL_LOADING;
+    b->op_pending = 1;
+    free(b->error);
+    b->error = NULL;
+}
+
 static enum MHD_Result load(locod_req *r, const char *name) {
     locod_server *srv = r->srv;
     pthread_mutex_lock(&srv->mu);
@@ -39,6 +56,7 @@ static enum MHD_Result load(locod_req *r, const char *name) {
         pthread_mutex_unlock(&srv->mu);
         return not_found(r, name);
     }
+    if (md->source == LOCOD_SRC_VARIANT) load_base_first(srv, md);
     int status = 202;
     if (md->state == LOCOD_MODEL_LOADED && md->op_pending != 2) {
         status = 200;
@@ -62,6 +80,12 @@ static enum MHD_Result load(locod_req *r, const char *name) {
     return locod_reply_json(r, status, j, h);
 }
 
+/* The worker holds the variant, or is about to (its load was sent). */
+static int variant_resident(const locod_model *md) {
+    return md->state == LOCOD_MODEL_LOADED || md->state == LOCOD_MODEL_UNLOADING ||
+           (md->state == LOCOD_MODEL_LOADING && md->op_pending != 1);
+}
+
 static enum MHD_Result unload(locod_req *r, const char *name) {
     locod_server *srv = r->srv;
     pthread_mutex_lock(&srv->mu);
@@ -71,6 +95,14 @@ static enum MHD_Result unload(locod_req *r, const char *name) {
         return not_found(r, name);
     }
     int status = 202;
+    if (md->source == LOCOD_SRC_VARIANT && !variant_resident(md)) {
+        /* unloading a variant deletes it; one the worker does not hold goes at once */
+        json_t *j = locod_model_to_json(md, 0);
+        json_object_set_new(j, "state", json_string("unloading"));
+        locod_forget_variant(srv, name);
+        pthread_mutex_unlock(&srv->mu);
+        return locod_reply_json(r, 200, j, NULL);
+    }
     if (md->state == LOCOD_MODEL_AVAILABLE || md->state == LOCOD_MODEL_FAILED) {
         status = 200;
     } else if (md->state == LOCOD_MODEL_LOADING && md->op_pending == 1) {

@@ -124,6 +124,59 @@ static void artifact_gone(void *ctx, const char *sha) {
         LOG_DEBUG(srv->log, "retention: kept artifact %s (placed by the running job %s)", sha, srv->run.id);
 }
 
+void locod_forget_variant(locod_server *srv, const char *name) {
+    loco_err err;
+    loco_err_clear(&err);
+    char orphan[65];
+    if (locod_store_variant_delete(srv->store, name, orphan, &err) < 0)
+        LOG_ERROR(srv->log, "cannot delete the record of variant %s: %s", name, err.msg);
+    locod_store_touched(srv);
+    if (orphan[0]) artifact_gone(srv, orphan);
+    locod_models_remove(srv->models, name);
+    LOG_INFO(srv->log, "variant %s deleted", name);
+    locod_server_changed(srv);
+}
+
+typedef struct restore_ctx {
+    locod_server *srv;
+    int n;
+} restore_ctx;
+
+/* A recorded variant comes back in the registry: loading (re-created as soon as its base is
+ * resident) when its base loads at start, else available (it follows the base's next load). */
+static void restore_variant(void *ctx, const locod_variant_row *row) {
+    restore_ctx *rc = ctx;
+    locod_server *srv = rc->srv;
+    locod_model *b = locod_models_find(srv->models, row->base);
+    int follows = b && b->state == LOCOD_MODEL_LOADING;
+    locod_model *md = locod_models_add_variant(srv->models, row,
+                                               follows ? LOCOD_MODEL_LOADING : b ? LOCOD_MODEL_AVAILABLE
+                                                                                 : LOCOD_MODEL_FAILED,
+                                               NULL);
+    if (!md) {
+        LOG_WARN(srv->log, "recorded variant %s clashes with a model of the config or a model root; not listed",
+                 row->name);
+        return;
+    }
+    md->op_pending = follows;
+    if (!b) {
+        char e[256];
+        snprintf(e, sizeof e, "its base model '%s' is not on this server any more", row->base);
+        md->error = strdup(e);
+    }
+    rc->n++;
+}
+
+void locod_restore_variants(locod_server *srv) {
+    restore_ctx rc = {srv, 0};
+    loco_err err;
+    loco_err_clear(&err);
+    if (locod_store_variants_each(srv->store, restore_variant, &rc, &err) < 0)
+        LOG_ERROR(srv->log, "cannot read the recorded variants: %s", err.msg);
+    else if (rc.n)
+        LOG_INFO(srv->log, "%d recorded variant(s) listed; each is re-created when its base is resident", rc.n);
+}
+
 /* Under mu. Tombstones only turn 404 into a clearer 410 for clients that still poll a purged
  * id; ids are random, so dropping old ones loses nothing else, and keeps expired_jobs bounded. */
 static void prune_tombstones(locod_server *srv, int64_t now) {
@@ -269,6 +322,7 @@ loco_status locod_server_create(const locod_config *cfg, loco_log *log, const ch
         md->state = LOCOD_MODEL_LOADING;
         md->op_pending = 1;
     }
+    locod_restore_variants(srv); /* after load_at_start: variants follow their base */
     if (pthread_create(&srv->committer, NULL, committer_main, srv)) {
         st = loco_err_set(err, LOCO_ENOMEM, "cannot start the store committer thread");
         goto fail;

@@ -103,6 +103,12 @@ int locod_finish_job(locod_server *srv, const char *id, loco_job_kind kind, cons
                      loco_job_state state, int64_t started_ms, const char *code, const char *message, int retryable,
                      const json_t *result, const json_t *artifacts);
 
+/* Under mu: drop a variant for good (registry, store row, and its delta artifact when nothing
+ * else needs it). Does not touch the worker: the caller unloads it there when resident. */
+void locod_forget_variant(locod_server *srv, const char *name);
+/* Under mu, at start: list the variants the store recorded (server.c). */
+void locod_restore_variants(locod_server *srv);
+
 /* ---- the worker supervisor (worker_supervisor.c); loop thread only ------------------------ */
 loco_status locod_worker_init(locod_server *srv, loco_err *err);
 void locod_worker_pump(locod_server *srv);   /* dispatch model ops and jobs if the worker is idle */

@@ -105,6 +105,31 @@ int locod_store_prune_tombstones(locod_store *s, int64_t before_ms, loco_err *er
 /* Artifact metadata: 1 found, 0 not found. media_type: >= 64 bytes. */
 int locod_store_artifact(locod_store *s, const char *sha, uint64_t *size, char *media_type, size_t mt_len);
 
+/* ---- variants ----
+ * An edit job's variant lives in the worker's memory; its row here (written when the job
+ * succeeds) lets the daemon re-create it from the base model and the delta artifact after a
+ * worker or daemon restart. The purge above never deletes an artifact that a variant row names
+ * as its delta, even after the edit job itself expired. */
+typedef struct locod_variant_row {
+    char name[LOCO_MODEL_NAME_MAX + 1];
+    char base[LOCO_MODEL_NAME_MAX + 1];
+    char delta_sha256[65];
+    char job_id[LOCO_JOB_ID_LEN + 1];
+    json_t *edit; /* owned: summary of the edit's params */
+    int64_t created_ms;
+} locod_variant_row;
+
+void locod_variant_row_free(locod_variant_row *v); /* frees owned members, keeps the struct */
+/* Insert or replace (by name). */
+loco_status locod_store_variant_put(locod_store *s, const locod_variant_row *v, loco_err *err);
+/* Drop a variant's row: 1 dropped, 0 none, -1 error. When its delta is no longer linked to any
+ * job or other variant, its artifact row goes too and orphan_sha (65 bytes) names the file the
+ * caller must remove; else orphan_sha is "". */
+int locod_store_variant_delete(locod_store *s, const char *name, char orphan_sha[65], loco_err *err);
+/* Every variant, oldest first (row owned by the store during the call). Returns the count or -1. */
+typedef void (*locod_variant_fn)(void *ctx, const locod_variant_row *v);
+int locod_store_variants_each(locod_store *s, locod_variant_fn fn, void *ctx, loco_err *err);
+
 /* Counts per state (array of LOCO_JOB_STATE_COUNT). */
 int locod_store_count_states(locod_store *s, int64_t counts[LOCO_JOB_STATE_COUNT]);
 /* Pending (queued + running) jobs per key: calls fn(ctx, key_id, count). */

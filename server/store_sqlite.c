@@ -48,7 +48,12 @@ static const char *const schema =
     "  sha256 TEXT PRIMARY KEY, size INTEGER NOT NULL, media_type TEXT NOT NULL, created_ms INTEGER NOT NULL);"
     "CREATE TABLE IF NOT EXISTS job_artifacts ("
     "  job_id TEXT NOT NULL, sha256 TEXT NOT NULL, PRIMARY KEY (job_id, sha256));"
-    "CREATE INDEX IF NOT EXISTS job_artifacts_sha ON job_artifacts(sha256);";
+    "CREATE INDEX IF NOT EXISTS job_artifacts_sha ON job_artifacts(sha256);"
+    /* variants left by edit jobs: re-created from base + delta after any restart (store.h) */
+    "CREATE TABLE IF NOT EXISTS variants ("
+    "  name TEXT PRIMARY KEY, base TEXT NOT NULL, delta_sha256 TEXT NOT NULL, job_id TEXT NOT NULL,"
+    "  edit TEXT NOT NULL, created_ms INTEGER NOT NULL);"
+    "CREATE INDEX IF NOT EXISTS variants_delta ON variants(delta_sha256);";
 
 static loco_status db_err(locod_store *s, loco_err *err, const char *what) {
     return loco_err_set(err, LOCO_EIO, "job store: %s: %s", what, sqlite3_errmsg(s->db));
@@ -406,7 +411,9 @@ int locod_store_purge(locod_store *s, int64_t now, locod_sha_fn gone, void *ctx,
                        "SELECT DISTINCT ja.sha256 FROM job_artifacts ja JOIN jobs j ON j.id = ja.job_id "
                        "WHERE j.expires_ms IS NOT NULL AND j.expires_ms <= ?1 AND NOT EXISTS ("
                        "  SELECT 1 FROM job_artifacts jb JOIN jobs k ON k.id = jb.job_id WHERE jb.sha256 = ja.sha256 "
-                       "  AND (k.expires_ms IS NULL OR k.expires_ms > ?1))",
+                       "  AND (k.expires_ms IS NULL OR k.expires_ms > ?1)) "
+                       /* a live variant is re-created from its delta after every restart */
+                       "AND NOT EXISTS (SELECT 1 FROM variants v WHERE v.delta_sha256 = ja.sha256)",
                        -1, &st, NULL);
     sqlite3_bind_int64(st, 1, now);
     char (*shas)[65] = NULL;
@@ -506,6 +513,118 @@ int locod_store_pending_per_key(locod_store *s, locod_key_count_fn fn, void *ctx
         fn(ctx, (const char *)sqlite3_column_text(st, 0), sqlite3_column_int(st, 1));
     sqlite3_finalize(st);
     return 0;
+}
+
+/* ---- variants --------------------------------------------------------------------------- */
+
+void locod_variant_row_free(locod_variant_row *v) {
+    if (!v) return;
+    json_decref(v->edit);
+    v->edit = NULL;
+}
+
+loco_status locod_store_variant_put(locod_store *s, const locod_variant_row *v, loco_err *err) {
+    sqlite3_stmt *st;
+    const char *sql = "INSERT OR REPLACE INTO variants (name, base, delta_sha256, job_id, edit, created_ms) "
+                      "VALUES (?,?,?,?,?,?)";
+    if (sqlite3_prepare_v2(s->db, sql, -1, &st, NULL) != SQLITE_OK) return db_err(s, err, "variant insert");
+    sqlite3_bind_text(st, 1, v->name, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, v->base, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, v->delta_sha256, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 4, v->job_id, -1, SQLITE_STATIC);
+    if (v->edit) bind_json(st, 5, v->edit);
+    else sqlite3_bind_text(st, 5, "{}", -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 6, v->created_ms);
+    int rc = sqlite3_step(st);
+    sqlite3_finalize(st);
+    return rc == SQLITE_DONE ? LOCO_OK : db_err(s, err, "variant insert");
+}
+
+/* 1 when sha is still needed: linked to a job or the delta of another variant. */
+static int sha_in_use(locod_store *s, const char *sha) {
+    sqlite3_stmt *st;
+    if (sqlite3_prepare_v2(s->db,
+                           "SELECT 1 WHERE EXISTS (SELECT 1 FROM job_artifacts WHERE sha256 = ?1) "
+                           "OR EXISTS (SELECT 1 FROM variants WHERE delta_sha256 = ?1)",
+                           -1, &st, NULL) != SQLITE_OK)
+        return 1; /* unsure: keep the file */
+    sqlite3_bind_text(st, 1, sha, -1, SQLITE_STATIC);
+    int used = sqlite3_step(st) == SQLITE_ROW;
+    sqlite3_finalize(st);
+    return used;
+}
+
+/* The delta a variant row names ("" when there is no row). 0 ok, -1 error. */
+static int variant_delta(locod_store *s, const char *name, char sha[65]) {
+    sha[0] = 0;
+    sqlite3_stmt *st;
+    if (sqlite3_prepare_v2(s->db, "SELECT delta_sha256 FROM variants WHERE name = ?", -1, &st, NULL) != SQLITE_OK)
+        return -1;
+    sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) col_str(st, 0, sha, 65);
+    sqlite3_finalize(st);
+    return rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : -1;
+}
+
+int locod_store_variant_delete(locod_store *s, const char *name, char orphan_sha[65], loco_err *err) {
+    orphan_sha[0] = 0;
+    char sha[65];
+    sqlite3_stmt *st;
+    if (variant_delta(s, name, sha) ||
+        sqlite3_prepare_v2(s->db, "DELETE FROM variants WHERE name = ?", -1, &st, NULL) != SQLITE_OK) {
+        db_err(s, err, "variant delete");
+        return -1;
+    }
+    sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(st);
+    sqlite3_finalize(st);
+    if (rc != SQLITE_DONE) {
+        db_err(s, err, "variant delete");
+        return -1;
+    }
+    if (!sha[0]) return 0;
+    /* the delta outlived its job's retention only for this variant: it goes with it */
+    if (!sha_in_use(s, sha)) {
+        if (sqlite3_prepare_v2(s->db, "DELETE FROM artifacts WHERE sha256 = ?", -1, &st, NULL) == SQLITE_OK) {
+            sqlite3_bind_text(st, 1, sha, -1, SQLITE_STATIC);
+            sqlite3_step(st);
+            sqlite3_finalize(st);
+        }
+        snprintf(orphan_sha, 65, "%s", sha);
+    }
+    return 1;
+}
+
+int locod_store_variants_each(locod_store *s, locod_variant_fn fn, void *ctx, loco_err *err) {
+    sqlite3_stmt *st;
+    if (sqlite3_prepare_v2(s->db,
+                           "SELECT name, base, delta_sha256, job_id, edit, created_ms FROM variants "
+                           "ORDER BY created_ms, name",
+                           -1, &st, NULL) != SQLITE_OK) {
+        db_err(s, err, "variant list");
+        return -1;
+    }
+    int n = 0, rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        locod_variant_row v;
+        memset(&v, 0, sizeof v);
+        col_str(st, 0, v.name, sizeof v.name);
+        col_str(st, 1, v.base, sizeof v.base);
+        col_str(st, 2, v.delta_sha256, sizeof v.delta_sha256);
+        col_str(st, 3, v.job_id, sizeof v.job_id);
+        v.edit = col_json(st, 4);
+        v.created_ms = sqlite3_column_int64(st, 5);
+        fn(ctx, &v);
+        locod_variant_row_free(&v);
+        n++;
+    }
+    sqlite3_finalize(st);
+    if (rc != SQLITE_DONE) {
+        db_err(s, err, "variant list");
+        return -1;
+    }
+    return n;
 }
 
 /* ---- group commit ------------------------------------------------------------------------- */

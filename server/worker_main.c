@@ -193,13 +193,52 @@ static json_t *model_info(wk_ctx *w, const wk_model *wm) {
     return info;
 }
 
+/* Re-create a variant recorded by an earlier edit: a fresh variant of the resident base with the
+ * edit's delta file applied, which holds exactly the float32 values the edit uploaded, so it
+ * generates bit for bit what the original variant did. */
+static loco_status load_variant(wk_ctx *w, const char *name, const json_t *m, loco_err *err) {
+    const char *base = json_string_value(json_object_get(m, "base"));
+    const char *delta = json_string_value(json_object_get(m, "delta"));
+    const char *sha = json_string_value(json_object_get(m, "delta_sha256"));
+    wk_model *b = base ? find_model(w, base) : NULL;
+    if (!delta) return loco_err_set(err, LOCO_EINVAL, "a variant load needs base and delta");
+    if (!b || b->variant)
+        return loco_err_set(err, LOCO_ENOTFOUND, "its base model '%s' is not resident on the worker; load it first",
+                            base ? base : "");
+    if (access(delta, R_OK))
+        return loco_err_set(err, LOCO_ENOTFOUND,
+                            "its delta artifact %s is gone from the artifact store (%s), so the variant cannot be "
+                            "re-created: delete it (POST /v1/models/%s/unload) and run the edit again",
+                            sha ? sha : delta, strerror(errno), name);
+    loco_pipeline_variant *v = NULL;
+    loco_status st = loco_pipeline_variant_create(b->p, &v, err);
+    if (!st) st = loco_pipeline_variant_apply_delta(v, delta, err);
+    if (st) {
+        loco_pipeline_variant_free(v);
+        return loco_err_prefix(err, "re-creating variant %s from its delta", name);
+    }
+    char bname[LOCO_MODEL_NAME_MAX + 1];
+    snprintf(bname, sizeof bname, "%s", b->name);
+    wk_model *wm = &w->models[w->n_models++];
+    memset(wm, 0, sizeof *wm);
+    snprintf(wm->name, sizeof wm->name, "%s", name);
+    snprintf(wm->base, sizeof wm->base, "%s", bname);
+    wm->variant = v;
+    wm->p = loco_pipeline_variant_pipeline(v);
+    wm->bytes = loco_pipeline_variant_owned_bytes(v);
+    LOG_INFO(w->log, "variant %s of %s re-created from its delta", name, bname);
+    return LOCO_OK;
+}
+
 static void do_load(wk_ctx *w, const json_t *m) {
     const char *name = json_string_value(json_object_get(m, "model"));
     const char *path = json_string_value(json_object_get(m, "path"));
     loco_err err;
     loco_err_clear(&err);
     json_t *reply = json_pack("{s:s, s:s}", "ev", "loaded", "model", name ? name : "");
-    if (!name || !path) {
+    if (name && !find_model(w, name) && w->n_models < LOCOD_WORKER_MAX_MODELS && json_object_get(m, "base")) {
+        if (load_variant(w, name, m, &err) == LOCO_EDEVICE) w->restart_after = 1;
+    } else if (!name || (!path && !json_object_get(m, "base"))) {
         loco_err_set(&err, LOCO_EINVAL, "load needs model and path");
     } else if (find_model(w, name)) {
         /* already resident: report again */

@@ -2,6 +2,8 @@
  *
  * daemon -> worker (worker's stdin):
  *   {"op":"load","model":N,"path":P,"config_dir":C|null,"variant":V|null}
+ *   {"op":"load","model":N,"base":B,"delta":PATH,"delta_sha256":S}   (re-create a recorded
+ *                                        variant of the resident base B from its delta file)
  *   {"op":"unload","model":N}
  *   {"op":"run","job":ID,"kind":"generate","model":N,"params":{...}}
  *   {"op":"cancel","job":ID}             (honoured between two model calls, or before the

@@ -109,7 +109,8 @@ static void on_closed(uv_handle_t *h) {
     w->handles_open--;
 }
 
-/* Models that were resident must be reloaded by the next worker; variants are lost. */
+/* Models that were resident must be reloaded by the next worker; durable variants are
+ * re-created from their delta once their base is back, the others are lost. */
 static void after_death(locod_worker *w, const char *how) {
     locod_server *srv = w->srv;
     int64_t now = locod_now_ms();
@@ -143,8 +144,12 @@ static void after_death(locod_worker *w, const char *how) {
     }
     for (int i = 0; i < locod_models_count(srv->models); i++) {
         locod_model *md = locod_models_at(srv->models, i);
-        if (md->source == LOCOD_SRC_VARIANT) {
-            locod_models_remove(srv->models, md->name);
+        /* lost with the process, or being deleted (an unload asked for it) */
+        if (md->source == LOCOD_SRC_VARIANT && (!md->delta_sha[0] || md->state == LOCOD_MODEL_UNLOADING)) {
+            char name[LOCO_MODEL_NAME_MAX + 1];
+            snprintf(name, sizeof name, "%s", md->name);
+            if (md->delta_sha[0]) locod_forget_variant(srv, name);
+            else locod_models_remove(srv->models, name);
             i--;
             continue;
         }
@@ -280,6 +285,65 @@ static void memory_from(locod_server *srv, const json_t *m) {
     srv->device_memory_peak = json_integer_value(json_object_get(mem, "peak"));
 }
 
+/* The edit's parameters without its (possibly long) prompt lists: enough to tell variants apart. */
+static json_t *edit_summary(const json_t *params) {
+    static const char *const keep[] = {"method", "concept", "target", "layers", "lambda", "neurons", "templates", NULL};
+    json_t *o = json_object();
+    for (int i = 0; keep[i]; i++) {
+        json_t *v = json_object_get(params, keep[i]);
+        if (v) json_object_set_new(o, keep[i], json_deep_copy(v));
+    }
+    static const char *const counted[] = {"prompts", "normal_prompts", NULL};
+    for (int i = 0; counted[i]; i++) {
+        json_t *v = json_object_get(params, counted[i]);
+        char key[32];
+        snprintf(key, sizeof key, "n_%s", counted[i]);
+        if (json_is_array(v)) json_object_set_new(o, key, json_integer((json_int_t)json_array_size(v)));
+    }
+    return o;
+}
+
+/* Under mu: list the variant an edit job reported and, when its delta was stored, record it in
+ * the store so restarts re-create it. */
+static void register_variant(locod_worker *w, const json_t *m, const locod_running *r) {
+    locod_server *srv = w->srv;
+    json_t *var = json_object_get(m, "variant");
+    const char *vn = json_string_value(json_object_get(var, "name"));
+    const char *vb = json_string_value(json_object_get(var, "base"));
+    if (!vn || !vb || !loco_name_valid(vn)) return;
+    const json_t *delta = json_object_get(json_object_get(m, "result"), "delta");
+    const char *sha = json_string_value(json_object_get(delta, "sha256"));
+    locod_variant_row row;
+    memset(&row, 0, sizeof row);
+    snprintf(row.name, sizeof row.name, "%s", vn);
+    snprintf(row.base, sizeof row.base, "%s", vb);
+    snprintf(row.job_id, sizeof row.job_id, "%s", r->id);
+    if (sha && locod_artifact_id_valid(sha)) snprintf(row.delta_sha256, sizeof row.delta_sha256, "%s", sha);
+    row.created_ms = locod_now_ms();
+    locod_job_row job;
+    if (locod_store_get(srv->store, r->id, &job, NULL) == 1) {
+        row.edit = edit_summary(job.params);
+        locod_job_row_free(&job);
+    }
+    locod_model *md = locod_models_add_variant(srv->models, &row, LOCOD_MODEL_LOADED, json_object_get(var, "info"));
+    if (!md) {
+        LOG_WARN(srv->log, "variant %s clashes with a configured model; not listed", vn);
+    } else if (row.delta_sha256[0]) {
+        loco_err err;
+        loco_err_clear(&err);
+        if (locod_store_variant_put(srv->store, &row, &err)) {
+            LOG_ERROR(srv->log, "variant %s is not durable (it will be lost at the next restart): %s", vn, err.msg);
+            md->delta_sha[0] = 0;
+        } else {
+            LOG_INFO(srv->log, "variant %s of %s created by job %s (delta %s)", vn, vb, r->id, row.delta_sha256);
+        }
+    } else {
+        LOG_INFO(srv->log, "variant %s of %s created by job %s (no delta exported: lost at the next restart)", vn,
+                 vb, r->id);
+    }
+    locod_variant_row_free(&row);
+}
+
 static void on_done(locod_worker *w, json_t *m) {
     locod_server *srv = w->srv;
     const char *job = json_string_value(json_object_get(m, "job"));
@@ -295,15 +359,11 @@ static void on_done(locod_worker *w, json_t *m) {
         int valid = json_is_array(arts);
         json_array_foreach(arts, i, a) valid = valid && locod_artifact_id_valid(json_string_value(json_object_get(a, "sha256")));
         if (valid) {
-            json_t *var = json_object_get(m, "variant");
-            const char *vn = json_string_value(json_object_get(var, "name"));
-            const char *vb = json_string_value(json_object_get(var, "base"));
-            if (vn && vb && loco_name_valid(vn)) {
-                if (locod_models_add_variant(srv->models, vn, vb, r->id, json_object_get(var, "info")))
-                    LOG_INFO(srv->log, "variant %s of %s created by job %s", vn, vb, r->id);
-                else
-                    LOG_WARN(srv->log, "variant %s clashes with a configured model; not listed", vn);
-            }
+            /* one group transaction: the variant's row is durable together with the job's success */
+            loco_err gerr;
+            loco_err_clear(&gerr);
+            if (locod_store_group_begin(srv->store, &gerr)) LOG_WARN(srv->log, "job store: %s", gerr.msg);
+            register_variant(w, m, r);
             locod_finish_job(srv, r->id, r->kind, r->key_id, LOCO_JOB_SUCCEEDED, r->started_ms, NULL, NULL, 0,
                              json_object_get(m, "result"), arts);
         } else {
@@ -335,6 +395,17 @@ static void on_done(locod_worker *w, json_t *m) {
     if (json_is_true(json_object_get(m, "restart"))) w->dying = 1;
 }
 
+/* Under mu: a resident base brings back its durable variants that are not resident. */
+static void schedule_variants_of(locod_server *srv, const char *base) {
+    for (int i = 0; i < locod_models_count(srv->models); i++) {
+        locod_model *v = locod_models_at(srv->models, i);
+        if (v->source != LOCOD_SRC_VARIANT || !v->delta_sha[0] || strcmp(v->base, base) != 0) continue;
+        if (v->state != LOCOD_MODEL_AVAILABLE) continue;
+        v->state = LOCOD_MODEL_LOADING;
+        v->op_pending = 1;
+    }
+}
+
 static void on_loaded(locod_worker *w, json_t *m) {
     locod_server *srv = w->srv;
     const char *name = json_string_value(json_object_get(m, "model"));
@@ -352,6 +423,7 @@ static void on_loaded(locod_worker *w, json_t *m) {
         md->loaded_ms = locod_now_ms();
         locod_metrics_model_event(srv->metrics, "load");
         LOG_INFO(srv->log, "model %s loaded", md->name);
+        if (md->source != LOCOD_SRC_VARIANT) schedule_variants_of(srv, md->name);
     } else {
         md->state = LOCOD_MODEL_FAILED;
         const char *msg = json_string_value(json_object_get(json_object_get(m, "error"), "message"));
@@ -370,7 +442,17 @@ static void on_unloaded(locod_worker *w, json_t *m) {
     if (!md) return;
     locod_metrics_model_event(srv->metrics, "unload");
     if (md->source == LOCOD_SRC_VARIANT) {
-        locod_models_remove(srv->models, name);
+        /* an unload asked for this variant deletes it; one that followed its base's unload is
+         * kept (when durable) and comes back with the base */
+        int asked = md->state == LOCOD_MODEL_UNLOADING || strcmp(w->busy_model, name) == 0;
+        if (asked || !md->delta_sha[0]) {
+            locod_forget_variant(srv, name);
+        } else {
+            md->state = LOCOD_MODEL_AVAILABLE;
+            md->op_pending = 0;
+            json_decref(md->info);
+            md->info = NULL;
+        }
         return;
     }
     if (md->op_pending == 1) return; /* a load is already queued again */
@@ -486,6 +568,29 @@ static void dispatch_job(locod_worker *w) {
     }
 }
 
+/* Under mu: the load message that re-creates a variant from its base and delta, or NULL when it
+ * cannot be sent now: its base is still loading (wait), or not resident (the variant stays
+ * recorded and comes back when its base is loaded). */
+static json_t *variant_load_msg(locod_server *srv, locod_model *md) {
+    locod_model *b = locod_models_find(srv->models, md->base);
+    if (b && b->state == LOCOD_MODEL_LOADING) return NULL;
+    md->op_pending = 0;
+    free(md->error);
+    md->error = NULL;
+    if (!b || b->state != LOCOD_MODEL_LOADED || b->op_pending == 2) {
+        md->state = b ? LOCOD_MODEL_AVAILABLE : LOCOD_MODEL_FAILED;
+        char e[256];
+        snprintf(e, sizeof e, "its base model '%s' is not on this server any more", md->base);
+        if (!b) md->error = strdup(e);
+        locod_server_changed(srv);
+        return NULL;
+    }
+    char path[PATH_MAX];
+    locod_artifact_path(srv->artifacts_root, md->delta_sha, path, sizeof path);
+    return json_pack("{s:s, s:s, s:s, s:s, s:s}", "op", "load", "model", md->name, "base", md->base, "delta", path,
+                     "delta_sha256", md->delta_sha);
+}
+
 void locod_worker_pump(locod_server *srv) {
     locod_worker *w = srv->worker;
     if (!w) return;
@@ -508,7 +613,10 @@ void locod_worker_pump(locod_server *srv) {
         locod_model *md = locod_models_at(srv->models, i);
         if (!md->op_pending) continue;
         json_t *msg;
-        if (md->op_pending == 1) {
+        if (md->op_pending == 1 && md->source == LOCOD_SRC_VARIANT) {
+            if (!(msg = variant_load_msg(srv, md))) continue;
+            w->busy = OP_LOAD;
+        } else if (md->op_pending == 1) {
             msg = json_pack("{s:s, s:s, s:s, s:s?, s:s?}", "op", "load", "model", md->name, "path", md->path,
                             "config_dir", md->config_dir, "variant", md->variant);
             w->busy = OP_LOAD;

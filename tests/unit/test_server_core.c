@@ -274,6 +274,64 @@ TEST(store_lifecycle_and_terminal_states) {
     locod_store_close(s);
 }
 
+static void count_variant(void *ctx, const locod_variant_row *v) {
+    int *n = ctx;
+    if (strcmp(v->base, "m") == 0 && json_is_object(v->edit)) (*n)++;
+}
+
+static void gone_sha(void *ctx, const char *sha) { snprintf(ctx, 65, "%s", sha); }
+
+/* A variant's delta outlives its edit job's retention for as long as the variant exists; deleting
+ * the variant then releases it. */
+TEST(store_variants_keep_their_delta) {
+    make_tmp();
+    char db[300];
+    snprintf(db, sizeof db, "%s/jobs.sqlite3", tmpdir);
+    locod_store *s = NULL;
+    loco_err err;
+    CHECK(locod_store_open(db, &s, &err) == LOCO_OK);
+    locod_job_row r;
+    memset(&r, 0, sizeof r);
+    snprintf(r.id, sizeof r.id, "%032x", 77);
+    r.kind = LOCO_JOB_EDIT;
+    r.state = LOCO_JOB_QUEUED;
+    snprintf(r.model, sizeof r.model, "m");
+    snprintf(r.key_id, sizeof r.key_id, "k");
+    r.params = json_object();
+    r.created_ms = 1000;
+    CHECK(locod_store_insert(s, &r, &err) == LOCO_OK);
+    json_t *arts = json_pack("[{s:s, s:i, s:s}, {s:s, s:i, s:s}]", "sha256", "de", "size", 3, "media_type",
+                             "application/octet-stream", "sha256", "re", "size", 2, "media_type", "application/json");
+    CHECK(locod_store_finish(s, r.id, LOCO_JOB_SUCCEEDED, 2000, 3000, NULL, NULL, 0, NULL, arts, &err) == 1);
+    locod_variant_row v;
+    memset(&v, 0, sizeof v);
+    snprintf(v.name, sizeof v.name, "m-edited");
+    snprintf(v.base, sizeof v.base, "m");
+    snprintf(v.delta_sha256, sizeof v.delta_sha256, "de");
+    snprintf(v.job_id, sizeof v.job_id, "%s", r.id);
+    v.edit = json_pack("{s:s}", "method", "locoedit");
+    v.created_ms = 2000;
+    CHECK(locod_store_variant_put(s, &v, &err) == LOCO_OK);
+    int n = 0;
+    CHECK(locod_store_variants_each(s, count_variant, &n, &err) == 1 && n == 1);
+    char gone[65] = "";
+    CHECK(locod_store_purge(s, 4000, gone_sha, gone, &err) == 1);
+    uint64_t size;
+    char mt[64];
+    CHECK(strcmp(gone, "re") == 0); /* the report goes, the delta stays */
+    CHECK(locod_store_artifact(s, "de", &size, mt, sizeof mt) == 1 && locod_store_artifact(s, "re", &size, mt, sizeof mt) == 0);
+    char orphan[65];
+    CHECK(locod_store_variant_delete(s, "m-edited", orphan, &err) == 1 && strcmp(orphan, "de") == 0);
+    CHECK(locod_store_artifact(s, "de", &size, mt, sizeof mt) == 0);
+    CHECK(locod_store_variant_delete(s, "m-edited", orphan, &err) == 0 && orphan[0] == 0);
+    n = 0;
+    CHECK(locod_store_variants_each(s, count_variant, &n, &err) == 0 && n == 0);
+    locod_variant_row_free(&v);
+    json_decref(arts);
+    locod_job_row_free(&r);
+    locod_store_close(s);
+}
+
 /* expired_jobs must not grow forever: tombstones older than the bound are dropped, newer ones
  * still answer "expired". */
 TEST(store_prunes_old_tombstones) {
