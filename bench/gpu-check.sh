@@ -17,7 +17,9 @@
 #      with the card's fp16 matrix rate measured by torch.matmul, and prints seconds per image,
 #      loco/diffusers and the fraction of that rate (bench/gpu/report.py). Large configurations
 #      time only some of the 50 steps and extrapolate from the median UNet call; the table says
-#      which (T/N).
+#      which (T/N);
+#   6. times a LocoGen sweep (SD 1.5 512^2, 50 steps, every window of 2 layers) batched vs one
+#      image at a time (bench/locogen_batched.c --device cuda).
 #
 # Logs and tables go to $GPU_CHECK_DIR (default: $OUT when set, else build/gpu-check).
 # Usage: bench/gpu-check.sh [--quick]   (--quick: parity only, no timings)
@@ -47,7 +49,8 @@ say() { printf 'gpu-check [%3ds]: %s\n' "$(elapsed)" "$*"; }
 BIN_TESTS=build/tests
 BIN_BENCH=build/bench/gpu
 TARGETS="build/libloco.a build/tests/test_cuda_ops build/tests/test_cuda_pipeline build/bench/gpu/op_bench \
-build/bench/gpu/pipeline_bench"
+build/bench/gpu/pipeline_bench build/bench/locogen_batched"
+BIN_LOCOGEN=build/bench/locogen_batched
 kit_used=0
 use_kit() { # unpack .gpu/kit.tar.xz, refusing one built from other sources
     local want have
@@ -64,6 +67,7 @@ use_kit() { # unpack .gpu/kit.tar.xz, refusing one built from other sources
     fi
     BIN_TESTS="$KIT/bin"
     BIN_BENCH="$KIT/bin"
+    BIN_LOCOGEN="$KIT/bin/locogen_batched"
     local cuda_lib=""
     command -v nvcc >/dev/null 2>&1 && cuda_lib="$(dirname "$(dirname "$(command -v nvcc)")")/lib64"
     LOCO_KIT_LD="$KIT/lib${cuda_lib:+:$cuda_lib}:/usr/local/cuda/lib64"
@@ -285,6 +289,18 @@ model() { # family size batches timed need
 }
 model sd1 512 1,8 50,10 60
 model sdxl 1024 1,8 10,4 150
+
+# ---- 6. a research job: a LocoGen sweep, every window batched vs one image at a time ---------------
+if [ ! -x "$BIN_LOCOGEN" ]; then
+    say "no $BIN_LOCOGEN: skipping the LocoGen sweep"
+elif [ "$(left)" -lt 60 ]; then
+    say "skipping the LocoGen sweep: $(left) s of the budget left, about 60 s needed"
+else
+    say "LocoGen sweep, SD 1.5 512^2, 50 steps, 2 prompts x (1 + 15 windows): batched vs one by one"
+    timeout $(($(left) - 5)) "${RUN[@]}" "$BIN_LOCOGEN" --device cuda --size 512 --steps 50 --prompts 2 \
+        >"$DIR/locogen.txt" 2>"$DIR/locogen.err" || { tail -3 "$DIR/locogen.err"; say "the LocoGen sweep failed"; }
+    grep -E '^(sweep|batched|one by one|ratio|same images|cuda graphs)' "$DIR/locogen.txt" | sed 's/^/gpu-check:   /'
+fi
 
 say "seconds per image (N=50 steps, guidance on; T/N: T steps timed, the rest extrapolated)"
 if command -v "$PY" >/dev/null 2>&1; then

@@ -1,8 +1,10 @@
 /* locogen_batched.c: a LocoGen sweep over every window of an SD 1.5-size model (real configs,
  * random weights: loco_pipeline_load_random) run batched vs the same images generated one by one,
- * on the CPU backend, timed side by side in one run.
+ * timed side by side in one run, on the CPU backend or (--device cuda) the GPU, where the batched
+ * arm's UNet calls replay a CUDA graph (a LocoGen plan is only `context` actions: no site hooks).
  *
- *   build/bench/locogen_batched [--size 256] [--steps 4] [--threads N] [--window 2] [--prompts 2]
+ *   build/bench/locogen_batched [--device cpu|cuda|auto] [--graphs 0|1] [--size 256] [--steps 4]
+ *                               [--threads N] [--window 2] [--prompts 2]
  *
  * Both arms are engine/locogen.c with the same prompts, seed and windows; they differ only in
  * max_batch:
@@ -17,7 +19,8 @@
  * (tests/fixtures/models/clip-tiny): scoring is not what is compared, and a random CLIP-L would
  * only add the same constant to both arms. The run also checks that both arms give the same images.
  *
- * Prints the CPU, the settings, both times, the ratio and the image agreement. */
+ * Prints the machine, the settings, both times, the ratio and the image agreement (on a GPU the
+ * two arms run different batch sizes, so fp16 results may differ by rounding). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,6 +30,7 @@
 #include "clip_score.h"
 #include "locogen.h"
 #include "pipeline.h"
+#include "unet.h"
 
 #define DIE(...)                                                                                                       \
     do {                                                                                                               \
@@ -68,14 +72,18 @@ static int progress(void *ctx, int done, int total) {
 
 int main(int argc, char **argv) {
     loco_backend_prepare_process(argc, argv);
-    int size = 256, steps = 4, threads = 0, window = 2, n_prompts = 2;
+    int size = 256, steps = 4, threads = 0, window = 2, n_prompts = 2, graphs = 1;
+    const char *device = "cpu";
     for (int i = 1; i < argc; i++) {
         if (i + 1 < argc && !strcmp(argv[i], "--size")) size = atoi(argv[++i]);
         else if (i + 1 < argc && !strcmp(argv[i], "--steps")) steps = atoi(argv[++i]);
         else if (i + 1 < argc && !strcmp(argv[i], "--threads")) threads = atoi(argv[++i]);
         else if (i + 1 < argc && !strcmp(argv[i], "--window")) window = atoi(argv[++i]);
         else if (i + 1 < argc && !strcmp(argv[i], "--prompts")) n_prompts = atoi(argv[++i]);
-        else DIE("usage: %s [--size 256] [--steps 4] [--threads N] [--window 2] [--prompts 1..4]", argv[0]);
+        else if (i + 1 < argc && !strcmp(argv[i], "--device")) device = argv[++i];
+        else if (i + 1 < argc && !strcmp(argv[i], "--graphs")) graphs = atoi(argv[++i]);
+        else DIE("usage: %s [--device cpu|cuda|auto] [--graphs 0|1] [--size 256] [--steps 4] [--threads N] "
+                 "[--window 2] [--prompts 1..4]", argv[0]);
     }
     if (n_prompts < 1 || n_prompts > 4) DIE("--prompts must be 1..4");
     static const char *const prompts[4] = {"A house in the style of Van Gogh", "A town in the style of Monet",
@@ -85,7 +93,7 @@ int main(int argc, char **argv) {
     static const uint64_t seeds[1] = {0};
     loco_backend_opts bo;
     loco_backend_opts_init(&bo);
-    bo.device = LOCO_DEVICE_CPU;
+    if (loco_device_from_name(device, &bo.device)) DIE("--device: cpu, cuda or auto, not %s", device);
     bo.num_threads = threads;
     loco_backend *be = NULL;
     loco_pipeline *p = NULL;
@@ -95,6 +103,7 @@ int main(int argc, char **argv) {
     clock_gettime(CLOCK_MONOTONIC, &t0);
     if (loco_backend_create(&bo, &be, &err)) DIE("backend: %s", err.msg);
     if (loco_pipeline_load_random(be, LOCO_FAMILY_SD1, 1234, NULL, &p, &err)) DIE("random SD 1.5: %s", err.msg);
+    loco_unet_set_graphs(loco_pipeline_unet(p), graphs);
     if (loco_clip_scorer_load(be, "tests/fixtures/models/clip-tiny", &sc, &err))
         DIE("scorer (run from the repository root): %s", err.msg);
     clock_gettime(CLOCK_MONOTONIC, &t1);
@@ -162,6 +171,13 @@ int main(int argc, char **argv) {
     printf("ratio one-by-one / batched: wall %.2fx, cpu %.2fx\n", wall[1] / wall[0], cpu_s[1] / cpu_s[0]);
     printf("same images: max pixel difference %d/255, worst final-latent relative L2 %.3g; same best window: %s\n",
            max_px, worst_lat, same_best ? "yes" : "no");
+    if (loco_backend_has_graphs(be)) {
+        loco_unet_graph_stats gs;
+        loco_unet_graph_stats_get(loco_pipeline_unet(p), &gs);
+        printf("cuda graphs: %s, %ld captures, %ld replays, %ld plain calls%s%s\n", graphs ? "on" : "off",
+               gs.captures, gs.replays, gs.eager_calls, gs.last_error[0] ? "; last recording error: " : "",
+               gs.last_error);
+    }
     loco_clip_scorer_free(sc);
     loco_pipeline_free(p);
     loco_backend_destroy(be);

@@ -4,7 +4,8 @@
 # have nvcc, PyTorch and transformers, but not loco's C libraries (jansson, libmicrohttpd, ...)
 # nor diffusers, and nothing can be fetched there.
 #
-#   .gpu/kit.tar.xz   bin/: test_cuda_ops, test_cuda_pipeline, op_bench, pipeline_bench (stripped)
+#   .gpu/kit.tar.xz   bin/: test_cuda_ops, test_cuda_pipeline, op_bench, pipeline_bench,
+#                     locogen_batched (stripped)
 #                     lib/: every shared library they load beyond glibc, libstdc++/libgcc_s and
 #                     CUDA's own (which come from the GPU machine's CUDA 13)
 #   .gpu/SOURCE_HASH  hash of the C/CUDA sources the kit was built from; gpu-check.sh refuses a
@@ -19,7 +20,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 source_hash() {
-    find Makefile kernels engine proto server tests/unit bench/gpu -type f \
+    find Makefile kernels engine proto server tests/unit bench -type f \
         \( -name '*.c' -o -name '*.h' -o -name '*.cu' -o -name Makefile \) -print0 2>/dev/null |
         LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16
 }
@@ -29,7 +30,8 @@ if [ "${1:-}" = "--hash" ]; then
 fi
 
 DIFFUSERS_VERSION=0.42.1
-BINS="build/tests/test_cuda_ops build/tests/test_cuda_pipeline build/bench/gpu/op_bench build/bench/gpu/pipeline_bench"
+BINS="build/tests/test_cuda_ops build/tests/test_cuda_pipeline build/bench/gpu/op_bench build/bench/gpu/pipeline_bench
+build/bench/locogen_batched"
 
 echo "prepare: building (make -j$(nproc))"
 # shellcheck disable=SC2086
