@@ -59,17 +59,25 @@ LOCOD_MAIN := $(wildcard server/locod_main.c)
 
 all: $(BUILD)/libloco.a $(BUILD)/loco $(if $(LOCOD_MAIN),$(BUILD)/locod) $(TEST_BIN)
 
-$(BUILD)/%.o: %.c
+# A build folder remembers its flavour (CUDA on or off, optimisation, sanitizers): when a later
+# make asks for another one, everything is rebuilt instead of linking objects or an archive
+# of the old flavour (an archive made with CUDA, reused by a LOCO_CUDA=0 build, fails to link).
+BUILD_FLAVOUR := cuda=$(LOCO_CUDA) opt=$(OPT) sanitize=$(SANITIZE)
+FLAVOUR_STAMP := $(BUILD)/.flavour
+$(shell mkdir -p $(BUILD) && { [ "$$(cat $(FLAVOUR_STAMP) 2>/dev/null)" = "$(BUILD_FLAVOUR)" ] || \
+	echo "$(BUILD_FLAVOUR)" > $(FLAVOUR_STAMP); })
+
+$(BUILD)/%.o: %.c $(FLAVOUR_STAMP)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
 
-$(BUILD)/%.cu.o: %.cu
+$(BUILD)/%.cu.o: %.cu $(FLAVOUR_STAMP)
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCCFLAGS) $(CUDA_ARCHS) -MMD -MP -c $< -o $@
 
-$(BUILD)/libloco.a: $(LIB_OBJ)
+$(BUILD)/libloco.a: $(LIB_OBJ) $(FLAVOUR_STAMP)
 	@rm -f $@
-	ar rcs $@ $^
+	ar rcs $@ $(LIB_OBJ)
 
 $(BUILD)/loco: $(CLI_OBJ) $(BUILD)/libloco.a
 	$(CC) $(CFLAGS) -o $@ $(CLI_OBJ) $(BUILD)/libloco.a $(CUDA_LIBS) $(LDLIBS)

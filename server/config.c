@@ -16,6 +16,7 @@ void locod_config_init(locod_config *c) {
     c->listen_port = 8080;
     c->data_dir = strdup("var/locod");
     c->device = strdup("auto");
+    c->vae_upcast = strdup("f32");
     c->log_level = strdup("info");
     c->config_dir = strdup(".");
     loco_proto_limits_init(&c->limits);
@@ -42,6 +43,7 @@ static void free_list(char **l, int n) {
 void locod_config_free(locod_config *c) {
     free(c->data_dir);
     free(c->device);
+    free(c->vae_upcast);
     free(c->log_level);
     free(c->port_file);
     free(c->clip_scorer);
@@ -268,7 +270,7 @@ static loco_status sse_streams_within_connections(locod_config *c, int explicit_
 }
 
 loco_status locod_config_parse(locod_config *c, const char *text, const char *base, loco_err *err) {
-    static const char *const top[] = {"listen", "data_dir", "device", "threads", "model_roots", "models",
+    static const char *const top[] = {"listen", "data_dir", "device", "vae_upcast", "threads", "model_roots", "models",
                                       "load_at_start", "keys", "cors_origins", "limits", "queue", "retention",
                                       "worker", "sse", "log_level", "port_file", "clip_scorer", "$comment", NULL};
     static const char *const limits[] = {"max_body_bytes", "max_prompt_chars", "max_side", "max_pixels", "max_steps",
@@ -299,7 +301,7 @@ loco_status locod_config_parse(locod_config *c, const char *text, const char *ba
     }
     if (get_str(root, "", "data_dir", &c->data_dir, err) || get_str(root, "", "device", &c->device, err) ||
         get_str(root, "", "log_level", &c->log_level, err) || get_str(root, "", "port_file", &c->port_file, err) ||
-        get_str(root, "", "clip_scorer", &c->clip_scorer, err))
+        get_str(root, "", "clip_scorer", &c->clip_scorer, err) || get_str(root, "", "vae_upcast", &c->vae_upcast, err))
         goto out;
     if (c->clip_scorer && c->clip_scorer[0] != '/') {
         char *abs = resolve(base, c->clip_scorer);
@@ -322,6 +324,10 @@ loco_status locod_config_parse(locod_config *c, const char *text, const char *ba
     }
     if (strcmp(c->device, "auto") && strcmp(c->device, "cpu") && strcmp(c->device, "cuda")) {
         loco_err_set(err, LOCO_EINVAL, "config: 'device' must be \"auto\", \"cpu\" or \"cuda\"");
+        goto out;
+    }
+    if (!c->vae_upcast || (strcmp(c->vae_upcast, "f32") && strcmp(c->vae_upcast, "bf16"))) {
+        loco_err_set(err, LOCO_EINVAL, "config: 'vae_upcast' must be \"f32\" (as diffusers) or \"bf16\"");
         goto out;
     }
     {

@@ -29,6 +29,7 @@ typedef struct locod_config {
     int listen_port;       /* 0: any free port (the daemon logs and writes the one it got) */
     char *data_dir;        /* job store, artifacts */
     char *device;          /* "auto" | "cpu" | "cuda" */
+    char *vae_upcast;      /* "f32" | "bf16": SD-XL's VAE decode dtype on fp16 GPUs (config/README.md) */
     int threads;           /* worker CPU threads, 0: all */
     char **model_roots;    /* folders whose entries are loadable models, by entry name */
     int n_model_roots;

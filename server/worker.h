@@ -47,6 +47,7 @@ typedef struct wk_ctx {
     int64_t max_pixels; /* limits.max_pixels (--max-pixels); 0: no check */
     int restart_after;  /* exit after reporting (sticky device error) */
     char scorer_path[PATH_MAX]; /* CLIP model for trace / localize scores, or "" */
+    loco_dtype vae_upcast;      /* --vae-upcast: loco_pipeline_opts.vae_upcast_dtype for every load */
     loco_clip_scorer *scorer;   /* loaded on first use */
     char phase[32];
 } wk_ctx;

@@ -251,6 +251,7 @@ static void do_load(wk_ctx *w, const json_t *m) {
         o.model_path = path;
         o.config_dir = json_string_value(json_object_get(m, "config_dir"));
         o.variant = json_string_value(json_object_get(m, "variant"));
+        o.vae_upcast_dtype = w->vae_upcast;
         size_t before = 0, peak = 0, after = 0;
         loco_backend_memory(w->be, &before, &peak);
         loco_pipeline *p = NULL;
@@ -456,7 +457,8 @@ int locod_worker_main(int argc, char **argv) {
     static const struct option opts[] = {{"worker", no_argument, 0, 'w'},       {"device", required_argument, 0, 'd'},
                                          {"threads", required_argument, 0, 't'}, {"artifacts", required_argument, 0, 'a'},
                                          {"test-faults", no_argument, 0, 'f'},   {"clip-scorer", required_argument, 0, 's'},
-                                         {"max-pixels", required_argument, 0, 'p'}, {0}};
+                                         {"max-pixels", required_argument, 0, 'p'},
+                                         {"vae-upcast", required_argument, 0, 'u'}, {0}};
     wk_ctx w;
     memset(&w, 0, sizeof w);
     loco_backend_opts bo;
@@ -474,6 +476,10 @@ int locod_worker_main(int argc, char **argv) {
         case 'f': w.test_faults = 1; break;
         case 'p': w.max_pixels = strtoll(optarg, NULL, 10); break;
         case 's': snprintf(w.scorer_path, sizeof w.scorer_path, "%s", optarg); break;
+        case 'u':
+            if (strcmp(optarg, "f32") && strcmp(optarg, "bf16")) return 2;
+            w.vae_upcast = strcmp(optarg, "bf16") ? LOCO_F32 : LOCO_BF16;
+            break;
         default: return 2;
         }
     }

@@ -218,7 +218,7 @@ static void spawn(locod_worker *w) {
     if (w->handles_open) return; /* previous handles still closing */
     char threads[16];
     snprintf(threads, sizeof threads, "%d", srv->cfg->threads);
-    char *args[16];
+    char *args[24];
     int a = 0;
     args[a++] = srv->self_exe;
     args[a++] = "--worker";
@@ -226,6 +226,8 @@ static void spawn(locod_worker *w) {
     args[a++] = srv->cfg->device;
     args[a++] = "--threads";
     args[a++] = threads;
+    args[a++] = "--vae-upcast";
+    args[a++] = srv->cfg->vae_upcast;
     args[a++] = "--artifacts";
     args[a++] = srv->artifacts_root;
     const char *tf = getenv("LOCOD_TEST_FAULTS");

@@ -87,6 +87,22 @@ def test_generate_batch_writes_one_file_per_image(tmp_path):
     assert lat["latents"].shape == (4, 4, 8, 8) and np.isfinite(lat["latents"]).all()
 
 
+def test_vae_upcast_option(tmp_path):
+    """--vae-upcast picks SD-XL's VAE decode dtype on a GPU with fp16 activations; the CPU computes
+    in f32 either way, so here both values must give the very same image (and a bad value is one
+    line naming the option)."""
+    sdxl = FIX / "models" / "sdxl-tiny"
+    outs = {}
+    for v in ("f32", "bf16"):
+        outs[v] = tmp_path / f"{v}.png"
+        r = run("generate", "--model", sdxl, "--prompt", "a red cube", "--steps", "2", "--vae-upcast", v,
+                "--output", outs[v], "--quiet")
+        assert r.returncode == 0, r.stderr
+    assert (png_pixels(outs["f32"]) == png_pixels(outs["bf16"])).all()
+    one_line_error(run("generate", "--model", sdxl, "--prompt", "x", "--vae-upcast", "fp16", "--output",
+                       tmp_path / "o.png"), "--vae-upcast")
+
+
 def test_inspect_lists_cross_attention_in_execution_order():
     r = run("inspect", FIX / "models" / "sdxl-tiny")
     assert r.returncode == 0, r.stderr

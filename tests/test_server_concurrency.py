@@ -168,6 +168,20 @@ def test_event_streams_capped_below_max_connections(tmp_path):
         assert d.wait(blocker["id"])["state"] == "cancelled"
 
 
+def test_vae_upcast_reaches_the_worker(tmp_path):
+    """"vae_upcast" is passed to the worker process (one that refused its arguments would never
+    become ready); on the CPU SD-XL's VAE decodes in f32 whatever it says, so jobs just succeed."""
+    with Daemon(tmp_path, "upcast", load=("sdxl-tiny",), extra={"vae_upcast": "bf16"}) as d:
+        body = {"kind": "generate", "model": "sdxl-tiny",
+                "params": {"prompt": "a red cube", "steps": 2, "width": 64, "height": 64, "seed": 1}}
+        job = d.submit(body)
+        assert d.wait(job["id"])["state"] == "succeeded"
+    d = Daemon(tmp_path, "upcast-bad", extra={"vae_upcast": "fp16"})
+    with pytest.raises(RuntimeError, match="vae_upcast"):
+        d.start()
+    d.logf.close()
+
+
 def test_explicit_stream_cap_must_leave_connections(tmp_path):
     d = Daemon(tmp_path, "sse-bad", extra={"limits": {"max_connections": 8, "max_sse_streams": 8}})
     with pytest.raises(RuntimeError, match="max_sse_streams"):

@@ -23,5 +23,11 @@ int loco_cli_parse_shape(const char *s, int64_t *dims, int max_dims);
 int loco_cli_parse_u64(const char *s, uint64_t *out);
 int loco_cli_parse_int(const char *s, long lo, long hi, long *out);
 int loco_cli_parse_float(const char *s, double lo, double hi, double *out);
+/* --vae-upcast: "f32" (as diffusers) or "bf16", the dtype SD-XL's VAE decodes in on a GPU with
+ * fp16 activations (loco_pipeline_opts.vae_upcast_dtype). 0 on success. */
+int loco_cli_parse_vae_upcast(const char *s, loco_dtype *out);
+#define LOCO_CLI_VAE_UPCAST_HELP                                                                               \
+    "  --vae-upcast T       f32 | bf16: SD-XL's VAE decode on a GPU (default f32, as diffusers; bf16\n"     \
+    "                       halves its memory traffic and differs by bf16 rounding)\n"
 
 #endif

@@ -68,6 +68,10 @@ int loco_cli_common_option(const char *cmd, loco_cli_common *c, int opt, const c
     case 1014: c->write_images = 1; return 1;
     case 1015: c->quiet = 1; return 1;
     case 1016: c->sampler.use_karras_sigmas = 1; return 1;
+    case 1017:
+        if (loco_cli_parse_vae_upcast(arg, &c->popts.vae_upcast_dtype))
+            return -loco_cli_usage_error(cmd, "--vae-upcast must be f32 or bf16, got '%s'", arg);
+        return 1;
     default: return 0;
     }
 }

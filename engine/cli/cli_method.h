@@ -35,7 +35,8 @@ int loco_cli_common_option(const char *cmd, loco_cli_common *c, int opt, const c
         {"width", required_argument, 0, 1008}, {"height", required_argument, 0, 1009},                         \
         {"device", required_argument, 0, 1010}, {"threads", required_argument, 0, 1011},                        \
         {"out", required_argument, 0, 1012}, {"max-batch", required_argument, 0, 1013},                        \
-        {"images", no_argument, 0, 1014}, {"quiet", no_argument, 0, 1015}, {"karras", no_argument, 0, 1016}
+        {"images", no_argument, 0, 1014}, {"quiet", no_argument, 0, 1015}, {"karras", no_argument, 0, 1016},    \
+        {"vae-upcast", required_argument, 0, 1017}
 
 #define LOCO_CLI_COMMON_HELP                                                                                   \
     "  --model PATH         diffusers folder or single-file checkpoint (required)\n"                           \
@@ -50,6 +51,7 @@ int loco_cli_common_option(const char *cmd, loco_cli_common *c, int opt, const c
     "  --out DIR            folder for the JSON result and the PNGs (created; default .)\n"                    \
     "  --images             also write every generated image\n"                                               \
     "  --device D           auto | cpu | cuda (default auto)   --threads N   CPU threads\n"                    \
+    LOCO_CLI_VAE_UPCAST_HELP                                                                                   \
     "  --quiet              no progress on stderr\n"
 
 /* Create --out (one level), load the backend, the pipeline and the scorer. Prints the failure. */

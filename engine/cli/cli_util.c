@@ -75,3 +75,10 @@ int loco_cli_parse_shape(const char *s, int64_t *dims, int max_dims) {
     }
     return n;
 }
+
+int loco_cli_parse_vae_upcast(const char *s, loco_dtype *out) {
+    if (!strcmp(s, "f32")) *out = LOCO_F32;
+    else if (!strcmp(s, "bf16")) *out = LOCO_BF16;
+    else return -1;
+    return 0;
+}

@@ -23,7 +23,7 @@ static void help(void) {
            "  --model PATH          diffusers folder or single-file checkpoint\n"
            "  --config-dir DIR      single files: configs and tokenizers from this diffusers folder\n"
            "  --variant NAME        weight variant (fp16); --family sd1|sd2|sdxl to override detection\n"
-           "  --device D            auto | cpu | cuda;  --threads N  CPU threads\n"
+           "  --device D            auto | cpu | cuda;  --threads N  CPU threads\n" LOCO_CLI_VAE_UPCAST_HELP
            "  --out DIR             writes result.json, delta.safetensors, before-K.png, after-K.png\n"
            "  --export-folder DIR   also write the edited model as a diffusers folder\n"
            "  --export-dtype T      keep | f32 | f16 | bf16 (default keep: each tensor as the base stores it)\n"
@@ -86,11 +86,13 @@ static int parse(int argc, char **argv, edit_args *a) {
         O_MODEL = 256, O_CONFIG, O_VARIANT, O_FAMILY, O_DEVICE, O_THREADS, O_OUT, O_EXPORT, O_EXPORT_DTYPE, O_EVAL,
         O_SEED, O_STEPS, O_GUIDANCE, O_WIDTH, O_HEIGHT, O_NO_IMAGES, O_QUIET, O_CONCEPT, O_TARGET, O_TEMPLATES,
         O_PROMPT, O_START, O_LAYERS, O_LAMBDA, O_LAMBDA_K, O_LAMBDA_V, O_NO_K, O_NO_V, O_SOLVER, O_CLIP_SKIP,
-        O_NO_AUGMENT, O_NO_EOS, O_VALUE_BIAS, O_ENCODER, O_LAYER, O_NORMAL, O_NEURONS, O_POSITION, O_HELP
+        O_NO_AUGMENT, O_NO_EOS, O_VALUE_BIAS, O_ENCODER, O_LAYER, O_NORMAL, O_NEURONS, O_POSITION, O_HELP,
+        O_VAE_UPCAST
     };
     static const struct option opts[] = {
         {"model", 1, 0, O_MODEL}, {"config-dir", 1, 0, O_CONFIG}, {"variant", 1, 0, O_VARIANT},
         {"family", 1, 0, O_FAMILY}, {"device", 1, 0, O_DEVICE}, {"threads", 1, 0, O_THREADS}, {"out", 1, 0, O_OUT},
+        {"vae-upcast", 1, 0, O_VAE_UPCAST},
         {"export-folder", 1, 0, O_EXPORT}, {"export-dtype", 1, 0, O_EXPORT_DTYPE}, {"eval-prompt", 1, 0, O_EVAL},
         {"seed", 1, 0, O_SEED}, {"steps", 1, 0, O_STEPS}, {"guidance", 1, 0, O_GUIDANCE}, {"width", 1, 0, O_WIDTH},
         {"height", 1, 0, O_HEIGHT}, {"no-images", 0, 0, O_NO_IMAGES}, {"quiet", 0, 0, O_QUIET},
@@ -118,6 +120,10 @@ static int parse(int argc, char **argv, edit_args *a) {
         case O_DEVICE:
             if (loco_device_from_name(optarg, &a->bopts.device))
                 return loco_cli_usage_error(cmd, "--device must be auto, cpu or cuda, got '%s'", optarg);
+            break;
+        case O_VAE_UPCAST:
+            if (loco_cli_parse_vae_upcast(optarg, &a->popts.vae_upcast_dtype))
+                return loco_cli_usage_error(cmd, "--vae-upcast must be f32 or bf16, got '%s'", optarg);
             break;
         case O_THREADS:
             if (loco_cli_parse_int(optarg, 0, 1024, &v)) return loco_cli_usage_error(cmd, "--threads must be 0..1024");

@@ -30,7 +30,7 @@ static void help(void) {
            "  --output FILE.png    where to write the image; with several images FILE-0.png, FILE-1.png, ...\n"
            "  --latents-out FILE   also write initial and final latents as safetensors\n"
            "  --device D           auto | cpu | cuda (default auto)\n"
-           "  --threads N          CPU threads (default: all cores)\n"
+           "  --threads N          CPU threads (default: all cores)\n" LOCO_CLI_VAE_UPCAST_HELP
            "  --quiet              no progress on stderr\n");
 }
 
@@ -65,6 +65,7 @@ static int parse_args(int argc, char **argv, gen_args *a) {
         {"clip-skip", required_argument, 0, 'c'}, {"output", required_argument, 0, 'o'},
         {"latents-out", required_argument, 0, 'L'}, {"device", required_argument, 0, 'd'},
         {"threads", required_argument, 0, 't'},   {"quiet", no_argument, 0, 'q'},
+        {"vae-upcast", required_argument, 0, 'U'},
         {"help", no_argument, 0, 'h'},            {0}};
     long v;
     double d;
@@ -131,6 +132,10 @@ static int parse_args(int argc, char **argv, gen_args *a) {
             a->bopts.num_threads = (int)v;
             break;
         case 'q': a->quiet = 1; break;
+        case 'U':
+            if (loco_cli_parse_vae_upcast(optarg, &a->popts.vae_upcast_dtype))
+                return loco_cli_usage_error("generate", "--vae-upcast must be f32 or bf16, got '%s'", optarg);
+            break;
         case 'h': help(); return -1;
         default: return loco_cli_usage_error("generate", "unknown option");
         }
