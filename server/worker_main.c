@@ -196,6 +196,21 @@ static json_t *model_info(wk_ctx *w, const wk_model *wm) {
 /* Re-create a variant recorded by an earlier edit: a fresh variant of the resident base with the
  * edit's delta file applied, which holds exactly the float32 values the edit uploaded, so it
  * generates bit for bit what the original variant did. */
+/* Puts variant v of base under `name` in the next model slot (the caller checked there is one);
+ * the slot owns v from now on. base may point into the table, so it is copied first. */
+static wk_model *add_variant(wk_ctx *w, const char *name, const char *base, loco_pipeline_variant *v) {
+    char bname[LOCO_MODEL_NAME_MAX + 1];
+    snprintf(bname, sizeof bname, "%s", base);
+    wk_model *wm = &w->models[w->n_models++];
+    memset(wm, 0, sizeof *wm); /* the slot may still hold a freed variant's fields */
+    snprintf(wm->name, sizeof wm->name, "%s", name);
+    snprintf(wm->base, sizeof wm->base, "%s", bname);
+    wm->variant = v;
+    wm->p = loco_pipeline_variant_pipeline(v);
+    wm->bytes = loco_pipeline_variant_owned_bytes(v);
+    return wm;
+}
+
 static loco_status load_variant(wk_ctx *w, const char *name, const json_t *m, loco_err *err) {
     const char *base = json_string_value(json_object_get(m, "base"));
     const char *delta = json_string_value(json_object_get(m, "delta"));
@@ -217,16 +232,8 @@ static loco_status load_variant(wk_ctx *w, const char *name, const json_t *m, lo
         loco_pipeline_variant_free(v);
         return loco_err_prefix(err, "re-creating variant %s from its delta", name);
     }
-    char bname[LOCO_MODEL_NAME_MAX + 1];
-    snprintf(bname, sizeof bname, "%s", b->name);
-    wk_model *wm = &w->models[w->n_models++];
-    memset(wm, 0, sizeof *wm);
-    snprintf(wm->name, sizeof wm->name, "%s", name);
-    snprintf(wm->base, sizeof wm->base, "%s", bname);
-    wm->variant = v;
-    wm->p = loco_pipeline_variant_pipeline(v);
-    wm->bytes = loco_pipeline_variant_owned_bytes(v);
-    LOG_INFO(w->log, "variant %s of %s re-created from its delta", name, bname);
+    const wk_model *wm = add_variant(w, name, b->name, v);
+    LOG_INFO(w->log, "variant %s of %s re-created from its delta", name, wm->base);
     return LOCO_OK;
 }
 
@@ -385,16 +392,8 @@ static void do_run(wk_ctx *w, const json_t *m) {
             loco_pipeline_variant_free(v);
             v = NULL;
         } else if (st == LOCO_OK) {
-            char base[LOCO_MODEL_NAME_MAX + 1];
-            snprintf(base, sizeof base, "%s", wm->name);
-            wk_model *nm = &w->models[w->n_models++];
-            memset(nm, 0, sizeof *nm);
-            snprintf(nm->name, sizeof nm->name, "%s", vname);
-            snprintf(nm->base, sizeof nm->base, "%s", base);
-            nm->variant = v;
-            nm->p = loco_pipeline_variant_pipeline(v);
-            nm->bytes = loco_pipeline_variant_owned_bytes(v);
-            variant_info = json_pack("{s:s, s:s, s:o}", "name", vname, "base", base, "info", model_info(w, nm));
+            wk_model *nm = add_variant(w, vname, wm->name, v);
+            variant_info = json_pack("{s:s, s:s, s:o}", "name", vname, "base", nm->base, "info", model_info(w, nm));
         }
     } else {
         st = loco_err_set(&err, LOCO_EUNSUPPORTED, "job kind '%s' is not wired to the engine in this build",

@@ -122,6 +122,18 @@ TEST(sd1_style_two_prompts_two_seeds) { parity("sd1-tiny", "methods/locogen_sd1.
 TEST(sd2_vpred_object_window3) { parity("sd2-tiny", "methods/locogen_sd2.safetensors"); }
 TEST(sdxl_fact) { parity("sdxl-tiny", "methods/locogen_sdxl.safetensors"); }
 
+/* One prompt, one seed, 2 steps at 64x64: the smallest sweep that still moves the images. */
+static void small_sweep(loco_locogen_params *g, const char *const *pr, const char *const *al, const uint64_t *seeds) {
+    loco_locogen_params_init(g);
+    g->n_prompts = 1;
+    g->prompts = pr;
+    g->altered = al;
+    g->n_seeds = 1;
+    g->seeds = seeds;
+    g->sampler.steps = 2;
+    g->sampler.width = g->sampler.height = 64;
+}
+
 /* All windows in one batch give the images each window gives generated alone. */
 TEST(batched_equals_one_by_one) {
     mt_env e;
@@ -129,14 +141,7 @@ TEST(batched_equals_one_by_one) {
     static const char *const pr[1] = {"a town in the style of monet"}, *const al[1] = {"a painting of a town"};
     static const uint64_t seeds[1] = {11};
     loco_locogen_params g;
-    loco_locogen_params_init(&g);
-    g.n_prompts = 1;
-    g.prompts = pr;
-    g.altered = al;
-    g.n_seeds = 1;
-    g.seeds = seeds;
-    g.sampler.steps = 2;
-    g.sampler.width = g.sampler.height = 64;
+    small_sweep(&g, pr, al, seeds);
     loco_locogen_result a, b;
     loco_err err = {0};
     CHECK_MSG(loco_locogen_run(e.p, e.sc, &g, &a, &err) == LOCO_OK, "%s", err.msg);
@@ -172,14 +177,7 @@ TEST(invalid_requests_fail_clearly) {
     static const char *const pr[1] = {"a house"}, *const al[1] = {"a painting"};
     static const uint64_t seeds[1] = {0};
     loco_locogen_params g;
-    loco_locogen_params_init(&g);
-    g.n_prompts = 1;
-    g.prompts = pr;
-    g.altered = al;
-    g.n_seeds = 1;
-    g.seeds = seeds;
-    g.sampler.steps = 2;
-    g.sampler.width = g.sampler.height = 64;
+    small_sweep(&g, pr, al, seeds);
     loco_locogen_result r;
     loco_err err = {0};
     const int nc = loco_unet_n_cross(loco_pipeline_unet(e.p));

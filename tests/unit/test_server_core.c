@@ -226,21 +226,32 @@ static void make_tmp(void) {
 
 static void count_key(void *ctx, const char *key, int n) { *(int *)ctx += n; }
 
-TEST(store_lifecycle_and_terminal_states) {
+/* The job store of a fresh temporary folder (its path in db, for tests that reopen it). */
+static void tmp_store_path(char *db, size_t n) {
     make_tmp();
+    snprintf(db, n, "%s/jobs.sqlite3", tmpdir);
+}
+
+/* A queued job row of `kind` with id number `id` for key `key` on model "m", empty params. */
+static void job_row_init(locod_job_row *r, int id, loco_job_kind kind, const char *key) {
+    memset(r, 0, sizeof *r);
+    snprintf(r->id, sizeof r->id, "%032x", id);
+    r->kind = kind;
+    r->state = LOCO_JOB_QUEUED;
+    snprintf(r->model, sizeof r->model, "m");
+    snprintf(r->key_id, sizeof r->key_id, "%s", key);
+    r->params = json_object();
+}
+
+TEST(store_lifecycle_and_terminal_states) {
     char db[300];
-    snprintf(db, sizeof db, "%s/jobs.sqlite3", tmpdir);
+    tmp_store_path(db, sizeof db);
     locod_store *s = NULL;
     loco_err err;
     CHECK(locod_store_open(db, &s, &err) == LOCO_OK);
     locod_job_row r;
-    memset(&r, 0, sizeof r);
-    snprintf(r.id, sizeof r.id, "%032x", 1);
-    r.kind = LOCO_JOB_GENERATE;
-    r.state = LOCO_JOB_QUEUED;
-    snprintf(r.model, sizeof r.model, "m");
-    snprintf(r.key_id, sizeof r.key_id, "alice");
-    r.params = json_pack("{s:s}", "prompt", "a cat");
+    job_row_init(&r, 1, LOCO_JOB_GENERATE, "alice");
+    json_object_set_new(r.params, "prompt", json_string("a cat"));
     r.created_ms = 1000;
     snprintf(r.idem_key, sizeof r.idem_key, "idem-1");
     snprintf(r.req_hash, sizeof r.req_hash, "h");
@@ -284,20 +295,13 @@ static void gone_sha(void *ctx, const char *sha) { snprintf(ctx, 65, "%s", sha);
 /* A variant's delta outlives its edit job's retention for as long as the variant exists; deleting
  * the variant then releases it. */
 TEST(store_variants_keep_their_delta) {
-    make_tmp();
     char db[300];
-    snprintf(db, sizeof db, "%s/jobs.sqlite3", tmpdir);
+    tmp_store_path(db, sizeof db);
     locod_store *s = NULL;
     loco_err err;
     CHECK(locod_store_open(db, &s, &err) == LOCO_OK);
     locod_job_row r;
-    memset(&r, 0, sizeof r);
-    snprintf(r.id, sizeof r.id, "%032x", 77);
-    r.kind = LOCO_JOB_EDIT;
-    r.state = LOCO_JOB_QUEUED;
-    snprintf(r.model, sizeof r.model, "m");
-    snprintf(r.key_id, sizeof r.key_id, "k");
-    r.params = json_object();
+    job_row_init(&r, 77, LOCO_JOB_EDIT, "k");
     r.created_ms = 1000;
     CHECK(locod_store_insert(s, &r, &err) == LOCO_OK);
     json_t *arts = json_pack("[{s:s, s:i, s:s}, {s:s, s:i, s:s}]", "sha256", "de", "size", 3, "media_type",
@@ -335,23 +339,16 @@ TEST(store_variants_keep_their_delta) {
 /* expired_jobs must not grow forever: tombstones older than the bound are dropped, newer ones
  * still answer "expired". */
 TEST(store_prunes_old_tombstones) {
-    make_tmp();
     char db[300];
-    snprintf(db, sizeof db, "%s/jobs.sqlite3", tmpdir);
+    tmp_store_path(db, sizeof db);
     locod_store *s = NULL;
     loco_err err;
     CHECK(locod_store_open(db, &s, &err) == LOCO_OK);
     char ids[2][LOCO_JOB_ID_LEN + 1];
     for (int i = 0; i < 2; i++) {
         locod_job_row r;
-        memset(&r, 0, sizeof r);
-        snprintf(r.id, sizeof r.id, "%032x", 40 + i);
+        job_row_init(&r, 40 + i, LOCO_JOB_GENERATE, "k");
         snprintf(ids[i], sizeof ids[i], "%s", r.id);
-        r.kind = LOCO_JOB_GENERATE;
-        r.state = LOCO_JOB_QUEUED;
-        snprintf(r.model, sizeof r.model, "m");
-        snprintf(r.key_id, sizeof r.key_id, "k");
-        r.params = json_object();
         r.created_ms = 1000;
         CHECK(locod_store_insert(s, &r, &err) == LOCO_OK);
         CHECK(locod_store_finish(s, r.id, LOCO_JOB_FAILED, 2000, 3000 + i * 10000, "x", "y", 0, NULL, NULL, &err) == 1);
@@ -368,20 +365,14 @@ TEST(store_prunes_old_tombstones) {
 }
 
 TEST(store_recover_running_jobs) {
-    make_tmp();
     char db[300];
-    snprintf(db, sizeof db, "%s/jobs.sqlite3", tmpdir);
+    tmp_store_path(db, sizeof db);
     locod_store *s = NULL;
     loco_err err;
     CHECK(locod_store_open(db, &s, &err) == LOCO_OK);
     for (int i = 0; i < 3; i++) {
         locod_job_row r;
-        memset(&r, 0, sizeof r);
-        snprintf(r.id, sizeof r.id, "%032x", 10 + i);
-        r.state = LOCO_JOB_QUEUED;
-        snprintf(r.model, sizeof r.model, "m");
-        snprintf(r.key_id, sizeof r.key_id, "k");
-        r.params = json_object();
+        job_row_init(&r, 10 + i, LOCO_JOB_GENERATE, "k");
         r.retry_on_restart = i == 1;
         CHECK(locod_store_insert(s, &r, &err) == LOCO_OK);
         if (i < 2) CHECK(locod_store_mark_running(s, r.id, 10, &err) == 1);
