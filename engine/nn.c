@@ -161,6 +161,11 @@ loco_status loco_lin_forward(loco_backend *be, const loco_lin *l, const loco_ten
     return s;
 }
 
+loco_status loco_lin_accumulate(loco_backend *be, const loco_lin *l, const loco_tensor *x, loco_tensor *y,
+                                loco_err *err) {
+    return loco_linear_accumulate(be, y, x, &l->w, l->b.data ? &l->b : NULL, err);
+}
+
 /* y = y / f as diffusers writes it; skipped when f is 1 (division by 1 is exact). */
 static loco_status divide_by(loco_backend *be, loco_tensor *y, float f, loco_err *err) {
     if (f == 1.0f) return LOCO_OK;

@@ -159,5 +159,9 @@ loco_status loco_lin_load(const loco_loader *ld, const char *prefix, int in_f, i
 /* out[..., out_f] = act(x[..., in_f] W^T + b); out gets x's leading shape. */
 loco_status loco_lin_forward(loco_backend *be, const loco_lin *l, const loco_tensor *x, loco_act act,
                              loco_tensor *out, loco_err *err);
+/* y[..., out_f] += x[..., in_f] W^T + b, in place (loco_linear_accumulate): a residual add
+ * folded into the projection. */
+loco_status loco_lin_accumulate(loco_backend *be, const loco_lin *l, const loco_tensor *x, loco_tensor *y,
+                                loco_err *err);
 
 #endif

@@ -132,10 +132,11 @@ loco_status unet_text_proj(loco_backend *be, const unet_tblock *tb, int attn, in
     return loco_lin_forward(be, l, ehs, LOCO_ACT_NONE, out, err);
 }
 
-/* to_out(attention(to_q(n), k, v)) with per-sample K/V rows. */
+/* to_out(attention(to_q(n), k, v)) with per-sample K/V rows, into *out, or (residual not NULL)
+ * added to *residual in place by the to_out GEMM itself. */
 static loco_status attention(loco_backend *be, const unet_tblock *tb, const loco_lin *q_l, const loco_lin *o_l,
                              const loco_tensor *n, const loco_tensor *k, const loco_tensor *v, const int *kv_index,
-                             loco_tensor *out, loco_err *err) {
+                             loco_tensor *residual, loco_tensor *out, loco_err *err) {
     loco_tensor q = {0}, o = {0};
     loco_status s = loco_lin_forward(be, q_l, n, LOCO_ACT_NONE, &q, err);
     if (!s) s = loco_tensor_alloc_act(be, 3, q.shape, &o, err);
@@ -147,7 +148,9 @@ static loco_status attention(loco_backend *be, const unet_tblock *tb, const loco
         s = loco_attention(be, &o, &q, k, v, &ap, err);
     }
     loco_tensor_free(&q);
-    if (!s) s = loco_lin_forward(be, o_l, &o, LOCO_ACT_NONE, out, err);
+    if (!s)
+        s = residual ? loco_lin_accumulate(be, o_l, &o, residual, err)
+                     : loco_lin_forward(be, o_l, &o, LOCO_ACT_NONE, out, err);
     loco_tensor_free(&o);
     return s;
 }
@@ -178,8 +181,10 @@ static loco_status text_kv(const unet_run *r, const unet_tblock *tb, int attn, l
     return s;
 }
 
-/* h = h + x, in place, with x the site output (after its hook ran). */
-static loco_status residual(const unet_run *r, int site, loco_tensor *x, loco_tensor *h, loco_err *err) {
+/* h = h + x, in place, with x the site output (after its hook ran). A site no hook sees was
+ * added by its projection already (fused: the caller passed h as the residual and x is empty). */
+static loco_status residual(const unet_run *r, int site, int fused, loco_tensor *x, loco_tensor *h, loco_err *err) {
+    if (fused) return LOCO_OK;
     loco_status s = unet_call_hook(r, site, x, err);
     if (!s) s = loco_add(r->be, h, x, h, err);
     loco_tensor_free(x);
@@ -193,6 +198,9 @@ static loco_status tblock_forward(const unet_run *r, const unet_tblock *tb, loco
     if (r->kv_index_per_layer && r->kv_index_per_layer[ci]) kv_index = r->kv_index_per_layer[ci];
     loco_tensor n = {0}, a = {0}, k = {0}, v = {0}, f = {0};
     int owned = 0;
+    /* the three residual adds go into the to_out / ff.net.2 GEMMs unless a hook sees the site */
+    const int fuse1 = !unet_site_hooked(r, tb->site_attn1), fuse2 = !unet_site_hooked(r, tb->site_attn2),
+              fuse3 = !unet_site_hooked(r, tb->site_ff);
     loco_status s = loco_tensor_alloc_act(be, 3, h->shape, &n, err);
     if (s) return s;
 
@@ -200,12 +208,12 @@ static loco_status tblock_forward(const unet_run *r, const unet_tblock *tb, loco
     if ((s = loco_layer_norm(be, &n, h, &tb->norm1_w, &tb->norm1_b, TBLOCK_LN_EPS, err))) goto done;
     if (tb->only_cross) {
         if ((s = text_kv(r, tb, 1, &k, &v, &owned, err))) goto done;
-        s = attention(be, tb, &tb->a1_q, &tb->a1_o, &n, &k, &v, kv_index, &a, err);
+        s = attention(be, tb, &tb->a1_q, &tb->a1_o, &n, &k, &v, kv_index, fuse1 ? h : NULL, &a, err);
     } else {
         owned = 1;
         if ((s = loco_lin_forward(be, &tb->a1_k, &n, LOCO_ACT_NONE, &k, err))) goto done;
         if ((s = loco_lin_forward(be, &tb->a1_v, &n, LOCO_ACT_NONE, &v, err))) goto done;
-        s = attention(be, tb, &tb->a1_q, &tb->a1_o, &n, &k, &v, NULL, &a, err);
+        s = attention(be, tb, &tb->a1_q, &tb->a1_o, &n, &k, &v, NULL, fuse1 ? h : NULL, &a, err);
     }
     if (owned) {
         loco_tensor_free(&k);
@@ -213,19 +221,19 @@ static loco_status tblock_forward(const unet_run *r, const unet_tblock *tb, loco
     }
     memset(&k, 0, sizeof k);
     memset(&v, 0, sizeof v);
-    if (s || (s = residual(r, tb->site_attn1, &a, h, err))) goto done;
+    if (s || (s = residual(r, tb->site_attn1, fuse1, &a, h, err))) goto done;
 
     /* attn2: cross-attention to the text rows chosen per sample */
     if ((s = loco_layer_norm(be, &n, h, &tb->norm2_w, &tb->norm2_b, TBLOCK_LN_EPS, err))) goto done;
     if ((s = text_kv(r, tb, 2, &k, &v, &owned, err))) goto done;
-    s = attention(be, tb, &tb->a2_q, &tb->a2_o, &n, &k, &v, kv_index, &a, err);
+    s = attention(be, tb, &tb->a2_q, &tb->a2_o, &n, &k, &v, kv_index, fuse2 ? h : NULL, &a, err);
     if (owned) {
         loco_tensor_free(&k);
         loco_tensor_free(&v);
     }
     memset(&k, 0, sizeof k);
     memset(&v, 0, sizeof v);
-    if (s || (s = residual(r, tb->site_attn2, &a, h, err))) goto done;
+    if (s || (s = residual(r, tb->site_attn2, fuse2, &a, h, err))) goto done;
 
     /* feed-forward: GEGLU(ff.net.0.proj) -> ff.net.2 */
     if ((s = loco_layer_norm(be, &n, h, &tb->norm3_w, &tb->norm3_b, TBLOCK_LN_EPS, err))) goto done;
@@ -238,10 +246,12 @@ static loco_status tblock_forward(const unet_run *r, const unet_tblock *tb, loco
         }
         if (!s) s = loco_geglu(be, &gl, &g, err);
         loco_tensor_free(&g);
-        if (!s) s = loco_lin_forward(be, &tb->ff_out, &gl, LOCO_ACT_NONE, &f, err);
+        if (!s)
+            s = fuse3 ? loco_lin_accumulate(be, &tb->ff_out, &gl, h, err)
+                      : loco_lin_forward(be, &tb->ff_out, &gl, LOCO_ACT_NONE, &f, err);
         loco_tensor_free(&gl);
     }
-    if (s || (s = residual(r, tb->site_ff, &f, h, err))) goto done;
+    if (s || (s = residual(r, tb->site_ff, fuse3, &f, h, err))) goto done;
 done:
     loco_tensor_free(&n);
     loco_tensor_free(&a);

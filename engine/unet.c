@@ -52,6 +52,11 @@ loco_status unet_call_hook(const unet_run *r, int site, loco_tensor *t, loco_err
     return s;
 }
 
+int unet_site_hooked(const unet_run *r, int site) {
+    (void)site; /* hooks are one callback for every site: any hook sees them all */
+    return r->hooks && r->hooks->after;
+}
+
 const loco_site *loco_unet_sites(const loco_unet *u, int *n) {
     if (n) *n = u->n_sites;
     return u->sites;

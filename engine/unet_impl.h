@@ -77,6 +77,9 @@ typedef struct unet_run {
 loco_status unet_add_site(loco_unet *u, loco_site_kind kind, const char *name, int cross_index, int *id,
                           loco_err *err);
 loco_status unet_call_hook(const unet_run *r, int site, loco_tensor *t, loco_err *err);
+/* Whether a hook would see site's output: when not, a producer may fold the output straight
+ * into its consumer (a residual add into the projection's GEMM), never materialising it. */
+int unet_site_hooked(const unet_run *r, int site);
 loco_status unet_register_cross(loco_unet *u, unet_tblock *tb, loco_err *err);
 
 /* ---- transformer2d.c ---- */

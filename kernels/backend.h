@@ -154,6 +154,13 @@ int loco_act_from_name(const char *name, loco_act *out); /* also accepts transfo
 loco_status loco_linear(loco_backend *be, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
                         const loco_tensor *bias, loco_act act, loco_err *err);
 
+/* y = (x · wᵀ + bias) + y: a linear layer whose output is added to the residual stream y in
+ * place (a transformer block's attention output and feed-forward projections). The CUDA
+ * backend folds the add into the GEMM (cuBLASLt with beta = 1), saving a read and a write of
+ * y; elsewhere it is loco_linear into a temporary, then loco_add, bit for bit. */
+loco_status loco_linear_accumulate(loco_backend *be, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
+                                   const loco_tensor *bias, loco_err *err);
+
 /* 2-D convolution, NCHW. w [Cout, Cin, kh, kw]; bias [Cout] or NULL. pad = {top, bottom, left,
  * right} (asymmetric padding is needed by the VAE encoder's downsampler). */
 typedef struct loco_conv2d_params {

@@ -32,6 +32,9 @@ typedef struct loco_backend_ops {
 
     loco_status (*linear)(loco_backend *be, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
                           const loco_tensor *bias, loco_act act, loco_err *err);
+    /* Optional (NULL: loco_linear_accumulate runs linear into a temporary, then add). */
+    loco_status (*linear_accumulate)(loco_backend *be, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
+                                     const loco_tensor *bias, loco_err *err);
     loco_status (*conv2d)(loco_backend *be, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
                           const loco_tensor *bias, const loco_conv2d_params *p, loco_err *err);
     loco_status (*group_norm)(loco_backend *be, loco_tensor *y, const loco_tensor *x, int groups,

@@ -216,40 +216,69 @@ static loco_status check_act(const char *op, loco_act act, loco_err *err) {
 
 /* ---- linear, conv ------------------------------------------------------------------------------ */
 
-loco_status loco_linear(loco_backend *be, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
-                        const loco_tensor *bias, loco_act act, loco_err *err) {
-    const char *op = "linear";
+/* The checks loco_linear and loco_linear_accumulate share; *K_out is in_features. */
+static loco_status check_linear(loco_backend *be, const char *op, const loco_tensor *y, const loco_tensor *x,
+                                const loco_tensor *w, const loco_tensor *bias, int64_t *K_out, loco_err *err) {
     shapes s;
     TRY(check_pair(be, op, "y", y, "x", x, err));
     TRY(check_tensor(be, op, "w", w, err));
     TRY(same_dtype(op, "w", w, "x", x, err));
-    TRY(check_act(op, act, err));
-    if (x->ndim < 1) return loco_err_set(err, LOCO_EINVAL, "linear: x must have at least one dimension");
+    if (x->ndim < 1) return loco_err_set(err, LOCO_EINVAL, "%s: x must have at least one dimension", op);
     if (w->ndim != 2)
-        return loco_err_set(err, LOCO_EINVAL, "linear: w %s must be [out_features, in_features]", shp(&s, 0, w));
+        return loco_err_set(err, LOCO_EINVAL, "%s: w %s must be [out_features, in_features]", op, shp(&s, 0, w));
     int64_t K = w->shape[1], N = w->shape[0];
     if (x->shape[x->ndim - 1] != K)
-        return loco_err_set(err, LOCO_EINVAL, "linear: x %s has %lld features but w %s expects %lld", shp(&s, 0, x),
+        return loco_err_set(err, LOCO_EINVAL, "%s: x %s has %lld features but w %s expects %lld", op, shp(&s, 0, x),
                             (long long)x->shape[x->ndim - 1], shp(&s, 1, w), (long long)K);
     int shape_ok = y->ndim == x->ndim && y->shape[y->ndim - 1] == N;
     for (int i = 0; shape_ok && i < x->ndim - 1; i++) shape_ok = y->shape[i] == x->shape[i];
     if (!shape_ok)
-        return loco_err_set(err, LOCO_EINVAL, "linear: y %s must be x %s with the last dimension %lld (w %s)",
+        return loco_err_set(err, LOCO_EINVAL, "%s: y %s must be x %s with the last dimension %lld (w %s)", op,
                             shp(&s, 0, y), shp(&s, 1, x), (long long)N, shp(&s, 2, w));
     if (bias) {
         TRY(check_tensor(be, op, "bias", bias, err));
         TRY(same_dtype(op, "bias", bias, "x", x, err));
         if (bias->ndim != 1 || bias->shape[0] != N)
-            return loco_err_set(err, LOCO_EINVAL, "linear: bias %s must be [%lld] (w %s)", shp(&s, 0, bias),
+            return loco_err_set(err, LOCO_EINVAL, "%s: bias %s must be [%lld] (w %s)", op, shp(&s, 0, bias),
                                 (long long)N, shp(&s, 1, w));
         TRY(no_alias(op, "y", y, "bias", bias, err));
     }
     TRY(no_alias(op, "y", y, "x", x, err));
     TRY(no_alias(op, "y", y, "w", w, err));
+    *K_out = K;
+    return LOCO_OK;
+}
+
+loco_status loco_linear(loco_backend *be, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
+                        const loco_tensor *bias, loco_act act, loco_err *err) {
+    const char *op = "linear";
+    int64_t K = 0;
+    TRY(check_act(op, act, err));
+    TRY(check_linear(be, op, y, x, w, bias, &K, err));
     if (loco_tensor_numel(y) == 0) return LOCO_OK;
     double t0 = prof_begin(be);
     const loco_status op_st = be->ops->linear(be, y, x, w, bias, act, err);
     return prof_end(be, LOCO_OP_LINEAR, "linear", y, w, 2.0 * (double)loco_tensor_numel(y) * (double)K, t0, op_st);
+}
+
+loco_status loco_linear_accumulate(loco_backend *be, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
+                                   const loco_tensor *bias, loco_err *err) {
+    const char *op = "linear_accumulate";
+    int64_t K = 0;
+    TRY(check_linear(be, op, y, x, w, bias, &K, err));
+    if (loco_tensor_numel(y) == 0) return LOCO_OK;
+    if (be->ops->linear_accumulate) {
+        double t0 = prof_begin(be);
+        const loco_status op_st = be->ops->linear_accumulate(be, y, x, w, bias, err);
+        return prof_end(be, LOCO_OP_LINEAR, op, y, w, 2.0 * (double)loco_tensor_numel(y) * (double)K, t0, op_st);
+    }
+    /* the unfused form, exactly what a caller would write: t = linear(x), y = t + y */
+    loco_tensor t = {0};
+    loco_status st = loco_tensor_alloc(be, y->dtype, y->ndim, y->shape, &t, err);
+    if (st == LOCO_OK) st = loco_linear(be, &t, x, w, bias, LOCO_ACT_NONE, err);
+    if (st == LOCO_OK) st = loco_add(be, y, &t, y, err);
+    loco_tensor_free(&t);
+    return st;
 }
 
 loco_status loco_conv2d(loco_backend *be, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,

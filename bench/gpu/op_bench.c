@@ -6,9 +6,11 @@
  * calls each between two loco_backend_sync; the median batch gives the time per call. Conv
  * shapes are also timed on backends created with LOCO_CUDA_CONV=implicit and =im2col, so the
  * routes the default picks between can be compared on the same GPU ("name@implicit" and
- * "name@im2col" rows), and f16 ones on the implicit route without its row-gather kernel
- * (LOCO_CUDA_IGEMM_ROWS=0: "name@implicit_generic"). Attention shapes whose head dim has both flash-attention block heights
- * (40, 64, 80) are also timed with LOCO_CUDA_FLASH=64 and =128 ("name@fa64", "name@fa128").
+ * "name@im2col" rows; for batches of 4 or more also "name@im2col_32m" and "name@im2col_96m",
+ * im2col in LOCO_CUDA_IM2COL_KB chunks of 32 and 96 MiB), and f16 ones on the implicit route
+ * without its row-gather kernel (LOCO_CUDA_IGEMM_ROWS=0: "name@implicit_generic"). Attention
+ * shapes whose head dim has both flash-attention block heights (40, 64, 80) are also timed with
+ * LOCO_CUDA_FLASH=64 and =128 ("name@fa64", "name@fa128").
  *
  * Build: make build/bench/gpu/op_bench. Usage: op_bench [ops.txt] [reps]. */
 #include "backend.h"
@@ -216,13 +218,21 @@ int main(int argc, char **argv) {
     unsetenv("LOCO_CUDA_IGEMM_ROWS");
     setenv("LOCO_CUDA_CONV", "im2col", 1);
     loco_backend *be_im2col = be_generic ? cuda_backend() : NULL;
+    /* im2col chunks that stay in L2 (H100/H200: 50 MB) or about twice that, against the
+     * default 256 MiB: whether the GEMM reading a cached buffer beats fewer, larger GEMMs */
+    setenv("LOCO_CUDA_IM2COL_KB", "32768", 1);
+    loco_backend *be_im2col_32m = be_im2col ? cuda_backend() : NULL;
+    setenv("LOCO_CUDA_IM2COL_KB", "98304", 1);
+    loco_backend *be_im2col_96m = be_im2col_32m ? cuda_backend() : NULL;
+    unsetenv("LOCO_CUDA_IM2COL_KB");
     unsetenv("LOCO_CUDA_CONV");
     setenv("LOCO_CUDA_FLASH", "64", 1);
     loco_backend *be_fa64 = be_im2col ? cuda_backend() : NULL;
     setenv("LOCO_CUDA_FLASH", "128", 1);
     loco_backend *be_fa128 = be_fa64 ? cuda_backend() : NULL;
     unsetenv("LOCO_CUDA_FLASH");
-    if (!be || !be_implicit || !be_generic || !be_im2col || !be_fa64 || !be_fa128) return 2;
+    if (!be || !be_implicit || !be_generic || !be_im2col || !be_im2col_32m || !be_im2col_96m || !be_fa64 || !be_fa128)
+        return 2;
     fprintf(stderr, "op_bench on %s\n", loco_backend_describe(be));
     char line[512];
     int failures = 0;
@@ -249,6 +259,10 @@ int main(int argc, char **argv) {
             if (time_op(be_implicit, &op, reps, "@implicit") != 0) failures++;
             if (!strcmp(op.kind, "conv") && time_op(be_generic, &op, reps, "@implicit_generic") != 0) failures++;
             if (time_op(be_im2col, &op, reps, "@im2col") != 0) failures++;
+            if (op.a[0] >= 4) { /* batches whose default chunk holds several samples */
+                if (time_op(be_im2col_32m, &op, reps, "@im2col_32m") != 0) failures++;
+                if (time_op(be_im2col_96m, &op, reps, "@im2col_96m") != 0) failures++;
+            }
         }
         if (!strcmp(op.kind, "attn") && (op.a[4] == 40 || op.a[4] == 64 || op.a[4] == 80)) {
             if (time_op(be_fa64, &op, reps, "@fa64") != 0) failures++;
@@ -258,6 +272,8 @@ int main(int argc, char **argv) {
     fclose(f);
     loco_backend_destroy(be_fa128);
     loco_backend_destroy(be_fa64);
+    loco_backend_destroy(be_im2col_96m);
+    loco_backend_destroy(be_im2col_32m);
     loco_backend_destroy(be_im2col);
     loco_backend_destroy(be_generic);
     loco_backend_destroy(be_implicit);

@@ -44,14 +44,21 @@ typedef struct fa_params {
     int kv[FA_KV_MAX];    /* K/V sample of each query sample of this launch */
 } fa_params;
 
+/* One K/V tile of BC keys starting at key0 into shared memory. kg/vg already point at key0's
+ * row; offsets inside a tile fit in 32 bits (BC rows of heads * D elements), so the per-vector
+ * address math stays 32-bit and only the tile base is 64-bit (measured in SASS: the 64-bit
+ * per-vector form took about 240 instructions per tile for head dim 40, as many as the softmax). */
 template <typename T, int D>
-__device__ __forceinline__ void fa_load_kv(T *skb, T *svb, const T *kg, const T *vg, int key0, int lk, int64_t rs,
-                                           int tid) {
-    const int LDS = FA_LDS(D), DV = D / 8;
-    for (int i = tid; i < FA_BC(D) * DV; i += FA_THREADS) {
-        int r = i / DV, cv = i - r * DV, key = key0 + r;
-        bool ok = key < lk;
-        int64_t off = ok ? (int64_t)key * rs + cv * 8 : 0;
+__device__ __forceinline__ void fa_load_kv(T *skb, T *svb, const T *kg, const T *vg, int nkeys, int rs, int tid) {
+    constexpr int LDS = FA_LDS(D), DV = D / 8;
+    constexpr int NV = FA_BC(D) * DV; /* 16-byte vectors per tile */
+#pragma unroll
+    for (int it = 0; it < (NV + FA_THREADS - 1) / FA_THREADS; it++) {
+        const int i = tid + it * FA_THREADS;
+        if (NV % FA_THREADS != 0 && i >= NV) break;
+        const int r = i / DV, cv = i - r * DV;
+        const bool ok = r < nkeys;
+        const int off = ok ? r * rs + cv * 8 : 0;
         cp_async16(skb + r * LDS + cv * 8, kg + off, ok ? 16 : 0); /* rows past Lk become zeros */
         cp_async16(svb + r * LDS + cv * 8, vg + off, ok ? 16 : 0);
     }
@@ -105,7 +112,8 @@ __global__ void __launch_bounds__(FA_THREADS) flash_attn_kernel(const fa_params 
         if (last_q + 1 < kend) kend = last_q + 1;
     }
     const int ntiles = (kend + BC - 1) / BC;
-    if (ntiles > 0) fa_load_kv<T, D>(sk, sv, kg, vg, 0, p.lk, p.rs, tid);
+    const int rs = (int)p.rs;
+    if (ntiles > 0) fa_load_kv<T, D>(sk, sv, kg, vg, p.lk, rs, tid);
     cp_async_commit(); /* group 0: Q and K/V tile 0 */
 
     /* per m-tile state; index [mt][0] is row g of the tile, [mt][1] row g + 8 */
@@ -126,8 +134,9 @@ __global__ void __launch_bounds__(FA_THREADS) flash_attn_kernel(const fa_params 
     for (int j = 0; j < ntiles; j++) {
         const int buf = j & 1;
         if (j + 1 < ntiles) { /* prefetch the next tile into the other buffer */
-            fa_load_kv<T, D>(sk + (buf ^ 1) * BC * LDS, sv + (buf ^ 1) * BC * LDS, kg, vg, (j + 1) * BC, p.lk, p.rs,
-                             tid);
+            const int64_t next = (int64_t)(j + 1) * BC * p.rs;
+            fa_load_kv<T, D>(sk + (buf ^ 1) * BC * LDS, sv + (buf ^ 1) * BC * LDS, kg + next, vg + next,
+                             p.lk - (j + 1) * BC, rs, tid);
             cp_async_commit();
             cp_async_wait<1>();
         } else {
@@ -163,23 +172,28 @@ __global__ void __launch_bounds__(FA_THREADS) flash_attn_kernel(const fa_params 
                 }
             }
 
-        /* scale (base 2), mask, online softmax; each m-tile on its own */
+        /* Mask, then online softmax on each m-tile. Only the tile that crosses Lk (and, causal,
+         * the tiles that reach past the block's first row) pays for masking: the test is uniform
+         * across the block, so interior tiles branch around it. Folded into every element
+         * instead, the compiler predicated it everywhere: a third of the loop's instructions. */
         const int key0 = j * BC;
+        if (key0 + BC > p.lk || (p.causal && key0 + BC - 1 > q0)) {
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+                for (int nt = 0; nt < NST; nt++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        const int key = key0 + nt * 8 + 2 * tq + (e & 1), row = row0 + mt * 16 + (e < 2 ? 0 : 8);
+                        if (key >= p.lk || (p.causal && key > row)) s[mt][nt][e] = -INFINITY;
+                    }
+        }
+        /* Scores stay unscaled until the exponent: the scale is positive (the host checks), so
+         * the running max of raw scores is the max of scaled ones, and scale-and-subtract is one
+         * FFMA: p = 2^(s * scale_log2 - max * scale_log2). */
         uint32_t pa[MT][BC / 16][4]; /* P as the A operands of P V, two score tiles (16 keys) each */
 #pragma unroll
         for (int mt = 0; mt < MT; mt++) {
-            const int r0 = row0 + mt * 16, r1 = r0 + 8;
-            const bool edge = key0 + BC > p.lk || (p.causal && key0 + BC - 1 > q0 + wrow + mt * 16);
-#pragma unroll
-            for (int nt = 0; nt < NST; nt++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    s[mt][nt][e] *= p.scale_log2;
-                    if (edge) {
-                        int key = key0 + nt * 8 + 2 * tq + (e & 1), row = e < 2 ? r0 : r1;
-                        if (key >= p.lk || (p.causal && key > row)) s[mt][nt][e] = -INFINITY;
-                    }
-                }
             float mx0 = mr[mt][0], mx1 = mr[mt][1];
 #pragma unroll
             for (int nt = 0; nt < NST; nt++) {
@@ -192,25 +206,34 @@ __global__ void __launch_bounds__(FA_THREADS) flash_attn_kernel(const fa_params 
             mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
             /* a row with every key masked so far keeps max -inf; use 0 as its reference so
              * that no -inf - -inf appears */
-            const float base0 = mx0 == -INFINITY ? 0.0f : mx0, base1 = mx1 == -INFINITY ? 0.0f : mx1;
-            const float c0 = exp2f(mr[mt][0] - base0), c1 = exp2f(mr[mt][1] - base1);
+            const float nb0 = mx0 == -INFINITY ? 0.0f : -mx0 * p.scale_log2;
+            const float nb1 = mx1 == -INFINITY ? 0.0f : -mx1 * p.scale_log2;
+            /* Rescale the running sum and O only where the max grew; after the first key tiles
+             * it rarely does, and a warp where no row's max grew skips the O x c multiplies
+             * (4 D / 8 per m-tile per lane, a tenth of the loop for head dim 64). An unchanged
+             * max gives c = 1 exactly. */
+            const bool grew0 = mx0 != mr[mt][0], grew1 = mx1 != mr[mt][1];
+            if (__any_sync(0xffffffffu, grew0 || grew1)) {
+                const float c0 = grew0 ? fast_exp2(fmaf(mr[mt][0], p.scale_log2, nb0)) : 1.0f;
+                const float c1 = grew1 ? fast_exp2(fmaf(mr[mt][1], p.scale_log2, nb1)) : 1.0f;
+                l[mt][0] *= c0;
+                l[mt][1] *= c1;
+#pragma unroll
+                for (int d = 0; d < NDT; d++) {
+                    o[mt][d][0] *= c0;
+                    o[mt][d][1] *= c0;
+                    o[mt][d][2] *= c1;
+                    o[mt][d][3] *= c1;
+                }
+            }
             mr[mt][0] = mx0;
             mr[mt][1] = mx1;
-            l[mt][0] *= c0;
-            l[mt][1] *= c1;
-#pragma unroll
-            for (int d = 0; d < NDT; d++) {
-                o[mt][d][0] *= c0;
-                o[mt][d][1] *= c0;
-                o[mt][d][2] *= c1;
-                o[mt][d][3] *= c1;
-            }
 #pragma unroll
             for (int nt = 0; nt < NST; nt++) {
-                s[mt][nt][0] = exp2f(s[mt][nt][0] - base0);
-                s[mt][nt][1] = exp2f(s[mt][nt][1] - base0);
-                s[mt][nt][2] = exp2f(s[mt][nt][2] - base1);
-                s[mt][nt][3] = exp2f(s[mt][nt][3] - base1);
+                s[mt][nt][0] = fast_exp2(fmaf(s[mt][nt][0], p.scale_log2, nb0));
+                s[mt][nt][1] = fast_exp2(fmaf(s[mt][nt][1], p.scale_log2, nb0));
+                s[mt][nt][2] = fast_exp2(fmaf(s[mt][nt][2], p.scale_log2, nb1));
+                s[mt][nt][3] = fast_exp2(fmaf(s[mt][nt][3], p.scale_log2, nb1));
                 l[mt][0] += s[mt][nt][0] + s[mt][nt][1];
                 l[mt][1] += s[mt][nt][2] + s[mt][nt][3];
             }
@@ -356,8 +379,11 @@ extern "C" loco_status cuda_op_attention(loco_backend *be, loco_tensor *out, con
         return cuda_check(cudaMemsetAsync(out->data, 0, loco_tensor_nbytes(out), c->stream),
                           "cuda attention: cudaMemsetAsync", err);
 
+    /* the kernel takes the max of raw scores, so the scale must be positive; its K/V tiles use
+     * 32-bit offsets, which H <= 65535 and D <= 160 keep far from overflow (64 rows x HD) */
+    const float scale_log2 = p->scale * 1.4426950408889634f;
     int flash = (dt == LOCO_F16 || dt == LOCO_BF16) && fa_has_dim(D) && H <= 65535 && Lq < ((int64_t)1 << 30) &&
-                Lk < ((int64_t)1 << 30) && cuda_aligned(q->data, 16) && cuda_aligned(k->data, 16) &&
+                Lk < ((int64_t)1 << 30) && p->scale > 0.0f && isfinite(scale_log2) && cuda_aligned(q->data, 16) && cuda_aligned(k->data, 16) &&
                 cuda_aligned(v->data, 16) && cuda_aligned(out->data, 16);
     if (!flash) return cuda_attention_gemm(c, out, q, k, v, p, err);
 
@@ -372,7 +398,7 @@ extern "C" loco_status cuda_op_attention(loco_backend *be, loco_tensor *out, con
     fp.rs = HD;
     fp.q_bs = Lq * HD;
     fp.kv_bs = Lk * HD;
-    fp.scale_log2 = p->scale * 1.4426950408889634f;
+    fp.scale_log2 = scale_log2;
     fp.causal = p->causal != 0;
     const int mt = fa_mtiles(c, (int)D, Lq);
     for (int64_t b0 = 0; b0 < B; b0 += FA_KV_MAX) {

@@ -179,6 +179,7 @@ static void fill_ops(loco_backend_ops *o, int graphs) {
     o->download_f32 = cuda_download_f32;
     o->sync = cuda_sync;
     o->linear = cuda_op_linear;
+    o->linear_accumulate = cuda_op_linear_accumulate;
     o->conv2d = cuda_op_conv2d;
     o->group_norm = cuda_op_group_norm;
     o->layer_norm = cuda_op_layer_norm;

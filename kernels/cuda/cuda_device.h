@@ -64,6 +64,24 @@ __device__ __forceinline__ float act_apply(float x, int act) {
     }
 }
 
+/* 2^x with one MUFU.EX2 (relative error about 2^-22; results below 2^-126 flush to zero).
+ * exp2f compiles to the same instruction wrapped in a denormal range fix (a compare and two
+ * predicated multiplies), which in the flash kernel's softmax and the GroupNorm+SiLU pass
+ * cost three instructions per element for results that only matter below 2^-126. */
+__device__ __forceinline__ float fast_exp2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+    return y;
+}
+
+/* SiLU for the fused kernels: x * sigmoid(x) with the hardware exp2 and reciprocal (a few ulp
+ * in fp32) instead of expf and an IEEE division, whose range fix-ups and slow-path branch cost
+ * more than the memory access in a GroupNorm+SiLU pass. Below x = -87.3 the denominator
+ * passes 2^126 (inf below -88.7), where __fdividef returns 0: the result is -0, the limit. */
+__device__ __forceinline__ float fast_silu(float x) {
+    return __fdividef(x, 1.0f + fast_exp2(x * -1.4426950408889634f));
+}
+
 /* ---- warp reductions ------------------------------------------------------------------------ */
 
 __device__ __forceinline__ float warp_sum(float v) {

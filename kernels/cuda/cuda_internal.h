@@ -80,6 +80,7 @@ typedef struct cuda_gemm {
     const void *bias; /* d_dtype, length m, or NULL */
     int gelu_tanh;
     float alpha;
+    float beta; /* 0, or 1 to add the GEMM to what d holds (C = D in place; bias after both) */
 } cuda_gemm;
 
 typedef struct cuda_gemm_key {
@@ -228,6 +229,8 @@ extern "C" {
 /* gemm.cu */
 loco_status cuda_op_linear(loco_backend *be, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
                            const loco_tensor *bias, loco_act act, loco_err *err);
+loco_status cuda_op_linear_accumulate(loco_backend *be, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
+                                      const loco_tensor *bias, loco_err *err);
 /* conv.cu */
 loco_status cuda_op_conv2d(loco_backend *be, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
                            const loco_tensor *bias, const loco_conv2d_params *p, loco_err *err);

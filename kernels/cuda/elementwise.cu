@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "cuda_device.h"
+#include "fast_div.h"
 
 #define EW_THREADS 256
 #define LC_MAX 8 /* inputs per lincomb launch: passed by value, so graph capture keeps them */
@@ -134,16 +135,20 @@ extern "C" loco_status cuda_op_add(loco_backend *be, loco_tensor *y, const loco_
 
 /* ---- per-channel bias ------------------------------------------------------------------------- */
 
+/* y = x + bias[(i / inner) % period]. The vector form (inner % V == 0, fewer than 2^31
+ * vectors) finds a vector's channel with two magic-number divisions (fast_div.h); with int64
+ * division it was a call into the division routine per 16 bytes. */
 template <typename T>
 __global__ void channel_bias_kernel(T *y, const T *x, const void *bias, int bias_dtype, int64_t n, int64_t inner,
-                                    int64_t period, int vec) {
+                                    int64_t period, loco_fast_div vec_inner, loco_fast_div vec_period) {
     const int V = 16 / sizeof(T);
     int64_t stride = (int64_t)gridDim.x * blockDim.x;
     int64_t t = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (vec) { /* inner % V == 0: all V elements of a vector share one channel */
-        int64_t nv = n / V, inner_v = inner / V;
-        for (int64_t i = t; i < nv; i += stride) {
-            float bv = ld_dyn(bias, bias_dtype, (i / inner_v) % period);
+    if (vec_inner.d > 0) { /* all V elements of a vector share one channel */
+        const uint32_t nv = (uint32_t)(n / V);
+        for (uint32_t i = (uint32_t)t; i < nv; i += (uint32_t)stride) {
+            const uint32_t r = loco_fast_div_eval(vec_inner, i);
+            const float bv = ld_dyn(bias, bias_dtype, r - loco_fast_div_eval(vec_period, r) * vec_period.d);
             vec16<T> u = ((const vec16<T> *)x)[i];
 #pragma unroll
             for (int j = 0; j < V; j++) u.v[j] = from_f32<T>(to_f32(u.v[j]) + bv);
@@ -160,10 +165,18 @@ loco_status cuda_channel_bias(cuda_impl *c, void *y, const void *x, loco_dtype d
     if (n <= 0 || inner <= 0 || period <= 0) return LOCO_OK;
     CUDA_DISPATCH(dtype, T, "channel bias", err, {
         const int V = 16 / sizeof(T);
-        int vec = inner % V == 0 && all_aligned16(x, y, y);
-        int64_t items = vec ? n / V : n;
+        loco_fast_div vec_inner, vec_period; /* vec_inner.d = 0 selects the scalar form */
+        memset(&vec_inner, 0, sizeof vec_inner);
+        memset(&vec_period, 0, sizeof vec_period);
+        /* i + stride stays below 2^32 in the 32-bit loop: nv < 2^31 and the grid is far smaller */
+        if (inner % V == 0 && all_aligned16(x, y, y) && n / V < ((int64_t)1 << 31) && inner / V < ((int64_t)1 << 31) &&
+            period < ((int64_t)1 << 31)) {
+            vec_inner = loco_fast_div_make((uint32_t)(inner / V));
+            vec_period = loco_fast_div_make((uint32_t)period);
+        }
+        int64_t items = vec_inner.d ? n / V : n;
         channel_bias_kernel<T><<<cuda_grid(c, items, EW_THREADS), EW_THREADS, 0, c->stream>>>(
-            (T *)y, (const T *)x, bias, (int)bias_dtype, n, inner, period, vec);
+            (T *)y, (const T *)x, bias, (int)bias_dtype, n, inner, period, vec_inner, vec_period);
     });
     return cuda_check_launch("channel_bias_kernel", err);
 }

@@ -215,7 +215,7 @@ loco_status cuda_gemm_run(cuda_impl *c, const cuda_gemm *g, loco_err *err) {
         CUDA_TRY(cuda_check_lt(cublasLtMatmulDescSetAttribute(plan->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &g->bias,
                                                               sizeof g->bias),
                                "cublasLtMatmulDescSetAttribute(BIAS_POINTER)", err));
-    float alpha = g->alpha, beta = 0.0f;
+    float alpha = g->alpha, beta = g->beta;
     return cuda_check_lt(cublasLtMatmul(c->lt, plan->op, &alpha, g->a, plan->la, g->b, plan->lb, &beta, g->d, plan->ld,
                                         g->d, plan->ld, &plan->algo, c->lt_ws, c->lt_ws_size, c->stream),
                          "cublasLtMatmul", err);
@@ -229,8 +229,10 @@ loco_status cuda_gemm_run(cuda_impl *c, const cuda_gemm *g, loco_err *err) {
  * cuBLASLt's GELU epilogue is the tanh form (the one PyTorch fuses for gelu(approximate=
  * "tanh")), so only LOCO_ACT_GELU_TANH is fused; exact GELU, SiLU and quick GELU run as one
  * in-place pass afterwards, and so does everything when cuBLASLt offers no fused kernel. */
-extern "C" loco_status cuda_op_linear(loco_backend *be, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
-                                      const loco_tensor *bias, loco_act act, loco_err *err) {
+/* accumulate: y = (x w^T + bias) + y, the same GEMM with beta = 1 (C = D = y); the bias
+ * epilogue then adds after the accumulation, which changes only the rounding order. */
+static loco_status linear_run(loco_backend *be, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
+                              const loco_tensor *bias, loco_act act, int accumulate, loco_err *err) {
     CUDA_TRY(cuda_enter(be, err));
     cuda_impl *c = cuda_of(be);
     if (x->dtype != y->dtype || !cuda_is_act_dtype(y->dtype))
@@ -239,9 +241,10 @@ extern "C" loco_status cuda_op_linear(loco_backend *be, loco_tensor *y, const lo
     int64_t N = w->shape[0], K = w->shape[1];
     int64_t M = N > 0 ? loco_tensor_numel(y) / N : 0; /* from y: x is empty when K == 0 */
     if (M <= 0 || N <= 0) return LOCO_OK;
-    if (K <= 0) { /* an empty sum, as on the CPU: y = act(0 + bias) */
-        CUDA_TRY(cuda_check(cudaMemsetAsync(y->data, 0, loco_tensor_nbytes(y), c->stream),
-                            "cuda linear: cudaMemsetAsync", err));
+    if (K <= 0) { /* an empty sum, as on the CPU: y = act(0 + bias), or y += bias */
+        if (!accumulate)
+            CUDA_TRY(cuda_check(cudaMemsetAsync(y->data, 0, loco_tensor_nbytes(y), c->stream),
+                                "cuda linear: cudaMemsetAsync", err));
         if (bias)
             CUDA_TRY(cuda_channel_bias(c, y->data, y->data, y->dtype, bias->data, bias->dtype, M * N, 1, N, err));
         if (act != LOCO_ACT_NONE) CUDA_TRY(cuda_act_apply(c, y->data, y->data, y->dtype, M * N, act, err));
@@ -273,12 +276,14 @@ extern "C" loco_status cuda_op_linear(loco_backend *be, loco_tensor *y, const lo
     g.bias = bp;
     g.gelu_tanh = act == LOCO_ACT_GELU_TANH;
     g.alpha = 1.0f;
+    g.beta = accumulate ? 1.0f : 0.0f;
     int fused_act = g.gelu_tanh;
     if (st == LOCO_OK) {
         st = cuda_gemm_run(c, &g, err);
         /* no fused kernel: plain GEMM + passes. Not only on EUNSUPPORTED: cuBLASLt versions also
          * answer INVALID_VALUE for epilogue combinations they lack; a real device fault fails the
-         * retry as well and is reported from there. */
+         * retry as well and is reported from there. (A refused plan launched nothing, so an
+         * accumulating retry adds to y only once.) */
         if (st != LOCO_OK && st != LOCO_EDEVICE_OOM && (g.bias || g.gelu_tanh)) {
             g.bias = NULL;
             g.gelu_tanh = 0;
@@ -293,4 +298,14 @@ extern "C" loco_status cuda_op_linear(loco_backend *be, loco_tensor *y, const lo
     cuda_alloc_put(c, w_tmp);
     cuda_alloc_put(c, b_tmp);
     return st;
+}
+
+extern "C" loco_status cuda_op_linear(loco_backend *be, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
+                                      const loco_tensor *bias, loco_act act, loco_err *err) {
+    return linear_run(be, y, x, w, bias, act, 0, err);
+}
+
+extern "C" loco_status cuda_op_linear_accumulate(loco_backend *be, loco_tensor *y, const loco_tensor *x,
+                                                 const loco_tensor *w, const loco_tensor *bias, loco_err *err) {
+    return linear_run(be, y, x, w, bias, LOCO_ACT_NONE, 1, err);
 }

@@ -278,6 +278,11 @@ TEST(validation_every_op_names_itself) {
     BAD(loco_linear(be, &y, NULL, &w, NULL, LOCO_ACT_NONE, &err), "linear");      /* NULL */
     BAD(loco_linear(NULL, &y, &x, &w, NULL, LOCO_ACT_NONE, &err), "linear");      /* no backend */
     CHECK(strstr(err.msg, "backend") != NULL);
+    /* linear_accumulate: the same checks, under its own name */
+    BAD(loco_linear_accumulate(be, &x, &x, &w, NULL, &err), "linear_accumulate");   /* y shape */
+    BAD(loco_linear_accumulate(be, &y, &x, &w, &g, &err), "linear_accumulate");     /* bias size */
+    BAD(loco_linear_accumulate(be, &y, &i16, &w, NULL, &err), "linear_accumulate"); /* dtype */
+    BAD(loco_linear_accumulate(be, &y, &y, &w, NULL, &err), "linear_accumulate");   /* x width (and alias) */
     /* conv2d */
     {
         loco_tensor cx, cw, cy;
@@ -513,6 +518,40 @@ TEST(validation_rank_alias_and_range_checks) {
     }
 #undef BAD
     loco_tensor *all[] = {&x3, &w2, &w3, &y3, &x4, &w4, &q, &k2, &kw, &o, &s0, &i32};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) loco_tensor_free(all[i]);
+    loco_backend_destroy(be);
+}
+
+/* loco_linear_accumulate on a backend without the fused op is linear into a temporary, then
+ * add: the same bits as the two calls, with y left as it was when the linear fails. */
+TEST(linear_accumulate_is_linear_then_add) {
+    loco_backend *be = cpu_backend(0);
+    CHECK(be != NULL);
+    loco_err err;
+    enum { M = 7, K = 13, N = 5 };
+    float hx[M * K], hw[N * K], hb[N], hy[M * N];
+    for (int i = 0; i < M * K; i++) hx[i] = sinf(0.37f * (float)i) * 1.7f;
+    for (int i = 0; i < N * K; i++) hw[i] = cosf(0.11f * (float)i) * 0.3f;
+    for (int i = 0; i < N; i++) hb[i] = 0.25f * (float)i - 0.5f;
+    for (int i = 0; i < M * N; i++) hy[i] = 3.0f + 0.01f * (float)(i * i % 97);
+    int64_t xs[2] = {M, K}, ws[2] = {N, K}, bs[1] = {N}, ys[2] = {M, N};
+    loco_tensor x, w, b, y, t, ref;
+    CHECK(make_tensor(be, 2, xs, hx, &x) == 0 && make_tensor(be, 2, ws, hw, &w) == 0 &&
+          make_tensor(be, 1, bs, hb, &b) == 0 && make_tensor(be, 2, ys, hy, &y) == 0 &&
+          make_tensor(be, 2, ys, NULL, &t) == 0 && make_tensor(be, 2, ys, hy, &ref) == 0);
+    CHECK(loco_linear(be, &t, &x, &w, &b, LOCO_ACT_NONE, &err) == LOCO_OK);
+    CHECK(loco_add(be, &ref, &t, &ref, &err) == LOCO_OK);
+    CHECK(loco_linear_accumulate(be, &y, &x, &w, &b, &err) == LOCO_OK);
+    float got[M * N], want[M * N];
+    CHECK(loco_tensor_download_f32(&y, got, &err) == LOCO_OK && loco_tensor_download_f32(&ref, want, &err) == LOCO_OK);
+    CHECK(memcmp(got, want, sizeof got) == 0);
+    /* a second call adds again (no bias this time) */
+    CHECK(loco_linear(be, &t, &x, &w, NULL, LOCO_ACT_NONE, &err) == LOCO_OK);
+    CHECK(loco_add(be, &ref, &t, &ref, &err) == LOCO_OK);
+    CHECK(loco_linear_accumulate(be, &y, &x, &w, NULL, &err) == LOCO_OK);
+    CHECK(loco_tensor_download_f32(&y, got, &err) == LOCO_OK && loco_tensor_download_f32(&ref, want, &err) == LOCO_OK);
+    CHECK(memcmp(got, want, sizeof got) == 0);
+    loco_tensor *all[] = {&x, &w, &b, &y, &t, &ref};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) loco_tensor_free(all[i]);
     loco_backend_destroy(be);
 }

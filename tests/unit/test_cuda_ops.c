@@ -256,18 +256,27 @@ TEST(cuda_upload_converts_every_float_dtype) {
 
 /* ---- linear --------------------------------------------------------------------------------------- */
 
-static int check_linear(loco_dtype dt, int64_t M0, int64_t M1, int64_t K, int64_t N, int with_bias, loco_act act,
+/* act < 0: loco_linear_accumulate (y += x w^T + b, the add in the GEMM: cuBLASLt beta = 1)
+ * against the CPU's linear + add, y starting as a residual with an offset, as hidden states. */
+static int check_linear(loco_dtype dt, int64_t M0, int64_t M1, int64_t K, int64_t N, int with_bias, int act,
                         uint64_t seed) {
     char why[1100];
     genv e;
     if (genv_open(&e, dt, seed, why, sizeof why) != 1) return fprintf(stderr, "%s\n", why), 0;
     int64_t xs[3] = {M0, M1, K}, ws[2] = {N, K}, bs[1] = {N}, ys[3] = {M0, M1, N};
     twin x, w, b, y;
+    const char *what = act < 0 ? "linear_accumulate" : "linear";
     int ok = twin_rand(&e, 3, xs, 1.0f, 0.0f, &x) && twin_rand(&e, 2, ws, 1.0f / sqrtf((float)K), 0.0f, &w) &&
-             twin_rand(&e, 1, bs, 0.5f, 0.0f, &b) && twin_out(&e, 3, ys, &y);
-    ok = ok && both_ok(&e, loco_linear(e.cpu, &y.c, &x.c, &w.c, with_bias ? &b.c : NULL, act, &e.errc),
-                       loco_linear(e.gpu, &y.g, &x.g, &w.g, with_bias ? &b.g : NULL, act, &e.errg), "linear");
-    ok = ok && twin_close(&y, tol_for(dt), "linear");
+             twin_rand(&e, 1, bs, 0.5f, 0.0f, &b) &&
+             (act < 0 ? twin_rand(&e, 3, ys, 1.0f, 3.0f, &y) : twin_out(&e, 3, ys, &y));
+    const loco_tensor *bc = with_bias ? &b.c : NULL, *bg = with_bias ? &b.g : NULL;
+    if (act < 0)
+        ok = ok && both_ok(&e, loco_linear_accumulate(e.cpu, &y.c, &x.c, &w.c, bc, &e.errc),
+                           loco_linear_accumulate(e.gpu, &y.g, &x.g, &w.g, bg, &e.errg), what);
+    else
+        ok = ok && both_ok(&e, loco_linear(e.cpu, &y.c, &x.c, &w.c, bc, (loco_act)act, &e.errc),
+                           loco_linear(e.gpu, &y.g, &x.g, &w.g, bg, (loco_act)act, &e.errg), what);
+    ok = ok && twin_close(&y, tol_for(dt), what);
     twin_free(&x), twin_free(&w), twin_free(&b), twin_free(&y);
     genv_close(&e);
     return ok;
@@ -293,6 +302,16 @@ TEST(cuda_linear_sd_sizes_bf16_and_f32) {
     CHECK(check_linear(LOCO_F16, 2, 1024, 320, 1280, 1, LOCO_ACT_NONE, 31));
     CHECK(check_linear(LOCO_BF16, 2, 1024, 320, 1280, 1, LOCO_ACT_GELU, 32));
     CHECK(check_linear(LOCO_F32, 2, 300, 320, 640, 1, LOCO_ACT_SILU, 33));
+}
+
+TEST(cuda_linear_accumulate) {
+    GPU_ENV(e, LOCO_F16, 40);
+    genv_close(&e);
+    CHECK(check_linear(LOCO_F16, 2, 1024, 320, 320, 1, -1, 41)); /* SD 1.5 to_out at 32x32 */
+    CHECK(check_linear(LOCO_F16, 2, 77, 1280, 320, 0, -1, 42));  /* no bias, odd rows */
+    CHECK(check_linear(LOCO_BF16, 2, 256, 1280, 640, 1, -1, 43));
+    CHECK(check_linear(LOCO_F32, 2, 50, 96, 40, 1, -1, 44));
+    CHECK(check_linear(LOCO_F16, 1, 3, 29, 23, 1, -1, 45)); /* unaligned: cuBLASLt may refuse the bias epilogue */
 }
 
 /* ---- conv2d --------------------------------------------------------------------------------------- */
@@ -445,7 +464,9 @@ TEST(cuda_group_norm_large_mean) {
     CHECK(check_group_norm(LOCO_F32, 4, a, 32, 0, 1000.0f, 0, 82));
 }
 
-static int check_layer_norm(loco_dtype dt, int64_t rows, int64_t C, int with_beta, float offset, uint64_t seed) {
+/* in_place: y is x itself (the fast form keeps a warp's row in registers and writes it back) */
+static int check_layer_norm(loco_dtype dt, int64_t rows, int64_t C, int with_beta, int in_place, float offset,
+                            uint64_t seed) {
     char why[1100];
     genv e;
     if (genv_open(&e, dt, seed, why, sizeof why) != 1) return fprintf(stderr, "%s\n", why), 0;
@@ -453,22 +474,29 @@ static int check_layer_norm(loco_dtype dt, int64_t rows, int64_t C, int with_bet
     twin x, g, b, y;
     int ok = twin_rand(&e, 2, xs, 2.0f, offset, &x) && twin_rand(&e, 1, cs, 0.5f, 1.0f, &g) &&
              twin_rand(&e, 1, cs, 0.5f, 0.0f, &b) && twin_out(&e, 2, xs, &y);
-    ok = ok && both_ok(&e, loco_layer_norm(e.cpu, &y.c, &x.c, &g.c, with_beta ? &b.c : NULL, 1e-5f, &e.errc),
-                       loco_layer_norm(e.gpu, &y.g, &x.g, &g.g, with_beta ? &b.g : NULL, 1e-5f, &e.errg),
+    twin *out = in_place ? &x : &y;
+    ok = ok && both_ok(&e, loco_layer_norm(e.cpu, &out->c, &x.c, &g.c, with_beta ? &b.c : NULL, 1e-5f, &e.errc),
+                       loco_layer_norm(e.gpu, &out->g, &x.g, &g.g, with_beta ? &b.g : NULL, 1e-5f, &e.errg),
                        "layer_norm");
-    ok = ok && twin_close(&y, tol_for(dt), "layer_norm");
+    ok = ok && twin_close(out, tol_for(dt), in_place ? "layer_norm in place" : "layer_norm");
     twin_free(&x), twin_free(&g), twin_free(&b), twin_free(&y);
     genv_close(&e);
     return ok;
 }
 
+/* Widths on both kernels: rows of up to 32 x 8 vectors in registers (77 is the scalar form of
+ * the general kernel, 2560 its vector form), every dtype, with and without beta, in place. */
 TEST(cuda_layer_norm) {
     GPU_ENV(e, LOCO_F16, 90);
     genv_close(&e);
-    CHECK(check_layer_norm(LOCO_F16, 2 * 77, 768, 1, 0.0f, 91));
-    CHECK(check_layer_norm(LOCO_F16, 33, 77, 0, 0.0f, 92)); /* C not a multiple of 8 */
-    CHECK(check_layer_norm(LOCO_F16, 4096, 320, 1, 20.0f, 93));
-    CHECK(check_layer_norm(LOCO_BF16, 100, 1280, 1, 0.0f, 94));
+    CHECK(check_layer_norm(LOCO_F16, 2 * 77, 768, 1, 0, 0.0f, 91));
+    CHECK(check_layer_norm(LOCO_F16, 33, 77, 0, 0, 0.0f, 92)); /* C not a multiple of 8 */
+    CHECK(check_layer_norm(LOCO_F16, 4096, 320, 1, 0, 20.0f, 93));
+    CHECK(check_layer_norm(LOCO_BF16, 100, 1280, 1, 0, 0.0f, 94));
+    CHECK(check_layer_norm(LOCO_F16, 5, 2560, 1, 0, 0.0f, 95));  /* wider than the register form */
+    CHECK(check_layer_norm(LOCO_F32, 33, 512, 0, 0, 0.0f, 96));  /* f32: 4 per vector, no beta */
+    CHECK(check_layer_norm(LOCO_BF16, 40, 1024, 0, 1, 5.0f, 97)); /* in place, no beta */
+    CHECK(check_layer_norm(LOCO_F16, 300, 64, 1, 1, 0.0f, 98));   /* fewer vectors than lanes, in place */
 }
 
 /* ---- attention ------------------------------------------------------------------------------------- */
