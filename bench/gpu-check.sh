@@ -7,8 +7,8 @@
 #   2. stops here, with exit 0, on a machine without a usable GPU (build machines, CI);
 #   3. parity: every CUDA op (tests/unit/test_cuda_ops.c) and every pipeline stage
 #      (tests/unit/test_cuda_pipeline.c: text encoder, UNet call with its CUDA graph, VAE decode,
-#      whole tiny pipelines, out-of-memory handling) against the CPU backend: all must pass,
-#      none may be skipped. A failure is reported and the timings still run (one GPU run should
+#      whole tiny pipelines, out-of-memory handling) against the CPU backend, then the UNet calls
+#      and pipelines again with LOCO_CUDA_IM2COL_OVERLAP=1: all must pass, none may be skipped. A failure is reported and the timings still run (one GPU run should
 #      tell as much as it can); the exit code is then 1;
 #   4. times loco's ops on SD-sized shapes next to PyTorch (bench/gpu/ops.txt);
 #   5. times full-size random-weight SD 1.5 (512^2, 50 steps) and SD-XL (1024^2, 50 steps) at
@@ -145,16 +145,16 @@ SANITIZED=0
 run_one_test() { # binary test -> prints "<rc> <test> <seconds>"
     local t0 rc
     t0=$(date +%s)
-    timeout 150 "${RUN[@]}" "$1" "$2" >"$DIR/t_$2.log" 2>&1
+    timeout 150 "${RUN[@]}" "$1" "$2" >"$DIR/t_${LOG_TAG:-}$2.log" 2>&1
     rc=$?
     echo "$rc $2 $(($(date +%s) - t0))"
 }
 export -f run_one_test
 export DIR
-parity() { # name binary
+parity() { # name binary [test-name regex]
     say "parity: $1 (one process per test)"
     local names n_pass=0 n_fail=0 failed_names="" line rc name secs
-    names="$("${RUN[@]}" "$2" --list 2>/dev/null)"
+    names="$("${RUN[@]}" "$2" --list 2>/dev/null | grep -E "${3:-.}")"
     if [ -z "$names" ]; then
         say "FAILED: $1: '$2 --list' printed nothing"
         FAILED=1
@@ -162,7 +162,7 @@ parity() { # name binary
     fi
     : >"$DIR/$1.log"
     while read -r rc name secs; do
-        cat "$DIR/t_$name.log" >>"$DIR/$1.log"
+        cat "$DIR/t_${LOG_TAG:-}$name.log" >>"$DIR/$1.log"
         if [ "$rc" = 0 ]; then
             n_pass=$((n_pass + 1))
             printf 'gpu-check:   ok   %-48s %3ss\n' "$name" "$secs"
@@ -173,7 +173,7 @@ parity() { # name binary
             [ "$rc" = 77 ] && why="skipped on a GPU machine"
             [ "$rc" = 124 ] && why="timed out (150 s)"
             printf 'gpu-check:   FAIL %-48s %3ss (%s)\n' "$name" "$secs" "$why"
-            grep -vE '^(ok|skip) |^[0-9]+ passed' "$DIR/t_$name.log" | head -12 | sed 's/^/gpu-check:        /'
+            grep -vE '^(ok|skip) |^[0-9]+ passed' "$DIR/t_${LOG_TAG:-}$name.log" | head -12 | sed 's/^/gpu-check:        /'
         fi
     done < <(printf '%s\n' $names | RUN_PREFIX="${RUN[*]}" xargs -P 6 -I{} bash -c \
         'RUN=($RUN_PREFIX); run_one_test "$0" "$1"' "$2" {} | sort -k2)
@@ -185,7 +185,7 @@ parity() { # name binary
          END { for (w in n) printf "%s: worst rel err %.3g over %d checks\n", w, m[w], n[w] }' "$DIR/$1.log" |
         sed 's/^/gpu-check:     /' | head -60
     if [ $n_fail -ne 0 ]; then
-        say "FAILED: $1: $n_pass passed, $n_fail failed:$failed_names (logs: $DIR/t_<test>.log)"
+        say "FAILED: $1: $n_pass passed, $n_fail failed:$failed_names (logs: $DIR/t_${LOG_TAG:-}<test>.log)"
         FAILED=1
         if command -v compute-sanitizer >/dev/null 2>&1; then
             for name in $failed_names; do
@@ -194,9 +194,9 @@ parity() { # name binary
                 SANITIZED=$((SANITIZED + 1))
                 say "compute-sanitizer memcheck: $1 $name"
                 timeout 120 "${RUN[@]}" compute-sanitizer --tool memcheck --print-limit 8 "$2" "$name" \
-                    >"$DIR/san_$name.log" 2>&1
+                    >"$DIR/san_${LOG_TAG:-}$name.log" 2>&1
                 grep -E '^=+ (Invalid|Address|Saved|Program hit|ERROR SUMMARY)|^=+ +at |^(FAIL|ok) ' \
-                    "$DIR/san_$name.log" | head -16 | sed 's/^/gpu-check:     /'
+                    "$DIR/san_${LOG_TAG:-}$name.log" | head -16 | sed 's/^/gpu-check:     /'
             done
         fi
     else
@@ -205,6 +205,10 @@ parity() { # name binary
 }
 parity cuda_ops "$BIN_TESTS/test_cuda_ops"
 parity cuda_pipeline "$BIN_TESTS/test_cuda_pipeline"
+# the UNet calls and whole pipelines again with im2col fills on a side stream (not the default
+# yet): their CUDA graph captures must take the forked stream in and replay bit for bit
+LOCO_CUDA_IM2COL_OVERLAP=1 LOG_TAG=overlap_ parity cuda_pipeline_overlap "$BIN_TESTS/test_cuda_pipeline" \
+    'unet_call|pipeline_'
 [ $QUICK -eq 1 ] && exit $FAILED
 
 # ---- 4. op timings: loco vs PyTorch on the same GPU ------------------------------------------------

@@ -7,7 +7,8 @@
  * shapes are also timed on backends created with LOCO_CUDA_CONV=implicit and =im2col, so the
  * routes the default picks between can be compared on the same GPU ("name@implicit" and
  * "name@im2col" rows; for batches of 4 or more also "name@im2col_32m" and "name@im2col_96m",
- * im2col in LOCO_CUDA_IM2COL_KB chunks of 32 and 96 MiB), and f16 ones on the implicit route
+ * im2col in LOCO_CUDA_IM2COL_KB chunks of 32 and 96 MiB, and "name@im2col_overlap", fills on a
+ * side stream beside the GEMMs, LOCO_CUDA_IM2COL_OVERLAP=1), and f16 ones on the implicit route
  * without its row-gather kernel (LOCO_CUDA_IGEMM_ROWS=0: "name@implicit_generic"). Attention
  * shapes whose head dim has both flash-attention block heights (40, 64, 80) are also timed with
  * LOCO_CUDA_FLASH=64 and =128 ("name@fa64", "name@fa128").
@@ -225,13 +226,17 @@ int main(int argc, char **argv) {
     setenv("LOCO_CUDA_IM2COL_KB", "98304", 1);
     loco_backend *be_im2col_96m = be_im2col_32m ? cuda_backend() : NULL;
     unsetenv("LOCO_CUDA_IM2COL_KB");
+    setenv("LOCO_CUDA_IM2COL_OVERLAP", "1", 1); /* fills on a side stream beside the GEMMs */
+    loco_backend *be_im2col_ov = be_im2col_96m ? cuda_backend() : NULL;
+    unsetenv("LOCO_CUDA_IM2COL_OVERLAP");
     unsetenv("LOCO_CUDA_CONV");
     setenv("LOCO_CUDA_FLASH", "64", 1);
     loco_backend *be_fa64 = be_im2col ? cuda_backend() : NULL;
     setenv("LOCO_CUDA_FLASH", "128", 1);
     loco_backend *be_fa128 = be_fa64 ? cuda_backend() : NULL;
     unsetenv("LOCO_CUDA_FLASH");
-    if (!be || !be_implicit || !be_generic || !be_im2col || !be_im2col_32m || !be_im2col_96m || !be_fa64 || !be_fa128)
+    if (!be || !be_implicit || !be_generic || !be_im2col || !be_im2col_32m || !be_im2col_96m || !be_im2col_ov ||
+        !be_fa64 || !be_fa128)
         return 2;
     fprintf(stderr, "op_bench on %s\n", loco_backend_describe(be));
     char line[512];
@@ -262,6 +267,7 @@ int main(int argc, char **argv) {
             if (op.a[0] >= 4) { /* batches whose default chunk holds several samples */
                 if (time_op(be_im2col_32m, &op, reps, "@im2col_32m") != 0) failures++;
                 if (time_op(be_im2col_96m, &op, reps, "@im2col_96m") != 0) failures++;
+                if (time_op(be_im2col_ov, &op, reps, "@im2col_overlap") != 0) failures++;
             }
         }
         if (!strcmp(op.kind, "attn") && (op.a[4] == 40 || op.a[4] == 64 || op.a[4] == 80)) {
@@ -272,6 +278,7 @@ int main(int argc, char **argv) {
     fclose(f);
     loco_backend_destroy(be_fa128);
     loco_backend_destroy(be_fa64);
+    loco_backend_destroy(be_im2col_ov);
     loco_backend_destroy(be_im2col_96m);
     loco_backend_destroy(be_im2col_32m);
     loco_backend_destroy(be_im2col);

@@ -56,12 +56,36 @@ loco_status cuda_enter(loco_backend *be, loco_err *err) {
 
 /* ---- vtable hooks: memory and transfers ------------------------------------------------------ */
 
+/* The side stream and events of LOCO_CUDA_IM2COL_OVERLAP=1 (conv.cu). */
+static loco_status overlap_create(cuda_impl *c, loco_err *err) {
+    loco_status st = cuda_check(cudaStreamCreateWithFlags(&c->aux, cudaStreamNonBlocking), "cudaStreamCreate(aux)", err);
+    cudaEvent_t *ev[6] = {&c->ev_fork, &c->ev_join, &c->ev_col_ready[0], &c->ev_col_ready[1], &c->ev_col_free[0],
+                          &c->ev_col_free[1]};
+    for (int i = 0; i < 6 && st == LOCO_OK; i++)
+        st = cuda_check(cudaEventCreateWithFlags(ev[i], cudaEventDisableTiming), "cudaEventCreate(im2col overlap)",
+                        err);
+    return st;
+}
+
+static void overlap_destroy(cuda_impl *c) {
+    cudaEvent_t ev[6] = {c->ev_fork, c->ev_join, c->ev_col_ready[0], c->ev_col_ready[1], c->ev_col_free[0],
+                         c->ev_col_free[1]};
+    for (int i = 0; i < 6; i++)
+        if (ev[i]) cudaEventDestroy(ev[i]);
+    if (c->aux) {
+        cudaStreamSynchronize(c->aux);
+        cudaStreamDestroy(c->aux);
+    }
+    c->aux = NULL;
+}
+
 static void cuda_destroy(loco_backend *be) {
     if (!be) return;
     cuda_backend *cb = (cuda_backend *)be;
     cuda_impl *c = &cb->impl;
     cudaSetDevice(c->device);
     if (c->stream) cudaStreamSynchronize(c->stream);
+    overlap_destroy(c); /* the side stream always joined the main one; it goes before any memory */
     cuda_gemm_plans_destroy(c);
     if (c->lt) cublasLtDestroy(c->lt);
     cuda_graph_pools_destroy(c);
@@ -296,6 +320,8 @@ extern "C" loco_status loco_backend_cuda_create(const loco_backend_opts *opts, l
         c->lt_ws_size = LT_WORKSPACE;
         st = cuda_alloc_get(c, c->lt_ws_size, &c->lt_ws, err);
     }
+    const char *overlap = getenv("LOCO_CUDA_IM2COL_OVERLAP");
+    if (st == LOCO_OK && overlap && overlap[0] == '1') st = overlap_create(c, err);
     if (st == LOCO_OK) st = cuda_attention_setup(c, err);
     if (st == LOCO_OK) st = cuda_conv_igemm_tf32_setup(c, err);
     if (st == LOCO_OK) st = cuda_conv_igemm_setup(c, err);
@@ -304,7 +330,7 @@ extern "C" loco_status loco_backend_cuda_create(const loco_backend_opts *opts, l
         cuda_destroy(&cb->be);
         return st;
     }
-    snprintf(cb->be.desc, sizeof cb->be.desc, "cuda:%d %.100s (sm_%d%d, %d SMs, %.1f GiB, %s activations%s%s%s)",
+    snprintf(cb->be.desc, sizeof cb->be.desc, "cuda:%d %.100s (sm_%d%d, %d SMs, %.1f GiB, %s activations%s%s%s%s)",
              ordinal, prop.name, prop.major, prop.minor, prop.multiProcessorCount,
              (double)prop.totalGlobalMem / (1024.0 * 1024.0 * 1024.0), cuda_dt(act),
              c->conv_algo == CUDA_CONV_IM2COL     ? ", conv: im2col"
@@ -313,7 +339,7 @@ extern "C" loco_status loco_backend_cuda_create(const loco_backend_opts *opts, l
              c->flash_rows == 64    ? ", flash: 64 rows"
              : c->flash_rows == 128 ? ", flash: 128 rows"
                                     : "",
-             graphs ? "" : ", graphs off");
+             c->aux ? ", im2col overlapped" : "", graphs ? "" : ", graphs off");
     *out = &cb->be;
     return LOCO_OK;
 }

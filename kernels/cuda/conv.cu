@@ -8,7 +8,8 @@
  *  - im2col of whole samples (or, for VAE decoders at 1024^2, of
  *    slices of one sample's pixels) into a bounded scratch buffer, then one cuBLASLt GEMM per
  *    chunk (TF32 for f32) writing straight into y. cuBLASLt splits K and picks small tiles
- *    where the implicit kernel would leave most SMs idle.
+ *    where the implicit kernel would leave most SMs idle. With LOCO_CUDA_IM2COL_OVERLAP=1 the
+ *    fills run on a side stream, one chunk ahead of the GEMMs (unmeasured: off by default).
  *  LOCO_CUDA_CONV=implicit|im2col forces one of the last two for every conv that is not 1x1
  *  (benchmarks and tests compare them).
  *
@@ -17,7 +18,6 @@
 #include <string.h>
 
 #include "cuda_device.h"
-
 
 /* col[z][k][pi] (for sample z of the chunk: row-major K x pc) = x[z][ci, oh*st - pt + r,
  * ow*st - pl + s] for output pixel p0 + pi, zero outside the image.
@@ -71,15 +71,114 @@ __global__ void __launch_bounds__(IM2COL_TX *IM2COL_TY)
     }
 }
 
+/* The geometry of one conv2d call, as the im2col route needs it. */
+typedef struct conv_geom {
+    int64_t Nb, Cin, H, W, Cout, kh, kw, Wo, P, K;
+    size_t es; /* element size */
+    const loco_conv2d_params *p;
+} conv_geom;
+
 template <typename U, int V>
-static void im2col_launch(cuda_impl *c, void *col, const void *x, int64_t z, int64_t H, int64_t W, int64_t kh,
-                          int64_t kw, const loco_conv2d_params *p, int64_t Wo, int64_t p0, int64_t n, int64_t K,
-                          int64_t x_sample) {
-    int64_t gx = (n / V + IM2COL_TX - 1) / IM2COL_TX, gy = (K + IM2COL_TY - 1) / IM2COL_TY;
+static void im2col_launch(cudaStream_t stream, void *col, const void *x, int64_t z, const conv_geom *g, int64_t p0,
+                          int64_t n) {
+    int64_t gx = (n / V + IM2COL_TX - 1) / IM2COL_TX, gy = (g->K + IM2COL_TY - 1) / IM2COL_TY;
     const dim3 grid((unsigned)(gx < 65535 ? gx : 65535), (unsigned)(gy < 65535 ? gy : 65535), (unsigned)z);
-    im2col_kernel<U, V><<<grid, dim3(IM2COL_TX, IM2COL_TY), 0, c->stream>>>(
-        (U *)col, (const U *)x, (int)H, (int)W, (int)kh, (int)kw, p->stride, p->pad[0], p->pad[2], (int)Wo, (int)p0,
-        (int)n, (int)K, x_sample, K * n);
+    im2col_kernel<U, V><<<grid, dim3(IM2COL_TX, IM2COL_TY), 0, stream>>>(
+        (U *)col, (const U *)x, (int)g->H, (int)g->W, (int)g->kh, (int)g->kw, g->p->stride, g->p->pad[0],
+        g->p->pad[2], (int)g->Wo, (int)p0, (int)n, (int)g->K, g->Cin * g->H * g->W, g->K * n);
+}
+
+/* im2col of output pixels [p0, p0 + n) of z samples starting at xs into col, on `stream`. */
+static loco_status col_fill(cudaStream_t stream, void *col, const char *xs, int64_t z, const conv_geom *g, int64_t p0,
+                            int64_t n, loco_err *err) {
+    /* 16-byte groups when no group of V pixels straddles an output row (p0 and n are multiples
+     * of pc's 64 or the whole image) */
+    const int v16 = g->Wo % 8 == 0 && p0 % 8 == 0 && n % 8 == 0;
+    if (g->es == 2 && v16)
+        im2col_launch<uint16_t, 8>(stream, col, xs, z, g, p0, n);
+    else if (g->es == 2)
+        im2col_launch<uint16_t, 1>(stream, col, xs, z, g, p0, n);
+    else if (v16)
+        im2col_launch<uint32_t, 4>(stream, col, xs, z, g, p0, n);
+    else
+        im2col_launch<uint32_t, 1>(stream, col, xs, z, g, p0, n);
+    return cuda_check_launch("im2col_kernel", err);
+}
+
+/* The GEMM of one filled chunk, on the main stream: per sample, D (n x Cout, ld P) = col
+ * (n x K, ld n) . w (K x Cout, ld K), all column-major; the z samples are one strided batch
+ * (weights shared, batch stride 0). ys points at the chunk's first sample of y. */
+static loco_status col_gemm(cuda_impl *c, const void *col, const void *wp, char *ys, int64_t z, const conv_geom *g,
+                            loco_dtype dt, int64_t p0, int64_t n, loco_err *err) {
+    cuda_gemm gm;
+    memset(&gm, 0, sizeof gm);
+    gm.m = n;
+    gm.n = g->Cout;
+    gm.k = g->K;
+    gm.lda = n;
+    gm.ldb = g->K;
+    gm.ldd = g->P;
+    gm.batch = (int)z;
+    gm.stride_a = g->K * n;
+    gm.stride_b = 0;
+    gm.stride_d = g->Cout * g->P;
+    gm.ab_dtype = dt;
+    gm.d_dtype = dt;
+    gm.a = col;
+    gm.b = wp;
+    gm.d = ys + (size_t)p0 * g->es;
+    gm.alpha = 1.0f;
+    return cuda_gemm_run(c, &gm, err);
+}
+
+/* Whole-sample chunks with the im2col of chunk i + 1 running on the side stream while chunk
+ * i's GEMM runs on the main one (LOCO_CUDA_IM2COL_OVERLAP=1). Two buffers of nz samples
+ * alternate: chunk i fills buffer i % 2 once chunk i - 2's GEMM has read it, and chunk i's
+ * GEMM waits for its fill. The side stream forks from the main one first (x was written
+ * there) and joins it at the end, which is also what a CUDA graph capture requires of it.
+ * Why: im2col is memory-bound and the GEMM tensor-bound, so side by side they share the SMs
+ * instead of taking turns; one UNet 3x3 conv spends about a quarter of its time in im2col. */
+static loco_status conv_im2col_overlap(cuda_impl *c, loco_tensor *y, const loco_tensor *x, const void *wp,
+                                       const conv_geom *g, int64_t nz, loco_err *err) {
+    const size_t sample_col = (size_t)(g->K * g->P) * g->es;
+    void *col[2] = {NULL, NULL};
+    loco_status st = cuda_alloc_get(c, sample_col * (size_t)nz, &col[0], err);
+    if (st == LOCO_OK) st = cuda_alloc_get(c, sample_col * (size_t)nz, &col[1], err);
+    if (st == LOCO_OK) st = cuda_check(cudaEventRecord(c->ev_fork, c->stream), "cudaEventRecord(fork)", err);
+    if (st == LOCO_OK) st = cuda_check(cudaStreamWaitEvent(c->aux, c->ev_fork, 0), "cudaStreamWaitEvent(fork)", err);
+    const int forked = st == LOCO_OK;
+    for (int64_t nb = 0, i = 0; nb < g->Nb && st == LOCO_OK; nb += nz, i++) {
+        const int64_t z = g->Nb - nb < nz ? g->Nb - nb : nz;
+        const int b = (int)(i & 1);
+        if (i >= 2)
+            st = cuda_check(cudaStreamWaitEvent(c->aux, c->ev_col_free[b], 0), "cudaStreamWaitEvent(free)", err);
+        if (st == LOCO_OK)
+            st = col_fill(c->aux, col[b], (const char *)x->data + (size_t)(nb * g->Cin * g->H * g->W) * g->es, z, g,
+                          0, g->P, err);
+        if (st == LOCO_OK)
+            st = cuda_check(cudaEventRecord(c->ev_col_ready[b], c->aux), "cudaEventRecord(ready)", err);
+        if (st == LOCO_OK)
+            st = cuda_check(cudaStreamWaitEvent(c->stream, c->ev_col_ready[b], 0), "cudaStreamWaitEvent(ready)", err);
+        if (st == LOCO_OK)
+            st = col_gemm(c, col[b], wp, (char *)y->data + (size_t)(nb * g->Cout * g->P) * g->es, z, g, y->dtype, 0,
+                          g->P, err);
+        if (st == LOCO_OK)
+            st = cuda_check(cudaEventRecord(c->ev_col_free[b], c->stream), "cudaEventRecord(free)", err);
+    }
+    /* join even after an error: the buffers go back to the main stream's allocator, and a
+     * capture with an unjoined stream fails */
+    if (forked) {
+        loco_status js = cuda_check(cudaEventRecord(c->ev_join, c->aux), "cudaEventRecord(join)", err);
+        if (js == LOCO_OK) js = cuda_check(cudaStreamWaitEvent(c->stream, c->ev_join, 0), "cudaStreamWaitEvent(join)",
+                                           err);
+        /* no join (a sticky device error): wait for the side stream on the host, so that it
+         * cannot write into the buffers after they go back (fails harmlessly in a capture) */
+        if (js != LOCO_OK) cudaStreamSynchronize(c->aux);
+        if (st == LOCO_OK) st = js;
+    }
+    cuda_alloc_put(c, col[0]);
+    cuda_alloc_put(c, col[1]);
+    return st;
 }
 
 /* im2col + one cuBLASLt GEMM per chunk. A chunk is either several whole samples (pc == P: one
@@ -87,65 +186,49 @@ static void im2col_launch(cuda_impl *c, void *col, const void *x, int64_t z, int
  * pixels (VAE decoders at 1024^2, where one sample's buffer alone exceeds the budget). */
 static loco_status conv_im2col(cuda_impl *c, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
                                const void *wp, const loco_conv2d_params *p, loco_err *err) {
-    const int64_t Nb = x->shape[0], Cin = x->shape[1], H = x->shape[2], W = x->shape[3];
-    const int64_t Cout = w->shape[0], kh = w->shape[2], kw = w->shape[3];
-    const int64_t Wo = y->shape[3], P = y->shape[2] * Wo, K = Cin * kh * kw;
-    const size_t es = loco_dtype_size(y->dtype);
-    if (H * W >= ((int64_t)1 << 31) || P >= ((int64_t)1 << 31) || K >= ((int64_t)1 << 31))
+    conv_geom g;
+    g.Nb = x->shape[0];
+    g.Cin = x->shape[1];
+    g.H = x->shape[2];
+    g.W = x->shape[3];
+    g.Cout = w->shape[0];
+    g.kh = w->shape[2];
+    g.kw = w->shape[3];
+    g.Wo = y->shape[3];
+    g.P = y->shape[2] * g.Wo;
+    g.K = g.Cin * g.kh * g.kw;
+    g.es = loco_dtype_size(y->dtype);
+    g.p = p;
+    if (g.H * g.W >= ((int64_t)1 << 31) || g.P >= ((int64_t)1 << 31) || g.K >= ((int64_t)1 << 31))
         return loco_err_set(err, LOCO_EUNSUPPORTED, "cuda conv2d: image of %lldx%lld (%lld taps) is too large",
-                            (long long)H, (long long)W, (long long)K);
-    int64_t pc = (int64_t)(c->im2col_budget / ((size_t)K * es));
+                            (long long)g.H, (long long)g.W, (long long)g.K);
+    int64_t pc = (int64_t)(c->im2col_budget / ((size_t)g.K * g.es));
     if (pc > 64) pc = pc / 64 * 64; /* slices start on aligned pixels */
     if (pc < 1) pc = 1;
-    if (pc > P) pc = P;
-    if (pc * K >= ((int64_t)1 << 31)) pc = (((int64_t)1 << 31) - 1) / K; /* row offsets stay in int64, pi in int */
-    int64_t nz = pc == P ? (int64_t)(c->im2col_budget / ((size_t)(K * P) * es)) : 1; /* samples per chunk */
+    if (pc > g.P) pc = g.P;
+    if (pc * g.K >= ((int64_t)1 << 31)) pc = (((int64_t)1 << 31) - 1) / g.K; /* row offsets stay in int64, pi in int */
+    int64_t nz = pc == g.P ? (int64_t)(c->im2col_budget / ((size_t)(g.K * g.P) * g.es)) : 1; /* samples per chunk */
     if (nz < 1) nz = 1;
-    if (nz > Nb) nz = Nb;
+    if (nz > g.Nb) nz = g.Nb;
     if (nz > 65535) nz = 65535;
+    if (c->aux && pc == g.P && nz >= 2) {
+        /* two buffers of nz / 2 samples within the one budget (a budget of a single sample
+         * stays on the serial path), and at least two chunks to overlap */
+        int64_t half = nz / 2;
+        if (half > (g.Nb + 1) / 2) half = (g.Nb + 1) / 2;
+        return conv_im2col_overlap(c, y, x, wp, &g, half, err);
+    }
     void *col = NULL;
-    CUDA_TRY(cuda_alloc_get(c, (size_t)(K * pc * nz) * es, &col, err));
+    CUDA_TRY(cuda_alloc_get(c, (size_t)(g.K * pc * nz) * g.es, &col, err));
     loco_status st = LOCO_OK;
-    for (int64_t nb = 0; nb < Nb && st == LOCO_OK; nb += nz) {
-        const int64_t z = Nb - nb < nz ? Nb - nb : nz;
-        const char *xs = (const char *)x->data + (size_t)(nb * Cin * H * W) * es;
-        char *ys = (char *)y->data + (size_t)(nb * Cout * P) * es;
-        for (int64_t p0 = 0; p0 < P && st == LOCO_OK; p0 += pc) {
-            const int64_t n = P - p0 < pc ? P - p0 : pc;
-            /* 16-byte groups when no group of V pixels straddles an output row (p0 and n are
-             * multiples of pc's 64 or the whole image) */
-            const int v16 = Wo % 8 == 0 && p0 % 8 == 0 && n % 8 == 0;
-            if (es == 2 && v16)
-                im2col_launch<uint16_t, 8>(c, col, xs, z, H, W, kh, kw, p, Wo, p0, n, K, Cin * H * W);
-            else if (es == 2)
-                im2col_launch<uint16_t, 1>(c, col, xs, z, H, W, kh, kw, p, Wo, p0, n, K, Cin * H * W);
-            else if (v16)
-                im2col_launch<uint32_t, 4>(c, col, xs, z, H, W, kh, kw, p, Wo, p0, n, K, Cin * H * W);
-            else
-                im2col_launch<uint32_t, 1>(c, col, xs, z, H, W, kh, kw, p, Wo, p0, n, K, Cin * H * W);
-            st = cuda_check_launch("im2col_kernel", err);
-            if (st != LOCO_OK) break;
-            /* per sample: D (n x Cout, ld P) = col (n x K, ld n) . w (K x Cout, ld K), all
-             * column-major; the samples of a chunk are one strided batch */
-            cuda_gemm g;
-            memset(&g, 0, sizeof g);
-            g.m = n;
-            g.n = Cout;
-            g.k = K;
-            g.lda = n;
-            g.ldb = K;
-            g.ldd = P;
-            g.batch = (int)z;
-            g.stride_a = K * n;
-            g.stride_b = 0;
-            g.stride_d = Cout * P;
-            g.ab_dtype = y->dtype;
-            g.d_dtype = y->dtype;
-            g.a = col;
-            g.b = wp;
-            g.d = ys + (size_t)p0 * es;
-            g.alpha = 1.0f;
-            st = cuda_gemm_run(c, &g, err);
+    for (int64_t nb = 0; nb < g.Nb && st == LOCO_OK; nb += nz) {
+        const int64_t z = g.Nb - nb < nz ? g.Nb - nb : nz;
+        const char *xs = (const char *)x->data + (size_t)(nb * g.Cin * g.H * g.W) * g.es;
+        char *ys = (char *)y->data + (size_t)(nb * g.Cout * g.P) * g.es;
+        for (int64_t p0 = 0; p0 < g.P && st == LOCO_OK; p0 += pc) {
+            const int64_t n = g.P - p0 < pc ? g.P - p0 : pc;
+            st = col_fill(c->stream, col, xs, z, &g, p0, n, err);
+            if (st == LOCO_OK) st = col_gemm(c, col, wp, ys, z, &g, y->dtype, p0, n, err);
         }
     }
     cuda_alloc_put(c, col);

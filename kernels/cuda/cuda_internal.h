@@ -128,6 +128,10 @@ typedef struct cuda_impl {
     int igemm_rows; /* 1: conv_igemm.cu's row-gather kernel where it applies; LOCO_CUDA_IGEMM_ROWS=0 turns it off */
     size_t im2col_budget; /* bytes of one im2col buffer (conv.cu): 256 MiB, or LOCO_CUDA_IM2COL_KB
                            * (tests shrink it to reach the sliced and chunked paths) */
+    /* LOCO_CUDA_IM2COL_OVERLAP=1: a side stream that fills the next im2col chunk while the main
+     * stream multiplies this one (conv.cu, conv_im2col_overlap); NULL when off */
+    cudaStream_t aux;
+    cudaEvent_t ev_fork, ev_join, ev_col_ready[2], ev_col_free[2];
     cuda_graph_pool *active_pool; /* allocations come from here while not NULL (graph.cu) */
     cuda_graph_pool *pools;       /* every live graph's pool: frees of their blocks go back there */
 } cuda_impl;

@@ -270,9 +270,17 @@ static int check_linear(loco_dtype dt, int64_t M0, int64_t M1, int64_t K, int64_
              twin_rand(&e, 1, bs, 0.5f, 0.0f, &b) &&
              (act < 0 ? twin_rand(&e, 3, ys, 1.0f, 3.0f, &y) : twin_out(&e, 3, ys, &y));
     const loco_tensor *bc = with_bias ? &b.c : NULL, *bg = with_bias ? &b.g : NULL;
-    if (act < 0)
+    if (act < 0) {
+        /* a plain linear of the same shape first: its cuBLASLt plan (built without beta) then
+         * serves the accumulating call */
+        twin t;
+        memset(&t, 0, sizeof t);
+        ok = ok && twin_out(&e, 3, ys, &t);
+        ok = ok && both_ok(&e, LOCO_OK, loco_linear(e.gpu, &t.g, &x.g, &w.g, bg, LOCO_ACT_NONE, &e.errg), "linear");
+        twin_free(&t);
         ok = ok && both_ok(&e, loco_linear_accumulate(e.cpu, &y.c, &x.c, &w.c, bc, &e.errc),
                            loco_linear_accumulate(e.gpu, &y.g, &x.g, &w.g, bg, &e.errg), what);
+    }
     else
         ok = ok && both_ok(&e, loco_linear(e.cpu, &y.c, &x.c, &w.c, bc, (loco_act)act, &e.errc),
                            loco_linear(e.gpu, &y.g, &x.g, &w.g, bg, (loco_act)act, &e.errg), what);
@@ -421,6 +429,31 @@ TEST(cuda_conv2d_im2col_chunks_and_slices) {
     CHECK(check_conv("im2col", LOCO_F16, 2, 32, 32, 32, 64, 3, 3, 1, 1, 1, 1, 1, 1, 83));
     CHECK(check_conv("im2col", LOCO_BF16, 1, 32, 30, 30, 24, 3, 3, 1, 1, 1, 1, 1, 0, 84)); /* Wo 30: scalar */
     unsetenv("LOCO_CUDA_IM2COL_KB");
+}
+
+/* LOCO_CUDA_IM2COL_OVERLAP=1: whole-sample chunks filled on a side stream while the main stream
+ * multiplies the previous one, two buffers taking turns. Five samples of 576 KiB in a 1200 KiB
+ * budget make five chunks of one (each buffer refilled twice after its GEMM); the default
+ * budget makes two chunks of two. Each conv runs twice and must give the same bits. */
+TEST(cuda_conv2d_im2col_overlapped) {
+    GPU_ENV(e, LOCO_F16, 85);
+    genv_close(&e);
+    setenv("LOCO_CUDA_IM2COL_OVERLAP", "1", 1);
+    {
+        char why[1100];
+        genv d;
+        CHECK(genv_open(&d, LOCO_F16, 85, why, sizeof why) == 1);
+        CHECK_MSG(strstr(loco_backend_describe(d.gpu), "im2col overlapped") != NULL, "%s",
+                  loco_backend_describe(d.gpu));
+        genv_close(&d);
+    }
+    setenv("LOCO_CUDA_IM2COL_KB", "1200", 1);
+    CHECK(check_conv("im2col", LOCO_F16, 5, 32, 32, 32, 64, 3, 3, 1, 1, 1, 1, 1, 1, 86));
+    CHECK(check_conv("im2col", LOCO_F32, 3, 32, 16, 16, 40, 3, 3, 1, 1, 1, 1, 1, 1, 87));
+    unsetenv("LOCO_CUDA_IM2COL_KB");
+    CHECK(check_conv("im2col", LOCO_BF16, 4, 64, 16, 16, 128, 3, 3, 1, 1, 1, 1, 1, 1, 88));
+    CHECK(check_conv(NULL, LOCO_F16, 2, 128, 8, 8, 256, 3, 3, 1, 1, 1, 1, 1, 1, 89)); /* auto route: im2col */
+    unsetenv("LOCO_CUDA_IM2COL_OVERLAP");
 }
 
 /* ---- norms --------------------------------------------------------------------------------------- */
