@@ -8,7 +8,8 @@
 #   3. parity: every CUDA op (tests/unit/test_cuda_ops.c) and every pipeline stage
 #      (tests/unit/test_cuda_pipeline.c: text encoder, UNet call with its CUDA graph, VAE decode,
 #      whole tiny pipelines, out-of-memory handling) against the CPU backend, then the UNet calls
-#      and pipelines again with LOCO_CUDA_IM2COL_OVERLAP=1: all must pass, none may be skipped. A failure is reported and the timings still run (one GPU run should
+#      and pipelines again with LOCO_CUDA_IM2COL_OVERLAP=1 and with LOCO_CUDA_CONV=wgmma: all
+#      must pass, none may be skipped. A failure is reported and the timings still run (one GPU run should
 #      tell as much as it can); the exit code is then 1;
 #   4. times loco's ops on SD-sized shapes next to PyTorch (bench/gpu/ops.txt);
 #   5. times full-size random-weight SD 1.5 (512^2, 50 steps) and SD-XL (1024^2, 50 steps) at
@@ -209,6 +210,9 @@ parity cuda_pipeline "$BIN_TESTS/test_cuda_pipeline"
 # yet): their CUDA graph captures must take the forked stream in and replay bit for bit
 LOCO_CUDA_IM2COL_OVERLAP=1 LOG_TAG=overlap_ parity cuda_pipeline_overlap "$BIN_TESTS/test_cuda_pipeline" \
     'unet_call|pipeline_'
+# and with the experimental wgmma convolution (conv_wgmma.cu) wherever it applies
+LOCO_CUDA_CONV=wgmma LOG_TAG=wgmma_ parity cuda_pipeline_wgmma "$BIN_TESTS/test_cuda_pipeline" \
+    'unet_call|pipeline_|vae_decode'
 [ $QUICK -eq 1 ] && exit $FAILED
 
 # ---- 4. op timings: loco vs PyTorch on the same GPU ------------------------------------------------

@@ -9,7 +9,9 @@
  * "name@im2col" rows; for batches of 4 or more also "name@im2col_32m" and "name@im2col_96m",
  * im2col in LOCO_CUDA_IM2COL_KB chunks of 32 and 96 MiB, and "name@im2col_overlap", fills on a
  * side stream beside the GEMMs, LOCO_CUDA_IM2COL_OVERLAP=1), and f16 ones on the implicit route
- * without its row-gather kernel (LOCO_CUDA_IGEMM_ROWS=0: "name@implicit_generic"). Attention
+ * without its row-gather kernel (LOCO_CUDA_IGEMM_ROWS=0: "name@implicit_generic") and on the
+ * experimental wgmma kernel (LOCO_CUDA_CONV=wgmma: "name@wgmma", the automatic route where that
+ * kernel does not apply: stride 2, W not a multiple of 8, f32). Attention
  * shapes whose head dim has both flash-attention block heights (40, 64, 80) are also timed with
  * LOCO_CUDA_FLASH=64 and =128 ("name@fa64", "name@fa128").
  *
@@ -226,8 +228,11 @@ int main(int argc, char **argv) {
     setenv("LOCO_CUDA_IM2COL_KB", "98304", 1);
     loco_backend *be_im2col_96m = be_im2col_32m ? cuda_backend() : NULL;
     unsetenv("LOCO_CUDA_IM2COL_KB");
+    setenv("LOCO_CUDA_CONV", "wgmma", 1); /* conv_wgmma.cu where it applies (experimental) */
+    loco_backend *be_wgmma = be_im2col_96m ? cuda_backend() : NULL;
+    unsetenv("LOCO_CUDA_CONV");
     setenv("LOCO_CUDA_IM2COL_OVERLAP", "1", 1); /* fills on a side stream beside the GEMMs */
-    loco_backend *be_im2col_ov = be_im2col_96m ? cuda_backend() : NULL;
+    loco_backend *be_im2col_ov = be_wgmma ? cuda_backend() : NULL;
     unsetenv("LOCO_CUDA_IM2COL_OVERLAP");
     unsetenv("LOCO_CUDA_CONV");
     setenv("LOCO_CUDA_FLASH", "64", 1);
@@ -235,8 +240,8 @@ int main(int argc, char **argv) {
     setenv("LOCO_CUDA_FLASH", "128", 1);
     loco_backend *be_fa128 = be_fa64 ? cuda_backend() : NULL;
     unsetenv("LOCO_CUDA_FLASH");
-    if (!be || !be_implicit || !be_generic || !be_im2col || !be_im2col_32m || !be_im2col_96m || !be_im2col_ov ||
-        !be_fa64 || !be_fa128)
+    if (!be || !be_implicit || !be_generic || !be_im2col || !be_im2col_32m || !be_im2col_96m || !be_wgmma ||
+        !be_im2col_ov || !be_fa64 || !be_fa128)
         return 2;
     fprintf(stderr, "op_bench on %s\n", loco_backend_describe(be));
     char line[512];
@@ -263,6 +268,7 @@ int main(int argc, char **argv) {
         if ((!strcmp(op.kind, "conv") || !strcmp(op.kind, "conv32")) && op.a[5] > 1) {
             if (time_op(be_implicit, &op, reps, "@implicit") != 0) failures++;
             if (!strcmp(op.kind, "conv") && time_op(be_generic, &op, reps, "@implicit_generic") != 0) failures++;
+            if (!strcmp(op.kind, "conv") && time_op(be_wgmma, &op, reps, "@wgmma") != 0) failures++;
             if (time_op(be_im2col, &op, reps, "@im2col") != 0) failures++;
             if (op.a[0] >= 4) { /* batches whose default chunk holds several samples */
                 if (time_op(be_im2col_32m, &op, reps, "@im2col_32m") != 0) failures++;
@@ -279,6 +285,7 @@ int main(int argc, char **argv) {
     loco_backend_destroy(be_fa128);
     loco_backend_destroy(be_fa64);
     loco_backend_destroy(be_im2col_ov);
+    loco_backend_destroy(be_wgmma);
     loco_backend_destroy(be_im2col_96m);
     loco_backend_destroy(be_im2col_32m);
     loco_backend_destroy(be_im2col);

@@ -284,6 +284,7 @@ extern "C" loco_status loco_backend_cuda_create(const loco_backend_opts *opts, l
     c->conv_algo = !conv                          ? CUDA_CONV_AUTO
                    : strcmp(conv, "im2col") == 0   ? CUDA_CONV_IM2COL
                    : strcmp(conv, "implicit") == 0 ? CUDA_CONV_IMPLICIT
+                   : strcmp(conv, "wgmma") == 0    ? CUDA_CONV_WGMMA
                                                    : CUDA_CONV_AUTO;
     const char *flash = getenv("LOCO_CUDA_FLASH"); /* 64|128 forces a flash-attention block height */
     c->flash_rows = !flash                        ? 0
@@ -325,6 +326,7 @@ extern "C" loco_status loco_backend_cuda_create(const loco_backend_opts *opts, l
     if (st == LOCO_OK) st = cuda_attention_setup(c, err);
     if (st == LOCO_OK) st = cuda_conv_igemm_tf32_setup(c, err);
     if (st == LOCO_OK) st = cuda_conv_igemm_setup(c, err);
+    if (st == LOCO_OK) st = cuda_conv_wgmma_setup(c, err);
     if (st != LOCO_OK) {
         loco_err_prefix(err, "creating the CUDA backend on device %d (%s)", ordinal, prop.name);
         cuda_destroy(&cb->be);
@@ -335,6 +337,8 @@ extern "C" loco_status loco_backend_cuda_create(const loco_backend_opts *opts, l
              (double)prop.totalGlobalMem / (1024.0 * 1024.0 * 1024.0), cuda_dt(act),
              c->conv_algo == CUDA_CONV_IM2COL     ? ", conv: im2col"
              : c->conv_algo == CUDA_CONV_IMPLICIT ? ", conv: implicit GEMM"
+             : c->conv_algo == CUDA_CONV_WGMMA    ? (c->wgmma_ok ? ", conv: wgmma (experimental)"
+                                                                 : ", conv: wgmma unavailable, auto")
                                                   : "",
              c->flash_rows == 64    ? ", flash: 64 rows"
              : c->flash_rows == 128 ? ", flash: 128 rows"

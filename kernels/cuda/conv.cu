@@ -269,7 +269,8 @@ static loco_status conv_pointwise(cuda_impl *c, loco_tensor *y, const loco_tenso
 
 typedef enum conv_route { CONV_POINTWISE, CONV_IMPLICIT, CONV_IM2COL } conv_route;
 
-/* The route for a conv that is not 1x1 (measured on an H200, bench/gpu/runs/2026-11-27-h200-run3,
+/* The route for a conv that is not 1x1 (LOCO_CUDA_CONV=wgmma takes conv_wgmma.cu before this
+ * where that kernel applies) (measured on an H200, bench/gpu/runs/2026-11-27-h200-run3,
  * fp16 unless said): im2col + cuBLASLt wins wherever one sample's im2col buffer is moderate,
  * because cuBLASLt's wgmma GEMMs run at 250-510 TFLOP/s on the UNet's shapes against 190-290
  * for the mma.sync implicit kernel (320ch 64x64 x16: 0.42 vs 0.45 ms, 1280ch 16x16 x16: 0.24
@@ -314,7 +315,11 @@ extern "C" loco_status cuda_op_conv2d(loco_backend *be, loco_tensor *y, const lo
                    Cout < ((int64_t)1 << 31);
     const conv_route route =
         pointwise ? CONV_POINTWISE : conv_route_for(c, y->dtype, x->shape[0], P, Cin * kh * kw, Cout, fits_int);
-    if (route == CONV_POINTWISE) {
+    if (route != CONV_POINTWISE && c->conv_algo == CUDA_CONV_WGMMA && fits_int &&
+        cuda_conv_wgmma_fits(c, y, x, w, wp, p)) {
+        st = cuda_conv_wgmma(c, y, x, w, wp, bias, p, err);
+        bias_done = 1;
+    } else if (route == CONV_POINTWISE) {
         st = conv_pointwise(c, y, x, w, wp, err);
     } else if (route == CONV_IMPLICIT && y->dtype == LOCO_F32) {
         loco_tensor wv = *w; /* the weights as y's dtype (converted above when they were not) */

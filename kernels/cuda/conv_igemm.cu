@@ -188,28 +188,6 @@ __device__ __forceinline__ void ig3_load_a(T *as, int kt, int m0, const T *w, co
     }
 }
 
-/* The B rows of one thread's (ci, r) x 8 pixels: centre x[.., ow .. ow+7], left x[ow-1], right x[ow+8]. */
-struct ig3_rows {
-    uint4 c;
-    uint32_t l, r;
-};
-
-template <typename T>
-__device__ __forceinline__ ig3_rows ig3_gather(const T *xs, int ci, int iy, bool pix_ok, bool has_l, bool has_r,
-                                               const ig_params &p) {
-    ig3_rows v;
-    v.c = make_uint4(0u, 0u, 0u, 0u);
-    v.l = 0u;
-    v.r = 0u;
-    if (pix_ok && ci < p.cin && (unsigned)iy < (unsigned)p.h) {
-        const unsigned short *src = (const unsigned short *)(xs + ((int64_t)ci * p.h + iy) * p.wd);
-        v.c = *(const uint4 *)src;
-        if (has_l) v.l = src[-1];
-        if (has_r) v.r = src[8];
-    }
-    return v;
-}
-
 template <typename T> __device__ __forceinline__ void ig3_store(T *bs, const ig3_rows &v) {
     /* bs points at row 3j, column 8q; word i of a row holds pixels 2i (low half) and 2i+1 */
     uint4 s0, s2;
@@ -243,22 +221,7 @@ __global__ void __launch_bounds__(IG_THREADS) conv_igemm3_kernel(const ig_params
 
     /* gather role: (ci, r) row j of each K tile, pixels 8q .. 8q+7 of the pixel tile */
     const int j = tid >> 4, q = tid & 15;
-    const int64_t pix = n0 + q * 8;
-    const bool pix_ok = pix < p.npix; /* npix is a multiple of 8: all 8 pixels or none */
-    int ih0 = 0, ow = 0;
-    const T *xs = x;
-    if (pix_ok) {
-        int64_t nb = pix / p.P;
-        int pp = (int)(pix - nb * p.P);
-        int oh = pp / p.wo;
-        ow = pp - oh * p.wo;
-        ih0 = oh - p.pad_t;
-        xs = x + nb * (int64_t)p.cin * p.h * p.wd + ow;
-    }
-    const bool has_l = ow > 0, has_r = ow + 8 < p.wd;
-    /* (ci, r) = divmod(16 kt + j, kh), stepped by 16 per tile */
-    int ci = j / p.kh, r = j - ci * p.kh;
-    const int dci = 16 / p.kh, dr = 16 - dci * p.kh;
+    ig3_role<T> role = ig3_role_at(x, n0, tid, p);
     T *const bdst = Bs + (3 * j) * IG_LDB + q * 8;
 
     float acc[4][4][4];
@@ -266,10 +229,7 @@ __global__ void __launch_bounds__(IG_THREADS) conv_igemm3_kernel(const ig_params
 
     ig3_load_a<T>(As, 0, m0, w, p, tid);
     cp_async_commit();
-    {
-        ig3_rows v = ig3_gather<T>(xs, ci, ih0 + r, pix_ok, has_l, has_r, p);
-        ig3_store<T>(bdst, v);
-    }
+    ig3_store<T>(bdst, ig3_role_gather(role, p));
     cp_async_wait<0>();
     __syncthreads();
 
@@ -280,13 +240,8 @@ __global__ void __launch_bounds__(IG_THREADS) conv_igemm3_kernel(const ig_params
         if (more) {
             ig3_load_a<T>(As + (cur ^ 1) * IG3_A_ELEMS, kt + 1, m0, w, p, tid);
             cp_async_commit();
-            r += dr;
-            ci += dci;
-            if (r >= p.kh) {
-                r -= p.kh;
-                ci++;
-            }
-            v = ig3_gather<T>(xs, ci, ih0 + r, pix_ok, has_l, has_r, p);
+            ig3_role_next(role, p);
+            v = ig3_role_gather(role, p);
         }
 
         const T *as = As + cur * IG3_A_ELEMS;

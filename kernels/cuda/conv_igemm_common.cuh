@@ -17,7 +17,8 @@
  * assignment, and on sm_80 the schedule and instruction count. Hence the epilogue in two parts
  * (igc_epilogue is the function conv_igemm.cu always had; the TF32 kernel calls the parts) and
  * the k-step loops left in the kernels. The host emulators of both files compile everything
- * here above the host section on the CPU. */
+ * here above the host section on the CPU. ig3_role (shared with conv_wgmma.cu since) changed
+ * conv_igemm3_kernel by one compare in its prologue and a renaming of predicates (cuobjdump). */
 #ifndef LOCO_CUDA_CONV_IGEMM_COMMON_CUH
 #define LOCO_CUDA_CONV_IGEMM_COMMON_CUH
 
@@ -78,6 +79,82 @@ __device__ __forceinline__ void igc_gather(T (&breg)[ROWS], const int4 *tab, int
         bool ok = px.ok && d.w && (unsigned)iy < (unsigned)p.h && (unsigned)ix < (unsigned)p.wd;
         breg[i] = ok ? px.xs[d.x + px.off] : zero;
     }
+}
+
+/* The row gather of the stride-1, 3-wide kernels (conv_igemm.cu's conv_igemm3_kernel and
+ * conv_wgmma.cu): one thread's (ci, r) x 8 pixels, centre x[.., ow .. ow+7] as one 16-byte
+ * load, left x[ow-1] and right x[ow+8] as two 2-byte loads, zeros outside the image. */
+struct ig3_rows {
+    uint4 c;
+    uint32_t l, r;
+};
+
+template <typename T, typename P>
+__device__ __forceinline__ ig3_rows ig3_gather(const T *xs, int ci, int iy, bool pix_ok, bool has_l, bool has_r,
+                                               const P &p) {
+    ig3_rows v;
+    v.c = make_uint4(0u, 0u, 0u, 0u);
+    v.l = 0u;
+    v.r = 0u;
+    if (pix_ok && ci < p.cin && (unsigned)iy < (unsigned)p.h) {
+        const unsigned short *src = (const unsigned short *)(xs + ((int64_t)ci * p.h + iy) * p.wd);
+        v.c = *(const uint4 *)src;
+        if (has_l) v.l = src[-1];
+        if (has_r) v.r = src[8];
+    }
+    return v;
+}
+
+/* The row-gather role of one of 256 threads in a 128-pixel tile: (ci, r) row j = tid / 16 of
+ * each K tile (16 rows x 3 taps), pixels 8q .. 8q+7 with q = tid % 16. npix is a multiple of 8
+ * (W is), so the 8 pixels exist together or not at all. */
+template <typename T> struct ig3_role {
+    const T *xs; /* x at this thread's image and column ow */
+    int ih0;     /* oh - pad_t */
+    int ci, r;   /* (ci, r) of the current K tile: divmod(16 kt + j, kh) */
+    int dci, dr; /* the step of (ci, r) from one K tile to the next: divmod(16, kh) */
+    bool pix_ok, has_l, has_r;
+};
+
+template <typename T, typename P>
+__device__ __forceinline__ ig3_role<T> ig3_role_at(const T *x, int64_t n0, int tid, const P &p) {
+    ig3_role<T> g;
+    const int j = tid >> 4, q = tid & 15;
+    const int64_t pix = n0 + q * 8;
+    g.pix_ok = pix < p.npix;
+    g.ih0 = 0;
+    int ow = 0;
+    g.xs = x;
+    if (g.pix_ok) {
+        int64_t nb = pix / p.P;
+        int pp = (int)(pix - nb * p.P);
+        int oh = pp / p.wo;
+        ow = pp - oh * p.wo;
+        g.ih0 = oh - p.pad_t;
+        g.xs = x + nb * (int64_t)p.cin * p.h * p.wd + ow;
+    }
+    g.has_l = ow > 0;
+    g.has_r = ow + 8 < p.wd;
+    g.ci = j / p.kh;
+    g.r = j - g.ci * p.kh;
+    g.dci = 16 / p.kh;
+    g.dr = 16 - g.dci * p.kh;
+    return g;
+}
+
+/* Move the role on to the next K tile's (ci, r) row. */
+template <typename T, typename P> __device__ __forceinline__ void ig3_role_next(ig3_role<T> &g, const P &p) {
+    g.r += g.dr;
+    g.ci += g.dci;
+    if (g.r >= p.kh) {
+        g.r -= p.kh;
+        g.ci++;
+    }
+}
+
+/* The role's current row (ig3_gather). */
+template <typename T, typename P> __device__ __forceinline__ ig3_rows ig3_role_gather(const ig3_role<T> &g, const P &p) {
+    return ig3_gather<T>(g.xs, g.ci, g.ih0 + g.r, g.pix_ok, g.has_l, g.has_r, p);
 }
 
 __device__ __forceinline__ void igc_zero(float (&acc)[4][4][4]) {

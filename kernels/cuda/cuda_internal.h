@@ -107,6 +107,7 @@ typedef enum cuda_conv_algo {
     CUDA_CONV_AUTO = 0, /* implicit GEMM when its grid fills the GPU, else im2col + cuBLASLt */
     CUDA_CONV_IMPLICIT, /* tensor-core implicit GEMM for every f16/bf16 conv that is not 1x1 */
     CUDA_CONV_IM2COL,   /* im2col + cuBLASLt for every conv that is not 1x1 */
+    CUDA_CONV_WGMMA,    /* conv_wgmma.cu where it applies (experimental), else AUTO */
 } cuda_conv_algo;
 
 typedef struct cuda_impl {
@@ -126,6 +127,7 @@ typedef struct cuda_impl {
     int flash_rows; /* flash-attention block rows, LOCO_CUDA_FLASH=64|128; 0 = auto (attention.cu,
                      * fa_mtiles) */
     int igemm_rows; /* 1: conv_igemm.cu's row-gather kernel where it applies; LOCO_CUDA_IGEMM_ROWS=0 turns it off */
+    int wgmma_ok;   /* conv_wgmma.cu's kernel has an image for this device (sm_90a on a 9.0 device) */
     size_t im2col_budget; /* bytes of one im2col buffer (conv.cu): 256 MiB, or LOCO_CUDA_IM2COL_KB
                            * (tests shrink it to reach the sliced and chunked paths) */
     /* LOCO_CUDA_IM2COL_OVERLAP=1: a side stream that fills the next im2col chunk while the main
@@ -226,6 +228,14 @@ loco_status cuda_conv_igemm_tf32_setup(cuda_impl *c, loco_err *err);
 loco_status cuda_conv_igemm_setup(cuda_impl *c, loco_err *err);
 loco_status cuda_conv_igemm_tf32(cuda_impl *c, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
                                  const loco_tensor *bias, const loco_conv2d_params *p, loco_err *err);
+/* The wgmma implicit-GEMM convolution (conv_wgmma.cu, sm_90a, experimental: only under
+ * LOCO_CUDA_CONV=wgmma). setup sets c->wgmma_ok on a device that can run it; fits says whether
+ * the kernel applies (w converted to y's dtype in wdata). */
+loco_status cuda_conv_wgmma_setup(cuda_impl *c, loco_err *err);
+int cuda_conv_wgmma_fits(const cuda_impl *c, const loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
+                         const void *wdata, const loco_conv2d_params *p);
+loco_status cuda_conv_wgmma(cuda_impl *c, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
+                            const void *wdata, const loco_tensor *bias, const loco_conv2d_params *p, loco_err *err);
 
 /* ---- vtable hooks, one group per file --------------------------------------------------------- */
 

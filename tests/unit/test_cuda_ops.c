@@ -324,6 +324,17 @@ TEST(cuda_linear_accumulate) {
 
 /* ---- conv2d --------------------------------------------------------------------------------------- */
 
+/* The description of a GPU backend created under the current environment (the LOCO_CUDA_*
+ * variables are read at creation): which routes a test's backends really take. */
+static int gpu_describe(char *out, size_t n) {
+    char why[1100];
+    genv d;
+    if (genv_open(&d, LOCO_F16, 1, why, sizeof why) != 1) return fprintf(stderr, "%s\n", why), 0;
+    snprintf(out, n, "%s", loco_backend_describe(d.gpu));
+    genv_close(&d);
+    return 1;
+}
+
 /* algo: "implicit" or "im2col" forces that route (LOCO_CUDA_CONV, read when the backend is
  * created), NULL lets the backend choose. */
 static int check_conv(const char *algo, loco_dtype dt, int64_t N, int64_t Cin, int64_t H, int64_t W, int64_t Cout,
@@ -431,6 +442,34 @@ TEST(cuda_conv2d_im2col_chunks_and_slices) {
     unsetenv("LOCO_CUDA_IM2COL_KB");
 }
 
+/* LOCO_CUDA_CONV=wgmma: conv_wgmma.cu (Hopper's wgmma, sm_90a; experimental, written without a
+ * GPU) where it applies on a compute capability 9.0 device, else the automatic route (the
+ * backend's description says which). Tiles off the 128 x 128 grid, a K tail (Cin 40: 120 (ci, r)
+ * rows, 7.5 tiles of 16; Cin 8: 1.5 tiles), several images per pixel tile, both 16-bit dtypes,
+ * no bias, kernel heights 1 and 5, Ho != H, and a stride-2 conv that the kernel leaves to the
+ * other routes. */
+TEST(cuda_conv2d_wgmma) {
+    GPU_ENV(e, LOCO_F16, 90);
+    genv_close(&e);
+    setenv("LOCO_CUDA_CONV", "wgmma", 1);
+    char desc[512];
+    CHECK(gpu_describe(desc, sizeof desc));
+    fprintf(stderr, "wgmma: %s\n", desc);
+    /* on a compute capability 9.0 device the kernel must really be the one tested */
+    CHECK_MSG(!strstr(desc, "sm_90") || strstr(desc, "wgmma (experimental)"), "%s", desc);
+    unsetenv("LOCO_CUDA_CONV");
+    const char *wg = "wgmma";
+    CHECK(check_conv(wg, LOCO_F16, 2, 32, 16, 16, 64, 3, 3, 1, 1, 1, 1, 1, 1, 91));   /* K 288: 6 whole tiles */
+    CHECK(check_conv(wg, LOCO_F16, 1, 40, 13, 16, 200, 3, 3, 1, 1, 1, 1, 1, 1, 92));  /* K tail, Cout 200, P 208 */
+    CHECK(check_conv(wg, LOCO_BF16, 3, 320, 8, 8, 320, 3, 3, 1, 1, 1, 1, 1, 1, 93));  /* UNet 8x8 level */
+    CHECK(check_conv(wg, LOCO_F16, 2, 8, 24, 32, 16, 3, 3, 1, 1, 1, 1, 1, 0, 94));    /* K 72, no bias */
+    CHECK(check_conv(wg, LOCO_F16, 1, 64, 64, 64, 128, 3, 3, 1, 1, 1, 1, 1, 1, 95));  /* 32 pixel tiles */
+    CHECK(check_conv(wg, LOCO_F16, 2, 16, 16, 16, 16, 3, 3, 2, 0, 1, 0, 1, 1, 96));   /* stride 2: other route */
+    CHECK(check_conv(wg, LOCO_F16, 2, 16, 12, 16, 24, 5, 3, 1, 2, 2, 1, 1, 1, 97));   /* kh 5, pad 2 vertically */
+    CHECK(check_conv(wg, LOCO_BF16, 1, 24, 10, 8, 40, 1, 3, 1, 0, 0, 1, 1, 1, 98));   /* kh 1 */
+    CHECK(check_conv(wg, LOCO_F16, 1, 16, 9, 16, 32, 3, 3, 1, 0, 0, 1, 1, 1, 99));    /* no vertical pad: Ho 7 */
+}
+
 /* LOCO_CUDA_IM2COL_OVERLAP=1: whole-sample chunks filled on a side stream while the main stream
  * multiplies the previous one, two buffers taking turns. Five samples of 576 KiB in a 1200 KiB
  * budget make five chunks of one (each buffer refilled twice after its GEMM); the default
@@ -439,14 +478,9 @@ TEST(cuda_conv2d_im2col_overlapped) {
     GPU_ENV(e, LOCO_F16, 85);
     genv_close(&e);
     setenv("LOCO_CUDA_IM2COL_OVERLAP", "1", 1);
-    {
-        char why[1100];
-        genv d;
-        CHECK(genv_open(&d, LOCO_F16, 85, why, sizeof why) == 1);
-        CHECK_MSG(strstr(loco_backend_describe(d.gpu), "im2col overlapped") != NULL, "%s",
-                  loco_backend_describe(d.gpu));
-        genv_close(&d);
-    }
+    char desc[512];
+    CHECK(gpu_describe(desc, sizeof desc));
+    CHECK_MSG(strstr(desc, "im2col overlapped") != NULL, "%s", desc);
     setenv("LOCO_CUDA_IM2COL_KB", "1200", 1);
     CHECK(check_conv("im2col", LOCO_F16, 5, 32, 32, 32, 64, 3, 3, 1, 1, 1, 1, 1, 1, 86));
     CHECK(check_conv("im2col", LOCO_F32, 3, 32, 16, 16, 40, 3, 3, 1, 1, 1, 1, 1, 1, 87));
