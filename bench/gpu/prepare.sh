@@ -21,7 +21,7 @@ cd "$(dirname "$0")/../.."
 
 source_hash() {
     find Makefile kernels engine proto server tests/unit bench -type f \
-        \( -name '*.c' -o -name '*.h' -o -name '*.cu' -o -name Makefile \) -print0 2>/dev/null |
+        \( -name '*.c' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh' -o -name Makefile \) -print0 2>/dev/null |
         LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16
 }
 if [ "${1:-}" = "--hash" ]; then
