@@ -8,8 +8,8 @@
 #   3. parity: every CUDA op (tests/unit/test_cuda_ops.c) and every pipeline stage
 #      (tests/unit/test_cuda_pipeline.c: text encoder, UNet call with its CUDA graph, VAE decode,
 #      whole tiny pipelines, out-of-memory handling) against the CPU backend, then the UNet calls
-#      and pipelines again with LOCO_CUDA_IM2COL_OVERLAP=1 and with LOCO_CUDA_CONV=wgmma: all
-#      must pass, none may be skipped. A failure is reported and the timings still run (one GPU run should
+#      and pipelines again with LOCO_CUDA_IM2COL_OVERLAP=1, and those and the VAE decodes with
+#      LOCO_CUDA_CONV=wgmma: all must pass, none may be skipped. A failure is reported and the timings still run (one GPU run should
 #      tell as much as it can); the exit code is then 1;
 #   4. times loco's ops on SD-sized shapes next to PyTorch (bench/gpu/ops.txt);
 #   5. times full-size random-weight SD 1.5 (512^2, 50 steps) and SD-XL (1024^2, 50 steps) at
@@ -210,7 +210,7 @@ parity cuda_pipeline "$BIN_TESTS/test_cuda_pipeline"
 # yet): their CUDA graph captures must take the forked stream in and replay bit for bit
 LOCO_CUDA_IM2COL_OVERLAP=1 LOG_TAG=overlap_ parity cuda_pipeline_overlap "$BIN_TESTS/test_cuda_pipeline" \
     'unet_call|pipeline_'
-# and with the experimental wgmma convolution (conv_wgmma.cu) wherever it applies
+# and with the experimental wgmma convolution (conv_wgmma.cu) wherever it applies, VAE decodes too
 LOCO_CUDA_CONV=wgmma LOG_TAG=wgmma_ parity cuda_pipeline_wgmma "$BIN_TESTS/test_cuda_pipeline" \
     'unet_call|pipeline_|vae_decode'
 [ $QUICK -eq 1 ] && exit $FAILED
@@ -225,6 +225,12 @@ else
     timeout 90 "${RUN[@]}" "$BIN_BENCH/op_bench" bench/gpu/ops.txt 10 >"$DIR/ops_loco.txt" 2>"$DIR/ops_loco.err" || {
         tail -5 "$DIR/ops_loco.err"
         say "op_bench reported failures (see $DIR/ops_loco.err)"
+    }
+    # the experimental wgmma convolution in a process of its own (a fault there spares the rest)
+    timeout 60 "${RUN[@]}" "$BIN_BENCH/op_bench" bench/gpu/ops.txt 10 --wgmma >>"$DIR/ops_loco.txt" \
+        2>"$DIR/ops_wgmma.err" || {
+        tail -5 "$DIR/ops_wgmma.err"
+        say "op_bench --wgmma reported failures (see $DIR/ops_wgmma.err)"
     }
     if [ $have_torch -eq 1 ]; then
         timeout 90 "$PY" bench/gpu/torch_ops.py bench/gpu/ops.txt 10 >"$DIR/ops_torch.txt" 2>"$DIR/ops_torch.err" || {

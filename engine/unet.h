@@ -169,7 +169,11 @@ typedef struct loco_unet_inputs {
     const int *const *kv_index_per_layer;
     const loco_tensor *text_embeds;           /* SD-XL: pooled text [B, P] */
     const float *time_ids;                    /* SD-XL: host [B * n], n = (proj_dim - P) / addition_time_embed_dim */
-    loco_site_hooks hooks;                    /* .after NULL: none */
+    /* .after NULL: none. Any hook also keeps the transformer blocks' residual adds as separate
+     * passes (the site outputs must exist for it); without hooks they happen inside the
+     * projections' GEMMs (loco_linear_accumulate), which on a GPU rounds differently at the fp16
+     * level: compare hooked runs with hooked baselines when bits matter. */
+    loco_site_hooks hooks;
     /* optional observer of top-level outputs, named as diffusers modules: "time_proj",
      * "time_embedding", "add_time_proj" ([B, n * atd]), "add_embedding", "conv_in",
      * "down_blocks.i" (+ each skip "down_blocks.i.res.k"), "mid_block", "up_blocks.i",

@@ -156,8 +156,9 @@ loco_status loco_linear(loco_backend *be, loco_tensor *y, const loco_tensor *x, 
 
 /* y = (x · wᵀ + bias) + y: a linear layer whose output is added to the residual stream y in
  * place (a transformer block's attention output and feed-forward projections). The CUDA
- * backend folds the add into the GEMM (cuBLASLt with beta = 1), saving a read and a write of
- * y; elsewhere it is loco_linear into a temporary, then loco_add, bit for bit. */
+ * backend folds the add into the GEMM (cuBLASLt with beta = 1: the GEMM reads y and writes it
+ * once), saving the temporary's write and the add's reads of it; elsewhere it is loco_linear
+ * into a temporary, then loco_add, bit for bit. */
 loco_status loco_linear_accumulate(loco_backend *be, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
                                    const loco_tensor *bias, loco_err *err);
 

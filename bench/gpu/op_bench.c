@@ -9,13 +9,13 @@
  * "name@im2col" rows; for batches of 4 or more also "name@im2col_32m" and "name@im2col_96m",
  * im2col in LOCO_CUDA_IM2COL_KB chunks of 32 and 96 MiB, and "name@im2col_overlap", fills on a
  * side stream beside the GEMMs, LOCO_CUDA_IM2COL_OVERLAP=1), and f16 ones on the implicit route
- * without its row-gather kernel (LOCO_CUDA_IGEMM_ROWS=0: "name@implicit_generic") and on the
- * experimental wgmma kernel (LOCO_CUDA_CONV=wgmma: "name@wgmma", the automatic route where that
- * kernel does not apply: stride 2, W not a multiple of 8, f32). Attention
+ * without its row-gather kernel (LOCO_CUDA_IGEMM_ROWS=0: "name@implicit_generic"). Attention
  * shapes whose head dim has both flash-attention block heights (40, 64, 80) are also timed with
- * LOCO_CUDA_FLASH=64 and =128 ("name@fa64", "name@fa128").
+ * LOCO_CUDA_FLASH=64 and =128 ("name@fa64", "name@fa128"). With --wgmma, only the f16 conv rows
+ * on the experimental wgmma kernel ("name@wgmma": LOCO_CUDA_CONV=wgmma, the automatic route
+ * where that kernel does not apply), a separate run so that a fault there spares the main table.
  *
- * Build: make build/bench/gpu/op_bench. Usage: op_bench [ops.txt] [reps]. */
+ * Build: make build/bench/gpu/op_bench. Usage: op_bench [ops.txt] [reps] [--wgmma]. */
 #include "backend.h"
 
 #include <math.h>
@@ -204,6 +204,55 @@ static loco_backend *cuda_backend(void) {
     return be;
 }
 
+/* One op line of ops.txt into op; 0 for comments and blank lines. */
+static int parse_op(char *line, bench_op *op) {
+    memset(op, 0, sizeof *op);
+    char *s = line;
+    while (*s == ' ' || *s == '\t') s++;
+    if (*s == '#' || *s == '\n' || !*s) return 0;
+    int used = 0;
+    if (sscanf(s, "%15s %63s%n", op->kind, op->name, &used) != 2) return 0;
+    s += used;
+    while (op->na < 9) {
+        char tok[32];
+        if (sscanf(s, "%31s%n", tok, &used) != 1) break;
+        s += used;
+        if (!strcmp(op->kind, "linear") && op->na == 3)
+            snprintf(op->act, sizeof op->act, "%.15s", tok);
+        else
+            op->a[op->na++] = atol(tok);
+    }
+    return 1;
+}
+
+/* "--wgmma": only the f16 conv rows on the experimental wgmma kernel ("name@wgmma"), in a
+ * process of their own: a fault of a kernel that has never run would poison the CUDA context
+ * and every later row of the main table. */
+static int wgmma_rows(const char *path, int reps) {
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        fprintf(stderr, "op_bench: cannot open %s\n", path);
+        return 2;
+    }
+    setenv("LOCO_CUDA_CONV", "wgmma", 1); /* conv_wgmma.cu where it applies, the auto route elsewhere */
+    loco_backend *be = cuda_backend();
+    unsetenv("LOCO_CUDA_CONV");
+    if (!be) {
+        fclose(f);
+        return 2;
+    }
+    fprintf(stderr, "op_bench --wgmma on %s\n", loco_backend_describe(be));
+    char line[512];
+    int failures = 0;
+    bench_op op;
+    while (fgets(line, sizeof line, f))
+        if (parse_op(line, &op) && !strcmp(op.kind, "conv") && op.a[5] > 1 && time_op(be, &op, reps, "@wgmma") != 0)
+            failures++;
+    fclose(f);
+    loco_backend_destroy(be);
+    return failures ? 1 : 0;
+}
+
 int main(int argc, char **argv) {
     loco_backend_prepare_process(argc, argv);
     const char *path = argc > 1 ? argv[1] : "bench/gpu/ops.txt";
@@ -212,6 +261,10 @@ int main(int argc, char **argv) {
     if (!f) {
         fprintf(stderr, "op_bench: cannot open %s\n", path);
         return 2;
+    }
+    if (argc > 3 && !strcmp(argv[3], "--wgmma")) {
+        fclose(f);
+        return wgmma_rows(path, reps);
     }
     loco_backend *be = cuda_backend();
     setenv("LOCO_CUDA_CONV", "implicit", 1); /* read once, when a backend is created */
@@ -228,11 +281,8 @@ int main(int argc, char **argv) {
     setenv("LOCO_CUDA_IM2COL_KB", "98304", 1);
     loco_backend *be_im2col_96m = be_im2col_32m ? cuda_backend() : NULL;
     unsetenv("LOCO_CUDA_IM2COL_KB");
-    setenv("LOCO_CUDA_CONV", "wgmma", 1); /* conv_wgmma.cu where it applies (experimental) */
-    loco_backend *be_wgmma = be_im2col_96m ? cuda_backend() : NULL;
-    unsetenv("LOCO_CUDA_CONV");
-    setenv("LOCO_CUDA_IM2COL_OVERLAP", "1", 1); /* fills on a side stream beside the GEMMs */
-    loco_backend *be_im2col_ov = be_wgmma ? cuda_backend() : NULL;
+    setenv("LOCO_CUDA_IM2COL_OVERLAP", "1", 1); /* fills on a side stream beside the GEMMs, im2col forced */
+    loco_backend *be_im2col_ov = be_im2col_96m ? cuda_backend() : NULL;
     unsetenv("LOCO_CUDA_IM2COL_OVERLAP");
     unsetenv("LOCO_CUDA_CONV");
     setenv("LOCO_CUDA_FLASH", "64", 1);
@@ -240,35 +290,19 @@ int main(int argc, char **argv) {
     setenv("LOCO_CUDA_FLASH", "128", 1);
     loco_backend *be_fa128 = be_fa64 ? cuda_backend() : NULL;
     unsetenv("LOCO_CUDA_FLASH");
-    if (!be || !be_implicit || !be_generic || !be_im2col || !be_im2col_32m || !be_im2col_96m || !be_wgmma ||
-        !be_im2col_ov || !be_fa64 || !be_fa128)
+    if (!be || !be_implicit || !be_generic || !be_im2col || !be_im2col_32m || !be_im2col_96m || !be_im2col_ov ||
+        !be_fa64 || !be_fa128)
         return 2;
     fprintf(stderr, "op_bench on %s\n", loco_backend_describe(be));
     char line[512];
     int failures = 0;
+    bench_op op;
     while (fgets(line, sizeof line, f)) {
-        bench_op op;
-        memset(&op, 0, sizeof op);
-        char *s = line;
-        while (*s == ' ' || *s == '\t') s++;
-        if (*s == '#' || *s == '\n' || !*s) continue;
-        int used = 0;
-        if (sscanf(s, "%15s %63s%n", op.kind, op.name, &used) != 2) continue;
-        s += used;
-        while (op.na < 9) {
-            char tok[32];
-            if (sscanf(s, "%31s%n", tok, &used) != 1) break;
-            s += used;
-            if (!strcmp(op.kind, "linear") && op.na == 3)
-                snprintf(op.act, sizeof op.act, "%.15s", tok);
-            else
-                op.a[op.na++] = atol(tok);
-        }
+        if (!parse_op(line, &op)) continue;
         if (time_op(be, &op, reps, "") != 0) failures++;
         if ((!strcmp(op.kind, "conv") || !strcmp(op.kind, "conv32")) && op.a[5] > 1) {
             if (time_op(be_implicit, &op, reps, "@implicit") != 0) failures++;
             if (!strcmp(op.kind, "conv") && time_op(be_generic, &op, reps, "@implicit_generic") != 0) failures++;
-            if (!strcmp(op.kind, "conv") && time_op(be_wgmma, &op, reps, "@wgmma") != 0) failures++;
             if (time_op(be_im2col, &op, reps, "@im2col") != 0) failures++;
             if (op.a[0] >= 4) { /* batches whose default chunk holds several samples */
                 if (time_op(be_im2col_32m, &op, reps, "@im2col_32m") != 0) failures++;
@@ -285,7 +319,6 @@ int main(int argc, char **argv) {
     loco_backend_destroy(be_fa128);
     loco_backend_destroy(be_fa64);
     loco_backend_destroy(be_im2col_ov);
-    loco_backend_destroy(be_wgmma);
     loco_backend_destroy(be_im2col_96m);
     loco_backend_destroy(be_im2col_32m);
     loco_backend_destroy(be_im2col);

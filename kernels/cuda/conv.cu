@@ -1,4 +1,5 @@
-/* conv.cu: loco_conv2d on the GPU, NCHW. Three routes (conv_route_for says which, and why):
+/* conv.cu: loco_conv2d on the GPU, NCHW. Three routes (conv_route_for says which, and why), and
+ * an experimental fourth (conv_wgmma.cu, only under LOCO_CUDA_CONV=wgmma):
  *
  *  - 1x1, stride 1, no padding (ResNet shortcuts, SD1.x attention proj_in/out): one strided
  *    batched cuBLASLt GEMM, y[n] (Cout x HW) = w (Cout x Cin) . x[n] (Cin x HW) for every n.

@@ -236,8 +236,9 @@ static loco_status linear_run(loco_backend *be, loco_tensor *y, const loco_tenso
     CUDA_TRY(cuda_enter(be, err));
     cuda_impl *c = cuda_of(be);
     if (x->dtype != y->dtype || !cuda_is_act_dtype(y->dtype))
-        return loco_err_set(err, LOCO_EUNSUPPORTED, "cuda linear: input %s, output %s (both must be the activation "
-                            "dtype)", cuda_dt(x->dtype), cuda_dt(y->dtype));
+        return loco_err_set(err, LOCO_EUNSUPPORTED, "cuda %s: input %s, output %s (both must be the activation "
+                            "dtype)", accumulate ? "linear_accumulate" : "linear", cuda_dt(x->dtype),
+                            cuda_dt(y->dtype));
     int64_t N = w->shape[0], K = w->shape[1];
     int64_t M = N > 0 ? loco_tensor_numel(y) / N : 0; /* from y: x is empty when K == 0 */
     if (M <= 0 || N <= 0) return LOCO_OK;

@@ -523,7 +523,7 @@ TEST(validation_rank_alias_and_range_checks) {
 }
 
 /* loco_linear_accumulate on a backend without the fused op is linear into a temporary, then
- * add: the same bits as the two calls, with y left as it was when the linear fails. */
+ * add: the same bits as the two calls. */
 TEST(linear_accumulate_is_linear_then_add) {
     loco_backend *be = cpu_backend(0);
     CHECK(be != NULL);

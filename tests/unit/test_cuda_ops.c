@@ -472,7 +472,7 @@ TEST(cuda_conv2d_wgmma) {
 
 /* LOCO_CUDA_IM2COL_OVERLAP=1: whole-sample chunks filled on a side stream while the main stream
  * multiplies the previous one, two buffers taking turns. Five samples of 576 KiB in a 1200 KiB
- * budget make five chunks of one (each buffer refilled twice after its GEMM); the default
+ * budget make five chunks of one (buffer 0 refilled twice after its GEMMs, buffer 1 once); the default
  * budget makes two chunks of two. Each conv runs twice and must give the same bits. */
 TEST(cuda_conv2d_im2col_overlapped) {
     GPU_ENV(e, LOCO_F16, 85);

@@ -432,6 +432,8 @@ static mock *mock_new(void) {
     m->ops.download_f32 = w_download;
     m->ops.sync = w_sync;
     m->ops.linear = w_linear;
+    /* no fused form: loco_linear_accumulate then runs as linear + add, both recorded here */
+    m->ops.linear_accumulate = NULL;
     m->ops.conv2d = w_conv;
     m->ops.group_norm = w_gn;
     m->ops.layer_norm = w_ln;
