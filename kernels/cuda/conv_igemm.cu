@@ -29,17 +29,6 @@
 #define IG_LDB (IG_BN + 8) /* row pitch 272 B: same */
 #define IG_BROWS (IG_BK * IG_BN / IG_THREADS) /* B elements gathered per thread per tile: 16 */
 
-typedef struct ig_params {
-    const void *x, *w, *bias;
-    void *y;
-    int bias_dtype, has_bias;
-    int cin, h, wd, cout, kh, kw, stride, pad_t, pad_l, ho, wo;
-    int K, P; /* Cin*kh*kw, Ho*Wo */
-    int64_t npix;
-    int a_vec;  /* K % 8 == 0 and w 16-byte aligned: weight rows load as 16-byte vectors */
-    int y_pair; /* P even and y 4-byte aligned: neighbouring pixels store as one 32-bit word */
-} ig_params;
-
 template <typename T>
 __device__ __forceinline__ void ig_load_a(T *as, int kt, int m0, const T *w, const ig_params &p, int tid) {
     if (p.a_vec) {

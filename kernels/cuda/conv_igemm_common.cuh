@@ -26,6 +26,19 @@
 
 #include "mma.h"
 
+/* The parameters of the 16-bit implicit-GEMM kernels (conv_igemm.cu, conv_wgmma.cu); the
+ * TF32 kernel's t32_params has the same field names for the shared helpers. */
+typedef struct ig_params {
+    const void *x, *w, *bias;
+    void *y;
+    int bias_dtype, has_bias;
+    int cin, h, wd, cout, kh, kw, stride, pad_t, pad_l, ho, wo;
+    int K, P; /* Cin*kh*kw, Ho*Wo */
+    int64_t npix;
+    int a_vec;  /* K % 8 == 0 and w 16-byte aligned: weight rows load as 16-byte vectors */
+    int y_pair; /* P even and y 4-byte aligned: neighbouring pixels store as one 32-bit word */
+} ig_params;
+
 /* Decode k-tile kt into tab[0..31] = {x offset of (ci, r, s), r, s, valid}; run by one warp. */
 template <int BK, typename P> __device__ __forceinline__ void igc_decode(int4 *tab, int kt, const P &p, int lane) {
     int k = kt * BK + lane;

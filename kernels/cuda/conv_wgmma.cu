@@ -46,16 +46,6 @@
 #define WG_B_BYTES (WG_BN / 8 * WG_SBO_B)     /* 12544 per stage */
 #define WG_SMEM (2 * (WG_A_BYTES + WG_B_BYTES)) /* two stages: 49664 bytes (needs the opt-in) */
 
-typedef struct wg_params {
-    const void *x, *w, *bias;
-    void *y;
-    int bias_dtype, has_bias;
-    int cin, h, wd, cout, kh, kw, stride, pad_t, pad_l, ho, wo;
-    int K, P; /* Cin*kh*kw, Ho*Wo */
-    int64_t npix;
-    int y_pair; /* y 4-byte aligned: neighbouring pixels (P is even) store as one 32-bit word */
-} wg_params;
-
 #if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define WG_DEVICE_OK 0 /* compiled for another target: the kernel traps (setup keeps it off) */
 #else
@@ -140,7 +130,7 @@ template <> __device__ __forceinline__ void wg_mma<__nv_bfloat16>(float (&d)[64]
 
 /* Weights of K tile kt: 128 rows x 6 chunks of 8 k, 3 cp.async per thread, zeros past Cout and K. */
 template <typename T>
-__device__ __forceinline__ void wg_load_a(unsigned char *as, int kt, int m0, const T *w, const wg_params &p,
+__device__ __forceinline__ void wg_load_a(unsigned char *as, int kt, int m0, const T *w, const ig_params &p,
                                           int tid) {
 #pragma unroll
     for (int i = 0; i < (WG_BM * WG_BK / 8) / WG_THREADS; i++) {
@@ -180,7 +170,7 @@ __device__ __forceinline__ void wg_store_b(unsigned char *bs, const ig3_rows &v,
 extern __shared__ __align__(128) unsigned char wg_smem[];
 
 template <typename T>
-__global__ void __launch_bounds__(WG_THREADS) conv_wgmma_kernel(const wg_params p) {
+__global__ void __launch_bounds__(WG_THREADS) conv_wgmma_kernel(const ig_params p) {
 #if !WG_DEVICE_OK
     __trap();
 #else
@@ -318,12 +308,13 @@ loco_status cuda_conv_wgmma_setup(cuda_impl *c, loco_err *err) {
 
 loco_status cuda_conv_wgmma(cuda_impl *c, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
                             const void *wdata, const loco_tensor *bias, const loco_conv2d_params *cp, loco_err *err) {
-    wg_params p;
+    ig_params p;
     igc_params_init(&p, y, x, w, bias, cp);
     p.x = x->data;
     p.w = wdata;
     p.y = y->data;
-    p.y_pair = cuda_aligned(y->data, 4);
+    p.a_vec = 1;                          /* K % 8 == 0 and w aligned: cuda_conv_wgmma_fits */
+    p.y_pair = cuda_aligned(y->data, 4); /* P is even (W % 8 == 0) */
     if (p.npix <= 0 || p.cout <= 0) return LOCO_OK;
     const dim3 grid((unsigned)((p.npix + WG_BN - 1) / WG_BN), (unsigned)((p.cout + WG_BM - 1) / WG_BM));
     if (y->dtype == LOCO_BF16)
