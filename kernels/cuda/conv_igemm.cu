@@ -282,12 +282,7 @@ int64_t cuda_conv_igemm_blocks(int64_t npix, int64_t cout) {
 loco_status cuda_conv_igemm(cuda_impl *c, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
                             const void *wdata, const loco_tensor *bias, const loco_conv2d_params *cp, loco_err *err) {
     ig_params p;
-    igc_params_init(&p, y, x, w, bias, cp);
-    p.x = x->data;
-    p.w = wdata;
-    p.y = y->data;
-    p.a_vec = p.K % 8 == 0 && cuda_aligned(wdata, 16);
-    p.y_pair = p.P % 2 == 0 && cuda_aligned(y->data, 4);
+    ig_params_make(&p, y, x, w, wdata, bias, cp);
     if (p.npix <= 0 || p.cout <= 0) return LOCO_OK;
     if (y->dtype != LOCO_F16 && y->dtype != LOCO_BF16)
         return loco_err_set(err, LOCO_EUNSUPPORTED, "cuda conv2d: the implicit-GEMM kernel takes F16 or BF16, not %s",

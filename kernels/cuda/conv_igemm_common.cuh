@@ -271,4 +271,16 @@ static void igc_params_init(P *p, const loco_tensor *y, const loco_tensor *x, co
     p->npix = x->shape[0] * (int64_t)p->P;
 }
 
+/* ig_params for a 16-bit implicit-GEMM launch (conv_igemm.cu, conv_wgmma.cu): the shared
+ * fields, the data pointers (wdata: w in y's dtype) and the vector widths the data allow. */
+static inline void ig_params_make(ig_params *p, const loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
+                                  const void *wdata, const loco_tensor *bias, const loco_conv2d_params *cp) {
+    igc_params_init(p, y, x, w, bias, cp);
+    p->x = x->data;
+    p->w = wdata;
+    p->y = y->data;
+    p->a_vec = p->K % 8 == 0 && cuda_aligned(wdata, 16);
+    p->y_pair = p->P % 2 == 0 && cuda_aligned(y->data, 4);
+}
+
 #endif

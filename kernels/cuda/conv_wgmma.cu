@@ -309,12 +309,7 @@ loco_status cuda_conv_wgmma_setup(cuda_impl *c, loco_err *err) {
 loco_status cuda_conv_wgmma(cuda_impl *c, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
                             const void *wdata, const loco_tensor *bias, const loco_conv2d_params *cp, loco_err *err) {
     ig_params p;
-    igc_params_init(&p, y, x, w, bias, cp);
-    p.x = x->data;
-    p.w = wdata;
-    p.y = y->data;
-    p.a_vec = 1;                          /* K % 8 == 0 and w aligned: cuda_conv_wgmma_fits */
-    p.y_pair = cuda_aligned(y->data, 4); /* P is even (W % 8 == 0) */
+    ig_params_make(&p, y, x, w, wdata, bias, cp); /* a_vec is 1 here: cuda_conv_wgmma_fits */
     if (p.npix <= 0 || p.cout <= 0) return LOCO_OK;
     const dim3 grid((unsigned)((p.npix + WG_BN - 1) / WG_BN), (unsigned)((p.cout + WG_BM - 1) / WG_BM));
     if (y->dtype == LOCO_BF16)
