@@ -218,6 +218,17 @@ loco_status loco_resnet_load(const loco_loader *ld, const char *prefix, int in_c
     return LOCO_OK;
 }
 
+/* A fusion that runs the block's GroupNorm + SiLU (gamma, beta) in front of a conv. */
+static void resnet_norm_fusion(const loco_resnet *r, const loco_tensor *gamma, const loco_tensor *beta,
+                               loco_conv2d_fusion *f) {
+    loco_conv2d_fusion_init(f);
+    f->norm_gamma = gamma;
+    f->norm_beta = beta;
+    f->norm_groups = r->groups;
+    f->norm_eps = r->eps;
+    f->norm_silu = 1;
+}
+
 loco_status loco_resnet_forward(loco_backend *be, const loco_resnet *r, const loco_tensor *x,
                                 const loco_tensor *temb_act, loco_tensor *out, loco_err *err) {
     if (x->ndim != 4 || x->shape[1] != r->in_ch)
@@ -227,49 +238,51 @@ loco_status loco_resnet_forward(loco_backend *be, const loco_resnet *r, const lo
         return loco_err_set(err, LOCO_EINVAL, "resnet: a time embedding is required");
     const int64_t B = x->shape[0], H = x->shape[2], W = x->shape[3];
     const int64_t oshape[4] = {B, r->out_ch, H, W};
-    loco_tensor n1 = {0}, h = {0}, tp = {0}, n2 = {0}, sc = {0};
+    loco_tensor h = {0}, tp = {0}, y = {0}, sc = {0};
     const loco_conv2d_params p3 = {.stride = 1, .pad = {1, 1, 1, 1}};
     loco_status s;
 
-    /* norm1 + SiLU, conv1 */
-    if ((s = alloc_like(be, x, 4, x->shape, &n1, err))) goto done;
-    if ((s = loco_group_norm(be, &n1, x, r->groups, &r->norm1_w, &r->norm1_b, r->eps, 1, err))) goto done;
-    if ((s = alloc_like(be, x, 4, oshape, &h, err))) goto done;
-    if ((s = loco_conv2d(be, &h, &n1, &r->conv1_w, &r->conv1_b, &p3, err))) goto done;
-    loco_tensor_free(&n1);
-
-    /* + time_emb_proj(SiLU(temb)) broadcast over H, W */
+    /* conv1(SiLU(norm1(x))) + conv1.bias + time_emb_proj(SiLU(temb)) broadcast over H, W: one
+     * fused call (loco_conv2d_fused: on the GPU the normalised x is never written) */
+    loco_conv2d_fusion f1;
+    resnet_norm_fusion(r, &r->norm1_w, &r->norm1_b, &f1);
     if (r->temb_ch > 0) {
         if ((s = alloc_like(be, x, 2, (int64_t[]){B, r->out_ch}, &tp, err))) goto done;
         if ((s = loco_linear(be, &tp, temb_act, &r->temb_w, &r->temb_b, LOCO_ACT_NONE, err))) goto done;
-        if ((s = loco_add_channel_bias(be, &h, &h, &tp, err))) goto done;
-        loco_tensor_free(&tp);
+        f1.sample_bias = &tp;
     }
+    if ((s = alloc_like(be, x, 4, oshape, &h, err))) goto done;
+    if ((s = loco_conv2d_fused(be, &h, x, &r->conv1_w, &r->conv1_b, &p3, &f1, err))) goto done;
+    loco_tensor_free(&tp);
 
-    /* norm2 + SiLU (dropout is the identity at inference), conv2 into a fresh output */
-    if ((s = alloc_like(be, x, 4, oshape, &n2, err))) goto done;
-    if ((s = loco_group_norm(be, &n2, &h, r->groups, &r->norm2_w, &r->norm2_b, r->eps, 1, err))) goto done;
-    if ((s = loco_conv2d(be, &h, &n2, &r->conv2_w, &r->conv2_b, &p3, err))) goto done;
-    loco_tensor_free(&n2);
-
-    /* (shortcut(x) + h) / output_scale_factor */
+    /* conv2(SiLU(norm2(h))) + conv2.bias (dropout is the identity at inference) + shortcut(x),
+     * then / output_scale_factor. With a shortcut conv, conv2's output is the residual of the
+     * shortcut's fused call, so that h is freed before the shortcut's output exists: as many
+     * tensors live at once as in the unfused block. */
+    loco_conv2d_fusion f2;
+    resnet_norm_fusion(r, &r->norm2_w, &r->norm2_b, &f2);
+    f2.residual = r->has_shortcut ? NULL : x;
+    if ((s = alloc_like(be, x, 4, oshape, &y, err))) goto done;
+    if ((s = loco_conv2d_fused(be, &y, &h, &r->conv2_w, &r->conv2_b, &p3, &f2, err))) goto done;
+    loco_tensor_free(&h);
     if (r->has_shortcut) {
         const loco_conv2d_params p1 = {.stride = 1, .pad = {0, 0, 0, 0}};
+        loco_conv2d_fusion fs;
+        loco_conv2d_fusion_init(&fs);
+        fs.residual = &y;
         if ((s = alloc_like(be, x, 4, oshape, &sc, err))) goto done;
-        if ((s = loco_conv2d(be, &sc, x, &r->short_w, &r->short_b, &p1, err))) goto done;
-        if ((s = loco_add(be, &h, &sc, &h, err))) goto done;
-        loco_tensor_free(&sc);
-    } else {
-        if ((s = loco_add(be, &h, x, &h, err))) goto done;
+        if ((s = loco_conv2d_fused(be, &sc, x, &r->short_w, &r->short_b, &p1, &fs, err))) goto done;
+        loco_tensor_free(&y);
+        y = sc;
+        memset(&sc, 0, sizeof sc);
     }
-    if ((s = divide_by(be, &h, r->out_scale, err))) goto done;
-    *out = h;
-    memset(&h, 0, sizeof h);
+    if ((s = divide_by(be, &y, r->out_scale, err))) goto done;
+    *out = y;
+    memset(&y, 0, sizeof y);
 done:
-    loco_tensor_free(&n1);
     loco_tensor_free(&h);
     loco_tensor_free(&tp);
-    loco_tensor_free(&n2);
+    loco_tensor_free(&y);
     loco_tensor_free(&sc);
     return s;
 }

@@ -171,6 +171,33 @@ typedef struct loco_conv2d_params {
 loco_status loco_conv2d(loco_backend *be, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
                         const loco_tensor *bias, const loco_conv2d_params *p, loco_err *err);
 
+/* A conv2d with the ResNet block's neighbours folded in (loco_conv2d_fused):
+ *   before: x -> GroupNorm(x; norm_groups, norm_gamma, norm_beta, norm_eps) (-> SiLU if norm_silu)
+ *           when norm_gamma is set (norm_beta [Cin] then too: GroupNorm is always affine);
+ *   after:  y = conv + bias + sample_bias[n, :] (a per-sample [N, Cout] bias: the time
+ *           embedding) + residual (y's shape: the ResNet shortcut); each when set.
+ * Init with loco_conv2d_fusion_init (nothing fused). */
+typedef struct loco_conv2d_fusion {
+    const loco_tensor *norm_gamma, *norm_beta;
+    int norm_groups;
+    float norm_eps;
+    int norm_silu;
+    const loco_tensor *sample_bias;
+    const loco_tensor *residual;
+} loco_conv2d_fusion;
+void loco_conv2d_fusion_init(loco_conv2d_fusion *f);
+
+/* The CUDA backend applies the GroupNorm inside the im2col gather (the normalised input is
+ * never written; only its statistics pass reads x beforehand) and adds bias, sample bias and
+ * residual in the one pass over y that the conv bias needed anyway. Elsewhere, and on routes
+ * that cannot take the GroupNorm, it is loco_group_norm into a temporary, loco_conv2d,
+ * loco_add_channel_bias, then y = residual + y with loco_add: bit for bit the unfused calls.
+ * On the GPU the fused GroupNorm values are those of loco_group_norm bit for bit; the
+ * epilogue rounds once where the unfused adds round after each term. f may be NULL. */
+loco_status loco_conv2d_fused(loco_backend *be, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
+                              const loco_tensor *bias, const loco_conv2d_params *p, const loco_conv2d_fusion *f,
+                              loco_err *err);
+
 /* GroupNorm over x [N, C, *]: groups of C/groups channels; gamma/beta [C]; optional SiLU after. */
 loco_status loco_group_norm(loco_backend *be, loco_tensor *y, const loco_tensor *x, int groups,
                             const loco_tensor *gamma, const loco_tensor *beta, float eps, int fuse_silu,

@@ -37,6 +37,11 @@ typedef struct loco_backend_ops {
                                      const loco_tensor *bias, loco_err *err);
     loco_status (*conv2d)(loco_backend *be, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
                           const loco_tensor *bias, const loco_conv2d_params *p, loco_err *err);
+    /* Optional (NULL: loco_conv2d_fused runs the unfused ops). Called with f validated and
+     * something to fuse. */
+    loco_status (*conv2d_fused)(loco_backend *be, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
+                                const loco_tensor *bias, const loco_conv2d_params *p, const loco_conv2d_fusion *f,
+                                loco_err *err);
     loco_status (*group_norm)(loco_backend *be, loco_tensor *y, const loco_tensor *x, int groups,
                               const loco_tensor *gamma, const loco_tensor *beta, float eps, int fuse_silu,
                               loco_err *err);

@@ -281,50 +281,60 @@ loco_status loco_linear_accumulate(loco_backend *be, loco_tensor *y, const loco_
     return st;
 }
 
-loco_status loco_conv2d(loco_backend *be, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
-                        const loco_tensor *bias, const loco_conv2d_params *p, loco_err *err) {
-    const char *op = "conv2d";
+/* The checks loco_conv2d and loco_conv2d_fused share. */
+static loco_status check_conv2d(loco_backend *be, const char *op, const loco_tensor *y, const loco_tensor *x,
+                                const loco_tensor *w, const loco_tensor *bias, const loco_conv2d_params *p,
+                                loco_err *err) {
     shapes s;
     TRY(check_pair(be, op, "y", y, "x", x, err));
     TRY(check_tensor(be, op, "w", w, err));
     TRY(same_dtype(op, "w", w, "x", x, err));
-    if (!p) return loco_err_set(err, LOCO_EINVAL, "conv2d: params are NULL");
-    if (p->stride < 1) return loco_err_set(err, LOCO_EINVAL, "conv2d: stride must be >= 1, got %d", p->stride);
+    if (!p) return loco_err_set(err, LOCO_EINVAL, "%s: params are NULL", op);
+    if (p->stride < 1) return loco_err_set(err, LOCO_EINVAL, "%s: stride must be >= 1, got %d", op, p->stride);
     for (int i = 0; i < 4; i++)
         if (p->pad[i] < 0)
-            return loco_err_set(err, LOCO_EINVAL, "conv2d: padding {top %d, bottom %d, left %d, right %d} is negative",
-                                p->pad[0], p->pad[1], p->pad[2], p->pad[3]);
-    if (x->ndim != 4) return loco_err_set(err, LOCO_EINVAL, "conv2d: x %s must be NCHW", shp(&s, 0, x));
-    if (w->ndim != 4) return loco_err_set(err, LOCO_EINVAL, "conv2d: w %s must be [Cout, Cin, kh, kw]", shp(&s, 0, w));
+            return loco_err_set(err, LOCO_EINVAL, "%s: padding {top %d, bottom %d, left %d, right %d} is negative",
+                                op, p->pad[0], p->pad[1], p->pad[2], p->pad[3]);
+    if (x->ndim != 4) return loco_err_set(err, LOCO_EINVAL, "%s: x %s must be NCHW", op, shp(&s, 0, x));
+    if (w->ndim != 4) return loco_err_set(err, LOCO_EINVAL, "%s: w %s must be [Cout, Cin, kh, kw]", op, shp(&s, 0, w));
     if (w->shape[1] != x->shape[1])
-        return loco_err_set(err, LOCO_EINVAL, "conv2d: x %s has %lld channels but w %s expects %lld", shp(&s, 0, x),
+        return loco_err_set(err, LOCO_EINVAL, "%s: x %s has %lld channels but w %s expects %lld", op, shp(&s, 0, x),
                             (long long)x->shape[1], shp(&s, 1, w), (long long)w->shape[1]);
     int64_t kh = w->shape[2], kw = w->shape[3];
     int64_t hp = x->shape[2] + p->pad[0] + p->pad[1], wp = x->shape[3] + p->pad[2] + p->pad[3];
     if (kh < 1 || kw < 1 || hp < kh || wp < kw)
-        return loco_err_set(err, LOCO_EINVAL, "conv2d: kernel %lldx%lld does not fit the padded input %lldx%lld (x %s)",
-                            (long long)kh, (long long)kw, (long long)hp, (long long)wp, shp(&s, 0, x));
+        return loco_err_set(err, LOCO_EINVAL, "%s: kernel %lldx%lld does not fit the padded input %lldx%lld (x %s)",
+                            op, (long long)kh, (long long)kw, (long long)hp, (long long)wp, shp(&s, 0, x));
     int64_t ho = (hp - kh) / p->stride + 1, wo = (wp - kw) / p->stride + 1;
     if (y->ndim != 4 || y->shape[0] != x->shape[0] || y->shape[1] != w->shape[0] || y->shape[2] != ho ||
         y->shape[3] != wo)
-        return loco_err_set(err, LOCO_EINVAL, "conv2d: y %s must be [%lld, %lld, %lld, %lld] for x %s, w %s, stride %d",
-                            shp(&s, 0, y), (long long)x->shape[0], (long long)w->shape[0], (long long)ho,
+        return loco_err_set(err, LOCO_EINVAL, "%s: y %s must be [%lld, %lld, %lld, %lld] for x %s, w %s, stride %d",
+                            op, shp(&s, 0, y), (long long)x->shape[0], (long long)w->shape[0], (long long)ho,
                             (long long)wo, shp(&s, 1, x), shp(&s, 2, w), p->stride);
     if (bias) {
         TRY(check_tensor(be, op, "bias", bias, err));
         TRY(same_dtype(op, "bias", bias, "x", x, err));
         if (bias->ndim != 1 || bias->shape[0] != w->shape[0])
-            return loco_err_set(err, LOCO_EINVAL, "conv2d: bias %s must be [%lld]", shp(&s, 0, bias),
+            return loco_err_set(err, LOCO_EINVAL, "%s: bias %s must be [%lld]", op, shp(&s, 0, bias),
                                 (long long)w->shape[0]);
         TRY(no_alias(op, "y", y, "bias", bias, err));
     }
     TRY(no_alias(op, "y", y, "x", x, err));
     TRY(no_alias(op, "y", y, "w", w, err));
+    return LOCO_OK;
+}
+
+static double conv2d_flops(const loco_tensor *y, const loco_tensor *w) {
+    return 2.0 * (double)loco_tensor_numel(y) * (double)(w->shape[1] * w->shape[2] * w->shape[3]);
+}
+
+loco_status loco_conv2d(loco_backend *be, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
+                        const loco_tensor *bias, const loco_conv2d_params *p, loco_err *err) {
+    TRY(check_conv2d(be, "conv2d", y, x, w, bias, p, err));
     if (loco_tensor_numel(y) == 0) return LOCO_OK;
     double t0 = prof_begin(be);
     const loco_status op_st = be->ops->conv2d(be, y, x, w, bias, p, err);
-    const double flops = 2.0 * (double)loco_tensor_numel(y) * (double)(w->shape[1] * w->shape[2] * w->shape[3]);
-    return prof_end(be, LOCO_OP_CONV2D, "conv2d", y, w, flops, t0, op_st);
+    return prof_end(be, LOCO_OP_CONV2D, "conv2d", y, w, conv2d_flops(y, w), t0, op_st);
 }
 
 /* ---- norms ------------------------------------------------------------------------------------ */
@@ -346,29 +356,105 @@ static loco_status check_affine(loco_backend *be, const char *op, const char *na
     return no_alias(op, "y", y, name, t, err);
 }
 
+/* GroupNorm's own arguments (groups, eps, gamma/beta) for x [N, C, ...]; y is the op's output,
+ * which gamma/beta may not alias. */
+static loco_status check_group_norm(loco_backend *be, const char *op, const loco_tensor *y, const loco_tensor *x,
+                                    int groups, const loco_tensor *gamma, const loco_tensor *beta, float eps,
+                                    loco_err *err) {
+    shapes s;
+    if (x->ndim < 2) return loco_err_set(err, LOCO_EINVAL, "%s: x %s must be [N, C, ...]", op, shp(&s, 0, x));
+    int64_t C = x->shape[1];
+    if (groups < 1 || C % groups != 0)
+        return loco_err_set(err, LOCO_EINVAL, "%s: %lld channels of x %s do not split into %d groups", op,
+                            (long long)C, shp(&s, 0, x), groups);
+    TRY(check_eps(op, eps, err));
+    if (!gamma || !beta)
+        return loco_err_set(err, LOCO_EINVAL, "%s: %s is NULL (GroupNorm is always affine)", op,
+                            gamma ? "beta" : "gamma");
+    TRY(check_affine(be, op, "gamma", gamma, C, x, y, err));
+    return check_affine(be, op, "beta", beta, C, x, y, err);
+}
+
 loco_status loco_group_norm(loco_backend *be, loco_tensor *y, const loco_tensor *x, int groups,
                             const loco_tensor *gamma, const loco_tensor *beta, float eps, int fuse_silu,
                             loco_err *err) {
     const char *op = "group_norm";
-    shapes s;
     TRY(check_pair(be, op, "y", y, "x", x, err));
     TRY(same_shape(op, "y", y, "x", x, err));
-    if (x->ndim < 2) return loco_err_set(err, LOCO_EINVAL, "group_norm: x %s must be [N, C, ...]", shp(&s, 0, x));
-    int64_t C = x->shape[1];
-    if (groups < 1 || C % groups != 0)
-        return loco_err_set(err, LOCO_EINVAL, "group_norm: %lld channels of x %s do not split into %d groups",
-                            (long long)C, shp(&s, 0, x), groups);
-    TRY(check_eps(op, eps, err));
-    if (!gamma || !beta)
-        return loco_err_set(err, LOCO_EINVAL, "group_norm: %s is NULL (GroupNorm is always affine)",
-                            gamma ? "beta" : "gamma");
-    TRY(check_affine(be, op, "gamma", gamma, C, x, y, err));
-    TRY(check_affine(be, op, "beta", beta, C, x, y, err));
+    TRY(check_group_norm(be, op, y, x, groups, gamma, beta, eps, err));
     TRY(inplace_or_disjoint(op, "y", y, "x", x, err));
     if (loco_tensor_numel(y) == 0) return LOCO_OK;
     double t0 = prof_begin(be);
     const loco_status op_st = be->ops->group_norm(be, y, x, groups, gamma, beta, eps, fuse_silu ? 1 : 0, err);
     return prof_end(be, LOCO_OP_NORM, "group_norm", y, NULL, 0, t0, op_st);
+}
+
+/* ---- conv2d with its ResNet neighbours -------------------------------------------------------- */
+
+void loco_conv2d_fusion_init(loco_conv2d_fusion *f) {
+    memset(f, 0, sizeof *f);
+    f->norm_groups = 32;
+    f->norm_eps = 1e-5f;
+}
+
+static loco_status check_conv2d_fusion(loco_backend *be, const char *op, const loco_tensor *y,
+                                       const loco_tensor *x, const loco_conv2d_fusion *f, loco_err *err) {
+    shapes s;
+    if (f->norm_gamma || f->norm_beta)
+        TRY(check_group_norm(be, op, y, x, f->norm_groups, f->norm_gamma, f->norm_beta, f->norm_eps, err));
+    if (f->sample_bias) {
+        const loco_tensor *b = f->sample_bias;
+        TRY(check_tensor(be, op, "sample_bias", b, err));
+        TRY(same_dtype(op, "sample_bias", b, "y", y, err));
+        if (b->ndim != 2 || b->shape[0] != y->shape[0] || b->shape[1] != y->shape[1])
+            return loco_err_set(err, LOCO_EINVAL, "%s: sample_bias %s must be [%lld, %lld] for y %s", op,
+                                shp(&s, 0, b), (long long)y->shape[0], (long long)y->shape[1], shp(&s, 1, y));
+        TRY(no_alias(op, "y", y, "sample_bias", b, err));
+    }
+    if (f->residual) {
+        TRY(check_tensor(be, op, "residual", f->residual, err));
+        TRY(same_dtype(op, "residual", f->residual, "y", y, err));
+        TRY(same_shape(op, "residual", f->residual, "y", y, err));
+        /* the convolution writes y before the residual is read */
+        TRY(no_alias(op, "y", y, "residual", f->residual, err));
+    }
+    return LOCO_OK;
+}
+
+/* The unfused calls, exactly what a caller would write. */
+static loco_status conv2d_unfused(loco_backend *be, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
+                                  const loco_tensor *bias, const loco_conv2d_params *p, const loco_conv2d_fusion *f,
+                                  loco_err *err) {
+    loco_tensor normed = {0};
+    const loco_tensor *in = x;
+    loco_status st = LOCO_OK;
+    if (f->norm_gamma) {
+        st = loco_tensor_alloc(be, x->dtype, x->ndim, x->shape, &normed, err);
+        if (st == LOCO_OK)
+            st = loco_group_norm(be, &normed, x, f->norm_groups, f->norm_gamma, f->norm_beta, f->norm_eps,
+                                 f->norm_silu, err);
+        in = &normed;
+    }
+    if (st == LOCO_OK) st = loco_conv2d(be, y, in, w, bias, p, err);
+    loco_tensor_free(&normed);
+    if (st == LOCO_OK && f->sample_bias) st = loco_add_channel_bias(be, y, y, f->sample_bias, err);
+    if (st == LOCO_OK && f->residual) st = loco_add(be, y, f->residual, y, err);
+    return st;
+}
+
+loco_status loco_conv2d_fused(loco_backend *be, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
+                              const loco_tensor *bias, const loco_conv2d_params *p, const loco_conv2d_fusion *f,
+                              loco_err *err) {
+    const char *op = "conv2d_fused";
+    TRY(check_conv2d(be, op, y, x, w, bias, p, err));
+    if (!f || (!f->norm_gamma && !f->norm_beta && !f->sample_bias && !f->residual))
+        return loco_conv2d(be, y, x, w, bias, p, err);
+    TRY(check_conv2d_fusion(be, op, y, x, f, err));
+    if (loco_tensor_numel(y) == 0) return LOCO_OK;
+    if (!be->ops->conv2d_fused) return conv2d_unfused(be, y, x, w, bias, p, f, err);
+    double t0 = prof_begin(be);
+    const loco_status op_st = be->ops->conv2d_fused(be, y, x, w, bias, p, f, err);
+    return prof_end(be, LOCO_OP_CONV2D, op, y, w, conv2d_flops(y, w), t0, op_st);
 }
 
 loco_status loco_layer_norm(loco_backend *be, loco_tensor *y, const loco_tensor *x, const loco_tensor *gamma,

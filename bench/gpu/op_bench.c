@@ -11,7 +11,9 @@
  * side stream beside the GEMMs, LOCO_CUDA_IM2COL_OVERLAP=1), and f16 ones on the implicit route
  * without its row-gather kernel (LOCO_CUDA_IGEMM_ROWS=0: "name@implicit_generic"). Attention
  * shapes whose head dim has both flash-attention block heights (40, 64, 80) are also timed with
- * LOCO_CUDA_FLASH=64 and =128 ("name@fa64", "name@fa128"). With --wgmma, only the f16 conv rows
+ * LOCO_CUDA_FLASH=64 and =128 ("name@fa64", "name@fa128"). resconv rows (a ResNet block's
+ * GroupNorm+SiLU, conv, residual add) time loco_conv2d_fused and the three separate ops
+ * ("name@unfused"). With --wgmma, only the f16 conv rows
  * on the experimental wgmma kernel ("name@wgmma": LOCO_CUDA_CONV=wgmma, the automatic route
  * where that kernel does not apply), a separate run so that a fault there spares the main table.
  *
@@ -24,13 +26,14 @@
 #include <string.h>
 #include <time.h>
 
-#define MAX_T 6
+#define MAX_T 8
 
 typedef struct bench_op {
     char kind[16], name[64];
     long a[9];
     int na;
     char act[16];
+    int unfused; /* resconv: the separate ops instead of loco_conv2d_fused */
 } bench_op;
 
 static double now_ms(void) {
@@ -83,6 +86,22 @@ static loco_status run_op(loco_backend *be, const bench_op *op, loco_tensor *t, 
         loco_conv2d_params p = {(int)a[6], {(int)a[7], (int)a[7], (int)a[7], (int)a[7]}};
         return loco_conv2d(be, &t[3], &t[0], &t[1], &t[2], &p, err);
     }
+    if (!strcmp(op->kind, "resconv")) {
+        /* t: x, w, bias, y, gamma, beta, residual, normalised x (unfused) */
+        const loco_conv2d_params p = {1, {1, 1, 1, 1}};
+        if (op->unfused) {
+            loco_status st = loco_group_norm(be, &t[7], &t[0], 32, &t[4], &t[5], 1e-5f, 1, err);
+            if (st == LOCO_OK) st = loco_conv2d(be, &t[3], &t[7], &t[1], &t[2], &p, err);
+            return st == LOCO_OK ? loco_add(be, &t[3], &t[6], &t[3], err) : st;
+        }
+        loco_conv2d_fusion f;
+        loco_conv2d_fusion_init(&f);
+        f.norm_gamma = &t[4];
+        f.norm_beta = &t[5];
+        f.norm_silu = 1;
+        f.residual = &t[6];
+        return loco_conv2d_fused(be, &t[3], &t[0], &t[1], &t[2], &p, &f, err);
+    }
     if (!strcmp(op->kind, "linear")) return loco_linear(be, &t[3], &t[0], &t[1], &t[2], act_of(op->act), err);
     if (!strcmp(op->kind, "attn")) {
         loco_attention_params p = {(int)a[3], 1.0f / sqrtf((float)a[4]), (int)a[5], NULL};
@@ -109,6 +128,15 @@ static int setup(loco_backend *be, const bench_op *op, loco_tensor *t, double *w
             rand_tensor_dt(be, dt, 1, bs, 0.1f, &seed, &t[2]) || rand_tensor_dt(be, dt, 4, ys, 0.0f, &seed, &t[3]))
             return -1;
         *work = 2.0 * N * Co * Ho * Wo * Ci * k * k;
+    } else if (!strcmp(op->kind, "resconv")) {
+        long N = a[0], C = a[1], H = a[2], W = a[3];
+        int64_t xs[4] = {N, C, H, W}, ws[4] = {C, C, 3, 3}, cs[1] = {C};
+        if (rand_tensor(be, 4, xs, 1.0f, &seed, &t[0]) || rand_tensor(be, 4, ws, 0.05f, &seed, &t[1]) ||
+            rand_tensor(be, 1, cs, 0.1f, &seed, &t[2]) || rand_tensor(be, 4, xs, 0.0f, &seed, &t[3]) ||
+            rand_tensor(be, 1, cs, 1.0f, &seed, &t[4]) || rand_tensor(be, 1, cs, 0.1f, &seed, &t[5]) ||
+            rand_tensor(be, 4, xs, 1.0f, &seed, &t[6]) || rand_tensor(be, 4, xs, 0.0f, &seed, &t[7]))
+            return -1;
+        *work = 2.0 * N * C * H * W * C * 9;
     } else if (!strcmp(op->kind, "linear")) {
         long M = a[0], K = a[1], Nn = a[2];
         int64_t xs[2] = {M, K}, ws[2] = {Nn, K}, bs[1] = {Nn}, ys[2] = {M, Nn};
@@ -309,6 +337,10 @@ int main(int argc, char **argv) {
                 if (time_op(be_im2col_96m, &op, reps, "@im2col_96m") != 0) failures++;
                 if (time_op(be_im2col_ov, &op, reps, "@im2col_overlap") != 0) failures++;
             }
+        }
+        if (!strcmp(op.kind, "resconv")) {
+            op.unfused = 1;
+            if (time_op(be, &op, reps, "@unfused") != 0) failures++;
         }
         if (!strcmp(op.kind, "attn") && (op.a[4] == 40 || op.a[4] == 64 || op.a[4] == 80)) {
             if (time_op(be_fa64, &op, reps, "@fa64") != 0) failures++;

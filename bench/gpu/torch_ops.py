@@ -1,6 +1,7 @@
 """Times the ops of bench/gpu/ops.txt in PyTorch (fp16, CUDA), the way diffusers runs them:
 NCHW convolutions, F.scaled_dot_product_attention on [B, H, L, D] views of [B, L, H*D],
-GroupNorm followed by a separate SiLU, GEGLU as chunk + gelu + mul. Prints one line per op,
+GroupNorm followed by a separate SiLU, GEGLU as chunk + gelu + mul, a ResNet block's second half
+(resconv) as GroupNorm, SiLU, conv and add. Prints one line per op,
 "name ms", for bench/gpu-check.sh to join with op_bench's table.
 
 Timing: random inputs, three warm-up calls, five batches of `reps` calls timed with CUDA
@@ -31,6 +32,12 @@ def make(op, args):
         n, ci, h, w, co, k, s, p = map(int, args)
         x, wt, b = r(n, ci, h, w), r(co, ci, k, k) * 0.05, r(co) * 0.1
         return lambda: F.conv2d(x, wt, b, stride=s, padding=p)
+    if op == "resconv":
+        # a ResNet block's second half as diffusers runs it: GroupNorm(32) + SiLU, 3x3 conv, + input
+        n, c, h, w = map(int, args)
+        x, gamma, beta = r(n, c, h, w), r(c), r(c)
+        wt, b, res = r(c, c, 3, 3) * 0.05, r(c) * 0.1, r(n, c, h, w)
+        return lambda: F.conv2d(F.silu(F.group_norm(x, 32, gamma, beta, 1e-5)), wt, b, padding=1) + res
     if op == "linear":
         m, k, n = map(int, args[:3])
         act = ACTS[args[3]]

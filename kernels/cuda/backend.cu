@@ -205,6 +205,7 @@ static void fill_ops(loco_backend_ops *o, int graphs) {
     o->linear = cuda_op_linear;
     o->linear_accumulate = cuda_op_linear_accumulate;
     o->conv2d = cuda_op_conv2d;
+    o->conv2d_fused = cuda_op_conv2d_fused;
     o->group_norm = cuda_op_group_norm;
     o->layer_norm = cuda_op_layer_norm;
     o->attention = cuda_op_attention;
@@ -295,6 +296,8 @@ extern "C" loco_status loco_backend_cuda_create(const loco_backend_opts *opts, l
      * per sample) and is small next to the card; VAE decoders at 1024^2 go in slices */
     const char *igemm_rows = getenv("LOCO_CUDA_IGEMM_ROWS");
     c->igemm_rows = !(igemm_rows && igemm_rows[0] == '0');
+    const char *norm_gather = getenv("LOCO_CUDA_NORM_GATHER");
+    c->norm_gather = !(norm_gather && norm_gather[0] == '0');
     const char *im2col_kb = getenv("LOCO_CUDA_IM2COL_KB");
     const long kb = im2col_kb ? atol(im2col_kb) : 0;
     c->im2col_budget = kb > 0 ? (size_t)kb << 10 : (size_t)256 << 20;
@@ -332,7 +335,7 @@ extern "C" loco_status loco_backend_cuda_create(const loco_backend_opts *opts, l
         cuda_destroy(&cb->be);
         return st;
     }
-    snprintf(cb->be.desc, sizeof cb->be.desc, "cuda:%d %.100s (sm_%d%d, %d SMs, %.1f GiB, %s activations%s%s%s%s)",
+    snprintf(cb->be.desc, sizeof cb->be.desc, "cuda:%d %.100s (sm_%d%d, %d SMs, %.1f GiB, %s activations%s%s%s%s%s)",
              ordinal, prop.name, prop.major, prop.minor, prop.multiProcessorCount,
              (double)prop.totalGlobalMem / (1024.0 * 1024.0 * 1024.0), cuda_dt(act),
              c->conv_algo == CUDA_CONV_IM2COL     ? ", conv: im2col"
@@ -343,7 +346,8 @@ extern "C" loco_status loco_backend_cuda_create(const loco_backend_opts *opts, l
              c->flash_rows == 64    ? ", flash: 64 rows"
              : c->flash_rows == 128 ? ", flash: 128 rows"
                                     : "",
-             c->aux ? ", im2col overlapped" : "", graphs ? "" : ", graphs off");
+             c->aux ? ", im2col overlapped" : "", c->norm_gather ? "" : ", GroupNorm gather off",
+             graphs ? "" : ", graphs off");
     *out = &cb->be;
     return LOCO_OK;
 }

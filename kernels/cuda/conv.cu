@@ -15,7 +15,12 @@
  *  (benchmarks and tests compare them).
  *
  * In NCHW the per-channel bias runs along the GEMM's n dimension, which cuBLASLt's bias
- * epilogue (per row of D) cannot express, so the GEMM routes add it in one extra pass. */
+ * epilogue (per row of D) cannot express, so the GEMM routes add it in one extra pass.
+ *
+ * cuda_op_conv2d_fused (loco_conv2d_fused: a ResNet block's GroupNorm+SiLU -> conv -> + time
+ * embedding / + shortcut) runs the same routes; on the im2col route the GroupNorm is applied by
+ * the gather itself (a per-(sample, channel) scale and shift from norm.cu's statistics), and the
+ * bias pass also adds the per-sample bias and the residual. */
 #include <string.h>
 
 #include "cuda_device.h"
@@ -37,10 +42,35 @@ template <> struct im2col_vec<2> { typedef uint16_t type; };
 template <> struct im2col_vec<4> { typedef uint32_t type; };
 template <> struct im2col_vec<16> { typedef uint4 type; };
 
-template <typename U, int V>
+/* What im2col does to each element it gathers from inside the image (padding stays 0). The
+ * plain copy moves raw bits (U = uint16_t or uint32_t); the GroupNorm prologue of the fused conv
+ * (U = the real element type) maps x to SiLU?(x * scale + shift) with its sample and channel's
+ * (scale, shift) from cuda_gn_table, the very expression gn_apply_kernel writes, so the column
+ * buffer holds what im2col of loco_group_norm's output would. */
+struct im2col_copy {
+    __device__ __forceinline__ void row(int, int) {}
+    template <typename U> __device__ __forceinline__ U operator()(U v) const { return v; }
+};
+template <typename T> struct im2col_group_norm {
+    const float2 *table; /* [z][cin] of the chunk */
+    int cin, silu;
+    float scale, shift;
+    __device__ __forceinline__ void row(int z, int ci) {
+        const float2 t = table[z * cin + ci];
+        scale = t.x;
+        shift = t.y;
+    }
+    __device__ __forceinline__ T operator()(T v) const {
+        float f = fmaf(to_f32(v), scale, shift);
+        if (silu) f = fast_silu(f);
+        return from_f32<T>(f);
+    }
+};
+
+template <typename U, int V, typename Pro>
 __global__ void __launch_bounds__(IM2COL_TX *IM2COL_TY)
     im2col_kernel(U *col, const U *x, int h, int wd, int kh, int kw, int stride, int pt, int pl, int wo, int p0,
-                  int pc, int K, int64_t x_sample, int64_t col_sample) {
+                  int pc, int K, int64_t x_sample, int64_t col_sample, Pro pro) {
     typedef typename im2col_vec<V * sizeof(U)>::type VT;
     const U *xs = x + (int64_t)blockIdx.z * x_sample;
     U *cs = col + (int64_t)blockIdx.z * col_sample;
@@ -49,6 +79,7 @@ __global__ void __launch_bounds__(IM2COL_TX *IM2COL_TY)
         const int ci = k / khw, rs = k - ci * khw, r = rs / kw, s = rs - r * kw;
         const U *xc = xs + (int64_t)ci * h * wd;
         VT *row = (VT *)(cs + (int64_t)k * pc);
+        pro.row((int)blockIdx.z, ci);
         for (int g = blockIdx.x * IM2COL_TX + threadIdx.x; g < ng; g += gridDim.x * IM2COL_TX) {
             const int pp = p0 + g * V, oh = pp / wo, ow0 = pp - oh * wo;
             const int iy = oh * stride - pt + r;
@@ -61,48 +92,127 @@ __global__ void __launch_bounds__(IM2COL_TX *IM2COL_TY)
 #pragma unroll
                 for (int v = 0; v < V; v++) {
                     const int ix = (ow0 + v) * stride - pl + s;
-                    u.e[v] = (unsigned)ix < (unsigned)wd ? xr[ix] : (U)0;
+                    u.e[v] = (unsigned)ix < (unsigned)wd ? pro(xr[ix]) : U();
                 }
             } else {
 #pragma unroll
-                for (int v = 0; v < V; v++) u.e[v] = (U)0;
+                for (int v = 0; v < V; v++) u.e[v] = U();
             }
             row[g] = u.v;
         }
     }
 }
 
-/* The geometry of one conv2d call, as the im2col route needs it. */
+/* The geometry of one conv2d call, as the im2col route needs it, and its optional GroupNorm
+ * prologue (norm: cuda_gn_table's [Nb][Cin] table, NULL for a plain conv). */
 typedef struct conv_geom {
     int64_t Nb, Cin, H, W, Cout, kh, kw, Wo, P, K;
     size_t es; /* element size */
+    loco_dtype dt;
     const loco_conv2d_params *p;
+    const float2 *norm;
+    int norm_silu;
 } conv_geom;
 
-template <typename U, int V>
+template <typename U, int V, typename Pro>
 static void im2col_launch(cudaStream_t stream, void *col, const void *x, int64_t z, const conv_geom *g, int64_t p0,
-                          int64_t n) {
+                          int64_t n, Pro pro) {
     int64_t gx = (n / V + IM2COL_TX - 1) / IM2COL_TX, gy = (g->K + IM2COL_TY - 1) / IM2COL_TY;
     const dim3 grid((unsigned)(gx < 65535 ? gx : 65535), (unsigned)(gy < 65535 ? gy : 65535), (unsigned)z);
-    im2col_kernel<U, V><<<grid, dim3(IM2COL_TX, IM2COL_TY), 0, stream>>>(
+    im2col_kernel<U, V, Pro><<<grid, dim3(IM2COL_TX, IM2COL_TY), 0, stream>>>(
         (U *)col, (const U *)x, (int)g->H, (int)g->W, (int)g->kh, (int)g->kw, g->p->stride, g->p->pad[0],
-        g->p->pad[2], (int)g->Wo, (int)p0, (int)n, (int)g->K, g->Cin * g->H * g->W, g->K * n);
+        g->p->pad[2], (int)g->Wo, (int)p0, (int)n, (int)g->K, g->Cin * g->H * g->W, g->K * n, pro);
 }
 
-/* im2col of output pixels [p0, p0 + n) of z samples starting at xs into col, on `stream`. */
-static loco_status col_fill(cudaStream_t stream, void *col, const char *xs, int64_t z, const conv_geom *g, int64_t p0,
-                            int64_t n, loco_err *err) {
+/* The GroupNorm fill for stride 1 and three taps across (every 3x3 conv of the UNets and VAEs),
+ * 16-byte rows: a thread gathers the V + 2 inputs its V pixels need for the three taps s of one
+ * (ci, r) once, normalises each once and writes the three rows k = (ci, r, 0..2). Why: SiLU
+ * costs two MUFU instructions (ex2, rcp) per value, and the per-element fill would pay them for
+ * every one of the 9 copies of an input (377 MB of column buffer for SD 1.5's 64x64 level at
+ * batch 16: about as long on the H200's 16 MUFU/clock/SM as writing the buffer); here it is
+ * (V + 2) / 3V of that, and the gathers drop by the same factor. */
+template <typename T>
+__global__ void __launch_bounds__(IM2COL_TX *IM2COL_TY)
+    im2col_gn3_kernel(T *col, const T *x, int h, int wd, int kh, int pt, int pl, int wo, int p0, int pc, int rows,
+                      int64_t x_sample, int64_t col_sample, im2col_group_norm<T> pro) {
+    constexpr int V = 16 / sizeof(T);
+    const T *xs = x + (int64_t)blockIdx.z * x_sample;
+    T *cs = col + (int64_t)blockIdx.z * col_sample;
+    const int ng = pc / V;
+    for (int cr = blockIdx.y * IM2COL_TY + threadIdx.y; cr < rows; cr += gridDim.y * IM2COL_TY) {
+        const int ci = cr / kh, r = cr - ci * kh; /* rows k = 3 cr + s */
+        const T *xc = xs + (int64_t)ci * h * wd;
+        uint4 *row0 = (uint4 *)(cs + (int64_t)(3 * cr) * pc);
+        pro.row((int)blockIdx.z, ci);
+        for (int g = blockIdx.x * IM2COL_TX + threadIdx.x; g < ng; g += gridDim.x * IM2COL_TX) {
+            const int pp = p0 + g * V, oh = pp / wo, ow0 = pp - oh * wo;
+            const int iy = oh - pt + r;
+            T e[V + 2];
+            if ((unsigned)iy < (unsigned)h) {
+                const T *xr = xc + iy * wd;
+#pragma unroll
+                for (int j = 0; j < V + 2; j++) {
+                    const int ix = ow0 - pl + j;
+                    e[j] = (unsigned)ix < (unsigned)wd ? pro(xr[ix]) : T();
+                }
+            } else {
+#pragma unroll
+                for (int j = 0; j < V + 2; j++) e[j] = T();
+            }
+#pragma unroll
+            for (int s = 0; s < 3; s++) {
+                union {
+                    T e[V];
+                    uint4 v;
+                } u;
+#pragma unroll
+                for (int v = 0; v < V; v++) u.e[v] = e[v + s];
+                row0[(int64_t)s * ng + g] = u.v;
+            }
+        }
+    }
+}
+
+/* The fill with the GroupNorm prologue, typed by the real element type T. */
+template <typename T>
+static void im2col_norm_launch(cudaStream_t stream, void *col, const void *x, int64_t nb, int64_t z,
+                               const conv_geom *g, int64_t p0, int64_t n, int v16) {
+    im2col_group_norm<T> pro;
+    pro.table = g->norm + nb * g->Cin;
+    pro.cin = (int)g->Cin;
+    pro.silu = g->norm_silu;
+    pro.scale = pro.shift = 0.0f;
+    if (v16 && g->kw == 3 && g->p->stride == 1) {
+        const int64_t rows = g->Cin * g->kh, gx = (n / (16 / sizeof(T)) + IM2COL_TX - 1) / IM2COL_TX,
+                      gy = (rows + IM2COL_TY - 1) / IM2COL_TY;
+        const dim3 grid((unsigned)(gx < 65535 ? gx : 65535), (unsigned)(gy < 65535 ? gy : 65535), (unsigned)z);
+        im2col_gn3_kernel<T><<<grid, dim3(IM2COL_TX, IM2COL_TY), 0, stream>>>(
+            (T *)col, (const T *)x, (int)g->H, (int)g->W, (int)g->kh, g->p->pad[0], g->p->pad[2], (int)g->Wo, (int)p0,
+            (int)n, (int)rows, g->Cin * g->H * g->W, g->K * n, pro);
+    } else if (v16)
+        im2col_launch<T, 16 / sizeof(T)>(stream, col, x, z, g, p0, n, pro);
+    else
+        im2col_launch<T, 1>(stream, col, x, z, g, p0, n, pro);
+}
+
+/* im2col of output pixels [p0, p0 + n) of z samples, the first of them sample nb, whose image
+ * starts at xs, into col, on `stream`. */
+static loco_status col_fill(cudaStream_t stream, void *col, const char *xs, int64_t nb, int64_t z,
+                            const conv_geom *g, int64_t p0, int64_t n, loco_err *err) {
     /* 16-byte groups when no group of V pixels straddles an output row (p0 and n are multiples
      * of pc's 64 or the whole image) */
     const int v16 = g->Wo % 8 == 0 && p0 % 8 == 0 && n % 8 == 0;
-    if (g->es == 2 && v16)
-        im2col_launch<uint16_t, 8>(stream, col, xs, z, g, p0, n);
-    else if (g->es == 2)
-        im2col_launch<uint16_t, 1>(stream, col, xs, z, g, p0, n);
-    else if (v16)
-        im2col_launch<uint32_t, 4>(stream, col, xs, z, g, p0, n);
-    else
-        im2col_launch<uint32_t, 1>(stream, col, xs, z, g, p0, n);
+    if (g->norm) {
+        CUDA_DISPATCH(g->dt, T, "conv2d", err, im2col_norm_launch<T>(stream, col, xs, nb, z, g, p0, n, v16));
+    } else if (g->es == 2 && v16) {
+        im2col_launch<uint16_t, 8>(stream, col, xs, z, g, p0, n, im2col_copy());
+    } else if (g->es == 2) {
+        im2col_launch<uint16_t, 1>(stream, col, xs, z, g, p0, n, im2col_copy());
+    } else if (v16) {
+        im2col_launch<uint32_t, 4>(stream, col, xs, z, g, p0, n, im2col_copy());
+    } else {
+        im2col_launch<uint32_t, 1>(stream, col, xs, z, g, p0, n, im2col_copy());
+    }
     return cuda_check_launch("im2col_kernel", err);
 }
 
@@ -154,8 +264,8 @@ static loco_status conv_im2col_overlap(cuda_impl *c, loco_tensor *y, const loco_
         if (i >= 2)
             st = cuda_check(cudaStreamWaitEvent(c->aux, c->ev_col_free[b], 0), "cudaStreamWaitEvent(free)", err);
         if (st == LOCO_OK)
-            st = col_fill(c->aux, col[b], (const char *)x->data + (size_t)(nb * g->Cin * g->H * g->W) * g->es, z, g,
-                          0, g->P, err);
+            st = col_fill(c->aux, col[b], (const char *)x->data + (size_t)(nb * g->Cin * g->H * g->W) * g->es, nb, z,
+                          g, 0, g->P, err);
         if (st == LOCO_OK)
             st = cuda_check(cudaEventRecord(c->ev_col_ready[b], c->aux), "cudaEventRecord(ready)", err);
         if (st == LOCO_OK)
@@ -186,7 +296,8 @@ static loco_status conv_im2col_overlap(cuda_impl *c, loco_tensor *y, const loco_
  * batched GEMM over them, weights shared with batch stride 0) or a slice of one sample's
  * pixels (VAE decoders at 1024^2, where one sample's buffer alone exceeds the budget). */
 static loco_status conv_im2col(cuda_impl *c, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
-                               const void *wp, const loco_conv2d_params *p, loco_err *err) {
+                               const void *wp, const loco_conv2d_params *p, const float2 *norm, int norm_silu,
+                               loco_err *err) {
     conv_geom g;
     g.Nb = x->shape[0];
     g.Cin = x->shape[1];
@@ -199,7 +310,10 @@ static loco_status conv_im2col(cuda_impl *c, loco_tensor *y, const loco_tensor *
     g.P = y->shape[2] * g.Wo;
     g.K = g.Cin * g.kh * g.kw;
     g.es = loco_dtype_size(y->dtype);
+    g.dt = y->dtype;
     g.p = p;
+    g.norm = norm;
+    g.norm_silu = norm_silu;
     if (g.H * g.W >= ((int64_t)1 << 31) || g.P >= ((int64_t)1 << 31) || g.K >= ((int64_t)1 << 31))
         return loco_err_set(err, LOCO_EUNSUPPORTED, "cuda conv2d: image of %lldx%lld (%lld taps) is too large",
                             (long long)g.H, (long long)g.W, (long long)g.K);
@@ -228,7 +342,7 @@ static loco_status conv_im2col(cuda_impl *c, loco_tensor *y, const loco_tensor *
         char *ys = (char *)y->data + (size_t)(nb * g.Cout * g.P) * g.es;
         for (int64_t p0 = 0; p0 < g.P && st == LOCO_OK; p0 += pc) {
             const int64_t n = g.P - p0 < pc ? g.P - p0 : pc;
-            st = col_fill(c->stream, col, xs, z, &g, p0, n, err);
+            st = col_fill(c->stream, col, xs, nb, z, &g, p0, n, err);
             if (st == LOCO_OK) st = col_gemm(c, col, wp, ys, z, &g, y->dtype, p0, n, err);
         }
     }
@@ -291,51 +405,123 @@ static conv_route conv_route_for(const cuda_impl *c, loco_dtype dt, int64_t n, i
     return cuda_conv_igemm_blocks(n * P, Cout) >= (int64_t)c->sm_count ? CONV_IMPLICIT : CONV_IM2COL;
 }
 
-extern "C" loco_status cuda_op_conv2d(loco_backend *be, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
-                                      const loco_tensor *bias, const loco_conv2d_params *p, loco_err *err) {
-    CUDA_TRY(cuda_enter(be, err));
-    cuda_impl *c = cuda_of(be);
+/* One conv2d call's route and the weights in y's dtype, decided once (conv_plan_make) and run
+ * by conv_run; the fused entry point asks the plan whether the GroupNorm can ride along. */
+typedef struct conv_plan {
+    conv_route route;
+    int wgmma;         /* conv_wgmma.cu takes it (LOCO_CUDA_CONV=wgmma) */
+    const void *wp;    /* w as y's dtype */
+    void *w_tmp;       /* cuda_alloc_put when done */
+} conv_plan;
+
+static loco_status conv_plan_make(cuda_impl *c, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
+                                  const loco_tensor *bias, const loco_conv2d_params *p, conv_plan *pl,
+                                  loco_err *err) {
+    memset(pl, 0, sizeof *pl);
     if (x->dtype != y->dtype || !cuda_is_act_dtype(y->dtype))
         return loco_err_set(err, LOCO_EUNSUPPORTED, "cuda conv2d: input %s, output %s (both must be the activation "
                             "dtype)", cuda_dt(x->dtype), cuda_dt(y->dtype));
     if (bias && !cuda_is_act_dtype(bias->dtype))
         return loco_err_set(err, LOCO_EUNSUPPORTED, "cuda conv2d: bias dtype %s", cuda_dt(bias->dtype));
-    int64_t numel = loco_tensor_numel(y);
-    if (numel <= 0) return LOCO_OK;
-    int64_t Cin = x->shape[1], H = x->shape[2], W = x->shape[3];
-    int64_t Cout = w->shape[0], kh = w->shape[2], kw = w->shape[3];
-    int64_t P = y->shape[2] * y->shape[3];
+    const int64_t Cin = x->shape[1], H = x->shape[2], W = x->shape[3];
+    const int64_t Cout = w->shape[0], kh = w->shape[2], kw = w->shape[3];
+    const int64_t P = y->shape[2] * y->shape[3];
+    CUDA_TRY(cuda_as_dtype(c, w, y->dtype, &pl->wp, &pl->w_tmp, err));
+    const int pointwise =
+        kh == 1 && kw == 1 && p->stride == 1 && !p->pad[0] && !p->pad[1] && !p->pad[2] && !p->pad[3];
+    const int fits_int = Cin * H * W < ((int64_t)1 << 31) && P < ((int64_t)1 << 31) &&
+                         Cin * kh * kw < ((int64_t)1 << 31) && Cout < ((int64_t)1 << 31);
+    pl->route = pointwise ? CONV_POINTWISE : conv_route_for(c, y->dtype, x->shape[0], P, Cin * kh * kw, Cout, fits_int);
+    pl->wgmma = pl->route != CONV_POINTWISE && c->conv_algo == CUDA_CONV_WGMMA && fits_int &&
+                cuda_conv_wgmma_fits(c, y, x, w, pl->wp, p);
+    return LOCO_OK;
+}
 
-    const void *wp;
-    void *w_tmp = NULL;
-    CUDA_TRY(cuda_as_dtype(c, w, y->dtype, &wp, &w_tmp, err));
-    loco_status st;
-    int bias_done = 0;
-    int pointwise = kh == 1 && kw == 1 && p->stride == 1 && !p->pad[0] && !p->pad[1] && !p->pad[2] && !p->pad[3];
-    int fits_int = Cin * H * W < ((int64_t)1 << 31) && P < ((int64_t)1 << 31) && Cin * kh * kw < ((int64_t)1 << 31) &&
-                   Cout < ((int64_t)1 << 31);
-    const conv_route route =
-        pointwise ? CONV_POINTWISE : conv_route_for(c, y->dtype, x->shape[0], P, Cin * kh * kw, Cout, fits_int);
-    if (route != CONV_POINTWISE && c->conv_algo == CUDA_CONV_WGMMA && fits_int &&
-        cuda_conv_wgmma_fits(c, y, x, w, wp, p)) {
-        st = cuda_conv_wgmma(c, y, x, w, wp, bias, p, err);
-        bias_done = 1;
-    } else if (route == CONV_POINTWISE) {
-        st = conv_pointwise(c, y, x, w, wp, err);
-    } else if (route == CONV_IMPLICIT && y->dtype == LOCO_F32) {
-        loco_tensor wv = *w; /* the weights as y's dtype (converted above when they were not) */
-        wv.data = (void *)wp;
+/* The GroupNorm prologue runs inside this plan's convolution (only the im2col gather has one). */
+static int conv_plan_takes_norm(const cuda_impl *c, const conv_plan *pl) {
+    return c->norm_gather && !pl->wgmma && pl->route == CONV_IM2COL;
+}
+
+/* Runs the plan; *bias_done says whether the route added the bias itself. norm (with
+ * norm_silu) is cuda_gn_table's table when conv_plan_takes_norm, else NULL. */
+static loco_status conv_run(cuda_impl *c, const conv_plan *pl, loco_tensor *y, const loco_tensor *x,
+                            const loco_tensor *w, const loco_tensor *bias, const loco_conv2d_params *p,
+                            const float2 *norm, int norm_silu, int *bias_done, loco_err *err) {
+    *bias_done = 1;
+    if (pl->wgmma) return cuda_conv_wgmma(c, y, x, w, pl->wp, bias, p, err);
+    if (pl->route == CONV_IMPLICIT && y->dtype == LOCO_F32) {
+        loco_tensor wv = *w; /* the weights as y's dtype (converted by conv_plan_make when they were not) */
+        wv.data = (void *)pl->wp;
         wv.dtype = y->dtype;
-        st = cuda_conv_igemm_tf32(c, y, x, &wv, bias, p, err);
-        bias_done = 1;
-    } else if (route == CONV_IMPLICIT) {
-        st = cuda_conv_igemm(c, y, x, w, wp, bias, p, err);
-        bias_done = 1;
-    } else {
-        st = conv_im2col(c, y, x, w, wp, p, err);
+        return cuda_conv_igemm_tf32(c, y, x, &wv, bias, p, err);
     }
+    if (pl->route == CONV_IMPLICIT) return cuda_conv_igemm(c, y, x, w, pl->wp, bias, p, err);
+    *bias_done = 0;
+    if (pl->route == CONV_POINTWISE) return conv_pointwise(c, y, x, w, pl->wp, err);
+    return conv_im2col(c, y, x, w, pl->wp, p, norm, norm_silu, err);
+}
+
+extern "C" loco_status cuda_op_conv2d(loco_backend *be, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
+                                      const loco_tensor *bias, const loco_conv2d_params *p, loco_err *err) {
+    CUDA_TRY(cuda_enter(be, err));
+    cuda_impl *c = cuda_of(be);
+    if (loco_tensor_numel(y) <= 0) return LOCO_OK;
+    conv_plan pl;
+    CUDA_TRY(conv_plan_make(c, y, x, w, bias, p, &pl, err));
+    int bias_done = 0;
+    loco_status st = conv_run(c, &pl, y, x, w, bias, p, NULL, 0, &bias_done, err);
     if (st == LOCO_OK && bias && !bias_done)
-        st = cuda_channel_bias(c, y->data, y->data, y->dtype, bias->data, bias->dtype, numel, P, Cout, err);
-    cuda_alloc_put(c, w_tmp);
+        st = cuda_channel_bias(c, y->data, y->data, y->dtype, bias->data, bias->dtype, loco_tensor_numel(y),
+                               y->shape[2] * y->shape[3], w->shape[0], err);
+    cuda_alloc_put(c, pl.w_tmp);
+    return st;
+}
+
+/* GroupNorm(+SiLU) -> conv -> + bias + sample bias + residual (backend.h). On the im2col route
+ * the GroupNorm is a (scale, shift) table applied by the gather: x is read by the statistics
+ * pass and the gather, never written normalised (the unfused pair reads it twice more and
+ * writes it once). Elsewhere the normalised x goes through a scratch buffer. The bias (when
+ * the route did not add it), sample bias and residual are one pass over y, the pass the bias
+ * alone needed before. */
+extern "C" loco_status cuda_op_conv2d_fused(loco_backend *be, loco_tensor *y, const loco_tensor *x,
+                                            const loco_tensor *w, const loco_tensor *bias,
+                                            const loco_conv2d_params *p, const loco_conv2d_fusion *f,
+                                            loco_err *err) {
+    CUDA_TRY(cuda_enter(be, err));
+    cuda_impl *c = cuda_of(be);
+    const int64_t numel = loco_tensor_numel(y);
+    if (numel <= 0) return LOCO_OK;
+    const loco_tensor *sb = f->sample_bias, *res = f->residual;
+    if ((sb && !cuda_is_act_dtype(sb->dtype)) || (res && res->dtype != y->dtype))
+        return loco_err_set(err, LOCO_EUNSUPPORTED, "cuda conv2d_fused: sample_bias %s, residual %s, y %s",
+                            sb ? cuda_dt(sb->dtype) : "-", res ? cuda_dt(res->dtype) : "-", cuda_dt(y->dtype));
+    conv_plan pl;
+    CUDA_TRY(conv_plan_make(c, y, x, w, bias, p, &pl, err));
+    loco_status st = LOCO_OK;
+    void *scratch = NULL; /* the table, or the normalised x */
+    const float2 *table = NULL;
+    loco_tensor normed = *x;
+    if (f->norm_gamma && conv_plan_takes_norm(c, &pl)) {
+        st = cuda_alloc_get(c, (size_t)(x->shape[0] * x->shape[1]) * sizeof(float2), &scratch, err);
+        if (st == LOCO_OK)
+            st = cuda_gn_table(c, x, f->norm_groups, f->norm_gamma, f->norm_beta, f->norm_eps, (float2 *)scratch,
+                               err);
+        table = (const float2 *)scratch;
+    } else if (f->norm_gamma) {
+        st = cuda_alloc_get(c, loco_tensor_nbytes(x), &scratch, err);
+        normed.data = scratch;
+        if (st == LOCO_OK)
+            st = cuda_op_group_norm(be, &normed, x, f->norm_groups, f->norm_gamma, f->norm_beta, f->norm_eps,
+                                    f->norm_silu, err);
+    }
+    int bias_done = 0;
+    if (st == LOCO_OK) st = conv_run(c, &pl, y, &normed, w, bias, p, table, f->norm_silu, &bias_done, err);
+    cuda_alloc_put(c, scratch);
+    const loco_tensor *b = bias_done ? NULL : bias;
+    if (st == LOCO_OK && (b || sb || res))
+        st = cuda_channel_bias_ex(c, y->data, y->data, y->dtype, b ? b->data : NULL, b ? b->dtype : LOCO_F32,
+                                  sb ? sb->data : NULL, sb ? sb->dtype : LOCO_F32, res ? res->data : NULL, numel,
+                                  y->shape[2] * y->shape[3], w->shape[0], err);
+    cuda_alloc_put(c, pl.w_tmp);
     return st;
 }

@@ -128,6 +128,9 @@ typedef struct cuda_impl {
                      * fa_mtiles) */
     int igemm_rows; /* 1: conv_igemm.cu's row-gather kernel where it applies; LOCO_CUDA_IGEMM_ROWS=0 turns it off */
     int wgmma_ok;   /* conv_wgmma.cu's kernel has an image for this device (sm_90a on a 9.0 device) */
+    int norm_gather; /* 1: loco_conv2d_fused applies its GroupNorm in the im2col gather (conv.cu);
+                      * LOCO_CUDA_NORM_GATHER=0 sends it through a scratch tensor (unmeasured
+                      * fusion: the switch compares the two and is the way back if it loses) */
     size_t im2col_budget; /* bytes of one im2col buffer (conv.cu): 256 MiB, or LOCO_CUDA_IM2COL_KB
                            * (tests shrink it to reach the sliced and chunked paths) */
     /* LOCO_CUDA_IM2COL_OVERLAP=1: a side stream that fills the next im2col chunk while the main
@@ -196,6 +199,12 @@ loco_status cuda_as_dtype(cuda_impl *c, const loco_tensor *t, loco_dtype dtype, 
  * the [N, C] time-embedding bias (period N*C). y and x may alias. (elementwise.cu) */
 loco_status cuda_channel_bias(cuda_impl *c, void *y, const void *x, loco_dtype dtype, const void *bias,
                               loco_dtype bias_dtype, int64_t n, int64_t inner, int64_t period, loco_err *err);
+/* The same with two optional terms (the fused conv's epilogue): y[i] = x[i] + bias[(i / inner)
+ * % period] + bias2[i / inner] + res[i], summed in fp32 in that order, rounded once; bias,
+ * bias2 and res may each be NULL. res has y's dtype and may not alias y. (elementwise.cu) */
+loco_status cuda_channel_bias_ex(cuda_impl *c, void *y, const void *x, loco_dtype dtype, const void *bias,
+                                 loco_dtype bias_dtype, const void *bias2, loco_dtype bias2_dtype, const void *res,
+                                 int64_t n, int64_t inner, int64_t period, loco_err *err);
 /* y = act(x) over n elements of dtype (in place allowed). (elementwise.cu) */
 loco_status cuda_act_apply(cuda_impl *c, void *y, const void *x, loco_dtype dtype, int64_t n, loco_act act,
                            loco_err *err);
@@ -206,6 +215,14 @@ void cuda_gemm_plans_destroy(cuda_impl *c);
 /* Runs g; LOCO_EUNSUPPORTED when cuBLASLt has no algorithm for it (the caller may retry
  * without the fused epilogue). */
 loco_status cuda_gemm_run(cuda_impl *c, const cuda_gemm *g, loco_err *err);
+
+/* ---- GroupNorm as a per-(sample, channel) affine map (norm.cu) ------------------------------- */
+
+/* table[n * C + c] = (scale, shift) such that GroupNorm(x)[n, c, ...] = x[n, c, ...] * scale +
+ * shift (in fp32, fmaf), bit for bit the values loco_group_norm normalises with. table holds
+ * N * C float2 in device memory. The fused conv (conv.cu) applies it inside its im2col. */
+loco_status cuda_gn_table(cuda_impl *c, const loco_tensor *x, int groups, const loco_tensor *gamma,
+                          const loco_tensor *beta, float eps, float2 *table, loco_err *err);
 
 /* ---- one-time kernel setup (attention.cu) ---------------------------------------------------- */
 
@@ -248,6 +265,9 @@ loco_status cuda_op_linear_accumulate(loco_backend *be, loco_tensor *y, const lo
 /* conv.cu */
 loco_status cuda_op_conv2d(loco_backend *be, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
                            const loco_tensor *bias, const loco_conv2d_params *p, loco_err *err);
+loco_status cuda_op_conv2d_fused(loco_backend *be, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
+                                 const loco_tensor *bias, const loco_conv2d_params *p, const loco_conv2d_fusion *f,
+                                 loco_err *err);
 /* norm.cu */
 loco_status cuda_op_group_norm(loco_backend *be, loco_tensor *y, const loco_tensor *x, int groups,
                                const loco_tensor *gamma, const loco_tensor *beta, float eps, int fuse_silu,

@@ -135,12 +135,15 @@ extern "C" loco_status cuda_op_add(loco_backend *be, loco_tensor *y, const loco_
 
 /* ---- per-channel bias ------------------------------------------------------------------------- */
 
-/* y = x + bias[(i / inner) % period]. The vector form (inner % V == 0, fewer than 2^31
- * vectors) finds a vector's channel with two magic-number divisions (fast_div.h); with int64
- * division it was a call into the division routine per 16 bytes. */
+/* y = x + bias[(i / inner) % period] (+ bias2[i / inner]) (+ res[i]), summed in fp32 in that
+ * order and rounded once. bias2 (a per-sample [N, C] bias) and res (a residual of y's shape)
+ * are the fused conv's epilogue (conv.cu); bias may be NULL there. The vector form (inner % V
+ * == 0, fewer than 2^31 vectors) finds a vector's channel with two magic-number divisions
+ * (fast_div.h); with int64 division it was a call into the division routine per 16 bytes. */
 template <typename T>
-__global__ void channel_bias_kernel(T *y, const T *x, const void *bias, int bias_dtype, int64_t n, int64_t inner,
-                                    int64_t period, loco_fast_div vec_inner, loco_fast_div vec_period) {
+__global__ void channel_bias_kernel(T *y, const T *x, const void *bias, int bias_dtype, const void *bias2,
+                                    int bias2_dtype, const T *res, int64_t n, int64_t inner, int64_t period,
+                                    loco_fast_div vec_inner, loco_fast_div vec_period) {
     const int V = 16 / sizeof(T);
     int64_t stride = (int64_t)gridDim.x * blockDim.x;
     int64_t t = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -148,37 +151,62 @@ __global__ void channel_bias_kernel(T *y, const T *x, const void *bias, int bias
         const uint32_t nv = (uint32_t)(n / V);
         for (uint32_t i = (uint32_t)t; i < nv; i += (uint32_t)stride) {
             const uint32_t r = loco_fast_div_eval(vec_inner, i);
-            const float bv = ld_dyn(bias, bias_dtype, r - loco_fast_div_eval(vec_period, r) * vec_period.d);
+            const float bv =
+                bias ? ld_dyn(bias, bias_dtype, r - loco_fast_div_eval(vec_period, r) * vec_period.d) : 0.0f;
             vec16<T> u = ((const vec16<T> *)x)[i];
+            if (bias2 || res) { /* the fused conv's epilogue: the scalar form's order of sums */
+                const float bv2 = bias2 ? ld_dyn(bias2, bias2_dtype, r) : 0.0f;
+                vec16<T> ur;
+                if (res) ur = ((const vec16<T> *)res)[i];
 #pragma unroll
-            for (int j = 0; j < V; j++) u.v[j] = from_f32<T>(to_f32(u.v[j]) + bv);
+                for (int j = 0; j < V; j++) {
+                    float v = to_f32(u.v[j]) + bv;
+                    if (bias2) v += bv2;
+                    if (res) v += to_f32(ur.v[j]);
+                    u.v[j] = from_f32<T>(v);
+                }
+            } else {
+#pragma unroll
+                for (int j = 0; j < V; j++) u.v[j] = from_f32<T>(to_f32(u.v[j]) + bv);
+            }
             ((vec16<T> *)y)[i] = u;
         }
         return;
     }
-    for (int64_t i = t; i < n; i += stride)
-        y[i] = from_f32<T>(to_f32(x[i]) + ld_dyn(bias, bias_dtype, (i / inner) % period));
+    for (int64_t i = t; i < n; i += stride) {
+        float v = to_f32(x[i]) + (bias ? ld_dyn(bias, bias_dtype, (i / inner) % period) : 0.0f);
+        if (bias2) v += ld_dyn(bias2, bias2_dtype, i / inner);
+        if (res) v += to_f32(res[i]);
+        y[i] = from_f32<T>(v);
+    }
 }
 
-loco_status cuda_channel_bias(cuda_impl *c, void *y, const void *x, loco_dtype dtype, const void *bias,
-                              loco_dtype bias_dtype, int64_t n, int64_t inner, int64_t period, loco_err *err) {
-    if (n <= 0 || inner <= 0 || period <= 0) return LOCO_OK;
+loco_status cuda_channel_bias_ex(cuda_impl *c, void *y, const void *x, loco_dtype dtype, const void *bias,
+                                 loco_dtype bias_dtype, const void *bias2, loco_dtype bias2_dtype, const void *res,
+                                 int64_t n, int64_t inner, int64_t period, loco_err *err) {
+    if (n <= 0 || inner <= 0 || period <= 0 || (!bias && !bias2 && !res && x == y)) return LOCO_OK;
     CUDA_DISPATCH(dtype, T, "channel bias", err, {
         const int V = 16 / sizeof(T);
         loco_fast_div vec_inner, vec_period; /* vec_inner.d = 0 selects the scalar form */
         memset(&vec_inner, 0, sizeof vec_inner);
         memset(&vec_period, 0, sizeof vec_period);
         /* i + stride stays below 2^32 in the 32-bit loop: nv < 2^31 and the grid is far smaller */
-        if (inner % V == 0 && all_aligned16(x, y, y) && n / V < ((int64_t)1 << 31) && inner / V < ((int64_t)1 << 31) &&
-            period < ((int64_t)1 << 31)) {
+        if (inner % V == 0 && all_aligned16(x, y, res ? res : y) && n / V < ((int64_t)1 << 31) &&
+            inner / V < ((int64_t)1 << 31) && period < ((int64_t)1 << 31)) {
             vec_inner = loco_fast_div_make((uint32_t)(inner / V));
             vec_period = loco_fast_div_make((uint32_t)period);
         }
         int64_t items = vec_inner.d ? n / V : n;
         channel_bias_kernel<T><<<cuda_grid(c, items, EW_THREADS), EW_THREADS, 0, c->stream>>>(
-            (T *)y, (const T *)x, bias, (int)bias_dtype, n, inner, period, vec_inner, vec_period);
+            (T *)y, (const T *)x, bias, (int)bias_dtype, bias2, (int)bias2_dtype, (const T *)res, n, inner, period,
+            vec_inner, vec_period);
     });
     return cuda_check_launch("channel_bias_kernel", err);
+}
+
+loco_status cuda_channel_bias(cuda_impl *c, void *y, const void *x, loco_dtype dtype, const void *bias,
+                              loco_dtype bias_dtype, int64_t n, int64_t inner, int64_t period, loco_err *err) {
+    return cuda_channel_bias_ex(c, y, x, dtype, bias, bias_dtype, NULL, LOCO_F32, NULL, n, inner, period, err);
 }
 
 extern "C" loco_status cuda_op_add_channel_bias(loco_backend *be, loco_tensor *y, const loco_tensor *x,

@@ -106,6 +106,29 @@ __global__ void __launch_bounds__(GN_THREADS) gn_stats_kernel(const T *x, float 
     }
 }
 
+/* A group's mean and 1/std from its chunk statistics, merged by the 32 lanes of one warp in a
+ * fixed order. Every lane gets a result, but only lane 0's is the reference (the butterfly's
+ * lanes may differ by a rounding); gn_apply_kernel and gn_table_kernel both take lane 0's, so
+ * the fused conv prologue (conv.cu) normalises with the very values loco_group_norm uses. */
+__device__ __forceinline__ void gn_group_moments(const float *part, int64_t grp, int nchunk, float eps, float &mean,
+                                                 float &rstd) {
+    float n = 0.0f, m = 0.0f, q = 0.0f;
+    for (int i = threadIdx.x & 31; i < nchunk; i += 32) {
+        const float *p = part + (grp * nchunk + i) * 3;
+        stat_merge(n, m, q, p[0], p[1], p[2]);
+    }
+    warp_stat_merge(n, m, q);
+    mean = m;
+    rstd = rsqrtf((n > 0.0f ? q / n : 0.0f) + eps);
+}
+
+/* Channel c's GroupNorm as y = x * scale + shift. */
+__device__ __forceinline__ float2 gn_channel_affine(float mean, float rstd, const void *gamma, int gdt,
+                                                    const void *beta, int bdt, int c) {
+    const float a = rstd * ld_dyn(gamma, gdt, c);
+    return make_float2(a, fmaf(-mean, a, beta ? ld_dyn(beta, bdt, c) : 0.0f));
+}
+
 /* Pass 2: merge the group's chunk statistics, normalise this block's chunk.
  *
  * Fast form (vec_sv.d > 0: 16-byte vectors that never straddle channels, at most GN_CPG_MAX
@@ -125,15 +148,11 @@ __global__ void __launch_bounds__(GN_THREADS)
     __shared__ float sh_scale[GN_CPG_MAX], sh_shift[GN_CPG_MAX];
     int64_t grp = (int64_t)g0 + blockIdx.y;
     if (threadIdx.x < 32) {
-        float n = 0.0f, m = 0.0f, q = 0.0f;
-        for (int i = threadIdx.x; i < nchunk; i += 32) {
-            const float *p = part + (grp * nchunk + i) * 3;
-            stat_merge(n, m, q, p[0], p[1], p[2]);
-        }
-        warp_stat_merge(n, m, q);
+        float m, r;
+        gn_group_moments(part, grp, nchunk, eps, m, r);
         if (threadIdx.x == 0) {
             sh_mean = m;
-            sh_rstd = rsqrtf((n > 0.0f ? q / n : 0.0f) + eps);
+            sh_rstd = r;
         }
     }
     __syncthreads();
@@ -144,9 +163,9 @@ __global__ void __launch_bounds__(GN_THREADS)
     int64_t s0 = (int64_t)blockIdx.x * chunk_len, s1 = s0 + chunk_len < glen ? s0 + chunk_len : glen;
     if (vec_sv.d > 0) { /* S % V == 0 and glen < 2^31 (host) */
         for (int i = threadIdx.x; i < cpg; i += blockDim.x) {
-            const float a = rstd * ld_dyn(gamma, gdt, c0 + i);
-            sh_scale[i] = a;
-            sh_shift[i] = (beta ? ld_dyn(beta, bdt, c0 + i) : 0.0f) - mean * a;
+            const float2 ab = gn_channel_affine(mean, rstd, gamma, gdt, beta, bdt, c0 + i);
+            sh_scale[i] = ab.x;
+            sh_shift[i] = ab.y;
         }
         __syncthreads();
         const uint32_t v1 = (uint32_t)(s1 / V);
@@ -165,13 +184,77 @@ __global__ void __launch_bounds__(GN_THREADS)
         return;
     }
     for (int64_t i = s0 + threadIdx.x; i < s1; i += blockDim.x) {
-        int c = c0 + (int)(i / S);
-        float a = rstd * ld_dyn(gamma, gdt, c);
-        float b = (beta ? ld_dyn(beta, bdt, c) : 0.0f) - mean * a;
-        float v = to_f32(xg[i]) * a + b;
+        const float2 ab = gn_channel_affine(mean, rstd, gamma, gdt, beta, bdt, c0 + (int)(i / S));
+        float v = fmaf(to_f32(xg[i]), ab.x, ab.y);
         if (silu) v = fast_silu(v);
         yg[i] = from_f32<T>(v);
     }
+}
+
+/* The fused conv prologue's table: (scale, shift) of every (sample, channel), table[grp * cpg
+ * + i] for channel i of group grp = n * groups + g, that is table[n * C + c]. One warp per
+ * group. */
+__global__ void __launch_bounds__(GN_THREADS)
+    gn_table_kernel(float2 *table, const float *part, const void *gamma, int gdt, const void *beta, int bdt,
+                    int64_t ngroups, int cpg, int groups, int nchunk, float eps) {
+    const int64_t grp = (int64_t)blockIdx.x * (GN_THREADS / 32) + (threadIdx.x >> 5);
+    if (grp >= ngroups) return; /* whole warps leave: the merge's shuffles stay full */
+    float mean, rstd;
+    gn_group_moments(part, grp, nchunk, eps, mean, rstd);
+    /* lane 0's values, as gn_apply_kernel uses: a butterfly merge can leave the lanes a rounding
+     * apart (Chan's update is not symmetric in its operands) */
+    mean = __shfl_sync(0xffffffffu, mean, 0);
+    rstd = __shfl_sync(0xffffffffu, rstd, 0);
+    const int c0 = (int)(grp % groups) * cpg;
+    for (int i = threadIdx.x & 31; i < cpg; i += 32)
+        table[grp * cpg + i] = gn_channel_affine(mean, rstd, gamma, gdt, beta, bdt, c0 + i);
+}
+
+/* How a GroupNorm call splits x [N, C, *] into groups and chunks. */
+typedef struct gn_plan {
+    int64_t S, glen, ngroups, nchunk, chunk_len;
+    int cpg;
+    int vec; /* gn_stats_kernel's 16-byte form */
+} gn_plan;
+
+static void gn_plan_make(const cuda_impl *c, const loco_tensor *x, int groups, gn_plan *pl) {
+    const int64_t N = x->shape[0], C = x->shape[1];
+    pl->S = loco_tensor_numel(x) / (N * C);
+    pl->cpg = (int)(C / groups);
+    pl->glen = (int64_t)pl->cpg * pl->S;
+    pl->ngroups = N * groups;
+    /* chunks per group: enough blocks to fill the GPU a few times, but chunks of at least
+     * GN_MIN_CHUNK elements, a multiple of 8 so vectors never straddle chunks */
+    int64_t want = (4 * (int64_t)c->sm_count + pl->ngroups - 1) / pl->ngroups;
+    int64_t most = (pl->glen + GN_MIN_CHUNK - 1) / GN_MIN_CHUNK;
+    int64_t nchunk = want < most ? want : most;
+    if (nchunk > GN_MAX_CHUNKS) nchunk = GN_MAX_CHUNKS;
+    if (nchunk < 1) nchunk = 1;
+    int64_t chunk_len = (pl->glen + nchunk - 1) / nchunk;
+    pl->chunk_len = (chunk_len + 7) / 8 * 8;
+    pl->nchunk = (pl->glen + pl->chunk_len - 1) / pl->chunk_len;
+    pl->vec = pl->glen % (int64_t)(16 / loco_dtype_size(x->dtype)) == 0 && cuda_aligned(x->data, 16);
+}
+
+/* The checks both GroupNorm entry points make before allocating anything. */
+static loco_status gn_check_dtypes(const char *what, const loco_tensor *x, const loco_tensor *gamma,
+                                   const loco_tensor *beta, loco_err *err) {
+    if (!cuda_is_act_dtype(x->dtype))
+        return loco_err_set(err, LOCO_EUNSUPPORTED, "cuda %s: dtype %s", what, cuda_dt(x->dtype));
+    if (!cuda_is_act_dtype(gamma->dtype) || (beta && !cuda_is_act_dtype(beta->dtype)))
+        return loco_err_set(err, LOCO_EUNSUPPORTED, "cuda %s: gamma/beta must be F32, F16 or BF16", what);
+    return LOCO_OK;
+}
+
+/* Pass 1 over groups [g0, g0 + ng) into part (ngroups x nchunk x 3). */
+static loco_status gn_stats_launch(cuda_impl *c, const loco_tensor *x, const gn_plan *pl, float *part, int64_t g0,
+                                   int64_t ng, loco_err *err) {
+    const dim3 grid((unsigned)pl->nchunk, (unsigned)ng);
+    CUDA_DISPATCH(x->dtype, T, "group_norm", err, {
+        gn_stats_kernel<T><<<grid, GN_THREADS, 0, c->stream>>>((const T *)x->data, part, pl->glen, pl->chunk_len,
+                                                               (int)pl->nchunk, (int)g0, pl->vec);
+    });
+    return cuda_check_launch("gn_stats_kernel", err);
 }
 
 extern "C" loco_status cuda_op_group_norm(loco_backend *be, loco_tensor *y, const loco_tensor *x, int groups,
@@ -182,53 +265,58 @@ extern "C" loco_status cuda_op_group_norm(loco_backend *be, loco_tensor *y, cons
     if (x->dtype != y->dtype)
         return loco_err_set(err, LOCO_EUNSUPPORTED, "cuda group_norm: input %s, output %s", cuda_dt(x->dtype),
                             cuda_dt(y->dtype));
-    if (!cuda_is_act_dtype(x->dtype)) /* here, not in the dispatch below, which would leak `part` */
-        return loco_err_set(err, LOCO_EUNSUPPORTED, "cuda group_norm: dtype %s", cuda_dt(x->dtype));
-    if (!cuda_is_act_dtype(gamma->dtype) || (beta && !cuda_is_act_dtype(beta->dtype)))
-        return loco_err_set(err, LOCO_EUNSUPPORTED, "cuda group_norm: gamma/beta must be F32, F16 or BF16");
-    int64_t N = x->shape[0], C = x->shape[1];
-    int64_t numel = loco_tensor_numel(x);
-    if (numel <= 0) return LOCO_OK;
-    int64_t S = numel / (N * C);
-    int cpg = (int)(C / groups);
-    int64_t glen = (int64_t)cpg * S, ngroups = N * groups;
-
-    /* chunks per group: enough blocks to fill the GPU a few times, but chunks of at least
-     * GN_MIN_CHUNK elements, a multiple of 8 so vectors never straddle chunks */
-    int64_t want = (4 * (int64_t)c->sm_count + ngroups - 1) / ngroups;
-    int64_t most = (glen + GN_MIN_CHUNK - 1) / GN_MIN_CHUNK;
-    int64_t nchunk = want < most ? want : most;
-    if (nchunk > GN_MAX_CHUNKS) nchunk = GN_MAX_CHUNKS;
-    if (nchunk < 1) nchunk = 1;
-    int64_t chunk_len = (glen + nchunk - 1) / nchunk;
-    chunk_len = (chunk_len + 7) / 8 * 8;
-    nchunk = (glen + chunk_len - 1) / chunk_len;
+    CUDA_TRY(gn_check_dtypes("group_norm", x, gamma, beta, err)); /* before `part` exists */
+    if (loco_tensor_numel(x) <= 0) return LOCO_OK;
+    gn_plan pl;
+    gn_plan_make(c, x, groups, &pl);
+    pl.vec = pl.vec && cuda_aligned(y->data, 16); /* the apply pass's vectors too */
 
     float *part = NULL;
-    CUDA_TRY(cuda_alloc_get(c, (size_t)(ngroups * nchunk * 3) * sizeof(float), (void **)&part, err));
+    CUDA_TRY(cuda_alloc_get(c, (size_t)(pl.ngroups * pl.nchunk * 3) * sizeof(float), (void **)&part, err));
     loco_status st = LOCO_OK;
     const void *bptr = beta ? beta->data : NULL;
     int bdt = beta ? (int)beta->dtype : 0;
-    for (int64_t g0 = 0; g0 < ngroups && st == LOCO_OK; g0 += 65535) {
-        int64_t ng = ngroups - g0 < 65535 ? ngroups - g0 : 65535;
-        dim3 grid((unsigned)nchunk, (unsigned)ng);
+    for (int64_t g0 = 0; g0 < pl.ngroups && st == LOCO_OK; g0 += 65535) {
+        int64_t ng = pl.ngroups - g0 < 65535 ? pl.ngroups - g0 : 65535;
+        st = gn_stats_launch(c, x, &pl, part, g0, ng, err);
+        if (st != LOCO_OK) break;
+        const dim3 grid((unsigned)pl.nchunk, (unsigned)ng);
         CUDA_DISPATCH(x->dtype, T, "group_norm", err, {
             const int V = 16 / sizeof(T);
-            int base_ok = glen % V == 0 && cuda_aligned(x->data, 16) && cuda_aligned(y->data, 16);
-            gn_stats_kernel<T><<<grid, GN_THREADS, 0, c->stream>>>((const T *)x->data, part, glen, chunk_len,
-                                                                   (int)nchunk, (int)g0, base_ok);
-            st = cuda_check_launch("gn_stats_kernel", err);
-            if (st == LOCO_OK) {
-                loco_fast_div vec_sv; /* vectors per channel; d = 0 selects the general form */
-                memset(&vec_sv, 0, sizeof vec_sv);
-                if (base_ok && S % V == 0 && cpg <= GN_CPG_MAX && glen < ((int64_t)1 << 31))
-                    vec_sv = loco_fast_div_make((uint32_t)(S / V));
-                gn_apply_kernel<T><<<grid, GN_THREADS, 0, c->stream>>>(
-                    (T *)y->data, (const T *)x->data, part, gamma->data, (int)gamma->dtype, bptr, bdt, glen, S, cpg,
-                    groups, chunk_len, (int)nchunk, (int)g0, eps, fuse_silu, vec_sv);
-                st = cuda_check_launch("gn_apply_kernel", err);
-            }
+            loco_fast_div vec_sv; /* vectors per channel; d = 0 selects the general form */
+            memset(&vec_sv, 0, sizeof vec_sv);
+            if (pl.vec && pl.S % V == 0 && pl.cpg <= GN_CPG_MAX && pl.glen < ((int64_t)1 << 31))
+                vec_sv = loco_fast_div_make((uint32_t)(pl.S / V));
+            gn_apply_kernel<T><<<grid, GN_THREADS, 0, c->stream>>>(
+                (T *)y->data, (const T *)x->data, part, gamma->data, (int)gamma->dtype, bptr, bdt, pl.glen, pl.S,
+                pl.cpg, groups, pl.chunk_len, (int)pl.nchunk, (int)g0, eps, fuse_silu, vec_sv);
         });
+        st = cuda_check_launch("gn_apply_kernel", err);
+    }
+    cuda_alloc_put(c, part);
+    return st;
+}
+
+/* GroupNorm of x as an affine map per (sample, channel): table[n * C + c] = (scale, shift) with
+ * GroupNorm(x)[n, c, ...] = x[n, c, ...] * scale + shift, the values gn_apply_kernel computes
+ * for an output y as aligned as x (every tensor of this backend is). table holds N * C. */
+loco_status cuda_gn_table(cuda_impl *c, const loco_tensor *x, int groups, const loco_tensor *gamma,
+                          const loco_tensor *beta, float eps, float2 *table, loco_err *err) {
+    CUDA_TRY(gn_check_dtypes("group_norm", x, gamma, beta, err));
+    if (loco_tensor_numel(x) <= 0) return LOCO_OK;
+    gn_plan pl;
+    gn_plan_make(c, x, groups, &pl);
+    float *part = NULL;
+    CUDA_TRY(cuda_alloc_get(c, (size_t)(pl.ngroups * pl.nchunk * 3) * sizeof(float), (void **)&part, err));
+    loco_status st = LOCO_OK;
+    for (int64_t g0 = 0; g0 < pl.ngroups && st == LOCO_OK; g0 += 65535)
+        st = gn_stats_launch(c, x, &pl, part, g0, pl.ngroups - g0 < 65535 ? pl.ngroups - g0 : 65535, err);
+    if (st == LOCO_OK) {
+        const int64_t blocks = (pl.ngroups + GN_THREADS / 32 - 1) / (GN_THREADS / 32);
+        gn_table_kernel<<<(unsigned)blocks, GN_THREADS, 0, c->stream>>>(
+            table, part, gamma->data, (int)gamma->dtype, beta ? beta->data : NULL, beta ? (int)beta->dtype : 0,
+            pl.ngroups, pl.cpg, groups, (int)pl.nchunk, eps);
+        st = cuda_check_launch("gn_table_kernel", err);
     }
     cuda_alloc_put(c, part);
     return st;

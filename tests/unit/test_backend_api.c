@@ -555,3 +555,79 @@ TEST(linear_accumulate_is_linear_then_add) {
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) loco_tensor_free(all[i]);
     loco_backend_destroy(be);
 }
+
+/* loco_conv2d_fused on a backend without the fused hook (the CPU one) is the unfused calls bit
+ * for bit: group_norm into a temporary, conv2d, add_channel_bias, then residual + y. */
+TEST(conv2d_fused_is_the_unfused_calls) {
+    loco_backend *be = cpu_backend(0);
+    CHECK(be != NULL);
+    loco_err err;
+    enum { N = 2, CI = 8, H = 5, W = 6, CO = 4 };
+    float hx[N * CI * H * W], hw[CO * CI * 9], hb[CO], hg[CI], hbe[CI], hs[N * CO], hr[N * CO * H * W];
+    for (int i = 0; i < N * CI * H * W; i++) hx[i] = sinf(0.29f * (float)i) * 2.1f + 0.4f;
+    for (int i = 0; i < CO * CI * 9; i++) hw[i] = cosf(0.13f * (float)i) * 0.2f;
+    for (int i = 0; i < CO; i++) hb[i] = 0.3f * (float)i - 0.4f;
+    for (int i = 0; i < CI; i++) hg[i] = 1.0f + 0.05f * (float)i, hbe[i] = 0.1f * (float)i - 0.2f;
+    for (int i = 0; i < N * CO; i++) hs[i] = 0.7f - 0.2f * (float)i;
+    for (int i = 0; i < N * CO * H * W; i++) hr[i] = cosf(0.21f * (float)i);
+    int64_t xs[4] = {N, CI, H, W}, ws[4] = {CO, CI, 3, 3}, bs[1] = {CO}, cs[1] = {CI}, ss[2] = {N, CO},
+            ys[4] = {N, CO, H, W};
+    loco_tensor x, w, b, g, be_, sb, r, n, ref, y;
+    CHECK(make_tensor(be, 4, xs, hx, &x) == 0 && make_tensor(be, 4, ws, hw, &w) == 0 &&
+          make_tensor(be, 1, bs, hb, &b) == 0 && make_tensor(be, 1, cs, hg, &g) == 0 &&
+          make_tensor(be, 1, cs, hbe, &be_) == 0 && make_tensor(be, 2, ss, hs, &sb) == 0 &&
+          make_tensor(be, 4, ys, hr, &r) == 0 && make_tensor(be, 4, xs, NULL, &n) == 0 &&
+          make_tensor(be, 4, ys, NULL, &ref) == 0 && make_tensor(be, 4, ys, NULL, &y) == 0);
+    const loco_conv2d_params p = {1, {1, 1, 1, 1}};
+    loco_conv2d_fusion f;
+    loco_conv2d_fusion_init(&f);
+    CHECK(f.norm_gamma == NULL && f.sample_bias == NULL && f.residual == NULL && f.norm_groups == 32);
+    f.norm_gamma = &g, f.norm_beta = &be_, f.norm_groups = 4, f.norm_eps = 1e-6f, f.norm_silu = 1;
+    f.sample_bias = &sb, f.residual = &r;
+    CHECK(loco_group_norm(be, &n, &x, 4, &g, &be_, 1e-6f, 1, &err) == LOCO_OK);
+    CHECK(loco_conv2d(be, &ref, &n, &w, &b, &p, &err) == LOCO_OK);
+    CHECK(loco_add_channel_bias(be, &ref, &ref, &sb, &err) == LOCO_OK);
+    CHECK(loco_add(be, &ref, &r, &ref, &err) == LOCO_OK);
+    CHECK(loco_conv2d_fused(be, &y, &x, &w, &b, &p, &f, &err) == LOCO_OK);
+    float got[N * CO * H * W], want[N * CO * H * W];
+    CHECK(loco_tensor_download_f32(&y, got, &err) == LOCO_OK && loco_tensor_download_f32(&ref, want, &err) == LOCO_OK);
+    CHECK(memcmp(got, want, sizeof got) == 0);
+    /* nothing to fuse (f NULL or all unset): loco_conv2d itself */
+    CHECK(loco_conv2d(be, &ref, &x, &w, &b, &p, &err) == LOCO_OK);
+    CHECK(loco_conv2d_fused(be, &y, &x, &w, &b, &p, NULL, &err) == LOCO_OK);
+    CHECK(loco_tensor_download_f32(&y, got, &err) == LOCO_OK && loco_tensor_download_f32(&ref, want, &err) == LOCO_OK);
+    CHECK(memcmp(got, want, sizeof got) == 0);
+
+    /* bad fusions name the fused op and what is wrong */
+#define BADF(what)                                                                                               \
+    CHECK_MSG(fails_with(loco_conv2d_fused(be, &y, &x, &w, &b, &p, &bad, &err), &err, LOCO_EINVAL,               \
+                         "conv2d_fused"),                                                                        \
+              "%s", what);                                                                                       \
+    CHECK_MSG(strstr(err.msg, what) != NULL, "%s: %s", what, err.msg)
+    loco_conv2d_fusion bad = f;
+    bad.norm_groups = 3; /* 8 channels */
+    BADF("groups");
+    bad = f;
+    bad.norm_beta = NULL;
+    BADF("beta is NULL");
+    bad = f;
+    bad.norm_eps = -1.0f;
+    BADF("eps");
+    bad = f;
+    bad.norm_gamma = &b; /* [4] for 8 channels */
+    BADF("gamma");
+    bad = f;
+    bad.sample_bias = &b;
+    BADF("sample_bias");
+    bad = f;
+    bad.residual = &x;
+    BADF("residual");
+    bad = f;
+    bad.residual = &y; /* the conv writes y before the residual is read */
+    BADF("overlaps");
+#undef BADF
+    CHECK(fails_with(loco_conv2d_fused(be, &y, &x, &w, &b, NULL, &f, &err), &err, LOCO_EINVAL, "conv2d_fused"));
+    loco_tensor *all[] = {&x, &w, &b, &g, &be_, &sb, &r, &n, &ref, &y};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) loco_tensor_free(all[i]);
+    loco_backend_destroy(be);
+}

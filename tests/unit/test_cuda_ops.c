@@ -12,152 +12,7 @@
  * cuda_create_without_gpu_fails_cleanly, which checks that asking for the CUDA backend then
  * fails with a message instead of crashing. On a GPU machine bench/gpu-check.sh runs this
  * binary and treats any skip as a failure. */
-#include "cpu_test_util.h"
-#include "loco_test.h"
-
-/* ---- environment: a CPU and a CUDA backend side by side ------------------------------------------ */
-
-typedef struct genv {
-    loco_backend *cpu, *gpu;
-    loco_dtype dt;
-    trng r;
-    loco_err errc, errg;
-} genv;
-
-static double tol_for(loco_dtype dt) { return dt == LOCO_BF16 ? 3e-2 : 1e-2; }
-
-/* 1: both backends ready; 0: no usable GPU (why says so); -1: a failure that must not pass
- * as a skip (a GPU is there but the backend does not come up). */
-static int genv_open(genv *e, loco_dtype dt, uint64_t seed, char *why, size_t n) {
-    memset(e, 0, sizeof *e);
-    e->dt = dt;
-    e->r.s = seed * 0x9E3779B97F4A7C15ull + 1;
-    loco_backend_opts o;
-    loco_backend_opts_init(&o);
-    o.device = LOCO_DEVICE_CUDA;
-    o.act_dtype = dt;
-    loco_err err;
-    loco_status st = loco_backend_create(&o, &e->gpu, &err);
-    if (st != LOCO_OK) {
-        const char *m = strstr(err.msg, "no CUDA device");
-        if (!m) m = strstr(err.msg, "built without CUDA");
-        snprintf(why, n, "%s", m ? m : err.msg);
-        return m && (st == LOCO_EDEVICE || st == LOCO_EUNSUPPORTED) ? 0 : -1;
-    }
-    e->cpu = cpu_backend(0);
-    if (!e->cpu) {
-        snprintf(why, n, "cpu backend did not start");
-        loco_backend_destroy(e->gpu);
-        return -1;
-    }
-    return 1;
-}
-
-static void genv_close(genv *e) {
-    loco_backend_destroy(e->gpu);
-    loco_backend_destroy(e->cpu);
-}
-
-#define GPU_ENV(e, dt, seed)                                                                                       \
-    genv e;                                                                                                        \
-    do {                                                                                                           \
-        char why_[1100];                                                                                           \
-        int r_ = genv_open(&e, dt, seed, why_, sizeof why_);                                                       \
-        if (r_ == 0) SKIP("%s", why_);                                                                             \
-        CHECK_MSG(r_ == 1, "%s", why_);                                                                            \
-    } while (0)
-
-static float round_to(loco_dtype dt, float v) {
-    if (dt == LOCO_F16) return loco_f16_to_f32(loco_f32_to_f16(v));
-    if (dt == LOCO_BF16) return loco_bf16_to_f32(loco_f32_to_bf16(v));
-    return v;
-}
-
-/* ---- twin tensors: the same values on both backends ---------------------------------------------- */
-
-typedef struct twin {
-    loco_tensor c, g;
-} twin;
-
-/* host is rounded to the GPU dtype in place, then uploaded to both. */
-static int twin_up(genv *e, int nd, const int64_t *shape, float *host, twin *t) {
-    size_t n = shape_numel(nd, shape);
-    for (size_t i = 0; i < n; i++) host[i] = round_to(e->dt, host[i]);
-    if (loco_tensor_alloc(e->cpu, LOCO_F32, nd, shape, &t->c, &e->errc) != LOCO_OK ||
-        loco_tensor_upload(&t->c, host, LOCO_F32, &e->errc) != LOCO_OK) {
-        fprintf(stderr, "cpu tensor: %s\n", e->errc.msg);
-        return 0;
-    }
-    if (loco_tensor_alloc(e->gpu, e->dt, nd, shape, &t->g, &e->errg) != LOCO_OK ||
-        loco_tensor_upload(&t->g, host, LOCO_F32, &e->errg) != LOCO_OK) {
-        fprintf(stderr, "gpu tensor: %s\n", e->errg.msg);
-        return 0;
-    }
-    return 1;
-}
-
-static int twin_rand(genv *e, int nd, const int64_t *shape, float scale, float offset, twin *t) {
-    float *h = rand_buf(&e->r, shape_numel(nd, shape), scale, offset);
-    int ok = twin_up(e, nd, shape, h, t);
-    free(h);
-    return ok;
-}
-
-/* An output pair: zeros on the CPU, NaN on the GPU (so unwritten elements show). */
-static int twin_out(genv *e, int nd, const int64_t *shape, twin *t) {
-    if (loco_tensor_alloc(e->cpu, LOCO_F32, nd, shape, &t->c, &e->errc) != LOCO_OK ||
-        loco_fill(e->cpu, &t->c, 0.0f, &e->errc) != LOCO_OK) {
-        fprintf(stderr, "cpu output: %s\n", e->errc.msg);
-        return 0;
-    }
-    if (loco_tensor_alloc(e->gpu, e->dt, nd, shape, &t->g, &e->errg) != LOCO_OK ||
-        loco_fill(e->gpu, &t->g, NAN, &e->errg) != LOCO_OK) {
-        fprintf(stderr, "gpu output: %s\n", e->errg.msg);
-        return 0;
-    }
-    return 1;
-}
-
-static void twin_free(twin *t) {
-    loco_tensor_free(&t->c);
-    loco_tensor_free(&t->g);
-}
-
-static int both_ok(genv *e, loco_status sc, loco_status sg, const char *what) {
-    if (sc != LOCO_OK) fprintf(stderr, "%s on cpu: %s\n", what, e->errc.msg);
-    if (sg != LOCO_OK) fprintf(stderr, "%s on cuda: %s\n", what, e->errg.msg);
-    return sc == LOCO_OK && sg == LOCO_OK;
-}
-
-/* GPU result vs CPU result: no NaN, relative L2 error within tol. */
-static int twin_close(const twin *t, double tol, const char *what) {
-    float *c = download(&t->c), *g = download(&t->g);
-    int ok = c && g;
-    size_t n = (size_t)loco_tensor_numel(&t->c);
-    if (ok) {
-        size_t nan = 0, first = 0;
-        for (size_t i = 0; i < n; i++)
-            if (isnan(g[i]) && nan++ == 0) first = i;
-        double e = loco_rel_l2(g, c, n);
-        if (nan) fprintf(stderr, "%s: %zu NaN on the GPU, first at %zu (cpu %g)\n", what, nan, first, c[first]);
-        if (!(e <= tol)) fprintf(stderr, "%s: relative error %.3g > %.1g\n", what, e, tol);
-        else fprintf(stderr, "%s: rel err %.3g (tol %.1g)\n", what, e, tol); /* the record a GPU run keeps */
-        ok = nan == 0 && e <= tol;
-    }
-    free(c);
-    free(g);
-    return ok;
-}
-
-/* Two GPU results must be bit-identical (a moving result is a race). */
-static int same_bits(const loco_tensor *a, const loco_tensor *b, const char *what) {
-    float *x = download(a), *y = download(b);
-    int ok = x && y && memcmp(x, y, (size_t)loco_tensor_numel(a) * sizeof(float)) == 0;
-    if (x && y && !ok) fprintf(stderr, "%s: two runs on the same input differ\n", what);
-    free(x);
-    free(y);
-    return ok;
-}
+#include "cuda_test_util.h"
 
 /* ---- creation ------------------------------------------------------------------------------------- */
 
@@ -488,6 +343,138 @@ TEST(cuda_conv2d_im2col_overlapped) {
     CHECK(check_conv("im2col", LOCO_BF16, 4, 64, 16, 16, 128, 3, 3, 1, 1, 1, 1, 1, 1, 88));
     CHECK(check_conv(NULL, LOCO_F16, 2, 128, 8, 8, 256, 3, 3, 1, 1, 1, 1, 1, 1, 89)); /* auto route: im2col */
     unsetenv("LOCO_CUDA_IM2COL_OVERLAP");
+}
+
+/* ---- conv2d with GroupNorm prologue, per-sample bias and residual (loco_conv2d_fused) ------------ */
+
+typedef struct fused_case {
+    const char *algo; /* LOCO_CUDA_CONV, NULL for auto */
+    loco_dtype dt;
+    int64_t N, Cin, H, W, Cout, k;
+    int groups, silu, sample_bias, residual, bias;
+} fused_case;
+
+/* The unfused calls on the GPU, the reference for the fused prologue's bits. */
+static loco_status gpu_unfused(genv *e, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
+                               const loco_tensor *b, const loco_conv2d_params *p, const loco_conv2d_fusion *f) {
+    loco_tensor n = {0};
+    loco_status st = LOCO_OK;
+    if (f->norm_gamma) {
+        st = loco_tensor_alloc(e->gpu, x->dtype, 4, x->shape, &n, &e->errg);
+        if (st == LOCO_OK)
+            st = loco_group_norm(e->gpu, &n, x, f->norm_groups, f->norm_gamma, f->norm_beta, f->norm_eps,
+                                 f->norm_silu, &e->errg);
+    }
+    if (st == LOCO_OK) st = loco_conv2d(e->gpu, y, f->norm_gamma ? &n : x, w, b, p, &e->errg);
+    if (st == LOCO_OK && f->sample_bias) st = loco_add_channel_bias(e->gpu, y, y, f->sample_bias, &e->errg);
+    if (st == LOCO_OK && f->residual) st = loco_add(e->gpu, y, f->residual, y, &e->errg);
+    loco_tensor_free(&n);
+    return st;
+}
+
+/* The values of two GPU tensors, bit for bit. */
+static int equal_bits(const loco_tensor *a, const loco_tensor *b, const char *what) {
+    float *x = download(a), *y = download(b);
+    size_t n = (size_t)loco_tensor_numel(a), diff = 0;
+    for (size_t i = 0; x && y && i < n; i++) diff += memcmp(&x[i], &y[i], sizeof(float)) != 0;
+    if (diff) fprintf(stderr, "%s: %zu of %zu values differ\n", what, diff, n);
+    int ok = x && y && diff == 0;
+    free(x);
+    free(y);
+    return ok;
+}
+
+/* Fused on the GPU vs the unfused calls on the CPU (tolerance), twice (same bits); the unfused
+ * calls on the GPU vs the CPU too (tolerance); and, with a GroupNorm, the fused call with only
+ * the GroupNorm (and the conv bias) vs the unfused GPU calls doing the same: the same bits,
+ * since the gather normalises with loco_group_norm's own (scale, shift) and expression. */
+static int check_conv_fused(const fused_case *fc, uint64_t seed) {
+    char why[1100];
+    genv e;
+    if (fc->algo)
+        setenv("LOCO_CUDA_CONV", fc->algo, 1);
+    else
+        unsetenv("LOCO_CUDA_CONV");
+    int opened = genv_open(&e, fc->dt, seed, why, sizeof why);
+    unsetenv("LOCO_CUDA_CONV");
+    if (opened != 1) return fprintf(stderr, "%s\n", why), 0;
+    const int pad = (int)(fc->k / 2);
+    loco_conv2d_params p = {1, {pad, pad, pad, pad}};
+    int64_t xs[4] = {fc->N, fc->Cin, fc->H, fc->W}, ws[4] = {fc->Cout, fc->Cin, fc->k, fc->k}, cs[1] = {fc->Cin},
+            bs[1] = {fc->Cout}, sbs[2] = {fc->N, fc->Cout}, ys[4] = {fc->N, fc->Cout, fc->H, fc->W};
+    twin x, w, b, g, be, sb, r, y, y2, yu, yn, ynu;
+    memset(&sb, 0, sizeof sb);
+    memset(&r, 0, sizeof r);
+    int ok = twin_rand(&e, 4, xs, 2.0f, 0.5f, &x) &&
+             twin_rand(&e, 4, ws, 1.0f / sqrtf((float)(fc->Cin * fc->k * fc->k)), 0.0f, &w) &&
+             twin_rand(&e, 1, bs, 0.5f, 0.0f, &b) && twin_rand(&e, 1, cs, 0.5f, 1.0f, &g) &&
+             twin_rand(&e, 1, cs, 0.5f, 0.0f, &be) && (!fc->sample_bias || twin_rand(&e, 2, sbs, 1.0f, 0.0f, &sb)) &&
+             (!fc->residual || twin_rand(&e, 4, ys, 1.0f, 0.0f, &r)) && twin_out(&e, 4, ys, &y) &&
+             twin_out(&e, 4, ys, &y2) && twin_out(&e, 4, ys, &yu) && twin_out(&e, 4, ys, &yn) &&
+             twin_out(&e, 4, ys, &ynu);
+    loco_conv2d_fusion fcpu, fgpu;
+    loco_conv2d_fusion_init(&fcpu);
+    if (fc->groups > 0) fcpu.norm_groups = fc->groups;
+    fcpu.norm_silu = fc->silu;
+    fgpu = fcpu;
+    if (fc->groups > 0) fcpu.norm_gamma = &g.c, fcpu.norm_beta = &be.c, fgpu.norm_gamma = &g.g, fgpu.norm_beta = &be.g;
+    loco_conv2d_fusion fnorm = fgpu; /* the GroupNorm alone */
+    if (fc->sample_bias) fcpu.sample_bias = &sb.c, fgpu.sample_bias = &sb.g;
+    if (fc->residual) fcpu.residual = &r.c, fgpu.residual = &r.g;
+    const loco_tensor *bc = fc->bias ? &b.c : NULL, *bg = fc->bias ? &b.g : NULL;
+    ok = ok && both_ok(&e, loco_conv2d_fused(e.cpu, &y.c, &x.c, &w.c, bc, &p, &fcpu, &e.errc),
+                       loco_conv2d_fused(e.gpu, &y.g, &x.g, &w.g, bg, &p, &fgpu, &e.errg), "conv2d_fused");
+    ok = ok && both_ok(&e, LOCO_OK, loco_conv2d_fused(e.gpu, &y2.g, &x.g, &w.g, bg, &p, &fgpu, &e.errg),
+                       "conv2d_fused (again)");
+    ok = ok && both_ok(&e, LOCO_OK, gpu_unfused(&e, &yu.g, &x.g, &w.g, bg, &p, &fgpu), "conv2d unfused");
+    ok = ok && twin_close(&y, tol_for(fc->dt), "conv2d_fused") && same_bits(&y.g, &y2.g, "conv2d_fused");
+    const twin unfused_vs_cpu = {y.c, yu.g};
+    ok = ok && twin_close(&unfused_vs_cpu, tol_for(fc->dt), "conv2d unfused");
+    if (ok && fc->groups > 0) {
+        ok = both_ok(&e, LOCO_OK, loco_conv2d_fused(e.gpu, &yn.g, &x.g, &w.g, bg, &p, &fnorm, &e.errg),
+                     "conv2d_fused (GroupNorm only)") &&
+             both_ok(&e, LOCO_OK, gpu_unfused(&e, &ynu.g, &x.g, &w.g, bg, &p, &fnorm), "unfused (GroupNorm only)") &&
+             equal_bits(&yn.g, &ynu.g, "conv2d_fused with only the GroupNorm vs group_norm + conv2d on the GPU");
+    }
+    twin_free(&x), twin_free(&w), twin_free(&b), twin_free(&g), twin_free(&be), twin_free(&y), twin_free(&y2);
+    twin_free(&yu), twin_free(&yn), twin_free(&ynu);
+    if (fc->sample_bias) twin_free(&sb);
+    if (fc->residual) twin_free(&r);
+    genv_close(&e);
+    return ok;
+}
+
+/* Every route: im2col (the GroupNorm in the gather: the three-tap kernel, the per-element one
+ * with 16-byte and scalar rows), the implicit kernels and 1x1 (the GroupNorm through a scratch
+ * tensor), f16, bf16 and f32, with and without SiLU, the time-embedding bias, the residual and
+ * the conv bias, and without a GroupNorm (groups 0 here); one im2col case in several chunks:
+ * overlapped on the side stream, serial, and slices of one sample's pixels. */
+TEST(cuda_conv2d_fused) {
+    GPU_ENV(e, LOCO_F16, 140);
+    genv_close(&e);
+    const fused_case cases[] = {
+        {"im2col", LOCO_F16, 2, 64, 16, 16, 96, 3, 32, 1, 0, 0, 1},    /* prologue only: bits of the unfused */
+        {"im2col", LOCO_F16, 2, 64, 16, 16, 96, 3, 32, 1, 1, 1, 1},    /* the ResNet's conv2 with all terms */
+        {"im2col", LOCO_BF16, 3, 32, 12, 12, 64, 3, 8, 1, 1, 0, 1},    /* conv1: time embedding */
+        {"im2col", LOCO_F16, 2, 24, 7, 9, 40, 3, 4, 0, 0, 1, 0},       /* odd width: scalar rows, no bias */
+        {"im2col", LOCO_F16, 2, 16, 16, 16, 32, 5, 8, 1, 0, 0, 1},     /* 5 taps: the per-element gather */
+        {"im2col", LOCO_F32, 2, 32, 10, 8, 48, 3, 16, 1, 1, 1, 1},     /* f32: TF32 GEMM */
+        {"implicit", LOCO_F16, 2, 64, 16, 16, 96, 3, 32, 1, 1, 1, 1},  /* scratch GroupNorm, bias in kernel */
+        {"implicit", LOCO_F16, 1, 32, 20, 20, 64, 3, 32, 1, 0, 0, 1},  /* prologue only */
+        {NULL, LOCO_F16, 2, 64, 8, 8, 128, 1, 32, 0, 0, 1, 1},         /* 1x1: scratch GroupNorm */
+        {NULL, LOCO_F16, 2, 64, 8, 8, 128, 1, 0, 0, 0, 1, 1},          /* the ResNet shortcut: residual only */
+        {"im2col", LOCO_F16, 2, 32, 8, 8, 64, 3, 0, 0, 1, 0, 0},       /* sample bias only, no conv bias */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) CHECK(check_conv_fused(&cases[i], 141 + i));
+    setenv("LOCO_CUDA_IM2COL_OVERLAP", "1", 1);
+    setenv("LOCO_CUDA_IM2COL_KB", "1200", 1);
+    const fused_case ov = {"im2col", LOCO_F16, 5, 32, 32, 32, 64, 3, 32, 1, 0, 0, 1};
+    CHECK(check_conv_fused(&ov, 150));
+    unsetenv("LOCO_CUDA_IM2COL_OVERLAP");
+    CHECK(check_conv_fused(&ov, 151)); /* serial chunks of two samples: the table's offset per chunk */
+    setenv("LOCO_CUDA_IM2COL_KB", "256", 1);
+    CHECK(check_conv_fused(&ov, 152)); /* slices of 448 pixels of one sample */
+    unsetenv("LOCO_CUDA_IM2COL_KB");
 }
 
 /* ---- norms --------------------------------------------------------------------------------------- */

@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "gpu_test_util.h"
 #include "loco_test.h"
 #include "model_ref_util.h"
 #include "pipeline_impl.h"
@@ -56,19 +57,8 @@ static loco_pipeline *load_on(loco_backend *be, const char *model, char *why, si
 static int penv_open(penv *e, const char *model, char *why, size_t n) {
     memset(e, 0, sizeof *e);
     e->model = model;
-    loco_backend_opts o;
-    loco_backend_opts_init(&o);
-    o.device = LOCO_DEVICE_CUDA;
-    o.act_dtype = LOCO_F16;
-    loco_err err;
-    loco_err_clear(&err);
-    loco_status st = loco_backend_create(&o, &e->gpu, &err);
-    if (st != LOCO_OK) {
-        const char *m = strstr(err.msg, "no CUDA device");
-        if (!m) m = strstr(err.msg, "built without CUDA");
-        snprintf(why, n, "%s", m ? m : err.msg);
-        return m && (st == LOCO_EDEVICE || st == LOCO_EUNSUPPORTED) ? 0 : -1;
-    }
+    const int opened = gpu_backend_open(LOCO_F16, &e->gpu, why, n);
+    if (opened != 1) return opened;
     e->cpu = mr_cpu();
     if (!e->cpu) {
         snprintf(why, n, "cpu backend did not start");

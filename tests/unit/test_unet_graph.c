@@ -432,8 +432,10 @@ static mock *mock_new(void) {
     m->ops.download_f32 = w_download;
     m->ops.sync = w_sync;
     m->ops.linear = w_linear;
-    /* no fused form: loco_linear_accumulate then runs as linear + add, both recorded here */
+    /* no fused forms: loco_linear_accumulate then runs as linear + add, loco_conv2d_fused as
+     * group_norm, conv2d and adds, each recorded here */
     m->ops.linear_accumulate = NULL;
+    m->ops.conv2d_fused = NULL;
     m->ops.conv2d = w_conv;
     m->ops.group_norm = w_gn;
     m->ops.layer_norm = w_ln;
