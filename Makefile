@@ -91,7 +91,9 @@ $(BUILD)/loco: $(CLI_OBJ) $(BUILD)/libloco.a
 $(BUILD)/locod: $(BUILD)/server/locod_main.o $(SRV_OBJ) $(BUILD)/libloco.a
 	$(CC) $(CFLAGS) -o $@ $^ $(CUDA_LIBS) $(LDLIBS)
 
-$(BUILD)/tests/%: tests/unit/%.c tests/unit/loco_test.h $(SRV_OBJ) $(BUILD)/libloco.a
+# every test binary depends on every test header (a few helpers each, cheap to rebuild)
+TEST_HDR  := $(wildcard tests/unit/*.h)
+$(BUILD)/tests/%: tests/unit/%.c $(TEST_HDR) $(SRV_OBJ) $(BUILD)/libloco.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Itests/unit -o $@ $< $(SRV_OBJ) $(BUILD)/libloco.a $(CUDA_LIBS) $(LDLIBS)
 

@@ -22,7 +22,8 @@
 #   6. times a LocoGen sweep (SD 1.5 512^2, 50 steps, every window of 2 layers) batched vs one
 #      image at a time (bench/locogen_batched.c --device cuda);
 #   7. budget permitting, the UNet-call and pipeline parity tests again with the opt-in paths:
-#      LOCO_CUDA_IM2COL_OVERLAP=1, then LOCO_CUDA_CONV=wgmma (with the VAE decodes).
+#      LOCO_CUDA_IM2COL_OVERLAP=1, then LOCO_CUDA_CONV=wgmma (with the VAE decodes); then SD 1.5
+#      at batch 8 timed again with LOCO_CUDA_GEMM_TUNE=1.
 #
 # Logs and tables go to $GPU_CHECK_DIR (default: $OUT when set, else build/gpu-check).
 # Usage: bench/gpu-check.sh [--quick]   (--quick: parity only, no timings)
@@ -342,6 +343,20 @@ fi
 
 # ---- 7. the opt-in paths through whole pipelines, budget permitting ----------------------------------
 optin_parity
+# GEMM autotuning (LOCO_CUDA_GEMM_TUNE=1, off by default: the choice depends on timings, so
+# processes can differ at fp16 rounding): SD 1.5 at batch 8 once more, next to the default's line
+if [ "$(left)" -ge 45 ]; then
+    say "sd1 512px batch 8, 50 steps (timed steps 10) with LOCO_CUDA_GEMM_TUNE=1: loco"
+    LOCO_CUDA_GEMM_TUNE=1 timeout $(($(left) - 5)) "${RUN[@]}" "$BIN_BENCH/pipeline_bench" --device cuda --family sd1 \
+        --size 512 --batch 8 --steps 50 --timed-steps 10 >"$DIR/loco_sd1_tuned.out" 2>"$DIR/loco_sd1_tuned.err" ||
+        tail -3 "$DIR/loco_sd1_tuned.err"
+    { grep '^RESULT' "$DIR/loco_sd1_tuned.out" | sed 's/^RESULT impl=loco /RESULT impl=loco_gemm_tuned /'
+      grep '^RESULT impl=loco family=sd1 .*batch=8 ' "$RESULTS"; } | sed 's/^/gpu-check:   /'
+    grep -q '^RESULT .*s_per_image=' "$DIR/loco_sd1_tuned.out" ||
+        say "the GEMM-tuned run gave no timing (see $DIR/loco_sd1_tuned.err)"
+else
+    say "skipping the GEMM-tuned SD 1.5 run: $(left) s of the budget left"
+fi
 say "seconds per image (N=50 steps, guidance on; T/N: T steps timed, the rest extrapolated)"
 if command -v "$PY" >/dev/null 2>&1; then
     "$PY" bench/gpu/report.py "$RESULTS" | tee "$DIR/report.txt"

@@ -88,7 +88,7 @@ struct loco_backend {
     const loco_backend_ops *ops;
     loco_device device;
     loco_dtype act_dtype;
-    char desc[256];
+    char desc[384];
     size_t mem_current; /* maintained by backend.c */
     size_t mem_peak;
     /* Dtypes the ops accept, as a bit mask (1u << dtype); 0 means act_dtype only. A CUDA

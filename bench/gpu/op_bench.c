@@ -13,7 +13,8 @@
  * shapes whose head dim has both flash-attention block heights (40, 64, 80) are also timed with
  * LOCO_CUDA_FLASH=64 and =128 ("name@fa64", "name@fa128"). resconv rows (a ResNet block's
  * GroupNorm+SiLU, conv, residual add) time loco_conv2d_fused and the three separate ops
- * ("name@unfused"). With --wgmma, only the f16 conv rows
+ * ("name@unfused"). Linear rows and the conv rows of batch 4 or more are also timed with
+ * LOCO_CUDA_GEMM_TUNE=1 ("name@tuned": cuBLASLt's top candidates timed per shape). With --wgmma, only the f16 conv rows
  * on the experimental wgmma kernel ("name@wgmma": LOCO_CUDA_CONV=wgmma, the automatic route
  * where that kernel does not apply), a separate run so that a fault there spares the main table.
  *
@@ -313,13 +314,16 @@ int main(int argc, char **argv) {
     loco_backend *be_im2col_ov = be_im2col_96m ? cuda_backend() : NULL;
     unsetenv("LOCO_CUDA_IM2COL_OVERLAP");
     unsetenv("LOCO_CUDA_CONV");
+    setenv("LOCO_CUDA_GEMM_TUNE", "1", 1); /* cuBLASLt's top candidates timed per GEMM shape */
+    loco_backend *be_tuned = be_im2col_ov ? cuda_backend() : NULL;
+    unsetenv("LOCO_CUDA_GEMM_TUNE");
     setenv("LOCO_CUDA_FLASH", "64", 1);
-    loco_backend *be_fa64 = be_im2col ? cuda_backend() : NULL;
+    loco_backend *be_fa64 = be_tuned ? cuda_backend() : NULL;
     setenv("LOCO_CUDA_FLASH", "128", 1);
     loco_backend *be_fa128 = be_fa64 ? cuda_backend() : NULL;
     unsetenv("LOCO_CUDA_FLASH");
     if (!be || !be_implicit || !be_generic || !be_im2col || !be_im2col_32m || !be_im2col_96m || !be_im2col_ov ||
-        !be_fa64 || !be_fa128)
+        !be_tuned || !be_fa64 || !be_fa128)
         return 2;
     fprintf(stderr, "op_bench on %s\n", loco_backend_describe(be));
     char line[512];
@@ -336,8 +340,10 @@ int main(int argc, char **argv) {
                 if (time_op(be_im2col_32m, &op, reps, "@im2col_32m") != 0) failures++;
                 if (time_op(be_im2col_96m, &op, reps, "@im2col_96m") != 0) failures++;
                 if (time_op(be_im2col_ov, &op, reps, "@im2col_overlap") != 0) failures++;
+                if (time_op(be_tuned, &op, reps, "@tuned") != 0) failures++;
             }
         }
+        if (!strcmp(op.kind, "linear") && time_op(be_tuned, &op, reps, "@tuned") != 0) failures++;
         if (!strcmp(op.kind, "resconv")) {
             op.unfused = 1;
             if (time_op(be, &op, reps, "@unfused") != 0) failures++;
@@ -350,6 +356,7 @@ int main(int argc, char **argv) {
     fclose(f);
     loco_backend_destroy(be_fa128);
     loco_backend_destroy(be_fa64);
+    loco_backend_destroy(be_tuned);
     loco_backend_destroy(be_im2col_ov);
     loco_backend_destroy(be_im2col_96m);
     loco_backend_destroy(be_im2col_32m);

@@ -296,6 +296,8 @@ extern "C" loco_status loco_backend_cuda_create(const loco_backend_opts *opts, l
      * per sample) and is small next to the card; VAE decoders at 1024^2 go in slices */
     const char *igemm_rows = getenv("LOCO_CUDA_IGEMM_ROWS");
     c->igemm_rows = !(igemm_rows && igemm_rows[0] == '0');
+    const char *gemm_tune = getenv("LOCO_CUDA_GEMM_TUNE");
+    c->gemm_tune = gemm_tune && gemm_tune[0] == '1';
     const char *norm_gather = getenv("LOCO_CUDA_NORM_GATHER");
     c->norm_gather = !(norm_gather && norm_gather[0] == '0');
     const char *im2col_kb = getenv("LOCO_CUDA_IM2COL_KB");
@@ -335,7 +337,7 @@ extern "C" loco_status loco_backend_cuda_create(const loco_backend_opts *opts, l
         cuda_destroy(&cb->be);
         return st;
     }
-    snprintf(cb->be.desc, sizeof cb->be.desc, "cuda:%d %.100s (sm_%d%d, %d SMs, %.1f GiB, %s activations%s%s%s%s%s)",
+    snprintf(cb->be.desc, sizeof cb->be.desc, "cuda:%d %.100s (sm_%d%d, %d SMs, %.1f GiB, %s activations%s%s%s%s%s%s)",
              ordinal, prop.name, prop.major, prop.minor, prop.multiProcessorCount,
              (double)prop.totalGlobalMem / (1024.0 * 1024.0 * 1024.0), cuda_dt(act),
              c->conv_algo == CUDA_CONV_IM2COL     ? ", conv: im2col"
@@ -347,6 +349,7 @@ extern "C" loco_status loco_backend_cuda_create(const loco_backend_opts *opts, l
              : c->flash_rows == 128 ? ", flash: 128 rows"
                                     : "",
              c->aux ? ", im2col overlapped" : "", c->norm_gather ? "" : ", GroupNorm gather off",
+             c->gemm_tune ? ", GEMMs tuned" : "",
              graphs ? "" : ", graphs off");
     *out = &cb->be;
     return LOCO_OK;

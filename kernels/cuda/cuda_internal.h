@@ -89,12 +89,18 @@ typedef struct cuda_gemm_key {
     int32_t align_a, align_b, align_d;
 } cuda_gemm_key;
 
+#define CUDA_GEMM_TUNE_ALGOS 8 /* candidates LOCO_CUDA_GEMM_TUNE=1 times per GEMM shape */
+
 typedef struct cuda_gemm_plan {
     cuda_gemm_key key;
     int valid;
     cublasLtMatmulDesc_t op;
     cublasLtMatrixLayout_t la, lb, ld;
-    cublasLtMatmulAlgo_t algo;
+    cublasLtMatmulAlgo_t algo; /* the one every call runs */
+    /* LOCO_CUDA_GEMM_TUNE=1: the heuristic's top candidates, timed once (gemm.cu, gemm_tune) */
+    cublasLtMatmulAlgo_t candidates[CUDA_GEMM_TUNE_ALGOS];
+    int n_candidates;
+    int settled; /* algo is final: tuned, or tuning does not apply */
 } cuda_gemm_plan;
 
 #define CUDA_GEMM_PLANS 512
@@ -128,6 +134,8 @@ typedef struct cuda_impl {
                      * fa_mtiles) */
     int igemm_rows; /* 1: conv_igemm.cu's row-gather kernel where it applies; LOCO_CUDA_IGEMM_ROWS=0 turns it off */
     int wgmma_ok;   /* conv_wgmma.cu's kernel has an image for this device (sm_90a on a 9.0 device) */
+    int gemm_tune;   /* LOCO_CUDA_GEMM_TUNE=1: time the heuristic's top cuBLASLt algorithms on the
+                      * first eager call of each large GEMM shape and keep the fastest (gemm.cu) */
     int norm_gather; /* 1: loco_conv2d_fused applies its GroupNorm in the im2col gather (conv.cu);
                       * LOCO_CUDA_NORM_GATHER=0 sends it through a scratch tensor (unmeasured
                       * fusion: the switch compares the two and is the way back if it loses) */

@@ -11,22 +11,9 @@
 
 #include "edit.h"
 #include "loco_test.h"
+#include "model_ref_util.h"
 #include "pipeline_variant.h"
 #include "safetensors.h"
-
-static inline loco_backend *et_cpu(void) {
-    loco_backend_opts o;
-    loco_backend_opts_init(&o);
-    o.device = LOCO_DEVICE_CPU;
-    o.num_threads = 2;
-    loco_backend *be = NULL;
-    loco_err e = {0};
-    if (loco_backend_create(&o, &be, &e)) {
-        fprintf(stderr, "cpu backend: %s\n", e.msg);
-        return NULL;
-    }
-    return be;
-}
 
 static inline loco_pipeline *et_load(loco_backend *be, const char *model) {
     char path[1024];
@@ -43,16 +30,11 @@ static inline loco_pipeline *et_load(loco_backend *be, const char *model) {
     return p;
 }
 
+/* tests/fixtures/refs/<model>/edit_<method>.safetensors, or NULL (message printed). */
 static inline loco_safetensors *et_ref(const char *model, const char *method) {
-    char path[1024];
-    snprintf(path, sizeof path, "%s/refs/%s/edit_%s.safetensors", loco_fixtures_dir(), model, method);
-    loco_safetensors *f = NULL;
-    loco_err e = {0};
-    if (loco_safetensors_open(path, &f, &e)) {
-        fprintf(stderr, "%s\n", e.msg);
-        return NULL;
-    }
-    return f;
+    char component[128];
+    snprintf(component, sizeof component, "edit_%s", method);
+    return mr_ref_open(model, component);
 }
 
 /* A reference tensor as doubles (float or integer dtypes); NULL when absent. */

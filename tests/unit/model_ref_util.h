@@ -9,22 +9,12 @@
 #include <string.h>
 
 #include "backend.h"
+#include "cpu_test_util.h"
 #include "nn.h"
 #include "safetensors.h"
 
-static inline loco_backend *mr_cpu(void) {
-    loco_backend_opts o;
-    loco_backend_opts_init(&o);
-    o.device = LOCO_DEVICE_CPU;
-    o.num_threads = 2;
-    loco_backend *be = NULL;
-    loco_err e = {0};
-    if (loco_backend_create(&o, &be, &e)) {
-        fprintf(stderr, "cpu backend: %s\n", e.msg);
-        return NULL;
-    }
-    return be;
-}
+/* The CPU backend these tests run on: two threads, as CI has. */
+static inline loco_backend *mr_cpu(void) { return cpu_backend(2); }
 
 /* The reference file, or NULL (message printed) when the fixtures are not generated. */
 static inline loco_safetensors *mr_ref_open(const char *model, const char *component) {

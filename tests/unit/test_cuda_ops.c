@@ -190,6 +190,15 @@ static int gpu_describe(char *out, size_t n) {
     return 1;
 }
 
+/* That description mentions `needle` (printed when it does not). */
+static int gpu_describe_has(const char *needle) {
+    char desc[512];
+    if (!gpu_describe(desc, sizeof desc)) return 0;
+    if (strstr(desc, needle)) return 1;
+    fprintf(stderr, "'%s' is not in: %s\n", needle, desc);
+    return 0;
+}
+
 /* algo: "implicit" or "im2col" forces that route (LOCO_CUDA_CONV, read when the backend is
  * created), NULL lets the backend choose. */
 static int check_conv(const char *algo, loco_dtype dt, int64_t N, int64_t Cin, int64_t H, int64_t W, int64_t Cout,
@@ -333,9 +342,7 @@ TEST(cuda_conv2d_im2col_overlapped) {
     GPU_ENV(e, LOCO_F16, 85);
     genv_close(&e);
     setenv("LOCO_CUDA_IM2COL_OVERLAP", "1", 1);
-    char desc[512];
-    CHECK(gpu_describe(desc, sizeof desc));
-    CHECK_MSG(strstr(desc, "im2col overlapped") != NULL, "%s", desc);
+    CHECK(gpu_describe_has("im2col overlapped"));
     setenv("LOCO_CUDA_IM2COL_KB", "1200", 1);
     CHECK(check_conv("im2col", LOCO_F16, 5, 32, 32, 32, 64, 3, 3, 1, 1, 1, 1, 1, 1, 86));
     CHECK(check_conv("im2col", LOCO_F32, 3, 32, 16, 16, 40, 3, 3, 1, 1, 1, 1, 1, 1, 87));
@@ -343,6 +350,41 @@ TEST(cuda_conv2d_im2col_overlapped) {
     CHECK(check_conv("im2col", LOCO_BF16, 4, 64, 16, 16, 128, 3, 3, 1, 1, 1, 1, 1, 1, 88));
     CHECK(check_conv(NULL, LOCO_F16, 2, 128, 8, 8, 256, 3, 3, 1, 1, 1, 1, 1, 1, 89)); /* auto route: im2col */
     unsetenv("LOCO_CUDA_IM2COL_OVERLAP");
+}
+
+/* loco_linear_accumulate on a GEMM shape the backend has not seen: with tuning on, the
+ * accumulating call itself times the candidates, and y must still gain x w^T + b once. */
+static int check_accumulate_first(loco_dtype dt, int64_t M, int64_t K, int64_t N, uint64_t seed) {
+    char why[1100];
+    genv e;
+    if (genv_open(&e, dt, seed, why, sizeof why) != 1) return fprintf(stderr, "%s\n", why), 0;
+    int64_t xs[2] = {M, K}, ws[2] = {N, K}, bs[1] = {N}, ys[2] = {M, N};
+    twin x, w, b, y;
+    int ok = twin_rand(&e, 2, xs, 1.0f, 0.0f, &x) && twin_rand(&e, 2, ws, 1.0f / sqrtf((float)K), 0.0f, &w) &&
+             twin_rand(&e, 1, bs, 0.5f, 0.0f, &b) && twin_rand(&e, 2, ys, 1.0f, 3.0f, &y);
+    ok = ok && both_ok(&e, loco_linear_accumulate(e.cpu, &y.c, &x.c, &w.c, &b.c, &e.errc),
+                       loco_linear_accumulate(e.gpu, &y.g, &x.g, &w.g, &b.g, &e.errg), "linear_accumulate first");
+    ok = ok && twin_close(&y, tol_for(dt), "linear_accumulate first");
+    twin_free(&x), twin_free(&w), twin_free(&b), twin_free(&y);
+    genv_close(&e);
+    return ok;
+}
+
+/* LOCO_CUDA_GEMM_TUNE=1: the first eager call of each large GEMM shape times cuBLASLt's top
+ * candidates on a scratch output and keeps the fastest. The results must still match the CPU,
+ * an accumulating GEMM must add once (the timing runs write elsewhere), and a conv run twice
+ * (the second on the settled plan) must give the same bits as the first. */
+TEST(cuda_gemm_tuned) {
+    GPU_ENV(e, LOCO_F16, 160);
+    genv_close(&e);
+    setenv("LOCO_CUDA_GEMM_TUNE", "1", 1);
+    CHECK(gpu_describe_has("GEMMs tuned"));
+    CHECK(check_linear(LOCO_F16, 4, 4096, 320, 320, 1, LOCO_ACT_NONE, 161)); /* 3.4 GFLOP: tuned */
+    CHECK(check_linear(LOCO_F16, 2, 4096, 320, 1280, 1, -1, 162));          /* accumulate, tuned plan */
+    CHECK(check_accumulate_first(LOCO_F16, 2048, 640, 640, 165)); /* tuned by the accumulating call */
+    CHECK(check_linear(LOCO_BF16, 2, 77, 96, 200, 1, LOCO_ACT_GELU_TANH, 163)); /* too small to tune */
+    CHECK(check_conv("im2col", LOCO_F16, 4, 64, 32, 32, 128, 3, 3, 1, 1, 1, 1, 1, 1, 164));
+    unsetenv("LOCO_CUDA_GEMM_TUNE");
 }
 
 /* ---- conv2d with GroupNorm prologue, per-sample bias and residual (loco_conv2d_fused) ------------ */

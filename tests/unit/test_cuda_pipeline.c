@@ -85,7 +85,7 @@ static int penv_open(penv *e, const char *model, char *why, size_t n) {
 
 /* Relative L2 error of GPU tensor g against CPU tensor c (NaN when either holds a NaN; 2 when
  * a download fails or the sizes differ). */
-static double rel_err(const loco_tensor *g, const loco_tensor *c) {
+static double tensor_rel_err(const loco_tensor *g, const loco_tensor *c) {
     if (loco_tensor_numel(g) != loco_tensor_numel(c)) return 2.0;
     float *a = mr_download(g), *b = mr_download(c);
     double r = a && b ? loco_rel_l2(a, b, (size_t)loco_tensor_numel(c)) : 2.0;
@@ -167,8 +167,8 @@ static void text_parity(const char *model) {
     loco_err_clear(&err);
     int ok = encode(e.pc, &pc, &err) == LOCO_OK;
     if (ok) ok = encode(e.pg, &pg, &err) == LOCO_OK;
-    double r = ok ? rel_err(&pg.embeds, &pc.embeds) : 2, rp = 0;
-    if (ok && e.pc->family == LOCO_FAMILY_SDXL) rp = rel_err(&pg.pooled, &pc.pooled);
+    double r = ok ? tensor_rel_err(&pg.embeds, &pc.embeds) : 2, rp = 0;
+    if (ok && e.pc->family == LOCO_FAMILY_SDXL) rp = tensor_rel_err(&pg.pooled, &pc.pooled);
     fprintf(stderr, "%s text: embeds rel err %.3g, pooled %.3g\n", model, r, rp);
     loco_prompt_embeds_free(&pc);
     loco_prompt_embeds_free(&pg);
@@ -269,7 +269,7 @@ static void unet_parity(const char *model) {
     if (ok) ok = loco_unet_forward(e.pc->unet, &cc.in, &oc, &err) == LOCO_OK;
     /* GPU: call 0 warms the graph's pool up, call 1 records and replays, calls 2-3 replay */
     for (int i = 0; ok && i < 4; i++) ok = loco_unet_forward(e.pg->unet, &cg.in, &og[i], &err) == LOCO_OK;
-    double r = ok ? rel_err(&og[0], &oc) : 2;
+    double r = ok ? tensor_rel_err(&og[0], &oc) : 2;
     int replays_same = ok && same_bits(&og[1], &og[0]) && same_bits(&og[2], &og[0]) && same_bits(&og[3], &og[0]);
     loco_unet_graph_stats gs;
     loco_unet_graph_stats_get(e.pg->unet, &gs);
@@ -282,7 +282,7 @@ static void unet_parity(const char *model) {
         loco_tensor_free(&oc);
         ok = loco_unet_forward(e.pc->unet, &cc.in, &oc, &err) == LOCO_OK &&
              loco_unet_forward(e.pg->unet, &cg.in, &og[4], &err) == LOCO_OK;
-        r_swap = ok ? rel_err(&og[4], &oc) : 2;
+        r_swap = ok ? tensor_rel_err(&og[4], &oc) : 2;
     }
     loco_unet_graph_stats gs2;
     loco_unet_graph_stats_get(e.pg->unet, &gs2);
@@ -301,7 +301,7 @@ static void unet_parity(const char *model) {
         cg.in.hooks.after = count_hook;
         cg.in.hooks.ctx = &hook_calls;
         ok = loco_unet_forward(e.pg->unet, &cg.in, &oh, &err) == LOCO_OK;
-        r_hooked = ok ? rel_err(&oh, &oc) : 2;
+        r_hooked = ok ? tensor_rel_err(&oh, &oc) : 2;
         cg.in.hooks.after = NULL;
         loco_tensor_free(&oh);
     }
@@ -354,7 +354,7 @@ static void vae_parity(const char *model) {
     int ok = lat && upload_f32(e.cpu, 4, shape, lat, &lc) == 0 && upload_f32(e.gpu, 4, shape, lat, &lg) == 0;
     if (ok) ok = loco_vae_decode(e.pc->vae, &lc, NULL, NULL, &ic, &err) == LOCO_OK;
     if (ok) ok = loco_vae_decode(e.pg->vae, &lg, NULL, NULL, &ig, &err) == LOCO_OK;
-    double r = ok ? rel_err(&ig, &ic) : 2;
+    double r = ok ? tensor_rel_err(&ig, &ic) : 2;
     /* as in diffusers: only the SD-XL pipeline upcasts a force_upcast VAE */
     const loco_dtype want =
         e.pg->family == LOCO_FAMILY_SDXL && loco_vae_get_config(e.pg->vae)->force_upcast ? LOCO_F32 : LOCO_F16;

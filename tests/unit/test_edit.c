@@ -179,7 +179,7 @@ TEST(solve_errors) {
 /* The solver alone on the reference's own keys/values: isolates it from the text encoders. */
 TEST(solve_matches_reference_inputs) {
     loco_safetensors *r = et_ref("sd1-tiny", "quickfix");
-    loco_backend *be = et_cpu();
+    loco_backend *be = mr_cpu();
     loco_pipeline *p = be ? et_load(be, "sd1-tiny") : NULL;
     CHECK(r && p);
     const char *name = "text_model.encoder.layers.0.self_attn.out_proj.weight";
@@ -243,7 +243,7 @@ static int check_weights(const loco_pipeline_variant *v, const loco_safetensors 
 
 static void locoedit_parity(const char *model, int start, int m, int generate) {
     loco_safetensors *r = et_ref(model, "locoedit");
-    loco_backend *be = et_cpu();
+    loco_backend *be = mr_cpu();
     loco_pipeline *p = be ? et_load(be, model) : NULL;
     loco_pipeline_variant *v = NULL;
     loco_err e = {0};
@@ -311,7 +311,7 @@ TEST(locoedit_sdxl) { locoedit_parity("sdxl-tiny", 9, 3, 1); }
 
 static void quickfix_parity(const char *model, int generate) {
     loco_safetensors *r = et_ref(model, "quickfix");
-    loco_backend *be = et_cpu();
+    loco_backend *be = mr_cpu();
     loco_pipeline *p = be ? et_load(be, model) : NULL;
     CHECK(r && p);
     const char *name = "text_model.encoder.layers.0.self_attn.out_proj.weight";
@@ -374,7 +374,7 @@ TEST(quickfix_sdxl_both_encoders) { quickfix_parity("sdxl-tiny", 0); }
 
 static void neurons_parity(const char *model, int generate) {
     loco_safetensors *r = et_ref(model, "neurons");
-    loco_backend *be = et_cpu();
+    loco_backend *be = mr_cpu();
     loco_pipeline *p = be ? et_load(be, model) : NULL;
     loco_pipeline_variant *v = NULL;
     loco_err e = {0};

@@ -43,7 +43,7 @@ static float *unet_out(loco_unet *u, loco_backend *be) {
 }
 
 TEST(unet_variant_shares_then_isolates) {
-    loco_backend *be = et_cpu();
+    loco_backend *be = mr_cpu();
     loco_pipeline *p = be ? et_load(be, "sd1-tiny") : NULL;
     CHECK(p);
     loco_unet *base = loco_pipeline_unet(p);
@@ -114,7 +114,7 @@ static int same_image(const loco_generate_result *a, const loco_generate_result 
 }
 
 TEST(variant_memory_and_base_untouched) {
-    loco_backend *be = et_cpu();
+    loco_backend *be = mr_cpu();
     loco_pipeline *p = be ? et_load(be, "sd1-tiny") : NULL;
     CHECK(p);
     loco_generate_result before, after, edited;
@@ -174,7 +174,7 @@ static void rm_rf(const char *path) {
 }
 
 TEST(delta_round_trip) {
-    loco_backend *be = et_cpu();
+    loco_backend *be = mr_cpu();
     loco_pipeline *p = be ? et_load(be, "sd1-tiny") : NULL;
     char *dir = tmpdir();
     CHECK(p && dir);
@@ -252,7 +252,7 @@ TEST(delta_round_trip) {
 
 /* Export a folder, load it as a model, and compare with the variant. */
 static void folder_round_trip(const char *model, loco_export_dtype dtype, int exact) {
-    loco_backend *be = et_cpu();
+    loco_backend *be = mr_cpu();
     loco_pipeline *p = be ? et_load(be, model) : NULL;
     char *dir = tmpdir();
     CHECK(p && dir);
@@ -316,7 +316,7 @@ TEST(folder_export_sdxl_f32) { folder_round_trip("sdxl-tiny", LOCO_EXPORT_F32, 1
 /* ---- invalid requests --------------------------------------------------------------------------- */
 
 TEST(invalid_requests) {
-    loco_backend *be = et_cpu();
+    loco_backend *be = mr_cpu();
     loco_pipeline *p = be ? et_load(be, "sd1-tiny") : NULL;
     CHECK(p);
     loco_pipeline_variant *v = NULL;
@@ -433,7 +433,7 @@ TEST(names_round_trip) {
  * prompt generated alone from the same initial latents (the text rows are re-laid for the
  * intervention engine; a wrong row would ablate or condition the wrong sample). */
 TEST(neuron_generation_batch_rows) {
-    loco_backend *be = et_cpu();
+    loco_backend *be = mr_cpu();
     loco_pipeline *p = be ? et_load(be, "sd1-tiny") : NULL;
     CHECK(p);
     loco_pipeline_variant *v = NULL;
