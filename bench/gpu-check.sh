@@ -185,7 +185,7 @@ parity() { # name binary [test-name regex]
     # (op checks print one "<op>: rel err E (tol T)" line each: shown as the worst per op)
     awk '/: rel err [0-9.e+-]+ \(tol/ { i = index($0, ": rel err "); w = substr($0, 1, i - 1);
                                         split(substr($0, i + 10), f, " "); n[w]++; if (f[1] + 0 > m[w]) m[w] = f[1] + 0; next }
-         /rel err|graphs|huge request/ { print }
+         /rel err|graphs|huge request|^wgmma / { print }
          END { for (w in n) printf "%s: worst rel err %.3g over %d checks\n", w, m[w], n[w] }' "$DIR/$1.log" |
         sed 's/^/gpu-check:     /' | head -60
     if [ $n_fail -ne 0 ]; then

@@ -143,6 +143,17 @@ const char *loco_backend_describe(const loco_backend *be) { return be ? be->desc
 
 loco_dtype loco_backend_act_dtype(const loco_backend *be) { return be ? be->act_dtype : LOCO_F32; }
 
+loco_status loco_backend_selftest(loco_backend *be, char *report, size_t n, loco_err *err) {
+    if (!be) return loco_err_set(err, LOCO_EINVAL, "backend_selftest: backend is NULL");
+    if (!report || n == 0) return loco_err_set(err, LOCO_EINVAL, "backend_selftest: no room for the report");
+    report[0] = 0;
+    if (!be->ops->selftest) {
+        snprintf(report, n, "%s: no self-tests\n", loco_device_name(be->device));
+        return LOCO_OK;
+    }
+    return be->ops->selftest(be, report, n, err);
+}
+
 loco_status loco_backend_sync(loco_backend *be, loco_err *err) {
     if (!be) return loco_err_set(err, LOCO_EINVAL, "backend_sync: backend is NULL");
     return be->ops->sync(be, err);

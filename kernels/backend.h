@@ -56,6 +56,12 @@ const char *loco_blas_better_coretype(void);
 void loco_backend_destroy(loco_backend *be);
 loco_device loco_backend_device(const loco_backend *be);
 const char *loco_backend_describe(const loco_backend *be); /* "cpu (2 threads, OpenBLAS ...)" */
+
+/* Checks device behaviour that kernels rely on beyond what creation checks (the CUDA backend
+ * on a Hopper GPU: the warpgroup-MMA layouts of its experimental wgmma kernels, one small
+ * product each). report (n bytes) gets one line per check. LOCO_EDEVICE when something a
+ * kernel relies on does not hold; LOCO_OK, saying so in report, when there is nothing to check. */
+loco_status loco_backend_selftest(loco_backend *be, char *report, size_t n, loco_err *err);
 loco_dtype loco_backend_act_dtype(const loco_backend *be);
 /* Whether the ops take tensors of dtype t (always the activation dtype; CUDA with F16 or BF16
  * activations also F32 and the other half type, so one model can compute in another dtype). */

@@ -67,6 +67,9 @@ typedef struct loco_backend_ops {
     loco_status (*set_channels)(loco_backend *be, loco_tensor *y, const int32_t *channels, const float *values,
                                 int n, loco_err *err);
 
+    /* Optional (NULL: loco_backend_selftest reports that there is nothing to check). */
+    loco_status (*selftest)(loco_backend *be, char *report, size_t n, loco_err *err);
+
     /* Graphs (backend.h, "graphs"); all NULL on a backend without them (the CPU one, or CUDA
      * with LOCO_CUDA_GRAPHS=0). kernels/backend_graph.c checks the call order (one pool active
      * per backend, capture only inside no other capture) before calling these. `g` is the

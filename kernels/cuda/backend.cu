@@ -206,6 +206,7 @@ static void fill_ops(loco_backend_ops *o, int graphs) {
     o->linear_accumulate = cuda_op_linear_accumulate;
     o->conv2d = cuda_op_conv2d;
     o->conv2d_fused = cuda_op_conv2d_fused;
+    o->selftest = cuda_op_selftest;
     o->group_norm = cuda_op_group_norm;
     o->layer_norm = cuda_op_layer_norm;
     o->attention = cuda_op_attention;

@@ -34,6 +34,7 @@
 #include <string.h>
 
 #include "conv_igemm_common.cuh"
+#include "wgmma.cuh"
 
 #define WG_BM 128
 #define WG_BN 128
@@ -46,56 +47,9 @@
 #define WG_B_BYTES (WG_BN / 8 * WG_SBO_B)     /* 12544 per stage */
 #define WG_SMEM (2 * (WG_A_BYTES + WG_B_BYTES)) /* two stages: 49664 bytes (needs the opt-in) */
 
-#if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
-#define WG_DEVICE_OK 0 /* compiled for another target: the kernel traps (setup keeps it off) */
-#else
-#define WG_DEVICE_OK 1
-#endif
-
 /* Read by setup: 1 only in the sm_90a image, so a build that compiled this file for another
  * target (a JIT of PTX, a CUDA_ARCHS without sm_90a) never routes a conv to the trapping body. */
 __device__ const int wg_image_ok = WG_DEVICE_OK;
-
-/* ---- wgmma building blocks (PTX ISA 8.0, sm_90a) ------------------------------------------- */
-
-/* Shared-memory matrix descriptor, no swizzle: start address, leading and stride byte offsets,
- * each in 16-byte units (bits 0-13, 16-29, 32-45); base offset and swizzle mode (bits 49-51,
- * 62-63) zero. */
-__device__ __forceinline__ uint64_t wg_desc(const void *smem, uint32_t lbo, uint32_t sbo) {
-    const uint32_t a = smem_addr(smem);
-    return (uint64_t)((a & 0x3FFFFu) >> 4) | ((uint64_t)((lbo & 0x3FFFFu) >> 4) << 16) |
-           ((uint64_t)((sbo & 0x3FFFFu) >> 4) << 32);
-}
-
-__device__ __forceinline__ void wg_fence(void) {
-#if WG_DEVICE_OK
-    asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void wg_commit(void) {
-#if WG_DEVICE_OK
-    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void wg_wait_all(void) {
-#if WG_DEVICE_OK
-    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
-#endif
-}
-/* Makes this thread's generic-proxy writes to shared memory (st.shared, cp.async) visible to
- * the async proxy wgmma reads through; a barrier must follow before any wgmma. */
-__device__ __forceinline__ void wg_fence_proxy(void) {
-#if WG_DEVICE_OK
-    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-#endif
-}
-
-/* Pins the accumulators in registers across the asynchronous wgmma (the compiler must not
- * move or reuse them between issue and wait). */
-__device__ __forceinline__ void wg_fence_acc(float (&d)[64]) {
-#pragma unroll
-    for (int i = 0; i < 64; i++) asm volatile("" : "+f"(d[i])::"memory");
-}
 
 #define WG_D8(i) "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]), \
                  "+f"(d[i + 6]), "+f"(d[i + 7])

@@ -276,6 +276,8 @@ loco_status cuda_op_conv2d(loco_backend *be, loco_tensor *y, const loco_tensor *
 loco_status cuda_op_conv2d_fused(loco_backend *be, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
                                  const loco_tensor *bias, const loco_conv2d_params *p, const loco_conv2d_fusion *f,
                                  loco_err *err);
+/* wgmma_probe.cu */
+loco_status cuda_op_selftest(loco_backend *be, char *report, size_t n, loco_err *err);
 /* norm.cu */
 loco_status cuda_op_group_norm(loco_backend *be, loco_tensor *y, const loco_tensor *x, int groups,
                                const loco_tensor *gamma, const loco_tensor *beta, float eps, int fuse_silu,

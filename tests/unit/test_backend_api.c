@@ -631,3 +631,16 @@ TEST(conv2d_fused_is_the_unfused_calls) {
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) loco_tensor_free(all[i]);
     loco_backend_destroy(be);
 }
+
+/* A backend without device self-tests (the CPU one) says so; the report buffer is required. */
+TEST(selftest_without_checks_reports_so) {
+    loco_backend *be = cpu_backend(0);
+    CHECK(be != NULL);
+    char report[128];
+    loco_err err;
+    CHECK(loco_backend_selftest(be, report, sizeof report, &err) == LOCO_OK);
+    CHECK_MSG(strstr(report, "no self-tests") != NULL, "%s", report);
+    CHECK(fails_with(loco_backend_selftest(be, NULL, 0, &err), &err, LOCO_EINVAL, "backend_selftest"));
+    CHECK(fails_with(loco_backend_selftest(NULL, report, sizeof report, &err), &err, LOCO_EINVAL, "backend_selftest"));
+    loco_backend_destroy(be);
+}

@@ -387,6 +387,23 @@ TEST(cuda_gemm_tuned) {
     unsetenv("LOCO_CUDA_GEMM_TUNE");
 }
 
+/* loco_backend_selftest: on a compute capability 9.0 GPU, the wgmma layout probes of
+ * wgmma_probe.cu (one line each, printed for gpu-check's log); the ones conv_wgmma.cu relies on
+ * must hold. On other GPUs it says there is nothing to check. */
+TEST(cuda_selftest) {
+    GPU_ENV(e, LOCO_F16, 170);
+    char report[2048];
+    loco_err err;
+    loco_err_clear(&err);
+    const loco_status st = loco_backend_selftest(e.gpu, report, sizeof report, &err);
+    fprintf(stderr, "%s", report);
+    const int hopper = strstr(loco_backend_describe(e.gpu), "(sm_90,") != NULL;
+    genv_close(&e);
+    CHECK_MSG(st == LOCO_OK, "%s", err.msg);
+    CHECK_MSG(hopper ? strstr(report, "wgmma kmajor_k48") != NULL : strstr(report, "not checked") != NULL, "%s",
+              report);
+}
+
 /* ---- conv2d with GroupNorm prologue, per-sample bias and residual (loco_conv2d_fused) ------------ */
 
 typedef struct fused_case {

@@ -1,0 +1,58 @@
+/* wgmma.cuh: the building blocks of Hopper's warpgroup MMA (wgmma.mma_async, PTX ISA 8.0, sm_90a
+ * only) that conv_wgmma.cu and wgmma_probe.cu share: shared-memory matrix descriptors and the
+ * fence / commit / wait instructions. Compiled for any other target the bodies are empty and
+ * WG_DEVICE_OK is 0; the kernels then trap, and their host code keeps them off (each file's
+ * own device symbol says whether its sm_90a image is there). */
+#ifndef LOCO_CUDA_WGMMA_CUH
+#define LOCO_CUDA_WGMMA_CUH
+
+#include "mma.h"
+
+#if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define WG_DEVICE_OK 0 /* compiled for another target: the kernels trap (setup keeps them off) */
+#else
+#define WG_DEVICE_OK 1
+#endif
+
+/* ---- wgmma building blocks (PTX ISA 8.0, sm_90a) ------------------------------------------- */
+
+/* Shared-memory matrix descriptor, no swizzle: start address, leading and stride byte offsets,
+ * each in 16-byte units (bits 0-13, 16-29, 32-45); base offset and swizzle mode (bits 49-51,
+ * 62-63) zero. */
+__device__ __forceinline__ uint64_t wg_desc(const void *smem, uint32_t lbo, uint32_t sbo) {
+    const uint32_t a = smem_addr(smem);
+    return (uint64_t)((a & 0x3FFFFu) >> 4) | ((uint64_t)((lbo & 0x3FFFFu) >> 4) << 16) |
+           ((uint64_t)((sbo & 0x3FFFFu) >> 4) << 32);
+}
+
+__device__ __forceinline__ void wg_fence(void) {
+#if WG_DEVICE_OK
+    asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void wg_commit(void) {
+#if WG_DEVICE_OK
+    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void wg_wait_all(void) {
+#if WG_DEVICE_OK
+    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+#endif
+}
+/* Makes this thread's generic-proxy writes to shared memory (st.shared, cp.async) visible to
+ * the async proxy wgmma reads through; a barrier must follow before any wgmma. */
+__device__ __forceinline__ void wg_fence_proxy(void) {
+#if WG_DEVICE_OK
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+#endif
+}
+
+/* Pins the accumulators in registers across the asynchronous wgmma (the compiler must not
+ * move or reuse them between issue and wait). */
+template <int N> __device__ __forceinline__ void wg_fence_acc(float (&d)[N]) {
+#pragma unroll
+    for (int i = 0; i < N; i++) asm volatile("" : "+f"(d[i])::"memory");
+}
+
+#endif
