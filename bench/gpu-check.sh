@@ -22,8 +22,9 @@
 #   6. times a LocoGen sweep (SD 1.5 512^2, 50 steps, every window of 2 layers) batched vs one
 #      image at a time (bench/locogen_batched.c --device cuda);
 #   7. budget permitting, the UNet-call and pipeline parity tests again with the opt-in paths:
-#      LOCO_CUDA_IM2COL_OVERLAP=1, then LOCO_CUDA_CONV=wgmma (with the VAE decodes); then SD 1.5
-#      at batch 8 timed again with LOCO_CUDA_GEMM_TUNE=1.
+#      LOCO_CUDA_IM2COL_OVERLAP=1, then LOCO_CUDA_CONV=wgmma (with the VAE decodes), then
+#      LOCO_CUDA_FLASH=wgmma (with the text encoders); then SD 1.5 at batch 8 timed again with
+#      LOCO_CUDA_GEMM_TUNE=1.
 #
 # Logs and tables go to $GPU_CHECK_DIR (default: $OUT when set, else build/gpu-check).
 # Usage: bench/gpu-check.sh [--quick]   (--quick: parity only, no timings)
@@ -233,6 +234,12 @@ optin_parity() {
             'unet_call|pipeline_|vae_decode'
     else
         say "skipping the wgmma pipeline parity: $(left) s of the budget left"
+    fi
+    if [ "$(left)" -ge 60 ]; then
+        LOCO_CUDA_FLASH=wgmma LOG_TAG=fawgmma_ parity cuda_pipeline_flash_wgmma "$BIN_TESTS/test_cuda_pipeline" \
+            'text_encoder|unet_call|pipeline_'
+    else
+        say "skipping the wgmma attention pipeline parity: $(left) s of the budget left"
     fi
 }
 if [ $QUICK -eq 1 ]; then

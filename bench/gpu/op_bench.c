@@ -11,7 +11,8 @@
  * side stream beside the GEMMs, LOCO_CUDA_IM2COL_OVERLAP=1), and f16 ones on the implicit route
  * without its row-gather kernel (LOCO_CUDA_IGEMM_ROWS=0: "name@implicit_generic"). Attention
  * shapes whose head dim has both flash-attention block heights (40, 64, 80) are also timed with
- * LOCO_CUDA_FLASH=64 and =128 ("name@fa64", "name@fa128"). resconv rows (a ResNet block's
+ * LOCO_CUDA_FLASH=64 and =128 ("name@fa64", "name@fa128"), and, in the --wgmma run, with the
+ * experimental Hopper kernel ("name@fa_wgmma"). resconv rows (a ResNet block's
  * GroupNorm+SiLU, conv, residual add) time loco_conv2d_fused and the three separate ops
  * ("name@unfused"). Linear rows and the conv rows of batch 4 or more are also timed with
  * LOCO_CUDA_GEMM_TUNE=1 ("name@tuned": cuBLASLt's top candidates timed per shape). With --wgmma, only the f16 conv rows
@@ -263,9 +264,12 @@ static int wgmma_rows(const char *path, int reps) {
         fprintf(stderr, "op_bench: cannot open %s\n", path);
         return 2;
     }
-    setenv("LOCO_CUDA_CONV", "wgmma", 1); /* conv_wgmma.cu where it applies, the auto route elsewhere */
+    /* conv_wgmma.cu and attention_wgmma.cu where they apply, the automatic routes elsewhere */
+    setenv("LOCO_CUDA_CONV", "wgmma", 1);
+    setenv("LOCO_CUDA_FLASH", "wgmma", 1);
     loco_backend *be = cuda_backend();
     unsetenv("LOCO_CUDA_CONV");
+    unsetenv("LOCO_CUDA_FLASH");
     if (!be) {
         fclose(f);
         return 2;
@@ -274,9 +278,13 @@ static int wgmma_rows(const char *path, int reps) {
     char line[512];
     int failures = 0;
     bench_op op;
-    while (fgets(line, sizeof line, f))
-        if (parse_op(line, &op) && !strcmp(op.kind, "conv") && op.a[5] > 1 && time_op(be, &op, reps, "@wgmma") != 0)
+    while (fgets(line, sizeof line, f)) {
+        if (!parse_op(line, &op)) continue;
+        if (!strcmp(op.kind, "conv") && op.a[5] > 1 && time_op(be, &op, reps, "@wgmma") != 0) failures++;
+        if (!strcmp(op.kind, "attn") && (op.a[4] == 40 || op.a[4] == 64 || op.a[4] == 80) &&
+            time_op(be, &op, reps, "@fa_wgmma") != 0)
             failures++;
+    }
     fclose(f);
     loco_backend_destroy(be);
     return failures ? 1 : 0;

@@ -22,27 +22,17 @@
 #include <math.h>
 #include <string.h>
 
+#include "flash_params.h"
+#include "flash_softmax.cuh"
 #include "mma.h"
 
 #define FA_THREADS 128
-#define FA_KV_MAX 256  /* samples per launch (kernel argument table) */
 #define FA_BR(MT) (64 * (MT))           /* query rows per block: 4 warps of MT m16 tiles */
 #define FA_DK(D) (((D) + 15) / 16 * 16) /* head dim rounded up for the k-steps of Q K^T */
 #define FA_BC(D) ((D) > 128 ? 32 : 64)   /* keys per tile */
 #define FA_LDS(D) (FA_DK(D) + 8)         /* smem row pitch: ldmatrix rows in distinct banks */
 #define FA_SMEM(D, MT) ((FA_BR(MT) + 4 * FA_BC(D)) * FA_LDS(D) * 2)
 
-typedef struct fa_params {
-    const void *q, *k, *v;
-    void *o;
-    int lq, lk;
-    int64_t rs;           /* row stride of q/k/v/o in elements: heads * D */
-    int64_t q_bs, kv_bs;  /* sample strides: Lq * rs, Lk * rs */
-    float scale_log2;     /* scale * log2(e): the softmax runs in base 2 */
-    int causal;
-    int b0;               /* first query sample of this launch */
-    int kv[FA_KV_MAX];    /* K/V sample of each query sample of this launch */
-} fa_params;
 
 /* One K/V tile of BC keys starting at key0 into shared memory. kg/vg already point at key0's
  * row; offsets inside a tile fit in 32 bits (BC rows of heads * D elements), so the per-vector
@@ -188,62 +178,12 @@ __global__ void __launch_bounds__(FA_THREADS) flash_attn_kernel(const fa_params 
                         if (key >= p.lk || (p.causal && key > row)) s[mt][nt][e] = -INFINITY;
                     }
         }
-        /* Scores stay unscaled until the exponent: the scale is positive (the host checks), so
-         * the running max of raw scores is the max of scaled ones, and scale-and-subtract is one
-         * FFMA: p = 2^(s * scale_log2 - max * scale_log2). */
-        uint32_t pa[MT][BC / 16][4]; /* P as the A operands of P V, two score tiles (16 keys) each */
+        /* online softmax per m-tile (flash_softmax.cuh), then P as the A operands of P V */
+        uint32_t pa[MT][BC / 16][4];
 #pragma unroll
         for (int mt = 0; mt < MT; mt++) {
-            float mx0 = mr[mt][0], mx1 = mr[mt][1];
-#pragma unroll
-            for (int nt = 0; nt < NST; nt++) {
-                mx0 = fmaxf(mx0, fmaxf(s[mt][nt][0], s[mt][nt][1]));
-                mx1 = fmaxf(mx1, fmaxf(s[mt][nt][2], s[mt][nt][3]));
-            }
-            mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
-            mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
-            mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
-            mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
-            /* a row with every key masked so far keeps max -inf; use 0 as its reference so
-             * that no -inf - -inf appears */
-            const float nb0 = mx0 == -INFINITY ? 0.0f : -mx0 * p.scale_log2;
-            const float nb1 = mx1 == -INFINITY ? 0.0f : -mx1 * p.scale_log2;
-            /* Rescale the running sum and O only where the max grew; after the first key tiles
-             * it rarely does, and a warp where no row's max grew skips the O x c multiplies
-             * (4 D / 8 per m-tile per lane, a tenth of the loop for head dim 64). An unchanged
-             * max gives c = 1 exactly. */
-            const bool grew0 = mx0 != mr[mt][0], grew1 = mx1 != mr[mt][1];
-            if (__any_sync(0xffffffffu, grew0 || grew1)) {
-                const float c0 = grew0 ? fast_exp2(fmaf(mr[mt][0], p.scale_log2, nb0)) : 1.0f;
-                const float c1 = grew1 ? fast_exp2(fmaf(mr[mt][1], p.scale_log2, nb1)) : 1.0f;
-                l[mt][0] *= c0;
-                l[mt][1] *= c1;
-#pragma unroll
-                for (int d = 0; d < NDT; d++) {
-                    o[mt][d][0] *= c0;
-                    o[mt][d][1] *= c0;
-                    o[mt][d][2] *= c1;
-                    o[mt][d][3] *= c1;
-                }
-            }
-            mr[mt][0] = mx0;
-            mr[mt][1] = mx1;
-#pragma unroll
-            for (int nt = 0; nt < NST; nt++) {
-                s[mt][nt][0] = fast_exp2(fmaf(s[mt][nt][0], p.scale_log2, nb0));
-                s[mt][nt][1] = fast_exp2(fmaf(s[mt][nt][1], p.scale_log2, nb0));
-                s[mt][nt][2] = fast_exp2(fmaf(s[mt][nt][2], p.scale_log2, nb1));
-                s[mt][nt][3] = fast_exp2(fmaf(s[mt][nt][3], p.scale_log2, nb1));
-                l[mt][0] += s[mt][nt][0] + s[mt][nt][1];
-                l[mt][1] += s[mt][nt][2] + s[mt][nt][3];
-            }
-#pragma unroll
-            for (int kk = 0; kk < BC / 16; kk++) {
-                pa[mt][kk][0] = pack2<T>(s[mt][2 * kk][0], s[mt][2 * kk][1]);
-                pa[mt][kk][1] = pack2<T>(s[mt][2 * kk][2], s[mt][2 * kk][3]);
-                pa[mt][kk][2] = pack2<T>(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
-                pa[mt][kk][3] = pack2<T>(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
-            }
+            fa_softmax_step<NST, NDT>(s[mt], o[mt], mr[mt], l[mt], p.scale_log2);
+            fa_pack_p<T, NST>(s[mt], pa[mt]);
         }
 
         /* O += P V: each V fragment serves every m-tile */
@@ -400,13 +340,17 @@ extern "C" loco_status cuda_op_attention(loco_backend *be, loco_tensor *out, con
     fp.kv_bs = Lk * HD;
     fp.scale_log2 = scale_log2;
     fp.causal = p->causal != 0;
-    const int mt = fa_mtiles(c, (int)D, Lq);
+    const int wgmma = cuda_flash_wgmma_applies(c, dt, D); /* LOCO_CUDA_FLASH=wgmma: 128-row blocks */
+    const int mt = wgmma ? 2 : fa_mtiles(c, (int)D, Lq);
     for (int64_t b0 = 0; b0 < B; b0 += FA_KV_MAX) {
         int nb = (int)(B - b0 < FA_KV_MAX ? B - b0 : FA_KV_MAX);
         fp.b0 = (int)b0;
         for (int i = 0; i < nb; i++) fp.kv[i] = p->kv_index ? p->kv_index[b0 + i] : (int)(b0 + i);
         dim3 grid((unsigned)((Lq + FA_BR(mt) - 1) / FA_BR(mt)), (unsigned)H, (unsigned)nb);
-        CUDA_TRY(flash_launch(c, dt, (int)D, mt, grid, &fp, err));
+        if (wgmma)
+            CUDA_TRY(cuda_flash_wgmma(c, dt, (int)D, grid, &fp, err));
+        else
+            CUDA_TRY(flash_launch(c, dt, (int)D, mt, grid, &fp, err));
     }
     return LOCO_OK;
 }

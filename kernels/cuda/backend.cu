@@ -289,6 +289,7 @@ extern "C" loco_status loco_backend_cuda_create(const loco_backend_opts *opts, l
                    : strcmp(conv, "wgmma") == 0    ? CUDA_CONV_WGMMA
                                                    : CUDA_CONV_AUTO;
     const char *flash = getenv("LOCO_CUDA_FLASH"); /* 64|128 forces a flash-attention block height */
+    c->flash_wgmma = flash && strcmp(flash, "wgmma") == 0; /* the experimental Hopper kernel */
     c->flash_rows = !flash                        ? 0
                     : strcmp(flash, "64") == 0  ? 64
                     : strcmp(flash, "128") == 0 ? 128
@@ -333,6 +334,7 @@ extern "C" loco_status loco_backend_cuda_create(const loco_backend_opts *opts, l
     if (st == LOCO_OK) st = cuda_conv_igemm_tf32_setup(c, err);
     if (st == LOCO_OK) st = cuda_conv_igemm_setup(c, err);
     if (st == LOCO_OK) st = cuda_conv_wgmma_setup(c, err);
+    if (st == LOCO_OK) st = cuda_flash_wgmma_setup(c, err);
     if (st != LOCO_OK) {
         loco_err_prefix(err, "creating the CUDA backend on device %d (%s)", ordinal, prop.name);
         cuda_destroy(&cb->be);
@@ -346,7 +348,8 @@ extern "C" loco_status loco_backend_cuda_create(const loco_backend_opts *opts, l
              : c->conv_algo == CUDA_CONV_WGMMA    ? (c->wgmma_ok ? ", conv: wgmma (experimental)"
                                                                  : ", conv: wgmma unavailable, auto")
                                                   : "",
-             c->flash_rows == 64    ? ", flash: 64 rows"
+             c->flash_wgmma         ? (c->faw_ok ? ", flash: wgmma (experimental)" : ", flash: wgmma unavailable")
+             : c->flash_rows == 64  ? ", flash: 64 rows"
              : c->flash_rows == 128 ? ", flash: 128 rows"
                                     : "",
              c->aux ? ", im2col overlapped" : "", c->norm_gather ? "" : ", GroupNorm gather off",

@@ -134,6 +134,8 @@ typedef struct cuda_impl {
                      * fa_mtiles) */
     int igemm_rows; /* 1: conv_igemm.cu's row-gather kernel where it applies; LOCO_CUDA_IGEMM_ROWS=0 turns it off */
     int wgmma_ok;   /* conv_wgmma.cu's kernel has an image for this device (sm_90a on a 9.0 device) */
+    int flash_wgmma; /* LOCO_CUDA_FLASH=wgmma: attention_wgmma.cu for head dims 40/64/80 (experimental) */
+    int faw_ok;      /* ... and its sm_90a image is there and set up (compute capability 9.0) */
     int gemm_tune;   /* LOCO_CUDA_GEMM_TUNE=1: time the heuristic's top cuBLASLt algorithms on the
                       * first eager call of each large GEMM shape and keep the fastest (gemm.cu) */
     int norm_gather; /* 1: loco_conv2d_fused applies its GroupNorm in the im2col gather (conv.cu);
@@ -239,6 +241,13 @@ loco_status cuda_gn_table(cuda_impl *c, const loco_tensor *x, int groups, const 
 loco_status cuda_attention_setup(cuda_impl *c, loco_err *err);
 loco_status cuda_attention_gemm(cuda_impl *c, loco_tensor *out, const loco_tensor *q, const loco_tensor *k,
                                 const loco_tensor *v, const loco_attention_params *p, loco_err *err);
+/* The wgmma flash attention (attention_wgmma.cu, sm_90a, experimental: only under
+ * LOCO_CUDA_FLASH=wgmma). setup sets c->faw_ok; applies says whether it takes a call of this
+ * dtype and head dim; the launch takes attention.cu's arguments for 128-row blocks. */
+struct fa_params;
+loco_status cuda_flash_wgmma_setup(cuda_impl *c, loco_err *err);
+int cuda_flash_wgmma_applies(const cuda_impl *c, loco_dtype dt, int64_t D);
+loco_status cuda_flash_wgmma(cuda_impl *c, loco_dtype dt, int D, dim3 grid, const struct fa_params *fp, loco_err *err);
 /* Tensor-core implicit-GEMM convolution for F16/BF16 (conv_igemm.cu). */
 /* Blocks the implicit-GEMM kernel launches for this convolution. */
 int64_t cuda_conv_igemm_blocks(int64_t npix, int64_t cout);

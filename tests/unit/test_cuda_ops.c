@@ -679,6 +679,31 @@ TEST(cuda_attention_flash_64_rows) {
     CHECK(ok);
 }
 
+/* LOCO_CUDA_FLASH=wgmma: attention_wgmma.cu (Hopper's wgmma, sm_90a; experimental, written
+ * without a GPU) for head dims 40, 64 and 80 on a compute capability 9.0 device (the backend's
+ * description says whether it is in use); elsewhere the mma.sync kernel. Tails of the 128-row
+ * blocks and 64-key tiles, cross-attention's 77 keys, causal masking, per-sample K/V rows, both
+ * 16-bit dtypes; head dim 160 stays on the mma.sync kernel. Each call runs twice for the same
+ * bits. */
+TEST(cuda_attention_wgmma) {
+    GPU_ENV(e, LOCO_F16, 180);
+    const int hopper = strstr(loco_backend_describe(e.gpu), "(sm_90,") != NULL;
+    genv_close(&e);
+    setenv("LOCO_CUDA_FLASH", "wgmma", 1);
+    int ok = gpu_describe_has(hopper ? "flash: wgmma (experimental)" : "flash: wgmma unavailable");
+    static const int kv[4] = {1, 0, 1, 1};
+    ok = ok && check_attention(LOCO_F16, 2, 2, 300, 300, 8, 40, 0, NULL, 181);   /* SD 1.5 self, tails */
+    ok = ok && check_attention(LOCO_F16, 2, 2, 130, 77, 8, 80, 0, NULL, 182);    /* cross-attention */
+    ok = ok && check_attention(LOCO_BF16, 2, 2, 257, 257, 5, 64, 0, NULL, 183);
+    ok = ok && check_attention(LOCO_F16, 2, 2, 77, 77, 12, 64, 1, NULL, 184);    /* CLIP text, causal */
+    ok = ok && check_attention(LOCO_F16, 1, 1, 200, 200, 2, 40, 1, NULL, 185);   /* causal, 2 blocks */
+    ok = ok && check_attention(LOCO_F16, 4, 2, 96, 77, 8, 40, 0, kv, 186);       /* kv_index */
+    ok = ok && check_attention(LOCO_BF16, 1, 1, 128, 64, 4, 80, 0, NULL, 187);   /* whole tiles only */
+    ok = ok && check_attention(LOCO_F16, 1, 1, 64, 200, 4, 160, 0, NULL, 188);   /* 160: mma.sync */
+    unsetenv("LOCO_CUDA_FLASH");
+    CHECK(ok);
+}
+
 TEST(cuda_attention_general_path) {
     GPU_ENV(e, LOCO_F16, 120);
     genv_close(&e);

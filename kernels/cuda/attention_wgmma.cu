@@ -1,0 +1,256 @@
+/* attention_wgmma.cu: flash attention on Hopper's warpgroup MMA (wgmma, sm_90a). EXPERIMENTAL:
+ * written without a GPU (session 4), used only under LOCO_CUDA_FLASH=wgmma, for head dims 40, 64
+ * and 80 in f16/bf16 (SD 1.x's 40/80; SD 2.x, SD-XL and CLIP's 64). Make it the default only
+ * after a GPU run has shown it correct (test_cuda_ops cuda_attention_wgmma) and faster (op_bench
+ * "@fa_wgmma" rows).
+ *
+ * Why: the mma.sync kernel (attention.cu) runs SD 1.5's 4096-token self-attention at half of
+ * PyTorch SDPA's speed, bound by the instructions it issues (bench/gpu/NOTES.md, session 3).
+ * One m64n64k16 wgmma does the work of 32 mma.sync m16n8k16 and runs asynchronously, so a
+ * tile's products cost a handful of instructions instead of about a hundred per warp.
+ *
+ * Same algorithm and arguments as attention.cu (flash_params.h): 128 query rows per block, two
+ * warpgroups of 64; 64-key K/V tiles double-buffered through shared memory with cp.async; online
+ * softmax in fp32 in base 2; per-sample K/V rows (the kv table); causal masking.
+ *   S = Q K^T   m64n64k16, A = Q and B = K from shared memory, both K-major (each row's head
+ *               dims contiguous, as stored): conv_wgmma.cu's layout; self-test "kmajor_k48".
+ *   O += P V    m64nDk16, A = P from registers (S's accumulators per warp are in mma.sync's
+ *               layout, so P packs into its A fragments as in attention.cu; self-test "regs_a"),
+ *               B = V as stored ([key][d], "MN-major": the transpose bit), no swizzle, the
+ *               descriptor's LBO the step between groups of 8 keys (along K) and SBO between
+ *               groups of 8 head dims (along N), as CUTLASS builds MN-major no-swizzle
+ *               descriptors; self-test "mn_k128_lbo_is_k". If the self-test finds the other
+ *               reading ("mn_k128_lbo_is_n" ok), swap the two offsets in faw_v_desc.
+ *
+ * Shared memory (no swizzle; core matrices of 8 rows x 16 bytes; chunk c = elements 8c..8c+7):
+ *   Q [128][DK]  chunk (row, c) at (row / 8) SBO_QK + c 128 + (row % 8) 16
+ *   K [64][DK]   chunk (key, c) at (key / 8) SBO_QK + c 128 + (key % 8) 16
+ *   V [64][D]    chunk (key, c) at (key / 8) 128 + c 1024 + (key % 8) 16
+ * DK is D rounded up to 16 (Q K^T's k-steps); Q's and K's chunks from D on are zeros (cp.async
+ * with no source bytes), as are the rows of K and V past the keys. A k16 step of Q K^T starts
+ * two chunks (256 bytes) further; one of P V two key groups (256 bytes). */
+#include <math.h>
+#include <string.h>
+
+#include "attention_wgmma_products.cuh"
+#include "cuda_device.h"
+#include "flash_params.h"
+#include "flash_softmax.cuh"
+
+/* 1 only in the sm_90a image (the Makefile builds this file for sm_90a alone). */
+__device__ const int faw_image_ok = WG_DEVICE_OK;
+
+#define FAW_THREADS 256
+#define FAW_BR 128 /* query rows per block: two warpgroups of 64 */
+#define FAW_BC 64  /* keys per tile */
+#define FAW_DK(D) (((D) + 15) / 16 * 16)
+#define FAW_SBO_QK(D) (FAW_DK(D) / 8 * 128) /* bytes per 8 rows of Q or K */
+#define FAW_Q_BYTES(D) (FAW_BR / 8 * FAW_SBO_QK(D))
+#define FAW_K_BYTES(D) (FAW_BC / 8 * FAW_SBO_QK(D))
+#define FAW_V_KSTEP 128                        /* between groups of 8 keys */
+#define FAW_V_NSTEP (FAW_BC / 8 * FAW_V_KSTEP) /* 1024: between groups of 8 head dims */
+#define FAW_V_BYTES(D) ((D) / 8 * FAW_V_NSTEP)
+#define FAW_SMEM(D) (FAW_Q_BYTES(D) + 2 * (FAW_K_BYTES(D) + FAW_V_BYTES(D)))
+
+/* An accumulator array [tiles][4] as the flat register list a wgmma names (the same floats). */
+template <int N> __device__ __forceinline__ float (&faw_flat(float (&a)[N][4]))[N * 4] {
+    return *reinterpret_cast<float(*)[N * 4]>(&a[0][0]);
+}
+
+/* The descriptor of V's 16 keys from key group 2 kk on. */
+__device__ __forceinline__ uint64_t faw_v_desc(const unsigned char *sv, int kk) {
+    return wg_desc(sv + kk * 2 * FAW_V_KSTEP, FAW_V_KSTEP, FAW_V_NSTEP);
+}
+
+/* One K/V tile into a stage: kg/vg point at its first key's row; rows past nkeys become zeros.
+ * Offsets inside a tile fit in 32 bits (64 rows of heads * D elements, host-checked). */
+template <typename T, int D>
+__device__ __forceinline__ void faw_load_kv(unsigned char *sk, unsigned char *sv, const T *kg, const T *vg, int nkeys,
+                                            int rs, int tid) {
+    constexpr int CK = FAW_DK(D) / 8, CV = D / 8;
+#pragma unroll
+    for (int it = 0; it < (FAW_BC * CK + FAW_THREADS - 1) / FAW_THREADS; it++) {
+        const int i = tid + it * FAW_THREADS;
+        if ((FAW_BC * CK) % FAW_THREADS != 0 && i >= FAW_BC * CK) break;
+        const int r = i / CK, c = i - r * CK;
+        const bool ok = r < nkeys && c < CV;
+        cp_async16(sk + (r >> 3) * FAW_SBO_QK(D) + c * 128 + (r & 7) * 16, kg + (ok ? r * rs + c * 8 : 0), ok ? 16 : 0);
+    }
+#pragma unroll
+    for (int it = 0; it < (FAW_BC * CV + FAW_THREADS - 1) / FAW_THREADS; it++) {
+        const int i = tid + it * FAW_THREADS;
+        if ((FAW_BC * CV) % FAW_THREADS != 0 && i >= FAW_BC * CV) break;
+        const int r = i / CV, c = i - r * CV;
+        const bool ok = r < nkeys;
+        cp_async16(sv + (r >> 3) * FAW_V_KSTEP + c * FAW_V_NSTEP + (r & 7) * 16, vg + (ok ? r * rs + c * 8 : 0),
+                   ok ? 16 : 0);
+    }
+}
+
+/* Warp w (of 8) owns query rows q0 + 16 w + g and + 8 (g = lane / 4): the rows of its
+ * warpgroup's accumulators that wgmma gives it. */
+template <typename T, int D>
+__global__ void __launch_bounds__(FAW_THREADS) faw_kernel(const fa_params p) {
+#if !WG_DEVICE_OK
+    __trap();
+#else
+    constexpr int DK = FAW_DK(D), NKS = DK / 16, CK = DK / 8, CV = D / 8, NDT = D / 8;
+    extern __shared__ __align__(128) unsigned char faw_smem[];
+    unsigned char *const sq = faw_smem;
+    unsigned char *const sk = sq + FAW_Q_BYTES(D); /* [2][FAW_K_BYTES] */
+    unsigned char *const sv = sk + 2 * FAW_K_BYTES(D); /* [2][FAW_V_BYTES] */
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wg = warp >> 2;
+    const int q0 = blockIdx.x * FAW_BR, h = blockIdx.y;
+    const int64_t b = (int64_t)p.b0 + blockIdx.z, kb = p.kv[blockIdx.z];
+    const T *qg = (const T *)p.q + b * p.q_bs + (int64_t)h * D;
+    const T *kg = (const T *)p.k + kb * p.kv_bs + (int64_t)h * D;
+    const T *vg = (const T *)p.v + kb * p.kv_bs + (int64_t)h * D;
+
+    for (int i = tid; i < FAW_BR * CK; i += FAW_THREADS) {
+        const int r = i / CK, c = i - r * CK, qr = q0 + r;
+        const bool ok = qr < p.lq && c < CV;
+        cp_async16(sq + (r >> 3) * FAW_SBO_QK(D) + c * 128 + (r & 7) * 16, qg + (ok ? (int64_t)qr * p.rs + c * 8 : 0),
+                   ok ? 16 : 0);
+    }
+    int kend = p.lk;
+    if (p.causal) {
+        const int last_q = (q0 + FAW_BR < p.lq ? q0 + FAW_BR : p.lq) - 1;
+        if (last_q + 1 < kend) kend = last_q + 1;
+    }
+    const int ntiles = (kend + FAW_BC - 1) / FAW_BC;
+    const int rs = (int)p.rs;
+    if (ntiles > 0) faw_load_kv<T, D>(sk, sv, kg, vg, p.lk, rs, tid);
+    cp_async_commit(); /* group 0: Q and K/V tile 0 */
+
+    /* accumulators as [8-wide tile][4]: the wgmma calls take them flat (faw_flat) */
+    float o[NDT][4];
+#pragma unroll
+    for (int d = 0; d < NDT; d++) o[d][0] = o[d][1] = o[d][2] = o[d][3] = 0.0f;
+    float mr[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+    const int tq = lane & 3;
+    const int row0 = q0 + warp * 16 + (lane >> 2);
+    const unsigned char *const sq_wg = sq + wg * (64 / 8) * FAW_SBO_QK(D); /* this warpgroup's 64 rows */
+
+    for (int j = 0; j < ntiles; j++) {
+        const int buf = j & 1;
+        if (j + 1 < ntiles) { /* the next tile into the other stage, which tile j - 1 is done with */
+            const int64_t next = (int64_t)(j + 1) * FAW_BC * p.rs;
+            faw_load_kv<T, D>(sk + (buf ^ 1) * FAW_K_BYTES(D), sv + (buf ^ 1) * FAW_V_BYTES(D), kg + next, vg + next,
+                              p.lk - (j + 1) * FAW_BC, rs, tid);
+            cp_async_commit();
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        wg_fence_proxy(); /* cp.async's writes, seen by wgmma's async reads (after the barrier) */
+        __syncthreads();
+        const unsigned char *const skb = sk + buf * FAW_K_BYTES(D), *const svb = sv + buf * FAW_V_BYTES(D);
+
+        /* S = Q K^T for the warpgroup's 64 rows and the tile's 64 keys */
+        float s[8][4];
+#pragma unroll
+        for (int nt = 0; nt < 8; nt++) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+        float(&sf)[32] = faw_flat(s);
+        wg_fence_acc(sf);
+        wg_fence();
+#pragma unroll
+        for (int ks = 0; ks < NKS; ks++)
+            faw_qk<T>(sf, wg_desc(sq_wg + ks * 256, 128, FAW_SBO_QK(D)), wg_desc(skb + ks * 256, 128, FAW_SBO_QK(D)));
+        wg_commit();
+        wg_wait_all();
+        wg_fence_acc(sf);
+
+        /* mask the tile that crosses Lk and, causal, the tiles reaching past the block's first
+         * row (uniform across the block, as in attention.cu); s[nt][e] is row g + 8 (e >> 1),
+         * key 8 nt + 2 tq + (e & 1) of the tile */
+        const int key0 = j * FAW_BC;
+        if (key0 + FAW_BC > p.lk || (p.causal && key0 + FAW_BC - 1 > q0)) {
+#pragma unroll
+            for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int key = key0 + nt * 8 + 2 * tq + (e & 1), row = row0 + (e < 2 ? 0 : 8);
+                    if (key >= p.lk || (p.causal && key > row)) s[nt][e] = -INFINITY;
+                }
+        }
+        /* online softmax (flash_softmax.cuh, as attention.cu), then P as the A fragments of P V */
+        fa_softmax_step<8, NDT>(s, o, mr, l, p.scale_log2);
+        uint32_t pa[4][4];
+        fa_pack_p<T, 8>(s, pa);
+        float(&of)[D / 2] = faw_flat(o);
+        wg_fence_acc(of);
+        wg_fence(); /* o was rescaled by ordinary instructions */
+#pragma unroll
+        for (int kk = 0; kk < 4; kk++) faw_pv<T, D>(of, pa[kk], faw_v_desc(svb, kk));
+        wg_commit();
+        wg_wait_all();
+        wg_fence_acc(of);
+        __syncthreads(); /* the next iteration's prefetch overwrites this stage */
+    }
+    cp_async_wait<0>();
+
+    /* each quad of lanes holds partial row sums: combine, normalise, store (as attention.cu) */
+    float l0 = l[0], l1 = l[1];
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+    const float inv0 = l0 > 0.0f ? 1.0f / l0 : 0.0f, inv1 = l1 > 0.0f ? 1.0f / l1 : 0.0f;
+    T *og = (T *)p.o + b * p.q_bs + (int64_t)h * D + 2 * tq;
+    if (row0 < p.lq) {
+        T *orow = og + (int64_t)row0 * p.rs;
+#pragma unroll
+        for (int d = 0; d < NDT; d++) *(uint32_t *)(orow + d * 8) = pack2<T>(o[d][0] * inv0, o[d][1] * inv0);
+    }
+    if (row0 + 8 < p.lq) {
+        T *orow = og + (int64_t)(row0 + 8) * p.rs;
+#pragma unroll
+        for (int d = 0; d < NDT; d++)
+            *(uint32_t *)(orow + d * 8) = pack2<T>(o[d][2] * inv1, o[d][3] * inv1);
+    }
+#endif
+}
+
+/* ---- host ------------------------------------------------------------------------------------ */
+
+#define FAW_FOR_EACH(X) \
+    X(__half, 40) X(__half, 64) X(__half, 80) X(__nv_bfloat16, 40) X(__nv_bfloat16, 64) X(__nv_bfloat16, 80)
+
+int cuda_flash_wgmma_applies(const cuda_impl *c, loco_dtype dt, int64_t D) {
+    return c->flash_wgmma && c->faw_ok && (dt == LOCO_F16 || dt == LOCO_BF16) && (D == 40 || D == 64 || D == 80);
+}
+
+/* Soft, as cuda_conv_wgmma_setup: anything that goes wrong only keeps the kernel off. */
+loco_status cuda_flash_wgmma_setup(cuda_impl *c, loco_err *err) {
+    (void)err;
+    c->faw_ok = 0;
+    if (!c->flash_wgmma || c->cc_major != 9 || c->cc_minor != 0) return LOCO_OK;
+    int image_ok = 0;
+    cudaError_t e = cudaMemcpyFromSymbol(&image_ok, faw_image_ok, sizeof image_ok);
+#define FAW_SET(T, D)                                      \
+    if (e == cudaSuccess && image_ok)                      \
+        e = cudaFuncSetAttribute(faw_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize, FAW_SMEM(D));
+    FAW_FOR_EACH(FAW_SET)
+#undef FAW_SET
+    if (e != cudaSuccess) {
+        cudaGetLastError(); /* not sticky: the next call must not report it */
+        return LOCO_OK;
+    }
+    c->faw_ok = image_ok;
+    return LOCO_OK;
+}
+
+/* Launches the samples [fp->b0, fp->b0 + grid.z) of heads grid.y; grid.x covers Lq in 128-row
+ * blocks. The caller checked cuda_flash_wgmma_applies and attention.cu's flash conditions. */
+loco_status cuda_flash_wgmma(cuda_impl *c, loco_dtype dt, int D, dim3 grid, const fa_params *fp, loco_err *err) {
+    if (dt == LOCO_F16) {
+        if (D == 40) faw_kernel<__half, 40><<<grid, FAW_THREADS, FAW_SMEM(40), c->stream>>>(*fp);
+        else if (D == 64) faw_kernel<__half, 64><<<grid, FAW_THREADS, FAW_SMEM(64), c->stream>>>(*fp);
+        else faw_kernel<__half, 80><<<grid, FAW_THREADS, FAW_SMEM(80), c->stream>>>(*fp);
+    } else {
+        if (D == 40) faw_kernel<__nv_bfloat16, 40><<<grid, FAW_THREADS, FAW_SMEM(40), c->stream>>>(*fp);
+        else if (D == 64) faw_kernel<__nv_bfloat16, 64><<<grid, FAW_THREADS, FAW_SMEM(64), c->stream>>>(*fp);
+        else faw_kernel<__nv_bfloat16, 80><<<grid, FAW_THREADS, FAW_SMEM(80), c->stream>>>(*fp);
+    }
+    return cuda_check_launch("faw_kernel", err);
+}

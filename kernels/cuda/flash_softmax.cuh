@@ -1,0 +1,77 @@
+/* flash_softmax.cuh: the online-softmax step both flash-attention kernels run on each 16-row
+ * tile of scores (attention.cu with mma.sync, attention_wgmma.cu with wgmma: their score and
+ * output accumulators have the same per-warp layout, mma.sync's m16n8 C fragment: lane (g, t)
+ * holds rows g (elements 0, 1) and g + 8 (elements 2, 3) of 8-wide column tiles).
+ *
+ * Scores stay unscaled until the exponent: the scale is positive (the hosts check), so the
+ * running max of raw scores is the max of scaled ones, and scale-and-subtract is one FFMA:
+ * p = 2^(s * scale_log2 - max * scale_log2). */
+#ifndef LOCO_CUDA_FLASH_SOFTMAX_CUH
+#define LOCO_CUDA_FLASH_SOFTMAX_CUH
+
+#include "cuda_device.h"
+#include "mma.h"
+
+/* s: NST tiles of 8 keys of raw scores for this lane's two rows, masked keys at -inf; turned
+ * into P = 2^(scaled s - row max) in place. o: NDT tiles of 8 output dims, rescaled when a row's
+ * max grew; mr / l: the two rows' running max (raw) and sum. */
+template <int NST, int NDT>
+__device__ __forceinline__ void fa_softmax_step(float (&s)[NST][4], float (&o)[NDT][4], float (&mr)[2], float (&l)[2],
+                                                float scale_log2) {
+    float mx0 = mr[0], mx1 = mr[1];
+#pragma unroll
+    for (int nt = 0; nt < NST; nt++) {
+        mx0 = fmaxf(mx0, fmaxf(s[nt][0], s[nt][1]));
+        mx1 = fmaxf(mx1, fmaxf(s[nt][2], s[nt][3]));
+    }
+    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+    /* a row with every key masked so far keeps max -inf; use 0 as its reference so that no
+     * -inf - -inf appears */
+    const float nb0 = mx0 == -INFINITY ? 0.0f : -mx0 * scale_log2;
+    const float nb1 = mx1 == -INFINITY ? 0.0f : -mx1 * scale_log2;
+    /* Rescale the running sum and O only where the max grew; after the first key tiles it
+     * rarely does, and a warp where no row's max grew skips the O x c multiplies (4 D / 8 per
+     * tile per lane, a tenth of the loop for head dim 64). An unchanged max gives c = 1. */
+    const bool grew0 = mx0 != mr[0], grew1 = mx1 != mr[1];
+    if (__any_sync(0xffffffffu, grew0 || grew1)) {
+        const float c0 = grew0 ? fast_exp2(fmaf(mr[0], scale_log2, nb0)) : 1.0f;
+        const float c1 = grew1 ? fast_exp2(fmaf(mr[1], scale_log2, nb1)) : 1.0f;
+        l[0] *= c0;
+        l[1] *= c1;
+#pragma unroll
+        for (int d = 0; d < NDT; d++) {
+            o[d][0] *= c0;
+            o[d][1] *= c0;
+            o[d][2] *= c1;
+            o[d][3] *= c1;
+        }
+    }
+    mr[0] = mx0;
+    mr[1] = mx1;
+#pragma unroll
+    for (int nt = 0; nt < NST; nt++) {
+        s[nt][0] = fast_exp2(fmaf(s[nt][0], scale_log2, nb0));
+        s[nt][1] = fast_exp2(fmaf(s[nt][1], scale_log2, nb0));
+        s[nt][2] = fast_exp2(fmaf(s[nt][2], scale_log2, nb1));
+        s[nt][3] = fast_exp2(fmaf(s[nt][3], scale_log2, nb1));
+        l[0] += s[nt][0] + s[nt][1];
+        l[1] += s[nt][2] + s[nt][3];
+    }
+}
+
+/* P (NST tiles of 8 keys) as the A fragments of O += P V, 16 keys (two tiles) per k16 step. */
+template <typename T, int NST>
+__device__ __forceinline__ void fa_pack_p(const float (&s)[NST][4], uint32_t (&pa)[NST / 2][4]) {
+#pragma unroll
+    for (int kk = 0; kk < NST / 2; kk++) {
+        pa[kk][0] = pack2<T>(s[2 * kk][0], s[2 * kk][1]);
+        pa[kk][1] = pack2<T>(s[2 * kk][2], s[2 * kk][3]);
+        pa[kk][2] = pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+        pa[kk][3] = pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+    }
+}
+
+#endif
