@@ -5,7 +5,8 @@
 #      without the build's C libraries (a lent GPU machine), unpacks the kit that
 #      bench/gpu/prepare.sh made from this same source tree (.gpu/, see bench/gpu/README.md);
 #   2. stops here, with exit 0, on a machine without a usable GPU (build machines, CI);
-#   3. parity: every CUDA op (tests/unit/test_cuda_ops.c) and every pipeline stage
+#   3. parity: every CUDA op (tests/unit/test_cuda_ops.c; the opt-in paths in test_cuda_optin.c)
+#      and every pipeline stage
 #      (tests/unit/test_cuda_pipeline.c: text encoder, UNet call with its CUDA graph, VAE decode,
 #      whole tiny pipelines, out-of-memory handling) against the CPU backend: all must pass, none
 #      may be skipped (the opt-in paths' pipeline reruns are phase 7; after a failure, the UNet
@@ -53,7 +54,7 @@ say() { printf 'gpu-check [%3ds]: %s\n' "$(elapsed)" "$*"; }
 # ---- 1. build (or the prepared kit) ---------------------------------------------------------
 BIN_TESTS=build/tests
 BIN_BENCH=build/bench/gpu
-TARGETS="build/libloco.a build/tests/test_cuda_ops build/tests/test_cuda_pipeline build/bench/gpu/op_bench \
+TARGETS="build/libloco.a build/tests/test_cuda_ops build/tests/test_cuda_optin build/tests/test_cuda_pipeline build/bench/gpu/op_bench \
 build/bench/gpu/pipeline_bench build/bench/locogen_batched"
 BIN_LOCOGEN=build/bench/locogen_batched
 kit_used=0
@@ -217,6 +218,9 @@ if [ $FAILED -ne 0 ] && [ "$(left)" -ge 60 ]; then
     LOCO_CUDA_NORM_GATHER=0 LOG_TAG=nogather_ parity cuda_pipeline_nogather "$BIN_TESTS/test_cuda_pipeline" \
         'unet_call|pipeline_'
 fi
+# the opt-in and experimental paths op by op (their pipeline reruns come in phase 7); a failure
+# here counts as one, but the default path's parity above is what the timings stand on
+parity cuda_optin "$BIN_TESTS/test_cuda_optin"
 # The opt-in paths' pipeline parity reruns come last (phase 7; right here with --quick): the
 # timings of the default path matter more when the budget runs short. The UNet calls and whole
 # pipelines again with im2col fills on a side stream (not the default yet): their CUDA graph

@@ -11,6 +11,8 @@ from pathlib import Path
 OUT = Path(__file__).resolve().parent.parent / "kernels" / "cuda" / "attention_wgmma_products.cuh"
 TYPES = (("__half", "f16"), ("__nv_bfloat16", "bf16"))
 HEAD_DIMS = (40, 64, 80)
+# O += P V is D + 8 wide: the head dims, then 8 columns of ones in V that make the row sums of P
+PV_WIDTHS = tuple(d + 8 for d in HEAD_DIMS)
 
 
 def regs(n, start=0):
@@ -74,13 +76,13 @@ def main():
     ]
     parts += [qk(c, p) for c, p in TYPES]
     parts += [
-        "/* o (64 x D) += P (64 x 16 keys: mma.sync's A fragment in each warp's registers) . V (16 keys x D,",
-        " * descriptor, MN-major: imm-trans-b 1). */",
-        "template <typename T, int D>",
-        "__device__ __forceinline__ void faw_pv(float (&o)[D / 2], const uint32_t (&a)[4], uint64_t db);",
+        "/* o (64 x N) += P (64 x 16 keys: mma.sync's A fragment in each warp's registers) . V (16 keys x N,",
+        " * descriptor, MN-major: imm-trans-b 1); N = head dim + 8 (the row-sum columns). */",
+        "template <typename T, int N>",
+        "__device__ __forceinline__ void faw_pv(float (&o)[N / 2], const uint32_t (&a)[4], uint64_t db);",
         "",
     ]
-    parts += [pv(c, p, n) for n in HEAD_DIMS for c, p in TYPES]
+    parts += [pv(c, p, n) for n in PV_WIDTHS for c, p in TYPES]
     parts += ["#endif", ""]
     OUT.write_text("\n".join(parts))
 

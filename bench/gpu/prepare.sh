@@ -4,7 +4,7 @@
 # have nvcc, PyTorch and transformers, but not loco's C libraries (jansson, libmicrohttpd, ...)
 # nor diffusers, and nothing can be fetched there.
 #
-#   .gpu/kit.tar.xz   bin/: test_cuda_ops, test_cuda_pipeline, op_bench, pipeline_bench,
+#   .gpu/kit.tar.xz   bin/: test_cuda_ops, test_cuda_optin, test_cuda_pipeline, op_bench, pipeline_bench,
 #                     locogen_batched (stripped)
 #                     lib/: every shared library they load beyond glibc, libstdc++/libgcc_s and
 #                     CUDA's own (which come from the GPU machine's CUDA 13)
@@ -30,7 +30,7 @@ if [ "${1:-}" = "--hash" ]; then
 fi
 
 DIFFUSERS_VERSION=0.42.1
-BINS="build/tests/test_cuda_ops build/tests/test_cuda_pipeline build/bench/gpu/op_bench build/bench/gpu/pipeline_bench
+BINS="build/tests/test_cuda_ops build/tests/test_cuda_optin build/tests/test_cuda_pipeline build/bench/gpu/op_bench build/bench/gpu/pipeline_bench
 build/bench/locogen_batched"
 
 echo "prepare: building (make -j$(nproc))"

@@ -14,7 +14,7 @@
  * softmax in fp32 in base 2; per-sample K/V rows (the kv table); causal masking.
  *   S = Q K^T   m64n64k16, A = Q and B = K from shared memory, both K-major (each row's head
  *               dims contiguous, as stored): conv_wgmma.cu's layout; self-test "kmajor_k48".
- *   O += P V    m64nDk16, A = P from registers (S's accumulators per warp are in mma.sync's
+ *   O += P V    m64n(D+8)k16, A = P from registers (S's accumulators per warp are in mma.sync's
  *               layout, so P packs into its A fragments as in attention.cu; self-test "regs_a"),
  *               B = V as stored ([key][d], "MN-major": the transpose bit), no swizzle, the
  *               descriptor's LBO the step between groups of 8 keys (along K) and SBO between
@@ -25,7 +25,8 @@
  * Shared memory (no swizzle; core matrices of 8 rows x 16 bytes; chunk c = elements 8c..8c+7):
  *   Q [128][DK]  chunk (row, c) at (row / 8) SBO_QK + c 128 + (row % 8) 16
  *   K [64][DK]   chunk (key, c) at (key / 8) SBO_QK + c 128 + (key % 8) 16
- *   V [64][D]    chunk (key, c) at (key / 8) 128 + c 1024 + (key % 8) 16
+ *   V [64][D+8]  chunk (key, c) at (key / 8) 128 + c 1024 + (key % 8) 16; chunk D / 8 is all ones
+ *                (written once), so O's last 8 columns are P's row sums
  * DK is D rounded up to 16 (Q K^T's k-steps); Q's and K's chunks from D on are zeros (cp.async
  * with no source bytes), as are the rows of K and V past the keys. A k16 step of Q K^T starts
  * two chunks (256 bytes) further; one of P V two key groups (256 bytes). */
@@ -49,7 +50,7 @@ __device__ const int faw_image_ok = WG_DEVICE_OK;
 #define FAW_K_BYTES(D) (FAW_BC / 8 * FAW_SBO_QK(D))
 #define FAW_V_KSTEP 128                        /* between groups of 8 keys */
 #define FAW_V_NSTEP (FAW_BC / 8 * FAW_V_KSTEP) /* 1024: between groups of 8 head dims */
-#define FAW_V_BYTES(D) ((D) / 8 * FAW_V_NSTEP)
+#define FAW_V_BYTES(D) ((D) / 8 * FAW_V_NSTEP + FAW_V_NSTEP) /* the head dims, then the ones group */
 #define FAW_SMEM(D) (FAW_Q_BYTES(D) + 2 * (FAW_K_BYTES(D) + FAW_V_BYTES(D)))
 
 /* An accumulator array [tiles][4] as the flat register list a wgmma names (the same floats). */
@@ -57,33 +58,68 @@ template <int N> __device__ __forceinline__ float (&faw_flat(float (&a)[N][4]))[
     return *reinterpret_cast<float(*)[N * 4]>(&a[0][0]);
 }
 
-/* The descriptor of V's 16 keys from key group 2 kk on. */
-__device__ __forceinline__ uint64_t faw_v_desc(const unsigned char *sv, int kk) {
-    return wg_desc(sv + kk * 2 * FAW_V_KSTEP, FAW_V_KSTEP, FAW_V_NSTEP);
+/* The descriptor of a V stage (its first 16 keys): MN-major, LBO the step along K (keys), SBO
+ * along N (head dims). */
+__device__ __forceinline__ uint64_t faw_v_desc(const unsigned char *sv) {
+    return wg_desc(sv, FAW_V_KSTEP, FAW_V_NSTEP);
 }
 
-/* One K/V tile into a stage: kg/vg point at its first key's row; rows past nkeys become zeros.
- * Offsets inside a tile fit in 32 bits (64 rows of heads * D elements, host-checked). */
-template <typename T, int D>
-__device__ __forceinline__ void faw_load_kv(unsigned char *sk, unsigned char *sv, const T *kg, const T *vg, int nkeys,
-                                            int rs, int tid) {
-    constexpr int CK = FAW_DK(D) / 8, CV = D / 8;
+/* A descriptor moved `bytes` further into shared memory: the start address is the low field, in
+ * 16-byte units, and shared addresses (< 228 KB) never carry out of its 14 bits. Built once
+ * before the loop, the descriptors of every stage and k-step then cost one add each (built per
+ * k-step, they were about 40 uniform instructions per tile in the SASS). */
+__device__ __forceinline__ uint64_t faw_desc_at(uint64_t desc, uint32_t bytes) { return desc + (bytes >> 4); }
+
+/* Where this thread's cp.async chunks of a K/V tile go and come from, worked out once per block:
+ * in the loop a chunk then costs a compare and the copy (the per-tile index math was a fifth of
+ * the loop's instructions in the SASS). row: the chunk's key (copied while < the tile's keys,
+ * zeros after), FAW_ZERO_ROW for K's padding chunks past D (always zeros), -1 for a thread with
+ * no chunk in that round. Offsets inside a tile fit in 32 bits (64 rows of heads * D elements,
+ * host-checked). */
+#define FAW_ZERO_ROW 0x7fffffff
+template <int D> struct faw_tile_map {
+    static constexpr int CK = FAW_DK(D) / 8, CV = D / 8;
+    static constexpr int NK = (FAW_BC * CK + FAW_THREADS - 1) / FAW_THREADS;
+    static constexpr int NV = (FAW_BC * CV + FAW_THREADS - 1) / FAW_THREADS;
+    int k_dst[NK], k_src[NK], k_row[NK];
+    int v_dst[NV], v_src[NV], v_row[NV];
+};
+
+template <int D> __device__ __forceinline__ void faw_map_init(faw_tile_map<D> &m, int rs, int tid) {
+    typedef faw_tile_map<D> M;
 #pragma unroll
-    for (int it = 0; it < (FAW_BC * CK + FAW_THREADS - 1) / FAW_THREADS; it++) {
-        const int i = tid + it * FAW_THREADS;
-        if ((FAW_BC * CK) % FAW_THREADS != 0 && i >= FAW_BC * CK) break;
-        const int r = i / CK, c = i - r * CK;
-        const bool ok = r < nkeys && c < CV;
-        cp_async16(sk + (r >> 3) * FAW_SBO_QK(D) + c * 128 + (r & 7) * 16, kg + (ok ? r * rs + c * 8 : 0), ok ? 16 : 0);
+    for (int it = 0; it < M::NK; it++) {
+        const int i = tid + it * FAW_THREADS, r = i / M::CK, c = i - r * M::CK;
+        m.k_dst[it] = (r >> 3) * FAW_SBO_QK(D) + c * 128 + (r & 7) * 16;
+        m.k_src[it] = r * rs + c * 8;
+        m.k_row[it] = i >= FAW_BC * M::CK ? -1 : c < M::CV ? r : FAW_ZERO_ROW;
     }
 #pragma unroll
-    for (int it = 0; it < (FAW_BC * CV + FAW_THREADS - 1) / FAW_THREADS; it++) {
-        const int i = tid + it * FAW_THREADS;
-        if ((FAW_BC * CV) % FAW_THREADS != 0 && i >= FAW_BC * CV) break;
-        const int r = i / CV, c = i - r * CV;
-        const bool ok = r < nkeys;
-        cp_async16(sv + (r >> 3) * FAW_V_KSTEP + c * FAW_V_NSTEP + (r & 7) * 16, vg + (ok ? r * rs + c * 8 : 0),
-                   ok ? 16 : 0);
+    for (int it = 0; it < M::NV; it++) {
+        const int i = tid + it * FAW_THREADS, r = i / M::CV, c = i - r * M::CV;
+        m.v_dst[it] = (r >> 3) * FAW_V_KSTEP + c * FAW_V_NSTEP + (r & 7) * 16;
+        m.v_src[it] = r * rs + c * 8;
+        m.v_row[it] = i >= FAW_BC * M::CV ? -1 : r;
+    }
+}
+
+/* One K/V tile into a stage: kg/vg point at its first key's row; chunks of keys from nkeys on
+ * become zeros. */
+template <typename T, int D>
+__device__ __forceinline__ void faw_load_kv(unsigned char *sk, unsigned char *sv, const T *kg, const T *vg, int nkeys,
+                                            const faw_tile_map<D> &m) {
+    typedef faw_tile_map<D> M;
+#pragma unroll
+    for (int it = 0; it < M::NK; it++) {
+        if (m.k_row[it] < 0) continue;
+        const bool ok = m.k_row[it] < nkeys;
+        cp_async16(sk + m.k_dst[it], kg + (ok ? m.k_src[it] : 0), ok ? 16 : 0);
+    }
+#pragma unroll
+    for (int it = 0; it < M::NV; it++) {
+        if (m.v_row[it] < 0) continue;
+        const bool ok = m.v_row[it] < nkeys;
+        cp_async16(sv + m.v_dst[it], vg + (ok ? m.v_src[it] : 0), ok ? 16 : 0);
     }
 }
 
@@ -118,25 +154,41 @@ __global__ void __launch_bounds__(FAW_THREADS) faw_kernel(const fa_params p) {
         if (last_q + 1 < kend) kend = last_q + 1;
     }
     const int ntiles = (kend + FAW_BC - 1) / FAW_BC;
-    const int rs = (int)p.rs;
-    if (ntiles > 0) faw_load_kv<T, D>(sk, sv, kg, vg, p.lk, rs, tid);
+    faw_tile_map<D> map;
+    faw_map_init<D>(map, (int)p.rs, tid);
+    if (ntiles > 0) faw_load_kv<T, D>(sk, sv, kg, vg, p.lk, map);
     cp_async_commit(); /* group 0: Q and K/V tile 0 */
-
-    /* accumulators as [8-wide tile][4]: the wgmma calls take them flat (faw_flat) */
-    float o[NDT][4];
+    /* After V's head dims, one more group of 8 columns, all ones, in both stages and for every
+     * key: O's last 8 columns then hold each row's sum of P, of P as rounded for the product,
+     * and the epilogue divides by it (cp.async never writes there; the first barrier publishes
+     * these stores). It replaces 32 adds per lane and tile and the final shuffles. */
+    for (int i = tid; i < 2 * FAW_BC; i += FAW_THREADS) {
+        const int r = i % FAW_BC;
+        vec16<T> ones;
 #pragma unroll
-    for (int d = 0; d < NDT; d++) o[d][0] = o[d][1] = o[d][2] = o[d][3] = 0.0f;
-    float mr[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+        for (int e = 0; e < 8; e++) ones.v[e] = from_f32<T>(1.0f);
+        *(vec16<T> *)(sv + (i / FAW_BC) * FAW_V_BYTES(D) + (r >> 3) * FAW_V_KSTEP + CV * FAW_V_NSTEP + (r & 7) * 16) = ones;
+    }
+
+    /* accumulators as [8-wide tile][4]: the wgmma calls take them flat (faw_flat); o's tile NDT
+     * is the row sums */
+    float o[NDT + 1][4];
+#pragma unroll
+    for (int d = 0; d <= NDT; d++) o[d][0] = o[d][1] = o[d][2] = o[d][3] = 0.0f;
+    float mr[2] = {-INFINITY, -INFINITY}, no_sums[2] = {0.0f, 0.0f}; /* fa_softmax_max's l, unused */
     const int tq = lane & 3;
     const int row0 = q0 + warp * 16 + (lane >> 2);
-    const unsigned char *const sq_wg = sq + wg * (64 / 8) * FAW_SBO_QK(D); /* this warpgroup's 64 rows */
+    /* descriptors: this warpgroup's 64 rows of Q, and stage 0 of K and V (stage 1 is a fixed
+     * distance further) */
+    const uint64_t dq = wg_desc(sq + wg * (64 / 8) * FAW_SBO_QK(D), 128, FAW_SBO_QK(D));
+    const uint64_t dk0 = wg_desc(sk, 128, FAW_SBO_QK(D)), dv0 = faw_v_desc(sv);
 
     for (int j = 0; j < ntiles; j++) {
         const int buf = j & 1;
         if (j + 1 < ntiles) { /* the next tile into the other stage, which tile j - 1 is done with */
             const int64_t next = (int64_t)(j + 1) * FAW_BC * p.rs;
             faw_load_kv<T, D>(sk + (buf ^ 1) * FAW_K_BYTES(D), sv + (buf ^ 1) * FAW_V_BYTES(D), kg + next, vg + next,
-                              p.lk - (j + 1) * FAW_BC, rs, tid);
+                              p.lk - (j + 1) * FAW_BC, map);
             cp_async_commit();
             cp_async_wait<1>();
         } else {
@@ -144,7 +196,7 @@ __global__ void __launch_bounds__(FAW_THREADS) faw_kernel(const fa_params p) {
         }
         wg_fence_proxy(); /* cp.async's writes, seen by wgmma's async reads (after the barrier) */
         __syncthreads();
-        const unsigned char *const skb = sk + buf * FAW_K_BYTES(D), *const svb = sv + buf * FAW_V_BYTES(D);
+        const uint64_t dk = faw_desc_at(dk0, buf * FAW_K_BYTES(D)), dv = faw_desc_at(dv0, buf * FAW_V_BYTES(D));
 
         /* S = Q K^T for the warpgroup's 64 rows and the tile's 64 keys */
         float s[8][4];
@@ -155,7 +207,7 @@ __global__ void __launch_bounds__(FAW_THREADS) faw_kernel(const fa_params p) {
         wg_fence();
 #pragma unroll
         for (int ks = 0; ks < NKS; ks++)
-            faw_qk<T>(sf, wg_desc(sq_wg + ks * 256, 128, FAW_SBO_QK(D)), wg_desc(skb + ks * 256, 128, FAW_SBO_QK(D)));
+            faw_qk<T>(sf, faw_desc_at(dq, ks * 256), faw_desc_at(dk, ks * 256));
         wg_commit();
         wg_wait_all();
         wg_fence_acc(sf);
@@ -173,15 +225,25 @@ __global__ void __launch_bounds__(FAW_THREADS) faw_kernel(const fa_params p) {
                     if (key >= p.lk || (p.causal && key > row)) s[nt][e] = -INFINITY;
                 }
         }
-        /* online softmax (flash_softmax.cuh, as attention.cu), then P as the A fragments of P V */
-        fa_softmax_step<8, NDT>(s, o, mr, l, p.scale_log2);
+        /* online softmax (flash_softmax.cuh): the rows' max and O's rescale (the sums' columns
+         * with it), then P into the A fragments of P V. (Exponentials two at a time in f16,
+         * ex2.approx.f16x2, were tried: sm_90 has no packed MUFU.EX2, so it compiles to two
+         * MUFU.EX2.F16 and a repack, more instructions than this.) */
+        const float2 nb = fa_softmax_max<8, NDT + 1, false>(s, o, mr, no_sums, p.scale_log2);
+#pragma unroll
+        for (int nt = 0; nt < 8; nt++) {
+            s[nt][0] = fast_exp2(fmaf(s[nt][0], p.scale_log2, nb.x));
+            s[nt][1] = fast_exp2(fmaf(s[nt][1], p.scale_log2, nb.x));
+            s[nt][2] = fast_exp2(fmaf(s[nt][2], p.scale_log2, nb.y));
+            s[nt][3] = fast_exp2(fmaf(s[nt][3], p.scale_log2, nb.y));
+        }
         uint32_t pa[4][4];
         fa_pack_p<T, 8>(s, pa);
-        float(&of)[D / 2] = faw_flat(o);
+        float(&of)[D / 2 + 4] = faw_flat(o);
         wg_fence_acc(of);
         wg_fence(); /* o was rescaled by ordinary instructions */
 #pragma unroll
-        for (int kk = 0; kk < 4; kk++) faw_pv<T, D>(of, pa[kk], faw_v_desc(svb, kk));
+        for (int kk = 0; kk < 4; kk++) faw_pv<T, D + 8>(of, pa[kk], faw_desc_at(dv, kk * 2 * FAW_V_KSTEP));
         wg_commit();
         wg_wait_all();
         wg_fence_acc(of);
@@ -189,12 +251,8 @@ __global__ void __launch_bounds__(FAW_THREADS) faw_kernel(const fa_params p) {
     }
     cp_async_wait<0>();
 
-    /* each quad of lanes holds partial row sums: combine, normalise, store (as attention.cu) */
-    float l0 = l[0], l1 = l[1];
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+    /* every lane's copy of its two rows' sums of P is in the ones columns: normalise, store */
+    const float l0 = o[NDT][0], l1 = o[NDT][2];
     const float inv0 = l0 > 0.0f ? 1.0f / l0 : 0.0f, inv1 = l1 > 0.0f ? 1.0f / l1 : 0.0f;
     T *og = (T *)p.o + b * p.q_bs + (int64_t)h * D + 2 * tq;
     if (row0 < p.lq) {

@@ -12,12 +12,13 @@
 #include "cuda_device.h"
 #include "mma.h"
 
-/* s: NST tiles of 8 keys of raw scores for this lane's two rows, masked keys at -inf; turned
- * into P = 2^(scaled s - row max) in place. o: NDT tiles of 8 output dims, rescaled when a row's
- * max grew; mr / l: the two rows' running max (raw) and sum. */
-template <int NST, int NDT>
-__device__ __forceinline__ void fa_softmax_step(float (&s)[NST][4], float (&o)[NDT][4], float (&mr)[2], float (&l)[2],
-                                                float scale_log2) {
+/* The new row maxima of this tile's raw scores s (NST tiles of 8 keys for this lane's two rows,
+ * masked keys at -inf) and the rescale of the running output o (NDT tiles of 8 dims) and, with
+ * SUM, the running sums l where a row's max grew. Returns the exponent offsets (nb0, nb1): p =
+ * 2^(s * scale_log2 + nb). */
+template <int NST, int NDT, bool SUM>
+__device__ __forceinline__ float2 fa_softmax_max(const float (&s)[NST][4], float (&o)[NDT][4], float (&mr)[2],
+                                                 float (&l)[2], float scale_log2) {
     float mx0 = mr[0], mx1 = mr[1];
 #pragma unroll
     for (int nt = 0; nt < NST; nt++) {
@@ -39,8 +40,10 @@ __device__ __forceinline__ void fa_softmax_step(float (&s)[NST][4], float (&o)[N
     if (__any_sync(0xffffffffu, grew0 || grew1)) {
         const float c0 = grew0 ? fast_exp2(fmaf(mr[0], scale_log2, nb0)) : 1.0f;
         const float c1 = grew1 ? fast_exp2(fmaf(mr[1], scale_log2, nb1)) : 1.0f;
-        l[0] *= c0;
-        l[1] *= c1;
+        if (SUM) {
+            l[0] *= c0;
+            l[1] *= c1;
+        }
 #pragma unroll
         for (int d = 0; d < NDT; d++) {
             o[d][0] *= c0;
@@ -51,12 +54,21 @@ __device__ __forceinline__ void fa_softmax_step(float (&s)[NST][4], float (&o)[N
     }
     mr[0] = mx0;
     mr[1] = mx1;
+    return make_float2(nb0, nb1);
+}
+
+/* The whole step on fp32 P: s becomes P = 2^(scaled s - row max) in place and l gains its row
+ * sums (o, mr, l as fa_softmax_max). */
+template <int NST, int NDT>
+__device__ __forceinline__ void fa_softmax_step(float (&s)[NST][4], float (&o)[NDT][4], float (&mr)[2], float (&l)[2],
+                                                float scale_log2) {
+    const float2 nb = fa_softmax_max<NST, NDT, true>(s, o, mr, l, scale_log2);
 #pragma unroll
     for (int nt = 0; nt < NST; nt++) {
-        s[nt][0] = fast_exp2(fmaf(s[nt][0], scale_log2, nb0));
-        s[nt][1] = fast_exp2(fmaf(s[nt][1], scale_log2, nb0));
-        s[nt][2] = fast_exp2(fmaf(s[nt][2], scale_log2, nb1));
-        s[nt][3] = fast_exp2(fmaf(s[nt][3], scale_log2, nb1));
+        s[nt][0] = fast_exp2(fmaf(s[nt][0], scale_log2, nb.x));
+        s[nt][1] = fast_exp2(fmaf(s[nt][1], scale_log2, nb.x));
+        s[nt][2] = fast_exp2(fmaf(s[nt][2], scale_log2, nb.y));
+        s[nt][3] = fast_exp2(fmaf(s[nt][3], scale_log2, nb.y));
         l[0] += s[nt][0] + s[nt][1];
         l[1] += s[nt][2] + s[nt][3];
     }

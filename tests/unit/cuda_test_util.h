@@ -17,11 +17,11 @@ typedef struct genv {
     loco_err errc, errg;
 } genv;
 
-static double tol_for(loco_dtype dt) { return dt == LOCO_BF16 ? 3e-2 : 1e-2; }
+static inline double tol_for(loco_dtype dt) { return dt == LOCO_BF16 ? 3e-2 : 1e-2; }
 
 /* 1: both backends ready; 0: no usable GPU (why says so); -1: a failure that must not pass
  * as a skip (a GPU is there but the backend does not come up). */
-static int genv_open(genv *e, loco_dtype dt, uint64_t seed, char *why, size_t n) {
+static inline int genv_open(genv *e, loco_dtype dt, uint64_t seed, char *why, size_t n) {
     memset(e, 0, sizeof *e);
     e->dt = dt;
     e->r.s = seed * 0x9E3779B97F4A7C15ull + 1;
@@ -36,7 +36,7 @@ static int genv_open(genv *e, loco_dtype dt, uint64_t seed, char *why, size_t n)
     return 1;
 }
 
-static void genv_close(genv *e) {
+static inline void genv_close(genv *e) {
     loco_backend_destroy(e->gpu);
     loco_backend_destroy(e->cpu);
 }
@@ -50,7 +50,7 @@ static void genv_close(genv *e) {
         CHECK_MSG(r_ == 1, "%s", why_);                                                                            \
     } while (0)
 
-static float round_to(loco_dtype dt, float v) {
+static inline float round_to(loco_dtype dt, float v) {
     if (dt == LOCO_F16) return loco_f16_to_f32(loco_f32_to_f16(v));
     if (dt == LOCO_BF16) return loco_bf16_to_f32(loco_f32_to_bf16(v));
     return v;
@@ -63,7 +63,7 @@ typedef struct twin {
 } twin;
 
 /* host is rounded to the GPU dtype in place, then uploaded to both. */
-static int twin_up(genv *e, int nd, const int64_t *shape, float *host, twin *t) {
+static inline int twin_up(genv *e, int nd, const int64_t *shape, float *host, twin *t) {
     size_t n = shape_numel(nd, shape);
     for (size_t i = 0; i < n; i++) host[i] = round_to(e->dt, host[i]);
     if (loco_tensor_alloc(e->cpu, LOCO_F32, nd, shape, &t->c, &e->errc) != LOCO_OK ||
@@ -79,7 +79,7 @@ static int twin_up(genv *e, int nd, const int64_t *shape, float *host, twin *t) 
     return 1;
 }
 
-static int twin_rand(genv *e, int nd, const int64_t *shape, float scale, float offset, twin *t) {
+static inline int twin_rand(genv *e, int nd, const int64_t *shape, float scale, float offset, twin *t) {
     float *h = rand_buf(&e->r, shape_numel(nd, shape), scale, offset);
     int ok = twin_up(e, nd, shape, h, t);
     free(h);
@@ -87,7 +87,7 @@ static int twin_rand(genv *e, int nd, const int64_t *shape, float scale, float o
 }
 
 /* An output pair: zeros on the CPU, NaN on the GPU (so unwritten elements show). */
-static int twin_out(genv *e, int nd, const int64_t *shape, twin *t) {
+static inline int twin_out(genv *e, int nd, const int64_t *shape, twin *t) {
     if (loco_tensor_alloc(e->cpu, LOCO_F32, nd, shape, &t->c, &e->errc) != LOCO_OK ||
         loco_fill(e->cpu, &t->c, 0.0f, &e->errc) != LOCO_OK) {
         fprintf(stderr, "cpu output: %s\n", e->errc.msg);
@@ -101,19 +101,19 @@ static int twin_out(genv *e, int nd, const int64_t *shape, twin *t) {
     return 1;
 }
 
-static void twin_free(twin *t) {
+static inline void twin_free(twin *t) {
     loco_tensor_free(&t->c);
     loco_tensor_free(&t->g);
 }
 
-static int both_ok(genv *e, loco_status sc, loco_status sg, const char *what) {
+static inline int both_ok(genv *e, loco_status sc, loco_status sg, const char *what) {
     if (sc != LOCO_OK) fprintf(stderr, "%s on cpu: %s\n", what, e->errc.msg);
     if (sg != LOCO_OK) fprintf(stderr, "%s on cuda: %s\n", what, e->errg.msg);
     return sc == LOCO_OK && sg == LOCO_OK;
 }
 
 /* GPU result vs CPU result: no NaN, relative L2 error within tol. */
-static int twin_close(const twin *t, double tol, const char *what) {
+static inline int twin_close(const twin *t, double tol, const char *what) {
     float *c = download(&t->c), *g = download(&t->g);
     int ok = c && g;
     size_t n = (size_t)loco_tensor_numel(&t->c);
@@ -133,7 +133,7 @@ static int twin_close(const twin *t, double tol, const char *what) {
 }
 
 /* Two GPU results must be bit-identical (a moving result is a race). */
-static int same_bits(const loco_tensor *a, const loco_tensor *b, const char *what) {
+static inline int same_bits(const loco_tensor *a, const loco_tensor *b, const char *what) {
     float *x = download(a), *y = download(b);
     int ok = x && y && memcmp(x, y, (size_t)loco_tensor_numel(a) * sizeof(float)) == 0;
     if (x && y && !ok) fprintf(stderr, "%s: two runs on the same input differ\n", what);

@@ -12,7 +12,7 @@
  * cuda_create_without_gpu_fails_cleanly, which checks that asking for the CUDA backend then
  * fails with a message instead of crashing. On a GPU machine bench/gpu-check.sh runs this
  * binary and treats any skip as a failure. */
-#include "cuda_test_util.h"
+#include "cuda_check_util.h"
 
 /* ---- creation ------------------------------------------------------------------------------------- */
 
@@ -111,40 +111,6 @@ TEST(cuda_upload_converts_every_float_dtype) {
 
 /* ---- linear --------------------------------------------------------------------------------------- */
 
-/* act < 0: loco_linear_accumulate (y += x w^T + b, the add in the GEMM: cuBLASLt beta = 1)
- * against the CPU's linear + add, y starting as a residual with an offset, as hidden states. */
-static int check_linear(loco_dtype dt, int64_t M0, int64_t M1, int64_t K, int64_t N, int with_bias, int act,
-                        uint64_t seed) {
-    char why[1100];
-    genv e;
-    if (genv_open(&e, dt, seed, why, sizeof why) != 1) return fprintf(stderr, "%s\n", why), 0;
-    int64_t xs[3] = {M0, M1, K}, ws[2] = {N, K}, bs[1] = {N}, ys[3] = {M0, M1, N};
-    twin x, w, b, y;
-    const char *what = act < 0 ? "linear_accumulate" : "linear";
-    int ok = twin_rand(&e, 3, xs, 1.0f, 0.0f, &x) && twin_rand(&e, 2, ws, 1.0f / sqrtf((float)K), 0.0f, &w) &&
-             twin_rand(&e, 1, bs, 0.5f, 0.0f, &b) &&
-             (act < 0 ? twin_rand(&e, 3, ys, 1.0f, 3.0f, &y) : twin_out(&e, 3, ys, &y));
-    const loco_tensor *bc = with_bias ? &b.c : NULL, *bg = with_bias ? &b.g : NULL;
-    if (act < 0) {
-        /* a plain linear of the same shape first: its cuBLASLt plan (built without beta) then
-         * serves the accumulating call */
-        twin t;
-        memset(&t, 0, sizeof t);
-        ok = ok && twin_out(&e, 3, ys, &t);
-        ok = ok && both_ok(&e, LOCO_OK, loco_linear(e.gpu, &t.g, &x.g, &w.g, bg, LOCO_ACT_NONE, &e.errg), "linear");
-        twin_free(&t);
-        ok = ok && both_ok(&e, loco_linear_accumulate(e.cpu, &y.c, &x.c, &w.c, bc, &e.errc),
-                           loco_linear_accumulate(e.gpu, &y.g, &x.g, &w.g, bg, &e.errg), what);
-    }
-    else
-        ok = ok && both_ok(&e, loco_linear(e.cpu, &y.c, &x.c, &w.c, bc, (loco_act)act, &e.errc),
-                           loco_linear(e.gpu, &y.g, &x.g, &w.g, bg, (loco_act)act, &e.errg), what);
-    ok = ok && twin_close(&y, tol_for(dt), what);
-    twin_free(&x), twin_free(&w), twin_free(&b), twin_free(&y);
-    genv_close(&e);
-    return ok;
-}
-
 TEST(cuda_linear_every_activation) {
     GPU_ENV(e, LOCO_F16, 10);
     genv_close(&e);
@@ -178,57 +144,6 @@ TEST(cuda_linear_accumulate) {
 }
 
 /* ---- conv2d --------------------------------------------------------------------------------------- */
-
-/* The description of a GPU backend created under the current environment (the LOCO_CUDA_*
- * variables are read at creation): which routes a test's backends really take. */
-static int gpu_describe(char *out, size_t n) {
-    char why[1100];
-    genv d;
-    if (genv_open(&d, LOCO_F16, 1, why, sizeof why) != 1) return fprintf(stderr, "%s\n", why), 0;
-    snprintf(out, n, "%s", loco_backend_describe(d.gpu));
-    genv_close(&d);
-    return 1;
-}
-
-/* That description mentions `needle` (printed when it does not). */
-static int gpu_describe_has(const char *needle) {
-    char desc[512];
-    if (!gpu_describe(desc, sizeof desc)) return 0;
-    if (strstr(desc, needle)) return 1;
-    fprintf(stderr, "'%s' is not in: %s\n", needle, desc);
-    return 0;
-}
-
-/* algo: "implicit" or "im2col" forces that route (LOCO_CUDA_CONV, read when the backend is
- * created), NULL lets the backend choose. */
-static int check_conv(const char *algo, loco_dtype dt, int64_t N, int64_t Cin, int64_t H, int64_t W, int64_t Cout,
-                      int64_t kh, int64_t kw, int stride, int pt, int pb, int pl, int pr, int with_bias,
-                      uint64_t seed) {
-    char why[1100];
-    genv e;
-    if (algo)
-        setenv("LOCO_CUDA_CONV", algo, 1);
-    else
-        unsetenv("LOCO_CUDA_CONV");
-    int opened = genv_open(&e, dt, seed, why, sizeof why);
-    unsetenv("LOCO_CUDA_CONV");
-    if (opened != 1) return fprintf(stderr, "%s\n", why), 0;
-    loco_conv2d_params p = {stride, {pt, pb, pl, pr}};
-    int64_t Ho = (H + pt + pb - kh) / stride + 1, Wo = (W + pl + pr - kw) / stride + 1;
-    int64_t xs[4] = {N, Cin, H, W}, ws[4] = {Cout, Cin, kh, kw}, bs[1] = {Cout}, ys[4] = {N, Cout, Ho, Wo};
-    twin x, w, b, y, y2;
-    int ok = twin_rand(&e, 4, xs, 1.0f, 0.0f, &x) &&
-             twin_rand(&e, 4, ws, 1.0f / sqrtf((float)(Cin * kh * kw)), 0.0f, &w) &&
-             twin_rand(&e, 1, bs, 0.5f, 0.0f, &b) && twin_out(&e, 4, ys, &y) && twin_out(&e, 4, ys, &y2);
-    ok = ok && both_ok(&e, loco_conv2d(e.cpu, &y.c, &x.c, &w.c, with_bias ? &b.c : NULL, &p, &e.errc),
-                       loco_conv2d(e.gpu, &y.g, &x.g, &w.g, with_bias ? &b.g : NULL, &p, &e.errg), "conv2d");
-    ok = ok && both_ok(&e, LOCO_OK, loco_conv2d(e.gpu, &y2.g, &x.g, &w.g, with_bias ? &b.g : NULL, &p, &e.errg),
-                       "conv2d (again)");
-    ok = ok && twin_close(&y, tol_for(dt), "conv2d") && same_bits(&y.g, &y2.g, "conv2d");
-    twin_free(&x), twin_free(&w), twin_free(&b), twin_free(&y), twin_free(&y2);
-    genv_close(&e);
-    return ok;
-}
 
 TEST(cuda_conv2d_3x3_implicit_gemm) {
     GPU_ENV(e, LOCO_F16, 40);
@@ -304,104 +219,6 @@ TEST(cuda_conv2d_im2col_chunks_and_slices) {
     CHECK(check_conv("im2col", LOCO_F16, 2, 32, 32, 32, 64, 3, 3, 1, 1, 1, 1, 1, 1, 83));
     CHECK(check_conv("im2col", LOCO_BF16, 1, 32, 30, 30, 24, 3, 3, 1, 1, 1, 1, 1, 0, 84)); /* Wo 30: scalar */
     unsetenv("LOCO_CUDA_IM2COL_KB");
-}
-
-/* LOCO_CUDA_CONV=wgmma: conv_wgmma.cu (Hopper's wgmma, sm_90a; experimental, written without a
- * GPU) where it applies on a compute capability 9.0 device, else the automatic route (the
- * backend's description says which). Tiles off the 128 x 128 grid, a K tail (Cin 40: 120 (ci, r)
- * rows, 7.5 tiles of 16; Cin 8: 1.5 tiles), several images per pixel tile, both 16-bit dtypes,
- * no bias, kernel heights 1 and 5, Ho != H, and a stride-2 conv that the kernel leaves to the
- * other routes. */
-TEST(cuda_conv2d_wgmma) {
-    GPU_ENV(e, LOCO_F16, 90);
-    genv_close(&e);
-    setenv("LOCO_CUDA_CONV", "wgmma", 1);
-    char desc[512];
-    CHECK(gpu_describe(desc, sizeof desc));
-    fprintf(stderr, "wgmma: %s\n", desc);
-    /* on a compute capability 9.0 device the kernel must really be the one tested */
-    CHECK_MSG(!strstr(desc, "sm_90") || strstr(desc, "wgmma (experimental)"), "%s", desc);
-    unsetenv("LOCO_CUDA_CONV");
-    const char *wg = "wgmma";
-    CHECK(check_conv(wg, LOCO_F16, 2, 32, 16, 16, 64, 3, 3, 1, 1, 1, 1, 1, 1, 91));   /* K 288: 6 whole tiles */
-    CHECK(check_conv(wg, LOCO_F16, 1, 40, 13, 16, 200, 3, 3, 1, 1, 1, 1, 1, 1, 92));  /* K tail, Cout 200, P 208 */
-    CHECK(check_conv(wg, LOCO_BF16, 3, 320, 8, 8, 320, 3, 3, 1, 1, 1, 1, 1, 1, 93));  /* UNet 8x8 level */
-    CHECK(check_conv(wg, LOCO_F16, 2, 8, 24, 32, 16, 3, 3, 1, 1, 1, 1, 1, 0, 94));    /* K 72, no bias */
-    CHECK(check_conv(wg, LOCO_F16, 1, 64, 64, 64, 128, 3, 3, 1, 1, 1, 1, 1, 1, 95));  /* 32 pixel tiles */
-    CHECK(check_conv(wg, LOCO_F16, 2, 16, 16, 16, 16, 3, 3, 2, 0, 1, 0, 1, 1, 96));   /* stride 2: other route */
-    CHECK(check_conv(wg, LOCO_F16, 2, 16, 12, 16, 24, 5, 3, 1, 2, 2, 1, 1, 1, 97));   /* kh 5, pad 2 vertically */
-    CHECK(check_conv(wg, LOCO_BF16, 1, 24, 10, 8, 40, 1, 3, 1, 0, 0, 1, 1, 1, 98));   /* kh 1 */
-    CHECK(check_conv(wg, LOCO_F16, 1, 16, 9, 16, 32, 3, 3, 1, 0, 0, 1, 1, 1, 99));    /* no vertical pad: Ho 7 */
-}
-
-/* LOCO_CUDA_IM2COL_OVERLAP=1: whole-sample chunks filled on a side stream while the main stream
- * multiplies the previous one, two buffers taking turns. Five samples of 576 KiB in a 1200 KiB
- * budget make five chunks of one (buffer 0 refilled twice after its GEMMs, buffer 1 once); the default
- * budget makes two chunks of two. Each conv runs twice and must give the same bits. */
-TEST(cuda_conv2d_im2col_overlapped) {
-    GPU_ENV(e, LOCO_F16, 85);
-    genv_close(&e);
-    setenv("LOCO_CUDA_IM2COL_OVERLAP", "1", 1);
-    CHECK(gpu_describe_has("im2col overlapped"));
-    setenv("LOCO_CUDA_IM2COL_KB", "1200", 1);
-    CHECK(check_conv("im2col", LOCO_F16, 5, 32, 32, 32, 64, 3, 3, 1, 1, 1, 1, 1, 1, 86));
-    CHECK(check_conv("im2col", LOCO_F32, 3, 32, 16, 16, 40, 3, 3, 1, 1, 1, 1, 1, 1, 87));
-    unsetenv("LOCO_CUDA_IM2COL_KB");
-    CHECK(check_conv("im2col", LOCO_BF16, 4, 64, 16, 16, 128, 3, 3, 1, 1, 1, 1, 1, 1, 88));
-    CHECK(check_conv(NULL, LOCO_F16, 2, 128, 8, 8, 256, 3, 3, 1, 1, 1, 1, 1, 1, 89)); /* auto route: im2col */
-    unsetenv("LOCO_CUDA_IM2COL_OVERLAP");
-}
-
-/* loco_linear_accumulate on a GEMM shape the backend has not seen: with tuning on, the
- * accumulating call itself times the candidates, and y must still gain x w^T + b once. */
-static int check_accumulate_first(loco_dtype dt, int64_t M, int64_t K, int64_t N, uint64_t seed) {
-    char why[1100];
-    genv e;
-    if (genv_open(&e, dt, seed, why, sizeof why) != 1) return fprintf(stderr, "%s\n", why), 0;
-    int64_t xs[2] = {M, K}, ws[2] = {N, K}, bs[1] = {N}, ys[2] = {M, N};
-    twin x, w, b, y;
-    int ok = twin_rand(&e, 2, xs, 1.0f, 0.0f, &x) && twin_rand(&e, 2, ws, 1.0f / sqrtf((float)K), 0.0f, &w) &&
-             twin_rand(&e, 1, bs, 0.5f, 0.0f, &b) && twin_rand(&e, 2, ys, 1.0f, 3.0f, &y);
-    ok = ok && both_ok(&e, loco_linear_accumulate(e.cpu, &y.c, &x.c, &w.c, &b.c, &e.errc),
-                       loco_linear_accumulate(e.gpu, &y.g, &x.g, &w.g, &b.g, &e.errg), "linear_accumulate first");
-    ok = ok && twin_close(&y, tol_for(dt), "linear_accumulate first");
-    twin_free(&x), twin_free(&w), twin_free(&b), twin_free(&y);
-    genv_close(&e);
-    return ok;
-}
-
-/* LOCO_CUDA_GEMM_TUNE=1: the first eager call of each large GEMM shape times cuBLASLt's top
- * candidates on a scratch output and keeps the fastest. The results must still match the CPU,
- * an accumulating GEMM must add once (the timing runs write elsewhere), and a conv run twice
- * (the second on the settled plan) must give the same bits as the first. */
-TEST(cuda_gemm_tuned) {
-    GPU_ENV(e, LOCO_F16, 160);
-    genv_close(&e);
-    setenv("LOCO_CUDA_GEMM_TUNE", "1", 1);
-    CHECK(gpu_describe_has("GEMMs tuned"));
-    CHECK(check_linear(LOCO_F16, 4, 4096, 320, 320, 1, LOCO_ACT_NONE, 161)); /* 3.4 GFLOP: tuned */
-    CHECK(check_linear(LOCO_F16, 2, 4096, 320, 1280, 1, -1, 162));          /* accumulate, tuned plan */
-    CHECK(check_accumulate_first(LOCO_F16, 2048, 640, 640, 165)); /* tuned by the accumulating call */
-    CHECK(check_linear(LOCO_BF16, 2, 77, 96, 200, 1, LOCO_ACT_GELU_TANH, 163)); /* too small to tune */
-    CHECK(check_conv("im2col", LOCO_F16, 4, 64, 32, 32, 128, 3, 3, 1, 1, 1, 1, 1, 1, 164));
-    unsetenv("LOCO_CUDA_GEMM_TUNE");
-}
-
-/* loco_backend_selftest: on a compute capability 9.0 GPU, the wgmma layout probes of
- * wgmma_probe.cu (one line each, printed for gpu-check's log); the ones conv_wgmma.cu relies on
- * must hold. On other GPUs it says there is nothing to check. */
-TEST(cuda_selftest) {
-    GPU_ENV(e, LOCO_F16, 170);
-    char report[2048];
-    loco_err err;
-    loco_err_clear(&err);
-    const loco_status st = loco_backend_selftest(e.gpu, report, sizeof report, &err);
-    fprintf(stderr, "%s", report);
-    const int hopper = strstr(loco_backend_describe(e.gpu), "(sm_90,") != NULL;
-    genv_close(&e);
-    CHECK_MSG(st == LOCO_OK, "%s", err.msg);
-    CHECK_MSG(hopper ? strstr(report, "wgmma kmajor_k48") != NULL : strstr(report, "not checked") != NULL, "%s",
-              report);
 }
 
 /* ---- conv2d with GroupNorm prologue, per-sample bias and residual (loco_conv2d_fused) ------------ */
@@ -614,37 +431,6 @@ TEST(cuda_layer_norm) {
 
 /* ---- attention ------------------------------------------------------------------------------------- */
 
-static int check_attention_view(loco_dtype dt, int64_t B, int64_t Bk, int64_t Lq, int64_t Lk, int H, int64_t D,
-                                int causal, const int *kv, int64_t q_offset, uint64_t seed) {
-    char why[1100];
-    genv e;
-    if (genv_open(&e, dt, seed, why, sizeof why) != 1) return fprintf(stderr, "%s\n", why), 0;
-    int64_t qs[3] = {B, Lq, H * D}, ks[3] = {Bk, Lk, H * D}, qbig[1] = {B * Lq * H * D + q_offset};
-    twin qb, k, v, o, o2;
-    int ok = twin_rand(&e, 1, qbig, 1.5f, 0.0f, &qb) && twin_rand(&e, 3, ks, 1.5f, 0.0f, &k) &&
-             twin_rand(&e, 3, ks, 1.0f, 0.0f, &v) && twin_out(&e, 3, qs, &o) && twin_out(&e, 3, qs, &o2);
-    /* q as a view q_offset elements into a bigger tensor: misaligned views take the general path */
-    twin q;
-    ok = ok && loco_tensor_view(&qb.c, q_offset, 3, qs, &q.c, &e.errc) == LOCO_OK &&
-         loco_tensor_view(&qb.g, q_offset, 3, qs, &q.g, &e.errg) == LOCO_OK;
-    loco_attention_params p = {H, 1.0f / sqrtf((float)D), causal, kv};
-    ok = ok && both_ok(&e, loco_attention(e.cpu, &o.c, &q.c, &k.c, &v.c, &p, &e.errc),
-                       loco_attention(e.gpu, &o.g, &q.g, &k.g, &v.g, &p, &e.errg), "attention");
-    ok = ok && both_ok(&e, LOCO_OK, loco_attention(e.gpu, &o2.g, &q.g, &k.g, &v.g, &p, &e.errg), "attention again");
-    char what[96];
-    snprintf(what, sizeof what, "attention D=%lld Lq=%lld Lk=%lld%s", (long long)D, (long long)Lq, (long long)Lk,
-             causal ? " causal" : "");
-    ok = ok && twin_close(&o, tol_for(dt), what) && same_bits(&o.g, &o2.g, what);
-    twin_free(&qb), twin_free(&k), twin_free(&v), twin_free(&o), twin_free(&o2);
-    genv_close(&e);
-    return ok;
-}
-
-static int check_attention(loco_dtype dt, int64_t B, int64_t Bk, int64_t Lq, int64_t Lk, int H, int64_t D,
-                           int causal, const int *kv, uint64_t seed) {
-    return check_attention_view(dt, B, Bk, Lq, Lk, H, D, causal, kv, 0, seed);
-}
-
 TEST(cuda_attention_flash_head_dims) {
     GPU_ENV(e, LOCO_F16, 100);
     genv_close(&e);
@@ -675,31 +461,6 @@ TEST(cuda_attention_flash_64_rows) {
     int ok = check_attention(LOCO_F16, 2, 2, 130, 77, 8, 80, 0, kv, 131) &&
              check_attention(LOCO_F16, 1, 1, 150, 150, 2, 40, 1, NULL, 132) &&
              check_attention(LOCO_BF16, 2, 2, 257, 257, 5, 64, 0, NULL, 133);
-    unsetenv("LOCO_CUDA_FLASH");
-    CHECK(ok);
-}
-
-/* LOCO_CUDA_FLASH=wgmma: attention_wgmma.cu (Hopper's wgmma, sm_90a; experimental, written
- * without a GPU) for head dims 40, 64 and 80 on a compute capability 9.0 device (the backend's
- * description says whether it is in use); elsewhere the mma.sync kernel. Tails of the 128-row
- * blocks and 64-key tiles, cross-attention's 77 keys, causal masking, per-sample K/V rows, both
- * 16-bit dtypes; head dim 160 stays on the mma.sync kernel. Each call runs twice for the same
- * bits. */
-TEST(cuda_attention_wgmma) {
-    GPU_ENV(e, LOCO_F16, 180);
-    const int hopper = strstr(loco_backend_describe(e.gpu), "(sm_90,") != NULL;
-    genv_close(&e);
-    setenv("LOCO_CUDA_FLASH", "wgmma", 1);
-    int ok = gpu_describe_has(hopper ? "flash: wgmma (experimental)" : "flash: wgmma unavailable");
-    static const int kv[4] = {1, 0, 1, 1};
-    ok = ok && check_attention(LOCO_F16, 2, 2, 300, 300, 8, 40, 0, NULL, 181);   /* SD 1.5 self, tails */
-    ok = ok && check_attention(LOCO_F16, 2, 2, 130, 77, 8, 80, 0, NULL, 182);    /* cross-attention */
-    ok = ok && check_attention(LOCO_BF16, 2, 2, 257, 257, 5, 64, 0, NULL, 183);
-    ok = ok && check_attention(LOCO_F16, 2, 2, 77, 77, 12, 64, 1, NULL, 184);    /* CLIP text, causal */
-    ok = ok && check_attention(LOCO_F16, 1, 1, 200, 200, 2, 40, 1, NULL, 185);   /* causal, 2 blocks */
-    ok = ok && check_attention(LOCO_F16, 4, 2, 96, 77, 8, 40, 0, kv, 186);       /* kv_index */
-    ok = ok && check_attention(LOCO_BF16, 1, 1, 128, 64, 4, 80, 0, NULL, 187);   /* whole tiles only */
-    ok = ok && check_attention(LOCO_F16, 1, 1, 64, 200, 4, 160, 0, NULL, 188);   /* 160: mma.sync */
     unsetenv("LOCO_CUDA_FLASH");
     CHECK(ok);
 }

@@ -1,0 +1,125 @@
+/* cuda_check_util.h: the op checks the GPU test files share (test_cuda_ops.c for the default
+ * paths, test_cuda_optin.c for the opt-in and experimental ones): each runs one op on the CPU
+ * and the CUDA backend (created under the current LOCO_CUDA_* environment) and compares. */
+#ifndef LOCO_CUDA_CHECK_UTIL_H
+#define LOCO_CUDA_CHECK_UTIL_H
+
+#include "cuda_test_util.h"
+
+/* act < 0: loco_linear_accumulate (y += x w^T + b, the add in the GEMM: cuBLASLt beta = 1)
+ * against the CPU's linear + add, y starting as a residual with an offset, as hidden states. */
+static inline int check_linear(loco_dtype dt, int64_t M0, int64_t M1, int64_t K, int64_t N, int with_bias, int act,
+                               uint64_t seed) {
+    char why[1100];
+    genv e;
+    if (genv_open(&e, dt, seed, why, sizeof why) != 1) return fprintf(stderr, "%s\n", why), 0;
+    int64_t xs[3] = {M0, M1, K}, ws[2] = {N, K}, bs[1] = {N}, ys[3] = {M0, M1, N};
+    twin x, w, b, y;
+    const char *what = act < 0 ? "linear_accumulate" : "linear";
+    int ok = twin_rand(&e, 3, xs, 1.0f, 0.0f, &x) && twin_rand(&e, 2, ws, 1.0f / sqrtf((float)K), 0.0f, &w) &&
+             twin_rand(&e, 1, bs, 0.5f, 0.0f, &b) &&
+             (act < 0 ? twin_rand(&e, 3, ys, 1.0f, 3.0f, &y) : twin_out(&e, 3, ys, &y));
+    const loco_tensor *bc = with_bias ? &b.c : NULL, *bg = with_bias ? &b.g : NULL;
+    if (act < 0) {
+        /* a plain linear of the same shape first: its cuBLASLt plan (built without beta) then
+         * serves the accumulating call */
+        twin t;
+        memset(&t, 0, sizeof t);
+        ok = ok && twin_out(&e, 3, ys, &t);
+        ok = ok && both_ok(&e, LOCO_OK, loco_linear(e.gpu, &t.g, &x.g, &w.g, bg, LOCO_ACT_NONE, &e.errg), "linear");
+        twin_free(&t);
+        ok = ok && both_ok(&e, loco_linear_accumulate(e.cpu, &y.c, &x.c, &w.c, bc, &e.errc),
+                           loco_linear_accumulate(e.gpu, &y.g, &x.g, &w.g, bg, &e.errg), what);
+    }
+    else
+        ok = ok && both_ok(&e, loco_linear(e.cpu, &y.c, &x.c, &w.c, bc, (loco_act)act, &e.errc),
+                           loco_linear(e.gpu, &y.g, &x.g, &w.g, bg, (loco_act)act, &e.errg), what);
+    ok = ok && twin_close(&y, tol_for(dt), what);
+    twin_free(&x), twin_free(&w), twin_free(&b), twin_free(&y);
+    genv_close(&e);
+    return ok;
+}
+
+/* The description of a GPU backend created under the current environment (the LOCO_CUDA_*
+ * variables are read at creation): which routes a test's backends really take. */
+static inline int gpu_describe(char *out, size_t n) {
+    char why[1100];
+    genv d;
+    if (genv_open(&d, LOCO_F16, 1, why, sizeof why) != 1) return fprintf(stderr, "%s\n", why), 0;
+    snprintf(out, n, "%s", loco_backend_describe(d.gpu));
+    genv_close(&d);
+    return 1;
+}
+
+/* That description mentions `needle` (printed when it does not). */
+static inline int gpu_describe_has(const char *needle) {
+    char desc[512];
+    if (!gpu_describe(desc, sizeof desc)) return 0;
+    if (strstr(desc, needle)) return 1;
+    fprintf(stderr, "'%s' is not in: %s\n", needle, desc);
+    return 0;
+}
+
+/* algo: "implicit" or "im2col" forces that route (LOCO_CUDA_CONV, read when the backend is
+ * created), NULL lets the backend choose. */
+static inline int check_conv(const char *algo, loco_dtype dt, int64_t N, int64_t Cin, int64_t H, int64_t W, int64_t Cout,
+                             int64_t kh, int64_t kw, int stride, int pt, int pb, int pl, int pr, int with_bias,
+                             uint64_t seed) {
+    char why[1100];
+    genv e;
+    if (algo)
+        setenv("LOCO_CUDA_CONV", algo, 1);
+    else
+        unsetenv("LOCO_CUDA_CONV");
+    int opened = genv_open(&e, dt, seed, why, sizeof why);
+    unsetenv("LOCO_CUDA_CONV");
+    if (opened != 1) return fprintf(stderr, "%s\n", why), 0;
+    loco_conv2d_params p = {stride, {pt, pb, pl, pr}};
+    int64_t Ho = (H + pt + pb - kh) / stride + 1, Wo = (W + pl + pr - kw) / stride + 1;
+    int64_t xs[4] = {N, Cin, H, W}, ws[4] = {Cout, Cin, kh, kw}, bs[1] = {Cout}, ys[4] = {N, Cout, Ho, Wo};
+    twin x, w, b, y, y2;
+    int ok = twin_rand(&e, 4, xs, 1.0f, 0.0f, &x) &&
+             twin_rand(&e, 4, ws, 1.0f / sqrtf((float)(Cin * kh * kw)), 0.0f, &w) &&
+             twin_rand(&e, 1, bs, 0.5f, 0.0f, &b) && twin_out(&e, 4, ys, &y) && twin_out(&e, 4, ys, &y2);
+    ok = ok && both_ok(&e, loco_conv2d(e.cpu, &y.c, &x.c, &w.c, with_bias ? &b.c : NULL, &p, &e.errc),
+                       loco_conv2d(e.gpu, &y.g, &x.g, &w.g, with_bias ? &b.g : NULL, &p, &e.errg), "conv2d");
+    ok = ok && both_ok(&e, LOCO_OK, loco_conv2d(e.gpu, &y2.g, &x.g, &w.g, with_bias ? &b.g : NULL, &p, &e.errg),
+                       "conv2d (again)");
+    ok = ok && twin_close(&y, tol_for(dt), "conv2d") && same_bits(&y.g, &y2.g, "conv2d");
+    twin_free(&x), twin_free(&w), twin_free(&b), twin_free(&y), twin_free(&y2);
+    genv_close(&e);
+    return ok;
+}
+
+static inline int check_attention_view(loco_dtype dt, int64_t B, int64_t Bk, int64_t Lq, int64_t Lk, int H, int64_t D,
+                                       int causal, const int *kv, int64_t q_offset, uint64_t seed) {
+    char why[1100];
+    genv e;
+    if (genv_open(&e, dt, seed, why, sizeof why) != 1) return fprintf(stderr, "%s\n", why), 0;
+    int64_t qs[3] = {B, Lq, H * D}, ks[3] = {Bk, Lk, H * D}, qbig[1] = {B * Lq * H * D + q_offset};
+    twin qb, k, v, o, o2;
+    int ok = twin_rand(&e, 1, qbig, 1.5f, 0.0f, &qb) && twin_rand(&e, 3, ks, 1.5f, 0.0f, &k) &&
+             twin_rand(&e, 3, ks, 1.0f, 0.0f, &v) && twin_out(&e, 3, qs, &o) && twin_out(&e, 3, qs, &o2);
+    /* q as a view q_offset elements into a bigger tensor: misaligned views take the general path */
+    twin q;
+    ok = ok && loco_tensor_view(&qb.c, q_offset, 3, qs, &q.c, &e.errc) == LOCO_OK &&
+         loco_tensor_view(&qb.g, q_offset, 3, qs, &q.g, &e.errg) == LOCO_OK;
+    loco_attention_params p = {H, 1.0f / sqrtf((float)D), causal, kv};
+    ok = ok && both_ok(&e, loco_attention(e.cpu, &o.c, &q.c, &k.c, &v.c, &p, &e.errc),
+                       loco_attention(e.gpu, &o.g, &q.g, &k.g, &v.g, &p, &e.errg), "attention");
+    ok = ok && both_ok(&e, LOCO_OK, loco_attention(e.gpu, &o2.g, &q.g, &k.g, &v.g, &p, &e.errg), "attention again");
+    char what[96];
+    snprintf(what, sizeof what, "attention D=%lld Lq=%lld Lk=%lld%s", (long long)D, (long long)Lq, (long long)Lk,
+             causal ? " causal" : "");
+    ok = ok && twin_close(&o, tol_for(dt), what) && same_bits(&o.g, &o2.g, what);
+    twin_free(&qb), twin_free(&k), twin_free(&v), twin_free(&o), twin_free(&o2);
+    genv_close(&e);
+    return ok;
+}
+
+static inline int check_attention(loco_dtype dt, int64_t B, int64_t Bk, int64_t Lq, int64_t Lk, int H, int64_t D,
+                                  int causal, const int *kv, uint64_t seed) {
+    return check_attention_view(dt, B, Bk, Lq, Lk, H, D, causal, kv, 0, seed);
+}
+
+#endif

@@ -1,0 +1,134 @@
+/* test_cuda_optin.c: the CUDA backend's opt-in and experimental paths against the CPU backend,
+ * as test_cuda_ops.c checks the default ones: im2col beside the GEMM on a side stream, GEMM
+ * autotuning, and the Hopper (sm_90a) wgmma kernels with their layout self-test. Each test
+ * creates its backends under the LOCO_CUDA_* switch it tests and first checks, from the
+ * backend's description, that the path is really in use where the device has it.
+ *
+ * Without a GPU every test reports skipped; bench/gpu-check.sh runs this binary on a GPU
+ * machine and treats a skip there as a failure. */
+#include "cuda_check_util.h"
+
+/* LOCO_CUDA_CONV=wgmma: conv_wgmma.cu (Hopper's wgmma, sm_90a; experimental, written without a
+ * GPU) where it applies on a compute capability 9.0 device, else the automatic route (the
+ * backend's description says which). Tiles off the 128 x 128 grid, a K tail (Cin 40: 120 (ci, r)
+ * rows, 7.5 tiles of 16; Cin 8: 1.5 tiles), several images per pixel tile, both 16-bit dtypes,
+ * no bias, kernel heights 1 and 5, Ho != H, and a stride-2 conv that the kernel leaves to the
+ * other routes. */
+TEST(cuda_conv2d_wgmma) {
+    GPU_ENV(e, LOCO_F16, 90);
+    genv_close(&e);
+    setenv("LOCO_CUDA_CONV", "wgmma", 1);
+    char desc[512];
+    CHECK(gpu_describe(desc, sizeof desc));
+    fprintf(stderr, "wgmma: %s\n", desc);
+    /* on a compute capability 9.0 device the kernel must really be the one tested */
+    CHECK_MSG(!strstr(desc, "sm_90") || strstr(desc, "wgmma (experimental)"), "%s", desc);
+    unsetenv("LOCO_CUDA_CONV");
+    const char *wg = "wgmma";
+    CHECK(check_conv(wg, LOCO_F16, 2, 32, 16, 16, 64, 3, 3, 1, 1, 1, 1, 1, 1, 91));   /* K 288: 6 whole tiles */
+    CHECK(check_conv(wg, LOCO_F16, 1, 40, 13, 16, 200, 3, 3, 1, 1, 1, 1, 1, 1, 92));  /* K tail, Cout 200, P 208 */
+    CHECK(check_conv(wg, LOCO_BF16, 3, 320, 8, 8, 320, 3, 3, 1, 1, 1, 1, 1, 1, 93));  /* UNet 8x8 level */
+    CHECK(check_conv(wg, LOCO_F16, 2, 8, 24, 32, 16, 3, 3, 1, 1, 1, 1, 1, 0, 94));    /* K 72, no bias */
+    CHECK(check_conv(wg, LOCO_F16, 1, 64, 64, 64, 128, 3, 3, 1, 1, 1, 1, 1, 1, 95));  /* 32 pixel tiles */
+    CHECK(check_conv(wg, LOCO_F16, 2, 16, 16, 16, 16, 3, 3, 2, 0, 1, 0, 1, 1, 96));   /* stride 2: other route */
+    CHECK(check_conv(wg, LOCO_F16, 2, 16, 12, 16, 24, 5, 3, 1, 2, 2, 1, 1, 1, 97));   /* kh 5, pad 2 vertically */
+    CHECK(check_conv(wg, LOCO_BF16, 1, 24, 10, 8, 40, 1, 3, 1, 0, 0, 1, 1, 1, 98));   /* kh 1 */
+    CHECK(check_conv(wg, LOCO_F16, 1, 16, 9, 16, 32, 3, 3, 1, 0, 0, 1, 1, 1, 99));    /* no vertical pad: Ho 7 */
+}
+
+/* LOCO_CUDA_IM2COL_OVERLAP=1: whole-sample chunks filled on a side stream while the main stream
+ * multiplies the previous one, two buffers taking turns. Five samples of 576 KiB in a 1200 KiB
+ * budget make five chunks of one (buffer 0 refilled twice after its GEMMs, buffer 1 once); the default
+ * budget makes two chunks of two. Each conv runs twice and must give the same bits. */
+TEST(cuda_conv2d_im2col_overlapped) {
+    GPU_ENV(e, LOCO_F16, 85);
+    genv_close(&e);
+    setenv("LOCO_CUDA_IM2COL_OVERLAP", "1", 1);
+    CHECK(gpu_describe_has("im2col overlapped"));
+    setenv("LOCO_CUDA_IM2COL_KB", "1200", 1);
+    CHECK(check_conv("im2col", LOCO_F16, 5, 32, 32, 32, 64, 3, 3, 1, 1, 1, 1, 1, 1, 86));
+    CHECK(check_conv("im2col", LOCO_F32, 3, 32, 16, 16, 40, 3, 3, 1, 1, 1, 1, 1, 1, 87));
+    unsetenv("LOCO_CUDA_IM2COL_KB");
+    CHECK(check_conv("im2col", LOCO_BF16, 4, 64, 16, 16, 128, 3, 3, 1, 1, 1, 1, 1, 1, 88));
+    CHECK(check_conv(NULL, LOCO_F16, 2, 128, 8, 8, 256, 3, 3, 1, 1, 1, 1, 1, 1, 89)); /* auto route: im2col */
+    unsetenv("LOCO_CUDA_IM2COL_OVERLAP");
+}
+
+/* loco_linear_accumulate on a GEMM shape the backend has not seen: with tuning on, the
+ * accumulating call itself times the candidates, and y must still gain x w^T + b once. */
+static inline int check_accumulate_first(loco_dtype dt, int64_t M, int64_t K, int64_t N, uint64_t seed) {
+    char why[1100];
+    genv e;
+    if (genv_open(&e, dt, seed, why, sizeof why) != 1) return fprintf(stderr, "%s\n", why), 0;
+    int64_t xs[2] = {M, K}, ws[2] = {N, K}, bs[1] = {N}, ys[2] = {M, N};
+    twin x, w, b, y;
+    int ok = twin_rand(&e, 2, xs, 1.0f, 0.0f, &x) && twin_rand(&e, 2, ws, 1.0f / sqrtf((float)K), 0.0f, &w) &&
+             twin_rand(&e, 1, bs, 0.5f, 0.0f, &b) && twin_rand(&e, 2, ys, 1.0f, 3.0f, &y);
+    ok = ok && both_ok(&e, loco_linear_accumulate(e.cpu, &y.c, &x.c, &w.c, &b.c, &e.errc),
+                       loco_linear_accumulate(e.gpu, &y.g, &x.g, &w.g, &b.g, &e.errg), "linear_accumulate first");
+    ok = ok && twin_close(&y, tol_for(dt), "linear_accumulate first");
+    twin_free(&x), twin_free(&w), twin_free(&b), twin_free(&y);
+    genv_close(&e);
+    return ok;
+}
+
+/* LOCO_CUDA_GEMM_TUNE=1: the first eager call of each large GEMM shape times cuBLASLt's top
+ * candidates on a scratch output and keeps the fastest. The results must still match the CPU,
+ * an accumulating GEMM must add once (the timing runs write elsewhere), and a conv run twice
+ * (the second on the settled plan) must give the same bits as the first. */
+TEST(cuda_gemm_tuned) {
+    GPU_ENV(e, LOCO_F16, 160);
+    genv_close(&e);
+    setenv("LOCO_CUDA_GEMM_TUNE", "1", 1);
+    CHECK(gpu_describe_has("GEMMs tuned"));
+    CHECK(check_linear(LOCO_F16, 4, 4096, 320, 320, 1, LOCO_ACT_NONE, 161)); /* 3.4 GFLOP: tuned */
+    CHECK(check_linear(LOCO_F16, 2, 4096, 320, 1280, 1, -1, 162));          /* accumulate, tuned plan */
+    CHECK(check_accumulate_first(LOCO_F16, 2048, 640, 640, 165)); /* tuned by the accumulating call */
+    CHECK(check_linear(LOCO_BF16, 2, 77, 96, 200, 1, LOCO_ACT_GELU_TANH, 163)); /* too small to tune */
+    CHECK(check_conv("im2col", LOCO_F16, 4, 64, 32, 32, 128, 3, 3, 1, 1, 1, 1, 1, 1, 164));
+    unsetenv("LOCO_CUDA_GEMM_TUNE");
+}
+
+/* loco_backend_selftest: on a compute capability 9.0 GPU, the wgmma layout probes of
+ * wgmma_probe.cu (one line each, printed for gpu-check's log); the ones conv_wgmma.cu relies on
+ * must hold. On other GPUs it says there is nothing to check. */
+TEST(cuda_selftest) {
+    GPU_ENV(e, LOCO_F16, 170);
+    char report[2048];
+    loco_err err;
+    loco_err_clear(&err);
+    const loco_status st = loco_backend_selftest(e.gpu, report, sizeof report, &err);
+    fprintf(stderr, "%s", report);
+    const int hopper = strstr(loco_backend_describe(e.gpu), "(sm_90,") != NULL;
+    genv_close(&e);
+    CHECK_MSG(st == LOCO_OK, "%s", err.msg);
+    CHECK_MSG(hopper ? strstr(report, "wgmma kmajor_k48") != NULL : strstr(report, "not checked") != NULL, "%s",
+              report);
+}
+
+/* LOCO_CUDA_FLASH=wgmma: attention_wgmma.cu (Hopper's wgmma, sm_90a; experimental, written
+ * without a GPU) for head dims 40, 64 and 80 on a compute capability 9.0 device (the backend's
+ * description says whether it is in use); elsewhere the mma.sync kernel. Tails of the 128-row
+ * blocks and 64-key tiles, cross-attention's 77 keys, causal masking, per-sample K/V rows, both
+ * 16-bit dtypes; head dim 160 stays on the mma.sync kernel. Each call runs twice for the same
+ * bits. */
+TEST(cuda_attention_wgmma) {
+    GPU_ENV(e, LOCO_F16, 180);
+    const int hopper = strstr(loco_backend_describe(e.gpu), "(sm_90,") != NULL;
+    genv_close(&e);
+    setenv("LOCO_CUDA_FLASH", "wgmma", 1);
+    int ok = gpu_describe_has(hopper ? "flash: wgmma (experimental)" : "flash: wgmma unavailable");
+    static const int kv[4] = {1, 0, 1, 1};
+    ok = ok && check_attention(LOCO_F16, 2, 2, 300, 300, 8, 40, 0, NULL, 181);   /* SD 1.5 self, tails */
+    ok = ok && check_attention(LOCO_F16, 2, 2, 130, 77, 8, 80, 0, NULL, 182);    /* cross-attention */
+    ok = ok && check_attention(LOCO_BF16, 2, 2, 257, 257, 5, 64, 0, NULL, 183);
+    ok = ok && check_attention(LOCO_F16, 2, 2, 77, 77, 12, 64, 1, NULL, 184);    /* CLIP text, causal */
+    ok = ok && check_attention(LOCO_F16, 1, 1, 200, 200, 2, 40, 1, NULL, 185);   /* causal, 2 blocks */
+    ok = ok && check_attention(LOCO_F16, 4, 2, 96, 77, 8, 40, 0, kv, 186);       /* kv_index */
+    ok = ok && check_attention(LOCO_BF16, 1, 1, 128, 64, 4, 80, 0, NULL, 187);   /* whole tiles only */
+    ok = ok && check_attention(LOCO_F16, 1, 1, 64, 200, 4, 160, 0, NULL, 188);   /* 160: mma.sync */
+    unsetenv("LOCO_CUDA_FLASH");
+    CHECK(ok);
+}
+
+
