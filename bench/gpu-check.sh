@@ -211,7 +211,8 @@ parity() { # name binary [test-name regex]
 }
 parity cuda_ops "$BIN_TESTS/test_cuda_ops"
 parity cuda_pipeline "$BIN_TESTS/test_cuda_pipeline"
-# Every ResNet conv takes its GroupNorm in the im2col gather (session 4, written without a GPU).
+# ResNet convs on the im2col route (every UNet one) take their GroupNorm in the gather (session 4,
+# written without a GPU).
 # After any failure, the UNet calls and pipelines again with that off (LOCO_CUDA_NORM_GATHER=0,
 # the GroupNorm through a scratch tensor): a pass there points at the gather.
 if [ $FAILED -ne 0 ] && [ "$(left)" -ge 60 ]; then
@@ -225,7 +226,8 @@ parity cuda_optin "$BIN_TESTS/test_cuda_optin"
 # timings of the default path matter more when the budget runs short. The UNet calls and whole
 # pipelines again with im2col fills on a side stream (not the default yet): their CUDA graph
 # captures must take the forked stream in and replay bit for bit; then with the experimental
-# wgmma convolution (conv_wgmma.cu) wherever it applies, VAE decodes too.
+# wgmma convolution (conv_wgmma.cu) wherever it applies, VAE decodes too; then with the
+# experimental wgmma attention (attention_wgmma.cu), text encoders too.
 optin_parity() {
     if [ "$(left)" -ge 60 ]; then
         LOCO_CUDA_IM2COL_OVERLAP=1 LOG_TAG=overlap_ parity cuda_pipeline_overlap "$BIN_TESTS/test_cuda_pipeline" \

@@ -309,8 +309,11 @@ def test_model_show_reads_files_outside_the_lock(tmp_path):
             (slow / entry.name).symlink_to(entry)
     index = slow / "model_index.json"
     index.write_bytes((src / "model_index.json").read_bytes())
-    opened = threading.Event()
-    old_sigio = signal.signal(signal.SIGIO, lambda *_: opened.set())  # the lease holder is told of the open
+    # the lease holder is told of the open by SIGIO. The handler only appends to a list: it runs
+    # in the main thread between bytecodes, and an Event.set() there deadlocks whenever the signal
+    # lands while the main thread itself holds the Event's lock inside wait().
+    opened = []
+    old_sigio = signal.signal(signal.SIGIO, lambda *_: opened.append(True))
     lease_fd = os.open(index, os.O_RDONLY)
     try:
         with Daemon(tmp_path, "slowdisk", extra={"model_roots": [str(MODELS), str(root)]}) as d:
@@ -320,7 +323,10 @@ def test_model_show_reads_files_outside_the_lock(tmp_path):
                                                                              timeout=60)))
             t.start()
             try:
-                assert opened.wait(20), "the show request never opened the model's files"
+                deadline = time.monotonic() + 20
+                while not opened and time.monotonic() < deadline:
+                    time.sleep(0.01)  # interrupted by SIGIO, whose handler then runs
+                assert opened, "the show request never opened the model's files"
                 for path in ("/readyz", "/v1/models", "/v1/models/sd1-tiny"):
                     r = requests.get(d.url(path), timeout=5)  # ReadTimeout while the lock is held
                     assert r.status_code == 200, (path, r.text)

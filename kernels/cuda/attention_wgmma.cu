@@ -1,7 +1,7 @@
 /* attention_wgmma.cu: flash attention on Hopper's warpgroup MMA (wgmma, sm_90a). EXPERIMENTAL:
  * written without a GPU (session 4), used only under LOCO_CUDA_FLASH=wgmma, for head dims 40, 64
  * and 80 in f16/bf16 (SD 1.x's 40/80; SD 2.x, SD-XL and CLIP's 64). Make it the default only
- * after a GPU run has shown it correct (test_cuda_ops cuda_attention_wgmma) and faster (op_bench
+ * after a GPU run has shown it correct (test_cuda_optin cuda_attention_wgmma) and faster (op_bench
  * "@fa_wgmma" rows).
  *
  * Why: the mma.sync kernel (attention.cu) runs SD 1.5's 4096-token self-attention at half of
@@ -175,7 +175,7 @@ __global__ void __launch_bounds__(FAW_THREADS) faw_kernel(const fa_params p) {
     float o[NDT + 1][4];
 #pragma unroll
     for (int d = 0; d <= NDT; d++) o[d][0] = o[d][1] = o[d][2] = o[d][3] = 0.0f;
-    float mr[2] = {-INFINITY, -INFINITY}, no_sums[2] = {0.0f, 0.0f}; /* fa_softmax_max's l, unused */
+    float mr[2] = {-INFINITY, -INFINITY};
     const int tq = lane & 3;
     const int row0 = q0 + warp * 16 + (lane >> 2);
     /* descriptors: this warpgroup's 64 rows of Q, and stage 0 of K and V (stage 1 is a fixed
@@ -229,7 +229,7 @@ __global__ void __launch_bounds__(FAW_THREADS) faw_kernel(const fa_params p) {
          * with it), then P into the A fragments of P V. (Exponentials two at a time in f16,
          * ex2.approx.f16x2, were tried: sm_90 has no packed MUFU.EX2, so it compiles to two
          * MUFU.EX2.F16 and a repack, more instructions than this.) */
-        const float2 nb = fa_softmax_max<8, NDT + 1, false>(s, o, mr, no_sums, p.scale_log2);
+        const float2 nb = fa_softmax_max<8, NDT + 1>(s, o, mr, NULL, p.scale_log2);
 #pragma unroll
         for (int nt = 0; nt < 8; nt++) {
             s[nt][0] = fast_exp2(fmaf(s[nt][0], p.scale_log2, nb.x));

@@ -288,7 +288,7 @@ extern "C" loco_status loco_backend_cuda_create(const loco_backend_opts *opts, l
                    : strcmp(conv, "implicit") == 0 ? CUDA_CONV_IMPLICIT
                    : strcmp(conv, "wgmma") == 0    ? CUDA_CONV_WGMMA
                                                    : CUDA_CONV_AUTO;
-    const char *flash = getenv("LOCO_CUDA_FLASH"); /* 64|128 forces a flash-attention block height */
+    const char *flash = getenv("LOCO_CUDA_FLASH"); /* 64|128: a block height; wgmma: the Hopper kernel */
     c->flash_wgmma = flash && strcmp(flash, "wgmma") == 0; /* the experimental Hopper kernel */
     c->flash_rows = !flash                        ? 0
                     : strcmp(flash, "64") == 0  ? 64

@@ -491,10 +491,8 @@ extern "C" loco_status cuda_op_conv2d_fused(loco_backend *be, loco_tensor *y, co
     cuda_impl *c = cuda_of(be);
     const int64_t numel = loco_tensor_numel(y);
     if (numel <= 0) return LOCO_OK;
+    /* (backend_ops.c checked sample_bias and residual against y's dtype) */
     const loco_tensor *sb = f->sample_bias, *res = f->residual;
-    if ((sb && !cuda_is_act_dtype(sb->dtype)) || (res && res->dtype != y->dtype))
-        return loco_err_set(err, LOCO_EUNSUPPORTED, "cuda conv2d_fused: sample_bias %s, residual %s, y %s",
-                            sb ? cuda_dt(sb->dtype) : "-", res ? cuda_dt(res->dtype) : "-", cuda_dt(y->dtype));
     conv_plan pl;
     CUDA_TRY(conv_plan_make(c, y, x, w, bias, p, &pl, err));
     loco_status st = LOCO_OK;

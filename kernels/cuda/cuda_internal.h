@@ -96,11 +96,8 @@ typedef struct cuda_gemm_plan {
     int valid;
     cublasLtMatmulDesc_t op;
     cublasLtMatrixLayout_t la, lb, ld;
-    cublasLtMatmulAlgo_t algo; /* the one every call runs */
-    /* LOCO_CUDA_GEMM_TUNE=1: the heuristic's top candidates, timed once (gemm.cu, gemm_tune) */
-    cublasLtMatmulAlgo_t candidates[CUDA_GEMM_TUNE_ALGOS];
-    int n_candidates;
-    int settled; /* algo is final: tuned, or tuning does not apply */
+    cublasLtMatmulAlgo_t algo; /* the heuristic's first choice, or (LOCO_CUDA_GEMM_TUNE=1) the fastest
+                                * of its top candidates on the call that built the plan */
 } cuda_gemm_plan;
 
 #define CUDA_GEMM_PLANS 512

@@ -13,12 +13,12 @@
 #include "mma.h"
 
 /* The new row maxima of this tile's raw scores s (NST tiles of 8 keys for this lane's two rows,
- * masked keys at -inf) and the rescale of the running output o (NDT tiles of 8 dims) and, with
- * SUM, the running sums l where a row's max grew. Returns the exponent offsets (nb0, nb1): p =
- * 2^(s * scale_log2 + nb). */
-template <int NST, int NDT, bool SUM>
+ * masked keys at -inf) and the rescale of the running output o (NDT tiles of 8 dims) and of the
+ * running sums l[2] (NULL: the caller has none) where a row's max grew. Returns the exponent
+ * offsets (nb0, nb1): p = 2^(s * scale_log2 + nb). */
+template <int NST, int NDT>
 __device__ __forceinline__ float2 fa_softmax_max(const float (&s)[NST][4], float (&o)[NDT][4], float (&mr)[2],
-                                                 float (&l)[2], float scale_log2) {
+                                                 float *l, float scale_log2) {
     float mx0 = mr[0], mx1 = mr[1];
 #pragma unroll
     for (int nt = 0; nt < NST; nt++) {
@@ -40,7 +40,7 @@ __device__ __forceinline__ float2 fa_softmax_max(const float (&s)[NST][4], float
     if (__any_sync(0xffffffffu, grew0 || grew1)) {
         const float c0 = grew0 ? fast_exp2(fmaf(mr[0], scale_log2, nb0)) : 1.0f;
         const float c1 = grew1 ? fast_exp2(fmaf(mr[1], scale_log2, nb1)) : 1.0f;
-        if (SUM) {
+        if (l) {
             l[0] *= c0;
             l[1] *= c1;
         }
@@ -62,7 +62,7 @@ __device__ __forceinline__ float2 fa_softmax_max(const float (&s)[NST][4], float
 template <int NST, int NDT>
 __device__ __forceinline__ void fa_softmax_step(float (&s)[NST][4], float (&o)[NDT][4], float (&mr)[2], float (&l)[2],
                                                 float scale_log2) {
-    const float2 nb = fa_softmax_max<NST, NDT, true>(s, o, mr, l, scale_log2);
+    const float2 nb = fa_softmax_max<NST, NDT>(s, o, mr, l, scale_log2);
 #pragma unroll
     for (int nt = 0; nt < NST; nt++) {
         s[nt][0] = fast_exp2(fmaf(s[nt][0], scale_log2, nb.x));

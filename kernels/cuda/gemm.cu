@@ -73,6 +73,72 @@ static loco_status layout(cublasLtMatrixLayout_t *l, cudaDataType_t t, int64_t r
     return LOCO_OK;
 }
 
+/* Below this many flops a GEMM keeps the heuristic's choice: timing would cost more than it
+ * could save, and small GEMMs are launch-bound anyway. */
+#define GEMM_TUNE_MIN_FLOP 2e8
+#define GEMM_TUNE_REPS 3
+
+/* LOCO_CUDA_GEMM_TUNE=1: time each candidate algorithm of a new plan (p->algo is the first) on
+ * the operands of the call that builds it,
+ * GEMM_TUNE_REPS runs after one warm-up, writing into a scratch D (C = D = scratch, so an
+ * accumulating GEMM's real output is not added to repeatedly), and keep the fastest. Once per
+ * plan, and never inside a graph capture: a plan first met while capturing keeps the
+ * heuristic's choice for good, so eager calls and graph replays run the same algorithm and give
+ * the same bits. A candidate that cuBLASLt refuses is skipped; if timing itself fails the
+ * heuristic's choice stays. The choice depends on timings, so two processes may pick different
+ * algorithms and differ at fp16 rounding: off by default. (A plan evicted from the cache and
+ * rebuilt is tuned again and may pick differently; with 512 slots for a model's few dozen
+ * shapes that takes a server running many models at once.) Why: cuBLASLt's first heuristic choice is a model's guess, and the
+ * run-4 profile has GEMMs of the same size running at 250 and 520 TFLOP/s (unmeasured: op_bench's
+ * @tuned rows and gpu-check's tuned pipeline run say whether it pays). */
+static void gemm_tune(cuda_impl *c, const cuda_gemm *g, cuda_gemm_plan *p, const cublasLtMatmulAlgo_t *cand,
+                      int n_cand) {
+    cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
+    if (cudaStreamIsCapturing(c->stream, &cs) != cudaSuccess || cs != cudaStreamCaptureStatusNone) return;
+    if (2.0 * (double)g->m * (double)g->n * (double)g->k * (double)g->batch < GEMM_TUNE_MIN_FLOP) return;
+    const size_t esd = loco_dtype_size(g->d_dtype);
+    /* the highest element cuBLASLt writes, + 1 (an im2col slice's D is a window of y: ldd > m) */
+    const size_t d_elems = (size_t)((g->batch > 1 ? g->stride_d * (g->batch - 1) : 0) + g->ldd * (g->n - 1) + g->m);
+    void *scratch = NULL;
+    cudaEvent_t ev[2] = {NULL, NULL};
+    loco_err ignored;
+    /* from the main cache even while a graph pool records: the pool would keep the scratch's
+     * size as part of its peak for as long as the graph lives */
+    cuda_graph_pool *pool = c->active_pool;
+    c->active_pool = NULL;
+    const loco_status got = cuda_alloc_get(c, d_elems * esd, &scratch, &ignored);
+    c->active_pool = pool;
+    if (got != LOCO_OK) return;
+    if (cudaEventCreate(&ev[0]) == cudaSuccess && cudaEventCreate(&ev[1]) == cudaSuccess) {
+        float alpha = g->alpha, beta = g->beta, best_ms = 0.0f;
+        int best = -1;
+        for (int i = 0; i < n_cand; i++) {
+            const cublasLtMatmulAlgo_t *a = &cand[i];
+            cublasStatus_t s = cublasLtMatmul(c->lt, p->op, &alpha, g->a, p->la, g->b, p->lb, &beta, scratch, p->ld,
+                                              scratch, p->ld, a, c->lt_ws, c->lt_ws_size, c->stream);
+            if (s != CUBLAS_STATUS_SUCCESS) continue;
+            cudaEventRecord(ev[0], c->stream);
+            for (int r = 0; r < GEMM_TUNE_REPS && s == CUBLAS_STATUS_SUCCESS; r++)
+                s = cublasLtMatmul(c->lt, p->op, &alpha, g->a, p->la, g->b, p->lb, &beta, scratch, p->ld, scratch,
+                                   p->ld, a, c->lt_ws, c->lt_ws_size, c->stream);
+            cudaEventRecord(ev[1], c->stream);
+            float ms = 0.0f;
+            if (s != CUBLAS_STATUS_SUCCESS || cudaEventSynchronize(ev[1]) != cudaSuccess ||
+                cudaEventElapsedTime(&ms, ev[0], ev[1]) != cudaSuccess)
+                continue;
+            if (best < 0 || ms < best_ms) best = i, best_ms = ms;
+        }
+        if (best >= 0) p->algo = cand[best];
+    }
+    if (ev[0]) cudaEventDestroy(ev[0]);
+    if (ev[1]) cudaEventDestroy(ev[1]);
+    cuda_alloc_put(c, scratch);
+    /* a refused candidate or a failed event call leaves CUDA's last error set, which the next
+     * kernel launch's check would report as its own; every launch before this one was checked,
+     * and a sticky device error survives this call and shows at the next */
+    cudaGetLastError();
+}
+
 static loco_status plan_build(cuda_impl *c, const cuda_gemm *g, const cuda_gemm_key *key, cuda_gemm_plan *p,
                               loco_err *err) {
     memset(p, 0, sizeof *p);
@@ -138,11 +204,13 @@ static loco_status plan_build(cuda_impl *c, const cuda_gemm *g, const cuda_gemm_
     if (st == LOCO_OK) {
         cublasStatus_t s = cublasLtMatmulAlgoGetHeuristic(c->lt, p->op, p->la, p->lb, p->ld, p->ld, pref, want, res,
                                                           &found);
+        cublasLtMatmulAlgo_t cand[CUDA_GEMM_TUNE_ALGOS];
+        int n_cand = 0;
         for (int i = 0; s == CUBLAS_STATUS_SUCCESS && i < found; i++)
-            if (res[i].state == CUBLAS_STATUS_SUCCESS) p->candidates[p->n_candidates++] = res[i].algo;
-        if (p->n_candidates > 0) {
-            p->algo = p->candidates[0]; /* the heuristic's first choice until gemm_tune times them */
-            p->settled = p->n_candidates == 1;
+            if (res[i].state == CUBLAS_STATUS_SUCCESS) cand[n_cand++] = res[i].algo;
+        if (n_cand > 0) {
+            p->algo = cand[0];
+            if (n_cand > 1) gemm_tune(c, g, p, cand, n_cand);
         } else if (s == CUBLAS_STATUS_SUCCESS || s == CUBLAS_STATUS_NOT_SUPPORTED ||
                    s == CUBLAS_STATUS_INVALID_VALUE) { /* INVALID_VALUE: how some versions refuse a combination */
             st = loco_err_set(err, LOCO_EUNSUPPORTED,
@@ -164,71 +232,6 @@ static loco_status plan_build(cuda_impl *c, const cuda_gemm *g, const cuda_gemm_
         memset(p, 0, sizeof *p);
     }
     return st;
-}
-
-/* Below this many flops a GEMM keeps the heuristic's choice: timing would cost more than it
- * could save, and small GEMMs are launch-bound anyway. */
-#define GEMM_TUNE_MIN_FLOP 2e8
-#define GEMM_TUNE_REPS 3
-
-/* LOCO_CUDA_GEMM_TUNE=1: time each candidate algorithm of a new plan on this call's operands,
- * GEMM_TUNE_REPS runs after one warm-up, writing into a scratch D (C = D = scratch, so an
- * accumulating GEMM's real output is not added to repeatedly), and keep the fastest. Once per
- * plan, and never inside a graph capture: a plan first met while capturing keeps the
- * heuristic's choice for good, so eager calls and graph replays run the same algorithm and give
- * the same bits. A candidate that cuBLASLt refuses is skipped; if timing itself fails the
- * heuristic's choice stays. The choice depends on timings, so two processes may pick different
- * algorithms and differ at fp16 rounding: off by default. (A plan evicted from the cache and
- * rebuilt is tuned again and may pick differently; with 512 slots for a model's few dozen
- * shapes that takes a server running many models at once.) Why: cuBLASLt's first heuristic choice is a model's guess, and the
- * run-4 profile has GEMMs of the same size running at 250 and 520 TFLOP/s (unmeasured: op_bench's
- * @tuned rows and gpu-check's tuned pipeline run say whether it pays). */
-static void gemm_tune(cuda_impl *c, const cuda_gemm *g, cuda_gemm_plan *p) {
-    p->settled = 1;
-    cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
-    if (cudaStreamIsCapturing(c->stream, &cs) != cudaSuccess || cs != cudaStreamCaptureStatusNone) return;
-    if (2.0 * (double)g->m * (double)g->n * (double)g->k * (double)g->batch < GEMM_TUNE_MIN_FLOP) return;
-    const size_t esd = loco_dtype_size(g->d_dtype);
-    /* the highest element cuBLASLt writes, + 1 (an im2col slice's D is a window of y: ldd > m) */
-    const size_t d_elems = (size_t)((g->batch > 1 ? g->stride_d * (g->batch - 1) : 0) + g->ldd * (g->n - 1) + g->m);
-    void *scratch = NULL;
-    cudaEvent_t ev[2] = {NULL, NULL};
-    loco_err ignored;
-    /* from the main cache even while a graph pool records: the pool would keep the scratch's
-     * size as part of its peak for as long as the graph lives */
-    cuda_graph_pool *pool = c->active_pool;
-    c->active_pool = NULL;
-    const loco_status got = cuda_alloc_get(c, d_elems * esd, &scratch, &ignored);
-    c->active_pool = pool;
-    if (got != LOCO_OK) return;
-    if (cudaEventCreate(&ev[0]) == cudaSuccess && cudaEventCreate(&ev[1]) == cudaSuccess) {
-        float alpha = g->alpha, beta = g->beta, best_ms = 0.0f;
-        int best = -1;
-        for (int i = 0; i < p->n_candidates; i++) {
-            const cublasLtMatmulAlgo_t *a = &p->candidates[i];
-            cublasStatus_t s = cublasLtMatmul(c->lt, p->op, &alpha, g->a, p->la, g->b, p->lb, &beta, scratch, p->ld,
-                                              scratch, p->ld, a, c->lt_ws, c->lt_ws_size, c->stream);
-            if (s != CUBLAS_STATUS_SUCCESS) continue;
-            cudaEventRecord(ev[0], c->stream);
-            for (int r = 0; r < GEMM_TUNE_REPS && s == CUBLAS_STATUS_SUCCESS; r++)
-                s = cublasLtMatmul(c->lt, p->op, &alpha, g->a, p->la, g->b, p->lb, &beta, scratch, p->ld, scratch,
-                                   p->ld, a, c->lt_ws, c->lt_ws_size, c->stream);
-            cudaEventRecord(ev[1], c->stream);
-            float ms = 0.0f;
-            if (s != CUBLAS_STATUS_SUCCESS || cudaEventSynchronize(ev[1]) != cudaSuccess ||
-                cudaEventElapsedTime(&ms, ev[0], ev[1]) != cudaSuccess)
-                continue;
-            if (best < 0 || ms < best_ms) best = i, best_ms = ms;
-        }
-        if (best >= 0) p->algo = p->candidates[best];
-    }
-    if (ev[0]) cudaEventDestroy(ev[0]);
-    if (ev[1]) cudaEventDestroy(ev[1]);
-    cuda_alloc_put(c, scratch);
-    /* a refused candidate or a failed event call leaves CUDA's last error set, which the next
-     * kernel launch's check would report as its own; every launch before this one was checked,
-     * and a sticky device error survives this call and shows at the next */
-    cudaGetLastError();
 }
 
 loco_status cuda_gemm_run(cuda_impl *c, const cuda_gemm *g, loco_err *err) {
@@ -284,7 +287,6 @@ loco_status cuda_gemm_run(cuda_impl *c, const cuda_gemm *g, loco_err *err) {
         CUDA_TRY(cuda_check_lt(cublasLtMatmulDescSetAttribute(plan->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &g->bias,
                                                               sizeof g->bias),
                                "cublasLtMatmulDescSetAttribute(BIAS_POINTER)", err));
-    if (!plan->settled) gemm_tune(c, g, plan);
     float alpha = g->alpha, beta = g->beta;
     return cuda_check_lt(cublasLtMatmul(c->lt, plan->op, &alpha, g->a, plan->la, g->b, plan->lb, &beta, g->d, plan->ld,
                                         g->d, plan->ld, &plan->algo, c->lt_ws, c->lt_ws_size, c->stream),

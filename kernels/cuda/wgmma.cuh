@@ -1,5 +1,5 @@
 /* wgmma.cuh: the building blocks of Hopper's warpgroup MMA (wgmma.mma_async, PTX ISA 8.0, sm_90a
- * only) that conv_wgmma.cu and wgmma_probe.cu share: shared-memory matrix descriptors and the
+ * only) that conv_wgmma.cu, attention_wgmma.cu and wgmma_probe.cu share: shared-memory matrix descriptors and the
  * fence / commit / wait instructions. Compiled for any other target the bodies are empty and
  * WG_DEVICE_OK is 0; the kernels then trap, and their host code keeps them off (each file's
  * own device symbol says whether its sm_90a image is there). */

@@ -1,6 +1,7 @@
 /* wgmma_probe.cu: the self-test of Hopper's warpgroup MMA (wgmma, sm_90a) as this backend uses it,
- * run by loco_backend_selftest. conv_wgmma.cu was written without a GPU, on assumptions about
- * wgmma's shared-memory layouts and fragments taken from the PTX ISA and a public test kernel;
+ * run by loco_backend_selftest. conv_wgmma.cu and attention_wgmma.cu were written without a GPU,
+ * on assumptions about wgmma's shared-memory layouts and fragments taken from the PTX ISA, a
+ * public test kernel and CUTLASS's descriptor builder;
  * each probe here checks one of them with a single 64 x 64 x (16 k) product of small integers
  * (exact in fp16 and fp32), so a run on an H100/H200 says which hold, apart from everything else
  * a whole kernel could get wrong:
@@ -10,10 +11,11 @@
  *                    three k16 steps 256 bytes apart (conv_wgmma.cu's A; its accumulator layout)
  *   kmajor_sbo784    the same with B's SBO 784 (conv_wgmma.cu's padded B)
  *   regs_a           A from registers in mma.sync's m16n8k16 A-fragment layout per warp, B as in
- *                    kmajor_k48 (what a wgmma flash attention would feed P through)
+ *                    kmajor_k48 (how attention_wgmma.cu feeds P to P V)
  *   mn_*             B "MN-major" (the transpose bit set: 16 bytes of a core matrix run along N),
  *                    in two placements and with both readings of the descriptor's two offsets;
- *                    which one matches is what a wgmma P V product (V as stored) needs to know.
+ *                    attention_wgmma.cu's V is mn_k128_lbo_is_k (LBO the step along K, as
+ *                    CUTLASS builds it), the other three say what holds if that one fails.
  *
  * The accumulator layout assumed throughout: warp w holds rows 16w..16w+15, lane (g, t) holds
  * d[4j + e] = (row g + 8 (e >> 1), column 8j + 2t + (e & 1)). If it were wrong every probe
@@ -138,20 +140,20 @@ static uint16_t wgp_half_of_int(int v) { /* |v| <= 4 */
 
 typedef struct wgp_case {
     const char *name;
-    int required; /* an assumption conv_wgmma.cu makes */
+    int required; /* an assumption conv_wgmma.cu or attention_wgmma.cu makes */
     wgp_probe p;
 } wgp_case;
 
 static const wgp_case wgp_cases[] = {
     {"kmajor_k48", 1, {0, 0, 768, 128, 128, 768}},
     {"kmajor_sbo784", 1, {0, 0, 784, 128, 128, 784}},
-    {"regs_a", 0, {1, 0, 768, 128, 128, 768}},
+    {"regs_a", 1, {1, 0, 768, 128, 128, 768}},
     /* MN-major B, placed with N-neighbouring core matrices 128 bytes apart (K-neighbours 1024) */
     {"mn_n128_lbo_is_n", 0, {0, 1, 128, 1024, 128, 1024}},
     {"mn_n128_lbo_is_k", 0, {0, 1, 128, 1024, 1024, 128}},
     /* ... and with K-neighbouring core matrices 128 bytes apart (N-neighbours 768) */
     {"mn_k128_lbo_is_n", 0, {0, 1, 768, 128, 768, 128}},
-    {"mn_k128_lbo_is_k", 0, {0, 1, 768, 128, 128, 768}},
+    {"mn_k128_lbo_is_k", 1, {0, 1, 768, 128, 128, 768}}, /* attention_wgmma.cu's V */
 };
 
 /* Runs every probe; one line per probe into report. *required_ok: every required probe matched. */
@@ -213,7 +215,6 @@ static loco_status wgp_run_all(cuda_impl *c, char *report, size_t n, int *requir
 extern "C" loco_status cuda_op_selftest(loco_backend *be, char *report, size_t n, loco_err *err) {
     CUDA_TRY(cuda_enter(be, err));
     cuda_impl *c = cuda_of(be);
-    if (n) report[0] = 0;
     int image_ok = 0;
     if (c->cc_major != 9 || c->cc_minor != 0 ||
         cudaMemcpyFromSymbol(&image_ok, wgp_image_ok, sizeof image_ok) != cudaSuccess || !image_ok) {
@@ -225,7 +226,7 @@ extern "C" loco_status cuda_op_selftest(loco_backend *be, char *report, size_t n
     int required_ok = 0;
     CUDA_TRY(wgp_run_all(c, report, n, &required_ok, err));
     if (!required_ok)
-        return loco_err_set(err, LOCO_EDEVICE, "wgmma self-test: a layout conv_wgmma.cu relies on does not hold "
-                            "(LOCO_CUDA_CONV=wgmma is unsafe on this build): %.200s", report);
+        return loco_err_set(err, LOCO_EDEVICE, "wgmma self-test: a layout the wgmma kernels rely on does not hold "
+                            "(LOCO_CUDA_CONV=wgmma / LOCO_CUDA_FLASH=wgmma are unsafe on this build): %.200s", report);
     return LOCO_OK;
 }

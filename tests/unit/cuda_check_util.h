@@ -7,7 +7,9 @@
 #include "cuda_test_util.h"
 
 /* act < 0: loco_linear_accumulate (y += x w^T + b, the add in the GEMM: cuBLASLt beta = 1)
- * against the CPU's linear + add, y starting as a residual with an offset, as hidden states. */
+ * against the CPU's linear + add, y starting as a residual with an offset, as hidden states;
+ * -1 after a plain linear of the same shape (whose cuBLASLt plan then serves the accumulating
+ * call), -2 with the accumulating call first (it builds the plan). */
 static inline int check_linear(loco_dtype dt, int64_t M0, int64_t M1, int64_t K, int64_t N, int with_bias, int act,
                                uint64_t seed) {
     char why[1100];
@@ -21,13 +23,14 @@ static inline int check_linear(loco_dtype dt, int64_t M0, int64_t M1, int64_t K,
              (act < 0 ? twin_rand(&e, 3, ys, 1.0f, 3.0f, &y) : twin_out(&e, 3, ys, &y));
     const loco_tensor *bc = with_bias ? &b.c : NULL, *bg = with_bias ? &b.g : NULL;
     if (act < 0) {
-        /* a plain linear of the same shape first: its cuBLASLt plan (built without beta) then
-         * serves the accumulating call */
-        twin t;
-        memset(&t, 0, sizeof t);
-        ok = ok && twin_out(&e, 3, ys, &t);
-        ok = ok && both_ok(&e, LOCO_OK, loco_linear(e.gpu, &t.g, &x.g, &w.g, bg, LOCO_ACT_NONE, &e.errg), "linear");
-        twin_free(&t);
+        if (act == -1) { /* a plain linear of the same shape first */
+            twin t;
+            memset(&t, 0, sizeof t);
+            ok = ok && twin_out(&e, 3, ys, &t);
+            ok = ok && both_ok(&e, LOCO_OK, loco_linear(e.gpu, &t.g, &x.g, &w.g, bg, LOCO_ACT_NONE, &e.errg),
+                               "linear");
+            twin_free(&t);
+        }
         ok = ok && both_ok(&e, loco_linear_accumulate(e.cpu, &y.c, &x.c, &w.c, bc, &e.errc),
                            loco_linear_accumulate(e.gpu, &y.g, &x.g, &w.g, bg, &e.errg), what);
     }

@@ -248,18 +248,6 @@ static loco_status gpu_unfused(genv *e, loco_tensor *y, const loco_tensor *x, co
     return st;
 }
 
-/* The values of two GPU tensors, bit for bit. */
-static int equal_bits(const loco_tensor *a, const loco_tensor *b, const char *what) {
-    float *x = download(a), *y = download(b);
-    size_t n = (size_t)loco_tensor_numel(a), diff = 0;
-    for (size_t i = 0; x && y && i < n; i++) diff += memcmp(&x[i], &y[i], sizeof(float)) != 0;
-    if (diff) fprintf(stderr, "%s: %zu of %zu values differ\n", what, diff, n);
-    int ok = x && y && diff == 0;
-    free(x);
-    free(y);
-    return ok;
-}
-
 /* Fused on the GPU vs the unfused calls on the CPU (tolerance), twice (same bits); the unfused
  * calls on the GPU vs the CPU too (tolerance); and, with a GroupNorm, the fused call with only
  * the GroupNorm (and the conv bias) vs the unfused GPU calls doing the same: the same bits,
@@ -310,7 +298,7 @@ static int check_conv_fused(const fused_case *fc, uint64_t seed) {
         ok = both_ok(&e, LOCO_OK, loco_conv2d_fused(e.gpu, &yn.g, &x.g, &w.g, bg, &p, &fnorm, &e.errg),
                      "conv2d_fused (GroupNorm only)") &&
              both_ok(&e, LOCO_OK, gpu_unfused(&e, &ynu.g, &x.g, &w.g, bg, &p, &fnorm), "unfused (GroupNorm only)") &&
-             equal_bits(&yn.g, &ynu.g, "conv2d_fused with only the GroupNorm vs group_norm + conv2d on the GPU");
+             same_bits(&yn.g, &ynu.g, "conv2d_fused with only the GroupNorm vs group_norm + conv2d on the GPU");
     }
     twin_free(&x), twin_free(&w), twin_free(&b), twin_free(&g), twin_free(&be), twin_free(&y), twin_free(&y2);
     twin_free(&yu), twin_free(&yn), twin_free(&ynu);
