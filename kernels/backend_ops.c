@@ -328,13 +328,19 @@ static double conv2d_flops(const loco_tensor *y, const loco_tensor *w) {
     return 2.0 * (double)loco_tensor_numel(y) * (double)(w->shape[1] * w->shape[2] * w->shape[3]);
 }
 
-loco_status loco_conv2d(loco_backend *be, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
-                        const loco_tensor *bias, const loco_conv2d_params *p, loco_err *err) {
-    TRY(check_conv2d(be, "conv2d", y, x, w, bias, p, err));
+/* The backend's conv2d on checked arguments, profiled. */
+static loco_status conv2d_run(loco_backend *be, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
+                              const loco_tensor *bias, const loco_conv2d_params *p, loco_err *err) {
     if (loco_tensor_numel(y) == 0) return LOCO_OK;
     double t0 = prof_begin(be);
     const loco_status op_st = be->ops->conv2d(be, y, x, w, bias, p, err);
     return prof_end(be, LOCO_OP_CONV2D, "conv2d", y, w, conv2d_flops(y, w), t0, op_st);
+}
+
+loco_status loco_conv2d(loco_backend *be, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
+                        const loco_tensor *bias, const loco_conv2d_params *p, loco_err *err) {
+    TRY(check_conv2d(be, "conv2d", y, x, w, bias, p, err));
+    return conv2d_run(be, y, x, w, bias, p, err);
 }
 
 /* ---- norms ------------------------------------------------------------------------------------ */
@@ -448,7 +454,7 @@ loco_status loco_conv2d_fused(loco_backend *be, loco_tensor *y, const loco_tenso
     const char *op = "conv2d_fused";
     TRY(check_conv2d(be, op, y, x, w, bias, p, err));
     if (!f || (!f->norm_gamma && !f->norm_beta && !f->sample_bias && !f->residual))
-        return loco_conv2d(be, y, x, w, bias, p, err);
+        return conv2d_run(be, y, x, w, bias, p, err);
     TRY(check_conv2d_fusion(be, op, y, x, f, err));
     if (loco_tensor_numel(y) == 0) return LOCO_OK;
     if (!be->ops->conv2d_fused) return conv2d_unfused(be, y, x, w, bias, p, f, err);

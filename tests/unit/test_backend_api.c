@@ -522,6 +522,18 @@ TEST(validation_rank_alias_and_range_checks) {
     loco_backend_destroy(be);
 }
 
+/* a and b (same shape, on a CPU backend) hold the same bits. */
+static int same_f32_bits(const loco_tensor *a, const loco_tensor *b) {
+    size_t n = (size_t)loco_tensor_numel(a);
+    float *x = malloc(n * sizeof *x), *y = malloc(n * sizeof *y);
+    loco_err err;
+    int ok = x && y && loco_tensor_download_f32(a, x, &err) == LOCO_OK &&
+             loco_tensor_download_f32(b, y, &err) == LOCO_OK && memcmp(x, y, n * sizeof *x) == 0;
+    free(x);
+    free(y);
+    return ok;
+}
+
 /* loco_linear_accumulate on a backend without the fused op is linear into a temporary, then
  * add: the same bits as the two calls. */
 TEST(linear_accumulate_is_linear_then_add) {
@@ -542,15 +554,12 @@ TEST(linear_accumulate_is_linear_then_add) {
     CHECK(loco_linear(be, &t, &x, &w, &b, LOCO_ACT_NONE, &err) == LOCO_OK);
     CHECK(loco_add(be, &ref, &t, &ref, &err) == LOCO_OK);
     CHECK(loco_linear_accumulate(be, &y, &x, &w, &b, &err) == LOCO_OK);
-    float got[M * N], want[M * N];
-    CHECK(loco_tensor_download_f32(&y, got, &err) == LOCO_OK && loco_tensor_download_f32(&ref, want, &err) == LOCO_OK);
-    CHECK(memcmp(got, want, sizeof got) == 0);
+    CHECK(same_f32_bits(&y, &ref));
     /* a second call adds again (no bias this time) */
     CHECK(loco_linear(be, &t, &x, &w, NULL, LOCO_ACT_NONE, &err) == LOCO_OK);
     CHECK(loco_add(be, &ref, &t, &ref, &err) == LOCO_OK);
     CHECK(loco_linear_accumulate(be, &y, &x, &w, NULL, &err) == LOCO_OK);
-    CHECK(loco_tensor_download_f32(&y, got, &err) == LOCO_OK && loco_tensor_download_f32(&ref, want, &err) == LOCO_OK);
-    CHECK(memcmp(got, want, sizeof got) == 0);
+    CHECK(same_f32_bits(&y, &ref));
     loco_tensor *all[] = {&x, &w, &b, &y, &t, &ref};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) loco_tensor_free(all[i]);
     loco_backend_destroy(be);
@@ -589,14 +598,11 @@ TEST(conv2d_fused_is_the_unfused_calls) {
     CHECK(loco_add_channel_bias(be, &ref, &ref, &sb, &err) == LOCO_OK);
     CHECK(loco_add(be, &ref, &r, &ref, &err) == LOCO_OK);
     CHECK(loco_conv2d_fused(be, &y, &x, &w, &b, &p, &f, &err) == LOCO_OK);
-    float got[N * CO * H * W], want[N * CO * H * W];
-    CHECK(loco_tensor_download_f32(&y, got, &err) == LOCO_OK && loco_tensor_download_f32(&ref, want, &err) == LOCO_OK);
-    CHECK(memcmp(got, want, sizeof got) == 0);
+    CHECK(same_f32_bits(&y, &ref));
     /* nothing to fuse (f NULL or all unset): loco_conv2d itself */
     CHECK(loco_conv2d(be, &ref, &x, &w, &b, &p, &err) == LOCO_OK);
     CHECK(loco_conv2d_fused(be, &y, &x, &w, &b, &p, NULL, &err) == LOCO_OK);
-    CHECK(loco_tensor_download_f32(&y, got, &err) == LOCO_OK && loco_tensor_download_f32(&ref, want, &err) == LOCO_OK);
-    CHECK(memcmp(got, want, sizeof got) == 0);
+    CHECK(same_f32_bits(&y, &ref));
 
     /* bad fusions name the fused op and what is wrong */
 #define BADF(what)                                                                                               \
