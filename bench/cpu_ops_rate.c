@@ -148,7 +148,7 @@ int main(int argc, char **argv) {
         int64_t qs[3] = {2, 4096, 320}, ks[3] = {2, 77, 320};
         loco_tensor q = tensor(be, 3, qs, 1), k = tensor(be, 3, qs, 1), v = tensor(be, 3, qs, 1),
                     o2 = tensor(be, 3, qs, 0), kc = tensor(be, 3, ks, 1), vc = tensor(be, 3, ks, 1);
-        loco_attention_params p = {8, 1.0f / sqrtf(40.0f), 0, NULL};
+        loco_attention_params p = {8, 1.0f / sqrtf(40.0f), 0, NULL, 0};
         TIME_BEST(best, loco_attention(be, &o2, &q, &k, &v, &p, &err));
         double gf = 2.0 * 2 * 8 * 4096.0 * 4096 * 40 * 2 / best * 1e-9;
         printf("%-58s %8.1f GFLOP/s  %5.1f%% of yardstick  %.1f ms\n", "attention self 2x4096x4096, 8 heads x 40", gf,

@@ -149,6 +149,56 @@ loco_status loco_lin_load(const loco_loader *ld, const char *prefix, int in_f, i
     return s;
 }
 
+loco_status loco_lin_load_stacked(const loco_loader *ld, const char *prefix, const char *const *names, int n,
+                                  const char *stacked_name, int in_f, int out_f, loco_lin *stacked, loco_lin *parts,
+                                  loco_err *err) {
+    memset(stacked, 0, sizeof *stacked);
+    stacked->in_f = in_f;
+    stacked->out_f = n * out_f;
+    for (int i = 0; i < n; i++) {
+        memset(&parts[i], 0, sizeof parts[i]);
+        parts[i].in_f = in_f;
+        parts[i].out_f = out_f;
+    }
+    if (!ld->w) return LOCO_OK; /* structure-only build */
+    char name[512];
+    const loco_stored_tensor *st[8];
+    if (n < 1 || n > 8) return loco_err_set(err, LOCO_EINVAL, "%s: cannot stack %d linears", prefix, n);
+    for (int i = 0; i < n; i++) {
+        snprintf(name, sizeof name, "%s.%s.weight", prefix, names[i]);
+        loco_status s = loco_weights_require(ld->w, name, 2, (int64_t[]){out_f, in_f}, &st[i], err);
+        if (s) return s;
+    }
+    snprintf(name, sizeof name, "%s.%s.weight", prefix, stacked_name);
+    loco_status s = loco_tensor_alloc(ld->be, ld->dtype, 2, (int64_t[]){(int64_t)n * out_f, in_f}, &stacked->w, err);
+    if (s) return loco_err_prefix(err, "loading '%s'", name);
+    if (ld->params && (s = params_add(ld->params, name, &stacked->w, err))) {
+        loco_tensor_free(&stacked->w);
+        return s;
+    }
+    /* from here the parameter table owns the stack: an error leaves it there to be freed */
+    for (int i = 0; i < n && !s; i++) {
+        snprintf(name, sizeof name, "%s.%s.weight", prefix, names[i]);
+        s = loco_tensor_view(&stacked->w, (int64_t)i * out_f * in_f, 2, (int64_t[]){out_f, in_f}, &parts[i].w, err);
+        if (!s) s = loco_tensor_upload(&parts[i].w, st[i]->data, st[i]->dtype, err);
+        if (!s && ld->params) s = params_add(ld->params, name, &parts[i].w, err);
+        if (s) loco_err_prefix(err, "loading '%s' from %s", name, loco_weights_source(ld->w));
+    }
+    if (s && !ld->params) loco_tensor_free(&stacked->w);
+    return s;
+}
+
+int loco_lin_stack_intact(const loco_lin *stacked, const loco_lin *parts, int n) {
+    const char *base = stacked->w.data;
+    if (!base) return 0;
+    for (int i = 0; i < n; i++) {
+        const size_t rows = (size_t)i * (size_t)parts[i].out_f * (size_t)parts[i].in_f;
+        if (parts[i].w.data != base + rows * loco_dtype_size(stacked->w.dtype) || parts[i].w.dtype != stacked->w.dtype)
+            return 0;
+    }
+    return 1;
+}
+
 loco_status loco_lin_forward(loco_backend *be, const loco_lin *l, const loco_tensor *x, loco_act act,
                              loco_tensor *out, loco_err *err) {
     int64_t shape[LOCO_MAX_DIMS];

@@ -156,6 +156,16 @@ typedef struct loco_lin {
 
 loco_status loco_lin_load(const loco_loader *ld, const char *prefix, int in_f, int out_f, int bias, loco_lin *l,
                           loco_err *err);
+/* n bias-free linears of one input, `<prefix>.<names[i]>.weight` each [out_f, in_f], loaded
+ * as one: their weights stacked in one [n * out_f, in_f] tensor (*stacked: one GEMM of n times
+ * the width), recorded as `<prefix>.<stacked_name>.weight`, and each part a view of its rows
+ * recorded under its own name, so edits and exports see the checkpoint's parameters. An edit
+ * that replaces a part breaks the stack: check loco_lin_stack_intact before using *stacked. */
+loco_status loco_lin_load_stacked(const loco_loader *ld, const char *prefix, const char *const *names, int n,
+                                  const char *stacked_name, int in_f, int out_f, loco_lin *stacked, loco_lin *parts,
+                                  loco_err *err);
+/* Whether parts[0..n) are still the consecutive row blocks of stacked's weight. */
+int loco_lin_stack_intact(const loco_lin *stacked, const loco_lin *parts, int n);
 /* out[..., out_f] = act(x[..., in_f] W^T + b); out gets x's leading shape. */
 loco_status loco_lin_forward(loco_backend *be, const loco_lin *l, const loco_tensor *x, loco_act act,
                              loco_tensor *out, loco_err *err);

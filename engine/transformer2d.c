@@ -9,6 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+enum { A1_Q, A1_K, A1_V }; /* unet_tblock.a1 */
+
 /* diffusers hard-codes these for the SD transformer: GroupNorm eps in Transformer2DModel,
  * LayerNorm eps of BasicTransformerBlock (norm_eps default) and FeedForward's mult. */
 #define T2D_GN_EPS 1e-6f
@@ -41,9 +43,15 @@ static loco_status tblock_load(loco_unet *u, const loco_loader *ld, const char *
     const int kv1_in = only_cross ? cross_dim : dim;
     loco_status s;
     if ((s = load_ln(ld, prefix, "norm1", dim, &tb->norm1_w, &tb->norm1_b, err))) return s;
-    if ((s = load_lin(ld, prefix, "attn1.to_q", dim, dim, 0, &tb->a1_q, err))) return s;
-    if ((s = load_lin(ld, prefix, "attn1.to_k", kv1_in, dim, 0, &tb->a1_k, err))) return s;
-    if ((s = load_lin(ld, prefix, "attn1.to_v", kv1_in, dim, 0, &tb->a1_v, err))) return s;
+    if (only_cross) {
+        if ((s = load_lin(ld, prefix, "attn1.to_q", dim, dim, 0, &tb->a1[A1_Q], err))) return s;
+        if ((s = load_lin(ld, prefix, "attn1.to_k", kv1_in, dim, 0, &tb->a1[A1_K], err))) return s;
+        if ((s = load_lin(ld, prefix, "attn1.to_v", kv1_in, dim, 0, &tb->a1[A1_V], err))) return s;
+    } else {
+        static const char *const qkv[3] = {"attn1.to_q", "attn1.to_k", "attn1.to_v"};
+        if ((s = loco_lin_load_stacked(ld, prefix, qkv, 3, "attn1.to_qkv", dim, dim, &tb->a1_qkv, tb->a1, err)))
+            return s;
+    }
     if ((s = load_lin(ld, prefix, "attn1.to_out.0", dim, dim, 1, &tb->a1_o, err))) return s;
     if ((s = load_ln(ld, prefix, "norm2", dim, &tb->norm2_w, &tb->norm2_b, err))) return s;
     if ((s = load_lin(ld, prefix, "attn2.to_q", dim, dim, 0, &tb->a2_q, err))) return s;
@@ -124,7 +132,7 @@ static loco_status proj_forward(loco_backend *be, const loco_lin *l, int conv_fo
 
 loco_status unet_text_proj(loco_backend *be, const unet_tblock *tb, int attn, int which, const loco_tensor *ehs,
                            loco_tensor *out, loco_err *err) {
-    const loco_lin *l = attn == 1 ? (which ? &tb->a1_v : &tb->a1_k) : (which ? &tb->a2_v : &tb->a2_k);
+    const loco_lin *l = attn == 1 ? &tb->a1[which ? A1_V : A1_K] : (which ? &tb->a2_v : &tb->a2_k);
     if (ehs->ndim != 3 || ehs->shape[2] != l->in_f)
         return loco_err_set(err, LOCO_EINVAL,
                             "encoder_hidden_states must be [batch, tokens, %d] for cross-attention layer %d", l->in_f,
@@ -133,18 +141,21 @@ loco_status unet_text_proj(loco_backend *be, const unet_tblock *tb, int attn, in
 }
 
 /* to_out(attention(to_q(n), k, v)) with per-sample K/V rows, into *out, or (residual not NULL)
- * added to *residual in place by the to_out GEMM itself. */
+ * added to *residual in place by the to_out GEMM itself. k == NULL: self-attention through the
+ * stacked projection, q, k and v in one GEMM's rows (loco_attention's qkv_packed). */
 static loco_status attention(loco_backend *be, const unet_tblock *tb, const loco_lin *q_l, const loco_lin *o_l,
                              const loco_tensor *n, const loco_tensor *k, const loco_tensor *v, const int *kv_index,
                              loco_tensor *residual, loco_tensor *out, loco_err *err) {
     loco_tensor q = {0}, o = {0};
-    loco_status s = loco_lin_forward(be, q_l, n, LOCO_ACT_NONE, &q, err);
-    if (!s) s = loco_tensor_alloc_act(be, 3, q.shape, &o, err);
+    const int packed = k == NULL;
+    loco_status s = loco_lin_forward(be, packed ? &tb->a1_qkv : q_l, n, LOCO_ACT_NONE, &q, err);
+    if (!s) s = loco_tensor_alloc_act(be, 3, (int64_t[]){q.shape[0], q.shape[1], tb->dim}, &o, err);
     if (!s) {
         loco_attention_params ap = {.heads = tb->heads,
                                     .scale = (float)(1.0 / sqrt((double)(tb->dim / tb->heads))),
                                     .causal = 0,
-                                    .kv_index = kv_index};
+                                    .kv_index = kv_index,
+                                    .qkv_packed = packed};
         s = loco_attention(be, &o, &q, k, v, &ap, err);
     }
     loco_tensor_free(&q);
@@ -208,12 +219,14 @@ static loco_status tblock_forward(const unet_run *r, const unet_tblock *tb, loco
     if ((s = loco_layer_norm(be, &n, h, &tb->norm1_w, &tb->norm1_b, TBLOCK_LN_EPS, err))) goto done;
     if (tb->only_cross) {
         if ((s = text_kv(r, tb, 1, &k, &v, &owned, err))) goto done;
-        s = attention(be, tb, &tb->a1_q, &tb->a1_o, &n, &k, &v, kv_index, fuse1 ? h : NULL, &a, err);
-    } else {
+        s = attention(be, tb, &tb->a1[A1_Q], &tb->a1_o, &n, &k, &v, kv_index, fuse1 ? h : NULL, &a, err);
+    } else if (loco_lin_stack_intact(&tb->a1_qkv, tb->a1, 3)) {
+        s = attention(be, tb, NULL, &tb->a1_o, &n, NULL, NULL, NULL, fuse1 ? h : NULL, &a, err);
+    } else { /* an edit replaced one of the three: they go one by one */
         owned = 1;
-        if ((s = loco_lin_forward(be, &tb->a1_k, &n, LOCO_ACT_NONE, &k, err))) goto done;
-        if ((s = loco_lin_forward(be, &tb->a1_v, &n, LOCO_ACT_NONE, &v, err))) goto done;
-        s = attention(be, tb, &tb->a1_q, &tb->a1_o, &n, &k, &v, NULL, fuse1 ? h : NULL, &a, err);
+        if ((s = loco_lin_forward(be, &tb->a1[A1_K], &n, LOCO_ACT_NONE, &k, err))) goto done;
+        if ((s = loco_lin_forward(be, &tb->a1[A1_V], &n, LOCO_ACT_NONE, &v, err))) goto done;
+        s = attention(be, tb, &tb->a1[A1_Q], &tb->a1_o, &n, &k, &v, NULL, fuse1 ? h : NULL, &a, err);
     }
     if (owned) {
         loco_tensor_free(&k);

@@ -13,7 +13,9 @@ typedef struct unet_tblock {
     int cross_index; /* execution-order index of attn2 */
     int site_attn1, site_k, site_v, site_attn2, site_ff;
     loco_tensor norm1_w, norm1_b, norm2_w, norm2_b, norm3_w, norm3_b;
-    loco_lin a1_q, a1_k, a1_v, a1_o;
+    /* attn1's to_q, to_k, to_v; for self-attention views of the rows of a1_qkv, their weights
+     * stacked (one GEMM; a1_qkv.w.data is NULL with only_cross, where k and v read the text) */
+    loco_lin a1[3], a1_qkv, a1_o;
     loco_lin a2_q, a2_k, a2_v, a2_o;
     loco_lin ff_in, ff_out;
 } unet_tblock;

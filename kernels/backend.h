@@ -219,12 +219,18 @@ loco_status loco_layer_norm(loco_backend *be, loco_tensor *y, const loco_tensor 
  * kv_index (host array of B ints, or NULL for the identity with Bk == B) selects, for each
  * query sample b, the K/V sample it attends to: samples of one batch can attend to different
  * text (LocoGen windows, causal-tracing variants) without copying K/V.
- * scale multiplies q·kᵀ; causal masks key j > query i (CLIP text). Scores and softmax are fp32. */
+ * scale multiplies q·kᵀ; causal masks key j > query i (CLIP text). Scores and softmax are fp32.
+ *
+ * qkv_packed: self-attention on the output of one GEMM with the q, k and v projections'
+ * weights stacked: q is [B, L, 3*H*D], each row q | k | v, and k, v must be NULL (Bk = B,
+ * Lk = L; kv_index still picks the sample whose k and v a query sample reads). One GEMM of
+ * three times the width replaces three, and nothing is copied apart. */
 typedef struct loco_attention_params {
     int heads;
     float scale;
     int causal;
     const int *kv_index;
+    int qkv_packed;
 } loco_attention_params;
 loco_status loco_attention(loco_backend *be, loco_tensor *out, const loco_tensor *q, const loco_tensor *k,
                            const loco_tensor *v, const loco_attention_params *p, loco_err *err);

@@ -47,6 +47,7 @@ typedef struct loco_backend_ops {
                               loco_err *err);
     loco_status (*layer_norm)(loco_backend *be, loco_tensor *y, const loco_tensor *x, const loco_tensor *gamma,
                               const loco_tensor *beta, float eps, loco_err *err);
+    /* With p->qkv_packed, k and v are q: a row of q is q | k | v, each out->shape[2] wide. */
     loco_status (*attention)(loco_backend *be, loco_tensor *out, const loco_tensor *q, const loco_tensor *k,
                              const loco_tensor *v, const loco_attention_params *p, loco_err *err);
     loco_status (*activation)(loco_backend *be, loco_tensor *y, const loco_tensor *x, loco_act act, loco_err *err);

@@ -483,25 +483,51 @@ loco_status loco_layer_norm(loco_backend *be, loco_tensor *y, const loco_tensor 
 
 /* ---- attention ----------------------------------------------------------------------------------- */
 
+/* q's shape with a packed q|k|v row taken apart: the width of q alone (H*D). */
+static loco_status attention_widths(const loco_tensor *q, const loco_attention_params *p, int64_t *hd,
+                                    loco_err *err) {
+    shapes s;
+    if (!p->qkv_packed) {
+        *hd = q->shape[2];
+        return LOCO_OK;
+    }
+    if (q->shape[2] % 3 != 0)
+        return loco_err_set(err, LOCO_EINVAL, "attention: packed q %s must be [B, L, 3*H*D] (rows q | k | v)",
+                            shp(&s, 0, q));
+    *hd = q->shape[2] / 3;
+    return LOCO_OK;
+}
+
 loco_status loco_attention(loco_backend *be, loco_tensor *out, const loco_tensor *q, const loco_tensor *k,
                            const loco_tensor *v, const loco_attention_params *p, loco_err *err) {
     const char *op = "attention";
     shapes s;
     TRY(check_backend(be, op, err));
+    if (!p) return loco_err_set(err, LOCO_EINVAL, "attention: params are NULL");
     TRY(check_tensor(be, op, "out", out, err));
     TRY(check_tensor(be, op, "q", q, err));
-    TRY(check_tensor(be, op, "k", k, err));
-    TRY(check_tensor(be, op, "v", v, err));
+    if (p->qkv_packed) {
+        if (k || v)
+            return loco_err_set(err, LOCO_EINVAL, "attention: with qkv_packed, k and v come from q's rows; pass NULL");
+        k = v = q; /* what the backends receive: they take k and v from q's rows */
+    } else {
+        TRY(check_tensor(be, op, "k", k, err));
+        TRY(check_tensor(be, op, "v", v, err));
+    }
     TRY(same_dtype(op, "out", out, "q", q, err));
     TRY(same_dtype(op, "k", k, "q", q, err));
     TRY(same_dtype(op, "v", v, "q", q, err));
-    if (!p) return loco_err_set(err, LOCO_EINVAL, "attention: params are NULL");
     if (q->ndim != 3) return loco_err_set(err, LOCO_EINVAL, "attention: q %s must be [B, Lq, H*D]", shp(&s, 0, q));
     if (k->ndim != 3) return loco_err_set(err, LOCO_EINVAL, "attention: k %s must be [Bk, Lk, H*D]", shp(&s, 0, k));
     TRY(same_shape(op, "k", k, "v", v, err));
-    TRY(same_shape(op, "out", out, "q", q, err));
-    int64_t B = q->shape[0], HD = q->shape[2], Bk = k->shape[0];
-    if (k->shape[2] != HD)
+    int64_t HD = 0;
+    TRY(attention_widths(q, p, &HD, err));
+    if (out->ndim != 3 || out->shape[0] != q->shape[0] || out->shape[1] != q->shape[1] || out->shape[2] != HD)
+        return loco_err_set(err, LOCO_EINVAL, "attention: out %s must be [%lld, %lld, %lld] for q %s%s", shp(&s, 0, out),
+                            (long long)q->shape[0], (long long)q->shape[1], (long long)HD, shp(&s, 1, q),
+                            p->qkv_packed ? " (packed q|k|v)" : "");
+    const int64_t B = q->shape[0], Bk = k->shape[0];
+    if (!p->qkv_packed && k->shape[2] != HD)
         return loco_err_set(err, LOCO_EINVAL, "attention: q %s and k %s differ in width (H*D)", shp(&s, 0, q),
                             shp(&s, 1, k));
     if (p->heads < 1 || HD % p->heads != 0)
@@ -527,7 +553,7 @@ loco_status loco_attention(loco_backend *be, loco_tensor *out, const loco_tensor
     if (loco_tensor_numel(out) == 0) return LOCO_OK;
     double t0 = prof_begin(be);
     const loco_status op_st = be->ops->attention(be, out, q, k, v, p, err);
-    const double flops = 4.0 * (double)q->shape[0] * (double)q->shape[1] * (double)k->shape[1] * (double)q->shape[2];
+    const double flops = 4.0 * (double)B * (double)q->shape[1] * (double)k->shape[1] * (double)HD;
     return prof_end(be, LOCO_OP_ATTENTION, "attention", q, k, flops, t0, op_st);
 }
 

@@ -14,7 +14,9 @@
  * LOCO_CUDA_FLASH=64 and =128 ("name@fa64", "name@fa128"), and, in the --wgmma run, with the
  * experimental Hopper kernel ("name@fa_wgmma"). resconv rows (a ResNet block's
  * GroupNorm+SiLU, conv, residual add) time loco_conv2d_fused and the three separate ops
- * ("name@unfused"). Linear rows and the conv rows of batch 4 or more are also timed with
+ * ("name@unfused"). selfattn rows (a transformer block's q, k, v projections and attention)
+ * time the stacked projection with packed attention and the three projections apart
+ * ("name@apart"). Linear rows and the conv rows of batch 4 or more are also timed with
  * LOCO_CUDA_GEMM_TUNE=1 ("name@tuned": cuBLASLt's top candidates timed per shape). With --wgmma, only the f16 conv rows
  * on the experimental wgmma kernel ("name@wgmma": LOCO_CUDA_CONV=wgmma, the automatic route
  * where that kernel does not apply), a separate run so that a fault there spares the main table.
@@ -35,7 +37,7 @@ typedef struct bench_op {
     long a[9];
     int na;
     char act[16];
-    int unfused; /* resconv: the separate ops instead of loco_conv2d_fused */
+    int unfused; /* resconv: the separate ops instead of loco_conv2d_fused; selfattn: q, k, v apart */
 } bench_op;
 
 static double now_ms(void) {
@@ -104,9 +106,26 @@ static loco_status run_op(loco_backend *be, const bench_op *op, loco_tensor *t, 
         f.residual = &t[6];
         return loco_conv2d_fused(be, &t[3], &t[0], &t[1], &t[2], &p, &f, err);
     }
+    if (!strcmp(op->kind, "selfattn")) {
+        /* t: x [B, L, C], the stacked q|k|v weight [3C, C], its output [B, L, 3C], out, q, k, v */
+        const long B = a[0], L = a[1], C = a[2];
+        loco_attention_params p = {(int)a[3], 1.0f / sqrtf((float)(C / a[3])), 0, NULL, !op->unfused};
+        if (!op->unfused) {
+            loco_status st = loco_linear(be, &t[2], &t[0], &t[1], NULL, LOCO_ACT_NONE, err);
+            return st == LOCO_OK ? loco_attention(be, &t[3], &t[2], NULL, NULL, &p, err) : st;
+        }
+        for (int i = 0; i < 3; i++) { /* the pre-stacking path: one GEMM per projection */
+            loco_tensor w;
+            loco_status st = loco_tensor_view(&t[1], (int64_t)i * C * C, 2, (int64_t[]){C, C}, &w, err);
+            if (st == LOCO_OK) st = loco_linear(be, &t[4 + i], &t[0], &w, NULL, LOCO_ACT_NONE, err);
+            if (st != LOCO_OK) return st;
+        }
+        (void)B, (void)L;
+        return loco_attention(be, &t[3], &t[4], &t[5], &t[6], &p, err);
+    }
     if (!strcmp(op->kind, "linear")) return loco_linear(be, &t[3], &t[0], &t[1], &t[2], act_of(op->act), err);
     if (!strcmp(op->kind, "attn")) {
-        loco_attention_params p = {(int)a[3], 1.0f / sqrtf((float)a[4]), (int)a[5], NULL};
+        loco_attention_params p = {(int)a[3], 1.0f / sqrtf((float)a[4]), (int)a[5], NULL, 0};
         return loco_attention(be, &t[3], &t[0], &t[1], &t[2], &p, err);
     }
     if (!strcmp(op->kind, "gn")) return loco_group_norm(be, &t[3], &t[0], (int)a[4], &t[1], &t[2], 1e-5f, (int)a[5], err);
@@ -139,6 +158,15 @@ static int setup(loco_backend *be, const bench_op *op, loco_tensor *t, double *w
             rand_tensor(be, 4, xs, 1.0f, &seed, &t[6]) || rand_tensor(be, 4, xs, 0.0f, &seed, &t[7]))
             return -1;
         *work = 2.0 * N * C * H * W * C * 9;
+    } else if (!strcmp(op->kind, "selfattn")) {
+        long B = a[0], L = a[1], C = a[2];
+        int64_t xs[3] = {B, L, C}, ws[2] = {3 * C, C}, ps[3] = {B, L, 3 * C};
+        if (rand_tensor(be, 3, xs, 1.0f, &seed, &t[0]) || rand_tensor(be, 2, ws, 0.05f, &seed, &t[1]) ||
+            rand_tensor(be, 3, ps, 0.0f, &seed, &t[2]))
+            return -1;
+        for (int i = 3; i < 7; i++)
+            if (rand_tensor(be, 3, xs, 0.0f, &seed, &t[i])) return -1;
+        *work = 2.0 * B * L * C * 3 * C + 4.0 * B * L * L * C;
     } else if (!strcmp(op->kind, "linear")) {
         long M = a[0], K = a[1], Nn = a[2];
         int64_t xs[2] = {M, K}, ws[2] = {Nn, K}, bs[1] = {Nn}, ys[2] = {M, Nn};
@@ -281,9 +309,8 @@ static int wgmma_rows(const char *path, int reps) {
     while (fgets(line, sizeof line, f)) {
         if (!parse_op(line, &op)) continue;
         if (!strcmp(op.kind, "conv") && op.a[5] > 1 && time_op(be, &op, reps, "@wgmma") != 0) failures++;
-        if (!strcmp(op.kind, "attn") && (op.a[4] == 40 || op.a[4] == 64 || op.a[4] == 80) &&
-            time_op(be, &op, reps, "@fa_wgmma") != 0)
-            failures++;
+        const long d = !strcmp(op.kind, "attn") ? op.a[4] : !strcmp(op.kind, "selfattn") ? op.a[2] / op.a[3] : 0;
+        if ((d == 40 || d == 64 || d == 80) && time_op(be, &op, reps, "@fa_wgmma") != 0) failures++;
     }
     fclose(f);
     loco_backend_destroy(be);
@@ -355,6 +382,10 @@ int main(int argc, char **argv) {
         if (!strcmp(op.kind, "resconv")) {
             op.unfused = 1;
             if (time_op(be, &op, reps, "@unfused") != 0) failures++;
+        }
+        if (!strcmp(op.kind, "selfattn")) {
+            op.unfused = 1;
+            if (time_op(be, &op, reps, "@apart") != 0) failures++;
         }
         if (!strcmp(op.kind, "attn") && (op.a[4] == 40 || op.a[4] == 64 || op.a[4] == 80)) {
             if (time_op(be_fa64, &op, reps, "@fa64") != 0) failures++;

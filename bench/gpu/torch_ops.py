@@ -1,7 +1,8 @@
 """Times the ops of bench/gpu/ops.txt in PyTorch (fp16, CUDA), the way diffusers runs them:
 NCHW convolutions, F.scaled_dot_product_attention on [B, H, L, D] views of [B, L, H*D],
 GroupNorm followed by a separate SiLU, GEGLU as chunk + gelu + mul, a ResNet block's second half
-(resconv) as GroupNorm, SiLU, conv and add. Prints one line per op,
+(resconv) as GroupNorm, SiLU, conv and add, self-attention with its projections (selfattn) as
+three linears and SDPA. Prints one line per op,
 "name ms", for bench/gpu-check.sh to join with op_bench's table.
 
 Timing: random inputs, three warm-up calls, five batches of `reps` calls timed with CUDA
@@ -38,6 +39,17 @@ def make(op, args):
         x, gamma, beta = r(n, c, h, w), r(c), r(c)
         wt, b, res = r(c, c, 3, 3) * 0.05, r(c) * 0.1, r(n, c, h, w)
         return lambda: F.conv2d(F.silu(F.group_norm(x, 32, gamma, beta, 1e-5)), wt, b, padding=1) + res
+    if op == "selfattn":
+        # diffusers' AttnProcessor2_0: to_q, to_k, to_v as three linears, then SDPA
+        b, l, c, h = map(int, args)
+        d = c // h
+        x, wq, wk, wv = r(b, l, c), r(c, c) * 0.05, r(c, c) * 0.05, r(c, c) * 0.05
+
+        def selfattn():
+            q, k, v = (F.linear(x, w).view(b, l, h, d).transpose(1, 2) for w in (wq, wk, wv))
+            return F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, l, c)
+
+        return selfattn
     if op == "linear":
         m, k, n = map(int, args[:3])
         act = ACTS[args[3]]

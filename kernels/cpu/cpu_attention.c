@@ -2,7 +2,7 @@
  * head, with the causal mask and kv_index of backend.h.
  *
  * Heads are not split out of [B, L, H*D]: sgemm reads each head in place with a row stride of
- * H*D and writes its output the same way. Queries go in tiles, so the score matrix of one tile
+ * H*D (3*H*D for packed q|k|v rows) and writes its output the same way. Queries go in tiles, so the score matrix of one tile
  * (tile x Lk floats, ~512 KiB) lives in a per-thread buffer that stays in cache from the q·kᵀ
  * sgemm through the softmax into the ·v sgemm; a 4096x4096 self-attention never materialises
  * its 64 MB score matrix. The softmax leaves rows unnormalised and the 1/sum is applied to the
@@ -22,6 +22,7 @@ typedef struct attn_job {
     const float *q, *k, *v;
     const int *kv_index;
     int B, Lq, Lk, Bk, H, D, HD;
+    int in_rs; /* row stride of q, k and v: HD, or 3 HD when packed */
     int tq, ntiles; /* query rows per tile, tiles per (sample, head) */
     float scale;
     int causal;
@@ -62,19 +63,19 @@ static void attn_range(void *ctx, size_t b, size_t e, int tid) {
         int i0 = tile * j->tq, rows = j->Lq - i0 < j->tq ? j->Lq - i0 : j->tq;
         /* causal: no query of this tile sees a key past its last row */
         int keys = j->causal && i0 + rows < j->Lk ? i0 + rows : j->Lk;
-        const float *qt = j->q + ((size_t)bq * j->Lq + i0) * j->HD + (size_t)h * j->D;
-        const float *kt = j->k + (size_t)kb * j->Lk * j->HD + (size_t)h * j->D;
-        const float *vt = j->v + (size_t)kb * j->Lk * j->HD + (size_t)h * j->D;
+        const float *qt = j->q + ((size_t)bq * j->Lq + i0) * j->in_rs + (size_t)h * j->D;
+        const float *kt = j->k + (size_t)kb * j->Lk * j->in_rs + (size_t)h * j->D;
+        const float *vt = j->v + (size_t)kb * j->Lk * j->in_rs + (size_t)h * j->D;
         float *ot = j->out + ((size_t)bq * j->Lq + i0) * j->HD + (size_t)h * j->D;
 
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, keys, j->D, j->scale, qt, j->HD, kt, j->HD, 0.0f,
-                    S, keys);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, keys, j->D, j->scale, qt, j->in_rs, kt, j->in_rs,
+                    0.0f, S, keys);
         for (int r = 0; r < rows; r++) {
             int valid = j->causal ? (i0 + r + 1 < keys ? i0 + r + 1 : keys) : keys;
             inv[r] = 1.0f / softmax_row(S + (size_t)r * keys, valid, keys);
         }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, j->D, keys, 1.0f, S, keys, vt, j->HD, 0.0f, ot,
-                    j->HD);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, j->D, keys, 1.0f, S, keys, vt, j->in_rs, 0.0f,
+                    ot, j->HD);
         for (int r = 0; r < rows; r++) scale_row(ot + (size_t)r * j->HD, j->D, inv[r]);
     }
 }
@@ -83,11 +84,13 @@ loco_status cpu_attention(loco_backend *be, loco_tensor *out, const loco_tensor 
                           const loco_tensor *v, const loco_attention_params *p, loco_err *err) {
     if (q->shape[1] > INT_MAX || k->shape[1] > INT_MAX || q->shape[2] > INT_MAX || q->shape[0] > INT_MAX)
         return loco_err_set(err, LOCO_EUNSUPPORTED, "attention: sizes exceed sgemm's int range");
+    const int HD = (int)out->shape[2];
+    const float *qd = (const float *)q->data;
     attn_job j = {
-        .out = (float *)out->data, .q = (const float *)q->data, .k = (const float *)k->data,
-        .v = (const float *)v->data, .kv_index = p->kv_index, .B = (int)q->shape[0], .Lq = (int)q->shape[1],
-        .Lk = (int)k->shape[1], .Bk = (int)k->shape[0], .H = p->heads, .HD = (int)q->shape[2],
-        .scale = p->scale, .causal = p->causal != 0,
+        .out = (float *)out->data, .q = qd, .k = p->qkv_packed ? qd + HD : (const float *)k->data,
+        .v = p->qkv_packed ? qd + 2 * HD : (const float *)v->data, .kv_index = p->kv_index, .B = (int)q->shape[0],
+        .Lq = (int)q->shape[1], .Lk = (int)k->shape[1], .Bk = (int)k->shape[0], .H = p->heads, .HD = HD,
+        .in_rs = (int)q->shape[2], .scale = p->scale, .causal = p->causal != 0,
     };
     j.D = j.HD / j.H;
     int tq = SCORE_FLOATS / j.Lk;

@@ -212,7 +212,7 @@ __global__ void __launch_bounds__(FA_THREADS) flash_attn_kernel(const fa_params 
     cp_async_wait<0>();
 
     /* each quad of lanes holds partial row sums: combine, normalise, store */
-    T *og = (T *)p.o + b * p.q_bs + (int64_t)h * D + 2 * tq;
+    T *og = (T *)p.o + b * p.o_bs + (int64_t)h * D + 2 * tq;
 #pragma unroll
     for (int mt = 0; mt < MT; mt++) {
         float l0 = l[mt][0], l1 = l[mt][1];
@@ -223,13 +223,13 @@ __global__ void __launch_bounds__(FA_THREADS) flash_attn_kernel(const fa_params 
         const float inv0 = l0 > 0.0f ? 1.0f / l0 : 0.0f, inv1 = l1 > 0.0f ? 1.0f / l1 : 0.0f;
         const int r0 = row0 + mt * 16, r1 = r0 + 8;
         if (r0 < p.lq) {
-            T *orow = og + (int64_t)r0 * p.rs;
+            T *orow = og + (int64_t)r0 * p.o_rs;
 #pragma unroll
             for (int d = 0; d < NDT; d++)
                 *(uint32_t *)(orow + d * 8) = pack2<T>(o[mt][d][0] * inv0, o[mt][d][1] * inv0);
         }
         if (r1 < p.lq) {
-            T *orow = og + (int64_t)r1 * p.rs;
+            T *orow = og + (int64_t)r1 * p.o_rs;
 #pragma unroll
             for (int d = 0; d < NDT; d++)
                 *(uint32_t *)(orow + d * 8) = pack2<T>(o[mt][d][2] * inv1, o[mt][d][3] * inv1);
@@ -304,7 +304,12 @@ extern "C" loco_status cuda_op_attention(loco_backend *be, loco_tensor *out, con
         return loco_err_set(err, LOCO_EUNSUPPORTED, "cuda attention: q/k/v/out must share the activation dtype "
                             "(q %s, k %s, v %s, out %s)", cuda_dt(q->dtype), cuda_dt(k->dtype), cuda_dt(v->dtype),
                             cuda_dt(dt));
-    int64_t B = q->shape[0], Lq = q->shape[1], HD = q->shape[2], Bk = k->shape[0], Lk = k->shape[1];
+    /* packed q|k|v rows (k, v are q): every input row is 3 HD wide, k and v start HD and 2 HD in */
+    const int64_t B = q->shape[0], Lq = q->shape[1], HD = out->shape[2], Bk = k->shape[0], Lk = k->shape[1];
+    const int64_t in_rs = q->shape[2];
+    const size_t es = loco_dtype_size(dt);
+    const void *kp = p->qkv_packed ? (const char *)q->data + (size_t)HD * es : k->data;
+    const void *vp = p->qkv_packed ? (const char *)q->data + 2 * (size_t)HD * es : v->data;
     int64_t H = p->heads, D = H > 0 ? HD / H : 0;
     if (B <= 0 || Lq <= 0 || HD <= 0) return LOCO_OK;
     if (H <= 0 || D * H != HD)
@@ -323,21 +328,24 @@ extern "C" loco_status cuda_op_attention(loco_backend *be, loco_tensor *out, con
      * 32-bit offsets, which H <= 65535 and D <= 160 keep far from overflow (64 rows x HD) */
     const float scale_log2 = p->scale * 1.4426950408889634f;
     int flash = (dt == LOCO_F16 || dt == LOCO_BF16) && fa_has_dim(D) && H <= 65535 && Lq < ((int64_t)1 << 30) &&
-                Lk < ((int64_t)1 << 30) && p->scale > 0.0f && isfinite(scale_log2) && cuda_aligned(q->data, 16) && cuda_aligned(k->data, 16) &&
-                cuda_aligned(v->data, 16) && cuda_aligned(out->data, 16);
-    if (!flash) return cuda_attention_gemm(c, out, q, k, v, p, err);
+                Lk < ((int64_t)1 << 30) && p->scale > 0.0f && isfinite(scale_log2) && cuda_aligned(q->data, 16) &&
+                cuda_aligned(kp, 16) && cuda_aligned(vp, 16) && cuda_aligned(out->data, 16) && (in_rs * es) % 16 == 0 &&
+                (HD * es) % 16 == 0;
+    if (!flash) return cuda_attention_gemm(c, out, q, kp, vp, Lk, in_rs, p, err);
 
     fa_params fp;
     memset(&fp, 0, sizeof fp);
     fp.q = q->data;
-    fp.k = k->data;
-    fp.v = v->data;
+    fp.k = kp;
+    fp.v = vp;
     fp.o = out->data;
     fp.lq = (int)Lq;
     fp.lk = (int)Lk;
-    fp.rs = HD;
-    fp.q_bs = Lq * HD;
-    fp.kv_bs = Lk * HD;
+    fp.rs = in_rs;
+    fp.q_bs = Lq * in_rs;
+    fp.kv_bs = Lk * in_rs;
+    fp.o_rs = HD;
+    fp.o_bs = Lq * HD;
     fp.scale_log2 = scale_log2;
     fp.causal = p->causal != 0;
     const int wgmma = cuda_flash_wgmma_applies(c, dt, D); /* LOCO_CUDA_FLASH=wgmma: 128-row blocks */

@@ -45,10 +45,10 @@ __global__ void __launch_bounds__(SM_THREADS) softmax_rows_kernel(T *P, const fl
     for (int64_t j = threadIdx.x; j < lk; j += blockDim.x) pr[j] = from_f32<T>(j < kend ? expf(s[j] - m) * inv : 0.0f);
 }
 
-loco_status cuda_attention_gemm(cuda_impl *c, loco_tensor *out, const loco_tensor *q, const loco_tensor *k,
-                                const loco_tensor *v, const loco_attention_params *p, loco_err *err) {
+loco_status cuda_attention_gemm(cuda_impl *c, loco_tensor *out, const loco_tensor *q, const void *k, const void *v,
+                                int64_t Lk, int64_t in_rs, const loco_attention_params *p, loco_err *err) {
     loco_dtype dt = out->dtype;
-    int64_t B = q->shape[0], Lq = q->shape[1], HD = q->shape[2], Lk = k->shape[1];
+    int64_t B = q->shape[0], Lq = q->shape[1], HD = out->shape[2];
     int64_t H = p->heads, D = HD / H;
     size_t es = loco_dtype_size(dt);
     size_t per_row = (size_t)(H * Lk) * (4 + es);
@@ -63,11 +63,11 @@ loco_status cuda_attention_gemm(cuda_impl *c, loco_tensor *out, const loco_tenso
     loco_status st = cuda_alloc_get(c, (size_t)(H * nq * Lk) * es, &P, err);
     for (int64_t b = 0; b < B && st == LOCO_OK; b++) {
         int64_t kb = p->kv_index ? p->kv_index[b] : b;
-        const char *kp = (const char *)k->data + (size_t)(kb * Lk * HD) * es;
-        const char *vp = (const char *)v->data + (size_t)(kb * Lk * HD) * es;
+        const char *kp = (const char *)k + (size_t)(kb * Lk * in_rs) * es;
+        const char *vp = (const char *)v + (size_t)(kb * Lk * in_rs) * es;
         for (int64_t q0 = 0; q0 < Lq && st == LOCO_OK; q0 += nq) {
             int64_t n = Lq - q0 < nq ? Lq - q0 : nq;
-            size_t qoff = (size_t)((b * Lq + q0) * HD) * es;
+            size_t qoff = (size_t)((b * Lq + q0) * in_rs) * es, ooff = (size_t)((b * Lq + q0) * HD) * es;
             /* S^T (Lk x n per head, column-major) = K_h (stored D x Lk, transposed) . Q_h (D x n) */
             cuda_gemm g;
             memset(&g, 0, sizeof g);
@@ -75,8 +75,8 @@ loco_status cuda_attention_gemm(cuda_impl *c, loco_tensor *out, const loco_tenso
             g.m = Lk;
             g.n = n;
             g.k = D;
-            g.lda = HD;
-            g.ldb = HD;
+            g.lda = in_rs;
+            g.ldb = in_rs;
             g.ldd = Lk;
             g.batch = (int)H;
             g.stride_a = D;
@@ -103,7 +103,7 @@ loco_status cuda_attention_gemm(cuda_impl *c, loco_tensor *out, const loco_tenso
             g.m = D;
             g.n = n;
             g.k = Lk;
-            g.lda = HD;
+            g.lda = in_rs;
             g.ldb = Lk;
             g.ldd = HD;
             g.batch = (int)H;
@@ -114,7 +114,7 @@ loco_status cuda_attention_gemm(cuda_impl *c, loco_tensor *out, const loco_tenso
             g.d_dtype = dt;
             g.a = vp;
             g.b = P;
-            g.d = (char *)out->data + qoff;
+            g.d = (char *)out->data + ooff;
             g.alpha = 1.0f;
             st = cuda_gemm_run(c, &g, err);
         }

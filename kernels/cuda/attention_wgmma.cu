@@ -254,14 +254,14 @@ __global__ void __launch_bounds__(FAW_THREADS) faw_kernel(const fa_params p) {
     /* every lane's copy of its two rows' sums of P is in the ones columns: normalise, store */
     const float l0 = o[NDT][0], l1 = o[NDT][2];
     const float inv0 = l0 > 0.0f ? 1.0f / l0 : 0.0f, inv1 = l1 > 0.0f ? 1.0f / l1 : 0.0f;
-    T *og = (T *)p.o + b * p.q_bs + (int64_t)h * D + 2 * tq;
+    T *og = (T *)p.o + b * p.o_bs + (int64_t)h * D + 2 * tq;
     if (row0 < p.lq) {
-        T *orow = og + (int64_t)row0 * p.rs;
+        T *orow = og + (int64_t)row0 * p.o_rs;
 #pragma unroll
         for (int d = 0; d < NDT; d++) *(uint32_t *)(orow + d * 8) = pack2<T>(o[d][0] * inv0, o[d][1] * inv0);
     }
     if (row0 + 8 < p.lq) {
-        T *orow = og + (int64_t)(row0 + 8) * p.rs;
+        T *orow = og + (int64_t)(row0 + 8) * p.o_rs;
 #pragma unroll
         for (int d = 0; d < NDT; d++)
             *(uint32_t *)(orow + d * 8) = pack2<T>(o[d][2] * inv1, o[d][3] * inv1);

@@ -236,8 +236,11 @@ loco_status cuda_gn_table(cuda_impl *c, const loco_tensor *x, int groups, const 
 /* Raises the dynamic shared-memory limit of the attention kernels that need more than 48 KB
  * and checks that this build has machine code for the device. */
 loco_status cuda_attention_setup(cuda_impl *c, loco_err *err);
-loco_status cuda_attention_gemm(cuda_impl *c, loco_tensor *out, const loco_tensor *q, const loco_tensor *k,
-                                const loco_tensor *v, const loco_attention_params *p, loco_err *err);
+/* The materialised path (attention_gemm.cu) for what the flash kernels do not take: k and v
+ * point at their first rows ([Bk, lk, ...]), q, k and v rows are in_rs elements apart (the
+ * output's width, or three times it for packed q|k|v rows). */
+loco_status cuda_attention_gemm(cuda_impl *c, loco_tensor *out, const loco_tensor *q, const void *k, const void *v,
+                                int64_t lk, int64_t in_rs, const loco_attention_params *p, loco_err *err);
 /* The wgmma flash attention (attention_wgmma.cu, sm_90a, experimental: only under
  * LOCO_CUDA_FLASH=wgmma). setup sets c->faw_ok; applies says whether it takes a call of this
  * dtype and head dim; the launch takes attention.cu's arguments for 128-row blocks. */

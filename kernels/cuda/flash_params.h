@@ -12,8 +12,9 @@ typedef struct fa_params {
     const void *q, *k, *v;
     void *o;
     int lq, lk;
-    int64_t rs;          /* row stride of q/k/v/o in elements: heads * D */
+    int64_t rs;          /* row stride of q/k/v in elements: heads * D, 3 heads * D when packed */
     int64_t q_bs, kv_bs; /* sample strides: Lq * rs, Lk * rs */
+    int64_t o_rs, o_bs;  /* the output's: heads * D, Lq * heads * D */
     float scale_log2;    /* scale * log2(e): the softmax runs in base 2 */
     int causal;
     int b0;              /* first query sample of this launch */

@@ -107,7 +107,7 @@ static inline int check_attention_view(loco_dtype dt, int64_t B, int64_t Bk, int
     twin q;
     ok = ok && loco_tensor_view(&qb.c, q_offset, 3, qs, &q.c, &e.errc) == LOCO_OK &&
          loco_tensor_view(&qb.g, q_offset, 3, qs, &q.g, &e.errg) == LOCO_OK;
-    loco_attention_params p = {H, 1.0f / sqrtf((float)D), causal, kv};
+    loco_attention_params p = {H, 1.0f / sqrtf((float)D), causal, kv, 0};
     ok = ok && both_ok(&e, loco_attention(e.cpu, &o.c, &q.c, &k.c, &v.c, &p, &e.errc),
                        loco_attention(e.gpu, &o.g, &q.g, &k.g, &v.g, &p, &e.errg), "attention");
     ok = ok && both_ok(&e, LOCO_OK, loco_attention(e.gpu, &o2.g, &q.g, &k.g, &v.g, &p, &e.errg), "attention again");
@@ -123,6 +123,46 @@ static inline int check_attention_view(loco_dtype dt, int64_t B, int64_t Bk, int
 static inline int check_attention(loco_dtype dt, int64_t B, int64_t Bk, int64_t Lq, int64_t Lk, int H, int64_t D,
                                   int causal, const int *kv, uint64_t seed) {
     return check_attention_view(dt, B, Bk, Lq, Lk, H, D, causal, kv, 0, seed);
+}
+
+/* Self-attention on packed q|k|v rows ([B, L, 3 H D], a stacked projection's output) on both
+ * backends, and on the GPU once more with q, k and v apart (the same values). Where a flash
+ * kernel runs (f16/bf16, head dim 40/64/80/160) only the strides differ between the two GPU
+ * calls, so their results must be bit-identical; the general path's GEMMs may choose other
+ * algorithms for other strides and are compared with the CPU instead. */
+static inline int check_attention_packed(loco_dtype dt, int64_t B, int64_t L, int H, int64_t D, const int *kv,
+                                         uint64_t seed) {
+    char why[1100];
+    genv e;
+    if (genv_open(&e, dt, seed, why, sizeof why) != 1) return fprintf(stderr, "%s\n", why), 0;
+    const int64_t HD = H * D, rows = B * L;
+    int64_t ps[3] = {B, L, 3 * HD}, qs[3] = {B, L, HD};
+    float *h = rand_buf(&e.r, (size_t)(rows * 3 * HD), 1.5f, 0.0f);
+    float *part[3] = {malloc((size_t)(rows * HD) * sizeof(float)), malloc((size_t)(rows * HD) * sizeof(float)),
+                      malloc((size_t)(rows * HD) * sizeof(float))};
+    twin qkv, t[3], o, o2;
+    memset(t, 0, sizeof t);
+    int ok = part[0] && part[1] && part[2] && twin_up(&e, 3, ps, h, &qkv); /* rounds h in place */
+    for (int i = 0; ok && i < 3; i++) {
+        for (int64_t r = 0; r < rows; r++) memcpy(part[i] + r * HD, h + (r * 3 + i) * HD, (size_t)HD * sizeof(float));
+        ok = twin_up(&e, 3, qs, part[i], &t[i]);
+    }
+    ok = ok && twin_out(&e, 3, qs, &o) && twin_out(&e, 3, qs, &o2);
+    loco_attention_params pp = {H, 1.0f / sqrtf((float)D), 0, kv, 1}, pu = pp;
+    pu.qkv_packed = 0;
+    ok = ok && both_ok(&e, loco_attention(e.cpu, &o.c, &qkv.c, NULL, NULL, &pp, &e.errc),
+                       loco_attention(e.gpu, &o.g, &qkv.g, NULL, NULL, &pp, &e.errg), "attention (packed)");
+    ok = ok && both_ok(&e, loco_attention(e.cpu, &o2.c, &t[0].c, &t[1].c, &t[2].c, &pu, &e.errc),
+                       loco_attention(e.gpu, &o2.g, &t[0].g, &t[1].g, &t[2].g, &pu, &e.errg), "attention (apart)");
+    char what[96];
+    snprintf(what, sizeof what, "packed attention D=%lld L=%lld", (long long)D, (long long)L);
+    const int flash = dt != LOCO_F32 && (D == 40 || D == 64 || D == 80 || D == 160);
+    ok = ok && twin_close(&o, tol_for(dt), what) && twin_close(&o2, tol_for(dt), what) &&
+         (!flash || same_bits(&o.g, &o2.g, what));
+    twin_free(&qkv), twin_free(&t[0]), twin_free(&t[1]), twin_free(&t[2]), twin_free(&o), twin_free(&o2);
+    free(h), free(part[0]), free(part[1]), free(part[2]);
+    genv_close(&e);
+    return ok;
 }
 
 #endif

@@ -325,7 +325,7 @@ TEST(validation_every_op_names_itself) {
     }
     /* attention: q [2,4,8], k/v [3,6,8] */
     {
-        loco_attention_params p = {2, 0.5f, 0, NULL};
+        loco_attention_params p = {2, 0.5f, 0, NULL, 0};
         int idx_ok[2] = {2, 0}, idx_bad[2] = {0, 3}, idx_neg[2] = {-1, 0};
         BAD(loco_attention(be, &o, &q, &k, &k, &p, &err), "attention"); /* Bk 3 != B 2 without kv_index */
         p.kv_index = idx_ok;
@@ -471,7 +471,7 @@ TEST(validation_rank_alias_and_range_checks) {
         CHECK(loco_layer_norm(be, &x3, &x3, &g8, &g8, 1e-5f, &err) == LOCO_OK); /* in place; gamma may be beta */
         loco_tensor_free(&g8);
     }
-    loco_attention_params ap = {2, 1.0f, 0, NULL};
+    loco_attention_params ap = {2, 1.0f, 0, NULL, 0};
     BAD(loco_attention(be, &o, &k2, &kw, &kw, &ap, &err), "attention"); /* q not 3-D */
     BAD(loco_attention(be, &o, &q, &k2, &k2, &ap, &err), "attention"); /* k not 3-D */
     BAD(loco_attention(be, &o, &q, &kw, &kw, &ap, &err), "attention"); /* width 6 vs 8 */
@@ -639,6 +639,45 @@ TEST(conv2d_fused_is_the_unfused_calls) {
 }
 
 /* A backend without device self-tests (the CPU one) says so; the report buffer is required. */
+/* Packed q|k|v rows (one GEMM's output with the three projections stacked) give the bits of
+ * the same values apart, with and without kv_index; what does not fit the packed form is an
+ * error naming it. */
+TEST(attention_packed_qkv_is_q_k_v_apart) {
+    loco_backend *be = cpu_backend(0);
+    CHECK(be != NULL);
+    loco_err err;
+    enum { B = 2, L = 9, H = 2, D = 4, HD = H * D };
+    float hp[B * L * 3 * HD], hq[B * L * HD], hk[B * L * HD], hv[B * L * HD];
+    for (int i = 0; i < B * L * 3 * HD; i++) hp[i] = sinf(0.173f * (float)i) * 1.3f;
+    for (int r = 0; r < B * L; r++)
+        for (int c = 0; c < HD; c++) {
+            hq[r * HD + c] = hp[r * 3 * HD + c];
+            hk[r * HD + c] = hp[r * 3 * HD + HD + c];
+            hv[r * HD + c] = hp[r * 3 * HD + 2 * HD + c];
+        }
+    int64_t ps[3] = {B, L, 3 * HD}, qs[3] = {B, L, HD}, bad[3] = {B, L, 3 * HD - 1};
+    loco_tensor pk, q, k, v, o, ref, odd;
+    CHECK(make_tensor(be, 3, ps, hp, &pk) == 0 && make_tensor(be, 3, qs, hq, &q) == 0 &&
+          make_tensor(be, 3, qs, hk, &k) == 0 && make_tensor(be, 3, qs, hv, &v) == 0 &&
+          make_tensor(be, 3, qs, NULL, &o) == 0 && make_tensor(be, 3, qs, NULL, &ref) == 0 &&
+          make_tensor(be, 3, bad, NULL, &odd) == 0);
+    static const int kv[B] = {1, 1};
+    for (int with_kv = 0; with_kv < 2; with_kv++) {
+        loco_attention_params pa = {H, 0.5f, 0, with_kv ? kv : NULL, 0}, pp = pa;
+        pp.qkv_packed = 1;
+        CHECK(loco_attention(be, &ref, &q, &k, &v, &pa, &err) == LOCO_OK);
+        CHECK(loco_attention(be, &o, &pk, NULL, NULL, &pp, &err) == LOCO_OK);
+        CHECK(same_f32_bits(&o, &ref));
+    }
+    loco_attention_params pp = {H, 0.5f, 0, NULL, 1};
+    CHECK(loco_attention(be, &o, &pk, &k, &v, &pp, &err) == LOCO_EINVAL && strstr(err.msg, "qkv_packed"));
+    CHECK(loco_attention(be, &o, &odd, NULL, NULL, &pp, &err) == LOCO_EINVAL && strstr(err.msg, "3*H*D"));
+    CHECK(loco_attention(be, &pk, &pk, NULL, NULL, &pp, &err) == LOCO_EINVAL && strstr(err.msg, "out"));
+    loco_tensor *all[] = {&pk, &q, &k, &v, &o, &ref, &odd};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) loco_tensor_free(all[i]);
+    loco_backend_destroy(be);
+}
+
 TEST(selftest_without_checks_reports_so) {
     loco_backend *be = cpu_backend(0);
     CHECK(be != NULL);

@@ -247,7 +247,7 @@ static int check_attention(int B, int Bk, int Lq, int Lk, int H, int D, int caus
     rand_tensor(be, &r, 3, ks, 1.0f, 0.0f, &v, &hv);
     make_tensor(be, 3, qs, NULL, &o);
     float scale = 1.0f / sqrtf((float)D) * 1.7f; /* sharper than usual: less uniform softmax */
-    loco_attention_params p = {H, scale, causal, kv_index};
+    loco_attention_params p = {H, scale, causal, kv_index, 0};
     loco_err err;
     loco_status st = loco_attention(be, &o, &q, &k, &v, &p, &err);
     double *ref = malloc((size_t)B * Lq * HD * sizeof(double)), *s = malloc((size_t)Lk * sizeof(double));

@@ -462,6 +462,20 @@ TEST(cuda_attention_general_path) {
     CHECK(check_attention_view(LOCO_F16, 2, 2, 70, 77, 4, 64, 0, NULL, 3, 124)); /* unaligned q view */
 }
 
+/* Packed q|k|v rows (the UNet's self-attention after its stacked projection) through each
+ * route: 128-row and 64-row flash blocks, head dim 160, per-sample K/V, and the general path. */
+TEST(cuda_attention_packed_qkv) {
+    GPU_ENV(e, LOCO_F16, 140);
+    genv_close(&e);
+    static const int kv[2] = {1, 0};
+    CHECK(check_attention_packed(LOCO_F16, 2, 300, 8, 40, NULL, 141)); /* SD 1.5 level 1, tails */
+    CHECK(check_attention_packed(LOCO_BF16, 2, 77, 5, 64, kv, 142));   /* 64-row blocks, kv_index */
+    CHECK(check_attention_packed(LOCO_F16, 1, 130, 8, 80, NULL, 143));
+    CHECK(check_attention_packed(LOCO_F16, 1, 70, 4, 160, NULL, 144));
+    CHECK(check_attention_packed(LOCO_F16, 2, 33, 3, 24, NULL, 145));  /* general path */
+    CHECK(check_attention_packed(LOCO_F32, 2, 70, 4, 64, kv, 146));    /* general path, f32 */
+}
+
 /* ---- elementwise and layout ------------------------------------------------------------------------- */
 
 TEST(cuda_activation_every_kind_and_in_place) {

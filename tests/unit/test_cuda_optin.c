@@ -112,6 +112,8 @@ TEST(cuda_attention_wgmma) {
     ok = ok && check_attention(LOCO_F16, 4, 2, 96, 77, 8, 40, 0, kv, 186);       /* kv_index */
     ok = ok && check_attention(LOCO_BF16, 1, 1, 128, 64, 4, 80, 0, NULL, 187);   /* whole tiles only */
     ok = ok && check_attention(LOCO_F16, 1, 1, 64, 200, 4, 160, 0, NULL, 188);   /* 160: mma.sync */
+    ok = ok && check_attention_packed(LOCO_F16, 2, 300, 8, 40, NULL, 189);      /* packed q|k|v rows */
+    ok = ok && check_attention_packed(LOCO_BF16, 2, 130, 5, 64, kv, 190);
     unsetenv("LOCO_CUDA_FLASH");
     CHECK(ok);
 }

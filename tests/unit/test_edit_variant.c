@@ -85,6 +85,50 @@ TEST(unet_variant_shares_then_isolates) {
     loco_backend_destroy(be);
 }
 
+/* Self-attention's to_q, to_k, to_v are row blocks of one stacked weight (one GEMM). Replacing
+ * one of them in a variant must take effect: the variant's block goes back to three GEMMs,
+ * with the same numbers when the values are the same, other numbers when they are not. */
+static int close_all(const float *a, const float *b, size_t n, double tol) {
+    for (size_t i = 0; i < n; i++)
+        if (fabs((double)a[i] - (double)b[i]) > tol * (1.0 + fabs((double)b[i]))) return 0;
+    return 1;
+}
+
+TEST(stacked_self_attention_follows_an_edit_of_one_part) {
+    loco_backend *be = mr_cpu();
+    loco_pipeline *p = be ? et_load(be, "sd1-tiny") : NULL;
+    CHECK(p);
+    loco_unet *base = loco_pipeline_unet(p);
+    const size_t n = 4 * 64;
+    const char *stack = "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_qkv.weight";
+    const char *to_q = "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.weight";
+    const char *to_v = "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_v.weight";
+    const loco_tensor *st = loco_params_find(loco_unet_params(base), stack);
+    const loco_tensor *q = loco_params_find(loco_unet_params(base), to_q);
+    const loco_tensor *vt = loco_params_find(loco_unet_params(base), to_v);
+    CHECK(st && q && vt && loco_unet_param_is_owned(base, stack) && !loco_unet_param_is_owned(base, to_q));
+    CHECK(st->shape[0] == 3 * q->shape[0] && q->data == st->data);
+    float *y0 = unet_out(base, be);
+    loco_unet *v = NULL;
+    loco_err e = {0};
+    CHECK(y0 && loco_unet_variant(base, &v, &e) == LOCO_OK);
+    float *w = malloc((size_t)loco_tensor_numel(q) * sizeof *w);
+    CHECK(w && loco_tensor_download_f32(q, w, &e) == LOCO_OK);
+    CHECK(loco_unet_set_param(v, to_q, w, LOCO_F32, &e) == LOCO_OK); /* the same values, apart */
+    float *y1 = unet_out(v, be);
+    CHECK(y1 && close_all(y1, y0, n, 1e-5));
+    CHECK(loco_tensor_download_f32(vt, w, &e) == LOCO_OK);
+    for (int64_t i = 0; i < loco_tensor_numel(vt); i++) w[i] *= -2.0f;
+    CHECK(loco_unet_set_param(v, to_v, w, LOCO_F32, &e) == LOCO_OK);
+    float *y2 = unet_out(v, be), *y3 = unet_out(base, be);
+    CHECK(y2 && y3 && !close_all(y2, y0, n, 1e-3)); /* the edit took effect */
+    CHECK(memcmp(y3, y0, n * sizeof *y0) == 0);      /* the base's stack is untouched */
+    loco_unet_free(v);
+    free(w), free(y0), free(y1), free(y2), free(y3);
+    loco_pipeline_free(p);
+    loco_backend_destroy(be);
+}
+
 static void locoedit_opts(loco_locoedit_opts *o) {
     loco_locoedit_opts_init(o);
     o->concept = "van gogh";
