@@ -98,6 +98,38 @@ $(BUILD)/tests/%: tests/unit/%.c $(TEST_HDR) $(SRV_OBJ) $(BUILD)/libloco.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Itests/unit -o $@ $< $(SRV_OBJ) $(BUILD)/libloco.a $(CUDA_LIBS) $(LDLIBS)
 
+# ---- the CUDA backend on the CPU kernel emulator (tests/emu/cuda_emu.h) ----------------------------
+# The same kernels/cuda/*.cu compiled as C++ for the CPU, with emulated GPU threads, CUDA runtime
+# and cuBLASLt: the GPU tests (test_cuda_*.c) then also run, emulated, on machines without a GPU.
+# Not in sanitizer builds: the emulator's fibers switch stacks behind ASan's back.
+CXX        ?= g++
+EMU_ON     := $(if $(CUDA_SRC),$(if $(SANITIZE),,1),)
+# -fno-strict-aliasing: the kernels reinterpret 16-bit pairs and vectors, as nvcc lets them;
+# -fno-extern-tls-init: the extern __shared__ arrays are thread_local, without initialisers
+EMU_CXXFLAGS := $(OPT) -g -std=c++17 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -Wno-unknown-pragmas -Wno-maybe-uninitialized \
+             -fno-strict-aliasing -fno-extern-tls-init -pthread -Itests/emu -Ikernels -I. -I$(CUDA_HOME)/include
+EMU_CU_OBJ := $(patsubst %.cu,$(BUILD)/emu/%.o,$(CUDA_SRC))
+EMU_RT_OBJ := $(patsubst %.cc,$(BUILD)/emu/%.o,$(sort $(wildcard tests/emu/*.cc)))
+EMU_TESTS  := $(patsubst tests/unit/%.c,$(BUILD)/tests/emu/%,$(sort $(wildcard tests/unit/test_cuda_*.c)))
+
+all: $(if $(EMU_ON),$(EMU_TESTS))
+
+$(BUILD)/emu/%.o: %.cu tests/emu/cuda_emu.h $(FLAVOUR_STAMP)
+	@mkdir -p $(dir $@)
+	$(CXX) $(EMU_CXXFLAGS) -include tests/emu/cuda_emu.h -x c++ -MMD -MP -c $< -o $@
+
+$(BUILD)/emu/%.o: %.cc $(FLAVOUR_STAMP)
+	@mkdir -p $(dir $@)
+	$(CXX) $(EMU_CXXFLAGS) -MMD -MP -c $< -o $@
+
+$(BUILD)/libloco_emu.a: $(filter-out %.cu.o,$(LIB_OBJ)) $(EMU_CU_OBJ) $(EMU_RT_OBJ) $(FLAVOUR_STAMP)
+	@rm -f $@
+	ar rcs $@ $(filter-out %.cu.o,$(LIB_OBJ)) $(EMU_CU_OBJ) $(EMU_RT_OBJ)
+
+$(BUILD)/tests/emu/%: tests/unit/%.c $(TEST_HDR) $(SRV_OBJ) $(BUILD)/libloco_emu.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -Itests/unit -o $@ $< $(SRV_OBJ) $(BUILD)/libloco_emu.a $(LDLIBS) -lstdc++
+
 $(BUILD)/bench/%: bench/%.c $(BUILD)/libloco.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libloco.a $(CUDA_LIBS) $(LDLIBS)
@@ -128,4 +160,5 @@ asan:
 clean:
 	rm -rf build build-asan
 
--include $(LIB_OBJ:.o=.d) $(SRV_OBJ:.o=.d) $(CLI_OBJ:.o=.d) $(BUILD)/server/locod_main.d
+-include $(LIB_OBJ:.o=.d) $(SRV_OBJ:.o=.d) $(CLI_OBJ:.o=.d) $(BUILD)/server/locod_main.d $(EMU_CU_OBJ:.o=.d) \
+         $(EMU_RT_OBJ:.o=.d)

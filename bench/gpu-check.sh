@@ -8,7 +8,8 @@
 #   3. parity: every CUDA op (tests/unit/test_cuda_ops.c; the opt-in paths in test_cuda_optin.c)
 #      and every pipeline stage
 #      (tests/unit/test_cuda_pipeline.c: text encoder, UNet call with its CUDA graph, VAE decode,
-#      whole tiny pipelines, out-of-memory handling) against the CPU backend: all must pass, none
+#      whole tiny pipelines, out-of-memory handling; test_cuda_methods.c: LocoGen and causal
+#      tracing) against the CPU backend: all must pass, none
 #      may be skipped (the opt-in paths' pipeline reruns are phase 7; after a failure, the UNet
 #      calls and pipelines rerun with LOCO_CUDA_NORM_GATHER=0). A failure is reported and
 #      the timings still run (one GPU run should tell as much as it can); the exit code is then 1;
@@ -54,8 +55,8 @@ say() { printf 'gpu-check [%3ds]: %s\n' "$(elapsed)" "$*"; }
 # ---- 1. build (or the prepared kit) ---------------------------------------------------------
 BIN_TESTS=build/tests
 BIN_BENCH=build/bench/gpu
-TARGETS="build/libloco.a build/tests/test_cuda_ops build/tests/test_cuda_optin build/tests/test_cuda_pipeline build/bench/gpu/op_bench \
-build/bench/gpu/pipeline_bench build/bench/locogen_batched"
+TARGETS="build/libloco.a build/tests/test_cuda_ops build/tests/test_cuda_optin build/tests/test_cuda_pipeline \
+build/tests/test_cuda_methods build/bench/gpu/op_bench build/bench/gpu/pipeline_bench build/bench/locogen_batched"
 BIN_LOCOGEN=build/bench/locogen_batched
 kit_used=0
 use_kit() { # unpack .gpu/kit.tar.xz, refusing one built from other sources
@@ -211,6 +212,8 @@ parity() { # name binary [test-name regex]
 }
 parity cuda_ops "$BIN_TESTS/test_cuda_ops"
 parity cuda_pipeline "$BIN_TESTS/test_cuda_pipeline"
+# LocoGen (graph replay with per-window K/V rows) and causal tracing (host hooks) against the CPU
+parity cuda_methods "$BIN_TESTS/test_cuda_methods"
 # ResNet convs on the im2col route (every UNet one) take their GroupNorm in the gather (session 4,
 # written without a GPU).
 # After any failure, the UNet calls and pipelines again with that off (LOCO_CUDA_NORM_GATHER=0,

@@ -1,7 +1,12 @@
 """Runs the C unit-test binaries (tests/unit/test_*.c), one pytest item per C test case.
 
 A C test that calls SKIP() exits with 77 and is reported as skipped (GPU tests on machines
-without a GPU), never as passed."""
+without a GPU), never as passed.
+
+The GPU test files (test_cuda_*.c) are also built against the CUDA backend compiled for the
+CPU kernel emulator (tests/emu/cuda_emu.h, build/tests/emu/): those items, named emu/..., run
+the CUDA backend's host code and kernels on the CPU on every machine where nvcc exists. They
+pass on emulated threads, not on a GPU; the GPU runs are the items without the emu/ prefix."""
 import os
 import subprocess
 from pathlib import Path
@@ -21,6 +26,16 @@ def _cases():
             continue
         names = subprocess.run([str(binary), "--list"], capture_output=True, text=True, check=True).stdout.split()
         out += [pytest.param(str(binary), n, id=f"{src.stem}::{n}") for n in names]
+    cuda_built = "cuda=1" in (BUILD / ".flavour").read_text() if (BUILD / ".flavour").exists() else False
+    sanitized = "sanitize=-" in (BUILD / ".flavour").read_text() if (BUILD / ".flavour").exists() else False
+    for src in sorted((ROOT / "tests" / "unit").glob("test_cuda_*.c")):
+        binary = BUILD / "tests" / "emu" / src.stem
+        if not binary.exists():
+            if cuda_built and not sanitized:
+                out.append(pytest.param(str(binary), "<missing>", id=f"emu/{src.stem}::<not built>"))
+            continue
+        names = subprocess.run([str(binary), "--list"], capture_output=True, text=True, check=True).stdout.split()
+        out += [pytest.param(str(binary), n, id=f"emu/{src.stem}::{n}") for n in names]
     return out
 
 

@@ -4,8 +4,8 @@
 # have nvcc, PyTorch and transformers, but not loco's C libraries (jansson, libmicrohttpd, ...)
 # nor diffusers, and nothing can be fetched there.
 #
-#   .gpu/kit.tar.xz   bin/: test_cuda_ops, test_cuda_optin, test_cuda_pipeline, op_bench, pipeline_bench,
-#                     locogen_batched (stripped)
+#   .gpu/kit.tar.xz   bin/: test_cuda_ops, test_cuda_optin, test_cuda_pipeline, test_cuda_methods, op_bench,
+#                     pipeline_bench, locogen_batched (stripped)
 #                     lib/: every shared library they load beyond glibc, libstdc++/libgcc_s and
 #                     CUDA's own (which come from the GPU machine's CUDA 13)
 #   .gpu/SOURCE_HASH  hash of the C/CUDA sources the kit was built from; gpu-check.sh refuses a
@@ -30,8 +30,8 @@ if [ "${1:-}" = "--hash" ]; then
 fi
 
 DIFFUSERS_VERSION=0.42.1
-BINS="build/tests/test_cuda_ops build/tests/test_cuda_optin build/tests/test_cuda_pipeline build/bench/gpu/op_bench build/bench/gpu/pipeline_bench
-build/bench/locogen_batched"
+BINS="build/tests/test_cuda_ops build/tests/test_cuda_optin build/tests/test_cuda_pipeline build/tests/test_cuda_methods
+build/bench/gpu/op_bench build/bench/gpu/pipeline_bench build/bench/locogen_batched"
 
 echo "prepare: building (make -j$(nproc))"
 # shellcheck disable=SC2086

@@ -286,7 +286,7 @@ static loco_status flash_launch(cuda_impl *c, loco_dtype dt, int D, int MT, dim3
                                 loco_err *err) {
 #define FA_CASE(T, DD, MM)                                                                   \
     if (dt == fa_dtype<T>() && D == DD && MT == MM) {                                        \
-        flash_attn_kernel<T, DD, MM><<<grid, FA_THREADS, FA_SMEM(DD, MM), c->stream>>>(*fp); \
+        LOCO_LAUNCH(grid, FA_THREADS, FA_SMEM(DD, MM), c->stream, flash_attn_kernel<T, DD, MM>)(*fp); \
         return cuda_check_launch("flash_attn_kernel", err);                                  \
     }
     FA_FOR_EACH(FA_CASE)

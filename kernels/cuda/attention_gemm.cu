@@ -92,7 +92,7 @@ loco_status cuda_attention_gemm(cuda_impl *c, loco_tensor *out, const loco_tenso
             if (st != LOCO_OK) break;
 
             CUDA_DISPATCH(dt, T, "attention", err, {
-                softmax_rows_kernel<T><<<(unsigned)(H * n), SM_THREADS, 0, c->stream>>>((T *)P, S, n, Lk, q0,
+                LOCO_LAUNCH((unsigned)(H * n), SM_THREADS, 0, c->stream, softmax_rows_kernel<T>)((T *)P, S, n, Lk, q0,
                                                                                       p->causal != 0);
             });
             st = cuda_check_launch("softmax_rows_kernel", err);

@@ -302,13 +302,13 @@ loco_status cuda_flash_wgmma_setup(cuda_impl *c, loco_err *err) {
  * blocks. The caller checked cuda_flash_wgmma_applies and attention.cu's flash conditions. */
 loco_status cuda_flash_wgmma(cuda_impl *c, loco_dtype dt, int D, dim3 grid, const fa_params *fp, loco_err *err) {
     if (dt == LOCO_F16) {
-        if (D == 40) faw_kernel<__half, 40><<<grid, FAW_THREADS, FAW_SMEM(40), c->stream>>>(*fp);
-        else if (D == 64) faw_kernel<__half, 64><<<grid, FAW_THREADS, FAW_SMEM(64), c->stream>>>(*fp);
-        else faw_kernel<__half, 80><<<grid, FAW_THREADS, FAW_SMEM(80), c->stream>>>(*fp);
+        if (D == 40) LOCO_LAUNCH(grid, FAW_THREADS, FAW_SMEM(40), c->stream, faw_kernel<__half, 40>)(*fp);
+        else if (D == 64) LOCO_LAUNCH(grid, FAW_THREADS, FAW_SMEM(64), c->stream, faw_kernel<__half, 64>)(*fp);
+        else LOCO_LAUNCH(grid, FAW_THREADS, FAW_SMEM(80), c->stream, faw_kernel<__half, 80>)(*fp);
     } else {
-        if (D == 40) faw_kernel<__nv_bfloat16, 40><<<grid, FAW_THREADS, FAW_SMEM(40), c->stream>>>(*fp);
-        else if (D == 64) faw_kernel<__nv_bfloat16, 64><<<grid, FAW_THREADS, FAW_SMEM(64), c->stream>>>(*fp);
-        else faw_kernel<__nv_bfloat16, 80><<<grid, FAW_THREADS, FAW_SMEM(80), c->stream>>>(*fp);
+        if (D == 40) LOCO_LAUNCH(grid, FAW_THREADS, FAW_SMEM(40), c->stream, faw_kernel<__nv_bfloat16, 40>)(*fp);
+        else if (D == 64) LOCO_LAUNCH(grid, FAW_THREADS, FAW_SMEM(64), c->stream, faw_kernel<__nv_bfloat16, 64>)(*fp);
+        else LOCO_LAUNCH(grid, FAW_THREADS, FAW_SMEM(80), c->stream, faw_kernel<__nv_bfloat16, 80>)(*fp);
     }
     return cuda_check_launch("faw_kernel", err);
 }

@@ -119,7 +119,7 @@ static void im2col_launch(cudaStream_t stream, void *col, const void *x, int64_t
                           int64_t n, Pro pro) {
     int64_t gx = (n / V + IM2COL_TX - 1) / IM2COL_TX, gy = (g->K + IM2COL_TY - 1) / IM2COL_TY;
     const dim3 grid((unsigned)(gx < 65535 ? gx : 65535), (unsigned)(gy < 65535 ? gy : 65535), (unsigned)z);
-    im2col_kernel<U, V, Pro><<<grid, dim3(IM2COL_TX, IM2COL_TY), 0, stream>>>(
+    LOCO_LAUNCH(grid, dim3(IM2COL_TX, IM2COL_TY), 0, stream, im2col_kernel<U, V, Pro>)(
         (U *)col, (const U *)x, (int)g->H, (int)g->W, (int)g->kh, (int)g->kw, g->p->stride, g->p->pad[0],
         g->p->pad[2], (int)g->Wo, (int)p0, (int)n, (int)g->K, g->Cin * g->H * g->W, g->K * n, pro);
 }
@@ -186,7 +186,7 @@ static void im2col_norm_launch(cudaStream_t stream, void *col, const void *x, in
         const int64_t rows = g->Cin * g->kh, gx = (n / (16 / sizeof(T)) + IM2COL_TX - 1) / IM2COL_TX,
                       gy = (rows + IM2COL_TY - 1) / IM2COL_TY;
         const dim3 grid((unsigned)(gx < 65535 ? gx : 65535), (unsigned)(gy < 65535 ? gy : 65535), (unsigned)z);
-        im2col_gn3_kernel<T><<<grid, dim3(IM2COL_TX, IM2COL_TY), 0, stream>>>(
+        LOCO_LAUNCH(grid, dim3(IM2COL_TX, IM2COL_TY), 0, stream, im2col_gn3_kernel<T>)(
             (T *)col, (const T *)x, (int)g->H, (int)g->W, (int)g->kh, g->p->pad[0], g->p->pad[2], (int)g->Wo, (int)p0,
             (int)n, (int)rows, g->Cin * g->H * g->W, g->K * n, pro);
     } else if (v16)

@@ -291,14 +291,14 @@ loco_status cuda_conv_igemm(cuda_impl *c, loco_tensor *y, const loco_tensor *x, 
     if (ig3_fits(c, &p, x->data)) {
         const int bf = y->dtype == LOCO_BF16;
         if (bf)
-            conv_igemm3_kernel<__nv_bfloat16><<<grid, IG_THREADS, IG3_SMEM, c->stream>>>(p);
+            LOCO_LAUNCH(grid, IG_THREADS, IG3_SMEM, c->stream, conv_igemm3_kernel<__nv_bfloat16>)(p);
         else
-            conv_igemm3_kernel<__half><<<grid, IG_THREADS, IG3_SMEM, c->stream>>>(p);
+            LOCO_LAUNCH(grid, IG_THREADS, IG3_SMEM, c->stream, conv_igemm3_kernel<__half>)(p);
         return cuda_check_launch("conv_igemm3_kernel", err);
     }
     if (y->dtype == LOCO_F16)
-        conv_igemm_kernel<__half><<<grid, IG_THREADS, 0, c->stream>>>(p);
+        LOCO_LAUNCH(grid, IG_THREADS, 0, c->stream, conv_igemm_kernel<__half>)(p);
     else
-        conv_igemm_kernel<__nv_bfloat16><<<grid, IG_THREADS, 0, c->stream>>>(p);
+        LOCO_LAUNCH(grid, IG_THREADS, 0, c->stream, conv_igemm_kernel<__nv_bfloat16>)(p);
     return cuda_check_launch("conv_igemm_kernel", err);
 }

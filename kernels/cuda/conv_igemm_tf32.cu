@@ -26,6 +26,7 @@
 #include "conv_igemm_common.cuh"
 #include "mma.h"
 
+#ifndef LOCO_CUDA_EMU /* (the tests' CPU kernel emulator has its own) */
 /* x rounded to TF32 (low 13 bits zero), as the bits mma's .tf32 operands take. */
 __device__ __forceinline__ uint32_t tf32_rna(float x) {
     uint32_t r;
@@ -40,6 +41,7 @@ __device__ __forceinline__ void mma_tf32_16808(float c[4], const uint32_t a[4], 
                  : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
+#endif
 
 /* ---- kernel (the host emulator builds this part, and conv_igemm_common.cuh, on the CPU) -------- */
 
@@ -222,6 +224,6 @@ loco_status cuda_conv_igemm_tf32(cuda_impl *c, loco_tensor *y, const loco_tensor
     p.y_pair = p.P % 2 == 0 && cuda_aligned(y->data, 8);
     if (p.npix <= 0 || p.cout <= 0) return LOCO_OK;
     dim3 grid((unsigned)((p.npix + T32_BN - 1) / T32_BN), (unsigned)((p.cout + T32_BM - 1) / T32_BM));
-    conv_igemm_tf32_kernel<<<grid, T32_THREADS, T32_SMEM, c->stream>>>(p);
+    LOCO_LAUNCH(grid, T32_THREADS, T32_SMEM, c->stream, conv_igemm_tf32_kernel)(p);
     return cuda_check_launch("conv_igemm_tf32_kernel", err);
 }

@@ -267,8 +267,8 @@ loco_status cuda_conv_wgmma(cuda_impl *c, loco_tensor *y, const loco_tensor *x, 
     if (p.npix <= 0 || p.cout <= 0) return LOCO_OK;
     const dim3 grid((unsigned)((p.npix + WG_BN - 1) / WG_BN), (unsigned)((p.cout + WG_BM - 1) / WG_BM));
     if (y->dtype == LOCO_BF16)
-        conv_wgmma_kernel<__nv_bfloat16><<<grid, WG_THREADS, WG_SMEM, c->stream>>>(p);
+        LOCO_LAUNCH(grid, WG_THREADS, WG_SMEM, c->stream, conv_wgmma_kernel<__nv_bfloat16>)(p);
     else
-        conv_wgmma_kernel<__half><<<grid, WG_THREADS, WG_SMEM, c->stream>>>(p);
+        LOCO_LAUNCH(grid, WG_THREADS, WG_SMEM, c->stream, conv_wgmma_kernel<__half>)(p);
     return cuda_check_launch("conv_wgmma_kernel", err);
 }

@@ -16,7 +16,7 @@ loco_status cuda_convert(cuda_impl *c, void *dst, loco_dtype dst_dtype, const vo
         return cuda_check(cudaMemcpyAsync(dst, src, (size_t)n * loco_dtype_size(dst_dtype), cudaMemcpyDeviceToDevice,
                                           c->stream),
                           "cuda convert: cudaMemcpyAsync", err);
-    convert_kernel<<<cuda_grid(c, n, 256), 256, 0, c->stream>>>(dst, dst_dtype, src, src_dtype, n);
+    LOCO_LAUNCH(cuda_grid(c, n, 256), 256, 0, c->stream, convert_kernel)(dst, dst_dtype, src, src_dtype, n);
     return cuda_check_launch("convert_kernel", err);
 }
 

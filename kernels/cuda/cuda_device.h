@@ -43,6 +43,12 @@ __device__ __forceinline__ void st_dyn(void *p, int dtype, int64_t i, float v) {
     }
 }
 
+/* kernel<<<grid, block, smem, stream>>>, spelt LOCO_LAUNCH(grid, block, smem, stream, kernel)
+ * so that the tests' CPU kernel emulator (tests/emu/cuda_emu.h) runs the same source. */
+#ifndef LOCO_LAUNCH
+#define LOCO_LAUNCH(grid, block, smem, stream, ...) __VA_ARGS__<<<grid, block, smem, stream>>>
+#endif
+
 /* ---- 16-byte vectors: 8 halves or 4 floats per access -------------------------------------- */
 
 template <typename T> struct __align__(16) vec16 {
@@ -68,11 +74,13 @@ __device__ __forceinline__ float act_apply(float x, int act) {
  * exp2f compiles to the same instruction wrapped in a denormal range fix (a compare and two
  * predicated multiplies), which in the flash kernel's softmax and the GroupNorm+SiLU pass
  * cost three instructions per element for results that only matter below 2^-126. */
+#ifndef LOCO_CUDA_EMU /* (the tests' CPU kernel emulator has its own) */
 __device__ __forceinline__ float fast_exp2(float x) {
     float y;
     asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
     return y;
 }
+#endif
 
 /* SiLU for the fused kernels: x * sigmoid(x) with the hardware exp2 and reciprocal (a few ulp
  * in fp32) instead of expf and an IEEE division, whose range fix-ups and slow-path branch cost

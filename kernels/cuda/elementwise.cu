@@ -43,7 +43,7 @@ loco_status cuda_act_apply(cuda_impl *c, void *y, const void *x, loco_dtype dtyp
     int vec = all_aligned16(x, y, y);
     CUDA_DISPATCH(dtype, T, "activation", err, {
         const int V = 16 / sizeof(T);
-        act_kernel<T><<<cuda_grid(c, (n + V - 1) / V, EW_THREADS), EW_THREADS, 0, c->stream>>>(
+        LOCO_LAUNCH(cuda_grid(c, (n + V - 1) / V, EW_THREADS), EW_THREADS, 0, c->stream, act_kernel<T>)(
             (T *)y, (const T *)x, n, (int)act, vec);
     });
     return cuda_check_launch("act_kernel", err);
@@ -94,7 +94,7 @@ extern "C" loco_status cuda_op_geglu(loco_backend *be, loco_tensor *y, const loc
         const int V = 16 / sizeof(T);
         int vec = n % V == 0 && all_aligned16(x->data, y->data, y->data);
         int64_t items = vec ? rows * (n / V) : rows * n;
-        geglu_kernel<T><<<cuda_grid(c, items, EW_THREADS), EW_THREADS, 0, c->stream>>>(
+        LOCO_LAUNCH(cuda_grid(c, items, EW_THREADS), EW_THREADS, 0, c->stream, geglu_kernel<T>)(
             (T *)y->data, (const T *)x->data, rows, n, vec);
     });
     return cuda_check_launch("geglu_kernel", err);
@@ -127,7 +127,7 @@ extern "C" loco_status cuda_op_add(loco_backend *be, loco_tensor *y, const loco_
     int vec = all_aligned16(y->data, a->data, b->data);
     CUDA_DISPATCH(y->dtype, T, "add", err, {
         const int V = 16 / sizeof(T);
-        add_kernel<T><<<cuda_grid(c, (n + V - 1) / V, EW_THREADS), EW_THREADS, 0, c->stream>>>(
+        LOCO_LAUNCH(cuda_grid(c, (n + V - 1) / V, EW_THREADS), EW_THREADS, 0, c->stream, add_kernel<T>)(
             (T *)y->data, (const T *)a->data, (const T *)b->data, n, vec);
     });
     return cuda_check_launch("add_kernel", err);
@@ -197,7 +197,7 @@ loco_status cuda_channel_bias_ex(cuda_impl *c, void *y, const void *x, loco_dtyp
             vec_period = loco_fast_div_make((uint32_t)period);
         }
         int64_t items = vec_inner.d ? n / V : n;
-        channel_bias_kernel<T><<<cuda_grid(c, items, EW_THREADS), EW_THREADS, 0, c->stream>>>(
+        LOCO_LAUNCH(cuda_grid(c, items, EW_THREADS), EW_THREADS, 0, c->stream, channel_bias_kernel<T>)(
             (T *)y, (const T *)x, bias, (int)bias_dtype, bias2, (int)bias2_dtype, (const T *)res, n, inner, period,
             vec_inner, vec_period);
     });
@@ -295,8 +295,8 @@ extern "C" loco_status cuda_op_lincomb(loco_backend *be, loco_tensor *y, int n, 
         int mode = n <= LC_MAX ? 0 : start == 0 ? 1 : start + a.count >= n ? 3 : 2;
         CUDA_DISPATCH(y->dtype, T, "lincomb", err, {
             const int V = 16 / sizeof(T);
-            lincomb_kernel<T><<<cuda_grid(c, vec ? (numel + V - 1) / V : numel, EW_THREADS), EW_THREADS, 0,
-                                c->stream>>>((T *)y->data, acc, a, numel, mode, vec);
+            const unsigned blocks = cuda_grid(c, vec ? (numel + V - 1) / V : numel, EW_THREADS);
+            LOCO_LAUNCH(blocks, EW_THREADS, 0, c->stream, lincomb_kernel<T>)((T *)y->data, acc, a, numel, mode, vec);
         });
         st = cuda_check_launch("lincomb_kernel", err);
     }
@@ -327,8 +327,8 @@ extern "C" loco_status cuda_op_fill(loco_backend *be, loco_tensor *y, float valu
     int vec = cuda_aligned(y->data, 16);
     CUDA_DISPATCH(y->dtype, T, "fill", err, {
         const int V = 16 / sizeof(T);
-        fill_kernel<T><<<cuda_grid(c, (n + V - 1) / V, EW_THREADS), EW_THREADS, 0, c->stream>>>((T *)y->data, value,
-                                                                                             n, vec);
+        LOCO_LAUNCH(cuda_grid(c, (n + V - 1) / V, EW_THREADS), EW_THREADS, 0, c->stream, fill_kernel<T>)(
+            (T *)y->data, value, n, vec);
     });
     return cuda_check_launch("fill_kernel", err);
 }

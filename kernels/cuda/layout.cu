@@ -70,7 +70,8 @@ extern "C" loco_status cuda_op_transpose12(loco_backend *be, loco_tensor *y, con
         int64_t nz = N - n0 < 65535 ? N - n0 : 65535;
         dim3 grid((unsigned)((B + 31) / 32), (unsigned)((A + 31) / 32), (unsigned)nz);
         SIZE_DISPATCH(es, U, "transpose12", err, {
-            transpose_kernel<U><<<grid, dim3(32, 8), 0, c->stream>>>((U *)y->data, (const U *)x->data, A, B, n0);
+            LOCO_LAUNCH(grid, dim3(32, 8), 0, c->stream, transpose_kernel<U>)(
+                (U *)y->data, (const U *)x->data, A, B, n0);
         });
         CUDA_TRY(cuda_check_launch("transpose_kernel", err));
     }
@@ -141,7 +142,8 @@ extern "C" loco_status cuda_op_upsample_nearest2x(loco_backend *be, loco_tensor 
     int64_t n = loco_tensor_numel(x), W = x->shape[x->ndim - 1];
     if (n <= 0 || W <= 0) return LOCO_OK;
     SIZE_DISPATCH(loco_dtype_size(x->dtype), U, "upsample_nearest2x", err, {
-        upsample2x_kernel<U><<<cuda_grid(c, n, 256), 256, 0, c->stream>>>((U *)y->data, (const U *)x->data, n, W);
+        LOCO_LAUNCH(cuda_grid(c, n, 256), 256, 0, c->stream, upsample2x_kernel<U>)(
+            (U *)y->data, (const U *)x->data, n, W);
     });
     return cuda_check_launch("upsample2x_kernel", err);
 }
@@ -176,7 +178,8 @@ extern "C" loco_status cuda_op_embedding(loco_backend *be, loco_tensor *y, const
         emb_ids chunk;
         memset(&chunk, 0, sizeof chunk);
         memcpy(chunk.id, ids + r0, (size_t)cnt * sizeof(int32_t));
-        embedding_kernel<<<cnt, 128, 0, c->stream>>>(y->data, y->dtype, table->data, table->dtype, C, r0, chunk);
+        LOCO_LAUNCH(cnt, 128, 0, c->stream, embedding_kernel)(
+            y->data, y->dtype, table->data, table->dtype, C, r0, chunk);
         CUDA_TRY(cuda_check_launch("embedding_kernel", err));
     }
     return LOCO_OK;
@@ -227,8 +230,8 @@ extern "C" loco_status cuda_op_set_channels(loco_backend *be, loco_tensor *y, co
             a.count++;
         }
         if (a.count == SETC_CHUNK || (j == n - 1 && a.count > 0)) {
-            set_channels_kernel<<<cuda_grid(c, rows * a.count, 256), 256, 0, c->stream>>>(y->data, y->dtype, rows,
-                                                                                           C, a);
+            LOCO_LAUNCH(cuda_grid(c, rows * a.count, 256), 256, 0, c->stream, set_channels_kernel)(
+                y->data, y->dtype, rows, C, a);
             st = cuda_check_launch("set_channels_kernel", err);
             a.count = 0;
         }

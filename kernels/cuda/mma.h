@@ -14,6 +14,8 @@
 
 #include "cuda_device.h"
 
+/* The CPU kernel emulator of the tests (tests/emu/cuda_emu.h) defines these helpers itself. */
+#ifndef LOCO_CUDA_EMU
 __device__ __forceinline__ uint32_t smem_addr(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
 
 /* 16 bytes global -> shared; src_bytes = 0 writes zeros and reads nothing. */
@@ -67,6 +69,8 @@ __device__ __forceinline__ void mma16816<__nv_bfloat16>(float c[4], const uint32
                  : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
+
+#endif /* LOCO_CUDA_EMU */
 
 /* Two floats -> one register of two 16-bit values, lo in the low half (mma's element order). */
 template <typename T> __device__ __forceinline__ uint32_t pack2(float lo, float hi);

@@ -251,8 +251,8 @@ static loco_status gn_stats_launch(cuda_impl *c, const loco_tensor *x, const gn_
                                    int64_t ng, loco_err *err) {
     const dim3 grid((unsigned)pl->nchunk, (unsigned)ng);
     CUDA_DISPATCH(x->dtype, T, "group_norm", err, {
-        gn_stats_kernel<T><<<grid, GN_THREADS, 0, c->stream>>>((const T *)x->data, part, pl->glen, pl->chunk_len,
-                                                               (int)pl->nchunk, (int)g0, pl->vec);
+        LOCO_LAUNCH(grid, GN_THREADS, 0, c->stream, gn_stats_kernel<T>)(
+            (const T *)x->data, part, pl->glen, pl->chunk_len, (int)pl->nchunk, (int)g0, pl->vec);
     });
     return cuda_check_launch("gn_stats_kernel", err);
 }
@@ -287,7 +287,7 @@ extern "C" loco_status cuda_op_group_norm(loco_backend *be, loco_tensor *y, cons
             memset(&vec_sv, 0, sizeof vec_sv);
             if (pl.vec && pl.S % V == 0 && pl.cpg <= GN_CPG_MAX && pl.glen < ((int64_t)1 << 31))
                 vec_sv = loco_fast_div_make((uint32_t)(pl.S / V));
-            gn_apply_kernel<T><<<grid, GN_THREADS, 0, c->stream>>>(
+            LOCO_LAUNCH(grid, GN_THREADS, 0, c->stream, gn_apply_kernel<T>)(
                 (T *)y->data, (const T *)x->data, part, gamma->data, (int)gamma->dtype, bptr, bdt, pl.glen, pl.S,
                 pl.cpg, groups, pl.chunk_len, (int)pl.nchunk, (int)g0, eps, fuse_silu, vec_sv);
         });
@@ -313,7 +313,7 @@ loco_status cuda_gn_table(cuda_impl *c, const loco_tensor *x, int groups, const 
         st = gn_stats_launch(c, x, &pl, part, g0, pl.ngroups - g0 < 65535 ? pl.ngroups - g0 : 65535, err);
     if (st == LOCO_OK) {
         const int64_t blocks = (pl.ngroups + GN_THREADS / 32 - 1) / (GN_THREADS / 32);
-        gn_table_kernel<<<(unsigned)blocks, GN_THREADS, 0, c->stream>>>(
+        LOCO_LAUNCH((unsigned)blocks, GN_THREADS, 0, c->stream, gn_table_kernel)(
             table, part, gamma->data, (int)gamma->dtype, beta ? beta->data : NULL, beta ? (int)beta->dtype : 0,
             pl.ngroups, pl.cpg, groups, (int)pl.nchunk, eps);
         st = cuda_check_launch("gn_table_kernel", err);
@@ -478,17 +478,17 @@ extern "C" loco_status cuda_op_layer_norm(loco_backend *be, loco_tensor *y, cons
             const void *bp = beta ? beta->data : NULL;
             const int bt = beta ? (int)beta->dtype : 0;
             if (C <= 32 * 2 * V)
-                ln_rows_kernel<T, 2><<<grid, LN_THREADS, smem, c->stream>>>(
+                LOCO_LAUNCH(grid, LN_THREADS, smem, c->stream, ln_rows_kernel<T, 2>)(
                     (T *)y->data, (const T *)x->data, gamma->data, (int)gamma->dtype, bp, bt, (int)rows, (int)C, eps);
             else if (C <= 32 * 4 * V)
-                ln_rows_kernel<T, 4><<<grid, LN_THREADS, smem, c->stream>>>(
+                LOCO_LAUNCH(grid, LN_THREADS, smem, c->stream, ln_rows_kernel<T, 4>)(
                     (T *)y->data, (const T *)x->data, gamma->data, (int)gamma->dtype, bp, bt, (int)rows, (int)C, eps);
             else
-                ln_rows_kernel<T, LN_VPL_MAX><<<grid, LN_THREADS, smem, c->stream>>>(
+                LOCO_LAUNCH(grid, LN_THREADS, smem, c->stream, ln_rows_kernel<T, LN_VPL_MAX>)(
                     (T *)y->data, (const T *)x->data, gamma->data, (int)gamma->dtype, bp, bt, (int)rows, (int)C, eps);
             return cuda_check_launch("ln_rows_kernel", err);
         }
-        ln_kernel<T><<<cuda_grid(c, rows * 32, LN_THREADS), LN_THREADS, 0, c->stream>>>(
+        LOCO_LAUNCH(cuda_grid(c, rows * 32, LN_THREADS), LN_THREADS, 0, c->stream, ln_kernel<T>)(
             (T *)y->data, (const T *)x->data, gamma->data, (int)gamma->dtype, beta ? beta->data : NULL,
             beta ? (int)beta->dtype : 0, rows, C, eps, vec);
     });

@@ -183,7 +183,7 @@ static loco_status wgp_run_all(cuda_impl *c, char *report, size_t n, int *requir
     *required_ok = 1;
     for (size_t i = 0; i < sizeof wgp_cases / sizeof wgp_cases[0] && st == LOCO_OK; i++) {
         const wgp_case *pc = &wgp_cases[i];
-        wgp_kernel<<<1, WGP_THREADS, 0, c->stream>>>(da, db, dd, pc->p);
+        LOCO_LAUNCH(1, WGP_THREADS, 0, c->stream, wgp_kernel)(da, db, dd, pc->p);
         st = cuda_check_launch("wgp_kernel", err);
         if (st == LOCO_OK)
             st = cuda_check(cudaMemcpyAsync(got, dd, nd * 4, cudaMemcpyDeviceToHost, c->stream), "cudaMemcpyAsync", err);

@@ -26,4 +26,10 @@ static inline int gpu_backend_open(loco_dtype dt, loco_backend **out, char *why,
     return m && (st == LOCO_EDEVICE || st == LOCO_EUNSUPPORTED) ? 0 : -1;
 }
 
+/* Whether be is the CUDA backend on the tests' CPU kernel emulator (tests/emu: the emu/ items
+ * of the suite), where a test of sizes only a GPU gets through in time skips itself. */
+static inline int gpu_is_emulated(const loco_backend *be) {
+    return strstr(loco_backend_describe(be), "CPU kernel emulator") != NULL;
+}
+
 #endif

@@ -12,6 +12,8 @@
 #include "loco_test.h"
 #include "pipeline.h"
 #include "safetensors.h"
+#include "trace.h"
+#include "unet.h"
 
 typedef struct mt_env {
     loco_backend *be;
@@ -20,16 +22,13 @@ typedef struct mt_env {
     loco_safetensors *ref;
 } mt_env;
 
-/* model: "sd1-tiny"...; ref: path under refs/ or NULL. Returns 0 on success (messages printed). */
-static inline int mt_open(mt_env *e, const char *model, const char *ref) {
+/* model: "sd1-tiny"...; ref: path under refs/ or NULL; be: the backend to load on, taken over
+ * (mt_close destroys it). Returns 0 on success (messages printed). */
+static inline int mt_open_on(mt_env *e, loco_backend *be, const char *model, const char *ref) {
     memset(e, 0, sizeof *e);
-    loco_backend_opts bo;
-    loco_backend_opts_init(&bo);
-    bo.device = LOCO_DEVICE_CPU;
-    bo.num_threads = 2;
+    e->be = be;
     loco_err err = {0};
     char path[1024];
-    if (loco_backend_create(&bo, &e->be, &err)) goto fail;
     loco_pipeline_opts po;
     loco_pipeline_opts_init(&po);
     snprintf(path, sizeof path, "%s/models/%s", loco_fixtures_dir(), model);
@@ -45,6 +44,22 @@ static inline int mt_open(mt_env *e, const char *model, const char *ref) {
 fail:
     fprintf(stderr, "%s\n", err.msg);
     return -1;
+}
+
+/* The same on a 2-thread CPU backend. */
+static inline int mt_open(mt_env *e, const char *model, const char *ref) {
+    loco_backend_opts bo;
+    loco_backend_opts_init(&bo);
+    bo.device = LOCO_DEVICE_CPU;
+    bo.num_threads = 2;
+    loco_err err = {0};
+    loco_backend *be = NULL;
+    if (loco_backend_create(&bo, &be, &err)) {
+        memset(e, 0, sizeof *e);
+        fprintf(stderr, "%s\n", err.msg);
+        return -1;
+    }
+    return mt_open_on(e, be, model, ref);
 }
 
 static inline void mt_close(mt_env *e) {
@@ -64,6 +79,29 @@ static inline void mt_close(mt_env *e) {
             CHECK_MSG(0, "fixtures missing (make fixtures)");           \
         }                                                               \
     } while (0)
+
+/* A small causal trace: "a town in the style of monet", subject "monet", 2 steps at 64x64,
+ * the UNet's first site and its last cross-attention as the components (written to comps[2]),
+ * the text positions given (the caller's array). */
+static inline void mt_small_trace(loco_trace_params *t, loco_pipeline *p, const char **comps, const int *pos,
+                                  int n_pos) {
+    loco_trace_params_init(t);
+    t->prompt = "a town in the style of monet";
+    t->subject = "monet";
+    t->sampler.steps = 2;
+    t->sampler.width = t->sampler.height = 64;
+    int ns;
+    const loco_site *sites = loco_unet_sites(loco_pipeline_unet(p), &ns);
+    comps[0] = sites[0].name;
+    comps[1] = NULL;
+    for (int i = 0; i < ns; i++)
+        if (sites[i].kind == LOCO_SITE_CROSS_ATTN) comps[1] = sites[i].name;
+    t->components = comps;
+    t->n_components = 2;
+    t->positions = pos;
+    t->n_positions = n_pos;
+    t->keep_latents = 1;
+}
 
 /* Metadata value parsed as JSON (strings that are not JSON come back as JSON strings). */
 static inline json_t *mt_meta(const loco_safetensors *f, const char *key) {

@@ -167,22 +167,9 @@ static void small_run(const char *model) {
     mt_env e;
     MT_OPEN(e, model, NULL);
     loco_trace_params t;
-    loco_trace_params_init(&t);
-    t.prompt = "a town in the style of monet";
-    t.subject = "monet";
-    t.sampler.steps = 2;
-    t.sampler.width = t.sampler.height = 64;
-    int ns;
-    const loco_site *sites = loco_unet_sites(loco_pipeline_unet(e.p), &ns);
-    const char *comps[2] = {sites[0].name, NULL};
-    for (int i = 0; i < ns; i++)
-        if (sites[i].kind == LOCO_SITE_CROSS_ATTN) comps[1] = sites[i].name;
-    t.components = comps;
-    t.n_components = 2;
-    const int pos[2] = {1, 11}; /* BOS, and "monet"'s last token (its tokens sit at 10, 11) */
-    t.positions = pos;
-    t.n_positions = 2;
-    t.keep_latents = 1;
+    const char *comps[2];
+    static const int pos[2] = {1, 11}; /* BOS, and "monet"'s last token (its tokens sit at 10, 11) */
+    mt_small_trace(&t, e.p, comps, pos, 2);
     loco_trace_result r;
     loco_err err = {0};
     CHECK_MSG(loco_trace_run(e.p, e.sc, &t, &r, &err) == LOCO_OK, "%s: %s", model, err.msg);

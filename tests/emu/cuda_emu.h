@@ -1,0 +1,232 @@
+/* cuda_emu.h: runs loco's CUDA backend on the CPU, for tests on machines without a GPU.
+ *
+ * The build (Makefile, `emu` objects) compiles every .cu file of kernels/cuda as plain C++ with
+ * this header forced in first (-include) and LOCO_CUDA_EMU defined. Kernels become ordinary
+ * functions; a launch (LOCO_LAUNCH) runs each block's threads as cooperative fibers
+ * (emu_runtime.cc), so __syncthreads, warp shuffles and the warp-wide tensor-core instructions
+ * (ldmatrix, mma.sync) wait for every thread they involve and then act on all of them at once,
+ * as the hardware does. Each warp runs as far as it can before the next starts, so warps drift
+ * apart as far as barriers let them. A cp.async fills its destination with NaN bytes when
+ * issued and copies when the thread waits for its group, so a missing wait or a missing
+ * barrier before a buffer is refilled reads NaN here, as it may read garbage on a GPU; the
+ * dynamic shared memory of every block starts as NaN bytes too. The CUDA runtime and cuBLASLt calls the
+ * backend makes are served by emu_runtime.cc and emu_cublaslt.cc.
+ *
+ * What this proves: the host code, every index, fragment layout, barrier and copy group of the
+ * mma.sync and elementwise kernels, against the CPU backend, in `make test`. What it cannot:
+ * speed, the hardware's rounding inside an mma (here exact products summed in double), races
+ * between threads that no schedule it runs exposes, static __shared__ variables carrying the
+ * last block's values, __launch_bounds__ (not checked), and the wgmma kernels (sm_90a only:
+ * the emulated device is an sm_80, where the backend keeps them off). */
+#ifndef LOCO_CUDA_EMU_H
+#define LOCO_CUDA_EMU_H
+
+#ifndef __cplusplus
+#error "cuda_emu.h is for the C++ compilation of kernels/cuda/*.cu"
+#endif
+
+#define LOCO_CUDA_EMU 1
+
+/* CUDA's execution-space keywords: nothing on the CPU. Shared memory is thread_local: every
+ * fiber of a block runs on one OS thread, so they see one copy, and blocks run one after the
+ * other. Defined before the CUDA headers so that theirs are not used. */
+#define __host__
+#define __device__
+#define __global__
+#define __constant__
+#define __shared__ thread_local
+#define __launch_bounds__(...)
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#include <functional>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+
+namespace emu {
+
+/* The running fiber's coordinates. */
+struct thread_coords {
+    uint3 tid, bid;
+    dim3 bdim, gdim;
+};
+thread_coords &coords();
+
+/* Warp-wide exchange: every lane of the warp gives `in` (in_bytes), and when all have, op
+ * computes every lane's output from all inputs (lane_in[32][64], lane_out[32][64] bytes);
+ * each lane then gets its own `out`. Every lane must call with the same op. */
+typedef void (*warp_op)(const unsigned char (*lane_in)[64], unsigned char (*lane_out)[64], int lanes);
+void warp_collective(warp_op op, const void *in, size_t in_bytes, void *out, size_t out_bytes);
+void block_barrier(void);
+[[noreturn]] void trap(const char *why);
+
+/* cp.async: queued in the thread's open group, copied when a wait_group retires the group. */
+void async_copy16(void *smem, const void *gmem, int src_bytes);
+void async_commit(void);
+void async_wait(int keep_in_flight);
+
+/* The warp-wide tensor-core instructions (PTX ISA: ldmatrix, mma.sync m16n8k16 / m16n8k8). */
+enum b16_kind { B16_F16 = 0, B16_BF16 = 1 };
+void ldmatrix(uint32_t *r, int n_tiles, int trans, const void *row_addr);
+void mma_16816(float c[4], const uint32_t a[4], const uint32_t b[2], b16_kind kind);
+void mma_tf32_16808(float c[4], const uint32_t a[4], const uint32_t b[2]);
+uint32_t tf32_round(float x);
+
+/* A kernel launch: checks the configuration as the driver does (an error is left for
+ * cudaGetLastError), then runs body() once per thread, or records it when the stream is being
+ * captured into a graph. */
+void launch_kernel(dim3 grid, dim3 block, size_t dyn_smem, const void *kernel, void *stream,
+                   std::function<void()> body);
+
+template <class... P> struct launcher {
+    dim3 grid, block;
+    size_t smem;
+    void *stream;
+    void (*kernel)(P...);
+    template <class... A> void operator()(A &&...a) const {
+        /* converted once, as a kernel's parameters are; every thread calls with its own copy */
+        std::tuple<P...> args(std::forward<A>(a)...);
+        void (*k)(P...) = kernel;
+        launch_kernel(grid, block, smem, (const void *)kernel, stream, [k, args]() {
+            std::tuple<P...> mine = args;
+            std::apply(k, mine);
+        });
+    }
+};
+
+template <class... P> launcher<P...> launch(dim3 grid, dim3 block, size_t smem, void *stream, void (*k)(P...)) {
+    return launcher<P...>{grid, block, smem, stream, k};
+}
+
+} /* namespace emu */
+
+/* The kernels' dynamic shared memory (`extern __shared__ T name[]`): one array per name, sized
+ * for the emulated device's opt-in limit. A kernel that declares a new name needs it here. */
+#define EMU_SMEM_OPTIN 166912
+alignas(128) inline thread_local unsigned char fa_smem[EMU_SMEM_OPTIN];
+alignas(128) inline thread_local unsigned char faw_smem[EMU_SMEM_OPTIN];
+alignas(128) inline thread_local unsigned char wg_smem[EMU_SMEM_OPTIN];
+alignas(128) inline thread_local unsigned char ig_dsmem[EMU_SMEM_OPTIN];
+alignas(128) inline thread_local uint32_t t32_smem[EMU_SMEM_OPTIN / 4];
+alignas(128) inline thread_local float4 ln_smem[EMU_SMEM_OPTIN / 16];
+
+/* kernel<<<grid, block, smem, stream>>>(args) */
+#define LOCO_LAUNCH(grid, block, smem, stream, ...) \
+    ::emu::launch(dim3(grid), dim3(block), (size_t)(smem), (void *)(stream), __VA_ARGS__)
+
+/* The C++ forms of two runtime calls that cuda_runtime.h only declares for nvcc. */
+template <class... P> inline cudaError_t cudaFuncSetAttribute(void (*f)(P...), cudaFuncAttribute attr, int value) {
+    return cudaFuncSetAttribute((const void *)f, attr, value);
+}
+template <class T>
+inline cudaError_t cudaMemcpyFromSymbol(void *dst, const T &symbol, size_t count, size_t offset = 0,
+                                        cudaMemcpyKind kind = cudaMemcpyDeviceToHost) {
+    return cudaMemcpyFromSymbol(dst, (const void *)&symbol, count, offset, kind);
+}
+
+#define threadIdx (::emu::coords().tid)
+#define blockIdx (::emu::coords().bid)
+#define blockDim (::emu::coords().bdim)
+#define gridDim (::emu::coords().gdim)
+
+/* ---- intrinsics ------------------------------------------------------------------------------ */
+
+inline void __syncthreads(void) { emu::block_barrier(); }
+[[noreturn]] inline void __trap(void) { emu::trap("__trap() in a kernel"); }
+
+namespace emu {
+template <class T> struct shfl_msg {
+    T v;
+    int arg;
+};
+template <class T, int XOR> void shfl_op(const unsigned char (*in)[64], unsigned char (*out)[64], int lanes) {
+    for (int l = 0; l < lanes; l++) {
+        const int arg = ((const shfl_msg<T> *)in[l])->arg;
+        const int src = XOR ? (l ^ arg) : (arg & 31);
+        if (src >= lanes) trap("shuffle from a lane past the warp's last thread");
+        memcpy(out[l], &((const shfl_msg<T> *)in[src])->v, sizeof(T));
+    }
+}
+inline void any_op(const unsigned char (*in)[64], unsigned char (*out)[64], int lanes) {
+    int any = 0;
+    for (int l = 0; l < lanes; l++) any |= *(const int *)in[l] != 0;
+    for (int l = 0; l < lanes; l++) memcpy(out[l], &any, sizeof any);
+}
+template <class T> T shfl(T v, int arg, int by_xor) {
+    static_assert(sizeof(T) <= 56, "shuffle payload");
+    shfl_msg<T> m = {v, arg};
+    T r;
+    warp_collective(by_xor ? shfl_op<T, 1> : shfl_op<T, 0>, &m, sizeof m, &r, sizeof r);
+    return r;
+}
+} /* namespace emu */
+
+template <class T> inline T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32) {
+    (void)mask, (void)width;
+    return emu::shfl(v, lane_mask, 1);
+}
+template <class T> inline T __shfl_sync(unsigned mask, T v, int src, int width = 32) {
+    (void)mask, (void)width;
+    return emu::shfl(v, src, 0);
+}
+inline int __any_sync(unsigned mask, int pred) {
+    (void)mask;
+    int r;
+    emu::warp_collective(emu::any_op, &pred, sizeof pred, &r, sizeof r);
+    return r;
+}
+
+inline unsigned __umulhi(unsigned a, unsigned b) { return (unsigned)(((uint64_t)a * b) >> 32); }
+inline float __uint_as_float(unsigned u) {
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+inline unsigned __float_as_uint(float f) {
+    unsigned u;
+    memcpy(&u, &f, sizeof u);
+    return u;
+}
+inline unsigned __byte_perm(unsigned x, unsigned y, unsigned s) {
+    const uint64_t v = ((uint64_t)y << 32) | x;
+    unsigned r = 0;
+    for (int i = 0; i < 4; i++) r |= (unsigned)((v >> (8 * ((s >> (4 * i)) & 7))) & 0xff) << (8 * i);
+    return r;
+}
+/* The hardware's fast division: 0 once |y| passes 2^126. */
+inline float __fdividef(float x, float y) { return fabsf(y) > 8.507059e37f ? 0.0f * x : x / y; }
+inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
+inline size_t __cvta_generic_to_shared(const void *p) { return (size_t)(uintptr_t)p; }
+
+/* ---- the inline-PTX helpers of mma.h, cuda_device.h and conv_igemm_tf32.cu ----------------------- */
+
+__device__ __forceinline__ uint32_t smem_addr(const void *p) { return (uint32_t)(uintptr_t)p; }
+__device__ __forceinline__ void cp_async16(void *smem, const void *gmem, int src_bytes) {
+    emu::async_copy16(smem, gmem, src_bytes);
+}
+__device__ __forceinline__ void cp_async_commit(void) { emu::async_commit(); }
+template <int N> __device__ __forceinline__ void cp_async_wait(void) { emu::async_wait(N); }
+__device__ __forceinline__ void ldmatrix_x4(uint32_t r[4], const void *p) { emu::ldmatrix(r, 4, 0, p); }
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t r[4], const void *p) { emu::ldmatrix(r, 4, 1, p); }
+__device__ __forceinline__ void ldmatrix_x2_trans(uint32_t r[2], const void *p) { emu::ldmatrix(r, 2, 1, p); }
+template <typename T> __device__ __forceinline__ void mma16816(float c[4], const uint32_t a[4], const uint32_t b[2]) {
+    emu::mma_16816(c, a, b, std::is_same<T, __nv_bfloat16>::value ? emu::B16_BF16 : emu::B16_F16);
+}
+/* 2^x as MUFU.EX2 with .ftz: results below 2^-126 are zero. */
+__device__ __forceinline__ float fast_exp2(float x) {
+    const float y = exp2f(x);
+    return y < 1.17549435e-38f ? 0.0f : y;
+}
+__device__ __forceinline__ uint32_t tf32_rna(float x) { return emu::tf32_round(x); }
+__device__ __forceinline__ void mma_tf32_16808(float c[4], const uint32_t a[4], const uint32_t b[2]) {
+    emu::mma_tf32_16808(c, a, b);
+}
+
+#endif

@@ -1,0 +1,62 @@
+/* emu_internal.h: what the parts of the CPU kernel emulator (tests/emu) share. */
+#ifndef LOCO_EMU_INTERNAL_H
+#define LOCO_EMU_INTERNAL_H
+
+#include "cuda_emu.h"
+
+#include <algorithm>
+#include <vector>
+
+#define EMU_STACK_BYTES (128 * 1024)
+
+namespace emu {
+
+struct async_copy {
+    void *dst;
+    const void *src;
+    int src_bytes; /* 16, or 0: zeros */
+};
+
+/* A thread's cp.async copies: q[done..] are in flight; group_end[] the ends of its committed
+ * groups, oldest first. */
+struct async_state {
+    std::vector<async_copy> q;
+    std::vector<size_t> group_end;
+    size_t done = 0;
+};
+
+/* A 16-bit float's value: bf16 (is_bf16) or IEEE half. */
+inline float b16_to_f32(uint16_t v, int is_bf16) {
+    if (is_bf16) {
+        const uint32_t u = (uint32_t)v << 16;
+        float f;
+        memcpy(&f, &u, 4);
+        return f;
+    }
+    __half_raw r;
+    r.x = v;
+    return __half2float(__half(r));
+}
+
+/* Copies every committed group but the newest `keep` (and with `all`, the open group too). */
+void async_retire(async_state &s, int keep, int all);
+async_state &thread_copies(void);
+
+/* Fills the first `bytes` of every dynamic shared-memory array with NaN bytes (a block's
+ * shared memory starts with whatever the last block left: reading it unwritten is a bug). */
+void smem_poison(size_t bytes);
+/* After a block: traps if it wrote into the EMU_SMEM_CANARY bytes past the dynamic shared memory
+ * it was launched with (out of bounds on a GPU). */
+void smem_check_tail(size_t bytes);
+#define EMU_SMEM_CANARY 1024
+
+/* Runs op in stream order: now, or when the graph it is being captured into is launched
+ * (emu_runtime.cc). The library calls that take a stream (cuBLASLt) go through here. */
+cudaError_t enqueue(cudaStream_t stream, std::function<void()> op);
+
+/* Runs every block of a grid, one after the other (emu_threads.cc). */
+void run_grid(dim3 grid, dim3 block, size_t dyn_smem, const std::function<void()> &body);
+
+} /* namespace emu */
+
+#endif

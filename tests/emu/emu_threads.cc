@@ -1,0 +1,308 @@
+/* emu_threads.cc: the emulated GPU's threads (cuda_emu.h). A launch runs its blocks one after
+ * the other; a block's threads are fibers on the calling OS thread, switched cooperatively: a
+ * fiber runs until it reaches a barrier, a warp-wide instruction, or its end, and each warp
+ * runs as far as it can before the next one starts (run_block). A barrier or a
+ * warp-wide instruction completes when the last thread it involves arrives; that thread does
+ * the work for all of them. If no fiber can run and some have not finished (threads of a block
+ * at different barriers, lanes of a warp at different instructions), the launch fails with a
+ * description of where each warp stands: on a GPU that is a hang or undefined behaviour.
+ *
+ * The state below is the emulated hardware's (which block runs, which fiber is current): it is
+ * per OS thread (thread_local), as the kernels' implicit threadIdx / blockIdx are. */
+#include "emu_internal.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace emu {
+
+/* ---- fibers: a register switch on x86-64, ucontext elsewhere --------------------------------- */
+
+#if defined(__x86_64__)
+/* Saves the callee-saved registers on the current stack, stores the stack pointer in *save,
+ * continues on the stack `load` (made by this function or by fiber_init). No system call,
+ * unlike swapcontext's signal-mask save; the floating-point control words are left alone (no
+ * kernel changes them). */
+extern "C" void emu_switch(void **save, void *load);
+asm(R"(
+    .text
+    .globl emu_switch
+    .type emu_switch, @function
+emu_switch:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+    .size emu_switch, .-emu_switch
+)");
+#else
+#include <ucontext.h>
+#endif
+
+enum fiber_state { F_READY, F_WARP, F_BARRIER, F_DONE };
+
+struct fiber {
+    void *sp = nullptr;
+#if !defined(__x86_64__)
+    ucontext_t uc;
+#endif
+    char *stack = nullptr; /* EMU_STACK_BYTES above a guard page (mmap), kept for later launches */
+    fiber_state state = F_READY;
+    thread_coords at;
+    int warp = 0, lane = 0;
+    async_state copies;
+};
+
+struct warp_slot {
+    int arrived = 0, alive = 0;
+    warp_op op = nullptr;
+    unsigned char in[32][64], out[32][64];
+};
+
+struct block_run {
+    std::vector<fiber> fibers;
+    std::vector<warp_slot> warps;
+    int n = 0; /* threads of the running block (fibers beyond are kept for bigger blocks) */
+    int at_barrier = 0, alive = 0;
+    fiber *cur = nullptr;
+    void *sched_sp = nullptr;
+#if !defined(__x86_64__)
+    ucontext_t sched_uc;
+#endif
+    const std::function<void()> *body = nullptr;
+};
+
+static thread_local block_run *g_run;
+static thread_local thread_coords g_host_coords; /* what threadIdx reads outside a kernel */
+
+thread_coords &coords() { return g_run && g_run->cur ? g_run->cur->at : g_host_coords; }
+
+async_state &thread_copies() {
+    if (!g_run || !g_run->cur) trap("cp.async outside a kernel");
+    return g_run->cur->copies;
+}
+
+static void to_scheduler(fiber *f) {
+#if defined(__x86_64__)
+    emu_switch(&f->sp, g_run->sched_sp);
+#else
+    swapcontext(&f->uc, &g_run->sched_uc);
+#endif
+}
+
+static void release_barrier(block_run *r);
+
+static void fiber_main() {
+    block_run *r = g_run;
+    fiber *f = r->cur;
+    (*r->body)();
+    async_retire(f->copies, 0, 1); /* copies still in flight land anyway */
+    f->state = F_DONE;
+    r->alive--;
+    warp_slot &s = r->warps[f->warp];
+    s.alive--;
+    if (s.arrived > 0) trap("a lane exited while the rest of its warp waits at a warp-wide instruction");
+    if (r->at_barrier > 0 && r->at_barrier == r->alive) release_barrier(r); /* the exited no longer count */
+    to_scheduler(f); /* never resumed */
+    abort();
+}
+
+/* A stack with an inaccessible page below it: an overflow faults instead of corrupting. */
+static char *stack_alloc(size_t bytes) {
+    const size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    char *m = (char *)mmap(nullptr, bytes + page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED) trap("out of memory for a thread stack");
+    mprotect(m, page, PROT_NONE);
+    return m + page;
+}
+
+static void fiber_init(fiber *f, size_t stack_bytes) {
+    if (!f->stack) f->stack = stack_alloc(stack_bytes); /* never freed: reused by every launch */
+#if defined(__x86_64__)
+    /* the frame emu_switch pops: six registers, then it returns into fiber_main with the stack
+     * as after a call (8 mod 16) */
+    uintptr_t top = ((uintptr_t)f->stack + stack_bytes) & ~(uintptr_t)15;
+    uint64_t *p = (uint64_t *)(top - 64);
+    for (int i = 0; i < 6; i++) p[i] = 0;
+    p[6] = (uint64_t)(uintptr_t)&fiber_main;
+    p[7] = 0;
+    f->sp = p;
+#else
+    getcontext(&f->uc);
+    f->uc.uc_stack.ss_sp = f->stack;
+    f->uc.uc_stack.ss_size = stack_bytes;
+    f->uc.uc_link = nullptr;
+    makecontext(&f->uc, (void (*)())fiber_main, 0);
+#endif
+}
+
+static void run_fiber(block_run *r, fiber *f) {
+    r->cur = f;
+#if defined(__x86_64__)
+    emu_switch(&r->sched_sp, f->sp);
+#else
+    swapcontext(&r->sched_uc, &f->uc);
+#endif
+    r->cur = nullptr;
+}
+
+/* ---- barriers and warp-wide instructions ----------------------------------------------------- */
+
+static void release_barrier(block_run *r) {
+    for (int i = 0; i < r->n; i++)
+        if (r->fibers[i].state == F_BARRIER) r->fibers[i].state = F_READY;
+    r->at_barrier = 0;
+}
+
+void block_barrier(void) {
+    block_run *r = g_run;
+    if (!r || !r->cur) trap("__syncthreads outside a kernel");
+    fiber *f = r->cur;
+    f->state = F_BARRIER;
+    if (++r->at_barrier == r->alive) {
+        release_barrier(r);
+        return;
+    }
+    to_scheduler(f);
+}
+
+static void complete_warp(block_run *r, int w) {
+    warp_slot &s = r->warps[w];
+    s.op(s.in, s.out, s.alive);
+    s.arrived = 0;
+    s.op = nullptr;
+    const size_t end = std::min((size_t)r->n, (size_t)w * 32 + 32);
+    for (size_t i = (size_t)w * 32; i < end; i++)
+        if (r->fibers[i].state == F_WARP) r->fibers[i].state = F_READY;
+}
+
+void warp_collective(warp_op op, const void *in, size_t in_bytes, void *out, size_t out_bytes) {
+    block_run *r = g_run;
+    if (!r || !r->cur) trap("a warp-wide instruction outside a kernel");
+    if (in_bytes > 64 || out_bytes > 64) trap("warp exchange payload over 64 bytes");
+    fiber *f = r->cur;
+    warp_slot &s = r->warps[f->warp];
+    const int warp_size = std::min(32, r->n - f->warp * 32);
+    if (s.alive != warp_size)
+        trap("a warp-wide instruction in a warp some of whose lanes have exited (undefined on a GPU)");
+    if (s.op && s.op != op) trap("lanes of one warp at different warp-wide instructions (divergence)");
+    s.op = op;
+    memcpy(s.in[f->lane], in, in_bytes);
+    f->state = F_WARP;
+    if (++s.arrived == s.alive)
+        complete_warp(r, f->warp);
+    else
+        to_scheduler(f);
+    memcpy(out, s.out[f->lane], out_bytes);
+}
+
+/* ---- running a grid ----------------------------------------------------------------------------- */
+
+[[noreturn]] void trap(const char *why) {
+    fprintf(stderr, "cuda emulator: %s", why);
+    if (g_run && g_run->cur) {
+        const thread_coords &c = g_run->cur->at;
+        fprintf(stderr, " (block %u,%u,%u thread %u,%u,%u)", c.bid.x, c.bid.y, c.bid.z, c.tid.x, c.tid.y, c.tid.z);
+    }
+    fprintf(stderr, "\n");
+    fflush(stderr);
+    abort();
+}
+
+static std::string describe_stuck(const block_run *r) {
+    std::string s;
+    for (size_t w = 0; w < r->warps.size(); w++) {
+        int n[4] = {0, 0, 0, 0};
+        for (size_t i = w * 32; i < (size_t)r->n && i < w * 32 + 32; i++) n[r->fibers[i].state]++;
+        char line[160];
+        snprintf(line, sizeof line, "\n  warp %zu: %d at a warp-wide instruction, %d at __syncthreads, %d finished", w,
+                 n[F_WARP], n[F_BARRIER], n[F_DONE]);
+        s += line;
+    }
+    return s;
+}
+
+static void run_block(block_run &r, dim3 grid, dim3 block, uint3 bid) {
+    const int n = (int)(block.x * block.y * block.z);
+    r.n = n;
+    r.alive = n;
+    r.at_barrier = 0;
+    for (size_t w = 0; w < r.warps.size(); w++) {
+        r.warps[w].arrived = 0;
+        r.warps[w].op = nullptr;
+        r.warps[w].alive = (int)std::min<size_t>(32, (size_t)n - w * 32);
+    }
+    for (int i = 0; i < n; i++) {
+        fiber &f = r.fibers[i];
+        f.state = F_READY;
+        f.at.tid = make_uint3(i % block.x, i / block.x % block.y, i / (block.x * block.y));
+        f.at.bid = bid;
+        f.at.bdim = block;
+        f.at.gdim = grid;
+        f.warp = i / 32;
+        f.lane = i % 32;
+        f.copies = async_state();
+        fiber_init(&f, EMU_STACK_BYTES);
+    }
+    /* Warp by warp, each as far as it goes: up to a __syncthreads, or its end. A GPU may run
+     * one warp that far ahead of the others, so this order exposes a missing barrier (a warp
+     * overwriting, or reading, shared memory the others are not done with / have not written)
+     * where running the warps in step would hide it. */
+    for (;;) {
+        int ran = 0;
+        for (size_t w = 0; w < r.warps.size(); w++) {
+            const int end = std::min(n, (int)w * 32 + 32);
+            for (int again = 1; again;) {
+                again = 0;
+                for (int i = (int)w * 32; i < end; i++)
+                    if (r.fibers[i].state == F_READY) {
+                        run_fiber(&r, &r.fibers[i]);
+                        ran = again = 1;
+                    }
+            }
+        }
+        if (r.alive == 0) return;
+        if (!ran) {
+            fprintf(stderr, "cuda emulator: block %u,%u,%u cannot go on:%s\n", bid.x, bid.y, bid.z,
+                    describe_stuck(&r).c_str());
+            trap("deadlock (on a GPU: a hang, or undefined behaviour)");
+        }
+    }
+}
+
+void run_grid(dim3 grid, dim3 block, size_t dyn_smem, const std::function<void()> &body) {
+    if (g_run) trap("a kernel launched from inside a kernel");
+    static thread_local block_run r; /* its fibers' stacks serve every later launch */
+    const int n = (int)(block.x * block.y * block.z);
+    if (r.fibers.size() < (size_t)n) r.fibers.resize((size_t)n);
+    r.warps.resize((size_t)(n + 31) / 32);
+    r.body = &body;
+    g_run = &r;
+    for (unsigned z = 0; z < grid.z; z++)
+        for (unsigned y = 0; y < grid.y; y++)
+            for (unsigned x = 0; x < grid.x; x++) {
+                smem_poison(dyn_smem);
+                run_block(r, grid, block, make_uint3(x, y, z));
+                smem_check_tail(dyn_smem);
+            }
+    g_run = nullptr;
+}
+
+} /* namespace emu */
