@@ -27,7 +27,7 @@ struct CUevent_st;
 /* A graph, and while it is being captured, everything that records into it. */
 struct CUgraph_st {
     std::vector<std::function<void()>> ops;
-    bool capturing = false, invalidated = false;
+    bool invalidated = false;
     std::vector<CUstream_st *> streams; /* the origin first, then those that joined */
     std::vector<CUevent_st *> events;   /* recorded during the capture */
 };
@@ -334,7 +334,6 @@ cudaError_t cudaStreamBeginCapture(cudaStream_t s, enum cudaStreamCaptureMode mo
     if (!s) return fail(cudaErrorStreamCaptureUnsupported); /* the legacy default stream cannot */
     if (s->capture) return fail(cudaErrorIllegalState);
     CUgraph_st *g = new CUgraph_st();
-    g->capturing = true;
     g->streams.push_back(s);
     s->capture = g;
     dev().captures.push_back(g);
@@ -354,7 +353,6 @@ cudaError_t cudaStreamEndCapture(cudaStream_t s, cudaGraph_t *graph) {
         if (e->capture == g) e->capture = nullptr;
     g->streams.clear();
     g->events.clear();
-    g->capturing = false;
     std::vector<CUgraph_st *> &mine = dev().captures;
     mine.erase(std::remove(mine.begin(), mine.end(), g), mine.end());
     if (g->invalidated) {
