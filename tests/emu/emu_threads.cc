@@ -56,13 +56,28 @@ emu_switch:
 #include <ucontext.h>
 #endif
 
+/* Where a suspended fiber (or the scheduler) resumes. */
+struct exec_ctx {
+#if defined(__x86_64__)
+    void *sp = nullptr;
+#else
+    ucontext_t uc;
+#endif
+};
+
+/* Suspends `from` and resumes `to`; returns when something switches back to `from`. */
+static void ctx_switch(exec_ctx *from, exec_ctx *to) {
+#if defined(__x86_64__)
+    emu_switch(&from->sp, to->sp);
+#else
+    swapcontext(&from->uc, &to->uc);
+#endif
+}
+
 enum fiber_state { F_READY, F_WARP, F_BARRIER, F_DONE };
 
 struct fiber {
-    void *sp = nullptr;
-#if !defined(__x86_64__)
-    ucontext_t uc;
-#endif
+    exec_ctx ctx;
     char *stack = nullptr; /* EMU_STACK_BYTES above a guard page (mmap), kept for later launches */
     fiber_state state = F_READY;
     thread_coords at;
@@ -82,10 +97,7 @@ struct block_run {
     int n = 0; /* threads of the running block (fibers beyond are kept for bigger blocks) */
     int at_barrier = 0, alive = 0;
     fiber *cur = nullptr;
-    void *sched_sp = nullptr;
-#if !defined(__x86_64__)
-    ucontext_t sched_uc;
-#endif
+    exec_ctx sched;
     const std::function<void()> *body = nullptr;
 };
 
@@ -99,13 +111,7 @@ async_state &thread_copies() {
     return g_run->cur->copies;
 }
 
-static void to_scheduler(fiber *f) {
-#if defined(__x86_64__)
-    emu_switch(&f->sp, g_run->sched_sp);
-#else
-    swapcontext(&f->uc, &g_run->sched_uc);
-#endif
-}
+static void to_scheduler(fiber *f) { ctx_switch(&f->ctx, &g_run->sched); }
 
 static void release_barrier(block_run *r);
 
@@ -118,11 +124,7 @@ static void yield_from(fiber *f) {
         fiber *next = &r->fibers[i];
         if (next->state != F_READY) continue;
         r->cur = next;
-#if defined(__x86_64__)
-        emu_switch(&f->sp, next->sp);
-#else
-        swapcontext(&f->uc, &next->uc);
-#endif
+        ctx_switch(&f->ctx, &next->ctx);
         return; /* resumed: by the scheduler or by another fiber, with r->cur == f */
     }
     to_scheduler(f);
@@ -162,23 +164,19 @@ static void fiber_init(fiber *f, size_t stack_bytes) {
     for (int i = 0; i < 6; i++) p[i] = 0;
     p[6] = (uint64_t)(uintptr_t)&fiber_main;
     p[7] = 0;
-    f->sp = p;
+    f->ctx.sp = p;
 #else
-    getcontext(&f->uc);
-    f->uc.uc_stack.ss_sp = f->stack;
-    f->uc.uc_stack.ss_size = stack_bytes;
-    f->uc.uc_link = nullptr;
-    makecontext(&f->uc, (void (*)())fiber_main, 0);
+    getcontext(&f->ctx.uc);
+    f->ctx.uc.uc_stack.ss_sp = f->stack;
+    f->ctx.uc.uc_stack.ss_size = stack_bytes;
+    f->ctx.uc.uc_link = nullptr;
+    makecontext(&f->ctx.uc, (void (*)())fiber_main, 0);
 #endif
 }
 
 static void run_fiber(block_run *r, fiber *f) {
     r->cur = f;
-#if defined(__x86_64__)
-    emu_switch(&r->sched_sp, f->sp);
-#else
-    swapcontext(&r->sched_uc, &f->uc);
-#endif
+    ctx_switch(&r->sched, &f->ctx);
     r->cur = nullptr;
 }
 
