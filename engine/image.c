@@ -1,6 +1,8 @@
 /* image.c: diffusers' output quantisation and preprocessing; PNG through libspng. */
 #include "image.h"
 
+#include "quantize_u8.h"
+
 #include <errno.h>
 #include <math.h>
 #include <spng.h>
@@ -33,25 +35,7 @@ loco_status loco_image_alloc(int width, int height, int channels, loco_image *ou
     return LOCO_OK;
 }
 
-/* numpy's round on a value in [0, 255]: nearest, ties to even. Done by hand rather than with
- * rintf so the result never depends on the thread's floating-point rounding mode. */
-static float round_half_even(float y) {
-    float r = floorf(y);
-    float d = y - r; /* exact: y and r are close floats */
-    if (d > 0.5f) return r + 1.0f;
-    if (d < 0.5f) return r;
-    return fmodf(r, 2.0f) == 0.0f ? r : r + 1.0f;
-}
-
-uint8_t loco_image_quantize(float x) {
-    /* the same fp32 operations, in the same order, as denormalize() then numpy_to_pil() */
-    float v = x * 0.5f + 0.5f;
-    if (v < 0.0f) v = 0.0f;
-    if (v > 1.0f) v = 1.0f;
-    if (v != v) return 0;
-    float y = v * 255.0f;
-    return (uint8_t)round_half_even(y);
-}
+uint8_t loco_image_quantize(float x) { return loco_quantize_u8(x); }
 
 loco_status loco_image_postprocess(const float *x, int n, int c, int h, int w, int index, loco_image *out,
                                    loco_err *err) {
@@ -74,7 +58,7 @@ loco_status loco_image_postprocess(const float *x, int n, int c, int h, int w, i
                                     "overflowed; fp16 VAEs need fp32)",
                                     index, ch, i / (size_t)w, i % (size_t)w);
             }
-            out->data[i * (size_t)c + (size_t)ch] = loco_image_quantize(p[i]);
+            out->data[i * (size_t)c + (size_t)ch] = loco_quantize_u8(p[i]);
         }
     }
     return LOCO_OK;
@@ -87,22 +71,27 @@ loco_status loco_image_from_tensor(const loco_tensor *t, int index, loco_image *
         return loco_err_set(err, LOCO_EINVAL, "image from tensor: expected [N, C, H, W], got %s",
                             t ? loco_tensor_shape_str(t, buf, sizeof buf) : "NULL");
     }
-    if (t->shape[2] > INT32_MAX || t->shape[3] > INT32_MAX || t->shape[0] > INT32_MAX)
+    if (t->shape[1] > 4 || t->shape[2] > INT32_MAX || t->shape[3] > INT32_MAX || t->shape[0] > INT32_MAX)
         return loco_err_set(err, LOCO_EINVAL, "image from tensor: dimensions too large");
-    const size_t per = (size_t)(t->shape[1] * t->shape[2] * t->shape[3]);
     if (index < 0 || index >= t->shape[0])
         return loco_err_set(err, LOCO_EINVAL, "image from tensor: image %d of a batch of %lld", index,
                             (long long)t->shape[0]);
-    /* download only the one image */
+    /* quantised where the tensor lives: a GPU sends the image's bytes, not its floats */
     loco_tensor one;
     loco_status st = loco_tensor_slice0(t, index, 1, &one, err);
+    if (!st) st = loco_image_alloc((int)t->shape[3], (int)t->shape[2], (int)t->shape[1], out, err);
     if (st) return st;
-    float *buf = malloc(per * sizeof *buf);
-    if (!buf) return loco_err_set(err, LOCO_ENOMEM, "image from tensor: out of memory");
-    st = loco_tensor_download_f32(&one, buf, err);
-    if (!st)
-        st = loco_image_postprocess(buf, 1, (int)t->shape[1], (int)t->shape[2], (int)t->shape[3], 0, out, err);
-    free(buf);
+    int64_t nan_at = -1;
+    st = loco_tensor_download_u8_images(&one, out->data, &nan_at, err);
+    if (!st && nan_at >= 0) {
+        const int64_t plane = t->shape[2] * t->shape[3];
+        st = loco_err_set(err, LOCO_EINVAL,
+                          "image from tensor: image %d has NaN at channel %lld, y %lld, x %lld (the decoder "
+                          "overflowed; fp16 VAEs need fp32)",
+                          index, (long long)(nan_at / plane), (long long)(nan_at % plane / t->shape[3]),
+                          (long long)(nan_at % t->shape[3]));
+    }
+    if (st) loco_image_free(out);
     return st;
 }
 

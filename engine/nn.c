@@ -281,12 +281,21 @@ static void resnet_norm_fusion(const loco_resnet *r, const loco_tensor *gamma, c
 
 loco_status loco_resnet_forward(loco_backend *be, const loco_resnet *r, const loco_tensor *x,
                                 const loco_tensor *temb_act, loco_tensor *out, loco_err *err) {
+    return loco_resnet_forward_proj(be, r, x, temb_act, NULL, out, err);
+}
+
+loco_status loco_resnet_forward_proj(loco_backend *be, const loco_resnet *r, const loco_tensor *x,
+                                     const loco_tensor *temb_act, const loco_tensor *temb_proj, loco_tensor *out,
+                                     loco_err *err) {
     if (x->ndim != 4 || x->shape[1] != r->in_ch)
         return loco_err_set(err, LOCO_EINVAL, "resnet: input has %lld channels, expected %d",
                             (long long)(x->ndim == 4 ? x->shape[1] : -1), r->in_ch);
-    if (r->temb_ch > 0 && !temb_act)
+    if (r->temb_ch > 0 && !temb_act && !temb_proj)
         return loco_err_set(err, LOCO_EINVAL, "resnet: a time embedding is required");
     const int64_t B = x->shape[0], H = x->shape[2], W = x->shape[3];
+    if (temb_proj && (temb_proj->ndim != 2 || temb_proj->shape[0] != B || temb_proj->shape[1] != r->out_ch))
+        return loco_err_set(err, LOCO_EINVAL, "resnet: the time projection must be [%lld, %d]", (long long)B,
+                            r->out_ch);
     const int64_t oshape[4] = {B, r->out_ch, H, W};
     loco_tensor h = {0}, tp = {0}, y = {0}, sc = {0};
     const loco_conv2d_params p3 = {.stride = 1, .pad = {1, 1, 1, 1}};
@@ -296,7 +305,9 @@ loco_status loco_resnet_forward(loco_backend *be, const loco_resnet *r, const lo
      * fused call (loco_conv2d_fused: on the GPU the normalised x is never written) */
     loco_conv2d_fusion f1;
     resnet_norm_fusion(r, &r->norm1_w, &r->norm1_b, &f1);
-    if (r->temb_ch > 0) {
+    if (r->temb_ch > 0 && temb_proj) {
+        f1.sample_bias = temb_proj;
+    } else if (r->temb_ch > 0) {
         if ((s = alloc_like(be, x, 2, (int64_t[]){B, r->out_ch}, &tp, err))) goto done;
         if ((s = loco_linear(be, &tp, temb_act, &r->temb_w, &r->temb_b, LOCO_ACT_NONE, err))) goto done;
         f1.sample_bias = &tp;

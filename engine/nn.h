@@ -80,6 +80,12 @@ loco_status loco_resnet_load(const loco_loader *ld, const char *prefix, int in_c
  * before time_emb_proj, computed once per forward by the caller), or NULL when temb_ch is 0. */
 loco_status loco_resnet_forward(loco_backend *be, const loco_resnet *r, const loco_tensor *x,
                                 const loco_tensor *temb_act, loco_tensor *out, loco_err *err);
+/* The same with the time-embedding projection time_emb_proj(temb_act) [B, out_ch] given
+ * (temb_proj; a UNet computes all of its blocks' at once with loco_linear_many), or computed
+ * here when temb_proj is NULL. */
+loco_status loco_resnet_forward_proj(loco_backend *be, const loco_resnet *r, const loco_tensor *x,
+                                     const loco_tensor *temb_act, const loco_tensor *temb_proj, loco_tensor *out,
+                                     loco_err *err);
 
 /* ---- spatial self-attention (VAE mid block) --------------------------------------------------- */
 

@@ -119,17 +119,6 @@ void unet_transformer_free(unet_transformer *t) {
     memset(t, 0, sizeof *t);
 }
 
-/* A projection over tokens: the Linear form directly, the 1x1-conv form through a [C, C] view
- * of its weight (a 1x1 conv on NCHW equals a GEMM on the NLC tokens). */
-static loco_status proj_forward(loco_backend *be, const loco_lin *l, int conv_form, const loco_tensor *x,
-                                loco_tensor *out, loco_err *err) {
-    if (!conv_form) return loco_lin_forward(be, l, x, LOCO_ACT_NONE, out, err);
-    loco_lin v = *l;
-    loco_status s = loco_reshape_view(&l->w, 2, (int64_t[]){l->out_f, l->in_f}, &v.w, err);
-    if (s) return s;
-    return loco_lin_forward(be, &v, x, LOCO_ACT_NONE, out, err);
-}
-
 loco_status unet_text_proj(loco_backend *be, const unet_tblock *tb, int attn, int which, const loco_tensor *ehs,
                            loco_tensor *out, loco_err *err) {
     const loco_lin *l = attn == 1 ? &tb->a1[which ? A1_V : A1_K] : (which ? &tb->a2_v : &tb->a2_k);
@@ -276,39 +265,46 @@ done:
     return s;
 }
 
+/* proj_in / proj_out as a linear: the Linear form directly, the 1x1-conv form through an
+ * [out, in] view of its [out, in, 1, 1] weight (a 1x1 conv on NCHW is a GEMM on the tokens). */
+static loco_status proj_as_linear(const loco_lin *l, int conv_form, loco_lin *v, loco_err *err) {
+    *v = *l;
+    return conv_form ? loco_reshape_view(&l->w, 2, (int64_t[]){l->out_f, l->in_f}, &v->w, err) : LOCO_OK;
+}
+
+/* GroupNorm, proj_in, the blocks, proj_out, + x. proj_in reads the normalised activations as
+ * they are (channel-major) and proj_out writes channel-major with the residual added
+ * (loco_linear_from/to_channels): diffusers' two permutes and the residual add are no passes
+ * of their own where the backend fuses them (CUDA). */
 loco_status unet_transformer_forward(const unet_run *r, const unet_transformer *t, const loco_tensor *x,
                                      loco_tensor *out, loco_err *err) {
     loco_backend *be = r->be;
     if (x->ndim != 4 || x->shape[1] != t->channels)
         return loco_err_set(err, LOCO_EINVAL, "transformer: input must have %d channels", t->channels);
     const int64_t B = x->shape[0], C = t->channels, L = x->shape[2] * x->shape[3];
-    const int64_t tok[3] = {B, L, C}, chw[3] = {B, C, L};
-    loco_tensor gn = {0}, view = {0}, tk = {0}, h = {0}, p = {0}, y = {0};
+    const int64_t chw[3] = {B, C, L};
+    loco_tensor gn = {0}, view = {0}, xv = {0}, h = {0}, y = {0};
+    loco_lin pin, pout;
     const int conv_form = !t->linear_proj;
     loco_status s;
+    if ((s = proj_as_linear(&t->proj_in, conv_form, &pin, err)) ||
+        (s = proj_as_linear(&t->proj_out, conv_form, &pout, err)))
+        return s;
     if ((s = loco_gnorm_forward(be, &t->norm, x, 0, &gn, err))) goto done;
     if ((s = loco_reshape_view(&gn, 3, chw, &view, err))) goto done;
-    if ((s = loco_tensor_alloc_act(be, 3, tok, &tk, err))) goto done;
-    if ((s = loco_transpose12(be, &tk, &view, err))) goto done;
+    if ((s = loco_tensor_alloc_act(be, 3, (int64_t[]){B, L, pin.out_f}, &h, err))) goto done;
+    if ((s = loco_linear_from_channels(be, &h, &view, &pin.w, pin.b.data ? &pin.b : NULL, err))) goto done;
     loco_tensor_free(&gn);
-    if ((s = proj_forward(be, &t->proj_in, conv_form, &tk, &h, err))) goto done;
-    loco_tensor_free(&tk);
     for (int i = 0; i < t->n_blocks; i++)
         if ((s = tblock_forward(r, &t->blocks[i], &h, err))) goto done;
-    if ((s = proj_forward(be, &t->proj_out, conv_form, &h, &p, err))) goto done;
-    loco_tensor_free(&h);
     if ((s = loco_tensor_alloc_act(be, 4, x->shape, &y, err))) goto done;
-    if ((s = loco_reshape_view(&y, 3, chw, &view, err))) goto done;
-    if ((s = loco_transpose12(be, &view, &p, err))) goto done;
-    loco_tensor_free(&p);
-    if ((s = loco_add(be, &y, &y, x, err))) goto done;
+    if ((s = loco_reshape_view(&y, 3, chw, &view, err)) || (s = loco_reshape_view(x, 3, chw, &xv, err))) goto done;
+    if ((s = loco_linear_to_channels(be, &view, &h, &pout.w, pout.b.data ? &pout.b : NULL, &xv, err))) goto done;
     *out = y;
     memset(&y, 0, sizeof y);
 done:
     loco_tensor_free(&gn);
-    loco_tensor_free(&tk);
     loco_tensor_free(&h);
-    loco_tensor_free(&p);
     loco_tensor_free(&y);
     return s;
 }

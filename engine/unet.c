@@ -385,10 +385,20 @@ loco_status loco_unet_forward(loco_unet *u, const loco_unet_inputs *in, loco_ten
 loco_status unet_body(const unet_run *r, const loco_tensor *x, loco_probe_fn probe, void *probe_ctx,
                       loco_tensor *out, loco_err *err) {
     loco_unet *u = r->u;
-    loco_tensor h0 = {0}, h = {0}, n = {0};
-    loco_status s = loco_conv_forward(u->be, &u->conv_in, x, &h0, err);
+    loco_tensor h0 = {0}, h = {0}, n = {0}, tp = {0};
+    unet_run rr = *r;
+    loco_tensor *proj = NULL;
+    loco_status s = LOCO_OK;
+    /* every resnet's time projection in one op (loco_linear_many), not one small GEMM each */
+    if (r->temb_act && u->n_resnets > 0 && u->cfg.time_embed_dim > 0) {
+        s = unet_temb_projections(r, &tp, &proj, err);
+        rr.temb_proj = proj;
+    }
+    if (!s) s = loco_conv_forward(u->be, &u->conv_in, x, &h0, err);
     if (!s && probe) s = probe(probe_ctx, "conv_in", &h0, err);
-    if (!s) s = unet_blocks_forward(r, &h0, probe, probe_ctx, &h, err);
+    if (!s) s = unet_blocks_forward(&rr, &h0, probe, probe_ctx, &h, err);
+    free(proj);
+    loco_tensor_free(&tp);
     loco_tensor_free(&h0);
     if (!s) s = loco_gnorm_forward(u->be, &u->norm_out, &h, 1, &n, err);
     loco_tensor_free(&h);

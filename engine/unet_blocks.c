@@ -14,7 +14,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-static loco_status block_alloc(unet_block *b, int n_resnets, int n_attn, loco_err *err) {
+/* Also numbers the block's resnets after those of the blocks allocated before it (load order). */
+static loco_status block_alloc(loco_unet *u, unet_block *b, int n_resnets, int n_attn, loco_err *err) {
+    b->resnet_base = u->n_resnets;
+    u->n_resnets += n_resnets;
     b->resnets = calloc((size_t)n_resnets, sizeof *b->resnets);
     b->resnet_site = calloc((size_t)n_resnets, sizeof *b->resnet_site);
     b->attns = n_attn ? calloc((size_t)n_attn, sizeof *b->attns) : NULL;
@@ -57,7 +60,7 @@ loco_status unet_blocks_load(loco_unet *u, const loco_loader *ld, loco_err *err)
         b->type = c->down[i];
         snprintf(b->name, sizeof b->name, "down_blocks.%d", i);
         const int attn = b->type == LOCO_UNET_CROSS_ATTN_DOWN_BLOCK_2D;
-        if ((s = block_alloc(b, L, attn ? L : 0, err))) return s;
+        if ((s = block_alloc(u, b, L, attn ? L : 0, err))) return s;
         for (int j = 0; j < L; j++) {
             if ((s = load_resnet(u, ld, b, j, j == 0 ? in_ch : out_ch, out_ch, 1.0f, err))) return s;
             if (attn && (s = load_attn(u, ld, b, j, out_ch, c->heads[i], c->cross_attention_dim[i],
@@ -79,7 +82,7 @@ loco_status unet_blocks_load(loco_unet *u, const loco_loader *ld, loco_err *err)
         b->type = c->mid;
         snprintf(b->name, sizeof b->name, "mid_block");
         const int attn = c->mid == LOCO_UNET_MID_BLOCK_2D_CROSS_ATTN;
-        if ((s = block_alloc(b, attn ? 2 : 1, attn ? 1 : 0, err))) return s;
+        if ((s = block_alloc(u, b, attn ? 2 : 1, attn ? 1 : 0, err))) return s;
         if ((s = load_resnet(u, ld, b, 0, top, top, c->mid_block_scale_factor, err))) return s;
         if (attn) {
             if ((s = load_attn(u, ld, b, 0, top, c->heads[n - 1], c->cross_attention_dim[n - 1],
@@ -101,7 +104,7 @@ loco_status unet_blocks_load(loco_unet *u, const loco_loader *ld, loco_err *err)
         b->type = c->up[i];
         snprintf(b->name, sizeof b->name, "up_blocks.%d", i);
         const int attn = b->type == LOCO_UNET_CROSS_ATTN_UP_BLOCK_2D;
-        if ((s = block_alloc(b, L, attn ? L : 0, err))) return s;
+        if ((s = block_alloc(u, b, L, attn ? L : 0, err))) return s;
         for (int j = 0; j < L; j++) {
             const int skip_ch = j == L - 1 ? in_ch : out_ch;
             const int res_in = j == 0 ? prev_ch : out_ch;
@@ -162,10 +165,67 @@ static loco_status stack_push(skip_stack *st, loco_tensor *x, loco_err *err) {
     return LOCO_OK;
 }
 
+/* Visits every block in load order (down, mid, up). */
+static void for_each_block(const loco_unet *u, void (*fn)(const unet_block *b, void *ctx), void *ctx) {
+    for (int i = 0; i < u->cfg.n_blocks; i++) fn(&u->down[i], ctx);
+    if (u->has_mid) fn(&u->mid, ctx);
+    for (int i = 0; i < u->cfg.n_blocks; i++) fn(&u->up[i], ctx);
+}
+
+typedef struct temb_layers {
+    const loco_tensor **w, **b;
+    int64_t *width;
+} temb_layers;
+
+static void collect_temb(const unet_block *b, void *ctx) {
+    temb_layers *t = ctx;
+    for (int j = 0; j < b->n_resnets; j++) {
+        const loco_resnet *res = &b->resnets[j];
+        t->w[b->resnet_base + j] = &res->temb_w;
+        t->b[b->resnet_base + j] = &res->temb_b;
+        t->width[b->resnet_base + j] = res->out_ch;
+    }
+}
+
+loco_status unet_temb_projections(const unet_run *r, loco_tensor *buf, loco_tensor **proj, loco_err *err) {
+    const loco_unet *u = r->u;
+    const int n = u->n_resnets;
+    const int64_t B = r->temb_act->shape[0];
+    *proj = NULL;
+    memset(buf, 0, sizeof *buf);
+    temb_layers t = {calloc((size_t)n, sizeof *t.w), calloc((size_t)n, sizeof *t.b), calloc((size_t)n, sizeof *t.width)};
+    loco_tensor *views = calloc((size_t)n, sizeof *views);
+    loco_tensor **ys = calloc((size_t)n, sizeof *ys);
+    loco_status s = t.w && t.b && t.width && views && ys ? LOCO_OK
+                                                         : loco_err_set(err, LOCO_ENOMEM, "unet: out of memory");
+    int64_t total = 0;
+    if (!s) {
+        for_each_block(u, collect_temb, &t);
+        for (int i = 0; i < n; i++) total += t.width[i];
+        s = loco_tensor_alloc_act(r->be, 1, (int64_t[]){B * total}, buf, err);
+    }
+    for (int i = 0, off = 0; !s && i < n; off += (int)(B * t.width[i]), i++) {
+        s = loco_tensor_view(buf, off, 2, (int64_t[]){B, t.width[i]}, &views[i], err);
+        ys[i] = &views[i];
+    }
+    if (!s) s = loco_linear_many(r->be, n, ys, r->temb_act, t.w, t.b, err);
+    if (!s) *proj = views;
+    else {
+        free(views);
+        loco_tensor_free(buf);
+    }
+    free(t.w);
+    free(t.b);
+    free(t.width);
+    free(ys);
+    return s;
+}
+
 /* out = resnet(x), then the site hook. */
 static loco_status run_resnet(const unet_run *r, const unet_block *b, int j, const loco_tensor *x, loco_tensor *out,
                               loco_err *err) {
-    loco_status s = loco_resnet_forward(r->be, &b->resnets[j], x, r->temb_act, out, err);
+    const loco_tensor *tp = r->temb_proj ? &r->temb_proj[b->resnet_base + j] : NULL;
+    loco_status s = loco_resnet_forward_proj(r->be, &b->resnets[j], x, r->temb_act, tp, out, err);
     if (!s) {
         s = unet_call_hook(r, b->resnet_site[j], out, err);
         if (s) loco_tensor_free(out);

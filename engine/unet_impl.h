@@ -40,6 +40,7 @@ typedef struct unet_block {
     int has_down, has_up;
     loco_downsample down;
     loco_upsample up;
+    int resnet_base; /* index of resnets[0] among all the UNet's resnets, in load (= forward) order */
 } unet_block;
 
 struct loco_unet {
@@ -52,6 +53,7 @@ struct loco_unet {
     loco_lin add_l1, add_l2; /* text_time addition embedding */
     unet_block down[LOCO_UNET_MAX_BLOCKS], up[LOCO_UNET_MAX_BLOCKS], mid;
     int has_mid;
+    int n_resnets; /* in all blocks */
     loco_site *sites;
     int n_sites, cap_sites;
     unet_tblock **cross; /* cross layer i -> its transformer block */
@@ -72,6 +74,7 @@ typedef struct unet_run {
     const loco_unet_text_kv *kv;        /* precomputed text K/V or NULL */
     const int *const *kv_index_per_layer;
     const loco_tensor *temb_act;        /* SiLU(emb) [B, time_embed_dim] */
+    const loco_tensor *temb_proj;       /* every resnet's time_emb_proj(temb_act), by resnet_base + j; or NULL */
 } unet_run;
 
 /* ---- sites (unet.c) ---- */
@@ -113,6 +116,9 @@ void unet_graphs_free(loco_unet *u);
 /* ---- unet_blocks.c ---- */
 /* Build every block (down, mid, up) in execution order. */
 loco_status unet_blocks_load(loco_unet *u, const loco_loader *ld, loco_err *err);
+/* Every resnet's time_emb_proj(r->temb_act) in one loco_linear_many: *buf holds them all, and
+ * (*proj)[i] (allocated; free it) is resnet i's [B, out_ch] view. */
+loco_status unet_temb_projections(const unet_run *r, loco_tensor *buf, loco_tensor **proj, loco_err *err);
 void unet_blocks_free(loco_unet *u);
 /* Run down, mid and up blocks on h0 = conv_in output (taken over). *out gets the last up
  * block's output. */

@@ -367,3 +367,21 @@ loco_status loco_tensor_download_f32(const loco_tensor *src, float *dst, loco_er
     }
     return src->be->ops->download_f32(src->be, dst, src->data, src->dtype, n, err);
 }
+
+loco_status loco_tensor_download_u8_images(const loco_tensor *x, uint8_t *dst, int64_t *nan_at, loco_err *err) {
+    int64_t nan_local;
+    if (!nan_at) nan_at = &nan_local;
+    *nan_at = -1;
+    loco_status st = check_transfer_tensor("tensor_download_u8_images", x, err);
+    if (st != LOCO_OK) return st;
+    char a[128];
+    if (x->ndim != 4 || !is_storage_float(x->dtype))
+        return loco_err_set(err, LOCO_EINVAL, "tensor_download_u8_images: expected a float tensor [N, C, H, W], got %s %s",
+                            loco_dtype_name(x->dtype), loco_tensor_shape_str(x, a, sizeof a));
+    if (loco_tensor_numel(x) == 0) return LOCO_OK;
+    if (!dst) return loco_err_set(err, LOCO_EINVAL, "tensor_download_u8_images: dst is NULL");
+    if (!x->be->ops->download_u8_images)
+        return loco_err_set(err, LOCO_EUNSUPPORTED, "tensor_download_u8_images: not implemented by this backend");
+    return x->be->ops->download_u8_images(x->be, dst, x->data, x->dtype, x->shape[0], x->shape[1],
+                                          x->shape[2] * x->shape[3], nan_at, err);
+}

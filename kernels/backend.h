@@ -142,6 +142,13 @@ loco_status loco_tensor_slice0(const loco_tensor *src, int64_t start, int64_t co
 loco_status loco_tensor_upload(loco_tensor *dst, const void *src, loco_dtype src_dtype, loco_err *err);
 /* Tensor -> host f32 (syncs). dst holds numel floats. */
 loco_status loco_tensor_download_f32(const loco_tensor *src, float *dst, loco_err *err);
+/* Images out of a float tensor x [N, C, H, W] (values about [-1, 1]; views such as slice0 too),
+ * quantised as diffusers' postprocess does (quantize_u8.h: round(clamp(x * 0.5 + 0.5, 0, 1) *
+ * 255), ties to even, in fp32), into dst as N interleaved images of H * W * C bytes (HWC, PNG's
+ * order). The quantisation runs where the tensor lives, so a GPU sends N H W C bytes instead of
+ * 4 N C H W. Syncs. *nan_at (may be NULL): the flat index into x of its first NaN, -1 if none;
+ * a NaN becomes 0. */
+loco_status loco_tensor_download_u8_images(const loco_tensor *x, uint8_t *dst, int64_t *nan_at, loco_err *err);
 
 /* ---- ops ------------------------------------------------------------------------------------- */
 
@@ -167,6 +174,26 @@ loco_status loco_linear(loco_backend *be, loco_tensor *y, const loco_tensor *x, 
  * into a temporary, then loco_add, bit for bit. */
 loco_status loco_linear_accumulate(loco_backend *be, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
                                    const loco_tensor *bias, loco_err *err);
+/* n linear layers of one input: y[i] = x · w[i]ᵀ + bias[i] (bias[i] may be NULL), x [M, K], w[i]
+ * [N_i, K], y[i] [M, N_i]; the y[i] may not overlap each other or the inputs. A UNet's
+ * time-embedding projections (one per ResNet block, all of SiLU(temb)): the CUDA backend runs
+ * them as one kernel when M is small (up to 32 rows), reading every weight once, instead of a
+ * launch-bound GEMM each; elsewhere they are n loco_linear calls, bit for bit. */
+loco_status loco_linear_many(loco_backend *be, int n, loco_tensor *const *y, const loco_tensor *x,
+                             const loco_tensor *const *w, const loco_tensor *const *bias, loco_err *err);
+
+/* Linear layers on channel-major activations (a [B, C, H, W] tensor viewed as [B, C, L]): a
+ * transformer's proj_in and proj_out without the transposes around them.
+ *   loco_linear_from_channels: y [B, L, N] = x_bᵀ · wᵀ + bias, x [B, K, L].
+ *   loco_linear_to_channels:   y [B, N, L] = (x_b · wᵀ + bias)ᵀ + r_b, x [B, L, K]; r [B, N, L] or
+ *                              NULL, and may be y itself.
+ * The CUDA backend runs each as one batched GEMM reading or writing the channel-major layout
+ * (proj_out's residual add folded in; its bias in one more pass); elsewhere they are
+ * loco_transpose12 with loco_linear (and loco_add), bit for bit what a caller would write. */
+loco_status loco_linear_from_channels(loco_backend *be, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
+                                      const loco_tensor *bias, loco_err *err);
+loco_status loco_linear_to_channels(loco_backend *be, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
+                                    const loco_tensor *bias, const loco_tensor *r, loco_err *err);
 
 /* 2-D convolution, NCHW. w [Cout, Cin, kh, kw]; bias [Cout] or NULL. pad = {top, bottom, left,
  * right} (asymmetric padding is needed by the VAE encoder's downsampler). */

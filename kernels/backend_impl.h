@@ -28,6 +28,10 @@ typedef struct loco_backend_ops {
                           size_t n, loco_err *err);
     loco_status (*download_f32)(loco_backend *be, float *dst, const void *src, loco_dtype src_dtype, size_t n,
                                 loco_err *err);
+    /* loco_tensor_download_u8_images on n images of c planes of hw floats at src (contiguous);
+     * *nan_at as there (never NULL here). */
+    loco_status (*download_u8_images)(loco_backend *be, uint8_t *dst, const void *src, loco_dtype src_dtype,
+                                      int64_t n, int64_t c, int64_t hw, int64_t *nan_at, loco_err *err);
     loco_status (*sync)(loco_backend *be, loco_err *err);
 
     loco_status (*linear)(loco_backend *be, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
@@ -35,6 +39,15 @@ typedef struct loco_backend_ops {
     /* Optional (NULL: loco_linear_accumulate runs linear into a temporary, then add). */
     loco_status (*linear_accumulate)(loco_backend *be, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
                                      const loco_tensor *bias, loco_err *err);
+    /* Optional (NULL: n loco_linear calls). May decline a call it has no fast form for by
+     * returning LOCO_EUNSUPPORTED before launching anything: backend_ops.c then runs the calls. */
+    loco_status (*linear_many)(loco_backend *be, int n, loco_tensor *const *y, const loco_tensor *x,
+                               const loco_tensor *const *w, const loco_tensor *const *bias, loco_err *err);
+    /* Optional (NULL: transpose12 and linear, and add, as backend.h says). */
+    loco_status (*linear_from_channels)(loco_backend *be, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
+                                        const loco_tensor *bias, loco_err *err);
+    loco_status (*linear_to_channels)(loco_backend *be, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
+                                      const loco_tensor *bias, const loco_tensor *r, loco_err *err);
     loco_status (*conv2d)(loco_backend *be, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
                           const loco_tensor *bias, const loco_conv2d_params *p, loco_err *err);
     /* Optional (NULL: loco_conv2d_fused runs the unfused ops). Called with f validated and

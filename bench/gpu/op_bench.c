@@ -11,12 +11,17 @@
  * side stream beside the GEMMs, LOCO_CUDA_IM2COL_OVERLAP=1), and f16 ones on the implicit route
  * without its row-gather kernel (LOCO_CUDA_IGEMM_ROWS=0: "name@implicit_generic"). Attention
  * shapes whose head dim has both flash-attention block heights (40, 64, 80) are also timed with
- * LOCO_CUDA_FLASH=64 and =128 ("name@fa64", "name@fa128"), and, in the --wgmma run, with the
+ * LOCO_CUDA_FLASH=64 and =128 ("name@fa64", "name@fa128"), with each variant of the 128-row kernel
+ * forced (LOCO_CUDA_FLASH=classic, =stages3 and =ilp3: "name@fa_classic", "name@fa_stages3",
+ * "name@fa_ilp3"), and, in the --wgmma run, with the
  * experimental Hopper kernel ("name@fa_wgmma"). resconv rows (a ResNet block's
  * GroupNorm+SiLU, conv, residual add) time loco_conv2d_fused and the three separate ops
  * ("name@unfused"). selfattn rows (a transformer block's q, k, v projections and attention)
  * time the stacked projection with packed attention and the three projections apart
- * ("name@apart"). Linear rows and the conv rows of batch 4 or more are also timed with
+ * ("name@apart"). proj rows (a transformer's proj_in and proj_out with its residual, on NCHW
+ * activations) time loco_linear_from/to_channels and, as "name@unfused", the transposes, linears
+ * and add they replace; temb rows (SD 1.5's 22 ResNet time projections of one input) time
+ * loco_linear_many and, as "name@unfused", one loco_linear each. Linear rows and the conv rows of batch 4 or more are also timed with
  * LOCO_CUDA_GEMM_TUNE=1 ("name@tuned": cuBLASLt's top candidates timed per shape). With --wgmma, only the f16 conv rows
  * on the experimental wgmma kernel ("name@wgmma": LOCO_CUDA_CONV=wgmma, the automatic route
  * where that kernel does not apply), a separate run so that a fault there spares the main table.
@@ -31,6 +36,11 @@
 #include <time.h>
 
 #define MAX_T 8
+
+/* temb rows: SD 1.5's ResNet time-embedding projections (down, mid, up blocks) */
+static const int TEMB_WIDTH[] = {320,  320,  640,  640,  1280, 1280, 1280, 1280, 1280, 1280, 1280,
+                                 1280, 1280, 1280, 1280, 1280, 640,  640,  640,  320,  320,  320};
+#define TEMB_LAYERS ((int)(sizeof TEMB_WIDTH / sizeof TEMB_WIDTH[0]))
 
 typedef struct bench_op {
     char kind[16], name[64];
@@ -123,6 +133,42 @@ static loco_status run_op(loco_backend *be, const bench_op *op, loco_tensor *t, 
         (void)B, (void)L;
         return loco_attention(be, &t[3], &t[4], &t[5], &t[6], &p, err);
     }
+    if (!strcmp(op->kind, "temb")) {
+        /* t: x [rows, K], the stacked weights [sum of widths, K], biases, outputs: each layer a
+         * view (SD 1.5's ResNet time projections) */
+        const long rows = a[0], K = a[1];
+        loco_tensor ys[TEMB_LAYERS], ws[TEMB_LAYERS], bs[TEMB_LAYERS];
+        loco_tensor *yp[TEMB_LAYERS];
+        const loco_tensor *wp[TEMB_LAYERS], *bp[TEMB_LAYERS];
+        for (int i = 0, off = 0; i < TEMB_LAYERS; off += TEMB_WIDTH[i], i++) {
+            loco_status st = loco_tensor_view(&t[1], (int64_t)off * K, 2, (int64_t[]){TEMB_WIDTH[i], K}, &ws[i], err);
+            if (st == LOCO_OK) st = loco_tensor_view(&t[2], off, 1, (int64_t[]){TEMB_WIDTH[i]}, &bs[i], err);
+            if (st == LOCO_OK) st = loco_tensor_view(&t[3], (int64_t)off * rows, 2, (int64_t[]){rows, TEMB_WIDTH[i]}, &ys[i], err);
+            if (st != LOCO_OK) return st;
+            yp[i] = &ys[i], wp[i] = &ws[i], bp[i] = &bs[i];
+        }
+        if (!op->unfused) return loco_linear_many(be, TEMB_LAYERS, yp, &t[0], wp, bp, err);
+        for (int i = 0; i < TEMB_LAYERS; i++) {
+            loco_status st = loco_linear(be, yp[i], &t[0], wp[i], bp[i], LOCO_ACT_NONE, err);
+            if (st != LOCO_OK) return st;
+        }
+        return LOCO_OK;
+    }
+    if (!strcmp(op->kind, "proj")) {
+        /* t: x [B, C, L] (GroupNorm's output, NCHW), w_in, bias, y [B, C, L], h [B, L, C] (the
+         * blocks' stream), w_out, and for @unfused the token-major temporaries t[6], t[7] */
+        const long B = a[0], C = a[1], L = a[2];
+        if (!op->unfused) {
+            loco_status st = loco_linear_from_channels(be, &t[4], &t[0], &t[1], &t[2], err);
+            return st == LOCO_OK ? loco_linear_to_channels(be, &t[3], &t[4], &t[5], &t[2], &t[0], err) : st;
+        }
+        loco_status st = loco_transpose12(be, &t[6], &t[0], err); /* the transformer before session 6 */
+        if (st == LOCO_OK) st = loco_linear(be, &t[4], &t[6], &t[1], &t[2], LOCO_ACT_NONE, err);
+        if (st == LOCO_OK) st = loco_linear(be, &t[7], &t[4], &t[5], &t[2], LOCO_ACT_NONE, err);
+        if (st == LOCO_OK) st = loco_transpose12(be, &t[3], &t[7], err);
+        (void)B, (void)C, (void)L;
+        return st == LOCO_OK ? loco_add(be, &t[3], &t[3], &t[0], err) : st;
+    }
     if (!strcmp(op->kind, "linear")) return loco_linear(be, &t[3], &t[0], &t[1], &t[2], act_of(op->act), err);
     if (!strcmp(op->kind, "attn")) {
         loco_attention_params p = {(int)a[3], 1.0f / sqrtf((float)a[4]), (int)a[5], NULL, 0};
@@ -167,6 +213,23 @@ static int setup(loco_backend *be, const bench_op *op, loco_tensor *t, double *w
         for (int i = 3; i < 7; i++)
             if (rand_tensor(be, 3, xs, 0.0f, &seed, &t[i])) return -1;
         *work = 2.0 * B * L * C * 3 * C + 4.0 * B * L * L * C;
+    } else if (!strcmp(op->kind, "temb")) {
+        long rows = a[0], K = a[1], total = 0;
+        for (int i = 0; i < TEMB_LAYERS; i++) total += TEMB_WIDTH[i];
+        int64_t xs[2] = {rows, K}, ws[2] = {total, K}, bs[1] = {total}, ys[1] = {rows * total};
+        if (rand_tensor(be, 2, xs, 1.0f, &seed, &t[0]) || rand_tensor(be, 2, ws, 0.05f, &seed, &t[1]) ||
+            rand_tensor(be, 1, bs, 0.1f, &seed, &t[2]) || rand_tensor(be, 1, ys, 0.0f, &seed, &t[3]))
+            return -1;
+        *work = 2.0 * rows * total * K;
+    } else if (!strcmp(op->kind, "proj")) {
+        long B = a[0], C = a[1], L = a[2];
+        int64_t cl[3] = {B, C, L}, lc[3] = {B, L, C}, ws[2] = {C, C}, bs[1] = {C};
+        if (rand_tensor(be, 3, cl, 1.0f, &seed, &t[0]) || rand_tensor(be, 2, ws, 0.05f, &seed, &t[1]) ||
+            rand_tensor(be, 1, bs, 0.1f, &seed, &t[2]) || rand_tensor(be, 3, cl, 0.0f, &seed, &t[3]) ||
+            rand_tensor(be, 3, lc, 0.0f, &seed, &t[4]) || rand_tensor(be, 2, ws, 0.05f, &seed, &t[5]) ||
+            rand_tensor(be, 3, lc, 0.0f, &seed, &t[6]) || rand_tensor(be, 3, lc, 0.0f, &seed, &t[7]))
+            return -1;
+        *work = 2.0 * 2.0 * B * L * C * C;
     } else if (!strcmp(op->kind, "linear")) {
         long M = a[0], K = a[1], Nn = a[2];
         int64_t xs[2] = {M, K}, ws[2] = {Nn, K}, bs[1] = {Nn}, ys[2] = {M, Nn};
@@ -356,9 +419,15 @@ int main(int argc, char **argv) {
     loco_backend *be_fa64 = be_tuned ? cuda_backend() : NULL;
     setenv("LOCO_CUDA_FLASH", "128", 1);
     loco_backend *be_fa128 = be_fa64 ? cuda_backend() : NULL;
+    setenv("LOCO_CUDA_FLASH", "classic", 1);
+    loco_backend *be_classic = be_fa128 ? cuda_backend() : NULL;
+    setenv("LOCO_CUDA_FLASH", "stages3", 1);
+    loco_backend *be_stages3 = be_classic ? cuda_backend() : NULL;
+    setenv("LOCO_CUDA_FLASH", "ilp3", 1);
+    loco_backend *be_ilp3 = be_stages3 ? cuda_backend() : NULL;
     unsetenv("LOCO_CUDA_FLASH");
     if (!be || !be_implicit || !be_generic || !be_im2col || !be_im2col_32m || !be_im2col_96m || !be_im2col_ov ||
-        !be_tuned || !be_fa64 || !be_fa128)
+        !be_tuned || !be_fa64 || !be_fa128 || !be_classic || !be_stages3 || !be_ilp3)
         return 2;
     fprintf(stderr, "op_bench on %s\n", loco_backend_describe(be));
     char line[512];
@@ -383,16 +452,29 @@ int main(int argc, char **argv) {
             op.unfused = 1;
             if (time_op(be, &op, reps, "@unfused") != 0) failures++;
         }
+        if (!strcmp(op.kind, "proj") || !strcmp(op.kind, "temb")) {
+            op.unfused = 1;
+            if (time_op(be, &op, reps, "@unfused") != 0) failures++;
+        }
         if (!strcmp(op.kind, "selfattn")) {
+            if (time_op(be_classic, &op, reps, "@fa_classic") != 0) failures++;
+            if (time_op(be_stages3, &op, reps, "@fa_stages3") != 0) failures++;
+            if (time_op(be_ilp3, &op, reps, "@fa_ilp3") != 0) failures++;
             op.unfused = 1;
             if (time_op(be, &op, reps, "@apart") != 0) failures++;
         }
         if (!strcmp(op.kind, "attn") && (op.a[4] == 40 || op.a[4] == 64 || op.a[4] == 80)) {
             if (time_op(be_fa64, &op, reps, "@fa64") != 0) failures++;
             if (time_op(be_fa128, &op, reps, "@fa128") != 0) failures++;
+            if (time_op(be_classic, &op, reps, "@fa_classic") != 0) failures++;
+            if (time_op(be_stages3, &op, reps, "@fa_stages3") != 0) failures++;
+            if (time_op(be_ilp3, &op, reps, "@fa_ilp3") != 0) failures++;
         }
     }
     fclose(f);
+    loco_backend_destroy(be_ilp3);
+    loco_backend_destroy(be_stages3);
+    loco_backend_destroy(be_classic);
     loco_backend_destroy(be_fa128);
     loco_backend_destroy(be_fa64);
     loco_backend_destroy(be_tuned);

@@ -16,9 +16,10 @@
  * Usage: pipeline_bench [--device cuda|cpu|auto] [--family sd1|sd2|sdxl] [--size PX]
  *                       [--batch B[,B...]] [--steps N] [--timed-steps T[,T...]] [--graphs 0|1]
  *                       [--vae-dtype f32|bf16] [--seed S] [--profile B]
- * --profile B: after the timings, one 2-step generate of batch B with graphs off and every op
- * synchronised and timed (loco_backend_profile_rows); prints "PROFILE" lines: time per op kind,
- * then the 40 costliest (op, shape) rows with their rate.
+ * --profile B: after the timings, where a batch-B decode's time goes ("DECODE" lines: the VAE's
+ * kernels and the images' transfer, after a generate and repeated), then one 2-step generate of
+ * batch B with graphs off and every op synchronised and timed (loco_backend_profile_rows):
+ * "PROFILE" lines, time per op kind, then the 120 costliest (op, shape) rows with their rate.
  * (one timed-steps value per batch, or one for all). Output:
  *   RESULT impl=loco family=sd1 size=512 batch=1 steps=50 timed_steps=50 calls=51 total_s=...
  *          s_per_image=... call_ms=... text_s=... decode_s=... graphs=... */
@@ -28,8 +29,10 @@
 #include <string.h>
 #include <time.h>
 
+#include "image.h"
 #include "pipeline.h"
 #include "unet.h"
+#include "vae.h"
 
 #define MAX_BATCHES 8
 
@@ -89,8 +92,8 @@ static const char *const PROMPT = "a photograph of an astronaut riding a horse o
 static const char *const NEGATIVE = "blurry, low quality";
 
 /* One generate of `steps` steps with batch images; fills the timer. */
-static loco_status run(loco_pipeline *p, int size, int batch, int steps, timer_ctx *tc, double *t0, double *t1,
-                       loco_err *err) {
+static loco_status run_ex(loco_pipeline *p, int size, int batch, int steps, int skip_decode, float **latents,
+                          timer_ctx *tc, double *t0, double *t1, loco_err *err) {
     const char *prompts[1] = {PROMPT}, *negatives[1] = {NEGATIVE};
     loco_generate_params g;
     loco_generate_params_init(&g);
@@ -103,6 +106,7 @@ static loco_status run(loco_pipeline *p, int size, int batch, int steps, timer_c
     g.width = g.height = size;
     g.progress = on_step;
     g.progress_ctx = tc;
+    g.skip_decode = skip_decode;
     tc->n = 0;
     tc->failed = 0;
     loco_generate_result r;
@@ -123,9 +127,18 @@ static loco_status run(loco_pipeline *p, int size, int batch, int steps, timer_c
                 st = loco_err_set(err, LOCO_EDEVICE, "final latents hold NaN/Inf (at %zu)", i);
                 break;
             }
+        if (!st && latents) {
+            *latents = r.latents;
+            r.latents = NULL;
+        }
         loco_generate_result_free(&r);
     }
     return st;
+}
+
+static loco_status run(loco_pipeline *p, int size, int batch, int steps, timer_ctx *tc, double *t0, double *t1,
+                       loco_err *err) {
+    return run_ex(p, size, batch, steps, 0, NULL, tc, t0, t1, err);
 }
 
 static int cmp_row_seconds(const void *a, const void *b) {
@@ -142,6 +155,7 @@ static loco_status profile(loco_pipeline *p, loco_backend *be, int size, int bat
     tc.t = t;
     loco_status st = run(p, size, batch, 2, &tc, &t0, &t1, err); /* warm-up without graphs */
     if (st) return st;
+    const double tail_unprofiled = tc.n > 0 ? t1 - tc.t[tc.n - 1] : 0.0;
     loco_backend_profile_start(be);
     st = run(p, size, batch, 2, &tc, &t0, &t1, err);
     loco_op_profile prof;
@@ -150,7 +164,8 @@ static loco_status profile(loco_pipeline *p, loco_backend *be, int size, int bat
     double total = 0;
     for (int k = 0; k < LOCO_OP_KIND_COUNT; k++) total += prof.seconds[k];
     printf("PROFILE batch=%d steps=2 (text encoding, %d UNet calls, VAE decode; graphs off, every op synchronised): "
-           "%.1f ms in ops, %.1f ms wall\n", batch, tc.n, total * 1e3, (t1 - t0) * 1e3);
+           "%.1f ms in ops, %.1f ms wall; after the last UNet call %.1f ms (%.1f ms unprofiled)\n", batch, tc.n,
+           total * 1e3, (t1 - t0) * 1e3, tc.n > 0 ? (t1 - tc.t[tc.n - 1]) * 1e3 : 0.0, tail_unprofiled * 1e3);
     for (int k = 0; k < LOCO_OP_KIND_COUNT; k++)
         printf("PROFILE kind %-12s %6lld calls %9.2f ms %5.1f%% %8.1f TFLOP/s\n", loco_op_kind_name((loco_op_kind)k),
                (long long)prof.calls[k], prof.seconds[k] * 1e3, total > 0 ? 100.0 * prof.seconds[k] / total : 0.0,
@@ -161,13 +176,69 @@ static loco_status profile(loco_pipeline *p, loco_backend *be, int size, int bat
     if (!sorted) return loco_err_set(err, LOCO_ENOMEM, "out of memory");
     memcpy(sorted, rows, (size_t)n * sizeof *sorted);
     qsort(sorted, (size_t)n, sizeof *sorted, cmp_row_seconds);
-    for (int i = 0; i < n && i < 40; i++)
+    for (int i = 0; i < n && i < 120; i++)
         printf("PROFILE row %8.2f ms %5.1f%% %5lld calls %7.1f TFLOP/s  %s\n", sorted[i].seconds * 1e3,
                total > 0 ? 100.0 * sorted[i].seconds / total : 0.0, (long long)sorted[i].calls,
                sorted[i].seconds > 0 ? sorted[i].flops / sorted[i].seconds * 1e-12 : 0.0, sorted[i].what);
     free(sorted);
     fflush(stdout);
     return LOCO_OK;
+}
+
+/* One timed decode of z: the VAE's kernels (synchronised before and after), then the images'
+ * download and quantisation on the host. */
+static loco_status timed_decode(loco_pipeline *p, loco_backend *be, const loco_tensor *z, int batch, double *vae_s,
+                                double *img_s, loco_err *err) {
+    loco_tensor image = {0};
+    loco_status st = loco_backend_sync(be, err);
+    const double t0 = now_s();
+    if (!st) st = loco_vae_decode(loco_pipeline_vae(p), z, NULL, NULL, &image, err);
+    if (!st) st = loco_backend_sync(be, err);
+    const double t1 = now_s();
+    for (int k = 0; k < batch && !st; k++) {
+        loco_image im;
+        st = loco_image_from_tensor(&image, k, &im, err);
+        loco_image_free(&im);
+    }
+    *vae_s = t1 - t0;
+    *img_s = now_s() - t1;
+    loco_tensor_free(&image);
+    return st;
+}
+
+/* Where a b-image decode's time goes. First as generate runs it: a 2-step generate without
+ * the decode (its tail after the last UNet call: the latents' download), then the decode of
+ * its latents as they come (f32); then four decodes of constant latents in the activation
+ * dtype, one after the other. Timings do not depend on values. Prints DECODE lines. */
+static loco_status decode_breakdown(loco_pipeline *p, loco_backend *be, int size, int batch, loco_err *err) {
+    const int s = loco_pipeline_vae_scale(p);
+    const int64_t shape[4] = {batch, 4, size / s, size / s};
+    timer_ctx tc = {.be = be, .cap = 16};
+    double t[16], t0, t1, vae_s = 0, img_s = 0;
+    tc.t = t;
+    float *lat = NULL;
+    loco_tensor z = {0};
+    loco_status st = run_ex(p, size, batch, 2, 1, &lat, &tc, &t0, &t1, err);
+    const double tail = tc.n > 0 ? t1 - tc.t[tc.n - 1] : 0.0;
+    if (!st) st = loco_tensor_alloc(be, LOCO_F32, 4, shape, &z, err);
+    if (!st) st = loco_tensor_upload(&z, lat, LOCO_F32, err);
+    free(lat);
+    if (!st) st = timed_decode(p, be, &z, batch, &vae_s, &img_s, err);
+    loco_tensor_free(&z);
+    if (st) return st;
+    printf("DECODE batch=%d size=%d after a generate: its tail without decode %.2f ms; decode of its f32 latents: "
+           "vae_ms=%.2f images_ms=%.2f\n", batch, size, tail * 1e3, vae_s * 1e3, img_s * 1e3);
+    st = loco_tensor_alloc_act(be, 4, shape, &z, err);
+    if (!st) st = loco_fill(be, &z, 0.25f, err);
+    for (int rep = 0; rep < 4 && !st; rep++) {
+        st = timed_decode(p, be, &z, batch, &vae_s, &img_s, err);
+        if (!st)
+            printf("DECODE batch=%d size=%d repeat %d (constant latents, activation dtype): vae_ms=%.2f "
+                   "images_ms=%.2f\n", batch, size, rep, vae_s * 1e3, img_s * 1e3);
+    }
+    loco_tensor_free(&z);
+    fflush(stdout);
+    return st;
 }
 
 static void usage(void) {
@@ -286,6 +357,10 @@ int main(int argc, char **argv) {
     }
     if (calls_n <= 0) {
         fprintf(stderr, "pipeline_bench: %s\n", err.msg);
+        rc = 1;
+    }
+    if (calls_n > 0 && profile_batch > 0 && decode_breakdown(p, be, size, profile_batch, &err) != LOCO_OK) {
+        fprintf(stderr, "pipeline_bench: decode breakdown: %s\n", err.msg);
         rc = 1;
     }
     if (calls_n > 0 && profile_batch > 0 && profile(p, be, size, profile_batch, &err) != LOCO_OK) {

@@ -50,6 +50,24 @@ def make(op, args):
             return F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, l, c)
 
         return selfattn
+    if op == "temb":
+        # diffusers' ResnetBlock2D.time_emb_proj, once per block of SD 1.5's UNet, on SiLU(temb)
+        rows, k = map(int, args)
+        widths = [320, 320, 640, 640] + [1280] * 12 + [640] * 3 + [320] * 3
+        x = r(rows, k)
+        layers = [(r(n, k) * 0.05, r(n) * 0.1) for n in widths]
+        return lambda: [F.linear(x, w, b) for w, b in layers]
+    if op == "proj":
+        # diffusers' Transformer2DModel around its blocks: permute to tokens, proj_in, proj_out,
+        # permute back, + residual (the linear-projection form of SD 2.x and SD-XL)
+        b, c, l = map(int, args)
+        x, wi, wo, bias = r(b, c, l), r(c, c) * 0.05, r(c, c) * 0.05, r(c) * 0.1
+
+        def proj():
+            h = F.linear(x.permute(0, 2, 1), wi, bias)
+            return F.linear(h, wo, bias).permute(0, 2, 1) + x
+
+        return proj
     if op == "linear":
         m, k, n = map(int, args[:3])
         act = ACTS[args[3]]

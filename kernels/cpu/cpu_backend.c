@@ -5,6 +5,7 @@
  * diffusion model allocates and frees the same activation sizes on every step, and returning
  * large blocks to the OS would page-fault them in again each time (tens of ms per step). */
 #include "cpu_internal.h"
+#include "quantize_u8.h"
 
 #include <cblas.h>
 #include <omp.h>
@@ -176,6 +177,48 @@ static loco_status cpu_download_f32(loco_backend *be, float *dst, const void *sr
     return LOCO_OK;
 }
 
+/* One plane (image i, channel ch) per task: reads stay sequential, writes stride by c. */
+typedef struct u8_job {
+    uint8_t *dst;
+    const void *src;
+    loco_dtype dtype;
+    int64_t c, hw;
+    int64_t *first_nan; /* per plane: the plane's first NaN (flat index into src), -1 if none */
+} u8_job;
+
+static void u8_range(void *ctx, size_t begin, size_t end, int tid) {
+    (void)tid;
+    const u8_job *j = ctx;
+    float buf[256];
+    for (size_t plane = begin; plane < end; plane++) {
+        const int64_t img = (int64_t)plane / j->c, ch = (int64_t)plane % j->c;
+        uint8_t *out = j->dst + img * j->hw * j->c + ch;
+        j->first_nan[plane] = -1;
+        for (int64_t p0 = 0; p0 < j->hw; p0 += 256) {
+            const int64_t m = j->hw - p0 < 256 ? j->hw - p0 : 256, at = (int64_t)plane * j->hw + p0;
+            loco_convert_to_f32(buf, (const char *)j->src + (size_t)at * loco_dtype_size(j->dtype), j->dtype, (size_t)m);
+            for (int64_t i = 0; i < m; i++) {
+                if (buf[i] != buf[i] && j->first_nan[plane] < 0) j->first_nan[plane] = at + i;
+                out[(p0 + i) * j->c] = loco_quantize_u8(buf[i]);
+            }
+        }
+    }
+}
+
+static loco_status cpu_download_u8_images(loco_backend *be, uint8_t *dst, const void *src, loco_dtype src_dtype,
+                                          int64_t n, int64_t c, int64_t hw, int64_t *nan_at, loco_err *err) {
+    if (!convertible(src_dtype))
+        return loco_err_set(err, LOCO_EUNSUPPORTED, "cpu download_u8_images: cannot read %s as floats",
+                            loco_dtype_name(src_dtype));
+    int64_t *first = malloc((size_t)(n * c) * sizeof *first);
+    if (!first) return loco_err_set(err, LOCO_ENOMEM, "cpu download_u8_images: out of memory");
+    u8_job j = {dst, src, src_dtype, c, hw, first};
+    cpu_parallel_for(be, (size_t)(n * c), 1, u8_range, &j);
+    for (int64_t i = 0; i < n * c && *nan_at < 0; i++) *nan_at = first[i];
+    free(first);
+    return LOCO_OK;
+}
+
 static loco_status cpu_sync(loco_backend *be, loco_err *err) {
     (void)be, (void)err; /* every CPU op has finished when it returns */
     return LOCO_OK;
@@ -201,6 +244,7 @@ static const loco_backend_ops cpu_ops = {
     .release = cpu_release,
     .upload = cpu_upload,
     .download_f32 = cpu_download_f32,
+    .download_u8_images = cpu_download_u8_images,
     .sync = cpu_sync,
     .linear = cpu_linear,
     .conv2d = cpu_conv2d,

@@ -31,7 +31,10 @@
 #define FA_DK(D) (((D) + 15) / 16 * 16) /* head dim rounded up for the k-steps of Q K^T */
 #define FA_BC(D) ((D) > 128 ? 32 : 64)   /* keys per tile */
 #define FA_LDS(D) (FA_DK(D) + 8)         /* smem row pitch: ldmatrix rows in distinct banks */
-#define FA_SMEM(D, MT) ((FA_BR(MT) + 4 * FA_BC(D)) * FA_LDS(D) * 2)
+#define FA_ILP 1    /* variant bit: fa_softmax_max's ILP form (trees, rescale without a branch) */
+#define FA_STAGES3 2 /* variant bit: three K/V stages and one barrier per key tile instead of two */
+#define FA_NSTAGE(V) (((V) & FA_STAGES3) ? 3 : 2)
+#define FA_SMEM(D, MT, V) ((FA_BR(MT) + 2 * FA_NSTAGE(V) * FA_BC(D)) * FA_LDS(D) * 2)
 
 
 /* One K/V tile of BC keys starting at key0 into shared memory. kg/vg already point at key0's
@@ -59,17 +62,17 @@ __device__ __forceinline__ void fa_load_kv(T *skb, T *svb, const T *kg, const T 
  * traffic per flop, which bounds the 16-row form; it costs registers (Q fragments, O and S
  * accumulators all double), so head dim 160 keeps MT = 1. Warp w owns rows
  * [16 (w MT + mt), +16) of the block, mt < MT. */
-template <typename T, int D, int MT>
+template <typename T, int D, int MT, int V>
 __global__ void __launch_bounds__(FA_THREADS) flash_attn_kernel(const fa_params p) {
-    constexpr int BR = FA_BR(MT), DK = FA_DK(D), BC = FA_BC(D), LDS = FA_LDS(D);
+    constexpr int BR = FA_BR(MT), DK = FA_DK(D), BC = FA_BC(D), LDS = FA_LDS(D), NSTAGE = FA_NSTAGE(V);
     constexpr int NKS = DK / 16; /* k-steps of Q K^T */
     constexpr int NST = BC / 8;  /* score tiles of 8 keys */
     constexpr int NDT = D / 8;   /* output tiles of 8 dims */
     constexpr int DV = D / 8;    /* 16-byte vectors per row */
     extern __shared__ __align__(16) unsigned char fa_smem[];
     T *sq = (T *)fa_smem;       /* [BR][LDS] */
-    T *sk = sq + BR * LDS;      /* [2][BC][LDS] */
-    T *sv = sk + 2 * BC * LDS;  /* [2][BC][LDS] */
+    T *sk = sq + BR * LDS;           /* [NSTAGE][BC][LDS] */
+    T *sv = sk + NSTAGE * BC * LDS;  /* [NSTAGE][BC][LDS] */
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int q0 = blockIdx.x * BR, h = blockIdx.y;
@@ -83,7 +86,7 @@ __global__ void __launch_bounds__(FA_THREADS) flash_attn_kernel(const fa_params 
     if (DK > D) {
         constexpr int PADC = DK > D ? DK - D : 1; /* (1 only keeps the dead branch compilable) */
         const T z = from_f32<T>(0.0f);
-        for (int i = tid; i < (BR + 2 * BC) * PADC; i += FA_THREADS) {
+        for (int i = tid; i < (BR + NSTAGE * BC) * PADC; i += FA_THREADS) {
             int r = i / PADC, cc = D + i % PADC;
             if (r < BR)
                 sq[r * LDS + cc] = z;
@@ -105,6 +108,10 @@ __global__ void __launch_bounds__(FA_THREADS) flash_attn_kernel(const fa_params 
     const int rs = (int)p.rs;
     if (ntiles > 0) fa_load_kv<T, D>(sk, sv, kg, vg, p.lk, rs, tid);
     cp_async_commit(); /* group 0: Q and K/V tile 0 */
+    if (NSTAGE == 3) { /* group 1: tile 1 (empty when there is none); tile t is group t */
+        if (ntiles > 1) fa_load_kv<T, D>(sk + BC * LDS, sv + BC * LDS, kg + BC * p.rs, vg + BC * p.rs, p.lk - BC, rs, tid);
+        cp_async_commit();
+    }
 
     /* per m-tile state; index [mt][0] is row g of the tile, [mt][1] row g + 8 */
     uint32_t qf[MT][NKS][4];
@@ -122,8 +129,21 @@ __global__ void __launch_bounds__(FA_THREADS) flash_attn_kernel(const fa_params 
     const int row0 = q0 + wrow + (lane >> 2);      /* row g of m-tile 0; m-tile mt adds 16 mt */
 
     for (int j = 0; j < ntiles; j++) {
-        const int buf = j & 1;
-        if (j + 1 < ntiles) { /* prefetch the next tile into the other buffer */
+        const int buf = NSTAGE == 3 ? j % 3 : j & 1;
+        if (NSTAGE == 3) {
+            /* Tile j is the older of the two groups in flight. One barrier publishes it and
+             * tells that every warp is done with tile j - 1, whose stage tile j + 2 then takes
+             * (the two-stage form needs a second barrier at the end of each tile for that). */
+            cp_async_wait<1>();
+            __syncthreads();
+            if (j + 2 < ntiles) {
+                const int64_t next = (int64_t)(j + 2) * BC * p.rs;
+                const int nb = (j + 2) % 3;
+                fa_load_kv<T, D>(sk + nb * BC * LDS, sv + nb * BC * LDS, kg + next, vg + next, p.lk - (j + 2) * BC, rs,
+                                 tid);
+            }
+            cp_async_commit(); /* possibly empty: keeps tile t in group t */
+        } else if (j + 1 < ntiles) { /* prefetch the next tile into the other buffer */
             const int64_t next = (int64_t)(j + 1) * BC * p.rs;
             fa_load_kv<T, D>(sk + (buf ^ 1) * BC * LDS, sv + (buf ^ 1) * BC * LDS, kg + next, vg + next,
                              p.lk - (j + 1) * BC, rs, tid);
@@ -132,7 +152,7 @@ __global__ void __launch_bounds__(FA_THREADS) flash_attn_kernel(const fa_params 
         } else {
             cp_async_wait<0>();
         }
-        __syncthreads();
+        if (NSTAGE == 2) __syncthreads();
         if (j == 0) { /* Q stays in registers for the whole key loop */
 #pragma unroll
             for (int mt = 0; mt < MT; mt++)
@@ -182,7 +202,7 @@ __global__ void __launch_bounds__(FA_THREADS) flash_attn_kernel(const fa_params 
         uint32_t pa[MT][BC / 16][4];
 #pragma unroll
         for (int mt = 0; mt < MT; mt++) {
-            fa_softmax_step<NST, NDT>(s[mt], o[mt], mr[mt], l[mt], p.scale_log2);
+            fa_softmax_step<NST, NDT, (V & FA_ILP) ? 1 : 0>(s[mt], o[mt], mr[mt], l[mt], p.scale_log2);
             fa_pack_p<T, NST>(s[mt], pa[mt]);
         }
 
@@ -207,7 +227,7 @@ __global__ void __launch_bounds__(FA_THREADS) flash_attn_kernel(const fa_params 
                 for (int mt = 0; mt < MT; mt++) mma16816<T>(o[mt][NDT - 1], pa[mt][kk], vf);
             }
         }
-        __syncthreads(); /* the next iteration's prefetch overwrites this buffer */
+        if (NSTAGE == 2) __syncthreads(); /* the next iteration's prefetch overwrites this buffer */
     }
     cp_async_wait<0>();
 
@@ -239,12 +259,14 @@ __global__ void __launch_bounds__(FA_THREADS) flash_attn_kernel(const fa_params 
 
 /* ---- host side ------------------------------------------------------------------------------ */
 
-/* Every instantiation: (dtype, head dim, m-tiles per warp). Head dim 160 has only MT = 1: with
- * MT = 2 its Q fragments and O accumulators alone would take 2 x (40 + 80) registers. */
-#define FA_FOR_EACH(X)                                                                                 \
-    X(__half, 40, 1) X(__half, 64, 1) X(__half, 80, 1) X(__half, 160, 1) X(__half, 40, 2) X(__half, 64, 2) \
-    X(__half, 80, 2) X(__nv_bfloat16, 40, 1) X(__nv_bfloat16, 64, 1) X(__nv_bfloat16, 80, 1)             \
-    X(__nv_bfloat16, 160, 1) X(__nv_bfloat16, 40, 2) X(__nv_bfloat16, 64, 2) X(__nv_bfloat16, 80, 2)
+/* Every instantiation: (dtype, head dim, m-tiles per warp, variant bits). Head dim 160 has only
+ * MT = 1: with MT = 2 its Q fragments and O accumulators alone would take 2 x (40 + 80)
+ * registers. The 128-row blocks of head dims 40, 64 and 80 come in three variants, 0,
+ * FA_STAGES3 and FA_ILP | FA_STAGES3 (fa_variant picks). */
+#define FA_FOR_EACH_T(X, T)                                                                                  \
+    X(T, 40, 1, 0) X(T, 64, 1, 0) X(T, 80, 1, 0) X(T, 160, 1, 0) X(T, 40, 2, 0) X(T, 64, 2, 0) X(T, 80, 2, 0) \
+    X(T, 40, 2, 3) X(T, 64, 2, 3) X(T, 80, 2, 3) X(T, 40, 2, 2) X(T, 64, 2, 2) X(T, 80, 2, 2)
+#define FA_FOR_EACH(X) FA_FOR_EACH_T(X, __half) FA_FOR_EACH_T(X, __nv_bfloat16)
 
 static int fa_has_dim(int64_t d) { return d == 40 || d == 64 || d == 80 || d == 160; }
 
@@ -259,12 +281,31 @@ static int fa_mtiles(const cuda_impl *c, int D, int64_t Lq) {
     return Lq >= 128 ? 2 : 1;
 }
 
+/* The variant of the 128-row kernel for a launch of `blocks` blocks at head dim D:
+ * LOCO_CUDA_FLASH=classic|stages3|ilp3 forces one. By default, measured on an H200 (session 6,
+ * bench/gpu/runs/2026-11-28-h200-run6):
+ *   - head dims 64 and 80: FA_ILP | FA_STAGES3. The trees, the branch-free rescale and the third
+ *     stage take SD-XL's 4096-token self-attention from 0.3448 to 0.3278 ms (with its q, k, v
+ *     GEMM) and SD 1.5's 1024-token one (80) from 0.0300 to 0.0265 ms;
+ *   - head dim 40: FA_STAGES3 for launches of at least 2048 blocks, else the classic loop. The
+ *     trees cost it eleven registers (178: two blocks per SM instead of three), so ilp3 lost
+ *     (SD 1.5's 4096-token layer at batch 16: 1.633 against 1.414 ms); the third stage alone
+ *     keeps 168 registers and won there (1.356 ms: 4096 blocks), but lost on the same layer at
+ *     batch 2 (0.2039 against 0.1978 ms: 512 blocks, under two waves). */
+#define FA_STAGES3_MIN_BLOCKS 2048
+static int fa_variant(const cuda_impl *c, int D, int MT, int64_t blocks) {
+    if (MT != 2 || D > 80) return 0;
+    if (c->flash_variant >= 0) return c->flash_variant;
+    if (D == 64 || D == 80) return FA_ILP | FA_STAGES3;
+    return blocks >= FA_STAGES3_MIN_BLOCKS ? FA_STAGES3 : 0;
+}
+
 loco_status cuda_attention_setup(cuda_impl *c, loco_err *err) {
     cudaError_t e = cudaSuccess;
-#define FA_SET(T, D, MT)                                                                                   \
-    if (e == cudaSuccess)                                                                                  \
-        e = cudaFuncSetAttribute(flash_attn_kernel<T, D, MT>, cudaFuncAttributeMaxDynamicSharedMemorySize, \
-                                 FA_SMEM(D, MT));
+#define FA_SET(T, D, MT, V)                                                                                   \
+    if (e == cudaSuccess)                                                                                     \
+        e = cudaFuncSetAttribute(flash_attn_kernel<T, D, MT, V>, cudaFuncAttributeMaxDynamicSharedMemorySize, \
+                                 FA_SMEM(D, MT, V));
     FA_FOR_EACH(FA_SET)
 #undef FA_SET
     if (e == cudaErrorInvalidDeviceFunction || e == cudaErrorNoKernelImageForDevice) {
@@ -282,16 +323,17 @@ template <typename T> static loco_dtype fa_dtype(void);
 template <> loco_dtype fa_dtype<__half>(void) { return LOCO_F16; }
 template <> loco_dtype fa_dtype<__nv_bfloat16>(void) { return LOCO_BF16; }
 
-static loco_status flash_launch(cuda_impl *c, loco_dtype dt, int D, int MT, dim3 grid, const fa_params *fp,
-                                loco_err *err) {
-#define FA_CASE(T, DD, MM)                                                                   \
-    if (dt == fa_dtype<T>() && D == DD && MT == MM) {                                        \
-        LOCO_LAUNCH(grid, FA_THREADS, FA_SMEM(DD, MM), c->stream, flash_attn_kernel<T, DD, MM>)(*fp); \
-        return cuda_check_launch("flash_attn_kernel", err);                                  \
+static loco_status flash_launch(cuda_impl *c, loco_dtype dt, int D, int MT, int variant, dim3 grid,
+                                const fa_params *fp, loco_err *err) {
+#define FA_CASE(T, DD, MM, VV)                                                                                  \
+    if (dt == fa_dtype<T>() && D == DD && MT == MM && variant == VV) {                                          \
+        LOCO_LAUNCH(grid, FA_THREADS, FA_SMEM(DD, MM, VV), c->stream, flash_attn_kernel<T, DD, MM, VV>)(*fp); \
+        return cuda_check_launch("flash_attn_kernel", err);                                                     \
     }
     FA_FOR_EACH(FA_CASE)
 #undef FA_CASE
-    return loco_err_set(err, LOCO_EINVAL, "cuda attention: no flash kernel for head dim %d with %d m-tiles", D, MT);
+    return loco_err_set(err, LOCO_EINVAL, "cuda attention: no flash kernel for head dim %d with %d m-tiles, variant %d",
+                        D, MT, variant);
 }
 
 extern "C" loco_status cuda_op_attention(loco_backend *be, loco_tensor *out, const loco_tensor *q,
@@ -358,7 +400,8 @@ extern "C" loco_status cuda_op_attention(loco_backend *be, loco_tensor *out, con
         if (wgmma)
             CUDA_TRY(cuda_flash_wgmma(c, dt, (int)D, grid, &fp, err));
         else
-            CUDA_TRY(flash_launch(c, dt, (int)D, mt, grid, &fp, err));
+            CUDA_TRY(flash_launch(c, dt, (int)D, mt, fa_variant(c, (int)D, mt, (int64_t)grid.x * grid.y * grid.z),
+                                  grid, &fp, err));
     }
     return LOCO_OK;
 }

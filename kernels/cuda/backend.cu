@@ -180,6 +180,15 @@ static loco_status cuda_download_f32(loco_backend *be, float *dst, const void *s
     return st != LOCO_OK ? st : sync;
 }
 
+static loco_status cuda_u8_images(loco_backend *be, uint8_t *dst, const void *src, loco_dtype src_dtype, int64_t n,
+                                  int64_t c, int64_t hw, int64_t *nan_at, loco_err *err) {
+    CUDA_TRY(cuda_enter(be, err));
+    if (!is_float_transfer_dtype(src_dtype))
+        return loco_err_set(err, LOCO_EUNSUPPORTED, "cuda download_u8_images: %s is not supported (float dtypes only)",
+                            cuda_dt(src_dtype));
+    return cuda_download_u8_images(cuda_of(be), dst, src, src_dtype, n, c, hw, nan_at, err);
+}
+
 static loco_status cuda_sync(loco_backend *be, loco_err *err) {
     CUDA_TRY(cuda_enter(be, err));
     return cuda_check(cudaStreamSynchronize(cuda_of(be)->stream), "cudaStreamSynchronize", err);
@@ -201,9 +210,13 @@ static void fill_ops(loco_backend_ops *o, int graphs) {
     o->release = cuda_release_hook;
     o->upload = cuda_upload;
     o->download_f32 = cuda_download_f32;
+    o->download_u8_images = cuda_u8_images;
     o->sync = cuda_sync;
     o->linear = cuda_op_linear;
     o->linear_accumulate = cuda_op_linear_accumulate;
+    o->linear_from_channels = cuda_op_linear_from_channels;
+    o->linear_many = cuda_op_linear_many;
+    o->linear_to_channels = cuda_op_linear_to_channels;
     o->conv2d = cuda_op_conv2d;
     o->conv2d_fused = cuda_op_conv2d_fused;
     o->selftest = cuda_op_selftest;
@@ -290,6 +303,12 @@ extern "C" loco_status loco_backend_cuda_create(const loco_backend_opts *opts, l
                                                    : CUDA_CONV_AUTO;
     const char *flash = getenv("LOCO_CUDA_FLASH"); /* 64|128: a block height; wgmma: the Hopper kernel */
     c->flash_wgmma = flash && strcmp(flash, "wgmma") == 0; /* the experimental Hopper kernel */
+    /* attention.cu's variant of the 128-row kernel: -1 by head dim, or forced (fa_variant) */
+    c->flash_variant = !flash                          ? -1
+                       : strcmp(flash, "classic") == 0 ? 0
+                       : strcmp(flash, "stages3") == 0 ? 2
+                       : strcmp(flash, "ilp3") == 0    ? 3
+                                                       : -1;
     c->flash_rows = !flash                        ? 0
                     : strcmp(flash, "64") == 0  ? 64
                     : strcmp(flash, "128") == 0 ? 128
@@ -349,6 +368,9 @@ extern "C" loco_status loco_backend_cuda_create(const loco_backend_opts *opts, l
                                                                  : ", conv: wgmma unavailable, auto")
                                                   : "",
              c->flash_wgmma         ? (c->faw_ok ? ", flash: wgmma (experimental)" : ", flash: wgmma unavailable")
+             : c->flash_variant == 0 ? ", flash: classic"
+             : c->flash_variant == 2 ? ", flash: stages3"
+             : c->flash_variant == 3 ? ", flash: ilp3"
              : c->flash_rows == 64  ? ", flash: 64 rows"
              : c->flash_rows == 128 ? ", flash: 128 rows"
                                     : "",

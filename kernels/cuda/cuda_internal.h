@@ -131,6 +131,7 @@ typedef struct cuda_impl {
                      * fa_mtiles) */
     int igemm_rows; /* 1: conv_igemm.cu's row-gather kernel where it applies; LOCO_CUDA_IGEMM_ROWS=0 turns it off */
     int wgmma_ok;   /* conv_wgmma.cu's kernel has an image for this device (sm_90a on a 9.0 device) */
+    int flash_variant; /* LOCO_CUDA_FLASH=classic|stages3|ilp3: attention.cu's 128-row variant (0, 2, 3; -1: by head dim) */
     int flash_wgmma; /* LOCO_CUDA_FLASH=wgmma: attention_wgmma.cu for head dims 40/64/80 (experimental) */
     int faw_ok;      /* ... and its sm_90a image is there and set up (compute capability 9.0) */
     int gemm_tune;   /* LOCO_CUDA_GEMM_TUNE=1: time the heuristic's top cuBLASLt algorithms on the
@@ -195,6 +196,8 @@ static inline unsigned cuda_grid(const cuda_impl *c, int64_t items, int threads)
 static inline int cuda_aligned(const void *p, size_t a) { return ((uintptr_t)p % a) == 0; }
 
 /* Converts n elements between float dtypes (F32/F16/BF16/F64) on the stream (convert.cu). */
+loco_status cuda_download_u8_images(cuda_impl *c, uint8_t *dst, const void *src, loco_dtype src_dtype, int64_t n,
+                                    int64_t ch, int64_t hw, int64_t *nan_at, loco_err *err);
 loco_status cuda_convert(cuda_impl *c, void *dst, loco_dtype dst_dtype, const void *src, loco_dtype src_dtype,
                          int64_t n, loco_err *err);
 /* A temporary copy of t converted to `dtype` (from the allocator; *out == t->data and *owned
@@ -279,6 +282,12 @@ loco_status cuda_op_linear(loco_backend *be, loco_tensor *y, const loco_tensor *
                            const loco_tensor *bias, loco_act act, loco_err *err);
 loco_status cuda_op_linear_accumulate(loco_backend *be, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
                                       const loco_tensor *bias, loco_err *err);
+loco_status cuda_op_linear_many(loco_backend *be, int n, loco_tensor *const *y, const loco_tensor *x,
+                                const loco_tensor *const *w, const loco_tensor *const *bias, loco_err *err);
+loco_status cuda_op_linear_from_channels(loco_backend *be, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
+                                         const loco_tensor *bias, loco_err *err);
+loco_status cuda_op_linear_to_channels(loco_backend *be, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
+                                       const loco_tensor *bias, const loco_tensor *r, loco_err *err);
 /* conv.cu */
 loco_status cuda_op_conv2d(loco_backend *be, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
                            const loco_tensor *bias, const loco_conv2d_params *p, loco_err *err);

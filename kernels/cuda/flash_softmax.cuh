@@ -15,15 +15,38 @@
 /* The new row maxima of this tile's raw scores s (NST tiles of 8 keys for this lane's two rows,
  * masked keys at -inf) and the rescale of the running output o (NDT tiles of 8 dims) and of the
  * running sums l[2] (NULL: the caller has none) where a row's max grew. Returns the exponent
- * offsets (nb0, nb1): p = 2^(s * scale_log2 + nb). */
-template <int NST, int NDT>
+ * offsets (nb0, nb1): p = 2^(s * scale_log2 + nb).
+ * ILP = 1 (the mma.sync kernel's LOCO_CUDA_FLASH=ilp variants): the maxima as trees instead of
+ * chains, and the rescale of o done always, as selects, instead of behind a branch: the branch
+ * ends the basic block, so the compiler cannot interleave one m-tile's softmax with the other's
+ * or with the next products, and ncu (run of session 6) found a third of the kernel's stalls on
+ * fixed-latency dependencies at 2.4 warps per scheduler. */
+template <int NST, int NDT, int ILP = 0>
 __device__ __forceinline__ float2 fa_softmax_max(const float (&s)[NST][4], float (&o)[NDT][4], float (&mr)[2],
                                                  float *l, float scale_log2) {
     float mx0 = mr[0], mx1 = mr[1];
+    if (ILP) {
+        float a0[NST], a1[NST];
 #pragma unroll
-    for (int nt = 0; nt < NST; nt++) {
-        mx0 = fmaxf(mx0, fmaxf(s[nt][0], s[nt][1]));
-        mx1 = fmaxf(mx1, fmaxf(s[nt][2], s[nt][3]));
+        for (int nt = 0; nt < NST; nt++) {
+            a0[nt] = fmaxf(s[nt][0], s[nt][1]);
+            a1[nt] = fmaxf(s[nt][2], s[nt][3]);
+        }
+#pragma unroll
+        for (int w = NST / 2; w >= 1; w /= 2)
+#pragma unroll
+            for (int i = 0; i < w; i++) {
+                a0[i] = fmaxf(a0[i], a0[i + w]);
+                a1[i] = fmaxf(a1[i], a1[i + w]);
+            }
+        mx0 = fmaxf(mx0, a0[0]);
+        mx1 = fmaxf(mx1, a1[0]);
+    } else {
+#pragma unroll
+        for (int nt = 0; nt < NST; nt++) {
+            mx0 = fmaxf(mx0, fmaxf(s[nt][0], s[nt][1]));
+            mx1 = fmaxf(mx1, fmaxf(s[nt][2], s[nt][3]));
+        }
     }
     mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
     mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
@@ -37,7 +60,7 @@ __device__ __forceinline__ float2 fa_softmax_max(const float (&s)[NST][4], float
      * rarely does, and a warp where no row's max grew skips the O x c multiplies (4 D / 8 per
      * tile per lane, a tenth of the loop for head dim 64). An unchanged max gives c = 1. */
     const bool grew0 = mx0 != mr[0], grew1 = mx1 != mr[1];
-    if (__any_sync(0xffffffffu, grew0 || grew1)) {
+    if (ILP || __any_sync(0xffffffffu, grew0 || grew1)) {
         const float c0 = grew0 ? fast_exp2(fmaf(mr[0], scale_log2, nb0)) : 1.0f;
         const float c1 = grew1 ? fast_exp2(fmaf(mr[1], scale_log2, nb1)) : 1.0f;
         if (l) {
@@ -58,19 +81,36 @@ __device__ __forceinline__ float2 fa_softmax_max(const float (&s)[NST][4], float
 }
 
 /* The whole step on fp32 P: s becomes P = 2^(scaled s - row max) in place and l gains its row
- * sums (o, mr, l as fa_softmax_max). */
-template <int NST, int NDT>
+ * sums (o, mr, l as fa_softmax_max; ILP = 1 also sums each row as a tree). */
+template <int NST, int NDT, int ILP = 0>
 __device__ __forceinline__ void fa_softmax_step(float (&s)[NST][4], float (&o)[NDT][4], float (&mr)[2], float (&l)[2],
                                                 float scale_log2) {
-    const float2 nb = fa_softmax_max<NST, NDT>(s, o, mr, l, scale_log2);
+    const float2 nb = fa_softmax_max<NST, NDT, ILP>(s, o, mr, l, scale_log2);
+    float r0[NST], r1[NST];
 #pragma unroll
     for (int nt = 0; nt < NST; nt++) {
         s[nt][0] = fast_exp2(fmaf(s[nt][0], scale_log2, nb.x));
         s[nt][1] = fast_exp2(fmaf(s[nt][1], scale_log2, nb.x));
         s[nt][2] = fast_exp2(fmaf(s[nt][2], scale_log2, nb.y));
         s[nt][3] = fast_exp2(fmaf(s[nt][3], scale_log2, nb.y));
-        l[0] += s[nt][0] + s[nt][1];
-        l[1] += s[nt][2] + s[nt][3];
+        if (ILP) {
+            r0[nt] = s[nt][0] + s[nt][1];
+            r1[nt] = s[nt][2] + s[nt][3];
+        } else {
+            l[0] += s[nt][0] + s[nt][1];
+            l[1] += s[nt][2] + s[nt][3];
+        }
+    }
+    if (ILP) {
+#pragma unroll
+        for (int w = NST / 2; w >= 1; w /= 2)
+#pragma unroll
+            for (int i = 0; i < w; i++) {
+                r0[i] += r0[i + w];
+                r1[i] += r1[i + w];
+            }
+        l[0] += r0[0];
+        l[1] += r1[0];
     }
 }
 

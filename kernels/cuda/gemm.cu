@@ -382,3 +382,123 @@ extern "C" loco_status cuda_op_linear_accumulate(loco_backend *be, loco_tensor *
                                                  const loco_tensor *w, const loco_tensor *bias, loco_err *err) {
     return linear_run(be, y, x, w, bias, LOCO_ACT_NONE, 1, err);
 }
+
+/* ---- linear on channel-major activations (backend.h: loco_linear_from/to_channels) ------------ */
+
+/* Sample b of x [B, K, L] is a K x L row-major matrix, i.e. L x K column-major: with transb it is
+ * op(B) = K x L, so D[N x L] = op(A = w) . op(B) per sample, written token-major (D's column l
+ * is token l) with the bias epilogue along N, as loco_linear's. The transpose costs nothing: it
+ * is the order cuBLASLt reads B in. */
+extern "C" loco_status cuda_op_linear_from_channels(loco_backend *be, loco_tensor *y, const loco_tensor *x,
+                                                    const loco_tensor *w, const loco_tensor *bias, loco_err *err) {
+    CUDA_TRY(cuda_enter(be, err));
+    cuda_impl *c = cuda_of(be);
+    if (x->dtype != y->dtype || !cuda_is_act_dtype(y->dtype))
+        return loco_err_set(err, LOCO_EUNSUPPORTED, "cuda linear_from_channels: input %s, output %s (both must be "
+                            "the activation dtype)", cuda_dt(x->dtype), cuda_dt(y->dtype));
+    const int64_t B = x->shape[0], K = x->shape[1], L = x->shape[2], N = w->shape[0];
+    if (B > INT32_MAX)
+        return loco_err_set(err, LOCO_EUNSUPPORTED, "cuda linear_from_channels: %lld samples", (long long)B);
+    if (K <= 0) { /* an empty sum, as loco_linear's: y = bias */
+        CUDA_TRY(cuda_check(cudaMemsetAsync(y->data, 0, loco_tensor_nbytes(y), c->stream),
+                            "cuda linear_from_channels: cudaMemsetAsync", err));
+        return bias ? cuda_channel_bias(c, y->data, y->data, y->dtype, bias->data, bias->dtype, B * L * N, 1, N, err)
+                    : LOCO_OK;
+    }
+    const void *wp, *bp = NULL;
+    void *w_tmp = NULL, *b_tmp = NULL;
+    CUDA_TRY(cuda_as_dtype(c, w, y->dtype, &wp, &w_tmp, err));
+    loco_status st = bias ? cuda_as_dtype(c, bias, y->dtype, &bp, &b_tmp, err) : LOCO_OK;
+    cuda_gemm g;
+    memset(&g, 0, sizeof g);
+    g.transa = 1;
+    g.transb = 1;
+    g.m = N;
+    g.n = L;
+    g.k = K;
+    g.lda = K;
+    g.ldb = L;
+    g.ldd = N;
+    g.batch = (int)B;
+    g.stride_a = 0; /* one weight for every sample */
+    g.stride_b = K * L;
+    g.stride_d = L * N;
+    g.ab_dtype = g.d_dtype = y->dtype;
+    g.a = wp;
+    g.b = x->data;
+    g.d = y->data;
+    g.bias = bp;
+    g.alpha = 1.0f;
+    if (st == LOCO_OK) {
+        st = cuda_gemm_run(c, &g, err);
+        if (st != LOCO_OK && st != LOCO_EDEVICE_OOM && bp) { /* no bias epilogue for this one: a pass after */
+            g.bias = NULL;
+            st = cuda_gemm_run(c, &g, err);
+            if (st == LOCO_OK) st = cuda_channel_bias(c, y->data, y->data, y->dtype, bp, y->dtype, B * L * N, 1, N, err);
+        }
+    }
+    cuda_alloc_put(c, w_tmp);
+    cuda_alloc_put(c, b_tmp);
+    return st;
+}
+
+/* Sample b of y [B, N, L] is N x L row-major, i.e. D = L x N column-major = op(A) . op(B) with A =
+ * x_b (L x K row-major = K x L column-major, transposed) and B = w (N x K row-major = K x N
+ * column-major, as is). The bias now runs along D's columns, which no cuBLASLt epilogue adds: it
+ * goes into the one pass that also adds r (or, with r == y, the GEMM accumulates into y with
+ * beta = 1 and the pass adds only the bias). */
+extern "C" loco_status cuda_op_linear_to_channels(loco_backend *be, loco_tensor *y, const loco_tensor *x,
+                                                  const loco_tensor *w, const loco_tensor *bias, const loco_tensor *r,
+                                                  loco_err *err) {
+    CUDA_TRY(cuda_enter(be, err));
+    cuda_impl *c = cuda_of(be);
+    if (x->dtype != y->dtype || !cuda_is_act_dtype(y->dtype))
+        return loco_err_set(err, LOCO_EUNSUPPORTED, "cuda linear_to_channels: input %s, output %s (both must be "
+                            "the activation dtype)", cuda_dt(x->dtype), cuda_dt(y->dtype));
+    const int64_t B = x->shape[0], L = x->shape[1], K = x->shape[2], N = w->shape[0];
+    if (B > INT32_MAX)
+        return loco_err_set(err, LOCO_EUNSUPPORTED, "cuda linear_to_channels: %lld samples", (long long)B);
+    const int in_place = r && r->data == y->data;
+    if (K <= 0) { /* an empty sum: y = bias (+ r) */
+        if (!in_place)
+            CUDA_TRY(cuda_check(cudaMemsetAsync(y->data, 0, loco_tensor_nbytes(y), c->stream),
+                                "cuda linear_to_channels: cudaMemsetAsync", err));
+        const void *res = r && !in_place ? r->data : NULL;
+        return bias || res ? cuda_channel_bias_ex(c, y->data, y->data, y->dtype, bias ? bias->data : NULL,
+                                                  bias ? bias->dtype : y->dtype, NULL, y->dtype, res, B * N * L, L, N,
+                                                  err)
+                           : LOCO_OK;
+    }
+    const void *wp, *bp = NULL;
+    void *w_tmp = NULL, *b_tmp = NULL;
+    CUDA_TRY(cuda_as_dtype(c, w, y->dtype, &wp, &w_tmp, err));
+    loco_status st = bias ? cuda_as_dtype(c, bias, y->dtype, &bp, &b_tmp, err) : LOCO_OK;
+    cuda_gemm g;
+    memset(&g, 0, sizeof g);
+    g.transa = 1;
+    g.transb = 0;
+    g.m = L;
+    g.n = N;
+    g.k = K;
+    g.lda = K;
+    g.ldb = K;
+    g.ldd = L;
+    g.batch = (int)B;
+    g.stride_a = L * K;
+    g.stride_b = 0;
+    g.stride_d = N * L;
+    g.ab_dtype = g.d_dtype = y->dtype;
+    g.a = x->data;
+    g.b = wp;
+    g.d = y->data;
+    g.alpha = 1.0f;
+    g.beta = in_place ? 1.0f : 0.0f;
+    if (st == LOCO_OK) st = cuda_gemm_run(c, &g, err);
+    const void *res = r && !in_place ? r->data : NULL;
+    if (st == LOCO_OK && (bp || res))
+        st = cuda_channel_bias_ex(c, y->data, y->data, y->dtype, bp, y->dtype, NULL, y->dtype, res, B * N * L, L, N,
+                                  err);
+    cuda_alloc_put(c, w_tmp);
+    cuda_alloc_put(c, b_tmp);
+    return st;
+}

@@ -97,6 +97,18 @@ static loco_status copy_rows(cuda_impl *c, char *dst, size_t dpitch, const char 
     return LOCO_OK;
 }
 
+/* Both inputs in one pass of 16-byte vectors: output row r is a's row r (wa vectors), then b's
+ * (wb). cudaMemcpy2DAsync does the same copy at 1.5 TB/s on an H200 for the UNet's skip
+ * concatenations ([16, 640, 64, 64]: 113 us for 168 MB read and written; session 6 profile),
+ * a third of what a plain copy reaches there. */
+__global__ void concat_vec_kernel(uint4 *y, const uint4 *a, const uint4 *b, int64_t wa, int64_t wb, int64_t n) {
+    const int64_t w = wa + wb, stride = (int64_t)gridDim.x * blockDim.x;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+        const int64_t r = i / w, col = i - r * w;
+        y[i] = col < wa ? a[r * wa + col] : b[r * wb + (col - wa)];
+    }
+}
+
 extern "C" loco_status cuda_op_concat(loco_backend *be, loco_tensor *y, const loco_tensor *a, const loco_tensor *b,
                                       int axis, loco_err *err) {
     CUDA_TRY(cuda_enter(be, err));
@@ -110,6 +122,13 @@ extern "C" loco_status cuda_op_concat(loco_backend *be, loco_tensor *y, const lo
     if (outer <= 0) return LOCO_OK;
     size_t es = loco_dtype_size(y->dtype);
     size_t wa = (size_t)(loco_tensor_numel(a) / outer) * es, wb = (size_t)(loco_tensor_numel(b) / outer) * es;
+    if (wa % 16 == 0 && wb % 16 == 0 && cuda_aligned(y->data, 16) && cuda_aligned(a->data, 16) &&
+        cuda_aligned(b->data, 16) && wa + wb > 0) {
+        const int64_t n = outer * (int64_t)((wa + wb) / 16);
+        LOCO_LAUNCH(cuda_grid(c, n, 256), 256, 0, c->stream, concat_vec_kernel)(
+            (uint4 *)y->data, (const uint4 *)a->data, (const uint4 *)b->data, (int64_t)(wa / 16), (int64_t)(wb / 16), n);
+        return cuda_check_launch("concat_vec_kernel", err);
+    }
     CUDA_TRY(copy_rows(c, (char *)y->data, wa + wb, (const char *)a->data, wa, outer, err));
     return copy_rows(c, (char *)y->data + wa, wa + wb, (const char *)b->data, wb, outer, err);
 }

@@ -324,19 +324,27 @@ loco_status cuda_gn_table(cuda_impl *c, const loco_tensor *x, int groups, const 
 
 /* ---- LayerNorm over the last dimension ------------------------------------------------------------ */
 
+/* The sum over each aligned group of LPR lanes (a power of two), in every lane of the group. */
+template <int LPR> __device__ __forceinline__ float group_sum(float v) {
+#pragma unroll
+    for (int o = LPR / 2; o >= 1; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
 /* Fast form for 16-byte aligned rows of at most 32 * VPL vectors (VPL <= 8; f16/bf16: C <=
- * 2048, every LayerNorm of the supported models): a warp per row keeps its vectors in
- * registers across the three steps (shifted sum, sum of squares around the mean, output), and
- * gamma/beta sit in shared memory as fp32, staged once per block. VPL is the smallest of 2, 4,
- * 8 that holds the row, so narrow rows (SD 1.5's 320 channels) take few registers and many
- * warps per SM keep enough loads in flight. The general form below re-reads the row for each
- * step and loads gamma/beta per element with their run-time dtype (16 scalar loads per 16
- * bytes of output: 1.5 TB/s on an H200 for SD 1.5's [16, 4096, 320],
- * bench/gpu/runs/2026-11-27-h200-run4). */
-template <typename T, int VPL>
+ * 2048, every LayerNorm of the supported models): a group of LPR lanes per row (8, 16 or 32:
+ * four, two or one rows per warp) keeps the row's vectors in registers across the three steps
+ * (shifted sum, sum of squares around the mean, output), and gamma/beta sit in shared memory as
+ * fp32, staged once per block. LPR and VPL are the smallest that hold the row, so narrow rows
+ * (SD 1.5's 320 channels: 8 lanes of 5 vectors) keep several rows' loads in flight per warp;
+ * with a warp per row, the 640-byte rows of [16, 4096, 320] ran at 2.1 TB/s on an H200
+ * (session 6 profile: 39 us). The general form below re-reads the row for each step and loads
+ * gamma/beta per element with their run-time dtype (16 scalar loads per 16 bytes of output:
+ * 1.5 TB/s on an H200 for SD 1.5's [16, 4096, 320], bench/gpu/runs/2026-11-27-h200-run4). */
+template <typename T, int VPL, int LPR>
 __global__ void __launch_bounds__(LN_THREADS) ln_rows_kernel(T *y, const T *x, const void *gamma, int gdt,
                                                              const void *beta, int bdt, int rows, int C, float eps) {
-    constexpr int V = 16 / sizeof(T);
+    constexpr int V = 16 / sizeof(T), RPW = 32 / LPR;
     extern __shared__ float4 ln_smem[]; /* gamma [C], beta [C] as fp32 */
     float *sg = (float *)ln_smem, *sb = sg + C;
     for (int i = threadIdx.x; i < C; i += blockDim.x) {
@@ -344,38 +352,42 @@ __global__ void __launch_bounds__(LN_THREADS) ln_rows_kernel(T *y, const T *x, c
         sb[i] = beta ? ld_dyn(beta, bdt, i) : 0.0f;
     }
     __syncthreads();
-    const int lane = threadIdx.x & 31, nv = C / V;
+    const int lane = threadIdx.x & 31, sub = lane / LPR, l = lane % LPR, nv = C / V;
     const int warps = gridDim.x * (blockDim.x >> 5);
-    for (int row = (blockIdx.x * blockDim.x + threadIdx.x) >> 5; row < rows; row += warps) {
-        const vec16<T> *xr = (const vec16<T> *)(x + (int64_t)row * C);
+    /* all lanes go round together (the sums shuffle across the whole warp); a group whose row
+     * is past the end computes on nothing and stores nothing */
+    for (int rg = (blockIdx.x * blockDim.x + threadIdx.x) >> 5; rg * RPW < rows; rg += warps) {
+        const int row = rg * RPW + sub;
+        const bool live = row < rows;
+        const vec16<T> *xr = (const vec16<T> *)(x + (int64_t)(live ? row : 0) * C);
         vec16<T> *yr = (vec16<T> *)(y + (int64_t)row * C);
         vec16<T> u[VPL];
 #pragma unroll
         for (int k = 0; k < VPL; k++)
-            if (lane + 32 * k < nv) u[k] = xr[lane + 32 * k];
+            if (live && l + LPR * k < nv) u[k] = xr[l + LPR * k];
         /* sum around x[0] for an accurate mean, then a true second pass for the variance (see
          * the general form) */
-        const float shift = __shfl_sync(0xffffffffu, lane == 0 ? to_f32(u[0].v[0]) : 0.0f, 0);
+        const float shift = __shfl_sync(0xffffffffu, l == 0 && live ? to_f32(u[0].v[0]) : 0.0f, sub * LPR);
         float s = 0.0f, q = 0.0f;
 #pragma unroll
         for (int k = 0; k < VPL; k++)
-            if (lane + 32 * k < nv)
+            if (live && l + LPR * k < nv)
 #pragma unroll
                 for (int j = 0; j < V; j++) s += to_f32(u[k].v[j]) - shift;
-        const float mean = shift + warp_sum(s) / (float)C;
+        const float mean = shift + group_sum<LPR>(s) / (float)C;
 #pragma unroll
         for (int k = 0; k < VPL; k++)
-            if (lane + 32 * k < nv)
+            if (live && l + LPR * k < nv)
 #pragma unroll
                 for (int j = 0; j < V; j++) {
                     const float d = to_f32(u[k].v[j]) - mean;
                     q += d * d;
                 }
-        const float rstd = rsqrtf(warp_sum(q) / (float)C + eps);
+        const float rstd = rsqrtf(group_sum<LPR>(q) / (float)C + eps);
 #pragma unroll
         for (int k = 0; k < VPL; k++) {
-            const int i = lane + 32 * k;
-            if (i < nv) {
+            const int i = l + LPR * k;
+            if (live && i < nv) {
                 /* gamma/beta as float4: C % V == 0 keeps sb (sg + C) 16-byte aligned */
                 float g[V], b[V];
 #pragma unroll
@@ -455,6 +467,37 @@ __global__ void __launch_bounds__(LN_THREADS) ln_kernel(T *y, const T *x, const 
     }
 }
 
+/* ln_rows_kernel's arguments, and the instantiation of its (VPL, LPR) chosen at run time. */
+typedef struct ln_rows_args {
+    void *y;
+    const void *x, *gamma, *beta;
+    int gdt, bdt, rows, C;
+    float eps;
+} ln_rows_args;
+
+template <typename T, int LPR>
+static void ln_rows_launch_lpr(cuda_impl *c, unsigned grid, size_t smem, int vpl, const ln_rows_args &a) {
+    if (vpl == 2)
+        LOCO_LAUNCH(grid, LN_THREADS, smem, c->stream, ln_rows_kernel<T, 2, LPR>)(
+            (T *)a.y, (const T *)a.x, a.gamma, a.gdt, a.beta, a.bdt, a.rows, a.C, a.eps);
+    else if (vpl == 4)
+        LOCO_LAUNCH(grid, LN_THREADS, smem, c->stream, ln_rows_kernel<T, 4, LPR>)(
+            (T *)a.y, (const T *)a.x, a.gamma, a.gdt, a.beta, a.bdt, a.rows, a.C, a.eps);
+    else
+        LOCO_LAUNCH(grid, LN_THREADS, smem, c->stream, ln_rows_kernel<T, LN_VPL_MAX, LPR>)(
+            (T *)a.y, (const T *)a.x, a.gamma, a.gdt, a.beta, a.bdt, a.rows, a.C, a.eps);
+}
+
+template <typename T>
+static void ln_rows_launch(cuda_impl *c, unsigned grid, size_t smem, int vpl, int lpr, const ln_rows_args &a) {
+    if (lpr == 8)
+        ln_rows_launch_lpr<T, 8>(c, grid, smem, vpl, a);
+    else if (lpr == 16)
+        ln_rows_launch_lpr<T, 16>(c, grid, smem, vpl, a);
+    else
+        ln_rows_launch_lpr<T, 32>(c, grid, smem, vpl, a);
+}
+
 extern "C" loco_status cuda_op_layer_norm(loco_backend *be, loco_tensor *y, const loco_tensor *x,
                                           const loco_tensor *gamma, const loco_tensor *beta, float eps,
                                           loco_err *err) {
@@ -473,19 +516,15 @@ extern "C" loco_status cuda_op_layer_norm(loco_backend *be, loco_tensor *y, cons
         const int V = 16 / sizeof(T);
         int vec = C % V == 0 && cuda_aligned(x->data, 16) && cuda_aligned(y->data, 16);
         if (vec && C <= 32 * LN_VPL_MAX * V && rows < ((int64_t)1 << 31) / 32) {
-            const unsigned grid = cuda_grid(c, rows * 32, LN_THREADS);
+            const unsigned grid = cuda_grid(c, (rows + 3) / 4 * 32, LN_THREADS);
             const size_t smem = 2 * (size_t)C * sizeof(float);
-            const void *bp = beta ? beta->data : NULL;
-            const int bt = beta ? (int)beta->dtype : 0;
-            if (C <= 32 * 2 * V)
-                LOCO_LAUNCH(grid, LN_THREADS, smem, c->stream, ln_rows_kernel<T, 2>)(
-                    (T *)y->data, (const T *)x->data, gamma->data, (int)gamma->dtype, bp, bt, (int)rows, (int)C, eps);
-            else if (C <= 32 * 4 * V)
-                LOCO_LAUNCH(grid, LN_THREADS, smem, c->stream, ln_rows_kernel<T, 4>)(
-                    (T *)y->data, (const T *)x->data, gamma->data, (int)gamma->dtype, bp, bt, (int)rows, (int)C, eps);
-            else
-                LOCO_LAUNCH(grid, LN_THREADS, smem, c->stream, ln_rows_kernel<T, LN_VPL_MAX>)(
-                    (T *)y->data, (const T *)x->data, gamma->data, (int)gamma->dtype, bp, bt, (int)rows, (int)C, eps);
+            const ln_rows_args a = {y->data, x->data, gamma->data, beta ? beta->data : NULL, (int)gamma->dtype,
+                                    beta ? (int)beta->dtype : 0, (int)rows, (int)C, eps};
+            /* the fewest lanes per row (8, 16, 32) and vectors per lane (2, 4, 8) that hold it */
+            const int64_t nv = C / V;
+            const int lpr = nv <= 8 * LN_VPL_MAX ? 8 : nv <= 16 * LN_VPL_MAX ? 16 : 32;
+            const int vpl = nv <= 2 * lpr ? 2 : nv <= 4 * lpr ? 4 : LN_VPL_MAX;
+            ln_rows_launch<T>(c, grid, smem, vpl, lpr, a);
             return cuda_check_launch("ln_rows_kernel", err);
         }
         LOCO_LAUNCH(cuda_grid(c, rows * 32, LN_THREADS), LN_THREADS, 0, c->stream, ln_kernel<T>)(

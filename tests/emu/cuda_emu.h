@@ -116,6 +116,7 @@ alignas(128) inline thread_local unsigned char wg_smem[EMU_SMEM_OPTIN];
 alignas(128) inline thread_local unsigned char ig_dsmem[EMU_SMEM_OPTIN];
 alignas(128) inline thread_local uint32_t t32_smem[EMU_SMEM_OPTIN / 4];
 alignas(128) inline thread_local float4 ln_smem[EMU_SMEM_OPTIN / 16];
+alignas(128) inline thread_local float4 lm_smem[EMU_SMEM_OPTIN / 16];
 
 /* kernel<<<grid, block, smem, stream>>>(args) */
 #define LOCO_LAUNCH(grid, block, smem, stream, ...) \
@@ -203,6 +204,28 @@ inline unsigned __byte_perm(unsigned x, unsigned y, unsigned s) {
 /* The hardware's fast division: 0 once |y| passes 2^126. */
 inline float __fdividef(float x, float y) { return fabsf(y) > 8.507059e37f ? 0.0f * x : x / y; }
 inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
+/* Round-to-nearest arithmetic that the compiler may not fuse: volatile stores the rounded result
+ * (the emulator's flags already keep g++ from contracting, but these promise it). */
+inline float __fadd_rn(float a, float b) {
+    volatile float r = a + b;
+    return r;
+}
+inline float __fsub_rn(float a, float b) {
+    volatile float r = a - b;
+    return r;
+}
+inline float __fmul_rn(float a, float b) {
+    volatile float r = a * b;
+    return r;
+}
+inline int __float2int_rz(float x) { return (int)x; } /* (in range: out of range is undefined in C) */
+/* Blocks may run on several host threads: a real atomic. */
+inline unsigned long long atomicMin(unsigned long long *p, unsigned long long v) {
+    unsigned long long old = __atomic_load_n(p, __ATOMIC_RELAXED);
+    while (v < old && !__atomic_compare_exchange_n(p, &old, v, 1, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
+    }
+    return old;
+}
 inline size_t __cvta_generic_to_shared(const void *p) { return (size_t)(uintptr_t)p; }
 
 /* ---- the inline-PTX helpers of mma.h, cuda_device.h and conv_igemm_tf32.cu ----------------------- */

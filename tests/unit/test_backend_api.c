@@ -283,6 +283,13 @@ TEST(validation_every_op_names_itself) {
     BAD(loco_linear_accumulate(be, &y, &x, &w, &g, &err), "linear_accumulate");     /* bias size */
     BAD(loco_linear_accumulate(be, &y, &i16, &w, NULL, &err), "linear_accumulate"); /* dtype */
     BAD(loco_linear_accumulate(be, &y, &y, &w, NULL, &err), "linear_accumulate");   /* x width (and alias) */
+    /* the channel-major linears: x [2, 5, 8] is [B, K = 5, L = 8] for w [6, 8]'s K = 8: wrong */
+    BAD(loco_linear_from_channels(be, &y, &x, &w, NULL, &err), "linear_from_channels");     /* x layout */
+    BAD(loco_linear_from_channels(be, &y, &i16, &w, NULL, &err), "linear_from_channels");   /* dtype */
+    BAD(loco_linear_from_channels(NULL, &y, &x, &w, NULL, &err), "linear_from_channels");   /* no backend */
+    BAD(loco_linear_to_channels(be, &x, &x, &w, NULL, NULL, &err), "linear_to_channels");   /* y shape, alias */
+    BAD(loco_linear_to_channels(be, &y, &x, &w, &g, NULL, &err), "linear_to_channels");     /* y shape */
+    BAD(loco_linear_to_channels(be, &y, &alien, &w, NULL, NULL, &err), "linear_to_channels"); /* other backend */
     /* conv2d */
     {
         loco_tensor cx, cw, cy;
@@ -561,6 +568,102 @@ TEST(linear_accumulate_is_linear_then_add) {
     CHECK(loco_linear_accumulate(be, &y, &x, &w, NULL, &err) == LOCO_OK);
     CHECK(same_f32_bits(&y, &ref));
     loco_tensor *all[] = {&x, &w, &b, &y, &t, &ref};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) loco_tensor_free(all[i]);
+    loco_backend_destroy(be);
+}
+
+/* loco_linear_many on the CPU is one loco_linear per layer, bit for bit; overlapping outputs
+ * and a mismatched layer are errors that name the layer. */
+TEST(linear_many_is_one_linear_per_layer) {
+    loco_backend *be = cpu_backend(0);
+    CHECK(be != NULL);
+    loco_err err;
+    enum { M = 3, K = 11 };
+    float hx[M * K], hw[3 * 7 * K], hb[3 * 7];
+    for (int i = 0; i < M * K; i++) hx[i] = sinf(0.37f * (float)i) * 1.7f;
+    for (int i = 0; i < 3 * 7 * K; i++) hw[i] = cosf(0.11f * (float)i) * 0.3f;
+    for (int i = 0; i < 3 * 7; i++) hb[i] = 0.25f * (float)i - 0.5f;
+    int64_t xs[2] = {M, K};
+    loco_tensor x, w[3], b[3], y[3], ref[3];
+    CHECK(make_tensor(be, 2, xs, hx, &x) == 0);
+    for (int i = 0; i < 3; i++) {
+        int64_t ws[2] = {5 + i, K}, bs[1] = {5 + i}, ys[2] = {M, 5 + i};
+        CHECK(make_tensor(be, 2, ws, hw + i * 7 * K, &w[i]) == 0 && make_tensor(be, 1, bs, hb + i * 7, &b[i]) == 0 &&
+              make_tensor(be, 2, ys, NULL, &y[i]) == 0 && make_tensor(be, 2, ys, NULL, &ref[i]) == 0);
+        CHECK(loco_linear(be, &ref[i], &x, &w[i], i == 1 ? NULL : &b[i], LOCO_ACT_NONE, &err) == LOCO_OK);
+    }
+    loco_tensor *ys[3] = {&y[0], &y[1], &y[2]};
+    const loco_tensor *ws[3] = {&w[0], &w[1], &w[2]}, *bs[3] = {&b[0], NULL, &b[2]};
+    CHECK_MSG(loco_linear_many(be, 3, ys, &x, ws, bs, &err) == LOCO_OK, "%s", err.msg);
+    for (int i = 0; i < 3; i++) CHECK(same_f32_bits(&y[i], &ref[i]));
+    CHECK(loco_linear_many(be, 0, NULL, &x, NULL, NULL, &err) == LOCO_OK);
+    loco_tensor *twice[2] = {&y[0], &y[0]};
+    const loco_tensor *w2[2] = {&w[0], &w[0]};
+    CHECK(loco_linear_many(be, 2, twice, &x, w2, NULL, &err) == LOCO_EINVAL);
+    CHECK_MSG(strstr(err.msg, "layer 1") && strstr(err.msg, "overlap"), "%s", err.msg);
+    const loco_tensor *wrong[3] = {&w[0], &w[2], &w[2]}; /* layer 1: 7 outputs into y[1]'s 6 */
+    CHECK(loco_linear_many(be, 3, ys, &x, wrong, NULL, &err) == LOCO_EINVAL);
+    CHECK_MSG(strstr(err.msg, "layer 1") && strstr(err.msg, "linear_many"), "%s", err.msg);
+    loco_tensor_free(&x);
+    for (int i = 0; i < 3; i++) loco_tensor_free(&w[i]), loco_tensor_free(&b[i]), loco_tensor_free(&y[i]),
+                                loco_tensor_free(&ref[i]);
+    loco_backend_destroy(be);
+}
+
+/* loco_linear_from_channels / loco_linear_to_channels against sums written out here (double
+ * accumulation, so within fp32 rounding), r apart and r == y, and the shape checks. */
+TEST(linear_channels_match_the_sums) {
+    loco_backend *be = cpu_backend(0);
+    CHECK(be != NULL);
+    loco_err err;
+    enum { B = 2, K = 5, L = 7, N = 3 };
+    float hx[B * K * L], hw[N * K], hb[N], hr[B * N * L];
+    for (int i = 0; i < B * K * L; i++) hx[i] = sinf(0.37f * (float)i) * 1.7f;
+    for (int i = 0; i < N * K; i++) hw[i] = cosf(0.11f * (float)i) * 0.3f;
+    for (int i = 0; i < N; i++) hb[i] = 0.25f * (float)i - 0.5f;
+    for (int i = 0; i < B * N * L; i++) hr[i] = 3.0f + 0.01f * (float)(i * i % 97);
+    int64_t xs[3] = {B, K, L}, ws[2] = {N, K}, bs[1] = {N}, ys[3] = {B, L, N}, rs[3] = {B, N, L}, x2s[3] = {B, L, K};
+    loco_tensor x, w, b, y, r, x2, y2;
+    CHECK(make_tensor(be, 3, xs, hx, &x) == 0 && make_tensor(be, 2, ws, hw, &w) == 0 &&
+          make_tensor(be, 1, bs, hb, &b) == 0 && make_tensor(be, 3, ys, NULL, &y) == 0 &&
+          make_tensor(be, 3, rs, hr, &r) == 0 && make_tensor(be, 3, x2s, hx, &x2) == 0 &&
+          make_tensor(be, 3, rs, hr, &y2) == 0);
+    float got[B * N * L];
+    /* from: y[b][l][n] = sum_k x[b][k][l] w[n][k] + bias[n] */
+    CHECK_MSG(loco_linear_from_channels(be, &y, &x, &w, &b, &err) == LOCO_OK, "%s", err.msg);
+    CHECK(loco_tensor_download_f32(&y, got, &err) == LOCO_OK);
+    for (int bb = 0; bb < B; bb++)
+        for (int l = 0; l < L; l++)
+            for (int n = 0; n < N; n++) {
+                double want = hb[n];
+                for (int k = 0; k < K; k++) want += (double)hx[(bb * K + k) * L + l] * hw[n * K + k];
+                CHECK_MSG(fabs(got[(bb * L + l) * N + n] - want) < 1e-5, "from %d %d %d: %g vs %g", bb, l, n,
+                          got[(bb * L + l) * N + n], want);
+            }
+    /* to, with r apart and with r == y: y[b][n][l] = sum_k x2[b][l][k] w[n][k] + bias[n] + r[b][n][l] */
+    for (int in_place = 0; in_place < 2; in_place++) {
+        loco_tensor out;
+        CHECK(make_tensor(be, 3, rs, NULL, &out) == 0);
+        loco_tensor *yy = in_place ? &y2 : &out;
+        CHECK_MSG(loco_linear_to_channels(be, yy, &x2, &w, &b, in_place ? &y2 : &r, &err) == LOCO_OK, "%s", err.msg);
+        CHECK(loco_tensor_download_f32(yy, got, &err) == LOCO_OK);
+        for (int bb = 0; bb < B; bb++)
+            for (int n = 0; n < N; n++)
+                for (int l = 0; l < L; l++) {
+                    double want = hb[n] + hr[(bb * N + n) * L + l];
+                    for (int k = 0; k < K; k++) want += (double)hx[(bb * L + l) * K + k] * hw[n * K + k];
+                    CHECK_MSG(fabs(got[(bb * N + n) * L + l] - want) < 1e-5, "to (in place %d) %d %d %d: %g vs %g",
+                              in_place, bb, n, l, got[(bb * N + n) * L + l], want);
+                }
+        loco_tensor_free(&out);
+    }
+    /* shapes: x in the other layout, a bias of the wrong length, r of another shape */
+    CHECK(loco_linear_from_channels(be, &y, &x2, &w, &b, &err) == LOCO_EINVAL);
+    CHECK_MSG(strstr(err.msg, "linear_from_channels") && strstr(err.msg, "[B, in, L]"), "%s", err.msg);
+    CHECK(loco_linear_to_channels(be, &r, &x2, &w, &w, NULL, &err) == LOCO_EINVAL);
+    CHECK(loco_linear_to_channels(be, &y2, &x2, &w, &b, &y, &err) == LOCO_EINVAL);
+    CHECK_MSG(strstr(err.msg, "same shape"), "%s", err.msg);
+    loco_tensor *all[] = {&x, &w, &b, &y, &r, &x2, &y2};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) loco_tensor_free(all[i]);
     loco_backend_destroy(be);
 }

@@ -109,6 +109,63 @@ TEST(cuda_upload_converts_every_float_dtype) {
     genv_close(&e);
 }
 
+/* Images quantised on the GPU (convert.cu's quantize_u8_dev) must be the CPU's bytes exactly
+ * (quantize_u8.h): on values whose y = v * 255 is exactly k + 0.5 for every k (ties, found by
+ * search at run time), a dense sweep over [-1.1, 1.1], the clamps, and a NaN whose index comes
+ * back; in f32, f16 and bf16, on a whole tensor and on a slice0 view. */
+TEST(cuda_download_u8_images_matches_cpu) {
+    GPU_ENV(e, LOCO_F16, 4);
+    const int64_t shape[4] = {3, 3, 37, 61}, n = 3 * 3 * 37 * 61;
+    float *x = malloc((size_t)n * sizeof *x);
+    int64_t m = 0;
+    for (int k = 0; k < 255 && m < n; k++) { /* ties: (x * 0.5 + 0.5) * 255 == k + 0.5 in fp32 */
+        float g = (float)(2.0 * (k + 0.5) / 255.0 - 1.0);
+        for (int step = 0; step < 64 && m < n; step++, g = nextafterf(g, step & 1 ? 2.0f : -2.0f)) {
+            float v = g * 0.5f + 0.5f, y = v * 255.0f;
+            if (y == (float)k + 0.5f) {
+                x[m++] = g;
+                break;
+            }
+        }
+    }
+    const int64_t ties = m;
+    for (int64_t i = 0; m < n; i++, m++) x[m] = -1.1f + 2.2f * (float)i / (float)(n - ties);
+    x[17] = -5.0f;
+    x[18] = 7.5f;
+    x[n - 100] = NAN;
+    CHECK_MSG(ties > 100, "only %lld ties found", (long long)ties);
+    uint8_t *cpu = malloc((size_t)n), *gpu = malloc((size_t)n);
+    const loco_dtype dts[3] = {LOCO_F32, LOCO_F16, LOCO_BF16};
+    for (int d = 0; d < 3; d++) {
+        loco_tensor tc, tg, vc, vg;
+        loco_err err;
+        CHECK(loco_tensor_alloc(e.cpu, dts[d], 4, shape, &tc, &err) == LOCO_OK);
+        CHECK(loco_tensor_alloc(e.gpu, dts[d], 4, shape, &tg, &err) == LOCO_OK);
+        CHECK(loco_tensor_upload(&tc, x, LOCO_F32, &err) == LOCO_OK);
+        CHECK(loco_tensor_upload(&tg, x, LOCO_F32, &err) == LOCO_OK);
+        int64_t nan_c = 0, nan_g = 0;
+        CHECK_MSG(loco_tensor_download_u8_images(&tc, cpu, &nan_c, &err) == LOCO_OK, "%s", err.msg);
+        CHECK_MSG(loco_tensor_download_u8_images(&tg, gpu, &nan_g, &err) == LOCO_OK, "%s", err.msg);
+        CHECK_MSG(nan_c == n - 100 && nan_g == n - 100, "%s: NaN at %lld / %lld", loco_dtype_name(dts[d]),
+                  (long long)nan_c, (long long)nan_g);
+        int64_t bad = 0, first = -1;
+        for (int64_t i = 0; i < n; i++)
+            if (cpu[i] != gpu[i] && bad++ == 0) first = i;
+        CHECK_MSG(bad == 0, "%s: %lld bytes differ, first at %lld (cpu %d, gpu %d)", loco_dtype_name(dts[d]),
+                  (long long)bad, (long long)first, first >= 0 ? cpu[first] : 0, first >= 0 ? gpu[first] : 0);
+        /* the second image alone (a view): its bytes, and no NaN */
+        CHECK(loco_tensor_slice0(&tc, 1, 1, &vc, &err) == LOCO_OK && loco_tensor_slice0(&tg, 1, 1, &vg, &err) == LOCO_OK);
+        CHECK(loco_tensor_download_u8_images(&vg, gpu, &nan_g, &err) == LOCO_OK && nan_g == -1);
+        CHECK(memcmp(gpu, cpu + n / 3, (size_t)(n / 3)) == 0);
+        loco_tensor_free(&tc);
+        loco_tensor_free(&tg);
+    }
+    fprintf(stderr, "u8 images: %lld ties, %lld values, 3 dtypes: GPU bytes == CPU bytes\n", (long long)ties,
+            (long long)n);
+    free(x), free(cpu), free(gpu);
+    genv_close(&e);
+}
+
 /* ---- linear --------------------------------------------------------------------------------------- */
 
 TEST(cuda_linear_every_activation) {
@@ -144,6 +201,102 @@ TEST(cuda_linear_accumulate) {
 }
 
 /* ---- conv2d --------------------------------------------------------------------------------------- */
+
+/* loco_linear_many (a UNet's time-embedding projections): the GPU's one-kernel form against the
+ * CPU's loco_linear per layer, on layers of several widths (one with no bias), in one launch and
+ * across launches (more layers than one launch's table holds), and rows past the kernel's limit
+ * (the per-layer fallback). */
+static int check_linear_many(loco_dtype dt, int n, int64_t M, int64_t K, int one_kernel, uint64_t seed) {
+    char why[1100];
+    genv e;
+    if (genv_open(&e, dt, seed, why, sizeof why) != 1) return fprintf(stderr, "%s\n", why), 0;
+    int64_t xs[2] = {M, K};
+    twin x, w[64], b[64], y[64];
+    loco_tensor *yc[64], *yg[64];
+    const loco_tensor *wc[64], *wg[64], *bc[64], *bg[64];
+    int ok = n <= 64 && twin_rand(&e, 2, xs, 1.0f, 0.0f, &x);
+    for (int i = 0; ok && i < n; i++) {
+        const int64_t N = 8 * (1 + (i * 7) % 13); /* 8 .. 104 outputs */
+        int64_t ws[2] = {N, K}, bs[1] = {N}, ys[2] = {M, N};
+        ok = twin_rand(&e, 2, ws, 1.0f / sqrtf((float)K), 0.0f, &w[i]) && twin_rand(&e, 1, bs, 0.5f, 0.0f, &b[i]) &&
+             twin_out(&e, 2, ys, &y[i]);
+        yc[i] = &y[i].c, yg[i] = &y[i].g, wc[i] = &w[i].c, wg[i] = &w[i].g;
+        bc[i] = i == 1 ? NULL : &b[i].c, bg[i] = i == 1 ? NULL : &b[i].g;
+    }
+    loco_backend_profile_start(e.gpu); /* a "linear_many" row only when the kernel took the call */
+    ok = ok && both_ok(&e, loco_linear_many(e.cpu, n, yc, &x.c, wc, bc, &e.errc),
+                       loco_linear_many(e.gpu, n, yg, &x.g, wg, bg, &e.errg), "linear_many");
+    loco_backend_profile_stop(e.gpu, NULL);
+    const loco_op_profile_row *rows;
+    int kernel_rows = 0;
+    for (int i = 0, nr = loco_backend_profile_rows(e.gpu, &rows); i < nr; i++)
+        kernel_rows += !strncmp(rows[i].what, "linear_many", 11);
+    if (ok && kernel_rows != one_kernel)
+        ok = 0, fprintf(stderr, "linear_many: %s\n", one_kernel ? "the kernel declined the call" : "the kernel ran");
+    for (int i = 0; ok && i < n; i++) ok = twin_close(&y[i], tol_for(dt), "linear_many");
+    for (int i = 0; i < n; i++) twin_free(&w[i]), twin_free(&b[i]), twin_free(&y[i]);
+    twin_free(&x);
+    genv_close(&e);
+    return ok;
+}
+
+TEST(cuda_linear_many) {
+    GPU_ENV(e, LOCO_F16, 140);
+    genv_close(&e);
+    CHECK(check_linear_many(LOCO_F16, 5, 16, 1280, 1, 141));  /* SD's temb: 16 rows of 1280 */
+    CHECK(check_linear_many(LOCO_BF16, 3, 2, 320, 1, 142));   /* batch 1 with guidance */
+    CHECK(check_linear_many(LOCO_F16, 60, 4, 64, 1, 143));    /* two launches */
+    CHECK(check_linear_many(LOCO_F32, 4, 3, 96, 1, 144));     /* f32 activations */
+    CHECK(check_linear_many(LOCO_F16, 3, 40, 128, 0, 145));   /* 40 rows: one GEMM per layer */
+    CHECK(check_linear_many(LOCO_F16, 2, 2, 2056, 0, 146));   /* k past the kernel's row: per layer */
+}
+
+/* loco_linear_from_channels / loco_linear_to_channels (a transformer's proj_in and proj_out on
+ * NCHW activations): one batched GEMM reading or writing the channel-major layout on the GPU,
+ * transpose + linear (+ add) on the CPU. mode: 0 from_channels, 1 to_channels without r, 2 with
+ * r in a tensor of its own, 3 with r == y (in place: the GEMM accumulates into y). */
+static int check_linear_channels(loco_dtype dt, int64_t B, int64_t K, int64_t L, int64_t N, int with_bias, int mode,
+                                 uint64_t seed) {
+    char why[1100];
+    genv e;
+    if (genv_open(&e, dt, seed, why, sizeof why) != 1) return fprintf(stderr, "%s\n", why), 0;
+    const int to = mode > 0;
+    int64_t xs[3] = {B, to ? L : K, to ? K : L}, ws[2] = {N, K}, bs[1] = {N}, ys[3] = {B, to ? N : L, to ? L : N};
+    twin x, w, b, y, r;
+    memset(&r, 0, sizeof r);
+    int ok = twin_rand(&e, 3, xs, 1.0f, 0.0f, &x) && twin_rand(&e, 2, ws, 1.0f / sqrtf((float)K), 0.0f, &w) &&
+             twin_rand(&e, 1, bs, 0.5f, 0.0f, &b) &&
+             (mode == 3 ? twin_rand(&e, 3, ys, 1.0f, 2.0f, &y) : twin_out(&e, 3, ys, &y)) &&
+             (mode != 2 || twin_rand(&e, 3, ys, 1.0f, 2.0f, &r));
+    const loco_tensor *bc = with_bias ? &b.c : NULL, *bg = with_bias ? &b.g : NULL;
+    const loco_tensor *rc = mode == 2 ? &r.c : mode == 3 ? &y.c : NULL, *rg = mode == 2 ? &r.g : mode == 3 ? &y.g : NULL;
+    const char *what = to ? "linear_to_channels" : "linear_from_channels";
+    if (to)
+        ok = ok && both_ok(&e, loco_linear_to_channels(e.cpu, &y.c, &x.c, &w.c, bc, rc, &e.errc),
+                           loco_linear_to_channels(e.gpu, &y.g, &x.g, &w.g, bg, rg, &e.errg), what);
+    else
+        ok = ok && both_ok(&e, loco_linear_from_channels(e.cpu, &y.c, &x.c, &w.c, bc, &e.errc),
+                           loco_linear_from_channels(e.gpu, &y.g, &x.g, &w.g, bg, &e.errg), what);
+    ok = ok && twin_close(&y, tol_for(dt), what);
+    twin_free(&x), twin_free(&w), twin_free(&b), twin_free(&y), twin_free(&r);
+    genv_close(&e);
+    return ok;
+}
+
+TEST(cuda_linear_channels) {
+    GPU_ENV(e, LOCO_F16, 120);
+    genv_close(&e);
+    CHECK(check_linear_channels(LOCO_F16, 3, 40, 77, 48, 1, 0, 121));  /* proj_in: odd L */
+    CHECK(check_linear_channels(LOCO_F16, 2, 64, 256, 64, 0, 0, 122));
+    CHECK(check_linear_channels(LOCO_BF16, 2, 32, 100, 24, 1, 0, 123));
+    CHECK(check_linear_channels(LOCO_F16, 3, 48, 77, 40, 1, 1, 124));  /* proj_out, no residual */
+    CHECK(check_linear_channels(LOCO_F16, 2, 64, 256, 64, 1, 2, 125)); /* + r: the transformer's form */
+    CHECK(check_linear_channels(LOCO_BF16, 2, 40, 64, 32, 0, 2, 126)); /* + r, no bias */
+    CHECK(check_linear_channels(LOCO_F16, 2, 32, 96, 48, 1, 3, 127));  /* r == y: accumulate in place */
+    CHECK(check_linear_channels(LOCO_F32, 2, 24, 50, 16, 1, 2, 128));  /* f32 activations (TF32) */
+    CHECK(check_linear_channels(LOCO_F16, 1, 0, 20, 8, 1, 2, 129));    /* K = 0: bias + r */
+    CHECK(check_linear_channels(LOCO_F16, 1, 0, 20, 8, 1, 0, 130));    /* K = 0: bias */
+}
 
 TEST(cuda_conv2d_3x3_implicit_gemm) {
     GPU_ENV(e, LOCO_F16, 40);
@@ -415,6 +568,13 @@ TEST(cuda_layer_norm) {
     CHECK(check_layer_norm(LOCO_F32, 33, 512, 0, 0, 0.0f, 96));  /* f32: 4 per vector, no beta */
     CHECK(check_layer_norm(LOCO_BF16, 40, 1024, 0, 1, 5.0f, 97)); /* in place, no beta */
     CHECK(check_layer_norm(LOCO_F16, 300, 64, 1, 1, 0.0f, 98));   /* fewer vectors than lanes, in place */
+    /* the register form's lane groups: 8 lanes (4 rows a warp; 1022 rows leave a part-filled
+     * last warp), 16 (2 rows), 32; and every vector count per lane */
+    CHECK(check_layer_norm(LOCO_F16, 1022, 320, 1, 0, 3.0f, 99));  /* 40 vectors: 8 lanes x 5 */
+    CHECK(check_layer_norm(LOCO_BF16, 257, 640, 1, 0, 0.0f, 100)); /* 80: 16 lanes x 5 */
+    CHECK(check_layer_norm(LOCO_F16, 131, 2048, 1, 0, 0.0f, 101)); /* 256: 32 lanes x 8 */
+    CHECK(check_layer_norm(LOCO_F16, 67, 200, 1, 0, 0.0f, 102));   /* 25: 8 lanes x 4 */
+    CHECK(check_layer_norm(LOCO_F32, 45, 192, 1, 0, 0.0f, 103));   /* 48 (f32): 8 lanes x 8 */
 }
 
 /* ---- attention ------------------------------------------------------------------------------------- */
@@ -590,6 +750,15 @@ TEST(cuda_transpose_concat_upsample) {
     CHECK(both_ok(&e, loco_concat(e.cpu, &c.c, &a.c, &b.c, 1, &e.errc), loco_concat(e.gpu, &c.g, &a.g, &b.g, 1, &e.errg),
                   "concat"));
     CHECK(twin_close(&c, 0.0, "concat axis 1"));
+    /* rows of whole 16-byte vectors take the vector kernel (the UNet's skips); the above, memcpy2D */
+    int64_t vas[4] = {3, 4, 8, 6}, vbs[4] = {3, 12, 8, 6}, vcs[4] = {3, 16, 8, 6};
+    twin va, vb, vc;
+    CHECK(twin_rand(&e, 4, vas, 1.0f, 0.0f, &va) && twin_rand(&e, 4, vbs, 1.0f, 0.0f, &vb) &&
+          twin_out(&e, 4, vcs, &vc));
+    CHECK(both_ok(&e, loco_concat(e.cpu, &vc.c, &va.c, &vb.c, 1, &e.errc),
+                  loco_concat(e.gpu, &vc.g, &va.g, &vb.g, 1, &e.errg), "concat"));
+    CHECK(twin_close(&vc, 0.0, "concat axis 1, vectors"));
+    twin_free(&va), twin_free(&vb), twin_free(&vc);
     int64_t ls[2] = {5, 3}, rs[2] = {5, 4}, os[2] = {5, 7};
     twin l, r, o;
     CHECK(twin_rand(&e, 2, ls, 1.0f, 0.0f, &l) && twin_rand(&e, 2, rs, 1.0f, 0.0f, &r) && twin_out(&e, 2, os, &o));

@@ -119,3 +119,44 @@ TEST(cuda_attention_wgmma) {
 }
 
 
+
+/* LOCO_CUDA_FLASH=classic, =stages3 and =ilp3 force one variant of the mma.sync kernel's 128-row
+ * blocks for head dims 40, 64 and 80 (by default 64 and 80 take ilp3, 40 the classic loop):
+ * stages3 has three K/V stages with one barrier per key tile, ilp3 that and the softmax's
+ * reductions as trees and its rescale without a branch. Tails of the blocks and of the key tiles (1, 2 and 3+ tiles, so that the
+ * stage ring wraps), cross-attention's 77 keys, causal masking, per-sample K/V rows, both 16-bit
+ * dtypes, packed q|k|v rows; head dim 160 and the 64-row form are untouched by the switch. */
+static int check_flash_variant(const char *name, const char *described, int seed) {
+    setenv("LOCO_CUDA_FLASH", name, 1);
+    int ok = gpu_describe_has(described);
+    static const int kv[4] = {1, 0, 1, 1};
+    ok = ok && check_attention(LOCO_F16, 2, 2, 300, 300, 8, 40, 0, NULL, seed + 1);  /* 5 key tiles, tails */
+    ok = ok && check_attention(LOCO_F16, 2, 2, 130, 77, 8, 80, 0, NULL, seed + 2);   /* cross-attention: 2 */
+    ok = ok && check_attention(LOCO_BF16, 2, 2, 257, 257, 5, 64, 0, NULL, seed + 3);
+    ok = ok && check_attention(LOCO_F16, 1, 1, 200, 200, 2, 40, 1, NULL, seed + 4);  /* causal */
+    ok = ok && check_attention(LOCO_F16, 4, 2, 160, 60, 8, 40, 0, kv, seed + 5);     /* kv_index, 1 key tile */
+    ok = ok && check_attention(LOCO_F16, 1, 1, 64, 200, 4, 160, 0, NULL, seed + 6);  /* 160: default kernel */
+    ok = ok && check_attention(LOCO_BF16, 1, 1, 640, 640, 2, 80, 0, NULL, seed + 7); /* 10 key tiles */
+    ok = ok && check_attention_packed(LOCO_F16, 2, 300, 8, 40, NULL, seed + 8);     /* packed q|k|v rows */
+    ok = ok && check_attention_packed(LOCO_BF16, 2, 130, 5, 64, kv, seed + 9);
+    unsetenv("LOCO_CUDA_FLASH");
+    return ok;
+}
+
+TEST(cuda_attention_classic) {
+    GPU_ENV(e, LOCO_F16, 200);
+    genv_close(&e);
+    CHECK(check_flash_variant("classic", "flash: classic", 200));
+}
+
+TEST(cuda_attention_stages3) {
+    GPU_ENV(e, LOCO_F16, 220);
+    genv_close(&e);
+    CHECK(check_flash_variant("stages3", "flash: stages3", 220));
+}
+
+TEST(cuda_attention_ilp3) {
+    GPU_ENV(e, LOCO_F16, 210);
+    genv_close(&e);
+    CHECK(check_flash_variant("ilp3", "flash: ilp3", 210));
+}

@@ -282,6 +282,18 @@ TEST(image_from_backend_tensor) {
     loco_image_free(&a);
     loco_image_free(&b);
     CHECK(loco_image_from_tensor(&t, 2, &a, &e) == LOCO_EINVAL);
+    /* a NaN is an error that says where it is; the whole batch in one download says the same */
+    x[60 + 20 + 7] = NAN; /* image 1, channel 1, y 1, x 2 */
+    CHECK(loco_tensor_upload(&t, x, LOCO_F32, &e) == LOCO_OK);
+    CHECK(loco_image_from_tensor(&t, 1, &a, &e) == LOCO_EINVAL);
+    CHECK_MSG(strstr(e.msg, "image 1 has NaN at channel 1, y 1, x 2"), "%s", e.msg);
+    CHECK(a.data == NULL);
+    uint8_t all[120];
+    int64_t nan_at = 0;
+    CHECK(loco_tensor_download_u8_images(&t, all, &nan_at, &e) == LOCO_OK && nan_at == 87);
+    CHECK(loco_image_postprocess(x, 2, 3, 4, 5, 0, &b, &e) == LOCO_OK);
+    CHECK(memcmp(all, b.data, 60) == 0 && all[60 + 7 * 3 + 1] == 0);
+    loco_image_free(&b);
     const int64_t flat[2] = {6, 20};
     loco_tensor v;
     CHECK(loco_tensor_view(&t, 0, 2, flat, &v, NULL) == LOCO_OK);
