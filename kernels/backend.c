@@ -1,6 +1,6 @@
 /* backend.c: the backend-independent half of backend.h: options, construction with the
  * AUTO fallback, device/activation names, and tensor bookkeeping (alloc, views, transfers,
- * memory accounting). Op validation and dispatch live in backend_ops.c. */
+ * memory accounting). Op validation and dispatch live in backend_ops.c and backend_ops_linear.c. */
 #include "backend_impl.h"
 
 #include <stdio.h>

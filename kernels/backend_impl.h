@@ -1,7 +1,7 @@
 /* backend_impl.h: what a backend implements. Only kernels/ includes this.
  * kernels/backend.c validates arguments (dtypes, shapes, ranks) once for every backend and
  * then calls these hooks, so a hook may assume its inputs are consistent.
- * (The validation is in kernels/backend_ops.c.) What a hook may rely on: every tensor belongs
+ * (The validation is in kernels/backend_ops.c and backend_ops_linear.c.) What a hook may rely on: every tensor belongs
  * to `be` and has data; all tensors of a call share one dtype from op_dtypes (copy excepted);
  * the output is never empty; an output aliases an input only where backend.h allows in-place
  * operation, and then exactly (same address, same element count), never partly; kv_index,
@@ -40,7 +40,7 @@ typedef struct loco_backend_ops {
     loco_status (*linear_accumulate)(loco_backend *be, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
                                      const loco_tensor *bias, loco_err *err);
     /* Optional (NULL: n loco_linear calls). May decline a call it has no fast form for by
-     * returning LOCO_EUNSUPPORTED before launching anything: backend_ops.c then runs the calls. */
+     * returning LOCO_EUNSUPPORTED before launching anything: backend_ops_linear.c then runs the calls. */
     loco_status (*linear_many)(loco_backend *be, int n, loco_tensor *const *y, const loco_tensor *x,
                                const loco_tensor *const *w, const loco_tensor *const *bias, loco_err *err);
     /* Optional (NULL: transpose12 and linear, and add, as backend.h says). */

@@ -4,16 +4,41 @@
  * calls that define them (backend.h). backend_ops.c has the rules the checks follow. */
 #include "backend_check.h"
 
-/* The checks loco_linear and loco_linear_accumulate share; *K_out is in_features. */
-static loco_status check_linear(loco_backend *be, const char *op, const loco_tensor *y, const loco_tensor *x,
-                                const loco_tensor *w, const loco_tensor *bias, int64_t *K_out, loco_err *err) {
+/* Every linear op's first checks: y and x of the backend and one dtype, w [out, in] of it. */
+static loco_status check_weight(loco_backend *be, const char *op, const loco_tensor *y, const loco_tensor *x,
+                                const loco_tensor *w, loco_err *err) {
     shapes s;
     TRY(check_pair(be, op, "y", y, "x", x, err));
     TRY(check_tensor(be, op, "w", w, err));
     TRY(same_dtype(op, "w", w, "x", x, err));
-    if (x->ndim < 1) return loco_err_set(err, LOCO_EINVAL, "%s: x must have at least one dimension", op);
     if (w->ndim != 2)
         return loco_err_set(err, LOCO_EINVAL, "%s: w %s must be [out_features, in_features]", op, shp(&s, 0, w));
+    return LOCO_OK;
+}
+
+/* And their last: a bias [out] (when given) in x's dtype, and y apart from x, w and the bias. */
+static loco_status check_bias_alias(loco_backend *be, const char *op, const loco_tensor *y, const loco_tensor *x,
+                                    const loco_tensor *w, const loco_tensor *bias, loco_err *err) {
+    shapes s;
+    if (bias) {
+        TRY(check_tensor(be, op, "bias", bias, err));
+        TRY(same_dtype(op, "bias", bias, "x", x, err));
+        if (bias->ndim != 1 || bias->shape[0] != w->shape[0])
+            return loco_err_set(err, LOCO_EINVAL, "%s: bias %s must be [%lld] (w %s)", op, shp(&s, 0, bias),
+                                (long long)w->shape[0], shp(&s, 1, w));
+        TRY(no_alias(op, "y", y, "bias", bias, err));
+    }
+    TRY(no_alias(op, "y", y, "x", x, err));
+    TRY(no_alias(op, "y", y, "w", w, err));
+    return LOCO_OK;
+}
+
+/* The checks loco_linear and loco_linear_accumulate share; *K_out is in_features. */
+static loco_status check_linear(loco_backend *be, const char *op, const loco_tensor *y, const loco_tensor *x,
+                                const loco_tensor *w, const loco_tensor *bias, int64_t *K_out, loco_err *err) {
+    shapes s;
+    TRY(check_weight(be, op, y, x, w, err));
+    if (x->ndim < 1) return loco_err_set(err, LOCO_EINVAL, "%s: x must have at least one dimension", op);
     int64_t K = w->shape[1], N = w->shape[0];
     if (x->shape[x->ndim - 1] != K)
         return loco_err_set(err, LOCO_EINVAL, "%s: x %s has %lld features but w %s expects %lld", op, shp(&s, 0, x),
@@ -23,16 +48,7 @@ static loco_status check_linear(loco_backend *be, const char *op, const loco_ten
     if (!shape_ok)
         return loco_err_set(err, LOCO_EINVAL, "%s: y %s must be x %s with the last dimension %lld (w %s)", op,
                             shp(&s, 0, y), shp(&s, 1, x), (long long)N, shp(&s, 2, w));
-    if (bias) {
-        TRY(check_tensor(be, op, "bias", bias, err));
-        TRY(same_dtype(op, "bias", bias, "x", x, err));
-        if (bias->ndim != 1 || bias->shape[0] != N)
-            return loco_err_set(err, LOCO_EINVAL, "%s: bias %s must be [%lld] (w %s)", op, shp(&s, 0, bias),
-                                (long long)N, shp(&s, 1, w));
-        TRY(no_alias(op, "y", y, "bias", bias, err));
-    }
-    TRY(no_alias(op, "y", y, "x", x, err));
-    TRY(no_alias(op, "y", y, "w", w, err));
+    TRY(check_bias_alias(be, op, y, x, w, bias, err));
     *K_out = K;
     return LOCO_OK;
 }
@@ -104,11 +120,7 @@ static loco_status check_linear_channels(loco_backend *be, const char *op, int t
                                          const loco_tensor *x, const loco_tensor *w, const loco_tensor *bias,
                                          loco_err *err) {
     shapes s;
-    TRY(check_pair(be, op, "y", y, "x", x, err));
-    TRY(check_tensor(be, op, "w", w, err));
-    TRY(same_dtype(op, "w", w, "x", x, err));
-    if (w->ndim != 2)
-        return loco_err_set(err, LOCO_EINVAL, "%s: w %s must be [out_features, in_features]", op, shp(&s, 0, w));
+    TRY(check_weight(be, op, y, x, w, err));
     const int64_t N = w->shape[0], K = w->shape[1];
     const int64_t L = x->ndim == 3 ? (to_channels ? x->shape[1] : x->shape[2]) : -1;
     const int x_ok = x->ndim == 3 && x->shape[to_channels ? 2 : 1] == K;
@@ -118,17 +130,7 @@ static loco_status check_linear_channels(loco_backend *be, const char *op, int t
         return loco_err_set(err, LOCO_EINVAL, "%s: x %s and y %s must be %s for w %s", op, shp(&s, 0, x),
                             shp(&s, 1, y), to_channels ? "[B, L, in] and [B, out, L]" : "[B, in, L] and [B, L, out]",
                             shp(&s, 2, w));
-    if (bias) {
-        TRY(check_tensor(be, op, "bias", bias, err));
-        TRY(same_dtype(op, "bias", bias, "x", x, err));
-        if (bias->ndim != 1 || bias->shape[0] != N)
-            return loco_err_set(err, LOCO_EINVAL, "%s: bias %s must be [%lld] (w %s)", op, shp(&s, 0, bias),
-                                (long long)N, shp(&s, 1, w));
-        TRY(no_alias(op, "y", y, "bias", bias, err));
-    }
-    TRY(no_alias(op, "y", y, "x", x, err));
-    TRY(no_alias(op, "y", y, "w", w, err));
-    return LOCO_OK;
+    return check_bias_alias(be, op, y, x, w, bias, err);
 }
 
 loco_status loco_linear_from_channels(loco_backend *be, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,

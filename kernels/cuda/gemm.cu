@@ -293,6 +293,35 @@ loco_status cuda_gemm_run(cuda_impl *c, const cuda_gemm *g, loco_err *err) {
                          "cublasLtMatmul", err);
 }
 
+/* ---- what the linear ops share -------------------------------------------------------------- */
+
+/* x and y in the activation dtype, as every GEMM route here needs. */
+static loco_status check_act_pair(const char *op, const loco_tensor *y, const loco_tensor *x, loco_err *err) {
+    if (x->dtype == y->dtype && cuda_is_act_dtype(y->dtype)) return LOCO_OK;
+    return loco_err_set(err, LOCO_EUNSUPPORTED, "cuda %s: input %s, output %s (both must be the activation dtype)", op,
+                        cuda_dt(x->dtype), cuda_dt(y->dtype));
+}
+
+/* A layer's weight and bias in y's dtype: converted copies (released by lin_operands_put) when
+ * the loaded tensors have another. */
+typedef struct lin_operands {
+    const void *w, *bias; /* bias NULL when the layer has none */
+    void *w_tmp, *bias_tmp;
+} lin_operands;
+
+static loco_status lin_operands_get(cuda_impl *c, const loco_tensor *y, const loco_tensor *w, const loco_tensor *bias,
+                                    lin_operands *o, loco_err *err) {
+    memset(o, 0, sizeof *o);
+    CUDA_TRY(cuda_as_dtype(c, w, y->dtype, &o->w, &o->w_tmp, err));
+    return bias ? cuda_as_dtype(c, bias, y->dtype, &o->bias, &o->bias_tmp, err) : LOCO_OK;
+}
+
+static void lin_operands_put(cuda_impl *c, lin_operands *o) {
+    cuda_alloc_put(c, o->w_tmp);
+    cuda_alloc_put(c, o->bias_tmp);
+    memset(o, 0, sizeof *o);
+}
+
 /* ---- loco_linear: y[M, N] = act(x[M, K] w[N, K]^T + bias) -------------------------------------- */
 
 /* Row-major y = x w^T is, in cuBLASLt's column-major terms, D[N x M] = op(A = w)^T . B (= x):
@@ -307,10 +336,7 @@ static loco_status linear_run(loco_backend *be, loco_tensor *y, const loco_tenso
                               const loco_tensor *bias, loco_act act, int accumulate, loco_err *err) {
     CUDA_TRY(cuda_enter(be, err));
     cuda_impl *c = cuda_of(be);
-    if (x->dtype != y->dtype || !cuda_is_act_dtype(y->dtype))
-        return loco_err_set(err, LOCO_EUNSUPPORTED, "cuda %s: input %s, output %s (both must be the activation "
-                            "dtype)", accumulate ? "linear_accumulate" : "linear", cuda_dt(x->dtype),
-                            cuda_dt(y->dtype));
+    CUDA_TRY(check_act_pair(accumulate ? "linear_accumulate" : "linear", y, x, err));
     int64_t N = w->shape[0], K = w->shape[1];
     int64_t M = N > 0 ? loco_tensor_numel(y) / N : 0; /* from y: x is empty when K == 0 */
     if (M <= 0 || N <= 0) return LOCO_OK;
@@ -324,11 +350,9 @@ static loco_status linear_run(loco_backend *be, loco_tensor *y, const loco_tenso
         return LOCO_OK;
     }
 
-    const void *wp, *bp = NULL;
-    void *w_tmp = NULL, *b_tmp = NULL;
-    CUDA_TRY(cuda_as_dtype(c, w, y->dtype, &wp, &w_tmp, err));
-    loco_status st = LOCO_OK;
-    if (bias) st = cuda_as_dtype(c, bias, y->dtype, &bp, &b_tmp, err);
+    lin_operands op;
+    loco_status st = lin_operands_get(c, y, w, bias, &op, err);
+    const void *bp = op.bias;
 
     cuda_gemm g;
     memset(&g, 0, sizeof g);
@@ -343,7 +367,7 @@ static loco_status linear_run(loco_backend *be, loco_tensor *y, const loco_tenso
     g.batch = 1;
     g.ab_dtype = y->dtype;
     g.d_dtype = y->dtype;
-    g.a = wp;
+    g.a = op.w;
     g.b = x->data;
     g.d = y->data;
     g.bias = bp;
@@ -368,8 +392,7 @@ static loco_status linear_run(loco_backend *be, loco_tensor *y, const loco_tenso
     }
     if (st == LOCO_OK && act != LOCO_ACT_NONE && !fused_act)
         st = cuda_act_apply(c, y->data, y->data, y->dtype, M * N, act, err);
-    cuda_alloc_put(c, w_tmp);
-    cuda_alloc_put(c, b_tmp);
+    lin_operands_put(c, &op);
     return st;
 }
 
@@ -393,9 +416,7 @@ extern "C" loco_status cuda_op_linear_from_channels(loco_backend *be, loco_tenso
                                                     const loco_tensor *w, const loco_tensor *bias, loco_err *err) {
     CUDA_TRY(cuda_enter(be, err));
     cuda_impl *c = cuda_of(be);
-    if (x->dtype != y->dtype || !cuda_is_act_dtype(y->dtype))
-        return loco_err_set(err, LOCO_EUNSUPPORTED, "cuda linear_from_channels: input %s, output %s (both must be "
-                            "the activation dtype)", cuda_dt(x->dtype), cuda_dt(y->dtype));
+    CUDA_TRY(check_act_pair("linear_from_channels", y, x, err));
     const int64_t B = x->shape[0], K = x->shape[1], L = x->shape[2], N = w->shape[0];
     if (B > INT32_MAX)
         return loco_err_set(err, LOCO_EUNSUPPORTED, "cuda linear_from_channels: %lld samples", (long long)B);
@@ -405,10 +426,8 @@ extern "C" loco_status cuda_op_linear_from_channels(loco_backend *be, loco_tenso
         return bias ? cuda_channel_bias(c, y->data, y->data, y->dtype, bias->data, bias->dtype, B * L * N, 1, N, err)
                     : LOCO_OK;
     }
-    const void *wp, *bp = NULL;
-    void *w_tmp = NULL, *b_tmp = NULL;
-    CUDA_TRY(cuda_as_dtype(c, w, y->dtype, &wp, &w_tmp, err));
-    loco_status st = bias ? cuda_as_dtype(c, bias, y->dtype, &bp, &b_tmp, err) : LOCO_OK;
+    lin_operands op;
+    loco_status st = lin_operands_get(c, y, w, bias, &op, err);
     cuda_gemm g;
     memset(&g, 0, sizeof g);
     g.transa = 1;
@@ -424,21 +443,21 @@ extern "C" loco_status cuda_op_linear_from_channels(loco_backend *be, loco_tenso
     g.stride_b = K * L;
     g.stride_d = L * N;
     g.ab_dtype = g.d_dtype = y->dtype;
-    g.a = wp;
+    g.a = op.w;
     g.b = x->data;
     g.d = y->data;
-    g.bias = bp;
+    g.bias = op.bias;
     g.alpha = 1.0f;
     if (st == LOCO_OK) {
         st = cuda_gemm_run(c, &g, err);
-        if (st != LOCO_OK && st != LOCO_EDEVICE_OOM && bp) { /* no bias epilogue for this one: a pass after */
+        if (st != LOCO_OK && st != LOCO_EDEVICE_OOM && op.bias) { /* no bias epilogue for this one: a pass after */
             g.bias = NULL;
             st = cuda_gemm_run(c, &g, err);
-            if (st == LOCO_OK) st = cuda_channel_bias(c, y->data, y->data, y->dtype, bp, y->dtype, B * L * N, 1, N, err);
+            if (st == LOCO_OK)
+                st = cuda_channel_bias(c, y->data, y->data, y->dtype, op.bias, y->dtype, B * L * N, 1, N, err);
         }
     }
-    cuda_alloc_put(c, w_tmp);
-    cuda_alloc_put(c, b_tmp);
+    lin_operands_put(c, &op);
     return st;
 }
 
@@ -452,9 +471,7 @@ extern "C" loco_status cuda_op_linear_to_channels(loco_backend *be, loco_tensor 
                                                   loco_err *err) {
     CUDA_TRY(cuda_enter(be, err));
     cuda_impl *c = cuda_of(be);
-    if (x->dtype != y->dtype || !cuda_is_act_dtype(y->dtype))
-        return loco_err_set(err, LOCO_EUNSUPPORTED, "cuda linear_to_channels: input %s, output %s (both must be "
-                            "the activation dtype)", cuda_dt(x->dtype), cuda_dt(y->dtype));
+    CUDA_TRY(check_act_pair("linear_to_channels", y, x, err));
     const int64_t B = x->shape[0], L = x->shape[1], K = x->shape[2], N = w->shape[0];
     if (B > INT32_MAX)
         return loco_err_set(err, LOCO_EUNSUPPORTED, "cuda linear_to_channels: %lld samples", (long long)B);
@@ -469,10 +486,8 @@ extern "C" loco_status cuda_op_linear_to_channels(loco_backend *be, loco_tensor 
                                                   err)
                            : LOCO_OK;
     }
-    const void *wp, *bp = NULL;
-    void *w_tmp = NULL, *b_tmp = NULL;
-    CUDA_TRY(cuda_as_dtype(c, w, y->dtype, &wp, &w_tmp, err));
-    loco_status st = bias ? cuda_as_dtype(c, bias, y->dtype, &bp, &b_tmp, err) : LOCO_OK;
+    lin_operands op;
+    loco_status st = lin_operands_get(c, y, w, bias, &op, err);
     cuda_gemm g;
     memset(&g, 0, sizeof g);
     g.transa = 1;
@@ -489,16 +504,15 @@ extern "C" loco_status cuda_op_linear_to_channels(loco_backend *be, loco_tensor 
     g.stride_d = N * L;
     g.ab_dtype = g.d_dtype = y->dtype;
     g.a = x->data;
-    g.b = wp;
+    g.b = op.w;
     g.d = y->data;
     g.alpha = 1.0f;
     g.beta = in_place ? 1.0f : 0.0f;
     if (st == LOCO_OK) st = cuda_gemm_run(c, &g, err);
     const void *res = r && !in_place ? r->data : NULL;
-    if (st == LOCO_OK && (bp || res))
-        st = cuda_channel_bias_ex(c, y->data, y->data, y->dtype, bp, y->dtype, NULL, y->dtype, res, B * N * L, L, N,
-                                  err);
-    cuda_alloc_put(c, w_tmp);
-    cuda_alloc_put(c, b_tmp);
+    if (st == LOCO_OK && (op.bias || res))
+        st = cuda_channel_bias_ex(c, y->data, y->data, y->dtype, op.bias, y->dtype, NULL, y->dtype, res, B * N * L, L,
+                                  N, err);
+    lin_operands_put(c, &op);
     return st;
 }
