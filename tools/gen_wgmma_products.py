@@ -13,6 +13,7 @@ TYPES = (("__half", "f16"), ("__nv_bfloat16", "bf16"))
 HEAD_DIMS = (40, 64, 80)
 # O += P V is D + 8 wide: the head dims, then 8 columns of ones in V that make the row sums of P
 PV_WIDTHS = tuple(d + 8 for d in HEAD_DIMS)
+EMU_KIND = {"f16": "B16_F16", "bf16": "B16_BF16"}  # the tests' CPU emulator (tests/emu/emu_wgmma.cc)
 
 
 def regs(n, start=0):
@@ -26,7 +27,9 @@ def outs(n, name):
 
 def qk(ctype, ptx):
     return f"""template <> __device__ __forceinline__ void faw_qk<{ctype}>(float (&s)[32], uint64_t da, uint64_t db) {{
-#if WG_DEVICE_OK
+#if defined(LOCO_CUDA_EMU)
+    emu::wgmma_ss(s, 64, da, db, 0, emu::{EMU_KIND[ptx]});
+#elif WG_DEVICE_OK
     asm volatile("{{\\n.reg .pred p;\\nsetp.ne.b32 p, %34, 0;\\n"
                  "wgmma.mma_async.sync.aligned.m64n64k16.f32.{ptx}.{ptx} "
                  "{{{regs(32)}}}, "
@@ -44,7 +47,9 @@ def pv(ctype, ptx, n):
     na = n // 2
     return f"""template <>
 __device__ __forceinline__ void faw_pv<{ctype}, {n}>(float (&o)[{na}], const uint32_t (&a)[4], uint64_t db) {{
-#if WG_DEVICE_OK
+#if defined(LOCO_CUDA_EMU)
+    emu::wgmma_rs(o, {n}, a, db, 1, emu::{EMU_KIND[ptx]});
+#elif WG_DEVICE_OK
     asm volatile("{{\\n.reg .pred p;\\nsetp.ne.b32 p, %{na + 5}, 0;\\n"
                  "wgmma.mma_async.sync.aligned.m64n{n}k16.f32.{ptx}.{ptx} "
                  "{{{regs(na)}}}, "

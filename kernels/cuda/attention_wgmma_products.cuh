@@ -12,7 +12,9 @@
 template <typename T> __device__ __forceinline__ void faw_qk(float (&s)[32], uint64_t da, uint64_t db);
 
 template <> __device__ __forceinline__ void faw_qk<__half>(float (&s)[32], uint64_t da, uint64_t db) {
-#if WG_DEVICE_OK
+#if defined(LOCO_CUDA_EMU)
+    emu::wgmma_ss(s, 64, da, db, 0, emu::B16_F16);
+#elif WG_DEVICE_OK
     asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
                  "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 "
                  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
@@ -28,7 +30,9 @@ template <> __device__ __forceinline__ void faw_qk<__half>(float (&s)[32], uint6
 }
 
 template <> __device__ __forceinline__ void faw_qk<__nv_bfloat16>(float (&s)[32], uint64_t da, uint64_t db) {
-#if WG_DEVICE_OK
+#if defined(LOCO_CUDA_EMU)
+    emu::wgmma_ss(s, 64, da, db, 0, emu::B16_BF16);
+#elif WG_DEVICE_OK
     asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
                  "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
                  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
@@ -50,7 +54,9 @@ __device__ __forceinline__ void faw_pv(float (&o)[N / 2], const uint32_t (&a)[4]
 
 template <>
 __device__ __forceinline__ void faw_pv<__half, 48>(float (&o)[24], const uint32_t (&a)[4], uint64_t db) {
-#if WG_DEVICE_OK
+#if defined(LOCO_CUDA_EMU)
+    emu::wgmma_rs(o, 48, a, db, 1, emu::B16_F16);
+#elif WG_DEVICE_OK
     asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %29, 0;\n"
                  "wgmma.mma_async.sync.aligned.m64n48k16.f32.f16.f16 "
                  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23}, "
@@ -66,7 +72,9 @@ __device__ __forceinline__ void faw_pv<__half, 48>(float (&o)[24], const uint32_
 
 template <>
 __device__ __forceinline__ void faw_pv<__nv_bfloat16, 48>(float (&o)[24], const uint32_t (&a)[4], uint64_t db) {
-#if WG_DEVICE_OK
+#if defined(LOCO_CUDA_EMU)
+    emu::wgmma_rs(o, 48, a, db, 1, emu::B16_BF16);
+#elif WG_DEVICE_OK
     asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %29, 0;\n"
                  "wgmma.mma_async.sync.aligned.m64n48k16.f32.bf16.bf16 "
                  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23}, "
@@ -82,7 +90,9 @@ __device__ __forceinline__ void faw_pv<__nv_bfloat16, 48>(float (&o)[24], const 
 
 template <>
 __device__ __forceinline__ void faw_pv<__half, 72>(float (&o)[36], const uint32_t (&a)[4], uint64_t db) {
-#if WG_DEVICE_OK
+#if defined(LOCO_CUDA_EMU)
+    emu::wgmma_rs(o, 72, a, db, 1, emu::B16_F16);
+#elif WG_DEVICE_OK
     asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %41, 0;\n"
                  "wgmma.mma_async.sync.aligned.m64n72k16.f32.f16.f16 "
                  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35}, "
@@ -100,7 +110,9 @@ __device__ __forceinline__ void faw_pv<__half, 72>(float (&o)[36], const uint32_
 
 template <>
 __device__ __forceinline__ void faw_pv<__nv_bfloat16, 72>(float (&o)[36], const uint32_t (&a)[4], uint64_t db) {
-#if WG_DEVICE_OK
+#if defined(LOCO_CUDA_EMU)
+    emu::wgmma_rs(o, 72, a, db, 1, emu::B16_BF16);
+#elif WG_DEVICE_OK
     asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %41, 0;\n"
                  "wgmma.mma_async.sync.aligned.m64n72k16.f32.bf16.bf16 "
                  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35}, "
@@ -118,7 +130,9 @@ __device__ __forceinline__ void faw_pv<__nv_bfloat16, 72>(float (&o)[36], const 
 
 template <>
 __device__ __forceinline__ void faw_pv<__half, 88>(float (&o)[44], const uint32_t (&a)[4], uint64_t db) {
-#if WG_DEVICE_OK
+#if defined(LOCO_CUDA_EMU)
+    emu::wgmma_rs(o, 88, a, db, 1, emu::B16_F16);
+#elif WG_DEVICE_OK
     asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %49, 0;\n"
                  "wgmma.mma_async.sync.aligned.m64n88k16.f32.f16.f16 "
                  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43}, "
@@ -137,7 +151,9 @@ __device__ __forceinline__ void faw_pv<__half, 88>(float (&o)[44], const uint32_
 
 template <>
 __device__ __forceinline__ void faw_pv<__nv_bfloat16, 88>(float (&o)[44], const uint32_t (&a)[4], uint64_t db) {
-#if WG_DEVICE_OK
+#if defined(LOCO_CUDA_EMU)
+    emu::wgmma_rs(o, 88, a, db, 1, emu::B16_BF16);
+#elif WG_DEVICE_OK
     asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %49, 0;\n"
                  "wgmma.mma_async.sync.aligned.m64n88k16.f32.bf16.bf16 "
                  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43}, "

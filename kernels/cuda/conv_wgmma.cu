@@ -61,7 +61,9 @@ __device__ const int wg_image_ok = WG_DEVICE_OK;
 /* d (64 x 128, this warpgroup) += A (64 x 16, descriptor) . B (16 x 128, descriptor), both
  * K-major (no transpose), fp32 accumulation: scale-d is the predicate p (1: add to d), then
  * imm-scale-a, imm-scale-b (1: no negation), imm-trans-a, imm-trans-b (0: K-major). */
-#if WG_DEVICE_OK
+#if defined(LOCO_CUDA_EMU) /* the tests' CPU emulator (tests/emu/emu_wgmma.cc) */
+#define WG_MMA_ASM(TY) emu::wgmma_ss(d, 128, da, db, 0, !strcmp(TY, "bf16") ? emu::B16_BF16 : emu::B16_F16)
+#elif WG_DEVICE_OK
 #define WG_MMA_ASM(TY)                                                                                           \
     asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"                                                     \
                  "wgmma.mma_async.sync.aligned.m64n128k16.f32." TY "." TY " " WG_ASM_REGS ", %64, %65, p, 1, 1, 0, "  \

@@ -8,10 +8,10 @@
 
 #include "mma.h"
 
-#if defined(LOCO_CUDA_EMU) || (defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL))
-#define WG_DEVICE_OK 0 /* compiled for another target, or for the tests' CPU emulator: the kernels trap (setup keeps them off) */
+#if !defined(LOCO_CUDA_EMU) && defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define WG_DEVICE_OK 0 /* compiled for another target: the kernels trap (setup keeps them off) */
 #else
-#define WG_DEVICE_OK 1
+#define WG_DEVICE_OK 1 /* sm_90a, or the tests' CPU emulator (tests/emu/emu_wgmma.cc) */
 #endif
 
 /* ---- wgmma building blocks (PTX ISA 8.0, sm_90a) ------------------------------------------- */
@@ -20,30 +20,39 @@
  * each in 16-byte units (bits 0-13, 16-29, 32-45); base offset and swizzle mode (bits 49-51,
  * 62-63) zero. */
 __device__ __forceinline__ uint64_t wg_desc(const void *smem, uint32_t lbo, uint32_t sbo) {
+#ifdef LOCO_CUDA_EMU /* host addresses do not fit the address field: the emulator numbers them */
+    return emu::wgmma_desc(smem, lbo, sbo);
+#else
     const uint32_t a = smem_addr(smem);
     return (uint64_t)((a & 0x3FFFFu) >> 4) | ((uint64_t)((lbo & 0x3FFFFu) >> 4) << 16) |
            ((uint64_t)((sbo & 0x3FFFFu) >> 4) << 32);
+#endif
 }
 
+/* (The emulator needs no fences: it runs an instruction's reads at the wait that retires it.) */
 __device__ __forceinline__ void wg_fence(void) {
-#if WG_DEVICE_OK
+#if WG_DEVICE_OK && !defined(LOCO_CUDA_EMU)
     asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
 #endif
 }
 __device__ __forceinline__ void wg_commit(void) {
-#if WG_DEVICE_OK
+#if defined(LOCO_CUDA_EMU)
+    emu::wgmma_commit();
+#elif WG_DEVICE_OK
     asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
 #endif
 }
 __device__ __forceinline__ void wg_wait_all(void) {
-#if WG_DEVICE_OK
+#if defined(LOCO_CUDA_EMU)
+    emu::wgmma_wait(0);
+#elif WG_DEVICE_OK
     asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
 #endif
 }
 /* Makes this thread's generic-proxy writes to shared memory (st.shared, cp.async) visible to
  * the async proxy wgmma reads through; a barrier must follow before any wgmma. */
 __device__ __forceinline__ void wg_fence_proxy(void) {
-#if WG_DEVICE_OK
+#if WG_DEVICE_OK && !defined(LOCO_CUDA_EMU)
     asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
 #endif
 }
@@ -51,8 +60,12 @@ __device__ __forceinline__ void wg_fence_proxy(void) {
 /* Pins the accumulators in registers across the asynchronous wgmma (the compiler must not
  * move or reuse them between issue and wait). */
 template <int N> __device__ __forceinline__ void wg_fence_acc(float (&d)[N]) {
+#ifndef LOCO_CUDA_EMU
 #pragma unroll
     for (int i = 0; i < N; i++) asm volatile("" : "+f"(d[i])::"memory");
+#else
+    (void)d;
+#endif
 }
 
 #endif

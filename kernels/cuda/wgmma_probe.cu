@@ -55,7 +55,9 @@ typedef struct wgp_probe {
 
 /* d += A . B for this warpgroup, m64n64k16, f16 in, f32 accumulators; TB: B's transpose bit. */
 template <int TB> __device__ __forceinline__ void wgp_mma_ss(float (&d)[32], uint64_t da, uint64_t db) {
-#if WG_DEVICE_OK
+#if defined(LOCO_CUDA_EMU) /* the tests' CPU emulator (tests/emu/emu_wgmma.cc) */
+    emu::wgmma_ss(d, 64, da, db, TB, emu::B16_F16);
+#elif WG_DEVICE_OK
     asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
                  "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 " WGP_ACC_REGS ", %32, %33, p, 1, 1, 0, %35;\n}\n"
                  : WGP_ACC_OUT
@@ -66,7 +68,9 @@ template <int TB> __device__ __forceinline__ void wgp_mma_ss(float (&d)[32], uin
 }
 
 __device__ __forceinline__ void wgp_mma_rs(float (&d)[32], const uint32_t (&a)[4], uint64_t db) {
-#if WG_DEVICE_OK
+#if defined(LOCO_CUDA_EMU)
+    emu::wgmma_rs(d, 64, a, db, 0, emu::B16_F16);
+#elif WG_DEVICE_OK
     asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
                  "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 " WGP_ACC_REGS ", {%32, %33, %34, %35}, %36, "
                  "p, 1, 1, 0;\n}\n"

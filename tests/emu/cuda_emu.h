@@ -16,8 +16,9 @@
  * mma.sync and elementwise kernels, against the CPU backend, in `make test`. What it cannot:
  * speed, the hardware's rounding inside an mma (here exact products summed in double), races
  * between threads that no schedule it runs exposes, static __shared__ variables carrying the
- * last block's values, __launch_bounds__ (not checked), and the wgmma kernels (sm_90a only:
- * the emulated device is an sm_80, where the backend keeps them off). */
+ * last block's values, __launch_bounds__ (not checked), and the hardware's own order of
+ * accumulation inside a wgmma. The emulated device is a compute capability 9.0 one, so the
+ * wgmma kernels (emu_wgmma.cc) and the wgmma self-test run too. */
 #ifndef LOCO_CUDA_EMU_H
 #define LOCO_CUDA_EMU_H
 
@@ -78,6 +79,16 @@ void ldmatrix(uint32_t *r, int n_tiles, int trans, const void *row_addr);
 void mma_16816(float c[4], const uint32_t a[4], const uint32_t b[2], b16_kind kind);
 void mma_tf32_16808(float c[4], const uint32_t a[4], const uint32_t b[2]);
 uint32_t tf32_round(float x);
+
+/* Hopper's warpgroup MMA, m64nNk16 (emu_wgmma.cc): d holds the thread's n / 2 accumulators; A
+ * from a shared-memory descriptor (wgmma_ss) or from mma.sync's A fragment in registers
+ * (wgmma_rs); trans_b: B MN-major. Executed when wgmma_wait retires the group. Descriptors
+ * come from wgmma_desc (wgmma.cuh's wg_desc). */
+uint64_t wgmma_desc(const void *smem, uint32_t lbo, uint32_t sbo);
+void wgmma_ss(float *d, int n, uint64_t da, uint64_t db, int trans_b, b16_kind kind);
+void wgmma_rs(float *d, int n, const uint32_t a[4], uint64_t db, int trans_b, b16_kind kind);
+void wgmma_commit(void);
+void wgmma_wait(int keep);
 
 /* A kernel launch: checks the configuration as the driver does (an error is left for
  * cudaGetLastError), then runs body() once per thread, or records it when the stream is being

@@ -25,6 +25,25 @@ struct async_state {
     size_t done = 0;
 };
 
+/* One wgmma instruction as issued (emu_wgmma.cc): executed when a wait retires its group. */
+struct wgmma_op {
+    float *d; /* the issuing thread's accumulators, n / 2 of them */
+    int n, trans_b, is_bf16, a_regs;
+    uint64_t da, db;
+    uint16_t a16[2][16]; /* a_regs: this lane's rows g and g + 8 of A, taken at issue */
+};
+
+/* A thread's wgmma instructions: q[done..] in flight; group_end[] the ends of its committed
+ * groups, oldest first. */
+struct wgmma_state {
+    std::vector<wgmma_op> q;
+    std::vector<size_t> group_end;
+    size_t done = 0;
+};
+wgmma_state &thread_wgmma(void);
+/* Forgets the descriptor bases numbered so far (emu_wgmma.cc): at every block's start. */
+void wgmma_reset_regions(void);
+
 /* A 16-bit float's value: bf16 (is_bf16) or IEEE half. */
 inline float b16_to_f32(uint16_t v, int is_bf16) {
     if (is_bf16) {

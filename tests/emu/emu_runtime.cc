@@ -1,6 +1,7 @@
 /* emu_runtime.cc: the CUDA runtime calls of loco's CUDA backend, on the CPU (cuda_emu.h).
  *
- * One device, an sm_80 with 108 SMs and EMU_MEM_BYTES of memory (host memory; allocations past
+ * One device, a compute capability 9.0 (Hopper, so the wgmma kernels run: emu_wgmma.cc) with 108
+ * SMs and EMU_MEM_BYTES of memory (host memory; allocations past
  * that fail as cudaMalloc does, so out-of-memory paths run too). Streams run their work at
  * once, in the order it is issued, which is an order a GPU may also choose; events record the
  * wall clock. Launches are checked as the driver checks them (block size, grid limits, dynamic
@@ -139,7 +140,7 @@ cudaError_t cudaGetDeviceProperties(struct cudaDeviceProp *p, int device) {
     if (device != 0) return fail(cudaErrorInvalidDevice);
     memset(p, 0, sizeof *p);
     snprintf(p->name, sizeof p->name, "loco CPU kernel emulator");
-    p->major = 8;
+    p->major = 9; /* a Hopper: the wgmma kernels run too (emu_wgmma.cc) */
     p->minor = 0;
     p->multiProcessorCount = 108;
     p->totalGlobalMem = EMU_MEM_BYTES;

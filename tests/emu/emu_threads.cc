@@ -83,6 +83,7 @@ struct fiber {
     thread_coords at;
     int warp = 0, lane = 0;
     async_state copies;
+    wgmma_state wg;
 };
 
 struct warp_slot {
@@ -111,6 +112,11 @@ async_state &thread_copies() {
     return g_run->cur->copies;
 }
 
+wgmma_state &thread_wgmma() {
+    if (!g_run || !g_run->cur) trap("wgmma outside a kernel");
+    return g_run->cur->wg;
+}
+
 static void to_scheduler(fiber *f) { ctx_switch(&f->ctx, &g_run->sched); }
 
 static void release_barrier(block_run *r);
@@ -135,6 +141,8 @@ static void fiber_main() {
     fiber *f = r->cur;
     (*r->body)();
     async_retire(f->copies, 0, 1); /* copies still in flight land anyway */
+    if (f->wg.done < f->wg.q.size()) /* its accumulators are gone: on a GPU the results are lost */
+        trap("a thread ended with wgmma instructions it never waited for");
     f->state = F_DONE;
     r->alive--;
     warp_slot &s = r->warps[f->warp];
@@ -276,6 +284,7 @@ static void run_block(block_run &r, dim3 grid, dim3 block, uint3 bid) {
         f.warp = i / 32;
         f.lane = i % 32;
         f.copies = async_state();
+        f.wg = wgmma_state();
         fiber_init(&f, EMU_STACK_BYTES);
     }
     /* Warp by warp, each as far as it goes: up to a __syncthreads, or its end. A GPU may run
@@ -316,6 +325,7 @@ void run_grid(dim3 grid, dim3 block, size_t dyn_smem, const std::function<void()
         for (unsigned y = 0; y < grid.y; y++)
             for (unsigned x = 0; x < grid.x; x++) {
                 smem_poison(dyn_smem);
+                wgmma_reset_regions();
                 run_block(r, grid, block, make_uint3(x, y, z));
                 smem_check_tail(dyn_smem);
             }
