@@ -6,7 +6,9 @@ without a GPU), never as passed.
 The GPU test files (test_cuda_*.c) are also built against the CUDA backend compiled for the
 CPU kernel emulator (tests/emu/cuda_emu.h, build/tests/emu/): those items, named emu/..., run
 the CUDA backend's host code and kernels on the CPU on every machine where nvcc exists. They
-pass on emulated threads, not on a GPU; the GPU runs are the items without the emu/ prefix."""
+pass on emulated threads, not on a GPU; the GPU runs are the items without the emu/ prefix.
+The emulated UNet calls also run with the opt-in Hopper kernels switched on (items named
+emu[LOCO_CUDA_FLASH=wgmma]/..., as bench/gpu-check.sh reruns them on a GPU)."""
 import os
 import subprocess
 from pathlib import Path
@@ -36,13 +38,30 @@ def _cases():
             continue
         names = subprocess.run([str(binary), "--list"], capture_output=True, text=True, check=True).stdout.split()
         out += [pytest.param(str(binary), n, id=f"emu/{src.stem}::{n}") for n in names]
+        if src.stem == "test_cuda_pipeline":
+            for env in OPT_IN:
+                out += [pytest.param(str(binary), n, env, id=f"emu[{env}]/{src.stem}::{n}")
+                        for n in names if n.startswith("cuda_unet_call_")]
     return out
 
 
-@pytest.mark.parametrize("binary,name", _cases())
-def test_c(binary, name):
+# the opt-in kernels' reruns of the emulated UNet calls: wgmma attention and convolution
+OPT_IN = ("LOCO_CUDA_FLASH=wgmma", "LOCO_CUDA_CONV=wgmma")
+
+
+def _with_env(params):
+    """Every case as (binary, name, env): env is "" or one VAR=value for the run."""
+    return [p if len(p.values) == 3 else pytest.param(*p.values, "", id=p.id) for p in params]
+
+
+@pytest.mark.parametrize("binary,name,env", _with_env(_cases()))
+def test_c(binary, name, env):
     assert name != "<missing>", f"{binary} was not built: run make"
-    r = subprocess.run([binary, name], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    run_env = dict(os.environ)
+    if env:
+        var, value = env.split("=", 1)
+        run_env[var] = value
+    r = subprocess.run([binary, name], capture_output=True, text=True, cwd=ROOT, timeout=600, env=run_env)
     if r.returncode == 77:
         pytest.skip(r.stderr.strip().splitlines()[-1] if r.stderr.strip() else "skipped")
     assert r.returncode == 0, f"{name} failed:\n{r.stdout}\n{r.stderr}"

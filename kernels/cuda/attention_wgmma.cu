@@ -1,8 +1,8 @@
-/* attention_wgmma.cu: flash attention on Hopper's warpgroup MMA (wgmma, sm_90a). EXPERIMENTAL:
- * written without a GPU (session 4), used only under LOCO_CUDA_FLASH=wgmma, for head dims 40, 64
- * and 80 in f16/bf16 (SD 1.x's 40/80; SD 2.x, SD-XL and CLIP's 64). Make it the default only
- * after a GPU run has shown it correct (test_cuda_optin cuda_attention_wgmma) and faster (op_bench
- * "@fa_wgmma" rows).
+/* attention_wgmma.cu: flash attention on Hopper's warpgroup MMA (wgmma, sm_90a). EXPERIMENTAL,
+ * used only under LOCO_CUDA_FLASH=wgmma, for head dims 40, 64 and 80 in f16/bf16 (SD 1.x's
+ * 40/80; SD 2.x, SD-XL and CLIP's 64). Correct on the H200 since run 5 and on the emulator
+ * (tests/emu/emu_wgmma.cc) in every `make test`; its serial form of runs 5-6 ran at 0.72-0.95 of
+ * the mma.sync kernel. Make it the default only after op_bench's "@fa_wgmma" rows show it faster.
  *
  * Why: the mma.sync kernel (attention.cu) runs SD 1.5's 4096-token self-attention at half of
  * PyTorch SDPA's speed, bound by the instructions it issues (bench/gpu/NOTES.md, session 3).
@@ -10,8 +10,12 @@
  * tile's products cost a handful of instructions instead of about a hundred per warp.
  *
  * Same algorithm and arguments as attention.cu (flash_params.h): 128 query rows per block, two
- * warpgroups of 64; 64-key K/V tiles double-buffered through shared memory with cp.async; online
- * softmax in fp32 in base 2; per-sample K/V rows (the kv table); causal masking.
+ * warpgroups of 64; 64-key K/V tiles through shared memory with cp.async in three stages (the
+ * tile whose V is in use, the next one whose K is in use, the one after loading); online
+ * softmax in fp32 in base 2; per-sample K/V rows (the kv table); causal masking. The next tile's
+ * S = Q K^T is issued before this tile's softmax and runs on the tensor cores meanwhile, the
+ * overlap within a warpgroup of FlashAttention-3 (session 6, after run 6: not yet timed; the ncu
+ * reading of the serial form had the tensor pipe 28 % busy).
  *   S = Q K^T   m64n64k16, A = Q and B = K from shared memory, both K-major (each row's head
  *               dims contiguous, as stored): conv_wgmma.cu's layout; self-test "kmajor_k48".
  *   O += P V    m64n(D+8)k16, A = P from registers (S's accumulators per warp are in mma.sync's
@@ -51,7 +55,8 @@ __device__ const int faw_image_ok = WG_DEVICE_OK;
 #define FAW_V_KSTEP 128                        /* between groups of 8 keys */
 #define FAW_V_NSTEP (FAW_BC / 8 * FAW_V_KSTEP) /* 1024: between groups of 8 head dims */
 #define FAW_V_BYTES(D) ((D) / 8 * FAW_V_NSTEP + FAW_V_NSTEP) /* the head dims, then the ones group */
-#define FAW_SMEM(D) (FAW_Q_BYTES(D) + 2 * (FAW_K_BYTES(D) + FAW_V_BYTES(D)))
+#define FAW_STAGES 3 /* K/V tiles in shared memory: this one (V), the next (K), the one after (loading) */
+#define FAW_SMEM(D) (FAW_Q_BYTES(D) + FAW_STAGES * (FAW_K_BYTES(D) + FAW_V_BYTES(D)))
 
 /* An accumulator array [tiles][4] as the flat register list a wgmma names (the same floats). */
 template <int N> __device__ __forceinline__ float (&faw_flat(float (&a)[N][4]))[N * 4] {
@@ -123,6 +128,17 @@ __device__ __forceinline__ void faw_load_kv(unsigned char *sk, unsigned char *sv
     }
 }
 
+/* s = Q K^T for a warpgroup's 64 rows and a tile's 64 keys: NKS k16 steps, issued (the caller
+ * commits and waits). */
+template <typename T, int NKS> __device__ __forceinline__ void faw_scores(float (&s)[32], uint64_t dq, uint64_t dk) {
+#pragma unroll
+    for (int i = 0; i < 32; i++) s[i] = 0.0f;
+    wg_fence_acc(s);
+    wg_fence();
+#pragma unroll
+    for (int ks = 0; ks < NKS; ks++) faw_qk<T>(s, faw_desc_at(dq, ks * 256), faw_desc_at(dk, ks * 256));
+}
+
 /* Warp w (of 8) owns query rows q0 + 16 w + g and + 8 (g = lane / 4): the rows of its
  * warpgroup's accumulators that wgmma gives it. */
 template <typename T, int D>
@@ -133,8 +149,8 @@ __global__ void __launch_bounds__(FAW_THREADS) faw_kernel(const fa_params p) {
     constexpr int DK = FAW_DK(D), NKS = DK / 16, CK = DK / 8, CV = D / 8, NDT = D / 8;
     extern __shared__ __align__(128) unsigned char faw_smem[];
     unsigned char *const sq = faw_smem;
-    unsigned char *const sk = sq + FAW_Q_BYTES(D); /* [2][FAW_K_BYTES] */
-    unsigned char *const sv = sk + 2 * FAW_K_BYTES(D); /* [2][FAW_V_BYTES] */
+    unsigned char *const sk = sq + FAW_Q_BYTES(D);                /* [FAW_STAGES][FAW_K_BYTES] */
+    unsigned char *const sv = sk + FAW_STAGES * FAW_K_BYTES(D);   /* [FAW_STAGES][FAW_V_BYTES] */
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wg = warp >> 2;
     const int q0 = blockIdx.x * FAW_BR, h = blockIdx.y;
     const int64_t b = (int64_t)p.b0 + blockIdx.z, kb = p.kv[blockIdx.z];
@@ -158,11 +174,15 @@ __global__ void __launch_bounds__(FAW_THREADS) faw_kernel(const fa_params p) {
     faw_map_init<D>(map, (int)p.rs, tid);
     if (ntiles > 0) faw_load_kv<T, D>(sk, sv, kg, vg, p.lk, map);
     cp_async_commit(); /* group 0: Q and K/V tile 0 */
-    /* After V's head dims, one more group of 8 columns, all ones, in both stages and for every
+    if (ntiles > 1)
+        faw_load_kv<T, D>(sk + FAW_K_BYTES(D), sv + FAW_V_BYTES(D), kg + FAW_BC * p.rs, vg + FAW_BC * p.rs,
+                          p.lk - FAW_BC, map);
+    cp_async_commit(); /* group 1: tile 1 (empty when there is none); tile t + 2 is group t + 2 */
+    /* After V's head dims, one more group of 8 columns, all ones, in every stage and for every
      * key: O's last 8 columns then hold each row's sum of P, of P as rounded for the product,
      * and the epilogue divides by it (cp.async never writes there; the first barrier publishes
      * these stores). It replaces 32 adds per lane and tile and the final shuffles. */
-    for (int i = tid; i < 2 * FAW_BC; i += FAW_THREADS) {
+    for (int i = tid; i < FAW_STAGES * FAW_BC; i += FAW_THREADS) {
         const int r = i % FAW_BC;
         vec16<T> ones;
 #pragma unroll
@@ -178,39 +198,44 @@ __global__ void __launch_bounds__(FAW_THREADS) faw_kernel(const fa_params p) {
     float mr[2] = {-INFINITY, -INFINITY};
     const int tq = lane & 3;
     const int row0 = q0 + warp * 16 + (lane >> 2);
-    /* descriptors: this warpgroup's 64 rows of Q, and stage 0 of K and V (stage 1 is a fixed
-     * distance further) */
+    /* descriptors: this warpgroup's 64 rows of Q, and stage 0 of K and V (stage i is i fixed
+     * distances further) */
     const uint64_t dq = wg_desc(sq + wg * (64 / 8) * FAW_SBO_QK(D), 128, FAW_SBO_QK(D));
     const uint64_t dk0 = wg_desc(sk, 128, FAW_SBO_QK(D)), dv0 = faw_v_desc(sv);
 
-    for (int j = 0; j < ntiles; j++) {
-        const int buf = j & 1;
-        if (j + 1 < ntiles) { /* the next tile into the other stage, which tile j - 1 is done with */
-            const int64_t next = (int64_t)(j + 1) * FAW_BC * p.rs;
-            faw_load_kv<T, D>(sk + (buf ^ 1) * FAW_K_BYTES(D), sv + (buf ^ 1) * FAW_V_BYTES(D), kg + next, vg + next,
-                              p.lk - (j + 1) * FAW_BC, map);
-            cp_async_commit();
-            cp_async_wait<1>();
-        } else {
-            cp_async_wait<0>();
-        }
-        wg_fence_proxy(); /* cp.async's writes, seen by wgmma's async reads (after the barrier) */
+    /* S of this tile (s) and of the next (sn): the next tile's Q K^T runs on the tensor cores
+     * while this tile's softmax runs on the other pipes (FA3's overlap within a warpgroup) */
+    float s[8][4], sn[8][4];
+    float(&sf)[32] = faw_flat(s);
+    float(&snf)[32] = faw_flat(sn);
+    if (ntiles > 0) {
+        cp_async_wait<1>(); /* Q and tile 0 */
+        wg_fence_proxy();   /* cp.async's writes, seen by wgmma's async reads (after the barrier) */
         __syncthreads();
-        const uint64_t dk = faw_desc_at(dk0, buf * FAW_K_BYTES(D)), dv = faw_desc_at(dv0, buf * FAW_V_BYTES(D));
-
-        /* S = Q K^T for the warpgroup's 64 rows and the tile's 64 keys */
-        float s[8][4];
-#pragma unroll
-        for (int nt = 0; nt < 8; nt++) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
-        float(&sf)[32] = faw_flat(s);
-        wg_fence_acc(sf);
-        wg_fence();
-#pragma unroll
-        for (int ks = 0; ks < NKS; ks++)
-            faw_qk<T>(sf, faw_desc_at(dq, ks * 256), faw_desc_at(dk, ks * 256));
+        faw_scores<T, NKS>(sf, dq, dk0);
         wg_commit();
         wg_wait_all();
         wg_fence_acc(sf);
+    }
+    for (int j = 0; j < ntiles; j++) {
+        const int st = j % FAW_STAGES;
+        if (j + 1 < ntiles) {
+            /* every warpgroup is done with tile j - 1 (its S and P V were waited for), whose
+             * stage tile j + 2 takes; tile j + 1 is then the older of the two groups in flight */
+            __syncthreads();
+            if (j + 2 < ntiles) {
+                const int64_t next = (int64_t)(j + 2) * FAW_BC * p.rs;
+                const int sn2 = (j + 2) % FAW_STAGES;
+                faw_load_kv<T, D>(sk + sn2 * FAW_K_BYTES(D), sv + sn2 * FAW_V_BYTES(D), kg + next, vg + next,
+                                  p.lk - (j + 2) * FAW_BC, map);
+            }
+            cp_async_commit();
+            cp_async_wait<1>();
+            wg_fence_proxy();
+            __syncthreads();
+            faw_scores<T, NKS>(snf, dq, faw_desc_at(dk0, (j + 1) % FAW_STAGES * FAW_K_BYTES(D)));
+            wg_commit(); /* in flight through this tile's softmax */
+        }
 
         /* mask the tile that crosses Lk and, causal, the tiles reaching past the block's first
          * row (uniform across the block, as in attention.cu); s[nt][e] is row g + 8 (e >> 1),
@@ -242,12 +267,15 @@ __global__ void __launch_bounds__(FAW_THREADS) faw_kernel(const fa_params p) {
         float(&of)[D / 2 + 4] = faw_flat(o);
         wg_fence_acc(of);
         wg_fence(); /* o was rescaled by ordinary instructions */
+        const uint64_t dv = faw_desc_at(dv0, st * FAW_V_BYTES(D));
 #pragma unroll
         for (int kk = 0; kk < 4; kk++) faw_pv<T, D + 8>(of, pa[kk], faw_desc_at(dv, kk * 2 * FAW_V_KSTEP));
         wg_commit();
-        wg_wait_all();
+        wg_wait_all(); /* the next tile's S and this tile's P V */
         wg_fence_acc(of);
-        __syncthreads(); /* the next iteration's prefetch overwrites this stage */
+        wg_fence_acc(snf);
+#pragma unroll
+        for (int i = 0; i < 32; i++) sf[i] = snf[i];
     }
     cp_async_wait<0>();
 

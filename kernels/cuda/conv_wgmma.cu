@@ -1,9 +1,9 @@
 /* conv_wgmma.cu: stride-1, 3-wide "same" convolutions (every 3x3 conv of the UNet and VAE) of
  * f16/bf16 NCHW activations as an implicit GEMM on Hopper's warpgroup tensor-core instruction
- * (wgmma.mma_async, sm_90a only). EXPERIMENTAL: written without a GPU (session 3), so never
- * chosen by the automatic route; LOCO_CUDA_CONV=wgmma forces it where it applies, for the
- * parity tests and op_bench's "@wgmma" rows. Make it a route only after a GPU run has shown it
- * correct and faster (bench/gpu/NOTES.md).
+ * (wgmma.mma_async, sm_90a only). EXPERIMENTAL: written without a GPU (session 3); correct on the
+ * H200 (runs 5-6) and on the emulator, but 0.4-0.5x of the default route there, so never chosen
+ * by the automatic route; LOCO_CUDA_CONV=wgmma forces it where it applies, for the parity tests
+ * and op_bench's "@wgmma" rows (bench/gpu/NOTES.md).
  *
  * Why: on an H200 the UNet's 3x3 convs run at 285-500 TFLOP/s through im2col + cuBLASLt and at
  * 190-290 through our mma.sync implicit kernel (conv_igemm.cu), against ~750 for a wgmma GEMM;

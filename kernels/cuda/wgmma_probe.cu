@@ -4,7 +4,8 @@
  * public test kernel and CUTLASS's descriptor builder;
  * each probe here checks one of them with a single 64 x 64 x (16 k) product of small integers
  * (exact in fp16 and fp32), so a run on an H100/H200 says which hold, apart from everything else
- * a whole kernel could get wrong:
+ * a whole kernel could get wrong. (The H200 confirmed the required ones in runs 5-6; the tests'
+ * emulator, tests/emu/emu_wgmma.cc, implements exactly those readings and runs this too.)
  *
  *   kmajor_k48       A and B in shared memory, both K-major, no swizzle: element (row, k) at
  *                    (row / 8) SBO + (k / 8) 128 + (row % 8) 16 + (k % 8) 2, LBO 128, SBO 768,

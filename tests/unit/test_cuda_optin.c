@@ -8,8 +8,8 @@
  * machine and treats a skip there as a failure. */
 #include "cuda_check_util.h"
 
-/* LOCO_CUDA_CONV=wgmma: conv_wgmma.cu (Hopper's wgmma, sm_90a; experimental, written without a
- * GPU) where it applies on a compute capability 9.0 device, else the automatic route (the
+/* LOCO_CUDA_CONV=wgmma: conv_wgmma.cu (Hopper's wgmma, sm_90a; experimental) where it applies
+ * on a compute capability 9.0 device (the emulator's is one), else the automatic route (the
  * backend's description says which). Tiles off the 128 x 128 grid, a K tail (Cin 40: 120 (ci, r)
  * rows, 7.5 tiles of 16; Cin 8: 1.5 tiles), several images per pixel tile, both 16-bit dtypes,
  * no bias, kernel heights 1 and 5, Ho != H, and a stride-2 conv that the kernel leaves to the
@@ -91,8 +91,8 @@ TEST(cuda_selftest) {
               report);
 }
 
-/* LOCO_CUDA_FLASH=wgmma: attention_wgmma.cu (Hopper's wgmma, sm_90a; experimental, written
- * without a GPU) for head dims 40, 64 and 80 on a compute capability 9.0 device (the backend's
+/* LOCO_CUDA_FLASH=wgmma: attention_wgmma.cu (Hopper's wgmma, sm_90a; experimental) for head
+ * dims 40, 64 and 80 on a compute capability 9.0 device (the emulator's is one; the backend's
  * description says whether it is in use); elsewhere the mma.sync kernel. Tails of the 128-row
  * blocks and 64-key tiles, cross-attention's 77 keys, causal masking, per-sample K/V rows, both
  * 16-bit dtypes; head dim 160 stays on the mma.sync kernel. Each call runs twice for the same
