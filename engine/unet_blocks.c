@@ -204,7 +204,8 @@ loco_status unet_temb_projections(const unet_run *r, loco_tensor *buf, loco_tens
         for (int i = 0; i < n; i++) total += t.width[i];
         s = loco_tensor_alloc_act(r->be, 1, (int64_t[]){B * total}, buf, err);
     }
-    for (int i = 0, off = 0; !s && i < n; off += (int)(B * t.width[i]), i++) {
+    int64_t off = 0;
+    for (int i = 0; !s && i < n; off += B * t.width[i], i++) {
         s = loco_tensor_view(buf, off, 2, (int64_t[]){B, t.width[i]}, &views[i], err);
         ys[i] = &views[i];
     }

@@ -1,11 +1,11 @@
 /* linear_many.cu: loco_linear_many on the GPU, for a few rows: many linear layers of one small
  * input in one kernel.
  *
- * Why: a UNet call projects SiLU(temb) [B, 1280] once per ResNet block (23 in SD 1.5, from 320
- * to 1280 outputs each). As cuBLASLt GEMMs of B = 16 rows these took 19 us each on an H200,
- * 0.43 ms of a 36.6 ms batch-8 call (session 6 profile), bound by launches and by tiles
- * mostly empty; the weights of all 23 (55 MB in f16) stream through at the memory's speed in
- * about a third of that.
+ * Why: a UNet call projects SiLU(temb) [B, 1280] once per ResNet block (22 in SD 1.5, from 320
+ * to 1280 outputs each), 22 cuBLASLt GEMMs of B = 16 rows bound by launches and mostly empty
+ * tiles. On an H200 (run 6, op_bench's unet_temb_b16 row) the 22 GEMMs took 0.167 ms, this
+ * kernel 0.088 ms: 0.6 TB/s of the weights (52 MB in f16), still far from the memory's speed
+ * (more rows of w in flight per warp is the next step).
  *
  * Layout: x is staged once per block in shared memory; one warp computes one output feature o
  * of one layer for every row: each lane takes 16-byte vectors of w's row o (read once, from
