@@ -119,7 +119,8 @@ template <class... P> launcher<P...> launch(dim3 grid, dim3 block, size_t smem, 
 } /* namespace emu */
 
 /* The kernels' dynamic shared memory (`extern __shared__ T name[]`): one array per name, sized
- * for the emulated device's opt-in limit. A kernel that declares a new name needs it here. */
+ * for the emulated device's opt-in limit. A kernel that declares a new name needs it here, and
+ * in emu_ptx.cc's smem_arrays (which poisons them at every block's start). */
 #define EMU_SMEM_OPTIN 166912
 alignas(128) inline thread_local unsigned char fa_smem[EMU_SMEM_OPTIN];
 alignas(128) inline thread_local unsigned char faw_smem[EMU_SMEM_OPTIN];

@@ -14,24 +14,26 @@ struct smem_array {
     unsigned char *p;
     size_t n;
 };
-static void smem_arrays(smem_array out[6]) {
+#define EMU_SMEM_ARRAYS 7
+static void smem_arrays(smem_array out[EMU_SMEM_ARRAYS]) {
     out[0] = {fa_smem, sizeof fa_smem};
     out[1] = {faw_smem, sizeof faw_smem};
     out[2] = {wg_smem, sizeof wg_smem};
     out[3] = {ig_dsmem, sizeof ig_dsmem};
     out[4] = {(unsigned char *)t32_smem, sizeof t32_smem};
     out[5] = {(unsigned char *)ln_smem, sizeof ln_smem};
+    out[6] = {(unsigned char *)lm_smem, sizeof lm_smem};
 }
 
 /* The block's bytes and a canary past them: NaN bytes (0xff). */
 void smem_poison(size_t bytes) {
-    smem_array a[6];
+    smem_array a[EMU_SMEM_ARRAYS];
     smem_arrays(a);
     for (const smem_array &x : a) memset(x.p, 0xff, std::min(bytes + EMU_SMEM_CANARY, x.n));
 }
 
 void smem_check_tail(size_t bytes) {
-    smem_array a[6];
+    smem_array a[EMU_SMEM_ARRAYS];
     smem_arrays(a);
     for (const smem_array &x : a)
         for (size_t i = bytes; i < std::min(bytes + EMU_SMEM_CANARY, x.n); i++)
