@@ -130,6 +130,13 @@ $(BUILD)/tests/emu/%: tests/unit/%.c $(TEST_HDR) $(SRV_OBJ) $(BUILD)/libloco_emu
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Itests/unit -o $@ $< $(SRV_OBJ) $(BUILD)/libloco_emu.a $(LDLIBS) -lstdc++
 
+# bench/gpu/op_bench on the emulator: tests/test_op_bench_emu.py runs it on a few small rows
+$(BUILD)/emu/bench/gpu/op_bench: bench/gpu/op_bench.c $(BUILD)/libloco_emu.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libloco_emu.a $(LDLIBS) -lstdc++
+
+all: $(if $(EMU_ON),$(BUILD)/emu/bench/gpu/op_bench)
+
 $(BUILD)/bench/%: bench/%.c $(BUILD)/libloco.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libloco.a $(CUDA_LIBS) $(LDLIBS)

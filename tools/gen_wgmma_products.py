@@ -11,6 +11,8 @@ from pathlib import Path
 OUT = Path(__file__).resolve().parent.parent / "kernels" / "cuda" / "attention_wgmma_products.cuh"
 TYPES = (("__half", "f16"), ("__nv_bfloat16", "bf16"))
 HEAD_DIMS = (40, 64, 80)
+# keys per K/V tile (S = Q K^T is 64 x KEYS per warpgroup): 64, and 128 (LOCO_CUDA_FLASH=wgmma128)
+KEY_TILES = (64, 128)
 # O += P V is D + 8 wide: the head dims, then 8 columns of ones in V that make the row sums of P
 PV_WIDTHS = tuple(d + 8 for d in HEAD_DIMS)
 EMU_KIND = {"f16": "B16_F16", "bf16": "B16_BF16"}  # the tests' CPU emulator (tests/emu/emu_wgmma.cc)
@@ -25,16 +27,18 @@ def outs(n, name):
     return ",\n                   ".join(", ".join(items[i:i + 8]) for i in range(0, n, 8))
 
 
-def qk(ctype, ptx):
-    return f"""template <> __device__ __forceinline__ void faw_qk<{ctype}>(float (&s)[32], uint64_t da, uint64_t db) {{
+def qk(ctype, ptx, n):
+    na = n // 2
+    return f"""template <>
+__device__ __forceinline__ void faw_qk<{ctype}, {n}>(float (&s)[{na}], uint64_t da, uint64_t db) {{
 #if defined(LOCO_CUDA_EMU)
-    emu::wgmma_ss(s, 64, da, db, 0, emu::{EMU_KIND[ptx]});
+    emu::wgmma_ss(s, {n}, da, db, 0, emu::{EMU_KIND[ptx]});
 #elif WG_DEVICE_OK
-    asm volatile("{{\\n.reg .pred p;\\nsetp.ne.b32 p, %34, 0;\\n"
-                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.{ptx}.{ptx} "
-                 "{{{regs(32)}}}, "
-                 "%32, %33, p, 1, 1, 0, 0;\\n}}\\n"
-                 : {outs(32, "s")}
+    asm volatile("{{\\n.reg .pred p;\\nsetp.ne.b32 p, %{na + 2}, 0;\\n"
+                 "wgmma.mma_async.sync.aligned.m64n{n}k16.f32.{ptx}.{ptx} "
+                 "{{{regs(na)}}}, "
+                 "%{na}, %{na + 1}, p, 1, 1, 0, 0;\\n}}\\n"
+                 : {outs(na, "s")}
                  : "l"(da), "l"(db), "r"(1));
 #else
     (void)s, (void)da, (void)db;
@@ -74,12 +78,13 @@ def main():
         "",
         '#include "wgmma.cuh"',
         "",
-        "/* s (a warpgroup's 64 x 64 scores) += A (64 x 16, descriptor) . B (16 x 64, descriptor), both",
-        " * K-major (no transpose). */",
-        "template <typename T> __device__ __forceinline__ void faw_qk(float (&s)[32], uint64_t da, uint64_t db);",
+        "/* s (a warpgroup's 64 x N scores) += A (64 x 16, descriptor) . B (16 x N, descriptor), both",
+        " * K-major (no transpose); N = the keys of a tile. */",
+        "template <typename T, int N>",
+        "__device__ __forceinline__ void faw_qk(float (&s)[N / 2], uint64_t da, uint64_t db);",
         "",
     ]
-    parts += [qk(c, p) for c, p in TYPES]
+    parts += [qk(c, p, n) for n in KEY_TILES for c, p in TYPES]
     parts += [
         "/* o (64 x N) += P (64 x 16 keys: mma.sync's A fragment in each warp's registers) . V (16 keys x N,",
         " * descriptor, MN-major: imm-trans-b 1); N = head dim + 8 (the row-sum columns). */",

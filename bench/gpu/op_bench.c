@@ -8,13 +8,14 @@
  * routes the default picks between can be compared on the same GPU ("name@implicit" and
  * "name@im2col" rows; for batches of 4 or more also "name@im2col_32m" and "name@im2col_96m",
  * im2col in LOCO_CUDA_IM2COL_KB chunks of 32 and 96 MiB, and "name@im2col_overlap", fills on a
- * side stream beside the GEMMs, LOCO_CUDA_IM2COL_OVERLAP=1), and f16 ones on the implicit route
+ * side stream beside the GEMMs, LOCO_CUDA_IM2COL_OVERLAP=1), on the row-tap route ("name@rows",
+ * LOCO_CUDA_CONV=rows, and "name@rows_overlap" with its fills on the side stream), and f16 ones on the implicit route
  * without its row-gather kernel (LOCO_CUDA_IGEMM_ROWS=0: "name@implicit_generic"). Attention
  * shapes whose head dim has both flash-attention block heights (40, 64, 80) are also timed with
  * LOCO_CUDA_FLASH=64 and =128 ("name@fa64", "name@fa128"), with each variant of the 128-row kernel
  * forced (LOCO_CUDA_FLASH=classic, =stages3 and =ilp3: "name@fa_classic", "name@fa_stages3",
  * "name@fa_ilp3"), and, in the --wgmma run, with the
- * experimental Hopper kernel ("name@fa_wgmma"). resconv rows (a ResNet block's
+ * experimental Hopper kernel ("name@fa_wgmma", and "name@fa_wgmma128" with 128-key tiles). resconv rows (a ResNet block's
  * GroupNorm+SiLU, conv, residual add) time loco_conv2d_fused and the three separate ops
  * ("name@unfused"). selfattn rows (a transformer block's q, k, v projections and attention)
  * time the stacked projection with packed attention and the three projections apart
@@ -325,6 +326,28 @@ static loco_backend *cuda_backend(void) {
     return be;
 }
 
+/* A backend created with some variables set ("VAR=value", at most 3), which it reads once. */
+typedef struct forced_backend {
+    const char *suffix; /* the rows' name suffix, "@route" */
+    const char *env[3];
+    loco_backend *be;
+} forced_backend;
+
+static loco_backend *forced_backend_create(const char *const env[3]) {
+    char var[64];
+    for (int i = 0; i < 3 && env[i]; i++) {
+        const char *eq = strchr(env[i], '=');
+        snprintf(var, sizeof var, "%.*s", (int)(eq - env[i]), env[i]);
+        setenv(var, eq + 1, 1);
+    }
+    loco_backend *be = cuda_backend();
+    for (int i = 0; i < 3 && env[i]; i++) {
+        snprintf(var, sizeof var, "%.*s", (int)(strchr(env[i], '=') - env[i]), env[i]);
+        unsetenv(var);
+    }
+    return be;
+}
+
 /* One op line of ops.txt into op; 0 for comments and blank lines. */
 static int parse_op(char *line, bench_op *op) {
     memset(op, 0, sizeof *op);
@@ -355,13 +378,14 @@ static int wgmma_rows(const char *path, int reps) {
         fprintf(stderr, "op_bench: cannot open %s\n", path);
         return 2;
     }
-    /* conv_wgmma.cu and attention_wgmma.cu where they apply, the automatic routes elsewhere */
-    setenv("LOCO_CUDA_CONV", "wgmma", 1);
-    setenv("LOCO_CUDA_FLASH", "wgmma", 1);
-    loco_backend *be = cuda_backend();
-    unsetenv("LOCO_CUDA_CONV");
-    unsetenv("LOCO_CUDA_FLASH");
-    if (!be) {
+    /* conv_wgmma.cu and attention_wgmma.cu where they apply, the automatic routes elsewhere; the
+     * attention again with 128-key tiles */
+    static const char *const wgmma_env[3] = {"LOCO_CUDA_CONV=wgmma", "LOCO_CUDA_FLASH=wgmma", NULL};
+    static const char *const wgmma128_env[3] = {"LOCO_CUDA_FLASH=wgmma128", NULL, NULL};
+    loco_backend *be = forced_backend_create(wgmma_env);
+    loco_backend *be128 = be ? forced_backend_create(wgmma128_env) : NULL;
+    if (!be || !be128) {
+        loco_backend_destroy(be);
         fclose(f);
         return 2;
     }
@@ -374,7 +398,9 @@ static int wgmma_rows(const char *path, int reps) {
         if (!strcmp(op.kind, "conv") && op.a[5] > 1 && time_op(be, &op, reps, "@wgmma") != 0) failures++;
         const long d = !strcmp(op.kind, "attn") ? op.a[4] : !strcmp(op.kind, "selfattn") ? op.a[2] / op.a[3] : 0;
         if ((d == 40 || d == 64 || d == 80) && time_op(be, &op, reps, "@fa_wgmma") != 0) failures++;
+        if ((d == 40 || d == 64 || d == 80) && time_op(be128, &op, reps, "@fa_wgmma128") != 0) failures++;
     }
+    loco_backend_destroy(be128);
     fclose(f);
     loco_backend_destroy(be);
     return failures ? 1 : 0;
@@ -393,61 +419,59 @@ int main(int argc, char **argv) {
         fclose(f);
         return wgmma_rows(path, reps);
     }
+    /* the backends rows are also timed on: a forced route or variant each, from its environment
+     * (read once, when a backend is created) */
+    enum { IMPLICIT, GENERIC, IM2COL, IM2COL_32M, IM2COL_96M, IM2COL_OV, ROWS, ROWS_OV, TUNED, FA64, FA128, CLASSIC,
+           STAGES3, ILP3, N_FORCED };
+    forced_backend forced[N_FORCED] = {
+        [IMPLICIT] = {"@implicit", {"LOCO_CUDA_CONV=implicit"}, NULL},
+        [GENERIC] = {"@implicit_generic", {"LOCO_CUDA_CONV=implicit", "LOCO_CUDA_IGEMM_ROWS=0"}, NULL},
+        [IM2COL] = {"@im2col", {"LOCO_CUDA_CONV=im2col"}, NULL},
+        /* im2col chunks that stay in L2 (H100/H200: 50 MB) or about twice that, against the
+         * default 256 MiB: whether the GEMM reading a cached buffer beats fewer, larger GEMMs */
+        [IM2COL_32M] = {"@im2col_32m", {"LOCO_CUDA_CONV=im2col", "LOCO_CUDA_IM2COL_KB=32768"}, NULL},
+        [IM2COL_96M] = {"@im2col_96m", {"LOCO_CUDA_CONV=im2col", "LOCO_CUDA_IM2COL_KB=98304"}, NULL},
+        [IM2COL_OV] = {"@im2col_overlap", {"LOCO_CUDA_CONV=im2col", "LOCO_CUDA_IM2COL_OVERLAP=1"}, NULL},
+        [ROWS] = {"@rows", {"LOCO_CUDA_CONV=rows"}, NULL},
+        [ROWS_OV] = {"@rows_overlap", {"LOCO_CUDA_CONV=rows", "LOCO_CUDA_IM2COL_OVERLAP=1"}, NULL},
+        [TUNED] = {"@tuned", {"LOCO_CUDA_GEMM_TUNE=1"}, NULL}, /* cuBLASLt's top candidates timed per shape */
+        [FA64] = {"@fa64", {"LOCO_CUDA_FLASH=64"}, NULL},
+        [FA128] = {"@fa128", {"LOCO_CUDA_FLASH=128"}, NULL},
+        [CLASSIC] = {"@fa_classic", {"LOCO_CUDA_FLASH=classic"}, NULL},
+        [STAGES3] = {"@fa_stages3", {"LOCO_CUDA_FLASH=stages3"}, NULL},
+        [ILP3] = {"@fa_ilp3", {"LOCO_CUDA_FLASH=ilp3"}, NULL},
+    };
     loco_backend *be = cuda_backend();
-    setenv("LOCO_CUDA_CONV", "implicit", 1); /* read once, when a backend is created */
-    loco_backend *be_implicit = be ? cuda_backend() : NULL;
-    setenv("LOCO_CUDA_IGEMM_ROWS", "0", 1);
-    loco_backend *be_generic = be_implicit ? cuda_backend() : NULL;
-    unsetenv("LOCO_CUDA_IGEMM_ROWS");
-    setenv("LOCO_CUDA_CONV", "im2col", 1);
-    loco_backend *be_im2col = be_generic ? cuda_backend() : NULL;
-    /* im2col chunks that stay in L2 (H100/H200: 50 MB) or about twice that, against the
-     * default 256 MiB: whether the GEMM reading a cached buffer beats fewer, larger GEMMs */
-    setenv("LOCO_CUDA_IM2COL_KB", "32768", 1);
-    loco_backend *be_im2col_32m = be_im2col ? cuda_backend() : NULL;
-    setenv("LOCO_CUDA_IM2COL_KB", "98304", 1);
-    loco_backend *be_im2col_96m = be_im2col_32m ? cuda_backend() : NULL;
-    unsetenv("LOCO_CUDA_IM2COL_KB");
-    setenv("LOCO_CUDA_IM2COL_OVERLAP", "1", 1); /* fills on a side stream beside the GEMMs, im2col forced */
-    loco_backend *be_im2col_ov = be_im2col_96m ? cuda_backend() : NULL;
-    unsetenv("LOCO_CUDA_IM2COL_OVERLAP");
-    unsetenv("LOCO_CUDA_CONV");
-    setenv("LOCO_CUDA_GEMM_TUNE", "1", 1); /* cuBLASLt's top candidates timed per GEMM shape */
-    loco_backend *be_tuned = be_im2col_ov ? cuda_backend() : NULL;
-    unsetenv("LOCO_CUDA_GEMM_TUNE");
-    setenv("LOCO_CUDA_FLASH", "64", 1);
-    loco_backend *be_fa64 = be_tuned ? cuda_backend() : NULL;
-    setenv("LOCO_CUDA_FLASH", "128", 1);
-    loco_backend *be_fa128 = be_fa64 ? cuda_backend() : NULL;
-    setenv("LOCO_CUDA_FLASH", "classic", 1);
-    loco_backend *be_classic = be_fa128 ? cuda_backend() : NULL;
-    setenv("LOCO_CUDA_FLASH", "stages3", 1);
-    loco_backend *be_stages3 = be_classic ? cuda_backend() : NULL;
-    setenv("LOCO_CUDA_FLASH", "ilp3", 1);
-    loco_backend *be_ilp3 = be_stages3 ? cuda_backend() : NULL;
-    unsetenv("LOCO_CUDA_FLASH");
-    if (!be || !be_implicit || !be_generic || !be_im2col || !be_im2col_32m || !be_im2col_96m || !be_im2col_ov ||
-        !be_tuned || !be_fa64 || !be_fa128 || !be_classic || !be_stages3 || !be_ilp3)
+    int ok = be != NULL;
+    for (int i = 0; i < N_FORCED && ok; i++) ok = (forced[i].be = forced_backend_create(forced[i].env)) != NULL;
+    if (!ok) {
+        for (int i = 0; i < N_FORCED; i++) loco_backend_destroy(forced[i].be);
+        loco_backend_destroy(be);
+        fclose(f);
         return 2;
+    }
     fprintf(stderr, "op_bench on %s\n", loco_backend_describe(be));
     char line[512];
     int failures = 0;
     bench_op op;
+#define TIME_ON(i) (time_op(forced[i].be, &op, reps, forced[i].suffix) != 0 ? failures++ : 0)
     while (fgets(line, sizeof line, f)) {
         if (!parse_op(line, &op)) continue;
         if (time_op(be, &op, reps, "") != 0) failures++;
         if ((!strcmp(op.kind, "conv") || !strcmp(op.kind, "conv32")) && op.a[5] > 1) {
-            if (time_op(be_implicit, &op, reps, "@implicit") != 0) failures++;
-            if (!strcmp(op.kind, "conv") && time_op(be_generic, &op, reps, "@implicit_generic") != 0) failures++;
-            if (time_op(be_im2col, &op, reps, "@im2col") != 0) failures++;
+            TIME_ON(IMPLICIT);
+            if (!strcmp(op.kind, "conv")) TIME_ON(GENERIC);
+            TIME_ON(IM2COL);
+            TIME_ON(ROWS);
+            TIME_ON(ROWS_OV);
             if (op.a[0] >= 4) { /* batches whose default chunk holds several samples */
-                if (time_op(be_im2col_32m, &op, reps, "@im2col_32m") != 0) failures++;
-                if (time_op(be_im2col_96m, &op, reps, "@im2col_96m") != 0) failures++;
-                if (time_op(be_im2col_ov, &op, reps, "@im2col_overlap") != 0) failures++;
-                if (time_op(be_tuned, &op, reps, "@tuned") != 0) failures++;
+                TIME_ON(IM2COL_32M);
+                TIME_ON(IM2COL_96M);
+                TIME_ON(IM2COL_OV);
+                TIME_ON(TUNED);
             }
         }
-        if (!strcmp(op.kind, "linear") && time_op(be_tuned, &op, reps, "@tuned") != 0) failures++;
+        if (!strcmp(op.kind, "linear")) TIME_ON(TUNED);
         if (!strcmp(op.kind, "resconv")) {
             op.unfused = 1;
             if (time_op(be, &op, reps, "@unfused") != 0) failures++;
@@ -457,33 +481,23 @@ int main(int argc, char **argv) {
             if (time_op(be, &op, reps, "@unfused") != 0) failures++;
         }
         if (!strcmp(op.kind, "selfattn")) {
-            if (time_op(be_classic, &op, reps, "@fa_classic") != 0) failures++;
-            if (time_op(be_stages3, &op, reps, "@fa_stages3") != 0) failures++;
-            if (time_op(be_ilp3, &op, reps, "@fa_ilp3") != 0) failures++;
+            TIME_ON(CLASSIC);
+            TIME_ON(STAGES3);
+            TIME_ON(ILP3);
             op.unfused = 1;
             if (time_op(be, &op, reps, "@apart") != 0) failures++;
         }
         if (!strcmp(op.kind, "attn") && (op.a[4] == 40 || op.a[4] == 64 || op.a[4] == 80)) {
-            if (time_op(be_fa64, &op, reps, "@fa64") != 0) failures++;
-            if (time_op(be_fa128, &op, reps, "@fa128") != 0) failures++;
-            if (time_op(be_classic, &op, reps, "@fa_classic") != 0) failures++;
-            if (time_op(be_stages3, &op, reps, "@fa_stages3") != 0) failures++;
-            if (time_op(be_ilp3, &op, reps, "@fa_ilp3") != 0) failures++;
+            TIME_ON(FA64);
+            TIME_ON(FA128);
+            TIME_ON(CLASSIC);
+            TIME_ON(STAGES3);
+            TIME_ON(ILP3);
         }
     }
+#undef TIME_ON
     fclose(f);
-    loco_backend_destroy(be_ilp3);
-    loco_backend_destroy(be_stages3);
-    loco_backend_destroy(be_classic);
-    loco_backend_destroy(be_fa128);
-    loco_backend_destroy(be_fa64);
-    loco_backend_destroy(be_tuned);
-    loco_backend_destroy(be_im2col_ov);
-    loco_backend_destroy(be_im2col_96m);
-    loco_backend_destroy(be_im2col_32m);
-    loco_backend_destroy(be_im2col);
-    loco_backend_destroy(be_generic);
-    loco_backend_destroy(be_implicit);
+    for (int i = 0; i < N_FORCED; i++) loco_backend_destroy(forced[i].be);
     loco_backend_destroy(be);
     return failures ? 1 : 0;
 }

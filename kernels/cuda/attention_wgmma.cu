@@ -1,5 +1,7 @@
 /* attention_wgmma.cu: flash attention on Hopper's warpgroup MMA (wgmma, sm_90a). EXPERIMENTAL,
- * used only under LOCO_CUDA_FLASH=wgmma, for head dims 40, 64 and 80 in f16/bf16 (SD 1.x's
+ * used only under LOCO_CUDA_FLASH=wgmma (64-key tiles) or =wgmma128 (128-key tiles, session 7:
+ * half the softmax reductions and O rescales per key and m64n128 score products, for 187-214
+ * registers and one block per SM; not yet timed), for head dims 40, 64 and 80 in f16/bf16 (SD 1.x's
  * 40/80; SD 2.x, SD-XL and CLIP's 64). Correct on the H200 since run 5 and on the emulator
  * (tests/emu/emu_wgmma.cc) in every `make test`; its serial form of runs 5-6 ran at 0.72-0.95 of
  * the mma.sync kernel. Make it the default only after op_bench's "@fa_wgmma" rows show it faster.
@@ -10,13 +12,13 @@
  * tile's products cost a handful of instructions instead of about a hundred per warp.
  *
  * Same algorithm and arguments as attention.cu (flash_params.h): 128 query rows per block, two
- * warpgroups of 64; 64-key K/V tiles through shared memory with cp.async in three stages (the
+ * warpgroups of 64; K/V tiles of BC keys through shared memory with cp.async in three stages (the
  * tile whose V is in use, the next one whose K is in use, the one after loading); online
  * softmax in fp32 in base 2; per-sample K/V rows (the kv table); causal masking. The next tile's
  * S = Q K^T is issued before this tile's softmax and runs on the tensor cores meanwhile, the
  * overlap within a warpgroup of FlashAttention-3 (session 6, after run 6: not yet timed; the ncu
  * reading of the serial form had the tensor pipe 28 % busy).
- *   S = Q K^T   m64n64k16, A = Q and B = K from shared memory, both K-major (each row's head
+ *   S = Q K^T   m64nBCk16, A = Q and B = K from shared memory, both K-major (each row's head
  *               dims contiguous, as stored): conv_wgmma.cu's layout; self-test "kmajor_k48".
  *   O += P V    m64n(D+8)k16, A = P from registers (S's accumulators per warp are in mma.sync's
  *               layout, so P packs into its A fragments as in attention.cu; self-test "regs_a"),
@@ -28,8 +30,8 @@
  *
  * Shared memory (no swizzle; core matrices of 8 rows x 16 bytes; chunk c = elements 8c..8c+7):
  *   Q [128][DK]  chunk (row, c) at (row / 8) SBO_QK + c 128 + (row % 8) 16
- *   K [64][DK]   chunk (key, c) at (key / 8) SBO_QK + c 128 + (key % 8) 16
- *   V [64][D+8]  chunk (key, c) at (key / 8) 128 + c 1024 + (key % 8) 16; chunk D / 8 is all ones
+ *   K [BC][DK]   chunk (key, c) at (key / 8) SBO_QK + c 128 + (key % 8) 16
+ *   V [BC][D+8]  chunk (key, c) at (key / 8) 128 + c BC 16 + (key % 8) 16; chunk D / 8 is all ones
  *                (written once), so O's last 8 columns are P's row sums
  * DK is D rounded up to 16 (Q K^T's k-steps); Q's and K's chunks from D on are zeros (cp.async
  * with no source bytes), as are the rows of K and V past the keys. A k16 step of Q K^T starts
@@ -46,17 +48,22 @@
 __device__ const int faw_image_ok = WG_DEVICE_OK;
 
 #define FAW_THREADS 256
-#define FAW_BR 128 /* query rows per block: two warpgroups of 64 */
-#define FAW_BC 64  /* keys per tile */
-#define FAW_DK(D) (((D) + 15) / 16 * 16)
-#define FAW_SBO_QK(D) (FAW_DK(D) / 8 * 128) /* bytes per 8 rows of Q or K */
-#define FAW_Q_BYTES(D) (FAW_BR / 8 * FAW_SBO_QK(D))
-#define FAW_K_BYTES(D) (FAW_BC / 8 * FAW_SBO_QK(D))
-#define FAW_V_KSTEP 128                        /* between groups of 8 keys */
-#define FAW_V_NSTEP (FAW_BC / 8 * FAW_V_KSTEP) /* 1024: between groups of 8 head dims */
-#define FAW_V_BYTES(D) ((D) / 8 * FAW_V_NSTEP + FAW_V_NSTEP) /* the head dims, then the ones group */
-#define FAW_STAGES 3 /* K/V tiles in shared memory: this one (V), the next (K), the one after (loading) */
-#define FAW_SMEM(D) (FAW_Q_BYTES(D) + FAW_STAGES * (FAW_K_BYTES(D) + FAW_V_BYTES(D)))
+#define FAW_BR 128     /* query rows per block: two warpgroups of 64 */
+#define FAW_V_KSTEP 128 /* V: bytes between groups of 8 keys */
+#define FAW_STAGES 3   /* K/V tiles in shared memory: this one (V), the next (K), the one after (loading) */
+
+/* The shared-memory geometry of head dim D with BC keys per K/V tile (64, or 128 under
+ * LOCO_CUDA_FLASH=wgmma128: half the softmax reductions and O rescales per key, and m64n128
+ * products, for twice the score registers; not yet timed). */
+template <int D, int BC> struct faw_geom {
+    static constexpr int DK = (D + 15) / 16 * 16;
+    static constexpr int SBO_QK = DK / 8 * 128; /* bytes per 8 rows of Q or K */
+    static constexpr int Q_BYTES = FAW_BR / 8 * SBO_QK;
+    static constexpr int K_BYTES = BC / 8 * SBO_QK;
+    static constexpr int V_NSTEP = BC / 8 * FAW_V_KSTEP; /* between groups of 8 head dims */
+    static constexpr int V_BYTES = D / 8 * V_NSTEP + V_NSTEP; /* the head dims, then the ones group */
+    static constexpr int SMEM = Q_BYTES + FAW_STAGES * (K_BYTES + V_BYTES);
+};
 
 /* An accumulator array [tiles][4] as the flat register list a wgmma names (the same floats). */
 template <int N> __device__ __forceinline__ float (&faw_flat(float (&a)[N][4]))[N * 4] {
@@ -65,8 +72,8 @@ template <int N> __device__ __forceinline__ float (&faw_flat(float (&a)[N][4]))[
 
 /* The descriptor of a V stage (its first 16 keys): MN-major, LBO the step along K (keys), SBO
  * along N (head dims). */
-__device__ __forceinline__ uint64_t faw_v_desc(const unsigned char *sv) {
-    return wg_desc(sv, FAW_V_KSTEP, FAW_V_NSTEP);
+template <int BC> __device__ __forceinline__ uint64_t faw_v_desc(const unsigned char *sv) {
+    return wg_desc(sv, FAW_V_KSTEP, BC / 8 * FAW_V_KSTEP);
 }
 
 /* A descriptor moved `bytes` further into shared memory: the start address is the low field, in
@@ -82,38 +89,40 @@ __device__ __forceinline__ uint64_t faw_desc_at(uint64_t desc, uint32_t bytes) {
  * no chunk in that round. Offsets inside a tile fit in 32 bits (64 rows of heads * D elements,
  * host-checked). */
 #define FAW_ZERO_ROW 0x7fffffff
-template <int D> struct faw_tile_map {
-    static constexpr int CK = FAW_DK(D) / 8, CV = D / 8;
-    static constexpr int NK = (FAW_BC * CK + FAW_THREADS - 1) / FAW_THREADS;
-    static constexpr int NV = (FAW_BC * CV + FAW_THREADS - 1) / FAW_THREADS;
+template <int D, int BC> struct faw_tile_map {
+    typedef faw_geom<D, BC> G;
+    static constexpr int CK = G::DK / 8, CV = D / 8;
+    static constexpr int NK = (BC * CK + FAW_THREADS - 1) / FAW_THREADS;
+    static constexpr int NV = (BC * CV + FAW_THREADS - 1) / FAW_THREADS;
     int k_dst[NK], k_src[NK], k_row[NK];
     int v_dst[NV], v_src[NV], v_row[NV];
 };
 
-template <int D> __device__ __forceinline__ void faw_map_init(faw_tile_map<D> &m, int rs, int tid) {
-    typedef faw_tile_map<D> M;
+template <int D, int BC> __device__ __forceinline__ void faw_map_init(faw_tile_map<D, BC> &m, int rs, int tid) {
+    typedef faw_tile_map<D, BC> M;
+    typedef faw_geom<D, BC> G;
 #pragma unroll
     for (int it = 0; it < M::NK; it++) {
         const int i = tid + it * FAW_THREADS, r = i / M::CK, c = i - r * M::CK;
-        m.k_dst[it] = (r >> 3) * FAW_SBO_QK(D) + c * 128 + (r & 7) * 16;
+        m.k_dst[it] = (r >> 3) * G::SBO_QK + c * 128 + (r & 7) * 16;
         m.k_src[it] = r * rs + c * 8;
-        m.k_row[it] = i >= FAW_BC * M::CK ? -1 : c < M::CV ? r : FAW_ZERO_ROW;
+        m.k_row[it] = i >= BC * M::CK ? -1 : c < M::CV ? r : FAW_ZERO_ROW;
     }
 #pragma unroll
     for (int it = 0; it < M::NV; it++) {
         const int i = tid + it * FAW_THREADS, r = i / M::CV, c = i - r * M::CV;
-        m.v_dst[it] = (r >> 3) * FAW_V_KSTEP + c * FAW_V_NSTEP + (r & 7) * 16;
+        m.v_dst[it] = (r >> 3) * FAW_V_KSTEP + c * G::V_NSTEP + (r & 7) * 16;
         m.v_src[it] = r * rs + c * 8;
-        m.v_row[it] = i >= FAW_BC * M::CV ? -1 : r;
+        m.v_row[it] = i >= BC * M::CV ? -1 : r;
     }
 }
 
 /* One K/V tile into a stage: kg/vg point at its first key's row; chunks of keys from nkeys on
  * become zeros. */
-template <typename T, int D>
+template <typename T, int D, int BC>
 __device__ __forceinline__ void faw_load_kv(unsigned char *sk, unsigned char *sv, const T *kg, const T *vg, int nkeys,
-                                            const faw_tile_map<D> &m) {
-    typedef faw_tile_map<D> M;
+                                            const faw_tile_map<D, BC> &m) {
+    typedef faw_tile_map<D, BC> M;
 #pragma unroll
     for (int it = 0; it < M::NK; it++) {
         if (m.k_row[it] < 0) continue;
@@ -128,29 +137,31 @@ __device__ __forceinline__ void faw_load_kv(unsigned char *sk, unsigned char *sv
     }
 }
 
-/* s = Q K^T for a warpgroup's 64 rows and a tile's 64 keys: NKS k16 steps, issued (the caller
+/* s = Q K^T for a warpgroup's 64 rows and a tile's BC keys: NKS k16 steps, issued (the caller
  * commits and waits). */
-template <typename T, int NKS> __device__ __forceinline__ void faw_scores(float (&s)[32], uint64_t dq, uint64_t dk) {
+template <typename T, int NKS, int BC>
+__device__ __forceinline__ void faw_scores(float (&s)[BC / 2], uint64_t dq, uint64_t dk) {
 #pragma unroll
-    for (int i = 0; i < 32; i++) s[i] = 0.0f;
+    for (int i = 0; i < BC / 2; i++) s[i] = 0.0f;
     wg_fence_acc(s);
     wg_fence();
 #pragma unroll
-    for (int ks = 0; ks < NKS; ks++) faw_qk<T>(s, faw_desc_at(dq, ks * 256), faw_desc_at(dk, ks * 256));
+    for (int ks = 0; ks < NKS; ks++) faw_qk<T, BC>(s, faw_desc_at(dq, ks * 256), faw_desc_at(dk, ks * 256));
 }
 
 /* Warp w (of 8) owns query rows q0 + 16 w + g and + 8 (g = lane / 4): the rows of its
  * warpgroup's accumulators that wgmma gives it. */
-template <typename T, int D>
+template <typename T, int D, int BC>
 __global__ void __launch_bounds__(FAW_THREADS) faw_kernel(const fa_params p) {
 #if !WG_DEVICE_OK
     __trap();
 #else
-    constexpr int DK = FAW_DK(D), NKS = DK / 16, CK = DK / 8, CV = D / 8, NDT = D / 8;
+    typedef faw_geom<D, BC> G;
+    constexpr int DK = G::DK, NKS = DK / 16, CK = DK / 8, CV = D / 8, NDT = D / 8, NST = BC / 8;
     extern __shared__ __align__(128) unsigned char faw_smem[];
     unsigned char *const sq = faw_smem;
-    unsigned char *const sk = sq + FAW_Q_BYTES(D);                /* [FAW_STAGES][FAW_K_BYTES] */
-    unsigned char *const sv = sk + FAW_STAGES * FAW_K_BYTES(D);   /* [FAW_STAGES][FAW_V_BYTES] */
+    unsigned char *const sk = sq + G::Q_BYTES;              /* [FAW_STAGES][G::K_BYTES] */
+    unsigned char *const sv = sk + FAW_STAGES * G::K_BYTES; /* [FAW_STAGES][G::V_BYTES] */
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wg = warp >> 2;
     const int q0 = blockIdx.x * FAW_BR, h = blockIdx.y;
     const int64_t b = (int64_t)p.b0 + blockIdx.z, kb = p.kv[blockIdx.z];
@@ -161,7 +172,7 @@ __global__ void __launch_bounds__(FAW_THREADS) faw_kernel(const fa_params p) {
     for (int i = tid; i < FAW_BR * CK; i += FAW_THREADS) {
         const int r = i / CK, c = i - r * CK, qr = q0 + r;
         const bool ok = qr < p.lq && c < CV;
-        cp_async16(sq + (r >> 3) * FAW_SBO_QK(D) + c * 128 + (r & 7) * 16, qg + (ok ? (int64_t)qr * p.rs + c * 8 : 0),
+        cp_async16(sq + (r >> 3) * G::SBO_QK + c * 128 + (r & 7) * 16, qg + (ok ? (int64_t)qr * p.rs + c * 8 : 0),
                    ok ? 16 : 0);
     }
     int kend = p.lk;
@@ -169,25 +180,24 @@ __global__ void __launch_bounds__(FAW_THREADS) faw_kernel(const fa_params p) {
         const int last_q = (q0 + FAW_BR < p.lq ? q0 + FAW_BR : p.lq) - 1;
         if (last_q + 1 < kend) kend = last_q + 1;
     }
-    const int ntiles = (kend + FAW_BC - 1) / FAW_BC;
-    faw_tile_map<D> map;
-    faw_map_init<D>(map, (int)p.rs, tid);
-    if (ntiles > 0) faw_load_kv<T, D>(sk, sv, kg, vg, p.lk, map);
+    const int ntiles = (kend + BC - 1) / BC;
+    faw_tile_map<D, BC> map;
+    faw_map_init<D, BC>(map, (int)p.rs, tid);
+    if (ntiles > 0) faw_load_kv<T, D, BC>(sk, sv, kg, vg, p.lk, map);
     cp_async_commit(); /* group 0: Q and K/V tile 0 */
     if (ntiles > 1)
-        faw_load_kv<T, D>(sk + FAW_K_BYTES(D), sv + FAW_V_BYTES(D), kg + FAW_BC * p.rs, vg + FAW_BC * p.rs,
-                          p.lk - FAW_BC, map);
+        faw_load_kv<T, D, BC>(sk + G::K_BYTES, sv + G::V_BYTES, kg + BC * p.rs, vg + BC * p.rs, p.lk - BC, map);
     cp_async_commit(); /* group 1: tile 1 (empty when there is none); tile t + 2 is group t + 2 */
     /* After V's head dims, one more group of 8 columns, all ones, in every stage and for every
      * key: O's last 8 columns then hold each row's sum of P, of P as rounded for the product,
      * and the epilogue divides by it (cp.async never writes there; the first barrier publishes
      * these stores). It replaces 32 adds per lane and tile and the final shuffles. */
-    for (int i = tid; i < FAW_STAGES * FAW_BC; i += FAW_THREADS) {
-        const int r = i % FAW_BC;
+    for (int i = tid; i < FAW_STAGES * BC; i += FAW_THREADS) {
+        const int r = i % BC;
         vec16<T> ones;
 #pragma unroll
         for (int e = 0; e < 8; e++) ones.v[e] = from_f32<T>(1.0f);
-        *(vec16<T> *)(sv + (i / FAW_BC) * FAW_V_BYTES(D) + (r >> 3) * FAW_V_KSTEP + CV * FAW_V_NSTEP + (r & 7) * 16) = ones;
+        *(vec16<T> *)(sv + (i / BC) * G::V_BYTES + (r >> 3) * FAW_V_KSTEP + CV * G::V_NSTEP + (r & 7) * 16) = ones;
     }
 
     /* accumulators as [8-wide tile][4]: the wgmma calls take them flat (faw_flat); o's tile NDT
@@ -200,19 +210,19 @@ __global__ void __launch_bounds__(FAW_THREADS) faw_kernel(const fa_params p) {
     const int row0 = q0 + warp * 16 + (lane >> 2);
     /* descriptors: this warpgroup's 64 rows of Q, and stage 0 of K and V (stage i is i fixed
      * distances further) */
-    const uint64_t dq = wg_desc(sq + wg * (64 / 8) * FAW_SBO_QK(D), 128, FAW_SBO_QK(D));
-    const uint64_t dk0 = wg_desc(sk, 128, FAW_SBO_QK(D)), dv0 = faw_v_desc(sv);
+    const uint64_t dq = wg_desc(sq + wg * (64 / 8) * G::SBO_QK, 128, G::SBO_QK);
+    const uint64_t dk0 = wg_desc(sk, 128, G::SBO_QK), dv0 = faw_v_desc<BC>(sv);
 
     /* S of this tile (s) and of the next (sn): the next tile's Q K^T runs on the tensor cores
      * while this tile's softmax runs on the other pipes (FA3's overlap within a warpgroup) */
-    float s[8][4], sn[8][4];
-    float(&sf)[32] = faw_flat(s);
-    float(&snf)[32] = faw_flat(sn);
+    float s[NST][4], sn[NST][4];
+    float(&sf)[BC / 2] = faw_flat(s);
+    float(&snf)[BC / 2] = faw_flat(sn);
     if (ntiles > 0) {
         cp_async_wait<1>(); /* Q and tile 0 */
         wg_fence_proxy();   /* cp.async's writes, seen by wgmma's async reads (after the barrier) */
         __syncthreads();
-        faw_scores<T, NKS>(sf, dq, dk0);
+        faw_scores<T, NKS, BC>(sf, dq, dk0);
         wg_commit();
         wg_wait_all();
         wg_fence_acc(sf);
@@ -224,26 +234,26 @@ __global__ void __launch_bounds__(FAW_THREADS) faw_kernel(const fa_params p) {
              * stage tile j + 2 takes; tile j + 1 is then the older of the two groups in flight */
             __syncthreads();
             if (j + 2 < ntiles) {
-                const int64_t next = (int64_t)(j + 2) * FAW_BC * p.rs;
+                const int64_t next = (int64_t)(j + 2) * BC * p.rs;
                 const int sn2 = (j + 2) % FAW_STAGES;
-                faw_load_kv<T, D>(sk + sn2 * FAW_K_BYTES(D), sv + sn2 * FAW_V_BYTES(D), kg + next, vg + next,
-                                  p.lk - (j + 2) * FAW_BC, map);
+                faw_load_kv<T, D, BC>(sk + sn2 * G::K_BYTES, sv + sn2 * G::V_BYTES, kg + next, vg + next,
+                                      p.lk - (j + 2) * BC, map);
             }
             cp_async_commit();
             cp_async_wait<1>();
             wg_fence_proxy();
             __syncthreads();
-            faw_scores<T, NKS>(snf, dq, faw_desc_at(dk0, (j + 1) % FAW_STAGES * FAW_K_BYTES(D)));
+            faw_scores<T, NKS, BC>(snf, dq, faw_desc_at(dk0, (j + 1) % FAW_STAGES * G::K_BYTES));
             wg_commit(); /* in flight through this tile's softmax */
         }
 
         /* mask the tile that crosses Lk and, causal, the tiles reaching past the block's first
          * row (uniform across the block, as in attention.cu); s[nt][e] is row g + 8 (e >> 1),
          * key 8 nt + 2 tq + (e & 1) of the tile */
-        const int key0 = j * FAW_BC;
-        if (key0 + FAW_BC > p.lk || (p.causal && key0 + FAW_BC - 1 > q0)) {
+        const int key0 = j * BC;
+        if (key0 + BC > p.lk || (p.causal && key0 + BC - 1 > q0)) {
 #pragma unroll
-            for (int nt = 0; nt < 8; nt++)
+            for (int nt = 0; nt < NST; nt++)
 #pragma unroll
                 for (int e = 0; e < 4; e++) {
                     const int key = key0 + nt * 8 + 2 * tq + (e & 1), row = row0 + (e < 2 ? 0 : 8);
@@ -254,28 +264,28 @@ __global__ void __launch_bounds__(FAW_THREADS) faw_kernel(const fa_params p) {
          * with it), then P into the A fragments of P V. (Exponentials two at a time in f16,
          * ex2.approx.f16x2, were tried: sm_90 has no packed MUFU.EX2, so it compiles to two
          * MUFU.EX2.F16 and a repack, more instructions than this.) */
-        const float2 nb = fa_softmax_max<8, NDT + 1>(s, o, mr, NULL, p.scale_log2);
+        const float2 nb = fa_softmax_max<NST, NDT + 1>(s, o, mr, NULL, p.scale_log2);
 #pragma unroll
-        for (int nt = 0; nt < 8; nt++) {
+        for (int nt = 0; nt < NST; nt++) {
             s[nt][0] = fast_exp2(fmaf(s[nt][0], p.scale_log2, nb.x));
             s[nt][1] = fast_exp2(fmaf(s[nt][1], p.scale_log2, nb.x));
             s[nt][2] = fast_exp2(fmaf(s[nt][2], p.scale_log2, nb.y));
             s[nt][3] = fast_exp2(fmaf(s[nt][3], p.scale_log2, nb.y));
         }
-        uint32_t pa[4][4];
-        fa_pack_p<T, 8>(s, pa);
+        uint32_t pa[NST / 2][4];
+        fa_pack_p<T, NST>(s, pa);
         float(&of)[D / 2 + 4] = faw_flat(o);
         wg_fence_acc(of);
         wg_fence(); /* o was rescaled by ordinary instructions */
-        const uint64_t dv = faw_desc_at(dv0, st * FAW_V_BYTES(D));
+        const uint64_t dv = faw_desc_at(dv0, st * G::V_BYTES);
 #pragma unroll
-        for (int kk = 0; kk < 4; kk++) faw_pv<T, D + 8>(of, pa[kk], faw_desc_at(dv, kk * 2 * FAW_V_KSTEP));
+        for (int kk = 0; kk < NST / 2; kk++) faw_pv<T, D + 8>(of, pa[kk], faw_desc_at(dv, kk * 2 * FAW_V_KSTEP));
         wg_commit();
         wg_wait_all(); /* the next tile's S and this tile's P V */
         wg_fence_acc(of);
         wg_fence_acc(snf);
 #pragma unroll
-        for (int i = 0; i < 32; i++) sf[i] = snf[i];
+        for (int i = 0; i < BC / 2; i++) sf[i] = snf[i];
     }
     cp_async_wait<0>();
 
@@ -299,8 +309,14 @@ __global__ void __launch_bounds__(FAW_THREADS) faw_kernel(const fa_params p) {
 
 /* ---- host ------------------------------------------------------------------------------------ */
 
-#define FAW_FOR_EACH(X) \
-    X(__half, 40) X(__half, 64) X(__half, 80) X(__nv_bfloat16, 40) X(__nv_bfloat16, 64) X(__nv_bfloat16, 80)
+#define FAW_FOR_EACH(X)                                                                                    \
+    X(__half, 40, 64) X(__half, 64, 64) X(__half, 80, 64) X(__nv_bfloat16, 40, 64) X(__nv_bfloat16, 64, 64)   \
+    X(__nv_bfloat16, 80, 64) X(__half, 40, 128) X(__half, 64, 128) X(__half, 80, 128) X(__nv_bfloat16, 40, 128) \
+    X(__nv_bfloat16, 64, 128) X(__nv_bfloat16, 80, 128)
+
+template <typename T> struct faw_dtype;
+template <> struct faw_dtype<__half> { static const loco_dtype value = LOCO_F16; };
+template <> struct faw_dtype<__nv_bfloat16> { static const loco_dtype value = LOCO_BF16; };
 
 int cuda_flash_wgmma_applies(const cuda_impl *c, loco_dtype dt, int64_t D) {
     return c->flash_wgmma && c->faw_ok && (dt == LOCO_F16 || dt == LOCO_BF16) && (D == 40 || D == 64 || D == 80);
@@ -313,9 +329,10 @@ loco_status cuda_flash_wgmma_setup(cuda_impl *c, loco_err *err) {
     if (!c->flash_wgmma || c->cc_major != 9 || c->cc_minor != 0) return LOCO_OK;
     int image_ok = 0;
     cudaError_t e = cudaMemcpyFromSymbol(&image_ok, faw_image_ok, sizeof image_ok);
-#define FAW_SET(T, D)                                      \
-    if (e == cudaSuccess && image_ok)                      \
-        e = cudaFuncSetAttribute(faw_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize, FAW_SMEM(D));
+#define FAW_SET(T, D, BC)                                                                                   \
+    if (e == cudaSuccess && image_ok)                                                                       \
+        e = cudaFuncSetAttribute(faw_kernel<T, D, BC>, cudaFuncAttributeMaxDynamicSharedMemorySize,          \
+                                 faw_geom<D, BC>::SMEM);
     FAW_FOR_EACH(FAW_SET)
 #undef FAW_SET
     if (e != cudaSuccess) {
@@ -327,16 +344,17 @@ loco_status cuda_flash_wgmma_setup(cuda_impl *c, loco_err *err) {
 }
 
 /* Launches the samples [fp->b0, fp->b0 + grid.z) of heads grid.y; grid.x covers Lq in 128-row
- * blocks. The caller checked cuda_flash_wgmma_applies and attention.cu's flash conditions. */
+ * blocks. The caller checked cuda_flash_wgmma_applies and attention.cu's flash conditions.
+ * c->flash_wgmma is the keys per K/V tile (64 or 128). */
 loco_status cuda_flash_wgmma(cuda_impl *c, loco_dtype dt, int D, dim3 grid, const fa_params *fp, loco_err *err) {
-    if (dt == LOCO_F16) {
-        if (D == 40) LOCO_LAUNCH(grid, FAW_THREADS, FAW_SMEM(40), c->stream, faw_kernel<__half, 40>)(*fp);
-        else if (D == 64) LOCO_LAUNCH(grid, FAW_THREADS, FAW_SMEM(64), c->stream, faw_kernel<__half, 64>)(*fp);
-        else LOCO_LAUNCH(grid, FAW_THREADS, FAW_SMEM(80), c->stream, faw_kernel<__half, 80>)(*fp);
-    } else {
-        if (D == 40) LOCO_LAUNCH(grid, FAW_THREADS, FAW_SMEM(40), c->stream, faw_kernel<__nv_bfloat16, 40>)(*fp);
-        else if (D == 64) LOCO_LAUNCH(grid, FAW_THREADS, FAW_SMEM(64), c->stream, faw_kernel<__nv_bfloat16, 64>)(*fp);
-        else LOCO_LAUNCH(grid, FAW_THREADS, FAW_SMEM(80), c->stream, faw_kernel<__nv_bfloat16, 80>)(*fp);
+#define FAW_LAUNCH(T, DD, BC)                                                                          \
+    if (dt == faw_dtype<T>::value && D == DD && c->flash_wgmma == BC) {                                 \
+        const int smem = faw_geom<DD, BC>::SMEM; /* (a template's commas would split LOCO_LAUNCH's arguments) */ \
+        LOCO_LAUNCH(grid, FAW_THREADS, smem, c->stream, faw_kernel<T, DD, BC>)(*fp);                    \
+        return cuda_check_launch("faw_kernel", err);                                                  \
     }
-    return cuda_check_launch("faw_kernel", err);
+    FAW_FOR_EACH(FAW_LAUNCH)
+#undef FAW_LAUNCH
+    return loco_err_set(err, LOCO_EUNSUPPORTED, "cuda flash wgmma: no kernel for head dim %d, %d keys per tile", D,
+                        c->flash_wgmma);
 }

@@ -7,11 +7,13 @@
 
 #include "wgmma.cuh"
 
-/* s (a warpgroup's 64 x 64 scores) += A (64 x 16, descriptor) . B (16 x 64, descriptor), both
- * K-major (no transpose). */
-template <typename T> __device__ __forceinline__ void faw_qk(float (&s)[32], uint64_t da, uint64_t db);
+/* s (a warpgroup's 64 x N scores) += A (64 x 16, descriptor) . B (16 x N, descriptor), both
+ * K-major (no transpose); N = the keys of a tile. */
+template <typename T, int N>
+__device__ __forceinline__ void faw_qk(float (&s)[N / 2], uint64_t da, uint64_t db);
 
-template <> __device__ __forceinline__ void faw_qk<__half>(float (&s)[32], uint64_t da, uint64_t db) {
+template <>
+__device__ __forceinline__ void faw_qk<__half, 64>(float (&s)[32], uint64_t da, uint64_t db) {
 #if defined(LOCO_CUDA_EMU)
     emu::wgmma_ss(s, 64, da, db, 0, emu::B16_F16);
 #elif WG_DEVICE_OK
@@ -29,7 +31,8 @@ template <> __device__ __forceinline__ void faw_qk<__half>(float (&s)[32], uint6
 #endif
 }
 
-template <> __device__ __forceinline__ void faw_qk<__nv_bfloat16>(float (&s)[32], uint64_t da, uint64_t db) {
+template <>
+__device__ __forceinline__ void faw_qk<__nv_bfloat16, 64>(float (&s)[32], uint64_t da, uint64_t db) {
 #if defined(LOCO_CUDA_EMU)
     emu::wgmma_ss(s, 64, da, db, 0, emu::B16_BF16);
 #elif WG_DEVICE_OK
@@ -41,6 +44,52 @@ template <> __device__ __forceinline__ void faw_qk<__nv_bfloat16>(float (&s)[32]
                    "+f"(s[8]), "+f"(s[9]), "+f"(s[10]), "+f"(s[11]), "+f"(s[12]), "+f"(s[13]), "+f"(s[14]), "+f"(s[15]),
                    "+f"(s[16]), "+f"(s[17]), "+f"(s[18]), "+f"(s[19]), "+f"(s[20]), "+f"(s[21]), "+f"(s[22]), "+f"(s[23]),
                    "+f"(s[24]), "+f"(s[25]), "+f"(s[26]), "+f"(s[27]), "+f"(s[28]), "+f"(s[29]), "+f"(s[30]), "+f"(s[31])
+                 : "l"(da), "l"(db), "r"(1));
+#else
+    (void)s, (void)da, (void)db;
+#endif
+}
+
+template <>
+__device__ __forceinline__ void faw_qk<__half, 128>(float (&s)[64], uint64_t da, uint64_t db) {
+#if defined(LOCO_CUDA_EMU)
+    emu::wgmma_ss(s, 128, da, db, 0, emu::B16_F16);
+#elif WG_DEVICE_OK
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 "
+                 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
+                 "%64, %65, p, 1, 1, 0, 0;\n}\n"
+                 : "+f"(s[0]), "+f"(s[1]), "+f"(s[2]), "+f"(s[3]), "+f"(s[4]), "+f"(s[5]), "+f"(s[6]), "+f"(s[7]),
+                   "+f"(s[8]), "+f"(s[9]), "+f"(s[10]), "+f"(s[11]), "+f"(s[12]), "+f"(s[13]), "+f"(s[14]), "+f"(s[15]),
+                   "+f"(s[16]), "+f"(s[17]), "+f"(s[18]), "+f"(s[19]), "+f"(s[20]), "+f"(s[21]), "+f"(s[22]), "+f"(s[23]),
+                   "+f"(s[24]), "+f"(s[25]), "+f"(s[26]), "+f"(s[27]), "+f"(s[28]), "+f"(s[29]), "+f"(s[30]), "+f"(s[31]),
+                   "+f"(s[32]), "+f"(s[33]), "+f"(s[34]), "+f"(s[35]), "+f"(s[36]), "+f"(s[37]), "+f"(s[38]), "+f"(s[39]),
+                   "+f"(s[40]), "+f"(s[41]), "+f"(s[42]), "+f"(s[43]), "+f"(s[44]), "+f"(s[45]), "+f"(s[46]), "+f"(s[47]),
+                   "+f"(s[48]), "+f"(s[49]), "+f"(s[50]), "+f"(s[51]), "+f"(s[52]), "+f"(s[53]), "+f"(s[54]), "+f"(s[55]),
+                   "+f"(s[56]), "+f"(s[57]), "+f"(s[58]), "+f"(s[59]), "+f"(s[60]), "+f"(s[61]), "+f"(s[62]), "+f"(s[63])
+                 : "l"(da), "l"(db), "r"(1));
+#else
+    (void)s, (void)da, (void)db;
+#endif
+}
+
+template <>
+__device__ __forceinline__ void faw_qk<__nv_bfloat16, 128>(float (&s)[64], uint64_t da, uint64_t db) {
+#if defined(LOCO_CUDA_EMU)
+    emu::wgmma_ss(s, 128, da, db, 0, emu::B16_BF16);
+#elif WG_DEVICE_OK
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
+                 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
+                 "%64, %65, p, 1, 1, 0, 0;\n}\n"
+                 : "+f"(s[0]), "+f"(s[1]), "+f"(s[2]), "+f"(s[3]), "+f"(s[4]), "+f"(s[5]), "+f"(s[6]), "+f"(s[7]),
+                   "+f"(s[8]), "+f"(s[9]), "+f"(s[10]), "+f"(s[11]), "+f"(s[12]), "+f"(s[13]), "+f"(s[14]), "+f"(s[15]),
+                   "+f"(s[16]), "+f"(s[17]), "+f"(s[18]), "+f"(s[19]), "+f"(s[20]), "+f"(s[21]), "+f"(s[22]), "+f"(s[23]),
+                   "+f"(s[24]), "+f"(s[25]), "+f"(s[26]), "+f"(s[27]), "+f"(s[28]), "+f"(s[29]), "+f"(s[30]), "+f"(s[31]),
+                   "+f"(s[32]), "+f"(s[33]), "+f"(s[34]), "+f"(s[35]), "+f"(s[36]), "+f"(s[37]), "+f"(s[38]), "+f"(s[39]),
+                   "+f"(s[40]), "+f"(s[41]), "+f"(s[42]), "+f"(s[43]), "+f"(s[44]), "+f"(s[45]), "+f"(s[46]), "+f"(s[47]),
+                   "+f"(s[48]), "+f"(s[49]), "+f"(s[50]), "+f"(s[51]), "+f"(s[52]), "+f"(s[53]), "+f"(s[54]), "+f"(s[55]),
+                   "+f"(s[56]), "+f"(s[57]), "+f"(s[58]), "+f"(s[59]), "+f"(s[60]), "+f"(s[61]), "+f"(s[62]), "+f"(s[63])
                  : "l"(da), "l"(db), "r"(1));
 #else
     (void)s, (void)da, (void)db;

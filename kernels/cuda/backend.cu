@@ -300,9 +300,14 @@ extern "C" loco_status loco_backend_cuda_create(const loco_backend_opts *opts, l
                    : strcmp(conv, "im2col") == 0   ? CUDA_CONV_IM2COL
                    : strcmp(conv, "implicit") == 0 ? CUDA_CONV_IMPLICIT
                    : strcmp(conv, "wgmma") == 0    ? CUDA_CONV_WGMMA
+                   : strcmp(conv, "rows") == 0     ? CUDA_CONV_ROWS
                                                    : CUDA_CONV_AUTO;
     const char *flash = getenv("LOCO_CUDA_FLASH"); /* 64|128: a block height; wgmma: the Hopper kernel */
-    c->flash_wgmma = flash && strcmp(flash, "wgmma") == 0; /* the experimental Hopper kernel */
+    /* the experimental Hopper kernel, with 64 or 128 keys per K/V tile */
+    c->flash_wgmma = !flash                           ? 0
+                     : strcmp(flash, "wgmma") == 0    ? 64
+                     : strcmp(flash, "wgmma128") == 0 ? 128
+                                                      : 0;
     /* attention.cu's variant of the 128-row kernel: -1 by head dim, or forced (fa_variant) */
     c->flash_variant = !flash                          ? -1
                        : strcmp(flash, "classic") == 0 ? 0
@@ -366,8 +371,11 @@ extern "C" loco_status loco_backend_cuda_create(const loco_backend_opts *opts, l
              : c->conv_algo == CUDA_CONV_IMPLICIT ? ", conv: implicit GEMM"
              : c->conv_algo == CUDA_CONV_WGMMA    ? (c->wgmma_ok ? ", conv: wgmma (experimental)"
                                                                  : ", conv: wgmma unavailable, auto")
+             : c->conv_algo == CUDA_CONV_ROWS     ? ", conv: row taps"
                                                   : "",
-             c->flash_wgmma         ? (c->faw_ok ? ", flash: wgmma (experimental)" : ", flash: wgmma unavailable")
+             c->flash_wgmma == 128  ? (c->faw_ok ? ", flash: wgmma, 128-key tiles (experimental)"
+                                                 : ", flash: wgmma unavailable")
+             : c->flash_wgmma       ? (c->faw_ok ? ", flash: wgmma (experimental)" : ", flash: wgmma unavailable")
              : c->flash_variant == 0 ? ", flash: classic"
              : c->flash_variant == 2 ? ", flash: stages3"
              : c->flash_variant == 3 ? ", flash: ilp3"

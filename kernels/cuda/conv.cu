@@ -1,5 +1,5 @@
-/* conv.cu: loco_conv2d on the GPU, NCHW. Three routes (conv_route_for says which, and why), and
- * an experimental fourth (conv_wgmma.cu, only under LOCO_CUDA_CONV=wgmma):
+/* conv.cu: loco_conv2d on the GPU, NCHW. Four routes (conv_route_for says which, and why), and
+ * an experimental fifth (conv_wgmma.cu, only under LOCO_CUDA_CONV=wgmma):
  *
  *  - 1x1, stride 1, no padding (ResNet shortcuts, SD1.x attention proj_in/out): one strided
  *    batched cuBLASLt GEMM, y[n] (Cout x HW) = w (Cout x Cin) . x[n] (Cin x HW) for every n.
@@ -11,19 +11,23 @@
  *    chunk (TF32 for f32) writing straight into y. cuBLASLt splits K and picks small tiles
  *    where the implicit kernel would leave most SMs idle. With LOCO_CUDA_IM2COL_OVERLAP=1 the
  *    fills run on a side stream, one chunk ahead of the GEMMs (unmeasured: off by default).
- *  LOCO_CUDA_CONV=implicit|im2col forces one of the last two for every conv that is not 1x1
+ *  - 3-wide stride-1 convs as strided-batched GEMMs over three shifted copies of the input
+ *    rows (conv_rows.cu: a third of im2col's buffer), for f32.
+ *  LOCO_CUDA_CONV=implicit|im2col|rows forces one of the last three for every conv that is not 1x1
  *  (benchmarks and tests compare them).
  *
  * In NCHW the per-channel bias runs along the GEMM's n dimension, which cuBLASLt's bias
  * epilogue (per row of D) cannot express, so the GEMM routes add it in one extra pass.
  *
  * cuda_op_conv2d_fused (loco_conv2d_fused: a ResNet block's GroupNorm+SiLU -> conv -> + time
- * embedding / + shortcut) runs the same routes; on the im2col route the GroupNorm is applied by
- * the gather itself (a per-(sample, channel) scale and shift from norm.cu's statistics), and the
+ * embedding / + shortcut) runs the same routes; on the im2col and row-tap routes the GroupNorm is
+ * applied by the gather itself (a per-(sample, channel) scale and shift from norm.cu's statistics), and the
  * bias pass also adds the per-sample bias and the residual. */
 #include <string.h>
 
+#include "conv_gather.cuh"
 #include "cuda_device.h"
+#include "side_stream.cuh"
 
 /* col[z][k][pi] (for sample z of the chunk: row-major K x pc) = x[z][ci, oh*st - pt + r,
  * ow*st - pl + s] for output pixel p0 + pi, zero outside the image.
@@ -41,31 +45,6 @@ template <int BYTES> struct im2col_vec;
 template <> struct im2col_vec<2> { typedef uint16_t type; };
 template <> struct im2col_vec<4> { typedef uint32_t type; };
 template <> struct im2col_vec<16> { typedef uint4 type; };
-
-/* What im2col does to each element it gathers from inside the image (padding stays 0). The
- * plain copy moves raw bits (U = uint16_t or uint32_t); the GroupNorm prologue of the fused conv
- * (U = the real element type) maps x to SiLU?(x * scale + shift) with its sample and channel's
- * (scale, shift) from cuda_gn_table, the very expression gn_apply_kernel writes, so the column
- * buffer holds what im2col of loco_group_norm's output would. */
-struct im2col_copy {
-    __device__ __forceinline__ void row(int, int) {}
-    template <typename U> __device__ __forceinline__ U operator()(U v) const { return v; }
-};
-template <typename T> struct im2col_group_norm {
-    const float2 *table; /* [z][cin] of the chunk */
-    int cin, silu;
-    float scale, shift;
-    __device__ __forceinline__ void row(int z, int ci) {
-        const float2 t = table[z * cin + ci];
-        scale = t.x;
-        shift = t.y;
-    }
-    __device__ __forceinline__ T operator()(T v) const {
-        float f = fmaf(to_f32(v), scale, shift);
-        if (silu) f = fast_silu(f);
-        return from_f32<T>(f);
-    }
-};
 
 template <typename U, int V, typename Pro>
 __global__ void __launch_bounds__(IM2COL_TX *IM2COL_TY)
@@ -243,50 +222,29 @@ static loco_status col_gemm(cuda_impl *c, const void *col, const void *wp, char 
 }
 
 /* Whole-sample chunks with the im2col of chunk i + 1 running on the side stream while chunk
- * i's GEMM runs on the main one (LOCO_CUDA_IM2COL_OVERLAP=1). Two buffers of nz samples
- * alternate: chunk i fills buffer i % 2 once chunk i - 2's GEMM has read it, and chunk i's
- * GEMM waits for its fill. The side stream forks from the main one first (x was written
- * there) and joins it at the end, which is also what a CUDA graph capture requires of it.
- * Why: im2col is memory-bound and the GEMM tensor-bound, so side by side they share the SMs
- * instead of taking turns; one UNet 3x3 conv spends about a quarter of its time in im2col. */
+ * i's GEMM runs on the main one (LOCO_CUDA_IM2COL_OVERLAP=1; side_stream.cuh): two buffers of nz
+ * samples alternate. One UNet 3x3 conv spends about a quarter of its time in im2col. */
 static loco_status conv_im2col_overlap(cuda_impl *c, loco_tensor *y, const loco_tensor *x, const void *wp,
                                        const conv_geom *g, int64_t nz, loco_err *err) {
     const size_t sample_col = (size_t)(g->K * g->P) * g->es;
     void *col[2] = {NULL, NULL};
+    int forked = 0;
     loco_status st = cuda_alloc_get(c, sample_col * (size_t)nz, &col[0], err);
     if (st == LOCO_OK) st = cuda_alloc_get(c, sample_col * (size_t)nz, &col[1], err);
-    if (st == LOCO_OK) st = cuda_check(cudaEventRecord(c->ev_fork, c->stream), "cudaEventRecord(fork)", err);
-    if (st == LOCO_OK) st = cuda_check(cudaStreamWaitEvent(c->aux, c->ev_fork, 0), "cudaStreamWaitEvent(fork)", err);
-    const int forked = st == LOCO_OK;
+    if (st == LOCO_OK) st = side_begin(c, &forked, err);
     for (int64_t nb = 0, i = 0; nb < g->Nb && st == LOCO_OK; nb += nz, i++) {
         const int64_t z = g->Nb - nb < nz ? g->Nb - nb : nz;
-        const int b = (int)(i & 1);
-        if (i >= 2)
-            st = cuda_check(cudaStreamWaitEvent(c->aux, c->ev_col_free[b], 0), "cudaStreamWaitEvent(free)", err);
+        st = side_fill_may_start(c, i, err);
         if (st == LOCO_OK)
-            st = col_fill(c->aux, col[b], (const char *)x->data + (size_t)(nb * g->Cin * g->H * g->W) * g->es, nb, z,
-                          g, 0, g->P, err);
+            st = col_fill(c->aux, col[i & 1], (const char *)x->data + (size_t)(nb * g->Cin * g->H * g->W) * g->es, nb,
+                          z, g, 0, g->P, err);
+        if (st == LOCO_OK) st = side_fill_done(c, i, err);
         if (st == LOCO_OK)
-            st = cuda_check(cudaEventRecord(c->ev_col_ready[b], c->aux), "cudaEventRecord(ready)", err);
-        if (st == LOCO_OK)
-            st = cuda_check(cudaStreamWaitEvent(c->stream, c->ev_col_ready[b], 0), "cudaStreamWaitEvent(ready)", err);
-        if (st == LOCO_OK)
-            st = col_gemm(c, col[b], wp, (char *)y->data + (size_t)(nb * g->Cout * g->P) * g->es, z, g, y->dtype, 0,
-                          g->P, err);
-        if (st == LOCO_OK)
-            st = cuda_check(cudaEventRecord(c->ev_col_free[b], c->stream), "cudaEventRecord(free)", err);
+            st = col_gemm(c, col[i & 1], wp, (char *)y->data + (size_t)(nb * g->Cout * g->P) * g->es, z, g, y->dtype,
+                          0, g->P, err);
+        if (st == LOCO_OK) st = side_gemm_done(c, i, err);
     }
-    /* join even after an error: the buffers go back to the main stream's allocator, and a
-     * capture with an unjoined stream fails */
-    if (forked) {
-        loco_status js = cuda_check(cudaEventRecord(c->ev_join, c->aux), "cudaEventRecord(join)", err);
-        if (js == LOCO_OK) js = cuda_check(cudaStreamWaitEvent(c->stream, c->ev_join, 0), "cudaStreamWaitEvent(join)",
-                                           err);
-        /* no join (a sticky device error): wait for the side stream on the host, so that it
-         * cannot write into the buffers after they go back (fails harmlessly in a capture) */
-        if (js != LOCO_OK) cudaStreamSynchronize(c->aux);
-        if (st == LOCO_OK) st = js;
-    }
+    st = side_end(c, forked, st, err);
     cuda_alloc_put(c, col[0]);
     cuda_alloc_put(c, col[1]);
     return st;
@@ -382,7 +340,7 @@ static loco_status conv_pointwise(cuda_impl *c, loco_tensor *y, const loco_tenso
     return LOCO_OK;
 }
 
-typedef enum conv_route { CONV_POINTWISE, CONV_IMPLICIT, CONV_IM2COL } conv_route;
+typedef enum conv_route { CONV_POINTWISE, CONV_IMPLICIT, CONV_IM2COL, CONV_ROWS } conv_route;
 
 /* The route for a conv that is not 1x1 (LOCO_CUDA_CONV=wgmma takes conv_wgmma.cu before this
  * where that kernel applies) (measured on an H200, bench/gpu/runs/2026-11-27-h200-run3,
@@ -392,14 +350,20 @@ typedef enum conv_route { CONV_POINTWISE, CONV_IMPLICIT, CONV_IM2COL } conv_rout
  * vs 0.52 ms); the implicit kernel wins at large images, where the buffer's traffic dominates
  * (VAE 256ch 256x256: 0.27 vs 0.32 ms, 128ch 512x512: 0.28 vs 0.59 ms), for tiny K (the UNet's
  * conv_in, K = 36) and for few output channels (a GEMM with n = 3 or 4 runs cuBLASLt at a
- * crawl). F32 (SD-XL's upcast VAE) has the same shape of rule with the TF32 kernels: im2col up
- * to 512x512 (256ch: 2.45 vs 3.07 ms), the implicit TF32 kernel at 1024x1024 (128ch: 3.1 vs
- * 4.1 ms) and for conv_out. Otherwise implicit only when its 128x128 tiles give every SM a
- * block. LOCO_CUDA_CONV=implicit|im2col forces a route. */
+ * crawl). Otherwise implicit only when its 128x128 tiles give every SM a block.
+ * F32 (SD-XL's upcast VAE, TF32 tensor cores) takes the row-tap GEMMs (conv_rows.cu) wherever
+ * they apply with K >= 128 and Cout >= 64: there both earlier routes are bound by traffic
+ * (run 6: the TF32 implicit kernel at 84-96 TFLOP/s at 1024^2, im2col at 146-205 up to 512^2),
+ * and the row taps move a third of im2col's bytes into the same cuBLASLt GEMMs. (Chosen from
+ * that arithmetic, session 7, without a GPU: op_bench's "@rows" rows time it against both.)
+ * Before it, f32 took im2col up to 512x512 and the implicit TF32 kernel above. f16/bf16 take
+ * it only when forced (LOCO_CUDA_CONV=rows): at the UNet's widths (32-128 pixels) its GEMMs
+ * are thin. LOCO_CUDA_CONV=implicit|im2col|rows forces a route where it applies. */
 static conv_route conv_route_for(const cuda_impl *c, loco_dtype dt, int64_t n, int64_t P, int64_t K, int64_t Cout,
-                                 int fits_int) {
+                                 int fits_int, int rows_ok) {
     if (!fits_int || c->conv_algo == CUDA_CONV_IM2COL) return CONV_IM2COL;
     if (c->conv_algo == CUDA_CONV_IMPLICIT) return CONV_IMPLICIT;
+    if (rows_ok && (c->conv_algo == CUDA_CONV_ROWS || (dt == LOCO_F32 && K >= 128 && Cout >= 64))) return CONV_ROWS;
     const int64_t im2col_max_pixels = dt == LOCO_F32 ? 512 * 512 : 32768;
     if (K >= 128 && Cout >= 64 && P <= im2col_max_pixels) return CONV_IM2COL;
     return cuda_conv_igemm_blocks(n * P, Cout) >= (int64_t)c->sm_count ? CONV_IMPLICIT : CONV_IM2COL;
@@ -431,15 +395,18 @@ static loco_status conv_plan_make(cuda_impl *c, loco_tensor *y, const loco_tenso
         kh == 1 && kw == 1 && p->stride == 1 && !p->pad[0] && !p->pad[1] && !p->pad[2] && !p->pad[3];
     const int fits_int = Cin * H * W < ((int64_t)1 << 31) && P < ((int64_t)1 << 31) &&
                          Cin * kh * kw < ((int64_t)1 << 31) && Cout < ((int64_t)1 << 31);
-    pl->route = pointwise ? CONV_POINTWISE : conv_route_for(c, y->dtype, x->shape[0], P, Cin * kh * kw, Cout, fits_int);
+    pl->route = pointwise ? CONV_POINTWISE
+                          : conv_route_for(c, y->dtype, x->shape[0], P, Cin * kh * kw, Cout, fits_int,
+                                           fits_int && cuda_conv_rows_applies(c, y, x, w, p));
     pl->wgmma = pl->route != CONV_POINTWISE && c->conv_algo == CUDA_CONV_WGMMA && fits_int &&
                 cuda_conv_wgmma_fits(c, y, x, w, pl->wp, p);
     return LOCO_OK;
 }
 
-/* The GroupNorm prologue runs inside this plan's convolution (only the im2col gather has one). */
+/* The GroupNorm prologue runs inside this plan's convolution (only the im2col and row-tap
+ * gathers have one). */
 static int conv_plan_takes_norm(const cuda_impl *c, const conv_plan *pl) {
-    return c->norm_gather && !pl->wgmma && pl->route == CONV_IM2COL;
+    return c->norm_gather && !pl->wgmma && (pl->route == CONV_IM2COL || pl->route == CONV_ROWS);
 }
 
 /* Runs the plan; *bias_done says whether the route added the bias itself. norm (with
@@ -458,6 +425,13 @@ static loco_status conv_run(cuda_impl *c, const conv_plan *pl, loco_tensor *y, c
     if (pl->route == CONV_IMPLICIT) return cuda_conv_igemm(c, y, x, w, pl->wp, bias, p, err);
     *bias_done = 0;
     if (pl->route == CONV_POINTWISE) return conv_pointwise(c, y, x, w, pl->wp, err);
+    if (pl->route == CONV_ROWS) {
+        /* A cuBLASLt without an algorithm for the overlapping batches (not seen; a guard) falls
+         * back to im2col, which takes the same GroupNorm table and rewrites all of y. */
+        const loco_status st = cuda_conv_rows(c, y, x, w, pl->wp, p, norm, norm_silu, err);
+        if (st != LOCO_EUNSUPPORTED) return st;
+        loco_err_clear(err);
+    }
     return conv_im2col(c, y, x, w, pl->wp, p, norm, norm_silu, err);
 }
 

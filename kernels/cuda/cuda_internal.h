@@ -111,6 +111,7 @@ typedef enum cuda_conv_algo {
     CUDA_CONV_IMPLICIT, /* tensor-core implicit GEMM for every f16/bf16 conv that is not 1x1 */
     CUDA_CONV_IM2COL,   /* im2col + cuBLASLt for every conv that is not 1x1 */
     CUDA_CONV_WGMMA,    /* conv_wgmma.cu where it applies (experimental), else AUTO */
+    CUDA_CONV_ROWS,     /* conv_rows.cu's row-tap GEMMs wherever they apply, else AUTO */
 } cuda_conv_algo;
 
 typedef struct cuda_impl {
@@ -132,7 +133,8 @@ typedef struct cuda_impl {
     int igemm_rows; /* 1: conv_igemm.cu's row-gather kernel where it applies; LOCO_CUDA_IGEMM_ROWS=0 turns it off */
     int wgmma_ok;   /* conv_wgmma.cu's kernel has an image for this device (sm_90a on a 9.0 device) */
     int flash_variant; /* LOCO_CUDA_FLASH=classic|stages3|ilp3: attention.cu's 128-row variant (0, 2, 3; -1: by head dim) */
-    int flash_wgmma; /* LOCO_CUDA_FLASH=wgmma: attention_wgmma.cu for head dims 40/64/80 (experimental) */
+    int flash_wgmma; /* LOCO_CUDA_FLASH=wgmma|wgmma128: attention_wgmma.cu for head dims 40/64/80
+                      * (experimental), with 64 or 128 keys per K/V tile; 0: off */
     int faw_ok;      /* ... and its sm_90a image is there and set up (compute capability 9.0) */
     int gemm_tune;   /* LOCO_CUDA_GEMM_TUNE=1: time the heuristic's top cuBLASLt algorithms on the
                       * first eager call of each large GEMM shape and keep the fastest (gemm.cu) */
@@ -265,6 +267,15 @@ loco_status cuda_conv_igemm_tf32_setup(cuda_impl *c, loco_err *err);
 loco_status cuda_conv_igemm_setup(cuda_impl *c, loco_err *err);
 loco_status cuda_conv_igemm_tf32(cuda_impl *c, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
                                  const loco_tensor *bias, const loco_conv2d_params *p, loco_err *err);
+/* 3-wide stride-1 "same"-width convolutions as strided-batched GEMMs over a buffer of three
+ * shifted copies of the input rows (conv_rows.cu). applies: the shape and padding fit and one
+ * output row's buffer fits c->im2col_budget. wdata: w in y's dtype; norm / norm_silu: the fused
+ * conv's GroupNorm table (cuda_gn_table) or NULL. The bias is the caller's to add. */
+int cuda_conv_rows_applies(const cuda_impl *c, const loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
+                           const loco_conv2d_params *p);
+loco_status cuda_conv_rows(cuda_impl *c, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
+                           const void *wdata, const loco_conv2d_params *p, const float2 *norm, int norm_silu,
+                           loco_err *err);
 /* The wgmma implicit-GEMM convolution (conv_wgmma.cu, sm_90a, experimental: only under
  * LOCO_CUDA_CONV=wgmma). setup sets c->wgmma_ok on a device that can run it; fits says whether
  * the kernel applies (w converted to y's dtype in wdata). */

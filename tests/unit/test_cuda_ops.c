@@ -374,6 +374,33 @@ TEST(cuda_conv2d_im2col_chunks_and_slices) {
     unsetenv("LOCO_CUDA_IM2COL_KB");
 }
 
+/* The row-tap GEMMs (conv_rows.cu): f32 by the automatic route (K >= 128, Cout >= 64), f16 and
+ * bf16 forced; vertical padding of every kind (none, asymmetric, 5 rows of taps, one row),
+ * several samples, and a small buffer budget that splits an image into chunks of output rows
+ * (the buffer of a chunk: its rows plus kh - 1). Where it does not apply (a width that is not
+ * a multiple of 16 bytes, a 5-wide kernel, stride 2) LOCO_CUDA_CONV=rows leaves the automatic
+ * route in place. */
+TEST(cuda_conv2d_rows) {
+    GPU_ENV(e, LOCO_F16, 90);
+    genv_close(&e);
+    CHECK(check_conv(NULL, LOCO_F32, 2, 16, 12, 16, 64, 3, 3, 1, 1, 1, 1, 1, 1, 91));   /* auto: f32 rows */
+    CHECK(check_conv("rows", LOCO_F16, 2, 24, 10, 16, 40, 3, 3, 1, 1, 1, 1, 1, 1, 92));
+    CHECK(check_conv("rows", LOCO_BF16, 3, 8, 9, 32, 24, 3, 3, 1, 0, 0, 1, 1, 0, 93));  /* Ho = H - 2 */
+    CHECK(check_conv("rows", LOCO_F16, 1, 16, 8, 8, 16, 3, 3, 1, 2, 0, 1, 1, 1, 94));   /* asymmetric rows */
+    CHECK(check_conv("rows", LOCO_F32, 2, 12, 7, 8, 20, 5, 3, 1, 2, 2, 1, 1, 1, 95));   /* 5 rows of taps */
+    CHECK(check_conv("rows", LOCO_F16, 2, 16, 6, 16, 32, 1, 3, 1, 0, 0, 1, 1, 1, 96));  /* one row of taps */
+    CHECK(check_conv("rows", LOCO_F16, 2, 16, 8, 12, 32, 3, 3, 1, 1, 1, 1, 1, 1, 97));  /* W 12: not taken */
+    CHECK(check_conv("rows", LOCO_F16, 2, 16, 16, 16, 32, 3, 3, 2, 1, 1, 1, 1, 1, 98)); /* stride 2: not taken */
+    setenv("LOCO_CUDA_IM2COL_KB", "12", 1); /* 3072-byte padded rows: chunks of 2 output rows */
+    CHECK(check_conv(NULL, LOCO_F32, 3, 16, 12, 16, 64, 3, 3, 1, 1, 1, 1, 1, 1, 99));
+    CHECK(check_conv("rows", LOCO_F16, 2, 32, 11, 16, 48, 3, 3, 1, 1, 1, 1, 1, 1, 100)); /* 1536-byte rows: 6 */
+    setenv("LOCO_CUDA_IM2COL_OVERLAP", "1", 1); /* fills on the side stream, two buffers of 12 KiB */
+    setenv("LOCO_CUDA_IM2COL_KB", "24", 1);
+    CHECK(check_conv(NULL, LOCO_F32, 3, 16, 12, 16, 64, 3, 3, 1, 1, 1, 1, 1, 1, 101));
+    unsetenv("LOCO_CUDA_IM2COL_OVERLAP");
+    unsetenv("LOCO_CUDA_IM2COL_KB");
+}
+
 /* ---- conv2d with GroupNorm prologue, per-sample bias and residual (loco_conv2d_fused) ------------ */
 
 typedef struct fused_case {
@@ -481,6 +508,9 @@ TEST(cuda_conv2d_fused) {
         {NULL, LOCO_F16, 2, 64, 8, 8, 128, 1, 32, 0, 0, 1, 1},         /* 1x1: scratch GroupNorm */
         {NULL, LOCO_F16, 2, 64, 8, 8, 128, 1, 0, 0, 0, 1, 1},          /* the ResNet shortcut: residual only */
         {"im2col", LOCO_F16, 2, 32, 8, 8, 64, 3, 0, 0, 1, 0, 0},       /* sample bias only, no conv bias */
+        {"rows", LOCO_F16, 2, 64, 16, 16, 96, 3, 32, 1, 0, 0, 1},      /* row taps: prologue only, bits */
+        {NULL, LOCO_F32, 3, 32, 8, 16, 64, 3, 16, 1, 1, 1, 1},         /* f32's automatic row taps, all terms */
+        {"rows", LOCO_BF16, 2, 32, 12, 8, 64, 3, 8, 0, 1, 0, 1},       /* bf16, GroupNorm without SiLU */
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) CHECK(check_conv_fused(&cases[i], 141 + i));
     setenv("LOCO_CUDA_IM2COL_OVERLAP", "1", 1);
@@ -491,6 +521,9 @@ TEST(cuda_conv2d_fused) {
     CHECK(check_conv_fused(&ov, 151)); /* serial chunks of two samples: the table's offset per chunk */
     setenv("LOCO_CUDA_IM2COL_KB", "256", 1);
     CHECK(check_conv_fused(&ov, 152)); /* slices of 448 pixels of one sample */
+    const fused_case rows = {NULL, LOCO_F32, 3, 32, 12, 16, 64, 3, 16, 1, 1, 1, 1};
+    setenv("LOCO_CUDA_IM2COL_KB", "24", 1); /* 6144-byte rows: chunks of 2 output rows, per sample */
+    CHECK(check_conv_fused(&rows, 153));
     unsetenv("LOCO_CUDA_IM2COL_KB");
 }
 

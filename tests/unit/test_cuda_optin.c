@@ -91,34 +91,48 @@ TEST(cuda_selftest) {
               report);
 }
 
-/* LOCO_CUDA_FLASH=wgmma: attention_wgmma.cu (Hopper's wgmma, sm_90a; experimental) for head
- * dims 40, 64 and 80 on a compute capability 9.0 device (the emulator's is one; the backend's
- * description says whether it is in use); elsewhere the mma.sync kernel. Tails of the 128-row
- * blocks and 64-key tiles, cross-attention's 77 keys, causal masking, per-sample K/V rows, both
+/* LOCO_CUDA_FLASH=wgmma (64-key tiles) and =wgmma128 (128-key tiles): attention_wgmma.cu (Hopper's
+ * wgmma, sm_90a; experimental) for head dims 40, 64 and 80 on a compute capability 9.0 device
+ * (the emulator's is one; the backend's description says whether it is in use); elsewhere the
+ * mma.sync kernel. Tails of the 128-row blocks and of the key tiles (1 to 10 tiles, so that the
+ * three-stage ring wraps), cross-attention's 77 keys, causal masking, per-sample K/V rows, both
  * 16-bit dtypes; head dim 160 stays on the mma.sync kernel. Each call runs twice for the same
  * bits. */
-TEST(cuda_attention_wgmma) {
-    GPU_ENV(e, LOCO_F16, 180);
-    const int hopper = strstr(loco_backend_describe(e.gpu), "(sm_90,") != NULL;
-    genv_close(&e);
-    setenv("LOCO_CUDA_FLASH", "wgmma", 1);
-    int ok = gpu_describe_has(hopper ? "flash: wgmma (experimental)" : "flash: wgmma unavailable");
+static int check_flash_wgmma(const char *name, const char *described, int seed) {
+    setenv("LOCO_CUDA_FLASH", name, 1);
+    int ok = gpu_describe_has(described);
     static const int kv[4] = {1, 0, 1, 1};
-    ok = ok && check_attention(LOCO_F16, 2, 2, 300, 300, 8, 40, 0, NULL, 181);   /* SD 1.5 self, tails */
-    ok = ok && check_attention(LOCO_F16, 2, 2, 130, 77, 8, 80, 0, NULL, 182);    /* cross-attention */
-    ok = ok && check_attention(LOCO_BF16, 2, 2, 257, 257, 5, 64, 0, NULL, 183);
-    ok = ok && check_attention(LOCO_F16, 2, 2, 77, 77, 12, 64, 1, NULL, 184);    /* CLIP text, causal */
-    ok = ok && check_attention(LOCO_F16, 1, 1, 200, 200, 2, 40, 1, NULL, 185);   /* causal, 2 blocks */
-    ok = ok && check_attention(LOCO_F16, 4, 2, 96, 77, 8, 40, 0, kv, 186);       /* kv_index */
-    ok = ok && check_attention(LOCO_BF16, 1, 1, 128, 64, 4, 80, 0, NULL, 187);   /* whole tiles only */
-    ok = ok && check_attention(LOCO_F16, 1, 1, 64, 200, 4, 160, 0, NULL, 188);   /* 160: mma.sync */
-    ok = ok && check_attention_packed(LOCO_F16, 2, 300, 8, 40, NULL, 189);      /* packed q|k|v rows */
-    ok = ok && check_attention_packed(LOCO_BF16, 2, 130, 5, 64, kv, 190);
+    ok = ok && check_attention(LOCO_F16, 2, 2, 300, 300, 8, 40, 0, NULL, seed + 1);   /* SD 1.5 self, tails */
+    ok = ok && check_attention(LOCO_F16, 2, 2, 130, 77, 8, 80, 0, NULL, seed + 2);    /* cross-attention */
+    ok = ok && check_attention(LOCO_BF16, 2, 2, 257, 257, 5, 64, 0, NULL, seed + 3);
+    ok = ok && check_attention(LOCO_F16, 2, 2, 77, 77, 12, 64, 1, NULL, seed + 4);    /* CLIP text, causal */
+    ok = ok && check_attention(LOCO_F16, 1, 1, 200, 200, 2, 40, 1, NULL, seed + 5);   /* causal, 2 blocks */
+    ok = ok && check_attention(LOCO_F16, 4, 2, 96, 77, 8, 40, 0, kv, seed + 6);       /* kv_index */
+    ok = ok && check_attention(LOCO_BF16, 1, 1, 128, 64, 4, 80, 0, NULL, seed + 7);   /* whole tiles only */
+    ok = ok && check_attention(LOCO_F16, 1, 1, 64, 200, 4, 160, 0, NULL, seed + 8);   /* 160: mma.sync */
+    ok = ok && check_attention(LOCO_BF16, 1, 1, 640, 640, 2, 80, 0, NULL, seed + 9);  /* 5 or 10 key tiles */
+    ok = ok && check_attention_packed(LOCO_F16, 2, 300, 8, 40, NULL, seed + 10);     /* packed q|k|v rows */
+    ok = ok && check_attention_packed(LOCO_BF16, 2, 130, 5, 64, kv, seed + 11);
     unsetenv("LOCO_CUDA_FLASH");
-    CHECK(ok);
+    return ok;
 }
 
+/* Whether the test device is a compute capability 9.0 one (skips the test without a GPU). */
+#define HOPPER_OR_SKIP(hopper, seed)                                                       \
+    GPU_ENV(e_, LOCO_F16, seed);                                                           \
+    const int hopper = strstr(loco_backend_describe(e_.gpu), "(sm_90,") != NULL;           \
+    genv_close(&e_)
 
+TEST(cuda_attention_wgmma) {
+    HOPPER_OR_SKIP(hopper, 180);
+    CHECK(check_flash_wgmma("wgmma", hopper ? "flash: wgmma (experimental)" : "flash: wgmma unavailable", 180));
+}
+
+TEST(cuda_attention_wgmma128) {
+    HOPPER_OR_SKIP(hopper, 240);
+    CHECK(check_flash_wgmma("wgmma128", hopper ? "flash: wgmma, 128-key tiles (experimental)"
+                                               : "flash: wgmma unavailable", 240));
+}
 
 /* LOCO_CUDA_FLASH=classic, =stages3 and =ilp3 force one variant of the mma.sync kernel's 128-row
  * blocks for head dims 40, 64 and 80 (by default 64 and 80 take ilp3, 40 the classic loop):
