@@ -31,6 +31,8 @@ struct wgmma_op {
     int n, trans_b, is_bf16, a_regs;
     uint64_t da, db;
     uint16_t a16[2][16]; /* a_regs: this lane's rows g and g + 8 of A, taken at issue */
+    const uint32_t *a_src; /* a_regs: this thread's four A registers, and their values at issue */
+    uint32_t a_snap[4];
 };
 
 /* A thread's wgmma instructions: q[done..] in flight; group_end[] the ends of its committed

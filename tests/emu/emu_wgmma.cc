@@ -15,7 +15,8 @@
  * lane / 4, t = lane % 4 (mma.sync's C fragment, tile by tile).
  *
  * Asynchrony: an instruction's operands are read when the wait that retires its group runs,
- * the latest moment a GPU may read them (A's registers excepted: they are taken at issue), and
+ * the latest moment a GPU may read them (A's registers excepted: they are taken at issue, and
+ * the wait traps if the thread changed them in between, which the PTX ISA forbids), and
  * the accumulators are written then. A kernel that changes the shared memory a wgmma reads
  * before waiting for it, or reads the accumulators early, gets other numbers here, as it may on
  * a GPU. Products are exact and summed in double onto the accumulator, rounded once: the
@@ -113,6 +114,8 @@ void wgmma_rs(float *d, int n, const uint32_t a[4], uint64_t db, int trans_b, b1
     wgmma_op op;
     memset(&op, 0, sizeof op);
     op.d = d, op.n = n, op.trans_b = trans_b, op.is_bf16 = kind == B16_BF16, op.db = db, op.a_regs = 1;
+    op.a_src = a;
+    memcpy(op.a_snap, a, sizeof op.a_snap);
     rs_in m;
     memcpy(m.a, a, sizeof m.a);
     warp_collective(rs_gather_op, &m, sizeof m, op.a16, sizeof op.a16);
@@ -130,6 +133,8 @@ static void execute(const wgmma_op &op) {
     const int tid = (int)c.tid.x, lane = tid % 32, w = (tid / 32) % 4, g = lane / 4, t = lane % 4;
     const int rows[2] = {16 * w + g, 16 * w + g + 8};
     float A[2][16];
+    if (op.a_regs && memcmp(op.a_src, op.a_snap, sizeof op.a_snap) != 0)
+        trap("wgmma: A's registers changed before the wait that retires the instruction");
     if (op.a_regs) {
         for (int r = 0; r < 2; r++)
             for (int k = 0; k < 16; k++) {
