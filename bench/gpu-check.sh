@@ -278,7 +278,7 @@ if [ "$(left)" -lt 240 ]; then
     say "skipping the op table: $(left) s of the budget left, the model timings come first"
 else
     say "timing ops of bench/gpu/ops.txt (loco: median of 5 batches of 10 calls)"
-    timeout 90 "${RUN[@]}" "$BIN_BENCH/op_bench" bench/gpu/ops.txt 10 >"$DIR/ops_loco.txt" 2>"$DIR/ops_loco.err" || {
+    timeout 120 "${RUN[@]}" "$BIN_BENCH/op_bench" bench/gpu/ops.txt 10 >"$DIR/ops_loco.txt" 2>"$DIR/ops_loco.err" || {
         tail -5 "$DIR/ops_loco.err"
         say "op_bench reported failures (see $DIR/ops_loco.err)"
     }

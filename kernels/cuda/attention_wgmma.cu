@@ -1,10 +1,10 @@
 /* attention_wgmma.cu: flash attention on Hopper's warpgroup MMA (wgmma, sm_90a). EXPERIMENTAL,
- * used only under LOCO_CUDA_FLASH=wgmma (64-key tiles) or =wgmma128 (128-key tiles, session 7:
- * half the softmax reductions and O rescales per key and m64n128 score products, for 187-214
- * registers and one block per SM; not yet timed), for head dims 40, 64 and 80 in f16/bf16 (SD 1.x's
- * 40/80; SD 2.x, SD-XL and CLIP's 64). Correct on the H200 since run 5 and on the emulator
- * (tests/emu/emu_wgmma.cc) in every `make test`; its serial form of runs 5-6 ran at 0.72-0.95 of
- * the mma.sync kernel. Make it the default only after op_bench's "@fa_wgmma" rows show it faster.
+ * used only under LOCO_CUDA_FLASH=wgmma (64-key tiles) or =wgmma128 (128-key tiles: half the
+ * softmax reductions and O rescales per key, and m64n128 score products), for head dims 40, 64
+ * and 80 in f16/bf16 (SD 1.x's 40/80; SD 2.x, SD-XL and CLIP's 64). Correct on the H200 since
+ * run 5 and on the emulator (tests/emu/emu_wgmma.cc) in every `make test`; its serial form of
+ * runs 5-6 ran at 0.72-0.95 of the mma.sync kernel. The form below (session 7) is not yet
+ * timed: make it the default only after op_bench's "@fa_wgmma" rows show it faster.
  *
  * Why: the mma.sync kernel (attention.cu) runs SD 1.5's 4096-token self-attention at half of
  * PyTorch SDPA's speed, bound by the instructions it issues (bench/gpu/NOTES.md, session 3).
@@ -12,12 +12,16 @@
  * tile's products cost a handful of instructions instead of about a hundred per warp.
  *
  * Same algorithm and arguments as attention.cu (flash_params.h): 128 query rows per block, two
- * warpgroups of 64; K/V tiles of BC keys through shared memory with cp.async in three stages (the
- * tile whose V is in use, the next one whose K is in use, the one after loading); online
- * softmax in fp32 in base 2; per-sample K/V rows (the kv table); causal masking. The next tile's
- * S = Q K^T is issued before this tile's softmax and runs on the tensor cores meanwhile, the
- * overlap within a warpgroup of FlashAttention-3 (session 6, after run 6: not yet timed; the ncu
- * reading of the serial form had the tensor pipe 28 % busy).
+ * warpgroups of 64; K/V tiles of BC keys through shared memory with cp.async in four stages (the
+ * previous tile, whose V its P V reads; this one, whose K S reads; the next, landed or landing;
+ * the one after, loading); online softmax in fp32 in base 2; per-sample K/V rows (the kv
+ * table); causal masking. The products overlap the softmax as in FlashAttention-3 within a
+ * warpgroup: S_j and tile j - 1's P V are issued together, and tile j's softmax runs while that
+ * P V is still on the tensor cores (the ncu reading of the serial form had the tensor pipe 28 %
+ * busy). ptxas keeps it asynchronous (no "serialized" message, C7512-C7519, under -Xptxas -v:
+ * keep it so; bench/gpu/NOTES.md, session 7, lists what makes it serialise). Registers: 128-139
+ * with 64-key tiles (two blocks per SM at head dim 40, one at 64 and 80), 184-254 with 128-key
+ * tiles (one block per SM).
  *   S = Q K^T   m64nBCk16, A = Q and B = K from shared memory, both K-major (each row's head
  *               dims contiguous, as stored): conv_wgmma.cu's layout; self-test "kmajor_k48".
  *   O += P V    m64n(D+8)k16, A = P from registers (S's accumulators per warp are in mma.sync's
@@ -50,7 +54,9 @@ __device__ const int faw_image_ok = WG_DEVICE_OK;
 #define FAW_THREADS 256
 #define FAW_BR 128     /* query rows per block: two warpgroups of 64 */
 #define FAW_V_KSTEP 128 /* V: bytes between groups of 8 keys */
-#define FAW_STAGES 3   /* K/V tiles in shared memory: this one (V), the next (K), the one after (loading) */
+/* K/V tiles in shared memory: the previous one (its P V may still run), this one, the next (its
+ * S runs during this tile's softmax) and the one after (loading) */
+#define FAW_STAGES 4
 
 /* The shared-memory geometry of head dim D with BC keys per K/V tile (64, or 128 under
  * LOCO_CUDA_FLASH=wgmma128: half the softmax reductions and O rescales per key, and m64n128
@@ -213,42 +219,34 @@ __global__ void __launch_bounds__(FAW_THREADS) faw_kernel(const fa_params p) {
     const uint64_t dq = wg_desc(sq + wg * (64 / 8) * G::SBO_QK, 128, G::SBO_QK);
     const uint64_t dk0 = wg_desc(sk, 128, G::SBO_QK), dv0 = faw_v_desc<BC>(sv);
 
-    /* S of this tile (s) and of the next (sn): the next tile's Q K^T runs on the tensor cores
-     * while this tile's softmax runs on the other pipes (FA3's overlap within a warpgroup) */
-    float s[NST][4], sn[NST][4];
+    /* FlashAttention-3's overlap within a warpgroup, in its order: per key tile j, rescale O for
+     * tile j - 1, issue S_j = Q K_j^T, issue O += P_{j-1} V_{j-1}, wait for S_j only, and run tile
+     * j's softmax (its maxima and exponentials) while P V runs on the tensor cores; then wait for
+     * P V. What ptxas needs to keep the products asynchronous (it says "serialized", C7513-C7519,
+     * otherwise): every group retired in the step that committed it; no register a product in
+     * flight reads or writes touched by other instructions before its wait. So P alternates
+     * between two register sets, p0 for even tiles and p1 for odd ones (the loop takes two tiles
+     * per turn): the softmax of tile j writes one while P V of tile j - 1 reads the other (with
+     * one set, moved into P V's registers before S_j's fence, ptxas still serialised: C7513).
+     * O's factors (c, rescale: tile j - 1's) are applied before S_j is issued, and tile 0 is
+     * peeled off so that every step in the loop has the same groups in flight.
+     * tests/test_wgmma_ptxas.py fails the build's tests if ptxas serialises. */
+    float s[NST][4];
     float(&sf)[BC / 2] = faw_flat(s);
-    float(&snf)[BC / 2] = faw_flat(sn);
-    if (ntiles > 0) {
-        cp_async_wait<1>(); /* Q and tile 0 */
-        wg_fence_proxy();   /* cp.async's writes, seen by wgmma's async reads (after the barrier) */
-        __syncthreads();
-        faw_scores<T, NKS, BC>(sf, dq, dk0);
-        wg_commit();
-        wg_wait_all();
-        wg_fence_acc(sf);
-    }
-    for (int j = 0; j < ntiles; j++) {
-        const int st = j % FAW_STAGES;
-        if (j + 1 < ntiles) {
-            /* every warpgroup is done with tile j - 1 (its S and P V were waited for), whose
-             * stage tile j + 2 takes; tile j + 1 is then the older of the two groups in flight */
-            __syncthreads();
-            if (j + 2 < ntiles) {
-                const int64_t next = (int64_t)(j + 2) * BC * p.rs;
-                const int sn2 = (j + 2) % FAW_STAGES;
-                faw_load_kv<T, D, BC>(sk + sn2 * G::K_BYTES, sv + sn2 * G::V_BYTES, kg + next, vg + next,
-                                      p.lk - (j + 2) * BC, map);
-            }
-            cp_async_commit();
-            cp_async_wait<1>();
-            wg_fence_proxy();
-            __syncthreads();
-            faw_scores<T, NKS, BC>(snf, dq, faw_desc_at(dk0, (j + 1) % FAW_STAGES * G::K_BYTES));
-            wg_commit(); /* in flight through this tile's softmax */
-        }
-
+    float(&of)[D / 2 + 4] = faw_flat(o);
+    uint32_t p0[NST / 2][4], p1[NST / 2][4];
+    float c[2] = {1.0f, 1.0f};
+    bool rescale = false;
+    /* The masks and softmax of tile j's scores in s: P into pout, O's factors into c / rescale. */
+    auto softmax = [&](const int j, uint32_t(&pout)[NST / 2][4]) {
+        /* the scores copied out of S's accumulators, which the softmax leaves alone */
+        float x[NST][4];
+#pragma unroll
+        for (int nt = 0; nt < NST; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) x[nt][e] = s[nt][e];
         /* mask the tile that crosses Lk and, causal, the tiles reaching past the block's first
-         * row (uniform across the block, as in attention.cu); s[nt][e] is row g + 8 (e >> 1),
+         * row (uniform across the block, as in attention.cu); x[nt][e] is row g + 8 (e >> 1),
          * key 8 nt + 2 tq + (e & 1) of the tile */
         const int key0 = j * BC;
         if (key0 + BC > p.lk || (p.causal && key0 + BC - 1 > q0)) {
@@ -257,35 +255,83 @@ __global__ void __launch_bounds__(FAW_THREADS) faw_kernel(const fa_params p) {
 #pragma unroll
                 for (int e = 0; e < 4; e++) {
                     const int key = key0 + nt * 8 + 2 * tq + (e & 1), row = row0 + (e < 2 ? 0 : 8);
-                    if (key >= p.lk || (p.causal && key > row)) s[nt][e] = -INFINITY;
+                    if (key >= p.lk || (p.causal && key > row)) x[nt][e] = -INFINITY;
                 }
         }
-        /* online softmax (flash_softmax.cuh): the rows' max and O's rescale (the sums' columns
+        /* online softmax (flash_softmax.cuh): the rows' max and O's factors (the sums' columns
          * with it), then P into the A fragments of P V. (Exponentials two at a time in f16,
          * ex2.approx.f16x2, were tried: sm_90 has no packed MUFU.EX2, so it compiles to two
          * MUFU.EX2.F16 and a repack, more instructions than this.) */
-        const float2 nb = fa_softmax_max<NST, NDT + 1>(s, o, mr, NULL, p.scale_log2);
+        const float2 nb = fa_softmax_max_core<NST, NDT + 1, 0, false>(x, o, mr, NULL, p.scale_log2, c, rescale);
 #pragma unroll
         for (int nt = 0; nt < NST; nt++) {
-            s[nt][0] = fast_exp2(fmaf(s[nt][0], p.scale_log2, nb.x));
-            s[nt][1] = fast_exp2(fmaf(s[nt][1], p.scale_log2, nb.x));
-            s[nt][2] = fast_exp2(fmaf(s[nt][2], p.scale_log2, nb.y));
-            s[nt][3] = fast_exp2(fmaf(s[nt][3], p.scale_log2, nb.y));
+            x[nt][0] = fast_exp2(fmaf(x[nt][0], p.scale_log2, nb.x));
+            x[nt][1] = fast_exp2(fmaf(x[nt][1], p.scale_log2, nb.x));
+            x[nt][2] = fast_exp2(fmaf(x[nt][2], p.scale_log2, nb.y));
+            x[nt][3] = fast_exp2(fmaf(x[nt][3], p.scale_log2, nb.y));
         }
-        uint32_t pa[NST / 2][4];
-        fa_pack_p<T, NST>(s, pa);
-        float(&of)[D / 2 + 4] = faw_flat(o);
+        fa_pack_p<T, NST>(x, pout);
+    };
+    /* tile j's K/V landed (the load of tile j + 2 issued first), O rescaled for tile j - 1, then
+     * S_j issued and committed */
+    auto scores = [&](const int j) {
+        /* every warpgroup is done with tile j - 2 (its P V was waited for in step j - 1), whose
+         * stage tile j + 2 takes (at j = 0 the stage is unused) */
+        if (j > 0) __syncthreads();
+        if (j + 2 < ntiles) {
+            const int64_t next = (int64_t)(j + 2) * BC * p.rs;
+            const int sn2 = (j + 2) % FAW_STAGES;
+            faw_load_kv<T, D, BC>(sk + sn2 * G::K_BYTES, sv + sn2 * G::V_BYTES, kg + next, vg + next,
+                                  p.lk - (j + 2) * BC, map);
+        }
+        cp_async_commit();  /* group j + 2: tile j + 2 (empty when there is none) */
+        cp_async_wait<2>(); /* tile j (and, at j = 0, Q) */
+        wg_fence_proxy();   /* cp.async's writes, seen by wgmma's async reads (after the barrier) */
+        __syncthreads();
+        if (j > 0 && rescale) fa_rescale<NDT + 1>(o, c);
+        faw_scores<T, NKS, BC>(sf, dq, faw_desc_at(dk0, j % FAW_STAGES * G::K_BYTES));
+        wg_commit();
+    };
+    /* O += P V of tile j (its P in pin), issued and committed, not waited for */
+    auto pv = [&](const int j, const uint32_t(&pin)[NST / 2][4]) {
+        const uint64_t dv = faw_desc_at(dv0, j % FAW_STAGES * G::V_BYTES);
         wg_fence_acc(of);
         wg_fence(); /* o was rescaled by ordinary instructions */
-        const uint64_t dv = faw_desc_at(dv0, st * G::V_BYTES);
 #pragma unroll
-        for (int kk = 0; kk < NST / 2; kk++) faw_pv<T, D + 8>(of, pa[kk], faw_desc_at(dv, kk * 2 * FAW_V_KSTEP));
+        for (int kk = 0; kk < NST / 2; kk++) faw_pv<T, D + 8>(of, pin[kk], faw_desc_at(dv, kk * 2 * FAW_V_KSTEP));
         wg_commit();
-        wg_wait_all(); /* the next tile's S and this tile's P V */
+    };
+    /* tile j >= 1: its S and tile j - 1's P V (from pin) in flight together, its P into pout */
+    auto step = [&](const int j, const uint32_t(&pin)[NST / 2][4], uint32_t(&pout)[NST / 2][4]) {
+        scores(j);
+        pv(j - 1, pin); /* after S_j on the tensor cores */
+        wg_wait<1>();   /* S_j; P V of tile j - 1 runs on through this softmax */
+        wg_fence_acc(sf);
+        softmax(j, pout);
+        wg_wait<0>(); /* P V of tile j - 1 */
         wg_fence_acc(of);
-        wg_fence_acc(snf);
-#pragma unroll
-        for (int i = 0; i < BC / 2; i++) sf[i] = snf[i];
+    };
+    if (ntiles > 0) {
+        scores(0);
+        wg_wait<0>();
+        wg_fence_acc(sf);
+        softmax(0, p0);
+    }
+    int j = 1;
+    for (; j + 1 < ntiles; j += 2) {
+        step(j, p0, p1);
+        step(j + 1, p1, p0);
+    }
+    if (j < ntiles) step(j++, p0, p1);
+    /* the last tile's P V: tile ntiles - 1 is in p0 when it is even */
+    if (ntiles > 0) {
+        if (rescale) fa_rescale<NDT + 1>(o, c);
+        if ((ntiles - 1) % 2 == 0)
+            pv(ntiles - 1, p0);
+        else
+            pv(ntiles - 1, p1);
+        wg_wait<0>();
+        wg_fence_acc(of);
     }
     cp_async_wait<0>();
 

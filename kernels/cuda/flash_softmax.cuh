@@ -13,17 +13,20 @@
 #include "mma.h"
 
 /* The new row maxima of this tile's raw scores s (NST tiles of 8 keys for this lane's two rows,
- * masked keys at -inf) and the rescale of the running output o (NDT tiles of 8 dims) and of the
- * running sums l[2] (NULL: the caller has none) where a row's max grew. Returns the exponent
- * offsets (nb0, nb1): p = 2^(s * scale_log2 + nb).
+ * masked keys at -inf), stored into mr, and the factors c[0], c[1] by which the two rows' running
+ * output o (NDT tiles of 8 dims) and sums l[2] (NULL: the caller has none) must be multiplied:
+ * set only when *rescale is true (some row of the warp grew, or always with ILP). APPLY: multiply
+ * o and l here; without it o is not touched, so a caller whose o is still being written by an
+ * asynchronous product (attention_wgmma.cu) applies the factors (fa_rescale) after waiting for
+ * it. Returns the exponent offsets (nb0, nb1): p = 2^(s * scale_log2 + nb).
  * ILP = 1 (the mma.sync kernel's LOCO_CUDA_FLASH=ilp variants): the maxima as trees instead of
  * chains, and the rescale of o done always, as selects, instead of behind a branch: the branch
  * ends the basic block, so the compiler cannot interleave one m-tile's softmax with the other's
  * or with the next products, and ncu (run of session 6) found a third of the kernel's stalls on
  * fixed-latency dependencies at 2.4 warps per scheduler. */
-template <int NST, int NDT, int ILP = 0>
-__device__ __forceinline__ float2 fa_softmax_max(const float (&s)[NST][4], float (&o)[NDT][4], float (&mr)[2],
-                                                 float *l, float scale_log2) {
+template <int NST, int NDT, int ILP, bool APPLY>
+__device__ __forceinline__ float2 fa_softmax_max_core(const float (&s)[NST][4], float (&o)[NDT][4], float (&mr)[2],
+                                                      float *l, float scale_log2, float (&c)[2], bool &rescale) {
     float mx0 = mr[0], mx1 = mr[1];
     if (ILP) {
         float a0[NST], a1[NST];
@@ -60,24 +63,49 @@ __device__ __forceinline__ float2 fa_softmax_max(const float (&s)[NST][4], float
      * rarely does, and a warp where no row's max grew skips the O x c multiplies (4 D / 8 per
      * tile per lane, a tenth of the loop for head dim 64). An unchanged max gives c = 1. */
     const bool grew0 = mx0 != mr[0], grew1 = mx1 != mr[1];
-    if (ILP || __any_sync(0xffffffffu, grew0 || grew1)) {
+    rescale = ILP || __any_sync(0xffffffffu, grew0 || grew1);
+    if (rescale) {
         const float c0 = grew0 ? fast_exp2(fmaf(mr[0], scale_log2, nb0)) : 1.0f;
         const float c1 = grew1 ? fast_exp2(fmaf(mr[1], scale_log2, nb1)) : 1.0f;
-        if (l) {
-            l[0] *= c0;
-            l[1] *= c1;
-        }
+        if (APPLY) {
+            if (l) {
+                l[0] *= c0;
+                l[1] *= c1;
+            }
 #pragma unroll
-        for (int d = 0; d < NDT; d++) {
-            o[d][0] *= c0;
-            o[d][1] *= c0;
-            o[d][2] *= c1;
-            o[d][3] *= c1;
+            for (int d = 0; d < NDT; d++) {
+                o[d][0] *= c0;
+                o[d][1] *= c0;
+                o[d][2] *= c1;
+                o[d][3] *= c1;
+            }
         }
+        c[0] = c0;
+        c[1] = c1;
     }
     mr[0] = mx0;
     mr[1] = mx1;
     return make_float2(nb0, nb1);
+}
+
+/* The maxima and the rescale of o and l at once (the mma.sync kernel). */
+template <int NST, int NDT, int ILP = 0>
+__device__ __forceinline__ float2 fa_softmax_max(const float (&s)[NST][4], float (&o)[NDT][4], float (&mr)[2],
+                                                 float *l, float scale_log2) {
+    float c[2];
+    bool rescale;
+    return fa_softmax_max_core<NST, NDT, ILP, true>(s, o, mr, l, scale_log2, c, rescale);
+}
+
+/* o (NDT tiles of 8 dims) times the two rows' factors of fa_softmax_max_core. */
+template <int NDT> __device__ __forceinline__ void fa_rescale(float (&o)[NDT][4], const float (&c)[2]) {
+#pragma unroll
+    for (int d = 0; d < NDT; d++) {
+        o[d][0] *= c[0];
+        o[d][1] *= c[0];
+        o[d][2] *= c[1];
+        o[d][3] *= c[1];
+    }
 }
 
 /* The whole step on fp32 P: s becomes P = 2^(scaled s - row max) in place and l gains its row

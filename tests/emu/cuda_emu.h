@@ -121,7 +121,7 @@ template <class... P> launcher<P...> launch(dim3 grid, dim3 block, size_t smem, 
 /* The kernels' dynamic shared memory (`extern __shared__ T name[]`): one array per name, sized
  * for the emulated device's opt-in limit. A kernel that declares a new name needs it here, and
  * in emu_ptx.cc's smem_arrays (which poisons them at every block's start). */
-#define EMU_SMEM_OPTIN 166912
+#define EMU_SMEM_OPTIN 232448 /* an H100's / H200's 227 KB, as the emulated compute capability 9.0 */
 alignas(128) inline thread_local unsigned char fa_smem[EMU_SMEM_OPTIN];
 alignas(128) inline thread_local unsigned char faw_smem[EMU_SMEM_OPTIN];
 alignas(128) inline thread_local unsigned char wg_smem[EMU_SMEM_OPTIN];
