@@ -19,8 +19,8 @@
  * warpgroup: S_j and tile j - 1's P V are issued together, and tile j's softmax runs while that
  * P V is still on the tensor cores (the ncu reading of the serial form had the tensor pipe 28 %
  * busy). ptxas keeps it asynchronous (no "serialized" message, C7512-C7519, under -Xptxas -v:
- * keep it so; bench/gpu/NOTES.md, session 7, lists what makes it serialise). Registers: 128-139
- * with 64-key tiles (two blocks per SM at head dim 40, one at 64 and 80), 184-254 with 128-key
+ * keep it so; bench/gpu/NOTES.md, session 7, lists what makes it serialise). Registers: 128-144
+ * with 64-key tiles (two blocks per SM at head dim 40, one at 64 and 80), 184-252 with 128-key
  * tiles (one block per SM).
  *   S = Q K^T   m64nBCk16, A = Q and B = K from shared memory, both K-major (each row's head
  *               dims contiguous, as stored): conv_wgmma.cu's layout; self-test "kmajor_k48".
