@@ -31,7 +31,10 @@
 #      LOCO_CUDA_GEMM_TUNE=1.
 #
 # Logs and tables go to $GPU_CHECK_DIR (default: $OUT when set, else build/gpu-check).
-# Usage: bench/gpu-check.sh [--quick]   (--quick: parity only, no timings)
+# Usage: bench/gpu-check.sh [--quick | --candidates]   (--quick: parity only, no timings;
+#   --candidates: loco alone at batch 8, SD-XL then SD 1.5, with the default kernels and with
+#   each candidate default (LOCO_CUDA_FLASH=wgmma128, =wgmma), their RESULT lines side by side and
+#   nothing else: a second call on a warm machine after a full check, whose parity covers them)
 # Environment: GPU_CHECK_BUDGET_S (default 470): the phases after parity are skipped, with a
 #   message, when less time than they need is left; PYTHON (default python3);
 #   GPU_CHECK_PLUMBING=1 goes on past the "no GPU" stop, to test this script on a build machine
@@ -41,7 +44,9 @@ set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 
 QUICK=0
+CANDIDATES=0
 [ "${1:-}" = "--quick" ] && QUICK=1
+[ "${1:-}" = "--candidates" ] && CANDIDATES=1
 DIR="${GPU_CHECK_DIR:-${OUT:-build/gpu-check}}"
 mkdir -p "$DIR"
 JOBS="$(nproc 2>/dev/null || echo 2)"
@@ -143,6 +148,28 @@ if [ $rc -ne 0 ] && [ -z "${GPU_CHECK_PLUMBING:-}" ]; then
 fi
 if command -v nvidia-smi >/dev/null 2>&1; then
     nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader | sed 's/^/gpu-check: gpu: /'
+fi
+
+# ---- --candidates: the candidate defaults timed against the default, nothing else ----------------
+if [ $CANDIDATES -eq 1 ]; then
+    # family size timed-steps, then each environment (LOCO_CANDIDATE=default: nothing switched)
+    for model_args in "sdxl 1024 3" "sd1 512 10"; do
+        set -- $model_args
+        for env in LOCO_CANDIDATE=default LOCO_CUDA_FLASH=wgmma128 LOCO_CUDA_FLASH=wgmma; do
+            if [ "$(left)" -lt 60 ]; then
+                say "skipping $1 with $env: $(left) s of the budget left"
+                continue
+            fi
+            say "$1 ${2}px batch 8 (timed steps $3) with $env"
+            env "$env" timeout $(($(left) - 5)) "${RUN[@]}" "$BIN_BENCH/pipeline_bench" --device cuda --family "$1" \
+                --size "$2" --batch 8 --steps 50 --timed-steps "$3" >"$DIR/cand_$1_${env#*=}.out" \
+                2>"$DIR/cand_$1_${env#*=}.err" || tail -3 "$DIR/cand_$1_${env#*=}.err"
+            grep '^RESULT' "$DIR/cand_$1_${env#*=}.out" | sed "s/^RESULT impl=loco /RESULT impl=loco[$env] /" |
+                sed 's/^/gpu-check:   /'
+        done
+    done
+    say "done in $(elapsed) s (timings only; parity: the full check)"
+    exit 0
 fi
 
 # ---- 3. parity ------------------------------------------------------------------------------------
