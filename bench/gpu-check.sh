@@ -151,8 +151,21 @@ if command -v nvidia-smi >/dev/null 2>&1; then
 fi
 
 # ---- --candidates: the candidate defaults timed against the default, nothing else ----------------
+# loco alone at batch 8 with one variable set: loco_b8 TAG VAR=value family size timed-steps. Its
+# RESULT line is printed renamed impl=loco_TAG (bench/gpu/report.py does not read it).
+loco_b8() {
+    local tag=$1 env=$2 fam=$3 size=$4 timed=$5
+    say "$fam ${size}px batch 8, 50 steps (timed steps $timed) with $env: loco"
+    env "$env" timeout $(($(left) - 5)) "${RUN[@]}" "$BIN_BENCH/pipeline_bench" --device cuda --family "$fam" \
+        --size "$size" --batch 8 --steps 50 --timed-steps "$timed" >"$DIR/loco_${fam}_$tag.out" \
+        2>"$DIR/loco_${fam}_$tag.err" || tail -3 "$DIR/loco_${fam}_$tag.err"
+    grep '^RESULT' "$DIR/loco_${fam}_$tag.out" | sed "s/^RESULT impl=loco /RESULT impl=loco_$tag /" |
+        sed 's/^/gpu-check:   /'
+    grep -q '^RESULT .*s_per_image=' "$DIR/loco_${fam}_$tag.out" ||
+        say "the $tag run gave no timing (see $DIR/loco_${fam}_$tag.err)"
+}
 if [ $CANDIDATES -eq 1 ]; then
-    # family size timed-steps, then each environment (LOCO_CANDIDATE=default: nothing switched)
+    # family size timed-steps; LOCO_CANDIDATE=default switches nothing
     for model_args in "sdxl 1024 3" "sd1 512 10"; do
         set -- $model_args
         for env in LOCO_CANDIDATE=default LOCO_CUDA_FLASH=wgmma128 LOCO_CUDA_FLASH=wgmma; do
@@ -160,12 +173,7 @@ if [ $CANDIDATES -eq 1 ]; then
                 say "skipping $1 with $env: $(left) s of the budget left"
                 continue
             fi
-            say "$1 ${2}px batch 8 (timed steps $3) with $env"
-            env "$env" timeout $(($(left) - 5)) "${RUN[@]}" "$BIN_BENCH/pipeline_bench" --device cuda --family "$1" \
-                --size "$2" --batch 8 --steps 50 --timed-steps "$3" >"$DIR/cand_$1_${env#*=}.out" \
-                2>"$DIR/cand_$1_${env#*=}.err" || tail -3 "$DIR/cand_$1_${env#*=}.err"
-            grep '^RESULT' "$DIR/cand_$1_${env#*=}.out" | sed "s/^RESULT impl=loco /RESULT impl=loco[$env] /" |
-                sed 's/^/gpu-check:   /'
+            loco_b8 "${env#*=}" "$env" "$1" "$2" "$3"
         done
     done
     say "done in $(elapsed) s (timings only; parity: the full check)"
@@ -409,14 +417,8 @@ rerun() {
         say "skipping the $fam batch-8 run with $env: $(left) s of the budget left, about $need s needed"
         return
     fi
-    say "$fam ${size}px batch 8, 50 steps (timed steps $timed) with $env: loco"
-    env "$env" timeout $(($(left) - 5)) "${RUN[@]}" "$BIN_BENCH/pipeline_bench" --device cuda --family "$fam" \
-        --size "$size" --batch 8 --steps 50 --timed-steps "$timed" >"$DIR/loco_${fam}_$tag.out" \
-        2>"$DIR/loco_${fam}_$tag.err" || tail -3 "$DIR/loco_${fam}_$tag.err"
-    { grep '^RESULT' "$DIR/loco_${fam}_$tag.out" | sed "s/^RESULT impl=loco /RESULT impl=loco_$tag /"
-      grep "^RESULT impl=loco family=$fam .*batch=8 " "$RESULTS"; } | sed 's/^/gpu-check:   /'
-    grep -q '^RESULT .*s_per_image=' "$DIR/loco_${fam}_$tag.out" ||
-        say "the $tag run gave no timing (see $DIR/loco_${fam}_$tag.err)"
+    loco_b8 "$tag" "$env" "$fam" "$size" "$timed"
+    grep "^RESULT impl=loco family=$fam .*batch=8 " "$RESULTS" | sed 's/^/gpu-check:   /'
 }
 # SD-XL at batch 8 is the target still missed (run 6: 0.84): its f32 VAE decode already takes
 # the row-tap convs by default (session 7); the experimental attention kernels are the next
