@@ -33,8 +33,9 @@
 
 /* One thread: V = 16 bytes' worth of consecutive w of one (hh, ci), read once (a 16-byte load
  * and its two neighbours), mapped once by the prologue, written as the three taps s. The caller
- * checked that Wo = W is a multiple of V (rows stay 16-byte aligned) and that nrows * cin and
- * one sample's image fit in int. */
+ * checked that x is 16-byte aligned and Wo = W a multiple of V (so every row is), that one
+ * sample's image fits in int, and that kh * cin < 2^30 (nrows * cin stays below Cin * (H + the
+ * vertical padding), within int for any shape the image check lets through). */
 template <typename T, typename Pro>
 __global__ void __launch_bounds__(ROWS_TX *ROWS_TY)
     rows_fill_kernel(T *taps, const T *x, int h, int wd, int cin, int iy0, int nrows, Pro pro) {
@@ -97,7 +98,7 @@ int cuda_conv_rows_applies(const cuda_impl *c, const loco_tensor *y, const loco_
     const int64_t Cin = x->shape[1], H = x->shape[2], W = x->shape[3], kh = w->shape[2], kw = w->shape[3];
     const size_t es = loco_dtype_size(y->dtype);
     if (p->stride != 1 || kw != 3 || p->pad[2] != 1 || p->pad[3] != 1 || y->shape[3] != W) return 0;
-    if (W % (int64_t)(16 / es) != 0) return 0; /* 16-byte rows */
+    if (W % (int64_t)(16 / es) != 0 || !cuda_aligned(x->data, 16)) return 0; /* 16-byte rows (x may be a view) */
     if (Cin * H * W >= ((int64_t)1 << 31) || kh * 3 * Cin >= ((int64_t)1 << 31) || y->shape[2] >= 65536) return 0;
     /* one output row's kh padded rows fit the buffer budget, and their (hh, ci) pairs an int */
     return (size_t)kh * rows_row_bytes(Cin, W, es) <= c->im2col_budget && kh * Cin < ((int64_t)1 << 30);
@@ -145,7 +146,12 @@ static loco_status rows_weights(cuda_impl *c, const void *wp, const loco_tensor 
     else
         LOCO_LAUNCH((unsigned)blocks, 256, 0, c->stream, rows_weights_kernel<uint32_t>)(
             (uint32_t *)*wr, (const uint32_t *)wp, (int)w->shape[1], (int)w->shape[2], n);
-    return cuda_check_launch("rows_weights_kernel", err);
+    const loco_status st = cuda_check_launch("rows_weights_kernel", err);
+    if (st != LOCO_OK) {
+        cuda_alloc_put(c, *wr);
+        *wr = NULL;
+    }
+    return st;
 }
 
 /* Output rows [oh0, oh0 + nrows) of one sample, from a filled taps buffer. */

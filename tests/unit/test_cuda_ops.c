@@ -374,6 +374,32 @@ TEST(cuda_conv2d_im2col_chunks_and_slices) {
     unsetenv("LOCO_CUDA_IM2COL_KB");
 }
 
+/* conv2d of x taken as a view x_offset elements into a bigger tensor (a view need not be 16-byte
+ * aligned), 3x3 same padding, under LOCO_CUDA_CONV=algo, against the CPU. */
+static int check_conv_view(const char *algo, loco_dtype dt, int64_t N, int64_t Cin, int64_t H, int64_t W,
+                           int64_t Cout, int64_t x_offset, uint64_t seed) {
+    char why[1100];
+    genv e;
+    setenv("LOCO_CUDA_CONV", algo, 1);
+    const int opened = genv_open(&e, dt, seed, why, sizeof why);
+    unsetenv("LOCO_CUDA_CONV");
+    if (opened != 1) return fprintf(stderr, "%s\n", why), 0;
+    const loco_conv2d_params p = {1, {1, 1, 1, 1}};
+    int64_t xs[4] = {N, Cin, H, W}, xbig[1] = {N * Cin * H * W + x_offset}, ws[4] = {Cout, Cin, 3, 3},
+            ys[4] = {N, Cout, H, W};
+    twin xb, x, w, y;
+    int ok = twin_rand(&e, 1, xbig, 1.0f, 0.0f, &xb) && twin_rand(&e, 4, ws, 1.0f / sqrtf((float)(Cin * 9)), 0.0f, &w) &&
+             twin_out(&e, 4, ys, &y);
+    ok = ok && loco_tensor_view(&xb.c, x_offset, 4, xs, &x.c, &e.errc) == LOCO_OK &&
+         loco_tensor_view(&xb.g, x_offset, 4, xs, &x.g, &e.errg) == LOCO_OK;
+    ok = ok && both_ok(&e, loco_conv2d(e.cpu, &y.c, &x.c, &w.c, NULL, &p, &e.errc),
+                       loco_conv2d(e.gpu, &y.g, &x.g, &w.g, NULL, &p, &e.errg), "conv2d of a view");
+    ok = ok && twin_close(&y, tol_for(dt), "conv2d of a view");
+    twin_free(&xb), twin_free(&w), twin_free(&y);
+    genv_close(&e);
+    return ok;
+}
+
 /* The row-tap GEMMs (conv_rows.cu): f32 by the automatic route (K >= 128, Cout >= 64), f16 and
  * bf16 forced; vertical padding of every kind (none, asymmetric, 5 rows of taps, one row),
  * several samples, and a small buffer budget that splits an image into chunks of output rows
@@ -394,6 +420,10 @@ TEST(cuda_conv2d_rows) {
     setenv("LOCO_CUDA_IM2COL_KB", "12", 1); /* 3072-byte padded rows: chunks of 2 output rows */
     CHECK(check_conv(NULL, LOCO_F32, 3, 16, 12, 16, 64, 3, 3, 1, 1, 1, 1, 1, 1, 99));
     CHECK(check_conv("rows", LOCO_F16, 2, 32, 11, 16, 48, 3, 3, 1, 1, 1, 1, 1, 1, 100)); /* 1536-byte rows: 6 */
+    /* x as a view one element in: not 16-byte aligned, so the route steps aside (its fill reads
+     * 16 bytes at a time) */
+    CHECK(check_conv_view("rows", LOCO_F32, 2, 16, 8, 16, 64, 1, 102));
+    CHECK(check_conv_view("rows", LOCO_F16, 1, 16, 8, 16, 32, 8, 103)); /* 16 bytes in: aligned, taken */
     setenv("LOCO_CUDA_IM2COL_OVERLAP", "1", 1); /* fills on the side stream, two buffers of 12 KiB */
     setenv("LOCO_CUDA_IM2COL_KB", "24", 1);
     CHECK(check_conv(NULL, LOCO_F32, 3, 16, 12, 16, 64, 3, 3, 1, 1, 1, 1, 1, 1, 101));
