@@ -334,17 +334,15 @@ typedef struct forced_backend {
 } forced_backend;
 
 static loco_backend *forced_backend_create(const char *const env[3]) {
-    char var[64];
-    for (int i = 0; i < 3 && env[i]; i++) {
-        const char *eq = strchr(env[i], '=');
-        snprintf(var, sizeof var, "%.*s", (int)(eq - env[i]), env[i]);
-        setenv(var, eq + 1, 1);
+    char var[3][64];
+    int n = 0;
+    for (; n < 3 && env[n]; n++) {
+        const char *eq = strchr(env[n], '=');
+        snprintf(var[n], sizeof var[n], "%.*s", (int)(eq - env[n]), env[n]);
+        setenv(var[n], eq + 1, 1);
     }
     loco_backend *be = cuda_backend();
-    for (int i = 0; i < 3 && env[i]; i++) {
-        snprintf(var, sizeof var, "%.*s", (int)(strchr(env[i], '=') - env[i]), env[i]);
-        unsetenv(var);
-    }
+    for (int i = 0; i < n; i++) unsetenv(var[i]);
     return be;
 }
 

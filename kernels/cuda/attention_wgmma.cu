@@ -92,8 +92,9 @@ __device__ __forceinline__ uint64_t faw_desc_at(uint64_t desc, uint32_t bytes) {
  * in the loop a chunk then costs a compare and the copy (the per-tile index math was a fifth of
  * the loop's instructions in the SASS). row: the chunk's key (copied while < the tile's keys,
  * zeros after), FAW_ZERO_ROW for K's padding chunks past D (always zeros), -1 for a thread with
- * no chunk in that round. Offsets inside a tile fit in 32 bits (64 rows of heads * D elements,
- * host-checked). */
+ * no chunk in that round. Offsets inside a tile fit in 32 bits: BC rows of a packed q|k|v row
+ * at most, 128 x 3 x 65535 heads x 80 < 2^31 (attention.cu checks H <= 65535; head dims here
+ * are at most 80). */
 #define FAW_ZERO_ROW 0x7fffffff
 template <int D, int BC> struct faw_tile_map {
     typedef faw_geom<D, BC> G;

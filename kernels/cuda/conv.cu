@@ -139,15 +139,7 @@ __global__ void __launch_bounds__(IM2COL_TX *IM2COL_TY)
                 for (int j = 0; j < V + 2; j++) e[j] = T();
             }
 #pragma unroll
-            for (int s = 0; s < 3; s++) {
-                union {
-                    T e[V];
-                    uint4 v;
-                } u;
-#pragma unroll
-                for (int v = 0; v < V; v++) u.e[v] = e[v + s];
-                row0[(int64_t)s * ng + g] = u.v;
-            }
+            for (int s = 0; s < 3; s++) row0[(int64_t)s * ng + g] = tap_vector<T>(e, s);
         }
     }
 }

@@ -11,6 +11,20 @@
 
 #include "cuda_device.h"
 
+/* The 16 bytes of tap s (0, 1, 2) of V consecutive output pixels, from the V + 2 inputs e[j] =
+ * x[first pixel - 1 + j] around them: e[s .. s + V - 1]. The three-tap fills (im2col's GroupNorm
+ * fill in conv.cu, the row-tap fill in conv_rows.cu) read each input once and store all three. */
+template <typename T> __device__ __forceinline__ uint4 tap_vector(const T (&e)[16 / sizeof(T) + 2], int s) {
+    constexpr int V = 16 / sizeof(T);
+    union {
+        uint4 v;
+        T e[V];
+    } u;
+#pragma unroll
+    for (int v = 0; v < V; v++) u.e[v] = e[v + s];
+    return u.v;
+}
+
 struct im2col_copy {
     __device__ __forceinline__ void row(int, int) {}
     template <typename U> __device__ __forceinline__ U operator()(U v) const { return v; }

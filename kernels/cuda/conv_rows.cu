@@ -66,15 +66,7 @@ __global__ void __launch_bounds__(ROWS_TX *ROWS_TY)
                 for (int v = 0; v < V + 2; v++) e[v] = T();
             }
 #pragma unroll
-            for (int s = 0; s < 3; s++) {
-                union {
-                    uint4 v;
-                    T e[V];
-                } u;
-#pragma unroll
-                for (int v = 0; v < V; v++) u.e[v] = e[v + s];
-                *(uint4 *)(out + s * s_step + w0) = u.v;
-            }
+            for (int s = 0; s < 3; s++) *(uint4 *)(out + s * s_step + w0) = tap_vector<T>(e, s);
         }
     }
 }

@@ -42,13 +42,6 @@ __device__ __forceinline__ void wg_commit(void) {
     asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
 #endif
 }
-__device__ __forceinline__ void wg_wait_all(void) {
-#if defined(LOCO_CUDA_EMU)
-    emu::wgmma_wait(0);
-#elif WG_DEVICE_OK
-    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
-#endif
-}
 /* Waits until at most N of this thread's committed groups are still in flight (the newest N). */
 template <int N> __device__ __forceinline__ void wg_wait(void) {
 #if defined(LOCO_CUDA_EMU)
@@ -57,6 +50,7 @@ template <int N> __device__ __forceinline__ void wg_wait(void) {
     asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
 #endif
 }
+__device__ __forceinline__ void wg_wait_all(void) { wg_wait<0>(); }
 /* Makes this thread's generic-proxy writes to shared memory (st.shared, cp.async) visible to
  * the async proxy wgmma reads through; a barrier must follow before any wgmma. */
 __device__ __forceinline__ void wg_fence_proxy(void) {
