@@ -11,7 +11,8 @@
 #      whole tiny pipelines, out-of-memory handling; test_cuda_methods.c: LocoGen and causal
 #      tracing) against the CPU backend: all must pass, none
 #      may be skipped (the opt-in paths' pipeline reruns are phase 7; after a failure, the UNet
-#      calls and pipelines rerun with LOCO_CUDA_NORM_GATHER=0). A failure is reported and
+#      calls and pipelines rerun with LOCO_CUDA_NORM_GATHER=0, then with LOCO_CUDA_FLASH_SHORT=0).
+#      A failure is reported and
 #      the timings still run (one GPU run should tell as much as it can); the exit code is then 1;
 #   4. times loco's ops on SD-sized shapes next to PyTorch (bench/gpu/ops.txt);
 #   5. times full-size random-weight SD 1.5 (512^2, 50 steps) and SD-XL (1024^2, 50 steps) at
@@ -258,6 +259,12 @@ parity cuda_methods "$BIN_TESTS/test_cuda_methods"
 if [ $FAILED -ne 0 ] && [ "$(left)" -ge 60 ]; then
     LOCO_CUDA_NORM_GATHER=0 LOG_TAG=nogather_ parity cuda_pipeline_nogather "$BIN_TESTS/test_cuda_pipeline" \
         'unet_call|pipeline_'
+fi
+# Likewise for the text attention of at most 80 keys (attention_short.cu, session 8, written
+# without a GPU): again on the flash kernel (LOCO_CUDA_FLASH_SHORT=0), text encoders too.
+if [ $FAILED -ne 0 ] && [ "$(left)" -ge 60 ]; then
+    LOCO_CUDA_FLASH_SHORT=0 LOG_TAG=noshort_ parity cuda_pipeline_noshort "$BIN_TESTS/test_cuda_pipeline" \
+        'text_encoder|unet_call|pipeline_'
 fi
 # the opt-in and experimental paths op by op (their pipeline reruns come in phase 7); a failure
 # here counts as one, but the default path's parity above is what the timings stand on

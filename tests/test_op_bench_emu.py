@@ -45,8 +45,8 @@ MAIN_ROWS = (
     + ["c_1x1"]
     + [f"c_b4{s}" for s in CONV_ROUTES + ["@implicit_generic"] + BATCH4]
     + ["l_gelu", "l_gelu@tuned"]
-    + [f"a_d40{s}" for s in FLASH]
-    + [f"a_d64{s}" for s in FLASH]
+    + [f"a_d40{s}" for s in FLASH + ["@short_off"]]
+    + [f"a_d64{s}" for s in FLASH + ["@short_off"]]
     + ["g_silu", "l_n", "gg", "rc", "rc@unfused", "tb", "tb@unfused", "pj", "pj@unfused"]
     + ["sa", "sa@fa_classic", "sa@fa_stages3", "sa@fa_ilp3", "sa@apart"]
 )

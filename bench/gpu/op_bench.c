@@ -14,7 +14,8 @@
  * shapes whose head dim has both flash-attention block heights (40, 64, 80) are also timed with
  * LOCO_CUDA_FLASH=64 and =128 ("name@fa64", "name@fa128"), with each variant of the 128-row kernel
  * forced (LOCO_CUDA_FLASH=classic, =stages3 and =ilp3: "name@fa_classic", "name@fa_stages3",
- * "name@fa_ilp3"), and, in the --wgmma run, with the
+ * "name@fa_ilp3"); those of at most 80 keys (text) also on the flash kernel instead of
+ * attention_short.cu's (LOCO_CUDA_FLASH_SHORT=0: "name@short_off"); and, in the --wgmma run, with the
  * experimental Hopper kernel ("name@fa_wgmma", and "name@fa_wgmma128" with 128-key tiles). resconv rows (a ResNet block's
  * GroupNorm+SiLU, conv, residual add) time loco_conv2d_fused and the three separate ops
  * ("name@unfused"). selfattn rows (a transformer block's q, k, v projections and attention)
@@ -420,7 +421,7 @@ int main(int argc, char **argv) {
     /* the backends rows are also timed on: a forced route or variant each, from its environment
      * (read once, when a backend is created) */
     enum { IMPLICIT, GENERIC, IM2COL, IM2COL_32M, IM2COL_96M, IM2COL_OV, ROWS, ROWS_OV, TUNED, FA64, FA128, CLASSIC,
-           STAGES3, ILP3, N_FORCED };
+           STAGES3, ILP3, SHORT_OFF, N_FORCED };
     forced_backend forced[N_FORCED] = {
         [IMPLICIT] = {"@implicit", {"LOCO_CUDA_CONV=implicit"}, NULL},
         [GENERIC] = {"@implicit_generic", {"LOCO_CUDA_CONV=implicit", "LOCO_CUDA_IGEMM_ROWS=0"}, NULL},
@@ -438,6 +439,8 @@ int main(int argc, char **argv) {
         [CLASSIC] = {"@fa_classic", {"LOCO_CUDA_FLASH=classic"}, NULL},
         [STAGES3] = {"@fa_stages3", {"LOCO_CUDA_FLASH=stages3"}, NULL},
         [ILP3] = {"@fa_ilp3", {"LOCO_CUDA_FLASH=ilp3"}, NULL},
+        /* text attention (at most 80 keys) on the flash kernel instead of attention_short.cu */
+        [SHORT_OFF] = {"@short_off", {"LOCO_CUDA_FLASH_SHORT=0"}, NULL},
     };
     loco_backend *be = cuda_backend();
     int ok = be != NULL;
@@ -492,6 +495,9 @@ int main(int argc, char **argv) {
             TIME_ON(STAGES3);
             TIME_ON(ILP3);
         }
+        if (!strcmp(op.kind, "attn") && op.a[2] <= 80 &&
+            (op.a[4] == 40 || op.a[4] == 64 || op.a[4] == 80 || op.a[4] == 160))
+            TIME_ON(SHORT_OFF);
     }
 #undef TIME_ON
     fclose(f);

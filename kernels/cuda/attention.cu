@@ -14,7 +14,9 @@
  * instantiations; the head dim is a template parameter because the accumulators must be
  * register arrays of compile-time size (a run-time size would put them in local memory).
  * Every other case (other head dims such as the VAE's single 512-wide head, f32
- * activations, unaligned views) takes the materialised path of attention_gemm.cu.
+ * activations, unaligned views) takes the materialised path of attention_gemm.cu. Attention over
+ * at most 80 keys (77 text tokens) takes attention_short.cu's kernel unless LOCO_CUDA_FLASH or
+ * LOCO_CUDA_FLASH_SHORT=0 says otherwise.
  *
  * kv_index: each query sample reads the K/V of sample kv[b]; the table rides in the kernel
  * arguments (up to FA_KV_MAX samples per launch), so it costs nothing and survives graph
@@ -318,15 +320,10 @@ loco_status cuda_attention_setup(cuda_impl *c, loco_err *err) {
     return cuda_check(e, "cudaFuncSetAttribute(flash_attn_kernel)", err);
 }
 
-/* The loco dtype of a kernel element type, to match an instantiation to a call. */
-template <typename T> static loco_dtype fa_dtype(void);
-template <> loco_dtype fa_dtype<__half>(void) { return LOCO_F16; }
-template <> loco_dtype fa_dtype<__nv_bfloat16>(void) { return LOCO_BF16; }
-
 static loco_status flash_launch(cuda_impl *c, loco_dtype dt, int D, int MT, int variant, dim3 grid,
                                 const fa_params *fp, loco_err *err) {
 #define FA_CASE(T, DD, MM, VV)                                                                                  \
-    if (dt == fa_dtype<T>() && D == DD && MT == MM && variant == VV) {                                          \
+    if (dt == cuda_dtype_of<T>::value && D == DD && MT == MM && variant == VV) {                                          \
         LOCO_LAUNCH(grid, FA_THREADS, FA_SMEM(DD, MM, VV), c->stream, flash_attn_kernel<T, DD, MM, VV>)(*fp); \
         return cuda_check_launch("flash_attn_kernel", err);                                                     \
     }
@@ -391,13 +388,16 @@ extern "C" loco_status cuda_op_attention(loco_backend *be, loco_tensor *out, con
     fp.scale_log2 = scale_log2;
     fp.causal = p->causal != 0;
     const int wgmma = cuda_flash_wgmma_applies(c, dt, D); /* LOCO_CUDA_FLASH=wgmma: 128-row blocks */
+    const int few_keys = !wgmma && cuda_attention_short_applies(c, D, Lk); /* text: attention_short.cu */
     const int mt = wgmma ? 2 : fa_mtiles(c, (int)D, Lq);
     for (int64_t b0 = 0; b0 < B; b0 += FA_KV_MAX) {
         int nb = (int)(B - b0 < FA_KV_MAX ? B - b0 : FA_KV_MAX);
         fp.b0 = (int)b0;
         for (int i = 0; i < nb; i++) fp.kv[i] = p->kv_index ? p->kv_index[b0 + i] : (int)(b0 + i);
         dim3 grid((unsigned)((Lq + FA_BR(mt) - 1) / FA_BR(mt)), (unsigned)H, (unsigned)nb);
-        if (wgmma)
+        if (few_keys)
+            CUDA_TRY(cuda_attention_short(c, dt, (int)D, (int)H, nb, &fp, err));
+        else if (wgmma)
             CUDA_TRY(cuda_flash_wgmma(c, dt, (int)D, grid, &fp, err));
         else
             CUDA_TRY(flash_launch(c, dt, (int)D, mt, fa_variant(c, (int)D, mt, (int64_t)grid.x * grid.y * grid.z),

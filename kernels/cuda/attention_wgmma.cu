@@ -361,10 +361,6 @@ __global__ void __launch_bounds__(FAW_THREADS) faw_kernel(const fa_params p) {
     X(__nv_bfloat16, 80, 64) X(__half, 40, 128) X(__half, 64, 128) X(__half, 80, 128) X(__nv_bfloat16, 40, 128) \
     X(__nv_bfloat16, 64, 128) X(__nv_bfloat16, 80, 128)
 
-template <typename T> struct faw_dtype;
-template <> struct faw_dtype<__half> { static const loco_dtype value = LOCO_F16; };
-template <> struct faw_dtype<__nv_bfloat16> { static const loco_dtype value = LOCO_BF16; };
-
 int cuda_flash_wgmma_applies(const cuda_impl *c, loco_dtype dt, int64_t D) {
     return c->flash_wgmma && c->faw_ok && (dt == LOCO_F16 || dt == LOCO_BF16) && (D == 40 || D == 64 || D == 80);
 }
@@ -395,7 +391,7 @@ loco_status cuda_flash_wgmma_setup(cuda_impl *c, loco_err *err) {
  * c->flash_wgmma is the keys per K/V tile (64 or 128). */
 loco_status cuda_flash_wgmma(cuda_impl *c, loco_dtype dt, int D, dim3 grid, const fa_params *fp, loco_err *err) {
 #define FAW_LAUNCH(T, DD, BC)                                                                          \
-    if (dt == faw_dtype<T>::value && D == DD && c->flash_wgmma == BC) {                                 \
+    if (dt == cuda_dtype_of<T>::value && D == DD && c->flash_wgmma == BC) {                                 \
         const int smem = faw_geom<DD, BC>::SMEM; /* (a template's commas would split LOCO_LAUNCH's arguments) */ \
         LOCO_LAUNCH(grid, FAW_THREADS, smem, c->stream, faw_kernel<T, DD, BC>)(*fp);                    \
         return cuda_check_launch("faw_kernel", err);                                                  \

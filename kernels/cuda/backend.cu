@@ -324,6 +324,10 @@ extern "C" loco_status loco_backend_cuda_create(const loco_backend_opts *opts, l
     c->igemm_rows = !(igemm_rows && igemm_rows[0] == '0');
     const char *gemm_tune = getenv("LOCO_CUDA_GEMM_TUNE");
     c->gemm_tune = gemm_tune && gemm_tune[0] == '1';
+    const char *flash_short = getenv("LOCO_CUDA_FLASH_SHORT");
+    c->flash_short = !flash && !(flash_short && flash_short[0] == '0');
+    const char *short_rows = getenv("LOCO_CUDA_FLASH_SHORT_ROWS");
+    c->short_rows = short_rows ? atoi(short_rows) : 0;
     const char *norm_gather = getenv("LOCO_CUDA_NORM_GATHER");
     c->norm_gather = !(norm_gather && norm_gather[0] == '0');
     const char *im2col_kb = getenv("LOCO_CUDA_IM2COL_KB");
@@ -355,6 +359,7 @@ extern "C" loco_status loco_backend_cuda_create(const loco_backend_opts *opts, l
     const char *overlap = getenv("LOCO_CUDA_IM2COL_OVERLAP");
     if (st == LOCO_OK && overlap && overlap[0] == '1') st = overlap_create(c, err);
     if (st == LOCO_OK) st = cuda_attention_setup(c, err);
+    if (st == LOCO_OK) st = cuda_attention_short_setup(c, err);
     if (st == LOCO_OK) st = cuda_conv_igemm_tf32_setup(c, err);
     if (st == LOCO_OK) st = cuda_conv_igemm_setup(c, err);
     if (st == LOCO_OK) st = cuda_conv_wgmma_setup(c, err);
@@ -364,7 +369,7 @@ extern "C" loco_status loco_backend_cuda_create(const loco_backend_opts *opts, l
         cuda_destroy(&cb->be);
         return st;
     }
-    snprintf(cb->be.desc, sizeof cb->be.desc, "cuda:%d %.100s (sm_%d%d, %d SMs, %.1f GiB, %s activations%s%s%s%s%s%s)",
+    snprintf(cb->be.desc, sizeof cb->be.desc, "cuda:%d %.100s (sm_%d%d, %d SMs, %.1f GiB, %s activations%s%s%s%s%s%s%s)",
              ordinal, prop.name, prop.major, prop.minor, prop.multiProcessorCount,
              (double)prop.totalGlobalMem / (1024.0 * 1024.0 * 1024.0), cuda_dt(act),
              c->conv_algo == CUDA_CONV_IM2COL     ? ", conv: im2col"
@@ -383,6 +388,7 @@ extern "C" loco_status loco_backend_cuda_create(const loco_backend_opts *opts, l
              : c->flash_rows == 128 ? ", flash: 128 rows"
                                     : "",
              c->aux ? ", im2col overlapped" : "", c->norm_gather ? "" : ", GroupNorm gather off",
+             c->flash_short || flash ? "" : ", short-key attention off",
              c->gemm_tune ? ", GEMMs tuned" : "",
              graphs ? "" : ", graphs off");
     *out = &cb->be;

@@ -104,6 +104,13 @@ __device__ __forceinline__ float warp_max(float v) {
 
 /* ---- host: pick the instantiation for an activation dtype ---------------------------------- */
 
+/* The loco dtype of a kernel element type: matches a template instantiation to a call
+ * (cuda_dtype_of<T>::value). */
+template <typename T> struct cuda_dtype_of;
+template <> struct cuda_dtype_of<float> { static const loco_dtype value = LOCO_F32; };
+template <> struct cuda_dtype_of<__half> { static const loco_dtype value = LOCO_F16; };
+template <> struct cuda_dtype_of<__nv_bfloat16> { static const loco_dtype value = LOCO_BF16; };
+
 #define CUDA_DISPATCH(dtype, T, what, err, ...)                                                     \
     switch (dtype) {                                                                                \
     case LOCO_F32: {                                                                                \

@@ -136,6 +136,12 @@ typedef struct cuda_impl {
     int flash_wgmma; /* LOCO_CUDA_FLASH=wgmma|wgmma128: attention_wgmma.cu for head dims 40/64/80
                       * (experimental), with 64 or 128 keys per K/V tile; 0: off */
     int faw_ok;      /* ... and its sm_90a image is there and set up (compute capability 9.0) */
+    int flash_short; /* 1: attention over at most 80 keys (text cross-attention) takes
+                      * attention_short.cu's kernel when LOCO_CUDA_FLASH is unset;
+                      * LOCO_CUDA_FLASH_SHORT=0 sends it to the flash kernel (unmeasured: the
+                      * switch compares the two and is the way back if it loses) */
+    int short_rows;  /* query rows per block of that kernel: 0 = by the launch's size;
+                      * LOCO_CUDA_FLASH_SHORT_ROWS (tests: many 16-row steps per warp) */
     int gemm_tune;   /* LOCO_CUDA_GEMM_TUNE=1: time the heuristic's top cuBLASLt algorithms on the
                       * first eager call of each large GEMM shape and keep the fastest (gemm.cu) */
     int norm_gather; /* 1: loco_conv2d_fused applies its GroupNorm in the im2col gather (conv.cu);
@@ -253,6 +259,14 @@ struct fa_params;
 loco_status cuda_flash_wgmma_setup(cuda_impl *c, loco_err *err);
 int cuda_flash_wgmma_applies(const cuda_impl *c, loco_dtype dt, int64_t D);
 loco_status cuda_flash_wgmma(cuda_impl *c, loco_dtype dt, int D, dim3 grid, const struct fa_params *fp, loco_err *err);
+/* Attention over at most 80 keys (attention_short.cu): K and V held once per (sample, head),
+ * query rows streamed through them. applies: c->flash_short, 1 <= lk <= 80 and a head dim with an
+ * instantiation (40, 64, 80, 160); the launch covers the samples [fp->b0, + samples) of `heads`
+ * heads under attention.cu's flash conditions (f16/bf16, 16-byte aligned rows). */
+loco_status cuda_attention_short_setup(cuda_impl *c, loco_err *err);
+int cuda_attention_short_applies(const cuda_impl *c, int64_t D, int64_t lk);
+loco_status cuda_attention_short(cuda_impl *c, loco_dtype dt, int D, int heads, int samples,
+                                 const struct fa_params *fp, loco_err *err);
 /* Tensor-core implicit-GEMM convolution for F16/BF16 (conv_igemm.cu). */
 /* Blocks the implicit-GEMM kernel launches for this convolution. */
 int64_t cuda_conv_igemm_blocks(int64_t npix, int64_t cout);

@@ -35,12 +35,15 @@ __device__ __forceinline__ float2 fa_softmax_max_core(const float (&s)[NST][4], 
             a0[nt] = fmaxf(s[nt][0], s[nt][1]);
             a1[nt] = fmaxf(s[nt][2], s[nt][3]);
         }
+        /* halving trees that also take widths other than powers of two (10 score tiles in
+         * attention_short.cu): each round folds the upper half onto the lower, a middle
+         * element of an odd width waiting for the next round */
 #pragma unroll
-        for (int w = NST / 2; w >= 1; w /= 2)
+        for (int w = NST; w > 1; w = (w + 1) / 2)
 #pragma unroll
-            for (int i = 0; i < w; i++) {
-                a0[i] = fmaxf(a0[i], a0[i + w]);
-                a1[i] = fmaxf(a1[i], a1[i + w]);
+            for (int i = 0; i < w / 2; i++) {
+                a0[i] = fmaxf(a0[i], a0[i + (w + 1) / 2]);
+                a1[i] = fmaxf(a1[i], a1[i + (w + 1) / 2]);
             }
         mx0 = fmaxf(mx0, a0[0]);
         mx1 = fmaxf(mx1, a1[0]);
@@ -131,11 +134,11 @@ __device__ __forceinline__ void fa_softmax_step(float (&s)[NST][4], float (&o)[N
     }
     if (ILP) {
 #pragma unroll
-        for (int w = NST / 2; w >= 1; w /= 2)
+        for (int w = NST; w > 1; w = (w + 1) / 2) /* (trees as in fa_softmax_max_core) */
 #pragma unroll
-            for (int i = 0; i < w; i++) {
-                r0[i] += r0[i + w];
-                r1[i] += r1[i + w];
+            for (int i = 0; i < w / 2; i++) {
+                r0[i] += r0[i + (w + 1) / 2];
+                r1[i] += r1[i + (w + 1) / 2];
             }
         l[0] += r0[0];
         l[1] += r1[0];

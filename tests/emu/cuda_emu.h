@@ -152,6 +152,16 @@ inline cudaError_t cudaMemcpyFromSymbol(void *dst, const T &symbol, size_t count
 /* ---- intrinsics ------------------------------------------------------------------------------ */
 
 inline void __syncthreads(void) { emu::block_barrier(); }
+namespace emu {
+inline void syncwarp_op(const unsigned char (*)[64], unsigned char (*)[64], int) {}
+} /* namespace emu */
+/* Waits for every lane of the warp (the mask must name them all: loco's kernels never sync part
+ * of a warp). */
+inline void __syncwarp(unsigned mask = 0xffffffffu) {
+    if (mask != 0xffffffffu) emu::trap("__syncwarp with a partial mask");
+    int none = 0;
+    emu::warp_collective(emu::syncwarp_op, &none, sizeof none, &none, sizeof none);
+}
 [[noreturn]] inline void __trap(void) { emu::trap("__trap() in a kernel"); }
 
 namespace emu {

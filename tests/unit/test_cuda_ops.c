@@ -676,6 +676,33 @@ TEST(cuda_attention_flash_64_rows) {
     CHECK(ok);
 }
 
+/* At most 80 keys (text) take attention_short.cu's kernel: every head dim, keys from 1 to 80
+ * (81 is the flash kernel's again), query tails, causal, per-sample K/V; then many 16-row steps
+ * per warp (LOCO_CUDA_FLASH_SHORT_ROWS: each warp's two Q buffers reused in turn), and the same
+ * shapes through the flash kernel under LOCO_CUDA_FLASH_SHORT=0, the way back. The other
+ * attention tests' 77-key cases run here too. */
+TEST(cuda_attention_short_keys) {
+    GPU_ENV(e, LOCO_F16, 150);
+    genv_close(&e);
+    static const int kv[3] = {2, 0, 2}, kv2[2] = {1, 0};
+    CHECK(check_attention(LOCO_F16, 2, 2, 100, 77, 4, 160, 0, NULL, 151)); /* SD 1.5's 8x8 level */
+    CHECK(check_attention(LOCO_BF16, 2, 2, 33, 80, 3, 64, 0, NULL, 152));
+    CHECK(check_attention(LOCO_F16, 3, 3, 20, 1, 2, 40, 0, kv, 153));
+    CHECK(check_attention(LOCO_F16, 1, 1, 16, 16, 2, 80, 1, NULL, 154));
+    CHECK(check_attention(LOCO_F16, 1, 1, 9, 81, 2, 64, 0, NULL, 155)); /* flash kernel */
+    setenv("LOCO_CUDA_FLASH_SHORT_ROWS", "512", 1);
+    int ok = check_attention(LOCO_F16, 2, 2, 600, 77, 2, 64, 0, NULL, 156) &&
+             check_attention(LOCO_BF16, 1, 1, 700, 50, 1, 40, 1, NULL, 157);
+    unsetenv("LOCO_CUDA_FLASH_SHORT_ROWS");
+    CHECK(ok);
+    setenv("LOCO_CUDA_FLASH_SHORT", "0", 1);
+    ok = check_attention(LOCO_F16, 2, 2, 130, 77, 8, 80, 0, NULL, 158) &&
+         check_attention(LOCO_F16, 2, 2, 77, 77, 12, 64, 1, NULL, 159) &&
+         check_attention_packed(LOCO_BF16, 2, 77, 5, 64, kv2, 160);
+    unsetenv("LOCO_CUDA_FLASH_SHORT");
+    CHECK(ok);
+}
+
 TEST(cuda_attention_general_path) {
     GPU_ENV(e, LOCO_F16, 120);
     genv_close(&e);
