@@ -34,7 +34,8 @@
 # Logs and tables go to $GPU_CHECK_DIR (default: $OUT when set, else build/gpu-check).
 # Usage: bench/gpu-check.sh [--quick | --candidates]   (--quick: parity only, no timings;
 #   --candidates: loco alone at batch 8, SD-XL then SD 1.5, with the default kernels and with
-#   each candidate default (LOCO_CUDA_FLASH=wgmma128, =wgmma), their RESULT lines side by side and
+#   each candidate default (LOCO_CUDA_FLASH=wgmma128, =wgmma, LOCO_CUDA_GEMM_TUNE=1) and with
+#   LOCO_CUDA_FLASH_SHORT=0, their RESULT lines side by side and
 #   nothing else: a second call on a warm machine after a full check, whose parity covers them)
 # Environment: GPU_CHECK_BUDGET_S (default 470): the phases after parity are skipped, with a
 #   message, when less time than they need is left; PYTHON (default python3);
@@ -169,12 +170,15 @@ if [ $CANDIDATES -eq 1 ]; then
     # family size timed-steps; LOCO_CANDIDATE=default switches nothing
     for model_args in "sdxl 1024 3" "sd1 512 10"; do
         set -- $model_args
-        for env in LOCO_CANDIDATE=default LOCO_CUDA_FLASH=wgmma128 LOCO_CUDA_FLASH=wgmma; do
+        # tag:VAR=value; the attention candidates first, then GEMM autotuning, then the text
+        # attention back on the flash kernel (how much attention_short.cu gives end to end)
+        for cand in default:LOCO_CANDIDATE=default wgmma128:LOCO_CUDA_FLASH=wgmma128 \
+            wgmma:LOCO_CUDA_FLASH=wgmma gemm_tuned:LOCO_CUDA_GEMM_TUNE=1 short_off:LOCO_CUDA_FLASH_SHORT=0; do
             if [ "$(left)" -lt 60 ]; then
-                say "skipping $1 with $env: $(left) s of the budget left"
+                say "skipping $1 with ${cand#*:}: $(left) s of the budget left"
                 continue
             fi
-            loco_b8 "${env#*=}" "$env" "$1" "$2" "$3"
+            loco_b8 "${cand%%:*}" "${cand#*:}" "$1" "$2" "$3"
         done
     done
     say "done in $(elapsed) s (timings only; parity: the full check)"
@@ -430,10 +434,12 @@ rerun() {
 # SD-XL at batch 8 is the target still missed (run 6: 0.84): its f32 VAE decode already takes
 # the row-tap convs by default (session 7); the experimental attention kernels are the next
 # candidates. Then GEMM autotuning (LOCO_CUDA_GEMM_TUNE=1, off by default: the choice depends on
-# timings, so processes can differ at fp16 rounding) on SD 1.5.
+# timings, so processes can differ at fp16 rounding) on SD 1.5, and on SD-XL, whose 1280-wide
+# projections ran at 535-561 TFLOP/s in run 6 against 650-710 for the wider ones.
 rerun wgmma128 LOCO_CUDA_FLASH=wgmma128 sdxl 1024 3 90
 rerun wgmma LOCO_CUDA_FLASH=wgmma sdxl 1024 3 90
 rerun gemm_tuned LOCO_CUDA_GEMM_TUNE=1 sd1 512 10 45
+rerun gemm_tuned LOCO_CUDA_GEMM_TUNE=1 sdxl 1024 3 90
 say "seconds per image (N=50 steps, guidance on; T/N: T steps timed, the rest extrapolated)"
 if command -v "$PY" >/dev/null 2>&1; then
     "$PY" bench/gpu/report.py "$RESULTS" | tee "$DIR/report.txt"

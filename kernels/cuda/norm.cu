@@ -331,12 +331,25 @@ template <int LPR> __device__ __forceinline__ float group_sum(float v) {
     return v;
 }
 
+/* Lane l of a row's group loads its vectors of row `row` (nothing past the last row). */
+template <typename T, int VPL, int LPR>
+__device__ __forceinline__ void ln_load_row(vec16<T> (&u)[VPL], const T *x, int row, int rows, int C, int l) {
+    const int nv = C / (int)(16 / sizeof(T));
+    const vec16<T> *xr = (const vec16<T> *)(x + (int64_t)row * C);
+#pragma unroll
+    for (int k = 0; k < VPL; k++)
+        if (row < rows && l + LPR * k < nv) u[k] = xr[l + LPR * k];
+}
+
 /* Fast form for 16-byte aligned rows of at most 32 * VPL vectors (VPL <= 8; f16/bf16: C <=
  * 2048, every LayerNorm of the supported models): a group of LPR lanes per row (8, 16 or 32:
  * four, two or one rows per warp) keeps the row's vectors in registers across the three steps
  * (shifted sum, sum of squares around the mean, output), and gamma/beta sit in shared memory as
- * fp32, staged once per block. LPR and VPL are the smallest that hold the row, so narrow rows
- * (SD 1.5's 320 channels: 8 lanes of 5 vectors) keep several rows' loads in flight per warp;
+ * fp32, staged once per block. LPR and VPL (2, 4, 5 or 8) are the smallest that hold the row, so
+ * narrow rows (SD 1.5's 320 channels: 8 lanes of 5 vectors) keep several rows' loads in flight
+ * per warp, and VPL = 5, every SD width (320 k channels are 40 k vectors over 8 k lanes), takes
+ * 40-odd registers where 8 took 64 (four blocks of 256 threads per SM, half the warps an SM
+ * holds);
  * with a warp per row, the 640-byte rows of [16, 4096, 320] ran at 2.1 TB/s on an H200
  * (session 6 profile: 39 us). The general form below re-reads the row for each step and loads
  * gamma/beta per element with their run-time dtype (16 scalar loads per 16 bytes of output:
@@ -347,24 +360,25 @@ __global__ void __launch_bounds__(LN_THREADS) ln_rows_kernel(T *y, const T *x, c
     constexpr int V = 16 / sizeof(T), RPW = 32 / LPR;
     extern __shared__ float4 ln_smem[]; /* gamma [C], beta [C] as fp32 */
     float *sg = (float *)ln_smem, *sb = sg + C;
+    const int lane = threadIdx.x & 31, sub = lane / LPR, l = lane % LPR, nv = C / V;
+    const int warps = gridDim.x * (blockDim.x >> 5);
+    int rg = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    vec16<T> u[VPL];
+    /* The first row's loads go out before gamma/beta are staged: the staging's loads and its
+     * barrier then wait beside them instead of in front of them (with a warp per row or two,
+     * most warps have no second row). */
+    ln_load_row<T, VPL, LPR>(u, x, rg * RPW + sub, rows, C, l);
     for (int i = threadIdx.x; i < C; i += blockDim.x) {
         sg[i] = ld_dyn(gamma, gdt, i);
         sb[i] = beta ? ld_dyn(beta, bdt, i) : 0.0f;
     }
     __syncthreads();
-    const int lane = threadIdx.x & 31, sub = lane / LPR, l = lane % LPR, nv = C / V;
-    const int warps = gridDim.x * (blockDim.x >> 5);
     /* all lanes go round together (the sums shuffle across the whole warp); a group whose row
      * is past the end computes on nothing and stores nothing */
-    for (int rg = (blockIdx.x * blockDim.x + threadIdx.x) >> 5; rg * RPW < rows; rg += warps) {
+    for (; rg * RPW < rows; rg += warps) {
         const int row = rg * RPW + sub;
         const bool live = row < rows;
-        const vec16<T> *xr = (const vec16<T> *)(x + (int64_t)(live ? row : 0) * C);
         vec16<T> *yr = (vec16<T> *)(y + (int64_t)row * C);
-        vec16<T> u[VPL];
-#pragma unroll
-        for (int k = 0; k < VPL; k++)
-            if (live && l + LPR * k < nv) u[k] = xr[l + LPR * k];
         /* sum around x[0] for an accurate mean, then a true second pass for the variance (see
          * the general form) */
         const float shift = __shfl_sync(0xffffffffu, l == 0 && live ? to_f32(u[0].v[0]) : 0.0f, sub * LPR);
@@ -400,6 +414,9 @@ __global__ void __launch_bounds__(LN_THREADS) ln_rows_kernel(T *y, const T *x, c
                 yr[i] = u[k];
             }
         }
+        /* the next row's loads: after this row's stores (in place, y = x, a row is read and
+         * written by the same lanes, so the order within a lane is all it needs) */
+        if ((rg + warps) * RPW < rows) ln_load_row<T, VPL, LPR>(u, x, (rg + warps) * RPW + sub, rows, C, l);
     }
 }
 
@@ -480,6 +497,9 @@ static void ln_rows_launch_lpr(cuda_impl *c, unsigned grid, size_t smem, int vpl
     if (vpl == 2)
         LOCO_LAUNCH(grid, LN_THREADS, smem, c->stream, ln_rows_kernel<T, 2, LPR>)(
             (T *)a.y, (const T *)a.x, a.gamma, a.gdt, a.beta, a.bdt, a.rows, a.C, a.eps);
+    else if (vpl == 5)
+        LOCO_LAUNCH(grid, LN_THREADS, smem, c->stream, ln_rows_kernel<T, 5, LPR>)(
+            (T *)a.y, (const T *)a.x, a.gamma, a.gdt, a.beta, a.bdt, a.rows, a.C, a.eps);
     else if (vpl == 4)
         LOCO_LAUNCH(grid, LN_THREADS, smem, c->stream, ln_rows_kernel<T, 4, LPR>)(
             (T *)a.y, (const T *)a.x, a.gamma, a.gdt, a.beta, a.bdt, a.rows, a.C, a.eps);
@@ -516,14 +536,19 @@ extern "C" loco_status cuda_op_layer_norm(loco_backend *be, loco_tensor *y, cons
         const int V = 16 / sizeof(T);
         int vec = C % V == 0 && cuda_aligned(x->data, 16) && cuda_aligned(y->data, 16);
         if (vec && C <= 32 * LN_VPL_MAX * V && rows < ((int64_t)1 << 31) / 32) {
-            const unsigned grid = cuda_grid(c, (rows + 3) / 4 * 32, LN_THREADS);
+            /* the fewest lanes per row (8, 16, 32) and vectors per lane (2, 4, 5, 8) that hold it */
+            const int64_t nv = C / V;
+            const int lpr = nv <= 8 * LN_VPL_MAX ? 8 : nv <= 16 * LN_VPL_MAX ? 16 : 32;
+            const int vpl = nv <= 2 * lpr ? 2 : nv <= 4 * lpr ? 4 : nv <= 5 * lpr ? 5 : LN_VPL_MAX;
+            /* a warp per 32 / lpr rows, up to cuda_grid's cap. Before session 8 the grid had a
+             * warp per four rows whatever the width, so SD-XL's [16384, 1280] (lpr 32) ran each
+             * warp over four rows one after the other: 2.2 TB/s (run 6 profile; SD 1.5's
+             * [65536, 320], lpr 8, whose grid this does not change: 2.7). Not yet timed. */
+            const int rpw = 32 / lpr;
+            const unsigned grid = cuda_grid(c, (rows + rpw - 1) / rpw * 32, LN_THREADS);
             const size_t smem = 2 * (size_t)C * sizeof(float);
             const ln_rows_args a = {y->data, x->data, gamma->data, beta ? beta->data : NULL, (int)gamma->dtype,
                                     beta ? (int)beta->dtype : 0, (int)rows, (int)C, eps};
-            /* the fewest lanes per row (8, 16, 32) and vectors per lane (2, 4, 8) that hold it */
-            const int64_t nv = C / V;
-            const int lpr = nv <= 8 * LN_VPL_MAX ? 8 : nv <= 16 * LN_VPL_MAX ? 16 : 32;
-            const int vpl = nv <= 2 * lpr ? 2 : nv <= 4 * lpr ? 4 : LN_VPL_MAX;
             ln_rows_launch<T>(c, grid, smem, vpl, lpr, a);
             return cuda_check_launch("ln_rows_kernel", err);
         }

@@ -638,6 +638,9 @@ TEST(cuda_layer_norm) {
     CHECK(check_layer_norm(LOCO_F16, 131, 2048, 1, 0, 0.0f, 101)); /* 256: 32 lanes x 8 */
     CHECK(check_layer_norm(LOCO_F16, 67, 200, 1, 0, 0.0f, 102));   /* 25: 8 lanes x 4 */
     CHECK(check_layer_norm(LOCO_F32, 45, 192, 1, 0, 0.0f, 103));   /* 48 (f32): 8 lanes x 8 */
+    /* more rows than the grid has warps (the emulated 108 SMs: 1728 blocks of 8 warps, a row
+     * each at 32 lanes a row), so warps go round again with the row they loaded ahead; in place */
+    CHECK(check_layer_norm(LOCO_F32, 1728 * 8 + 77, 516, 1, 1, 1.0f, 104)); /* 129: 32 lanes x 5 */
 }
 
 /* ---- attention ------------------------------------------------------------------------------------- */
