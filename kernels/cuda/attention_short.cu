@@ -34,8 +34,6 @@
 #define SA_LDS(D) (SA_DK(D) + 8) /* smem row pitch, as attention.cu: ldmatrix rows in distinct banks */
 /* K [SA_KEYS][LDS], V [SA_KEYS][LDS], then each warp's two Q buffers [SA_ROWS][LDS] */
 #define SA_SMEM(D) ((2 * SA_KEYS + SA_WARPS * 2 * SA_ROWS) * SA_LDS(D) * 2)
-/* blocks a launch aims at: a few waves of the 4-5 blocks an SM holds */
-#define SA_BLOCKS_PER_SM 8
 
 /* 16 query rows from row q (of the block's range, which ends at q_end) into a Q buffer; rows at
  * or past q_end become zeros. */
@@ -87,11 +85,10 @@ __global__ void __launch_bounds__(SA_THREADS) short_attn_kernel(const fa_params 
     }
     /* K and V once (rows past Lk become zeros: their scores are masked and their P is 0, and
      * 0 times a zero V row stays 0), then this warp's first two chunks */
-    const int rs = (int)p.rs;
     for (int i = tid; i < SA_KEYS * DV; i += SA_THREADS) {
         const int r = i / DV, cv = i - r * DV;
         const bool ok = r < p.lk;
-        const int off = ok ? r * rs + cv * 8 : 0;
+        const int64_t off = ok ? r * p.rs + cv * 8 : 0; /* (80 packed rows can pass 2^31 elements) */
         cp_async16(sk + r * LDS + cv * 8, kg + off, ok ? 16 : 0);
         cp_async16(sv + r * LDS + cv * 8, vg + off, ok ? 16 : 0);
     }
@@ -129,7 +126,15 @@ __global__ void __launch_bounds__(SA_THREADS) short_attn_kernel(const fa_params 
                 mma16816<T>(s[2 * np], qf[ks], kf);
                 mma16816<T>(s[2 * np + 1], qf[ks], kf + 2);
             }
-        if (mask) { /* keys past Lk (and, causal, past the row): uniform test, as attention.cu */
+        /* keys past Lk (and, causal, past the row). The text's 73-79 keys leave only the last
+         * 8-key tile to mask: that case alone, then everything else per element (masking every
+         * element was 126 of the loop's 783 instructions at head dim 64; a branch per tile cost
+         * 19 registers, a block per SM) */
+        if (mask && !p.causal && p.lk > SA_KEYS - 8) {
+#pragma unroll
+            for (int e = 0; e < 4; e++)
+                if ((NST - 1) * 8 + 2 * tq + (e & 1) >= p.lk) s[NST - 1][e] = -INFINITY;
+        } else if (mask) {
             const int g = lane >> 2;
 #pragma unroll
             for (int nt = 0; nt < NST; nt++)
@@ -203,8 +208,14 @@ __global__ void __launch_bounds__(SA_THREADS) short_attn_kernel(const fa_params 
 #define SA_FOR_EACH_T(X, T) X(T, 40) X(T, 64) X(T, 80) X(T, 160)
 #define SA_FOR_EACH(X) SA_FOR_EACH_T(X, __half) SA_FOR_EACH_T(X, __nv_bfloat16)
 
+template <int D> static cudaError_t sa_occupancy(int *blocks_per_sm) {
+    return cudaOccupancyMaxActiveBlocksPerMultiprocessor(blocks_per_sm, short_attn_kernel<__half, D>, SA_THREADS,
+                                                         SA_SMEM(D));
+}
+
+/* Raises the shared-memory limits, then asks how many blocks of each head dim an SM holds
+ * (registers and shared memory; the f16 and bf16 kernels use the same), for sa_rows_per_block. */
 loco_status cuda_attention_short_setup(cuda_impl *c, loco_err *err) {
-    (void)c;
     cudaError_t e = cudaSuccess;
 #define SA_SET(T, D)                                                                                   \
     if (e == cudaSuccess)                                                                              \
@@ -212,31 +223,40 @@ loco_status cuda_attention_short_setup(cuda_impl *c, loco_err *err) {
                                  SA_SMEM(D));
     SA_FOR_EACH(SA_SET)
 #undef SA_SET
-    return cuda_check(e, "cudaFuncSetAttribute(short_attn_kernel)", err);
+    CUDA_TRY(cuda_check(e, "cudaFuncSetAttribute(short_attn_kernel)", err));
+    e = sa_occupancy<40>(&c->short_bps[0]);
+    if (e == cudaSuccess) e = sa_occupancy<64>(&c->short_bps[1]);
+    if (e == cudaSuccess) e = sa_occupancy<80>(&c->short_bps[2]);
+    if (e == cudaSuccess) e = sa_occupancy<160>(&c->short_bps[3]);
+    return cuda_check(e, "cudaOccupancyMaxActiveBlocksPerMultiprocessor(short_attn_kernel)", err);
 }
 
 int cuda_attention_short_applies(const cuda_impl *c, int64_t D, int64_t lk) {
     return c->flash_short && lk >= 1 && lk <= SA_KEYS && (D == 40 || D == 64 || D == 80 || D == 160);
 }
 
-/* Rows per block: enough blocks for SA_BLOCKS_PER_SM per SM over the launch's (sample, head)
- * pairs, at least 64 rows (a chunk per warp) and at most the whole sequence. SD-XL's 1024-token
- * level at batch 16 (320 pairs): 3 blocks of 352 rows each; SD 1.5's 4096-token one at batch 16
- * (128 pairs): 8 of 512. LOCO_CUDA_FLASH_SHORT_ROWS=n sets it (rounded up to 16). */
-static int sa_rows_per_block(const cuda_impl *c, int64_t lq, int64_t pairs) {
+/* Rows per block: one wave of the blocks the GPU holds at once (c->short_bps per SM, from the
+ * occupancy calculator at setup) spread over the launch's (sample, head) pairs, in multiples of
+ * 64 rows so that the four warps get equal numbers of 16-row steps, and at most the whole
+ * sequence. SD-XL's 1024-token level at batch 16 on an H200 (320 pairs, 5 blocks of head dim 64
+ * per SM: 660): 2 blocks of 512 rows per pair; SD 1.5's 4096-token one at batch 16 (128 pairs):
+ * 5 of 832. With more pairs than that, a block per pair and as many waves as it takes.
+ * LOCO_CUDA_FLASH_SHORT_ROWS=n sets it (rounded up to 16). */
+static int sa_rows_per_block(const cuda_impl *c, int D, int64_t lq, int64_t pairs) {
     if (c->short_rows > 0 && c->short_rows <= (1 << 20)) return (c->short_rows + SA_ROWS - 1) / SA_ROWS * SA_ROWS;
-    const int64_t target = (int64_t)c->sm_count * SA_BLOCKS_PER_SM;
-    int64_t per_pair = (target + pairs / 2) / pairs;
-    const int64_t most = (lq + 4 * SA_ROWS - 1) / (4 * SA_ROWS);
+    const int di = D == 40 ? 0 : D == 64 ? 1 : D == 80 ? 2 : 3;
+    const int64_t resident = (int64_t)c->sm_count * (c->short_bps[di] > 0 ? c->short_bps[di] : 1);
+    int64_t per_pair = resident / pairs;
+    const int64_t most = (lq + SA_WARPS * SA_ROWS - 1) / (SA_WARPS * SA_ROWS);
     if (per_pair > most) per_pair = most;
     if (per_pair < 1) per_pair = 1;
     const int64_t rows = (lq + per_pair - 1) / per_pair;
-    return (int)((rows + SA_ROWS - 1) / SA_ROWS * SA_ROWS);
+    return (int)((rows + SA_WARPS * SA_ROWS - 1) / (SA_WARPS * SA_ROWS) * (SA_WARPS * SA_ROWS));
 }
 
 loco_status cuda_attention_short(cuda_impl *c, loco_dtype dt, int D, int heads, int samples, const fa_params *fp,
                                  loco_err *err) {
-    const int rpb = sa_rows_per_block(c, fp->lq, (int64_t)heads * samples);
+    const int rpb = sa_rows_per_block(c, D, fp->lq, (int64_t)heads * samples);
     const dim3 grid((unsigned)((fp->lq + rpb - 1) / rpb), (unsigned)heads, (unsigned)samples);
 #define SA_CASE(T, DD)                                                                                       \
     if (dt == cuda_dtype_of<T>::value && D == DD) {                                                       \

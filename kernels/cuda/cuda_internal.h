@@ -142,6 +142,7 @@ typedef struct cuda_impl {
                       * switch compares the two and is the way back if it loses) */
     int short_rows;  /* query rows per block of that kernel: 0 = by the launch's size;
                       * LOCO_CUDA_FLASH_SHORT_ROWS (tests: many 16-row steps per warp) */
+    int short_bps[4]; /* its blocks per SM at head dims 40, 64, 80, 160 (occupancy at setup) */
     int gemm_tune;   /* LOCO_CUDA_GEMM_TUNE=1: time the heuristic's top cuBLASLt algorithms on the
                       * first eager call of each large GEMM shape and keep the fastest (gemm.cu) */
     int norm_gather; /* 1: loco_conv2d_fused applies its GroupNorm in the im2col gather (conv.cu);

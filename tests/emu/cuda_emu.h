@@ -138,6 +138,11 @@ alignas(128) inline thread_local float4 lm_smem[EMU_SMEM_OPTIN / 16];
 template <class... P> inline cudaError_t cudaFuncSetAttribute(void (*f)(P...), cudaFuncAttribute attr, int value) {
     return cudaFuncSetAttribute((const void *)f, attr, value);
 }
+template <class... P>
+inline cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int *blocks, void (*f)(P...), int block_size,
+                                                                 size_t dyn_smem) {
+    return cudaOccupancyMaxActiveBlocksPerMultiprocessor(blocks, (const void *)f, block_size, dyn_smem);
+}
 template <class T>
 inline cudaError_t cudaMemcpyFromSymbol(void *dst, const T &symbol, size_t count, size_t offset = 0,
                                         cudaMemcpyKind kind = cudaMemcpyDeviceToHost) {

@@ -21,6 +21,7 @@
 
 #define EMU_MEM_BYTES ((size_t)2 << 30)
 #define EMU_DEFAULT_SMEM (48 * 1024)
+#define EMU_SMEM_PER_SM 167936 /* an A100's 164 KB: the block counts it gives are the smaller ones */
 
 struct CUstream_st;
 struct CUevent_st;
@@ -146,7 +147,7 @@ cudaError_t cudaGetDeviceProperties(struct cudaDeviceProp *p, int device) {
     p->totalGlobalMem = EMU_MEM_BYTES;
     p->sharedMemPerBlock = EMU_DEFAULT_SMEM;
     p->sharedMemPerBlockOptin = EMU_SMEM_OPTIN;
-    p->sharedMemPerMultiprocessor = 167936;
+    p->sharedMemPerMultiprocessor = EMU_SMEM_PER_SM;
     p->regsPerBlock = 65536;
     p->regsPerMultiprocessor = 65536;
     p->warpSize = 32;
@@ -188,6 +189,28 @@ cudaError_t cudaFuncSetAttribute(const void *func, enum cudaFuncAttribute attr, 
         if (value < 0 || value > EMU_SMEM_OPTIN) return fail(cudaErrorInvalidValue);
         dev().max_dyn_smem[func] = value;
     }
+    return cudaSuccess;
+}
+
+/* Blocks per SM as the threads and shared memory allow (the emulator has no register counts):
+ * the emulated SM's 2048 threads, 32 blocks and sharedMemPerMultiprocessor, with the 1 KB the
+ * hardware reserves per block. */
+cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int *blocks, const void *func, int block_size,
+                                                         size_t dyn_smem) {
+    device_state &d = dev();
+    auto it = d.max_dyn_smem.find(func);
+    const size_t allowed = it != d.max_dyn_smem.end() ? (size_t)it->second : EMU_DEFAULT_SMEM;
+    if (!blocks || block_size <= 0 || block_size > 1024) return fail(cudaErrorInvalidValue);
+    if (dyn_smem > allowed) {
+        *blocks = 0;
+        return cudaSuccess;
+    }
+    const int warps = (block_size + 31) / 32;
+    int n = 64 / warps;
+    if (n > 32) n = 32;
+    const size_t per_block = dyn_smem + 1024;
+    if ((size_t)n * per_block > EMU_SMEM_PER_SM) n = (int)(EMU_SMEM_PER_SM / per_block);
+    *blocks = n;
     return cudaSuccess;
 }
 
