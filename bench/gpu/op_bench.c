@@ -377,10 +377,10 @@ static int wgmma_rows(const char *path, int reps) {
         fprintf(stderr, "op_bench: cannot open %s\n", path);
         return 2;
     }
-    /* conv_wgmma.cu and attention_wgmma.cu where they apply, the automatic routes elsewhere; the
-     * attention again with 128-key tiles */
-    static const char *const wgmma_env[3] = {"LOCO_CUDA_CONV=wgmma", "LOCO_CUDA_FLASH=wgmma", NULL};
-    static const char *const wgmma128_env[3] = {"LOCO_CUDA_FLASH=wgmma128", NULL, NULL};
+    /* conv_wgmma.cu and attention_wgmma.cu where they apply (text rows too: attention_short.cu
+     * off), the automatic routes elsewhere; the attention again with 128-key tiles */
+    static const char *const wgmma_env[3] = {"LOCO_CUDA_CONV=wgmma", "LOCO_CUDA_FLASH=wgmma", "LOCO_CUDA_FLASH_SHORT=0"};
+    static const char *const wgmma128_env[3] = {"LOCO_CUDA_FLASH=wgmma128", "LOCO_CUDA_FLASH_SHORT=0", NULL};
     loco_backend *be = forced_backend_create(wgmma_env);
     loco_backend *be128 = be ? forced_backend_create(wgmma128_env) : NULL;
     if (!be || !be128) {
@@ -434,11 +434,12 @@ int main(int argc, char **argv) {
         [ROWS] = {"@rows", {"LOCO_CUDA_CONV=rows"}, NULL},
         [ROWS_OV] = {"@rows_overlap", {"LOCO_CUDA_CONV=rows", "LOCO_CUDA_IM2COL_OVERLAP=1"}, NULL},
         [TUNED] = {"@tuned", {"LOCO_CUDA_GEMM_TUNE=1"}, NULL}, /* cuBLASLt's top candidates timed per shape */
-        [FA64] = {"@fa64", {"LOCO_CUDA_FLASH=64"}, NULL},
-        [FA128] = {"@fa128", {"LOCO_CUDA_FLASH=128"}, NULL},
-        [CLASSIC] = {"@fa_classic", {"LOCO_CUDA_FLASH=classic"}, NULL},
-        [STAGES3] = {"@fa_stages3", {"LOCO_CUDA_FLASH=stages3"}, NULL},
-        [ILP3] = {"@fa_ilp3", {"LOCO_CUDA_FLASH=ilp3"}, NULL},
+        /* the flash kernel's forms, on text rows too (attention_short.cu off) */
+        [FA64] = {"@fa64", {"LOCO_CUDA_FLASH=64", "LOCO_CUDA_FLASH_SHORT=0"}, NULL},
+        [FA128] = {"@fa128", {"LOCO_CUDA_FLASH=128", "LOCO_CUDA_FLASH_SHORT=0"}, NULL},
+        [CLASSIC] = {"@fa_classic", {"LOCO_CUDA_FLASH=classic", "LOCO_CUDA_FLASH_SHORT=0"}, NULL},
+        [STAGES3] = {"@fa_stages3", {"LOCO_CUDA_FLASH=stages3", "LOCO_CUDA_FLASH_SHORT=0"}, NULL},
+        [ILP3] = {"@fa_ilp3", {"LOCO_CUDA_FLASH=ilp3", "LOCO_CUDA_FLASH_SHORT=0"}, NULL},
         /* text attention (at most 80 keys) on the flash kernel instead of attention_short.cu */
         [SHORT_OFF] = {"@short_off", {"LOCO_CUDA_FLASH_SHORT=0"}, NULL},
     };

@@ -15,8 +15,8 @@
  * register arrays of compile-time size (a run-time size would put them in local memory).
  * Every other case (other head dims such as the VAE's single 512-wide head, f32
  * activations, unaligned views) takes the materialised path of attention_gemm.cu. Attention over
- * at most 80 keys (77 text tokens) takes attention_short.cu's kernel unless LOCO_CUDA_FLASH or
- * LOCO_CUDA_FLASH_SHORT=0 says otherwise.
+ * at most 80 keys (77 text tokens) takes attention_short.cu's kernel unless
+ * LOCO_CUDA_FLASH_SHORT=0 says otherwise (LOCO_CUDA_FLASH's choices are for the rest).
  *
  * kv_index: each query sample reads the K/V of sample kv[b]; the table rides in the kernel
  * arguments (up to FA_KV_MAX samples per launch), so it costs nothing and survives graph
@@ -387,8 +387,8 @@ extern "C" loco_status cuda_op_attention(loco_backend *be, loco_tensor *out, con
     fp.o_bs = Lq * HD;
     fp.scale_log2 = scale_log2;
     fp.causal = p->causal != 0;
-    const int wgmma = cuda_flash_wgmma_applies(c, dt, D); /* LOCO_CUDA_FLASH=wgmma: 128-row blocks */
-    const int few_keys = !wgmma && cuda_attention_short_applies(c, D, Lk); /* text: attention_short.cu */
+    const int few_keys = cuda_attention_short_applies(c, D, Lk); /* text: attention_short.cu */
+    const int wgmma = !few_keys && cuda_flash_wgmma_applies(c, dt, D); /* LOCO_CUDA_FLASH=wgmma: 128-row blocks */
     const int mt = wgmma ? 2 : fa_mtiles(c, (int)D, Lq);
     for (int64_t b0 = 0; b0 < B; b0 += FA_KV_MAX) {
         int nb = (int)(B - b0 < FA_KV_MAX ? B - b0 : FA_KV_MAX);

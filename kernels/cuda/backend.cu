@@ -325,7 +325,7 @@ extern "C" loco_status loco_backend_cuda_create(const loco_backend_opts *opts, l
     const char *gemm_tune = getenv("LOCO_CUDA_GEMM_TUNE");
     c->gemm_tune = gemm_tune && gemm_tune[0] == '1';
     const char *flash_short = getenv("LOCO_CUDA_FLASH_SHORT");
-    c->flash_short = !flash && !(flash_short && flash_short[0] == '0');
+    c->flash_short = !(flash_short && flash_short[0] == '0');
     const char *short_rows = getenv("LOCO_CUDA_FLASH_SHORT_ROWS");
     c->short_rows = short_rows ? atoi(short_rows) : 0;
     const char *norm_gather = getenv("LOCO_CUDA_NORM_GATHER");
@@ -388,7 +388,7 @@ extern "C" loco_status loco_backend_cuda_create(const loco_backend_opts *opts, l
              : c->flash_rows == 128 ? ", flash: 128 rows"
                                     : "",
              c->aux ? ", im2col overlapped" : "", c->norm_gather ? "" : ", GroupNorm gather off",
-             c->flash_short || flash ? "" : ", short-key attention off",
+             c->flash_short ? "" : ", short-key attention off",
              c->gemm_tune ? ", GEMMs tuned" : "",
              graphs ? "" : ", graphs off");
     *out = &cb->be;

@@ -137,9 +137,9 @@ typedef struct cuda_impl {
                       * (experimental), with 64 or 128 keys per K/V tile; 0: off */
     int faw_ok;      /* ... and its sm_90a image is there and set up (compute capability 9.0) */
     int flash_short; /* 1: attention over at most 80 keys (text cross-attention) takes
-                      * attention_short.cu's kernel when LOCO_CUDA_FLASH is unset;
-                      * LOCO_CUDA_FLASH_SHORT=0 sends it to the flash kernel (unmeasured: the
-                      * switch compares the two and is the way back if it loses) */
+                      * attention_short.cu's kernel, whatever LOCO_CUDA_FLASH picks for the
+                      * rest; LOCO_CUDA_FLASH_SHORT=0 sends it to that kernel too (unmeasured:
+                      * the switch compares the two and is the way back if it loses) */
     int short_rows;  /* query rows per block of that kernel: 0 = by the launch's size;
                       * LOCO_CUDA_FLASH_SHORT_ROWS (tests: many 16-row steps per warp) */
     int short_bps[4]; /* its blocks per SM at head dims 40, 64, 80, 160 (occupancy at setup) */

@@ -672,10 +672,12 @@ TEST(cuda_attention_flash_64_rows) {
     genv_close(&e);
     static const int kv[2] = {1, 0};
     setenv("LOCO_CUDA_FLASH", "64", 1);
+    setenv("LOCO_CUDA_FLASH_SHORT", "0", 1); /* the 77-key case on the flash kernel */
     int ok = check_attention(LOCO_F16, 2, 2, 130, 77, 8, 80, 0, kv, 131) &&
              check_attention(LOCO_F16, 1, 1, 150, 150, 2, 40, 1, NULL, 132) &&
              check_attention(LOCO_BF16, 2, 2, 257, 257, 5, 64, 0, NULL, 133);
     unsetenv("LOCO_CUDA_FLASH");
+    unsetenv("LOCO_CUDA_FLASH_SHORT");
     CHECK(ok);
 }
 

@@ -100,6 +100,7 @@ TEST(cuda_selftest) {
  * bits. */
 static int check_flash_wgmma(const char *name, const char *described, int seed) {
     setenv("LOCO_CUDA_FLASH", name, 1);
+    setenv("LOCO_CUDA_FLASH_SHORT", "0", 1); /* the 77-key cases on this kernel, not attention_short.cu */
     int ok = gpu_describe_has(described);
     static const int kv[4] = {1, 0, 1, 1};
     ok = ok && check_attention(LOCO_F16, 2, 2, 300, 300, 8, 40, 0, NULL, seed + 1);   /* SD 1.5 self, tails */
@@ -114,6 +115,7 @@ static int check_flash_wgmma(const char *name, const char *described, int seed) 
     ok = ok && check_attention_packed(LOCO_F16, 2, 300, 8, 40, NULL, seed + 10);     /* packed q|k|v rows */
     ok = ok && check_attention_packed(LOCO_BF16, 2, 130, 5, 64, kv, seed + 11);
     unsetenv("LOCO_CUDA_FLASH");
+    unsetenv("LOCO_CUDA_FLASH_SHORT");
     return ok;
 }
 
@@ -142,6 +144,7 @@ TEST(cuda_attention_wgmma128) {
  * dtypes, packed q|k|v rows; head dim 160 and the 64-row form are untouched by the switch. */
 static int check_flash_variant(const char *name, const char *described, int seed) {
     setenv("LOCO_CUDA_FLASH", name, 1);
+    setenv("LOCO_CUDA_FLASH_SHORT", "0", 1); /* the 60- and 77-key cases on this kernel too */
     int ok = gpu_describe_has(described);
     static const int kv[4] = {1, 0, 1, 1};
     ok = ok && check_attention(LOCO_F16, 2, 2, 300, 300, 8, 40, 0, NULL, seed + 1);  /* 5 key tiles, tails */
@@ -154,6 +157,7 @@ static int check_flash_variant(const char *name, const char *described, int seed
     ok = ok && check_attention_packed(LOCO_F16, 2, 300, 8, 40, NULL, seed + 8);     /* packed q|k|v rows */
     ok = ok && check_attention_packed(LOCO_BF16, 2, 130, 5, 64, kv, seed + 9);
     unsetenv("LOCO_CUDA_FLASH");
+    unsetenv("LOCO_CUDA_FLASH_SHORT");
     return ok;
 }
 
