@@ -3,8 +3,9 @@
  * softmax reductions and O rescales per key, and m64n128 score products), for head dims 40, 64
  * and 80 in f16/bf16 (SD 1.x's 40/80; SD 2.x, SD-XL and CLIP's 64). Correct on the H200 since
  * run 5 and on the emulator (tests/emu/emu_wgmma.cc) in every `make test`; its serial form of
- * runs 5-6 ran at 0.72-0.95 of the mma.sync kernel. The form below (session 7) is not yet
- * timed: make it the default only after op_bench's "@fa_wgmma" rows show it faster.
+ * runs 5-6 ran at 0.72-0.95 of the mma.sync kernel. The form below (sessions 7-8) is not yet
+ * timed: make it the default only after op_bench's "@fa_wgmma" rows show it faster. Attention
+ * over at most 80 keys goes to attention_short.cu unless LOCO_CUDA_FLASH_SHORT=0.
  *
  * Why: the mma.sync kernel (attention.cu) runs SD 1.5's 4096-token self-attention at half of
  * PyTorch SDPA's speed, bound by the instructions it issues (bench/gpu/NOTES.md, session 3).
@@ -273,22 +274,22 @@ __global__ void __launch_bounds__(FAW_THREADS) faw_kernel(const fa_params p) {
         }
         fa_pack_p<T, NST>(x, pout);
     };
-    /* tile j's K/V landed (the load of tile j + 2 issued first), O rescaled for tile j - 1, then
-     * S_j issued and committed */
+    /* tile j's K/V landed, O rescaled for tile j - 1, then S_j issued and committed; the load of
+     * tile j + 2 goes out between them. One barrier per tile does both jobs: it publishes tile j
+     * to every thread, and it says that every warpgroup is done with tile j - 2 (its P V was
+     * waited for in step j - 1), whose stage tile j + 2 then takes. (Two barriers, one before
+     * the load and one after the wait, held the warpgroups in step twice per tile.) */
     auto scores = [&](const int j) {
-        /* every warpgroup is done with tile j - 2 (its P V was waited for in step j - 1), whose
-         * stage tile j + 2 takes (at j = 0 the stage is unused) */
-        if (j > 0) __syncthreads();
+        cp_async_wait<1>(); /* tile j (and, at j = 0, Q); tile j + 1 may still be landing */
+        wg_fence_proxy();   /* cp.async's writes, seen by wgmma's async reads (after the barrier) */
+        __syncthreads();
         if (j + 2 < ntiles) {
             const int64_t next = (int64_t)(j + 2) * BC * p.rs;
             const int sn2 = (j + 2) % FAW_STAGES;
             faw_load_kv<T, D, BC>(sk + sn2 * G::K_BYTES, sv + sn2 * G::V_BYTES, kg + next, vg + next,
                                   p.lk - (j + 2) * BC, map);
         }
-        cp_async_commit();  /* group j + 2: tile j + 2 (empty when there is none) */
-        cp_async_wait<2>(); /* tile j (and, at j = 0, Q) */
-        wg_fence_proxy();   /* cp.async's writes, seen by wgmma's async reads (after the barrier) */
-        __syncthreads();
+        cp_async_commit(); /* group j + 2: tile j + 2 (empty when there is none) */
         if (j > 0 && rescale) fa_rescale<NDT + 1>(o, c);
         faw_scores<T, NKS, BC>(sf, dq, faw_desc_at(dk0, j % FAW_STAGES * G::K_BYTES));
         wg_commit();
