@@ -323,7 +323,7 @@ loco_status cuda_attention_setup(cuda_impl *c, loco_err *err) {
 static loco_status flash_launch(cuda_impl *c, loco_dtype dt, int D, int MT, int variant, dim3 grid,
                                 const fa_params *fp, loco_err *err) {
 #define FA_CASE(T, DD, MM, VV)                                                                                  \
-    if (dt == cuda_dtype_of<T>::value && D == DD && MT == MM && variant == VV) {                                          \
+    if (dt == cuda_dtype_of<T>::value && D == DD && MT == MM && variant == VV) {                                \
         LOCO_LAUNCH(grid, FA_THREADS, FA_SMEM(DD, MM, VV), c->stream, flash_attn_kernel<T, DD, MM, VV>)(*fp); \
         return cuda_check_launch("flash_attn_kernel", err);                                                     \
     }

@@ -760,6 +760,13 @@ TEST(cuda_geglu_add_channel_bias_add) {
     CHECK(twin_rand(&e, 2, odd, 3.0f, 0.0f, &xo) && twin_out(&e, 2, oddy, &yo));
     CHECK(both_ok(&e, loco_geglu(e.cpu, &yo.c, &xo.c, &e.errc), loco_geglu(e.gpu, &yo.g, &xo.g, &e.errg), "geglu"));
     CHECK(twin_close(&yo, 1e-2, "geglu odd"));
+    /* more vectors than the emulated grid has threads (108 SMs: 442368), so threads go round */
+    int64_t bx[2] = {3000, 2 * 1200}, by[2] = {3000, 1200};
+    twin xb, yb;
+    CHECK(twin_rand(&e, 2, bx, 3.0f, 0.0f, &xb) && twin_out(&e, 2, by, &yb));
+    CHECK(both_ok(&e, loco_geglu(e.cpu, &yb.c, &xb.c, &e.errc), loco_geglu(e.gpu, &yb.g, &xb.g, &e.errg), "geglu"));
+    CHECK(twin_close(&yb, 1e-2, "geglu, grid-stride"));
+    twin_free(&xb), twin_free(&yb);
 
     int64_t is[4] = {2, 24, 9, 11}, bs[2] = {2, 24};
     twin a, b, bias, o;
