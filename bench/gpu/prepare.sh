@@ -4,8 +4,8 @@
 # have nvcc, PyTorch and transformers, but not loco's C libraries (jansson, libmicrohttpd, ...)
 # nor diffusers, and nothing can be fetched there.
 #
-#   .gpu/kit.tar.xz   bin/: test_cuda_ops, test_cuda_optin, test_cuda_pipeline, test_cuda_methods, op_bench,
-#                     pipeline_bench, locogen_batched (stripped)
+#   .gpu/kit.tar.xz   bin/: test_cuda_ops, test_cuda_optin, test_cuda_pipeline, test_cuda_methods,
+#                     test_cuda_full_size, op_bench, pipeline_bench, locogen_batched (stripped)
 #                     lib/: every shared library they load beyond glibc, libstdc++/libgcc_s and
 #                     CUDA's own (which come from the GPU machine's CUDA 13)
 #   .gpu/SOURCE_HASH  hash of the C/CUDA sources the kit was built from; gpu-check.sh refuses a
@@ -31,7 +31,7 @@ fi
 
 DIFFUSERS_VERSION=0.42.1
 BINS="build/tests/test_cuda_ops build/tests/test_cuda_optin build/tests/test_cuda_pipeline build/tests/test_cuda_methods
-build/bench/gpu/op_bench build/bench/gpu/pipeline_bench build/bench/locogen_batched"
+build/tests/test_cuda_full_size build/bench/gpu/op_bench build/bench/gpu/pipeline_bench build/bench/locogen_batched"
 
 echo "prepare: building (make -j$(nproc))"
 # shellcheck disable=SC2086
@@ -56,7 +56,10 @@ ldd $BINS | awk '$2 == "=>" && $3 ~ /^\// { print $1, $3 }' | sort -u |
     done
 glibc_need="$(objdump -T "$stage"/bin/* "$stage"/lib/* 2>/dev/null | grep -o 'GLIBC_[0-9.]*' | sort -uV | tail -1)"
 mkdir -p .gpu
-tar -cJf .gpu/kit.tar.xz -C "$stage" bin lib
+# xz -9e: its 64 MiB window spans the binaries, which share most of their code (libloco), so the
+# kit is about 11 MB instead of 17 with the default window: the working tree that travels to a
+# lent machine is limited to 64 MiB, fixtures and wheels included
+XZ_OPT=-9e tar -cJf .gpu/kit.tar.xz -C "$stage" bin lib
 source_hash >.gpu/SOURCE_HASH
 echo "$(date -u +%Y-%m-%dT%H:%MZ) on $(uname -m), needs $glibc_need" >.gpu/BUILT
 echo "prepare: .gpu/kit.tar.xz $(du -h .gpu/kit.tar.xz | cut -f1) ($(ls "$stage/lib" | wc -l) libraries; needs $glibc_need)"
