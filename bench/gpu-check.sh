@@ -9,7 +9,9 @@
 #      and every pipeline stage
 #      (tests/unit/test_cuda_pipeline.c: text encoder, UNet call with its CUDA graph, VAE decode,
 #      whole tiny pipelines, out-of-memory handling; test_cuda_methods.c: LocoGen and causal
-#      tracing) against the CPU backend: all must pass, none
+#      tracing) against the CPU backend, and SD-XL's decode ops at batch 16 and 1024^2 (tensors
+#      of 2^31 and 2^32 elements) against host sums at chosen points (test_cuda_full_size.c, about
+#      40 GiB of the card): all must pass, none
 #      may be skipped (the opt-in paths' pipeline reruns are phase 7; after a failure, the UNet
 #      calls and pipelines rerun with LOCO_CUDA_NORM_GATHER=0, then with LOCO_CUDA_FLASH_SHORT=0).
 #      A failure is reported and
@@ -27,16 +29,18 @@
 #   7. budget permitting, the UNet-call and pipeline parity tests again with the opt-in paths:
 #      LOCO_CUDA_IM2COL_OVERLAP=1, then LOCO_CUDA_CONV=rows and LOCO_CUDA_CONV=wgmma (with the
 #      VAE decodes), then
-#      LOCO_CUDA_FLASH=wgmma and =wgmma128 (with the text encoders); then SD-XL at batch 8 timed
-#      again with LOCO_CUDA_FLASH=wgmma128 and =wgmma, and SD 1.5 at batch 8 with
-#      LOCO_CUDA_GEMM_TUNE=1.
+#      LOCO_CUDA_FLASH=ilp3q, =wgmma, =wgmma128 and =wgmma3 (with the text encoders); then SD-XL at batch 8
+#      timed again with LOCO_CUDA_FLASH=ilp3q, =wgmma128 and =wgmma, and SD 1.5 and SD-XL at batch 8
+#      with LOCO_CUDA_GEMM_TUNE=1.
 #
 # Logs and tables go to $GPU_CHECK_DIR (default: $OUT when set, else build/gpu-check).
 # Usage: bench/gpu-check.sh [--quick | --candidates]   (--quick: parity only, no timings;
 #   --candidates: loco alone at batch 8, SD-XL then SD 1.5, with the default kernels and with
-#   each candidate default (LOCO_CUDA_FLASH=wgmma128, =wgmma, LOCO_CUDA_GEMM_TUNE=1) and with
+#   each candidate default (LOCO_CUDA_FLASH=ilp3q, =wgmma128, =wgmma, =wgmma3, LOCO_CUDA_GEMM_TUNE=1) and with
 #   LOCO_CUDA_FLASH_SHORT=0, their RESULT lines side by side and
-#   nothing else: a second call on a warm machine after a full check, whose parity covers them)
+#   nothing else: a second call on a warm machine after a full check, whose parity covers them;
+#   --sanitize: compute-sanitizer's memcheck, racecheck and synccheck on the op tests of the
+#   kernels it has not yet seen on a GPU (sessions 6-8), and nothing else: another such call)
 # Environment: GPU_CHECK_BUDGET_S (default 470): the phases after parity are skipped, with a
 #   message, when less time than they need is left; PYTHON (default python3);
 #   GPU_CHECK_PLUMBING=1 goes on past the "no GPU" stop, to test this script on a build machine
@@ -47,8 +51,10 @@ cd "$(dirname "$0")/.." || exit 1
 
 QUICK=0
 CANDIDATES=0
+SANITIZE=0
 [ "${1:-}" = "--quick" ] && QUICK=1
 [ "${1:-}" = "--candidates" ] && CANDIDATES=1
+[ "${1:-}" = "--sanitize" ] && SANITIZE=1
 DIR="${GPU_CHECK_DIR:-${OUT:-build/gpu-check}}"
 mkdir -p "$DIR"
 JOBS="$(nproc 2>/dev/null || echo 2)"
@@ -65,7 +71,7 @@ say() { printf 'gpu-check [%3ds]: %s\n' "$(elapsed)" "$*"; }
 BIN_TESTS=build/tests
 BIN_BENCH=build/bench/gpu
 TARGETS="build/libloco.a build/tests/test_cuda_ops build/tests/test_cuda_optin build/tests/test_cuda_pipeline \
-build/tests/test_cuda_methods build/bench/gpu/op_bench build/bench/gpu/pipeline_bench build/bench/locogen_batched"
+build/tests/test_cuda_methods build/tests/test_cuda_full_size build/bench/gpu/op_bench build/bench/gpu/pipeline_bench build/bench/locogen_batched"
 BIN_LOCOGEN=build/bench/locogen_batched
 kit_used=0
 use_kit() { # unpack .gpu/kit.tar.xz, refusing one built from other sources
@@ -172,8 +178,9 @@ if [ $CANDIDATES -eq 1 ]; then
         set -- $model_args
         # tag:VAR=value; the attention candidates first, then GEMM autotuning, then the text
         # attention back on the flash kernel (how much attention_short.cu gives end to end)
-        for cand in default:LOCO_CANDIDATE=default wgmma128:LOCO_CUDA_FLASH=wgmma128 \
-            wgmma:LOCO_CUDA_FLASH=wgmma gemm_tuned:LOCO_CUDA_GEMM_TUNE=1 short_off:LOCO_CUDA_FLASH_SHORT=0; do
+        for cand in default:LOCO_CANDIDATE=default ilp3q:LOCO_CUDA_FLASH=ilp3q wgmma128:LOCO_CUDA_FLASH=wgmma128 \
+            wgmma:LOCO_CUDA_FLASH=wgmma wgmma3:LOCO_CUDA_FLASH=wgmma3 gemm_tuned:LOCO_CUDA_GEMM_TUNE=1 \
+            short_off:LOCO_CUDA_FLASH_SHORT=0; do
             if [ "$(left)" -lt 60 ]; then
                 say "skipping $1 with ${cand#*:}: $(left) s of the budget left"
                 continue
@@ -183,6 +190,46 @@ if [ $CANDIDATES -eq 1 ]; then
     done
     say "done in $(elapsed) s (timings only; parity: the full check)"
     exit 0
+fi
+
+# ---- --sanitize: compute-sanitizer on kernels that never ran under it -----------------------------
+# Session 5's manual run covered the kernels of sessions 1-5. Since then, without a sanitizer run:
+# attention over at most 80 keys (attention_short.cu: per-warp buffers, __syncwarp, cp.async),
+# the LayerNorm lane groups and register form, GEGLU's vector form, the row-tap convs, the
+# many-layer linear, the device quantisation of images, the vector concat. Each test runs in a
+# process of its own under one tool; a tool's summary line decides.
+sanitize_one() { # tool test
+    local t0 rc summary
+    t0=$(date +%s)
+    timeout 240 "${RUN[@]}" compute-sanitizer --tool "$1" --print-limit 8 "$BIN_TESTS/test_cuda_ops" "$2" \
+        >"$DIR/san_$1_$2.log" 2>&1
+    rc=$?
+    summary="$(grep -E '(ERROR|RACECHECK) SUMMARY' "$DIR/san_$1_$2.log" | tail -1)"
+    [ $rc -ne 0 ] && summary="${summary:-no summary} (exit $rc)"
+    printf 'gpu-check:   %-10s %-44s %4ss  %s\n' "$1" "$2" "$(($(date +%s) - t0))" "$summary"
+    if [ $rc -ne 0 ] || ! echo "$summary" | grep -qE ' 0 (errors|hazards)'; then
+        grep -E '^=+ (Invalid|Race|Barrier|Address|Program hit|.*hazard)|^=+ +at |^(FAIL|ok|skip) |^SKIP' \
+            "$DIR/san_$1_$2.log" | head -12 | sed 's/^/gpu-check:        /'
+        FAILED=1
+    fi
+}
+if [ $SANITIZE -eq 1 ]; then
+    if ! command -v compute-sanitizer >/dev/null 2>&1; then
+        say "FAILED: compute-sanitizer is not on this machine's PATH"
+        exit 1
+    fi
+    for tool_test in memcheck:cuda_attention_short_keys synccheck:cuda_attention_short_keys \
+        racecheck:cuda_attention_packed_qkv memcheck:cuda_layer_norm racecheck:cuda_layer_norm \
+        memcheck:cuda_geglu_add_channel_bias_add memcheck:cuda_conv2d_rows memcheck:cuda_linear_many \
+        memcheck:cuda_download_u8_images_matches_cpu memcheck:cuda_transpose_concat_upsample; do
+        if [ "$(left)" -lt 30 ]; then
+            say "skipping compute-sanitizer ${tool_test%%:*} on ${tool_test#*:}: $(left) s of the budget left"
+            continue
+        fi
+        sanitize_one "${tool_test%%:*}" "${tool_test#*:}"
+    done
+    say "done in $(elapsed) s (compute-sanitizer only; logs: $DIR/san_<tool>_<test>.log)"
+    exit $FAILED
 fi
 
 # ---- 3. parity ------------------------------------------------------------------------------------
@@ -230,7 +277,7 @@ parity() { # name binary [test-name regex]
     # (op checks print one "<op>: rel err E (tol T)" line each: shown as the worst per op)
     awk '/: rel err [0-9.e+-]+ \(tol/ { i = index($0, ": rel err "); w = substr($0, 1, i - 1);
                                         split(substr($0, i + 10), f, " "); n[w]++; if (f[1] + 0 > m[w]) m[w] = f[1] + 0; next }
-         /rel err|graphs|huge request|^wgmma / { print }
+         /rel err|graphs|huge request|points wrong|^wgmma / { print }
          END { for (w in n) printf "%s: worst rel err %.3g over %d checks\n", w, m[w], n[w] }' "$DIR/$1.log" |
         sed 's/^/gpu-check:     /' | head -60
     if [ $n_fail -ne 0 ]; then
@@ -256,6 +303,8 @@ parity cuda_ops "$BIN_TESTS/test_cuda_ops"
 parity cuda_pipeline "$BIN_TESTS/test_cuda_pipeline"
 # LocoGen (graph replay with per-window K/V rows) and causal tracing (host hooks) against the CPU
 parity cuda_methods "$BIN_TESTS/test_cuda_methods"
+# the decode's ops where 32-bit offsets would wrap (never compared at full size before session 9)
+parity cuda_full_size "$BIN_TESTS/test_cuda_full_size"
 # ResNet convs on the im2col route (every UNet one) take their GroupNorm in the gather (session 4,
 # written without a GPU).
 # After any failure, the UNet calls and pipelines again with that off (LOCO_CUDA_NORM_GATHER=0,
@@ -278,7 +327,8 @@ parity cuda_optin "$BIN_TESTS/test_cuda_optin"
 # pipelines again with im2col fills on a side stream (not the default yet): their CUDA graph
 # captures must take the forked stream in and replay bit for bit; then with the row-tap convs
 # (conv_rows.cu) forced wherever they apply, f16 included; then with the experimental
-# wgmma convolution (conv_wgmma.cu) wherever it applies, VAE decodes too; then with the
+# wgmma convolution (conv_wgmma.cu) wherever it applies, VAE decodes too; then with the mma.sync
+# attention's ilp3q variant (Q from shared memory, three blocks per SM: session 9) and the
 # experimental wgmma attention (attention_wgmma.cu), text encoders too.
 optin_parity() {
     if [ "$(left)" -ge 60 ]; then
@@ -300,6 +350,12 @@ optin_parity() {
         say "skipping the wgmma pipeline parity: $(left) s of the budget left"
     fi
     if [ "$(left)" -ge 60 ]; then
+        LOCO_CUDA_FLASH=ilp3q LOG_TAG=ilp3q_ parity cuda_pipeline_flash_ilp3q "$BIN_TESTS/test_cuda_pipeline" \
+            'text_encoder|unet_call|pipeline_'
+    else
+        say "skipping the ilp3q attention pipeline parity: $(left) s of the budget left"
+    fi
+    if [ "$(left)" -ge 60 ]; then
         LOCO_CUDA_FLASH=wgmma LOG_TAG=fawgmma_ parity cuda_pipeline_flash_wgmma "$BIN_TESTS/test_cuda_pipeline" \
             'text_encoder|unet_call|pipeline_'
     else
@@ -310,6 +366,12 @@ optin_parity() {
             "$BIN_TESTS/test_cuda_pipeline" 'text_encoder|unet_call|pipeline_'
     else
         say "skipping the 128-key wgmma attention pipeline parity: $(left) s of the budget left"
+    fi
+    if [ "$(left)" -ge 60 ]; then
+        LOCO_CUDA_FLASH=wgmma3 LOG_TAG=fawgmma3_ parity cuda_pipeline_flash_wgmma3 \
+            "$BIN_TESTS/test_cuda_pipeline" 'text_encoder|unet_call|pipeline_'
+    else
+        say "skipping the three-warpgroup wgmma attention pipeline parity: $(left) s of the budget left"
     fi
 }
 if [ $QUICK -eq 1 ]; then
@@ -432,10 +494,11 @@ rerun() {
     grep "^RESULT impl=loco family=$fam .*batch=8 " "$RESULTS" | sed 's/^/gpu-check:   /'
 }
 # SD-XL at batch 8 is the target still missed (run 6: 0.84): its f32 VAE decode already takes
-# the row-tap convs by default (session 7); the experimental attention kernels are the next
-# candidates. Then GEMM autotuning (LOCO_CUDA_GEMM_TUNE=1, off by default: the choice depends on
+# the row-tap convs by default (session 7); the attention variants are the next candidates
+# (ilp3q first: the mma.sync kernel at three blocks per SM, the likelier win). Then GEMM autotuning (LOCO_CUDA_GEMM_TUNE=1, off by default: the choice depends on
 # timings, so processes can differ at fp16 rounding) on SD 1.5, and on SD-XL, whose 1280-wide
 # projections ran at 535-561 TFLOP/s in run 6 against 650-710 for the wider ones.
+rerun ilp3q LOCO_CUDA_FLASH=ilp3q sdxl 1024 3 90
 rerun wgmma128 LOCO_CUDA_FLASH=wgmma128 sdxl 1024 3 90
 rerun wgmma LOCO_CUDA_FLASH=wgmma sdxl 1024 3 90
 rerun gemm_tuned LOCO_CUDA_GEMM_TUNE=1 sd1 512 10 45

@@ -38,7 +38,7 @@ selfattn sa    2 64 128 2
 
 CONV_ROUTES = ["", "@implicit", "@im2col", "@rows", "@rows_overlap"]
 BATCH4 = ["@im2col_32m", "@im2col_96m", "@im2col_overlap", "@tuned"]
-FLASH = ["", "@fa64", "@fa128", "@fa_classic", "@fa_stages3", "@fa_ilp3"]
+FLASH = ["", "@fa64", "@fa128", "@fa_classic", "@fa_stages3", "@fa_ilp3", "@fa_ilp3q"]
 MAIN_ROWS = (
     [f"c_f16{s}" for s in CONV_ROUTES + ["@implicit_generic"]]
     + [f"c_f32{s}" for s in CONV_ROUTES]
@@ -48,9 +48,10 @@ MAIN_ROWS = (
     + [f"a_d40{s}" for s in FLASH + ["@short_off"]]
     + [f"a_d64{s}" for s in FLASH + ["@short_off"]]
     + ["g_silu", "l_n", "gg", "rc", "rc@unfused", "tb", "tb@unfused", "pj", "pj@unfused"]
-    + ["sa", "sa@fa_classic", "sa@fa_stages3", "sa@fa_ilp3", "sa@apart"]
+    + ["sa", "sa@fa_classic", "sa@fa_stages3", "sa@fa_ilp3", "sa@fa_ilp3q", "sa@apart"]
 )
-WGMMA_ROWS = ["c_f16@wgmma", "c_b4@wgmma"] + [f"{n}@fa_wgmma{t}" for n in ("a_d40", "a_d64", "sa") for t in ("", "128")]
+WGMMA_ROWS = (["c_f16@wgmma", "c_b4@wgmma"] + [f"{n}@fa_wgmma{t}" for n in ("a_d40", "a_d64", "sa") for t in ("", "128")]
+              + [f"{n}@fa_wgmma3" for n in ("a_d64", "sa")])
 
 
 def _run(tmp_path, *extra):

@@ -13,10 +13,11 @@
  * without its row-gather kernel (LOCO_CUDA_IGEMM_ROWS=0: "name@implicit_generic"). Attention
  * shapes whose head dim has both flash-attention block heights (40, 64, 80) are also timed with
  * LOCO_CUDA_FLASH=64 and =128 ("name@fa64", "name@fa128"), with each variant of the 128-row kernel
- * forced (LOCO_CUDA_FLASH=classic, =stages3 and =ilp3: "name@fa_classic", "name@fa_stages3",
- * "name@fa_ilp3"); those of at most 80 keys (text) also on the flash kernel instead of
+ * forced (LOCO_CUDA_FLASH=classic, =stages3, =ilp3 and =ilp3q: "name@fa_classic", "name@fa_stages3",
+ * "name@fa_ilp3", "name@fa_ilp3q"); those of at most 80 keys (text) also on the flash kernel instead of
  * attention_short.cu's (LOCO_CUDA_FLASH_SHORT=0: "name@short_off"); and, in the --wgmma run, with the
- * experimental Hopper kernel ("name@fa_wgmma", and "name@fa_wgmma128" with 128-key tiles). resconv rows (a ResNet block's
+ * experimental Hopper kernel ("name@fa_wgmma", "name@fa_wgmma128" with 128-key tiles, and at head
+ * dims 64 and 80 "name@fa_wgmma3" with 192-row blocks of three warpgroups). resconv rows (a ResNet block's
  * GroupNorm+SiLU, conv, residual add) time loco_conv2d_fused and the three separate ops
  * ("name@unfused"). selfattn rows (a transformer block's q, k, v projections and attention)
  * time the stacked projection with packed attention and the three projections apart
@@ -378,12 +379,16 @@ static int wgmma_rows(const char *path, int reps) {
         return 2;
     }
     /* conv_wgmma.cu and attention_wgmma.cu where they apply (text rows too: attention_short.cu
-     * off), the automatic routes elsewhere; the attention again with 128-key tiles */
+     * off), the automatic routes elsewhere; the attention again with 128-key tiles, and (head
+     * dims 64 and 80) in blocks of three warpgroups */
     static const char *const wgmma_env[3] = {"LOCO_CUDA_CONV=wgmma", "LOCO_CUDA_FLASH=wgmma", "LOCO_CUDA_FLASH_SHORT=0"};
     static const char *const wgmma128_env[3] = {"LOCO_CUDA_FLASH=wgmma128", "LOCO_CUDA_FLASH_SHORT=0", NULL};
+    static const char *const wgmma3_env[3] = {"LOCO_CUDA_FLASH=wgmma3", "LOCO_CUDA_FLASH_SHORT=0", NULL};
     loco_backend *be = forced_backend_create(wgmma_env);
     loco_backend *be128 = be ? forced_backend_create(wgmma128_env) : NULL;
-    if (!be || !be128) {
+    loco_backend *be3 = be128 ? forced_backend_create(wgmma3_env) : NULL;
+    if (!be || !be128 || !be3) {
+        loco_backend_destroy(be128);
         loco_backend_destroy(be);
         fclose(f);
         return 2;
@@ -398,7 +403,9 @@ static int wgmma_rows(const char *path, int reps) {
         const long d = !strcmp(op.kind, "attn") ? op.a[4] : !strcmp(op.kind, "selfattn") ? op.a[2] / op.a[3] : 0;
         if ((d == 40 || d == 64 || d == 80) && time_op(be, &op, reps, "@fa_wgmma") != 0) failures++;
         if ((d == 40 || d == 64 || d == 80) && time_op(be128, &op, reps, "@fa_wgmma128") != 0) failures++;
+        if ((d == 64 || d == 80) && time_op(be3, &op, reps, "@fa_wgmma3") != 0) failures++;
     }
+    loco_backend_destroy(be3);
     loco_backend_destroy(be128);
     fclose(f);
     loco_backend_destroy(be);
@@ -421,7 +428,7 @@ int main(int argc, char **argv) {
     /* the backends rows are also timed on: a forced route or variant each, from its environment
      * (read once, when a backend is created) */
     enum { IMPLICIT, GENERIC, IM2COL, IM2COL_32M, IM2COL_96M, IM2COL_OV, ROWS, ROWS_OV, TUNED, FA64, FA128, CLASSIC,
-           STAGES3, ILP3, SHORT_OFF, N_FORCED };
+           STAGES3, ILP3, ILP3Q, SHORT_OFF, N_FORCED };
     forced_backend forced[N_FORCED] = {
         [IMPLICIT] = {"@implicit", {"LOCO_CUDA_CONV=implicit"}, NULL},
         [GENERIC] = {"@implicit_generic", {"LOCO_CUDA_CONV=implicit", "LOCO_CUDA_IGEMM_ROWS=0"}, NULL},
@@ -440,6 +447,8 @@ int main(int argc, char **argv) {
         [CLASSIC] = {"@fa_classic", {"LOCO_CUDA_FLASH=classic", "LOCO_CUDA_FLASH_SHORT=0"}, NULL},
         [STAGES3] = {"@fa_stages3", {"LOCO_CUDA_FLASH=stages3", "LOCO_CUDA_FLASH_SHORT=0"}, NULL},
         [ILP3] = {"@fa_ilp3", {"LOCO_CUDA_FLASH=ilp3", "LOCO_CUDA_FLASH_SHORT=0"}, NULL},
+        /* ilp3 with Q read from shared memory, three blocks per SM (session 9, not yet timed) */
+        [ILP3Q] = {"@fa_ilp3q", {"LOCO_CUDA_FLASH=ilp3q", "LOCO_CUDA_FLASH_SHORT=0"}, NULL},
         /* text attention (at most 80 keys) on the flash kernel instead of attention_short.cu */
         [SHORT_OFF] = {"@short_off", {"LOCO_CUDA_FLASH_SHORT=0"}, NULL},
     };
@@ -486,6 +495,7 @@ int main(int argc, char **argv) {
             TIME_ON(CLASSIC);
             TIME_ON(STAGES3);
             TIME_ON(ILP3);
+            TIME_ON(ILP3Q);
             op.unfused = 1;
             if (time_op(be, &op, reps, "@apart") != 0) failures++;
         }
@@ -495,6 +505,7 @@ int main(int argc, char **argv) {
             TIME_ON(CLASSIC);
             TIME_ON(STAGES3);
             TIME_ON(ILP3);
+            TIME_ON(ILP3Q);
         }
         if (!strcmp(op.kind, "attn") && op.a[2] <= 80 &&
             (op.a[4] == 40 || op.a[4] == 64 || op.a[4] == 80 || op.a[4] == 160))

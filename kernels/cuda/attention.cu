@@ -35,6 +35,13 @@
 #define FA_LDS(D) (FA_DK(D) + 8)         /* smem row pitch: ldmatrix rows in distinct banks */
 #define FA_ILP 1    /* variant bit: fa_softmax_max's ILP form (trees, rescale without a branch) */
 #define FA_STAGES3 2 /* variant bit: three K/V stages and one barrier per key tile instead of two */
+/* variant bit: Q's fragments read from shared memory at each k-step instead of held in registers
+ * for the whole loop (4 NKS MT registers: 32 at head dim 64), the kernel compiled for three
+ * blocks per SM (168 registers) where the others take what they need (ilp3 at head dim 64:
+ * 229, two blocks of 4 warps per SM). (0: no minimum, which leaves the other variants' PTX as
+ * it was; 1 would add a .minnctapersm line.) */
+#define FA_QSMEM 4
+#define FA_MIN_BLOCKS(V) (((V) & FA_QSMEM) ? 3 : 0)
 #define FA_NSTAGE(V) (((V) & FA_STAGES3) ? 3 : 2)
 #define FA_SMEM(D, MT, V) ((FA_BR(MT) + 2 * FA_NSTAGE(V) * FA_BC(D)) * FA_LDS(D) * 2)
 
@@ -65,7 +72,7 @@ __device__ __forceinline__ void fa_load_kv(T *skb, T *svb, const T *kg, const T 
  * accumulators all double), so head dim 160 keeps MT = 1. Warp w owns rows
  * [16 (w MT + mt), +16) of the block, mt < MT. */
 template <typename T, int D, int MT, int V>
-__global__ void __launch_bounds__(FA_THREADS) flash_attn_kernel(const fa_params p) {
+__global__ void __launch_bounds__(FA_THREADS, FA_MIN_BLOCKS(V)) flash_attn_kernel(const fa_params p) {
     constexpr int BR = FA_BR(MT), DK = FA_DK(D), BC = FA_BC(D), LDS = FA_LDS(D), NSTAGE = FA_NSTAGE(V);
     constexpr int NKS = DK / 16; /* k-steps of Q K^T */
     constexpr int NST = BC / 8;  /* score tiles of 8 keys */
@@ -115,8 +122,10 @@ __global__ void __launch_bounds__(FA_THREADS) flash_attn_kernel(const fa_params 
         cp_async_commit();
     }
 
-    /* per m-tile state; index [mt][0] is row g of the tile, [mt][1] row g + 8 */
-    uint32_t qf[MT][NKS][4];
+    /* per m-tile state; index [mt][0] is row g of the tile, [mt][1] row g + 8; Q's fragments
+     * (all k-steps, or under FA_QSMEM the current one) */
+    constexpr bool QSMEM = (V & FA_QSMEM) != 0;
+    uint32_t qf[MT][QSMEM ? 1 : NKS][4];
     float o[MT][NDT][4];
     float mr[MT][2], l[MT][2];
 #pragma unroll
@@ -129,6 +138,7 @@ __global__ void __launch_bounds__(FA_THREADS) flash_attn_kernel(const fa_params 
     const int tq = lane & 3;
     const int wrow = warp * MT * 16;               /* first row of this warp within the block */
     const int row0 = q0 + wrow + (lane >> 2);      /* row g of m-tile 0; m-tile mt adds 16 mt */
+    const T *const sq_lane = sq + (wrow + (lane & 15)) * LDS + (lane >> 4) * 8; /* its ldmatrix row of Q */
 
     for (int j = 0; j < ntiles; j++) {
         const int buf = NSTAGE == 3 ? j % 3 : j & 1;
@@ -155,7 +165,7 @@ __global__ void __launch_bounds__(FA_THREADS) flash_attn_kernel(const fa_params 
             cp_async_wait<0>();
         }
         if (NSTAGE == 2) __syncthreads();
-        if (j == 0) { /* Q stays in registers for the whole key loop */
+        if (!QSMEM && j == 0) { /* Q stays in registers for the whole key loop */
 #pragma unroll
             for (int mt = 0; mt < MT; mt++)
 #pragma unroll
@@ -171,7 +181,11 @@ __global__ void __launch_bounds__(FA_THREADS) flash_attn_kernel(const fa_params 
 #pragma unroll
             for (int nt = 0; nt < NST; nt++) s[mt][nt][0] = s[mt][nt][1] = s[mt][nt][2] = s[mt][nt][3] = 0.0f;
 #pragma unroll
-        for (int ks = 0; ks < NKS; ks++)
+        for (int ks = 0; ks < NKS; ks++) {
+            if (QSMEM) /* this k-step's Q fragments, from the Q tile that stays in shared memory */
+#pragma unroll
+                for (int mt = 0; mt < MT; mt++) ldmatrix_x4(qf[mt][0], sq_lane + mt * 16 * LDS + ks * 16);
+            const int kq = QSMEM ? 0 : ks;
 #pragma unroll
             for (int np = 0; np < NST / 2; np++) {
                 uint32_t kf[4];
@@ -179,10 +193,11 @@ __global__ void __launch_bounds__(FA_THREADS) flash_attn_kernel(const fa_params 
                                     ((lane >> 3) & 1) * 8);
 #pragma unroll
                 for (int mt = 0; mt < MT; mt++) {
-                    mma16816<T>(s[mt][2 * np], qf[mt][ks], kf);
-                    mma16816<T>(s[mt][2 * np + 1], qf[mt][ks], kf + 2);
+                    mma16816<T>(s[mt][2 * np], qf[mt][kq], kf);
+                    mma16816<T>(s[mt][2 * np + 1], qf[mt][kq], kf + 2);
                 }
             }
+        }
 
         /* Mask, then online softmax on each m-tile. Only the tile that crosses Lk (and, causal,
          * the tiles that reach past the block's first row) pays for masking: the test is uniform
@@ -264,10 +279,13 @@ __global__ void __launch_bounds__(FA_THREADS) flash_attn_kernel(const fa_params 
 /* Every instantiation: (dtype, head dim, m-tiles per warp, variant bits). Head dim 160 has only
  * MT = 1: with MT = 2 its Q fragments and O accumulators alone would take 2 x (40 + 80)
  * registers. The 128-row blocks of head dims 40, 64 and 80 come in three variants, 0,
- * FA_STAGES3 and FA_ILP | FA_STAGES3 (fa_variant picks). */
+ * FA_STAGES3 and FA_ILP | FA_STAGES3 (fa_variant picks); head dims 40 and 64 also in a fourth,
+ * that with FA_QSMEM (at 80 the O and score accumulators alone take 144 of the 168 registers
+ * three blocks per SM allow). */
 #define FA_FOR_EACH_T(X, T)                                                                                  \
     X(T, 40, 1, 0) X(T, 64, 1, 0) X(T, 80, 1, 0) X(T, 160, 1, 0) X(T, 40, 2, 0) X(T, 64, 2, 0) X(T, 80, 2, 0) \
-    X(T, 40, 2, 3) X(T, 64, 2, 3) X(T, 80, 2, 3) X(T, 40, 2, 2) X(T, 64, 2, 2) X(T, 80, 2, 2)
+    X(T, 40, 2, 3) X(T, 64, 2, 3) X(T, 80, 2, 3) X(T, 40, 2, 2) X(T, 64, 2, 2) X(T, 80, 2, 2) X(T, 40, 2, 7) \
+    X(T, 64, 2, 7)
 #define FA_FOR_EACH(X) FA_FOR_EACH_T(X, __half) FA_FOR_EACH_T(X, __nv_bfloat16)
 
 static int fa_has_dim(int64_t d) { return d == 40 || d == 64 || d == 80 || d == 160; }
@@ -284,7 +302,8 @@ static int fa_mtiles(const cuda_impl *c, int D, int64_t Lq) {
 }
 
 /* The variant of the 128-row kernel for a launch of `blocks` blocks at head dim D:
- * LOCO_CUDA_FLASH=classic|stages3|ilp3 forces one. By default, measured on an H200 (session 6,
+ * LOCO_CUDA_FLASH=classic|stages3|ilp3|ilp3q forces one (ilp3q: ilp3 with Q read from shared
+ * memory at three blocks per SM, session 9, not yet timed). By default, measured on an H200 (session 6,
  * bench/gpu/runs/2026-11-28-h200-run6):
  *   - head dims 64 and 80: FA_ILP | FA_STAGES3. The trees, the branch-free rescale and the third
  *     stage take SD-XL's 4096-token self-attention from 0.3448 to 0.3278 ms (with its q, k, v
@@ -297,7 +316,8 @@ static int fa_mtiles(const cuda_impl *c, int D, int64_t Lq) {
 #define FA_STAGES3_MIN_BLOCKS 2048
 static int fa_variant(const cuda_impl *c, int D, int MT, int64_t blocks) {
     if (MT != 2 || D > 80) return 0;
-    if (c->flash_variant >= 0) return c->flash_variant;
+    if (c->flash_variant >= 0) /* (forced ilp3q: ilp3 at head dim 80, which has no FA_QSMEM form) */
+        return (c->flash_variant & FA_QSMEM) && D == 80 ? c->flash_variant & ~FA_QSMEM : c->flash_variant;
     if (D == 64 || D == 80) return FA_ILP | FA_STAGES3;
     return blocks >= FA_STAGES3_MIN_BLOCKS ? FA_STAGES3 : 0;
 }

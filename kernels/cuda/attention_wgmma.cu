@@ -1,7 +1,8 @@
 /* attention_wgmma.cu: flash attention on Hopper's warpgroup MMA (wgmma, sm_90a). EXPERIMENTAL,
- * used only under LOCO_CUDA_FLASH=wgmma (64-key tiles) or =wgmma128 (128-key tiles: half the
- * softmax reductions and O rescales per key, and m64n128 score products), for head dims 40, 64
- * and 80 in f16/bf16 (SD 1.x's 40/80; SD 2.x, SD-XL and CLIP's 64). Correct on the H200 since
+ * used only under LOCO_CUDA_FLASH=wgmma (64-key tiles), =wgmma128 (128-key tiles: half the
+ * softmax reductions and O rescales per key, and m64n128 score products) or =wgmma3 (64-key
+ * tiles in blocks of three warpgroups at head dims 64 and 80), for head dims 40, 64 and 80 in
+ * f16/bf16 (SD 1.x's 40/80; SD 2.x, SD-XL and CLIP's 64). Correct on the H200 since
  * run 5 and on the emulator (tests/emu/emu_wgmma.cc) in every `make test`; its serial form of
  * runs 5-6 ran at 0.72-0.95 of the mma.sync kernel. The form below (sessions 7-8) is not yet
  * timed: make it the default only after op_bench's "@fa_wgmma" rows show it faster. Attention
@@ -13,7 +14,7 @@
  * tile's products cost a handful of instructions instead of about a hundred per warp.
  *
  * Same algorithm and arguments as attention.cu (flash_params.h): 128 query rows per block, two
- * warpgroups of 64; K/V tiles of BC keys through shared memory with cp.async in four stages (the
+ * warpgroups of 64 (192 rows, three, under wgmma3); K/V tiles of BC keys through shared memory with cp.async in four stages (the
  * previous tile, whose V its P V reads; this one, whose K S reads; the next, landed or landing;
  * the one after, loading); online softmax in fp32 in base 2; per-sample K/V rows (the kv
  * table); causal masking. The products overlap the softmax as in FlashAttention-3 within a
@@ -21,8 +22,8 @@
  * P V is still on the tensor cores (the ncu reading of the serial form had the tensor pipe 28 %
  * busy). ptxas keeps it asynchronous (no "serialized" message, C7512-C7519, under -Xptxas -v:
  * keep it so; bench/gpu/NOTES.md, session 7, lists what makes it serialise). Registers: 128-144
- * with 64-key tiles (two blocks per SM at head dim 40, one at 64 and 80), 184-252 with 128-key
- * tiles (one block per SM).
+ * with 64-key tiles (two blocks per SM at head dim 40, one at 64 and 80: 8 warps, or 12 in the
+ * three-warpgroup blocks of wgmma3), 184-252 with 128-key tiles (one block per SM).
  *   S = Q K^T   m64nBCk16, A = Q and B = K from shared memory, both K-major (each row's head
  *               dims contiguous, as stored): conv_wgmma.cu's layout; self-test "kmajor_k48".
  *   O += P V    m64n(D+8)k16, A = P from registers (S's accumulators per warp are in mma.sync's
@@ -52,8 +53,12 @@
 /* 1 only in the sm_90a image (the Makefile builds this file for sm_90a alone). */
 __device__ const int faw_image_ok = WG_DEVICE_OK;
 
-#define FAW_THREADS 256
-#define FAW_BR 128     /* query rows per block: two warpgroups of 64 */
+/* A block is NWG warpgroups of 64 query rows each: 2 (128 rows), or 3 under LOCO_CUDA_FLASH=wgmma3
+ * at head dims 64 and 80, whose 144 registers a thread hold one block per SM either way: 12
+ * warps instead of 8 (FlashAttention-3's choice at head dim 64; head dim 40's 128 registers fit
+ * two blocks of two warpgroups, so it keeps them) */
+#define FAW_THREADS(NWG) (128 * (NWG))
+#define FAW_BR(NWG) (64 * (NWG))
 #define FAW_V_KSTEP 128 /* V: bytes between groups of 8 keys */
 /* K/V tiles in shared memory: the previous one (its P V may still run), this one, the next (its
  * S runs during this tile's softmax) and the one after (loading) */
@@ -62,10 +67,10 @@ __device__ const int faw_image_ok = WG_DEVICE_OK;
 /* The shared-memory geometry of head dim D with BC keys per K/V tile (64, or 128 under
  * LOCO_CUDA_FLASH=wgmma128: half the softmax reductions and O rescales per key, and m64n128
  * products, for twice the score registers; not yet timed). */
-template <int D, int BC> struct faw_geom {
+template <int D, int BC, int NWG> struct faw_geom {
     static constexpr int DK = (D + 15) / 16 * 16;
     static constexpr int SBO_QK = DK / 8 * 128; /* bytes per 8 rows of Q or K */
-    static constexpr int Q_BYTES = FAW_BR / 8 * SBO_QK;
+    static constexpr int Q_BYTES = FAW_BR(NWG) / 8 * SBO_QK;
     static constexpr int K_BYTES = BC / 8 * SBO_QK;
     static constexpr int V_NSTEP = BC / 8 * FAW_V_KSTEP; /* between groups of 8 head dims */
     static constexpr int V_BYTES = D / 8 * V_NSTEP + V_NSTEP; /* the head dims, then the ones group */
@@ -97,28 +102,30 @@ __device__ __forceinline__ uint64_t faw_desc_at(uint64_t desc, uint32_t bytes) {
  * at most, 128 x 3 x 65535 heads x 80 < 2^31 (attention.cu checks H <= 65535; head dims here
  * are at most 80). */
 #define FAW_ZERO_ROW 0x7fffffff
-template <int D, int BC> struct faw_tile_map {
-    typedef faw_geom<D, BC> G;
+template <int D, int BC, int NWG> struct faw_tile_map {
+    typedef faw_geom<D, BC, NWG> G;
+    static constexpr int THREADS = FAW_THREADS(NWG);
     static constexpr int CK = G::DK / 8, CV = D / 8;
-    static constexpr int NK = (BC * CK + FAW_THREADS - 1) / FAW_THREADS;
-    static constexpr int NV = (BC * CV + FAW_THREADS - 1) / FAW_THREADS;
+    static constexpr int NK = (BC * CK + THREADS - 1) / THREADS;
+    static constexpr int NV = (BC * CV + THREADS - 1) / THREADS;
     int k_dst[NK], k_src[NK], k_row[NK];
     int v_dst[NV], v_src[NV], v_row[NV];
 };
 
-template <int D, int BC> __device__ __forceinline__ void faw_map_init(faw_tile_map<D, BC> &m, int rs, int tid) {
-    typedef faw_tile_map<D, BC> M;
-    typedef faw_geom<D, BC> G;
+template <int D, int BC, int NWG>
+__device__ __forceinline__ void faw_map_init(faw_tile_map<D, BC, NWG> &m, int rs, int tid) {
+    typedef faw_tile_map<D, BC, NWG> M;
+    typedef faw_geom<D, BC, NWG> G;
 #pragma unroll
     for (int it = 0; it < M::NK; it++) {
-        const int i = tid + it * FAW_THREADS, r = i / M::CK, c = i - r * M::CK;
+        const int i = tid + it * M::THREADS, r = i / M::CK, c = i - r * M::CK;
         m.k_dst[it] = (r >> 3) * G::SBO_QK + c * 128 + (r & 7) * 16;
         m.k_src[it] = r * rs + c * 8;
         m.k_row[it] = i >= BC * M::CK ? -1 : c < M::CV ? r : FAW_ZERO_ROW;
     }
 #pragma unroll
     for (int it = 0; it < M::NV; it++) {
-        const int i = tid + it * FAW_THREADS, r = i / M::CV, c = i - r * M::CV;
+        const int i = tid + it * M::THREADS, r = i / M::CV, c = i - r * M::CV;
         m.v_dst[it] = (r >> 3) * FAW_V_KSTEP + c * G::V_NSTEP + (r & 7) * 16;
         m.v_src[it] = r * rs + c * 8;
         m.v_row[it] = i >= BC * M::CV ? -1 : r;
@@ -127,10 +134,10 @@ template <int D, int BC> __device__ __forceinline__ void faw_map_init(faw_tile_m
 
 /* One K/V tile into a stage: kg/vg point at its first key's row; chunks of keys from nkeys on
  * become zeros. */
-template <typename T, int D, int BC>
+template <typename T, int D, int BC, int NWG>
 __device__ __forceinline__ void faw_load_kv(unsigned char *sk, unsigned char *sv, const T *kg, const T *vg, int nkeys,
-                                            const faw_tile_map<D, BC> &m) {
-    typedef faw_tile_map<D, BC> M;
+                                            const faw_tile_map<D, BC, NWG> &m) {
+    typedef faw_tile_map<D, BC, NWG> M;
 #pragma unroll
     for (int it = 0; it < M::NK; it++) {
         if (m.k_row[it] < 0) continue;
@@ -157,27 +164,28 @@ __device__ __forceinline__ void faw_scores(float (&s)[BC / 2], uint64_t dq, uint
     for (int ks = 0; ks < NKS; ks++) faw_qk<T, BC>(s, faw_desc_at(dq, ks * 256), faw_desc_at(dk, ks * 256));
 }
 
-/* Warp w (of 8) owns query rows q0 + 16 w + g and + 8 (g = lane / 4): the rows of its
+/* Warp w (of 4 NWG) owns query rows q0 + 16 w + g and + 8 (g = lane / 4): the rows of its
  * warpgroup's accumulators that wgmma gives it. */
-template <typename T, int D, int BC>
-__global__ void __launch_bounds__(FAW_THREADS) faw_kernel(const fa_params p) {
+template <typename T, int D, int BC, int NWG>
+__global__ void __launch_bounds__(FAW_THREADS(NWG)) faw_kernel(const fa_params p) {
 #if !WG_DEVICE_OK
     __trap();
 #else
-    typedef faw_geom<D, BC> G;
+    typedef faw_geom<D, BC, NWG> G;
+    constexpr int THREADS = FAW_THREADS(NWG), BR = FAW_BR(NWG);
     constexpr int DK = G::DK, NKS = DK / 16, CK = DK / 8, CV = D / 8, NDT = D / 8, NST = BC / 8;
     extern __shared__ __align__(128) unsigned char faw_smem[];
     unsigned char *const sq = faw_smem;
     unsigned char *const sk = sq + G::Q_BYTES;              /* [FAW_STAGES][G::K_BYTES] */
     unsigned char *const sv = sk + FAW_STAGES * G::K_BYTES; /* [FAW_STAGES][G::V_BYTES] */
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wg = warp >> 2;
-    const int q0 = blockIdx.x * FAW_BR, h = blockIdx.y;
+    const int q0 = blockIdx.x * BR, h = blockIdx.y;
     const int64_t b = (int64_t)p.b0 + blockIdx.z, kb = p.kv[blockIdx.z];
     const T *qg = (const T *)p.q + b * p.q_bs + (int64_t)h * D;
     const T *kg = (const T *)p.k + kb * p.kv_bs + (int64_t)h * D;
     const T *vg = (const T *)p.v + kb * p.kv_bs + (int64_t)h * D;
 
-    for (int i = tid; i < FAW_BR * CK; i += FAW_THREADS) {
+    for (int i = tid; i < BR * CK; i += THREADS) {
         const int r = i / CK, c = i - r * CK, qr = q0 + r;
         const bool ok = qr < p.lq && c < CV;
         cp_async16(sq + (r >> 3) * G::SBO_QK + c * 128 + (r & 7) * 16, qg + (ok ? (int64_t)qr * p.rs + c * 8 : 0),
@@ -185,22 +193,22 @@ __global__ void __launch_bounds__(FAW_THREADS) faw_kernel(const fa_params p) {
     }
     int kend = p.lk;
     if (p.causal) {
-        const int last_q = (q0 + FAW_BR < p.lq ? q0 + FAW_BR : p.lq) - 1;
+        const int last_q = (q0 + BR < p.lq ? q0 + BR : p.lq) - 1;
         if (last_q + 1 < kend) kend = last_q + 1;
     }
     const int ntiles = (kend + BC - 1) / BC;
-    faw_tile_map<D, BC> map;
-    faw_map_init<D, BC>(map, (int)p.rs, tid);
-    if (ntiles > 0) faw_load_kv<T, D, BC>(sk, sv, kg, vg, p.lk, map);
+    faw_tile_map<D, BC, NWG> map;
+    faw_map_init<D, BC, NWG>(map, (int)p.rs, tid);
+    if (ntiles > 0) faw_load_kv<T, D, BC, NWG>(sk, sv, kg, vg, p.lk, map);
     cp_async_commit(); /* group 0: Q and K/V tile 0 */
     if (ntiles > 1)
-        faw_load_kv<T, D, BC>(sk + G::K_BYTES, sv + G::V_BYTES, kg + BC * p.rs, vg + BC * p.rs, p.lk - BC, map);
+        faw_load_kv<T, D, BC, NWG>(sk + G::K_BYTES, sv + G::V_BYTES, kg + BC * p.rs, vg + BC * p.rs, p.lk - BC, map);
     cp_async_commit(); /* group 1: tile 1 (empty when there is none); tile t + 2 is group t + 2 */
     /* After V's head dims, one more group of 8 columns, all ones, in every stage and for every
      * key: O's last 8 columns then hold each row's sum of P, of P as rounded for the product,
      * and the epilogue divides by it (cp.async never writes there; the first barrier publishes
      * these stores). It replaces 32 adds per lane and tile and the final shuffles. */
-    for (int i = tid; i < FAW_STAGES * BC; i += FAW_THREADS) {
+    for (int i = tid; i < FAW_STAGES * BC; i += THREADS) {
         const int r = i % BC;
         vec16<T> ones;
 #pragma unroll
@@ -286,7 +294,7 @@ __global__ void __launch_bounds__(FAW_THREADS) faw_kernel(const fa_params p) {
         if (j + 2 < ntiles) {
             const int64_t next = (int64_t)(j + 2) * BC * p.rs;
             const int sn2 = (j + 2) % FAW_STAGES;
-            faw_load_kv<T, D, BC>(sk + sn2 * G::K_BYTES, sv + sn2 * G::V_BYTES, kg + next, vg + next,
+            faw_load_kv<T, D, BC, NWG>(sk + sn2 * G::K_BYTES, sv + sn2 * G::V_BYTES, kg + next, vg + next,
                                   p.lk - (j + 2) * BC, map);
         }
         cp_async_commit(); /* group j + 2: tile j + 2 (empty when there is none) */
@@ -357,10 +365,16 @@ __global__ void __launch_bounds__(FAW_THREADS) faw_kernel(const fa_params p) {
 
 /* ---- host ------------------------------------------------------------------------------------ */
 
-#define FAW_FOR_EACH(X)                                                                                    \
-    X(__half, 40, 64) X(__half, 64, 64) X(__half, 80, 64) X(__nv_bfloat16, 40, 64) X(__nv_bfloat16, 64, 64)   \
-    X(__nv_bfloat16, 80, 64) X(__half, 40, 128) X(__half, 64, 128) X(__half, 80, 128) X(__nv_bfloat16, 40, 128) \
-    X(__nv_bfloat16, 64, 128) X(__nv_bfloat16, 80, 128)
+/* (dtype, head dim, keys per K/V tile, warpgroups per block) */
+#define FAW_FOR_EACH(X)                                                                                       \
+    X(__half, 40, 64, 2) X(__half, 64, 64, 2) X(__half, 80, 64, 2) X(__nv_bfloat16, 40, 64, 2)                 \
+    X(__nv_bfloat16, 64, 64, 2) X(__nv_bfloat16, 80, 64, 2) X(__half, 40, 128, 2) X(__half, 64, 128, 2)        \
+    X(__half, 80, 128, 2) X(__nv_bfloat16, 40, 128, 2) X(__nv_bfloat16, 64, 128, 2) X(__nv_bfloat16, 80, 128, 2) \
+    X(__half, 64, 64, 3) X(__half, 80, 64, 3) X(__nv_bfloat16, 64, 64, 3) X(__nv_bfloat16, 80, 64, 3)
+
+/* Warpgroups per block at head dim D: three when asked for (LOCO_CUDA_FLASH=wgmma3) and D has
+ * that form, else two. */
+static int faw_warpgroups(const cuda_impl *c, int D) { return c->faw_warpgroups == 3 && D != 40 ? 3 : 2; }
 
 int cuda_flash_wgmma_applies(const cuda_impl *c, loco_dtype dt, int64_t D) {
     return c->flash_wgmma && c->faw_ok && (dt == LOCO_F16 || dt == LOCO_BF16) && (D == 40 || D == 64 || D == 80);
@@ -373,10 +387,10 @@ loco_status cuda_flash_wgmma_setup(cuda_impl *c, loco_err *err) {
     if (!c->flash_wgmma || c->cc_major != 9 || c->cc_minor != 0) return LOCO_OK;
     int image_ok = 0;
     cudaError_t e = cudaMemcpyFromSymbol(&image_ok, faw_image_ok, sizeof image_ok);
-#define FAW_SET(T, D, BC)                                                                                   \
+#define FAW_SET(T, D, BC, NWG)                                                                              \
     if (e == cudaSuccess && image_ok)                                                                       \
-        e = cudaFuncSetAttribute(faw_kernel<T, D, BC>, cudaFuncAttributeMaxDynamicSharedMemorySize,          \
-                                 faw_geom<D, BC>::SMEM);
+        e = cudaFuncSetAttribute(faw_kernel<T, D, BC, NWG>, cudaFuncAttributeMaxDynamicSharedMemorySize,     \
+                                 faw_geom<D, BC, NWG>::SMEM);
     FAW_FOR_EACH(FAW_SET)
 #undef FAW_SET
     if (e != cudaSuccess) {
@@ -387,18 +401,22 @@ loco_status cuda_flash_wgmma_setup(cuda_impl *c, loco_err *err) {
     return LOCO_OK;
 }
 
-/* Launches the samples [fp->b0, fp->b0 + grid.z) of heads grid.y; grid.x covers Lq in 128-row
- * blocks. The caller checked cuda_flash_wgmma_applies and attention.cu's flash conditions.
- * c->flash_wgmma is the keys per K/V tile (64 or 128). */
+/* Launches the samples [fp->b0, fp->b0 + grid.z) of heads grid.y; grid.x is set here to cover
+ * Lq in blocks of 64 rows per warpgroup. The caller checked cuda_flash_wgmma_applies and
+ * attention.cu's flash conditions. c->flash_wgmma is the keys per K/V tile (64 or 128). */
 loco_status cuda_flash_wgmma(cuda_impl *c, loco_dtype dt, int D, dim3 grid, const fa_params *fp, loco_err *err) {
-#define FAW_LAUNCH(T, DD, BC)                                                                          \
-    if (dt == cuda_dtype_of<T>::value && D == DD && c->flash_wgmma == BC) {                                 \
-        const int smem = faw_geom<DD, BC>::SMEM; /* (a template's commas would split LOCO_LAUNCH's arguments) */ \
-        LOCO_LAUNCH(grid, FAW_THREADS, smem, c->stream, faw_kernel<T, DD, BC>)(*fp);                    \
+    const int nwg = faw_warpgroups(c, D);
+    grid.x = (unsigned)((fp->lq + FAW_BR(nwg) - 1) / FAW_BR(nwg));
+#define FAW_LAUNCH(T, DD, BC, NWG)                                                                     \
+    if (dt == cuda_dtype_of<T>::value && D == DD && c->flash_wgmma == BC && nwg == NWG) {                   \
+        /* (a template's commas would split LOCO_LAUNCH's arguments) */                               \
+        const int smem = faw_geom<DD, BC, NWG>::SMEM, threads = FAW_THREADS(NWG);                     \
+        LOCO_LAUNCH(grid, threads, smem, c->stream, faw_kernel<T, DD, BC, NWG>)(*fp);                  \
         return cuda_check_launch("faw_kernel", err);                                                  \
     }
     FAW_FOR_EACH(FAW_LAUNCH)
 #undef FAW_LAUNCH
-    return loco_err_set(err, LOCO_EUNSUPPORTED, "cuda flash wgmma: no kernel for head dim %d, %d keys per tile", D,
-                        c->flash_wgmma);
+    return loco_err_set(err, LOCO_EUNSUPPORTED,
+                        "cuda flash wgmma: no kernel for head dim %d, %d keys per tile, %d warpgroups", D,
+                        c->flash_wgmma, nwg);
 }

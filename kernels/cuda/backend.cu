@@ -307,12 +307,15 @@ extern "C" loco_status loco_backend_cuda_create(const loco_backend_opts *opts, l
     c->flash_wgmma = !flash                           ? 0
                      : strcmp(flash, "wgmma") == 0    ? 64
                      : strcmp(flash, "wgmma128") == 0 ? 128
+                     : strcmp(flash, "wgmma3") == 0   ? 64
                                                       : 0;
+    c->faw_warpgroups = flash && strcmp(flash, "wgmma3") == 0 ? 3 : 2;
     /* attention.cu's variant of the 128-row kernel: -1 by head dim, or forced (fa_variant) */
     c->flash_variant = !flash                          ? -1
                        : strcmp(flash, "classic") == 0 ? 0
                        : strcmp(flash, "stages3") == 0 ? 2
                        : strcmp(flash, "ilp3") == 0    ? 3
+                       : strcmp(flash, "ilp3q") == 0   ? 7
                                                        : -1;
     c->flash_rows = !flash                        ? 0
                     : strcmp(flash, "64") == 0  ? 64
@@ -380,10 +383,13 @@ extern "C" loco_status loco_backend_cuda_create(const loco_backend_opts *opts, l
                                                   : "",
              c->flash_wgmma == 128  ? (c->faw_ok ? ", flash: wgmma, 128-key tiles (experimental)"
                                                  : ", flash: wgmma unavailable")
+             : c->flash_wgmma && c->faw_warpgroups == 3
+                 ? (c->faw_ok ? ", flash: wgmma, 3 warpgroups (experimental)" : ", flash: wgmma unavailable")
              : c->flash_wgmma       ? (c->faw_ok ? ", flash: wgmma (experimental)" : ", flash: wgmma unavailable")
              : c->flash_variant == 0 ? ", flash: classic"
              : c->flash_variant == 2 ? ", flash: stages3"
              : c->flash_variant == 3 ? ", flash: ilp3"
+             : c->flash_variant == 7 ? ", flash: ilp3q"
              : c->flash_rows == 64  ? ", flash: 64 rows"
              : c->flash_rows == 128 ? ", flash: 128 rows"
                                     : "",

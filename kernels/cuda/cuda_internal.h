@@ -132,9 +132,11 @@ typedef struct cuda_impl {
                      * fa_mtiles) */
     int igemm_rows; /* 1: conv_igemm.cu's row-gather kernel where it applies; LOCO_CUDA_IGEMM_ROWS=0 turns it off */
     int wgmma_ok;   /* conv_wgmma.cu's kernel has an image for this device (sm_90a on a 9.0 device) */
-    int flash_variant; /* LOCO_CUDA_FLASH=classic|stages3|ilp3: attention.cu's 128-row variant (0, 2, 3; -1: by head dim) */
-    int flash_wgmma; /* LOCO_CUDA_FLASH=wgmma|wgmma128: attention_wgmma.cu for head dims 40/64/80
+    int flash_variant; /* LOCO_CUDA_FLASH=classic|stages3|ilp3|ilp3q: attention.cu's 128-row variant (0, 2, 3,
+                        * 7; -1: by head dim) */
+    int flash_wgmma; /* LOCO_CUDA_FLASH=wgmma|wgmma128|wgmma3: attention_wgmma.cu for head dims 40/64/80
                       * (experimental), with 64 or 128 keys per K/V tile; 0: off */
+    int faw_warpgroups; /* ... in blocks of 2 warpgroups, or 3 (wgmma3: head dims 64 and 80) */
     int faw_ok;      /* ... and its sm_90a image is there and set up (compute capability 9.0) */
     int flash_short; /* 1: attention over at most 80 keys (text cross-attention) takes
                       * attention_short.cu's kernel, whatever LOCO_CUDA_FLASH picks for the

@@ -91,7 +91,8 @@ TEST(cuda_selftest) {
               report);
 }
 
-/* LOCO_CUDA_FLASH=wgmma (64-key tiles) and =wgmma128 (128-key tiles): attention_wgmma.cu (Hopper's
+/* LOCO_CUDA_FLASH=wgmma (64-key tiles), =wgmma128 (128-key tiles) and =wgmma3 (64-key tiles,
+ * 192-row blocks of three warpgroups at head dims 64 and 80): attention_wgmma.cu (Hopper's
  * wgmma, sm_90a; experimental) for head dims 40, 64 and 80 on a compute capability 9.0 device
  * (the emulator's is one; the backend's description says whether it is in use); elsewhere the
  * mma.sync kernel. Tails of the 128-row blocks and of the key tiles (1 to 10 tiles, so that the
@@ -114,6 +115,7 @@ static int check_flash_wgmma(const char *name, const char *described, int seed) 
     ok = ok && check_attention(LOCO_BF16, 1, 1, 640, 640, 2, 80, 0, NULL, seed + 9);  /* 5 or 10 key tiles */
     ok = ok && check_attention_packed(LOCO_F16, 2, 300, 8, 40, NULL, seed + 10);     /* packed q|k|v rows */
     ok = ok && check_attention_packed(LOCO_BF16, 2, 130, 5, 64, kv, seed + 11);
+    ok = ok && check_attention(LOCO_F16, 1, 1, 384, 384, 2, 64, 0, NULL, seed + 12);  /* whole 192-row blocks */
     unsetenv("LOCO_CUDA_FLASH");
     unsetenv("LOCO_CUDA_FLASH_SHORT");
     return ok;
@@ -136,10 +138,17 @@ TEST(cuda_attention_wgmma128) {
                                                : "flash: wgmma unavailable", 240));
 }
 
-/* LOCO_CUDA_FLASH=classic, =stages3 and =ilp3 force one variant of the mma.sync kernel's 128-row
- * blocks for head dims 40, 64 and 80 (by default 64 and 80 take ilp3, 40 the classic loop):
- * stages3 has three K/V stages with one barrier per key tile, ilp3 that and the softmax's
- * reductions as trees and its rescale without a branch. Tails of the blocks and of the key tiles (1, 2 and 3+ tiles, so that the
+TEST(cuda_attention_wgmma3) {
+    HOPPER_OR_SKIP(hopper, 250);
+    CHECK(check_flash_wgmma("wgmma3", hopper ? "flash: wgmma, 3 warpgroups (experimental)"
+                                             : "flash: wgmma unavailable", 250));
+}
+
+/* LOCO_CUDA_FLASH=classic, =stages3, =ilp3 and =ilp3q force one variant of the mma.sync kernel's
+ * 128-row blocks for head dims 40, 64 and 80 (by default 64 and 80 take ilp3, 40 the classic loop
+ * or stages3): stages3 has three K/V stages with one barrier per key tile, ilp3 that and the
+ * softmax's reductions as trees and its rescale without a branch, ilp3q that with Q's fragments
+ * read from shared memory at each k-step (head dims 40 and 64; 80 takes ilp3). Tails of the blocks and of the key tiles (1, 2 and 3+ tiles, so that the
  * stage ring wraps), cross-attention's 77 keys, causal masking, per-sample K/V rows, both 16-bit
  * dtypes, packed q|k|v rows; head dim 160 and the 64-row form are untouched by the switch. */
 static int check_flash_variant(const char *name, const char *described, int seed) {
@@ -177,4 +186,10 @@ TEST(cuda_attention_ilp3) {
     GPU_ENV(e, LOCO_F16, 210);
     genv_close(&e);
     CHECK(check_flash_variant("ilp3", "flash: ilp3", 210));
+}
+
+TEST(cuda_attention_ilp3q) {
+    GPU_ENV(e, LOCO_F16, 230);
+    genv_close(&e);
+    CHECK(check_flash_variant("ilp3q", "flash: ilp3q", 230));
 }
