@@ -45,7 +45,9 @@
 #   message, when less time than they need is left; PYTHON (default python3);
 #   GPU_CHECK_PLUMBING=1 goes on past the "no GPU" stop, to test this script on a build machine
 #   (every parity test then fails as skipped); GPU_CHECK_PROFILE_ROWS (default 14): lines of
-#   loco's per-op profile (pipeline_bench --profile) shown per model; all are in loco_<family>.out.
+#   loco's per-op profile (pipeline_bench --profile) shown per model; all are in loco_<family>.out;
+#   GPU_CHECK_CANDIDATES="ilp3q wgmma3" limits --candidates to those tags (and the default): a
+#   lent machine's 15 minutes hold one full check and a short second call, not every candidate.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 
@@ -181,6 +183,11 @@ if [ $CANDIDATES -eq 1 ]; then
         for cand in default:LOCO_CANDIDATE=default ilp3q:LOCO_CUDA_FLASH=ilp3q wgmma128:LOCO_CUDA_FLASH=wgmma128 \
             wgmma:LOCO_CUDA_FLASH=wgmma wgmma3:LOCO_CUDA_FLASH=wgmma3 gemm_tuned:LOCO_CUDA_GEMM_TUNE=1 \
             short_off:LOCO_CUDA_FLASH_SHORT=0; do
+            # GPU_CHECK_CANDIDATES="tag ...": only those (and the default), e.g. the op table's winners
+            if [ -n "${GPU_CHECK_CANDIDATES:-}" ] && [ "${cand%%:*}" != default ] &&
+                ! printf ' %s ' "$GPU_CHECK_CANDIDATES" | grep -q " ${cand%%:*} "; then
+                continue
+            fi
             if [ "$(left)" -lt 60 ]; then
                 say "skipping $1 with ${cand#*:}: $(left) s of the budget left"
                 continue
