@@ -26,11 +26,11 @@
 #      which (T/N);
 #   6. times a LocoGen sweep (SD 1.5 512^2, 50 steps, every window of 2 layers) batched vs one
 #      image at a time (bench/locogen_batched.c --device cuda);
-#   7. budget permitting, the UNet-call and pipeline parity tests again with the opt-in paths:
-#      LOCO_CUDA_IM2COL_OVERLAP=1, then LOCO_CUDA_CONV=rows and LOCO_CUDA_CONV=wgmma (with the
-#      VAE decodes), then
-#      LOCO_CUDA_FLASH=ilp3q, =wgmma, =wgmma128 and =wgmma3 (with the text encoders); then SD-XL at batch 8
-#      timed again with LOCO_CUDA_FLASH=ilp3q, =wgmma128 and =wgmma, and SD 1.5 and SD-XL at batch 8
+#   7. budget permitting: SD-XL at batch 8 timed again with LOCO_CUDA_FLASH=ilp3q; the UNet-call
+#      and pipeline parity tests again with the opt-in paths: LOCO_CUDA_IM2COL_OVERLAP=1, then
+#      LOCO_CUDA_CONV=rows and LOCO_CUDA_CONV=wgmma (with the VAE decodes), then
+#      LOCO_CUDA_FLASH=ilp3q, =wgmma, =wgmma128 and =wgmma3 (with the text encoders); then SD-XL
+#      at batch 8 timed with LOCO_CUDA_FLASH=wgmma128 and =wgmma, and SD 1.5 and SD-XL at batch 8
 #      with LOCO_CUDA_GEMM_TUNE=1.
 #
 # Logs and tables go to $GPU_CHECK_DIR (default: $OUT when set, else build/gpu-check).
@@ -490,8 +490,7 @@ else
     grep -E '^(sweep|batched|one by one|ratio|same images|cuda graphs)' "$DIR/locogen.txt" | sed 's/^/gpu-check:   /'
 fi
 
-# ---- 7. the opt-in paths through whole pipelines, budget permitting ----------------------------------
-optin_parity
+# ---- 7. candidates and the opt-in paths through whole pipelines, budget permitting -----------------
 # A candidate default through a whole pipeline, once more, next to the default's RESULT line:
 # rerun TAG VAR=value family size timed-steps. Its RESULT line is renamed impl=loco_TAG.
 rerun() {
@@ -504,11 +503,14 @@ rerun() {
     grep "^RESULT impl=loco family=$fam .*batch=8 " "$RESULTS" | sed 's/^/gpu-check:   /'
 }
 # SD-XL at batch 8 is the target still missed (run 6: 0.84): its f32 VAE decode already takes
-# the row-tap convs by default (session 7); the attention variants are the next candidates
-# (ilp3q first: the mma.sync kernel at three blocks per SM, the likelier win). Then GEMM autotuning (LOCO_CUDA_GEMM_TUNE=1, off by default: the choice depends on
-# timings, so processes can differ at fp16 rounding) on SD 1.5, and on SD-XL, whose 1280-wide
-# projections ran at 535-561 TFLOP/s in run 6 against 650-710 for the wider ones.
+# the row-tap convs by default (session 7); the attention variants are the next candidates,
+# ilp3q first (the mma.sync kernel at three blocks per SM, the likelier win), timed before the
+# opt-in pipeline parity (the op tests of phase 3 already cover its kernel). Then GEMM autotuning
+# (LOCO_CUDA_GEMM_TUNE=1, off by default: the choice depends on timings, so processes can differ
+# at fp16 rounding) on SD 1.5, and on SD-XL, whose 1280-wide projections ran at 535-561 TFLOP/s in
+# run 6 against 650-710 for the wider ones.
 rerun ilp3q LOCO_CUDA_FLASH=ilp3q sdxl 1024 3 90
+optin_parity
 rerun wgmma128 LOCO_CUDA_FLASH=wgmma128 sdxl 1024 3 90
 rerun wgmma LOCO_CUDA_FLASH=wgmma sdxl 1024 3 90
 rerun gemm_tuned LOCO_CUDA_GEMM_TUNE=1 sd1 512 10 45
