@@ -162,13 +162,14 @@ static void fs_cmp_add(fs_cmp *c, float got, double ref) {
 static void fs_cmp_report(fs_env *e, const fs_cmp *c, const char *what) {
     const double rms = c->n ? sqrt(c->sumsq / c->n) : 0.0;
     const double rel = rms > 0 ? c->worst / rms : c->worst;
-    fprintf(stderr, "%s %s: rel err %.3g (tol %g) over %d points%s\n", e->tag, what, rel, FS_TOL, c->n, c->nan ? ", NaN" : "");
+    fprintf(stderr, "%s %s: rel err %.3g (tol %g) over %d points%s\n", e->tag, what, rel, FS_TOL, c->n,
+            c->nan ? ", NaN" : "");
     if (c->nan || !(rel <= FS_TOL)) e->failed = 1;
 }
 
 /* Compares y [FS_N, Cout, H, W] at the sample points with a k x k conv (pad k / 2) of the input
  * `in` (Cin channels) plus bias and, when residual, x[n, co] (the same channels of the exact
- * input). norm_stats: compute the GroupNorm statistics per sample (in->norm). */
+ * input). With in->norm, each sample's GroupNorm statistics are computed here first. */
 static int fs_check_conv(fs_env *e, const loco_tensor *y, fs_input *in, int Cin, int Cout, int k, const float *w,
                          const float *bias, int residual, const int *cos, int ncos, const char *what) {
     fs_cmp cmp;
