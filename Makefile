@@ -108,7 +108,7 @@ EMU_ON     := $(if $(CUDA_SRC),$(if $(SANITIZE),,1),)
 # -fno-extern-tls-init: the extern __shared__ arrays are thread_local, without initialisers;
 # -fsanitize=alignment: a vector access (uint4, float4, vec16, a 32-bit pair of halves) at an
 # address its type does not align stops the test, as a GPU faults with "misaligned address"
-# (about 5 % slower; the emulator's cp.async and ldmatrix check their own addresses)
+# (2-14 % slower on the two emulated tests timed; cp.async and ldmatrix check their own addresses)
 EMU_SAN    := -fsanitize=alignment -fno-sanitize-recover=alignment
 EMU_CXXFLAGS := $(OPT) -g -std=c++17 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -Wno-unknown-pragmas -Wno-maybe-uninitialized \
              -fno-strict-aliasing -fno-extern-tls-init -pthread -Itests/emu -Ikernels -I. -I$(CUDA_HOME)/include $(EMU_SAN)

@@ -408,7 +408,8 @@ extern "C" loco_status cuda_op_attention(loco_backend *be, loco_tensor *out, con
     fp.scale_log2 = scale_log2;
     fp.causal = p->causal != 0;
     const int few_keys = cuda_attention_short_applies(c, D, Lk); /* text: attention_short.cu */
-    const int wgmma = !few_keys && cuda_flash_wgmma_applies(c, dt, D); /* LOCO_CUDA_FLASH=wgmma: 128-row blocks */
+    /* LOCO_CUDA_FLASH=wgmma*: cuda_flash_wgmma sets grid.x for its own block height */
+    const int wgmma = !few_keys && cuda_flash_wgmma_applies(c, dt, D);
     const int mt = wgmma ? 2 : fa_mtiles(c, (int)D, Lq);
     for (int64_t b0 = 0; b0 < B; b0 += FA_KV_MAX) {
         int nb = (int)(B - b0 < FA_KV_MAX ? B - b0 : FA_KV_MAX);

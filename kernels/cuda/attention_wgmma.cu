@@ -14,8 +14,8 @@
  * tile's products cost a handful of instructions instead of about a hundred per warp.
  *
  * Same algorithm and arguments as attention.cu (flash_params.h): 128 query rows per block, two
- * warpgroups of 64 (192 rows, three, under wgmma3); K/V tiles of BC keys through shared memory with cp.async in four stages (the
- * previous tile, whose V its P V reads; this one, whose K S reads; the next, landed or landing;
+ * warpgroups of 64 (192 rows, three, under wgmma3); K/V tiles of BC keys through shared memory
+ * with cp.async in four stages (the previous tile, whose V its P V reads; this one, whose K S reads; the next, landed or landing;
  * the one after, loading); online softmax in fp32 in base 2; per-sample K/V rows (the kv
  * table); causal masking. The products overlap the softmax as in FlashAttention-3 within a
  * warpgroup: S_j and tile j - 1's P V are issued together, and tile j's softmax runs while that
