@@ -26,17 +26,19 @@
 #      which (T/N);
 #   6. times a LocoGen sweep (SD 1.5 512^2, 50 steps, every window of 2 layers) batched vs one
 #      image at a time (bench/locogen_batched.c --device cuda);
-#   7. budget permitting: SD-XL at batch 8 timed again with LOCO_CUDA_FLASH=ilp3q; the UNet-call
-#      and pipeline parity tests again with the opt-in paths: LOCO_CUDA_IM2COL_OVERLAP=1, then
-#      LOCO_CUDA_CONV=rows and LOCO_CUDA_CONV=wgmma (with the VAE decodes), then
-#      LOCO_CUDA_FLASH=ilp3q, =wgmma, =wgmma128 and =wgmma3 (with the text encoders); then SD-XL
-#      at batch 8 timed with LOCO_CUDA_FLASH=wgmma128 and =wgmma, and SD 1.5 and SD-XL at batch 8
-#      with LOCO_CUDA_GEMM_TUNE=1.
+#   7. budget permitting: SD-XL at batch 8 timed again with LOCO_CUDA_FLASH=ilp3q and =wgmma_ws3;
+#      the UNet-call and pipeline parity tests again with the opt-in paths:
+#      LOCO_CUDA_IM2COL_OVERLAP=1, then LOCO_CUDA_CONV=rows and LOCO_CUDA_CONV=wgmma (with the VAE
+#      decodes), then LOCO_CUDA_FLASH=ilp3q, =wgmma, =wgmma128, =wgmma3 and =wgmma_ws3 (with the
+#      text encoders); then SD-XL at batch 8 timed with LOCO_CUDA_FLASH=wgmma128, =wgmma and
+#      =wgmma_ws, and SD 1.5 and SD-XL at batch 8 with LOCO_CUDA_GEMM_TUNE=1. (The
+#      warp-specialised attention's timed runs and parity are skipped when its op tests failed.)
 #
 # Logs and tables go to $GPU_CHECK_DIR (default: $OUT when set, else build/gpu-check).
 # Usage: bench/gpu-check.sh [--quick | --candidates]   (--quick: parity only, no timings;
 #   --candidates: loco alone at batch 8, SD-XL then SD 1.5, with the default kernels and with
-#   each candidate default (LOCO_CUDA_FLASH=ilp3q, =wgmma128, =wgmma, =wgmma3, LOCO_CUDA_GEMM_TUNE=1) and with
+#   each candidate default (LOCO_CUDA_FLASH=ilp3q, =wgmma128, =wgmma, =wgmma3, =wgmma_ws3, =wgmma_ws,
+#   LOCO_CUDA_GEMM_TUNE=1) and with
 #   LOCO_CUDA_FLASH_SHORT=0, their RESULT lines side by side and
 #   nothing else: a second call on a warm machine after a full check, whose parity covers them;
 #   --sanitize: compute-sanitizer's memcheck, racecheck and synccheck on the op tests of the
@@ -181,7 +183,8 @@ if [ $CANDIDATES -eq 1 ]; then
         # tag:VAR=value; the attention candidates first, then GEMM autotuning, then the text
         # attention back on the flash kernel (how much attention_short.cu gives end to end)
         for cand in default:LOCO_CANDIDATE=default ilp3q:LOCO_CUDA_FLASH=ilp3q wgmma128:LOCO_CUDA_FLASH=wgmma128 \
-            wgmma:LOCO_CUDA_FLASH=wgmma wgmma3:LOCO_CUDA_FLASH=wgmma3 gemm_tuned:LOCO_CUDA_GEMM_TUNE=1 \
+            wgmma:LOCO_CUDA_FLASH=wgmma wgmma3:LOCO_CUDA_FLASH=wgmma3 wgmma_ws3:LOCO_CUDA_FLASH=wgmma_ws3 \
+            wgmma_ws:LOCO_CUDA_FLASH=wgmma_ws gemm_tuned:LOCO_CUDA_GEMM_TUNE=1 \
             short_off:LOCO_CUDA_FLASH_SHORT=0; do
             # GPU_CHECK_CANDIDATES="tag ...": only those (and the default), e.g. the op table's winners
             if [ -n "${GPU_CHECK_CANDIDATES:-}" ] && [ "${cand%%:*}" != default ] &&
@@ -203,22 +206,24 @@ fi
 # Session 5's manual run covered the kernels of sessions 1-5. Since then, without a sanitizer run:
 # attention over at most 80 keys (attention_short.cu: per-warp buffers, __syncwarp, cp.async),
 # the LayerNorm lane groups and register form, GEGLU's vector form, the row-tap convs, the
-# many-layer linear, the device quantisation of images, the vector concat. Each test runs in a
-# process of its own under one tool; a tool's summary line decides.
-sanitize_one() { # tool test
-    local t0 rc summary limit
+# many-layer linear, the device quantisation of images, the vector concat; and (session 10) the
+# warp-specialised attention's named barriers and mbarriers (synccheck), from test_cuda_optin.
+# Each test runs in a process of its own under one tool; a tool's summary line decides.
+sanitize_one() { # tool test (test_cuda_ops), or tool optin/test (test_cuda_optin)
+    local t0 rc summary limit bin=test_cuda_ops name=$2
+    case "$2" in optin/*) bin=test_cuda_optin name=${2#optin/} ;; esac
     t0=$(date +%s)
     limit=$(($(left) - 5))
     [ $limit -gt 240 ] && limit=240
-    timeout $limit "${RUN[@]}" compute-sanitizer --tool "$1" --print-limit 8 "$BIN_TESTS/test_cuda_ops" "$2" \
-        >"$DIR/san_$1_$2.log" 2>&1
+    timeout $limit "${RUN[@]}" compute-sanitizer --tool "$1" --print-limit 8 "$BIN_TESTS/$bin" "$name" \
+        >"$DIR/san_$1_$name.log" 2>&1
     rc=$?
-    summary="$(grep -E '(ERROR|RACECHECK) SUMMARY' "$DIR/san_$1_$2.log" | tail -1)"
+    summary="$(grep -E '(ERROR|RACECHECK) SUMMARY' "$DIR/san_$1_$name.log" | tail -1)"
     [ $rc -ne 0 ] && summary="${summary:-no summary} (exit $rc)"
-    printf 'gpu-check:   %-10s %-44s %4ss  %s\n' "$1" "$2" "$(($(date +%s) - t0))" "$summary"
+    printf 'gpu-check:   %-10s %-44s %4ss  %s\n' "$1" "$name" "$(($(date +%s) - t0))" "$summary"
     if [ $rc -ne 0 ] || ! echo "$summary" | grep -qE ' 0 (errors|hazards)'; then
         grep -E '^=+ (Invalid|Race|Barrier|Address|Program hit|.*hazard)|^=+ +at |^(FAIL|ok|skip) |^SKIP' \
-            "$DIR/san_$1_$2.log" | head -12 | sed 's/^/gpu-check:        /'
+            "$DIR/san_$1_$name.log" | head -12 | sed 's/^/gpu-check:        /'
         FAILED=1
     fi
 }
@@ -230,7 +235,8 @@ if [ $SANITIZE -eq 1 ]; then
     for tool_test in memcheck:cuda_attention_short_keys synccheck:cuda_attention_short_keys \
         racecheck:cuda_attention_packed_qkv memcheck:cuda_layer_norm racecheck:cuda_layer_norm \
         memcheck:cuda_geglu_add_channel_bias_add memcheck:cuda_conv2d_rows memcheck:cuda_linear_many \
-        memcheck:cuda_download_u8_images_matches_cpu memcheck:cuda_transpose_concat_upsample; do
+        memcheck:cuda_download_u8_images_matches_cpu memcheck:cuda_transpose_concat_upsample \
+        synccheck:optin/cuda_attention_wgmma_ws3 memcheck:optin/cuda_attention_wgmma_ws3; do
         if [ "$(left)" -lt 30 ]; then
             say "skipping compute-sanitizer ${tool_test%%:*} on ${tool_test#*:}: $(left) s of the budget left"
             continue
@@ -247,18 +253,23 @@ fi
 # fails is run once more under compute-sanitizer (memcheck) when the machine has it and time is
 # left, so one GPU run also says where a bad access happens.
 SANITIZED=0
+# The warp-specialised attention's tests (session 10: mbarriers and named barriers never run on a
+# GPU) get 45 s instead of 150: a protocol error there is a hang, and seconds of work must not
+# hold a parity slot for minutes.
+test_limit() { case "$1" in *wgmma_ws*) echo 45 ;; *) echo 150 ;; esac; }
 run_one_test() { # binary test -> prints "<rc> <test> <seconds>"
     local t0 rc
     t0=$(date +%s)
-    timeout 150 "${RUN[@]}" "$1" "$2" >"$DIR/t_${LOG_TAG:-}$2.log" 2>&1
+    timeout "$(test_limit "$2")" "${RUN[@]}" "$1" "$2" >"$DIR/t_${LOG_TAG:-}$2.log" 2>&1
     rc=$?
     echo "$rc $2 $(($(date +%s) - t0))"
 }
-export -f run_one_test
+export -f run_one_test test_limit
 export DIR
+WS_BAD=0 # a warp-specialised attention test failed: its op rows and timed runs are skipped
 parity() { # name binary [test-name regex]
     say "parity: $1 (one process per test)"
-    local names n_pass=0 n_fail=0 failed_names="" line rc name secs
+    local names n_pass=0 n_fail=0 failed_names="" hung_names="" line rc name secs
     names="$("${RUN[@]}" "$2" --list 2>/dev/null | grep -E "${3:-.}")"
     if [ -z "$names" ]; then
         say "FAILED: $1: '$2 --list' printed nothing"
@@ -274,9 +285,10 @@ parity() { # name binary [test-name regex]
         else
             n_fail=$((n_fail + 1))
             failed_names="$failed_names $name"
+            case "$name" in *wgmma_ws*) WS_BAD=1 ;; esac
             local why="exit $rc"
             [ "$rc" = 77 ] && why="skipped on a GPU machine"
-            [ "$rc" = 124 ] && why="timed out (150 s)"
+            [ "$rc" = 124 ] && why="timed out ($(test_limit "$name") s)" && hung_names="$hung_names $name"
             printf 'gpu-check:   FAIL %-48s %3ss (%s)\n' "$name" "$secs" "$why"
             grep -vE '^(ok|skip) |^[0-9]+ passed' "$DIR/t_${LOG_TAG:-}$name.log" | head -12 | sed 's/^/gpu-check:        /'
         fi
@@ -294,6 +306,8 @@ parity() { # name binary [test-name regex]
         FAILED=1
         if command -v compute-sanitizer >/dev/null 2>&1; then
             for name in $failed_names; do
+                # (a test that hung would hang under the sanitizer too)
+                case " $hung_names " in *" $name "*) continue ;; esac
                 [ $SANITIZED -ge 4 ] && break
                 [ "$(left)" -lt 200 ] && break
                 SANITIZED=$((SANITIZED + 1))
@@ -383,6 +397,14 @@ optin_parity() {
     else
         say "skipping the three-warpgroup wgmma attention pipeline parity: $(left) s of the budget left"
     fi
+    if [ $WS_BAD -ne 0 ]; then
+        say "skipping the warp-specialised attention pipeline parity: its op tests failed"
+    elif [ "$(left)" -ge 60 ]; then
+        LOCO_CUDA_FLASH=wgmma_ws3 LOG_TAG=fawgmmaws3_ parity cuda_pipeline_flash_wgmma_ws3 \
+            "$BIN_TESTS/test_cuda_pipeline" 'text_encoder|unet_call|pipeline_'
+    else
+        say "skipping the warp-specialised attention pipeline parity: $(left) s of the budget left"
+    fi
 }
 if [ $QUICK -eq 1 ]; then
     optin_parity
@@ -401,7 +423,8 @@ else
         say "op_bench reported failures (see $DIR/ops_loco.err)"
     }
     # the experimental wgmma convolution in a process of its own (a fault there spares the rest)
-    timeout 60 "${RUN[@]}" "$BIN_BENCH/op_bench" bench/gpu/ops.txt 10 --wgmma >>"$DIR/ops_loco.txt" \
+    LOCO_OPBENCH_SKIP_WS=$WS_BAD timeout 60 "${RUN[@]}" "$BIN_BENCH/op_bench" bench/gpu/ops.txt 10 --wgmma \
+        >>"$DIR/ops_loco.txt" \
         2>"$DIR/ops_wgmma.err" || {
         tail -5 "$DIR/ops_wgmma.err"
         say "op_bench --wgmma reported failures (see $DIR/ops_wgmma.err)"
@@ -510,9 +533,13 @@ rerun() {
 # at fp16 rounding) on SD 1.5, and on SD-XL, whose 1280-wide projections ran at 535-561 TFLOP/s in
 # run 6 against 650-710 for the wider ones.
 rerun ilp3q LOCO_CUDA_FLASH=ilp3q sdxl 1024 3 90
+# the warp-specialised wgmma attention (FlashAttention-3's structure, session 10) unless its op
+# tests failed in phase 3
+[ $WS_BAD -eq 0 ] && rerun wgmma_ws3 LOCO_CUDA_FLASH=wgmma_ws3 sdxl 1024 3 90
 optin_parity
 rerun wgmma128 LOCO_CUDA_FLASH=wgmma128 sdxl 1024 3 90
 rerun wgmma LOCO_CUDA_FLASH=wgmma sdxl 1024 3 90
+[ $WS_BAD -eq 0 ] && rerun wgmma_ws LOCO_CUDA_FLASH=wgmma_ws sdxl 1024 3 90
 rerun gemm_tuned LOCO_CUDA_GEMM_TUNE=1 sd1 512 10 45
 rerun gemm_tuned LOCO_CUDA_GEMM_TUNE=1 sdxl 1024 3 90
 say "seconds per image (N=50 steps, guidance on; T/N: T steps timed, the rest extrapolated)"

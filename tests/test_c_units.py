@@ -46,14 +46,15 @@ def _cases():
 
 
 # the opt-in kernels' reruns of emulated model calls: wgmma attention and convolution on the UNet
-# calls; the mma.sync kernel's ilp3q variant and wgmma attention with 128-key tiles or three
-# warpgroups on SD-XL's (head dim 64, SD-XL's own; their op tests cover 40 and 80); the row-tap convolutions (f32's default, forced here on every conv they
+# calls; the mma.sync kernel's ilp3q variant and wgmma attention with 128-key tiles, three
+# warpgroups or a producer warp (warp-specialised, three warpgroups) on SD-XL's (head dim 64, SD-XL's own; their op tests cover 40 and 80); the row-tap convolutions (f32's default, forced here on every conv they
 # apply to, f16 included) on the VAE decodes (the op tests cover their f16 forms). Each emulated
 # UNet call takes 14-19 s on 2 cores, so the reruns are chosen, not all.
 OPT_IN = (("LOCO_CUDA_FLASH=wgmma", ("cuda_unet_call_",)),
           ("LOCO_CUDA_FLASH=ilp3q", ("cuda_unet_call_sdxl",)),
           ("LOCO_CUDA_FLASH=wgmma3", ("cuda_unet_call_sdxl",)),
           ("LOCO_CUDA_FLASH=wgmma128", ("cuda_unet_call_sdxl",)),
+          ("LOCO_CUDA_FLASH=wgmma_ws3", ("cuda_unet_call_sdxl",)),
           ("LOCO_CUDA_CONV=wgmma", ("cuda_unet_call_",)),
           ("LOCO_CUDA_CONV=rows", ("cuda_vae_decode_",)))
 

@@ -7,6 +7,8 @@
  * runs 5-6 ran at 0.72-0.95 of the mma.sync kernel. The form below (sessions 7-8) is not yet
  * timed: make it the default only after op_bench's "@fa_wgmma" rows show it faster. Attention
  * over at most 80 keys goes to attention_short.cu unless LOCO_CUDA_FLASH_SHORT=0.
+ * LOCO_CUDA_FLASH=wgmma_ws / wgmma_ws3 run the same products warp-specialised (a producer warp
+ * loads, the warpgroups take turns at the tensor cores): attention_wgmma_ws.cu.
  *
  * Why: the mma.sync kernel (attention.cu) runs SD 1.5's 4096-token self-attention at half of
  * PyTorch SDPA's speed, bound by the instructions it issues (bench/gpu/NOTES.md, session 3).
@@ -21,9 +23,10 @@
  * warpgroup: S_j and tile j - 1's P V are issued together, and tile j's softmax runs while that
  * P V is still on the tensor cores (the ncu reading of the serial form had the tensor pipe 28 %
  * busy). ptxas keeps it asynchronous (no "serialized" message, C7512-C7519, under -Xptxas -v:
- * keep it so; bench/gpu/NOTES.md, session 7, lists what makes it serialise). Registers: 128-144
- * with 64-key tiles (two blocks per SM at head dim 40, one at 64 and 80: 8 warps, or 12 in the
- * three-warpgroup blocks of wgmma3), 184-252 with 128-key tiles (one block per SM).
+ * keep it so; bench/gpu/NOTES.md, session 7, lists what makes it serialise). Registers: 132-144
+ * with 64-key tiles, so one block per SM at every head dim (two blocks of 256 threads need at
+ * most 128 each; ptxas -v, sm_90a, CUDA 13): 8 warps, or 12 in the
+ * three-warpgroup blocks of wgmma3; 184-252 with 128-key tiles (one block per SM).
  *   S = Q K^T   m64nBCk16, A = Q and B = K from shared memory, both K-major (each row's head
  *               dims contiguous, as stored): conv_wgmma.cu's layout; self-test "kmajor_k48".
  *   O += P V    m64n(D+8)k16, A = P from registers (S's accumulators per warp are in mma.sync's
@@ -42,57 +45,16 @@
  * DK is D rounded up to 16 (Q K^T's k-steps); Q's and K's chunks from D on are zeros (cp.async
  * with no source bytes), as are the rows of K and V past the keys. A k16 step of Q K^T starts
  * two chunks (256 bytes) further; one of P V two key groups (256 bytes). */
-#include <math.h>
 #include <string.h>
 
-#include "attention_wgmma_products.cuh"
-#include "cuda_device.h"
-#include "flash_params.h"
-#include "flash_softmax.cuh"
+#include "attention_wgmma_common.cuh"
 
 /* 1 only in the sm_90a image (the Makefile builds this file for sm_90a alone). */
 __device__ const int faw_image_ok = WG_DEVICE_OK;
 
-/* A block is NWG warpgroups of 64 query rows each: 2 (128 rows), or 3 under LOCO_CUDA_FLASH=wgmma3
- * at head dims 64 and 80, whose 144 registers a thread hold one block per SM either way: 12
- * warps instead of 8 (FlashAttention-3's choice at head dim 64; head dim 40's 128 registers fit
- * two blocks of two warpgroups, so it keeps them) */
-#define FAW_THREADS(NWG) (128 * (NWG))
-#define FAW_BR(NWG) (64 * (NWG))
-#define FAW_V_KSTEP 128 /* V: bytes between groups of 8 keys */
 /* K/V tiles in shared memory: the previous one (its P V may still run), this one, the next (its
  * S runs during this tile's softmax) and the one after (loading) */
 #define FAW_STAGES 4
-
-/* The shared-memory geometry of head dim D with BC keys per K/V tile (64, or 128 under
- * LOCO_CUDA_FLASH=wgmma128: half the softmax reductions and O rescales per key, and m64n128
- * products, for twice the score registers; not yet timed). */
-template <int D, int BC, int NWG> struct faw_geom {
-    static constexpr int DK = (D + 15) / 16 * 16;
-    static constexpr int SBO_QK = DK / 8 * 128; /* bytes per 8 rows of Q or K */
-    static constexpr int Q_BYTES = FAW_BR(NWG) / 8 * SBO_QK;
-    static constexpr int K_BYTES = BC / 8 * SBO_QK;
-    static constexpr int V_NSTEP = BC / 8 * FAW_V_KSTEP; /* between groups of 8 head dims */
-    static constexpr int V_BYTES = D / 8 * V_NSTEP + V_NSTEP; /* the head dims, then the ones group */
-    static constexpr int SMEM = Q_BYTES + FAW_STAGES * (K_BYTES + V_BYTES);
-};
-
-/* An accumulator array [tiles][4] as the flat register list a wgmma names (the same floats). */
-template <int N> __device__ __forceinline__ float (&faw_flat(float (&a)[N][4]))[N * 4] {
-    return *reinterpret_cast<float(*)[N * 4]>(&a[0][0]);
-}
-
-/* The descriptor of a V stage (its first 16 keys): MN-major, LBO the step along K (keys), SBO
- * along N (head dims). */
-template <int BC> __device__ __forceinline__ uint64_t faw_v_desc(const unsigned char *sv) {
-    return wg_desc(sv, FAW_V_KSTEP, BC / 8 * FAW_V_KSTEP);
-}
-
-/* A descriptor moved `bytes` further into shared memory: the start address is the low field, in
- * 16-byte units, and shared addresses (< 228 KB) never carry out of its 14 bits. Built once
- * before the loop, the descriptors of every stage and k-step then cost one add each (built per
- * k-step, they were about 40 uniform instructions per tile in the SASS). */
-__device__ __forceinline__ uint64_t faw_desc_at(uint64_t desc, uint32_t bytes) { return desc + (bytes >> 4); }
 
 /* Where this thread's cp.async chunks of a K/V tile go and come from, worked out once per block:
  * in the loop a chunk then costs a compare and the copy (the per-tile index math was a fifth of
@@ -103,7 +65,7 @@ __device__ __forceinline__ uint64_t faw_desc_at(uint64_t desc, uint32_t bytes) {
  * are at most 80). */
 #define FAW_ZERO_ROW 0x7fffffff
 template <int D, int BC, int NWG> struct faw_tile_map {
-    typedef faw_geom<D, BC, NWG> G;
+    typedef faw_geom<D, BC, NWG, FAW_STAGES> G;
     static constexpr int THREADS = FAW_THREADS(NWG);
     static constexpr int CK = G::DK / 8, CV = D / 8;
     static constexpr int NK = (BC * CK + THREADS - 1) / THREADS;
@@ -115,7 +77,7 @@ template <int D, int BC, int NWG> struct faw_tile_map {
 template <int D, int BC, int NWG>
 __device__ __forceinline__ void faw_map_init(faw_tile_map<D, BC, NWG> &m, int rs, int tid) {
     typedef faw_tile_map<D, BC, NWG> M;
-    typedef faw_geom<D, BC, NWG> G;
+    typedef faw_geom<D, BC, NWG, FAW_STAGES> G;
 #pragma unroll
     for (int it = 0; it < M::NK; it++) {
         const int i = tid + it * M::THREADS, r = i / M::CK, c = i - r * M::CK;
@@ -152,18 +114,6 @@ __device__ __forceinline__ void faw_load_kv(unsigned char *sk, unsigned char *sv
     }
 }
 
-/* s = Q K^T for a warpgroup's 64 rows and a tile's BC keys: NKS k16 steps, issued (the caller
- * commits and waits). */
-template <typename T, int NKS, int BC>
-__device__ __forceinline__ void faw_scores(float (&s)[BC / 2], uint64_t dq, uint64_t dk) {
-#pragma unroll
-    for (int i = 0; i < BC / 2; i++) s[i] = 0.0f;
-    wg_fence_acc(s);
-    wg_fence();
-#pragma unroll
-    for (int ks = 0; ks < NKS; ks++) faw_qk<T, BC>(s, faw_desc_at(dq, ks * 256), faw_desc_at(dk, ks * 256));
-}
-
 /* Warp w (of 4 NWG) owns query rows q0 + 16 w + g and + 8 (g = lane / 4): the rows of its
  * warpgroup's accumulators that wgmma gives it. */
 template <typename T, int D, int BC, int NWG>
@@ -171,9 +121,9 @@ __global__ void __launch_bounds__(FAW_THREADS(NWG)) faw_kernel(const fa_params p
 #if !WG_DEVICE_OK
     __trap();
 #else
-    typedef faw_geom<D, BC, NWG> G;
+    typedef faw_geom<D, BC, NWG, FAW_STAGES> G;
     constexpr int THREADS = FAW_THREADS(NWG), BR = FAW_BR(NWG);
-    constexpr int DK = G::DK, NKS = DK / 16, CK = DK / 8, CV = D / 8, NDT = D / 8, NST = BC / 8;
+    constexpr int NKS = G::DK / 16, NDT = D / 8, NST = BC / 8;
     extern __shared__ __align__(128) unsigned char faw_smem[];
     unsigned char *const sq = faw_smem;
     unsigned char *const sk = sq + G::Q_BYTES;              /* [FAW_STAGES][G::K_BYTES] */
@@ -185,12 +135,7 @@ __global__ void __launch_bounds__(FAW_THREADS(NWG)) faw_kernel(const fa_params p
     const T *kg = (const T *)p.k + kb * p.kv_bs + (int64_t)h * D;
     const T *vg = (const T *)p.v + kb * p.kv_bs + (int64_t)h * D;
 
-    for (int i = tid; i < BR * CK; i += THREADS) {
-        const int r = i / CK, c = i - r * CK, qr = q0 + r;
-        const bool ok = qr < p.lq && c < CV;
-        cp_async16(sq + (r >> 3) * G::SBO_QK + c * 128 + (r & 7) * 16, qg + (ok ? (int64_t)qr * p.rs + c * 8 : 0),
-                   ok ? 16 : 0);
-    }
+    faw_load_q<T, D, NWG, FAW_STAGES>(sq, qg, p, q0, tid, THREADS);
     int kend = p.lk;
     if (p.causal) {
         const int last_q = (q0 + BR < p.lq ? q0 + BR : p.lq) - 1;
@@ -204,17 +149,7 @@ __global__ void __launch_bounds__(FAW_THREADS(NWG)) faw_kernel(const fa_params p
     if (ntiles > 1)
         faw_load_kv<T, D, BC, NWG>(sk + G::K_BYTES, sv + G::V_BYTES, kg + BC * p.rs, vg + BC * p.rs, p.lk - BC, map);
     cp_async_commit(); /* group 1: tile 1 (empty when there is none); tile t + 2 is group t + 2 */
-    /* After V's head dims, one more group of 8 columns, all ones, in every stage and for every
-     * key: O's last 8 columns then hold each row's sum of P, of P as rounded for the product,
-     * and the epilogue divides by it (cp.async never writes there; the first barrier publishes
-     * these stores). It replaces 32 adds per lane and tile and the final shuffles. */
-    for (int i = tid; i < FAW_STAGES * BC; i += THREADS) {
-        const int r = i % BC;
-        vec16<T> ones;
-#pragma unroll
-        for (int e = 0; e < 8; e++) ones.v[e] = from_f32<T>(1.0f);
-        *(vec16<T> *)(sv + (i / BC) * G::V_BYTES + (r >> 3) * FAW_V_KSTEP + CV * G::V_NSTEP + (r & 7) * 16) = ones;
-    }
+    faw_fill_ones<T, D, BC, NWG, FAW_STAGES>(sv, tid, THREADS); /* published by the first barrier */
 
     /* accumulators as [8-wide tile][4]: the wgmma calls take them flat (faw_flat); o's tile NDT
      * is the row sums */
@@ -249,38 +184,7 @@ __global__ void __launch_bounds__(FAW_THREADS(NWG)) faw_kernel(const fa_params p
     bool rescale = false;
     /* The masks and softmax of tile j's scores in s: P into pout, O's factors into c / rescale. */
     auto softmax = [&](const int j, uint32_t(&pout)[NST / 2][4]) {
-        /* the scores copied out of S's accumulators, which the softmax leaves alone */
-        float x[NST][4];
-#pragma unroll
-        for (int nt = 0; nt < NST; nt++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) x[nt][e] = s[nt][e];
-        /* mask the tile that crosses Lk and, causal, the tiles reaching past the block's first
-         * row (uniform across the block, as in attention.cu); x[nt][e] is row g + 8 (e >> 1),
-         * key 8 nt + 2 tq + (e & 1) of the tile */
-        const int key0 = j * BC;
-        if (key0 + BC > p.lk || (p.causal && key0 + BC - 1 > q0)) {
-#pragma unroll
-            for (int nt = 0; nt < NST; nt++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    const int key = key0 + nt * 8 + 2 * tq + (e & 1), row = row0 + (e < 2 ? 0 : 8);
-                    if (key >= p.lk || (p.causal && key > row)) x[nt][e] = -INFINITY;
-                }
-        }
-        /* online softmax (flash_softmax.cuh): the rows' max and O's factors (the sums' columns
-         * with it), then P into the A fragments of P V. (Exponentials two at a time in f16,
-         * ex2.approx.f16x2, were tried: sm_90 has no packed MUFU.EX2, so it compiles to two
-         * MUFU.EX2.F16 and a repack, more instructions than this.) */
-        const float2 nb = fa_softmax_max_core<NST, NDT + 1, 0, false>(x, o, mr, NULL, p.scale_log2, c, rescale);
-#pragma unroll
-        for (int nt = 0; nt < NST; nt++) {
-            x[nt][0] = fast_exp2(fmaf(x[nt][0], p.scale_log2, nb.x));
-            x[nt][1] = fast_exp2(fmaf(x[nt][1], p.scale_log2, nb.x));
-            x[nt][2] = fast_exp2(fmaf(x[nt][2], p.scale_log2, nb.y));
-            x[nt][3] = fast_exp2(fmaf(x[nt][3], p.scale_log2, nb.y));
-        }
-        fa_pack_p<T, NST>(x, pout);
+        faw_softmax<T, NDT, BC>(p, j, q0, row0, tq, s, o, mr, c, rescale, pout);
     };
     /* tile j's K/V landed, O rescaled for tile j - 1, then S_j issued and committed; the load of
      * tile j + 2 goes out between them. One barrier per tile does both jobs: it publishes tile j
@@ -304,12 +208,7 @@ __global__ void __launch_bounds__(FAW_THREADS(NWG)) faw_kernel(const fa_params p
     };
     /* O += P V of tile j (its P in pin), issued and committed, not waited for */
     auto pv = [&](const int j, const uint32_t(&pin)[NST / 2][4]) {
-        const uint64_t dv = faw_desc_at(dv0, j % FAW_STAGES * G::V_BYTES);
-        wg_fence_acc(of);
-        wg_fence(); /* o was rescaled by ordinary instructions */
-#pragma unroll
-        for (int kk = 0; kk < NST / 2; kk++) faw_pv<T, D + 8>(of, pin[kk], faw_desc_at(dv, kk * 2 * FAW_V_KSTEP));
-        wg_commit();
+        faw_pv_issue<T, D, BC>(of, pin, faw_desc_at(dv0, j % FAW_STAGES * G::V_BYTES));
     };
     /* tile j >= 1: its S and tile j - 1's P V (from pin) in flight together, its P into pout */
     auto step = [&](const int j, const uint32_t(&pin)[NST / 2][4], uint32_t(&pout)[NST / 2][4]) {
@@ -327,12 +226,7 @@ __global__ void __launch_bounds__(FAW_THREADS(NWG)) faw_kernel(const fa_params p
         wg_fence_acc(sf);
         softmax(0, p0);
     }
-    int j = 1;
-    for (; j + 1 < ntiles; j += 2) {
-        step(j, p0, p1);
-        step(j + 1, p1, p0);
-    }
-    if (j < ntiles) step(j++, p0, p1);
+    faw_tile_loop(ntiles, step, p0, p1);
     /* the last tile's P V: tile ntiles - 1 is in p0 when it is even */
     if (ntiles > 0) {
         if (rescale) fa_rescale<NDT + 1>(o, c);
@@ -345,21 +239,7 @@ __global__ void __launch_bounds__(FAW_THREADS(NWG)) faw_kernel(const fa_params p
     }
     cp_async_wait<0>();
 
-    /* every lane's copy of its two rows' sums of P is in the ones columns: normalise, store */
-    const float l0 = o[NDT][0], l1 = o[NDT][2];
-    const float inv0 = l0 > 0.0f ? 1.0f / l0 : 0.0f, inv1 = l1 > 0.0f ? 1.0f / l1 : 0.0f;
-    T *og = (T *)p.o + b * p.o_bs + (int64_t)h * D + 2 * tq;
-    if (row0 < p.lq) {
-        T *orow = og + (int64_t)row0 * p.o_rs;
-#pragma unroll
-        for (int d = 0; d < NDT; d++) *(uint32_t *)(orow + d * 8) = pack2<T>(o[d][0] * inv0, o[d][1] * inv0);
-    }
-    if (row0 + 8 < p.lq) {
-        T *orow = og + (int64_t)(row0 + 8) * p.o_rs;
-#pragma unroll
-        for (int d = 0; d < NDT; d++)
-            *(uint32_t *)(orow + d * 8) = pack2<T>(o[d][2] * inv1, o[d][3] * inv1);
-    }
+    faw_store_o<T, D>(p, b, h, row0, tq, o);
 #endif
 }
 
@@ -385,12 +265,16 @@ loco_status cuda_flash_wgmma_setup(cuda_impl *c, loco_err *err) {
     (void)err;
     c->faw_ok = 0;
     if (!c->flash_wgmma || c->cc_major != 9 || c->cc_minor != 0) return LOCO_OK;
+    if (c->faw_ws) {
+        c->faw_ok = cuda_flash_wgmma_ws_setup(c);
+        return LOCO_OK;
+    }
     int image_ok = 0;
     cudaError_t e = cudaMemcpyFromSymbol(&image_ok, faw_image_ok, sizeof image_ok);
 #define FAW_SET(T, D, BC, NWG)                                                                              \
     if (e == cudaSuccess && image_ok)                                                                       \
         e = cudaFuncSetAttribute(faw_kernel<T, D, BC, NWG>, cudaFuncAttributeMaxDynamicSharedMemorySize,     \
-                                 faw_geom<D, BC, NWG>::SMEM);
+                                 faw_geom<D, BC, NWG, FAW_STAGES>::SMEM);
     FAW_FOR_EACH(FAW_SET)
 #undef FAW_SET
     if (e != cudaSuccess) {
@@ -406,11 +290,12 @@ loco_status cuda_flash_wgmma_setup(cuda_impl *c, loco_err *err) {
  * attention.cu's flash conditions. c->flash_wgmma is the keys per K/V tile (64 or 128). */
 loco_status cuda_flash_wgmma(cuda_impl *c, loco_dtype dt, int D, dim3 grid, const fa_params *fp, loco_err *err) {
     const int nwg = faw_warpgroups(c, D);
+    if (c->faw_ws) return cuda_flash_wgmma_ws(c, dt, D, nwg, grid, fp, err);
     grid.x = (unsigned)((fp->lq + FAW_BR(nwg) - 1) / FAW_BR(nwg));
 #define FAW_LAUNCH(T, DD, BC, NWG)                                                                     \
     if (dt == cuda_dtype_of<T>::value && D == DD && c->flash_wgmma == BC && nwg == NWG) {                   \
         /* (a template's commas would split LOCO_LAUNCH's arguments) */                               \
-        const int smem = faw_geom<DD, BC, NWG>::SMEM, threads = FAW_THREADS(NWG);                     \
+        const int smem = faw_geom<DD, BC, NWG, FAW_STAGES>::SMEM, threads = FAW_THREADS(NWG);                     \
         LOCO_LAUNCH(grid, threads, smem, c->stream, faw_kernel<T, DD, BC, NWG>)(*fp);                  \
         return cuda_check_launch("faw_kernel", err);                                                  \
     }

@@ -308,8 +308,13 @@ extern "C" loco_status loco_backend_cuda_create(const loco_backend_opts *opts, l
                      : strcmp(flash, "wgmma") == 0    ? 64
                      : strcmp(flash, "wgmma128") == 0 ? 128
                      : strcmp(flash, "wgmma3") == 0   ? 64
+                     : strcmp(flash, "wgmma_ws") == 0  ? 64
+                     : strcmp(flash, "wgmma_ws3") == 0 ? 64
                                                       : 0;
-    c->faw_warpgroups = flash && strcmp(flash, "wgmma3") == 0 ? 3 : 2;
+    c->faw_warpgroups = flash && (strcmp(flash, "wgmma3") == 0 || strcmp(flash, "wgmma_ws3") == 0) ? 3 : 2;
+    c->faw_ws = flash && strncmp(flash, "wgmma_ws", 8) == 0;
+    const char *pingpong = getenv("LOCO_CUDA_FLASH_PINGPONG");
+    c->faw_pingpong = !(pingpong && pingpong[0] == '0');
     /* attention.cu's variant of the 128-row kernel: -1 by head dim, or forced (fa_variant) */
     c->flash_variant = !flash                          ? -1
                        : strcmp(flash, "classic") == 0 ? 0
@@ -383,6 +388,12 @@ extern "C" loco_status loco_backend_cuda_create(const loco_backend_opts *opts, l
                                                   : "",
              c->flash_wgmma == 128  ? (c->faw_ok ? ", flash: wgmma, 128-key tiles (experimental)"
                                                  : ", flash: wgmma unavailable")
+             : c->flash_wgmma && c->faw_ws
+                 ? (!c->faw_ok                   ? ", flash: wgmma unavailable"
+                    : c->faw_warpgroups == 3 && c->faw_pingpong ? ", flash: wgmma, producer warp, 3 warpgroups (experimental)"
+                    : c->faw_warpgroups == 3     ? ", flash: wgmma, producer warp, 3 warpgroups, no ping-pong (experimental)"
+                    : c->faw_pingpong            ? ", flash: wgmma, producer warp (experimental)"
+                                                 : ", flash: wgmma, producer warp, no ping-pong (experimental)")
              : c->flash_wgmma && c->faw_warpgroups == 3
                  ? (c->faw_ok ? ", flash: wgmma, 3 warpgroups (experimental)" : ", flash: wgmma unavailable")
              : c->flash_wgmma       ? (c->faw_ok ? ", flash: wgmma (experimental)" : ", flash: wgmma unavailable")

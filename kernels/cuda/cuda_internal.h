@@ -136,7 +136,9 @@ typedef struct cuda_impl {
                         * 7; -1: by head dim) */
     int flash_wgmma; /* LOCO_CUDA_FLASH=wgmma|wgmma128|wgmma3: attention_wgmma.cu for head dims 40/64/80
                       * (experimental), with 64 or 128 keys per K/V tile; 0: off */
-    int faw_warpgroups; /* ... in blocks of 2 warpgroups, or 3 (wgmma3: head dims 64 and 80) */
+    int faw_warpgroups; /* ... in blocks of 2 warpgroups, or 3 (wgmma3, wgmma_ws3: head dims 64 and 80) */
+    int faw_ws;         /* ... warp-specialised: a producer warp loads K/V (wgmma_ws, wgmma_ws3) */
+    int faw_pingpong;   /* ... whose warpgroups take turns at issuing; LOCO_CUDA_FLASH_PINGPONG=0: not */
     int faw_ok;      /* ... and its sm_90a image is there and set up (compute capability 9.0) */
     int flash_short; /* 1: attention over at most 80 keys (text cross-attention) takes
                       * attention_short.cu's kernel, whatever LOCO_CUDA_FLASH picks for the
@@ -256,12 +258,18 @@ loco_status cuda_attention_setup(cuda_impl *c, loco_err *err);
 loco_status cuda_attention_gemm(cuda_impl *c, loco_tensor *out, const loco_tensor *q, const void *k, const void *v,
                                 int64_t lk, int64_t in_rs, const loco_attention_params *p, loco_err *err);
 /* The wgmma flash attention (attention_wgmma.cu, sm_90a, experimental: only under
- * LOCO_CUDA_FLASH=wgmma). setup sets c->faw_ok; applies says whether it takes a call of this
- * dtype and head dim; the launch takes attention.cu's arguments for 128-row blocks. */
+ * LOCO_CUDA_FLASH=wgmma*). setup sets c->faw_ok; applies says whether it takes a call of this
+ * dtype and head dim; the launch takes attention.cu's arguments and sets grid.x itself. */
 struct fa_params;
 loco_status cuda_flash_wgmma_setup(cuda_impl *c, loco_err *err);
 int cuda_flash_wgmma_applies(const cuda_impl *c, loco_dtype dt, int64_t D);
 loco_status cuda_flash_wgmma(cuda_impl *c, loco_dtype dt, int D, dim3 grid, const struct fa_params *fp, loco_err *err);
+/* Its warp-specialised form (attention_wgmma_ws.cu, LOCO_CUDA_FLASH=wgmma_ws*), reached through
+ * those two: setup returns whether its sm_90a image is there and set up; the launch takes nwg
+ * consumer warpgroups (2, or 3 at head dims 64 and 80). */
+int cuda_flash_wgmma_ws_setup(cuda_impl *c);
+loco_status cuda_flash_wgmma_ws(cuda_impl *c, loco_dtype dt, int D, int nwg, dim3 grid, const struct fa_params *fp,
+                                loco_err *err);
 /* Attention over at most 80 keys (attention_short.cu): K and V held once per (sample, head),
  * query rows streamed through them. applies: c->flash_short, 1 <= lk <= 80 and a head dim with an
  * instantiation (40, 64, 80, 160); the launch covers the samples [fp->b0, + samples) of `heads`

@@ -68,6 +68,21 @@ void warp_collective(warp_op op, const void *in, size_t in_bytes, void *out, siz
 void block_barrier(void);
 [[noreturn]] void trap(const char *why);
 
+/* Named barriers (PTX bar.sync / bar.arrive with a barrier id and a thread count): id 1-15
+ * (0 is __syncthreads'), count a multiple of 32 up to the block's size; wait 0 arrives without
+ * waiting. A phase completes when `count` threads have arrived; every participant of one phase
+ * must name the same count. */
+void named_barrier(unsigned id, unsigned count, int wait);
+/* mbarriers (PTX mbarrier.init / arrive / try_wait.parity, shared::cta): a 64-bit object in
+ * shared memory whose phase completes when `count` arrivals have come; a wait for parity P
+ * returns once the phase of that parity has completed, i.e. while the current phase's parity
+ * differs from P (a new barrier's phase 0 is in progress, so waiting for parity 1 returns at
+ * once). Arrivals past a phase's count go to the next phase, as on the GPU; using a barrier
+ * that was never initialised traps. */
+void mbar_init(uint64_t *bar, unsigned count);
+void mbar_arrive(uint64_t *bar);
+void mbar_wait_parity(uint64_t *bar, unsigned parity);
+
 /* cp.async: queued in the thread's open group, copied when a wait_group retires the group. */
 void async_copy16(void *smem, const void *gmem, int src_bytes);
 void async_commit(void);

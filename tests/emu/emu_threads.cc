@@ -1,6 +1,7 @@
 /* emu_threads.cc: the emulated GPU's threads (cuda_emu.h). A launch runs its blocks one after
  * the other; a block's threads are fibers on the calling OS thread, switched cooperatively: a
- * fiber runs until it reaches a barrier, a warp-wide instruction, or its end, and each warp
+ * fiber runs until it reaches a barrier (__syncthreads, a named barrier, an mbarrier wait whose
+ * phase has not completed), a warp-wide instruction, or its end, and each warp
  * runs as far as it can before the next one starts (run_block). A barrier or a
  * warp-wide instruction completes when the last thread it involves arrives; that thread does
  * the work for all of them. If no fiber can run and some have not finished (threads of a block
@@ -74,7 +75,7 @@ static void ctx_switch(exec_ctx *from, exec_ctx *to) {
 #endif
 }
 
-enum fiber_state { F_READY, F_WARP, F_BARRIER, F_DONE };
+enum fiber_state { F_READY, F_WARP, F_BARRIER, F_NAMED, F_MBAR, F_DONE, F_STATES };
 
 struct fiber {
     exec_ctx ctx;
@@ -84,7 +85,15 @@ struct fiber {
     int warp = 0, lane = 0;
     async_state copies;
     wgmma_state wg;
+    unsigned named = 0;            /* F_NAMED: the named barrier it waits at */
+    const uint64_t *mbar = nullptr; /* F_MBAR: the mbarrier whose phase it waits for */
 };
+
+/* A named barrier's phase in progress: threads arrived, and the count its participants named. */
+struct named_bar {
+    int arrived = 0, count = 0;
+};
+#define EMU_NAMED_BARRIERS 16
 
 struct warp_slot {
     int arrived = 0, alive = 0;
@@ -97,6 +106,7 @@ struct block_run {
     std::vector<warp_slot> warps;
     int n = 0; /* threads of the running block (fibers beyond are kept for bigger blocks) */
     int at_barrier = 0, alive = 0;
+    named_bar named[EMU_NAMED_BARRIERS];
     fiber *cur = nullptr;
     exec_ctx sched;
     const std::function<void()> *body = nullptr;
@@ -238,6 +248,76 @@ void warp_collective(warp_op op, const void *in, size_t in_bytes, void *out, siz
     memcpy(out, s.out[f->lane], out_bytes);
 }
 
+/* ---- named barriers and mbarriers --------------------------------------------------------------- */
+
+void named_barrier(unsigned id, unsigned count, int wait) {
+    block_run *r = g_run;
+    if (!r || !r->cur) trap("a named barrier outside a kernel");
+    if (id == 0 || id >= EMU_NAMED_BARRIERS) trap("named barrier id outside 1-15 (0 is __syncthreads')");
+    if (count == 0 || count % 32 != 0 || count > (unsigned)r->n)
+        trap("named barrier count not a multiple of 32 up to the block's threads");
+    named_bar &b = r->named[id];
+    if (b.arrived > 0 && b.count != (int)count) trap("threads of one named-barrier phase name different counts");
+    b.count = (int)count;
+    if (++b.arrived == b.count) {
+        b.arrived = 0;
+        for (int i = 0; i < r->n; i++)
+            if (r->fibers[i].state == F_NAMED && r->fibers[i].named == id) r->fibers[i].state = F_READY;
+        return;
+    }
+    if (!wait) return;
+    fiber *f = r->cur;
+    f->state = F_NAMED;
+    f->named = id;
+    yield_from(f);
+}
+
+/* An mbarrier's 64 bits here: the arrivals its phase still waits for, then a tag, the phase's
+ * parity and the count (the GPU's own encoding is opaque; only these instructions read it). */
+#define EMU_MBAR_TAG 0xB7u
+struct mbar_word {
+    uint32_t pending;
+    uint32_t tag_phase_count; /* tag << 24 | parity << 20 | count */
+};
+static mbar_word mbar_load(const uint64_t *bar) {
+    mbar_word w;
+    memcpy(&w, bar, sizeof w);
+    if (w.tag_phase_count >> 24 != EMU_MBAR_TAG) trap("an mbarrier used before mbarrier.init");
+    return w;
+}
+
+void mbar_init(uint64_t *bar, unsigned count) {
+    if (!g_run || !g_run->cur) trap("mbarrier.init outside a kernel");
+    if (count == 0 || count >= (1u << 20)) trap("mbarrier.init count outside 1 to 2^20 - 1");
+    const mbar_word w = {count, EMU_MBAR_TAG << 24 | count};
+    memcpy(bar, &w, sizeof w);
+}
+
+void mbar_arrive(uint64_t *bar) {
+    block_run *r = g_run;
+    if (!r || !r->cur) trap("mbarrier.arrive outside a kernel");
+    mbar_word w = mbar_load(bar);
+    if (--w.pending == 0) {
+        const uint32_t count = w.tag_phase_count & 0xFFFFFu;
+        w.pending = count;
+        w.tag_phase_count ^= 1u << 20;
+        for (int i = 0; i < r->n; i++)
+            if (r->fibers[i].state == F_MBAR && r->fibers[i].mbar == bar) r->fibers[i].state = F_READY;
+    }
+    memcpy(bar, &w, sizeof w);
+}
+
+void mbar_wait_parity(uint64_t *bar, unsigned parity) {
+    block_run *r = g_run;
+    if (!r || !r->cur) trap("mbarrier.try_wait outside a kernel");
+    fiber *f = r->cur;
+    while ((mbar_load(bar).tag_phase_count >> 20 & 1u) == (parity & 1u)) {
+        f->state = F_MBAR;
+        f->mbar = bar;
+        yield_from(f);
+    }
+}
+
 /* ---- running a grid ----------------------------------------------------------------------------- */
 
 [[noreturn]] void trap(const char *why) {
@@ -254,11 +334,13 @@ void warp_collective(warp_op op, const void *in, size_t in_bytes, void *out, siz
 static std::string describe_stuck(const block_run *r) {
     std::string s;
     for (size_t w = 0; w < r->warps.size(); w++) {
-        int n[4] = {0, 0, 0, 0};
+        int n[F_STATES] = {0};
         for (size_t i = w * 32; i < (size_t)r->n && i < w * 32 + 32; i++) n[r->fibers[i].state]++;
-        char line[160];
-        snprintf(line, sizeof line, "\n  warp %zu: %d at a warp-wide instruction, %d at __syncthreads, %d finished", w,
-                 n[F_WARP], n[F_BARRIER], n[F_DONE]);
+        char line[240];
+        snprintf(line, sizeof line,
+                 "\n  warp %zu: %d at a warp-wide instruction, %d at __syncthreads, %d at a named barrier, %d waiting "
+                 "for an mbarrier, %d finished",
+                 w, n[F_WARP], n[F_BARRIER], n[F_NAMED], n[F_MBAR], n[F_DONE]);
         s += line;
     }
     return s;
@@ -269,6 +351,7 @@ static void run_block(block_run &r, dim3 grid, dim3 block, uint3 bid) {
     r.n = n;
     r.alive = n;
     r.at_barrier = 0;
+    for (named_bar &b : r.named) b = named_bar();
     for (size_t w = 0; w < r.warps.size(); w++) {
         r.warps[w].arrived = 0;
         r.warps[w].op = nullptr;
@@ -287,24 +370,35 @@ static void run_block(block_run &r, dim3 grid, dim3 block, uint3 bid) {
         f.wg = wgmma_state();
         fiber_init(&f, EMU_STACK_BYTES);
     }
-    /* Warp by warp, each as far as it goes: up to a __syncthreads, or its end. A GPU may run
-     * one warp that far ahead of the others, so this order exposes a missing barrier (a warp
+    /* Warp by warp, each as far as it goes: up to a barrier, or its end. A GPU may run one warp
+     * that far ahead of the others, so this order exposes a missing barrier (a warp
      * overwriting, or reading, shared memory the others are not done with / have not written)
-     * where running the warps in step would hide it. */
+     * where running the warps in step would hide it. The lowest warp that can run always runs
+     * next: when a warp's progress frees a lower one (an arrival at a named barrier or an
+     * mbarrier), that one goes on before any higher warp does, so a consumer warp that reads a
+     * buffer without waiting for its producer (a higher warp) reads it unfilled. */
     for (;;) {
         int ran = 0;
         for (size_t w = 0; w < r.warps.size(); w++) {
             const int end = std::min(n, (int)w * 32 + 32);
+            int ran_w = 0;
             for (int again = 1; again;) {
                 again = 0;
                 for (int i = (int)w * 32; i < end; i++)
                     if (r.fibers[i].state == F_READY) {
                         run_fiber(&r, &r.fibers[i]);
-                        ran = again = 1;
+                        ran = ran_w = again = 1;
                     }
             }
+            if (ran_w && w > 0) w = (size_t)-1; /* from warp 0 again (the loop's w++ makes it 0) */
         }
-        if (r.alive == 0) return;
+        if (r.alive == 0) {
+            /* arrivals no thread waited for: the protocol of the kernel's bar.arrive / bar.sync
+             * pairs is off by one somewhere (on a GPU the barrier's state at exit is undefined) */
+            for (const named_bar &b : r.named)
+                if (b.arrived != 0) trap("a block ended with a named barrier's phase half arrived");
+            return;
+        }
         if (!ran) {
             fprintf(stderr, "cuda emulator: block %u,%u,%u cannot go on:%s\n", bid.x, bid.y, bid.z,
                     describe_stuck(&r).c_str());

@@ -95,10 +95,12 @@ TEST(cuda_selftest) {
  * 192-row blocks of three warpgroups at head dims 64 and 80): attention_wgmma.cu (Hopper's
  * wgmma, sm_90a; experimental) for head dims 40, 64 and 80 on a compute capability 9.0 device
  * (the emulator's is one; the backend's description says whether it is in use); elsewhere the
- * mma.sync kernel. Tails of the 128-row blocks and of the key tiles (1 to 10 tiles, so that the
- * three-stage ring wraps), cross-attention's 77 keys, causal masking, per-sample K/V rows, both
- * 16-bit dtypes; head dim 160 stays on the mma.sync kernel. Each call runs twice for the same
- * bits. */
+ * mma.sync kernel. =wgmma_ws and =wgmma_ws3: the warp-specialised form (attention_wgmma_ws.cu).
+ * Tails of the 128-row blocks and of the key tiles (1 to 16 tiles, so that the four-stage ring
+ * wraps, and the six-stage one of the warp-specialised kernel goes round three times: its
+ * mbarriers' phases 0, 1, 0), cross-attention's 77 keys, causal masking, per-sample K/V rows,
+ * both 16-bit dtypes; head dim 160 stays on the mma.sync kernel. Each call runs twice for the
+ * same bits. */
 static int check_flash_wgmma(const char *name, const char *described, int seed) {
     setenv("LOCO_CUDA_FLASH", name, 1);
     setenv("LOCO_CUDA_FLASH_SHORT", "0", 1); /* the 77-key cases on this kernel, not attention_short.cu */
@@ -116,6 +118,7 @@ static int check_flash_wgmma(const char *name, const char *described, int seed) 
     ok = ok && check_attention_packed(LOCO_F16, 2, 300, 8, 40, NULL, seed + 10);     /* packed q|k|v rows */
     ok = ok && check_attention_packed(LOCO_BF16, 2, 130, 5, 64, kv, seed + 11);
     ok = ok && check_attention(LOCO_F16, 1, 1, 384, 384, 2, 64, 0, NULL, seed + 12);  /* whole 192-row blocks */
+    ok = ok && check_attention(LOCO_F16, 1, 1, 70, 1000, 2, 64, 0, NULL, seed + 13);  /* 16 key tiles */
     unsetenv("LOCO_CUDA_FLASH");
     unsetenv("LOCO_CUDA_FLASH_SHORT");
     return ok;
@@ -142,6 +145,28 @@ TEST(cuda_attention_wgmma3) {
     HOPPER_OR_SKIP(hopper, 250);
     CHECK(check_flash_wgmma("wgmma3", hopper ? "flash: wgmma, 3 warpgroups (experimental)"
                                              : "flash: wgmma unavailable", 250));
+}
+
+TEST(cuda_attention_wgmma_ws) {
+    HOPPER_OR_SKIP(hopper, 260);
+    CHECK(check_flash_wgmma("wgmma_ws", hopper ? "flash: wgmma, producer warp (experimental)"
+                                                : "flash: wgmma unavailable", 260));
+}
+
+TEST(cuda_attention_wgmma_ws3) {
+    HOPPER_OR_SKIP(hopper, 270);
+    CHECK(check_flash_wgmma("wgmma_ws3", hopper ? "flash: wgmma, producer warp, 3 warpgroups (experimental)"
+                                                 : "flash: wgmma unavailable", 270));
+}
+
+/* The warp-specialised kernel with its warpgroups not taking turns (LOCO_CUDA_FLASH_PINGPONG=0). */
+TEST(cuda_attention_wgmma_ws_no_pingpong) {
+    HOPPER_OR_SKIP(hopper, 280);
+    setenv("LOCO_CUDA_FLASH_PINGPONG", "0", 1);
+    const int ok = check_flash_wgmma("wgmma_ws3", hopper ? "flash: wgmma, producer warp, 3 warpgroups, no ping-pong"
+                                                         : "flash: wgmma unavailable", 280);
+    unsetenv("LOCO_CUDA_FLASH_PINGPONG");
+    CHECK(ok);
 }
 
 /* LOCO_CUDA_FLASH=classic, =stages3, =ilp3 and =ilp3q force one variant of the mma.sync kernel's

@@ -1,0 +1,303 @@
+/* attention_wgmma_ws.cu: the wgmma flash attention, warp-specialised as FlashAttention-3: one
+ * producer warp loads K/V tiles, the warpgroups only compute. EXPERIMENTAL, used only under
+ * LOCO_CUDA_FLASH=wgmma_ws (two consumer warpgroups, 128 query rows per block) or =wgmma_ws3
+ * (three, 192 rows, at head dims 64 and 80), for head dims 40, 64 and 80 in f16/bf16. Not yet
+ * timed on a GPU; correct on the emulator (tests/emu, which runs its named barriers and
+ * mbarriers) in every `make test`.
+ *
+ * Why: attention_wgmma.cu's warpgroups load K/V themselves and meet at a __syncthreads every key
+ * tile, so they run in lock step: their softmaxes run at the same time, leaving the tensor cores
+ * idle, and their products then contend. Here nothing holds a warpgroup to the others but the
+ * data: the producer publishes each tile on an mbarrier ("full"), each consumer thread hands the
+ * tile's stage back on another ("empty") once its P V is done, and the warpgroups take turns at
+ * issuing their products (ping-pong on named barriers: warpgroup w issues tile j's S and the
+ * previous tile's P V after warpgroup w - 1 has issued its own, cyclically), so one's softmax
+ * runs while the other's products are on the tensor cores. FlashAttention-3 reports both
+ * (warp specialisation with ping-pong, and the overlap within a warpgroup that this kernel keeps
+ * from attention_wgmma.cu) as worth 10-15 % each at head dim 128 on an H100.
+ * LOCO_CUDA_FLASH_PINGPONG=0 turns the turns off (to time what they give).
+ *
+ * Layout, products, softmax: attention_wgmma.cu (shared through attention_wgmma_common.cuh);
+ * 64-key tiles in FAWS_STAGES stages. The producer is one warp: 32 lanes issue a tile's 2 x 512
+ * cp.async chunks at head dim 64 (32 a lane; 140 SASS instructions a tile in all).
+ *
+ * Synchronisation, per tile t in stage t % S (k = t / S: the stage's k-th tile):
+ *   producer: waits for empty[stage] phase k - 1 (from k = 1 on), issues tile t's copies and
+ *             commits them, then waits for tile t - FAWS_LAG's group, fences it for the async
+ *             proxy (wgmma reads through it) and arrives on full[(t - LAG) % S]: LAG tiles'
+ *             copies in flight beside the one published; the last LAG tiles after the loop.
+ *   consumer: waits for full[stage] phase k, issues, and after the wait that retires tile t's
+ *             P V (in step t + 1) arrives on empty[stage].
+ * A consumer never falls two phases behind on full (the producer refills a stage only after
+ * every consumer thread released it), nor the producer on empty. */
+#include <string.h>
+
+#include "attention_wgmma_common.cuh"
+#include "block_sync.cuh"
+
+/* 1 only in the sm_90a image (the Makefile builds this file for sm_90a alone). */
+__device__ const int faws_image_ok = WG_DEVICE_OK;
+
+#define FAWS_BC 64     /* keys per K/V tile */
+#define FAWS_STAGES 6  /* one block per SM (registers), so shared memory allows the producer this far ahead */
+/* The producer publishes tile t - FAWS_LAG after issuing tile t: that many tiles' copies stay in
+ * flight while it waits for the oldest. Consumers release tile t - S in step t - S + 1, which
+ * needs tile t - S + 1 published, so the producer's wait for that release needs S >= LAG + 2. */
+#define FAWS_LAG 2
+static_assert(FAWS_STAGES >= FAWS_LAG + 2, "the producer would wait for a stage no consumer can release");
+/* the consumer warpgroups, then the producer's: its first warp loads, the other three leave at
+ * once (a warpgroup, not a warp, so that setmaxnreg can take its registers back; below) */
+#define FAWS_THREADS(NWG) (FAW_THREADS(NWG) + 128)
+/* Registers per thread: a block of 512 threads (three consumer warpgroups) gets 128 from the
+ * launch, too few for the consumers (ptxas spills and serialises the products at 128); the
+ * producer warpgroup gives all but FAWS_PRODUCER_REGS back and the consumers take
+ * FAWS_CONSUMER_REGS: 128 x 32 + 384 x 160 = 65536, the SM's file (FlashAttention-3's split).
+ * Two consumer warpgroups (384 threads) get 168 from the launch, which they need no more than. */
+#define FAWS_PRODUCER_REGS 32
+#define FAWS_CONSUMER_REGS 160
+/* setmaxnreg.inc waits until the block's pool has the registers: more than the launch's 128 x 512
+ * would hang on a GPU (the emulator has no pool to see it) */
+static_assert(128 * FAWS_PRODUCER_REGS + FAW_THREADS(3) * FAWS_CONSUMER_REGS <= 128 * FAWS_THREADS(3),
+              "setmaxnreg asks for more registers than the launch gives a block of three warpgroups");
+#define FAWS_PP_COUNT 256 /* a ping-pong phase: the waiting warpgroup's 128 threads and the 128 that let it go */
+
+/* The geometry, and the 2 x FAWS_STAGES mbarriers after it (full, then empty). */
+template <int D, int NWG> struct faws_geom : faw_geom<D, FAWS_BC, NWG, FAWS_STAGES> {
+    static constexpr int BARS = faw_geom<D, FAWS_BC, NWG, FAWS_STAGES>::SMEM;
+    static constexpr int TOTAL = BARS + 2 * FAWS_STAGES * 8;
+};
+
+/* Tile t's K and V chunks from this lane into stage st: lanes 2k and 2k + 1 take rows k + 16 h
+ * (h = 0..3), chunks 2m and 2m + 1 of each, so each cp.async instruction of the warp reads
+ * sixteen rows' 32-byte pieces, whole sectors (a row per lane reads half sectors: twice the L2
+ * traffic of a kernel that already needs about 3 TB/s of it at 450 TFLOP/s with 128-row blocks),
+ * and the lane's state is a row offset (a chunk per lane in turn hoisted 32 addresses out of the
+ * tile loop and spilled). Keys from nkeys on, and K's chunks past D, become zeros; V's chunks
+ * past D are not written (V's ones column follows them). rs * 63 + D fits in 32 bits
+ * (attention.cu checks H <= 65535 and D <= 160). */
+template <typename T, int D, int NWG>
+__device__ __forceinline__ void faws_load_tile(unsigned char *sk, unsigned char *sv, const T *kg, const T *vg,
+                                               int rs, int nkeys, int lane) {
+    typedef faws_geom<D, NWG> G;
+    constexpr int CK = G::DK / 8, CV = D / 8;
+    static_assert(FAWS_BC == 64 && CK % 2 == 0, "16 row pairs of lanes, chunks in pairs");
+    const int k = lane >> 1, odd = lane & 1;
+#pragma unroll
+    for (int h = 0; h < 4; h++) {
+        const int r = k + 16 * h;
+        const bool ok = r < nkeys;
+        /* rows past the keys read nothing (zeros) from the tile's first row: a pointer per row,
+         * and each chunk an immediate offset from it */
+        const int src = ok ? r * rs + odd * 8 : 0;
+        const T *const krow = kg + src, *const vrow = vg + src;
+        unsigned char *const dk = sk + (r >> 3) * G::SBO_QK + (r & 7) * 16 + odd * 128;
+        unsigned char *const dv = sv + (r >> 3) * FAW_V_KSTEP + (r & 7) * 16 + odd * G::V_NSTEP;
+#pragma unroll
+        for (int m = 0; m < CK / 2; m++) /* (a chunk past D reads nothing from inside the row) */
+            cp_async16(dk + m * 256, krow + m * 16, ok && 2 * m + odd < CV ? 16 : 0);
+#pragma unroll
+        for (int m = 0; m < (CV + 1) / 2; m++)
+            if (2 * m + odd < CV) cp_async16(dv + m * 2 * G::V_NSTEP, vrow + m * 16, ok ? 16 : 0);
+    }
+}
+
+/* The producer warp's loop (the synchronisation above). */
+template <typename T, int D, int NWG>
+__device__ __forceinline__ void faws_produce(unsigned char *sk, unsigned char *sv, uint64_t *full, uint64_t *empty,
+                                             const T *kg, const T *vg, const fa_params &p, int ntiles, int lane) {
+    typedef faws_geom<D, NWG> G;
+    for (int t = 0; t < ntiles; t++) {
+        const int st = t % FAWS_STAGES;
+        if (t >= FAWS_STAGES) mbar_wait(&empty[st], (unsigned)(t / FAWS_STAGES - 1) & 1u);
+        const int64_t first = (int64_t)t * FAWS_BC * p.rs;
+        faws_load_tile<T, D, NWG>(sk + st * G::K_BYTES, sv + st * G::V_BYTES, kg + first, vg + first, (int)p.rs,
+                                  p.lk - t * FAWS_BC, lane);
+        cp_async_commit();
+        if (t >= FAWS_LAG) {
+            cp_async_wait<FAWS_LAG>(); /* tile t - LAG's chunks from this lane */
+            wg_fence_proxy();
+            mbar_arrive(&full[(t - FAWS_LAG) % FAWS_STAGES]);
+        }
+    }
+    /* the last LAG tiles (fewer when there are fewer tiles) */
+    static_assert(FAWS_LAG == 2, "the tail below publishes two tiles");
+    if (ntiles >= 2) {
+        cp_async_wait<1>();
+        wg_fence_proxy();
+        mbar_arrive(&full[(ntiles - 2) % FAWS_STAGES]);
+    }
+    if (ntiles >= 1) {
+        cp_async_wait<0>();
+        wg_fence_proxy();
+        mbar_arrive(&full[(ntiles - 1) % FAWS_STAGES]);
+    }
+}
+
+/* Warp w < 4 NWG owns query rows q0 + 16 w + g and + 8 (g = lane / 4), as in attention_wgmma.cu;
+ * warpgroup NWG is the producer's. pingpong: the warpgroups take turns at issuing (above). */
+template <typename T, int D, int NWG>
+__global__ void __launch_bounds__(FAWS_THREADS(NWG), 1) faws_kernel(const fa_params p, const int pingpong) {
+#if !WG_DEVICE_OK
+    __trap();
+#else
+    typedef faws_geom<D, NWG> G;
+    constexpr int BC = FAWS_BC, S = FAWS_STAGES, CONSUMERS = FAW_THREADS(NWG), BR = FAW_BR(NWG);
+    constexpr int NKS = G::DK / 16, NDT = D / 8, NST = BC / 8;
+    extern __shared__ __align__(128) unsigned char faw_smem[];
+    unsigned char *const sq = faw_smem;
+    unsigned char *const sk = sq + G::Q_BYTES; /* [S][G::K_BYTES] */
+    unsigned char *const sv = sk + S * G::K_BYTES; /* [S][G::V_BYTES] */
+    uint64_t *const full = (uint64_t *)(faw_smem + G::BARS), *const empty = full + S;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wg = warp >> 2;
+    const int q0 = blockIdx.x * BR, h = blockIdx.y;
+    const int64_t b = (int64_t)p.b0 + blockIdx.z, kb = p.kv[blockIdx.z];
+    const T *qg = (const T *)p.q + b * p.q_bs + (int64_t)h * D;
+    const T *kg = (const T *)p.k + kb * p.kv_bs + (int64_t)h * D;
+    const T *vg = (const T *)p.v + kb * p.kv_bs + (int64_t)h * D;
+    int kend = p.lk;
+    if (p.causal) {
+        const int last_q = (q0 + BR < p.lq ? q0 + BR : p.lq) - 1;
+        if (last_q + 1 < kend) kend = last_q + 1;
+    }
+    const int ntiles = (kend + BC - 1) / BC;
+
+    if (warp < 4 * NWG) faw_load_q<T, D, NWG, S>(sq, qg, p, q0, tid, CONSUMERS);
+    cp_async_commit();
+    faw_fill_ones<T, D, BC, NWG, S>(sv, tid, FAWS_THREADS(NWG));
+    if (tid < S) {
+        mbar_init(&full[tid], 32);
+        mbar_init(&empty[tid], CONSUMERS);
+    }
+    cp_async_wait<0>();
+    wg_fence_proxy();
+    __syncthreads(); /* Q, the ones columns and the barriers, for every thread; the last block-wide barrier */
+    if (wg == NWG) {
+        if (NWG == 3) wg_setmaxnreg_dec<FAWS_PRODUCER_REGS>();
+        if (warp == 4 * NWG) faws_produce<T, D, NWG>(sk, sv, full, empty, kg, vg, p, ntiles, lane);
+        return;
+    }
+    if (NWG == 3) wg_setmaxnreg_inc<FAWS_CONSUMER_REGS>();
+
+    float o[NDT + 1][4];
+#pragma unroll
+    for (int d = 0; d <= NDT; d++) o[d][0] = o[d][1] = o[d][2] = o[d][3] = 0.0f;
+    float mr[2] = {-INFINITY, -INFINITY};
+    const int tq = lane & 3;
+    const int row0 = q0 + warp * 16 + (lane >> 2);
+    const uint64_t dq = wg_desc(sq + wg * (64 / 8) * G::SBO_QK, 128, G::SBO_QK);
+    const uint64_t dk0 = wg_desc(sk, 128, G::SBO_QK), dv0 = faw_v_desc<BC>(sv);
+    float s[NST][4];
+    float(&sf)[BC / 2] = faw_flat(s);
+    float(&of)[D / 2 + 4] = faw_flat(o);
+    uint32_t p0[NST / 2][4], p1[NST / 2][4]; /* P of even and odd tiles, as in attention_wgmma.cu */
+    float c[2] = {1.0f, 1.0f};
+    bool rescale = false;
+
+    /* Ping-pong: warpgroup w waits at barrier 1 + w for its turn and passes it on to 1 + (w + 1) %
+     * NWG. The last warpgroup gives warpgroup 0 its first turn, and does not pass on its last
+     * one, so every phase is complete when the block ends. */
+    const bool pp = NWG > 1 && pingpong;
+    const unsigned pp_mine = 1 + wg, pp_next = 1 + (wg + 1) % NWG;
+    if (pp && wg == NWG - 1 && ntiles > 0) named_bar_arrive(1, FAWS_PP_COUNT);
+    auto pass_turn = [&](const int j) {
+        if (pp && !(wg == NWG - 1 && j == ntiles - 1)) named_bar_arrive(pp_next, FAWS_PP_COUNT);
+    };
+    /* A warpgroup whose 64 rows all lie past Lq (in a block that ends past it: SD-XL's 1024 tokens
+     * in 192-row blocks leave two of the last block's three idle) issues no products, which would
+     * only take the tensor cores from the others, but keeps the protocol: it takes its turns and
+     * hands every stage back once it has landed (each phase of "empty" counts every consumer
+     * thread; waiting for "full" first keeps its arrivals in the phase they belong to). */
+    if (q0 + wg * 64 >= p.lq) {
+        for (int j = 0; j < ntiles; j++) {
+            mbar_wait(&full[j % S], (unsigned)(j / S) & 1u);
+            if (pp) named_bar_sync(pp_mine, FAWS_PP_COUNT);
+            pass_turn(j);
+            mbar_arrive(&empty[j % S]);
+        }
+        return;
+    }
+    /* tile j landed and this warpgroup's turn: O rescaled for tile j - 1, S_j issued, committed */
+    auto scores = [&](const int j) {
+        mbar_wait(&full[j % S], (unsigned)(j / S) & 1u);
+        if (pp) named_bar_sync(pp_mine, FAWS_PP_COUNT);
+        if (j > 0 && rescale) fa_rescale<NDT + 1>(o, c);
+        faw_scores<T, NKS, BC>(sf, dq, faw_desc_at(dk0, j % S * G::K_BYTES));
+        wg_commit();
+    };
+    auto pv = [&](const int j, const uint32_t(&pin)[NST / 2][4]) {
+        faw_pv_issue<T, D, BC>(of, pin, faw_desc_at(dv0, j % S * G::V_BYTES));
+    };
+    /* tile j >= 1: its S and tile j - 1's P V in flight together, then tile j - 1's stage back */
+    auto step = [&](const int j, const uint32_t(&pin)[NST / 2][4], uint32_t(&pout)[NST / 2][4]) {
+        scores(j);
+        pv(j - 1, pin);
+        pass_turn(j);
+        wg_wait<1>(); /* S_j */
+        wg_fence_acc(sf);
+        faw_softmax<T, NDT, BC>(p, j, q0, row0, tq, s, o, mr, c, rescale, pout);
+        wg_wait<0>(); /* P V of tile j - 1 */
+        wg_fence_acc(of);
+        mbar_arrive(&empty[(j - 1) % S]);
+    };
+    if (ntiles > 0) {
+        scores(0);
+        pass_turn(0);
+        wg_wait<0>();
+        wg_fence_acc(sf);
+        faw_softmax<T, NDT, BC>(p, 0, q0, row0, tq, s, o, mr, c, rescale, p0);
+    }
+    faw_tile_loop(ntiles, step, p0, p1);
+    if (ntiles > 0) { /* the last tile's P V (its stage is not needed again) */
+        if (rescale) fa_rescale<NDT + 1>(o, c);
+        if ((ntiles - 1) % 2 == 0)
+            pv(ntiles - 1, p0);
+        else
+            pv(ntiles - 1, p1);
+        wg_wait<0>();
+        wg_fence_acc(of);
+    }
+    faw_store_o<T, D>(p, b, h, row0, tq, o);
+#endif
+}
+
+/* ---- host ------------------------------------------------------------------------------------ */
+
+/* (dtype, head dim, consumer warpgroups) */
+#define FAWS_FOR_EACH(X)                                                                                  \
+    X(__half, 40, 2) X(__half, 64, 2) X(__half, 80, 2) X(__nv_bfloat16, 40, 2) X(__nv_bfloat16, 64, 2)     \
+    X(__nv_bfloat16, 80, 2) X(__half, 64, 3) X(__half, 80, 3) X(__nv_bfloat16, 64, 3) X(__nv_bfloat16, 80, 3)
+
+/* Soft, as cuda_flash_wgmma_setup: a failure only keeps the kernel off (image_ok stays 0). */
+int cuda_flash_wgmma_ws_setup(cuda_impl *c) {
+    (void)c;
+    int image_ok = 0;
+    cudaError_t e = cudaMemcpyFromSymbol(&image_ok, faws_image_ok, sizeof image_ok);
+#define FAWS_SET(T, D, NWG)                                                                                  \
+    if (e == cudaSuccess && image_ok)                                                                        \
+        e = cudaFuncSetAttribute(faws_kernel<T, D, NWG>, cudaFuncAttributeMaxDynamicSharedMemorySize,         \
+                                 faws_geom<D, NWG>::TOTAL);
+    FAWS_FOR_EACH(FAWS_SET)
+#undef FAWS_SET
+    if (e != cudaSuccess) {
+        cudaGetLastError(); /* not sticky: the next call must not report it */
+        return 0;
+    }
+    return image_ok;
+}
+
+/* As cuda_flash_wgmma, whose LOCO_CUDA_FLASH=wgmma_ws* calls come here: nwg warpgroups (2, or 3
+ * at head dims 64 and 80). */
+loco_status cuda_flash_wgmma_ws(cuda_impl *c, loco_dtype dt, int D, int nwg, dim3 grid, const fa_params *fp,
+                                loco_err *err) {
+    grid.x = (unsigned)((fp->lq + FAW_BR(nwg) - 1) / FAW_BR(nwg));
+#define FAWS_LAUNCH(T, DD, NWG)                                                                        \
+    if (dt == cuda_dtype_of<T>::value && D == DD && nwg == NWG) {                                       \
+        const int smem = faws_geom<DD, NWG>::TOTAL, threads = FAWS_THREADS(NWG);                       \
+        LOCO_LAUNCH(grid, threads, smem, c->stream, faws_kernel<T, DD, NWG>)(*fp, c->faw_pingpong);    \
+        return cuda_check_launch("faws_kernel", err);                                                  \
+    }
+    FAWS_FOR_EACH(FAWS_LAUNCH)
+#undef FAWS_LAUNCH
+    return loco_err_set(err, LOCO_EUNSUPPORTED, "cuda flash wgmma_ws: no kernel for head dim %d, %d warpgroups", D,
+                        nwg);
+}

@@ -1,0 +1,97 @@
+/* block_sync.cuh: synchronisation finer than __syncthreads, for kernels whose warps have different
+ * jobs (attention_wgmma_ws.cu: a producer warp that loads K/V tiles and warpgroups that consume
+ * them): named barriers (a barrier id and the number of threads it waits for, so a subset of
+ * the block meets) and mbarriers (a 64-bit shared-memory object counting arrivals, whose phases
+ * let a consumer wait for "tile t has landed" without stopping anyone else). The tests' CPU
+ * emulator runs both (tests/emu/emu_threads.cc); mbarrier.try_wait needs sm_90, so the bodies
+ * are empty outside the sm_90a image (wgmma.cuh's WG_DEVICE_OK), where the kernels trap anyway. */
+#ifndef LOCO_CUDA_BLOCK_SYNC_CUH
+#define LOCO_CUDA_BLOCK_SYNC_CUH
+
+#include "wgmma.cuh"
+
+/* bar.sync id, count: waits until `count` threads (a multiple of 32; whole warps) have arrived
+ * at barrier `id` (1-15; 0 is __syncthreads'), by this instruction or by bar.arrive. */
+__device__ __forceinline__ void named_bar_sync(unsigned id, unsigned count) {
+#if defined(LOCO_CUDA_EMU)
+    emu::named_barrier(id, count, 1);
+#elif WG_DEVICE_OK
+    asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(count) : "memory");
+#else
+    (void)id, (void)count;
+#endif
+}
+
+/* bar.arrive id, count: counts this thread's arrival and goes on. */
+__device__ __forceinline__ void named_bar_arrive(unsigned id, unsigned count) {
+#if defined(LOCO_CUDA_EMU)
+    emu::named_barrier(id, count, 0);
+#elif WG_DEVICE_OK
+    asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(count) : "memory");
+#else
+    (void)id, (void)count;
+#endif
+}
+
+/* A phase of *bar completes after `count` arrivals. One thread initialises; a __syncthreads
+ * must follow before anyone else uses it. */
+__device__ __forceinline__ void mbar_init(uint64_t *bar, unsigned count) {
+#if defined(LOCO_CUDA_EMU)
+    emu::mbar_init(bar, count);
+#elif WG_DEVICE_OK
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_addr(bar)), "r"(count) : "memory");
+#else
+    (void)bar, (void)count;
+#endif
+}
+
+/* Counts this thread's arrival, with release semantics (its writes before it, and the
+ * shared-memory writes it has waited for, are visible to whoever waits for the phase). */
+__device__ __forceinline__ void mbar_arrive(uint64_t *bar) {
+#if defined(LOCO_CUDA_EMU)
+    emu::mbar_arrive(bar);
+#elif WG_DEVICE_OK
+    asm volatile("{\n.reg .b64 state;\nmbarrier.arrive.shared::cta.b64 state, [%0];\n}\n" ::"r"(smem_addr(bar))
+                 : "memory");
+#else
+    (void)bar;
+#endif
+}
+
+/* Waits (acquire) until the phase of parity `parity` has completed: phase k of a barrier has
+ * parity k & 1, and a new barrier is in phase 0, so waiting for parity 1 returns at once. The
+ * waiter must not fall two phases behind (the parity would then name the phase in progress). */
+__device__ __forceinline__ void mbar_wait(uint64_t *bar, unsigned parity) {
+#if defined(LOCO_CUDA_EMU)
+    emu::mbar_wait_parity(bar, parity);
+#elif WG_DEVICE_OK
+    /* (labels inside braces are local to them in PTX, so every inlined copy may use the same) */
+    asm volatile("{\n.reg .pred done;\n"
+                 "mbar_wait_again:\n"
+                 "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+                 "@!done bra mbar_wait_again;\n}\n" ::"r"(smem_addr(bar)),
+                 "r"(parity)
+                 : "memory");
+#else
+    (void)bar, (void)parity;
+#endif
+}
+
+/* setmaxnreg (sm_90a): a warpgroup gives registers back to the SM (DEC) or takes more (INC) than
+ * the launch gave each thread, so that warpgroups with different jobs hold different counts: a
+ * producer that only issues copies needs few. Every thread of the warpgroup executes it; N is
+ * a multiple of 8 in 24-256. Nothing to do on the emulator. */
+template <int N> __device__ __forceinline__ void wg_setmaxnreg_inc(void) {
+    static_assert(N % 8 == 0 && N >= 24 && N <= 256, "setmaxnreg count");
+#if WG_DEVICE_OK && !defined(LOCO_CUDA_EMU)
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N));
+#endif
+}
+template <int N> __device__ __forceinline__ void wg_setmaxnreg_dec(void) {
+    static_assert(N % 8 == 0 && N >= 24 && N <= 256, "setmaxnreg count");
+#if WG_DEVICE_OK && !defined(LOCO_CUDA_EMU)
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N));
+#endif
+}
+
+#endif
