@@ -30,15 +30,15 @@
 #      the UNet-call and pipeline parity tests again with the opt-in paths:
 #      LOCO_CUDA_IM2COL_OVERLAP=1, then LOCO_CUDA_CONV=rows and LOCO_CUDA_CONV=wgmma (with the VAE
 #      decodes), then LOCO_CUDA_FLASH=ilp3q, =wgmma, =wgmma128, =wgmma3 and =wgmma_ws3 (with the
-#      text encoders); then SD-XL at batch 8 timed with LOCO_CUDA_FLASH=wgmma128, =wgmma and
-#      =wgmma_ws, and SD 1.5 and SD-XL at batch 8 with LOCO_CUDA_GEMM_TUNE=1. (The
+#      text encoders); then SD-XL at batch 8 timed with LOCO_CUDA_FLASH=wgmma128, =wgmma,
+#      =wgmma_ws128 and =wgmma_ws, and SD 1.5 and SD-XL at batch 8 with LOCO_CUDA_GEMM_TUNE=1. (The
 #      warp-specialised attention's timed runs and parity are skipped when its op tests failed.)
 #
 # Logs and tables go to $GPU_CHECK_DIR (default: $OUT when set, else build/gpu-check).
 # Usage: bench/gpu-check.sh [--quick | --candidates]   (--quick: parity only, no timings;
 #   --candidates: loco alone at batch 8, SD-XL then SD 1.5, with the default kernels and with
 #   each candidate default (LOCO_CUDA_FLASH=ilp3q, =wgmma128, =wgmma, =wgmma3, =wgmma_ws3, =wgmma_ws,
-#   LOCO_CUDA_GEMM_TUNE=1) and with
+#   =wgmma_ws128, LOCO_CUDA_GEMM_TUNE=1) and with
 #   LOCO_CUDA_FLASH_SHORT=0, their RESULT lines side by side and
 #   nothing else: a second call on a warm machine after a full check, whose parity covers them;
 #   --sanitize: compute-sanitizer's memcheck, racecheck and synccheck on the op tests of the
@@ -184,7 +184,8 @@ if [ $CANDIDATES -eq 1 ]; then
         # attention back on the flash kernel (how much attention_short.cu gives end to end)
         for cand in default:LOCO_CANDIDATE=default ilp3q:LOCO_CUDA_FLASH=ilp3q wgmma128:LOCO_CUDA_FLASH=wgmma128 \
             wgmma:LOCO_CUDA_FLASH=wgmma wgmma3:LOCO_CUDA_FLASH=wgmma3 wgmma_ws3:LOCO_CUDA_FLASH=wgmma_ws3 \
-            wgmma_ws:LOCO_CUDA_FLASH=wgmma_ws gemm_tuned:LOCO_CUDA_GEMM_TUNE=1 \
+            wgmma_ws:LOCO_CUDA_FLASH=wgmma_ws wgmma_ws128:LOCO_CUDA_FLASH=wgmma_ws128 \
+            gemm_tuned:LOCO_CUDA_GEMM_TUNE=1 \
             short_off:LOCO_CUDA_FLASH_SHORT=0; do
             # GPU_CHECK_CANDIDATES="tag ...": only those (and the default), e.g. the op table's winners
             if [ -n "${GPU_CHECK_CANDIDATES:-}" ] && [ "${cand%%:*}" != default ] &&
@@ -539,6 +540,7 @@ rerun ilp3q LOCO_CUDA_FLASH=ilp3q sdxl 1024 3 90
 optin_parity
 rerun wgmma128 LOCO_CUDA_FLASH=wgmma128 sdxl 1024 3 90
 rerun wgmma LOCO_CUDA_FLASH=wgmma sdxl 1024 3 90
+[ $WS_BAD -eq 0 ] && rerun wgmma_ws128 LOCO_CUDA_FLASH=wgmma_ws128 sdxl 1024 3 90
 [ $WS_BAD -eq 0 ] && rerun wgmma_ws LOCO_CUDA_FLASH=wgmma_ws sdxl 1024 3 90
 rerun gemm_tuned LOCO_CUDA_GEMM_TUNE=1 sd1 512 10 45
 rerun gemm_tuned LOCO_CUDA_GEMM_TUNE=1 sdxl 1024 3 90

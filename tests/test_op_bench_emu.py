@@ -52,7 +52,8 @@ MAIN_ROWS = (
 )
 WGMMA_ROWS = (["c_f16@wgmma", "c_b4@wgmma"] + [f"{n}@fa_wgmma{t}" for n in ("a_d40", "a_d64", "sa") for t in ("", "128")]
               + [f"{n}@fa_wgmma3" for n in ("a_d64", "sa")]
-              + [f"{n}@fa_wgmma_ws" for n in ("a_d40", "a_d64", "sa")] + [f"{n}@fa_wgmma_ws3" for n in ("a_d64", "sa")])
+              + [f"{n}@fa_wgmma_ws{t}" for n in ("a_d40", "a_d64", "sa") for t in ("", "128")]
+              + [f"{n}@fa_wgmma_ws3" for n in ("a_d64", "sa")])
 
 
 def _run(tmp_path, *extra):

@@ -17,8 +17,8 @@
  * "name@fa_ilp3", "name@fa_ilp3q"); those of at most 80 keys (text) also on the flash kernel instead of
  * attention_short.cu's (LOCO_CUDA_FLASH_SHORT=0: "name@short_off"); and, in the --wgmma run, with the
  * experimental Hopper kernel ("name@fa_wgmma", "name@fa_wgmma128" with 128-key tiles, and at head
- * dims 64 and 80 "name@fa_wgmma3" with 192-row blocks of three warpgroups; "name@fa_wgmma_ws" and
- * "name@fa_wgmma_ws3" warp-specialised, a producer warp loading K/V). resconv rows (a ResNet block's
+ * dims 64 and 80 "name@fa_wgmma3" with 192-row blocks of three warpgroups; "name@fa_wgmma_ws",
+ * "name@fa_wgmma_ws3" and "name@fa_wgmma_ws128" warp-specialised, a producer warp loading K/V). resconv rows (a ResNet block's
  * GroupNorm+SiLU, conv, residual add) time loco_conv2d_fused and the three separate ops
  * ("name@unfused"). selfattn rows (a transformer block's q, k, v projections and attention)
  * time the stacked projection with packed attention and the three projections apart
@@ -382,12 +382,13 @@ static int wgmma_rows(const char *path, int reps) {
     /* conv_wgmma.cu and attention_wgmma.cu where they apply (text rows too: attention_short.cu
      * off), the automatic routes elsewhere; the attention again with 128-key tiles, (head dims
      * 64 and 80) in blocks of three warpgroups, and warp-specialised (attention_wgmma_ws.cu) with
-     * two and (64, 80) three warpgroups */
+     * two and (64, 80) three warpgroups, and two with 128-key tiles */
     static const char *const wgmma_env[3] = {"LOCO_CUDA_CONV=wgmma", "LOCO_CUDA_FLASH=wgmma", "LOCO_CUDA_FLASH_SHORT=0"};
     static const char *const wgmma128_env[3] = {"LOCO_CUDA_FLASH=wgmma128", "LOCO_CUDA_FLASH_SHORT=0", NULL};
     static const char *const wgmma3_env[3] = {"LOCO_CUDA_FLASH=wgmma3", "LOCO_CUDA_FLASH_SHORT=0", NULL};
     static const char *const ws_env[3] = {"LOCO_CUDA_FLASH=wgmma_ws", "LOCO_CUDA_FLASH_SHORT=0", NULL};
     static const char *const ws3_env[3] = {"LOCO_CUDA_FLASH=wgmma_ws3", "LOCO_CUDA_FLASH_SHORT=0", NULL};
+    static const char *const ws128_env[3] = {"LOCO_CUDA_FLASH=wgmma_ws128", "LOCO_CUDA_FLASH_SHORT=0", NULL};
     loco_backend *be = forced_backend_create(wgmma_env);
     loco_backend *be128 = be ? forced_backend_create(wgmma128_env) : NULL;
     loco_backend *be3 = be128 ? forced_backend_create(wgmma3_env) : NULL;
@@ -396,7 +397,9 @@ static int wgmma_rows(const char *path, int reps) {
     const int skip_ws = skip_ws_env && skip_ws_env[0] == '1';
     loco_backend *bews = be3 && !skip_ws ? forced_backend_create(ws_env) : NULL;
     loco_backend *bews3 = bews ? forced_backend_create(ws3_env) : NULL;
-    if (!be || !be128 || !be3 || (!skip_ws && (!bews || !bews3))) {
+    loco_backend *bews128 = bews3 ? forced_backend_create(ws128_env) : NULL;
+    if (!be || !be128 || !be3 || (!skip_ws && (!bews || !bews3 || !bews128))) {
+        loco_backend_destroy(bews128);
         loco_backend_destroy(bews3);
         loco_backend_destroy(bews);
         loco_backend_destroy(be3);
@@ -419,7 +422,10 @@ static int wgmma_rows(const char *path, int reps) {
         if ((d == 64 || d == 80) && time_op(be3, &op, reps, "@fa_wgmma3") != 0) failures++;
         if (bews && (d == 40 || d == 64 || d == 80) && time_op(bews, &op, reps, "@fa_wgmma_ws") != 0) failures++;
         if (bews3 && (d == 64 || d == 80) && time_op(bews3, &op, reps, "@fa_wgmma_ws3") != 0) failures++;
+        if (bews128 && (d == 40 || d == 64 || d == 80) && time_op(bews128, &op, reps, "@fa_wgmma_ws128") != 0)
+            failures++;
     }
+    loco_backend_destroy(bews128);
     loco_backend_destroy(bews3);
     loco_backend_destroy(bews);
     loco_backend_destroy(be3);

@@ -1,7 +1,8 @@
 /* attention_wgmma_ws.cu: the wgmma flash attention, warp-specialised as FlashAttention-3: one
  * producer warp loads K/V tiles, the warpgroups only compute. EXPERIMENTAL, used only under
- * LOCO_CUDA_FLASH=wgmma_ws (two consumer warpgroups, 128 query rows per block) or =wgmma_ws3
- * (three, 192 rows, at head dims 64 and 80), for head dims 40, 64 and 80 in f16/bf16. Not yet
+ * LOCO_CUDA_FLASH=wgmma_ws (two consumer warpgroups, 128 query rows per block), =wgmma_ws3
+ * (three, 192 rows, at head dims 64 and 80) or =wgmma_ws128 (two, with 128-key tiles), for head
+ * dims 40, 64 and 80 in f16/bf16. Not yet
  * timed on a GPU; correct on the emulator (tests/emu, which runs its named barriers and
  * mbarriers) in every `make test`.
  *
@@ -18,7 +19,8 @@
  * LOCO_CUDA_FLASH_PINGPONG=0 turns the turns off (to time what they give).
  *
  * Layout, products, softmax: attention_wgmma.cu (shared through attention_wgmma_common.cuh);
- * 64-key tiles in FAWS_STAGES stages. The producer is one warp: 32 lanes issue a tile's 2 x 512
+ * BC-key tiles (64, or 128 under wgmma_ws128: half the softmax reductions, rescales and
+ * barrier waits per key) in faws_geom::STAGES stages. The producer is one warp: 32 lanes issue a tile's 2 x 512
  * cp.async chunks at head dim 64 (32 a lane; 140 SASS instructions a tile in all).
  *
  * Synchronisation, per tile t in stage t % S (k = t / S: the stage's k-th tile):
@@ -38,52 +40,62 @@
 /* 1 only in the sm_90a image (the Makefile builds this file for sm_90a alone). */
 __device__ const int faws_image_ok = WG_DEVICE_OK;
 
-#define FAWS_BC 64     /* keys per K/V tile */
-#define FAWS_STAGES 6  /* one block per SM (registers), so shared memory allows the producer this far ahead */
 /* The producer publishes tile t - FAWS_LAG after issuing tile t: that many tiles' copies stay in
  * flight while it waits for the oldest. Consumers release tile t - S in step t - S + 1, which
- * needs tile t - S + 1 published, so the producer's wait for that release needs S >= LAG + 2. */
+ * needs tile t - S + 1 published, so the producer's wait for that release needs S >= LAG + 2
+ * (faws_geom's static_assert). */
 #define FAWS_LAG 2
-static_assert(FAWS_STAGES >= FAWS_LAG + 2, "the producer would wait for a stage no consumer can release");
 /* the consumer warpgroups, then the producer's: its first warp loads, the other three leave at
  * once (a warpgroup, not a warp, so that setmaxnreg can take its registers back; below) */
 #define FAWS_THREADS(NWG) (FAW_THREADS(NWG) + 128)
-/* Registers per thread: a block of 512 threads (three consumer warpgroups) gets 128 from the
- * launch, too few for the consumers (ptxas spills and serialises the products at 128); the
- * producer warpgroup gives all but FAWS_PRODUCER_REGS back and the consumers take
- * FAWS_CONSUMER_REGS: 128 x 32 + 384 x 160 = 65536, the SM's file (FlashAttention-3's split).
- * Two consumer warpgroups (384 threads) get 168 from the launch, which they need no more than. */
-#define FAWS_PRODUCER_REGS 32
-#define FAWS_CONSUMER_REGS 160
-/* setmaxnreg.inc waits until the block's pool has the registers: more than the launch's 128 x 512
- * would hang on a GPU (the emulator has no pool to see it) */
-static_assert(128 * FAWS_PRODUCER_REGS + FAW_THREADS(3) * FAWS_CONSUMER_REGS <= 128 * FAWS_THREADS(3),
-              "setmaxnreg asks for more registers than the launch gives a block of three warpgroups");
+/* Registers per thread (faws_regs): a block of 512 threads (three consumer warpgroups) gets 128
+ * from the launch, too few for the consumers (ptxas spills and serialises the products at 128),
+ * so the producer warpgroup gives all but 32 back and the consumers take 160: 128 x 32 + 384 x
+ * 160 = 65536, the SM's file (FlashAttention-3's split). Two consumer warpgroups (384 threads)
+ * get 168 from the launch: enough with 64-key tiles; with 128-key tiles (64 score registers and
+ * 32 of P per set) the producer keeps 24 and the consumers take 240. */
+template <int NWG, int BC> struct faws_regs {
+    static constexpr int PRODUCER = NWG == 3 ? 32 : BC == 128 ? 24 : 0; /* 0: no setmaxnreg */
+    static constexpr int CONSUMER = NWG == 3 ? 160 : BC == 128 ? 240 : 0;
+    static constexpr int LAUNCH = 65536 / FAWS_THREADS(NWG) / 8 * 8; /* what the launch gives */
+    /* setmaxnreg.inc waits until the block's pool has the registers: more than the launch's
+     * would hang on a GPU (the emulator has no pool to see it) */
+    static_assert(PRODUCER == 0 || 128 * PRODUCER + FAW_THREADS(NWG) * CONSUMER <= LAUNCH * FAWS_THREADS(NWG),
+                  "setmaxnreg asks for more registers than the launch gives the block");
+};
 #define FAWS_PP_COUNT 256 /* a ping-pong phase: the waiting warpgroup's 128 threads and the 128 that let it go */
 
-/* The geometry, and the 2 x FAWS_STAGES mbarriers after it (full, then empty). */
-template <int D, int NWG> struct faws_geom : faw_geom<D, FAWS_BC, NWG, FAWS_STAGES> {
-    static constexpr int BARS = faw_geom<D, FAWS_BC, NWG, FAWS_STAGES>::SMEM;
-    static constexpr int TOTAL = BARS + 2 * FAWS_STAGES * 8;
+/* Stages: six of 64-key tiles, four of 128-key ones (188 KB at head dim 80): one block per SM
+ * (registers), so shared memory allows the producer this far ahead. */
+template <int BC> struct faws_stages {
+    static constexpr int N = BC == 64 ? 6 : 4;
+    static_assert(N >= FAWS_LAG + 2, "the producer would wait for a stage no consumer can release");
+};
+
+/* The geometry, and the 2 x STAGES mbarriers after it (full, then empty). */
+template <int D, int NWG, int BC> struct faws_geom : faw_geom<D, BC, NWG, faws_stages<BC>::N> {
+    static constexpr int STAGES = faws_stages<BC>::N;
+    static constexpr int BARS = faw_geom<D, BC, NWG, STAGES>::SMEM;
+    static constexpr int TOTAL = BARS + 2 * STAGES * 8;
 };
 
 /* Tile t's K and V chunks from this lane into stage st: lanes 2k and 2k + 1 take rows k + 16 h
- * (h = 0..3), chunks 2m and 2m + 1 of each, so each cp.async instruction of the warp reads
+ * (h < BC / 16), chunks 2m and 2m + 1 of each, so each cp.async instruction of the warp reads
  * sixteen rows' 32-byte pieces, whole sectors (a row per lane reads half sectors: twice the L2
  * traffic of a kernel that already needs about 3 TB/s of it at 450 TFLOP/s with 128-row blocks),
  * and the lane's state is a row offset (a chunk per lane in turn hoisted 32 addresses out of the
  * tile loop and spilled). Keys from nkeys on, and K's chunks past D, become zeros; V's chunks
- * past D are not written (V's ones column follows them). rs * 63 + D fits in 32 bits
- * (attention.cu checks H <= 65535 and D <= 160). */
-template <typename T, int D, int NWG>
+ * past D are not written (V's ones column follows them). rs * 127 + D fits in 32 bits: rs is at
+ * most 3 x 65535 x 80 here (attention.cu checks H <= 65535; these head dims are at most 80). */
+template <typename T, int D, int NWG, int BC>
 __device__ __forceinline__ void faws_load_tile(unsigned char *sk, unsigned char *sv, const T *kg, const T *vg,
                                                int rs, int nkeys, int lane) {
-    typedef faws_geom<D, NWG> G;
+    typedef faws_geom<D, NWG, BC> G;
     constexpr int CK = G::DK / 8, CV = D / 8;
-    static_assert(FAWS_BC == 64 && CK % 2 == 0, "16 row pairs of lanes, chunks in pairs");
+    static_assert(BC % 16 == 0 && CK % 2 == 0, "16 row pairs of lanes, chunks in pairs");
     const int k = lane >> 1, odd = lane & 1;
 #pragma unroll
-    for (int h = 0; h < 4; h++) {
+    for (int h = 0; h < BC / 16; h++) {
         const int r = k + 16 * h;
         const bool ok = r < nkeys;
         /* rows past the keys read nothing (zeros) from the tile's first row: a pointer per row,
@@ -102,21 +114,22 @@ __device__ __forceinline__ void faws_load_tile(unsigned char *sk, unsigned char 
 }
 
 /* The producer warp's loop (the synchronisation above). */
-template <typename T, int D, int NWG>
+template <typename T, int D, int NWG, int BC>
 __device__ __forceinline__ void faws_produce(unsigned char *sk, unsigned char *sv, uint64_t *full, uint64_t *empty,
                                              const T *kg, const T *vg, const fa_params &p, int ntiles, int lane) {
-    typedef faws_geom<D, NWG> G;
+    typedef faws_geom<D, NWG, BC> G;
+    constexpr int S = G::STAGES;
     for (int t = 0; t < ntiles; t++) {
-        const int st = t % FAWS_STAGES;
-        if (t >= FAWS_STAGES) mbar_wait(&empty[st], (unsigned)(t / FAWS_STAGES - 1) & 1u);
-        const int64_t first = (int64_t)t * FAWS_BC * p.rs;
-        faws_load_tile<T, D, NWG>(sk + st * G::K_BYTES, sv + st * G::V_BYTES, kg + first, vg + first, (int)p.rs,
-                                  p.lk - t * FAWS_BC, lane);
+        const int st = t % S;
+        if (t >= S) mbar_wait(&empty[st], (unsigned)(t / S - 1) & 1u);
+        const int64_t first = (int64_t)t * BC * p.rs;
+        faws_load_tile<T, D, NWG, BC>(sk + st * G::K_BYTES, sv + st * G::V_BYTES, kg + first, vg + first, (int)p.rs,
+                                      p.lk - t * BC, lane);
         cp_async_commit();
         if (t >= FAWS_LAG) {
             cp_async_wait<FAWS_LAG>(); /* tile t - LAG's chunks from this lane */
             wg_fence_proxy();
-            mbar_arrive(&full[(t - FAWS_LAG) % FAWS_STAGES]);
+            mbar_arrive(&full[(t - FAWS_LAG) % S]);
         }
     }
     /* the last LAG tiles (fewer when there are fewer tiles) */
@@ -124,24 +137,25 @@ __device__ __forceinline__ void faws_produce(unsigned char *sk, unsigned char *s
     if (ntiles >= 2) {
         cp_async_wait<1>();
         wg_fence_proxy();
-        mbar_arrive(&full[(ntiles - 2) % FAWS_STAGES]);
+        mbar_arrive(&full[(ntiles - 2) % S]);
     }
     if (ntiles >= 1) {
         cp_async_wait<0>();
         wg_fence_proxy();
-        mbar_arrive(&full[(ntiles - 1) % FAWS_STAGES]);
+        mbar_arrive(&full[(ntiles - 1) % S]);
     }
 }
 
 /* Warp w < 4 NWG owns query rows q0 + 16 w + g and + 8 (g = lane / 4), as in attention_wgmma.cu;
  * warpgroup NWG is the producer's. pingpong: the warpgroups take turns at issuing (above). */
-template <typename T, int D, int NWG>
+template <typename T, int D, int NWG, int BC>
 __global__ void __launch_bounds__(FAWS_THREADS(NWG), 1) faws_kernel(const fa_params p, const int pingpong) {
 #if !WG_DEVICE_OK
     __trap();
 #else
-    typedef faws_geom<D, NWG> G;
-    constexpr int BC = FAWS_BC, S = FAWS_STAGES, CONSUMERS = FAW_THREADS(NWG), BR = FAW_BR(NWG);
+    typedef faws_geom<D, NWG, BC> G;
+    typedef faws_regs<NWG, BC> R;
+    constexpr int S = G::STAGES, CONSUMERS = FAW_THREADS(NWG), BR = FAW_BR(NWG);
     constexpr int NKS = G::DK / 16, NDT = D / 8, NST = BC / 8;
     extern __shared__ __align__(128) unsigned char faw_smem[];
     unsigned char *const sq = faw_smem;
@@ -172,11 +186,11 @@ __global__ void __launch_bounds__(FAWS_THREADS(NWG), 1) faws_kernel(const fa_par
     wg_fence_proxy();
     __syncthreads(); /* Q, the ones columns and the barriers, for every thread; the last block-wide barrier */
     if (wg == NWG) {
-        if (NWG == 3) wg_setmaxnreg_dec<FAWS_PRODUCER_REGS>();
-        if (warp == 4 * NWG) faws_produce<T, D, NWG>(sk, sv, full, empty, kg, vg, p, ntiles, lane);
+        if constexpr (R::PRODUCER != 0) wg_setmaxnreg_dec<R::PRODUCER>();
+        if (warp == 4 * NWG) faws_produce<T, D, NWG, BC>(sk, sv, full, empty, kg, vg, p, ntiles, lane);
         return;
     }
-    if (NWG == 3) wg_setmaxnreg_inc<FAWS_CONSUMER_REGS>();
+    if constexpr (R::PRODUCER != 0) wg_setmaxnreg_inc<R::CONSUMER>();
 
     float o[NDT + 1][4];
 #pragma unroll
@@ -262,20 +276,22 @@ __global__ void __launch_bounds__(FAWS_THREADS(NWG), 1) faws_kernel(const fa_par
 
 /* ---- host ------------------------------------------------------------------------------------ */
 
-/* (dtype, head dim, consumer warpgroups) */
-#define FAWS_FOR_EACH(X)                                                                                  \
-    X(__half, 40, 2) X(__half, 64, 2) X(__half, 80, 2) X(__nv_bfloat16, 40, 2) X(__nv_bfloat16, 64, 2)     \
-    X(__nv_bfloat16, 80, 2) X(__half, 64, 3) X(__half, 80, 3) X(__nv_bfloat16, 64, 3) X(__nv_bfloat16, 80, 3)
+/* (dtype, head dim, consumer warpgroups, keys per tile) */
+#define FAWS_FOR_EACH(X)                                                                                      \
+    X(__half, 40, 2, 64) X(__half, 64, 2, 64) X(__half, 80, 2, 64) X(__nv_bfloat16, 40, 2, 64)                 \
+    X(__nv_bfloat16, 64, 2, 64) X(__nv_bfloat16, 80, 2, 64) X(__half, 64, 3, 64) X(__half, 80, 3, 64)          \
+    X(__nv_bfloat16, 64, 3, 64) X(__nv_bfloat16, 80, 3, 64) X(__half, 40, 2, 128) X(__half, 64, 2, 128)        \
+    X(__half, 80, 2, 128) X(__nv_bfloat16, 40, 2, 128) X(__nv_bfloat16, 64, 2, 128) X(__nv_bfloat16, 80, 2, 128)
 
 /* Soft, as cuda_flash_wgmma_setup: a failure only keeps the kernel off (image_ok stays 0). */
 int cuda_flash_wgmma_ws_setup(cuda_impl *c) {
     (void)c;
     int image_ok = 0;
     cudaError_t e = cudaMemcpyFromSymbol(&image_ok, faws_image_ok, sizeof image_ok);
-#define FAWS_SET(T, D, NWG)                                                                                  \
+#define FAWS_SET(T, D, NWG, BC)                                                                              \
     if (e == cudaSuccess && image_ok)                                                                        \
-        e = cudaFuncSetAttribute(faws_kernel<T, D, NWG>, cudaFuncAttributeMaxDynamicSharedMemorySize,         \
-                                 faws_geom<D, NWG>::TOTAL);
+        e = cudaFuncSetAttribute(faws_kernel<T, D, NWG, BC>, cudaFuncAttributeMaxDynamicSharedMemorySize,     \
+                                 faws_geom<D, NWG, BC>::TOTAL);
     FAWS_FOR_EACH(FAWS_SET)
 #undef FAWS_SET
     if (e != cudaSuccess) {
@@ -286,18 +302,19 @@ int cuda_flash_wgmma_ws_setup(cuda_impl *c) {
 }
 
 /* As cuda_flash_wgmma, whose LOCO_CUDA_FLASH=wgmma_ws* calls come here: nwg warpgroups (2, or 3
- * at head dims 64 and 80). */
+ * at head dims 64 and 80), c->flash_wgmma keys per tile (64, or 128 with two warpgroups). */
 loco_status cuda_flash_wgmma_ws(cuda_impl *c, loco_dtype dt, int D, int nwg, dim3 grid, const fa_params *fp,
                                 loco_err *err) {
     grid.x = (unsigned)((fp->lq + FAW_BR(nwg) - 1) / FAW_BR(nwg));
-#define FAWS_LAUNCH(T, DD, NWG)                                                                        \
-    if (dt == cuda_dtype_of<T>::value && D == DD && nwg == NWG) {                                       \
-        const int smem = faws_geom<DD, NWG>::TOTAL, threads = FAWS_THREADS(NWG);                       \
-        LOCO_LAUNCH(grid, threads, smem, c->stream, faws_kernel<T, DD, NWG>)(*fp, c->faw_pingpong);    \
+#define FAWS_LAUNCH(T, DD, NWG, BC)                                                                    \
+    if (dt == cuda_dtype_of<T>::value && D == DD && nwg == NWG && c->flash_wgmma == BC) {               \
+        const int smem = faws_geom<DD, NWG, BC>::TOTAL, threads = FAWS_THREADS(NWG);                   \
+        LOCO_LAUNCH(grid, threads, smem, c->stream, faws_kernel<T, DD, NWG, BC>)(*fp, c->faw_pingpong); \
         return cuda_check_launch("faws_kernel", err);                                                  \
     }
     FAWS_FOR_EACH(FAWS_LAUNCH)
 #undef FAWS_LAUNCH
-    return loco_err_set(err, LOCO_EUNSUPPORTED, "cuda flash wgmma_ws: no kernel for head dim %d, %d warpgroups", D,
-                        nwg);
+    return loco_err_set(err, LOCO_EUNSUPPORTED,
+                        "cuda flash wgmma_ws: no kernel for head dim %d, %d warpgroups, %d keys per tile", D, nwg,
+                        c->flash_wgmma);
 }

@@ -310,6 +310,7 @@ extern "C" loco_status loco_backend_cuda_create(const loco_backend_opts *opts, l
                      : strcmp(flash, "wgmma3") == 0   ? 64
                      : strcmp(flash, "wgmma_ws") == 0  ? 64
                      : strcmp(flash, "wgmma_ws3") == 0 ? 64
+                     : strcmp(flash, "wgmma_ws128") == 0 ? 128
                                                       : 0;
     c->faw_warpgroups = flash && (strcmp(flash, "wgmma3") == 0 || strcmp(flash, "wgmma_ws3") == 0) ? 3 : 2;
     c->faw_ws = flash && strncmp(flash, "wgmma_ws", 8) == 0;
@@ -386,7 +387,11 @@ extern "C" loco_status loco_backend_cuda_create(const loco_backend_opts *opts, l
                                                                  : ", conv: wgmma unavailable, auto")
              : c->conv_algo == CUDA_CONV_ROWS     ? ", conv: row taps"
                                                   : "",
-             c->flash_wgmma == 128  ? (c->faw_ok ? ", flash: wgmma, 128-key tiles (experimental)"
+             c->flash_wgmma == 128 && c->faw_ws
+                 ? (!c->faw_ok       ? ", flash: wgmma unavailable"
+                    : c->faw_pingpong ? ", flash: wgmma, producer warp, 128-key tiles (experimental)"
+                                      : ", flash: wgmma, producer warp, 128-key tiles, no ping-pong (experimental)")
+             : c->flash_wgmma == 128  ? (c->faw_ok ? ", flash: wgmma, 128-key tiles (experimental)"
                                                  : ", flash: wgmma unavailable")
              : c->flash_wgmma && c->faw_ws
                  ? (!c->faw_ok                   ? ", flash: wgmma unavailable"

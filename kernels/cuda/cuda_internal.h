@@ -134,10 +134,11 @@ typedef struct cuda_impl {
     int wgmma_ok;   /* conv_wgmma.cu's kernel has an image for this device (sm_90a on a 9.0 device) */
     int flash_variant; /* LOCO_CUDA_FLASH=classic|stages3|ilp3|ilp3q: attention.cu's 128-row variant (0, 2, 3,
                         * 7; -1: by head dim) */
-    int flash_wgmma; /* LOCO_CUDA_FLASH=wgmma|wgmma128|wgmma3: attention_wgmma.cu for head dims 40/64/80
-                      * (experimental), with 64 or 128 keys per K/V tile; 0: off */
+    int flash_wgmma; /* LOCO_CUDA_FLASH=wgmma|wgmma128|wgmma3|wgmma_ws|wgmma_ws3|wgmma_ws128:
+                      * attention_wgmma(_ws).cu for head dims 40/64/80 (experimental), with 64 or
+                      * 128 keys per K/V tile; 0: off */
     int faw_warpgroups; /* ... in blocks of 2 warpgroups, or 3 (wgmma3, wgmma_ws3: head dims 64 and 80) */
-    int faw_ws;         /* ... warp-specialised: a producer warp loads K/V (wgmma_ws, wgmma_ws3) */
+    int faw_ws;         /* ... warp-specialised: a producer warp loads K/V (wgmma_ws, wgmma_ws3, wgmma_ws128) */
     int faw_pingpong;   /* ... whose warpgroups take turns at issuing; LOCO_CUDA_FLASH_PINGPONG=0: not */
     int faw_ok;      /* ... and its sm_90a image is there and set up (compute capability 9.0) */
     int flash_short; /* 1: attention over at most 80 keys (text cross-attention) takes
@@ -266,7 +267,8 @@ int cuda_flash_wgmma_applies(const cuda_impl *c, loco_dtype dt, int64_t D);
 loco_status cuda_flash_wgmma(cuda_impl *c, loco_dtype dt, int D, dim3 grid, const struct fa_params *fp, loco_err *err);
 /* Its warp-specialised form (attention_wgmma_ws.cu, LOCO_CUDA_FLASH=wgmma_ws*), reached through
  * those two: setup returns whether its sm_90a image is there and set up; the launch takes nwg
- * consumer warpgroups (2, or 3 at head dims 64 and 80). */
+ * consumer warpgroups (2, or 3 at head dims 64 and 80) and c->flash_wgmma keys per tile (64, or
+ * 128 with two warpgroups). */
 int cuda_flash_wgmma_ws_setup(cuda_impl *c);
 loco_status cuda_flash_wgmma_ws(cuda_impl *c, loco_dtype dt, int D, int nwg, dim3 grid, const struct fa_params *fp,
                                 loco_err *err);

@@ -95,10 +95,11 @@ TEST(cuda_selftest) {
  * 192-row blocks of three warpgroups at head dims 64 and 80): attention_wgmma.cu (Hopper's
  * wgmma, sm_90a; experimental) for head dims 40, 64 and 80 on a compute capability 9.0 device
  * (the emulator's is one; the backend's description says whether it is in use); elsewhere the
- * mma.sync kernel. =wgmma_ws and =wgmma_ws3: the warp-specialised form (attention_wgmma_ws.cu).
- * Tails of the 128-row blocks and of the key tiles (1 to 16 tiles, so that the four-stage ring
- * wraps, and the six-stage one of the warp-specialised kernel goes round three times: its
- * mbarriers' phases 0, 1, 0), cross-attention's 77 keys, causal masking, per-sample K/V rows,
+ * mma.sync kernel. =wgmma_ws, =wgmma_ws3 and =wgmma_ws128: the warp-specialised form
+ * (attention_wgmma_ws.cu), the last with 128-key tiles in four stages.
+ * Tails of the 128-row blocks and of the key tiles (1 to 18 tiles, so that the four-stage ring
+ * wraps, and the warp-specialised kernel's six stages of 64 keys or four of 128 go round three
+ * times: its mbarriers' phases 0, 1, 0), cross-attention's 77 keys, causal masking, per-sample K/V rows,
  * both 16-bit dtypes; head dim 160 stays on the mma.sync kernel. Each call runs twice for the
  * same bits. */
 static int check_flash_wgmma(const char *name, const char *described, int seed) {
@@ -118,7 +119,7 @@ static int check_flash_wgmma(const char *name, const char *described, int seed) 
     ok = ok && check_attention_packed(LOCO_F16, 2, 300, 8, 40, NULL, seed + 10);     /* packed q|k|v rows */
     ok = ok && check_attention_packed(LOCO_BF16, 2, 130, 5, 64, kv, seed + 11);
     ok = ok && check_attention(LOCO_F16, 1, 1, 384, 384, 2, 64, 0, NULL, seed + 12);  /* whole 192-row blocks */
-    ok = ok && check_attention(LOCO_F16, 1, 1, 70, 1000, 2, 64, 0, NULL, seed + 13);  /* 16 key tiles */
+    ok = ok && check_attention(LOCO_F16, 1, 1, 70, 1100, 2, 64, 0, NULL, seed + 13);  /* 18 key tiles (9 of 128) */
     unsetenv("LOCO_CUDA_FLASH");
     unsetenv("LOCO_CUDA_FLASH_SHORT");
     return ok;
@@ -157,6 +158,12 @@ TEST(cuda_attention_wgmma_ws3) {
     HOPPER_OR_SKIP(hopper, 270);
     CHECK(check_flash_wgmma("wgmma_ws3", hopper ? "flash: wgmma, producer warp, 3 warpgroups (experimental)"
                                                  : "flash: wgmma unavailable", 270));
+}
+
+TEST(cuda_attention_wgmma_ws128) {
+    HOPPER_OR_SKIP(hopper, 275);
+    CHECK(check_flash_wgmma("wgmma_ws128", hopper ? "flash: wgmma, producer warp, 128-key tiles (experimental)"
+                                                   : "flash: wgmma unavailable", 275));
 }
 
 /* The warp-specialised kernel with its warpgroups not taking turns (LOCO_CUDA_FLASH_PINGPONG=0). */
