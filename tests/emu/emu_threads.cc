@@ -250,6 +250,17 @@ void warp_collective(warp_op op, const void *in, size_t in_bytes, void *out, siz
 
 /* ---- named barriers and mbarriers --------------------------------------------------------------- */
 
+/* After an arrival that completed a phase: the first thread it released (woken: the lowest one)
+ * runs now, before the arriving thread's next instruction, as it may on a GPU. A producer that
+ * refills a buffer as soon as its consumers hand it back then overwrites it before the consumer
+ * that arrived goes on: one that arrives before it is done reading (its wgmma retired at a later
+ * wait) reads the refill, where the lowest-warp-first order would let it finish first. */
+static void hand_over(block_run *r, fiber *f, fiber *woken) {
+    if (!woken) return;
+    r->cur = woken;
+    ctx_switch(&f->ctx, &woken->ctx); /* f stays ready: the scheduler resumes it */
+}
+
 void named_barrier(unsigned id, unsigned count, int wait) {
     block_run *r = g_run;
     if (!r || !r->cur) trap("a named barrier outside a kernel");
@@ -261,8 +272,13 @@ void named_barrier(unsigned id, unsigned count, int wait) {
     b.count = (int)count;
     if (++b.arrived == b.count) {
         b.arrived = 0;
+        fiber *woken = nullptr;
         for (int i = 0; i < r->n; i++)
-            if (r->fibers[i].state == F_NAMED && r->fibers[i].named == id) r->fibers[i].state = F_READY;
+            if (r->fibers[i].state == F_NAMED && r->fibers[i].named == id) {
+                r->fibers[i].state = F_READY;
+                if (!woken) woken = &r->fibers[i];
+            }
+        if (!wait) hand_over(r, r->cur, woken);
         return;
     }
     if (!wait) return;
@@ -297,14 +313,19 @@ void mbar_arrive(uint64_t *bar) {
     block_run *r = g_run;
     if (!r || !r->cur) trap("mbarrier.arrive outside a kernel");
     mbar_word w = mbar_load(bar);
+    fiber *woken = nullptr;
     if (--w.pending == 0) {
         const uint32_t count = w.tag_phase_count & 0xFFFFFu;
         w.pending = count;
         w.tag_phase_count ^= 1u << 20;
         for (int i = 0; i < r->n; i++)
-            if (r->fibers[i].state == F_MBAR && r->fibers[i].mbar == bar) r->fibers[i].state = F_READY;
+            if (r->fibers[i].state == F_MBAR && r->fibers[i].mbar == bar) {
+                r->fibers[i].state = F_READY;
+                if (!woken) woken = &r->fibers[i];
+            }
     }
     memcpy(bar, &w, sizeof w);
+    hand_over(r, r->cur, woken);
 }
 
 void mbar_wait_parity(uint64_t *bar, unsigned parity) {
