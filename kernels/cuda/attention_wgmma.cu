@@ -227,16 +227,7 @@ __global__ void __launch_bounds__(FAW_THREADS(NWG)) faw_kernel(const fa_params p
         softmax(0, p0);
     }
     faw_tile_loop(ntiles, step, p0, p1);
-    /* the last tile's P V: tile ntiles - 1 is in p0 when it is even */
-    if (ntiles > 0) {
-        if (rescale) fa_rescale<NDT + 1>(o, c);
-        if ((ntiles - 1) % 2 == 0)
-            pv(ntiles - 1, p0);
-        else
-            pv(ntiles - 1, p1);
-        wg_wait<0>();
-        wg_fence_acc(of);
-    }
+    faw_last_pv<NDT>(ntiles, rescale, o, of, c, pv, p0, p1);
     cp_async_wait<0>();
 
     faw_store_o<T, D>(p, b, h, row0, tq, o);

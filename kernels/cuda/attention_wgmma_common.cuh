@@ -119,6 +119,22 @@ __device__ __forceinline__ void faw_tile_loop(const int ntiles, Step &step, PSet
     if (j < ntiles) step(j, p0, p1);
 }
 
+/* After the loop: the last tile's P V (its P in p0 when ntiles - 1 is even), with O first
+ * rescaled for that tile's softmax, issued by pv(j, set) and waited for. */
+template <int NDT, int NF, class Pv, class PSet>
+__device__ __forceinline__ void faw_last_pv(const int ntiles, const bool rescale, float (&o)[NDT + 1][4],
+                                            float (&of)[NF], const float (&c)[2], Pv &pv, PSet &p0, PSet &p1) {
+    if (ntiles > 0) {
+        if (rescale) fa_rescale<NDT + 1>(o, c);
+        if ((ntiles - 1) % 2 == 0)
+            pv(ntiles - 1, p0);
+        else
+            pv(ntiles - 1, p1);
+        wg_wait<0>();
+        wg_fence_acc(of);
+    }
+}
+
 /* The masks and online softmax of key tile j's scores s (this lane's rows row0 and row0 + 8 of
  * the block starting at q0; tq = lane % 4): P into pout, O's factors into c / rescale, the row
  * maxima into mr. O itself is left alone: a P V product may still be writing it. */

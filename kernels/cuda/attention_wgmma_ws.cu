@@ -261,15 +261,7 @@ __global__ void __launch_bounds__(FAWS_THREADS(NWG), 1) faws_kernel(const fa_par
         faw_softmax<T, NDT, BC>(p, 0, q0, row0, tq, s, o, mr, c, rescale, p0);
     }
     faw_tile_loop(ntiles, step, p0, p1);
-    if (ntiles > 0) { /* the last tile's P V (its stage is not needed again) */
-        if (rescale) fa_rescale<NDT + 1>(o, c);
-        if ((ntiles - 1) % 2 == 0)
-            pv(ntiles - 1, p0);
-        else
-            pv(ntiles - 1, p1);
-        wg_wait<0>();
-        wg_fence_acc(of);
-    }
+    faw_last_pv<NDT>(ntiles, rescale, o, of, c, pv, p0, p1); /* (its stage is not needed again) */
     faw_store_o<T, D>(p, b, h, row0, tq, o);
 #endif
 }
