@@ -2,9 +2,8 @@
  * producer warp loads K/V tiles, the warpgroups only compute. EXPERIMENTAL, used only under
  * LOCO_CUDA_FLASH=wgmma_ws (two consumer warpgroups, 128 query rows per block), =wgmma_ws3
  * (three, 192 rows, at head dims 64 and 80) or =wgmma_ws128 (two, with 128-key tiles), for head
- * dims 40, 64 and 80 in f16/bf16. Not yet
- * timed on a GPU; correct on the emulator (tests/emu, which runs its named barriers and
- * mbarriers) in every `make test`.
+ * dims 40, 64 and 80 in f16/bf16. Not yet timed on a GPU; correct on the emulator (tests/emu,
+ * which runs its named barriers and mbarriers) in every `make test`.
  *
  * Why: attention_wgmma.cu's warpgroups load K/V themselves and meet at a __syncthreads every key
  * tile, so they run in lock step: their softmaxes run at the same time, leaving the tensor cores
@@ -20,8 +19,9 @@
  *
  * Layout, products, softmax: attention_wgmma.cu (shared through attention_wgmma_common.cuh);
  * BC-key tiles (64, or 128 under wgmma_ws128: half the softmax reductions, rescales and
- * barrier waits per key) in faws_geom::STAGES stages. The producer is one warp: 32 lanes issue a tile's 2 x 512
- * cp.async chunks at head dim 64 (32 a lane; 140 SASS instructions a tile in all).
+ * barrier waits per key) in faws_geom::STAGES stages. The producer is one warp: 32 lanes issue
+ * a 64-key tile's 2 x 512 cp.async chunks at head dim 64 (32 a lane; 140 SASS instructions a
+ * tile in all).
  *
  * Synchronisation, per tile t in stage t % S (k = t / S: the stage's k-th tile):
  *   producer: waits for empty[stage] phase k - 1 (from k = 1 on), issues tile t's copies and
