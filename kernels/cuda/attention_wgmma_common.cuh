@@ -14,10 +14,11 @@
 #include "flash_softmax.cuh"
 
 /* A block's consumers are NWG warpgroups of 64 query rows each: 2 (128 rows), or 3 (192) under
- * LOCO_CUDA_FLASH=wgmma3 / wgmma_ws3 at head dims 64 and 80. At 132-144 registers a thread, a
- * block of two warpgroups already fills an SM's registers (two would need at most 128 each:
- * capped there, ptxas spills and serialises the products), so three give 12 warps per SM
- * instead of 8 (FlashAttention-3's choice at head dim 64). */
+ * LOCO_CUDA_FLASH=wgmma3 / wgmma_ws3 at head dims 64 and 80. At 132-144 registers a thread
+ * (attention_wgmma.cu), a second block of two warpgroups does not fit beside the first (two
+ * would need at most 128 each: capped there, ptxas spills and serialises the products), so
+ * three warpgroups in one block give 12 warps per SM instead of 8 (FlashAttention-3's choice
+ * at head dim 64). */
 #define FAW_THREADS(NWG) (128 * (NWG))
 #define FAW_BR(NWG) (64 * (NWG))
 #define FAW_V_KSTEP 128 /* V: bytes between groups of 8 keys */

@@ -81,8 +81,10 @@ template <int D, int NWG, int BC> struct faws_geom : faw_geom<D, BC, NWG, faws_s
 
 /* Tile t's K and V chunks from this lane into stage st: lanes 2k and 2k + 1 take rows k + 16 h
  * (h < BC / 16), chunks 2m and 2m + 1 of each, so each cp.async instruction of the warp reads
- * sixteen rows' 32-byte pieces, whole sectors (a row per lane reads half sectors: twice the L2
- * traffic of a kernel that already needs about 3 TB/s of it at 450 TFLOP/s with 128-row blocks),
+ * sixteen rows' 32-byte pieces: whole sectors at head dim 64, whose heads and rows start on 32
+ * bytes (at 40 and 80 every other head starts 16 bytes into a sector, and its pairs straddle
+ * two). A row per lane reads half sectors: twice the L2 traffic of a kernel that already needs
+ * about 3 TB/s of it at 450 TFLOP/s with 128-row blocks (16 KB per tile, an estimate),
  * and the lane's state is a row offset (a chunk per lane in turn hoisted 32 addresses out of the
  * tile loop and spilled). Keys from nkeys on, and K's chunks past D, become zeros; V's chunks
  * past D are not written (V's ones column follows them). rs * 127 + D fits in 32 bits: rs is at
