@@ -26,7 +26,8 @@
 #      which (T/N);
 #   6. times a LocoGen sweep (SD 1.5 512^2, 50 steps, every window of 2 layers) batched vs one
 #      image at a time (bench/locogen_batched.c --device cuda);
-#   7. budget permitting: SD-XL at batch 8 timed again with LOCO_CUDA_FLASH=ilp3q and =wgmma_ws3;
+#   7. budget permitting: SD-XL at batch 8 timed again with LOCO_CUDA_FLASH=ilp3q, =wgmma_ws3 and
+#      LOCO_CUDA_GEGLU=wgmma;
 #      the UNet-call and pipeline parity tests again with the opt-in paths:
 #      LOCO_CUDA_IM2COL_OVERLAP=1, then LOCO_CUDA_CONV=rows and LOCO_CUDA_CONV=wgmma (with the VAE
 #      decodes), then LOCO_CUDA_FLASH=ilp3q, =wgmma, =wgmma128, =wgmma3 and =wgmma_ws3 (with the
@@ -38,7 +39,7 @@
 # Usage: bench/gpu-check.sh [--quick | --candidates]   (--quick: parity only, no timings;
 #   --candidates: loco alone at batch 8, SD-XL then SD 1.5, with the default kernels and with
 #   each candidate default (LOCO_CUDA_FLASH=ilp3q, =wgmma128, =wgmma, =wgmma3, =wgmma_ws3, =wgmma_ws,
-#   =wgmma_ws128, LOCO_CUDA_GEMM_TUNE=1) and with
+#   =wgmma_ws128, LOCO_CUDA_GEGLU=wgmma, LOCO_CUDA_GEMM_TUNE=1) and with
 #   LOCO_CUDA_FLASH_SHORT=0, their RESULT lines side by side and
 #   nothing else: a second call on a warm machine after a full check, whose parity covers them;
 #   --sanitize: compute-sanitizer's memcheck, racecheck and synccheck on the op tests of the
@@ -185,7 +186,7 @@ if [ $CANDIDATES -eq 1 ]; then
         for cand in default:LOCO_CANDIDATE=default ilp3q:LOCO_CUDA_FLASH=ilp3q wgmma128:LOCO_CUDA_FLASH=wgmma128 \
             wgmma:LOCO_CUDA_FLASH=wgmma wgmma3:LOCO_CUDA_FLASH=wgmma3 wgmma_ws3:LOCO_CUDA_FLASH=wgmma_ws3 \
             wgmma_ws:LOCO_CUDA_FLASH=wgmma_ws wgmma_ws128:LOCO_CUDA_FLASH=wgmma_ws128 \
-            gemm_tuned:LOCO_CUDA_GEMM_TUNE=1 \
+            geglu_wgmma:LOCO_CUDA_GEGLU=wgmma gemm_tuned:LOCO_CUDA_GEMM_TUNE=1 \
             short_off:LOCO_CUDA_FLASH_SHORT=0; do
             # GPU_CHECK_CANDIDATES="tag ...": only those (and the default), e.g. the op table's winners
             if [ -n "${GPU_CHECK_CANDIDATES:-}" ] && [ "${cand%%:*}" != default ] &&
@@ -257,7 +258,7 @@ SANITIZED=0
 # The warp-specialised attention's tests (session 10: mbarriers and named barriers never run on a
 # GPU) get 45 s instead of 150: a protocol error there is a hang, and seconds of work must not
 # hold a parity slot for minutes.
-test_limit() { case "$1" in *wgmma_ws*) echo 45 ;; *) echo 150 ;; esac; }
+test_limit() { case "$1" in *wgmma_ws* | *geglu_wgmma*) echo 45 ;; *) echo 150 ;; esac; }
 run_one_test() { # binary test -> prints "<rc> <test> <seconds>"
     local t0 rc
     t0=$(date +%s)
@@ -268,6 +269,7 @@ run_one_test() { # binary test -> prints "<rc> <test> <seconds>"
 export -f run_one_test test_limit
 export DIR
 WS_BAD=0 # a warp-specialised attention test failed: its op rows and timed runs are skipped
+GEGLU_BAD=0 # the one-kernel feed-forward GEMM + GEGLU's test failed: likewise
 parity() { # name binary [test-name regex]
     say "parity: $1 (one process per test)"
     local names n_pass=0 n_fail=0 failed_names="" hung_names="" line rc name secs
@@ -286,7 +288,7 @@ parity() { # name binary [test-name regex]
         else
             n_fail=$((n_fail + 1))
             failed_names="$failed_names $name"
-            case "$name" in *wgmma_ws*) WS_BAD=1 ;; esac
+            case "$name" in *wgmma_ws*) WS_BAD=1 ;; *geglu_wgmma*) GEGLU_BAD=1 ;; esac
             local why="exit $rc"
             [ "$rc" = 77 ] && why="skipped on a GPU machine"
             [ "$rc" = 124 ] && why="timed out ($(test_limit "$name") s)" && hung_names="$hung_names $name"
@@ -424,7 +426,7 @@ else
         say "op_bench reported failures (see $DIR/ops_loco.err)"
     }
     # the experimental wgmma convolution in a process of its own (a fault there spares the rest)
-    LOCO_OPBENCH_SKIP_WS=$WS_BAD timeout 60 "${RUN[@]}" "$BIN_BENCH/op_bench" bench/gpu/ops.txt 10 --wgmma \
+    LOCO_OPBENCH_SKIP_WS=$WS_BAD LOCO_OPBENCH_SKIP_GEGLU=$GEGLU_BAD timeout 60 "${RUN[@]}" "$BIN_BENCH/op_bench" bench/gpu/ops.txt 10 --wgmma \
         >>"$DIR/ops_loco.txt" \
         2>"$DIR/ops_wgmma.err" || {
         tail -5 "$DIR/ops_wgmma.err"
@@ -537,6 +539,9 @@ rerun ilp3q LOCO_CUDA_FLASH=ilp3q sdxl 1024 3 90
 # the warp-specialised wgmma attention (FlashAttention-3's structure, session 10) unless its op
 # tests failed in phase 3
 [ $WS_BAD -eq 0 ] && rerun wgmma_ws3 LOCO_CUDA_FLASH=wgmma_ws3 sdxl 1024 3 90
+# the feed-forward's GEMM and GEGLU in one warp-specialised wgmma kernel (session 11; its op
+# test is in phase 3, the tiny models' widths do not reach it, so no pipeline parity rerun)
+[ $GEGLU_BAD -eq 0 ] && rerun geglu_wgmma LOCO_CUDA_GEGLU=wgmma sdxl 1024 3 90
 optin_parity
 rerun wgmma128 LOCO_CUDA_FLASH=wgmma128 sdxl 1024 3 90
 rerun wgmma LOCO_CUDA_FLASH=wgmma sdxl 1024 3 90

@@ -240,14 +240,10 @@ static loco_status tblock_forward(const unet_run *r, const unet_tblock *tb, loco
     /* feed-forward: GEGLU(ff.net.0.proj) -> ff.net.2 */
     if ((s = loco_layer_norm(be, &n, h, &tb->norm3_w, &tb->norm3_b, TBLOCK_LN_EPS, err))) goto done;
     {
-        loco_tensor g = {0}, gl = {0};
-        s = loco_lin_forward(be, &tb->ff_in, &n, LOCO_ACT_NONE, &g, err);
-        if (!s) {
-            int64_t shape[3] = {g.shape[0], g.shape[1], g.shape[2] / 2};
-            s = loco_tensor_alloc_act(be, 3, shape, &gl, err);
-        }
-        if (!s) s = loco_geglu(be, &gl, &g, err);
-        loco_tensor_free(&g);
+        loco_tensor gl = {0};
+        int64_t shape[3] = {n.shape[0], n.shape[1], tb->ff_in.out_f / 2};
+        s = loco_tensor_alloc_act(be, 3, shape, &gl, err);
+        if (!s) s = loco_linear_geglu(be, &gl, &n, &tb->ff_in.w, tb->ff_in.b.data ? &tb->ff_in.b : NULL, err);
         if (!s)
             s = fuse3 ? loco_lin_accumulate(be, &tb->ff_out, &gl, h, err)
                       : loco_lin_forward(be, &tb->ff_out, &gl, LOCO_ACT_NONE, &f, err);

@@ -174,6 +174,12 @@ loco_status loco_linear(loco_backend *be, loco_tensor *y, const loco_tensor *x, 
  * into a temporary, then loco_add, bit for bit. */
 loco_status loco_linear_accumulate(loco_backend *be, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
                                    const loco_tensor *bias, loco_err *err);
+/* y[..., N] = GEGLU(x[..., K] · w[2N, K]ᵀ + bias[2N]): h * gelu(g) with h the first N columns of
+ * the linear's output and g the last N (diffusers' GEGLU; exact erf GELU). bias may be NULL. A
+ * linear into a temporary, then loco_geglu, bit for bit; the CUDA backend under
+ * LOCO_CUDA_GEGLU=wgmma (experimental) runs both in one Hopper kernel instead. */
+loco_status loco_linear_geglu(loco_backend *be, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
+                              const loco_tensor *bias, loco_err *err);
 /* n linear layers of one input: y[i] = x · w[i]ᵀ + bias[i] (bias[i] may be NULL), x [M, K], w[i]
  * [N_i, K], y[i] [M, N_i]; the y[i] may not overlap each other or the inputs. A UNet's
  * time-embedding projections (one per ResNet block, all of SiLU(temb)): the CUDA backend runs

@@ -43,6 +43,10 @@ typedef struct loco_backend_ops {
      * returning LOCO_EUNSUPPORTED before launching anything: backend_ops_linear.c then runs the calls. */
     loco_status (*linear_many)(loco_backend *be, int n, loco_tensor *const *y, const loco_tensor *x,
                                const loco_tensor *const *w, const loco_tensor *const *bias, loco_err *err);
+    /* Optional (NULL: linear into a temporary, then geglu). May decline a call by returning
+     * LOCO_EUNSUPPORTED before launching anything: backend_ops_linear.c then runs those two. */
+    loco_status (*linear_geglu)(loco_backend *be, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
+                                const loco_tensor *bias, loco_err *err);
     /* Optional (NULL: transpose12 and linear, and add, as backend.h says). */
     loco_status (*linear_from_channels)(loco_backend *be, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
                                         const loco_tensor *bias, loco_err *err);

@@ -1,5 +1,5 @@
 /* backend_ops_linear.c: the linear-layer ops of backend.h (loco_linear, loco_linear_accumulate,
- * loco_linear_many, loco_linear_from_channels, loco_linear_to_channels): their argument checks,
+ * loco_linear_geglu, loco_linear_many, loco_linear_from_channels, loco_linear_to_channels): their argument checks,
  * then dispatch to the backend's hook, or, for the optional hooks a backend lacks, the unfused
  * calls that define them (backend.h). backend_ops.c has the rules the checks follow. */
 #include "backend_check.h"
@@ -81,6 +81,43 @@ loco_status loco_linear_accumulate(loco_backend *be, loco_tensor *y, const loco_
     loco_status st = loco_tensor_alloc(be, y->dtype, y->ndim, y->shape, &t, err);
     if (st == LOCO_OK) st = loco_linear(be, &t, x, w, bias, LOCO_ACT_NONE, err);
     if (st == LOCO_OK) st = loco_add(be, y, &t, y, err);
+    loco_tensor_free(&t);
+    return st;
+}
+
+loco_status loco_linear_geglu(loco_backend *be, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
+                              const loco_tensor *bias, loco_err *err) {
+    const char *op = "linear_geglu";
+    shapes s;
+    TRY(check_weight(be, op, y, x, w, err));
+    const int64_t K = w->shape[1], N2 = w->shape[0];
+    if (x->ndim < 1 || x->shape[x->ndim - 1] != K)
+        return loco_err_set(err, LOCO_EINVAL, "%s: x %s must end in w %s's %lld in_features", op, shp(&s, 0, x),
+                            shp(&s, 1, w), (long long)K);
+    if (N2 % 2 != 0)
+        return loco_err_set(err, LOCO_EINVAL, "%s: w %s must have an even number of rows (h, then the gate)", op,
+                            shp(&s, 0, w));
+    int shape_ok = y->ndim == x->ndim && y->shape[y->ndim - 1] == N2 / 2;
+    for (int i = 0; shape_ok && i < x->ndim - 1; i++) shape_ok = y->shape[i] == x->shape[i];
+    if (!shape_ok)
+        return loco_err_set(err, LOCO_EINVAL, "%s: y %s must be x %s with the last dimension %lld (w %s, halved)", op,
+                            shp(&s, 0, y), shp(&s, 1, x), (long long)(N2 / 2), shp(&s, 2, w));
+    TRY(check_bias_alias(be, op, y, x, w, bias, err));
+    if (loco_tensor_numel(y) == 0) return LOCO_OK;
+    if (be->ops->linear_geglu) {
+        double t0 = prof_begin(be);
+        const loco_status op_st = be->ops->linear_geglu(be, y, x, w, bias, err);
+        const double flops = 4.0 * (double)loco_tensor_numel(y) * (double)K;
+        if (op_st != LOCO_EUNSUPPORTED) return prof_end(be, LOCO_OP_LINEAR, op, y, w, flops, t0, op_st);
+    }
+    /* the unfused form, exactly what a caller would write: t = linear(x), y = geglu(t) */
+    int64_t shape[LOCO_MAX_DIMS];
+    memcpy(shape, y->shape, sizeof shape);
+    shape[y->ndim - 1] = N2;
+    loco_tensor t = {0};
+    loco_status st = loco_tensor_alloc(be, y->dtype, y->ndim, shape, &t, err);
+    if (st == LOCO_OK) st = loco_linear(be, &t, x, w, bias, LOCO_ACT_NONE, err);
+    if (st == LOCO_OK) st = loco_geglu(be, y, &t, err);
     loco_tensor_free(&t);
     return st;
 }

@@ -30,6 +30,7 @@ attn   a_d64   1 64 77 2 64 0
 gn     g_silu  1 32 8 8 8 1
 ln     l_n     32 64
 geglu  gg      16 32
+ffgeglu fg     64 128 128
 resconv rc     2 32 8 8
 temb   tb      2 64
 proj   pj      2 32 64
@@ -47,13 +48,14 @@ MAIN_ROWS = (
     + ["l_gelu", "l_gelu@tuned"]
     + [f"a_d40{s}" for s in FLASH + ["@short_off"]]
     + [f"a_d64{s}" for s in FLASH + ["@short_off"]]
-    + ["g_silu", "l_n", "gg", "rc", "rc@unfused", "tb", "tb@unfused", "pj", "pj@unfused"]
+    + ["g_silu", "l_n", "gg", "fg", "rc", "rc@unfused", "tb", "tb@unfused", "pj", "pj@unfused"]
     + ["sa", "sa@fa_classic", "sa@fa_stages3", "sa@fa_ilp3", "sa@fa_ilp3q", "sa@apart"]
 )
 WGMMA_ROWS = (["c_f16@wgmma", "c_b4@wgmma"] + [f"{n}@fa_wgmma{t}" for n in ("a_d40", "a_d64", "sa") for t in ("", "128")]
               + [f"{n}@fa_wgmma3" for n in ("a_d64", "sa")]
               + [f"{n}@fa_wgmma_ws{t}" for n in ("a_d40", "a_d64", "sa") for t in ("", "128")]
-              + [f"{n}@fa_wgmma_ws3" for n in ("a_d64", "sa")])
+              + [f"{n}@fa_wgmma_ws3" for n in ("a_d64", "sa")]
+              + ["fg@geglu_wgmma"])
 
 
 def _run(tmp_path, *extra):

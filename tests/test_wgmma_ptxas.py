@@ -17,7 +17,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 NVCC = os.environ.get("NVCC", "nvcc")
-FILES = ["kernels/cuda/attention_wgmma.cu", "kernels/cuda/attention_wgmma_ws.cu", "kernels/cuda/conv_wgmma.cu"]
+FILES = ["kernels/cuda/attention_wgmma.cu", "kernels/cuda/attention_wgmma_ws.cu", "kernels/cuda/conv_wgmma.cu",
+         "kernels/cuda/gemm_wgmma.cu"]
 
 
 @pytest.mark.parametrize("source", FILES)

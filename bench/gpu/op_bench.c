@@ -18,7 +18,8 @@
  * attention_short.cu's (LOCO_CUDA_FLASH_SHORT=0: "name@short_off"); and, in the --wgmma run, with the
  * experimental Hopper kernel ("name@fa_wgmma", "name@fa_wgmma128" with 128-key tiles, and at head
  * dims 64 and 80 "name@fa_wgmma3" with 192-row blocks of three warpgroups; "name@fa_wgmma_ws",
- * "name@fa_wgmma_ws3" and "name@fa_wgmma_ws128" warp-specialised, a producer warp loading K/V). resconv rows (a ResNet block's
+ * "name@fa_wgmma_ws3" and "name@fa_wgmma_ws128" warp-specialised, a producer warp loading K/V;
+ * ffgeglu rows as "name@geglu_wgmma": the feed-forward's GEMM and GEGLU in one kernel). resconv rows (a ResNet block's
  * GroupNorm+SiLU, conv, residual add) time loco_conv2d_fused and the three separate ops
  * ("name@unfused"). selfattn rows (a transformer block's q, k, v projections and attention)
  * time the stacked projection with packed attention and the three projections apart
@@ -180,6 +181,7 @@ static loco_status run_op(loco_backend *be, const bench_op *op, loco_tensor *t, 
     }
     if (!strcmp(op->kind, "gn")) return loco_group_norm(be, &t[3], &t[0], (int)a[4], &t[1], &t[2], 1e-5f, (int)a[5], err);
     if (!strcmp(op->kind, "ln")) return loco_layer_norm(be, &t[3], &t[0], &t[1], &t[2], 1e-5f, err);
+    if (!strcmp(op->kind, "ffgeglu")) return loco_linear_geglu(be, &t[3], &t[0], &t[1], &t[2], err);
     return loco_geglu(be, &t[3], &t[0], err);
 }
 
@@ -263,6 +265,12 @@ static int setup(loco_backend *be, const bench_op *op, loco_tensor *t, double *w
             return -1;
         *work = 2.0 * a[0] * a[1] * 2;
         *is_bytes = 1;
+    } else if (!strcmp(op->kind, "ffgeglu")) {
+        int64_t xs[2] = {a[0], a[1]}, ws[2] = {2 * a[2], a[1]}, bs[1] = {2 * a[2]}, ys[2] = {a[0], a[2]};
+        if (rand_tensor(be, 2, xs, 1.0f, &seed, &t[0]) || rand_tensor(be, 2, ws, 0.05f, &seed, &t[1]) ||
+            rand_tensor(be, 1, bs, 0.1f, &seed, &t[2]) || rand_tensor(be, 2, ys, 0.0f, &seed, &t[3]))
+            return -1;
+        *work = 2.0 * a[0] * a[1] * 2 * a[2];
     } else if (!strcmp(op->kind, "geglu")) {
         int64_t xs[2] = {a[0], 2 * a[1]}, ys[2] = {a[0], a[1]};
         if (rand_tensor(be, 2, xs, 1.0f, &seed, &t[0]) || rand_tensor(be, 2, ys, 0.0f, &seed, &t[3])) return -1;
@@ -389,6 +397,7 @@ static int wgmma_rows(const char *path, int reps) {
     static const char *const ws_env[3] = {"LOCO_CUDA_FLASH=wgmma_ws", "LOCO_CUDA_FLASH_SHORT=0", NULL};
     static const char *const ws3_env[3] = {"LOCO_CUDA_FLASH=wgmma_ws3", "LOCO_CUDA_FLASH_SHORT=0", NULL};
     static const char *const ws128_env[3] = {"LOCO_CUDA_FLASH=wgmma_ws128", "LOCO_CUDA_FLASH_SHORT=0", NULL};
+    static const char *const geglu_env[3] = {"LOCO_CUDA_GEGLU=wgmma", NULL, NULL};
     loco_backend *be = forced_backend_create(wgmma_env);
     loco_backend *be128 = be ? forced_backend_create(wgmma128_env) : NULL;
     loco_backend *be3 = be128 ? forced_backend_create(wgmma3_env) : NULL;
@@ -398,7 +407,12 @@ static int wgmma_rows(const char *path, int reps) {
     loco_backend *bews = be3 && !skip_ws ? forced_backend_create(ws_env) : NULL;
     loco_backend *bews3 = bews ? forced_backend_create(ws3_env) : NULL;
     loco_backend *bews128 = bews3 ? forced_backend_create(ws128_env) : NULL;
-    if (!be || !be128 || !be3 || (!skip_ws && (!bews || !bews3 || !bews128))) {
+    /* LOCO_OPBENCH_SKIP_GEGLU=1 (gpu-check, after the one-kernel GEMM + GEGLU's test failed) */
+    const char *skip_geglu_env = getenv("LOCO_OPBENCH_SKIP_GEGLU");
+    const int skip_geglu = skip_geglu_env && skip_geglu_env[0] == '1';
+    loco_backend *begeglu = be3 && !skip_geglu ? forced_backend_create(geglu_env) : NULL;
+    if (!be || !be128 || !be3 || (!skip_geglu && !begeglu) || (!skip_ws && (!bews || !bews3 || !bews128))) {
+        loco_backend_destroy(begeglu);
         loco_backend_destroy(bews128);
         loco_backend_destroy(bews3);
         loco_backend_destroy(bews);
@@ -424,7 +438,9 @@ static int wgmma_rows(const char *path, int reps) {
         if (bews3 && (d == 64 || d == 80) && time_op(bews3, &op, reps, "@fa_wgmma_ws3") != 0) failures++;
         if (bews128 && (d == 40 || d == 64 || d == 80) && time_op(bews128, &op, reps, "@fa_wgmma_ws128") != 0)
             failures++;
+        if (begeglu && !strcmp(op.kind, "ffgeglu") && time_op(begeglu, &op, reps, "@geglu_wgmma") != 0) failures++;
     }
+    loco_backend_destroy(begeglu);
     loco_backend_destroy(bews128);
     loco_backend_destroy(bews3);
     loco_backend_destroy(bews);

@@ -99,6 +99,16 @@ def make(op, args):
             return h * F.gelu(gate)
 
         return geglu
+    if op == "ffgeglu":
+        # diffusers' GEGLU module: ff.net.0.proj (one linear to 2N), chunk, h * gelu(gate)
+        rows, k, n = map(int, args)
+        x, wt, b = r(rows, k), r(2 * n, k) * 0.05, r(2 * n) * 0.1
+
+        def ffgeglu():
+            h, gate = F.linear(x, wt, b).chunk(2, dim=-1)
+            return h * F.gelu(gate)
+
+        return ffgeglu
     raise ValueError(f"unknown op kind {op}")
 
 

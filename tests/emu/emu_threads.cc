@@ -89,9 +89,13 @@ struct fiber {
     const uint64_t *mbar = nullptr; /* F_MBAR: the mbarrier whose phase it waits for */
 };
 
-/* A named barrier's phase in progress: threads arrived, and the count its participants named. */
+/* A named barrier's phase in progress: threads arrived, the count its participants named, and
+ * the lanes of each warp among them (bar.sync and bar.arrive are .aligned: a GPU counts a warp's
+ * arrival as its 32 threads at once, so a warp that reaches the barrier with only some lanes,
+ * or with its lanes split over two phases, counts differently there than thread by thread). */
 struct named_bar {
     int arrived = 0, count = 0;
+    unsigned char lanes[32] = {}; /* 1024 threads at most: 32 warps */
 };
 #define EMU_NAMED_BARRIERS 16
 
@@ -270,7 +274,15 @@ void named_barrier(unsigned id, unsigned count, int wait) {
     named_bar &b = r->named[id];
     if (b.arrived > 0 && b.count != (int)count) trap("threads of one named-barrier phase name different counts");
     b.count = (int)count;
+    b.lanes[r->cur->warp]++;
     if (++b.arrived == b.count) {
+        for (int w = 0; w < 32; w++) {
+            const int lanes_of_warp = std::min(32, r->n - w * 32);
+            if (b.lanes[w] != 0 && b.lanes[w] != lanes_of_warp)
+                trap("a named-barrier phase completed with a warp that arrived with only some of its lanes "
+                     "(bar.sync/bar.arrive take whole warps)");
+            b.lanes[w] = 0;
+        }
         b.arrived = 0;
         fiber *woken = nullptr;
         for (int i = 0; i < r->n; i++)

@@ -176,6 +176,52 @@ TEST(cuda_attention_wgmma_ws_no_pingpong) {
     CHECK(ok);
 }
 
+/* loco_linear_geglu under LOCO_CUDA_GEGLU=wgmma (gemm_wgmma.cu: the GEMM and GEGLU in one kernel)
+ * against the CPU's linear then geglu, twice for the same bits. */
+static int check_linear_geglu(loco_dtype dt, int64_t M, int64_t K, int64_t N, int bias, const char *blocks,
+                              uint64_t seed) {
+    if (blocks) setenv("LOCO_CUDA_GEGLU_BLOCKS", blocks, 1);
+    char why[1100];
+    genv e;
+    const int opened = genv_open(&e, dt, seed, why, sizeof why);
+    if (blocks) unsetenv("LOCO_CUDA_GEGLU_BLOCKS");
+    if (opened != 1) return fprintf(stderr, "%s\n", why), 0;
+    int64_t xs[2] = {M, K}, ws[2] = {2 * N, K}, bs[1] = {2 * N}, ys[2] = {M, N};
+    twin x, w, b, y, y2;
+    memset(&b, 0, sizeof b);
+    int ok = twin_rand(&e, 2, xs, 1.0f, 0.0f, &x) && twin_rand(&e, 2, ws, 0.1f, 0.0f, &w) &&
+             (!bias || twin_rand(&e, 1, bs, 0.5f, 0.0f, &b)) && twin_out(&e, 2, ys, &y) && twin_out(&e, 2, ys, &y2);
+    ok = ok && both_ok(&e, loco_linear_geglu(e.cpu, &y.c, &x.c, &w.c, bias ? &b.c : NULL, &e.errc),
+                       loco_linear_geglu(e.gpu, &y.g, &x.g, &w.g, bias ? &b.g : NULL, &e.errg), "linear_geglu");
+    ok = ok && both_ok(&e, LOCO_OK, loco_linear_geglu(e.gpu, &y2.g, &x.g, &w.g, bias ? &b.g : NULL, &e.errg),
+                       "linear_geglu again");
+    char what[96];
+    snprintf(what, sizeof what, "linear_geglu %s [%lld, %lld] -> %lld", loco_dtype_name(dt), (long long)M,
+             (long long)K, (long long)N);
+    ok = ok && twin_close(&y, tol_for(dt), what) && same_bits(&y.g, &y2.g, what);
+    twin_free(&x), twin_free(&w), twin_free(&y), twin_free(&y2);
+    if (bias) twin_free(&b);
+    genv_close(&e);
+    return ok;
+}
+
+/* Row tiles past M, several column and k tiles, one k tile per tile, blocks that take several
+ * tiles each (the stage ring and its mbarrier phases running on across tiles), more row tiles
+ * than a group of the tile order, no bias, bf16, and a K the kernel declines (the unfused calls). */
+TEST(cuda_linear_geglu_wgmma) {
+    HOPPER_OR_SKIP(hopper, 290);
+    setenv("LOCO_CUDA_GEGLU", "wgmma", 1);
+    int ok = gpu_describe_has(hopper ? "geglu: wgmma (experimental)" : "geglu: wgmma unavailable");
+    ok = ok && check_linear_geglu(LOCO_F16, 200, 128, 256, 1, "1", 291); /* 4 tiles, one block */
+    ok = ok && check_linear_geglu(LOCO_BF16, 77, 320, 128, 0, NULL, 292); /* 5 k tiles, no bias */
+    ok = ok && check_linear_geglu(LOCO_F16, 300, 64, 384, 1, "2", 293);   /* 1 k tile, 9 tiles on 2 blocks */
+    ok = ok && check_linear_geglu(LOCO_F16, 2181, 64, 128, 1, "3", 294);  /* 18 row tiles: two groups */
+    ok = ok && check_linear_geglu(LOCO_BF16, 1000, 640, 256, 1, NULL, 296); /* SD-XL's K at 64^2 */
+    ok = ok && check_linear_geglu(LOCO_F16, 50, 100, 128, 1, NULL, 295);  /* K % 64 != 0: declined */
+    unsetenv("LOCO_CUDA_GEGLU");
+    CHECK(ok);
+}
+
 /* LOCO_CUDA_FLASH=classic, =stages3, =ilp3 and =ilp3q force one variant of the mma.sync kernel's
  * 128-row blocks for head dims 40, 64 and 80 (by default 64 and 80 take ilp3, 40 the classic loop
  * or stages3): stages3 has three K/V stages with one barrier per key tile, ilp3 that and the

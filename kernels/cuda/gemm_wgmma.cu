@@ -1,0 +1,297 @@
+/* gemm_wgmma.cu: a transformer feed-forward's first GEMM with its GEGLU in the epilogue,
+ *     y[m, j] = h * gelu(g),   h = x[m, :] . w[j, :] + b[j],   g = x[m, :] . w[N + j, :] + b[N + j]
+ * (x [M, K], w [2N, K], y [M, N]; diffusers' GEGLU: ff.net.0.proj, then chunk and gelu), on
+ * Hopper's wgmma, warp-specialised. EXPERIMENTAL, used only under LOCO_CUDA_GEGLU=wgmma, for
+ * f16/bf16 with K a multiple of 64 and N of 128 (every SD 1.x/2.x/XL feed-forward). Not yet
+ * timed on a GPU; correct on the emulator (tests/emu) in every `make test`.
+ *
+ * Why: SD-XL's batch-8 UNet call spends 11.5 ms (of 233) in the separate GEGLU pass (run 6
+ * profile: it reads the GEMM's [16384, 2 x 5120] output and writes half of it, at 3.5 TB/s,
+ * already near the memory's speed). Folded into the GEMM, the pass goes and the GEMM writes half
+ * the bytes; it pays only if this GEMM keeps close to cuBLASLt's 709 TFLOP/s on those shapes
+ * (op_bench's "@geglu_wgmma" rows tell). cuBLASLt has no epilogue that multiplies two columns.
+ *
+ * Tile: 128 rows x 256 GEMM columns, the 256 being 128 outputs' h and g interleaved by 8 (column
+ * block 2i holds h of outputs 8i..8i+7, block 2i + 1 their g), so that each thread's
+ * accumulators hold an output's h and g side by side (wgmma's m64nNk16 layout: d[4 c + e] is row
+ * g + 8 (e / 2), column 8 c + 2 t + e % 2 of block c) and the epilogue needs no exchange. The
+ * producer reads w's rows in that order; w itself is the checkpoint's.
+ *
+ * Block: three warpgroups. Warpgroup 2 loads (every thread: 24 cp.async of 16 bytes per k-tile),
+ * warpgroups 0 and 1 each compute 64 rows x 256 columns (128 fp32 accumulators a thread) with
+ * four m64n256k16 products per 64-deep k-tile. Persistent: one block per SM walks tiles
+ * blockIdx.x, + gridDim.x, ..., in groups of GW_GROUP_M row tiles (each group sweeps every column
+ * tile with its rows of x resident in L2, and concurrent blocks share w's rows).
+ *
+ * Shared memory (GW_STAGES stages of A 128 x 64 and B 256 x 64): K-major, no swizzle, 8 x 16-byte
+ * core matrices; element (r, k) at (r / 8) 1024 + (k / 8) 128 + (r % 8) 16 + (k % 8) 2 (LBO 128,
+ * SBO 1024, as the H200's layout self-test confirmed for conv_wgmma.cu's operands). A warp's 32
+ * cp.async fill 512 contiguous bytes (lanes: 8 rows x 4 chunks of a row group).
+ *
+ * Synchronisation (attention_wgmma_ws.cu's protocol, per k-step s counted over all of a block's
+ * tiles, stage s % S, its (s / S)-th use):
+ *   producer: waits for empty[stage] phase (s / S) - 1 (from s = S on), issues step s's copies,
+ *             commits them, then waits for step s - GW_LAG's, fences them for the async proxy
+ *             and arrives on full[(s - LAG) % S] (128 arrivals a phase);
+ *   consumer: waits for full[stage] phase s / S, issues the four products, and once the wait
+ *             that retires them has run (the next step's wait_group 1, or a tile's last
+ *             wait_group 0) arrives on empty[stage] (256 arrivals a phase). */
+#include <string.h>
+
+#include "block_sync.cuh"
+#include "cuda_device.h"
+#include "gemm_wgmma_products.cuh"
+
+/* 1 only in the sm_90a image (the Makefile builds this file for sm_90a alone). */
+__device__ const int gw_image_ok = WG_DEVICE_OK;
+
+#define GW_BM 128     /* rows of x per tile: two warpgroups of 64 */
+#define GW_BN 256     /* GEMM columns per tile: 128 outputs' h and g */
+#define GW_OUT 128    /* outputs per tile */
+#define GW_BK 64      /* k per stage */
+#define GW_STAGES 4   /* 48 KB each */
+#define GW_LAG 2      /* steps whose copies stay in flight beside the one published */
+#define GW_GROUP_M 16 /* row tiles per group of the tile order */
+#define GW_THREADS 384
+#define GW_A_BYTES (GW_BM * GW_BK * 2)
+#define GW_B_BYTES (GW_BN * GW_BK * 2)
+#define GW_STAGE_BYTES (GW_A_BYTES + GW_B_BYTES)
+#define GW_BARS (GW_STAGES * GW_STAGE_BYTES)
+#define GW_SMEM (GW_BARS + 2 * GW_STAGES * 8)
+/* Consumers release step s in step s + 1, which needs step s + 1 published; the producer waits
+ * for that release before step s + S, having published up to s + S - 1 - LAG by then. */
+static_assert(GW_STAGES >= GW_LAG + 2, "the producer would wait for a stage no consumer can release");
+/* Registers: the launch gives 65536 / 384 = 170, rounded down to 168, a thread; the producer
+ * keeps 40 and the consumers take 232 (128 accumulators, descriptors, the epilogue's bias and
+ * addresses): 128 x 40 + 256 x 232 = 64512 = 384 x 168. */
+#define GW_PRODUCER_REGS 40
+#define GW_CONSUMER_REGS 232
+static_assert(128 * GW_PRODUCER_REGS + 256 * GW_CONSUMER_REGS <= 168 * GW_THREADS,
+              "setmaxnreg asks for more registers than the launch gives the block");
+
+struct gw_params {
+    const void *x, *w, *b; /* b: [2N] or NULL */
+    void *y;
+    int m, k, n;           /* n: outputs (w has 2n rows) */
+    int tiles_m, tiles_n;
+};
+
+/* Tile `tile`'s row and column tiles: groups of GW_GROUP_M row tiles (fewer in the last), each
+ * sweeping the column tiles with its row tiles fastest. */
+__device__ __forceinline__ void gw_tile_coords(const gw_params &p, int tile, int *tm, int *tn) {
+    const int per_group = GW_GROUP_M * p.tiles_n, group = tile / per_group;
+    const int first = group * GW_GROUP_M, rows = p.tiles_m - first < GW_GROUP_M ? p.tiles_m - first : GW_GROUP_M;
+    const int local = tile - group * per_group;
+    *tm = first + local % rows;
+    *tn = local / rows;
+}
+
+/* Step (tile tm/tn, k-tile kt)'s copies from this producer thread (warp pw of the producer
+ * warpgroup, lane l): A's 16 row groups and B's 32, two warp instructions (chunks 0-3, 4-7) per
+ * row group. B's row group c is column block c of the tile: h rows (c even) or g rows (c odd) of
+ * outputs tn * 128 + (c / 2) * 8 + 0..7. Rows of x past M become zeros. */
+/* Few registers (the producer keeps GW_PRODUCER_REGS): one pointer into x and one into w per
+ * step, the rest 32-bit offsets from them (the host checked 2n k < 2^31) and immediates. */
+template <typename T>
+__device__ __forceinline__ void gw_load_step(unsigned char *sa, unsigned char *sb, const gw_params &p, int tm, int tn,
+                                             int kt, int pw, int l) {
+    const int r8 = l & 7, c4 = l >> 3, k8 = 8 * p.k;
+    const int row0 = tm * GW_BM + pw * 32 + r8; /* this thread's row of its first row group */
+    const T *xb = (const T *)p.x + (int64_t)row0 * p.k + kt * GW_BK + c4 * 8;
+    const T *wb = (const T *)p.w + (int64_t)(tn * GW_OUT + pw * 32 + r8) * p.k + kt * GW_BK + c4 * 8;
+    unsigned char *da = sa + pw * 4 * 1024 + c4 * 128 + r8 * 16, *db = sb + pw * 8 * 1024 + c4 * 128 + r8 * 16;
+#pragma unroll
+    for (int q = 0; q < 4; q++) { /* A's row groups pw * 4 + q */
+        const bool ok = row0 + 8 * q < p.m;
+#pragma unroll
+        for (int h = 0; h < 2; h++) /* chunks c4 and c4 + 4 */
+            cp_async16(da + q * 1024 + h * 512, ok ? xb + q * k8 + h * 32 : (const T *)p.x, ok ? 16 : 0);
+    }
+#pragma unroll
+    for (int j = 0; j < 8; j++) { /* B's row groups pw * 8 + j: h rows (j even) or g rows of outputs + (j / 2) * 8 */
+        const int off = (j & 1) * p.n * p.k + (j >> 1) * k8;
+#pragma unroll
+        for (int h = 0; h < 2; h++) cp_async16(db + j * 1024 + h * 512, wb + off + h * 32, 16);
+    }
+}
+
+/* The producer warpgroup's loop (the synchronisation above). */
+template <typename T>
+__device__ __forceinline__ void gw_produce(unsigned char *smem, uint64_t *full, uint64_t *empty, const gw_params &p,
+                                           int pw, int l) {
+    const int ktiles = p.k / GW_BK, tiles = p.tiles_m * p.tiles_n;
+    int s = 0;
+    for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+        int tm, tn;
+        gw_tile_coords(p, tile, &tm, &tn);
+        for (int kt = 0; kt < ktiles; kt++, s++) {
+            const int st = s % GW_STAGES;
+            if (s >= GW_STAGES) mbar_wait(&empty[st], (unsigned)(s / GW_STAGES - 1) & 1u);
+            unsigned char *sa = smem + st * GW_STAGE_BYTES;
+            gw_load_step<T>(sa, sa + GW_A_BYTES, p, tm, tn, kt, pw, l);
+            cp_async_commit();
+            if (s >= GW_LAG) {
+                cp_async_wait<GW_LAG>(); /* step s - LAG's copies from this thread */
+                wg_fence_proxy();
+                mbar_arrive(&full[(s - GW_LAG) % GW_STAGES]);
+            }
+        }
+    }
+    /* the last LAG steps (fewer when there were fewer) */
+    static_assert(GW_LAG == 2, "the tail below publishes two steps");
+    if (s >= 2) {
+        cp_async_wait<1>();
+        wg_fence_proxy();
+        mbar_arrive(&full[(s - 2) % GW_STAGES]);
+    }
+    if (s >= 1) {
+        cp_async_wait<0>();
+        wg_fence_proxy();
+        mbar_arrive(&full[(s - 1) % GW_STAGES]);
+    }
+}
+
+/* The epilogue of one warpgroup's 64 rows: h and g rounded to T with their biases (what the
+ * unfused GEMM stores), then y = h * gelu(g) rounded once, as geglu_kernel computes it. */
+template <typename T>
+__device__ __forceinline__ void gw_store(const float (&d)[GW_BN / 2], const gw_params &p, int row0, int tn, int lane) {
+    const int g = lane >> 2, t = lane & 3;
+    const T *b = (const T *)p.b;
+    T *y = (T *)p.y;
+#pragma unroll
+    for (int i = 0; i < GW_OUT / 8; i++) {
+        const int col = tn * GW_OUT + i * 8 + 2 * t;
+        float bh[2] = {0.0f, 0.0f}, bg[2] = {0.0f, 0.0f};
+        if (b) {
+            bh[0] = to_f32(b[col]), bh[1] = to_f32(b[col + 1]);
+            bg[0] = to_f32(b[p.n + col]), bg[1] = to_f32(b[p.n + col + 1]);
+        }
+#pragma unroll
+        for (int half = 0; half < 2; half++) {
+            const int row = row0 + g + 8 * half;
+            if (row >= p.m) continue;
+            T out[2];
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                const float h = to_f32(from_f32<T>(d[4 * (2 * i) + 2 * half + e] + bh[e]));
+                const float gate = to_f32(from_f32<T>(d[4 * (2 * i + 1) + 2 * half + e] + bg[e]));
+                out[e] = from_f32<T>(h * act_apply(gate, LOCO_ACT_GELU));
+            }
+            uint32_t packed;
+            memcpy(&packed, out, 4);
+            *(uint32_t *)(y + (int64_t)row * p.n + col) = packed;
+        }
+    }
+}
+
+/* A consumer warpgroup (wg 0 or 1): its 64 rows of every tile of the block. */
+template <typename T>
+__device__ __forceinline__ void gw_consume(unsigned char *smem, uint64_t *full, uint64_t *empty, const gw_params &p,
+                                           int wg, int lane_in_wg) {
+    const int ktiles = p.k / GW_BK, tiles = p.tiles_m * p.tiles_n, warp = lane_in_wg >> 5, lane = lane_in_wg & 31;
+    float d[GW_BN / 2];
+    int s = 0;
+    for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+        int tm, tn;
+        gw_tile_coords(p, tile, &tm, &tn);
+#pragma unroll
+        for (int i = 0; i < GW_BN / 2; i++) d[i] = 0.0f;
+        for (int kt = 0; kt < ktiles; kt++, s++) {
+            const int st = s % GW_STAGES;
+            mbar_wait(&full[st], (unsigned)(s / GW_STAGES) & 1u);
+            const unsigned char *sa = smem + st * GW_STAGE_BYTES + wg * 8 * 1024, *sb = smem + st * GW_STAGE_BYTES + GW_A_BYTES;
+            wg_fence();
+            wg_fence_acc(d);
+#pragma unroll
+            for (int kk = 0; kk < GW_BK / 16; kk++) /* a k16 step: two core matrices along k */
+                gw_mma<T>(d, wg_desc(sa + kk * 256, 128, 1024), wg_desc(sb + kk * 256, 128, 1024));
+            wg_commit();
+            wg_fence_acc(d);
+            if (kt > 0) { /* the previous step's products have retired: its stage goes back */
+                wg_wait<1>();
+                wg_fence_acc(d);
+                mbar_arrive(&empty[(s - 1) % GW_STAGES]);
+            }
+        }
+        wg_wait_all();
+        wg_fence_acc(d);
+        if (ktiles > 0) mbar_arrive(&empty[(s - 1) % GW_STAGES]);
+        gw_store<T>(d, p, tm * GW_BM + wg * 64 + warp * 16, tn, lane);
+    }
+}
+
+template <typename T> __global__ void __launch_bounds__(GW_THREADS, 1) gw_geglu_kernel(const gw_params p) {
+    extern __shared__ __align__(128) unsigned char wg_smem[];
+    uint64_t *full = (uint64_t *)(wg_smem + GW_BARS), *empty = full + GW_STAGES;
+    const int tid = threadIdx.x, wg = tid >> 7;
+    if (tid == 0)
+        for (int i = 0; i < GW_STAGES; i++) {
+            mbar_init(&full[i], 128);
+            mbar_init(&empty[i], 256);
+        }
+    __syncthreads();
+    if (wg == 2) {
+        wg_setmaxnreg_dec<GW_PRODUCER_REGS>();
+        gw_produce<T>(wg_smem, full, empty, p, (tid >> 5) & 3, tid & 31);
+    } else {
+        wg_setmaxnreg_inc<GW_CONSUMER_REGS>();
+        gw_consume<T>(wg_smem, full, empty, p, wg, tid & 127);
+    }
+}
+
+/* ---- host ----------------------------------------------------------------------------------- */
+
+#define GW_FOR_EACH(X) X(__half) X(__nv_bfloat16)
+
+extern "C" loco_status cuda_geglu_wgmma_setup(cuda_impl *c, loco_err *err) {
+    (void)err;
+    c->geglu_wgmma_ok = 0;
+    if (!c->geglu_wgmma || c->cc_major != 9 || c->cc_minor != 0) return LOCO_OK;
+    int image_ok = 0;
+    cudaError_t e = cudaMemcpyFromSymbol(&image_ok, gw_image_ok, sizeof image_ok);
+#define GW_SET(T)                                                                                              \
+    if (e == cudaSuccess && image_ok)                                                                          \
+        e = cudaFuncSetAttribute(gw_geglu_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, GW_SMEM);
+    GW_FOR_EACH(GW_SET)
+#undef GW_SET
+    if (e != cudaSuccess) {
+        cudaGetLastError(); /* not sticky: the next call must not report it */
+        return LOCO_OK;
+    }
+    c->geglu_wgmma_ok = image_ok;
+    return LOCO_OK;
+}
+
+static int aligned16(const void *p) { return ((uintptr_t)p & 15u) == 0; }
+
+/* y [rows, n] = GEGLU(x [rows, k] . w[2n, k]ᵀ + b), or LOCO_EUNSUPPORTED (before launching
+ * anything) where this kernel does not take the call: the caller then runs the GEMM and the
+ * GEGLU pass. */
+extern "C" loco_status cuda_op_linear_geglu(loco_backend *be, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
+                                            const loco_tensor *bias, loco_err *err) {
+    CUDA_TRY(cuda_enter(be, err));
+    cuda_impl *c = cuda_of(be);
+    const loco_dtype dt = y->dtype;
+    const int64_t k = w->shape[1], n = y->shape[y->ndim - 1], rows = loco_tensor_numel(y) / (n > 0 ? n : 1);
+    if (!c->geglu_wgmma_ok || (dt != LOCO_F16 && dt != LOCO_BF16) || k % GW_BK != 0 || n % GW_OUT != 0 ||
+        rows <= 0 || rows > INT32_MAX - GW_BM || 2 * n * k > INT32_MAX || !aligned16(x->data) ||
+        !aligned16(w->data) || !aligned16(y->data))
+        return LOCO_EUNSUPPORTED;
+    gw_params p;
+    memset(&p, 0, sizeof p);
+    p.x = x->data, p.w = w->data, p.b = bias ? bias->data : NULL, p.y = y->data;
+    p.m = (int)rows, p.k = (int)k, p.n = (int)n;
+    p.tiles_m = (int)((rows + GW_BM - 1) / GW_BM), p.tiles_n = (int)(n / GW_OUT);
+    const int64_t tiles = (int64_t)p.tiles_m * p.tiles_n;
+    if (tiles > INT32_MAX) return LOCO_EUNSUPPORTED;
+    const int blocks = c->geglu_blocks > 0 ? c->geglu_blocks : c->sm_count;
+    const unsigned grid = (unsigned)(tiles < blocks ? tiles : blocks);
+#define GW_LAUNCH(T)                                                                                           \
+    if (dt == cuda_dtype_of<T>::value) {                                                                       \
+        LOCO_LAUNCH(grid, GW_THREADS, GW_SMEM, c->stream, gw_geglu_kernel<T>)(p);                              \
+        return cuda_check_launch("gw_geglu_kernel", err);                                                      \
+    }
+    GW_FOR_EACH(GW_LAUNCH)
+#undef GW_LAUNCH
+    return LOCO_EUNSUPPORTED;
+}
