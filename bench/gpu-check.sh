@@ -26,8 +26,10 @@
 #      which (T/N);
 #   6. times a LocoGen sweep (SD 1.5 512^2, 50 steps, every window of 2 layers) batched vs one
 #      image at a time (bench/locogen_batched.c --device cuda);
-#   7. budget permitting: SD-XL at batch 8 timed again with LOCO_CUDA_FLASH=ilp3q, =wgmma_ws3 and
-#      LOCO_CUDA_GEGLU=wgmma;
+#   7. budget permitting: SD-XL at batch 8 timed again with every opt-in setting that beat the
+#      default on its op rows, together (bench/gpu/pick_candidates.py; RESULT tag "best"), then
+#      with LOCO_CUDA_FLASH=ilp3q, =wgmma_ws3,
+#      LOCO_CUDA_GEGLU=wgmma and LOCO_CUDA_LINEAR=wgmma;
 #      the UNet-call and pipeline parity tests again with the opt-in paths:
 #      LOCO_CUDA_IM2COL_OVERLAP=1, then LOCO_CUDA_CONV=rows and LOCO_CUDA_CONV=wgmma (with the VAE
 #      decodes), then LOCO_CUDA_FLASH=ilp3q, =wgmma, =wgmma128, =wgmma3 and =wgmma_ws3 (with the
@@ -37,9 +39,10 @@
 #
 # Logs and tables go to $GPU_CHECK_DIR (default: $OUT when set, else build/gpu-check).
 # Usage: bench/gpu-check.sh [--quick | --candidates]   (--quick: parity only, no timings;
-#   --candidates: loco alone at batch 8, SD-XL then SD 1.5, with the default kernels and with
+#   --candidates: loco alone at batch 8, SD-XL then SD 1.5, with the default kernels, with the
+#   op rows' winners together (as phase 7, when the full check's op table is in $GPU_CHECK_DIR), and with
 #   each candidate default (LOCO_CUDA_FLASH=ilp3q, =wgmma128, =wgmma, =wgmma3, =wgmma_ws3, =wgmma_ws,
-#   =wgmma_ws128, LOCO_CUDA_GEGLU=wgmma, LOCO_CUDA_GEMM_TUNE=1) and with
+#   =wgmma_ws128, LOCO_CUDA_GEGLU=wgmma, LOCO_CUDA_LINEAR=wgmma, LOCO_CUDA_GEMM_TUNE=1) and with
 #   LOCO_CUDA_FLASH_SHORT=0, their RESULT lines side by side and
 #   nothing else: a second call on a warm machine after a full check, whose parity covers them;
 #   --sanitize: compute-sanitizer's memcheck, racecheck and synccheck on the op tests of the
@@ -166,27 +169,40 @@ fi
 # ---- --candidates: the candidate defaults timed against the default, nothing else ----------------
 # loco alone at batch 8 with one variable set: loco_b8 TAG VAR=value family size timed-steps. Its
 # RESULT line is printed renamed impl=loco_TAG (bench/gpu/report.py does not read it).
-loco_b8() {
-    local tag=$1 env=$2 fam=$3 size=$4 timed=$5
+loco_b8() { # tag "VAR=value ..." family size timed-steps
+    local tag=$1 env=$2 fam=$3 size=$4 timed=$5 vars
+    read -r -a vars <<<"$env"
     say "$fam ${size}px batch 8, 50 steps (timed steps $timed) with $env: loco"
-    env "$env" timeout $(($(left) - 5)) "${RUN[@]}" "$BIN_BENCH/pipeline_bench" --device cuda --family "$fam" \
+    env "${vars[@]}" timeout $(($(left) - 5)) "${RUN[@]}" "$BIN_BENCH/pipeline_bench" --device cuda --family "$fam" \
         --size "$size" --batch 8 --steps 50 --timed-steps "$timed" >"$DIR/loco_${fam}_$tag.out" \
         2>"$DIR/loco_${fam}_$tag.err" || tail -3 "$DIR/loco_${fam}_$tag.err"
     grep '^RESULT' "$DIR/loco_${fam}_$tag.out" | sed "s/^RESULT impl=loco /RESULT impl=loco_$tag /" |
-        sed 's/^/gpu-check:   /'
+        tee -a "$DIR/candidates.txt" | sed 's/^/gpu-check:   /'
     grep -q '^RESULT .*s_per_image=' "$DIR/loco_${fam}_$tag.out" ||
         say "the $tag run gave no timing (see $DIR/loco_${fam}_$tag.err)"
 }
+# The opt-in settings that beat the defaults on SD-XL's b8 op rows, together (pick_candidates.py:
+# one line of VAR=value words, empty when none wins), from this run's op table or, for a
+# --candidates call on the same warm machine, the full check's.
+best_env() {
+    [ -s "$DIR/ops_loco.txt" ] && command -v "$PY" >/dev/null 2>&1 || return 0
+    "$PY" bench/gpu/pick_candidates.py "$DIR/ops_loco.txt" 2>"$DIR/pick.txt"
+    sed 's/^/gpu-check:   pick: /' "$DIR/pick.txt" >&2
+}
 if [ $CANDIDATES -eq 1 ]; then
+    BEST_ENV="$(best_env)"
     # family size timed-steps; LOCO_CANDIDATE=default switches nothing
     for model_args in "sdxl 1024 3" "sd1 512 10"; do
         set -- $model_args
+        if [ -n "$BEST_ENV" ] && [ "$(left)" -ge 60 ]; then
+            loco_b8 best "$BEST_ENV" "$1" "$2" "$3"
+        fi
         # tag:VAR=value; the attention candidates first, then GEMM autotuning, then the text
         # attention back on the flash kernel (how much attention_short.cu gives end to end)
         for cand in default:LOCO_CANDIDATE=default ilp3q:LOCO_CUDA_FLASH=ilp3q wgmma128:LOCO_CUDA_FLASH=wgmma128 \
             wgmma:LOCO_CUDA_FLASH=wgmma wgmma3:LOCO_CUDA_FLASH=wgmma3 wgmma_ws3:LOCO_CUDA_FLASH=wgmma_ws3 \
             wgmma_ws:LOCO_CUDA_FLASH=wgmma_ws wgmma_ws128:LOCO_CUDA_FLASH=wgmma_ws128 \
-            geglu_wgmma:LOCO_CUDA_GEGLU=wgmma gemm_tuned:LOCO_CUDA_GEMM_TUNE=1 \
+            geglu_wgmma:LOCO_CUDA_GEGLU=wgmma linear_wgmma:LOCO_CUDA_LINEAR=wgmma gemm_tuned:LOCO_CUDA_GEMM_TUNE=1 \
             short_off:LOCO_CUDA_FLASH_SHORT=0; do
             # GPU_CHECK_CANDIDATES="tag ...": only those (and the default), e.g. the op table's winners
             if [ -n "${GPU_CHECK_CANDIDATES:-}" ] && [ "${cand%%:*}" != default ] &&
@@ -258,7 +274,7 @@ SANITIZED=0
 # The warp-specialised attention's tests (session 10: mbarriers and named barriers never run on a
 # GPU) get 45 s instead of 150: a protocol error there is a hang, and seconds of work must not
 # hold a parity slot for minutes.
-test_limit() { case "$1" in *wgmma_ws* | *geglu_wgmma*) echo 45 ;; *) echo 150 ;; esac; }
+test_limit() { case "$1" in *wgmma_ws* | *geglu_wgmma* | *linear_wgmma*) echo 45 ;; *) echo 150 ;; esac; }
 run_one_test() { # binary test -> prints "<rc> <test> <seconds>"
     local t0 rc
     t0=$(date +%s)
@@ -269,7 +285,7 @@ run_one_test() { # binary test -> prints "<rc> <test> <seconds>"
 export -f run_one_test test_limit
 export DIR
 WS_BAD=0 # a warp-specialised attention test failed: its op rows and timed runs are skipped
-GEGLU_BAD=0 # the one-kernel feed-forward GEMM + GEGLU's test failed: likewise
+GEGLU_BAD=0 # a test of gemm_wgmma.cu (GEMM + GEGLU, or the linear form) failed: likewise
 parity() { # name binary [test-name regex]
     say "parity: $1 (one process per test)"
     local names n_pass=0 n_fail=0 failed_names="" hung_names="" line rc name secs
@@ -288,7 +304,7 @@ parity() { # name binary [test-name regex]
         else
             n_fail=$((n_fail + 1))
             failed_names="$failed_names $name"
-            case "$name" in *wgmma_ws*) WS_BAD=1 ;; *geglu_wgmma*) GEGLU_BAD=1 ;; esac
+            case "$name" in *wgmma_ws*) WS_BAD=1 ;; *geglu_wgmma* | *linear_wgmma*) GEGLU_BAD=1 ;; esac
             local why="exit $rc"
             [ "$rc" = 77 ] && why="skipped on a GPU machine"
             [ "$rc" = 124 ] && why="timed out ($(test_limit "$name") s)" && hung_names="$hung_names $name"
@@ -452,6 +468,7 @@ fi
 # ---- 5. whole models: loco vs diffusers on the same GPU ----------------------------------------------
 RESULTS="$DIR/models.txt"
 : >"$RESULTS"
+: >"$DIR/candidates.txt" # loco_b8's RESULT lines under opt-in settings (impl=loco_<tag>)
 have_diffusers=0
 if [ $have_torch -eq 1 ]; then
     if ls .whl/*.whl >/dev/null 2>&1 && ! "$PY" -c 'import diffusers' >/dev/null 2>&1; then
@@ -535,6 +552,10 @@ rerun() {
 # (LOCO_CUDA_GEMM_TUNE=1, off by default: the choice depends on timings, so processes can differ
 # at fp16 rounding) on SD 1.5, and on SD-XL, whose 1280-wide projections ran at 535-561 TFLOP/s in
 # run 6 against 650-710 for the wider ones.
+# First the combination of every opt-in setting that won its op rows (the number that says how
+# far the candidates together take SD-XL b8; empty when none won or the op table did not run)
+BEST_ENV="$(best_env)"
+if [ -n "$BEST_ENV" ]; then rerun best "$BEST_ENV" sdxl 1024 3 90; else say "no opt-in setting won its op rows"; fi
 rerun ilp3q LOCO_CUDA_FLASH=ilp3q sdxl 1024 3 90
 # the warp-specialised wgmma attention (FlashAttention-3's structure, session 10) unless its op
 # tests failed in phase 3
@@ -542,6 +563,7 @@ rerun ilp3q LOCO_CUDA_FLASH=ilp3q sdxl 1024 3 90
 # the feed-forward's GEMM and GEGLU in one warp-specialised wgmma kernel (session 11; its op
 # test is in phase 3, the tiny models' widths do not reach it, so no pipeline parity rerun)
 [ $GEGLU_BAD -eq 0 ] && rerun geglu_wgmma LOCO_CUDA_GEGLU=wgmma sdxl 1024 3 90
+[ $GEGLU_BAD -eq 0 ] && rerun linear_wgmma LOCO_CUDA_LINEAR=wgmma sdxl 1024 3 90
 optin_parity
 rerun wgmma128 LOCO_CUDA_FLASH=wgmma128 sdxl 1024 3 90
 rerun wgmma LOCO_CUDA_FLASH=wgmma sdxl 1024 3 90
@@ -551,7 +573,7 @@ rerun gemm_tuned LOCO_CUDA_GEMM_TUNE=1 sd1 512 10 45
 rerun gemm_tuned LOCO_CUDA_GEMM_TUNE=1 sdxl 1024 3 90
 say "seconds per image (N=50 steps, guidance on; T/N: T steps timed, the rest extrapolated)"
 if command -v "$PY" >/dev/null 2>&1; then
-    "$PY" bench/gpu/report.py "$RESULTS" | tee "$DIR/report.txt"
+    "$PY" bench/gpu/report.py "$RESULTS" "$DIR/candidates.txt" | tee "$DIR/report.txt"
 else
     cat "$RESULTS"
 fi

@@ -109,7 +109,7 @@ struct loco_backend {
     const loco_backend_ops *ops;
     loco_device device;
     loco_dtype act_dtype;
-    char desc[384];
+    char desc[512];
     size_t mem_current; /* maintained by backend.c */
     size_t mem_peak;
     /* Dtypes the ops accept, as a bit mask (1u << dtype); 0 means act_dtype only. A CUDA

@@ -25,6 +25,7 @@ conv32 c_f32   1 16 8 16 64 3 1 1
 conv   c_1x1   2 16 8 8 32 1 1 0
 conv   c_b4    4 16 8 8 32 3 1 1
 linear l_gelu  16 32 64 gelu
+linear l_none  16 64 256 none
 attn   a_d40   2 64 64 2 40 0
 attn   a_d64   1 64 77 2 64 0
 gn     g_silu  1 32 8 8 8 1
@@ -45,7 +46,7 @@ MAIN_ROWS = (
     + [f"c_f32{s}" for s in CONV_ROUTES]
     + ["c_1x1"]
     + [f"c_b4{s}" for s in CONV_ROUTES + ["@implicit_generic"] + BATCH4]
-    + ["l_gelu", "l_gelu@tuned"]
+    + ["l_gelu", "l_gelu@tuned", "l_none", "l_none@tuned"]
     + [f"a_d40{s}" for s in FLASH + ["@short_off"]]
     + [f"a_d64{s}" for s in FLASH + ["@short_off"]]
     + ["g_silu", "l_n", "gg", "fg", "rc", "rc@unfused", "tb", "tb@unfused", "pj", "pj@unfused"]
@@ -55,7 +56,7 @@ WGMMA_ROWS = (["c_f16@wgmma", "c_b4@wgmma"] + [f"{n}@fa_wgmma{t}" for n in ("a_d
               + [f"{n}@fa_wgmma3" for n in ("a_d64", "sa")]
               + [f"{n}@fa_wgmma_ws{t}" for n in ("a_d40", "a_d64", "sa") for t in ("", "128")]
               + [f"{n}@fa_wgmma_ws3" for n in ("a_d64", "sa")]
-              + ["fg@geglu_wgmma"])
+              + ["fg@geglu_wgmma", "l_none@linear_wgmma"])
 
 
 def _run(tmp_path, *extra):

@@ -19,7 +19,8 @@
  * experimental Hopper kernel ("name@fa_wgmma", "name@fa_wgmma128" with 128-key tiles, and at head
  * dims 64 and 80 "name@fa_wgmma3" with 192-row blocks of three warpgroups; "name@fa_wgmma_ws",
  * "name@fa_wgmma_ws3" and "name@fa_wgmma_ws128" warp-specialised, a producer warp loading K/V;
- * ffgeglu rows as "name@geglu_wgmma": the feed-forward's GEMM and GEGLU in one kernel). resconv rows (a ResNet block's
+ * ffgeglu rows as "name@geglu_wgmma": the feed-forward's GEMM and GEGLU in one kernel, and linear
+ * rows without activation whose widths it takes as "name@linear_wgmma"). resconv rows (a ResNet block's
  * GroupNorm+SiLU, conv, residual add) time loco_conv2d_fused and the three separate ops
  * ("name@unfused"). selfattn rows (a transformer block's q, k, v projections and attention)
  * time the stacked projection with packed attention and the three projections apart
@@ -397,7 +398,7 @@ static int wgmma_rows(const char *path, int reps) {
     static const char *const ws_env[3] = {"LOCO_CUDA_FLASH=wgmma_ws", "LOCO_CUDA_FLASH_SHORT=0", NULL};
     static const char *const ws3_env[3] = {"LOCO_CUDA_FLASH=wgmma_ws3", "LOCO_CUDA_FLASH_SHORT=0", NULL};
     static const char *const ws128_env[3] = {"LOCO_CUDA_FLASH=wgmma_ws128", "LOCO_CUDA_FLASH_SHORT=0", NULL};
-    static const char *const geglu_env[3] = {"LOCO_CUDA_GEGLU=wgmma", NULL, NULL};
+    static const char *const geglu_env[3] = {"LOCO_CUDA_GEGLU=wgmma", "LOCO_CUDA_LINEAR=wgmma", NULL};
     loco_backend *be = forced_backend_create(wgmma_env);
     loco_backend *be128 = be ? forced_backend_create(wgmma128_env) : NULL;
     loco_backend *be3 = be128 ? forced_backend_create(wgmma3_env) : NULL;
@@ -407,7 +408,8 @@ static int wgmma_rows(const char *path, int reps) {
     loco_backend *bews = be3 && !skip_ws ? forced_backend_create(ws_env) : NULL;
     loco_backend *bews3 = bews ? forced_backend_create(ws3_env) : NULL;
     loco_backend *bews128 = bews3 ? forced_backend_create(ws128_env) : NULL;
-    /* LOCO_OPBENCH_SKIP_GEGLU=1 (gpu-check, after the one-kernel GEMM + GEGLU's test failed) */
+    /* gemm_wgmma.cu's GEGLU and linear forms; LOCO_OPBENCH_SKIP_GEGLU=1 (gpu-check, after one of
+     * their tests failed): not those */
     const char *skip_geglu_env = getenv("LOCO_OPBENCH_SKIP_GEGLU");
     const int skip_geglu = skip_geglu_env && skip_geglu_env[0] == '1';
     loco_backend *begeglu = be3 && !skip_geglu ? forced_backend_create(geglu_env) : NULL;
@@ -439,6 +441,10 @@ static int wgmma_rows(const char *path, int reps) {
         if (bews128 && (d == 40 || d == 64 || d == 80) && time_op(bews128, &op, reps, "@fa_wgmma_ws128") != 0)
             failures++;
         if (begeglu && !strcmp(op.kind, "ffgeglu") && time_op(begeglu, &op, reps, "@geglu_wgmma") != 0) failures++;
+        /* (where the kernel takes the shape: elsewhere the row would time cuBLASLt again) */
+        if (begeglu && !strcmp(op.kind, "linear") && !strcmp(op.act, "none") && op.a[1] % 64 == 0 &&
+            op.a[2] % 256 == 0 && time_op(begeglu, &op, reps, "@linear_wgmma") != 0)
+            failures++;
     }
     loco_backend_destroy(begeglu);
     loco_backend_destroy(bews128);

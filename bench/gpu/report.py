@@ -10,6 +10,9 @@ decoder and the text encoders) divided by its time, as a fraction of the card's 
 measured by torch.matmul in the same run. "timed" is T/N: T of the N steps were timed and the
 rest extrapolated from the median UNet call (both sides alike).
 
+Rows of loco under opt-in settings (RESULT impl=loco_<tag>, bench/gpu-check.sh's candidates.txt)
+follow their configuration's row, with their ratio against the same diffusers time.
+
 Usage: report.py RESULTS_FILE..."""
 import sys
 
@@ -81,6 +84,13 @@ def main():
         graphs = f" graphs {lo['graphs']}" if "graphs" in lo else ""
         print(f"{family:<6}{size:>6}{batch:>6} | {cell(lo, 10)} {cell(df, 15)} {ratio} | {frac(lo)} {frac(df)} | "
               f"{timed}{graphs}")
+        # loco again under opt-in settings (gpu-check's phase 7 and --candidates: impl=loco_<tag>)
+        for impl in sorted(i for i in impls if i.startswith("loco_")):
+            r = impls[impl]
+            c = spi(r)
+            cratio = f"{c / b:9.2f}" if c and b else f"{'-':>9}"
+            print(f"{'  with ' + impl[5:]:<18} | {cell(r, 10)} {'':>15} {cratio} | {frac(r)} {'':>8} | "
+                  f"{r.get('timed_steps', '-')}/{r.get('steps', '-')}")
     return 0
 
 

@@ -128,24 +128,10 @@ __device__ __forceinline__ void faws_produce(unsigned char *sk, unsigned char *s
         faws_load_tile<T, D, NWG, BC>(sk + st * G::K_BYTES, sv + st * G::V_BYTES, kg + first, vg + first, (int)p.rs,
                                       p.lk - t * BC, lane);
         cp_async_commit();
-        if (t >= FAWS_LAG) {
-            cp_async_wait<FAWS_LAG>(); /* tile t - LAG's chunks from this lane */
-            wg_fence_proxy();
-            mbar_arrive(&full[(t - FAWS_LAG) % S]);
-        }
+        if (t >= FAWS_LAG) cp_async_publish<FAWS_LAG>(&full[(t - FAWS_LAG) % S]); /* tile t - LAG's chunks */
     }
-    /* the last LAG tiles (fewer when there are fewer tiles) */
-    static_assert(FAWS_LAG == 2, "the tail below publishes two tiles");
-    if (ntiles >= 2) {
-        cp_async_wait<1>();
-        wg_fence_proxy();
-        mbar_arrive(&full[(ntiles - 2) % S]);
-    }
-    if (ntiles >= 1) {
-        cp_async_wait<0>();
-        wg_fence_proxy();
-        mbar_arrive(&full[(ntiles - 1) % S]);
-    }
+    static_assert(FAWS_LAG == 2, "the tail publishes two tiles");
+    cp_async_publish_last2(full, ntiles, S);
 }
 
 /* Warp w < 4 NWG owns query rows q0 + 16 w + g and + 8 (g = lane / 4), as in attention_wgmma.cu;

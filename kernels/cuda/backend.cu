@@ -317,8 +317,10 @@ extern "C" loco_status loco_backend_cuda_create(const loco_backend_opts *opts, l
     c->faw_ws = flash && strncmp(flash, "wgmma_ws", 8) == 0;
     const char *geglu = getenv("LOCO_CUDA_GEGLU");
     c->geglu_wgmma = geglu && strcmp(geglu, "wgmma") == 0;
-    const char *geglu_blocks = getenv("LOCO_CUDA_GEGLU_BLOCKS"); /* tests: fewer blocks than SMs, more tiles each */
-    c->geglu_blocks = geglu_blocks ? atoi(geglu_blocks) : 0;
+    const char *linear = getenv("LOCO_CUDA_LINEAR");
+    c->linear_wgmma = linear && strcmp(linear, "wgmma") == 0;
+    const char *gw_blocks = getenv("LOCO_CUDA_GEMM_WGMMA_BLOCKS"); /* tests: fewer blocks than SMs, more tiles each */
+    c->gemm_wgmma_blocks = gw_blocks ? atoi(gw_blocks) : 0;
     const char *pingpong = getenv("LOCO_CUDA_FLASH_PINGPONG");
     c->faw_pingpong = !(pingpong && pingpong[0] == '0');
     /* attention.cu's variant of the 128-row kernel: -1 by head dim, or forced (fa_variant) */
@@ -378,13 +380,13 @@ extern "C" loco_status loco_backend_cuda_create(const loco_backend_opts *opts, l
     if (st == LOCO_OK) st = cuda_conv_igemm_setup(c, err);
     if (st == LOCO_OK) st = cuda_conv_wgmma_setup(c, err);
     if (st == LOCO_OK) st = cuda_flash_wgmma_setup(c, err);
-    if (st == LOCO_OK) st = cuda_geglu_wgmma_setup(c, err);
+    if (st == LOCO_OK) st = cuda_gemm_wgmma_setup(c, err);
     if (st != LOCO_OK) {
         loco_err_prefix(err, "creating the CUDA backend on device %d (%s)", ordinal, prop.name);
         cuda_destroy(&cb->be);
         return st;
     }
-    snprintf(cb->be.desc, sizeof cb->be.desc, "cuda:%d %.100s (sm_%d%d, %d SMs, %.1f GiB, %s activations%s%s%s%s%s%s%s%s)",
+    snprintf(cb->be.desc, sizeof cb->be.desc, "cuda:%d %.100s (sm_%d%d, %d SMs, %.1f GiB, %s activations%s%s%s%s%s%s%s%s%s)",
              ordinal, prop.name, prop.major, prop.minor, prop.multiProcessorCount,
              (double)prop.totalGlobalMem / (1024.0 * 1024.0 * 1024.0), cuda_dt(act),
              c->conv_algo == CUDA_CONV_IM2COL     ? ", conv: im2col"
@@ -418,6 +420,9 @@ extern "C" loco_status loco_backend_cuda_create(const loco_backend_opts *opts, l
              !c->geglu_wgmma     ? ""
              : c->geglu_wgmma_ok ? ", geglu: wgmma (experimental)"
                                  : ", geglu: wgmma unavailable",
+             !c->linear_wgmma     ? ""
+             : c->linear_wgmma_ok ? ", linear: wgmma (experimental)"
+                                  : ", linear: wgmma unavailable",
              c->aux ? ", im2col overlapped" : "", c->norm_gather ? "" : ", GroupNorm gather off",
              c->flash_short ? "" : ", short-key attention off",
              c->gemm_tune ? ", GEMMs tuned" : "",

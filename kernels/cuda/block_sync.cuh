@@ -77,6 +77,21 @@ __device__ __forceinline__ void mbar_wait(uint64_t *bar, unsigned parity) {
 #endif
 }
 
+/* A cp.async producer's publication of a stage (attention_wgmma_ws.cu, gemm_wgmma.cu): once all
+ * but this thread's newest LAG copy groups have landed, fences them for the async proxy (wgmma
+ * reads shared memory through it) and arrives on the stage's "full" mbarrier. */
+template <int LAG> __device__ __forceinline__ void cp_async_publish(uint64_t *full) {
+    cp_async_wait<LAG>();
+    wg_fence_proxy();
+    mbar_arrive(full);
+}
+/* After a producer's loop of n steps that published step s - 2 after issuing step s: the last
+ * two (fewer when n < 2), in the ring of `stages` "full" barriers. */
+__device__ __forceinline__ void cp_async_publish_last2(uint64_t *full, int n, int stages) {
+    if (n >= 2) cp_async_publish<1>(&full[(n - 2) % stages]);
+    if (n >= 1) cp_async_publish<0>(&full[(n - 1) % stages]);
+}
+
 /* setmaxnreg (sm_90a): a warpgroup gives registers back to the SM (DEC) or takes more (INC) than
  * the launch gave each thread, so that warpgroups with different jobs hold different counts: a
  * producer that only issues copies needs few. Every thread of the warpgroup executes it; N is

@@ -144,7 +144,10 @@ typedef struct cuda_impl {
     int geglu_wgmma;    /* LOCO_CUDA_GEGLU=wgmma: the feed-forward's GEMM and GEGLU in one kernel
                          * (gemm_wgmma.cu, experimental); 0: cuBLASLt, then the GEGLU pass */
     int geglu_wgmma_ok; /* ... and its sm_90a image is there and set up (compute capability 9.0) */
-    int geglu_blocks;   /* ... its persistent blocks: 0 = one per SM; LOCO_CUDA_GEGLU_BLOCKS (tests) */
+    int linear_wgmma;   /* LOCO_CUDA_LINEAR=wgmma: linears without activation on that kernel's main
+                         * loop where it takes them (experimental); 0: cuBLASLt */
+    int linear_wgmma_ok;   /* ... and set up, as geglu_wgmma_ok */
+    int gemm_wgmma_blocks; /* that kernel's persistent blocks: 0 = one per SM; LOCO_CUDA_GEMM_WGMMA_BLOCKS (tests) */
     int flash_short; /* 1: attention over at most 80 keys (text cross-attention) takes
                       * attention_short.cu's kernel, whatever LOCO_CUDA_FLASH picks for the
                       * rest; LOCO_CUDA_FLASH_SHORT=0 sends it to that kernel too (unmeasured:
@@ -347,11 +350,14 @@ loco_status cuda_op_layer_norm(loco_backend *be, loco_tensor *y, const loco_tens
 /* attention.cu */
 loco_status cuda_op_attention(loco_backend *be, loco_tensor *out, const loco_tensor *q, const loco_tensor *k,
                               const loco_tensor *v, const loco_attention_params *p, loco_err *err);
-/* gemm_wgmma.cu (LOCO_CUDA_GEGLU=wgmma): setup sets c->geglu_wgmma_ok; the op declines
- * (LOCO_EUNSUPPORTED, nothing launched) a call it does not take */
-loco_status cuda_geglu_wgmma_setup(cuda_impl *c, loco_err *err);
+/* gemm_wgmma.cu (LOCO_CUDA_GEGLU=wgmma, LOCO_CUDA_LINEAR=wgmma): setup sets c->geglu_wgmma_ok
+ * and c->linear_wgmma_ok; both calls decline (LOCO_EUNSUPPORTED, nothing launched) what they do
+ * not take. cuda_linear_wgmma: y = x . wᵀ + bias (+ y when accumulate), no activation. */
+loco_status cuda_gemm_wgmma_setup(cuda_impl *c, loco_err *err);
 loco_status cuda_op_linear_geglu(loco_backend *be, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
                                  const loco_tensor *bias, loco_err *err);
+loco_status cuda_linear_wgmma(cuda_impl *c, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
+                              const loco_tensor *bias, int accumulate, loco_err *err);
 /* elementwise.cu */
 loco_status cuda_op_activation(loco_backend *be, loco_tensor *y, const loco_tensor *x, loco_act act, loco_err *err);
 loco_status cuda_op_geglu(loco_backend *be, loco_tensor *y, const loco_tensor *x, loco_err *err);

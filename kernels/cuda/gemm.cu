@@ -350,6 +350,10 @@ static loco_status linear_run(loco_backend *be, loco_tensor *y, const loco_tenso
         return LOCO_OK;
     }
 
+    if (c->linear_wgmma_ok && act == LOCO_ACT_NONE) { /* LOCO_CUDA_LINEAR=wgmma (gemm_wgmma.cu), where it applies */
+        const loco_status ws = cuda_linear_wgmma(c, y, x, w, bias, accumulate, err);
+        if (ws != LOCO_EUNSUPPORTED) return ws;
+    }
     lin_operands op;
     loco_status st = lin_operands_get(c, y, w, bias, &op, err);
     const void *bp = op.bias;

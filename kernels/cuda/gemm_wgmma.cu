@@ -1,8 +1,11 @@
 /* gemm_wgmma.cu: a transformer feed-forward's first GEMM with its GEGLU in the epilogue,
  *     y[m, j] = h * gelu(g),   h = x[m, :] . w[j, :] + b[j],   g = x[m, :] . w[N + j, :] + b[N + j]
  * (x [M, K], w [2N, K], y [M, N]; diffusers' GEGLU: ff.net.0.proj, then chunk and gelu), on
- * Hopper's wgmma, warp-specialised. EXPERIMENTAL, used only under LOCO_CUDA_GEGLU=wgmma, for
- * f16/bf16 with K a multiple of 64 and N of 128 (every SD 1.x/2.x/XL feed-forward). Not yet
+ * Hopper's wgmma, warp-specialised; and, with the same main loop, the plain linear
+ *     y[m, j] = x[m, :] . w[j, :] + b[j]   (+ y[m, j] for loco_linear_accumulate).
+ * EXPERIMENTAL, used only under LOCO_CUDA_GEGLU=wgmma and LOCO_CUDA_LINEAR=wgmma, for f16/bf16
+ * with K a multiple of 64 and N of 128 (GEGLU: every SD 1.x/2.x/XL feed-forward) or 256 (linear:
+ * SD-XL's 1280-wide projections, whose cuBLASLt GEMMs ran at 535-561 TFLOP/s in run 6). Not yet
  * timed on a GPU; correct on the emulator (tests/emu) in every `make test`.
  *
  * Why: SD-XL's batch-8 UNet call spends 11.5 ms (of 233) in the separate GEGLU pass (run 6
@@ -11,7 +14,7 @@
  * the bytes; it pays only if this GEMM keeps close to cuBLASLt's 709 TFLOP/s on those shapes
  * (op_bench's "@geglu_wgmma" rows tell). cuBLASLt has no epilogue that multiplies two columns.
  *
- * Tile: 128 rows x 256 GEMM columns, the 256 being 128 outputs' h and g interleaved by 8 (column
+ * Tile: 128 rows x 256 GEMM columns; for GEGLU the 256 are 128 outputs' h and g interleaved by 8 (column
  * block 2i holds h of outputs 8i..8i+7, block 2i + 1 their g), so that each thread's
  * accumulators hold an output's h and g side by side (wgmma's m64nNk16 layout: d[4 c + e] is row
  * g + 8 (e / 2), column 8 c + 2 t + e % 2 of block c) and the epilogue needs no exchange. The
@@ -46,8 +49,8 @@
 __device__ const int gw_image_ok = WG_DEVICE_OK;
 
 #define GW_BM 128     /* rows of x per tile: two warpgroups of 64 */
-#define GW_BN 256     /* GEMM columns per tile: 128 outputs' h and g */
-#define GW_OUT 128    /* outputs per tile */
+#define GW_BN 256     /* GEMM columns per tile (GEGLU: 128 outputs' h and g) */
+#define GW_OUT(GEGLU) ((GEGLU) ? 128 : 256) /* outputs per tile */
 #define GW_BK 64      /* k per stage */
 #define GW_STAGES 4   /* 48 KB each */
 #define GW_LAG 2      /* steps whose copies stay in flight beside the one published */
@@ -70,10 +73,11 @@ static_assert(128 * GW_PRODUCER_REGS + 256 * GW_CONSUMER_REGS <= 168 * GW_THREAD
               "setmaxnreg asks for more registers than the launch gives the block");
 
 struct gw_params {
-    const void *x, *w, *b; /* b: [2N] or NULL */
+    const void *x, *w, *b; /* b: [2N] (GEGLU) or [N], or NULL */
     void *y;
-    int m, k, n;           /* n: outputs (w has 2n rows) */
+    int m, k, n;           /* n: outputs (GEGLU: w has 2n rows) */
     int tiles_m, tiles_n;
+    int accumulate;        /* linear: y += x . wᵀ + b */
 };
 
 /* Tile `tile`'s row and column tiles: groups of GW_GROUP_M row tiles (fewer in the last), each
@@ -88,17 +92,18 @@ __device__ __forceinline__ void gw_tile_coords(const gw_params &p, int tile, int
 
 /* Step (tile tm/tn, k-tile kt)'s copies from this producer thread (warp pw of the producer
  * warpgroup, lane l): A's 16 row groups and B's 32, two warp instructions (chunks 0-3, 4-7) per
- * row group. B's row group c is column block c of the tile: h rows (c even) or g rows (c odd) of
- * outputs tn * 128 + (c / 2) * 8 + 0..7. Rows of x past M become zeros. */
-/* Few registers (the producer keeps GW_PRODUCER_REGS): one pointer into x and one into w per
- * step, the rest 32-bit offsets from them (the host checked 2n k < 2^31) and immediates. */
-template <typename T>
+ * row group. B's row group c is column block c of the tile: for GEGLU h rows (c even) or g rows
+ * (c odd) of outputs tn * 128 + (c / 2) * 8 + 0..7, for the linear rows tn * 256 + 8 c + 0..7.
+ * Rows of x past M become zeros. Few registers (the producer keeps GW_PRODUCER_REGS): one
+ * pointer into x and one into w per step, the rest 32-bit offsets from them (the host checked
+ * w's elements < 2^31) and immediates. */
+template <typename T, bool GEGLU>
 __device__ __forceinline__ void gw_load_step(unsigned char *sa, unsigned char *sb, const gw_params &p, int tm, int tn,
                                              int kt, int pw, int l) {
     const int r8 = l & 7, c4 = l >> 3, k8 = 8 * p.k;
     const int row0 = tm * GW_BM + pw * 32 + r8; /* this thread's row of its first row group */
     const T *xb = (const T *)p.x + (int64_t)row0 * p.k + kt * GW_BK + c4 * 8;
-    const T *wb = (const T *)p.w + (int64_t)(tn * GW_OUT + pw * 32 + r8) * p.k + kt * GW_BK + c4 * 8;
+    const T *wb = (const T *)p.w + (int64_t)(tn * GW_OUT(GEGLU) + pw * (GEGLU ? 32 : 64) + r8) * p.k + kt * GW_BK + c4 * 8;
     unsigned char *da = sa + pw * 4 * 1024 + c4 * 128 + r8 * 16, *db = sb + pw * 8 * 1024 + c4 * 128 + r8 * 16;
 #pragma unroll
     for (int q = 0; q < 4; q++) { /* A's row groups pw * 4 + q */
@@ -109,14 +114,14 @@ __device__ __forceinline__ void gw_load_step(unsigned char *sa, unsigned char *s
     }
 #pragma unroll
     for (int j = 0; j < 8; j++) { /* B's row groups pw * 8 + j: h rows (j even) or g rows of outputs + (j / 2) * 8 */
-        const int off = (j & 1) * p.n * p.k + (j >> 1) * k8;
+        const int off = GEGLU ? (j & 1) * p.n * p.k + (j >> 1) * k8 : j * k8;
 #pragma unroll
         for (int h = 0; h < 2; h++) cp_async16(db + j * 1024 + h * 512, wb + off + h * 32, 16);
     }
 }
 
 /* The producer warpgroup's loop (the synchronisation above). */
-template <typename T>
+template <typename T, bool GEGLU>
 __device__ __forceinline__ void gw_produce(unsigned char *smem, uint64_t *full, uint64_t *empty, const gw_params &p,
                                            int pw, int l) {
     const int ktiles = p.k / GW_BK, tiles = p.tiles_m * p.tiles_n;
@@ -128,39 +133,26 @@ __device__ __forceinline__ void gw_produce(unsigned char *smem, uint64_t *full, 
             const int st = s % GW_STAGES;
             if (s >= GW_STAGES) mbar_wait(&empty[st], (unsigned)(s / GW_STAGES - 1) & 1u);
             unsigned char *sa = smem + st * GW_STAGE_BYTES;
-            gw_load_step<T>(sa, sa + GW_A_BYTES, p, tm, tn, kt, pw, l);
+            gw_load_step<T, GEGLU>(sa, sa + GW_A_BYTES, p, tm, tn, kt, pw, l);
             cp_async_commit();
-            if (s >= GW_LAG) {
-                cp_async_wait<GW_LAG>(); /* step s - LAG's copies from this thread */
-                wg_fence_proxy();
-                mbar_arrive(&full[(s - GW_LAG) % GW_STAGES]);
-            }
+            if (s >= GW_LAG) cp_async_publish<GW_LAG>(&full[(s - GW_LAG) % GW_STAGES]); /* step s - LAG's copies */
         }
     }
-    /* the last LAG steps (fewer when there were fewer) */
-    static_assert(GW_LAG == 2, "the tail below publishes two steps");
-    if (s >= 2) {
-        cp_async_wait<1>();
-        wg_fence_proxy();
-        mbar_arrive(&full[(s - 2) % GW_STAGES]);
-    }
-    if (s >= 1) {
-        cp_async_wait<0>();
-        wg_fence_proxy();
-        mbar_arrive(&full[(s - 1) % GW_STAGES]);
-    }
+    static_assert(GW_LAG == 2, "the tail publishes two steps");
+    cp_async_publish_last2(full, s, GW_STAGES);
 }
 
-/* The epilogue of one warpgroup's 64 rows: h and g rounded to T with their biases (what the
- * unfused GEMM stores), then y = h * gelu(g) rounded once, as geglu_kernel computes it. */
+/* The GEGLU epilogue of one warpgroup's 64 rows: h and g rounded to T with their biases (what
+ * the unfused GEMM stores), then y = h * gelu(g) rounded once, as geglu_kernel computes it. */
 template <typename T>
-__device__ __forceinline__ void gw_store(const float (&d)[GW_BN / 2], const gw_params &p, int row0, int tn, int lane) {
+__device__ __forceinline__ void gw_store_geglu(const float (&d)[GW_BN / 2], const gw_params &p, int row0, int tn,
+                                              int lane) {
     const int g = lane >> 2, t = lane & 3;
     const T *b = (const T *)p.b;
     T *y = (T *)p.y;
 #pragma unroll
-    for (int i = 0; i < GW_OUT / 8; i++) {
-        const int col = tn * GW_OUT + i * 8 + 2 * t;
+    for (int i = 0; i < GW_OUT(true) / 8; i++) {
+        const int col = tn * GW_OUT(true) + i * 8 + 2 * t;
         float bh[2] = {0.0f, 0.0f}, bg[2] = {0.0f, 0.0f};
         if (b) {
             bh[0] = to_f32(b[col]), bh[1] = to_f32(b[col + 1]);
@@ -184,8 +176,35 @@ __device__ __forceinline__ void gw_store(const float (&d)[GW_BN / 2], const gw_p
     }
 }
 
-/* A consumer warpgroup (wg 0 or 1): its 64 rows of every tile of the block. */
+/* The linear epilogue: acc + b (+ y) rounded once, as cuBLASLt's bias epilogue (and its beta = 1
+ * accumulation) computes it in fp32. */
 template <typename T>
+__device__ __forceinline__ void gw_store_linear(const float (&d)[GW_BN / 2], const gw_params &p, int row0, int tn,
+                                               int lane) {
+    const int g = lane >> 2, t = lane & 3;
+    const T *b = (const T *)p.b;
+    T *y = (T *)p.y;
+#pragma unroll
+    for (int c = 0; c < GW_BN / 8; c++) {
+        const int col = tn * GW_BN + c * 8 + 2 * t;
+        const float b0 = b ? to_f32(b[col]) : 0.0f, b1 = b ? to_f32(b[col + 1]) : 0.0f;
+#pragma unroll
+        for (int half = 0; half < 2; half++) {
+            const int row = row0 + g + 8 * half;
+            if (row >= p.m) continue;
+            T *out = y + (int64_t)row * p.n + col;
+            float v0 = d[4 * c + 2 * half] + b0, v1 = d[4 * c + 2 * half + 1] + b1;
+            if (p.accumulate) v0 += to_f32(out[0]), v1 += to_f32(out[1]);
+            const T pair[2] = {from_f32<T>(v0), from_f32<T>(v1)};
+            uint32_t packed;
+            memcpy(&packed, pair, 4);
+            *(uint32_t *)out = packed;
+        }
+    }
+}
+
+/* A consumer warpgroup (wg 0 or 1): its 64 rows of every tile of the block. */
+template <typename T, bool GEGLU>
 __device__ __forceinline__ void gw_consume(unsigned char *smem, uint64_t *full, uint64_t *empty, const gw_params &p,
                                            int wg, int lane_in_wg) {
     const int ktiles = p.k / GW_BK, tiles = p.tiles_m * p.tiles_n, warp = lane_in_wg >> 5, lane = lane_in_wg & 31;
@@ -216,11 +235,14 @@ __device__ __forceinline__ void gw_consume(unsigned char *smem, uint64_t *full, 
         wg_wait_all();
         wg_fence_acc(d);
         if (ktiles > 0) mbar_arrive(&empty[(s - 1) % GW_STAGES]);
-        gw_store<T>(d, p, tm * GW_BM + wg * 64 + warp * 16, tn, lane);
+        if (GEGLU)
+            gw_store_geglu<T>(d, p, tm * GW_BM + wg * 64 + warp * 16, tn, lane);
+        else
+            gw_store_linear<T>(d, p, tm * GW_BM + wg * 64 + warp * 16, tn, lane);
     }
 }
 
-template <typename T> __global__ void __launch_bounds__(GW_THREADS, 1) gw_geglu_kernel(const gw_params p) {
+template <typename T, bool GEGLU> __global__ void __launch_bounds__(GW_THREADS, 1) gw_kernel(const gw_params p) {
     extern __shared__ __align__(128) unsigned char wg_smem[];
     uint64_t *full = (uint64_t *)(wg_smem + GW_BARS), *empty = full + GW_STAGES;
     const int tid = threadIdx.x, wg = tid >> 7;
@@ -232,66 +254,76 @@ template <typename T> __global__ void __launch_bounds__(GW_THREADS, 1) gw_geglu_
     __syncthreads();
     if (wg == 2) {
         wg_setmaxnreg_dec<GW_PRODUCER_REGS>();
-        gw_produce<T>(wg_smem, full, empty, p, (tid >> 5) & 3, tid & 31);
+        gw_produce<T, GEGLU>(wg_smem, full, empty, p, (tid >> 5) & 3, tid & 31);
     } else {
         wg_setmaxnreg_inc<GW_CONSUMER_REGS>();
-        gw_consume<T>(wg_smem, full, empty, p, wg, tid & 127);
+        gw_consume<T, GEGLU>(wg_smem, full, empty, p, wg, tid & 127);
     }
 }
 
 /* ---- host ----------------------------------------------------------------------------------- */
 
-#define GW_FOR_EACH(X) X(__half) X(__nv_bfloat16)
+#define GW_FOR_EACH(X) X(__half, true) X(__half, false) X(__nv_bfloat16, true) X(__nv_bfloat16, false)
 
-extern "C" loco_status cuda_geglu_wgmma_setup(cuda_impl *c, loco_err *err) {
+extern "C" loco_status cuda_gemm_wgmma_setup(cuda_impl *c, loco_err *err) {
     (void)err;
-    c->geglu_wgmma_ok = 0;
-    if (!c->geglu_wgmma || c->cc_major != 9 || c->cc_minor != 0) return LOCO_OK;
+    c->geglu_wgmma_ok = c->linear_wgmma_ok = 0;
+    if ((!c->geglu_wgmma && !c->linear_wgmma) || c->cc_major != 9 || c->cc_minor != 0) return LOCO_OK;
     int image_ok = 0;
     cudaError_t e = cudaMemcpyFromSymbol(&image_ok, gw_image_ok, sizeof image_ok);
-#define GW_SET(T)                                                                                              \
+#define GW_SET(T, GEGLU)                                                                                       \
     if (e == cudaSuccess && image_ok)                                                                          \
-        e = cudaFuncSetAttribute(gw_geglu_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, GW_SMEM);
+        e = cudaFuncSetAttribute(gw_kernel<T, GEGLU>, cudaFuncAttributeMaxDynamicSharedMemorySize, GW_SMEM);
     GW_FOR_EACH(GW_SET)
 #undef GW_SET
     if (e != cudaSuccess) {
         cudaGetLastError(); /* not sticky: the next call must not report it */
         return LOCO_OK;
     }
-    c->geglu_wgmma_ok = image_ok;
+    c->geglu_wgmma_ok = c->geglu_wgmma && image_ok;
+    c->linear_wgmma_ok = c->linear_wgmma && image_ok;
     return LOCO_OK;
 }
 
 static int aligned16(const void *p) { return ((uintptr_t)p & 15u) == 0; }
 
-/* y [rows, n] = GEGLU(x [rows, k] . w[2n, k]ᵀ + b), or LOCO_EUNSUPPORTED (before launching
- * anything) where this kernel does not take the call: the caller then runs the GEMM and the
- * GEGLU pass. */
-extern "C" loco_status cuda_op_linear_geglu(loco_backend *be, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
-                                            const loco_tensor *bias, loco_err *err) {
-    CUDA_TRY(cuda_enter(be, err));
-    cuda_impl *c = cuda_of(be);
+/* Launches y [rows, n] = x [rows, k] . wᵀ + b (GEGLU: of w's 2n rows, then GEGLU), or declines
+ * with LOCO_EUNSUPPORTED before launching anything. */
+static loco_status gw_run(cuda_impl *c, bool geglu, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
+                          const loco_tensor *bias, int accumulate, loco_err *err) {
     const loco_dtype dt = y->dtype;
     const int64_t k = w->shape[1], n = y->shape[y->ndim - 1], rows = loco_tensor_numel(y) / (n > 0 ? n : 1);
-    if (!c->geglu_wgmma_ok || (dt != LOCO_F16 && dt != LOCO_BF16) || k % GW_BK != 0 || n % GW_OUT != 0 ||
-        rows <= 0 || rows > INT32_MAX - GW_BM || 2 * n * k > INT32_MAX || !aligned16(x->data) ||
-        !aligned16(w->data) || !aligned16(y->data))
+    if ((dt != LOCO_F16 && dt != LOCO_BF16) || w->dtype != dt || (bias && bias->dtype != dt) || k % GW_BK != 0 ||
+        n % GW_OUT(geglu) != 0 || rows <= 0 || rows > INT32_MAX - GW_BM || loco_tensor_numel(w) > INT32_MAX ||
+        !aligned16(x->data) || !aligned16(w->data) || !aligned16(y->data))
         return LOCO_EUNSUPPORTED;
     gw_params p;
     memset(&p, 0, sizeof p);
     p.x = x->data, p.w = w->data, p.b = bias ? bias->data : NULL, p.y = y->data;
-    p.m = (int)rows, p.k = (int)k, p.n = (int)n;
-    p.tiles_m = (int)((rows + GW_BM - 1) / GW_BM), p.tiles_n = (int)(n / GW_OUT);
+    p.m = (int)rows, p.k = (int)k, p.n = (int)n, p.accumulate = accumulate;
+    p.tiles_m = (int)((rows + GW_BM - 1) / GW_BM), p.tiles_n = (int)(n / GW_OUT(geglu));
     const int64_t tiles = (int64_t)p.tiles_m * p.tiles_n;
     if (tiles > INT32_MAX) return LOCO_EUNSUPPORTED;
-    const int blocks = c->geglu_blocks > 0 ? c->geglu_blocks : c->sm_count;
+    const int blocks = c->gemm_wgmma_blocks > 0 ? c->gemm_wgmma_blocks : c->sm_count;
     const unsigned grid = (unsigned)(tiles < blocks ? tiles : blocks);
-#define GW_LAUNCH(T)                                                                                           \
-    if (dt == cuda_dtype_of<T>::value) {                                                                       \
-        LOCO_LAUNCH(grid, GW_THREADS, GW_SMEM, c->stream, gw_geglu_kernel<T>)(p);                              \
-        return cuda_check_launch("gw_geglu_kernel", err);                                                      \
+#define GW_LAUNCH(T, GEGLU)                                                                                    \
+    if (dt == cuda_dtype_of<T>::value && geglu == GEGLU) {                                                     \
+        LOCO_LAUNCH(grid, GW_THREADS, GW_SMEM, c->stream, gw_kernel<T, GEGLU>)(p);                             \
+        return cuda_check_launch("gw_kernel", err);                                                            \
     }
     GW_FOR_EACH(GW_LAUNCH)
 #undef GW_LAUNCH
     return LOCO_EUNSUPPORTED;
+}
+
+extern "C" loco_status cuda_op_linear_geglu(loco_backend *be, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
+                                            const loco_tensor *bias, loco_err *err) {
+    CUDA_TRY(cuda_enter(be, err));
+    cuda_impl *c = cuda_of(be);
+    return c->geglu_wgmma_ok ? gw_run(c, true, y, x, w, bias, 0, err) : LOCO_EUNSUPPORTED;
+}
+
+extern "C" loco_status cuda_linear_wgmma(cuda_impl *c, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
+                                         const loco_tensor *bias, int accumulate, loco_err *err) {
+    return c->linear_wgmma_ok ? gw_run(c, false, y, x, w, bias, accumulate, err) : LOCO_EUNSUPPORTED;
 }

@@ -180,11 +180,11 @@ TEST(cuda_attention_wgmma_ws_no_pingpong) {
  * against the CPU's linear then geglu, twice for the same bits. */
 static int check_linear_geglu(loco_dtype dt, int64_t M, int64_t K, int64_t N, int bias, const char *blocks,
                               uint64_t seed) {
-    if (blocks) setenv("LOCO_CUDA_GEGLU_BLOCKS", blocks, 1);
+    if (blocks) setenv("LOCO_CUDA_GEMM_WGMMA_BLOCKS", blocks, 1);
     char why[1100];
     genv e;
     const int opened = genv_open(&e, dt, seed, why, sizeof why);
-    if (blocks) unsetenv("LOCO_CUDA_GEGLU_BLOCKS");
+    if (blocks) unsetenv("LOCO_CUDA_GEMM_WGMMA_BLOCKS");
     if (opened != 1) return fprintf(stderr, "%s\n", why), 0;
     int64_t xs[2] = {M, K}, ws[2] = {2 * N, K}, bs[1] = {2 * N}, ys[2] = {M, N};
     twin x, w, b, y, y2;
@@ -219,6 +219,26 @@ TEST(cuda_linear_geglu_wgmma) {
     ok = ok && check_linear_geglu(LOCO_BF16, 1000, 640, 256, 1, NULL, 296); /* SD-XL's K at 64^2 */
     ok = ok && check_linear_geglu(LOCO_F16, 50, 100, 128, 1, NULL, 295);  /* K % 64 != 0: declined */
     unsetenv("LOCO_CUDA_GEGLU");
+    CHECK(ok);
+}
+
+/* LOCO_CUDA_LINEAR=wgmma: loco_linear without activation and loco_linear_accumulate on
+ * gemm_wgmma.cu's main loop where N is a multiple of 256, against the CPU: row tails, the
+ * accumulating call after a plain one and first, no bias, bf16, several tiles on one block; a
+ * width and an activation it leaves to cuBLASLt. */
+TEST(cuda_linear_wgmma) {
+    HOPPER_OR_SKIP(hopper, 300);
+    setenv("LOCO_CUDA_LINEAR", "wgmma", 1);
+    int ok = gpu_describe_has(hopper ? "linear: wgmma (experimental)" : "linear: wgmma unavailable");
+    ok = ok && check_linear(LOCO_F16, 2, 100, 128, 256, 1, LOCO_ACT_NONE, 301); /* 200 rows: a tail */
+    ok = ok && check_linear(LOCO_F16, 2, 100, 128, 512, 1, -1, 302);           /* accumulate after a linear */
+    ok = ok && check_linear(LOCO_BF16, 1, 77, 320, 256, 0, -2, 303);            /* accumulate first, no bias */
+    setenv("LOCO_CUDA_GEMM_WGMMA_BLOCKS", "1", 1);
+    ok = ok && check_linear(LOCO_F16, 1, 300, 64, 512, 1, LOCO_ACT_NONE, 304); /* 6 tiles on one block */
+    unsetenv("LOCO_CUDA_GEMM_WGMMA_BLOCKS");
+    ok = ok && check_linear(LOCO_F16, 1, 64, 128, 384, 1, LOCO_ACT_NONE, 305); /* N % 256 != 0: cuBLASLt */
+    ok = ok && check_linear(LOCO_F16, 1, 64, 128, 256, 1, LOCO_ACT_GELU, 306); /* an activation: cuBLASLt */
+    unsetenv("LOCO_CUDA_LINEAR");
     CHECK(ok);
 }
 

@@ -1,0 +1,84 @@
+#!/usr/bin/env python3
+"""Reads op_bench's rows (name ms rate unit, bench/gpu-check.sh's ops_loco.txt) and prints the
+opt-in settings that beat the defaults on SD-XL's batch-8 shapes, as one line of VAR=value words
+(empty when none wins), with the comparisons that chose them on stderr.
+
+Why: a lent GPU's 15 minutes hold one full check; gpu-check times each candidate alone at SD-XL
+batch 8, which tells which one helps but not what they give together. This line is the
+combination the op rows predict, so that the same run times it end to end (phase 7, tag "best").
+
+  python3 bench/gpu/pick_candidates.py ops_loco.txt
+"""
+import sys
+
+# the SD-XL b8 UNet call's self-attention (run 6: 10 calls at 4096 tokens, 60 at 1024 per UNet
+# call) and the LOCO_CUDA_FLASH value of each op_bench row suffix
+SELF_ROWS = {"sdxl_self_d64_4096_b16": 10, "sdxl_self_d64_1024_b16": 60}
+FLASH = {"": None, "@fa_ilp3q": "ilp3q", "@fa_wgmma": "wgmma", "@fa_wgmma128": "wgmma128",
+         "@fa_wgmma3": "wgmma3", "@fa_wgmma_ws": "wgmma_ws", "@fa_wgmma_ws3": "wgmma_ws3",
+         "@fa_wgmma_ws128": "wgmma_ws128"}
+# the text cross-attention (attention_short.cu by default; @short_off: the flash kernel)
+CROSS_ROWS = {"sdxl_cross_d64_77_b16": 60, "sdxl_cross_d64_4096_77_b16": 10}
+# gemm_wgmma.cu's forms against cuBLASLt (+ the GEGLU pass)
+GEGLU_ROWS = {"sdxl_ffgeglu_1280_b16": 60, "sdxl_ffgeglu_640_b16": 10}
+LINEAR_ROWS = {"sdxl_proj_1280_b16": 120, "sdxl_qkv_1280_b16": 60}
+
+
+def read_rows(path):
+    rows = {}
+    for line in open(path):
+        parts = line.split()
+        if len(parts) != 4:
+            continue
+        try:
+            ms = float(parts[1])
+        except ValueError:
+            continue
+        if ms > 0:
+            rows[parts[0]] = ms
+    return rows
+
+
+def weighted(rows, names, suffix):
+    """Sum of calls x ms over names with the suffix; None when a row is missing."""
+    total = 0.0
+    for name, calls in names.items():
+        ms = rows.get(name + suffix)
+        if ms is None:
+            return None
+        total += calls * ms
+    return total
+
+
+def pick(rows, log):
+    env = []
+    times = {s: weighted(rows, SELF_ROWS, s) for s in FLASH}
+    times = {s: t for s, t in times.items() if t is not None}
+    if "" in times:
+        best = min(times, key=times.get)
+        for s, t in sorted(times.items(), key=lambda kv: kv[1]):
+            log(f"self-attention {s or 'default'}: {t:.2f} ms a UNet call")
+        if best and times[best] < times[""]:
+            env.append(f"LOCO_CUDA_FLASH={FLASH[best]}")
+    for var, value, names, suffix in (("LOCO_CUDA_FLASH_SHORT", "0", CROSS_ROWS, "@short_off"),
+                                      ("LOCO_CUDA_GEGLU", "wgmma", GEGLU_ROWS, "@geglu_wgmma"),
+                                      ("LOCO_CUDA_LINEAR", "wgmma", LINEAR_ROWS, "@linear_wgmma")):
+        base, cand = weighted(rows, names, ""), weighted(rows, names, suffix)
+        if base is None or cand is None:
+            log(f"{var}={value}: rows missing")
+            continue
+        log(f"{var}={value}: {cand:.2f} against {base:.2f} ms a UNet call")
+        if cand < base:
+            env.append(f"{var}={value}")
+    return env
+
+
+def main():
+    if len(sys.argv) != 2:
+        sys.exit("usage: pick_candidates.py ops_loco.txt")
+    env = pick(read_rows(sys.argv[1]), lambda s: print(s, file=sys.stderr))
+    print(" ".join(env))
+
+
+if __name__ == "__main__":
+    main()

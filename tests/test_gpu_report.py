@@ -1,0 +1,73 @@
+"""bench/gpu/pick_candidates.py and bench/gpu/report.py on made-up op rows and RESULT lines.
+
+Why: both run only at the end of a GPU check (bench/gpu-check.sh's phase 7 and its report), on a
+lent machine whose minutes are scarce; a parsing slip there would cost the run's main number.
+"""
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PICK = ROOT / "bench" / "gpu" / "pick_candidates.py"
+REPORT = ROOT / "bench" / "gpu" / "report.py"
+
+OPS = """\
+sdxl_self_d64_4096_b16 2.4000 285.0 TFLOP/s
+sdxl_self_d64_4096_b16@fa_ilp3q 2.3000 290.0 TFLOP/s
+sdxl_self_d64_4096_b16@fa_wgmma_ws3 1.5000 450.0 TFLOP/s
+sdxl_self_d64_1024_b16 0.3400 250.0 TFLOP/s
+sdxl_self_d64_1024_b16@fa_ilp3q 0.3300 255.0 TFLOP/s
+sdxl_self_d64_1024_b16@fa_wgmma_ws3 0.2000 420.0 TFLOP/s
+sdxl_cross_d64_77_b16 0.0400 80.0 TFLOP/s
+sdxl_cross_d64_77_b16@short_off 0.0500 64.0 TFLOP/s
+sdxl_cross_d64_4096_77_b16 0.0700 80.0 TFLOP/s
+sdxl_cross_d64_4096_77_b16@short_off 0.0800 70.0 TFLOP/s
+sdxl_ffgeglu_1280_b16 0.7520 570.0 TFLOP/s
+sdxl_ffgeglu_1280_b16@geglu_wgmma 0.7000 613.0 TFLOP/s
+sdxl_ffgeglu_640_b16 0.7600 565.0 TFLOP/s
+sdxl_ffgeglu_640_b16@geglu_wgmma 0.7400 580.0 TFLOP/s
+sdxl_proj_1280_b16 0.1000 535.0 TFLOP/s
+garbage line
+"""
+
+
+def run(script, *args):
+    return subprocess.run([sys.executable, str(script), *map(str, args)], capture_output=True, text=True,
+                          cwd=ROOT, timeout=60)
+
+
+def test_pick_takes_the_winners_and_leaves_missing_rows(tmp_path):
+    ops = tmp_path / "ops_loco.txt"
+    ops.write_text(OPS)
+    r = run(PICK, ops)
+    assert r.returncode == 0, r.stderr
+    # ws3 wins the self-attention, the fold wins its rows; short_off loses; the linear rows lack @linear_wgmma
+    assert r.stdout.split() == ["LOCO_CUDA_FLASH=wgmma_ws3", "LOCO_CUDA_GEGLU=wgmma"]
+    assert "LOCO_CUDA_LINEAR=wgmma: rows missing" in r.stderr
+    assert "self-attention @fa_wgmma_ws3: 27.00 ms a UNet call" in r.stderr
+
+
+def test_pick_prints_nothing_when_no_candidate_wins(tmp_path):
+    ops = tmp_path / "ops_loco.txt"
+    ops.write_text("sdxl_self_d64_4096_b16 2.4 285.0 TFLOP/s\nsdxl_self_d64_1024_b16 0.34 250.0 TFLOP/s\n"
+                   "sdxl_self_d64_4096_b16@fa_wgmma 3.0 200.0 TFLOP/s\nsdxl_self_d64_1024_b16@fa_wgmma 0.5 170.0 TFLOP/s\n")
+    r = run(PICK, ops)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == ""
+
+
+def test_report_puts_tagged_runs_under_their_configuration(tmp_path):
+    models = tmp_path / "models.txt"
+    models.write_text(
+        "RESULT impl=torch matmul_tflops=750\n"
+        "RESULT impl=loco family=sdxl size=1024 batch=8 s_per_image=1.549 calls=50 steps=50 timed_steps=3\n"
+        "RESULT impl=diffusers family=sdxl size=1024 batch=8 s_per_image=1.844 calls=50 steps=50 timed_steps=3\n")
+    cands = tmp_path / "candidates.txt"
+    cands.write_text(
+        "RESULT impl=loco_best family=sdxl size=1024 batch=8 s_per_image=1.280 calls=50 steps=50 timed_steps=3\n")
+    r = run(REPORT, models, cands, tmp_path / "absent.txt")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    main = next(i for i, line in enumerate(lines) if line.startswith("sdxl"))
+    assert "0.84" in lines[main]
+    assert lines[main + 1].startswith("  with best") and "1.280" in lines[main + 1] and "0.69" in lines[main + 1]
