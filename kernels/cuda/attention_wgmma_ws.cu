@@ -130,8 +130,7 @@ __device__ __forceinline__ void faws_produce(unsigned char *sk, unsigned char *s
         cp_async_commit();
         if (t >= FAWS_LAG) cp_async_publish<FAWS_LAG>(&full[(t - FAWS_LAG) % S]); /* tile t - LAG's chunks */
     }
-    static_assert(FAWS_LAG == 2, "the tail publishes two tiles");
-    cp_async_publish_last2(full, ntiles, S);
+    cp_async_publish_tail<FAWS_LAG>(full, ntiles, S);
 }
 
 /* Warp w < 4 NWG owns query rows q0 + 16 w + g and + 8 (g = lane / 4), as in attention_wgmma.cu;

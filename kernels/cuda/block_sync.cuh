@@ -85,11 +85,13 @@ template <int LAG> __device__ __forceinline__ void cp_async_publish(uint64_t *fu
     wg_fence_proxy();
     mbar_arrive(full);
 }
-/* After a producer's loop of n steps that published step s - 2 after issuing step s: the last
- * two (fewer when n < 2), in the ring of `stages` "full" barriers. */
-__device__ __forceinline__ void cp_async_publish_last2(uint64_t *full, int n, int stages) {
-    if (n >= 2) cp_async_publish<1>(&full[(n - 2) % stages]);
-    if (n >= 1) cp_async_publish<0>(&full[(n - 1) % stages]);
+/* After a producer's loop of n steps that published step s - LAG after issuing step s: the last
+ * LAG steps (fewer when n < LAG), oldest first, in the ring of `stages` "full" barriers. */
+template <int LAG> __device__ __forceinline__ void cp_async_publish_tail(uint64_t *full, int n, int stages) {
+    if constexpr (LAG > 0) {
+        if (n >= LAG) cp_async_publish<LAG - 1>(&full[(n - LAG) % stages]);
+        cp_async_publish_tail<LAG - 1>(full, n, stages);
+    }
 }
 
 /* setmaxnreg (sm_90a): a warpgroup gives registers back to the SM (DEC) or takes more (INC) than

@@ -14,31 +14,51 @@
  * the bytes; it pays only if this GEMM keeps close to cuBLASLt's 709 TFLOP/s on those shapes
  * (op_bench's "@geglu_wgmma" rows tell). cuBLASLt has no epilogue that multiplies two columns.
  *
- * Tile: 128 rows x 256 GEMM columns; for GEGLU the 256 are 128 outputs' h and g interleaved by 8 (column
- * block 2i holds h of outputs 8i..8i+7, block 2i + 1 their g), so that each thread's
- * accumulators hold an output's h and g side by side (wgmma's m64nNk16 layout: d[4 c + e] is row
- * g + 8 (e / 2), column 8 c + 2 t + e % 2 of block c) and the epilogue needs no exchange. The
- * producer reads w's rows in that order; w itself is the checkpoint's.
+ * Tile: 128 rows x 256 GEMM columns; for GEGLU the 256 are 128 outputs' h and g interleaved by 8
+ * (column block 2i holds h of outputs 8i..8i+7, block 2i + 1 their g; the producer reads w's
+ * rows in that order, w itself is the checkpoint's), so that h and g of an output land in one
+ * thread's accumulators (wgmma's m64nNk16 layout: d[4 c + e] is row g + 8 (e / 2), column
+ * 8 c + 2 t + e % 2 of block c) and in one 32-byte piece of the staging rows below.
  *
- * Block: three warpgroups. Warpgroup 2 loads (every thread: 24 cp.async of 16 bytes per k-tile),
- * warpgroups 0 and 1 each compute 64 rows x 256 columns (128 fp32 accumulators a thread) with
- * four m64n256k16 products per 64-deep k-tile. Persistent: one block per SM walks tiles
- * blockIdx.x, + gridDim.x, ..., in groups of GW_GROUP_M row tiles (each group sweeps every column
- * tile with its rows of x resident in L2, and concurrent blocks share w's rows).
+ * Block: warpgroups 0 and 1 compute 64 rows x 256 columns each (128 fp32 accumulators a thread)
+ * with four m64n256k16 products per 64-deep k-step; warpgroup 2 loads (every thread: 24
+ * cp.async of 16 bytes per k-step). Persistent: one
+ * block per SM walks tiles blockIdx.x, + gridDim.x, ..., in groups of GW_GROUP_M row tiles
+ * (each group sweeps every column tile with its rows of x resident in L2, and concurrent blocks
+ * share w's rows).
  *
- * Shared memory (GW_STAGES stages of A 128 x 64 and B 256 x 64): K-major, no swizzle, 8 x 16-byte
+ * The GEGLU epilogue beside the products: its 64 erf-GELUs a consumer thread per tile compile
+ * to about 3600 instructions (SASS of the first form), which, run after the last product of a
+ * tile by both consumer warpgroups at once, left the tensor cores idle for about 6000 cycles a
+ * tile against 20000 of products at K = 1280 (about 30 %, more than the separate pass costs).
+ * So a consumer warpgroup only adds the biases and rounds h and g to T (what the unfused GEMM
+ * stores) into its half of a staging tile in shared memory, and computes h * gelu(g) rounded
+ * once (as geglu_kernel does) from there during its next tile's k-steps, a slice per step
+ * between issuing the products and waiting for them, as FlashAttention-3 hides its softmax;
+ * y goes out in 16-byte stores. (A fourth warpgroup for it does not fit: a 512-thread block
+ * gets 128 registers a thread at launch, and ptxas needs 154 for an m64n256 product even
+ * where setmaxnreg would give more.) The plain linear's epilogue (a bias and a rounding) stays
+ * after the products, its loads issued together before its stores (the first form waited for
+ * each bias load in turn: the compiler could not move them past the stores to y).
+ *
+ * Shared memory: S stages of A 128 x 64 and B 256 x 64 (4 for the linear; 3 for GEGLU, whose
+ * staging tile of 2 x 64 rows x 528 bytes takes the fourth's room): K-major, no swizzle, 8 x 16-byte
  * core matrices; element (r, k) at (r / 8) 1024 + (k / 8) 128 + (r % 8) 16 + (k % 8) 2 (LBO 128,
  * SBO 1024, as the H200's layout self-test confirmed for conv_wgmma.cu's operands). A warp's 32
- * cp.async fill 512 contiguous bytes (lanes: 8 rows x 4 chunks of a row group).
+ * cp.async fill 512 contiguous bytes (lanes: 8 rows x 4 chunks of a row group). Staging rows are
+ * 512 bytes + 16 of padding, so a warp's 4-byte stores (8 rows x 4 lanes) hit 32 banks.
  *
  * Synchronisation (attention_wgmma_ws.cu's protocol, per k-step s counted over all of a block's
- * tiles, stage s % S, its (s / S)-th use):
+ * tiles, stage s % S, its (s / S)-th use; LAG = S - 2):
  *   producer: waits for empty[stage] phase (s / S) - 1 (from s = S on), issues step s's copies,
- *             commits them, then waits for step s - GW_LAG's, fences them for the async proxy
- *             and arrives on full[(s - LAG) % S] (128 arrivals a phase);
+ *             commits them, then waits for step s - LAG's, fences them for the async proxy and
+ *             arrives on full[(s - LAG) % S] (128 arrivals a phase);
  *   consumer: waits for full[stage] phase s / S, issues the four products, and once the wait
  *             that retires them has run (the next step's wait_group 1, or a tile's last
- *             wait_group 0) arrives on empty[stage] (256 arrivals a phase). */
+ *             wait_group 0) arrives on empty[stage] (256 arrivals a phase);
+ *   GEGLU: each consumer warpgroup alone reads and writes its half of the staging tile; a
+ *             named barrier of its 128 threads before it stages a tile (the previous one is
+ *             read) and after (this one is written). */
 #include <string.h>
 
 #include "block_sync.cuh"
@@ -52,25 +72,35 @@ __device__ const int gw_image_ok = WG_DEVICE_OK;
 #define GW_BN 256     /* GEMM columns per tile (GEGLU: 128 outputs' h and g) */
 #define GW_OUT(GEGLU) ((GEGLU) ? 128 : 256) /* outputs per tile */
 #define GW_BK 64      /* k per stage */
-#define GW_STAGES 4   /* 48 KB each */
-#define GW_LAG 2      /* steps whose copies stay in flight beside the one published */
 #define GW_GROUP_M 16 /* row tiles per group of the tile order */
-#define GW_THREADS 384
 #define GW_A_BYTES (GW_BM * GW_BK * 2)
 #define GW_B_BYTES (GW_BN * GW_BK * 2)
-#define GW_STAGE_BYTES (GW_A_BYTES + GW_B_BYTES)
-#define GW_BARS (GW_STAGES * GW_STAGE_BYTES)
-#define GW_SMEM (GW_BARS + 2 * GW_STAGES * 8)
-/* Consumers release step s in step s + 1, which needs step s + 1 published; the producer waits
- * for that release before step s + S, having published up to s + S - 1 - LAG by then. */
-static_assert(GW_STAGES >= GW_LAG + 2, "the producer would wait for a stage no consumer can release");
-/* Registers: the launch gives 65536 / 384 = 170, rounded down to 168, a thread; the producer
- * keeps 40 and the consumers take 232 (128 accumulators, descriptors, the epilogue's bias and
- * addresses): 128 x 40 + 256 x 232 = 64512 = 384 x 168. */
+#define GW_STAGE_BYTES (GW_A_BYTES + GW_B_BYTES) /* 48 KB */
+#define GW_STAGING_PITCH (GW_BN * 2 + 16)         /* bytes per staging row (GEGLU) */
+
+#define GW_THREADS 384 /* two consumer warpgroups, then the producer's */
+/* Registers: the launch gives 65536 / 384 = 170, rounded down to 168, a thread; setmaxnreg moves
+ * them: the producer keeps 40 (its loop uses up to R38) and the consumers take 232 (128
+ * accumulators, and the GEGLU slice's or the linear epilogue's temporaries beside them):
+ * 128 x 40 + 256 x 232 = 384 x 168. */
 #define GW_PRODUCER_REGS 40
 #define GW_CONSUMER_REGS 232
 static_assert(128 * GW_PRODUCER_REGS + 256 * GW_CONSUMER_REGS <= 168 * GW_THREADS,
               "setmaxnreg asks for more registers than the launch gives the block");
+
+/* Per form: stages, and shared memory (the stages, GEGLU's staging tile, then the 2 S mbarriers
+ * full and empty). */
+template <bool GEGLU> struct gw_cfg {
+    static constexpr int STAGES = GEGLU ? 3 : 4;
+    static constexpr int LAG = STAGES - 2; /* steps whose copies stay in flight beside the one published */
+    static constexpr int STAGING = GEGLU ? GW_BM * GW_STAGING_PITCH : 0;
+    static constexpr int BARS = STAGES * GW_STAGE_BYTES + STAGING;
+    static constexpr int SMEM = BARS + 2 * STAGES * 8;
+    /* Consumers release step s in step s + 1, which needs step s + 1 published; the producer
+     * waits for that release before step s + S, having published up to s + S - 1 - LAG by then. */
+    static_assert(STAGES >= LAG + 2 && LAG >= 1, "the producer would wait for a stage no consumer can release");
+    static_assert(SMEM <= 232448, "more shared memory than an sm_90 block may have");
+};
 
 struct gw_params {
     const void *x, *w, *b; /* b: [2N] (GEGLU) or [N], or NULL */
@@ -94,9 +124,9 @@ __device__ __forceinline__ void gw_tile_coords(const gw_params &p, int tile, int
  * warpgroup, lane l): A's 16 row groups and B's 32, two warp instructions (chunks 0-3, 4-7) per
  * row group. B's row group c is column block c of the tile: for GEGLU h rows (c even) or g rows
  * (c odd) of outputs tn * 128 + (c / 2) * 8 + 0..7, for the linear rows tn * 256 + 8 c + 0..7.
- * Rows of x past M become zeros. Few registers (the producer keeps GW_PRODUCER_REGS): one
- * pointer into x and one into w per step, the rest 32-bit offsets from them (the host checked
- * w's elements < 2^31) and immediates. */
+ * Rows of x past M become zeros. Few registers (the producer keeps 40): one pointer into x and
+ * one into w per step, the rest 32-bit offsets from them (the host checked w's elements < 2^31)
+ * and immediates. */
 template <typename T, bool GEGLU>
 __device__ __forceinline__ void gw_load_step(unsigned char *sa, unsigned char *sb, const gw_params &p, int tm, int tn,
                                              int kt, int pw, int l) {
@@ -124,81 +154,103 @@ __device__ __forceinline__ void gw_load_step(unsigned char *sa, unsigned char *s
 template <typename T, bool GEGLU>
 __device__ __forceinline__ void gw_produce(unsigned char *smem, uint64_t *full, uint64_t *empty, const gw_params &p,
                                            int pw, int l) {
+    typedef gw_cfg<GEGLU> C;
     const int ktiles = p.k / GW_BK, tiles = p.tiles_m * p.tiles_n;
     int s = 0;
     for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
         int tm, tn;
         gw_tile_coords(p, tile, &tm, &tn);
         for (int kt = 0; kt < ktiles; kt++, s++) {
-            const int st = s % GW_STAGES;
-            if (s >= GW_STAGES) mbar_wait(&empty[st], (unsigned)(s / GW_STAGES - 1) & 1u);
+            const int st = s % C::STAGES;
+            if (s >= C::STAGES) mbar_wait(&empty[st], (unsigned)(s / C::STAGES - 1) & 1u);
             unsigned char *sa = smem + st * GW_STAGE_BYTES;
             gw_load_step<T, GEGLU>(sa, sa + GW_A_BYTES, p, tm, tn, kt, pw, l);
             cp_async_commit();
-            if (s >= GW_LAG) cp_async_publish<GW_LAG>(&full[(s - GW_LAG) % GW_STAGES]); /* step s - LAG's copies */
+            if (s >= C::LAG) cp_async_publish<C::LAG>(&full[(s - C::LAG) % C::STAGES]); /* step s - LAG's copies */
         }
     }
-    static_assert(GW_LAG == 2, "the tail publishes two steps");
-    cp_async_publish_last2(full, s, GW_STAGES);
+    cp_async_publish_tail<C::LAG>(full, s, C::STAGES);
 }
 
-/* The GEGLU epilogue of one warpgroup's 64 rows: h and g rounded to T with their biases (what
- * the unfused GEMM stores), then y = h * gelu(g) rounded once, as geglu_kernel computes it. */
+/* GEGLU: h and g of this thread's accumulators with their biases, rounded to T (what the unfused
+ * GEMM stores), into its warpgroup's half of the staging tile in GEMM-column order (row r of
+ * the half at r * GW_STAGING_PITCH; row0 the warp's first). */
 template <typename T>
-__device__ __forceinline__ void gw_store_geglu(const float (&d)[GW_BN / 2], const gw_params &p, int row0, int tn,
-                                              int lane) {
+__device__ __forceinline__ void gw_stage_geglu(const float (&d)[GW_BN / 2], const gw_params &p, unsigned char *staging,
+                                              int row0, int tn, int lane) {
     const int g = lane >> 2, t = lane & 3;
-    const T *b = (const T *)p.b;
-    T *y = (T *)p.y;
+    const T *__restrict__ b = (const T *)p.b;
 #pragma unroll
-    for (int i = 0; i < GW_OUT(true) / 8; i++) {
-        const int col = tn * GW_OUT(true) + i * 8 + 2 * t;
-        float bh[2] = {0.0f, 0.0f}, bg[2] = {0.0f, 0.0f};
-        if (b) {
-            bh[0] = to_f32(b[col]), bh[1] = to_f32(b[col + 1]);
-            bg[0] = to_f32(b[p.n + col]), bg[1] = to_f32(b[p.n + col + 1]);
-        }
+    for (int c = 0; c < GW_BN / 8; c++) {
+        /* column block c: h (c even) or g (c odd) of outputs tn * 128 + (c / 2) * 8 + 2 t, + 1 */
+        const int bcol = (c & 1) * p.n + tn * GW_OUT(true) + (c >> 1) * 8 + 2 * t;
+        const float b0 = b ? to_f32(b[bcol]) : 0.0f, b1 = b ? to_f32(b[bcol + 1]) : 0.0f;
 #pragma unroll
         for (int half = 0; half < 2; half++) {
-            const int row = row0 + g + 8 * half;
-            if (row >= p.m) continue;
-            T out[2];
-#pragma unroll
-            for (int e = 0; e < 2; e++) {
-                const float h = to_f32(from_f32<T>(d[4 * (2 * i) + 2 * half + e] + bh[e]));
-                const float gate = to_f32(from_f32<T>(d[4 * (2 * i + 1) + 2 * half + e] + bg[e]));
-                out[e] = from_f32<T>(h * act_apply(gate, LOCO_ACT_GELU));
-            }
+            const T pair[2] = {from_f32<T>(d[4 * c + 2 * half] + b0), from_f32<T>(d[4 * c + 2 * half + 1] + b1)};
             uint32_t packed;
-            memcpy(&packed, out, 4);
-            *(uint32_t *)(y + (int64_t)row * p.n + col) = packed;
+            memcpy(&packed, pair, 4);
+            *(uint32_t *)(staging + (row0 + g + 8 * half) * GW_STAGING_PITCH + (8 * c + 2 * t) * 2) = packed;
         }
+    }
+}
+
+/* GEGLU: vectors q0 .. q1 - 1 (of 8) of a staged half (thread e of its warpgroup, rows from
+ * row_base): y = h * gelu(g) rounded once, as geglu_kernel computes it, for 8 outputs at a time
+ * (h from column block 2i, g from 2i + 1 of a staged row), each a 16-byte store; 16
+ * consecutive threads write a row's 256 contiguous bytes. */
+template <typename T>
+__device__ __forceinline__ void gw_finish_geglu(const unsigned char *staging, const gw_params &p, int row_base, int tn,
+                                               int e, int q0, int q1) {
+    T *__restrict__ y = (T *)p.y;
+    for (int q = q0; q < q1; q++) {
+        const int v = q * 128 + e, r = v >> 4, i = v & 15, row = row_base + r;
+        if (row >= p.m) continue;
+        const vec16<T> h = *(const vec16<T> *)(staging + r * GW_STAGING_PITCH + 2 * i * 16);
+        const vec16<T> gate = *(const vec16<T> *)(staging + r * GW_STAGING_PITCH + (2 * i + 1) * 16);
+        vec16<T> out;
+#pragma unroll
+        for (int k = 0; k < 8; k++) out.v[k] = from_f32<T>(to_f32(h.v[k]) * act_apply(to_f32(gate.v[k]), LOCO_ACT_GELU));
+        *(vec16<T> *)(y + (int64_t)row * p.n + tn * GW_OUT(true) + i * 8) = out;
     }
 }
 
 /* The linear epilogue: acc + b (+ y) rounded once, as cuBLASLt's bias epilogue (and its beta = 1
- * accumulation) computes it in fp32. */
+ * accumulation) computes it in fp32; per quarter of the columns its loads first, then its stores. */
 template <typename T>
 __device__ __forceinline__ void gw_store_linear(const float (&d)[GW_BN / 2], const gw_params &p, int row0, int tn,
                                                int lane) {
     const int g = lane >> 2, t = lane & 3;
-    const T *b = (const T *)p.b;
-    T *y = (T *)p.y;
+    const T *__restrict__ b = (const T *)p.b;
+    T *__restrict__ y = (T *)p.y;
+    const bool rows_ok[2] = {row0 + g < p.m, row0 + g + 8 < p.m};
 #pragma unroll
-    for (int c = 0; c < GW_BN / 8; c++) {
-        const int col = tn * GW_BN + c * 8 + 2 * t;
-        const float b0 = b ? to_f32(b[col]) : 0.0f, b1 = b ? to_f32(b[col + 1]) : 0.0f;
+    for (int c0 = 0; c0 < GW_BN / 8; c0 += 8) {
+        float bias[8][2], old[8][2][2];
 #pragma unroll
-        for (int half = 0; half < 2; half++) {
-            const int row = row0 + g + 8 * half;
-            if (row >= p.m) continue;
-            T *out = y + (int64_t)row * p.n + col;
-            float v0 = d[4 * c + 2 * half] + b0, v1 = d[4 * c + 2 * half + 1] + b1;
-            if (p.accumulate) v0 += to_f32(out[0]), v1 += to_f32(out[1]);
-            const T pair[2] = {from_f32<T>(v0), from_f32<T>(v1)};
-            uint32_t packed;
-            memcpy(&packed, pair, 4);
-            *(uint32_t *)out = packed;
+        for (int c = 0; c < 8; c++) {
+            const int col = tn * GW_BN + (c0 + c) * 8 + 2 * t;
+            bias[c][0] = b ? to_f32(b[col]) : 0.0f, bias[c][1] = b ? to_f32(b[col + 1]) : 0.0f;
+#pragma unroll
+            for (int half = 0; half < 2; half++) {
+                const T *in = y + (int64_t)(row0 + g + 8 * half) * p.n + col;
+                const bool load = p.accumulate && rows_ok[half];
+                old[c][half][0] = load ? to_f32(in[0]) : 0.0f, old[c][half][1] = load ? to_f32(in[1]) : 0.0f;
+            }
+        }
+#pragma unroll
+        for (int c = 0; c < 8; c++) {
+            const int col = tn * GW_BN + (c0 + c) * 8 + 2 * t;
+#pragma unroll
+            for (int half = 0; half < 2; half++) {
+                if (!rows_ok[half]) continue;
+                const float *dv = &d[4 * (c0 + c) + 2 * half];
+                const T pair[2] = {from_f32<T>(dv[0] + bias[c][0] + old[c][half][0]),
+                                   from_f32<T>(dv[1] + bias[c][1] + old[c][half][1])};
+                uint32_t packed;
+                memcpy(&packed, pair, 4);
+                *(uint32_t *)(y + (int64_t)(row0 + g + 8 * half) * p.n + col) = packed;
+            }
         }
     }
 }
@@ -207,7 +259,11 @@ __device__ __forceinline__ void gw_store_linear(const float (&d)[GW_BN / 2], con
 template <typename T, bool GEGLU>
 __device__ __forceinline__ void gw_consume(unsigned char *smem, uint64_t *full, uint64_t *empty, const gw_params &p,
                                            int wg, int lane_in_wg) {
+    typedef gw_cfg<GEGLU> C;
     const int ktiles = p.k / GW_BK, tiles = p.tiles_m * p.tiles_n, warp = lane_in_wg >> 5, lane = lane_in_wg & 31;
+    unsigned char *const staging = smem + C::STAGES * GW_STAGE_BYTES + wg * 64 * GW_STAGING_PITCH;
+    constexpr int SLICES = 64 * GW_OUT(true) / 8 / 128; /* 16-byte vectors a thread per staged half */
+    int staged_row = -1, staged_tn = 0; /* GEGLU: the staged half's first row of y and column tile */
     float d[GW_BN / 2];
     int s = 0;
     for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
@@ -216,8 +272,8 @@ __device__ __forceinline__ void gw_consume(unsigned char *smem, uint64_t *full, 
 #pragma unroll
         for (int i = 0; i < GW_BN / 2; i++) d[i] = 0.0f;
         for (int kt = 0; kt < ktiles; kt++, s++) {
-            const int st = s % GW_STAGES;
-            mbar_wait(&full[st], (unsigned)(s / GW_STAGES) & 1u);
+            const int st = s % C::STAGES;
+            mbar_wait(&full[st], (unsigned)(s / C::STAGES) & 1u);
             const unsigned char *sa = smem + st * GW_STAGE_BYTES + wg * 8 * 1024, *sb = smem + st * GW_STAGE_BYTES + GW_A_BYTES;
             wg_fence();
             wg_fence_acc(d);
@@ -226,28 +282,37 @@ __device__ __forceinline__ void gw_consume(unsigned char *smem, uint64_t *full, 
                 gw_mma<T>(d, wg_desc(sa + kk * 256, 128, 1024), wg_desc(sb + kk * 256, 128, 1024));
             wg_commit();
             wg_fence_acc(d);
+            if (GEGLU && staged_row >= 0) /* the previous tile's GEGLU, a slice per k-step, beside the products */
+                gw_finish_geglu<T>(staging, p, staged_row, staged_tn, lane_in_wg, SLICES * kt / ktiles,
+                                   SLICES * (kt + 1) / ktiles);
             if (kt > 0) { /* the previous step's products have retired: its stage goes back */
                 wg_wait<1>();
                 wg_fence_acc(d);
-                mbar_arrive(&empty[(s - 1) % GW_STAGES]);
+                mbar_arrive(&empty[(s - 1) % C::STAGES]);
             }
         }
         wg_wait_all();
         wg_fence_acc(d);
-        if (ktiles > 0) mbar_arrive(&empty[(s - 1) % GW_STAGES]);
-        if (GEGLU)
-            gw_store_geglu<T>(d, p, tm * GW_BM + wg * 64 + warp * 16, tn, lane);
-        else
+        if (ktiles > 0) mbar_arrive(&empty[(s - 1) % C::STAGES]);
+        if (GEGLU) {
+            named_bar_sync(1 + wg, 128); /* every thread of the warpgroup has read the previous half */
+            gw_stage_geglu<T>(d, p, staging, warp * 16, tn, lane);
+            named_bar_sync(1 + wg, 128); /* and this one is written */
+            staged_row = tm * GW_BM + wg * 64, staged_tn = tn;
+        } else {
             gw_store_linear<T>(d, p, tm * GW_BM + wg * 64 + warp * 16, tn, lane);
+        }
     }
+    if (GEGLU && staged_row >= 0) gw_finish_geglu<T>(staging, p, staged_row, staged_tn, lane_in_wg, 0, SLICES);
 }
 
 template <typename T, bool GEGLU> __global__ void __launch_bounds__(GW_THREADS, 1) gw_kernel(const gw_params p) {
+    typedef gw_cfg<GEGLU> C;
     extern __shared__ __align__(128) unsigned char wg_smem[];
-    uint64_t *full = (uint64_t *)(wg_smem + GW_BARS), *empty = full + GW_STAGES;
+    uint64_t *full = (uint64_t *)(wg_smem + C::BARS), *empty = full + C::STAGES;
     const int tid = threadIdx.x, wg = tid >> 7;
     if (tid == 0)
-        for (int i = 0; i < GW_STAGES; i++) {
+        for (int i = 0; i < C::STAGES; i++) {
             mbar_init(&full[i], 128);
             mbar_init(&empty[i], 256);
         }
@@ -273,7 +338,7 @@ extern "C" loco_status cuda_gemm_wgmma_setup(cuda_impl *c, loco_err *err) {
     cudaError_t e = cudaMemcpyFromSymbol(&image_ok, gw_image_ok, sizeof image_ok);
 #define GW_SET(T, GEGLU)                                                                                       \
     if (e == cudaSuccess && image_ok)                                                                          \
-        e = cudaFuncSetAttribute(gw_kernel<T, GEGLU>, cudaFuncAttributeMaxDynamicSharedMemorySize, GW_SMEM);
+        e = cudaFuncSetAttribute(gw_kernel<T, GEGLU>, cudaFuncAttributeMaxDynamicSharedMemorySize, gw_cfg<GEGLU>::SMEM);
     GW_FOR_EACH(GW_SET)
 #undef GW_SET
     if (e != cudaSuccess) {
@@ -293,7 +358,7 @@ static loco_status gw_run(cuda_impl *c, bool geglu, loco_tensor *y, const loco_t
                           const loco_tensor *bias, int accumulate, loco_err *err) {
     const loco_dtype dt = y->dtype;
     const int64_t k = w->shape[1], n = y->shape[y->ndim - 1], rows = loco_tensor_numel(y) / (n > 0 ? n : 1);
-    if ((dt != LOCO_F16 && dt != LOCO_BF16) || w->dtype != dt || (bias && bias->dtype != dt) || k % GW_BK != 0 ||
+    if ((dt != LOCO_F16 && dt != LOCO_BF16) || w->dtype != dt || (bias && bias->dtype != dt) || k % GW_BK != 0 || k == 0 ||
         n % GW_OUT(geglu) != 0 || rows <= 0 || rows > INT32_MAX - GW_BM || loco_tensor_numel(w) > INT32_MAX ||
         !aligned16(x->data) || !aligned16(w->data) || !aligned16(y->data))
         return LOCO_EUNSUPPORTED;
@@ -308,7 +373,7 @@ static loco_status gw_run(cuda_impl *c, bool geglu, loco_tensor *y, const loco_t
     const unsigned grid = (unsigned)(tiles < blocks ? tiles : blocks);
 #define GW_LAUNCH(T, GEGLU)                                                                                    \
     if (dt == cuda_dtype_of<T>::value && geglu == GEGLU) {                                                     \
-        LOCO_LAUNCH(grid, GW_THREADS, GW_SMEM, c->stream, gw_kernel<T, GEGLU>)(p);                             \
+        LOCO_LAUNCH(grid, GW_THREADS, gw_cfg<GEGLU>::SMEM, c->stream, gw_kernel<T, GEGLU>)(p);     \
         return cuda_check_launch("gw_kernel", err);                                                            \
     }
     GW_FOR_EACH(GW_LAUNCH)
