@@ -107,7 +107,8 @@ static loco_status add_rows(loco_weights *w, const char *name, const loco_stored
 }
 
 static loco_status add_transposed(const loco_stored_tensor *t, const char *name, loco_weights *w, loco_err *err) {
-    if (t->ndim != 2) return loco_err_set(err, LOCO_EFORMAT, "'%s' must be 2-D", t->name);
+    if (t->ndim != 2 || t->shape[0] == 0 || t->shape[1] == 0)
+        return loco_err_set(err, LOCO_EFORMAT, "'%s' must be a non-empty 2-D matrix", t->name);
     const size_t es = loco_dtype_size(t->dtype), r = (size_t)t->shape[0], c = (size_t)t->shape[1];
     uint8_t *dst = malloc(t->nbytes ? t->nbytes : 1);
     if (!dst) return loco_err_set(err, LOCO_ENOMEM, "out of memory transposing '%s'", t->name);

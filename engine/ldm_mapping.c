@@ -412,7 +412,9 @@ static loco_status split_in_proj(const loco_safetensors *f, const loco_stored_te
 /* text_projection is stored [d, p] (x @ P); a Linear weight is [p, d]. */
 static loco_status add_transposed(const loco_safetensors *f, const loco_stored_tensor *t, loco_weights *w,
                                   loco_err *err) {
-    if (t->ndim != 2) return loco_err_set(err, LOCO_EFORMAT, "%s: '%s' must be 2-D", loco_safetensors_path(f), t->name);
+    if (t->ndim != 2 || t->shape[0] == 0 || t->shape[1] == 0)
+        return loco_err_set(err, LOCO_EFORMAT, "%s: '%s' must be a non-empty 2-D matrix", loco_safetensors_path(f),
+                            t->name);
     size_t es = loco_dtype_size(t->dtype), r = (size_t)t->shape[0], c = (size_t)t->shape[1];
     uint8_t *dst = malloc(t->nbytes ? t->nbytes : 1);
     if (!dst)

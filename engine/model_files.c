@@ -121,7 +121,8 @@ static loco_status load_configs(loco_model_files *m, loco_err *err) {
     const char *k;
     json_t *v;
     json_object_foreach(m->index, k, v) {
-        if (!index_entry(m->index, k, 1)) continue;
+        /* metadata keys, as check_index treats them (it does not check their names as folders) */
+        if (k[0] == '_' || !index_entry(m->index, k, 1)) continue;
         json_t *cfg = NULL;
         loco_status st = LOCO_OK;
         static const char *const names[] = {"config.json", "scheduler_config.json"};

@@ -98,6 +98,11 @@ static loco_status parse_entry(const char *path, const char *name, const json_t 
         if (json_u64(json_array_get(js, i), (uint64_t)INT64_MAX, &d) != 0)
             return loco_err_set(err, LOCO_EFORMAT, "%s: tensor '%s': shape[%zu] is not a non-negative integer", path,
                                 name, i);
+        /* beside a zero the product stays 0 whatever this is, and code that walks one dimension
+         * of an empty tensor ([2^63 - 1, 0]) would spin for ever: no real tensor comes near */
+        if (d > LOCO_SAFETENSORS_MAX_DIM)
+            return loco_err_set(err, LOCO_EFORMAT, "%s: tensor '%s': shape[%zu] = %llu is larger than %llu", path, name,
+                                i, (unsigned long long)d, (unsigned long long)LOCO_SAFETENSORS_MAX_DIM);
         t->shape[i] = (int64_t)d;
         if (d == 0) has_zero = 1;
         if (!has_zero && __builtin_mul_overflow(numel, d, &numel))

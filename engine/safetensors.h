@@ -11,6 +11,11 @@
 #include "base.h"
 #include "backend.h" /* LOCO_MAX_DIMS */
 
+/* The largest dimension a header may give (2^32: a 1-D tensor of 16 GiB of f32 still opens). Why
+ * a bound at all: a zero elsewhere in the shape makes the tensor empty and valid whatever the
+ * other dimensions say, and a loop over one of them would then run for ever. */
+#define LOCO_SAFETENSORS_MAX_DIM ((uint64_t)1 << 32)
+
 typedef struct loco_stored_tensor {
     const char *name;
     loco_dtype dtype;

@@ -13,13 +13,18 @@
 #include "artifacts.h"
 #include "http.h"
 
-/* "bytes=a-b" | "bytes=a-" | "bytes=-n". 1 ok, 0 ignore (several ranges / not bytes), -1 unsatisfiable. */
+/* Whether s starts with a digit: strtoull alone would also take spaces, '+' and '-' before one. */
+static int digit_first(const char *s) { return *s >= '0' && *s <= '9'; }
+
+/* "bytes=a-b" | "bytes=a-" | "bytes=-n", digits only (RFC 9110 14.1.2). 1 ok, 0 ignore (several
+ * ranges / not bytes / malformed: the whole file then), -1 unsatisfiable. */
 static int parse_range(const char *h, uint64_t size, uint64_t *start, uint64_t *end) {
     if (strncmp(h, "bytes=", 6) != 0) return 0;
     const char *s = h + 6;
     if (strchr(s, ',')) return 0;
     char *e;
     if (*s == '-') {
+        if (!digit_first(s + 1)) return 0;
         unsigned long long n = strtoull(s + 1, &e, 10);
         if (e == s + 1 || *e) return 0;
         if (n == 0 || size == 0) return -1;
@@ -27,11 +32,13 @@ static int parse_range(const char *h, uint64_t size, uint64_t *start, uint64_t *
         *end = size - 1;
         return 1;
     }
+    if (!digit_first(s)) return 0;
     unsigned long long a = strtoull(s, &e, 10);
     if (e == s || *e != '-') return 0;
     const char *bs = e + 1;
     unsigned long long b = size ? size - 1 : 0;
     if (*bs) {
+        if (!digit_first(bs)) return 0;
         b = strtoull(bs, &e, 10);
         if (e == bs || *e) return 0;
         if (b < a) return 0;

@@ -345,6 +345,31 @@ TEST(open_clip_mapping_views_and_copies) {
     st_rm_tree(dir);
 }
 
+/* An empty text_projection ([2^32, 0]: valid as a safetensors entry) is an error naming it, not
+ * a transpose that walks 2^32 empty rows (a crafted file once hung the loader for ever). */
+TEST(open_clip_empty_projection_is_an_error) {
+    char dir[256];
+    CHECK(st_tmpdir(dir, sizeof dir));
+    char path[512];
+    snprintf(path, sizeof path, "%s/oc.safetensors", dir);
+    static const char header[] = "{\"cond_stage_model.model.text_projection\": {\"dtype\": \"F32\", "
+                                 "\"shape\": [4294967296, 0], \"data_offsets\": [0, 0]}}";
+    const uint64_t n = sizeof header - 1;
+    FILE *fp = fopen(path, "wb");
+    CHECK(fp && fwrite(&n, 8, 1, fp) == 1 && fwrite(header, 1, n, fp) == n);
+    fclose(fp);
+    loco_err err = {0};
+    loco_safetensors *f;
+    CHECK_MSG(loco_safetensors_open(path, &f, &err) == LOCO_OK, "%s", err.msg);
+    loco_weights *w;
+    CHECK(loco_weights_new_empty("oc", &w, &err) == LOCO_OK);
+    CHECK(loco_ldm_map_open_clip(f, LOCO_LDM_OPENCLIP_SD2_PREFIX, 1, 1, w, &err) == LOCO_EFORMAT);
+    CHECK_MSG(strstr(err.msg, "text_projection") && strstr(err.msg, "non-empty"), "%s", err.msg);
+    loco_weights_free(w);
+    loco_safetensors_close(f);
+    st_rm_tree(dir);
+}
+
 TEST(vae_mapping_squeezes_attention_convs) {
     char dir[256];
     CHECK(st_tmpdir(dir, sizeof dir));
@@ -505,6 +530,20 @@ TEST(family_override_and_bad_paths) {
     CHECK(strstr(err.msg, "model_index.json") && strstr(err.msg, "'unet'"));
     CHECK(st_write_text(p, "{\"../x\": [\"diffusers\", \"UNet2DConditionModel\"]}") == 0);
     CHECK(loco_model_files_open(dir, NULL, &m, &err) == LOCO_EFORMAT);
+    {   /* a metadata key ('_...') with a component's shape is not a component: no config read
+         * through it, here one outside the model folder (dir/outside), broken so that reading it fails */
+        char q[1024];
+        snprintf(q, sizeof q, "%s/model", dir), mkdir(q, 0755);
+        snprintf(q, sizeof q, "%s/model/_x", dir), mkdir(q, 0755);
+        snprintf(q, sizeof q, "%s/outside", dir), mkdir(q, 0755);
+        snprintf(q, sizeof q, "%s/outside/config.json", dir);
+        CHECK(st_write_text(q, "{broken") == 0);
+        snprintf(q, sizeof q, "%s/model/model_index.json", dir);
+        CHECK(st_write_text(q, "{\"_x/../../outside\": [\"diffusers\", \"Foo\"]}") == 0);
+        snprintf(q, sizeof q, "%s/model", dir);
+        CHECK_MSG(loco_model_files_open(q, NULL, &m, &err) == LOCO_OK, "%s", err.msg);
+        loco_model_files_close(m);
+    }
     CHECK(st_write_text(p, "{\"_class_name\": \"StableDiffusionPipeline\", \"unet\": [\"diffusers\", "
                            "\"UNet2DConditionModel\"]}") == 0);
     snprintf(p, sizeof p, "%s/unet", dir);
