@@ -215,8 +215,9 @@ __device__ __forceinline__ void gw_finish_geglu(const unsigned char *staging, co
     }
 }
 
-/* The linear epilogue: acc + b (+ y) rounded once, as cuBLASLt's bias epilogue (and its beta = 1
- * accumulation) computes it in fp32; per quarter of the columns its loads first, then its stores. */
+/* The linear epilogue: acc + b (+ y) in fp32, rounded once (cuBLASLt's bias epilogue and beta = 1
+ * accumulation also work in fp32; the order of its two adds may differ from this one's, a last-bit
+ * difference); per quarter of the columns its loads first, then its stores. */
 template <typename T>
 __device__ __forceinline__ void gw_store_linear(const float (&d)[GW_BN / 2], const gw_params &p, int row0, int tn,
                                                int lane) {
