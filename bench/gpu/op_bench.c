@@ -412,9 +412,9 @@ static int wgmma_rows(const char *path, int reps) {
      * their tests failed): not those */
     const char *skip_geglu_env = getenv("LOCO_OPBENCH_SKIP_GEGLU");
     const int skip_geglu = skip_geglu_env && skip_geglu_env[0] == '1';
-    loco_backend *begeglu = be3 && !skip_geglu ? forced_backend_create(geglu_env) : NULL;
-    if (!be || !be128 || !be3 || (!skip_geglu && !begeglu) || (!skip_ws && (!bews || !bews3 || !bews128))) {
-        loco_backend_destroy(begeglu);
+    loco_backend *begw = be3 && !skip_geglu ? forced_backend_create(geglu_env) : NULL;
+    if (!be || !be128 || !be3 || (!skip_geglu && !begw) || (!skip_ws && (!bews || !bews3 || !bews128))) {
+        loco_backend_destroy(begw);
         loco_backend_destroy(bews128);
         loco_backend_destroy(bews3);
         loco_backend_destroy(bews);
@@ -440,13 +440,13 @@ static int wgmma_rows(const char *path, int reps) {
         if (bews3 && (d == 64 || d == 80) && time_op(bews3, &op, reps, "@fa_wgmma_ws3") != 0) failures++;
         if (bews128 && (d == 40 || d == 64 || d == 80) && time_op(bews128, &op, reps, "@fa_wgmma_ws128") != 0)
             failures++;
-        if (begeglu && !strcmp(op.kind, "ffgeglu") && time_op(begeglu, &op, reps, "@geglu_wgmma") != 0) failures++;
+        if (begw && !strcmp(op.kind, "ffgeglu") && time_op(begw, &op, reps, "@geglu_wgmma") != 0) failures++;
         /* (where the kernel takes the shape: elsewhere the row would time cuBLASLt again) */
-        if (begeglu && !strcmp(op.kind, "linear") && !strcmp(op.act, "none") && op.a[1] % 64 == 0 &&
-            op.a[2] % 256 == 0 && time_op(begeglu, &op, reps, "@linear_wgmma") != 0)
+        if (begw && !strcmp(op.kind, "linear") && !strcmp(op.act, "none") && op.a[1] % 64 == 0 &&
+            op.a[2] % 256 == 0 && time_op(begw, &op, reps, "@linear_wgmma") != 0)
             failures++;
     }
-    loco_backend_destroy(begeglu);
+    loco_backend_destroy(begw);
     loco_backend_destroy(bews128);
     loco_backend_destroy(bews3);
     loco_backend_destroy(bews);

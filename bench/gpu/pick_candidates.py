@@ -11,17 +11,20 @@ combination the op rows predict, so that the same run times it end to end (phase
 """
 import sys
 
-# the SD-XL b8 UNet call's self-attention (run 6: 10 calls at 4096 tokens, 60 at 1024 per UNet
-# call) and the LOCO_CUDA_FLASH value of each op_bench row suffix
+# Weights: calls per SD-XL b8 UNet call, from run 6's profile (profile_sdxl_b8.txt: its counts
+# over two calls, halved). The self-attention (4096 and 1024 tokens) and the LOCO_CUDA_FLASH
+# value of each op_bench row suffix:
 SELF_ROWS = {"sdxl_self_d64_4096_b16": 10, "sdxl_self_d64_1024_b16": 60}
 FLASH = {"": None, "@fa_ilp3q": "ilp3q", "@fa_wgmma": "wgmma", "@fa_wgmma128": "wgmma128",
          "@fa_wgmma3": "wgmma3", "@fa_wgmma_ws": "wgmma_ws", "@fa_wgmma_ws3": "wgmma_ws3",
          "@fa_wgmma_ws128": "wgmma_ws128"}
-# the text cross-attention (attention_short.cu by default; @short_off: the flash kernel)
+# the text cross-attention at 1024 and 4096 tokens (attention_short.cu by default; @short_off:
+# the flash kernel)
 CROSS_ROWS = {"sdxl_cross_d64_77_b16": 60, "sdxl_cross_d64_4096_77_b16": 10}
-# gemm_wgmma.cu's forms against cuBLASLt (+ the GEGLU pass)
+# gemm_wgmma.cu's forms against cuBLASLt (+ the GEGLU pass); the 1280 x 1280 GEMMs are 60 plain
+# (attn2's to_q) and 120 accumulating (both to_outs), timed here by the plain row
 GEGLU_ROWS = {"sdxl_ffgeglu_1280_b16": 60, "sdxl_ffgeglu_640_b16": 10}
-LINEAR_ROWS = {"sdxl_proj_1280_b16": 120, "sdxl_qkv_1280_b16": 60}
+LINEAR_ROWS = {"sdxl_proj_1280_b16": 180, "sdxl_qkv_1280_b16": 60}
 
 
 def read_rows(path):
