@@ -202,7 +202,11 @@ if [ $CANDIDATES -eq 1 ]; then
         for cand in default:LOCO_CANDIDATE=default ilp3q:LOCO_CUDA_FLASH=ilp3q wgmma128:LOCO_CUDA_FLASH=wgmma128 \
             wgmma:LOCO_CUDA_FLASH=wgmma wgmma3:LOCO_CUDA_FLASH=wgmma3 wgmma_ws3:LOCO_CUDA_FLASH=wgmma_ws3 \
             wgmma_ws:LOCO_CUDA_FLASH=wgmma_ws wgmma_ws128:LOCO_CUDA_FLASH=wgmma_ws128 \
-            geglu_wgmma:LOCO_CUDA_GEGLU=wgmma linear_wgmma:LOCO_CUDA_LINEAR=wgmma gemm_tuned:LOCO_CUDA_GEMM_TUNE=1 \
+            geglu_wgmma:LOCO_CUDA_GEGLU=wgmma linear_wgmma:LOCO_CUDA_LINEAR=wgmma \
+            geglu_tma:LOCO_CUDA_GEGLU=wgmma,LOCO_CUDA_GEMM_WGMMA_LOAD=tma \
+            linear_tma:LOCO_CUDA_LINEAR=wgmma,LOCO_CUDA_GEMM_WGMMA_LOAD=tma \
+            geglu_arrive:LOCO_CUDA_GEGLU=wgmma,LOCO_CUDA_GEMM_WGMMA_LOAD=arrive \
+            wgmma_ws3_arrive:LOCO_CUDA_FLASH=wgmma_ws3,LOCO_CUDA_FLASH_ARRIVE=async gemm_tuned:LOCO_CUDA_GEMM_TUNE=1 \
             short_off:LOCO_CUDA_FLASH_SHORT=0; do
             # GPU_CHECK_CANDIDATES="tag ...": only those (and the default), e.g. the op table's winners
             if [ -n "${GPU_CHECK_CANDIDATES:-}" ] && [ "${cand%%:*}" != default ] &&
@@ -213,7 +217,8 @@ if [ $CANDIDATES -eq 1 ]; then
                 say "skipping $1 with ${cand#*:}: $(left) s of the budget left"
                 continue
             fi
-            loco_b8 "${cand%%:*}" "${cand#*:}" "$1" "$2" "$3"
+            # (a comma joins the variables of a candidate that sets several)
+            loco_b8 "${cand%%:*}" "$(printf '%s' "${cand#*:}" | tr ',' ' ')" "$1" "$2" "$3"
         done
     done
     say "done in $(elapsed) s (timings only; parity: the full check)"
@@ -225,7 +230,8 @@ fi
 # attention over at most 80 keys (attention_short.cu: per-warp buffers, __syncwarp, cp.async),
 # the LayerNorm lane groups and register form, GEGLU's vector form, the row-tap convs, the
 # many-layer linear, the device quantisation of images, the vector concat; and (session 10) the
-# warp-specialised attention's named barriers and mbarriers (synccheck), from test_cuda_optin.
+# warp-specialised attention's named barriers and mbarriers (synccheck), from test_cuda_optin;
+# (sessions 11-12) gemm_wgmma.cu's mbarriers and named barriers, and its TMA form.
 # Each test runs in a process of its own under one tool; a tool's summary line decides.
 sanitize_one() { # tool test (test_cuda_ops), or tool optin/test (test_cuda_optin)
     local t0 rc summary limit bin=test_cuda_ops name=$2
@@ -254,7 +260,8 @@ if [ $SANITIZE -eq 1 ]; then
         racecheck:cuda_attention_packed_qkv memcheck:cuda_layer_norm racecheck:cuda_layer_norm \
         memcheck:cuda_geglu_add_channel_bias_add memcheck:cuda_conv2d_rows memcheck:cuda_linear_many \
         memcheck:cuda_download_u8_images_matches_cpu memcheck:cuda_transpose_concat_upsample \
-        synccheck:optin/cuda_attention_wgmma_ws3 memcheck:optin/cuda_attention_wgmma_ws3; do
+        synccheck:optin/cuda_attention_wgmma_ws3 memcheck:optin/cuda_attention_wgmma_ws3 \
+        synccheck:optin/cuda_linear_geglu_wgmma memcheck:optin/cuda_linear_geglu_wgmma_tma; do
         if [ "$(left)" -lt 30 ]; then
             say "skipping compute-sanitizer ${tool_test%%:*} on ${tool_test#*:}: $(left) s of the budget left"
             continue
@@ -275,6 +282,7 @@ SANITIZED=0
 # GPU) get 45 s instead of 150: a protocol error there is a hang, and seconds of work must not
 # hold a parity slot for minutes.
 test_limit() { case "$1" in *wgmma_ws* | *geglu_wgmma* | *linear_wgmma*) echo 45 ;; *) echo 150 ;; esac; }
+# (the *_arrive tests match those patterns too)
 run_one_test() { # binary test -> prints "<rc> <test> <seconds>"
     local t0 rc
     t0=$(date +%s)
@@ -286,6 +294,8 @@ export -f run_one_test test_limit
 export DIR
 WS_BAD=0 # a warp-specialised attention test failed: its op rows and timed runs are skipped
 GEGLU_BAD=0 # a test of gemm_wgmma.cu (GEMM + GEGLU, or the linear form) failed: likewise
+TMA_BAD=0   # a test of its TMA form (LOCO_CUDA_GEMM_WGMMA_LOAD=tma) failed: that form's rows and runs
+ARRIVE_BAD=0 # a test of a producer publishing by cp.async.mbarrier.arrive (*_arrive) failed: likewise
 parity() { # name binary [test-name regex]
     say "parity: $1 (one process per test)"
     local names n_pass=0 n_fail=0 failed_names="" hung_names="" line rc name secs
@@ -304,7 +314,12 @@ parity() { # name binary [test-name regex]
         else
             n_fail=$((n_fail + 1))
             failed_names="$failed_names $name"
-            case "$name" in *wgmma_ws*) WS_BAD=1 ;; *geglu_wgmma* | *linear_wgmma*) GEGLU_BAD=1 ;; esac
+            case "$name" in
+            *_arrive) ARRIVE_BAD=1 ;;
+            *wgmma_ws*) WS_BAD=1 ;;
+            *wgmma_tma*) TMA_BAD=1 ;;
+            *geglu_wgmma* | *linear_wgmma*) GEGLU_BAD=1 ;;
+            esac
             local why="exit $rc"
             [ "$rc" = 77 ] && why="skipped on a GPU machine"
             [ "$rc" = 124 ] && why="timed out ($(test_limit "$name") s)" && hung_names="$hung_names $name"
@@ -442,7 +457,9 @@ else
         say "op_bench reported failures (see $DIR/ops_loco.err)"
     }
     # the experimental wgmma convolution in a process of its own (a fault there spares the rest)
-    LOCO_OPBENCH_SKIP_WS=$WS_BAD LOCO_OPBENCH_SKIP_GEGLU=$GEGLU_BAD timeout 60 "${RUN[@]}" "$BIN_BENCH/op_bench" bench/gpu/ops.txt 10 --wgmma \
+    LOCO_OPBENCH_SKIP_WS=$WS_BAD LOCO_OPBENCH_SKIP_GEGLU=$GEGLU_BAD LOCO_OPBENCH_SKIP_GEMM_TMA=$TMA_BAD \
+        LOCO_OPBENCH_SKIP_ARRIVE=$ARRIVE_BAD \
+        timeout 90 "${RUN[@]}" "$BIN_BENCH/op_bench" bench/gpu/ops.txt 10 --wgmma \
         >>"$DIR/ops_loco.txt" \
         2>"$DIR/ops_wgmma.err" || {
         tail -5 "$DIR/ops_wgmma.err"
@@ -560,10 +577,17 @@ rerun ilp3q LOCO_CUDA_FLASH=ilp3q sdxl 1024 3 90
 # the warp-specialised wgmma attention (FlashAttention-3's structure, session 10) unless its op
 # tests failed in phase 3
 [ $WS_BAD -eq 0 ] && rerun wgmma_ws3 LOCO_CUDA_FLASH=wgmma_ws3 sdxl 1024 3 90
+# ... with its producer publishing by cp.async.mbarrier.arrive (session 12: no wait for its own
+# copies, no proxy fence; whether that fence held the producer back is session 11's open question)
+[ $WS_BAD -eq 0 ] && [ $ARRIVE_BAD -eq 0 ] &&
+    rerun wgmma_ws3_arrive "LOCO_CUDA_FLASH=wgmma_ws3 LOCO_CUDA_FLASH_ARRIVE=async" sdxl 1024 3 90
 # the feed-forward's GEMM and GEGLU in one warp-specialised wgmma kernel (session 11; its op
 # test is in phase 3, the tiny models' widths do not reach it, so no pipeline parity rerun)
 [ $GEGLU_BAD -eq 0 ] && rerun geglu_wgmma LOCO_CUDA_GEGLU=wgmma sdxl 1024 3 90
 [ $GEGLU_BAD -eq 0 ] && rerun linear_wgmma LOCO_CUDA_LINEAR=wgmma sdxl 1024 3 90
+# the same kernel with its tiles loaded by TMA (session 12); "best" above has it when its rows won
+[ $GEGLU_BAD -eq 0 ] && [ $TMA_BAD -eq 0 ] &&
+    rerun geglu_tma "LOCO_CUDA_GEGLU=wgmma LOCO_CUDA_GEMM_WGMMA_LOAD=tma" sdxl 1024 3 90
 optin_parity
 rerun wgmma128 LOCO_CUDA_FLASH=wgmma128 sdxl 1024 3 90
 rerun wgmma LOCO_CUDA_FLASH=wgmma sdxl 1024 3 90

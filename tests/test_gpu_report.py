@@ -43,8 +43,36 @@ def test_pick_takes_the_winners_and_leaves_missing_rows(tmp_path):
     assert r.returncode == 0, r.stderr
     # ws3 wins the self-attention, the fold wins its rows; short_off loses; the linear rows lack @linear_wgmma
     assert r.stdout.split() == ["LOCO_CUDA_FLASH=wgmma_ws3", "LOCO_CUDA_GEGLU=wgmma"]
-    assert "LOCO_CUDA_LINEAR=wgmma: rows missing" in r.stderr
+    assert "LOCO_CUDA_LINEAR=wgmma (cp.async): rows missing" in r.stderr
     assert "self-attention @fa_wgmma_ws3: 27.00 ms a UNet call" in r.stderr
+
+
+def test_pick_chooses_the_faster_way_of_loading_for_both_gemm_forms(tmp_path):
+    ops = tmp_path / "ops_loco.txt"
+    ops.write_text(OPS + "sdxl_ffgeglu_1280_b16@geglu_wgmma_tma 0.6000 700.0 TFLOP/s\n"
+                   "sdxl_ffgeglu_640_b16@geglu_wgmma_tma 0.7800 560.0 TFLOP/s\n"
+                   "sdxl_qkv_1280_b16 0.3000 540.0 TFLOP/s\n"
+                   "sdxl_proj_1280_b16@linear_wgmma_tma 0.0900 590.0 TFLOP/s\n"
+                   "sdxl_qkv_1280_b16@linear_wgmma_tma 0.2900 560.0 TFLOP/s\n")
+    r = run(PICK, ops)
+    assert r.returncode == 0, r.stderr
+    # with TMA the GEGLU rows save 60 x 0.152 - 10 x 0.02 and the linear ones 180 x 0.01 + 60 x 0.01:
+    # more than cp.async's GEGLU alone (whose linear rows are missing)
+    assert r.stdout.split() == ["LOCO_CUDA_FLASH=wgmma_ws3", "LOCO_CUDA_GEGLU=wgmma", "LOCO_CUDA_LINEAR=wgmma",
+                                "LOCO_CUDA_GEMM_WGMMA_LOAD=tma"]
+    assert "LOCO_CUDA_LINEAR=wgmma (cp.async): rows missing" in r.stderr
+
+
+def test_pick_takes_the_async_arrive_forms_when_they_win(tmp_path):
+    ops = tmp_path / "ops_loco.txt"
+    ops.write_text(OPS + "sdxl_self_d64_4096_b16@fa_wgmma_ws3_arrive 1.4000 480.0 TFLOP/s\n"
+                   "sdxl_self_d64_1024_b16@fa_wgmma_ws3_arrive 0.1900 440.0 TFLOP/s\n"
+                   "sdxl_ffgeglu_1280_b16@geglu_wgmma_arrive 0.6500 650.0 TFLOP/s\n"
+                   "sdxl_ffgeglu_640_b16@geglu_wgmma_arrive 0.7000 600.0 TFLOP/s\n")
+    r = run(PICK, ops)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["LOCO_CUDA_FLASH=wgmma_ws3", "LOCO_CUDA_FLASH_ARRIVE=async", "LOCO_CUDA_GEGLU=wgmma",
+                                "LOCO_CUDA_GEMM_WGMMA_LOAD=arrive"]
 
 
 def test_pick_prints_nothing_when_no_candidate_wins(tmp_path):

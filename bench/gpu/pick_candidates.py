@@ -17,7 +17,10 @@ import sys
 SELF_ROWS = {"sdxl_self_d64_4096_b16": 10, "sdxl_self_d64_1024_b16": 60}
 FLASH = {"": None, "@fa_ilp3q": "ilp3q", "@fa_wgmma": "wgmma", "@fa_wgmma128": "wgmma128",
          "@fa_wgmma3": "wgmma3", "@fa_wgmma_ws": "wgmma_ws", "@fa_wgmma_ws3": "wgmma_ws3",
-         "@fa_wgmma_ws128": "wgmma_ws128"}
+         "@fa_wgmma_ws128": "wgmma_ws128",
+         # the producer publishing by cp.async.mbarrier.arrive (session 12)
+         "@fa_wgmma_ws3_arrive": "wgmma_ws3 LOCO_CUDA_FLASH_ARRIVE=async",
+         "@fa_wgmma_ws128_arrive": "wgmma_ws128 LOCO_CUDA_FLASH_ARRIVE=async"}
 # the text cross-attention at 1024 and 4096 tokens (attention_short.cu by default; @short_off:
 # the flash kernel)
 CROSS_ROWS = {"sdxl_cross_d64_77_b16": 60, "sdxl_cross_d64_4096_77_b16": 10}
@@ -62,10 +65,8 @@ def pick(rows, log):
         for s, t in sorted(times.items(), key=lambda kv: kv[1]):
             log(f"self-attention {s or 'default'}: {t:.2f} ms a UNet call")
         if best and times[best] < times[""]:
-            env.append(f"LOCO_CUDA_FLASH={FLASH[best]}")
-    for var, value, names, suffix in (("LOCO_CUDA_FLASH_SHORT", "0", CROSS_ROWS, "@short_off"),
-                                      ("LOCO_CUDA_GEGLU", "wgmma", GEGLU_ROWS, "@geglu_wgmma"),
-                                      ("LOCO_CUDA_LINEAR", "wgmma", LINEAR_ROWS, "@linear_wgmma")):
+            env += f"LOCO_CUDA_FLASH={FLASH[best]}".split()
+    for var, value, names, suffix in (("LOCO_CUDA_FLASH_SHORT", "0", CROSS_ROWS, "@short_off"),):
         base, cand = weighted(rows, names, ""), weighted(rows, names, suffix)
         if base is None or cand is None:
             log(f"{var}={value}: rows missing")
@@ -73,6 +74,34 @@ def pick(rows, log):
         log(f"{var}={value}: {cand:.2f} against {base:.2f} ms a UNet call")
         if cand < base:
             env.append(f"{var}={value}")
+    env += pick_gemm_wgmma(rows, log)
+    return env
+
+
+def pick_gemm_wgmma(rows, log):
+    """gemm_wgmma.cu's two forms share one way of loading (LOCO_CUDA_GEMM_WGMMA_LOAD: cp.async,
+    or tma): for each way, each form goes in where it beats cuBLASLt; the way whose forms give
+    the smaller total wins."""
+    best = None  # (ms a UNet call, env)
+    for load, tag in (("cp.async", ""), ("arrive", "_arrive"), ("tma", "_tma")):
+        total, env = 0.0, []
+        for var, names, suffix in (("LOCO_CUDA_GEGLU", GEGLU_ROWS, "@geglu_wgmma" + tag),
+                                   ("LOCO_CUDA_LINEAR", LINEAR_ROWS, "@linear_wgmma" + tag)):
+            base, cand = weighted(rows, names, ""), weighted(rows, names, suffix)
+            if base is None or cand is None:
+                log(f"{var}=wgmma ({load}): rows missing")
+                if base is not None:
+                    total += base
+                continue
+            log(f"{var}=wgmma ({load}): {cand:.2f} against {base:.2f} ms a UNet call")
+            total += min(base, cand)
+            if cand < base:
+                env.append(f"{var}=wgmma")
+        if env and load != "cp.async":
+            env.append(f"LOCO_CUDA_GEMM_WGMMA_LOAD={load}")
+        if env and (best is None or total < best[0]):
+            best = (total, env)
+    return best[1] if best else []
     return env
 
 

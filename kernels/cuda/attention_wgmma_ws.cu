@@ -28,6 +28,11 @@
  *             commits them, then waits for tile t - FAWS_LAG's group, fences it for the async
  *             proxy (wgmma reads through it) and arrives on full[(t - LAG) % S]: LAG tiles'
  *             copies in flight beside the one published; the last LAG tiles after the loop.
+ *             Under LOCO_CUDA_FLASH_ARRIVE=async (session 12) it publishes tile t as it issues
+ *             it instead, by cp.async.mbarrier.arrive and an arrival: the copies count on
+ *             full[stage] when they land, with no wait and no fence in the producer (CUTLASS's
+ *             and FlashAttention-3's cp.async producers; the PTX ISA asks for an async-proxy
+ *             fence between the writes and wgmma's reads, which they do not issue either).
  *   consumer: waits for full[stage] phase k, issues, and after the wait that retires tile t's
  *             P V (in step t + 1) arrives on empty[stage].
  * A consumer never falls two phases behind on full (the producer refills a stage only after
@@ -118,7 +123,8 @@ __device__ __forceinline__ void faws_load_tile(unsigned char *sk, unsigned char 
 /* The producer warp's loop (the synchronisation above). */
 template <typename T, int D, int NWG, int BC>
 __device__ __forceinline__ void faws_produce(unsigned char *sk, unsigned char *sv, uint64_t *full, uint64_t *empty,
-                                             const T *kg, const T *vg, const fa_params &p, int ntiles, int lane) {
+                                             const T *kg, const T *vg, const fa_params &p, int ntiles, int lane,
+                                             int arrive) {
     typedef faws_geom<D, NWG, BC> G;
     constexpr int S = G::STAGES;
     for (int t = 0; t < ntiles; t++) {
@@ -127,16 +133,21 @@ __device__ __forceinline__ void faws_produce(unsigned char *sk, unsigned char *s
         const int64_t first = (int64_t)t * BC * p.rs;
         faws_load_tile<T, D, NWG, BC>(sk + st * G::K_BYTES, sv + st * G::V_BYTES, kg + first, vg + first, (int)p.rs,
                                       p.lk - t * BC, lane);
+        if (arrive) { /* the copies arrive for themselves when they land */
+            cp_async_publish_arrive(&full[st]);
+            continue;
+        }
         cp_async_commit();
         if (t >= FAWS_LAG) cp_async_publish<FAWS_LAG>(&full[(t - FAWS_LAG) % S]); /* tile t - LAG's chunks */
     }
-    cp_async_publish_tail<FAWS_LAG>(full, ntiles, S);
+    if (!arrive) cp_async_publish_tail<FAWS_LAG>(full, ntiles, S);
 }
 
 /* Warp w < 4 NWG owns query rows q0 + 16 w + g and + 8 (g = lane / 4), as in attention_wgmma.cu;
  * warpgroup NWG is the producer's. pingpong: the warpgroups take turns at issuing (above). */
 template <typename T, int D, int NWG, int BC>
-__global__ void __launch_bounds__(FAWS_THREADS(NWG), 1) faws_kernel(const fa_params p, const int pingpong) {
+__global__ void __launch_bounds__(FAWS_THREADS(NWG), 1) faws_kernel(const fa_params p, const int pingpong,
+                                                                     const int arrive) {
 #if !WG_DEVICE_OK
     __trap();
 #else
@@ -174,7 +185,7 @@ __global__ void __launch_bounds__(FAWS_THREADS(NWG), 1) faws_kernel(const fa_par
     __syncthreads(); /* Q, the ones columns and the barriers, for every thread; the last block-wide barrier */
     if (wg == NWG) {
         if constexpr (R::PRODUCER != 0) wg_setmaxnreg_dec<R::PRODUCER>();
-        if (warp == 4 * NWG) faws_produce<T, D, NWG, BC>(sk, sv, full, empty, kg, vg, p, ntiles, lane);
+        if (warp == 4 * NWG) faws_produce<T, D, NWG, BC>(sk, sv, full, empty, kg, vg, p, ntiles, lane, arrive);
         return;
     }
     if constexpr (R::PRODUCER != 0) wg_setmaxnreg_inc<R::CONSUMER>();
@@ -288,7 +299,8 @@ loco_status cuda_flash_wgmma_ws(cuda_impl *c, loco_dtype dt, int D, int nwg, dim
 #define FAWS_LAUNCH(T, DD, NWG, BC)                                                                    \
     if (dt == cuda_dtype_of<T>::value && D == DD && nwg == NWG && c->flash_wgmma == BC) {               \
         const int smem = faws_geom<DD, NWG, BC>::TOTAL, threads = FAWS_THREADS(NWG);                   \
-        LOCO_LAUNCH(grid, threads, smem, c->stream, faws_kernel<T, DD, NWG, BC>)(*fp, c->faw_pingpong); \
+        LOCO_LAUNCH(grid, threads, smem, c->stream, faws_kernel<T, DD, NWG, BC>)(*fp, c->faw_pingpong, \
+                                                                                 c->faw_arrive);        \
         return cuda_check_launch("faws_kernel", err);                                                  \
     }
     FAWS_FOR_EACH(FAWS_LAUNCH)

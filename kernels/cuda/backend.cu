@@ -321,6 +321,10 @@ extern "C" loco_status loco_backend_cuda_create(const loco_backend_opts *opts, l
     c->linear_wgmma = linear && strcmp(linear, "wgmma") == 0;
     const char *gw_blocks = getenv("LOCO_CUDA_GEMM_WGMMA_BLOCKS"); /* tests: fewer blocks than SMs, more tiles each */
     c->gemm_wgmma_blocks = gw_blocks ? atoi(gw_blocks) : 0;
+    const char *gw_load = getenv("LOCO_CUDA_GEMM_WGMMA_LOAD"); /* cp.async (default), arrive, tma */
+    if (!gw_load || !cuda_gw_load_from_name(gw_load, &c->gemm_wgmma_load)) c->gemm_wgmma_load = CUDA_GW_LOAD_CP_ASYNC;
+    const char *flash_arrive = getenv("LOCO_CUDA_FLASH_ARRIVE");
+    c->faw_arrive = flash_arrive && strcmp(flash_arrive, "async") == 0;
     const char *pingpong = getenv("LOCO_CUDA_FLASH_PINGPONG");
     c->faw_pingpong = !(pingpong && pingpong[0] == '0');
     /* attention.cu's variant of the 128-row kernel: -1 by head dim, or forced (fa_variant) */
@@ -386,7 +390,7 @@ extern "C" loco_status loco_backend_cuda_create(const loco_backend_opts *opts, l
         cuda_destroy(&cb->be);
         return st;
     }
-    snprintf(cb->be.desc, sizeof cb->be.desc, "cuda:%d %.100s (sm_%d%d, %d SMs, %.1f GiB, %s activations%s%s%s%s%s%s%s%s%s)",
+    snprintf(cb->be.desc, sizeof cb->be.desc, "cuda:%d %.100s (sm_%d%d, %d SMs, %.1f GiB, %s activations%s%s%s%s%s%s%s%s%s%s)",
              ordinal, prop.name, prop.major, prop.minor, prop.multiProcessorCount,
              (double)prop.totalGlobalMem / (1024.0 * 1024.0 * 1024.0), cuda_dt(act),
              c->conv_algo == CUDA_CONV_IM2COL     ? ", conv: im2col"
@@ -417,12 +421,17 @@ extern "C" loco_status loco_backend_cuda_create(const loco_backend_opts *opts, l
              : c->flash_rows == 64  ? ", flash: 64 rows"
              : c->flash_rows == 128 ? ", flash: 128 rows"
                                     : "",
+             c->flash_wgmma && c->faw_ws && c->faw_ok && c->faw_arrive ? ", producer arrives by cp.async" : "",
              !c->geglu_wgmma     ? ""
-             : c->geglu_wgmma_ok ? ", geglu: wgmma (experimental)"
-                                 : ", geglu: wgmma unavailable",
+             : !c->geglu_wgmma_ok ? ", geglu: wgmma unavailable"
+             : c->gemm_wgmma_load == CUDA_GW_LOAD_TMA    ? ", geglu: wgmma, TMA (experimental)"
+             : c->gemm_wgmma_load == CUDA_GW_LOAD_ARRIVE ? ", geglu: wgmma, cp.async arrive (experimental)"
+                                                         : ", geglu: wgmma (experimental)",
              !c->linear_wgmma     ? ""
-             : c->linear_wgmma_ok ? ", linear: wgmma (experimental)"
-                                  : ", linear: wgmma unavailable",
+             : !c->linear_wgmma_ok ? ", linear: wgmma unavailable"
+             : c->gemm_wgmma_load == CUDA_GW_LOAD_TMA    ? ", linear: wgmma, TMA (experimental)"
+             : c->gemm_wgmma_load == CUDA_GW_LOAD_ARRIVE ? ", linear: wgmma, cp.async arrive (experimental)"
+                                                         : ", linear: wgmma (experimental)",
              c->aux ? ", im2col overlapped" : "", c->norm_gather ? "" : ", GroupNorm gather off",
              c->flash_short ? "" : ", short-key attention off",
              c->gemm_tune ? ", GEMMs tuned" : "",

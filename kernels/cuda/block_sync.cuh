@@ -85,6 +85,26 @@ template <int LAG> __device__ __forceinline__ void cp_async_publish(uint64_t *fu
     wg_fence_proxy();
     mbar_arrive(full);
 }
+/* cp.async.mbarrier.arrive.shared::cta.b64 (sm_80; without .noinc): *bar's phase in progress
+ * waits for one more arrival, which this thread's cp.async copies issued so far make when they
+ * have all landed. Followed by an mbar_arrive, the thread's arrival counts once its copies are
+ * in, without the thread waiting for them or fencing them (CUTLASS's and FlashAttention-3's
+ * cp.async producers publish so, their consumers' wgmma reading the stage unfenced). */
+__device__ __forceinline__ void cp_async_mbar_arrive(uint64_t *bar) {
+#if defined(LOCO_CUDA_EMU)
+    emu::async_mbar_arrive(bar);
+#elif WG_DEVICE_OK
+    asm volatile("cp.async.mbarrier.arrive.shared::cta.b64 [%0];\n" ::"r"(smem_addr(bar)) : "memory");
+#else
+    (void)bar;
+#endif
+}
+/* A cp.async producer's publication of the stage it just issued, by the copies' own arrival. */
+__device__ __forceinline__ void cp_async_publish_arrive(uint64_t *full) {
+    cp_async_mbar_arrive(full);
+    mbar_arrive(full);
+}
+
 /* After a producer's loop of n steps that published step s - LAG after issuing step s: the last
  * LAG steps (fewer when n < LAG), oldest first, in the ring of `stages` "full" barriers. */
 template <int LAG> __device__ __forceinline__ void cp_async_publish_tail(uint64_t *full, int n, int stages) {

@@ -114,6 +114,14 @@ typedef enum cuda_conv_algo {
     CUDA_CONV_ROWS,     /* conv_rows.cu's row-tap GEMMs wherever they apply, else AUTO */
 } cuda_conv_algo;
 
+/* How gemm_wgmma.cu's producer loads a stage (LOCO_CUDA_GEMM_WGMMA_LOAD=cp.async|arrive|tma). */
+typedef enum cuda_gw_load {
+    CUDA_GW_LOAD_CP_ASYNC = 0, /* a warpgroup's cp.async, published after waiting for them (default) */
+    CUDA_GW_LOAD_ARRIVE,       /* the same copies, published by cp.async.mbarrier.arrive as issued */
+    CUDA_GW_LOAD_TMA,          /* one thread's TMA copies, 128-byte swizzled */
+    CUDA_GW_LOAD_COUNT
+} cuda_gw_load;
+
 typedef struct cuda_impl {
     int device;
     int cc_major, cc_minor;
@@ -140,6 +148,7 @@ typedef struct cuda_impl {
     int faw_warpgroups; /* ... in blocks of 2 warpgroups, or 3 (wgmma3, wgmma_ws3: head dims 64 and 80) */
     int faw_ws;         /* ... warp-specialised: a producer warp loads K/V (wgmma_ws, wgmma_ws3, wgmma_ws128) */
     int faw_pingpong;   /* ... whose warpgroups take turns at issuing; LOCO_CUDA_FLASH_PINGPONG=0: not */
+    int faw_arrive;     /* ... whose producer publishes by cp.async.mbarrier.arrive; LOCO_CUDA_FLASH_ARRIVE=async */
     int faw_ok;      /* ... and its sm_90a image is there and set up (compute capability 9.0) */
     int geglu_wgmma;    /* LOCO_CUDA_GEGLU=wgmma: the feed-forward's GEMM and GEGLU in one kernel
                          * (gemm_wgmma.cu, experimental); 0: cuBLASLt, then the GEGLU pass */
@@ -148,6 +157,8 @@ typedef struct cuda_impl {
                          * loop where it takes them (experimental); 0: cuBLASLt */
     int linear_wgmma_ok;   /* ... and set up, as geglu_wgmma_ok */
     int gemm_wgmma_blocks; /* that kernel's persistent blocks: 0 = one per SM; LOCO_CUDA_GEMM_WGMMA_BLOCKS (tests) */
+    cuda_gw_load gemm_wgmma_load; /* LOCO_CUDA_GEMM_WGMMA_LOAD: how that kernel loads its tiles */
+    void *tensor_map_encode; /* the driver's cuTensorMapEncodeTiled (setup, for the TMA form), or NULL */
     int flash_short; /* 1: attention over at most 80 keys (text cross-attention) takes
                       * attention_short.cu's kernel, whatever LOCO_CUDA_FLASH picks for the
                       * rest; LOCO_CUDA_FLASH_SHORT=0 sends it to that kernel too (unmeasured:
@@ -354,6 +365,8 @@ loco_status cuda_op_attention(loco_backend *be, loco_tensor *out, const loco_ten
  * and c->linear_wgmma_ok; both calls decline (LOCO_EUNSUPPORTED, nothing launched) what they do
  * not take. cuda_linear_wgmma: y = x . wᵀ + bias (+ y when accumulate), no activation. */
 loco_status cuda_gemm_wgmma_setup(cuda_impl *c, loco_err *err);
+const char *cuda_gw_load_name(cuda_gw_load l);
+int cuda_gw_load_from_name(const char *name, cuda_gw_load *out); /* 1: a known name */
 loco_status cuda_op_linear_geglu(loco_backend *be, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
                                  const loco_tensor *bias, loco_err *err);
 loco_status cuda_linear_wgmma(cuda_impl *c, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,

@@ -48,6 +48,18 @@
  * cp.async fill 512 contiguous bytes (lanes: 8 rows x 4 chunks of a row group). Staging rows are
  * 512 bytes + 16 of padding, so a warp's 4-byte stores (8 rows x 4 lanes) hit 32 banks.
  *
+ * The TMA form (LOCO_CUDA_GEMM_WGMMA_LOAD=tma, session 12, not yet timed): one producer thread
+ * asks the TMA unit for each stage's tiles (x's 128 x 64 box; w's 256 x 64, or for GEGLU its 128
+ * h rows then its 128 g rows, so accumulator column block c < 16 is h and c + 16 its gate) and
+ * counts their 48 KB off the stage's "full" mbarrier (expect_tx); they land 128-byte swizzled
+ * (row r at r 128 bytes, its 16-byte chunks XOR-ed with r % 8), which the consumers' descriptors
+ * name (wg_desc_sw128). Why: the cp.async producer spends 128 threads' issue slots and, per
+ * stage, a wait for its own copies and a proxy fence before publishing (session 11's open
+ * question: that fence may wait for the copies still in flight); cuBLAS's and CUTLASS's Hopper
+ * GEMMs load by TMA. Rows past M arrive as zeros from the copy itself. LOCO_CUDA_GEMM_WGMMA_LOAD=arrive
+ * keeps the cp.async producer but has it publish each step as it issues it, by
+ * cp.async.mbarrier.arrive (block_sync.cuh): no wait for its own copies, no fence.
+ *
  * Synchronisation (attention_wgmma_ws.cu's protocol, per k-step s counted over all of a block's
  * tiles, stage s % S, its (s / S)-th use; LAG = S - 2):
  *   producer: waits for empty[stage] phase (s / S) - 1 (from s = S on), issues step s's copies,
@@ -59,11 +71,13 @@
  *   GEGLU: each consumer warpgroup alone reads and writes its half of the staging tile; a
  *             named barrier of its 128 threads before it stages a tile (the previous one is
  *             read) and after (this one is written). */
+#include <cudaTypedefs.h> /* PFN_cuTensorMapEncodeTiled_v12000 */
 #include <string.h>
 
 #include "block_sync.cuh"
 #include "cuda_device.h"
 #include "gemm_wgmma_products.cuh"
+#include "tma.cuh"
 
 /* 1 only in the sm_90a image (the Makefile builds this file for sm_90a alone). */
 __device__ const int gw_image_ok = WG_DEVICE_OK;
@@ -103,11 +117,14 @@ template <bool GEGLU> struct gw_cfg {
 };
 
 struct gw_params {
+    CUtensorMap map_x, map_w; /* the TMA form's: x [M, K] in 64 x 128 boxes, w [2N or N, K] in 64 x
+                               * 128 (GEGLU) or 64 x 256, 128-byte swizzle; zeros otherwise */
     const void *x, *w, *b; /* b: [2N] (GEGLU) or [N], or NULL */
     void *y;
     int m, k, n;           /* n: outputs (GEGLU: w has 2n rows) */
     int tiles_m, tiles_n;
     int accumulate;        /* linear: y += x . wᵀ + b */
+    int arrive;            /* cp.async form: publish by cp.async.mbarrier.arrive (LOCO_CUDA_GEMM_WGMMA_LOAD=arrive) */
 };
 
 /* Tile `tile`'s row and column tiles: groups of GW_GROUP_M row tiles (fewer in the last), each
@@ -150,10 +167,11 @@ __device__ __forceinline__ void gw_load_step(unsigned char *sa, unsigned char *s
     }
 }
 
-/* The producer warpgroup's loop (the synchronisation above). */
-template <typename T, bool GEGLU>
-__device__ __forceinline__ void gw_produce(unsigned char *smem, uint64_t *full, uint64_t *empty, const gw_params &p,
-                                           int pw, int l) {
+/* A producer's walk over the block's k-steps: step(tm, tn, kt, s, st) for each (tile tm/tn,
+ * k-tile kt; s counted over the block's tiles, stage st = s % STAGES) once the stage is free
+ * (its previous use released on empty[st]). Returns the number of steps. */
+template <bool GEGLU, typename Step>
+__device__ __forceinline__ int gw_produce_steps(uint64_t *empty, const gw_params &p, Step &&step) {
     typedef gw_cfg<GEGLU> C;
     const int ktiles = p.k / GW_BK, tiles = p.tiles_m * p.tiles_n;
     int s = 0;
@@ -163,34 +181,72 @@ __device__ __forceinline__ void gw_produce(unsigned char *smem, uint64_t *full, 
         for (int kt = 0; kt < ktiles; kt++, s++) {
             const int st = s % C::STAGES;
             if (s >= C::STAGES) mbar_wait(&empty[st], (unsigned)(s / C::STAGES - 1) & 1u);
-            unsigned char *sa = smem + st * GW_STAGE_BYTES;
-            gw_load_step<T, GEGLU>(sa, sa + GW_A_BYTES, p, tm, tn, kt, pw, l);
-            cp_async_commit();
-            if (s >= C::LAG) cp_async_publish<C::LAG>(&full[(s - C::LAG) % C::STAGES]); /* step s - LAG's copies */
+            step(tm, tn, kt, s, st);
         }
     }
-    cp_async_publish_tail<C::LAG>(full, s, C::STAGES);
+    return s;
+}
+
+/* The producer warpgroup's loop (the synchronisation above). */
+template <typename T, bool GEGLU>
+__device__ __forceinline__ void gw_produce(unsigned char *smem, uint64_t *full, uint64_t *empty, const gw_params &p,
+                                           int pw, int l) {
+    typedef gw_cfg<GEGLU> C;
+    const int n = gw_produce_steps<GEGLU>(empty, p, [&](int tm, int tn, int kt, int s, int st) {
+        unsigned char *sa = smem + st * GW_STAGE_BYTES;
+        gw_load_step<T, GEGLU>(sa, sa + GW_A_BYTES, p, tm, tn, kt, pw, l);
+        if (p.arrive) { /* the copies arrive for themselves when they land */
+            cp_async_publish_arrive(&full[st]);
+            return;
+        }
+        cp_async_commit();
+        if (s >= C::LAG) cp_async_publish<C::LAG>(&full[(s - C::LAG) % C::STAGES]); /* step s - LAG's copies */
+    });
+    if (!p.arrive) cp_async_publish_tail<C::LAG>(full, n, C::STAGES);
+}
+
+/* The TMA form's producer: one thread, one copy of A and one (linear) or two (GEGLU: the tile's
+ * 128 h rows, then its 128 g rows) of B per k-step, their 48 KB counted off full[stage]; rows of
+ * x past M arrive as zeros. No lag: a stage is published as it is asked for. */
+template <bool GEGLU>
+__device__ __forceinline__ void gw_produce_tma(unsigned char *smem, uint64_t *full, uint64_t *empty, const gw_params &p) {
+    tma_prefetch_map(&p.map_x);
+    tma_prefetch_map(&p.map_w);
+    gw_produce_steps<GEGLU>(empty, p, [&](int tm, int tn, int kt, int, int st) {
+        unsigned char *sa = smem + st * GW_STAGE_BYTES, *sb = sa + GW_A_BYTES;
+        mbar_arrive_expect_tx(&full[st], GW_STAGE_BYTES);
+        tma_load_2d(sa, &p.map_x, kt * GW_BK, tm * GW_BM, &full[st]);
+        if (GEGLU) {
+            tma_load_2d(sb, &p.map_w, kt * GW_BK, tn * GW_OUT(true), &full[st]);
+            tma_load_2d(sb + GW_B_BYTES / 2, &p.map_w, kt * GW_BK, p.n + tn * GW_OUT(true), &full[st]);
+        } else {
+            tma_load_2d(sb, &p.map_w, kt * GW_BK, tn * GW_BN, &full[st]);
+        }
+    });
 }
 
 /* GEGLU: h and g of this thread's accumulators with their biases, rounded to T (what the unfused
- * GEMM stores), into its warpgroup's half of the staging tile in GEMM-column order (row r of
- * the half at r * GW_STAGING_PITCH; row0 the warp's first). */
-template <typename T>
+ * GEMM stores), into its warpgroup's half of the staging tile, h and g of 8 outputs in column
+ * blocks 2i and 2i + 1 (row r of the half at r * GW_STAGING_PITCH; row0 the warp's first). The
+ * accumulators' column block c holds, for the cp.async form (SPLIT false), h (c even) or g of
+ * outputs (c / 2) * 8 + 2 t, + 1; for the TMA form (SPLIT: B is the 128 h rows, then the 128 g
+ * rows), h (c < 16) or g of outputs (c % 16) * 8 + 2 t, + 1. */
+template <typename T, bool SPLIT>
 __device__ __forceinline__ void gw_stage_geglu(const float (&d)[GW_BN / 2], const gw_params &p, unsigned char *staging,
                                               int row0, int tn, int lane) {
     const int g = lane >> 2, t = lane & 3;
     const T *__restrict__ b = (const T *)p.b;
 #pragma unroll
     for (int c = 0; c < GW_BN / 8; c++) {
-        /* column block c: h (c even) or g (c odd) of outputs tn * 128 + (c / 2) * 8 + 2 t, + 1 */
-        const int bcol = (c & 1) * p.n + tn * GW_OUT(true) + (c >> 1) * 8 + 2 * t;
+        const int is_g = SPLIT ? c >> 4 : c & 1, block = SPLIT ? c & 15 : c >> 1, sc = 2 * block + is_g;
+        const int bcol = is_g * p.n + tn * GW_OUT(true) + block * 8 + 2 * t;
         const float b0 = b ? to_f32(b[bcol]) : 0.0f, b1 = b ? to_f32(b[bcol + 1]) : 0.0f;
 #pragma unroll
         for (int half = 0; half < 2; half++) {
             const T pair[2] = {from_f32<T>(d[4 * c + 2 * half] + b0), from_f32<T>(d[4 * c + 2 * half + 1] + b1)};
             uint32_t packed;
             memcpy(&packed, pair, 4);
-            *(uint32_t *)(staging + (row0 + g + 8 * half) * GW_STAGING_PITCH + (8 * c + 2 * t) * 2) = packed;
+            *(uint32_t *)(staging + (row0 + g + 8 * half) * GW_STAGING_PITCH + (8 * sc + 2 * t) * 2) = packed;
         }
     }
 }
@@ -257,7 +313,7 @@ __device__ __forceinline__ void gw_store_linear(const float (&d)[GW_BN / 2], con
 }
 
 /* A consumer warpgroup (wg 0 or 1): its 64 rows of every tile of the block. */
-template <typename T, bool GEGLU>
+template <typename T, bool GEGLU, bool TMA>
 __device__ __forceinline__ void gw_consume(unsigned char *smem, uint64_t *full, uint64_t *empty, const gw_params &p,
                                            int wg, int lane_in_wg) {
     typedef gw_cfg<GEGLU> C;
@@ -279,8 +335,12 @@ __device__ __forceinline__ void gw_consume(unsigned char *smem, uint64_t *full, 
             wg_fence();
             wg_fence_acc(d);
 #pragma unroll
-            for (int kk = 0; kk < GW_BK / 16; kk++) /* a k16 step: two core matrices along k */
-                gw_mma<T>(d, wg_desc(sa + kk * 256, 128, 1024), wg_desc(sb + kk * 256, 128, 1024));
+            for (int kk = 0; kk < GW_BK / 16; kk++) { /* a k16 step: two core matrices along k, or 32 bytes of a swizzled row */
+                if (TMA)
+                    gw_mma<T>(d, wg_desc_sw128(sa + kk * 32, 1024), wg_desc_sw128(sb + kk * 32, 1024));
+                else
+                    gw_mma<T>(d, wg_desc(sa + kk * 256, 128, 1024), wg_desc(sb + kk * 256, 128, 1024));
+            }
             wg_commit();
             wg_fence_acc(d);
             if (GEGLU && staged_row >= 0) /* the previous tile's GEGLU, a slice per k-step, beside the products */
@@ -297,7 +357,7 @@ __device__ __forceinline__ void gw_consume(unsigned char *smem, uint64_t *full, 
         if (ktiles > 0) mbar_arrive(&empty[(s - 1) % C::STAGES]);
         if (GEGLU) {
             named_bar_sync(1 + wg, 128); /* every thread of the warpgroup has read the previous half */
-            gw_stage_geglu<T>(d, p, staging, warp * 16, tn, lane);
+            gw_stage_geglu<T, TMA>(d, p, staging, warp * 16, tn, lane);
             named_bar_sync(1 + wg, 128); /* and this one is written */
             staged_row = tm * GW_BM + wg * 64, staged_tn = tn;
         } else {
@@ -307,29 +367,41 @@ __device__ __forceinline__ void gw_consume(unsigned char *smem, uint64_t *full, 
     if (GEGLU && staged_row >= 0) gw_finish_geglu<T>(staging, p, staged_row, staged_tn, lane_in_wg, 0, SLICES);
 }
 
-template <typename T, bool GEGLU> __global__ void __launch_bounds__(GW_THREADS, 1) gw_kernel(const gw_params p) {
+/* TMA: the producer is one thread issuing TMA copies into 128-byte-swizzled stages (whose
+ * 1024-byte alignment the swizzle needs: a block whose shared memory is not so aligned traps);
+ * otherwise the producer warpgroup's cp.async. */
+template <typename T, bool GEGLU, bool TMA>
+__global__ void __launch_bounds__(GW_THREADS, 1) gw_kernel(const __grid_constant__ gw_params p) {
     typedef gw_cfg<GEGLU> C;
-    extern __shared__ __align__(128) unsigned char wg_smem[];
+    extern __shared__ __align__(1024) unsigned char wg_smem[];
     uint64_t *full = (uint64_t *)(wg_smem + C::BARS), *empty = full + C::STAGES;
     const int tid = threadIdx.x, wg = tid >> 7;
-    if (tid == 0)
+    if (TMA && (smem_addr(wg_smem) & 1023u) != 0) __trap();
+    if (tid == 0) {
         for (int i = 0; i < C::STAGES; i++) {
-            mbar_init(&full[i], 128);
+            mbar_init(&full[i], TMA ? 1 : 128);
             mbar_init(&empty[i], 256);
         }
+        if (TMA) mbar_init_fence();
+    }
     __syncthreads();
     if (wg == 2) {
         wg_setmaxnreg_dec<GW_PRODUCER_REGS>();
-        gw_produce<T, GEGLU>(wg_smem, full, empty, p, (tid >> 5) & 3, tid & 31);
+        if (!TMA)
+            gw_produce<T, GEGLU>(wg_smem, full, empty, p, (tid >> 5) & 3, tid & 31);
+        else if ((tid & 127) == 0)
+            gw_produce_tma<GEGLU>(wg_smem, full, empty, p);
     } else {
         wg_setmaxnreg_inc<GW_CONSUMER_REGS>();
-        gw_consume<T, GEGLU>(wg_smem, full, empty, p, wg, tid & 127);
+        gw_consume<T, GEGLU, TMA>(wg_smem, full, empty, p, wg, tid & 127);
     }
 }
 
 /* ---- host ----------------------------------------------------------------------------------- */
 
-#define GW_FOR_EACH(X) X(__half, true) X(__half, false) X(__nv_bfloat16, true) X(__nv_bfloat16, false)
+#define GW_FOR_EACH(X)                                                                                         \
+    X(__half, true, false) X(__half, false, false) X(__nv_bfloat16, true, false) X(__nv_bfloat16, false, false)  \
+    X(__half, true, true) X(__half, false, true) X(__nv_bfloat16, true, true) X(__nv_bfloat16, false, true)
 
 extern "C" loco_status cuda_gemm_wgmma_setup(cuda_impl *c, loco_err *err) {
     (void)err;
@@ -337,18 +409,60 @@ extern "C" loco_status cuda_gemm_wgmma_setup(cuda_impl *c, loco_err *err) {
     if ((!c->geglu_wgmma && !c->linear_wgmma) || c->cc_major != 9 || c->cc_minor != 0) return LOCO_OK;
     int image_ok = 0;
     cudaError_t e = cudaMemcpyFromSymbol(&image_ok, gw_image_ok, sizeof image_ok);
-#define GW_SET(T, GEGLU)                                                                                       \
+#define GW_SET(T, GEGLU, TMA)                                                                                  \
     if (e == cudaSuccess && image_ok)                                                                          \
-        e = cudaFuncSetAttribute(gw_kernel<T, GEGLU>, cudaFuncAttributeMaxDynamicSharedMemorySize, gw_cfg<GEGLU>::SMEM);
+        e = cudaFuncSetAttribute(gw_kernel<T, GEGLU, TMA>, cudaFuncAttributeMaxDynamicSharedMemorySize,        \
+                                 gw_cfg<GEGLU>::SMEM);
     GW_FOR_EACH(GW_SET)
 #undef GW_SET
     if (e != cudaSuccess) {
         cudaGetLastError(); /* not sticky: the next call must not report it */
         return LOCO_OK;
     }
+    if (c->gemm_wgmma_load == CUDA_GW_LOAD_TMA) { /* the driver's cuTensorMapEncodeTiled, without linking libcuda */
+        cudaDriverEntryPointQueryResult found = cudaDriverEntryPointSymbolNotFound;
+        void *fn = NULL;
+        if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &found) !=
+                cudaSuccess ||
+            found != cudaDriverEntryPointSuccess)
+            fn = NULL, cudaGetLastError();
+        c->tensor_map_encode = fn;
+        if (!fn) return LOCO_OK; /* "unavailable" in the backend's description */
+    }
     c->geglu_wgmma_ok = c->geglu_wgmma && image_ok;
     c->linear_wgmma_ok = c->linear_wgmma && image_ok;
     return LOCO_OK;
+}
+
+/* A row-major [rows, cols] 16-bit matrix as a TMA tensor map: boxes of 64 columns (128 bytes,
+ * 128-byte swizzle) x box_rows rows. */
+static loco_status gw_tensor_map(const cuda_impl *c, CUtensorMap *map, const void *base, loco_dtype dt, int64_t rows,
+                                 int64_t cols, unsigned box_rows, loco_err *err) {
+    const cuuint64_t dims[2] = {(cuuint64_t)cols, (cuuint64_t)rows}, strides[1] = {(cuuint64_t)cols * 2};
+    const cuuint32_t box[2] = {GW_BK, box_rows}, elem_strides[2] = {1, 1};
+    const CUresult r = ((PFN_cuTensorMapEncodeTiled_v12000)c->tensor_map_encode)(
+        map, dt == LOCO_BF16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 2, (void *)base, dims,
+        strides, box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+        CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+    if (r != CUDA_SUCCESS)
+        return loco_err_set(err, LOCO_EDEVICE, "cuTensorMapEncodeTiled failed (%d) for a [%lld, %lld] matrix in %u-row boxes",
+                            (int)r, (long long)rows, (long long)cols, box_rows);
+    return LOCO_OK;
+}
+
+static const char *const gw_load_names[CUDA_GW_LOAD_COUNT] = {"cp.async", "arrive", "tma"};
+
+extern "C" const char *cuda_gw_load_name(cuda_gw_load l) {
+    return (unsigned)l < CUDA_GW_LOAD_COUNT ? gw_load_names[l] : "unknown";
+}
+
+extern "C" int cuda_gw_load_from_name(const char *name, cuda_gw_load *out) {
+    for (int i = 0; i < CUDA_GW_LOAD_COUNT; i++)
+        if (strcmp(name, gw_load_names[i]) == 0) {
+            *out = (cuda_gw_load)i;
+            return 1;
+        }
+    return 0;
 }
 
 static int aligned16(const void *p) { return ((uintptr_t)p & 15u) == 0; }
@@ -370,11 +484,18 @@ static loco_status gw_run(cuda_impl *c, bool geglu, loco_tensor *y, const loco_t
     p.tiles_m = (int)((rows + GW_BM - 1) / GW_BM), p.tiles_n = (int)(n / GW_OUT(geglu));
     const int64_t tiles = (int64_t)p.tiles_m * p.tiles_n;
     if (tiles > INT32_MAX) return LOCO_EUNSUPPORTED;
+    const bool tma = c->gemm_wgmma_load == CUDA_GW_LOAD_TMA;
+    p.arrive = c->gemm_wgmma_load == CUDA_GW_LOAD_ARRIVE;
+    if (tma) {
+        loco_status s = gw_tensor_map(c, &p.map_x, x->data, dt, rows, k, GW_BM, err);
+        if (!s) s = gw_tensor_map(c, &p.map_w, w->data, dt, geglu ? 2 * n : n, k, geglu ? GW_OUT(true) : GW_BN, err);
+        if (s) return s;
+    }
     const int blocks = c->gemm_wgmma_blocks > 0 ? c->gemm_wgmma_blocks : c->sm_count;
     const unsigned grid = (unsigned)(tiles < blocks ? tiles : blocks);
-#define GW_LAUNCH(T, GEGLU)                                                                                    \
-    if (dt == cuda_dtype_of<T>::value && geglu == GEGLU) {                                                     \
-        LOCO_LAUNCH(grid, GW_THREADS, gw_cfg<GEGLU>::SMEM, c->stream, gw_kernel<T, GEGLU>)(p);     \
+#define GW_LAUNCH(T, GEGLU, TMA)                                                                               \
+    if (dt == cuda_dtype_of<T>::value && geglu == GEGLU && tma == TMA) {                                       \
+        LOCO_LAUNCH(grid, GW_THREADS, gw_cfg<GEGLU>::SMEM, c->stream, gw_kernel<T, GEGLU, TMA>)(p);            \
         return cuda_check_launch("gw_kernel", err);                                                            \
     }
     GW_FOR_EACH(GW_LAUNCH)

@@ -29,6 +29,20 @@ __device__ __forceinline__ uint64_t wg_desc(const void *smem, uint32_t lbo, uint
 #endif
 }
 
+/* K-major, 128-byte swizzle (what a TMA copy with CU_TENSOR_MAP_SWIZZLE_128B writes): rows of 128
+ * bytes (64 16-bit elements of k), 8-row groups `sbo` bytes apart, each 16-byte chunk of a row
+ * XOR-ed with the row's place in its group by the address bits, so the groups must start at
+ * 1024-byte-aligned addresses (base offset 0); a k16 slice further along the rows is start +
+ * 32 bytes per slice. Layout type 1 in bits 62-63; LBO unused (1, as CUTLASS sets it). */
+__device__ __forceinline__ uint64_t wg_desc_sw128(const void *smem, uint32_t sbo) {
+#ifdef LOCO_CUDA_EMU
+    return emu::wgmma_desc_sw128(smem, sbo);
+#else
+    const uint32_t a = smem_addr(smem);
+    return (uint64_t)((a & 0x3FFFFu) >> 4) | (1ull << 16) | ((uint64_t)((sbo & 0x3FFFFu) >> 4) << 32) | (1ull << 62);
+#endif
+}
+
 /* (The emulator needs no fences: it runs an instruction's reads at the wait that retires it.) */
 __device__ __forceinline__ void wg_fence(void) {
 #if WG_DEVICE_OK && !defined(LOCO_CUDA_EMU)

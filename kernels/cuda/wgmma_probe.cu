@@ -17,6 +17,10 @@
  *                    in two placements and with both readings of the descriptor's two offsets;
  *                    attention_wgmma.cu's V is mn_k128_lbo_is_k (LBO the step along K, as
  *                    CUTLASS builds it), the other three say what holds if that one fails.
+ *   kmajor_sw128     A and B K-major in the 128-byte swizzle a TMA copy writes (wgmma.cuh's
+ *                    wg_desc_sw128: rows of 128 bytes, 16-byte chunk c of row r at chunk c XOR
+ *                    (r % 8) by the address bits, k16 steps 32 bytes apart; gemm_wgmma.cu's TMA
+ *                    form). Not required: only that experimental form relies on it.
  *
  * The accumulator layout assumed throughout: warp w holds rows 16w..16w+15, lane (g, t) holds
  * d[4j + e] = (row g + 8 (e >> 1), column 8j + 2t + (e & 1)). If it were wrong every probe
@@ -35,7 +39,7 @@ __device__ const int wgp_image_ok = WG_DEVICE_OK;
 #define WGP_N 64
 #define WGP_KSTEPS 3
 #define WGP_K (16 * WGP_KSTEPS)
-#define WGP_SMEM_A_BYTES 6144 /* 64 x 48 halves */
+#define WGP_SMEM_A_BYTES 8192 /* 64 x 48 halves; 64 rows of 128 bytes for kmajor_sw128 */
 /* B's placements write at most 6.1 KB, but a probe whose reading of the descriptor is wrong
  * still reads a whole tile at its own strides: up to 11.3 KB past the buffer's start (mn_n128,
  * last k-step, N read at 1024-byte steps). Out of the block's shared memory, that read could
@@ -49,7 +53,14 @@ typedef struct wgp_probe {
      * (k % 8) 2 (K-major) or (k % 8) 16 + (n % 8) 2 (MN-major); k16 step s starts 2 s b_k in */
     uint32_t b_n, b_k;
     uint32_t desc_lbo, desc_sbo; /* B's descriptor */
+    int sw128;       /* A and B K-major with 128-byte swizzle (the placement fields unused) */
 } wgp_probe;
+
+/* Byte offset of (row, k) of a K-major operand in the 128-byte swizzle, from a 1024-aligned base. */
+__device__ __forceinline__ uint32_t wgp_sw128_at(int row, int k) {
+    const uint32_t a = (uint32_t)row * 128 + (uint32_t)k * 2;
+    return a ^ (((a >> 7) & 7u) << 4);
+}
 
 #define WGP_ACC_OUT "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
 #define WGP_ACC_REGS "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}"
@@ -88,17 +99,19 @@ __global__ void __launch_bounds__(WGP_THREADS) wgp_kernel(const uint16_t *a, con
 #if !WG_DEVICE_OK
     __trap();
 #else
-    __shared__ __align__(128) unsigned char sa[WGP_SMEM_A_BYTES];
-    __shared__ __align__(128) unsigned char sb[WGP_SMEM_B_BYTES];
+    __shared__ __align__(1024) unsigned char sa[WGP_SMEM_A_BYTES];
+    __shared__ __align__(1024) unsigned char sb[WGP_SMEM_B_BYTES];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
     for (int i = tid; i < WGP_M * WGP_K; i += WGP_THREADS) {
         const int m = i / WGP_K, k = i % WGP_K;
-        *(uint16_t *)(sa + (m >> 3) * (WGP_K / 8 * 128) + (k >> 3) * 128 + (m & 7) * 16 + (k & 7) * 2) = a[i];
+        const uint32_t at = p.sw128 ? wgp_sw128_at(m, k)
+                                    : (m >> 3) * (WGP_K / 8 * 128) + (k >> 3) * 128 + (m & 7) * 16 + (k & 7) * 2;
+        *(uint16_t *)(sa + at) = a[i];
     }
     for (int i = tid; i < WGP_N * WGP_K; i += WGP_THREADS) {
         const int n = i / WGP_K, k = i % WGP_K;
         const uint32_t inner = p.b_mn ? (k & 7) * 16 + (n & 7) * 2 : (n & 7) * 16 + (k & 7) * 2;
-        *(uint16_t *)(sb + (n >> 3) * p.b_n + (k >> 3) * p.b_k + inner) = bt[i];
+        *(uint16_t *)(sb + (p.sw128 ? wgp_sw128_at(n, k) : (n >> 3) * p.b_n + (k >> 3) * p.b_k + inner)) = bt[i];
     }
     wg_fence_proxy();
     __syncthreads();
@@ -119,8 +132,10 @@ __global__ void __launch_bounds__(WGP_THREADS) wgp_kernel(const uint16_t *a, con
     wg_fence();
 #pragma unroll
     for (int s = 0; s < WGP_KSTEPS; s++) {
-        const uint64_t db = wg_desc(sb + 2 * s * p.b_k, p.desc_lbo, p.desc_sbo);
-        if (p.regs_a)
+        const uint64_t db = p.sw128 ? wg_desc_sw128(sb + 32 * s, 1024) : wg_desc(sb + 2 * s * p.b_k, p.desc_lbo, p.desc_sbo);
+        if (p.sw128)
+            wgp_mma_ss<0>(acc, wg_desc_sw128(sa + 32 * s, 1024), db);
+        else if (p.regs_a)
             wgp_mma_rs(acc, af[s], db);
         else if (p.b_mn)
             wgp_mma_ss<1>(acc, wg_desc(sa + s * 256, 128, WGP_K / 8 * 128), db);
@@ -150,15 +165,16 @@ typedef struct wgp_case {
 } wgp_case;
 
 static const wgp_case wgp_cases[] = {
-    {"kmajor_k48", 1, {0, 0, 768, 128, 128, 768}},
-    {"kmajor_sbo784", 1, {0, 0, 784, 128, 128, 784}},
-    {"regs_a", 1, {1, 0, 768, 128, 128, 768}},
+    {"kmajor_k48", 1, {0, 0, 768, 128, 128, 768, 0}},
+    {"kmajor_sbo784", 1, {0, 0, 784, 128, 128, 784, 0}},
+    {"regs_a", 1, {1, 0, 768, 128, 128, 768, 0}},
     /* MN-major B, placed with N-neighbouring core matrices 128 bytes apart (K-neighbours 1024) */
-    {"mn_n128_lbo_is_n", 0, {0, 1, 128, 1024, 128, 1024}},
-    {"mn_n128_lbo_is_k", 0, {0, 1, 128, 1024, 1024, 128}},
+    {"mn_n128_lbo_is_n", 0, {0, 1, 128, 1024, 128, 1024, 0}},
+    {"mn_n128_lbo_is_k", 0, {0, 1, 128, 1024, 1024, 128, 0}},
     /* ... and with K-neighbouring core matrices 128 bytes apart (N-neighbours 768) */
-    {"mn_k128_lbo_is_n", 0, {0, 1, 768, 128, 768, 128}},
-    {"mn_k128_lbo_is_k", 1, {0, 1, 768, 128, 128, 768}}, /* attention_wgmma.cu's V */
+    {"mn_k128_lbo_is_n", 0, {0, 1, 768, 128, 768, 128, 0}},
+    {"mn_k128_lbo_is_k", 1, {0, 1, 768, 128, 128, 768, 0}}, /* attention_wgmma.cu's V */
+    {"kmajor_sw128", 0, {0, 0, 0, 0, 0, 0, 1}},          /* gemm_wgmma.cu's TMA form */
 };
 
 /* Runs every probe; one line per probe into report. *required_ok: every required probe matched. */

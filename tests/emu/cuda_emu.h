@@ -18,7 +18,7 @@
  * between threads that no schedule it runs exposes, static __shared__ variables carrying the
  * last block's values, __launch_bounds__ (not checked), and the hardware's own order of
  * accumulation inside a wgmma. The emulated device is a compute capability 9.0 one, so the
- * wgmma kernels (emu_wgmma.cc) and the wgmma self-test run too. */
+ * wgmma kernels (emu_wgmma.cc), their TMA copies (emu_tma.cc) and the wgmma self-test run too. */
 #ifndef LOCO_CUDA_EMU_H
 #define LOCO_CUDA_EMU_H
 
@@ -37,6 +37,7 @@
 #define __constant__
 #define __shared__ thread_local
 #define __launch_bounds__(...)
+#define __grid_constant__
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -82,11 +83,31 @@ void named_barrier(unsigned id, unsigned count, int wait);
 void mbar_init(uint64_t *bar, unsigned count);
 void mbar_arrive(uint64_t *bar);
 void mbar_wait_parity(uint64_t *bar, unsigned parity);
+/* mbarrier.expect_tx: the phase in progress also waits for `bytes` more transaction bytes
+ * (a TMA copy naming the barrier completes them when it lands); it completes once its arrivals
+ * are in and its transaction count is back at zero. */
+void mbar_expect_tx(uint64_t *bar, unsigned bytes);
+
+/* TMA (cp.async.bulk.tensor.Nd.shared::cluster.global.tile.mbarrier::complete_tx::bytes,
+ * emu_tma.cc): copies the box at `coords` (rank of them, innermost first) of the tensor map
+ * (what cuTensorMapEncodeTiled made: emu_tma.cc serves it through
+ * cudaGetDriverEntryPointByVersion) to shared memory, then completes its bytes on *bar. The
+ * destination holds NaN bytes from issue until the copy lands, which is as late as the block
+ * lets it: when no thread can go on without it. */
+void tma_load(void *smem, const void *tensor_map, const int *coords, int rank, uint64_t *bar);
+/* The block's copies still in flight: the oldest lands (returns 1), or there is none (0). */
+int tma_land_oldest(void);
+int tma_in_flight(void);
+void tma_reset(void);
 
 /* cp.async: queued in the thread's open group, copied when a wait_group retires the group. */
 void async_copy16(void *smem, const void *gmem, int src_bytes);
 void async_commit(void);
 void async_wait(int keep_in_flight);
+/* cp.async.mbarrier.arrive.shared::cta.b64 (without .noinc): *bar's phase gets one arrival when
+ * every cp.async this thread has issued so far has landed (which the emulator makes happen at
+ * the thread's next wait_group that covers them, or when nothing else in the block can move). */
+void async_mbar_arrive(uint64_t *bar);
 
 /* The warp-wide tensor-core instructions (PTX ISA: ldmatrix, mma.sync m16n8k16 / m16n8k8). */
 enum b16_kind { B16_F16 = 0, B16_BF16 = 1 };
@@ -100,6 +121,10 @@ uint32_t tf32_round(float x);
  * (wgmma_rs); trans_b: B MN-major. Executed when wgmma_wait retires the group. Descriptors
  * come from wgmma_desc (wgmma.cuh's wg_desc). */
 uint64_t wgmma_desc(const void *smem, uint32_t lbo, uint32_t sbo);
+/* The K-major 128-byte-swizzle layout (what a TMA copy with CU_TENSOR_MAP_SWIZZLE_128B writes):
+ * rows of 128 bytes, 8-row groups `sbo` bytes apart, 16-byte chunks XOR-ed with the row in
+ * the group by the address bits, as the GPU does. */
+uint64_t wgmma_desc_sw128(const void *smem, uint32_t sbo);
 void wgmma_ss(float *d, int n, uint64_t da, uint64_t db, int trans_b, b16_kind kind);
 void wgmma_rs(float *d, int n, const uint32_t a[4], uint64_t db, int trans_b, b16_kind kind);
 void wgmma_commit(void);
@@ -139,7 +164,7 @@ template <class... P> launcher<P...> launch(dim3 grid, dim3 block, size_t smem, 
 #define EMU_SMEM_OPTIN 232448 /* an H100's / H200's 227 KB, as the emulated compute capability 9.0 */
 alignas(128) inline thread_local unsigned char fa_smem[EMU_SMEM_OPTIN];
 alignas(128) inline thread_local unsigned char faw_smem[EMU_SMEM_OPTIN];
-alignas(128) inline thread_local unsigned char wg_smem[EMU_SMEM_OPTIN];
+alignas(1024) inline thread_local unsigned char wg_smem[EMU_SMEM_OPTIN]; /* 1024: TMA's 128-byte swizzle */
 alignas(128) inline thread_local unsigned char ig_dsmem[EMU_SMEM_OPTIN];
 alignas(128) inline thread_local uint32_t t32_smem[EMU_SMEM_OPTIN / 4];
 alignas(128) inline thread_local float4 ln_smem[EMU_SMEM_OPTIN / 16];

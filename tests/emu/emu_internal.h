@@ -18,11 +18,14 @@ struct async_copy {
 };
 
 /* A thread's cp.async copies: q[done..] are in flight; group_end[] the ends of its committed
- * groups, oldest first. */
+ * groups, oldest first; arrivals[arrived..]: its cp.async.mbarrier.arrive's still to happen, each
+ * an mbarrier and the end of the copies it waits for. */
 struct async_state {
     std::vector<async_copy> q;
     std::vector<size_t> group_end;
     size_t done = 0;
+    std::vector<std::pair<uint64_t *, size_t>> arrivals;
+    size_t arrived = 0;
 };
 
 /* One wgmma instruction as issued (emu_wgmma.cc): executed when a wait retires its group. */
@@ -59,8 +62,15 @@ inline float b16_to_f32(uint16_t v, int is_bf16) {
     return __half2float(__half(r));
 }
 
-/* Copies every committed group but the newest `keep` (and with `all`, the open group too). */
+/* Copies every committed group but the newest `keep` (and with `all`, the open group too), then
+ * makes the arrivals that waited for them. */
 void async_retire(async_state &s, int keep, int all);
+/* Copies q[done..upto) and makes the arrivals that waited for them. */
+void async_retire_upto(async_state &s, size_t upto);
+/* mbarrier pieces for cp.async.mbarrier.arrive (emu_threads.cc): the phase in progress waits for
+ * n more arrivals; an arrival made by the copies' completion (no thread hands over). */
+void mbar_pending_add(uint64_t *bar, unsigned n);
+void mbar_arrive_async(uint64_t *bar);
 async_state &thread_copies(void);
 
 /* Fills the first `bytes` of every dynamic shared-memory array with NaN bytes (a block's
@@ -74,6 +84,9 @@ void smem_check_tail(size_t bytes);
 /* Runs op in stream order: now, or when the graph it is being captured into is launched
  * (emu_runtime.cc). The library calls that take a stream (cuBLASLt) go through here. */
 cudaError_t enqueue(cudaStream_t stream, std::function<void()> op);
+
+/* A TMA copy's bytes have landed on *bar (emu_tma.cc -> emu_threads.cc). */
+void mbar_complete_tx(uint64_t *bar, unsigned bytes);
 
 /* Runs every block of a grid, one after the other (emu_threads.cc). */
 void run_grid(dim3 grid, dim3 block, size_t dyn_smem, const std::function<void()> &body);

@@ -62,6 +62,10 @@ void async_retire(async_state &s, int keep, int all) {
     const size_t groups = s.group_end.size();
     if (groups > (size_t)keep) upto = s.group_end[groups - 1 - (size_t)keep];
     if (all) upto = s.q.size();
+    async_retire_upto(s, upto);
+}
+
+void async_retire_upto(async_state &s, size_t upto) {
     for (size_t i = s.done; i < upto; i++) {
         const async_copy &c = s.q[i];
         if (c.src_bytes)
@@ -70,9 +74,19 @@ void async_retire(async_state &s, int keep, int all) {
             memset(c.dst, 0, 16);
     }
     if (upto > s.done) s.done = upto;
+    while (s.arrived < s.arrivals.size() && s.arrivals[s.arrived].second <= s.done)
+        mbar_arrive_async(s.arrivals[s.arrived++].first);
 }
 
 void async_wait(int keep_in_flight) { async_retire(thread_copies(), keep_in_flight, 0); }
+
+/* cp.async.mbarrier.arrive (without .noinc): the phase in progress waits for one arrival more
+ * now, which the thread's copies so far make when they have all landed (net: none). */
+void async_mbar_arrive(uint64_t *bar) {
+    async_state &s = thread_copies();
+    mbar_pending_add(bar, 1);
+    s.arrivals.push_back({bar, s.q.size()});
+}
 
 /* ---- ldmatrix ------------------------------------------------------------------------------------- */
 

@@ -111,6 +111,9 @@ struct block_run {
     int n = 0; /* threads of the running block (fibers beyond are kept for bigger blocks) */
     int at_barrier = 0, alive = 0;
     named_bar named[EMU_NAMED_BARRIERS];
+    /* mbarriers whose phase in progress waits for transaction bytes (expect_tx minus what has
+     * landed): a side table, the 64-bit word holding the arrivals */
+    std::vector<std::pair<const uint64_t *, int64_t>> tx;
     fiber *cur = nullptr;
     exec_ctx sched;
     const std::function<void()> *body = nullptr;
@@ -154,7 +157,8 @@ static void fiber_main() {
     block_run *r = g_run;
     fiber *f = r->cur;
     (*r->body)();
-    async_retire(f->copies, 0, 1); /* copies still in flight land anyway */
+    /* copies still in flight land later: when a thread waits for their arrival
+     * (cp.async.mbarrier.arrive), or at the block's end */
     if (f->wg.done < f->wg.q.size()) /* its accumulators are gone: on a GPU the results are lost */
         trap("a thread ended with wgmma instructions it never waited for");
     f->state = F_DONE;
@@ -321,23 +325,85 @@ void mbar_init(uint64_t *bar, unsigned count) {
     memcpy(bar, &w, sizeof w);
 }
 
+static int64_t &mbar_tx(block_run *r, const uint64_t *bar) {
+    for (auto &e : r->tx)
+        if (e.first == bar) return e.second;
+    r->tx.push_back({bar, 0});
+    return r->tx.back().second;
+}
+
+/* The phase completes once its arrivals are in and no transaction bytes are outstanding: the
+ * next phase starts with the full count, and the waiters go on (the first returned). */
+static fiber *mbar_try_complete(block_run *r, uint64_t *bar, mbar_word &w) {
+    if (w.pending != 0 || mbar_tx(r, bar) != 0) return nullptr;
+    fiber *woken = nullptr;
+    w.pending = w.tag_phase_count & 0xFFFFFu;
+    w.tag_phase_count ^= 1u << 20;
+    for (int i = 0; i < r->n; i++)
+        if (r->fibers[i].state == F_MBAR && r->fibers[i].mbar == bar) {
+            r->fibers[i].state = F_READY;
+            if (!woken) woken = &r->fibers[i];
+        }
+    return woken;
+}
+
 void mbar_arrive(uint64_t *bar) {
     block_run *r = g_run;
     if (!r || !r->cur) trap("mbarrier.arrive outside a kernel");
     mbar_word w = mbar_load(bar);
-    fiber *woken = nullptr;
-    if (--w.pending == 0) {
-        const uint32_t count = w.tag_phase_count & 0xFFFFFu;
-        w.pending = count;
-        w.tag_phase_count ^= 1u << 20;
-        for (int i = 0; i < r->n; i++)
-            if (r->fibers[i].state == F_MBAR && r->fibers[i].mbar == bar) {
-                r->fibers[i].state = F_READY;
-                if (!woken) woken = &r->fibers[i];
-            }
-    }
+    if (w.pending == 0) trap("an mbarrier arrival beyond its count while the phase waits for transaction bytes");
+    --w.pending;
+    fiber *woken = mbar_try_complete(r, bar, w);
     memcpy(bar, &w, sizeof w);
     hand_over(r, r->cur, woken);
+}
+
+void mbar_expect_tx(uint64_t *bar, unsigned bytes) {
+    block_run *r = g_run;
+    if (!r || !r->cur) trap("mbarrier.expect_tx outside a kernel");
+    (void)mbar_load(bar);
+    if (bytes >= (1u << 20)) trap("mbarrier.expect_tx of 2^20 bytes or more");
+    mbar_tx(r, bar) += bytes;
+}
+
+void mbar_pending_add(uint64_t *bar, unsigned n) {
+    mbar_word w = mbar_load(bar);
+    w.pending += n;
+    memcpy(bar, &w, sizeof w);
+}
+
+/* An arrival made by cp.async copies landing (cp.async.mbarrier.arrive): not a thread's step. */
+void mbar_arrive_async(uint64_t *bar) {
+    block_run *r = g_run;
+    mbar_word w = mbar_load(bar);
+    if (w.pending == 0) trap("an mbarrier arrival beyond its count (cp.async.mbarrier.arrive)");
+    --w.pending;
+    mbar_try_complete(r, bar, w);
+    memcpy(bar, &w, sizeof w);
+}
+
+/* Nothing in the block can move: the oldest cp.async.mbarrier.arrive of the lowest thread that
+ * has one waiting has its copies land, and arrives (as late as a GPU may make it). */
+static int cp_async_land_oldest(block_run *r) {
+    for (int i = 0; i < r->n; i++) {
+        async_state &s = r->fibers[i].copies;
+        if (s.arrived < s.arrivals.size()) {
+            async_retire_upto(s, s.arrivals[s.arrived].second);
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* A TMA copy's bytes have landed (emu_tma.cc): not a thread's step, so nobody is handed over. */
+void mbar_complete_tx(uint64_t *bar, unsigned bytes) {
+    block_run *r = g_run;
+    mbar_word w = mbar_load(bar);
+    int64_t &tx = mbar_tx(r, bar);
+    tx -= bytes;
+    if (tx < 0) trap("a TMA copy landed on an mbarrier phase that expected fewer transaction bytes (expect_tx)");
+    mbar_try_complete(r, bar, w);
+    memcpy(bar, &w, sizeof w);
 }
 
 void mbar_wait_parity(uint64_t *bar, unsigned parity) {
@@ -385,6 +451,8 @@ static void run_block(block_run &r, dim3 grid, dim3 block, uint3 bid) {
     r.alive = n;
     r.at_barrier = 0;
     for (named_bar &b : r.named) b = named_bar();
+    r.tx.clear();
+    tma_reset();
     for (size_t w = 0; w < r.warps.size(); w++) {
         r.warps[w].arrived = 0;
         r.warps[w].op = nullptr;
@@ -430,8 +498,11 @@ static void run_block(block_run &r, dim3 grid, dim3 block, uint3 bid) {
              * pairs is off by one somewhere (on a GPU the barrier's state at exit is undefined) */
             for (const named_bar &b : r.named)
                 if (b.arrived != 0) trap("a block ended with a named barrier's phase half arrived");
+            if (tma_in_flight()) trap("a block ended with TMA copies in flight (nothing waited for them)");
+            for (int i = 0; i < n; i++) async_retire(r.fibers[i].copies, 0, 1); /* land anyway */
             return;
         }
+        if (!ran && (tma_land_oldest() || cp_async_land_oldest(&r))) continue; /* nothing else can move: copies land */
         if (!ran) {
             fprintf(stderr, "cuda emulator: block %u,%u,%u cannot go on:%s\n", bid.x, bid.y, bid.z,
                     describe_stuck(&r).c_str());

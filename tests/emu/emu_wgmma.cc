@@ -1,7 +1,8 @@
 /* emu_wgmma.cc: Hopper's warpgroup MMA (wgmma.mma_async, PTX ISA 8.0) for the CPU kernel
  * emulator: m64nNk16 with f16/bf16 operands and f32 accumulators, A from shared memory (a
  * descriptor, K-major) or from registers (mma.sync's A fragment in each warp), B from shared
- * memory K-major or MN-major (the transpose bit), no swizzle; commit groups and wait_group.
+ * memory K-major or MN-major (the transpose bit), no swizzle; K-major operands also in the
+ * 128-byte swizzle TMA writes (emu_tma.cc); commit groups and wait_group.
  *
  * Layouts, as the PTX ISA's "matrix descriptor" section and the H200 self-test of
  * wgmma_probe.cu (bench/gpu/runs: kmajor_*, regs_a and mn_*_lbo_is_k ok) read them. Shared
@@ -10,6 +11,11 @@
  *       start + (r / 8) SBO + (k / 8) LBO + (r % 8) 16 + (k % 8) 2
  *   MN-major (B with the transpose bit), element (k, n):
  *       start + (k / 8) LBO + (n / 8) SBO + (k % 8) 16 + (n % 8) 2
+ *   K-major, 128-byte swizzle (layout type 1 in bits 62-63; LBO unused): the address
+ *       start + (r / 8) SBO + (r % 8) 128 + k 2
+ *   with its bits 4-6 XOR-ed with its bits 7-9 (the shared-memory address, so the pattern
+ *   repeats every 1024 bytes; a k16 slice further along the row is start + 32 per slice, as
+ *   CUTLASS and DeepGEMM advance it). Not yet checked by wgmma_probe.cu on a GPU.
  * The accumulators of warp w of the warpgroup (w = warp % 4) are rows 16 w + g and + 8 of the
  * 64, and per 8 columns j: d[4 j + e] is row g + 8 (e / 2), column 8 j + 2 t + (e % 2), with g =
  * lane / 4, t = lane % 4 (mma.sync's C fragment, tile by tile).
@@ -51,17 +57,28 @@ uint64_t wgmma_desc(const void *smem, uint32_t lbo, uint32_t sbo) {
            ((uint64_t)id << 52);
 }
 
+uint64_t wgmma_desc_sw128(const void *smem, uint32_t sbo) { return wgmma_desc(smem, 16, sbo) | 1ull << 62; }
+
 struct wg_desc_fields {
     const unsigned char *start;
     uint32_t lbo, sbo;
+    int swizzle128;
 };
 
 static wg_desc_fields decode(uint64_t d) {
     const int id = (int)((d >> 52) & 0x3FF);
     if (id >= g_nregions) trap("wgmma: a descriptor the emulator did not make (wg_desc)");
-    if ((d >> 62) != 0) trap("wgmma: a swizzled layout (the emulator has the no-swizzle one only)");
+    if ((d >> 62) > 1) trap("wgmma: a 64- or 32-byte swizzle (the emulator has none and 128-byte)");
+    if ((d >> 49) & 7u) trap("wgmma: a descriptor base offset (the emulator has 0 only)");
     return {g_regions[id] + ((d & 0x3FFFu) << 4), (uint32_t)(((d >> 16) & 0x3FFFu) << 4),
-            (uint32_t)(((d >> 32) & 0x3FFFu) << 4)};
+            (uint32_t)(((d >> 32) & 0x3FFFu) << 4), (int)(d >> 62)};
+}
+
+/* Element (row r, k) of a K-major operand. */
+static const unsigned char *k_major_at(const wg_desc_fields &f, int r, int k) {
+    if (!f.swizzle128) return f.start + (r / 8) * f.sbo + (k / 8) * f.lbo + (r % 8) * 16 + (k % 8) * 2;
+    uintptr_t a = (uintptr_t)(f.start + (r / 8) * f.sbo + (r % 8) * 128 + k * 2);
+    return (const unsigned char *)(a ^ (((a >> 7) & 7u) << 4));
 }
 
 static float b16_at(const unsigned char *p, int is_bf16) {
@@ -145,10 +162,10 @@ static void execute(const wgmma_op &op) {
         const wg_desc_fields a = decode(op.da);
         for (int r = 0; r < 2; r++)
             for (int k = 0; k < 16; k++)
-                A[r][k] = b16_at(a.start + (rows[r] / 8) * a.sbo + (k / 8) * a.lbo + (rows[r] % 8) * 16 + (k % 8) * 2,
-                                 op.is_bf16);
+                A[r][k] = b16_at(k_major_at(a, rows[r], k), op.is_bf16);
     }
     const wg_desc_fields b = decode(op.db);
+    if (op.trans_b && b.swizzle128) trap("wgmma: an MN-major swizzled B (the emulator has K-major swizzle only)");
     for (int j = 0; j < op.n / 8; j++)
         for (int e = 0; e < 4; e++) {
             const int r = e / 2, col = 8 * j + 2 * t + e % 2;
@@ -156,7 +173,7 @@ static void execute(const wgmma_op &op) {
             for (int k = 0; k < 16; k++) {
                 const unsigned char *p = op.trans_b
                                              ? b.start + (k / 8) * b.lbo + (col / 8) * b.sbo + (k % 8) * 16 + (col % 8) * 2
-                                             : b.start + (col / 8) * b.sbo + (k / 8) * b.lbo + (col % 8) * 16 + (k % 8) * 2;
+                                             : k_major_at(b, col, k);
                 s += (double)A[r][k] * (double)b16_at(p, op.is_bf16);
             }
             op.d[4 * j + e] = (float)s;

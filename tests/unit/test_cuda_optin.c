@@ -85,10 +85,13 @@ TEST(cuda_selftest) {
     const loco_status st = loco_backend_selftest(e.gpu, report, sizeof report, &err);
     fprintf(stderr, "%s", report);
     const int hopper = strstr(loco_backend_describe(e.gpu), "(sm_90,") != NULL;
+    /* the emulator reads the swizzled layout by its own code (emu_wgmma.cc): the probe's writer must agree */
+    const int emulated = strstr(loco_backend_describe(e.gpu), "emulator") != NULL;
     genv_close(&e);
     CHECK_MSG(st == LOCO_OK, "%s", err.msg);
     CHECK_MSG(hopper ? strstr(report, "wgmma kmajor_k48") != NULL : strstr(report, "not checked") != NULL, "%s",
               report);
+    CHECK_MSG(!emulated || strstr(report, "wgmma kmajor_sw128       ok") != NULL, "%s", report);
 }
 
 /* LOCO_CUDA_FLASH=wgmma (64-key tiles), =wgmma128 (128-key tiles) and =wgmma3 (64-key tiles,
@@ -166,6 +169,31 @@ TEST(cuda_attention_wgmma_ws128) {
                                                    : "flash: wgmma unavailable", 275));
 }
 
+/* The warp-specialised kernels with the producer publishing each tile by cp.async.mbarrier.arrive
+ * (LOCO_CUDA_FLASH_ARRIVE=async: no wait for its own copies, no proxy fence), as CUTLASS's and
+ * FlashAttention-3's cp.async producers do; the emulator makes those arrivals when the copies
+ * land, as late as the block allows. */
+static int check_flash_ws_arrive(const char *name, const char *described, int seed) {
+    setenv("LOCO_CUDA_FLASH_ARRIVE", "async", 1);
+    const int ok = check_flash_wgmma(name, described, seed);
+    unsetenv("LOCO_CUDA_FLASH_ARRIVE");
+    return ok;
+}
+
+TEST(cuda_attention_wgmma_ws3_arrive) {
+    HOPPER_OR_SKIP(hopper, 284);
+    CHECK(check_flash_ws_arrive("wgmma_ws3", hopper ? "flash: wgmma, producer warp, 3 warpgroups (experimental), "
+                                                      "producer arrives by cp.async"
+                                                    : "flash: wgmma unavailable", 284));
+}
+
+TEST(cuda_attention_wgmma_ws128_arrive) {
+    HOPPER_OR_SKIP(hopper, 286);
+    CHECK(check_flash_ws_arrive("wgmma_ws128", hopper ? "flash: wgmma, producer warp, 128-key tiles (experimental), "
+                                                        "producer arrives by cp.async"
+                                                      : "flash: wgmma unavailable", 286));
+}
+
 /* The warp-specialised kernel with its warpgroups not taking turns (LOCO_CUDA_FLASH_PINGPONG=0). */
 TEST(cuda_attention_wgmma_ws_no_pingpong) {
     HOPPER_OR_SKIP(hopper, 280);
@@ -208,29 +236,56 @@ static int check_linear_geglu(loco_dtype dt, int64_t M, int64_t K, int64_t N, in
 /* Row tiles past M, several column and k tiles, one k tile per tile, blocks that take several
  * tiles each (the stage ring and its mbarrier phases running on across tiles), more row tiles
  * than a group of the tile order, no bias, bf16, and a K the kernel declines (the unfused calls). */
-TEST(cuda_linear_geglu_wgmma) {
-    HOPPER_OR_SKIP(hopper, 290);
-    setenv("LOCO_CUDA_GEGLU", "wgmma", 1);
-    int ok = gpu_describe_has(hopper ? "geglu: wgmma (experimental)" : "geglu: wgmma unavailable");
-    ok = ok && check_linear_geglu(LOCO_F16, 200, 128, 256, 1, "1", 291); /* 4 tiles, one block */
+static int linear_geglu_wgmma_cases(void) {
+    int ok = check_linear_geglu(LOCO_F16, 200, 128, 256, 1, "1", 291); /* 4 tiles, one block */
     ok = ok && check_linear_geglu(LOCO_BF16, 77, 320, 128, 0, NULL, 292); /* 5 k tiles, no bias */
     ok = ok && check_linear_geglu(LOCO_F16, 300, 64, 384, 1, "2", 293);   /* 1 k tile, 9 tiles on 2 blocks */
     ok = ok && check_linear_geglu(LOCO_F16, 2181, 64, 128, 1, "3", 294);  /* 18 row tiles: two groups */
     ok = ok && check_linear_geglu(LOCO_BF16, 1000, 640, 256, 1, NULL, 296); /* SD-XL's K at 64^2 */
     ok = ok && check_linear_geglu(LOCO_F16, 50, 100, 128, 1, NULL, 295);  /* K % 64 != 0: declined */
-    unsetenv("LOCO_CUDA_GEGLU");
-    CHECK(ok);
+    return ok;
+}
+
+/* One of the two forms (LOCO_CUDA_GEGLU or LOCO_CUDA_LINEAR =wgmma) with a way of loading
+ * (LOCO_CUDA_GEMM_WGMMA_LOAD; NULL: the default cp.async), its description on a compute
+ * capability 9.0 device, and its cases. */
+static int gemm_wgmma_with(int hopper, const char *form, const char *load, const char *described, int (*cases)(void)) {
+    setenv(form, "wgmma", 1);
+    if (load) setenv("LOCO_CUDA_GEMM_WGMMA_LOAD", load, 1);
+    const int geglu = strcmp(form, "LOCO_CUDA_GEGLU") == 0;
+    int ok = gpu_describe_has(hopper ? described : geglu ? "geglu: wgmma unavailable" : "linear: wgmma unavailable");
+    ok = ok && cases();
+    unsetenv("LOCO_CUDA_GEMM_WGMMA_LOAD");
+    unsetenv(form);
+    return ok;
+}
+
+TEST(cuda_linear_geglu_wgmma) {
+    HOPPER_OR_SKIP(hopper, 290);
+    CHECK(gemm_wgmma_with(hopper, "LOCO_CUDA_GEGLU", NULL, "geglu: wgmma (experimental)", linear_geglu_wgmma_cases));
+}
+
+/* The same with LOCO_CUDA_GEMM_WGMMA_LOAD=tma: one thread's TMA copies into 128-byte-swizzled
+ * stages (the B tile as 128 h rows, then 128 g rows), zeros past M from the copies themselves. */
+TEST(cuda_linear_geglu_wgmma_tma) {
+    HOPPER_OR_SKIP(hopper, 310);
+    CHECK(gemm_wgmma_with(hopper, "LOCO_CUDA_GEGLU", "tma", "geglu: wgmma, TMA (experimental)",
+                          linear_geglu_wgmma_cases));
+}
+
+/* And with the cp.async producer publishing by cp.async.mbarrier.arrive (=arrive). */
+TEST(cuda_linear_geglu_wgmma_arrive) {
+    HOPPER_OR_SKIP(hopper, 330);
+    CHECK(gemm_wgmma_with(hopper, "LOCO_CUDA_GEGLU", "arrive", "geglu: wgmma, cp.async arrive (experimental)",
+                          linear_geglu_wgmma_cases));
 }
 
 /* LOCO_CUDA_LINEAR=wgmma: loco_linear without activation and loco_linear_accumulate on
  * gemm_wgmma.cu's main loop where N is a multiple of 256, against the CPU: row tails, the
  * accumulating call after a plain one and first, no bias, bf16, several tiles on one block; a
  * width and an activation it leaves to cuBLASLt. */
-TEST(cuda_linear_wgmma) {
-    HOPPER_OR_SKIP(hopper, 300);
-    setenv("LOCO_CUDA_LINEAR", "wgmma", 1);
-    int ok = gpu_describe_has(hopper ? "linear: wgmma (experimental)" : "linear: wgmma unavailable");
-    ok = ok && check_linear(LOCO_F16, 2, 100, 128, 256, 1, LOCO_ACT_NONE, 301); /* 200 rows: a tail */
+static int linear_wgmma_cases(void) {
+    int ok = check_linear(LOCO_F16, 2, 100, 128, 256, 1, LOCO_ACT_NONE, 301); /* 200 rows: a tail */
     ok = ok && check_linear(LOCO_F16, 2, 100, 128, 512, 1, -1, 302);           /* accumulate after a linear */
     ok = ok && check_linear(LOCO_BF16, 1, 77, 320, 256, 0, -2, 303);            /* accumulate first, no bias */
     setenv("LOCO_CUDA_GEMM_WGMMA_BLOCKS", "1", 1);
@@ -238,8 +293,17 @@ TEST(cuda_linear_wgmma) {
     unsetenv("LOCO_CUDA_GEMM_WGMMA_BLOCKS");
     ok = ok && check_linear(LOCO_F16, 1, 64, 128, 384, 1, LOCO_ACT_NONE, 305); /* N % 256 != 0: cuBLASLt */
     ok = ok && check_linear(LOCO_F16, 1, 64, 128, 256, 1, LOCO_ACT_GELU, 306); /* an activation: cuBLASLt */
-    unsetenv("LOCO_CUDA_LINEAR");
-    CHECK(ok);
+    return ok;
+}
+
+TEST(cuda_linear_wgmma) {
+    HOPPER_OR_SKIP(hopper, 300);
+    CHECK(gemm_wgmma_with(hopper, "LOCO_CUDA_LINEAR", NULL, "linear: wgmma (experimental)", linear_wgmma_cases));
+}
+
+TEST(cuda_linear_wgmma_tma) {
+    HOPPER_OR_SKIP(hopper, 320);
+    CHECK(gemm_wgmma_with(hopper, "LOCO_CUDA_LINEAR", "tma", "linear: wgmma, TMA (experimental)", linear_wgmma_cases));
 }
 
 /* LOCO_CUDA_FLASH=classic, =stages3, =ilp3 and =ilp3q force one variant of the mma.sync kernel's
