@@ -206,7 +206,8 @@ if [ $CANDIDATES -eq 1 ]; then
             geglu_tma:LOCO_CUDA_GEGLU=wgmma,LOCO_CUDA_GEMM_WGMMA_LOAD=tma \
             linear_tma:LOCO_CUDA_LINEAR=wgmma,LOCO_CUDA_GEMM_WGMMA_LOAD=tma \
             geglu_arrive:LOCO_CUDA_GEGLU=wgmma,LOCO_CUDA_GEMM_WGMMA_LOAD=arrive \
-            wgmma_ws3_arrive:LOCO_CUDA_FLASH=wgmma_ws3,LOCO_CUDA_FLASH_ARRIVE=async gemm_tuned:LOCO_CUDA_GEMM_TUNE=1 \
+            wgmma_ws3_arrive:LOCO_CUDA_FLASH=wgmma_ws3,LOCO_CUDA_FLASH_LOAD=arrive \
+            wgmma_ws3_tma:LOCO_CUDA_FLASH=wgmma_ws3,LOCO_CUDA_FLASH_LOAD=tma gemm_tuned:LOCO_CUDA_GEMM_TUNE=1 \
             short_off:LOCO_CUDA_FLASH_SHORT=0; do
             # GPU_CHECK_CANDIDATES="tag ...": only those (and the default), e.g. the op table's winners
             if [ -n "${GPU_CHECK_CANDIDATES:-}" ] && [ "${cand%%:*}" != default ] &&
@@ -261,7 +262,8 @@ if [ $SANITIZE -eq 1 ]; then
         memcheck:cuda_geglu_add_channel_bias_add memcheck:cuda_conv2d_rows memcheck:cuda_linear_many \
         memcheck:cuda_download_u8_images_matches_cpu memcheck:cuda_transpose_concat_upsample \
         synccheck:optin/cuda_attention_wgmma_ws3 memcheck:optin/cuda_attention_wgmma_ws3 \
-        synccheck:optin/cuda_linear_geglu_wgmma memcheck:optin/cuda_linear_geglu_wgmma_tma; do
+        synccheck:optin/cuda_linear_geglu_wgmma memcheck:optin/cuda_linear_geglu_wgmma_tma \
+        memcheck:optin/cuda_attention_wgmma_ws3_tma synccheck:optin/cuda_attention_wgmma_ws3_arrive; do
         if [ "$(left)" -lt 30 ]; then
             say "skipping compute-sanitizer ${tool_test%%:*} on ${tool_test#*:}: $(left) s of the budget left"
             continue
@@ -294,7 +296,7 @@ export -f run_one_test test_limit
 export DIR
 WS_BAD=0 # a warp-specialised attention test failed: its op rows and timed runs are skipped
 GEGLU_BAD=0 # a test of gemm_wgmma.cu (GEMM + GEGLU, or the linear form) failed: likewise
-TMA_BAD=0   # a test of its TMA form (LOCO_CUDA_GEMM_WGMMA_LOAD=tma) failed: that form's rows and runs
+TMA_BAD=0   # a test of a TMA form (gemm_wgmma.cu's, the ws attention's; *_tma) failed: their rows and runs
 ARRIVE_BAD=0 # a test of a producer publishing by cp.async.mbarrier.arrive (*_arrive) failed: likewise
 parity() { # name binary [test-name regex]
     say "parity: $1 (one process per test)"
@@ -316,8 +318,8 @@ parity() { # name binary [test-name regex]
             failed_names="$failed_names $name"
             case "$name" in
             *_arrive) ARRIVE_BAD=1 ;;
+            *_tma) TMA_BAD=1 ;;
             *wgmma_ws*) WS_BAD=1 ;;
-            *wgmma_tma*) TMA_BAD=1 ;;
             *geglu_wgmma* | *linear_wgmma*) GEGLU_BAD=1 ;;
             esac
             local why="exit $rc"
@@ -457,7 +459,7 @@ else
         say "op_bench reported failures (see $DIR/ops_loco.err)"
     }
     # the experimental wgmma convolution in a process of its own (a fault there spares the rest)
-    LOCO_OPBENCH_SKIP_WS=$WS_BAD LOCO_OPBENCH_SKIP_GEGLU=$GEGLU_BAD LOCO_OPBENCH_SKIP_GEMM_TMA=$TMA_BAD \
+    LOCO_OPBENCH_SKIP_WS=$WS_BAD LOCO_OPBENCH_SKIP_GEGLU=$GEGLU_BAD LOCO_OPBENCH_SKIP_TMA=$TMA_BAD \
         LOCO_OPBENCH_SKIP_ARRIVE=$ARRIVE_BAD \
         timeout 90 "${RUN[@]}" "$BIN_BENCH/op_bench" bench/gpu/ops.txt 10 --wgmma \
         >>"$DIR/ops_loco.txt" \
@@ -580,7 +582,10 @@ rerun ilp3q LOCO_CUDA_FLASH=ilp3q sdxl 1024 3 90
 # ... with its producer publishing by cp.async.mbarrier.arrive (session 12: no wait for its own
 # copies, no proxy fence; whether that fence held the producer back is session 11's open question)
 [ $WS_BAD -eq 0 ] && [ $ARRIVE_BAD -eq 0 ] &&
-    rerun wgmma_ws3_arrive "LOCO_CUDA_FLASH=wgmma_ws3 LOCO_CUDA_FLASH_ARRIVE=async" sdxl 1024 3 90
+    rerun wgmma_ws3_arrive "LOCO_CUDA_FLASH=wgmma_ws3 LOCO_CUDA_FLASH_LOAD=arrive" sdxl 1024 3 90
+# ... and with K/V loaded by TMA (session 12: FlashAttention-3's loads, head dim 64 = all of SD-XL)
+[ $WS_BAD -eq 0 ] && [ $TMA_BAD -eq 0 ] &&
+    rerun wgmma_ws3_tma "LOCO_CUDA_FLASH=wgmma_ws3 LOCO_CUDA_FLASH_LOAD=tma" sdxl 1024 3 90
 # the feed-forward's GEMM and GEGLU in one warp-specialised wgmma kernel (session 11; its op
 # test is in phase 3, the tiny models' widths do not reach it, so no pipeline parity rerun)
 [ $GEGLU_BAD -eq 0 ] && rerun geglu_wgmma LOCO_CUDA_GEGLU=wgmma sdxl 1024 3 90

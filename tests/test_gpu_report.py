@@ -71,7 +71,7 @@ def test_pick_takes_the_async_arrive_forms_when_they_win(tmp_path):
                    "sdxl_ffgeglu_640_b16@geglu_wgmma_arrive 0.7000 600.0 TFLOP/s\n")
     r = run(PICK, ops)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.split() == ["LOCO_CUDA_FLASH=wgmma_ws3", "LOCO_CUDA_FLASH_ARRIVE=async", "LOCO_CUDA_GEGLU=wgmma",
+    assert r.stdout.split() == ["LOCO_CUDA_FLASH=wgmma_ws3", "LOCO_CUDA_FLASH_LOAD=arrive", "LOCO_CUDA_GEGLU=wgmma",
                                 "LOCO_CUDA_GEMM_WGMMA_LOAD=arrive"]
 
 

@@ -58,6 +58,7 @@ WGMMA_ROWS = (["c_f16@wgmma", "c_b4@wgmma"] + [f"{n}@fa_wgmma{t}" for n in ("a_d
               + [f"{n}@fa_wgmma_ws3" for n in ("a_d64", "sa")]
               + [f"{n}@fa_wgmma_ws3_arrive" for n in ("a_d64", "sa")]
               + [f"{n}@fa_wgmma_ws128_arrive" for n in ("a_d40", "a_d64", "sa")]
+              + [f"{n}@fa_wgmma_ws{t}_tma" for n in ("a_d64", "sa") for t in ("3", "128")]
               + [f"fg@geglu_wgmma{t}" for t in ("", "_tma", "_arrive")]
               + [f"l_none@linear_wgmma{t}" for t in ("", "_tma", "_arrive")])
 

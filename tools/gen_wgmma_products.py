@@ -17,8 +17,10 @@ TYPES = (("__half", "f16"), ("__nv_bfloat16", "bf16"))
 HEAD_DIMS = (40, 64, 80)
 # keys per K/V tile (S = Q K^T is 64 x KEYS per warpgroup): 64, and 128 (LOCO_CUDA_FLASH=wgmma128)
 KEY_TILES = (64, 128)
-# O += P V is D + 8 wide: the head dims, then 8 columns of ones in V that make the row sums of P
-PV_WIDTHS = tuple(d + 8 for d in HEAD_DIMS)
+# O += P V is D + 8 wide: the head dims, then 8 columns of ones in V that make the row sums of P;
+# the TMA form (head dim 64, V in 128-byte-swizzled 64-column atoms) issues the head dims (64) and
+# the ones (8, from a region of their own) as two products
+PV_WIDTHS = tuple(d + 8 for d in HEAD_DIMS) + (64, 8)
 EMU_KIND = {"f16": "B16_F16", "bf16": "B16_BF16"}  # the tests' CPU emulator (tests/emu/emu_wgmma.cc)
 
 
@@ -113,7 +115,8 @@ def main():
     parts += [ss("faw_qk", "s", c, p, n) for n in KEY_TILES for c, p in TYPES]
     parts += [
         "/* o (64 x N) += P (64 x 16 keys: mma.sync's A fragment in each warp's registers) . V (16 keys x N,",
-        " * descriptor, MN-major: imm-trans-b 1); N = head dim + 8 (the row-sum columns). */",
+        " * descriptor, MN-major: imm-trans-b 1); N = head dim + 8 (the row-sum columns), or the head",
+        " * dims (64) and the row-sum columns (8) apart. */",
         "template <typename T, int N>",
         "__device__ __forceinline__ void faw_pv(float (&o)[N / 2], const uint32_t (&a)[4], uint64_t db);",
         "",

@@ -23,7 +23,8 @@
  * rows without activation whose widths it takes as "name@linear_wgmma"; both again with the
  * kernel's tiles loaded by TMA, "@geglu_wgmma_tma" and "@linear_wgmma_tma", and published by
  * cp.async.mbarrier.arrive, "@geglu_wgmma_arrive" and "@linear_wgmma_arrive"; the warp-specialised
- * attention so published: "@fa_wgmma_ws3_arrive", "@fa_wgmma_ws128_arrive"). resconv rows (a ResNet block's
+ * attention so published: "@fa_wgmma_ws3_arrive", "@fa_wgmma_ws128_arrive", and loading K/V by TMA
+ * at head dim 64: "@fa_wgmma_ws3_tma", "@fa_wgmma_ws128_tma"). resconv rows (a ResNet block's
  * GroupNorm+SiLU, conv, residual add) time loco_conv2d_fused and the three separate ops
  * ("name@unfused"). selfattn rows (a transformer block's q, k, v projections and attention)
  * time the stacked projection with packed attention and the three projections apart
@@ -407,9 +408,13 @@ static int wgmma_rows(const char *path, int reps) {
     static const char *const geglu_arrive_env[4] = {"LOCO_CUDA_GEGLU=wgmma", "LOCO_CUDA_LINEAR=wgmma",
                                                     "LOCO_CUDA_GEMM_WGMMA_LOAD=arrive", NULL};
     static const char *const ws3_arrive_env[4] = {"LOCO_CUDA_FLASH=wgmma_ws3", "LOCO_CUDA_FLASH_SHORT=0",
-                                                  "LOCO_CUDA_FLASH_ARRIVE=async", NULL};
+                                                  "LOCO_CUDA_FLASH_LOAD=arrive", NULL};
     static const char *const ws128_arrive_env[4] = {"LOCO_CUDA_FLASH=wgmma_ws128", "LOCO_CUDA_FLASH_SHORT=0",
-                                                    "LOCO_CUDA_FLASH_ARRIVE=async", NULL};
+                                                    "LOCO_CUDA_FLASH_LOAD=arrive", NULL};
+    static const char *const ws3_tma_env[4] = {"LOCO_CUDA_FLASH=wgmma_ws3", "LOCO_CUDA_FLASH_SHORT=0",
+                                               "LOCO_CUDA_FLASH_LOAD=tma", NULL};
+    static const char *const ws128_tma_env[4] = {"LOCO_CUDA_FLASH=wgmma_ws128", "LOCO_CUDA_FLASH_SHORT=0",
+                                                 "LOCO_CUDA_FLASH_LOAD=tma", NULL};
     loco_backend *be = forced_backend_create(wgmma_env);
     loco_backend *be128 = be ? forced_backend_create(wgmma128_env) : NULL;
     loco_backend *be3 = be128 ? forced_backend_create(wgmma3_env) : NULL;
@@ -424,10 +429,12 @@ static int wgmma_rows(const char *path, int reps) {
     const char *skip_geglu_env = getenv("LOCO_OPBENCH_SKIP_GEGLU");
     const int skip_geglu = skip_geglu_env && skip_geglu_env[0] == '1';
     loco_backend *begw = be3 && !skip_geglu ? forced_backend_create(geglu_env) : NULL;
-    /* ... loading by TMA; LOCO_OPBENCH_SKIP_GEMM_TMA=1: not that form (its tests failed) */
-    const char *skip_tma_env = getenv("LOCO_OPBENCH_SKIP_GEMM_TMA");
-    const int skip_tma = skip_geglu || (skip_tma_env && skip_tma_env[0] == '1');
+    /* ... loading by TMA, and the attention so; LOCO_OPBENCH_SKIP_TMA=1: not those (their tests failed) */
+    const char *skip_tma_env = getenv("LOCO_OPBENCH_SKIP_TMA");
+    const int skip_tma = skip_tma_env && skip_tma_env[0] == '1';
     loco_backend *begwt = begw && !skip_tma ? forced_backend_create(geglu_tma_env) : NULL;
+    loco_backend *bews3t = bews128 && !skip_tma ? forced_backend_create(ws3_tma_env) : NULL;
+    loco_backend *bews128t = bews3t ? forced_backend_create(ws128_tma_env) : NULL;
     /* ... and the producers that publish by cp.async.mbarrier.arrive (the attention's and the
      * GEMM's); LOCO_OPBENCH_SKIP_ARRIVE=1: not those (their tests failed) */
     const char *skip_arrive_env = getenv("LOCO_OPBENCH_SKIP_ARRIVE");
@@ -435,9 +442,11 @@ static int wgmma_rows(const char *path, int reps) {
     loco_backend *begwa = begw && !skip_arrive ? forced_backend_create(geglu_arrive_env) : NULL;
     loco_backend *bews3a = bews128 && !skip_arrive ? forced_backend_create(ws3_arrive_env) : NULL;
     loco_backend *bews128a = bews3a ? forced_backend_create(ws128_arrive_env) : NULL;
-    if (!be || !be128 || !be3 || (!skip_geglu && !begw) || (!skip_tma && !begwt) ||
+    if (!be || !be128 || !be3 || (!skip_geglu && !begw) || (begw && !skip_tma && !begwt) ||
         (!skip_ws && (!bews || !bews3 || !bews128)) || (begw && !skip_arrive && !begwa) ||
-        (bews128 && !skip_arrive && !bews128a)) {
+        (bews128 && !skip_arrive && !bews128a) || (bews128 && !skip_tma && !bews128t)) {
+        loco_backend_destroy(bews128t);
+        loco_backend_destroy(bews3t);
         loco_backend_destroy(bews128a);
         loco_backend_destroy(bews3a);
         loco_backend_destroy(begwa);
@@ -471,6 +480,8 @@ static int wgmma_rows(const char *path, int reps) {
         if (bews3a && (d == 64 || d == 80) && time_op(bews3a, &op, reps, "@fa_wgmma_ws3_arrive") != 0) failures++;
         if (bews128a && (d == 40 || d == 64 || d == 80) && time_op(bews128a, &op, reps, "@fa_wgmma_ws128_arrive") != 0)
             failures++;
+        if (bews3t && d == 64 && time_op(bews3t, &op, reps, "@fa_wgmma_ws3_tma") != 0) failures++;
+        if (bews128t && d == 64 && time_op(bews128t, &op, reps, "@fa_wgmma_ws128_tma") != 0) failures++;
         if (begw && !strcmp(op.kind, "ffgeglu") && time_op(begw, &op, reps, "@geglu_wgmma") != 0) failures++;
         if (begwt && !strcmp(op.kind, "ffgeglu") && time_op(begwt, &op, reps, "@geglu_wgmma_tma") != 0) failures++;
         if (begwa && !strcmp(op.kind, "ffgeglu") && time_op(begwa, &op, reps, "@geglu_wgmma_arrive") != 0) failures++;
@@ -481,6 +492,8 @@ static int wgmma_rows(const char *path, int reps) {
         if (begwt && gw_linear && time_op(begwt, &op, reps, "@linear_wgmma_tma") != 0) failures++;
         if (begwa && gw_linear && time_op(begwa, &op, reps, "@linear_wgmma_arrive") != 0) failures++;
     }
+    loco_backend_destroy(bews128t);
+    loco_backend_destroy(bews3t);
     loco_backend_destroy(bews128a);
     loco_backend_destroy(bews3a);
     loco_backend_destroy(begwa);

@@ -19,8 +19,11 @@ FLASH = {"": None, "@fa_ilp3q": "ilp3q", "@fa_wgmma": "wgmma", "@fa_wgmma128": "
          "@fa_wgmma3": "wgmma3", "@fa_wgmma_ws": "wgmma_ws", "@fa_wgmma_ws3": "wgmma_ws3",
          "@fa_wgmma_ws128": "wgmma_ws128",
          # the producer publishing by cp.async.mbarrier.arrive (session 12)
-         "@fa_wgmma_ws3_arrive": "wgmma_ws3 LOCO_CUDA_FLASH_ARRIVE=async",
-         "@fa_wgmma_ws128_arrive": "wgmma_ws128 LOCO_CUDA_FLASH_ARRIVE=async"}
+         "@fa_wgmma_ws3_arrive": "wgmma_ws3 LOCO_CUDA_FLASH_LOAD=arrive",
+         "@fa_wgmma_ws128_arrive": "wgmma_ws128 LOCO_CUDA_FLASH_LOAD=arrive",
+         # ... loading K/V by TMA (session 12; head dim 64, all of SD-XL's attention)
+         "@fa_wgmma_ws3_tma": "wgmma_ws3 LOCO_CUDA_FLASH_LOAD=tma",
+         "@fa_wgmma_ws128_tma": "wgmma_ws128 LOCO_CUDA_FLASH_LOAD=tma"}
 # the text cross-attention at 1024 and 4096 tokens (attention_short.cu by default; @short_off:
 # the flash kernel)
 CROSS_ROWS = {"sdxl_cross_d64_77_b16": 60, "sdxl_cross_d64_4096_77_b16": 10}

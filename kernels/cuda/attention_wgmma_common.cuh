@@ -84,15 +84,16 @@ __device__ __forceinline__ void faw_fill_ones(unsigned char *sv, int tid, int nt
 }
 
 /* s = Q K^T for a warpgroup's 64 rows and a tile's BC keys: NKS k16 steps, issued (the caller
- * commits and waits). */
-template <typename T, int NKS, int BC>
+ * commits and waits). K_STEP: bytes between K's k16 slices (256: two no-swizzle core matrices;
+ * 32 in a 128-byte-swizzled row, the TMA form). */
+template <typename T, int NKS, int BC, int K_STEP = 256>
 __device__ __forceinline__ void faw_scores(float (&s)[BC / 2], uint64_t dq, uint64_t dk) {
 #pragma unroll
     for (int i = 0; i < BC / 2; i++) s[i] = 0.0f;
     wg_fence_acc(s);
     wg_fence();
 #pragma unroll
-    for (int ks = 0; ks < NKS; ks++) faw_qk<T, BC>(s, faw_desc_at(dq, ks * 256), faw_desc_at(dk, ks * 256));
+    for (int ks = 0; ks < NKS; ks++) faw_qk<T, BC>(s, faw_desc_at(dq, ks * 256), faw_desc_at(dk, ks * K_STEP));
 }
 
 /* O += P V of one key tile: P in pin (this tile's A fragments), V from the stage whose descriptor

@@ -97,7 +97,8 @@ __device__ __forceinline__ void faw_qk<__nv_bfloat16, 128>(float (&s)[64], uint6
 }
 
 /* o (64 x N) += P (64 x 16 keys: mma.sync's A fragment in each warp's registers) . V (16 keys x N,
- * descriptor, MN-major: imm-trans-b 1); N = head dim + 8 (the row-sum columns). */
+ * descriptor, MN-major: imm-trans-b 1); N = head dim + 8 (the row-sum columns), or the head
+ * dims (64) and the row-sum columns (8) apart. */
 template <typename T, int N>
 __device__ __forceinline__ void faw_pv(float (&o)[N / 2], const uint32_t (&a)[4], uint64_t db);
 
@@ -213,6 +214,76 @@ __device__ __forceinline__ void faw_pv<__nv_bfloat16, 88>(float (&o)[44], const 
                    "+f"(o[24]), "+f"(o[25]), "+f"(o[26]), "+f"(o[27]), "+f"(o[28]), "+f"(o[29]), "+f"(o[30]), "+f"(o[31]),
                    "+f"(o[32]), "+f"(o[33]), "+f"(o[34]), "+f"(o[35]), "+f"(o[36]), "+f"(o[37]), "+f"(o[38]), "+f"(o[39]),
                    "+f"(o[40]), "+f"(o[41]), "+f"(o[42]), "+f"(o[43])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1));
+#else
+    (void)o, (void)a, (void)db;
+#endif
+}
+
+template <>
+__device__ __forceinline__ void faw_pv<__half, 64>(float (&o)[32], const uint32_t (&a)[4], uint64_t db) {
+#if defined(LOCO_CUDA_EMU)
+    emu::wgmma_rs(o, 64, a, db, 1, emu::B16_F16);
+#elif WG_DEVICE_OK
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 "
+                 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+                 "{%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"
+                 : "+f"(o[0]), "+f"(o[1]), "+f"(o[2]), "+f"(o[3]), "+f"(o[4]), "+f"(o[5]), "+f"(o[6]), "+f"(o[7]),
+                   "+f"(o[8]), "+f"(o[9]), "+f"(o[10]), "+f"(o[11]), "+f"(o[12]), "+f"(o[13]), "+f"(o[14]), "+f"(o[15]),
+                   "+f"(o[16]), "+f"(o[17]), "+f"(o[18]), "+f"(o[19]), "+f"(o[20]), "+f"(o[21]), "+f"(o[22]), "+f"(o[23]),
+                   "+f"(o[24]), "+f"(o[25]), "+f"(o[26]), "+f"(o[27]), "+f"(o[28]), "+f"(o[29]), "+f"(o[30]), "+f"(o[31])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1));
+#else
+    (void)o, (void)a, (void)db;
+#endif
+}
+
+template <>
+__device__ __forceinline__ void faw_pv<__nv_bfloat16, 64>(float (&o)[32], const uint32_t (&a)[4], uint64_t db) {
+#if defined(LOCO_CUDA_EMU)
+    emu::wgmma_rs(o, 64, a, db, 1, emu::B16_BF16);
+#elif WG_DEVICE_OK
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+                 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+                 "{%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"
+                 : "+f"(o[0]), "+f"(o[1]), "+f"(o[2]), "+f"(o[3]), "+f"(o[4]), "+f"(o[5]), "+f"(o[6]), "+f"(o[7]),
+                   "+f"(o[8]), "+f"(o[9]), "+f"(o[10]), "+f"(o[11]), "+f"(o[12]), "+f"(o[13]), "+f"(o[14]), "+f"(o[15]),
+                   "+f"(o[16]), "+f"(o[17]), "+f"(o[18]), "+f"(o[19]), "+f"(o[20]), "+f"(o[21]), "+f"(o[22]), "+f"(o[23]),
+                   "+f"(o[24]), "+f"(o[25]), "+f"(o[26]), "+f"(o[27]), "+f"(o[28]), "+f"(o[29]), "+f"(o[30]), "+f"(o[31])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1));
+#else
+    (void)o, (void)a, (void)db;
+#endif
+}
+
+template <>
+__device__ __forceinline__ void faw_pv<__half, 8>(float (&o)[4], const uint32_t (&a)[4], uint64_t db) {
+#if defined(LOCO_CUDA_EMU)
+    emu::wgmma_rs(o, 8, a, db, 1, emu::B16_F16);
+#elif WG_DEVICE_OK
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %9, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n8k16.f32.f16.f16 "
+                 "{%0, %1, %2, %3}, "
+                 "{%4, %5, %6, %7}, %8, p, 1, 1, 1;\n}\n"
+                 : "+f"(o[0]), "+f"(o[1]), "+f"(o[2]), "+f"(o[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1));
+#else
+    (void)o, (void)a, (void)db;
+#endif
+}
+
+template <>
+__device__ __forceinline__ void faw_pv<__nv_bfloat16, 8>(float (&o)[4], const uint32_t (&a)[4], uint64_t db) {
+#if defined(LOCO_CUDA_EMU)
+    emu::wgmma_rs(o, 8, a, db, 1, emu::B16_BF16);
+#elif WG_DEVICE_OK
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %9, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n8k16.f32.bf16.bf16 "
+                 "{%0, %1, %2, %3}, "
+                 "{%4, %5, %6, %7}, %8, p, 1, 1, 1;\n}\n"
+                 : "+f"(o[0]), "+f"(o[1]), "+f"(o[2]), "+f"(o[3])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1));
 #else
     (void)o, (void)a, (void)db;

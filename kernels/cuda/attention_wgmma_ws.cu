@@ -16,6 +16,8 @@
  * (warp specialisation with ping-pong, and the overlap within a warpgroup that this kernel keeps
  * from attention_wgmma.cu) as worth 10-15 % each at head dim 128 on an H100.
  * LOCO_CUDA_FLASH_PINGPONG=0 turns the turns off (to time what they give).
+ * LOCO_CUDA_FLASH_LOAD=tma (session 12) has one producer thread load K and V by TMA at head dim 64
+ * (every attention of SD-XL), as FlashAttention-3 does: faws_tma_geom below.
  *
  * Layout, products, softmax: attention_wgmma.cu (shared through attention_wgmma_common.cuh);
  * BC-key tiles (64, or 128 under wgmma_ws128: half the softmax reductions, rescales and
@@ -28,7 +30,7 @@
  *             commits them, then waits for tile t - FAWS_LAG's group, fences it for the async
  *             proxy (wgmma reads through it) and arrives on full[(t - LAG) % S]: LAG tiles'
  *             copies in flight beside the one published; the last LAG tiles after the loop.
- *             Under LOCO_CUDA_FLASH_ARRIVE=async (session 12) it publishes tile t as it issues
+ *             Under LOCO_CUDA_FLASH_LOAD=arrive (session 12) it publishes tile t as it issues
  *             it instead, by cp.async.mbarrier.arrive and an arrival: the copies count on
  *             full[stage] when they land, with no wait and no fence in the producer (CUTLASS's
  *             and FlashAttention-3's cp.async producers; the PTX ISA asks for an async-proxy
@@ -39,8 +41,11 @@
  * every consumer thread released it), nor the producer on empty. */
 #include <string.h>
 
+#include <type_traits>
+
 #include "attention_wgmma_common.cuh"
 #include "block_sync.cuh"
+#include "tma.cuh"
 
 /* 1 only in the sm_90a image (the Makefile builds this file for sm_90a alone). */
 __device__ const int faws_image_ok = WG_DEVICE_OK;
@@ -80,8 +85,35 @@ template <int BC> struct faws_stages {
 /* The geometry, and the 2 x STAGES mbarriers after it (full, then empty). */
 template <int D, int NWG, int BC> struct faws_geom : faw_geom<D, BC, NWG, faws_stages<BC>::N> {
     static constexpr int STAGES = faws_stages<BC>::N;
+    static constexpr int ONES = 0; /* (the TMA form's separate ones region; here they sit in every V stage) */
     static constexpr int BARS = faw_geom<D, BC, NWG, STAGES>::SMEM;
     static constexpr int TOTAL = BARS + 2 * STAGES * 8;
+};
+
+/* The TMA form's geometry (LOCO_CUDA_FLASH_LOAD=tma, head dim 64): K and V tiles as the TMA unit
+ * writes them, BC keys of 128 bytes each, 128-byte swizzled (K read K-major by S = Q K^T, V
+ * MN-major by P V; tiles 1024-byte aligned, as the swizzle needs); Q as in faws_geom (the
+ * consumers load it); and the ones columns (P's row sums, faw_fill_ones) not in every V stage
+ * but once, after the stages: 8 columns of BC keys in the no-swizzle MN-major layout, read by a
+ * second, 8-wide product (whether one m64n72 product reads a 128-byte-swizzled B across a
+ * partial second atom is not documented: no library does it). */
+template <int NWG, int BC> struct faws_tma_geom : faws_geom<64, NWG, BC> {
+    typedef faws_geom<64, NWG, BC> B;
+    static constexpr int STAGES = B::STAGES;
+    static constexpr int K_BYTES = BC * 128, V_BYTES = BC * 128;
+    static constexpr int ONES = B::Q_BYTES + STAGES * (K_BYTES + V_BYTES);
+    static constexpr int BARS = ONES + BC / 8 * FAW_V_KSTEP;
+    static constexpr int TOTAL = BARS + 2 * STAGES * 8;
+    static_assert(B::Q_BYTES % 1024 == 0 && K_BYTES % 1024 == 0, "the 128-byte swizzle needs 1024-byte-aligned tiles");
+    static_assert(TOTAL <= 232448, "more shared memory than an sm_90 block may have");
+};
+template <int D, int NWG, int BC, bool TMA>
+using faws_geom_of = typename std::conditional<TMA, faws_tma_geom<NWG, BC>, faws_geom<D, NWG, BC>>::type;
+
+/* The TMA form's tensor maps: K and V as [K/V samples][Lk][heads x 64] (row stride rs, sample
+ * stride kv_bs), boxes of 64 head dims x BC keys x 1 sample; keys past Lk arrive as zeros. */
+struct faws_maps {
+    CUtensorMap k, v;
 };
 
 /* Tile t's K and V chunks from this lane into stage st: lanes 2k and 2k + 1 take rows k + 16 h
@@ -143,19 +175,56 @@ __device__ __forceinline__ void faws_produce(unsigned char *sk, unsigned char *s
     if (!arrive) cp_async_publish_tail<FAWS_LAG>(full, ntiles, S);
 }
 
+/* The TMA form's producer (one thread): per tile, its K and V boxes counted off full[stage]. */
+template <int NWG, int BC>
+__device__ __forceinline__ void faws_produce_tma(unsigned char *sk, unsigned char *sv, uint64_t *full, uint64_t *empty,
+                                                 const faws_maps &m, int h, int kb, int ntiles) {
+    typedef faws_tma_geom<NWG, BC> G;
+    tma_prefetch_map(&m.k);
+    tma_prefetch_map(&m.v);
+    for (int t = 0; t < ntiles; t++) {
+        const int st = t % G::STAGES;
+        if (t >= G::STAGES) mbar_wait(&empty[st], (unsigned)(t / G::STAGES - 1) & 1u);
+        mbar_arrive_expect_tx(&full[st], G::K_BYTES + G::V_BYTES);
+        tma_load_3d(sk + st * G::K_BYTES, &m.k, h * 64, t * BC, kb, &full[st]);
+        tma_load_3d(sv + st * G::V_BYTES, &m.v, h * 64, t * BC, kb, &full[st]);
+    }
+}
+
+/* The TMA form's O += P V of one key tile: per 16 keys the 64 head dims from the swizzled V tile
+ * (two 8-key groups of 1024 bytes) and the ones columns from their region (two of 128). */
+template <typename T, int BC>
+__device__ __forceinline__ void faws_pv_issue_tma(float (&of)[36], const uint32_t (&pin)[BC / 16][4], uint64_t dv,
+                                                  uint64_t dones) {
+    float(&o64)[32] = *reinterpret_cast<float(*)[32]>(&of[0]);
+    float(&o8)[4] = *reinterpret_cast<float(*)[4]>(&of[32]);
+    wg_fence_acc(of);
+    wg_fence(); /* o was rescaled by ordinary instructions */
+#pragma unroll
+    for (int kk = 0; kk < BC / 16; kk++) {
+        faw_pv<T, 64>(o64, pin[kk], faw_desc_at(dv, kk * 2048));
+        faw_pv<T, 8>(o8, pin[kk], faw_desc_at(dones, kk * 2 * FAW_V_KSTEP));
+    }
+    wg_commit();
+}
+
 /* Warp w < 4 NWG owns query rows q0 + 16 w + g and + 8 (g = lane / 4), as in attention_wgmma.cu;
- * warpgroup NWG is the producer's. pingpong: the warpgroups take turns at issuing (above). */
-template <typename T, int D, int NWG, int BC>
-__global__ void __launch_bounds__(FAWS_THREADS(NWG), 1) faws_kernel(const fa_params p, const int pingpong,
-                                                                     const int arrive) {
+ * warpgroup NWG is the producer's. pingpong: the warpgroups take turns at issuing (above);
+ * arrive: the cp.async producer publishes by cp.async.mbarrier.arrive; TMA: the producer is one
+ * thread of TMA copies through maps (head dim 64). */
+template <typename T, int D, int NWG, int BC, bool TMA>
+__global__ void __launch_bounds__(FAWS_THREADS(NWG), 1)
+    faws_kernel(const fa_params p, const int pingpong, const int arrive, const __grid_constant__ faws_maps maps) {
 #if !WG_DEVICE_OK
     __trap();
 #else
-    typedef faws_geom<D, NWG, BC> G;
+    static_assert(!TMA || D == 64, "the TMA form is for head dim 64");
+    typedef faws_geom_of<D, NWG, BC, TMA> G;
     typedef faws_regs<NWG, BC> R;
     constexpr int S = G::STAGES, CONSUMERS = FAW_THREADS(NWG), BR = FAW_BR(NWG);
     constexpr int NKS = G::DK / 16, NDT = D / 8, NST = BC / 8;
-    extern __shared__ __align__(128) unsigned char faw_smem[];
+    extern __shared__ __align__(1024) unsigned char faw_smem[];
+    if (TMA && (smem_addr(faw_smem) & 1023u) != 0) __trap(); /* the swizzle's alignment */
     unsigned char *const sq = faw_smem;
     unsigned char *const sk = sq + G::Q_BYTES; /* [S][G::K_BYTES] */
     unsigned char *const sv = sk + S * G::K_BYTES; /* [S][G::V_BYTES] */
@@ -175,17 +244,29 @@ __global__ void __launch_bounds__(FAWS_THREADS(NWG), 1) faws_kernel(const fa_par
 
     if (warp < 4 * NWG) faw_load_q<T, D, NWG, S>(sq, qg, p, q0, tid, CONSUMERS);
     cp_async_commit();
-    faw_fill_ones<T, D, BC, NWG, S>(sv, tid, FAWS_THREADS(NWG));
+    if constexpr (TMA) { /* the ones region: BC keys x 8 columns */
+        vec16<T> ones;
+#pragma unroll
+        for (int e = 0; e < 8; e++) ones.v[e] = from_f32<T>(1.0f);
+        for (int i = tid; i < BC; i += FAWS_THREADS(NWG)) *(vec16<T> *)(faw_smem + G::ONES + i * 16) = ones;
+    } else {
+        faw_fill_ones<T, D, BC, NWG, S>(sv, tid, FAWS_THREADS(NWG));
+    }
     if (tid < S) {
-        mbar_init(&full[tid], 32);
+        mbar_init(&full[tid], TMA ? 1 : 32);
         mbar_init(&empty[tid], CONSUMERS);
+        if (TMA) mbar_init_fence();
     }
     cp_async_wait<0>();
     wg_fence_proxy();
     __syncthreads(); /* Q, the ones columns and the barriers, for every thread; the last block-wide barrier */
     if (wg == NWG) {
         if constexpr (R::PRODUCER != 0) wg_setmaxnreg_dec<R::PRODUCER>();
-        if (warp == 4 * NWG) faws_produce<T, D, NWG, BC>(sk, sv, full, empty, kg, vg, p, ntiles, lane, arrive);
+        if constexpr (TMA) {
+            if (warp == 4 * NWG && lane == 0) faws_produce_tma<NWG, BC>(sk, sv, full, empty, maps, h, (int)kb, ntiles);
+        } else if (warp == 4 * NWG) {
+            faws_produce<T, D, NWG, BC>(sk, sv, full, empty, kg, vg, p, ntiles, lane, arrive);
+        }
         return;
     }
     if constexpr (R::PRODUCER != 0) wg_setmaxnreg_inc<R::CONSUMER>();
@@ -197,7 +278,9 @@ __global__ void __launch_bounds__(FAWS_THREADS(NWG), 1) faws_kernel(const fa_par
     const int tq = lane & 3;
     const int row0 = q0 + warp * 16 + (lane >> 2);
     const uint64_t dq = wg_desc(sq + wg * (64 / 8) * G::SBO_QK, 128, G::SBO_QK);
-    const uint64_t dk0 = wg_desc(sk, 128, G::SBO_QK), dv0 = faw_v_desc<BC>(sv);
+    const uint64_t dk0 = TMA ? wg_desc_sw128(sk, 1024) : wg_desc(sk, 128, G::SBO_QK);
+    const uint64_t dv0 = TMA ? wg_desc_sw128_mn(sv, G::V_BYTES, 1024) : faw_v_desc<BC>(sv);
+    const uint64_t dones = wg_desc(faw_smem + (TMA ? G::ONES : 0), FAW_V_KSTEP, FAW_V_KSTEP); /* (TMA form) */
     float s[NST][4];
     float(&sf)[BC / 2] = faw_flat(s);
     float(&of)[D / 2 + 4] = faw_flat(o);
@@ -233,11 +316,14 @@ __global__ void __launch_bounds__(FAWS_THREADS(NWG), 1) faws_kernel(const fa_par
         mbar_wait(&full[j % S], (unsigned)(j / S) & 1u);
         if (pp) named_bar_sync(pp_mine, FAWS_PP_COUNT);
         if (j > 0 && rescale) fa_rescale<NDT + 1>(o, c);
-        faw_scores<T, NKS, BC>(sf, dq, faw_desc_at(dk0, j % S * G::K_BYTES));
+        faw_scores<T, NKS, BC, TMA ? 32 : 256>(sf, dq, faw_desc_at(dk0, j % S * G::K_BYTES));
         wg_commit();
     };
     auto pv = [&](const int j, const uint32_t(&pin)[NST / 2][4]) {
-        faw_pv_issue<T, D, BC>(of, pin, faw_desc_at(dv0, j % S * G::V_BYTES));
+        if constexpr (TMA)
+            faws_pv_issue_tma<T, BC>(of, pin, faw_desc_at(dv0, j % S * G::V_BYTES), dones);
+        else
+            faw_pv_issue<T, D, BC>(of, pin, faw_desc_at(dv0, j % S * G::V_BYTES));
     };
     /* tile j >= 1: its S and tile j - 1's P V in flight together, then tile j - 1's stage back */
     auto step = [&](const int j, const uint32_t(&pin)[NST / 2][4], uint32_t(&pout)[NST / 2][4]) {
@@ -266,22 +352,26 @@ __global__ void __launch_bounds__(FAWS_THREADS(NWG), 1) faws_kernel(const fa_par
 
 /* ---- host ------------------------------------------------------------------------------------ */
 
-/* (dtype, head dim, consumer warpgroups, keys per tile) */
+/* (dtype, head dim, consumer warpgroups, keys per tile, TMA) */
 #define FAWS_FOR_EACH(X)                                                                                      \
-    X(__half, 40, 2, 64) X(__half, 64, 2, 64) X(__half, 80, 2, 64) X(__nv_bfloat16, 40, 2, 64)                 \
-    X(__nv_bfloat16, 64, 2, 64) X(__nv_bfloat16, 80, 2, 64) X(__half, 64, 3, 64) X(__half, 80, 3, 64)          \
-    X(__nv_bfloat16, 64, 3, 64) X(__nv_bfloat16, 80, 3, 64) X(__half, 40, 2, 128) X(__half, 64, 2, 128)        \
-    X(__half, 80, 2, 128) X(__nv_bfloat16, 40, 2, 128) X(__nv_bfloat16, 64, 2, 128) X(__nv_bfloat16, 80, 2, 128)
+    X(__half, 40, 2, 64, false) X(__half, 64, 2, 64, false) X(__half, 80, 2, 64, false)                         \
+    X(__nv_bfloat16, 40, 2, 64, false) X(__nv_bfloat16, 64, 2, 64, false) X(__nv_bfloat16, 80, 2, 64, false)   \
+    X(__half, 64, 3, 64, false) X(__half, 80, 3, 64, false) X(__nv_bfloat16, 64, 3, 64, false)                  \
+    X(__nv_bfloat16, 80, 3, 64, false) X(__half, 40, 2, 128, false) X(__half, 64, 2, 128, false)                \
+    X(__half, 80, 2, 128, false) X(__nv_bfloat16, 40, 2, 128, false) X(__nv_bfloat16, 64, 2, 128, false)       \
+    X(__nv_bfloat16, 80, 2, 128, false) X(__half, 64, 2, 64, true) X(__nv_bfloat16, 64, 2, 64, true)           \
+    X(__half, 64, 3, 64, true) X(__nv_bfloat16, 64, 3, 64, true) X(__half, 64, 2, 128, true)                   \
+    X(__nv_bfloat16, 64, 2, 128, true)
 
 /* Soft, as cuda_flash_wgmma_setup: a failure only keeps the kernel off (image_ok stays 0). */
 int cuda_flash_wgmma_ws_setup(cuda_impl *c) {
-    (void)c;
+    if (c->faw_load == CUDA_WS_LOAD_TMA) cuda_tensor_map_setup(c); /* (without it: the cp.async form) */
     int image_ok = 0;
     cudaError_t e = cudaMemcpyFromSymbol(&image_ok, faws_image_ok, sizeof image_ok);
-#define FAWS_SET(T, D, NWG, BC)                                                                              \
+#define FAWS_SET(T, D, NWG, BC, TMA)                                                                         \
     if (e == cudaSuccess && image_ok)                                                                        \
-        e = cudaFuncSetAttribute(faws_kernel<T, D, NWG, BC>, cudaFuncAttributeMaxDynamicSharedMemorySize,     \
-                                 faws_geom<D, NWG, BC>::TOTAL);
+        e = cudaFuncSetAttribute(faws_kernel<T, D, NWG, BC, TMA>, cudaFuncAttributeMaxDynamicSharedMemorySize, \
+                                 faws_geom_of<D, NWG, BC, TMA>::TOTAL);
     FAWS_FOR_EACH(FAWS_SET)
 #undef FAWS_SET
     if (e != cudaSuccess) {
@@ -291,17 +381,43 @@ int cuda_flash_wgmma_ws_setup(cuda_impl *c) {
     return image_ok;
 }
 
+/* Under LOCO_CUDA_FLASH_LOAD=tma, at head dim 64, where TMA can take K and V (row and sample strides
+ * multiples of 8 elements, 16-byte-aligned bases): their tensor maps, and *tma = true; otherwise
+ * the cp.async form runs (*tma = false). A map the driver refuses within those rules (strides of
+ * 2^40 bytes or more) is this call's error, not a silent change of kernel. */
+static loco_status faws_tma_maps(cuda_impl *c, loco_dtype dt, int D, dim3 grid, const fa_params *fp, faws_maps *m,
+                                 bool *tma, loco_err *err) {
+    *tma = false;
+    if (c->faw_load != CUDA_WS_LOAD_TMA || !c->tensor_map_encode || D != 64 || fp->rs % 8 != 0 ||
+        fp->kv_bs % 8 != 0 || ((uintptr_t)fp->k & 15u) != 0 || ((uintptr_t)fp->v & 15u) != 0)
+        return LOCO_OK;
+    int nkv = 1; /* the K/V samples this launch reads */
+    for (unsigned z = 0; z < grid.z && z < FA_KV_MAX; z++)
+        if (fp->kv[z] + 1 > nkv) nkv = fp->kv[z] + 1;
+    const int64_t dims[3] = {(int64_t)grid.y * 64, fp->lk, nkv}, strides[2] = {fp->rs * 2, fp->kv_bs * 2};
+    const unsigned box[3] = {64, (unsigned)c->flash_wgmma, 1};
+    CUDA_TRY(cuda_tensor_map_make(c, &m->k, fp->k, dt, 3, dims, strides, box, err));
+    CUDA_TRY(cuda_tensor_map_make(c, &m->v, fp->v, dt, 3, dims, strides, box, err));
+    *tma = true;
+    return LOCO_OK;
+}
+
 /* As cuda_flash_wgmma, whose LOCO_CUDA_FLASH=wgmma_ws* calls come here: nwg warpgroups (2, or 3
  * at head dims 64 and 80), c->flash_wgmma keys per tile (64, or 128 with two warpgroups). */
 loco_status cuda_flash_wgmma_ws(cuda_impl *c, loco_dtype dt, int D, int nwg, dim3 grid, const fa_params *fp,
                                 loco_err *err) {
     grid.x = (unsigned)((fp->lq + FAW_BR(nwg) - 1) / FAW_BR(nwg));
-#define FAWS_LAUNCH(T, DD, NWG, BC)                                                                    \
-    if (dt == cuda_dtype_of<T>::value && D == DD && nwg == NWG && c->flash_wgmma == BC) {               \
-        const int smem = faws_geom<DD, NWG, BC>::TOTAL, threads = FAWS_THREADS(NWG);                   \
-        LOCO_LAUNCH(grid, threads, smem, c->stream, faws_kernel<T, DD, NWG, BC>)(*fp, c->faw_pingpong, \
-                                                                                 c->faw_arrive);        \
-        return cuda_check_launch("faws_kernel", err);                                                  \
+    faws_maps maps;
+    memset(&maps, 0, sizeof maps);
+    bool tma = false;
+    CUDA_TRY(faws_tma_maps(c, dt, D, grid, fp, &maps, &tma, err));
+    const int arrive = c->faw_load == CUDA_WS_LOAD_ARRIVE;
+#define FAWS_LAUNCH(T, DD, NWG, BC, TMA)                                                                        \
+    if (dt == cuda_dtype_of<T>::value && D == DD && nwg == NWG && c->flash_wgmma == BC && tma == TMA) {          \
+        const int smem = faws_geom_of<DD, NWG, BC, TMA>::TOTAL, threads = FAWS_THREADS(NWG);                    \
+        LOCO_LAUNCH(grid, threads, smem, c->stream, faws_kernel<T, DD, NWG, BC, TMA>)(*fp, c->faw_pingpong, arrive, \
+                                                                                      maps);                     \
+        return cuda_check_launch("faws_kernel", err);                                                           \
     }
     FAWS_FOR_EACH(FAWS_LAUNCH)
 #undef FAWS_LAUNCH

@@ -322,9 +322,9 @@ extern "C" loco_status loco_backend_cuda_create(const loco_backend_opts *opts, l
     const char *gw_blocks = getenv("LOCO_CUDA_GEMM_WGMMA_BLOCKS"); /* tests: fewer blocks than SMs, more tiles each */
     c->gemm_wgmma_blocks = gw_blocks ? atoi(gw_blocks) : 0;
     const char *gw_load = getenv("LOCO_CUDA_GEMM_WGMMA_LOAD"); /* cp.async (default), arrive, tma */
-    if (!gw_load || !cuda_gw_load_from_name(gw_load, &c->gemm_wgmma_load)) c->gemm_wgmma_load = CUDA_GW_LOAD_CP_ASYNC;
-    const char *flash_arrive = getenv("LOCO_CUDA_FLASH_ARRIVE");
-    c->faw_arrive = flash_arrive && strcmp(flash_arrive, "async") == 0;
+    if (!gw_load || !cuda_ws_load_from_name(gw_load, &c->gemm_wgmma_load)) c->gemm_wgmma_load = CUDA_WS_LOAD_CP_ASYNC;
+    const char *flash_load = getenv("LOCO_CUDA_FLASH_LOAD"); /* the warp-specialised attention's producer */
+    if (!flash_load || !cuda_ws_load_from_name(flash_load, &c->faw_load)) c->faw_load = CUDA_WS_LOAD_CP_ASYNC;
     const char *pingpong = getenv("LOCO_CUDA_FLASH_PINGPONG");
     c->faw_pingpong = !(pingpong && pingpong[0] == '0');
     /* attention.cu's variant of the 128-row kernel: -1 by head dim, or forced (fa_variant) */
@@ -421,16 +421,20 @@ extern "C" loco_status loco_backend_cuda_create(const loco_backend_opts *opts, l
              : c->flash_rows == 64  ? ", flash: 64 rows"
              : c->flash_rows == 128 ? ", flash: 128 rows"
                                     : "",
-             c->flash_wgmma && c->faw_ws && c->faw_ok && c->faw_arrive ? ", producer arrives by cp.async" : "",
+             !(c->flash_wgmma && c->faw_ws && c->faw_ok) ? ""
+             : c->faw_load == CUDA_WS_LOAD_ARRIVE      ? ", producer arrives by cp.async"
+             : c->faw_load == CUDA_WS_LOAD_TMA         ? (c->tensor_map_encode ? ", producer loads by TMA at head dim 64"
+                                                                               : ", TMA unavailable")
+                                                       : "",
              !c->geglu_wgmma     ? ""
              : !c->geglu_wgmma_ok ? ", geglu: wgmma unavailable"
-             : c->gemm_wgmma_load == CUDA_GW_LOAD_TMA    ? ", geglu: wgmma, TMA (experimental)"
-             : c->gemm_wgmma_load == CUDA_GW_LOAD_ARRIVE ? ", geglu: wgmma, cp.async arrive (experimental)"
+             : c->gemm_wgmma_load == CUDA_WS_LOAD_TMA    ? ", geglu: wgmma, TMA (experimental)"
+             : c->gemm_wgmma_load == CUDA_WS_LOAD_ARRIVE ? ", geglu: wgmma, cp.async arrive (experimental)"
                                                          : ", geglu: wgmma (experimental)",
              !c->linear_wgmma     ? ""
              : !c->linear_wgmma_ok ? ", linear: wgmma unavailable"
-             : c->gemm_wgmma_load == CUDA_GW_LOAD_TMA    ? ", linear: wgmma, TMA (experimental)"
-             : c->gemm_wgmma_load == CUDA_GW_LOAD_ARRIVE ? ", linear: wgmma, cp.async arrive (experimental)"
+             : c->gemm_wgmma_load == CUDA_WS_LOAD_TMA    ? ", linear: wgmma, TMA (experimental)"
+             : c->gemm_wgmma_load == CUDA_WS_LOAD_ARRIVE ? ", linear: wgmma, cp.async arrive (experimental)"
                                                          : ", linear: wgmma (experimental)",
              c->aux ? ", im2col overlapped" : "", c->norm_gather ? "" : ", GroupNorm gather off",
              c->flash_short ? "" : ", short-key attention off",

@@ -114,13 +114,14 @@ typedef enum cuda_conv_algo {
     CUDA_CONV_ROWS,     /* conv_rows.cu's row-tap GEMMs wherever they apply, else AUTO */
 } cuda_conv_algo;
 
-/* How gemm_wgmma.cu's producer loads a stage (LOCO_CUDA_GEMM_WGMMA_LOAD=cp.async|arrive|tma). */
-typedef enum cuda_gw_load {
-    CUDA_GW_LOAD_CP_ASYNC = 0, /* a warpgroup's cp.async, published after waiting for them (default) */
-    CUDA_GW_LOAD_ARRIVE,       /* the same copies, published by cp.async.mbarrier.arrive as issued */
-    CUDA_GW_LOAD_TMA,          /* one thread's TMA copies, 128-byte swizzled */
-    CUDA_GW_LOAD_COUNT
-} cuda_gw_load;
+/* How a warp-specialised kernel's producer loads a stage (gemm_wgmma.cu:
+ * LOCO_CUDA_GEMM_WGMMA_LOAD; attention_wgmma_ws.cu: LOCO_CUDA_FLASH_LOAD; cp.async|arrive|tma). */
+typedef enum cuda_ws_load {
+    CUDA_WS_LOAD_CP_ASYNC = 0, /* cp.async, published after waiting for them and a proxy fence (default) */
+    CUDA_WS_LOAD_ARRIVE,       /* the same copies, published by cp.async.mbarrier.arrive as issued */
+    CUDA_WS_LOAD_TMA,          /* one thread's TMA copies, 128-byte swizzled */
+    CUDA_WS_LOAD_COUNT
+} cuda_ws_load;
 
 typedef struct cuda_impl {
     int device;
@@ -148,7 +149,7 @@ typedef struct cuda_impl {
     int faw_warpgroups; /* ... in blocks of 2 warpgroups, or 3 (wgmma3, wgmma_ws3: head dims 64 and 80) */
     int faw_ws;         /* ... warp-specialised: a producer warp loads K/V (wgmma_ws, wgmma_ws3, wgmma_ws128) */
     int faw_pingpong;   /* ... whose warpgroups take turns at issuing; LOCO_CUDA_FLASH_PINGPONG=0: not */
-    int faw_arrive;     /* ... whose producer publishes by cp.async.mbarrier.arrive; LOCO_CUDA_FLASH_ARRIVE=async */
+    cuda_ws_load faw_load; /* ... whose producer loads so (LOCO_CUDA_FLASH_LOAD; tma: head dim 64 only) */
     int faw_ok;      /* ... and its sm_90a image is there and set up (compute capability 9.0) */
     int geglu_wgmma;    /* LOCO_CUDA_GEGLU=wgmma: the feed-forward's GEMM and GEGLU in one kernel
                          * (gemm_wgmma.cu, experimental); 0: cuBLASLt, then the GEGLU pass */
@@ -157,7 +158,7 @@ typedef struct cuda_impl {
                          * loop where it takes them (experimental); 0: cuBLASLt */
     int linear_wgmma_ok;   /* ... and set up, as geglu_wgmma_ok */
     int gemm_wgmma_blocks; /* that kernel's persistent blocks: 0 = one per SM; LOCO_CUDA_GEMM_WGMMA_BLOCKS (tests) */
-    cuda_gw_load gemm_wgmma_load; /* LOCO_CUDA_GEMM_WGMMA_LOAD: how that kernel loads its tiles */
+    cuda_ws_load gemm_wgmma_load; /* LOCO_CUDA_GEMM_WGMMA_LOAD: how that kernel loads its tiles */
     void *tensor_map_encode; /* the driver's cuTensorMapEncodeTiled (setup, for the TMA form), or NULL */
     int flash_short; /* 1: attention over at most 80 keys (text cross-attention) takes
                       * attention_short.cu's kernel, whatever LOCO_CUDA_FLASH picks for the
@@ -365,8 +366,16 @@ loco_status cuda_op_attention(loco_backend *be, loco_tensor *out, const loco_ten
  * and c->linear_wgmma_ok; both calls decline (LOCO_EUNSUPPORTED, nothing launched) what they do
  * not take. cuda_linear_wgmma: y = x . wᵀ + bias (+ y when accumulate), no activation. */
 loco_status cuda_gemm_wgmma_setup(cuda_impl *c, loco_err *err);
-const char *cuda_gw_load_name(cuda_gw_load l);
-int cuda_gw_load_from_name(const char *name, cuda_gw_load *out); /* 1: a known name */
+const char *cuda_ws_load_name(cuda_ws_load l);
+/* tensor_map.cu: the driver's cuTensorMapEncodeTiled into c->tensor_map_encode (NULL when the
+ * driver has none); a rank-1..5 f16/bf16 map, 128-byte swizzle, zeros outside (strides: bytes
+ * of dims 1..rank-1). */
+void cuda_tensor_map_setup(cuda_impl *c);
+struct CUtensorMap_st;
+loco_status cuda_tensor_map_make(const cuda_impl *c, struct CUtensorMap_st *map, const void *base, loco_dtype dt,
+                                 int rank, const int64_t *dims, const int64_t *strides, const unsigned *box,
+                                 loco_err *err);
+int cuda_ws_load_from_name(const char *name, cuda_ws_load *out); /* 1: a known name */
 loco_status cuda_op_linear_geglu(loco_backend *be, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
                                  const loco_tensor *bias, loco_err *err);
 loco_status cuda_linear_wgmma(cuda_impl *c, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,

@@ -71,7 +71,6 @@
  *   GEGLU: each consumer warpgroup alone reads and writes its half of the staging tile; a
  *             named barrier of its 128 threads before it stages a tile (the previous one is
  *             read) and after (this one is written). */
-#include <cudaTypedefs.h> /* PFN_cuTensorMapEncodeTiled_v12000 */
 #include <string.h>
 
 #include "block_sync.cuh"
@@ -419,15 +418,9 @@ extern "C" loco_status cuda_gemm_wgmma_setup(cuda_impl *c, loco_err *err) {
         cudaGetLastError(); /* not sticky: the next call must not report it */
         return LOCO_OK;
     }
-    if (c->gemm_wgmma_load == CUDA_GW_LOAD_TMA) { /* the driver's cuTensorMapEncodeTiled, without linking libcuda */
-        cudaDriverEntryPointQueryResult found = cudaDriverEntryPointSymbolNotFound;
-        void *fn = NULL;
-        if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &found) !=
-                cudaSuccess ||
-            found != cudaDriverEntryPointSuccess)
-            fn = NULL, cudaGetLastError();
-        c->tensor_map_encode = fn;
-        if (!fn) return LOCO_OK; /* "unavailable" in the backend's description */
+    if (c->gemm_wgmma_load == CUDA_WS_LOAD_TMA) {
+        cuda_tensor_map_setup(c);
+        if (!c->tensor_map_encode) return LOCO_OK; /* "unavailable" in the backend's description */
     }
     c->geglu_wgmma_ok = c->geglu_wgmma && image_ok;
     c->linear_wgmma_ok = c->linear_wgmma && image_ok;
@@ -438,28 +431,21 @@ extern "C" loco_status cuda_gemm_wgmma_setup(cuda_impl *c, loco_err *err) {
  * 128-byte swizzle) x box_rows rows. */
 static loco_status gw_tensor_map(const cuda_impl *c, CUtensorMap *map, const void *base, loco_dtype dt, int64_t rows,
                                  int64_t cols, unsigned box_rows, loco_err *err) {
-    const cuuint64_t dims[2] = {(cuuint64_t)cols, (cuuint64_t)rows}, strides[1] = {(cuuint64_t)cols * 2};
-    const cuuint32_t box[2] = {GW_BK, box_rows}, elem_strides[2] = {1, 1};
-    const CUresult r = ((PFN_cuTensorMapEncodeTiled_v12000)c->tensor_map_encode)(
-        map, dt == LOCO_BF16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 2, (void *)base, dims,
-        strides, box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
-        CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-    if (r != CUDA_SUCCESS)
-        return loco_err_set(err, LOCO_EDEVICE, "cuTensorMapEncodeTiled failed (%d) for a [%lld, %lld] matrix in %u-row boxes",
-                            (int)r, (long long)rows, (long long)cols, box_rows);
-    return LOCO_OK;
+    const int64_t dims[2] = {cols, rows}, strides[1] = {cols * 2};
+    const unsigned box[2] = {GW_BK, box_rows};
+    return cuda_tensor_map_make(c, map, base, dt, 2, dims, strides, box, err);
 }
 
-static const char *const gw_load_names[CUDA_GW_LOAD_COUNT] = {"cp.async", "arrive", "tma"};
+static const char *const ws_load_names[CUDA_WS_LOAD_COUNT] = {"cp.async", "arrive", "tma"};
 
-extern "C" const char *cuda_gw_load_name(cuda_gw_load l) {
-    return (unsigned)l < CUDA_GW_LOAD_COUNT ? gw_load_names[l] : "unknown";
+extern "C" const char *cuda_ws_load_name(cuda_ws_load l) {
+    return (unsigned)l < CUDA_WS_LOAD_COUNT ? ws_load_names[l] : "unknown";
 }
 
-extern "C" int cuda_gw_load_from_name(const char *name, cuda_gw_load *out) {
-    for (int i = 0; i < CUDA_GW_LOAD_COUNT; i++)
-        if (strcmp(name, gw_load_names[i]) == 0) {
-            *out = (cuda_gw_load)i;
+extern "C" int cuda_ws_load_from_name(const char *name, cuda_ws_load *out) {
+    for (int i = 0; i < CUDA_WS_LOAD_COUNT; i++)
+        if (strcmp(name, ws_load_names[i]) == 0) {
+            *out = (cuda_ws_load)i;
             return 1;
         }
     return 0;
@@ -484,8 +470,8 @@ static loco_status gw_run(cuda_impl *c, bool geglu, loco_tensor *y, const loco_t
     p.tiles_m = (int)((rows + GW_BM - 1) / GW_BM), p.tiles_n = (int)(n / GW_OUT(geglu));
     const int64_t tiles = (int64_t)p.tiles_m * p.tiles_n;
     if (tiles > INT32_MAX) return LOCO_EUNSUPPORTED;
-    const bool tma = c->gemm_wgmma_load == CUDA_GW_LOAD_TMA;
-    p.arrive = c->gemm_wgmma_load == CUDA_GW_LOAD_ARRIVE;
+    const bool tma = c->gemm_wgmma_load == CUDA_WS_LOAD_TMA;
+    p.arrive = c->gemm_wgmma_load == CUDA_WS_LOAD_ARRIVE;
     if (tma) {
         loco_status s = gw_tensor_map(c, &p.map_x, x->data, dt, rows, k, GW_BM, err);
         if (!s) s = gw_tensor_map(c, &p.map_w, w->data, dt, geglu ? 2 * n : n, k, geglu ? GW_OUT(true) : GW_BN, err);

@@ -1,6 +1,6 @@
-/* tma.cuh: Hopper's tensor memory accelerator (TMA, PTX ISA 8.0, sm_90) as gemm_wgmma.cu uses
- * it: one thread asks for a whole tile (a box of a tensor map the host made with
- * cuTensorMapEncodeTiled, gemm_wgmma.cu's gw_tensor_map) to be copied into shared memory, and the
+/* tma.cuh: Hopper's tensor memory accelerator (TMA, PTX ISA 8.0, sm_90) as gemm_wgmma.cu and
+ * attention_wgmma_ws.cu use it: one thread asks for a whole tile (a box of a tensor map the host
+ * made with cuTensorMapEncodeTiled, tensor_map.cu) to be copied into shared memory, and the
  * copy counts its bytes off an mbarrier's phase (mbarrier.expect_tx told the phase how many to
  * wait for). So a producer needs neither 128 threads of cp.async nor a wait for its own copies
  * before publishing them, and the copies write through the async proxy wgmma reads through:
@@ -60,6 +60,21 @@ __device__ __forceinline__ void tma_load_2d(void *smem, const CUtensorMap *map, 
                  : "memory");
 #else
     (void)smem, (void)map, (void)c0, (void)c1, (void)bar;
+#endif
+}
+
+/* The same for a rank-3 map: (c0, c1, c2). */
+__device__ __forceinline__ void tma_load_3d(void *smem, const CUtensorMap *map, int c0, int c1, int c2, uint64_t *bar) {
+#if defined(LOCO_CUDA_EMU)
+    const int c[3] = {c0, c1, c2};
+    emu::tma_load(smem, map, c, 3, bar);
+#elif WG_DEVICE_OK
+    asm volatile("cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
+                 " [%0], [%1, {%2, %3, %4}], [%5];\n" ::"r"(smem_addr(smem)),
+                 "l"((uint64_t)map), "r"(c0), "r"(c1), "r"(c2), "r"(smem_addr(bar))
+                 : "memory");
+#else
+    (void)smem, (void)map, (void)c0, (void)c1, (void)c2, (void)bar;
 #endif
 }
 

@@ -21,6 +21,9 @@
  *                    wg_desc_sw128: rows of 128 bytes, 16-byte chunk c of row r at chunk c XOR
  *                    (r % 8) by the address bits, k16 steps 32 bytes apart; gemm_wgmma.cu's TMA
  *                    form). Not required: only that experimental form relies on it.
+ *   mn_sw128         B MN-major in the 128-byte swizzle (wg_desc_sw128_mn: 64 columns of N per
+ *                    128-byte row, K rows 128 bytes apart, 8-row groups SBO 1024 apart, k16
+ *                    steps 2048 apart; the TMA attention's V). Not required either.
  *
  * The accumulator layout assumed throughout: warp w holds rows 16w..16w+15, lane (g, t) holds
  * d[4j + e] = (row g + 8 (e >> 1), column 8j + 2t + (e & 1)). If it were wrong every probe
@@ -53,10 +56,12 @@ typedef struct wgp_probe {
      * (k % 8) 2 (K-major) or (k % 8) 16 + (n % 8) 2 (MN-major); k16 step s starts 2 s b_k in */
     uint32_t b_n, b_k;
     uint32_t desc_lbo, desc_sbo; /* B's descriptor */
-    int sw128;       /* A and B K-major with 128-byte swizzle (the placement fields unused) */
+    int sw128;       /* 128-byte swizzle (the placement fields unused): A and B K-major, or with b_mn,
+                      * A as in kmajor_k48 and B MN-major */
 } wgp_probe;
 
-/* Byte offset of (row, k) of a K-major operand in the 128-byte swizzle, from a 1024-aligned base. */
+/* Byte offset of (row, k) of a K-major operand in the 128-byte swizzle, from a 1024-aligned base;
+ * for an MN-major B (n < 64), (k, n) is at wgp_sw128_at(k, n): K rows of 128 bytes. */
 __device__ __forceinline__ uint32_t wgp_sw128_at(int row, int k) {
     const uint32_t a = (uint32_t)row * 128 + (uint32_t)k * 2;
     return a ^ (((a >> 7) & 7u) << 4);
@@ -104,14 +109,17 @@ __global__ void __launch_bounds__(WGP_THREADS) wgp_kernel(const uint16_t *a, con
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
     for (int i = tid; i < WGP_M * WGP_K; i += WGP_THREADS) {
         const int m = i / WGP_K, k = i % WGP_K;
-        const uint32_t at = p.sw128 ? wgp_sw128_at(m, k)
+        const uint32_t at = p.sw128 && !p.b_mn ? wgp_sw128_at(m, k)
                                     : (m >> 3) * (WGP_K / 8 * 128) + (k >> 3) * 128 + (m & 7) * 16 + (k & 7) * 2;
         *(uint16_t *)(sa + at) = a[i];
     }
     for (int i = tid; i < WGP_N * WGP_K; i += WGP_THREADS) {
         const int n = i / WGP_K, k = i % WGP_K;
         const uint32_t inner = p.b_mn ? (k & 7) * 16 + (n & 7) * 2 : (n & 7) * 16 + (k & 7) * 2;
-        *(uint16_t *)(sb + (p.sw128 ? wgp_sw128_at(n, k) : (n >> 3) * p.b_n + (k >> 3) * p.b_k + inner)) = bt[i];
+        const uint32_t at = !p.sw128 ? (n >> 3) * p.b_n + (k >> 3) * p.b_k + inner
+                            : p.b_mn ? wgp_sw128_at(k, n)
+                                     : wgp_sw128_at(n, k);
+        *(uint16_t *)(sb + at) = bt[i];
     }
     wg_fence_proxy();
     __syncthreads();
@@ -132,8 +140,12 @@ __global__ void __launch_bounds__(WGP_THREADS) wgp_kernel(const uint16_t *a, con
     wg_fence();
 #pragma unroll
     for (int s = 0; s < WGP_KSTEPS; s++) {
-        const uint64_t db = p.sw128 ? wg_desc_sw128(sb + 32 * s, 1024) : wg_desc(sb + 2 * s * p.b_k, p.desc_lbo, p.desc_sbo);
-        if (p.sw128)
+        const uint64_t db = p.sw128 && p.b_mn ? wg_desc_sw128_mn(sb + 2048 * s, 8192, 1024)
+                            : p.sw128     ? wg_desc_sw128(sb + 32 * s, 1024)
+                                          : wg_desc(sb + 2 * s * p.b_k, p.desc_lbo, p.desc_sbo);
+        if (p.sw128 && p.b_mn)
+            wgp_mma_ss<1>(acc, wg_desc(sa + s * 256, 128, WGP_K / 8 * 128), db);
+        else if (p.sw128)
             wgp_mma_ss<0>(acc, wg_desc_sw128(sa + 32 * s, 1024), db);
         else if (p.regs_a)
             wgp_mma_rs(acc, af[s], db);
@@ -175,6 +187,7 @@ static const wgp_case wgp_cases[] = {
     {"mn_k128_lbo_is_n", 0, {0, 1, 768, 128, 768, 128, 0}},
     {"mn_k128_lbo_is_k", 1, {0, 1, 768, 128, 128, 768, 0}}, /* attention_wgmma.cu's V */
     {"kmajor_sw128", 0, {0, 0, 0, 0, 0, 0, 1}},          /* gemm_wgmma.cu's TMA form */
+    {"mn_sw128", 0, {0, 1, 0, 0, 0, 0, 1}},              /* the TMA attention's V */
 };
 
 /* Runs every probe; one line per probe into report. *required_ok: every required probe matched. */

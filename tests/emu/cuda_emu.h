@@ -121,10 +121,10 @@ uint32_t tf32_round(float x);
  * (wgmma_rs); trans_b: B MN-major. Executed when wgmma_wait retires the group. Descriptors
  * come from wgmma_desc (wgmma.cuh's wg_desc). */
 uint64_t wgmma_desc(const void *smem, uint32_t lbo, uint32_t sbo);
-/* The K-major 128-byte-swizzle layout (what a TMA copy with CU_TENSOR_MAP_SWIZZLE_128B writes):
- * rows of 128 bytes, 8-row groups `sbo` bytes apart, 16-byte chunks XOR-ed with the row in
- * the group by the address bits, as the GPU does. */
-uint64_t wgmma_desc_sw128(const void *smem, uint32_t sbo);
+/* The 128-byte-swizzle layouts (what a TMA copy with CU_TENSOR_MAP_SWIZZLE_128B writes): rows of
+ * 128 bytes, 8-row groups `sbo` bytes apart, 16-byte chunks XOR-ed with the row in the group
+ * by the address bits, as the GPU does; MN-major, the next 64 columns `lbo` bytes away. */
+uint64_t wgmma_desc_sw128(const void *smem, uint32_t lbo, uint32_t sbo);
 void wgmma_ss(float *d, int n, uint64_t da, uint64_t db, int trans_b, b16_kind kind);
 void wgmma_rs(float *d, int n, const uint32_t a[4], uint64_t db, int trans_b, b16_kind kind);
 void wgmma_commit(void);
@@ -163,7 +163,7 @@ template <class... P> launcher<P...> launch(dim3 grid, dim3 block, size_t smem, 
  * in emu_ptx.cc's smem_arrays (which poisons them at every block's start). */
 #define EMU_SMEM_OPTIN 232448 /* an H100's / H200's 227 KB, as the emulated compute capability 9.0 */
 alignas(128) inline thread_local unsigned char fa_smem[EMU_SMEM_OPTIN];
-alignas(128) inline thread_local unsigned char faw_smem[EMU_SMEM_OPTIN];
+alignas(1024) inline thread_local unsigned char faw_smem[EMU_SMEM_OPTIN]; /* 1024: TMA's 128-byte swizzle */
 alignas(1024) inline thread_local unsigned char wg_smem[EMU_SMEM_OPTIN]; /* 1024: TMA's 128-byte swizzle */
 alignas(128) inline thread_local unsigned char ig_dsmem[EMU_SMEM_OPTIN];
 alignas(128) inline thread_local uint32_t t32_smem[EMU_SMEM_OPTIN / 4];

@@ -1,8 +1,8 @@
 /* emu_wgmma.cc: Hopper's warpgroup MMA (wgmma.mma_async, PTX ISA 8.0) for the CPU kernel
  * emulator: m64nNk16 with f16/bf16 operands and f32 accumulators, A from shared memory (a
  * descriptor, K-major) or from registers (mma.sync's A fragment in each warp), B from shared
- * memory K-major or MN-major (the transpose bit), no swizzle; K-major operands also in the
- * 128-byte swizzle TMA writes (emu_tma.cc); commit groups and wait_group.
+ * memory K-major or MN-major (the transpose bit), no swizzle or the 128-byte swizzle TMA writes
+ * (emu_tma.cc); commit groups and wait_group.
  *
  * Layouts, as the PTX ISA's "matrix descriptor" section and the H200 self-test of
  * wgmma_probe.cu (bench/gpu/runs: kmajor_*, regs_a and mn_*_lbo_is_k ok) read them. Shared
@@ -13,9 +13,11 @@
  *       start + (k / 8) LBO + (n / 8) SBO + (k % 8) 16 + (n % 8) 2
  *   K-major, 128-byte swizzle (layout type 1 in bits 62-63; LBO unused): the address
  *       start + (r / 8) SBO + (r % 8) 128 + k 2
- *   with its bits 4-6 XOR-ed with its bits 7-9 (the shared-memory address, so the pattern
- *   repeats every 1024 bytes; a k16 slice further along the row is start + 32 per slice, as
- *   CUTLASS and DeepGEMM advance it). Not yet checked by wgmma_probe.cu on a GPU.
+ *   MN-major, 128-byte swizzle: 64 elements of N in a 128-byte row, the next 64 LBO away:
+ *       start + (n / 64) LBO + (k / 8) SBO + (k % 8) 128 + (n % 64) 2
+ *   each with its bits 4-6 XOR-ed with its bits 7-9 (the shared-memory address, so the pattern
+ *   repeats every 1024 bytes; a k16 slice further along a K-major row is start + 32 per slice,
+ *   as CUTLASS and DeepGEMM advance it). Not yet checked by wgmma_probe.cu on a GPU.
  * The accumulators of warp w of the warpgroup (w = warp % 4) are rows 16 w + g and + 8 of the
  * 64, and per 8 columns j: d[4 j + e] is row g + 8 (e / 2), column 8 j + 2 t + (e % 2), with g =
  * lane / 4, t = lane % 4 (mma.sync's C fragment, tile by tile).
@@ -57,7 +59,9 @@ uint64_t wgmma_desc(const void *smem, uint32_t lbo, uint32_t sbo) {
            ((uint64_t)id << 52);
 }
 
-uint64_t wgmma_desc_sw128(const void *smem, uint32_t sbo) { return wgmma_desc(smem, 16, sbo) | 1ull << 62; }
+uint64_t wgmma_desc_sw128(const void *smem, uint32_t lbo, uint32_t sbo) {
+    return wgmma_desc(smem, lbo, sbo) | 1ull << 62;
+}
 
 struct wg_desc_fields {
     const unsigned char *start;
@@ -74,11 +78,21 @@ static wg_desc_fields decode(uint64_t d) {
             (uint32_t)(((d >> 32) & 0x3FFFu) << 4), (int)(d >> 62)};
 }
 
+static const unsigned char *swizzle128(const unsigned char *p) {
+    const uintptr_t a = (uintptr_t)p;
+    return (const unsigned char *)(a ^ (((a >> 7) & 7u) << 4));
+}
+
 /* Element (row r, k) of a K-major operand. */
 static const unsigned char *k_major_at(const wg_desc_fields &f, int r, int k) {
     if (!f.swizzle128) return f.start + (r / 8) * f.sbo + (k / 8) * f.lbo + (r % 8) * 16 + (k % 8) * 2;
-    uintptr_t a = (uintptr_t)(f.start + (r / 8) * f.sbo + (r % 8) * 128 + k * 2);
-    return (const unsigned char *)(a ^ (((a >> 7) & 7u) << 4));
+    return swizzle128(f.start + (r / 8) * f.sbo + (r % 8) * 128 + k * 2);
+}
+
+/* Element (k, column n) of an MN-major B. */
+static const unsigned char *mn_major_at(const wg_desc_fields &f, int k, int n) {
+    if (!f.swizzle128) return f.start + (k / 8) * f.lbo + (n / 8) * f.sbo + (k % 8) * 16 + (n % 8) * 2;
+    return swizzle128(f.start + (n / 64) * f.lbo + (k / 8) * f.sbo + (k % 8) * 128 + (n % 64) * 2);
 }
 
 static float b16_at(const unsigned char *p, int is_bf16) {
@@ -165,15 +179,12 @@ static void execute(const wgmma_op &op) {
                 A[r][k] = b16_at(k_major_at(a, rows[r], k), op.is_bf16);
     }
     const wg_desc_fields b = decode(op.db);
-    if (op.trans_b && b.swizzle128) trap("wgmma: an MN-major swizzled B (the emulator has K-major swizzle only)");
     for (int j = 0; j < op.n / 8; j++)
         for (int e = 0; e < 4; e++) {
             const int r = e / 2, col = 8 * j + 2 * t + e % 2;
             double s = op.d[4 * j + e];
             for (int k = 0; k < 16; k++) {
-                const unsigned char *p = op.trans_b
-                                             ? b.start + (k / 8) * b.lbo + (col / 8) * b.sbo + (k % 8) * 16 + (col % 8) * 2
-                                             : k_major_at(b, col, k);
+                const unsigned char *p = op.trans_b ? mn_major_at(b, k, col) : k_major_at(b, col, k);
                 s += (double)A[r][k] * (double)b16_at(p, op.is_bf16);
             }
             op.d[4 * j + e] = (float)s;

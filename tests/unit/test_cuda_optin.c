@@ -91,7 +91,8 @@ TEST(cuda_selftest) {
     CHECK_MSG(st == LOCO_OK, "%s", err.msg);
     CHECK_MSG(hopper ? strstr(report, "wgmma kmajor_k48") != NULL : strstr(report, "not checked") != NULL, "%s",
               report);
-    CHECK_MSG(!emulated || strstr(report, "wgmma kmajor_sw128       ok") != NULL, "%s", report);
+    CHECK_MSG(!emulated || (strstr(report, "wgmma kmajor_sw128       ok") && strstr(report, "wgmma mn_sw128           ok")),
+              "%s", report);
 }
 
 /* LOCO_CUDA_FLASH=wgmma (64-key tiles), =wgmma128 (128-key tiles) and =wgmma3 (64-key tiles,
@@ -169,29 +170,61 @@ TEST(cuda_attention_wgmma_ws128) {
                                                    : "flash: wgmma unavailable", 275));
 }
 
-/* The warp-specialised kernels with the producer publishing each tile by cp.async.mbarrier.arrive
- * (LOCO_CUDA_FLASH_ARRIVE=async: no wait for its own copies, no proxy fence), as CUTLASS's and
- * FlashAttention-3's cp.async producers do; the emulator makes those arrivals when the copies
- * land, as late as the block allows. */
-static int check_flash_ws_arrive(const char *name, const char *described, int seed) {
-    setenv("LOCO_CUDA_FLASH_ARRIVE", "async", 1);
+/* The warp-specialised kernels with another producer (LOCO_CUDA_FLASH_LOAD): =arrive publishes
+ * each tile by cp.async.mbarrier.arrive (no wait for its own copies, no proxy fence), as
+ * CUTLASS's and FlashAttention-3's cp.async producers do; =tma has one thread load K and V by
+ * TMA into 128-byte-swizzled stages at head dim 64 (the other head dims keep cp.async), the
+ * ones columns in a region of their own. The emulator lands both kinds of copy as late as the
+ * block allows. */
+static int check_flash_ws_load(const char *load, const char *name, const char *described, int seed) {
+    setenv("LOCO_CUDA_FLASH_LOAD", load, 1);
     const int ok = check_flash_wgmma(name, described, seed);
-    unsetenv("LOCO_CUDA_FLASH_ARRIVE");
+    unsetenv("LOCO_CUDA_FLASH_LOAD");
     return ok;
 }
 
 TEST(cuda_attention_wgmma_ws3_arrive) {
     HOPPER_OR_SKIP(hopper, 284);
-    CHECK(check_flash_ws_arrive("wgmma_ws3", hopper ? "flash: wgmma, producer warp, 3 warpgroups (experimental), "
-                                                      "producer arrives by cp.async"
-                                                    : "flash: wgmma unavailable", 284));
+    CHECK(check_flash_ws_load("arrive", "wgmma_ws3",
+                              hopper ? "flash: wgmma, producer warp, 3 warpgroups (experimental), "
+                                       "producer arrives by cp.async"
+                                     : "flash: wgmma unavailable",
+                              284));
 }
 
 TEST(cuda_attention_wgmma_ws128_arrive) {
     HOPPER_OR_SKIP(hopper, 286);
-    CHECK(check_flash_ws_arrive("wgmma_ws128", hopper ? "flash: wgmma, producer warp, 128-key tiles (experimental), "
-                                                        "producer arrives by cp.async"
-                                                      : "flash: wgmma unavailable", 286));
+    CHECK(check_flash_ws_load("arrive", "wgmma_ws128",
+                              hopper ? "flash: wgmma, producer warp, 128-key tiles (experimental), "
+                                       "producer arrives by cp.async"
+                                     : "flash: wgmma unavailable",
+                              286));
+}
+
+TEST(cuda_attention_wgmma_ws_tma) {
+    HOPPER_OR_SKIP(hopper, 287);
+    CHECK(check_flash_ws_load("tma", "wgmma_ws",
+                              hopper ? "flash: wgmma, producer warp (experimental), producer loads by TMA at head dim 64"
+                                     : "flash: wgmma unavailable",
+                              287));
+}
+
+TEST(cuda_attention_wgmma_ws3_tma) {
+    HOPPER_OR_SKIP(hopper, 288);
+    CHECK(check_flash_ws_load("tma", "wgmma_ws3",
+                              hopper ? "flash: wgmma, producer warp, 3 warpgroups (experimental), "
+                                       "producer loads by TMA at head dim 64"
+                                     : "flash: wgmma unavailable",
+                              288));
+}
+
+TEST(cuda_attention_wgmma_ws128_tma) {
+    HOPPER_OR_SKIP(hopper, 289);
+    CHECK(check_flash_ws_load("tma", "wgmma_ws128",
+                              hopper ? "flash: wgmma, producer warp, 128-key tiles (experimental), "
+                                       "producer loads by TMA at head dim 64"
+                                     : "flash: wgmma unavailable",
+                              289));
 }
 
 /* The warp-specialised kernel with its warpgroups not taking turns (LOCO_CUDA_FLASH_PINGPONG=0). */
