@@ -242,47 +242,38 @@ __global__ void __launch_bounds__(FAWS_THREADS(NWG), 1)
     }
     const int ntiles = (kend + BC - 1) / BC;
 
-    if constexpr (TMA) {
-        /* The producer starts as soon as the barriers are up: the first K/V tiles land while the
-         * consumers load Q and the ones columns and meet on a barrier of their own (1 + NWG;
-         * the ping-pong turns use 1 .. NWG). */
-        if (tid < S) {
-            mbar_init(&full[tid], 1);
-            mbar_init(&empty[tid], CONSUMERS);
-            mbar_init_fence();
-        }
-        __syncthreads(); /* the barriers, for every thread; the last block-wide barrier */
-        if (wg == NWG) {
-            if constexpr (R::PRODUCER != 0) wg_setmaxnreg_dec<R::PRODUCER>();
+    /* The producer starts as soon as the barriers are up: the first K/V tiles land while the
+     * consumers load Q and the ones columns and meet on a barrier of their own (1 + NWG; the
+     * ping-pong turns use 1 .. NWG). The cp.async producer never writes V's ones columns, so
+     * the consumers may fill them while it loads. */
+    if (tid < S) {
+        mbar_init(&full[tid], TMA ? 1 : 32);
+        mbar_init(&empty[tid], CONSUMERS);
+        if (TMA) mbar_init_fence();
+    }
+    __syncthreads(); /* the barriers, for every thread; the last block-wide barrier */
+    if (wg == NWG) {
+        if constexpr (R::PRODUCER != 0) wg_setmaxnreg_dec<R::PRODUCER>();
+        if constexpr (TMA) {
             if (warp == 4 * NWG && lane == 0) faws_produce_tma<NWG, BC>(sk, sv, full, empty, maps, h, (int)kb, ntiles);
-            return;
+        } else if (warp == 4 * NWG) {
+            faws_produce<T, D, NWG, BC>(sk, sv, full, empty, kg, vg, p, ntiles, lane, arrive);
         }
-        faw_load_q<T, D, NWG, S>(sq, qg, p, q0, tid, CONSUMERS);
-        cp_async_commit();
-        vec16<T> ones; /* the ones region: BC keys x 8 columns */
+        return;
+    }
+    faw_load_q<T, D, NWG, S>(sq, qg, p, q0, tid, CONSUMERS);
+    cp_async_commit();
+    if constexpr (TMA) { /* the ones region: BC keys x 8 columns */
+        vec16<T> ones;
 #pragma unroll
         for (int e = 0; e < 8; e++) ones.v[e] = from_f32<T>(1.0f);
         for (int i = tid; i < BC; i += CONSUMERS) *(vec16<T> *)(faw_smem + G::ONES + i * 16) = ones;
-        cp_async_wait<0>();
-        wg_fence_proxy();
-        named_bar_sync(1 + NWG, CONSUMERS); /* Q and the ones columns, for every consumer */
     } else {
-        if (warp < 4 * NWG) faw_load_q<T, D, NWG, S>(sq, qg, p, q0, tid, CONSUMERS);
-        cp_async_commit();
-        faw_fill_ones<T, D, BC, NWG, S>(sv, tid, FAWS_THREADS(NWG));
-        if (tid < S) {
-            mbar_init(&full[tid], 32);
-            mbar_init(&empty[tid], CONSUMERS);
-        }
-        cp_async_wait<0>();
-        wg_fence_proxy();
-        __syncthreads(); /* Q, the ones columns and the barriers, for every thread; the last block-wide barrier */
-        if (wg == NWG) {
-            if constexpr (R::PRODUCER != 0) wg_setmaxnreg_dec<R::PRODUCER>();
-            if (warp == 4 * NWG) faws_produce<T, D, NWG, BC>(sk, sv, full, empty, kg, vg, p, ntiles, lane, arrive);
-            return;
-        }
+        faw_fill_ones<T, D, BC, NWG, S>(sv, tid, CONSUMERS);
     }
+    cp_async_wait<0>();
+    wg_fence_proxy();
+    named_bar_sync(1 + NWG, CONSUMERS); /* Q and the ones columns, for every consumer */
     if constexpr (R::PRODUCER != 0) wg_setmaxnreg_inc<R::CONSUMER>();
 
     float o[NDT + 1][4];
