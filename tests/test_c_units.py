@@ -42,6 +42,9 @@ def _cases():
             for env, prefixes in OPT_IN:
                 out += [pytest.param(str(binary), n, env, id=f"emu[{env}]/{src.stem}::{n}")
                         for n in names if n.startswith(prefixes)]
+        if src.stem == "test_cuda_optin":
+            out += [pytest.param(str(binary), n, REVERSE, id=f"emu[{REVERSE}]/{src.stem}::{n}")
+                    for n in names if n.startswith(REVERSED)]
     return out
 
 
@@ -57,6 +60,13 @@ OPT_IN = (("LOCO_CUDA_FLASH=wgmma", ("cuda_unet_call_",)),
           ("LOCO_CUDA_FLASH=wgmma_ws3", ("cuda_unet_call_sdxl",)),
           ("LOCO_CUDA_CONV=wgmma", ("cuda_unet_call_",)),
           ("LOCO_CUDA_CONV=rows", ("cuda_vae_decode_",)))
+
+
+# The warp-specialised kernels' op tests again under the emulator's reverse schedule (the highest
+# warp first, TMA copies and cp.async arrivals landing as issued: a producer runs ahead of every
+# consumer, and a consumer can read what other consumers have not yet written).
+REVERSE = "LOCO_EMU_SCHEDULE=reverse"
+REVERSED = ("cuda_attention_wgmma_ws", "cuda_linear_geglu_wgmma", "cuda_linear_wgmma")
 
 
 def _with_env(params):

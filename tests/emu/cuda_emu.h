@@ -9,7 +9,9 @@
  * apart as far as barriers let them. A cp.async fills its destination with NaN bytes when
  * issued and copies when the thread waits for its group, so a missing wait or a missing
  * barrier before a buffer is refilled reads NaN here, as it may read garbage on a GPU; the
- * dynamic shared memory of every block starts as NaN bytes too. The CUDA runtime and cuBLASLt calls the
+ * dynamic shared memory of every block starts as NaN bytes too. LOCO_EMU_SCHEDULE=reverse runs the
+ * highest warp first and lands asynchronous copies as issued (emu_threads.cc), a second order
+ * that exposes other missing barriers. The CUDA runtime and cuBLASLt calls the
  * backend makes are served by emu_runtime.cc and emu_cublaslt.cc.
  *
  * What this proves: the host code, every index, fragment layout, barrier and copy group of the

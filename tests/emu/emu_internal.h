@@ -70,6 +70,9 @@ void async_retire_upto(async_state &s, size_t upto);
 /* mbarrier pieces for cp.async.mbarrier.arrive (emu_threads.cc): the phase in progress waits for
  * n more arrivals; an arrival made by the copies' completion (no thread hands over). */
 void mbar_pending_add(uint64_t *bar, unsigned n);
+/* LOCO_EMU_SCHEDULE=reverse: asynchronous copies (TMA, cp.async with an mbarrier arrival) land
+ * as soon as they are issued. */
+int schedule_eager(void);
 void mbar_arrive_async(uint64_t *bar);
 async_state &thread_copies(void);
 

@@ -86,6 +86,7 @@ void async_mbar_arrive(uint64_t *bar) {
     async_state &s = thread_copies();
     mbar_pending_add(bar, 1);
     s.arrivals.push_back({bar, s.q.size()});
+    if (schedule_eager()) async_retire_upto(s, s.q.size());
 }
 
 /* ---- ldmatrix ------------------------------------------------------------------------------------- */

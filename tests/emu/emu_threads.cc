@@ -114,6 +114,7 @@ struct block_run {
     /* mbarriers whose phase in progress waits for transaction bytes (expect_tx minus what has
      * landed): a side table, the 64-bit word holding the arrivals */
     std::vector<std::pair<const uint64_t *, int64_t>> tx;
+    int reverse = 0; /* LOCO_EMU_SCHEDULE=reverse: highest warp first, asynchronous copies land at once */
     fiber *cur = nullptr;
     exec_ctx sched;
     const std::function<void()> *body = nullptr;
@@ -382,6 +383,8 @@ void mbar_arrive_async(uint64_t *bar) {
     memcpy(bar, &w, sizeof w);
 }
 
+int schedule_eager(void) { return g_run && g_run->reverse; }
+
 /* Nothing in the block can move: the oldest cp.async.mbarrier.arrive of the lowest thread that
  * has one waiting has its copies land, and arrives (as late as a GPU may make it). */
 static int cp_async_land_oldest(block_run *r) {
@@ -477,10 +480,16 @@ static void run_block(block_run &r, dim3 grid, dim3 block, uint3 bid) {
      * where running the warps in step would hide it. The lowest warp that can run always runs
      * next: when a warp's progress frees a lower one (an arrival at a named barrier or an
      * mbarrier), that one goes on before any higher warp does, so a consumer warp that reads a
-     * buffer without waiting for its producer (a higher warp) reads it unfilled. */
+     * buffer without waiting for its producer (a higher warp) reads it unfilled.
+     * LOCO_EMU_SCHEDULE=reverse turns the order round (the highest warp first, TMA copies and
+     * cp.async arrivals landing as soon as they are issued): a producer warp then runs ahead of
+     * every consumer, and a consumer reads what other consumers were to write (Q, a shared
+     * region) before they have, where the default order has them all written first. */
+    const size_t nwarps = r.warps.size();
     for (;;) {
         int ran = 0;
-        for (size_t w = 0; w < r.warps.size(); w++) {
+        for (size_t k = 0; k < nwarps; k++) {
+            const size_t w = r.reverse ? nwarps - 1 - k : k;
             const int end = std::min(n, (int)w * 32 + 32);
             int ran_w = 0;
             for (int again = 1; again;) {
@@ -491,7 +500,7 @@ static void run_block(block_run &r, dim3 grid, dim3 block, uint3 bid) {
                         ran = ran_w = again = 1;
                     }
             }
-            if (ran_w && w > 0) w = (size_t)-1; /* from warp 0 again (the loop's w++ makes it 0) */
+            if (ran_w && k > 0) k = (size_t)-1; /* from the first warp again (the loop's k++ makes it 0) */
         }
         if (r.alive == 0) {
             /* arrivals no thread waited for: the protocol of the kernel's bar.arrive / bar.sync
@@ -518,6 +527,8 @@ void run_grid(dim3 grid, dim3 block, size_t dyn_smem, const std::function<void()
     if (r.fibers.size() < (size_t)n) r.fibers.resize((size_t)n);
     r.warps.resize((size_t)(n + 31) / 32);
     r.body = &body;
+    const char *schedule = getenv("LOCO_EMU_SCHEDULE");
+    r.reverse = schedule && strcmp(schedule, "reverse") == 0;
     g_run = &r;
     for (unsigned z = 0; z < grid.z; z++)
         for (unsigned y = 0; y < grid.y; y++)

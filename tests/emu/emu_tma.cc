@@ -55,6 +55,8 @@ static unsigned box_bytes(const tma_map &m) {
     return n;
 }
 
+static void land(const tma_copy &c);
+
 void tma_load(void *smem, const void *tensor_map, const int *coords, int rank, uint64_t *bar) {
     tma_map m;
     memcpy(&m, tensor_map, sizeof m);
@@ -72,7 +74,10 @@ void tma_load(void *smem, const void *tensor_map, const int *coords, int rank, u
     c.bar = bar;
     c.bytes = box_bytes(m);
     memset(c.dst, 0xff, c.bytes); /* until it lands */
-    g_copies.push_back(c);
+    if (schedule_eager())
+        land(c);
+    else
+        g_copies.push_back(c);
 }
 
 /* Element i (box-linear, innermost fastest) of the copy, from the tensor or zeros. */

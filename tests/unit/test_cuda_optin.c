@@ -227,6 +227,21 @@ TEST(cuda_attention_wgmma_ws128_tma) {
                               289));
 }
 
+/* The TMA form without turns: nothing then holds a consumer warpgroup back from its first product
+ * but its own barriers (under the emulator's reverse schedule, a missing consumer barrier after
+ * the Q load shows here). */
+TEST(cuda_attention_wgmma_ws3_tma_no_pingpong) {
+    HOPPER_OR_SKIP(hopper, 283);
+    setenv("LOCO_CUDA_FLASH_PINGPONG", "0", 1);
+    const int ok = check_flash_ws_load("tma", "wgmma_ws3",
+                                       hopper ? "flash: wgmma, producer warp, 3 warpgroups, no ping-pong (experimental), "
+                                                "producer loads by TMA at head dim 64"
+                                              : "flash: wgmma unavailable",
+                                       283);
+    unsetenv("LOCO_CUDA_FLASH_PINGPONG");
+    CHECK(ok);
+}
+
 /* The warp-specialised kernel with its warpgroups not taking turns (LOCO_CUDA_FLASH_PINGPONG=0). */
 TEST(cuda_attention_wgmma_ws_no_pingpong) {
     HOPPER_OR_SKIP(hopper, 280);
