@@ -415,6 +415,7 @@ static int wgmma_rows(const char *path, int reps) {
                                                "LOCO_CUDA_FLASH_LOAD=tma", NULL};
     static const char *const ws128_tma_env[4] = {"LOCO_CUDA_FLASH=wgmma_ws128", "LOCO_CUDA_FLASH_SHORT=0",
                                                  "LOCO_CUDA_FLASH_LOAD=tma", NULL};
+    int status = 0;
     loco_backend *be = forced_backend_create(wgmma_env);
     loco_backend *be128 = be ? forced_backend_create(wgmma128_env) : NULL;
     loco_backend *be3 = be128 ? forced_backend_create(wgmma3_env) : NULL;
@@ -445,21 +446,8 @@ static int wgmma_rows(const char *path, int reps) {
     if (!be || !be128 || !be3 || (!skip_geglu && !begw) || (begw && !skip_tma && !begwt) ||
         (!skip_ws && (!bews || !bews3 || !bews128)) || (begw && !skip_arrive && !begwa) ||
         (bews128 && !skip_arrive && !bews128a) || (bews128 && !skip_tma && !bews128t)) {
-        loco_backend_destroy(bews128t);
-        loco_backend_destroy(bews3t);
-        loco_backend_destroy(bews128a);
-        loco_backend_destroy(bews3a);
-        loco_backend_destroy(begwa);
-        loco_backend_destroy(begwt);
-        loco_backend_destroy(begw);
-        loco_backend_destroy(bews128);
-        loco_backend_destroy(bews3);
-        loco_backend_destroy(bews);
-        loco_backend_destroy(be3);
-        loco_backend_destroy(be128);
-        loco_backend_destroy(be);
-        fclose(f);
-        return 2;
+        status = 2; /* a backend the rows need could not be made */
+        goto done;
     }
     fprintf(stderr, "op_bench --wgmma on %s%s\n", loco_backend_describe(be),
             skip_ws ? " (warp-specialised attention skipped: LOCO_OPBENCH_SKIP_WS=1)" : "");
@@ -492,6 +480,8 @@ static int wgmma_rows(const char *path, int reps) {
         if (begwt && gw_linear && time_op(begwt, &op, reps, "@linear_wgmma_tma") != 0) failures++;
         if (begwa && gw_linear && time_op(begwa, &op, reps, "@linear_wgmma_arrive") != 0) failures++;
     }
+    status = failures ? 1 : 0;
+done:
     loco_backend_destroy(bews128t);
     loco_backend_destroy(bews3t);
     loco_backend_destroy(bews128a);
@@ -504,9 +494,9 @@ static int wgmma_rows(const char *path, int reps) {
     loco_backend_destroy(bews);
     loco_backend_destroy(be3);
     loco_backend_destroy(be128);
-    fclose(f);
     loco_backend_destroy(be);
-    return failures ? 1 : 0;
+    fclose(f);
+    return status;
 }
 
 int main(int argc, char **argv) {
