@@ -85,7 +85,6 @@ template <int BC> struct faws_stages {
 /* The geometry, and the 2 x STAGES mbarriers after it (full, then empty). */
 template <int D, int NWG, int BC> struct faws_geom : faw_geom<D, BC, NWG, faws_stages<BC>::N> {
     static constexpr int STAGES = faws_stages<BC>::N;
-    static constexpr int ONES = 0; /* (the TMA form's separate ones region; here they sit in every V stage) */
     static constexpr int BARS = faw_geom<D, BC, NWG, STAGES>::SMEM;
     static constexpr int TOTAL = BARS + 2 * STAGES * 8;
 };
@@ -283,9 +282,10 @@ __global__ void __launch_bounds__(FAWS_THREADS(NWG), 1)
     const int tq = lane & 3;
     const int row0 = q0 + warp * 16 + (lane >> 2);
     const uint64_t dq = wg_desc(sq + wg * (64 / 8) * G::SBO_QK, 128, G::SBO_QK);
-    const uint64_t dk0 = TMA ? wg_desc_sw128(sk, 1024) : wg_desc(sk, 128, G::SBO_QK);
-    const uint64_t dv0 = TMA ? wg_desc_sw128_mn(sv, G::V_BYTES, 1024) : faw_v_desc<BC>(sv);
-    const uint64_t dones = wg_desc(faw_smem + (TMA ? G::ONES : 0), FAW_V_KSTEP, FAW_V_KSTEP); /* (TMA form) */
+    const uint64_t dk0 = TMA ? wg_desc_sw128(sk, 16, 1024) : wg_desc(sk, 128, G::SBO_QK);
+    const uint64_t dv0 = TMA ? wg_desc_sw128(sv, G::V_BYTES, 1024) : faw_v_desc<BC>(sv);
+    uint64_t dones = 0; /* the TMA form's ones columns (the cp.async form's sit in every V stage) */
+    if constexpr (TMA) dones = wg_desc(faw_smem + G::ONES, FAW_V_KSTEP, FAW_V_KSTEP);
     float s[NST][4];
     float(&sf)[BC / 2] = faw_flat(s);
     float(&of)[D / 2 + 4] = faw_flat(o);

@@ -257,6 +257,28 @@ static const char *count_reason(cudaError_t e) {
     }
 }
 
+/* LOCO_CUDA_GEMM_WGMMA_LOAD's and LOCO_CUDA_FLASH_LOAD's values, by cuda_ws_load. */
+static const char *const ws_load_names[CUDA_WS_LOAD_COUNT] = {"cp.async", "arrive", "tma"};
+
+static int cuda_ws_load_from_name(const char *name, cuda_ws_load *out) { /* 1: a known name */
+    for (int i = 0; i < CUDA_WS_LOAD_COUNT; i++)
+        if (strcmp(name, ws_load_names[i]) == 0) {
+            *out = (cuda_ws_load)i;
+            return 1;
+        }
+    return 0;
+}
+
+/* The backend description's part for one of gemm_wgmma.cu's forms (GEGLU or linear): its way of
+ * loading when that is not the default, "unavailable" when set up without it, "" when not asked. */
+static const char *gw_describe(int linear, int asked, int ok, cuda_ws_load load) {
+    static const char *const text[2][CUDA_WS_LOAD_COUNT] = {
+        {", geglu: wgmma (experimental)", ", geglu: wgmma (arrive, experimental)", ", geglu: wgmma (tma, experimental)"},
+        {", linear: wgmma (experimental)", ", linear: wgmma (arrive, experimental)",
+         ", linear: wgmma (tma, experimental)"}};
+    return !asked ? "" : !ok ? (linear ? ", linear: wgmma unavailable" : ", geglu: wgmma unavailable") : text[linear][load];
+}
+
 extern "C" loco_status loco_backend_cuda_create(const loco_backend_opts *opts, loco_backend **out, loco_err *err) {
     if (out) *out = NULL;
     if (!opts || !out) return loco_err_set(err, LOCO_EINVAL, "cuda backend: opts and out must not be NULL");
@@ -426,16 +448,8 @@ extern "C" loco_status loco_backend_cuda_create(const loco_backend_opts *opts, l
              : c->faw_load == CUDA_WS_LOAD_TMA         ? (c->tensor_map_encode ? ", producer loads by TMA at head dim 64"
                                                                                : ", TMA unavailable")
                                                        : "",
-             !c->geglu_wgmma     ? ""
-             : !c->geglu_wgmma_ok ? ", geglu: wgmma unavailable"
-             : c->gemm_wgmma_load == CUDA_WS_LOAD_TMA    ? ", geglu: wgmma, TMA (experimental)"
-             : c->gemm_wgmma_load == CUDA_WS_LOAD_ARRIVE ? ", geglu: wgmma, cp.async arrive (experimental)"
-                                                         : ", geglu: wgmma (experimental)",
-             !c->linear_wgmma     ? ""
-             : !c->linear_wgmma_ok ? ", linear: wgmma unavailable"
-             : c->gemm_wgmma_load == CUDA_WS_LOAD_TMA    ? ", linear: wgmma, TMA (experimental)"
-             : c->gemm_wgmma_load == CUDA_WS_LOAD_ARRIVE ? ", linear: wgmma, cp.async arrive (experimental)"
-                                                         : ", linear: wgmma (experimental)",
+             gw_describe(0, c->geglu_wgmma, c->geglu_wgmma_ok, c->gemm_wgmma_load),
+             gw_describe(1, c->linear_wgmma, c->linear_wgmma_ok, c->gemm_wgmma_load),
              c->aux ? ", im2col overlapped" : "", c->norm_gather ? "" : ", GroupNorm gather off",
              c->flash_short ? "" : ", short-key attention off",
              c->gemm_tune ? ", GEMMs tuned" : "",

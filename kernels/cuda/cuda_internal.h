@@ -366,7 +366,10 @@ loco_status cuda_op_attention(loco_backend *be, loco_tensor *out, const loco_ten
  * and c->linear_wgmma_ok; both calls decline (LOCO_EUNSUPPORTED, nothing launched) what they do
  * not take. cuda_linear_wgmma: y = x . wᵀ + bias (+ y when accumulate), no activation. */
 loco_status cuda_gemm_wgmma_setup(cuda_impl *c, loco_err *err);
-const char *cuda_ws_load_name(cuda_ws_load l);
+loco_status cuda_op_linear_geglu(loco_backend *be, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
+                                 const loco_tensor *bias, loco_err *err);
+loco_status cuda_linear_wgmma(cuda_impl *c, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
+                              const loco_tensor *bias, int accumulate, loco_err *err);
 /* tensor_map.cu: the driver's cuTensorMapEncodeTiled into c->tensor_map_encode (NULL when the
  * driver has none); a rank-1..5 f16/bf16 map, 128-byte swizzle, zeros outside (strides: bytes
  * of dims 1..rank-1). */
@@ -375,11 +378,6 @@ struct CUtensorMap_st;
 loco_status cuda_tensor_map_make(const cuda_impl *c, struct CUtensorMap_st *map, const void *base, loco_dtype dt,
                                  int rank, const int64_t *dims, const int64_t *strides, const unsigned *box,
                                  loco_err *err);
-int cuda_ws_load_from_name(const char *name, cuda_ws_load *out); /* 1: a known name */
-loco_status cuda_op_linear_geglu(loco_backend *be, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
-                                 const loco_tensor *bias, loco_err *err);
-loco_status cuda_linear_wgmma(cuda_impl *c, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
-                              const loco_tensor *bias, int accumulate, loco_err *err);
 /* elementwise.cu */
 loco_status cuda_op_activation(loco_backend *be, loco_tensor *y, const loco_tensor *x, loco_act act, loco_err *err);
 loco_status cuda_op_geglu(loco_backend *be, loco_tensor *y, const loco_tensor *x, loco_err *err);

@@ -14,11 +14,10 @@
  * the bytes; it pays only if this GEMM keeps close to cuBLASLt's 709 TFLOP/s on those shapes
  * (op_bench's "@geglu_wgmma" rows tell). cuBLASLt has no epilogue that multiplies two columns.
  *
- * Tile: 128 rows x 256 GEMM columns; for GEGLU the 256 are 128 outputs' h and g interleaved by 8
- * (column block 2i holds h of outputs 8i..8i+7, block 2i + 1 their g; the producer reads w's
- * rows in that order, w itself is the checkpoint's), so that h and g of an output land in one
- * thread's accumulators (wgmma's m64nNk16 layout: d[4 c + e] is row g + 8 (e / 2), column
- * 8 c + 2 t + e % 2 of block c) and in one 32-byte piece of the staging rows below.
+ * Tile: 128 rows x 256 GEMM columns; for GEGLU the 256 are 128 outputs' h rows of w, then their
+ * 128 g rows (w itself is the checkpoint's), so that h and g of an output land in one thread's
+ * accumulators, 64 apart (wgmma's m64nNk16 layout: d[4 c + e] is row g + 8 (e / 2), column
+ * 8 c + 2 t + e % 2 of column block c: h in blocks 0-15, g in 16-31); staging re-pairs them.
  *
  * Block: warpgroups 0 and 1 compute 64 rows x 256 columns each (128 fp32 accumulators a thread)
  * with four m64n256k16 products per 64-deep k-step; warpgroup 2 loads (every thread: 24
@@ -50,7 +49,7 @@
  *
  * The TMA form (LOCO_CUDA_GEMM_WGMMA_LOAD=tma, session 12, not yet timed): one producer thread
  * asks the TMA unit for each stage's tiles (x's 128 x 64 box; w's 256 x 64, or for GEGLU its 128
- * h rows then its 128 g rows, so accumulator column block c < 16 is h and c + 16 its gate) and
+ * h rows and its 128 g rows as two boxes) and
  * counts their 48 KB off the stage's "full" mbarrier (expect_tx); they land 128-byte swizzled
  * (row r at r 128 bytes, its 16-byte chunks XOR-ed with r % 8), which the consumers' descriptors
  * name (wg_desc_sw128). Why: the cp.async producer spends 128 threads' issue slots and, per
@@ -138,8 +137,9 @@ __device__ __forceinline__ void gw_tile_coords(const gw_params &p, int tile, int
 
 /* Step (tile tm/tn, k-tile kt)'s copies from this producer thread (warp pw of the producer
  * warpgroup, lane l): A's 16 row groups and B's 32, two warp instructions (chunks 0-3, 4-7) per
- * row group. B's row group c is column block c of the tile: for GEGLU h rows (c even) or g rows
- * (c odd) of outputs tn * 128 + (c / 2) * 8 + 0..7, for the linear rows tn * 256 + 8 c + 0..7.
+ * row group. B's row group c is column block c of the tile: for the linear w's rows
+ * tn * 256 + 8 c + 0..7; for GEGLU h rows (c < 16: warps 0, 1) or g rows (w's row n on) of
+ * outputs tn * 128 + 8 (c % 16) + 0..7.
  * Rows of x past M become zeros. Few registers (the producer keeps 40): one pointer into x and
  * one into w per step, the rest 32-bit offsets from them (the host checked w's elements < 2^31)
  * and immediates. */
@@ -149,7 +149,8 @@ __device__ __forceinline__ void gw_load_step(unsigned char *sa, unsigned char *s
     const int r8 = l & 7, c4 = l >> 3, k8 = 8 * p.k;
     const int row0 = tm * GW_BM + pw * 32 + r8; /* this thread's row of its first row group */
     const T *xb = (const T *)p.x + (int64_t)row0 * p.k + kt * GW_BK + c4 * 8;
-    const T *wb = (const T *)p.w + (int64_t)(tn * GW_OUT(GEGLU) + pw * (GEGLU ? 32 : 64) + r8) * p.k + kt * GW_BK + c4 * 8;
+    const int64_t wrow = GEGLU ? (int64_t)(pw >> 1) * p.n + tn * GW_OUT(true) + (pw & 1) * 64 : tn * GW_BN + pw * 64;
+    const T *wb = (const T *)p.w + (wrow + r8) * p.k + kt * GW_BK + c4 * 8;
     unsigned char *da = sa + pw * 4 * 1024 + c4 * 128 + r8 * 16, *db = sb + pw * 8 * 1024 + c4 * 128 + r8 * 16;
 #pragma unroll
     for (int q = 0; q < 4; q++) { /* A's row groups pw * 4 + q */
@@ -159,10 +160,9 @@ __device__ __forceinline__ void gw_load_step(unsigned char *sa, unsigned char *s
             cp_async16(da + q * 1024 + h * 512, ok ? xb + q * k8 + h * 32 : (const T *)p.x, ok ? 16 : 0);
     }
 #pragma unroll
-    for (int j = 0; j < 8; j++) { /* B's row groups pw * 8 + j: h rows (j even) or g rows of outputs + (j / 2) * 8 */
-        const int off = GEGLU ? (j & 1) * p.n * p.k + (j >> 1) * k8 : j * k8;
+    for (int j = 0; j < 8; j++) { /* B's row groups pw * 8 + j */
 #pragma unroll
-        for (int h = 0; h < 2; h++) cp_async16(db + j * 1024 + h * 512, wb + off + h * 32, 16);
+        for (int h = 0; h < 2; h++) cp_async16(db + j * 1024 + h * 512, wb + j * k8 + h * 32, 16);
     }
 }
 
@@ -225,19 +225,18 @@ __device__ __forceinline__ void gw_produce_tma(unsigned char *smem, uint64_t *fu
 }
 
 /* GEGLU: h and g of this thread's accumulators with their biases, rounded to T (what the unfused
- * GEMM stores), into its warpgroup's half of the staging tile, h and g of 8 outputs in column
- * blocks 2i and 2i + 1 (row r of the half at r * GW_STAGING_PITCH; row0 the warp's first). The
- * accumulators' column block c holds, for the cp.async form (SPLIT false), h (c even) or g of
- * outputs (c / 2) * 8 + 2 t, + 1; for the TMA form (SPLIT: B is the 128 h rows, then the 128 g
- * rows), h (c < 16) or g of outputs (c % 16) * 8 + 2 t, + 1. */
-template <typename T, bool SPLIT>
+ * GEMM stores), into its warpgroup's half of the staging tile, h and g of 8 outputs side by side
+ * in column blocks 2i and 2i + 1 (row r of the half at r * GW_STAGING_PITCH; row0 the warp's
+ * first). The accumulators' column block c holds h (c < 16) or g of outputs (c % 16) * 8 + 2 t,
+ * + 1. */
+template <typename T>
 __device__ __forceinline__ void gw_stage_geglu(const float (&d)[GW_BN / 2], const gw_params &p, unsigned char *staging,
                                               int row0, int tn, int lane) {
     const int g = lane >> 2, t = lane & 3;
     const T *__restrict__ b = (const T *)p.b;
 #pragma unroll
     for (int c = 0; c < GW_BN / 8; c++) {
-        const int is_g = SPLIT ? c >> 4 : c & 1, block = SPLIT ? c & 15 : c >> 1, sc = 2 * block + is_g;
+        const int is_g = c >> 4, block = c & 15, sc = 2 * block + is_g;
         const int bcol = is_g * p.n + tn * GW_OUT(true) + block * 8 + 2 * t;
         const float b0 = b ? to_f32(b[bcol]) : 0.0f, b1 = b ? to_f32(b[bcol + 1]) : 0.0f;
 #pragma unroll
@@ -336,7 +335,7 @@ __device__ __forceinline__ void gw_consume(unsigned char *smem, uint64_t *full, 
 #pragma unroll
             for (int kk = 0; kk < GW_BK / 16; kk++) { /* a k16 step: two core matrices along k, or 32 bytes of a swizzled row */
                 if (TMA)
-                    gw_mma<T>(d, wg_desc_sw128(sa + kk * 32, 1024), wg_desc_sw128(sb + kk * 32, 1024));
+                    gw_mma<T>(d, wg_desc_sw128(sa + kk * 32, 16, 1024), wg_desc_sw128(sb + kk * 32, 16, 1024));
                 else
                     gw_mma<T>(d, wg_desc(sa + kk * 256, 128, 1024), wg_desc(sb + kk * 256, 128, 1024));
             }
@@ -356,7 +355,7 @@ __device__ __forceinline__ void gw_consume(unsigned char *smem, uint64_t *full, 
         if (ktiles > 0) mbar_arrive(&empty[(s - 1) % C::STAGES]);
         if (GEGLU) {
             named_bar_sync(1 + wg, 128); /* every thread of the warpgroup has read the previous half */
-            gw_stage_geglu<T, TMA>(d, p, staging, warp * 16, tn, lane);
+            gw_stage_geglu<T>(d, p, staging, warp * 16, tn, lane);
             named_bar_sync(1 + wg, 128); /* and this one is written */
             staged_row = tm * GW_BM + wg * 64, staged_tn = tn;
         } else {
@@ -434,21 +433,6 @@ static loco_status gw_tensor_map(const cuda_impl *c, CUtensorMap *map, const voi
     const int64_t dims[2] = {cols, rows}, strides[1] = {cols * 2};
     const unsigned box[2] = {GW_BK, box_rows};
     return cuda_tensor_map_make(c, map, base, dt, 2, dims, strides, box, err);
-}
-
-static const char *const ws_load_names[CUDA_WS_LOAD_COUNT] = {"cp.async", "arrive", "tma"};
-
-extern "C" const char *cuda_ws_load_name(cuda_ws_load l) {
-    return (unsigned)l < CUDA_WS_LOAD_COUNT ? ws_load_names[l] : "unknown";
-}
-
-extern "C" int cuda_ws_load_from_name(const char *name, cuda_ws_load *out) {
-    for (int i = 0; i < CUDA_WS_LOAD_COUNT; i++)
-        if (strcmp(name, ws_load_names[i]) == 0) {
-            *out = (cuda_ws_load)i;
-            return 1;
-        }
-    return 0;
 }
 
 static int aligned16(const void *p) { return ((uintptr_t)p & 15u) == 0; }

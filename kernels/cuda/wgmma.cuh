@@ -29,27 +29,17 @@ __device__ __forceinline__ uint64_t wg_desc(const void *smem, uint32_t lbo, uint
 #endif
 }
 
-/* K-major, 128-byte swizzle (what a TMA copy with CU_TENSOR_MAP_SWIZZLE_128B writes): rows of 128
- * bytes (64 16-bit elements of k), 8-row groups `sbo` bytes apart, each 16-byte chunk of a row
- * XOR-ed with the row's place in its group by the address bits, so the groups must start at
- * 1024-byte-aligned addresses (base offset 0); a k16 slice further along the rows is start +
- * 32 bytes per slice. Layout type 1 in bits 62-63; LBO unused (1, as CUTLASS sets it). */
-__device__ __forceinline__ uint64_t wg_desc_sw128_lbo(const void *smem, uint32_t lbo, uint32_t sbo) {
-#ifdef LOCO_CUDA_EMU
-    return emu::wgmma_desc_sw128(smem, lbo, sbo);
-#else
-    const uint32_t a = smem_addr(smem);
-    return (uint64_t)((a & 0x3FFFFu) >> 4) | ((uint64_t)((lbo & 0x3FFFFu) >> 4) << 16) |
-           ((uint64_t)((sbo & 0x3FFFFu) >> 4) << 32) | (1ull << 62);
-#endif
-}
-__device__ __forceinline__ uint64_t wg_desc_sw128(const void *smem, uint32_t sbo) { return wg_desc_sw128_lbo(smem, 16, sbo); }
-/* MN-major (B with the transpose bit), 128-byte swizzle: 64 columns of N in each 128-byte row, K
- * rows 128 bytes apart in 8-row groups `sbo` bytes apart, the next 64 columns `lbo` bytes away
- * (PTX ISA's canonical layout ((T,8,m),(8,k)):((1,T,LBO),(8T,SBO)); a k16 slice further on is
- * start + 2 sbo). */
-__device__ __forceinline__ uint64_t wg_desc_sw128_mn(const void *smem, uint32_t lbo, uint32_t sbo) {
-    return wg_desc_sw128_lbo(smem, lbo, sbo);
+/* The same fields with layout type 1 in bits 62-63: the 128-byte swizzle a TMA copy with
+ * CU_TENSOR_MAP_SWIZZLE_128B writes. Rows of 128 bytes (64 16-bit elements), 8-row groups `sbo`
+ * bytes apart, each 16-byte chunk of a row XOR-ed with the row's place in its group by the
+ * address bits, so the groups must start at 1024-byte-aligned addresses (base offset 0).
+ *   K-major: rows along M/N, k along the row; LBO unused (16, i.e. 1, as CUTLASS sets it); a
+ *            k16 slice further along is start + 32 bytes.
+ *   MN-major (B with the transpose bit): 64 columns of N per row, K rows 128 bytes apart, the
+ *            next 64 columns `lbo` bytes away (PTX ISA's ((T,8,m),(8,k)):((1,T,LBO),(8T,SBO)));
+ *            a k16 slice further on is start + 2 sbo. */
+__device__ __forceinline__ uint64_t wg_desc_sw128(const void *smem, uint32_t lbo, uint32_t sbo) {
+    return wg_desc(smem, lbo, sbo) | 1ull << 62;
 }
 
 /* (The emulator needs no fences: it runs an instruction's reads at the wait that retires it.) */

@@ -21,7 +21,7 @@
  *                    wg_desc_sw128: rows of 128 bytes, 16-byte chunk c of row r at chunk c XOR
  *                    (r % 8) by the address bits, k16 steps 32 bytes apart; gemm_wgmma.cu's TMA
  *                    form). Not required: only that experimental form relies on it.
- *   mn_sw128         B MN-major in the 128-byte swizzle (wg_desc_sw128_mn: 64 columns of N per
+ *   mn_sw128         B MN-major in the 128-byte swizzle (wg_desc_sw128: 64 columns of N per
  *                    128-byte row, K rows 128 bytes apart, 8-row groups SBO 1024 apart, k16
  *                    steps 2048 apart; the TMA attention's V). Not required either.
  *
@@ -140,13 +140,13 @@ __global__ void __launch_bounds__(WGP_THREADS) wgp_kernel(const uint16_t *a, con
     wg_fence();
 #pragma unroll
     for (int s = 0; s < WGP_KSTEPS; s++) {
-        const uint64_t db = p.sw128 && p.b_mn ? wg_desc_sw128_mn(sb + 2048 * s, 8192, 1024)
-                            : p.sw128     ? wg_desc_sw128(sb + 32 * s, 1024)
+        const uint64_t db = p.sw128 && p.b_mn ? wg_desc_sw128(sb + 2048 * s, 8192, 1024)
+                            : p.sw128     ? wg_desc_sw128(sb + 32 * s, 16, 1024)
                                           : wg_desc(sb + 2 * s * p.b_k, p.desc_lbo, p.desc_sbo);
         if (p.sw128 && p.b_mn)
             wgp_mma_ss<1>(acc, wg_desc(sa + s * 256, 128, WGP_K / 8 * 128), db);
         else if (p.sw128)
-            wgp_mma_ss<0>(acc, wg_desc_sw128(sa + 32 * s, 1024), db);
+            wgp_mma_ss<0>(acc, wg_desc_sw128(sa + 32 * s, 16, 1024), db);
         else if (p.regs_a)
             wgp_mma_rs(acc, af[s], db);
         else if (p.b_mn)

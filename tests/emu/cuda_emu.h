@@ -123,10 +123,6 @@ uint32_t tf32_round(float x);
  * (wgmma_rs); trans_b: B MN-major. Executed when wgmma_wait retires the group. Descriptors
  * come from wgmma_desc (wgmma.cuh's wg_desc). */
 uint64_t wgmma_desc(const void *smem, uint32_t lbo, uint32_t sbo);
-/* The 128-byte-swizzle layouts (what a TMA copy with CU_TENSOR_MAP_SWIZZLE_128B writes): rows of
- * 128 bytes, 8-row groups `sbo` bytes apart, 16-byte chunks XOR-ed with the row in the group
- * by the address bits, as the GPU does; MN-major, the next 64 columns `lbo` bytes away. */
-uint64_t wgmma_desc_sw128(const void *smem, uint32_t lbo, uint32_t sbo);
 void wgmma_ss(float *d, int n, uint64_t da, uint64_t db, int trans_b, b16_kind kind);
 void wgmma_rs(float *d, int n, const uint32_t a[4], uint64_t db, int trans_b, b16_kind kind);
 void wgmma_commit(void);

@@ -91,6 +91,10 @@ cudaError_t enqueue(cudaStream_t stream, std::function<void()> op);
 /* A TMA copy's bytes have landed on *bar (emu_tma.cc -> emu_threads.cc). */
 void mbar_complete_tx(uint64_t *bar, unsigned bytes);
 
+/* The 128-byte swizzle of shared-memory addresses (TMA's CU_TENSOR_MAP_SWIZZLE_128B, wgmma's layout
+ * type 1): bits 4-6 XOR-ed with bits 7-9. */
+inline uintptr_t swizzle128(uintptr_t a) { return a ^ (((a >> 7) & 7u) << 4); }
+
 /* Runs every block of a grid, one after the other (emu_threads.cc). */
 void run_grid(dim3 grid, dim3 block, size_t dyn_smem, const std::function<void()> &body);
 

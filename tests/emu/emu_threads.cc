@@ -348,15 +348,20 @@ static fiber *mbar_try_complete(block_run *r, uint64_t *bar, mbar_word &w) {
     return woken;
 }
 
-void mbar_arrive(uint64_t *bar) {
-    block_run *r = g_run;
-    if (!r || !r->cur) trap("mbarrier.arrive outside a kernel");
+/* One arrival on the phase in progress; returns the first waiter it released, if any. */
+static fiber *mbar_count_arrival(block_run *r, uint64_t *bar) {
     mbar_word w = mbar_load(bar);
-    if (w.pending == 0) trap("an mbarrier arrival beyond its count while the phase waits for transaction bytes");
+    if (w.pending == 0) trap("an mbarrier arrival beyond its count (the phase waits for transaction bytes only)");
     --w.pending;
     fiber *woken = mbar_try_complete(r, bar, w);
     memcpy(bar, &w, sizeof w);
-    hand_over(r, r->cur, woken);
+    return woken;
+}
+
+void mbar_arrive(uint64_t *bar) {
+    block_run *r = g_run;
+    if (!r || !r->cur) trap("mbarrier.arrive outside a kernel");
+    hand_over(r, r->cur, mbar_count_arrival(r, bar));
 }
 
 void mbar_expect_tx(uint64_t *bar, unsigned bytes) {
@@ -373,15 +378,9 @@ void mbar_pending_add(uint64_t *bar, unsigned n) {
     memcpy(bar, &w, sizeof w);
 }
 
-/* An arrival made by cp.async copies landing (cp.async.mbarrier.arrive): not a thread's step. */
-void mbar_arrive_async(uint64_t *bar) {
-    block_run *r = g_run;
-    mbar_word w = mbar_load(bar);
-    if (w.pending == 0) trap("an mbarrier arrival beyond its count (cp.async.mbarrier.arrive)");
-    --w.pending;
-    mbar_try_complete(r, bar, w);
-    memcpy(bar, &w, sizeof w);
-}
+/* An arrival made by cp.async copies landing (cp.async.mbarrier.arrive): not a thread's step, so
+ * nobody is handed over. */
+void mbar_arrive_async(uint64_t *bar) { mbar_count_arrival(g_run, bar); }
 
 int schedule_eager(void) { return g_run && g_run->reverse; }
 

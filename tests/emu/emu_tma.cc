@@ -95,7 +95,7 @@ static void land(const tma_copy &c) {
             src += at * (int64_t)m.stride[d];
         }
         uintptr_t to = (uintptr_t)c.dst + (uintptr_t)i * m.esize;
-        if (m.swizzle128) to ^= ((to >> 7) & 7u) << 4;
+        if (m.swizzle128) to = swizzle128(to);
         if (inside)
             memcpy((void *)to, m.base + src, m.esize);
         else

@@ -59,10 +59,6 @@ uint64_t wgmma_desc(const void *smem, uint32_t lbo, uint32_t sbo) {
            ((uint64_t)id << 52);
 }
 
-uint64_t wgmma_desc_sw128(const void *smem, uint32_t lbo, uint32_t sbo) {
-    return wgmma_desc(smem, lbo, sbo) | 1ull << 62;
-}
-
 struct wg_desc_fields {
     const unsigned char *start;
     uint32_t lbo, sbo;
@@ -78,21 +74,17 @@ static wg_desc_fields decode(uint64_t d) {
             (uint32_t)(((d >> 32) & 0x3FFFu) << 4), (int)(d >> 62)};
 }
 
-static const unsigned char *swizzle128(const unsigned char *p) {
-    const uintptr_t a = (uintptr_t)p;
-    return (const unsigned char *)(a ^ (((a >> 7) & 7u) << 4));
-}
-
 /* Element (row r, k) of a K-major operand. */
 static const unsigned char *k_major_at(const wg_desc_fields &f, int r, int k) {
     if (!f.swizzle128) return f.start + (r / 8) * f.sbo + (k / 8) * f.lbo + (r % 8) * 16 + (k % 8) * 2;
-    return swizzle128(f.start + (r / 8) * f.sbo + (r % 8) * 128 + k * 2);
+    return (const unsigned char *)swizzle128((uintptr_t)(f.start + (r / 8) * f.sbo + (r % 8) * 128 + k * 2));
 }
 
 /* Element (k, column n) of an MN-major B. */
 static const unsigned char *mn_major_at(const wg_desc_fields &f, int k, int n) {
     if (!f.swizzle128) return f.start + (k / 8) * f.lbo + (n / 8) * f.sbo + (k % 8) * 16 + (n % 8) * 2;
-    return swizzle128(f.start + (n / 64) * f.lbo + (k / 8) * f.sbo + (k % 8) * 128 + (n % 64) * 2);
+    return (const unsigned char *)swizzle128((uintptr_t)(f.start + (n / 64) * f.lbo + (k / 8) * f.sbo + (k % 8) * 128 +
+                                                         (n % 64) * 2));
 }
 
 static float b16_at(const unsigned char *p, int is_bf16) {

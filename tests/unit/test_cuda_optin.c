@@ -317,14 +317,14 @@ TEST(cuda_linear_geglu_wgmma) {
  * stages (the B tile as 128 h rows, then 128 g rows), zeros past M from the copies themselves. */
 TEST(cuda_linear_geglu_wgmma_tma) {
     HOPPER_OR_SKIP(hopper, 310);
-    CHECK(gemm_wgmma_with(hopper, "LOCO_CUDA_GEGLU", "tma", "geglu: wgmma, TMA (experimental)",
+    CHECK(gemm_wgmma_with(hopper, "LOCO_CUDA_GEGLU", "tma", "geglu: wgmma (tma, experimental)",
                           linear_geglu_wgmma_cases));
 }
 
 /* And with the cp.async producer publishing by cp.async.mbarrier.arrive (=arrive). */
 TEST(cuda_linear_geglu_wgmma_arrive) {
     HOPPER_OR_SKIP(hopper, 330);
-    CHECK(gemm_wgmma_with(hopper, "LOCO_CUDA_GEGLU", "arrive", "geglu: wgmma, cp.async arrive (experimental)",
+    CHECK(gemm_wgmma_with(hopper, "LOCO_CUDA_GEGLU", "arrive", "geglu: wgmma (arrive, experimental)",
                           linear_geglu_wgmma_cases));
 }
 
@@ -351,7 +351,7 @@ TEST(cuda_linear_wgmma) {
 
 TEST(cuda_linear_wgmma_tma) {
     HOPPER_OR_SKIP(hopper, 320);
-    CHECK(gemm_wgmma_with(hopper, "LOCO_CUDA_LINEAR", "tma", "linear: wgmma, TMA (experimental)", linear_wgmma_cases));
+    CHECK(gemm_wgmma_with(hopper, "LOCO_CUDA_LINEAR", "tma", "linear: wgmma (tma, experimental)", linear_wgmma_cases));
 }
 
 /* LOCO_CUDA_FLASH=classic, =stages3, =ilp3 and =ilp3q force one variant of the mma.sync kernel's
