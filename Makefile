@@ -75,12 +75,13 @@ $(BUILD)/%.cu.o: %.cu $(FLAVOUR_STAMP)
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCCFLAGS) $(CUDA_ARCHS) -MMD -MP -c $< -o $@
 
-# conv_wgmma.cu, attention_wgmma*.cu, gemm_wgmma.cu and wgmma_probe.cu use Hopper's wgmma, which only the
+# conv_wgmma.cu, conv_tma.cu, attention_wgmma*.cu, gemm_wgmma.cu and wgmma_probe.cu use Hopper's wgmma, which only the
 # arch-specific sm_90a target has (CUDA 12.0 or newer): those files alone are built for it, whatever CUDA_ARCHS says (the
 # backend never launches their kernels on other devices, and checks that the image it got is
 # the sm_90a one)
 $(BUILD)/kernels/cuda/conv_wgmma.cu.o $(BUILD)/kernels/cuda/wgmma_probe.cu.o $(BUILD)/kernels/cuda/attention_wgmma.cu.o \
-    $(BUILD)/kernels/cuda/attention_wgmma_ws.cu.o $(BUILD)/kernels/cuda/gemm_wgmma.cu.o: \
+    $(BUILD)/kernels/cuda/attention_wgmma_ws.cu.o $(BUILD)/kernels/cuda/gemm_wgmma.cu.o \
+    $(BUILD)/kernels/cuda/conv_tma.cu.o: \
     override CUDA_ARCHS = -gencode arch=compute_90a,code=sm_90a
 
 $(BUILD)/libloco.a: $(LIB_OBJ) $(FLAVOUR_STAMP)

@@ -207,8 +207,8 @@ if [ $CANDIDATES -eq 1 ]; then
             linear_tma:LOCO_CUDA_LINEAR=wgmma,LOCO_CUDA_GEMM_WGMMA_LOAD=tma \
             geglu_arrive:LOCO_CUDA_GEGLU=wgmma,LOCO_CUDA_GEMM_WGMMA_LOAD=arrive \
             wgmma_ws3_arrive:LOCO_CUDA_FLASH=wgmma_ws3,LOCO_CUDA_FLASH_LOAD=arrive \
-            wgmma_ws3_tma:LOCO_CUDA_FLASH=wgmma_ws3,LOCO_CUDA_FLASH_LOAD=tma gemm_tuned:LOCO_CUDA_GEMM_TUNE=1 \
-            short_off:LOCO_CUDA_FLASH_SHORT=0; do
+            wgmma_ws3_tma:LOCO_CUDA_FLASH=wgmma_ws3,LOCO_CUDA_FLASH_LOAD=tma conv_tma:LOCO_CUDA_CONV=tma \
+            gemm_tuned:LOCO_CUDA_GEMM_TUNE=1 short_off:LOCO_CUDA_FLASH_SHORT=0; do
             # GPU_CHECK_CANDIDATES="tag ...": only those (and the default), e.g. the op table's winners
             if [ -n "${GPU_CHECK_CANDIDATES:-}" ] && [ "${cand%%:*}" != default ] &&
                 ! printf ' %s ' "$GPU_CHECK_CANDIDATES" | grep -q " ${cand%%:*} "; then
@@ -263,7 +263,8 @@ if [ $SANITIZE -eq 1 ]; then
         memcheck:cuda_download_u8_images_matches_cpu memcheck:cuda_transpose_concat_upsample \
         synccheck:optin/cuda_attention_wgmma_ws3 memcheck:optin/cuda_attention_wgmma_ws3 \
         synccheck:optin/cuda_linear_geglu_wgmma memcheck:optin/cuda_linear_geglu_wgmma_tma \
-        memcheck:optin/cuda_attention_wgmma_ws3_tma synccheck:optin/cuda_attention_wgmma_ws3_arrive; do
+        memcheck:optin/cuda_attention_wgmma_ws3_tma synccheck:optin/cuda_attention_wgmma_ws3_arrive \
+        memcheck:optin/cuda_conv2d_tma synccheck:optin/cuda_conv2d_tma; do
         if [ "$(left)" -lt 30 ]; then
             say "skipping compute-sanitizer ${tool_test%%:*} on ${tool_test#*:}: $(left) s of the budget left"
             continue
@@ -298,6 +299,7 @@ WS_BAD=0 # a warp-specialised attention test failed: its op rows and timed runs 
 GEGLU_BAD=0 # a test of gemm_wgmma.cu (GEMM + GEGLU, or the linear form) failed: likewise
 TMA_BAD=0   # a test of a TMA form (gemm_wgmma.cu's, the ws attention's; *_tma) failed: their rows and runs
 ARRIVE_BAD=0 # a test of a producer publishing by cp.async.mbarrier.arrive (*_arrive) failed: likewise
+CONV_TMA_BAD=0 # conv_tma.cu's test (cuda_conv2d_tma) failed: its rows and runs (not the other TMA forms')
 parity() { # name binary [test-name regex]
     say "parity: $1 (one process per test)"
     local names n_pass=0 n_fail=0 failed_names="" hung_names="" line rc name secs
@@ -318,6 +320,7 @@ parity() { # name binary [test-name regex]
             failed_names="$failed_names $name"
             case "$name" in
             *_arrive) ARRIVE_BAD=1 ;;
+            *conv2d_tma) CONV_TMA_BAD=1 ;;
             *_tma) TMA_BAD=1 ;;
             *wgmma_ws*) WS_BAD=1 ;;
             *geglu_wgmma* | *linear_wgmma*) GEGLU_BAD=1 ;;
@@ -460,8 +463,8 @@ else
     }
     # the experimental wgmma convolution in a process of its own (a fault there spares the rest)
     LOCO_OPBENCH_SKIP_WS=$WS_BAD LOCO_OPBENCH_SKIP_GEGLU=$GEGLU_BAD LOCO_OPBENCH_SKIP_TMA=$TMA_BAD \
-        LOCO_OPBENCH_SKIP_ARRIVE=$ARRIVE_BAD \
-        timeout 90 "${RUN[@]}" "$BIN_BENCH/op_bench" bench/gpu/ops.txt 10 --wgmma \
+        LOCO_OPBENCH_SKIP_ARRIVE=$ARRIVE_BAD LOCO_OPBENCH_SKIP_CONV_TMA=$CONV_TMA_BAD \
+        timeout 120 "${RUN[@]}" "$BIN_BENCH/op_bench" bench/gpu/ops.txt 10 --wgmma \
         >>"$DIR/ops_loco.txt" \
         2>"$DIR/ops_wgmma.err" || {
         tail -5 "$DIR/ops_wgmma.err"
@@ -586,6 +589,9 @@ rerun ilp3q LOCO_CUDA_FLASH=ilp3q sdxl 1024 3 90
 # ... and with K/V loaded by TMA (session 12: FlashAttention-3's loads, head dim 64 = all of SD-XL)
 [ $WS_BAD -eq 0 ] && [ $TMA_BAD -eq 0 ] &&
     rerun wgmma_ws3_tma "LOCO_CUDA_FLASH=wgmma_ws3 LOCO_CUDA_FLASH_LOAD=tma" sdxl 1024 3 90
+# the 3x3 convs as an implicit GEMM fed by TMA (session 13: conv_tma.cu; SD-XL's 128x128 level
+# spent about 23 ms of the 233-ms call at 365-400 TFLOP/s on im2col + cuBLASLt)
+[ $CONV_TMA_BAD -eq 0 ] && rerun conv_tma LOCO_CUDA_CONV=tma sdxl 1024 3 90
 # the feed-forward's GEMM and GEGLU in one warp-specialised wgmma kernel (session 11; its op
 # test is in phase 3, the tiny models' widths do not reach it, so no pipeline parity rerun)
 [ $GEGLU_BAD -eq 0 ] && rerun geglu_wgmma LOCO_CUDA_GEGLU=wgmma sdxl 1024 3 90

@@ -75,6 +75,21 @@ def test_pick_takes_the_async_arrive_forms_when_they_win(tmp_path):
                                 "LOCO_CUDA_GEMM_WGMMA_LOAD=arrive"]
 
 
+def test_pick_takes_the_tma_convolution_only_when_its_rows_win_together(tmp_path):
+    conv = ("sdxl_resconv_320_128_b16 1.0000 380.0 TFLOP/s\nsdxl_resconv_320_128_b16@conv_tma 0.7000 540.0 TFLOP/s\n"
+            "sdxl_resconv_640_64_b16 0.5000 500.0 TFLOP/s\nsdxl_resconv_640_64_b16@conv_tma {} 480.0 TFLOP/s\n"
+            "sdxl_conv3x3_640_128_b16 2.0000 400.0 TFLOP/s\nsdxl_conv3x3_640_128_b16@conv_tma 1.5000 530.0 TFLOP/s\n")
+    ops = tmp_path / "ops_loco.txt"
+    ops.write_text(OPS + conv.format("0.6000"))  # 10 x (0.3 - 0.1) + 0.5 saved: it goes in
+    r = run(PICK, ops)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["LOCO_CUDA_FLASH=wgmma_ws3", "LOCO_CUDA_CONV=tma", "LOCO_CUDA_GEGLU=wgmma"]
+    assert "LOCO_CUDA_CONV=tma: 14.50 against 17.00 ms a UNet call" in r.stderr
+    ops.write_text(OPS + conv.format("0.9000"))  # 10 x 0.4 lost at 64x64: it stays out
+    r = run(PICK, ops)
+    assert r.stdout.split() == ["LOCO_CUDA_FLASH=wgmma_ws3", "LOCO_CUDA_GEGLU=wgmma"]
+
+
 def test_pick_prints_nothing_when_no_candidate_wins(tmp_path):
     ops = tmp_path / "ops_loco.txt"
     ops.write_text("sdxl_self_d64_4096_b16 2.4 285.0 TFLOP/s\nsdxl_self_d64_1024_b16 0.34 250.0 TFLOP/s\n"

@@ -24,6 +24,7 @@ conv   c_f16   2 16 8 16 32 3 1 1
 conv32 c_f32   1 16 8 16 64 3 1 1
 conv   c_1x1   2 16 8 8 32 1 1 0
 conv   c_b4    4 16 8 8 32 3 1 1
+conv   c_tma   1 64 2 64 64 3 1 1
 linear l_gelu  16 32 64 gelu
 linear l_none  16 64 256 none
 attn   a_d40   2 64 64 2 40 0
@@ -33,6 +34,7 @@ ln     l_n     32 64
 geglu  gg      16 32
 ffgeglu fg     64 128 128
 resconv rc     2 32 8 8
+resconv rc_tma 1 64 2 64
 temb   tb      2 64
 proj   pj      2 32 64
 selfattn sa    2 64 128 2
@@ -46,13 +48,14 @@ MAIN_ROWS = (
     + [f"c_f32{s}" for s in CONV_ROUTES]
     + ["c_1x1"]
     + [f"c_b4{s}" for s in CONV_ROUTES + ["@implicit_generic"] + BATCH4]
+    + [f"c_tma{s}" for s in CONV_ROUTES + ["@implicit_generic"]]
     + ["l_gelu", "l_gelu@tuned", "l_none", "l_none@tuned"]
     + [f"a_d40{s}" for s in FLASH + ["@short_off"]]
     + [f"a_d64{s}" for s in FLASH + ["@short_off"]]
-    + ["g_silu", "l_n", "gg", "fg", "rc", "rc@unfused", "tb", "tb@unfused", "pj", "pj@unfused"]
+    + ["g_silu", "l_n", "gg", "fg", "rc", "rc@unfused", "rc_tma", "rc_tma@unfused", "tb", "tb@unfused", "pj", "pj@unfused"]
     + ["sa", "sa@fa_classic", "sa@fa_stages3", "sa@fa_ilp3", "sa@fa_ilp3q", "sa@apart"]
 )
-WGMMA_ROWS = (["c_f16@wgmma", "c_b4@wgmma"] + [f"{n}@fa_wgmma{t}" for n in ("a_d40", "a_d64", "sa") for t in ("", "128")]
+WGMMA_ROWS = (["c_f16@wgmma", "c_b4@wgmma", "c_tma@wgmma", "c_tma@conv_tma", "rc_tma@conv_tma"] + [f"{n}@fa_wgmma{t}" for n in ("a_d40", "a_d64", "sa") for t in ("", "128")]
               + [f"{n}@fa_wgmma3" for n in ("a_d64", "sa")]
               + [f"{n}@fa_wgmma_ws{t}" for n in ("a_d40", "a_d64", "sa") for t in ("", "128")]
               + [f"{n}@fa_wgmma_ws3" for n in ("a_d64", "sa")]

@@ -24,7 +24,8 @@
  * kernel's tiles loaded by TMA, "@geglu_wgmma_tma" and "@linear_wgmma_tma", and published by
  * cp.async.mbarrier.arrive, "@geglu_wgmma_arrive" and "@linear_wgmma_arrive"; the warp-specialised
  * attention so published: "@fa_wgmma_ws3_arrive", "@fa_wgmma_ws128_arrive", and loading K/V by TMA
- * at head dim 64: "@fa_wgmma_ws3_tma", "@fa_wgmma_ws128_tma"). resconv rows (a ResNet block's
+ * at head dim 64: "@fa_wgmma_ws3_tma", "@fa_wgmma_ws128_tma"); f16 3x3 conv and resconv rows on
+ * conv_tma.cu, "@conv_tma"). resconv rows (a ResNet block's
  * GroupNorm+SiLU, conv, residual add) time loco_conv2d_fused and the three separate ops
  * ("name@unfused"). selfattn rows (a transformer block's q, k, v projections and attention)
  * time the stacked projection with packed attention and the three projections apart
@@ -415,6 +416,7 @@ static int wgmma_rows(const char *path, int reps) {
                                                "LOCO_CUDA_FLASH_LOAD=tma", NULL};
     static const char *const ws128_tma_env[4] = {"LOCO_CUDA_FLASH=wgmma_ws128", "LOCO_CUDA_FLASH_SHORT=0",
                                                  "LOCO_CUDA_FLASH_LOAD=tma", NULL};
+    static const char *const conv_tma_env[2] = {"LOCO_CUDA_CONV=tma", NULL};
     int status = 0;
     loco_backend *be = forced_backend_create(wgmma_env);
     loco_backend *be128 = be ? forced_backend_create(wgmma128_env) : NULL;
@@ -443,9 +445,13 @@ static int wgmma_rows(const char *path, int reps) {
     loco_backend *begwa = begw && !skip_arrive ? forced_backend_create(geglu_arrive_env) : NULL;
     loco_backend *bews3a = bews128 && !skip_arrive ? forced_backend_create(ws3_arrive_env) : NULL;
     loco_backend *bews128a = bews3a ? forced_backend_create(ws128_arrive_env) : NULL;
+    /* conv_tma.cu; LOCO_OPBENCH_SKIP_CONV_TMA=1: not it (its test failed) */
+    const char *skip_ct_env = getenv("LOCO_OPBENCH_SKIP_CONV_TMA");
+    const int skip_ct = skip_ct_env && skip_ct_env[0] == '1';
+    loco_backend *bect = be3 && !skip_ct ? forced_backend_create(conv_tma_env) : NULL;
     if (!be || !be128 || !be3 || (!skip_geglu && !begw) || (begw && !skip_tma && !begwt) ||
         (!skip_ws && (!bews || !bews3 || !bews128)) || (begw && !skip_arrive && !begwa) ||
-        (bews128 && !skip_arrive && !bews128a) || (bews128 && !skip_tma && !bews128t)) {
+        (bews128 && !skip_arrive && !bews128a) || (bews128 && !skip_tma && !bews128t) || (!skip_ct && !bect)) {
         status = 2; /* a backend the rows need could not be made */
         goto done;
     }
@@ -457,6 +463,11 @@ static int wgmma_rows(const char *path, int reps) {
     while (fgets(line, sizeof line, f)) {
         if (!parse_op(line, &op)) continue;
         if (!strcmp(op.kind, "conv") && op.a[5] > 1 && time_op(be, &op, reps, "@wgmma") != 0) failures++;
+        /* (where conv_tma.cu takes the shape: 3x3, stride 1, pad 1, Cin, Cout and W multiples of 64) */
+        const int conv_tma = (!strcmp(op.kind, "conv") && op.a[5] == 3 && op.a[6] == 1 && op.a[7] == 1 &&
+                              op.a[1] % 64 == 0 && op.a[4] % 64 == 0 && op.a[3] % 64 == 0) ||
+                             (!strcmp(op.kind, "resconv") && op.a[1] % 64 == 0 && op.a[3] % 64 == 0);
+        if (bect && conv_tma && time_op(bect, &op, reps, "@conv_tma") != 0) failures++;
         const long d = !strcmp(op.kind, "attn") ? op.a[4] : !strcmp(op.kind, "selfattn") ? op.a[2] / op.a[3] : 0;
         if ((d == 40 || d == 64 || d == 80) && time_op(be, &op, reps, "@fa_wgmma") != 0) failures++;
         if ((d == 40 || d == 64 || d == 80) && time_op(be128, &op, reps, "@fa_wgmma128") != 0) failures++;
@@ -482,6 +493,7 @@ static int wgmma_rows(const char *path, int reps) {
     }
     status = failures ? 1 : 0;
 done:
+    loco_backend_destroy(bect);
     loco_backend_destroy(bews128t);
     loco_backend_destroy(bews3t);
     loco_backend_destroy(bews128a);

@@ -31,6 +31,10 @@ CROSS_ROWS = {"sdxl_cross_d64_77_b16": 60, "sdxl_cross_d64_4096_77_b16": 10}
 # (attn2's to_q) and 120 accumulating (both to_outs), timed here by the plain row
 GEGLU_ROWS = {"sdxl_ffgeglu_1280_b16": 60, "sdxl_ffgeglu_640_b16": 10}
 LINEAR_ROWS = {"sdxl_proj_1280_b16": 180, "sdxl_qkv_1280_b16": 60}
+# conv_tma.cu (LOCO_CUDA_CONV=tma) against the default routes: the ResNet convs at the 128x128
+# level (320 channels out: 10 a call, those with 640 or 960 in counted as 320's) and the 64x64
+# one (640 out: 10), and the upsampler's plain 640-channel conv at 128x128 (1)
+CONV_ROWS = {"sdxl_resconv_320_128_b16": 10, "sdxl_resconv_640_64_b16": 10, "sdxl_conv3x3_640_128_b16": 1}
 
 
 def read_rows(path):
@@ -69,7 +73,8 @@ def pick(rows, log):
             log(f"self-attention {s or 'default'}: {t:.2f} ms a UNet call")
         if best and times[best] < times[""]:
             env += f"LOCO_CUDA_FLASH={FLASH[best]}".split()
-    for var, value, names, suffix in (("LOCO_CUDA_FLASH_SHORT", "0", CROSS_ROWS, "@short_off"),):
+    for var, value, names, suffix in (("LOCO_CUDA_FLASH_SHORT", "0", CROSS_ROWS, "@short_off"),
+                                      ("LOCO_CUDA_CONV", "tma", CONV_ROWS, "@conv_tma")):
         base, cand = weighted(rows, names, ""), weighted(rows, names, suffix)
         if base is None or cand is None:
             log(f"{var}={value}: rows missing")
@@ -105,7 +110,6 @@ def pick_gemm_wgmma(rows, log):
         if env and (best is None or total < best[0]):
             best = (total, env)
     return best[1] if best else []
-    return env
 
 
 def main():

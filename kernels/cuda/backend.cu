@@ -324,6 +324,7 @@ extern "C" loco_status loco_backend_cuda_create(const loco_backend_opts *opts, l
                    : strcmp(conv, "implicit") == 0 ? CUDA_CONV_IMPLICIT
                    : strcmp(conv, "wgmma") == 0    ? CUDA_CONV_WGMMA
                    : strcmp(conv, "rows") == 0     ? CUDA_CONV_ROWS
+                   : strcmp(conv, "tma") == 0      ? CUDA_CONV_TMA
                                                    : CUDA_CONV_AUTO;
     const char *flash = getenv("LOCO_CUDA_FLASH"); /* 64|128: a block height; wgmma: the Hopper kernel */
     /* the experimental Hopper kernel, with 64 or 128 keys per K/V tile */
@@ -407,6 +408,7 @@ extern "C" loco_status loco_backend_cuda_create(const loco_backend_opts *opts, l
     if (st == LOCO_OK) st = cuda_conv_wgmma_setup(c, err);
     if (st == LOCO_OK) st = cuda_flash_wgmma_setup(c, err);
     if (st == LOCO_OK) st = cuda_gemm_wgmma_setup(c, err);
+    if (st == LOCO_OK) st = cuda_conv_tma_setup(c, err);
     if (st != LOCO_OK) {
         loco_err_prefix(err, "creating the CUDA backend on device %d (%s)", ordinal, prop.name);
         cuda_destroy(&cb->be);
@@ -420,6 +422,8 @@ extern "C" loco_status loco_backend_cuda_create(const loco_backend_opts *opts, l
              : c->conv_algo == CUDA_CONV_WGMMA    ? (c->wgmma_ok ? ", conv: wgmma (experimental)"
                                                                  : ", conv: wgmma unavailable, auto")
              : c->conv_algo == CUDA_CONV_ROWS     ? ", conv: row taps"
+             : c->conv_algo == CUDA_CONV_TMA      ? (c->conv_tma_ok ? ", conv: tma (experimental)"
+                                                                    : ", conv: tma unavailable, auto")
                                                   : "",
              c->flash_wgmma == 128 && c->faw_ws
                  ? (!c->faw_ok       ? ", flash: wgmma unavailable"

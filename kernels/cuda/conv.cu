@@ -1,5 +1,6 @@
 /* conv.cu: loco_conv2d on the GPU, NCHW. Four routes (conv_route_for says which, and why), and
- * an experimental fifth (conv_wgmma.cu, only under LOCO_CUDA_CONV=wgmma):
+ * two experimental ones (conv_wgmma.cu, only under LOCO_CUDA_CONV=wgmma; conv_tma.cu, only
+ * under LOCO_CUDA_CONV=tma, which also adds the fused conv's sample bias and residual):
  *
  *  - 1x1, stride 1, no padding (ResNet shortcuts, SD1.x attention proj_in/out): one strided
  *    batched cuBLASLt GEMM, y[n] (Cout x HW) = w (Cout x Cin) . x[n] (Cin x HW) for every n.
@@ -366,6 +367,7 @@ static conv_route conv_route_for(const cuda_impl *c, loco_dtype dt, int64_t n, i
 typedef struct conv_plan {
     conv_route route;
     int wgmma;         /* conv_wgmma.cu takes it (LOCO_CUDA_CONV=wgmma) */
+    int tma;           /* conv_tma.cu takes it (LOCO_CUDA_CONV=tma) */
     const void *wp;    /* w as y's dtype */
     void *w_tmp;       /* cuda_alloc_put when done */
 } conv_plan;
@@ -392,13 +394,15 @@ static loco_status conv_plan_make(cuda_impl *c, loco_tensor *y, const loco_tenso
                                            fits_int && cuda_conv_rows_applies(c, y, x, w, p));
     pl->wgmma = pl->route != CONV_POINTWISE && c->conv_algo == CUDA_CONV_WGMMA && fits_int &&
                 cuda_conv_wgmma_fits(c, y, x, w, pl->wp, p);
+    pl->tma = pl->route != CONV_POINTWISE && c->conv_algo == CUDA_CONV_TMA && fits_int &&
+              cuda_conv_tma_fits(c, y, x, w, pl->wp, p);
     return LOCO_OK;
 }
 
 /* The GroupNorm prologue runs inside this plan's convolution (only the im2col and row-tap
  * gathers have one). */
 static int conv_plan_takes_norm(const cuda_impl *c, const conv_plan *pl) {
-    return c->norm_gather && !pl->wgmma && (pl->route == CONV_IM2COL || pl->route == CONV_ROWS);
+    return c->norm_gather && !pl->wgmma && !pl->tma && (pl->route == CONV_IM2COL || pl->route == CONV_ROWS);
 }
 
 /* Runs the plan; *bias_done says whether the route added the bias itself. norm (with
@@ -408,6 +412,7 @@ static loco_status conv_run(cuda_impl *c, const conv_plan *pl, loco_tensor *y, c
                             const float2 *norm, int norm_silu, int *bias_done, loco_err *err) {
     *bias_done = 1;
     if (pl->wgmma) return cuda_conv_wgmma(c, y, x, w, pl->wp, bias, p, err);
+    if (pl->tma) return cuda_conv_tma(c, y, x, w, pl->wp, bias, NULL, NULL, err);
     if (pl->route == CONV_IMPLICIT && y->dtype == LOCO_F32) {
         loco_tensor wv = *w; /* the weights as y's dtype (converted by conv_plan_make when they were not) */
         wv.data = (void *)pl->wp;
@@ -479,7 +484,12 @@ extern "C" loco_status cuda_op_conv2d_fused(loco_backend *be, loco_tensor *y, co
                                     f->norm_silu, err);
     }
     int bias_done = 0;
-    if (st == LOCO_OK) st = conv_run(c, &pl, y, &normed, w, bias, p, table, f->norm_silu, &bias_done, err);
+    if (st == LOCO_OK && pl.tma) { /* everything after the conv in its epilogue */
+        st = cuda_conv_tma(c, y, &normed, w, pl.wp, bias, sb, res, err);
+        bias_done = 1, sb = res = NULL;
+    } else if (st == LOCO_OK) {
+        st = conv_run(c, &pl, y, &normed, w, bias, p, table, f->norm_silu, &bias_done, err);
+    }
     cuda_alloc_put(c, scratch);
     const loco_tensor *b = bias_done ? NULL : bias;
     if (st == LOCO_OK && (b || sb || res))

@@ -112,6 +112,7 @@ typedef enum cuda_conv_algo {
     CUDA_CONV_IM2COL,   /* im2col + cuBLASLt for every conv that is not 1x1 */
     CUDA_CONV_WGMMA,    /* conv_wgmma.cu where it applies (experimental), else AUTO */
     CUDA_CONV_ROWS,     /* conv_rows.cu's row-tap GEMMs wherever they apply, else AUTO */
+    CUDA_CONV_TMA,      /* conv_tma.cu where it applies (experimental), else AUTO */
 } cuda_conv_algo;
 
 /* How a warp-specialised kernel's producer loads a stage (gemm_wgmma.cu:
@@ -141,6 +142,7 @@ typedef struct cuda_impl {
                      * fa_mtiles) */
     int igemm_rows; /* 1: conv_igemm.cu's row-gather kernel where it applies; LOCO_CUDA_IGEMM_ROWS=0 turns it off */
     int wgmma_ok;   /* conv_wgmma.cu's kernel has an image for this device (sm_90a on a 9.0 device) */
+    int conv_tma_ok; /* LOCO_CUDA_CONV=tma and conv_tma.cu's kernel is set up (sm_90a, a driver with TMA maps) */
     int flash_variant; /* LOCO_CUDA_FLASH=classic|stages3|ilp3|ilp3q: attention.cu's 128-row variant (0, 2, 3,
                         * 7; -1: by head dim) */
     int flash_wgmma; /* LOCO_CUDA_FLASH=wgmma|wgmma128|wgmma3|wgmma_ws|wgmma_ws3|wgmma_ws128:
@@ -157,7 +159,8 @@ typedef struct cuda_impl {
     int linear_wgmma;   /* LOCO_CUDA_LINEAR=wgmma: linears without activation on that kernel's main
                          * loop where it takes them (experimental); 0: cuBLASLt */
     int linear_wgmma_ok;   /* ... and set up, as geglu_wgmma_ok */
-    int gemm_wgmma_blocks; /* that kernel's persistent blocks: 0 = one per SM; LOCO_CUDA_GEMM_WGMMA_BLOCKS (tests) */
+    int gemm_wgmma_blocks; /* that kernel's and conv_tma.cu's persistent blocks: 0 = one per SM;
+                            * LOCO_CUDA_GEMM_WGMMA_BLOCKS (tests) */
     cuda_ws_load gemm_wgmma_load; /* LOCO_CUDA_GEMM_WGMMA_LOAD: how that kernel loads its tiles */
     void *tensor_map_encode; /* the driver's cuTensorMapEncodeTiled (setup, for the TMA form), or NULL */
     int flash_short; /* 1: attention over at most 80 keys (text cross-attention) takes
@@ -330,6 +333,16 @@ int cuda_conv_wgmma_fits(const cuda_impl *c, const loco_tensor *y, const loco_te
                          const void *wdata, const loco_conv2d_params *p);
 loco_status cuda_conv_wgmma(cuda_impl *c, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
                             const void *wdata, const loco_tensor *bias, const loco_conv2d_params *p, loco_err *err);
+/* The TMA implicit-GEMM convolution (conv_tma.cu, sm_90a, experimental: only under
+ * LOCO_CUDA_CONV=tma). setup sets c->conv_tma_ok; fits says whether the kernel applies (w
+ * converted to y's dtype in wdata); the call adds bias, sample_bias [N, Cout] and residual (y's
+ * shape) in its epilogue, each when not NULL. */
+loco_status cuda_conv_tma_setup(cuda_impl *c, loco_err *err);
+int cuda_conv_tma_fits(const cuda_impl *c, const loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
+                       const void *wdata, const loco_conv2d_params *p);
+loco_status cuda_conv_tma(cuda_impl *c, loco_tensor *y, const loco_tensor *x, const loco_tensor *w, const void *wdata,
+                          const loco_tensor *bias, const loco_tensor *sample_bias, const loco_tensor *residual,
+                          loco_err *err);
 
 /* ---- vtable hooks, one group per file --------------------------------------------------------- */
 

@@ -94,6 +94,93 @@ static inline int check_conv(const char *algo, loco_dtype dt, int64_t N, int64_t
     return ok;
 }
 
+/* ---- conv2d with GroupNorm prologue, per-sample bias and residual (loco_conv2d_fused) ---- */
+
+typedef struct fused_case {
+    const char *algo; /* LOCO_CUDA_CONV, NULL for auto */
+    loco_dtype dt;
+    int64_t N, Cin, H, W, Cout, k;
+    int groups, silu, sample_bias, residual, bias;
+} fused_case;
+
+/* The unfused calls on the GPU, the reference for the fused prologue's bits. */
+static inline loco_status gpu_unfused(genv *e, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
+                               const loco_tensor *b, const loco_conv2d_params *p, const loco_conv2d_fusion *f) {
+    loco_tensor n = {0};
+    loco_status st = LOCO_OK;
+    if (f->norm_gamma) {
+        st = loco_tensor_alloc(e->gpu, x->dtype, 4, x->shape, &n, &e->errg);
+        if (st == LOCO_OK)
+            st = loco_group_norm(e->gpu, &n, x, f->norm_groups, f->norm_gamma, f->norm_beta, f->norm_eps,
+                                 f->norm_silu, &e->errg);
+    }
+    if (st == LOCO_OK) st = loco_conv2d(e->gpu, y, f->norm_gamma ? &n : x, w, b, p, &e->errg);
+    if (st == LOCO_OK && f->sample_bias) st = loco_add_channel_bias(e->gpu, y, y, f->sample_bias, &e->errg);
+    if (st == LOCO_OK && f->residual) st = loco_add(e->gpu, y, f->residual, y, &e->errg);
+    loco_tensor_free(&n);
+    return st;
+}
+
+/* Fused on the GPU vs the unfused calls on the CPU (tolerance), twice (same bits); the unfused
+ * calls on the GPU vs the CPU too (tolerance); and, with a GroupNorm, the fused call with only
+ * the GroupNorm (and the conv bias) vs the unfused GPU calls doing the same: the same bits,
+ * since the gather normalises with loco_group_norm's own (scale, shift) and expression. */
+static inline int check_conv_fused(const fused_case *fc, uint64_t seed) {
+    char why[1100];
+    genv e;
+    if (fc->algo)
+        setenv("LOCO_CUDA_CONV", fc->algo, 1);
+    else
+        unsetenv("LOCO_CUDA_CONV");
+    int opened = genv_open(&e, fc->dt, seed, why, sizeof why);
+    unsetenv("LOCO_CUDA_CONV");
+    if (opened != 1) return fprintf(stderr, "%s\n", why), 0;
+    const int pad = (int)(fc->k / 2);
+    loco_conv2d_params p = {1, {pad, pad, pad, pad}};
+    int64_t xs[4] = {fc->N, fc->Cin, fc->H, fc->W}, ws[4] = {fc->Cout, fc->Cin, fc->k, fc->k}, cs[1] = {fc->Cin},
+            bs[1] = {fc->Cout}, sbs[2] = {fc->N, fc->Cout}, ys[4] = {fc->N, fc->Cout, fc->H, fc->W};
+    twin x, w, b, g, be, sb, r, y, y2, yu, yn, ynu;
+    memset(&sb, 0, sizeof sb);
+    memset(&r, 0, sizeof r);
+    int ok = twin_rand(&e, 4, xs, 2.0f, 0.5f, &x) &&
+             twin_rand(&e, 4, ws, 1.0f / sqrtf((float)(fc->Cin * fc->k * fc->k)), 0.0f, &w) &&
+             twin_rand(&e, 1, bs, 0.5f, 0.0f, &b) && twin_rand(&e, 1, cs, 0.5f, 1.0f, &g) &&
+             twin_rand(&e, 1, cs, 0.5f, 0.0f, &be) && (!fc->sample_bias || twin_rand(&e, 2, sbs, 1.0f, 0.0f, &sb)) &&
+             (!fc->residual || twin_rand(&e, 4, ys, 1.0f, 0.0f, &r)) && twin_out(&e, 4, ys, &y) &&
+             twin_out(&e, 4, ys, &y2) && twin_out(&e, 4, ys, &yu) && twin_out(&e, 4, ys, &yn) &&
+             twin_out(&e, 4, ys, &ynu);
+    loco_conv2d_fusion fcpu, fgpu;
+    loco_conv2d_fusion_init(&fcpu);
+    if (fc->groups > 0) fcpu.norm_groups = fc->groups;
+    fcpu.norm_silu = fc->silu;
+    fgpu = fcpu;
+    if (fc->groups > 0) fcpu.norm_gamma = &g.c, fcpu.norm_beta = &be.c, fgpu.norm_gamma = &g.g, fgpu.norm_beta = &be.g;
+    loco_conv2d_fusion fnorm = fgpu; /* the GroupNorm alone */
+    if (fc->sample_bias) fcpu.sample_bias = &sb.c, fgpu.sample_bias = &sb.g;
+    if (fc->residual) fcpu.residual = &r.c, fgpu.residual = &r.g;
+    const loco_tensor *bc = fc->bias ? &b.c : NULL, *bg = fc->bias ? &b.g : NULL;
+    ok = ok && both_ok(&e, loco_conv2d_fused(e.cpu, &y.c, &x.c, &w.c, bc, &p, &fcpu, &e.errc),
+                       loco_conv2d_fused(e.gpu, &y.g, &x.g, &w.g, bg, &p, &fgpu, &e.errg), "conv2d_fused");
+    ok = ok && both_ok(&e, LOCO_OK, loco_conv2d_fused(e.gpu, &y2.g, &x.g, &w.g, bg, &p, &fgpu, &e.errg),
+                       "conv2d_fused (again)");
+    ok = ok && both_ok(&e, LOCO_OK, gpu_unfused(&e, &yu.g, &x.g, &w.g, bg, &p, &fgpu), "conv2d unfused");
+    ok = ok && twin_close(&y, tol_for(fc->dt), "conv2d_fused") && same_bits(&y.g, &y2.g, "conv2d_fused");
+    const twin unfused_vs_cpu = {y.c, yu.g};
+    ok = ok && twin_close(&unfused_vs_cpu, tol_for(fc->dt), "conv2d unfused");
+    if (ok && fc->groups > 0) {
+        ok = both_ok(&e, LOCO_OK, loco_conv2d_fused(e.gpu, &yn.g, &x.g, &w.g, bg, &p, &fnorm, &e.errg),
+                     "conv2d_fused (GroupNorm only)") &&
+             both_ok(&e, LOCO_OK, gpu_unfused(&e, &ynu.g, &x.g, &w.g, bg, &p, &fnorm), "unfused (GroupNorm only)") &&
+             same_bits(&yn.g, &ynu.g, "conv2d_fused with only the GroupNorm vs group_norm + conv2d on the GPU");
+    }
+    twin_free(&x), twin_free(&w), twin_free(&b), twin_free(&g), twin_free(&be), twin_free(&y), twin_free(&y2);
+    twin_free(&yu), twin_free(&yn), twin_free(&ynu);
+    if (fc->sample_bias) twin_free(&sb);
+    if (fc->residual) twin_free(&r);
+    genv_close(&e);
+    return ok;
+}
+
 static inline int check_attention_view(loco_dtype dt, int64_t B, int64_t Bk, int64_t Lq, int64_t Lk, int H, int64_t D,
                                        int causal, const int *kv, int64_t q_offset, uint64_t seed) {
     char why[1100];

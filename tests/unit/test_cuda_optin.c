@@ -8,6 +8,20 @@
  * machine and treats a skip there as a failure. */
 #include "cuda_check_util.h"
 
+/* A backend created under LOCO_CUDA_CONV=algo describes itself (printed); on a compute capability
+ * 9.0 device (the emulator's is one) the description must name `want`: the kernel tested is really
+ * the one in use. check_conv sets the variable again per call. */
+static int conv_route_described(const char *algo, const char *want) {
+    setenv("LOCO_CUDA_CONV", algo, 1);
+    char desc[512];
+    const int described = gpu_describe(desc, sizeof desc);
+    unsetenv("LOCO_CUDA_CONV");
+    if (!described) return 0;
+    fprintf(stderr, "%s: %s\n", algo, desc);
+    if (strstr(desc, "sm_90") && !strstr(desc, want)) return fprintf(stderr, "'%s' is not in it\n", want), 0;
+    return 1;
+}
+
 /* LOCO_CUDA_CONV=wgmma: conv_wgmma.cu (Hopper's wgmma, sm_90a; experimental) where it applies
  * on a compute capability 9.0 device (the emulator's is one), else the automatic route (the
  * backend's description says which). Tiles off the 128 x 128 grid, a K tail (Cin 40: 120 (ci, r)
@@ -17,14 +31,7 @@
 TEST(cuda_conv2d_wgmma) {
     GPU_ENV(e, LOCO_F16, 90);
     genv_close(&e);
-    setenv("LOCO_CUDA_CONV", "wgmma", 1);
-    char desc[512];
-    const int described = gpu_describe(desc, sizeof desc);
-    unsetenv("LOCO_CUDA_CONV"); /* check_conv sets it per call */
-    CHECK(described);
-    fprintf(stderr, "wgmma: %s\n", desc);
-    /* on a compute capability 9.0 device the kernel must really be the one tested */
-    CHECK_MSG(!strstr(desc, "sm_90") || strstr(desc, "wgmma (experimental)"), "%s", desc);
+    CHECK(conv_route_described("wgmma", "wgmma (experimental)"));
     const char *wg = "wgmma";
     CHECK(check_conv(wg, LOCO_F16, 2, 32, 16, 16, 64, 3, 3, 1, 1, 1, 1, 1, 1, 91));   /* K 288: 6 whole tiles */
     CHECK(check_conv(wg, LOCO_F16, 1, 40, 13, 16, 200, 3, 3, 1, 1, 1, 1, 1, 1, 92));  /* K tail, Cout 200, P 208 */
@@ -35,6 +42,37 @@ TEST(cuda_conv2d_wgmma) {
     CHECK(check_conv(wg, LOCO_F16, 2, 16, 12, 16, 24, 5, 3, 1, 2, 2, 1, 1, 1, 97));   /* kh 5, pad 2 vertically */
     CHECK(check_conv(wg, LOCO_BF16, 1, 24, 10, 8, 40, 1, 3, 1, 0, 0, 1, 1, 1, 98));   /* kh 1 */
     CHECK(check_conv(wg, LOCO_F16, 1, 16, 9, 16, 32, 3, 3, 1, 0, 0, 1, 1, 1, 99));    /* no vertical pad: Ho 7 */
+}
+
+/* LOCO_CUDA_CONV=tma: conv_tma.cu (sm_90a; experimental) for 3x3, stride 1, pad 1 convs with
+ * Cin and W multiples of 64, else the automatic route. Zeros from the copies at every image
+ * edge (W 64: each run is a whole row), two runs per row (W 128) and three (W 192), pixel tiles
+ * across images and one past the batch's end (N 3 x 192 pixels), channel tiles whose second
+ * warpgroup has no rows (Cout 192 and 320), both dtypes, no bias; a block walking several tiles
+ * (its stages' phases running on); shapes the kernel leaves to the other routes; and the fused
+ * ResNet conv: the GroupNorm through a scratch tensor, bias, time embedding and shortcut in the
+ * epilogue. */
+TEST(cuda_conv2d_tma) {
+    GPU_ENV(e, LOCO_F16, 60);
+    genv_close(&e);
+    CHECK(conv_route_described("tma", "conv: tma (experimental)"));
+    const char *tma = "tma";
+    CHECK(check_conv(tma, LOCO_F16, 2, 64, 8, 64, 192, 3, 3, 1, 1, 1, 1, 1, 1, 61));   /* 4 pixel tiles */
+    CHECK(check_conv(tma, LOCO_BF16, 1, 128, 4, 128, 320, 3, 3, 1, 1, 1, 1, 1, 0, 62)); /* 3 channel tiles */
+    CHECK(check_conv(tma, LOCO_F16, 3, 64, 3, 64, 64, 3, 3, 1, 1, 1, 1, 1, 1, 63));    /* tiles across images */
+    CHECK(check_conv(tma, LOCO_F16, 1, 64, 4, 192, 64, 3, 3, 1, 1, 1, 1, 1, 1, 64));   /* 3 runs a row */
+    setenv("LOCO_CUDA_GEMM_WGMMA_BLOCKS", "2", 1);
+    CHECK(check_conv(tma, LOCO_F16, 2, 128, 8, 64, 128, 3, 3, 1, 1, 1, 1, 1, 1, 65));  /* 4 tiles per block */
+    unsetenv("LOCO_CUDA_GEMM_WGMMA_BLOCKS");
+    CHECK(check_conv(tma, LOCO_F16, 2, 32, 8, 64, 64, 3, 3, 1, 1, 1, 1, 1, 1, 66));    /* Cin 32: other route */
+    CHECK(check_conv(tma, LOCO_F16, 2, 64, 8, 48, 64, 3, 3, 1, 1, 1, 1, 1, 1, 67));    /* W 48: other route */
+    CHECK(check_conv(tma, LOCO_F16, 1, 64, 4, 64, 4, 3, 3, 1, 1, 1, 1, 1, 1, 71));     /* Cout 4: other route */
+    const fused_case fused[] = {
+        {"tma", LOCO_F16, 2, 64, 8, 64, 192, 3, 32, 1, 1, 1, 1}, /* the ResNet's conv2 with all terms */
+        {"tma", LOCO_BF16, 2, 128, 4, 64, 128, 3, 32, 1, 0, 0, 1}, /* prologue only: bits of the unfused */
+        {"tma", LOCO_F16, 1, 64, 4, 128, 64, 3, 0, 0, 1, 0, 0},  /* time embedding only, no conv bias */
+    };
+    for (size_t i = 0; i < sizeof fused / sizeof fused[0]; i++) CHECK(check_conv_fused(&fused[i], 68 + i));
 }
 
 /* LOCO_CUDA_IM2COL_OVERLAP=1: whole-sample chunks filled on a side stream while the main stream
