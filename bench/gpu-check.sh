@@ -606,6 +606,8 @@ rerun wgmma LOCO_CUDA_FLASH=wgmma sdxl 1024 3 90
 [ $WS_BAD -eq 0 ] && rerun wgmma_ws LOCO_CUDA_FLASH=wgmma_ws sdxl 1024 3 90
 rerun gemm_tuned LOCO_CUDA_GEMM_TUNE=1 sd1 512 10 45
 rerun gemm_tuned LOCO_CUDA_GEMM_TUNE=1 sdxl 1024 3 90
+# SD 1.5's 64x64 level on conv_tma.cu (its 320-channel ResNet convs ran at 291-353 TFLOP/s in run 6)
+[ $CONV_TMA_BAD -eq 0 ] && rerun conv_tma LOCO_CUDA_CONV=tma sd1 512 10 45
 say "seconds per image (N=50 steps, guidance on; T/N: T steps timed, the rest extrapolated)"
 if command -v "$PY" >/dev/null 2>&1; then
     "$PY" bench/gpu/report.py "$RESULTS" "$DIR/candidates.txt" | tee "$DIR/report.txt"

@@ -129,7 +129,8 @@ TEST(cuda_selftest) {
     CHECK_MSG(st == LOCO_OK, "%s", err.msg);
     CHECK_MSG(hopper ? strstr(report, "wgmma kmajor_k48") != NULL : strstr(report, "not checked") != NULL, "%s",
               report);
-    CHECK_MSG(!emulated || (strstr(report, "wgmma kmajor_sw128       ok") && strstr(report, "wgmma mn_sw128           ok")),
+    CHECK_MSG(!emulated || (strstr(report, "wgmma kmajor_sw128       ok") && strstr(report, "wgmma mn_sw128           ok") &&
+                            strstr(report, "wgmma mn_sw128_n256      ok")),
               "%s", report);
 }
 
