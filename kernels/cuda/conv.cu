@@ -400,9 +400,9 @@ static loco_status conv_plan_make(cuda_impl *c, loco_tensor *y, const loco_tenso
 }
 
 /* The GroupNorm prologue runs inside this plan's convolution (only the im2col and row-tap
- * gathers have one). */
+ * gathers and conv_tma.cu's channels-last pass have one). */
 static int conv_plan_takes_norm(const cuda_impl *c, const conv_plan *pl) {
-    return c->norm_gather && !pl->wgmma && !pl->tma && (pl->route == CONV_IM2COL || pl->route == CONV_ROWS);
+    return c->norm_gather && !pl->wgmma && (pl->tma || pl->route == CONV_IM2COL || pl->route == CONV_ROWS);
 }
 
 /* Runs the plan; *bias_done says whether the route added the bias itself. norm (with
@@ -412,7 +412,7 @@ static loco_status conv_run(cuda_impl *c, const conv_plan *pl, loco_tensor *y, c
                             const float2 *norm, int norm_silu, int *bias_done, loco_err *err) {
     *bias_done = 1;
     if (pl->wgmma) return cuda_conv_wgmma(c, y, x, w, pl->wp, bias, p, err);
-    if (pl->tma) return cuda_conv_tma(c, y, x, w, pl->wp, bias, NULL, NULL, err);
+    if (pl->tma) return cuda_conv_tma(c, y, x, w, pl->wp, bias, NULL, NULL, norm, norm_silu, err);
     if (pl->route == CONV_IMPLICIT && y->dtype == LOCO_F32) {
         loco_tensor wv = *w; /* the weights as y's dtype (converted by conv_plan_make when they were not) */
         wv.data = (void *)pl->wp;
@@ -484,8 +484,8 @@ extern "C" loco_status cuda_op_conv2d_fused(loco_backend *be, loco_tensor *y, co
                                     f->norm_silu, err);
     }
     int bias_done = 0;
-    if (st == LOCO_OK && pl.tma) { /* everything after the conv in its epilogue */
-        st = cuda_conv_tma(c, y, &normed, w, pl.wp, bias, sb, res, err);
+    if (st == LOCO_OK && pl.tma && (!res || cuda_aligned(res->data, 4))) { /* all that follows the conv in its epilogue */
+        st = cuda_conv_tma(c, y, &normed, w, pl.wp, bias, sb, res, table, f->norm_silu, err);
         bias_done = 1, sb = res = NULL;
     } else if (st == LOCO_OK) {
         st = conv_run(c, &pl, y, &normed, w, bias, p, table, f->norm_silu, &bias_done, err);

@@ -5,38 +5,44 @@
  *                  + bias[o] + sample_bias[n, o] + residual[n, o, p]
  * EXPERIMENTAL, used only under LOCO_CUDA_CONV=tma, for f16/bf16 with Cin, Cout and W multiples
  * of 64 (every 3x3 conv of SD 1.x/2.x at 64x64 and of SD-XL at 128x128 and 64x64 but the first
- * and the last; the VAE's too). Not yet timed on a GPU; correct on the emulator (tests/emu) in every `make test`.
+ * and the last; the VAE's too). Not yet timed on a GPU; correct on the emulator (tests/emu) in
+ * every `make test`.
  *
  * Why: those convs run as im2col + cuBLASLt (conv.cu). At SD-XL's 128x128 level the column
- * buffer's traffic holds them at 365 TFLOP/s (run 6 profile, about 20 ms of the batch-8 UNet
+ * buffer's traffic holds them at 365-400 TFLOP/s (run 6 profile, about 23 ms of the batch-8 UNet
  * call) against 500-700 for cuBLASLt's GEMMs of the same size, and SD 1.5's 64x64 ones at 291
- * (unet_conv3x3_320_64_b16; cuDNN: 355). Here nothing is gathered by threads: for a tap (r, s)
- * and 64 channels, a tile's pixels are the input shifted by (r - 1, s - 1), which a TMA copy
- * of the plain NCHW tensor fetches directly, zeros included: coordinates outside the image
- * (row -1, column W) are filled with zeros by the copy itself. So the main loop is
- * gemm_wgmma.cu's TMA form with a different producer.
+ * (unet_conv3x3_320_64_b16; cuDNN: 355). Here nothing is gathered by threads: the input is first
+ * rewritten channels-last (NHWC, one pass; the fused conv's GroupNorm+SiLU is applied in that
+ * pass, from cuda_gn_table's per-channel scale and shift), and then for a tap (r, s) and 64
+ * channels a run of 64 output pixels along a row reads the input shifted by (r - 1, s - 1): one
+ * TMA box [64 channels x 64 pixels] of the map [Cin, W, H, N] at pixel coordinates that may be
+ * -1 or W, which the copy fills with zeros: exactly the padding. (Channels-last because a box's
+ * innermost coordinate must be a multiple of 16 bytes, the PTX ISA's "the address of the
+ * bounding box must be aligned to 16 bytes", an illegal instruction on Hopper otherwise: in
+ * NCHW the one-pixel shifts would move the innermost coordinate by 2 bytes. Channels-last, a
+ * pixel shift moves Cin 2 bytes, and the innermost coordinate stays a multiple of 64.)
  *
  * GEMM: rows = output channels (A = the weights, repacked per call to [tap][Cout][Cin] so that a
- * tap's 64 channels are one K-major, 128-byte-swizzled box of 128 rows), columns = 256 pixels
- * (B, MN-major: for each channel a row of 64 consecutive pixels, 128 bytes, swizzled), k =
- * (tap, channel) in steps of one tap's 64 channels (9 Cin / 64 steps). A tile's 256 pixels are
- * four runs of 64 along image rows (W % 64 == 0), consecutive in the batch's pixel order
- * (n, row, column): four TMA boxes of 64 columns x 1 row x 64 channels of a 3-D map [W, H,
- * N Cin], each 8 KB, at LBO 8192 in the B descriptor (the 64-pixel atoms), SBO 1024 (8
- * channels). Rows of w past Cout arrive as zeros (a 3-D map [Cin, Cout, 9]), and so do the runs
- * past the batch's last pixel (channel coordinate N Cin and up).
+ * tap's 64 channels are one box of 128 rows), columns = 256 pixels (B: four boxes of 64 pixels),
+ * k = (tap, channel) in steps of one tap's 64 channels (9 Cin / 64 steps). Both operands K-major
+ * (128 bytes of channels a row), 128-byte swizzled, as gemm_wgmma.cu's TMA form reads them. A
+ * tile's 256 pixels are four runs of 64 along image rows (W % 64 == 0), consecutive in the
+ * batch's pixel order (n, row, column), so a tile may cross images; runs past the batch read
+ * image N and up: zeros. Rows of w past Cout arrive as zeros too (a 3-D map [Cin, Cout, 9]).
  *
  * Block and synchronisation: gemm_wgmma.cu's TMA form. Two consumer warpgroups of 64 output
- * channels x 256 pixels (four m64n256k16 per k-step, B transposed), one producer thread in a
- * third warpgroup; 4 stages of 48 KB; full (the producer's expect_tx, 1 arrival) and empty (256
- * arrivals) mbarriers per stage; persistent blocks, tiles in the order (pixel tile, channel tile)
- * with the channel tiles fastest, so the blocks working at one time share their pixels in L2.
+ * channels x 256 pixels (four m64n256k16 per k-step), one producer thread in a third warpgroup;
+ * 4 stages of 48 KB; full (the producer's expect_tx, 1 arrival) and empty (256 arrivals)
+ * mbarriers per stage; persistent blocks, tiles in the order (pixel tile, channel tile) with the
+ * channel tiles fastest, so the blocks working at one time share their pixels in L2.
  *
  * Epilogue: acc + bias + sample_bias + residual in fp32, rounded once (the im2col route rounds
- * the GEMM's output, then the sum: a last-bit difference), stored as pairs of pixels. */
+ * the GEMM's output, then the sum: a last-bit difference), stored as pairs of pixels into NCHW
+ * y. */
 #include <string.h>
 
 #include "block_sync.cuh"
+#include "conv_gather.cuh"
 #include "cuda_device.h"
 #include "gemm_wgmma_products.cuh"
 #include "tma.cuh"
@@ -47,7 +53,7 @@ __device__ const int ct_image_ok = WG_DEVICE_OK;
 #define CT_BM 128 /* output channels per tile: two warpgroups of 64 */
 #define CT_BN 256 /* pixels per tile: four runs of 64 */
 #define CT_BK 64  /* channels per k-step (of one tap) */
-#define CT_RUN 64 /* pixels per TMA box (one image row's 128 bytes) */
+#define CT_RUN 64 /* pixels per TMA box (of one image row) */
 #define CT_A_BYTES (CT_BM * CT_BK * 2)
 #define CT_RUN_BYTES (CT_RUN * CT_BK * 2)
 #define CT_STAGE_BYTES (CT_A_BYTES + (CT_BN / CT_RUN) * CT_RUN_BYTES) /* 48 KB */
@@ -63,10 +69,10 @@ static_assert(128 * CT_PRODUCER_REGS + 256 * CT_CONSUMER_REGS <= 168 * CT_THREAD
 static_assert(CT_SMEM <= 232448, "more shared memory than an sm_90 block may have");
 
 struct ct_params {
-    CUtensorMap map_x; /* [W, H, N Cin], boxes 64 x 1 x 64 */
+    CUtensorMap map_x; /* the channels-last input [Cin, W, H, N], boxes 64 x 64 x 1 x 1 */
     CUtensorMap map_w; /* the repacked weights [Cin, Cout, 9], boxes 64 x 128 x 1 */
     const void *bias;  /* [Cout] of bias_dtype, or NULL */
-    const void *sample_bias, *residual; /* [N, Cout] and [N, Cout, H, W] of T, or NULL */
+    const void *sample_bias, *residual; /* [N, Cout] and [N, Cout, H, W] of T (4-byte aligned), or NULL */
     void *y;
     int bias_dtype;
     int n, cin, cout, h, w, hw; /* hw = h w */
@@ -87,7 +93,8 @@ __device__ __forceinline__ void ct_run_at(const ct_params &p, int tn, int a, int
 }
 
 /* The producer thread: per k-step (tap r, s and channels c0..c0 + 63) one box of the weights and
- * the four runs of pixels shifted by the tap, their 48 KB counted off full[stage]. */
+ * the four runs of pixels shifted by the tap, their 48 KB counted off full[stage] (zero-filled
+ * bytes count too). */
 __device__ __forceinline__ void ct_produce(unsigned char *smem, uint64_t *full, uint64_t *empty, const ct_params &p) {
     tma_prefetch_map(&p.map_x);
     tma_prefetch_map(&p.map_w);
@@ -108,12 +115,14 @@ __device__ __forceinline__ void ct_produce(unsigned char *smem, uint64_t *full, 
                 tma_load_3d(sa, &p.map_w, ch * CT_BK, tm * CT_BM, tap, &full[st]);
 #pragma unroll
                 for (int a = 0; a < 4; a++)
-                    tma_load_3d(sb + a * CT_RUN_BYTES, &p.map_x, col[a] + ds, row[a] + dr, img[a] * p.cin + ch * CT_BK,
-                                &full[st]);
+                    tma_load_4d(sb + a * CT_RUN_BYTES, &p.map_x, ch * CT_BK, col[a] + ds, row[a] + dr, img[a], &full[st]);
             }
         }
     }
 }
+
+/* Two neighbouring pixels' values, moved as one 4-byte access. */
+template <typename T> struct __align__(4) ct_pair { T v[2]; };
 
 /* The epilogue of one consumer warpgroup's 64 x 256 tile: rows (output channels) o0 + g and
  * o0 + g + 8 of this warp; column block c (8 pixels) of run c / 8, pixels 2 t and 2 t + 1 of it. */
@@ -133,8 +142,7 @@ __device__ __forceinline__ void ct_store(const float (&d)[CT_BN / 2], const ct_p
     const T *__restrict__ res = (const T *)p.residual;
 #pragma unroll
     for (int half = 0; half < 2; half++) {
-        const int o = o0 + g + 8 * half;
-        if (o >= p.cout) continue;
+        const int o = o0 + g + 8 * half; /* < Cout: Cout % 64 == 0 and the warpgroup has rows */
         const float bo = p.bias ? ld_dyn(p.bias, p.bias_dtype, o) : 0.0f;
 #pragma unroll
         for (int a = 0; a < 4; a++) {
@@ -145,11 +153,13 @@ __device__ __forceinline__ void ct_store(const float (&d)[CT_BN / 2], const ct_p
             for (int c = 0; c < 8; c++) {
                 const float *dv = &d[4 * (8 * a + c) + 2 * half];
                 float v0 = dv[0] + bs, v1 = dv[1] + bs;
-                if (res) v0 += to_f32(res[at + 8 * c]), v1 += to_f32(res[at + 8 * c + 1]);
-                const T pair[2] = {from_f32<T>(v0), from_f32<T>(v1)};
-                uint32_t packed;
-                memcpy(&packed, pair, 4);
-                *(uint32_t *)(y + at + 8 * c) = packed;
+                if (res) { /* one 4-byte load for the pair */
+                    const ct_pair<T> r2 = *(const ct_pair<T> *)(res + at + 8 * c);
+                    v0 += to_f32(r2.v[0]), v1 += to_f32(r2.v[1]);
+                }
+                ct_pair<T> out;
+                out.v[0] = from_f32<T>(v0), out.v[1] = from_f32<T>(v1);
+                *(ct_pair<T> *)(y + at + 8 * c) = out;
             }
         }
     }
@@ -184,8 +194,8 @@ __device__ __forceinline__ void ct_consume(unsigned char *smem, uint64_t *full, 
             wg_fence();
             wg_fence_acc(d);
 #pragma unroll
-            for (int kk = 0; kk < CT_BK / 16; kk++) /* 16 channels: 32 bytes along A's rows, 16 B rows of 128 bytes */
-                gw_mma<T, 1>(d, wg_desc_sw128(sa + kk * 32, 16, 1024), wg_desc_sw128(sb + kk * 2048, CT_RUN_BYTES, 1024));
+            for (int kk = 0; kk < CT_BK / 16; kk++) /* 16 channels: 32 bytes along both operands' rows */
+                gw_mma<T>(d, wg_desc_sw128(sa + kk * 32, 16, 1024), wg_desc_sw128(sb + kk * 32, 16, 1024));
             wg_commit();
             wg_fence_acc(d);
             if (kt > 0) { /* the previous step's products have retired: its stage goes back */
@@ -226,13 +236,45 @@ template <typename T> __global__ void __launch_bounds__(CT_THREADS, 1) ct_kernel
 }
 
 /* wr[t][o][c] = w[o][c][t] (t = 3 r + s): a tap's channels contiguous, as the TMA boxes of A need.
- * Per call, from the weights as y's dtype: at most 29 MB (1280 channels), a few microseconds. */
+ * Per call, from the weights as y's dtype (7.4 MB at 640 channels); consecutive threads write
+ * consecutive elements. */
 __global__ void ct_repack_kernel(uint16_t *wr, const uint16_t *w, unsigned cout, unsigned cin) {
     const unsigned n = cout * cin * 9; /* < 2^31 (cuda_conv_tma_fits) */
     for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
-        const unsigned oc = i / 9, t = i - oc * 9; /* i = (o cin + c) 9 + t: reads along w */
-        const unsigned o = oc / cin, c = oc - o * cin;
-        wr[(t * cout + o) * cin + c] = w[i];
+        const unsigned toc = i / cin, c = i - toc * cin, t = toc / cout, o = toc - t * cout; /* i = (t cout + o) cin + c */
+        wr[i] = w[(o * cin + c) * 9 + t];
+    }
+}
+
+/* The input rewritten channels-last: xt[n][p][c] = pro(x[n][c][p]) (pro: a copy, or the fused
+ * conv's GroupNorm+SiLU from cuda_gn_table's scale and shift: im2col_group_norm, the gather's
+ * own expression, so the values are loco_group_norm's bit for bit). A block moves 64 channels x
+ * 64 pixels of one image through shared memory: 16-byte loads along pixels, 16-byte stores along
+ * channels. HW and C are multiples of 64 (cuda_conv_tma_fits). */
+#define CT_T_PITCH 72 /* elements per staged channel row: 64 + 8, so the column reads spread over the banks */
+template <typename T, typename Pro>
+__global__ void __launch_bounds__(256) ct_channels_last_kernel(T *xt, const T *x, int c_all, int hw, Pro pro) {
+    __shared__ __align__(16) T tile[CT_BK * CT_T_PITCH];
+    const int p0 = blockIdx.x * 64, c0 = blockIdx.y * 64, n = blockIdx.z, tid = threadIdx.x;
+    const T *xs = x + ((int64_t)n * c_all + c0) * hw + p0;
+#pragma unroll
+    for (int i = 0; i < 2; i++) { /* 64 channels x 8 vectors of 8 pixels */
+        const int v = tid + 256 * i, c = v >> 3, q = v & 7;
+        pro.row(n, c0 + c);
+        vec16<T> in = *(const vec16<T> *)(xs + (int64_t)c * hw + 8 * q);
+#pragma unroll
+        for (int k = 0; k < 8; k++) in.v[k] = pro(in.v[k]);
+        *(vec16<T> *)(tile + c * CT_T_PITCH + 8 * q) = in;
+    }
+    __syncthreads();
+    T *xd = xt + ((int64_t)n * hw + p0) * c_all + c0;
+#pragma unroll
+    for (int i = 0; i < 2; i++) { /* 64 pixels x 8 vectors of 8 channels */
+        const int v = tid + 256 * i, px = v >> 3, q = v & 7;
+        vec16<T> out;
+#pragma unroll
+        for (int k = 0; k < 8; k++) out.v[k] = tile[(8 * q + k) * CT_T_PITCH + px];
+        *(vec16<T> *)(xd + (int64_t)px * c_all + 8 * q) = out;
     }
 }
 
@@ -258,20 +300,34 @@ loco_status cuda_conv_tma_setup(cuda_impl *c, loco_err *err) {
 }
 
 int cuda_conv_tma_fits(const cuda_impl *c, const loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
-                                  const void *wdata, const loco_conv2d_params *cp) {
+                       const void *wdata, const loco_conv2d_params *cp) {
     if (!c->conv_tma_ok || (y->dtype != LOCO_F16 && y->dtype != LOCO_BF16) || x->dtype != y->dtype) return 0;
     const int64_t N = x->shape[0], Cin = x->shape[1], H = x->shape[2], W = x->shape[3], Cout = w->shape[0];
+    const int64_t tiles = (Cout + CT_BM - 1) / CT_BM * ((N * H * W + CT_BN - 1) / CT_BN);
     return cp->stride == 1 && w->shape[2] == 3 && w->shape[3] == 3 && cp->pad[0] == 1 && cp->pad[1] == 1 &&
            cp->pad[2] == 1 && cp->pad[3] == 1 && y->shape[2] == H && y->shape[3] == W && Cin % CT_BK == 0 &&
-           Cout % 64 == 0 &&
-           W % CT_RUN == 0 && N * Cin < ((int64_t)1 << 31) && N * H * W < ((int64_t)1 << 31) - CT_BN &&
-           H < ((int64_t)1 << 31) && Cout * Cin * 9 < ((int64_t)1 << 31) && cuda_aligned(x->data, 16) &&
+           Cout % 64 == 0 && W % CT_RUN == 0 && N * H * W < ((int64_t)1 << 31) - CT_BN && N * Cin * H * W < ((int64_t)1 << 40) &&
+           Cout * Cin * 9 < ((int64_t)1 << 31) && tiles <= INT32_MAX && cuda_aligned(x->data, 16) &&
            cuda_aligned(wdata, 16) && cuda_aligned(y->data, 16);
 }
 
-loco_status cuda_conv_tma(cuda_impl *c, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
-                                     const void *wdata, const loco_tensor *bias, const loco_tensor *sample_bias,
-                                     const loco_tensor *residual, loco_err *err) {
+/* x rewritten channels-last into xt, normalised by the GroupNorm table when there is one. */
+template <typename T>
+static void ct_channels_last(cuda_impl *c, T *xt, const T *x, int n, int cin, int hw, const float2 *norm,
+                             int norm_silu) {
+    const dim3 grid((unsigned)(hw / 64), (unsigned)(cin / 64), (unsigned)n);
+    if (norm) {
+        im2col_group_norm<T> pro;
+        pro.table = norm, pro.cin = cin, pro.silu = norm_silu, pro.scale = pro.shift = 0.0f;
+        LOCO_LAUNCH(grid, 256, 0, c->stream, ct_channels_last_kernel<T, im2col_group_norm<T> >)(xt, x, cin, hw, pro);
+    } else {
+        LOCO_LAUNCH(grid, 256, 0, c->stream, ct_channels_last_kernel<T, im2col_copy>)(xt, x, cin, hw, im2col_copy());
+    }
+}
+
+loco_status cuda_conv_tma(cuda_impl *c, loco_tensor *y, const loco_tensor *x, const loco_tensor *w, const void *wdata,
+                          const loco_tensor *bias, const loco_tensor *sample_bias, const loco_tensor *residual,
+                          const float2 *norm, int norm_silu, loco_err *err) {
     const loco_dtype dt = y->dtype;
     ct_params p;
     memset(&p, 0, sizeof p);
@@ -285,19 +341,31 @@ loco_status cuda_conv_tma(cuda_impl *c, loco_tensor *y, const loco_tensor *x, co
     p.tiles_m = (p.cout + CT_BM - 1) / CT_BM;
     p.tiles_n = (int)(((int64_t)p.n * p.hw + CT_BN - 1) / CT_BN);
     const int64_t tiles = (int64_t)p.tiles_m * p.tiles_n;
-    if (tiles > INT32_MAX) return LOCO_EUNSUPPORTED;
-    void *wr = NULL;
-    const int64_t wn = (int64_t)p.cout * p.cin * 9;
-    CUDA_TRY(cuda_alloc_get(c, (size_t)wn * 2, &wr, err));
-    const int64_t wr_blocks = (wn + 255) / 256;
-    LOCO_LAUNCH((unsigned)(wr_blocks < 65535 ? wr_blocks : 65535), 256, 0, c->stream, ct_repack_kernel)(
-        (uint16_t *)wr, (const uint16_t *)wdata, (unsigned)p.cout, (unsigned)p.cin);
-    loco_status st = cuda_check_launch("ct_repack_kernel", err);
-    const int64_t xdims[3] = {p.w, p.h, (int64_t)p.n * p.cin}, xstrides[2] = {(int64_t)p.w * 2, (int64_t)p.hw * 2};
-    const unsigned xbox[3] = {CT_RUN, 1, CT_BK};
+    void *wr = NULL, *xt = NULL;
+    const int64_t wn = (int64_t)p.cout * p.cin * 9, xn = (int64_t)p.n * p.cin * p.hw;
+    loco_status st = cuda_alloc_get(c, (size_t)wn * 2, &wr, err);
+    if (st == LOCO_OK) st = cuda_alloc_get(c, (size_t)xn * 2, &xt, err);
+    if (st == LOCO_OK) {
+        const int64_t wr_blocks = (wn + 255) / 256;
+        LOCO_LAUNCH((unsigned)(wr_blocks < 65535 ? wr_blocks : 65535), 256, 0, c->stream, ct_repack_kernel)(
+            (uint16_t *)wr, (const uint16_t *)wdata, (unsigned)p.cout, (unsigned)p.cin);
+        st = cuda_check_launch("ct_repack_kernel", err);
+    }
+    if (st == LOCO_OK) {
+        if (dt == LOCO_BF16)
+            ct_channels_last<__nv_bfloat16>(c, (__nv_bfloat16 *)xt, (const __nv_bfloat16 *)x->data, p.n, p.cin, p.hw,
+                                            norm, norm_silu);
+        else
+            ct_channels_last<__half>(c, (__half *)xt, (const __half *)x->data, p.n, p.cin, p.hw, norm, norm_silu);
+        st = cuda_check_launch("ct_channels_last_kernel", err);
+    }
+    /* [Cin, W, H, N] channels-last, and the weights [Cin, Cout, 9] */
+    const int64_t xdims[4] = {p.cin, p.w, p.h, p.n},
+                  xstrides[3] = {(int64_t)p.cin * 2, (int64_t)p.w * p.cin * 2, (int64_t)p.hw * p.cin * 2};
+    const unsigned xbox[4] = {CT_BK, CT_RUN, 1, 1};
     const int64_t wdims[3] = {p.cin, p.cout, 9}, wstrides[2] = {(int64_t)p.cin * 2, (int64_t)p.cout * p.cin * 2};
     const unsigned wbox[3] = {CT_BK, CT_BM, 1};
-    if (st == LOCO_OK) st = cuda_tensor_map_make(c, &p.map_x, x->data, dt, 3, xdims, xstrides, xbox, err);
+    if (st == LOCO_OK) st = cuda_tensor_map_make(c, &p.map_x, xt, dt, 4, xdims, xstrides, xbox, err);
     if (st == LOCO_OK) st = cuda_tensor_map_make(c, &p.map_w, wr, dt, 3, wdims, wstrides, wbox, err);
     if (st == LOCO_OK) {
         const int blocks = c->gemm_wgmma_blocks > 0 ? c->gemm_wgmma_blocks : c->sm_count;
@@ -308,6 +376,8 @@ loco_status cuda_conv_tma(cuda_impl *c, loco_tensor *y, const loco_tensor *x, co
             LOCO_LAUNCH(grid, CT_THREADS, CT_SMEM, c->stream, ct_kernel<__half>)(p);
         st = cuda_check_launch("ct_kernel", err);
     }
-    cuda_alloc_put(c, wr); /* stream-ordered: the allocator hands it out again only behind this launch */
+    /* stream-ordered: the allocator hands them out again only behind these launches */
+    cuda_alloc_put(c, xt);
+    cuda_alloc_put(c, wr);
     return st;
 }

@@ -335,14 +335,15 @@ loco_status cuda_conv_wgmma(cuda_impl *c, loco_tensor *y, const loco_tensor *x, 
                             const void *wdata, const loco_tensor *bias, const loco_conv2d_params *p, loco_err *err);
 /* The TMA implicit-GEMM convolution (conv_tma.cu, sm_90a, experimental: only under
  * LOCO_CUDA_CONV=tma). setup sets c->conv_tma_ok; fits says whether the kernel applies (w
- * converted to y's dtype in wdata); the call adds bias, sample_bias [N, Cout] and residual (y's
- * shape) in its epilogue, each when not NULL. */
+ * converted to y's dtype in wdata); the call normalises x by norm (cuda_gn_table's table, with
+ * SiLU when norm_silu) when not NULL, and adds bias, sample_bias [N, Cout] and residual (y's
+ * shape, 4-byte aligned) in its epilogue, each when not NULL. */
 loco_status cuda_conv_tma_setup(cuda_impl *c, loco_err *err);
 int cuda_conv_tma_fits(const cuda_impl *c, const loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
                        const void *wdata, const loco_conv2d_params *p);
 loco_status cuda_conv_tma(cuda_impl *c, loco_tensor *y, const loco_tensor *x, const loco_tensor *w, const void *wdata,
                           const loco_tensor *bias, const loco_tensor *sample_bias, const loco_tensor *residual,
-                          loco_err *err);
+                          const float2 *norm, int norm_silu, loco_err *err);
 
 /* ---- vtable hooks, one group per file --------------------------------------------------------- */
 

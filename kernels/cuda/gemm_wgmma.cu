@@ -335,9 +335,9 @@ __device__ __forceinline__ void gw_consume(unsigned char *smem, uint64_t *full, 
 #pragma unroll
             for (int kk = 0; kk < GW_BK / 16; kk++) { /* a k16 step: two core matrices along k, or 32 bytes of a swizzled row */
                 if (TMA)
-                    gw_mma<T, 0>(d, wg_desc_sw128(sa + kk * 32, 16, 1024), wg_desc_sw128(sb + kk * 32, 16, 1024));
+                    gw_mma<T>(d, wg_desc_sw128(sa + kk * 32, 16, 1024), wg_desc_sw128(sb + kk * 32, 16, 1024));
                 else
-                    gw_mma<T, 0>(d, wg_desc(sa + kk * 256, 128, 1024), wg_desc(sb + kk * 256, 128, 1024));
+                    gw_mma<T>(d, wg_desc(sa + kk * 256, 128, 1024), wg_desc(sb + kk * 256, 128, 1024));
             }
             wg_commit();
             wg_fence_acc(d);

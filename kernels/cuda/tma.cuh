@@ -46,7 +46,8 @@ __device__ __forceinline__ void tma_prefetch_map(const CUtensorMap *map) {
 #endif
 }
 
-/* Copies the box of *map at (c0, c1) (innermost first; outside the tensor: zeros) to smem, and
+/* Copies the box of *map at (c0, c1) (innermost first; outside the tensor: zeros; c0 times the
+ * element size a multiple of 16 bytes, or the copy is an illegal instruction) to smem, and
  * completes its bytes on *bar. map: a __grid_constant__ kernel parameter (its address is the
  * parameter's own). */
 __device__ __forceinline__ void tma_load_2d(void *smem, const CUtensorMap *map, int c0, int c1, uint64_t *bar) {
@@ -75,6 +76,22 @@ __device__ __forceinline__ void tma_load_3d(void *smem, const CUtensorMap *map, 
                  : "memory");
 #else
     (void)smem, (void)map, (void)c0, (void)c1, (void)c2, (void)bar;
+#endif
+}
+
+/* The same for a rank-4 map: (c0, c1, c2, c3). */
+__device__ __forceinline__ void tma_load_4d(void *smem, const CUtensorMap *map, int c0, int c1, int c2, int c3,
+                                            uint64_t *bar) {
+#if defined(LOCO_CUDA_EMU)
+    const int c[4] = {c0, c1, c2, c3};
+    emu::tma_load(smem, map, c, 4, bar);
+#elif WG_DEVICE_OK
+    asm volatile("cp.async.bulk.tensor.4d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
+                 " [%0], [%1, {%2, %3, %4, %5}], [%6];\n" ::"r"(smem_addr(smem)),
+                 "l"((uint64_t)map), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(smem_addr(bar))
+                 : "memory");
+#else
+    (void)smem, (void)map, (void)c0, (void)c1, (void)c2, (void)c3, (void)bar;
 #endif
 }
 

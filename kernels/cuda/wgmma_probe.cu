@@ -24,19 +24,14 @@
  *   mn_sw128         B MN-major in the 128-byte swizzle (wg_desc_sw128: 64 columns of N per
  *                    128-byte row, K rows 128 bytes apart, 8-row groups SBO 1024 apart, k16
  *                    steps 2048 apart; the TMA attention's V). Not required either.
- *   mn_sw128_n256    the same across four 64-column atoms 8 KB apart (LBO 8192), in one
- *                    m64n256k16 product: conv_tma.cu's pixels, and the one descriptor field
- *                    (LBO of a swizzled MN-major operand) no other probe reaches. Not required.
  *
  * The accumulator layout assumed throughout: warp w holds rows 16w..16w+15, lane (g, t) holds
  * d[4j + e] = (row g + 8 (e >> 1), column 8j + 2t + (e & 1)). If it were wrong every probe
  * fails the same way, which the report then shows. */
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 
 #include "cuda_internal.h"
-#include "gemm_wgmma_products.cuh"
 #include "wgmma.cuh"
 
 /* 1 only in the sm_90a image (the Makefile builds this file for sm_90a alone). */
@@ -167,48 +162,6 @@ __global__ void __launch_bounds__(WGP_THREADS) wgp_kernel(const uint16_t *a, con
 #endif
 }
 
-/* mn_sw128_n256: A as in kmajor_k48, B (k, n) at atom n / 64 (8192 bytes each) of 64 rows (k) of
- * 128 bytes, swizzled, read MN-major through m64n256k16 (gemm_wgmma_products.cuh) with LBO 8192,
- * SBO 1024, k16 steps 2048 apart: conv_tma.cu's B. Each thread writes its 128 accumulators. B's
- * 32 KB sit in 64 KB of dynamic shared memory: read with LBO and SBO swapped, the product would
- * reach 44 KB in, and a read past the block's shared memory could fault the context. */
-#define WGP_N256 256
-#define WGP_N256_ATOM 8192
-#define WGP_N256_SMEM (WGP_SMEM_A_BYTES + 8 * WGP_N256_ATOM)
-__global__ void __launch_bounds__(WGP_THREADS) wgp_kernel_n256(const uint16_t *a, const uint16_t *bt, float *d) {
-#if !WG_DEVICE_OK
-    __trap();
-#else
-    extern __shared__ __align__(1024) unsigned char wg_smem[];
-    unsigned char *sa = wg_smem, *sb = wg_smem + WGP_SMEM_A_BYTES;
-    const int tid = threadIdx.x;
-    for (int i = tid; i < WGP_M * WGP_K; i += WGP_THREADS) {
-        const int m = i / WGP_K, k = i % WGP_K;
-        *(uint16_t *)(sa + (m >> 3) * (WGP_K / 8 * 128) + (k >> 3) * 128 + (m & 7) * 16 + (k & 7) * 2) = a[i];
-    }
-    for (int i = tid; i < WGP_N256 * WGP_K; i += WGP_THREADS) {
-        const int n = i / WGP_K, k = i % WGP_K;
-        *(uint16_t *)(sb + (n >> 6) * WGP_N256_ATOM + wgp_sw128_at(k, n & 63)) = bt[i];
-    }
-    wg_fence_proxy();
-    __syncthreads();
-    float acc[WGP_N256 / 2];
-#pragma unroll
-    for (int i = 0; i < WGP_N256 / 2; i++) acc[i] = 0.0f;
-    wg_fence_acc(acc);
-    wg_fence();
-#pragma unroll
-    for (int s = 0; s < WGP_KSTEPS; s++)
-        gw_mma<__half, 1>(acc, wg_desc(sa + s * 256, 128, WGP_K / 8 * 128),
-                          wg_desc_sw128(sb + 2048 * s, WGP_N256_ATOM, 1024));
-    wg_commit();
-    wg_wait_all();
-    wg_fence_acc(acc);
-#pragma unroll
-    for (int i = 0; i < WGP_N256 / 2; i++) d[tid * (WGP_N256 / 2) + i] = acc[i];
-#endif
-}
-
 /* ---- host ------------------------------------------------------------------------------------ */
 
 /* Small integers, exact in fp16 and in fp32 sums: the result has no rounding to hide behind. */
@@ -237,75 +190,19 @@ static const wgp_case wgp_cases[] = {
     {"mn_sw128", 0, {0, 1, 0, 0, 0, 0, 1}},              /* the TMA attention's V */
 };
 
-/* The values both probe families multiply: A (m, k) and B (k, n), small integers. */
-static int wgp_a_int(int m, int k) { return (m * 7 + k * 3) % 9 - 4; }
-static int wgp_b_int(int n, int k) { return (n * 5 + k * 11 + 1) % 9 - 4; }
-
-/* mn_sw128_n256 (wgp_kernel_n256): appends its line at report + *used. Host buffers on the heap
- * (about 150 KB). */
-static loco_status wgp_run_n256(cuda_impl *c, char *report, size_t n, size_t *used, loco_err *err) {
-    const size_t na = WGP_M * WGP_K, nb = (size_t)WGP_N256 * WGP_K, nd = (size_t)WGP_THREADS * (WGP_N256 / 2);
-    uint16_t *h = (uint16_t *)malloc((na + nb) * 2);
-    float *got = (float *)malloc(nd * 4);
-    void *buf = NULL;
-    loco_status st = h && got ? cuda_alloc_get(c, (na + nb) * 2 + nd * 4, &buf, err)
-                              : loco_err_set(err, LOCO_ENOMEM, "wgmma self-test: out of host memory");
-    if (st == LOCO_OK) {
-        for (int m = 0; m < WGP_M; m++)
-            for (int k = 0; k < WGP_K; k++) h[m * WGP_K + k] = wgp_half_of_int(wgp_a_int(m, k));
-        for (int j = 0; j < WGP_N256; j++)
-            for (int k = 0; k < WGP_K; k++) h[na + j * WGP_K + k] = wgp_half_of_int(wgp_b_int(j, k));
-        st = cuda_check(cudaMemcpyAsync(buf, h, (na + nb) * 2, cudaMemcpyHostToDevice, c->stream), "cudaMemcpyAsync",
-                        err);
-    }
-    float *dd = (float *)((uint16_t *)buf + na + nb);
-    if (st == LOCO_OK)
-        st = cuda_check(cudaFuncSetAttribute(wgp_kernel_n256, cudaFuncAttributeMaxDynamicSharedMemorySize, WGP_N256_SMEM),
-                        "cudaFuncSetAttribute", err);
-    if (st == LOCO_OK) {
-        LOCO_LAUNCH(1, WGP_THREADS, WGP_N256_SMEM, c->stream, wgp_kernel_n256)((const uint16_t *)buf,
-                                                                              (const uint16_t *)buf + na, dd);
-        st = cuda_check_launch("wgp_kernel_n256", err);
-    }
-    if (st == LOCO_OK)
-        st = cuda_check(cudaMemcpyAsync(got, dd, nd * 4, cudaMemcpyDeviceToHost, c->stream), "cudaMemcpyAsync", err);
-    if (st == LOCO_OK) st = cuda_check(cudaStreamSynchronize(c->stream), "wgmma self-test", err);
-    if (st == LOCO_OK) {
-        int wrong = 0, fm = -1, fn = -1, fw = 0;
-        float fg = 0.0f;
-        for (int tid = 0; tid < WGP_THREADS; tid++)
-            for (int e = 0; e < WGP_N256 / 2; e++) {
-                const int lane = tid & 31, m = 16 * (tid >> 5) + (lane >> 2) + 8 * ((e & 3) >> 1);
-                const int j = 8 * (e >> 2) + 2 * (lane & 3) + (e & 1);
-                int want = 0;
-                for (int k = 0; k < WGP_K; k++) want += wgp_a_int(m, k) * wgp_b_int(j, k);
-                if (got[tid * (WGP_N256 / 2) + e] != (float)want && wrong++ == 0)
-                    fm = m, fn = j, fg = got[tid * (WGP_N256 / 2) + e], fw = want;
-            }
-        const int w = wrong ? snprintf(report + *used, n - *used, "wgmma %-18s differs: %d of %d wrong, first (%d, %d) = "
-                                       "%g, want %d\n", "mn_sw128_n256", wrong, WGP_M * WGP_N256, fm, fn, (double)fg, fw)
-                            : snprintf(report + *used, n - *used, "wgmma %-18s ok\n", "mn_sw128_n256");
-        if (w > 0) *used += (size_t)w < n - 1 - *used ? (size_t)w : n - 1 - *used;
-    }
-    cuda_alloc_put(c, buf);
-    free(h);
-    free(got);
-    return st;
-}
-
 /* Runs every probe; one line per probe into report. *required_ok: every required probe matched. */
 static loco_status wgp_run_all(cuda_impl *c, char *report, size_t n, int *required_ok, loco_err *err) {
     const size_t na = WGP_M * WGP_K, nb = WGP_N * WGP_K, nd = WGP_THREADS * 32;
     uint16_t ha[WGP_M * WGP_K], hb[WGP_N * WGP_K];
     float want[WGP_M * WGP_N], got[WGP_THREADS * 32];
     for (int m = 0; m < WGP_M; m++)
-        for (int k = 0; k < WGP_K; k++) ha[m * WGP_K + k] = wgp_half_of_int(wgp_a_int(m, k));
+        for (int k = 0; k < WGP_K; k++) ha[m * WGP_K + k] = wgp_half_of_int((m * 7 + k * 3) % 9 - 4);
     for (int j = 0; j < WGP_N; j++)
-        for (int k = 0; k < WGP_K; k++) hb[j * WGP_K + k] = wgp_half_of_int(wgp_b_int(j, k));
+        for (int k = 0; k < WGP_K; k++) hb[j * WGP_K + k] = wgp_half_of_int((j * 5 + k * 11 + 1) % 9 - 4);
     for (int m = 0; m < WGP_M; m++)
         for (int j = 0; j < WGP_N; j++) {
             int s = 0;
-            for (int k = 0; k < WGP_K; k++) s += wgp_a_int(m, k) * wgp_b_int(j, k);
+            for (int k = 0; k < WGP_K; k++) s += ((m * 7 + k * 3) % 9 - 4) * ((j * 5 + k * 11 + 1) % 9 - 4);
             want[m * WGP_N + j] = (float)s;
         }
     void *buf = NULL;
@@ -344,7 +241,6 @@ static loco_status wgp_run_all(cuda_impl *c, char *report, size_t n, int *requir
         if (used == n - 1) break;
     }
     cuda_alloc_put(c, buf);
-    if (st == LOCO_OK && used < n - 1) st = wgp_run_n256(c, report, n, &used, err);
     return st;
 }
 

@@ -7,7 +7,7 @@
  * global tensor of rank 1-5 (dims innermost first, strides of dims 1.. in bytes, multiples of
  * 16) and a box of up to 256 elements per dim; a copy takes the box at signed coordinates,
  * elements outside the tensor read as zeros, and always completes the whole box's bytes on its
- * mbarrier. The box lands in shared memory densely, innermost dim fastest; with
+ * mbarrier; the innermost coordinate must be a multiple of 16 bytes (the box's address aligned). The box lands in shared memory densely, innermost dim fastest; with
  * CU_TENSOR_MAP_SWIZZLE_128B each 16-byte chunk of a 128-byte row moves to chunk (chunk XOR
  * address bits 7-9), the pattern wgmma's 128-byte-swizzle descriptors read (emu_wgmma.cc).
  *
@@ -66,6 +66,12 @@ void tma_load(void *smem, const void *tensor_map, const int *coords, int rank, u
     if (a % 128 != 0) trap("a TMA copy to shared memory not 128-byte aligned");
     if (m.swizzle128 && a % 1024 != 0)
         trap("a 128-byte-swizzled TMA copy to shared memory not 1024-byte aligned (the pattern wgmma assumes)");
+    /* The PTX ISA: "the address of the bounding box must also be aligned to 16 bytes"; on Hopper
+     * a box whose innermost coordinate is off 16 bytes is an illegal instruction (Triton's TMA
+     * notes and issue 7385; tilelang issue 2527), negative or not. The other dims' strides are
+     * multiples of 16 bytes, so only that coordinate can break it. */
+    if (((int64_t)coords[0] * m.esize) % 16 != 0)
+        trap("a TMA copy whose innermost coordinate is not a multiple of 16 bytes (an illegal instruction on a GPU)");
     tma_copy c;
     c.dst = (unsigned char *)smem;
     c.map = m;
