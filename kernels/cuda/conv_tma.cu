@@ -34,7 +34,8 @@
  * channels x 256 pixels (four m64n256k16 per k-step), one producer thread in a third warpgroup;
  * 4 stages of 48 KB; full (the producer's expect_tx, 1 arrival) and empty (256 arrivals)
  * mbarriers per stage; persistent blocks, tiles in the order (pixel tile, channel tile) with the
- * channel tiles fastest, so the blocks working at one time share their pixels in L2.
+ * channel tiles fastest, so the blocks working at one time share their pixels in L2 (rotated per
+ * pixel tile: ct_tile_coords).
  *
  * Epilogue: acc + bias + sample_bias + residual in fp32, rounded once (the im2col route rounds
  * the GEMM's output, then the sum: a last-bit difference), stored as pairs of pixels into NCHW
@@ -92,6 +93,17 @@ __device__ __forceinline__ void ct_run_at(const ct_params &p, int tn, int a, int
     *col = rem - *row * p.w;
 }
 
+/* Tile `tile`'s channel tile tm and pixel tile tn: the channel tiles of a pixel tile are
+ * consecutive (the blocks working at one time share their pixels in L2), rotated by the pixel
+ * tile. Why the rotation: a block walks tiles gridDim.x apart, and with 3 channel tiles (Cout
+ * 320) on 132 or 114 SMs, both multiples of 3, tile % 3 would give each block the same channel
+ * tile every time: a third of the blocks would get only the half-empty last ones and idle while
+ * the rest set the finish time (a reviewer's catch, session 13). */
+__device__ __forceinline__ void ct_tile_coords(const ct_params &p, int tile, int *tm, int *tn) {
+    *tn = tile / p.tiles_m;
+    *tm = (tile + *tn) % p.tiles_m;
+}
+
 /* The producer thread: per k-step (tap r, s and channels c0..c0 + 63) one box of the weights and
  * the four runs of pixels shifted by the tap, their 48 KB counted off full[stage] (zero-filled
  * bytes count too). */
@@ -101,7 +113,8 @@ __device__ __forceinline__ void ct_produce(unsigned char *smem, uint64_t *full, 
     const int tiles = p.tiles_m * p.tiles_n, chunks = p.cin / CT_BK;
     int s = 0;
     for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
-        const int tm = tile % p.tiles_m, tn = tile / p.tiles_m;
+        int tm, tn;
+        ct_tile_coords(p, tile, &tm, &tn);
         int img[4], row[4], col[4];
 #pragma unroll
         for (int a = 0; a < 4; a++) ct_run_at(p, tn, a, &img[a], &row[a], &col[a]);
@@ -115,7 +128,8 @@ __device__ __forceinline__ void ct_produce(unsigned char *smem, uint64_t *full, 
                 tma_load_3d(sa, &p.map_w, ch * CT_BK, tm * CT_BM, tap, &full[st]);
 #pragma unroll
                 for (int a = 0; a < 4; a++)
-                    tma_load_4d(sb + a * CT_RUN_BYTES, &p.map_x, ch * CT_BK, col[a] + ds, row[a] + dr, img[a], &full[st]);
+                    tma_load_4d(sb + a * CT_RUN_BYTES, &p.map_x, ch * CT_BK, col[a] + ds, row[a] + dr, img[a],
+                                &full[st]);
             }
         }
     }
@@ -177,7 +191,9 @@ __device__ __forceinline__ void ct_consume(unsigned char *smem, uint64_t *full, 
     float d[CT_BN / 2];
     int s = 0;
     for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
-        const int tm = tile % p.tiles_m, tn = tile / p.tiles_m, o0 = tm * CT_BM + wg * 64;
+        int tm, tn;
+        ct_tile_coords(p, tile, &tm, &tn);
+        const int o0 = tm * CT_BM + wg * 64;
         if (o0 >= p.cout) { /* no output channel of this warpgroup's: only the stages go back */
             for (int kt = 0; kt < ksteps; kt++, s++) {
                 mbar_wait(&full[s % CT_STAGES], (unsigned)(s / CT_STAGES) & 1u);
@@ -190,7 +206,7 @@ __device__ __forceinline__ void ct_consume(unsigned char *smem, uint64_t *full, 
         for (int kt = 0; kt < ksteps; kt++, s++) {
             const int st = s % CT_STAGES;
             mbar_wait(&full[st], (unsigned)(s / CT_STAGES) & 1u);
-            const unsigned char *sa = smem + st * CT_STAGE_BYTES + wg * 8 * 1024, *sb = smem + st * CT_STAGE_BYTES + CT_A_BYTES;
+            const unsigned char *stage = smem + st * CT_STAGE_BYTES, *sa = stage + wg * 8 * 1024, *sb = stage + CT_A_BYTES;
             wg_fence();
             wg_fence_acc(d);
 #pragma unroll
@@ -241,7 +257,8 @@ template <typename T> __global__ void __launch_bounds__(CT_THREADS, 1) ct_kernel
 __global__ void ct_repack_kernel(uint16_t *wr, const uint16_t *w, unsigned cout, unsigned cin) {
     const unsigned n = cout * cin * 9; /* < 2^31 (cuda_conv_tma_fits) */
     for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
-        const unsigned toc = i / cin, c = i - toc * cin, t = toc / cout, o = toc - t * cout; /* i = (t cout + o) cin + c */
+        /* i = (t cout + o) cin + c */
+        const unsigned toc = i / cin, c = i - toc * cin, t = toc / cout, o = toc - t * cout;
         wr[i] = w[(o * cin + c) * 9 + t];
     }
 }
@@ -250,8 +267,11 @@ __global__ void ct_repack_kernel(uint16_t *wr, const uint16_t *w, unsigned cout,
  * conv's GroupNorm+SiLU from cuda_gn_table's scale and shift: im2col_group_norm, the gather's
  * own expression, so the values are loco_group_norm's bit for bit). A block moves 64 channels x
  * 64 pixels of one image through shared memory: 16-byte loads along pixels, 16-byte stores along
- * channels. HW and C are multiples of 64 (cuda_conv_tma_fits). */
-#define CT_T_PITCH 72 /* elements per staged channel row: 64 + 8, so the column reads spread over the banks */
+ * channels. HW and C are multiples of 64 (cuda_conv_tma_fits). The staged tile's 16-byte chunks
+ * are XOR-swizzled (chunk q of channel row c at q ^ (c / 8 % 8)): a warp's column reads cover 8
+ * channel rows 8 apart, which with any 16-byte-aligned padded pitch fall in one bank (8-way
+ * conflicts, a reviewer's catch); swizzled they spread over all 32. */
+#define CT_T_PITCH 64 /* elements per staged channel row */
 template <typename T, typename Pro>
 __global__ void __launch_bounds__(256) ct_channels_last_kernel(T *xt, const T *x, int c_all, int hw, Pro pro) {
     __shared__ __align__(16) T tile[CT_BK * CT_T_PITCH];
@@ -264,7 +284,7 @@ __global__ void __launch_bounds__(256) ct_channels_last_kernel(T *xt, const T *x
         vec16<T> in = *(const vec16<T> *)(xs + (int64_t)c * hw + 8 * q);
 #pragma unroll
         for (int k = 0; k < 8; k++) in.v[k] = pro(in.v[k]);
-        *(vec16<T> *)(tile + c * CT_T_PITCH + 8 * q) = in;
+        *(vec16<T> *)(tile + c * CT_T_PITCH + 8 * (q ^ ((c >> 3) & 7))) = in;
     }
     __syncthreads();
     T *xd = xt + ((int64_t)n * hw + p0) * c_all + c0;
@@ -273,7 +293,7 @@ __global__ void __launch_bounds__(256) ct_channels_last_kernel(T *xt, const T *x
         const int v = tid + 256 * i, px = v >> 3, q = v & 7;
         vec16<T> out;
 #pragma unroll
-        for (int k = 0; k < 8; k++) out.v[k] = tile[(8 * q + k) * CT_T_PITCH + px];
+        for (int k = 0; k < 8; k++) out.v[k] = tile[(8 * q + k) * CT_T_PITCH + 8 * ((px >> 3) ^ q) + (px & 7)];
         *(vec16<T> *)(xd + (int64_t)px * c_all + 8 * q) = out;
     }
 }
@@ -306,7 +326,8 @@ int cuda_conv_tma_fits(const cuda_impl *c, const loco_tensor *y, const loco_tens
     const int64_t tiles = (Cout + CT_BM - 1) / CT_BM * ((N * H * W + CT_BN - 1) / CT_BN);
     return cp->stride == 1 && w->shape[2] == 3 && w->shape[3] == 3 && cp->pad[0] == 1 && cp->pad[1] == 1 &&
            cp->pad[2] == 1 && cp->pad[3] == 1 && y->shape[2] == H && y->shape[3] == W && Cin % CT_BK == 0 &&
-           Cout % 64 == 0 && W % CT_RUN == 0 && N * H * W < ((int64_t)1 << 31) - CT_BN && N * Cin * H * W < ((int64_t)1 << 40) &&
+           Cout % 64 == 0 && W % CT_RUN == 0 && N <= 65535 /* the channels-last pass's gridDim.z */ &&
+           N * H * W < ((int64_t)1 << 31) - CT_BN && N * Cin * H * W < ((int64_t)1 << 40) &&
            Cout * Cin * 9 < ((int64_t)1 << 31) && tiles <= INT32_MAX && cuda_aligned(x->data, 16) &&
            cuda_aligned(wdata, 16) && cuda_aligned(y->data, 16);
 }

@@ -7,7 +7,8 @@
  * global tensor of rank 1-5 (dims innermost first, strides of dims 1.. in bytes, multiples of
  * 16) and a box of up to 256 elements per dim; a copy takes the box at signed coordinates,
  * elements outside the tensor read as zeros, and always completes the whole box's bytes on its
- * mbarrier; the innermost coordinate must be a multiple of 16 bytes (the box's address aligned). The box lands in shared memory densely, innermost dim fastest; with
+ * mbarrier; the innermost coordinate must be a multiple of 16 bytes (the box's address aligned).
+ * The box lands in shared memory densely, innermost dim fastest; with
  * CU_TENSOR_MAP_SWIZZLE_128B each 16-byte chunk of a 128-byte row moves to chunk (chunk XOR
  * address bits 7-9), the pattern wgmma's 128-byte-swizzle descriptors read (emu_wgmma.cc).
  *

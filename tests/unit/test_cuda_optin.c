@@ -63,6 +63,7 @@ TEST(cuda_conv2d_tma) {
     CHECK(check_conv(tma, LOCO_F16, 1, 64, 4, 192, 64, 3, 3, 1, 1, 1, 1, 1, 1, 64));   /* 3 runs a row */
     setenv("LOCO_CUDA_GEMM_WGMMA_BLOCKS", "2", 1);
     CHECK(check_conv(tma, LOCO_F16, 2, 128, 8, 64, 128, 3, 3, 1, 1, 1, 1, 1, 1, 65));  /* 4 tiles per block */
+    CHECK(check_conv(tma, LOCO_F16, 1, 64, 4, 128, 320, 3, 3, 1, 1, 1, 1, 1, 1, 73));  /* rotated channel tiles */
     unsetenv("LOCO_CUDA_GEMM_WGMMA_BLOCKS");
     CHECK(check_conv(tma, LOCO_F16, 2, 32, 8, 64, 64, 3, 3, 1, 1, 1, 1, 1, 1, 66));    /* Cin 32: other route */
     CHECK(check_conv(tma, LOCO_F16, 2, 64, 8, 48, 64, 3, 3, 1, 1, 1, 1, 1, 1, 67));    /* W 48: other route */
