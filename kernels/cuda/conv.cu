@@ -485,7 +485,7 @@ extern "C" loco_status cuda_op_conv2d_fused(loco_backend *be, loco_tensor *y, co
     }
     int bias_done = 0;
     /* conv_tma.cu: all that follows the conv in its epilogue */
-    if (st == LOCO_OK && pl.tma && (!res || cuda_aligned(res->data, 4))) {
+    if (st == LOCO_OK && pl.tma && (!res || cuda_aligned(res->data, 16))) {
         st = cuda_conv_tma(c, y, &normed, w, pl.wp, bias, sb, res, table, f->norm_silu, err);
         bias_done = 1, sb = res = NULL;
     } else if (st == LOCO_OK) {

@@ -32,14 +32,14 @@
  *
  * Block and synchronisation: gemm_wgmma.cu's TMA form. Two consumer warpgroups of 64 output
  * channels x 256 pixels (four m64n256k16 per k-step), one producer thread in a third warpgroup;
- * 4 stages of 48 KB; full (the producer's expect_tx, 1 arrival) and empty (256 arrivals)
+ * 3 stages of 48 KB and a 66 KB staging tile; full (the producer's expect_tx, 1 arrival) and empty (256 arrivals)
  * mbarriers per stage; persistent blocks, tiles in the order (pixel tile, channel tile) with the
  * channel tiles fastest, so the blocks working at one time share their pixels in L2 (rotated per
  * pixel tile: ct_tile_coords).
  *
- * Epilogue: acc + bias + sample_bias + residual in fp32, rounded once (the im2col route rounds
- * the GEMM's output, then the sum: a last-bit difference), stored as pairs of pixels into NCHW
- * y. */
+ * Epilogue: acc + bias + sample_bias rounded to T into a staging tile at the tile's end, then,
+ * beside the next tile's products, + residual, rounded, and stored into NCHW y in 16-byte
+ * vectors (ct_stage, ct_finish). */
 #include <string.h>
 
 #include "block_sync.cuh"
@@ -58,8 +58,10 @@ __device__ const int ct_image_ok = WG_DEVICE_OK;
 #define CT_A_BYTES (CT_BM * CT_BK * 2)
 #define CT_RUN_BYTES (CT_RUN * CT_BK * 2)
 #define CT_STAGE_BYTES (CT_A_BYTES + (CT_BN / CT_RUN) * CT_RUN_BYTES) /* 48 KB */
-#define CT_STAGES 4
-#define CT_BARS (CT_STAGES * CT_STAGE_BYTES)
+#define CT_STAGES 3 /* the fourth's room holds the staging tile */
+#define CT_STAGING_PITCH (CT_BN * 2 + 16) /* bytes per staged row: 256 pixels and 16 of padding */
+#define CT_STAGING (2 * 64 * CT_STAGING_PITCH) /* one 64-row half per consumer warpgroup */
+#define CT_BARS (CT_STAGES * CT_STAGE_BYTES + CT_STAGING)
 #define CT_SMEM (CT_BARS + 2 * CT_STAGES * 8)
 #define CT_THREADS 384
 /* gemm_wgmma.cu's register split: the producer thread's warpgroup 40, the consumers 232. */
@@ -73,7 +75,7 @@ struct ct_params {
     CUtensorMap map_x; /* the channels-last input [Cin, W, H, N], boxes 64 x 64 x 1 x 1 */
     CUtensorMap map_w; /* the repacked weights [Cin, Cout, 9], boxes 64 x 128 x 1 */
     const void *bias;  /* [Cout] of bias_dtype, or NULL */
-    const void *sample_bias, *residual; /* [N, Cout] and [N, Cout, H, W] of T (4-byte aligned), or NULL */
+    const void *sample_bias, *residual; /* [N, Cout] and [N, Cout, H, W] of T (16-byte aligned), or NULL */
     void *y;
     int bias_dtype;
     int n, cin, cout, h, w, hw; /* hw = h w */
@@ -135,47 +137,77 @@ __device__ __forceinline__ void ct_produce(unsigned char *smem, uint64_t *full, 
     }
 }
 
-/* Two neighbouring pixels' values, moved as one 4-byte access. */
-template <typename T> struct __align__(4) ct_pair { T v[2]; };
-
-/* The epilogue of one consumer warpgroup's 64 x 256 tile: rows (output channels) o0 + g and
- * o0 + g + 8 of this warp; column block c (8 pixels) of run c / 8, pixels 2 t and 2 t + 1 of it. */
+/* The epilogue, in two halves (gemm_wgmma.cu's GEGLU form does the same). At a tile's end a
+ * consumer warpgroup rounds acc + bias + sample_bias to T into its 64-row half of the staging tile
+ * (rows = output channels, 256 pixels a row; padded rows, so a warp's 4-byte stores, 8 rows x 4
+ * lanes, hit 32 banks). During its next tile's k-steps, a slice per step between issuing the
+ * products and waiting for them, it adds the residual and writes y in 16-byte vectors: 32
+ * consecutive threads cover one channel's four runs of 64 pixels, 128 contiguous bytes each, for
+ * the stores and the residual's loads alike. The first form stored 4-byte pairs (16 bytes per
+ * channel per warp instruction) right after the last product, both warpgroups at once, the
+ * tensor cores idle meanwhile: about 10-20 % of a tile at Cin 320 (a reviewer's estimate).
+ * Rounded twice where there is a residual, as the default route's GEMM output and bias pass are. */
 template <typename T>
-__device__ __forceinline__ void ct_store(const float (&d)[CT_BN / 2], const ct_params &p, int o0, int tn, int lane) {
+__device__ __forceinline__ void ct_stage(const float (&d)[CT_BN / 2], const ct_params &p, unsigned char *staging,
+                                         int o0, int tn, int warp, int lane) {
     const int g = lane >> 2, t = lane & 3;
-    int64_t base[4]; /* y's index of each run's first pixel, channel 0; -1 past the batch */
+    const T *__restrict__ sbias = (const T *)p.sample_bias;
     int img[4];
 #pragma unroll
     for (int a = 0; a < 4; a++) {
         int row, col;
         ct_run_at(p, tn, a, &img[a], &row, &col);
-        base[a] = img[a] < p.n ? (int64_t)img[a] * p.cout * p.hw + (int64_t)row * p.w + col : -1;
     }
-    T *__restrict__ y = (T *)p.y;
-    const T *__restrict__ sbias = (const T *)p.sample_bias;
-    const T *__restrict__ res = (const T *)p.residual;
 #pragma unroll
     for (int half = 0; half < 2; half++) {
-        const int o = o0 + g + 8 * half; /* < Cout: Cout % 64 == 0 and the warpgroup has rows */
+        const int r = warp * 16 + g + 8 * half, o = o0 + r; /* o < Cout: Cout % 64 == 0 */
         const float bo = p.bias ? ld_dyn(p.bias, p.bias_dtype, o) : 0.0f;
 #pragma unroll
         for (int a = 0; a < 4; a++) {
-            if (base[a] < 0) continue;
-            const float bs = bo + (sbias ? to_f32(sbias[(int64_t)img[a] * p.cout + o]) : 0.0f);
-            const int64_t at = base[a] + (int64_t)o * p.hw + 2 * t;
+            const float bs = bo + (sbias && img[a] < p.n ? to_f32(sbias[(int64_t)img[a] * p.cout + o]) : 0.0f);
 #pragma unroll
             for (int c = 0; c < 8; c++) {
                 const float *dv = &d[4 * (8 * a + c) + 2 * half];
-                float v0 = dv[0] + bs, v1 = dv[1] + bs;
-                if (res) { /* one 4-byte load for the pair */
-                    const ct_pair<T> r2 = *(const ct_pair<T> *)(res + at + 8 * c);
-                    v0 += to_f32(r2.v[0]), v1 += to_f32(r2.v[1]);
-                }
-                ct_pair<T> out;
-                out.v[0] = from_f32<T>(v0), out.v[1] = from_f32<T>(v1);
-                *(ct_pair<T> *)(y + at + 8 * c) = out;
+                const T pair[2] = {from_f32<T>(dv[0] + bs), from_f32<T>(dv[1] + bs)};
+                uint32_t packed;
+                memcpy(&packed, pair, 4);
+                *(uint32_t *)(staging + r * CT_STAGING_PITCH + (64 * a + 8 * c + 2 * t) * 2) = packed;
             }
         }
+    }
+}
+
+/* Vectors q0 .. q1 - 1 (of 16) of thread e's share of a staged half (channels o0 ..; pixel tile
+ * tn): vector v = 128 q + e is channel o0 + v / 32, run (v % 32) / 8, pixels 8 (v % 8) .. + 7.
+ * Two at a time, their loads (the staged values, the residual) before their stores: a store's
+ * asm is a compiler barrier to the next load, so one at a time would wait for each residual
+ * load in turn, and this runs between issuing a k-step's products and waiting for them. */
+template <typename T>
+__device__ __forceinline__ void ct_finish(const unsigned char *staging, const ct_params &p, int o0, int tn, int e,
+                                          int q0, int q1) {
+    T *__restrict__ y = (T *)p.y;
+    const T *__restrict__ res = (const T *)p.residual;
+    for (int q = q0; q < q1; q += 2) {
+        vec16<T> out[2];
+        T *dst[2] = {NULL, NULL};
+#pragma unroll
+        for (int i = 0; i < 2; i++) {
+            const int v = (q + i) * 128 + e, r = v >> 5, a = (v >> 3) & 3, j = v & 7;
+            int img, row, col;
+            ct_run_at(p, tn, a, &img, &row, &col);
+            if (q + i >= q1 || img >= p.n) continue; /* past the slice, or a run past the batch */
+            const int64_t at = ((int64_t)img * p.cout + o0 + r) * p.hw + (int64_t)row * p.w + col + 8 * j;
+            out[i] = *(const vec16<T> *)(staging + r * CT_STAGING_PITCH + (64 * a + 8 * j) * 2);
+            if (res) {
+                const vec16<T> add = *(const vec16<T> *)(res + at); /* 16-byte aligned: conv.cu checks */
+#pragma unroll
+                for (int k = 0; k < 8; k++) out[i].v[k] = from_f32<T>(to_f32(out[i].v[k]) + to_f32(add.v[k]));
+            }
+            dst[i] = y + at;
+        }
+#pragma unroll
+        for (int i = 0; i < 2; i++)
+            if (dst[i]) vec16_store(dst[i], out[i]);
     }
 }
 
@@ -183,22 +215,31 @@ __device__ __forceinline__ void ct_store(const float (&d)[CT_BN / 2], const ct_p
  * Where Cout is an odd multiple of 64 (320, 960) the last channel tile has only warpgroup 0's
  * rows: warpgroup 1 then issues no products, and warpgroup 0's alone keep the tensor cores busy
  * (one warpgroup's m64n256k16 spans all four of the SM's), so the tile takes about half the time
- * instead of wasting a sixth of every 320-channel conv. */
+ * instead of wasting a sixth of every 320-channel conv. Each warpgroup alone reads and writes its
+ * half of the staging tile: a named barrier of its 128 threads before it stages a tile (the
+ * previous one is read) and after (this one is written). */
 template <typename T>
 __device__ __forceinline__ void ct_consume(unsigned char *smem, uint64_t *full, uint64_t *empty, const ct_params &p,
                                            int wg, int lane_in_wg) {
     const int ksteps = 9 * (p.cin / CT_BK), tiles = p.tiles_m * p.tiles_n;
+    unsigned char *const staging = smem + CT_STAGES * CT_STAGE_BYTES + wg * 64 * CT_STAGING_PITCH;
+    constexpr int SLICES = 64 * CT_BN / 8 / 128; /* 16-byte vectors a thread per staged half */
+    int staged_o0 = -1, staged_tn = 0;           /* the staged half's first channel and pixel tile */
     float d[CT_BN / 2];
     int s = 0;
     for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
         int tm, tn;
         ct_tile_coords(p, tile, &tm, &tn);
         const int o0 = tm * CT_BM + wg * 64;
-        if (o0 >= p.cout) { /* no output channel of this warpgroup's: only the stages go back */
+        if (o0 >= p.cout) { /* no output channel of this warpgroup's: the stages go back, the staged half goes out */
             for (int kt = 0; kt < ksteps; kt++, s++) {
                 mbar_wait(&full[s % CT_STAGES], (unsigned)(s / CT_STAGES) & 1u);
                 mbar_arrive(&empty[s % CT_STAGES]);
+                if (staged_o0 >= 0)
+                    ct_finish<T>(staging, p, staged_o0, staged_tn, lane_in_wg, SLICES * kt / ksteps,
+                                 SLICES * (kt + 1) / ksteps);
             }
+            staged_o0 = -1;
             continue;
         }
 #pragma unroll
@@ -214,6 +255,9 @@ __device__ __forceinline__ void ct_consume(unsigned char *smem, uint64_t *full, 
                 gw_mma<T>(d, wg_desc_sw128(sa + kk * 32, 16, 1024), wg_desc_sw128(sb + kk * 32, 16, 1024));
             wg_commit();
             wg_fence_acc(d);
+            if (staged_o0 >= 0) /* the previous tile's epilogue, a slice per k-step, beside the products */
+                ct_finish<T>(staging, p, staged_o0, staged_tn, lane_in_wg, SLICES * kt / ksteps,
+                             SLICES * (kt + 1) / ksteps);
             if (kt > 0) { /* the previous step's products have retired: its stage goes back */
                 wg_wait<1>();
                 wg_fence_acc(d);
@@ -223,8 +267,12 @@ __device__ __forceinline__ void ct_consume(unsigned char *smem, uint64_t *full, 
         wg_wait_all();
         wg_fence_acc(d);
         mbar_arrive(&empty[(s - 1) % CT_STAGES]);
-        ct_store<T>(d, p, o0 + (lane_in_wg >> 5) * 16, tn, lane_in_wg & 31);
+        named_bar_sync(1 + wg, 128); /* every thread of the warpgroup has read the previous half */
+        ct_stage<T>(d, p, staging, o0, tn, lane_in_wg >> 5, lane_in_wg & 31);
+        named_bar_sync(1 + wg, 128); /* and this one is written */
+        staged_o0 = o0, staged_tn = tn;
     }
+    if (staged_o0 >= 0) ct_finish<T>(staging, p, staged_o0, staged_tn, lane_in_wg, 0, SLICES);
 }
 
 /* The 128-byte swizzle needs 1024-byte-aligned stages: a block whose shared memory is not so
@@ -284,7 +332,7 @@ __global__ void __launch_bounds__(256) ct_channels_last_kernel(T *xt, const T *x
         vec16<T> in = *(const vec16<T> *)(xs + (int64_t)c * hw + 8 * q);
 #pragma unroll
         for (int k = 0; k < 8; k++) in.v[k] = pro(in.v[k]);
-        *(vec16<T> *)(tile + c * CT_T_PITCH + 8 * (q ^ ((c >> 3) & 7))) = in;
+        vec16_store_shared(tile + c * CT_T_PITCH + 8 * (q ^ ((c >> 3) & 7)), in);
     }
     __syncthreads();
     T *xd = xt + ((int64_t)n * hw + p0) * c_all + c0;
@@ -294,7 +342,7 @@ __global__ void __launch_bounds__(256) ct_channels_last_kernel(T *xt, const T *x
         vec16<T> out;
 #pragma unroll
         for (int k = 0; k < 8; k++) out.v[k] = tile[(8 * q + k) * CT_T_PITCH + 8 * ((px >> 3) ^ q) + (px & 7)];
-        *(vec16<T> *)(xd + (int64_t)px * c_all + 8 * q) = out;
+        vec16_store(xd + (int64_t)px * c_all + 8 * q, out);
     }
 }
 

@@ -55,6 +55,32 @@ template <typename T> struct __align__(16) vec16 {
     T v[16 / sizeof(T)];
 };
 
+/* Stores v whole at p (16-byte aligned global memory; vec16_store_shared: shared memory). A plain
+ * `*(vec16<T> *)p = v` of 16-bit elements, or a uint4 store through a cast pointer, can compile
+ * to four 4-byte or eight 2-byte stores (NVVM, CUDA 13: seen in conv_tma.cu's PTX), so on the
+ * device each is one st.v4.b32 of the packed words. */
+template <typename T> __device__ __forceinline__ void vec16_store(void *p, const vec16<T> &v) {
+    uint32_t w[4];
+    __builtin_memcpy(w, v.v, sizeof w);
+#if defined(__CUDA_ARCH__) && !defined(LOCO_CUDA_EMU)
+    asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"l"(p), "r"(w[0]), "r"(w[1]), "r"(w[2]), "r"(w[3])
+                 : "memory");
+#else
+    __builtin_memcpy(p, w, sizeof w);
+#endif
+}
+template <typename T> __device__ __forceinline__ void vec16_store_shared(void *p, const vec16<T> &v) {
+    uint32_t w[4];
+    __builtin_memcpy(w, v.v, sizeof w);
+#if defined(__CUDA_ARCH__) && !defined(LOCO_CUDA_EMU)
+    asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"r"((uint32_t)__cvta_generic_to_shared(p)),
+                 "r"(w[0]), "r"(w[1]), "r"(w[2]), "r"(w[3])
+                 : "memory");
+#else
+    __builtin_memcpy(p, w, sizeof w);
+#endif
+}
+
 /* ---- activations (the CPU backend's definitions) ------------------------------------------ */
 
 __device__ __forceinline__ float act_apply(float x, int act) {

@@ -337,7 +337,7 @@ loco_status cuda_conv_wgmma(cuda_impl *c, loco_tensor *y, const loco_tensor *x, 
  * LOCO_CUDA_CONV=tma). setup sets c->conv_tma_ok; fits says whether the kernel applies (w
  * converted to y's dtype in wdata); the call normalises x by norm (cuda_gn_table's table, with
  * SiLU when norm_silu) when not NULL, and adds bias, sample_bias [N, Cout] and residual (y's
- * shape, 4-byte aligned) in its epilogue, each when not NULL. */
+ * shape, 16-byte aligned) in its epilogue, each when not NULL. */
 loco_status cuda_conv_tma_setup(cuda_impl *c, loco_err *err);
 int cuda_conv_tma_fits(const cuda_impl *c, const loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
                        const void *wdata, const loco_conv2d_params *p);

@@ -265,7 +265,7 @@ __device__ __forceinline__ void gw_finish_geglu(const unsigned char *staging, co
         vec16<T> out;
 #pragma unroll
         for (int k = 0; k < 8; k++) out.v[k] = from_f32<T>(to_f32(h.v[k]) * act_apply(to_f32(gate.v[k]), LOCO_ACT_GELU));
-        *(vec16<T> *)(y + (int64_t)row * p.n + tn * GW_OUT(true) + i * 8) = out;
+        vec16_store(y + (int64_t)row * p.n + tn * GW_OUT(true) + i * 8, out); /* one 16-byte store */
     }
 }
 

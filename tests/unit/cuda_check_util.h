@@ -105,7 +105,8 @@ typedef struct fused_case {
 
 /* The unfused calls on the GPU, the reference for the fused prologue's bits. */
 static inline loco_status gpu_unfused(genv *e, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
-                               const loco_tensor *b, const loco_conv2d_params *p, const loco_conv2d_fusion *f) {
+                                      const loco_tensor *b, const loco_conv2d_params *p,
+                                      const loco_conv2d_fusion *f) {
     loco_tensor n = {0};
     loco_status st = LOCO_OK;
     if (f->norm_gamma) {
@@ -125,7 +126,7 @@ static inline loco_status gpu_unfused(genv *e, loco_tensor *y, const loco_tensor
  * calls on the GPU vs the CPU too (tolerance); and, with a GroupNorm, the fused call with only
  * the GroupNorm (and the conv bias) vs the unfused GPU calls doing the same: the same bits,
  * since the gather normalises with loco_group_norm's own (scale, shift) and expression. */
-static inline int check_conv_fused(const fused_case *fc, uint64_t seed) {
+static inline int check_conv_fused_at(const fused_case *fc, uint64_t seed, int64_t residual_offset) {
     char why[1100];
     genv e;
     if (fc->algo)
@@ -139,14 +140,21 @@ static inline int check_conv_fused(const fused_case *fc, uint64_t seed) {
     loco_conv2d_params p = {1, {pad, pad, pad, pad}};
     int64_t xs[4] = {fc->N, fc->Cin, fc->H, fc->W}, ws[4] = {fc->Cout, fc->Cin, fc->k, fc->k}, cs[1] = {fc->Cin},
             bs[1] = {fc->Cout}, sbs[2] = {fc->N, fc->Cout}, ys[4] = {fc->N, fc->Cout, fc->H, fc->W};
-    twin x, w, b, g, be, sb, r, y, y2, yu, yn, ynu;
+    twin x, w, b, g, be, sb, r, rbig, y, y2, yu, yn, ynu;
     memset(&sb, 0, sizeof sb);
     memset(&r, 0, sizeof r);
+    memset(&rbig, 0, sizeof rbig);
+    const int64_t rbig_n[1] = {fc->N * fc->Cout * fc->H * fc->W + residual_offset};
     int ok = twin_rand(&e, 4, xs, 2.0f, 0.5f, &x) &&
              twin_rand(&e, 4, ws, 1.0f / sqrtf((float)(fc->Cin * fc->k * fc->k)), 0.0f, &w) &&
              twin_rand(&e, 1, bs, 0.5f, 0.0f, &b) && twin_rand(&e, 1, cs, 0.5f, 1.0f, &g) &&
              twin_rand(&e, 1, cs, 0.5f, 0.0f, &be) && (!fc->sample_bias || twin_rand(&e, 2, sbs, 1.0f, 0.0f, &sb)) &&
-             (!fc->residual || twin_rand(&e, 4, ys, 1.0f, 0.0f, &r)) && twin_out(&e, 4, ys, &y) &&
+             (!fc->residual || residual_offset > 0 || twin_rand(&e, 4, ys, 1.0f, 0.0f, &r)) &&
+             (!fc->residual || residual_offset == 0 ||
+              (twin_rand(&e, 1, rbig_n, 1.0f, 0.0f, &rbig) &&
+               loco_tensor_view(&rbig.c, residual_offset, 4, ys, &r.c, &e.errc) == LOCO_OK &&
+               loco_tensor_view(&rbig.g, residual_offset, 4, ys, &r.g, &e.errg) == LOCO_OK)) &&
+             twin_out(&e, 4, ys, &y) &&
              twin_out(&e, 4, ys, &y2) && twin_out(&e, 4, ys, &yu) && twin_out(&e, 4, ys, &yn) &&
              twin_out(&e, 4, ys, &ynu);
     loco_conv2d_fusion fcpu, fgpu;
@@ -176,10 +184,15 @@ static inline int check_conv_fused(const fused_case *fc, uint64_t seed) {
     twin_free(&x), twin_free(&w), twin_free(&b), twin_free(&g), twin_free(&be), twin_free(&y), twin_free(&y2);
     twin_free(&yu), twin_free(&yn), twin_free(&ynu);
     if (fc->sample_bias) twin_free(&sb);
-    if (fc->residual) twin_free(&r);
+    if (fc->residual && residual_offset == 0) twin_free(&r);
+    if (residual_offset > 0) twin_free(&rbig);
     genv_close(&e);
     return ok;
 }
+
+/* check_conv_fused_at with the residual a tensor of its own (residual_offset > 0: a view that
+ * many elements into a larger one). */
+static inline int check_conv_fused(const fused_case *fc, uint64_t seed) { return check_conv_fused_at(fc, seed, 0); }
 
 static inline int check_attention_view(loco_dtype dt, int64_t B, int64_t Bk, int64_t Lq, int64_t Lk, int H, int64_t D,
                                        int causal, const int *kv, int64_t q_offset, uint64_t seed) {

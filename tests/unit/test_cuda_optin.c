@@ -63,7 +63,10 @@ TEST(cuda_conv2d_tma) {
     CHECK(check_conv(tma, LOCO_F16, 1, 64, 4, 192, 64, 3, 3, 1, 1, 1, 1, 1, 1, 64));   /* 3 runs a row */
     setenv("LOCO_CUDA_GEMM_WGMMA_BLOCKS", "2", 1);
     CHECK(check_conv(tma, LOCO_F16, 2, 128, 8, 64, 128, 3, 3, 1, 1, 1, 1, 1, 1, 65));  /* 4 tiles per block */
-    CHECK(check_conv(tma, LOCO_F16, 1, 64, 4, 128, 320, 3, 3, 1, 1, 1, 1, 1, 1, 73));  /* rotated channel tiles */
+    /* 3 tiles per block, channel tiles rotated, a half tile between two staged ones */
+    CHECK(check_conv(tma, LOCO_F16, 1, 64, 4, 128, 320, 3, 3, 1, 1, 1, 1, 1, 1, 73));
+    const fused_case walk = {"tma", LOCO_F16, 1, 64, 4, 128, 192, 3, 32, 1, 1, 1, 1}; /* the epilogue's residual */
+    CHECK(check_conv_fused(&walk, 74));
     unsetenv("LOCO_CUDA_GEMM_WGMMA_BLOCKS");
     CHECK(check_conv(tma, LOCO_F16, 2, 32, 8, 64, 64, 3, 3, 1, 1, 1, 1, 1, 1, 66));    /* Cin 32: other route */
     CHECK(check_conv(tma, LOCO_F16, 2, 64, 8, 48, 64, 3, 3, 1, 1, 1, 1, 1, 1, 67));    /* W 48: other route */
@@ -74,6 +77,10 @@ TEST(cuda_conv2d_tma) {
         {"tma", LOCO_F16, 1, 64, 4, 128, 64, 3, 0, 0, 1, 0, 0},  /* time embedding only, no conv bias */
     };
     for (size_t i = 0; i < sizeof fused / sizeof fused[0]; i++) CHECK(check_conv_fused(&fused[i], 68 + i));
+    /* a shortcut 4 bytes off 16-byte alignment: the epilogue's 16-byte loads cannot take it, the
+     * conv bias pass adds it (the emulator's -fsanitize=alignment would trap on a misaligned load) */
+    const fused_case misaligned = {"tma", LOCO_F16, 1, 64, 4, 64, 64, 3, 32, 1, 1, 1, 1};
+    CHECK(check_conv_fused_at(&misaligned, 75, 2));
     setenv("LOCO_CUDA_NORM_GATHER", "0", 1); /* the GroupNorm through a scratch tensor instead */
     CHECK(check_conv_fused(&fused[0], 72));
     unsetenv("LOCO_CUDA_NORM_GATHER");
