@@ -20,7 +20,8 @@
  * innermost coordinate must be a multiple of 16 bytes, the PTX ISA's "the address of the
  * bounding box must be aligned to 16 bytes", an illegal instruction on Hopper otherwise: in
  * NCHW the one-pixel shifts would move the innermost coordinate by 2 bytes. Channels-last, a
- * pixel shift moves Cin 2 bytes, and the innermost coordinate stays a multiple of 64.)
+ * pixel shift moves the address by Cin x 2 bytes, and the innermost coordinate, the channel,
+ * stays a multiple of 64.)
  *
  * GEMM: rows = output channels (A = the weights, repacked per call to [tap][Cout][Cin] so that a
  * tap's 64 channels are one box of 128 rows), columns = 256 pixels (B: four boxes of 64 pixels),
@@ -32,8 +33,8 @@
  *
  * Block and synchronisation: gemm_wgmma.cu's TMA form. Two consumer warpgroups of 64 output
  * channels x 256 pixels (four m64n256k16 per k-step), one producer thread in a third warpgroup;
- * 3 stages of 48 KB and a 66 KB staging tile; full (the producer's expect_tx, 1 arrival) and empty (256 arrivals)
- * mbarriers per stage; persistent blocks, tiles in the order (pixel tile, channel tile) with the
+ * 3 stages of 48 KB and a 66 KB staging tile; full (the producer's expect_tx, 1 arrival) and
+ * empty (256 arrivals) mbarriers per stage; persistent blocks, tiles in the order (pixel tile, channel tile) with the
  * channel tiles fastest, so the blocks working at one time share their pixels in L2 (rotated per
  * pixel tile: ct_tile_coords).
  *
