@@ -42,7 +42,8 @@
 #   --candidates: loco alone at batch 8, SD-XL then SD 1.5, with the default kernels, with the
 #   op rows' winners together (as phase 7, when the full check's op table is in $GPU_CHECK_DIR), and with
 #   each candidate default (LOCO_CUDA_FLASH=ilp3q, =wgmma128, =wgmma, =wgmma3, =wgmma_ws3, =wgmma_ws,
-#   =wgmma_ws128, LOCO_CUDA_GEGLU=wgmma, LOCO_CUDA_LINEAR=wgmma, LOCO_CUDA_GEMM_TUNE=1) and with
+#   =wgmma_ws128, LOCO_CUDA_GEGLU=wgmma, LOCO_CUDA_LINEAR=wgmma, their TMA and arrive forms,
+#   LOCO_CUDA_CONV=tma, LOCO_CUDA_GEMM_TUNE=1) and with
 #   LOCO_CUDA_FLASH_SHORT=0, their RESULT lines side by side and
 #   nothing else: a second call on a warm machine after a full check, whose parity covers them;
 #   --sanitize: compute-sanitizer's memcheck, racecheck and synccheck on the op tests of the
