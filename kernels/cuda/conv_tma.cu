@@ -319,7 +319,8 @@ __global__ void ct_repack_kernel(uint16_t *wr, const uint16_t *w, unsigned cout,
  * channels. HW and C are multiples of 64 (cuda_conv_tma_fits). The staged tile's 16-byte chunks
  * are XOR-swizzled (chunk q of channel row c at q ^ (c / 8 % 8)): a warp's column reads cover 8
  * channel rows 8 apart, which with any 16-byte-aligned padded pitch fall in one bank (8-way
- * conflicts, a reviewer's catch); swizzled they spread over all 32. */
+ * conflicts, a reviewer's catch); swizzled they spread over all 32. (layout.cu's transpose_kernel
+ * would do the plain case; one kernel for both keeps the normalising and the copying paths one.) */
 #define CT_T_PITCH 64 /* elements per staged channel row */
 template <typename T, typename Pro>
 __global__ void __launch_bounds__(256) ct_channels_last_kernel(T *xt, const T *x, int c_all, int hw, Pro pro) {
