@@ -42,8 +42,9 @@
 #   --candidates: loco alone at batch 8, SD-XL then SD 1.5, with the default kernels, with the
 #   op rows' winners together (as phase 7, when the full check's op table is in $GPU_CHECK_DIR), and with
 #   each candidate default (LOCO_CUDA_FLASH=ilp3q, =wgmma128, =wgmma, =wgmma3, =wgmma_ws3, =wgmma_ws,
-#   =wgmma_ws128, LOCO_CUDA_GEGLU=wgmma, LOCO_CUDA_LINEAR=wgmma, their TMA and arrive forms,
-#   LOCO_CUDA_CONV=tma, LOCO_CUDA_GEMM_TUNE=1) and with
+#   =wgmma_ws128, LOCO_CUDA_GEGLU=wgmma, LOCO_CUDA_LINEAR=wgmma, their TMA and arrive forms, GEGLU's
+#   TMA form in clusters of two, LOCO_CUDA_CONV=tma alone and in clusters of two,
+#   LOCO_CUDA_GEMM_TUNE=1) and with
 #   LOCO_CUDA_FLASH_SHORT=0, their RESULT lines side by side and
 #   nothing else: a second call on a warm machine after a full check, whose parity covers them;
 #   --sanitize: compute-sanitizer's memcheck, racecheck and synccheck on the op tests of the
@@ -207,8 +208,10 @@ if [ $CANDIDATES -eq 1 ]; then
             geglu_tma:LOCO_CUDA_GEGLU=wgmma,LOCO_CUDA_GEMM_WGMMA_LOAD=tma \
             linear_tma:LOCO_CUDA_LINEAR=wgmma,LOCO_CUDA_GEMM_WGMMA_LOAD=tma \
             geglu_arrive:LOCO_CUDA_GEGLU=wgmma,LOCO_CUDA_GEMM_WGMMA_LOAD=arrive \
+            geglu_mc:LOCO_CUDA_GEGLU=wgmma,LOCO_CUDA_GEMM_WGMMA_LOAD=tma,LOCO_CUDA_GEMM_WGMMA_CLUSTER=2 \
             wgmma_ws3_arrive:LOCO_CUDA_FLASH=wgmma_ws3,LOCO_CUDA_FLASH_LOAD=arrive \
             wgmma_ws3_tma:LOCO_CUDA_FLASH=wgmma_ws3,LOCO_CUDA_FLASH_LOAD=tma conv_tma:LOCO_CUDA_CONV=tma \
+            conv_tma_mc:LOCO_CUDA_CONV=tma,LOCO_CUDA_CONV_TMA_CLUSTER=2 \
             gemm_tuned:LOCO_CUDA_GEMM_TUNE=1 short_off:LOCO_CUDA_FLASH_SHORT=0; do
             # GPU_CHECK_CANDIDATES="tag ...": only those (and the default), e.g. the op table's winners
             if [ -n "${GPU_CHECK_CANDIDATES:-}" ] && [ "${cand%%:*}" != default ] &&
@@ -265,7 +268,9 @@ if [ $SANITIZE -eq 1 ]; then
         synccheck:optin/cuda_attention_wgmma_ws3 memcheck:optin/cuda_attention_wgmma_ws3 \
         synccheck:optin/cuda_linear_geglu_wgmma memcheck:optin/cuda_linear_geglu_wgmma_tma \
         memcheck:optin/cuda_attention_wgmma_ws3_tma synccheck:optin/cuda_attention_wgmma_ws3_arrive \
-        memcheck:optin/cuda_conv2d_tma synccheck:optin/cuda_conv2d_tma; do
+        memcheck:optin/cuda_conv2d_tma synccheck:optin/cuda_conv2d_tma \
+        memcheck:optin/cuda_linear_geglu_wgmma_cluster synccheck:optin/cuda_linear_geglu_wgmma_cluster \
+        memcheck:optin/cuda_conv2d_tma_cluster; do
         if [ "$(left)" -lt 30 ]; then
             say "skipping compute-sanitizer ${tool_test%%:*} on ${tool_test#*:}: $(left) s of the budget left"
             continue
@@ -301,6 +306,8 @@ GEGLU_BAD=0 # a test of gemm_wgmma.cu (GEMM + GEGLU, or the linear form) failed:
 TMA_BAD=0   # a test of a TMA form (gemm_wgmma.cu's, the ws attention's; *_tma) failed: their rows and runs
 ARRIVE_BAD=0 # a test of a producer publishing by cp.async.mbarrier.arrive (*_arrive) failed: likewise
 CONV_TMA_BAD=0 # conv_tma.cu's test (cuda_conv2d_tma) failed: its rows and runs (not the other TMA forms')
+CLUSTER_BAD=0 # a test of gemm_wgmma.cu's form in clusters of two (*wgmma_cluster) failed: likewise
+CONV_CLUSTER_BAD=0 # conv_tma.cu's test in clusters of two (cuda_conv2d_tma_cluster) failed: likewise
 parity() { # name binary [test-name regex]
     say "parity: $1 (one process per test)"
     local names n_pass=0 n_fail=0 failed_names="" hung_names="" line rc name secs
@@ -322,6 +329,8 @@ parity() { # name binary [test-name regex]
             case "$name" in
             *_arrive) ARRIVE_BAD=1 ;;
             *conv2d_tma) CONV_TMA_BAD=1 ;;
+            *wgmma_cluster) CLUSTER_BAD=1 ;;
+            *conv2d_tma_cluster) CONV_CLUSTER_BAD=1 ;;
             *_tma) TMA_BAD=1 ;;
             *wgmma_ws*) WS_BAD=1 ;;
             *geglu_wgmma* | *linear_wgmma*) GEGLU_BAD=1 ;;
@@ -464,7 +473,8 @@ else
     }
     # the experimental wgmma convolution in a process of its own (a fault there spares the rest)
     LOCO_OPBENCH_SKIP_WS=$WS_BAD LOCO_OPBENCH_SKIP_GEGLU=$GEGLU_BAD LOCO_OPBENCH_SKIP_TMA=$TMA_BAD \
-        LOCO_OPBENCH_SKIP_ARRIVE=$ARRIVE_BAD LOCO_OPBENCH_SKIP_CONV_TMA=$CONV_TMA_BAD \
+        LOCO_OPBENCH_SKIP_ARRIVE=$ARRIVE_BAD LOCO_OPBENCH_SKIP_CONV_TMA=$CONV_TMA_BAD LOCO_OPBENCH_SKIP_CLUSTER=$CLUSTER_BAD \
+        LOCO_OPBENCH_SKIP_CONV_CLUSTER=$CONV_CLUSTER_BAD \
         timeout 120 "${RUN[@]}" "$BIN_BENCH/op_bench" bench/gpu/ops.txt 10 --wgmma \
         >>"$DIR/ops_loco.txt" \
         2>"$DIR/ops_wgmma.err" || {
@@ -593,6 +603,9 @@ rerun ilp3q LOCO_CUDA_FLASH=ilp3q sdxl 1024 3 90
 # the 3x3 convs as an implicit GEMM fed by TMA (session 13: conv_tma.cu; SD-XL's 128x128 level
 # spent about 23 ms of the 233-ms call at 365-400 TFLOP/s on im2col + cuBLASLt)
 [ $CONV_TMA_BAD -eq 0 ] && rerun conv_tma LOCO_CUDA_CONV=tma sdxl 1024 3 90
+# ... in clusters of two sharing the weights' tiles by TMA multicast (session 14)
+[ $CONV_TMA_BAD -eq 0 ] && [ $CONV_CLUSTER_BAD -eq 0 ] &&
+    rerun conv_tma_mc "LOCO_CUDA_CONV=tma LOCO_CUDA_CONV_TMA_CLUSTER=2" sdxl 1024 3 90
 # ... and SD 1.5's 64x64 level (its 320-channel convs ran at 291-353 TFLOP/s in run 6; SD 1.5 b8
 # met its target at 0.69, with little to spare)
 [ $CONV_TMA_BAD -eq 0 ] && rerun conv_tma LOCO_CUDA_CONV=tma sd1 512 10 45
@@ -603,6 +616,9 @@ rerun ilp3q LOCO_CUDA_FLASH=ilp3q sdxl 1024 3 90
 # the same kernel with its tiles loaded by TMA (session 12); "best" above has it when its rows won
 [ $GEGLU_BAD -eq 0 ] && [ $TMA_BAD -eq 0 ] &&
     rerun geglu_tma "LOCO_CUDA_GEGLU=wgmma LOCO_CUDA_GEMM_WGMMA_LOAD=tma" sdxl 1024 3 90
+# ... in clusters of two that share w's tiles by TMA multicast (session 14: half of w's L2 traffic)
+[ $GEGLU_BAD -eq 0 ] && [ $TMA_BAD -eq 0 ] && [ $CLUSTER_BAD -eq 0 ] &&
+    rerun geglu_mc "LOCO_CUDA_GEGLU=wgmma LOCO_CUDA_GEMM_WGMMA_LOAD=tma LOCO_CUDA_GEMM_WGMMA_CLUSTER=2" sdxl 1024 3 90
 optin_parity
 rerun wgmma128 LOCO_CUDA_FLASH=wgmma128 sdxl 1024 3 90
 rerun wgmma LOCO_CUDA_FLASH=wgmma sdxl 1024 3 90

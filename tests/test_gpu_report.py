@@ -63,6 +63,20 @@ def test_pick_chooses_the_faster_way_of_loading_for_both_gemm_forms(tmp_path):
     assert "LOCO_CUDA_LINEAR=wgmma (cp.async): rows missing" in r.stderr
 
 
+def test_pick_takes_the_cluster_form_with_its_two_variables_when_it_wins(tmp_path):
+    ops = tmp_path / "ops_loco.txt"
+    ops.write_text(OPS + "sdxl_ffgeglu_1280_b16@geglu_wgmma_tma 0.6000 700.0 TFLOP/s\n"
+                   "sdxl_ffgeglu_640_b16@geglu_wgmma_tma 0.7800 560.0 TFLOP/s\n"
+                   "sdxl_ffgeglu_1280_b16@geglu_wgmma_mc 0.5800 720.0 TFLOP/s\n"
+                   "sdxl_ffgeglu_640_b16@geglu_wgmma_mc 0.7200 600.0 TFLOP/s\n")
+    r = run(PICK, ops)
+    assert r.returncode == 0, r.stderr
+    # the clusters' GEGLU rows beat the plain TMA form's on both shapes (and cuBLASLt's): their way wins
+    assert r.stdout.split() == ["LOCO_CUDA_FLASH=wgmma_ws3", "LOCO_CUDA_GEGLU=wgmma", "LOCO_CUDA_GEMM_WGMMA_LOAD=tma",
+                                "LOCO_CUDA_GEMM_WGMMA_CLUSTER=2"]
+    assert "LOCO_CUDA_GEGLU=wgmma (tma clusters): 42.00 against 52.72 ms a UNet call" in r.stderr
+
+
 def test_pick_takes_the_async_arrive_forms_when_they_win(tmp_path):
     ops = tmp_path / "ops_loco.txt"
     ops.write_text(OPS + "sdxl_self_d64_4096_b16@fa_wgmma_ws3_arrive 1.4000 480.0 TFLOP/s\n"
@@ -88,6 +102,23 @@ def test_pick_takes_the_tma_convolution_only_when_its_rows_win_together(tmp_path
     ops.write_text(OPS + conv.format("0.9000"))  # 10 x 0.4 lost at 64x64: it stays out
     r = run(PICK, ops)
     assert r.stdout.split() == ["LOCO_CUDA_FLASH=wgmma_ws3", "LOCO_CUDA_GEGLU=wgmma"]
+
+
+def test_pick_takes_the_cluster_convolution_when_it_beats_both(tmp_path):
+    conv = ("sdxl_resconv_320_128_b16 1.0000 380.0 TFLOP/s\nsdxl_resconv_320_128_b16@conv_tma 0.7000 540.0 TFLOP/s\n"
+            "sdxl_resconv_320_128_b16@conv_tma_mc 0.6500 580.0 TFLOP/s\n"
+            "sdxl_resconv_640_64_b16 0.5000 500.0 TFLOP/s\nsdxl_resconv_640_64_b16@conv_tma 0.6000 480.0 TFLOP/s\n"
+            "sdxl_resconv_640_64_b16@conv_tma_mc 0.5500 520.0 TFLOP/s\n"
+            "sdxl_conv3x3_640_128_b16 2.0000 400.0 TFLOP/s\nsdxl_conv3x3_640_128_b16@conv_tma 1.5000 530.0 TFLOP/s\n"
+            "sdxl_conv3x3_640_128_b16@conv_tma_mc 1.4000 570.0 TFLOP/s\n")
+    ops = tmp_path / "ops_loco.txt"
+    ops.write_text(OPS + conv)
+    r = run(PICK, ops)
+    assert r.returncode == 0, r.stderr
+    # 6.5 + 5.5 + 1.4 = 13.4 against the plain TMA form's 14.5 and the default's 17.0
+    assert r.stdout.split() == ["LOCO_CUDA_FLASH=wgmma_ws3", "LOCO_CUDA_CONV=tma", "LOCO_CUDA_CONV_TMA_CLUSTER=2",
+                                "LOCO_CUDA_GEGLU=wgmma"]
+    assert "LOCO_CUDA_CONV=tma LOCO_CUDA_CONV_TMA_CLUSTER=2: 13.40 against 17.00 ms a UNet call" in r.stderr
 
 
 def test_pick_prints_nothing_when_no_candidate_wins(tmp_path):

@@ -55,15 +55,16 @@ MAIN_ROWS = (
     + ["g_silu", "l_n", "gg", "fg", "rc", "rc@unfused", "rc_tma", "rc_tma@unfused", "tb", "tb@unfused", "pj", "pj@unfused"]
     + ["sa", "sa@fa_classic", "sa@fa_stages3", "sa@fa_ilp3", "sa@fa_ilp3q", "sa@apart"]
 )
-WGMMA_ROWS = (["c_f16@wgmma", "c_b4@wgmma", "c_tma@wgmma", "c_tma@conv_tma", "rc_tma@conv_tma"] + [f"{n}@fa_wgmma{t}" for n in ("a_d40", "a_d64", "sa") for t in ("", "128")]
+WGMMA_ROWS = (["c_f16@wgmma", "c_b4@wgmma", "c_tma@wgmma", "c_tma@conv_tma", "rc_tma@conv_tma", "c_tma@conv_tma_mc",
+               "rc_tma@conv_tma_mc"] + [f"{n}@fa_wgmma{t}" for n in ("a_d40", "a_d64", "sa") for t in ("", "128")]
               + [f"{n}@fa_wgmma3" for n in ("a_d64", "sa")]
               + [f"{n}@fa_wgmma_ws{t}" for n in ("a_d40", "a_d64", "sa") for t in ("", "128")]
               + [f"{n}@fa_wgmma_ws3" for n in ("a_d64", "sa")]
               + [f"{n}@fa_wgmma_ws3_arrive" for n in ("a_d64", "sa")]
               + [f"{n}@fa_wgmma_ws128_arrive" for n in ("a_d40", "a_d64", "sa")]
               + [f"{n}@fa_wgmma_ws{t}_tma" for n in ("a_d64", "sa") for t in ("3", "128")]
-              + [f"fg@geglu_wgmma{t}" for t in ("", "_tma", "_arrive")]
-              + [f"l_none@linear_wgmma{t}" for t in ("", "_tma", "_arrive")])
+              + [f"fg@geglu_wgmma{t}" for t in ("", "_tma", "_arrive", "_mc")]
+              + [f"l_none@linear_wgmma{t}" for t in ("", "_tma", "_arrive", "_mc")])
 
 
 def _run(tmp_path, *extra):

@@ -406,6 +406,8 @@ static int wgmma_rows(const char *path, int reps) {
     static const char *const geglu_env[3] = {"LOCO_CUDA_GEGLU=wgmma", "LOCO_CUDA_LINEAR=wgmma", NULL};
     static const char *const geglu_tma_env[4] = {"LOCO_CUDA_GEGLU=wgmma", "LOCO_CUDA_LINEAR=wgmma",
                                                  "LOCO_CUDA_GEMM_WGMMA_LOAD=tma", NULL};
+    static const char *const geglu_mc_env[5] = {"LOCO_CUDA_GEGLU=wgmma", "LOCO_CUDA_LINEAR=wgmma",
+                                                "LOCO_CUDA_GEMM_WGMMA_LOAD=tma", "LOCO_CUDA_GEMM_WGMMA_CLUSTER=2", NULL};
     static const char *const geglu_arrive_env[4] = {"LOCO_CUDA_GEGLU=wgmma", "LOCO_CUDA_LINEAR=wgmma",
                                                     "LOCO_CUDA_GEMM_WGMMA_LOAD=arrive", NULL};
     static const char *const ws3_arrive_env[4] = {"LOCO_CUDA_FLASH=wgmma_ws3", "LOCO_CUDA_FLASH_SHORT=0",
@@ -417,6 +419,7 @@ static int wgmma_rows(const char *path, int reps) {
     static const char *const ws128_tma_env[4] = {"LOCO_CUDA_FLASH=wgmma_ws128", "LOCO_CUDA_FLASH_SHORT=0",
                                                  "LOCO_CUDA_FLASH_LOAD=tma", NULL};
     static const char *const conv_tma_env[2] = {"LOCO_CUDA_CONV=tma", NULL};
+    static const char *const conv_tma_mc_env[3] = {"LOCO_CUDA_CONV=tma", "LOCO_CUDA_CONV_TMA_CLUSTER=2", NULL};
     int status = 0;
     loco_backend *be = forced_backend_create(wgmma_env);
     loco_backend *be128 = be ? forced_backend_create(wgmma128_env) : NULL;
@@ -438,6 +441,10 @@ static int wgmma_rows(const char *path, int reps) {
     loco_backend *begwt = begw && !skip_tma ? forced_backend_create(geglu_tma_env) : NULL;
     loco_backend *bews3t = bews128 && !skip_tma ? forced_backend_create(ws3_tma_env) : NULL;
     loco_backend *bews128t = bews3t ? forced_backend_create(ws128_tma_env) : NULL;
+    /* ... in clusters of two sharing w's tiles; LOCO_OPBENCH_SKIP_CLUSTER=1: not those (their tests failed) */
+    const char *skip_mc_env = getenv("LOCO_OPBENCH_SKIP_CLUSTER");
+    const int skip_mc = skip_mc_env && skip_mc_env[0] == '1';
+    loco_backend *begwm = begwt && !skip_mc ? forced_backend_create(geglu_mc_env) : NULL;
     /* ... and the producers that publish by cp.async.mbarrier.arrive (the attention's and the
      * GEMM's); LOCO_OPBENCH_SKIP_ARRIVE=1: not those (their tests failed) */
     const char *skip_arrive_env = getenv("LOCO_OPBENCH_SKIP_ARRIVE");
@@ -449,9 +456,14 @@ static int wgmma_rows(const char *path, int reps) {
     const char *skip_ct_env = getenv("LOCO_OPBENCH_SKIP_CONV_TMA");
     const int skip_ct = skip_ct_env && skip_ct_env[0] == '1';
     loco_backend *bect = be3 && !skip_ct ? forced_backend_create(conv_tma_env) : NULL;
-    if (!be || !be128 || !be3 || (!skip_geglu && !begw) || (begw && !skip_tma && !begwt) ||
+    /* ... in clusters of two; LOCO_OPBENCH_SKIP_CONV_CLUSTER=1: not it (its test failed) */
+    const char *skip_ctm_env = getenv("LOCO_OPBENCH_SKIP_CONV_CLUSTER");
+    const int skip_ctm = skip_ctm_env && skip_ctm_env[0] == '1';
+    loco_backend *bectm = bect && !skip_ctm ? forced_backend_create(conv_tma_mc_env) : NULL;
+    if (!be || !be128 || !be3 || (!skip_geglu && !begw) || (begw && !skip_tma && !begwt) || (begwt && !skip_mc && !begwm) ||
         (!skip_ws && (!bews || !bews3 || !bews128)) || (begw && !skip_arrive && !begwa) ||
-        (bews128 && !skip_arrive && !bews128a) || (bews128 && !skip_tma && !bews128t) || (!skip_ct && !bect)) {
+        (bews128 && !skip_arrive && !bews128a) || (bews128 && !skip_tma && !bews128t) || (!skip_ct && !bect) ||
+        (bect && !skip_ctm && !bectm)) {
         status = 2; /* a backend the rows need could not be made */
         goto done;
     }
@@ -468,6 +480,7 @@ static int wgmma_rows(const char *path, int reps) {
                               op.a[1] % 64 == 0 && op.a[4] % 64 == 0 && op.a[3] % 64 == 0) ||
                              (!strcmp(op.kind, "resconv") && op.a[1] % 64 == 0 && op.a[3] % 64 == 0);
         if (bect && conv_tma && time_op(bect, &op, reps, "@conv_tma") != 0) failures++;
+        if (bectm && conv_tma && time_op(bectm, &op, reps, "@conv_tma_mc") != 0) failures++;
         const long d = !strcmp(op.kind, "attn") ? op.a[4] : !strcmp(op.kind, "selfattn") ? op.a[2] / op.a[3] : 0;
         if ((d == 40 || d == 64 || d == 80) && time_op(be, &op, reps, "@fa_wgmma") != 0) failures++;
         if ((d == 40 || d == 64 || d == 80) && time_op(be128, &op, reps, "@fa_wgmma128") != 0) failures++;
@@ -484,21 +497,25 @@ static int wgmma_rows(const char *path, int reps) {
         if (begw && !strcmp(op.kind, "ffgeglu") && time_op(begw, &op, reps, "@geglu_wgmma") != 0) failures++;
         if (begwt && !strcmp(op.kind, "ffgeglu") && time_op(begwt, &op, reps, "@geglu_wgmma_tma") != 0) failures++;
         if (begwa && !strcmp(op.kind, "ffgeglu") && time_op(begwa, &op, reps, "@geglu_wgmma_arrive") != 0) failures++;
+        if (begwm && !strcmp(op.kind, "ffgeglu") && time_op(begwm, &op, reps, "@geglu_wgmma_mc") != 0) failures++;
         /* (where the kernel takes the shape: elsewhere the row would time cuBLASLt again) */
         const int gw_linear = !strcmp(op.kind, "linear") && !strcmp(op.act, "none") && op.a[1] % 64 == 0 &&
                               op.a[2] % 256 == 0;
         if (begw && gw_linear && time_op(begw, &op, reps, "@linear_wgmma") != 0) failures++;
         if (begwt && gw_linear && time_op(begwt, &op, reps, "@linear_wgmma_tma") != 0) failures++;
         if (begwa && gw_linear && time_op(begwa, &op, reps, "@linear_wgmma_arrive") != 0) failures++;
+        if (begwm && gw_linear && time_op(begwm, &op, reps, "@linear_wgmma_mc") != 0) failures++;
     }
     status = failures ? 1 : 0;
 done:
+    loco_backend_destroy(bectm);
     loco_backend_destroy(bect);
     loco_backend_destroy(bews128t);
     loco_backend_destroy(bews3t);
     loco_backend_destroy(bews128a);
     loco_backend_destroy(bews3a);
     loco_backend_destroy(begwa);
+    loco_backend_destroy(begwm);
     loco_backend_destroy(begwt);
     loco_backend_destroy(begw);
     loco_backend_destroy(bews128);

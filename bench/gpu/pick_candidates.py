@@ -73,8 +73,7 @@ def pick(rows, log):
             log(f"self-attention {s or 'default'}: {t:.2f} ms a UNet call")
         if best and times[best] < times[""]:
             env += f"LOCO_CUDA_FLASH={FLASH[best]}".split()
-    for var, value, names, suffix in (("LOCO_CUDA_FLASH_SHORT", "0", CROSS_ROWS, "@short_off"),
-                                      ("LOCO_CUDA_CONV", "tma", CONV_ROWS, "@conv_tma")):
+    for var, value, names, suffix in (("LOCO_CUDA_FLASH_SHORT", "0", CROSS_ROWS, "@short_off"),):
         base, cand = weighted(rows, names, ""), weighted(rows, names, suffix)
         if base is None or cand is None:
             log(f"{var}={value}: rows missing")
@@ -82,16 +81,34 @@ def pick(rows, log):
         log(f"{var}={value}: {cand:.2f} against {base:.2f} ms a UNet call")
         if cand < base:
             env.append(f"{var}={value}")
+    env += pick_conv_tma(rows, log)
     env += pick_gemm_wgmma(rows, log)
     return env
 
 
+def pick_conv_tma(rows, log):
+    """conv_tma.cu alone or in clusters of two (LOCO_CUDA_CONV_TMA_CLUSTER=2), whichever is the
+    faster on the conv rows together, if it beats the default routes."""
+    base = weighted(rows, CONV_ROWS, "")
+    best = None  # (ms a UNet call, env)
+    for suffix, env in (("@conv_tma", ["LOCO_CUDA_CONV=tma"]),
+                        ("@conv_tma_mc", ["LOCO_CUDA_CONV=tma", "LOCO_CUDA_CONV_TMA_CLUSTER=2"])):
+        cand = weighted(rows, CONV_ROWS, suffix)
+        if base is None or cand is None:
+            log(f"{' '.join(env)}: rows missing")
+            continue
+        log(f"{' '.join(env)}: {cand:.2f} against {base:.2f} ms a UNet call")
+        if cand < base and (best is None or cand < best[0]):
+            best = (cand, env)
+    return best[1] if best else []
+
+
 def pick_gemm_wgmma(rows, log):
     """gemm_wgmma.cu's two forms share one way of loading (LOCO_CUDA_GEMM_WGMMA_LOAD: cp.async,
-    or tma): for each way, each form goes in where it beats cuBLASLt; the way whose forms give
-    the smaller total wins."""
+    arrive or tma; tma also in clusters of two, LOCO_CUDA_GEMM_WGMMA_CLUSTER=2): for each way,
+    each form goes in where it beats cuBLASLt; the way whose forms give the smaller total wins."""
     best = None  # (ms a UNet call, env)
-    for load, tag in (("cp.async", ""), ("arrive", "_arrive"), ("tma", "_tma")):
+    for load, tag in (("cp.async", ""), ("arrive", "_arrive"), ("tma", "_tma"), ("tma clusters", "_mc")):
         total, env = 0.0, []
         for var, names, suffix in (("LOCO_CUDA_GEGLU", GEGLU_ROWS, "@geglu_wgmma" + tag),
                                    ("LOCO_CUDA_LINEAR", LINEAR_ROWS, "@linear_wgmma" + tag)):
@@ -106,7 +123,9 @@ def pick_gemm_wgmma(rows, log):
             if cand < base:
                 env.append(f"{var}=wgmma")
         if env and load != "cp.async":
-            env.append(f"LOCO_CUDA_GEMM_WGMMA_LOAD={load}")
+            env.append(f"LOCO_CUDA_GEMM_WGMMA_LOAD={load.split()[0]}")
+        if env and load == "tma clusters":
+            env.append("LOCO_CUDA_GEMM_WGMMA_CLUSTER=2")
         if env and (best is None or total < best[0]):
             best = (total, env)
     return best[1] if best else []

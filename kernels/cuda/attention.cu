@@ -78,7 +78,7 @@ __global__ void __launch_bounds__(FA_THREADS, FA_MIN_BLOCKS(V)) flash_attn_kerne
     constexpr int NST = BC / 8;  /* score tiles of 8 keys */
     constexpr int NDT = D / 8;   /* output tiles of 8 dims */
     constexpr int DV = D / 8;    /* 16-byte vectors per row */
-    extern __shared__ __align__(16) unsigned char fa_smem[];
+    LOCO_DYN_SMEM(unsigned char, fa_smem, 16);
     T *sq = (T *)fa_smem;       /* [BR][LDS] */
     T *sk = sq + BR * LDS;           /* [NSTAGE][BC][LDS] */
     T *sv = sk + NSTAGE * BC * LDS;  /* [NSTAGE][BC][LDS] */

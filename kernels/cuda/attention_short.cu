@@ -58,7 +58,7 @@ __global__ void __launch_bounds__(SA_THREADS) short_attn_kernel(const fa_params 
     constexpr int DK = SA_DK(D), LDS = SA_LDS(D), NKS = DK / 16, DV = D / 8;
     constexpr int NST = SA_KEYS / 8; /* score tiles of 8 keys */
     constexpr int NDT = D / 8;       /* output tiles of 8 dims */
-    extern __shared__ __align__(16) unsigned char fa_smem[];
+    LOCO_DYN_SMEM(unsigned char, fa_smem, 16);
     T *sk = (T *)fa_smem;
     T *sv = sk + SA_KEYS * LDS;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, tq = lane & 3;

@@ -124,7 +124,7 @@ __global__ void __launch_bounds__(FAW_THREADS(NWG)) faw_kernel(const fa_params p
     typedef faw_geom<D, BC, NWG, FAW_STAGES> G;
     constexpr int THREADS = FAW_THREADS(NWG), BR = FAW_BR(NWG);
     constexpr int NKS = G::DK / 16, NDT = D / 8, NST = BC / 8;
-    extern __shared__ __align__(128) unsigned char faw_smem[];
+    LOCO_DYN_SMEM(unsigned char, faw_smem, 128);
     unsigned char *const sq = faw_smem;
     unsigned char *const sk = sq + G::Q_BYTES;              /* [FAW_STAGES][G::K_BYTES] */
     unsigned char *const sv = sk + FAW_STAGES * G::K_BYTES; /* [FAW_STAGES][G::V_BYTES] */

@@ -222,7 +222,7 @@ __global__ void __launch_bounds__(FAWS_THREADS(NWG), 1)
     typedef faws_regs<NWG, BC> R;
     constexpr int S = G::STAGES, CONSUMERS = FAW_THREADS(NWG), BR = FAW_BR(NWG);
     constexpr int NKS = G::DK / 16, NDT = D / 8, NST = BC / 8;
-    extern __shared__ __align__(1024) unsigned char faw_smem[];
+    LOCO_DYN_SMEM(unsigned char, faw_smem, 1024);
     if (TMA && (smem_addr(faw_smem) & 1023u) != 0) __trap(); /* the swizzle's alignment */
     unsigned char *const sq = faw_smem;
     unsigned char *const sk = sq + G::Q_BYTES; /* [S][G::K_BYTES] */

@@ -271,12 +271,19 @@ static int cuda_ws_load_from_name(const char *name, cuda_ws_load *out) { /* 1: a
 
 /* The backend description's part for one of gemm_wgmma.cu's forms (GEGLU or linear): its way of
  * loading when that is not the default, "unavailable" when set up without it, "" when not asked. */
-static const char *gw_describe(int linear, int asked, int ok, cuda_ws_load load) {
+static const char *gw_describe(int linear, int asked, int ok, cuda_ws_load load, int cluster, int clusters) {
     static const char *const text[2][CUDA_WS_LOAD_COUNT] = {
         {", geglu: wgmma (experimental)", ", geglu: wgmma (arrive, experimental)", ", geglu: wgmma (tma, experimental)"},
         {", linear: wgmma (experimental)", ", linear: wgmma (arrive, experimental)",
          ", linear: wgmma (tma, experimental)"}};
-    return !asked ? "" : !ok ? (linear ? ", linear: wgmma unavailable" : ", geglu: wgmma unavailable") : text[linear][load];
+    static const char *const paired[2][2] = {
+        {", geglu: wgmma (tma, clusters unavailable, experimental)", ", geglu: wgmma (tma, clusters of 2, experimental)"},
+        {", linear: wgmma (tma, clusters unavailable, experimental)",
+         ", linear: wgmma (tma, clusters of 2, experimental)"}};
+    return !asked  ? ""
+           : !ok   ? (linear ? ", linear: wgmma unavailable" : ", geglu: wgmma unavailable")
+           : cluster == 2 ? paired[linear][clusters > 0]
+                          : text[linear][load];
 }
 
 extern "C" loco_status loco_backend_cuda_create(const loco_backend_opts *opts, loco_backend **out, loco_err *err) {
@@ -326,6 +333,8 @@ extern "C" loco_status loco_backend_cuda_create(const loco_backend_opts *opts, l
                    : strcmp(conv, "rows") == 0     ? CUDA_CONV_ROWS
                    : strcmp(conv, "tma") == 0      ? CUDA_CONV_TMA
                                                    : CUDA_CONV_AUTO;
+    const char *conv_cluster = getenv("LOCO_CUDA_CONV_TMA_CLUSTER"); /* 2: conv_tma.cu's blocks in pairs */
+    c->conv_tma_cluster = conv_cluster && strcmp(conv_cluster, "2") == 0 ? 2 : 1;
     const char *flash = getenv("LOCO_CUDA_FLASH"); /* 64|128: a block height; wgmma: the Hopper kernel */
     /* the experimental Hopper kernel, with 64 or 128 keys per K/V tile */
     c->flash_wgmma = !flash                           ? 0
@@ -346,6 +355,8 @@ extern "C" loco_status loco_backend_cuda_create(const loco_backend_opts *opts, l
     c->gemm_wgmma_blocks = gw_blocks ? atoi(gw_blocks) : 0;
     const char *gw_load = getenv("LOCO_CUDA_GEMM_WGMMA_LOAD"); /* cp.async (default), arrive, tma */
     if (!gw_load || !cuda_ws_load_from_name(gw_load, &c->gemm_wgmma_load)) c->gemm_wgmma_load = CUDA_WS_LOAD_CP_ASYNC;
+    const char *gw_cluster = getenv("LOCO_CUDA_GEMM_WGMMA_CLUSTER"); /* 2: the TMA form's blocks in pairs */
+    c->gemm_wgmma_cluster = gw_cluster && strcmp(gw_cluster, "2") == 0 && c->gemm_wgmma_load == CUDA_WS_LOAD_TMA ? 2 : 1;
     const char *flash_load = getenv("LOCO_CUDA_FLASH_LOAD"); /* the warp-specialised attention's producer */
     if (!flash_load || !cuda_ws_load_from_name(flash_load, &c->faw_load)) c->faw_load = CUDA_WS_LOAD_CP_ASYNC;
     const char *pingpong = getenv("LOCO_CUDA_FLASH_PINGPONG");
@@ -422,8 +433,10 @@ extern "C" loco_status loco_backend_cuda_create(const loco_backend_opts *opts, l
              : c->conv_algo == CUDA_CONV_WGMMA    ? (c->wgmma_ok ? ", conv: wgmma (experimental)"
                                                                  : ", conv: wgmma unavailable, auto")
              : c->conv_algo == CUDA_CONV_ROWS     ? ", conv: row taps"
-             : c->conv_algo == CUDA_CONV_TMA      ? (c->conv_tma_ok ? ", conv: tma (experimental)"
-                                                                    : ", conv: tma unavailable, auto")
+             : c->conv_algo == CUDA_CONV_TMA      ? (!c->conv_tma_ok                ? ", conv: tma unavailable, auto"
+                                                     : c->conv_tma_cluster != 2      ? ", conv: tma (experimental)"
+                                                     : c->conv_tma_clusters > 0      ? ", conv: tma, clusters of 2 (experimental)"
+                                                                                     : ", conv: tma, clusters unavailable (experimental)")
                                                   : "",
              c->flash_wgmma == 128 && c->faw_ws
                  ? (!c->faw_ok       ? ", flash: wgmma unavailable"
@@ -452,8 +465,10 @@ extern "C" loco_status loco_backend_cuda_create(const loco_backend_opts *opts, l
              : c->faw_load == CUDA_WS_LOAD_TMA         ? (c->tensor_map_encode ? ", producer loads by TMA at head dim 64"
                                                                                : ", TMA unavailable")
                                                        : "",
-             gw_describe(0, c->geglu_wgmma, c->geglu_wgmma_ok, c->gemm_wgmma_load),
-             gw_describe(1, c->linear_wgmma, c->linear_wgmma_ok, c->gemm_wgmma_load),
+             gw_describe(0, c->geglu_wgmma, c->geglu_wgmma_ok, c->gemm_wgmma_load, c->gemm_wgmma_cluster,
+                         c->gemm_wgmma_clusters[0]),
+             gw_describe(1, c->linear_wgmma, c->linear_wgmma_ok, c->gemm_wgmma_load, c->gemm_wgmma_cluster,
+                         c->gemm_wgmma_clusters[1]),
              c->aux ? ", im2col overlapped" : "", c->norm_gather ? "" : ", GroupNorm gather off",
              c->flash_short ? "" : ", short-key attention off",
              c->gemm_tune ? ", GEMMs tuned" : "",

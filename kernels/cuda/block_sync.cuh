@@ -77,6 +77,82 @@ __device__ __forceinline__ void mbar_wait(uint64_t *bar, unsigned parity) {
 #endif
 }
 
+/* ---- clusters (sm_90): blocks launched together on neighbouring SMs, each reaching the others'
+ * shared memory ------------------------------------------------------------------------------- */
+
+/* This block's rank in its cluster (%cluster_ctarank). */
+__device__ __forceinline__ unsigned cluster_ctarank(void) {
+#if defined(LOCO_CUDA_EMU)
+    return emu::cluster_ctarank();
+#elif WG_DEVICE_OK
+    unsigned r;
+    asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
+    return r;
+#else
+    return 0;
+#endif
+}
+
+/* Counts an arrival on the mbarrier at bar's offset in block `cta` of the cluster (mapa, then
+ * mbarrier.arrive.shared::cluster): a consumer handing a stage back to the producer of another
+ * block that fills it too. The default semantics (release at CTA scope), as CUTLASS's
+ * ClusterBarrier::arrive: the reads it hands back are wgmma's, retired by the wait before it, and
+ * .release.cluster compiles to a MEMBAR.GPU, which would wait for every global store of the
+ * thread (the epilogue's, in flight beside the products) at every k-step. */
+__device__ __forceinline__ void mbar_arrive_cluster(uint64_t *bar, unsigned cta) {
+#if defined(LOCO_CUDA_EMU)
+    emu::mbar_arrive((uint64_t *)emu::cta_map(bar, cta));
+#elif WG_DEVICE_OK
+    asm volatile("{\n.reg .b32 remote;\n"
+                 "mapa.shared::cluster.u32 remote, %0, %1;\n"
+                 "mbarrier.arrive.shared::cluster.b64 _, [remote];\n}\n" ::"r"(smem_addr(bar)),
+                 "r"(cta)
+                 : "memory");
+#else
+    (void)bar, (void)cta;
+#endif
+}
+
+/* A consumer warp's hand-back of a stage that both blocks of a cluster of two fill (each
+ * multicasts half of an operand into it): once every lane is past the wait that retired its
+ * reads of the stage, one lane arrives on this block's barrier and on the peer's (a phase then
+ * counts both blocks' consumer warps). */
+__device__ __forceinline__ void mbar_release_pair(uint64_t *empty, unsigned rank, int lane) {
+    __syncwarp();
+    if (lane == 0) {
+        mbar_arrive(empty);
+        mbar_arrive_cluster(empty, rank ^ 1u);
+    }
+}
+
+/* barrier.cluster.arrive (release) and .wait (acquire): every thread of every block of the
+ * cluster that has not exited, as __syncthreads for one block. Before a block uses another's
+ * mbarriers (they must be initialised) and before it exits (no one may still reach its shared
+ * memory). The non-.aligned form: a warp's lanes may come to it apart (a producer thread after
+ * its loop, its warp's other lanes at once), which the .aligned one does not allow. */
+__device__ __forceinline__ void cluster_sync(void) {
+#if defined(LOCO_CUDA_EMU)
+    emu::cluster_barrier();
+#elif WG_DEVICE_OK
+    asm volatile("barrier.cluster.arrive.release;\n"
+                 "barrier.cluster.wait.acquire;\n" ::
+                     : "memory");
+#endif
+}
+
+/* The same right after one thread's mbarrier.init and mbar_init_fence (fence.mbarrier_init.
+ * release.cluster), with a relaxed arrival: that fence orders the initialisation before it, as
+ * the PTX ISA describes the pair, and the release form's MEMBAR.GPU has nothing to order. */
+__device__ __forceinline__ void cluster_sync_after_init(void) {
+#if defined(LOCO_CUDA_EMU)
+    emu::cluster_barrier();
+#elif WG_DEVICE_OK
+    asm volatile("barrier.cluster.arrive.relaxed;\n"
+                 "barrier.cluster.wait;\n" ::
+                     : "memory");
+#endif
+}
+
 /* A cp.async producer's publication of a stage (attention_wgmma_ws.cu, gemm_wgmma.cu): once all
  * but this thread's newest LAG copy groups have landed, fences them for the async proxy (wgmma
  * reads shared memory through it) and arrives on the stage's "full" mbarrier. */

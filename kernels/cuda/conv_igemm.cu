@@ -193,10 +193,9 @@ template <typename T> __device__ __forceinline__ void ig3_store(T *bs, const ig3
     *(uint4 *)(bs + 2 * IG_LDB) = s2;
 }
 
-extern __shared__ __align__(16) unsigned char ig_dsmem[];
-
 template <typename T>
 __global__ void __launch_bounds__(IG_THREADS) conv_igemm3_kernel(const ig_params p) {
+    LOCO_DYN_SMEM(unsigned char, ig_dsmem, 16);
     T *const As = (T *)ig_dsmem;           /* [2][IG3_A_ELEMS] */
     T *const Bs = As + 2 * IG3_A_ELEMS; /* [2][IG3_B_ELEMS] */
 

@@ -111,7 +111,7 @@ __device__ __forceinline__ void t32_round_a(uint32_t *as, const t32_params &p, i
 }
 
 __global__ void __launch_bounds__(T32_THREADS) conv_igemm_tf32_kernel(const t32_params p) {
-    extern __shared__ __align__(16) uint32_t t32_smem[];
+    LOCO_DYN_SMEM(uint32_t, t32_smem, 16);
     uint32_t *As0 = t32_smem, *As1 = t32_smem + T32_A_WORDS;
     uint32_t *Bs0 = t32_smem + 2 * T32_A_WORDS, *Bs1 = Bs0 + T32_B_WORDS;
     int4 *kdec = (int4 *)(t32_smem + 2 * (T32_A_WORDS + T32_B_WORDS)); /* [2][T32_BK] */

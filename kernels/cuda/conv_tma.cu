@@ -96,31 +96,48 @@ __device__ __forceinline__ void ct_run_at(const ct_params &p, int tn, int a, int
     *col = rem - *row * p.w;
 }
 
-/* Tile `tile`'s channel tile tm and pixel tile tn: the channel tiles of a pixel tile are
+/* A block's walk over the tiles: alone, tiles blockIdx.x, + gridDim.x, ...; in clusters of two
+ * (MC), its cluster's walk over tiles of pairs of pixel tiles (cluster blockIdx.x / 2 of
+ * gridDim.x / 2), block `rank` taking pixel tile 2 q + rank of the pair's channel tile (a last
+ * pair's second tile past the batch reads zeros and stores nothing).
+ * Tile t's channel tile tm and pixel tile (or pair) q: the channel tiles of a pixel tile are
  * consecutive (the blocks working at one time share their pixels in L2), rotated by the pixel
  * tile. Why the rotation: a block walks tiles gridDim.x apart, and with 3 channel tiles (Cout
  * 320) on 132 or 114 SMs, both multiples of 3, tile % 3 would give each block the same channel
  * tile every time: a third of the blocks would get only the half-empty last ones and idle while
  * the rest set the finish time (a reviewer's catch, session 13). */
-__device__ __forceinline__ void ct_tile_coords(const ct_params &p, int tile, int *tm, int *tn) {
-    *tn = tile / p.tiles_m;
-    *tm = (tile + *tn) % p.tiles_m;
-}
+template <bool MC> struct ct_walk { /* (read from blockIdx, gridDim and p where used: no registers held) */
+    int rank;
+    __device__ __forceinline__ int first(void) const { return MC ? (int)blockIdx.x >> 1 : (int)blockIdx.x; }
+    __device__ __forceinline__ int stride(void) const { return MC ? (int)gridDim.x >> 1 : (int)gridDim.x; }
+    __device__ __forceinline__ int tiles(const ct_params &p) const {
+        return p.tiles_m * (MC ? (p.tiles_n + 1) >> 1 : p.tiles_n);
+    }
+    __device__ __forceinline__ void coords(const ct_params &p, int tile, int *tm, int *tn) const {
+        const int q = tile / p.tiles_m;
+        *tm = (tile + q) % p.tiles_m;
+        *tn = MC ? 2 * q + rank : q;
+    }
+};
 
 /* The producer thread: per k-step (tap r, s and channels c0..c0 + 63) one box of the weights and
  * the four runs of pixels shifted by the tap, their 48 KB counted off full[stage] (zero-filled
- * bytes count too). */
-__device__ __forceinline__ void ct_produce(unsigned char *smem, uint64_t *full, uint64_t *empty, const ct_params &p) {
+ * bytes count too). In clusters of two the blocks share the weights' box: each loads 64 of its
+ * 128 rows and multicasts them to both (the full barrier still counts 48 KB: its own 32 KB of
+ * pixels and both halves of the weights). */
+template <bool MC>
+__device__ __forceinline__ void ct_produce(unsigned char *smem, uint64_t *full, uint64_t *empty, const ct_params &p,
+                                           const ct_walk<MC> &walk) {
     tma_prefetch_map(&p.map_x);
     tma_prefetch_map(&p.map_w);
-    const int tiles = p.tiles_m * p.tiles_n, chunks = p.cin / CT_BK;
+    const int chunks = p.cin / CT_BK;
     int s = 0;
-    for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+    for (int tile = walk.first(); tile < walk.tiles(p); tile += walk.stride()) {
         int tm, tn;
-        ct_tile_coords(p, tile, &tm, &tn);
-        int img[4], row[4], col[4];
-#pragma unroll
-        for (int a = 0; a < 4; a++) ct_run_at(p, tn, a, &img[a], &row[a], &col[a]);
+        walk.coords(p, tile, &tm, &tn);
+        int img0, row0, col0; /* run 0; the others follow 64 pixels apart (3 registers, not 12: the
+                               * producer has 40, and the cluster form's multicast needs a few more) */
+        ct_run_at(p, tn, 0, &img0, &row0, &col0);
         for (int tap = 0; tap < 9; tap++) {
             const int dr = tap / 3 - 1, ds = tap % 3 - 1;
             for (int ch = 0; ch < chunks; ch++, s++) {
@@ -128,11 +145,21 @@ __device__ __forceinline__ void ct_produce(unsigned char *smem, uint64_t *full, 
                 if (s >= CT_STAGES) mbar_wait(&empty[st], (unsigned)(s / CT_STAGES - 1) & 1u);
                 unsigned char *sa = smem + st * CT_STAGE_BYTES, *sb = sa + CT_A_BYTES;
                 mbar_arrive_expect_tx(&full[st], CT_STAGE_BYTES);
-                tma_load_3d(sa, &p.map_w, ch * CT_BK, tm * CT_BM, tap, &full[st]);
+                if (MC)
+                    tma_load_3d_multicast(sa + walk.rank * (CT_A_BYTES / 2), &p.map_w, ch * CT_BK,
+                                          tm * CT_BM + walk.rank * (CT_BM / 2), tap, &full[st], 0x3);
+                else
+                    tma_load_3d(sa, &p.map_w, ch * CT_BK, tm * CT_BM, tap, &full[st]);
+                int img = img0, row = row0, col = col0;
 #pragma unroll
-                for (int a = 0; a < 4; a++)
-                    tma_load_4d(sb + a * CT_RUN_BYTES, &p.map_x, ch * CT_BK, col[a] + ds, row[a] + dr, img[a],
-                                &full[st]);
+                for (int a = 0; a < 4; a++) {
+                    tma_load_4d(sb + a * CT_RUN_BYTES, &p.map_x, ch * CT_BK, col + ds, row + dr, img, &full[st]);
+                    col += CT_RUN; /* the next run: along the row, else the next row, else the next image */
+                    if (col == p.w) {
+                        col = 0;
+                        if (++row == p.h) row = 0, img++;
+                    }
+                }
             }
         }
     }
@@ -219,23 +246,30 @@ __device__ __forceinline__ void ct_finish(const unsigned char *staging, const ct
  * instead of wasting a sixth of every 320-channel conv. Each warpgroup alone reads and writes its
  * half of the staging tile: a named barrier of its 128 threads before it stages a tile (the
  * previous one is read) and after (this one is written). */
-template <typename T>
+template <bool MC> __device__ __forceinline__ void ct_release(uint64_t *empty, int rank, int lane) {
+    if (MC)
+        mbar_release_pair(empty, (unsigned)rank, lane); /* both producers fill the stage */
+    else
+        mbar_arrive(empty);
+}
+
+template <typename T, bool MC>
 __device__ __forceinline__ void ct_consume(unsigned char *smem, uint64_t *full, uint64_t *empty, const ct_params &p,
-                                           int wg, int lane_in_wg) {
-    const int ksteps = 9 * (p.cin / CT_BK), tiles = p.tiles_m * p.tiles_n;
+                                           const ct_walk<MC> &walk, int wg, int lane_in_wg) {
+    const int ksteps = 9 * (p.cin / CT_BK), lane = lane_in_wg & 31;
     unsigned char *const staging = smem + CT_STAGES * CT_STAGE_BYTES + wg * 64 * CT_STAGING_PITCH;
     constexpr int SLICES = 64 * CT_BN / 8 / 128; /* 16-byte vectors a thread per staged half */
     int staged_o0 = -1, staged_tn = 0;           /* the staged half's first channel and pixel tile */
     float d[CT_BN / 2];
     int s = 0;
-    for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+    for (int tile = walk.first(); tile < walk.tiles(p); tile += walk.stride()) {
         int tm, tn;
-        ct_tile_coords(p, tile, &tm, &tn);
+        walk.coords(p, tile, &tm, &tn);
         const int o0 = tm * CT_BM + wg * 64;
         if (o0 >= p.cout) { /* no output channel of this warpgroup's: the stages go back, the staged half goes out */
             for (int kt = 0; kt < ksteps; kt++, s++) {
                 mbar_wait(&full[s % CT_STAGES], (unsigned)(s / CT_STAGES) & 1u);
-                mbar_arrive(&empty[s % CT_STAGES]);
+                ct_release<MC>(&empty[s % CT_STAGES], walk.rank, lane);
                 if (staged_o0 >= 0)
                     ct_finish<T>(staging, p, staged_o0, staged_tn, lane_in_wg, SLICES * kt / ksteps,
                                  SLICES * (kt + 1) / ksteps);
@@ -262,12 +296,12 @@ __device__ __forceinline__ void ct_consume(unsigned char *smem, uint64_t *full, 
             if (kt > 0) { /* the previous step's products have retired: its stage goes back */
                 wg_wait<1>();
                 wg_fence_acc(d);
-                mbar_arrive(&empty[(s - 1) % CT_STAGES]);
+                ct_release<MC>(&empty[(s - 1) % CT_STAGES], walk.rank, lane);
             }
         }
         wg_wait_all();
         wg_fence_acc(d);
-        mbar_arrive(&empty[(s - 1) % CT_STAGES]);
+        ct_release<MC>(&empty[(s - 1) % CT_STAGES], walk.rank, lane);
         named_bar_sync(1 + wg, 128); /* every thread of the warpgroup has read the previous half */
         ct_stage<T>(d, p, staging, o0, tn, lane_in_wg >> 5, lane_in_wg & 31);
         named_bar_sync(1 + wg, 128); /* and this one is written */
@@ -277,27 +311,34 @@ __device__ __forceinline__ void ct_consume(unsigned char *smem, uint64_t *full, 
 }
 
 /* The 128-byte swizzle needs 1024-byte-aligned stages: a block whose shared memory is not so
- * aligned traps. */
-template <typename T> __global__ void __launch_bounds__(CT_THREADS, 1) ct_kernel(const __grid_constant__ ct_params p) {
-    extern __shared__ __align__(1024) unsigned char wg_smem[];
+ * aligned traps. MC (launched in clusters of two): gemm_wgmma.cu's cluster protocol, the blocks
+ * meeting after initialising their mbarriers and before exiting. */
+template <typename T, bool MC>
+__global__ void __launch_bounds__(CT_THREADS, 1) ct_kernel(const __grid_constant__ ct_params p) {
+    LOCO_DYN_SMEM(unsigned char, wg_smem, 1024);
     uint64_t *full = (uint64_t *)(wg_smem + CT_BARS), *empty = full + CT_STAGES;
     const int tid = threadIdx.x, wg = tid >> 7;
     if ((smem_addr(wg_smem) & 1023u) != 0) __trap();
     if (tid == 0) {
         for (int i = 0; i < CT_STAGES; i++) {
             mbar_init(&full[i], 1);
-            mbar_init(&empty[i], 256);
+            mbar_init(&empty[i], MC ? 2 * 8 : 256); /* both blocks' consumer warps, or every consumer thread */
         }
         mbar_init_fence();
     }
-    __syncthreads();
+    if (MC)
+        cluster_sync_after_init();
+    else
+        __syncthreads();
+    const ct_walk<MC> walk = {MC ? (int)cluster_ctarank() : 0};
     if (wg == 2) {
         wg_setmaxnreg_dec<CT_PRODUCER_REGS>();
-        if ((tid & 127) == 0) ct_produce(wg_smem, full, empty, p);
+        if ((tid & 127) == 0) ct_produce<MC>(wg_smem, full, empty, p, walk);
     } else {
         wg_setmaxnreg_inc<CT_CONSUMER_REGS>();
-        ct_consume<T>(wg_smem, full, empty, p, wg, tid & 127);
+        ct_consume<T, MC>(wg_smem, full, empty, p, walk, wg, tid & 127);
     }
+    if (MC) cluster_sync();
 }
 
 /* wr[t][o][c] = w[o][c][t] (t = 3 r + s): a tap's channels contiguous, as the TMA boxes of A need.
@@ -350,22 +391,42 @@ __global__ void __launch_bounds__(256) ct_channels_last_kernel(T *xt, const T *x
 
 /* ---- host ----------------------------------------------------------------------------------- */
 
+/* The clusters of two of the MC form that can run at once (one block per SM, both of a cluster in
+ * one GPC), or 0 where the query fails. */
+static int ct_max_clusters(void) {
+    cudaLaunchAttribute attr;
+    attr.id = cudaLaunchAttributeClusterDimension;
+    attr.val.clusterDim.x = 2, attr.val.clusterDim.y = 1, attr.val.clusterDim.z = 1;
+    /* in field order (grid, block, shared memory, stream, attributes): the emulator's kernel-side
+     * gridDim and blockDim would hide the fields' names */
+    const cudaLaunchConfig_t cfg = {dim3(2), dim3(CT_THREADS), (size_t)CT_SMEM, 0, &attr, 1};
+    int clusters = 0;
+    if (cudaOccupancyMaxActiveClusters(&clusters, ct_kernel<__half, true>, &cfg) != cudaSuccess) {
+        cudaGetLastError(); /* not sticky */
+        return 0;
+    }
+    return clusters;
+}
+
 loco_status cuda_conv_tma_setup(cuda_impl *c, loco_err *err) {
     (void)err;
     c->conv_tma_ok = 0;
+    c->conv_tma_clusters = 0;
     if (c->conv_algo != CUDA_CONV_TMA || c->cc_major != 9 || c->cc_minor != 0) return LOCO_OK;
     int image_ok = 0;
     cudaError_t e = cudaMemcpyFromSymbol(&image_ok, ct_image_ok, sizeof image_ok);
-    if (e == cudaSuccess && image_ok)
-        e = cudaFuncSetAttribute(ct_kernel<__half>, cudaFuncAttributeMaxDynamicSharedMemorySize, CT_SMEM);
-    if (e == cudaSuccess && image_ok)
-        e = cudaFuncSetAttribute(ct_kernel<__nv_bfloat16>, cudaFuncAttributeMaxDynamicSharedMemorySize, CT_SMEM);
+#define CT_SET(T, MC)                                                                                          \
+    if (e == cudaSuccess && image_ok)                                                                          \
+        e = cudaFuncSetAttribute(ct_kernel<T, MC>, cudaFuncAttributeMaxDynamicSharedMemorySize, CT_SMEM);
+    CT_SET(__half, false) CT_SET(__nv_bfloat16, false) CT_SET(__half, true) CT_SET(__nv_bfloat16, true)
+#undef CT_SET
     if (e != cudaSuccess) {
         cudaGetLastError(); /* not sticky: the next call must not report it */
         return LOCO_OK;
     }
     cuda_tensor_map_setup(c);
     c->conv_tma_ok = image_ok && c->tensor_map_encode;
+    if (c->conv_tma_ok && c->conv_tma_cluster == 2) c->conv_tma_clusters = ct_max_clusters();
     return LOCO_OK;
 }
 
@@ -377,7 +438,8 @@ int cuda_conv_tma_fits(const cuda_impl *c, const loco_tensor *y, const loco_tens
     return cp->stride == 1 && w->shape[2] == 3 && w->shape[3] == 3 && cp->pad[0] == 1 && cp->pad[1] == 1 &&
            cp->pad[2] == 1 && cp->pad[3] == 1 && y->shape[2] == H && y->shape[3] == W && Cin % CT_BK == 0 &&
            Cout % 64 == 0 && W % CT_RUN == 0 && N <= 65535 /* the channels-last pass's gridDim.z */ &&
-           N * H * W < ((int64_t)1 << 31) - CT_BN && N * Cin * H * W < ((int64_t)1 << 40) &&
+           N * H * W < ((int64_t)1 << 31) - 2 * CT_BN /* a pair's tile past the batch */ &&
+           N * Cin * H * W < ((int64_t)1 << 40) &&
            Cout * Cin * 9 < ((int64_t)1 << 31) && tiles <= INT32_MAX && cuda_aligned(x->data, 16) &&
            cuda_aligned(wdata, 16) && cuda_aligned(y->data, 16);
 }
@@ -435,17 +497,29 @@ loco_status cuda_conv_tma(cuda_impl *c, loco_tensor *y, const loco_tensor *x, co
                   xstrides[3] = {(int64_t)p.cin * 2, (int64_t)p.w * p.cin * 2, (int64_t)p.hw * p.cin * 2};
     const unsigned xbox[4] = {CT_BK, CT_RUN, 1, 1};
     const int64_t wdims[3] = {p.cin, p.cout, 9}, wstrides[2] = {(int64_t)p.cin * 2, (int64_t)p.cout * p.cin * 2};
-    const unsigned wbox[3] = {CT_BK, CT_BM, 1};
+    const bool mc = c->conv_tma_cluster == 2 && c->conv_tma_clusters > 0;
+    const unsigned wbox[3] = {CT_BK, mc ? CT_BM / 2u : (unsigned)CT_BM, 1}; /* a cluster's blocks load half each */
     if (st == LOCO_OK) st = cuda_tensor_map_make(c, &p.map_x, xt, dt, 4, xdims, xstrides, xbox, err);
     if (st == LOCO_OK) st = cuda_tensor_map_make(c, &p.map_w, wr, dt, 3, wdims, wstrides, wbox, err);
     if (st == LOCO_OK) {
-        const int blocks = c->gemm_wgmma_blocks > 0 ? c->gemm_wgmma_blocks : c->sm_count;
-        const unsigned grid = (unsigned)(tiles < blocks ? tiles : blocks);
-        if (dt == LOCO_BF16)
-            LOCO_LAUNCH(grid, CT_THREADS, CT_SMEM, c->stream, ct_kernel<__nv_bfloat16>)(p);
-        else
-            LOCO_LAUNCH(grid, CT_THREADS, CT_SMEM, c->stream, ct_kernel<__half>)(p);
-        st = cuda_check_launch("ct_kernel", err);
+        if (mc) { /* pairs of blocks on pairs of pixel tiles: as many pairs as run at once */
+            const int64_t pairs = (int64_t)p.tiles_m * ((p.tiles_n + 1) / 2);
+            const int most = c->gemm_wgmma_blocks > 0 ? (c->gemm_wgmma_blocks + 1) / 2 : c->conv_tma_clusters;
+            const unsigned grid = 2u * (unsigned)(pairs < most ? pairs : most);
+            const cudaError_t e =
+                dt == LOCO_BF16
+                    ? LOCO_LAUNCH_CLUSTER(grid, CT_THREADS, CT_SMEM, c->stream, 2, ct_kernel<__nv_bfloat16, true>)(p)
+                    : LOCO_LAUNCH_CLUSTER(grid, CT_THREADS, CT_SMEM, c->stream, 2, ct_kernel<__half, true>)(p);
+            st = cuda_check(e, "ct_kernel launch in clusters of 2", err);
+        } else {
+            const int blocks = c->gemm_wgmma_blocks > 0 ? c->gemm_wgmma_blocks : c->sm_count;
+            const unsigned grid = (unsigned)(tiles < blocks ? tiles : blocks);
+            if (dt == LOCO_BF16)
+                LOCO_LAUNCH(grid, CT_THREADS, CT_SMEM, c->stream, ct_kernel<__nv_bfloat16, false>)(p);
+            else
+                LOCO_LAUNCH(grid, CT_THREADS, CT_SMEM, c->stream, ct_kernel<__half, false>)(p);
+            st = cuda_check_launch("ct_kernel", err);
+        }
     }
     /* stream-ordered: the allocator hands them out again only behind these launches */
     cuda_alloc_put(c, xt);

@@ -123,13 +123,12 @@ __device__ __forceinline__ void wg_store_b(unsigned char *bs, const ig3_rows &v,
 
 /* ---- kernel ----------------------------------------------------------------------------------- */
 
-extern __shared__ __align__(128) unsigned char wg_smem[];
-
 template <typename T>
 __global__ void __launch_bounds__(WG_THREADS) conv_wgmma_kernel(const ig_params p) {
 #if !WG_DEVICE_OK
     __trap();
 #else
+    LOCO_DYN_SMEM(unsigned char, wg_smem, 128);
     unsigned char *const As = wg_smem;                  /* [2][WG_A_BYTES] */
     unsigned char *const Bs = wg_smem + 2 * WG_A_BYTES; /* [2][WG_B_BYTES] */
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;

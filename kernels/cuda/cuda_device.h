@@ -49,6 +49,40 @@ __device__ __forceinline__ void st_dyn(void *p, int dtype, int64_t i, float v) {
 #define LOCO_LAUNCH(grid, block, smem, stream, ...) __VA_ARGS__<<<grid, block, smem, stream>>>
 #endif
 
+/* The same in clusters of `cluster` blocks along x (sm_90; grid.x a multiple of it):
+ * LOCO_LAUNCH_CLUSTER(grid, block, smem, stream, cluster, kernel)(args) returns the launch's
+ * cudaError_t (cudaLaunchKernelEx with a cluster dimension). */
+#ifndef LOCO_LAUNCH_CLUSTER
+template <class... P> struct loco_cluster_launcher {
+    dim3 grid, block;
+    size_t smem;
+    cudaStream_t stream;
+    unsigned cluster;
+    void (*kernel)(P...);
+    template <class... A> cudaError_t operator()(A &&...a) const {
+        cudaLaunchAttribute attr;
+        attr.id = cudaLaunchAttributeClusterDimension;
+        attr.val.clusterDim.x = cluster, attr.val.clusterDim.y = 1, attr.val.clusterDim.z = 1;
+        const cudaLaunchConfig_t cfg = {grid, block, smem, stream, &attr, 1};
+        return cudaLaunchKernelEx(&cfg, kernel, static_cast<A &&>(a)...);
+    }
+};
+template <class... P>
+loco_cluster_launcher<P...> loco_launch_cluster(dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                                                unsigned cluster, void (*k)(P...)) {
+    return loco_cluster_launcher<P...>{grid, block, smem, stream, cluster, k};
+}
+#define LOCO_LAUNCH_CLUSTER(grid, block, smem, stream, cluster, ...) \
+    loco_launch_cluster(dim3(grid), dim3(block), (size_t)(smem), (cudaStream_t)(stream), (unsigned)(cluster), __VA_ARGS__)
+#endif
+
+/* A kernel's dynamic shared memory, declared in its body: LOCO_DYN_SMEM(unsigned char, name, 1024)
+ * is `extern __shared__ __align__(1024) unsigned char name[]`. The emulator makes it a pointer to
+ * the running block's own buffer: the blocks of a cluster run together there, each with its own. */
+#ifndef LOCO_DYN_SMEM
+#define LOCO_DYN_SMEM(type, name, align) extern __shared__ __align__(align) type name[]
+#endif
+
 /* ---- 16-byte vectors: 8 halves or 4 floats per access -------------------------------------- */
 
 template <typename T> struct __align__(16) vec16 {

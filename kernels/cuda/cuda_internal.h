@@ -143,6 +143,9 @@ typedef struct cuda_impl {
     int igemm_rows; /* 1: conv_igemm.cu's row-gather kernel where it applies; LOCO_CUDA_IGEMM_ROWS=0 turns it off */
     int wgmma_ok;   /* conv_wgmma.cu's kernel has an image for this device (sm_90a on a 9.0 device) */
     int conv_tma_ok; /* LOCO_CUDA_CONV=tma and conv_tma.cu's kernel is set up (sm_90a, a driver with TMA maps) */
+    int conv_tma_cluster;  /* 2: that kernel in clusters of two blocks that share the weights' tiles by
+                            * multicast (LOCO_CUDA_CONV_TMA_CLUSTER=2); else 1 */
+    int conv_tma_clusters; /* ... clusters that can run at once (setup; 0: unavailable, none used) */
     int flash_variant; /* LOCO_CUDA_FLASH=classic|stages3|ilp3|ilp3q: attention.cu's 128-row variant (0, 2, 3,
                         * 7; -1: by head dim) */
     int flash_wgmma; /* LOCO_CUDA_FLASH=wgmma|wgmma128|wgmma3|wgmma_ws|wgmma_ws3|wgmma_ws128:
@@ -162,6 +165,10 @@ typedef struct cuda_impl {
     int gemm_wgmma_blocks; /* that kernel's and conv_tma.cu's persistent blocks: 0 = one per SM;
                             * LOCO_CUDA_GEMM_WGMMA_BLOCKS (tests) */
     cuda_ws_load gemm_wgmma_load; /* LOCO_CUDA_GEMM_WGMMA_LOAD: how that kernel loads its tiles */
+    int gemm_wgmma_cluster; /* 2: its TMA form in clusters of two blocks that share w's tiles by
+                             * multicast (LOCO_CUDA_GEMM_WGMMA_CLUSTER=2 with load tma); else 1 */
+    int gemm_wgmma_clusters[2]; /* ... clusters that can run at once, GEGLU form then linear (setup;
+                                 * 0: clusters unavailable, the form runs without) */
     void *tensor_map_encode; /* the driver's cuTensorMapEncodeTiled (setup, for the TMA form), or NULL */
     int flash_short; /* 1: attention over at most 80 keys (text cross-attention) takes
                       * attention_short.cu's kernel, whatever LOCO_CUDA_FLASH picks for the

@@ -59,6 +59,20 @@
  * keeps the cp.async producer but has it publish each step as it issues it, by
  * cp.async.mbarrier.arrive (block_sync.cuh): no wait for its own copies, no fence.
  *
+ * Clusters of two (LOCO_CUDA_GEMM_WGMMA_CLUSTER=2 with the TMA form, session 14, not yet timed):
+ * at 600 TFLOP/s a block's 48 KB per k-step is about 6.8 TB/s from L2 over the whole chip, close
+ * to what Hopper's L2 gives; cuBLAS's Hopper GEMMs share an operand between the two blocks of a
+ * cluster. Here a cluster's blocks take row tiles 2p and 2p + 1 of one column tile: each loads
+ * its own 128 rows of x and half of w's 256-row tile (GEGLU: the h rows or the g rows) and
+ * multicasts that half to both, so a block reads 32 KB a k-step from L2 instead of 48. A stage
+ * is then written by both producers, so it must go back to both: each consumer warp arrives on
+ * its own block's "empty" barrier and on the peer's (mapa; 16 arrivals a phase), and a "full"
+ * barrier counts its own 16 KB of x and both halves of w (the peer's can land before this
+ * block's producer has armed the phase: the transaction count goes below zero meanwhile, which
+ * the hardware allows). The blocks meet at a cluster barrier after initialising their mbarriers
+ * and before exiting. The persistent grid is the number of clusters that can run at once
+ * (cudaOccupancyMaxActiveClusters), times two.
+ *
  * Synchronisation (attention_wgmma_ws.cu's protocol, per k-step s counted over all of a block's
  * tiles, stage s % S, its (s / S)-th use; LAG = S - 2):
  *   producer: waits for empty[stage] phase (s / S) - 1 (from s = S on), issues step s's copies,
@@ -125,15 +139,30 @@ struct gw_params {
     int arrive;            /* cp.async form: publish by cp.async.mbarrier.arrive (LOCO_CUDA_GEMM_WGMMA_LOAD=arrive) */
 };
 
-/* Tile `tile`'s row and column tiles: groups of GW_GROUP_M row tiles (fewer in the last), each
- * sweeping the column tiles with its row tiles fastest. */
-__device__ __forceinline__ void gw_tile_coords(const gw_params &p, int tile, int *tm, int *tn) {
-    const int per_group = GW_GROUP_M * p.tiles_n, group = tile / per_group;
-    const int first = group * GW_GROUP_M, rows = p.tiles_m - first < GW_GROUP_M ? p.tiles_m - first : GW_GROUP_M;
-    const int local = tile - group * per_group;
-    *tm = first + local % rows;
-    *tn = local / rows;
-}
+/* A block's walk over the tiles. Alone: tiles blockIdx.x, + gridDim.x, ..., tile t in groups of
+ * GW_GROUP_M row tiles (fewer in the last), each sweeping the column tiles with its row tiles
+ * fastest. In clusters of two (MC): the cluster's walk over pairs of row tiles (cluster
+ * blockIdx.x / 2 of gridDim.x / 2; groups of GW_GROUP_M / 2 pairs), block `rank` of it taking
+ * row tile 2 pair + rank, so both walk the same column tiles and k-steps in the same order (a
+ * last pair past M computes zeros and stores nothing). */
+template <bool MC> struct gw_walk {
+    int first, stride, tiles, tiles_m, rank;
+    __device__ __forceinline__ gw_walk(const gw_params &p, int rank_in_cluster) {
+        rank = rank_in_cluster;
+        tiles_m = MC ? (p.tiles_m + 1) >> 1 : p.tiles_m;
+        first = MC ? (int)blockIdx.x >> 1 : (int)blockIdx.x;
+        stride = MC ? (int)gridDim.x >> 1 : (int)gridDim.x;
+        tiles = tiles_m * p.tiles_n;
+    }
+    __device__ __forceinline__ void coords(const gw_params &p, int tile, int *tm, int *tn) const {
+        constexpr int GROUP = MC ? GW_GROUP_M / 2 : GW_GROUP_M;
+        const int per_group = GROUP * p.tiles_n, group = tile / per_group;
+        const int first_m = group * GROUP, rows = tiles_m - first_m < GROUP ? tiles_m - first_m : GROUP;
+        const int local = tile - group * per_group;
+        *tm = MC ? 2 * (first_m + local % rows) + rank : first_m + local % rows;
+        *tn = local / rows;
+    }
+};
 
 /* Step (tile tm/tn, k-tile kt)'s copies from this producer thread (warp pw of the producer
  * warpgroup, lane l): A's 16 row groups and B's 32, two warp instructions (chunks 0-3, 4-7) per
@@ -169,14 +198,15 @@ __device__ __forceinline__ void gw_load_step(unsigned char *sa, unsigned char *s
 /* A producer's walk over the block's k-steps: step(tm, tn, kt, s, st) for each (tile tm/tn,
  * k-tile kt; s counted over the block's tiles, stage st = s % STAGES) once the stage is free
  * (its previous use released on empty[st]). Returns the number of steps. */
-template <bool GEGLU, typename Step>
-__device__ __forceinline__ int gw_produce_steps(uint64_t *empty, const gw_params &p, Step &&step) {
+template <bool GEGLU, bool MC, typename Step>
+__device__ __forceinline__ int gw_produce_steps(uint64_t *empty, const gw_params &p, const gw_walk<MC> &walk,
+                                                Step &&step) {
     typedef gw_cfg<GEGLU> C;
-    const int ktiles = p.k / GW_BK, tiles = p.tiles_m * p.tiles_n;
+    const int ktiles = p.k / GW_BK;
     int s = 0;
-    for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+    for (int tile = walk.first; tile < walk.tiles; tile += walk.stride) {
         int tm, tn;
-        gw_tile_coords(p, tile, &tm, &tn);
+        walk.coords(p, tile, &tm, &tn);
         for (int kt = 0; kt < ktiles; kt++, s++) {
             const int st = s % C::STAGES;
             if (s >= C::STAGES) mbar_wait(&empty[st], (unsigned)(s / C::STAGES - 1) & 1u);
@@ -191,7 +221,7 @@ template <typename T, bool GEGLU>
 __device__ __forceinline__ void gw_produce(unsigned char *smem, uint64_t *full, uint64_t *empty, const gw_params &p,
                                            int pw, int l) {
     typedef gw_cfg<GEGLU> C;
-    const int n = gw_produce_steps<GEGLU>(empty, p, [&](int tm, int tn, int kt, int s, int st) {
+    const int n = gw_produce_steps<GEGLU>(empty, p, gw_walk<false>(p, 0), [&](int tm, int tn, int kt, int s, int st) {
         unsigned char *sa = smem + st * GW_STAGE_BYTES;
         gw_load_step<T, GEGLU>(sa, sa + GW_A_BYTES, p, tm, tn, kt, pw, l);
         if (p.arrive) { /* the copies arrive for themselves when they land */
@@ -207,15 +237,19 @@ __device__ __forceinline__ void gw_produce(unsigned char *smem, uint64_t *full, 
 /* The TMA form's producer: one thread, one copy of A and one (linear) or two (GEGLU: the tile's
  * 128 h rows, then its 128 g rows) of B per k-step, their 48 KB counted off full[stage]; rows of
  * x past M arrive as zeros. No lag: a stage is published as it is asked for. */
-template <bool GEGLU>
-__device__ __forceinline__ void gw_produce_tma(unsigned char *smem, uint64_t *full, uint64_t *empty, const gw_params &p) {
+template <bool GEGLU, bool MC>
+__device__ __forceinline__ void gw_produce_tma(unsigned char *smem, uint64_t *full, uint64_t *empty, const gw_params &p,
+                                               const gw_walk<MC> &walk) {
     tma_prefetch_map(&p.map_x);
     tma_prefetch_map(&p.map_w);
-    gw_produce_steps<GEGLU>(empty, p, [&](int tm, int tn, int kt, int, int st) {
+    gw_produce_steps<GEGLU>(empty, p, walk, [&](int tm, int tn, int kt, int, int st) {
         unsigned char *sa = smem + st * GW_STAGE_BYTES, *sb = sa + GW_A_BYTES;
         mbar_arrive_expect_tx(&full[st], GW_STAGE_BYTES);
         tma_load_2d(sa, &p.map_x, kt * GW_BK, tm * GW_BM, &full[st]);
-        if (GEGLU) {
+        if (MC) { /* this block's half of w's tile (GEGLU: the h rows or the g rows), to both blocks */
+            const int wrow = GEGLU ? walk.rank * p.n + tn * GW_OUT(true) : tn * GW_BN + walk.rank * (GW_BN / 2);
+            tma_load_2d_multicast(sb + walk.rank * (GW_B_BYTES / 2), &p.map_w, kt * GW_BK, wrow, &full[st], 0x3);
+        } else if (GEGLU) {
             tma_load_2d(sb, &p.map_w, kt * GW_BK, tn * GW_OUT(true), &full[st]);
             tma_load_2d(sb + GW_B_BYTES / 2, &p.map_w, kt * GW_BK, p.n + tn * GW_OUT(true), &full[st]);
         } else {
@@ -310,20 +344,31 @@ __device__ __forceinline__ void gw_store_linear(const float (&d)[GW_BN / 2], con
     }
 }
 
+/* A consumer's hand-back of a stage whose products have retired. Alone: every consumer thread
+ * arrives (256 a phase). In clusters of two, both blocks' producers fill the stage (the peer's
+ * half of w lands here too), so it goes back to both: each warp, once all its lanes are past the
+ * wait, arrives on its own block's empty barrier and on the peer's (2 x 8 warps a phase). */
+template <bool MC> __device__ __forceinline__ void gw_release(uint64_t *empty, int rank, int lane) {
+    if (MC)
+        mbar_release_pair(empty, (unsigned)rank, lane);
+    else
+        mbar_arrive(empty);
+}
+
 /* A consumer warpgroup (wg 0 or 1): its 64 rows of every tile of the block. */
-template <typename T, bool GEGLU, bool TMA>
+template <typename T, bool GEGLU, bool TMA, bool MC>
 __device__ __forceinline__ void gw_consume(unsigned char *smem, uint64_t *full, uint64_t *empty, const gw_params &p,
-                                           int wg, int lane_in_wg) {
+                                           const gw_walk<MC> &walk, int wg, int lane_in_wg) {
     typedef gw_cfg<GEGLU> C;
-    const int ktiles = p.k / GW_BK, tiles = p.tiles_m * p.tiles_n, warp = lane_in_wg >> 5, lane = lane_in_wg & 31;
+    const int ktiles = p.k / GW_BK, warp = lane_in_wg >> 5, lane = lane_in_wg & 31;
     unsigned char *const staging = smem + C::STAGES * GW_STAGE_BYTES + wg * 64 * GW_STAGING_PITCH;
     constexpr int SLICES = 64 * GW_OUT(true) / 8 / 128; /* 16-byte vectors a thread per staged half */
     int staged_row = -1, staged_tn = 0; /* GEGLU: the staged half's first row of y and column tile */
     float d[GW_BN / 2];
     int s = 0;
-    for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+    for (int tile = walk.first; tile < walk.tiles; tile += walk.stride) {
         int tm, tn;
-        gw_tile_coords(p, tile, &tm, &tn);
+        walk.coords(p, tile, &tm, &tn);
 #pragma unroll
         for (int i = 0; i < GW_BN / 2; i++) d[i] = 0.0f;
         for (int kt = 0; kt < ktiles; kt++, s++) {
@@ -347,12 +392,12 @@ __device__ __forceinline__ void gw_consume(unsigned char *smem, uint64_t *full, 
             if (kt > 0) { /* the previous step's products have retired: its stage goes back */
                 wg_wait<1>();
                 wg_fence_acc(d);
-                mbar_arrive(&empty[(s - 1) % C::STAGES]);
+                gw_release<MC>(&empty[(s - 1) % C::STAGES], walk.rank, lane);
             }
         }
         wg_wait_all();
         wg_fence_acc(d);
-        if (ktiles > 0) mbar_arrive(&empty[(s - 1) % C::STAGES]);
+        if (ktiles > 0) gw_release<MC>(&empty[(s - 1) % C::STAGES], walk.rank, lane);
         if (GEGLU) {
             named_bar_sync(1 + wg, 128); /* every thread of the warpgroup has read the previous half */
             gw_stage_geglu<T>(d, p, staging, warp * 16, tn, lane);
@@ -367,39 +412,68 @@ __device__ __forceinline__ void gw_consume(unsigned char *smem, uint64_t *full, 
 
 /* TMA: the producer is one thread issuing TMA copies into 128-byte-swizzled stages (whose
  * 1024-byte alignment the swizzle needs: a block whose shared memory is not so aligned traps);
- * otherwise the producer warpgroup's cp.async. */
-template <typename T, bool GEGLU, bool TMA>
+ * otherwise the producer warpgroup's cp.async. MC (TMA only; launched in clusters of two): the
+ * blocks' mbarriers are initialised before either reaches the other's (a cluster barrier, after
+ * the fence that publishes the initialisation at cluster scope), and neither exits while the
+ * other may still arrive on its barriers (a cluster barrier at the end: every thread, so the
+ * non-aligned form, the producer warp's lanes arriving apart). */
+template <typename T, bool GEGLU, bool TMA, bool MC>
 __global__ void __launch_bounds__(GW_THREADS, 1) gw_kernel(const __grid_constant__ gw_params p) {
+    static_assert(TMA || !MC, "the cluster form loads by TMA");
     typedef gw_cfg<GEGLU> C;
-    extern __shared__ __align__(1024) unsigned char wg_smem[];
+    LOCO_DYN_SMEM(unsigned char, wg_smem, 1024);
     uint64_t *full = (uint64_t *)(wg_smem + C::BARS), *empty = full + C::STAGES;
     const int tid = threadIdx.x, wg = tid >> 7;
     if (TMA && (smem_addr(wg_smem) & 1023u) != 0) __trap();
     if (tid == 0) {
         for (int i = 0; i < C::STAGES; i++) {
             mbar_init(&full[i], TMA ? 1 : 128);
-            mbar_init(&empty[i], 256);
+            mbar_init(&empty[i], MC ? 2 * 8 : 256);
         }
         if (TMA) mbar_init_fence();
     }
-    __syncthreads();
+    if (MC)
+        cluster_sync_after_init();
+    else
+        __syncthreads();
+    const gw_walk<MC> walk(p, MC ? (int)cluster_ctarank() : 0);
     if (wg == 2) {
         wg_setmaxnreg_dec<GW_PRODUCER_REGS>();
         if (!TMA)
             gw_produce<T, GEGLU>(wg_smem, full, empty, p, (tid >> 5) & 3, tid & 31);
         else if ((tid & 127) == 0)
-            gw_produce_tma<GEGLU>(wg_smem, full, empty, p);
+            gw_produce_tma<GEGLU, MC>(wg_smem, full, empty, p, walk);
     } else {
         wg_setmaxnreg_inc<GW_CONSUMER_REGS>();
-        gw_consume<T, GEGLU, TMA>(wg_smem, full, empty, p, wg, tid & 127);
+        gw_consume<T, GEGLU, TMA, MC>(wg_smem, full, empty, p, walk, wg, tid & 127);
     }
+    if (MC) cluster_sync();
 }
 
 /* ---- host ----------------------------------------------------------------------------------- */
 
 #define GW_FOR_EACH(X)                                                                                         \
-    X(__half, true, false) X(__half, false, false) X(__nv_bfloat16, true, false) X(__nv_bfloat16, false, false)  \
-    X(__half, true, true) X(__half, false, true) X(__nv_bfloat16, true, true) X(__nv_bfloat16, false, true)
+    X(__half, true, false, false) X(__half, false, false, false) X(__nv_bfloat16, true, false, false)           \
+    X(__nv_bfloat16, false, false, false) X(__half, true, true, false) X(__half, false, true, false)            \
+    X(__nv_bfloat16, true, true, false) X(__nv_bfloat16, false, true, false) X(__half, true, true, true)        \
+    X(__half, false, true, true) X(__nv_bfloat16, true, true, true) X(__nv_bfloat16, false, true, true)
+
+/* The cluster form's clusters of two that can run at once (one block per SM, both of a cluster
+ * in one GPC: fewer than half the SMs where a GPC's count is odd), or 0 where the query fails. */
+template <bool GEGLU> static int gw_max_clusters(void) {
+    cudaLaunchAttribute attr;
+    attr.id = cudaLaunchAttributeClusterDimension;
+    attr.val.clusterDim.x = 2, attr.val.clusterDim.y = 1, attr.val.clusterDim.z = 1;
+    /* in field order (grid, block, shared memory, stream, attributes): the emulator's kernel-side
+     * gridDim and blockDim would hide the fields' names */
+    const cudaLaunchConfig_t cfg = {dim3(2), dim3(GW_THREADS), (size_t)gw_cfg<GEGLU>::SMEM, 0, &attr, 1};
+    int clusters = 0;
+    if (cudaOccupancyMaxActiveClusters(&clusters, gw_kernel<__half, GEGLU, true, true>, &cfg) != cudaSuccess) {
+        cudaGetLastError(); /* not sticky: the next call must not report it */
+        return 0;
+    }
+    return clusters;
+}
 
 extern "C" loco_status cuda_gemm_wgmma_setup(cuda_impl *c, loco_err *err) {
     (void)err;
@@ -407,9 +481,9 @@ extern "C" loco_status cuda_gemm_wgmma_setup(cuda_impl *c, loco_err *err) {
     if ((!c->geglu_wgmma && !c->linear_wgmma) || c->cc_major != 9 || c->cc_minor != 0) return LOCO_OK;
     int image_ok = 0;
     cudaError_t e = cudaMemcpyFromSymbol(&image_ok, gw_image_ok, sizeof image_ok);
-#define GW_SET(T, GEGLU, TMA)                                                                                  \
+#define GW_SET(T, GEGLU, TMA, MC)                                                                              \
     if (e == cudaSuccess && image_ok)                                                                          \
-        e = cudaFuncSetAttribute(gw_kernel<T, GEGLU, TMA>, cudaFuncAttributeMaxDynamicSharedMemorySize,        \
+        e = cudaFuncSetAttribute(gw_kernel<T, GEGLU, TMA, MC>, cudaFuncAttributeMaxDynamicSharedMemorySize,    \
                                  gw_cfg<GEGLU>::SMEM);
     GW_FOR_EACH(GW_SET)
 #undef GW_SET
@@ -423,6 +497,11 @@ extern "C" loco_status cuda_gemm_wgmma_setup(cuda_impl *c, loco_err *err) {
     }
     c->geglu_wgmma_ok = c->geglu_wgmma && image_ok;
     c->linear_wgmma_ok = c->linear_wgmma && image_ok;
+    c->gemm_wgmma_clusters[0] = c->gemm_wgmma_clusters[1] = 0;
+    if (c->gemm_wgmma_cluster == 2) { /* else the description says "clusters unavailable" */
+        c->gemm_wgmma_clusters[0] = gw_max_clusters<true>();
+        c->gemm_wgmma_clusters[1] = gw_max_clusters<false>();
+    }
     return LOCO_OK;
 }
 
@@ -455,18 +534,32 @@ static loco_status gw_run(cuda_impl *c, bool geglu, loco_tensor *y, const loco_t
     const int64_t tiles = (int64_t)p.tiles_m * p.tiles_n;
     if (tiles > INT32_MAX) return LOCO_EUNSUPPORTED;
     const bool tma = c->gemm_wgmma_load == CUDA_WS_LOAD_TMA;
+    const int clusters = c->gemm_wgmma_clusters[geglu ? 0 : 1];
+    const bool mc = tma && c->gemm_wgmma_cluster == 2 && clusters > 0;
     p.arrive = c->gemm_wgmma_load == CUDA_WS_LOAD_ARRIVE;
-    if (tma) {
+    if (tma) { /* w in boxes of 128 rows where two boxes make a tile: GEGLU's h and g, a cluster's halves */
         loco_status s = gw_tensor_map(c, &p.map_x, x->data, dt, rows, k, GW_BM, err);
-        if (!s) s = gw_tensor_map(c, &p.map_w, w->data, dt, geglu ? 2 * n : n, k, geglu ? GW_OUT(true) : GW_BN, err);
+        if (!s) s = gw_tensor_map(c, &p.map_w, w->data, dt, geglu ? 2 * n : n, k, geglu || mc ? GW_BN / 2 : GW_BN, err);
         if (s) return s;
     }
-    const int blocks = c->gemm_wgmma_blocks > 0 ? c->gemm_wgmma_blocks : c->sm_count;
-    const unsigned grid = (unsigned)(tiles < blocks ? tiles : blocks);
-#define GW_LAUNCH(T, GEGLU, TMA)                                                                               \
-    if (dt == cuda_dtype_of<T>::value && geglu == GEGLU && tma == TMA) {                                       \
-        LOCO_LAUNCH(grid, GW_THREADS, gw_cfg<GEGLU>::SMEM, c->stream, gw_kernel<T, GEGLU, TMA>)(p);            \
-        return cuda_check_launch("gw_kernel", err);                                                            \
+    unsigned grid;
+    if (mc) { /* pairs of blocks on pairs of row tiles: as many pairs as run at once */
+        const int64_t pairs = (int64_t)(p.tiles_m + 1) / 2 * p.tiles_n;
+        const int most = c->gemm_wgmma_blocks > 0 ? (c->gemm_wgmma_blocks + 1) / 2 : clusters;
+        grid = 2u * (unsigned)(pairs < most ? pairs : most);
+    } else {
+        const int blocks = c->gemm_wgmma_blocks > 0 ? c->gemm_wgmma_blocks : c->sm_count;
+        grid = (unsigned)(tiles < blocks ? tiles : blocks);
+    }
+#define GW_LAUNCH(T, GEGLU, TMA, MC)                                                                           \
+    if (dt == cuda_dtype_of<T>::value && geglu == GEGLU && tma == TMA && mc == MC) {                           \
+        if (!MC) {                                                                                             \
+            LOCO_LAUNCH(grid, GW_THREADS, gw_cfg<GEGLU>::SMEM, c->stream, gw_kernel<T, GEGLU, TMA, MC>)(p);    \
+            return cuda_check_launch("gw_kernel", err);                                                        \
+        }                                                                                                      \
+        return cuda_check(LOCO_LAUNCH_CLUSTER(grid, GW_THREADS, gw_cfg<GEGLU>::SMEM, c->stream, 2,             \
+                                              gw_kernel<T, GEGLU, TMA, MC>)(p),                                \
+                          "gw_kernel launch in clusters of 2", err);                                           \
     }
     GW_FOR_EACH(GW_LAUNCH)
 #undef GW_LAUNCH

@@ -37,7 +37,7 @@ typedef struct lm_params {
 template <typename T>
 __global__ void __launch_bounds__(LM_THREADS) linear_many_kernel(const lm_params p) {
     constexpr int V = 16 / sizeof(T);
-    extern __shared__ float4 lm_smem[];
+    LOCO_DYN_SMEM(float4, lm_smem, 16);
     const vec16<T> *sx = (const vec16<T> *)lm_smem;
     const int kv = p.k / V, lane = threadIdx.x & 31;
     for (int i = threadIdx.x; i < p.rows * kv; i += blockDim.x) ((vec16<T> *)lm_smem)[i] = ((const vec16<T> *)p.x)[i];

@@ -358,7 +358,7 @@ template <typename T, int VPL, int LPR>
 __global__ void __launch_bounds__(LN_THREADS) ln_rows_kernel(T *y, const T *x, const void *gamma, int gdt,
                                                              const void *beta, int bdt, int rows, int C, float eps) {
     constexpr int V = 16 / sizeof(T), RPW = 32 / LPR;
-    extern __shared__ float4 ln_smem[]; /* gamma [C], beta [C] as fp32 */
+    LOCO_DYN_SMEM(float4, ln_smem, 16); /* gamma [C], beta [C] as fp32 */
     float *sg = (float *)ln_smem, *sb = sg + C;
     const int lane = threadIdx.x & 31, sub = lane / LPR, l = lane % LPR, nv = C / V;
     const int warps = gridDim.x * (blockDim.x >> 5);

@@ -64,6 +64,25 @@ __device__ __forceinline__ void tma_load_2d(void *smem, const CUtensorMap *map, 
 #endif
 }
 
+/* tma_load_2d with .multicast::cluster: the box lands at smem's offset in every block of the
+ * cluster named in mask (bit i: rank i), and completes its bytes on each one's mbarrier at bar's
+ * offset. Two blocks that need the same tile load half each and send it to both: half the L2
+ * traffic of loading it twice. */
+__device__ __forceinline__ void tma_load_2d_multicast(void *smem, const CUtensorMap *map, int c0, int c1, uint64_t *bar,
+                                                      uint16_t mask) {
+#if defined(LOCO_CUDA_EMU)
+    const int c[2] = {c0, c1};
+    emu::tma_load_multicast(smem, map, c, 2, bar, mask);
+#elif WG_DEVICE_OK
+    asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes.multicast::cluster"
+                 " [%0], [%1, {%2, %3}], [%4], %5;\n" ::"r"(smem_addr(smem)),
+                 "l"((uint64_t)map), "r"(c0), "r"(c1), "r"(smem_addr(bar)), "h"(mask)
+                 : "memory");
+#else
+    (void)smem, (void)map, (void)c0, (void)c1, (void)bar, (void)mask;
+#endif
+}
+
 /* The same for a rank-3 map: (c0, c1, c2). */
 __device__ __forceinline__ void tma_load_3d(void *smem, const CUtensorMap *map, int c0, int c1, int c2, uint64_t *bar) {
 #if defined(LOCO_CUDA_EMU)
@@ -76,6 +95,22 @@ __device__ __forceinline__ void tma_load_3d(void *smem, const CUtensorMap *map, 
                  : "memory");
 #else
     (void)smem, (void)map, (void)c0, (void)c1, (void)c2, (void)bar;
+#endif
+}
+
+/* tma_load_3d with .multicast::cluster (as tma_load_2d_multicast). */
+__device__ __forceinline__ void tma_load_3d_multicast(void *smem, const CUtensorMap *map, int c0, int c1, int c2,
+                                                      uint64_t *bar, uint16_t mask) {
+#if defined(LOCO_CUDA_EMU)
+    const int c[3] = {c0, c1, c2};
+    emu::tma_load_multicast(smem, map, c, 3, bar, mask);
+#elif WG_DEVICE_OK
+    asm volatile("cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes.multicast::cluster"
+                 " [%0], [%1, {%2, %3, %4}], [%5], %6;\n" ::"r"(smem_addr(smem)),
+                 "l"((uint64_t)map), "r"(c0), "r"(c1), "r"(c2), "r"(smem_addr(bar)), "h"(mask)
+                 : "memory");
+#else
+    (void)smem, (void)map, (void)c0, (void)c1, (void)c2, (void)bar, (void)mask;
 #endif
 }
 

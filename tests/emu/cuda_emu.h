@@ -30,9 +30,11 @@
 
 #define LOCO_CUDA_EMU 1
 
-/* CUDA's execution-space keywords: nothing on the CPU. Shared memory is thread_local: every
- * fiber of a block runs on one OS thread, so they see one copy, and blocks run one after the
- * other. Defined before the CUDA headers so that theirs are not used. */
+/* CUDA's execution-space keywords: nothing on the CPU. Static shared memory is thread_local:
+ * every fiber of a block runs on one OS thread, so they see one copy, and blocks run one after
+ * the other (the blocks of a cluster run together and would share it: kernels launched in
+ * clusters keep all of theirs dynamic, LOCO_DYN_SMEM). Defined before the CUDA headers so that
+ * theirs are not used. */
 #define __host__
 #define __device__
 #define __global__
@@ -90,6 +92,19 @@ void mbar_wait_parity(uint64_t *bar, unsigned parity);
  * are in and its transaction count is back at zero. */
 void mbar_expect_tx(uint64_t *bar, unsigned bytes);
 
+/* Clusters (sm_90): a launch's blocks in groups of cluster_size() along x run together, each
+ * with its own dynamic shared memory (dyn_smem: the running block's, 1024-byte aligned).
+ * cta_map is mapa.shared::cluster: the address at p's offset in block `cta`'s shared memory
+ * (p: in the running cluster's dynamic shared memory); an mbarrier there takes arrivals
+ * (mbarrier.arrive.shared::cluster) but only its own block waits on it. cluster_barrier is
+ * barrier.cluster.arrive then .wait: every thread of the cluster that has not exited. */
+#define EMU_MAX_CLUSTER 8
+void *dyn_smem(size_t align);
+void *cta_map(const void *p, unsigned cta);
+unsigned cluster_ctarank(void);
+unsigned cluster_size(void);
+void cluster_barrier(void);
+
 /* TMA (cp.async.bulk.tensor.Nd.shared::cluster.global.tile.mbarrier::complete_tx::bytes,
  * emu_tma.cc): copies the box at `coords` (rank of them, innermost first) of the tensor map
  * (what cuTensorMapEncodeTiled made: emu_tma.cc serves it through
@@ -97,6 +112,10 @@ void mbar_expect_tx(uint64_t *bar, unsigned bytes);
  * destination holds NaN bytes from issue until the copy lands, which is as late as the block
  * lets it: when no thread can go on without it. */
 void tma_load(void *smem, const void *tensor_map, const int *coords, int rank, uint64_t *bar);
+/* The same with .multicast::cluster: the box lands at smem's offset in every block of the cluster
+ * named in mask (bit i: rank i), completing its bytes on each one's mbarrier at bar's offset. */
+void tma_load_multicast(void *smem, const void *tensor_map, const int *coords, int rank, uint64_t *bar,
+                        uint16_t mask);
 /* The block's copies still in flight: the oldest lands (returns 1), or there is none (0). */
 int tma_land_oldest(void);
 int tma_in_flight(void);
@@ -128,49 +147,48 @@ void wgmma_rs(float *d, int n, const uint32_t a[4], uint64_t db, int trans_b, b1
 void wgmma_commit(void);
 void wgmma_wait(int keep);
 
-/* A kernel launch: checks the configuration as the driver does (an error is left for
- * cudaGetLastError), then runs body() once per thread, or records it when the stream is being
- * captured into a graph. */
-void launch_kernel(dim3 grid, dim3 block, size_t dyn_smem, const void *kernel, void *stream,
-                   std::function<void()> body);
+/* A kernel launch, in clusters of `cluster` blocks along x (1: none): checks the configuration
+ * as the driver does (an error is left for cudaGetLastError and returned), then runs body() once
+ * per thread, or records it when the stream is being captured into a graph. */
+cudaError_t launch_kernel(dim3 grid, dim3 block, size_t dyn_smem, const void *kernel, void *stream, unsigned cluster,
+                          std::function<void()> body);
 
 template <class... P> struct launcher {
     dim3 grid, block;
     size_t smem;
     void *stream;
     void (*kernel)(P...);
-    template <class... A> void operator()(A &&...a) const {
+    unsigned cluster;
+    template <class... A> cudaError_t operator()(A &&...a) const {
         /* converted once, as a kernel's parameters are; every thread calls with its own copy */
         std::tuple<P...> args(std::forward<A>(a)...);
         void (*k)(P...) = kernel;
-        launch_kernel(grid, block, smem, (const void *)kernel, stream, [k, args]() {
+        return launch_kernel(grid, block, smem, (const void *)kernel, stream, cluster, [k, args]() {
             std::tuple<P...> mine = args;
             std::apply(k, mine);
         });
     }
 };
 
-template <class... P> launcher<P...> launch(dim3 grid, dim3 block, size_t smem, void *stream, void (*k)(P...)) {
-    return launcher<P...>{grid, block, smem, stream, k};
+template <class... P>
+launcher<P...> launch(dim3 grid, dim3 block, size_t smem, void *stream, unsigned cluster, void (*k)(P...)) {
+    return launcher<P...>{grid, block, smem, stream, k, cluster};
 }
 
 } /* namespace emu */
 
-/* The kernels' dynamic shared memory (`extern __shared__ T name[]`): one array per name, sized
- * for the emulated device's opt-in limit. A kernel that declares a new name needs it here, and
- * in emu_ptx.cc's smem_arrays (which poisons them at every block's start). */
+/* A kernel's dynamic shared memory (cuda_device.h's LOCO_DYN_SMEM): a pointer to the running
+ * block's buffer of the emulated device's opt-in limit, 1024-byte aligned (TMA's 128-byte
+ * swizzle needs that much), NaN bytes at the block's start (emu_threads.cc). */
 #define EMU_SMEM_OPTIN 232448 /* an H100's / H200's 227 KB, as the emulated compute capability 9.0 */
-alignas(128) inline thread_local unsigned char fa_smem[EMU_SMEM_OPTIN];
-alignas(1024) inline thread_local unsigned char faw_smem[EMU_SMEM_OPTIN]; /* 1024: TMA's 128-byte swizzle */
-alignas(1024) inline thread_local unsigned char wg_smem[EMU_SMEM_OPTIN]; /* 1024: TMA's 128-byte swizzle */
-alignas(128) inline thread_local unsigned char ig_dsmem[EMU_SMEM_OPTIN];
-alignas(128) inline thread_local uint32_t t32_smem[EMU_SMEM_OPTIN / 4];
-alignas(128) inline thread_local float4 ln_smem[EMU_SMEM_OPTIN / 16];
-alignas(128) inline thread_local float4 lm_smem[EMU_SMEM_OPTIN / 16];
+#define LOCO_DYN_SMEM(type, name, align) type *const name = (type *)::emu::dyn_smem(align)
 
 /* kernel<<<grid, block, smem, stream>>>(args) */
 #define LOCO_LAUNCH(grid, block, smem, stream, ...) \
-    ::emu::launch(dim3(grid), dim3(block), (size_t)(smem), (void *)(stream), __VA_ARGS__)
+    ::emu::launch(dim3(grid), dim3(block), (size_t)(smem), (void *)(stream), 1u, __VA_ARGS__)
+/* the same in clusters of `cluster` blocks along x (cuda_device.h's form: cudaLaunchKernelEx) */
+#define LOCO_LAUNCH_CLUSTER(grid, block, smem, stream, cluster, ...) \
+    ::emu::launch(dim3(grid), dim3(block), (size_t)(smem), (void *)(stream), (unsigned)(cluster), __VA_ARGS__)
 
 /* The C++ forms of two runtime calls that cuda_runtime.h only declares for nvcc. */
 template <class... P> inline cudaError_t cudaFuncSetAttribute(void (*f)(P...), cudaFuncAttribute attr, int value) {
@@ -180,6 +198,10 @@ template <class... P>
 inline cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int *blocks, void (*f)(P...), int block_size,
                                                                  size_t dyn_smem) {
     return cudaOccupancyMaxActiveBlocksPerMultiprocessor(blocks, (const void *)f, block_size, dyn_smem);
+}
+template <class... P>
+inline cudaError_t cudaOccupancyMaxActiveClusters(int *clusters, void (*f)(P...), const cudaLaunchConfig_t *config) {
+    return cudaOccupancyMaxActiveClusters(clusters, (const void *)f, config);
 }
 template <class T>
 inline cudaError_t cudaMemcpyFromSymbol(void *dst, const T &symbol, size_t count, size_t offset = 0,

@@ -76,12 +76,9 @@ int schedule_eager(void);
 void mbar_arrive_async(uint64_t *bar);
 async_state &thread_copies(void);
 
-/* Fills the first `bytes` of every dynamic shared-memory array with NaN bytes (a block's
- * shared memory starts with whatever the last block left: reading it unwritten is a bug). */
-void smem_poison(size_t bytes);
-/* After a block: traps if it wrote into the EMU_SMEM_CANARY bytes past the dynamic shared memory
- * it was launched with (out of bounds on a GPU). */
-void smem_check_tail(size_t bytes);
+/* Each block's dynamic shared memory starts as NaN bytes (a GPU's holds whatever the last block
+ * left: reading it unwritten is a bug), and so do the EMU_SMEM_CANARY bytes past what the launch
+ * asked for: a block that writes there traps at its end (out of bounds on a GPU). */
 #define EMU_SMEM_CANARY 1024
 
 /* Runs op in stream order: now, or when the graph it is being captured into is launched
@@ -95,8 +92,9 @@ void mbar_complete_tx(uint64_t *bar, unsigned bytes);
  * type 1): bits 4-6 XOR-ed with bits 7-9. */
 inline uintptr_t swizzle128(uintptr_t a) { return a ^ (((a >> 7) & 7u) << 4); }
 
-/* Runs every block of a grid, one after the other (emu_threads.cc). */
-void run_grid(dim3 grid, dim3 block, size_t dyn_smem, const std::function<void()> &body);
+/* Runs every block of a grid, one after the other, or `cluster` blocks (along x) at a time
+ * (emu_threads.cc). */
+void run_grid(dim3 grid, dim3 block, unsigned cluster, size_t dyn_smem, const std::function<void()> &body);
 
 } /* namespace emu */
 

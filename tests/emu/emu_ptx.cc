@@ -1,44 +1,12 @@
 /* emu_ptx.cc: the PTX instructions loco's kernels use through inline assembly, as the PTX ISA
  * defines them: cp.async with its commit and wait groups, ldmatrix (m8n8 .x2/.x4, .trans),
- * mma.sync m16n8k16 (f16, bf16) and m16n8k8 (tf32) with their fragment layouts, cvt.rna.tf32;
- * and the poisoning of the kernels' dynamic shared memory (cuda_emu.h). */
+ * mma.sync m16n8k16 (f16, bf16) and m16n8k8 (tf32) with their fragment layouts, cvt.rna.tf32. */
 #include "emu_internal.h"
 
 #include <math.h>
 #include <string.h>
 
 namespace emu {
-
-/* The arrays of cuda_emu.h, each with its size in bytes. */
-struct smem_array {
-    unsigned char *p;
-    size_t n;
-};
-#define EMU_SMEM_ARRAYS 7
-static void smem_arrays(smem_array out[EMU_SMEM_ARRAYS]) {
-    out[0] = {fa_smem, sizeof fa_smem};
-    out[1] = {faw_smem, sizeof faw_smem};
-    out[2] = {wg_smem, sizeof wg_smem};
-    out[3] = {ig_dsmem, sizeof ig_dsmem};
-    out[4] = {(unsigned char *)t32_smem, sizeof t32_smem};
-    out[5] = {(unsigned char *)ln_smem, sizeof ln_smem};
-    out[6] = {(unsigned char *)lm_smem, sizeof lm_smem};
-}
-
-/* The block's bytes and a canary past them: NaN bytes (0xff). */
-void smem_poison(size_t bytes) {
-    smem_array a[EMU_SMEM_ARRAYS];
-    smem_arrays(a);
-    for (const smem_array &x : a) memset(x.p, 0xff, std::min(bytes + EMU_SMEM_CANARY, x.n));
-}
-
-void smem_check_tail(size_t bytes) {
-    smem_array a[EMU_SMEM_ARRAYS];
-    smem_arrays(a);
-    for (const smem_array &x : a)
-        for (size_t i = bytes; i < std::min(bytes + EMU_SMEM_CANARY, x.n); i++)
-            if (x.p[i] != 0xff) trap("a block wrote past the dynamic shared memory it was launched with");
-}
 
 /* ---- cp.async ----------------------------------------------------------------------------------- */
 

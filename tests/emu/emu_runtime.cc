@@ -19,9 +19,14 @@
 #include <map>
 #include <unordered_map>
 
+/* cuda_emu.h's kernel-side names; here they would hide cudaLaunchConfig_t's fields */
+#undef blockDim
+#undef gridDim
+
 #define EMU_MEM_BYTES ((size_t)2 << 30)
 #define EMU_DEFAULT_SMEM (48 * 1024)
-#define EMU_SMEM_PER_SM 167936 /* an A100's 164 KB: the block counts it gives are the smaller ones */
+#define EMU_SMEM_PER_SM 233472 /* an H100's / H200's 228 KB, as the emulated compute capability 9.0 (a block of
+                               * the 227 KB opt-in fits one per SM) */
 
 struct CUstream_st;
 struct CUevent_st;
@@ -103,22 +108,22 @@ namespace emu {
 
 cudaError_t enqueue(cudaStream_t stream, std::function<void()> op) { return on_stream(stream, std::move(op)); }
 
-void launch_kernel(dim3 grid, dim3 block, size_t dyn_smem, const void *kernel, void *stream,
-                   std::function<void()> body) {
+cudaError_t launch_kernel(dim3 grid, dim3 block, size_t dyn_smem, const void *kernel, void *stream, unsigned cluster,
+                          std::function<void()> body) {
     const unsigned long long threads = (unsigned long long)block.x * block.y * block.z;
     if (threads == 0 || threads > 1024 || block.z > 64 || grid.x == 0 || grid.y == 0 || grid.z == 0 ||
-        grid.x > 0x7fffffffu || grid.y > 65535 || grid.z > 65535) {
-        fail(cudaErrorInvalidConfiguration);
-        return;
-    }
+        grid.x > 0x7fffffffu || grid.y > 65535 || grid.z > 65535)
+        return fail(cudaErrorInvalidConfiguration);
+    /* clusters: at most 8 blocks (the portable size; more needs an opt-in loco never asks for),
+     * and the grid a whole number of them */
+    if (cluster == 0 || cluster > 8 || grid.x % cluster != 0) return fail(cudaErrorInvalidClusterSize);
     size_t limit = EMU_DEFAULT_SMEM;
     auto it = dev().max_dyn_smem.find(kernel);
     if (it != dev().max_dyn_smem.end()) limit = (size_t)it->second;
-    if (dyn_smem > limit) {
-        fail(cudaErrorInvalidValue);
-        return;
-    }
-    on_stream((cudaStream_t)stream, [grid, block, dyn_smem, body]() { run_grid(grid, block, dyn_smem, body); });
+    if (dyn_smem > limit) return fail(cudaErrorInvalidValue);
+    on_stream((cudaStream_t)stream,
+              [grid, block, cluster, dyn_smem, body]() { run_grid(grid, block, cluster, dyn_smem, body); });
+    return cudaSuccess;
 }
 
 } /* namespace emu */
@@ -211,6 +216,25 @@ cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int *blocks, const voi
     const size_t per_block = dyn_smem + 1024;
     if ((size_t)n * per_block > EMU_SMEM_PER_SM) n = (int)(EMU_SMEM_PER_SM / per_block);
     *blocks = n;
+    return cudaSuccess;
+}
+
+/* Clusters that can run at once: one block per SM of what cudaOccupancyMaxActiveBlocksPerMultiprocessor
+ * allows, the SMs paired off (a GPU's count is lower where its GPCs' SM counts do not divide). */
+cudaError_t cudaOccupancyMaxActiveClusters(int *clusters, const void *func, const cudaLaunchConfig_t *config) {
+    if (!clusters || !config) return fail(cudaErrorInvalidValue);
+    unsigned size = 1;
+    for (unsigned i = 0; i < config->numAttrs; i++)
+        if (config->attrs[i].id == cudaLaunchAttributeClusterDimension)
+            size = config->attrs[i].val.clusterDim.x * config->attrs[i].val.clusterDim.y * config->attrs[i].val.clusterDim.z;
+    if (size == 0 || size > 8) return fail(cudaErrorInvalidClusterSize);
+    int per_sm = 0;
+    const cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+        &per_sm, func, (int)(config->blockDim.x * config->blockDim.y * config->blockDim.z), config->dynamicSmemBytes);
+    if (e != cudaSuccess) return e;
+    cudaDeviceProp p;
+    cudaGetDeviceProperties(&p, 0);
+    *clusters = per_sm * p.multiProcessorCount / (int)size;
     return cudaSuccess;
 }
 

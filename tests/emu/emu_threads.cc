@@ -1,8 +1,9 @@
 /* emu_threads.cc: the emulated GPU's threads (cuda_emu.h). A launch runs its blocks one after
- * the other; a block's threads are fibers on the calling OS thread, switched cooperatively: a
+ * the other (a cluster's blocks together, as one schedule, each with its own dynamic shared
+ * memory, barriers and named barriers); a block's threads are fibers on the calling OS thread, switched cooperatively: a
  * fiber runs until it reaches a barrier (__syncthreads, a named barrier, an mbarrier wait whose
  * phase has not completed), a warp-wide instruction, or its end, and each warp
- * runs as far as it can before the next one starts (run_block). A barrier or a
+ * runs as far as it can before the next one starts (run_cluster). A barrier or a
  * warp-wide instruction completes when the last thread it involves arrives; that thread does
  * the work for all of them. If no fiber can run and some have not finished (threads of a block
  * at different barriers, lanes of a warp at different instructions), the launch fails with a
@@ -75,7 +76,7 @@ static void ctx_switch(exec_ctx *from, exec_ctx *to) {
 #endif
 }
 
-enum fiber_state { F_READY, F_WARP, F_BARRIER, F_NAMED, F_MBAR, F_DONE, F_STATES };
+enum fiber_state { F_READY, F_WARP, F_BARRIER, F_NAMED, F_MBAR, F_CLUSTER, F_DONE, F_STATES };
 
 struct fiber {
     exec_ctx ctx;
@@ -83,6 +84,7 @@ struct fiber {
     fiber_state state = F_READY;
     thread_coords at;
     int warp = 0, lane = 0;
+    int cta = 0; /* its block's rank in the cluster */
     async_state copies;
     wgmma_state wg;
     unsigned named = 0;            /* F_NAMED: the named barrier it waits at */
@@ -105,12 +107,24 @@ struct warp_slot {
     unsigned char in[32][64], out[32][64];
 };
 
-struct block_run {
-    std::vector<fiber> fibers;
-    std::vector<warp_slot> warps;
-    int n = 0; /* threads of the running block (fibers beyond are kept for bigger blocks) */
+/* One block of the running cluster: its __syncthreads, its named barriers, its dynamic shared
+ * memory (EMU_SMEM_OPTIN bytes and the canary past them, 1024-byte aligned, kept for later
+ * launches). */
+struct cta_state {
     int at_barrier = 0, alive = 0;
     named_bar named[EMU_NAMED_BARRIERS];
+    unsigned char *smem = nullptr;
+};
+
+struct block_run {
+    std::vector<fiber> fibers; /* the cluster's threads, block by block (fibers beyond are kept) */
+    std::vector<warp_slot> warps;
+    int n = 0;     /* threads of each running block */
+    int ctas = 1;  /* blocks running together: the cluster's */
+    int total = 0; /* n * ctas */
+    int alive = 0; /* threads not finished, of every block */
+    int at_cluster = 0; /* threads at barrier.cluster */
+    cta_state cta[EMU_MAX_CLUSTER];
     /* mbarriers whose phase in progress waits for transaction bytes (expect_tx minus what has
      * landed): a side table, the 64-bit word holding the arrivals */
     std::vector<std::pair<const uint64_t *, int64_t>> tx;
@@ -137,13 +151,68 @@ wgmma_state &thread_wgmma() {
 
 static void to_scheduler(fiber *f) { ctx_switch(&f->ctx, &g_run->sched); }
 
-static void release_barrier(block_run *r);
+static void release_barrier(block_run *r, int cta);
+static void release_cluster(block_run *r);
+
+/* ---- a cluster's blocks: their dynamic shared memory -------------------------------------------- */
+
+void *dyn_smem(size_t align) {
+    if (!g_run || !g_run->cur) trap("dynamic shared memory outside a kernel");
+    if (align > 1024 || (align & (align - 1)) != 0) trap("dynamic shared memory aligned past 1024 bytes");
+    return g_run->cta[g_run->cur->cta].smem;
+}
+
+/* The block of the running cluster whose dynamic shared memory holds p, or -1. */
+static int cta_holding(const block_run *r, const void *p) {
+    const unsigned char *b = (const unsigned char *)p;
+    for (int c = 0; c < r->ctas; c++)
+        if (b >= r->cta[c].smem && b < r->cta[c].smem + EMU_SMEM_OPTIN) return c;
+    return -1;
+}
+
+void *cta_map(const void *p, unsigned cta) {
+    block_run *r = g_run;
+    if (!r || !r->cur) trap("mapa outside a kernel");
+    if (cta >= (unsigned)r->ctas) trap("mapa to a block rank past the cluster's");
+    const int from = cta_holding(r, p);
+    if (from < 0) trap("mapa of an address outside the blocks' dynamic shared memory");
+    if (r->cta[cta].alive == 0) /* its shared memory is gone: a GPU faults, or reaches another block's */
+        trap("a block reached the shared memory of a block of its cluster that has exited");
+    return r->cta[cta].smem + ((const unsigned char *)p - r->cta[from].smem);
+}
+
+unsigned cluster_ctarank(void) {
+    if (!g_run || !g_run->cur) trap("%cluster_ctarank outside a kernel");
+    return (unsigned)g_run->cur->cta;
+}
+
+unsigned cluster_size(void) {
+    if (!g_run || !g_run->cur) trap("%cluster_nctarank outside a kernel");
+    return (unsigned)g_run->ctas;
+}
+
+/* The blocks' bytes and a canary past them: NaN bytes (0xff), as a GPU's leftovers may be. */
+static void smem_poison(block_run *r, size_t bytes) {
+    for (int c = 0; c < r->ctas; c++) {
+        if (!r->cta[c].smem) {
+            r->cta[c].smem = (unsigned char *)aligned_alloc(1024, EMU_SMEM_OPTIN + EMU_SMEM_CANARY);
+            if (!r->cta[c].smem) trap("out of memory for a block's shared memory");
+        }
+        memset(r->cta[c].smem, 0xff, bytes + EMU_SMEM_CANARY);
+    }
+}
+
+static void smem_check_tail(const block_run *r, size_t bytes) {
+    for (int c = 0; c < r->ctas; c++)
+        for (size_t i = bytes; i < bytes + EMU_SMEM_CANARY; i++)
+            if (r->cta[c].smem[i] != 0xff) trap("a block wrote past the dynamic shared memory it was launched with");
+}
 
 /* f waits: the next ready lane of its warp runs on directly (half the switches of going
  * through the scheduler, and the warp keeps running ahead), else the scheduler does. */
 static void yield_from(fiber *f) {
     block_run *r = g_run;
-    const int end = std::min(r->n, f->warp * 32 + 32);
+    const int end = std::min(r->total, f->warp * 32 + 32);
     for (int i = (int)(f - r->fibers.data()) + 1; i < end; i++) {
         fiber *next = &r->fibers[i];
         if (next->state != F_READY) continue;
@@ -164,10 +233,14 @@ static void fiber_main() {
         trap("a thread ended with wgmma instructions it never waited for");
     f->state = F_DONE;
     r->alive--;
+    cta_state &c = r->cta[f->cta];
+    c.alive--;
     warp_slot &s = r->warps[f->warp];
     s.alive--;
     if (s.arrived > 0) trap("a lane exited while the rest of its warp waits at a warp-wide instruction");
-    if (r->at_barrier > 0 && r->at_barrier == r->alive) release_barrier(r); /* the exited no longer count */
+    /* the exited no longer count */
+    if (c.at_barrier > 0 && c.at_barrier == c.alive) release_barrier(r, f->cta);
+    if (r->at_cluster > 0 && r->at_cluster == r->alive) release_cluster(r);
     to_scheduler(f); /* never resumed */
     abort();
 }
@@ -209,19 +282,39 @@ static void run_fiber(block_run *r, fiber *f) {
 
 /* ---- barriers and warp-wide instructions ----------------------------------------------------- */
 
-static void release_barrier(block_run *r) {
-    for (int i = 0; i < r->n; i++)
+static void release_barrier(block_run *r, int cta) {
+    for (int i = cta * r->n; i < (cta + 1) * r->n; i++)
         if (r->fibers[i].state == F_BARRIER) r->fibers[i].state = F_READY;
-    r->at_barrier = 0;
+    r->cta[cta].at_barrier = 0;
 }
 
 void block_barrier(void) {
     block_run *r = g_run;
     if (!r || !r->cur) trap("__syncthreads outside a kernel");
     fiber *f = r->cur;
+    cta_state &c = r->cta[f->cta];
     f->state = F_BARRIER;
-    if (++r->at_barrier == r->alive) {
-        release_barrier(r);
+    if (++c.at_barrier == c.alive) {
+        release_barrier(r, f->cta);
+        return;
+    }
+    yield_from(f);
+}
+
+static void release_cluster(block_run *r) {
+    for (int i = 0; i < r->total; i++)
+        if (r->fibers[i].state == F_CLUSTER) r->fibers[i].state = F_READY;
+    r->at_cluster = 0;
+}
+
+/* barrier.cluster.arrive + barrier.cluster.wait: every thread of the cluster not exited. */
+void cluster_barrier(void) {
+    block_run *r = g_run;
+    if (!r || !r->cur) trap("barrier.cluster outside a kernel");
+    fiber *f = r->cur;
+    f->state = F_CLUSTER;
+    if (++r->at_cluster == r->alive) {
+        release_cluster(r);
         return;
     }
     yield_from(f);
@@ -232,7 +325,7 @@ static void complete_warp(block_run *r, int w) {
     s.op(s.in, s.out, s.alive);
     s.arrived = 0;
     s.op = nullptr;
-    const size_t end = std::min((size_t)r->n, (size_t)w * 32 + 32);
+    const size_t end = std::min((size_t)r->total, (size_t)w * 32 + 32);
     for (size_t i = (size_t)w * 32; i < end; i++)
         if (r->fibers[i].state == F_WARP) r->fibers[i].state = F_READY;
 }
@@ -243,7 +336,7 @@ void warp_collective(warp_op op, const void *in, size_t in_bytes, void *out, siz
     if (in_bytes > 64 || out_bytes > 64) trap("warp exchange payload over 64 bytes");
     fiber *f = r->cur;
     warp_slot &s = r->warps[f->warp];
-    const int warp_size = std::min(32, r->n - f->warp * 32);
+    const int warp_size = std::min(32, r->total - f->warp * 32);
     if (s.alive != warp_size)
         trap("a warp-wide instruction in a warp some of whose lanes have exited (undefined on a GPU)");
     if (s.op && s.op != op) trap("lanes of one warp at different warp-wide instructions (divergence)");
@@ -276,10 +369,11 @@ void named_barrier(unsigned id, unsigned count, int wait) {
     if (id == 0 || id >= EMU_NAMED_BARRIERS) trap("named barrier id outside 1-15 (0 is __syncthreads')");
     if (count == 0 || count % 32 != 0 || count > (unsigned)r->n)
         trap("named barrier count not a multiple of 32 up to the block's threads");
-    named_bar &b = r->named[id];
+    const int cta = r->cur->cta, first = cta * r->n; /* the block's fibers, warps from first / 32 */
+    named_bar &b = r->cta[cta].named[id];
     if (b.arrived > 0 && b.count != (int)count) trap("threads of one named-barrier phase name different counts");
     b.count = (int)count;
-    b.lanes[r->cur->warp]++;
+    b.lanes[r->cur->warp - first / 32]++;
     if (++b.arrived == b.count) {
         for (int w = 0; w < 32; w++) {
             const int lanes_of_warp = std::min(32, r->n - w * 32);
@@ -290,7 +384,7 @@ void named_barrier(unsigned id, unsigned count, int wait) {
         }
         b.arrived = 0;
         fiber *woken = nullptr;
-        for (int i = 0; i < r->n; i++)
+        for (int i = first; i < first + r->n; i++)
             if (r->fibers[i].state == F_NAMED && r->fibers[i].named == id) {
                 r->fibers[i].state = F_READY;
                 if (!woken) woken = &r->fibers[i];
@@ -340,7 +434,7 @@ static fiber *mbar_try_complete(block_run *r, uint64_t *bar, mbar_word &w) {
     fiber *woken = nullptr;
     w.pending = w.tag_phase_count & 0xFFFFFu;
     w.tag_phase_count ^= 1u << 20;
-    for (int i = 0; i < r->n; i++)
+    for (int i = 0; i < r->total; i++)
         if (r->fibers[i].state == F_MBAR && r->fibers[i].mbar == bar) {
             r->fibers[i].state = F_READY;
             if (!woken) woken = &r->fibers[i];
@@ -387,7 +481,7 @@ int schedule_eager(void) { return g_run && g_run->reverse; }
 /* Nothing in the block can move: the oldest cp.async.mbarrier.arrive of the lowest thread that
  * has one waiting has its copies land, and arrives (as late as a GPU may make it). */
 static int cp_async_land_oldest(block_run *r) {
-    for (int i = 0; i < r->n; i++) {
+    for (int i = 0; i < r->total; i++) {
         async_state &s = r->fibers[i].copies;
         if (s.arrived < s.arrivals.size()) {
             async_retire_upto(s, s.arrivals[s.arrived].second);
@@ -397,13 +491,17 @@ static int cp_async_land_oldest(block_run *r) {
     return 0;
 }
 
-/* A TMA copy's bytes have landed (emu_tma.cc): not a thread's step, so nobody is handed over. */
+/* A TMA copy's bytes have landed (emu_tma.cc): not a thread's step, so nobody is handed over.
+ * The count may go below zero while the phase still waits for arrivals: a peer block's
+ * multicast can land before this block's producer has said how many bytes to expect (its
+ * arrive.expect_tx), as the hardware allows; with every arrival in, it may not. */
 void mbar_complete_tx(uint64_t *bar, unsigned bytes) {
     block_run *r = g_run;
     mbar_word w = mbar_load(bar);
     int64_t &tx = mbar_tx(r, bar);
     tx -= bytes;
-    if (tx < 0) trap("a TMA copy landed on an mbarrier phase that expected fewer transaction bytes (expect_tx)");
+    if (tx < 0 && w.pending == 0)
+        trap("a TMA copy landed on an mbarrier phase that expected fewer transaction bytes (expect_tx)");
     mbar_try_complete(r, bar, w);
     memcpy(bar, &w, sizeof w);
 }
@@ -412,6 +510,8 @@ void mbar_wait_parity(uint64_t *bar, unsigned parity) {
     block_run *r = g_run;
     if (!r || !r->cur) trap("mbarrier.try_wait outside a kernel");
     fiber *f = r->cur;
+    const int holder = cta_holding(r, bar);
+    if (holder >= 0 && holder != f->cta) trap("mbarrier.try_wait on another block's mbarrier (shared::cta only)");
     while ((mbar_load(bar).tag_phase_count >> 20 & 1u) == (parity & 1u)) {
         f->state = F_MBAR;
         f->mbar = bar;
@@ -436,35 +536,45 @@ static std::string describe_stuck(const block_run *r) {
     std::string s;
     for (size_t w = 0; w < r->warps.size(); w++) {
         int n[F_STATES] = {0};
-        for (size_t i = w * 32; i < (size_t)r->n && i < w * 32 + 32; i++) n[r->fibers[i].state]++;
-        char line[240];
+        for (size_t i = w * 32; i < (size_t)r->total && i < w * 32 + 32; i++) n[r->fibers[i].state]++;
+        char where[48] = "", line[300];
+        if (r->ctas > 1) snprintf(where, sizeof where, " (block %zu of the cluster)", w * 32 / (size_t)r->n);
         snprintf(line, sizeof line,
-                 "\n  warp %zu: %d at a warp-wide instruction, %d at __syncthreads, %d at a named barrier, %d waiting "
-                 "for an mbarrier, %d finished",
-                 w, n[F_WARP], n[F_BARRIER], n[F_NAMED], n[F_MBAR], n[F_DONE]);
+                 "\n  warp %zu%s: %d at a warp-wide instruction, %d at __syncthreads, %d at a named barrier, %d waiting "
+                 "for an mbarrier, %d at barrier.cluster, %d finished",
+                 w, where, n[F_WARP], n[F_BARRIER], n[F_NAMED], n[F_MBAR], n[F_CLUSTER], n[F_DONE]);
         s += line;
     }
     return s;
 }
 
-static void run_block(block_run &r, dim3 grid, dim3 block, uint3 bid) {
+/* Runs the blocks bid, bid + (1, 0, 0), ... (ctas of them: one cluster) together. */
+static void run_cluster(block_run &r, dim3 grid, dim3 block, uint3 bid, int ctas) {
     const int n = (int)(block.x * block.y * block.z);
     r.n = n;
-    r.alive = n;
-    r.at_barrier = 0;
-    for (named_bar &b : r.named) b = named_bar();
+    r.ctas = ctas;
+    r.total = n * ctas;
+    r.alive = r.total;
+    r.at_cluster = 0;
+    for (int c = 0; c < ctas; c++) {
+        r.cta[c].alive = n;
+        r.cta[c].at_barrier = 0;
+        for (named_bar &b : r.cta[c].named) b = named_bar();
+    }
     r.tx.clear();
     tma_reset();
     for (size_t w = 0; w < r.warps.size(); w++) {
         r.warps[w].arrived = 0;
         r.warps[w].op = nullptr;
-        r.warps[w].alive = (int)std::min<size_t>(32, (size_t)n - w * 32);
+        r.warps[w].alive = (int)std::min<size_t>(32, (size_t)r.total - w * 32);
     }
-    for (int i = 0; i < n; i++) {
+    for (int i = 0; i < r.total; i++) {
         fiber &f = r.fibers[i];
+        const int t = i % n;
         f.state = F_READY;
-        f.at.tid = make_uint3(i % block.x, i / block.x % block.y, i / (block.x * block.y));
-        f.at.bid = bid;
+        f.cta = i / n;
+        f.at.tid = make_uint3(t % block.x, t / block.x % block.y, t / (block.x * block.y));
+        f.at.bid = make_uint3(bid.x + (unsigned)f.cta, bid.y, bid.z);
         f.at.bdim = block;
         f.at.gdim = grid;
         f.warp = i / 32;
@@ -479,7 +589,9 @@ static void run_block(block_run &r, dim3 grid, dim3 block, uint3 bid) {
      * where running the warps in step would hide it. The lowest warp that can run always runs
      * next: when a warp's progress frees a lower one (an arrival at a named barrier or an
      * mbarrier), that one goes on before any higher warp does, so a consumer warp that reads a
-     * buffer without waiting for its producer (a higher warp) reads it unfilled.
+     * buffer without waiting for its producer (a higher warp) reads it unfilled. A cluster's
+     * blocks are one list of warps, block 0's first: block 0 runs ahead of block 1 as far as
+     * its barriers let it.
      * LOCO_EMU_SCHEDULE=reverse turns the order round (the highest warp first, TMA copies and
      * cp.async arrivals landing as soon as they are issued): a producer warp then runs ahead of
      * every consumer, and a consumer reads what other consumers were to write (Q, a shared
@@ -489,7 +601,7 @@ static void run_block(block_run &r, dim3 grid, dim3 block, uint3 bid) {
         int ran = 0;
         for (size_t k = 0; k < nwarps; k++) {
             const size_t w = r.reverse ? nwarps - 1 - k : k;
-            const int end = std::min(n, (int)w * 32 + 32);
+            const int end = std::min(r.total, (int)w * 32 + 32);
             int ran_w = 0;
             for (int again = 1; again;) {
                 again = 0;
@@ -504,38 +616,43 @@ static void run_block(block_run &r, dim3 grid, dim3 block, uint3 bid) {
         if (r.alive == 0) {
             /* arrivals no thread waited for: the protocol of the kernel's bar.arrive / bar.sync
              * pairs is off by one somewhere (on a GPU the barrier's state at exit is undefined) */
-            for (const named_bar &b : r.named)
-                if (b.arrived != 0) trap("a block ended with a named barrier's phase half arrived");
+            for (int c = 0; c < ctas; c++)
+                for (const named_bar &b : r.cta[c].named)
+                    if (b.arrived != 0) trap("a block ended with a named barrier's phase half arrived");
             if (tma_in_flight()) trap("a block ended with TMA copies in flight (nothing waited for them)");
-            for (int i = 0; i < n; i++) async_retire(r.fibers[i].copies, 0, 1); /* land anyway */
+            for (int i = 0; i < r.total; i++) async_retire(r.fibers[i].copies, 0, 1); /* land anyway */
             return;
         }
         if (!ran && (tma_land_oldest() || cp_async_land_oldest(&r))) continue; /* nothing else can move: copies land */
         if (!ran) {
-            fprintf(stderr, "cuda emulator: block %u,%u,%u cannot go on:%s\n", bid.x, bid.y, bid.z,
-                    describe_stuck(&r).c_str());
+            fprintf(stderr, "cuda emulator: block %u,%u,%u%s cannot go on:%s\n", bid.x, bid.y, bid.z,
+                    ctas > 1 ? " (the first of its cluster)" : "", describe_stuck(&r).c_str());
             trap("deadlock (on a GPU: a hang, or undefined behaviour)");
         }
     }
 }
 
-void run_grid(dim3 grid, dim3 block, size_t dyn_smem, const std::function<void()> &body) {
+void run_grid(dim3 grid, dim3 block, unsigned cluster, size_t dyn_smem, const std::function<void()> &body) {
     if (g_run) trap("a kernel launched from inside a kernel");
-    static thread_local block_run r; /* its fibers' stacks serve every later launch */
+    static thread_local block_run r; /* its fibers' stacks and blocks' shared memory serve every later launch */
     const int n = (int)(block.x * block.y * block.z);
-    if (r.fibers.size() < (size_t)n) r.fibers.resize((size_t)n);
-    r.warps.resize((size_t)(n + 31) / 32);
+    if (cluster == 0 || cluster > EMU_MAX_CLUSTER || grid.x % cluster != 0) trap("a cluster size the launch checks refuse");
+    if (cluster > 1 && n % 32 != 0) trap("the emulator runs clusters of blocks of whole warps only");
+    const int total = n * (int)cluster;
+    if (r.fibers.size() < (size_t)total) r.fibers.resize((size_t)total);
+    r.warps.resize((size_t)(total + 31) / 32);
     r.body = &body;
     const char *schedule = getenv("LOCO_EMU_SCHEDULE");
     r.reverse = schedule && strcmp(schedule, "reverse") == 0;
+    r.ctas = (int)cluster;
     g_run = &r;
     for (unsigned z = 0; z < grid.z; z++)
         for (unsigned y = 0; y < grid.y; y++)
-            for (unsigned x = 0; x < grid.x; x++) {
-                smem_poison(dyn_smem);
+            for (unsigned x = 0; x < grid.x; x += cluster) {
+                smem_poison(&r, dyn_smem);
                 wgmma_reset_regions();
-                run_block(r, grid, block, make_uint3(x, y, z));
-                smem_check_tail(dyn_smem);
+                run_cluster(r, grid, block, make_uint3(x, y, z), (int)cluster);
+                smem_check_tail(&r, dyn_smem);
             }
     g_run = nullptr;
 }

@@ -58,7 +58,8 @@ static unsigned box_bytes(const tma_map &m) {
 
 static void land(const tma_copy &c);
 
-void tma_load(void *smem, const void *tensor_map, const int *coords, int rank, uint64_t *bar) {
+/* The checks of a copy's map, destination and coordinates; returns the map. */
+static tma_map tma_checked(const void *smem, const void *tensor_map, const int *coords, int rank) {
     tma_map m;
     memcpy(&m, tensor_map, sizeof m);
     if (m.magic != EMU_TMA_MAGIC) trap("a TMA copy with a tensor map cuTensorMapEncodeTiled did not make");
@@ -73,6 +74,11 @@ void tma_load(void *smem, const void *tensor_map, const int *coords, int rank, u
      * multiples of 16 bytes, so only that coordinate can break it. */
     if (((int64_t)coords[0] * m.esize) % 16 != 0)
         trap("a TMA copy whose innermost coordinate is not a multiple of 16 bytes (an illegal instruction on a GPU)");
+    return m;
+}
+
+/* Queues the box at coords for smem, completing on *bar (or lands it at once: LOCO_EMU_SCHEDULE=reverse). */
+static void tma_enqueue(void *smem, const tma_map &m, const int *coords, int rank, uint64_t *bar) {
     tma_copy c;
     c.dst = (unsigned char *)smem;
     c.map = m;
@@ -85,6 +91,23 @@ void tma_load(void *smem, const void *tensor_map, const int *coords, int rank, u
         land(c);
     else
         g_copies.push_back(c);
+}
+
+void tma_load(void *smem, const void *tensor_map, const int *coords, int rank, uint64_t *bar) {
+    const tma_map m = tma_checked(smem, tensor_map, coords, rank);
+    tma_enqueue(smem, m, coords, rank, bar);
+}
+
+/* One copy per block of the mask, each landing on its own (a GPU may deliver them at different
+ * times too). */
+void tma_load_multicast(void *smem, const void *tensor_map, const int *coords, int rank, uint64_t *bar,
+                        uint16_t mask) {
+    const tma_map m = tma_checked(smem, tensor_map, coords, rank);
+    const unsigned size = cluster_size();
+    if (mask == 0) trap("a multicast TMA copy to no block (mask 0)");
+    if (size < 16 && (mask >> size) != 0) trap("a multicast TMA copy to a block rank past the cluster's");
+    for (unsigned cta = 0; cta < size; cta++)
+        if (mask >> cta & 1u) tma_enqueue(cta_map(smem, cta), m, coords, rank, (uint64_t *)cta_map(bar, cta));
 }
 
 /* Element i (box-linear, innermost fastest) of the copy, from the tensor or zeros. */

@@ -52,38 +52,57 @@ TEST(cuda_conv2d_wgmma) {
  * (its stages' phases running on); shapes the kernel leaves to the other routes; and the fused
  * ResNet conv: the GroupNorm applied while the input is rewritten channels-last, bias, time
  * embedding and shortcut in the epilogue. */
-TEST(cuda_conv2d_tma) {
-    GPU_ENV(e, LOCO_F16, 60);
-    genv_close(&e);
-    CHECK(conv_route_described("tma", "conv: tma (experimental)"));
+static int conv_tma_cases(const char *described) {
+    int ok = conv_route_described("tma", described);
     const char *tma = "tma";
-    CHECK(check_conv(tma, LOCO_F16, 2, 64, 8, 64, 192, 3, 3, 1, 1, 1, 1, 1, 1, 61));   /* 4 pixel tiles */
-    CHECK(check_conv(tma, LOCO_BF16, 1, 128, 4, 128, 320, 3, 3, 1, 1, 1, 1, 1, 0, 62)); /* 3 channel tiles */
-    CHECK(check_conv(tma, LOCO_F16, 3, 64, 3, 64, 64, 3, 3, 1, 1, 1, 1, 1, 1, 63));    /* tiles across images */
-    CHECK(check_conv(tma, LOCO_F16, 1, 64, 4, 192, 64, 3, 3, 1, 1, 1, 1, 1, 1, 64));   /* 3 runs a row */
+    ok = ok && check_conv(tma, LOCO_F16, 2, 64, 8, 64, 192, 3, 3, 1, 1, 1, 1, 1, 1, 61);   /* 4 pixel tiles */
+    ok = ok && check_conv(tma, LOCO_BF16, 1, 128, 4, 128, 320, 3, 3, 1, 1, 1, 1, 1, 0, 62); /* 3 channel tiles */
+    ok = ok && check_conv(tma, LOCO_F16, 3, 64, 3, 64, 64, 3, 3, 1, 1, 1, 1, 1, 1, 63);    /* tiles across images */
+    ok = ok && check_conv(tma, LOCO_F16, 1, 64, 4, 192, 64, 3, 3, 1, 1, 1, 1, 1, 1, 64);   /* 3 runs a row */
     setenv("LOCO_CUDA_GEMM_WGMMA_BLOCKS", "2", 1);
-    CHECK(check_conv(tma, LOCO_F16, 2, 128, 8, 64, 128, 3, 3, 1, 1, 1, 1, 1, 1, 65));  /* 4 tiles per block */
+    ok = ok && check_conv(tma, LOCO_F16, 2, 128, 8, 64, 128, 3, 3, 1, 1, 1, 1, 1, 1, 65);  /* 4 tiles per block */
     /* 3 tiles per block, channel tiles rotated, a half tile between two staged ones */
-    CHECK(check_conv(tma, LOCO_F16, 1, 64, 4, 128, 320, 3, 3, 1, 1, 1, 1, 1, 1, 73));
+    ok = ok && check_conv(tma, LOCO_F16, 1, 64, 4, 128, 320, 3, 3, 1, 1, 1, 1, 1, 1, 73);
     const fused_case walk = {"tma", LOCO_F16, 1, 64, 4, 128, 192, 3, 32, 1, 1, 1, 1}; /* the epilogue's residual */
-    CHECK(check_conv_fused(&walk, 74));
+    ok = ok && check_conv_fused(&walk, 74);
     unsetenv("LOCO_CUDA_GEMM_WGMMA_BLOCKS");
-    CHECK(check_conv(tma, LOCO_F16, 2, 32, 8, 64, 64, 3, 3, 1, 1, 1, 1, 1, 1, 66));    /* Cin 32: other route */
-    CHECK(check_conv(tma, LOCO_F16, 2, 64, 8, 48, 64, 3, 3, 1, 1, 1, 1, 1, 1, 67));    /* W 48: other route */
-    CHECK(check_conv(tma, LOCO_F16, 1, 64, 4, 64, 4, 3, 3, 1, 1, 1, 1, 1, 1, 71));     /* Cout 4: other route */
+    ok = ok && check_conv(tma, LOCO_F16, 2, 32, 8, 64, 64, 3, 3, 1, 1, 1, 1, 1, 1, 66);    /* Cin 32: other route */
+    ok = ok && check_conv(tma, LOCO_F16, 2, 64, 8, 48, 64, 3, 3, 1, 1, 1, 1, 1, 1, 67);    /* W 48: other route */
+    ok = ok && check_conv(tma, LOCO_F16, 1, 64, 4, 64, 4, 3, 3, 1, 1, 1, 1, 1, 1, 71);     /* Cout 4: other route */
     const fused_case fused[] = {
         {"tma", LOCO_F16, 2, 64, 8, 64, 192, 3, 32, 1, 1, 1, 1}, /* the ResNet's conv2 with all terms */
         {"tma", LOCO_BF16, 2, 128, 4, 64, 128, 3, 32, 1, 0, 0, 1}, /* prologue only: bits of the unfused */
         {"tma", LOCO_F16, 1, 64, 4, 128, 64, 3, 0, 0, 1, 0, 0},  /* time embedding only, no conv bias */
     };
-    for (size_t i = 0; i < sizeof fused / sizeof fused[0]; i++) CHECK(check_conv_fused(&fused[i], 68 + i));
+    for (size_t i = 0; i < sizeof fused / sizeof fused[0]; i++) ok = ok && check_conv_fused(&fused[i], 68 + i);
     /* a shortcut 4 bytes off 16-byte alignment: the epilogue's 16-byte loads cannot take it, the
      * conv bias pass adds it (the emulator's -fsanitize=alignment would trap on a misaligned load) */
     const fused_case misaligned = {"tma", LOCO_F16, 1, 64, 4, 64, 64, 3, 32, 1, 1, 1, 1};
-    CHECK(check_conv_fused_at(&misaligned, 75, 2));
+    ok = ok && check_conv_fused_at(&misaligned, 75, 2);
     setenv("LOCO_CUDA_NORM_GATHER", "0", 1); /* the GroupNorm through a scratch tensor instead */
-    CHECK(check_conv_fused(&fused[0], 72));
+    ok = ok && check_conv_fused(&fused[0], 72);
     unsetenv("LOCO_CUDA_NORM_GATHER");
+    return ok;
+}
+
+TEST(cuda_conv2d_tma) {
+    GPU_ENV(e, LOCO_F16, 60);
+    genv_close(&e);
+    CHECK(conv_tma_cases("conv: tma (experimental)"));
+}
+
+/* The same in clusters of two (LOCO_CUDA_CONV_TMA_CLUSTER=2): the blocks of a pair take two pixel
+ * tiles of one channel tile, each loading half of the weights' box and multicasting it to both.
+ * Among the cases: an odd number of pixel tiles (a pair's second past the batch: N 3 x 192
+ * pixels), half channel tiles whose idle warpgroup hands stages back to both producers (Cout
+ * 192, 320), one pair walking every tile (LOCO_CUDA_GEMM_WGMMA_BLOCKS=2). */
+TEST(cuda_conv2d_tma_cluster) {
+    GPU_ENV(e, LOCO_F16, 76);
+    genv_close(&e);
+    setenv("LOCO_CUDA_CONV_TMA_CLUSTER", "2", 1);
+    const int ok = conv_tma_cases("conv: tma, clusters of 2 (experimental)");
+    unsetenv("LOCO_CUDA_CONV_TMA_CLUSTER");
+    CHECK(ok);
 }
 
 /* LOCO_CUDA_IM2COL_OVERLAP=1: whole-sample chunks filled on a side stream while the main stream
@@ -401,6 +420,29 @@ TEST(cuda_linear_wgmma) {
 TEST(cuda_linear_wgmma_tma) {
     HOPPER_OR_SKIP(hopper, 320);
     CHECK(gemm_wgmma_with(hopper, "LOCO_CUDA_LINEAR", "tma", "linear: wgmma (tma, experimental)", linear_wgmma_cases));
+}
+
+/* The TMA form in clusters of two (LOCO_CUDA_GEMM_WGMMA_CLUSTER=2): each block of a pair loads its
+ * own rows of x and half of w's tile, multicast to both, and hands every stage back to both
+ * producers. The cases above: pairs whose second row tile is past M (77 rows, 300 rows), one
+ * pair walking every tile ("1", "2": one cluster), two groups of pairs (2181 rows). */
+static int gemm_wgmma_cluster(int hopper, const char *form, const char *described, int (*cases)(void)) {
+    setenv("LOCO_CUDA_GEMM_WGMMA_CLUSTER", "2", 1);
+    const int ok = gemm_wgmma_with(hopper, form, "tma", described, cases);
+    unsetenv("LOCO_CUDA_GEMM_WGMMA_CLUSTER");
+    return ok;
+}
+
+TEST(cuda_linear_geglu_wgmma_cluster) {
+    HOPPER_OR_SKIP(hopper, 340);
+    CHECK(gemm_wgmma_cluster(hopper, "LOCO_CUDA_GEGLU", "geglu: wgmma (tma, clusters of 2, experimental)",
+                             linear_geglu_wgmma_cases));
+}
+
+TEST(cuda_linear_wgmma_cluster) {
+    HOPPER_OR_SKIP(hopper, 350);
+    CHECK(gemm_wgmma_cluster(hopper, "LOCO_CUDA_LINEAR", "linear: wgmma (tma, clusters of 2, experimental)",
+                             linear_wgmma_cases));
 }
 
 /* LOCO_CUDA_FLASH=classic, =stages3, =ilp3 and =ilp3q force one variant of the mma.sync kernel's
