@@ -101,7 +101,7 @@ __device__ __forceinline__ unsigned cluster_ctarank(void) {
  * thread (the epilogue's, in flight beside the products) at every k-step. */
 __device__ __forceinline__ void mbar_arrive_cluster(uint64_t *bar, unsigned cta) {
 #if defined(LOCO_CUDA_EMU)
-    emu::mbar_arrive((uint64_t *)emu::cta_map(bar, cta));
+    emu::mbar_arrive_remote((uint64_t *)emu::cta_map(bar, cta));
 #elif WG_DEVICE_OK
     asm volatile("{\n.reg .b32 remote;\n"
                  "mapa.shared::cluster.u32 remote, %0, %1;\n"

@@ -497,7 +497,9 @@ loco_status cuda_conv_tma(cuda_impl *c, loco_tensor *y, const loco_tensor *x, co
                   xstrides[3] = {(int64_t)p.cin * 2, (int64_t)p.w * p.cin * 2, (int64_t)p.hw * p.cin * 2};
     const unsigned xbox[4] = {CT_BK, CT_RUN, 1, 1};
     const int64_t wdims[3] = {p.cin, p.cout, 9}, wstrides[2] = {(int64_t)p.cin * 2, (int64_t)p.cout * p.cin * 2};
-    const bool mc = c->conv_tma_cluster == 2 && c->conv_tma_clusters > 0;
+    /* (an odd number of pixel tiles leaves a pair's second block multiplying zeros: gemm_wgmma.cu's
+     * rule, pairs where the tiles are even or at least 16) */
+    const bool mc = c->conv_tma_cluster == 2 && c->conv_tma_clusters > 0 && (p.tiles_n % 2 == 0 || p.tiles_n >= 16);
     const unsigned wbox[3] = {CT_BK, mc ? CT_BM / 2u : (unsigned)CT_BM, 1}; /* a cluster's blocks load half each */
     if (st == LOCO_OK) st = cuda_tensor_map_make(c, &p.map_x, xt, dt, 4, xdims, xstrides, xbox, err);
     if (st == LOCO_OK) st = cuda_tensor_map_make(c, &p.map_w, wr, dt, 3, wdims, wstrides, wbox, err);

@@ -535,7 +535,10 @@ static loco_status gw_run(cuda_impl *c, bool geglu, loco_tensor *y, const loco_t
     if (tiles > INT32_MAX) return LOCO_EUNSUPPORTED;
     const bool tma = c->gemm_wgmma_load == CUDA_WS_LOAD_TMA;
     const int clusters = c->gemm_wgmma_clusters[geglu ? 0 : 1];
-    const bool mc = tma && c->gemm_wgmma_cluster == 2 && clusters > 0;
+    /* (an odd number of row tiles leaves a pair's second block multiplying zeros for a column
+     * tile's whole k loop: half the SMs at one row tile, a sixth of the blocks' time at three;
+     * from 16 on it costs at most 1 / 17) */
+    const bool mc = tma && c->gemm_wgmma_cluster == 2 && clusters > 0 && (p.tiles_m % 2 == 0 || p.tiles_m >= 16);
     p.arrive = c->gemm_wgmma_load == CUDA_WS_LOAD_ARRIVE;
     if (tma) { /* w in boxes of 128 rows where two boxes make a tile: GEGLU's h and g, a cluster's halves */
         loco_status s = gw_tensor_map(c, &p.map_x, x->data, dt, rows, k, GW_BM, err);

@@ -101,6 +101,7 @@ void mbar_expect_tx(uint64_t *bar, unsigned bytes);
 #define EMU_MAX_CLUSTER 8
 void *dyn_smem(size_t align);
 void *cta_map(const void *p, unsigned cta);
+void mbar_arrive_remote(uint64_t *bar); /* mbarrier.arrive.shared::cluster: any block's, from cta_map */
 unsigned cluster_ctarank(void);
 unsigned cluster_size(void);
 void cluster_barrier(void);

@@ -85,6 +85,9 @@ async_state &thread_copies(void);
  * (emu_runtime.cc). The library calls that take a stream (cuBLASLt) go through here. */
 cudaError_t enqueue(cudaStream_t stream, std::function<void()> op);
 
+/* The block of the running cluster whose dynamic shared memory holds p, or -1. */
+int cta_of(const void *p);
+
 /* A TMA copy's bytes have landed on *bar (emu_tma.cc -> emu_threads.cc). */
 void mbar_complete_tx(uint64_t *bar, unsigned bytes);
 

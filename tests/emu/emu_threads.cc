@@ -170,6 +170,10 @@ static int cta_holding(const block_run *r, const void *p) {
     return -1;
 }
 
+int cta_of(const void *p) { return g_run ? cta_holding(g_run, p) : -1; }
+
+/* (Stricter than a GPU, where only an access through the address faults: the emulator cannot
+ * see plain loads and stores through it, so it traps at mapa already.) */
 void *cta_map(const void *p, unsigned cta) {
     block_run *r = g_run;
     if (!r || !r->cur) trap("mapa outside a kernel");
@@ -413,8 +417,21 @@ static mbar_word mbar_load(const uint64_t *bar) {
     return w;
 }
 
+/* The .shared::cta forms (init, expect_tx, arrive, try_wait) take the running block's own
+ * mbarriers. In a cluster that is its dynamic shared memory: static __shared__ is one
+ * thread_local copy here, which both blocks would share. */
+static void own_mbarrier(block_run *r, const void *bar, const char *what) {
+    if (r->ctas == 1) return;
+    const int holder = cta_holding(r, bar);
+    if (holder < 0)
+        trap("an mbarrier outside the blocks' dynamic shared memory in a cluster (static __shared__ is one copy "
+             "for all its blocks in the emulator)");
+    if (holder != r->cur->cta) trap(what);
+}
+
 void mbar_init(uint64_t *bar, unsigned count) {
     if (!g_run || !g_run->cur) trap("mbarrier.init outside a kernel");
+    own_mbarrier(g_run, bar, "mbarrier.init on another block's mbarrier (shared::cta only)");
     if (count == 0 || count >= (1u << 20)) trap("mbarrier.init count outside 1 to 2^20 - 1");
     const mbar_word w = {count, EMU_MBAR_TAG << 24 | count};
     memcpy(bar, &w, sizeof w);
@@ -447,6 +464,8 @@ static fiber *mbar_count_arrival(block_run *r, uint64_t *bar) {
     mbar_word w = mbar_load(bar);
     if (w.pending == 0) trap("an mbarrier arrival beyond its count (the phase waits for transaction bytes only)");
     --w.pending;
+    if (w.pending == 0 && mbar_tx(r, bar) < 0) /* (the copies' bytes landed before the arrivals) */
+        trap("a TMA copy landed on an mbarrier phase that expected fewer transaction bytes (expect_tx)");
     fiber *woken = mbar_try_complete(r, bar, w);
     memcpy(bar, &w, sizeof w);
     return woken;
@@ -455,12 +474,23 @@ static fiber *mbar_count_arrival(block_run *r, uint64_t *bar) {
 void mbar_arrive(uint64_t *bar) {
     block_run *r = g_run;
     if (!r || !r->cur) trap("mbarrier.arrive outside a kernel");
+    own_mbarrier(r, bar, "mbarrier.arrive.shared::cta on another block's mbarrier (that is the shared::cluster form)");
+    hand_over(r, r->cur, mbar_count_arrival(r, bar));
+}
+
+void mbar_arrive_remote(uint64_t *bar) {
+    block_run *r = g_run;
+    if (!r || !r->cur) trap("mbarrier.arrive outside a kernel");
+    const int holder = cta_holding(r, bar);
+    if (holder < 0) trap("mbarrier.arrive.shared::cluster outside the blocks' dynamic shared memory");
+    if (r->cta[holder].alive == 0) trap("an mbarrier arrival on a block of the cluster that has exited");
     hand_over(r, r->cur, mbar_count_arrival(r, bar));
 }
 
 void mbar_expect_tx(uint64_t *bar, unsigned bytes) {
     block_run *r = g_run;
     if (!r || !r->cur) trap("mbarrier.expect_tx outside a kernel");
+    own_mbarrier(r, bar, "mbarrier.expect_tx on another block's mbarrier (shared::cta only)");
     (void)mbar_load(bar);
     if (bytes >= (1u << 20)) trap("mbarrier.expect_tx of 2^20 bytes or more");
     mbar_tx(r, bar) += bytes;
@@ -497,6 +527,8 @@ static int cp_async_land_oldest(block_run *r) {
  * arrive.expect_tx), as the hardware allows; with every arrival in, it may not. */
 void mbar_complete_tx(uint64_t *bar, unsigned bytes) {
     block_run *r = g_run;
+    const int holder = cta_holding(r, bar);
+    if (holder >= 0 && r->cta[holder].alive == 0) trap("a TMA copy landed in a block of the cluster that has exited");
     mbar_word w = mbar_load(bar);
     int64_t &tx = mbar_tx(r, bar);
     tx -= bytes;
@@ -510,8 +542,7 @@ void mbar_wait_parity(uint64_t *bar, unsigned parity) {
     block_run *r = g_run;
     if (!r || !r->cur) trap("mbarrier.try_wait outside a kernel");
     fiber *f = r->cur;
-    const int holder = cta_holding(r, bar);
-    if (holder >= 0 && holder != f->cta) trap("mbarrier.try_wait on another block's mbarrier (shared::cta only)");
+    own_mbarrier(r, bar, "mbarrier.try_wait on another block's mbarrier (shared::cta only)");
     while ((mbar_load(bar).tag_phase_count >> 20 & 1u) == (parity & 1u)) {
         f->state = F_MBAR;
         f->mbar = bar;

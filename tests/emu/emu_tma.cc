@@ -93,8 +93,19 @@ static void tma_enqueue(void *smem, const tma_map &m, const int *coords, int ran
         g_copies.push_back(c);
 }
 
+/* A copy's destination and mbarrier name the issuing block's own shared memory (the multicast
+ * form's too: they land at the same offsets elsewhere); in a cluster that is its dynamic shared
+ * memory (static __shared__ is one copy for all its blocks here). */
+static void tma_own_block(const void *smem, const uint64_t *bar) {
+    if (cluster_size() == 1) return;
+    const int me = (int)cluster_ctarank();
+    if (cta_of(smem) != me || cta_of(bar) != me)
+        trap("a TMA copy in a cluster whose destination or mbarrier is not its block's own dynamic shared memory");
+}
+
 void tma_load(void *smem, const void *tensor_map, const int *coords, int rank, uint64_t *bar) {
     const tma_map m = tma_checked(smem, tensor_map, coords, rank);
+    tma_own_block(smem, bar);
     tma_enqueue(smem, m, coords, rank, bar);
 }
 
@@ -103,6 +114,7 @@ void tma_load(void *smem, const void *tensor_map, const int *coords, int rank, u
 void tma_load_multicast(void *smem, const void *tensor_map, const int *coords, int rank, uint64_t *bar,
                         uint16_t mask) {
     const tma_map m = tma_checked(smem, tensor_map, coords, rank);
+    tma_own_block(smem, bar);
     const unsigned size = cluster_size();
     if (mask == 0) trap("a multicast TMA copy to no block (mask 0)");
     if (size < 16 && (mask >> size) != 0) trap("a multicast TMA copy to a block rank past the cluster's");

@@ -59,6 +59,7 @@ static int conv_tma_cases(const char *described) {
     ok = ok && check_conv(tma, LOCO_BF16, 1, 128, 4, 128, 320, 3, 3, 1, 1, 1, 1, 1, 0, 62); /* 3 channel tiles */
     ok = ok && check_conv(tma, LOCO_F16, 3, 64, 3, 64, 64, 3, 3, 1, 1, 1, 1, 1, 1, 63);    /* tiles across images */
     ok = ok && check_conv(tma, LOCO_F16, 1, 64, 4, 192, 64, 3, 3, 1, 1, 1, 1, 1, 1, 64);   /* 3 runs a row */
+    ok = ok && check_conv(tma, LOCO_F16, 1, 64, 68, 64, 64, 3, 3, 1, 1, 1, 1, 1, 1, 77);   /* 17 pixel tiles */
     setenv("LOCO_CUDA_GEMM_WGMMA_BLOCKS", "2", 1);
     ok = ok && check_conv(tma, LOCO_F16, 2, 128, 8, 64, 128, 3, 3, 1, 1, 1, 1, 1, 1, 65);  /* 4 tiles per block */
     /* 3 tiles per block, channel tiles rotated, a half tile between two staged ones */
@@ -92,10 +93,11 @@ TEST(cuda_conv2d_tma) {
 }
 
 /* The same in clusters of two (LOCO_CUDA_CONV_TMA_CLUSTER=2): the blocks of a pair take two pixel
- * tiles of one channel tile, each loading half of the weights' box and multicasting it to both.
- * Among the cases: an odd number of pixel tiles (a pair's second past the batch: N 3 x 192
- * pixels), half channel tiles whose idle warpgroup hands stages back to both producers (Cout
- * 192, 320), one pair walking every tile (LOCO_CUDA_GEMM_WGMMA_BLOCKS=2). */
+ * tiles of one channel tile, each loading half of the weights' box and multicasting it to both;
+ * pairs where the pixel tiles are even or at least 16 (else the plain form). Among the cases: 17
+ * pixel tiles (a last pair's second past the batch), half channel tiles whose idle warpgroup
+ * hands stages back to both producers (Cout 192, 320), one pair walking every tile
+ * (LOCO_CUDA_GEMM_WGMMA_BLOCKS=2). */
 TEST(cuda_conv2d_tma_cluster) {
     GPU_ENV(e, LOCO_F16, 76);
     genv_close(&e);
@@ -358,6 +360,7 @@ static int linear_geglu_wgmma_cases(void) {
     ok = ok && check_linear_geglu(LOCO_F16, 300, 64, 384, 1, "2", 293);   /* 1 k tile, 9 tiles on 2 blocks */
     ok = ok && check_linear_geglu(LOCO_F16, 2181, 64, 128, 1, "3", 294);  /* 18 row tiles: two groups */
     ok = ok && check_linear_geglu(LOCO_BF16, 1000, 640, 256, 1, NULL, 296); /* SD-XL's K at 64^2 */
+    ok = ok && check_linear_geglu(LOCO_F16, 2100, 64, 128, 1, "4", 297);  /* 17 row tiles: odd, two groups */
     ok = ok && check_linear_geglu(LOCO_F16, 50, 100, 128, 1, NULL, 295);  /* K % 64 != 0: declined */
     return ok;
 }
@@ -424,8 +427,10 @@ TEST(cuda_linear_wgmma_tma) {
 
 /* The TMA form in clusters of two (LOCO_CUDA_GEMM_WGMMA_CLUSTER=2): each block of a pair loads its
  * own rows of x and half of w's tile, multicast to both, and hands every stage back to both
- * producers. The cases above: pairs whose second row tile is past M (77 rows, 300 rows), one
- * pair walking every tile ("1", "2": one cluster), two groups of pairs (2181 rows). */
+ * producers. Pairs where the row tiles are even or at least 16 (else the plain TMA form: 77 and
+ * 300 rows), so the cases above have one pair walking every tile ("1": one cluster), two groups
+ * of pairs (2181 rows), and a last pair whose second row tile is past M (2100 rows: 17 tiles,
+ * the GEGLU cases'), here with the linear's too. */
 static int gemm_wgmma_cluster(int hopper, const char *form, const char *described, int (*cases)(void)) {
     setenv("LOCO_CUDA_GEMM_WGMMA_CLUSTER", "2", 1);
     const int ok = gemm_wgmma_with(hopper, form, "tma", described, cases);
@@ -439,10 +444,19 @@ TEST(cuda_linear_geglu_wgmma_cluster) {
                              linear_geglu_wgmma_cases));
 }
 
+static int linear_wgmma_cluster_cases(void) {
+    int ok = linear_wgmma_cases();
+    ok = ok && check_linear(LOCO_F16, 1, 2100, 64, 256, 1, LOCO_ACT_NONE, 351); /* 17 row tiles: a pair past M */
+    setenv("LOCO_CUDA_GEMM_WGMMA_BLOCKS", "4", 1);
+    ok = ok && check_linear(LOCO_BF16, 1, 1000, 128, 512, 0, -2, 352); /* 8 x 2 tiles on two pairs, accumulating */
+    unsetenv("LOCO_CUDA_GEMM_WGMMA_BLOCKS");
+    return ok;
+}
+
 TEST(cuda_linear_wgmma_cluster) {
     HOPPER_OR_SKIP(hopper, 350);
     CHECK(gemm_wgmma_cluster(hopper, "LOCO_CUDA_LINEAR", "linear: wgmma (tma, clusters of 2, experimental)",
-                             linear_wgmma_cases));
+                             linear_wgmma_cluster_cases));
 }
 
 /* LOCO_CUDA_FLASH=classic, =stages3, =ilp3 and =ilp3q force one variant of the mma.sync kernel's
