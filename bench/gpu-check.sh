@@ -287,10 +287,11 @@ fi
 # fails is run once more under compute-sanitizer (memcheck) when the machine has it and time is
 # left, so one GPU run also says where a bad access happens.
 SANITIZED=0
-# The warp-specialised attention's tests (session 10: mbarriers and named barriers never run on a
-# GPU) get 45 s instead of 150: a protocol error there is a hang, and seconds of work must not
-# hold a parity slot for minutes.
-test_limit() { case "$1" in *wgmma_ws* | *geglu_wgmma* | *linear_wgmma*) echo 45 ;; *) echo 150 ;; esac; }
+# The warp-specialised kernels' tests (the attention's, gemm_wgmma.cu's, conv_tma.cu's, their
+# cluster forms: mbarriers, named barriers and cluster barriers never run on a GPU) get 45 s
+# instead of 150: a protocol error there is a hang, and seconds of work must not hold a parity
+# slot for minutes.
+test_limit() { case "$1" in *wgmma_ws* | *geglu_wgmma* | *linear_wgmma* | *conv2d_tma*) echo 45 ;; *) echo 150 ;; esac; }
 # (the *_arrive tests match those patterns too)
 run_one_test() { # binary test -> prints "<rc> <test> <seconds>"
     local t0 rc
