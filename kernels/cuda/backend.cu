@@ -39,6 +39,21 @@ loco_status cuda_check_launch(const char *kernel, loco_err *err) {
     return loco_err_set(err, LOCO_EDEVICE, "%s launch: %s (%s)", kernel, cudaGetErrorString(e), cudaGetErrorName(e));
 }
 
+int cuda_max_clusters_of_two(const void *kernel, unsigned threads, size_t smem) {
+    cudaLaunchAttribute attr;
+    attr.id = cudaLaunchAttributeClusterDimension;
+    attr.val.clusterDim.x = 2, attr.val.clusterDim.y = 1, attr.val.clusterDim.z = 1;
+    /* in field order (grid, block, shared memory, stream, attributes): the emulator's kernel-side
+     * gridDim and blockDim would hide the fields' names */
+    const cudaLaunchConfig_t cfg = {dim3(2), dim3(threads), smem, 0, &attr, 1};
+    int clusters = 0;
+    if (cudaOccupancyMaxActiveClusters(&clusters, kernel, &cfg) != cudaSuccess) {
+        cudaGetLastError(); /* not sticky: the next call must not report it */
+        return 0;
+    }
+    return clusters;
+}
+
 loco_status cuda_check_lt(cublasStatus_t s, const char *what, loco_err *err) {
     if (s == CUBLAS_STATUS_SUCCESS) return LOCO_OK;
     loco_status code = s == CUBLAS_STATUS_ALLOC_FAILED ? LOCO_EDEVICE_OOM

@@ -391,23 +391,6 @@ __global__ void __launch_bounds__(256) ct_channels_last_kernel(T *xt, const T *x
 
 /* ---- host ----------------------------------------------------------------------------------- */
 
-/* The clusters of two of the MC form that can run at once (one block per SM, both of a cluster in
- * one GPC), or 0 where the query fails. */
-static int ct_max_clusters(void) {
-    cudaLaunchAttribute attr;
-    attr.id = cudaLaunchAttributeClusterDimension;
-    attr.val.clusterDim.x = 2, attr.val.clusterDim.y = 1, attr.val.clusterDim.z = 1;
-    /* in field order (grid, block, shared memory, stream, attributes): the emulator's kernel-side
-     * gridDim and blockDim would hide the fields' names */
-    const cudaLaunchConfig_t cfg = {dim3(2), dim3(CT_THREADS), (size_t)CT_SMEM, 0, &attr, 1};
-    int clusters = 0;
-    if (cudaOccupancyMaxActiveClusters(&clusters, ct_kernel<__half, true>, &cfg) != cudaSuccess) {
-        cudaGetLastError(); /* not sticky */
-        return 0;
-    }
-    return clusters;
-}
-
 loco_status cuda_conv_tma_setup(cuda_impl *c, loco_err *err) {
     (void)err;
     c->conv_tma_ok = 0;
@@ -426,7 +409,8 @@ loco_status cuda_conv_tma_setup(cuda_impl *c, loco_err *err) {
     }
     cuda_tensor_map_setup(c);
     c->conv_tma_ok = image_ok && c->tensor_map_encode;
-    if (c->conv_tma_ok && c->conv_tma_cluster == 2) c->conv_tma_clusters = ct_max_clusters();
+    if (c->conv_tma_ok && c->conv_tma_cluster == 2) /* (the bf16 kernel's resources are the same) */
+        c->conv_tma_clusters = cuda_max_clusters_of_two((const void *)ct_kernel<__half, true>, CT_THREADS, CT_SMEM);
     return LOCO_OK;
 }
 

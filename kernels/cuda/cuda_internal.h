@@ -202,6 +202,11 @@ loco_status cuda_check(cudaError_t e, const char *what, loco_err *err);
 /* The launch status of the kernel just enqueued ("<kernel> launch: ..."). */
 loco_status cuda_check_launch(const char *kernel, loco_err *err);
 loco_status cuda_check_lt(cublasStatus_t s, const char *what, loco_err *err);
+/* How many clusters of two blocks of `kernel` (threads each, smem bytes of dynamic shared memory,
+ * its attribute already raised) can run at once (cudaOccupancyMaxActiveClusters: both blocks of a
+ * cluster in one GPC, so fewer than half the SMs where a GPC's count is odd); 0 where the query
+ * fails, its error consumed. */
+int cuda_max_clusters_of_two(const void *kernel, unsigned threads, size_t smem);
 /* Make the backend's device current for this host thread (the engine may call from a worker
  * thread that never selected it). */
 loco_status cuda_enter(loco_backend *be, loco_err *err);

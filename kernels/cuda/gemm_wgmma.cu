@@ -458,21 +458,10 @@ __global__ void __launch_bounds__(GW_THREADS, 1) gw_kernel(const __grid_constant
     X(__nv_bfloat16, true, true, false) X(__nv_bfloat16, false, true, false) X(__half, true, true, true)        \
     X(__half, false, true, true) X(__nv_bfloat16, true, true, true) X(__nv_bfloat16, false, true, true)
 
-/* The cluster form's clusters of two that can run at once (one block per SM, both of a cluster
- * in one GPC: fewer than half the SMs where a GPC's count is odd), or 0 where the query fails. */
+/* The cluster form's clusters of two that can run at once (the bf16 kernel's resources are the same). */
 template <bool GEGLU> static int gw_max_clusters(void) {
-    cudaLaunchAttribute attr;
-    attr.id = cudaLaunchAttributeClusterDimension;
-    attr.val.clusterDim.x = 2, attr.val.clusterDim.y = 1, attr.val.clusterDim.z = 1;
-    /* in field order (grid, block, shared memory, stream, attributes): the emulator's kernel-side
-     * gridDim and blockDim would hide the fields' names */
-    const cudaLaunchConfig_t cfg = {dim3(2), dim3(GW_THREADS), (size_t)gw_cfg<GEGLU>::SMEM, 0, &attr, 1};
-    int clusters = 0;
-    if (cudaOccupancyMaxActiveClusters(&clusters, gw_kernel<__half, GEGLU, true, true>, &cfg) != cudaSuccess) {
-        cudaGetLastError(); /* not sticky: the next call must not report it */
-        return 0;
-    }
-    return clusters;
+    return cuda_max_clusters_of_two((const void *)gw_kernel<__half, GEGLU, true, true>, GW_THREADS,
+                                    gw_cfg<GEGLU>::SMEM);
 }
 
 extern "C" loco_status cuda_gemm_wgmma_setup(cuda_impl *c, loco_err *err) {
