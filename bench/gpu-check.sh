@@ -209,6 +209,7 @@ if [ $CANDIDATES -eq 1 ]; then
             linear_tma:LOCO_CUDA_LINEAR=wgmma,LOCO_CUDA_GEMM_WGMMA_LOAD=tma \
             geglu_arrive:LOCO_CUDA_GEGLU=wgmma,LOCO_CUDA_GEMM_WGMMA_LOAD=arrive \
             geglu_mc:LOCO_CUDA_GEGLU=wgmma,LOCO_CUDA_GEMM_WGMMA_LOAD=tma,LOCO_CUDA_GEMM_WGMMA_CLUSTER=2 \
+            ln_fold:LOCO_CUDA_GEGLU=wgmma,LOCO_CUDA_LINEAR=wgmma,LOCO_CUDA_GEMM_WGMMA_LOAD=tma,LOCO_CUDA_LN_FOLD=1 \
             wgmma_ws3_arrive:LOCO_CUDA_FLASH=wgmma_ws3,LOCO_CUDA_FLASH_LOAD=arrive \
             wgmma_ws3_tma:LOCO_CUDA_FLASH=wgmma_ws3,LOCO_CUDA_FLASH_LOAD=tma conv_tma:LOCO_CUDA_CONV=tma \
             conv_tma_mc:LOCO_CUDA_CONV=tma,LOCO_CUDA_CONV_TMA_CLUSTER=2 \
@@ -236,7 +237,8 @@ fi
 # the LayerNorm lane groups and register form, GEGLU's vector form, the row-tap convs, the
 # many-layer linear, the device quantisation of images, the vector concat; and (session 10) the
 # warp-specialised attention's named barriers and mbarriers (synccheck), from test_cuda_optin;
-# (sessions 11-12) gemm_wgmma.cu's mbarriers and named barriers, and its TMA form.
+# (sessions 11-12) gemm_wgmma.cu's mbarriers and named barriers, and its TMA form; (session 15)
+# its LayerNorm form's ldmatrix reads of the stages and register-A products.
 # Each test runs in a process of its own under one tool; a tool's summary line decides.
 sanitize_one() { # tool test (test_cuda_ops), or tool optin/test (test_cuda_optin)
     local t0 rc summary limit bin=test_cuda_ops name=$2
@@ -270,7 +272,8 @@ if [ $SANITIZE -eq 1 ]; then
         memcheck:optin/cuda_attention_wgmma_ws3_tma synccheck:optin/cuda_attention_wgmma_ws3_arrive \
         memcheck:optin/cuda_conv2d_tma synccheck:optin/cuda_conv2d_tma \
         memcheck:optin/cuda_linear_geglu_wgmma_cluster synccheck:optin/cuda_linear_geglu_wgmma_cluster \
-        memcheck:optin/cuda_conv2d_tma_cluster; do
+        memcheck:optin/cuda_conv2d_tma_cluster memcheck:optin/cuda_ln_linear_wgmma \
+        racecheck:optin/cuda_ln_linear_wgmma synccheck:optin/cuda_ln_linear_wgmma_cluster; do
         if [ "$(left)" -lt 30 ]; then
             say "skipping compute-sanitizer ${tool_test%%:*} on ${tool_test#*:}: $(left) s of the budget left"
             continue
@@ -291,7 +294,9 @@ SANITIZED=0
 # cluster forms: mbarriers, named barriers and cluster barriers never run on a GPU) get 45 s
 # instead of 150: a protocol error there is a hang, and seconds of work must not hold a parity
 # slot for minutes.
-test_limit() { case "$1" in *wgmma_ws* | *geglu_wgmma* | *linear_wgmma* | *conv2d_tma*) echo 45 ;; *) echo 150 ;; esac; }
+test_limit() {
+    case "$1" in *wgmma_ws* | *geglu_wgmma* | *linear_wgmma* | *conv2d_tma* | *ln_linear*) echo 45 ;; *) echo 150 ;; esac
+}
 # (the *_arrive tests match those patterns too)
 run_one_test() { # binary test -> prints "<rc> <test> <seconds>"
     local t0 rc
@@ -309,6 +314,7 @@ ARRIVE_BAD=0 # a test of a producer publishing by cp.async.mbarrier.arrive (*_ar
 CONV_TMA_BAD=0 # conv_tma.cu's test (cuda_conv2d_tma) failed: its rows and runs (not the other TMA forms')
 CLUSTER_BAD=0 # a test of gemm_wgmma.cu's form in clusters of two (*wgmma_cluster) failed: likewise
 CONV_CLUSTER_BAD=0 # conv_tma.cu's test in clusters of two (cuda_conv2d_tma_cluster) failed: likewise
+LN_BAD=0 # a test of the LayerNorm folded into gemm_wgmma.cu (cuda_ln_linear_wgmma*) failed: likewise
 parity() { # name binary [test-name regex]
     say "parity: $1 (one process per test)"
     local names n_pass=0 n_fail=0 failed_names="" hung_names="" line rc name secs
@@ -328,6 +334,7 @@ parity() { # name binary [test-name regex]
             n_fail=$((n_fail + 1))
             failed_names="$failed_names $name"
             case "$name" in
+            *ln_linear*) LN_BAD=1 ;;
             *_arrive) ARRIVE_BAD=1 ;;
             *conv2d_tma) CONV_TMA_BAD=1 ;;
             *wgmma_cluster) CLUSTER_BAD=1 ;;
@@ -475,7 +482,7 @@ else
     # the experimental wgmma convolution in a process of its own (a fault there spares the rest)
     LOCO_OPBENCH_SKIP_WS=$WS_BAD LOCO_OPBENCH_SKIP_GEGLU=$GEGLU_BAD LOCO_OPBENCH_SKIP_TMA=$TMA_BAD \
         LOCO_OPBENCH_SKIP_ARRIVE=$ARRIVE_BAD LOCO_OPBENCH_SKIP_CONV_TMA=$CONV_TMA_BAD LOCO_OPBENCH_SKIP_CLUSTER=$CLUSTER_BAD \
-        LOCO_OPBENCH_SKIP_CONV_CLUSTER=$CONV_CLUSTER_BAD \
+        LOCO_OPBENCH_SKIP_CONV_CLUSTER=$CONV_CLUSTER_BAD LOCO_OPBENCH_SKIP_LN=$LN_BAD \
         timeout 120 "${RUN[@]}" "$BIN_BENCH/op_bench" bench/gpu/ops.txt 10 --wgmma \
         >>"$DIR/ops_loco.txt" \
         2>"$DIR/ops_wgmma.err" || {
@@ -620,6 +627,11 @@ rerun ilp3q LOCO_CUDA_FLASH=ilp3q sdxl 1024 3 90
 # ... in clusters of two that share w's tiles by TMA multicast (session 14: half of w's L2 traffic)
 [ $GEGLU_BAD -eq 0 ] && [ $TMA_BAD -eq 0 ] && [ $CLUSTER_BAD -eq 0 ] &&
     rerun geglu_mc "LOCO_CUDA_GEGLU=wgmma LOCO_CUDA_GEMM_WGMMA_LOAD=tma LOCO_CUDA_GEMM_WGMMA_CLUSTER=2" sdxl 1024 3 90
+# ... both forms by TMA with the LayerNorm before them folded in (session 15: norm1, norm2 and
+# norm3 write nothing; a statistics pass instead)
+[ $GEGLU_BAD -eq 0 ] && [ $TMA_BAD -eq 0 ] && [ $LN_BAD -eq 0 ] &&
+    rerun ln_fold "LOCO_CUDA_GEGLU=wgmma LOCO_CUDA_LINEAR=wgmma LOCO_CUDA_GEMM_WGMMA_LOAD=tma LOCO_CUDA_LN_FOLD=1" \
+        sdxl 1024 3 90
 optin_parity
 rerun wgmma128 LOCO_CUDA_FLASH=wgmma128 sdxl 1024 3 90
 rerun wgmma LOCO_CUDA_FLASH=wgmma sdxl 1024 3 90

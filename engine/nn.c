@@ -199,14 +199,29 @@ int loco_lin_stack_intact(const loco_lin *stacked, const loco_lin *parts, int n)
     return 1;
 }
 
-loco_status loco_lin_forward(loco_backend *be, const loco_lin *l, const loco_tensor *x, loco_act act,
-                             loco_tensor *out, loco_err *err) {
+/* A linear layer's output for x: x's leading shape, out_f last. */
+static loco_status lin_out(loco_backend *be, const loco_lin *l, const loco_tensor *x, loco_tensor *out,
+                           loco_err *err) {
     int64_t shape[LOCO_MAX_DIMS];
     memcpy(shape, x->shape, sizeof shape);
     shape[x->ndim - 1] = l->out_f;
-    loco_status s = alloc_like(be, x, x->ndim, shape, out, err);
+    return alloc_like(be, x, x->ndim, shape, out, err);
+}
+
+loco_status loco_lin_forward(loco_backend *be, const loco_lin *l, const loco_tensor *x, loco_act act,
+                             loco_tensor *out, loco_err *err) {
+    loco_status s = lin_out(be, l, x, out, err);
     if (s) return s;
     s = loco_linear(be, out, x, &l->w, l->b.data ? &l->b : NULL, act, err);
+    if (s) loco_tensor_free(out);
+    return s;
+}
+
+loco_status loco_lin_forward_ln(loco_backend *be, const loco_lin *l, const loco_tensor *x, const loco_tensor *gamma,
+                                const loco_tensor *beta, float eps, loco_tensor *out, loco_err *err) {
+    loco_status s = lin_out(be, l, x, out, err);
+    if (s) return s;
+    s = loco_ln_linear(be, out, x, gamma, beta, eps, &l->w, l->b.data ? &l->b : NULL, 0, err);
     if (s) loco_tensor_free(out);
     return s;
 }

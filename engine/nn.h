@@ -175,6 +175,10 @@ int loco_lin_stack_intact(const loco_lin *stacked, const loco_lin *parts, int n)
 /* out[..., out_f] = act(x[..., in_f] W^T + b); out gets x's leading shape. */
 loco_status loco_lin_forward(loco_backend *be, const loco_lin *l, const loco_tensor *x, loco_act act,
                              loco_tensor *out, loco_err *err);
+/* out[..., out_f] = LayerNorm(x; gamma, beta, eps) W^T + b (loco_ln_linear): the normalised x is
+ * not written where the backend folds the LayerNorm into the GEMM. */
+loco_status loco_lin_forward_ln(loco_backend *be, const loco_lin *l, const loco_tensor *x, const loco_tensor *gamma,
+                                const loco_tensor *beta, float eps, loco_tensor *out, loco_err *err);
 /* y[..., out_f] += x[..., in_f] W^T + b, in place (loco_linear_accumulate): a residual add
  * folded into the projection. */
 loco_status loco_lin_accumulate(loco_backend *be, const loco_lin *l, const loco_tensor *x, loco_tensor *y,

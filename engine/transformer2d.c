@@ -129,15 +129,23 @@ loco_status unet_text_proj(loco_backend *be, const unet_tblock *tb, int attn, in
     return loco_lin_forward(be, l, ehs, LOCO_ACT_NONE, out, err);
 }
 
-/* to_out(attention(to_q(n), k, v)) with per-sample K/V rows, into *out, or (residual not NULL)
+/* An attention's input: x normalised already (gamma NULL), or h with the block's LayerNorm to
+ * apply on the way into the projection (loco_ln_linear). */
+typedef struct attn_input {
+    const loco_tensor *x, *gamma, *beta;
+} attn_input;
+
+/* to_out(attention(to_q(in), k, v)) with per-sample K/V rows, into *out, or (residual not NULL)
  * added to *residual in place by the to_out GEMM itself. k == NULL: self-attention through the
  * stacked projection, q, k and v in one GEMM's rows (loco_attention's qkv_packed). */
 static loco_status attention(loco_backend *be, const unet_tblock *tb, const loco_lin *q_l, const loco_lin *o_l,
-                             const loco_tensor *n, const loco_tensor *k, const loco_tensor *v, const int *kv_index,
+                             const attn_input *in, const loco_tensor *k, const loco_tensor *v, const int *kv_index,
                              loco_tensor *residual, loco_tensor *out, loco_err *err) {
     loco_tensor q = {0}, o = {0};
     const int packed = k == NULL;
-    loco_status s = loco_lin_forward(be, packed ? &tb->a1_qkv : q_l, n, LOCO_ACT_NONE, &q, err);
+    const loco_lin *ql = packed ? &tb->a1_qkv : q_l;
+    loco_status s = in->gamma ? loco_lin_forward_ln(be, ql, in->x, in->gamma, in->beta, TBLOCK_LN_EPS, &q, err)
+                              : loco_lin_forward(be, ql, in->x, LOCO_ACT_NONE, &q, err);
     if (!s) s = loco_tensor_alloc_act(be, 3, (int64_t[]){q.shape[0], q.shape[1], tb->dim}, &o, err);
     if (!s) {
         loco_attention_params ap = {.heads = tb->heads,
@@ -201,21 +209,25 @@ static loco_status tblock_forward(const unet_run *r, const unet_tblock *tb, loco
     /* the three residual adds go into the to_out / ff.net.2 GEMMs unless a hook sees the site */
     const int fuse1 = !unet_site_hooked(r, tb->site_attn1), fuse2 = !unet_site_hooked(r, tb->site_attn2),
               fuse3 = !unet_site_hooked(r, tb->site_ff);
-    loco_status s = loco_tensor_alloc_act(be, 3, h->shape, &n, err);
-    if (s) return s;
+    loco_status s = LOCO_OK;
 
-    /* attn1: self-attention, or attention to the text when only_cross_attention */
-    if ((s = loco_layer_norm(be, &n, h, &tb->norm1_w, &tb->norm1_b, TBLOCK_LN_EPS, err))) goto done;
+    /* attn1: self-attention, or attention to the text when only_cross_attention. norm1's output
+     * feeds one GEMM (q, k and v stacked, or to_q alone), the LayerNorm folded into it where the
+     * backend can; after an edit replaced one of q, k, v it feeds three, so it is written once. */
+    const attn_input in1 = {h, &tb->norm1_w, &tb->norm1_b};
     if (tb->only_cross) {
         if ((s = text_kv(r, tb, 1, &k, &v, &owned, err))) goto done;
-        s = attention(be, tb, &tb->a1[A1_Q], &tb->a1_o, &n, &k, &v, kv_index, fuse1 ? h : NULL, &a, err);
+        s = attention(be, tb, &tb->a1[A1_Q], &tb->a1_o, &in1, &k, &v, kv_index, fuse1 ? h : NULL, &a, err);
     } else if (loco_lin_stack_intact(&tb->a1_qkv, tb->a1, 3)) {
-        s = attention(be, tb, NULL, &tb->a1_o, &n, NULL, NULL, NULL, fuse1 ? h : NULL, &a, err);
-    } else { /* an edit replaced one of the three: they go one by one */
+        s = attention(be, tb, NULL, &tb->a1_o, &in1, NULL, NULL, NULL, fuse1 ? h : NULL, &a, err);
+    } else { /* they go one by one */
+        const attn_input n1 = {&n, NULL, NULL};
         owned = 1;
+        if ((s = loco_tensor_alloc_act(be, 3, h->shape, &n, err))) goto done;
+        if ((s = loco_layer_norm(be, &n, h, &tb->norm1_w, &tb->norm1_b, TBLOCK_LN_EPS, err))) goto done;
         if ((s = loco_lin_forward(be, &tb->a1[A1_K], &n, LOCO_ACT_NONE, &k, err))) goto done;
         if ((s = loco_lin_forward(be, &tb->a1[A1_V], &n, LOCO_ACT_NONE, &v, err))) goto done;
-        s = attention(be, tb, &tb->a1[A1_Q], &tb->a1_o, &n, &k, &v, NULL, fuse1 ? h : NULL, &a, err);
+        s = attention(be, tb, &tb->a1[A1_Q], &tb->a1_o, &n1, &k, &v, NULL, fuse1 ? h : NULL, &a, err);
     }
     if (owned) {
         loco_tensor_free(&k);
@@ -225,10 +237,10 @@ static loco_status tblock_forward(const unet_run *r, const unet_tblock *tb, loco
     memset(&v, 0, sizeof v);
     if (s || (s = residual(r, tb->site_attn1, fuse1, &a, h, err))) goto done;
 
-    /* attn2: cross-attention to the text rows chosen per sample */
-    if ((s = loco_layer_norm(be, &n, h, &tb->norm2_w, &tb->norm2_b, TBLOCK_LN_EPS, err))) goto done;
+    /* attn2: cross-attention to the text rows chosen per sample; norm2 folded into to_q */
+    const attn_input in2 = {h, &tb->norm2_w, &tb->norm2_b};
     if ((s = text_kv(r, tb, 2, &k, &v, &owned, err))) goto done;
-    s = attention(be, tb, &tb->a2_q, &tb->a2_o, &n, &k, &v, kv_index, fuse2 ? h : NULL, &a, err);
+    s = attention(be, tb, &tb->a2_q, &tb->a2_o, &in2, &k, &v, kv_index, fuse2 ? h : NULL, &a, err);
     if (owned) {
         loco_tensor_free(&k);
         loco_tensor_free(&v);
@@ -237,13 +249,14 @@ static loco_status tblock_forward(const unet_run *r, const unet_tblock *tb, loco
     memset(&v, 0, sizeof v);
     if (s || (s = residual(r, tb->site_attn2, fuse2, &a, h, err))) goto done;
 
-    /* feed-forward: GEGLU(ff.net.0.proj) -> ff.net.2 */
-    if ((s = loco_layer_norm(be, &n, h, &tb->norm3_w, &tb->norm3_b, TBLOCK_LN_EPS, err))) goto done;
+    /* feed-forward: GEGLU(ff.net.0.proj(norm3(h))) -> ff.net.2 */
     {
         loco_tensor gl = {0};
-        int64_t shape[3] = {n.shape[0], n.shape[1], tb->ff_in.out_f / 2};
+        int64_t shape[3] = {h->shape[0], h->shape[1], tb->ff_in.out_f / 2};
         s = loco_tensor_alloc_act(be, 3, shape, &gl, err);
-        if (!s) s = loco_linear_geglu(be, &gl, &n, &tb->ff_in.w, tb->ff_in.b.data ? &tb->ff_in.b : NULL, err);
+        if (!s)
+            s = loco_ln_linear(be, &gl, h, &tb->norm3_w, &tb->norm3_b, TBLOCK_LN_EPS, &tb->ff_in.w,
+                               tb->ff_in.b.data ? &tb->ff_in.b : NULL, 1, err);
         if (!s)
             s = fuse3 ? loco_lin_accumulate(be, &tb->ff_out, &gl, h, err)
                       : loco_lin_forward(be, &tb->ff_out, &gl, LOCO_ACT_NONE, &f, err);

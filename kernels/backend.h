@@ -180,6 +180,15 @@ loco_status loco_linear_accumulate(loco_backend *be, loco_tensor *y, const loco_
  * LOCO_CUDA_GEGLU=wgmma (experimental) runs both in one Hopper kernel instead. */
 loco_status loco_linear_geglu(loco_backend *be, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
                               const loco_tensor *bias, loco_err *err);
+/* A linear layer (geglu 0: loco_linear without activation) or loco_linear_geglu (geglu 1) on
+ * LayerNorm(x) over x's last dimension (gamma [K], beta [K] or NULL, eps): a transformer block's
+ * projections after norm1, norm2 and norm3. loco_layer_norm into a temporary, then the linear,
+ * bit for bit; the CUDA backend under LOCO_CUDA_LN_FOLD=1 (experimental, with gemm_wgmma.cu's TMA
+ * form) writes no normalised copy: a pass computes each row's statistics and the GEMM
+ * normalises x on its way from shared memory to the tensor cores, the same bits again. */
+loco_status loco_ln_linear(loco_backend *be, loco_tensor *y, const loco_tensor *x, const loco_tensor *gamma,
+                           const loco_tensor *beta, float eps, const loco_tensor *w, const loco_tensor *bias, int geglu,
+                           loco_err *err);
 /* n linear layers of one input: y[i] = x · w[i]ᵀ + bias[i] (bias[i] may be NULL), x [M, K], w[i]
  * [N_i, K], y[i] [M, N_i]; the y[i] may not overlap each other or the inputs. A UNet's
  * time-embedding projections (one per ResNet block, all of SiLU(temb)): the CUDA backend runs

@@ -6,6 +6,7 @@
 
 #include "backend_impl.h"
 
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
@@ -186,5 +187,22 @@ static inline loco_status check_act(const char *op, loco_act act, loco_err *err)
         loco_status st_ = (expr);                                                                                  \
         if (st_ != LOCO_OK) return st_;                                                                            \
     } while (0)
+
+/* A norm's eps, and its gamma/beta: [C] in the op's dtype, not written by the op. */
+static inline loco_status check_eps(const char *op, float eps, loco_err *err) {
+    if (eps >= 0 && isfinite(eps)) return LOCO_OK;
+    return loco_err_set(err, LOCO_EINVAL, "%s: eps must be finite and >= 0, got %g", op, (double)eps);
+}
+
+static inline loco_status check_affine(loco_backend *be, const char *op, const char *name, const loco_tensor *t,
+                                       int64_t C, const loco_tensor *x, const loco_tensor *y, loco_err *err) {
+    shapes s;
+    TRY(check_tensor(be, op, name, t, err));
+    TRY(same_dtype(op, name, t, "x", x, err));
+    if (t->ndim != 1 || t->shape[0] != C)
+        return loco_err_set(err, LOCO_EINVAL, "%s: %s %s must be [%lld] for x %s", op, name, shp(&s, 0, t),
+                            (long long)C, shp(&s, 1, x));
+    return no_alias(op, "y", y, name, t, err);
+}
 
 #endif

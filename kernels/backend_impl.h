@@ -47,6 +47,11 @@ typedef struct loco_backend_ops {
      * LOCO_EUNSUPPORTED before launching anything: backend_ops_linear.c then runs those two. */
     loco_status (*linear_geglu)(loco_backend *be, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
                                 const loco_tensor *bias, loco_err *err);
+    /* Optional (NULL: layer_norm into a temporary, then linear or linear_geglu). Called with the
+     * arguments checked; may decline by returning LOCO_EUNSUPPORTED before launching anything. */
+    loco_status (*ln_linear)(loco_backend *be, loco_tensor *y, const loco_tensor *x, const loco_tensor *gamma,
+                             const loco_tensor *beta, float eps, const loco_tensor *w, const loco_tensor *bias,
+                             int geglu, loco_err *err);
     /* Optional (NULL: transpose12 and linear, and add, as backend.h says). */
     loco_status (*linear_from_channels)(loco_backend *be, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
                                         const loco_tensor *bias, loco_err *err);

@@ -105,23 +105,6 @@ loco_status loco_conv2d(loco_backend *be, loco_tensor *y, const loco_tensor *x, 
 
 /* ---- norms ------------------------------------------------------------------------------------ */
 
-static loco_status check_eps(const char *op, float eps, loco_err *err) {
-    if (eps >= 0 && isfinite(eps)) return LOCO_OK;
-    return loco_err_set(err, LOCO_EINVAL, "%s: eps must be finite and >= 0, got %g", op, (double)eps);
-}
-
-/* gamma/beta of a norm: [C] in the op's dtype, not written by the op. */
-static loco_status check_affine(loco_backend *be, const char *op, const char *name, const loco_tensor *t, int64_t C,
-                                const loco_tensor *x, const loco_tensor *y, loco_err *err) {
-    shapes s;
-    TRY(check_tensor(be, op, name, t, err));
-    TRY(same_dtype(op, name, t, "x", x, err));
-    if (t->ndim != 1 || t->shape[0] != C)
-        return loco_err_set(err, LOCO_EINVAL, "%s: %s %s must be [%lld] for x %s", op, name, shp(&s, 0, t),
-                            (long long)C, shp(&s, 1, x));
-    return no_alias(op, "y", y, name, t, err);
-}
-
 /* GroupNorm's own arguments (groups, eps, gamma/beta) for x [N, C, ...]; y is the op's output,
  * which gamma/beta may not alias. */
 static loco_status check_group_norm(loco_backend *be, const char *op, const loco_tensor *y, const loco_tensor *x,

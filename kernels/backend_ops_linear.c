@@ -1,7 +1,7 @@
 /* backend_ops_linear.c: the linear-layer ops of backend.h (loco_linear, loco_linear_accumulate,
- * loco_linear_geglu, loco_linear_many, loco_linear_from_channels, loco_linear_to_channels): their argument checks,
- * then dispatch to the backend's hook, or, for the optional hooks a backend lacks, the unfused
- * calls that define them (backend.h). backend_ops.c has the rules the checks follow. */
+ * loco_linear_geglu, loco_ln_linear, loco_linear_many, loco_linear_from_channels,
+ * loco_linear_to_channels): their argument checks, then dispatch to the backend's hook, or, for
+ * the optional hooks a backend lacks, the unfused calls that define them (backend.h). backend_ops.c has the rules the checks follow. */
 #include "backend_check.h"
 
 /* Every linear op's first checks: y and x of the backend and one dtype, w [out, in] of it. */
@@ -85,9 +85,9 @@ loco_status loco_linear_accumulate(loco_backend *be, loco_tensor *y, const loco_
     return st;
 }
 
-loco_status loco_linear_geglu(loco_backend *be, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
-                              const loco_tensor *bias, loco_err *err) {
-    const char *op = "linear_geglu";
+/* loco_linear_geglu's checks: w [2N, K], y x's shape with N last. */
+static loco_status check_linear_geglu(loco_backend *be, const char *op, const loco_tensor *y, const loco_tensor *x,
+                                      const loco_tensor *w, const loco_tensor *bias, loco_err *err) {
     shapes s;
     TRY(check_weight(be, op, y, x, w, err));
     const int64_t K = w->shape[1], N2 = w->shape[0];
@@ -102,7 +102,14 @@ loco_status loco_linear_geglu(loco_backend *be, loco_tensor *y, const loco_tenso
     if (!shape_ok)
         return loco_err_set(err, LOCO_EINVAL, "%s: y %s must be x %s with the last dimension %lld (w %s, halved)", op,
                             shp(&s, 0, y), shp(&s, 1, x), (long long)(N2 / 2), shp(&s, 2, w));
-    TRY(check_bias_alias(be, op, y, x, w, bias, err));
+    return check_bias_alias(be, op, y, x, w, bias, err);
+}
+
+loco_status loco_linear_geglu(loco_backend *be, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
+                              const loco_tensor *bias, loco_err *err) {
+    const char *op = "linear_geglu";
+    TRY(check_linear_geglu(be, op, y, x, w, bias, err));
+    const int64_t K = w->shape[1], N2 = w->shape[0];
     if (loco_tensor_numel(y) == 0) return LOCO_OK;
     if (be->ops->linear_geglu) {
         double t0 = prof_begin(be);
@@ -119,6 +126,38 @@ loco_status loco_linear_geglu(loco_backend *be, loco_tensor *y, const loco_tenso
     if (st == LOCO_OK) st = loco_linear(be, &t, x, w, bias, LOCO_ACT_NONE, err);
     if (st == LOCO_OK) st = loco_geglu(be, y, &t, err);
     loco_tensor_free(&t);
+    return st;
+}
+
+loco_status loco_ln_linear(loco_backend *be, loco_tensor *y, const loco_tensor *x, const loco_tensor *gamma,
+                           const loco_tensor *beta, float eps, const loco_tensor *w, const loco_tensor *bias, int geglu,
+                           loco_err *err) {
+    const char *op = geglu ? "ln_linear_geglu" : "ln_linear";
+    int64_t K = 0;
+    if (geglu) {
+        TRY(check_linear_geglu(be, op, y, x, w, bias, err));
+        K = w->shape[1];
+    } else {
+        TRY(check_linear(be, op, y, x, w, bias, &K, err));
+    }
+    TRY(check_eps(op, eps, err));
+    if (!gamma) return loco_err_set(err, LOCO_EINVAL, "%s: gamma is NULL", op);
+    TRY(check_affine(be, op, "gamma", gamma, K, x, y, err));
+    if (beta) TRY(check_affine(be, op, "beta", beta, K, x, y, err));
+    if (loco_tensor_numel(y) == 0) return LOCO_OK;
+    if (be->ops->ln_linear) {
+        double t0 = prof_begin(be);
+        const loco_status op_st = be->ops->ln_linear(be, y, x, gamma, beta, eps, w, bias, geglu, err);
+        const double flops = (geglu ? 4.0 : 2.0) * (double)loco_tensor_numel(y) * (double)K;
+        if (op_st != LOCO_EUNSUPPORTED) return prof_end(be, LOCO_OP_LINEAR, op, y, w, flops, t0, op_st);
+    }
+    /* the unfused form, exactly what a caller would write: n = layer_norm(x), y = linear(n) */
+    loco_tensor n = {0};
+    loco_status st = loco_tensor_alloc(be, x->dtype, x->ndim, x->shape, &n, err);
+    if (st == LOCO_OK) st = loco_layer_norm(be, &n, x, gamma, beta, eps, err);
+    if (st == LOCO_OK)
+        st = geglu ? loco_linear_geglu(be, y, &n, w, bias, err) : loco_linear(be, y, &n, w, bias, LOCO_ACT_NONE, err);
+    loco_tensor_free(&n);
     return st;
 }
 

@@ -66,7 +66,8 @@ OPT_IN = (("LOCO_CUDA_FLASH=wgmma", ("cuda_unet_call_",)),
 # warp first, TMA copies and cp.async arrivals landing as issued: a producer runs ahead of every
 # consumer, and a consumer can read what other consumers have not yet written).
 REVERSE = "LOCO_EMU_SCHEDULE=reverse"
-REVERSED = ("cuda_attention_wgmma_ws", "cuda_linear_geglu_wgmma", "cuda_linear_wgmma", "cuda_conv2d_tma")
+REVERSED = ("cuda_attention_wgmma_ws", "cuda_linear_geglu_wgmma", "cuda_linear_wgmma", "cuda_conv2d_tma",
+            "cuda_ln_linear")
 
 
 def _with_env(params):

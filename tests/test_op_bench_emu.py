@@ -64,7 +64,8 @@ WGMMA_ROWS = (["c_f16@wgmma", "c_b4@wgmma", "c_tma@wgmma", "c_tma@conv_tma", "rc
               + [f"{n}@fa_wgmma_ws128_arrive" for n in ("a_d40", "a_d64", "sa")]
               + [f"{n}@fa_wgmma_ws{t}_tma" for n in ("a_d64", "sa") for t in ("3", "128")]
               + [f"fg@geglu_wgmma{t}" for t in ("", "_tma", "_arrive", "_mc")]
-              + [f"l_none@linear_wgmma{t}" for t in ("", "_tma", "_arrive", "_mc")])
+              + [f"l_none@linear_wgmma{t}" for t in ("", "_tma", "_arrive", "_mc")]
+              + [f"{n}@ln_{f}_{t}" for n in ("fg", "l_none") for f in ("fold", "unfused") for t in ("tma", "mc")])
 
 
 def _run(tmp_path, *extra):

@@ -24,8 +24,10 @@
  * kernel's tiles loaded by TMA, "@geglu_wgmma_tma" and "@linear_wgmma_tma", and published by
  * cp.async.mbarrier.arrive, "@geglu_wgmma_arrive" and "@linear_wgmma_arrive"; the warp-specialised
  * attention so published: "@fa_wgmma_ws3_arrive", "@fa_wgmma_ws128_arrive", and loading K/V by TMA
- * at head dim 64: "@fa_wgmma_ws3_tma", "@fa_wgmma_ws128_tma"); f16 3x3 conv and resconv rows on
- * conv_tma.cu, "@conv_tma"). resconv rows (a ResNet block's
+ * at head dim 64: "@fa_wgmma_ws3_tma", "@fa_wgmma_ws128_tma"; in clusters of two, "_mc"; and both
+ * on LayerNorm(x) with the LayerNorm folded in, "@ln_fold_tma" and "@ln_fold_mc", beside
+ * loco_layer_norm then the GEMM on the same backends, "@ln_unfused_tma" and "@ln_unfused_mc"); f16
+ * 3x3 conv and resconv rows on conv_tma.cu, "@conv_tma" (and "@conv_tma_mc"). resconv rows (a ResNet block's
  * GroupNorm+SiLU, conv, residual add) time loco_conv2d_fused and the three separate ops
  * ("name@unfused"). selfattn rows (a transformer block's q, k, v projections and attention)
  * time the stacked projection with packed attention and the three projections apart
@@ -58,7 +60,9 @@ typedef struct bench_op {
     long a[9];
     int na;
     char act[16];
-    int unfused; /* resconv: the separate ops instead of loco_conv2d_fused; selfattn: q, k, v apart */
+    int unfused; /* resconv: the separate ops instead of loco_conv2d_fused; selfattn: q, k, v apart;
+                  * ln: loco_layer_norm, then the op */
+    int ln;      /* ffgeglu, linear (no activation): on LayerNorm(x), loco_ln_linear */
 } bench_op;
 
 static double now_ms(void) {
@@ -107,6 +111,14 @@ static loco_act act_of(const char *s) {
 /* Runs op once; the tensors t[] were prepared by setup(). */
 static loco_status run_op(loco_backend *be, const bench_op *op, loco_tensor *t, loco_err *err) {
     const long *a = op->a;
+    if (op->ln) { /* t: x, w, bias, y, gamma, beta, normalised x (unfused) */
+        const int geglu = !strcmp(op->kind, "ffgeglu");
+        if (!op->unfused) return loco_ln_linear(be, &t[3], &t[0], &t[4], &t[5], 1e-5f, &t[1], &t[2], geglu, err);
+        const loco_status st = loco_layer_norm(be, &t[6], &t[0], &t[4], &t[5], 1e-5f, err);
+        if (st != LOCO_OK) return st;
+        return geglu ? loco_linear_geglu(be, &t[3], &t[6], &t[1], &t[2], err)
+                     : loco_linear(be, &t[3], &t[6], &t[1], &t[2], LOCO_ACT_NONE, err);
+    }
     if (!strcmp(op->kind, "conv") || !strcmp(op->kind, "conv32")) {
         loco_conv2d_params p = {(int)a[6], {(int)a[7], (int)a[7], (int)a[7], (int)a[7]}};
         return loco_conv2d(be, &t[3], &t[0], &t[1], &t[2], &p, err);
@@ -286,6 +298,12 @@ static int setup(loco_backend *be, const bench_op *op, loco_tensor *t, double *w
         fprintf(stderr, "unknown op kind %s\n", op->kind);
         return -1;
     }
+    if (op->ln) { /* the LayerNorm's gamma, beta [K] and (unfused) its output [rows, K] */
+        int64_t ks[1] = {a[1]}, xs[2] = {a[0], a[1]};
+        if (rand_tensor(be, 1, ks, 1.0f, &seed, &t[4]) || rand_tensor(be, 1, ks, 0.1f, &seed, &t[5]) ||
+            rand_tensor(be, 2, xs, 0.0f, &seed, &t[6]))
+            return -1;
+    }
     return 0;
 }
 
@@ -343,17 +361,26 @@ static loco_backend *cuda_backend(void) {
     return be;
 }
 
-/* A backend created with some variables set ("VAR=value", at most 3), which it reads once. */
+/* A backend created with some variables set ("VAR=value", at most FORCED_VARS), which it reads
+ * once. */
+#define FORCED_VARS 6
 typedef struct forced_backend {
     const char *suffix; /* the rows' name suffix, "@route" */
-    const char *env[3];
+    const char *env[FORCED_VARS + 1];
     loco_backend *be;
 } forced_backend;
 
-static loco_backend *forced_backend_create(const char *const *env) { /* NULL-terminated, at most 3 */
-    char var[3][64];
+/* env: NULL-terminated, at most FORCED_VARS (a longer list is a programming error: the rows
+ * would time a backend without the rest, as session 14's "_mc" rows would have). */
+static loco_backend *forced_backend_create(const char *const *env) {
+    char var[FORCED_VARS][64];
     int n = 0;
-    for (; n < 3 && env[n]; n++) {
+    while (env[n]) n++;
+    if (n > FORCED_VARS) {
+        fprintf(stderr, "op_bench: %d variables for one backend, at most %d\n", n, FORCED_VARS);
+        return NULL;
+    }
+    for (n = 0; env[n]; n++) {
         const char *eq = strchr(env[n], '=');
         snprintf(var[n], sizeof var[n], "%.*s", (int)(eq - env[n]), env[n]);
         setenv(var[n], eq + 1, 1);
@@ -384,6 +411,16 @@ static int parse_op(char *line, bench_op *op) {
     return 1;
 }
 
+/* A forced backend whose description lacks what its rows are named after would time something
+ * else under that name (clusters the device cannot run, a fold whose GEMM form is off): it is
+ * dropped and its rows skipped, said on stderr. */
+static loco_backend *expect_route(loco_backend *be, const char *needle, const char *rows) {
+    if (!be || strstr(loco_backend_describe(be), needle)) return be;
+    fprintf(stderr, "op_bench: no %s rows: the backend is %s\n", rows, loco_backend_describe(be));
+    loco_backend_destroy(be);
+    return NULL;
+}
+
 /* "--wgmma": only the f16 conv rows on the experimental wgmma kernel ("name@wgmma"), in a
  * process of their own: a fault of a kernel that has never run would poison the CUDA context
  * and every later row of the main table. */
@@ -397,7 +434,8 @@ static int wgmma_rows(const char *path, int reps) {
      * off), the automatic routes elsewhere; the attention again with 128-key tiles, (head dims
      * 64 and 80) in blocks of three warpgroups, and warp-specialised (attention_wgmma_ws.cu) with
      * two and (64, 80) three warpgroups, and two with 128-key tiles */
-    static const char *const wgmma_env[3] = {"LOCO_CUDA_CONV=wgmma", "LOCO_CUDA_FLASH=wgmma", "LOCO_CUDA_FLASH_SHORT=0"};
+    static const char *const wgmma_env[4] = {"LOCO_CUDA_CONV=wgmma", "LOCO_CUDA_FLASH=wgmma", "LOCO_CUDA_FLASH_SHORT=0",
+                                            NULL};
     static const char *const wgmma128_env[3] = {"LOCO_CUDA_FLASH=wgmma128", "LOCO_CUDA_FLASH_SHORT=0", NULL};
     static const char *const wgmma3_env[3] = {"LOCO_CUDA_FLASH=wgmma3", "LOCO_CUDA_FLASH_SHORT=0", NULL};
     static const char *const ws_env[3] = {"LOCO_CUDA_FLASH=wgmma_ws", "LOCO_CUDA_FLASH_SHORT=0", NULL};
@@ -418,6 +456,11 @@ static int wgmma_rows(const char *path, int reps) {
                                                "LOCO_CUDA_FLASH_LOAD=tma", NULL};
     static const char *const ws128_tma_env[4] = {"LOCO_CUDA_FLASH=wgmma_ws128", "LOCO_CUDA_FLASH_SHORT=0",
                                                  "LOCO_CUDA_FLASH_LOAD=tma", NULL};
+    static const char *const ln_tma_env[5] = {"LOCO_CUDA_GEGLU=wgmma", "LOCO_CUDA_LINEAR=wgmma",
+                                              "LOCO_CUDA_GEMM_WGMMA_LOAD=tma", "LOCO_CUDA_LN_FOLD=1", NULL};
+    static const char *const ln_mc_env[6] = {"LOCO_CUDA_GEGLU=wgmma", "LOCO_CUDA_LINEAR=wgmma",
+                                             "LOCO_CUDA_GEMM_WGMMA_LOAD=tma", "LOCO_CUDA_GEMM_WGMMA_CLUSTER=2",
+                                             "LOCO_CUDA_LN_FOLD=1", NULL};
     static const char *const conv_tma_env[2] = {"LOCO_CUDA_CONV=tma", NULL};
     static const char *const conv_tma_mc_env[3] = {"LOCO_CUDA_CONV=tma", "LOCO_CUDA_CONV_TMA_CLUSTER=2", NULL};
     int status = 0;
@@ -445,6 +488,12 @@ static int wgmma_rows(const char *path, int reps) {
     const char *skip_mc_env = getenv("LOCO_OPBENCH_SKIP_CLUSTER");
     const int skip_mc = skip_mc_env && skip_mc_env[0] == '1';
     loco_backend *begwm = begwt && !skip_mc ? forced_backend_create(geglu_mc_env) : NULL;
+    /* ... with the LayerNorm before them folded in (alone and in clusters); LOCO_OPBENCH_SKIP_LN=1:
+     * not those (their tests failed) */
+    const char *skip_ln_env = getenv("LOCO_OPBENCH_SKIP_LN");
+    const int skip_ln = skip_ln_env && skip_ln_env[0] == '1';
+    loco_backend *beln = begwt && !skip_ln ? forced_backend_create(ln_tma_env) : NULL;
+    loco_backend *belnm = begwm && !skip_ln ? forced_backend_create(ln_mc_env) : NULL;
     /* ... and the producers that publish by cp.async.mbarrier.arrive (the attention's and the
      * GEMM's); LOCO_OPBENCH_SKIP_ARRIVE=1: not those (their tests failed) */
     const char *skip_arrive_env = getenv("LOCO_OPBENCH_SKIP_ARRIVE");
@@ -461,12 +510,17 @@ static int wgmma_rows(const char *path, int reps) {
     const int skip_ctm = skip_ctm_env && skip_ctm_env[0] == '1';
     loco_backend *bectm = bect && !skip_ctm ? forced_backend_create(conv_tma_mc_env) : NULL;
     if (!be || !be128 || !be3 || (!skip_geglu && !begw) || (begw && !skip_tma && !begwt) || (begwt && !skip_mc && !begwm) ||
+        (begwt && !skip_ln && !beln) || (begwm && !skip_ln && !belnm) ||
         (!skip_ws && (!bews || !bews3 || !bews128)) || (begw && !skip_arrive && !begwa) ||
         (bews128 && !skip_arrive && !bews128a) || (bews128 && !skip_tma && !bews128t) || (!skip_ct && !bect) ||
         (bect && !skip_ctm && !bectm)) {
         status = 2; /* a backend the rows need could not be made */
         goto done;
     }
+    begwm = expect_route(begwm, "clusters of 2", "\"_mc\" GEMM");
+    bectm = expect_route(bectm, "clusters of 2", "\"@conv_tma_mc\"");
+    beln = expect_route(beln, "LayerNorm folded", "\"@ln_*_tma\"");
+    belnm = expect_route(expect_route(belnm, "clusters of 2", "\"@ln_*_mc\""), "LayerNorm folded", "\"@ln_*_mc\"");
     fprintf(stderr, "op_bench --wgmma on %s%s\n", loco_backend_describe(be),
             skip_ws ? " (warp-specialised attention skipped: LOCO_OPBENCH_SKIP_WS=1)" : "");
     char line[512];
@@ -505,6 +559,16 @@ static int wgmma_rows(const char *path, int reps) {
         if (begwt && gw_linear && time_op(begwt, &op, reps, "@linear_wgmma_tma") != 0) failures++;
         if (begwa && gw_linear && time_op(begwa, &op, reps, "@linear_wgmma_arrive") != 0) failures++;
         if (begwm && gw_linear && time_op(begwm, &op, reps, "@linear_wgmma_mc") != 0) failures++;
+        /* the same GEMMs on LayerNorm(x): folded (loco_ln_linear) and, on the same backend,
+         * loco_layer_norm then the GEMM, so the pair of rows is the fold's gain */
+        if (!strcmp(op.kind, "ffgeglu") || gw_linear) {
+            bench_op lo = op, lu = op;
+            lo.ln = lu.ln = lu.unfused = 1;
+            if (beln && time_op(beln, &lo, reps, "@ln_fold_tma") != 0) failures++;
+            if (beln && time_op(beln, &lu, reps, "@ln_unfused_tma") != 0) failures++;
+            if (belnm && time_op(belnm, &lo, reps, "@ln_fold_mc") != 0) failures++;
+            if (belnm && time_op(belnm, &lu, reps, "@ln_unfused_mc") != 0) failures++;
+        }
     }
     status = failures ? 1 : 0;
 done:
@@ -515,6 +579,8 @@ done:
     loco_backend_destroy(bews128a);
     loco_backend_destroy(bews3a);
     loco_backend_destroy(begwa);
+    loco_backend_destroy(belnm);
+    loco_backend_destroy(beln);
     loco_backend_destroy(begwm);
     loco_backend_destroy(begwt);
     loco_backend_destroy(begw);

@@ -31,6 +31,11 @@ CROSS_ROWS = {"sdxl_cross_d64_77_b16": 60, "sdxl_cross_d64_4096_77_b16": 10}
 # (attn2's to_q) and 120 accumulating (both to_outs), timed here by the plain row
 GEGLU_ROWS = {"sdxl_ffgeglu_1280_b16": 60, "sdxl_ffgeglu_640_b16": 10}
 LINEAR_ROWS = {"sdxl_proj_1280_b16": 180, "sdxl_qkv_1280_b16": 60}
+# ... of which those after a LayerNorm (norm3's feed-forward, norm2's to_q, norm1's q, k, v):
+# LOCO_CUDA_LN_FOLD=1 folds it into the TMA forms' GEMMs; op_bench times the pair on one backend
+# ("@ln_fold_tma" against "@ln_unfused_tma", "_mc" in clusters)
+LN_CALLS = {"sdxl_ffgeglu_1280_b16": 60, "sdxl_ffgeglu_640_b16": 10, "sdxl_proj_1280_b16": 60,
+            "sdxl_qkv_1280_b16": 60}
 # conv_tma.cu (LOCO_CUDA_CONV=tma) against the default routes: the ResNet convs at the 128x128
 # level (320 channels out: 10 a call, those with 640 or 960 in counted as 320's) and the 64x64
 # one (640 out: 10), and the upsampler's plain 640-channel conv at 128x128 (1)
@@ -103,31 +108,52 @@ def pick_conv_tma(rows, log):
     return best[1] if best else []
 
 
+def fold_gain(rows, names, tag):
+    """ms a UNet call that folding the LayerNorm saves on a form's rows (the unfused pair's time
+    less the folded call's, on the same backend), or None when a row is missing."""
+    gain = 0.0
+    for name in names:
+        calls = LN_CALLS.get(name, 0)
+        fold, unfused = rows.get(f"{name}@ln_fold{tag}"), rows.get(f"{name}@ln_unfused{tag}")
+        if calls and (fold is None or unfused is None):
+            return None
+        if calls:
+            gain += calls * (unfused - fold)
+    return gain
+
+
 def pick_gemm_wgmma(rows, log):
     """gemm_wgmma.cu's two forms share one way of loading (LOCO_CUDA_GEMM_WGMMA_LOAD: cp.async,
-    arrive or tma; tma also in clusters of two, LOCO_CUDA_GEMM_WGMMA_CLUSTER=2): for each way,
-    each form goes in where it beats cuBLASLt; the way whose forms give the smaller total wins."""
+    arrive or tma; tma also in clusters of two, LOCO_CUDA_GEMM_WGMMA_CLUSTER=2) and, by TMA, the
+    LayerNorm fold (LOCO_CUDA_LN_FOLD=1, for the forms in use): for each way, with and without
+    the fold, each form goes in where it beats cuBLASLt (the LayerNorm apart); the way whose
+    forms give the smaller total wins."""
     best = None  # (ms a UNet call, env)
     for load, tag in (("cp.async", ""), ("arrive", "_arrive"), ("tma", "_tma"), ("tma clusters", "_mc")):
-        total, env = 0.0, []
-        for var, names, suffix in (("LOCO_CUDA_GEGLU", GEGLU_ROWS, "@geglu_wgmma" + tag),
-                                   ("LOCO_CUDA_LINEAR", LINEAR_ROWS, "@linear_wgmma" + tag)):
-            base, cand = weighted(rows, names, ""), weighted(rows, names, suffix)
-            if base is None or cand is None:
-                log(f"{var}=wgmma ({load}): rows missing")
-                if base is not None:
-                    total += base
-                continue
-            log(f"{var}=wgmma ({load}): {cand:.2f} against {base:.2f} ms a UNet call")
-            total += min(base, cand)
-            if cand < base:
-                env.append(f"{var}=wgmma")
-        if env and load != "cp.async":
-            env.append(f"LOCO_CUDA_GEMM_WGMMA_LOAD={load.split()[0]}")
-        if env and load == "tma clusters":
-            env.append("LOCO_CUDA_GEMM_WGMMA_CLUSTER=2")
-        if env and (best is None or total < best[0]):
-            best = (total, env)
+        for fold in ((False, True) if tag in ("_tma", "_mc") else (False,)):
+            total, env = 0.0, []
+            for var, names, suffix in (("LOCO_CUDA_GEGLU", GEGLU_ROWS, "@geglu_wgmma" + tag),
+                                       ("LOCO_CUDA_LINEAR", LINEAR_ROWS, "@linear_wgmma" + tag)):
+                what = f"{var}=wgmma ({load}{', LayerNorm folded' if fold else ''})"
+                base, cand = weighted(rows, names, ""), weighted(rows, names, suffix)
+                gain = fold_gain(rows, names, tag) if fold else 0.0
+                if base is None or cand is None or gain is None:
+                    log(f"{what}: rows missing")
+                    if base is not None:
+                        total += base
+                    continue
+                log(f"{what}: {cand - gain:.2f} against {base:.2f} ms a UNet call")
+                total += min(base, cand - gain)
+                if cand - gain < base:
+                    env.append(f"{var}=wgmma")
+            if env and load != "cp.async":
+                env.append(f"LOCO_CUDA_GEMM_WGMMA_LOAD={load.split()[0]}")
+            if env and load == "tma clusters":
+                env.append("LOCO_CUDA_GEMM_WGMMA_CLUSTER=2")
+            if env and fold:
+                env.append("LOCO_CUDA_LN_FOLD=1")
+            if env and (best is None or total < best[0]):
+                best = (total, env)
     return best[1] if best else []
 
 

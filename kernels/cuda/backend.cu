@@ -233,6 +233,7 @@ static void fill_ops(loco_backend_ops *o, int graphs) {
     o->linear_many = cuda_op_linear_many;
     o->linear_to_channels = cuda_op_linear_to_channels;
     o->linear_geglu = cuda_op_linear_geglu;
+    o->ln_linear = cuda_op_ln_linear;
     o->conv2d = cuda_op_conv2d;
     o->conv2d_fused = cuda_op_conv2d_fused;
     o->selftest = cuda_op_selftest;
@@ -370,6 +371,8 @@ extern "C" loco_status loco_backend_cuda_create(const loco_backend_opts *opts, l
     c->gemm_wgmma_blocks = gw_blocks ? atoi(gw_blocks) : 0;
     const char *gw_load = getenv("LOCO_CUDA_GEMM_WGMMA_LOAD"); /* cp.async (default), arrive, tma */
     if (!gw_load || !cuda_ws_load_from_name(gw_load, &c->gemm_wgmma_load)) c->gemm_wgmma_load = CUDA_WS_LOAD_CP_ASYNC;
+    const char *ln_fold = getenv("LOCO_CUDA_LN_FOLD"); /* 1: LayerNorms folded into that form's GEMMs */
+    c->ln_fold = ln_fold && strcmp(ln_fold, "1") == 0;
     const char *gw_cluster = getenv("LOCO_CUDA_GEMM_WGMMA_CLUSTER"); /* 2: the TMA form's blocks in pairs */
     c->gemm_wgmma_cluster = gw_cluster && strcmp(gw_cluster, "2") == 0 && c->gemm_wgmma_load == CUDA_WS_LOAD_TMA ? 2 : 1;
     const char *flash_load = getenv("LOCO_CUDA_FLASH_LOAD"); /* the warp-specialised attention's producer */
@@ -440,7 +443,7 @@ extern "C" loco_status loco_backend_cuda_create(const loco_backend_opts *opts, l
         cuda_destroy(&cb->be);
         return st;
     }
-    snprintf(cb->be.desc, sizeof cb->be.desc, "cuda:%d %.100s (sm_%d%d, %d SMs, %.1f GiB, %s activations%s%s%s%s%s%s%s%s%s%s)",
+    snprintf(cb->be.desc, sizeof cb->be.desc, "cuda:%d %.100s (sm_%d%d, %d SMs, %.1f GiB, %s activations%s%s%s%s%s%s%s%s%s%s%s)",
              ordinal, prop.name, prop.major, prop.minor, prop.multiProcessorCount,
              (double)prop.totalGlobalMem / (1024.0 * 1024.0 * 1024.0), cuda_dt(act),
              c->conv_algo == CUDA_CONV_IM2COL     ? ", conv: im2col"
@@ -484,6 +487,10 @@ extern "C" loco_status loco_backend_cuda_create(const loco_backend_opts *opts, l
                          c->gemm_wgmma_clusters[0]),
              gw_describe(1, c->linear_wgmma, c->linear_wgmma_ok, c->gemm_wgmma_load, c->gemm_wgmma_cluster,
                          c->gemm_wgmma_clusters[1]),
+             !c->ln_fold ? ""
+             : (c->geglu_wgmma_ok || c->linear_wgmma_ok) && c->gemm_wgmma_load == CUDA_WS_LOAD_TMA
+                 ? ", LayerNorm folded (experimental)"
+                 : ", LayerNorm fold unavailable",
              c->aux ? ", im2col overlapped" : "", c->norm_gather ? "" : ", GroupNorm gather off",
              c->flash_short ? "" : ", short-key attention off",
              c->gemm_tune ? ", GEMMs tuned" : "",

@@ -169,6 +169,8 @@ typedef struct cuda_impl {
                              * multicast (LOCO_CUDA_GEMM_WGMMA_CLUSTER=2 with load tma); else 1 */
     int gemm_wgmma_clusters[2]; /* ... clusters that can run at once, GEGLU form then linear (setup;
                                  * 0: clusters unavailable, the form runs without) */
+    int ln_fold; /* LOCO_CUDA_LN_FOLD=1: loco_ln_linear on that kernel's TMA form, the LayerNorm
+                  * applied to its stages (experimental); 0: the LayerNorm, then the GEMM */
     void *tensor_map_encode; /* the driver's cuTensorMapEncodeTiled (setup, for the TMA form), or NULL */
     int flash_short; /* 1: attention over at most 80 keys (text cross-attention) takes
                       * attention_short.cu's kernel, whatever LOCO_CUDA_FLASH picks for the
@@ -385,6 +387,10 @@ loco_status cuda_op_group_norm(loco_backend *be, loco_tensor *y, const loco_tens
                                loco_err *err);
 loco_status cuda_op_layer_norm(loco_backend *be, loco_tensor *y, const loco_tensor *x, const loco_tensor *gamma,
                                const loco_tensor *beta, float eps, loco_err *err);
+/* LayerNorm's statistics alone: stats [rows] float2 (mean, rstd), the bits the LayerNorm uses, for
+ * 16-bit x whose rows its fast form takes (cuda_layer_norm_stats_fits; else LOCO_EUNSUPPORTED). */
+int cuda_layer_norm_stats_fits(const cuda_impl *c, const loco_tensor *x);
+loco_status cuda_layer_norm_stats(cuda_impl *c, void *stats, const loco_tensor *x, float eps, loco_err *err);
 /* attention.cu */
 loco_status cuda_op_attention(loco_backend *be, loco_tensor *out, const loco_tensor *q, const loco_tensor *k,
                               const loco_tensor *v, const loco_attention_params *p, loco_err *err);
@@ -396,6 +402,10 @@ loco_status cuda_op_linear_geglu(loco_backend *be, loco_tensor *y, const loco_te
                                  const loco_tensor *bias, loco_err *err);
 loco_status cuda_linear_wgmma(cuda_impl *c, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
                               const loco_tensor *bias, int accumulate, loco_err *err);
+/* ... cuda_op_ln_linear (LOCO_CUDA_LN_FOLD=1): loco_ln_linear on its TMA form. */
+loco_status cuda_op_ln_linear(loco_backend *be, loco_tensor *y, const loco_tensor *x, const loco_tensor *gamma,
+                              const loco_tensor *beta, float eps, const loco_tensor *w, const loco_tensor *bias,
+                              int geglu, loco_err *err);
 /* tensor_map.cu: the driver's cuTensorMapEncodeTiled into c->tensor_map_encode (NULL when the
  * driver has none); a rank-1..5 f16/bf16 map, 128-byte swizzle, zeros outside (strides: bytes
  * of dims 1..rank-1). */

@@ -73,6 +73,19 @@
  * and before exiting. The persistent grid is the number of clusters that can run at once
  * (cudaOccupancyMaxActiveClusters), times two.
  *
+ * The LayerNorm form (LOCO_CUDA_LN_FOLD=1 with the TMA form, alone or in clusters; session 15,
+ * not yet timed): the GEMM after a transformer block's LayerNorm (q, k, v; attn2's to_q; the
+ * feed-forward) reads the block's hidden states x themselves. A pass beforehand
+ * (norm.cu's ln_stats_kernel) writes each row's (mean, rstd), 8 bytes a row where the
+ * LayerNorm writes x's size (SD-XL b8: 42 MB, three times a block), and every thread stages
+ * gamma/beta as fp32 in a table after the barriers (K <= 2048). A consumer warp then reads its
+ * A fragments from the swizzled stage by ldmatrix, normalises them in registers exactly as
+ * ln_rows_kernel writes them (fmaf(x - mean, gamma rstd, beta), rounded once), and runs the
+ * products with A from registers (wgmma's register-A form): the same bits as the LayerNorm, then
+ * this GEMM. The fragments of step s are written while step s - 1's products still read the
+ * other set of registers, so the normalising (about 170 instructions a thread a step) overlaps
+ * the tensor cores; no shared memory is written, so the stage's traffic is the plain form's.
+ *
  * Synchronisation (attention_wgmma_ws.cu's protocol, per k-step s counted over all of a block's
  * tiles, stage s % S, its (s / S)-th use; LAG = S - 2):
  *   producer: waits for empty[stage] phase (s / S) - 1 (from s = S on), issues step s's copies,
@@ -89,6 +102,7 @@
 #include "block_sync.cuh"
 #include "cuda_device.h"
 #include "gemm_wgmma_products.cuh"
+#include "mma.h"
 #include "tma.cuh"
 
 /* 1 only in the sm_90a image (the Makefile builds this file for sm_90a alone). */
@@ -103,6 +117,7 @@ __device__ const int gw_image_ok = WG_DEVICE_OK;
 #define GW_B_BYTES (GW_BN * GW_BK * 2)
 #define GW_STAGE_BYTES (GW_A_BYTES + GW_B_BYTES) /* 48 KB */
 #define GW_STAGING_PITCH (GW_BN * 2 + 16)         /* bytes per staging row (GEGLU) */
+#define GW_LN_MAX_K 2048 /* the LayerNorm form's gamma/beta table: 8 bytes a channel after the barriers */
 
 #define GW_THREADS 384 /* two consumer warpgroups, then the producer's */
 /* Registers: the launch gives 65536 / 384 = 170, rounded down to 168, a thread; setmaxnreg moves
@@ -126,6 +141,10 @@ template <bool GEGLU> struct gw_cfg {
      * waits for that release before step s + S, having published up to s + S - 1 - LAG by then. */
     static_assert(STAGES >= LAG + 2 && LAG >= 1, "the producer would wait for a stage no consumer can release");
     static_assert(SMEM <= 232448, "more shared memory than an sm_90 block may have");
+    /* the LayerNorm form: (gamma, beta) of k and k + 1 as one float4 per pair of channels, after
+     * the barriers (SMEM is a multiple of 16) */
+    static constexpr int SMEM_LN_MAX = SMEM + 8 * GW_LN_MAX_K;
+    static_assert(SMEM % 16 == 0 && SMEM_LN_MAX <= 232448, "the LayerNorm form's table does not fit");
 };
 
 struct gw_params {
@@ -137,6 +156,11 @@ struct gw_params {
     int tiles_m, tiles_n;
     int accumulate;        /* linear: y += x . wᵀ + b */
     int arrive;            /* cp.async form: publish by cp.async.mbarrier.arrive (LOCO_CUDA_GEMM_WGMMA_LOAD=arrive) */
+    /* The LayerNorm form: x is normalised on its way to the tensor cores, with each row's (mean,
+     * rstd) from ln_stats_kernel and gamma/beta [k] (beta may be NULL) of run-time dtype. */
+    const float2 *ln_stats;
+    const void *ln_gamma, *ln_beta;
+    int ln_gdt, ln_bdt;
 };
 
 /* A block's walk over the tiles. Alone: tiles blockIdx.x, + gridDim.x, ..., tile t in groups of
@@ -344,6 +368,63 @@ __device__ __forceinline__ void gw_store_linear(const float (&d)[GW_BN / 2], con
     }
 }
 
+/* The LayerNorm form: two channels (k, k + 1) of a row of x, packed as the A fragment holds them
+ * (k in the low half), normalised as ln_rows_kernel writes them: fmaf(x - mean, gamma rstd,
+ * beta) rounded once, with gb = (gamma_k, beta_k, gamma_k+1, beta_k+1) and st = (mean, rstd). */
+template <typename T> __device__ __forceinline__ uint32_t gw_ln_pair(uint32_t packed, float2 st, float4 gb) {
+    T v[2];
+    memcpy((void *)v, &packed, 4);
+    v[0] = from_f32<T>(fmaf(to_f32(v[0]) - st.x, gb.x * st.y, gb.y));
+    v[1] = from_f32<T>(fmaf(to_f32(v[1]) - st.x, gb.z * st.y, gb.w));
+    memcpy(&packed, v, 4);
+    return packed;
+}
+
+/* The LayerNorm form: a consumer warp's A fragments for k-tile kt (four k16 steps; fragment
+ * a[kk] = rows g, g + 8 of the warp's 16 at k 2t, 2t + 1, then 2t + 8, 2t + 9), read by ldmatrix
+ * from the 128-byte-swizzled stage (sa: the warpgroup's 64 rows, 1024-byte aligned; row r's
+ * 16-byte chunk c at r 128 + (c ^ r % 8) 16: a quarter-warp's eight rows hit eight different
+ * chunks) and normalised in registers with the rows' statistics st[0], st[1] and the table's
+ * gamma/beta (four lanes' float4s side by side, the same for the warp's 8 row pairs). */
+template <typename T>
+__device__ __forceinline__ void gw_ln_fragments(uint32_t (&a)[GW_BK / 16][4], const unsigned char *sa,
+                                                const float4 *table, int kt, const float2 (&st)[2], int warp,
+                                                int lane) {
+    const int r = warp * 16 + (lane & 15), t = lane & 3;
+#pragma unroll
+    for (int kk = 0; kk < GW_BK / 16; kk++) {
+        const int chunk = 2 * kk + (lane >> 4);
+        ldmatrix_x4(a[kk], sa + r * 128 + ((chunk ^ (r & 7)) << 4));
+        const int pair = (kt * GW_BK + kk * 16) / 2 + t; /* channels 2 pair, + 1; + 8 at pair + 4 */
+        const float4 lo = table[pair], hi = table[pair + 4];
+        a[kk][0] = gw_ln_pair<T>(a[kk][0], st[0], lo);
+        a[kk][1] = gw_ln_pair<T>(a[kk][1], st[1], lo);
+        a[kk][2] = gw_ln_pair<T>(a[kk][2], st[0], hi);
+        a[kk][3] = gw_ln_pair<T>(a[kk][3], st[1], hi);
+    }
+}
+
+/* Keeps A fragments in their registers up to here: a wgmma reads them until the wait that retires
+ * it, which the compiler does not know (CUTLASS's warpgroup_fence_operand). */
+__device__ __forceinline__ void gw_fence_frags(uint32_t (&a)[GW_BK / 16][4]) {
+#ifndef LOCO_CUDA_EMU
+#pragma unroll
+    for (int kk = 0; kk < GW_BK / 16; kk++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) asm volatile("" : "+r"(a[kk][i])::"memory");
+#else
+    (void)a;
+#endif
+}
+
+/* The LayerNorm form: (mean, rstd) of this thread's two rows of tile row tm (zeros past M: those
+ * rows' products are never stored). */
+__device__ __forceinline__ void gw_ln_stats(float2 (&st)[2], const gw_params &p, int tm, int wg, int warp, int lane) {
+    const int row = tm * GW_BM + wg * 64 + warp * 16 + (lane >> 2);
+#pragma unroll
+    for (int h = 0; h < 2; h++) st[h] = row + 8 * h < p.m ? p.ln_stats[row + 8 * h] : make_float2(0.0f, 0.0f);
+}
+
 /* A consumer's hand-back of a stage whose products have retired. Alone: every consumer thread
  * arrives (256 a phase). In clusters of two, both blocks' producers fill the stage (the peer's
  * half of w lands here too), so it goes back to both: each warp, once all its lanes are past the
@@ -355,48 +436,84 @@ template <bool MC> __device__ __forceinline__ void gw_release(uint64_t *empty, i
         mbar_arrive(empty);
 }
 
-/* A consumer warpgroup (wg 0 or 1): its 64 rows of every tile of the block. */
-template <typename T, bool GEGLU, bool TMA, bool MC>
+/* A consumer warpgroup (wg 0 or 1): its 64 rows of every tile of the block. LN (TMA only): A goes
+ * through the warps' registers, normalised on the way (gw_ln_fragments), and the products take it
+ * from there; step s's fragments are written while step s - 1's products still read the other
+ * set (a_even, a_odd by the parity of s), and each tile's row statistics are loaded a tile ahead. */
+template <typename T, bool GEGLU, bool TMA, bool MC, bool LN>
 __device__ __forceinline__ void gw_consume(unsigned char *smem, uint64_t *full, uint64_t *empty, const gw_params &p,
                                            const gw_walk<MC> &walk, int wg, int lane_in_wg) {
     typedef gw_cfg<GEGLU> C;
+    static_assert(TMA || !LN, "the LayerNorm form reads the swizzled stages of the TMA form");
     const int ktiles = p.k / GW_BK, warp = lane_in_wg >> 5, lane = lane_in_wg & 31;
     unsigned char *const staging = smem + C::STAGES * GW_STAGE_BYTES + wg * 64 * GW_STAGING_PITCH;
+    const float4 *const ln_table = (const float4 *)(smem + C::SMEM);
     constexpr int SLICES = 64 * GW_OUT(true) / 8 / 128; /* 16-byte vectors a thread per staged half */
     int staged_row = -1, staged_tn = 0; /* GEGLU: the staged half's first row of y and column tile */
     float d[GW_BN / 2];
+    uint32_t a_even[GW_BK / 16][4], a_odd[GW_BK / 16][4];
+    float2 st_cur[2], st_next[2];
+    if (LN && walk.first < walk.tiles) {
+        int tm, tn;
+        walk.coords(p, walk.first, &tm, &tn);
+        gw_ln_stats(st_next, p, tm, wg, warp, lane);
+    }
     int s = 0;
     for (int tile = walk.first; tile < walk.tiles; tile += walk.stride) {
         int tm, tn;
         walk.coords(p, tile, &tm, &tn);
+        if (LN) {
+            st_cur[0] = st_next[0], st_cur[1] = st_next[1];
+            if (tile + walk.stride < walk.tiles) {
+                int tm2, tn2;
+                walk.coords(p, tile + walk.stride, &tm2, &tn2);
+                gw_ln_stats(st_next, p, tm2, wg, warp, lane);
+            }
+        }
 #pragma unroll
         for (int i = 0; i < GW_BN / 2; i++) d[i] = 0.0f;
         for (int kt = 0; kt < ktiles; kt++, s++) {
             const int st = s % C::STAGES;
             mbar_wait(&full[st], (unsigned)(s / C::STAGES) & 1u);
             const unsigned char *sa = smem + st * GW_STAGE_BYTES + wg * 8 * 1024, *sb = smem + st * GW_STAGE_BYTES + GW_A_BYTES;
-            wg_fence();
-            wg_fence_acc(d);
-#pragma unroll
-            for (int kk = 0; kk < GW_BK / 16; kk++) { /* a k16 step: two core matrices along k, or 32 bytes of a swizzled row */
-                if (TMA)
-                    gw_mma<T>(d, wg_desc_sw128(sa + kk * 32, 16, 1024), wg_desc_sw128(sb + kk * 32, 16, 1024));
-                else
-                    gw_mma<T>(d, wg_desc(sa + kk * 256, 128, 1024), wg_desc(sb + kk * 256, 128, 1024));
-            }
-            wg_commit();
-            wg_fence_acc(d);
-            if (GEGLU && staged_row >= 0) /* the previous tile's GEGLU, a slice per k-step, beside the products */
-                gw_finish_geglu<T>(staging, p, staged_row, staged_tn, lane_in_wg, SLICES * kt / ktiles,
-                                   SLICES * (kt + 1) / ktiles);
-            if (kt > 0) { /* the previous step's products have retired: its stage goes back */
-                wg_wait<1>();
+            /* one k-step: its products issued (a: this step's fragments, LN), the GEGLU slice beside
+             * them, then the previous step's retired (a_prev free again) and its stage handed back */
+            auto step = [&](uint32_t (&a)[GW_BK / 16][4], uint32_t (&a_prev)[GW_BK / 16][4]) {
+                if (LN) gw_ln_fragments<T>(a, sa, ln_table, kt, st_cur, warp, lane);
+                wg_fence();
                 wg_fence_acc(d);
-                gw_release<MC>(&empty[(s - 1) % C::STAGES], walk.rank, lane);
-            }
+#pragma unroll
+                for (int kk = 0; kk < GW_BK / 16; kk++) { /* a k16 step: two core matrices along k, or 32 bytes of a swizzled row */
+                    if (LN)
+                        gw_mma_rs<T>(d, a[kk], wg_desc_sw128(sb + kk * 32, 16, 1024));
+                    else if (TMA)
+                        gw_mma<T>(d, wg_desc_sw128(sa + kk * 32, 16, 1024), wg_desc_sw128(sb + kk * 32, 16, 1024));
+                    else
+                        gw_mma<T>(d, wg_desc(sa + kk * 256, 128, 1024), wg_desc(sb + kk * 256, 128, 1024));
+                }
+                wg_commit();
+                wg_fence_acc(d);
+                if (GEGLU && staged_row >= 0) /* the previous tile's GEGLU, a slice per k-step, beside the products */
+                    gw_finish_geglu<T>(staging, p, staged_row, staged_tn, lane_in_wg, SLICES * kt / ktiles,
+                                       SLICES * (kt + 1) / ktiles);
+                if (kt > 0) { /* the previous step's products have retired: its stage goes back */
+                    wg_wait<1>();
+                    wg_fence_acc(d);
+                    if (LN) gw_fence_frags(a_prev);
+                    gw_release<MC>(&empty[(s - 1) % C::STAGES], walk.rank, lane);
+                }
+            };
+            if (LN && (s & 1))
+                step(a_odd, a_even);
+            else
+                step(a_even, a_odd);
         }
         wg_wait_all();
         wg_fence_acc(d);
+        if (LN) { /* the last step's set is free again (the other one was already) */
+            gw_fence_frags(a_even);
+            gw_fence_frags(a_odd);
+        }
         if (ktiles > 0) gw_release<MC>(&empty[(s - 1) % C::STAGES], walk.rank, lane);
         if (GEGLU) {
             named_bar_sync(1 + wg, 128); /* every thread of the warpgroup has read the previous half */
@@ -416,8 +533,9 @@ __device__ __forceinline__ void gw_consume(unsigned char *smem, uint64_t *full, 
  * blocks' mbarriers are initialised before either reaches the other's (a cluster barrier, after
  * the fence that publishes the initialisation at cluster scope), and neither exits while the
  * other may still arrive on its barriers (a cluster barrier at the end: every thread, so the
- * non-aligned form, the producer warp's lanes arriving apart). */
-template <typename T, bool GEGLU, bool TMA, bool MC>
+ * non-aligned form, the producer warp's lanes arriving apart). LN (TMA only): every thread first
+ * stages gamma/beta as fp32 (ln_rows_kernel's values) into the table after the barriers. */
+template <typename T, bool GEGLU, bool TMA, bool MC, bool LN>
 __global__ void __launch_bounds__(GW_THREADS, 1) gw_kernel(const __grid_constant__ gw_params p) {
     static_assert(TMA || !MC, "the cluster form loads by TMA");
     typedef gw_cfg<GEGLU> C;
@@ -432,6 +550,15 @@ __global__ void __launch_bounds__(GW_THREADS, 1) gw_kernel(const __grid_constant
         }
         if (TMA) mbar_init_fence();
     }
+    if (LN) {
+        float4 *table = (float4 *)(wg_smem + C::SMEM);
+        for (int i = tid; i < p.k / 2; i += GW_THREADS) {
+            const float g0 = ld_dyn(p.ln_gamma, p.ln_gdt, 2 * i), g1 = ld_dyn(p.ln_gamma, p.ln_gdt, 2 * i + 1);
+            const float b0 = p.ln_beta ? ld_dyn(p.ln_beta, p.ln_bdt, 2 * i) : 0.0f;
+            const float b1 = p.ln_beta ? ld_dyn(p.ln_beta, p.ln_bdt, 2 * i + 1) : 0.0f;
+            table[i] = make_float4(g0, b0, g1, b1);
+        }
+    }
     if (MC)
         cluster_sync_after_init();
     else
@@ -445,22 +572,25 @@ __global__ void __launch_bounds__(GW_THREADS, 1) gw_kernel(const __grid_constant
             gw_produce_tma<GEGLU, MC>(wg_smem, full, empty, p, walk);
     } else {
         wg_setmaxnreg_inc<GW_CONSUMER_REGS>();
-        gw_consume<T, GEGLU, TMA, MC>(wg_smem, full, empty, p, walk, wg, tid & 127);
+        gw_consume<T, GEGLU, TMA, MC, LN>(wg_smem, full, empty, p, walk, wg, tid & 127);
     }
     if (MC) cluster_sync();
 }
 
 /* ---- host ----------------------------------------------------------------------------------- */
 
-#define GW_FOR_EACH(X)                                                                                         \
-    X(__half, true, false, false) X(__half, false, false, false) X(__nv_bfloat16, true, false, false)           \
-    X(__nv_bfloat16, false, false, false) X(__half, true, true, false) X(__half, false, true, false)            \
-    X(__nv_bfloat16, true, true, false) X(__nv_bfloat16, false, true, false) X(__half, true, true, true)        \
-    X(__half, false, true, true) X(__nv_bfloat16, true, true, true) X(__nv_bfloat16, false, true, true)
+/* The instantiations, X(T, GEGLU, TMA, MC, LN): per element type, GEGLU or linear, each of the
+ * cp.async form, the TMA form alone and in clusters, and the LayerNorm form of the last two. */
+#define GW_FOR_TYPE(X, T)                                                                                      \
+    X(T, true, false, false, false) X(T, false, false, false, false) X(T, true, true, false, false)             \
+    X(T, false, true, false, false) X(T, true, true, true, false) X(T, false, true, true, false)                \
+    X(T, true, true, false, true) X(T, false, true, false, true) X(T, true, true, true, true)                   \
+    X(T, false, true, true, true)
+#define GW_FOR_EACH(X) GW_FOR_TYPE(X, __half) GW_FOR_TYPE(X, __nv_bfloat16)
 
 /* The cluster form's clusters of two that can run at once (the bf16 kernel's resources are the same). */
 template <bool GEGLU> static int gw_max_clusters(void) {
-    return cuda_max_clusters_of_two((const void *)gw_kernel<__half, GEGLU, true, true>, GW_THREADS,
+    return cuda_max_clusters_of_two((const void *)gw_kernel<__half, GEGLU, true, true, false>, GW_THREADS,
                                     gw_cfg<GEGLU>::SMEM);
 }
 
@@ -470,10 +600,10 @@ extern "C" loco_status cuda_gemm_wgmma_setup(cuda_impl *c, loco_err *err) {
     if ((!c->geglu_wgmma && !c->linear_wgmma) || c->cc_major != 9 || c->cc_minor != 0) return LOCO_OK;
     int image_ok = 0;
     cudaError_t e = cudaMemcpyFromSymbol(&image_ok, gw_image_ok, sizeof image_ok);
-#define GW_SET(T, GEGLU, TMA, MC)                                                                              \
+#define GW_SET(T, GEGLU, TMA, MC, LN)                                                                          \
     if (e == cudaSuccess && image_ok)                                                                          \
-        e = cudaFuncSetAttribute(gw_kernel<T, GEGLU, TMA, MC>, cudaFuncAttributeMaxDynamicSharedMemorySize,    \
-                                 gw_cfg<GEGLU>::SMEM);
+        e = cudaFuncSetAttribute(gw_kernel<T, GEGLU, TMA, MC, LN>, cudaFuncAttributeMaxDynamicSharedMemorySize, \
+                                 LN ? gw_cfg<GEGLU>::SMEM_LN_MAX : gw_cfg<GEGLU>::SMEM);
     GW_FOR_EACH(GW_SET)
 #undef GW_SET
     if (e != cudaSuccess) {
@@ -505,57 +635,78 @@ static loco_status gw_tensor_map(const cuda_impl *c, CUtensorMap *map, const voi
 
 static int aligned16(const void *p) { return ((uintptr_t)p & 15u) == 0; }
 
-/* Launches y [rows, n] = x [rows, k] . wᵀ + b (GEGLU: of w's 2n rows, then GEGLU), or declines
- * with LOCO_EUNSUPPORTED before launching anything. */
-static loco_status gw_run(cuda_impl *c, bool geglu, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
-                          const loco_tensor *bias, int accumulate, loco_err *err) {
+/* One launch of gw_kernel: its parameters, grid and form. */
+struct gw_plan {
+    gw_params p;
+    unsigned grid;
+    loco_dtype dt;
+    bool geglu, tma, mc;
+};
+
+/* Plans y [rows, n] = x [rows, k] . wᵀ + b (GEGLU: of w's 2n rows, then GEGLU), or declines with
+ * LOCO_EUNSUPPORTED (nothing launched). */
+static loco_status gw_plan_make(cuda_impl *c, bool geglu, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
+                                const loco_tensor *bias, int accumulate, gw_plan *pl, loco_err *err) {
     const loco_dtype dt = y->dtype;
     const int64_t k = w->shape[1], n = y->shape[y->ndim - 1], rows = loco_tensor_numel(y) / (n > 0 ? n : 1);
     if ((dt != LOCO_F16 && dt != LOCO_BF16) || w->dtype != dt || (bias && bias->dtype != dt) || k % GW_BK != 0 || k == 0 ||
         n % GW_OUT(geglu) != 0 || rows <= 0 || rows > INT32_MAX - GW_BM || loco_tensor_numel(w) > INT32_MAX ||
         !aligned16(x->data) || !aligned16(w->data) || !aligned16(y->data))
         return LOCO_EUNSUPPORTED;
-    gw_params p;
-    memset(&p, 0, sizeof p);
+    gw_params &p = pl->p;
+    memset(pl, 0, sizeof *pl);
+    pl->dt = dt, pl->geglu = geglu;
     p.x = x->data, p.w = w->data, p.b = bias ? bias->data : NULL, p.y = y->data;
     p.m = (int)rows, p.k = (int)k, p.n = (int)n, p.accumulate = accumulate;
     p.tiles_m = (int)((rows + GW_BM - 1) / GW_BM), p.tiles_n = (int)(n / GW_OUT(geglu));
     const int64_t tiles = (int64_t)p.tiles_m * p.tiles_n;
     if (tiles > INT32_MAX) return LOCO_EUNSUPPORTED;
-    const bool tma = c->gemm_wgmma_load == CUDA_WS_LOAD_TMA;
+    const bool tma = pl->tma = c->gemm_wgmma_load == CUDA_WS_LOAD_TMA;
     const int clusters = c->gemm_wgmma_clusters[geglu ? 0 : 1];
     /* (an odd number of row tiles leaves a pair's second block multiplying zeros for a column
      * tile's whole k loop: half the SMs at one row tile, a sixth of the blocks' time at three;
      * from 16 on it costs at most 1 / 17) */
-    const bool mc = tma && c->gemm_wgmma_cluster == 2 && clusters > 0 && (p.tiles_m % 2 == 0 || p.tiles_m >= 16);
+    const bool mc = pl->mc = tma && c->gemm_wgmma_cluster == 2 && clusters > 0 && (p.tiles_m % 2 == 0 || p.tiles_m >= 16);
     p.arrive = c->gemm_wgmma_load == CUDA_WS_LOAD_ARRIVE;
     if (tma) { /* w in boxes of 128 rows where two boxes make a tile: GEGLU's h and g, a cluster's halves */
         loco_status s = gw_tensor_map(c, &p.map_x, x->data, dt, rows, k, GW_BM, err);
         if (!s) s = gw_tensor_map(c, &p.map_w, w->data, dt, geglu ? 2 * n : n, k, geglu || mc ? GW_BN / 2 : GW_BN, err);
         if (s) return s;
     }
-    unsigned grid;
     if (mc) { /* pairs of blocks on pairs of row tiles: as many pairs as run at once */
         const int64_t pairs = (int64_t)(p.tiles_m + 1) / 2 * p.tiles_n;
         const int most = c->gemm_wgmma_blocks > 0 ? (c->gemm_wgmma_blocks + 1) / 2 : clusters;
-        grid = 2u * (unsigned)(pairs < most ? pairs : most);
+        pl->grid = 2u * (unsigned)(pairs < most ? pairs : most);
     } else {
         const int blocks = c->gemm_wgmma_blocks > 0 ? c->gemm_wgmma_blocks : c->sm_count;
-        grid = (unsigned)(tiles < blocks ? tiles : blocks);
+        pl->grid = (unsigned)(tiles < blocks ? tiles : blocks);
     }
-#define GW_LAUNCH(T, GEGLU, TMA, MC)                                                                           \
-    if (dt == cuda_dtype_of<T>::value && geglu == GEGLU && tma == TMA && mc == MC) {                           \
+    return LOCO_OK;
+}
+
+/* Launches a plan; ln: its LayerNorm form (the plan's p.ln_* set, TMA only). */
+static loco_status gw_launch(cuda_impl *c, const gw_plan *pl, bool ln, loco_err *err) {
+    const size_t smem = (size_t)(pl->geglu ? gw_cfg<true>::SMEM : gw_cfg<false>::SMEM) + (ln ? 8 * (size_t)pl->p.k : 0);
+#define GW_LAUNCH(T, GEGLU, TMA, MC, LN)                                                                       \
+    if (pl->dt == cuda_dtype_of<T>::value && pl->geglu == GEGLU && pl->tma == TMA && pl->mc == MC && ln == LN) { \
         if (!MC) {                                                                                             \
-            LOCO_LAUNCH(grid, GW_THREADS, gw_cfg<GEGLU>::SMEM, c->stream, gw_kernel<T, GEGLU, TMA, MC>)(p);    \
+            LOCO_LAUNCH(pl->grid, GW_THREADS, smem, c->stream, gw_kernel<T, GEGLU, TMA, MC, LN>)(pl->p);       \
             return cuda_check_launch("gw_kernel", err);                                                        \
         }                                                                                                      \
-        return cuda_check(LOCO_LAUNCH_CLUSTER(grid, GW_THREADS, gw_cfg<GEGLU>::SMEM, c->stream, 2,             \
-                                              gw_kernel<T, GEGLU, TMA, MC>)(p),                                \
+        return cuda_check(LOCO_LAUNCH_CLUSTER(pl->grid, GW_THREADS, smem, c->stream, 2,                        \
+                                              gw_kernel<T, GEGLU, TMA, MC, LN>)(pl->p),                        \
                           "gw_kernel launch in clusters of 2", err);                                           \
     }
     GW_FOR_EACH(GW_LAUNCH)
 #undef GW_LAUNCH
     return LOCO_EUNSUPPORTED;
+}
+
+static loco_status gw_run(cuda_impl *c, bool geglu, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
+                          const loco_tensor *bias, int accumulate, loco_err *err) {
+    gw_plan pl;
+    const loco_status s = gw_plan_make(c, geglu, y, x, w, bias, accumulate, &pl, err);
+    return s ? s : gw_launch(c, &pl, false, err);
 }
 
 extern "C" loco_status cuda_op_linear_geglu(loco_backend *be, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
@@ -568,4 +719,37 @@ extern "C" loco_status cuda_op_linear_geglu(loco_backend *be, loco_tensor *y, co
 extern "C" loco_status cuda_linear_wgmma(cuda_impl *c, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
                                          const loco_tensor *bias, int accumulate, loco_err *err) {
     return c->linear_wgmma_ok ? gw_run(c, false, y, x, w, bias, accumulate, err) : LOCO_EUNSUPPORTED;
+}
+
+/* LOCO_CUDA_LN_FOLD=1: the projection after a LayerNorm with the LayerNorm folded in. ln_stats_kernel
+ * writes each row's (mean, rstd), 8 bytes a row, and the TMA form's consumers normalise x's
+ * stages on their way into the products, so the normalised activations are never written or
+ * read back (SD-XL b8: 16384 x 1280 x 2 bytes each way, three times a transformer block). The
+ * result is the LayerNorm's, then this GEMM's, bit for bit. Declines (nothing launched) unless
+ * the form's GEMM (LOCO_CUDA_GEGLU or LOCO_CUDA_LINEAR =wgmma) loads by TMA and the
+ * statistics' kernel and table fit x. */
+extern "C" loco_status cuda_op_ln_linear(loco_backend *be, loco_tensor *y, const loco_tensor *x,
+                                         const loco_tensor *gamma, const loco_tensor *beta, float eps,
+                                         const loco_tensor *w, const loco_tensor *bias, int geglu, loco_err *err) {
+    CUDA_TRY(cuda_enter(be, err));
+    cuda_impl *c = cuda_of(be);
+    const int64_t k = w->shape[1];
+    if (!c->ln_fold || !(geglu ? c->geglu_wgmma_ok : c->linear_wgmma_ok) || c->gemm_wgmma_load != CUDA_WS_LOAD_TMA ||
+        k > GW_LN_MAX_K || !cuda_is_act_dtype(gamma->dtype) || (beta && !cuda_is_act_dtype(beta->dtype)) ||
+        !cuda_layer_norm_stats_fits(c, x))
+        return LOCO_EUNSUPPORTED;
+    gw_plan pl;
+    loco_status s = gw_plan_make(c, geglu != 0, y, x, w, bias, 0, &pl, err);
+    if (s) return s;
+    void *stats = NULL;
+    if ((s = cuda_alloc_get(c, (size_t)pl.p.m * sizeof(float2), &stats, err))) return s;
+    s = cuda_layer_norm_stats(c, stats, x, eps, err);
+    if (!s) {
+        pl.p.ln_stats = (const float2 *)stats;
+        pl.p.ln_gamma = gamma->data, pl.p.ln_gdt = (int)gamma->dtype;
+        pl.p.ln_beta = beta ? beta->data : NULL, pl.p.ln_bdt = beta ? (int)beta->dtype : 0;
+        s = gw_launch(c, &pl, true, err);
+    }
+    cuda_alloc_put(c, stats); /* stream-ordered: the next user of the block runs after these kernels */
+    return s;
 }

@@ -13,6 +13,8 @@
  * unaligned rows take one pass over the row each (the later ones from L1/L2). */
 #include <string.h>
 
+#include <type_traits>
+
 #include "cuda_device.h"
 #include "fast_div.h"
 
@@ -341,6 +343,36 @@ __device__ __forceinline__ void ln_load_row(vec16<T> (&u)[VPL], const T *x, int 
         if (row < rows && l + LPR * k < nv) u[k] = xr[l + LPR * k];
 }
 
+/* A row's mean and 1 / sqrt(variance + eps) from its vectors in the registers of its group's
+ * lanes (ln_load_row), in every lane of the group: the sum around x[0] for an accurate mean, then
+ * a true second pass for the variance (see the general form). The LayerNorm and its statistics
+ * alone (ln_stats_kernel) share it, so a GEMM that normalises its input from the statistics
+ * (gemm_wgmma.cu's LayerNorm form) reads the same bits the LayerNorm would have written. */
+template <typename T, int VPL, int LPR>
+__device__ __forceinline__ void ln_row_stats(const vec16<T> (&u)[VPL], bool live, int sub, int l, int C, float eps,
+                                             float *mean_out, float *rstd_out) {
+    constexpr int V = 16 / sizeof(T);
+    const int nv = C / V;
+    const float shift = __shfl_sync(0xffffffffu, l == 0 && live ? to_f32(u[0].v[0]) : 0.0f, sub * LPR);
+    float s = 0.0f, q = 0.0f;
+#pragma unroll
+    for (int k = 0; k < VPL; k++)
+        if (live && l + LPR * k < nv)
+#pragma unroll
+            for (int j = 0; j < V; j++) s += to_f32(u[k].v[j]) - shift;
+    const float mean = shift + group_sum<LPR>(s) / (float)C;
+#pragma unroll
+    for (int k = 0; k < VPL; k++)
+        if (live && l + LPR * k < nv)
+#pragma unroll
+            for (int j = 0; j < V; j++) {
+                const float d = to_f32(u[k].v[j]) - mean;
+                q += d * d;
+            }
+    *mean_out = mean;
+    *rstd_out = rsqrtf(group_sum<LPR>(q) / (float)C + eps);
+}
+
 /* Fast form for 16-byte aligned rows of at most 32 * VPL vectors (VPL <= 8; f16/bf16: C <=
  * 2048, every LayerNorm of the supported models): a group of LPR lanes per row (8, 16 or 32:
  * four, two or one rows per warp) keeps the row's vectors in registers across the three steps
@@ -379,25 +411,8 @@ __global__ void __launch_bounds__(LN_THREADS) ln_rows_kernel(T *y, const T *x, c
         const int row = rg * RPW + sub;
         const bool live = row < rows;
         vec16<T> *yr = (vec16<T> *)(y + (int64_t)row * C);
-        /* sum around x[0] for an accurate mean, then a true second pass for the variance (see
-         * the general form) */
-        const float shift = __shfl_sync(0xffffffffu, l == 0 && live ? to_f32(u[0].v[0]) : 0.0f, sub * LPR);
-        float s = 0.0f, q = 0.0f;
-#pragma unroll
-        for (int k = 0; k < VPL; k++)
-            if (live && l + LPR * k < nv)
-#pragma unroll
-                for (int j = 0; j < V; j++) s += to_f32(u[k].v[j]) - shift;
-        const float mean = shift + group_sum<LPR>(s) / (float)C;
-#pragma unroll
-        for (int k = 0; k < VPL; k++)
-            if (live && l + LPR * k < nv)
-#pragma unroll
-                for (int j = 0; j < V; j++) {
-                    const float d = to_f32(u[k].v[j]) - mean;
-                    q += d * d;
-                }
-        const float rstd = rsqrtf(group_sum<LPR>(q) / (float)C + eps);
+        float mean, rstd;
+        ln_row_stats<T, VPL, LPR>(u, live, sub, l, C, eps, &mean, &rstd);
 #pragma unroll
         for (int k = 0; k < VPL; k++) {
             const int i = l + LPR * k;
@@ -484,38 +499,95 @@ __global__ void __launch_bounds__(LN_THREADS) ln_kernel(T *y, const T *x, const 
     }
 }
 
-/* ln_rows_kernel's arguments, and the instantiation of its (VPL, LPR) chosen at run time. */
-typedef struct ln_rows_args {
-    void *y;
-    const void *x, *gamma, *beta;
-    int gdt, bdt, rows, C;
-    float eps;
-} ln_rows_args;
-
-template <typename T, int LPR>
-static void ln_rows_launch_lpr(cuda_impl *c, unsigned grid, size_t smem, int vpl, const ln_rows_args &a) {
-    if (vpl == 2)
-        LOCO_LAUNCH(grid, LN_THREADS, smem, c->stream, ln_rows_kernel<T, 2, LPR>)(
-            (T *)a.y, (const T *)a.x, a.gamma, a.gdt, a.beta, a.bdt, a.rows, a.C, a.eps);
-    else if (vpl == 5)
-        LOCO_LAUNCH(grid, LN_THREADS, smem, c->stream, ln_rows_kernel<T, 5, LPR>)(
-            (T *)a.y, (const T *)a.x, a.gamma, a.gdt, a.beta, a.bdt, a.rows, a.C, a.eps);
-    else if (vpl == 4)
-        LOCO_LAUNCH(grid, LN_THREADS, smem, c->stream, ln_rows_kernel<T, 4, LPR>)(
-            (T *)a.y, (const T *)a.x, a.gamma, a.gdt, a.beta, a.bdt, a.rows, a.C, a.eps);
-    else
-        LOCO_LAUNCH(grid, LN_THREADS, smem, c->stream, ln_rows_kernel<T, LN_VPL_MAX, LPR>)(
-            (T *)a.y, (const T *)a.x, a.gamma, a.gdt, a.beta, a.bdt, a.rows, a.C, a.eps);
+/* LayerNorm's statistics alone, stats[row] = (mean, rstd) as ln_rows_kernel computes them (the
+ * same loads and ln_row_stats), for a GEMM that normalises its input on the way in (gemm_wgmma.cu's
+ * LayerNorm form): x is read once and 8 bytes a row written, where the LayerNorm writes x's size. */
+template <typename T, int VPL, int LPR>
+__global__ void __launch_bounds__(LN_THREADS) ln_stats_kernel(float2 *stats, const T *x, int rows, int C, float eps) {
+    constexpr int RPW = 32 / LPR;
+    const int lane = threadIdx.x & 31, sub = lane / LPR, l = lane % LPR;
+    const int warps = gridDim.x * (blockDim.x >> 5);
+    vec16<T> u[VPL];
+    for (int rg = (blockIdx.x * blockDim.x + threadIdx.x) >> 5; rg * RPW < rows; rg += warps) {
+        const int row = rg * RPW + sub;
+        const bool live = row < rows;
+        ln_load_row<T, VPL, LPR>(u, x, row, rows, C, l);
+        float mean, rstd;
+        ln_row_stats<T, VPL, LPR>(u, live, sub, l, C, eps, &mean, &rstd);
+        if (live && l == 0) stats[row] = make_float2(mean, rstd);
+    }
 }
 
-template <typename T>
-static void ln_rows_launch(cuda_impl *c, unsigned grid, size_t smem, int vpl, int lpr, const ln_rows_args &a) {
+template <int V> using ln_int = std::integral_constant<int, V>;
+
+/* Calls f(ln_int<VPL>(), ln_int<LPR>()) for the run-time pair: the instantiations of the fast
+ * forms (LPR 8, 16, 32; VPL 2, 4, 5, LN_VPL_MAX). */
+template <typename F> static void ln_with_shape(int vpl, int lpr, F &&f) {
+    auto with_lpr = [&](auto lpr_c) {
+        if (vpl == 2)
+            f(ln_int<2>(), lpr_c);
+        else if (vpl == 5)
+            f(ln_int<5>(), lpr_c);
+        else if (vpl == 4)
+            f(ln_int<4>(), lpr_c);
+        else
+            f(ln_int<LN_VPL_MAX>(), lpr_c);
+    };
     if (lpr == 8)
-        ln_rows_launch_lpr<T, 8>(c, grid, smem, vpl, a);
+        with_lpr(ln_int<8>());
     else if (lpr == 16)
-        ln_rows_launch_lpr<T, 16>(c, grid, smem, vpl, a);
+        with_lpr(ln_int<16>());
     else
-        ln_rows_launch_lpr<T, 32>(c, grid, smem, vpl, a);
+        with_lpr(ln_int<32>());
+}
+
+/* The fast forms' shape for rows of C elements of `es` bytes: the fewest lanes per row (8, 16, 32)
+ * and vectors per lane (2, 4, 5, 8) that hold a row, and the grid (a warp per 32 / lpr rows, up
+ * to cuda_grid's cap). Before session 8 the grid had a warp per four rows whatever the width, so
+ * SD-XL's [16384, 1280] (lpr 32) ran each warp over four rows one after the other: 2.2 TB/s (run
+ * 6 profile; SD 1.5's [65536, 320], lpr 8, whose grid this does not change: 2.7). Not yet timed.
+ * 0 when they do not apply (C not a whole number of 16-byte vectors, wider than 2048 16-bit
+ * channels, unaligned, or too many rows). */
+static int ln_fast_shape(const cuda_impl *c, int64_t C, int64_t rows, int es, int aligned, int *vpl, int *lpr,
+                         unsigned *grid) {
+    const int V = 16 / es;
+    if (!aligned || C % V != 0 || C > 32 * LN_VPL_MAX * V || rows >= ((int64_t)1 << 31) / 32) return 0;
+    const int64_t nv = C / V;
+    *lpr = nv <= 8 * LN_VPL_MAX ? 8 : nv <= 16 * LN_VPL_MAX ? 16 : 32;
+    *vpl = nv <= 2 * *lpr ? 2 : nv <= 4 * *lpr ? 4 : nv <= 5 * *lpr ? 5 : LN_VPL_MAX;
+    const int rpw = 32 / *lpr;
+    *grid = cuda_grid(c, (rows + rpw - 1) / rpw * 32, LN_THREADS);
+    return 1;
+}
+
+extern "C" int cuda_layer_norm_stats_fits(const cuda_impl *c, const loco_tensor *x) {
+    const int64_t C = x->shape[x->ndim - 1], rows = C > 0 ? loco_tensor_numel(x) / C : 0;
+    int vpl = 0, lpr = 0;
+    unsigned grid = 0;
+    return (x->dtype == LOCO_F16 || x->dtype == LOCO_BF16) && rows > 0 &&
+           ln_fast_shape(c, C, rows, 2, cuda_aligned(x->data, 16), &vpl, &lpr, &grid);
+}
+
+extern "C" loco_status cuda_layer_norm_stats(cuda_impl *c, void *stats, const loco_tensor *x, float eps,
+                                             loco_err *err) {
+    if (!cuda_layer_norm_stats_fits(c, x)) return LOCO_EUNSUPPORTED;
+    const int64_t C = x->shape[x->ndim - 1], rows = loco_tensor_numel(x) / C;
+    int vpl = 0, lpr = 0;
+    unsigned grid = 0;
+    ln_fast_shape(c, C, rows, 2, 1, &vpl, &lpr, &grid);
+    const auto launch = [&](auto type_c) {
+        typedef decltype(type_c) T;
+        ln_with_shape(vpl, lpr, [&](auto vpl_c, auto lpr_c) {
+            LOCO_LAUNCH(grid, LN_THREADS, 0, c->stream,
+                        ln_stats_kernel<T, decltype(vpl_c)::value, decltype(lpr_c)::value>)(
+                (float2 *)stats, (const T *)x->data, (int)rows, (int)C, eps);
+        });
+    };
+    if (x->dtype == LOCO_F16)
+        launch(__half());
+    else
+        launch(__nv_bfloat16());
+    return cuda_check_launch("ln_stats_kernel", err);
 }
 
 extern "C" loco_status cuda_op_layer_norm(loco_backend *be, loco_tensor *y, const loco_tensor *x,
@@ -535,21 +607,17 @@ extern "C" loco_status cuda_op_layer_norm(loco_backend *be, loco_tensor *y, cons
     CUDA_DISPATCH(x->dtype, T, "layer_norm", err, {
         const int V = 16 / sizeof(T);
         int vec = C % V == 0 && cuda_aligned(x->data, 16) && cuda_aligned(y->data, 16);
-        if (vec && C <= 32 * LN_VPL_MAX * V && rows < ((int64_t)1 << 31) / 32) {
-            /* the fewest lanes per row (8, 16, 32) and vectors per lane (2, 4, 5, 8) that hold it */
-            const int64_t nv = C / V;
-            const int lpr = nv <= 8 * LN_VPL_MAX ? 8 : nv <= 16 * LN_VPL_MAX ? 16 : 32;
-            const int vpl = nv <= 2 * lpr ? 2 : nv <= 4 * lpr ? 4 : nv <= 5 * lpr ? 5 : LN_VPL_MAX;
-            /* a warp per 32 / lpr rows, up to cuda_grid's cap. Before session 8 the grid had a
-             * warp per four rows whatever the width, so SD-XL's [16384, 1280] (lpr 32) ran each
-             * warp over four rows one after the other: 2.2 TB/s (run 6 profile; SD 1.5's
-             * [65536, 320], lpr 8, whose grid this does not change: 2.7). Not yet timed. */
-            const int rpw = 32 / lpr;
-            const unsigned grid = cuda_grid(c, (rows + rpw - 1) / rpw * 32, LN_THREADS);
+        int vpl = 0, lpr = 0;
+        unsigned grid = 0;
+        if (ln_fast_shape(c, C, rows, (int)sizeof(T), vec, &vpl, &lpr, &grid)) {
             const size_t smem = 2 * (size_t)C * sizeof(float);
-            const ln_rows_args a = {y->data, x->data, gamma->data, beta ? beta->data : NULL, (int)gamma->dtype,
-                                    beta ? (int)beta->dtype : 0, (int)rows, (int)C, eps};
-            ln_rows_launch<T>(c, grid, smem, vpl, lpr, a);
+            const int gdt = (int)gamma->dtype, bdt = beta ? (int)beta->dtype : 0;
+            const void *b = beta ? beta->data : NULL;
+            ln_with_shape(vpl, lpr, [&](auto vpl_c, auto lpr_c) {
+                LOCO_LAUNCH(grid, LN_THREADS, smem, c->stream,
+                            ln_rows_kernel<T, decltype(vpl_c)::value, decltype(lpr_c)::value>)(
+                    (T *)y->data, (const T *)x->data, gamma->data, gdt, b, bdt, (int)rows, (int)C, eps);
+            });
             return cuda_check_launch("ln_rows_kernel", err);
         }
         LOCO_LAUNCH(cuda_grid(c, rows * 32, LN_THREADS), LN_THREADS, 0, c->stream, ln_kernel<T>)(

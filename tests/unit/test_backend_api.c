@@ -283,6 +283,22 @@ TEST(validation_every_op_names_itself) {
     BAD(loco_linear_accumulate(be, &y, &x, &w, &g, &err), "linear_accumulate");     /* bias size */
     BAD(loco_linear_accumulate(be, &y, &i16, &w, NULL, &err), "linear_accumulate"); /* dtype */
     BAD(loco_linear_accumulate(be, &y, &y, &w, NULL, &err), "linear_accumulate");   /* x width (and alias) */
+    /* ln_linear: the linear's checks and the LayerNorm's (gamma/beta [K] of x's dtype, eps) */
+    {
+        loco_tensor gk;
+        int64_t kdim[1] = {8};
+        make_tensor(be, 1, kdim, NULL, &gk);
+        CHECK(loco_ln_linear(be, &y, &x, &gk, &gk, 1e-5f, &w, &bias, 0, &err) == LOCO_OK);
+        BAD(loco_ln_linear(be, &x, &x, &gk, NULL, 1e-5f, &w, NULL, 0, &err), "ln_linear");    /* y shape */
+        BAD(loco_ln_linear(be, &y, &x, NULL, NULL, 1e-5f, &w, NULL, 0, &err), "ln_linear");   /* no gamma */
+        BAD(loco_ln_linear(be, &y, &x, &g, NULL, 1e-5f, &w, NULL, 0, &err), "ln_linear");     /* gamma size */
+        BAD(loco_ln_linear(be, &y, &x, &gk, &g, 1e-5f, &w, NULL, 0, &err), "ln_linear");      /* beta size */
+        BAD(loco_ln_linear(be, &y, &x, &gk, NULL, -1.0f, &w, NULL, 0, &err), "ln_linear");    /* eps */
+        BAD(loco_ln_linear(be, &y, &i16, &gk, NULL, 1e-5f, &w, NULL, 0, &err), "ln_linear");  /* dtype */
+        BAD(loco_ln_linear(be, &y, &x, &gk, NULL, 1e-5f, &w, NULL, 1, &err), "ln_linear_geglu"); /* y: w's 6 / 2 */
+        BAD(loco_ln_linear(NULL, &y, &x, &gk, NULL, 1e-5f, &w, NULL, 0, &err), "ln_linear");  /* no backend */
+        loco_tensor_free(&gk);
+    }
     /* the channel-major linears: x [2, 5, 8] is [B, K = 5, L = 8] for w [6, 8]'s K = 8: wrong */
     BAD(loco_linear_from_channels(be, &y, &x, &w, NULL, &err), "linear_from_channels");     /* x layout */
     BAD(loco_linear_from_channels(be, &y, &i16, &w, NULL, &err), "linear_from_channels");   /* dtype */
@@ -568,6 +584,40 @@ TEST(linear_accumulate_is_linear_then_add) {
     CHECK(loco_linear_accumulate(be, &y, &x, &w, NULL, &err) == LOCO_OK);
     CHECK(same_f32_bits(&y, &ref));
     loco_tensor *all[] = {&x, &w, &b, &y, &t, &ref};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) loco_tensor_free(all[i]);
+    loco_backend_destroy(be);
+}
+
+/* loco_ln_linear on a backend without the fused op is loco_layer_norm into a temporary, then
+ * loco_linear or loco_linear_geglu: the same bits as the two calls, with and without beta. */
+TEST(ln_linear_is_layer_norm_then_linear) {
+    loco_backend *be = cpu_backend(0);
+    CHECK(be != NULL);
+    loco_err err;
+    enum { M = 7, K = 13, N = 6 };
+    float hx[M * K], hw[N * K], hb[N], hg[K], hbeta[K];
+    for (int i = 0; i < M * K; i++) hx[i] = 2.0f + sinf(0.37f * (float)i) * 1.7f;
+    for (int i = 0; i < N * K; i++) hw[i] = cosf(0.11f * (float)i) * 0.3f;
+    for (int i = 0; i < N; i++) hb[i] = 0.25f * (float)i - 0.5f;
+    for (int i = 0; i < K; i++) hg[i] = 1.0f + 0.1f * sinf((float)i), hbeta[i] = 0.05f * (float)i;
+    int64_t xs[2] = {M, K}, ws[2] = {N, K}, bs[1] = {N}, ks[1] = {K}, ys[2] = {M, N}, hs[2] = {M, N / 2};
+    loco_tensor x, w, b, g, beta, n, y, ref, yh, refh;
+    CHECK(make_tensor(be, 2, xs, hx, &x) == 0 && make_tensor(be, 2, ws, hw, &w) == 0 &&
+          make_tensor(be, 1, bs, hb, &b) == 0 && make_tensor(be, 1, ks, hg, &g) == 0 &&
+          make_tensor(be, 1, ks, hbeta, &beta) == 0 && make_tensor(be, 2, xs, NULL, &n) == 0 &&
+          make_tensor(be, 2, ys, NULL, &y) == 0 && make_tensor(be, 2, ys, NULL, &ref) == 0 &&
+          make_tensor(be, 2, hs, NULL, &yh) == 0 && make_tensor(be, 2, hs, NULL, &refh) == 0);
+    for (int with_beta = 0; with_beta < 2; with_beta++) {
+        const loco_tensor *bt = with_beta ? &beta : NULL;
+        CHECK(loco_layer_norm(be, &n, &x, &g, bt, 1e-5f, &err) == LOCO_OK);
+        CHECK(loco_linear(be, &ref, &n, &w, &b, LOCO_ACT_NONE, &err) == LOCO_OK);
+        CHECK_MSG(loco_ln_linear(be, &y, &x, &g, bt, 1e-5f, &w, &b, 0, &err) == LOCO_OK, "%s", err.msg);
+        CHECK(same_f32_bits(&y, &ref));
+        CHECK(loco_linear_geglu(be, &refh, &n, &w, NULL, &err) == LOCO_OK);
+        CHECK_MSG(loco_ln_linear(be, &yh, &x, &g, bt, 1e-5f, &w, NULL, 1, &err) == LOCO_OK, "%s", err.msg);
+        CHECK(same_f32_bits(&yh, &refh));
+    }
+    loco_tensor *all[] = {&x, &w, &b, &g, &beta, &n, &y, &ref, &yh, &refh};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) loco_tensor_free(all[i]);
     loco_backend_destroy(be);
 }

@@ -1,6 +1,7 @@
 /* test_cuda_optin.c: the CUDA backend's opt-in and experimental paths against the CPU backend,
  * as test_cuda_ops.c checks the default ones: im2col beside the GEMM on a side stream, GEMM
- * autotuning, and the Hopper (sm_90a) wgmma kernels with their layout self-test. Each test
+ * autotuning, the Hopper (sm_90a) wgmma kernels with their layout self-test, and the LayerNorm
+ * folded into gemm_wgmma.cu's GEMMs. Each test
  * creates its backends under the LOCO_CUDA_* switch it tests and first checks, from the
  * backend's description, that the path is really in use where the device has it.
  *
@@ -322,16 +323,23 @@ TEST(cuda_attention_wgmma_ws_no_pingpong) {
     CHECK(ok);
 }
 
+/* genv_open with gemm_wgmma.cu's persistent blocks capped at `blocks` (NULL: one per SM), so that
+ * a block walks several tiles; says why on stderr when it cannot open. */
+static int genv_open_blocks(genv *e, loco_dtype dt, uint64_t seed, const char *blocks) {
+    char why[1100];
+    if (blocks) setenv("LOCO_CUDA_GEMM_WGMMA_BLOCKS", blocks, 1);
+    const int opened = genv_open(e, dt, seed, why, sizeof why);
+    if (blocks) unsetenv("LOCO_CUDA_GEMM_WGMMA_BLOCKS");
+    if (opened != 1) fprintf(stderr, "%s\n", why);
+    return opened == 1;
+}
+
 /* loco_linear_geglu under LOCO_CUDA_GEGLU=wgmma (gemm_wgmma.cu: the GEMM and GEGLU in one kernel)
  * against the CPU's linear then geglu, twice for the same bits. */
 static int check_linear_geglu(loco_dtype dt, int64_t M, int64_t K, int64_t N, int bias, const char *blocks,
                               uint64_t seed) {
-    if (blocks) setenv("LOCO_CUDA_GEMM_WGMMA_BLOCKS", blocks, 1);
-    char why[1100];
     genv e;
-    const int opened = genv_open(&e, dt, seed, why, sizeof why);
-    if (blocks) unsetenv("LOCO_CUDA_GEMM_WGMMA_BLOCKS");
-    if (opened != 1) return fprintf(stderr, "%s\n", why), 0;
+    if (!genv_open_blocks(&e, dt, seed, blocks)) return 0;
     int64_t xs[2] = {M, K}, ws[2] = {2 * N, K}, bs[1] = {2 * N}, ys[2] = {M, N};
     twin x, w, b, y, y2;
     memset(&b, 0, sizeof b);
@@ -457,6 +465,82 @@ TEST(cuda_linear_wgmma_cluster) {
     HOPPER_OR_SKIP(hopper, 350);
     CHECK(gemm_wgmma_cluster(hopper, "LOCO_CUDA_LINEAR", "linear: wgmma (tma, clusters of 2, experimental)",
                              linear_wgmma_cluster_cases));
+}
+
+/* loco_ln_linear under LOCO_CUDA_LN_FOLD=1 (gemm_wgmma.cu's LayerNorm form: each row's statistics,
+ * then the GEMM normalising x's stages on their way to the tensor cores) against the CPU's
+ * layer_norm then linear or linear_geglu, and against the GPU's own unfused calls (loco_layer_norm,
+ * then the same GEMM without the fold): the same bits. x has a mean of 2 (the normalisation
+ * matters), gamma scatters around 1, beta is random or absent. */
+static int check_ln_linear(loco_dtype dt, int geglu, int64_t M, int64_t K, int64_t N, int beta, const char *blocks,
+                           uint64_t seed) {
+    genv e;
+    if (!genv_open_blocks(&e, dt, seed, blocks)) return 0;
+    int64_t xs[2] = {M, K}, ks[1] = {K}, ws[2] = {geglu ? 2 * N : N, K}, bs[1] = {geglu ? 2 * N : N}, ys[2] = {M, N};
+    twin x, g, b, w, bias, y, n, y_unfused;
+    memset(&b, 0, sizeof b);
+    int ok = twin_rand(&e, 2, xs, 1.0f, 2.0f, &x) && twin_rand(&e, 1, ks, 0.5f, 1.0f, &g) &&
+             (!beta || twin_rand(&e, 1, ks, 0.3f, 0.0f, &b)) && twin_rand(&e, 2, ws, 1.0f / sqrtf((float)K), 0.0f, &w) &&
+             twin_rand(&e, 1, bs, 0.5f, 0.0f, &bias) && twin_out(&e, 2, ys, &y) && twin_out(&e, 2, ys, &y_unfused) &&
+             twin_out(&e, 2, xs, &n);
+    const loco_tensor *bc = beta ? &b.c : NULL, *bg = beta ? &b.g : NULL;
+    const char *what = geglu ? "ln_linear_geglu" : "ln_linear";
+    ok = ok && both_ok(&e, loco_ln_linear(e.cpu, &y.c, &x.c, &g.c, bc, 1e-5f, &w.c, &bias.c, geglu, &e.errc),
+                       loco_ln_linear(e.gpu, &y.g, &x.g, &g.g, bg, 1e-5f, &w.g, &bias.g, geglu, &e.errg), what);
+    ok = ok && both_ok(&e, LOCO_OK, loco_layer_norm(e.gpu, &n.g, &x.g, &g.g, bg, 1e-5f, &e.errg), "layer_norm");
+    ok = ok && both_ok(&e, LOCO_OK,
+                       geglu ? loco_linear_geglu(e.gpu, &y_unfused.g, &n.g, &w.g, &bias.g, &e.errg)
+                             : loco_linear(e.gpu, &y_unfused.g, &n.g, &w.g, &bias.g, LOCO_ACT_NONE, &e.errg),
+                       "the unfused linear");
+    char label[112];
+    snprintf(label, sizeof label, "%s %s [%lld, %lld] -> %lld", what, loco_dtype_name(dt), (long long)M, (long long)K,
+             (long long)N);
+    ok = ok && twin_close(&y, tol_for(dt), label) && same_bits(&y.g, &y_unfused.g, label);
+    twin_free(&x), twin_free(&g), twin_free(&w), twin_free(&bias), twin_free(&y), twin_free(&y_unfused), twin_free(&n);
+    if (beta) twin_free(&b);
+    genv_close(&e);
+    return ok;
+}
+
+/* Several tiles per block (the statistics loaded a tile ahead, the two fragment sets alternating
+ * across tiles: 5 k-tiles a tile), one k-tile a tile, row tails, 17 row tiles in two groups, no
+ * beta, bf16, and a K past the table (declined: the unfused calls). */
+static int ln_linear_cases(void) {
+    int ok = check_ln_linear(LOCO_F16, 1, 200, 128, 256, 1, "1", 361);      /* 4 tiles, one block */
+    ok = ok && check_ln_linear(LOCO_BF16, 1, 77, 320, 128, 0, NULL, 362);  /* 5 k-tiles, no beta */
+    ok = ok && check_ln_linear(LOCO_F16, 0, 300, 64, 512, 1, "2", 363);    /* 1 k-tile, 6 tiles on 2 blocks */
+    ok = ok && check_ln_linear(LOCO_BF16, 0, 1000, 640, 256, 1, "3", 364); /* SD-XL's K at 64^2 */
+    ok = ok && check_ln_linear(LOCO_F16, 1, 2100, 64, 128, 1, "4", 365);   /* 17 row tiles: odd, two groups */
+    ok = ok && check_ln_linear(LOCO_F16, 0, 70, 2112, 256, 1, NULL, 366);  /* K > 2048: declined */
+    return ok;
+}
+
+/* Both gemm_wgmma.cu forms by TMA with the fold; alone, then in clusters of two. */
+static int ln_fold_with(int hopper, const char *cluster, const char *described) {
+    setenv("LOCO_CUDA_LN_FOLD", "1", 1);
+    setenv("LOCO_CUDA_GEGLU", "wgmma", 1);
+    setenv("LOCO_CUDA_LINEAR", "wgmma", 1);
+    setenv("LOCO_CUDA_GEMM_WGMMA_LOAD", "tma", 1);
+    if (cluster) setenv("LOCO_CUDA_GEMM_WGMMA_CLUSTER", cluster, 1);
+    int ok = gpu_describe_has(hopper ? described : "LayerNorm fold unavailable");
+    ok = ok && (!hopper || gpu_describe_has("LayerNorm folded (experimental)"));
+    ok = ok && ln_linear_cases();
+    unsetenv("LOCO_CUDA_GEMM_WGMMA_CLUSTER");
+    unsetenv("LOCO_CUDA_GEMM_WGMMA_LOAD");
+    unsetenv("LOCO_CUDA_LINEAR");
+    unsetenv("LOCO_CUDA_GEGLU");
+    unsetenv("LOCO_CUDA_LN_FOLD");
+    return ok;
+}
+
+TEST(cuda_ln_linear_wgmma) {
+    HOPPER_OR_SKIP(hopper, 360);
+    CHECK(ln_fold_with(hopper, NULL, "geglu: wgmma (tma, experimental)"));
+}
+
+TEST(cuda_ln_linear_wgmma_cluster) {
+    HOPPER_OR_SKIP(hopper, 370);
+    CHECK(ln_fold_with(hopper, "2", "geglu: wgmma (tma, clusters of 2, experimental)"));
 }
 
 /* LOCO_CUDA_FLASH=classic, =stages3, =ilp3 and =ilp3q force one variant of the mma.sync kernel's
