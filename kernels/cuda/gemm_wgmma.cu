@@ -84,7 +84,8 @@
  * products with A from registers (wgmma's register-A form): the same bits as the LayerNorm, then
  * this GEMM. The fragments of step s are written while step s - 1's products still read the
  * other set of registers, so the normalising (about 170 instructions a thread a step) overlaps
- * the tensor cores; no shared memory is written, so the stage's traffic is the plain form's.
+ * the tensor cores, a tile's first step's included (normalised during the previous tile's last
+ * products); no shared memory is written, so the stage's traffic is the plain form's.
  *
  * Synchronisation (attention_wgmma_ws.cu's protocol, per k-step s counted over all of a block's
  * tiles, stage s % S, its (s / S)-th use; LAG = S - 2):
@@ -452,6 +453,7 @@ __device__ __forceinline__ void gw_consume(unsigned char *smem, uint64_t *full, 
     int staged_row = -1, staged_tn = 0; /* GEGLU: the staged half's first row of y and column tile */
     float d[GW_BN / 2];
     uint32_t a_even[GW_BK / 16][4], a_odd[GW_BK / 16][4];
+    bool a_ready = false; /* LN: this step's set was filled at the previous tile's last step */
     float2 st_cur[2], st_next[2];
     if (LN && walk.first < walk.tiles) {
         int tm, tn;
@@ -479,7 +481,8 @@ __device__ __forceinline__ void gw_consume(unsigned char *smem, uint64_t *full, 
             /* one k-step: its products issued (a: this step's fragments, LN), the GEGLU slice beside
              * them, then the previous step's retired (a_prev free again) and its stage handed back */
             auto step = [&](uint32_t (&a)[GW_BK / 16][4], uint32_t (&a_prev)[GW_BK / 16][4]) {
-                if (LN) gw_ln_fragments<T>(a, sa, ln_table, kt, st_cur, warp, lane);
+                if (LN && !a_ready) gw_ln_fragments<T>(a, sa, ln_table, kt, st_cur, warp, lane);
+                a_ready = false;
                 wg_fence();
                 wg_fence_acc(d);
 #pragma unroll
@@ -502,6 +505,16 @@ __device__ __forceinline__ void gw_consume(unsigned char *smem, uint64_t *full, 
                     if (LN) gw_fence_frags(a_prev);
                     gw_release<MC>(&empty[(s - 1) % C::STAGES], walk.rank, lane);
                 }
+                /* LN: the next tile's first fragments into the free set while this step's products
+                 * run, so that tile starts with its products instead of its normalising (its stage
+                 * needs no release of this tile's: the producer runs STAGES - 1 steps ahead) */
+                if (LN && kt == ktiles - 1 && tile + walk.stride < walk.tiles) {
+                    const int st1 = (s + 1) % C::STAGES;
+                    mbar_wait(&full[st1], (unsigned)((s + 1) / C::STAGES) & 1u);
+                    gw_ln_fragments<T>(a_prev, smem + st1 * GW_STAGE_BYTES + wg * 8 * 1024, ln_table, 0, st_next, warp,
+                                       lane);
+                    a_ready = true;
+                }
             };
             if (LN && (s & 1))
                 step(a_odd, a_even);
@@ -510,7 +523,7 @@ __device__ __forceinline__ void gw_consume(unsigned char *smem, uint64_t *full, 
         }
         wg_wait_all();
         wg_fence_acc(d);
-        if (LN) { /* the last step's set is free again (the other one was already) */
+        if (LN) { /* the last step's set is free again (the other holds the next tile's first, or nothing) */
             gw_fence_frags(a_even);
             gw_fence_frags(a_odd);
         }
@@ -588,7 +601,8 @@ __global__ void __launch_bounds__(GW_THREADS, 1) gw_kernel(const __grid_constant
     X(T, false, true, true, true)
 #define GW_FOR_EACH(X) GW_FOR_TYPE(X, __half) GW_FOR_TYPE(X, __nv_bfloat16)
 
-/* The cluster form's clusters of two that can run at once (the bf16 kernel's resources are the same). */
+/* The cluster form's clusters of two that can run at once (the bf16 kernel's resources are the
+ * same; the LayerNorm form's table, at most 16 KB more, still leaves one block per SM). */
 template <bool GEGLU> static int gw_max_clusters(void) {
     return cuda_max_clusters_of_two((const void *)gw_kernel<__half, GEGLU, true, true, false>, GW_THREADS,
                                     gw_cfg<GEGLU>::SMEM);
