@@ -76,7 +76,9 @@ static int cmp_double(const void *a, const void *b) {
     return x < y ? -1 : x > y;
 }
 
-/* A tensor of dtype dt filled with uniform values in [-scale, scale). */
+/* A tensor of dtype dt filled with uniform values in [-scale, scale); scale 0: zeros, filled on
+ * the device (most outputs and scratch tensors: drawing and uploading hundreds of millions of
+ * zeros took most of a big row's setup, which the --wgmma table repeats for every variant). */
 static int rand_tensor_dt(loco_backend *be, loco_dtype dt, int nd, const int64_t *shape, float scale, uint64_t *seed,
                           loco_tensor *t) {
     loco_err err;
@@ -84,12 +86,25 @@ static int rand_tensor_dt(loco_backend *be, loco_dtype dt, int nd, const int64_t
         fprintf(stderr, "alloc: %s\n", err.msg);
         return -1;
     }
+    if (scale == 0.0f) {
+        if (loco_fill(be, t, 0.0f, &err) == LOCO_OK) return 0;
+        fprintf(stderr, "fill: %s\n", err.msg);
+        return -1;
+    }
     size_t n = (size_t)loco_tensor_numel(t);
     float *h = malloc(n * sizeof(float));
     if (!h) return -1;
+    /* element i from a hash of (seed, i) (splitmix64's finaliser, as engine/random_weights.c), so the
+     * threads draw in parallel */
+    const uint64_t base = *seed;
+    *seed += 0x9e3779b97f4a7c15ull * (uint64_t)(n + 1);
+#pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; i++) {
-        *seed = *seed * 6364136223846793005ull + 1442695040888963407ull;
-        h[i] = ((float)(*seed >> 40) / 16777216.0f * 2.0f - 1.0f) * scale;
+        uint64_t z = base + 0x9e3779b97f4a7c15ull * (uint64_t)(i + 1);
+        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+        z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+        z ^= z >> 31;
+        h[i] = ((float)(z >> 40) / 16777216.0f * 2.0f - 1.0f) * scale;
     }
     loco_status st = loco_tensor_upload(t, h, LOCO_F32, &err);
     free(h);
