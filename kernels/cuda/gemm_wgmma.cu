@@ -5,8 +5,9 @@
  *     y[m, j] = x[m, :] . w[j, :] + b[j]   (+ y[m, j] for loco_linear_accumulate).
  * EXPERIMENTAL, used only under LOCO_CUDA_GEGLU=wgmma and LOCO_CUDA_LINEAR=wgmma, for f16/bf16
  * with K a multiple of 64 and N of 128 (GEGLU: every SD 1.x/2.x/XL feed-forward) or 256 (linear:
- * SD-XL's 1280-wide projections, whose cuBLASLt GEMMs ran at 535-561 TFLOP/s in run 6). Not yet
- * timed on a GPU; correct on the emulator (tests/emu) in every `make test`.
+ * SD-XL's 1280-wide projections, whose cuBLASLt GEMMs ran at 535-561 TFLOP/s in run 6; by TMA any
+ * multiple of 8, the last column tile partly empty). Not yet timed on a GPU; correct on the
+ * emulator (tests/emu) in every `make test`.
  *
  * Why: SD-XL's batch-8 UNet call spends 11.5 ms (of 233) in the separate GEGLU pass (run 6
  * profile: it reads the GEMM's [16384, 2 x 5120] output and writes half of it, at 3.5 TB/s,
@@ -338,23 +339,26 @@ __device__ __forceinline__ void gw_store_linear(const float (&d)[GW_BN / 2], con
     const T *__restrict__ b = (const T *)p.b;
     T *__restrict__ y = (T *)p.y;
     const bool rows_ok[2] = {row0 + g < p.m, row0 + g + 8 < p.m};
+    const int blocks = (p.n - tn * GW_BN) / 8; /* column blocks of 8 before N (N % 8 == 0): 32 but in a last tile */
 #pragma unroll
     for (int c0 = 0; c0 < GW_BN / 8; c0 += 8) {
         float bias[8][2], old[8][2][2];
 #pragma unroll
         for (int c = 0; c < 8; c++) {
             const int col = tn * GW_BN + (c0 + c) * 8 + 2 * t;
-            bias[c][0] = b ? to_f32(b[col]) : 0.0f, bias[c][1] = b ? to_f32(b[col + 1]) : 0.0f;
+            const bool col_ok = c0 + c < blocks;
+            bias[c][0] = b && col_ok ? to_f32(b[col]) : 0.0f, bias[c][1] = b && col_ok ? to_f32(b[col + 1]) : 0.0f;
 #pragma unroll
             for (int half = 0; half < 2; half++) {
                 const T *in = y + (int64_t)(row0 + g + 8 * half) * p.n + col;
-                const bool load = p.accumulate && rows_ok[half];
+                const bool load = p.accumulate && rows_ok[half] && col_ok;
                 old[c][half][0] = load ? to_f32(in[0]) : 0.0f, old[c][half][1] = load ? to_f32(in[1]) : 0.0f;
             }
         }
 #pragma unroll
         for (int c = 0; c < 8; c++) {
             const int col = tn * GW_BN + (c0 + c) * 8 + 2 * t;
+            if (c0 + c >= blocks) continue;
 #pragma unroll
             for (int half = 0; half < 2; half++) {
                 if (!rows_ok[half]) continue;
@@ -663,8 +667,17 @@ static loco_status gw_plan_make(cuda_impl *c, bool geglu, loco_tensor *y, const 
                                 const loco_tensor *bias, int accumulate, gw_plan *pl, loco_err *err) {
     const loco_dtype dt = y->dtype;
     const int64_t k = w->shape[1], n = y->shape[y->ndim - 1], rows = loco_tensor_numel(y) / (n > 0 ? n : 1);
+    const bool tma = c->gemm_wgmma_load == CUDA_WS_LOAD_TMA;
+    /* the linear by TMA takes N of whole 16-byte rows where the last tile's empty columns are at
+     * most a fifth of N: w's rows past N arrive as zeros and the epilogue stores the columns
+     * before N (SD's 640, 960 and 1920 outputs: a last tile of 128, 192 or 128 columns; 320's
+     * 192 empty of 512 and anything under one tile stay with cuBLASLt); the cp.async producer and
+     * GEGLU's pairing need whole tiles */
+    const int64_t empty_cols = (GW_BN - n % GW_BN) % GW_BN;
+    const bool n_ok =
+        n % GW_OUT(geglu) == 0 || (tma && !geglu && n % 8 == 0 && n >= GW_BN && 5 * empty_cols <= n);
     if ((dt != LOCO_F16 && dt != LOCO_BF16) || w->dtype != dt || (bias && bias->dtype != dt) || k % GW_BK != 0 || k == 0 ||
-        n % GW_OUT(geglu) != 0 || rows <= 0 || rows > INT32_MAX - GW_BM || loco_tensor_numel(w) > INT32_MAX ||
+        !n_ok || n <= 0 || rows <= 0 || rows > INT32_MAX - GW_BM || loco_tensor_numel(w) > INT32_MAX ||
         !aligned16(x->data) || !aligned16(w->data) || !aligned16(y->data))
         return LOCO_EUNSUPPORTED;
     gw_params &p = pl->p;
@@ -672,10 +685,10 @@ static loco_status gw_plan_make(cuda_impl *c, bool geglu, loco_tensor *y, const 
     pl->dt = dt, pl->geglu = geglu;
     p.x = x->data, p.w = w->data, p.b = bias ? bias->data : NULL, p.y = y->data;
     p.m = (int)rows, p.k = (int)k, p.n = (int)n, p.accumulate = accumulate;
-    p.tiles_m = (int)((rows + GW_BM - 1) / GW_BM), p.tiles_n = (int)(n / GW_OUT(geglu));
+    p.tiles_m = (int)((rows + GW_BM - 1) / GW_BM), p.tiles_n = (int)((n + GW_OUT(geglu) - 1) / GW_OUT(geglu));
     const int64_t tiles = (int64_t)p.tiles_m * p.tiles_n;
     if (tiles > INT32_MAX) return LOCO_EUNSUPPORTED;
-    const bool tma = pl->tma = c->gemm_wgmma_load == CUDA_WS_LOAD_TMA;
+    pl->tma = tma;
     const int clusters = c->gemm_wgmma_clusters[geglu ? 0 : 1];
     /* (an odd number of row tiles leaves a pair's second block multiplying zeros for a column
      * tile's whole k loop: half the SMs at one row tile, a sixth of the blocks' time at three;

@@ -408,9 +408,9 @@ TEST(cuda_linear_geglu_wgmma_arrive) {
 }
 
 /* LOCO_CUDA_LINEAR=wgmma: loco_linear without activation and loco_linear_accumulate on
- * gemm_wgmma.cu's main loop where N is a multiple of 256, against the CPU: row tails, the
- * accumulating call after a plain one and first, no bias, bf16, several tiles on one block; a
- * width and an activation it leaves to cuBLASLt. */
+ * gemm_wgmma.cu's main loop where N is a multiple of 256 (by TMA, of 8: a partly empty last
+ * column tile), against the CPU: row tails, the accumulating call after a plain one and first,
+ * no bias, bf16, several tiles on one block; widths and an activation it leaves to cuBLASLt. */
 static int linear_wgmma_cases(void) {
     int ok = check_linear(LOCO_F16, 2, 100, 128, 256, 1, LOCO_ACT_NONE, 301); /* 200 rows: a tail */
     ok = ok && check_linear(LOCO_F16, 2, 100, 128, 512, 1, -1, 302);           /* accumulate after a linear */
@@ -418,7 +418,10 @@ static int linear_wgmma_cases(void) {
     setenv("LOCO_CUDA_GEMM_WGMMA_BLOCKS", "1", 1);
     ok = ok && check_linear(LOCO_F16, 1, 300, 64, 512, 1, LOCO_ACT_NONE, 304); /* 6 tiles on one block */
     unsetenv("LOCO_CUDA_GEMM_WGMMA_BLOCKS");
-    ok = ok && check_linear(LOCO_F16, 1, 64, 128, 384, 1, LOCO_ACT_NONE, 305); /* N % 256 != 0: cuBLASLt */
+    ok = ok && check_linear(LOCO_F16, 1, 64, 128, 384, 1, LOCO_ACT_NONE, 305); /* N % 256 != 0: cuBLASLt, or a half tile (TMA) */
+    ok = ok && check_linear(LOCO_F16, 1, 300, 128, 960, 1, LOCO_ACT_NONE, 307); /* TMA: a last tile of 192 columns */
+    ok = ok && check_linear(LOCO_BF16, 1, 200, 64, 1960, 1, -1, 308);          /* ... of 168, accumulating */
+    ok = ok && check_linear(LOCO_F16, 1, 100, 64, 320, 1, LOCO_ACT_NONE, 309); /* 192 of 512 empty: cuBLASLt */
     ok = ok && check_linear(LOCO_F16, 1, 64, 128, 256, 1, LOCO_ACT_GELU, 306); /* an activation: cuBLASLt */
     return ok;
 }
@@ -455,6 +458,7 @@ TEST(cuda_linear_geglu_wgmma_cluster) {
 static int linear_wgmma_cluster_cases(void) {
     int ok = linear_wgmma_cases();
     ok = ok && check_linear(LOCO_F16, 1, 2100, 64, 256, 1, LOCO_ACT_NONE, 351); /* 17 row tiles: a pair past M */
+    ok = ok && check_linear(LOCO_F16, 1, 200, 64, 640, 1, LOCO_ACT_NONE, 353);  /* a multicast half wholly past N */
     setenv("LOCO_CUDA_GEMM_WGMMA_BLOCKS", "4", 1);
     ok = ok && check_linear(LOCO_BF16, 1, 1000, 128, 512, 0, -2, 352); /* 8 x 2 tiles on two pairs, accumulating */
     unsetenv("LOCO_CUDA_GEMM_WGMMA_BLOCKS");
@@ -512,6 +516,8 @@ static int ln_linear_cases(void) {
     ok = ok && check_ln_linear(LOCO_BF16, 0, 1000, 640, 256, 1, "3", 364); /* SD-XL's K at 64^2 */
     ok = ok && check_ln_linear(LOCO_F16, 1, 2100, 64, 128, 1, "4", 365);   /* 17 row tiles: odd, two groups */
     ok = ok && check_ln_linear(LOCO_F16, 0, 70, 2112, 256, 1, NULL, 366);  /* K > 2048: declined */
+    ok = ok && check_ln_linear(LOCO_F16, 0, 260, 128, 640, 1, "2", 367);   /* a last tile of 128 columns */
+    ok = ok && check_ln_linear(LOCO_BF16, 0, 130, 320, 960, 0, NULL, 368); /* ... of 192 (SD 1.5's q, k, v) */
     return ok;
 }
 
