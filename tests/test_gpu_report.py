@@ -77,6 +77,26 @@ def test_pick_takes_the_cluster_form_with_its_two_variables_when_it_wins(tmp_pat
     assert "LOCO_CUDA_GEGLU=wgmma (tma clusters): 42.00 against 52.72 ms a UNet call" in r.stderr
 
 
+def test_pick_counts_the_tma_only_shapes_at_cublaslt_for_the_other_ways(tmp_path):
+    ops = tmp_path / "ops_loco.txt"
+    ops.write_text(OPS + "sdxl_qkv_1280_b16 0.3000 540.0 TFLOP/s\n"
+                   "sdxl_proj_1280_b16@linear_wgmma 0.0950 560.0 TFLOP/s\n"
+                   "sdxl_qkv_1280_b16@linear_wgmma 0.2950 550.0 TFLOP/s\n"
+                   "sdxl_proj_640_b16 0.1000 550.0 TFLOP/s\n"
+                   "sdxl_qkv_640_b16 0.2500 660.0 TFLOP/s\n"
+                   "sdxl_proj_1280_b16@linear_wgmma_tma 0.1000 535.0 TFLOP/s\n"
+                   "sdxl_qkv_1280_b16@linear_wgmma_tma 0.3000 540.0 TFLOP/s\n"
+                   "sdxl_proj_640_b16@linear_wgmma_tma 0.1200 460.0 TFLOP/s\n"
+                   "sdxl_qkv_640_b16@linear_wgmma_tma 0.2600 630.0 TFLOP/s\n")
+    r = run(PICK, ops)
+    assert r.returncode == 0, r.stderr
+    # cp.async takes the 1280 shapes only (the 640 level at cuBLASLt's 5.5 ms): 40.30 against 41.50;
+    # the TMA form also takes the 640 level, where it loses: 42.20
+    assert r.stdout.split() == ["LOCO_CUDA_FLASH=wgmma_ws3", "LOCO_CUDA_GEGLU=wgmma", "LOCO_CUDA_LINEAR=wgmma"]
+    assert "LOCO_CUDA_LINEAR=wgmma (cp.async): 40.30 against 41.50 ms a UNet call" in r.stderr
+    assert "LOCO_CUDA_LINEAR=wgmma (tma): 42.20 against 41.50 ms a UNet call" in r.stderr
+
+
 def test_pick_takes_the_layernorm_fold_when_its_gain_beats_the_other_ways(tmp_path):
     ops = tmp_path / "ops_loco.txt"
     ops.write_text(OPS + "sdxl_ffgeglu_1280_b16@geglu_wgmma_tma 0.7600 564.0 TFLOP/s\n"

@@ -27,6 +27,7 @@ conv   c_b4    4 16 8 8 32 3 1 1
 conv   c_tma   1 64 2 64 64 3 1 1
 linear l_gelu  16 32 64 gelu
 linear l_none  16 64 256 none
+linear l_640   16 64 640 none
 attn   a_d40   2 64 64 2 40 0
 attn   a_d64   1 64 77 2 64 0
 gn     g_silu  1 32 8 8 8 1
@@ -49,7 +50,7 @@ MAIN_ROWS = (
     + ["c_1x1"]
     + [f"c_b4{s}" for s in CONV_ROUTES + ["@implicit_generic"] + BATCH4]
     + [f"c_tma{s}" for s in CONV_ROUTES + ["@implicit_generic"]]
-    + ["l_gelu", "l_gelu@tuned", "l_none", "l_none@tuned"]
+    + ["l_gelu", "l_gelu@tuned", "l_none", "l_none@tuned", "l_640", "l_640@tuned"]
     + [f"a_d40{s}" for s in FLASH + ["@short_off"]]
     + [f"a_d64{s}" for s in FLASH + ["@short_off"]]
     + ["g_silu", "l_n", "gg", "fg", "rc", "rc@unfused", "rc_tma", "rc_tma@unfused", "tb", "tb@unfused", "pj", "pj@unfused"]
@@ -65,7 +66,9 @@ WGMMA_ROWS = (["c_f16@wgmma", "c_b4@wgmma", "c_tma@wgmma", "c_tma@conv_tma", "rc
               + [f"{n}@fa_wgmma_ws{t}_tma" for n in ("a_d64", "sa") for t in ("3", "128")]
               + [f"fg@geglu_wgmma{t}" for t in ("", "_tma", "_arrive", "_mc")]
               + [f"l_none@linear_wgmma{t}" for t in ("", "_tma", "_arrive", "_mc")]
-              + [f"{n}@ln_{f}_{t}" for n in ("fg", "l_none") for f in ("fold", "unfused") for t in ("tma", "mc")])
+              + [f"l_640@linear_wgmma{t}" for t in ("_tma", "_mc")]  # (a partly empty last tile: TMA only)
+              + [f"{n}@ln_{f}_{t}" for n in ("fg", "l_none", "l_640") for f in ("fold", "unfused")
+                 for t in ("tma", "mc")])
 
 
 def _run(tmp_path, *extra):

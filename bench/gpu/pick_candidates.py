@@ -30,12 +30,17 @@ CROSS_ROWS = {"sdxl_cross_d64_77_b16": 60, "sdxl_cross_d64_4096_77_b16": 10}
 # gemm_wgmma.cu's forms against cuBLASLt (+ the GEGLU pass); the 1280 x 1280 GEMMs are 60 plain
 # (attn2's to_q) and 120 accumulating (both to_outs), timed here by the plain row
 GEGLU_ROWS = {"sdxl_ffgeglu_1280_b16": 60, "sdxl_ffgeglu_640_b16": 10}
-LINEAR_ROWS = {"sdxl_proj_1280_b16": 180, "sdxl_qkv_1280_b16": 60}
+# (the 640 level's 10 blocks: q, k, v stacked, N = 1920, and to_q + both to_outs, N = 640: shapes
+# only the TMA forms take, whose last column tile is partly empty; the other ways leave them to
+# cuBLASLt; a table without these rows, from before they were added, leaves them out)
+LINEAR_ROWS = {"sdxl_proj_1280_b16": 180, "sdxl_qkv_1280_b16": 60, "sdxl_proj_640_b16": 30,
+               "sdxl_qkv_640_b16": 10}
+TMA_ONLY = {"sdxl_proj_640_b16", "sdxl_qkv_640_b16"}
 # ... of which those after a LayerNorm (norm3's feed-forward, norm2's to_q, norm1's q, k, v):
 # LOCO_CUDA_LN_FOLD=1 folds it into the TMA forms' GEMMs; op_bench times the pair on one backend
 # ("@ln_fold_tma" against "@ln_unfused_tma", "_mc" in clusters)
 LN_CALLS = {"sdxl_ffgeglu_1280_b16": 60, "sdxl_ffgeglu_640_b16": 10, "sdxl_proj_1280_b16": 60,
-            "sdxl_qkv_1280_b16": 60}
+            "sdxl_qkv_1280_b16": 60, "sdxl_proj_640_b16": 10, "sdxl_qkv_640_b16": 10}
 # conv_tma.cu (LOCO_CUDA_CONV=tma) against the default routes: the ResNet convs at the 128x128
 # level (320 channels out: 10 a call, those with 640 or 960 in counted as 320's) and the 64x64
 # one (640 out: 10), and the upsampler's plain 640-channel conv at 128x128 (1)
@@ -108,11 +113,31 @@ def pick_conv_tma(rows, log):
     return best[1] if best else []
 
 
+def form_times(rows, names, suffix, tma):
+    """(cuBLASLt's, the form's) ms a UNet call over a form's rows, or None when a row the form
+    takes is missing. Rows without a default time (an older table) are left out; shapes only the
+    TMA forms take count at cuBLASLt's time for the other ways."""
+    base = cand = 0.0
+    for name, calls in names.items():
+        b = rows.get(name)
+        if b is None:
+            continue
+        c = rows.get(name + suffix)
+        if c is None and name in TMA_ONLY and not tma:
+            c = b
+        if c is None:
+            return None
+        base, cand = base + calls * b, cand + calls * c
+    return base, cand
+
+
 def fold_gain(rows, names, tag):
     """ms a UNet call that folding the LayerNorm saves on a form's rows (the unfused pair's time
     less the folded call's, on the same backend), or None when a row is missing."""
     gain = 0.0
     for name in names:
+        if name not in rows:  # (left out of the form's times too)
+            continue
         calls = LN_CALLS.get(name, 0)
         fold, unfused = rows.get(f"{name}@ln_fold{tag}"), rows.get(f"{name}@ln_unfused{tag}")
         if calls and (fold is None or unfused is None):
@@ -135,13 +160,13 @@ def pick_gemm_wgmma(rows, log):
             for var, names, suffix in (("LOCO_CUDA_GEGLU", GEGLU_ROWS, "@geglu_wgmma" + tag),
                                        ("LOCO_CUDA_LINEAR", LINEAR_ROWS, "@linear_wgmma" + tag)):
                 what = f"{var}=wgmma ({load}{', LayerNorm folded' if fold else ''})"
-                base, cand = weighted(rows, names, ""), weighted(rows, names, suffix)
+                times = form_times(rows, names, suffix, tag in ("_tma", "_mc"))
                 gain = fold_gain(rows, names, tag) if fold else 0.0
-                if base is None or cand is None or gain is None:
+                if times is None or gain is None or not any(n in rows for n in names):
                     log(f"{what}: rows missing")
-                    if base is not None:
-                        total += base
+                    total += sum(calls * rows[n] for n, calls in names.items() if n in rows)  # cuBLASLt's
                     continue
+                base, cand = times
                 log(f"{what}: {cand - gain:.2f} against {base:.2f} ms a UNet call")
                 total += min(base, cand - gain)
                 if cand - gain < base:
