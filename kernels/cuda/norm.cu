@@ -560,21 +560,28 @@ static int ln_fast_shape(const cuda_impl *c, int64_t C, int64_t rows, int es, in
     return 1;
 }
 
+/* The statistics kernel's shape for x (ln_rows_kernel's), or 0 when its fast form does not take x. */
+static int ln_stats_shape(const cuda_impl *c, const loco_tensor *x, int64_t *rows, int64_t *C, int *vpl, int *lpr,
+                          unsigned *grid) {
+    *C = x->shape[x->ndim - 1];
+    *rows = *C > 0 ? loco_tensor_numel(x) / *C : 0;
+    return (x->dtype == LOCO_F16 || x->dtype == LOCO_BF16) && *rows > 0 &&
+           ln_fast_shape(c, *C, *rows, 2, cuda_aligned(x->data, 16), vpl, lpr, grid);
+}
+
 extern "C" int cuda_layer_norm_stats_fits(const cuda_impl *c, const loco_tensor *x) {
-    const int64_t C = x->shape[x->ndim - 1], rows = C > 0 ? loco_tensor_numel(x) / C : 0;
+    int64_t rows, C;
     int vpl = 0, lpr = 0;
     unsigned grid = 0;
-    return (x->dtype == LOCO_F16 || x->dtype == LOCO_BF16) && rows > 0 &&
-           ln_fast_shape(c, C, rows, 2, cuda_aligned(x->data, 16), &vpl, &lpr, &grid);
+    return ln_stats_shape(c, x, &rows, &C, &vpl, &lpr, &grid);
 }
 
 extern "C" loco_status cuda_layer_norm_stats(cuda_impl *c, void *stats, const loco_tensor *x, float eps,
                                              loco_err *err) {
-    if (!cuda_layer_norm_stats_fits(c, x)) return LOCO_EUNSUPPORTED;
-    const int64_t C = x->shape[x->ndim - 1], rows = loco_tensor_numel(x) / C;
+    int64_t rows, C;
     int vpl = 0, lpr = 0;
     unsigned grid = 0;
-    ln_fast_shape(c, C, rows, 2, 1, &vpl, &lpr, &grid);
+    if (!ln_stats_shape(c, x, &rows, &C, &vpl, &lpr, &grid)) return LOCO_EUNSUPPORTED;
     const auto launch = [&](auto type_c) {
         typedef decltype(type_c) T;
         ln_with_shape(vpl, lpr, [&](auto vpl_c, auto lpr_c) {
