@@ -315,6 +315,7 @@ CONV_TMA_BAD=0 # conv_tma.cu's test (cuda_conv2d_tma) failed: its rows and runs 
 CLUSTER_BAD=0 # a test of gemm_wgmma.cu's form in clusters of two (*wgmma_cluster) failed: likewise
 CONV_CLUSTER_BAD=0 # conv_tma.cu's test in clusters of two (cuda_conv2d_tma_cluster) failed: likewise
 LN_BAD=0 # a test of the LayerNorm folded into gemm_wgmma.cu (cuda_ln_linear_wgmma*) failed: likewise
+FILLS_CARD='out_of_memory|memory_runs_short' # tests that allocate until the card is full
 parity() { # name binary [test-name regex]
     say "parity: $1 (one process per test)"
     local names n_pass=0 n_fail=0 failed_names="" hung_names="" line rc name secs
@@ -349,13 +350,21 @@ parity() { # name binary [test-name regex]
             printf 'gpu-check:   FAIL %-48s %3ss (%s)\n' "$name" "$secs" "$why"
             grep -vE '^(ok|skip) |^[0-9]+ passed' "$DIR/t_${LOG_TAG:-}$name.log" | head -12 | sed 's/^/gpu-check:        /'
         fi
-    done < <(printf '%s\n' $names | RUN_PREFIX="${RUN[*]}" xargs -P 6 -I{} bash -c \
-        'RUN=($RUN_PREFIX); run_one_test "$0" "$1"' "$2" {} | sort -k2)
+    done < <(
+        {
+            # tests that fill the card on purpose (out-of-memory paths) run alone, after the
+            # rest: beside them, other tests' allocations would fail
+            printf '%s\n' $names | grep -vE "$FILLS_CARD" | RUN_PREFIX="${RUN[*]}" xargs -P 6 -I{} bash -c \
+                'RUN=($RUN_PREFIX); run_one_test "$0" "$1"' "$2" {}
+            printf '%s\n' $names | grep -E "$FILLS_CARD" | RUN_PREFIX="${RUN[*]}" xargs -P 1 -I{} bash -c \
+                'RUN=($RUN_PREFIX); run_one_test "$0" "$1"' "$2" {}
+        } | sort -k2
+    )
     # the numbers the tests print (errors against the CPU, graph counts)
     # (op checks print one "<op>: rel err E (tol T)" line each: shown as the worst per op)
     awk '/: rel err [0-9.e+-]+ \(tol/ { i = index($0, ": rel err "); w = substr($0, 1, i - 1);
                                         split(substr($0, i + 10), f, " "); n[w]++; if (f[1] + 0 > m[w]) m[w] = f[1] + 0; next }
-         /rel err|graphs|huge request|points wrong|^wgmma / { print }
+         /rel err|graphs|graph pools|huge request|points wrong|^wgmma / { print }
          END { for (w in n) printf "%s: worst rel err %.3g over %d checks\n", w, m[w], n[w] }' "$DIR/$1.log" |
         sed 's/^/gpu-check:     /' | head -60
     if [ $n_fail -ne 0 ]; then

@@ -196,8 +196,10 @@ loco_status loco_unet_forward(loco_unet *u, const loco_unet_inputs *in, loco_ten
  * on every call; a change re-records, which costs host time only). Results equal the normal
  * path's (the same kernels run). On by default where the backend has graphs; the backend turns
  * them off for everything with LOCO_CUDA_GRAPHS=0. Each recorded shape keeps its pool (the
- * call's peak activation memory) until the UNet is freed, graphs are turned off, or it is
- * evicted by a newer shape (at most 4 are kept). */
+ * call's peak activation memory) until the UNet is freed, graphs are turned off, it is evicted
+ * by a newer shape (at most 4 are kept), or a device allocation runs short: then shapes other
+ * than the one in use give their memory back, least recently used first, as many as the request
+ * needs (backend.h, "memory pressure"), and record again when next used. */
 void loco_unet_set_graphs(loco_unet *u, int on); /* off also frees the recorded graphs */
 
 typedef struct loco_unet_graph_stats {
@@ -205,6 +207,8 @@ typedef struct loco_unet_graph_stats {
     long captures;        /* recordings made (first and re-recordings) */
     long replays;         /* calls served by a replay */
     long eager_calls;     /* eligible calls that ran normally (warm-up, fallbacks) */
+    long reclaimed;       /* recorded shapes given back to a reclaim (an allocation that ran short,
+                             or loco_backend_reclaim) */
     size_t pool_bytes;    /* device memory the graphs' pools hold */
     char last_error[256]; /* why recording last failed, "" when it never did */
 } loco_unet_graph_stats;

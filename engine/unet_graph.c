@@ -16,7 +16,14 @@
  * following calls only replay. Recording failures (a capture the pool cannot serve, a driver
  * refusing the graph) never fail the call: it runs normally, and after UG_TRIES failures the
  * shape stays on the normal path and its pool is released. Errors of the computation itself
- * (out of memory, bad inputs) are the caller's, as without graphs. */
+ * (out of memory, bad inputs) are the caller's, as without graphs.
+ *
+ * Memory pressure: the graphs register a reclaimer with the backend (backend.h). When a device
+ * allocation fails (any model's, any op's, this UNet's own), recorded shapes other than the one
+ * the call in progress uses give back their pools and fixed tensors, least recently used first,
+ * as many as the request needs, and record again when next used. So idle pools (gigabytes for
+ * big batches) never turn into another request's out of memory. The call in progress, when it
+ * runs short itself, forgets its own shape and runs plainly (oom_retry). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -59,8 +66,9 @@ typedef struct ug_entry {
 
 struct unet_graphs {
     ug_entry e[UG_MAX];
+    ug_entry *busy; /* the entry of the call in progress: its reclaimer leaves it alone */
     uint64_t clock;
-    long captures, replays, eager_calls;
+    long captures, replays, eager_calls, reclaimed;
     char last_error[256];
 };
 
@@ -110,10 +118,61 @@ static void entry_clear(ug_entry *e) {
     memset(e, 0, sizeof *e);
 }
 
+static size_t held_bytes(const loco_tensor *t) { return t->data ? loco_tensor_nbytes(t) : 0; }
+
+/* Device memory an entry holds: its pool and fixed tensors. */
+static size_t entry_bytes(const ug_entry *e) {
+    return loco_graph_pool_bytes(e->g) + held_bytes(&e->x) + held_bytes(&e->temb) + held_bytes(&e->out);
+}
+
+/* The backend's reclaimer. COUNT: what every shape but the busy one holds. FREE: those shapes
+ * are forgotten, least recently used first, until `want` bytes went back (each one's next call
+ * warms up and records again). Entries that hold nothing keep their state, so a shape that gave
+ * up recording stays on the normal path. The busy entry is never touched: its pool may be the
+ * active one (and gemm.cu's tuning briefly hides that pointer, restoring it after). */
+static size_t graphs_reclaim(void *ctx, loco_reclaim_mode mode, size_t want) {
+    struct unet_graphs *gs = ctx;
+    size_t total = 0;
+    for (;;) {
+        ug_entry *lru = NULL;
+        size_t lru_bytes = 0;
+        for (int i = 0; i < UG_MAX; i++) {
+            ug_entry *e = &gs->e[i];
+            const size_t bytes = e->used && e != gs->busy ? entry_bytes(e) : 0;
+            if (!bytes) continue;
+            if (mode == LOCO_RECLAIM_COUNT) {
+                total += bytes;
+            } else if (!lru || e->last_use < lru->last_use) {
+                lru = e;
+                lru_bytes = bytes;
+            }
+        }
+        if (mode == LOCO_RECLAIM_COUNT || !lru) return total;
+        entry_clear(lru);
+        gs->reclaimed++;
+        total += lru_bytes;
+        if (total >= want) return total;
+    }
+}
+
+/* The graph state of u with its reclaimer registered; NULL when host memory ran out. */
+static struct unet_graphs *graphs_create(loco_unet *u) {
+    struct unet_graphs *gs = calloc(1, sizeof *gs);
+    if (!gs) return NULL;
+    loco_err err;
+    if (loco_backend_add_reclaimer(u->be, graphs_reclaim, gs, &err)) {
+        free(gs);
+        return NULL;
+    }
+    return gs;
+}
+
 void unet_graphs_free(loco_unet *u) {
-    if (!u->graphs) return;
-    for (int i = 0; i < UG_MAX; i++) entry_clear(&u->graphs->e[i]);
-    free(u->graphs);
+    struct unet_graphs *gs = u->graphs;
+    if (!gs) return;
+    loco_backend_remove_reclaimer(u->be, graphs_reclaim, gs);
+    for (int i = 0; i < UG_MAX; i++) entry_clear(&gs->e[i]);
+    free(gs);
     u->graphs = NULL;
 }
 
@@ -130,6 +189,7 @@ void loco_unet_graph_stats_get(const loco_unet *u, loco_unet_graph_stats *st) {
     st->captures = gs->captures;
     st->replays = gs->replays;
     st->eager_calls = gs->eager_calls;
+    st->reclaimed = gs->reclaimed;
     memcpy(st->last_error, gs->last_error, sizeof st->last_error);
     for (int i = 0; i < UG_MAX; i++) {
         const ug_entry *e = &gs->e[i];
@@ -255,24 +315,21 @@ static void give_up(struct unet_graphs *gs, ug_entry *e, const char *what, const
     e->state = UG_EAGER;
 }
 
-/* Out of device memory inside a pool period: the pool and the main cache hold memory apart, so
- * give the pool's back and let the plain path try with everything. The shape is forgotten, not
+/* Out of device memory in a pool period, a recording's setup or a replay's result copy: the pool
+ * and the main cache hold memory apart (and the reclaimers never take the busy entry's), so give
+ * the pool's back and let the plain path try with everything (a replay's work is redone). The shape is forgotten, not
  * marked plain: with more memory free later (a smaller request before it, a freed model) it gets
  * a graph again. */
 static loco_status oom_retry(struct unet_graphs *gs, ug_entry *e, const unet_run *r, const loco_tensor *x,
-                             loco_tensor *out, loco_err *err) {
-    note_failure(gs, "out of memory", err);
+                             const loco_err *why, loco_tensor *out, loco_err *err) {
+    note_failure(gs, "out of memory", why);
     entry_clear(e);
     return unet_body(r, x, NULL, NULL, out, err);
 }
 
-loco_status unet_graph_forward(const unet_run *r, const loco_tensor *x, loco_tensor *out, loco_err *err) {
-    loco_unet *u = r->u;
-    memset(out, 0, sizeof *out);
-    if (!u->graphs && !(u->graphs = calloc(1, sizeof *u->graphs))) return unet_body(r, x, NULL, NULL, out, err);
-    struct unet_graphs *gs = u->graphs;
-    ug_entry *e = entry_for(gs, r, x);
-    e->last_use = ++gs->clock;
+/* A call on entry e (busy for its whole length). */
+static loco_status forward_on(struct unet_graphs *gs, ug_entry *e, const unet_run *r, const loco_tensor *x,
+                              loco_tensor *out, loco_err *err) {
     loco_err gerr; /* recording trouble: noted, never the caller's error */
     loco_err_clear(&gerr);
 
@@ -281,14 +338,15 @@ loco_status unet_graph_forward(const unet_run *r, const loco_tensor *x, loco_ten
         return unet_body(r, x, NULL, NULL, out, err);
     }
     if (entry_prepare(r->be, e, &gerr)) {
-        give_up(gs, e, "preparing a graph", &gerr);
         gs->eager_calls++;
+        if (gerr.code == LOCO_EDEVICE_OOM) return oom_retry(gs, e, r, x, &gerr, out, err);
+        give_up(gs, e, "preparing a graph", &gerr);
         return unet_body(r, x, NULL, NULL, out, err);
     }
     if (e->state == UG_WARMUP) {
         gs->eager_calls++;
         loco_status s = pooled_call(e, r, x, out, err);
-        if (s == LOCO_EDEVICE_OOM) return oom_retry(gs, e, r, x, out, err);
+        if (s == LOCO_EDEVICE_OOM) return oom_retry(gs, e, r, x, err, out, err);
         if (!s) e->state = UG_RECORD;
         return s;
     }
@@ -298,7 +356,8 @@ loco_status unet_graph_forward(const unet_run *r, const loco_tensor *x, loco_ten
     if (e->state == UG_READY && binding_equal(&b, &e->bound)) {
         binding_free(&b);
         gs->replays++;
-        return replay(e, r, x, out, err);
+        const loco_status s = replay(e, r, x, out, err);
+        return s == LOCO_EDEVICE_OOM ? oom_retry(gs, e, r, x, err, out, err) : s;
     }
     /* a new recording: first of this shape, or the binding changed */
     loco_status s = record(e, r, &b, &gerr);
@@ -308,10 +367,12 @@ loco_status unet_graph_forward(const unet_run *r, const loco_tensor *x, loco_ten
         e->tries = 0;
         gs->captures++;
         gs->replays++;
-        return replay(e, r, x, out, err);
+        s = replay(e, r, x, out, err);
+        return s == LOCO_EDEVICE_OOM ? oom_retry(gs, e, r, x, err, out, err) : s;
     }
-    e->state = UG_RECORD;
     gs->eager_calls++;
+    if (gerr.code == LOCO_EDEVICE_OOM) return oom_retry(gs, e, r, x, &gerr, out, err);
+    e->state = UG_RECORD;
     if (++e->tries >= UG_TRIES) {
         give_up(gs, e, "recording", &gerr);
         return unet_body(r, x, NULL, NULL, out, err);
@@ -319,6 +380,19 @@ loco_status unet_graph_forward(const unet_run *r, const loco_tensor *x, loco_ten
     note_failure(gs, "recording", &gerr);
     /* run normally in the pool period: whatever the recording lacked, the pool gets now */
     s = pooled_call(e, r, x, out, err);
-    if (s == LOCO_EDEVICE_OOM) return oom_retry(gs, e, r, x, out, err);
+    if (s == LOCO_EDEVICE_OOM) return oom_retry(gs, e, r, x, err, out, err);
+    return s;
+}
+
+loco_status unet_graph_forward(const unet_run *r, const loco_tensor *x, loco_tensor *out, loco_err *err) {
+    loco_unet *u = r->u;
+    memset(out, 0, sizeof *out);
+    if (!u->graphs && !(u->graphs = graphs_create(u))) return unet_body(r, x, NULL, NULL, out, err);
+    struct unet_graphs *gs = u->graphs;
+    ug_entry *e = entry_for(gs, r, x);
+    e->last_use = ++gs->clock;
+    gs->busy = e;
+    const loco_status s = forward_on(gs, e, r, x, out, err);
+    gs->busy = NULL;
     return s;
 }

@@ -134,7 +134,9 @@ loco_status loco_backend_create(const loco_backend_opts *opts, loco_backend **ou
 }
 
 void loco_backend_destroy(loco_backend *be) {
-    if (be && be->ops && be->ops->destroy) be->ops->destroy(be);
+    if (!be) return;
+    loco_backend_reclaimers_free(be);
+    if (be->ops && be->ops->destroy) be->ops->destroy(be);
 }
 
 loco_device loco_backend_device(const loco_backend *be) { return be ? be->device : LOCO_DEVICE_CPU; }

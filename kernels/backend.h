@@ -69,6 +69,42 @@ int loco_backend_accepts_dtype(const loco_backend *be, loco_dtype t);
 loco_status loco_backend_sync(loco_backend *be, loco_err *err);
 /* Bytes currently allocated and the peak since creation (device memory for CUDA). */
 void loco_backend_memory(const loco_backend *be, size_t *current, size_t *peak);
+/* The device's free and total memory as its driver counts them (every process on the card);
+ * LOCO_EUNSUPPORTED on the CPU backend. */
+loco_status loco_backend_device_memory(loco_backend *be, size_t *free_bytes, size_t *total_bytes, loco_err *err);
+
+/* ---- memory pressure ----------------------------------------------------------------------
+ * Caches above the backend hold device memory that nothing uses between calls: a recorded UNet
+ * graph keeps its call's activations in a private pool (6.7 GiB at SD-XL batch 8, one pool per
+ * recorded shape). A reclaimer gives such memory back when asked. When a device allocation
+ * fails even after the backend's own idle blocks went back to the driver, the backend asks the
+ * reclaimers for what is missing (least recently used first) and tries again, so a request that
+ * needs the memory (another model's job, a VAE decode, a model load) gets it. A request that
+ * would not fit even with all of it given back takes nothing from them: it fails with
+ * LOCO_EDEVICE_OOM and the graphs stay.
+ *
+ * Reclaimers run on the thread that allocates, possibly inside an op or inside their owner's own
+ * call: each frees only what no call in progress uses (the owner marks what it is using), and
+ * never allocates or enqueues work (freeing a graph, which waits for the stream, is allowed). A
+ * failure during a reclaim does not start another one. The registry is the backend object's:
+ * two backends on one card do not reclaim for each other (a worker has one). */
+typedef enum loco_reclaim_mode {
+    LOCO_RECLAIM_COUNT = 0, /* say how many bytes could be given back now; free nothing */
+    LOCO_RECLAIM_FREE,      /* give back, least recently used first, until at least `want` bytes
+                               went back or nothing is left */
+} loco_reclaim_mode;
+/* Returns the device bytes it could give back (COUNT) or gave back (FREE); 0: none. */
+typedef size_t (*loco_reclaim_fn)(void *ctx, loco_reclaim_mode mode, size_t want);
+/* Registers (fn, ctx) once (ctx may be NULL): LOCO_EINVAL for a NULL backend or function, or a
+ * pair already registered. */
+loco_status loco_backend_add_reclaimer(loco_backend *be, loco_reclaim_fn fn, void *ctx, loco_err *err);
+void loco_backend_remove_reclaimer(loco_backend *be, loco_reclaim_fn fn, void *ctx); /* absent: no-op */
+/* What the reclaimers could give back now (0 during a reclaim). */
+size_t loco_backend_reclaimable(loco_backend *be);
+/* Asks the reclaimers, in the order registered, until `want` bytes went back (SIZE_MAX: all of
+ * it); returns the bytes they gave back (0 during another reclaim). The backend calls it when an
+ * allocation fails; callers may too, e.g. to shrink before a big job. */
+size_t loco_backend_reclaim(loco_backend *be, size_t want);
 
 /* ---- op profiling ---------------------------------------------------------------------- */
 

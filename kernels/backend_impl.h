@@ -92,6 +92,8 @@ typedef struct loco_backend_ops {
 
     /* Optional (NULL: loco_backend_selftest reports that there is nothing to check). */
     loco_status (*selftest)(loco_backend *be, char *report, size_t n, loco_err *err);
+    /* Optional (NULL: loco_backend_device_memory says LOCO_EUNSUPPORTED). */
+    loco_status (*device_memory)(loco_backend *be, size_t *free_bytes, size_t *total_bytes, loco_err *err);
 
     /* Graphs (backend.h, "graphs"); all NULL on a backend without them (the CPU one, or CUDA
      * with LOCO_CUDA_GRAPHS=0). kernels/backend_graph.c checks the call order (one pool active
@@ -126,8 +128,16 @@ struct loco_backend {
     loco_op_profile profile;
     loco_op_profile_row profile_rows[LOCO_PROFILE_ROWS];
     int profile_nrows;
+    /* Memory-pressure callbacks (loco_backend_add_reclaimer): maintained by backend_memory.c,
+     * freed by loco_backend_destroy. */
+    struct loco_reclaimer *reclaimers;
+    int n_reclaimers, cap_reclaimers;
+    int reclaiming; /* a reclaim is running: an allocation failing inside it starts no other */
     void *impl; /* the backend's own state */
 };
+
+/* Frees the reclaimer registry (loco_backend_destroy, before the backend's own destroy). */
+void loco_backend_reclaimers_free(loco_backend *be);
 
 /* Constructors of the concrete backends (kernels/cpu/, kernels/cuda/). The CUDA one returns
  * LOCO_EDEVICE with a clear message when no usable GPU or driver is present. */

@@ -185,6 +185,15 @@ char *locod_metrics_render(locod_metrics *m, const locod_gauges *g, size_t *len)
             "# TYPE loco_device_memory_bytes gauge\nloco_device_memory_bytes{kind=\"current\"} %lld\n"
             "loco_device_memory_bytes{kind=\"peak\"} %lld\n",
         (long long)g->device_memory_bytes, (long long)g->device_memory_peak_bytes);
+    add(&b, "# HELP loco_graph_pool_bytes Device memory recorded UNet graphs keep between calls, besides the tensors "
+            "above (given back to an allocation that runs short).\n# TYPE loco_graph_pool_bytes gauge\n"
+            "loco_graph_pool_bytes %lld\n",
+        (long long)g->graph_pool_bytes);
+    if (g->device_total_bytes >= 0)
+        add(&b, "# HELP loco_gpu_memory_bytes The GPU's memory as its driver counts it (every process on the card).\n"
+                "# TYPE loco_gpu_memory_bytes gauge\nloco_gpu_memory_bytes{kind=\"free\"} %lld\n"
+                "loco_gpu_memory_bytes{kind=\"total\"} %lld\n",
+            (long long)g->device_free_bytes, (long long)g->device_total_bytes);
     add(&b, "# HELP loco_sse_streams Open event streams.\n# TYPE loco_sse_streams gauge\nloco_sse_streams %d\n",
         g->sse_streams);
     pthread_mutex_unlock(&m->mu);

@@ -18,6 +18,8 @@ typedef struct locod_gauges {
     int sse_streams;
     int64_t device_memory_bytes;
     int64_t device_memory_peak_bytes;
+    int64_t graph_pool_bytes;
+    int64_t device_free_bytes, device_total_bytes; /* -1: no card (CPU backend), not reported */
     int64_t jobs_by_state[LOCO_JOB_STATE_COUNT]; /* in the store */
 } locod_gauges;
 

@@ -15,6 +15,9 @@ static void gauges(locod_server *srv, locod_gauges *g) {
     g->sse_streams = srv->sse_streams;
     g->device_memory_bytes = srv->device_memory;
     g->device_memory_peak_bytes = srv->device_memory_peak;
+    g->graph_pool_bytes = srv->graph_pool_memory;
+    g->device_free_bytes = srv->device_free;
+    g->device_total_bytes = srv->device_total;
     locod_store_count_states(srv->store, g->jobs_by_state);
 }
 

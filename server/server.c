@@ -248,6 +248,7 @@ loco_status locod_server_create(const locod_config *cfg, loco_log *log, const ch
     locod_server *srv = calloc(1, sizeof *srv);
     if (!srv) return loco_err_set(err, LOCO_ENOMEM, "out of memory");
     srv->lock_fd = -1;
+    srv->device_free = srv->device_total = -1; /* unknown until the worker reports a card */
     srv->cfg = cfg;
     srv->log = log;
     snprintf(srv->self_exe, sizeof srv->self_exe, "%s", self_exe);

@@ -77,6 +77,8 @@ struct locod_server {
     int worker_ready;
     int sse_streams;
     int64_t device_memory, device_memory_peak;
+    int64_t graph_pool_memory;         /* of it, held by recorded UNet graphs between calls */
+    int64_t device_free, device_total; /* the card's, as the worker last saw them; -1: no card */
     char device[256];
     /* group commit of the store (server.c): creations wait until durable_gen >= their gen */
     pthread_t committer;

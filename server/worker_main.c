@@ -146,10 +146,24 @@ static wk_model *find_model(wk_ctx *w, const char *name) {
     return NULL;
 }
 
+/* The backend's live and peak tensor bytes; the recorded UNet graphs' pools (held between
+ * calls on top of those, given back when an allocation runs short); the card's free and total
+ * memory where it has one. */
 static json_t *memory_json(wk_ctx *w) {
-    size_t cur = 0, peak = 0;
+    size_t cur = 0, peak = 0, pools = 0, dev_free = 0, dev_total = 0;
     loco_backend_memory(w->be, &cur, &peak);
-    return json_pack("{s:I, s:I}", "current", (json_int_t)cur, "peak", (json_int_t)peak);
+    for (int i = 0; i < w->n_models; i++) {
+        loco_unet_graph_stats st;
+        loco_unet_graph_stats_get(loco_pipeline_unet(w->models[i].p), &st);
+        pools += st.pool_bytes;
+    }
+    json_t *o = json_pack("{s:I, s:I, s:I}", "current", (json_int_t)cur, "peak", (json_int_t)peak, "graph_pools",
+                          (json_int_t)pools);
+    if (loco_backend_device_memory(w->be, &dev_free, &dev_total, NULL) == LOCO_OK) {
+        json_object_set_new(o, "device_free", json_integer((json_int_t)dev_free));
+        json_object_set_new(o, "device_total", json_integer((json_int_t)dev_total));
+    }
+    return o;
 }
 
 static json_t *sites_json(loco_pipeline *p) {

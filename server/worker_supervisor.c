@@ -172,6 +172,8 @@ static void after_death(locod_worker *w, const char *how) {
     w->busy = OP_NONE;
     srv->worker_ready = 0;
     srv->device_memory = 0;
+    srv->graph_pool_memory = 0;
+    srv->device_free = srv->device_total = -1; /* until a new worker reports */
     w->failures_in_row++;
     int shift = w->failures_in_row > 6 ? 6 : w->failures_in_row - 1;
     w->restart_at_ms = now + ((int64_t)srv->cfg->worker_restart_backoff_ms << (shift < 0 ? 0 : shift));
@@ -285,6 +287,10 @@ static void memory_from(locod_server *srv, const json_t *m) {
     if (!mem) return;
     srv->device_memory = json_integer_value(json_object_get(mem, "current"));
     srv->device_memory_peak = json_integer_value(json_object_get(mem, "peak"));
+    srv->graph_pool_memory = json_integer_value(json_object_get(mem, "graph_pools"));
+    const json_t *dev_free = json_object_get(mem, "device_free"), *dev_total = json_object_get(mem, "device_total");
+    srv->device_free = json_is_integer(dev_free) ? json_integer_value(dev_free) : -1;
+    srv->device_total = json_is_integer(dev_total) ? json_integer_value(dev_total) : -1;
 }
 
 /* The edit's parameters without its (possibly long) prompt lists: enough to tell variants apart. */

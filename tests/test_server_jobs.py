@@ -359,6 +359,9 @@ def test_metrics(d):
                  "loco_device_memory_bytes", "loco_errors_total", "loco_worker_up 1",
                  'loco_jobs_finished_total{kind="generate",state="succeeded"}'):
         assert name in t, name
+    # the CPU backend records no graphs and has no card to report
+    assert "\nloco_graph_pool_bytes 0\n" in t
+    assert "loco_gpu_memory_bytes" not in t
 
 
 def test_health_and_ready(d):

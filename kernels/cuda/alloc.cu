@@ -9,7 +9,10 @@
  * Policy: sizes are rounded (512 B below 1 MiB, 64 KiB above) and a request takes the
  * smallest cached block that is large enough and wastes at most a quarter of the request (or
  * 64 KiB). No splitting or coalescing: model shapes repeat, so exact-ish reuse is the common
- * case. When cudaMalloc fails the cache is released and the allocation tried once more. */
+ * case. When cudaMalloc fails the cache is released and the allocation tried once more; when
+ * that fails too, the backend's reclaimers (idle UNet graphs' pools) give memory back for a last
+ * try. */
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -126,6 +129,43 @@ void cuda_alloc_destroy(cuda_allocator *a) {
 
 static double mib(size_t b) { return (double)b / (1024.0 * 1024.0); }
 
+/* Asked of the reclaimers beyond what is missing: the driver maps memory in pages, and what the
+ * reclaimers free comes in blocks of other sizes. */
+#define RECLAIM_SLACK ((size_t)32 << 20)
+
+/* cudaMalloc; when the device is full, first this allocator's idle blocks go back to the
+ * driver, then the backend's reclaimers give back what is missing of what the caches above it
+ * hold idle (backend.h, "memory pressure"), then all of it, each step followed by one more try.
+ * A request that cannot fit even then leaves the reclaimers alone. An out-of-memory result comes
+ * back with CUDA's (non-sticky) error already cleared. Never reached while a stream captures: a
+ * capture allocates only from its frozen pool. */
+static cudaError_t malloc_or_reclaim(cuda_impl *c, void **p, size_t bytes) {
+    cudaError_t e = cudaMalloc(p, bytes);
+    if (e != cudaErrorMemoryAllocation) return e;
+    cudaGetLastError();
+    release_cached(c);
+    e = cudaMalloc(p, bytes);
+    if (e != cudaErrorMemoryAllocation) return e;
+    cudaGetLastError();
+    if (c->reclaim_blocked) return e;
+    size_t fr = 0, tot = 0;
+    if (cudaMemGetInfo(&fr, &tot) != cudaSuccess) {
+        cudaGetLastError();
+        fr = 0;
+    }
+    const size_t can = loco_backend_reclaimable(c->owner);
+    if (can == 0 || fr + can < bytes) return e;
+    const size_t missing = bytes > fr ? bytes - fr : 0;
+    for (int all = 0; all < 2; all++) {
+        if (loco_backend_reclaim(c->owner, all ? SIZE_MAX : missing + RECLAIM_SLACK) == 0) return e;
+        release_cached(c); /* what the reclaimers freed of this allocator's blocks landed in its cache */
+        e = cudaMalloc(p, bytes);
+        if (e != cudaErrorMemoryAllocation) return e;
+        cudaGetLastError();
+    }
+    return e;
+}
+
 loco_status cuda_alloc_get(cuda_impl *c, size_t bytes, void **out, loco_err *err) {
     if (c->active_pool) return cuda_pool_get(c, c->active_pool, bytes, out, err);
     cuda_allocator *a = &c->alloc;
@@ -149,14 +189,8 @@ loco_status cuda_alloc_get(cuda_impl *c, size_t bytes, void **out, loco_err *err
     }
 
     void *p = NULL;
-    cudaError_t e = cudaMalloc(&p, want);
+    cudaError_t e = malloc_or_reclaim(c, &p, want);
     if (e == cudaErrorMemoryAllocation) {
-        cudaGetLastError(); /* not sticky: clear it before retrying */
-        release_cached(c);
-        e = cudaMalloc(&p, want);
-    }
-    if (e == cudaErrorMemoryAllocation) {
-        cudaGetLastError();
         size_t fr = 0, tot = 0;
         cudaMemGetInfo(&fr, &tot);
         return loco_err_set(err, LOCO_EDEVICE_OOM,
@@ -279,15 +313,10 @@ loco_status cuda_pool_get(cuda_impl *c, cuda_graph_pool *p, size_t bytes, void *
         p->cap = cap;
     }
     void *ptr = NULL;
-    cudaError_t e = cudaMalloc(&ptr, want);
+    /* the main cache's idle blocks, then other graphs' pools, are given up for this graph (the
+     * active pool's owner marks it busy, so its own reclaimer keeps it) */
+    cudaError_t e = malloc_or_reclaim(c, &ptr, want);
     if (e == cudaErrorMemoryAllocation) {
-        /* the main cache's idle blocks are the first thing to give up for a graph */
-        cudaGetLastError();
-        release_cached(c);
-        e = cudaMalloc(&ptr, want);
-    }
-    if (e == cudaErrorMemoryAllocation) {
-        cudaGetLastError();
         size_t fr = 0, tot = 0;
         cudaMemGetInfo(&fr, &tot);
         return loco_err_set(err, LOCO_EDEVICE_OOM,

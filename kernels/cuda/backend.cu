@@ -114,6 +114,11 @@ static loco_status cuda_alloc_hook(loco_backend *be, size_t bytes, void **out, l
     return cuda_alloc_get(cuda_of(be), bytes, out, err);
 }
 
+static loco_status cuda_device_memory(loco_backend *be, size_t *free_bytes, size_t *total_bytes, loco_err *err) {
+    CUDA_TRY(cuda_enter(be, err));
+    return cuda_check(cudaMemGetInfo(free_bytes, total_bytes), "cudaMemGetInfo", err);
+}
+
 static void cuda_release_hook(loco_backend *be, void *p, size_t bytes) {
     (void)bytes; /* the allocator knows the block's real size */
     if (cuda_enter(be, NULL) != LOCO_OK) return;
@@ -227,6 +232,7 @@ static void fill_ops(loco_backend_ops *o, int graphs) {
     o->download_f32 = cuda_download_f32;
     o->download_u8_images = cuda_u8_images;
     o->sync = cuda_sync;
+    o->device_memory = cuda_device_memory;
     o->linear = cuda_op_linear;
     o->linear_accumulate = cuda_op_linear_accumulate;
     o->linear_from_channels = cuda_op_linear_from_channels;
@@ -414,6 +420,7 @@ extern "C" loco_status loco_backend_cuda_create(const loco_backend_opts *opts, l
      * activations' default (an SD-XL VAE in f32 on an f16 backend) */
     cb->be.op_dtypes = (1u << LOCO_F32) | (1u << LOCO_F16) | (1u << LOCO_BF16);
     cb->be.impl = c;
+    c->owner = &cb->be;
 
     loco_status st = cuda_alloc_init(&c->alloc, err);
     if (st == LOCO_OK)

@@ -125,6 +125,9 @@ typedef enum cuda_ws_load {
 } cuda_ws_load;
 
 typedef struct cuda_impl {
+    loco_backend *owner; /* the backend this is the state of (the allocator asks its reclaimers) */
+    int reclaim_blocked; /* > 0: a failed allocation does not ask the reclaimers (optional scratch,
+                          * which must not cost recorded graphs: gemm.cu's tuning) */
     int device;
     int cc_major, cc_minor;
     int sm_count;

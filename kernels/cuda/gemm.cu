@@ -103,10 +103,14 @@ static void gemm_tune(cuda_impl *c, const cuda_gemm *g, cuda_gemm_plan *p, const
     cudaEvent_t ev[2] = {NULL, NULL};
     loco_err ignored;
     /* from the main cache even while a graph pool records: the pool would keep the scratch's
-     * size as part of its peak for as long as the graph lives */
+     * size as part of its peak for as long as the graph lives. Tuning is optional: when memory
+     * is short it is skipped rather than paid for with other shapes' graphs (and a reclaim must
+     * not run while the active pool is hidden here) */
     cuda_graph_pool *pool = c->active_pool;
     c->active_pool = NULL;
+    c->reclaim_blocked++;
     const loco_status got = cuda_alloc_get(c, d_elems * esd, &scratch, &ignored);
+    c->reclaim_blocked--;
     c->active_pool = pool;
     if (got != LOCO_OK) return;
     if (cudaEventCreate(&ev[0]) == cudaSuccess && cudaEventCreate(&ev[1]) == cudaSuccess) {

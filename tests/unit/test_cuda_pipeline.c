@@ -504,3 +504,84 @@ TEST(cuda_out_of_memory_is_a_clean_error) {
     CHECK(live1 == live0);
     CHECK(r <= 1e-6); /* the same request gives the same result after the failure */
 }
+
+/* Memory running short while recorded graphs hold pools (backend.h, "memory pressure"): a
+ * request that cannot fit even with the pools given back (bigger than the card; a 64 MiB block
+ * when less is free) leaves them alone; ballast in small blocks, which the pools' memory can
+ * serve, gets it: the allocator asks the UNet's reclaimer before it reports out of memory. The
+ * request then records again and gives the same bits. */
+TEST(cuda_idle_graph_pools_are_given_back_when_memory_runs_short) {
+    PIPE_ENV(e, "sd1-tiny");
+    if (!loco_backend_has_graphs(e.gpu)) {
+        penv_close(&e);
+        SKIP("graphs are off (LOCO_CUDA_GRAPHS=0)");
+    }
+    static const char *const prompts[2] = {"a cat", "a dog"};
+    loco_generate_params g = gen_params(prompts, 3); /* warm-up, recording, replay */
+    loco_generate_result before, after;
+    memset(&before, 0, sizeof before);
+    memset(&after, 0, sizeof after);
+    loco_err err;
+    loco_err_clear(&err);
+    loco_unet *u = loco_pipeline_unet(e.pg);
+    loco_unet_graph_stats st0, sth, st1, st2, st3;
+    memset(&st0, 0, sizeof st0);
+    memset(&sth, 0, sizeof sth);
+    memset(&st1, 0, sizeof st1);
+    memset(&st2, 0, sizeof st2);
+    memset(&st3, 0, sizeof st3);
+    enum { MAX_BALLAST = 1 << 16 };
+    loco_tensor *ballast = calloc(MAX_BALLAST, sizeof *ballast);
+    int ok = ballast && loco_generate(e.pg, &g, &before, &err) == LOCO_OK;
+    int held_big = 0, held_small = 0, giant_oom = 0;
+    loco_status last = LOCO_OK;
+    size_t free0 = 0, free1 = 0, free2 = 0, total = 0, could = 0;
+    if (ok) {
+        loco_unet_graph_stats_get(u, &st0);
+        loco_backend_device_memory(e.gpu, &free0, &total, NULL);
+        could = loco_backend_reclaimable(e.gpu);
+        loco_tensor giant;
+        const int64_t gshape[1] = {(int64_t)(total / 2 + 1)}; /* F16: more bytes than the card has */
+        giant_oom = loco_tensor_alloc(e.gpu, LOCO_F16, 1, gshape, &giant, &err) == LOCO_EDEVICE_OOM;
+        loco_unet_graph_stats_get(u, &sth);
+        const int64_t big[1] = {(int64_t)32 << 20}, small[1] = {(int64_t)32 << 10}; /* F16: 64 MiB, 64 KiB */
+        int n = 0;
+        while (n < MAX_BALLAST && loco_tensor_alloc(e.gpu, LOCO_F16, 1, big, &ballast[n], &err) == LOCO_OK) n++;
+        held_big = n;
+        loco_unet_graph_stats_get(u, &st1);
+        loco_backend_device_memory(e.gpu, &free1, &total, NULL);
+        while (n < MAX_BALLAST && (last = loco_tensor_alloc(e.gpu, LOCO_F16, 1, small, &ballast[n], &err)) == 0) n++;
+        held_small = n - held_big;
+        loco_unet_graph_stats_get(u, &st2);
+        loco_backend_device_memory(e.gpu, &free2, &total, NULL);
+        for (int i = 0; i < n; i++) loco_tensor_free(&ballast[i]);
+        loco_err_clear(&err);
+        ok = loco_generate(e.pg, &g, &after, &err) == LOCO_OK;
+        loco_unet_graph_stats_get(u, &st3);
+    }
+    const size_t n = ok ? (size_t)(before.latent_shape[0] * before.latent_shape[1] * before.latent_shape[2] *
+                                   before.latent_shape[3])
+                        : 0;
+    const int same = ok && memcmp(before.latents, after.latents, n * sizeof(float)) == 0;
+    const size_t held = (size_t)held_big * ((size_t)64 << 20) + (size_t)held_small * ((size_t)64 << 10);
+    fprintf(stderr,
+            "graph pools %zu bytes in %d shape(s), %zu could go; a request bigger than the card: %s, %ld reclaimed; "
+            "64 MiB x %d until %zu MiB free, %ld reclaimed; 64 KiB x %d until %s, %zu KiB free, pools %zu bytes, "
+            "%ld reclaimed; after: %d shape(s), %ld captures (%ld before)\n",
+            st0.pool_bytes, st0.shapes, could, giant_oom ? "out of memory" : "?", sth.reclaimed, held_big, free1 >> 20,
+            st1.reclaimed, held_small, loco_status_name(last), free2 >> 10, st2.pool_bytes, st2.reclaimed, st3.shapes,
+            st3.captures, st0.captures);
+    loco_generate_result_free(&before);
+    loco_generate_result_free(&after);
+    free(ballast);
+    penv_close(&e);
+    CHECK_MSG(ok, "%s", err.msg);
+    CHECK(st0.shapes == 1 && st0.pool_bytes > 0 && st0.reclaimed == 0 && could > st0.pool_bytes);
+    CHECK(giant_oom && sth.reclaimed == 0 && sth.shapes == 1); /* hopeless: the graphs stay */
+    if (free1 + could < ((size_t)64 << 20)) CHECK(st1.reclaimed == 0 && st1.shapes == 1); /* likewise */
+    CHECK(held_small > 0 && last == LOCO_EDEVICE_OOM);
+    CHECK(st2.reclaimed == 1 && st2.shapes == 0 && st2.pool_bytes == 0); /* the card was full: the pool went */
+    CHECK(held + free2 >= free0 + st0.pool_bytes); /* ... to the ballast */
+    CHECK(st3.shapes == 1 && st3.captures > st0.captures);
+    CHECK(same);
+}
