@@ -23,7 +23,9 @@
  * the call in progress uses give back their pools and fixed tensors, least recently used first,
  * as many as the request needs, and record again when next used. So idle pools (gigabytes for
  * big batches) never turn into another request's out of memory. The call in progress, when it
- * runs short itself, forgets its own shape and runs plainly (oom_retry). */
+ * runs short itself, forgets its own shape (oom_retry, replay_oom). A shape forgotten so starts
+ * over, failed recordings counted afresh. */
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -303,6 +305,20 @@ static loco_status replay(ug_entry *e, const unet_run *r, const loco_tensor *x, 
     return s;
 }
 
+/* A replay whose result copy ran short (the only allocation of a replay): the result is complete
+ * in e->out, which the main allocator holds. The pool goes first (its memory may be what the copy
+ * needs; the reclaimers never take the busy entry's), then the copy is tried once more; the shape
+ * is forgotten and records again when next used. */
+static loco_status replay_oom(struct unet_graphs *gs, ug_entry *e, const unet_run *r, loco_tensor *out,
+                              loco_err *err) {
+    note_failure(gs, "out of memory", err);
+    loco_graph_free(e->g); /* waits for the replay */
+    e->g = NULL;
+    const loco_status s = copy_out(r->be, &e->out, out, err);
+    entry_clear(e);
+    return s;
+}
+
 /* Recording is over for this shape: release its memory, run normally from now on. */
 static void give_up(struct unet_graphs *gs, ug_entry *e, const char *what, const loco_err *why) {
     note_failure(gs, what, why);
@@ -315,9 +331,9 @@ static void give_up(struct unet_graphs *gs, ug_entry *e, const char *what, const
     e->state = UG_EAGER;
 }
 
-/* Out of device memory in a pool period, a recording's setup or a replay's result copy: the pool
- * and the main cache hold memory apart (and the reclaimers never take the busy entry's), so give
- * the pool's back and let the plain path try with everything (a replay's work is redone). The shape is forgotten, not
+/* Out of device memory in a pool period or a new entry's setup: the pool and the main cache hold
+ * memory apart (and the reclaimers never take the busy entry's), so give the pool's back and let
+ * the plain path try with everything. The shape is forgotten, not
  * marked plain: with more memory free later (a smaller request before it, a freed model) it gets
  * a graph again. */
 static loco_status oom_retry(struct unet_graphs *gs, ug_entry *e, const unet_run *r, const loco_tensor *x,
@@ -357,7 +373,7 @@ static loco_status forward_on(struct unet_graphs *gs, ug_entry *e, const unet_ru
         binding_free(&b);
         gs->replays++;
         const loco_status s = replay(e, r, x, out, err);
-        return s == LOCO_EDEVICE_OOM ? oom_retry(gs, e, r, x, err, out, err) : s;
+        return s == LOCO_EDEVICE_OOM ? replay_oom(gs, e, r, out, err) : s;
     }
     /* a new recording: first of this shape, or the binding changed */
     loco_status s = record(e, r, &b, &gerr);
@@ -368,10 +384,14 @@ static loco_status forward_on(struct unet_graphs *gs, ug_entry *e, const unet_ru
         gs->captures++;
         gs->replays++;
         s = replay(e, r, x, out, err);
-        return s == LOCO_EDEVICE_OOM ? oom_retry(gs, e, r, x, err, out, err) : s;
+        return s == LOCO_EDEVICE_OOM ? replay_oom(gs, e, r, out, err) : s;
     }
     gs->eager_calls++;
-    if (gerr.code == LOCO_EDEVICE_OOM) return oom_retry(gs, e, r, x, &gerr, out, err);
+    /* out of memory while recording (its out tensor, or the driver instantiating the graph, which
+     * does not go through the allocator): the other shapes' idle memory goes first and this one
+     * counts a failed try; with nothing to give back, it is forgotten and runs plainly */
+    if (gerr.code == LOCO_EDEVICE_OOM && loco_backend_reclaim(r->be, SIZE_MAX) == 0)
+        return oom_retry(gs, e, r, x, &gerr, out, err);
     e->state = UG_RECORD;
     if (++e->tries >= UG_TRIES) {
         give_up(gs, e, "recording", &gerr);

@@ -70,6 +70,8 @@ typedef struct mock {
      * either way */
     enum { RECLAIM_NEVER = 0, RECLAIM_IN_POOL_PERIOD, RECLAIM_AFTER_LAUNCH } reclaim_at;
     int launched;           /* a graph launch came after the last allocation */
+    int oom_after_launch;   /* test knob: the next allocation after a graph launch (a replay's result
+                               copy) fails with LOCO_EDEVICE_OOM */
     size_t reclaimed_bytes; /* what the knob's reclaims gave back */
     mgraph *graphs[16];
     int ngraphs;
@@ -286,6 +288,11 @@ static loco_status w_alloc(loco_backend *be, size_t bytes, void **out, loco_err 
         (m->reclaim_at == RECLAIM_AFTER_LAUNCH && m->launched)) {
         m->reclaim_at = RECLAIM_NEVER;
         m->reclaimed_bytes += loco_backend_reclaim(be, SIZE_MAX);
+    }
+    if (m->oom_after_launch && m->launched) {
+        m->oom_after_launch = 0;
+        m->launched = 0;
+        return loco_err_set(err, LOCO_EDEVICE_OOM, "mock: the device is full (test knob)");
     }
     m->launched = 0;
     mgraph *g = m->active;

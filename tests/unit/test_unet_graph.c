@@ -351,6 +351,41 @@ TEST(unet_graph_gives_back_idle_shapes_when_memory_runs_short) {
     CHECK_MSG(live == 0, "%zu bytes still allocated on the mock backend", live);
 }
 
+/* A replay whose result copy runs short: the graph's pool goes, the copy of the finished result
+ * is tried again (no work redone), and the shape records again on its next calls. */
+TEST(unet_graph_replay_out_of_memory_keeps_the_result) {
+    mock *m = mock_new();
+    loco_backend *cpu = mr_cpu();
+    CHECK(m && cpu);
+    ufix fm, fc;
+    CHECK(ufix_open(&fm, &m->be, "sd1-tiny") == 0);
+    CHECK(ufix_open(&fc, cpu, "sd1-tiny") == 0);
+    int ok = call_both(&fm, &fc, 1) && call_both(&fm, &fc, 2) && call_both(&fm, &fc, 3);
+    loco_unet_graph_stats s0, s1, s2;
+    loco_unet_graph_stats_get(fm.u, &s0);
+    const long launches0 = m->launches;
+    m->oom_after_launch = 1;
+    ok &= call_both(&fm, &fc, 4);
+    loco_unet_graph_stats_get(fm.u, &s1);
+    const long launches1 = m->launches;
+    ok &= call_both(&fm, &fc, 5) && call_both(&fm, &fc, 6); /* warms up, records again */
+    loco_unet_graph_stats_get(fm.u, &s2);
+    fprintf(stderr, "replay out of memory: %d shape(s), %zu pool bytes, '%s'; then %ld captures, %ld replays\n",
+            s1.shapes, s1.pool_bytes, s1.last_error, s2.captures, s2.replays);
+    loco_unet_free(fm.u);
+    loco_unet_free(fc.u);
+    size_t live = 1;
+    loco_backend_memory(&m->be, &live, NULL);
+    loco_backend_destroy(&m->be);
+    loco_backend_destroy(cpu);
+    CHECK(ok);
+    CHECK(s0.shapes == 1 && launches1 == launches0 + 1); /* call 4 was served by its replay */
+    CHECK(s1.shapes == 0 && s1.pool_bytes == 0 && strstr(s1.last_error, "test knob") != NULL);
+    CHECK(s1.eager_calls == s0.eager_calls && s1.replays == s0.replays + 1);
+    CHECK(s2.shapes == 1 && s2.eager_calls == s1.eager_calls + 1 && s2.captures > s1.captures);
+    CHECK_MSG(live == 0, "%zu bytes still allocated on the mock backend", live);
+}
+
 /* The whole pipeline through the recording backend: loco_generate's denoising loop is where
  * graphs pay; it must give what the CPU gives, bit for bit. */
 TEST(pipeline_with_graphs_matches_plain) {
