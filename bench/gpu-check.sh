@@ -41,7 +41,7 @@
 # Usage: bench/gpu-check.sh [--quick | --candidates]   (--quick: parity only, no timings;
 #   --candidates: loco alone at batch 8, SD-XL then SD 1.5, with the default kernels, with the
 #   op rows' winners together (as phase 7, when the full check's op table is in $GPU_CHECK_DIR), and with
-#   each candidate default (LOCO_CUDA_FLASH=ilp3q, =wgmma128, =wgmma, =wgmma3, =wgmma_ws3, =wgmma_ws,
+#   each candidate default (LOCO_CUDA_FLASH=cudnn, =ilp3q, =wgmma128, =wgmma, =wgmma3, =wgmma_ws3, =wgmma_ws,
 #   =wgmma_ws128, LOCO_CUDA_GEGLU=wgmma, LOCO_CUDA_LINEAR=wgmma, their TMA and arrive forms, GEGLU's
 #   TMA form in clusters of two, LOCO_CUDA_CONV=tma alone and in clusters of two,
 #   LOCO_CUDA_GEMM_TUNE=1) and with
@@ -76,6 +76,21 @@ FAILED=0
 elapsed() { echo $(($(date +%s) - START)); }
 left() { echo $((BUDGET - $(elapsed))); }
 say() { printf 'gpu-check [%3ds]: %s\n' "$(elapsed)" "$*"; }
+
+# cuDNN for LOCO_CUDA_FLASH=cudnn (session 16; attention_cudnn.cu opens it at run time): the
+# loader's libcudnn.so.9 (the toolkit's), else the one PyTorch's wheels carry (nvidia.cudnn)
+if [ -z "${LOCO_CUDNN_LIB:-}" ] && ! ldconfig -p 2>/dev/null | grep -q 'libcudnn\.so\.9 '; then
+    cudnn_lib="$("$PY" - 2>/dev/null <<'EOF_PY'
+import glob, os, site
+dirs = site.getsitepackages() + [site.getusersitepackages()]
+hits = [p for d in dirs for pat in ("nvidia/**/libcudnn.so.9", "torch/lib/libcudnn.so.9")
+        for p in glob.glob(os.path.join(d, pat), recursive=True)]
+print(hits[0] if hits else "")
+EOF_PY
+)"
+    [ -n "$cudnn_lib" ] && [ -f "$cudnn_lib" ] && export LOCO_CUDNN_LIB="$cudnn_lib"
+fi
+say "cuDNN for LOCO_CUDA_FLASH=cudnn: ${LOCO_CUDNN_LIB:-libcudnn.so.9 on the loader path}"
 
 # ---- 1. build (or the prepared kit) ---------------------------------------------------------
 BIN_TESTS=build/tests
@@ -201,7 +216,8 @@ if [ $CANDIDATES -eq 1 ]; then
         fi
         # tag:VAR=value; the attention candidates first, then GEMM autotuning, then the text
         # attention back on the flash kernel (how much attention_short.cu gives end to end)
-        for cand in default:LOCO_CANDIDATE=default ilp3q:LOCO_CUDA_FLASH=ilp3q wgmma128:LOCO_CUDA_FLASH=wgmma128 \
+        for cand in default:LOCO_CANDIDATE=default fa_cudnn:LOCO_CUDA_FLASH=cudnn ilp3q:LOCO_CUDA_FLASH=ilp3q \
+            wgmma128:LOCO_CUDA_FLASH=wgmma128 \
             wgmma:LOCO_CUDA_FLASH=wgmma wgmma3:LOCO_CUDA_FLASH=wgmma3 wgmma_ws3:LOCO_CUDA_FLASH=wgmma_ws3 \
             wgmma_ws:LOCO_CUDA_FLASH=wgmma_ws wgmma_ws128:LOCO_CUDA_FLASH=wgmma_ws128 \
             geglu_wgmma:LOCO_CUDA_GEGLU=wgmma linear_wgmma:LOCO_CUDA_LINEAR=wgmma \
@@ -315,6 +331,7 @@ CONV_TMA_BAD=0 # conv_tma.cu's test (cuda_conv2d_tma) failed: its rows and runs 
 CLUSTER_BAD=0 # a test of gemm_wgmma.cu's form in clusters of two (*wgmma_cluster) failed: likewise
 CONV_CLUSTER_BAD=0 # conv_tma.cu's test in clusters of two (cuda_conv2d_tma_cluster) failed: likewise
 LN_BAD=0 # a test of the LayerNorm folded into gemm_wgmma.cu (cuda_ln_linear_wgmma*) failed: likewise
+CUDNN_BAD=0 # cuDNN's fused attention (cuda_attention_cudnn) failed: its rows and runs
 FILLS_CARD='out_of_memory|memory_runs_short' # tests that allocate until the card is full
 parity() { # name binary [test-name regex]
     say "parity: $1 (one process per test)"
@@ -336,6 +353,7 @@ parity() { # name binary [test-name regex]
             failed_names="$failed_names $name"
             case "$name" in
             *ln_linear*) LN_BAD=1 ;;
+            *cudnn*) CUDNN_BAD=1 ;;
             *_arrive) ARRIVE_BAD=1 ;;
             *conv2d_tma) CONV_TMA_BAD=1 ;;
             *wgmma_cluster) CLUSTER_BAD=1 ;;
@@ -421,6 +439,12 @@ parity cuda_optin "$BIN_TESTS/test_cuda_optin"
 # attention's ilp3q variant (Q from shared memory, three blocks per SM: session 9) and the
 # experimental wgmma attention (attention_wgmma.cu), text encoders too.
 optin_parity() {
+    if [ "$(left)" -ge 60 ] && [ $CUDNN_BAD -eq 0 ]; then
+        LOCO_CUDA_FLASH=cudnn LOG_TAG=cudnn_ parity cuda_pipeline_flash_cudnn "$BIN_TESTS/test_cuda_pipeline" \
+            'text_encoder|unet_call|pipeline_'
+    else
+        say "skipping the cuDNN attention pipeline parity: $(left) s of the budget left, or its op test failed"
+    fi
     if [ "$(left)" -ge 60 ]; then
         LOCO_CUDA_IM2COL_OVERLAP=1 LOG_TAG=overlap_ parity cuda_pipeline_overlap "$BIN_TESTS/test_cuda_pipeline" \
             'unet_call|pipeline_'
@@ -498,6 +522,15 @@ else
         tail -5 "$DIR/ops_wgmma.err"
         say "op_bench --wgmma reported failures (see $DIR/ops_wgmma.err)"
     }
+    # cuDNN's fused attention (LOCO_CUDA_FLASH=cudnn, session 16) on the attention rows it takes,
+    # in a process of its own too (plans compiled by NVRTC on first use: seconds, not minutes)
+    if [ $CUDNN_BAD -eq 0 ]; then
+        timeout 60 "${RUN[@]}" "$BIN_BENCH/op_bench" bench/gpu/ops.txt 10 --cudnn >>"$DIR/ops_loco.txt" \
+            2>"$DIR/ops_cudnn.err" || {
+            tail -5 "$DIR/ops_cudnn.err"
+            say "op_bench --cudnn reported failures (see $DIR/ops_cudnn.err)"
+        }
+    fi
     if [ $have_torch -eq 1 ]; then
         timeout 90 "$PY" bench/gpu/torch_ops.py bench/gpu/ops.txt 10 >"$DIR/ops_torch.txt" 2>"$DIR/ops_torch.err" || {
             tail -5 "$DIR/ops_torch.err"
@@ -606,6 +639,11 @@ rerun() {
 # far the candidates together take SD-XL b8; empty when none won or the op table did not run)
 BEST_ENV="$(best_env)"
 if [ -n "$BEST_ENV" ]; then rerun best "$BEST_ENV" sdxl 1024 3 90; else say "no opt-in setting won its op rows"; fi
+# cuDNN's fused attention (session 16: the SDPA operation of cuDNN >= 9.13.1, which PyTorch's
+# cuDNN attention runs; self-attention only, text attention stays on attention_short.cu), on both
+# models: SD-XL's head dim 64, SD 1.5's 40, 80 and 160
+[ $CUDNN_BAD -eq 0 ] && rerun fa_cudnn LOCO_CUDA_FLASH=cudnn sdxl 1024 3 90
+[ $CUDNN_BAD -eq 0 ] && rerun fa_cudnn LOCO_CUDA_FLASH=cudnn sd1 512 10 45
 rerun ilp3q LOCO_CUDA_FLASH=ilp3q sdxl 1024 3 90
 # the warp-specialised wgmma attention (FlashAttention-3's structure, session 10) unless its op
 # tests failed in phase 3

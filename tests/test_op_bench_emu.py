@@ -101,3 +101,17 @@ def test_op_bench_main_table_on_the_emulator(tmp_path):
 
 def test_op_bench_wgmma_table_on_the_emulator(tmp_path):
     _check(_run(tmp_path, "--wgmma"), WGMMA_ROWS)
+
+
+def test_op_bench_cudnn_table_says_why_it_has_no_rows_on_the_emulator(tmp_path):
+    # cuDNN's fused attention is never loaded on the emulator: the --cudnn table must say so and
+    # time nothing, rather than time our kernel under "@fa_cudnn" names
+    if not BINARY.exists():
+        pytest.skip(f"{BINARY} is not built (a build without nvcc has no emulated CUDA backend)")
+    ops = tmp_path / "ops.txt"
+    ops.write_text(OPS)
+    r = subprocess.run([str(BINARY), str(ops), "1", "--cudnn"], capture_output=True, text=True, cwd=ROOT,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == ""
+    assert 'no "@fa_cudnn" rows' in r.stderr and "cuDNN unavailable (not on the CUDA emulator)" in r.stderr, r.stderr

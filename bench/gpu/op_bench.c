@@ -38,6 +38,8 @@
  * LOCO_CUDA_GEMM_TUNE=1 ("name@tuned": cuBLASLt's top candidates timed per shape). With --wgmma, only the f16 conv rows
  * on the experimental wgmma kernel ("name@wgmma": LOCO_CUDA_CONV=wgmma, the automatic route
  * where that kernel does not apply), a separate run so that a fault there spares the main table.
+ * With --cudnn, only the attention rows cuDNN's fused SDPA takes, as "name@fa_cudnn"
+ * (LOCO_CUDA_FLASH=cudnn), another run of their own.
  *
  * Build: make build/bench/gpu/op_bench. Usage: op_bench [ops.txt] [reps] [--wgmma]. */
 #include "backend.h"
@@ -613,6 +615,36 @@ done:
     return status;
 }
 
+/* "--cudnn": the attention rows cuDNN's fused SDPA takes (LOCO_CUDA_FLASH=cudnn: self-attention,
+ * more than 80 keys, head dims multiples of 8), as "name@fa_cudnn", in a process of their own.
+ * Strict: a shape cuDNN has no plan for is a failed row, not our kernel timed under its name.
+ * Without the route (no libcudnn.so.9, or one before 9.13.1) it says why and times nothing. */
+static int cudnn_rows(const char *path, int reps) {
+    static const char *const env[3] = {"LOCO_CUDA_FLASH=cudnn", "LOCO_CUDA_CUDNN_STRICT=1", NULL};
+    loco_backend *be = expect_route(forced_backend_create(env), "SDPA where it applies", "\"@fa_cudnn\"");
+    if (!be) return 0;
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        fprintf(stderr, "op_bench: cannot open %s\n", path);
+        loco_backend_destroy(be);
+        return 2;
+    }
+    fprintf(stderr, "op_bench --cudnn on %s\n", loco_backend_describe(be));
+    char line[512];
+    int failures = 0;
+    bench_op op;
+    while (fgets(line, sizeof line, f)) {
+        if (!parse_op(line, &op)) continue;
+        const int self = !strcmp(op.kind, "selfattn"), attn = !strcmp(op.kind, "attn");
+        const long d = attn ? op.a[4] : self ? op.a[2] / op.a[3] : 0;
+        if (!(self || (attn && op.a[2] > 80 && !op.a[5])) || d % 8 != 0 || d > 256) continue;
+        if (time_op(be, &op, reps, "@fa_cudnn") != 0) failures++;
+    }
+    fclose(f);
+    loco_backend_destroy(be);
+    return failures ? 1 : 0;
+}
+
 int main(int argc, char **argv) {
     loco_backend_prepare_process(argc, argv);
     const char *path = argc > 1 ? argv[1] : "bench/gpu/ops.txt";
@@ -625,6 +657,10 @@ int main(int argc, char **argv) {
     if (argc > 3 && !strcmp(argv[3], "--wgmma")) {
         fclose(f);
         return wgmma_rows(path, reps);
+    }
+    if (argc > 3 && !strcmp(argv[3], "--cudnn")) {
+        fclose(f);
+        return cudnn_rows(path, reps);
     }
     /* the backends rows are also timed on: a forced route or variant each, from its environment
      * (read once, when a backend is created) */

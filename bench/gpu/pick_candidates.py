@@ -15,7 +15,7 @@ import sys
 # over two calls, halved). The self-attention (4096 and 1024 tokens) and the LOCO_CUDA_FLASH
 # value of each op_bench row suffix:
 SELF_ROWS = {"sdxl_self_d64_4096_b16": 10, "sdxl_self_d64_1024_b16": 60}
-FLASH = {"": None, "@fa_ilp3q": "ilp3q", "@fa_wgmma": "wgmma", "@fa_wgmma128": "wgmma128",
+FLASH = {"": None, "@fa_cudnn": "cudnn", "@fa_ilp3q": "ilp3q", "@fa_wgmma": "wgmma", "@fa_wgmma128": "wgmma128",
          "@fa_wgmma3": "wgmma3", "@fa_wgmma_ws": "wgmma_ws", "@fa_wgmma_ws3": "wgmma_ws3",
          "@fa_wgmma_ws128": "wgmma_ws128",
          # the producer publishing by cp.async.mbarrier.arrive (session 12)

@@ -353,6 +353,14 @@ static loco_status flash_launch(cuda_impl *c, loco_dtype dt, int D, int MT, int 
                         D, MT, variant);
 }
 
+/* Every sample attends to its own K/V rows: no kv_index, or the identity (with K/V batches to match). */
+static int own_kv(const int *kv_index, int64_t B, int64_t Bk) {
+    if (Bk < B) return 0;
+    for (int64_t b = 0; kv_index && b < B; b++)
+        if (kv_index[b] != b) return 0;
+    return 1;
+}
+
 extern "C" loco_status cuda_op_attention(loco_backend *be, loco_tensor *out, const loco_tensor *q,
                                          const loco_tensor *k, const loco_tensor *v,
                                          const loco_attention_params *p, loco_err *err) {
@@ -391,6 +399,17 @@ extern "C" loco_status cuda_op_attention(loco_backend *be, loco_tensor *out, con
                 cuda_aligned(kp, 16) && cuda_aligned(vp, 16) && cuda_aligned(out->data, 16) && (in_rs * es) % 16 == 0 &&
                 (HD * es) % 16 == 0;
     if (!flash) return cuda_attention_gemm(c, out, q, kp, vp, Lk, in_rs, p, err);
+    const int few_keys = cuda_attention_short_applies(c, D, Lk); /* text: attention_short.cu */
+    if (!few_keys && cuda_attention_cudnn_applies(c, dt, D, p->causal, own_kv(p->kv_index, B, Bk))) {
+        /* LOCO_CUDA_FLASH=cudnn (attention_cudnn.cu); a shape it has no plan for runs below */
+        const int64_t kv_rs = p->qkv_packed ? in_rs : k->shape[2];
+        const cuda_sdpa_call call = {dt, B, H, Lq, Lk, D, q->data, kp, vp, out->data, in_rs, kv_rs, HD, p->scale};
+        const loco_status s = (kv_rs * (int64_t)es) % 16 == 0 ? cuda_attention_cudnn(c, &call, err)
+                                                              : loco_err_set(err, LOCO_EUNSUPPORTED, "cuDNN attention: "
+                                                                             "K/V rows not 16-byte aligned");
+        if (s != LOCO_EUNSUPPORTED || c->cudnn_strict) return s;
+        loco_err_clear(err);
+    }
 
     fa_params fp;
     memset(&fp, 0, sizeof fp);
@@ -407,7 +426,6 @@ extern "C" loco_status cuda_op_attention(loco_backend *be, loco_tensor *out, con
     fp.o_bs = Lq * HD;
     fp.scale_log2 = scale_log2;
     fp.causal = p->causal != 0;
-    const int few_keys = cuda_attention_short_applies(c, D, Lk); /* text: attention_short.cu */
     /* LOCO_CUDA_FLASH=wgmma*: cuda_flash_wgmma sets grid.x for its own block height */
     const int wgmma = !few_keys && cuda_flash_wgmma_applies(c, dt, D);
     const int mt = wgmma ? 2 : fa_mtiles(c, (int)D, Lq);

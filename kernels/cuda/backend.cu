@@ -101,6 +101,7 @@ static void cuda_destroy(loco_backend *be) {
     cudaSetDevice(c->device);
     if (c->stream) cudaStreamSynchronize(c->stream);
     overlap_destroy(c); /* the side stream always joined the main one; it goes before any memory */
+    cuda_attention_cudnn_destroy(c);
     cuda_gemm_plans_destroy(c);
     if (c->lt) cublasLtDestroy(c->lt);
     cuda_graph_pools_destroy(c);
@@ -392,6 +393,9 @@ extern "C" loco_status loco_backend_cuda_create(const loco_backend_opts *opts, l
                        : strcmp(flash, "ilp3") == 0    ? 3
                        : strcmp(flash, "ilp3q") == 0   ? 7
                                                        : -1;
+    c->cudnn_wanted = flash && strcmp(flash, "cudnn") == 0;
+    const char *cudnn_strict = getenv("LOCO_CUDA_CUDNN_STRICT");
+    c->cudnn_strict = cudnn_strict && cudnn_strict[0] == '1';
     c->flash_rows = !flash                        ? 0
                     : strcmp(flash, "64") == 0  ? 64
                     : strcmp(flash, "128") == 0 ? 128
@@ -439,6 +443,7 @@ extern "C" loco_status loco_backend_cuda_create(const loco_backend_opts *opts, l
     if (st == LOCO_OK && overlap && overlap[0] == '1') st = overlap_create(c, err);
     if (st == LOCO_OK) st = cuda_attention_setup(c, err);
     if (st == LOCO_OK) st = cuda_attention_short_setup(c, err);
+    if (st == LOCO_OK) st = cuda_attention_cudnn_setup(c, err);
     if (st == LOCO_OK) st = cuda_conv_igemm_tf32_setup(c, err);
     if (st == LOCO_OK) st = cuda_conv_igemm_setup(c, err);
     if (st == LOCO_OK) st = cuda_conv_wgmma_setup(c, err);
@@ -450,7 +455,8 @@ extern "C" loco_status loco_backend_cuda_create(const loco_backend_opts *opts, l
         cuda_destroy(&cb->be);
         return st;
     }
-    snprintf(cb->be.desc, sizeof cb->be.desc, "cuda:%d %.100s (sm_%d%d, %d SMs, %.1f GiB, %s activations%s%s%s%s%s%s%s%s%s%s%s)",
+    char cudnn_desc[256];
+    snprintf(cb->be.desc, sizeof cb->be.desc, "cuda:%d %.100s (sm_%d%d, %d SMs, %.1f GiB, %s activations%s%s%s%s%s%s%s%s%s%s%s%s)",
              ordinal, prop.name, prop.major, prop.minor, prop.multiProcessorCount,
              (double)prop.totalGlobalMem / (1024.0 * 1024.0 * 1024.0), cuda_dt(act),
              c->conv_algo == CUDA_CONV_IM2COL     ? ", conv: im2col"
@@ -501,7 +507,7 @@ extern "C" loco_status loco_backend_cuda_create(const loco_backend_opts *opts, l
              c->aux ? ", im2col overlapped" : "", c->norm_gather ? "" : ", GroupNorm gather off",
              c->flash_short ? "" : ", short-key attention off",
              c->gemm_tune ? ", GEMMs tuned" : "",
-             graphs ? "" : ", graphs off");
+             cuda_attention_cudnn_describe(c, cudnn_desc, sizeof cudnn_desc), graphs ? "" : ", graphs off");
     *out = &cb->be;
     return LOCO_OK;
 }

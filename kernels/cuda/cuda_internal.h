@@ -175,6 +175,12 @@ typedef struct cuda_impl {
     int ln_fold; /* LOCO_CUDA_LN_FOLD=1: loco_ln_linear on that kernel's TMA form, the LayerNorm
                   * applied to its stages (experimental); 0: the LayerNorm, then the GEMM */
     void *tensor_map_encode; /* the driver's cuTensorMapEncodeTiled (setup, for the TMA form), or NULL */
+    int cudnn_wanted;          /* LOCO_CUDA_FLASH=cudnn: self-attention by cuDNN's SDPA where it applies
+                                * (attention_cudnn.cu, experimental) */
+    int cudnn_strict;          /* LOCO_CUDA_CUDNN_STRICT=1 (tests): a shape cuDNN has no plan for is
+                                * the call's error, not our kernel's job */
+    struct cuda_cudnn *cudnn;  /* ... its library, handle and plans; NULL when off or unavailable */
+    char cudnn_why[192];       /* ... why unavailable */
     int flash_short; /* 1: attention over at most 80 keys (text cross-attention) takes
                       * attention_short.cu's kernel, whatever LOCO_CUDA_FLASH picks for the
                       * rest; LOCO_CUDA_FLASH_SHORT=0 sends it to that kernel too (unmeasured:
@@ -319,6 +325,26 @@ loco_status cuda_attention_short_setup(cuda_impl *c, loco_err *err);
 int cuda_attention_short_applies(const cuda_impl *c, int64_t D, int64_t lk);
 loco_status cuda_attention_short(cuda_impl *c, loco_dtype dt, int D, int heads, int samples,
                                  const struct fa_params *fp, loco_err *err);
+/* Self-attention through cuDNN's fused SDPA forward (attention_cudnn.cu, experimental: only
+ * under LOCO_CUDA_FLASH=cudnn). setup opens libcudnn.so.9 when c->cudnn_wanted (its absence
+ * leaves c->cudnn NULL and says why in c->cudnn_why, never failing the backend); applies: the
+ * route is up, f16/bf16, not causal, every sample on its own K/V, head dim a multiple of 8 up to
+ * 256; the call returns LOCO_EUNSUPPORTED when cuDNN has no plan for the shape (the caller runs
+ * its own kernel then). Rows are 16-byte aligned (the caller checks), strides in elements. */
+typedef struct cuda_sdpa_call {
+    loco_dtype dt;
+    int64_t B, H, Lq, Lk, D;
+    const void *q, *k, *v; /* first rows of sample 0 */
+    void *o;
+    int64_t q_rs, kv_rs, o_rs; /* elements between consecutive rows (tokens) */
+    float scale;
+} cuda_sdpa_call;
+loco_status cuda_attention_cudnn_setup(cuda_impl *c, loco_err *err);
+void cuda_attention_cudnn_destroy(cuda_impl *c);
+int cuda_attention_cudnn_applies(const cuda_impl *c, loco_dtype dt, int64_t D, int causal, int own_kv);
+loco_status cuda_attention_cudnn(cuda_impl *c, const cuda_sdpa_call *s, loco_err *err);
+/* ", attention: cuDNN ... SDPA ..." / ", attention: cuDNN unavailable (why)" / "" into buf. */
+const char *cuda_attention_cudnn_describe(const cuda_impl *c, char *buf, size_t n);
 /* Tensor-core implicit-GEMM convolution for F16/BF16 (conv_igemm.cu). */
 /* Blocks the implicit-GEMM kernel launches for this convolution. */
 int64_t cuda_conv_igemm_blocks(int64_t npix, int64_t cout);

@@ -1,7 +1,7 @@
 /* test_cuda_optin.c: the CUDA backend's opt-in and experimental paths against the CPU backend,
  * as test_cuda_ops.c checks the default ones: im2col beside the GEMM on a side stream, GEMM
- * autotuning, the Hopper (sm_90a) wgmma kernels with their layout self-test, and the LayerNorm
- * folded into gemm_wgmma.cu's GEMMs. Each test
+ * autotuning, the Hopper (sm_90a) wgmma kernels with their layout self-test, the LayerNorm
+ * folded into gemm_wgmma.cu's GEMMs, and cuDNN's fused attention. Each test
  * creates its backends under the LOCO_CUDA_* switch it tests and first checks, from the
  * backend's description, that the path is really in use where the device has it.
  *
@@ -198,6 +198,37 @@ static int check_flash_wgmma(const char *name, const char *described, int seed) 
     unsetenv("LOCO_CUDA_FLASH");
     unsetenv("LOCO_CUDA_FLASH_SHORT");
     return ok;
+}
+
+/* LOCO_CUDA_FLASH=cudnn: self-attention through cuDNN's fused SDPA (attention_cudnn.cu,
+ * experimental) under LOCO_CUDA_CUDNN_STRICT=1, so that a shape cuDNN has no plan for fails here
+ * instead of running our kernel: head dims 40, 64, 80 and 160, both 16-bit dtypes, lengths off
+ * every tile size, more queries than keys and fewer, packed q|k|v rows. The calls it must leave
+ * to our kernels (77 keys: attention_short.cu; causal; per-sample K/V rows) give what they give
+ * without it. On a GPU the route must be up (the description names cuDNN's version); on the
+ * emulator the description says why not and every call runs our kernels. */
+TEST(cuda_attention_cudnn) {
+    GPU_ENV(e_, LOCO_F16, 300);
+    const int emulated = strstr(loco_backend_describe(e_.gpu), "emulator") != NULL;
+    genv_close(&e_);
+    setenv("LOCO_CUDA_FLASH", "cudnn", 1);
+    setenv("LOCO_CUDA_CUDNN_STRICT", "1", 1);
+    static const int kv[4] = {1, 0, 1, 1};
+    int ok = gpu_describe_has(emulated ? "attention: cuDNN unavailable (not on the CUDA emulator)"
+                                       : "SDPA where it applies");
+    ok = ok && check_attention(LOCO_F16, 2, 2, 300, 300, 8, 40, 0, NULL, 301);  /* SD 1.5's 64x64 level */
+    ok = ok && check_attention(LOCO_BF16, 2, 2, 257, 257, 5, 64, 0, NULL, 302);
+    ok = ok && check_attention(LOCO_F16, 1, 1, 640, 640, 2, 80, 0, NULL, 303);
+    ok = ok && check_attention(LOCO_F16, 1, 1, 64, 200, 4, 160, 0, NULL, 304);
+    ok = ok && check_attention(LOCO_BF16, 2, 2, 1100, 70, 2, 64, 0, NULL, 305);
+    ok = ok && check_attention_packed(LOCO_F16, 2, 300, 8, 40, NULL, 306);      /* packed q|k|v rows */
+    ok = ok && check_attention_packed(LOCO_BF16, 2, 130, 5, 64, NULL, 307);
+    ok = ok && check_attention(LOCO_F16, 2, 2, 130, 77, 8, 80, 0, NULL, 308);   /* text: attention_short.cu */
+    ok = ok && check_attention(LOCO_F16, 2, 2, 77, 77, 12, 64, 1, NULL, 309);   /* causal: ours */
+    ok = ok && check_attention(LOCO_F16, 4, 2, 96, 90, 8, 40, 0, kv, 310);      /* kv_index: ours */
+    unsetenv("LOCO_CUDA_CUDNN_STRICT");
+    unsetenv("LOCO_CUDA_FLASH");
+    CHECK(ok);
 }
 
 /* Whether the test device is a compute capability 9.0 one (skips the test without a GPU). */
