@@ -41,7 +41,7 @@
  * With --cudnn, only the attention rows cuDNN's fused SDPA takes, as "name@fa_cudnn"
  * (LOCO_CUDA_FLASH=cudnn), another run of their own.
  *
- * Build: make build/bench/gpu/op_bench. Usage: op_bench [ops.txt] [reps] [--wgmma]. */
+ * Build: make build/bench/gpu/op_bench. Usage: op_bench [ops.txt] [reps] [--wgmma | --cudnn]. */
 #include "backend.h"
 
 #include <math.h>

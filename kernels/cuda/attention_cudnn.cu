@@ -10,8 +10,9 @@
  * and the op rows decide.
  *
  * What it takes: f16/bf16, non-causal, every sample attending to its own K/V (no kv_index remap),
- * more keys than attention_short.cu's (text attention stays there), head dims that are multiples
- * of 8 up to 256, 16-byte aligned rows. The tensors are [B, H, S, D] by cuDNN's convention with
+ * the calls attention_short.cu does not take (text attention stays there unless
+ * LOCO_CUDA_FLASH_SHORT=0), the head dims attention.cu's flash kernels have (40, 64, 80, 160: all
+ * multiples of 8 up to 256, which cuDNN needs), 16-byte aligned rows. The tensors are [B, H, S, D] by cuDNN's convention with
  * strides that say our layouts: q, k, v rows of `rs` elements (3 HD for packed q|k|v), out rows
  * of HD. Anything else, or a shape cuDNN has no plan for, goes to attention.cu's kernels (with
  * LOCO_CUDA_CUDNN_STRICT=1, for tests, the shape's failure is the call's error instead).
@@ -31,11 +32,23 @@
 
 #include "cuda_internal.h"
 
-#ifdef LOCO_CUDA_EMU
+/* cuDNN's headers come with the toolkit on these machines (the nvidia-cudnn wheel) but not with
+ * every CUDA install: without them the route is compiled out and says so, as on the emulator. */
+#if !defined(LOCO_CUDA_EMU) && defined(__has_include)
+#if __has_include(<cudnn_graph.h>)
+#define LOCO_HAVE_CUDNN 1
+#endif
+#endif
+
+#ifndef LOCO_HAVE_CUDNN
 
 loco_status cuda_attention_cudnn_setup(cuda_impl *c, loco_err *err) {
     (void)err;
+#ifdef LOCO_CUDA_EMU
     if (c->cudnn_wanted) snprintf(c->cudnn_why, sizeof c->cudnn_why, "not on the CUDA emulator");
+#else
+    if (c->cudnn_wanted) snprintf(c->cudnn_why, sizeof c->cudnn_why, "built without cuDNN's headers");
+#endif
     return LOCO_OK;
 }
 void cuda_attention_cudnn_destroy(cuda_impl *c) { (void)c; }
@@ -44,8 +57,8 @@ int cuda_attention_cudnn_applies(const cuda_impl *c, loco_dtype dt, int64_t D, i
     return 0;
 }
 loco_status cuda_attention_cudnn(cuda_impl *c, const cuda_sdpa_call *s, loco_err *err) {
-    (void)c, (void)s;
-    return loco_err_set(err, LOCO_EUNSUPPORTED, "cuDNN attention: not on the CUDA emulator");
+    (void)s;
+    return loco_err_set(err, LOCO_EUNSUPPORTED, "cuDNN attention: %s", c->cudnn_why);
 }
 
 #else
@@ -125,7 +138,9 @@ static loco_status cudnn_fail(const cuda_cudnn *n, cudnnStatus_t st, const char 
 static loco_status load_api(cuda_cudnn *n, char *why, size_t why_n) {
     const char *path = getenv("LOCO_CUDNN_LIB");
     if (!path || !path[0]) path = "libcudnn.so.9";
-    n->lib = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    /* never unloaded: its libraries carry a static CUDA runtime, and a process that creates many
+     * backends (tests) would load it again for each */
+    n->lib = dlopen(path, RTLD_NOW | RTLD_LOCAL | RTLD_NODELETE);
     if (!n->lib) {
         snprintf(why, why_n, "%.60s not loadable: %.110s", path, dlerror());
         return LOCO_EUNSUPPORTED;
@@ -189,7 +204,7 @@ loco_status cuda_attention_cudnn_setup(cuda_impl *c, loco_err *err) {
         if (n->handle) n->f.destroy(n->handle);
         if (n->lib) dlclose(n->lib);
         free(n);
-        cudaGetLastError(); /* a failed handle creation may leave a (non-sticky) runtime error */
+        cudaGetLastError(); /* (our runtime's state; cuDNN's own runtime keeps its errors) */
         return LOCO_OK;
     }
     c->cudnn = n;
@@ -355,7 +370,6 @@ static loco_status plan_for(cuda_impl *c, const sdpa_key *k, sdpa_plan **out, lo
         p->key = *k;
         p->failed = 1;
         memcpy(p->why, reason, sizeof reason);
-        cudaGetLastError();
         return loco_err_set(err, LOCO_EUNSUPPORTED, "%s", p->why);
     }
     *out = p;
@@ -365,7 +379,10 @@ static loco_status plan_for(cuda_impl *c, const sdpa_key *k, sdpa_plan **out, lo
 loco_status cuda_attention_cudnn(cuda_impl *c, const cuda_sdpa_call *s, loco_err *err) {
     cuda_cudnn *n = c->cudnn;
     if (!n) return loco_err_set(err, LOCO_EUNSUPPORTED, "cuDNN attention: unavailable (%s)", c->cudnn_why);
-    const sdpa_key k = {s->dt, s->B, s->H, s->Lq, s->Lk, s->D, s->q_rs, s->kv_rs, s->o_rs};
+    sdpa_key k;
+    memset(&k, 0, sizeof k); /* compared with memcmp: no stray bytes in the padding after dt */
+    k.dt = s->dt, k.B = s->B, k.H = s->H, k.Lq = s->Lq, k.Lk = s->Lk, k.D = s->D;
+    k.q_rs = s->q_rs, k.kv_rs = s->kv_rs, k.o_rs = s->o_rs;
     sdpa_plan *p = NULL;
     CUDA_TRY(plan_for(c, &k, &p, err));
     void *ws = NULL;
@@ -384,16 +401,24 @@ loco_status cuda_attention_cudnn(cuda_impl *c, const cuda_sdpa_call *s, loco_err
     if (st == CUDNN_STATUS_SUCCESS) st = n->f.execute(n->handle, p->plan, pack);
     if (pack) n->f.destroy_descriptor(pack);
     if (ws) cuda_alloc_put(c, ws); /* stream-ordered, as every block of the allocator */
-    if (st != CUDNN_STATUS_SUCCESS) return cudnn_fail(n, st, "execute", LOCO_EDEVICE, err);
+    if (st == CUDNN_STATUS_EXECUTION_FAILED) return cudnn_fail(n, st, "execute", LOCO_EDEVICE, err);
+    if (st != CUDNN_STATUS_SUCCESS) {
+        /* refused before anything ran (a plan that finalized but does not take these pointers):
+         * the shape is remembered as refused, and this call and later ones run our kernel */
+        cudnn_fail(n, st, "execute", LOCO_EUNSUPPORTED, err);
+        p->failed = 1;
+        snprintf(p->why, sizeof p->why, "%.199s", err ? err->msg : "cuDNN attention: execute refused");
+        return LOCO_EUNSUPPORTED;
+    }
     return cuda_check_launch("cuDNN SDPA", err);
 }
 
-#endif /* LOCO_CUDA_EMU */
+#endif /* LOCO_HAVE_CUDNN */
 
 const char *cuda_attention_cudnn_describe(const cuda_impl *c, char *buf, size_t n) {
     buf[0] = 0;
     if (!c->cudnn_wanted) return buf;
-#ifndef LOCO_CUDA_EMU
+#ifdef LOCO_HAVE_CUDNN
     if (c->cudnn) {
         const size_t v = c->cudnn->version;
         snprintf(buf, n, ", attention: cuDNN %zu.%zu.%zu SDPA where it applies (experimental)", v / 10000,

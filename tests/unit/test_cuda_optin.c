@@ -202,32 +202,53 @@ static int check_flash_wgmma(const char *name, const char *described, int seed) 
 
 /* LOCO_CUDA_FLASH=cudnn: self-attention through cuDNN's fused SDPA (attention_cudnn.cu,
  * experimental) under LOCO_CUDA_CUDNN_STRICT=1, so that a shape cuDNN has no plan for fails here
- * instead of running our kernel: head dims 40, 64, 80 and 160, both 16-bit dtypes, lengths off
- * every tile size, more queries than keys and fewer, packed q|k|v rows. The calls it must leave
- * to our kernels (77 keys: attention_short.cu; causal; per-sample K/V rows) give what they give
- * without it. On a GPU the route must be up (the description names cuDNN's version); on the
- * emulator the description says why not and every call runs our kernels. */
-TEST(cuda_attention_cudnn) {
-    GPU_ENV(e_, LOCO_F16, 300);
-    const int emulated = strstr(loco_backend_describe(e_.gpu), "emulator") != NULL;
-    genv_close(&e_);
+ * instead of running our kernel. On a GPU the route must be up (the description names cuDNN's
+ * version); on the emulator the description says why not and every call runs our kernels. */
+static int cudnn_route_on(int emulated) {
     setenv("LOCO_CUDA_FLASH", "cudnn", 1);
     setenv("LOCO_CUDA_CUDNN_STRICT", "1", 1);
-    static const int kv[4] = {1, 0, 1, 1};
-    int ok = gpu_describe_has(emulated ? "attention: cuDNN unavailable (not on the CUDA emulator)"
-                                       : "SDPA where it applies");
-    ok = ok && check_attention(LOCO_F16, 2, 2, 300, 300, 8, 40, 0, NULL, 301);  /* SD 1.5's 64x64 level */
-    ok = ok && check_attention(LOCO_BF16, 2, 2, 257, 257, 5, 64, 0, NULL, 302);
-    ok = ok && check_attention(LOCO_F16, 1, 1, 640, 640, 2, 80, 0, NULL, 303);
-    ok = ok && check_attention(LOCO_F16, 1, 1, 64, 200, 4, 160, 0, NULL, 304);
-    ok = ok && check_attention(LOCO_BF16, 2, 2, 1100, 70, 2, 64, 0, NULL, 305);
-    ok = ok && check_attention_packed(LOCO_F16, 2, 300, 8, 40, NULL, 306);      /* packed q|k|v rows */
-    ok = ok && check_attention_packed(LOCO_BF16, 2, 130, 5, 64, NULL, 307);
-    ok = ok && check_attention(LOCO_F16, 2, 2, 130, 77, 8, 80, 0, NULL, 308);   /* text: attention_short.cu */
-    ok = ok && check_attention(LOCO_F16, 2, 2, 77, 77, 12, 64, 1, NULL, 309);   /* causal: ours */
-    ok = ok && check_attention(LOCO_F16, 4, 2, 96, 90, 8, 40, 0, kv, 310);      /* kv_index: ours */
+    return gpu_describe_has(emulated ? "attention: cuDNN unavailable (not on the CUDA emulator)"
+                                     : "SDPA where it applies");
+}
+/* (skips the test without a GPU) */
+#define CUDNN_ROUTE_ON(ok, seed)                                                                  \
+    GPU_ENV(e_, LOCO_F16, seed);                                                                  \
+    const int emulated_ = strstr(loco_backend_describe(e_.gpu), "emulator") != NULL;              \
+    genv_close(&e_);                                                                              \
+    int ok = cudnn_route_on(emulated_)
+static void cudnn_route_off(void) {
     unsetenv("LOCO_CUDA_CUDNN_STRICT");
     unsetenv("LOCO_CUDA_FLASH");
+}
+
+/* Head dim 64, SD-XL's (gpu-check times the route only when this passes): both 16-bit dtypes,
+ * lengths off every tile size, more queries than keys and fewer; and the calls it must leave to
+ * our kernels (causal, per-sample K/V rows, 77 keys: attention_short.cu) give what they give
+ * without it. */
+TEST(cuda_attention_cudnn) {
+    CUDNN_ROUTE_ON(ok, 300);
+    static const int kv[4] = {1, 0, 1, 1};
+    ok = ok && check_attention(LOCO_BF16, 2, 2, 257, 257, 5, 64, 0, NULL, 301);
+    ok = ok && check_attention(LOCO_F16, 2, 2, 1024, 1024, 4, 64, 0, NULL, 302);  /* SD-XL's 32x32 level */
+    ok = ok && check_attention(LOCO_BF16, 2, 2, 1100, 96, 2, 64, 0, NULL, 303);
+    ok = ok && check_attention(LOCO_F16, 1, 1, 90, 300, 2, 64, 0, NULL, 304);
+    ok = ok && check_attention(LOCO_F16, 2, 2, 130, 77, 8, 64, 0, NULL, 305);     /* text: attention_short.cu */
+    ok = ok && check_attention(LOCO_F16, 1, 1, 200, 200, 2, 64, 1, NULL, 306);    /* causal: ours */
+    ok = ok && check_attention(LOCO_F16, 4, 2, 96, 90, 8, 64, 0, kv, 307);        /* kv_index: ours */
+    cudnn_route_off();
+    CHECK(ok);
+}
+
+/* SD 1.5's and SD 2's head dims (40, 80, 160) and packed q|k|v rows, which the UNets use (packed
+ * and apart must give the same bits: two plans of one engine, other strides). */
+TEST(cuda_attention_cudnn_dims) {
+    CUDNN_ROUTE_ON(ok, 310);
+    ok = ok && check_attention(LOCO_F16, 2, 2, 300, 300, 8, 40, 0, NULL, 311);  /* SD 1.5's 64x64 level */
+    ok = ok && check_attention(LOCO_F16, 1, 1, 640, 640, 2, 80, 0, NULL, 312);
+    ok = ok && check_attention(LOCO_BF16, 1, 1, 96, 200, 4, 160, 0, NULL, 313);
+    ok = ok && check_attention_packed(LOCO_F16, 2, 300, 8, 40, NULL, 314);
+    ok = ok && check_attention_packed(LOCO_BF16, 2, 130, 5, 64, NULL, 315);
+    cudnn_route_off();
     CHECK(ok);
 }
 
