@@ -88,7 +88,10 @@ hits = [p for d in dirs for pat in ("nvidia/**/libcudnn.so.9", "torch/lib/libcud
 print(hits[0] if hits else "")
 EOF_PY
 )"
-    [ -n "$cudnn_lib" ] && [ -f "$cudnn_lib" ] && export LOCO_CUDNN_LIB="$cudnn_lib"
+    if [ -n "$cudnn_lib" ] && [ -f "$cudnn_lib" ]; then
+        # (its sub-libraries beside it are found through its RUNPATH; the path helps loaders that do not)
+        export LOCO_CUDNN_LIB="$cudnn_lib" LD_LIBRARY_PATH="$(dirname "$cudnn_lib")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    fi
 fi
 say "cuDNN for LOCO_CUDA_FLASH=cudnn: ${LOCO_CUDNN_LIB:-libcudnn.so.9 on the loader path}"
 
