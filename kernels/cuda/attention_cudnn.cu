@@ -98,7 +98,6 @@ enum { T_Q = 0, T_K, T_V, T_O, T_SCALE, N_TENSORS };
 static const int64_t sdpa_uid[N_TENSORS] = {1, 2, 3, 4, 5};
 
 typedef struct sdpa_plan {
-    int used;
     sdpa_key key;
     int failed;                      /* no plan for this shape: why says what cuDNN said */
     char why[200];
@@ -214,8 +213,7 @@ loco_status cuda_attention_cudnn_setup(cuda_impl *c, loco_err *err) {
 void cuda_attention_cudnn_destroy(cuda_impl *c) {
     cuda_cudnn *n = c->cudnn;
     if (!n) return;
-    for (int i = 0; i < CUDNN_PLANS; i++)
-        if (n->plans[i].used) plan_clear(n, &n->plans[i]);
+    for (int i = 0; i < n->nplans; i++) plan_clear(n, &n->plans[i]);
     n->f.destroy(n->handle);
     dlclose(n->lib);
     free(n);
@@ -341,9 +339,9 @@ static loco_status plan_build(cuda_cudnn *n, sdpa_plan *p, const sdpa_key *k, lo
 static loco_status plan_for(cuda_impl *c, const sdpa_key *k, sdpa_plan **out, loco_err *err) {
     cuda_cudnn *n = c->cudnn;
     *out = NULL;
-    for (int i = 0; i < CUDNN_PLANS; i++) {
+    for (int i = 0; i < n->nplans; i++) {
         sdpa_plan *p = &n->plans[i];
-        if (!p->used || memcmp(&p->key, k, sizeof *k) != 0) continue;
+        if (memcmp(&p->key, k, sizeof *k) != 0) continue;
         if (p->failed) return loco_err_set(err, LOCO_EUNSUPPORTED, "%s", p->why);
         *out = p;
         return LOCO_OK;
@@ -354,8 +352,7 @@ static loco_status plan_for(cuda_impl *c, const sdpa_key *k, sdpa_plan **out, lo
                                                    "while a graph is captured");
     if (n->nplans == CUDNN_PLANS)
         return loco_err_set(err, LOCO_EUNSUPPORTED, "cuDNN attention: %d shapes have plans already", CUDNN_PLANS);
-    sdpa_plan *p = &n->plans[n->nplans++];
-    p->used = 1;
+    sdpa_plan *p = &n->plans[n->nplans++]; /* the first n->nplans entries are in use */
     p->key = *k;
     loco_err why;
     loco_err_clear(&why);
@@ -366,7 +363,6 @@ static loco_status plan_for(cuda_impl *c, const sdpa_key *k, sdpa_plan **out, lo
                  loco_dtype_name(k->dt), (long long)k->B, (long long)k->H, (long long)k->Lq, (long long)k->Lk,
                  (long long)k->D);
         plan_clear(n, p);
-        p->used = 1;
         p->key = *k;
         p->failed = 1;
         memcpy(p->why, reason, sizeof reason);
