@@ -41,7 +41,8 @@
 # Usage: bench/gpu-check.sh [--quick | --candidates]   (--quick: parity only, no timings;
 #   --candidates: loco alone at batch 8, SD-XL then SD 1.5, with the default kernels, with the
 #   op rows' winners together (as phase 7, when the full check's op table is in $GPU_CHECK_DIR), and with
-#   each candidate default (LOCO_CUDA_FLASH=cudnn, =ilp3q, =wgmma128, =wgmma, =wgmma3, =wgmma_ws3, =wgmma_ws,
+#   each candidate default (LOCO_CUDA_FLASH=cudnn, LOCO_CUDA_CONV=cudnn, LOCO_CUDA_CONV_F32=cudnn,
+#   LOCO_CUDA_FLASH=ilp3q, =wgmma128, =wgmma, =wgmma3, =wgmma_ws3, =wgmma_ws,
 #   =wgmma_ws128, LOCO_CUDA_GEGLU=wgmma, LOCO_CUDA_LINEAR=wgmma, their TMA and arrive forms, GEGLU's
 #   TMA form in clusters of two, LOCO_CUDA_CONV=tma alone and in clusters of two,
 #   LOCO_CUDA_GEMM_TUNE=1) and with
@@ -77,8 +78,8 @@ elapsed() { echo $(($(date +%s) - START)); }
 left() { echo $((BUDGET - $(elapsed))); }
 say() { printf 'gpu-check [%3ds]: %s\n' "$(elapsed)" "$*"; }
 
-# cuDNN for LOCO_CUDA_FLASH=cudnn (session 16; attention_cudnn.cu opens it at run time): the
-# loader's libcudnn.so.9 (the toolkit's), else the one PyTorch's wheels carry (nvidia.cudnn)
+# cuDNN for LOCO_CUDA_FLASH=cudnn and LOCO_CUDA_CONV(_F32)=cudnn (sessions 16-17; cudnn_lib.cu
+# opens it at run time): the loader's libcudnn.so.9 (the toolkit's), else the one PyTorch's wheels carry (nvidia.cudnn)
 if [ -z "${LOCO_CUDNN_LIB:-}" ] && ! ldconfig -p 2>/dev/null | grep 'libcudnn\.so\.9 ' >/dev/null; then
     cudnn_lib="$("$PY" - 2>/dev/null <<'EOF_PY'
 import glob, os, site
@@ -93,7 +94,7 @@ EOF_PY
         export LOCO_CUDNN_LIB="$cudnn_lib" LD_LIBRARY_PATH="$(dirname "$cudnn_lib")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
     fi
 fi
-say "cuDNN for LOCO_CUDA_FLASH=cudnn: ${LOCO_CUDNN_LIB:-libcudnn.so.9 on the loader path}"
+say "cuDNN for the cuDNN routes: ${LOCO_CUDNN_LIB:-libcudnn.so.9 on the loader path}"
 
 # ---- 1. build (or the prepared kit) ---------------------------------------------------------
 BIN_TESTS=build/tests
@@ -220,6 +221,8 @@ if [ $CANDIDATES -eq 1 ]; then
         # tag:VAR=value; the attention candidates first, then GEMM autotuning, then the text
         # attention back on the flash kernel (how much attention_short.cu gives end to end)
         for cand in default:LOCO_CANDIDATE=default fa_cudnn:LOCO_CUDA_FLASH=cudnn,LOCO_CUDA_CUDNN_STRICT=1 \
+            conv_cudnn:LOCO_CUDA_CONV=cudnn,LOCO_CUDA_CUDNN_STRICT=1 \
+            conv_cudnn_f32:LOCO_CUDA_CONV_F32=cudnn,LOCO_CUDA_CUDNN_STRICT=1 \
             ilp3q:LOCO_CUDA_FLASH=ilp3q \
             wgmma128:LOCO_CUDA_FLASH=wgmma128 \
             wgmma:LOCO_CUDA_FLASH=wgmma wgmma3:LOCO_CUDA_FLASH=wgmma3 wgmma_ws3:LOCO_CUDA_FLASH=wgmma_ws3 \
@@ -336,6 +339,7 @@ CLUSTER_BAD=0 # a test of gemm_wgmma.cu's form in clusters of two (*wgmma_cluste
 CONV_CLUSTER_BAD=0 # conv_tma.cu's test in clusters of two (cuda_conv2d_tma_cluster) failed: likewise
 LN_BAD=0 # a test of the LayerNorm folded into gemm_wgmma.cu (cuda_ln_linear_wgmma*) failed: likewise
 CUDNN_BAD=0 # cuDNN's fused attention at head dim 64 (cuda_attention_cudnn) failed: its runs
+CONV_CUDNN_BAD=0 # cuDNN's convolutions (cuda_conv2d_cudnn*) failed: their runs and pipeline parity
 FILLS_CARD='out_of_memory|memory_runs_short' # tests that allocate until the card is full
 parity() { # name binary [test-name regex]
     say "parity: $1 (one process per test)"
@@ -358,6 +362,7 @@ parity() { # name binary [test-name regex]
             case "$name" in
             *ln_linear*) LN_BAD=1 ;;
             *attention_cudnn) CUDNN_BAD=1 ;; # head dim 64 (SD-XL's); not *_dims
+            *conv2d_cudnn*) CONV_CUDNN_BAD=1 ;;
             *_arrive) ARRIVE_BAD=1 ;;
             *conv2d_tma) CONV_TMA_BAD=1 ;;
             *wgmma_cluster) CLUSTER_BAD=1 ;;
@@ -448,6 +453,12 @@ optin_parity() {
             'text_encoder|unet_call|pipeline_'
     else
         say "skipping the cuDNN attention pipeline parity: $(left) s of the budget left, or its op test failed"
+    fi
+    if [ "$(left)" -ge 60 ] && [ $CONV_CUDNN_BAD -eq 0 ]; then
+        LOCO_CUDA_CONV=cudnn LOG_TAG=conv_cudnn_ parity cuda_pipeline_conv_cudnn "$BIN_TESTS/test_cuda_pipeline" \
+            'unet_call|pipeline_|vae_decode'
+    else
+        say "skipping the cuDNN conv pipeline parity: $(left) s of the budget left, or its op test failed"
     fi
     if [ "$(left)" -ge 60 ]; then
         LOCO_CUDA_IM2COL_OVERLAP=1 LOG_TAG=overlap_ parity cuda_pipeline_overlap "$BIN_TESTS/test_cuda_pipeline" \
@@ -648,6 +659,12 @@ if [ -n "$BEST_ENV" ]; then rerun best "$BEST_ENV" sdxl 1024 3 90; else say "no 
 # run with cuDNN's reason instead of timing our kernel under this tag
 [ $CUDNN_BAD -eq 0 ] && rerun fa_cudnn "LOCO_CUDA_FLASH=cudnn LOCO_CUDA_CUDNN_STRICT=1" sdxl 1024 3 90
 [ $CUDNN_BAD -eq 0 ] && rerun fa_cudnn "LOCO_CUDA_FLASH=cudnn LOCO_CUDA_CUDNN_STRICT=1" sd1 512 10 45
+# cuDNN's convolutions (session 17: conv_cudnn.cu, PyTorch's convs; run 6's op rows had them
+# 1.5-1.8x ours on SD-XL's f32 VAE decoder and 1.2x on the 320-channel UNet level): every conv,
+# then the f32 ones alone (the decode), whose difference is what the UNet's f16 convs gain or lose
+[ $CONV_CUDNN_BAD -eq 0 ] && rerun conv_cudnn "LOCO_CUDA_CONV=cudnn LOCO_CUDA_CUDNN_STRICT=1" sdxl 1024 3 90
+[ $CONV_CUDNN_BAD -eq 0 ] && rerun conv_cudnn_f32 "LOCO_CUDA_CONV_F32=cudnn LOCO_CUDA_CUDNN_STRICT=1" sdxl 1024 3 90
+[ $CONV_CUDNN_BAD -eq 0 ] && rerun conv_cudnn "LOCO_CUDA_CONV=cudnn LOCO_CUDA_CUDNN_STRICT=1" sd1 512 10 45
 rerun ilp3q LOCO_CUDA_FLASH=ilp3q sdxl 1024 3 90
 # the warp-specialised wgmma attention (FlashAttention-3's structure, session 10) unless its op
 # tests failed in phase 3

@@ -160,6 +160,46 @@ def test_pick_takes_the_cluster_convolution_when_it_beats_both(tmp_path):
     assert "LOCO_CUDA_CONV=tma LOCO_CUDA_CONV_TMA_CLUSTER=2: 13.40 against 17.00 ms a UNet call" in r.stderr
 
 
+VAE = ("sdxl_vae_conv_512_128 0.4200 184.0 TFLOP/s\nsdxl_vae_conv_512_128@conv_cudnn 0.2800 276.0 TFLOP/s\n"
+       "sdxl_vae_conv_256_512 2.3800 130.0 TFLOP/s\nsdxl_vae_conv_256_512@conv_cudnn 1.3000 238.0 TFLOP/s\n"
+       "sdxl_vae_conv_128_1024 3.1300 99.0 TFLOP/s\nsdxl_vae_conv_128_1024@conv_cudnn 1.8900 164.0 TFLOP/s\n"
+       "sdxl_vae_conv_256_1024 9.0000 110.0 TFLOP/s\nsdxl_vae_conv_256_1024@conv_cudnn 6.0000 165.0 TFLOP/s\n"
+       "sdxl_vae_conv_out_128_3 2.9500 2.5 TFLOP/s\nsdxl_vae_conv_out_128_3@conv_cudnn {} 7.3 TFLOP/s\n")
+UNET_CONV = ("sdxl_resconv_320_128_b16 1.0000 380.0 TFLOP/s\nsdxl_resconv_320_128_b16@conv_tma 0.9000 420.0 TFLOP/s\n"
+             "sdxl_resconv_320_128_b16@conv_cudnn {} 450.0 TFLOP/s\n"
+             "sdxl_resconv_640_64_b16 0.5000 500.0 TFLOP/s\nsdxl_resconv_640_64_b16@conv_tma 0.5000 500.0 TFLOP/s\n"
+             "sdxl_resconv_640_64_b16@conv_cudnn 0.5500 455.0 TFLOP/s\n"
+             "sdxl_conv3x3_640_128_b16 2.0000 400.0 TFLOP/s\nsdxl_conv3x3_640_128_b16@conv_tma 2.0000 400.0 TFLOP/s\n"
+             "sdxl_conv3x3_640_128_b16@conv_cudnn 1.9000 420.0 TFLOP/s\n")
+
+
+def test_pick_takes_cudnn_for_the_unet_convs_or_the_decoder_alone(tmp_path):
+    ops = tmp_path / "ops_loco.txt"
+    # the UNet rows: cuDNN 10 x 0.8 + 5.5 + 1.9 = 15.4 against TMA's 16.0 and the default's 17.0:
+    # LOCO_CUDA_CONV=cudnn, which takes the decoder's f32 convs too (no second variable)
+    ops.write_text(OPS + UNET_CONV.format("0.8000") + VAE.format("1.0000"))
+    r = run(PICK, ops)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["LOCO_CUDA_FLASH=wgmma_ws3", "LOCO_CUDA_CONV=cudnn", "LOCO_CUDA_GEGLU=wgmma"]
+    assert "LOCO_CUDA_CONV=cudnn: 15.40 against 17.00 ms a UNet call" in r.stderr
+    # cuDNN loses the UNet rows to TMA (10 x 0.95 + 5.5 + 1.9 = 16.9 against 16.0) but wins the
+    # decoder's: TMA for the UNet, cuDNN for the f32 convs
+    ops.write_text(OPS + UNET_CONV.format("0.9500") + VAE.format("1.0000"))
+    r = run(PICK, ops)
+    assert r.stdout.split() == ["LOCO_CUDA_FLASH=wgmma_ws3", "LOCO_CUDA_CONV=tma", "LOCO_CUDA_CONV_F32=cudnn",
+                                "LOCO_CUDA_GEGLU=wgmma"]
+    # 10 x 0.28 + 5 x 1.3 + 5 x 1.89 + 6.0 + 1.0 = 25.75 against 4.2 + 11.9 + 15.65 + 9.0 + 2.95 = 43.70
+    assert "LOCO_CUDA_CONV_F32=cudnn: 25.75 against 43.70 ms a batch-1 decode" in r.stderr
+    # ... and not when it loses them (a conv_out at 30 ms: 54.75 against 43.70)
+    ops.write_text(OPS + UNET_CONV.format("0.9500") + VAE.format("30.0000"))
+    r = run(PICK, ops)
+    assert r.stdout.split() == ["LOCO_CUDA_FLASH=wgmma_ws3", "LOCO_CUDA_CONV=tma", "LOCO_CUDA_GEGLU=wgmma"]
+    # an older table without the decoder's cuDNN rows says so and adds nothing
+    ops.write_text(OPS)
+    r = run(PICK, ops)
+    assert "LOCO_CUDA_CONV_F32=cudnn: rows missing" in r.stderr
+
+
 def test_pick_prints_nothing_when_no_candidate_wins(tmp_path):
     ops = tmp_path / "ops_loco.txt"
     ops.write_text("sdxl_self_d64_4096_b16 2.4 285.0 TFLOP/s\nsdxl_self_d64_1024_b16 0.34 250.0 TFLOP/s\n"

@@ -104,8 +104,9 @@ def test_op_bench_wgmma_table_on_the_emulator(tmp_path):
 
 
 def test_op_bench_cudnn_table_says_why_it_has_no_rows_on_the_emulator(tmp_path):
-    # cuDNN's fused attention is never loaded on the emulator: the --cudnn table must say so and
-    # time nothing, rather than time our kernel under "@fa_cudnn" names
+    # cuDNN (its fused attention and its convolutions) is never loaded on the emulator: the --cudnn
+    # table must say so and time nothing, rather than time our kernels under "@fa_cudnn" or
+    # "@conv_cudnn" names
     if not BINARY.exists():
         pytest.skip(f"{BINARY} is not built (a build without nvcc has no emulated CUDA backend)")
     ops = tmp_path / "ops.txt"
@@ -115,3 +116,4 @@ def test_op_bench_cudnn_table_says_why_it_has_no_rows_on_the_emulator(tmp_path):
     assert r.returncode == 0, r.stderr
     assert r.stdout == ""
     assert 'no "@fa_cudnn" rows' in r.stderr and "cuDNN unavailable (not on the CUDA emulator)" in r.stderr, r.stderr
+    assert 'no "@conv_cudnn" rows' in r.stderr, r.stderr

@@ -38,8 +38,9 @@
  * LOCO_CUDA_GEMM_TUNE=1 ("name@tuned": cuBLASLt's top candidates timed per shape). With --wgmma, only the f16 conv rows
  * on the experimental wgmma kernel ("name@wgmma": LOCO_CUDA_CONV=wgmma, the automatic route
  * where that kernel does not apply), a separate run so that a fault there spares the main table.
- * With --cudnn, only the attention rows cuDNN's fused SDPA takes, as "name@fa_cudnn"
- * (LOCO_CUDA_FLASH=cudnn), another run of their own.
+ * With --cudnn, only the rows cuDNN takes, another run of their own: the attention rows its fused
+ * SDPA takes as "name@fa_cudnn" (LOCO_CUDA_FLASH=cudnn), and the conv rows (kernel not 1x1) and
+ * resconv rows on its convolutions as "name@conv_cudnn" (LOCO_CUDA_CONV=cudnn).
  *
  * Build: make build/bench/gpu/op_bench. Usage: op_bench [ops.txt] [reps] [--wgmma | --cudnn]. */
 #include "backend.h"
@@ -615,21 +616,26 @@ done:
     return status;
 }
 
-/* "--cudnn": the attention rows cuDNN's fused SDPA takes (LOCO_CUDA_FLASH=cudnn: self-attention,
- * more than 80 keys, head dims multiples of 8), as "name@fa_cudnn", in a process of their own.
- * Strict: a shape cuDNN has no plan for is a failed row, not our kernel timed under its name.
- * Without the route (no libcudnn.so.9, or one before 9.13.1) it says why and times nothing. */
+/* "--cudnn": the rows cuDNN takes, in a process of their own: the attention rows its fused SDPA
+ * takes (LOCO_CUDA_FLASH=cudnn: self-attention, more than 80 keys, head dims multiples of 8) as
+ * "name@fa_cudnn", and the conv rows whose kernel is not 1x1 and the resconv rows on cuDNN's
+ * convolutions (LOCO_CUDA_CONV=cudnn) as "name@conv_cudnn". Strict: a shape cuDNN has no plan for
+ * is a failed row, not our kernel timed under its name. Without a route (no libcudnn.so.9, or,
+ * for the attention, one before 9.13.1) it says why and times none of its rows. */
 static int cudnn_rows(const char *path, int reps) {
-    static const char *const env[3] = {"LOCO_CUDA_FLASH=cudnn", "LOCO_CUDA_CUDNN_STRICT=1", NULL};
-    loco_backend *be = expect_route(forced_backend_create(env), "SDPA where it applies", "\"@fa_cudnn\"");
-    if (!be) return 0;
+    static const char *const fa_env[3] = {"LOCO_CUDA_FLASH=cudnn", "LOCO_CUDA_CUDNN_STRICT=1", NULL};
+    static const char *const conv_env[3] = {"LOCO_CUDA_CONV=cudnn", "LOCO_CUDA_CUDNN_STRICT=1", NULL};
+    loco_backend *fa = expect_route(forced_backend_create(fa_env), "SDPA where it applies", "\"@fa_cudnn\"");
+    loco_backend *conv = expect_route(forced_backend_create(conv_env), "that are not 1x1", "\"@conv_cudnn\"");
+    if (!fa && !conv) return 0;
     FILE *f = fopen(path, "r");
     if (!f) {
         fprintf(stderr, "op_bench: cannot open %s\n", path);
-        loco_backend_destroy(be);
+        loco_backend_destroy(fa);
+        loco_backend_destroy(conv);
         return 2;
     }
-    fprintf(stderr, "op_bench --cudnn on %s\n", loco_backend_describe(be));
+    fprintf(stderr, "op_bench --cudnn on %s\n", loco_backend_describe(fa ? fa : conv));
     char line[512];
     int failures = 0;
     bench_op op;
@@ -637,11 +643,15 @@ static int cudnn_rows(const char *path, int reps) {
         if (!parse_op(line, &op)) continue;
         const int self = !strcmp(op.kind, "selfattn"), attn = !strcmp(op.kind, "attn");
         const long d = attn ? op.a[4] : self ? op.a[2] / op.a[3] : 0;
-        if (!(self || (attn && op.a[2] > 80 && !op.a[5])) || d % 8 != 0 || d > 256) continue;
-        if (time_op(be, &op, reps, "@fa_cudnn") != 0) failures++;
+        const int fa_row = (self || (attn && op.a[2] > 80 && !op.a[5])) && d % 8 == 0 && d <= 256;
+        const int conv_row = ((!strcmp(op.kind, "conv") || !strcmp(op.kind, "conv32")) && op.a[5] > 1) ||
+                             !strcmp(op.kind, "resconv");
+        if (fa && fa_row && time_op(fa, &op, reps, "@fa_cudnn") != 0) failures++;
+        if (conv && conv_row && time_op(conv, &op, reps, "@conv_cudnn") != 0) failures++;
     }
     fclose(f);
-    loco_backend_destroy(be);
+    loco_backend_destroy(fa);
+    loco_backend_destroy(conv);
     return failures ? 1 : 0;
 }
 

@@ -45,6 +45,12 @@ LN_CALLS = {"sdxl_ffgeglu_1280_b16": 60, "sdxl_ffgeglu_640_b16": 10, "sdxl_proj_
 # level (320 channels out: 10 a call, those with 640 or 960 in counted as 320's) and the 64x64
 # one (640 out: 10), and the upsampler's plain 640-channel conv at 128x128 (1)
 CONV_ROWS = {"sdxl_resconv_320_128_b16": 10, "sdxl_resconv_640_64_b16": 10, "sdxl_conv3x3_640_128_b16": 1}
+# ... and cuDNN's convolutions (LOCO_CUDA_CONV=cudnn, session 17) on the same rows; for the f32
+# VAE decoder alone (LOCO_CUDA_CONV_F32=cudnn) its conv rows, weighted by the decoder's 3x3 convs
+# of each shape (mid block and the first up block at 128x128: 10; 256 channels at 512x512 and
+# 128 at 1024x1024: 5 each; the last upsampler's conv and conv_out: 1)
+VAE_ROWS = {"sdxl_vae_conv_512_128": 10, "sdxl_vae_conv_256_512": 5, "sdxl_vae_conv_128_1024": 5,
+            "sdxl_vae_conv_256_1024": 1, "sdxl_vae_conv_out_128_3": 1}
 
 
 def read_rows(path):
@@ -91,18 +97,33 @@ def pick(rows, log):
         log(f"{var}={value}: {cand:.2f} against {base:.2f} ms a UNet call")
         if cand < base:
             env.append(f"{var}={value}")
-    env += pick_conv_tma(rows, log)
+    conv = pick_conv(rows, log)
+    env += conv
+    if "LOCO_CUDA_CONV=cudnn" not in conv:
+        env += pick_vae_cudnn(rows, log)
     env += pick_gemm_wgmma(rows, log)
     return env
 
 
-def pick_conv_tma(rows, log):
-    """conv_tma.cu alone or in clusters of two (LOCO_CUDA_CONV_TMA_CLUSTER=2), whichever is the
-    faster on the conv rows together, if it beats the default routes."""
+def pick_vae_cudnn(rows, log):
+    """cuDNN for the f32 VAE decoder's convs, if it beats the default routes on their rows."""
+    base, cand = weighted(rows, VAE_ROWS, ""), weighted(rows, VAE_ROWS, "@conv_cudnn")
+    if base is None or cand is None:
+        log("LOCO_CUDA_CONV_F32=cudnn: rows missing")
+        return []
+    log(f"LOCO_CUDA_CONV_F32=cudnn: {cand:.2f} against {base:.2f} ms a batch-1 decode")
+    return ["LOCO_CUDA_CONV_F32=cudnn"] if cand < base else []
+
+
+def pick_conv(rows, log):
+    """conv_tma.cu alone or in clusters of two (LOCO_CUDA_CONV_TMA_CLUSTER=2), or cuDNN
+    (LOCO_CUDA_CONV=cudnn), whichever is the faster on the conv rows together, if it beats the
+    default routes."""
     base = weighted(rows, CONV_ROWS, "")
     best = None  # (ms a UNet call, env)
     for suffix, env in (("@conv_tma", ["LOCO_CUDA_CONV=tma"]),
-                        ("@conv_tma_mc", ["LOCO_CUDA_CONV=tma", "LOCO_CUDA_CONV_TMA_CLUSTER=2"])):
+                        ("@conv_tma_mc", ["LOCO_CUDA_CONV=tma", "LOCO_CUDA_CONV_TMA_CLUSTER=2"]),
+                        ("@conv_cudnn", ["LOCO_CUDA_CONV=cudnn"])):
         cand = weighted(rows, CONV_ROWS, suffix)
         if base is None or cand is None:
             log(f"{' '.join(env)}: rows missing")

@@ -101,7 +101,7 @@ static void cuda_destroy(loco_backend *be) {
     cudaSetDevice(c->device);
     if (c->stream) cudaStreamSynchronize(c->stream);
     overlap_destroy(c); /* the side stream always joined the main one; it goes before any memory */
-    cuda_attention_cudnn_destroy(c);
+    cuda_cudnn_destroy(c);
     cuda_gemm_plans_destroy(c);
     if (c->lt) cublasLtDestroy(c->lt);
     cuda_graph_pools_destroy(c);
@@ -355,7 +355,16 @@ extern "C" loco_status loco_backend_cuda_create(const loco_backend_opts *opts, l
                    : strcmp(conv, "wgmma") == 0    ? CUDA_CONV_WGMMA
                    : strcmp(conv, "rows") == 0     ? CUDA_CONV_ROWS
                    : strcmp(conv, "tma") == 0      ? CUDA_CONV_TMA
+                   : strcmp(conv, "cudnn") == 0    ? CUDA_CONV_CUDNN
                                                    : CUDA_CONV_AUTO;
+    /* cuDNN for every conv that is not 1x1 (LOCO_CUDA_CONV=cudnn), or for the f32 ones alone
+     * (LOCO_CUDA_CONV_F32=cudnn: SD-XL's upcast VAE decoder), whatever route the f16 ones take */
+    const char *conv_f32 = getenv("LOCO_CUDA_CONV_F32");
+    c->cudnn_conv = (c->conv_algo == CUDA_CONV_CUDNN ? CUDA_CUDNN_CONV_F16 | CUDA_CUDNN_CONV_F32 : 0) |
+                    (conv_f32 && strcmp(conv_f32, "cudnn") == 0 ? CUDA_CUDNN_CONV_F32 : 0);
+    const char *cudnn_chunk = getenv("LOCO_CUDA_CUDNN_CHUNK"); /* tests: chunks of samples on small convs */
+    const long long chunk = cudnn_chunk ? atoll(cudnn_chunk) : 0;
+    c->cudnn_chunk_elems = chunk > 0 && chunk < ((int64_t)1 << 31) ? (int64_t)chunk : ((int64_t)1 << 31) - 1;
     const char *conv_cluster = getenv("LOCO_CUDA_CONV_TMA_CLUSTER"); /* 2: conv_tma.cu's blocks in pairs */
     c->conv_tma_cluster = conv_cluster && strcmp(conv_cluster, "2") == 0 ? 2 : 1;
     const char *flash = getenv("LOCO_CUDA_FLASH"); /* 64|128: a block height; wgmma: the Hopper kernel */
@@ -393,7 +402,7 @@ extern "C" loco_status loco_backend_cuda_create(const loco_backend_opts *opts, l
                        : strcmp(flash, "ilp3") == 0    ? 3
                        : strcmp(flash, "ilp3q") == 0   ? 7
                                                        : -1;
-    c->cudnn_wanted = flash && strcmp(flash, "cudnn") == 0;
+    c->cudnn_attention = flash && strcmp(flash, "cudnn") == 0;
     const char *cudnn_strict = getenv("LOCO_CUDA_CUDNN_STRICT");
     c->cudnn_strict = cudnn_strict && cudnn_strict[0] == '1';
     c->flash_rows = !flash                        ? 0
@@ -443,7 +452,7 @@ extern "C" loco_status loco_backend_cuda_create(const loco_backend_opts *opts, l
     if (st == LOCO_OK && overlap && overlap[0] == '1') st = overlap_create(c, err);
     if (st == LOCO_OK) st = cuda_attention_setup(c, err);
     if (st == LOCO_OK) st = cuda_attention_short_setup(c, err);
-    if (st == LOCO_OK) st = cuda_attention_cudnn_setup(c, err);
+    if (st == LOCO_OK) st = cuda_cudnn_setup(c, err);
     if (st == LOCO_OK) st = cuda_conv_igemm_tf32_setup(c, err);
     if (st == LOCO_OK) st = cuda_conv_igemm_setup(c, err);
     if (st == LOCO_OK) st = cuda_conv_wgmma_setup(c, err);
@@ -455,8 +464,8 @@ extern "C" loco_status loco_backend_cuda_create(const loco_backend_opts *opts, l
         cuda_destroy(&cb->be);
         return st;
     }
-    char cudnn_desc[256];
-    snprintf(cb->be.desc, sizeof cb->be.desc, "cuda:%d %.100s (sm_%d%d, %d SMs, %.1f GiB, %s activations%s%s%s%s%s%s%s%s%s%s%s%s)",
+    char cudnn_desc[256], conv_cudnn_desc[256];
+    snprintf(cb->be.desc, sizeof cb->be.desc, "cuda:%d %.100s (sm_%d%d, %d SMs, %.1f GiB, %s activations%s%s%s%s%s%s%s%s%s%s%s%s%s)",
              ordinal, prop.name, prop.major, prop.minor, prop.multiProcessorCount,
              (double)prop.totalGlobalMem / (1024.0 * 1024.0 * 1024.0), cuda_dt(act),
              c->conv_algo == CUDA_CONV_IM2COL     ? ", conv: im2col"
@@ -507,7 +516,8 @@ extern "C" loco_status loco_backend_cuda_create(const loco_backend_opts *opts, l
              c->aux ? ", im2col overlapped" : "", c->norm_gather ? "" : ", GroupNorm gather off",
              c->flash_short ? "" : ", short-key attention off",
              c->gemm_tune ? ", GEMMs tuned" : "",
-             cuda_attention_cudnn_describe(c, cudnn_desc, sizeof cudnn_desc), graphs ? "" : ", graphs off");
+             cuda_attention_cudnn_describe(c, cudnn_desc, sizeof cudnn_desc),
+             cuda_conv_cudnn_describe(c, conv_cudnn_desc, sizeof conv_cudnn_desc), graphs ? "" : ", graphs off");
     *out = &cb->be;
     return LOCO_OK;
 }

@@ -15,7 +15,8 @@
  *  - 3-wide stride-1 convs as strided-batched GEMMs over three shifted copies of the input
  *    rows (conv_rows.cu: a third of im2col's buffer), for f32.
  *  LOCO_CUDA_CONV=implicit|im2col|rows forces one of the last three for every conv that is not 1x1
- *  (benchmarks and tests compare them).
+ *  (benchmarks and tests compare them); LOCO_CUDA_CONV=cudnn (LOCO_CUDA_CONV_F32=cudnn: the f32
+ *  convs alone) tries cuDNN first (conv_cudnn.cu, experimental), the route below where it has no plan.
  *
  * In NCHW the per-channel bias runs along the GEMM's n dimension, which cuBLASLt's bias
  * epilogue (per row of D) cannot express, so the GEMM routes add it in one extra pass.
@@ -368,6 +369,7 @@ typedef struct conv_plan {
     conv_route route;
     int wgmma;         /* conv_wgmma.cu takes it (LOCO_CUDA_CONV=wgmma) */
     int tma;           /* conv_tma.cu takes it (LOCO_CUDA_CONV=tma) */
+    int cudnn;         /* cuDNN is tried first (LOCO_CUDA_CONV=cudnn, LOCO_CUDA_CONV_F32=cudnn; conv_cudnn.cu) */
     const void *wp;    /* w as y's dtype */
     void *w_tmp;       /* cuda_alloc_put when done */
 } conv_plan;
@@ -396,13 +398,15 @@ static loco_status conv_plan_make(cuda_impl *c, loco_tensor *y, const loco_tenso
                 cuda_conv_wgmma_fits(c, y, x, w, pl->wp, p);
     pl->tma = pl->route != CONV_POINTWISE && c->conv_algo == CUDA_CONV_TMA && fits_int &&
               cuda_conv_tma_fits(c, y, x, w, pl->wp, p);
+    pl->cudnn = pl->route != CONV_POINTWISE && cuda_conv_cudnn_applies(c, y, x, w);
     return LOCO_OK;
 }
 
 /* The GroupNorm prologue runs inside this plan's convolution (only the im2col and row-tap
  * gathers and conv_tma.cu's channels-last pass have one). */
 static int conv_plan_takes_norm(const cuda_impl *c, const conv_plan *pl) {
-    return c->norm_gather && !pl->wgmma && (pl->tma || pl->route == CONV_IM2COL || pl->route == CONV_ROWS);
+    return c->norm_gather && !pl->wgmma && !pl->cudnn &&
+           (pl->tma || pl->route == CONV_IM2COL || pl->route == CONV_ROWS);
 }
 
 /* Runs the plan; *bias_done says whether the route added the bias itself. norm (with
@@ -410,6 +414,13 @@ static int conv_plan_takes_norm(const cuda_impl *c, const conv_plan *pl) {
 static loco_status conv_run(cuda_impl *c, const conv_plan *pl, loco_tensor *y, const loco_tensor *x,
                             const loco_tensor *w, const loco_tensor *bias, const loco_conv2d_params *p,
                             const float2 *norm, int norm_silu, int *bias_done, loco_err *err) {
+    if (pl->cudnn) {
+        /* a shape cuDNN has no plan for (or refuses) runs the route below, which rewrites y */
+        *bias_done = 0;
+        const loco_status st = cuda_conv_cudnn(c, y, x, w, pl->wp, p, err);
+        if (st != LOCO_EUNSUPPORTED || c->cudnn_strict) return st;
+        loco_err_clear(err);
+    }
     *bias_done = 1;
     if (pl->wgmma) return cuda_conv_wgmma(c, y, x, w, pl->wp, bias, p, err);
     if (pl->tma) return cuda_conv_tma(c, y, x, w, pl->wp, bias, NULL, NULL, norm, norm_silu, err);

@@ -113,7 +113,11 @@ typedef enum cuda_conv_algo {
     CUDA_CONV_WGMMA,    /* conv_wgmma.cu where it applies (experimental), else AUTO */
     CUDA_CONV_ROWS,     /* conv_rows.cu's row-tap GEMMs wherever they apply, else AUTO */
     CUDA_CONV_TMA,      /* conv_tma.cu where it applies (experimental), else AUTO */
+    CUDA_CONV_CUDNN,    /* cuDNN where it has a plan (conv_cudnn.cu, experimental), else AUTO */
 } cuda_conv_algo;
+
+/* Which convs conv_cudnn.cu is asked to take (c->cudnn_conv, a mask). */
+enum { CUDA_CUDNN_CONV_F16 = 1 /* and bf16 */, CUDA_CUDNN_CONV_F32 = 2 };
 
 /* How a warp-specialised kernel's producer loads a stage (gemm_wgmma.cu:
  * LOCO_CUDA_GEMM_WGMMA_LOAD; attention_wgmma_ws.cu: LOCO_CUDA_FLASH_LOAD; cp.async|arrive|tma). */
@@ -175,11 +179,17 @@ typedef struct cuda_impl {
     int ln_fold; /* LOCO_CUDA_LN_FOLD=1: loco_ln_linear on that kernel's TMA form, the LayerNorm
                   * applied to its stages (experimental); 0: the LayerNorm, then the GEMM */
     void *tensor_map_encode; /* the driver's cuTensorMapEncodeTiled (setup, for the TMA form), or NULL */
-    int cudnn_wanted;          /* LOCO_CUDA_FLASH=cudnn: self-attention by cuDNN's SDPA where it applies
+    int cudnn_attention;       /* LOCO_CUDA_FLASH=cudnn: self-attention by cuDNN's SDPA where it applies
                                 * (attention_cudnn.cu, experimental) */
+    int cudnn_conv;            /* convolutions that are not 1x1 by cuDNN (conv_cudnn.cu, experimental):
+                                * CUDA_CUDNN_CONV_* of the dtypes it takes (LOCO_CUDA_CONV=cudnn: all;
+                                * LOCO_CUDA_CONV_F32=cudnn: f32); 0: off */
+    int64_t cudnn_chunk_elems; /* ... a conv's x and y per cuDNN call stay under this many elements:
+                                * 2^31 - 1 (its 32-bit indexing), or LOCO_CUDA_CUDNN_CHUNK (tests) */
     int cudnn_strict;          /* LOCO_CUDA_CUDNN_STRICT=1 (tests): a shape cuDNN has no plan for is
                                 * the call's error, not our kernel's job */
-    struct cuda_cudnn *cudnn;  /* ... its library, handle and plans; NULL when off or unavailable */
+    struct cuda_cudnn *cudnn;  /* cuDNN's library, handle and plans (cudnn_lib.cu), when either
+                                * route wants it; NULL when neither does or it is unavailable */
     char cudnn_why[192];       /* ... why unavailable */
     int flash_short; /* 1: attention over at most 80 keys (text cross-attention) takes
                       * attention_short.cu's kernel, whatever LOCO_CUDA_FLASH picks for the
@@ -325,12 +335,17 @@ loco_status cuda_attention_short_setup(cuda_impl *c, loco_err *err);
 int cuda_attention_short_applies(const cuda_impl *c, int64_t D, int64_t lk);
 loco_status cuda_attention_short(cuda_impl *c, loco_dtype dt, int D, int heads, int samples,
                                  const struct fa_params *fp, loco_err *err);
+/* cuDNN (cudnn_lib.cu): setup opens libcudnn.so.9 when c->cudnn_attention or c->cudnn_conv
+ * asks for it (its absence leaves c->cudnn NULL and says why in c->cudnn_why, never failing the
+ * backend); version: e.g. 91900, 0 when not open. */
+loco_status cuda_cudnn_setup(cuda_impl *c, loco_err *err);
+void cuda_cudnn_destroy(cuda_impl *c);
+size_t cuda_cudnn_version(const cuda_impl *c);
 /* Self-attention through cuDNN's fused SDPA forward (attention_cudnn.cu, experimental: only
- * under LOCO_CUDA_FLASH=cudnn). setup opens libcudnn.so.9 when c->cudnn_wanted (its absence
- * leaves c->cudnn NULL and says why in c->cudnn_why, never failing the backend); applies: the
- * route is up, f16/bf16, not causal, every sample on its own K/V, head dim a multiple of 8 up to
- * 256; the call returns LOCO_EUNSUPPORTED when cuDNN has no plan for the shape (the caller runs
- * its own kernel then). Rows are 16-byte aligned (the caller checks), strides in elements. */
+ * under LOCO_CUDA_FLASH=cudnn, cuDNN 9.13.1 or later). applies: the route is up, f16/bf16, not
+ * causal, every sample on its own K/V, head dim a multiple of 8 up to 256; the call returns
+ * LOCO_EUNSUPPORTED when cuDNN has no plan for the shape (the caller runs its own kernel then).
+ * Rows are 16-byte aligned (the caller checks), strides in elements. */
 typedef struct cuda_sdpa_call {
     loco_dtype dt;
     int64_t B, H, Lq, Lk, D;
@@ -339,8 +354,6 @@ typedef struct cuda_sdpa_call {
     int64_t q_rs, kv_rs, o_rs; /* elements between consecutive rows (tokens) */
     float scale;
 } cuda_sdpa_call;
-loco_status cuda_attention_cudnn_setup(cuda_impl *c, loco_err *err);
-void cuda_attention_cudnn_destroy(cuda_impl *c);
 int cuda_attention_cudnn_applies(const cuda_impl *c, loco_dtype dt, int64_t D, int causal, int own_kv);
 loco_status cuda_attention_cudnn(cuda_impl *c, const cuda_sdpa_call *s, loco_err *err);
 /* ", attention: cuDNN ... SDPA ..." / ", attention: cuDNN unavailable (why)" / "" into buf. */
@@ -387,6 +400,16 @@ int cuda_conv_tma_fits(const cuda_impl *c, const loco_tensor *y, const loco_tens
 loco_status cuda_conv_tma(cuda_impl *c, loco_tensor *y, const loco_tensor *x, const loco_tensor *w, const void *wdata,
                           const loco_tensor *bias, const loco_tensor *sample_bias, const loco_tensor *residual,
                           const float2 *norm, int norm_silu, loco_err *err);
+
+/* Convolutions through cuDNN (conv_cudnn.cu, experimental: only under LOCO_CUDA_CONV=cudnn or
+ * LOCO_CUDA_CONV_F32=cudnn). applies: the route is up and takes this dtype, x and y 16-byte aligned, one sample
+ * under 2^31 elements; the call writes y = conv(x, wdata) (wdata: w in y's dtype; the bias is the
+ * caller's) and returns LOCO_EUNSUPPORTED when cuDNN has no plan for the shape (the caller runs
+ * its own route then, which rewrites all of y). describe: ", conv: cuDNN ..." or "" into buf. */
+int cuda_conv_cudnn_applies(const cuda_impl *c, const loco_tensor *y, const loco_tensor *x, const loco_tensor *w);
+loco_status cuda_conv_cudnn(cuda_impl *c, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
+                            const void *wdata, const loco_conv2d_params *p, loco_err *err);
+const char *cuda_conv_cudnn_describe(const cuda_impl *c, char *buf, size_t n);
 
 /* ---- vtable hooks, one group per file --------------------------------------------------------- */
 

@@ -1,7 +1,7 @@
 /* test_cuda_optin.c: the CUDA backend's opt-in and experimental paths against the CPU backend,
  * as test_cuda_ops.c checks the default ones: im2col beside the GEMM on a side stream, GEMM
  * autotuning, the Hopper (sm_90a) wgmma kernels with their layout self-test, the LayerNorm
- * folded into gemm_wgmma.cu's GEMMs, and cuDNN's fused attention. Each test
+ * folded into gemm_wgmma.cu's GEMMs, cuDNN's fused attention and its convolutions. Each test
  * creates its backends under the LOCO_CUDA_* switch it tests and first checks, from the
  * backend's description, that the path is really in use where the device has it.
  *
@@ -249,6 +249,68 @@ TEST(cuda_attention_cudnn_dims) {
     ok = ok && check_attention_packed(LOCO_F16, 2, 300, 8, 40, NULL, 314);
     ok = ok && check_attention_packed(LOCO_BF16, 2, 130, 5, 64, NULL, 315);
     cudnn_route_off();
+    CHECK(ok);
+}
+
+/* LOCO_CUDA_CONV=cudnn: every conv that is not 1x1 through cuDNN (conv_cudnn.cu, experimental),
+ * strict as the attention above: a shape cuDNN has no plan for fails here. The UNet's and VAE's
+ * kinds of conv in all three dtypes (f32 as TF32, as PyTorch runs it), stride 2, the VAE
+ * encoder's bottom-right padding, a 5x3 and a 1x3 kernel, few output channels (conv_out), no
+ * bias, each run twice for the same bits (engines whose results vary are refused); the fused
+ * ResNet conv (its GroupNorm through the scratch tensor, the epilogue terms in conv.cu's pass);
+ * and samples in chunks (LOCO_CUDA_CUDNN_CHUNK: 2 + 2 + 1, two plans of one conv). On the
+ * emulator the route is off and says so, and every conv runs conv.cu's own routes. */
+static int conv_cudnn_route_on(int emulated) {
+    setenv("LOCO_CUDA_CUDNN_STRICT", "1", 1);
+    return conv_route_described("cudnn", emulated ? "conv: cuDNN for convs unavailable (not on the CUDA emulator)"
+                                                  : "for convs that are not 1x1 (experimental)");
+}
+
+TEST(cuda_conv2d_cudnn) {
+    GPU_ENV(e, LOCO_F16, 330);
+    const int emulated = strstr(loco_backend_describe(e.gpu), "emulator") != NULL;
+    genv_close(&e);
+    const char *cd = "cudnn";
+    int ok = conv_cudnn_route_on(emulated);
+    ok = ok && check_conv(cd, LOCO_F16, 2, 64, 16, 16, 64, 3, 3, 1, 1, 1, 1, 1, 1, 331);    /* a UNet level */
+    ok = ok && check_conv(cd, LOCO_BF16, 3, 40, 13, 16, 72, 3, 3, 1, 1, 1, 1, 1, 1, 332);   /* odd sizes */
+    ok = ok && check_conv(cd, LOCO_F32, 2, 32, 24, 24, 48, 3, 3, 1, 1, 1, 1, 1, 1, 333);    /* the f32 VAE's */
+    ok = ok && check_conv(cd, LOCO_F16, 2, 32, 16, 16, 32, 3, 3, 2, 1, 1, 1, 1, 1, 334);    /* downsampler */
+    ok = ok && check_conv(cd, LOCO_F32, 1, 16, 16, 16, 16, 3, 3, 2, 0, 1, 0, 1, 1, 335);    /* VAE encoder's */
+    ok = ok && check_conv(cd, LOCO_F16, 2, 16, 12, 16, 24, 5, 3, 1, 2, 2, 1, 1, 0, 336);    /* 5x3, no bias */
+    ok = ok && check_conv(cd, LOCO_BF16, 1, 24, 10, 8, 40, 1, 3, 1, 0, 0, 1, 1, 1, 337);    /* 1x3 */
+    ok = ok && check_conv(cd, LOCO_F16, 2, 64, 16, 16, 4, 3, 3, 1, 1, 1, 1, 1, 1, 338);     /* UNet conv_out */
+    ok = ok && check_conv(cd, LOCO_F32, 1, 32, 32, 32, 3, 3, 3, 1, 1, 1, 1, 1, 1, 339);     /* VAE conv_out */
+    ok = ok && check_conv(cd, LOCO_F16, 2, 4, 16, 16, 64, 3, 3, 1, 1, 1, 1, 1, 1, 340);     /* conv_in, Cin 4 */
+    const fused_case fused[] = {
+        {"cudnn", LOCO_F16, 2, 64, 8, 16, 64, 3, 32, 1, 1, 1, 1}, /* the ResNet's conv2 with all terms */
+        {"cudnn", LOCO_F32, 2, 64, 8, 8, 32, 3, 32, 1, 0, 0, 1},  /* the f32 VAE's conv1: the norm alone */
+    };
+    for (size_t i = 0; i < sizeof fused / sizeof fused[0]; i++) ok = ok && check_conv_fused(&fused[i], 341 + i);
+    setenv("LOCO_CUDA_CUDNN_CHUNK", "8192", 1); /* 2 samples of 16x16x16 per call: 2 + 2 + 1 */
+    ok = ok && check_conv(cd, LOCO_F16, 5, 16, 16, 16, 16, 3, 3, 1, 1, 1, 1, 1, 1, 343);
+    unsetenv("LOCO_CUDA_CUDNN_CHUNK");
+    unsetenv("LOCO_CUDA_CUDNN_STRICT");
+    CHECK(ok);
+}
+
+/* LOCO_CUDA_CONV_F32=cudnn: cuDNN for the f32 convs alone (SD-XL's upcast VAE decoder); f16 ones
+ * keep the routes LOCO_CUDA_CONV picks (the automatic one here, then conv_tma.cu's beside it),
+ * whatever cuDNN would do with them. Strict: an f32 shape without a plan fails. */
+TEST(cuda_conv2d_cudnn_f32) {
+    GPU_ENV(e, LOCO_F16, 350);
+    const int emulated = strstr(loco_backend_describe(e.gpu), "emulator") != NULL;
+    genv_close(&e);
+    setenv("LOCO_CUDA_CONV_F32", "cudnn", 1);
+    setenv("LOCO_CUDA_CUDNN_STRICT", "1", 1);
+    int ok = gpu_describe_has(emulated ? "conv: cuDNN for f32 convs unavailable (not on the CUDA emulator)"
+                                       : "for f32 convs that are not 1x1 (experimental)");
+    ok = ok && check_conv(NULL, LOCO_F32, 2, 32, 24, 24, 48, 3, 3, 1, 1, 1, 1, 1, 1, 351);
+    ok = ok && check_conv(NULL, LOCO_F16, 2, 64, 16, 16, 64, 3, 3, 1, 1, 1, 1, 1, 1, 352);
+    ok = ok && check_conv("tma", LOCO_F16, 1, 64, 4, 64, 64, 3, 3, 1, 1, 1, 1, 1, 1, 353);
+    ok = ok && check_conv("tma", LOCO_F32, 1, 64, 8, 8, 32, 3, 3, 1, 1, 1, 1, 1, 1, 354);
+    unsetenv("LOCO_CUDA_CUDNN_STRICT");
+    unsetenv("LOCO_CUDA_CONV_F32");
     CHECK(ok);
 }
 

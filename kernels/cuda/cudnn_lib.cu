@@ -1,0 +1,413 @@
+/* cudnn_lib.cu: cuDNN's graph API opened at run time, and the plans its users share (see
+ * cudnn_lib.cuh). Host code only. */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cudnn_lib.cuh"
+
+#ifndef LOCO_HAVE_CUDNN
+
+loco_status cuda_cudnn_setup(cuda_impl *c, loco_err *err) {
+    (void)err;
+    if (!c->cudnn_attention && !c->cudnn_conv) return LOCO_OK;
+#ifdef LOCO_CUDA_EMU
+    snprintf(c->cudnn_why, sizeof c->cudnn_why, "not on the CUDA emulator");
+#else
+    snprintf(c->cudnn_why, sizeof c->cudnn_why, "built without cuDNN's headers");
+#endif
+    return LOCO_OK;
+}
+void cuda_cudnn_destroy(cuda_impl *c) { (void)c; }
+size_t cuda_cudnn_version(const cuda_impl *c) {
+    (void)c;
+    return 0;
+}
+
+#else
+
+#include <dlfcn.h>
+
+loco_status cudnn_fail(const cuda_cudnn *n, cudnnStatus_t st, const char *what, loco_status code, loco_err *err) {
+    char last[256] = "";
+    if (n->f.get_last_error_string) n->f.get_last_error_string(last, sizeof last);
+    return loco_err_set(err, code, "%s: %s%s%.200s", what, n->f.get_error_string(st), last[0] ? ": " : "", last);
+}
+
+loco_status cudnn_open_library(cuda_cudnn **out, char *why, size_t why_n) {
+    *out = NULL;
+    cuda_cudnn *n = (cuda_cudnn *)calloc(1, sizeof *n);
+    if (!n) {
+        snprintf(why, why_n, "out of host memory");
+        return LOCO_ENOMEM;
+    }
+    const char *path = getenv("LOCO_CUDNN_LIB");
+    if (!path || !path[0]) path = "libcudnn.so.9";
+    /* never unloaded: its libraries carry a static CUDA runtime, and a process that creates many
+     * backends (tests) would load it again for each */
+    n->lib = dlopen(path, RTLD_NOW | RTLD_LOCAL | RTLD_NODELETE);
+    if (!n->lib) {
+        snprintf(why, why_n, "%.60s not loadable: %.110s", path, dlerror());
+        free(n);
+        return LOCO_EUNSUPPORTED;
+    }
+    struct {
+        const char *name;
+        void **slot;
+    } syms[] = {
+        {"cudnnGetVersion", (void **)&n->f.get_version},
+        {"cudnnGetErrorString", (void **)&n->f.get_error_string},
+        {"cudnnCreate", (void **)&n->f.create},
+        {"cudnnDestroy", (void **)&n->f.destroy},
+        {"cudnnSetStream", (void **)&n->f.set_stream},
+        {"cudnnBackendCreateDescriptor", (void **)&n->f.create_descriptor},
+        {"cudnnBackendDestroyDescriptor", (void **)&n->f.destroy_descriptor},
+        {"cudnnBackendFinalize", (void **)&n->f.finalize},
+        {"cudnnBackendSetAttribute", (void **)&n->f.set_attribute},
+        {"cudnnBackendGetAttribute", (void **)&n->f.get_attribute},
+        {"cudnnBackendExecute", (void **)&n->f.execute},
+    };
+    for (size_t i = 0; i < sizeof syms / sizeof syms[0]; i++)
+        if (!(*syms[i].slot = dlsym(n->lib, syms[i].name))) {
+            snprintf(why, why_n, "%.100s lacks %s", path, syms[i].name);
+            dlclose(n->lib);
+            free(n);
+            return LOCO_EUNSUPPORTED;
+        }
+    *(void **)&n->f.get_last_error_string = dlsym(n->lib, "cudnnGetLastErrorString");
+    n->version = n->f.get_version();
+    *out = n;
+    return LOCO_OK;
+}
+
+static void plan_clear(cuda_cudnn *n, cudnn_plan *p) {
+    if (p->plan) n->f.destroy_descriptor(p->plan);
+    if (p->cfg) n->f.destroy_descriptor(p->cfg);
+    for (int i = p->ndesc - 1; i >= 0; i--) n->f.destroy_descriptor(p->desc[i]);
+    memset(p, 0, sizeof *p);
+}
+
+void cudnn_close_library(cuda_cudnn *n) {
+    if (!n) return;
+    for (int i = 0; i < n->nplans; i++) plan_clear(n, &n->plans[i]);
+    free(n->plans);
+    if (n->handle) n->f.destroy(n->handle);
+    dlclose(n->lib);
+    free(n);
+}
+
+loco_status cuda_cudnn_setup(cuda_impl *c, loco_err *err) {
+    (void)err; /* the routes' absence is said in the description, never a failed backend */
+    if (!c->cudnn_attention && !c->cudnn_conv) return LOCO_OK;
+    cuda_cudnn *n = NULL;
+    if (cudnn_open_library(&n, c->cudnn_why, sizeof c->cudnn_why) != LOCO_OK) return LOCO_OK;
+    cudnnStatus_t st;
+    if (!(n->plans = (cudnn_plan *)calloc(CUDNN_PLANS, sizeof *n->plans)))
+        snprintf(c->cudnn_why, sizeof c->cudnn_why, "out of host memory");
+    else if ((st = n->f.create(&n->handle)) != CUDNN_STATUS_SUCCESS) {
+        n->handle = NULL;
+        snprintf(c->cudnn_why, sizeof c->cudnn_why, "cudnnCreate: %s", n->f.get_error_string(st));
+    } else if ((st = n->f.set_stream(n->handle, c->stream)) != CUDNN_STATUS_SUCCESS)
+        snprintf(c->cudnn_why, sizeof c->cudnn_why, "cudnnSetStream: %s", n->f.get_error_string(st));
+    if (c->cudnn_why[0]) {
+        cudnn_close_library(n);
+        cudaGetLastError(); /* (our runtime's state; cuDNN's own runtime keeps its errors) */
+        return LOCO_OK;
+    }
+    c->cudnn = n;
+    return LOCO_OK;
+}
+
+void cuda_cudnn_destroy(cuda_impl *c) {
+    cudnn_close_library(c->cudnn);
+    c->cudnn = NULL;
+}
+
+size_t cuda_cudnn_version(const cuda_impl *c) { return c->cudnn ? c->cudnn->version : 0; }
+
+loco_status cudnn_desc_new(cuda_cudnn *n, cudnn_plan *p, cudnnBackendDescriptorType_t type,
+                           cudnnBackendDescriptor_t *out, loco_err *err) {
+    *out = NULL;
+    if (p->ndesc == CUDNN_PLAN_DESCS) return loco_err_set(err, LOCO_EUNSUPPORTED, "cuDNN: too many descriptors");
+    CUDNN_TRY(n, n->f.create_descriptor(type, out), "creating a descriptor");
+    p->desc[p->ndesc++] = *out;
+    return LOCO_OK;
+}
+
+loco_status cudnn_tensor(cuda_cudnn *n, cudnn_plan *p, int64_t uid, cudnnDataType_t dt, int nd, const int64_t *dims,
+                         const int64_t *strides, int64_t align, bool by_value, cudnnBackendDescriptor_t *out,
+                         loco_err *err) {
+    cudnnBackendDescriptor_t t;
+    CUDA_TRY(cudnn_desc_new(n, p, CUDNN_BACKEND_TENSOR_DESCRIPTOR, &t, err));
+    CUDNN_TRY(n, n->f.set_attribute(t, CUDNN_ATTR_TENSOR_DATA_TYPE, CUDNN_TYPE_DATA_TYPE, 1, &dt), "tensor type");
+    CUDNN_TRY(n, n->f.set_attribute(t, CUDNN_ATTR_TENSOR_DIMENSIONS, CUDNN_TYPE_INT64, nd, dims), "tensor dims");
+    CUDNN_TRY(n, n->f.set_attribute(t, CUDNN_ATTR_TENSOR_STRIDES, CUDNN_TYPE_INT64, nd, strides), "tensor strides");
+    CUDNN_TRY(n, n->f.set_attribute(t, CUDNN_ATTR_TENSOR_UNIQUE_ID, CUDNN_TYPE_INT64, 1, &uid), "tensor uid");
+    CUDNN_TRY(n, n->f.set_attribute(t, CUDNN_ATTR_TENSOR_BYTE_ALIGNMENT, CUDNN_TYPE_INT64, 1, &align),
+              "tensor alignment");
+    if (by_value)
+        CUDNN_TRY(n, n->f.set_attribute(t, CUDNN_ATTR_TENSOR_IS_BY_VALUE, CUDNN_TYPE_BOOLEAN, 1, &by_value),
+                  "tensor by value");
+    CUDNN_TRY(n, n->f.finalize(t), "tensor finalize");
+    *out = t;
+    return LOCO_OK;
+}
+
+loco_status cudnn_graph_of(cuda_cudnn *n, cudnn_plan *p, cudnnBackendDescriptor_t op, cudnnBackendDescriptor_t *out,
+                           loco_err *err) {
+    cudnnBackendDescriptor_t g;
+    CUDA_TRY(cudnn_desc_new(n, p, CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR, &g, err));
+    if (n->handle)
+        CUDNN_TRY(n, n->f.set_attribute(g, CUDNN_ATTR_OPERATIONGRAPH_HANDLE, CUDNN_TYPE_HANDLE, 1, &n->handle),
+                  "operation graph handle");
+    CUDNN_TRY(n, n->f.set_attribute(g, CUDNN_ATTR_OPERATIONGRAPH_OPS, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &op),
+              "operation graph ops");
+    CUDNN_TRY(n, n->f.finalize(g), "operation graph finalize");
+    *out = g;
+    return LOCO_OK;
+}
+
+/* Whether cfg's engine has a numerical note we refuse: inputs converted down (f32 run as f16),
+ * results that differ run to run (a replayed graph must give the same bits), FFT (its rounding
+ * is far from a direct convolution's, and its workspace large). A note that cannot be read does
+ * not refuse. */
+static int cfg_refused(cuda_cudnn *n, cudnnBackendDescriptor_t cfg) {
+    cudnnBackendDescriptor_t engine = NULL;
+    if (n->f.create_descriptor(CUDNN_BACKEND_ENGINE_DESCRIPTOR, &engine) != CUDNN_STATUS_SUCCESS) return 0;
+    int64_t count = 0;
+    cudnnBackendNumericalNote_t notes[CUDNN_NUMERICAL_NOTE_TYPE_COUNT];
+    int refused = 0;
+    if (n->f.get_attribute(cfg, CUDNN_ATTR_ENGINECFG_ENGINE, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &count, &engine) ==
+            CUDNN_STATUS_SUCCESS &&
+        n->f.get_attribute(engine, CUDNN_ATTR_ENGINE_NUMERICAL_NOTE, CUDNN_TYPE_NUMERICAL_NOTE,
+                           CUDNN_NUMERICAL_NOTE_TYPE_COUNT, &count, notes) == CUDNN_STATUS_SUCCESS)
+        for (int64_t i = 0; i < count && i < CUDNN_NUMERICAL_NOTE_TYPE_COUNT; i++)
+            refused |= notes[i] == CUDNN_NUMERICAL_NOTE_DOWN_CONVERT_INPUTS ||
+                       notes[i] == CUDNN_NUMERICAL_NOTE_NONDETERMINISTIC || notes[i] == CUDNN_NUMERICAL_NOTE_FFT;
+    n->f.destroy_descriptor(engine);
+    return refused;
+}
+
+/* A finalized plan of cfg and its workspace, or the failure. */
+static loco_status plan_of_cfg(cuda_cudnn *n, cudnnBackendDescriptor_t cfg, cudnnBackendDescriptor_t *out,
+                               int64_t *workspace, loco_err *err) {
+    cudnnBackendDescriptor_t plan = NULL;
+    cudnnStatus_t st = n->f.create_descriptor(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR, &plan);
+    if (st == CUDNN_STATUS_SUCCESS)
+        st = n->f.set_attribute(plan, CUDNN_ATTR_EXECUTION_PLAN_HANDLE, CUDNN_TYPE_HANDLE, 1, &n->handle);
+    if (st == CUDNN_STATUS_SUCCESS)
+        st = n->f.set_attribute(plan, CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &cfg);
+    if (st == CUDNN_STATUS_SUCCESS) st = n->f.finalize(plan); /* runtime-compiled engines compile here */
+    int64_t one = 0;
+    if (st == CUDNN_STATUS_SUCCESS)
+        st = n->f.get_attribute(plan, CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE, CUDNN_TYPE_INT64, 1, &one, workspace);
+    if (st == CUDNN_STATUS_SUCCESS && *workspace > CUDNN_WORKSPACE_MAX) {
+        n->f.destroy_descriptor(plan);
+        return loco_err_set(err, LOCO_EUNSUPPORTED, "execution plan: wants %lld MiB of workspace",
+                            (long long)(*workspace >> 20));
+    }
+    if (st != CUDNN_STATUS_SUCCESS) {
+        if (plan) n->f.destroy_descriptor(plan);
+        return cudnn_fail(n, st, "execution plan", LOCO_EUNSUPPORTED, err);
+    }
+    *out = plan;
+    return LOCO_OK;
+}
+
+static loco_status execute(cuda_impl *c, cudnnBackendDescriptor_t plan, int64_t workspace, const cudnn_args *a,
+                           cudnnStatus_t *status, loco_err *err) {
+    cuda_cudnn *n = c->cudnn;
+    *status = CUDNN_STATUS_SUCCESS;
+    void *ws = NULL;
+    if (workspace > 0) CUDA_TRY(cuda_alloc_get(c, (size_t)workspace, &ws, err));
+    cudnnBackendDescriptor_t pack = NULL;
+    cudnnStatus_t st = n->f.create_descriptor(CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR, &pack);
+    if (st == CUDNN_STATUS_SUCCESS)
+        st = n->f.set_attribute(pack, CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS, CUDNN_TYPE_INT64, a->n, a->uids);
+    if (st == CUDNN_STATUS_SUCCESS)
+        st = n->f.set_attribute(pack, CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS, CUDNN_TYPE_VOID_PTR, a->n, a->ptrs);
+    if (st == CUDNN_STATUS_SUCCESS)
+        st = n->f.set_attribute(pack, CUDNN_ATTR_VARIANT_PACK_WORKSPACE, CUDNN_TYPE_VOID_PTR, 1, &ws);
+    if (st == CUDNN_STATUS_SUCCESS) st = n->f.finalize(pack);
+    if (st == CUDNN_STATUS_SUCCESS) st = n->f.execute(n->handle, plan, pack);
+    if (pack) n->f.destroy_descriptor(pack);
+    if (ws) cuda_alloc_put(c, ws); /* stream-ordered, as every block of the allocator */
+    *status = st;
+    if (st == CUDNN_STATUS_SUCCESS) return LOCO_OK;
+    /* refused before anything ran (LOCO_EUNSUPPORTED), or failed on the device */
+    return cudnn_fail(n, st, "execute", st == CUDNN_STATUS_EXECUTION_FAILED ? LOCO_EDEVICE : LOCO_EUNSUPPORTED, err);
+}
+
+/* Milliseconds of one run of plan on the tuning arguments (a warm-up run, then the mean of three);
+ * LOCO_EUNSUPPORTED when cuDNN refuses to run it. */
+static loco_status time_plan(cuda_impl *c, cudnnBackendDescriptor_t plan, int64_t workspace, const cudnn_args *a,
+                             float *ms, loco_err *err) {
+    cudnnStatus_t st;
+    CUDA_TRY(execute(c, plan, workspace, a, &st, err));
+    cudaEvent_t ev[2] = {NULL, NULL};
+    loco_status s = cuda_check(cudaEventCreate(&ev[0]), "cudaEventCreate", err);
+    if (s == LOCO_OK) s = cuda_check(cudaEventCreate(&ev[1]), "cudaEventCreate", err);
+    if (s == LOCO_OK) s = cuda_check(cudaEventRecord(ev[0], c->stream), "cudaEventRecord", err);
+    for (int r = 0; r < 3 && s == LOCO_OK; r++) s = execute(c, plan, workspace, a, &st, err);
+    if (s == LOCO_OK) s = cuda_check(cudaEventRecord(ev[1], c->stream), "cudaEventRecord", err);
+    if (s == LOCO_OK) s = cuda_check(cudaEventSynchronize(ev[1]), "cuDNN tuning", err);
+    if (s == LOCO_OK) s = cuda_check(cudaEventElapsedTime(ms, ev[0], ev[1]), "cudaEventElapsedTime", err);
+    for (int i = 0; i < 2; i++)
+        if (ev[i]) cudaEventDestroy(ev[i]);
+    *ms /= 3.0f;
+    return s;
+}
+
+/* Chooses p's plan among the configurations of heuristics `mode` for graph: the first whose plan
+ * finalizes, or with tune, the fastest of the first CUDNN_TUNE_MAX that do. LOCO_EUNSUPPORTED
+ * (with the last failure) when none does; LOCO_EDEVICE when a timed run failed on the device. */
+static loco_status plan_from_heuristics(cuda_impl *c, cudnn_plan *p, cudnnBackendDescriptor_t graph,
+                                        cudnnBackendHeurMode_t mode, const cudnn_args *tune, loco_err *err) {
+    cuda_cudnn *n = c->cudnn;
+    enum { CFGS = 32 };
+    cudnnBackendDescriptor_t heur = NULL, cfgs[CFGS];
+    int64_t count = 0;
+    loco_status s = LOCO_OK;
+    cudnnStatus_t st = n->f.create_descriptor(CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR, &heur);
+    if (st == CUDNN_STATUS_SUCCESS)
+        st = n->f.set_attribute(heur, CUDNN_ATTR_ENGINEHEUR_OPERATION_GRAPH, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &graph);
+    if (st == CUDNN_STATUS_SUCCESS)
+        st = n->f.set_attribute(heur, CUDNN_ATTR_ENGINEHEUR_MODE, CUDNN_TYPE_HEUR_MODE, 1, &mode);
+    if (st == CUDNN_STATUS_SUCCESS) st = n->f.finalize(heur);
+    if (st == CUDNN_STATUS_SUCCESS)
+        st = n->f.get_attribute(heur, CUDNN_ATTR_ENGINEHEUR_RESULTS, CUDNN_TYPE_BACKEND_DESCRIPTOR, 0, &count, NULL);
+    if (st != CUDNN_STATUS_SUCCESS) {
+        s = cudnn_fail(n, st, "engine heuristics", LOCO_EUNSUPPORTED, err);
+        if (heur) n->f.destroy_descriptor(heur);
+        return s;
+    }
+    if (count > CFGS) count = CFGS;
+    int64_t made = 0;
+    for (; made < count; made++)
+        if (n->f.create_descriptor(CUDNN_BACKEND_ENGINECFG_DESCRIPTOR, &cfgs[made]) != CUDNN_STATUS_SUCCESS) break;
+    int64_t got = 0;
+    st = made ? n->f.get_attribute(heur, CUDNN_ATTR_ENGINEHEUR_RESULTS, CUDNN_TYPE_BACKEND_DESCRIPTOR, made, &got,
+                                   cfgs)
+              : CUDNN_STATUS_NOT_SUPPORTED;
+    s = st == CUDNN_STATUS_SUCCESS ? loco_err_set(err, LOCO_EUNSUPPORTED, "no engine for the shape")
+                                   : cudnn_fail(n, st, "engine configurations", LOCO_EUNSUPPORTED, err);
+    float best_ms = 0.0f;
+    int finalized = 0;
+    for (int64_t i = 0; st == CUDNN_STATUS_SUCCESS && i < got && finalized < (tune ? CUDNN_TUNE_MAX : 1); i++) {
+        if (cfg_refused(n, cfgs[i])) {
+            if (!p->plan) s = loco_err_set(err, LOCO_EUNSUPPORTED, "every engine for the shape has a refused numerical note");
+            continue;
+        }
+        cudnnBackendDescriptor_t plan = NULL;
+        int64_t workspace = 0;
+        loco_err why;
+        loco_err_clear(&why);
+        if (plan_of_cfg(n, cfgs[i], &plan, &workspace, &why) != LOCO_OK) {
+            if (!p->plan) s = loco_err_set(err, LOCO_EUNSUPPORTED, "%s", why.msg);
+            continue;
+        }
+        finalized++;
+        float ms = 0.0f;
+        loco_status ts = tune ? time_plan(c, plan, workspace, tune, &ms, &why) : LOCO_OK;
+        if (ts == LOCO_OK && (!p->plan || ms < best_ms)) {
+            if (p->plan) n->f.destroy_descriptor(p->plan);
+            if (p->cfg) n->f.destroy_descriptor(p->cfg);
+            p->plan = plan, p->cfg = cfgs[i], p->workspace = workspace, best_ms = ms;
+            cfgs[i] = NULL;
+            s = LOCO_OK;
+        } else {
+            n->f.destroy_descriptor(plan);
+            if (ts == LOCO_EDEVICE) { /* the device failed: nothing more runs on it */
+                s = loco_err_set(err, ts, "%s", why.msg);
+                break;
+            }
+            if (ts != LOCO_OK && !p->plan) s = loco_err_set(err, ts, "%s", why.msg);
+        }
+    }
+    if (tune && p->plan) p->timed = finalized;
+    for (int64_t i = 0; i < made; i++)
+        if (cfgs[i]) n->f.destroy_descriptor(cfgs[i]);
+    n->f.destroy_descriptor(heur);
+    return s;
+}
+
+loco_status cudnn_plan_get(cuda_impl *c, cudnn_plan_kind kind, const void *key, size_t key_n, cudnn_graph_fn build,
+                           const cudnn_args *tune, cudnn_plan **out, loco_err *err) {
+    cuda_cudnn *n = c->cudnn;
+    *out = NULL;
+    if (key_n > CUDNN_KEY_BYTES) return loco_err_set(err, LOCO_EUNSUPPORTED, "cuDNN: shape key too long");
+    unsigned char k[CUDNN_KEY_BYTES];
+    memset(k, 0, sizeof k);
+    memcpy(k, key, key_n);
+    for (int i = 0; i < n->nplans; i++) {
+        cudnn_plan *p = &n->plans[i];
+        if (p->kind != kind || memcmp(p->key, k, sizeof k) != 0) continue;
+        if (p->failed) return loco_err_set(err, LOCO_EUNSUPPORTED, "%s", p->why);
+        *out = p;
+        return LOCO_OK;
+    }
+    cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
+    if (cudaStreamIsCapturing(c->stream, &cs) != cudaSuccess || cs != cudaStreamCaptureStatusNone)
+        return loco_err_set(err, LOCO_EUNSUPPORTED, "no plan for the shape yet, and none is built while a graph is "
+                                                   "captured");
+    if (n->nplans == CUDNN_PLANS)
+        return loco_err_set(err, LOCO_EUNSUPPORTED, "%d shapes have plans already", CUDNN_PLANS);
+    cudnn_plan *p = &n->plans[n->nplans++];
+    p->kind = kind;
+    memcpy(p->key, k, sizeof k);
+    loco_err why;
+    loco_err_clear(&why);
+    cudnnBackendDescriptor_t graph = NULL;
+    loco_status s = build(n, p, key, &graph, &why);
+    if (s == LOCO_OK) s = plan_from_heuristics(c, p, graph, CUDNN_HEUR_MODE_A, tune, &why);
+    if (s == LOCO_EUNSUPPORTED && !p->plan) {
+        loco_err_clear(&why);
+        s = plan_from_heuristics(c, p, graph, CUDNN_HEUR_MODE_FALLBACK, tune, &why);
+    }
+    if (s == LOCO_EDEVICE) { /* not the shape's fault: no verdict is cached */
+        plan_clear(n, p);
+        n->nplans--;
+        return loco_err_set(err, s, "%s", why.msg);
+    }
+    if (s != LOCO_OK) {
+        /* keep only the key and the reason: no retry (and no recompilation) for this shape */
+        char reason[sizeof p->why];
+        snprintf(reason, sizeof reason, "%.199s", why.msg);
+        plan_clear(n, p);
+        p->kind = kind;
+        memcpy(p->key, k, sizeof k);
+        p->failed = 1;
+        memcpy(p->why, reason, sizeof reason);
+        return loco_err_set(err, LOCO_EUNSUPPORTED, "%s", p->why);
+    }
+    *out = p;
+    return LOCO_OK;
+}
+
+loco_status cudnn_graph_check(cudnn_graph_fn build, const void *key, loco_err *err) {
+    cuda_cudnn *n = NULL;
+    char why[192] = "";
+    if (cudnn_open_library(&n, why, sizeof why) != LOCO_OK)
+        return loco_err_set(err, LOCO_EUNSUPPORTED, "cuDNN unavailable: %s", why);
+    cudnn_plan p;
+    memset(&p, 0, sizeof p);
+    cudnnBackendDescriptor_t graph = NULL;
+    const loco_status s = build(n, &p, key, &graph, err);
+    plan_clear(n, &p);
+    cudnn_close_library(n);
+    return s;
+}
+
+loco_status cudnn_plan_run(cuda_impl *c, cudnn_plan *p, const cudnn_args *a, loco_err *err) {
+    cudnnStatus_t st = CUDNN_STATUS_SUCCESS;
+    const loco_status s = execute(c, p->plan, p->workspace, a, &st, err);
+    if (s == LOCO_EUNSUPPORTED && st != CUDNN_STATUS_SUCCESS) {
+        /* a plan that finalized but does not take these pointers: later calls skip the shape */
+        p->failed = 1;
+        snprintf(p->why, sizeof p->why, "%.199s", err ? err->msg : "execute refused");
+    }
+    return s;
+}
+
+#endif /* LOCO_HAVE_CUDNN */

@@ -1,0 +1,117 @@
+/* test_cudnn_graphs.c: cuDNN accepts the operation graphs of the CUDA backend's cuDNN routes
+ * (LOCO_CUDA_CONV=cudnn, LOCO_CUDA_FLASH=cudnn) for every conv and self-attention shape of
+ * SD 1.5 and SD-XL at batch 8 (16 samples with guidance), their VAEs, and the dtypes they run in.
+ *
+ * Building a graph up to its finalize needs the library but no GPU, so this runs wherever
+ * libcudnn.so.9 loads (the toolkit of these machines carries it) and checks on a machine without
+ * a GPU what can be checked there: every attribute's name, type and value, and that cuDNN finds
+ * the tensors, padding and strides consistent (a y whose dims do not follow from x, w and the
+ * padding fails the operation's finalize). Engines, plans, numerics and speed need a GPU
+ * (test_cuda_optin's cuda_conv2d_cudnn and cuda_attention_cudnn). Skipped where the library is
+ * absent or loco was built without it (the emulator builds only test_cuda_*). */
+#include <string.h>
+
+#include "cuda_probe.h"
+#include "loco_test.h"
+
+typedef struct conv_case {
+    const char *what;
+    loco_dtype dt;
+    int64_t N, Cin, H, W, Cout, k;
+    int stride;
+    int pad[4];
+} conv_case;
+
+#define SAME3 {1, 1, 1, 1}
+#define NONE {0, 0, 0, 0}
+
+static const conv_case conv_cases[] = {
+    /* SD 1.5 UNet, 64x64 latents, batch 16 */
+    {"sd1 conv_in", LOCO_F16, 16, 4, 64, 64, 320, 3, 1, SAME3},
+    {"sd1 320@64", LOCO_F16, 16, 320, 64, 64, 320, 3, 1, SAME3},
+    {"sd1 down 320", LOCO_F16, 16, 320, 64, 64, 320, 3, 2, SAME3},
+    {"sd1 320->640@32", LOCO_F16, 16, 320, 32, 32, 640, 3, 1, SAME3},
+    {"sd1 1280@8", LOCO_F16, 16, 1280, 8, 8, 1280, 3, 1, SAME3},
+    {"sd1 2560->1280@16", LOCO_F16, 16, 2560, 16, 16, 1280, 3, 1, SAME3},
+    {"sd1 960->320@64", LOCO_F16, 16, 960, 64, 64, 320, 3, 1, SAME3},
+    {"sd1 conv_out", LOCO_F16, 16, 320, 64, 64, 4, 3, 1, SAME3},
+    /* SD-XL UNet, 128x128 latents, batch 16 */
+    {"sdxl 320@128", LOCO_F16, 16, 320, 128, 128, 320, 3, 1, SAME3},
+    {"sdxl 640@64", LOCO_F16, 16, 640, 64, 64, 640, 3, 1, SAME3},
+    {"sdxl 1280@32", LOCO_F16, 16, 1280, 32, 32, 1280, 3, 1, SAME3},
+    {"sdxl down 640", LOCO_F16, 16, 640, 64, 64, 640, 3, 2, SAME3},
+    {"sdxl bf16 320@128", LOCO_BF16, 16, 320, 128, 128, 320, 3, 1, SAME3},
+    /* VAE decoders: SD 1.5's in f16, SD-XL's upcast to f32 (TF32), batch 8, chunks of 4 where
+     * 8 samples reach 2^31 elements */
+    {"sd1 vae conv_in", LOCO_F16, 8, 4, 64, 64, 512, 3, 1, SAME3},
+    {"sd1 vae 512@128", LOCO_F16, 8, 512, 128, 128, 512, 3, 1, SAME3},
+    {"sdxl vae 512@128", LOCO_F32, 8, 512, 128, 128, 512, 3, 1, SAME3},
+    {"sdxl vae 256@512", LOCO_F32, 8, 512, 512, 512, 256, 3, 1, SAME3},
+    {"sdxl vae 256@1024 chunk", LOCO_F32, 4, 256, 1024, 1024, 256, 3, 1, SAME3},
+    {"sdxl vae 128@1024", LOCO_F32, 8, 128, 1024, 1024, 128, 3, 1, SAME3},
+    {"sdxl vae conv_out", LOCO_F32, 8, 128, 1024, 1024, 3, 3, 1, SAME3},
+    /* the VAE encoder's downsampler pads only bottom and right */
+    {"vae encoder down", LOCO_F32, 1, 128, 512, 512, 128, 3, 2, {0, 1, 0, 1}},
+    /* a 1x1 is a GEMM in the backend, but cuDNN takes it too */
+    {"1x1", LOCO_F16, 2, 64, 16, 16, 32, 1, 1, NONE},
+};
+
+TEST(cudnn_conv_graphs_finalize) {
+    int checked = 0;
+    for (size_t i = 0; i < sizeof conv_cases / sizeof conv_cases[0]; i++) {
+        const conv_case *c = &conv_cases[i];
+        loco_err err;
+        loco_err_clear(&err);
+        const loco_status st = loco_cuda_cudnn_conv_graph_check(c->dt, c->N, c->Cin, c->H, c->W, c->Cout, c->k, c->k,
+                                                                c->stride, c->pad, &err);
+        if (st == LOCO_EUNSUPPORTED && strncmp(err.msg, "cuDNN unavailable", 17) == 0) {
+            CHECK(checked == 0); /* the library does not come and go */
+            SKIP("%s", err.msg);
+        }
+        CHECK_MSG(st == LOCO_OK, "%s (%s): %s", c->what, loco_dtype_name(c->dt), err.msg);
+        checked++;
+    }
+}
+
+/* Shapes cuDNN must refuse say so, rather than build a graph: a kernel larger than the padded
+ * image has no output pixels. */
+TEST(cudnn_conv_graph_refuses_an_empty_output) {
+    loco_err err;
+    loco_err_clear(&err);
+    const int pad[4] = {0, 0, 0, 0};
+    loco_status st = loco_cuda_cudnn_conv_graph_check(LOCO_F16, 1, 8, 2, 2, 8, 3, 3, 1, pad, &err);
+    if (st == LOCO_EUNSUPPORTED && strncmp(err.msg, "cuDNN unavailable", 17) == 0) SKIP("%s", err.msg);
+    CHECK_MSG(st != LOCO_OK, "a 3x3 kernel over a 2x2 image built a graph");
+    CHECK(err.msg[0] != 0);
+}
+
+typedef struct sdpa_case {
+    const char *what;
+    int64_t B, H, L, D;
+} sdpa_case;
+
+static const sdpa_case sdpa_cases[] = {
+    {"sd1 64x64 level", 16, 8, 4096, 40},   {"sd1 32x32 level", 16, 8, 1024, 80},
+    {"sd1 16x16 level", 16, 8, 256, 160},   {"sdxl 64x64 level", 16, 10, 4096, 64},
+    {"sdxl 32x32 level", 16, 20, 1024, 64}, {"sd2 head dim 64", 16, 5, 4096, 64},
+};
+
+TEST(cudnn_sdpa_graphs_finalize) {
+    int checked = 0;
+    for (size_t i = 0; i < sizeof sdpa_cases / sizeof sdpa_cases[0]; i++)
+        for (int packed = 0; packed < 2; packed++)
+            for (int bf = 0; bf < 2; bf++) {
+                const sdpa_case *c = &sdpa_cases[i];
+                loco_err err;
+                loco_err_clear(&err);
+                const loco_dtype dt = bf ? LOCO_BF16 : LOCO_F16;
+                const loco_status st = loco_cuda_cudnn_sdpa_graph_check(dt, c->B, c->H, c->L, c->L, c->D, packed, &err);
+                if (st == LOCO_EUNSUPPORTED && strncmp(err.msg, "cuDNN unavailable", 17) == 0) {
+                    CHECK(checked == 0);
+                    SKIP("%s", err.msg);
+                }
+                CHECK_MSG(st == LOCO_OK, "%s (%s, %s): %s", c->what, loco_dtype_name(dt),
+                          packed ? "packed q|k|v" : "apart", err.msg);
+                checked++;
+            }
+}
