@@ -538,9 +538,11 @@ else
         say "op_bench --wgmma reported failures (see $DIR/ops_wgmma.err)"
     }
     # cuDNN's fused attention (LOCO_CUDA_FLASH=cudnn, session 16) on the attention rows it takes,
-    # in a process of its own too (plans compiled by NVRTC on first use: seconds, not minutes)
+    # and its convolutions (LOCO_CUDA_CONV=cudnn, session 17) on the 28 conv rows, in a process of
+    # their own too (plans compiled by NVRTC on first use, conv plans timed among six: seconds a
+    # shape; rows are flushed as they go, so a timeout keeps those done)
     # (strict: a row cuDNN has no plan for fails with cuDNN's reason, so it needs no test gate)
-    timeout 60 "${RUN[@]}" "$BIN_BENCH/op_bench" bench/gpu/ops.txt 10 --cudnn >>"$DIR/ops_loco.txt" \
+    timeout 90 "${RUN[@]}" "$BIN_BENCH/op_bench" bench/gpu/ops.txt 10 --cudnn >>"$DIR/ops_loco.txt" \
         2>"$DIR/ops_cudnn.err" || {
         tail -5 "$DIR/ops_cudnn.err"
         say "op_bench --cudnn reported failures (see $DIR/ops_cudnn.err)"

@@ -407,7 +407,7 @@ extern "C" loco_status cuda_op_attention(loco_backend *be, loco_tensor *out, con
         const loco_status s = (kv_rs * (int64_t)es) % 16 == 0 ? cuda_attention_cudnn(c, &call, err)
                                                               : loco_err_set(err, LOCO_EUNSUPPORTED, "cuDNN attention: "
                                                                              "K/V rows not 16-byte aligned");
-        if (s != LOCO_EUNSUPPORTED || c->cudnn_strict) return s;
+        if ((s != LOCO_EUNSUPPORTED && s != LOCO_EDEVICE_OOM) || c->cudnn_strict) return s;
         loco_err_clear(err);
     }
 

@@ -386,9 +386,15 @@ static loco_status conv_plan_make(cuda_impl *c, loco_tensor *y, const loco_tenso
     const int64_t Cin = x->shape[1], H = x->shape[2], W = x->shape[3];
     const int64_t Cout = w->shape[0], kh = w->shape[2], kw = w->shape[3];
     const int64_t P = y->shape[2] * y->shape[3];
-    CUDA_TRY(cuda_as_dtype(c, w, y->dtype, &pl->wp, &pl->w_tmp, err));
     const int pointwise =
         kh == 1 && kw == 1 && p->stride == 1 && !p->pad[0] && !p->pad[1] && !p->pad[2] && !p->pad[3];
+    /* tests: under LOCO_CUDA_CUDNN_STRICT=1 a conv the cuDNN route was asked to take is taken,
+     * or the call says why not (so a test never checks our route under cuDNN's name) */
+    if (!pointwise && c->cudnn_strict && cuda_conv_cudnn_asked(c, y->dtype) && !cuda_conv_cudnn_applies(c, y, x, w))
+        return loco_err_set(err, LOCO_EUNSUPPORTED, "cuda conv2d: cuDNN does not take this conv (%s, one sample of "
+                            "%lld x %lldx%lld elements) and LOCO_CUDA_CUDNN_STRICT=1 is set", cuda_dt(y->dtype),
+                            (long long)Cin, (long long)H, (long long)W);
+    CUDA_TRY(cuda_as_dtype(c, w, y->dtype, &pl->wp, &pl->w_tmp, err));
     const int fits_int = Cin * H * W < ((int64_t)1 << 31) && P < ((int64_t)1 << 31) &&
                          Cin * kh * kw < ((int64_t)1 << 31) && Cout < ((int64_t)1 << 31);
     pl->route = pointwise ? CONV_POINTWISE
@@ -415,10 +421,11 @@ static loco_status conv_run(cuda_impl *c, const conv_plan *pl, loco_tensor *y, c
                             const loco_tensor *w, const loco_tensor *bias, const loco_conv2d_params *p,
                             const float2 *norm, int norm_silu, int *bias_done, loco_err *err) {
     if (pl->cudnn) {
-        /* a shape cuDNN has no plan for (or refuses) runs the route below, which rewrites y */
+        /* a shape cuDNN has no plan for (or refuses, or whose workspace does not fit) runs the
+         * route below, which rewrites y */
         *bias_done = 0;
         const loco_status st = cuda_conv_cudnn(c, y, x, w, pl->wp, p, err);
-        if (st != LOCO_EUNSUPPORTED || c->cudnn_strict) return st;
+        if ((st != LOCO_EUNSUPPORTED && st != LOCO_EDEVICE_OOM) || c->cudnn_strict) return st;
         loco_err_clear(err);
     }
     *bias_done = 1;

@@ -12,7 +12,7 @@
  *
  * What it takes: every conv2d that is not 1x1 (those are one GEMM already), in the activation
  * dtypes (f32 as TF32 on tensor cores, PyTorch's default for cuDNN convs), NCHW as our tensors
- * are, 16-byte aligned, with any padding (asymmetric too: cuDNN's graph API has pre and post
+ * are (the pointers' alignment, up to 16 bytes, is part of the plan), with any padding (asymmetric too: cuDNN's graph API has pre and post
  * paddings) and stride. The bias, sample bias and residual stay with conv.cu's pass; a fused
  * conv's GroupNorm goes through the scratch tensor conv.cu has for routes without a gather.
  * cuDNN's kernels index with 32 bits: a batch whose input or output reaches 2^31 elements (the
@@ -45,6 +45,10 @@ static int64_t conv_chunk_samples(int64_t N, int64_t x_per, int64_t y_per, int64
 
 #ifndef LOCO_HAVE_CUDNN
 
+int cuda_conv_cudnn_asked(const cuda_impl *c, loco_dtype dt) {
+    (void)c, (void)dt;
+    return 0;
+}
 int cuda_conv_cudnn_applies(const cuda_impl *c, const loco_tensor *y, const loco_tensor *x, const loco_tensor *w) {
     (void)c, (void)y, (void)x, (void)w;
     (void)conv_chunk_samples;
@@ -74,19 +78,29 @@ typedef struct conv_key {
     loco_dtype dt;
     int32_t stride;
     int32_t pad[4]; /* top, bottom, left, right */
+    int32_t align;  /* bytes every chunk's x, y and w pointers are aligned to (a power of two <= 16) */
     int64_t N, Cin, H, W, Cout, kh, kw, Ho, Wo;
 } conv_key;
 
 enum { T_X = 0, T_W, T_Y, N_TENSORS };
 static const int64_t conv_uid[N_TENSORS] = {1, 2, 3};
 
+int cuda_conv_cudnn_asked(const cuda_impl *c, loco_dtype dt) {
+    return c->cudnn && (c->cudnn_conv & (dt == LOCO_F32 ? CUDA_CUDNN_CONV_F32 : CUDA_CUDNN_CONV_F16));
+}
+
 int cuda_conv_cudnn_applies(const cuda_impl *c, const loco_tensor *y, const loco_tensor *x, const loco_tensor *w) {
-    const int bit = y->dtype == LOCO_F32 ? CUDA_CUDNN_CONV_F32 : CUDA_CUDNN_CONV_F16;
-    if (!c->cudnn || !(c->cudnn_conv & bit)) return 0;
+    if (!cuda_conv_cudnn_asked(c, y->dtype)) return 0;
     const int64_t x_per = x->shape[1] * x->shape[2] * x->shape[3], y_per = y->shape[1] * y->shape[2] * y->shape[3];
     return (y->dtype == LOCO_F32 || y->dtype == LOCO_F16 || y->dtype == LOCO_BF16) && x->dtype == y->dtype &&
-           conv_chunk_samples(x->shape[0], x_per, y_per, c->cudnn_chunk_elems) > 0 && w->shape[1] == x->shape[1] &&
-           cuda_aligned(x->data, 16) && cuda_aligned(y->data, 16);
+           conv_chunk_samples(x->shape[0], x_per, y_per, c->cudnn_chunk_elems) > 0 && w->shape[1] == x->shape[1];
+}
+
+/* The largest power of two up to 16 that divides every one of v[0..n). */
+static int32_t common_alignment(const uintptr_t *v, int n) {
+    uintptr_t bits = 16;
+    for (int i = 0; i < n; i++) bits |= v[i];
+    return (int32_t)(bits & (~bits + 1));
 }
 
 /* Convolution forward (cross-correlation, as PyTorch's conv2d) alone in its graph, for key k. */
@@ -100,9 +114,9 @@ static loco_status conv_graph(cuda_cudnn *n, cudnn_plan *p, const void *key, cud
     const int64_t wd[4] = {k->Cout, k->Cin, k->kh, k->kw}, ws[4] = {k->Cin * k->kh * k->kw, k->kh * k->kw, k->kw, 1};
     const int64_t yd[4] = {k->N, k->Cout, k->Ho, k->Wo}, ys[4] = {k->Cout * k->Ho * k->Wo, k->Ho * k->Wo, k->Wo, 1};
     cudnnBackendDescriptor_t t[N_TENSORS], conv, op;
-    CUDA_TRY(cudnn_tensor(n, p, conv_uid[T_X], io, 4, xd, xs, 16, false, &t[T_X], err));
-    CUDA_TRY(cudnn_tensor(n, p, conv_uid[T_W], io, 4, wd, ws, 16, false, &t[T_W], err));
-    CUDA_TRY(cudnn_tensor(n, p, conv_uid[T_Y], io, 4, yd, ys, 16, false, &t[T_Y], err));
+    CUDA_TRY(cudnn_tensor(n, p, conv_uid[T_X], io, 4, xd, xs, k->align, false, &t[T_X], err));
+    CUDA_TRY(cudnn_tensor(n, p, conv_uid[T_W], io, 4, wd, ws, k->align, false, &t[T_W], err));
+    CUDA_TRY(cudnn_tensor(n, p, conv_uid[T_Y], io, 4, yd, ys, k->align, false, &t[T_Y], err));
 
     const cudnnDataType_t acc = CUDNN_DATA_FLOAT; /* f32 accumulation for every dtype */
     const cudnnConvolutionMode_t mode = CUDNN_CROSS_CORRELATION;
@@ -148,11 +162,12 @@ static loco_status conv_graph(cuda_cudnn *n, cudnn_plan *p, const void *key, cud
 }
 
 static void key_of(conv_key *k, const loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
-                   const loco_conv2d_params *p, int64_t samples) {
+                   const loco_conv2d_params *p, int64_t samples, int32_t align) {
     memset(k, 0, sizeof *k); /* compared bytewise: no stray bytes in the padding */
     k->dt = y->dtype;
     k->stride = p->stride;
     for (int i = 0; i < 4; i++) k->pad[i] = p->pad[i];
+    k->align = align;
     k->N = samples, k->Cin = x->shape[1], k->H = x->shape[2], k->W = x->shape[3];
     k->Cout = w->shape[0], k->kh = w->shape[2], k->kw = w->shape[3], k->Ho = y->shape[2], k->Wo = y->shape[3];
 }
@@ -164,27 +179,40 @@ loco_status cuda_conv_cudnn(cuda_impl *c, loco_tensor *y, const loco_tensor *x, 
     const int64_t y_per = y->shape[1] * y->shape[2] * y->shape[3];
     const int64_t nc = conv_chunk_samples(N, x_per, y_per, c->cudnn_chunk_elems);
     const size_t es = loco_dtype_size(y->dtype);
-    if (nc <= 0 || !cuda_aligned(wdata, 16))
-        return loco_err_set(err, LOCO_EUNSUPPORTED, "cuDNN conv: one sample of %lld elements, or unaligned weights",
+    if (nc <= 0)
+        return loco_err_set(err, LOCO_EUNSUPPORTED, "cuDNN conv: one sample of %lld elements is too large",
                             (long long)(x_per > y_per ? x_per : y_per));
-    for (int64_t n0 = 0; n0 < N; n0 += nc) {
-        const int64_t z = N - n0 < nc ? N - n0 : nc;
-        conv_key k;
-        key_of(&k, y, x, w, p, z);
+    /* the alignment every chunk's pointers have (one plan serves every full chunk) */
+    const uintptr_t at[5] = {(uintptr_t)x->data, (uintptr_t)y->data, (uintptr_t)wdata,
+                             (uintptr_t)((size_t)(nc * x_per) * es), (uintptr_t)((size_t)(nc * y_per) * es)};
+    const int32_t align = common_alignment(at, 5);
+    /* both chunk shapes' plans (the full one and the remainder) before any chunk runs, so that a
+     * shape without a plan costs no cuDNN run the fallback then redoes; the remainder is tuned on
+     * the first chunk's tensors, which are larger */
+    void *const first[N_TENSORS] = {x->data, (void *)wdata, y->data};
+    const cudnn_args a0 = {N_TENSORS, conv_uid, first};
+    cudnn_plan *plan[2] = {NULL, NULL};
+    conv_key k[2];
+    const int64_t rest = N % nc, shapes = rest ? 2 : 1;
+    loco_status st = LOCO_OK;
+    for (int i = 0; i < shapes && st == LOCO_OK; i++) {
+        key_of(&k[i], y, x, w, p, i ? rest : nc, align);
+        st = cudnn_plan_get(c, CUDNN_PLAN_CONV, &k[i], sizeof k[i], conv_graph, &a0, &plan[i], err);
+    }
+    for (int64_t n0 = 0; n0 < N && st == LOCO_OK; n0 += nc) {
         void *const ptr[N_TENSORS] = {(char *)x->data + (size_t)(n0 * x_per) * es, (void *)wdata,
                                       (char *)y->data + (size_t)(n0 * y_per) * es};
         const cudnn_args a = {N_TENSORS, conv_uid, ptr};
-        cudnn_plan *pl = NULL;
-        loco_status st = cudnn_plan_get(c, CUDNN_PLAN_CONV, &k, sizeof k, conv_graph, &a, &pl, err);
-        if (st == LOCO_OK) st = cudnn_plan_run(c, pl, &a, err);
-        if (st != LOCO_OK) {
-            /* a refusal comes before any sample was written, or in a later chunk of a shape of
-             * its own: the caller's route rewrites all of y either way */
-            loco_err_prefix(err, "cuDNN conv (%s, %lld x %lld x %lldx%lld -> %lld, %lldx%lld taps, stride %d)",
-                            loco_dtype_name(k.dt), (long long)z, (long long)k.Cin, (long long)k.H, (long long)k.W,
-                            (long long)k.Cout, (long long)k.kh, (long long)k.kw, p->stride);
-            return st;
-        }
+        st = cudnn_plan_run(c, plan[N - n0 < nc], &a, err);
+    }
+    if (st != LOCO_OK) {
+        /* a refusal comes before any sample was written, or in a later chunk: the caller's route
+         * rewrites all of y either way */
+        loco_err_prefix(err, "cuDNN conv (%s, %lld x %lld x %lldx%lld -> %lld, %lldx%lld taps, stride %d)",
+                        loco_dtype_name(y->dtype), (long long)N, (long long)x->shape[1], (long long)x->shape[2],
+                        (long long)x->shape[3], (long long)w->shape[0], (long long)w->shape[2],
+                        (long long)w->shape[3], p->stride);
+        return st;
     }
     return cuda_check_launch("cuDNN conv", err);
 }
@@ -197,6 +225,7 @@ extern "C" loco_status loco_cuda_cudnn_conv_graph_check(loco_dtype dt, int64_t N
     conv_key k;
     memset(&k, 0, sizeof k);
     k.dt = dt, k.stride = stride, k.N = N, k.Cin = Cin, k.H = H, k.W = W, k.Cout = Cout, k.kh = kh, k.kw = kw;
+    k.align = 16;
     for (int i = 0; i < 4; i++) k.pad[i] = pad[i];
     k.Ho = (H + pad[0] + pad[1] - kh) / stride + 1;
     k.Wo = (W + pad[2] + pad[3] - kw) / stride + 1;

@@ -406,6 +406,7 @@ loco_status cuda_conv_tma(cuda_impl *c, loco_tensor *y, const loco_tensor *x, co
  * under 2^31 elements; the call writes y = conv(x, wdata) (wdata: w in y's dtype; the bias is the
  * caller's) and returns LOCO_EUNSUPPORTED when cuDNN has no plan for the shape (the caller runs
  * its own route then, which rewrites all of y). describe: ", conv: cuDNN ..." or "" into buf. */
+int cuda_conv_cudnn_asked(const cuda_impl *c, loco_dtype dt); /* the route is up and takes dt */
 int cuda_conv_cudnn_applies(const cuda_impl *c, const loco_tensor *y, const loco_tensor *x, const loco_tensor *w);
 loco_status cuda_conv_cudnn(cuda_impl *c, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,
                             const void *wdata, const loco_conv2d_params *p, loco_err *err);

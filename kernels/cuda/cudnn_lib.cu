@@ -169,22 +169,25 @@ loco_status cudnn_graph_of(cuda_cudnn *n, cudnn_plan *p, cudnnBackendDescriptor_
 }
 
 /* Whether cfg's engine has a numerical note we refuse: inputs converted down (f32 run as f16),
- * results that differ run to run (a replayed graph must give the same bits), FFT (its rounding
- * is far from a direct convolution's, and its workspace large). A note that cannot be read does
- * not refuse. */
+ * sums in less than f32 (our kernels and the CPU reference accumulate in f32), results that
+ * differ run to run (a replayed graph must give the same bits), FFT (its rounding is far from a
+ * direct convolution's, and its workspace large). Notes that cannot be read refuse too. */
 static int cfg_refused(cuda_cudnn *n, cudnnBackendDescriptor_t cfg) {
     cudnnBackendDescriptor_t engine = NULL;
-    if (n->f.create_descriptor(CUDNN_BACKEND_ENGINE_DESCRIPTOR, &engine) != CUDNN_STATUS_SUCCESS) return 0;
+    if (n->f.create_descriptor(CUDNN_BACKEND_ENGINE_DESCRIPTOR, &engine) != CUDNN_STATUS_SUCCESS) return 1;
     int64_t count = 0;
     cudnnBackendNumericalNote_t notes[CUDNN_NUMERICAL_NOTE_TYPE_COUNT];
-    int refused = 0;
+    int refused = 1;
     if (n->f.get_attribute(cfg, CUDNN_ATTR_ENGINECFG_ENGINE, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &count, &engine) ==
             CUDNN_STATUS_SUCCESS &&
         n->f.get_attribute(engine, CUDNN_ATTR_ENGINE_NUMERICAL_NOTE, CUDNN_TYPE_NUMERICAL_NOTE,
-                           CUDNN_NUMERICAL_NOTE_TYPE_COUNT, &count, notes) == CUDNN_STATUS_SUCCESS)
+                           CUDNN_NUMERICAL_NOTE_TYPE_COUNT, &count, notes) == CUDNN_STATUS_SUCCESS) {
+        refused = 0;
         for (int64_t i = 0; i < count && i < CUDNN_NUMERICAL_NOTE_TYPE_COUNT; i++)
             refused |= notes[i] == CUDNN_NUMERICAL_NOTE_DOWN_CONVERT_INPUTS ||
+                       notes[i] == CUDNN_NUMERICAL_NOTE_REDUCED_PRECISION_REDUCTION ||
                        notes[i] == CUDNN_NUMERICAL_NOTE_NONDETERMINISTIC || notes[i] == CUDNN_NUMERICAL_NOTE_FFT;
+    }
     n->f.destroy_descriptor(engine);
     return refused;
 }
@@ -215,12 +218,21 @@ static loco_status plan_of_cfg(cuda_cudnn *n, cudnnBackendDescriptor_t cfg, cudn
     return LOCO_OK;
 }
 
-static loco_status execute(cuda_impl *c, cudnnBackendDescriptor_t plan, int64_t workspace, const cudnn_args *a,
-                           cudnnStatus_t *status, loco_err *err) {
-    cuda_cudnn *n = c->cudnn;
-    *status = CUDNN_STATUS_SUCCESS;
-    void *ws = NULL;
-    if (workspace > 0) CUDA_TRY(cuda_alloc_get(c, (size_t)workspace, &ws, err));
+/* What a status of cudnnBackendExecute means for us: a failure on the device (not the shape's
+ * fault: nothing is cached, and nothing more should run), out of device memory inside cuDNN, or
+ * a refusal of the shape or its pointers (LOCO_EUNSUPPORTED). cuDNN 9's codes are a category
+ * (thousands) plus a detail. */
+static loco_status status_code(cudnnStatus_t st) {
+    switch ((int)CUDNN_STATUS_CATEGORY(st)) {
+    case CUDNN_STATUS_SUCCESS: return LOCO_OK;
+    case CUDNN_STATUS_BAD_PARAM:
+    case CUDNN_STATUS_NOT_SUPPORTED: return LOCO_EUNSUPPORTED;
+    default: return st == CUDNN_STATUS_INTERNAL_ERROR_DEVICE_ALLOCATION_FAILED ? LOCO_EDEVICE_OOM : LOCO_EDEVICE;
+    }
+}
+
+/* A finalized variant pack of a's pointers and workspace ws. */
+static cudnnStatus_t pack_make(cuda_cudnn *n, const cudnn_args *a, void *ws, cudnnBackendDescriptor_t *out) {
     cudnnBackendDescriptor_t pack = NULL;
     cudnnStatus_t st = n->f.create_descriptor(CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR, &pack);
     if (st == CUDNN_STATUS_SUCCESS)
@@ -230,38 +242,60 @@ static loco_status execute(cuda_impl *c, cudnnBackendDescriptor_t plan, int64_t 
     if (st == CUDNN_STATUS_SUCCESS)
         st = n->f.set_attribute(pack, CUDNN_ATTR_VARIANT_PACK_WORKSPACE, CUDNN_TYPE_VOID_PTR, 1, &ws);
     if (st == CUDNN_STATUS_SUCCESS) st = n->f.finalize(pack);
-    if (st == CUDNN_STATUS_SUCCESS) st = n->f.execute(n->handle, plan, pack);
+    if (st != CUDNN_STATUS_SUCCESS && pack) n->f.destroy_descriptor(pack), pack = NULL;
+    *out = pack;
+    return st;
+}
+
+/* Runs plan `runs` times on a's tensors with one workspace and pack; with events (a pair; then
+ * runs >= 2), the runs after the first are timed between them. *status: cuDNN's status of the
+ * failure (CUDNN_STATUS_SUCCESS when the failure was not cuDNN's). */
+static loco_status execute(cuda_impl *c, cudnnBackendDescriptor_t plan, int64_t workspace, const cudnn_args *a,
+                           int runs, cudaEvent_t *events, cudnnStatus_t *status, loco_err *err) {
+    cuda_cudnn *n = c->cudnn;
+    *status = CUDNN_STATUS_SUCCESS;
+    void *ws = NULL;
+    if (workspace > 0) CUDA_TRY(cuda_alloc_get(c, (size_t)workspace, &ws, err));
+    cudnnBackendDescriptor_t pack = NULL;
+    cudnnStatus_t st = pack_make(n, a, ws, &pack);
+    loco_status s = LOCO_OK;
+    for (int r = 0; r < runs && st == CUDNN_STATUS_SUCCESS && s == LOCO_OK; r++) {
+        if (events && r == 1) s = cuda_check(cudaEventRecord(events[0], c->stream), "cudaEventRecord", err);
+        if (s == LOCO_OK) st = n->f.execute(n->handle, plan, pack);
+    }
+    if (events && s == LOCO_OK && st == CUDNN_STATUS_SUCCESS)
+        s = cuda_check(cudaEventRecord(events[1], c->stream), "cudaEventRecord", err);
     if (pack) n->f.destroy_descriptor(pack);
     if (ws) cuda_alloc_put(c, ws); /* stream-ordered, as every block of the allocator */
     *status = st;
-    if (st == CUDNN_STATUS_SUCCESS) return LOCO_OK;
-    /* refused before anything ran (LOCO_EUNSUPPORTED), or failed on the device */
-    return cudnn_fail(n, st, "execute", st == CUDNN_STATUS_EXECUTION_FAILED ? LOCO_EDEVICE : LOCO_EUNSUPPORTED, err);
+    if (st != CUDNN_STATUS_SUCCESS) return cudnn_fail(n, st, "execute", status_code(st), err);
+    return s;
 }
 
-/* Milliseconds of one run of plan on the tuning arguments (a warm-up run, then the mean of three);
- * LOCO_EUNSUPPORTED when cuDNN refuses to run it. */
+/* Milliseconds of one run of plan on the tuning arguments (a warm-up run, then the mean of
+ * TIMED_RUNS); LOCO_EUNSUPPORTED when cuDNN refuses to run it, LOCO_EDEVICE_OOM when its workspace
+ * does not fit, LOCO_EDEVICE when the device failed. */
+#define TIMED_RUNS 3
 static loco_status time_plan(cuda_impl *c, cudnnBackendDescriptor_t plan, int64_t workspace, const cudnn_args *a,
                              float *ms, loco_err *err) {
-    cudnnStatus_t st;
-    CUDA_TRY(execute(c, plan, workspace, a, &st, err));
     cudaEvent_t ev[2] = {NULL, NULL};
+    cudnnStatus_t st;
     loco_status s = cuda_check(cudaEventCreate(&ev[0]), "cudaEventCreate", err);
     if (s == LOCO_OK) s = cuda_check(cudaEventCreate(&ev[1]), "cudaEventCreate", err);
-    if (s == LOCO_OK) s = cuda_check(cudaEventRecord(ev[0], c->stream), "cudaEventRecord", err);
-    for (int r = 0; r < 3 && s == LOCO_OK; r++) s = execute(c, plan, workspace, a, &st, err);
-    if (s == LOCO_OK) s = cuda_check(cudaEventRecord(ev[1], c->stream), "cudaEventRecord", err);
+    if (s == LOCO_OK) s = execute(c, plan, workspace, a, 1 + TIMED_RUNS, ev, &st, err);
     if (s == LOCO_OK) s = cuda_check(cudaEventSynchronize(ev[1]), "cuDNN tuning", err);
     if (s == LOCO_OK) s = cuda_check(cudaEventElapsedTime(ms, ev[0], ev[1]), "cudaEventElapsedTime", err);
     for (int i = 0; i < 2; i++)
         if (ev[i]) cudaEventDestroy(ev[i]);
-    *ms /= 3.0f;
+    *ms /= (float)TIMED_RUNS;
     return s;
 }
 
 /* Chooses p's plan among the configurations of heuristics `mode` for graph: the first whose plan
- * finalizes, or with tune, the fastest of the first CUDNN_TUNE_MAX that do. LOCO_EUNSUPPORTED
- * (with the last failure) when none does; LOCO_EDEVICE when a timed run failed on the device. */
+ * finalizes, or with tune, the fastest of the first CUDNN_TUNE_MAX that do (a candidate whose
+ * workspace does not fit is passed over). LOCO_EUNSUPPORTED (with the last failure) when none
+ * does, LOCO_EDEVICE_OOM when the last one tried found no memory; LOCO_EDEVICE when a timed run
+ * failed on the device (then nothing more is tried). */
 static loco_status plan_from_heuristics(cuda_impl *c, cudnn_plan *p, cudnnBackendDescriptor_t graph,
                                         cudnnBackendHeurMode_t mode, const cudnn_args *tune, loco_err *err) {
     cuda_cudnn *n = c->cudnn;
@@ -318,14 +352,15 @@ static loco_status plan_from_heuristics(cuda_impl *c, cudnn_plan *p, cudnnBacken
             s = LOCO_OK;
         } else {
             n->f.destroy_descriptor(plan);
-            if (ts == LOCO_EDEVICE) { /* the device failed: nothing more runs on it */
-                s = loco_err_set(err, ts, "%s", why.msg);
+            if (ts != LOCO_OK && ts != LOCO_EUNSUPPORTED && ts != LOCO_EDEVICE_OOM) { /* the device failed: */
+                s = loco_err_set(err, ts, "%s", why.msg); /* not the shape's verdict, and nothing more runs */
                 break;
             }
+            /* refused, or its workspace did not fit: the next candidate may (a shape left with
+             * none for want of memory reports that, which is not cached either) */
             if (ts != LOCO_OK && !p->plan) s = loco_err_set(err, ts, "%s", why.msg);
         }
     }
-    if (tune && p->plan) p->timed = finalized;
     for (int64_t i = 0; i < made; i++)
         if (cfgs[i]) n->f.destroy_descriptor(cfgs[i]);
     n->f.destroy_descriptor(heur);
@@ -365,7 +400,8 @@ loco_status cudnn_plan_get(cuda_impl *c, cudnn_plan_kind kind, const void *key, 
         loco_err_clear(&why);
         s = plan_from_heuristics(c, p, graph, CUDNN_HEUR_MODE_FALLBACK, tune, &why);
     }
-    if (s == LOCO_EDEVICE) { /* not the shape's fault: no verdict is cached */
+    if (s != LOCO_OK && s != LOCO_EUNSUPPORTED) {
+        /* the device failed or memory ran short: not the shape's verdict, so none is cached */
         plan_clear(n, p);
         n->nplans--;
         return loco_err_set(err, s, "%s", why.msg);
@@ -390,6 +426,12 @@ loco_status cudnn_graph_check(cudnn_graph_fn build, const void *key, loco_err *e
     char why[192] = "";
     if (cudnn_open_library(&n, why, sizeof why) != LOCO_OK)
         return loco_err_set(err, LOCO_EUNSUPPORTED, "cuDNN unavailable: %s", why);
+    if (n->version < 90800) { /* (before 9.8 an operation graph needs a handle, which needs a device) */
+        const size_t v = n->version;
+        cudnn_close_library(n);
+        return loco_err_set(err, LOCO_EUNSUPPORTED, "cuDNN unavailable: %zu.%zu.%zu builds graphs only with a device",
+                            v / 10000, v / 100 % 100, v % 100);
+    }
     cudnn_plan p;
     memset(&p, 0, sizeof p);
     cudnnBackendDescriptor_t graph = NULL;
@@ -401,9 +443,12 @@ loco_status cudnn_graph_check(cudnn_graph_fn build, const void *key, loco_err *e
 
 loco_status cudnn_plan_run(cuda_impl *c, cudnn_plan *p, const cudnn_args *a, loco_err *err) {
     cudnnStatus_t st = CUDNN_STATUS_SUCCESS;
-    const loco_status s = execute(c, p->plan, p->workspace, a, &st, err);
-    if (s == LOCO_EUNSUPPORTED && st != CUDNN_STATUS_SUCCESS) {
-        /* a plan that finalized but does not take these pointers: later calls skip the shape */
+    const loco_status s = execute(c, p->plan, p->workspace, a, 1, NULL, &st, err);
+    cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
+    if (s == LOCO_EUNSUPPORTED && st != CUDNN_STATUS_SUCCESS && cudaStreamIsCapturing(c->stream, &cs) == cudaSuccess &&
+        cs == cudaStreamCaptureStatusNone) {
+        /* a plan that finalized but refuses these pointers: later calls skip the shape (not a
+         * refusal during a capture, which may be the capture's and not the shape's) */
         p->failed = 1;
         snprintf(p->why, sizeof p->why, "%.199s", err ? err->msg : "execute refused");
     }

@@ -61,7 +61,6 @@ typedef struct cudnn_plan {
     cudnnBackendDescriptor_t desc[CUDNN_PLAN_DESCS]; /* what the plan was built from (must outlive it) */
     int ndesc;
     int64_t workspace; /* bytes */
-    int timed;         /* plans that finalized and were timed to choose this one (0: the first was taken) */
 } cudnn_plan;
 
 struct cuda_cudnn {
@@ -124,7 +123,8 @@ loco_status cudnn_plan_get(cuda_impl *c, cudnn_plan_kind kind, const void *key, 
 loco_status cudnn_graph_check(cudnn_graph_fn build, const void *key, loco_err *err);
 
 /* Runs p on c's stream with a workspace from the backend's allocator. A plan cuDNN refuses to
- * run (before anything ran) is marked failed: LOCO_EUNSUPPORTED, and later calls skip it. */
+ * run (before anything ran) returns LOCO_EUNSUPPORTED and, outside a capture, is marked failed:
+ * later calls skip it. A failure on the device is LOCO_EDEVICE (LOCO_EDEVICE_OOM for memory). */
 loco_status cudnn_plan_run(cuda_impl *c, cudnn_plan *p, const cudnn_args *a, loco_err *err);
 
 #endif /* LOCO_HAVE_CUDNN */

@@ -258,7 +258,9 @@ TEST(cuda_attention_cudnn_dims) {
  * encoder's bottom-right padding, a 5x3 and a 1x3 kernel, few output channels (conv_out), no
  * bias, each run twice for the same bits (engines whose results vary are refused); the fused
  * ResNet conv (its GroupNorm through the scratch tensor, the epilogue terms in conv.cu's pass);
- * and samples in chunks (LOCO_CUDA_CUDNN_CHUNK: 2 + 2 + 1, two plans of one conv). On the
+ * and samples in chunks (LOCO_CUDA_CUDNN_CHUNK: 2 + 2 + 1, two plans of one conv; and chunks
+ * 8 bytes off 16-byte alignment). Strict also makes a conv the route does not take an error, so
+ * every case here runs on cuDNN. On the
  * emulator the route is off and says so, and every conv runs conv.cu's own routes. */
 static int conv_cudnn_route_on(int emulated) {
     setenv("LOCO_CUDA_CUDNN_STRICT", "1", 1);
@@ -289,6 +291,10 @@ TEST(cuda_conv2d_cudnn) {
     for (size_t i = 0; i < sizeof fused / sizeof fused[0]; i++) ok = ok && check_conv_fused(&fused[i], 341 + i);
     setenv("LOCO_CUDA_CUDNN_CHUNK", "8192", 1); /* 2 samples of 16x16x16 per call: 2 + 2 + 1 */
     ok = ok && check_conv(cd, LOCO_F16, 5, 16, 16, 16, 16, 3, 3, 1, 1, 1, 1, 1, 1, 343);
+    /* ... and chunks that start 8 bytes off 16 (y: 3 x 5 x 5 floats a sample, 2 a chunk): a plan of
+     * 8-byte alignment */
+    setenv("LOCO_CUDA_CUDNN_CHUNK", "900", 1);
+    ok = ok && check_conv(cd, LOCO_F32, 3, 16, 5, 5, 3, 3, 3, 1, 1, 1, 1, 1, 1, 344);
     unsetenv("LOCO_CUDA_CUDNN_CHUNK");
     unsetenv("LOCO_CUDA_CUDNN_STRICT");
     CHECK(ok);
