@@ -12,9 +12,10 @@
  * What it takes: f16/bf16, non-causal, every sample attending to its own K/V (no kv_index remap),
  * the calls attention_short.cu does not take (text attention stays there unless
  * LOCO_CUDA_FLASH_SHORT=0), the head dims attention.cu's flash kernels have (40, 64, 80, 160: all
- * multiples of 8 up to 256, which cuDNN needs), 16-byte aligned rows. The tensors are [B, H, S, D] by cuDNN's convention with
- * strides that say our layouts: q, k, v rows of `rs` elements (3 HD for packed q|k|v), out rows
- * of HD. Anything else, or a shape cuDNN has no plan for, goes to attention.cu's kernels (with
+ * multiples of 8 up to 256, which cuDNN needs), 16-byte aligned rows. The tensors are
+ * [B, H, S, D] by cuDNN's convention with strides that say our layouts: q, k, v rows of `rs`
+ * elements (3 HD for packed q|k|v), out rows of HD. Anything else, or a shape cuDNN has no plan
+ * for (or whose workspace does not fit), goes to attention.cu's kernels (with
  * LOCO_CUDA_CUDNN_STRICT=1, for tests, the shape's failure is the call's error instead).
  *
  * The library is opened at run time (cudnn_lib.cu); its absence (or a version before 9.13.1, or

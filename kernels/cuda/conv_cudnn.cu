@@ -12,9 +12,10 @@
  *
  * What it takes: every conv2d that is not 1x1 (those are one GEMM already), in the activation
  * dtypes (f32 as TF32 on tensor cores, PyTorch's default for cuDNN convs), NCHW as our tensors
- * are (the pointers' alignment, up to 16 bytes, is part of the plan), with any padding (asymmetric too: cuDNN's graph API has pre and post
- * paddings) and stride. The bias, sample bias and residual stay with conv.cu's pass; a fused
- * conv's GroupNorm goes through the scratch tensor conv.cu has for routes without a gather.
+ * are (the pointers' alignment, up to 16 bytes, is part of the plan), with any padding
+ * (asymmetric too: cuDNN's graph API has pre and post paddings) and stride. The bias, sample
+ * bias and residual stay with conv.cu's pass; a fused conv's GroupNorm goes through the scratch
+ * tensor conv.cu has for routes without a gather.
  * cuDNN's kernels index with 32 bits: a batch whose input or output reaches 2^31 elements (the
  * SD-XL decoder at batch 8) runs in even chunks of samples, each a plan of its own shape
  * (LOCO_CUDA_CUDNN_CHUNK lowers the limit, for tests).

@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "cudnn_lib.cuh"
 
@@ -291,9 +292,15 @@ static loco_status time_plan(cuda_impl *c, cudnnBackendDescriptor_t plan, int64_
     return s;
 }
 
+static double seconds_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
 /* Chooses p's plan among the configurations of heuristics `mode` for graph: the first whose plan
- * finalizes, or with tune, the fastest of the first CUDNN_TUNE_MAX that do (a candidate whose
- * workspace does not fit is passed over). LOCO_EUNSUPPORTED (with the last failure) when none
+ * finalizes, or with tune, the fastest of the first CUDNN_TUNE_MAX that do, or of those built and
+ * timed in CUDNN_TUNE_SECONDS (a candidate whose workspace does not fit is passed over). LOCO_EUNSUPPORTED (with the last failure) when none
  * does, LOCO_EDEVICE_OOM when the last one tried found no memory; LOCO_EDEVICE when a timed run
  * failed on the device (then nothing more is tried). */
 static loco_status plan_from_heuristics(cuda_impl *c, cudnn_plan *p, cudnnBackendDescriptor_t graph,
@@ -328,9 +335,12 @@ static loco_status plan_from_heuristics(cuda_impl *c, cudnn_plan *p, cudnnBacken
                                    : cudnn_fail(n, st, "engine configurations", LOCO_EUNSUPPORTED, err);
     float best_ms = 0.0f;
     int finalized = 0;
+    const double t0 = seconds_now();
     for (int64_t i = 0; st == CUDNN_STATUS_SUCCESS && i < got && finalized < (tune ? CUDNN_TUNE_MAX : 1); i++) {
+        if (p->plan && seconds_now() - t0 > CUDNN_TUNE_SECONDS) break; /* enough time spent on the shape */
         if (cfg_refused(n, cfgs[i])) {
-            if (!p->plan) s = loco_err_set(err, LOCO_EUNSUPPORTED, "every engine for the shape has a refused numerical note");
+            if (!p->plan)
+                s = loco_err_set(err, LOCO_EUNSUPPORTED, "every engine for the shape has a refused numerical note");
             continue;
         }
         cudnnBackendDescriptor_t plan = NULL;

@@ -7,7 +7,8 @@
  * operation graph for a shape (a cudnn_graph_fn), and cudnn_plan_get turns it into an execution
  * plan once per shape: heuristics mode A, then FALLBACK; configurations whose numerical notes we
  * refuse are skipped; with launch arguments to time them on, up to CUDNN_TUNE_MAX plans that
- * finalize are timed and the fastest kept (as PyTorch's cudnn.benchmark); a shape with no plan is
+ * finalize (fewer once CUDNN_TUNE_SECONDS went by) are timed and the fastest kept (as PyTorch's
+ * cudnn.benchmark); a shape with no plan is
  * remembered with cuDNN's reason. Plans are kept for the backend's life, never evicted: a
  * recorded CUDA graph replays the kernels cuDNN compiled for the plans it captured. */
 #pragma once
@@ -29,7 +30,10 @@
 #define CUDNN_PLANS 512       /* shapes, all users together: a UNet and its VAE have a few dozen per batch */
 #define CUDNN_KEY_BYTES 128   /* a user's shape key, compared bytewise */
 #define CUDNN_PLAN_DESCS 16   /* descriptors a plan is built from */
-#define CUDNN_TUNE_MAX 6      /* plans timed per shape when timing is asked for */
+#define CUDNN_TUNE_MAX 6      /* plans timed per shape when timing is asked for ... */
+#define CUDNN_TUNE_SECONDS 1.0 /* ... unless building and timing them took this long (runtime-compiled
+                                * engines take a fraction of a second each to build, and a pipeline
+                                * meets a few dozen conv shapes on its first call) */
 #define CUDNN_WORKSPACE_MAX ((int64_t)1 << 30) /* configurations asking for more are skipped */
 
 /* The functions we call, looked up in libcudnn.so.9. */
