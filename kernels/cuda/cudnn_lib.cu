@@ -353,7 +353,12 @@ static loco_status plan_from_heuristics(cuda_impl *c, cudnn_plan *p, cudnnBacken
         }
         finalized++;
         float ms = 0.0f;
+        /* a candidate after the first is optional: its workspace must not cost recorded graphs
+         * their pools (alloc.cu's reclaimers), as gemm.cu's tuning scratch must not */
+        const int optional = p->plan != NULL;
+        c->reclaim_blocked += optional;
         loco_status ts = tune ? time_plan(c, plan, workspace, tune, &ms, &why) : LOCO_OK;
+        c->reclaim_blocked -= optional;
         if (ts == LOCO_OK && (!p->plan || ms < best_ms)) {
             if (p->plan) n->f.destroy_descriptor(p->plan);
             if (p->cfg) n->f.destroy_descriptor(p->cfg);
