@@ -100,7 +100,8 @@ say "cuDNN for the cuDNN routes: ${LOCO_CUDNN_LIB:-libcudnn.so.9 on the loader p
 BIN_TESTS=build/tests
 BIN_BENCH=build/bench/gpu
 TARGETS="build/libloco.a build/tests/test_cuda_ops build/tests/test_cuda_optin build/tests/test_cuda_pipeline \
-build/tests/test_cuda_methods build/tests/test_cuda_full_size build/bench/gpu/op_bench build/bench/gpu/pipeline_bench build/bench/locogen_batched"
+build/tests/test_cuda_methods build/tests/test_cuda_full_size build/tests/test_cudnn_graphs build/bench/gpu/op_bench \
+build/bench/gpu/pipeline_bench build/bench/locogen_batched"
 BIN_LOCOGEN=build/bench/locogen_batched
 kit_used=0
 use_kit() { # unpack .gpu/kit.tar.xz, refusing one built from other sources
@@ -436,6 +437,10 @@ fi
 # the decode's ops where 32-bit offsets would wrap (never compared at full size before session
 # 9); after the reruns above, which a failure here would not explain
 parity cuda_full_size "$BIN_TESTS/test_cuda_full_size"
+# cuDNN's operation graphs for the cuDNN routes, with the cuDNN this machine has (PyTorch's,
+# usually; a second): what test_cudnn_graphs checks on build machines, against the library the
+# opt-in cuDNN tests below will run on
+parity cudnn_graphs "$BIN_TESTS/test_cudnn_graphs"
 # the opt-in and experimental paths op by op (their pipeline reruns come in phase 7); a failure
 # here counts as one, but the default path's parity above is what the timings stand on
 parity cuda_optin "$BIN_TESTS/test_cuda_optin"
