@@ -28,10 +28,11 @@
 #      image at a time (bench/locogen_batched.c --device cuda);
 #   7. budget permitting: SD-XL at batch 8 timed again with every opt-in setting that beat the
 #      default on its op rows, together (bench/gpu/pick_candidates.py; RESULT tag "best"), then
-#      with LOCO_CUDA_FLASH=ilp3q, =wgmma_ws3,
-#      LOCO_CUDA_GEGLU=wgmma and LOCO_CUDA_LINEAR=wgmma;
-#      the UNet-call and pipeline parity tests again with the opt-in paths:
-#      LOCO_CUDA_IM2COL_OVERLAP=1, then LOCO_CUDA_CONV=rows and LOCO_CUDA_CONV=wgmma (with the VAE
+#      with cuDNN's attention (LOCO_CUDA_FLASH=cudnn) and convolutions (LOCO_CUDA_CONV=cudnn,
+#      LOCO_CUDA_CONV_F32=cudnn; SD 1.5 too), LOCO_CUDA_FLASH=ilp3q, =wgmma_ws3 and its forms,
+#      conv_tma.cu, LOCO_CUDA_GEGLU=wgmma and LOCO_CUDA_LINEAR=wgmma and their forms;
+#      the UNet-call and pipeline parity tests again with the opt-in paths: cuDNN's attention and
+#      convolutions, LOCO_CUDA_IM2COL_OVERLAP=1, then LOCO_CUDA_CONV=rows and LOCO_CUDA_CONV=wgmma (with the VAE
 #      decodes), then LOCO_CUDA_FLASH=ilp3q, =wgmma, =wgmma128, =wgmma3 and =wgmma_ws3 (with the
 #      text encoders); then SD-XL at batch 8 timed with LOCO_CUDA_FLASH=wgmma128, =wgmma,
 #      =wgmma_ws128 and =wgmma_ws, and SD 1.5 and SD-XL at batch 8 with LOCO_CUDA_GEMM_TUNE=1. (The
@@ -219,8 +220,9 @@ if [ $CANDIDATES -eq 1 ]; then
         if [ -n "$BEST_ENV" ] && [ "$(left)" -ge 60 ]; then
             loco_b8 best "$BEST_ENV" "$1" "$2" "$3"
         fi
-        # tag:VAR=value; the attention candidates first, then GEMM autotuning, then the text
-        # attention back on the flash kernel (how much attention_short.cu gives end to end)
+        # tag:VAR=value; cuDNN's attention and convolutions first, then the other attention
+        # candidates, the GEMM forms and conv_tma.cu, GEMM autotuning, then the text attention
+        # back on the flash kernel (how much attention_short.cu gives end to end)
         for cand in default:LOCO_CANDIDATE=default fa_cudnn:LOCO_CUDA_FLASH=cudnn,LOCO_CUDA_CUDNN_STRICT=1 \
             conv_cudnn:LOCO_CUDA_CONV=cudnn,LOCO_CUDA_CUDNN_STRICT=1 \
             conv_cudnn_f32:LOCO_CUDA_CONV_F32=cudnn,LOCO_CUDA_CUDNN_STRICT=1 \
@@ -543,9 +545,10 @@ else
         say "op_bench --wgmma reported failures (see $DIR/ops_wgmma.err)"
     }
     # cuDNN's fused attention (LOCO_CUDA_FLASH=cudnn, session 16) on the attention rows it takes,
-    # and its convolutions (LOCO_CUDA_CONV=cudnn, session 17) on the 28 conv rows, in a process of
-    # their own too (plans compiled by NVRTC on first use, conv plans timed among six: seconds a
-    # shape; rows are flushed as they go, so a timeout keeps those done)
+    # and its convolutions (LOCO_CUDA_CONV=cudnn, session 17) on the 28 conv rows that are not 1x1,
+    # in a process of their own too (plans compiled by NVRTC on first use, conv plans timed among
+    # up to six: about a second a shape, CUDNN_TUNE_SECONDS; rows are flushed as they go, so a
+    # timeout keeps those done)
     # (strict: a row cuDNN has no plan for fails with cuDNN's reason, so it needs no test gate)
     timeout 90 "${RUN[@]}" "$BIN_BENCH/op_bench" bench/gpu/ops.txt 10 --cudnn >>"$DIR/ops_loco.txt" \
         2>"$DIR/ops_cudnn.err" || {

@@ -189,7 +189,7 @@ def test_pick_takes_cudnn_for_the_unet_convs_or_the_decoder_alone(tmp_path):
     assert r.stdout.split() == ["LOCO_CUDA_FLASH=wgmma_ws3", "LOCO_CUDA_CONV=tma", "LOCO_CUDA_CONV_F32=cudnn",
                                 "LOCO_CUDA_GEGLU=wgmma"]
     # 10 x 0.28 + 5 x 1.3 + 5 x 1.89 + 6.0 + 1.0 = 25.75 against 4.2 + 11.9 + 15.65 + 9.0 + 2.95 = 43.70
-    assert "LOCO_CUDA_CONV_F32=cudnn: 25.75 against 43.70 ms a batch-1 decode" in r.stderr
+    assert "LOCO_CUDA_CONV_F32=cudnn: 25.75 against 43.70 ms of the decoder's timed convs (batch 1)" in r.stderr
     # ... and not when it loses them (a conv_out at 30 ms: 54.75 against 43.70)
     ops.write_text(OPS + UNET_CONV.format("0.9500") + VAE.format("30.0000"))
     r = run(PICK, ops)

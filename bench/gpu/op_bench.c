@@ -635,7 +635,8 @@ static int cudnn_rows(const char *path, int reps) {
         loco_backend_destroy(conv);
         return 2;
     }
-    fprintf(stderr, "op_bench --cudnn on %s\n", loco_backend_describe(fa ? fa : conv));
+    if (fa) fprintf(stderr, "op_bench --cudnn on %s\n", loco_backend_describe(fa));
+    if (conv) fprintf(stderr, "op_bench --cudnn on %s\n", loco_backend_describe(conv));
     char line[512];
     int failures = 0;
     bench_op op;

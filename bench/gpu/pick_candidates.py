@@ -111,7 +111,7 @@ def pick_vae_cudnn(rows, log):
     if base is None or cand is None:
         log("LOCO_CUDA_CONV_F32=cudnn: rows missing")
         return []
-    log(f"LOCO_CUDA_CONV_F32=cudnn: {cand:.2f} against {base:.2f} ms a batch-1 decode")
+    log(f"LOCO_CUDA_CONV_F32=cudnn: {cand:.2f} against {base:.2f} ms of the decoder's timed convs (batch 1)")
     return ["LOCO_CUDA_CONV_F32=cudnn"] if cand < base else []
 
 

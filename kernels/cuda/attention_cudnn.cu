@@ -21,9 +21,10 @@
  * The library is opened at run time (cudnn_lib.cu); its absence (or a version before 9.13.1, or
  * the CUDA emulator) leaves the route off and says why in the backend's description. Plans are
  * built once per shape by cudnn_lib.cu's cache (cuDNN compiles them with NVRTC: a fraction of a
- * second each), the first configuration that finalizes; a call that finds no plan while a CUDA
- * graph is being captured does not build one and runs our kernel. Executing a finished plan is a
- * launch like ours: it records into a capture and replays. */
+ * second each), the first configuration that finalizes and has no refused numerical note; a
+ * call that finds no plan while a CUDA graph is being captured does not build one and runs our
+ * kernel. Executing a finished plan is a launch like ours: it records into a capture and
+ * replays. */
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>

@@ -20,11 +20,12 @@
  * SD-XL decoder at batch 8) runs in even chunks of samples, each a plan of its own shape
  * (LOCO_CUDA_CUDNN_CHUNK lowers the limit, for tests).
  *
- * Plans: cudnn_lib.cu's cache, one per (dtype, shape, stride, padding), built on the shape's
- * first call outside a graph capture (the UNet's warm-up call) by timing up to CUDNN_TUNE_MAX of
- * heuristics A's configurations on that call's tensors and keeping the fastest, as PyTorch does
- * with cudnn.benchmark (gpu-check's torch_ops.py sets it); engines with down-converted inputs,
- * run-to-run differences or FFT are refused. A shape cuDNN has no plan for runs conv.cu's own
+ * Plans: cudnn_lib.cu's cache, one per (dtype, shape, stride, padding, alignment), built on the
+ * shape's first call outside a graph capture (the UNet's warm-up call) by timing up to
+ * CUDNN_TUNE_MAX of heuristics A's configurations (FALLBACK's when A has none; fewer after
+ * CUDNN_TUNE_SECONDS) on that call's tensors and keeping the fastest, as PyTorch does with
+ * cudnn.benchmark (gpu-check's torch_ops.py sets it); engines with down-converted inputs, sums
+ * in less than f32, run-to-run differences or FFT are refused. A shape cuDNN has no plan for runs conv.cu's own
  * route (with LOCO_CUDA_CUDNN_STRICT=1, for tests, the shape's failure is the call's error). */
 #include <stdint.h>
 #include <stdio.h>

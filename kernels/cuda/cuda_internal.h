@@ -104,8 +104,9 @@ typedef struct cuda_gemm_plan {
 
 /* ---- the backend's state ----------------------------------------------------------------- */
 
-/* How conv2d picks its route; LOCO_CUDA_CONV=implicit|im2col at backend creation forces one
- * (benchmarks and tests compare them), anything else means AUTO. */
+/* How conv2d picks its route; LOCO_CUDA_CONV=implicit|im2col|rows|wgmma|tma|cudnn at backend
+ * creation forces one where it applies (benchmarks and tests compare them), anything else means
+ * AUTO. */
 typedef enum cuda_conv_algo {
     CUDA_CONV_AUTO = 0, /* implicit GEMM when its grid fills the GPU, else im2col + cuBLASLt */
     CUDA_CONV_IMPLICIT, /* tensor-core implicit GEMM for every f16/bf16 conv that is not 1x1 */
@@ -184,10 +185,11 @@ typedef struct cuda_impl {
     int cudnn_conv;            /* convolutions that are not 1x1 by cuDNN (conv_cudnn.cu, experimental):
                                 * CUDA_CUDNN_CONV_* of the dtypes it takes (LOCO_CUDA_CONV=cudnn: all;
                                 * LOCO_CUDA_CONV_F32=cudnn: f32); 0: off */
-    int64_t cudnn_chunk_elems; /* ... a conv's x and y per cuDNN call stay under this many elements:
+    int64_t cudnn_chunk_elems; /* ... a conv's x and y per cuDNN call have at most this many elements:
                                 * 2^31 - 1 (its 32-bit indexing), or LOCO_CUDA_CUDNN_CHUNK (tests) */
     int cudnn_strict;          /* LOCO_CUDA_CUDNN_STRICT=1 (tests): a shape cuDNN has no plan for is
-                                * the call's error, not our kernel's job */
+                                * the call's error, not our kernel's job; so is a conv the cuDNN
+                                * route was asked to take but does not */
     struct cuda_cudnn *cudnn;  /* cuDNN's library, handle and plans (cudnn_lib.cu), when either
                                 * route wants it; NULL when neither does or it is unavailable */
     char cudnn_why[192];       /* ... why unavailable */
@@ -344,8 +346,9 @@ size_t cuda_cudnn_version(const cuda_impl *c);
 /* Self-attention through cuDNN's fused SDPA forward (attention_cudnn.cu, experimental: only
  * under LOCO_CUDA_FLASH=cudnn, cuDNN 9.13.1 or later). applies: the route is up, f16/bf16, not
  * causal, every sample on its own K/V, head dim a multiple of 8 up to 256; the call returns
- * LOCO_EUNSUPPORTED when cuDNN has no plan for the shape (the caller runs its own kernel then).
- * Rows are 16-byte aligned (the caller checks), strides in elements. */
+ * LOCO_EUNSUPPORTED when cuDNN has no plan for the shape, LOCO_EDEVICE_OOM when its workspace
+ * does not fit (the caller runs its own kernel then, unless c->cudnn_strict). Rows are 16-byte
+ * aligned (the caller checks), strides in elements. */
 typedef struct cuda_sdpa_call {
     loco_dtype dt;
     int64_t B, H, Lq, Lk, D;
@@ -402,10 +405,12 @@ loco_status cuda_conv_tma(cuda_impl *c, loco_tensor *y, const loco_tensor *x, co
                           const float2 *norm, int norm_silu, loco_err *err);
 
 /* Convolutions through cuDNN (conv_cudnn.cu, experimental: only under LOCO_CUDA_CONV=cudnn or
- * LOCO_CUDA_CONV_F32=cudnn). applies: the route is up and takes this dtype, x and y 16-byte aligned, one sample
- * under 2^31 elements; the call writes y = conv(x, wdata) (wdata: w in y's dtype; the bias is the
- * caller's) and returns LOCO_EUNSUPPORTED when cuDNN has no plan for the shape (the caller runs
- * its own route then, which rewrites all of y). describe: ", conv: cuDNN ..." or "" into buf. */
+ * LOCO_CUDA_CONV_F32=cudnn). applies: the route is up and takes this dtype, and one sample's x and
+ * y are within c->cudnn_chunk_elems elements (the pointers' alignment goes into the plan); the
+ * call writes y = conv(x, wdata) (wdata: w in y's dtype; the bias is the caller's) and returns
+ * LOCO_EUNSUPPORTED when cuDNN has no plan for the shape, LOCO_EDEVICE_OOM when its workspace
+ * does not fit (the caller then runs its own route, which rewrites all of y, unless
+ * c->cudnn_strict). describe: ", conv: cuDNN ..." or "" into buf. */
 int cuda_conv_cudnn_asked(const cuda_impl *c, loco_dtype dt); /* the route is up and takes dt */
 int cuda_conv_cudnn_applies(const cuda_impl *c, const loco_tensor *y, const loco_tensor *x, const loco_tensor *w);
 loco_status cuda_conv_cudnn(cuda_impl *c, loco_tensor *y, const loco_tensor *x, const loco_tensor *w,

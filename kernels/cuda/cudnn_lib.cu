@@ -298,11 +298,12 @@ static double seconds_now(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-/* Chooses p's plan among the configurations of heuristics `mode` for graph: the first whose plan
- * finalizes, or with tune, the fastest of the first CUDNN_TUNE_MAX that do, or of those built and
- * timed in CUDNN_TUNE_SECONDS (a candidate whose workspace does not fit is passed over). LOCO_EUNSUPPORTED (with the last failure) when none
- * does, LOCO_EDEVICE_OOM when the last one tried found no memory; LOCO_EDEVICE when a timed run
- * failed on the device (then nothing more is tried). */
+/* Chooses p's plan among the configurations of heuristics `mode` for graph (the first 32, those
+ * with a refused note skipped): the first whose plan finalizes, or with tune, the fastest of the
+ * first CUDNN_TUNE_MAX that do, or of those built and timed in CUDNN_TUNE_SECONDS (a candidate
+ * whose workspace does not fit is passed over). LOCO_EUNSUPPORTED (with the last failure) when
+ * none does, LOCO_EDEVICE_OOM when the last one tried found no memory; LOCO_EDEVICE when a timed
+ * run failed on the device (then nothing more is tried). */
 static loco_status plan_from_heuristics(cuda_impl *c, cudnn_plan *p, cudnnBackendDescriptor_t graph,
                                         cudnnBackendHeurMode_t mode, const cudnn_args *tune, loco_err *err) {
     cuda_cudnn *n = c->cudnn;
@@ -411,7 +412,7 @@ loco_status cudnn_plan_get(cuda_impl *c, cudnn_plan_kind kind, const void *key, 
     cudnnBackendDescriptor_t graph = NULL;
     loco_status s = build(n, p, key, &graph, &why);
     if (s == LOCO_OK) s = plan_from_heuristics(c, p, graph, CUDNN_HEUR_MODE_A, tune, &why);
-    if (s == LOCO_EUNSUPPORTED && !p->plan) {
+    if (s == LOCO_EUNSUPPORTED && graph && !p->plan) { /* (not when the graph itself failed) */
         loco_err_clear(&why);
         s = plan_from_heuristics(c, p, graph, CUDNN_HEUR_MODE_FALLBACK, tune, &why);
     }

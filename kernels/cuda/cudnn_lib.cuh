@@ -119,7 +119,9 @@ typedef loco_status (*cudnn_graph_fn)(cuda_cudnn *n, cudnn_plan *p, const void *
  * padding), built now by `build` unless a CUDA graph is being captured (then LOCO_EUNSUPPORTED:
  * building may allocate and synchronise). tune: launch arguments to time the candidates on (the
  * output is overwritten; NULL takes the first that finalizes). A shape with no plan fails with
- * LOCO_EUNSUPPORTED and its cached reason, now and on every later call. */
+ * LOCO_EUNSUPPORTED and its cached reason, now and on every later call; LOCO_EDEVICE and
+ * LOCO_EDEVICE_OOM (the device failed, or memory ran short while building) are not cached: a
+ * later call tries again. */
 loco_status cudnn_plan_get(cuda_impl *c, cudnn_plan_kind kind, const void *key, size_t key_n, cudnn_graph_fn build,
                            const cudnn_args *tune, cudnn_plan **out, loco_err *err);
 /* Builds the graph for key with the library alone (no handle, no device: cuda_probe.h's checks)
