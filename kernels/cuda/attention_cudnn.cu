@@ -47,11 +47,7 @@ loco_status cuda_attention_cudnn(cuda_impl *c, const cuda_sdpa_call *s, loco_err
 extern "C" loco_status loco_cuda_cudnn_sdpa_graph_check(loco_dtype dt, int64_t B, int64_t H, int64_t Lq, int64_t Lk,
                                                         int64_t D, int packed, loco_err *err) {
     (void)dt, (void)B, (void)H, (void)Lq, (void)Lk, (void)D, (void)packed;
-#ifdef LOCO_CUDA_EMU
-    return loco_err_set(err, LOCO_EUNSUPPORTED, "cuDNN unavailable: not on the CUDA emulator");
-#else
-    return loco_err_set(err, LOCO_EUNSUPPORTED, "cuDNN unavailable: built without cuDNN's headers");
-#endif
+    return cudnn_not_compiled_in(err);
 }
 
 #else

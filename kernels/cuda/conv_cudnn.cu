@@ -66,11 +66,7 @@ extern "C" loco_status loco_cuda_cudnn_conv_graph_check(loco_dtype dt, int64_t N
                                                         int64_t Cout, int64_t kh, int64_t kw, int stride,
                                                         const int pad[4], loco_err *err) {
     (void)dt, (void)N, (void)Cin, (void)H, (void)W, (void)Cout, (void)kh, (void)kw, (void)stride, (void)pad;
-#ifdef LOCO_CUDA_EMU
-    return loco_err_set(err, LOCO_EUNSUPPORTED, "cuDNN unavailable: not on the CUDA emulator");
-#else
-    return loco_err_set(err, LOCO_EUNSUPPORTED, "cuDNN unavailable: built without cuDNN's headers");
-#endif
+    return cudnn_not_compiled_in(err);
 }
 
 #else

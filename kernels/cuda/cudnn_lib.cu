@@ -10,20 +10,24 @@
 
 #ifndef LOCO_HAVE_CUDNN
 
+#ifdef LOCO_CUDA_EMU
+static const char not_compiled_in_why[] = "not on the CUDA emulator";
+#else
+static const char not_compiled_in_why[] = "built without cuDNN's headers";
+#endif
+
 loco_status cuda_cudnn_setup(cuda_impl *c, loco_err *err) {
     (void)err;
-    if (!c->cudnn_attention && !c->cudnn_conv) return LOCO_OK;
-#ifdef LOCO_CUDA_EMU
-    snprintf(c->cudnn_why, sizeof c->cudnn_why, "not on the CUDA emulator");
-#else
-    snprintf(c->cudnn_why, sizeof c->cudnn_why, "built without cuDNN's headers");
-#endif
+    if (c->cudnn_attention || c->cudnn_conv) snprintf(c->cudnn_why, sizeof c->cudnn_why, "%s", not_compiled_in_why);
     return LOCO_OK;
 }
 void cuda_cudnn_destroy(cuda_impl *c) { (void)c; }
 size_t cuda_cudnn_version(const cuda_impl *c) {
     (void)c;
     return 0;
+}
+loco_status cudnn_not_compiled_in(loco_err *err) {
+    return loco_err_set(err, LOCO_EUNSUPPORTED, "cuDNN unavailable: %s", not_compiled_in_why);
 }
 
 #else

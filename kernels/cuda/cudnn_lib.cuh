@@ -23,6 +23,12 @@
 #endif
 #endif
 
+/* Without cuDNN compiled in: LOCO_EUNSUPPORTED with "cuDNN unavailable: <why>" (the CUDA
+ * emulator, or no cuDNN headers), for cuda_probe.h's checks. */
+#ifndef LOCO_HAVE_CUDNN
+loco_status cudnn_not_compiled_in(loco_err *err);
+#endif
+
 #ifdef LOCO_HAVE_CUDNN
 
 #include <cudnn_graph.h>
