@@ -143,7 +143,7 @@ $(BUILD)/emu/bench/gpu/op_bench: bench/gpu/op_bench.c $(BUILD)/libloco_emu.a
 
 all: $(if $(EMU_ON),$(BUILD)/emu/bench/gpu/op_bench)
 
-$(BUILD)/bench/%: bench/%.c $(BUILD)/libloco.a
+$(BUILD)/bench/%: bench/%.c bench/bench_util.h $(BUILD)/libloco.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libloco.a $(CUDA_LIBS) $(LDLIBS)
 

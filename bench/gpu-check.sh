@@ -25,7 +25,9 @@
 #      time only some of the 50 steps and extrapolate from the median UNet call; the table says
 #      which (T/N);
 #   6. times a LocoGen sweep (SD 1.5 512^2, 50 steps, every window of 2 layers) batched vs one
-#      image at a time (bench/locogen_batched.c --device cuda);
+#      image at a time (bench/locogen_batched.c --device cuda), and a causal trace of 15 UNet
+#      components (SD 1.5 512^2, 50 steps) with its restored runs on CUDA graphs vs op by op
+#      (bench/trace_graphs.c);
 #   7. budget permitting: SD-XL at batch 8 timed again with every opt-in setting that beat the
 #      default on its op rows, together (bench/gpu/pick_candidates.py; RESULT tag "best"), then
 #      with cuDNN's attention (LOCO_CUDA_FLASH=cudnn) and convolutions (LOCO_CUDA_CONV=cudnn,
@@ -102,8 +104,9 @@ BIN_TESTS=build/tests
 BIN_BENCH=build/bench/gpu
 TARGETS="build/libloco.a build/tests/test_cuda_ops build/tests/test_cuda_optin build/tests/test_cuda_pipeline \
 build/tests/test_cuda_methods build/tests/test_cuda_full_size build/tests/test_cudnn_graphs build/bench/gpu/op_bench \
-build/bench/gpu/pipeline_bench build/bench/locogen_batched"
+build/bench/gpu/pipeline_bench build/bench/locogen_batched build/bench/trace_graphs"
 BIN_LOCOGEN=build/bench/locogen_batched
+BIN_TRACE=build/bench/trace_graphs
 kit_used=0
 use_kit() { # unpack .gpu/kit.tar.xz, refusing one built from other sources
     local want have
@@ -121,6 +124,7 @@ use_kit() { # unpack .gpu/kit.tar.xz, refusing one built from other sources
     BIN_TESTS="$KIT/bin"
     BIN_BENCH="$KIT/bin"
     BIN_LOCOGEN="$KIT/bin/locogen_batched"
+    BIN_TRACE="$KIT/bin/trace_graphs"
     local cuda_lib=""
     command -v nvcc >/dev/null 2>&1 && cuda_lib="$(dirname "$(dirname "$(command -v nvcc)")")/lib64"
     LOCO_KIT_LD="$KIT/lib${cuda_lib:+:$cuda_lib}:/usr/local/cuda/lib64"
@@ -420,7 +424,7 @@ parity() { # name binary [test-name regex]
 }
 parity cuda_ops "$BIN_TESTS/test_cuda_ops"
 parity cuda_pipeline "$BIN_TESTS/test_cuda_pipeline"
-# LocoGen (graph replay with per-window K/V rows) and causal tracing (host hooks) against the CPU
+# LocoGen (graph replay with per-window K/V rows) and causal tracing (restore hooks, replayed) against the CPU
 parity cuda_methods "$BIN_TESTS/test_cuda_methods"
 # ResNet convs on the im2col route (every UNet one) take their GroupNorm in the gather (session 4,
 # written without a GPU).
@@ -638,6 +642,16 @@ else
     timeout $(($(left) - 5)) "${RUN[@]}" "$BIN_LOCOGEN" --device cuda --size 512 --steps 50 --prompts 2 \
         >"$DIR/locogen.txt" 2>"$DIR/locogen.err" || { tail -3 "$DIR/locogen.err"; say "the LocoGen sweep failed"; }
     grep -E '^(sweep|batched|one by one|ratio|same images|cuda graphs)' "$DIR/locogen.txt" | sed 's/^/gpu-check:   /'
+fi
+if [ ! -x "$BIN_TRACE" ]; then
+    say "no $BIN_TRACE: skipping the causal trace"
+elif [ "$(left)" -lt 45 ]; then
+    say "skipping the causal trace: $(left) s of the budget left, about 45 s needed"
+else
+    say "causal trace, SD 1.5 512^2, 50 steps, 15 UNet components: restored runs on CUDA graphs vs op by op"
+    timeout $(($(left) - 5)) "${RUN[@]}" "$BIN_TRACE" --device cuda --size 512 --steps 50 --components 15 \
+        >"$DIR/trace.txt" 2>"$DIR/trace.err" || { tail -3 "$DIR/trace.err"; say "the causal trace failed"; }
+    grep -E '^(trace|graphs|op by op|ratio|same results|cuda graphs)' "$DIR/trace.txt" | sed 's/^/gpu-check:   /'
 fi
 
 # ---- 7. candidates and the opt-in paths through whole pipelines, budget permitting -----------------

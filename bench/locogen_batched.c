@@ -27,42 +27,11 @@
 #include <string.h>
 #include <time.h>
 
+#include "bench_util.h"
 #include "clip_score.h"
 #include "locogen.h"
 #include "pipeline.h"
 #include "unet.h"
-
-#define DIE(...)                                                                                                       \
-    do {                                                                                                               \
-        fprintf(stderr, __VA_ARGS__);                                                                                  \
-        fputc('\n', stderr);                                                                                           \
-        exit(1);                                                                                                       \
-    } while (0)
-
-static void cpu_name(char *buf, size_t n) {
-    snprintf(buf, n, "unknown CPU");
-    FILE *f = fopen("/proc/cpuinfo", "r");
-    if (!f) return;
-    char line[512];
-    int cores = 0;
-    char model[256] = "";
-    while (fgets(line, sizeof line, f)) {
-        if (!strncmp(line, "model name", 10) && !model[0]) {
-            const char *c = strchr(line, ':');
-            if (c) snprintf(model, sizeof model, "%s", c + 2);
-            model[strcspn(model, "\n")] = 0;
-        }
-        if (!strncmp(line, "processor", 9)) cores++;
-    }
-    fclose(f);
-    snprintf(buf, n, "%s, %d logical CPUs", model, cores);
-}
-
-static double cpu_seconds(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
 
 static int progress(void *ctx, int done, int total) {
     fprintf(stderr, "\r  %s: %d/%d images", (const char *)ctx, done, total);
@@ -82,10 +51,10 @@ int main(int argc, char **argv) {
         else if (i + 1 < argc && !strcmp(argv[i], "--prompts")) n_prompts = atoi(argv[++i]);
         else if (i + 1 < argc && !strcmp(argv[i], "--device")) device = argv[++i];
         else if (i + 1 < argc && !strcmp(argv[i], "--graphs")) graphs = atoi(argv[++i]);
-        else DIE("usage: %s [--device cpu|cuda|auto] [--graphs 0|1] [--size 256] [--steps 4] [--threads N] "
+        else BENCH_DIE("usage: %s [--device cpu|cuda|auto] [--graphs 0|1] [--size 256] [--steps 4] [--threads N] "
                  "[--window 2] [--prompts 1..4]", argv[0]);
     }
-    if (n_prompts < 1 || n_prompts > 4) DIE("--prompts must be 1..4");
+    if (n_prompts < 1 || n_prompts > 4) BENCH_DIE("--prompts must be 1..4");
     static const char *const prompts[4] = {"A house in the style of Van Gogh", "A town in the style of Monet",
                                            "R2D2 in the street", "President of the United States"};
     static const char *const altered[4] = {"A painting of a house", "A painting of a town", "A robot in the street",
@@ -93,7 +62,7 @@ int main(int argc, char **argv) {
     static const uint64_t seeds[1] = {0};
     loco_backend_opts bo;
     loco_backend_opts_init(&bo);
-    if (loco_device_from_name(device, &bo.device)) DIE("--device: cpu, cuda or auto, not %s", device);
+    if (loco_device_from_name(device, &bo.device)) BENCH_DIE("--device: cpu, cuda or auto, not %s", device);
     bo.num_threads = threads;
     loco_backend *be = NULL;
     loco_pipeline *p = NULL;
@@ -101,14 +70,14 @@ int main(int argc, char **argv) {
     loco_err err = {0};
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
-    if (loco_backend_create(&bo, &be, &err)) DIE("backend: %s", err.msg);
-    if (loco_pipeline_load_random(be, LOCO_FAMILY_SD1, 1234, NULL, &p, &err)) DIE("random SD 1.5: %s", err.msg);
+    if (loco_backend_create(&bo, &be, &err)) BENCH_DIE("backend: %s", err.msg);
+    if (loco_pipeline_load_random(be, LOCO_FAMILY_SD1, 1234, NULL, &p, &err)) BENCH_DIE("random SD 1.5: %s", err.msg);
     loco_unet_set_graphs(loco_pipeline_unet(p), graphs);
     if (loco_clip_scorer_load(be, "tests/fixtures/models/clip-tiny", &sc, &err))
-        DIE("scorer (run from the repository root): %s", err.msg);
+        BENCH_DIE("scorer (run from the repository root): %s", err.msg);
     clock_gettime(CLOCK_MONOTONIC, &t1);
     char cpu[320];
-    cpu_name(cpu, sizeof cpu);
+    bench_cpu_name(cpu, sizeof cpu);
     const int nc = loco_unet_n_cross(loco_pipeline_unet(p));
     printf("cpu: %s\nbackend: %s\n", cpu, loco_backend_describe(be));
     printf("model: SD 1.5 architecture (embedded configs), random weights, built in %.1f s; %d cross-attention layers\n",
@@ -141,9 +110,10 @@ int main(int argc, char **argv) {
         for (int arm = 0; arm < 2; arm++) {
             one.max_batch = arm ? 1 : 0; /* 0: every window of the prompt in one batch */
             one.progress_ctx = (void *)(arm ? "one by one" : "batched");
-            const double c0 = cpu_seconds();
-            if (loco_locogen_run(p, sc, &one, &r[arm], &err)) DIE("%s: %s", arm ? "one by one" : "batched", err.msg);
-            cpu_s[arm] += cpu_seconds() - c0;
+            const double c0 = bench_cpu_seconds();
+            if (loco_locogen_run(p, sc, &one, &r[arm], &err))
+                BENCH_DIE("%s: %s", arm ? "one by one" : "batched", err.msg);
+            cpu_s[arm] += bench_cpu_seconds() - c0;
             wall[arm] += r[arm].seconds;
         }
         for (int k = 0; k < per_set; k++) {

@@ -121,6 +121,10 @@ static loco_status validate(const loco_pipeline *p, const loco_denoise_params *d
         return loco_err_set(err, LOCO_EINVAL, "denoise: SD-XL needs pooled text embeds [%d, P]", Bt);
     if (d->text_kv && d->text_kv->batch != Bt)
         return loco_err_set(err, LOCO_EINVAL, "denoise: text K/V has %d rows, the text batch %d", d->text_kv->batch, Bt);
+    /* kv_hooks act in the projection, which precomputed K/V skip: they would be lost silently */
+    if (d->text_kv && d->kv_hooks && d->kv_hooks->after)
+        return loco_err_set(err, LOCO_EINVAL,
+                            "denoise: kv_hooks act while projecting the text K/V; pass text_kv or kv_hooks, not both");
     if (!d->group_seed) return loco_err_set(err, LOCO_EINVAL, "denoise: group_seed is required");
     if (d->n_groups < 0 || (d->n_groups > 0 && !d->group_size))
         return loco_err_set(err, LOCO_EINVAL, "denoise: n_groups needs group_size");

@@ -34,7 +34,8 @@ typedef struct loco_denoise_params {
     const loco_tensor *text;
     const loco_tensor *pooled;
     const loco_unet_text_kv *text_kv;   /* K/V of `text` projected earlier, or NULL: projected here */
-    const loco_site_hooks *kv_hooks;    /* hooks of that projection (CROSS_K/CROSS_V sites), may be NULL */
+    const loco_site_hooks *kv_hooks;    /* hooks of that projection (CROSS_K/CROSS_V sites), may be NULL;
+                                           only with text_kv NULL */
     const int *cond_row;                /* [B]: text row of sample b's conditional branch */
     const int *uncond_row;              /* [B]: text row of its unconditional branch (guidance only) */
     /* NULL, or n_cross entries (engine/unet.h execution order), each NULL or [B]: the text row

@@ -69,7 +69,9 @@ struct loco_iv_program {
     int call;
     int **kv_rows; /* n_cross tables of B rows */
     int n_cross;
-    loco_site_hooks unet_hooks; /* what loco_iv_apply points kv_hooks at */
+    loco_site_hooks unet_hooks; /* what loco_iv_apply installs as the calls' hooks and kv_hooks */
+    unsigned char *replay_id;   /* the calls' hooks' replay_id (sites.h), NULL when they record */
+    size_t replay_size;
 };
 
 static void lists_free(site_lists *l) {
@@ -95,6 +97,7 @@ void loco_iv_program_free(loco_iv_program *p) {
     for (int m = 0; m < M_COUNT; m++) lists_free(&p->lists[m]);
     for (int i = 0; p->kv_rows && i < p->n_cross; i++) free(p->kv_rows[i]);
     free(p->kv_rows);
+    free(p->replay_id);
     free(p);
 }
 
@@ -544,23 +547,89 @@ loco_status loco_iv_kv_rows(loco_iv_program *p, const int *row_of_sample, const 
     return LOCO_OK;
 }
 
-/* Context actions are compiled into per-layer K/V rows (loco_iv_kv_rows), so their site hook
- * does nothing; every other UNet action needs the hooks. */
-static int needs_unet_hooks(const loco_iv_program *p) {
+/* Whether c acts inside the UNet calls (a sample site) rather than in the text K/V projection,
+ * which runs once per run (cross_k / cross_v: per text row). Context actions are compiled into
+ * per-layer K/V rows (loco_iv_kv_rows): they need no hook at all. */
+static int acts_in_calls(const civ *c) {
+    return c->model == M_UNET && c->iv.action != LOCO_IV_CONTEXT && !c->per_text_row;
+}
+static int acts_in_kv(const civ *c) { return c->model == M_UNET && c->iv.action != LOCO_IV_CONTEXT && c->per_text_row; }
+
+static int any_ivs(const loco_iv_program *p, int (*pred)(const civ *)) {
     for (int i = 0; i < p->n; i++)
-        if (p->ivs[i].model == M_UNET && p->ivs[i].iv.action != LOCO_IV_CONTEXT) return 1;
+        if (pred(&p->ivs[i])) return 1;
     return 0;
 }
 
-loco_status loco_iv_apply(loco_iv_program *p, loco_denoise_params *d, loco_err *err) {
-    /* A plan of context actions only (LocoGen's window sweeps) installs no hook: a UNet call
-     * with hooks runs op by op, one without stays eligible for CUDA graph replay
-     * (engine/unet_graph.c), which records the K/V rows with the graph. */
-    if (needs_unet_hooks(p)) {
-        p->unet_hooks = loco_iv_unet_hooks(p);
-        d->hooks = p->unet_hooks;
-        d->kv_hooks = &p->unet_hooks; /* cross_k / cross_v sites run in the text K/V projection */
+/* Appends n bytes to a growing buffer; -1 when host memory ran out. */
+static int bytes_put(unsigned char **buf, size_t *len, size_t *cap, const void *src, size_t n) {
+    if (*len + n > *cap) {
+        size_t c = *cap ? *cap : 256;
+        while (c < *len + n) c *= 2;
+        unsigned char *b = realloc(*buf, c);
+        if (!b) return -1;
+        *buf = b;
+        *cap = c;
     }
+    memcpy(*buf + *len, src, n);
+    *len += n;
+    return 0;
+}
+
+/* The UNet hooks' replay_id (sites.h): every intervention acting inside the UNet calls, in plan
+ * order (the order the site lists run them in), with everything apply_one reads, and the rows
+ * they index. Restore and ablate only enqueue device ops on views of the site output (values
+ * ride in kernel arguments), so these bytes determine a hooked call's device work; record
+ * downloads on the host at every call, so a plan with one gets no id and its calls run op by
+ * op. */
+static loco_status build_replay_id(loco_iv_program *p, loco_err *err) {
+    free(p->replay_id);
+    p->replay_id = NULL;
+    p->replay_size = 0;
+    for (int i = 0; i < p->n; i++)
+        if (acts_in_calls(&p->ivs[i]) && p->ivs[i].iv.action == LOCO_IV_RECORD) return LOCO_OK;
+    unsigned char *buf = NULL;
+    size_t len = 0, cap = 0;
+    const int32_t head[3] = {0x6c6f6376 /* version tag */, p->lay.n_samples, p->lay.cfg};
+    int bad = bytes_put(&buf, &len, &cap, head, sizeof head);
+    for (int i = 0; i < p->n && !bad; i++) {
+        const civ *c = &p->ivs[i];
+        if (!acts_in_calls(c)) continue;
+        const int32_t f[7] = {(int32_t)c->iv.action, c->site,          c->iv.target,        c->iv.source,
+                              c->per_text_row,       c->iv.n_positions, c->iv.n_channels};
+        bad = bytes_put(&buf, &len, &cap, f, sizeof f) ||
+              (c->iv.n_positions > 0 &&
+               bytes_put(&buf, &len, &cap, c->iv.positions, (size_t)c->iv.n_positions * sizeof *c->iv.positions)) ||
+              (c->iv.n_channels > 0 &&
+               (bytes_put(&buf, &len, &cap, c->iv.channels, (size_t)c->iv.n_channels * sizeof *c->iv.channels) ||
+                bytes_put(&buf, &len, &cap, c->iv.values, (size_t)c->iv.n_channels * sizeof *c->iv.values)));
+    }
+    if (bad) {
+        free(buf);
+        return oom(err);
+    }
+    p->replay_id = buf;
+    p->replay_size = len;
+    return LOCO_OK;
+}
+
+loco_status loco_iv_apply(loco_iv_program *p, loco_denoise_params *d, loco_err *err) {
+    /* Hooks only where something acts. A plan of context actions only (LocoGen's window sweeps)
+     * or of cross_k / cross_v actions only (neuron ablations: the text K/V projection's hooks)
+     * leaves the UNet calls without hooks: they keep their fused residual adds and CUDA graph
+     * replay (engine/unet_graph.c records the K/V rows with the graph). Restores and ablations
+     * of sample sites install call hooks that carry a replay_id, so their calls replay too;
+     * records install them without one, so those calls run op by op. */
+    const int in_calls = any_ivs(p, acts_in_calls), in_kv = any_ivs(p, acts_in_kv);
+    p->unet_hooks = loco_iv_unet_hooks(p);
+    if (in_calls) {
+        loco_status st = build_replay_id(p, err);
+        if (st) return st;
+        p->unet_hooks.replay_id = p->replay_id;
+        p->unet_hooks.replay_size = p->replay_size;
+        d->hooks = p->unet_hooks;
+    }
+    if (in_kv) d->kv_hooks = &p->unet_hooks; /* run once, in the text K/V projection */
     d->before_call = loco_iv_before_call;
     d->call_ctx = p;
     return loco_iv_kv_rows(p, d->cond_row, &d->cond_kv_row, err);

@@ -106,7 +106,8 @@ void loco_iv_program_free(loco_iv_program *p);
 /* Hooks for the conditional text-encoder batch (rows = text rows): encoder 1 and SD-XL's encoder 2. */
 loco_site_hooks loco_iv_text_hooks(loco_iv_program *p);
 loco_site_hooks loco_iv_text_2_hooks(loco_iv_program *p);
-/* Hooks for the UNet calls of the denoise loop and for the text K/V projection (cross_k/v). */
+/* Hooks for the UNet calls of the denoise loop and for the text K/V projection (cross_k/v),
+ * without a replay_id (loco_iv_apply adds it). */
 loco_site_hooks loco_iv_unet_hooks(loco_iv_program *p);
 /* K/V row tables for loco_denoise_params.cond_kv_row: n_cross entries, NULL when no context
  * intervention exists at all (and per layer NULL where none applies). row_of_sample gives each
@@ -114,9 +115,12 @@ loco_site_hooks loco_iv_unet_hooks(loco_iv_program *p);
 loco_status loco_iv_kv_rows(loco_iv_program *p, const int *row_of_sample, const int *const **out, loco_err *err);
 /* Plug into loco_denoise_params.before_call (ctx = the program): tells UNet hooks the step. */
 loco_status loco_iv_before_call(void *program, int call, int n_calls, loco_err *err);
-/* Fill the denoise fields an intervention program drives: hooks and kv_hooks (only when the
- * plan has UNet actions other than context, so context-only plans keep CUDA graph replay),
- * before_call, cond_kv_row (from loco_iv_kv_rows with d->cond_row). */
+/* Fill the denoise fields an intervention program drives: hooks (only when the plan acts on a
+ * UNet sample site: restore, ablate, record) and kv_hooks (only when it acts on cross_k /
+ * cross_v), before_call, cond_kv_row (from loco_iv_kv_rows with d->cond_row). So context-only
+ * and neuron-ablation plans add no hook to the UNet calls. The call hooks carry a replay_id
+ * (sites.h) unless the plan records a sample site, so restores and ablations keep CUDA graph
+ * replay (unet.h, "graphs"); records run op by op. */
 loco_status loco_iv_apply(loco_iv_program *p, loco_denoise_params *d, loco_err *err);
 
 /* A recording: the plan's intervention `index` (a record). For UNet sites steps = n_calls and

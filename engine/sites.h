@@ -49,6 +49,16 @@ typedef loco_status (*loco_site_fn)(void *ctx, const loco_site *site, loco_tenso
 typedef struct loco_site_hooks {
     loco_site_fn after;
     void *ctx;
+    /* What lets a UNet call with hooks be recorded as a backend graph and replayed (unet.h,
+     * "graphs"). NULL (the default): the hook may do anything (read outputs on the host, keep
+     * per-call state), so every call with it runs op by op. Non-NULL: a promise that the
+     * `replay_size` bytes at `replay_id` determine everything the hook does, and that all it
+     * does is enqueue device ops on the site tensors it is handed (views of them, values in
+     * kernel arguments): no host read or upload, no allocation, nothing that depends on which
+     * call it is. A replay then does what the hook did when the call was recorded; the graph
+     * cache compares the bytes (and `after`) on every call and records again when they differ. */
+    const void *replay_id;
+    size_t replay_size;
 } loco_site_hooks;
 
 #endif

@@ -188,12 +188,14 @@ void loco_unet_inputs_init(loco_unet_inputs *in);
 loco_status loco_unet_forward(loco_unet *u, const loco_unet_inputs *in, loco_tensor *out, loco_err *err);
 
 /* ---- graphs (engine/unet_graph.c) ----
- * On a backend with graphs (CUDA, backend.h), a forward call with no hooks, no probe and
- * precomputed text K/V (what every denoising step of loco_generate is) is recorded once per
- * (sample shape, text batch) and replayed: the first call of a shape runs normally while the
- * graph's private memory pool learns the call's allocations, the second records and replays,
- * later ones replay (the text K/V addresses, kv_index tables and weight addresses are checked
- * on every call; a change re-records, which costs host time only). Results equal the normal
+ * On a backend with graphs (CUDA, backend.h), a forward call with no probe, precomputed text
+ * K/V, and either no hooks or hooks that carry a replay_id (sites.h: the intervention programs'
+ * restores and ablations do) is recorded once per (sample shape, text batch) and replayed:
+ * every denoising step of loco_generate, LocoGen's window sweeps, causal tracing's restored
+ * runs and ablated variants. The first call of a shape runs normally while the graph's private
+ * memory pool learns the call's allocations, the second records and replays, later ones replay
+ * (the text K/V addresses, kv_index tables, weight addresses and the hooks' replay_id are
+ * checked on every call; a change re-records, which costs host time only). Results equal the normal
  * path's (the same kernels run). On by default where the backend has graphs; the backend turns
  * them off for everything with LOCO_CUDA_GRAPHS=0. Each recorded shape keeps its pool (the
  * call's peak activation memory) until the UNet is freed, graphs are turned off, it is evicted

@@ -8,9 +8,14 @@
  *   - every intermediate: allocated from the graph's private pool (backend.h), never reused by
  *     anyone else while the graph lives;
  *   - weights and precomputed text K/V: their device addresses; text_index and the per-layer
- *     K/V rows: their values (they ride in kernel arguments). These are the entry's "binding",
- *     compared on every call: any difference records again (same shapes, so the warmed pool fits
- *     and no GPU work is spent; only host time).
+ *     K/V rows: their values (they ride in kernel arguments);
+ *   - site hooks (interventions: restore, ablate), only those that carry a replay_id
+ *     (sites.h): what they enqueued while recording. A replay does not call them, so their
+ *     function and replay_id bytes are part of the binding.
+ * These are the entry's "binding", compared on every call: any difference records again (same
+ * shapes, so the warmed pool fits and no GPU work is spent; only host time). A hook's first
+ * recording may come up short (a hooked body keeps more outputs than a plain one): that call
+ * runs normally in the pool period, which then holds enough, and the next call records.
  * The first call of a new shape runs normally inside a pool period, which fills the pool; the
  * second records (capture allowed no allocation, see kernels/cuda/graph.cu) and replays; the
  * following calls only replay. Recording failures (a capture the pool cannot serve, a driver
@@ -47,6 +52,9 @@ typedef struct ug_binding {
     size_t nrows;
     const void **ptr; /* text K/V data of every cross layer (k, v, k1, v1), then every weight */
     size_t nptr;
+    loco_site_fn hook; /* the site hook (NULL: none) and a copy of its replay_id bytes */
+    unsigned char *hook_id;
+    size_t hook_n;
 } ug_binding;
 
 typedef struct ug_entry {
@@ -77,12 +85,14 @@ struct unet_graphs {
 static void binding_free(ug_binding *b) {
     free(b->rows);
     free((void *)b->ptr);
+    free(b->hook_id);
     memset(b, 0, sizeof *b);
 }
 
 static int binding_equal(const ug_binding *a, const ug_binding *b) {
     return a->nrows == b->nrows && a->nptr == b->nptr && memcmp(a->rows, b->rows, a->nrows * sizeof *a->rows) == 0 &&
-           memcmp(a->ptr, b->ptr, a->nptr * sizeof *a->ptr) == 0;
+           memcmp(a->ptr, b->ptr, a->nptr * sizeof *a->ptr) == 0 && a->hook == b->hook && a->hook_n == b->hook_n &&
+           (a->hook_n == 0 || memcmp(a->hook_id, b->hook_id, a->hook_n) == 0);
 }
 
 /* The binding of this call; 0 on success, -1 out of host memory. */
@@ -94,7 +104,11 @@ static int binding_make(const unet_run *r, ug_binding *b) {
     b->nptr = (size_t)nc * 4 + u->params.n;
     b->rows = malloc((b->nrows ? b->nrows : 1) * sizeof *b->rows);
     b->ptr = malloc((b->nptr ? b->nptr : 1) * sizeof *b->ptr);
-    if (!b->rows || !b->ptr) {
+    const loco_site_hooks *h = r->hooks && r->hooks->after ? r->hooks : NULL;
+    b->hook = h ? h->after : NULL;
+    b->hook_n = h ? h->replay_size : 0;
+    if (b->hook_n && (b->hook_id = malloc(b->hook_n))) memcpy(b->hook_id, h->replay_id, b->hook_n);
+    if (!b->rows || !b->ptr || (b->hook_n && !b->hook_id)) {
         binding_free(b);
         return -1;
     }
@@ -202,7 +216,9 @@ void loco_unet_graph_stats_get(const loco_unet *u, loco_unet_graph_stats *st) {
 }
 
 int unet_graph_eligible(const loco_unet *u, const loco_unet_inputs *in) {
-    return !u->graphs_off && loco_backend_has_graphs(u->be) && !in->probe && !in->hooks.after && in->text_kv;
+    /* hooks only when they say what they do (sites.h, replay_id): a replay does not call them */
+    const int hooks_ok = !in->hooks.after || in->hooks.replay_id;
+    return !u->graphs_off && loco_backend_has_graphs(u->be) && !in->probe && hooks_ok && in->text_kv;
 }
 
 static void note_failure(struct unet_graphs *gs, const char *what, const loco_err *e) {
@@ -267,9 +283,24 @@ static loco_status pooled_call(ug_entry *e, const unet_run *r, const loco_tensor
     return s;
 }
 
+/* The call's hooks as seen by a recording: a hook's own error (a bad plan, not a capture
+ * problem) is told apart from the recording's, so that it reaches the caller as it would without
+ * graphs, never counted as a failed recording. */
+typedef struct hook_guard {
+    const loco_site_hooks *inner;
+    int failed;
+} hook_guard;
+
+static loco_status guarded_hook(void *ctx, const loco_site *site, loco_tensor *out, loco_err *err) {
+    hook_guard *g = ctx;
+    const loco_status s = g->inner->after(g->inner->ctx, site, out, err);
+    if (s) g->failed = 1;
+    return s;
+}
+
 /* Record unet_body on the entry's fixed tensors. On success the entry's out holds the
- * recording's result address and e->bound the binding. */
-static loco_status record(ug_entry *e, const unet_run *r, ug_binding *b, loco_err *err) {
+ * recording's result address and e->bound the binding. *hook_failed: the error is a hook's. */
+static loco_status record(ug_entry *e, const unet_run *r, ug_binding *b, int *hook_failed, loco_err *err) {
     loco_backend *be = r->be;
     if (!e->out.data) {
         /* conv_out's output: [B, out_channels, H, W] in the sample's dtype */
@@ -279,6 +310,15 @@ static loco_status record(ug_entry *e, const unet_run *r, ug_binding *b, loco_er
     }
     unet_run rr = *r;
     rr.temb_act = &e->temb;
+    hook_guard guard = {.inner = r->hooks, .failed = 0};
+    loco_site_hooks guarded;
+    if (r->hooks && r->hooks->after) {
+        guarded = *r->hooks;
+        guarded.after = guarded_hook;
+        guarded.ctx = &guard;
+        rr.hooks = &guarded;
+    }
+    *hook_failed = 0;
     loco_tensor o = {0};
     loco_status s = loco_graph_capture_begin(e->g, err);
     if (s) return s;
@@ -287,6 +327,7 @@ static loco_status record(ug_entry *e, const unet_run *r, ug_binding *b, loco_er
     loco_tensor_free(&o); /* back to the pool: its last use is already recorded */
     if (s) {
         loco_graph_capture_abort(e->g);
+        *hook_failed = guard.failed;
         return s;
     }
     if ((s = loco_graph_capture_end(e->g, err))) return s;
@@ -376,8 +417,16 @@ static loco_status forward_on(struct unet_graphs *gs, ug_entry *e, const unet_ru
         return s == LOCO_EDEVICE_OOM ? replay_oom(gs, e, r, out, err) : s;
     }
     /* a new recording: first of this shape, or the binding changed */
-    loco_status s = record(e, r, &b, &gerr);
+    int hook_failed = 0;
+    loco_status s = record(e, r, &b, &hook_failed, &gerr);
     binding_free(&b); /* taken over by record() on success */
+    if (s && hook_failed) {
+        /* the caller's error, as the plain path would give it; not a failed recording (no try
+         * counted), but the aborted capture leaves no graph to launch: the next call records */
+        e->state = UG_RECORD;
+        if (err) *err = gerr;
+        return s;
+    }
     if (!s) {
         e->state = UG_READY;
         e->tries = 0;

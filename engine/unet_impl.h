@@ -107,7 +107,7 @@ loco_status unet_body(const unet_run *r, const loco_tensor *x, loco_probe_fn pro
 
 /* ---- unet_graph.c ---- */
 /* Whether this call may run as a recorded graph: graphs on for the UNet and its backend, no
- * hooks, no probe, precomputed text K/V. */
+ * hooks or hooks with a replay_id (sites.h), no probe, precomputed text K/V. */
 int unet_graph_eligible(const loco_unet *u, const loco_unet_inputs *in);
 /* unet_body through the graph cache (falls back to unet_body whenever recording fails). */
 loco_status unet_graph_forward(const unet_run *r, const loco_tensor *x, loco_tensor *out, loco_err *err);

@@ -6,7 +6,7 @@
 #
 #   .gpu/kit.tar.xz   bin/: test_cuda_ops, test_cuda_optin, test_cuda_pipeline, test_cuda_methods,
 #                     test_cuda_full_size, test_cudnn_graphs, op_bench, pipeline_bench,
-#                     locogen_batched (stripped)
+#                     locogen_batched, trace_graphs (stripped)
 #                     lib/: every shared library they load beyond glibc, libstdc++/libgcc_s and
 #                     CUDA's own (which come from the GPU machine's CUDA 13)
 #   .gpu/SOURCE_HASH  hash of the C/CUDA sources the kit was built from; gpu-check.sh refuses a
@@ -33,7 +33,7 @@ fi
 DIFFUSERS_VERSION=0.42.1
 BINS="build/tests/test_cuda_ops build/tests/test_cuda_optin build/tests/test_cuda_pipeline build/tests/test_cuda_methods
 build/tests/test_cuda_full_size build/tests/test_cudnn_graphs build/bench/gpu/op_bench build/bench/gpu/pipeline_bench
-build/bench/locogen_batched"
+build/bench/locogen_batched build/bench/trace_graphs"
 
 echo "prepare: building (make -j$(nproc))"
 # shellcheck disable=SC2086

@@ -1,8 +1,8 @@
 /* graph_mock_util.h: a backend that behaves like CUDA graphs do, over the CPU backend, for the
  * tests of engine/unet_graph.c (test_unet_graph.c):
  *   - while capturing, every op is recorded (tensors by value, so by address; host tables such as
- *     kv_index copied, i.e. baked in) instead of run, and a launch runs the recording on whatever
- *     memory holds at that moment;
+ *     kv_index and set_channels' channels and values copied, i.e. baked in) instead of run, and
+ *     a launch runs the recording on whatever memory holds at that moment;
  *   - a pool period serves allocations from the graph's own blocks (growing the pool unless
  *     frozen), a capture may not grow it, and upload/download/sync while capturing fail the op,
  *     as they invalidate a CUDA capture;
@@ -23,7 +23,7 @@
 /* ---- the recording backend ----------------------------------------------------------------------- */
 
 enum { R_LINEAR, R_CONV, R_GN, R_LN, R_ATTN, R_ACT, R_GEGLU, R_ADD, R_CBIAS, R_LINCOMB, R_COPY, R_FILL, R_T12,
-       R_CONCAT, R_UP2 };
+       R_CONCAT, R_UP2, R_SETC };
 
 typedef struct rec {
     int kind;
@@ -35,9 +35,10 @@ typedef struct rec {
     loco_conv2d_params cp;
     loco_attention_params ap;
     int *kv;            /* baked copy of ap.kv_index */
-    int n;              /* lincomb */
+    int n;              /* lincomb inputs, set_channels channels */
     loco_tensor *xs;    /* lincomb inputs by value */
-    float *coef;
+    float *coef;        /* lincomb coefficients, set_channels values (baked, as kernel arguments) */
+    int32_t *ch;        /* set_channels channels (baked) */
 } rec;
 
 typedef struct mblock {
@@ -84,6 +85,7 @@ static void rec_free(rec *r) {
     free(r->kv);
     free(r->xs);
     free(r->coef);
+    free(r->ch);
 }
 
 static rec *push(mock *m) {
@@ -128,6 +130,7 @@ static loco_status replay_one(mock *m, rec *r, loco_err *err) {
     case R_T12: return o->transpose12(be, &r->t[0], &r->t[1], err);
     case R_CONCAT: return o->concat(be, &r->t[0], &r->t[1], &r->t[2], r->i0, err);
     case R_UP2: return o->upsample_nearest2x(be, &r->t[0], &r->t[1], err);
+    case R_SETC: return o->set_channels(be, &r->t[0], r->ch, r->coef, r->n, err);
     }
     return loco_err_set(err, LOCO_EINVAL, "mock: unknown record");
 }
@@ -256,7 +259,24 @@ static loco_status w_up2(loco_backend *be, loco_tensor *y, const loco_tensor *x,
     r->kind = R_UP2, put(r, 0, y), put(r, 1, x);
     return LOCO_OK;
 }
+static loco_status w_setc(loco_backend *be, loco_tensor *y, const int32_t *ch, const float *v, int n, loco_err *err) {
+    mock *m = M(be);
+    if (!m->capturing) return m->base.set_channels(be, y, ch, v, n, err);
+    rec *r = push(m);
+    r->kind = R_SETC, put(r, 0, y), r->n = n;
+    r->ch = malloc((size_t)(n ? n : 1) * sizeof *r->ch);
+    r->coef = malloc((size_t)(n ? n : 1) * sizeof *r->coef);
+    if (!r->ch || !r->coef) return loco_err_set(err, LOCO_ENOMEM, "mock: out of host memory");
+    if (n > 0) memcpy(r->ch, ch, (size_t)n * sizeof *r->ch), memcpy(r->coef, v, (size_t)n * sizeof *r->coef);
+    return LOCO_OK;
+}
 /* ops a capture must not contain (CUDA: host transfers and syncs invalidate it) */
+static loco_status w_u8_images(loco_backend *be, uint8_t *dst, const void *src, loco_dtype sd, int64_t n, int64_t c,
+                               int64_t hw, int64_t *nan_at, loco_err *err) {
+    mock *m = M(be);
+    if (m->capturing) return loco_err_set(err, LOCO_EDEVICE, "mock: image download while capturing");
+    return m->base.download_u8_images(be, dst, src, sd, n, c, hw, nan_at, err);
+}
 static loco_status w_embedding(loco_backend *be, loco_tensor *y, const loco_tensor *t, const int32_t *ids, int64_t n,
                                loco_err *err) {
     mock *m = M(be);
@@ -470,6 +490,8 @@ static mock *mock_new(void) {
     m->ops.concat = w_concat;
     m->ops.upsample_nearest2x = w_up2;
     m->ops.embedding = w_embedding;
+    m->ops.set_channels = w_setc;
+    m->ops.download_u8_images = w_u8_images;
     m->ops.graph_new = g_new;
     m->ops.graph_free = g_free;
     m->ops.graph_pool_begin = g_pool_begin;

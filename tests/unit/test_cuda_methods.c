@@ -1,7 +1,7 @@
 /* test_cuda_methods.c: the research methods on the CUDA backend, on the tiny fixtures: LocoGen
  * (a window sweep, its UNet calls eligible for graph replay with the windows' K/V rows recorded)
- * and causal tracing (site hooks restoring UNet outputs and text states per batch row, with the
- * host in the loop) against the CPU backend; LocoEdit (a variant's edited cross-attention
+ * and causal tracing (site hooks restoring UNet outputs and text states per batch row; the
+ * restored runs' calls recorded and replayed too) against the CPU backend; LocoEdit (a variant's edited cross-attention
  * weights, copied on write on the device, then generation from it) against the diffusers
  * reference. Skipped without a GPU; the emu/ items of the suite run them on the CPU kernel
  * emulator.
@@ -125,10 +125,14 @@ TEST(cuda_trace_sd1_matches_cpu) {
         }
     }
     const double moved = same_shape ? loco_rel_l2(rg.corrupted_latents, rg.clean_latents, (size_t)rg.latent_numel) : 0;
+    loco_unet_graph_stats gs;
+    loco_unet_graph_stats_get(loco_pipeline_unet(g.p), &gs);
+    const int graphs = loco_backend_has_graphs(g.be);
     fprintf(stderr,
             "trace sd1-tiny, %d components + %dx2x%d text states: final latents %.3g, cosines %.3g; corruption "
-            "moved the GPU's latents %.3g\n",
-            rc.n_unet, rc.n_layers, rc.n_positions, worst_lat, worst_cos, moved);
+            "moved the GPU's latents %.3g; graphs %s: %ld captures, %ld replays, %ld plain calls%s%s\n",
+            rc.n_unet, rc.n_layers, rc.n_positions, worst_lat, worst_cos, moved, graphs ? "on" : "off", gs.captures,
+            gs.replays, gs.eager_calls, gs.last_error[0] ? "; " : "", gs.last_error);
     loco_trace_result_free(&rc);
     loco_trace_result_free(&rg);
     mt_close(&g);
@@ -137,6 +141,9 @@ TEST(cuda_trace_sd1_matches_cpu) {
     CHECK(worst_lat <= LAT_TOL);
     CHECK(worst_cos <= COS_TOL);
     CHECK(moved > 1e-3);
+    /* the restores' hooks carry a replay_id (sites.h): the restored runs' UNet calls are recorded
+     * and replayed (3 calls per batch: warm-up or recording, then replays) */
+    if (graphs) CHECK_MSG(gs.captures >= 1 && gs.replays >= 2, "%s", gs.last_error);
 }
 
 /* LocoEdit's closed form is solved on the host from the text encoder's rows, so the edited

@@ -136,48 +136,138 @@ TEST(restore_ablate_record_act_on_the_conditional_branch) {
     CHECK(differs > 1e-3);
 }
 
-/* A plan of context actions only installs no UNet hook (its K/V rows do all the work), so its
- * UNet calls stay eligible for CUDA graph replay; a plan with any other UNet action installs
- * them. (Whether a call without hooks replays a graph is test_unet_graph's concern.) */
+/* Hooks only where something acts: a plan of context actions only installs none (its K/V rows
+ * do all the work); an ablation of a sample site installs the UNet calls' hooks; an ablation of
+ * cross_k (a neuron ablation) only the text K/V projection's, so the UNet calls stay hook-free.
+ * (Which calls replay a graph is test_unet_graph's concern.) */
 TEST(context_only_plans_install_no_unet_hooks) {
     mt_env e;
     MT_OPEN(e, "sd1-tiny", NULL);
     const loco_iv_layout lay = {.n_samples = 2, .n_text_rows = 2, .cfg = 1, .n_calls = 3};
     const loco_iv_models models = {.unet = loco_pipeline_unet(e.p), .text = loco_pipeline_text_encoder(e.p, 1)};
-    loco_intervention plan[2];
-    for (int i = 0; i < 2; i++) loco_intervention_init(&plan[i]);
+    loco_intervention plan[3];
+    for (int i = 0; i < 3; i++) loco_intervention_init(&plan[i]);
     plan[0].action = LOCO_IV_CONTEXT;
     plan[0].target = 0;
     plan[0].source = 1;
     plan[0].cross_index = 0;
-    plan[1].action = LOCO_IV_ABLATE;
-    plan[1].target = 1;
-    plan[1].site = "up_blocks.1.attentions.0.transformer_blocks.0.attn2";
-    plan[1].cross_index = -1;
     static const int32_t ch[1] = {0};
     static const float val[1] = {0.0f};
-    plan[1].channels = ch;
-    plan[1].values = val;
-    plan[1].n_channels = 1;
+    for (int i = 1; i < 3; i++) {
+        plan[i].action = LOCO_IV_ABLATE;
+        plan[i].target = 1;
+        plan[i].channels = ch;
+        plan[i].values = val;
+        plan[i].n_channels = 1;
+    }
+    plan[1].site = "up_blocks.1.attentions.0.transformer_blocks.0.attn2";
+    plan[2].site = "up_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k";
     const int cond[2] = {0, 1};
     loco_err err = {0};
-    int hooks[2] = {-1, -1}, kv_rows[2] = {-1, -1};
-    for (int k = 0; k < 2; k++) { /* k = 0: context only; k = 1: context + ablate */
+    /* k = 0: context only; 1: context + ablate attn2; 2: context + ablate attn2.to_k */
+    int call_hooks[3] = {-1, -1, -1}, kv_hooks[3] = {-1, -1, -1}, kv_rows[3] = {-1, -1, -1};
+    const loco_intervention one[2] = {plan[0], plan[2]};
+    for (int k = 0; k < 3; k++) {
         loco_iv_program *prog = NULL;
         loco_denoise_params d;
         loco_denoise_params_init(&d);
         d.n_samples = 2;
         d.cond_row = cond;
-        loco_status st = loco_iv_compile(plan, 1 + k, &lay, &models, &prog, &err);
+        loco_status st = loco_iv_compile(k == 2 ? one : plan, k == 0 ? 1 : 2, &lay, &models, &prog, &err);
         if (!st) st = loco_iv_apply(prog, &d, &err);
         CHECK_MSG(st == LOCO_OK, "%s", err.msg);
-        hooks[k] = d.hooks.after != NULL && d.kv_hooks != NULL;
+        call_hooks[k] = d.hooks.after != NULL;
+        kv_hooks[k] = d.kv_hooks != NULL && d.kv_hooks->after != NULL;
         kv_rows[k] = d.cond_kv_row != NULL && d.cond_kv_row[0] != NULL && d.cond_kv_row[0][0] == 1;
         loco_iv_program_free(prog);
     }
     mt_close(&e);
-    CHECK(hooks[0] == 0 && kv_rows[0] == 1);
-    CHECK(hooks[1] == 1 && kv_rows[1] == 1);
+    CHECK(call_hooks[0] == 0 && kv_hooks[0] == 0 && kv_rows[0] == 1);
+    CHECK(call_hooks[1] == 1 && kv_hooks[1] == 0 && kv_rows[1] == 1);
+    CHECK(call_hooks[2] == 0 && kv_hooks[2] == 1 && kv_rows[2] == 1);
+}
+
+/* The UNet hooks' replay_id (sites.h): restores and ablations get one, which names everything
+ * they do (so the graph cache records again exactly when a plan does something else); a plan
+ * that records a UNet site gets none (its hook downloads at every call). */
+static int replay_id_cfg(const loco_iv_models *models, int cfg, const loco_intervention *plan, int n,
+                         unsigned char *id, size_t cap, size_t *len, loco_err *err) {
+    const loco_iv_layout lay = {.n_samples = 3, .n_text_rows = 2, .cfg = cfg, .n_calls = 3};
+    static const int cond[3] = {0, 1, 1};
+    loco_iv_program *prog = NULL;
+    loco_denoise_params d;
+    loco_denoise_params_init(&d);
+    d.n_samples = 3;
+    d.cond_row = cond;
+    loco_status st = loco_iv_compile(plan, n, &lay, models, &prog, err);
+    if (!st) st = loco_iv_apply(prog, &d, err);
+    *len = 0;
+    int has = -1;
+    if (!st) {
+        has = d.hooks.replay_id != NULL;
+        if (d.kv_hooks) has = -1; /* no cross_k / cross_v action in these plans */
+        if (has == 1 && d.hooks.replay_size <= cap) {
+            memcpy(id, d.hooks.replay_id, d.hooks.replay_size);
+            *len = d.hooks.replay_size;
+        }
+    }
+    loco_iv_program_free(prog);
+    return has;
+}
+
+static int replay_id_of(const loco_iv_models *models, const loco_intervention *plan, int n, unsigned char *id,
+                        size_t cap, size_t *len, loco_err *err) {
+    return replay_id_cfg(models, 1, plan, n, id, cap, len, err);
+}
+
+TEST(restore_and_ablate_hooks_carry_a_replay_id) {
+    mt_env e;
+    MT_OPEN(e, "sd1-tiny", NULL);
+    const loco_iv_models models = {.unet = loco_pipeline_unet(e.p), .text = loco_pipeline_text_encoder(e.p, 1)};
+    const char *site = "up_blocks.1.attentions.0.transformer_blocks.0.attn2";
+    const char *other = "down_blocks.0.resnets.1";
+    int32_t ch[2] = {1, 5};
+    float val[2] = {0.25f, -3.0f};
+    loco_intervention plan[3];
+    for (int i = 0; i < 3; i++) loco_intervention_init(&plan[i]);
+    plan[0] = (loco_intervention){.action = LOCO_IV_RESTORE, .target = 1, .source = 0, .site = site, .cross_index = -1};
+    plan[1] = (loco_intervention){.action = LOCO_IV_ABLATE, .target = 2, .site = site, .cross_index = -1,
+                                  .channels = ch, .values = val, .n_channels = 2};
+    plan[2] = (loco_intervention){.action = LOCO_IV_RECORD, .target = 2, .site = site, .cross_index = -1};
+    loco_err err = {0};
+    unsigned char base[512], again[512], x[512];
+    size_t nb = 0, na = 0, nx = 0;
+    CHECK_MSG(replay_id_of(&models, plan, 2, base, sizeof base, &nb, &err) == 1, "%s", err.msg);
+    CHECK(replay_id_of(&models, plan, 2, again, sizeof again, &na, &err) == 1);
+    CHECK(nb > 0 && nb == na && memcmp(base, again, nb) == 0); /* the same plan, the same bytes */
+    /* each thing the hooks act on changes the bytes */
+    int changes = 0;
+    plan[0].source = 2;
+    changes += replay_id_of(&models, plan, 2, x, sizeof x, &nx, &err) == 1 && (nx != nb || memcmp(x, base, nb));
+    plan[0].source = 0;
+    plan[0].site = other;
+    changes += replay_id_of(&models, plan, 2, x, sizeof x, &nx, &err) == 1 && (nx != nb || memcmp(x, base, nb));
+    plan[0].site = site;
+    val[1] = -2.0f;
+    changes += replay_id_of(&models, plan, 2, x, sizeof x, &nx, &err) == 1 && (nx != nb || memcmp(x, base, nb));
+    val[1] = -3.0f;
+    ch[0] = 2;
+    changes += replay_id_of(&models, plan, 2, x, sizeof x, &nx, &err) == 1 && (nx != nb || memcmp(x, base, nb));
+    ch[0] = 1;
+    plan[1].target = 1;
+    changes += replay_id_of(&models, plan, 2, x, sizeof x, &nx, &err) == 1 && (nx != nb || memcmp(x, base, nb));
+    plan[1].target = 2;
+    /* the rows they act on move without guidance (no unconditional half first) */
+    changes += replay_id_cfg(&models, 0, plan, 2, x, sizeof x, &nx, &err) == 1 && (nx != nb || memcmp(x, base, nb));
+    /* two actions on one site run in plan order: swapped, they do something else */
+    const loco_intervention swapped[2] = {plan[1], plan[0]};
+    changes += replay_id_of(&models, swapped, 2, x, sizeof x, &nx, &err) == 1 && (nx != nb || memcmp(x, base, nb));
+    CHECK(replay_id_of(&models, plan, 2, x, sizeof x, &nx, &err) == 1 && nx == nb && memcmp(x, base, nb) == 0);
+    /* with a record: no id */
+    const int with_record = replay_id_of(&models, plan, 3, x, sizeof x, &nx, &err);
+    mt_close(&e);
+    CHECK_MSG(changes == 7, "%d of 7 changes showed in the replay_id", changes);
+    CHECK(with_record == 0);
 }
 
 TEST(corruption_noise_matches_torch) {

@@ -14,6 +14,7 @@
 #include "loco_test.h"
 #include "model_ref_util.h"
 #include "pipeline.h"
+#include "pipeline_variant.h"
 #include "unet.h"
 
 /* ---- helpers ------------------------------------------------------------------------------------ */
@@ -270,6 +271,241 @@ TEST(unet_graph_recording_failure_falls_back) {
     CHECK(strstr(st.last_error, "test knob") != NULL);
 }
 
+/* A hook in the shape of the intervention programs' restore and ablate: at one site it copies
+ * row `src` over row `dst`, at another it sets two channels. Device ops on views only, with a
+ * replay_id naming what it does; it counts its calls (a replay must not call it). */
+typedef struct test_hook {
+    int copy_site, src, dst;
+    int setc_site;
+    int calls;
+} test_hook;
+
+static loco_status test_hook_fn(void *ctx, const loco_site *site, loco_tensor *out, loco_err *err) {
+    test_hook *h = ctx;
+    loco_backend *be = out->be;
+    if (site->id == h->setc_site) {
+        h->calls++;
+        static const int32_t ch[2] = {1, 3};
+        static const float val[2] = {0.5f, -2.0f};
+        return loco_set_channels(be, out, ch, val, 2, err);
+    }
+    if (site->id != h->copy_site) return LOCO_OK;
+    loco_tensor a, b;
+    loco_status s = loco_tensor_slice0(out, h->dst, 1, &a, err);
+    if (!s) s = loco_tensor_slice0(out, h->src, 1, &b, err);
+    if (!s) s = loco_copy(be, &a, &b, err);
+    return s;
+}
+
+static loco_site_hooks test_hooks(test_hook *h, int replayable) {
+    loco_site_hooks hk = {.after = test_hook_fn, .ctx = h};
+    if (replayable) {
+        hk.replay_id = h; /* the struct's first four fields say what it does */
+        hk.replay_size = 4 * sizeof(int);
+    }
+    return hk;
+}
+
+/* A UNet with one text batch whose K/V stay put (so only the hooks move the binding), and a
+ * call on it with a sample from a seed and site hooks (may be NULL). */
+typedef struct hooked_fix {
+    ufix f;
+    loco_tensor txt;
+    loco_unet_text_kv kv;
+} hooked_fix;
+
+static int hooked_fix_open(hooked_fix *h, loco_backend *be) {
+    memset(h, 0, sizeof *h);
+    if (ufix_open(&h->f, be, "sd1-tiny")) return -1;
+    const size_t nt = (size_t)(h->f.tshape[0] * h->f.tshape[1] * h->f.tshape[2]);
+    float *ht = malloc(nt * sizeof *ht);
+    fill_rand(ht, nt, 4, 1.0f);
+    loco_err e;
+    loco_err_clear(&e);
+    int bad = upload_vals(be, 3, h->f.tshape, ht, &h->txt) ||
+              loco_unet_compute_text_kv(h->f.u, &h->txt, NULL, &h->kv, &e);
+    free(ht);
+    return bad ? -1 : 0;
+}
+
+static void hooked_fix_close(hooked_fix *h) {
+    loco_unet_text_kv_free(&h->kv);
+    loco_tensor_free(&h->txt);
+    loco_unet_free(h->f.u);
+}
+
+static loco_status hooked_call(hooked_fix *h, uint64_t seed, float t, const loco_site_hooks *hooks, loco_tensor *out,
+                               loco_err *err) {
+    const size_t ns = (size_t)(h->f.sshape[0] * h->f.sshape[1] * h->f.sshape[2] * h->f.sshape[3]);
+    float *hs = malloc(ns * sizeof *hs);
+    fill_rand(hs, ns, seed, 2.0f);
+    loco_tensor x = {0};
+    loco_status s = upload_vals(loco_unet_backend(h->f.u), 4, h->f.sshape, hs, &x)
+                        ? loco_err_set(err, LOCO_EINVAL, "upload failed")
+                        : LOCO_OK;
+    free(hs);
+    static const int rows[4] = {0, 1, 2, 3};
+    const float ts[4] = {t, t, t, t};
+    if (!s) {
+        loco_unet_inputs in;
+        loco_unet_inputs_init(&in);
+        in.sample = &x;
+        in.timesteps = ts;
+        in.encoder_hidden_states = &h->txt;
+        in.text_index = rows;
+        in.text_kv = &h->kv;
+        if (hooks) in.hooks = *hooks;
+        s = loco_unet_forward(h->f.u, &in, out, err);
+    }
+    loco_tensor_free(&x);
+    return s;
+}
+
+/* Hooked calls (sites.h, replay_id): replayed without calling the hook, equal to the plain CPU's
+ * hooked calls bit for bit; a hook that does something else (other replay_id bytes), no hook,
+ * and a hook again each record anew; a hook without a replay_id runs op by op. */
+TEST(unet_graph_replays_hooked_calls) {
+    mock *m = mock_new();
+    loco_backend *cpu = mr_cpu();
+    CHECK(m && cpu);
+    hooked_fix fm, fc;
+    CHECK(hooked_fix_open(&fm, &m->be) == 0 && hooked_fix_open(&fc, cpu) == 0);
+    int ns = 0, resnet = -1, ff = -1;
+    const loco_site *sites = loco_unet_sites(fm.f.u, &ns);
+    for (int i = 0; i < ns; i++) {
+        if (resnet < 0 && sites[i].kind == LOCO_SITE_RESNET) resnet = i;
+        if (ff < 0 && sites[i].kind == LOCO_SITE_FF) ff = i;
+    }
+    CHECK(resnet >= 0 && ff >= 0);
+    test_hook hm = {.copy_site = resnet, .src = 0, .dst = 2, .setc_site = ff};
+    test_hook hc = hm;
+    loco_err e;
+    loco_err_clear(&e);
+    /* per call: 0 no hook, 1 the replayable hook, 2 the same hook without a replay_id; and
+     * whether the hook copies 0 -> 2 or 1 -> 3 */
+    const struct {
+        int mode, other;
+    } calls[] = {{1, 0}, {1, 0}, {1, 0}, {1, 0}, {1, 1}, {1, 1}, {0, 0}, {0, 0}, {1, 0}, {2, 0}, {1, 0}};
+    const int n = (int)(sizeof calls / sizeof calls[0]);
+    int all_same = 1;
+    for (int i = 0; i < n; i++) {
+        hm.src = hc.src = calls[i].other ? 1 : 0;
+        hm.dst = hc.dst = calls[i].other ? 3 : 2;
+        const loco_site_hooks km = test_hooks(&hm, calls[i].mode == 1), kc = test_hooks(&hc, 0);
+        const float t = 900 - 20 * (float)i;
+        loco_tensor a = {0}, b = {0};
+        CHECK_MSG(hooked_call(&fm, 20 + i, t, calls[i].mode ? &km : NULL, &a, &e) == LOCO_OK, "%s", e.msg);
+        CHECK(hooked_call(&fc, 20 + i, t, calls[i].mode ? &kc : NULL, &b, &e) == LOCO_OK);
+        const int eq = same(&a, &b);
+        if (!eq) fprintf(stderr, "hooked call %d differs from the plain path\n", i);
+        all_same &= eq;
+        loco_tensor_free(&a);
+        loco_tensor_free(&b);
+    }
+    loco_unet_graph_stats st;
+    loco_unet_graph_stats_get(fm.f.u, &st);
+    fprintf(stderr, "hooked: %ld captures, %ld replays, %ld plain, hook ran %d times (plain path %d); '%s'\n",
+            st.captures, st.replays, st.eager_calls, hm.calls, hc.calls, st.last_error);
+    hooked_fix_close(&fm);
+    hooked_fix_close(&fc);
+    loco_backend_destroy(&m->be);
+    loco_backend_destroy(cpu);
+    CHECK(all_same);
+    /* call 0 warms up; recordings at calls 1 (first), 4 (other rows), 6 (no hook), 8 (hook
+     * again); call 9 (no replay_id) is not eligible and is not counted; call 10 replays 8's */
+    CHECK(st.eager_calls == 1);
+    CHECK_MSG(st.captures == 4, "%ld captures", st.captures);
+    CHECK(st.replays == n - 2);
+    /* the hook ran in the warm-up, the 3 hooked recordings and the call without a replay_id */
+    CHECK_MSG(hm.calls == 5 && hc.calls == n - 2, "hook calls %d (plain %d)", hm.calls, hc.calls);
+    CHECK(st.last_error[0] == 0);
+}
+
+/* Another function doing exactly what test_hook_fn does: only `after` differs from its hooks. */
+static loco_status test_hook_twin(void *ctx, const loco_site *site, loco_tensor *out, loco_err *err) {
+    return test_hook_fn(ctx, site, out, err);
+}
+
+/* A hook that fails at its feed-forward site, as a bad plan's would. */
+static loco_status failing_hook(void *ctx, const loco_site *site, loco_tensor *out, loco_err *err) {
+    const test_hook *h = ctx;
+    (void)out;
+    return site->id == h->setc_site ? loco_err_set(err, LOCO_EINVAL, "test hook failure") : LOCO_OK;
+}
+
+/* The edges of hooked recording: a shape warmed up and recorded without hooks, then hooked (a
+ * hooked body keeps more outputs: the first recording may come up short, and must then leave the
+ * call right and the next one recording); hooks with the same bytes but another function record
+ * again; a hook's own error reaches the caller as it would without graphs, is not a failed
+ * recording, and leaves the recording in place for the next call. */
+TEST(unet_graph_hooked_call_edges) {
+    mock *m = mock_new();
+    loco_backend *cpu = mr_cpu();
+    CHECK(m && cpu);
+    hooked_fix fm, fc;
+    CHECK(hooked_fix_open(&fm, &m->be) == 0 && hooked_fix_open(&fc, cpu) == 0);
+    int ns = 0, resnet = -1, ff = -1;
+    const loco_site *sites = loco_unet_sites(fm.f.u, &ns);
+    for (int i = 0; i < ns; i++) {
+        if (resnet < 0 && sites[i].kind == LOCO_SITE_RESNET) resnet = i;
+        if (ff < 0 && sites[i].kind == LOCO_SITE_FF) ff = i;
+    }
+    test_hook hm = {.copy_site = resnet, .src = 0, .dst = 2, .setc_site = ff}, hc = hm;
+    loco_err e;
+    loco_err_clear(&e);
+    /* 0: no hook; 1: the hook; 2: its twin (same bytes); 3: the failing hook (same bytes) */
+    static const int modes[] = {0, 0, 0, 1, 1, 1, 2, 2, 3, 2};
+    const int n = (int)(sizeof modes / sizeof modes[0]);
+    int all_same = 1, failed_right = 0;
+    long captures_before_fail = -1, replays_before_fail = -1;
+    loco_unet_graph_stats st;
+    for (int i = 0; i < n; i++) {
+        loco_site_hooks km = test_hooks(&hm, 1), kc = test_hooks(&hc, 0);
+        if (modes[i] == 2) km.after = test_hook_twin;
+        if (modes[i] == 3) {
+            km.after = failing_hook;
+            loco_unet_graph_stats_get(fm.f.u, &st);
+            captures_before_fail = st.captures;
+            replays_before_fail = st.replays;
+            loco_tensor a = {0};
+            const loco_status s = hooked_call(&fm, 40 + i, 700, &km, &a, &e);
+            loco_tensor_free(&a);
+            loco_unet_graph_stats_get(fm.f.u, &st);
+            failed_right = s == LOCO_EINVAL && strstr(e.msg, "test hook failure") != NULL &&
+                           strstr(st.last_error, "test hook") == NULL && st.captures == captures_before_fail &&
+                           st.replays == replays_before_fail;
+            if (!failed_right)
+                fprintf(stderr, "failing hook: status %d, '%s', last error '%s'\n", s, e.msg, st.last_error);
+            continue;
+        }
+        const float t = 800 - 10 * (float)i;
+        loco_tensor a = {0}, b = {0};
+        CHECK_MSG(hooked_call(&fm, 40 + i, t, modes[i] ? &km : NULL, &a, &e) == LOCO_OK, "%s", e.msg);
+        CHECK(hooked_call(&fc, 40 + i, t, modes[i] ? &kc : NULL, &b, &e) == LOCO_OK);
+        const int eq = same(&a, &b);
+        if (!eq) fprintf(stderr, "call %d (mode %d) differs from the plain path\n", i, modes[i]);
+        all_same &= eq;
+        loco_tensor_free(&a);
+        loco_tensor_free(&b);
+    }
+    loco_unet_graph_stats_get(fm.f.u, &st);
+    fprintf(stderr, "hooked edges: %ld captures, %ld replays, %ld plain; '%s'\n", st.captures, st.replays,
+            st.eager_calls, st.last_error);
+    hooked_fix_close(&fm);
+    hooked_fix_close(&fc);
+    loco_backend_destroy(&m->be);
+    loco_backend_destroy(cpu);
+    CHECK(all_same);
+    CHECK(failed_right);
+    /* the failing call neither recorded nor replayed (checked above), and the call after it
+     * records again (the aborted capture left nothing to launch) */
+    CHECK(st.captures == captures_before_fail + 1 && st.replays == replays_before_fail + 1);
+    /* plain: warm-up, record, replay; hooked: at most one recording that came up short (then a
+     * pooled call), a recording, replays; the twin: a recording, a replay; the twin again */
+    CHECK_MSG(st.captures == 4 && (st.eager_calls == 1 || st.eager_calls == 2), "%ld captures, %ld plain",
+              st.captures, st.eager_calls);
+}
+
 /* One call of batch f->sshape[0] on the mock and on the CPU; 1 when both succeed with the same bits. */
 static int call_both(const ufix *fm, const ufix *fc, uint64_t seed) {
     static const int rows[4] = {0, 1, 2, 3};
@@ -432,4 +668,69 @@ TEST(pipeline_with_graphs_matches_plain) {
     loco_backend_destroy(cpu);
     CHECK(eq);
     CHECK(st.eager_calls == 1 && st.replays == 2 * 4 - 1); /* Euler: one UNet call per step */
+}
+
+/* A variant with neuron ablations (cross_k / cross_v channels: engine/pipeline_variant.h) acts
+ * only in the text K/V projection, once per run; its UNet calls carry no hooks (test_intervention
+ * checks which hooks a plan installs), so they replay like a plain generation's, and the images
+ * must equal the CPU's bit for bit. */
+TEST(neuron_ablation_variant_replays_graphs) {
+    mock *m = mock_new();
+    loco_backend *cpu = mr_cpu();
+    CHECK(m && cpu);
+    char path[512];
+    snprintf(path, sizeof path, "%s/models/sd1-tiny", loco_fixtures_dir());
+    loco_pipeline_opts po;
+    loco_pipeline_opts_init(&po);
+    po.model_path = path;
+    loco_pipeline *pm = NULL, *pc = NULL;
+    loco_pipeline_variant *vm = NULL, *vc = NULL;
+    loco_err e;
+    loco_err_clear(&e);
+    CHECK_MSG(loco_pipeline_load(&m->be, &po, &pm, &e) == LOCO_OK, "%s", e.msg);
+    CHECK_MSG(loco_pipeline_load(cpu, &po, &pc, &e) == LOCO_OK, "%s", e.msg);
+    CHECK(loco_pipeline_variant_create(pm, &vm, &e) == LOCO_OK && loco_pipeline_variant_create(pc, &vc, &e) == LOCO_OK);
+    static const int32_t ch[3] = {0, 3, 7};
+    static const float val[3] = {0.0f, 1.5f, -0.5f};
+    const loco_neuron_ablation ab[2] = {
+        {.cross_index = 0, .kind = LOCO_SITE_CROSS_K, .n = 3, .channels = ch, .values = val},
+        {.cross_index = 1, .kind = LOCO_SITE_CROSS_V, .n = 2, .channels = ch, .values = val}};
+    for (int i = 0; i < 2; i++)
+        CHECK_MSG(loco_pipeline_variant_add_ablation(vm, &ab[i], &e) == LOCO_OK &&
+                      loco_pipeline_variant_add_ablation(vc, &ab[i], &e) == LOCO_OK,
+                  "%s", e.msg);
+    static const char *const prompts[2] = {"a red cube", "a blue sphere"};
+    loco_generate_params g;
+    loco_generate_params_init(&g);
+    g.n_prompts = 2;
+    g.prompts = prompts;
+    g.seed = 3;
+    g.steps = 4;
+    g.width = g.height = 64;
+    loco_generate_result rm, rc, plain;
+    memset(&rm, 0, sizeof rm);
+    memset(&rc, 0, sizeof rc);
+    memset(&plain, 0, sizeof plain);
+    CHECK_MSG(loco_pipeline_variant_generate(vm, &g, &rm, &e) == LOCO_OK, "%s", e.msg);
+    CHECK_MSG(loco_pipeline_variant_generate(vc, &g, &rc, &e) == LOCO_OK, "%s", e.msg);
+    CHECK(loco_generate(pc, &g, &plain, &e) == LOCO_OK);
+    const size_t n = (size_t)(rc.latent_shape[0] * rc.latent_shape[1] * rc.latent_shape[2] * rc.latent_shape[3]);
+    const int eq = memcmp(rm.latents, rc.latents, n * sizeof(float)) == 0;
+    const int ablated = memcmp(plain.latents, rc.latents, n * sizeof(float)) != 0;
+    loco_unet_graph_stats st;
+    loco_unet_graph_stats_get(loco_pipeline_unet(loco_pipeline_variant_pipeline(vm)), &st);
+    fprintf(stderr, "ablated variant: %ld captures, %ld replays, %ld plain; '%s'\n", st.captures, st.replays,
+            st.eager_calls, st.last_error);
+    loco_generate_result_free(&rm);
+    loco_generate_result_free(&rc);
+    loco_generate_result_free(&plain);
+    loco_pipeline_variant_free(vm);
+    loco_pipeline_variant_free(vc);
+    loco_pipeline_free(pm);
+    loco_pipeline_free(pc);
+    loco_backend_destroy(&m->be);
+    loco_backend_destroy(cpu);
+    CHECK(eq);
+    CHECK(ablated); /* the ablations did something */
+    CHECK_MSG(st.captures >= 1 && st.replays >= 2, "%ld captures, %ld replays", st.captures, st.replays);
 }
