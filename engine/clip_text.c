@@ -422,6 +422,7 @@ static void work_free(work *w) {
 static loco_status hook(const loco_site_hooks *hooks, const loco_clip_text *m, int site, loco_tensor *t,
                         loco_err *err) {
     if (!hooks || !hooks->after) return LOCO_OK;
+    if (hooks->acts_at && !hooks->acts_at(hooks->ctx, &m->sites[site])) return LOCO_OK;
     loco_status st = hooks->after(hooks->ctx, &m->sites[site], t, err);
     return st ? loco_err_prefix(err, "hook at %s", m->sites[site].name) : LOCO_OK;
 }

@@ -509,9 +509,25 @@ static loco_status unet_hook(void *ctx, const loco_site *site, loco_tensor *out,
     return run_list(ctx, M_UNET, site, out, err);
 }
 
-loco_site_hooks loco_iv_text_hooks(loco_iv_program *p) { return (loco_site_hooks){.after = text_hook, .ctx = p}; }
-loco_site_hooks loco_iv_text_2_hooks(loco_iv_program *p) { return (loco_site_hooks){.after = text2_hook, .ctx = p}; }
-loco_site_hooks loco_iv_unet_hooks(loco_iv_program *p) { return (loco_site_hooks){.after = unet_hook, .ctx = p}; }
+/* Where each model's hook acts: the sites with interventions (sites.h, acts_at). Elsewhere the
+ * models keep their fused forms, so a plan's unhooked sites compute as without a plan. */
+static int acts_at(const loco_iv_program *p, int m, const loco_site *site) {
+    const site_lists *l = &p->lists[m];
+    return site->id >= 0 && site->id < l->nsites && l->count[site->id] > 0;
+}
+static int text_acts_at(void *ctx, const loco_site *site) { return acts_at(ctx, M_TEXT, site); }
+static int text2_acts_at(void *ctx, const loco_site *site) { return acts_at(ctx, M_TEXT2, site); }
+static int unet_acts_at(void *ctx, const loco_site *site) { return acts_at(ctx, M_UNET, site); }
+
+loco_site_hooks loco_iv_text_hooks(loco_iv_program *p) {
+    return (loco_site_hooks){.after = text_hook, .ctx = p, .acts_at = text_acts_at};
+}
+loco_site_hooks loco_iv_text_2_hooks(loco_iv_program *p) {
+    return (loco_site_hooks){.after = text2_hook, .ctx = p, .acts_at = text2_acts_at};
+}
+loco_site_hooks loco_iv_unet_hooks(loco_iv_program *p) {
+    return (loco_site_hooks){.after = unet_hook, .ctx = p, .acts_at = unet_acts_at};
+}
 
 loco_status loco_iv_before_call(void *program, int call, int n_calls, loco_err *err) {
     loco_iv_program *p = program;

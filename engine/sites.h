@@ -49,6 +49,11 @@ typedef loco_status (*loco_site_fn)(void *ctx, const loco_site *site, loco_tenso
 typedef struct loco_site_hooks {
     loco_site_fn after;
     void *ctx;
+    /* Optional: whether `after` acts at a site. NULL: it sees every site. Set: it is called only
+     * where this returns 1, and the UNet keeps its fused forms everywhere else (the transformer
+     * blocks' residual adds inside the projections' GEMMs, which need the site output never to
+     * exist on its own). Must answer the same for a site on every call with the same hooks. */
+    int (*acts_at)(void *ctx, const loco_site *site);
     /* What lets a UNet call with hooks be recorded as a backend graph and replayed (unet.h,
      * "graphs"). NULL (the default): the hook may do anything (read outputs on the host, keep
      * per-call state), so every call with it runs op by op. Non-NULL: a promise that the

@@ -44,17 +44,17 @@ loco_status unet_register_cross(loco_unet *u, unet_tblock *tb, loco_err *err) {
     return LOCO_OK;
 }
 
+int unet_site_hooked(const unet_run *r, int site) {
+    const loco_site_hooks *h = r->hooks;
+    return h && h->after && (!h->acts_at || h->acts_at(h->ctx, &r->u->sites[site]));
+}
+
 loco_status unet_call_hook(const unet_run *r, int site, loco_tensor *t, loco_err *err) {
-    if (!r->hooks || !r->hooks->after) return LOCO_OK;
+    if (!unet_site_hooked(r, site)) return LOCO_OK;
     const loco_site *st = &r->u->sites[site];
     loco_status s = r->hooks->after(r->hooks->ctx, st, t, err);
     if (s) loco_err_prefix(err, "hook on %s", st->name);
     return s;
-}
-
-int unet_site_hooked(const unet_run *r, int site) {
-    (void)site; /* hooks are one callback for every site: any hook sees them all */
-    return r->hooks && r->hooks->after;
 }
 
 const loco_site *loco_unet_sites(const loco_unet *u, int *n) {

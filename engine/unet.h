@@ -169,10 +169,12 @@ typedef struct loco_unet_inputs {
     const int *const *kv_index_per_layer;
     const loco_tensor *text_embeds;           /* SD-XL: pooled text [B, P] */
     const float *time_ids;                    /* SD-XL: host [B * n], n = (proj_dim - P) / addition_time_embed_dim */
-    /* .after NULL: none. Any hook also keeps the transformer blocks' residual adds as separate
-     * passes (the site outputs must exist for it); without hooks they happen inside the
+    /* .after NULL: none. A hooked site keeps its transformer block's residual add as a separate
+     * pass (the site output must exist for the hook); elsewhere the adds happen inside the
      * projections' GEMMs (loco_linear_accumulate), which on a GPU rounds differently at the fp16
-     * level: compare hooked runs with hooked baselines when bits matter. */
+     * level. Hooks without acts_at (sites.h) see, and so unfuse, every site; the intervention
+     * programs' hooks say where they act. Compare hooked runs with baselines hooked the same way
+     * (causal tracing runs its clean trajectory in the same batch) when bits matter. */
     loco_site_hooks hooks;
     /* optional observer of top-level outputs, named as diffusers modules: "time_proj",
      * "time_embedding", "add_time_proj" ([B, n * atd]), "add_embedding", "conv_in",

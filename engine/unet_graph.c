@@ -52,7 +52,8 @@ typedef struct ug_binding {
     size_t nrows;
     const void **ptr; /* text K/V data of every cross layer (k, v, k1, v1), then every weight */
     size_t nptr;
-    loco_site_fn hook; /* the site hook (NULL: none) and a copy of its replay_id bytes */
+    loco_site_fn hook; /* the site hook (NULL: none), where it acts, and a copy of its replay_id */
+    int (*hook_acts_at)(void *ctx, const loco_site *site);
     unsigned char *hook_id;
     size_t hook_n;
 } ug_binding;
@@ -91,7 +92,7 @@ static void binding_free(ug_binding *b) {
 
 static int binding_equal(const ug_binding *a, const ug_binding *b) {
     return a->nrows == b->nrows && a->nptr == b->nptr && memcmp(a->rows, b->rows, a->nrows * sizeof *a->rows) == 0 &&
-           memcmp(a->ptr, b->ptr, a->nptr * sizeof *a->ptr) == 0 && a->hook == b->hook && a->hook_n == b->hook_n &&
+           memcmp(a->ptr, b->ptr, a->nptr * sizeof *a->ptr) == 0 && a->hook == b->hook && a->hook_acts_at == b->hook_acts_at && a->hook_n == b->hook_n &&
            (a->hook_n == 0 || memcmp(a->hook_id, b->hook_id, a->hook_n) == 0);
 }
 
@@ -106,6 +107,7 @@ static int binding_make(const unet_run *r, ug_binding *b) {
     b->ptr = malloc((b->nptr ? b->nptr : 1) * sizeof *b->ptr);
     const loco_site_hooks *h = r->hooks && r->hooks->after ? r->hooks : NULL;
     b->hook = h ? h->after : NULL;
+    b->hook_acts_at = h ? h->acts_at : NULL;
     b->hook_n = h ? h->replay_size : 0;
     if (b->hook_n && (b->hook_id = malloc(b->hook_n))) memcpy(b->hook_id, h->replay_id, b->hook_n);
     if (!b->rows || !b->ptr || (b->hook_n && !b->hook_id)) {
@@ -298,6 +300,11 @@ static loco_status guarded_hook(void *ctx, const loco_site *site, loco_tensor *o
     return s;
 }
 
+static int guarded_acts_at(void *ctx, const loco_site *site) {
+    const hook_guard *g = ctx;
+    return g->inner->acts_at(g->inner->ctx, site);
+}
+
 /* Record unet_body on the entry's fixed tensors. On success the entry's out holds the
  * recording's result address and e->bound the binding. *hook_failed: the error is a hook's. */
 static loco_status record(ug_entry *e, const unet_run *r, ug_binding *b, int *hook_failed, loco_err *err) {
@@ -313,8 +320,9 @@ static loco_status record(ug_entry *e, const unet_run *r, ug_binding *b, int *ho
     hook_guard guard = {.inner = r->hooks, .failed = 0};
     loco_site_hooks guarded;
     if (r->hooks && r->hooks->after) {
-        guarded = *r->hooks;
+        guarded = *r->hooks; /* every callback sees the guard as its ctx */
         guarded.after = guarded_hook;
+        guarded.acts_at = r->hooks->acts_at ? guarded_acts_at : NULL;
         guarded.ctx = &guard;
         rr.hooks = &guarded;
     }

@@ -278,6 +278,7 @@ typedef struct test_hook {
     int copy_site, src, dst;
     int setc_site;
     int calls;
+    int elsewhere; /* calls at sites it does not act on */
 } test_hook;
 
 static loco_status test_hook_fn(void *ctx, const loco_site *site, loco_tensor *out, loco_err *err) {
@@ -289,7 +290,10 @@ static loco_status test_hook_fn(void *ctx, const loco_site *site, loco_tensor *o
         static const float val[2] = {0.5f, -2.0f};
         return loco_set_channels(be, out, ch, val, 2, err);
     }
-    if (site->id != h->copy_site) return LOCO_OK;
+    if (site->id != h->copy_site) {
+        h->elsewhere++;
+        return LOCO_OK;
+    }
     loco_tensor a, b;
     loco_status s = loco_tensor_slice0(out, h->dst, 1, &a, err);
     if (!s) s = loco_tensor_slice0(out, h->src, 1, &b, err);
@@ -297,8 +301,15 @@ static loco_status test_hook_fn(void *ctx, const loco_site *site, loco_tensor *o
     return s;
 }
 
+static int test_hook_acts_at(void *ctx, const loco_site *site) {
+    const test_hook *h = ctx;
+    return site->id == h->copy_site || site->id == h->setc_site;
+}
+
+/* The hooks of h: with a replay_id and acts_at (as the intervention programs' are), or plain. */
 static loco_site_hooks test_hooks(test_hook *h, int replayable) {
     loco_site_hooks hk = {.after = test_hook_fn, .ctx = h};
+    if (replayable) hk.acts_at = test_hook_acts_at;
     if (replayable) {
         hk.replay_id = h; /* the struct's first four fields say what it does */
         hk.replay_size = 4 * sizeof(int);
@@ -418,6 +429,9 @@ TEST(unet_graph_replays_hooked_calls) {
     CHECK(st.replays == n - 2);
     /* the hook ran in the warm-up, the 3 hooked recordings and the call without a replay_id */
     CHECK_MSG(hm.calls == 5 && hc.calls == n - 2, "hook calls %d (plain %d)", hm.calls, hc.calls);
+    /* with acts_at it is called only where it acts (the call without a replay_id has none) */
+    CHECK_MSG(hc.elsewhere > 0 && hm.elsewhere == hc.elsewhere / (n - 2), "called elsewhere %d times (plain %d)",
+              hm.elsewhere, hc.elsewhere);
     CHECK(st.last_error[0] == 0);
 }
 
