@@ -11,7 +11,7 @@
  *     K/V rows: their values (they ride in kernel arguments);
  *   - site hooks (interventions: restore, ablate), only those that carry a replay_id
  *     (sites.h): what they enqueued while recording. A replay does not call them, so their
- *     function and replay_id bytes are part of the binding.
+ *     function, acts_at and replay_id bytes are part of the binding.
  * These are the entry's "binding", compared on every call: any difference records again (same
  * shapes, so the warmed pool fits and no GPU work is spent; only host time). A hook's first
  * recording may come up short (a hooked body keeps more outputs than a plain one): that call
@@ -92,7 +92,8 @@ static void binding_free(ug_binding *b) {
 
 static int binding_equal(const ug_binding *a, const ug_binding *b) {
     return a->nrows == b->nrows && a->nptr == b->nptr && memcmp(a->rows, b->rows, a->nrows * sizeof *a->rows) == 0 &&
-           memcmp(a->ptr, b->ptr, a->nptr * sizeof *a->ptr) == 0 && a->hook == b->hook && a->hook_acts_at == b->hook_acts_at && a->hook_n == b->hook_n &&
+           memcmp(a->ptr, b->ptr, a->nptr * sizeof *a->ptr) == 0 && a->hook == b->hook &&
+           a->hook_acts_at == b->hook_acts_at && a->hook_n == b->hook_n &&
            (a->hook_n == 0 || memcmp(a->hook_id, b->hook_id, a->hook_n) == 0);
 }
 
