@@ -306,6 +306,18 @@ static int test_hook_acts_at(void *ctx, const loco_site *site) {
     return site->id == h->copy_site || site->id == h->setc_site;
 }
 
+/* A hook copying row 0 over row 2 at u's first ResNet output and setting channels at its first
+ * feed-forward output (-1 when u lacks one). */
+static test_hook test_hook_at_first_sites(const loco_unet *u) {
+    int ns = 0, resnet = -1, ff = -1;
+    const loco_site *sites = loco_unet_sites(u, &ns);
+    for (int i = 0; i < ns; i++) {
+        if (resnet < 0 && sites[i].kind == LOCO_SITE_RESNET) resnet = i;
+        if (ff < 0 && sites[i].kind == LOCO_SITE_FF) ff = i;
+    }
+    return (test_hook){.copy_site = resnet, .src = 0, .dst = 2, .setc_site = ff};
+}
+
 /* The hooks of h: with a replay_id and acts_at (as the intervention programs' are), or plain. */
 static loco_site_hooks test_hooks(test_hook *h, int replayable) {
     loco_site_hooks hk = {.after = test_hook_fn, .ctx = h};
@@ -381,15 +393,8 @@ TEST(unet_graph_replays_hooked_calls) {
     CHECK(m && cpu);
     hooked_fix fm, fc;
     CHECK(hooked_fix_open(&fm, &m->be) == 0 && hooked_fix_open(&fc, cpu) == 0);
-    int ns = 0, resnet = -1, ff = -1;
-    const loco_site *sites = loco_unet_sites(fm.f.u, &ns);
-    for (int i = 0; i < ns; i++) {
-        if (resnet < 0 && sites[i].kind == LOCO_SITE_RESNET) resnet = i;
-        if (ff < 0 && sites[i].kind == LOCO_SITE_FF) ff = i;
-    }
-    CHECK(resnet >= 0 && ff >= 0);
-    test_hook hm = {.copy_site = resnet, .src = 0, .dst = 2, .setc_site = ff};
-    test_hook hc = hm;
+    test_hook hm = test_hook_at_first_sites(fm.f.u), hc = hm;
+    CHECK(hm.copy_site >= 0 && hm.setc_site >= 0);
     loco_err e;
     loco_err_clear(&e);
     /* per call: 0 no hook, 1 the replayable hook, 2 the same hook without a replay_id; and
@@ -458,13 +463,8 @@ TEST(unet_graph_hooked_call_edges) {
     CHECK(m && cpu);
     hooked_fix fm, fc;
     CHECK(hooked_fix_open(&fm, &m->be) == 0 && hooked_fix_open(&fc, cpu) == 0);
-    int ns = 0, resnet = -1, ff = -1;
-    const loco_site *sites = loco_unet_sites(fm.f.u, &ns);
-    for (int i = 0; i < ns; i++) {
-        if (resnet < 0 && sites[i].kind == LOCO_SITE_RESNET) resnet = i;
-        if (ff < 0 && sites[i].kind == LOCO_SITE_FF) ff = i;
-    }
-    test_hook hm = {.copy_site = resnet, .src = 0, .dst = 2, .setc_site = ff}, hc = hm;
+    test_hook hm = test_hook_at_first_sites(fm.f.u), hc = hm;
+    CHECK(hm.copy_site >= 0 && hm.setc_site >= 0);
     loco_err e;
     loco_err_clear(&e);
     /* 0: no hook; 1: the hook; 2: its twin (same bytes); 3: the failing hook (same bytes) */
