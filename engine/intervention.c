@@ -269,8 +269,12 @@ static loco_status check_one(loco_iv_program *p, int idx, civ *c, loco_err *err)
             const double std = which[k] == M_TEXT2 ? p->models.text_2_std : p->models.text_std;
             if ((st = make_noise(t, std, c, &c->noise[which[k] == M_TEXT2], err))) return st;
         }
-        if (!p->models.text) return loco_err_set(err, LOCO_EINVAL, "intervention %d (corrupt): no text encoder", idx);
-        c->model = M_TEXT;
+        /* without a site: listed under encoder 1 (build_lists adds encoder 2); with one, under the
+         * encoder it names, whose noise apply_one then picks */
+        if (!iv->site) {
+            if (!p->models.text) return loco_err_set(err, LOCO_EINVAL, "intervention %d (corrupt): no text encoder", idx);
+            c->model = M_TEXT;
+        }
         c->site = 0;
         c->kind = LOCO_SITE_TEXT_EMBED;
         return LOCO_OK;
@@ -611,14 +615,15 @@ static loco_status build_replay_id(loco_iv_program *p, loco_err *err) {
     for (int i = 0; i < p->n && !bad; i++) {
         const civ *c = &p->ivs[i];
         if (!acts_in_calls(c)) continue;
-        const int32_t f[7] = {(int32_t)c->iv.action, c->site,          c->iv.target,        c->iv.source,
-                              c->per_text_row,       c->iv.n_positions, c->iv.n_channels};
+        /* only ablate reads channels (another action may carry a count without arrays) */
+        const int nch = c->iv.action == LOCO_IV_ABLATE ? c->iv.n_channels : 0;
+        const int32_t f[7] = {(int32_t)c->iv.action, c->site,          c->iv.target, c->iv.source,
+                              c->per_text_row,       c->iv.n_positions, nch};
         bad = bytes_put(&buf, &len, &cap, f, sizeof f) ||
               (c->iv.n_positions > 0 &&
                bytes_put(&buf, &len, &cap, c->iv.positions, (size_t)c->iv.n_positions * sizeof *c->iv.positions)) ||
-              (c->iv.n_channels > 0 &&
-               (bytes_put(&buf, &len, &cap, c->iv.channels, (size_t)c->iv.n_channels * sizeof *c->iv.channels) ||
-                bytes_put(&buf, &len, &cap, c->iv.values, (size_t)c->iv.n_channels * sizeof *c->iv.values)));
+              (nch > 0 && (bytes_put(&buf, &len, &cap, c->iv.channels, (size_t)nch * sizeof *c->iv.channels) ||
+                           bytes_put(&buf, &len, &cap, c->iv.values, (size_t)nch * sizeof *c->iv.values)));
     }
     if (bad) {
         free(buf);

@@ -430,11 +430,20 @@ static loco_status forward_on(struct unet_graphs *gs, ug_entry *e, const unet_ru
     loco_status s = record(e, r, &b, &hook_failed, &gerr);
     binding_free(&b); /* taken over by record() on success */
     if (s && hook_failed) {
-        /* the caller's error, as the plain path would give it; not a failed recording (no try
-         * counted), but the aborted capture leaves no graph to launch: the next call records */
+        /* a hook's error: the plan's (a bad row), or one of its device ops refused in the capture.
+         * The plain call tells them apart: the plan's error comes back from it as it would
+         * without graphs, and is no failed recording; if it runs, the recording failed. Either
+         * way the aborted capture left no graph to launch: the next call records. */
+        gs->eager_calls++;
         e->state = UG_RECORD;
-        if (err) *err = gerr;
-        return s;
+        s = pooled_call(e, r, x, out, err);
+        if (s == LOCO_EDEVICE_OOM) return oom_retry(gs, e, r, x, err, out, err);
+        if (s) return s;
+        if (++e->tries >= UG_TRIES)
+            give_up(gs, e, "recording", &gerr);
+        else
+            note_failure(gs, "recording", &gerr);
+        return LOCO_OK;
     }
     if (!s) {
         e->state = UG_READY;

@@ -257,6 +257,11 @@ TEST(restore_and_ablate_hooks_carry_a_replay_id) {
     plan[1].target = 1;
     changes += replay_id_of(&models, plan, 2, x, sizeof x, &nx, &err) == 1 && (nx != nb || memcmp(x, base, nb));
     plan[1].target = 2;
+    /* a restore carrying a channel count without arrays (only ablate reads them) is the same */
+    plan[0].n_channels = 3;
+    const int unchanged = replay_id_of(&models, plan, 2, x, sizeof x, &nx, &err) == 1 && nx == nb &&
+                          memcmp(x, base, nb) == 0;
+    plan[0].n_channels = 0;
     /* the rows they act on move without guidance (no unconditional half first) */
     changes += replay_id_cfg(&models, 0, plan, 2, x, sizeof x, &nx, &err) == 1 && (nx != nb || memcmp(x, base, nb));
     /* two actions on one site run in plan order: swapped, they do something else */
@@ -267,7 +272,60 @@ TEST(restore_and_ablate_hooks_carry_a_replay_id) {
     const int with_record = replay_id_of(&models, plan, 3, x, sizeof x, &nx, &err);
     mt_close(&e);
     CHECK_MSG(changes == 7, "%d of 7 changes showed in the replay_id", changes);
+    CHECK(unchanged);
     CHECK(with_record == 0);
+}
+
+/* SD-XL: a corrupt that names one encoder's embeddings corrupts that encoder's states only (the
+ * text batch is [encoder 1's D1 | encoder 2's D2] per token), and one without a site both. Rows
+ * of one batch may round differently (GEMM edge tiles), so "moved" means by more than 1e-3 of
+ * the part's size, "kept" within 1e-5. */
+TEST(corrupt_acts_on_the_encoder_it_names_sdxl) {
+    mt_env e;
+    MT_OPEN(e, "sdxl-tiny", NULL);
+    const loco_clip_text *t1 = loco_pipeline_text_encoder(e.p, 1), *t2 = loco_pipeline_text_encoder(e.p, 2);
+    const loco_iv_models models = {.unet = loco_pipeline_unet(e.p), .text = t1, .text_2 = t2};
+    const loco_iv_layout lay = {.n_samples = 1, .n_text_rows = 2, .cfg = 1, .n_calls = 1};
+    const int64_t D1 = loco_clip_text_get_config(t1)->hidden_size;
+    static const int pos[2] = {1, 2};
+    const char *sites[3] = {"text_model.embeddings", LOCO_IV_TEXT2_PREFIX "text_model.embeddings", NULL};
+    const char *prompts[2] = {"a town in the style of monet", "a town in the style of monet"};
+    double rel[3][2] = {{0}}; /* per plan: how far encoder 1's part of row 1 moved from row 0's, encoder 2's */
+    loco_err err = {0};
+    for (int k = 0; k < 3; k++) {
+        loco_intervention iv;
+        loco_intervention_init(&iv);
+        iv.action = LOCO_IV_CORRUPT;
+        iv.target = 1;
+        iv.site = sites[k];
+        iv.positions = pos;
+        iv.n_positions = 2;
+        iv.seed = 5;
+        loco_iv_program *prog = NULL;
+        CHECK_MSG(loco_iv_compile(&iv, 1, &lay, &models, &prog, &err) == LOCO_OK, "%s", err.msg);
+        const loco_site_hooks h1 = loco_iv_text_hooks(prog), h2 = loco_iv_text_2_hooks(prog);
+        loco_text_batch tb;
+        CHECK_MSG(loco_text_batch_encode(e.p, prompts, 2, &h1, &h2, &tb, &err) == LOCO_OK, "%s", err.msg);
+        const int64_t L = tb.embeds.shape[1], D = tb.embeds.shape[2];
+        float *h = malloc((size_t)loco_tensor_numel(&tb.embeds) * sizeof *h);
+        CHECK(h && loco_tensor_download_f32(&tb.embeds, h, &err) == LOCO_OK);
+        double num[2] = {0, 0}, den[2] = {0, 0};
+        for (int64_t q = 0; q < L * D; q++) {
+            const int part = q % D >= D1;
+            num[part] += ((double)h[L * D + q] - h[q]) * ((double)h[L * D + q] - h[q]);
+            den[part] += (double)h[q] * h[q];
+        }
+        for (int i = 0; i < 2; i++) rel[k][i] = sqrt(num[i] / (den[i] > 0 ? den[i] : 1));
+        free(h);
+        loco_text_batch_free(&tb);
+        loco_iv_program_free(prog);
+    }
+    mt_close(&e);
+    fprintf(stderr, "corrupt moved encoder 1 / 2: named 1: %.3g / %.3g, named 2: %.3g / %.3g, both: %.3g / %.3g\n",
+            rel[0][0], rel[0][1], rel[1][0], rel[1][1], rel[2][0], rel[2][1]);
+    CHECK(rel[0][0] > 1e-3 && rel[0][1] < 1e-5);
+    CHECK(rel[1][0] < 1e-5 && rel[1][1] > 1e-3);
+    CHECK(rel[2][0] > 1e-3 && rel[2][1] > 1e-3);
 }
 
 TEST(corruption_noise_matches_torch) {
