@@ -8,7 +8,7 @@
 #include <string.h>
 #include <time.h>
 
-#define BENCH_DIE(...)                                                                                                 \
+#define DIE(...)                                                                                                       \
     do {                                                                                                               \
         fprintf(stderr, __VA_ARGS__);                                                                                  \
         fputc('\n', stderr);                                                                                           \

@@ -22,6 +22,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "bench_util.h"
 #include "clip_text.h"
 #include "clip_tokenizer.h"
 #include "edit.h"
@@ -33,12 +34,6 @@
 static double now(void) {
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
-static double cpu_now(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
     return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
@@ -59,13 +54,6 @@ static double best(const double *v, int n) {
         if (v[i] < b) b = v[i];
     return b;
 }
-
-#define DIE(...)                                                                                                       \
-    do {                                                                                                               \
-        fprintf(stderr, __VA_ARGS__);                                                                                  \
-        fputc('\n', stderr);                                                                                           \
-        exit(1);                                                                                                       \
-    } while (0)
 
 static loco_clip_text *make_encoder(loco_backend *be, const char *fam, const char *comp, uint64_t seed) {
     char path[512];
@@ -176,7 +164,7 @@ static void bench_model(loco_backend *be, const model_case *mc, int repeat, doub
     snprintf(note, sizeof note, "%d matrices [%lld, %d], layers %d-%d", nw, (long long)w[0].shape[0], D, start,
              start + m - 1);
     for (int r = 0; r < repeat; r++) {
-        double t0 = now(), c0 = cpu_now();
+        double t0 = now(), c0 = bench_cpu_seconds();
         /* as loco_edit_locoedit: one float64 work buffer for the window's matrices */
         int64_t maxel = 0;
         for (int i = 0; i < nw; i++)
@@ -197,7 +185,7 @@ static void bench_model(loco_backend *be, const model_case *mc, int repeat, doub
         }
         free(work);
         ts[r] = now() - t0;
-        tc[r] = cpu_now() - c0;
+        tc[r] = bench_cpu_seconds() - c0;
     }
     results[4] = 1e3 * best(ts, repeat);
     results[0] = 1e3 * median(ts, repeat);
@@ -253,7 +241,7 @@ static void bench_model(loco_backend *be, const model_case *mc, int repeat, doub
     const char *oname = "text_model.encoder.layers.0.self_attn.out_proj.weight";
     double *tk[2] = {malloc((size_t)repeat * sizeof(double)), malloc((size_t)repeat * sizeof(double))};
     for (int r = 0; r < repeat; r++) {
-        double t0 = now(), c0 = cpu_now();
+        double t0 = now(), c0 = bench_cpu_seconds();
         for (int k = 0; k < (mc->xl ? 2 : 1); k++) {
             const double tk0 = now();
             const loco_tensor *wt = loco_clip_text_param(vars[k], oname);
@@ -267,7 +255,7 @@ static void bench_model(loco_backend *be, const model_case *mc, int repeat, doub
             tk[k][r] = now() - tk0;
         }
         ts[r] = now() - t0;
-        tc[r] = cpu_now() - c0;
+        tc[r] = bench_cpu_seconds() - c0;
     }
     snprintf(note, sizeof note, "%d pairs, out_proj [%d, %d]%s", npairs[0], loco_clip_text_get_config(te1)->hidden_size,
              loco_clip_text_get_config(te1)->hidden_size, mc->xl ? " + encoder 2 [1280, 1280]" : "");
@@ -316,17 +304,8 @@ int main(int argc, char **argv) {
     loco_backend *be = NULL;
     loco_err e = {0};
     if (loco_backend_create(&bo, &be, &e)) DIE("%s", e.msg);
-    char cpu[600] = "unknown";
-    FILE *f = fopen("/proc/cpuinfo", "r");
-    char line[512];
-    while (f && fgets(line, sizeof line, f))
-        if (!strncmp(line, "model name", 10)) {
-            char *c = strchr(line, ':');
-            snprintf(cpu, sizeof cpu, "%s", c ? c + 2 : line);
-            cpu[strcspn(cpu, "\n")] = 0;
-            break;
-        }
-    if (f) fclose(f);
+    char cpu[320];
+    bench_cpu_name(cpu, sizeof cpu);
     fprintf(stderr, "backend: %s\ncpu: %s\n", loco_backend_describe(be), cpu);
     const model_case cases[2] = {{"sd15", "sd1", 0}, {"sdxl", "sdxl", 1}};
     double res[2][6] = {{0}};

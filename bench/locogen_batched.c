@@ -51,10 +51,10 @@ int main(int argc, char **argv) {
         else if (i + 1 < argc && !strcmp(argv[i], "--prompts")) n_prompts = atoi(argv[++i]);
         else if (i + 1 < argc && !strcmp(argv[i], "--device")) device = argv[++i];
         else if (i + 1 < argc && !strcmp(argv[i], "--graphs")) graphs = atoi(argv[++i]);
-        else BENCH_DIE("usage: %s [--device cpu|cuda|auto] [--graphs 0|1] [--size 256] [--steps 4] [--threads N] "
+        else DIE("usage: %s [--device cpu|cuda|auto] [--graphs 0|1] [--size 256] [--steps 4] [--threads N] "
                  "[--window 2] [--prompts 1..4]", argv[0]);
     }
-    if (n_prompts < 1 || n_prompts > 4) BENCH_DIE("--prompts must be 1..4");
+    if (n_prompts < 1 || n_prompts > 4) DIE("--prompts must be 1..4");
     static const char *const prompts[4] = {"A house in the style of Van Gogh", "A town in the style of Monet",
                                            "R2D2 in the street", "President of the United States"};
     static const char *const altered[4] = {"A painting of a house", "A painting of a town", "A robot in the street",
@@ -62,7 +62,7 @@ int main(int argc, char **argv) {
     static const uint64_t seeds[1] = {0};
     loco_backend_opts bo;
     loco_backend_opts_init(&bo);
-    if (loco_device_from_name(device, &bo.device)) BENCH_DIE("--device: cpu, cuda or auto, not %s", device);
+    if (loco_device_from_name(device, &bo.device)) DIE("--device: cpu, cuda or auto, not %s", device);
     bo.num_threads = threads;
     loco_backend *be = NULL;
     loco_pipeline *p = NULL;
@@ -70,11 +70,11 @@ int main(int argc, char **argv) {
     loco_err err = {0};
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
-    if (loco_backend_create(&bo, &be, &err)) BENCH_DIE("backend: %s", err.msg);
-    if (loco_pipeline_load_random(be, LOCO_FAMILY_SD1, 1234, NULL, &p, &err)) BENCH_DIE("random SD 1.5: %s", err.msg);
+    if (loco_backend_create(&bo, &be, &err)) DIE("backend: %s", err.msg);
+    if (loco_pipeline_load_random(be, LOCO_FAMILY_SD1, 1234, NULL, &p, &err)) DIE("random SD 1.5: %s", err.msg);
     loco_unet_set_graphs(loco_pipeline_unet(p), graphs);
     if (loco_clip_scorer_load(be, "tests/fixtures/models/clip-tiny", &sc, &err))
-        BENCH_DIE("scorer (run from the repository root): %s", err.msg);
+        DIE("scorer (run from the repository root): %s", err.msg);
     clock_gettime(CLOCK_MONOTONIC, &t1);
     char cpu[320];
     bench_cpu_name(cpu, sizeof cpu);
@@ -112,7 +112,7 @@ int main(int argc, char **argv) {
             one.progress_ctx = (void *)(arm ? "one by one" : "batched");
             const double c0 = bench_cpu_seconds();
             if (loco_locogen_run(p, sc, &one, &r[arm], &err))
-                BENCH_DIE("%s: %s", arm ? "one by one" : "batched", err.msg);
+                DIE("%s: %s", arm ? "one by one" : "batched", err.msg);
             cpu_s[arm] += bench_cpu_seconds() - c0;
             wall[arm] += r[arm].seconds;
         }

@@ -47,27 +47,27 @@ int main(int argc, char **argv) {
         else if (i + 1 < argc && !strcmp(argv[i], "--repeat")) repeat = atoi(argv[++i]);
         else if (i + 1 < argc && !strcmp(argv[i], "--threads")) threads = atoi(argv[++i]);
         else if (i + 1 < argc && !strcmp(argv[i], "--device")) device = argv[++i];
-        else BENCH_DIE("usage: %s [--device cpu|cuda|auto] [--size 512] [--steps 50] [--components 15] "
+        else DIE("usage: %s [--device cpu|cuda|auto] [--size 512] [--steps 50] [--components 15] "
                        "[--max-batch 16] [--repeat 1] [--threads N]", argv[0]);
     }
-    if (n_comp < 1 || repeat < 1) BENCH_DIE("--components and --repeat must be at least 1");
+    if (n_comp < 1 || repeat < 1) DIE("--components and --repeat must be at least 1");
     loco_backend_opts bo;
     loco_backend_opts_init(&bo);
-    if (loco_device_from_name(device, &bo.device)) BENCH_DIE("--device: cpu, cuda or auto, not %s", device);
+    if (loco_device_from_name(device, &bo.device)) DIE("--device: cpu, cuda or auto, not %s", device);
     bo.num_threads = threads;
     loco_backend *be = NULL;
     loco_pipeline *p = NULL;
     loco_clip_scorer *sc = NULL;
     loco_err err = {0};
-    if (loco_backend_create(&bo, &be, &err)) BENCH_DIE("backend: %s", err.msg);
-    if (loco_pipeline_load_random(be, LOCO_FAMILY_SD1, 1234, NULL, &p, &err)) BENCH_DIE("random SD 1.5: %s", err.msg);
+    if (loco_backend_create(&bo, &be, &err)) DIE("backend: %s", err.msg);
+    if (loco_pipeline_load_random(be, LOCO_FAMILY_SD1, 1234, NULL, &p, &err)) DIE("random SD 1.5: %s", err.msg);
     if (loco_clip_scorer_load(be, "tests/fixtures/models/clip-tiny", &sc, &err))
-        BENCH_DIE("scorer (run from the repository root): %s", err.msg);
+        DIE("scorer (run from the repository root): %s", err.msg);
     loco_unet *u = loco_pipeline_unet(p);
     int ns = 0, nc = 0;
     const loco_site *sites = loco_unet_sites(u, &ns);
     const char **comps = malloc((size_t)n_comp * sizeof *comps);
-    if (!comps) BENCH_DIE("out of memory");
+    if (!comps) DIE("out of memory");
     for (int i = 0; i < ns && nc < n_comp; i++)
         if (sites[i].kind == LOCO_SITE_RESNET || sites[i].kind == LOCO_SITE_SELF_ATTN ||
             sites[i].kind == LOCO_SITE_CROSS_ATTN || sites[i].kind == LOCO_SITE_FF)
@@ -98,7 +98,7 @@ int main(int argc, char **argv) {
         warm.sampler.steps = 2;
         warm.progress_ctx = (void *)"warm-up";
         loco_trace_result r;
-        if (loco_trace_run(p, sc, &warm, &r, &err)) BENCH_DIE("warm-up: %s", err.msg);
+        if (loco_trace_run(p, sc, &warm, &r, &err)) DIE("warm-up: %s", err.msg);
         loco_trace_result_free(&r);
     }
     double wall[2] = {0, 0}, cpu_s[2] = {0, 0};
@@ -110,7 +110,7 @@ int main(int argc, char **argv) {
             loco_unet_set_graphs(u, !arm); /* off also frees the recorded graphs */
             t.progress_ctx = (void *)(arm ? "op by op" : "graphs");
             const double c0 = bench_cpu_seconds();
-            if (loco_trace_run(p, sc, &t, &r[arm], &err)) BENCH_DIE("%s: %s", arm ? "op by op" : "graphs", err.msg);
+            if (loco_trace_run(p, sc, &t, &r[arm], &err)) DIE("%s: %s", arm ? "op by op" : "graphs", err.msg);
             cpu_s[arm] += bench_cpu_seconds() - c0;
             wall[arm] += r[arm].seconds;
             if (!arm) loco_unet_graph_stats_get(u, &gs);
