@@ -173,6 +173,28 @@ fi
 # would load the kit's libz/libssl instead of its own)
 RUN=(env)
 [ $kit_used -eq 1 ] && RUN=(env "LD_LIBRARY_PATH=$LOCO_KIT_LD${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}")
+# cuDNN builds some engines at run time (on sm_90 those of its fused attention) and loads NVRTC
+# for them: without it they are refused ("RUNTIME_PREREQUISITE_MISSING") and the cuDNN routes'
+# tests fail for want of a library. The toolkit's copy is on the kit's path; else PyTorch's
+# wheel's (nvidia-cuda-nvrtc), which a C program does not find by itself.
+nvrtc_dirs="${LOCO_KIT_LD:-}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+if ! ldconfig -p 2>/dev/null | grep -q 'libnvrtc\.so\.[0-9]' &&
+    ! (IFS=:; for d in $nvrtc_dirs; do ls "$d"/libnvrtc.so.[0-9]* 2>/dev/null; done) | grep -q .; then
+    nvrtc_lib="$("$PY" - 2>/dev/null <<'EOF_PY'
+import glob, os, site
+dirs = site.getsitepackages() + [site.getusersitepackages()]
+hits = sorted(p for d in dirs for p in glob.glob(os.path.join(d, "nvidia/**/libnvrtc.so.[0-9]*"), recursive=True))
+print(hits[-1] if hits else "")
+EOF_PY
+)"
+    if [ -n "$nvrtc_lib" ] && [ -f "$nvrtc_lib" ]; then
+        export LD_LIBRARY_PATH="$(dirname "$nvrtc_lib")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+        [ $kit_used -eq 1 ] && RUN=(env "LD_LIBRARY_PATH=$LOCO_KIT_LD:$LD_LIBRARY_PATH")
+        say "NVRTC for cuDNN's run-time engines: $nvrtc_lib"
+    else
+        say "WARNING: no libnvrtc.so on this machine: cuDNN's run-time-compiled engines (its fused attention) will be refused"
+    fi
+fi
 export LOCO_DATA_DIR="${LOCO_DATA_DIR:-$PWD/config}"
 
 # ---- 2. is there a GPU? --------------------------------------------------------------------------
@@ -444,8 +466,10 @@ fi
 # 9); after the reruns above, which a failure here would not explain
 parity cuda_full_size "$BIN_TESTS/test_cuda_full_size"
 # cuDNN's operation graphs for the cuDNN routes, with the cuDNN this machine has (PyTorch's,
-# usually; a second): what test_cudnn_graphs checks on build machines, against the library the
-# opt-in cuDNN tests below will run on
+# usually; about 15 s): what test_cudnn_graphs checks on build machines, against the library the
+# opt-in cuDNN tests below will run on; with this machine's driver its engine checks must build
+# every plan, so a failure there (no NVRTC, a driver cuDNN refuses) names what the cuDNN routes'
+# tests and timings below will meet
 parity cudnn_graphs "$BIN_TESTS/test_cudnn_graphs"
 # the opt-in and experimental paths op by op (their pipeline reruns come in phase 7); a failure
 # here counts as one, but the default path's parity above is what the timings stand on

@@ -14,13 +14,15 @@ loco_status loco_backend_cuda_create(const loco_backend_opts *opts, loco_backend
 
 loco_status loco_cuda_cudnn_conv_graph_check(loco_dtype dt, int64_t N, int64_t Cin, int64_t H, int64_t W,
                                              int64_t Cout, int64_t kh, int64_t kw, int stride, const int pad[4],
-                                             loco_err *err) {
+                                             const char *device_json, loco_cudnn_engines *engines, loco_err *err) {
     (void)dt, (void)N, (void)Cin, (void)H, (void)W, (void)Cout, (void)kh, (void)kw, (void)stride, (void)pad;
+    (void)device_json, (void)engines;
     return loco_err_set(err, LOCO_EUNSUPPORTED, "cuDNN unavailable: built without CUDA");
 }
 
 loco_status loco_cuda_cudnn_sdpa_graph_check(loco_dtype dt, int64_t B, int64_t H, int64_t Lq, int64_t Lk, int64_t D,
-                                             int packed, loco_err *err) {
-    (void)dt, (void)B, (void)H, (void)Lq, (void)Lk, (void)D, (void)packed;
+                                             int packed, const char *device_json, loco_cudnn_engines *engines,
+                                             loco_err *err) {
+    (void)dt, (void)B, (void)H, (void)Lq, (void)Lk, (void)D, (void)packed, (void)device_json, (void)engines;
     return loco_err_set(err, LOCO_EUNSUPPORTED, "cuDNN unavailable: built without CUDA");
 }

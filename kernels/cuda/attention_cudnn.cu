@@ -45,8 +45,9 @@ loco_status cuda_attention_cudnn(cuda_impl *c, const cuda_sdpa_call *s, loco_err
     return loco_err_set(err, LOCO_EUNSUPPORTED, "cuDNN attention: %s", c->cudnn_why);
 }
 extern "C" loco_status loco_cuda_cudnn_sdpa_graph_check(loco_dtype dt, int64_t B, int64_t H, int64_t Lq, int64_t Lk,
-                                                        int64_t D, int packed, loco_err *err) {
-    (void)dt, (void)B, (void)H, (void)Lq, (void)Lk, (void)D, (void)packed;
+                                                        int64_t D, int packed, const char *device_json,
+                                                        loco_cudnn_engines *engines, loco_err *err) {
+    (void)dt, (void)B, (void)H, (void)Lq, (void)Lk, (void)D, (void)packed, (void)device_json, (void)engines;
     return cudnn_not_compiled_in(err);
 }
 
@@ -100,7 +101,7 @@ loco_status cuda_attention_cudnn(cuda_impl *c, const cuda_sdpa_call *s, loco_err
     cudnn_plan *p = NULL;
     loco_status st = cudnn_plan_get(c, CUDNN_PLAN_SDPA, &k, sizeof k, sdpa_graph, NULL, &p, err);
     if (st == LOCO_OK) {
-        float scale = s->scale;
+        alignas(16) float scale = s->scale; /* the scale tensor declares 16-byte alignment */
         void *const ptr[N_TENSORS] = {(void *)s->q, (void *)s->k, (void *)s->v, s->o, &scale}; /* scale: host */
         const cudnn_args a = {N_TENSORS, sdpa_uid, ptr};
         st = cudnn_plan_run(c, p, &a, err);
@@ -118,13 +119,14 @@ loco_status cuda_attention_cudnn(cuda_impl *c, const cuda_sdpa_call *s, loco_err
 }
 
 extern "C" loco_status loco_cuda_cudnn_sdpa_graph_check(loco_dtype dt, int64_t B, int64_t H, int64_t Lq, int64_t Lk,
-                                                        int64_t D, int packed, loco_err *err) {
+                                                        int64_t D, int packed, const char *device_json,
+                                                        loco_cudnn_engines *engines, loco_err *err) {
     sdpa_key k;
     memset(&k, 0, sizeof k);
     k.dt = dt, k.B = B, k.H = H, k.Lq = Lq, k.Lk = Lk, k.D = D;
     k.q_rs = k.kv_rs = packed ? 3 * H * D : H * D;
     k.o_rs = H * D;
-    return cudnn_graph_check(sdpa_graph, &k, err);
+    return cudnn_graph_check(sdpa_graph, &k, device_json, engines, err);
 }
 
 #endif /* LOCO_HAVE_CUDNN */

@@ -64,8 +64,10 @@ loco_status cuda_conv_cudnn(cuda_impl *c, loco_tensor *y, const loco_tensor *x, 
 
 extern "C" loco_status loco_cuda_cudnn_conv_graph_check(loco_dtype dt, int64_t N, int64_t Cin, int64_t H, int64_t W,
                                                         int64_t Cout, int64_t kh, int64_t kw, int stride,
-                                                        const int pad[4], loco_err *err) {
+                                                        const int pad[4], const char *device_json,
+                                                        loco_cudnn_engines *engines, loco_err *err) {
     (void)dt, (void)N, (void)Cin, (void)H, (void)W, (void)Cout, (void)kh, (void)kw, (void)stride, (void)pad;
+    (void)device_json, (void)engines;
     return cudnn_not_compiled_in(err);
 }
 
@@ -217,7 +219,8 @@ loco_status cuda_conv_cudnn(cuda_impl *c, loco_tensor *y, const loco_tensor *x, 
 
 extern "C" loco_status loco_cuda_cudnn_conv_graph_check(loco_dtype dt, int64_t N, int64_t Cin, int64_t H, int64_t W,
                                                         int64_t Cout, int64_t kh, int64_t kw, int stride,
-                                                        const int pad[4], loco_err *err) {
+                                                        const int pad[4], const char *device_json,
+                                                        loco_cudnn_engines *engines, loco_err *err) {
     if (stride < 1 || N < 1 || Cin < 1 || Cout < 1 || kh < 1 || kw < 1)
         return loco_err_set(err, LOCO_EINVAL, "conv graph check: bad shape");
     conv_key k;
@@ -227,7 +230,7 @@ extern "C" loco_status loco_cuda_cudnn_conv_graph_check(loco_dtype dt, int64_t N
     for (int i = 0; i < 4; i++) k.pad[i] = pad[i];
     k.Ho = (H + pad[0] + pad[1] - kh) / stride + 1;
     k.Wo = (W + pad[2] + pad[3] - kw) / stride + 1;
-    return cudnn_graph_check(conv_graph, &k, err);
+    return cudnn_graph_check(conv_graph, &k, device_json, engines, err);
 }
 
 #endif /* LOCO_HAVE_CUDNN */

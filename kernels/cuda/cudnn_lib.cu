@@ -287,7 +287,13 @@ static loco_status time_plan(cuda_impl *c, cudnnBackendDescriptor_t plan, int64_
     cudnnStatus_t st;
     loco_status s = cuda_check(cudaEventCreate(&ev[0]), "cudaEventCreate", err);
     if (s == LOCO_OK) s = cuda_check(cudaEventCreate(&ev[1]), "cudaEventCreate", err);
-    if (s == LOCO_OK) s = execute(c, plan, workspace, a, 1 + TIMED_RUNS, ev, &st, err);
+    if (s == LOCO_OK) {
+        s = execute(c, plan, workspace, a, 1 + TIMED_RUNS, ev, &st, err);
+        /* a run that failed after others were queued: the caller destroys the plan (and with it
+         * the module a runtime-compiled engine's kernels live in) once this returns, so those
+         * runs must be over first (a sticky device error makes this return at once) */
+        if (s != LOCO_OK) (void)cudaStreamSynchronize(c->stream);
+    }
     if (s == LOCO_OK) s = cuda_check(cudaEventSynchronize(ev[1]), "cuDNN tuning", err);
     if (s == LOCO_OK) s = cuda_check(cudaEventElapsedTime(ms, ev[0], ev[1]), "cudaEventElapsedTime", err);
     for (int i = 0; i < 2; i++)
@@ -302,6 +308,43 @@ static double seconds_now(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+/* The configurations heuristics `mode` offers for graph, for `device` (a finalized device
+ * description) or, when NULL, the handle's device: *heur and cfgs[0..*made) are created here and
+ * the caller destroys them (the heuristics last, as it may hold what the configurations refer
+ * to), cuDNN filled the first *got. On failure the status and *what (the step, for cudnn_fail's
+ * message); a graph with no configuration at all is CUDNN_STATUS_NOT_SUPPORTED. */
+#define HEUR_CFGS 32
+static cudnnStatus_t heuristic_cfgs(cuda_cudnn *n, cudnnBackendDescriptor_t graph, cudnnBackendHeurMode_t mode,
+                                    cudnnBackendDescriptor_t device, cudnnBackendDescriptor_t *heur_out,
+                                    cudnnBackendDescriptor_t cfgs[HEUR_CFGS], int64_t *made, int64_t *got,
+                                    const char **what) {
+    cudnnBackendDescriptor_t heur = NULL;
+    int64_t count = 0;
+    *made = *got = 0;
+    *what = "engine heuristics";
+    cudnnStatus_t st = n->f.create_descriptor(CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR, &heur);
+    if (st == CUDNN_STATUS_SUCCESS)
+        st = n->f.set_attribute(heur, CUDNN_ATTR_ENGINEHEUR_OPERATION_GRAPH, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &graph);
+    if (st == CUDNN_STATUS_SUCCESS)
+        st = n->f.set_attribute(heur, CUDNN_ATTR_ENGINEHEUR_MODE, CUDNN_TYPE_HEUR_MODE, 1, &mode);
+    if (st == CUDNN_STATUS_SUCCESS && device)
+        st = n->f.set_attribute(heur, CUDNN_ATTR_ENGINEHEUR_DEVICEPROP, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &device);
+    if (st == CUDNN_STATUS_SUCCESS) st = n->f.finalize(heur);
+    if (st == CUDNN_STATUS_SUCCESS)
+        st = n->f.get_attribute(heur, CUDNN_ATTR_ENGINEHEUR_RESULTS, CUDNN_TYPE_BACKEND_DESCRIPTOR, 0, &count, NULL);
+    if (st == CUDNN_STATUS_SUCCESS) {
+        *what = "engine configurations";
+        if (count > HEUR_CFGS) count = HEUR_CFGS;
+        for (; *made < count; ++*made)
+            if (n->f.create_descriptor(CUDNN_BACKEND_ENGINECFG_DESCRIPTOR, &cfgs[*made]) != CUDNN_STATUS_SUCCESS) break;
+        st = *made ? n->f.get_attribute(heur, CUDNN_ATTR_ENGINEHEUR_RESULTS, CUDNN_TYPE_BACKEND_DESCRIPTOR, *made, got,
+                                        cfgs)
+                   : CUDNN_STATUS_NOT_SUPPORTED;
+    }
+    *heur_out = heur;
+    return st;
+}
+
 /* Chooses p's plan among the configurations of heuristics `mode` for graph (the first 32, those
  * with a refused note skipped): the first whose plan finalizes, or with tune, the fastest of the
  * first CUDNN_TUNE_MAX that do, or of those built and timed in CUDNN_TUNE_SECONDS (a candidate
@@ -311,33 +354,12 @@ static double seconds_now(void) {
 static loco_status plan_from_heuristics(cuda_impl *c, cudnn_plan *p, cudnnBackendDescriptor_t graph,
                                         cudnnBackendHeurMode_t mode, const cudnn_args *tune, loco_err *err) {
     cuda_cudnn *n = c->cudnn;
-    enum { CFGS = 32 };
-    cudnnBackendDescriptor_t heur = NULL, cfgs[CFGS];
-    int64_t count = 0;
-    loco_status s = LOCO_OK;
-    cudnnStatus_t st = n->f.create_descriptor(CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR, &heur);
-    if (st == CUDNN_STATUS_SUCCESS)
-        st = n->f.set_attribute(heur, CUDNN_ATTR_ENGINEHEUR_OPERATION_GRAPH, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &graph);
-    if (st == CUDNN_STATUS_SUCCESS)
-        st = n->f.set_attribute(heur, CUDNN_ATTR_ENGINEHEUR_MODE, CUDNN_TYPE_HEUR_MODE, 1, &mode);
-    if (st == CUDNN_STATUS_SUCCESS) st = n->f.finalize(heur);
-    if (st == CUDNN_STATUS_SUCCESS)
-        st = n->f.get_attribute(heur, CUDNN_ATTR_ENGINEHEUR_RESULTS, CUDNN_TYPE_BACKEND_DESCRIPTOR, 0, &count, NULL);
-    if (st != CUDNN_STATUS_SUCCESS) {
-        s = cudnn_fail(n, st, "engine heuristics", LOCO_EUNSUPPORTED, err);
-        if (heur) n->f.destroy_descriptor(heur);
-        return s;
-    }
-    if (count > CFGS) count = CFGS;
-    int64_t made = 0;
-    for (; made < count; made++)
-        if (n->f.create_descriptor(CUDNN_BACKEND_ENGINECFG_DESCRIPTOR, &cfgs[made]) != CUDNN_STATUS_SUCCESS) break;
-    int64_t got = 0;
-    st = made ? n->f.get_attribute(heur, CUDNN_ATTR_ENGINEHEUR_RESULTS, CUDNN_TYPE_BACKEND_DESCRIPTOR, made, &got,
-                                   cfgs)
-              : CUDNN_STATUS_NOT_SUPPORTED;
-    s = st == CUDNN_STATUS_SUCCESS ? loco_err_set(err, LOCO_EUNSUPPORTED, "no engine for the shape")
-                                   : cudnn_fail(n, st, "engine configurations", LOCO_EUNSUPPORTED, err);
+    cudnnBackendDescriptor_t heur = NULL, cfgs[HEUR_CFGS];
+    int64_t made = 0, got = 0;
+    const char *what = "";
+    cudnnStatus_t st = heuristic_cfgs(n, graph, mode, NULL, &heur, cfgs, &made, &got, &what);
+    loco_status s = st == CUDNN_STATUS_SUCCESS ? loco_err_set(err, LOCO_EUNSUPPORTED, "no engine for the shape")
+                                               : cudnn_fail(n, st, what, LOCO_EUNSUPPORTED, err);
     float best_ms = 0.0f;
     int finalized = 0;
     const double t0 = seconds_now();
@@ -383,7 +405,7 @@ static loco_status plan_from_heuristics(cuda_impl *c, cudnn_plan *p, cudnnBacken
     }
     for (int64_t i = 0; i < made; i++)
         if (cfgs[i]) n->f.destroy_descriptor(cfgs[i]);
-    n->f.destroy_descriptor(heur);
+    if (heur) n->f.destroy_descriptor(heur);
     return s;
 }
 
@@ -441,7 +463,86 @@ loco_status cudnn_plan_get(cuda_impl *c, cudnn_plan_kind kind, const void *key, 
     return LOCO_OK;
 }
 
-loco_status cudnn_graph_check(cudnn_graph_fn build, const void *key, loco_err *err) {
+/* The first configuration the routes keep, on the device described by `device`: its engine and
+ * whether its plan builds (no handle: the description stands in for the device). */
+static void plan_on_device(cuda_cudnn *n, cudnnBackendDescriptor_t cfg, cudnnBackendDescriptor_t device,
+                           loco_cudnn_engines *e) {
+    cudnnBackendDescriptor_t engine = NULL, plan = NULL;
+    int64_t count = 0, index = -1;
+    if (n->f.create_descriptor(CUDNN_BACKEND_ENGINE_DESCRIPTOR, &engine) == CUDNN_STATUS_SUCCESS &&
+        n->f.get_attribute(cfg, CUDNN_ATTR_ENGINECFG_ENGINE, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &count, &engine) ==
+            CUDNN_STATUS_SUCCESS &&
+        n->f.get_attribute(engine, CUDNN_ATTR_ENGINE_GLOBAL_INDEX, CUDNN_TYPE_INT64, 1, &count, &index) ==
+            CUDNN_STATUS_SUCCESS)
+        e->engine = index;
+    if (engine) n->f.destroy_descriptor(engine);
+    cudnnStatus_t st = n->f.create_descriptor(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR, &plan);
+    if (st == CUDNN_STATUS_SUCCESS)
+        st = n->f.set_attribute(plan, CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &cfg);
+    if (st == CUDNN_STATUS_SUCCESS)
+        st = n->f.set_attribute(plan, CUDNN_ATTR_EXECUTION_PLAN_DEVICEPROP, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &device);
+    if (st == CUDNN_STATUS_SUCCESS) st = n->f.finalize(plan); /* runtime-compiled engines compile here */
+    e->planned = st == CUDNN_STATUS_SUCCESS;
+    if (!e->planned) {
+        loco_err why;
+        loco_err_clear(&why);
+        cudnn_fail(n, st, "execution plan", LOCO_EUNSUPPORTED, &why);
+        e->status = (int)st;
+        snprintf(e->why, sizeof e->why, "%.255s", why.msg);
+    }
+    if (plan) n->f.destroy_descriptor(plan);
+}
+
+/* cuda_probe.h's engine check of graph on the device the JSON describes: heuristics mode A,
+ * FALLBACK when A offers nothing (as cudnn_plan_get), then plan_on_device for the first kept
+ * configuration. LOCO_OK whatever cuDNN offered (*e says it); an error only when the library
+ * takes no device descriptions or this one. */
+static loco_status engines_on_device(cuda_cudnn *n, cudnnBackendDescriptor_t graph, const char *json,
+                                     loco_cudnn_engines *e, loco_err *err) {
+    memset(e, 0, sizeof *e);
+    e->engine = -1;
+    cudnnBackendDescriptor_t device = NULL;
+    if (n->f.create_descriptor(CUDNN_BACKEND_DEVICEPROP_DESCRIPTOR, &device) != CUDNN_STATUS_SUCCESS) {
+        const size_t v = n->version;
+        return loco_err_set(err, LOCO_EUNSUPPORTED, "cuDNN unavailable: %zu.%zu.%zu takes no device descriptions",
+                            v / 10000, v / 100 % 100, v % 100);
+    }
+    cudnnStatus_t st = n->f.set_attribute(device, CUDNN_ATTR_DEVICEPROP_JSON_REPRESENTATION, CUDNN_TYPE_CHAR,
+                                          (int64_t)strlen(json), json);
+    if (st == CUDNN_STATUS_SUCCESS) st = n->f.finalize(device);
+    if (st != CUDNN_STATUS_SUCCESS) {
+        const loco_status s = cudnn_fail(n, st, "device description", LOCO_EINVAL, err);
+        n->f.destroy_descriptor(device);
+        return s;
+    }
+    static const cudnnBackendHeurMode_t modes[2] = {CUDNN_HEUR_MODE_A, CUDNN_HEUR_MODE_FALLBACK};
+    for (int m = 0; m < 2 && e->offered == 0; m++) {
+        cudnnBackendDescriptor_t heur = NULL, cfgs[HEUR_CFGS];
+        int64_t made = 0, got = 0;
+        const char *what = "";
+        st = heuristic_cfgs(n, graph, modes[m], device, &heur, cfgs, &made, &got, &what);
+        if (st == CUDNN_STATUS_SUCCESS) {
+            e->offered = (int)got;
+            for (int64_t i = 0; i < got; i++)
+                if (!cfg_refused(n, cfgs[i]) && e->kept++ == 0) plan_on_device(n, cfgs[i], device, e);
+            if (got > 0 && e->kept == 0)
+                snprintf(e->why, sizeof e->why, "every engine offered has a refused numerical note");
+        } else {
+            loco_err why;
+            loco_err_clear(&why);
+            cudnn_fail(n, st, what, LOCO_EUNSUPPORTED, &why);
+            e->status = (int)st;
+            snprintf(e->why, sizeof e->why, "%.255s", why.msg);
+        }
+        for (int64_t i = 0; i < made; i++) n->f.destroy_descriptor(cfgs[i]);
+        if (heur) n->f.destroy_descriptor(heur);
+    }
+    n->f.destroy_descriptor(device);
+    return LOCO_OK;
+}
+
+loco_status cudnn_graph_check(cudnn_graph_fn build, const void *key, const char *device_json,
+                              loco_cudnn_engines *engines, loco_err *err) {
     cuda_cudnn *n = NULL;
     char why[192] = "";
     if (cudnn_open_library(&n, why, sizeof why) != LOCO_OK)
@@ -455,7 +556,8 @@ loco_status cudnn_graph_check(cudnn_graph_fn build, const void *key, loco_err *e
     cudnn_plan p;
     memset(&p, 0, sizeof p);
     cudnnBackendDescriptor_t graph = NULL;
-    const loco_status s = build(n, &p, key, &graph, err);
+    loco_status s = build(n, &p, key, &graph, err);
+    if (s == LOCO_OK && device_json && engines) s = engines_on_device(n, graph, device_json, engines, err);
     plan_clear(n, &p);
     cudnn_close_library(n);
     return s;

@@ -14,6 +14,7 @@
 #pragma once
 
 #include "cuda_internal.h"
+#include "cuda_probe.h"
 
 /* cuDNN's headers come with the toolkit on these machines (the nvidia-cudnn wheel) but not with
  * every CUDA install: without them the routes are compiled out and say so, as on the emulator. */
@@ -131,8 +132,10 @@ typedef loco_status (*cudnn_graph_fn)(cuda_cudnn *n, cudnn_plan *p, const void *
 loco_status cudnn_plan_get(cuda_impl *c, cudnn_plan_kind kind, const void *key, size_t key_n, cudnn_graph_fn build,
                            const cudnn_args *tune, cudnn_plan **out, loco_err *err);
 /* Builds the graph for key with the library alone (no handle, no device: cuda_probe.h's checks)
- * and releases it again. */
-loco_status cudnn_graph_check(cudnn_graph_fn build, const void *key, loco_err *err);
+ * and, with device_json, asks for its engines and the first kept one's plan on that device
+ * (*engines); then releases it all again. */
+loco_status cudnn_graph_check(cudnn_graph_fn build, const void *key, const char *device_json,
+                              loco_cudnn_engines *engines, loco_err *err);
 
 /* Runs p on c's stream with a workspace from the backend's allocator. A plan cuDNN refuses to
  * run (before anything ran) returns LOCO_EUNSUPPORTED and, outside a capture, is marked failed:

@@ -6,9 +6,16 @@
  * libcudnn.so.9 loads (the toolkit of these machines carries it) and checks on a machine without
  * a GPU what can be checked there: every attribute's name, type and value, and that cuDNN finds
  * the tensors, padding and strides consistent (a y whose dims do not follow from x, w and the
- * padding fails the operation's finalize). Engines, plans, numerics and speed need a GPU
- * (test_cuda_optin's cuda_conv2d_cudnn and cuda_attention_cudnn). Skipped where the library is
- * absent or loco was built without it (the emulator builds only test_cuda_*). */
+ * padding fails the operation's finalize). Then, for the GPUs the device tool lends (H200 and
+ * H100), what cuDNN would do there, from its JSON descriptions of them: that its heuristics
+ * offer engines for every shape, that the routes' numerical-note filter keeps one, and that the
+ * first kept one's execution plan builds (cuDNN compiles its fused attention's kernels then,
+ * with NVRTC). Numerics and speed need a GPU (test_cuda_optin's cuda_conv2d_cudnn and
+ * cuda_attention_cudnn). Skipped where the library is absent or loco was built without it (the
+ * emulator builds only test_cuda_*). */
+#include <dlfcn.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "cuda_probe.h"
@@ -64,7 +71,7 @@ TEST(cudnn_conv_graphs_finalize) {
         loco_err err;
         loco_err_clear(&err);
         const loco_status st = loco_cuda_cudnn_conv_graph_check(c->dt, c->N, c->Cin, c->H, c->W, c->Cout, c->k, c->k,
-                                                                c->stride, c->pad, &err);
+                                                                c->stride, c->pad, NULL, NULL, &err);
         if (st == LOCO_EUNSUPPORTED && strncmp(err.msg, "cuDNN unavailable", 17) == 0) {
             CHECK(checked == 0); /* the library does not come and go */
             SKIP("%s", err.msg);
@@ -80,7 +87,7 @@ TEST(cudnn_conv_graph_refuses_an_empty_output) {
     loco_err err;
     loco_err_clear(&err);
     const int pad[4] = {0, 0, 0, 0};
-    loco_status st = loco_cuda_cudnn_conv_graph_check(LOCO_F16, 1, 8, 2, 2, 8, 3, 3, 1, pad, &err);
+    loco_status st = loco_cuda_cudnn_conv_graph_check(LOCO_F16, 1, 8, 2, 2, 8, 3, 3, 1, pad, NULL, NULL, &err);
     if (st == LOCO_EUNSUPPORTED && strncmp(err.msg, "cuDNN unavailable", 17) == 0) SKIP("%s", err.msg);
     CHECK_MSG(st != LOCO_OK, "a 3x3 kernel over a 2x2 image built a graph");
     CHECK(err.msg[0] != 0);
@@ -106,7 +113,7 @@ TEST(cudnn_sdpa_graphs_finalize) {
                 loco_err err;
                 loco_err_clear(&err);
                 const loco_dtype dt = bf ? LOCO_BF16 : LOCO_F16;
-                const loco_status st = loco_cuda_cudnn_sdpa_graph_check(dt, c->B, c->H, c->L, c->L, c->D, packed, &err);
+                const loco_status st = loco_cuda_cudnn_sdpa_graph_check(dt, c->B, c->H, c->L, c->L, c->D, packed, NULL, NULL, &err);
                 if (st == LOCO_EUNSUPPORTED && strncmp(err.msg, "cuDNN unavailable", 17) == 0) {
                     CHECK(checked == 0);
                     SKIP("%s", err.msg);
@@ -115,4 +122,122 @@ TEST(cudnn_sdpa_graphs_finalize) {
                           packed ? "packed q|k|v" : "apart", err.msg);
                 checked++;
             }
+}
+
+/* ---- engines and plans on described GPUs ----------------------------------------------------- */
+
+/* cuDNN's JSON device descriptions of the lent machines' GPUs (the properties cudaGetDeviceProperties
+ * gives; sizes as the H200 reported them on a lent machine, bench/gpu/runs; the H100 SXM's from its
+ * datasheet). */
+static const char *const h200_json =
+    "{\"deviceName\":\"NVIDIA H200\",\"deviceVer\":900,\"driverVer\":13000,\"multiProcessorCount\":132,"
+    "\"totalGlobalMem\":150754820096,\"l2CacheSize\":62914560,\"smClockRateKHz\":1980000,"
+    "\"memClockRateKHz\":3201000,\"maxGridSize\":[2147483647,65535,65535],\"maxBlockSize\":[1024,1024,64],"
+    "\"regsPerBlock\":65536,\"warpSize\":32,\"maxSharedMemoryPerBlock\":49152,"
+    "\"maxSharedMemoryPerBlockOptin\":232448,\"reservedSharedMemoryPerBlock\":1024,\"maxRegistersPerSM\":65536,"
+    "\"maxCtasPerSM\":32,\"maxThreadsPerBlock\":1024,\"maxThreadsPerSM\":2048,\"pciDeviceId\":0,"
+    "\"isTccDriver\":0,\"supportCoopLaunch\":1,\"cudaDeviceId\":0}";
+static const char *const h100_json =
+    "{\"deviceName\":\"NVIDIA H100 80GB HBM3\",\"deviceVer\":900,\"driverVer\":13000,\"multiProcessorCount\":132,"
+    "\"totalGlobalMem\":85520809984,\"l2CacheSize\":52428800,\"smClockRateKHz\":1980000,"
+    "\"memClockRateKHz\":2619000,\"maxGridSize\":[2147483647,65535,65535],\"maxBlockSize\":[1024,1024,64],"
+    "\"regsPerBlock\":65536,\"warpSize\":32,\"maxSharedMemoryPerBlock\":49152,"
+    "\"maxSharedMemoryPerBlockOptin\":232448,\"reservedSharedMemoryPerBlock\":1024,\"maxRegistersPerSM\":65536,"
+    "\"maxCtasPerSM\":32,\"maxThreadsPerBlock\":1024,\"maxThreadsPerSM\":2048,\"pciDeviceId\":0,"
+    "\"isTccDriver\":0,\"supportCoopLaunch\":1,\"cudaDeviceId\":0}";
+
+static const struct {
+    const char *name, *json;
+} described[] = {{"H200", h200_json}, {"H100", h100_json}};
+
+/* cuDNN's heuristics offer no engine that compiles at run time unless libcuda.so.1 loads
+ * ("RUNTIME_PREREQUISITE_MISSING"). Without a driver the toolkit's stub stands in (the plans
+ * are built for a description and never run); it returns CUDA_ERROR_STUB_LIBRARY (34) from every
+ * call, so a plan that needs a module loaded fails at that last step. 1: a driver, 0: the stub,
+ * -1: neither. */
+static int driver_or_stub(void) {
+    void *h = dlopen("libcuda.so.1", RTLD_NOW | RTLD_GLOBAL);
+    const char *home = getenv("CUDA_HOME");
+    char path[512];
+    const char *const stubs[] = {"/usr/local/cuda/lib64/stubs/libcuda.so",
+                                 "/usr/local/cuda/targets/x86_64-linux/lib/stubs/libcuda.so"};
+    if (!h && home && home[0]) {
+        snprintf(path, sizeof path, "%s/lib64/stubs/libcuda.so", home);
+        h = dlopen(path, RTLD_NOW | RTLD_GLOBAL); /* its soname is libcuda.so.1: cuDNN's dlopen finds it */
+    }
+    for (size_t i = 0; !h && i < sizeof stubs / sizeof stubs[0]; i++) h = dlopen(stubs[i], RTLD_NOW | RTLD_GLOBAL);
+    if (!h) return -1;
+    int (*cu_init)(unsigned) = (int (*)(unsigned))dlsym(h, "cuInit");
+    return cu_init && cu_init(0) == 34 ? 0 : 1;
+}
+
+/* What the check found is what a GPU run would meet first: a plan that builds (or, on the stub,
+ * one that got as far as loading its compiled module: cuDNN's
+ * CUDNN_STATUS_EXECUTION_FAILED_CUDA_DRIVER, 5001, from the driver's module loading, which
+ * comes after its kernels compiled). */
+static int engines_usable(const loco_cudnn_engines *e, int driver) {
+    const int compiled = driver == 0 && e->status == 5001 && (strstr(e->why, "cuLibraryLoad") || strstr(e->why, "cuModuleLoad"));
+    return e->offered > 0 && e->kept > 0 && (e->planned || compiled);
+}
+
+static void engines_line(const char *what, const char *gpu, const loco_cudnn_engines *e) {
+    printf("  %-36s %s: engine %lld (%d offered, %d kept), plan %s\n", what, gpu, e->engine, e->offered, e->kept,
+           e->planned ? "built" : engines_usable(e, 0) ? "compiled (the stub driver loads no module)" : e->why);
+}
+
+TEST(cudnn_sdpa_engines_on_h200_and_h100) {
+    const int driver = driver_or_stub();
+    if (driver < 0) SKIP("no libcuda.so.1 and no toolkit stub of it: cuDNN offers no runtime-compiled engine");
+    int checked = 0;
+    for (size_t g = 0; g < sizeof described / sizeof described[0]; g++)
+        for (size_t i = 0; i < sizeof sdpa_cases / sizeof sdpa_cases[0]; i++)
+            for (int packed = 0; packed < 2; packed++)
+                for (int bf = 0; bf < 2; bf++) {
+                    const sdpa_case *c = &sdpa_cases[i];
+                    const loco_dtype dt = bf ? LOCO_BF16 : LOCO_F16;
+                    loco_cudnn_engines e;
+                    loco_err err;
+                    loco_err_clear(&err);
+                    const loco_status st = loco_cuda_cudnn_sdpa_graph_check(dt, c->B, c->H, c->L, c->L, c->D, packed,
+                                                                            described[g].json, &e, &err);
+                    if (st == LOCO_EUNSUPPORTED && strncmp(err.msg, "cuDNN unavailable", 17) == 0) {
+                        CHECK(checked == 0);
+                        SKIP("%s", err.msg);
+                    }
+                    CHECK_MSG(st == LOCO_OK, "%s: %s", c->what, err.msg);
+                    char what[96];
+                    snprintf(what, sizeof what, "%s (%s, %s)", c->what, loco_dtype_name(dt),
+                             packed ? "packed" : "apart");
+                    if (!bf) engines_line(what, described[g].name, &e);
+                    CHECK_MSG(engines_usable(&e, driver), "%s on the %s: %d engines offered, %d kept, plan: %s", what,
+                              described[g].name, e.offered, e.kept, e.planned ? "built" : e.why);
+                    checked++;
+                }
+}
+
+TEST(cudnn_conv_engines_on_h200_and_h100) {
+    const int driver = driver_or_stub();
+    if (driver < 0) SKIP("no libcuda.so.1 and no toolkit stub of it: cuDNN offers no runtime-compiled engine");
+    int checked = 0;
+    for (size_t g = 0; g < sizeof described / sizeof described[0]; g++)
+        for (size_t i = 0; i < sizeof conv_cases / sizeof conv_cases[0]; i++) {
+            const conv_case *c = &conv_cases[i];
+            loco_cudnn_engines e;
+            loco_err err;
+            loco_err_clear(&err);
+            const loco_status st = loco_cuda_cudnn_conv_graph_check(c->dt, c->N, c->Cin, c->H, c->W, c->Cout, c->k,
+                                                                    c->k, c->stride, c->pad, described[g].json, &e,
+                                                                    &err);
+            if (st == LOCO_EUNSUPPORTED && strncmp(err.msg, "cuDNN unavailable", 17) == 0) {
+                CHECK(checked == 0);
+                SKIP("%s", err.msg);
+            }
+            CHECK_MSG(st == LOCO_OK, "%s: %s", c->what, err.msg);
+            char what[96];
+            snprintf(what, sizeof what, "%s (%s)", c->what, loco_dtype_name(c->dt));
+            engines_line(what, described[g].name, &e);
+            CHECK_MSG(engines_usable(&e, driver), "%s on the %s: %d engines offered, %d kept, plan: %s", what,
+                      described[g].name, e.offered, e.kept, e.planned ? "built" : e.why);
+            checked++;
+        }
 }
