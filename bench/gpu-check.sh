@@ -598,6 +598,12 @@ else
          { base = $1; sub(/@.*/, "", base); t = (base in torch) ? torch[base] : "";
            printf "%-30s %10.4f %7.1f %-5s %10s %8s\n", $1, $2, $3, $4, t, t == "" ? "" : sprintf("%.2f", t / $2) }' \
         "$DIR/ops_torch.txt" "$DIR/ops_loco.txt" | tee "$DIR/ops_table.txt"
+    # PyTorch's attention rows on each SDPA backend alone: which one PyTorch's time is, and what
+    # cuDNN's fused attention reaches here (the "@fa_cudnn" rows' measure)
+    if grep -q '@torch_' "$DIR/ops_torch.txt"; then
+        say "PyTorch's SDPA backends on the attention rows (ms; n/a: the backend refuses the shape):"
+        grep '@torch_' "$DIR/ops_torch.txt" | sed 's/^/gpu-check:   /' | tee "$DIR/ops_torch_sdpa.txt"
+    fi
 fi
 
 # ---- 5. whole models: loco vs diffusers on the same GPU ----------------------------------------------

@@ -24,6 +24,8 @@ extern "C" {
 typedef struct loco_cudnn_engines {
     int offered;      /* configurations heuristics mode A gives (FALLBACK's when A gives none), at most 32 */
     int kept;         /* of those, the ones the routes keep (no refused numerical note) */
+    int tensor_cores; /* of the first kept ones the routes would time (6), those on tensor cores
+                         (for f32 data: TF32) */
     long long engine; /* the first kept one's global engine index; -1 when none is kept */
     int planned;      /* 1: its execution plan built for the described device */
     int status;       /* else cuDNN's status for the step that failed (heuristics or the plan) ... */

@@ -8,6 +8,11 @@ three linears and SDPA. Prints one line per op,
 Timing: random inputs, three warm-up calls, five batches of `reps` calls timed with CUDA
 events; the median batch gives the time per call.
 
+Each attention row is also timed on each of PyTorch's SDPA backends alone ("name@torch_flash",
+"@torch_cudnn", "@torch_efficient" lines; a backend that refuses the shape prints "n/a"): which
+one gives PyTorch's time, and what cuDNN's fused attention reaches on the card, the figure loco's
+cuDNN route (LOCO_CUDA_FLASH=cudnn) is to be read against.
+
 Usage: python3 bench/gpu/torch_ops.py [ops.txt] [reps]"""
 import sys
 
@@ -128,19 +133,42 @@ def time_ms(fn, reps):
     return sorted(times)[2]
 
 
+def sdpa_backends():
+    """(tag, context manager) for each SDPA backend this PyTorch can force; none before 2.3."""
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:
+        return []
+    names = (("torch_flash", "FLASH_ATTENTION"), ("torch_cudnn", "CUDNN_ATTENTION"),
+             ("torch_efficient", "EFFICIENT_ATTENTION"))
+    return [(tag, lambda b=getattr(SDPBackend, name): sdpa_kernel(b)) for tag, name in names
+            if hasattr(SDPBackend, name)]
+
+
 def main():
     path = sys.argv[1] if len(sys.argv) > 1 else "bench/gpu/ops.txt"
     reps = int(sys.argv[2]) if len(sys.argv) > 2 else 10
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.benchmark = True
     print(f"torch {torch.__version__} on {torch.cuda.get_device_name()}", file=sys.stderr)
+    backends = sdpa_backends()
     with torch.inference_mode():
         for line in open(path):
             parts = line.split()
             if not parts or parts[0].startswith("#"):
                 continue
             kind, name, args = parts[0], parts[1], parts[2:]
-            print(f"{name} {time_ms(make(kind, args), reps):.4f}", flush=True)
+            fn = make(kind, args)
+            print(f"{name} {time_ms(fn, reps):.4f}", flush=True)
+            if kind != "attn":
+                continue
+            for tag, forced in backends:
+                try:
+                    with forced():
+                        ms = f"{time_ms(fn, reps):.4f}"
+                except RuntimeError:  # the backend does not take the shape (head dim, dtype, card)
+                    ms = "n/a"
+                print(f"{name}@{tag} {ms}", flush=True)
 
 
 if __name__ == "__main__":

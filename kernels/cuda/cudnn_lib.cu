@@ -173,28 +173,46 @@ loco_status cudnn_graph_of(cuda_cudnn *n, cudnn_plan *p, cudnnBackendDescriptor_
     return LOCO_OK;
 }
 
+/* The numerical notes of cfg's engine (*count of them), or -1 when they cannot be read. */
+static int cfg_notes(cuda_cudnn *n, cudnnBackendDescriptor_t cfg,
+                     cudnnBackendNumericalNote_t notes[CUDNN_NUMERICAL_NOTE_TYPE_COUNT], int64_t *count) {
+    cudnnBackendDescriptor_t engine = NULL;
+    if (n->f.create_descriptor(CUDNN_BACKEND_ENGINE_DESCRIPTOR, &engine) != CUDNN_STATUS_SUCCESS) return -1;
+    int64_t one = 0;
+    const int ok =
+        n->f.get_attribute(cfg, CUDNN_ATTR_ENGINECFG_ENGINE, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &one, &engine) ==
+            CUDNN_STATUS_SUCCESS &&
+        n->f.get_attribute(engine, CUDNN_ATTR_ENGINE_NUMERICAL_NOTE, CUDNN_TYPE_NUMERICAL_NOTE,
+                           CUDNN_NUMERICAL_NOTE_TYPE_COUNT, count, notes) == CUDNN_STATUS_SUCCESS;
+    n->f.destroy_descriptor(engine);
+    if (ok && *count > CUDNN_NUMERICAL_NOTE_TYPE_COUNT) *count = CUDNN_NUMERICAL_NOTE_TYPE_COUNT;
+    return ok ? 0 : -1;
+}
+
 /* Whether cfg's engine has a numerical note we refuse: inputs converted down (f32 run as f16),
  * sums in less than f32 (our kernels and the CPU reference accumulate in f32), results that
  * differ run to run (a replayed graph must give the same bits), FFT (its rounding is far from a
- * direct convolution's, and its workspace large). Notes that cannot be read refuse too. */
+ * direct convolution's, and its workspace large). Notes that cannot be read refuse too. As
+ * PyTorch's filter with TF32 allowed: f32 data on tensor cores (TF32, note TENSOR_CORE) is kept. */
 static int cfg_refused(cuda_cudnn *n, cudnnBackendDescriptor_t cfg) {
-    cudnnBackendDescriptor_t engine = NULL;
-    if (n->f.create_descriptor(CUDNN_BACKEND_ENGINE_DESCRIPTOR, &engine) != CUDNN_STATUS_SUCCESS) return 1;
-    int64_t count = 0;
     cudnnBackendNumericalNote_t notes[CUDNN_NUMERICAL_NOTE_TYPE_COUNT];
-    int refused = 1;
-    if (n->f.get_attribute(cfg, CUDNN_ATTR_ENGINECFG_ENGINE, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &count, &engine) ==
-            CUDNN_STATUS_SUCCESS &&
-        n->f.get_attribute(engine, CUDNN_ATTR_ENGINE_NUMERICAL_NOTE, CUDNN_TYPE_NUMERICAL_NOTE,
-                           CUDNN_NUMERICAL_NOTE_TYPE_COUNT, &count, notes) == CUDNN_STATUS_SUCCESS) {
-        refused = 0;
-        for (int64_t i = 0; i < count && i < CUDNN_NUMERICAL_NOTE_TYPE_COUNT; i++)
-            refused |= notes[i] == CUDNN_NUMERICAL_NOTE_DOWN_CONVERT_INPUTS ||
-                       notes[i] == CUDNN_NUMERICAL_NOTE_REDUCED_PRECISION_REDUCTION ||
-                       notes[i] == CUDNN_NUMERICAL_NOTE_NONDETERMINISTIC || notes[i] == CUDNN_NUMERICAL_NOTE_FFT;
-    }
-    n->f.destroy_descriptor(engine);
+    int64_t count = 0;
+    if (cfg_notes(n, cfg, notes, &count) != 0) return 1;
+    int refused = 0;
+    for (int64_t i = 0; i < count; i++)
+        refused |= notes[i] == CUDNN_NUMERICAL_NOTE_DOWN_CONVERT_INPUTS ||
+                   notes[i] == CUDNN_NUMERICAL_NOTE_REDUCED_PRECISION_REDUCTION ||
+                   notes[i] == CUDNN_NUMERICAL_NOTE_NONDETERMINISTIC || notes[i] == CUDNN_NUMERICAL_NOTE_FFT;
     return refused;
+}
+
+static int cfg_on_tensor_cores(cuda_cudnn *n, cudnnBackendDescriptor_t cfg) {
+    cudnnBackendNumericalNote_t notes[CUDNN_NUMERICAL_NOTE_TYPE_COUNT];
+    int64_t count = 0;
+    if (cfg_notes(n, cfg, notes, &count) != 0) return 0;
+    for (int64_t i = 0; i < count; i++)
+        if (notes[i] == CUDNN_NUMERICAL_NOTE_TENSOR_CORE) return 1;
+    return 0;
 }
 
 /* A finalized plan of cfg and its workspace, or the failure. */
@@ -523,8 +541,11 @@ static loco_status engines_on_device(cuda_cudnn *n, cudnnBackendDescriptor_t gra
         st = heuristic_cfgs(n, graph, modes[m], device, &heur, cfgs, &made, &got, &what);
         if (st == CUDNN_STATUS_SUCCESS) {
             e->offered = (int)got;
-            for (int64_t i = 0; i < got; i++)
-                if (!cfg_refused(n, cfgs[i]) && e->kept++ == 0) plan_on_device(n, cfgs[i], device, e);
+            for (int64_t i = 0; i < got; i++) {
+                if (cfg_refused(n, cfgs[i])) continue;
+                if (e->kept < CUDNN_TUNE_MAX) e->tensor_cores += cfg_on_tensor_cores(n, cfgs[i]);
+                if (e->kept++ == 0) plan_on_device(n, cfgs[i], device, e);
+            }
             if (got > 0 && e->kept == 0)
                 snprintf(e->why, sizeof e->why, "every engine offered has a refused numerical note");
         } else {

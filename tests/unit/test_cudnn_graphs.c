@@ -181,7 +181,8 @@ static int engines_usable(const loco_cudnn_engines *e, int driver) {
 }
 
 static void engines_line(const char *what, const char *gpu, const loco_cudnn_engines *e) {
-    printf("  %-36s %s: engine %lld (%d offered, %d kept), plan %s\n", what, gpu, e->engine, e->offered, e->kept,
+    printf("  %-36s %s: engine %lld (%d offered, %d kept, %d of the first %d on tensor cores), plan %s\n", what, gpu,
+           e->engine, e->offered, e->kept, e->tensor_cores, e->kept < 6 ? e->kept : 6,
            e->planned ? "built" : engines_usable(e, 0) ? "compiled (the stub driver loads no module)" : e->why);
 }
 
@@ -238,6 +239,10 @@ TEST(cudnn_conv_engines_on_h200_and_h100) {
             engines_line(what, described[g].name, &e);
             CHECK_MSG(engines_usable(&e, driver), "%s on the %s: %d engines offered, %d kept, plan: %s", what,
                       described[g].name, e.offered, e.kept, e.planned ? "built" : e.why);
+            /* the f32 route stands for TF32 on tensor cores (as PyTorch's cuDNN convs with TF32
+             * allowed): an f32 conv timed only on plain FP32 engines would run at a third of it */
+            CHECK_MSG(e.tensor_cores > 0, "%s on the %s: none of the engines the route would time is on tensor cores",
+                      what, described[g].name);
             checked++;
         }
 }
