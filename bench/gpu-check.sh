@@ -174,25 +174,39 @@ fi
 RUN=(env)
 [ $kit_used -eq 1 ] && RUN=(env "LD_LIBRARY_PATH=$LOCO_KIT_LD${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}")
 # cuDNN builds some engines at run time (on sm_90 those of its fused attention) and loads NVRTC
-# for them: without it they are refused ("RUNTIME_PREREQUISITE_MISSING") and the cuDNN routes'
-# tests fail for want of a library. The toolkit's copy is on the kit's path; else PyTorch's
-# wheel's (nvidia-cuda-nvrtc), which a C program does not find by itself.
-nvrtc_dirs="${LOCO_KIT_LD:-}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-if ! ldconfig -p 2>/dev/null | grep -q 'libnvrtc\.so\.[0-9]' &&
-    ! (IFS=:; for d in $nvrtc_dirs; do ls "$d"/libnvrtc.so.[0-9]* 2>/dev/null; done) | grep -q .; then
-    nvrtc_lib="$("$PY" - 2>/dev/null <<'EOF_PY'
-import glob, os, site
+# of its CUDA major for them: without it they are refused ("RUNTIME_PREREQUISITE_MISSING") and the
+# cuDNN routes' tests fail for want of a library. The toolkit's copy is on the kit's path; else
+# PyTorch's wheel's (nvidia-cuda-nvrtc), which a C program does not find by itself. Only NVRTC's
+# files go on the path (through links in a folder of their own): the wheel's folder also holds
+# a CUDA runtime and cuBLAS, which must not stand in for the toolkit's.
+NVRTC_MAJOR="${LOCO_NVRTC_MAJOR:-13}" # the CUDA major of the kit and of run 6's PyTorch (cu130)
+have_nvrtc=0
+# (grep reads all of ldconfig's output: with -q it would stop early, and pipefail would count
+# ldconfig's broken pipe as a miss)
+ldconfig -p 2>/dev/null | grep "libnvrtc\.so\.$NVRTC_MAJOR " >/dev/null && have_nvrtc=1
+IFS=: read -r -a nvrtc_dirs <<<"${LOCO_KIT_LD:-}:${LD_LIBRARY_PATH:-}"
+for d in "${nvrtc_dirs[@]}"; do
+    [ -n "$d" ] && [ -e "$d/libnvrtc.so.$NVRTC_MAJOR" ] && have_nvrtc=1
+done
+if [ $have_nvrtc -eq 0 ]; then
+    nvrtc_lib="$("$PY" - "$NVRTC_MAJOR" 2>/dev/null <<'EOF_PY'
+import glob, os, site, sys
 dirs = site.getsitepackages() + [site.getusersitepackages()]
-hits = sorted(p for d in dirs for p in glob.glob(os.path.join(d, "nvidia/**/libnvrtc.so.[0-9]*"), recursive=True))
-print(hits[-1] if hits else "")
+name = "libnvrtc.so." + sys.argv[1]
+hits = [p for d in dirs for p in glob.glob(os.path.join(d, "nvidia", "**", name), recursive=True)]
+print(hits[0] if hits else "")
 EOF_PY
 )"
     if [ -n "$nvrtc_lib" ] && [ -f "$nvrtc_lib" ]; then
-        export LD_LIBRARY_PATH="$(dirname "$nvrtc_lib")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+        nvrtc_links=/tmp/gpu-check-nvrtc
+        rm -rf "$nvrtc_links" && mkdir -p "$nvrtc_links"
+        ln -s "$(dirname "$nvrtc_lib")"/libnvrtc*.so* "$nvrtc_links"/
+        export LD_LIBRARY_PATH="$nvrtc_links${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
         [ $kit_used -eq 1 ] && RUN=(env "LD_LIBRARY_PATH=$LOCO_KIT_LD:$LD_LIBRARY_PATH")
-        say "NVRTC for cuDNN's run-time engines: $nvrtc_lib"
+        say "NVRTC for cuDNN's run-time engines: $(dirname "$nvrtc_lib") (linked from $nvrtc_links)"
     else
-        say "WARNING: no libnvrtc.so on this machine: cuDNN's run-time-compiled engines (its fused attention) will be refused"
+        say "WARNING: no libnvrtc.so.$NVRTC_MAJOR here: cuDNN's run-time-compiled engines"
+        say "         (its fused attention) will be refused"
     fi
 fi
 export LOCO_DATA_DIR="${LOCO_DATA_DIR:-$PWD/config}"
@@ -602,7 +616,8 @@ else
     # cuDNN's fused attention reaches here (the "@fa_cudnn" rows' measure)
     if grep -q '@torch_' "$DIR/ops_torch.txt"; then
         say "PyTorch's SDPA backends on the attention rows (ms; n/a: the backend refuses the shape):"
-        grep '@torch_' "$DIR/ops_torch.txt" | sed 's/^/gpu-check:   /' | tee "$DIR/ops_torch_sdpa.txt"
+        grep '@torch_' "$DIR/ops_torch.txt" >"$DIR/ops_torch_sdpa.txt"
+        sed 's/^/gpu-check:   /' "$DIR/ops_torch_sdpa.txt"
     fi
 fi
 

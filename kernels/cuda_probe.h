@@ -20,15 +20,19 @@
 extern "C" {
 #endif
 
-/* What cuDNN would run for a graph on a described device. */
+/* What cuDNN would run for a graph on a described device, found as the routes find their plans
+ * (cudnn_lib.cu): heuristics mode A, the configurations the routes keep in order until one's
+ * plan builds, FALLBACK's heuristics when A's give none. */
 typedef struct loco_cudnn_engines {
-    int offered;      /* configurations heuristics mode A gives (FALLBACK's when A gives none), at most 32 */
+    int offered;      /* configurations the heuristics gave (at most 32) */
     int kept;         /* of those, the ones the routes keep (no refused numerical note) */
-    int tensor_cores; /* of the first kept ones the routes would time (6), those on tensor cores
-                         (for f32 data: TF32) */
-    long long engine; /* the first kept one's global engine index; -1 when none is kept */
-    int planned;      /* 1: its execution plan built for the described device */
-    int status;       /* else cuDNN's status for the step that failed (heuristics or the plan) ... */
+    int tensor_cores; /* of the first kept ones, as many as the routes time (6), those on tensor
+                         cores (for f32 data: TF32) */
+    long long engine; /* global engine index of the plan that built, else of the first kept one
+                         (-1: none kept) */
+    int planned;      /* 1: a plan built for the described device */
+    int fallback;     /* 1: from FALLBACK's heuristics (mode A's gave no plan) */
+    int status;       /* else cuDNN's status for the first kept one's plan (or the heuristics) ... */
     char why[256];    /* ... and its message ("" when planned) */
 } loco_cudnn_engines;
 

@@ -151,7 +151,7 @@ def main():
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.benchmark = True
     print(f"torch {torch.__version__} on {torch.cuda.get_device_name()}", file=sys.stderr)
-    backends = sdpa_backends()
+    backends, attention = sdpa_backends(), []
     with torch.inference_mode():
         for line in open(path):
             parts = line.split()
@@ -160,14 +160,18 @@ def main():
             kind, name, args = parts[0], parts[1], parts[2:]
             fn = make(kind, args)
             print(f"{name} {time_ms(fn, reps):.4f}", flush=True)
-            if kind != "attn":
-                continue
+            if kind == "attn":
+                attention.append((name, fn))
+        # after every row, so that the backends' first-use compilation (cuDNN's) cannot push the
+        # rows gpu-check joins with loco's past its timeout
+        for name, fn in attention:
             for tag, forced in backends:
                 try:
                     with forced():
                         ms = f"{time_ms(fn, reps):.4f}"
-                except RuntimeError:  # the backend does not take the shape (head dim, dtype, card)
+                except RuntimeError as e:  # the backend does not take the shape (head dim, dtype, card)
                     ms = "n/a"
+                    print(f"{name}@{tag}: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
                 print(f"{name}@{tag} {ms}", flush=True)
 
 

@@ -481,18 +481,18 @@ loco_status cudnn_plan_get(cuda_impl *c, cudnn_plan_kind kind, const void *key, 
     return LOCO_OK;
 }
 
-/* The first configuration the routes keep, on the device described by `device`: its engine and
- * whether its plan builds (no handle: the description stands in for the device). */
-static void plan_on_device(cuda_cudnn *n, cudnnBackendDescriptor_t cfg, cudnnBackendDescriptor_t device,
-                           loco_cudnn_engines *e) {
+/* Builds cfg's execution plan for the device `device` describes (no handle: the description
+ * stands in for the device): 1 when it builds, else 0 with cuDNN's status and message. *engine
+ * is cfg's global engine index (-1 when unreadable). */
+static int plan_on_device(cuda_cudnn *n, cudnnBackendDescriptor_t cfg, cudnnBackendDescriptor_t device,
+                          int64_t *engine_index, int *status, char *why, size_t why_n) {
     cudnnBackendDescriptor_t engine = NULL, plan = NULL;
-    int64_t count = 0, index = -1;
+    int64_t count = 0;
+    *engine_index = -1;
     if (n->f.create_descriptor(CUDNN_BACKEND_ENGINE_DESCRIPTOR, &engine) == CUDNN_STATUS_SUCCESS &&
         n->f.get_attribute(cfg, CUDNN_ATTR_ENGINECFG_ENGINE, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &count, &engine) ==
-            CUDNN_STATUS_SUCCESS &&
-        n->f.get_attribute(engine, CUDNN_ATTR_ENGINE_GLOBAL_INDEX, CUDNN_TYPE_INT64, 1, &count, &index) ==
             CUDNN_STATUS_SUCCESS)
-        e->engine = index;
+        n->f.get_attribute(engine, CUDNN_ATTR_ENGINE_GLOBAL_INDEX, CUDNN_TYPE_INT64, 1, &count, engine_index);
     if (engine) n->f.destroy_descriptor(engine);
     cudnnStatus_t st = n->f.create_descriptor(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR, &plan);
     if (st == CUDNN_STATUS_SUCCESS)
@@ -500,21 +500,64 @@ static void plan_on_device(cuda_cudnn *n, cudnnBackendDescriptor_t cfg, cudnnBac
     if (st == CUDNN_STATUS_SUCCESS)
         st = n->f.set_attribute(plan, CUDNN_ATTR_EXECUTION_PLAN_DEVICEPROP, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &device);
     if (st == CUDNN_STATUS_SUCCESS) st = n->f.finalize(plan); /* runtime-compiled engines compile here */
-    e->planned = st == CUDNN_STATUS_SUCCESS;
-    if (!e->planned) {
+    if (plan) n->f.destroy_descriptor(plan);
+    *status = (int)st;
+    if (st == CUDNN_STATUS_SUCCESS) return 1;
+    loco_err e;
+    loco_err_clear(&e);
+    cudnn_fail(n, st, "execution plan", LOCO_EUNSUPPORTED, &e);
+    snprintf(why, why_n, "%.255s", e.msg);
+    return 0;
+}
+
+/* One heuristics mode's report for graph on the described device. As plan_from_heuristics (and
+ * cudnn_plan_get without tuning): the kept configurations in order, until one's plan builds;
+ * at most CUDNN_TUNE_MAX tries, and none after a failure of the driver (cuDNN's execution
+ * category: the next configurations would meet the same driver; the stub's, without a GPU).
+ * When none builds, the first kept one's engine and failure. */
+static void engines_of_mode(cuda_cudnn *n, cudnnBackendDescriptor_t graph, cudnnBackendHeurMode_t mode,
+                            cudnnBackendDescriptor_t device, loco_cudnn_engines *e) {
+    memset(e, 0, sizeof *e);
+    e->engine = -1;
+    cudnnBackendDescriptor_t heur = NULL, cfgs[HEUR_CFGS];
+    int64_t made = 0, got = 0;
+    const char *what = "";
+    const cudnnStatus_t st = heuristic_cfgs(n, graph, mode, device, &heur, cfgs, &made, &got, &what);
+    if (st != CUDNN_STATUS_SUCCESS) {
         loco_err why;
         loco_err_clear(&why);
-        cudnn_fail(n, st, "execution plan", LOCO_EUNSUPPORTED, &why);
+        cudnn_fail(n, st, what, LOCO_EUNSUPPORTED, &why);
         e->status = (int)st;
         snprintf(e->why, sizeof e->why, "%.255s", why.msg);
     }
-    if (plan) n->f.destroy_descriptor(plan);
+    e->offered = (int)got;
+    int tries = 0, driver_failed = 0;
+    for (int64_t i = 0; i < got; i++) {
+        if (cfg_refused(n, cfgs[i])) continue;
+        if (e->kept++ < CUDNN_TUNE_MAX) e->tensor_cores += cfg_on_tensor_cores(n, cfgs[i]);
+        if (e->planned || tries++ >= CUDNN_TUNE_MAX || driver_failed) continue;
+        int64_t index;
+        int status;
+        char why[sizeof e->why];
+        if (plan_on_device(n, cfgs[i], device, &index, &status, why, sizeof why)) {
+            e->planned = 1, e->engine = index, e->status = 0, e->why[0] = 0;
+        } else {
+            driver_failed = CUDNN_STATUS_CATEGORY(status) == CUDNN_STATUS_EXECUTION_FAILED;
+            if (tries == 1) { /* the first kept one's failure is the report's */
+                e->engine = index, e->status = status;
+                snprintf(e->why, sizeof e->why, "%s", why);
+            }
+        }
+    }
+    if (got > 0 && e->kept == 0) snprintf(e->why, sizeof e->why, "every engine offered has a refused numerical note");
+    for (int64_t i = 0; i < made; i++) n->f.destroy_descriptor(cfgs[i]);
+    if (heur) n->f.destroy_descriptor(heur);
 }
 
-/* cuda_probe.h's engine check of graph on the device the JSON describes: heuristics mode A,
- * FALLBACK when A offers nothing (as cudnn_plan_get), then plan_on_device for the first kept
- * configuration. LOCO_OK whatever cuDNN offered (*e says it); an error only when the library
- * takes no device descriptions or this one. */
+/* cuda_probe.h's engine check of graph on the device the JSON describes: heuristics mode A, and
+ * FALLBACK's report instead when A gives no plan but FALLBACK does (cudnn_plan_get falls back
+ * the same way). LOCO_OK whatever cuDNN offered (*e says it); an error only when the library
+ * takes no device descriptions or not this one. */
 static loco_status engines_on_device(cuda_cudnn *n, cudnnBackendDescriptor_t graph, const char *json,
                                      loco_cudnn_engines *e, loco_err *err) {
     memset(e, 0, sizeof *e);
@@ -533,30 +576,14 @@ static loco_status engines_on_device(cuda_cudnn *n, cudnnBackendDescriptor_t gra
         n->f.destroy_descriptor(device);
         return s;
     }
-    static const cudnnBackendHeurMode_t modes[2] = {CUDNN_HEUR_MODE_A, CUDNN_HEUR_MODE_FALLBACK};
-    for (int m = 0; m < 2 && e->offered == 0; m++) {
-        cudnnBackendDescriptor_t heur = NULL, cfgs[HEUR_CFGS];
-        int64_t made = 0, got = 0;
-        const char *what = "";
-        st = heuristic_cfgs(n, graph, modes[m], device, &heur, cfgs, &made, &got, &what);
-        if (st == CUDNN_STATUS_SUCCESS) {
-            e->offered = (int)got;
-            for (int64_t i = 0; i < got; i++) {
-                if (cfg_refused(n, cfgs[i])) continue;
-                if (e->kept < CUDNN_TUNE_MAX) e->tensor_cores += cfg_on_tensor_cores(n, cfgs[i]);
-                if (e->kept++ == 0) plan_on_device(n, cfgs[i], device, e);
-            }
-            if (got > 0 && e->kept == 0)
-                snprintf(e->why, sizeof e->why, "every engine offered has a refused numerical note");
-        } else {
-            loco_err why;
-            loco_err_clear(&why);
-            cudnn_fail(n, st, what, LOCO_EUNSUPPORTED, &why);
-            e->status = (int)st;
-            snprintf(e->why, sizeof e->why, "%.255s", why.msg);
+    engines_of_mode(n, graph, CUDNN_HEUR_MODE_A, device, e);
+    if (!e->planned && CUDNN_STATUS_CATEGORY(e->status) != CUDNN_STATUS_EXECUTION_FAILED) {
+        loco_cudnn_engines fallback;
+        engines_of_mode(n, graph, CUDNN_HEUR_MODE_FALLBACK, device, &fallback);
+        if (fallback.planned) {
+            *e = fallback;
+            e->fallback = 1;
         }
-        for (int64_t i = 0; i < made; i++) n->f.destroy_descriptor(cfgs[i]);
-        if (heur) n->f.destroy_descriptor(heur);
     }
     n->f.destroy_descriptor(device);
     return LOCO_OK;

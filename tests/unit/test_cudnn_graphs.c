@@ -113,7 +113,8 @@ TEST(cudnn_sdpa_graphs_finalize) {
                 loco_err err;
                 loco_err_clear(&err);
                 const loco_dtype dt = bf ? LOCO_BF16 : LOCO_F16;
-                const loco_status st = loco_cuda_cudnn_sdpa_graph_check(dt, c->B, c->H, c->L, c->L, c->D, packed, NULL, NULL, &err);
+                const loco_status st =
+                    loco_cuda_cudnn_sdpa_graph_check(dt, c->B, c->H, c->L, c->L, c->D, packed, NULL, NULL, &err);
                 if (st == LOCO_EUNSUPPORTED && strncmp(err.msg, "cuDNN unavailable", 17) == 0) {
                     CHECK(checked == 0);
                     SKIP("%s", err.msg);
@@ -126,9 +127,13 @@ TEST(cudnn_sdpa_graphs_finalize) {
 
 /* ---- engines and plans on described GPUs ----------------------------------------------------- */
 
-/* cuDNN's JSON device descriptions of the lent machines' GPUs (the properties cudaGetDeviceProperties
- * gives; sizes as the H200 reported them on a lent machine, bench/gpu/runs; the H100 SXM's from its
- * datasheet). */
+/* cuDNN's JSON device descriptions of the GPUs the device tool lends (the fields of
+ * cudaDeviceProp that cuDNN reads). The H200's memory, SM count, L2 and clocks are as a lent
+ * machine reported them (nvidia-smi: 143771 MiB, PyTorch: 132 SMs and 60 MB of L2, clocks
+ * 1980 / 3201 MHz; the device tool's notes on that machine); the H100's are the H100 80GB HBM3's
+ * published ones (81559 MiB as nvidia-smi lists it, 50 MB of L2, 2619 MHz memory). Both are
+ * compute capability 9.0 with the same per-SM limits; the heuristics read them (an sm_80
+ * description gets another attention engine). */
 static const char *const h200_json =
     "{\"deviceName\":\"NVIDIA H200\",\"deviceVer\":900,\"driverVer\":13000,\"multiProcessorCount\":132,"
     "\"totalGlobalMem\":150754820096,\"l2CacheSize\":62914560,\"smClockRateKHz\":1980000,"
@@ -150,12 +155,19 @@ static const struct {
     const char *name, *json;
 } described[] = {{"H200", h200_json}, {"H100", h100_json}};
 
+enum {
+    ROUTE_TIMES = 6,              /* plans a route times per shape (cudnn_lib.cuh's CUDNN_TUNE_MAX) */
+    CUDA_ERROR_STUB_LIBRARY = 34, /* what every call of the toolkit's stub libcuda.so returns */
+    CUDNN_STATUS_DRIVER = 5001,   /* cuDNN's CUDNN_STATUS_EXECUTION_FAILED_CUDA_DRIVER */
+};
+typedef enum driver_kind { NO_DRIVER = -1, STUB_DRIVER = 0, REAL_DRIVER = 1 } driver_kind;
+
 /* cuDNN's heuristics offer no engine that compiles at run time unless libcuda.so.1 loads
- * ("RUNTIME_PREREQUISITE_MISSING"). Without a driver the toolkit's stub stands in (the plans
- * are built for a description and never run); it returns CUDA_ERROR_STUB_LIBRARY (34) from every
- * call, so a plan that needs a module loaded fails at that last step. 1: a driver, 0: the stub,
- * -1: neither. */
-static int driver_or_stub(void) {
+ * ("RUNTIME_PREREQUISITE_MISSING"). Without a driver the toolkit's stub stands in: the plans
+ * are built for a description and never run, and the stub fails every call, so a plan that
+ * needs its module loaded stops at that last step. A driver that loads but cannot initialise
+ * (no device) is neither: the test skips there. */
+static driver_kind driver_or_stub(void) {
     void *h = dlopen("libcuda.so.1", RTLD_NOW | RTLD_GLOBAL);
     const char *home = getenv("CUDA_HOME");
     char path[512];
@@ -166,29 +178,42 @@ static int driver_or_stub(void) {
         h = dlopen(path, RTLD_NOW | RTLD_GLOBAL); /* its soname is libcuda.so.1: cuDNN's dlopen finds it */
     }
     for (size_t i = 0; !h && i < sizeof stubs / sizeof stubs[0]; i++) h = dlopen(stubs[i], RTLD_NOW | RTLD_GLOBAL);
-    if (!h) return -1;
+    if (!h) return NO_DRIVER;
     int (*cu_init)(unsigned) = (int (*)(unsigned))dlsym(h, "cuInit");
-    return cu_init && cu_init(0) == 34 ? 0 : 1;
+    const int r = cu_init ? cu_init(0) : -1; /* idempotent; makes no context */
+    return r == 0 ? REAL_DRIVER : r == CUDA_ERROR_STUB_LIBRARY ? STUB_DRIVER : NO_DRIVER;
 }
 
-/* What the check found is what a GPU run would meet first: a plan that builds (or, on the stub,
- * one that got as far as loading its compiled module: cuDNN's
- * CUDNN_STATUS_EXECUTION_FAILED_CUDA_DRIVER, 5001, from the driver's module loading, which
- * comes after its kernels compiled). */
-static int engines_usable(const loco_cudnn_engines *e, int driver) {
-    const int compiled = driver == 0 && e->status == 5001 && (strstr(e->why, "cuLibraryLoad") || strstr(e->why, "cuModuleLoad"));
-    return e->offered > 0 && e->kept > 0 && (e->planned || compiled);
+/* On the stub, a plan that got as far as loading its compiled module: the driver's status from
+ * the module loading, which comes after the kernels compiled. */
+static int compiled_on_stub(const loco_cudnn_engines *e, driver_kind driver) {
+    return driver == STUB_DRIVER && e->status == CUDNN_STATUS_DRIVER && strstr(e->why, "(34)") &&
+           (strstr(e->why, "cuLibraryLoad") || strstr(e->why, "cuModuleLoad"));
 }
 
-static void engines_line(const char *what, const char *gpu, const loco_cudnn_engines *e) {
-    printf("  %-36s %s: engine %lld (%d offered, %d kept, %d of the first %d on tensor cores), plan %s\n", what, gpu,
-           e->engine, e->offered, e->kept, e->tensor_cores, e->kept < 6 ? e->kept : 6,
-           e->planned ? "built" : engines_usable(e, 0) ? "compiled (the stub driver loads no module)" : e->why);
+/* What a GPU run would meet first: engines offered and kept, and a plan that builds. */
+static int engines_usable(const loco_cudnn_engines *e, driver_kind driver) {
+    return e->offered > 0 && e->kept > 0 && (e->planned || compiled_on_stub(e, driver));
 }
+
+static void engines_line(const char *what, const char *gpu, const loco_cudnn_engines *e, driver_kind driver) {
+    printf("  %-36s %s: engine %lld%s (%d offered, %d kept, %d of the first %d on tensor cores), plan %s\n", what,
+           gpu, e->engine, e->fallback ? " (fallback heuristics)" : "", e->offered, e->kept, e->tensor_cores,
+           e->kept < ROUTE_TIMES ? e->kept : ROUTE_TIMES,
+           e->planned                     ? "built"
+           : compiled_on_stub(e, driver) ? "compiled (the stub driver loads no module)"
+                                         : e->why);
+}
+
+#define SKIP_WITHOUT_DRIVER(driver)                                                                              \
+    do {                                                                                                         \
+        if ((driver) == NO_DRIVER)                                                                               \
+            SKIP("no usable libcuda.so.1 and no toolkit stub of it: cuDNN offers no runtime-compiled engine");   \
+    } while (0)
 
 TEST(cudnn_sdpa_engines_on_h200_and_h100) {
-    const int driver = driver_or_stub();
-    if (driver < 0) SKIP("no libcuda.so.1 and no toolkit stub of it: cuDNN offers no runtime-compiled engine");
+    const driver_kind driver = driver_or_stub();
+    SKIP_WITHOUT_DRIVER(driver);
     int checked = 0;
     for (size_t g = 0; g < sizeof described / sizeof described[0]; g++)
         for (size_t i = 0; i < sizeof sdpa_cases / sizeof sdpa_cases[0]; i++)
@@ -209,7 +234,7 @@ TEST(cudnn_sdpa_engines_on_h200_and_h100) {
                     char what[96];
                     snprintf(what, sizeof what, "%s (%s, %s)", c->what, loco_dtype_name(dt),
                              packed ? "packed" : "apart");
-                    if (!bf) engines_line(what, described[g].name, &e);
+                    if (!bf) engines_line(what, described[g].name, &e, driver);
                     CHECK_MSG(engines_usable(&e, driver), "%s on the %s: %d engines offered, %d kept, plan: %s", what,
                               described[g].name, e.offered, e.kept, e.planned ? "built" : e.why);
                     checked++;
@@ -217,8 +242,8 @@ TEST(cudnn_sdpa_engines_on_h200_and_h100) {
 }
 
 TEST(cudnn_conv_engines_on_h200_and_h100) {
-    const int driver = driver_or_stub();
-    if (driver < 0) SKIP("no libcuda.so.1 and no toolkit stub of it: cuDNN offers no runtime-compiled engine");
+    const driver_kind driver = driver_or_stub();
+    SKIP_WITHOUT_DRIVER(driver);
     int checked = 0;
     for (size_t g = 0; g < sizeof described / sizeof described[0]; g++)
         for (size_t i = 0; i < sizeof conv_cases / sizeof conv_cases[0]; i++) {
@@ -236,7 +261,7 @@ TEST(cudnn_conv_engines_on_h200_and_h100) {
             CHECK_MSG(st == LOCO_OK, "%s: %s", c->what, err.msg);
             char what[96];
             snprintf(what, sizeof what, "%s (%s)", c->what, loco_dtype_name(c->dt));
-            engines_line(what, described[g].name, &e);
+            engines_line(what, described[g].name, &e, driver);
             CHECK_MSG(engines_usable(&e, driver), "%s on the %s: %d engines offered, %d kept, plan: %s", what,
                       described[g].name, e.offered, e.kept, e.planned ? "built" : e.why);
             /* the f32 route stands for TF32 on tensor cores (as PyTorch's cuDNN convs with TF32
