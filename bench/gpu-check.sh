@@ -480,7 +480,7 @@ fi
 # 9); after the reruns above, which a failure here would not explain
 parity cuda_full_size "$BIN_TESTS/test_cuda_full_size"
 # cuDNN's operation graphs for the cuDNN routes, with the cuDNN this machine has (PyTorch's,
-# usually; about 15 s): what test_cudnn_graphs checks on build machines, against the library the
+# usually; about 10 s): what test_cudnn_graphs checks on build machines, against the library the
 # opt-in cuDNN tests below will run on; with this machine's driver its engine checks must build
 # every plan, so a failure there (no NVRTC, a driver cuDNN refuses) names what the cuDNN routes'
 # tests and timings below will meet
