@@ -166,7 +166,7 @@ typedef enum driver_kind { NO_DRIVER = -1, STUB_DRIVER = 0, REAL_DRIVER = 1 } dr
  * ("RUNTIME_PREREQUISITE_MISSING"). Without a driver the toolkit's stub stands in: the plans
  * are built for a description and never run, and the stub fails every call, so a plan that
  * needs its module loaded stops at that last step. A driver that loads but cannot initialise
- * (no device) is neither: the test skips there. */
+ * or has no device is neither: the test skips there. */
 static driver_kind driver_or_stub(void) {
     void *h = dlopen("libcuda.so.1", RTLD_NOW | RTLD_GLOBAL);
     const char *home = getenv("CUDA_HOME");
@@ -181,7 +181,19 @@ static driver_kind driver_or_stub(void) {
     if (!h) return NO_DRIVER;
     int (*cu_init)(unsigned) = (int (*)(unsigned))dlsym(h, "cuInit");
     const int r = cu_init ? cu_init(0) : -1; /* idempotent; makes no context */
-    return r == 0 ? REAL_DRIVER : r == CUDA_ERROR_STUB_LIBRARY ? STUB_DRIVER : NO_DRIVER;
+    if (r == CUDA_ERROR_STUB_LIBRARY) return STUB_DRIVER;
+    if (r != 0) return NO_DRIVER;
+    /* A real driver: device 0's primary context made current, as the CUDA runtime does in the
+     * backend, so that the plans are built as the routes build them (in a process with one). */
+    int (*device_get)(int *, int) = (int (*)(int *, int))dlsym(h, "cuDeviceGet");
+    int (*ctx_retain)(void **, int) = (int (*)(void **, int))dlsym(h, "cuDevicePrimaryCtxRetain");
+    int (*ctx_set)(void *) = (int (*)(void *))dlsym(h, "cuCtxSetCurrent");
+    int dev = 0;
+    void *ctx = NULL;
+    if (!device_get || !ctx_retain || !ctx_set || device_get(&dev, 0) != 0 || ctx_retain(&ctx, dev) != 0 ||
+        ctx_set(ctx) != 0)
+        return NO_DRIVER; /* a driver without a usable device */
+    return REAL_DRIVER;
 }
 
 /* On the stub, a plan that got as far as loading its compiled module: the driver's status from
