@@ -480,10 +480,10 @@ fi
 # 9); after the reruns above, which a failure here would not explain
 parity cuda_full_size "$BIN_TESTS/test_cuda_full_size"
 # cuDNN's operation graphs for the cuDNN routes, with the cuDNN this machine has (PyTorch's,
-# usually; about 10 s): what test_cudnn_graphs checks on build machines, against the library the
-# opt-in cuDNN tests below will run on; with this machine's driver its engine checks must build
-# every plan, so a failure there (no NVRTC, a driver cuDNN refuses) names what the cuDNN routes'
-# tests and timings below will meet
+# usually; about 6 s on a build machine): what test_cudnn_graphs checks on build machines,
+# against the library the opt-in cuDNN tests below will run on; with this machine's driver its
+# engine checks must build every plan, so a failure there (no NVRTC, a driver cuDNN refuses)
+# names what the cuDNN routes' tests and timings below will meet
 parity cudnn_graphs "$BIN_TESTS/test_cudnn_graphs"
 # the opt-in and experimental paths op by op (their pipeline reruns come in phase 7); a failure
 # here counts as one, but the default path's parity above is what the timings stand on

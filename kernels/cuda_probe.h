@@ -21,19 +21,20 @@ extern "C" {
 #endif
 
 /* What cuDNN would run for a graph on a described device, found as the routes find their plans
- * (cudnn_lib.cu): heuristics mode A, the configurations the routes keep in order until one's
- * plan builds, FALLBACK's heuristics when A's give none. */
+ * (cudnn_lib.cu): heuristics mode A, the configurations the routes keep, in order, each plan
+ * built until as many have as the route keeps (the conv route times six, the attention keeps
+ * the first), FALLBACK's heuristics when A's give none. */
 typedef struct loco_cudnn_engines {
     int offered;      /* configurations the heuristics gave (at most 32) */
     int kept;         /* of those, the ones the routes keep (no refused numerical note) */
-    int tensor_cores; /* of the first kept ones, as many as the routes time (6), those on tensor
-                         cores (for f32 data: TF32) */
-    long long engine; /* global engine index of the plan that built, else of the first kept one
-                         (-1: none kept) */
-    int planned;      /* 1: a plan built for the described device */
+    int built;        /* plans built for the described device (0: none) */
+    int tensor_cores; /* of those, the ones on tensor cores (for f32 data: TF32) */
+    long long engine; /* global engine index of the first plan that built, else of the first kept
+                         configuration (-1: none kept) */
     int fallback;     /* 1: from FALLBACK's heuristics (mode A's gave no plan) */
-    int status;       /* else cuDNN's status for the first kept one's plan (or the heuristics) ... */
-    char why[256];    /* ... and its message ("" when planned) */
+    int status;       /* while none built: cuDNN's status for the first kept one's plan (or the
+                         heuristics) ... */
+    char why[256];    /* ... and its message ("" once one built) */
 } loco_cudnn_engines;
 
 /* y = conv(x, w): x [N, Cin, H, W], w [Cout, Cin, kh, kw], pad = {top, bottom, left, right}.

@@ -126,7 +126,7 @@ extern "C" loco_status loco_cuda_cudnn_sdpa_graph_check(loco_dtype dt, int64_t B
     k.dt = dt, k.B = B, k.H = H, k.Lq = Lq, k.Lk = Lk, k.D = D;
     k.q_rs = k.kv_rs = packed ? 3 * H * D : H * D;
     k.o_rs = H * D;
-    return cudnn_graph_check(sdpa_graph, &k, device_json, engines, err);
+    return cudnn_graph_check(sdpa_graph, &k, device_json, 1, engines, err); /* the first plan that builds */
 }
 
 #endif /* LOCO_HAVE_CUDNN */

@@ -230,7 +230,7 @@ extern "C" loco_status loco_cuda_cudnn_conv_graph_check(loco_dtype dt, int64_t N
     for (int i = 0; i < 4; i++) k.pad[i] = pad[i];
     k.Ho = (H + pad[0] + pad[1] - kh) / stride + 1;
     k.Wo = (W + pad[2] + pad[3] - kw) / stride + 1;
-    return cudnn_graph_check(conv_graph, &k, device_json, engines, err);
+    return cudnn_graph_check(conv_graph, &k, device_json, CUDNN_TUNE_MAX, engines, err); /* timed among */
 }
 
 #endif /* LOCO_HAVE_CUDNN */

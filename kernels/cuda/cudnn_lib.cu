@@ -40,6 +40,11 @@ loco_status cudnn_fail(const cuda_cudnn *n, cudnnStatus_t st, const char *what, 
     return loco_err_set(err, code, "%s: %s%s%.200s", what, n->f.get_error_string(st), last[0] ? ": " : "", last);
 }
 
+int64_t cudnn_workspace_max(size_t device_bytes) {
+    const int64_t share = (int64_t)(device_bytes / CUDNN_WORKSPACE_SHARE);
+    return share > CUDNN_WORKSPACE_FLOOR ? share : CUDNN_WORKSPACE_FLOOR;
+}
+
 loco_status cudnn_open_library(cuda_cudnn **out, char *why, size_t why_n) {
     *out = NULL;
     cuda_cudnn *n = (cuda_cudnn *)calloc(1, sizeof *n);
@@ -47,6 +52,7 @@ loco_status cudnn_open_library(cuda_cudnn **out, char *why, size_t why_n) {
         snprintf(why, why_n, "out of host memory");
         return LOCO_ENOMEM;
     }
+    n->workspace_max = CUDNN_WORKSPACE_FLOOR; /* until a device (or a description) says more */
     const char *path = getenv("LOCO_CUDNN_LIB");
     if (!path || !path[0]) path = "libcudnn.so.9";
     /* never unloaded: its libraries carry a static CUDA runtime, and a process that creates many
@@ -107,6 +113,7 @@ loco_status cuda_cudnn_setup(cuda_impl *c, loco_err *err) {
     if (!c->cudnn_attention && !c->cudnn_conv) return LOCO_OK;
     cuda_cudnn *n = NULL;
     if (cudnn_open_library(&n, c->cudnn_why, sizeof c->cudnn_why) != LOCO_OK) return LOCO_OK;
+    n->workspace_max = cudnn_workspace_max(c->total_mem);
     cudnnStatus_t st;
     if (!(n->plans = (cudnn_plan *)calloc(CUDNN_PLANS, sizeof *n->plans)))
         snprintf(c->cudnn_why, sizeof c->cudnn_why, "out of host memory");
@@ -173,17 +180,25 @@ loco_status cudnn_graph_of(cuda_cudnn *n, cudnn_plan *p, cudnnBackendDescriptor_
     return LOCO_OK;
 }
 
+/* cfg's engine, a new descriptor the caller destroys; NULL when it cannot be read. */
+static cudnnBackendDescriptor_t cfg_engine(cuda_cudnn *n, cudnnBackendDescriptor_t cfg) {
+    cudnnBackendDescriptor_t engine = NULL;
+    int64_t one = 0;
+    if (n->f.create_descriptor(CUDNN_BACKEND_ENGINE_DESCRIPTOR, &engine) != CUDNN_STATUS_SUCCESS) return NULL;
+    if (n->f.get_attribute(cfg, CUDNN_ATTR_ENGINECFG_ENGINE, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &one, &engine) ==
+        CUDNN_STATUS_SUCCESS)
+        return engine;
+    n->f.destroy_descriptor(engine);
+    return NULL;
+}
+
 /* The numerical notes of cfg's engine (*count of them), or -1 when they cannot be read. */
 static int cfg_notes(cuda_cudnn *n, cudnnBackendDescriptor_t cfg,
                      cudnnBackendNumericalNote_t notes[CUDNN_NUMERICAL_NOTE_TYPE_COUNT], int64_t *count) {
-    cudnnBackendDescriptor_t engine = NULL;
-    if (n->f.create_descriptor(CUDNN_BACKEND_ENGINE_DESCRIPTOR, &engine) != CUDNN_STATUS_SUCCESS) return -1;
-    int64_t one = 0;
-    const int ok =
-        n->f.get_attribute(cfg, CUDNN_ATTR_ENGINECFG_ENGINE, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &one, &engine) ==
-            CUDNN_STATUS_SUCCESS &&
-        n->f.get_attribute(engine, CUDNN_ATTR_ENGINE_NUMERICAL_NOTE, CUDNN_TYPE_NUMERICAL_NOTE,
-                           CUDNN_NUMERICAL_NOTE_TYPE_COUNT, count, notes) == CUDNN_STATUS_SUCCESS;
+    cudnnBackendDescriptor_t engine = cfg_engine(n, cfg);
+    if (!engine) return -1;
+    const int ok = n->f.get_attribute(engine, CUDNN_ATTR_ENGINE_NUMERICAL_NOTE, CUDNN_TYPE_NUMERICAL_NOTE,
+                                      CUDNN_NUMERICAL_NOTE_TYPE_COUNT, count, notes) == CUDNN_STATUS_SUCCESS;
     n->f.destroy_descriptor(engine);
     if (ok && *count > CUDNN_NUMERICAL_NOTE_TYPE_COUNT) *count = CUDNN_NUMERICAL_NOTE_TYPE_COUNT;
     return ok ? 0 : -1;
@@ -215,20 +230,26 @@ static int cfg_on_tensor_cores(cuda_cudnn *n, cudnnBackendDescriptor_t cfg) {
     return 0;
 }
 
-/* A finalized plan of cfg and its workspace, or the failure. */
-static loco_status plan_of_cfg(cuda_cudnn *n, cudnnBackendDescriptor_t cfg, cudnnBackendDescriptor_t *out,
-                               int64_t *workspace, loco_err *err) {
+/* A finalized plan of cfg and its workspace, or the failure (cuDNN's own status in *raw when
+ * asked for; success when only the workspace was too large). The plan is for the handle's device,
+ * or with `device` (a finalized device description) for the device it describes. */
+static loco_status plan_of_cfg(cuda_cudnn *n, cudnnBackendDescriptor_t cfg, cudnnBackendDescriptor_t device,
+                               cudnnBackendDescriptor_t *out, int64_t *workspace, cudnnStatus_t *raw,
+                               loco_err *err) {
     cudnnBackendDescriptor_t plan = NULL;
     cudnnStatus_t st = n->f.create_descriptor(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR, &plan);
     if (st == CUDNN_STATUS_SUCCESS)
-        st = n->f.set_attribute(plan, CUDNN_ATTR_EXECUTION_PLAN_HANDLE, CUDNN_TYPE_HANDLE, 1, &n->handle);
+        st = device ? n->f.set_attribute(plan, CUDNN_ATTR_EXECUTION_PLAN_DEVICEPROP, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1,
+                                         &device)
+                    : n->f.set_attribute(plan, CUDNN_ATTR_EXECUTION_PLAN_HANDLE, CUDNN_TYPE_HANDLE, 1, &n->handle);
     if (st == CUDNN_STATUS_SUCCESS)
         st = n->f.set_attribute(plan, CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &cfg);
     if (st == CUDNN_STATUS_SUCCESS) st = n->f.finalize(plan); /* runtime-compiled engines compile here */
     int64_t one = 0;
     if (st == CUDNN_STATUS_SUCCESS)
         st = n->f.get_attribute(plan, CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE, CUDNN_TYPE_INT64, 1, &one, workspace);
-    if (st == CUDNN_STATUS_SUCCESS && *workspace > CUDNN_WORKSPACE_MAX) {
+    if (raw) *raw = st;
+    if (st == CUDNN_STATUS_SUCCESS && *workspace > n->workspace_max) {
         n->f.destroy_descriptor(plan);
         return loco_err_set(err, LOCO_EUNSUPPORTED, "execution plan: wants %lld MiB of workspace",
                             (long long)(*workspace >> 20));
@@ -392,7 +413,7 @@ static loco_status plan_from_heuristics(cuda_impl *c, cudnn_plan *p, cudnnBacken
         int64_t workspace = 0;
         loco_err why;
         loco_err_clear(&why);
-        if (plan_of_cfg(n, cfgs[i], &plan, &workspace, &why) != LOCO_OK) {
+        if (plan_of_cfg(n, cfgs[i], NULL, &plan, &workspace, NULL, &why) != LOCO_OK) {
             if (!p->plan) s = loco_err_set(err, LOCO_EUNSUPPORTED, "%s", why.msg);
             continue;
         }
@@ -481,42 +502,36 @@ loco_status cudnn_plan_get(cuda_impl *c, cudnn_plan_kind kind, const void *key, 
     return LOCO_OK;
 }
 
-/* Builds cfg's execution plan for the device `device` describes (no handle: the description
- * stands in for the device): 1 when it builds, else 0 with cuDNN's status and message. *engine
- * is cfg's global engine index (-1 when unreadable). */
+/* plan_of_cfg for the device `device` describes (no handle: the description stands in for the
+ * device), the plan released again: 1 when it builds, else 0 with cuDNN's status and message.
+ * *engine_index is cfg's global engine index (-1 when unreadable). */
 static int plan_on_device(cuda_cudnn *n, cudnnBackendDescriptor_t cfg, cudnnBackendDescriptor_t device,
                           int64_t *engine_index, int *status, char *why, size_t why_n) {
-    cudnnBackendDescriptor_t engine = NULL, plan = NULL;
-    int64_t count = 0;
     *engine_index = -1;
-    if (n->f.create_descriptor(CUDNN_BACKEND_ENGINE_DESCRIPTOR, &engine) == CUDNN_STATUS_SUCCESS &&
-        n->f.get_attribute(cfg, CUDNN_ATTR_ENGINECFG_ENGINE, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &count, &engine) ==
-            CUDNN_STATUS_SUCCESS)
+    cudnnBackendDescriptor_t engine = cfg_engine(n, cfg), plan = NULL;
+    int64_t count = 0, workspace = 0;
+    if (engine) {
         n->f.get_attribute(engine, CUDNN_ATTR_ENGINE_GLOBAL_INDEX, CUDNN_TYPE_INT64, 1, &count, engine_index);
-    if (engine) n->f.destroy_descriptor(engine);
-    cudnnStatus_t st = n->f.create_descriptor(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR, &plan);
-    if (st == CUDNN_STATUS_SUCCESS)
-        st = n->f.set_attribute(plan, CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &cfg);
-    if (st == CUDNN_STATUS_SUCCESS)
-        st = n->f.set_attribute(plan, CUDNN_ATTR_EXECUTION_PLAN_DEVICEPROP, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &device);
-    if (st == CUDNN_STATUS_SUCCESS) st = n->f.finalize(plan); /* runtime-compiled engines compile here */
-    if (plan) n->f.destroy_descriptor(plan);
-    *status = (int)st;
-    if (st == CUDNN_STATUS_SUCCESS) return 1;
+        n->f.destroy_descriptor(engine);
+    }
+    cudnnStatus_t raw = CUDNN_STATUS_SUCCESS;
     loco_err e;
     loco_err_clear(&e);
-    cudnn_fail(n, st, "execution plan", LOCO_EUNSUPPORTED, &e);
-    snprintf(why, why_n, "%.255s", e.msg);
-    return 0;
+    const int built = plan_of_cfg(n, cfg, device, &plan, &workspace, &raw, &e) == LOCO_OK;
+    if (built) n->f.destroy_descriptor(plan);
+    *status = (int)raw;
+    if (!built) snprintf(why, why_n, "%.255s", e.msg);
+    return built;
 }
 
-/* One heuristics mode's report for graph on the described device. As plan_from_heuristics (and
- * cudnn_plan_get without tuning): the kept configurations in order, until one's plan builds;
- * at most CUDNN_TUNE_MAX tries, and none after a failure of the driver (cuDNN's execution
- * category: the next configurations would meet the same driver; the stub's, without a GPU).
- * When none builds, the first kept one's engine and failure. */
+/* One heuristics mode's report for graph on the described device, found as plan_from_heuristics
+ * finds the plans it keeps (conv) or its plan (attention): the kept configurations in order,
+ * each plan built (one whose workspace is over n->workspace_max does not), until `timed` of
+ * them have; none after a failure of the driver (cuDNN's execution category: the next ones would
+ * meet the same driver; the stub's, without a GPU). When none builds, the first kept one's
+ * engine and failure. */
 static void engines_of_mode(cuda_cudnn *n, cudnnBackendDescriptor_t graph, cudnnBackendHeurMode_t mode,
-                            cudnnBackendDescriptor_t device, loco_cudnn_engines *e) {
+                            cudnnBackendDescriptor_t device, int timed, loco_cudnn_engines *e) {
     memset(e, 0, sizeof *e);
     e->engine = -1;
     cudnnBackendDescriptor_t heur = NULL, cfgs[HEUR_CFGS];
@@ -534,16 +549,18 @@ static void engines_of_mode(cuda_cudnn *n, cudnnBackendDescriptor_t graph, cudnn
     int tries = 0, driver_failed = 0;
     for (int64_t i = 0; i < got; i++) {
         if (cfg_refused(n, cfgs[i])) continue;
-        if (e->kept++ < CUDNN_TUNE_MAX) e->tensor_cores += cfg_on_tensor_cores(n, cfgs[i]);
-        if (e->planned || tries++ >= CUDNN_TUNE_MAX || driver_failed) continue;
+        e->kept++;
+        if (e->built == timed || driver_failed) continue;
+        tries++;
         int64_t index;
         int status;
         char why[sizeof e->why];
         if (plan_on_device(n, cfgs[i], device, &index, &status, why, sizeof why)) {
-            e->planned = 1, e->engine = index, e->status = 0, e->why[0] = 0;
+            if (e->built++ == 0) e->engine = index, e->status = 0, e->why[0] = 0;
+            e->tensor_cores += cfg_on_tensor_cores(n, cfgs[i]);
         } else {
             driver_failed = CUDNN_STATUS_CATEGORY(status) == CUDNN_STATUS_EXECUTION_FAILED;
-            if (tries == 1) { /* the first kept one's failure is the report's */
+            if (tries == 1) { /* the first kept one's failure is the report's while none builds */
                 e->engine = index, e->status = status;
                 snprintf(e->why, sizeof e->why, "%s", why);
             }
@@ -554,11 +571,19 @@ static void engines_of_mode(cuda_cudnn *n, cudnnBackendDescriptor_t graph, cudnn
     if (heur) n->f.destroy_descriptor(heur);
 }
 
+/* The described device's memory in bytes (its JSON's "totalGlobalMem"), 0 when absent: the
+ * workspace cap the route would have there. */
+static size_t described_memory(const char *json) {
+    const char *key = strstr(json, "\"totalGlobalMem\"");
+    const char *colon = key ? strchr(key, ':') : NULL;
+    return colon ? (size_t)strtoull(colon + 1, NULL, 10) : 0;
+}
+
 /* cuda_probe.h's engine check of graph on the device the JSON describes: heuristics mode A, and
  * FALLBACK's report instead when A gives no plan but FALLBACK does (cudnn_plan_get falls back
  * the same way). LOCO_OK whatever cuDNN offered (*e says it); an error only when the library
  * takes no device descriptions or not this one. */
-static loco_status engines_on_device(cuda_cudnn *n, cudnnBackendDescriptor_t graph, const char *json,
+static loco_status engines_on_device(cuda_cudnn *n, cudnnBackendDescriptor_t graph, const char *json, int timed,
                                      loco_cudnn_engines *e, loco_err *err) {
     memset(e, 0, sizeof *e);
     e->engine = -1;
@@ -576,11 +601,12 @@ static loco_status engines_on_device(cuda_cudnn *n, cudnnBackendDescriptor_t gra
         n->f.destroy_descriptor(device);
         return s;
     }
-    engines_of_mode(n, graph, CUDNN_HEUR_MODE_A, device, e);
-    if (!e->planned && CUDNN_STATUS_CATEGORY(e->status) != CUDNN_STATUS_EXECUTION_FAILED) {
+    n->workspace_max = cudnn_workspace_max(described_memory(json));
+    engines_of_mode(n, graph, CUDNN_HEUR_MODE_A, device, timed, e);
+    if (!e->built && CUDNN_STATUS_CATEGORY(e->status) != CUDNN_STATUS_EXECUTION_FAILED) {
         loco_cudnn_engines fallback;
-        engines_of_mode(n, graph, CUDNN_HEUR_MODE_FALLBACK, device, &fallback);
-        if (fallback.planned) {
+        engines_of_mode(n, graph, CUDNN_HEUR_MODE_FALLBACK, device, timed, &fallback);
+        if (fallback.built) {
             *e = fallback;
             e->fallback = 1;
         }
@@ -589,7 +615,7 @@ static loco_status engines_on_device(cuda_cudnn *n, cudnnBackendDescriptor_t gra
     return LOCO_OK;
 }
 
-loco_status cudnn_graph_check(cudnn_graph_fn build, const void *key, const char *device_json,
+loco_status cudnn_graph_check(cudnn_graph_fn build, const void *key, const char *device_json, int timed,
                               loco_cudnn_engines *engines, loco_err *err) {
     cuda_cudnn *n = NULL;
     char why[192] = "";
@@ -605,7 +631,7 @@ loco_status cudnn_graph_check(cudnn_graph_fn build, const void *key, const char 
     memset(&p, 0, sizeof p);
     cudnnBackendDescriptor_t graph = NULL;
     loco_status s = build(n, &p, key, &graph, err);
-    if (s == LOCO_OK && device_json && engines) s = engines_on_device(n, graph, device_json, engines, err);
+    if (s == LOCO_OK && device_json && engines) s = engines_on_device(n, graph, device_json, timed, engines, err);
     plan_clear(n, &p);
     cudnn_close_library(n);
     return s;

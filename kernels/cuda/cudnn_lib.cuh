@@ -41,7 +41,13 @@ loco_status cudnn_not_compiled_in(loco_err *err);
 #define CUDNN_TUNE_SECONDS 1.0 /* ... unless building and timing them took this long (runtime-compiled
                                 * engines take a fraction of a second each to build, and a pipeline
                                 * meets a few dozen conv shapes on its first call) */
-#define CUDNN_WORKSPACE_MAX ((int64_t)1 << 30) /* configurations asking for more are skipped */
+/* Configurations asking for more workspace than a sixteenth of the device's memory (at least
+ * 1 GiB) are skipped: enough for the TF32 engines of SD-XL's f32 VAE decoder at batch 8, which
+ * ask 4-6 GiB (test_cudnn_graphs on a described H200: with a flat 1 GiB only plain-FP32 engines
+ * were left there), without one shape's workspace taking what other requests need. */
+#define CUDNN_WORKSPACE_FLOOR ((int64_t)1 << 30)
+#define CUDNN_WORKSPACE_SHARE 16
+int64_t cudnn_workspace_max(size_t device_bytes);
 
 /* The functions we call, looked up in libcudnn.so.9. */
 typedef struct cudnn_api {
@@ -79,6 +85,7 @@ struct cuda_cudnn {
     cudnn_api f;
     cudnnHandle_t handle; /* NULL when opened without a device (cudnn_open_library: graphs only) */
     size_t version;       /* e.g. 91900 for 9.19.0 */
+    int64_t workspace_max; /* bytes: plans asking for more are passed over (cudnn_workspace_max) */
     cudnn_plan *plans;    /* CUDNN_PLANS entries; the first nplans are in use */
     int nplans;
 };
@@ -132,9 +139,10 @@ typedef loco_status (*cudnn_graph_fn)(cuda_cudnn *n, cudnn_plan *p, const void *
 loco_status cudnn_plan_get(cuda_impl *c, cudnn_plan_kind kind, const void *key, size_t key_n, cudnn_graph_fn build,
                            const cudnn_args *tune, cudnn_plan **out, loco_err *err);
 /* Builds the graph for key with the library alone (no handle, no device: cuda_probe.h's checks)
- * and, with device_json, asks for its engines and the first kept one's plan on that device
- * (*engines); then releases it all again. */
-loco_status cudnn_graph_check(cudnn_graph_fn build, const void *key, const char *device_json,
+ * and, with device_json, asks for its engines and builds plans on that device as the route does,
+ * up to the `timed` it keeps (the conv route times CUDNN_TUNE_MAX, the attention keeps the first),
+ * into *engines; then releases it all again. */
+loco_status cudnn_graph_check(cudnn_graph_fn build, const void *key, const char *device_json, int timed,
                               loco_cudnn_engines *engines, loco_err *err);
 
 /* Runs p on c's stream with a workspace from the backend's allocator. A plan cuDNN refuses to

@@ -156,7 +156,6 @@ static const struct {
 } described[] = {{"H200", h200_json}, {"H100", h100_json}};
 
 enum {
-    ROUTE_TIMES = 6,              /* plans a route times per shape (cudnn_lib.cuh's CUDNN_TUNE_MAX) */
     CUDA_ERROR_STUB_LIBRARY = 34, /* what every call of the toolkit's stub libcuda.so returns */
     CUDNN_STATUS_DRIVER = 5001,   /* cuDNN's CUDNN_STATUS_EXECUTION_FAILED_CUDA_DRIVER */
 };
@@ -205,14 +204,14 @@ static int compiled_on_stub(const loco_cudnn_engines *e, driver_kind driver) {
 
 /* What a GPU run would meet first: engines offered and kept, and a plan that builds. */
 static int engines_usable(const loco_cudnn_engines *e, driver_kind driver) {
-    return e->offered > 0 && e->kept > 0 && (e->planned || compiled_on_stub(e, driver));
+    return e->offered > 0 && e->kept > 0 && (e->built > 0 || compiled_on_stub(e, driver));
 }
 
 static void engines_line(const char *what, const char *gpu, const loco_cudnn_engines *e, driver_kind driver) {
-    printf("  %-36s %s: engine %lld%s (%d offered, %d kept, %d of the first %d on tensor cores), plan %s\n", what,
-           gpu, e->engine, e->fallback ? " (fallback heuristics)" : "", e->offered, e->kept, e->tensor_cores,
-           e->kept < ROUTE_TIMES ? e->kept : ROUTE_TIMES,
-           e->planned                     ? "built"
+    printf("  %-36s %s: engine %lld%s (%d offered, %d kept; %d plans built, %d on tensor cores)%s%s\n", what, gpu,
+           e->engine, e->fallback ? " (fallback heuristics)" : "", e->offered, e->kept, e->built, e->tensor_cores,
+           e->built ? "" : ", plan ",
+           e->built                       ? ""
            : compiled_on_stub(e, driver) ? "compiled (the stub driver loads no module)"
                                          : e->why);
 }
@@ -252,7 +251,7 @@ TEST(cudnn_sdpa_engines_on_h200_and_h100) {
                              packed ? "packed" : "apart");
                     engines_line(what, described[g].name, &e, driver);
                     CHECK_MSG(engines_usable(&e, driver), "%s on the %s: %d engines offered, %d kept, plan: %s", what,
-                              described[g].name, e.offered, e.kept, e.planned ? "built" : e.why);
+                              described[g].name, e.offered, e.kept, e.built ? "built" : e.why);
                     checked++;
                 }
 }
@@ -279,7 +278,7 @@ TEST(cudnn_conv_engines_on_h200_and_h100) {
             snprintf(what, sizeof what, "%s (%s)", c->what, loco_dtype_name(c->dt));
             engines_line(what, described[g].name, &e, driver);
             CHECK_MSG(engines_usable(&e, driver), "%s on the %s: %d engines offered, %d kept, plan: %s", what,
-                      described[g].name, e.offered, e.kept, e.planned ? "built" : e.why);
+                      described[g].name, e.offered, e.kept, e.built ? "built" : e.why);
             /* the f32 route stands for TF32 on tensor cores (as PyTorch's cuDNN convs with TF32
              * allowed): an f32 conv timed only on plain FP32 engines would run at a third of it */
             CHECK_MSG(e.tensor_cores > 0, "%s on the %s: none of the engines the route would time is on tensor cores",
