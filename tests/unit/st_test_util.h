@@ -1,5 +1,5 @@
 /* st_test_util.h: temporary folders and small safetensors files for the weight-loading tests
- * (test_safetensors, test_weights, test_model_files). */
+ * (test_safetensors, test_weights, test_model_files, test_ldm_mapping). */
 #ifndef LOCO_ST_TEST_UTIL_H
 #define LOCO_ST_TEST_UTIL_H
 
