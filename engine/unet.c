@@ -69,6 +69,9 @@ const loco_site *loco_unet_find_site(const loco_unet *u, const char *name) {
 }
 
 int loco_unet_n_cross(const loco_unet *u) { return u->n_cross; }
+int loco_unet_cross_channels(const loco_unet *u, int i) {
+    return i >= 0 && i < u->n_cross ? u->cross[i]->a2_k.out_f : 0;
+}
 const loco_unet_config *loco_unet_get_config(const loco_unet *u) { return &u->cfg; }
 loco_backend *loco_unet_backend(const loco_unet *u) { return u->be; }
 const loco_params *loco_unet_params(const loco_unet *u) { return &u->params; }

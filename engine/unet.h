@@ -139,6 +139,9 @@ loco_status loco_unet_config_sites(const loco_unet_config *cfg, loco_site **site
 void loco_unet_sites_free(loco_site *sites, int n);
 /* Number of cross-attention (attn2) layers. */
 int loco_unet_n_cross(const loco_unet *u);
+/* Output channels of cross-attention layer i's to_k and to_v (what a neuron edit ranks); 0 when
+ * i is outside 0..n_cross-1. */
+int loco_unet_cross_channels(const loco_unet *u, int i);
 
 /* Text K/V of every cross-attention layer for one text batch of Bt rows. k[i], v[i] are
  * [Bt, L, C_i] for cross layer i (execution order). Where a transformer block has

@@ -163,63 +163,211 @@ int loco_params_localize(const json_t *p, const char *ptr, const loco_proto_limi
     return 0;
 }
 
+/* Which edit params each method reads; any other given to it is refused rather than ignored. */
+typedef struct edit_method_keys {
+    const char *method;
+    const char *const *keys;
+} edit_method_keys;
+
+static const char *const locoedit_keys[] = {"concept", "target", "layers", "lambda", "lambda_k", "lambda_v",
+                                             "templates", "prompts", "matrices", "solver", NULL};
+static const char *const quickfix_keys[] = {"concept", "target", "lambda", "prompts", "target_prompts", "augment",
+                                             "use_eos", "value_bias", "encoders", "text_layer", "solver", NULL};
+static const char *const neuron_keys[] = {"layers", "neurons", "prompts", "normal_prompts", "position", "matrices",
+                                           NULL};
+static const edit_method_keys edit_methods[] = {
+    {"locoedit", locoedit_keys}, {"diff_quickfix", quickfix_keys}, {"neuron", neuron_keys}, {NULL, NULL}};
+
+static int key_in(const char *const *keys, const char *k) {
+    for (int i = 0; keys[i]; i++)
+        if (strcmp(keys[i], k) == 0) return 1;
+    return 0;
+}
+
+static int edit_keys_apply(const json_t *p, const char *ptr, const char *method, loco_proto_error *e) {
+    static const char *const common[] = {"method", "variant", "export", NULL};
+    const char *const *keys = NULL;
+    for (int i = 0; edit_methods[i].method; i++)
+        if (strcmp(edit_methods[i].method, method) == 0) keys = edit_methods[i].keys;
+    const char *k;
+    const json_t *v;
+    json_object_foreach((json_t *)p, k, v) {
+        if (key_in(common, k) || key_in(keys, k)) continue;
+        char pp[200], list[400];
+        size_t n = 0;
+        list[0] = 0;
+        for (int i = 0; keys[i] && n < sizeof list; i++)
+            n += (size_t)snprintf(list + n, sizeof list - n, "%s%s", i ? ", " : "", keys[i]);
+        snprintf(pp, sizeof pp, "%s/%.100s", ptr, k);
+        return loco_proto_fail(e, 422, "unknown_field", pp,
+                               "'%.100s' does not apply to the %s method; it reads %s (and method, variant, export)", k,
+                               method, list);
+    }
+    return 0;
+}
+
+/* matrices: a non-empty subset of to_k, to_v. */
+static int edit_matrices(const json_t *a, const char *ptr, int *edit_k, int *edit_v, loco_proto_error *e) {
+    size_t i;
+    const json_t *v;
+    *edit_k = *edit_v = 0;
+    json_array_foreach(a, i, v) {
+        char pp[200];
+        snprintf(pp, sizeof pp, "%s/matrices/%zu", ptr, i);
+        const char *m = json_string_value(v);
+        int *flag = m && strcmp(m, "to_k") == 0 ? edit_k : m && strcmp(m, "to_v") == 0 ? edit_v : NULL;
+        if (!flag) return loco_proto_fail(e, 422, "invalid_value", pp, "items of 'matrices' must be \"to_k\" or \"to_v\"");
+        if (*flag) return loco_proto_fail(e, 422, "invalid_value", pp, "'matrices' lists %s twice", m);
+        *flag = 1;
+    }
+    return 0;
+}
+
+/* Each method's particular rules, on the checked fields. */
+static int edit_method_rules(const json_t *p, const char *ptr, const char *method, const json_t *layers,
+                             const json_t *prompts, const json_t *normal, loco_proto_error *e) {
+    char pp[200];
+    if (strcmp(method, "neuron") != 0 && !json_object_get(p, "concept")) {
+        snprintf(pp, sizeof pp, "%s/concept", ptr);
+        return loco_proto_fail(e, 422, "missing_field", pp, "the %s method needs 'concept' (the subject to remap)",
+                               method);
+    }
+    if (strcmp(method, "neuron") == 0) {
+        const json_t *sets[2] = {prompts, normal};
+        const char *names[2] = {"prompts", "normal_prompts"};
+        for (int i = 0; i < 2; i++)
+            if (json_array_size(sets[i]) < 2) {
+                snprintf(pp, sizeof pp, "%s/%s", ptr, names[i]);
+                return loco_proto_fail(e, 422, sets[i] ? "out_of_range" : "missing_field", pp,
+                                       "the neuron method ranks neurons by a t-test of 'prompts' (with the concept) "
+                                       "against 'normal_prompts' (without it): each needs at least 2 prompts");
+            }
+    }
+    if (strcmp(method, "locoedit") == 0 && layers) {
+        /* LocoEdit edits one window of consecutive layers (methods.md §5) */
+        json_int_t lo = json_integer_value(json_array_get(layers, 0)), hi = lo;
+        size_t i;
+        const json_t *v;
+        json_array_foreach(layers, i, v) {
+            if (json_integer_value(v) < lo) lo = json_integer_value(v);
+            if (json_integer_value(v) > hi) hi = json_integer_value(v);
+        }
+        if ((size_t)(hi - lo + 1) != json_array_size(layers)) {
+            snprintf(pp, sizeof pp, "%s/layers", ptr);
+            return loco_proto_fail(e, 422, "invalid_value", pp,
+                                   "locoedit edits a window of consecutive cross-attention layers; 'layers' must be "
+                                   "consecutive (e.g. [8, 9]), got %lld..%lld with gaps",
+                                   (long long)lo, (long long)hi);
+        }
+    }
+    const json_t *tp = json_object_get(p, "target_prompts");
+    if ((tp != NULL) != (prompts != NULL && strcmp(method, "diff_quickfix") == 0) ||
+        (tp && json_array_size(tp) != json_array_size(prompts))) {
+        snprintf(pp, sizeof pp, "%s/%s", ptr, tp ? "target_prompts" : "prompts");
+        return loco_proto_fail(e, 422, "invalid_value", pp,
+                               "diff_quickfix takes extra caption pairs as 'prompts' (with the concept) and "
+                               "'target_prompts' (with the target), one for one (%zu prompts, %zu target prompts)",
+                               json_array_size(prompts), json_array_size(tp));
+    }
+    return 0;
+}
+
 int loco_params_edit(const json_t *p, const char *ptr, const loco_proto_limits *lim, uint64_t random_seed,
                      json_t **out, loco_proto_error *e) {
-    static const char *const keys[] = {"method", "concept", "target", "layers", "lambda", "templates", "neurons",
-                                       "prompts", "normal_prompts", "variant", "export", NULL};
+    static const char *const keys[] = {"method", "concept", "target", "layers", "lambda", "lambda_k", "lambda_v",
+                                       "templates", "neurons", "prompts", "normal_prompts", "target_prompts",
+                                       "matrices", "solver", "augment", "use_eos", "value_bias", "encoders",
+                                       "text_layer", "position", "variant", "export", NULL};
     static const char *const methods[] = {"locoedit", "diff_quickfix", "neuron", NULL};
     static const char *const templates[] = {"style", "object", "none", NULL};
     static const char *const exports[] = {"delta", "none", NULL};
-    const char *method = NULL, *concept = NULL, *target = NULL, *tmpl = "style", *variant = NULL, *exp = "delta";
-    const json_t *layers = NULL, *prompts = NULL, *normal = NULL;
-    double lambda = 0.01;
-    int64_t neurons = 50;
-    int has_variant = 0, has_neurons = 0;
+    static const char *const solvers[] = {"auto", "full", "push_through", NULL};
+    static const char *const biases[] = {"keep", "subtract", NULL};
+    static const char *const encoders[] = {"both", "text_encoder", "text_encoder_2", NULL};
+    const char *method = NULL, *concept = NULL, *target = "", *tmpl = "style", *variant = NULL, *exp = "delta",
+               *solver = "auto", *bias = "keep", *enc = "both";
+    const json_t *layers = NULL, *prompts = NULL, *normal = NULL, *tprompts = NULL, *matrices = NULL;
+    double lambda = 0.01, lambda_k = 0, lambda_v = 0;
+    int64_t neurons = 50, text_layer = 0;
+    int has_variant = 0, has_lk = 0, has_lv = 0, augment = 1, use_eos = 1, edit_k = 1, edit_v = 1;
     size_t maxc = (size_t)lim->max_prompt_chars;
     (void)random_seed;
     if (loco_pf_object(p, ptr, keys, e) || loco_pf_enum(p, ptr, "method", 1, methods, &method, NULL, e) ||
-        loco_pf_string(p, ptr, "concept", 1, 1, maxc, &concept, NULL, e) ||
-        loco_pf_string(p, ptr, "target", 1, 0, maxc, &target, NULL, e) ||
+        edit_keys_apply(p, ptr, method, e) || loco_pf_string(p, ptr, "concept", 0, 1, maxc, &concept, NULL, e) ||
+        loco_pf_string(p, ptr, "target", 0, 0, maxc, &target, NULL, e) ||
         loco_pf_array(p, ptr, "layers", 0, 1, 128, &layers, NULL, e) ||
         loco_pf_number(p, ptr, "lambda", 0, 1e-12, 1e6, &lambda, NULL, e) ||
+        loco_pf_number(p, ptr, "lambda_k", 0, 1e-12, 1e6, &lambda_k, &has_lk, e) ||
+        loco_pf_number(p, ptr, "lambda_v", 0, 1e-12, 1e6, &lambda_v, &has_lv, e) ||
         loco_pf_enum(p, ptr, "templates", 0, templates, &tmpl, NULL, e) ||
-        loco_pf_int(p, ptr, "neurons", 0, 1, lim->max_items, &neurons, &has_neurons, e) ||
+        loco_pf_int(p, ptr, "neurons", 0, 1, lim->max_items, &neurons, NULL, e) ||
         loco_pf_array(p, ptr, "prompts", 0, 1, (size_t)lim->max_prompts, &prompts, NULL, e) ||
         loco_pf_array(p, ptr, "normal_prompts", 0, 1, (size_t)lim->max_prompts, &normal, NULL, e) ||
+        loco_pf_array(p, ptr, "target_prompts", 0, 1, (size_t)lim->max_prompts, &tprompts, NULL, e) ||
+        loco_pf_array(p, ptr, "matrices", 0, 1, 2, &matrices, NULL, e) ||
+        loco_pf_enum(p, ptr, "solver", 0, solvers, &solver, NULL, e) ||
+        loco_pf_bool(p, ptr, "augment", 0, &augment, NULL, e) || loco_pf_bool(p, ptr, "use_eos", 0, &use_eos, NULL, e) ||
+        loco_pf_enum(p, ptr, "value_bias", 0, biases, &bias, NULL, e) ||
+        loco_pf_enum(p, ptr, "encoders", 0, encoders, &enc, NULL, e) ||
+        loco_pf_int(p, ptr, "text_layer", 0, 0, 1023, &text_layer, NULL, e) ||
         loco_pf_string(p, ptr, "variant", 0, 1, LOCO_MODEL_NAME_MAX, &variant, &has_variant, e) ||
         loco_pf_enum(p, ptr, "export", 0, exports, &exp, NULL, e))
         return -1;
     if (layers && int_items(layers, ptr, "layers", 0, 1023, e)) return -1;
     if (prompts && string_items(prompts, ptr, "prompts", 1, maxc, e)) return -1;
     if (normal && string_items(normal, ptr, "normal_prompts", 1, maxc, e)) return -1;
+    if (tprompts && string_items(tprompts, ptr, "target_prompts", 1, maxc, e)) return -1;
+    if (matrices && edit_matrices(matrices, ptr, &edit_k, &edit_v, e)) return -1;
     char pp[200];
+    /* position: a token index (76 in the released code) or "eos", each prompt's first EOS */
+    const json_t *pos = json_object_get(p, "position");
+    if (pos && !(json_is_integer(pos) && json_integer_value(pos) >= 0 && json_integer_value(pos) <= 1023) &&
+        !(json_is_string(pos) && strcmp(json_string_value(pos), "eos") == 0)) {
+        snprintf(pp, sizeof pp, "%s/position", ptr);
+        return loco_proto_fail(e, 422, "invalid_value", pp,
+                               "'position' must be a token index 0..1023 (76 by default) or \"eos\"");
+    }
     if (has_variant && !loco_name_valid(variant)) {
         snprintf(pp, sizeof pp, "%s/variant", ptr);
         return loco_proto_fail(e, 422, "invalid_value", pp,
                                "'variant' must be a model name (letters, digits, '.', '_', '+', '-')");
     }
-    if (strcmp(method, "neuron") == 0 && (!prompts || !normal)) {
-        snprintf(pp, sizeof pp, "%s/%s", ptr, prompts ? "normal_prompts" : "prompts");
-        return loco_proto_fail(e, 422, "missing_field", pp,
-                               "the neuron method needs 'prompts' (with the concept) and 'normal_prompts' (without it) "
-                               "to rank neurons");
-    }
-    if (strcmp(method, "diff_quickfix") == 0 && layers) {
-        snprintf(pp, sizeof pp, "%s/layers", ptr);
-        return loco_proto_fail(e, 422, "invalid_value", pp,
-                               "'layers' does not apply to diff_quickfix (it edits the text encoder's layer-0 "
-                               "self-attention out_proj)");
-    }
+    if (edit_method_rules(p, ptr, method, layers, prompts, normal, e)) return -1;
+    const int quickfix = strcmp(method, "diff_quickfix") == 0, neuron = strcmp(method, "neuron") == 0;
     json_t *o = json_object();
     json_object_set_new(o, "method", json_string(method));
-    json_object_set_new(o, "concept", json_string(concept));
-    json_object_set_new(o, "target", json_string(target));
+    if (!neuron) {
+        json_object_set_new(o, "concept", json_string(concept));
+        json_object_set_new(o, "target", json_string(target));
+        json_object_set_new(o, "lambda", json_real(lambda));
+        json_object_set_new(o, "solver", json_string(solver));
+    }
     if (layers) json_object_set_new(o, "layers", json_deep_copy(layers));
-    json_object_set_new(o, "lambda", json_real(lambda));
-    json_object_set_new(o, "templates", json_string(tmpl));
-    if (strcmp(method, "neuron") == 0) json_object_set_new(o, "neurons", json_integer(neurons));
+    if (strcmp(method, "locoedit") == 0) {
+        json_object_set_new(o, "lambda_k", json_real(has_lk ? lambda_k : lambda));
+        json_object_set_new(o, "lambda_v", json_real(has_lv ? lambda_v : lambda));
+        json_object_set_new(o, "templates", json_string(tmpl));
+    }
+    if (!quickfix) {
+        json_t *m = json_array();
+        if (edit_k) json_array_append_new(m, json_string("to_k"));
+        if (edit_v) json_array_append_new(m, json_string("to_v"));
+        json_object_set_new(o, "matrices", m);
+    }
+    if (quickfix) {
+        json_object_set_new(o, "augment", json_boolean(augment));
+        json_object_set_new(o, "use_eos", json_boolean(use_eos));
+        json_object_set_new(o, "value_bias", json_string(bias));
+        json_object_set_new(o, "encoders", json_string(enc));
+        json_object_set_new(o, "text_layer", json_integer(text_layer));
+    }
+    if (neuron) {
+        json_object_set_new(o, "neurons", json_integer(neurons));
+        json_object_set_new(o, "position", pos ? json_deep_copy(pos) : json_integer(76));
+    }
     if (prompts) json_object_set_new(o, "prompts", json_deep_copy(prompts));
     if (normal) json_object_set_new(o, "normal_prompts", json_deep_copy(normal));
+    if (tprompts) json_object_set_new(o, "target_prompts", json_deep_copy(tprompts));
     if (has_variant) json_object_set_new(o, "variant", json_string(variant));
     json_object_set_new(o, "export", json_string(exp));
     *out = o;

@@ -9,6 +9,7 @@
 
 #include "auth.h"
 #include "http.h"
+#include "job_checks.h"
 
 /* Which kinds the worker can run here: generate and edit always; trace and localize score
  * their images with CLIP, so they need a scorer in the config. The others are validated fully
@@ -64,91 +65,6 @@ static void new_job_id(char *out) {
     if (getrandom(b, sizeof b, 0) != (ssize_t)sizeof b)
         for (size_t i = 0; i < sizeof b; i++) b[i] = (uint8_t)rand();
     locod_hex(b, sizeof b, out);
-}
-
-/* A UNet component causal tracing can restore: a resnet, attn1, attn2 or ff output. */
-static int site_known(const json_t *sites, const char *name) {
-    static const char *const kinds[] = {"resnet", "self_attn", "cross_attn", "ff", NULL};
-    size_t i;
-    json_t *s;
-    json_array_foreach(sites, i, s) {
-        const char *n = json_string_value(json_object_get(s, "name"));
-        const char *c = json_string_value(json_object_get(s, "component"));
-        const char *k = json_string_value(json_object_get(s, "kind"));
-        if (!n || !c || !k || strcmp(n, name) != 0 || strcmp(c, "unet") != 0) continue;
-        for (int j = 0; kinds[j]; j++)
-            if (strcmp(k, kinds[j]) == 0) return 1;
-    }
-    return 0;
-}
-
-/* Checks that need the model's published info (sizes, sites, layer count). */
-static int check_model(const locod_model *md, loco_job_request *req, loco_proto_error *e) {
-    const json_t *info = md->info;
-    if (!info) return 0; /* still loading: the worker checks again */
-    json_t *p = req->params;
-    int mult = (int)json_integer_value(json_object_get(info, "size_multiple"));
-    int def = (int)json_integer_value(json_object_get(info, "default_size"));
-    if (req->kind != LOCO_JOB_EDIT && mult > 0) {
-        const char *dims[2] = {"width", "height"};
-        for (int i = 0; i < 2; i++) {
-            json_t *v = json_object_get(p, dims[i]);
-            if (!v && def > 0) continue;
-            int x = (int)json_integer_value(v);
-            if (x % mult) {
-                char ptr[64];
-                snprintf(ptr, sizeof ptr, "/params/%s", dims[i]);
-                return loco_proto_fail(e, 422, "invalid_value", ptr,
-                                       "'%s' must be a multiple of %d for model '%s' (got %d)", dims[i], mult,
-                                       md->name, x);
-            }
-        }
-    }
-    int ncross = (int)json_integer_value(json_object_get(info, "cross_attention_layers"));
-    const json_t *sites = json_object_get(info, "sites");
-    size_t i;
-    json_t *v;
-    if (req->kind == LOCO_JOB_TRACE && json_is_array(sites)) {
-        json_array_foreach(json_object_get(p, "components"), i, v) {
-            if (!site_known(sites, json_string_value(v))) {
-                char ptr[64];
-                snprintf(ptr, sizeof ptr, "/params/components/%zu", i);
-                return loco_proto_fail(e, 422, "unknown_site", ptr,
-                                       "model '%s' has no UNet component '%.120s' to restore (components are the "
-                                       "resnet, self_attn, cross_attn and ff sites GET /v1/models/%s lists)",
-                                       md->name, json_string_value(v), md->name);
-            }
-        }
-    }
-    if (req->kind == LOCO_JOB_LOCALIZE && ncross > 0) {
-        int window = (int)json_integer_value(json_object_get(p, "window"));
-        if (window > ncross)
-            return loco_proto_fail(e, 422, "out_of_range", "/params/window",
-                                   "'window' must be at most %d, the number of cross-attention layers of '%s'", ncross,
-                                   md->name);
-        json_array_foreach(json_object_get(p, "starts"), i, v) {
-            if (json_integer_value(v) + window > ncross) {
-                char ptr[64];
-                snprintf(ptr, sizeof ptr, "/params/starts/%zu", i);
-                return loco_proto_fail(e, 422, "out_of_range", ptr,
-                                       "window start %lld + window %d passes the %d cross-attention layers of '%s'",
-                                       (long long)json_integer_value(v), window, ncross, md->name);
-            }
-        }
-    }
-    if (req->kind == LOCO_JOB_EDIT && ncross > 0) {
-        json_array_foreach(json_object_get(p, "layers"), i, v) {
-            if (json_integer_value(v) >= ncross) {
-                char ptr[64];
-                snprintf(ptr, sizeof ptr, "/params/layers/%zu", i);
-                return loco_proto_fail(e, 422, "out_of_range", ptr,
-                                       "layer %lld does not exist: '%s' has %d cross-attention layers (0..%d, execution "
-                                       "order)",
-                                       (long long)json_integer_value(v), md->name, ncross, ncross - 1);
-            }
-        }
-    }
-    return 0;
 }
 
 static int idem_key_valid(const char *k) {
@@ -254,7 +170,7 @@ static enum MHD_Result create(locod_req *r) {
         loco_job_request_release(&req);
         return res;
     }
-    if (check_model(md, &req, &pe)) {
+    if (locod_check_job_for_model(md, &req, &pe)) {
         pthread_mutex_unlock(&srv->mu);
         res = locod_problem(r, pe.status ? pe.status : 422, pe.code, pe.pointer, NULL, "%s", pe.detail);
         loco_job_request_release(&req);

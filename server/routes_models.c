@@ -57,6 +57,8 @@ static enum MHD_Result load(locod_req *r, const char *name) {
         return not_found(r, name);
     }
     if (md->source == LOCOD_SRC_VARIANT) load_base_first(srv, md);
+    /* a restart loads it again (a variant follows its base, so the base is what is noted) */
+    locod_note_resident(srv, md->source == LOCOD_SRC_VARIANT ? md->base : md->name, 1);
     int status = 202;
     if (md->state == LOCOD_MODEL_LOADED && md->op_pending != 2) {
         status = 200;
@@ -95,6 +97,7 @@ static enum MHD_Result unload(locod_req *r, const char *name) {
         return not_found(r, name);
     }
     int status = 202;
+    if (md->source != LOCOD_SRC_VARIANT) locod_note_resident(srv, md->name, 0);
     if (md->source == LOCOD_SRC_VARIANT && !variant_resident(md)) {
         /* unloading a variant deletes it; one the worker does not hold goes at once */
         json_t *j = locod_model_to_json(md, 0);

@@ -48,6 +48,17 @@ enum MHD_Result locod_route_ops(locod_req *r, const char *what) {
             json_array_append_new(reasons, json_string(s));
         }
     }
+    /* a start-up model that failed to load: every job for it would be refused, so this server
+     * is not ready (one an admin unloaded on purpose does not count) */
+    for (int i = 0; i < srv->cfg->n_load_at_start; i++) {
+        const locod_model *md = locod_models_find(srv->models, srv->cfg->load_at_start[i]);
+        if (md && md->state == LOCOD_MODEL_FAILED) {
+            char s[700];
+            snprintf(s, sizeof s, "start-up model %s failed to load: %.500s", md->name,
+                     md->error ? md->error : "no reason given");
+            json_array_append_new(reasons, json_string(s));
+        }
+    }
     int queued = locod_queue_size(srv->queue);
     if (queued >= srv->cfg->max_queue) json_array_append_new(reasons, json_string("the queue is full"));
     json_t *o = json_pack("{s:s, s:b, s:i, s:i, s:s}", "status", json_array_size(reasons) ? "not_ready" : "ready",

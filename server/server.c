@@ -137,6 +137,15 @@ void locod_forget_variant(locod_server *srv, const char *name) {
     locod_server_changed(srv);
 }
 
+void locod_note_resident(locod_server *srv, const char *name, int resident) {
+    loco_err err;
+    loco_err_clear(&err);
+    if (locod_store_resident_set(srv->store, name, resident, locod_now_ms(), &err))
+        LOG_ERROR(srv->log, "cannot record that model %s was %s: %s (a restart will not know)", name,
+                  resident ? "loaded" : "unloaded", err.msg);
+    locod_store_touched(srv);
+}
+
 typedef struct restore_ctx {
     locod_server *srv;
     int n;
@@ -165,6 +174,43 @@ static void restore_variant(void *ctx, const locod_variant_row *row) {
         md->error = strdup(e);
     }
     rc->n++;
+}
+
+/* A model an admin loaded before the restart loads again; one that is no longer configured is
+ * forgotten (its name is collected and dropped after the scan). */
+typedef struct resident_ctx {
+    locod_server *srv;
+    int n;
+    char gone[8][LOCO_MODEL_NAME_MAX + 1];
+    int n_gone;
+} resident_ctx;
+
+static void restore_resident(void *ctx, const char *name) {
+    resident_ctx *rc = ctx;
+    locod_model *md = locod_models_find(rc->srv->models, name);
+    if (!md || md->source == LOCOD_SRC_VARIANT) {
+        LOG_WARN(rc->srv->log, "model %s was resident before the restart but is no longer configured; forgotten", name);
+        if (rc->n_gone < 8) snprintf(rc->gone[rc->n_gone++], sizeof rc->gone[0], "%s", name);
+        return;
+    }
+    if (md->state == LOCOD_MODEL_LOADING) return; /* load_at_start too */
+    md->state = LOCOD_MODEL_LOADING;
+    md->op_pending = 1;
+    rc->n++;
+}
+
+static void restore_residents(locod_server *srv) {
+    resident_ctx rc;
+    memset(&rc, 0, sizeof rc);
+    rc.srv = srv;
+    loco_err err;
+    loco_err_clear(&err);
+    if (locod_store_residents_each(srv->store, restore_resident, &rc, &err) < 0) {
+        LOG_ERROR(srv->log, "cannot read the models resident before the restart: %s", err.msg);
+        return;
+    }
+    for (int i = 0; i < rc.n_gone; i++) locod_note_resident(srv, rc.gone[i], 0);
+    if (rc.n) LOG_INFO(srv->log, "%d model(s) loaded through the API before the restart load again", rc.n);
 }
 
 void locod_restore_variants(locod_server *srv) {
@@ -323,7 +369,8 @@ loco_status locod_server_create(const locod_config *cfg, loco_log *log, const ch
         md->state = LOCOD_MODEL_LOADING;
         md->op_pending = 1;
     }
-    locod_restore_variants(srv); /* after load_at_start: variants follow their base */
+    restore_residents(srv);
+    locod_restore_variants(srv); /* after the start-up loads: variants follow their base */
     if (pthread_create(&srv->committer, NULL, committer_main, srv)) {
         st = loco_err_set(err, LOCO_ENOMEM, "cannot start the store committer thread");
         goto fail;

@@ -107,6 +107,9 @@ int locod_finish_job(locod_server *srv, const char *id, loco_job_kind kind, cons
 
 /* Under mu: drop a variant for good (registry, store row, and its delta artifact when nothing
  * else needs it). Does not touch the worker: the caller unloads it there when resident. */
+/* Under mu: record that an admin loaded (1) or unloaded (0) a model through the API, so a
+ * restarted daemon brings back what was resident (store.h, "resident models"). */
+void locod_note_resident(locod_server *srv, const char *name, int resident);
 void locod_forget_variant(locod_server *srv, const char *name);
 /* Under mu, at start: list the variants the store recorded (server.c). */
 void locod_restore_variants(locod_server *srv);

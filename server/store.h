@@ -130,6 +130,16 @@ int locod_store_variant_delete(locod_store *s, const char *name, char orphan_sha
 typedef void (*locod_variant_fn)(void *ctx, const locod_variant_row *v);
 int locod_store_variants_each(locod_store *s, locod_variant_fn fn, void *ctx, loco_err *err);
 
+/* ---- resident models ----
+ * The models an admin loaded through the API (POST /v1/models/{name}/load) and has not unloaded
+ * since: a restarted daemon loads them again, with its config's load_at_start, so the jobs
+ * queued for them before the restart still find them resident. Variants are not listed here:
+ * they follow their base (the variants table). */
+loco_status locod_store_resident_set(locod_store *s, const char *name, int resident, int64_t now_ms, loco_err *err);
+typedef void (*locod_name_fn)(void *ctx, const char *name);
+/* Every resident model, in the order they were loaded. Returns the count or -1. */
+int locod_store_residents_each(locod_store *s, locod_name_fn fn, void *ctx, loco_err *err);
+
 /* Counts per state (array of LOCO_JOB_STATE_COUNT). */
 int locod_store_count_states(locod_store *s, int64_t counts[LOCO_JOB_STATE_COUNT]);
 /* Pending (queued + running) jobs per key: calls fn(ctx, key_id, count). */

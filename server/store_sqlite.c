@@ -53,7 +53,8 @@ static const char *const schema =
     "CREATE TABLE IF NOT EXISTS variants ("
     "  name TEXT PRIMARY KEY, base TEXT NOT NULL, delta_sha256 TEXT NOT NULL, job_id TEXT NOT NULL,"
     "  edit TEXT NOT NULL, created_ms INTEGER NOT NULL);"
-    "CREATE INDEX IF NOT EXISTS variants_delta ON variants(delta_sha256);";
+    "CREATE INDEX IF NOT EXISTS variants_delta ON variants(delta_sha256);"
+    "CREATE TABLE IF NOT EXISTS resident_models (name TEXT PRIMARY KEY, since_ms INTEGER NOT NULL);";
 
 static loco_status db_err(locod_store *s, loco_err *err, const char *what) {
     return loco_err_set(err, LOCO_EIO, "job store: %s: %s", what, sqlite3_errmsg(s->db));
@@ -646,4 +647,38 @@ int locod_store_group_commit(locod_store *s, loco_err *err) {
         return -1;
     }
     return 0;
+}
+
+loco_status locod_store_resident_set(locod_store *s, const char *name, int resident, int64_t now_ms, loco_err *err) {
+    sqlite3_stmt *st;
+    const char *sql = resident ? "INSERT OR IGNORE INTO resident_models (name, since_ms) VALUES (?, ?)"
+                               : "DELETE FROM resident_models WHERE name = ?";
+    if (sqlite3_prepare_v2(s->db, sql, -1, &st, NULL) != SQLITE_OK) return db_err(s, err, "resident model");
+    sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+    if (resident) sqlite3_bind_int64(st, 2, now_ms);
+    int rc = sqlite3_step(st);
+    sqlite3_finalize(st);
+    return rc == SQLITE_DONE ? LOCO_OK : db_err(s, err, "resident model");
+}
+
+int locod_store_residents_each(locod_store *s, locod_name_fn fn, void *ctx, loco_err *err) {
+    sqlite3_stmt *st;
+    if (sqlite3_prepare_v2(s->db, "SELECT name FROM resident_models ORDER BY since_ms, name", -1, &st, NULL) !=
+        SQLITE_OK) {
+        db_err(s, err, "resident models");
+        return -1;
+    }
+    int n = 0, rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        char name[LOCO_MODEL_NAME_MAX + 1];
+        col_str(st, 0, name, sizeof name);
+        fn(ctx, name);
+        n++;
+    }
+    sqlite3_finalize(st);
+    if (rc != SQLITE_DONE) {
+        db_err(s, err, "resident models");
+        return -1;
+    }
+    return n;
 }

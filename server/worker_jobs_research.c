@@ -209,6 +209,18 @@ loco_status wk_run_localize(wk_ctx *w, loco_pipeline *p, const json_t *params, j
 
 /* ---- edit ---------------------------------------------------------------------------------- */
 
+/* "matrices" (checked by the request parser): which of to_k, to_v an edit changes. */
+static void edit_matrices_of(const json_t *a, int *edit_k, int *edit_v) {
+    size_t i;
+    const json_t *v;
+    *edit_k = *edit_v = 0;
+    json_array_foreach(a, i, v) {
+        const char *m = json_string_value(v);
+        if (m && strcmp(m, "to_k") == 0) *edit_k = 1;
+        if (m && strcmp(m, "to_v") == 0) *edit_v = 1;
+    }
+}
+
 loco_status wk_run_edit(wk_ctx *w, wk_model *base, const json_t *params, const char *variant_name, json_t *result,
                         json_t *artifacts, loco_pipeline_variant **out, loco_err *err) {
     if (base->variant)
@@ -225,14 +237,19 @@ loco_status wk_run_edit(wk_ctx *w, wk_model *base, const json_t *params, const c
     wk_progress(w, "edit", 0, 1);
     const char *concept = json_string_value(json_object_get(params, "concept"));
     const char *target = json_string_value(json_object_get(params, "target"));
-    double lambda = json_number_value(json_object_get(params, "lambda"));
-    int n_layers = 0, n_prompts = 0, n_normal = 0;
+    const json_t *lam = json_object_get(params, "lambda");
+    int n_layers = 0, n_prompts = 0, n_normal = 0, n_targets = 0;
     int *layers = json_object_get(params, "layers") ? ints(json_object_get(params, "layers"), &n_layers) : NULL;
     const char **prompts =
         json_object_get(params, "prompts") ? strings(json_object_get(params, "prompts"), &n_prompts) : NULL;
     const char **normal = json_object_get(params, "normal_prompts")
                               ? strings(json_object_get(params, "normal_prompts"), &n_normal)
                               : NULL;
+    const char **targets = json_object_get(params, "target_prompts")
+                               ? strings(json_object_get(params, "target_prompts"), &n_targets)
+                               : NULL;
+    const json_t *matrices = json_object_get(params, "matrices");
+    const char *solver = json_string_value(json_object_get(params, "solver"));
     json_t *report = NULL;
     if (m == LOCO_EDIT_LOCOEDIT) {
         loco_locoedit_opts o;
@@ -243,7 +260,11 @@ loco_status wk_run_edit(wk_ctx *w, wk_model *base, const json_t *params, const c
         if (tm) loco_edit_templates_from_name(tm, &o.templates);
         o.prompts = prompts;
         o.n_prompts = n_prompts;
-        o.lambda_k = o.lambda_v = lambda;
+        if (lam) o.lambda_k = o.lambda_v = json_number_value(lam);
+        if (json_object_get(params, "lambda_k")) o.lambda_k = json_number_value(json_object_get(params, "lambda_k"));
+        if (json_object_get(params, "lambda_v")) o.lambda_v = json_number_value(json_object_get(params, "lambda_v"));
+        if (matrices) edit_matrices_of(matrices, &o.edit_k, &o.edit_v);
+        if (solver) loco_solve_form_from_name(solver, &o.form);
         if (layers) {
             int lo = layers[0], hi = layers[0];
             for (int i = 1; i < n_layers; i++) {
@@ -262,7 +283,18 @@ loco_status wk_run_edit(wk_ctx *w, wk_model *base, const json_t *params, const c
         loco_quickfix_opts_init(&o);
         o.concept = concept;
         if (target && *target) o.target = target;
-        o.lambda = lambda;
+        if (lam) o.lambda = json_number_value(lam);
+        if (solver) loco_solve_form_from_name(solver, &o.form);
+        o.captions = prompts;
+        o.target_captions = targets;
+        o.n_captions = prompts && targets ? (n_prompts < n_targets ? n_prompts : n_targets) : 0;
+        if (json_object_get(params, "augment")) o.augment = json_is_true(json_object_get(params, "augment"));
+        if (json_object_get(params, "use_eos")) o.use_eos = json_is_true(json_object_get(params, "use_eos"));
+        const char *bias = json_string_value(json_object_get(params, "value_bias"));
+        if (bias) loco_value_bias_from_name(bias, &o.value_bias);
+        const char *enc = json_string_value(json_object_get(params, "encoders"));
+        if (enc) o.encoder = strcmp(enc, "text_encoder") == 0 ? 1 : strcmp(enc, "text_encoder_2") == 0 ? 2 : 0;
+        if (json_object_get(params, "text_layer")) o.layer = (int)json_integer_value(json_object_get(params, "text_layer"));
         st = loco_edit_quickfix(v, &o, &report, err);
     } else {
         loco_neuron_opts o;
@@ -274,6 +306,10 @@ loco_status wk_run_edit(wk_ctx *w, wk_model *base, const json_t *params, const c
         o.layers = layers;
         o.n_layers = n_layers;
         if (json_object_get(params, "neurons")) o.n_neurons = (int)json_integer_value(json_object_get(params, "neurons"));
+        const json_t *pos = json_object_get(params, "position");
+        if (json_is_integer(pos)) o.position = (int)json_integer_value(pos);
+        else if (json_is_string(pos)) o.position = LOCO_NEURON_POS_EOS;
+        if (matrices) edit_matrices_of(matrices, &o.edit_k, &o.edit_v);
         st = loco_edit_neurons(v, &o, &report, err);
     }
     if (!st && report) st = put_json(w, report, "edit.json", artifacts, result, "report_artifact", err);
@@ -302,5 +338,6 @@ loco_status wk_run_edit(wk_ctx *w, wk_model *base, const json_t *params, const c
     free(layers);
     free(prompts);
     free(normal);
+    free(targets);
     return st;
 }

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "artifacts.h"
+#include "edit.h"
 #include "worker.h"
 
 static int read_some(wk_ctx *w, int timeout_ms) {
@@ -191,6 +192,25 @@ static json_t *sites_json(loco_pipeline *p) {
     return arr;
 }
 
+/* The fewest layers of p's text encoders (what a Diff-QuickFix 'text_layer' must stay below). */
+static int text_encoder_layers(loco_pipeline *p) {
+    int fewest = -1;
+    for (int which = 1; which <= 2; which++) {
+        const loco_clip_text *t = loco_pipeline_text_encoder(p, which);
+        if (!t) continue;
+        const int n = loco_clip_text_get_config(t)->num_hidden_layers;
+        if (fewest < 0 || n < fewest) fewest = n;
+    }
+    return fewest < 0 ? 0 : fewest;
+}
+
+/* The largest clip_skip every text encoder of p can honour: SD 1.x/2.x read hidden_states[-(k+1)],
+ * SD-XL [-(k+2)], of num_hidden_layers + 1 states (text_conditioning.c checks the same). */
+static int max_clip_skip(loco_pipeline *p) {
+    const int k = text_encoder_layers(p) + 1 - (loco_pipeline_family(p) == LOCO_FAMILY_SDXL ? 2 : 1);
+    return k < 0 ? 0 : k;
+}
+
 static json_t *model_info(wk_ctx *w, const wk_model *wm) {
     loco_pipeline *p = wm->p;
     const loco_unet_config *uc = loco_unet_get_config(loco_pipeline_unet(p));
@@ -200,7 +220,18 @@ static json_t *model_info(wk_ctx *w, const wk_model *wm) {
     json_object_set_new(info, "size_multiple", json_integer(loco_pipeline_vae_scale(p) << (uc->n_blocks - 1)));
     json_object_set_new(info, "default_scheduler",
                         json_string(loco_scheduler_kind_name(loco_pipeline_default_scheduler(p))));
-    json_object_set_new(info, "cross_attention_layers", json_integer(loco_unet_n_cross(loco_pipeline_unet(p))));
+    const int n_cross = loco_unet_n_cross(loco_pipeline_unet(p));
+    json_object_set_new(info, "cross_attention_layers", json_integer(n_cross));
+    /* what the daemon checks edit requests against before it accepts them (routes_jobs.c) */
+    json_t *channels = json_array();
+    for (int i = 0; i < n_cross; i++)
+        json_array_append_new(channels, json_integer(loco_unet_cross_channels(loco_pipeline_unet(p), i)));
+    json_object_set_new(info, "cross_attention_channels", channels);
+    int win_start, win_size;
+    loco_edit_default_window(loco_pipeline_family(p), &win_start, &win_size);
+    json_object_set_new(info, "edit_window", json_pack("{s:i, s:i}", "start", win_start, "size", win_size));
+    json_object_set_new(info, "max_clip_skip", json_integer(max_clip_skip(p)));
+    json_object_set_new(info, "text_encoder_layers", json_integer(text_encoder_layers(p)));
     json_object_set_new(info, "device", json_string(loco_backend_describe(w->be)));
     json_object_set_new(info, "memory", json_pack("{s:I}", "bytes", (json_int_t)wm->bytes));
     json_object_set_new(info, "sites", sites_json(p));

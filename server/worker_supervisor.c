@@ -295,13 +295,15 @@ static void memory_from(locod_server *srv, const json_t *m) {
 
 /* The edit's parameters without its (possibly long) prompt lists: enough to tell variants apart. */
 static json_t *edit_summary(const json_t *params) {
-    static const char *const keep[] = {"method", "concept", "target", "layers", "lambda", "neurons", "templates", NULL};
+    static const char *const keep[] = {"method", "concept", "target", "layers", "lambda", "lambda_k", "lambda_v",
+                                       "neurons", "templates", "matrices", "solver", "augment", "use_eos",
+                                       "value_bias", "encoders", "text_layer", "position", NULL};
     json_t *o = json_object();
     for (int i = 0; keep[i]; i++) {
         json_t *v = json_object_get(params, keep[i]);
         if (v) json_object_set_new(o, keep[i], json_deep_copy(v));
     }
-    static const char *const counted[] = {"prompts", "normal_prompts", NULL};
+    static const char *const counted[] = {"prompts", "normal_prompts", "target_prompts", NULL};
     for (int i = 0; counted[i]; i++) {
         json_t *v = json_object_get(params, counted[i]);
         char key[32];
@@ -445,7 +447,9 @@ static void on_unloaded(locod_worker *w, json_t *m) {
     locod_server *srv = w->srv;
     const char *name = json_string_value(json_object_get(m, "model"));
     locod_model *md = name ? locod_models_find(srv->models, name) : NULL;
-    if (w->busy == OP_UNLOAD) w->busy = OP_NONE;
+    /* a base's unload reports its variants first, then the base: the worker is free only after
+     * the base, so no job goes out for a variant the registry still lists as resident */
+    if (w->busy == OP_UNLOAD && name && strcmp(name, w->busy_model) == 0) w->busy = OP_NONE;
     memory_from(srv, m);
     if (!md) return;
     locod_metrics_model_event(srv->metrics, "unload");

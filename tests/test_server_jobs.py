@@ -224,9 +224,10 @@ def test_localize_life(d):
 ])
 def test_edit_life_and_generate_from_variant(d, method, extra):
     name = f"sd1-tiny+{method.replace('_', '-')}"
+    # the neuron method ranks by its prompt sets and takes no concept or target
+    subject = {} if method == "neuron" else {"concept": "van gogh", "target": "a painting"}
     j = d.wait(d.submit({"kind": "edit", "model": "sd1-tiny",
-                         "params": {"method": method, "concept": "van gogh", "target": "a painting",
-                                    "variant": name, **extra}})["id"], timeout=120)
+                         "params": {"method": method, **subject, "variant": name, **extra}})["id"], timeout=120)
     assert j["state"] == "succeeded", j
     assert j["result"]["variant"] == name and j["result"]["base"] == "sd1-tiny"
     delta = d.get(j["result"]["delta"]["url"]).content
@@ -236,8 +237,12 @@ def test_edit_life_and_generate_from_variant(d, method, extra):
     assert v["state"] == "loaded" and v["source"] == "variant" and v["base"] == "sd1-tiny"
     assert name in [m["name"] for m in d.get("/v1/models/sd1-tiny/variants").json()["variants"]]
     problem(d.post("/v1/jobs", {"kind": "edit", "model": "sd1-tiny",
-                                "params": {"method": method, "concept": "van gogh", "target": "x", "variant": name,
-                                           **extra}}), 409, "variant_exists")
+                                "params": {"method": method, **subject, "variant": name, **extra}}), 409,
+            "variant_exists")
+    # edits do not stack: refused at once, naming the base to edit instead
+    r = problem(d.post("/v1/jobs", {"kind": "edit", "model": name,
+                                    "params": {"method": method, **subject, **extra}}), 422, "invalid_value")
+    assert "sd1-tiny" in r["detail"] and r["errors"][0]["pointer"] == "/model", r
     g = d.wait(d.submit({**tiny_generate(prompt="a house by van gogh", steps=2, seed=3), "model": name})["id"])
     base = d.wait(d.submit(tiny_generate(prompt="a house by van gogh", steps=2, seed=3))["id"])
     assert g["state"] == "succeeded" and base["state"] == "succeeded"
@@ -402,3 +407,26 @@ def test_retention_prunes_tombstones(tmp_path):
             assert db.execute("SELECT COUNT(*) FROM expired_jobs").fetchone()[0] == 0
         finally:
             db.close()
+
+
+def test_edit_and_clip_skip_checked_against_the_model_before_acceptance(tmp_path):
+    """What only the model can say (its layer count, its text encoders' depth) is checked when
+    the job is posted, not by a job that is accepted and then fails."""
+    with Daemon(tmp_path, "xl", load=("sdxl-tiny",)) as d:
+        # SD-XL's default LocoEdit window starts at layer 45; the tiny UNet has 17
+        r = problem(d.post("/v1/jobs", {"kind": "edit", "model": "sdxl-tiny",
+                                        "params": {"method": "locoedit", "concept": "van gogh"}}), 422,
+                    "missing_field")
+        assert "give 'layers'" in r["detail"], r
+        r = problem(d.post("/v1/jobs", {**tiny_generate(clip_skip=11), "model": "sdxl-tiny"}), 422, "out_of_range")
+        assert r["errors"][0]["pointer"] == "/params/clip_skip", r
+        j = d.wait(d.submit({"kind": "edit", "model": "sdxl-tiny",
+                             "params": {"method": "locoedit", "concept": "van gogh", "layers": [15, 16],
+                                        "matrices": ["to_v"], "lambda_v": 0.05}})["id"],
+                   timeout=120)
+        assert j["state"] == "succeeded", j
+        assert j["params"]["matrices"] == ["to_v"] and j["params"]["lambda_k"] == 0.01, j["params"]
+        # only the value projections of the two layers changed
+        delta = d.get(j["result"]["delta"]["url"]).content
+        names = [k for k in json.loads(delta[8:8 + int.from_bytes(delta[:8], "little")]) if k != "__metadata__"]
+        assert len(names) == 2 and all(n.endswith("attn2.to_v.weight") for n in names), names

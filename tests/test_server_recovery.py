@@ -5,7 +5,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "integration"))
-from locod_harness import CRASH, DEVICE_FAULT, HANG, SLOW, Daemon, tiny_generate  # noqa: E402
+from locod_harness import CRASH, DEVICE_FAULT, HANG, MODELS, SLOW, Daemon, tiny_generate  # noqa: E402
 
 
 def test_kill9_restart_accounts_for_every_job(tmp_path):
@@ -113,3 +113,53 @@ def test_second_daemon_on_same_data_dir_refuses(tmp_path):
         j = d.wait(job["id"])
         assert j["state"] == "succeeded", j
         assert d.get(j["result"]["images"][0]["url"]).status_code == 200
+
+
+def test_models_loaded_through_the_api_load_again_after_restart(tmp_path):
+    d = Daemon(tmp_path, "resident").start()
+    assert d.post("/v1/models/sd2-tiny/load").status_code in (200, 202)
+    deadline = time.time() + 60
+    while d.get("/v1/models/sd2-tiny").json()["state"] != "loaded":
+        assert time.time() < deadline, d.log()[-2000:]
+        time.sleep(0.05)
+    blocker = d.submit(tiny_generate(prompt=SLOW, steps=20))
+    queued = d.submit({**tiny_generate(steps=1), "model": "sd2-tiny"})
+    d.wait_running(blocker["id"])
+    d.kill9()
+    d.start()
+    # the job queued for the API-loaded model finds it resident again
+    j = d.wait(queued["id"])
+    assert j["state"] == "succeeded", j
+    assert d.get("/v1/models/sd2-tiny").json()["state"] == "loaded"
+    # unloaded through the API: a restart leaves it unloaded
+    assert d.post("/v1/models/sd2-tiny/unload").status_code in (200, 202)
+    deadline = time.time() + 30
+    while d.get("/v1/models/sd2-tiny").json()["state"] != "available":
+        assert time.time() < deadline
+        time.sleep(0.05)
+    assert d.stop() == 0
+    d.start()
+    assert d.get("/v1/models/sd2-tiny").json()["state"] == "available"
+    assert d.get("/v1/models/sd1-tiny").json()["state"] == "loaded"
+    d.stop()
+
+
+def test_readyz_reports_a_start_up_model_that_failed_to_load(tmp_path):
+    root = tmp_path / "roots"
+    (root / "broken-model").mkdir(parents=True)
+    (root / "broken-model" / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
+    d = Daemon(tmp_path, "ready", load=("sd1-tiny", "broken-model"),
+               extra={"model_roots": [str(MODELS), str(root)]}).start(wait_models=False)
+    deadline = time.time() + 60
+    while True:
+        r = d.get("/readyz")
+        reasons = r.json()["reasons"]
+        if any("broken-model failed to load" in x for x in reasons):
+            break
+        assert time.time() < deadline, (r.status_code, r.text)
+        time.sleep(0.05)
+    assert r.status_code == 503 and r.headers.get("Retry-After"), r.text
+    assert d.get("/v1/models/broken-model").json()["state"] == "failed"
+    # the other start-up model serves meanwhile
+    assert d.wait(d.submit(tiny_generate(steps=1))["id"])["state"] == "succeeded"
+    d.stop()

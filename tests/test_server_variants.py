@@ -15,7 +15,7 @@ from locod_harness import Daemon, problem, tiny_generate  # noqa: E402
 EDITS = {
     "sd1-tiny-loco": {"method": "locoedit", "concept": "van gogh", "target": "a painting", "layers": [4, 5]},
     # neuron edits are ablations, not weights: the delta carries them too
-    "sd1-tiny-neuron": {"method": "neuron", "concept": "van gogh", "target": "a painting", "layers": [4, 5], "neurons": 4,
+    "sd1-tiny-neuron": {"method": "neuron", "layers": [4, 5], "neurons": 4,
                         "prompts": ["a house by van gogh", "a tree by van gogh"],
                         "normal_prompts": ["a house", "a tree"]},
 }
@@ -171,3 +171,19 @@ def test_variant_whose_delta_is_gone_fails_clearly(tmp_path):
     assert d.post("/v1/models/sd1-tiny-loco/unload").status_code == 200
     problem(d.get("/v1/models/sd1-tiny-loco"), 404, "unknown_model")
     d.stop()
+
+
+def test_unloading_a_base_with_two_variants_fails_their_queued_jobs_alike(tmp_path):
+    from locod_harness import SLOW
+    with Daemon(tmp_path, "v2") as d:
+        edit(d, "keepme", EDITS["sd1-tiny-loco"])
+        edit(d, "second", EDITS["sd1-tiny-loco"])
+        blocker = d.submit(tiny_generate(prompt=SLOW, steps=20))
+        queued = [d.submit({**tiny_generate(steps=1), "model": m})["id"] for m in ("keepme", "second")]
+        d.wait_running(blocker["id"])
+        assert d.post("/v1/models/sd1-tiny/unload").status_code in (200, 202)
+        for jid in queued:
+            j = d.wait(jid, timeout=120)
+            # both as the contract says: retryable model_not_loaded, never a worker-side job_error
+            assert j["state"] == "failed" and j["error"]["code"] == "model_not_loaded", j
+            assert j["error"]["retryable"] is True, j
