@@ -17,8 +17,14 @@ loco_status loco_locogen_grid(const loco_locogen_result *r, int pad, loco_image 
 static json_t *window_json(const loco_locogen_window *w, const loco_pipeline *p) {
     json_t *o = json_object();
     if (w->start >= 0) {
+        /* end is the window's last layer (inclusive), and indices spells the window out, so
+         * "layers 8..9" cannot be misread as a three-layer window */
         json_object_set_new(o, "start", json_integer(w->start));
         json_object_set_new(o, "end", json_integer(w->end - 1));
+        json_object_set_new(o, "size", json_integer(w->end - w->start));
+        json_t *indices = json_array();
+        for (int l = w->start; l < w->end; l++) json_array_append_new(indices, json_integer(l));
+        json_object_set_new(o, "indices", indices);
         json_t *layers = json_array();
         /* the layers' module paths, so a result reads without the model at hand */
         int ns;

@@ -110,6 +110,19 @@ int loco_pf_string(const json_t *obj, const char *pointer, const char *key, int 
     return 0;
 }
 
+int loco_json_integral(const json_t *v, json_int_t *out) {
+    if (json_is_integer(v)) {
+        *out = json_integer_value(v);
+        return 1;
+    }
+    /* JSON Schema counts 4.0 as an integer, and so do clients that only have doubles (JavaScript);
+     * 2^63 itself is out of int64's range, hence the strict upper bound */
+    const double d = json_is_real(v) ? json_real_value(v) : 0.5;
+    if (d != floor(d) || d < -9223372036854775808.0 || d >= 9223372036854775808.0) return 0;
+    *out = (json_int_t)d;
+    return 1;
+}
+
 int loco_pf_int(const json_t *obj, const char *pointer, const char *key, int required, int64_t lo, int64_t hi,
                 int64_t *out, int *present, loco_proto_error *e) {
     char p[160];
@@ -117,9 +130,9 @@ int loco_pf_int(const json_t *obj, const char *pointer, const char *key, int req
     const json_t *v = member(obj, pointer, key, required, present, p, sizeof p, &err, e);
     if (err) return -1;
     if (!v) return 0;
-    if (!json_is_integer(v))
+    json_int_t x;
+    if (!loco_json_integral(v, &x))
         return loco_proto_fail(e, 422, "invalid_type", p, "'%s' must be an integer, not %s", key, type_name(v));
-    json_int_t x = json_integer_value(v);
     if (x < lo || x > hi)
         return loco_proto_fail(e, 422, "out_of_range", p, "'%s' must be between %lld and %lld (got %lld)", key,
                                (long long)lo, (long long)hi, (long long)x);

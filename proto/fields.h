@@ -30,6 +30,9 @@ int loco_pf_object(const json_t *obj, const char *pointer, const char *const *al
  * optional ones leave *out untouched and return 0 with *present = 0 (present may be NULL). */
 int loco_pf_string(const json_t *obj, const char *pointer, const char *key, int required, size_t min_chars,
                    size_t max_chars, const char **out, int *present, loco_proto_error *e);
+/* 1 when v is a JSON integer or a number with an integral value in int64's range (4.0), with
+ * the value in *out; 0 otherwise. */
+int loco_json_integral(const json_t *v, json_int_t *out);
 int loco_pf_int(const json_t *obj, const char *pointer, const char *key, int required, int64_t lo, int64_t hi,
                 int64_t *out, int *present, loco_proto_error *e);
 int loco_pf_number(const json_t *obj, const char *pointer, const char *key, int required, double lo, double hi,

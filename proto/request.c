@@ -31,7 +31,9 @@ int loco_name_valid(const char *name) {
 
 int loco_params_sampler(const json_t *p, const char *ptr, const loco_proto_limits *lim, uint64_t random_seed,
                         int batch, json_t *out, loco_proto_error *e) {
-    int64_t seed = (int64_t)(random_seed & 0x7fffffffffffffffULL), steps = lim->default_steps, w = 0, h = 0, cs = 0;
+    /* a server-chosen seed stays below 2^53: dashboards read job JSON with JavaScript, whose
+     * numbers round larger integers, and a rounded seed reproduces another image */
+    int64_t seed = (int64_t)(random_seed & ((1ULL << 53) - 1)), steps = lim->default_steps, w = 0, h = 0, cs = 0;
     int hw = 0, hh = 0, has_g = 0, has_s = 0, has_k = 0, has_cs = 0, karras = 0;
     double g = 0;
     const char *sched = NULL;

@@ -28,22 +28,33 @@ static int string_items(const json_t *a, const char *ptr, const char *key, size_
     return 0;
 }
 
-/* Every item an integer in lo..hi, no duplicates. */
-static int int_items(const json_t *a, const char *ptr, const char *key, int64_t lo, int64_t hi, loco_proto_error *e) {
+/* Every item an integer in lo..hi (4.0 counts), no duplicates. *norm: a new array of the items
+ * as JSON integers, what the normalised params keep. */
+static int int_items(const json_t *a, const char *ptr, const char *key, int64_t lo, int64_t hi, json_t **norm,
+                     loco_proto_error *e) {
     size_t i, j;
     const json_t *v;
+    json_t *out = json_array();
     json_array_foreach(a, i, v) {
         char p[200];
         snprintf(p, sizeof p, "%s/%s/%zu", ptr, key, i);
-        if (!json_is_integer(v)) return loco_proto_fail(e, 422, "invalid_type", p, "items of '%s' must be integers", key);
-        json_int_t x = json_integer_value(v);
-        if (x < lo || x > hi)
-            return loco_proto_fail(e, 422, "out_of_range", p, "items of '%s' must be between %lld and %lld (got %lld)",
-                                   key, (long long)lo, (long long)hi, (long long)x);
-        for (j = 0; j < i; j++)
-            if (json_integer_value(json_array_get(a, j)) == x)
-                return loco_proto_fail(e, 422, "invalid_value", p, "'%s' lists %lld twice", key, (long long)x);
+        json_int_t x;
+        int bad = 0;
+        if (!loco_json_integral(v, &x))
+            bad = loco_proto_fail(e, 422, "invalid_type", p, "items of '%s' must be integers", key);
+        else if (x < lo || x > hi)
+            bad = loco_proto_fail(e, 422, "out_of_range", p, "items of '%s' must be between %lld and %lld (got %lld)",
+                                  key, (long long)lo, (long long)hi, (long long)x);
+        for (j = 0; !bad && j < i; j++)
+            if (json_integer_value(json_array_get(out, j)) == x)
+                bad = loco_proto_fail(e, 422, "invalid_value", p, "'%s' lists %lld twice", key, (long long)x);
+        if (bad) {
+            json_decref(out);
+            return -1;
+        }
+        json_array_append_new(out, json_integer(x));
     }
+    *norm = out;
     return 0;
 }
 
@@ -86,7 +97,6 @@ int loco_params_trace(const json_t *p, const char *ptr, const loco_proto_limits 
         loco_pf_string(p, ptr, "score_prompt", 0, 1, maxc, &score, &has_score, e))
         return -1;
     if (components && string_items(components, ptr, "components", 1, 200, e)) return -1;
-    if (positions && int_items(positions, ptr, "positions", 0, 76, e)) return -1;
     char pp[200];
     if (!contains_ci(prompt, subject)) {
         snprintf(pp, sizeof pp, "%s/subject", ptr);
@@ -103,12 +113,14 @@ int loco_params_trace(const json_t *p, const char *ptr, const loco_proto_limits 
         snprintf(pp, sizeof pp, "%s/positions", ptr);
         return loco_proto_fail(e, 422, "invalid_value", pp, "'positions' applies only to target 'text_encoder'");
     }
+    json_t *positions_n = NULL;
+    if (positions && int_items(positions, ptr, "positions", 0, 76, &positions_n, e)) return -1;
     json_t *o = json_object();
     json_object_set_new(o, "prompt", json_string(prompt));
     json_object_set_new(o, "subject", json_string(subject));
     json_object_set_new(o, "target", json_string(target));
     if (components) json_object_set_new(o, "components", json_deep_copy(components));
-    if (positions) json_object_set_new(o, "positions", json_deep_copy(positions));
+    if (positions_n) json_object_set_new(o, "positions", positions_n);
     json_object_set_new(o, "noise_scale", json_real(noise));
     if (has_score) json_object_set_new(o, "score_prompt", json_string(score));
     if (loco_params_sampler(p, ptr, lim, random_seed, 1, o, e)) {
@@ -139,8 +151,6 @@ int loco_params_localize(const json_t *p, const char *ptr, const loco_proto_limi
         return -1;
     if (string_items(prompts, ptr, "prompts", 1, maxc, e) || string_items(altered, ptr, "altered_prompts", 1, maxc, e))
         return -1;
-    if (starts && int_items(starts, ptr, "starts", 0, 1023, e)) return -1;
-    if (seeds && int_items(seeds, ptr, "seeds", 0, INT64_MAX, e)) return -1;
     if (json_array_size(prompts) != json_array_size(altered)) {
         char pp[200];
         snprintf(pp, sizeof pp, "%s/altered_prompts", ptr);
@@ -148,17 +158,24 @@ int loco_params_localize(const json_t *p, const char *ptr, const loco_proto_limi
                                "'altered_prompts' must have one entry per prompt (%zu prompts, %zu altered)",
                                json_array_size(prompts), json_array_size(altered));
     }
+    json_t *starts_n = NULL, *seeds_n = NULL;
+    if (starts && int_items(starts, ptr, "starts", 0, 1023, &starts_n, e)) return -1;
+    if (seeds && int_items(seeds, ptr, "seeds", 0, INT64_MAX, &seeds_n, e)) {
+        json_decref(starts_n);
+        return -1;
+    }
     json_t *o = json_object();
     json_object_set_new(o, "prompts", json_deep_copy(prompts));
     json_object_set_new(o, "altered_prompts", json_deep_copy(altered));
     json_object_set_new(o, "window", json_integer(window));
-    if (starts) json_object_set_new(o, "starts", json_deep_copy(starts));
+    if (starts_n) json_object_set_new(o, "starts", starts_n);
     json_object_set_new(o, "attribute", json_string(attribute));
     if (loco_params_sampler(p, ptr, lim, random_seed, 1, o, e)) {
         json_decref(o);
+        json_decref(seeds_n);
         return -1;
     }
-    json_object_set_new(o, "seeds", seeds ? json_deep_copy(seeds) : json_pack("[O]", json_object_get(o, "seed")));
+    json_object_set_new(o, "seeds", seeds_n ? seeds_n : json_pack("[O]", json_object_get(o, "seed")));
     *out = o;
     return 0;
 }
@@ -313,7 +330,6 @@ int loco_params_edit(const json_t *p, const char *ptr, const loco_proto_limits *
         loco_pf_string(p, ptr, "variant", 0, 1, LOCO_MODEL_NAME_MAX, &variant, &has_variant, e) ||
         loco_pf_enum(p, ptr, "export", 0, exports, &exp, NULL, e))
         return -1;
-    if (layers && int_items(layers, ptr, "layers", 0, 1023, e)) return -1;
     if (prompts && string_items(prompts, ptr, "prompts", 1, maxc, e)) return -1;
     if (normal && string_items(normal, ptr, "normal_prompts", 1, maxc, e)) return -1;
     if (tprompts && string_items(tprompts, ptr, "target_prompts", 1, maxc, e)) return -1;
@@ -321,7 +337,8 @@ int loco_params_edit(const json_t *p, const char *ptr, const loco_proto_limits *
     char pp[200];
     /* position: a token index (76 in the released code) or "eos", each prompt's first EOS */
     const json_t *pos = json_object_get(p, "position");
-    if (pos && !(json_is_integer(pos) && json_integer_value(pos) >= 0 && json_integer_value(pos) <= 1023) &&
+    json_int_t pos_i = 76;
+    if (pos && !(loco_json_integral(pos, &pos_i) && pos_i >= 0 && pos_i <= 1023) &&
         !(json_is_string(pos) && strcmp(json_string_value(pos), "eos") == 0)) {
         snprintf(pp, sizeof pp, "%s/position", ptr);
         return loco_proto_fail(e, 422, "invalid_value", pp,
@@ -332,7 +349,12 @@ int loco_params_edit(const json_t *p, const char *ptr, const loco_proto_limits *
         return loco_proto_fail(e, 422, "invalid_value", pp,
                                "'variant' must be a model name (letters, digits, '.', '_', '+', '-')");
     }
-    if (edit_method_rules(p, ptr, method, layers, prompts, normal, e)) return -1;
+    json_t *layers_n = NULL;
+    if (layers && int_items(layers, ptr, "layers", 0, 1023, &layers_n, e)) return -1;
+    if (edit_method_rules(p, ptr, method, layers_n, prompts, normal, e)) {
+        json_decref(layers_n);
+        return -1;
+    }
     const int quickfix = strcmp(method, "diff_quickfix") == 0, neuron = strcmp(method, "neuron") == 0;
     json_t *o = json_object();
     json_object_set_new(o, "method", json_string(method));
@@ -342,7 +364,7 @@ int loco_params_edit(const json_t *p, const char *ptr, const loco_proto_limits *
         json_object_set_new(o, "lambda", json_real(lambda));
         json_object_set_new(o, "solver", json_string(solver));
     }
-    if (layers) json_object_set_new(o, "layers", json_deep_copy(layers));
+    if (layers_n) json_object_set_new(o, "layers", layers_n);
     if (strcmp(method, "locoedit") == 0) {
         json_object_set_new(o, "lambda_k", json_real(has_lk ? lambda_k : lambda));
         json_object_set_new(o, "lambda_v", json_real(has_lv ? lambda_v : lambda));
@@ -363,7 +385,7 @@ int loco_params_edit(const json_t *p, const char *ptr, const loco_proto_limits *
     }
     if (neuron) {
         json_object_set_new(o, "neurons", json_integer(neurons));
-        json_object_set_new(o, "position", pos ? json_deep_copy(pos) : json_integer(76));
+        json_object_set_new(o, "position", json_is_string(pos) ? json_string("eos") : json_integer(pos_i));
     }
     if (prompts) json_object_set_new(o, "prompts", json_deep_copy(prompts));
     if (normal) json_object_set_new(o, "normal_prompts", json_deep_copy(normal));

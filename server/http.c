@@ -141,6 +141,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         *con_cls = r;
         const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Length");
         if (cl && strtoll(cl, NULL, 10) > srv->cfg->max_body_bytes) r->too_large = 1;
+        /* answered now, before any of the body is read: a client that sent 'Expect: 100-continue'
+         * gets the 413 instead of a 100 and never uploads the body */
+        if (r->too_large) return handle(r);
         return MHD_YES;
     }
     if (*upload_data_size) {

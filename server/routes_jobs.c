@@ -185,12 +185,17 @@ static enum MHD_Result create(locod_req *r) {
         loco_job_request_release(&req);
         return res;
     }
-    if (req.kind == LOCO_JOB_EDIT && json_object_get(req.params, "variant") &&
-        locod_models_find(srv->models, json_string_value(json_object_get(req.params, "variant")))) {
+    const char *variant = json_string_value(json_object_get(req.params, "variant"));
+    if (req.kind == LOCO_JOB_EDIT && variant &&
+        (locod_models_find(srv->models, variant) || locod_store_variant_pending(srv->store, variant))) {
+        const int pending = !locod_models_find(srv->models, variant);
         pthread_mutex_unlock(&srv->mu);
         res = locod_problem(r, 409, "variant_exists", "/params/variant", NULL,
-                            "a model named '%s' already exists; choose another variant name (or unload that variant)",
-                            json_string_value(json_object_get(req.params, "variant")));
+                            pending ? "an edit job already queued or running creates a variant named '%s'; choose "
+                                      "another variant name"
+                                    : "a model named '%s' already exists; choose another variant name (or unload "
+                                      "that variant)",
+                            variant);
         loco_job_request_release(&req);
         return res;
     }
@@ -383,6 +388,8 @@ static enum MHD_Result cancel(locod_req *r, const char *id) {
     int status = 200;
     if (row.state == LOCO_JOB_QUEUED) {
         locod_queue_remove(srv->queue, row.id);
+        /* recorded as asked for, like a running job's cancel: the job says why it ended */
+        locod_store_set_cancel_requested(srv->store, row.id, NULL);
         locod_finish_job(srv, row.id, row.kind, row.key_id, LOCO_JOB_CANCELLED, 0, "cancelled",
                          "cancelled at the client's request before it started", 0, NULL, NULL);
     } else if (row.state == LOCO_JOB_RUNNING) {

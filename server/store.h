@@ -130,6 +130,9 @@ int locod_store_variant_delete(locod_store *s, const char *name, char orphan_sha
 typedef void (*locod_variant_fn)(void *ctx, const locod_variant_row *v);
 int locod_store_variants_each(locod_store *s, locod_variant_fn fn, void *ctx, loco_err *err);
 
+/* 1 when a queued or running edit job will create a variant of this name. */
+int locod_store_variant_pending(locod_store *s, const char *name);
+
 /* ---- resident models ----
  * The models an admin loaded through the API (POST /v1/models/{name}/load) and has not unloaded
  * since: a restarted daemon loads them again, with its config's load_at_start, so the jobs

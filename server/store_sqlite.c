@@ -248,8 +248,8 @@ int locod_store_mark_running(locod_store *s, const char *id, int64_t now, loco_e
 
 int locod_store_set_cancel_requested(locod_store *s, const char *id, loco_err *err) {
     sqlite3_stmt *st;
-    if (sqlite3_prepare_v2(s->db, "UPDATE jobs SET cancel_requested=1 WHERE id=? AND state='running'", -1, &st,
-                           NULL) != SQLITE_OK)
+    if (sqlite3_prepare_v2(s->db, "UPDATE jobs SET cancel_requested=1 WHERE id=? AND state IN ('queued', 'running')",
+                           -1, &st, NULL) != SQLITE_OK)
         return db_err(s, err, "cancel"), -1;
     sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
     return exec_changes(s, st, err, "cancel");
@@ -681,4 +681,17 @@ int locod_store_residents_each(locod_store *s, locod_name_fn fn, void *ctx, loco
         return -1;
     }
     return n;
+}
+
+int locod_store_variant_pending(locod_store *s, const char *name) {
+    sqlite3_stmt *st;
+    if (sqlite3_prepare_v2(s->db,
+                           "SELECT 1 FROM jobs WHERE state IN ('queued', 'running') AND kind = 'edit' "
+                           "AND json_extract(params, '$.variant') = ? LIMIT 1",
+                           -1, &st, NULL) != SQLITE_OK)
+        return 0; /* unsure: the worker refuses a taken name when the job runs */
+    sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+    int found = sqlite3_step(st) == SQLITE_ROW;
+    sqlite3_finalize(st);
+    return found;
 }

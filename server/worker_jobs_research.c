@@ -189,8 +189,13 @@ loco_status wk_run_localize(wk_ctx *w, loco_pipeline *p, const json_t *params, j
     if (!st) st = loco_locogen_grid(&r, 2, &grid, err);
     json_t *im = put_png(w, &grid, "windows-grid.png", artifacts, &st, err);
     if (!st) {
-        const loco_locogen_window *b = &r.windows[r.best];
-        json_object_set_new(result, "best_window", json_pack("{s:i, s:i}", "start", b->start, "end", b->end));
+        /* the report's best window, in the report's words (end inclusive, indices spelled out) */
+        static const char *const keep[] = {"start", "end", "size", "indices", "layers", NULL};
+        const json_t *rb = json_object_get(report, "best_window");
+        json_t *best = json_object();
+        for (int k = 0; keep[k]; k++)
+            if (json_object_get(rb, keep[k])) json_object_set(best, keep[k], json_object_get(rb, keep[k]));
+        json_object_set_new(result, "best_window", best);
         json_object_set_new(result, "grid", im);
         im = NULL;
         json_object_set_new(result, "report", report);

@@ -184,6 +184,24 @@ def test_body_too_large(d):
     assert d.alive()
 
 
+def test_oversize_body_refused_before_it_is_sent(d):
+    # a client that asks first (Expect: 100-continue) gets the 413 instead of a 100 Continue,
+    # so it never uploads the body
+    with socket.create_connection(("127.0.0.1", d.port), timeout=5) as s:
+        s.sendall(b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Authorization: Bearer " + KEY.encode() + b"\r\nExpect: 100-continue\r\n"
+                  b"Content-Length: 10000000\r\n\r\n")
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            head += chunk
+    assert head.startswith(b"HTTP/1.1 413 "), head[:200]
+    assert b"100 Continue" not in head and b"application/problem+json" in head, head[:400]
+    assert d.alive()
+
+
 def test_raw_garbage_on_the_socket(d):
     for payload in (b"\x00\x01\x02garbage\r\n\r\n", b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\n\r\n",
                     b"POST /v1/jobs HTTP/1.1\r\nContent-Length: -5\r\n\r\n"):

@@ -120,7 +120,8 @@ def test_queue_position_and_cancel_queued(d):
     assert positions == [0, 1, 2], positions
     r = d.post(f"/v1/jobs/{queued[1]['id']}/cancel")
     assert r.status_code == 200 and r.json()["state"] == "cancelled", r.text
-    assert r.json()["error"]["code"] == "cancelled"
+    assert r.json()["error"]["code"] == "cancelled" and r.json()["cancel_requested"] is True, r.text
+    assert d.job(queued[1]["id"])["cancel_requested"] is True
     assert d.job(queued[2]["id"])["queue_position"] == 1
     problem(d.post(f"/v1/jobs/{queued[1]['id']}/cancel"), 409, "job_finished")
     # running cancel: stops between two model calls
@@ -212,7 +213,11 @@ def test_localize_life(d):
                                     "steps": 2, "width": 64, "height": 64}})["id"], timeout=120)
     assert j["state"] == "succeeded", j
     best = j["result"]["best_window"]
-    assert best["start"] in (0, 4, 8) and best["end"] == best["start"] + 2
+    # end is the window's last layer, as in the report; indices spell the window out
+    assert best["start"] in (0, 4, 8) and best["end"] == best["start"] + 1 and best["size"] == 2
+    assert best["indices"] == [best["start"], best["start"] + 1] and len(best["layers"]) == 2
+    report = j["result"]["report"]["best_window"]
+    assert {k: report[k] for k in best} == best
     assert d.get(j["result"]["grid"]["url"]).content[:4] == b"\x89PNG"
 
 
@@ -430,3 +435,31 @@ def test_edit_and_clip_skip_checked_against_the_model_before_acceptance(tmp_path
         delta = d.get(j["result"]["delta"]["url"]).content
         names = [k for k in json.loads(delta[8:8 + int.from_bytes(delta[:8], "little")]) if k != "__metadata__"]
         assert len(names) == 2 and all(n.endswith("attn2.to_v.weight") for n in names), names
+
+
+def test_integral_numbers_count_as_integers_and_server_seeds_fit_javascript(d):
+    # JSON Schema (and JavaScript clients) count 2.0 as an integer; the job keeps it as 2
+    body = tiny_generate(steps=2.0, size=64.0)
+    body["params"].pop("seed")
+    j = d.wait(d.submit(body)["id"])
+    assert j["state"] == "succeeded", j
+    assert j["params"]["steps"] == 2 and isinstance(j["params"]["steps"], int) and j["params"]["width"] == 64
+    # a seed the server chose survives a round trip through a JavaScript number
+    assert 0 <= j["params"]["seed"] < 2 ** 53, j["params"]["seed"]
+    problem(d.post("/v1/jobs", tiny_generate(steps=2.5)), 422, "invalid_type")
+    loc = d.submit({"kind": "localize", "model": "sd1-tiny",
+                    "params": {"prompts": ["a house by van gogh"], "altered_prompts": ["a house"], "starts": [1.0],
+                               "seeds": [3.0], "steps": 1, "width": 64, "height": 64}})
+    assert loc["params"]["starts"] == [1] and loc["params"]["seeds"] == [3], loc["params"]
+    assert d.post(f"/v1/jobs/{loc['id']}/cancel").status_code in (200, 202)
+
+
+def test_a_variant_name_taken_by_a_queued_edit_is_refused_at_once(d):
+    blocker = d.submit(tiny_generate(prompt=SLOW, steps=10))
+    params = {"method": "locoedit", "concept": "van gogh", "layers": [4, 5], "variant": "v-race"}
+    first = d.submit({"kind": "edit", "model": "sd1-tiny", "params": params})
+    r = problem(d.post("/v1/jobs", {"kind": "edit", "model": "sd1-tiny", "params": params}), 409, "variant_exists")
+    assert "already queued or running" in r["detail"], r
+    assert d.post(f"/v1/jobs/{first['id']}/cancel").status_code == 200
+    assert d.post(f"/v1/jobs/{blocker['id']}/cancel").status_code in (200, 202)
+    d.wait(blocker["id"])
