@@ -202,7 +202,7 @@ static int key_in(const char *const *keys, const char *k) {
 }
 
 static int edit_keys_apply(const json_t *p, const char *ptr, const char *method, loco_proto_error *e) {
-    static const char *const common[] = {"method", "variant", "export", NULL};
+    static const char *const common[] = {"method", "variant", "export", "export_dtype", NULL};
     const char *const *keys = NULL;
     for (int i = 0; edit_methods[i].method; i++)
         if (strcmp(edit_methods[i].method, method) == 0) keys = edit_methods[i].keys;
@@ -217,7 +217,7 @@ static int edit_keys_apply(const json_t *p, const char *ptr, const char *method,
             n += (size_t)snprintf(list + n, sizeof list - n, "%s%s", i ? ", " : "", keys[i]);
         snprintf(pp, sizeof pp, "%s/%.100s", ptr, k);
         return loco_proto_fail(e, 422, "unknown_field", pp,
-                               "'%.100s' does not apply to the %s method; it reads %s (and method, variant, export)", k,
+                               "'%.100s' does not apply to the %s method; it reads %s (and method, variant, export, export_dtype)", k,
                                method, list);
     }
     return 0;
@@ -294,15 +294,16 @@ int loco_params_edit(const json_t *p, const char *ptr, const loco_proto_limits *
     static const char *const keys[] = {"method", "concept", "target", "layers", "lambda", "lambda_k", "lambda_v",
                                        "templates", "neurons", "prompts", "normal_prompts", "target_prompts",
                                        "matrices", "solver", "augment", "use_eos", "value_bias", "encoders",
-                                       "text_layer", "position", "variant", "export", NULL};
+                                       "text_layer", "position", "variant", "export", "export_dtype", NULL};
     static const char *const methods[] = {"locoedit", "diff_quickfix", "neuron", NULL};
     static const char *const templates[] = {"style", "object", "none", NULL};
-    static const char *const exports[] = {"delta", "none", NULL};
+    static const char *const exports[] = {"delta", "folder", "none", NULL};
+    static const char *const export_dtypes[] = {"keep", "f32", "f16", "bf16", NULL};
     static const char *const solvers[] = {"auto", "full", "push_through", NULL};
     static const char *const biases[] = {"keep", "subtract", NULL};
     static const char *const encoders[] = {"both", "text_encoder", "text_encoder_2", NULL};
     const char *method = NULL, *concept = NULL, *target = "", *tmpl = "style", *variant = NULL, *exp = "delta",
-               *solver = "auto", *bias = "keep", *enc = "both";
+               *solver = "auto", *bias = "keep", *enc = "both", *exp_dtype = "keep";
     const json_t *layers = NULL, *prompts = NULL, *normal = NULL, *tprompts = NULL, *matrices = NULL;
     double lambda = 0.01, lambda_k = 0, lambda_v = 0;
     int64_t neurons = 50, text_layer = 0;
@@ -328,7 +329,8 @@ int loco_params_edit(const json_t *p, const char *ptr, const loco_proto_limits *
         loco_pf_enum(p, ptr, "encoders", 0, encoders, &enc, NULL, e) ||
         loco_pf_int(p, ptr, "text_layer", 0, 0, 1023, &text_layer, NULL, e) ||
         loco_pf_string(p, ptr, "variant", 0, 1, LOCO_MODEL_NAME_MAX, &variant, &has_variant, e) ||
-        loco_pf_enum(p, ptr, "export", 0, exports, &exp, NULL, e))
+        loco_pf_enum(p, ptr, "export", 0, exports, &exp, NULL, e) ||
+        loco_pf_enum(p, ptr, "export_dtype", 0, export_dtypes, &exp_dtype, NULL, e))
         return -1;
     if (prompts && string_items(prompts, ptr, "prompts", 1, maxc, e)) return -1;
     if (normal && string_items(normal, ptr, "normal_prompts", 1, maxc, e)) return -1;
@@ -348,6 +350,16 @@ int loco_params_edit(const json_t *p, const char *ptr, const loco_proto_limits *
         snprintf(pp, sizeof pp, "%s/variant", ptr);
         return loco_proto_fail(e, 422, "invalid_value", pp,
                                "'variant' must be a model name (letters, digits, '.', '_', '+', '-')");
+    }
+    if (strcmp(method, "neuron") == 0 && strcmp(exp, "folder") == 0) {
+        snprintf(pp, sizeof pp, "%s/export", ptr);
+        return loco_proto_fail(e, 422, "invalid_value", pp,
+                               "a neuron edit ablates channels on the conditional branch at inference, which no "
+                               "diffusers weight can express: export 'delta' (loco applies it) instead of 'folder'");
+    }
+    if (json_object_get(p, "export_dtype") && strcmp(exp, "folder") != 0) {
+        snprintf(pp, sizeof pp, "%s/export_dtype", ptr);
+        return loco_proto_fail(e, 422, "invalid_value", pp, "'export_dtype' applies only to export 'folder'");
     }
     json_t *layers_n = NULL;
     if (layers && int_items(layers, ptr, "layers", 0, 1023, &layers_n, e)) return -1;
@@ -392,6 +404,7 @@ int loco_params_edit(const json_t *p, const char *ptr, const loco_proto_limits *
     if (tprompts) json_object_set_new(o, "target_prompts", json_deep_copy(tprompts));
     if (has_variant) json_object_set_new(o, "variant", json_string(variant));
     json_object_set_new(o, "export", json_string(exp));
+    if (strcmp(exp, "folder") == 0) json_object_set_new(o, "export_dtype", json_string(exp_dtype));
     *out = o;
     return 0;
 }

@@ -37,6 +37,27 @@ static int mkdir_p(const char *path) {
     return 0;
 }
 
+void locod_remove_tree(const char *path) {
+    struct stat sb;
+    if (lstat(path, &sb)) return;
+    if (!S_ISDIR(sb.st_mode)) {
+        unlink(path);
+        return;
+    }
+    DIR *d = opendir(path);
+    if (d) {
+        struct dirent *e;
+        while ((e = readdir(d))) {
+            if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
+            char sub[PATH_MAX + 260];
+            snprintf(sub, sizeof sub, "%s/%s", path, e->d_name);
+            locod_remove_tree(sub);
+        }
+        closedir(d);
+    }
+    rmdir(path);
+}
+
 loco_status locod_artifacts_init(const char *root, loco_err *err) {
     char tmp[4096];
     snprintf(tmp, sizeof tmp, "%s/tmp", root);
@@ -48,7 +69,7 @@ loco_status locod_artifacts_init(const char *root, loco_err *err) {
             if (e->d_name[0] == '.') continue;
             char p[4400];
             snprintf(p, sizeof p, "%s/%s", tmp, e->d_name);
-            unlink(p);
+            locod_remove_tree(p); /* a file, or a folder export a crash left half done */
         }
         closedir(d);
     }

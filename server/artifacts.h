@@ -14,7 +14,9 @@
 /* 64 lowercase hex characters and nothing else. */
 int locod_artifact_id_valid(const char *id);
 
-/* Create <root> and <root>/tmp; clear stale temporaries. */
+/* Remove a file, or a folder and everything in it (symlinks are removed, never followed). */
+void locod_remove_tree(const char *path);
+/* Create <root> and <root>/tmp; clear stale temporaries (files and folders). */
 loco_status locod_artifacts_init(const char *root, loco_err *err);
 /* <root>/<aa>/<sha256> into buf. */
 void locod_artifact_path(const char *root, const char *sha, char *buf, size_t n);

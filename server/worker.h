@@ -69,6 +69,11 @@ loco_status wk_run_localize(wk_ctx *w, loco_pipeline *p, const json_t *params, j
 loco_status wk_run_edit(wk_ctx *w, wk_model *base, const json_t *params, const char *variant_name, json_t *result,
                         json_t *artifacts, loco_pipeline_variant **out, loco_err *err);
 
+/* The variant as a diffusers folder, each file stored as an artifact (appended to `artifacts`);
+ * *files: [{path, sha256, size, url}] sorted by path (worker_export.c). */
+loco_status wk_export_folder(wk_ctx *w, const loco_pipeline_variant *v, loco_export_dtype dtype, json_t *artifacts,
+                             json_t **files, loco_err *err);
+
 /* Store bytes / a finished temp file as an artifact and append its entry to `artifacts`.
  * *sha (65 bytes) gets the id. */
 loco_status wk_put_artifact(wk_ctx *w, const void *data, size_t n, const char *name, const char *media_type,

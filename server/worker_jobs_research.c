@@ -319,7 +319,9 @@ loco_status wk_run_edit(wk_ctx *w, wk_model *base, const json_t *params, const c
     }
     if (!st && report) st = put_json(w, report, "edit.json", artifacts, result, "report_artifact", err);
     const char *exp = json_string_value(json_object_get(params, "export"));
-    if (!st && (!exp || strcmp(exp, "delta") == 0)) {
+    /* a folder export records the delta too: the delta is what re-creates the variant after a
+     * restart */
+    if (!st && (!exp || strcmp(exp, "delta") == 0 || strcmp(exp, "folder") == 0)) {
         char tmp[PATH_MAX], sha[65], url[128];
         locod_artifact_tmp_path(w->artifacts, ".safetensors", tmp, sizeof tmp);
         st = loco_pipeline_variant_export_delta(v, tmp, err);
@@ -328,6 +330,17 @@ loco_status wk_run_edit(wk_ctx *w, wk_model *base, const json_t *params, const c
             snprintf(url, sizeof url, "/v1/artifacts/%s", sha);
             json_object_set_new(result, "delta", json_pack("{s:s, s:s}", "sha256", sha, "url", url));
         }
+    }
+    if (!st && exp && strcmp(exp, "folder") == 0) {
+        const char *dn = json_string_value(json_object_get(params, "export_dtype"));
+        loco_export_dtype dtype = LOCO_EXPORT_KEEP;
+        if (dn) loco_export_dtype_from_name(dn, &dtype);
+        json_t *files = NULL;
+        wk_progress(w, "export", 0, 1);
+        st = wk_export_folder(w, v, dtype, artifacts, &files, err);
+        if (!st)
+            json_object_set_new(result, "folder", json_pack("{s:s, s:o}", "dtype", loco_export_dtype_name(dtype),
+                                                            "files", files));
     }
     if (!st) {
         json_object_set_new(result, "variant", json_string(variant_name));

@@ -187,3 +187,39 @@ def test_unloading_a_base_with_two_variants_fails_their_queued_jobs_alike(tmp_pa
             # both as the contract says: retryable model_not_loaded, never a worker-side job_error
             assert j["state"] == "failed" and j["error"]["code"] == "model_not_loaded", j
             assert j["error"]["retryable"] is True, j
+
+
+def test_folder_export_is_a_diffusers_folder_that_generates_the_variants_image(tmp_path):
+    import json
+    import subprocess
+    from locod_harness import LOCOD
+    with Daemon(tmp_path, "vf") as d:
+        j = d.wait(d.submit({"kind": "edit", "model": "sd1-tiny",
+                             "params": {**EDITS["sd1-tiny-loco"], "variant": "sd1-tiny-folder",
+                                        "export": "folder"}})["id"], timeout=120)
+        assert j["state"] == "succeeded", j
+        assert j["result"]["delta"]["sha256"], j["result"]
+        files = j["result"]["folder"]["files"]
+        paths = [f["path"] for f in files]
+        assert paths == sorted(paths) and "model_index.json" in paths, paths
+        assert "unet/diffusion_pytorch_model.safetensors" in paths and "tokenizer/vocab.json" in paths, paths
+        out = tmp_path / "exported"
+        for f in files:
+            body = d.get(f["url"]).content
+            assert len(body) == f["size"], f
+            (out / f["path"]).parent.mkdir(parents=True, exist_ok=True)
+            (out / f["path"]).write_bytes(body)
+        json.loads((out / "model_index.json").read_text())
+        want = image(d, "sd1-tiny-folder")
+        assert want != image(d, "sd1-tiny"), "the edit changed nothing"
+        # neuron edits cannot be a folder: refused before they run
+        problem(d.post("/v1/jobs", {"kind": "edit", "model": "sd1-tiny",
+                                    "params": {**EDITS["sd1-tiny-neuron"], "export": "folder"}}), 422, "invalid_value")
+    # the folder alone, through the CLI, gives the variant's image bit for bit
+    png = tmp_path / "cli.png"
+    r = subprocess.run([str(LOCOD.parent / "loco"), "generate", "--model", str(out), "--prompt", "a house by van gogh",
+                        "--steps", "2", "--seed", "3", "--width", "64", "--height", "64", "--threads", "1",
+                        "--device", "cpu", "--output", str(png)], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr
+    assert png.read_bytes() == want, "the exported folder does not generate the variant's image"
