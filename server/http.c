@@ -77,6 +77,14 @@ static enum MHD_Result preflight(locod_req *r) {
     return locod_reply(r, 204, NULL, "", 0, h);
 }
 
+/* GET of a job's event stream or of an artifact: the two things browsers open by URL. */
+static int query_token_allowed(const locod_req *r) {
+    if (strcmp(r->method, "GET") != 0 && strcmp(r->method, "HEAD") != 0) return 0;
+    if (strncmp(r->url, "/v1/artifacts/", 14) == 0) return 1;
+    size_t n = strlen(r->url);
+    return strncmp(r->url, "/v1/jobs/", 9) == 0 && n > 16 && strcmp(r->url + n - 7, "/events") == 0;
+}
+
 /* The auth and CORS gate in front of the router. */
 static enum MHD_Result handle(locod_req *r) {
     locod_server *srv = r->srv;
@@ -104,7 +112,19 @@ static enum MHD_Result handle(locod_req *r) {
                                  "requests from origin '%s' are not allowed; add it to cors_origins in the config",
                                  r->origin);
         const locod_key *key = NULL;
-        locod_auth_result ar = locod_auth_check(cfg, locod_req_header(r, "Authorization"), &key);
+        char from_query[600];
+        const char *authz = locod_req_header(r, "Authorization");
+        if (!authz && query_token_allowed(r)) {
+            /* what a browser loads by URL (EventSource, <img>) cannot carry a header: the key may
+             * come as ?access_token= there. MHD hands handlers the path without the query, so the
+             * key never reaches the request log. */
+            const char *tok = MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, "access_token");
+            if (tok && strlen(tok) < sizeof from_query - 8) {
+                snprintf(from_query, sizeof from_query, "Bearer %s", tok);
+                authz = from_query;
+            }
+        }
+        locod_auth_result ar = locod_auth_check(cfg, authz, &key);
         static const char *const www[] = {"WWW-Authenticate", "Bearer realm=\"locod\"", NULL};
         switch (ar) {
         case LOCOD_AUTH_OK: break;

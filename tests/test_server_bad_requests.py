@@ -286,3 +286,19 @@ def test_max_pixels_counts_the_model_default_size(tmp_path):
         assert dd.get("/v1/jobs").json()["jobs"] == []  # never accepted
         b["params"]["batch"] = 1
         assert dd.wait(dd.submit(b)["id"])["state"] == "succeeded"
+
+
+def test_access_token_query_only_where_browsers_open_urls(d):
+    import requests
+    j = d.wait(d.submit(tiny_generate(steps=1), key=KEY)["id"], key=KEY)
+    art = j["result"]["images"][0]["url"]
+    # EventSource and <img> cannot send a header: the key may ride in the query there
+    r = requests.get(d.url(f"/v1/jobs/{j['id']}/events?access_token={KEY}"), timeout=10)
+    assert r.status_code == 200 and "event: finished" in r.text, r.text[:300]
+    r = requests.get(d.url(f"{art}?access_token={KEY}"), timeout=10)
+    assert r.status_code == 200 and r.content[:4] == b"\x89PNG"
+    problem(requests.get(d.url(f"{art}?access_token=wrong-key"), timeout=10), 401, "invalid_api_key")
+    # and nowhere else
+    problem(requests.get(d.url(f"/v1/jobs/{j['id']}?access_token={KEY}"), timeout=10), 401, "missing_api_key")
+    problem(requests.post(d.url(f"/v1/jobs?access_token={KEY}"), json=tiny_generate(), timeout=10), 401,
+            "missing_api_key")
