@@ -253,6 +253,8 @@ static loco_status decode(loco_pipeline *p, const loco_denoise_params *d, const 
         for (int k = 0; k < n && !st; k++)
             if (!(st = loco_image_from_tensor(&image, k, &out->images[b0 + k], err))) out->n_images = b0 + k + 1;
         loco_tensor_free(&image);
+        if (!st && d->decode_progress && d->decode_progress(d->progress_ctx, b0 + n, B))
+            st = loco_err_set(err, LOCO_ECANCELLED, "cancelled after decoding %d of %d images", b0 + n, B);
     }
     return st;
 }

@@ -58,6 +58,10 @@ typedef struct loco_denoise_params {
     loco_denoise_call_fn before_call;
     void *call_ctx;
     loco_progress_fn progress;  /* after each call; non-zero cancels */
+    /* After each VAE decode chunk with (images decoded, B), same ctx; non-zero cancels. The
+     * research methods decode many images per batch: without it a cancel waits for all of
+     * them. NULL (loco_generate) keeps progress a per-step count. */
+    loco_progress_fn decode_progress;
     void *progress_ctx;
     int skip_decode;
     int decode_batch;           /* samples per VAE decode; 0: all at once */

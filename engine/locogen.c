@@ -96,11 +96,11 @@ typedef struct sweep {
     int have_kv;
     float *text_embeds; /* CLIP text embeddings of prompts then altered prompts */
     int dim;
-    int done, total;
+    loco_method_progress prog; /* denoising steps of the whole batch plan */
 } sweep;
 
-/* Samples [first, first + n) in (prompt, seed, k) order. */
-static loco_status run_batch(sweep *w, const loco_clip_scorer *sc, int first, int n, loco_err *err) {
+/* Batch b: samples [first, first + n) in (prompt, seed, k) order. */
+static loco_status run_batch(sweep *w, const loco_clip_scorer *sc, int b, int first, int n, loco_err *err) {
     loco_pipeline *p = w->p;
     const loco_locogen_params *g = w->g;
     loco_locogen_result *r = w->r;
@@ -151,8 +151,12 @@ static loco_status run_batch(sweep *w, const loco_clip_scorer *sc, int first, in
     d.n_groups = n;
     d.group_size = gsize;
     d.group_seed = seeds;
-    if ((st = loco_iv_apply(prog, &d, err)) || (st = loco_denoise(p, &d, &out, err))) goto done;
-    if ((st = loco_clip_scorer_image_embeds(sc, out.images, n, ie, err))) goto done;
+    loco_method_progress_batch(&w->prog, b, &d);
+    if ((st = loco_iv_apply(prog, &d, err)) || (st = loco_denoise(p, &d, &out, err))) {
+        if (st == LOCO_ECANCELLED) st = loco_method_progress_cancelled(&w->prog, "locogen", err);
+        goto done;
+    }
+    if ((st = loco_method_image_embeds(&w->prog, "locogen", sc, out.images, n, ie, err))) goto done;
     r->latent_numel = out.latent_shape[1] * out.latent_shape[2] * out.latent_shape[3];
     for (int s = 0; s < n; s++) {
         const int idx = first + s, prompt = cond[s];
@@ -166,9 +170,8 @@ static loco_status run_batch(sweep *w, const loco_clip_scorer *sc, int first, in
             memset(&out.images[s], 0, sizeof out.images[s]);
         }
     }
-    w->done += n;
-    if (g->progress && g->progress(g->progress_ctx, w->done, w->total))
-        st = loco_err_set(err, LOCO_ECANCELLED, "locogen: cancelled after %d of %d images", w->done, w->total);
+    /* the batch's last cancel point: its scores are in, the next batch has not started */
+    if (loco_method_progress_poll(&w->prog)) st = loco_method_progress_cancelled(&w->prog, "locogen", err);
 done:
     loco_generate_result_free(&out);
     loco_iv_program_free(prog);
@@ -250,6 +253,14 @@ loco_status loco_locogen_run(loco_pipeline *p, const loco_clip_scorer *sc, const
         (st = loco_sampler_n_calls(p, &w.base, &r->n_calls, err)))
         goto done;
     w.base.decode_batch = 4;
+    /* the batch plan is fixed (max_batch images each): progress gets its exact total before the
+     * text is encoded, and a job leaves "starting" at once */
+    const int maxb = g->max_batch > 0 ? g->max_batch : r->per_set;
+    loco_method_progress_init(&w.prog, g->progress, g->progress_ctx, (total + maxb - 1) / maxb, r->n_calls);
+    if (loco_method_progress_poll(&w.prog)) {
+        st = loco_method_progress_cancelled(&w.prog, "locogen", err);
+        goto done;
+    }
     /* text rows: T_0..T_{P-1}, T'_0..T'_{P-1}, then the unconditional row; their K/V once per job */
     for (int i = 0; i < P; i++) {
         texts[i] = g->prompts[i];
@@ -271,10 +282,8 @@ loco_status loco_locogen_run(loco_pipeline *p, const loco_clip_scorer *sc, const
         st = loco_err_set(err, LOCO_ENOMEM, "locogen: out of memory");
         goto done;
     }
-    w.total = total;
-    const int maxb = g->max_batch > 0 ? g->max_batch : r->per_set;
-    for (int first = 0; first < total && !st; first += maxb)
-        st = run_batch(&w, sc, first, total - first < maxb ? total - first : maxb, err);
+    for (int b = 0, first = 0; first < total && !st; b++, first += maxb)
+        st = run_batch(&w, sc, b, first, total - first < maxb ? total - first : maxb, err);
     if (!st) rank_windows(g, r);
 done:
     clock_gettime(CLOCK_MONOTONIC, &t1);

@@ -19,7 +19,15 @@
  * as samples of shared denoise batches (max_batch samples each); the text K/V of every prompt are
  * projected once for the job; a window is only a different K/V row per layer (`context`
  * interventions). Each sample has its own generator seeded with its seed, so every image equals
- * the one generated alone. */
+ * the one generated alone.
+ *
+ * Progress and cancel: the batches are fixed before anything runs (ceil(images / max_batch)),
+ * and progress counts denoising steps (UNet calls) over all of them: total = batches x calls per
+ * image (PNDM: steps + 1), e.g. 2 (prompt, seed) sets of a 21-call schedule read "step 30 of
+ * 42". The first call is (0, total); then one after every step of every batch; the same done
+ * again between a batch's VAE decodes and CLIP scoring chunks. total never changes and done never
+ * goes back; the last call has done = total. A non-zero return stops the run at that point,
+ * within one model call, with LOCO_ECANCELLED ("cancelled after 30 of 42 denoising steps ..."). */
 #ifndef LOCO_LOCOGEN_H
 #define LOCO_LOCOGEN_H
 
@@ -52,7 +60,7 @@ typedef struct loco_locogen_params {
     loco_sampler_opts sampler;
     int max_batch;              /* samples per denoise batch; 0: every sample of one (prompt, seed) set */
     int keep_images;            /* 1 (default): keep every image in the result (grids need them) */
-    loco_progress_fn progress;  /* (done, total) images; non-zero cancels */
+    loco_progress_fn progress;  /* (done, total) in denoising steps of all batches (above); non-zero cancels */
     void *progress_ctx;
 } loco_locogen_params;
 

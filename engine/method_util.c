@@ -197,3 +197,56 @@ loco_status loco_write_png_in(const char *dir, const char *name, const loco_imag
 }
 
 json_t *loco_json_real(double v) { return isfinite(v) ? json_real(v) : json_null(); }
+
+/* ---- progress and cancel across batches -------------------------------------------------------- */
+
+/* Images per scoring call: the scorer's own chunk, so each call is one vision-tower forward. */
+#define EMBED_CHUNK 16
+
+void loco_method_progress_init(loco_method_progress *m, loco_progress_fn fn, void *ctx, int n_batches, int n_calls) {
+    memset(m, 0, sizeof *m);
+    m->fn = fn;
+    m->ctx = ctx;
+    m->n_batches = n_batches;
+    m->n_calls = n_calls;
+    m->total = n_batches * n_calls;
+}
+
+int loco_method_progress_poll(loco_method_progress *m) { return m->fn ? m->fn(m->ctx, m->done, m->total) : 0; }
+
+/* loco_denoise's step callback: (step, calls) of the batch -> steps of the whole plan. Clamped to
+ * the batch's share so that a schedule that disagreed with n_calls could never move total. */
+static int on_step(void *ctx, int step, int calls) {
+    loco_method_progress *m = ctx;
+    const int s = step < 0 ? 0 : step > m->n_calls ? m->n_calls : step;
+    const int done = m->batch * m->n_calls + s;
+    if (done > m->done) m->done = done;
+    return loco_method_progress_poll(m);
+}
+
+/* Between VAE decode chunks: nothing advances, but a cancel gets through. */
+static int on_decode(void *ctx, int decoded, int n) { return loco_method_progress_poll(ctx); }
+
+void loco_method_progress_batch(loco_method_progress *m, int b, loco_denoise_params *d) {
+    m->batch = b;
+    d->progress = on_step;
+    d->decode_progress = on_decode;
+    d->progress_ctx = m;
+}
+
+loco_status loco_method_progress_cancelled(const loco_method_progress *m, const char *what, loco_err *err) {
+    return loco_err_set(err, LOCO_ECANCELLED, "%s: cancelled after %d of %d denoising steps (%d batch%s of %d steps)",
+                        what, m->done, m->total, m->n_batches, m->n_batches == 1 ? "" : "es", m->n_calls);
+}
+
+loco_status loco_method_image_embeds(loco_method_progress *m, const char *what, const loco_clip_scorer *sc,
+                                     const loco_image *images, int n, float *out, loco_err *err) {
+    const int dim = loco_clip_scorer_embed_dim(sc);
+    for (int i0 = 0; i0 < n; i0 += EMBED_CHUNK) {
+        if (i0 > 0 && loco_method_progress_poll(m)) return loco_method_progress_cancelled(m, what, err);
+        const int k = n - i0 < EMBED_CHUNK ? n - i0 : EMBED_CHUNK;
+        loco_status st = loco_clip_scorer_image_embeds(sc, images + i0, k, out + (size_t)i0 * dim, err);
+        if (st) return st;
+    }
+    return LOCO_OK;
+}

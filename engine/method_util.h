@@ -1,10 +1,12 @@
 /* method_util.h: pieces causal tracing (engine/trace.h) and LocoGen (engine/locogen.h) share:
- * the text batch of a job, subject-token lookup, sampler options, image grids and JSON helpers. */
+ * the text batch of a job, subject-token lookup, sampler options, progress and cancel across
+ * batches, image grids and JSON helpers. */
 #ifndef LOCO_METHOD_UTIL_H
 #define LOCO_METHOD_UTIL_H
 
 #include <jansson.h>
 
+#include "clip_score.h"
 #include "intervention.h"
 #include "pipeline.h"
 
@@ -25,6 +27,33 @@ loco_status loco_sampler_opts_apply(const loco_pipeline *p, const loco_sampler_o
                                     loco_err *err);
 /* Number of UNet calls the resolved schedule makes (PNDM: steps + 1). */
 loco_status loco_sampler_n_calls(const loco_pipeline *p, const loco_denoise_params *d, int *out, loco_err *err);
+
+/* Progress of a method that runs its trajectories as a fixed plan of denoise batches, in
+ * denoising steps: done/total count the UNet calls of every batch (one per step of the schedule;
+ * PNDM makes steps + 1), total = n_batches x n_calls, known before the first batch and never
+ * changed. The caller's fn gets (0, total) first (loco_method_progress_poll), then (done, total)
+ * after every step of every batch, and the same done again between a batch's VAE decodes and
+ * CLIP scoring chunks: each call is a cancel point, so a non-zero return stops the run within one
+ * model call, whatever the batch size. */
+typedef struct loco_method_progress {
+    loco_progress_fn fn; /* the caller's, or NULL */
+    void *ctx;
+    int n_batches, n_calls;
+    int batch;           /* the batch running (0-based) */
+    int done, total;
+} loco_method_progress;
+
+void loco_method_progress_init(loco_method_progress *m, loco_progress_fn fn, void *ctx, int n_batches, int n_calls);
+/* Report (done, total) as they stand; non-zero: the caller cancels. */
+int loco_method_progress_poll(loco_method_progress *m);
+/* Batch b is next: d's step and decode callbacks report into m (done = b x n_calls + step). */
+void loco_method_progress_batch(loco_method_progress *m, int b, loco_denoise_params *d);
+/* LOCO_ECANCELLED with "<what>: cancelled after <done> of <total> denoising steps (...)". */
+loco_status loco_method_progress_cancelled(const loco_method_progress *m, const char *what, loco_err *err);
+/* loco_clip_scorer_image_embeds over n images in chunks, polling m between them (a cancel
+ * there fails with loco_method_progress_cancelled(m, what)). */
+loco_status loco_method_image_embeds(loco_method_progress *m, const char *what, const loco_clip_scorer *sc,
+                                     const loco_image *images, int n, float *out, loco_err *err);
 
 /* The text batch of one denoise call: `n` conditional rows (prompts encoded as the pipeline does,
  * with intervention hooks on the conditional encoder runs) followed by one unconditional row

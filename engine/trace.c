@@ -121,7 +121,7 @@ typedef struct run_ctx {
     loco_denoise_params base;
     float *attr_embed; /* the attribute caption, normalised */
     int dim;
-    int done, total;
+    loco_method_progress prog; /* denoising steps of the whole batch plan */
     double std2;       /* token-embedding std of SD-XL's text_encoder_2 */
     /* batches without text-encoder variants all use the rows [clean, corrupted, uncond]: encoded
      * and projected to K/V once, then reused */
@@ -130,8 +130,8 @@ typedef struct run_ctx {
     int have_base;
 } run_ctx;
 
-/* One denoise batch of variants v[0..n): text rows, the plan, the run, the scores. */
-static loco_status run_batch(run_ctx *c, const variant *v, int n, loco_err *err) {
+/* Denoise batch b of the plan, variants v[0..n): text rows, the plan, the run, the scores. */
+static loco_status run_batch(run_ctx *c, int b, const variant *v, int n, loco_err *err) {
     loco_pipeline *p = c->p;
     const loco_trace_params *t = c->t;
     loco_trace_result *r = c->r;
@@ -247,15 +247,17 @@ static loco_status run_batch(run_ctx *c, const variant *v, int n, loco_err *err)
     d.n_groups = n;
     d.group_size = gsize;
     d.group_seed = seeds;
+    loco_method_progress_batch(&c->prog, b, &d);
     if (!(st = loco_iv_apply(prog, &d, err))) st = loco_denoise(p, &d, &g, err);
     free(un);
+    if (st == LOCO_ECANCELLED) st = loco_method_progress_cancelled(&c->prog, "trace", err);
     if (st) goto done;
     /* scores against the attribute caption */
     if (!(ie = malloc((size_t)n * c->dim * sizeof *ie))) {
         st = loco_err_set(err, LOCO_ENOMEM, "trace: out of memory");
         goto done;
     }
-    if ((st = loco_clip_scorer_image_embeds(c->sc, g.images, n, ie, err))) goto done;
+    if ((st = loco_method_image_embeds(&c->prog, "trace", c->sc, g.images, n, ie, err))) goto done;
     const int64_t numel = g.latent_shape[1] * g.latent_shape[2] * g.latent_shape[3];
     r->latent_numel = numel;
     for (int i = 0; i < n; i++) {
@@ -291,9 +293,8 @@ static loco_status run_batch(run_ctx *c, const variant *v, int n, loco_err *err)
             memset(&g.images[i], 0, sizeof g.images[i]);
         }
     }
-    c->done += n;
-    if (t->progress && t->progress(t->progress_ctx, c->done, c->total))
-        st = loco_err_set(err, LOCO_ECANCELLED, "trace: cancelled after %d of %d trajectories", c->done, c->total);
+    /* the batch's last cancel point: its scores are in, the next batch has not started */
+    if (loco_method_progress_poll(&c->prog)) st = loco_method_progress_cancelled(&c->prog, "trace", err);
 done:
     loco_generate_result_free(&g);
     loco_text_batch_free(&tb);
@@ -364,6 +365,31 @@ static loco_status plan_variants(loco_pipeline *p, const loco_trace_params *t, l
     return LOCO_OK;
 }
 
+/* One denoise batch of the plan: variants v[first, first + n), after the clean and corrupted runs
+ * (the first batch) or after a clean run of its own (with_clean). */
+typedef struct batch_span {
+    int first, n;
+    int with_clean;
+} batch_span;
+
+/* The whole batch plan, before anything runs, so that progress has its exact total at once: the
+ * first batch holds clean + corrupted; a later batch that starts with UNet variants carries its
+ * own clean trajectory to restore from (the variants are UNet first, then text; a text restore
+ * copies from the clean text row, which every batch has). Returns the number of batches, at
+ * most nv - 1 (out has room for that many). */
+static int plan_batches(const variant *v, int nv, int maxb, batch_span *out) {
+    int nb = 0;
+    for (int next = 2, first = 1; first || next < nv; first = 0) {
+        batch_span *s = &out[nb++];
+        s->with_clean = !first && v[next].kind == V_UNET;
+        const int room = maxb - (first ? 2 : s->with_clean);
+        s->first = next;
+        s->n = nv - next < room ? nv - next : room;
+        next += s->n;
+    }
+    return nb;
+}
+
 loco_status loco_trace_run(loco_pipeline *p, const loco_clip_scorer *sc, const loco_trace_params *t,
                            loco_trace_result *r, loco_err *err) {
     memset(r, 0, sizeof *r);
@@ -373,7 +399,8 @@ loco_status loco_trace_run(loco_pipeline *p, const loco_clip_scorer *sc, const l
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     run_ctx c = {.p = p, .sc = sc, .t = t, .r = r};
-    variant *v = NULL;
+    variant *v = NULL, *batch = NULL;
+    batch_span *plan = NULL;
     int nv = 0;
     loco_denoise_params_init(&c.base);
     if ((st = loco_sampler_opts_apply(p, &t->sampler, &c.base, err)) ||
@@ -388,6 +415,20 @@ loco_status loco_trace_run(loco_pipeline *p, const loco_clip_scorer *sc, const l
     if (p->text_encoder && p->text_encoder_2 && (st = loco_token_embedding_std(p->text_encoder_2, &c.std2, err)))
         goto done;
     if ((st = plan_variants(p, t, r, &v, &nv, err))) goto done;
+    const int maxb = t->max_batch > 0 ? t->max_batch : 16;
+    plan = malloc((size_t)nv * sizeof *plan);
+    batch = malloc((size_t)maxb * sizeof *batch);
+    if (!plan || !batch) {
+        st = loco_err_set(err, LOCO_ENOMEM, "trace: out of memory");
+        goto done;
+    }
+    const int nb = plan_batches(v, nv, maxb, plan);
+    loco_method_progress_init(&c.prog, t->progress, t->progress_ctx, nb, r->n_calls);
+    /* the total at once: a job leaves "starting" before the first (long) batch */
+    if (loco_method_progress_poll(&c.prog)) {
+        st = loco_method_progress_cancelled(&c.prog, "trace", err);
+        goto done;
+    }
     c.dim = loco_clip_scorer_embed_dim(sc);
     if (!(c.attr_embed = malloc((size_t)c.dim * sizeof *c.attr_embed))) {
         st = loco_err_set(err, LOCO_ENOMEM, "trace: out of memory");
@@ -395,28 +436,17 @@ loco_status loco_trace_run(loco_pipeline *p, const loco_clip_scorer *sc, const l
     }
     const char *attr = t->attribute ? t->attribute : t->prompt;
     if ((st = loco_clip_scorer_text_embeds(sc, &attr, 1, c.attr_embed, err))) goto done;
-    c.total = nv;
-    /* batches: the first holds clean + corrupted; a batch with UNet variants carries a clean run */
-    const int maxb = t->max_batch > 0 ? t->max_batch : 16;
-    variant *batch = malloc((size_t)maxb * sizeof *batch);
-    if (!batch) {
-        st = loco_err_set(err, LOCO_ENOMEM, "trace: out of memory");
-        goto done;
-    }
-    int next = 2;
-    for (int first = 1; first || next < nv; first = 0) {
+    for (int b = 0; b < nb && !st; b++) {
         int n = 0;
-        if (first) {
+        if (b == 0) {
             batch[n++] = v[0];
             batch[n++] = v[1];
-        } else if (v[next].kind == V_UNET) {
-            batch[n++] = v[0]; /* the clean run the UNet restores copy from (variants are UNet first) */
-            c.total++;
+        } else if (plan[b].with_clean) {
+            batch[n++] = v[0];
         }
-        while (n < maxb && next < nv) batch[n++] = v[next++];
-        if ((st = run_batch(&c, batch, n, err))) break;
+        memcpy(batch + n, v + plan[b].first, (size_t)plan[b].n * sizeof *batch);
+        st = run_batch(&c, b, batch, n + plan[b].n, err);
     }
-    free(batch);
     if (!st) {
         for (int i = 0; i < r->n_unet; i++) r->unet[i].indirect_effect = r->unet[i].score.cosine - r->corrupted.cosine;
         for (int i = 0; i < r->n_layers * LOCO_TRACE_MOD_COUNT * r->n_positions; i++)
@@ -426,6 +456,8 @@ done:
     clock_gettime(CLOCK_MONOTONIC, &t1);
     r->seconds = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
     free(v);
+    free(plan);
+    free(batch);
     free(c.attr_embed);
     loco_text_batch_free(&c.base_tb);
     if (c.have_base) loco_unet_text_kv_free(&c.base_kv);

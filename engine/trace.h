@@ -21,7 +21,15 @@
  * penultimate one), so that layer's row of the grid shows no effect by construction.
  *
  * Batching: restored variants share denoise batches (max_batch samples each, every UNet batch
- * carrying its own clean trajectory to restore from); text K/V are projected once per batch. */
+ * carrying its own clean trajectory to restore from); text K/V are projected once per batch.
+ *
+ * Progress and cancel: the batch plan is fixed before anything runs, and progress counts
+ * denoising steps (UNet calls) over all of it: total = batches x calls per trajectory (PNDM:
+ * steps + 1), e.g. 3 batches of a 21-call schedule read "step 17 of 63". The first call is
+ * (0, total); then one after every step of every batch; the same done again between a batch's
+ * VAE decodes and CLIP scoring chunks. total never changes and done never goes back; the last
+ * call has done = total. A non-zero return stops the run at that point, within one model call,
+ * with LOCO_ECANCELLED ("cancelled after 17 of 63 denoising steps ..."). */
 #ifndef LOCO_TRACE_H
 #define LOCO_TRACE_H
 
@@ -58,7 +66,7 @@ typedef struct loco_trace_params {
     int max_batch;         /* samples per denoise batch; 0: 16 */
     int keep_images;       /* 1: keep every restored image in the result */
     int keep_latents;      /* 1: keep every trajectory's final latents (parity tests) */
-    loco_progress_fn progress; /* (done, total) in trajectories; non-zero cancels */
+    loco_progress_fn progress; /* (done, total) in denoising steps of all batches (above); non-zero cancels */
     void *progress_ctx;
 } loco_trace_params;
 

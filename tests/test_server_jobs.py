@@ -221,6 +221,61 @@ def test_localize_life(d):
     assert d.get(j["result"]["grid"]["url"]).content[:4] == b"\x89PNG"
 
 
+def watch_and_cancel(d, job_id, cancel_at_step=None):
+    """The job's SSE events until it finishes; cancels it once a progress event shows
+    cancel_at_step or more (None: never). Returns [(event name, data)]."""
+    events, sent = [], False
+    with requests.get(d.url(f"/v1/jobs/{job_id}/events"), stream=True, timeout=120) as r:
+        assert r.status_code == 200
+        name = None
+        for line in r.iter_lines(decode_unicode=True):
+            if line.startswith("event: "):
+                name = line[7:]
+            elif line.startswith("data: "):
+                data = json.loads(line[6:])
+                events.append((name, data))
+                if not sent and cancel_at_step is not None and name == "progress" and data["step"] >= cancel_at_step:
+                    assert d.post(f"/v1/jobs/{job_id}/cancel").status_code == 202
+                    sent = True
+    return events
+
+
+# 2 batches x 3 Euler steps (one model call each) in both: the trace's 20 trajectories (clean,
+# corrupted, 3 layers x 2 modules x 3 positions) in batches of 16 and 4, the 2 seeds' 4 images
+# (unedited + 3 windows) of the localize job one batch each
+RESEARCH_SLOW = {
+    "trace": {"prompt": SLOW, "subject": SLOW, "target": "text_encoder", "positions": [0, 1, 2]},
+    "localize": {"prompts": [SLOW], "altered_prompts": ["a painting of a house"], "window": 2,
+                 "starts": [0, 4, 8], "seeds": [1, 2]},
+}
+
+
+@pytest.mark.parametrize("kind", ["trace", "localize"])
+def test_research_progress_in_steps_and_cancel_within_one(d, kind):
+    """Progress of a trace / localize job counts denoising steps over all its batches: total is
+    there from the first event of the job's phase and never changes, step never goes back and
+    ends at total; a cancel stops it within one step (the worker polls for it after every model
+    call; SLOW makes each report last 200 ms, so the cancel reaches the worker within the step it
+    was sent in)."""
+    params = {**RESEARCH_SLOW[kind], "steps": 3, "scheduler": "euler", "width": 64, "height": 64}
+    body = {"kind": kind, "model": "sd1-tiny", "params": params}
+    events = watch_and_cancel(d, d.submit(body)["id"])
+    assert events[-1][0] == "finished" and events[-1][1]["state"] == "succeeded", events
+    prog = [e for n, e in events if n == "progress" and e["phase"] == kind]
+    steps = [e["step"] for e in prog]
+    assert {e["total"] for e in prog} == {2 * 3} and steps == sorted(steps) and steps[-1] == 2 * 3, events
+
+    events = watch_and_cancel(d, d.submit(body)["id"], cancel_at_step=2)
+    assert events[-1][0] == "finished" and events[-1][1]["state"] == "cancelled", events
+    prog = [e for n, e in events if n == "progress" and e["phase"] == kind]
+    steps = [e["step"] for e in prog]
+    assert {e["total"] for e in prog} == {2 * 3} and steps == sorted(steps), events
+    # once the cancel request shows, the job makes at most one more step (a check per batch
+    # would have run the rest of the first batch, 3 steps, and scored it first)
+    after = [e["step"] for e in prog if e["cancel_requested"]]
+    assert after and max(after) <= after[0] + 1 < 2 * 3, events
+
+
 @pytest.mark.parametrize("method,extra", [
     ("locoedit", {"layers": [4, 5]}),
     ("diff_quickfix", {}),

@@ -113,7 +113,10 @@ loco_status loco_cli_write_json(const char *dir, const char *name, json_t *doc, 
 }
 
 int loco_cli_progress(void *ctx, int done, int total) {
-    fprintf(stderr, "\r%s: %d/%d", (const char *)ctx, done, total);
+    loco_cli_progress_line *l = ctx;
+    if (done == l->last) return 0;
+    l->last = done;
+    fprintf(stderr, "\r%s: step %d/%d", l->what, done, total);
     if (done >= total) fputc('\n', stderr);
     return 0;
 }

@@ -61,7 +61,12 @@ int loco_cli_common_load(const char *cmd, loco_cli_common *c, loco_backend **be,
 /* Write a JSON document to out_dir/name atomically (temporary file + rename). */
 loco_status loco_cli_write_json(const char *dir, const char *name, json_t *doc, loco_err *err);
 
-/* Progress printer for loco_progress_fn (ctx = the command name). */
+/* Progress printer for loco_progress_fn (ctx = a loco_cli_progress_line). It prints a count only
+ * when it changed: the methods report the same count again at their cancel points. */
+typedef struct loco_cli_progress_line {
+    const char *what; /* the command name */
+    int last;         /* the count printed last; -1 before the first */
+} loco_cli_progress_line;
 int loco_cli_progress(void *ctx, int done, int total);
 
 /* Parse "0,1,5" into at most max ints in [lo, hi]; returns the count or -1. */

@@ -142,10 +142,11 @@ int loco_cmd_localize(int argc, char **argv) {
     memset(&r, 0, sizeof r);
     loco_err err;
     loco_err_clear(&err);
+    loco_cli_progress_line line = {"localize", -1};
     if ((rc = loco_cli_common_load("localize", &a.c, &be, &p, &sc))) goto done;
     if (!a.c.quiet) {
         a.g.progress = loco_cli_progress;
-        a.g.progress_ctx = (void *)"localize";
+        a.g.progress_ctx = &line;
     }
     if (loco_locogen_run(p, sc, &a.g, &r, &err) || write_outputs(&a, p, &r, &err)) {
         rc = loco_cli_fail("localize", &err);

@@ -143,10 +143,11 @@ int loco_cmd_trace(int argc, char **argv) {
     memset(&r, 0, sizeof r);
     loco_err err;
     loco_err_clear(&err);
+    loco_cli_progress_line line = {"trace", -1};
     if ((rc = loco_cli_common_load("trace", &a.c, &be, &p, &sc))) goto done;
     if (!a.c.quiet) {
         a.t.progress = loco_cli_progress;
-        a.t.progress_ctx = (void *)"trace";
+        a.t.progress_ctx = &line;
     }
     if (loco_trace_run(p, sc, &a.t, &r, &err) || write_outputs(&a, &r, &err)) {
         rc = loco_cli_fail("trace", &err);

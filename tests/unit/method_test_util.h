@@ -152,4 +152,69 @@ static inline int mt_max_px(const loco_image *img, const uint8_t *want, size_t n
     return m;
 }
 
+/* ---- the methods' progress and cancel contract (engine/method_util.h) ------------------------- */
+
+/* UNet calls made so far, from the graph statistics: on a backend with graphs every call of
+ * the methods is either replayed or run eagerly, and counted. */
+static inline long mt_unet_calls(const loco_unet *u) {
+    loco_unet_graph_stats st;
+    loco_unet_graph_stats_get(u, &st);
+    return st.replays + st.eager_calls;
+}
+
+#define MT_PROGRESS_MAX 1024
+
+/* Records every progress callback of a run, and cancels on request. */
+typedef struct mt_progress {
+    int n, overflow;
+    int done[MT_PROGRESS_MAX], total[MT_PROGRESS_MAX];
+    int cancel_at;       /* return non-zero at the first callback with done >= cancel_at; -1: never */
+    int cancel_repeat;   /* ... or at the first one that repeats the previous done > 0 (a cancel
+                            point between decodes or scoring chunks) */
+    int cancelled_at;    /* index of the callback that returned non-zero; -1: none */
+    const loco_unet *unet;
+    long calls_at_cancel; /* mt_unet_calls when it did */
+} mt_progress;
+
+static inline void mt_progress_init(mt_progress *p, const loco_unet *u, int cancel_at, int cancel_repeat) {
+    memset(p, 0, sizeof *p);
+    p->unet = u;
+    p->cancel_at = cancel_at;
+    p->cancel_repeat = cancel_repeat;
+    p->cancelled_at = -1;
+}
+
+static inline int mt_progress_fn(void *ctx, int done, int total) {
+    mt_progress *p = ctx;
+    if (p->n == MT_PROGRESS_MAX) {
+        p->overflow = 1;
+        return 0;
+    }
+    const int repeat = p->n > 0 && done > 0 && p->done[p->n - 1] == done;
+    p->done[p->n] = done;
+    p->total[p->n] = total;
+    p->n++;
+    if (p->cancelled_at < 0 &&
+        ((p->cancel_at >= 0 && done >= p->cancel_at) || (p->cancel_repeat && repeat))) {
+        p->cancelled_at = p->n - 1;
+        p->calls_at_cancel = mt_unet_calls(p->unet);
+        return 1;
+    }
+    return 0;
+}
+
+/* A complete run's record: the first callback is (0, total) with total = expect_total; total
+ * never changes; done never goes back and moves by at most one step per callback, so every step
+ * is reported; the last callback has done = total. NULL when it holds, else what broke. */
+static inline const char *mt_progress_complete(const mt_progress *p, int expect_total) {
+    if (p->overflow || p->n < 2) return "too few or too many callbacks";
+    if (p->done[0] != 0 || p->total[0] != expect_total) return "the first callback is not (0, total)";
+    for (int i = 1; i < p->n; i++) {
+        if (p->total[i] != p->total[0]) return "total changed";
+        if (p->done[i] < p->done[i - 1]) return "done went back";
+        if (p->done[i] > p->done[i - 1] + 1) return "done skipped a step";
+    }
+    return p->done[p->n - 1] == expect_total ? NULL : "the last callback is not (total, total)";
+}
+
 #endif

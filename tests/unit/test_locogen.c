@@ -2,9 +2,11 @@
  * tools/fixtures/refs_methods.py: one diffusers pipeline call per window with forward hooks on
  * attn2.to_k/to_v): every window's image (final latents 1e-4 relative, pixels within 2/255), every
  * CLIP cosine and window mean within 1e-4, the same localized window; batched equals one by one;
- * invalid requests fail with a clear message. */
+ * progress counts denoising steps and a cancel stops at once; invalid requests fail with a clear
+ * message. */
 #include <math.h>
 
+#include "graph_mock_util.h"
 #include "locogen.h"
 #include "method_test_util.h"
 
@@ -220,5 +222,70 @@ TEST(invalid_requests_fail_clearly) {
     CHECK_MSG(loco_locogen_run(e.p, e.sc, &b, &r, &err) == LOCO_OK, "%s", err.msg);
     CHECK(r.n_windows == 2 && r.windows[1].start == nc - 2 && r.windows[1].end == nc && r.per_set == 3);
     loco_locogen_result_free(&r);
+    mt_close(&e);
+}
+
+/* Progress and cancel (locogen.h): 3 windows + the unedited image for 2 seeds (8 images) in
+ * batches of 3 on a backend with graphs (whose statistics count the UNet calls): 3 batches, so
+ * total = 3 x the schedule's calls from the first callback on, done = the UNet calls made. Then
+ * cancels at the first report, mid-batch, at a batch's last step, at the next batch's first step
+ * and at a cancel point between decodes or scoring chunks: LOCO_ECANCELLED each time, saying how
+ * far it got, with no callback and no UNet call after the one that cancelled. */
+TEST(progress_counts_steps_and_cancel_stops_at_once) {
+    mock *m = mock_new();
+    CHECK(m != NULL);
+    mt_env e;
+    CHECK(mt_open_on(&e, &m->be, "sd1-tiny", NULL) == 0);
+    static const char *const pr_[1] = {"a town in the style of monet"}, *const al[1] = {"a painting of a town"};
+    static const uint64_t seeds[2] = {11, 12};
+    static const int starts[3] = {0, 4, 8};
+    loco_locogen_params g;
+    small_sweep(&g, pr_, al, seeds);
+    g.n_seeds = 2;
+    g.starts = starts;
+    g.n_starts = 3;
+    g.max_batch = 3; /* 8 images: 3 | 3 | 2 */
+    g.keep_images = 0;
+    const loco_unet *u = loco_pipeline_unet(e.p);
+    mt_progress pr;
+    mt_progress_init(&pr, u, -1, 0);
+    g.progress = mt_progress_fn;
+    g.progress_ctx = &pr;
+    loco_locogen_result r;
+    loco_err err = {0};
+    long calls = mt_unet_calls(u);
+    CHECK_MSG(loco_locogen_run(e.p, e.sc, &g, &r, &err) == LOCO_OK, "%s", err.msg);
+    calls = mt_unet_calls(u) - calls;
+    const int n_calls = r.n_calls, total = 3 * n_calls;
+    loco_locogen_result_free(&r);
+    const char *why = mt_progress_complete(&pr, total);
+    CHECK_MSG(!why, "%s: %d callbacks, first (%d, %d), last (%d, %d); want total %d", why, pr.n, pr.done[0],
+              pr.total[0], pr.done[pr.n - 1], pr.total[pr.n - 1], total);
+    CHECK_MSG(calls == total, "%ld UNet calls for a total of %d steps", calls, total);
+    fprintf(stderr, "locogen progress: %d callbacks, total %d = 3 batches x %d calls\n", pr.n, total, n_calls);
+
+    const struct {
+        int at, repeat;
+    } cases[] = {{0, 0}, {1, 0}, {n_calls, 0}, {n_calls + 1, 0}, {-1, 1}};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        mt_progress_init(&pr, u, cases[i].at, cases[i].repeat);
+        const long before = mt_unet_calls(u);
+        const loco_status st = loco_locogen_run(e.p, e.sc, &g, &r, &err);
+        const long after = mt_unet_calls(u) - pr.calls_at_cancel;
+        CHECK_MSG(st == LOCO_ECANCELLED && pr.cancelled_at >= 0, "case %zu: status %d (%s)", i, (int)st, err.msg);
+        const int done = pr.done[pr.cancelled_at];
+        char want[128];
+        snprintf(want, sizeof want, "locogen: cancelled after %d of %d denoising steps", done, total);
+        fprintf(stderr, "cancel case %zu: at callback %d (step %d of %d), %ld UNet calls after it: '%s'\n", i,
+                pr.cancelled_at, done, total, after, err.msg);
+        CHECK_MSG(pr.cancelled_at == pr.n - 1, "case %zu: %d callbacks after the cancel", i,
+                  pr.n - 1 - pr.cancelled_at);
+        CHECK_MSG(after <= 1, "case %zu: %ld UNet calls after the cancel", i, after);
+        CHECK_MSG(pr.calls_at_cancel - before == done, "case %zu: %ld UNet calls at step %d", i,
+                  pr.calls_at_cancel - before, done);
+        CHECK_MSG(strstr(err.msg, want) != NULL, "case %zu: '%s' lacks '%s'", i, err.msg, want);
+        CHECK(r.windows == NULL && r.latents == NULL); /* a failed run leaves nothing to free */
+        if (cases[i].repeat) CHECK(done == n_calls); /* the first batch's decodes, before the next batch */
+    }
     mt_close(&e);
 }

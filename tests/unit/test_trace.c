@@ -250,3 +250,75 @@ TEST(unet_components_replay_graphs) {
     CHECK_MSG(st.captures == 3 && st.eager_calls == 2 && st.replays == 3 * n_calls - 2,
               "%ld captures, %ld replays, %ld plain in %ld calls", st.captures, st.replays, st.eager_calls, 3 * n_calls);
 }
+
+/* Progress and cancel (trace.h): a UNet trace of 4 components in batches of 3 on a backend with
+ * graphs (whose statistics count the UNet calls). Three batches, every one with its clean run:
+ * total = 3 x the schedule's calls from the first callback on, done = the UNet calls made. Then
+ * cancels at the first report, mid-batch, at a batch's last step, at the next batch's first step,
+ * at a cancel point between decodes or scoring chunks and at the very last step: LOCO_ECANCELLED
+ * each time, saying how far it got, with no callback and no UNet call after the one that
+ * cancelled. */
+TEST(progress_counts_steps_and_cancel_stops_at_once) {
+    mock *m = mock_new();
+    CHECK(m != NULL);
+    mt_env e;
+    CHECK(mt_open_on(&e, &m->be, "sd1-tiny", NULL) == 0);
+    loco_trace_params t;
+    const char *two[2];
+    mt_small_trace(&t, e.p, two, NULL, 0);
+    int ns;
+    const loco_site *sites = loco_unet_sites(loco_pipeline_unet(e.p), &ns);
+    const char *comps[4];
+    int nc = 0;
+    for (int i = 0; i < ns && nc < 4; i++)
+        if (sites[i].kind == LOCO_SITE_RESNET || sites[i].kind == LOCO_SITE_CROSS_ATTN) comps[nc++] = sites[i].name;
+    CHECK(nc == 4);
+    t.components = comps;
+    t.n_components = nc;
+    t.scope = LOCO_TRACE_UNET;
+    t.sampler.steps = 3;
+    t.max_batch = 3; /* clean, corrupted, c0 | clean, c1, c2 | clean, c3 */
+    t.keep_latents = 0;
+    const loco_unet *u = loco_pipeline_unet(e.p);
+    mt_progress pr;
+    mt_progress_init(&pr, u, -1, 0);
+    t.progress = mt_progress_fn;
+    t.progress_ctx = &pr;
+    loco_trace_result r;
+    loco_err err = {0};
+    long calls = mt_unet_calls(u);
+    CHECK_MSG(loco_trace_run(e.p, e.sc, &t, &r, &err) == LOCO_OK, "%s", err.msg);
+    calls = mt_unet_calls(u) - calls;
+    const int n_calls = r.n_calls, total = 3 * n_calls;
+    loco_trace_result_free(&r);
+    const char *why = mt_progress_complete(&pr, total);
+    CHECK_MSG(!why, "%s: %d callbacks, first (%d, %d), last (%d, %d); want total %d", why, pr.n, pr.done[0],
+              pr.total[0], pr.done[pr.n - 1], pr.total[pr.n - 1], total);
+    CHECK_MSG(calls == total, "%ld UNet calls for a total of %d steps", calls, total);
+    fprintf(stderr, "trace progress: %d callbacks, total %d = 3 batches x %d calls\n", pr.n, total, n_calls);
+
+    const struct {
+        int at, repeat;
+    } cases[] = {{0, 0}, {1, 0}, {n_calls, 0}, {n_calls + 1, 0}, {-1, 1}, {total, 0}};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        mt_progress_init(&pr, u, cases[i].at, cases[i].repeat);
+        const long before = mt_unet_calls(u);
+        const loco_status st = loco_trace_run(e.p, e.sc, &t, &r, &err);
+        const long after = mt_unet_calls(u) - pr.calls_at_cancel;
+        CHECK_MSG(st == LOCO_ECANCELLED && pr.cancelled_at >= 0, "case %zu: status %d (%s)", i, (int)st, err.msg);
+        const int done = pr.done[pr.cancelled_at];
+        char want[128];
+        snprintf(want, sizeof want, "trace: cancelled after %d of %d denoising steps", done, total);
+        fprintf(stderr, "cancel case %zu: at callback %d (step %d of %d), %ld UNet calls after it: '%s'\n", i,
+                pr.cancelled_at, done, total, after, err.msg);
+        CHECK_MSG(pr.cancelled_at == pr.n - 1, "case %zu: %d callbacks after the cancel", i,
+                  pr.n - 1 - pr.cancelled_at);
+        CHECK_MSG(after <= 1, "case %zu: %ld UNet calls after the cancel", i, after);
+        CHECK_MSG(pr.calls_at_cancel - before == done, "case %zu: %ld UNet calls at step %d", i,
+                  pr.calls_at_cancel - before, done);
+        CHECK_MSG(strstr(err.msg, want) != NULL, "case %zu: '%s' lacks '%s'", i, err.msg, want);
+        CHECK(r.unet == NULL && r.n_unet == 0); /* a failed run leaves nothing to free */
+        if (cases[i].repeat) CHECK(done == n_calls); /* the first batch's decodes, before the next batch */
+    }
+    mt_close(&e);
+}
