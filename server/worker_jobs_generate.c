@@ -6,6 +6,7 @@
 #include <time.h>
 
 #include "artifacts.h"
+#include "method_util.h"
 #include "safetensors.h"
 #include "worker.h"
 
@@ -58,7 +59,17 @@ loco_status wk_run_generate(wk_ctx *w, wk_model *m, const json_t *params, json_t
     g.progress_ctx = &gp;
     loco_status st = loco_generate_validate(p, &g, err);
     if (st) return st;
-    wk_progress(w, "denoise", 0, g.steps);
+    /* the total the step callbacks will report: UNet calls, steps + 1 for PNDM, so the first
+     * event already has the total every later one repeats */
+    loco_denoise_params dp;
+    loco_denoise_params_init(&dp);
+    dp.steps = g.steps;
+    dp.has_scheduler = g.has_scheduler;
+    dp.scheduler = g.scheduler;
+    dp.use_karras_sigmas = g.use_karras_sigmas;
+    int n_calls = g.steps;
+    if (loco_sampler_n_calls(p, &dp, &n_calls, err)) n_calls = g.steps;
+    wk_progress(w, "denoise", 0, n_calls);
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     loco_generate_result r;

@@ -518,3 +518,11 @@ def test_a_variant_name_taken_by_a_queued_edit_is_refused_at_once(d):
     assert d.post(f"/v1/jobs/{first['id']}/cancel").status_code == 200
     assert d.post(f"/v1/jobs/{blocker['id']}/cancel").status_code in (200, 202)
     d.wait(blocker["id"])
+
+
+def test_generate_progress_total_is_the_model_calls_from_the_first_event(d):
+    # PNDM makes steps + 1 UNet calls: the first event already says 4 for 3 steps
+    events = watch_and_cancel(d, d.submit(tiny_generate(prompt=SLOW, steps=3, scheduler="pndm"))["id"])
+    assert events[-1][0] == "finished" and events[-1][1]["state"] == "succeeded", events
+    prog = [e for n, e in events if n == "progress" and e["phase"] == "denoise"]
+    assert prog and {e["total"] for e in prog} == {4}, prog
