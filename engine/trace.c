@@ -29,6 +29,7 @@ int loco_trace_scope_from_name(const char *name, loco_trace_scope *out) {
 void loco_trace_params_init(loco_trace_params *t) {
     memset(t, 0, sizeof *t);
     t->noise_scale = 3.0f;
+    t->causal_threshold = NAN;
     t->scope = LOCO_TRACE_ALL;
     loco_sampler_opts_init(&t->sampler);
 }
@@ -70,6 +71,9 @@ loco_status loco_trace_validate(const loco_pipeline *p, const loco_trace_params 
     if ((unsigned)t->scope >= LOCO_TRACE_SCOPE_COUNT) return loco_err_set(err, LOCO_EINVAL, "trace: unknown scope");
     if (!isfinite(t->noise_scale) || t->noise_scale < 0)
         return loco_err_set(err, LOCO_EINVAL, "trace: noise_scale must be >= 0, got %g", (double)t->noise_scale);
+    if (!isnan(t->causal_threshold) && !(t->causal_threshold >= 0 && t->causal_threshold <= 100))
+        return loco_err_set(err, LOCO_EINVAL, "trace: causal_threshold is a CLIP score, 0..100; got %g",
+                            t->causal_threshold);
     if (t->max_batch < 0 || (t->max_batch > 0 && t->max_batch < 3))
         return loco_err_set(err, LOCO_EINVAL, "trace: max_batch must be 0 (default) or at least 3, got %d", t->max_batch);
     loco_denoise_params d;

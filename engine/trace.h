@@ -63,6 +63,10 @@ typedef struct loco_trace_params {
     /* text-encoder token positions: NULL = 0 (BOS) .. the prompt's EOS */
     const int *positions;
     int n_positions;
+    /* methods.md §2.3: a state is causal when its restored image's CLIP score (100 x max(cos, 0))
+     * exceeds this; the report then marks each state and lists the causal ones. NaN (the
+     * default): no threshold, scores only. */
+    double causal_threshold;
     int max_batch;         /* samples per denoise batch; 0: 16 */
     int keep_images;       /* 1: keep every restored image in the result */
     int keep_latents;      /* 1: keep every trajectory's final latents (parity tests) */

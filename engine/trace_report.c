@@ -60,7 +60,7 @@ static json_t *score_json(const loco_clip_score *s) {
     return o;
 }
 
-static json_t *entry_json(const loco_trace_entry *e, int text) {
+static json_t *entry_json(const loco_trace_entry *e, int text, double threshold) {
     json_t *o = json_object();
     json_object_set_new(o, "site", json_string(e->site));
     json_object_set_new(o, "kind", json_string(loco_site_kind_name(e->kind)));
@@ -71,6 +71,24 @@ static json_t *entry_json(const loco_trace_entry *e, int text) {
     json_object_set_new(o, "cosine", loco_json_real(e->score.cosine));
     json_object_set_new(o, "clip_score", loco_json_real(e->score.score));
     json_object_set_new(o, "indirect_effect", loco_json_real(e->indirect_effect));
+    if (!isnan(threshold)) json_object_set_new(o, "causal", json_boolean(e->score.score > threshold));
+    return o;
+}
+
+/* With a threshold: the causal states by name (UNet components; text states as site@position). */
+static json_t *causal_json(const loco_trace_result *r, double threshold) {
+    json_t *o = json_object(), *u = json_array(), *tx = json_array();
+    for (int i = 0; i < r->n_unet; i++)
+        if (r->unet[i].score.score > threshold) json_array_append_new(u, json_string(r->unet[i].site));
+    for (int i = 0; i < r->n_layers * LOCO_TRACE_MOD_COUNT * r->n_positions; i++) {
+        const loco_trace_entry *e = &r->text[i];
+        if (e->score.score > threshold)
+            json_array_append_new(tx, json_pack("{s:s, s:i, s:i}", "site", e->site, "layer", e->layer, "position",
+                                                e->position));
+    }
+    json_object_set_new(o, "threshold", loco_json_real(threshold));
+    json_object_set_new(o, "unet", u);
+    json_object_set_new(o, "text_encoder", tx);
     return o;
 }
 
@@ -100,7 +118,7 @@ loco_status loco_trace_result_json(const loco_trace_result *r, const loco_trace_
     json_t *u = json_array();
     int best = -1;
     for (int i = 0; i < r->n_unet; i++) {
-        json_array_append_new(u, entry_json(&r->unet[i], 0));
+        json_array_append_new(u, entry_json(&r->unet[i], 0, t->causal_threshold));
         if (best < 0 || r->unet[i].score.cosine > r->unet[best].score.cosine) best = i;
     }
     json_object_set_new(o, "unet", u);
@@ -126,7 +144,7 @@ loco_status loco_trace_result_json(const loco_trace_result *r, const loco_trace_
         }
         json_t *all = json_array();
         for (int i = 0; i < r->n_layers * LOCO_TRACE_MOD_COUNT * r->n_positions; i++)
-            json_array_append_new(all, entry_json(&r->text[i], 1));
+            json_array_append_new(all, entry_json(&r->text[i], 1, t->causal_threshold));
         json_object_set_new(tx, "states", all);
         json_t *b = json_object();
         json_object_set_new(b, "site", json_string(bt->site));
@@ -135,6 +153,7 @@ loco_status loco_trace_result_json(const loco_trace_result *r, const loco_trace_
         json_object_set_new(tx, "best_state", b);
         json_object_set_new(o, "text_encoder", tx);
     }
+    if (!isnan(t->causal_threshold)) json_object_set_new(o, "causal", causal_json(r, t->causal_threshold));
     json_object_set_new(o, "seconds", loco_json_real(r->seconds));
     *out = o;
     return LOCO_OK;

@@ -78,13 +78,13 @@ static int contains_ci(const char *hay, const char *needle) {
 int loco_params_trace(const json_t *p, const char *ptr, const loco_proto_limits *lim, uint64_t random_seed,
                       json_t **out, loco_proto_error *e) {
     static const char *const keys[] = {"prompt", "subject", "target", "components", "positions", "noise_scale",
-                                       "noise_seed", "score_prompt", SAMPLER_KEYS, NULL};
+                                       "noise_seed", "score_prompt", "causal_threshold", SAMPLER_KEYS, NULL};
     static const char *const targets[] = {"unet", "text_encoder", NULL};
     const char *prompt = NULL, *subject = NULL, *target = "unet", *score = NULL;
     const json_t *components = NULL, *positions = NULL;
-    double noise = 3.0;
+    double noise = 3.0, threshold = 0;
     int64_t noise_seed = 0;
-    int has_ns = 0, has_score = 0;
+    int has_ns = 0, has_score = 0, has_thr = 0;
     size_t maxc = (size_t)lim->max_prompt_chars;
     if (no_clip_skip(p, ptr, "trace", e) || loco_pf_object(p, ptr, keys, e) ||
         loco_pf_string(p, ptr, "prompt", 1, 1, maxc, &prompt, NULL, e) ||
@@ -94,7 +94,8 @@ int loco_params_trace(const json_t *p, const char *ptr, const loco_proto_limits 
         loco_pf_array(p, ptr, "positions", 0, 1, 77, &positions, NULL, e) ||
         loco_pf_number(p, ptr, "noise_scale", 0, 0.0, 100.0, &noise, NULL, e) ||
         loco_pf_int(p, ptr, "noise_seed", 0, 0, INT64_MAX, &noise_seed, &has_ns, e) ||
-        loco_pf_string(p, ptr, "score_prompt", 0, 1, maxc, &score, &has_score, e))
+        loco_pf_string(p, ptr, "score_prompt", 0, 1, maxc, &score, &has_score, e) ||
+        loco_pf_number(p, ptr, "causal_threshold", 0, 0.0, 100.0, &threshold, &has_thr, e))
         return -1;
     if (components && string_items(components, ptr, "components", 1, 200, e)) return -1;
     char pp[200];
@@ -123,6 +124,7 @@ int loco_params_trace(const json_t *p, const char *ptr, const loco_proto_limits 
     if (positions_n) json_object_set_new(o, "positions", positions_n);
     json_object_set_new(o, "noise_scale", json_real(noise));
     if (has_score) json_object_set_new(o, "score_prompt", json_string(score));
+    if (has_thr) json_object_set_new(o, "causal_threshold", json_real(threshold));
     if (loco_params_sampler(p, ptr, lim, random_seed, 1, o, e)) {
         json_decref(o);
         return -1;

@@ -86,6 +86,8 @@ loco_status wk_run_trace(wk_ctx *w, loco_pipeline *p, const json_t *params, json
     t.seed = (uint64_t)json_integer_value(json_object_get(params, "seed"));
     t.noise_seed = (uint64_t)json_integer_value(json_object_get(params, "noise_seed"));
     t.noise_scale = (float)json_number_value(json_object_get(params, "noise_scale"));
+    if (json_is_number(json_object_get(params, "causal_threshold")))
+        t.causal_threshold = json_number_value(json_object_get(params, "causal_threshold"));
     sampler_from(params, &t.sampler);
     const char *target = json_string_value(json_object_get(params, "target"));
     t.scope = target && strcmp(target, "text_encoder") == 0 ? LOCO_TRACE_TEXT : LOCO_TRACE_UNET;

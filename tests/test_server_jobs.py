@@ -197,6 +197,28 @@ def test_trace_unet_life(d):
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_trace_causal_threshold_marks_and_lists_the_causal_states(d):
+    # the tiny CLIP's cosines are all negative (CLIP score 0), so this checks the plumbing; which
+    # states pass a threshold is test_trace.c's causal_threshold_marks_states
+    params = {"prompt": "a house in the style of van gogh", "subject": "van gogh", "target": "text_encoder",
+              "positions": [1, 6], "steps": 1, "width": 64, "height": 64, "seed": 5}
+    plain = d.wait(d.submit({"kind": "trace", "model": "sd1-tiny", "params": params})["id"], timeout=120)
+    states = plain["result"]["report"]["text_encoder"]["states"]
+    assert "causal" not in plain["result"]["report"] and all("causal" not in s for s in states)
+    j = d.wait(d.submit({"kind": "trace", "model": "sd1-tiny", "params": {**params, "causal_threshold": 0}})["id"],
+               timeout=120)
+    assert j["state"] == "succeeded", j
+    rep = j["result"]["report"]
+    marked = rep["text_encoder"]["states"]
+    assert [s["clip_score"] for s in marked] == [s["clip_score"] for s in states], "same seeds, same scores"
+    assert all(s["causal"] == (s["clip_score"] > 0) for s in marked)
+    assert rep["causal"]["threshold"] == 0
+    assert [(c["site"], c["position"]) for c in rep["causal"]["text_encoder"]] == \
+        [(s["site"], s["position"]) for s in marked if s["causal"]]
+    problem(d.post("/v1/jobs", {"kind": "trace", "model": "sd1-tiny",
+                                "params": {**params, "causal_threshold": 101}}), 422, "out_of_range")
+
+
 def test_trace_text_encoder_heatmaps(d):
     j = d.wait(d.submit({"kind": "trace", "model": "sd1-tiny",
                          "params": {"prompt": "a house in the style of van gogh", "subject": "van gogh",

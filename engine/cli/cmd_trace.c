@@ -27,6 +27,7 @@ static void help(void) {
            "  --scope S            all | unet | text (default all)\n"
            "  --component SITE     restore only these UNet sites (repeat; default: all)\n"
            "  --positions LIST     text-encoder token positions, e.g. 0,4,5 (default: 0 .. the prompt's EOS)\n"
+           "  --causal-threshold X mark states whose restored CLIP score (0..100) exceeds X as causal\n"
            "%s"
            "writes OUT/trace.json, OUT/clean.png, OUT/corrupted.png, OUT/heatmap_self_attn.png, OUT/heatmap_mlp.png\n"
            "(and with --images OUT/unet_<i>.png per component)\n",
@@ -47,6 +48,7 @@ static int parse_args(int argc, char **argv, trace_args *a) {
         {"noise-seed", required_argument, 0, 'N'}, {"noise-scale", required_argument, 0, 'x'},
         {"scope", required_argument, 0, 'k'},      {"component", required_argument, 0, 'c'},
         {"positions", required_argument, 0, 'P'},  {"help", no_argument, 0, 'h'},
+        {"causal-threshold", required_argument, 0, 'T'},
         LOCO_CLI_COMMON_OPTIONS,                   {0}};
     int o;
     double d;
@@ -71,6 +73,12 @@ static int parse_args(int argc, char **argv, trace_args *a) {
             if (loco_cli_parse_float(optarg, 0, 1000, &d))
                 return loco_cli_usage_error("trace", "--noise-scale must be a number in [0, 1000], got '%s'", optarg);
             a->t.noise_scale = (float)d;
+            break;
+        case 'T':
+            if (loco_cli_parse_float(optarg, 0, 100, &d))
+                return loco_cli_usage_error("trace", "--causal-threshold must be a CLIP score in [0, 100], got '%s'",
+                                            optarg);
+            a->t.causal_threshold = d;
             break;
         case 'k':
             if (loco_trace_scope_from_name(optarg, &a->t.scope))

@@ -322,3 +322,66 @@ TEST(progress_counts_steps_and_cancel_stops_at_once) {
     }
     mt_close(&e);
 }
+
+/* The report's causal marks on a made-up result: states above the threshold, strictly, and the
+ * summary lists exactly those, UNet components by name, text states with layer and position. */
+TEST(causal_threshold_marks_states) {
+    loco_trace_entry unet[3], text[2 * LOCO_TRACE_MOD_COUNT];
+    memset(unet, 0, sizeof unet);
+    memset(text, 0, sizeof text);
+    const double us[3] = {10.0, 31.0, 30.0}, ts[4] = {29.9, 45.0, 30.0, 0.0};
+    for (int i = 0; i < 3; i++) {
+        snprintf(unet[i].site, sizeof unet[i].site, "down_blocks.%d.resnets.0", i);
+        unet[i].kind = LOCO_SITE_RESNET;
+        unet[i].layer = unet[i].position = -1;
+        unet[i].score.score = us[i];
+        unet[i].score.cosine = us[i] / 100;
+    }
+    for (int i = 0; i < 4; i++) {
+        snprintf(text[i].site, sizeof text[i].site, "text_model.encoder.layers.%d.%s", i / 2,
+                 i % 2 ? "mlp" : "self_attn");
+        text[i].layer = i / 2;
+        text[i].position = 5;
+        text[i].score.score = ts[i];
+        text[i].score.cosine = ts[i] / 100;
+    }
+    int subj = 5, pos = 5;
+    loco_trace_result r;
+    memset(&r, 0, sizeof r);
+    r.n_subject = 1;
+    r.subject_positions = &subj;
+    r.n_unet = 3;
+    r.unet = unet;
+    r.n_layers = 2; /* 2 layers x 2 modules x 1 position: the 4 text entries */
+    r.n_positions = 1;
+    r.positions = &pos;
+    r.text = text;
+    loco_trace_params t;
+    loco_trace_params_init(&t);
+    t.prompt = "a house by van gogh";
+    t.subject = "van gogh";
+    json_t *j = NULL;
+    loco_err err = {0};
+    CHECK(loco_trace_result_json(&r, &t, &j, &err) == LOCO_OK);
+    CHECK(json_object_get(j, "causal") == NULL); /* no threshold: scores only */
+    CHECK(json_object_get(json_array_get(json_object_get(j, "unet"), 0), "causal") == NULL);
+    json_decref(j);
+    t.causal_threshold = 30.0;
+    CHECK(loco_trace_result_json(&r, &t, &j, &err) == LOCO_OK);
+    const json_t *u = json_object_get(j, "unet");
+    const int want_u[3] = {0, 1, 0};
+    for (int i = 0; i < 3; i++)
+        CHECK_MSG(json_is_true(json_object_get(json_array_get(u, (size_t)i), "causal")) == want_u[i], "unet %d", i);
+    const json_t *c = json_object_get(j, "causal");
+    CHECK(json_real_value(json_object_get(c, "threshold")) == 30.0);
+    CHECK(json_array_size(json_object_get(c, "unet")) == 1);
+    CHECK(strcmp(json_string_value(json_array_get(json_object_get(c, "unet"), 0)), "down_blocks.1.resnets.0") == 0);
+    const json_t *ct = json_object_get(c, "text_encoder");
+    CHECK(json_array_size(ct) == 1); /* 45 only: 30.0 is not above 30 */
+    CHECK(json_integer_value(json_object_get(json_array_get(ct, 0), "layer")) == 0);
+    CHECK(strcmp(json_string_value(json_object_get(json_array_get(ct, 0), "site")),
+                 "text_model.encoder.layers.0.mlp") == 0);
+    json_decref(j);
+    t.causal_threshold = 101;
+    CHECK(loco_trace_validate(NULL, &t, &err) != LOCO_OK && strstr(err.msg, "causal_threshold"));
+}
