@@ -85,6 +85,25 @@ static int query_token_allowed(const locod_req *r) {
     return strncmp(r->url, "/v1/jobs/", 9) == 0 && n > 16 && strcmp(r->url + n - 7, "/events") == 0;
 }
 
+static int is_api(const locod_req *r) { return strncmp(r->url, "/v1/", 4) == 0 || strcmp(r->url, "/v1") == 0; }
+
+/* The request's key: its Authorization header, or where allowed its ?access_token=. */
+static locod_auth_result auth_of(locod_req *r, const locod_key **key) {
+    char from_query[600];
+    const char *authz = locod_req_header(r, "Authorization");
+    if (!authz && query_token_allowed(r)) {
+        /* what a browser loads by URL (EventSource, <img>) cannot carry a header: the key may
+         * come as ?access_token= there. MHD hands handlers the path without the query, so the
+         * key never reaches the request log. */
+        const char *tok = MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, "access_token");
+        if (tok && strlen(tok) < sizeof from_query - 8) {
+            snprintf(from_query, sizeof from_query, "Bearer %s", tok);
+            authz = from_query;
+        }
+    }
+    return locod_auth_check(r->srv->cfg, authz, key);
+}
+
 /* The auth and CORS gate in front of the router. */
 static enum MHD_Result handle(locod_req *r) {
     locod_server *srv = r->srv;
@@ -103,8 +122,7 @@ static enum MHD_Result handle(locod_req *r) {
     if (r->url[0] != '/' || strstr(r->url, "//") || (ulen > 1 && r->url[ulen - 1] == '/'))
         return locod_problem(r, 404, "not_found", NULL, NULL,
                              "no such resource: paths have no empty segments ('//' or a trailing '/')");
-    int api = strncmp(r->url, "/v1/", 4) == 0 || strcmp(r->url, "/v1") == 0;
-    if (api) {
+    if (is_api(r)) {
         /* Browsers: a page from an origin not in cors_origins must not drive the API (a
          * loopback daemon without keys would otherwise be open to any web page). */
         if (r->origin && !r->cors_allowed && strcmp(r->method, "GET") != 0 && strcmp(r->method, "HEAD") != 0)
@@ -112,19 +130,7 @@ static enum MHD_Result handle(locod_req *r) {
                                  "requests from origin '%s' are not allowed; add it to cors_origins in the config",
                                  r->origin);
         const locod_key *key = NULL;
-        char from_query[600];
-        const char *authz = locod_req_header(r, "Authorization");
-        if (!authz && query_token_allowed(r)) {
-            /* what a browser loads by URL (EventSource, <img>) cannot carry a header: the key may
-             * come as ?access_token= there. MHD hands handlers the path without the query, so the
-             * key never reaches the request log. */
-            const char *tok = MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, "access_token");
-            if (tok && strlen(tok) < sizeof from_query - 8) {
-                snprintf(from_query, sizeof from_query, "Bearer %s", tok);
-                authz = from_query;
-            }
-        }
-        locod_auth_result ar = locod_auth_check(cfg, authz, &key);
+        locod_auth_result ar = auth_of(r, &key);
         static const char *const www[] = {"WWW-Authenticate", "Bearer realm=\"locod\"", NULL};
         switch (ar) {
         case LOCOD_AUTH_OK: break;
@@ -164,6 +170,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         /* answered now, before any of the body is read: a client that sent 'Expect: 100-continue'
          * gets the 413 instead of a 100 and never uploads the body */
         if (r->too_large) return handle(r);
+        /* nor is the body of a request without a valid key read: only keys may make the server
+         * buffer anything */
+        const locod_key *key = NULL;
+        if (is_api(r) && auth_of(r, &key) != LOCOD_AUTH_OK) return handle(r);
         return MHD_YES;
     }
     if (*upload_data_size) {

@@ -202,6 +202,22 @@ def test_oversize_body_refused_before_it_is_sent(d):
     assert d.alive()
 
 
+def test_body_of_a_request_without_a_valid_key_is_never_read(d):
+    # refused on its headers: only key holders make the server buffer a body
+    for auth in (b"", b"Authorization: Bearer not-a-real-key\r\n"):
+        with socket.create_connection(("127.0.0.1", d.port), timeout=5) as s:
+            s.sendall(b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" + auth +
+                      b"Expect: 100-continue\r\nContent-Length: 60000\r\n\r\n")
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                head += chunk
+        assert head.startswith(b"HTTP/1.1 401 "), head[:200]
+    assert d.alive()
+
+
 def test_raw_garbage_on_the_socket(d):
     for payload in (b"\x00\x01\x02garbage\r\n\r\n", b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\n\r\n",
                     b"POST /v1/jobs HTTP/1.1\r\nContent-Length: -5\r\n\r\n"):
