@@ -201,6 +201,15 @@ loco_status loco_clip_text_create(loco_backend *be, const loco_clip_text_config 
         cfg->intermediate_size <= 0 || cfg->vocab_size <= 0 || cfg->max_position_embeddings <= 0 ||
         cfg->hidden_size % cfg->num_attention_heads != 0)
         return loco_err_set(err, LOCO_EINVAL, "clip_text_create: config sizes are unset or inconsistent");
+    /* configs built in code skip the parser's limits: the tables below are sized by them */
+    if (cfg->num_hidden_layers > LOCO_CLIP_TEXT_MAX_LAYERS || cfg->hidden_size > LOCO_CLIP_TEXT_MAX_HIDDEN ||
+        cfg->intermediate_size > LOCO_CLIP_TEXT_MAX_INTERMEDIATE || cfg->vocab_size > LOCO_CLIP_TEXT_MAX_VOCAB ||
+        cfg->max_position_embeddings > LOCO_CLIP_TEXT_MAX_POSITIONS || cfg->projection_dim > LOCO_CLIP_TEXT_MAX_HIDDEN)
+        return loco_err_set(err, LOCO_EINVAL,
+                            "clip_text_create: config sizes beyond loco's limits (%d layers, width %d, MLP %d, "
+                            "vocabulary %d, %d positions; clip_text.h)",
+                            cfg->num_hidden_layers, cfg->hidden_size, cfg->intermediate_size, cfg->vocab_size,
+                            cfg->max_position_embeddings);
     loco_clip_text *m = calloc(1, sizeof *m);
     if (!m) return loco_err_set(err, LOCO_ENOMEM, "clip_text: out of memory");
     m->be = be;

@@ -31,6 +31,17 @@
 #include "sites.h"
 #include "weights.h"
 
+/* Upper bounds of what a config may claim, 10-50x the largest CLIP text tower of the supported
+ * models (OpenCLIP bigG: 32 layers, width 1280, MLP 5120, projection 1280, vocabulary 49408, 77
+ * positions). The parser refuses larger values with a line naming the key and the limit, so a
+ * corrupt config fails at once instead of allocating tables for billions of layers, and every
+ * later size product stays in range (hidden x intermediate < 2^31, layer tables < 2^15 entries). */
+#define LOCO_CLIP_TEXT_MAX_LAYERS 1024
+#define LOCO_CLIP_TEXT_MAX_HIDDEN 16384       /* hidden_size, num_attention_heads, projection_dim */
+#define LOCO_CLIP_TEXT_MAX_INTERMEDIATE 65536 /* intermediate_size */
+#define LOCO_CLIP_TEXT_MAX_VOCAB (1 << 20)
+#define LOCO_CLIP_TEXT_MAX_POSITIONS 8192 /* max_position_embeddings */
+
 typedef struct loco_clip_text_config {
     int vocab_size;
     int hidden_size;
@@ -87,8 +98,9 @@ const loco_site *loco_clip_text_find_site(const loco_clip_text *m, const char *n
 /* The site table a text encoder of this config would publish, without loading anything (lists
  * the sites of a model before it is resident; names carry no component prefix). Free with
  * loco_clip_text_sites_free. Configs of more than LOCO_CLIP_TEXT_MAX_LIST_LAYERS layers (real
- * CLIP encoders have at most 32) are LOCO_EFORMAT. */
-#define LOCO_CLIP_TEXT_MAX_LIST_LAYERS 1024
+ * CLIP encoders have at most 32; the parser already refuses them, this guards hand-made configs)
+ * are LOCO_EFORMAT. */
+#define LOCO_CLIP_TEXT_MAX_LIST_LAYERS LOCO_CLIP_TEXT_MAX_LAYERS
 loco_status loco_clip_text_config_sites(const loco_clip_text_config *cfg, loco_site **sites, int *n, loco_err *err);
 void loco_clip_text_sites_free(loco_site *sites, int n);
 

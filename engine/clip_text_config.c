@@ -18,28 +18,37 @@ void loco_clip_text_config_init(loco_clip_text_config *c) {
     c->with_projection = -1;
 }
 
-static loco_status get_pos_int(const json_t *o, const char *key, int required, int *out, const char *src,
+/* A positive integer of at most `max` (clip_text.h: the limits and why). */
+static loco_status get_pos_int(const json_t *o, const char *key, int required, int max, int *out, const char *src,
                                loco_err *err) {
     const json_t *v = json_object_get(o, key);
     if (!v) {
         if (required) return loco_err_set(err, LOCO_EFORMAT, "%s: key '%s' is missing", src, key);
         return LOCO_OK;
     }
-    if (!json_is_integer(v) || json_integer_value(v) <= 0 || json_integer_value(v) > (1 << 30))
+    if (!json_is_integer(v) || json_integer_value(v) <= 0)
         return loco_err_set(err, LOCO_EFORMAT, "%s: key '%s' must be a positive integer", src, key);
+    if (json_integer_value(v) > max)
+        return loco_err_set(err, LOCO_EFORMAT,
+                            "%s: key '%s' = %lld is more than loco's limit of %d (real CLIP text encoders are far "
+                            "smaller: a corrupt config?)",
+                            src, key, (long long)json_integer_value(v), max);
     *out = (int)json_integer_value(v);
     return LOCO_OK;
 }
 
 static loco_status parse_obj(const json_t *o, const char *src, loco_clip_text_config *c, loco_err *err) {
     loco_status st;
-    if ((st = get_pos_int(o, "vocab_size", 1, &c->vocab_size, src, err)) ||
-        (st = get_pos_int(o, "hidden_size", 1, &c->hidden_size, src, err)) ||
-        (st = get_pos_int(o, "intermediate_size", 1, &c->intermediate_size, src, err)) ||
-        (st = get_pos_int(o, "num_hidden_layers", 1, &c->num_hidden_layers, src, err)) ||
-        (st = get_pos_int(o, "num_attention_heads", 1, &c->num_attention_heads, src, err)) ||
-        (st = get_pos_int(o, "max_position_embeddings", 1, &c->max_position_embeddings, src, err)) ||
-        (st = get_pos_int(o, "projection_dim", 0, &c->projection_dim, src, err)))
+    if ((st = get_pos_int(o, "vocab_size", 1, LOCO_CLIP_TEXT_MAX_VOCAB, &c->vocab_size, src, err)) ||
+        (st = get_pos_int(o, "hidden_size", 1, LOCO_CLIP_TEXT_MAX_HIDDEN, &c->hidden_size, src, err)) ||
+        (st = get_pos_int(o, "intermediate_size", 1, LOCO_CLIP_TEXT_MAX_INTERMEDIATE, &c->intermediate_size, src,
+                          err)) ||
+        (st = get_pos_int(o, "num_hidden_layers", 1, LOCO_CLIP_TEXT_MAX_LAYERS, &c->num_hidden_layers, src, err)) ||
+        (st = get_pos_int(o, "num_attention_heads", 1, LOCO_CLIP_TEXT_MAX_HIDDEN, &c->num_attention_heads, src,
+                          err)) ||
+        (st = get_pos_int(o, "max_position_embeddings", 1, LOCO_CLIP_TEXT_MAX_POSITIONS,
+                          &c->max_position_embeddings, src, err)) ||
+        (st = get_pos_int(o, "projection_dim", 0, LOCO_CLIP_TEXT_MAX_HIDDEN, &c->projection_dim, src, err)))
         return st;
     if (c->hidden_size % c->num_attention_heads != 0)
         return loco_err_set(err, LOCO_EFORMAT, "%s: hidden_size %d is not a multiple of num_attention_heads %d", src,
@@ -94,7 +103,8 @@ loco_status loco_clip_text_config_from_json(const json_t *root, const char *sour
     loco_status st = parse_obj(obj, src, &c, err);
     if (st) return st;
     /* CLIPConfig keeps the projection width at the top level */
-    if (obj != root && c.projection_dim == 0 && (st = get_pos_int(root, "projection_dim", 0, &c.projection_dim, src, err)))
+    if (obj != root && c.projection_dim == 0 &&
+        (st = get_pos_int(root, "projection_dim", 0, LOCO_CLIP_TEXT_MAX_HIDDEN, &c.projection_dim, src, err)))
         return st;
     *out = c;
     return LOCO_OK;

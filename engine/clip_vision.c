@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "clip_text.h" /* LOCO_CLIP_TEXT_MAX_LAYERS: the same bound for both towers */
 #include "nn.h"
 
 typedef struct vlayer {
@@ -63,6 +64,12 @@ loco_status loco_clip_vision_config_from_json(const json_t *root, const char *so
         return st;
     /* CLIPConfig keeps the shared projection width at the top level */
     if (obj != root && (st = get_int(root, "projection_dim", 0, &c.projection_dim, src, err))) return st;
+    /* the layer table is allocated from this count before any weight is read (real CLIP vision
+     * towers have at most 48 layers) */
+    if (c.num_hidden_layers > LOCO_CLIP_TEXT_MAX_LAYERS)
+        return loco_err_set(err, LOCO_EFORMAT,
+                            "%s: vision num_hidden_layers = %d is more than loco's limit of %d (a corrupt config?)", src,
+                            c.num_hidden_layers, LOCO_CLIP_TEXT_MAX_LAYERS);
     if (c.hidden_size % c.num_attention_heads)
         return loco_err_set(err, LOCO_EFORMAT, "%s: vision hidden_size %d is not a multiple of num_attention_heads %d",
                             src, c.hidden_size, c.num_attention_heads);

@@ -57,16 +57,17 @@ static void dn_free(dn_state *s) {
 
 static loco_status make_scheduler(const loco_pipeline *p, const loco_denoise_params *d, loco_scheduler **out,
                                   loco_err *err) {
+    loco_scheduler_kind kind;
+    loco_status st = loco_pipeline_scheduler_kind(p, d->has_scheduler, d->scheduler, d->use_karras_sigmas, &kind, err);
+    if (st) return st;
     loco_scheduler_config cfg = p->sched_cfg;
     cfg.trained_betas = NULL; /* shared, read-only: loco_scheduler_create copies what it needs */
     cfg.trained_betas_len = 0;
-    loco_status st = LOCO_OK;
     if (p->sched_cfg.trained_betas)
         st = loco_scheduler_config_set_trained_betas(&cfg, p->sched_cfg.trained_betas, p->sched_cfg.trained_betas_len,
                                                      err);
     if (st) return st;
     if (d->use_karras_sigmas >= 0) cfg.use_karras_sigmas = d->use_karras_sigmas;
-    loco_scheduler_kind kind = d->has_scheduler ? d->scheduler : p->default_scheduler;
     st = loco_scheduler_create(kind, &cfg, d->steps, p->be, out, err);
     loco_scheduler_config_release(&cfg);
     if (st) loco_err_prefix(err, "scheduler %s", loco_scheduler_kind_name(kind));

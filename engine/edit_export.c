@@ -6,6 +6,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "file_out.h"
 #include "pipeline_impl.h"
 #include "pipeline_variant.h"
 
@@ -224,7 +225,105 @@ done:
 
 /* ---- diffusers folder ------------------------------------------------------------------------- */
 
-static loco_status mkdirs(const char *path, loco_err *err) {
+/* An export reads the base model's files while it writes the new folder: model_index.json, the
+ * configs and the tokenizer files are copied, the weights rewritten. Writing into the model's own
+ * folder (or a folder inside it, or one that contains it) would replace those files with the
+ * variant's (the base model is lost) or, for a plain copy onto itself, empty them. So the folders
+ * an export reads from are listed, and every folder it writes into is checked against them, by
+ * inode (symlinked subfolders of the export folder included); every file it replaces is checked
+ * against its sources too (hard links, symlinks). */
+#define EXPORT_MAX_SOURCES 3
+
+typedef struct export_ctx {
+    const loco_pipeline_variant *v;
+    const loco_model_files *mf;
+    const char *dir;
+    loco_export_dtype dtype;
+    const char *src_dirs[EXPORT_MAX_SOURCES]; /* the config folder (the model folder), tokenizer folders */
+    const char *src_what[EXPORT_MAX_SOURCES];
+    int n_src;
+    const char *checkpoint; /* single files: the checkpoint, else NULL */
+} export_ctx;
+
+static void export_sources(const loco_model_files *mf, export_ctx *c) {
+    c->mf = mf;
+    c->n_src = 0;
+    const int single = loco_model_files_is_single_file(mf);
+    const char *root = loco_model_files_config_root(mf);
+    if (root) {
+        c->src_dirs[c->n_src] = root;
+        c->src_what[c->n_src++] = single ? "the config folder (--config-dir)" : "the model's folder";
+    }
+    static const char *const toks[2] = {"tokenizer", "tokenizer_2"};
+    for (int i = 0; i < 2; i++) {
+        const char *t = loco_model_files_tokenizer_dir(mf, toks[i]);
+        if (!t) continue;
+        c->src_dirs[c->n_src] = t;
+        c->src_what[c->n_src++] = i ? "the model's tokenizer_2 folder" : "the model's tokenizer folder";
+    }
+    c->checkpoint = single ? loco_model_files_path(mf) : NULL;
+}
+
+/* `dst`, a folder the export writes into (it may not exist yet), against every source folder. */
+static loco_status check_dest_dir(const export_ctx *c, const char *dst, loco_err *err) {
+    for (int i = 0; i < c->n_src; i++) {
+        loco_path_relation rel;
+        loco_status st = loco_path_relation_of(dst, c->src_dirs[i], &rel, err);
+        if (st) return loco_err_prefix(err, "export");
+        static const char *const how[] = {"", "is", "is inside", "contains"};
+        if (rel == LOCO_PATH_APART) continue;
+        return loco_err_set(err, LOCO_EINVAL,
+                            "export: the folder %s %s %s %s, which the export reads from; writing there would "
+                            "overwrite the base model's files: choose a folder outside it",
+                            dst, how[rel], c->src_what[i], c->src_dirs[i]);
+    }
+    return LOCO_OK;
+}
+
+/* A file in `dir` that is the same file as `dst` (a hard link or symlink of a source), or NULL
+ * (name written to buf). */
+static const char *same_file_in(const char *dir, const char *dst, char *buf, size_t n) {
+    DIR *d = opendir(dir);
+    if (!d) return NULL;
+    const char *found = NULL;
+    struct dirent *e;
+    while (!found && (e = readdir(d)))
+        if (e->d_name[0] != '.' && snprintf(buf, n, "%s/%s", dir, e->d_name) < (int)n && loco_same_file(buf, dst))
+            found = buf;
+    closedir(d);
+    return found;
+}
+
+/* `dst`, a file the export is about to replace, against the files of `src_dir` (the folder its
+ * content comes from; NULL: none) and the checkpoint. */
+static loco_status check_dest_file(const export_ctx *c, const char *src_dir, const char *dst, loco_err *err) {
+    struct stat sb;
+    if (stat(dst, &sb) != 0) return LOCO_OK; /* a new file replaces nothing */
+    char buf[4200];
+    const char *src = src_dir ? same_file_in(src_dir, dst, buf, sizeof buf) : NULL;
+    if (!src && c->checkpoint && loco_same_file(c->checkpoint, dst)) src = c->checkpoint;
+    if (src)
+        return loco_err_set(err, LOCO_EINVAL,
+                            "export: %s is the same file as the base model's %s (a hard link or symlink); writing it "
+                            "would change the base model: remove it or choose another folder",
+                            dst, src);
+    return LOCO_OK;
+}
+
+loco_status loco_pipeline_export_folder_check(const loco_pipeline *base, const char *dir, loco_err *err) {
+    if (!dir || !*dir) return loco_err_set(err, LOCO_EINVAL, "export: no folder given");
+    struct stat sb;
+    if (stat(dir, &sb) == 0 && !S_ISDIR(sb.st_mode))
+        return loco_err_set(err, LOCO_EINVAL, "export: %s exists and is not a folder", dir);
+    if (!base->files) return loco_err_set(err, LOCO_EUNSUPPORTED, "export: the model has no files to export from");
+    export_ctx c;
+    memset(&c, 0, sizeof c);
+    export_sources(base->files, &c);
+    return check_dest_dir(&c, dir, err);
+}
+
+/* mkdir -p, then the check that the folder (maybe a symlink into a source) is not a source. */
+static loco_status mkdirs(const export_ctx *c, const char *path, loco_err *err) {
     char buf[4096];
     if (snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf)
         return loco_err_set(err, LOCO_EINVAL, "export: path too long");
@@ -235,37 +334,48 @@ static loco_status mkdirs(const char *path, loco_err *err) {
             *p = '/';
         }
     if (mkdir(buf, 0755) && errno != EEXIST) return loco_err_set(err, LOCO_EIO, "export: cannot create %s: %s", buf, strerror(errno));
-    return LOCO_OK;
+    return check_dest_dir(c, path, err);
 }
 
-static loco_status write_json(const json_t *j, const char *dir, const char *sub, const char *file, loco_err *err) {
-    char d[4096], p[4200];
-    snprintf(d, sizeof d, "%s%s%s", dir, sub ? "/" : "", sub ? sub : "");
-    loco_status st = mkdirs(d, err);
+static loco_status write_json(const export_ctx *c, const json_t *j, const char *sub, const char *file, loco_err *err) {
+    char d[4096], p[4200], src[4200];
+    snprintf(d, sizeof d, "%s%s%s", c->dir, sub ? "/" : "", sub ? sub : "");
+    loco_status st = mkdirs(c, d, err);
     if (st) return st;
     snprintf(p, sizeof p, "%s/%s", d, file);
-    if (json_dump_file(j, p, JSON_INDENT(2) | JSON_PRESERVE_ORDER))
-        return loco_err_set(err, LOCO_EIO, "export: cannot write %s", p);
-    return LOCO_OK;
+    const char *root = loco_model_files_config_root(c->mf);
+    if (root) snprintf(src, sizeof src, "%s%s%s", root, sub ? "/" : "", sub ? sub : "");
+    if ((st = check_dest_file(c, root ? src : NULL, p, err))) return st;
+    st = loco_write_json_file(p, j, JSON_INDENT(2) | JSON_PRESERVE_ORDER, err);
+    return st ? loco_err_prefix(err, "export") : LOCO_OK;
 }
 
+/* A plain copy, through a temporary file (engine/file_out.h): even a destination that is the
+ * source under another name would not be truncated before it is read. */
 static loco_status copy_file(const char *src, const char *dst, loco_err *err) {
+    if (loco_same_file(src, dst))
+        return loco_err_set(err, LOCO_EINVAL,
+                            "export: %s is the same file as its source %s (a hard link or symlink); writing it would "
+                            "change the base model: remove it or choose another folder",
+                            dst, src);
     FILE *in = fopen(src, "rb");
     if (!in) return loco_err_set(err, LOCO_EIO, "export: cannot read %s: %s", src, strerror(errno));
-    FILE *out = fopen(dst, "wb");
-    if (!out) {
+    loco_out_file out;
+    loco_status st = loco_out_file_open(&out, dst, err);
+    if (st) {
         fclose(in);
-        return loco_err_set(err, LOCO_EIO, "export: cannot write %s: %s", dst, strerror(errno));
+        return loco_err_prefix(err, "export");
     }
     char buf[65536];
     size_t r;
-    int bad = 0;
-    while ((r = fread(buf, 1, sizeof buf, in)) > 0)
-        if (fwrite(buf, 1, r, out) != r) bad = 1;
-    bad |= ferror(in);
+    while (!st && (r = fread(buf, 1, sizeof buf, in)) > 0) st = loco_out_file_write(&out, buf, r, err);
+    if (!st && ferror(in)) st = loco_err_set(err, LOCO_EIO, "export: reading %s failed", src);
     fclose(in);
-    if (fclose(out) || bad) return loco_err_set(err, LOCO_EIO, "export: copying %s to %s failed", src, dst);
-    return LOCO_OK;
+    if (st) {
+        loco_out_file_abort(&out);
+        return st;
+    }
+    return loco_out_file_commit(&out, err);
 }
 
 static int is_regular(const char *path) {
@@ -275,8 +385,8 @@ static int is_regular(const char *path) {
 
 /* Every regular file of a folder (no README); vocab.json/merges.txt from ../clip when the folder
  * shares them (the bundled clip-pad-bang configuration). */
-static loco_status copy_folder(const char *src, const char *dst, int tokenizer, loco_err *err) {
-    loco_status st = mkdirs(dst, err);
+static loco_status copy_folder(const export_ctx *c, const char *src, const char *dst, int tokenizer, loco_err *err) {
+    loco_status st = mkdirs(c, dst, err);
     if (st) return st;
     DIR *d = opendir(src);
     if (!d) return loco_err_set(err, LOCO_EIO, "export: cannot list %s: %s", src, strerror(errno));
@@ -321,16 +431,15 @@ static const loco_variant_change *find_change(const loco_pipeline_variant *v, lo
 
 /* One model component's weights ("unet", "vae", "text_encoder", ...), the variant's changes
  * swapped in (comp < 0: a component variants never change). */
-static loco_status write_weights(const loco_pipeline_variant *v, const char *cname, int comp, const char *dir,
-                                 loco_export_dtype dtype, loco_err *err) {
-    const loco_pipeline *base = loco_pipeline_variant_base(v);
+static loco_status write_weights(const export_ctx *c, const char *cname, int comp, loco_err *err) {
+    const loco_pipeline_variant *v = c->v;
     loco_weights *w = NULL;
-    loco_status st = loco_model_files_weights(base->files, cname, &w, err);
+    loco_status st = loco_model_files_weights(c->mf, cname, &w, err);
     if (st) return st;
     const size_t n = loco_weights_count(w);
     loco_stored_tensor *t = calloc(n ? n : 1, sizeof *t);
     void **owned = calloc(n ? n : 1, sizeof *owned);
-    char d[4096], path[4200];
+    char d[4096], path[4200], src[4200];
     if (!t || !owned) {
         st = loco_err_set(err, LOCO_ENOMEM, "export: out of memory");
         goto done;
@@ -339,8 +448,8 @@ static loco_status write_weights(const loco_pipeline_variant *v, const char *cna
         const loco_stored_tensor *s = loco_weights_at(w, i);
         const loco_variant_change *ch = comp >= 0 ? find_change(v, (loco_component)comp, s->name) : NULL;
         t[i] = *s;
-        if (!ch && (!loco_dtype_is_float(s->dtype) || export_dtype(dtype, s->dtype) == s->dtype)) continue;
-        const loco_dtype to = loco_dtype_is_float(s->dtype) ? export_dtype(dtype, s->dtype) : s->dtype;
+        if (!ch && (!loco_dtype_is_float(s->dtype) || export_dtype(c->dtype, s->dtype) == s->dtype)) continue;
+        const loco_dtype to = loco_dtype_is_float(s->dtype) ? export_dtype(c->dtype, s->dtype) : s->dtype;
         const int64_t numel = loco_stored_numel(s);
         float *f32 = malloc((size_t)(numel ? numel : 1) * sizeof *f32);
         void *out = malloc((size_t)(numel ? numel : 1) * loco_dtype_size(to));
@@ -369,10 +478,13 @@ static loco_status write_weights(const loco_pipeline_variant *v, const char *cna
         t[i].dtype = to;
         t[i].nbytes = (size_t)numel * loco_dtype_size(to);
     }
-    snprintf(d, sizeof d, "%s/%s", dir, cname);
-    if ((st = mkdirs(d, err))) goto done;
+    snprintf(d, sizeof d, "%s/%s", c->dir, cname);
+    if ((st = mkdirs(c, d, err))) goto done;
     /* diffusers models and transformers models name their weight files differently */
     snprintf(path, sizeof path, "%s/%s.safetensors", d, strncmp(cname, "text_encoder", 12) == 0 ? "model" : "diffusion_pytorch_model");
+    const char *root = loco_model_files_config_root(c->mf);
+    if (root) snprintf(src, sizeof src, "%s/%s", root, cname);
+    if ((st = check_dest_file(c, root ? src : NULL, path, err))) goto done;
     st = loco_safetensors_write(path, t, n, (const char *const[]){"format", "pt", NULL}, err);
 done:
     for (size_t i = 0; owned && i < n; i++) free(owned[i]);
@@ -391,9 +503,12 @@ loco_status loco_pipeline_variant_export_folder(const loco_pipeline_variant *v, 
                             "export: this variant has neuron ablations, which act on the conditional branch at "
                             "inference and have no diffusers weight form; export the delta file instead");
     const loco_pipeline *base = loco_pipeline_variant_base(v);
-    const loco_model_files *mf = base->files;
-    loco_status st = mkdirs(dir, err);
+    loco_status st = loco_pipeline_export_folder_check(base, dir, err);
     if (st) return st;
+    export_ctx c = {.v = v, .dir = dir, .dtype = dtype};
+    export_sources(base->files, &c);
+    const loco_model_files *mf = base->files;
+    if ((st = mkdirs(&c, dir, err))) return st;
     json_t *index = json_deep_copy(loco_model_files_index(mf));
     if (!json_is_object(index)) {
         json_decref(index);
@@ -412,11 +527,11 @@ loco_status loco_pipeline_variant_export_folder(const loco_pipeline_variant *v, 
                 st = loco_err_set(err, LOCO_ENOTFOUND, "export: no config for %s", key);
                 break;
             }
-            if ((st = write_json(cfg, dir, key, "config.json", err))) break;
-            if ((st = write_weights(v, key, strcmp(key, "vae") == 0 ? -1 : (int)comp, dir, dtype, err))) break;
+            if ((st = write_json(&c, cfg, key, "config.json", err))) break;
+            if ((st = write_weights(&c, key, strcmp(key, "vae") == 0 ? -1 : (int)comp, err))) break;
         } else if (strcmp(key, "scheduler") == 0) {
             const json_t *cfg = loco_model_files_config(mf, "scheduler");
-            if (!cfg || (st = write_json(cfg, dir, "scheduler", "scheduler_config.json", err))) {
+            if (!cfg || (st = write_json(&c, cfg, "scheduler", "scheduler_config.json", err))) {
                 if (!cfg) st = loco_err_set(err, LOCO_ENOTFOUND, "export: no scheduler config");
                 break;
             }
@@ -427,7 +542,7 @@ loco_status loco_pipeline_variant_export_folder(const loco_pipeline_variant *v, 
                 break;
             }
             snprintf(sub, sizeof sub, "%s/%s", dir, key);
-            if ((st = copy_folder(src, sub, 1, err))) break;
+            if ((st = copy_folder(&c, src, sub, 1, err))) break;
         } else {
             /* components loco does not run (safety checker, feature extractor): copied from a
              * diffusers folder as they are, else left out of the index */
@@ -436,13 +551,13 @@ loco_status loco_pipeline_variant_export_folder(const loco_pipeline_variant *v, 
             struct stat sb;
             if (!loco_model_files_is_single_file(mf) && stat(src, &sb) == 0 && S_ISDIR(sb.st_mode)) {
                 snprintf(sub, sizeof sub, "%s/%s", dir, key);
-                if ((st = copy_folder(src, sub, 0, err))) break;
+                if ((st = copy_folder(&c, src, sub, 0, err))) break;
             } else {
                 json_object_set_new(index, key, json_pack("[nn]"));
             }
         }
     }
-    if (!st) st = write_json(index, dir, NULL, "model_index.json", err);
+    if (!st) st = write_json(&c, index, NULL, "model_index.json", err);
     json_decref(index);
     return st;
 }

@@ -1,6 +1,7 @@
 /* image.c: diffusers' output quantisation and preprocessing; PNG through libspng. */
 #include "image.h"
 
+#include "file_out.h"
 #include "quantize_u8.h"
 
 #include <errno.h>
@@ -9,8 +10,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 void loco_image_free(loco_image *img) {
     if (!img) return;
@@ -142,49 +141,15 @@ loco_status loco_png_encode(const loco_image *img, void **buf, size_t *len, loco
     return st;
 }
 
-static loco_status write_all(int fd, const void *buf, size_t len, const char *path, loco_err *err) {
-    const char *p = buf;
-    while (len > 0) {
-        ssize_t w = write(fd, p, len);
-        if (w < 0 && errno == EINTR) continue;
-        if (w < 0) return loco_err_set(err, LOCO_EIO, "%s: write failed: %s", path, strerror(errno));
-        p += w;
-        len -= (size_t)w;
-    }
-    return LOCO_OK;
-}
-
+/* Written through engine/file_out.h: a regular file atomically (temporary + rename), a device
+ * or FIFO (`--output /dev/null`, a named pipe) in place, a folder refused. */
 loco_status loco_png_write(const char *path, const loco_image *img, loco_err *err) {
     if (!path || !*path) return loco_err_set(err, LOCO_EINVAL, "png write: no path");
     void *buf;
     size_t len;
     loco_status st = loco_png_encode(img, &buf, &len, err);
     if (st) return loco_err_prefix(err, "%s", path);
-    size_t plen = strlen(path);
-    char *tmp = malloc(plen + 16);
-    if (!tmp) {
-        free(buf);
-        return loco_err_set(err, LOCO_ENOMEM, "%s: out of memory", path);
-    }
-    /* a unique name next to the target, so the rename stays on one filesystem */
-    memcpy(tmp, path, plen);
-    memcpy(tmp + plen, ".tmp.XXXXXX", 12);
-    int fd = mkstemp(tmp);
-    if (fd < 0) {
-        st = loco_err_set(err, LOCO_EIO, "%s: cannot create a file there: %s", path, strerror(errno));
-        goto done;
-    }
-    st = write_all(fd, buf, len, path, err);
-    /* mkstemp makes 0600; an image is a shareable artefact. (Reading the umask would mean
-     * changing it, which races with other threads creating files.) */
-    if (!st && fchmod(fd, 0644) != 0) st = loco_err_set(err, LOCO_EIO, "%s: chmod failed: %s", path, strerror(errno));
-    if (!st && fsync(fd) != 0) st = loco_err_set(err, LOCO_EIO, "%s: fsync failed: %s", path, strerror(errno));
-    if (close(fd) != 0 && !st) st = loco_err_set(err, LOCO_EIO, "%s: close failed: %s", path, strerror(errno));
-    if (!st && rename(tmp, path) != 0)
-        st = loco_err_set(err, LOCO_EIO, "%s: rename from the temporary file failed: %s", path, strerror(errno));
-    if (st) unlink(tmp);
-done:
-    free(tmp);
+    st = loco_write_file(path, buf, len, err);
     free(buf);
     return st;
 }

@@ -31,9 +31,8 @@ loco_status loco_sampler_opts_apply(const loco_pipeline *p, const loco_sampler_o
     if (d->width < m || d->height < m || d->width > 8192 || d->height > 8192 || d->width % m || d->height % m)
         return loco_err_set(err, LOCO_EINVAL, "width and height must be multiples of %d between %d and 8192, got %dx%d",
                             m, m, d->width, d->height);
-    if (o->has_scheduler && (unsigned)o->scheduler >= LOCO_SCHED_KIND_COUNT)
-        return loco_err_set(err, LOCO_EINVAL, "unknown scheduler");
-    return LOCO_OK;
+    loco_scheduler_kind kind;
+    return loco_pipeline_scheduler_kind(p, o->has_scheduler, o->scheduler, o->use_karras_sigmas, &kind, err);
 }
 
 loco_status loco_sampler_n_calls(const loco_pipeline *p, const loco_denoise_params *d, int *out, loco_err *err) {
@@ -42,9 +41,10 @@ loco_status loco_sampler_n_calls(const loco_pipeline *p, const loco_denoise_para
     cfg.trained_betas_len = 0;
     if (d->use_karras_sigmas >= 0) cfg.use_karras_sigmas = d->use_karras_sigmas;
     loco_scheduler *s = NULL;
+    loco_scheduler_kind kind;
+    loco_status st = loco_pipeline_scheduler_kind(p, d->has_scheduler, d->scheduler, d->use_karras_sigmas, &kind, err);
     /* the call count does not depend on trained betas */
-    loco_status st = loco_scheduler_create(d->has_scheduler ? d->scheduler : p->default_scheduler, &cfg, d->steps,
-                                           p->be, &s, err);
+    if (!st) st = loco_scheduler_create(kind, &cfg, d->steps, p->be, &s, err);
     if (st) return st;
     *out = loco_scheduler_num_calls(s);
     loco_scheduler_destroy(s);

@@ -4,6 +4,7 @@
 #include "json_util.h"
 
 #include <limits.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,6 +24,7 @@ struct loco_model_files {
     json_t *configs;        /* component -> parsed config */
     char *tok[2];           /* tokenizer, tokenizer_2 folders */
     loco_safetensors *file; /* single files: the checkpoint (detection, checkpoint_tensor) */
+    char why_unknown[384];  /* folders of family UNKNOWN: what detection found instead */
 };
 
 static const char *const family_names[LOCO_FAMILY_COUNT] = {"unknown", "sd1", "sd2", "sdxl"};
@@ -164,17 +166,51 @@ static int cfg_int(const json_t *cfg, const char *key, int dflt) {
     return json_is_integer(v) ? (int)json_integer_value(v) : dflt;
 }
 
+/* Record why a folder is not a model loco runs (LOCO_FAMILY_UNKNOWN), naming the pipeline class
+ * model_index.json declares when it has one. */
+static loco_model_family unknown(loco_model_files *m, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static loco_model_family unknown(loco_model_files *m, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(m->why_unknown, sizeof m->why_unknown, fmt, ap);
+    va_end(ap);
+    const char *cls = json_string_value(json_object_get(m->index, "_class_name"));
+    if (cls && n > 0 && (size_t)n < sizeof m->why_unknown)
+        snprintf(m->why_unknown + n, sizeof m->why_unknown - (size_t)n, " (model_index.json _class_name '%s')", cls);
+    return LOCO_FAMILY_UNKNOWN;
+}
+
+/* What a UNet with in_channels != 4 is: the pipelines that concatenate an image or mask to the
+ * latents (diffusers' StableDiffusionInpaintPipeline: 4 + 4 + 1, InstructPix2Pix: 4 + 4, the x4
+ * upscaler: 4 + 3). */
+static const char *in_channels_kind(int c) {
+    switch (c) {
+    case 9: return "inpainting models are not supported";
+    case 8: return "instruct-pix2pix (image editing) models are not supported";
+    case 7: return "the x4 upscaler is not supported";
+    default: return "not a text-to-image UNet";
+    }
+}
+
 /* SD-like layout (UNet + VAE + CLIP text encoder with 4 latent channels in) decides by the
  * text side: a second text encoder is SD-XL; otherwise the cross-attention width (768 CLIP-L,
  * 1024 OpenCLIP-H) or, for small test models, the activation (quick_gelu is OpenAI CLIP,
- * gelu OpenCLIP) and finally the projection style (linear from SD 2 on). */
-static loco_model_family detect_folder(const loco_model_files *m) {
+ * gelu OpenCLIP) and finally the projection style (linear from SD 2 on). Anything else is
+ * UNKNOWN with the reason in m->why_unknown. */
+static loco_model_family detect_folder(loco_model_files *m) {
     const char *unet = index_entry(m->index, "unet", 1), *vae = index_entry(m->index, "vae", 1);
     const char *te = index_entry(m->index, "text_encoder", 1);
-    if (!unet || !vae || !te || strcmp(unet, "UNet2DConditionModel") != 0 || strncmp(te, "CLIPTextModel", 13) != 0)
-        return LOCO_FAMILY_UNKNOWN;
+    if (!unet) return unknown(m, "model_index.json has no unet entry (Stable Diffusion needs a UNet2DConditionModel)");
+    if (strcmp(unet, "UNet2DConditionModel") != 0)
+        return unknown(m, "model_index.json's unet is a %s, not a UNet2DConditionModel", unet);
+    if (!vae) return unknown(m, "model_index.json has no vae entry");
+    if (!te) return unknown(m, "model_index.json has no text_encoder entry");
+    if (strncmp(te, "CLIPTextModel", 13) != 0)
+        return unknown(m, "model_index.json's text_encoder is a %s, not a CLIPTextModel", te);
     const json_t *ucfg = json_object_get(m->configs, "unet"), *tcfg = json_object_get(m->configs, "text_encoder");
-    if (cfg_int(ucfg, "in_channels", 4) != 4) return LOCO_FAMILY_UNKNOWN; /* inpainting, upscaler */
+    const int in_ch = cfg_int(ucfg, "in_channels", 4);
+    if (in_ch != 4)
+        return unknown(m, "unet in_channels %d: %s (text-to-image needs 4)", in_ch, in_channels_kind(in_ch));
     if (index_entry(m->index, "text_encoder_2", 1)) return LOCO_FAMILY_SDXL;
     int xdim = cfg_int(ucfg, "cross_attention_dim", 0);
     if (xdim == 768) return LOCO_FAMILY_SD1;
@@ -304,6 +340,18 @@ loco_status loco_model_files_open(const char *path, const loco_model_files_opts 
                             "convert them first)",
                             path);
     if (!single && !S_ISDIR(sb.st_mode)) return loco_err_set(err, LOCO_EINVAL, "%s: not a file or folder", path);
+    /* options that only mean something for the other kind of model are errors, not silently
+     * ignored: a user passing them expects an effect */
+    if (!single && opts->config_dir)
+        return loco_err_set(err, LOCO_EINVAL,
+                            "%s is a diffusers folder: a config folder (--config-dir %s) applies only to single-file "
+                            "checkpoints; the folder's own configs are used, leave it out",
+                            path, opts->config_dir);
+    if (single && opts->variant)
+        return loco_err_set(err, LOCO_EINVAL,
+                            "%s is a single-file checkpoint: a weight variant (--variant %s) applies only to diffusers "
+                            "folders; leave it out",
+                            path, opts->variant);
 
     loco_model_files *m = calloc(1, sizeof *m);
     if (!m || !(m->path = strdup(path))) {
@@ -363,8 +411,12 @@ void loco_model_files_close(loco_model_files *m) {
 /* ---- getters --------------------------------------------------------------------------------- */
 
 const char *loco_model_files_path(const loco_model_files *m) { return m ? m->path : NULL; }
+const char *loco_model_files_config_root(const loco_model_files *m) { return m ? m->cfg_root : NULL; }
 int loco_model_files_is_single_file(const loco_model_files *m) { return m && m->single; }
 loco_model_family loco_model_files_family(const loco_model_files *m) { return m ? m->family : LOCO_FAMILY_UNKNOWN; }
+const char *loco_model_files_unknown_reason(const loco_model_files *m) {
+    return m && m->family == LOCO_FAMILY_UNKNOWN && m->why_unknown[0] ? m->why_unknown : NULL;
+}
 const json_t *loco_model_files_index(const loco_model_files *m) { return m ? m->index : NULL; }
 
 const json_t *loco_model_files_config(const loco_model_files *m, const char *component) {

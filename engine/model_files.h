@@ -50,8 +50,15 @@ loco_status loco_model_files_open(const char *path, const loco_model_files_opts 
 void loco_model_files_close(loco_model_files *m);
 
 const char *loco_model_files_path(const loco_model_files *m);
+/* The folder model_index.json, the configs and the tokenizers come from: the model folder itself,
+ * a single file's config_dir, or NULL (a single file with the embedded defaults). */
+const char *loco_model_files_config_root(const loco_model_files *m);
 int loco_model_files_is_single_file(const loco_model_files *m);
 loco_model_family loco_model_files_family(const loco_model_files *m);
+/* For a folder of family UNKNOWN, what detection found instead ("unet in_channels 9: inpainting
+ * models are not supported (text-to-image needs 4)", "model_index.json has no unet entry"); NULL
+ * otherwise. Valid until close. */
+const char *loco_model_files_unknown_reason(const loco_model_files *m);
 
 /* model_index.json (the folder's, config_dir's or the embedded default). */
 const json_t *loco_model_files_index(const loco_model_files *m);

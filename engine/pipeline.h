@@ -66,7 +66,21 @@ const loco_clip_text *loco_pipeline_text_encoder(const loco_pipeline *p, int whi
 const loco_clip_tokenizer *loco_pipeline_tokenizer(const loco_pipeline *p, int which);
 /* The model's scheduler config (scheduler/scheduler_config.json) and its class. */
 const loco_scheduler_config *loco_pipeline_scheduler_config(const loco_pipeline *p);
+/* The scheduler class the model asks for: the one model_index.json names for "scheduler" (what
+ * diffusers instantiates, with scheduler_config.json's values), else scheduler_config.json's
+ * _class_name; "" when neither names one. */
+const char *loco_pipeline_scheduler_class(const loco_pipeline *p);
+/* Does loco implement that class? When not, the model still loads (a run may name its own
+ * scheduler) and runs that rely on the default fail naming the class. */
+int loco_pipeline_has_default_scheduler(const loco_pipeline *p);
+/* The kind of that class; meaningful only when loco_pipeline_has_default_scheduler. */
 loco_scheduler_kind loco_pipeline_default_scheduler(const loco_pipeline *p);
+/* The scheduler a run uses: `requested` when has_scheduler, else the model's default; and checks
+ * that Karras sigmas (use_karras_sigmas > 0) are something that scheduler has. LOCO_EUNSUPPORTED
+ * naming the model's class when it has no usable default, LOCO_EINVAL for Karras with another
+ * scheduler. */
+loco_status loco_pipeline_scheduler_kind(const loco_pipeline *p, int has_scheduler, loco_scheduler_kind requested,
+                                         int use_karras_sigmas, loco_scheduler_kind *out, loco_err *err);
 /* Pixels per latent cell: 2^(VAE levels - 1), 8 for every SD VAE. */
 int loco_pipeline_vae_scale(const loco_pipeline *p);
 /* Default image size: unet sample_size * vae_scale (512 for SD 1.5, 1024 for SD-XL). */

@@ -59,9 +59,8 @@ loco_status loco_generate_validate(const loco_pipeline *p, const loco_generate_p
                             "width and height must be multiples of %d between %d and %d, got %dx%d", m, m,
                             GEN_MAX_SIDE, w, h);
     if (g->clip_skip < 0) return loco_err_set(err, LOCO_EINVAL, "clip_skip must be >= 0, got %d", g->clip_skip);
-    if (g->has_scheduler && (unsigned)g->scheduler >= LOCO_SCHED_KIND_COUNT)
-        return loco_err_set(err, LOCO_EINVAL, "unknown scheduler");
-    return LOCO_OK;
+    loco_scheduler_kind kind;
+    return loco_pipeline_scheduler_kind(p, g->has_scheduler, g->scheduler, g->use_karras_sigmas, &kind, err);
 }
 
 loco_status loco_pipeline_encode_prompts(loco_pipeline *p, const loco_generate_params *g, int cfg, loco_prompt_embeds *pe,

@@ -18,10 +18,19 @@ struct loco_pipeline {
     loco_unet *unet;
     loco_vae *vae;
     loco_scheduler_config sched_cfg;
+    /* the scheduler class the model asks for (loco_pipeline_set_default_scheduler) and, when loco
+     * implements it, its kind */
+    char scheduler_class[64];
+    int has_default_scheduler;
     loco_scheduler_kind default_scheduler;
     int force_zeros_for_empty_prompt;
     int vae_scale;
 };
+
+/* Take the model's default scheduler from model_index.json's "scheduler" class (index_class;
+ * NULL or "" when it names none: then sched_cfg's _class_name), as diffusers does. Needs
+ * p->sched_cfg loaded. Shared by pipeline_load.c and pipeline_random.c. */
+void loco_pipeline_set_default_scheduler(loco_pipeline *p, const char *index_class);
 
 /* Shared by loco_generate and the variants' generate (pipeline_generate.c). */
 void loco_pipeline_text_encoders(const loco_pipeline *p, loco_text_encoders *enc); /* the resident text side */

@@ -1,5 +1,6 @@
 /* pipeline_load.c: loading a text-to-image pipeline's components onto a backend. */
 #include <jansson.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -73,22 +74,28 @@ static loco_status load_vae(loco_pipeline *p, loco_dtype upcast, loco_err *err) 
     return st;
 }
 
+/* diffusers' DiffusionPipeline.from_pretrained instantiates the class model_index.json names for
+ * "scheduler" and hands it scheduler_config.json (it only logs that the config's own _class_name
+ * differs); from_config then drops the keys that class does not take, as loco_scheduler_create
+ * does. So model_index's class comes first and the config's _class_name counts only when
+ * model_index names none. A class loco does not implement is kept by name rather than failing
+ * the load: a run may name its own scheduler, and one that relies on the default fails naming
+ * the class (loco_pipeline_scheduler_kind). */
+void loco_pipeline_set_default_scheduler(loco_pipeline *p, const char *index_class) {
+    const char *cls = index_class && *index_class ? index_class : p->sched_cfg.class_name;
+    snprintf(p->scheduler_class, sizeof p->scheduler_class, "%s", cls);
+    loco_scheduler_kind k = LOCO_SCHED_PNDM;
+    p->has_default_scheduler = p->scheduler_class[0] && loco_scheduler_kind_from_name(p->scheduler_class, &k) == 0;
+    p->default_scheduler = k;
+}
+
 static loco_status load_scheduler_config(loco_pipeline *p, loco_err *err) {
     loco_scheduler_config_init(&p->sched_cfg);
     const json_t *cfg_json = loco_model_files_config(p->files, "scheduler");
     if (!cfg_json) return loco_err_set(err, LOCO_ENOTFOUND, "%s: the model has no scheduler config", p->path);
     loco_status st = loco_scheduler_config_from_json(cfg_json, &p->sched_cfg, err);
     if (st) return loco_err_prefix(err, "scheduler/scheduler_config.json");
-    if (p->sched_cfg.has_class_kind) {
-        p->default_scheduler = p->sched_cfg.class_kind;
-    } else {
-        const char *cls = loco_model_files_class(p->files, "scheduler");
-        if (!cls || loco_scheduler_kind_from_name(cls, &p->default_scheduler))
-            return loco_err_set(err, LOCO_EUNSUPPORTED,
-                                "scheduler/scheduler_config.json: scheduler class '%s' is not one loco implements "
-                                "(pndm, ddim, euler, euler_a, dpmpp_2m, ddpm); choose one with --scheduler",
-                                cls ? cls : p->sched_cfg.class_name);
-    }
+    loco_pipeline_set_default_scheduler(p, loco_model_files_class(p->files, "scheduler"));
     return LOCO_OK;
 }
 
@@ -111,9 +118,9 @@ loco_status loco_pipeline_load(loco_backend *be, const loco_pipeline_opts *opts,
     if (st) goto fail;
     p->family = loco_model_files_family(p->files);
     if (p->family == LOCO_FAMILY_UNKNOWN) {
-        st = loco_err_set(err, LOCO_EUNSUPPORTED,
-                          "%s: not a Stable Diffusion 1.x, 2.x or SD-XL model (model_index.json _class_name)",
-                          opts->model_path);
+        const char *why = loco_model_files_unknown_reason(p->files);
+        st = loco_err_set(err, LOCO_EUNSUPPORTED, "%s: not a Stable Diffusion 1.x, 2.x or SD-XL text-to-image model: %s",
+                          opts->model_path, why ? why : "its model_index.json does not describe one");
         goto fail;
     }
     if ((st = load_scheduler_config(p, err))) goto fail;
@@ -189,6 +196,33 @@ const loco_clip_tokenizer *loco_pipeline_tokenizer(const loco_pipeline *p, int w
 }
 const loco_scheduler_config *loco_pipeline_scheduler_config(const loco_pipeline *p) { return &p->sched_cfg; }
 loco_scheduler_kind loco_pipeline_default_scheduler(const loco_pipeline *p) { return p->default_scheduler; }
+const char *loco_pipeline_scheduler_class(const loco_pipeline *p) { return p->scheduler_class; }
+int loco_pipeline_has_default_scheduler(const loco_pipeline *p) { return p->has_default_scheduler; }
+
+loco_status loco_pipeline_scheduler_kind(const loco_pipeline *p, int has_scheduler, loco_scheduler_kind requested,
+                                         int use_karras_sigmas, loco_scheduler_kind *out, loco_err *err) {
+    if (has_scheduler) {
+        if ((unsigned)requested >= LOCO_SCHED_KIND_COUNT) return loco_err_set(err, LOCO_EINVAL, "unknown scheduler");
+        *out = requested;
+    } else if (p->has_default_scheduler) {
+        *out = p->default_scheduler;
+    } else {
+        char classes[256] = "";
+        for (int k = 0; k < LOCO_SCHED_KIND_COUNT; k++)
+            snprintf(classes + strlen(classes), sizeof classes - strlen(classes), "%s%s", k ? ", " : "",
+                     loco_scheduler_kind_class_name((loco_scheduler_kind)k));
+        return loco_err_set(err, LOCO_EUNSUPPORTED,
+                            "%s: the model's scheduler class '%s' (model_index.json) is not one loco implements (%s); "
+                            "pick one with --scheduler pndm|ddim|euler|euler_a|dpmpp_2m|ddpm",
+                            p->path ? p->path : "model", p->scheduler_class[0] ? p->scheduler_class : "(none)", classes);
+    }
+    if (use_karras_sigmas > 0 && !loco_scheduler_kind_takes_karras(*out))
+        return loco_err_set(err, LOCO_EINVAL,
+                            "Karras sigmas (--karras) apply to euler and dpmpp_2m, not to %s (%s has no "
+                            "use_karras_sigmas)",
+                            loco_scheduler_kind_name(*out), loco_scheduler_kind_class_name(*out));
+    return LOCO_OK;
+}
 int loco_pipeline_vae_scale(const loco_pipeline *p) { return p->vae_scale; }
 int loco_pipeline_default_size(const loco_pipeline *p) {
     int s = loco_unet_get_config(p->unet)->sample_size;

@@ -114,15 +114,12 @@ static loco_status load_scheduler(loco_pipeline *p, const char *fam, const json_
     st = loco_scheduler_config_from_json(j, &p->sched_cfg, err);
     json_decref(j);
     if (st) return loco_err_prefix(err, "embedded %s/scheduler/scheduler_config.json", fam);
-    if (p->sched_cfg.has_class_kind) {
-        p->default_scheduler = p->sched_cfg.class_kind;
-        return LOCO_OK;
-    }
     const json_t *entry = json_object_get(index, "scheduler");
     const char *cls = json_is_array(entry) ? json_string_value(json_array_get(entry, 1)) : NULL;
-    if (!cls || loco_scheduler_kind_from_name(cls, &p->default_scheduler))
+    loco_pipeline_set_default_scheduler(p, cls);
+    if (!p->has_default_scheduler) /* the embedded configs are ours: a class loco lacks is a build error */
         return loco_err_set(err, LOCO_EUNSUPPORTED, "embedded %s model_index.json: scheduler class '%s' is unknown",
-                            fam, cls ? cls : "(none)");
+                            fam, p->scheduler_class);
     return LOCO_OK;
 }
 

@@ -130,8 +130,13 @@ int loco_export_dtype_from_name(const char *name, loco_export_dtype *out);
 
 /* Write a diffusers folder at `dir` (created; existing files of the same names are replaced).
  * LOCO_EUNSUPPORTED when the variant has ablations: they act at inference time on the
- * conditional branch only, which no diffusers weight can express (export the delta instead). */
+ * conditional branch only, which no diffusers weight can express (export the delta instead).
+ * LOCO_EINVAL, before anything is written, when `dir` is, is inside or contains a folder the
+ * export reads from (the model's folder, a single file's config folder, the tokenizer folders),
+ * and, before each file, when that file is one of the base model's under another name. */
 loco_status loco_pipeline_variant_export_folder(const loco_pipeline_variant *v, const char *dir,
                                                 loco_export_dtype dtype, loco_err *err);
+/* The folder check of export_folder alone, for callers that want it before the edit runs. */
+loco_status loco_pipeline_export_folder_check(const loco_pipeline *base, const char *dir, loco_err *err);
 
 #endif

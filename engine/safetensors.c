@@ -3,11 +3,11 @@
  * The header is untrusted input: every number in it is checked before it is used to form a
  * pointer, so a corrupt or hostile file gives LOCO_EFORMAT naming the file, never a crash. */
 #include "safetensors.h"
+#include "file_out.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
-#include <libgen.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -329,22 +329,6 @@ const char *loco_safetensors_metadata(const loco_safetensors *f, const char *key
 
 /* ---- writer ------------------------------------------------------------------------------ */
 
-static int write_all(int fd, const void *buf, size_t n) {
-    const uint8_t *p = buf;
-    while (n > 0) {
-        ssize_t w = write(fd, p, n > (1u << 30) ? (1u << 30) : n);
-        if (w < 0) {
-            if (errno == EINTR) continue;
-            return -1;
-        }
-        p += w;
-        n -= (size_t)w;
-    }
-    return 0;
-}
-
-/* Larger elements first, then by name: as the official serializer orders data, so that with an
- * 8-aligned data buffer every tensor is aligned to its element size. */
 static int cmp_tensor_layout(const void *a, const void *b) {
     const loco_stored_tensor *x = *(const loco_stored_tensor *const *)a, *y = *(const loco_stored_tensor *const *)b;
     size_t sx = loco_dtype_size(x->dtype), sy = loco_dtype_size(y->dtype);
@@ -445,8 +429,8 @@ loco_status loco_safetensors_write(const char *path, const loco_stored_tensor *t
     if (!path || (n && !tensors)) return loco_err_set(err, LOCO_EINVAL, "safetensors write: NULL argument");
     const loco_stored_tensor **order = calloc(n ? n : 1, sizeof *order);
     if (!order) return loco_err_set(err, LOCO_ENOMEM, "%s: out of memory", path);
-    char *header = NULL, *tmp = NULL;
-    int fd = -1;
+    char *header = NULL;
+    loco_out_file out;
     loco_status st = check_tensors(path, tensors, n, order, err);
     if (st != LOCO_OK) goto done;
     qsort(order, n, sizeof *order, cmp_tensor_layout);
@@ -464,57 +448,19 @@ loco_status loco_safetensors_write(const char *path, const loco_stored_tensor *t
     memset(header + hlen, ' ', padded - hlen);
     header[padded] = 0;
 
-    size_t plen = strlen(path);
-    tmp = malloc(plen + 16);
-    if (!tmp) {
-        st = loco_err_set(err, LOCO_ENOMEM, "%s: out of memory", path);
-        goto done;
-    }
-    snprintf(tmp, plen + 16, "%s.tmp.XXXXXX", path);
-    fd = mkstemp(tmp);
-    if (fd < 0) {
-        st = loco_err_set(err, LOCO_EIO, "%s: cannot create a temporary file: %s", path, strerror(errno));
-        free(tmp);
-        tmp = NULL;
-        goto done;
-    }
-    /* mkstemp creates 0600; results are shared read-only files, so give them ordinary modes. */
-    (void)fchmod(fd, 0644);
+    /* a regular file atomically, a device or FIFO in place (engine/file_out.h) */
+    if ((st = loco_out_file_open(&out, path, err)) != LOCO_OK) goto done;
     uint8_t len8[8];
     for (int i = 0; i < 8; i++) len8[i] = (uint8_t)((uint64_t)padded >> (8 * i));
-    if (write_all(fd, len8, 8) != 0 || write_all(fd, header, padded) != 0) goto io_error;
-    for (size_t i = 0; i < n; i++)
-        if (order[i]->nbytes && write_all(fd, order[i]->data, order[i]->nbytes) != 0) goto io_error;
-    if (fsync(fd) != 0) goto io_error;
-    if (close(fd) != 0) {
-        fd = -1;
-        goto io_error;
-    }
-    fd = -1;
-    if (rename(tmp, path) != 0) goto io_error;
-    free(tmp);
-    tmp = NULL;
-    {
-        /* Make the rename itself durable. */
-        char *dcopy = strdup(path);
-        if (dcopy) {
-            int dfd = open(dirname(dcopy), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-            if (dfd >= 0) {
-                (void)fsync(dfd);
-                close(dfd);
-            }
-            free(dcopy);
-        }
-    }
-    goto done;
-io_error:
-    st = loco_err_set(err, LOCO_EIO, "%s: write failed: %s", path, strerror(errno));
+    st = loco_out_file_write(&out, len8, 8, err);
+    if (!st) st = loco_out_file_write(&out, header, padded, err);
+    for (size_t i = 0; !st && i < n; i++)
+        if (order[i]->nbytes) st = loco_out_file_write(&out, order[i]->data, order[i]->nbytes, err);
+    if (st)
+        loco_out_file_abort(&out);
+    else
+        st = loco_out_file_commit(&out, err);
 done:
-    if (fd >= 0) close(fd);
-    if (tmp) {
-        unlink(tmp);
-        free(tmp);
-    }
     free(header);
     free(order);
     return st;

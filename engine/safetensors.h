@@ -39,7 +39,8 @@ const loco_stored_tensor *loco_safetensors_find(const loco_safetensors *f, const
 const char *loco_safetensors_metadata(const loco_safetensors *f, const char *key);
 
 /* Write n tensors (and optional string metadata pairs, NULL-terminated key,value,... list)
- * to `path` atomically: written to a temporary name, fsynced, then renamed. */
+ * to `path` as engine/file_out.h writes outputs: a regular file atomically (a temporary name,
+ * fsynced, then renamed), an existing device or FIFO in place, a folder refused. */
 loco_status loco_safetensors_write(const char *path, const loco_stored_tensor *tensors, size_t n,
                                    const char *const *metadata_kv, loco_err *err);
 

@@ -54,6 +54,10 @@ const char *loco_scheduler_kind_name(loco_scheduler_kind k);       /* short name
 const char *loco_scheduler_kind_class_name(loco_scheduler_kind k); /* "PNDMScheduler", ... */
 /* Accepts the short names and the diffusers class names. 0 on success, -1 unknown. */
 int loco_scheduler_kind_from_name(const char *name, loco_scheduler_kind *out);
+/* Does the kind's diffusers class take use_karras_sigmas? EulerDiscreteScheduler and
+ * DPMSolverMultistepScheduler do; PNDM, DDIM, DDPM and EulerAncestralDiscrete have no such
+ * option (loco_scheduler_create drops it for them, as from_config does). */
+int loco_scheduler_kind_takes_karras(loco_scheduler_kind k);
 
 typedef enum loco_beta_schedule {
     LOCO_BETA_LINEAR = 0,        /* "linear": torch.linspace(beta_start, beta_end) in fp32 */

@@ -44,6 +44,8 @@ int loco_scheduler_kind_from_name(const char *name, loco_scheduler_kind *out) {
     return 0;
 }
 
+int loco_scheduler_kind_takes_karras(loco_scheduler_kind k) { return k == LOCO_SCHED_EULER || k == LOCO_SCHED_DPMPP_2M; }
+
 /* One round-trip pair per enum; `alias`/`alias_to` handle the spellings diffusers itself maps
  * onto another value. */
 #define ENUM_STRINGS(prefix, type, count, ...)                                               \

@@ -29,6 +29,23 @@
 #define LOCO_UNET_MAX_BLOCKS 8
 #define LOCO_UNET_MAX_LAYERS 16
 
+/* Upper bounds of what a config may claim, about 10-50x the largest supported UNet (SD-XL: 1280
+ * channels, 20 heads, cross-attention width 2048, 10 transformer layers per block and 70 in
+ * all, time embedding 1280, 2816 addition inputs, sample_size 128). The parser refuses larger
+ * values with a line naming the key and the limit: a corrupt config fails at once instead of
+ * after gigabytes of site tables (`loco inspect` builds them from the config alone), and no later
+ * size computation (4 x channels, sample_size x VAE factor, stacked projections) can overflow. */
+#define LOCO_UNET_MAX_CHANNELS 16384            /* block_out_channels, cross_attention_dim */
+#define LOCO_UNET_MAX_HEADS 1024                /* num_attention_heads / attention_head_dim */
+#define LOCO_UNET_MAX_IO_CHANNELS 1024          /* in_channels, out_channels */
+#define LOCO_UNET_MAX_EMBED (1 << 17)           /* time_embedding_dim, addition_time_embed_dim, projection_class_embeddings_input_dim */
+#define LOCO_UNET_MAX_TRANSFORMER_DEPTH 64      /* one entry of transformer_layers_per_block */
+#define LOCO_UNET_MAX_TRANSFORMER_BLOCKS 1024   /* transformer layers of all down, mid and up blocks together */
+#define LOCO_UNET_MAX_SAMPLE_SIZE 4096          /* sample_size (latent pixels) */
+#define LOCO_UNET_MAX_NORM_GROUPS 1024          /* norm_num_groups */
+#define LOCO_UNET_MAX_KERNEL 31                 /* conv_in_kernel, conv_out_kernel */
+#define LOCO_UNET_MAX_PADDING 64                /* downsample_padding */
+
 typedef enum loco_unet_block_type {
     LOCO_UNET_BLOCK_NONE = 0,           /* mid_block_type null: no mid block */
     LOCO_UNET_DOWN_BLOCK_2D,            /* "DownBlock2D" */

@@ -108,9 +108,15 @@ static loco_status unsupported(const parse_ctx *p, const char *key, const json_t
     return s;
 }
 
-static loco_status get_int(const parse_ctx *p, const char *key, const json_t *v, int min, int *out) {
-    if (!json_is_integer(v) || json_integer_value(v) < min || json_integer_value(v) > (1 << 30))
+/* An integer in min..max (unet.h: the limits and why). */
+static loco_status get_int(const parse_ctx *p, const char *key, const json_t *v, int min, int max, int *out) {
+    if (!json_is_integer(v) || json_integer_value(v) < min)
         return min > 0 ? bad(p, key, "must be a positive integer") : bad(p, key, "must be a non-negative integer");
+    if (json_integer_value(v) > max)
+        return loco_err_set(p->err, LOCO_EFORMAT,
+                            "%s: key '%s' = %lld is more than loco's limit of %d (real Stable Diffusion UNets are far "
+                            "smaller: a corrupt config?)",
+                            p->src, key, (long long)json_integer_value(v), max);
     *out = (int)json_integer_value(v);
     return LOCO_OK;
 }
@@ -128,10 +134,11 @@ static loco_status get_bool(const parse_ctx *p, const char *key, const json_t *v
 }
 
 /* An int or a list of n ints -> out[n]. */
-static loco_status int_or_list(const parse_ctx *p, const char *key, const json_t *v, int n, int min, int *out) {
+static loco_status int_or_list(const parse_ctx *p, const char *key, const json_t *v, int n, int min, int max,
+                               int *out) {
     if (json_is_integer(v)) {
         int x;
-        loco_status s = get_int(p, key, v, min, &x);
+        loco_status s = get_int(p, key, v, min, max, &x);
         if (s) return s;
         for (int i = 0; i < n; i++) out[i] = x;
         return LOCO_OK;
@@ -142,7 +149,7 @@ static loco_status int_or_list(const parse_ctx *p, const char *key, const json_t
         return bad(p, key, what);
     }
     for (int i = 0; i < n; i++) {
-        loco_status s = get_int(p, key, json_array_get(v, (size_t)i), min, &out[i]);
+        loco_status s = get_int(p, key, json_array_get(v, (size_t)i), min, max, &out[i]);
         if (s) return s;
     }
     return LOCO_OK;
@@ -152,7 +159,7 @@ static loco_status int_or_list(const parse_ctx *p, const char *key, const json_t
 static loco_status layer_counts(const parse_ctx *p, const char *key, const json_t *v, int layers, int *out) {
     if (json_is_integer(v)) {
         int x;
-        loco_status s = get_int(p, key, v, 1, &x);
+        loco_status s = get_int(p, key, v, 1, LOCO_UNET_MAX_TRANSFORMER_DEPTH, &x);
         if (s) return s;
         for (int j = 0; j < layers; j++) out[j] = x;
         return LOCO_OK;
@@ -164,7 +171,7 @@ static loco_status layer_counts(const parse_ctx *p, const char *key, const json_
         return bad(p, key, what);
     }
     for (int j = 0; j < layers; j++) {
-        loco_status s = get_int(p, key, json_array_get(v, (size_t)j), 1, &out[j]);
+        loco_status s = get_int(p, key, json_array_get(v, (size_t)j), 1, LOCO_UNET_MAX_TRANSFORMER_DEPTH, &out[j]);
         if (s) return s;
     }
     return LOCO_OK;
@@ -243,13 +250,13 @@ loco_status loco_unet_config_from_json(const json_t *root, const char *source, l
                              P.src, n);
             goto done;
         }
-        if ((s = int_or_list(p, "block_out_channels", v, n, 1, c->block_out_channels))) goto done;
+        if ((s = int_or_list(p, "block_out_channels", v, n, 1, LOCO_UNET_MAX_CHANNELS, c->block_out_channels))) goto done;
     } else if (n != 4) {
         s = loco_err_set(err, LOCO_EFORMAT, "%s: key 'block_out_channels' is required with %d blocks", P.src, n);
         goto done;
     }
     if ((v = json_object_get(root, "layers_per_block")) &&
-        (s = int_or_list(p, "layers_per_block", v, n, 1, c->layers_per_block)))
+        (s = int_or_list(p, "layers_per_block", v, n, 1, 1 << 30, c->layers_per_block))) /* limit: below */
         goto done;
     for (int i = 0; i < n; i++)
         if (c->layers_per_block[i] > LOCO_UNET_MAX_LAYERS) {
@@ -264,9 +271,9 @@ loco_status loco_unet_config_from_json(const json_t *root, const char *source, l
         const json_t *nah = json_object_get(root, "num_attention_heads");
         const json_t *ahd = json_object_get(root, "attention_head_dim");
         if (nah && !json_is_null(nah)) {
-            if ((s = int_or_list(p, "num_attention_heads", nah, n, 1, c->heads))) goto done;
+            if ((s = int_or_list(p, "num_attention_heads", nah, n, 1, LOCO_UNET_MAX_HEADS, c->heads))) goto done;
         } else if (ahd && !json_is_null(ahd)) {
-            if ((s = int_or_list(p, "attention_head_dim", ahd, n, 1, c->heads))) goto done;
+            if ((s = int_or_list(p, "attention_head_dim", ahd, n, 1, LOCO_UNET_MAX_HEADS, c->heads))) goto done;
         } else if (ahd || nah) {
             s = bad(p, "attention_head_dim", "and 'num_attention_heads' are both null");
             goto done;
@@ -275,7 +282,7 @@ loco_status loco_unet_config_from_json(const json_t *root, const char *source, l
         }
     }
     if ((v = json_object_get(root, "cross_attention_dim"))) {
-        if ((s = int_or_list(p, "cross_attention_dim", v, n, 1, c->cross_attention_dim))) goto done;
+        if ((s = int_or_list(p, "cross_attention_dim", v, n, 1, LOCO_UNET_MAX_CHANNELS, c->cross_attention_dim))) goto done;
     } else {
         for (int i = 0; i < n; i++) c->cross_attention_dim[i] = 1280;
     }
@@ -362,12 +369,12 @@ loco_status loco_unet_config_from_json(const json_t *root, const char *source, l
             !strcmp(key, "reverse_transformer_layers_per_block"))
             continue; /* read above */
         if (!strcmp(key, "sample_size")) {
-            if (json_is_integer(val)) c->sample_size = (int)json_integer_value(val);
-            else if (json_is_array(val) && json_is_integer(json_array_get(val, 0)))
-                c->sample_size = (int)json_integer_value(json_array_get(val, 0));
+            /* the default image side is sample_size x the VAE factor: bounded, so it stays an int */
+            const json_t *first = json_is_array(val) ? json_array_get(val, 0) : val;
+            if (json_is_integer(first)) s = get_int(p, key, first, 1, LOCO_UNET_MAX_SAMPLE_SIZE, &c->sample_size);
             else if (!json_is_null(val)) s = bad(p, key, "must be an integer, a [height, width] list or null");
-        } else if (!strcmp(key, "in_channels")) s = get_int(p, key, val, 1, &c->in_channels);
-        else if (!strcmp(key, "out_channels")) s = get_int(p, key, val, 1, &c->out_channels);
+        } else if (!strcmp(key, "in_channels")) s = get_int(p, key, val, 1, LOCO_UNET_MAX_IO_CHANNELS, &c->in_channels);
+        else if (!strcmp(key, "out_channels")) s = get_int(p, key, val, 1, LOCO_UNET_MAX_IO_CHANNELS, &c->out_channels);
         else if (!strcmp(key, "flip_sin_to_cos")) s = get_bool(p, key, val, &c->flip_sin_to_cos);
         else if (!strcmp(key, "freq_shift")) s = get_num(p, key, val, &c->freq_shift);
         else if (!strcmp(key, "mid_block_type")) {
@@ -377,7 +384,7 @@ loco_status loco_unet_config_from_json(const json_t *root, const char *source, l
                      (c->mid != LOCO_UNET_MID_BLOCK_2D_CROSS_ATTN && c->mid != LOCO_UNET_MID_BLOCK_2D))
                 s = loco_err_set(err, LOCO_EUNSUPPORTED, "%s: key 'mid_block_type': unknown or unsupported block type '%s'",
                                  P.src, json_string_value(val));
-        } else if (!strcmp(key, "downsample_padding")) s = get_int(p, key, val, 0, &c->downsample_padding);
+        } else if (!strcmp(key, "downsample_padding")) s = get_int(p, key, val, 0, LOCO_UNET_MAX_PADDING, &c->downsample_padding);
         else if (!strcmp(key, "mid_block_scale_factor")) {
             s = get_num(p, key, val, &c->mid_block_scale_factor);
             if (!s && c->mid_block_scale_factor == 0) s = bad(p, key, "must not be 0");
@@ -386,7 +393,7 @@ loco_status loco_unet_config_from_json(const json_t *root, const char *source, l
             if (!a || (strcmp(a, "silu") && strcmp(a, "swish"))) s = unsupported(p, key, val);
         } else if (!strcmp(key, "norm_num_groups")) {
             if (json_is_null(val)) s = unsupported(p, key, val);
-            else s = get_int(p, key, val, 1, &c->norm_num_groups);
+            else s = get_int(p, key, val, 1, LOCO_UNET_MAX_NORM_GROUPS, &c->norm_num_groups);
         } else if (!strcmp(key, "norm_eps")) s = get_num(p, key, val, &c->norm_eps);
         else if (!strcmp(key, "use_linear_projection")) s = get_bool(p, key, val, &c->use_linear_projection);
         else if (!strcmp(key, "upcast_attention")) {
@@ -398,15 +405,15 @@ loco_status loco_unet_config_from_json(const json_t *root, const char *source, l
                      c->addition_embed_type == LOCO_UNET_ADD_NONE)
                 s = unsupported(p, key, val);
         } else if (!strcmp(key, "addition_time_embed_dim")) {
-            if (!json_is_null(val)) s = get_int(p, key, val, 1, &c->addition_time_embed_dim);
+            if (!json_is_null(val)) s = get_int(p, key, val, 1, LOCO_UNET_MAX_EMBED, &c->addition_time_embed_dim);
         } else if (!strcmp(key, "projection_class_embeddings_input_dim")) {
-            if (!json_is_null(val)) s = get_int(p, key, val, 1, &c->projection_class_embeddings_input_dim);
+            if (!json_is_null(val)) s = get_int(p, key, val, 1, LOCO_UNET_MAX_EMBED, &c->projection_class_embeddings_input_dim);
         } else if (!strcmp(key, "time_embedding_dim")) {
-            if (!json_is_null(val)) s = get_int(p, key, val, 1, &c->time_embed_dim);
+            if (!json_is_null(val)) s = get_int(p, key, val, 1, LOCO_UNET_MAX_EMBED, &c->time_embed_dim);
             else c->time_embed_dim = 0;
         } else if (!strcmp(key, "conv_in_kernel") || !strcmp(key, "conv_out_kernel")) {
             int k = 0;
-            s = get_int(p, key, val, 1, &k);
+            s = get_int(p, key, val, 1, LOCO_UNET_MAX_KERNEL, &k);
             if (!s && k % 2 == 0) s = bad(p, key, "must be odd");
             if (!s) *(key[5] == 'i' ? &c->conv_in_kernel : &c->conv_out_kernel) = k;
         } else if (!strcmp(key, "center_input_sample") || !strcmp(key, "dual_cross_attention") ||
@@ -435,6 +442,23 @@ loco_status loco_unet_config_from_json(const json_t *root, const char *source, l
         if (s) goto done;
     }
 
+    /* every transformer_layers_per_block entry may be within its limit and the whole still
+     * absurd (8 levels x 33 layers x 64): bound the UNet's transformer layers together, counted
+     * as loco builds them (the mid block known now) */
+    long total = c->mid == LOCO_UNET_MID_BLOCK_2D_CROSS_ATTN ? c->mid_transformer_layers : 0;
+    for (int i = 0; i < n; i++) {
+        if (c->down[i] == LOCO_UNET_CROSS_ATTN_DOWN_BLOCK_2D)
+            for (int j = 0; j < c->layers_per_block[i]; j++) total += c->down_transformer_layers[i][j];
+        if (c->up[i] == LOCO_UNET_CROSS_ATTN_UP_BLOCK_2D)
+            for (int j = 0; j <= c->layers_per_block[n - 1 - i]; j++) total += c->up_transformer_layers[i][j];
+    }
+    if (total > LOCO_UNET_MAX_TRANSFORMER_BLOCKS) {
+        s = loco_err_set(err, LOCO_EFORMAT,
+                         "%s: transformer_layers_per_block adds up to %ld transformer layers in the UNet, more "
+                         "than loco's limit of %d (SD-XL has 70: a corrupt config?)",
+                         P.src, total, LOCO_UNET_MAX_TRANSFORMER_BLOCKS);
+        goto done;
+    }
     if (c->time_embed_dim == 0) c->time_embed_dim = 4 * c->block_out_channels[0];
     if (c->addition_embed_type == LOCO_UNET_ADD_TEXT_TIME &&
         (c->addition_time_embed_dim <= 0 || c->projection_class_embeddings_input_dim <= 0)) {

@@ -29,6 +29,17 @@
 
 #define LOCO_VAE_MAX_BLOCKS 8
 
+/* Upper bounds of what a config may claim, 10-50x the largest AutoencoderKL of the supported
+ * models (512 channels, 4 latent channels (16 in newer VAEs), 2 resnets per level, 32 groups).
+ * The parser refuses larger values with a line naming the key and the limit: no later size
+ * computation (2 x latent_channels for the encoder's moments, channel products) can overflow,
+ * and error messages show the real numbers. */
+#define LOCO_VAE_MAX_CHANNELS 16384     /* block_out_channels */
+#define LOCO_VAE_MAX_IO_CHANNELS 256    /* in_channels, out_channels, latent_channels */
+#define LOCO_VAE_MAX_LAYERS 64          /* layers_per_block */
+#define LOCO_VAE_MAX_NORM_GROUPS 1024   /* norm_num_groups */
+#define LOCO_VAE_MAX_SAMPLE_SIZE 65536  /* sample_size (pixels; informational) */
+
 typedef struct loco_vae_config {
     int in_channels, out_channels, latent_channels;
     int n_blocks;

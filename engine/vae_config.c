@@ -36,9 +36,14 @@ static loco_status unsupported(const char *src, const char *key, const json_t *v
     return s;
 }
 
-static loco_status pos_int(const char *src, const char *key, const json_t *v, int *out, loco_err *err) {
-    if (!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > (1 << 30))
-        return bad(src, key, "must be a positive integer", err);
+/* A positive integer of at most `max` (vae.h: the limits and why). */
+static loco_status pos_int(const char *src, const char *key, const json_t *v, int max, int *out, loco_err *err) {
+    if (!json_is_integer(v) || json_integer_value(v) < 1) return bad(src, key, "must be a positive integer", err);
+    if (json_integer_value(v) > max)
+        return loco_err_set(err, LOCO_EFORMAT,
+                            "%s: key '%s' = %lld is more than loco's limit of %d (real Stable Diffusion VAEs are far "
+                            "smaller: a corrupt config?)",
+                            src, key, (long long)json_integer_value(v), max);
     *out = (int)json_integer_value(v);
     return LOCO_OK;
 }
@@ -82,11 +87,11 @@ loco_status loco_vae_config_from_json(const json_t *root, const char *source, lo
                                     json_string_value(v));
             continue; /* provenance only */
         }
-        if (!strcmp(key, "in_channels")) s = pos_int(src, key, v, &c->in_channels, err);
-        else if (!strcmp(key, "out_channels")) s = pos_int(src, key, v, &c->out_channels, err);
-        else if (!strcmp(key, "latent_channels")) s = pos_int(src, key, v, &c->latent_channels, err);
-        else if (!strcmp(key, "layers_per_block")) s = pos_int(src, key, v, &c->layers_per_block, err);
-        else if (!strcmp(key, "norm_num_groups")) s = pos_int(src, key, v, &c->norm_num_groups, err);
+        if (!strcmp(key, "in_channels")) s = pos_int(src, key, v, LOCO_VAE_MAX_IO_CHANNELS, &c->in_channels, err);
+        else if (!strcmp(key, "out_channels")) s = pos_int(src, key, v, LOCO_VAE_MAX_IO_CHANNELS, &c->out_channels, err);
+        else if (!strcmp(key, "latent_channels")) s = pos_int(src, key, v, LOCO_VAE_MAX_IO_CHANNELS, &c->latent_channels, err);
+        else if (!strcmp(key, "layers_per_block")) s = pos_int(src, key, v, LOCO_VAE_MAX_LAYERS, &c->layers_per_block, err);
+        else if (!strcmp(key, "norm_num_groups")) s = pos_int(src, key, v, LOCO_VAE_MAX_NORM_GROUPS, &c->norm_num_groups, err);
         else if (!strcmp(key, "down_block_types")) s = block_types(src, key, v, "DownEncoderBlock2D", &n_down, err);
         else if (!strcmp(key, "up_block_types")) s = block_types(src, key, v, "UpDecoderBlock2D", &n_up, err);
         else if (!strcmp(key, "block_out_channels")) {
@@ -95,7 +100,7 @@ loco_status loco_vae_config_from_json(const json_t *root, const char *source, lo
             } else {
                 c->n_blocks = (int)json_array_size(v);
                 for (int i = 0; !s && i < c->n_blocks; i++)
-                    s = pos_int(src, key, json_array_get(v, (size_t)i), &c->block_out_channels[i], err);
+                    s = pos_int(src, key, json_array_get(v, (size_t)i), LOCO_VAE_MAX_CHANNELS, &c->block_out_channels[i], err);
             }
         } else if (!strcmp(key, "act_fn")) {
             const char *a = json_string_value(v);
@@ -115,9 +120,8 @@ loco_status loco_vae_config_from_json(const json_t *root, const char *source, lo
         else if (!strcmp(key, "use_post_quant_conv")) s = boolean(src, key, v, &c->use_post_quant_conv, err);
         else if (!strcmp(key, "mid_block_add_attention")) s = boolean(src, key, v, &c->mid_block_add_attention, err);
         else if (!strcmp(key, "sample_size")) {
-            if (json_is_integer(v)) c->sample_size = (int)json_integer_value(v);
-            else if (json_is_array(v) && json_is_integer(json_array_get(v, 0)))
-                c->sample_size = (int)json_integer_value(json_array_get(v, 0));
+            const json_t *first = json_is_array(v) ? json_array_get(v, 0) : v;
+            if (json_is_integer(first)) s = pos_int(src, key, first, LOCO_VAE_MAX_SAMPLE_SIZE, &c->sample_size, err);
             else if (!json_is_null(v)) s = bad(src, key, "must be an integer, a [height, width] list or null", err);
         } else if (!strcmp(key, "latents_mean") || !strcmp(key, "latents_std")) {
             /* a per-channel latent normalisation used by other pipelines (not SD 1/2/XL) */

@@ -1,6 +1,6 @@
 /* job_checks.c: a job request against its model's published info (worker_main.c's model_info:
  * sizes, sites, cross-attention layers and their channels, the default edit window, how deep
- * clip_skip may go). */
+ * clip_skip may go, the default scheduler). */
 #include <stdio.h>
 #include <string.h>
 
@@ -30,6 +30,27 @@ static int clip_skip_too_large(const locod_model *md, const json_t *p, loco_prot
                            "'clip_skip' must be at most %lld for model '%s' (its text encoder has that many layers to "
                            "skip; got %lld)",
                            (long long)json_integer_value(mx), md->name, (long long)json_integer_value(cs));
+}
+
+/* The scheduler a sampling job runs with: its own, else the model's default, which info reports
+ * as null when the model names a class loco does not implement; and Karras sigmas only where
+ * the scheduler has them (euler, dpmpp_2m). The worker would fail such jobs at their start. */
+static int scheduler_unusable(const locod_model *md, const json_t *p, loco_proto_error *e) {
+    const json_t *s = json_object_get(p, "scheduler"), *def = json_object_get(md->info, "default_scheduler");
+    const char *name = json_is_string(s) ? json_string_value(s) : json_string_value(def);
+    const char *cls = json_string_value(json_object_get(md->info, "scheduler_class"));
+    if (!name && json_is_null(def))
+        return loco_proto_fail(e, 422, "missing_field", "/params/scheduler",
+                               "model '%s' asks for the scheduler class '%s', which loco does not implement; give "
+                               "'scheduler' (pndm, ddim, euler, euler_a, dpmpp_2m or ddpm)",
+                               md->name, cls && *cls ? cls : "(none)");
+    if (name && json_is_true(json_object_get(p, "karras")) && strcmp(name, "euler") != 0 &&
+        strcmp(name, "dpmpp_2m") != 0)
+        return loco_proto_fail(e, 422, "invalid_value", "/params/karras",
+                               "'karras' applies to the euler and dpmpp_2m schedulers, not to %s%s; give 'scheduler' "
+                               "euler or dpmpp_2m, or leave 'karras' out",
+                               name, json_is_string(s) ? "" : " (the model's default)");
+    return 0;
 }
 
 /* The layers an edit acts on: Diff-QuickFix's text-encoder layer; else its 'layers', or the
@@ -77,6 +98,7 @@ int locod_check_job_for_model(const locod_model *md, loco_job_request *req, loco
     const json_t *info = md->info;
     if (!info) return 0; /* still loading: the worker checks again */
     if (clip_skip_too_large(md, p, e)) return -1;
+    if (req->kind != LOCO_JOB_EDIT && scheduler_unusable(md, p, e)) return -1;
     int mult = (int)json_integer_value(json_object_get(info, "size_multiple"));
     int def = (int)json_integer_value(json_object_get(info, "default_size"));
     if (req->kind != LOCO_JOB_EDIT && mult > 0) {

@@ -218,8 +218,13 @@ static json_t *model_info(wk_ctx *w, const wk_model *wm) {
     json_object_set_new(info, "family", json_string(loco_model_family_name(loco_pipeline_family(p))));
     json_object_set_new(info, "default_size", json_integer(loco_pipeline_default_size(p)));
     json_object_set_new(info, "size_multiple", json_integer(loco_pipeline_vae_scale(p) << (uc->n_blocks - 1)));
+    /* the class the model asks for, and its loco name, or null when loco lacks that class (jobs
+     * must then name a scheduler: job_checks.c refuses the others before queueing them) */
     json_object_set_new(info, "default_scheduler",
-                        json_string(loco_scheduler_kind_name(loco_pipeline_default_scheduler(p))));
+                        loco_pipeline_has_default_scheduler(p)
+                            ? json_string(loco_scheduler_kind_name(loco_pipeline_default_scheduler(p)))
+                            : json_null());
+    json_object_set_new(info, "scheduler_class", json_string(loco_pipeline_scheduler_class(p)));
     const int n_cross = loco_unet_n_cross(loco_pipeline_unet(p));
     json_object_set_new(info, "cross_attention_layers", json_integer(n_cross));
     /* what the daemon checks edit requests against before it accepts them (routes_jobs.c) */

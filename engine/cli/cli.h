@@ -17,9 +17,29 @@ int loco_cmd_edit(int argc, char **argv);
 int loco_cli_fail(const char *cmd, const loco_err *err);
 int loco_cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/* Flush stdout after a command printed its result there, and check nothing was lost (a full
+ * disk, a closed pipe): 0, or 1 after printing "loco <cmd>: cannot write to standard output:
+ * <reason>". */
+int loco_cli_finish_stdout(const char *cmd);
+
+/* The getopt_long error results, with ":h" as the short option string (the leading ':' makes
+ * getopt print nothing itself and return ':' for a missing value): prints one line, "option
+ * '--seed' needs a value" or "unknown option '--frobnicate'", and returns the usage exit code. */
+int loco_cli_getopt_error(const char *cmd, int c, char **argv);
+
+/* An output folder option (--out): created (one level) when missing; LOCO_EINVAL when it exists
+ * and is not a folder, LOCO_EIO when it cannot be created or written into. Commands call it before
+ * any work, so a bad --out fails at once instead of after the whole run. */
+loco_status loco_cli_out_dir(const char *opt, const char *dir, loco_err *err);
+
+/* An output file option (--output, --latents-out), checked before any work: LOCO_EINVAL when it
+ * is a folder, LOCO_EIO when its folder does not exist. (Writing goes through engine/file_out.h.) */
+loco_status loco_cli_out_file(const char *opt, const char *path, loco_err *err);
+
 /* Parse "2,4,64,64" into dims; returns the rank or -1 (bad syntax, non-positive, > max). */
 int loco_cli_parse_shape(const char *s, int64_t *dims, int max_dims);
-/* Strict integer/float parsing: the whole string must be a number in range. 0 on success. */
+/* Strict integer/float parsing: the whole string must be a number in range, with no white space
+ * around it; the u64 parser takes digits only (no sign). 0 on success. */
 int loco_cli_parse_u64(const char *s, uint64_t *out);
 int loco_cli_parse_int(const char *s, long lo, long hi, long *out);
 int loco_cli_parse_float(const char *s, double lo, double hi, double *out);

@@ -1,15 +1,13 @@
 /* cli_method.c: option handling and loading shared by `loco trace` and `loco localize`. */
 #include "cli_method.h"
 
-#include <errno.h>
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include "cli.h"
+#include "file_out.h"
 
 void loco_cli_common_init(loco_cli_common *c) {
     memset(c, 0, sizeof *c);
@@ -49,7 +47,8 @@ int loco_cli_common_option(const char *cmd, loco_cli_common *c, int opt, const c
     case 1008:
     case 1009:
         if (loco_cli_parse_int(arg, 8, 8192, &v))
-            return -loco_cli_usage_error(cmd, "--%s must be 8..8192, got '%s'", opt == 1008 ? "width" : "height", arg);
+            return -loco_cli_usage_error(cmd, "--%s must be 8..8192 pixels (a multiple of the model's size multiple), got '%s'",
+                                         opt == 1008 ? "width" : "height", arg);
         *(opt == 1008 ? &c->sampler.width : &c->sampler.height) = (int)v;
         return 1;
     case 1010:
@@ -83,10 +82,8 @@ int loco_cli_common_load(const char *cmd, loco_cli_common *c, loco_backend **be,
     *be = NULL;
     *p = NULL;
     *sc = NULL;
-    if (mkdir(c->out_dir, 0777) != 0 && errno != EEXIST) {
-        loco_err_set(&err, LOCO_EIO, "cannot create the output folder %s: %s", c->out_dir, strerror(errno));
-        return loco_cli_fail(cmd, &err);
-    }
+    /* before any work: a bad --out must not cost the whole run first */
+    if (loco_cli_out_dir("--out", c->out_dir, &err)) return loco_cli_fail(cmd, &err);
     if (loco_backend_create(&c->bopts, be, &err) || loco_pipeline_load(*be, &c->popts, p, &err) ||
         loco_clip_scorer_load(*be, c->clip_dir, sc, &err))
         return loco_cli_fail(cmd, &err);
@@ -97,19 +94,10 @@ int loco_cli_common_load(const char *cmd, loco_cli_common *c, loco_backend **be,
 }
 
 loco_status loco_cli_write_json(const char *dir, const char *name, json_t *doc, loco_err *err) {
-    char path[4096], tmp[4200];
+    char path[4096];
     if (snprintf(path, sizeof path, "%s/%s", dir, name) >= (int)sizeof path)
-        return loco_err_set(err, LOCO_EINVAL, "output path too long");
-    snprintf(tmp, sizeof tmp, "%s.tmp.%d", path, (int)getpid());
-    if (json_dump_file(doc, tmp, JSON_INDENT(2) | JSON_ENSURE_ASCII) != 0) {
-        remove(tmp);
-        return loco_err_set(err, LOCO_EIO, "cannot write %s", path);
-    }
-    if (rename(tmp, path) != 0) {
-        remove(tmp);
-        return loco_err_set(err, LOCO_EIO, "cannot write %s: %s", path, strerror(errno));
-    }
-    return LOCO_OK;
+        return loco_err_set(err, LOCO_EINVAL, "output path too long: %s/%s", dir, name);
+    return loco_write_json_file(path, doc, JSON_INDENT(2) | JSON_ENSURE_ASCII, err);
 }
 
 int loco_cli_progress(void *ctx, int done, int total) {
@@ -129,6 +117,7 @@ int loco_cli_parse_int_list(const char *s, int *out, int max, long lo, long hi) 
     strcpy(buf, s);
     for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
         long v;
+        while (*tok == ' ') tok++; /* "0, 4, 5" as people write lists (the number parser takes no blanks) */
         if (n == max || loco_cli_parse_int(tok, lo, hi, &v)) return -1;
         out[n++] = (int)v;
     }

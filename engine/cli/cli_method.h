@@ -45,8 +45,10 @@ int loco_cli_common_option(const char *cmd, loco_cli_common *c, int opt, const c
     "  --variant NAME       weight variant (fp16)      --family F   sd1 | sd2 | sdxl (default: detected)\n"   \
     "  --steps N            inference steps (default 50)\n"                                                    \
     "  --guidance G         guidance scale (default 7.5; SD-XL 5.0)\n"                                         \
-    "  --scheduler NAME     pndm | ddim | euler | euler_a | dpmpp_2m | ddpm (default: the model's) [--karras]\n" \
-    "  --width W --height H image size (default: native)\n"                                                    \
+    "  --scheduler NAME     pndm | ddim | euler | euler_a | dpmpp_2m | ddpm (default: the model's)\n"        \
+    "  --karras             Karras sigmas (only euler and dpmpp_2m have them)\n"                              \
+    "  --width W --height H image size in pixels, at most 8192 and a multiple of the model's size multiple\n" \
+    "                       (64 for SD 1.x and 2.x, 32 for SD-XL; default: native)\n"                                \
     "  --max-batch N        samples per batched denoising run\n"                                               \
     "  --out DIR            folder for the JSON result and the PNGs (created; default .)\n"                    \
     "  --images             also write every generated image\n"                                               \
@@ -54,11 +56,12 @@ int loco_cli_common_option(const char *cmd, loco_cli_common *c, int opt, const c
     LOCO_CLI_VAE_UPCAST_HELP                                                                                   \
     "  --quiet              no progress on stderr\n"
 
-/* Create --out (one level), load the backend, the pipeline and the scorer. Prints the failure. */
+/* Check or create --out (one level, loco_cli_out_dir), then load the backend, the pipeline and
+ * the scorer. Prints the failure. */
 int loco_cli_common_load(const char *cmd, loco_cli_common *c, loco_backend **be, loco_pipeline **p,
                          loco_clip_scorer **sc);
 
-/* Write a JSON document to out_dir/name atomically (temporary file + rename). */
+/* Write a JSON document to out_dir/name (engine/file_out.h: atomically for regular files). */
 loco_status loco_cli_write_json(const char *dir, const char *name, json_t *doc, loco_err *err);
 
 /* Progress printer for loco_progress_fn (ctx = a loco_cli_progress_line). It prints a count only

@@ -1,7 +1,6 @@
 /* cmd_edit.c: `loco edit locoedit|quickfix|neurons`: a closed-form edit of a model, written as a
  * JSON result, a delta safetensors file, optionally a full diffusers folder, and before/after
  * images of the same prompts and seeds from the base and the edited variant. */
-#include <errno.h>
 #include <getopt.h>
 #include <jansson.h>
 #include <stdio.h>
@@ -12,6 +11,7 @@
 
 #include "cli.h"
 #include "edit.h"
+#include "file_out.h"
 #include "pipeline_variant.h"
 
 #define MAX_LIST 64
@@ -28,7 +28,9 @@ static void help(void) {
            "  --export-folder DIR   also write the edited model as a diffusers folder\n"
            "  --export-dtype T      keep | f32 | f16 | bf16 (default keep: each tensor as the base stores it)\n"
            "  --eval-prompt TEXT    prompt for the before/after images (repeat; default: the method's)\n"
-           "  --seed N --steps N --guidance G --width W --height H   generation of those images\n"
+           "  --seed N --steps N --guidance G --width W --height H   generation of those images (width,\n"
+           "                        height: pixels, multiples of the model's size multiple: 64 for SD 1.x and\n"
+           "                        2.x, 32 for SD-XL)\n"
            "  --no-images           skip the before/after images;  --quiet  no progress\n"
            "\n"
            "locoedit (K/V of the localized cross-attention layers, methods.md 5):\n"
@@ -108,7 +110,7 @@ static int parse(int argc, char **argv, edit_args *a) {
     double d;
     int c;
     optind = 2; /* argv[1] is the method */
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
         switch (c) {
         case O_MODEL: a->popts.model_path = optarg; break;
         case O_CONFIG: a->popts.config_dir = optarg; break;
@@ -152,7 +154,9 @@ static int parse(int argc, char **argv, edit_args *a) {
             break;
         case O_WIDTH:
         case O_HEIGHT:
-            if (loco_cli_parse_int(optarg, 8, 8192, &v)) return loco_cli_usage_error(cmd, "--width/--height must be 8..8192");
+            if (loco_cli_parse_int(optarg, 8, 8192, &v))
+                return loco_cli_usage_error(cmd, "--width/--height must be 8..8192 pixels (a multiple of the model's "
+                                                 "size multiple)");
             *(c == O_WIDTH ? &a->gp.width : &a->gp.height) = (int)v;
             break;
         case O_NO_IMAGES: a->no_images = 1; break;
@@ -224,7 +228,7 @@ static int parse(int argc, char **argv, edit_args *a) {
             else return loco_cli_usage_error(cmd, "--position must be a token index or eos, got '%s'", optarg);
             break;
         case O_HELP: help(); return -1;
-        default: return loco_cli_usage_error(cmd, "unknown option");
+        default: return loco_cli_getopt_error(cmd, c, argv);
         }
     }
     if (optind < argc) return loco_cli_usage_error(cmd, "unexpected argument '%s'", argv[optind]);
@@ -339,13 +343,19 @@ int loco_cmd_edit(int argc, char **argv) {
     json_t *report = NULL, *res = json_object();
     struct timespec t0, t1, t2;
     char path[4096];
-    if (mkdir(a.out, 0755) && errno != EEXIST) {
-        loco_err_set(&err, LOCO_EIO, "cannot create the output folder %s: %s", a.out, strerror(errno));
-        goto fail;
+    /* the output folders are checked before any work: a bad one must not cost the edit first */
+    if (loco_cli_out_dir("--out", a.out, &err)) goto fail;
+    if (a.export_folder) {
+        struct stat sb;
+        if (stat(a.export_folder, &sb) == 0 && !S_ISDIR(sb.st_mode)) {
+            loco_err_set(&err, LOCO_EINVAL, "--export-folder %s exists and is not a folder", a.export_folder);
+            goto fail;
+        }
     }
-    if (loco_backend_create(&a.bopts, &be, &err) || loco_pipeline_load(be, &a.popts, &p, &err) ||
-        loco_pipeline_variant_create(p, &v, &err))
-        goto fail;
+    if (loco_backend_create(&a.bopts, &be, &err) || loco_pipeline_load(be, &a.popts, &p, &err)) goto fail;
+    /* never into the model's own folder (it would overwrite the base model with the variant) */
+    if (a.export_folder && loco_pipeline_export_folder_check(p, a.export_folder, &err)) goto fail;
+    if (loco_pipeline_variant_create(p, &v, &err)) goto fail;
     if (!a.quiet)
         fprintf(stderr, "model %s (%s) on %s\n", a.popts.model_path, loco_model_family_name(loco_pipeline_family(p)),
                 loco_backend_describe(be));
@@ -382,10 +392,7 @@ int loco_cmd_edit(int argc, char **argv) {
     clock_gettime(CLOCK_MONOTONIC, &t2);
     json_object_set_new(res, "seconds_total", json_real(secs(&t0, &t2)));
     snprintf(path, sizeof path, "%s/result.json", a.out);
-    if (json_dump_file(res, path, JSON_INDENT(2) | JSON_PRESERVE_ORDER)) {
-        loco_err_set(&err, LOCO_EIO, "cannot write %s", path);
-        goto fail;
-    }
+    if (loco_write_json_file(path, res, JSON_INDENT(2) | JSON_PRESERVE_ORDER, &err)) goto fail;
     if (!a.quiet) fprintf(stderr, "edit done in %.3f s; wrote %s\n", secs(&t0, &t1), path);
     rc = 0;
     goto done;

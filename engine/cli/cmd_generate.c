@@ -23,11 +23,13 @@ static void help(void) {
            "  --steps N            inference steps (default 50)\n"
            "  --guidance G         classifier-free guidance scale (default 7.5; SD-XL 5.0; <= 1 disables)\n"
            "  --scheduler NAME     pndm | ddim | euler | euler_a | dpmpp_2m | ddpm (default: the model's)\n"
-           "  --karras             use Karras sigmas (euler, dpmpp_2m)\n"
-           "  --width W --height H image size (default: the model's native size)\n"
+           "  --karras             use Karras sigmas (only euler and dpmpp_2m have them)\n"
+           "  --width W --height H image size in pixels, at most 8192 and a multiple of the model's size\n"
+           "                       multiple (64 for SD 1.x and 2.x, 32 for SD-XL; default: the model's native size)\n"
            "  --batch N            images per prompt (default 1)\n"
            "  --clip-skip K        skip the last K text-encoder layers\n"
            "  --output FILE.png    where to write the image; with several images FILE-0.png, FILE-1.png, ...\n"
+           "                       (a device or FIFO such as /dev/null or /dev/stdout is written in place)\n"
            "  --latents-out FILE   also write initial and final latents as safetensors\n"
            "  --device D           auto | cpu | cuda (default auto)\n"
            "  --threads N          CPU threads (default: all cores)\n" LOCO_CLI_VAE_UPCAST_HELP
@@ -71,7 +73,7 @@ static int parse_args(int argc, char **argv, gen_args *a) {
     double d;
     int c;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
         switch (c) {
         case 'm': a->popts.model_path = optarg; break;
         case 'C': a->popts.config_dir = optarg; break;
@@ -106,11 +108,11 @@ static int parse_args(int argc, char **argv, gen_args *a) {
             break;
         case 'K': a->gp.use_karras_sigmas = 1; break;
         case 'W':
-            if (loco_cli_parse_int(optarg, 8, 8192, &v)) return loco_cli_usage_error("generate", "--width must be 8..8192, got '%s'", optarg);
+            if (loco_cli_parse_int(optarg, 8, 8192, &v)) return loco_cli_usage_error("generate", "--width must be 8..8192 pixels (a multiple of the model's size multiple), got '%s'", optarg);
             a->gp.width = (int)v;
             break;
         case 'H':
-            if (loco_cli_parse_int(optarg, 8, 8192, &v)) return loco_cli_usage_error("generate", "--height must be 8..8192, got '%s'", optarg);
+            if (loco_cli_parse_int(optarg, 8, 8192, &v)) return loco_cli_usage_error("generate", "--height must be 8..8192 pixels (a multiple of the model's size multiple), got '%s'", optarg);
             a->gp.height = (int)v;
             break;
         case 'b':
@@ -137,7 +139,7 @@ static int parse_args(int argc, char **argv, gen_args *a) {
                 return loco_cli_usage_error("generate", "--vae-upcast must be f32 or bf16, got '%s'", optarg);
             break;
         case 'h': help(); return -1;
-        default: return loco_cli_usage_error("generate", "unknown option");
+        default: return loco_cli_getopt_error("generate", c, argv);
         }
     }
     if (optind < argc) return loco_cli_usage_error("generate", "unexpected argument '%s'", argv[optind]);
@@ -179,6 +181,10 @@ int loco_cmd_generate(int argc, char **argv) {
 
     loco_err err;
     loco_err_clear(&err);
+    /* before the model loads and the images are made: a bad output path must not cost the run */
+    if (loco_cli_out_file("--output", a.output, &err) ||
+        (a.latents_out && loco_cli_out_file("--latents-out", a.latents_out, &err)))
+        return loco_cli_fail("generate", &err);
     loco_backend *be = NULL;
     loco_pipeline *p = NULL;
     loco_generate_result res;

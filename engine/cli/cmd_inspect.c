@@ -150,7 +150,7 @@ int loco_cmd_inspect(int argc, char **argv) {
     loco_model_files_opts_init(&mo);
     int all_sites = 0, c;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
         switch (c) {
         case 'C': mo.config_dir = optarg; break;
         case 'V': mo.variant = optarg; break;
@@ -160,7 +160,7 @@ int loco_cmd_inspect(int argc, char **argv) {
             break;
         case 'a': all_sites = 1; break;
         case 'h': help(); return 0;
-        default: return loco_cli_usage_error("inspect", "unknown option");
+        default: return loco_cli_getopt_error("inspect", c, argv);
         }
     }
     if (optind != argc - 1) return loco_cli_usage_error("inspect", "give exactly one MODEL path");
@@ -195,8 +195,10 @@ int loco_cmd_inspect(int argc, char **argv) {
         if (s) {
             puts(s);
             free(s);
+            rc = loco_cli_finish_stdout("inspect");
         } else {
-            rc = 1;
+            loco_err_set(&err, LOCO_ENOMEM, "out of memory serialising the result");
+            rc = loco_cli_fail("inspect", &err);
         }
     }
     json_decref(root);

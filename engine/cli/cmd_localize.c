@@ -50,7 +50,7 @@ static int parse_args(int argc, char **argv, loc_args *a) {
     int o;
     long v;
     optind = 1;
-    while ((o = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+    while ((o = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
         int r = loco_cli_common_option("localize", &a->c, o, optarg);
         if (r < 0) return -r;
         if (r) continue;
@@ -83,7 +83,7 @@ static int parse_args(int argc, char **argv, loc_args *a) {
             a->g.n_seeds++;
             break;
         case 'h': help(); return -1;
-        default: return loco_cli_usage_error("localize", "unknown option");
+        default: return loco_cli_getopt_error("localize", o, argv);
         }
     }
     if (optind < argc) return loco_cli_usage_error("localize", "unexpected argument '%s'", argv[optind]);

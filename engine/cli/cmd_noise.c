@@ -26,7 +26,7 @@ int loco_cmd_noise(int argc, char **argv) {
     int64_t dims[LOCO_MAX_DIMS];
     int c;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
         switch (c) {
         case 's':
             if (loco_cli_parse_u64(optarg, &seed)) return loco_cli_usage_error("noise", "--seed must be a non-negative integer < 2^64, got '%s'", optarg);
@@ -39,8 +39,7 @@ int loco_cmd_noise(int argc, char **argv) {
         case 'h':
             help();
             return 0;
-        default:
-            return loco_cli_usage_error("noise", "unknown option");
+        default: return loco_cli_getopt_error("noise", c, argv);
         }
     }
     if (optind < argc) return loco_cli_usage_error("noise", "unexpected argument '%s'", argv[optind]);
@@ -65,5 +64,5 @@ int loco_cmd_noise(int argc, char **argv) {
     for (long long i = 0; i < numel; i++) printf(i ? ",%.9g" : "%.9g", v[i]);
     printf("]}\n");
     free(v);
-    return ferror(stdout) ? 1 : 0;
+    return loco_cli_finish_stdout("noise");
 }

@@ -53,7 +53,7 @@ static int parse_args(int argc, char **argv, trace_args *a) {
     int o;
     double d;
     optind = 1;
-    while ((o = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+    while ((o = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
         int r = loco_cli_common_option("trace", &a->c, o, optarg);
         if (r < 0) return -r;
         if (r) continue;
@@ -96,7 +96,7 @@ static int parse_args(int argc, char **argv, trace_args *a) {
             break;
         }
         case 'h': help(); return -1;
-        default: return loco_cli_usage_error("trace", "unknown option");
+        default: return loco_cli_getopt_error("trace", o, argv);
         }
     }
     if (optind < argc) return loco_cli_usage_error("trace", "unexpected argument '%s'", argv[optind]);

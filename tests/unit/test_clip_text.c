@@ -274,6 +274,32 @@ TEST(config_parse_and_errors) {
     CHECK_MSG(strstr(e.msg, "/nonexistent_loco/config.json"), "%s", e.msg);
 }
 
+/* Sizes far beyond any real CLIP text encoder are refused by the parser, naming the key and the
+ * limit (before: num_hidden_layers 10,000,000 parsed, then building the parameter and site tables
+ * ran 54 s and 14.8 GB into "out of memory"; 2^30 overflowed the table index arithmetic). */
+TEST(config_sizes_beyond_limits) {
+    static const char *const keys[] = {"num_hidden_layers", "hidden_size", "intermediate_size", "vocab_size",
+                                       "max_position_embeddings", "num_attention_heads", "projection_dim"};
+    static const char *const values[] = {"10000000", "1073741824"};
+    for (size_t k = 0; k < sizeof keys / sizeof keys[0]; k++)
+        for (int v = 0; v < 2; v++) {
+            char json[512];
+            snprintf(json, sizeof json,
+                     "{\"vocab_size\":10,\"hidden_size\":8,\"intermediate_size\":12,\"num_hidden_layers\":2,"
+                     "\"num_attention_heads\":2,\"max_position_embeddings\":6,\"projection_dim\":4,\"%s\":%s}",
+                     keys[k], values[v]);
+            loco_clip_text_config c;
+            loco_err e = {0};
+            loco_status st = loco_clip_text_config_parse(json, strlen(json), "text_encoder/config.json", &c, &e);
+            CHECK_MSG(st == LOCO_EFORMAT, "%s = %s: status %d", keys[k], values[v], (int)st);
+            CHECK_MSG(strstr(e.msg, "text_encoder/config.json") && strstr(e.msg, keys[k]) && strstr(e.msg, values[v]) &&
+                          strstr(e.msg, "limit"),
+                      "%s", e.msg);
+        }
+    /* the sites listing and the model builder agree with the parser's layer limit */
+    CHECK(LOCO_CLIP_TEXT_MAX_LIST_LAYERS == LOCO_CLIP_TEXT_MAX_LAYERS);
+}
+
 /* ---- a model to poke at: sd1-tiny's encoder --------------------------------------------------------- */
 
 typedef struct poke {

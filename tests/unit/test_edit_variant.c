@@ -357,6 +357,113 @@ TEST(folder_export_sd2_fp16_keep) { folder_round_trip("sd2-tiny", LOCO_EXPORT_KE
 TEST(folder_export_sd2_f32) { folder_round_trip("sd2-tiny", LOCO_EXPORT_F32, 1); }
 TEST(folder_export_sdxl_f32) { folder_round_trip("sdxl-tiny", LOCO_EXPORT_F32, 1); }
 
+/* Copy a folder tree of regular files (a fixture model into a temporary folder). */
+static int copy_tree(const char *src, const char *dst) {
+    if (mkdir(dst, 0755)) return -1;
+    DIR *d = opendir(src);
+    if (!d) return -1;
+    struct dirent *e;
+    int bad = 0;
+    while (!bad && (e = readdir(d))) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+        char a[4096], b[4096];
+        snprintf(a, sizeof a, "%s/%s", src, e->d_name);
+        snprintf(b, sizeof b, "%s/%s", dst, e->d_name);
+        struct stat sb;
+        if (stat(a, &sb)) bad = 1;
+        else if (S_ISDIR(sb.st_mode)) bad = copy_tree(a, b);
+        else {
+            FILE *in = fopen(a, "rb"), *out = fopen(b, "wb");
+            char buf[65536];
+            size_t n;
+            while (in && out && (n = fread(buf, 1, sizeof buf, in)) > 0) bad |= fwrite(buf, 1, n, out) != n;
+            bad |= !in || !out;
+            if (in) fclose(in);
+            if (out && fclose(out)) bad = 1;
+        }
+    }
+    closedir(d);
+    return bad ? -1 : 0;
+}
+
+/* Does `path` hold the same bytes as the fixture's file of that name? */
+static int same_as_fixture(const char *model_dir, const char *rel) {
+    char a[4096], b[8400];
+    snprintf(a, sizeof a, "%s/models/sd1-tiny/%s", loco_fixtures_dir(), rel);
+    snprintf(b, sizeof b, "%s/%s", model_dir, rel);
+    FILE *fa = fopen(a, "rb"), *fb = fopen(b, "rb");
+    int same = fa && fb;
+    while (same) {
+        int ca = fgetc(fa), cb = fgetc(fb);
+        if (ca != cb) same = 0;
+        if (ca == EOF) break;
+    }
+    if (fa) fclose(fa);
+    if (fb) fclose(fb);
+    return same;
+}
+
+/* Exporting into the model's own folder used to empty its tokenizer files (a plain copy opened
+ * the source for writing) and replace its weights and configs with the variant's. Now the
+ * folder, a folder inside it, one containing it, a symlinked subfolder into it and a hard-linked
+ * file of it are all refused, and the model's files stay byte for byte what they were. */
+TEST(folder_export_never_into_the_model) {
+    loco_backend *be = mr_cpu();
+    char *dir = tmpdir();
+    CHECK(be && dir);
+    char model[4200], src[4200], path[4300], link_dir[4300];
+    snprintf(model, sizeof model, "%s/model", dir);
+    snprintf(src, sizeof src, "%s/models/sd1-tiny", loco_fixtures_dir());
+    CHECK(copy_tree(src, model) == 0);
+    loco_pipeline_opts po;
+    loco_pipeline_opts_init(&po);
+    po.model_path = model;
+    loco_pipeline *p = NULL;
+    loco_pipeline_variant *v = NULL;
+    loco_err e = {0};
+    CHECK_MSG(loco_pipeline_load(be, &po, &p, &e) == LOCO_OK, "%s", e.msg);
+    CHECK(loco_pipeline_variant_create(p, &v, &e) == LOCO_OK);
+    loco_locoedit_opts o;
+    locoedit_opts(&o);
+    CHECK(loco_edit_locoedit(v, &o, NULL, &e) == LOCO_OK);
+    static const char *const how[] = {"is", "is inside", "contains"};
+    const char *targets[3] = {model, NULL, dir};
+    snprintf(path, sizeof path, "%s/exported", model);
+    targets[1] = path;
+    for (int i = 0; i < 3; i++) {
+        CHECK(loco_pipeline_variant_export_folder(v, targets[i], LOCO_EXPORT_KEEP, &e) == LOCO_EINVAL);
+        CHECK_MSG(strstr(e.msg, targets[i]) && strstr(e.msg, model) && strstr(e.msg, how[i]), "%s", e.msg);
+    }
+    struct stat sb;
+    CHECK(stat(path, &sb) != 0); /* refused before anything was created */
+    /* another folder whose tokenizer subfolder is a symlink into the model */
+    snprintf(link_dir, sizeof link_dir, "%s/linked", dir);
+    snprintf(path, sizeof path, "%s/tokenizer", model);
+    char sub[4400];
+    snprintf(sub, sizeof sub, "%s/tokenizer", link_dir);
+    CHECK(mkdir(link_dir, 0755) == 0 && symlink(path, sub) == 0);
+    CHECK(loco_pipeline_variant_export_folder(v, link_dir, LOCO_EXPORT_KEEP, &e) == LOCO_EINVAL);
+    CHECK_MSG(strstr(e.msg, sub), "%s", e.msg);
+    /* another folder holding a hard link of one of the model's files */
+    snprintf(link_dir, sizeof link_dir, "%s/hard", dir);
+    snprintf(sub, sizeof sub, "%s/tokenizer", link_dir);
+    char hard[4500];
+    snprintf(hard, sizeof hard, "%s/vocab.json", sub);
+    snprintf(path, sizeof path, "%s/tokenizer/vocab.json", model);
+    CHECK(mkdir(link_dir, 0755) == 0 && mkdir(sub, 0755) == 0 && link(path, hard) == 0);
+    CHECK(loco_pipeline_variant_export_folder(v, link_dir, LOCO_EXPORT_KEEP, &e) == LOCO_EINVAL);
+    CHECK_MSG(strstr(e.msg, hard) && strstr(e.msg, "same file"), "%s", e.msg);
+    static const char *const files[] = {"model_index.json", "tokenizer/vocab.json", "tokenizer/merges.txt",
+                                        "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
+                                        "text_encoder/model.safetensors", "scheduler/scheduler_config.json"};
+    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) CHECK_MSG(same_as_fixture(model, files[i]), "%s", files[i]);
+    loco_pipeline_variant_free(v);
+    loco_pipeline_free(p);
+    rm_rf(dir);
+    free(dir);
+    loco_backend_destroy(be);
+}
+
 /* ---- invalid requests --------------------------------------------------------------------------- */
 
 TEST(invalid_requests) {

@@ -197,14 +197,14 @@ TEST(png_errors) {
     /* a folder that does not exist */
     CHECK(loco_png_write("/nonexistent_loco_dir/sub/out.png", &img, &e) == LOCO_EIO);
     CHECK_MSG(strstr(e.msg, "/nonexistent_loco_dir/sub/out.png") != NULL, "%s", e.msg);
-    /* the target is a folder: the rename fails and the temporary file is removed */
+    /* the target is a folder: refused, saying so, and no temporary file is left */
     char dir[64], path[128];
     tmpdir(dir, sizeof dir);
     CHECK(dir[0]);
     snprintf(path, sizeof path, "%s/taken", dir);
     CHECK(mkdir(path, 0755) == 0);
-    CHECK(loco_png_write(path, &img, &e) == LOCO_EIO);
-    CHECK_MSG(strstr(e.msg, "taken") != NULL, "%s", e.msg);
+    CHECK(loco_png_write(path, &img, &e) == LOCO_EINVAL);
+    CHECK_MSG(strstr(e.msg, "taken") != NULL && strstr(e.msg, "is a folder") != NULL, "%s", e.msg);
     CHECK(count_entries(dir) == 1);
     rmdir(path);
     rmdir(dir);

@@ -10,6 +10,7 @@
 #include "auth.h"
 #include "config.h"
 #include "job.h"
+#include "job_checks.h"
 #include "loco_test.h"
 #include "queue.h"
 #include "request.h"
@@ -116,8 +117,10 @@ TEST(request_errors_name_the_field) {
          "/params/subject", "invalid_value"},
         {"{\"kind\":\"localize\",\"model\":\"m\",\"params\":{\"prompts\":[\"a\"],\"altered_prompts\":[\"b\",\"c\"]}}",
          "/params/altered_prompts", "invalid_value"},
+        {"{\"kind\":\"edit\",\"model\":\"m\",\"params\":{\"method\":\"neuron\"}}", "/params/prompts", "missing_field"},
+        /* each edit method refuses the fields of the others */
         {"{\"kind\":\"edit\",\"model\":\"m\",\"params\":{\"method\":\"neuron\",\"concept\":\"x\",\"target\":\"y\"}}",
-         "/params/prompts", "missing_field"},
+         "/params/concept", "unknown_field"},
         {"{\"kind\":\"edit\",\"model\":\"m\",\"params\":{\"method\":\"locoedit\",\"concept\":\"x\",\"target\":\"y\","
          "\"layers\":[1,1]}}",
          "/params/layers/1", "invalid_value"},
@@ -131,6 +134,49 @@ TEST(request_errors_name_the_field) {
         CHECK_MSG(strcmp(e.code, cases[i].code) == 0, "case %zu code %s (%s)", i, e.code, e.detail);
         CHECK(e.detail[0] != 0);
     }
+}
+
+/* One generate request (params as JSON) against a model's published info: 0 when accepted, else
+ * -1 with the refusal's pointer in `pointer` ("(detail lacks the needle)" unless its detail
+ * mentions `needle`). */
+static int check_generate(const char *info, const char *params, const char *needle, char *pointer, size_t n) {
+    char body[512];
+    snprintf(body, sizeof body, "{\"kind\":\"generate\",\"model\":\"m\",\"params\":%s}", params);
+    locod_model md;
+    memset(&md, 0, sizeof md);
+    snprintf(md.name, sizeof md.name, "m");
+    md.info = json_loads(info, 0, NULL);
+    loco_job_request r;
+    loco_proto_error e;
+    loco_proto_error_clear(&e);
+    int rc = -1;
+    snprintf(pointer, n, "(request did not parse)");
+    if (md.info && parse(body, &r, &e) == 0) {
+        rc = locod_check_job_for_model(&md, &r, &e);
+        snprintf(pointer, n, "%s", strstr(e.detail, needle) ? e.pointer : "(detail lacks the needle)");
+        loco_job_request_release(&r);
+    }
+    json_decref(md.info);
+    return rc;
+}
+
+/* The model's default scheduler as the worker publishes it (null when the model names a class
+ * loco lacks) decides before queueing: a job naming no scheduler is refused then, and Karras
+ * sigmas only go with euler and dpmpp_2m, the request's scheduler or the model's. */
+TEST(job_checks_scheduler_against_the_model) {
+    const char *lms = "{\"default_scheduler\":null,\"scheduler_class\":\"LMSDiscreteScheduler\"}";
+    const char *pndm = "{\"default_scheduler\":\"pndm\",\"scheduler_class\":\"PNDMScheduler\"}";
+    char p[160];
+    CHECK(check_generate(lms, "{\"prompt\":\"a\"}", "LMSDiscreteScheduler", p, sizeof p) == -1);
+    CHECK_MSG(!strcmp(p, "/params/scheduler"), "%s", p);
+    CHECK(check_generate(lms, "{\"prompt\":\"a\",\"scheduler\":\"euler\"}", "", p, sizeof p) == 0);
+    CHECK(check_generate(lms, "{\"prompt\":\"a\",\"scheduler\":\"ddim\",\"karras\":true}", "ddim", p, sizeof p) == -1);
+    CHECK_MSG(!strcmp(p, "/params/karras"), "%s", p);
+    CHECK(check_generate(lms, "{\"prompt\":\"a\",\"scheduler\":\"dpmpp_2m\",\"karras\":true}", "", p, sizeof p) == 0);
+    CHECK(check_generate(pndm, "{\"prompt\":\"a\"}", "", p, sizeof p) == 0);
+    CHECK(check_generate(pndm, "{\"prompt\":\"a\",\"karras\":true}", "pndm", p, sizeof p) == -1);
+    CHECK_MSG(!strcmp(p, "/params/karras"), "%s", p);
+    CHECK(check_generate(pndm, "{\"prompt\":\"a\",\"scheduler\":\"euler\",\"karras\":true}", "", p, sizeof p) == 0);
 }
 
 TEST(names_reject_paths) {

@@ -524,6 +524,45 @@ TEST(unet_error_wrong_shape) {
     loco_backend_destroy(be);
 }
 
+/* Sizes far beyond any real UNet are refused by the parser, naming the key, its value and the
+ * limit: before, a transformer_layers_per_block of 1e5 made `loco inspect` build 3 GB of site
+ * tables (1e6: killed for memory), and block_out_channels / sample_size near 2^30 overflowed the
+ * int arithmetic after the parse (4 x channels, sample_size x VAE factor). */
+TEST(unet_error_config_sizes_beyond_limits) {
+    static const struct {
+        const char *json, *key, *value;
+    } cases[] = {
+        {"{\"transformer_layers_per_block\":100000}", "transformer_layers_per_block", "100000"},
+        {"{\"transformer_layers_per_block\":[1,1000000,1,1]}", "transformer_layers_per_block", "1000000"},
+        {"{\"block_out_channels\":[536870912,640,1280,1280]}", "block_out_channels", "536870912"},
+        {"{\"block_out_channels\":[32,40,1073741824,1280]}", "block_out_channels", "1073741824"},
+        {"{\"sample_size\":268435456}", "sample_size", "268435456"},
+        {"{\"sample_size\":[1073741824,1073741824]}", "sample_size", "1073741824"},
+        {"{\"cross_attention_dim\":1073741824}", "cross_attention_dim", "1073741824"},
+        {"{\"attention_head_dim\":1073741824}", "attention_head_dim", "1073741824"},
+        {"{\"in_channels\":1073741824}", "in_channels", "1073741824"},
+        {"{\"time_embedding_dim\":1073741824}", "time_embedding_dim", "1073741824"},
+        {"{\"addition_time_embed_dim\":1073741824}", "addition_time_embed_dim", "1073741824"},
+        /* every entry within its limit, the whole not: 64 layers in each of 100 transformer blocks */
+        {"{\"layers_per_block\":16,\"transformer_layers_per_block\":64}", "transformer_layers_per_block", "6400"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        loco_unet_config cfg;
+        loco_err e = {0};
+        loco_status st = loco_unet_config_parse(cases[i].json, "unet/config.json", &cfg, &e);
+        CHECK_MSG(st == LOCO_EFORMAT, "%s: status %d (%s)", cases[i].json, (int)st, e.msg);
+        CHECK_MSG(strstr(e.msg, "unet/config.json") && strstr(e.msg, cases[i].key) && strstr(e.msg, cases[i].value) &&
+                      strstr(e.msg, "limit"),
+                  "%s: %s", cases[i].json, e.msg);
+    }
+    /* the limits leave room: SD-XL's 10 layers per block, and 64 in one block */
+    loco_unet_config cfg;
+    loco_err e = {0};
+    CHECK_MSG(loco_unet_config_parse("{\"transformer_layers_per_block\":[1,2,10,64]}", "c", &cfg, &e) == LOCO_OK,
+              "%s", e.msg);
+    CHECK(cfg.mid_transformer_layers == 64 && cfg.down_transformer_layers[2][1] == 10);
+}
+
 TEST(unet_error_config_unknown_block_type_and_key) {
     loco_unet_config cfg;
     loco_err e = {0};

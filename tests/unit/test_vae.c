@@ -183,6 +183,33 @@ TEST(vae_error_config) {
     CHECK(loco_vae_config_load("/nonexistent/vae/config.json", &c, &e) == LOCO_EIO);
 }
 
+/* Sizes far beyond any real VAE are refused by the parser with the real numbers (before:
+ * latent_channels 2^30 overflowed 2 x latent_channels and the load failed with "[-2147483648,
+ * 32, 3, 3] was expected"). */
+TEST(vae_error_config_sizes_beyond_limits) {
+    static const struct {
+        const char *json, *key;
+    } cases[] = {
+        {"{\"latent_channels\":1073741824}", "latent_channels"},
+        {"{\"block_out_channels\":[128,1073741824]}", "block_out_channels"},
+        {"{\"layers_per_block\":1000000}", "layers_per_block"},
+        {"{\"in_channels\":1073741824}", "in_channels"},
+        {"{\"sample_size\":[1073741824,1073741824]}", "sample_size"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        loco_vae_config c;
+        loco_err e = {0};
+        json_t *j = json_loads(cases[i].json, 0, NULL);
+        CHECK(j);
+        loco_status st = loco_vae_config_from_json(j, "vae/config.json", &c, &e);
+        json_decref(j);
+        CHECK_MSG(st == LOCO_EFORMAT, "%s: status %d (%s)", cases[i].json, (int)st, e.msg);
+        CHECK_MSG(strstr(e.msg, "vae/config.json") && strstr(e.msg, cases[i].key) && strstr(e.msg, "limit") &&
+                      !strstr(e.msg, "-2147483648"),
+                  "%s: %s", cases[i].json, e.msg);
+    }
+}
+
 TEST(vae_error_bad_input) {
     fx f;
     CHECK(fx_open(&f, "sd1-tiny") == 0);
