@@ -165,6 +165,15 @@ loco_status loco_pipeline_load(loco_backend *be, const loco_pipeline_opts *opts,
     *out = p;
     return LOCO_OK;
 fail:
+    /* a single file is read with its family's standard configs unless told otherwise: a shape
+     * that does not fit them most likely means a non-standard architecture */
+    if (err && st == LOCO_EFORMAT && !opts->config_dir && p->files && loco_model_files_is_single_file(p->files) &&
+        strstr(err->msg, "was expected")) {
+        const size_t n = strlen(err->msg);
+        snprintf(err->msg + n, sizeof err->msg - n,
+                 " (a single-file checkpoint is read with its family's standard configs; for another architecture "
+                 "give its diffusers configs with --config-dir, or config_dir in locod's config)");
+    }
     loco_pipeline_free(p);
     return st;
 }

@@ -299,3 +299,11 @@ def test_model_index_without_unet_says_so(tmp_path):
     edit_json(m / "model_index.json", unet=None)
     one_line_error(run("generate", "--model", m, "--prompt", "x", "--output", tmp_path / "o.png", "--quiet"),
                    "model_index.json has no unet entry")
+
+
+def test_single_file_of_another_architecture_names_config_dir(tmp_path):
+    # the tiny single file is not SD 1.5's standard architecture: without --config-dir its
+    # shapes miss the standard configs, and the error says what to give
+    r = run("generate", "--model", FIX / "models" / "sd1-tiny.safetensors", "--prompt", "x", "--steps", "1",
+            "--output", tmp_path / "x.png")
+    one_line_error(r, "was expected", "--config-dir")
