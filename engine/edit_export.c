@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "file_out.h"
 #include "pipeline_impl.h"
@@ -298,6 +299,10 @@ static const char *same_file_in(const char *dir, const char *dst, char *buf, siz
  * content comes from; NULL: none) and the checkpoint. */
 static loco_status check_dest_file(const export_ctx *c, const char *src_dir, const char *dst, loco_err *err) {
     struct stat sb;
+    /* a symlink in the export folder is replaced by the exported file, never written through:
+     * whatever it names (the base model's files among them) stays as it is */
+    if (lstat(dst, &sb) == 0 && S_ISLNK(sb.st_mode) && unlink(dst) != 0)
+        return loco_err_set(err, LOCO_EIO, "export: cannot replace the symlink %s: %s", dst, strerror(errno));
     if (stat(dst, &sb) != 0) return LOCO_OK; /* a new file replaces nothing */
     char buf[4200];
     const char *src = src_dir ? same_file_in(src_dir, dst, buf, sizeof buf) : NULL;

@@ -37,25 +37,47 @@ static int mkdir_p(const char *path) {
     return 0;
 }
 
-void locod_remove_tree(const char *path) {
-    struct stat sb;
-    if (lstat(path, &sb)) return;
-    if (!S_ISDIR(sb.st_mode)) {
-        unlink(path);
+/* Everything inside the open folder dfd, then dfd itself is closed. Entries are opened with
+ * O_NOFOLLOW relative to their parent, so a folder swapped for a symlink meanwhile is unlinked,
+ * never followed. */
+static void empty_dir_fd(int dfd, int depth) {
+    DIR *d = fdopendir(dfd);
+    if (!d) {
+        close(dfd);
         return;
     }
-    DIR *d = opendir(path);
-    if (d) {
-        struct dirent *e;
-        while ((e = readdir(d))) {
-            if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
-            char sub[PATH_MAX + 260];
-            snprintf(sub, sizeof sub, "%s/%s", path, e->d_name);
-            locod_remove_tree(sub);
-        }
-        closedir(d);
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
+        if (unlinkat(dirfd(d), e->d_name, 0) == 0) continue;
+        int sub = depth < 32 ? openat(dirfd(d), e->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) : -1;
+        if (sub >= 0) empty_dir_fd(sub, depth + 1);
+        unlinkat(dirfd(d), e->d_name, AT_REMOVEDIR);
     }
+    closedir(d);
+}
+
+void locod_remove_tree(const char *path) {
+    if (unlink(path) == 0) return;
+    int fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd >= 0) empty_dir_fd(fd, 0);
     rmdir(path);
+}
+
+void locod_artifacts_clear_tmp_of(const char *root, int pid) {
+    char tmp[4096], prefix[32];
+    snprintf(tmp, sizeof tmp, "%s/tmp", root);
+    snprintf(prefix, sizeof prefix, "%d-", pid);
+    DIR *d = opendir(tmp);
+    if (!d) return;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (strncmp(e->d_name, prefix, strlen(prefix)) != 0) continue;
+        char p[4400];
+        snprintf(p, sizeof p, "%s/%s", tmp, e->d_name);
+        locod_remove_tree(p);
+    }
+    closedir(d);
 }
 
 loco_status locod_artifacts_init(const char *root, loco_err *err) {

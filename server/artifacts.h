@@ -16,6 +16,8 @@ int locod_artifact_id_valid(const char *id);
 
 /* Remove a file, or a folder and everything in it (symlinks are removed, never followed). */
 void locod_remove_tree(const char *path);
+/* The temporaries of one (dead) writer process: <root>/tmp/<pid>-* (locod_artifact_tmp_path). */
+void locod_artifacts_clear_tmp_of(const char *root, int pid);
 /* Create <root> and <root>/tmp; clear stale temporaries (files and folders). */
 loco_status locod_artifacts_init(const char *root, loco_err *err);
 /* <root>/<aa>/<sha256> into buf. */

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "auth.h"
 
@@ -249,6 +250,20 @@ static loco_status parse_models(locod_config *c, const json_t *v, const char *ba
             free(mc->config_dir);
             mc->config_dir = abs;
         }
+        /* what the loader would refuse when the model loads (model_files.c), said at start-up */
+        struct stat sb;
+        const int is_dir = mc->path && stat(mc->path, &sb) == 0 && S_ISDIR(sb.st_mode);
+        const int is_file = mc->path && stat(mc->path, &sb) == 0 && S_ISREG(sb.st_mode);
+        if (mc->config_dir && is_dir)
+            return loco_err_set(err, LOCO_EINVAL,
+                                "config: '%s.config_dir' applies to single-file checkpoints; %s is a diffusers "
+                                "folder, which has its own configs (remove config_dir)",
+                                where, mc->path);
+        if (mc->variant && is_file)
+            return loco_err_set(err, LOCO_EINVAL,
+                                "config: '%s.variant' picks weight files inside a diffusers folder; %s is a single "
+                                "file (remove variant)",
+                                where, mc->path);
     }
     return LOCO_OK;
 }

@@ -53,16 +53,33 @@ static int scheduler_unusable(const locod_model *md, const json_t *p, loco_proto
     return 0;
 }
 
+/* Diff-QuickFix: the encoders 'encoders' names exist, and 'text_layer' is a layer of each. */
+static int quickfix_encoders_fit(const locod_model *md, const json_t *p, loco_proto_error *e) {
+    const json_t *layers = json_object_get(md->info, "text_encoder_layers");
+    const char *which = json_string_value(json_object_get(p, "encoders"));
+    if (!which || !json_is_object(layers)) return 0;
+    const json_int_t tl = json_integer_value(json_object_get(p, "text_layer"));
+    static const char *const names[] = {"text_encoder", "text_encoder_2"};
+    for (int i = 0; i < 2; i++) {
+        if (strcmp(which, "both") != 0 && strcmp(which, names[i]) != 0) continue;
+        const json_t *n = json_object_get(layers, names[i]);
+        if (!n && strcmp(which, "both") != 0)
+            return loco_proto_fail(e, 422, "invalid_value", "/params/encoders", "model '%s' has no %s to edit",
+                                   md->name, names[i]);
+        if (n && tl >= json_integer_value(n))
+            return loco_proto_fail(e, 422, "out_of_range", "/params/text_layer",
+                                   "'text_layer' must be below %lld, the number of layers of %s of '%s' (got %lld)",
+                                   (long long)json_integer_value(n), names[i], md->name, (long long)tl);
+    }
+    return 0;
+}
+
 /* The layers an edit acts on: Diff-QuickFix's text-encoder layer; else its 'layers', or the
  * family's default LocoEdit window (which a tiny or unusual UNet may not have), and for neuron
  * edits, whether each layer has as many channels as 'neurons' asks of it. */
 static int edit_layers_fit(const locod_model *md, const json_t *p, int ncross, loco_proto_error *e) {
     const char *method = json_string_value(json_object_get(p, "method"));
-    const json_t *tl = json_object_get(p, "text_layer"), *ntl = json_object_get(md->info, "text_encoder_layers");
-    if (tl && json_is_integer(ntl) && json_integer_value(tl) >= json_integer_value(ntl))
-        return loco_proto_fail(e, 422, "out_of_range", "/params/text_layer",
-                               "'text_layer' must be below %lld, the number of text-encoder layers of '%s' (got %lld)",
-                               (long long)json_integer_value(ntl), md->name, (long long)json_integer_value(tl));
+    if (quickfix_encoders_fit(md, p, e)) return -1;
     if (!method || strcmp(method, "diff_quickfix") == 0) return 0;
     const json_t *layers = json_object_get(p, "layers");
     const json_t *win = json_object_get(md->info, "edit_window");

@@ -107,6 +107,8 @@ static enum MHD_Result unload(locod_req *r, const char *name) {
         return locod_reply_json(r, 200, j, NULL);
     }
     if (md->state == LOCOD_MODEL_AVAILABLE || md->state == LOCOD_MODEL_FAILED) {
+        /* a failed model an admin unloads is set aside on purpose: /readyz stops counting it */
+        md->state = LOCOD_MODEL_AVAILABLE;
         status = 200;
     } else if (md->state == LOCOD_MODEL_LOADING && md->op_pending == 1) {
         md->op_pending = 0; /* the load had not been sent yet */

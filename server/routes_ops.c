@@ -54,9 +54,17 @@ enum MHD_Result locod_route_ops(locod_req *r, const char *what) {
         const locod_model *md = locod_models_find(srv->models, srv->cfg->load_at_start[i]);
         if (md && md->state == LOCOD_MODEL_FAILED) {
             char s[700];
-            snprintf(s, sizeof s, "start-up model %s failed to load: %.500s", md->name,
-                     md->error ? md->error : "no reason given");
-            json_array_append_new(reasons, json_string(s));
+            const char *why = md->error ? md->error : "no reason given";
+            /* at most 500 bytes of the error, never half a UTF-8 character (json_string would
+             * refuse the text and the reason would be lost) */
+            int n = (int)strlen(why);
+            if (n > 500) {
+                n = 500;
+                while (n > 0 && ((unsigned char)why[n] & 0xC0) == 0x80) n--;
+            }
+            snprintf(s, sizeof s, "start-up model %s failed to load: %.*s", md->name, n, why);
+            json_t *reason = json_string(s);
+            json_array_append_new(reasons, reason ? reason : json_string("a start-up model failed to load"));
         }
     }
     int queued = locod_queue_size(srv->queue);

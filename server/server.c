@@ -181,8 +181,7 @@ static void restore_variant(void *ctx, const locod_variant_row *row) {
 typedef struct resident_ctx {
     locod_server *srv;
     int n;
-    char gone[8][LOCO_MODEL_NAME_MAX + 1];
-    int n_gone;
+    json_t *gone; /* names to forget once the scan is over */
 } resident_ctx;
 
 static void restore_resident(void *ctx, const char *name) {
@@ -190,7 +189,7 @@ static void restore_resident(void *ctx, const char *name) {
     locod_model *md = locod_models_find(rc->srv->models, name);
     if (!md || md->source == LOCOD_SRC_VARIANT) {
         LOG_WARN(rc->srv->log, "model %s was resident before the restart but is no longer configured; forgotten", name);
-        if (rc->n_gone < 8) snprintf(rc->gone[rc->n_gone++], sizeof rc->gone[0], "%s", name);
+        json_array_append_new(rc->gone, json_string(name));
         return;
     }
     if (md->state == LOCOD_MODEL_LOADING) return; /* load_at_start too */
@@ -203,13 +202,15 @@ static void restore_residents(locod_server *srv) {
     resident_ctx rc;
     memset(&rc, 0, sizeof rc);
     rc.srv = srv;
+    rc.gone = json_array();
     loco_err err;
     loco_err_clear(&err);
-    if (locod_store_residents_each(srv->store, restore_resident, &rc, &err) < 0) {
+    if (locod_store_residents_each(srv->store, restore_resident, &rc, &err) < 0)
         LOG_ERROR(srv->log, "cannot read the models resident before the restart: %s", err.msg);
-        return;
-    }
-    for (int i = 0; i < rc.n_gone; i++) locod_note_resident(srv, rc.gone[i], 0);
+    size_t i;
+    json_t *name;
+    json_array_foreach(rc.gone, i, name) locod_note_resident(srv, json_string_value(name), 0);
+    json_decref(rc.gone);
     if (rc.n) LOG_INFO(srv->log, "%d model(s) loaded through the API before the restart load again", rc.n);
 }
 

@@ -84,6 +84,10 @@ loco_status wk_export_folder(wk_ctx *w, const loco_pipeline_variant *v, loco_exp
     if (!st) qsort(fl.rel, (size_t)fl.n, sizeof *fl.rel, by_path);
     json_t *list = json_array();
     for (int i = 0; !st && i < fl.n; i++) {
+        if (wk_progress(w, "export", i, fl.n)) {
+            st = loco_err_set(err, LOCO_ECANCELLED, "cancelled at the client's request during the folder export");
+            break;
+        }
         char full[2 * PATH_MAX + 2], sha[65];
         snprintf(full, sizeof full, "%s/%s", dir, fl.rel[i]);
         const char *base = strrchr(fl.rel[i], '/');

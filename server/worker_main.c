@@ -192,7 +192,7 @@ static json_t *sites_json(loco_pipeline *p) {
     return arr;
 }
 
-/* The fewest layers of p's text encoders (what a Diff-QuickFix 'text_layer' must stay below). */
+/* The fewest layers of p's text encoders. */
 static int text_encoder_layers(loco_pipeline *p) {
     int fewest = -1;
     for (int which = 1; which <= 2; which++) {
@@ -236,7 +236,15 @@ static json_t *model_info(wk_ctx *w, const wk_model *wm) {
     loco_edit_default_window(loco_pipeline_family(p), &win_start, &win_size);
     json_object_set_new(info, "edit_window", json_pack("{s:i, s:i}", "start", win_start, "size", win_size));
     json_object_set_new(info, "max_clip_skip", json_integer(max_clip_skip(p)));
-    json_object_set_new(info, "text_encoder_layers", json_integer(text_encoder_layers(p)));
+    /* per encoder: what a Diff-QuickFix 'text_layer' of the encoders it edits must stay below */
+    json_t *tl = json_object();
+    for (int which = 1; which <= 2; which++) {
+        const loco_clip_text *t = loco_pipeline_text_encoder(p, which);
+        if (t)
+            json_object_set_new(tl, which == 1 ? "text_encoder" : "text_encoder_2",
+                                json_integer(loco_clip_text_get_config(t)->num_hidden_layers));
+    }
+    json_object_set_new(info, "text_encoder_layers", tl);
     json_object_set_new(info, "device", json_string(loco_backend_describe(w->be)));
     json_object_set_new(info, "memory", json_pack("{s:I}", "bytes", (json_int_t)wm->bytes));
     json_object_set_new(info, "sites", sites_json(p));
@@ -464,6 +472,9 @@ static void do_run(wk_ctx *w, const json_t *m) {
         json_object_set_new(reply, "error", json_pack("{s:s, s:s, s:b}", "code", error_code(st), "message", err.msg,
                                                       "retryable", st == LOCO_EDEVICE || st == LOCO_EDEVICE_OOM));
         json_object_set_new(reply, "restart", json_boolean(w->restart_after));
+        /* files a failing job already stored (images before a cancel, half a folder export):
+         * the daemon links them to the job, so retention removes them with it */
+        if (json_array_size(artifacts)) json_object_set(reply, "artifacts", artifacts);
     }
     json_object_set_new(reply, "memory", memory_json(w));
     locod_send_json(w->out_fd, reply);

@@ -114,6 +114,8 @@ static void on_closed(uv_handle_t *h) {
 static void after_death(locod_worker *w, const char *how) {
     locod_server *srv = w->srv;
     int64_t now = locod_now_ms();
+    /* what it was writing (a folder export, a delta) is nobody's now */
+    locod_artifacts_clear_tmp_of(srv->artifacts_root, w->proc.pid);
     if (w->busy == OP_RUN && srv->run.active) {
         locod_running *r = &srv->run;
         char msg[768];
@@ -393,9 +395,14 @@ static void on_done(locod_worker *w, json_t *m) {
                                                    : "; the worker is restarted with a fresh device context");
         else
             snprintf(full, sizeof full, "%s", msg ? msg : "the job failed");
+        json_t *left = json_object_get(m, "artifacts");
+        size_t i;
+        json_t *a;
+        int valid = json_is_array(left);
+        json_array_foreach(left, i, a) valid = valid && locod_artifact_id_valid(json_string_value(json_object_get(a, "sha256")));
         locod_finish_job(srv, r->id, r->kind, r->key_id, cancelled ? LOCO_JOB_CANCELLED : LOCO_JOB_FAILED,
                          r->started_ms, code ? code : "job_error", cancelled ? "cancelled at the client's request" : full,
-                         json_is_true(json_object_get(e, "retryable")), NULL, NULL);
+                         json_is_true(json_object_get(e, "retryable")), NULL, valid ? left : NULL);
     }
     memset(r, 0, sizeof *r);
     w->busy = OP_NONE;

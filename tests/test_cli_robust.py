@@ -109,6 +109,22 @@ def test_export_folder_never_the_models_own(tmp_path):
     assert not (m / "edited").exists()
 
 
+def test_export_replaces_symlinks_in_its_folder_never_their_targets(tmp_path):
+    # a symlink the export folder already holds, pointing into the base model (another component's
+    # file than the one it stands for): the export replaces the link, the model stays as it was
+    m = copy_model(tmp_path)
+    before = digests(m)
+    e = tmp_path / "export"
+    (e / "vae").mkdir(parents=True)
+    os.symlink(m / "unet" / "config.json", e / "vae" / "config.json")
+    r = run("edit", "locoedit", "--model", m, "--concept", "van gogh", "--start", "6", "--out", tmp_path / "out",
+            "--export-folder", e, "--no-images", "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert digests(m) == before
+    assert not (e / "vae" / "config.json").is_symlink()
+    assert json.loads((e / "vae" / "config.json").read_text()) == json.loads((m / "vae" / "config.json").read_text())
+
+
 # ---- configs claiming absurd sizes -------------------------------------------------------------------
 
 

@@ -122,6 +122,8 @@ CASES = [
      "invalid_value"),
     ("edit-neuron-position-bad", "POST", "/v1/jobs", {"kind": "edit", "model": "sd1-tiny", "params": {"method": "neuron", "layers": [4, 5], "neurons": 4, "prompts": ["a by Monet", "b by Monet"], "normal_prompts": ["a", "b"], "position": "bos"}}, {}, KEY, 422,
      "invalid_value"),
+    ("edit-quickfix-encoder-the-model-lacks", "POST", "/v1/jobs", {"kind": "edit", "model": "sd1-tiny", "params": {"method": "diff_quickfix", "concept": "Monet", "encoders": "text_encoder_2"}}, {}, KEY, 422,
+     "invalid_value"),
     ("bad-idempotency-key", "POST", "/v1/jobs", tiny_generate(), {"Idempotency-Key": "has space"}, KEY, 400,
      "invalid_idempotency_key"),
     ("no-key", "POST", "/v1/jobs", tiny_generate(), {}, None, 401, "missing_api_key"),

@@ -162,4 +162,8 @@ def test_readyz_reports_a_start_up_model_that_failed_to_load(tmp_path):
     assert d.get("/v1/models/broken-model").json()["state"] == "failed"
     # the other start-up model serves meanwhile
     assert d.wait(d.submit(tiny_generate(steps=1))["id"])["state"] == "succeeded"
+    # an admin sets the broken model aside: ready again
+    assert d.post("/v1/models/broken-model/unload").status_code == 200
+    r = d.get("/readyz")
+    assert r.status_code == 200 and r.json()["reasons"] == [], r.text
     d.stop()

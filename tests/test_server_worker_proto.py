@@ -112,3 +112,30 @@ def test_message_split_across_reads_and_several_in_one_read(tmp_path):
         assert w.wait_for("done")["job"] == "j2"
     finally:
         w.close()
+
+
+def test_a_job_stopped_after_storing_files_reports_them(tmp_path):
+    """Files a job stored before it stopped (images encoded before a cancel) come back with its
+    failure, so the daemon links them to the job and retention removes them with it (they were
+    left in the store for good)."""
+    w = Worker(tmp_path)
+    try:
+        w.wait_for("ready")
+        w.send({"op": "load", "model": "sd1-tiny", "path": str(MODELS / "sd1-tiny")})
+        assert w.wait_for("loaded")["ok"] is True
+        run = slow_run("j-png", 1)
+        run["params"]["batch"] = 3
+        w.send(run)
+        while True:  # SLOW makes each report take 200 ms: the cancel lands between two images
+            m = w.wait_for("progress")
+            if m.get("phase") == "encode_png" and m.get("step", 0) >= 1:
+                break
+        w.send({"op": "cancel", "job": "j-png"})
+        done = w.wait_for("done", timeout=30)
+        assert done["ok"] is False and done["error"]["code"] == "cancelled", done
+        arts = done.get("artifacts") or []
+        assert 1 <= len(arts) < 3, done
+        for a in arts:
+            assert (tmp_path / "artifacts" / a["sha256"][:2] / a["sha256"]).is_file(), a
+    finally:
+        w.close()

@@ -254,7 +254,11 @@ TEST(config_parse_and_errors) {
     locod_config_free(&c);
     const char *bad[] = {"{\"limits\":{\"max_connections\":10,\"max_sse_streams\":10}}",
                          "{\"limits\":{\"max_sse_streams\":1024}}", "{\"lisen\":\"x\"}", "{\"limits\":{\"max_steps\":0}}", "{\"keys\":[{\"id\":\"k\",\"sha256\":\"zz\"}]}",
-                         "{\"device\":\"tpu\"}", "[1]", "{\"models\":{\"../x\":{\"path\":\"p\"}}}"};
+                         "{\"device\":\"tpu\"}", "[1]", "{\"models\":{\"../x\":{\"path\":\"p\"}}}",
+                         /* what the loader refuses, refused at start-up: config_dir on a folder,
+                          * variant on a single file */
+                         "{\"models\":{\"x\":{\"path\":\"/\",\"config_dir\":\"/\"}}}",
+                         "{\"models\":{\"x\":{\"path\":\"/etc/passwd\",\"variant\":\"fp16\"}}}"};
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
         locod_config_init(&c);
         CHECK_MSG(locod_config_parse(&c, bad[i], ".", &err) != LOCO_OK, "accepted %s", bad[i]);
