@@ -29,8 +29,18 @@
 #include "trace.h"
 #include "unet.h"
 
+/* done/total count denoising steps over all batches (trace.h); called again at the same count
+ * between decode and scoring chunks, so a line is printed only when the count moves */
+typedef struct progress_line {
+    const char *label;
+    int last;
+} progress_line;
+
 static int progress(void *ctx, int done, int total) {
-    fprintf(stderr, "\r  %s: %d/%d trajectories", (const char *)ctx, done, total);
+    progress_line *pl = ctx;
+    if (done == pl->last) return 0;
+    pl->last = done;
+    fprintf(stderr, "\r  %s: step %d/%d", pl->label, done, total);
     if (done >= total) fputc('\n', stderr);
     return 0;
 }
@@ -96,7 +106,8 @@ int main(int argc, char **argv) {
     {
         loco_trace_params warm = t;
         warm.sampler.steps = 2;
-        warm.progress_ctx = (void *)"warm-up";
+        progress_line pl = {"warm-up", -1};
+        warm.progress_ctx = &pl;
         loco_trace_result r;
         if (loco_trace_run(p, sc, &warm, &r, &err)) DIE("warm-up: %s", err.msg);
         loco_trace_result_free(&r);
@@ -108,7 +119,8 @@ int main(int argc, char **argv) {
         loco_trace_result r[2];
         for (int arm = 0; arm < 2; arm++) {
             loco_unet_set_graphs(u, !arm); /* off also frees the recorded graphs */
-            t.progress_ctx = (void *)(arm ? "op by op" : "graphs");
+            progress_line pl = {arm ? "op by op" : "graphs", -1};
+            t.progress_ctx = &pl;
             const double c0 = bench_cpu_seconds();
             if (loco_trace_run(p, sc, &t, &r[arm], &err)) DIE("%s: %s", arm ? "op by op" : "graphs", err.msg);
             cpu_s[arm] += bench_cpu_seconds() - c0;
