@@ -54,6 +54,9 @@ typedef struct wk_ctx {
 
 /* Send a progress event for the running job; returns non-zero when it should stop (cancel). */
 int wk_progress(wk_ctx *w, const char *phase, int step, int total);
+/* Whether the running job should stop (a cancel arrived, or the daemon is gone), without a
+ * progress event: for work after the engine's steps (encoding and storing results). */
+int wk_cancelled(wk_ctx *w);
 
 /* A job runner fills result (object) and artifacts (array of {sha256,size,media_type,name,url}). */
 typedef loco_status (*wk_runner)(wk_ctx *w, loco_pipeline *p, const json_t *params, json_t *result,

@@ -62,6 +62,12 @@ static loco_status put_json(wk_ctx *w, const json_t *j, const char *name, json_t
 static json_t *put_png(wk_ctx *w, const loco_image *img, const char *name, json_t *artifacts, loco_status *st,
                        loco_err *err) {
     if (*st || !img->data) return NULL;
+    /* a cancel between images (a trace stores one per restored state; a localize grid of SD-XL
+     * images is one long encode) */
+    if (wk_cancelled(w)) {
+        *st = loco_err_set(err, LOCO_ECANCELLED, "cancelled at the client's request while storing images");
+        return NULL;
+    }
     void *buf = NULL;
     size_t len = 0;
     char sha[65], url[128];

@@ -112,6 +112,10 @@ int wk_progress(wk_ctx *w, const char *phase, int step, int total) {
         struct timespec ts = {0, 200 * 1000000L};
         nanosleep(&ts, NULL);
     }
+    return wk_cancelled(w);
+}
+
+int wk_cancelled(wk_ctx *w) {
     while (read_some(w, 0) > 0) {
     }
     drain(w);
