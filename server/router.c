@@ -1,5 +1,7 @@
 /* router.c: method + path -> handler. Paths are split on '/'; only exact segments match, so
- * "..", encoded slashes and other path tricks simply find no route. */
+ * ".." and other path tricks simply find no route. libmicrohttpd percent-decodes the path before
+ * it gets here: "%2F" is a '/' like any other (".../sd1-tiny%2Fvariants" is the variants list) and
+ * "%00" ends the path, so neither reaches anything a plain path could not. */
 #include <stdio.h>
 #include <string.h>
 
