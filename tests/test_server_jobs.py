@@ -548,3 +548,34 @@ def test_generate_progress_total_is_the_model_calls_from_the_first_event(d):
     assert events[-1][0] == "finished" and events[-1][1]["state"] == "succeeded", events
     prog = [e for n, e in events if n == "progress" and e["phase"] == "denoise"]
     assert prog and {e["total"] for e in prog} == {4}, prog
+
+
+def test_every_kinds_result_matches_its_schema(d):
+    """The contract's result schemas (proto/schemas/result-<kind>.json, chosen by job.json for a
+    succeeded job of that kind) hold for real results, the optional parts included."""
+    from locod_harness import schema_validator
+    job_schema = schema_validator("job.json")
+    bodies = [
+        tiny_generate(steps=1, return_latents=True),
+        {"kind": "trace", "model": "sd1-tiny",
+         "params": {"prompt": "a house in the style of van gogh", "subject": "van gogh", "steps": 1, "width": 64,
+                    "height": 64, "components": unet_components(d)[:2], "causal_threshold": 1}},
+        {"kind": "trace", "model": "sd1-tiny",
+         "params": {"prompt": "a house in the style of van gogh", "subject": "van gogh", "target": "text_encoder",
+                    "positions": [1, 6], "steps": 1, "width": 64, "height": 64}},
+        {"kind": "localize", "model": "sd1-tiny",
+         "params": {"prompts": ["a house by van gogh"], "altered_prompts": ["a house"], "starts": [0, 4], "steps": 1,
+                    "width": 64, "height": 64}},
+        {"kind": "edit", "model": "sd1-tiny",
+         "params": {"method": "locoedit", "concept": "van gogh", "layers": [4, 5], "export": "folder",
+                    "variant": "sd1-tiny-schema"}},
+    ]
+    for body in bodies:
+        j = d.wait(d.submit(body)["id"], timeout=120)
+        assert j["state"] == "succeeded", j
+        errors = sorted(job_schema.iter_errors(j), key=str)
+        assert not errors, (body["kind"], [f"{list(e.absolute_path)}: {e.message}" for e in errors[:5]])
+    # the schema is not vacuous: a result missing a required field fails it
+    broken = {**j, "result": {k: v for k, v in j["result"].items() if k != "variant"}}
+    assert list(job_schema.iter_errors(broken))
+    assert d.post("/v1/models/sd1-tiny-schema/unload").status_code in (200, 202)

@@ -210,3 +210,12 @@ def problem(r, status, code=None):
     if code:
         assert p["code"] == code, p
     return p
+
+
+def schema_validator(name):
+    """A jsonschema validator for proto/schemas/<name>, its $refs resolved among the other files."""
+    import jsonschema
+    from referencing import Registry, Resource
+    docs = {p.name: json.loads(p.read_text()) for p in (ROOT / "proto" / "schemas").glob("*.json")}
+    registry = Registry().with_resources((name_, Resource.from_contents(doc)) for name_, doc in docs.items())
+    return jsonschema.Draft202012Validator(docs[name], registry=registry)
