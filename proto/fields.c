@@ -131,8 +131,13 @@ int loco_pf_int(const json_t *obj, const char *pointer, const char *key, int req
     if (err) return -1;
     if (!v) return 0;
     json_int_t x;
-    if (!loco_json_integral(v, &x))
+    if (!loco_json_integral(v, &x)) {
+        /* 1e19 is an integer too, just too large for any field */
+        if (json_is_real(v) && json_real_value(v) == floor(json_real_value(v)))
+            return loco_proto_fail(e, 422, "out_of_range", p, "'%s' must be between %lld and %lld (got %g)", key,
+                                   (long long)lo, (long long)hi, json_real_value(v));
         return loco_proto_fail(e, 422, "invalid_type", p, "'%s' must be an integer, not %s", key, type_name(v));
+    }
     if (x < lo || x > hi)
         return loco_proto_fail(e, 422, "out_of_range", p, "'%s' must be between %lld and %lld (got %lld)", key,
                                (long long)lo, (long long)hi, (long long)x);

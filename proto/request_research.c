@@ -279,6 +279,30 @@ static int edit_method_rules(const json_t *p, const char *ptr, const char *metho
                                    (long long)lo, (long long)hi);
         }
     }
+    /* the extra prompts carry the concept (its tokens are what the edit remaps); the token-level
+     * check runs in the worker, this catches the plain mistake before the job is accepted */
+    const char *concept = json_string_value(json_object_get(p, "concept"));
+    size_t i;
+    const json_t *v;
+    if (concept && strcmp(method, "neuron") != 0)
+        json_array_foreach(prompts, i, v) {
+            if (contains_ci(json_string_value(v), concept)) continue;
+            snprintf(pp, sizeof pp, "%s/prompts/%zu", ptr, i);
+            return loco_proto_fail(e, 422, "invalid_value", pp, "prompt %zu does not contain the concept '%.100s'", i,
+                                   concept);
+        }
+    /* a ridge weight for a projection the edit leaves alone would be silently unused */
+    static const char *const lam[2] = {"lambda_k", "lambda_v"}, *const mat[2] = {"to_k", "to_v"};
+    const json_t *matrices = json_object_get(p, "matrices");
+    for (int k = 0; k < 2 && matrices; k++) {
+        int listed = 0;
+        json_array_foreach(matrices, i, v) listed = listed || (json_is_string(v) && !strcmp(json_string_value(v), mat[k]));
+        if (json_object_get(p, lam[k]) && !listed) {
+            snprintf(pp, sizeof pp, "%s/%s", ptr, lam[k]);
+            return loco_proto_fail(e, 422, "invalid_value", pp, "'%s' weighs the %s solve, which 'matrices' leaves out",
+                                   lam[k], mat[k]);
+        }
+    }
     const json_t *tp = json_object_get(p, "target_prompts");
     if ((tp != NULL) != (prompts != NULL && strcmp(method, "diff_quickfix") == 0) ||
         (tp && json_array_size(tp) != json_array_size(prompts))) {

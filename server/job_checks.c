@@ -90,6 +90,13 @@ static int edit_layers_fit(const locod_model *md, const json_t *p, int ncross, l
                                "model '%s' has %d cross-attention layers, fewer than its family's default edit window "
                                "(layers %d..%d) needs; give 'layers' (0..%d, execution order)",
                                md->name, ncross, start, start + size - 1, ncross - 1);
+    const json_t *pos = json_object_get(p, "position"), *maxpos = json_object_get(md->info, "max_token_position");
+    if (json_is_integer(pos) && json_is_integer(maxpos) && json_integer_value(pos) > json_integer_value(maxpos))
+        return loco_proto_fail(e, 422, "out_of_range", "/params/position",
+                               "'position' must be a token position 0..%lld of '%s' (its prompts are padded to %lld "
+                               "tokens), or \"eos\"; got %lld",
+                               (long long)json_integer_value(maxpos), md->name, (long long)json_integer_value(maxpos) + 1,
+                               (long long)json_integer_value(pos));
     const json_t *neurons = json_object_get(p, "neurons"), *channels = json_object_get(md->info, "cross_attention_channels");
     if (strcmp(method, "neuron") != 0 || !neurons || !json_is_array(channels)) return 0;
     const int n = layers ? (int)json_array_size(layers) : size;

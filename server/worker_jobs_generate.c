@@ -103,6 +103,7 @@ loco_status wk_run_generate(wk_ctx *w, wk_model *m, const json_t *params, json_t
                                                     "width", r.width, "height", r.height));
         }
     }
+    if (st == LOCO_OK) wk_progress(w, "encode_png", r.n_images, r.n_images); /* the phase ends at its total */
     if (st == LOCO_OK && spec.return_latents) {
         char sha[65], url[128];
         st = write_latents(w, &r, artifacts, sha, err);

@@ -249,6 +249,10 @@ static json_t *model_info(wk_ctx *w, const wk_model *wm) {
                                 json_integer(loco_clip_text_get_config(t)->num_hidden_layers));
     }
     json_object_set_new(info, "text_encoder_layers", tl);
+    /* the last token position of a padded prompt (a neuron edit's 'position' must not pass it) */
+    const loco_clip_tokenizer *tok = loco_pipeline_tokenizer(p, 1);
+    if (!tok) tok = loco_pipeline_tokenizer(p, 2);
+    if (tok) json_object_set_new(info, "max_token_position", json_integer(loco_clip_tokenizer_max_length(tok) - 1));
     json_object_set_new(info, "device", json_string(loco_backend_describe(w->be)));
     json_object_set_new(info, "memory", json_pack("{s:I}", "bytes", (json_int_t)wm->bytes));
     json_object_set_new(info, "sites", sites_json(p));

@@ -548,6 +548,8 @@ def test_generate_progress_total_is_the_model_calls_from_the_first_event(d):
     assert events[-1][0] == "finished" and events[-1][1]["state"] == "succeeded", events
     prog = [e for n, e in events if n == "progress" and e["phase"] == "denoise"]
     assert prog and {e["total"] for e in prog} == {4}, prog
+    png = [e for n, e in events if n == "progress" and e["phase"] == "encode_png"]
+    assert png and png[-1]["step"] == png[-1]["total"] == 1, png
 
 
 def test_every_kinds_result_matches_its_schema(d):
