@@ -193,19 +193,24 @@ def test_body_too_large(d):
     assert d.alive()
 
 
-def test_oversize_body_refused_before_it_is_sent(d):
-    # a client that asks first (Expect: 100-continue) gets the 413 instead of a 100 Continue,
-    # so it never uploads the body
+def announce_body(d, headers, length):
+    """Send a POST's headers announcing a body of `length` bytes behind 'Expect: 100-continue', and
+    nothing of the body; return the head of what the server answers."""
     with socket.create_connection(("127.0.0.1", d.port), timeout=5) as s:
-        s.sendall(b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                  b"Authorization: Bearer " + KEY.encode() + b"\r\nExpect: 100-continue\r\n"
-                  b"Content-Length: 10000000\r\n\r\n")
+        s.sendall(b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" + headers +
+                  b"Expect: 100-continue\r\nContent-Length: " + str(length).encode() + b"\r\n\r\n")
         head = b""
         while b"\r\n\r\n" not in head:
             chunk = s.recv(4096)
             if not chunk:
                 break
             head += chunk
+    return head
+
+
+def test_oversize_body_refused_before_it_is_sent(d):
+    # a client that asks first gets the 413 instead of a 100 Continue, so it never uploads the body
+    head = announce_body(d, b"Authorization: Bearer " + KEY.encode() + b"\r\n", 10_000_000)
     assert head.startswith(b"HTTP/1.1 413 "), head[:200]
     assert b"100 Continue" not in head and b"application/problem+json" in head, head[:400]
     assert d.alive()
@@ -214,15 +219,7 @@ def test_oversize_body_refused_before_it_is_sent(d):
 def test_body_of_a_request_without_a_valid_key_is_never_read(d):
     # refused on its headers: only key holders make the server buffer a body
     for auth in (b"", b"Authorization: Bearer not-a-real-key\r\n"):
-        with socket.create_connection(("127.0.0.1", d.port), timeout=5) as s:
-            s.sendall(b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" + auth +
-                      b"Expect: 100-continue\r\nContent-Length: 60000\r\n\r\n")
-            head = b""
-            while b"\r\n\r\n" not in head:
-                chunk = s.recv(4096)
-                if not chunk:
-                    break
-                head += chunk
+        head = announce_body(d, auth, 60000)
         assert head.startswith(b"HTTP/1.1 401 "), head[:200]
     assert d.alive()
 
