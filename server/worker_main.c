@@ -196,23 +196,23 @@ static json_t *sites_json(loco_pipeline *p) {
     return arr;
 }
 
-/* The fewest layers of p's text encoders. */
-static int text_encoder_layers(loco_pipeline *p) {
+/* Layers per text encoder, {"text_encoder": n, "text_encoder_2": n} (what a Diff-QuickFix
+ * 'text_layer' of the encoders it edits must stay below), and the largest clip_skip every encoder
+ * honours: SD 1.x/2.x read hidden_states[-(k+1)], SD-XL [-(k+2)], of num_hidden_layers + 1 states
+ * (text_conditioning.c checks the same). */
+static json_t *text_encoder_layers(loco_pipeline *p, int *max_clip_skip) {
+    json_t *o = json_object();
     int fewest = -1;
     for (int which = 1; which <= 2; which++) {
         const loco_clip_text *t = loco_pipeline_text_encoder(p, which);
         if (!t) continue;
         const int n = loco_clip_text_get_config(t)->num_hidden_layers;
+        json_object_set_new(o, which == 1 ? "text_encoder" : "text_encoder_2", json_integer(n));
         if (fewest < 0 || n < fewest) fewest = n;
     }
-    return fewest < 0 ? 0 : fewest;
-}
-
-/* The largest clip_skip every text encoder of p can honour: SD 1.x/2.x read hidden_states[-(k+1)],
- * SD-XL [-(k+2)], of num_hidden_layers + 1 states (text_conditioning.c checks the same). */
-static int max_clip_skip(loco_pipeline *p) {
-    const int k = text_encoder_layers(p) + 1 - (loco_pipeline_family(p) == LOCO_FAMILY_SDXL ? 2 : 1);
-    return k < 0 ? 0 : k;
+    const int k = (fewest < 0 ? 0 : fewest) + 1 - (loco_pipeline_family(p) == LOCO_FAMILY_SDXL ? 2 : 1);
+    *max_clip_skip = k < 0 ? 0 : k;
+    return o;
 }
 
 static json_t *model_info(wk_ctx *w, const wk_model *wm) {
@@ -231,7 +231,7 @@ static json_t *model_info(wk_ctx *w, const wk_model *wm) {
     json_object_set_new(info, "scheduler_class", json_string(loco_pipeline_scheduler_class(p)));
     const int n_cross = loco_unet_n_cross(loco_pipeline_unet(p));
     json_object_set_new(info, "cross_attention_layers", json_integer(n_cross));
-    /* what the daemon checks edit requests against before it accepts them (routes_jobs.c) */
+    /* what the daemon checks edit requests against before it accepts them (job_checks.c) */
     json_t *channels = json_array();
     for (int i = 0; i < n_cross; i++)
         json_array_append_new(channels, json_integer(loco_unet_cross_channels(loco_pipeline_unet(p), i)));
@@ -239,16 +239,9 @@ static json_t *model_info(wk_ctx *w, const wk_model *wm) {
     int win_start, win_size;
     loco_edit_default_window(loco_pipeline_family(p), &win_start, &win_size);
     json_object_set_new(info, "edit_window", json_pack("{s:i, s:i}", "start", win_start, "size", win_size));
-    json_object_set_new(info, "max_clip_skip", json_integer(max_clip_skip(p)));
-    /* per encoder: what a Diff-QuickFix 'text_layer' of the encoders it edits must stay below */
-    json_t *tl = json_object();
-    for (int which = 1; which <= 2; which++) {
-        const loco_clip_text *t = loco_pipeline_text_encoder(p, which);
-        if (t)
-            json_object_set_new(tl, which == 1 ? "text_encoder" : "text_encoder_2",
-                                json_integer(loco_clip_text_get_config(t)->num_hidden_layers));
-    }
-    json_object_set_new(info, "text_encoder_layers", tl);
+    int max_clip_skip;
+    json_object_set_new(info, "text_encoder_layers", text_encoder_layers(p, &max_clip_skip));
+    json_object_set_new(info, "max_clip_skip", json_integer(max_clip_skip));
     /* the last token position of a padded prompt (a neuron edit's 'position' must not pass it) */
     const loco_clip_tokenizer *tok = loco_pipeline_tokenizer(p, 1);
     if (!tok) tok = loco_pipeline_tokenizer(p, 2);
