@@ -160,6 +160,12 @@ int loco_params_localize(const json_t *p, const char *ptr, const loco_proto_limi
                                "'altered_prompts' must have one entry per prompt (%zu prompts, %zu altered)",
                                json_array_size(prompts), json_array_size(altered));
     }
+    if (seeds && json_object_get(p, "seed")) {
+        char pp[200];
+        snprintf(pp, sizeof pp, "%s/seed", ptr);
+        return loco_proto_fail(e, 422, "invalid_value", pp,
+                               "give 'seed' or 'seeds', not both: 'seeds' lists every seed the prompts are rendered with");
+    }
     json_t *starts_n = NULL, *seeds_n = NULL;
     if (starts && int_items(starts, ptr, "starts", 0, 1023, &starts_n, e)) return -1;
     if (seeds && int_items(seeds, ptr, "seeds", 0, INT64_MAX, &seeds_n, e)) {
@@ -177,6 +183,8 @@ int loco_params_localize(const json_t *p, const char *ptr, const loco_proto_limi
         json_decref(seeds_n);
         return -1;
     }
+    /* with explicit seeds the sampler's server-chosen seed would be recorded but never used */
+    if (seeds_n) json_object_del(o, "seed");
     json_object_set_new(o, "seeds", seeds_n ? seeds_n : json_pack("[O]", json_object_get(o, "seed")));
     *out = o;
     return 0;
@@ -397,6 +405,8 @@ int loco_params_edit(const json_t *p, const char *ptr, const loco_proto_limits *
     json_t *o = json_object();
     json_object_set_new(o, "method", json_string(method));
     if (!neuron) {
+        /* the engine's default targets (loco_*_opts_init), filled in so the job and its variant say what ran */
+        if (!*target) target = quickfix ? "painting" : "a painting";
         json_object_set_new(o, "concept", json_string(concept));
         json_object_set_new(o, "target", json_string(target));
         json_object_set_new(o, "lambda", json_real(lambda));

@@ -93,9 +93,13 @@ static enum MHD_Result create(locod_req *r) {
     if (!r->body_len) return locod_problem(r, 400, "empty_body", NULL, NULL, "the request body is empty; send a job as JSON");
     json_error_t je;
     json_t *body = json_loadb(r->body, r->body_len, JSON_REJECT_DUPLICATES, &je);
-    if (!body)
-        return locod_problem(r, 400, "malformed_json", NULL, NULL,
-                             "the body is not valid JSON: %s (line %d, column %d)", je.text, je.line, je.column);
+    if (!body) {
+        /* jansson refuses integers beyond int64 before any field is known; say which limit that is */
+        int too_big = strncmp(je.text, "too big", 7) == 0;
+        return locod_problem(r, 400, "malformed_json", NULL, NULL, "the body is not valid JSON: %s (line %d, column %d)%s",
+                             je.text, je.line, je.column,
+                             too_big ? "; integers must lie between -2^63 and 2^63-1 (a seed must be below 2^63)" : "");
+    }
     const char *idem = locod_req_header(r, "Idempotency-Key");
     if (idem && !idem_key_valid(idem)) {
         json_decref(body);

@@ -187,6 +187,14 @@ def test_bad_request(d, case):
     assert d.alive()
 
 
+def test_integer_beyond_int64_names_the_limit(d):
+    body = '{"kind":"generate","model":"sd1-tiny","params":{"prompt":"a","seed":18446744073709551615}}'
+    r = d.s.post(d.url("/v1/jobs"), data=body, headers={"Content-Type": J, "Authorization": f"Bearer {KEY}"},
+                 timeout=30)
+    detail = problem(r, 400, "malformed_json")["detail"]
+    assert "2^63" in detail and "column" in detail, detail
+
+
 def test_body_too_large(d):
     big = {"kind": "generate", "model": "sd1-tiny", "params": {"prompt": "x" * 70000}}
     problem(d.post("/v1/jobs", big, key=KEY), 413, "body_too_large")

@@ -528,6 +528,11 @@ def test_integral_numbers_count_as_integers_and_server_seeds_fit_javascript(d):
                     "params": {"prompts": ["a house by van gogh"], "altered_prompts": ["a house"], "starts": [1.0],
                                "seeds": [3.0], "steps": 1, "width": 64, "height": 64}})
     assert loc["params"]["starts"] == [1] and loc["params"]["seeds"] == [3], loc["params"]
+    # with explicit seeds no unused server-chosen seed is recorded, and a seed beside them is refused
+    assert "seed" not in loc["params"], loc["params"]
+    both = {"kind": "localize", "model": "sd1-tiny",
+            "params": {"prompts": ["a house by van gogh"], "altered_prompts": ["a house"], "seeds": [3], "seed": 4}}
+    assert problem(d.post("/v1/jobs", both), 422, "invalid_value")["errors"][0]["pointer"] == "/params/seed"
     assert d.post(f"/v1/jobs/{loc['id']}/cancel").status_code in (200, 202)
 
 

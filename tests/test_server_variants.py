@@ -13,7 +13,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "integration"))
 from locod_harness import Daemon, problem, tiny_generate  # noqa: E402
 
 EDITS = {
-    "sd1-tiny-loco": {"method": "locoedit", "concept": "van gogh", "target": "a painting", "layers": [4, 5]},
+    # no target: the default ("a painting") is filled in and shown in the variant's edit summary
+    "sd1-tiny-loco": {"method": "locoedit", "concept": "van gogh", "layers": [4, 5]},
     # neuron edits are ablations, not weights: the delta carries them too
     "sd1-tiny-neuron": {"method": "neuron", "layers": [4, 5], "neurons": 4,
                         "prompts": ["a house by van gogh", "a tree by van gogh"],
@@ -69,6 +70,8 @@ def test_variants_survive_worker_crash_and_daemon_kill9(tmp_path):
     assert v["variant"]["durable"] is True
     assert v["variant"]["delta_sha256"] == jobs["sd1-tiny-loco"]["result"]["delta"]["sha256"]
     assert v["variant"]["job"] == jobs["sd1-tiny-loco"]["id"] and v["variant"]["edit"]["method"] == "locoedit"
+    assert v["variant"]["edit"]["target"] == "a painting", v["variant"]["edit"]
+    assert jobs["sd1-tiny-loco"]["params"]["target"] == "a painting", jobs["sd1-tiny-loco"]["params"]
     assert d.get("/v1/models/sd1-tiny-neuron").json()["variant"]["edit"]["n_prompts"] == 2
 
     kill_worker(d, 1)
