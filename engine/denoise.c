@@ -67,7 +67,7 @@ static loco_status make_scheduler(const loco_pipeline *p, const loco_denoise_par
         st = loco_scheduler_config_set_trained_betas(&cfg, p->sched_cfg.trained_betas, p->sched_cfg.trained_betas_len,
                                                      err);
     if (st) return st;
-    if (d->use_karras_sigmas >= 0) cfg.use_karras_sigmas = d->use_karras_sigmas;
+    loco_pipeline_run_scheduler_config(d->has_scheduler, kind, d->use_karras_sigmas, &cfg);
     st = loco_scheduler_create(kind, &cfg, d->steps, p->be, out, err);
     loco_scheduler_config_release(&cfg);
     if (st) loco_err_prefix(err, "scheduler %s", loco_scheduler_kind_name(kind));

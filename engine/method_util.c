@@ -39,10 +39,10 @@ loco_status loco_sampler_n_calls(const loco_pipeline *p, const loco_denoise_para
     loco_scheduler_config cfg = p->sched_cfg;
     cfg.trained_betas = NULL;
     cfg.trained_betas_len = 0;
-    if (d->use_karras_sigmas >= 0) cfg.use_karras_sigmas = d->use_karras_sigmas;
     loco_scheduler *s = NULL;
     loco_scheduler_kind kind;
     loco_status st = loco_pipeline_scheduler_kind(p, d->has_scheduler, d->scheduler, d->use_karras_sigmas, &kind, err);
+    if (!st) loco_pipeline_run_scheduler_config(d->has_scheduler, kind, d->use_karras_sigmas, &cfg);
     /* the call count does not depend on trained betas */
     if (!st) st = loco_scheduler_create(kind, &cfg, d->steps, p->be, &s, err);
     if (st) return st;

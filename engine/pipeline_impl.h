@@ -31,6 +31,14 @@ struct loco_pipeline {
  * NULL or "" when it names none: then sched_cfg's _class_name), as diffusers does. Needs
  * p->sched_cfg loaded. Shared by pipeline_load.c and pipeline_random.c. */
 void loco_pipeline_set_default_scheduler(loco_pipeline *p, const char *index_class);
+/* What diffusers' SD 1.x/2.x pipeline does to an old scheduler config when it loads (steps_offset
+ * 1, clip_sample off); nothing for SD-XL. Call after loco_pipeline_set_default_scheduler. */
+void loco_pipeline_sd_scheduler_rewrites(loco_pipeline *p);
+/* The model's scheduler config (cfg, a copy) as one run takes it: its Karras choice (-1: the
+ * config's), and for a named dpmpp_2m the plain DPM++ 2M. kind as loco_pipeline_scheduler_kind
+ * gave it. */
+void loco_pipeline_run_scheduler_config(int has_scheduler, loco_scheduler_kind kind, int use_karras_sigmas,
+                                        loco_scheduler_config *cfg);
 
 /* Shared by loco_generate and the variants' generate (pipeline_generate.c). */
 void loco_pipeline_text_encoders(const loco_pipeline *p, loco_text_encoders *enc); /* the resident text side */

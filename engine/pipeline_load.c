@@ -89,6 +89,22 @@ void loco_pipeline_set_default_scheduler(loco_pipeline *p, const char *index_cla
     p->default_scheduler = k;
 }
 
+/* diffusers' StableDiffusionPipeline.__init__ (SD 1.x and 2.x; the SD-XL pipeline has no such
+ * code) rewrites two settings of older hub configs before anything runs, with only a deprecation
+ * warning: a steps_offset other than 1 becomes 1 (every scheduler class loco runs has the key,
+ * with default 0), and a clip_sample that is true, in the file or by the default of the model's
+ * own DDIM/DDPM class, becomes false. Other schedulers are made from that rewritten config
+ * (from_config), so the rewrite holds for every scheduler a run names. Needs the family and the
+ * default scheduler set. */
+void loco_pipeline_sd_scheduler_rewrites(loco_pipeline *p) {
+    if (p->family == LOCO_FAMILY_SDXL) return;
+    loco_scheduler_config *c = &p->sched_cfg;
+    c->steps_offset = 1;
+    const int class_clips = p->has_default_scheduler &&
+                            (p->default_scheduler == LOCO_SCHED_DDIM || p->default_scheduler == LOCO_SCHED_DDPM);
+    if (c->clip_sample == 1 || (c->clip_sample < 0 && class_clips)) c->clip_sample = 0;
+}
+
 static loco_status load_scheduler_config(loco_pipeline *p, loco_err *err) {
     loco_scheduler_config_init(&p->sched_cfg);
     const json_t *cfg_json = loco_model_files_config(p->files, "scheduler");
@@ -96,6 +112,7 @@ static loco_status load_scheduler_config(loco_pipeline *p, loco_err *err) {
     loco_status st = loco_scheduler_config_from_json(cfg_json, &p->sched_cfg, err);
     if (st) return loco_err_prefix(err, "scheduler/scheduler_config.json");
     loco_pipeline_set_default_scheduler(p, loco_model_files_class(p->files, "scheduler"));
+    loco_pipeline_sd_scheduler_rewrites(p);
     return LOCO_OK;
 }
 
@@ -207,6 +224,18 @@ const loco_scheduler_config *loco_pipeline_scheduler_config(const loco_pipeline 
 loco_scheduler_kind loco_pipeline_default_scheduler(const loco_pipeline *p) { return p->default_scheduler; }
 const char *loco_pipeline_scheduler_class(const loco_pipeline *p) { return p->scheduler_class; }
 int loco_pipeline_has_default_scheduler(const loco_pipeline *p) { return p->has_default_scheduler; }
+
+void loco_pipeline_run_scheduler_config(int has_scheduler, loco_scheduler_kind kind, int use_karras_sigmas,
+                                        loco_scheduler_config *cfg) {
+    if (use_karras_sigmas >= 0) cfg->use_karras_sigmas = use_karras_sigmas;
+    /* A run that names dpmpp_2m means DPM++ 2M (what the fixtures and other tools call it), not
+     * the SDE or third-order form a model's own DPMSolver config may hold; that form is still
+     * what runs when no scheduler is named. */
+    if (has_scheduler && kind == LOCO_SCHED_DPMPP_2M) {
+        cfg->algorithm_type = LOCO_DPM_DPMSOLVER_PP;
+        cfg->solver_order = 2;
+    }
+}
 
 loco_status loco_pipeline_scheduler_kind(const loco_pipeline *p, int has_scheduler, loco_scheduler_kind requested,
                                          int use_karras_sigmas, loco_scheduler_kind *out, loco_err *err) {

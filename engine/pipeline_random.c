@@ -117,6 +117,7 @@ static loco_status load_scheduler(loco_pipeline *p, const char *fam, const json_
     const json_t *entry = json_object_get(index, "scheduler");
     const char *cls = json_is_array(entry) ? json_string_value(json_array_get(entry, 1)) : NULL;
     loco_pipeline_set_default_scheduler(p, cls);
+    loco_pipeline_sd_scheduler_rewrites(p);
     if (!p->has_default_scheduler) /* the embedded configs are ours: a class loco lacks is a build error */
         return loco_err_set(err, LOCO_EUNSUPPORTED, "embedded %s model_index.json: scheduler class '%s' is unknown",
                             fam, p->scheduler_class);

@@ -467,7 +467,7 @@ loco_status locod_config_load(locod_config *c, const char *path, loco_err *err) 
     if (slash) *slash = 0;
     else snprintf(dir, sizeof dir, ".");
     loco_status st = locod_config_parse(c, buf, dir, err);
-    if (st) loco_err_prefix(err, "%s: ", path);
+    if (st) loco_err_prefix(err, "%s", path);
     free(buf);
     return st;
 }

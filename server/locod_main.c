@@ -68,7 +68,7 @@ int main(int argc, char **argv) {
         return 2;
     }
     if (!config) {
-        fprintf(stderr, "locod: --config FILE is required (config/locod.json is an example)\n");
+        fprintf(stderr, "locod: --config FILE is required (config/locod.example.json is an example)\n");
         return 2;
     }
     locod_config cfg;

@@ -81,18 +81,23 @@ static ssize_t reader(void *cls, uint64_t pos, char *buf, size_t max) {
             c->out = realloc(c->out, 32);
             c->out_len = (size_t)snprintf(c->out, 32, "retry: 2000\n\n");
         }
+        /* Everything written so far has been handed over: this stream is silent from now on, and a
+         * keepalive is due at keepalive_ms from now unless an event of its own job goes first. The
+         * deadline is the stream's own, not reset by other jobs' changes (a queued job's stream
+         * behind a busy worker would otherwise never get one). */
+        struct timespec deadline;
+        clock_gettime(CLOCK_REALTIME, &deadline);
+        int64_t ns = deadline.tv_nsec + (int64_t)srv->cfg->sse_keepalive_ms * 1000000;
+        deadline.tv_sec += ns / 1000000000;
+        deadline.tv_nsec = ns % 1000000000;
         while (c->out_len == 0 && !c->done && !srv->stopping) {
             if (c->seen_version != srv->version) {
                 c->seen_version = srv->version;
                 snapshot(c);
                 continue;
             }
-            struct timespec ts;
-            clock_gettime(CLOCK_REALTIME, &ts);
-            int64_t ns = ts.tv_nsec + (int64_t)srv->cfg->sse_keepalive_ms * 1000000;
-            ts.tv_sec += ns / 1000000000;
-            ts.tv_nsec = ns % 1000000000;
-            if (pthread_cond_timedwait(&srv->changed, &srv->mu, &ts) == ETIMEDOUT && c->seen_version == srv->version) {
+            if (pthread_cond_timedwait(&srv->changed, &srv->mu, &deadline) == ETIMEDOUT &&
+                c->seen_version == srv->version) {
                 c->out = realloc(c->out, 16);
                 c->out_len = (size_t)snprintf(c->out, 16, ": keepalive\n\n");
             }

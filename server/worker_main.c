@@ -389,7 +389,7 @@ static int ensure_scorer(wk_ctx *w, loco_err *err) {
         return 0;
     }
     if (loco_clip_scorer_load(w->be, w->scorer_path, &w->scorer, err)) {
-        loco_err_prefix(err, "loading the CLIP scorer %s: ", w->scorer_path);
+        loco_err_prefix(err, "loading the CLIP scorer %s", w->scorer_path);
         return 0;
     }
     return 1;

@@ -168,6 +168,38 @@ def test_event_streams_capped_below_max_connections(tmp_path):
         assert d.wait(blocker["id"])["state"] == "cancelled"
 
 
+def test_keepalive_reaches_a_queued_jobs_stream_while_another_job_runs(tmp_path):
+    """A stream gets a ': keepalive' after sse.keepalive_ms of its own silence, whatever other jobs
+    do: a queued job's stream behind a running job (whose progress changes the server's state many
+    times a second) used to get no bytes at all, so proxies cut it and dead clients went unseen."""
+    with Daemon(tmp_path, "sse-ka", extra={"sse": {"keepalive_ms": 300}}) as d:
+        blocker = d.submit(tiny_generate(prompt=SLOW, steps=40))
+        d.wait_running(blocker["id"])
+        queued = d.submit(tiny_generate(steps=1))
+        r = requests.get(d.url(f"/v1/jobs/{queued['id']}/events"), stream=True, timeout=30)
+        assert r.status_code == 200, r.text
+        lines = []
+
+        def read():
+            try:
+                for line in r.iter_lines(decode_unicode=True):
+                    lines.append(line)
+            except Exception:  # the stream is closed under the reader at the end
+                pass
+
+        t = threading.Thread(target=read, daemon=True)
+        t.start()
+        time.sleep(2.5)
+        assert d.job(blocker["id"])["state"] == "running", "the blocker ended too soon for this test to mean anything"
+        assert d.job(queued["id"])["state"] == "queued"
+        got = list(lines)
+        r.close()
+        assert any(l.startswith("event: queued") for l in got), got
+        assert got.count(": keepalive") >= 3, got
+        assert d.post(f"/v1/jobs/{blocker['id']}/cancel").status_code == 202
+        assert d.post(f"/v1/jobs/{queued['id']}/cancel").status_code == 200
+
+
 def test_vae_upcast_reaches_the_worker(tmp_path):
     """"vae_upcast" is passed to the worker process (one that refused its arguments would never
     become ready); on the CPU SD-XL's VAE decodes in f32 whatever it says, so jobs just succeed."""

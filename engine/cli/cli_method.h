@@ -48,7 +48,7 @@ int loco_cli_common_option(const char *cmd, loco_cli_common *c, int opt, const c
     "  --scheduler NAME     pndm | ddim | euler | euler_a | dpmpp_2m | ddpm (default: the model's)\n"        \
     "  --karras             Karras sigmas (only euler and dpmpp_2m have them)\n"                              \
     "  --width W --height H image size in pixels, at most 8192 and a multiple of the model's size multiple\n" \
-    "                       (64 for SD 1.x and 2.x, 32 for SD-XL; default: native)\n"                                \
+    "                       (64 for full-size SD 1.x and 2.x, 32 for SD-XL, less for tiny models; default: native)\n" \
     "  --max-batch N        samples per batched denoising run\n"                                               \
     "  --out DIR            folder for the JSON result and the PNGs (created; default .)\n"                    \
     "  --images             also write every generated image\n"                                               \

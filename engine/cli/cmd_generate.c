@@ -12,7 +12,7 @@
 #define MAX_PROMPTS 64
 
 static void help(void) {
-    printf("usage: loco generate --model PATH --prompt TEXT [options]\n"
+    printf("usage: loco generate --model PATH --prompt TEXT --output FILE.png [options]\n"
            "  --model PATH         diffusers folder or single-file .safetensors checkpoint\n"
            "  --config-dir DIR     for single files: take configs and tokenizers from this diffusers folder\n"
            "  --variant NAME       weight variant to load (e.g. fp16)\n"
@@ -22,10 +22,12 @@ static void help(void) {
            "  --seed N             torch.Generator(\"cpu\").manual_seed(N) (default 0)\n"
            "  --steps N            inference steps (default 50)\n"
            "  --guidance G         classifier-free guidance scale (default 7.5; SD-XL 5.0; <= 1 disables)\n"
-           "  --scheduler NAME     pndm | ddim | euler | euler_a | dpmpp_2m | ddpm (default: the model's)\n"
+           "  --scheduler NAME     pndm | ddim | euler | euler_a | dpmpp_2m | ddpm (default: the model's); dpmpp_2m is\n"
+           "                       DPM++ 2M whatever the model's own DPMSolver config holds\n"
            "  --karras             use Karras sigmas (only euler and dpmpp_2m have them)\n"
            "  --width W --height H image size in pixels, at most 8192 and a multiple of the model's size\n"
-           "                       multiple (64 for SD 1.x and 2.x, 32 for SD-XL; default: the model's native size)\n"
+           "                       multiple (64 for full-size SD 1.x and 2.x, 32 for SD-XL, less for tiny test models;\n"
+           "                       default: the model's native size)\n"
            "  --batch N            images per prompt (default 1)\n"
            "  --clip-skip K        skip the last K text-encoder layers\n"
            "  --output FILE.png    where to write the image; with several images FILE-0.png, FILE-1.png, ...\n"
