@@ -320,6 +320,17 @@ static loco_status require_components(const loco_model_files *m, loco_err *err) 
     return LOCO_OK;
 }
 
+/* A family forced by the caller (--family) may settle what detection cannot (SD 1.x or 2.x for a
+ * small test model), but not contradict what it can: whether the model has SD-XL's second text
+ * encoder. A contradiction would otherwise surface as a weight-shape error deep in the load. */
+static loco_status forced_family_fits(const loco_model_files *m, loco_model_family forced, loco_model_family seen,
+                                      const char *source, loco_err *err) {
+    if (seen == LOCO_FAMILY_UNKNOWN || (seen == LOCO_FAMILY_SDXL) == (forced == LOCO_FAMILY_SDXL)) return LOCO_OK;
+    return loco_err_set(err, LOCO_EINVAL, "%s: the family given is %s, but %s says the model is %s; leave the family "
+                        "out to have it detected", m->path, loco_model_family_name(forced), source,
+                        loco_model_family_name(seen));
+}
+
 loco_status loco_model_files_open(const char *path, const loco_model_files_opts *opts, loco_model_files **out,
                                   loco_err *err) {
     *out = NULL;
@@ -374,7 +385,11 @@ loco_status loco_model_files_open(const char *path, const loco_model_files_opts 
     if (m->cfg_root) {
         /* Configs from a folder; the family from its configs unless overridden. */
         if ((st = load_index(m, err)) != LOCO_OK || (st = load_configs(m, err)) != LOCO_OK) goto fail;
-        m->family = opts->family != LOCO_FAMILY_UNKNOWN ? opts->family : detect_folder(m);
+        m->family = detect_folder(m);
+        if (opts->family != LOCO_FAMILY_UNKNOWN) {
+            if ((st = forced_family_fits(m, opts->family, m->family, "model_index.json", err)) != LOCO_OK) goto fail;
+            m->family = opts->family;
+        }
         if (single && m->family == LOCO_FAMILY_UNKNOWN &&
             (st = loco_model_files_detect_single(m->file, &m->family, err)) != LOCO_OK)
             goto fail;
@@ -383,6 +398,11 @@ loco_status loco_model_files_open(const char *path, const loco_model_files_opts 
         m->family = opts->family;
         if (m->family == LOCO_FAMILY_UNKNOWN &&
             (st = loco_model_files_detect_single(m->file, &m->family, err)) != LOCO_OK)
+            goto fail;
+        loco_model_family seen = LOCO_FAMILY_UNKNOWN;
+        loco_err ignored;
+        if (opts->family != LOCO_FAMILY_UNKNOWN && loco_model_files_detect_single(m->file, &seen, &ignored) == LOCO_OK &&
+            (st = forced_family_fits(m, opts->family, seen, "its tensor names", err)) != LOCO_OK)
             goto fail;
         if ((st = load_index(m, err)) != LOCO_OK || (st = load_configs(m, err)) != LOCO_OK) goto fail;
     }

@@ -192,6 +192,14 @@ TEST(family_override_and_bad_paths) {
     CHECK(loco_model_files_open(path, &o, &m, &err) == LOCO_OK);
     CHECK(loco_model_files_family(m) == LOCO_FAMILY_SD2);
     loco_model_files_close(m);
+    /* but not one that contradicts what detection is sure of: SD-XL's second text encoder */
+    o.family = LOCO_FAMILY_SDXL;
+    CHECK(loco_model_files_open(path, &o, &m, &err) == LOCO_EINVAL && m == NULL);
+    CHECK_MSG(strstr(err.msg, "sdxl") && strstr(err.msg, "leave the family out"), "%s", err.msg);
+    fixture("sdxl-tiny", path, sizeof path);
+    o.family = LOCO_FAMILY_SD1;
+    CHECK(loco_model_files_open(path, &o, &m, &err) == LOCO_EINVAL && m == NULL);
+    CHECK_MSG(strstr(err.msg, "the model is sdxl"), "%s", err.msg);
     CHECK(loco_model_files_open("/nonexistent/model", NULL, &m, &err) == LOCO_ENOTFOUND && m == NULL);
     CHECK(strstr(err.msg, "/nonexistent/model"));
 
