@@ -77,7 +77,16 @@ loco_status loco_locogen_validate(const loco_pipeline *p, const loco_locogen_par
                                 "locogen: the window starting at layer %d would cover layers %d..%d, past the last "
                                 "cross-attention layer %d",
                                 g->starts[i], g->starts[i], g->starts[i] + g->window - 1, nc - 1);
+        /* a repeated window would be scored twice, and its two copies ranked by float noise */
+        for (int j = 0; j < i; j++)
+            if (g->starts[j] == g->starts[i])
+                return loco_err_set(err, LOCO_EINVAL, "locogen: window start %d is given twice", g->starts[i]);
     }
+    for (int i = 0; i < g->n_seeds; i++)
+        for (int j = 0; j < i; j++)
+            if (g->seeds[j] == g->seeds[i])
+                return loco_err_set(err, LOCO_EINVAL, "locogen: seed %llu is given twice",
+                                    (unsigned long long)g->seeds[i]);
     if (g->max_batch < 0) return loco_err_set(err, LOCO_EINVAL, "locogen: max_batch must be >= 0");
     loco_denoise_params d;
     loco_denoise_params_init(&d);

@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -139,3 +140,29 @@ def test_invalid_requests(tmp_path):
                        tmp_path, "--no-images"), "singular")
     one_line_error(fail("edit", "quickfix", "--model", SD1, "--concept", "van gogh", "--encoder", "2", "--out",
                        tmp_path, "--no-images"), "one text encoder")
+
+
+@pytest.mark.parametrize("method,args,needle", [
+    # options a method does not read are refused before the model loads, not ignored
+    ("quickfix", ["--concept", "van gogh", "--layer", "1", "--layer", "2"], "give --layer once"),
+    ("quickfix", ["--concept", "van gogh", "--lambda-k", "0.5"], "--lambda-k does not apply to quickfix"),
+    ("quickfix", ["--concept", "van gogh", "--prompt", "a house by van gogh"], "--prompt does not apply to quickfix"),
+    ("locoedit", ["--concept", "van gogh", "--no-augment"], "--no-augment does not apply to locoedit"),
+    ("locoedit", ["--concept", "van gogh", "--layer", "3"], "--layer does not apply to locoedit"),
+    ("neurons", ["--prompt", "a", "--prompt", "b", "--normal", "c", "--normal", "d", "--templates", "object"],
+     "--templates does not apply to neurons"),
+    ("neurons", ["--prompt", "a", "--prompt", "b", "--normal", "c", "--normal", "d", "--concept", "x"],
+     "--concept does not apply to neurons"),
+    ("locoedit", ["--concept", "van gogh", "--export-dtype", "f16"], "only with --export-folder"),
+])
+def test_options_of_another_method_are_refused(tmp_path, method, args, needle):
+    r = fail("edit", method, "--model", tmp_path / "never-read", *args, "--out", tmp_path / "o", "--no-images")
+    one_line_error(r, needle)
+    assert not (tmp_path / "o").exists()  # refused before anything was made
+
+
+def test_out_folder_is_created_with_its_parents(tmp_path):
+    out = tmp_path / "runs" / "today" / "a"
+    r = fail("edit", "quickfix", "--model", SD1, "--concept", "van gogh", "--out", out, "--no-images")
+    assert r.returncode == 0, r.stderr
+    assert (out / "result.json").exists()

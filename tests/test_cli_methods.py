@@ -113,6 +113,11 @@ def test_trace_text_writes_heatmaps(tmp_path):
      ["unknown UNet site 'down_blocks.9.resnets.0'"]),
     (["localize", "--prompt", "a house", "--altered", "a painting", "--start", "10"], ["past the last"]),
     (["localize", "--prompt", "a house", "--altered", "a painting", "--window", "12"], ["does not fit"]),
+    # a repeated window or seed would be scored twice and its copies ranked by float noise
+    (["localize", "--prompt", "a house", "--altered", "a painting", "--start", "2", "--start", "2"],
+     ["window start 2 is given twice"]),
+    (["localize", "--prompt", "a house", "--altered", "a painting", "--seed", "5", "--seed", "5"],
+     ["seed 5 is given twice"]),
 ])
 def test_invalid_requests(tmp_path, args, needles):
     r = run(*args, "--model", SD1, "--clip", CLIP, "--steps", "1", "--width", "64", "--height", "64", "--quiet",

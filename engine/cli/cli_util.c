@@ -55,9 +55,25 @@ int loco_cli_getopt_error(const char *cmd, int c, char **argv) {
     return loco_cli_usage_error(cmd, "unknown option '%.*s'", len, name);
 }
 
+/* mkdir -p: every missing folder on the way, as a user giving "--out runs/today/a" expects. */
+static int make_dirs(const char *dir) {
+    char buf[4096];
+    if (snprintf(buf, sizeof buf, "%s", dir) >= (int)sizeof buf) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    for (char *p = buf + 1; *p; p++) {
+        if (*p != '/') continue;
+        *p = 0;
+        if (mkdir(buf, 0777) != 0 && errno != EEXIST) return -1;
+        *p = '/';
+    }
+    return mkdir(buf, 0777) != 0 && errno != EEXIST ? -1 : 0;
+}
+
 loco_status loco_cli_out_dir(const char *opt, const char *dir, loco_err *err) {
     if (!dir || !*dir) return loco_err_set(err, LOCO_EINVAL, "%s: no folder given", opt);
-    if (mkdir(dir, 0777) != 0 && errno != EEXIST)
+    if (make_dirs(dir) != 0)
         return loco_err_set(err, LOCO_EIO, "%s %s: cannot create the folder: %s", opt, dir, strerror(errno));
     struct stat sb;
     if (stat(dir, &sb) != 0)

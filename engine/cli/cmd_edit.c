@@ -4,6 +4,7 @@
 #include <getopt.h>
 #include <jansson.h>
 #include <stdio.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -75,6 +76,7 @@ typedef struct edit_args {
     int layers[MAX_LIST], n_layers;
     double lambda;
     int has_lambda;
+    uint64_t given; /* bit (option - O_FIRST) for every option on the command line */
 } edit_args;
 
 static int progress(void *ctx, int step, int total) {
@@ -85,12 +87,13 @@ static int progress(void *ctx, int step, int total) {
 
 static int parse(int argc, char **argv, edit_args *a) {
     enum {
-        O_MODEL = 256, O_CONFIG, O_VARIANT, O_FAMILY, O_DEVICE, O_THREADS, O_OUT, O_EXPORT, O_EXPORT_DTYPE, O_EVAL,
+        O_FIRST = 256, O_MODEL = O_FIRST, O_CONFIG, O_VARIANT, O_FAMILY, O_DEVICE, O_THREADS, O_OUT, O_EXPORT, O_EXPORT_DTYPE, O_EVAL,
         O_SEED, O_STEPS, O_GUIDANCE, O_WIDTH, O_HEIGHT, O_NO_IMAGES, O_QUIET, O_CONCEPT, O_TARGET, O_TEMPLATES,
         O_PROMPT, O_START, O_LAYERS, O_LAMBDA, O_LAMBDA_K, O_LAMBDA_V, O_NO_K, O_NO_V, O_SOLVER, O_CLIP_SKIP,
         O_NO_AUGMENT, O_NO_EOS, O_VALUE_BIAS, O_ENCODER, O_LAYER, O_NORMAL, O_NEURONS, O_POSITION, O_HELP,
         O_VAE_UPCAST
     };
+    _Static_assert(O_VAE_UPCAST - O_FIRST < 64, "edit_args.given has one bit per option");
     static const struct option opts[] = {
         {"model", 1, 0, O_MODEL}, {"config-dir", 1, 0, O_CONFIG}, {"variant", 1, 0, O_VARIANT},
         {"family", 1, 0, O_FAMILY}, {"device", 1, 0, O_DEVICE}, {"threads", 1, 0, O_THREADS}, {"out", 1, 0, O_OUT},
@@ -111,6 +114,7 @@ static int parse(int argc, char **argv, edit_args *a) {
     int c;
     optind = 2; /* argv[1] is the method */
     while ((c = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
+        if (c >= O_FIRST && c < O_FIRST + 64) a->given |= 1ull << (c - O_FIRST);
         switch (c) {
         case O_MODEL: a->popts.model_path = optarg; break;
         case O_CONFIG: a->popts.config_dir = optarg; break;
@@ -235,8 +239,44 @@ static int parse(int argc, char **argv, edit_args *a) {
     if (!a->popts.model_path) return loco_cli_usage_error(cmd, "--model is required");
     if (!a->out) return loco_cli_usage_error(cmd, "--out is required");
     if (a->method != LOCO_EDIT_NEURONS && !a->le.concept) return loco_cli_usage_error(cmd, "--concept is required");
-    if (a->method == LOCO_EDIT_QUICKFIX && a->le.n_layers)
-        return loco_cli_usage_error(cmd, "--layers does not apply to quickfix (it edits the text encoder)");
+    /* Options a method does not read are refused, not ignored (as the daemon refuses such fields):
+     * a user who adds --layer twice to quickfix or --lambda-k to it would otherwise get an edit
+     * other than the one asked for, with no word about it. */
+    static const struct {
+        int opt;
+        const char *name;
+        unsigned methods; /* bit per loco_edit_method that reads it */
+    } scoped[] = {
+#define LE (1u << LOCO_EDIT_LOCOEDIT)
+#define QF (1u << LOCO_EDIT_QUICKFIX)
+#define NR (1u << LOCO_EDIT_NEURONS)
+        {O_CONCEPT, "--concept", LE | QF},     {O_TARGET, "--target", LE | QF},
+        {O_TEMPLATES, "--templates", LE},      {O_PROMPT, "--prompt", LE | NR},
+        {O_START, "--start", LE},              {O_LAYERS, "--layers", LE},
+        {O_LAMBDA, "--lambda", LE | QF},       {O_LAMBDA_K, "--lambda-k", LE},
+        {O_LAMBDA_V, "--lambda-v", LE},        {O_NO_K, "--no-k", LE | NR},
+        {O_NO_V, "--no-v", LE | NR},           {O_SOLVER, "--solver", LE | QF},
+        {O_CLIP_SKIP, "--clip-skip", LE | NR}, {O_NO_AUGMENT, "--no-augment", QF},
+        {O_NO_EOS, "--no-eos", QF},            {O_VALUE_BIAS, "--value-bias", QF},
+        {O_ENCODER, "--encoder", QF},          {O_LAYER, "--layer", QF | NR},
+        {O_NORMAL, "--normal", NR},            {O_NEURONS, "--neurons", NR},
+        {O_POSITION, "--position", NR},        {O_EXPORT, "--export-folder", LE | QF},
+#undef LE
+#undef QF
+#undef NR
+    };
+    if (a->method == LOCO_EDIT_NEURONS && a->export_folder)
+        return loco_cli_usage_error(cmd, "--export-folder does not apply to neurons: neuron ablations act at inference "
+                                         "and have no diffusers weight form; the delta file (delta.safetensors in --out) "
+                                         "carries them");
+    for (size_t i = 0; i < sizeof scoped / sizeof scoped[0]; i++)
+        if ((a->given >> (scoped[i].opt - O_FIRST) & 1) && !(scoped[i].methods >> a->method & 1))
+            return loco_cli_usage_error(cmd, "%s does not apply to %s (see loco edit --help)", scoped[i].name,
+                                        loco_edit_method_name(a->method));
+    if (a->method == LOCO_EDIT_QUICKFIX && a->n_layers > 1)
+        return loco_cli_usage_error(cmd, "quickfix edits one text-encoder layer: give --layer once");
+    if ((a->given >> (O_EXPORT_DTYPE - O_FIRST) & 1) && !a->export_folder)
+        return loco_cli_usage_error(cmd, "--export-dtype applies only with --export-folder");
     a->le.prompts = a->prompts;
     a->le.n_prompts = a->method == LOCO_EDIT_LOCOEDIT ? a->n_prompts : 0;
     a->nr.prompts = a->prompts;
