@@ -15,11 +15,24 @@ typedef struct qkey {
     int n;
 } qkey;
 
+/* One entry of the position index: a queued job's id (the node's own string) and its position. */
+typedef struct qpos {
+    const char *id;
+    int pos;
+} qpos;
+
 struct locod_queue {
     qkey *keys; /* the ring, in order of first appearance */
     int n_keys, cap_keys;
     int next;   /* ring index served next */
     int size;
+    /* Every position at once, rebuilt after a change when one is asked for: each open event
+     * stream of a queued job asks after every change, and a walk per stream made a long queue
+     * with many watchers cost O(streams x queue) per dispatched job. Open addressing, a power
+     * of two at least twice the size. */
+    uint64_t changes, indexed_at;
+    qpos *index;
+    size_t index_cap;
 };
 
 locod_queue *locod_queue_create(void) { return calloc(1, sizeof(locod_queue)); }
@@ -32,6 +45,7 @@ void locod_queue_destroy(locod_queue *q) {
             free(n);
         }
     free(q->keys);
+    free(q->index);
     free(q);
 }
 
@@ -63,6 +77,7 @@ int locod_queue_push(locod_queue *q, const char *job_id, const char *key_id) {
     k->tail = n;
     k->n++;
     q->size++;
+    q->changes++;
     return 0;
 }
 
@@ -77,6 +92,7 @@ int locod_queue_remove(locod_queue *q, const char *job_id) {
                 free(n);
                 k->n--;
                 q->size--;
+                q->changes++;
                 return 1;
             }
         }
@@ -99,6 +115,7 @@ int locod_queue_pop_if(locod_queue *q, int (*accept)(void *, const char *), void
             k->n--;
             q->size--;
             q->next = (i + 1) % q->n_keys;
+            q->changes++;
             return 1;
         }
     }
@@ -107,20 +124,9 @@ int locod_queue_pop_if(locod_queue *q, int (*accept)(void *, const char *), void
 
 int locod_queue_pop(locod_queue *q, char *job_id) { return locod_queue_pop_if(q, NULL, NULL, job_id); }
 
-int locod_queue_position(const locod_queue *q, const char *job_id) {
-    int ki = -1, idx = -1;
-    for (int i = 0; i < q->n_keys && ki < 0; i++) {
-        int j = 0;
-        for (qnode *n = q->keys[i].head; n; n = n->next, j++)
-            if (strcmp(n->id, job_id) == 0) {
-                ki = i;
-                idx = j;
-                break;
-            }
-    }
-    if (ki < 0) return -1;
-    /* Round r serves one job of every key with more than r jobs, in ring order from `next`.
-     * The job is served in round idx, at its key's turn. */
+/* How many jobs go before the idx-th job of key ki. Round r serves one job of every key with
+ * more than r jobs, in ring order from `next`; the job is served in round idx, at its key's turn. */
+static int position_of(const locod_queue *q, int ki, int idx) {
     int before = 0;
     for (int t = 0; t < q->n_keys; t++) {
         int i = (q->next + t) % q->n_keys;
@@ -134,6 +140,53 @@ int locod_queue_position(const locod_queue *q, const char *job_id) {
         if (ahead_in_ring && n > idx) before++;
     }
     return before;
+}
+
+static size_t id_hash(const char *s) {
+    uint64_t h = 1469598103934665603ull; /* FNV-1a */
+    for (; *s; s++) h = (h ^ (unsigned char)*s) * 1099511628211ull;
+    return (size_t)h;
+}
+
+/* 0 ok, -1 out of memory (the caller then walks the lists). */
+static int rebuild_index(locod_queue *q) {
+    size_t cap = 16;
+    while (cap < 2 * (size_t)q->size) cap *= 2;
+    if (cap != q->index_cap) {
+        qpos *ix = malloc(cap * sizeof *ix);
+        if (!ix) return -1;
+        free(q->index);
+        q->index = ix;
+        q->index_cap = cap;
+    }
+    memset(q->index, 0, cap * sizeof *q->index);
+    for (int i = 0; i < q->n_keys; i++) {
+        int j = 0;
+        for (const qnode *n = q->keys[i].head; n; n = n->next, j++) {
+            size_t h = id_hash(n->id) & (cap - 1);
+            while (q->index[h].id) h = (h + 1) & (cap - 1);
+            q->index[h] = (qpos){n->id, position_of(q, i, j)};
+        }
+    }
+    q->indexed_at = q->changes;
+    return 0;
+}
+
+static int position_by_walk(const locod_queue *q, const char *job_id) {
+    for (int i = 0; i < q->n_keys; i++) {
+        int j = 0;
+        for (const qnode *n = q->keys[i].head; n; n = n->next, j++)
+            if (strcmp(n->id, job_id) == 0) return position_of(q, i, j);
+    }
+    return -1;
+}
+
+int locod_queue_position(locod_queue *q, const char *job_id) {
+    if (q->size == 0) return -1;
+    if ((!q->index || q->indexed_at != q->changes) && rebuild_index(q)) return position_by_walk(q, job_id);
+    for (size_t h = id_hash(job_id) & (q->index_cap - 1); q->index[h].id; h = (h + 1) & (q->index_cap - 1))
+        if (strcmp(q->index[h].id, job_id) == 0) return q->index[h].pos;
+    return -1;
 }
 
 int locod_queue_size(const locod_queue *q) { return q->size; }

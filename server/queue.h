@@ -22,8 +22,9 @@ int locod_queue_remove(locod_queue *q, const char *job_id);
 int locod_queue_pop(locod_queue *q, char *job_id);
 /* Like pop, but only jobs for which accept(ctx, job_id) returns non-zero; others keep their place. */
 int locod_queue_pop_if(locod_queue *q, int (*accept)(void *ctx, const char *job_id), void *ctx, char *job_id);
-/* How many jobs will be dispatched before this one (0 = next), or -1 when not queued. */
-int locod_queue_position(const locod_queue *q, const char *job_id);
+/* How many jobs will be dispatched before this one (0 = next), or -1 when not queued. Amortised
+ * O(1): the first call after a change indexes every position. */
+int locod_queue_position(locod_queue *q, const char *job_id);
 int locod_queue_size(const locod_queue *q);
 int locod_queue_key_size(const locod_queue *q, const char *key_id);
 

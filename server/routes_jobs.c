@@ -451,8 +451,18 @@ enum MHD_Result locod_routes_jobs(locod_req *r, int n, char **seg) {
         locod_job_row row;
         enum MHD_Result res;
         if (!lookup(r, seg[0], &row, &res)) return res;
+        const int finished = loco_job_state_is_terminal(row.state);
         locod_job_row_free(&row);
         pthread_mutex_unlock(&r->srv->mu);
+        /* A browser's EventSource reconnects whenever a stream ends, with the id of the last event
+         * it got; after the "finished" event (id "finished") there is nothing more to say, and a
+         * 204 is what makes an EventSource stop for good rather than replay it every 2 s. */
+        const char *last_id = locod_req_header(r, "Last-Event-ID");
+        if (finished && last_id && strcmp(last_id, "finished") == 0) {
+            struct MHD_Response *resp = MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
+            if (!resp) return MHD_NO;
+            return locod_send(r, 204, resp);
+        }
         return locod_sse_start(r, seg[0]);
     }
     return locod_problem(r, 404, "not_found", NULL, NULL, "no such resource: %s", r->url);

@@ -23,6 +23,12 @@ int64_t locod_now_ms(void) {
 void locod_server_changed(locod_server *srv) {
     srv->version++;
     pthread_cond_broadcast(&srv->changed);
+    pthread_cond_broadcast(&srv->progressed);
+}
+
+void locod_server_progressed(locod_server *srv) {
+    srv->progress_version++;
+    pthread_cond_broadcast(&srv->progressed);
 }
 
 void locod_server_kick(locod_server *srv) { uv_async_send(&srv->kick); }
@@ -301,6 +307,7 @@ loco_status locod_server_create(const locod_config *cfg, loco_log *log, const ch
     snprintf(srv->self_exe, sizeof srv->self_exe, "%s", self_exe);
     pthread_mutex_init(&srv->mu, NULL);
     pthread_cond_init(&srv->changed, NULL);
+    pthread_cond_init(&srv->progressed, NULL);
     pthread_cond_init(&srv->commit_cv, NULL);
     pthread_cond_init(&srv->durable_cv, NULL);
     srv->txn_gen = 1;
@@ -456,6 +463,7 @@ void locod_server_destroy(locod_server *srv) {
     free(srv->key_counts);
     if (srv->lock_fd >= 0) close(srv->lock_fd); /* releases the data dir lock */
     pthread_cond_destroy(&srv->changed);
+    pthread_cond_destroy(&srv->progressed);
     pthread_cond_destroy(&srv->commit_cv);
     pthread_cond_destroy(&srv->durable_cv);
     pthread_mutex_destroy(&srv->mu);

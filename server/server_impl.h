@@ -67,6 +67,10 @@ struct locod_server {
     pthread_mutex_t mu;
     pthread_cond_t changed; /* broadcast on any job / model change (event streams wait on it) */
     uint64_t version;
+    /* broadcast on a running job's progress step, and on every change: only the streams of the
+     * running job wait on it, so a step does not wake the streams of queued jobs */
+    pthread_cond_t progressed;
+    uint64_t progress_version;
     int stopping;
     locod_store *store;
     locod_queue *queue;
@@ -91,6 +95,8 @@ struct locod_server {
 int64_t locod_now_ms(void);
 /* Under mu: note a change and wake event streams. */
 void locod_server_changed(locod_server *srv);
+/* Under mu: note the running job's progress and wake the streams that follow a running job. */
+void locod_server_progressed(locod_server *srv);
 /* Under mu: after writing to the store, have an open group transaction committed soon. */
 void locod_store_touched(locod_server *srv);
 /* Under mu (released while waiting): make the caller's writes durable. 0 ok, -1 failed. */

@@ -509,7 +509,12 @@ static void handle_line(locod_worker *w, json_t *m) {
     } else if (strcmp(ev, "unloaded") == 0) {
         on_unloaded(w, m);
     }
-    locod_server_changed(srv);
+    /* a progress step concerns only the running job's streams; waking every stream on every
+     * step made many open streams slow the whole pipeline */
+    if (strcmp(ev, "progress") == 0)
+        locod_server_progressed(srv);
+    else
+        locod_server_changed(srv);
     pthread_mutex_unlock(&srv->mu);
     locod_worker_pump(srv);
 }

@@ -109,7 +109,14 @@ def test_events_stream(d):
 def test_events_of_finished_job_end_at_once(d):
     j = d.wait(d.submit(tiny_generate(steps=1))["id"])
     r = requests.get(d.url(f"/v1/jobs/{j['id']}/events"), timeout=10)
-    assert "event: finished" in r.text
+    assert "id: finished\nevent: finished" in r.text, r.text
+    # a browser's EventSource reconnects with the last id it got: 204 makes it stop for good
+    # instead of replaying the finished event every 2 s for as long as the tab is open
+    again = requests.get(d.url(f"/v1/jobs/{j['id']}/events"), headers={"Last-Event-ID": "finished"}, timeout=10)
+    assert again.status_code == 204 and again.text == "", (again.status_code, again.text)
+    # a client that missed the finished event (another last id) still gets it
+    missed = requests.get(d.url(f"/v1/jobs/{j['id']}/events"), headers={"Last-Event-ID": "2"}, timeout=10)
+    assert missed.status_code == 200 and "event: finished" in missed.text
 
 
 def test_queue_position_and_cancel_queued(d):

@@ -58,6 +58,48 @@ TEST(queue_positions_match_dispatch_order) {
     locod_queue_destroy(q);
 }
 
+/* Positions come from an index rebuilt after each change: interleave every kind of change with
+ * queries (so a stale index would be read) and check that the positions stay a permutation of
+ * 0..size-1 and, at the end, the dispatch order. */
+TEST(queue_positions_stay_right_across_changes) {
+    locod_queue *q = locod_queue_create();
+    const char *keys[] = {"k0", "k1", "k2", "k3"};
+    char ids[400][8];
+    int queued[400] = {0}, n_ids = 0;
+    unsigned rng = 12345;
+    char id[48];
+    for (int op = 0; op < 400; op++) {
+        rng = rng * 1103515245u + 12345u;
+        unsigned r = (rng >> 16) % 10;
+        if (r < 6 || locod_queue_size(q) == 0) {
+            snprintf(ids[n_ids], sizeof ids[n_ids], "j%d", n_ids);
+            CHECK(locod_queue_push(q, ids[n_ids], keys[(rng >> 8) % 4]) == 0);
+            queued[n_ids++] = 1;
+        } else if (r < 8) {
+            CHECK(locod_queue_pop(q, id) == 1);
+            queued[atoi(id + 1)] = 0;
+        } else {
+            int victim = (int)((rng >> 4) % (unsigned)n_ids);
+            CHECK(locod_queue_remove(q, ids[victim]) == queued[victim]);
+            queued[victim] = 0;
+        }
+        int seen[400] = {0}, size = locod_queue_size(q);
+        for (int i = 0; i < n_ids; i++) {
+            int pos = locod_queue_position(q, ids[i]);
+            CHECK_MSG(queued[i] ? pos >= 0 && pos < size && !seen[pos]++ : pos == -1, "op %d: %s at %d of %d", op,
+                      ids[i], pos, size);
+        }
+    }
+    int pos[400];
+    for (int i = 0; i < n_ids; i++) pos[i] = locod_queue_position(q, ids[i]);
+    for (int n = 0; locod_queue_pop(q, id); n++) {
+        int i = atoi(id + 1);
+        CHECK_MSG(pos[i] == n, "%s predicted %d, dispatched %d", id, pos[i], n);
+    }
+    CHECK(locod_queue_position(q, "j0") == -1);
+    locod_queue_destroy(q);
+}
+
 TEST(queue_remove) {
     locod_queue *q = locod_queue_create();
     locod_queue_push(q, "x", "k");
