@@ -262,6 +262,20 @@ static void on_tick(uv_timer_t *t) {
     }
 }
 
+/* After a graceful stop the worker is gone: the job it was running goes back to the queue and
+ * starts over after the restart, rather than failing with server_restart, which stays for
+ * what a graceful stop cannot clean up (kill -9, a crash, power loss). */
+static void requeue_interrupted(locod_server *srv) {
+    loco_err err;
+    loco_err_clear(&err);
+    pthread_mutex_lock(&srv->mu);
+    int n = locod_store_requeue_running(srv->store, &err);
+    if (n > 0) LOG_INFO(srv->log, "stopping: %d running job(s) re-queued; they start again after the restart", n);
+    if (n < 0) LOG_ERROR(srv->log, "stopping: cannot re-queue the running job: %s", err.msg);
+    locod_store_touched(srv);
+    pthread_mutex_unlock(&srv->mu);
+}
+
 static void on_signal(uv_signal_t *s, int signum) {
     locod_server *srv = s->data;
     LOG_INFO(srv->log, "signal %d: stopping", signum);
@@ -429,6 +443,7 @@ loco_status locod_server_run(locod_server *srv, loco_err *err) {
     uv_close((uv_handle_t *)&srv->sigint, NULL);
     uv_close((uv_handle_t *)&srv->sigterm, NULL);
     uv_run(&srv->loop, UV_RUN_DEFAULT); /* until the worker's handles are closed */
+    requeue_interrupted(srv);
     uv_loop_close(&srv->loop);
     srv->loop_open = 0;
     locod_worker_free(srv);

@@ -88,6 +88,11 @@ int locod_store_list(locod_store *s, const locod_job_filter *f, locod_row_fn fn,
 /* Every queued job, oldest first (to rebuild the queue at start). */
 int locod_store_each_queued(locod_store *s, locod_row_fn fn, void *ctx, loco_err *err);
 
+/* A graceful stop: the running jobs that no cancel was asked for go back to queued, to run
+ * again from the start after the restart (the stop was the operator's, not the job's).
+ * Returns how many, or -1. */
+int locod_store_requeue_running(locod_store *s, loco_err *err);
+
 /* Start-up recovery: running jobs become failed/server_restart, or queued again (attempts kept)
  * where the client asked for retry_on_restart. Returns how many rows changed (*requeued of them
  * re-queued) or -1. */

@@ -373,6 +373,19 @@ int locod_store_each_queued(locod_store *s, locod_row_fn fn, void *ctx, loco_err
     return rc == SQLITE_DONE ? n : (db_err(s, err, "queued"), -1);
 }
 
+int locod_store_requeue_running(locod_store *s, loco_err *err) {
+    sqlite3_stmt *st;
+    if (sqlite3_prepare_v2(s->db,
+                           "UPDATE jobs SET state='queued', started_ms=NULL, worker_id=NULL "
+                           "WHERE state='running' AND cancel_requested=0",
+                           -1, &st, NULL) != SQLITE_OK) {
+        db_err(s, err, "requeue");
+        return -1;
+    }
+    int r = exec_changes(s, st, err, "requeue");
+    return r < 0 ? -1 : sqlite3_changes(s->db);
+}
+
 int locod_store_recover(locod_store *s, int64_t now, int64_t retention_ms, int *requeued, loco_err *err) {
     if (exec_simple(s, "SAVEPOINT recover", err)) return -1;
     sqlite3_stmt *a, *b;
@@ -386,9 +399,9 @@ int locod_store_recover(locod_store *s, int64_t now, int64_t retention_ms, int *
                        "UPDATE jobs SET state=CASE WHEN cancel_requested=1 THEN 'cancelled' ELSE 'failed' END, "
                        "error_code=CASE WHEN cancel_requested=1 THEN 'cancelled' ELSE 'server_restart' END, "
                        "error_message=CASE WHEN cancel_requested=1 THEN 'cancelled at the client''s request; the "
-                       "server restarted before the job stopped' ELSE 'the server stopped while this job was "
-                       "running; it was not retried because retry_on_restart was false: submit it again (or set "
-                       "retry_on_restart to have such jobs re-queued)' END, "
+                       "server restarted before the job stopped' ELSE 'the server died (killed or crashed) while this "
+                       "job was running; it was not retried because retry_on_restart was false: submit it again (or "
+                       "set retry_on_restart to have such jobs re-queued)' END, "
                        "error_retryable=1, finished_ms=?1, expires_ms=?1 + ?2 WHERE state='running'",
                        -1, &b, NULL);
     sqlite3_bind_int64(b, 1, now);
