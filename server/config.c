@@ -26,6 +26,7 @@ void locod_config_init(locod_config *c) {
     c->max_pending_per_key = 256;
     c->max_connections = 1024;
     c->max_sse_streams = c->max_connections / 2;
+    c->max_connections_per_ip = c->max_connections / 2;
     c->http_threads = 4;
     c->job_retention_s = 7 * 24 * 3600;
     c->retention_sweep_s = 60;
@@ -271,8 +272,8 @@ static loco_status parse_models(locod_config *c, const json_t *v, const char *ba
 /* Each event stream holds a connection (and its thread) for as long as the job runs, so streams
  * alone must never be able to take every connection: without an explicit value the cap follows
  * max_connections (half of it), and an explicit one must leave connections for other requests. */
-static loco_status sse_streams_within_connections(locod_config *c, int explicit_value, loco_err *err) {
-    if (!explicit_value) {
+static loco_status sse_streams_within_connections(locod_config *c, loco_err *err) {
+    if (!c->sse_streams_explicit) {
         c->max_sse_streams = c->max_connections / 2;
         return LOCO_OK;
     }
@@ -284,13 +285,38 @@ static loco_status sse_streams_within_connections(locod_config *c, int explicit_
     return LOCO_OK;
 }
 
+/* One client address must not be able to hold every connection (a slow client trickling its
+ * headers would lock everyone else out): by default it gets half of them, which still leaves a
+ * front proxy, whose connections all come from one address, half the server. */
+static loco_status per_ip_within_connections(locod_config *c, loco_err *err) {
+    if (!c->per_ip_explicit) {
+        c->max_connections_per_ip = c->max_connections / 2;
+        return LOCO_OK;
+    }
+    if (c->max_connections_per_ip > c->max_connections)
+        return loco_err_set(err, LOCO_EINVAL,
+                            "config: 'limits.max_connections_per_ip' (%d) must not be above 'limits.max_connections' "
+                            "(%d); 0 means no per-address limit, and leaving it out gives max_connections / 2",
+                            c->max_connections_per_ip, c->max_connections);
+    return LOCO_OK;
+}
+
+void locod_config_lower_connections(locod_config *c, int n) {
+    if (n >= c->max_connections) return;
+    c->max_connections = n;
+    if (!c->sse_streams_explicit || c->max_sse_streams >= n) c->max_sse_streams = n / 2;
+    if (!c->per_ip_explicit) c->max_connections_per_ip = n / 2;
+    else if (c->max_connections_per_ip > n) c->max_connections_per_ip = n;
+}
+
 loco_status locod_config_parse(locod_config *c, const char *text, const char *base, loco_err *err) {
     static const char *const top[] = {"listen", "data_dir", "device", "vae_upcast", "threads", "model_roots", "models",
                                       "load_at_start", "keys", "cors_origins", "limits", "queue", "retention",
                                       "worker", "sse", "log_level", "port_file", "clip_scorer", "$comment", NULL};
     static const char *const limits[] = {"max_body_bytes", "max_prompt_chars", "max_side", "max_pixels", "max_steps",
                                          "default_steps", "max_batch", "max_prompts", "max_items",
-                                         "max_connections", "max_sse_streams", NULL};
+                                         "max_connections", "max_sse_streams",
+                                         "max_connections_per_ip", NULL};
     static const char *const queue[] = {"max_queued", "max_pending_per_key", "retry_after_s", NULL};
     static const char *const retention[] = {"jobs_s", "sweep_interval_s", "tombstones_s", NULL};
     static const char *const worker[] = {"restart_backoff_ms", "cancel_grace_ms", "job_timeout_s", NULL};
@@ -376,8 +402,11 @@ loco_status locod_config_parse(locod_config *c, const char *text, const char *ba
         LIM("max_items", 1, 1000000, l->max_items)
         LIM("max_connections", 4, 100000, c->max_connections)
         LIM("max_sse_streams", 0, 100000, c->max_sse_streams)
+        LIM("max_connections_per_ip", 0, 100000, c->max_connections_per_ip)
 #undef LIM
-        if (sse_streams_within_connections(c, json_object_get(v, "max_sse_streams") != NULL, err)) goto out;
+        c->sse_streams_explicit = json_object_get(v, "max_sse_streams") != NULL;
+        c->per_ip_explicit = json_object_get(v, "max_connections_per_ip") != NULL;
+        if (sse_streams_within_connections(c, err) || per_ip_within_connections(c, err)) goto out;
     }
     if ((v = json_object_get(root, "queue"))) {
         if (!json_is_object(v) || check_keys(v, "queue", queue, err)) {

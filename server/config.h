@@ -46,7 +46,11 @@ typedef struct locod_config {
     int max_queue;            /* queued jobs, all keys: beyond -> 503 + Retry-After */
     int max_pending_per_key;  /* queued + running per key: beyond -> 429 + Retry-After */
     int max_sse_streams;      /* event streams (503 beyond); default max_connections / 2 */
-    int max_connections;
+    int max_connections;      /* simultaneous connections; may be lowered at start to fit the open-file limit */
+    int max_connections_per_ip; /* from one client address; 0: no limit; default max_connections / 2 */
+    /* whether the two above were given in the file: values left out follow max_connections when
+     * start-up lowers it (locod_config_lower_connections) */
+    int sse_streams_explicit, per_ip_explicit;
     int http_threads;         /* unused with thread-per-connection; kept for the pool mode */
     int64_t job_retention_s;  /* finished jobs (and their artifacts) are kept this long, then 410 */
     int retention_sweep_s;
@@ -71,5 +75,8 @@ loco_status locod_config_parse(locod_config *c, const char *text, const char *ba
 loco_status locod_config_set_listen(locod_config *c, const char *hostport, loco_err *err);
 loco_status locod_config_set_data_dir(locod_config *c, const char *dir, loco_err *err);
 int locod_host_is_loopback(const char *host);
+/* Lower max_connections to n (the open-file limit cannot hold more) and keep the limits that
+ * depend on it consistent: derived ones follow it, explicit ones are cut to fit. */
+void locod_config_lower_connections(locod_config *c, int n);
 
 #endif

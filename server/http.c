@@ -4,6 +4,7 @@
 
 #include <arpa/inet.h>
 #include <netdb.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -212,13 +213,62 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     *con_cls = NULL;
 }
 
+/* A flood of refused or waiting clients must not flood the log: one warning per kind per minute,
+ * with the running total (also in /metrics). */
+#define LIMIT_WARN_EVERY_MS 60000
+
+static int warn_due(_Atomic int64_t *last_ms) {
+    int64_t now = locod_now_ms(), prev = atomic_load(last_ms);
+    return now - prev >= LIMIT_WARN_EVERY_MS && atomic_compare_exchange_strong(last_ms, &prev, now);
+}
+
+/* libmicrohttpd 0.9.75 closes a connection over MHD_OPTION_PER_IP_CONNECTION_LIMIT (or, in a
+ * race, over the total limit) as soon as it is accepted, and tells the application only through
+ * this log line: the accept policy callback runs after that check, and no notification comes. */
+static int is_limit_refusal(const char *msg) { return strncmp(msg, "Server reached connection limit", 31) == 0; }
+
+static void note_refusal(locod_server *srv) {
+    uint64_t n = locod_metrics_connection_refused(srv->metrics);
+    if (warn_due(&srv->refused_warned_ms))
+        LOG_WARN(srv->log, "refused a new connection unanswered (%llu so far, loco_http_connections_refused_total): "
+                 "its client address already holds limits.max_connections_per_ip (%d) connections, or all %d "
+                 "(limits.max_connections) are in use",
+                 (unsigned long long)n, srv->cfg->max_connections_per_ip, srv->cfg->max_connections);
+}
+
 static void mhd_log(void *cls, const char *fmt, va_list ap) {
     locod_server *srv = cls;
     char buf[1024];
     vsnprintf(buf, sizeof buf, fmt, ap);
     size_t n = strlen(buf);
     while (n && (buf[n - 1] == '\n' || buf[n - 1] == '\r')) buf[--n] = 0;
+    if (is_limit_refusal(buf)) {
+        note_refusal(srv);
+        return;
+    }
+    /* accept() failing with EMFILE/ENFILE: MHD stops accepting until a connection closes */
+    if (strstr(buf, "resource limit")) {
+        LOG_WARN(srv->log, "http: %s", buf);
+        return;
+    }
     LOG_DEBUG(srv->log, "http: %s", buf);
+}
+
+/* The connection just accepted took the last free one: from now on new clients wait in the
+ * listen backlog, unanswered, until one closes. Said, because from outside it looks like a hang. */
+static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+                          enum MHD_ConnectionNotificationCode code) {
+    (void)socket_context;
+    locod_server *srv = cls;
+    if (code != MHD_CONNECTION_NOTIFY_STARTED) return;
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_DAEMON);
+    const union MHD_DaemonInfo *di = ci ? MHD_get_daemon_info(ci->daemon, MHD_DAEMON_INFO_CURRENT_CONNECTIONS) : NULL;
+    if (!di || di->num_connections < (unsigned)srv->cfg->max_connections) return;
+    uint64_t n = locod_metrics_connections_full(srv->metrics);
+    if (warn_due(&srv->full_warned_ms))
+        LOG_WARN(srv->log, "all %d connections (limits.max_connections) are in use (%llu times so far, "
+                 "loco_http_connections_full_total): new clients wait unanswered until one closes",
+                 srv->cfg->max_connections, (unsigned long long)n);
 }
 
 loco_status locod_http_start(locod_server *srv, loco_err *err) {
@@ -240,7 +290,9 @@ loco_status locod_http_start(locod_server *srv, loco_err *err) {
                                 MHD_OPTION_EXTERNAL_LOGGER, mhd_log, srv,
                                 MHD_OPTION_SOCK_ADDR, ai->ai_addr,
                                 MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv,
+                                MHD_OPTION_NOTIFY_CONNECTION, on_connection, srv,
                                 MHD_OPTION_CONNECTION_LIMIT, (unsigned)cfg->max_connections,
+                                MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)cfg->max_connections_per_ip,
                                 MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120,
                                 MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(64 * 1024),
                                 MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned)1024,

@@ -13,6 +13,7 @@
 
 #include "auth.h"
 #include "config.h"
+#include "fd_limit.h"
 #include "log.h"
 #include "server.h"
 #include "worker_proto.h"
@@ -40,6 +41,18 @@ static int hash_key(void) {
     locod_hex(d, 32, hex);
     printf("%s\n", hex);
     return 0;
+}
+
+/* Before anything opens descriptors or sizes itself by max_connections: the HTTP server takes
+ * its connection limits from cfg as this leaves them. */
+static loco_status fit_open_files(locod_config *cfg, loco_log *log, loco_err *err) {
+    char note[768];
+    locod_fd_outcome outcome;
+    loco_status st = locod_fit_open_files(cfg, &outcome, note, sizeof note, err);
+    if (st) return st;
+    if (outcome == LOCOD_FD_RAISED) LOG_INFO(log, "%s", note);
+    if (outcome == LOCOD_FD_LOWERED) LOG_WARN(log, "%s", note);
+    return LOCO_OK;
 }
 
 int main(int argc, char **argv) {
@@ -99,6 +112,12 @@ int main(int argc, char **argv) {
                           "add \"keys\" to the config to serve other machines", cfg.listen_host);
         else
             LOG_WARN(log, "no API keys are configured: loopback only, every local client is admin");
+    }
+    if (fit_open_files(&cfg, log, &err)) {
+        LOG_ERROR(log, "%s", err.msg);
+        loco_log_destroy(log);
+        locod_config_free(&cfg);
+        return 1;
     }
     if (getenv("LOCOD_TEST_FAULTS") && strcmp(getenv("LOCOD_TEST_FAULTS"), "1") == 0)
         LOG_WARN(log, "LOCOD_TEST_FAULTS=1: test fault hooks are enabled (never in production)");

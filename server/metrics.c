@@ -28,6 +28,7 @@ struct locod_metrics {
     uint64_t code_counts[MAX_CODES];
     int n_codes;
     uint64_t worker_restarts;
+    uint64_t connections_refused, connections_full;
     uint64_t model_loads, model_unloads, model_load_failures;
 };
 
@@ -92,6 +93,20 @@ void locod_metrics_worker_restart(locod_metrics *m) {
     pthread_mutex_unlock(&m->mu);
 }
 
+uint64_t locod_metrics_connection_refused(locod_metrics *m) {
+    pthread_mutex_lock(&m->mu);
+    uint64_t n = ++m->connections_refused;
+    pthread_mutex_unlock(&m->mu);
+    return n;
+}
+
+uint64_t locod_metrics_connections_full(locod_metrics *m) {
+    pthread_mutex_lock(&m->mu);
+    uint64_t n = ++m->connections_full;
+    pthread_mutex_unlock(&m->mu);
+    return n;
+}
+
 void locod_metrics_model_event(locod_metrics *m, const char *ev) {
     pthread_mutex_lock(&m->mu);
     if (strcmp(ev, "load") == 0) m->model_loads++;
@@ -135,6 +150,26 @@ static void render_hist(sbuf *b, const char *name, const char *help, hist *h) {
         add(b, "%s_sum{kind=\"%s\"} %.6f\n%s_count{kind=\"%s\"} %llu\n", name, kn, h[k].sum, name, kn,
             (unsigned long long)h[k].n);
     }
+}
+
+static void render_connections(sbuf *b, const locod_metrics *m, const locod_gauges *g) {
+    add(b, "# HELP loco_http_connections Open HTTP connections.\n# TYPE loco_http_connections gauge\n"
+           "loco_http_connections %d\n", g->http_connections);
+    add(b, "# HELP loco_http_connection_limit Connection limits in force: all clients (limits.max_connections, "
+           "lowered at start when the open-file limit cannot hold it) and one client address "
+           "(limits.max_connections_per_ip, 0 = none).\n# TYPE loco_http_connection_limit gauge\n"
+           "loco_http_connection_limit{scope=\"total\"} %d\nloco_http_connection_limit{scope=\"per_address\"} %d\n",
+        g->max_connections, g->max_connections_per_ip);
+    add(b, "# HELP loco_http_connections_refused_total Connections closed at once, unanswered, by a connection limit "
+           "(mostly a client address over limits.max_connections_per_ip).\n"
+           "# TYPE loco_http_connections_refused_total counter\nloco_http_connections_refused_total %llu\n",
+        (unsigned long long)m->connections_refused);
+    add(b, "# HELP loco_http_connections_full_total Times every connection of limits.max_connections was in use "
+           "(new clients then wait in the listen backlog).\n# TYPE loco_http_connections_full_total counter\n"
+           "loco_http_connections_full_total %llu\n", (unsigned long long)m->connections_full);
+    if (g->open_files_limit >= 0)
+        add(b, "# HELP loco_open_files_limit The daemon's soft open-file limit (RLIMIT_NOFILE).\n"
+               "# TYPE loco_open_files_limit gauge\nloco_open_files_limit %lld\n", (long long)g->open_files_limit);
 }
 
 char *locod_metrics_render(locod_metrics *m, const locod_gauges *g, size_t *len) {
@@ -196,6 +231,7 @@ char *locod_metrics_render(locod_metrics *m, const locod_gauges *g, size_t *len)
             (long long)g->device_free_bytes, (long long)g->device_total_bytes);
     add(&b, "# HELP loco_sse_streams Open event streams.\n# TYPE loco_sse_streams gauge\nloco_sse_streams %d\n",
         g->sse_streams);
+    render_connections(&b, m, g);
     pthread_mutex_unlock(&m->mu);
     *len = b.n;
     return b.p;

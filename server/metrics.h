@@ -16,6 +16,10 @@ typedef struct locod_gauges {
     int worker_up;
     int models_loaded;
     int sse_streams;
+    int http_connections;          /* open now */
+    int max_connections;           /* limits.max_connections as in force (start-up may lower it) */
+    int max_connections_per_ip;    /* 0: none */
+    int64_t open_files_limit;      /* the soft RLIMIT_NOFILE; -1: unlimited or unknown */
     int64_t device_memory_bytes;
     int64_t device_memory_peak_bytes;
     int64_t graph_pool_bytes;
@@ -32,6 +36,10 @@ void locod_metrics_job_finished(locod_metrics *m, loco_job_kind kind, loco_job_s
 void locod_metrics_http(locod_metrics *m, int status);
 void locod_metrics_problem(locod_metrics *m, const char *code);
 void locod_metrics_worker_restart(locod_metrics *m);
+/* A connection closed at accept by a connection limit; returns the total so far. */
+uint64_t locod_metrics_connection_refused(locod_metrics *m);
+/* A connection took the last free one of limits.max_connections; returns the total so far. */
+uint64_t locod_metrics_connections_full(locod_metrics *m);
 void locod_metrics_model_event(locod_metrics *m, const char *event); /* "load", "unload", "load_failed" */
 
 /* Render everything; returns a malloc'ed string. */

@@ -2,6 +2,7 @@
  * finished job recorded them) are served, only by their 64-hex name, from the content store;
  * ETag is the hash, If-None-Match gives 304, and a single byte Range gives 206 (416 when it
  * cannot be satisfied; If-Range with another tag gives the whole file). */
+#include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -56,6 +57,22 @@ static int etag_matches(const char *list, const char *etag) {
     return strstr(list, etag) != NULL;
 }
 
+/* Whether an artifact the store knows is missing on disk for good, as opposed to failing to open
+ * for now (EMFILE/ENFILE: the server is out of descriptors, ENOMEM, EIO, ...): a client told 404
+ * would believe a file that exists is gone. ELOOP: a symlink where the file should be (O_NOFOLLOW). */
+static int open_error_is_missing(int e) { return e == ENOENT || e == ENOTDIR || e == ELOOP; }
+
+static enum MHD_Result artifact_unavailable(locod_req *r, const char *sha, int e) {
+    char ra[16];
+    snprintf(ra, sizeof ra, "%d", r->srv->cfg->retry_after_s);
+    const char *const h[] = {"Retry-After", ra, NULL};
+    LOG_WARN(r->srv->log, "cannot open artifact %s: %s", sha, strerror(e));
+    return locod_problem(r, 503, "artifact_unavailable", NULL, h,
+                         "artifact %s is stored but cannot be opened right now (%s); this is temporary on the "
+                         "server's side: retry after Retry-After seconds",
+                         sha, strerror(e));
+}
+
 enum MHD_Result locod_routes_artifacts(locod_req *r, int n, char **seg) {
     locod_server *srv = r->srv;
     if (strcmp(r->method, "GET") && strcmp(r->method, "HEAD")) {
@@ -80,8 +97,14 @@ enum MHD_Result locod_routes_artifacts(locod_req *r, int n, char **seg) {
     char path[PATH_MAX];
     locod_artifact_path(srv->artifacts_root, sha, path, sizeof path);
     int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0 && !open_error_is_missing(errno)) return artifact_unavailable(r, sha, errno);
     struct stat st;
-    if (fd < 0 || fstat(fd, &st) || !S_ISREG(st.st_mode)) {
+    if (fd >= 0 && fstat(fd, &st)) {
+        int e = errno;
+        close(fd);
+        return artifact_unavailable(r, sha, e);
+    }
+    if (fd < 0 || !S_ISREG(st.st_mode)) {
         if (fd >= 0) close(fd);
         return locod_problem(r, 404, "unknown_artifact", NULL, NULL, "artifact %s is no longer stored", sha);
     }

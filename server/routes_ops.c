@@ -3,6 +3,7 @@
  * Prometheus expects. */
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 
 #include "http.h"
 
@@ -13,6 +14,12 @@ static void gauges(locod_server *srv, locod_gauges *g) {
     g->worker_up = srv->worker_ready;
     g->models_loaded = locod_models_loaded_count(srv->models);
     g->sse_streams = srv->sse_streams;
+    const union MHD_DaemonInfo *di = srv->mhd ? MHD_get_daemon_info(srv->mhd, MHD_DAEMON_INFO_CURRENT_CONNECTIONS) : NULL;
+    g->http_connections = di ? (int)di->num_connections : 0;
+    g->max_connections = srv->cfg->max_connections;
+    g->max_connections_per_ip = srv->cfg->max_connections_per_ip;
+    struct rlimit rl;
+    g->open_files_limit = getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY ? (int64_t)rl.rlim_cur : -1;
     g->device_memory_bytes = srv->device_memory;
     g->device_memory_peak_bytes = srv->device_memory_peak;
     g->graph_pool_bytes = srv->graph_pool_memory;

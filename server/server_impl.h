@@ -6,6 +6,7 @@
 #include <jansson.h>
 #include <limits.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <uv.h>
 
@@ -54,6 +55,8 @@ struct locod_server {
     struct MHD_Daemon *mhd;
     int open_mode; /* no keys configured: loopback only, everyone is admin */
     int lock_fd;   /* flock on <data_dir>/lock, held for the process life */
+    /* http.c, any thread: when the connection-limit warnings were last logged (rate limit) */
+    _Atomic int64_t refused_warned_ms, full_warned_ms;
 
     /* libuv: only the loop thread touches these (kick is thread-safe) */
     uv_loop_t loop;

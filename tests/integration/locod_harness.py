@@ -7,6 +7,7 @@ AddressSanitizer run); with ASan, the daemon's log is checked for sanitizer repo
 import hashlib
 import json
 import os
+import resource
 import signal
 import subprocess
 import time
@@ -38,7 +39,7 @@ def tiny_generate(prompt="a red cube on a table", steps=2, size=64, **extra):
 
 
 class Daemon:
-    def __init__(self, tmp_path, name="d", keys=None, load=("sd1-tiny",), extra=None, env=None):
+    def __init__(self, tmp_path, name="d", keys=None, load=("sd1-tiny",), extra=None, env=None, nofile=None):
         self.dir = Path(tmp_path) / name
         self.dir.mkdir(parents=True, exist_ok=True)
         self.data = self.dir / "data"
@@ -77,6 +78,7 @@ class Daemon:
         self.env = dict(os.environ, LOCOD_TEST_FAULTS="1", OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
         self.env.setdefault("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0")
         self.env.update(env or {})
+        self.nofile = nofile  # (soft, hard) open-file limit the daemon starts under, as `ulimit -n`
         self.proc = None
         self.port = None
         self.s = requests.Session()
@@ -86,8 +88,11 @@ class Daemon:
         if self.port_file.exists():
             self.port_file.unlink()
         self.logf = open(self.log_path, "ab")
+        nofile = self.nofile
+        limit = (lambda: resource.setrlimit(resource.RLIMIT_NOFILE, nofile)) if nofile else None
         self.proc = subprocess.Popen([str(LOCOD), "--config", str(self.config), *args],
-                                     stdout=self.logf, stderr=subprocess.STDOUT, env=self.env, cwd=str(ROOT))
+                                     stdout=self.logf, stderr=subprocess.STDOUT, env=self.env, cwd=str(ROOT),
+                                     preexec_fn=limit)
         deadline = time.time() + 60
         while time.time() < deadline:
             if self.proc.poll() is not None:

@@ -9,6 +9,7 @@
 #include "artifacts.h"
 #include "auth.h"
 #include "config.h"
+#include "fd_limit.h"
 #include "job.h"
 #include "job_checks.h"
 #include "loco_test.h"
@@ -282,6 +283,7 @@ TEST(config_parse_and_errors) {
     CHECK(c.limits.max_steps == 20 && c.limits.default_steps == 20);
     CHECK(c.tombstone_retention_s == 30 * 24 * 3600); /* the documented default */
     CHECK(c.max_connections == 1024 && c.max_sse_streams == 512); /* derived: half the connections */
+    CHECK(c.max_connections_per_ip == 512);                        /* derived: half the connections */
     CHECK(locod_config_set_listen(&c, "127.0.0.1:0", &err) == LOCO_OK && c.listen_port == 0);
     CHECK(locod_config_set_listen(&c, "nohost", &err) != LOCO_OK);
     locod_config_free(&c);
@@ -294,7 +296,22 @@ TEST(config_parse_and_errors) {
     CHECK(locod_config_parse(&c, "{\"limits\":{\"max_connections\":10,\"max_sse_streams\":9}}", ".", &err) == LOCO_OK);
     CHECK(c.max_sse_streams == 9);
     locod_config_free(&c);
+    /* one client address gets half the connections unless told otherwise; 0 = no per-address limit */
+    locod_config_init(&c);
+    CHECK(locod_config_parse(&c, "{\"limits\":{\"max_connections\":10}}", ".", &err) == LOCO_OK);
+    CHECK(c.max_connections_per_ip == 5);
+    locod_config_free(&c);
+    locod_config_init(&c);
+    CHECK(locod_config_parse(&c, "{\"limits\":{\"max_connections\":10,\"max_connections_per_ip\":0}}", ".", &err) == LOCO_OK);
+    CHECK(c.max_connections_per_ip == 0);
+    locod_config_free(&c);
+    locod_config_init(&c);
+    CHECK(locod_config_parse(&c, "{\"limits\":{\"max_connections\":10,\"max_connections_per_ip\":10}}", ".", &err) == LOCO_OK);
+    CHECK(c.max_connections_per_ip == 10);
+    locod_config_free(&c);
     const char *bad[] = {"{\"limits\":{\"max_connections\":10,\"max_sse_streams\":10}}",
+                         "{\"limits\":{\"max_connections\":10,\"max_connections_per_ip\":11}}",
+                         "{\"limits\":{\"max_connections_per_ip\":-1}}",
                          "{\"limits\":{\"max_sse_streams\":1024}}", "{\"lisen\":\"x\"}", "{\"limits\":{\"max_steps\":0}}", "{\"keys\":[{\"id\":\"k\",\"sha256\":\"zz\"}]}",
                          "{\"device\":\"tpu\"}", "[1]", "{\"models\":{\"../x\":{\"path\":\"p\"}}}",
                          /* what the loader refuses, refused at start-up: config_dir on a folder,
@@ -307,6 +324,52 @@ TEST(config_parse_and_errors) {
         CHECK(strstr(err.msg, "config") != NULL);
         locod_config_free(&c);
     }
+}
+
+/* Lowering max_connections to fit the open-file limit: what follows it follows, explicit values
+ * are cut only when they no longer fit. */
+TEST(config_lower_connections) {
+    locod_config c;
+    loco_err err;
+    locod_config_init(&c);
+    locod_config_lower_connections(&c, 16);
+    CHECK(c.max_connections == 16 && c.max_sse_streams == 8 && c.max_connections_per_ip == 8);
+    locod_config_lower_connections(&c, 100); /* never raised */
+    CHECK(c.max_connections == 16);
+    locod_config_free(&c);
+    locod_config_init(&c);
+    CHECK(locod_config_parse(&c, "{\"limits\":{\"max_connections\":100,\"max_sse_streams\":6,"
+                                 "\"max_connections_per_ip\":100}}", ".", &err) == LOCO_OK);
+    locod_config_lower_connections(&c, 16);
+    CHECK(c.max_sse_streams == 6 && c.max_connections_per_ip == 16);
+    locod_config_lower_connections(&c, 6);
+    CHECK(c.max_sse_streams == 3); /* must stay below max_connections */
+    locod_config_free(&c);
+    locod_config_init(&c);
+    CHECK(locod_config_parse(&c, "{\"limits\":{\"max_sse_streams\":0,\"max_connections_per_ip\":0}}", ".", &err) ==
+          LOCO_OK);
+    locod_config_lower_connections(&c, 16);
+    CHECK(c.max_sse_streams == 0 && c.max_connections_per_ip == 0); /* off stays off */
+    locod_config_free(&c);
+}
+
+/* The open-file plan: raise the soft limit as far as needed and the hard limit allows, never
+ * lower it, and fit the connections under it when the hard limit is too low. */
+TEST(fd_plan_fits_connections_to_the_open_file_limit) {
+    const uint64_t need = locod_fd_needed(1024);
+    CHECK(need == 1024 * LOCOD_FDS_PER_CONNECTION + LOCOD_FD_RESERVE);
+    locod_fd_plan p = locod_fd_plan_for(1024, 1048576, 1024); /* the usual soft limit: raised */
+    CHECK(p.soft == need && p.max_connections == 1024);
+    p = locod_fd_plan_for(1024, UINT64_MAX, 1024); /* unlimited hard limit */
+    CHECK(p.soft == need && p.max_connections == 1024);
+    p = locod_fd_plan_for(1 << 20, 1 << 20, 1024); /* already enough: untouched */
+    CHECK(p.soft == 1 << 20 && p.max_connections == 1024);
+    p = locod_fd_plan_for(64, 64, 100); /* hard limit too low: (64 - reserve) / per connection */
+    CHECK(p.soft == 64 && p.max_connections == (64 - LOCOD_FD_RESERVE) / LOCOD_FDS_PER_CONNECTION);
+    p = locod_fd_plan_for(64, 200, 100); /* raised to the hard limit, and fewer connections */
+    CHECK(p.soft == 200 && p.max_connections == (200 - LOCOD_FD_RESERVE) / LOCOD_FDS_PER_CONNECTION);
+    p = locod_fd_plan_for(16, 16, 100); /* hopeless: at least one, the caller refuses to start */
+    CHECK(p.max_connections == 1);
 }
 
 static char tmpdir[256];
