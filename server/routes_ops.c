@@ -1,6 +1,6 @@
 /* routes_ops.c: /healthz (the process answers), /readyz (worker up, start-up models resident,
- * queue not full) and /metrics (Prometheus text). Open without a key, like a load balancer or
- * Prometheus expects. */
+ * job store writable, queue not full) and /metrics (Prometheus text). Open without a key, like a
+ * load balancer or Prometheus expects. */
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
@@ -73,6 +73,15 @@ enum MHD_Result locod_route_ops(locod_req *r, const char *what) {
             json_t *reason = json_string(s);
             json_array_append_new(reasons, reason ? reason : json_string("a start-up model failed to load"));
         }
+    }
+    /* a store that cannot write refuses every new job and loses every result: not ready until
+     * a write succeeds again (retention frees the disk, see store.h) */
+    char why[256];
+    if (locod_store_write_failure(srv->store, why, sizeof why)) {
+        char s[320];
+        snprintf(s, sizeof s, "the job store is failing: %s", why);
+        json_t *reason = json_string(s);
+        json_array_append_new(reasons, reason ? reason : json_string("the job store is failing"));
     }
     int queued = locod_queue_size(srv->queue);
     if (queued >= srv->cfg->max_queue) json_array_append_new(reasons, json_string("the queue is full"));

@@ -240,26 +240,70 @@ static void prune_tombstones(locod_server *srv, int64_t now) {
     else if (n < 0) LOG_ERROR(srv->log, "retention: tombstone pruning failed: %s", err.msg);
 }
 
+/* Retention runs in passes of bounded batches (store.h, "retention"): each batch is one
+ * transaction under mu, and mu is released between batches, so a request waits for one batch
+ * at most (milliseconds), not for a whole pass (17 s for 100,000 expired jobs when a pass was one
+ * transaction). The loop runs at most RETENTION_BATCHES_PER_TICK batches per tick, so worker
+ * messages and deadlines are not held up either; a long pass goes on at the next ticks. */
+#define RETENTION_BATCH_JOBS 500
+#define RETENTION_BATCHES_PER_TICK 4
+/* Free pages given back after each batch that deleted rows: 4 MiB at SQLite's 4 KiB pages, more
+ * than a batch of 500 jobs frees, yet a short write (pages move only from the file's end). */
+#define RETENTION_RECLAIM_PAGES 1024
+
+/* Under mu: one batch of the current pass; the pages it freed go back to the file system.
+ * Returns 1 while the pass goes on. */
+static int retention_batch(locod_server *srv, int64_t now) {
+    loco_err err;
+    loco_err_clear(&err);
+    int n = locod_store_purge_batch(srv->store, now, RETENTION_BATCH_JOBS, &srv->sweep, artifact_gone, srv, &err);
+    if (n < 0) {
+        LOG_ERROR(srv->log, "retention sweep failed: %s", err.msg);
+        return 0;
+    }
+    if (n > 0) {
+        if (locod_store_reclaim(srv->store, RETENTION_RECLAIM_PAGES, &err) < 0)
+            LOG_WARN(srv->log, "retention: cannot give the job store's free pages back: %s", err.msg);
+        locod_server_changed(srv);
+    }
+    locod_store_touched(srv);
+    return !srv->sweep.done;
+}
+
+/* Under mu: the end of a pass: old tombstones go, and the pass is summed up in the log. */
+static void retention_finish(locod_server *srv, int64_t now) {
+    prune_tombstones(srv, now);
+    locod_store_touched(srv);
+    if (srv->sweep.purged) LOG_INFO(srv->log, "retention: purged %lld finished job(s)", (long long)srv->sweep.purged);
+    if (srv->sweep.kept)
+        LOG_WARN(srv->log,
+                 "retention: the job store cannot write (disk full): %lld expired job(s) keep their rows until a "
+                 "write succeeds; %lld artifact file(s) only they used were deleted to free space",
+                 (long long)srv->sweep.kept, (long long)srv->sweep.freed);
+}
+
+/* Loop thread: start a pass when one is due, and run a few batches of it. */
+static void retention_tick(locod_server *srv, int64_t now) {
+    if (!srv->sweep_active) {
+        if (now < srv->next_sweep_ms) return;
+        srv->next_sweep_ms = now + (int64_t)srv->cfg->retention_sweep_s * 1000;
+        memset(&srv->sweep, 0, sizeof srv->sweep);
+        srv->sweep_active = 1;
+    }
+    int more = 1;
+    for (int i = 0; i < RETENTION_BATCHES_PER_TICK && more; i++) {
+        pthread_mutex_lock(&srv->mu);
+        more = retention_batch(srv, now);
+        if (!more) retention_finish(srv, now);
+        pthread_mutex_unlock(&srv->mu);
+    }
+    srv->sweep_active = more;
+}
+
 static void on_tick(uv_timer_t *t) {
     locod_server *srv = t->data;
     locod_worker_tick(srv);
-    int64_t now = locod_now_ms();
-    if (now >= srv->next_sweep_ms) {
-        srv->next_sweep_ms = now + (int64_t)srv->cfg->retention_sweep_s * 1000;
-        loco_err err;
-        loco_err_clear(&err);
-        pthread_mutex_lock(&srv->mu);
-        int n = locod_store_purge(srv->store, now, artifact_gone, srv, &err);
-        prune_tombstones(srv, now);
-        locod_store_touched(srv);
-        if (n > 0) {
-            LOG_INFO(srv->log, "retention: purged %d finished job(s)", n);
-            locod_server_changed(srv);
-        } else if (n < 0) {
-            LOG_ERROR(srv->log, "retention sweep failed: %s", err.msg);
-        }
-        pthread_mutex_unlock(&srv->mu);
-    }
+    retention_tick(srv, locod_now_ms());
 }
 
 /* After a graceful stop the worker is gone: the job it was running goes back to the queue and
@@ -298,6 +342,21 @@ static int mkdir_p(const char *path) {
             *p = '/';
         }
     return mkdir(buf, 0755) && errno != EEXIST ? -1 : 0;
+}
+
+/* A store from before auto_vacuum never shrinks: rewrite it once (store.h). Not fatal: the
+ * daemon works as before without it, and the next start tries again. */
+static void enable_auto_vacuum(locod_server *srv) {
+    loco_err err;
+    loco_err_clear(&err);
+    int64_t t0 = locod_now_ms();
+    int r = locod_store_enable_auto_vacuum(srv->store, &err);
+    if (r > 0)
+        LOG_INFO(srv->log, "job store rewritten once with auto_vacuum, so retention can shrink it (%lld ms)",
+                 (long long)(locod_now_ms() - t0));
+    else if (r < 0)
+        LOG_WARN(srv->log, "job store: cannot turn on auto_vacuum (the file will not shrink; tried again at the "
+                           "next start): %s", err.msg);
 }
 
 static void requeue_row(void *ctx, const locod_job_row *row) {
@@ -364,6 +423,7 @@ loco_status locod_server_create(const locod_config *cfg, loco_log *log, const ch
     char db[PATH_MAX];
     snprintf(db, sizeof db, "%s/jobs.sqlite3", cfg->data_dir);
     if ((st = locod_store_open(db, &srv->store, err))) goto fail;
+    enable_auto_vacuum(srv);
     int requeued = 0;
     int recovered = locod_store_recover(srv->store, locod_now_ms(), cfg->job_retention_s * 1000, &requeued, err);
     if (recovered < 0) {

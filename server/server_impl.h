@@ -65,6 +65,8 @@ struct locod_server {
     uv_timer_t tick;
     uv_signal_t sigint, sigterm;
     int64_t next_sweep_ms;
+    int sweep_active;        /* a retention pass is under way (over several ticks) */
+    locod_purge_pass sweep;  /* its cursor and counts */
     locod_worker *worker;
 
     pthread_mutex_t mu;

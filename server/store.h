@@ -98,10 +98,43 @@ int locod_store_requeue_running(locod_store *s, loco_err *err);
  * re-queued) or -1. */
 int locod_store_recover(locod_store *s, int64_t now_ms, int64_t retention_ms, int *requeued, loco_err *err);
 
-/* Purge terminal jobs whose expires_ms <= now: leave tombstones, drop their artifact links,
- * and call gone(ctx, sha) for each artifact no longer linked to any job. Returns jobs purged. */
+/* ---- retention ----
+ * A pass purges terminal jobs whose expires_ms <= now in bounded batches, each its own
+ * transaction, so the caller can release its lock between batches (a pass over 100,000 expired
+ * jobs must not hold the server's lock for seconds). Zero-initialise a pass, then call
+ * locod_store_purge_batch until pass.done. A purged job leaves a tombstone, its artifact links go,
+ * and gone(ctx, sha) is called for each artifact that no job (and no variant) links any more.
+ *
+ * Full disk: deleting rows is a write (tombstones, WAL), so on a full disk it fails and no file
+ * would ever be deleted, no space would come back. When a batch's transaction fails with
+ * "database or disk is full", gone() is still called for the artifacts that only expired jobs
+ * link (a read-only query), the rows stay, and the pass moves on; a later pass deletes the rows
+ * once writes work again. Until then an expired job (still readable, it is past its retention)
+ * may link an artifact that answers 404: a client may lose an expired job's artifacts at any
+ * time anyway, and without this the disk never frees up. An artifact that a live job or a
+ * recorded variant uses is never passed to gone(). */
+typedef struct locod_purge_pass {
+    int started;                        /* the cursor below is set */
+    int64_t after_expires_ms, after_seq; /* cursor: the last job a batch looked at */
+    int done;                           /* no expired job after the cursor */
+    int64_t purged;                     /* jobs deleted by this pass */
+    int64_t kept;                       /* expired jobs whose rows a full disk kept */
+    int64_t freed;                      /* artifacts passed to gone() although their rows stayed */
+} locod_purge_pass;
 typedef void (*locod_sha_fn)(void *ctx, const char *sha);
+/* At most `limit` jobs. Returns the jobs purged by this batch (0 when a full disk kept them,
+ * see pass->kept) or -1 on any other error (err says which; the pass stays where it was). */
+int locod_store_purge_batch(locod_store *s, int64_t now_ms, int limit, locod_purge_pass *pass, locod_sha_fn gone,
+                            void *ctx, loco_err *err);
+/* A whole pass at once (start-up, tests). Returns the jobs purged or -1. */
 int locod_store_purge(locod_store *s, int64_t now_ms, locod_sha_fn gone, void *ctx, loco_err *err);
+/* Give at most max_pages free pages back to the file system (PRAGMA incremental_vacuum; the
+ * file shrinks at the next checkpoint). Returns the pages given back or -1. */
+int locod_store_reclaim(locod_store *s, int max_pages, loco_err *err);
+/* A store created before auto_vacuum=INCREMENTAL was set never shrinks: rewrite it once with it
+ * (VACUUM). Returns 1 when converted, 0 when there was nothing to do, -1 on error (the store
+ * stays usable as it was). Call at start, before any transaction. */
+int locod_store_enable_auto_vacuum(locod_store *s, loco_err *err);
 /* Drop the tombstones of jobs purged before before_ms (those ids then answer 404, not 410), so
  * the expired_jobs table stays bounded by the purge rate x retention.tombstones_s. Returns how
  * many were dropped or -1. */
@@ -147,6 +180,17 @@ loco_status locod_store_resident_set(locod_store *s, const char *name, int resid
 typedef void (*locod_name_fn)(void *ctx, const char *name);
 /* Every resident model, in the order they were loaded. Returns the count or -1. */
 int locod_store_residents_each(locod_store *s, locod_name_fn fn, void *ctx, loco_err *err);
+
+/* Readiness: 1 when the store's last write failed with a storage error (disk full, I/O error,
+ * read-only file, ...), why (n bytes) saying which; 0 once a later write has been committed. */
+int locod_store_write_failure(const locod_store *s, char *why, size_t n);
+
+/* Diagnostics and tests: the query plan (EXPLAIN QUERY PLAN, one line per step) of the list
+ * query for these filters. Returns 0 or -1. */
+int locod_store_list_plan(locod_store *s, const locod_job_filter *f, char *plan, size_t n, loco_err *err);
+/* Tests: cap the file at max_pages pages (0: its present size), so that a write that needs a new
+ * page fails with "database or disk is full" as on a full disk. Returns the previous cap or -1. */
+int64_t locod_store_cap_pages(locod_store *s, int64_t max_pages);
 
 /* Counts per state (array of LOCO_JOB_STATE_COUNT). */
 int locod_store_count_states(locod_store *s, int64_t counts[LOCO_JOB_STATE_COUNT]);

@@ -1,16 +1,10 @@
 /* store_sqlite.c: the job store on SQLite (see store.h for the contract and the PostgreSQL
  * mapping). */
-#include "store.h"
-
-#include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-struct locod_store {
-    sqlite3 *db;
-    int grouped; /* a group-commit transaction is open */
-};
+#include "store_impl.h"
 
 static const char *const schema =
     "CREATE TABLE IF NOT EXISTS jobs ("
@@ -41,6 +35,7 @@ static const char *const schema =
     "CREATE UNIQUE INDEX IF NOT EXISTS jobs_idem ON jobs(key_id, idem_key) WHERE idem_key IS NOT NULL;"
     "CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, seq);"
     "CREATE INDEX IF NOT EXISTS jobs_key ON jobs(key_id, seq);"
+    "CREATE INDEX IF NOT EXISTS jobs_kind ON jobs(kind, seq);" /* GET /v1/jobs?kind=, newest first */
     "CREATE INDEX IF NOT EXISTS jobs_expires ON jobs(expires_ms) WHERE expires_ms IS NOT NULL;"
     "CREATE TABLE IF NOT EXISTS expired_jobs (id TEXT PRIMARY KEY, expired_ms INTEGER NOT NULL);"
     "CREATE INDEX IF NOT EXISTS expired_jobs_ms ON expired_jobs(expired_ms);" /* tombstone pruning */
@@ -56,8 +51,80 @@ static const char *const schema =
     "CREATE INDEX IF NOT EXISTS variants_delta ON variants(delta_sha256);"
     "CREATE TABLE IF NOT EXISTS resident_models (name TEXT PRIMARY KEY, since_ms INTEGER NOT NULL);";
 
-static loco_status db_err(locod_store *s, loco_err *err, const char *what) {
+loco_status locod_sq_err(locod_store *s, loco_err *err, const char *what) {
     return loco_err_set(err, LOCO_EIO, "job store: %s: %s", what, sqlite3_errmsg(s->db));
+}
+
+int locod_sq_exec(locod_store *s, const char *sql, loco_err *err) {
+    char *msg = NULL;
+    if (sqlite3_exec(s->db, sql, NULL, NULL, &msg) != SQLITE_OK) {
+        loco_err_set(err, LOCO_EIO, "job store: %s: %s", sql, msg ? msg : "?");
+        sqlite3_free(msg);
+        return -1;
+    }
+    return 0;
+}
+
+void locod_sq_undo_savepoint(locod_store *s, const char *name) {
+    char sql[128];
+    snprintf(sql, sizeof sql, "ROLLBACK TO %s; RELEASE %s", name, name);
+    sqlite3_exec(s->db, sql, NULL, NULL, NULL);
+}
+
+int locod_sq_release(locod_store *s, const char *name, loco_err *err) {
+    char sql[64];
+    snprintf(sql, sizeof sql, "RELEASE %s", name);
+    if (locod_sq_exec(s, sql, err)) {
+        int rc = sqlite3_extended_errcode(s->db);
+        locod_sq_note_failure(s);
+        locod_sq_undo_savepoint(s, name);
+        return rc ? rc : SQLITE_ERROR;
+    }
+    locod_sq_note_success(s);
+    return 0;
+}
+
+/* The codes that say the database cannot take writes (as opposed to a refused row or a bug). */
+static int storage_failure(int rc) {
+    switch (rc & 0xff) {
+    case SQLITE_FULL: case SQLITE_IOERR: case SQLITE_READONLY: case SQLITE_CORRUPT: case SQLITE_NOTADB:
+    case SQLITE_CANTOPEN: case SQLITE_BUSY: case SQLITE_LOCKED: case SQLITE_PROTOCOL:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+void locod_sq_note_failure(locod_store *s) {
+    int rc = sqlite3_extended_errcode(s->db);
+    if (!storage_failure(rc)) return;
+    s->write_rc = rc;
+    snprintf(s->write_error, sizeof s->write_error, "%s", sqlite3_errmsg(s->db));
+}
+
+void locod_sq_note_success(locod_store *s) {
+    if (sqlite3_get_autocommit(s->db)) s->write_rc = SQLITE_OK;
+}
+
+int locod_store_write_failure(const locod_store *s, char *why, size_t n) {
+    if (s->write_rc == SQLITE_OK) return 0;
+    if ((s->write_rc & 0xff) == SQLITE_FULL) snprintf(why, n, "disk full (%s)", s->write_error);
+    else snprintf(why, n, "%s", s->write_error);
+    return 1;
+}
+
+int64_t locod_store_cap_pages(locod_store *s, int64_t max_pages) {
+    sqlite3_stmt *st;
+    int64_t prev = -1, pages = max_pages;
+    if (sqlite3_prepare_v2(s->db, "PRAGMA page_count", -1, &st, NULL) != SQLITE_OK) return -1;
+    if (sqlite3_step(st) == SQLITE_ROW && pages == 0) pages = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    if (sqlite3_prepare_v2(s->db, "PRAGMA max_page_count", -1, &st, NULL) != SQLITE_OK) return -1;
+    if (sqlite3_step(st) == SQLITE_ROW) prev = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    char sql[64];
+    snprintf(sql, sizeof sql, "PRAGMA max_page_count=%lld", (long long)pages);
+    return prev < 0 || sqlite3_exec(s->db, sql, NULL, NULL, NULL) != SQLITE_OK ? -1 : prev;
 }
 
 loco_status locod_store_open(const char *path, locod_store **out, loco_err *err) {
@@ -72,7 +139,11 @@ loco_status locod_store_open(const char *path, locod_store **out, loco_err *err)
     }
     sqlite3_busy_timeout(s->db, 5000);
     char *msg = NULL;
-    if (sqlite3_exec(s->db, "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;", NULL, NULL, &msg) != SQLITE_OK ||
+    /* auto_vacuum first: it only takes effect before the first table exists (a new store);
+     * with it a purge's free pages can be given back (locod_store_reclaim) and the file shrinks.
+     * An older store ignores it here: see locod_store_enable_auto_vacuum. */
+    if (sqlite3_exec(s->db, "PRAGMA auto_vacuum=INCREMENTAL; PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;",
+                     NULL, NULL, &msg) != SQLITE_OK ||
         sqlite3_exec(s->db, schema, NULL, NULL, &msg) != SQLITE_OK) {
         loco_err_set(err, LOCO_EIO, "job store %s: %s", path, msg ? msg : "?");
         sqlite3_free(msg);
@@ -119,7 +190,7 @@ loco_status locod_store_insert(locod_store *s, locod_job_row *r, loco_err *err) 
     sqlite3_stmt *st;
     const char *sql = "INSERT INTO jobs (id, kind, state, model, key_id, params, retry_on_restart, created_ms, "
                       "idem_key, req_hash) VALUES (?,?,?,?,?,?,?,?,?,?)";
-    if (sqlite3_prepare_v2(s->db, sql, -1, &st, NULL) != SQLITE_OK) return db_err(s, err, "insert");
+    if (sqlite3_prepare_v2(s->db, sql, -1, &st, NULL) != SQLITE_OK) return locod_sq_err(s, err, "insert");
     sqlite3_bind_text(st, 1, r->id, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 2, loco_job_kind_name(r->kind), -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 3, loco_job_state_name(r->state), -1, SQLITE_STATIC);
@@ -132,7 +203,11 @@ loco_status locod_store_insert(locod_store *s, locod_job_row *r, loco_err *err) 
     bind_text_or_null(st, 10, r->req_hash);
     int rc = sqlite3_step(st);
     sqlite3_finalize(st);
-    if (rc != SQLITE_DONE) return db_err(s, err, "insert");
+    if (rc != SQLITE_DONE) {
+        locod_sq_note_failure(s);
+        return locod_sq_err(s, err, "insert");
+    }
+    locod_sq_note_success(s);
     r->seq = sqlite3_last_insert_rowid(s->db);
     return LOCO_OK;
 }
@@ -185,7 +260,7 @@ static int get_one(locod_store *s, sqlite3_stmt *st, locod_job_row *r, loco_err 
         read_row(st, r);
         found = 1;
     } else if (rc != SQLITE_DONE) {
-        db_err(s, err, "select");
+        locod_sq_err(s, err, "select");
         found = -1;
     }
     sqlite3_finalize(st);
@@ -195,7 +270,7 @@ static int get_one(locod_store *s, sqlite3_stmt *st, locod_job_row *r, loco_err 
 int locod_store_get(locod_store *s, const char *id, locod_job_row *r, loco_err *err) {
     sqlite3_stmt *st;
     if (sqlite3_prepare_v2(s->db, "SELECT " COLS " FROM jobs WHERE id = ?", -1, &st, NULL) != SQLITE_OK) {
-        db_err(s, err, "get");
+        locod_sq_err(s, err, "get");
         return -1;
     }
     sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
@@ -207,7 +282,7 @@ int locod_store_find_idempotent(locod_store *s, const char *key_id, const char *
     sqlite3_stmt *st;
     if (sqlite3_prepare_v2(s->db, "SELECT " COLS " FROM jobs WHERE key_id = ? AND idem_key = ?", -1, &st, NULL) !=
         SQLITE_OK) {
-        db_err(s, err, "idempotency lookup");
+        locod_sq_err(s, err, "idempotency lookup");
         return -1;
     }
     sqlite3_bind_text(st, 1, key_id, -1, SQLITE_STATIC);
@@ -224,14 +299,27 @@ int locod_store_is_expired(locod_store *s, const char *id) {
     return found;
 }
 
+/* Steps a write statement to its end: 1 when it changed rows, 0 when none, -1 on error. */
 static int exec_changes(locod_store *s, sqlite3_stmt *st, loco_err *err, const char *what) {
     int rc = sqlite3_step(st);
     sqlite3_finalize(st);
     if (rc != SQLITE_DONE) {
-        db_err(s, err, what);
+        locod_sq_note_failure(s);
+        locod_sq_err(s, err, what);
         return -1;
     }
+    locod_sq_note_success(s);
     return sqlite3_changes(s->db) > 0;
+}
+
+/* Steps a write statement that returns no rows and finalizes it, noting the outcome for
+ * readiness. Returns SQLite's code (SQLITE_DONE when it worked). */
+static int step_write(locod_store *s, sqlite3_stmt *st) {
+    int rc = sqlite3_step(st);
+    sqlite3_finalize(st);
+    if (rc == SQLITE_DONE) locod_sq_note_success(s);
+    else locod_sq_note_failure(s);
+    return rc;
 }
 
 int locod_store_mark_running(locod_store *s, const char *id, int64_t now, loco_err *err) {
@@ -240,7 +328,7 @@ int locod_store_mark_running(locod_store *s, const char *id, int64_t now, loco_e
                            "UPDATE jobs SET state='running', started_ms=?, attempts=attempts+1 "
                            "WHERE id=? AND state='queued'",
                            -1, &st, NULL) != SQLITE_OK)
-        return db_err(s, err, "mark running"), -1;
+        return locod_sq_err(s, err, "mark running"), -1;
     sqlite3_bind_int64(st, 1, now);
     sqlite3_bind_text(st, 2, id, -1, SQLITE_STATIC);
     return exec_changes(s, st, err, "mark running");
@@ -250,17 +338,39 @@ int locod_store_set_cancel_requested(locod_store *s, const char *id, loco_err *e
     sqlite3_stmt *st;
     if (sqlite3_prepare_v2(s->db, "UPDATE jobs SET cancel_requested=1 WHERE id=? AND state IN ('queued', 'running')",
                            -1, &st, NULL) != SQLITE_OK)
-        return db_err(s, err, "cancel"), -1;
+        return locod_sq_err(s, err, "cancel"), -1;
     sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
     return exec_changes(s, st, err, "cancel");
 }
 
-static int exec_simple(locod_store *s, const char *sql, loco_err *err) {
-    char *msg = NULL;
-    if (sqlite3_exec(s->db, sql, NULL, NULL, &msg) != SQLITE_OK) {
-        loco_err_set(err, LOCO_EIO, "job store: %s: %s", sql, msg ? msg : "?");
-        sqlite3_free(msg);
-        return -1;
+/* Record a finished job's artifacts and link them to it. 0 ok, -1 failed: the caller rolls the
+ * whole finish back, since a job recorded without its links would serve 404 for them and
+ * retention would never delete their files. */
+static int link_artifacts(locod_store *s, const char *id, const json_t *artifacts, int64_t now) {
+    size_t i;
+    json_t *a;
+    json_array_foreach((json_t *)artifacts, i, a) {
+        const char *sha = json_string_value(json_object_get(a, "sha256"));
+        const char *mt = json_string_value(json_object_get(a, "media_type"));
+        json_int_t size = json_integer_value(json_object_get(a, "size"));
+        if (!sha) continue;
+        sqlite3_stmt *a1, *a2;
+        if (sqlite3_prepare_v2(s->db,
+                               "INSERT OR IGNORE INTO artifacts (sha256, size, media_type, created_ms) "
+                               "VALUES (?,?,?,?)",
+                               -1, &a1, NULL) != SQLITE_OK)
+            return -1;
+        sqlite3_bind_text(a1, 1, sha, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(a1, 2, size);
+        sqlite3_bind_text(a1, 3, mt ? mt : "application/octet-stream", -1, SQLITE_STATIC);
+        sqlite3_bind_int64(a1, 4, now);
+        if (step_write(s, a1) != SQLITE_DONE) return -1;
+        if (sqlite3_prepare_v2(s->db, "INSERT OR IGNORE INTO job_artifacts (job_id, sha256) VALUES (?,?)", -1, &a2,
+                               NULL) != SQLITE_OK)
+            return -1;
+        sqlite3_bind_text(a2, 1, id, -1, SQLITE_STATIC);
+        sqlite3_bind_text(a2, 2, sha, -1, SQLITE_STATIC);
+        if (step_write(s, a2) != SQLITE_DONE) return -1;
     }
     return 0;
 }
@@ -268,14 +378,14 @@ static int exec_simple(locod_store *s, const char *sql, loco_err *err) {
 int locod_store_finish(locod_store *s, const char *id, loco_job_state state, int64_t now, int64_t expires,
                        const char *code, const char *message, int retryable, const json_t *result,
                        const json_t *artifacts, loco_err *err) {
-    if (exec_simple(s, "SAVEPOINT finish", err)) return -1;
+    if (locod_sq_exec(s, "SAVEPOINT finish", err)) return -1;
     sqlite3_stmt *st;
     if (sqlite3_prepare_v2(s->db,
                            "UPDATE jobs SET state=?, finished_ms=?, expires_ms=?, error_code=?, error_message=?, "
                            "error_retryable=?, result=?, artifacts=? WHERE id=? AND state IN ('queued','running')",
                            -1, &st, NULL) != SQLITE_OK) {
-        db_err(s, err, "finish");
-        exec_simple(s, "ROLLBACK TO finish; RELEASE finish", NULL);
+        locod_sq_err(s, err, "finish");
+        locod_sq_undo_savepoint(s, "finish");
         return -1;
     }
     sqlite3_bind_text(st, 1, loco_job_state_name(state), -1, SQLITE_STATIC);
@@ -288,56 +398,56 @@ int locod_store_finish(locod_store *s, const char *id, loco_job_state state, int
     bind_json(st, 8, artifacts && json_array_size(artifacts) ? artifacts : NULL);
     sqlite3_bind_text(st, 9, id, -1, SQLITE_STATIC);
     int moved = exec_changes(s, st, err, "finish");
-    if (moved == 1 && artifacts) {
-        size_t i;
-        json_t *a;
-        json_array_foreach((json_t *)artifacts, i, a) {
-            const char *sha = json_string_value(json_object_get(a, "sha256"));
-            const char *mt = json_string_value(json_object_get(a, "media_type"));
-            json_int_t size = json_integer_value(json_object_get(a, "size"));
-            if (!sha) continue;
-            sqlite3_stmt *a1, *a2;
-            sqlite3_prepare_v2(s->db,
-                               "INSERT OR IGNORE INTO artifacts (sha256, size, media_type, created_ms) VALUES (?,?,?,?)",
-                               -1, &a1, NULL);
-            sqlite3_bind_text(a1, 1, sha, -1, SQLITE_STATIC);
-            sqlite3_bind_int64(a1, 2, size);
-            sqlite3_bind_text(a1, 3, mt ? mt : "application/octet-stream", -1, SQLITE_STATIC);
-            sqlite3_bind_int64(a1, 4, now);
-            sqlite3_step(a1);
-            sqlite3_finalize(a1);
-            sqlite3_prepare_v2(s->db, "INSERT OR IGNORE INTO job_artifacts (job_id, sha256) VALUES (?,?)", -1, &a2,
-                               NULL);
-            sqlite3_bind_text(a2, 1, id, -1, SQLITE_STATIC);
-            sqlite3_bind_text(a2, 2, sha, -1, SQLITE_STATIC);
-            sqlite3_step(a2);
-            sqlite3_finalize(a2);
-        }
+    if (moved == 1 && artifacts && link_artifacts(s, id, artifacts, now)) {
+        locod_sq_err(s, err, "finish: artifact links");
+        moved = -1;
     }
     if (moved < 0) {
-        exec_simple(s, "ROLLBACK TO finish; RELEASE finish", NULL);
+        locod_sq_undo_savepoint(s, "finish");
         return -1;
     }
-    if (exec_simple(s, "RELEASE finish", err)) {
-        exec_simple(s, "ROLLBACK TO finish; RELEASE finish", NULL);
-        return -1;
-    }
-    return moved;
+    return locod_sq_release(s, "finish", err) ? -1 : moved;
+}
+
+/* The list query with a term for each filter given and none for the others: a term such as
+ * (?1 IS NULL OR state = ?1) is planned before ?1 is known, so SQLite cannot use jobs_state
+ * for it and scanned the whole table on every page. With plain terms, a state, kind or key
+ * filter walks its (column, seq) index newest first and stops after one page. prefix: "" or
+ * "EXPLAIN QUERY PLAN ". Returns SQLite's code. */
+static int prepare_list(locod_store *s, const locod_job_filter *f, const char *prefix, sqlite3_stmt **st) {
+    char sql[1024];
+    int n = snprintf(sql, sizeof sql, "%sSELECT " COLS " FROM jobs WHERE 1", prefix);
+    if (f->has_state) n += snprintf(sql + n, sizeof sql - (size_t)n, " AND state = ?1");
+    if (f->has_kind) n += snprintf(sql + n, sizeof sql - (size_t)n, " AND kind = ?2");
+    if (f->key_id) n += snprintf(sql + n, sizeof sql - (size_t)n, " AND key_id = ?3");
+    if (f->before_seq) n += snprintf(sql + n, sizeof sql - (size_t)n, " AND seq < ?4");
+    snprintf(sql + n, sizeof sql - (size_t)n, " ORDER BY seq DESC LIMIT ?5");
+    int rc = sqlite3_prepare_v2(s->db, sql, -1, st, NULL);
+    if (rc != SQLITE_OK) return rc;
+    /* numbered parameters: the ones whose term is absent are simply never read */
+    if (f->has_state) sqlite3_bind_text(*st, 1, loco_job_state_name(f->state), -1, SQLITE_STATIC);
+    if (f->has_kind) sqlite3_bind_text(*st, 2, loco_job_kind_name(f->kind), -1, SQLITE_STATIC);
+    if (f->key_id) sqlite3_bind_text(*st, 3, f->key_id, -1, SQLITE_STATIC);
+    if (f->before_seq) sqlite3_bind_int64(*st, 4, f->before_seq);
+    sqlite3_bind_int(*st, 5, f->limit + 1);
+    return SQLITE_OK;
+}
+
+int locod_store_list_plan(locod_store *s, const locod_job_filter *f, char *plan, size_t cap, loco_err *err) {
+    sqlite3_stmt *st;
+    if (prepare_list(s, f, "EXPLAIN QUERY PLAN ", &st) != SQLITE_OK) return locod_sq_err(s, err, "list plan"), -1;
+    size_t n = 0;
+    plan[0] = 0;
+    while (sqlite3_step(st) == SQLITE_ROW && n < cap) /* columns: id, parent, notused, detail */
+        n += (size_t)snprintf(plan + n, cap - n, "%s\n", (const char *)sqlite3_column_text(st, 3));
+    sqlite3_finalize(st);
+    return 0;
 }
 
 int locod_store_list(locod_store *s, const locod_job_filter *f, locod_row_fn fn, void *ctx, int *more,
                      loco_err *err) {
-    char sql[512];
-    snprintf(sql, sizeof sql,
-             "SELECT " COLS " FROM jobs WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR kind = ?2) "
-             "AND (?3 IS NULL OR key_id = ?3) AND (?4 = 0 OR seq < ?4) ORDER BY seq DESC LIMIT ?5");
     sqlite3_stmt *st;
-    if (sqlite3_prepare_v2(s->db, sql, -1, &st, NULL) != SQLITE_OK) return db_err(s, err, "list"), -1;
-    if (f->has_state) sqlite3_bind_text(st, 1, loco_job_state_name(f->state), -1, SQLITE_STATIC);
-    if (f->has_kind) sqlite3_bind_text(st, 2, loco_job_kind_name(f->kind), -1, SQLITE_STATIC);
-    if (f->key_id) sqlite3_bind_text(st, 3, f->key_id, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 4, f->before_seq);
-    sqlite3_bind_int(st, 5, f->limit + 1);
+    if (prepare_list(s, f, "", &st) != SQLITE_OK) return locod_sq_err(s, err, "list"), -1;
     int n = 0, rc;
     *more = 0;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
@@ -352,7 +462,7 @@ int locod_store_list(locod_store *s, const locod_job_filter *f, locod_row_fn fn,
         n++;
     }
     sqlite3_finalize(st);
-    if (rc != SQLITE_ROW && rc != SQLITE_DONE) return db_err(s, err, "list"), -1;
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE) return locod_sq_err(s, err, "list"), -1;
     return n;
 }
 
@@ -360,7 +470,7 @@ int locod_store_each_queued(locod_store *s, locod_row_fn fn, void *ctx, loco_err
     sqlite3_stmt *st;
     if (sqlite3_prepare_v2(s->db, "SELECT " COLS " FROM jobs WHERE state='queued' ORDER BY seq", -1, &st, NULL) !=
         SQLITE_OK)
-        return db_err(s, err, "queued"), -1;
+        return locod_sq_err(s, err, "queued"), -1;
     int n = 0, rc;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         locod_job_row r;
@@ -370,7 +480,7 @@ int locod_store_each_queued(locod_store *s, locod_row_fn fn, void *ctx, loco_err
         n++;
     }
     sqlite3_finalize(st);
-    return rc == SQLITE_DONE ? n : (db_err(s, err, "queued"), -1);
+    return rc == SQLITE_DONE ? n : (locod_sq_err(s, err, "queued"), -1);
 }
 
 int locod_store_requeue_running(locod_store *s, loco_err *err) {
@@ -387,7 +497,7 @@ int locod_store_requeue_running(locod_store *s, loco_err *err) {
 }
 
 int locod_store_recover(locod_store *s, int64_t now, int64_t retention_ms, int *requeued, loco_err *err) {
-    if (exec_simple(s, "SAVEPOINT recover", err)) return -1;
+    if (locod_sq_exec(s, "SAVEPOINT recover", err)) return -1;
     sqlite3_stmt *a, *b;
     sqlite3_prepare_v2(s->db,
                        "UPDATE jobs SET state='queued', started_ms=NULL, cancel_requested=0, worker_id=NULL "
@@ -408,83 +518,13 @@ int locod_store_recover(locod_store *s, int64_t now, int64_t retention_ms, int *
     sqlite3_bind_int64(b, 2, retention_ms);
     int r2 = exec_changes(s, b, err, "recover");
     int n2 = r2 > 0 ? sqlite3_changes(s->db) : 0;
-    if (r1 < 0 || r2 < 0 || exec_simple(s, "RELEASE recover", err)) {
-        exec_simple(s, "ROLLBACK TO recover; RELEASE recover", NULL);
+    if (r1 < 0 || r2 < 0) {
+        locod_sq_undo_savepoint(s, "recover");
         return -1;
     }
+    if (locod_sq_release(s, "recover", err)) return -1;
     if (requeued) *requeued = n1;
     return n1 + n2;
-}
-
-int locod_store_purge(locod_store *s, int64_t now, locod_sha_fn gone, void *ctx, loco_err *err) {
-    if (exec_simple(s, "SAVEPOINT purge", err)) return -1;
-    sqlite3_stmt *st;
-    int n = 0;
-    /* artifacts linked only to expiring jobs */
-    sqlite3_prepare_v2(s->db,
-                       "SELECT DISTINCT ja.sha256 FROM job_artifacts ja JOIN jobs j ON j.id = ja.job_id "
-                       "WHERE j.expires_ms IS NOT NULL AND j.expires_ms <= ?1 AND NOT EXISTS ("
-                       "  SELECT 1 FROM job_artifacts jb JOIN jobs k ON k.id = jb.job_id WHERE jb.sha256 = ja.sha256 "
-                       "  AND (k.expires_ms IS NULL OR k.expires_ms > ?1)) "
-                       /* a live variant is re-created from its delta after every restart */
-                       "AND NOT EXISTS (SELECT 1 FROM variants v WHERE v.delta_sha256 = ja.sha256)",
-                       -1, &st, NULL);
-    sqlite3_bind_int64(st, 1, now);
-    char (*shas)[65] = NULL;
-    size_t nsha = 0;
-    while (sqlite3_step(st) == SQLITE_ROW) {
-        shas = realloc(shas, (nsha + 1) * sizeof *shas);
-        snprintf(shas[nsha++], 65, "%s", (const char *)sqlite3_column_text(st, 0));
-    }
-    sqlite3_finalize(st);
-    const char *stmts[] = {
-        "INSERT OR IGNORE INTO expired_jobs (id, expired_ms) SELECT id, ?1 FROM jobs "
-        "WHERE expires_ms IS NOT NULL AND expires_ms <= ?1 AND state IN ('succeeded','failed','cancelled')",
-        "DELETE FROM job_artifacts WHERE job_id IN (SELECT id FROM jobs WHERE expires_ms IS NOT NULL AND "
-        "expires_ms <= ?1 AND state IN ('succeeded','failed','cancelled'))",
-        "DELETE FROM jobs WHERE expires_ms IS NOT NULL AND expires_ms <= ?1 AND "
-        "state IN ('succeeded','failed','cancelled')",
-    };
-    for (int i = 0; i < 3; i++) {
-        sqlite3_prepare_v2(s->db, stmts[i], -1, &st, NULL);
-        sqlite3_bind_int64(st, 1, now);
-        if (sqlite3_step(st) != SQLITE_DONE) {
-            db_err(s, err, "purge");
-            sqlite3_finalize(st);
-            exec_simple(s, "ROLLBACK TO purge; RELEASE purge", NULL);
-            free(shas);
-            return -1;
-        }
-        if (i == 2) n = sqlite3_changes(s->db);
-        sqlite3_finalize(st);
-    }
-    for (size_t i = 0; i < nsha; i++) {
-        sqlite3_prepare_v2(s->db, "DELETE FROM artifacts WHERE sha256 = ?", -1, &st, NULL);
-        sqlite3_bind_text(st, 1, shas[i], -1, SQLITE_STATIC);
-        sqlite3_step(st);
-        sqlite3_finalize(st);
-    }
-    if (exec_simple(s, "RELEASE purge", err)) {
-        exec_simple(s, "ROLLBACK TO purge; RELEASE purge", NULL);
-        free(shas);
-        return -1;
-    }
-    for (size_t i = 0; i < nsha && gone; i++) gone(ctx, shas[i]);
-    free(shas);
-    return n;
-}
-
-int locod_store_prune_tombstones(locod_store *s, int64_t before_ms, loco_err *err) {
-    sqlite3_stmt *st;
-    if (sqlite3_prepare_v2(s->db, "DELETE FROM expired_jobs WHERE expired_ms < ?", -1, &st, NULL) != SQLITE_OK) {
-        db_err(s, err, "tombstone pruning");
-        return -1;
-    }
-    sqlite3_bind_int64(st, 1, before_ms);
-    int rc = sqlite3_step(st) == SQLITE_DONE ? sqlite3_changes(s->db) : -1;
-    if (rc < 0) db_err(s, err, "tombstone pruning");
-    sqlite3_finalize(st);
-    return rc;
 }
 
 int locod_store_artifact(locod_store *s, const char *sha, uint64_t *size, char *mt, size_t mt_len) {
@@ -541,7 +581,7 @@ loco_status locod_store_variant_put(locod_store *s, const locod_variant_row *v, 
     sqlite3_stmt *st;
     const char *sql = "INSERT OR REPLACE INTO variants (name, base, delta_sha256, job_id, edit, created_ms) "
                       "VALUES (?,?,?,?,?,?)";
-    if (sqlite3_prepare_v2(s->db, sql, -1, &st, NULL) != SQLITE_OK) return db_err(s, err, "variant insert");
+    if (sqlite3_prepare_v2(s->db, sql, -1, &st, NULL) != SQLITE_OK) return locod_sq_err(s, err, "variant insert");
     sqlite3_bind_text(st, 1, v->name, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 2, v->base, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 3, v->delta_sha256, -1, SQLITE_STATIC);
@@ -549,9 +589,7 @@ loco_status locod_store_variant_put(locod_store *s, const locod_variant_row *v, 
     if (v->edit) bind_json(st, 5, v->edit);
     else sqlite3_bind_text(st, 5, "{}", -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 6, v->created_ms);
-    int rc = sqlite3_step(st);
-    sqlite3_finalize(st);
-    return rc == SQLITE_DONE ? LOCO_OK : db_err(s, err, "variant insert");
+    return step_write(s, st) == SQLITE_DONE ? LOCO_OK : locod_sq_err(s, err, "variant insert");
 }
 
 /* 1 when sha is still needed: linked to a job or the delta of another variant. */
@@ -587,14 +625,12 @@ int locod_store_variant_delete(locod_store *s, const char *name, char orphan_sha
     sqlite3_stmt *st;
     if (variant_delta(s, name, sha) ||
         sqlite3_prepare_v2(s->db, "DELETE FROM variants WHERE name = ?", -1, &st, NULL) != SQLITE_OK) {
-        db_err(s, err, "variant delete");
+        locod_sq_err(s, err, "variant delete");
         return -1;
     }
     sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
-    int rc = sqlite3_step(st);
-    sqlite3_finalize(st);
-    if (rc != SQLITE_DONE) {
-        db_err(s, err, "variant delete");
+    if (step_write(s, st) != SQLITE_DONE) {
+        locod_sq_err(s, err, "variant delete");
         return -1;
     }
     if (!sha[0]) return 0;
@@ -616,7 +652,7 @@ int locod_store_variants_each(locod_store *s, locod_variant_fn fn, void *ctx, lo
                            "SELECT name, base, delta_sha256, job_id, edit, created_ms FROM variants "
                            "ORDER BY created_ms, name",
                            -1, &st, NULL) != SQLITE_OK) {
-        db_err(s, err, "variant list");
+        locod_sq_err(s, err, "variant list");
         return -1;
     }
     int n = 0, rc;
@@ -635,7 +671,7 @@ int locod_store_variants_each(locod_store *s, locod_variant_fn fn, void *ctx, lo
     }
     sqlite3_finalize(st);
     if (rc != SQLITE_DONE) {
-        db_err(s, err, "variant list");
+        locod_sq_err(s, err, "variant list");
         return -1;
     }
     return n;
@@ -645,7 +681,10 @@ int locod_store_variants_each(locod_store *s, locod_variant_fn fn, void *ctx, lo
 
 int locod_store_group_begin(locod_store *s, loco_err *err) {
     if (s->grouped) return 0;
-    if (exec_simple(s, "BEGIN IMMEDIATE", err)) return -1;
+    if (locod_sq_exec(s, "BEGIN IMMEDIATE", err)) {
+        locod_sq_note_failure(s);
+        return -1;
+    }
     s->grouped = 1;
     return 0;
 }
@@ -655,10 +694,12 @@ int locod_store_in_group(const locod_store *s) { return s->grouped; }
 int locod_store_group_commit(locod_store *s, loco_err *err) {
     if (!s->grouped) return 0;
     s->grouped = 0;
-    if (exec_simple(s, "COMMIT", err)) {
-        exec_simple(s, "ROLLBACK", NULL);
+    if (locod_sq_exec(s, "COMMIT", err)) {
+        locod_sq_note_failure(s);
+        locod_sq_exec(s, "ROLLBACK", NULL);
         return -1;
     }
+    locod_sq_note_success(s);
     return 0;
 }
 
@@ -666,19 +707,17 @@ loco_status locod_store_resident_set(locod_store *s, const char *name, int resid
     sqlite3_stmt *st;
     const char *sql = resident ? "INSERT OR IGNORE INTO resident_models (name, since_ms) VALUES (?, ?)"
                                : "DELETE FROM resident_models WHERE name = ?";
-    if (sqlite3_prepare_v2(s->db, sql, -1, &st, NULL) != SQLITE_OK) return db_err(s, err, "resident model");
+    if (sqlite3_prepare_v2(s->db, sql, -1, &st, NULL) != SQLITE_OK) return locod_sq_err(s, err, "resident model");
     sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
     if (resident) sqlite3_bind_int64(st, 2, now_ms);
-    int rc = sqlite3_step(st);
-    sqlite3_finalize(st);
-    return rc == SQLITE_DONE ? LOCO_OK : db_err(s, err, "resident model");
+    return step_write(s, st) == SQLITE_DONE ? LOCO_OK : locod_sq_err(s, err, "resident model");
 }
 
 int locod_store_residents_each(locod_store *s, locod_name_fn fn, void *ctx, loco_err *err) {
     sqlite3_stmt *st;
     if (sqlite3_prepare_v2(s->db, "SELECT name FROM resident_models ORDER BY since_ms, name", -1, &st, NULL) !=
         SQLITE_OK) {
-        db_err(s, err, "resident models");
+        locod_sq_err(s, err, "resident models");
         return -1;
     }
     int n = 0, rc;
@@ -690,7 +729,7 @@ int locod_store_residents_each(locod_store *s, locod_name_fn fn, void *ctx, loco
     }
     sqlite3_finalize(st);
     if (rc != SQLITE_DONE) {
-        db_err(s, err, "resident models");
+        locod_sq_err(s, err, "resident models");
         return -1;
     }
     return n;

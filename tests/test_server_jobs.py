@@ -498,6 +498,64 @@ def test_retention_prunes_tombstones(tmp_path):
             db.close()
 
 
+def _mount_tmpfs(path, size):
+    """Mount a small tmpfs (needs root; the unit tests in test_server_store.c cover the store
+    without it)."""
+    import subprocess
+    path.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small file system needs root")
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)]).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+
+
+def _fill(path):
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT)
+    try:
+        while True:
+            os.write(fd, b"x" * 65536)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def test_retention_frees_space_on_a_full_disk_and_readyz_says_so(tmp_path):
+    """On a full disk the purge cannot write, so it deletes the files only expired jobs use
+    anyway; /readyz is 503 while the store cannot write and 200 again once a write succeeds; the
+    rows go once the disk has room."""
+    import subprocess
+    d = Daemon(tmp_path, "full", extra={"retention": {"jobs_s": 3, "sweep_interval_s": 1}})
+    _mount_tmpfs(d.data, "6m")
+    try:
+        d.start()
+        jobs = [d.wait(d.submit(tiny_generate(steps=1, seed=i))["id"]) for i in range(3)]
+        files = [d.data / "artifacts" / j["result"]["images"][0]["sha256"][:2] / j["result"]["images"][0]["sha256"]
+                 for j in jobs]
+        assert all(f.exists() for f in files)
+        _fill(d.data / "filler")
+        reasons, deadline = set(), time.time() + 30
+        while any(f.exists() for f in files) or not reasons:
+            assert time.time() < deadline, f"files {[f.exists() for f in files]}, reasons {reasons}"
+            d.post("/v1/jobs", tiny_generate(steps=1, seed=99))  # a write that may fail
+            r = d.get("/readyz")
+            if r.status_code == 503:
+                reasons.update(r.json()["reasons"])
+            time.sleep(0.2)
+        assert "the job store is failing: disk full (database or disk is full)" in reasons, reasons
+        (d.data / "filler").unlink()
+        deadline = time.time() + 20
+        while [d.get(f"/v1/jobs/{j['id']}").status_code for j in jobs] != [410] * 3 or \
+                d.get("/readyz").status_code != 200:
+            assert time.time() < deadline, d.get("/readyz").json()
+            time.sleep(0.2)
+        d.stop()
+    finally:
+        if d.proc and d.proc.poll() is None:
+            d.stop()
+        subprocess.run(["umount", str(d.data)])
+
+
 def test_edit_and_clip_skip_checked_against_the_model_before_acceptance(tmp_path):
     """What only the model can say (its layer count, its text encoders' depth) is checked when
     the job is posted, not by a job that is accepted and then fails."""
