@@ -11,6 +11,9 @@
 
 #include "auth.h"
 
+/* The per-address connection limit when the config gives none (see per_ip_within_connections). */
+static int default_per_ip(int max_connections) { return max_connections - max_connections / 4; }
+
 void locod_config_init(locod_config *c) {
     memset(c, 0, sizeof *c);
     snprintf(c->listen_host, sizeof c->listen_host, "127.0.0.1");
@@ -26,7 +29,7 @@ void locod_config_init(locod_config *c) {
     c->max_pending_per_key = 256;
     c->max_connections = 1024;
     c->max_sse_streams = c->max_connections / 2;
-    c->max_connections_per_ip = c->max_connections / 2;
+    c->max_connections_per_ip = default_per_ip(c->max_connections);
     c->http_threads = 4;
     c->job_retention_s = 7 * 24 * 3600;
     c->retention_sweep_s = 60;
@@ -286,18 +289,28 @@ static loco_status sse_streams_within_connections(locod_config *c, loco_err *err
 }
 
 /* One client address must not be able to hold every connection (a slow client trickling its
- * headers would lock everyone else out): by default it gets half of them, which still leaves a
- * front proxy, whose connections all come from one address, half the server. */
+ * headers would lock everyone else out): by default it gets three quarters of them
+ * (default_per_ip), which stays above the event-stream cap (half), because a single address is
+ * common (a front proxy, or every client on loopback) and it must be able to poll and cancel,
+ * and to be told 503 too_many_streams, while it holds the most streams the server serves. */
 static loco_status per_ip_within_connections(locod_config *c, loco_err *err) {
     if (!c->per_ip_explicit) {
-        c->max_connections_per_ip = c->max_connections / 2;
+        c->max_connections_per_ip = default_per_ip(c->max_connections);
+        if (c->max_sse_streams && c->max_connections_per_ip <= c->max_sse_streams) /* an explicit stream cap */
+            c->max_connections_per_ip = c->max_sse_streams + 1; /* <= max_connections: the cap is below it */
         return LOCO_OK;
     }
     if (c->max_connections_per_ip > c->max_connections)
         return loco_err_set(err, LOCO_EINVAL,
                             "config: 'limits.max_connections_per_ip' (%d) must not be above 'limits.max_connections' "
-                            "(%d); 0 means no per-address limit, and leaving it out gives max_connections / 2",
+                            "(%d); 0 means no per-address limit, and leaving it out gives 3/4 of max_connections",
                             c->max_connections_per_ip, c->max_connections);
+    if (c->max_connections_per_ip && c->max_connections_per_ip <= c->max_sse_streams)
+        return loco_err_set(err, LOCO_EINVAL,
+                            "config: 'limits.max_connections_per_ip' (%d) must be above 'limits.max_sse_streams' (%d): "
+                            "one address holding the most event streams must still be able to poll and cancel; "
+                            "raise it or lower max_sse_streams",
+                            c->max_connections_per_ip, c->max_sse_streams);
     return LOCO_OK;
 }
 
@@ -305,8 +318,11 @@ void locod_config_lower_connections(locod_config *c, int n) {
     if (n >= c->max_connections) return;
     c->max_connections = n;
     if (!c->sse_streams_explicit || c->max_sse_streams >= n) c->max_sse_streams = n / 2;
-    if (!c->per_ip_explicit) c->max_connections_per_ip = n / 2;
+    if (!c->per_ip_explicit) c->max_connections_per_ip = default_per_ip(n);
     else if (c->max_connections_per_ip > n) c->max_connections_per_ip = n;
+    /* keep an explicit per-address limit above the stream cap, as the config check asks */
+    if (c->max_connections_per_ip && c->max_sse_streams >= c->max_connections_per_ip)
+        c->max_sse_streams = c->max_connections_per_ip / 2;
 }
 
 loco_status locod_config_parse(locod_config *c, const char *text, const char *base, loco_err *err) {

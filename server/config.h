@@ -47,7 +47,7 @@ typedef struct locod_config {
     int max_pending_per_key;  /* queued + running per key: beyond -> 429 + Retry-After */
     int max_sse_streams;      /* event streams (503 beyond); default max_connections / 2 */
     int max_connections;      /* simultaneous connections; may be lowered at start to fit the open-file limit */
-    int max_connections_per_ip; /* from one client address; 0: no limit; default max_connections / 2 */
+    int max_connections_per_ip; /* from one client address; 0: no limit; default 3/4 of max_connections */
     /* whether the two above were given in the file: values left out follow max_connections when
      * start-up lowers it (locod_config_lower_connections) */
     int sse_streams_explicit, per_ip_explicit;

@@ -63,6 +63,14 @@ static int etag_matches(const char *list, const char *etag) {
 static int open_error_is_missing(int e) { return e == ENOENT || e == ENOTDIR || e == ELOOP; }
 
 static enum MHD_Result artifact_unavailable(locod_req *r, const char *sha, int e) {
+    if (e == EACCES || e == EPERM) { /* the store's permissions: an operator's fix, not a retry's */
+        LOG_ERROR(r->srv->log, "cannot open artifact %s: %s (check the owner and mode of the data dir)", sha,
+                  strerror(e));
+        return locod_problem(r, 500, "internal_error", NULL, NULL,
+                             "artifact %s is stored but the server may not read it (%s); this needs the server's "
+                             "operator, retrying will not help",
+                             sha, strerror(e));
+    }
     char ra[16];
     snprintf(ra, sizeof ra, "%d", r->srv->cfg->retry_after_s);
     const char *const h[] = {"Retry-After", ra, NULL};

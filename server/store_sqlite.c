@@ -489,7 +489,7 @@ int locod_store_requeue_running(locod_store *s, loco_err *err) {
                            "UPDATE jobs SET state='queued', started_ms=NULL, worker_id=NULL "
                            "WHERE state='running' AND cancel_requested=0",
                            -1, &st, NULL) != SQLITE_OK) {
-        db_err(s, err, "requeue");
+        locod_sq_err(s, err, "requeue");
         return -1;
     }
     int r = exec_changes(s, st, err, "requeue");

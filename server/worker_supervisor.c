@@ -109,13 +109,10 @@ static void on_closed(uv_handle_t *h) {
     w->handles_open--;
 }
 
-/* Models that were resident must be reloaded by the next worker; durable variants are
- * re-created from their delta once their base is back, the others are lost. */
-static void after_death(locod_worker *w, const char *how) {
+/* The job the dead worker was running ends: cancelled (a cancel was asked for), timeout (killed
+ * for job_timeout_s) or worker_crashed. */
+static void end_running_job(locod_worker *w, const char *how) {
     locod_server *srv = w->srv;
-    int64_t now = locod_now_ms();
-    /* what it was writing (a folder export, a delta) is nobody's now */
-    locod_artifacts_clear_tmp_of(srv->artifacts_root, w->proc.pid);
     if (w->busy == OP_RUN && srv->run.active) {
         locod_running *r = &srv->run;
         char msg[768];
@@ -144,6 +141,16 @@ static void after_death(locod_worker *w, const char *how) {
         }
         memset(&srv->run, 0, sizeof srv->run);
     }
+}
+
+/* Models that were resident must be reloaded by the next worker; durable variants are
+ * re-created from their delta once their base is back, the others are lost. */
+static void after_death(locod_worker *w, const char *how) {
+    locod_server *srv = w->srv;
+    int64_t now = locod_now_ms();
+    /* what it was writing (a folder export, a delta) is nobody's now */
+    locod_artifacts_clear_tmp_of(srv->artifacts_root, w->proc.pid);
+    end_running_job(w, how);
     for (int i = 0; i < locod_models_count(srv->models); i++) {
         locod_model *md = locod_models_at(srv->models, i);
         /* lost with the process, or being deleted (an unload asked for it) */
@@ -212,7 +219,14 @@ static void on_exit_cb(uv_process_t *p, int64_t status, int term_signal) {
     uv_close((uv_handle_t *)&w->proc, on_closed);
     uv_close((uv_handle_t *)&w->to, on_closed);
     uv_close((uv_handle_t *)&w->from, on_closed);
-    if (!expected) after_death(w, how);
+    if (!expected) {
+        after_death(w, how);
+    } else if (w->timed_out) {
+        /* stopping: the running job goes back to the queue (server.c), but not one just killed
+         * for its timeout, which would run into it again after the restart (a job with a cancel
+         * asked for stays running and is cancelled by the next start's recovery) */
+        end_running_job(w, how);
+    }
     pthread_mutex_unlock(&srv->mu);
     locod_worker_pump(srv);
 }

@@ -154,6 +154,7 @@ def test_invalid_requests(tmp_path):
     ("neurons", ["--prompt", "a", "--prompt", "b", "--normal", "c", "--normal", "d", "--concept", "x"],
      "--concept does not apply to neurons"),
     ("locoedit", ["--concept", "van gogh", "--export-dtype", "f16"], "only with --export-folder"),
+    ("locoedit", ["--concept", "van gogh", "--seed", "3"], "--seed shapes the before/after images"),
 ])
 def test_options_of_another_method_are_refused(tmp_path, method, args, needle):
     r = fail("edit", method, "--model", tmp_path / "never-read", *args, "--out", tmp_path / "o", "--no-images")

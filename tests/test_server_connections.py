@@ -38,10 +38,10 @@ def test_low_hard_open_file_limit_lowers_max_connections_with_a_warning(tmp_path
         log = d.log()
         assert "open-file limit is 64 (hard limit 64)" in log, log
         assert f"limits.max_connections 100 needs {100 * PER_CONNECTION + RESERVE}" in log, log
-        assert f"serving at most {fit} connections (event streams {fit // 2}, per client address {fit // 2})" in log
+        assert f"serving at most {fit} connections (event streams {fit // 2}, per client address {fit - fit // 4})" in log
         assert "LimitNOFILE=" in log and "ulimit -Hn" in log, log
         assert metric(d, 'loco_http_connection_limit{scope="total"}') == fit
-        assert metric(d, 'loco_http_connection_limit{scope="per_address"}') == fit // 2
+        assert metric(d, 'loco_http_connection_limit{scope="per_address"}') == fit - fit // 4
         assert metric(d, "loco_open_files_limit") == 64
         job = d.submit(tiny_generate(steps=1))
         assert d.wait(job["id"])["state"] == "succeeded"
@@ -125,20 +125,20 @@ def closed_by_server(s, wait=1.0):
 def test_one_client_address_cannot_take_every_connection(tmp_path):
     """A slow client on 127.0.0.2 opening max_connections (16) connections and sending half its
     headers used to hold every connection: every other client waited unanswered. Now it gets
-    limits.max_connections_per_ip (default 16 / 2 = 8), the rest are closed at once and counted,
-    and a client on 127.0.0.1 is served."""
+    limits.max_connections_per_ip (default 16 - 16 / 4 = 12), the rest are closed at once and
+    counted, and a client on 127.0.0.1 is served."""
     with Daemon(tmp_path, "slowloris", load=(), extra={"limits": {"max_connections": 16}}) as d:
         socks = slow_client(d.port, "127.0.0.2", 16)
         try:
             refused = sum(closed_by_server(s) for s in socks)
-            assert refused == 8, f"{refused} of 16 slow connections from one address were refused, not 8"
+            assert refused == 4, f"{refused} of 16 slow connections from one address were refused, not 4"
             t0 = time.time()
             r = requests.get(d.url("/healthz"), timeout=5)
             assert r.status_code == 200 and time.time() - t0 < 2
-            assert metric(d, "loco_http_connections_refused_total") == 8
-            assert metric(d, "loco_http_connections") >= 8
+            assert metric(d, "loco_http_connections_refused_total") == 4
+            assert metric(d, "loco_http_connections") >= 12
             assert "refused a new connection unanswered" in d.log()
-            assert "limits.max_connections_per_ip (8)" in d.log()
+            assert "limits.max_connections_per_ip (12)" in d.log()
         finally:
             for s in socks:
                 s.close()

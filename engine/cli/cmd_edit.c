@@ -273,6 +273,16 @@ static int parse(int argc, char **argv, edit_args *a) {
         if ((a->given >> (scoped[i].opt - O_FIRST) & 1) && !(scoped[i].methods >> a->method & 1))
             return loco_cli_usage_error(cmd, "%s does not apply to %s (see loco edit --help)", scoped[i].name,
                                         loco_edit_method_name(a->method));
+    /* with --no-images, what only shapes the before/after images would be ignored */
+    static const struct {
+        int opt;
+        const char *name;
+    } image_opts[] = {{O_EVAL, "--eval-prompt"}, {O_SEED, "--seed"},   {O_STEPS, "--steps"},
+                      {O_GUIDANCE, "--guidance"}, {O_WIDTH, "--width"}, {O_HEIGHT, "--height"}};
+    for (size_t i = 0; a->no_images && i < sizeof image_opts / sizeof image_opts[0]; i++)
+        if (a->given >> (image_opts[i].opt - O_FIRST) & 1)
+            return loco_cli_usage_error(cmd, "%s shapes the before/after images, which --no-images skips",
+                                        image_opts[i].name);
     if (a->method == LOCO_EDIT_QUICKFIX && a->n_layers > 1)
         return loco_cli_usage_error(cmd, "quickfix edits one text-encoder layer: give --layer once");
     if ((a->given >> (O_EXPORT_DTYPE - O_FIRST) & 1) && !a->export_folder)

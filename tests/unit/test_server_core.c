@@ -283,7 +283,7 @@ TEST(config_parse_and_errors) {
     CHECK(c.limits.max_steps == 20 && c.limits.default_steps == 20);
     CHECK(c.tombstone_retention_s == 30 * 24 * 3600); /* the documented default */
     CHECK(c.max_connections == 1024 && c.max_sse_streams == 512); /* derived: half the connections */
-    CHECK(c.max_connections_per_ip == 512);                        /* derived: half the connections */
+    CHECK(c.max_connections_per_ip == 768);                        /* derived: 3/4, above the stream cap */
     CHECK(locod_config_set_listen(&c, "127.0.0.1:0", &err) == LOCO_OK && c.listen_port == 0);
     CHECK(locod_config_set_listen(&c, "nohost", &err) != LOCO_OK);
     locod_config_free(&c);
@@ -296,10 +296,15 @@ TEST(config_parse_and_errors) {
     CHECK(locod_config_parse(&c, "{\"limits\":{\"max_connections\":10,\"max_sse_streams\":9}}", ".", &err) == LOCO_OK);
     CHECK(c.max_sse_streams == 9);
     locod_config_free(&c);
-    /* one client address gets half the connections unless told otherwise; 0 = no per-address limit */
+    /* one client address gets 3/4 of the connections unless told otherwise, and always more than
+     * the stream cap (one address holding every stream must still poll); 0 = no per-address limit */
     locod_config_init(&c);
     CHECK(locod_config_parse(&c, "{\"limits\":{\"max_connections\":10}}", ".", &err) == LOCO_OK);
-    CHECK(c.max_connections_per_ip == 5);
+    CHECK(c.max_connections_per_ip == 8);
+    locod_config_free(&c);
+    locod_config_init(&c);
+    CHECK(locod_config_parse(&c, "{\"limits\":{\"max_connections\":10,\"max_sse_streams\":9}}", ".", &err) == LOCO_OK);
+    CHECK(c.max_connections_per_ip == 10);
     locod_config_free(&c);
     locod_config_init(&c);
     CHECK(locod_config_parse(&c, "{\"limits\":{\"max_connections\":10,\"max_connections_per_ip\":0}}", ".", &err) == LOCO_OK);
@@ -311,6 +316,7 @@ TEST(config_parse_and_errors) {
     locod_config_free(&c);
     const char *bad[] = {"{\"limits\":{\"max_connections\":10,\"max_sse_streams\":10}}",
                          "{\"limits\":{\"max_connections\":10,\"max_connections_per_ip\":11}}",
+                         "{\"limits\":{\"max_connections\":10,\"max_connections_per_ip\":5}}", /* = stream cap */
                          "{\"limits\":{\"max_connections_per_ip\":-1}}",
                          "{\"limits\":{\"max_sse_streams\":1024}}", "{\"lisen\":\"x\"}", "{\"limits\":{\"max_steps\":0}}", "{\"keys\":[{\"id\":\"k\",\"sha256\":\"zz\"}]}",
                          "{\"device\":\"tpu\"}", "[1]", "{\"models\":{\"../x\":{\"path\":\"p\"}}}",
@@ -333,7 +339,7 @@ TEST(config_lower_connections) {
     loco_err err;
     locod_config_init(&c);
     locod_config_lower_connections(&c, 16);
-    CHECK(c.max_connections == 16 && c.max_sse_streams == 8 && c.max_connections_per_ip == 8);
+    CHECK(c.max_connections == 16 && c.max_sse_streams == 8 && c.max_connections_per_ip == 12);
     locod_config_lower_connections(&c, 100); /* never raised */
     CHECK(c.max_connections == 16);
     locod_config_free(&c);
