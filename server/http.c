@@ -259,11 +259,14 @@ static void mhd_log(void *cls, const char *fmt, va_list ap) {
 static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
                           enum MHD_ConnectionNotificationCode code) {
     (void)socket_context;
+    (void)conn;
     locod_server *srv = cls;
+    if (code == MHD_CONNECTION_NOTIFY_CLOSED) {
+        atomic_fetch_sub(&srv->http_connections, 1);
+        return;
+    }
     if (code != MHD_CONNECTION_NOTIFY_STARTED) return;
-    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_DAEMON);
-    const union MHD_DaemonInfo *di = ci ? MHD_get_daemon_info(ci->daemon, MHD_DAEMON_INFO_CURRENT_CONNECTIONS) : NULL;
-    if (!di || di->num_connections < (unsigned)srv->cfg->max_connections) return;
+    if (atomic_fetch_add(&srv->http_connections, 1) + 1 < srv->cfg->max_connections) return;
     uint64_t n = locod_metrics_connections_full(srv->metrics);
     if (warn_due(&srv->full_warned_ms))
         LOG_WARN(srv->log, "all %d connections (limits.max_connections) are in use (%llu times so far, "

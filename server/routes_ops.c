@@ -14,8 +14,7 @@ static void gauges(locod_server *srv, locod_gauges *g) {
     g->worker_up = srv->worker_ready;
     g->models_loaded = locod_models_loaded_count(srv->models);
     g->sse_streams = srv->sse_streams;
-    const union MHD_DaemonInfo *di = srv->mhd ? MHD_get_daemon_info(srv->mhd, MHD_DAEMON_INFO_CURRENT_CONNECTIONS) : NULL;
-    g->http_connections = di ? (int)di->num_connections : 0;
+    g->http_connections = atomic_load(&srv->http_connections);
     g->max_connections = srv->cfg->max_connections;
     g->max_connections_per_ip = srv->cfg->max_connections_per_ip;
     struct rlimit rl;

@@ -57,6 +57,10 @@ struct locod_server {
     int lock_fd;   /* flock on <data_dir>/lock, held for the process life */
     /* http.c, any thread: when the connection-limit warnings were last logged (rate limit) */
     _Atomic int64_t refused_warned_ms, full_warned_ms;
+    /* open HTTP connections, counted on libmicrohttpd's connection notifications (its own count,
+     * MHD_DAEMON_INFO_CURRENT_CONNECTIONS, is returned through one field of the daemon that
+     * concurrent callers overwrite) */
+    atomic_int http_connections;
 
     /* libuv: only the loop thread touches these (kick is thread-safe) */
     uv_loop_t loop;
