@@ -1,6 +1,7 @@
 /* edit_export.c: a variant's delta file (changed tensors + ablations) and full diffusers folder. */
 #include <dirent.h>
 #include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -388,11 +389,47 @@ static int is_regular(const char *path) {
     return stat(path, &sb) == 0 && S_ISREG(sb.st_mode);
 }
 
-/* Every regular file of a folder (no README); vocab.json/merges.txt from ../clip when the folder
- * shares them (the bundled clip-pad-bang configuration). */
+/* The folder a component folder's files may really live in: the model folder that holds it
+ * (its parent), or, for a snapshot of the Hugging Face cache (<repo>/snapshots/<rev>/<component>,
+ * whose files are symlinks to <repo>/blobs), the repo folder. 0 ok, -1 cannot resolve. */
+static int files_root(const char *component_dir, char *root, size_t size) {
+    char parent[4200], real[PATH_MAX];
+    snprintf(parent, sizeof parent, "%s/..", component_dir);
+    if (!realpath(parent, real)) return -1;
+    char *slash = strrchr(real, '/');
+    if (slash && slash > real) {
+        *slash = 0;
+        const char *up = strrchr(real, '/');
+        if (up && strcmp(up + 1, "snapshots") == 0) { /* real = <repo>/snapshots */
+            char *repo_end = strrchr(real, '/');
+            *repo_end = 0;
+            snprintf(root, size, "%s", real[0] ? real : "/");
+            return 0;
+        }
+        *slash = '/';
+    }
+    snprintf(root, size, "%s", real);
+    return 0;
+}
+
+/* Whether path resolves to a file inside root: an export copies a model's files into artifacts
+ * any key may download, so a symlink in a model folder must not reach a file outside it (a
+ * "notes.txt" linked to /etc/passwd would otherwise be served). */
+static int resolves_inside(const char *path, const char *root) {
+    char real[PATH_MAX];
+    if (!realpath(path, real)) return 0;
+    size_t n = strlen(root);
+    return strcmp(root, "/") == 0 || (strncmp(real, root, n) == 0 && real[n] == '/');
+}
+
+/* Every regular file of a folder that resolves inside the model (no README); vocab.json/merges.txt
+ * from ../clip when the folder shares them (the bundled clip-pad-bang configuration). */
 static loco_status copy_folder(const export_ctx *c, const char *src, const char *dst, int tokenizer, loco_err *err) {
     loco_status st = mkdirs(c, dst, err);
     if (st) return st;
+    char root[PATH_MAX];
+    if (files_root(src, root, sizeof root))
+        return loco_err_set(err, LOCO_EIO, "export: cannot resolve the folder of %s: %s", src, strerror(errno));
     DIR *d = opendir(src);
     if (!d) return loco_err_set(err, LOCO_EIO, "export: cannot list %s: %s", src, strerror(errno));
     struct dirent *e;
@@ -400,7 +437,7 @@ static loco_status copy_folder(const export_ctx *c, const char *src, const char 
     while (!st && (e = readdir(d))) {
         if (e->d_name[0] == '.' || strcmp(e->d_name, "README.md") == 0) continue;
         snprintf(a, sizeof a, "%s/%s", src, e->d_name);
-        if (!is_regular(a)) continue;
+        if (!is_regular(a) || !resolves_inside(a, root)) continue;
         snprintf(b, sizeof b, "%s/%s", dst, e->d_name);
         st = copy_file(a, b, err);
     }
@@ -408,10 +445,10 @@ static loco_status copy_folder(const export_ctx *c, const char *src, const char 
     static const char *const shared[] = {"vocab.json", "merges.txt"};
     for (int i = 0; !st && tokenizer && i < 2; i++) {
         snprintf(a, sizeof a, "%s/%s", src, shared[i]);
-        if (is_regular(a)) continue;
+        if (is_regular(a) && resolves_inside(a, root)) continue;
         snprintf(a, sizeof a, "%s/../clip/%s", src, shared[i]);
         snprintf(b, sizeof b, "%s/%s", dst, shared[i]);
-        if (!is_regular(a)) return loco_err_set(err, LOCO_ENOTFOUND, "export: tokenizer folder %s has no %s", src, shared[i]);
+        if (!is_regular(a) || !resolves_inside(a, root)) return loco_err_set(err, LOCO_ENOTFOUND, "export: tokenizer folder %s has no %s", src, shared[i]);
         st = copy_file(a, b, err);
     }
     return st;

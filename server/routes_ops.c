@@ -46,11 +46,14 @@ enum MHD_Result locod_route_ops(locod_req *r, const char *what) {
     pthread_mutex_lock(&srv->mu);
     json_t *reasons = json_array();
     if (!srv->worker_ready) json_array_append_new(reasons, json_string("the GPU worker is starting or restarting"));
-    for (int i = 0; i < locod_models_count(srv->models); i++) {
-        locod_model *md = locod_models_at(srv->models, i);
-        if (md->state == LOCOD_MODEL_LOADING) {
+    /* a start-up model still loading: its jobs would wait. A load an admin asked for later does
+     * not count: the server serves everything else meanwhile, and a probe that pulled it out of
+     * a load balancer would also stop its clients from polling their jobs */
+    for (int i = 0; i < srv->cfg->n_load_at_start; i++) {
+        const locod_model *md = locod_models_find(srv->models, srv->cfg->load_at_start[i]);
+        if (md && md->state == LOCOD_MODEL_LOADING) {
             char s[200];
-            snprintf(s, sizeof s, "model %s is loading", md->name);
+            snprintf(s, sizeof s, "start-up model %s is loading", md->name);
             json_array_append_new(reasons, json_string(s));
         }
     }

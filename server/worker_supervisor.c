@@ -431,7 +431,8 @@ static void schedule_variants_of(locod_server *srv, const char *base) {
     for (int i = 0; i < locod_models_count(srv->models); i++) {
         locod_model *v = locod_models_at(srv->models, i);
         if (v->source != LOCOD_SRC_VARIANT || !v->delta_sha[0] || strcmp(v->base, base) != 0) continue;
-        if (v->state != LOCOD_MODEL_AVAILABLE) continue;
+        /* failed ones too: most failed because their base did (variant_load_msg) */
+        if (v->state != LOCOD_MODEL_AVAILABLE && v->state != LOCOD_MODEL_FAILED) continue;
         v->state = LOCOD_MODEL_LOADING;
         v->op_pending = 1;
     }
@@ -565,7 +566,18 @@ static void dispatch_job(locod_worker *w) {
             continue;
         }
         locod_model *md = locod_models_find(srv->models, row.model);
-        if (!md || md->state != LOCOD_MODEL_LOADED) {
+        if (!md) { /* a variant deleted by an unload while the job waited: loading cannot bring it back */
+            char msg[512];
+            snprintf(msg, sizeof msg,
+                     "model '%s' no longer exists on this server (a variant deleted while this job was queued, or a "
+                     "model removed from its root); run the edit again to re-create a variant",
+                     row.model);
+            locod_finish_job(srv, row.id, row.kind, row.key_id, LOCO_JOB_FAILED, 0, "unknown_model", msg, 0, NULL,
+                             NULL);
+            locod_job_row_free(&row);
+            continue;
+        }
+        if (md->state != LOCOD_MODEL_LOADED) {
             char msg[512];
             snprintf(msg, sizeof msg,
                      "model '%s' is not loaded any more (it was unloaded or failed to load after this job was "
@@ -616,10 +628,22 @@ static json_t *variant_load_msg(locod_server *srv, locod_model *md) {
     free(md->error);
     md->error = NULL;
     if (!b || b->state != LOCOD_MODEL_LOADED || b->op_pending == 2) {
-        md->state = b ? LOCOD_MODEL_AVAILABLE : LOCOD_MODEL_FAILED;
-        char e[256];
-        snprintf(e, sizeof e, "its base model '%s' is not on this server any more", md->base);
-        if (!b) md->error = strdup(e);
+        /* a client polls a load until 'loaded' or 'failed': a base that failed fails its variant,
+         * with the base's reason; one merely not resident leaves it available, saying why */
+        char e[768];
+        if (!b) {
+            md->state = LOCOD_MODEL_FAILED;
+            snprintf(e, sizeof e, "its base model '%s' is not on this server any more", md->base);
+        } else if (b->state == LOCOD_MODEL_FAILED) {
+            md->state = LOCOD_MODEL_FAILED;
+            snprintf(e, sizeof e, "its base model '%s' failed to load: %.600s", md->base,
+                     b->error ? b->error : "no reason given");
+        } else {
+            md->state = LOCOD_MODEL_AVAILABLE;
+            snprintf(e, sizeof e, "its base model '%s' is not loaded; the variant comes back when the base is loaded",
+                     md->base);
+        }
+        md->error = strdup(e);
         locod_server_changed(srv);
         return NULL;
     }

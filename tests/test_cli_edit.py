@@ -167,3 +167,32 @@ def test_out_folder_is_created_with_its_parents(tmp_path):
     r = fail("edit", "quickfix", "--model", SD1, "--concept", "van gogh", "--out", out, "--no-images")
     assert r.returncode == 0, r.stderr
     assert (out / "result.json").exists()
+
+
+def test_export_folder_never_copies_a_file_from_outside_the_model(tmp_path):
+    """An export's files become artifacts any key may download: a symlink in a model folder that
+    leads outside it (a 'notes.txt' linked to a secret) is not copied. The Hugging Face cache's
+    own layout, where a snapshot's files are symlinks to <repo>/blobs, still exports whole."""
+    import shutil
+    secret = tmp_path / "secret.txt"
+    secret.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    # a cache-like repo: blobs/ holds the files, snapshots/<rev>/ links to them
+    repo = tmp_path / "models--org--tiny"
+    snap = repo / "snapshots" / "0123abc"
+    for f in SD1.rglob("*"):
+        if f.is_file():
+            blob = repo / "blobs" / f"{abs(hash(str(f))):x}"
+            blob.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(f, blob)
+            link = snap / f.relative_to(SD1)
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(os.path.relpath(blob, link.parent))
+    (snap / "tokenizer" / "notes.txt").symlink_to(secret)
+    out = tmp_path / "out"
+    r = run("edit", "locoedit", "--model", snap, "--concept", "van gogh", "--start", "6", "--out", out,
+            "--export-folder", out / "model", "--no-images", "--quiet")
+    assert r.returncode == 0, r.stderr
+    tok = out / "model" / "tokenizer"
+    assert (tok / "vocab.json").read_bytes() == (SD1 / "tokenizer" / "vocab.json").read_bytes()
+    assert (tok / "merges.txt").exists() and (tok / "tokenizer_config.json").exists()
+    assert not (tok / "notes.txt").exists(), "a file from outside the model was exported"

@@ -392,6 +392,27 @@ def test_models_list_show_load_unload(d):
     assert d.get("/v1/models/sd1-tiny/variants").json() == {"variants": []}
 
 
+def test_readyz_ignores_a_load_an_admin_asked_for(d):
+    """A model an admin loads while a job runs waits behind it in state 'loading'; the server still
+    serves everything else, so /readyz stays 200 (only start-up models count; a probe that pulled
+    the server would also stop clients polling their jobs)."""
+    blocker = d.submit(tiny_generate(prompt=SLOW, steps=20))
+    d.wait_running(blocker["id"])
+    assert d.post("/v1/models/sd2-tiny/load").status_code in (200, 202)
+    assert d.get("/v1/models/sd2-tiny").json()["state"] == "loading"
+    r = d.get("/readyz")
+    assert r.status_code == 200, r.text
+    assert d.post(f"/v1/jobs/{blocker['id']}/cancel").status_code == 202
+    deadline = time.time() + 60
+    while d.get("/v1/models/sd2-tiny").json()["state"] != "loaded":
+        assert time.time() < deadline
+        time.sleep(0.05)
+    assert d.post("/v1/models/sd2-tiny/unload").status_code in (200, 202)
+    while d.get("/v1/models/sd2-tiny").json()["state"] != "available":
+        assert time.time() < deadline
+        time.sleep(0.05)
+
+
 def test_model_show_reads_files_outside_the_lock(tmp_path):
     """GET /v1/models/{name} reads the model's files (configs, safetensors headers); on a slow disk
     that must not stall other requests. The test holds a write lease on the model's

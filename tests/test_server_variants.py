@@ -192,6 +192,40 @@ def test_unloading_a_base_with_two_variants_fails_their_queued_jobs_alike(tmp_pa
             assert j["error"]["retryable"] is True, j
 
 
+def test_a_job_queued_for_a_variant_deleted_meanwhile_fails_for_good(tmp_path):
+    """Unloading a variant deletes it: a job queued for it fails with unknown_model, not
+    retryable, instead of a retryable model_not_loaded whose advice (load it) gives 404."""
+    from locod_harness import SLOW
+    with Daemon(tmp_path, "vdel") as d:
+        edit(d, "gone", EDITS["sd1-tiny-loco"])
+        blocker = d.submit(tiny_generate(prompt=SLOW, steps=20))
+        queued = d.submit({**tiny_generate(steps=1), "model": "gone"})["id"]
+        d.wait_running(blocker["id"])
+        assert d.post("/v1/models/gone/unload").status_code in (200, 202)
+        j = d.wait(queued, timeout=120)
+        assert j["state"] == "failed" and j["error"]["code"] == "unknown_model", j
+        assert j["error"]["retryable"] is False and "edit again" in j["error"]["message"], j
+
+
+def test_a_variant_whose_base_fails_to_load_fails_with_the_bases_reason(tmp_path):
+    """A client polls a variant's load until 'loaded' or 'failed': when its base cannot load the
+    variant fails, with the base's reason (it stayed 'available' with no error)."""
+    import shutil
+    models = tmp_path / "models"
+    shutil.copytree(Path(__file__).resolve().parent / "fixtures" / "models" / "sd1-tiny", models / "base")
+    with Daemon(tmp_path, "vbf", load=("base",), extra={"model_roots": [str(models)]}) as d:
+        j = d.wait(d.submit({"kind": "edit", "model": "base",
+                             "params": {**EDITS["sd1-tiny-loco"], "variant": "vbf-var"}})["id"], timeout=120)
+        assert j["state"] == "succeeded", j
+        assert d.post("/v1/models/base/unload").status_code in (200, 202)
+        wait_state(d, "base", {"available"})
+        vae = models / "base" / "vae" / "diffusion_pytorch_model.safetensors"
+        vae.write_bytes(vae.read_bytes()[:100])  # truncated: the base cannot load any more
+        assert d.post("/v1/models/vbf-var/load").status_code in (200, 202)
+        v = wait_state(d, "vbf-var", {"failed"})
+        assert "base model 'base' failed to load" in v["error"], v
+
+
 def test_folder_export_is_a_diffusers_folder_that_generates_the_variants_image(tmp_path):
     import json
     import subprocess
