@@ -10,6 +10,7 @@
 #include "auth.h"
 #include "http.h"
 #include "job_checks.h"
+#include "worker_proto.h"
 
 /* Which kinds the worker can run here: generate and edit always; trace and localize score
  * their images with CLIP, so they need a scorer in the config. The others are validated fully
@@ -202,6 +203,26 @@ static enum MHD_Result create(locod_req *r) {
                             variant);
         loco_job_request_release(&req);
         return res;
+    }
+    if (req.kind == LOCO_JOB_EDIT) {
+        /* every edit leaves a resident variant, and the worker holds at most
+         * LOCOD_WORKER_MAX_MODELS models: refuse now what would fail there (once full, every
+         * edit, and every admin's load, failed after acceptance) */
+        int resident = locod_store_edits_pending(srv->store);
+        for (int i = 0; i < locod_models_count(srv->models); i++) {
+            const locod_model *m = locod_models_at(srv->models, i);
+            resident += m->state == LOCOD_MODEL_LOADED || m->state == LOCOD_MODEL_LOADING;
+        }
+        if (resident >= LOCOD_WORKER_MAX_MODELS) {
+            pthread_mutex_unlock(&srv->mu);
+            res = locod_problem(r, 409, "model_capacity", NULL, NULL,
+                                "this server holds at most %d resident models and variants, and %d are resident or "
+                                "being created by queued edits; an admin must unload a variant (POST "
+                                "/v1/models/{name}/unload deletes it) before another edit",
+                                LOCOD_WORKER_MAX_MODELS, resident);
+            loco_job_request_release(&req);
+            return res;
+        }
     }
     if (req.kind != LOCO_JOB_EDIT && md->info) {
         int def = (int)json_integer_value(json_object_get(md->info, "default_size"));

@@ -170,6 +170,8 @@ int locod_store_variants_each(locod_store *s, locod_variant_fn fn, void *ctx, lo
 
 /* 1 when a queued or running edit job will create a variant of this name. */
 int locod_store_variant_pending(locod_store *s, const char *name);
+/* Queued and running edit jobs: each will add a resident variant. 0 when the store cannot say. */
+int locod_store_edits_pending(locod_store *s);
 
 /* ---- resident models ----
  * The models an admin loaded through the API (POST /v1/models/{name}/load) and has not unloaded

@@ -747,3 +747,13 @@ int locod_store_variant_pending(locod_store *s, const char *name) {
     sqlite3_finalize(st);
     return found;
 }
+
+int locod_store_edits_pending(locod_store *s) {
+    sqlite3_stmt *st;
+    if (sqlite3_prepare_v2(s->db, "SELECT COUNT(*) FROM jobs WHERE state IN ('queued', 'running') AND kind = 'edit'",
+                           -1, &st, NULL) != SQLITE_OK)
+        return 0; /* unsure: the worker refuses a variant beyond its limit when the job runs */
+    int n = sqlite3_step(st) == SQLITE_ROW ? sqlite3_column_int(st, 0) : 0;
+    sqlite3_finalize(st);
+    return n;
+}

@@ -15,8 +15,6 @@
 #include "request.h"
 #include "worker_proto.h"
 
-#define LOCOD_WORKER_MAX_MODELS 64
-
 typedef struct wk_model {
     char name[LOCO_MODEL_NAME_MAX + 1];
     loco_pipeline *p;               /* for a variant: loco_pipeline_variant_pipeline(variant) */

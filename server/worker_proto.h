@@ -24,6 +24,9 @@
 #include <stddef.h>
 
 #define LOCOD_WORKER_MSG_FD 3
+/* Models and variants one worker holds at once; the daemon refuses edits (each adds a resident
+ * variant) that would go beyond it. */
+#define LOCOD_WORKER_MAX_MODELS 64
 
 /* Accumulates bytes and hands out complete lines. */
 typedef struct locod_linebuf {

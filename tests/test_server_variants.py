@@ -226,6 +226,26 @@ def test_a_variant_whose_base_fails_to_load_fails_with_the_bases_reason(tmp_path
         assert "base model 'base' failed to load" in v["error"], v
 
 
+def test_edits_beyond_the_workers_model_capacity_are_refused_when_posted(tmp_path):
+    """Each edit leaves a resident variant and the worker holds at most 64 models: an edit that
+    would go beyond, counting the queued ones, gets 409 model_capacity when posted (once full,
+    every edit was accepted and then failed as 'unsupported', and admins could not load)."""
+    from locod_harness import SLOW
+    with Daemon(tmp_path, "vcap") as d:
+        blocker = d.submit(tiny_generate(prompt=SLOW, steps=30))
+        d.wait_running(blocker["id"])
+        queued = [d.submit({"kind": "edit", "model": "sd1-tiny",
+                            "params": {**EDITS["sd1-tiny-loco"], "variant": f"cap{i}"}})["id"] for i in range(63)]
+        p = problem(d.post("/v1/jobs", {"kind": "edit", "model": "sd1-tiny",
+                                        "params": {**EDITS["sd1-tiny-loco"], "variant": "cap63"}}), 409,
+                    "model_capacity")
+        assert "at most 64" in p["detail"] and "unload" in p["detail"], p
+        # generate jobs are not affected
+        assert d.post("/v1/jobs", tiny_generate(steps=1)).status_code == 202
+        for jid in queued + [blocker["id"]]:
+            d.post(f"/v1/jobs/{jid}/cancel")
+
+
 def test_folder_export_is_a_diffusers_folder_that_generates_the_variants_image(tmp_path):
     import json
     import subprocess
