@@ -16,6 +16,7 @@
 #include "queue.h"
 #include "request.h"
 #include "store.h"
+#include "store_test_util.h"
 
 TEST(queue_round_robin_between_keys) {
     locod_queue *q = locod_queue_create();
@@ -388,21 +389,8 @@ static void make_tmp(void) {
 static void count_key(void *ctx, const char *key, int n) { *(int *)ctx += n; }
 
 /* The job store of a fresh temporary folder (its path in db, for tests that reopen it). */
-static void tmp_store_path(char *db, size_t n) {
-    make_tmp();
-    snprintf(db, n, "%s/jobs.sqlite3", tmpdir);
-}
+static void tmp_store_path(char *db, size_t n) { store_test_tmp_path("/tmp/loco-unit", tmpdir, sizeof tmpdir, db, n); }
 
-/* A queued job row of `kind` with id number `id` for key `key` on model "m", empty params. */
-static void job_row_init(locod_job_row *r, int id, loco_job_kind kind, const char *key) {
-    memset(r, 0, sizeof *r);
-    snprintf(r->id, sizeof r->id, "%032x", id);
-    r->kind = kind;
-    r->state = LOCO_JOB_QUEUED;
-    snprintf(r->model, sizeof r->model, "m");
-    snprintf(r->key_id, sizeof r->key_id, "%s", key);
-    r->params = json_object();
-}
 
 TEST(store_lifecycle_and_terminal_states) {
     char db[300];
@@ -411,7 +399,7 @@ TEST(store_lifecycle_and_terminal_states) {
     loco_err err;
     CHECK(locod_store_open(db, &s, &err) == LOCO_OK);
     locod_job_row r;
-    job_row_init(&r, 1, LOCO_JOB_GENERATE, "alice");
+    store_test_job_row(&r, 1, LOCO_JOB_GENERATE, "alice");
     json_object_set_new(r.params, "prompt", json_string("a cat"));
     r.created_ms = 1000;
     snprintf(r.idem_key, sizeof r.idem_key, "idem-1");
@@ -462,7 +450,7 @@ TEST(store_variants_keep_their_delta) {
     loco_err err;
     CHECK(locod_store_open(db, &s, &err) == LOCO_OK);
     locod_job_row r;
-    job_row_init(&r, 77, LOCO_JOB_EDIT, "k");
+    store_test_job_row(&r, 77, LOCO_JOB_EDIT, "k");
     r.created_ms = 1000;
     CHECK(locod_store_insert(s, &r, &err) == LOCO_OK);
     json_t *arts = json_pack("[{s:s, s:i, s:s}, {s:s, s:i, s:s}]", "sha256", "de", "size", 3, "media_type",
@@ -508,7 +496,7 @@ TEST(store_prunes_old_tombstones) {
     char ids[2][LOCO_JOB_ID_LEN + 1];
     for (int i = 0; i < 2; i++) {
         locod_job_row r;
-        job_row_init(&r, 40 + i, LOCO_JOB_GENERATE, "k");
+        store_test_job_row(&r, 40 + i, LOCO_JOB_GENERATE, "k");
         snprintf(ids[i], sizeof ids[i], "%s", r.id);
         r.created_ms = 1000;
         CHECK(locod_store_insert(s, &r, &err) == LOCO_OK);
@@ -533,7 +521,7 @@ TEST(store_recover_running_jobs) {
     CHECK(locod_store_open(db, &s, &err) == LOCO_OK);
     for (int i = 0; i < 3; i++) {
         locod_job_row r;
-        job_row_init(&r, 10 + i, LOCO_JOB_GENERATE, "k");
+        store_test_job_row(&r, 10 + i, LOCO_JOB_GENERATE, "k");
         r.retry_on_restart = i == 1;
         CHECK(locod_store_insert(s, &r, &err) == LOCO_OK);
         if (i < 2) CHECK(locod_store_mark_running(s, r.id, 10, &err) == 1);

@@ -10,24 +10,15 @@
 #include "artifacts.h"
 #include "loco_test.h"
 #include "store.h"
+#include "store_test_util.h"
 
 static char tmpdir[256];
 
-/* A fresh temporary folder; db gets the store's path in it. */
-static void tmp_store_path(char *db, size_t n) {
-    snprintf(tmpdir, sizeof tmpdir, "/tmp/loco-store-XXXXXX");
-    if (!mkdtemp(tmpdir)) abort();
-    snprintf(db, n, "%s/jobs.sqlite3", tmpdir);
-}
+static void tmp_store_path(char *db, size_t n) { store_test_tmp_path("/tmp/loco-store", tmpdir, sizeof tmpdir, db, n); }
 
+/* store_test_job_row, created at 1000 + id */
 static void job_row_init(locod_job_row *r, int id, loco_job_kind kind, const char *key) {
-    memset(r, 0, sizeof *r);
-    snprintf(r->id, sizeof r->id, "%032x", id);
-    r->kind = kind;
-    r->state = LOCO_JOB_QUEUED;
-    snprintf(r->model, sizeof r->model, "m");
-    snprintf(r->key_id, sizeof r->key_id, "%s", key);
-    r->params = json_object();
+    store_test_job_row(r, id, kind, key);
     r->created_ms = 1000 + id;
 }
 
